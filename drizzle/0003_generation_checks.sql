@@ -1,0 +1,2 @@
+ALTER TABLE "generations" ADD CONSTRAINT "generations_tokens_positive" CHECK ("generations"."input_tokens" >= 0 and "generations"."output_tokens" >= 0);--> statement-breakpoint
+ALTER TABLE "generations" ADD CONSTRAINT "generations_attempt_range" CHECK ("generations"."attempt" between 1 and 100);

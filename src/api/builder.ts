@@ -1,0 +1,61 @@
+import SchemaBuilder from '@pothos/core';
+import DataloaderPlugin from '@pothos/plugin-dataloader';
+import ErrorsPlugin from '@pothos/plugin-errors';
+import RelayPlugin from '@pothos/plugin-relay';
+import ScopeAuthPlugin from '@pothos/plugin-scope-auth';
+import ValidationPlugin from '@pothos/plugin-validation';
+import { GraphQLError } from 'graphql';
+import {
+  AuthError,
+  ForbiddenError,
+  InvalidStateError,
+  NotFoundError,
+  RateLimitedError,
+  ValidationError,
+} from '../errors.js';
+import type { Context } from './context.js';
+
+// Configuration only: the types live in schema/<domain>.ts (STYLE 1, 2).
+export const builder = new SchemaBuilder<{
+  Context: Context;
+  AuthScopes: { signedIn: boolean };
+  Scalars: { DateTime: { Input: Date; Output: Date } };
+  Connection: { totalCount: number };
+  DefaultEdgesNullability: false;
+  DefaultNodeNullability: false;
+  DefaultFieldNullability: false;
+}>({
+  defaultFieldNullability: false,
+  plugins: [ScopeAuthPlugin, RelayPlugin, ErrorsPlugin, ValidationPlugin, DataloaderPlugin],
+  scopeAuth: {
+    authorizeOnSubscribe: true,
+    authScopes: (ctx) => ({ signedIn: ctx.viewer !== null }),
+    unauthorizedError: () =>
+      new GraphQLError('Not signed in, or the session has ended.', { extensions: { code: 'UNAUTHENTICATED' } }),
+  },
+  relay: {
+    clientMutationId: 'omit',
+    cursorType: 'String',
+    edgesFieldOptions: { nullable: false },
+    nodeFieldOptions: { nullable: false },
+  },
+  errors: {
+    // Every result union carries these; fields add BudgetExceededError where it applies.
+    defaultTypes: [ValidationError, AuthError, ForbiddenError, NotFoundError, InvalidStateError, RateLimitedError],
+    directResult: true,
+    unsafelyHandleInputErrors: true,
+    defaultUnionOptions: { name: ({ fieldName }) => `${fieldName[0]!.toUpperCase()}${fieldName.slice(1)}Result` },
+  },
+  validation: {
+    validationError: (result) =>
+      new ValidationError(
+        result.issues.map((issue) => ({
+          path: (issue.path ?? []).map((p) => String(typeof p === 'object' ? p.key : p)).filter((p) => p !== 'input'),
+          message: issue.message,
+        })),
+      ),
+  },
+});
+
+builder.queryType({});
+builder.mutationType({});

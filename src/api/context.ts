@@ -1,0 +1,62 @@
+import type { AuthProvider } from '../auth/provider.js';
+import type { Config } from '../config.js';
+import type { Database } from '../db/client.js';
+import { type Claims, type Scope, anonymousScope, userScope } from '../db/scope.js';
+import { AuthError } from '../errors.js';
+import type { Logger } from '../observability/logger.js';
+
+/** What the API needs from the composition root. */
+export interface Services {
+  config: Config;
+  database: Database;
+  auth: AuthProvider;
+  logger: Logger;
+}
+
+export interface Viewer {
+  id: string;
+  email: string;
+  claims: Claims;
+  accessToken: string;
+}
+
+/** New per operation, the same for HTTP, SSE and graphql-ws (STYLE 4). */
+export interface Context {
+  requestId: string;
+  viewer: Viewer | null;
+  /** The RLS-bound database scope of this viewer (STYLE 5). */
+  db: Scope;
+  services: Services;
+  logger: Logger;
+}
+
+export async function createContext(
+  services: Services,
+  request: { authorization?: string | null; requestId: string },
+): Promise<Context> {
+  const logger = services.logger.child({ requestId: request.requestId });
+  const token = bearerToken(request.authorization);
+  let viewer: Viewer | null = null;
+  let problem: string | undefined;
+  if (token) {
+    try {
+      const claims = await services.auth.verify(token);
+      viewer = { id: claims.sub, email: claims.email ?? '', claims, accessToken: token };
+    } catch (error) {
+      if (!(error instanceof AuthError)) throw error;
+      problem = error.message;
+    }
+  }
+  return {
+    requestId: request.requestId,
+    viewer,
+    db: viewer ? userScope(services.database.db, viewer.claims) : anonymousScope(problem),
+    services,
+    logger: viewer ? logger.child({ userId: viewer.id }) : logger,
+  };
+}
+
+export function bearerToken(header: string | null | undefined): string | undefined {
+  const match = /^Bearer\s+(\S+)$/i.exec(header?.trim() ?? '');
+  return match?.[1];
+}

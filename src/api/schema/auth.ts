@@ -1,0 +1,81 @@
+import { z } from 'zod';
+import type { AuthSession } from '../../auth/provider.js';
+import { builder } from '../builder.js';
+
+const AuthSessionRef = builder.objectRef<AuthSession>('AuthSession').implement({
+  description: 'Tokens of a signed-in session. Send accessToken as `Authorization: Bearer …`; trade refreshToken for new tokens before expiresAt.',
+  fields: (t) => ({
+    accessToken: t.exposeString('accessToken'),
+    refreshToken: t.exposeString('refreshToken'),
+    expiresAt: t.expose('expiresAt', { type: 'DateTime' }),
+    user: t.field({ type: ViewerRef, resolve: (session) => session.user }),
+  }),
+});
+
+const ViewerRef = builder.objectRef<{ id: string; email: string }>('Viewer').implement({
+  description: 'The signed-in user.',
+  fields: (t) => ({
+    id: t.exposeID('id', { description: 'The user id (the `sub` of the access token).' }),
+    email: t.exposeString('email'),
+  }),
+});
+
+const SignOutScopeEnum = builder.enumType('SignOutScope', {
+  values: {
+    LOCAL: { description: 'This session only (the default).' },
+    GLOBAL: { description: "All of the user's sessions." },
+    OTHERS: { description: 'All sessions but this one.' },
+  } as const,
+});
+
+const SignUpInput = builder.inputType('SignUpInput', {
+  fields: (t) => ({
+    email: t.string({ required: true, validate: z.string().max(254, 'Email is too long') }),
+    password: t.string({ required: true, validate: z.string().max(256, 'Password is too long') }),
+  }),
+});
+const SignInInput = builder.inputType('SignInInput', {
+  fields: (t) => ({ email: t.string({ required: true }), password: t.string({ required: true }) }),
+});
+const RefreshSessionInput = builder.inputType('RefreshSessionInput', {
+  fields: (t) => ({ refreshToken: t.string({ required: true }) }),
+});
+
+builder.queryField('viewer', (t) =>
+  t.field({
+    type: ViewerRef,
+    nullable: true,
+    description: 'The signed-in user, or null without a valid access token.',
+    resolve: (_root, _args, ctx) => (ctx.viewer ? { id: ctx.viewer.id, email: ctx.viewer.email } : null),
+  }),
+);
+
+builder.mutationFields((t) => ({
+  signUp: t.field({
+    type: AuthSessionRef,
+    errors: {},
+    args: { input: t.arg({ type: SignUpInput, required: true }) },
+    resolve: (_root, { input }, ctx) => ctx.services.auth.signUp(input.email, input.password),
+  }),
+  signIn: t.field({
+    type: AuthSessionRef,
+    errors: {},
+    args: { input: t.arg({ type: SignInInput, required: true }) },
+    resolve: (_root, { input }, ctx) => ctx.services.auth.signIn(input.email, input.password),
+  }),
+  refreshSession: t.field({
+    type: AuthSessionRef,
+    errors: {},
+    args: { input: t.arg({ type: RefreshSessionInput, required: true }) },
+    resolve: (_root, { input }, ctx) => ctx.services.auth.refresh(input.refreshToken),
+  }),
+  signOut: t.boolean({
+    description: 'Ends sessions at once (their access tokens stop working). False when the request had no live session.',
+    args: { scope: t.arg({ type: SignOutScopeEnum }) },
+    resolve: async (_root, { scope }, ctx) => {
+      if (!ctx.viewer) return false;
+      await ctx.services.auth.signOut(ctx.viewer.claims, ctx.viewer.accessToken, scope ?? 'LOCAL');
+      return true;
+    },
+  }),
+}));

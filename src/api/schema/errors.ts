@@ -1,0 +1,52 @@
+import {
+  AppError,
+  AuthError,
+  BudgetExceededError,
+  type FieldError,
+  ForbiddenError,
+  InvalidStateError,
+  NotFoundError,
+  RateLimitedError,
+  ValidationError,
+} from '../../errors.js';
+import { builder } from '../builder.js';
+
+// Expected failures as union members that implement `Error` (STYLE 10).
+export const ErrorInterface = builder.interfaceRef<AppError>('Error').implement({
+  fields: (t) => ({ message: t.exposeString('message') }),
+});
+
+const FieldErrorRef = builder.objectRef<FieldError>('FieldError').implement({
+  description: 'One invalid input field: its path inside the input and what is wrong with it.',
+  fields: (t) => ({
+    path: t.exposeStringList('path'),
+    message: t.exposeString('message'),
+  }),
+});
+
+builder.objectType(ValidationError, {
+  name: 'ValidationError',
+  interfaces: [ErrorInterface],
+  fields: (t) => ({ fieldErrors: t.field({ type: [FieldErrorRef], resolve: (e) => e.fieldErrors }) }),
+});
+
+builder.objectType(BudgetExceededError, {
+  name: 'BudgetExceededError',
+  interfaces: [ErrorInterface],
+  fields: (t) => ({ limit: t.exposeInt('limit'), used: t.exposeInt('used') }),
+});
+
+builder.objectType(RateLimitedError, {
+  name: 'RateLimitedError',
+  interfaces: [ErrorInterface],
+  fields: (t) => ({ retryAfterSeconds: t.exposeInt('retryAfterSeconds') }),
+});
+
+for (const [errorClass, name] of [
+  [NotFoundError, 'NotFoundError'],
+  [ForbiddenError, 'ForbiddenError'],
+  [AuthError, 'AuthError'],
+  [InvalidStateError, 'InvalidStateError'],
+] as const) {
+  builder.objectType(errorClass, { name, interfaces: [ErrorInterface] as const, fields: () => ({}) });
+}

@@ -1,0 +1,9 @@
+import { builder } from '../builder.js';
+import './scalars.js';
+import './connections.js';
+import './errors.js';
+import './auth.js';
+import './users.js';
+import './projects.js';
+
+export const schema = builder.toSchema({ sortSchema: false });

@@ -1,0 +1,199 @@
+import { GraphQLError } from 'graphql';
+import { z } from 'zod';
+import {
+  addProjectMember,
+  archiveProject,
+  createProject,
+  email,
+  listProjects,
+  projectDescription,
+  projectLoaders,
+  projectName,
+  removeProjectMember,
+  updateProject,
+} from '../../projects/projects.js';
+import type { MemberRow, PageCursor, ProjectRole, ProjectRow } from '../../projects/store.js';
+import { builder } from '../builder.js';
+import { decodeId, parseId } from './ids.js';
+import { UserRef } from './users.js';
+
+export const ProjectTargetEnum = builder.enumType('ProjectTarget', {
+  values: {
+    FLUTTER: { description: 'A Flutter app (pubspec + lib/), built with flutter pub get, analyze and build web.' },
+    WEB: { description: 'A Vite + React + TypeScript app, built with npm install, tsc and vite build.' },
+  } as const,
+});
+
+const roles = { OWNER: 'owner', EDITOR: 'editor', VIEWER: 'viewer' } as const;
+export const ProjectRoleEnum = builder.enumType('ProjectRole', {
+  values: {
+    OWNER: { value: 'owner', description: 'Everything, including members and budget.' },
+    EDITOR: { value: 'editor', description: 'Edits the project and starts or cancels generations.' },
+    VIEWER: { value: 'viewer', description: 'Reads the project and its generations.' },
+  } as const,
+});
+
+export const ProjectRef = builder.loadableNodeRef<ProjectRow, string, string>('Project', {
+  id: { resolve: (project) => project.id },
+  load: async (ids, ctx) => {
+    const rows = await projectLoaders.projects(ctx.db, ids);
+    return ids.map((id) => rows.find((row) => row.id === id) ?? new Error('Project not found'));
+  },
+});
+
+const MemberRef = builder.objectRef<MemberRow>('ProjectMember').implement({
+  fields: (t) => ({
+    role: t.field({ type: ProjectRoleEnum, resolve: (member) => member.role }),
+    user: t.field({ type: UserRef, resolve: (member) => member.userId }),
+    createdAt: t.expose('createdAt', { type: 'DateTime' }),
+  }),
+});
+
+ProjectRef.implement({
+  fields: (t) => ({
+    name: t.exposeString('name'),
+    description: t.exposeString('description', { nullable: true }),
+    target: t.field({ type: ProjectTargetEnum, resolve: (project) => project.target }),
+    viewerRole: t.field({
+      type: ProjectRoleEnum,
+      description: "The signed-in user's role in this project.",
+      resolve: (project) => project.viewerRole ?? 'viewer',
+    }),
+    createdAt: t.expose('createdAt', { type: 'DateTime' }),
+    updatedAt: t.expose('updatedAt', { type: 'DateTime' }),
+    archivedAt: t.expose('archivedAt', { type: 'DateTime', nullable: true }),
+    members: t.loadableList({
+      type: MemberRef,
+      load: async (projectIds: string[], ctx) => {
+        const rows = await projectLoaders.members(ctx.db, projectIds);
+        return projectIds.map((id) => rows.filter((row) => row.projectId === id));
+      },
+      resolve: (project) => project.id,
+    }),
+  }),
+});
+
+const CreateProjectInput = builder.inputType('CreateProjectInput', {
+  fields: (t) => ({
+    name: t.string({ required: true, validate: projectName }),
+    description: t.string({ validate: projectDescription.nullish() }),
+    target: t.field({ type: ProjectTargetEnum, required: true }),
+  }),
+});
+
+const UpdateProjectInput = builder.inputType('UpdateProjectInput', {
+  fields: (t) => ({
+    id: t.id({ required: true }),
+    name: t.string({ validate: projectName.nullish() }),
+    description: t.string({ validate: projectDescription.nullish() }),
+  }),
+});
+
+const AddProjectMemberInput = builder.inputType('AddProjectMemberInput', {
+  description: 'Adds a user by email; adding an existing member again may change its role.',
+  fields: (t) => ({
+    projectId: t.id({ required: true }),
+    email: t.string({ required: true, validate: email }),
+    role: t.field({ type: ProjectRoleEnum, required: true }),
+  }),
+});
+
+const RemoveProjectMemberInput = builder.inputType('RemoveProjectMemberInput', {
+  fields: (t) => ({
+    projectId: t.id({ required: true }),
+    userId: t.id({ required: true, description: 'The global id of the User to remove.' }),
+  }),
+});
+
+builder.queryFields((t) => ({
+  project: t.field({
+    type: ProjectRef,
+    nullable: true,
+    authScopes: { signedIn: true },
+    description: 'A project the viewer is a member of; null for any other id.',
+    args: { id: t.arg.id({ required: true }) },
+    resolve: (_root, args) => decodeId(String(args.id), 'Project'),
+  }),
+  projects: t.connection({
+    type: ProjectRef,
+    authScopes: { signedIn: true },
+    description: "The viewer's projects, newest first (at most 100 a page).",
+    resolve: async (_root, args, ctx) => {
+      if (args.last != null || args.before != null) throw badInput('Page forward with first/after.');
+      const first = args.first ?? 20;
+      if (first < 0 || first > 100) throw badInput('first must be between 0 and 100.');
+      const { rows, totalCount } = await listProjects(ctx.db, { limit: first + 1, after: parseCursor(args.after) });
+      const page = rows.slice(0, first);
+      const edges = page.map((node) => ({ node, cursor: toCursor(node) }));
+      return {
+        edges,
+        totalCount,
+        pageInfo: {
+          hasNextPage: rows.length > first,
+          hasPreviousPage: args.after != null,
+          startCursor: edges[0]?.cursor ?? null,
+          endCursor: edges.at(-1)?.cursor ?? null,
+        },
+      };
+    },
+  }),
+}));
+
+builder.mutationFields((t) => ({
+  createProject: t.field({
+    type: ProjectRef,
+    errors: {},
+    args: { input: t.arg({ type: CreateProjectInput, required: true }) },
+    resolve: (_root, { input }, ctx) => createProject(ctx.db, input),
+  }),
+  updateProject: t.field({
+    type: ProjectRef,
+    errors: {},
+    args: { input: t.arg({ type: UpdateProjectInput, required: true }) },
+    resolve: (_root, { input }, ctx) =>
+      updateProject(ctx.db, { ...input, id: parseId(String(input.id), 'Project', ['id']) }),
+  }),
+  archiveProject: t.field({
+    type: ProjectRef,
+    errors: {},
+    args: { id: t.arg.id({ required: true }) },
+    resolve: (_root, args, ctx) => archiveProject(ctx.db, parseId(String(args.id), 'Project', ['id'])),
+  }),
+  addProjectMember: t.field({
+    type: MemberRef,
+    errors: {},
+    args: { input: t.arg({ type: AddProjectMemberInput, required: true }) },
+    resolve: (_root, { input }, ctx) =>
+      addProjectMember(ctx.db, { ...input, projectId: parseId(String(input.projectId), 'Project', ['projectId']) }),
+  }),
+  removeProjectMember: t.field({
+    type: ProjectRef,
+    errors: {},
+    args: { input: t.arg({ type: RemoveProjectMemberInput, required: true }) },
+    resolve: (_root, { input }, ctx) =>
+      removeProjectMember(ctx.db, {
+        projectId: parseId(String(input.projectId), 'Project', ['projectId']),
+        userId: parseId(String(input.userId), 'User', ['userId']),
+      }),
+  }),
+}));
+
+function toCursor(project: ProjectRow): string {
+  return Buffer.from(`${project.createdAt.toISOString()}|${project.id}`).toString('base64url');
+}
+
+const cursorShape = z.tuple([z.iso.datetime(), z.uuid()]);
+
+function parseCursor(cursor: string | null | undefined): PageCursor | undefined {
+  if (cursor == null) return undefined;
+  const parsed = cursorShape.safeParse(Buffer.from(cursor, 'base64url').toString().split('|'));
+  if (!parsed.success) throw badInput('That cursor is not valid.');
+  return { createdAt: new Date(parsed.data[0]), id: parsed.data[1] };
+}
+
+function badInput(message: string) {
+  return new GraphQLError(message, { extensions: { code: 'BAD_USER_INPUT' } });
+}
+
+export type { ProjectRole };
+void roles;

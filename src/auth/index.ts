@@ -1,0 +1,18 @@
+import type { Config } from '../config.js';
+import type { Db } from '../db/client.js';
+import { createLocalAuth } from './local.js';
+import type { AuthProvider } from './provider.js';
+import { createSupabaseAuth } from './supabase.js';
+
+export type { AuthProvider, AuthSession, AuthUser, SignOutScope } from './provider.js';
+
+/** The configured provider: Supabase Auth, or the embedded local one (the default). */
+export async function createAuthProvider(auth: Config['auth'], db: Db): Promise<AuthProvider> {
+  if (auth.provider === 'local') {
+    return createLocalAuth({ db, accessTokenTtlSeconds: auth.accessTokenTtlSeconds, jwtSecret: auth.jwtSecret });
+  }
+  const { url, anonKey, serviceRoleKey, jwtSecret } = auth.supabase;
+  // parseConfig refuses AUTH_PROVIDER=supabase without these; this guards other callers.
+  if (!url || !anonKey) throw new Error('The supabase auth provider needs SUPABASE_URL and SUPABASE_ANON_KEY');
+  return createSupabaseAuth({ db, url, anonKey, serviceRoleKey, jwtSecret });
+}

@@ -1,0 +1,135 @@
+import { randomUUID } from 'node:crypto';
+import { and, eq, isNull, ne, sql } from 'drizzle-orm';
+import type { Db, Tx } from '../db/client.js';
+import { authSessions, localCredentials, refreshTokens, users } from '../db/schema.js';
+import { serviceScope } from '../db/scope.js';
+import type { AuthUser, SignOutScope } from './provider.js';
+import { newRefreshToken } from './refresh-tokens.js';
+
+// The local provider's queries. Every auth table is server-only (RLS refuses requests),
+// so these run in the service scope; single statements run without a transaction.
+
+export interface StoredSession {
+  sessionId: string;
+  refreshToken: string;
+  user: AuthUser;
+}
+
+export type RotationResult =
+  | { kind: 'rotated'; session: StoredSession }
+  /** The token had been used before: its session is now revoked. */
+  | { kind: 'reused' }
+  /** Unknown token, or its session has ended. */
+  | { kind: 'invalid' };
+
+/** A new user with credentials and a first session, all or nothing. A taken email throws (see isEmailTaken). */
+export function createAccount(db: Db, email: string, passwordHash: string): Promise<StoredSession> {
+  return serviceScope(db).run(async (tx) => {
+    const user = { id: randomUUID(), email };
+    await tx.insert(users).values(user);
+    await tx.insert(localCredentials).values({ userId: user.id, passwordHash });
+    return startSession(tx, user);
+  });
+}
+
+/** The error of createAccount when the email is taken: the unique index decides, so racing sign-ups cannot both win. */
+export function isEmailTaken(error: unknown): boolean {
+  // drizzle wraps the driver's error in `cause`; postgres.js names the constraint constraint_name, PGlite constraint.
+  for (let e: unknown = error; e instanceof Error; e = e.cause) {
+    const { code, constraint_name, constraint } = e as { code?: string; constraint_name?: string; constraint?: string };
+    if (code === '23505') return (constraint_name ?? constraint) === 'users_email_key';
+  }
+  return false;
+}
+
+export function createSession(db: Db, user: AuthUser): Promise<StoredSession> {
+  return serviceScope(db).run((tx) => startSession(tx, user));
+}
+
+export async function findCredentials(db: Db, email: string): Promise<(AuthUser & { passwordHash: string }) | undefined> {
+  const [row] = await db
+    .select({ id: users.id, email: users.email, passwordHash: localCredentials.passwordHash })
+    .from(users)
+    .innerJoin(localCredentials, eq(localCredentials.userId, users.id))
+    .where(eq(users.email, email));
+  return row;
+}
+
+/**
+ * Spends a refresh token and issues its successor in the same session. The
+ * compare-and-set on used_at lets exactly one of two concurrent uses win; the other
+ * counts as reuse, which revokes the session (the token may have been stolen).
+ */
+export function rotateRefreshToken(db: Db, tokenHash: string): Promise<RotationResult> {
+  return serviceScope(db).run(async (tx): Promise<RotationResult> => {
+    const [spent] = await tx
+      .update(refreshTokens)
+      .set({ usedAt: sql`now()` })
+      .where(
+        and(
+          eq(refreshTokens.tokenHash, tokenHash),
+          isNull(refreshTokens.usedAt),
+          sql`exists (select 1 from ${authSessions} where ${authSessions.id} = ${refreshTokens.sessionId} and ${authSessions.revokedAt} is null)`,
+        ),
+      )
+      .returning({ sessionId: refreshTokens.sessionId });
+    if (spent) return { kind: 'rotated', session: await continueSession(tx, spent.sessionId) };
+
+    const [known] = await tx
+      .select({ sessionId: refreshTokens.sessionId, usedAt: refreshTokens.usedAt })
+      .from(refreshTokens)
+      .where(eq(refreshTokens.tokenHash, tokenHash));
+    if (!known?.usedAt) return { kind: 'invalid' };
+    // Returned, not thrown, so the revocation commits.
+    await tx
+      .update(authSessions)
+      .set({ revokedAt: sql`now()`, revokedReason: 'refresh_token_reuse' })
+      .where(and(eq(authSessions.id, known.sessionId), isNull(authSessions.revokedAt)));
+    return { kind: 'reused' };
+  });
+}
+
+/** LOCAL ends this session, GLOBAL every session of the user, OTHERS all but this one. */
+export async function revokeSessions(db: Db, userId: string, sessionId: string, scope: SignOutScope): Promise<void> {
+  const which = {
+    LOCAL: eq(authSessions.id, sessionId),
+    GLOBAL: undefined,
+    OTHERS: ne(authSessions.id, sessionId),
+  }[scope];
+  await db
+    .update(authSessions)
+    .set({ revokedAt: sql`now()`, revokedReason: 'sign_out' })
+    .where(and(eq(authSessions.userId, userId), isNull(authSessions.revokedAt), which));
+}
+
+/** One primary-key lookup per verified request: revocation takes effect at once. */
+export async function isSessionLive(db: Db, sessionId: string, userId: string): Promise<boolean> {
+  const [row] = await db
+    .select({ id: authSessions.id })
+    .from(authSessions)
+    .where(and(eq(authSessions.id, sessionId), eq(authSessions.userId, userId), isNull(authSessions.revokedAt)));
+  return row !== undefined;
+}
+
+async function startSession(tx: Tx, user: AuthUser): Promise<StoredSession> {
+  const [session] = await tx.insert(authSessions).values({ userId: user.id }).returning({ id: authSessions.id });
+  if (!session) throw new Error('auth_sessions insert returned no row');
+  return { sessionId: session.id, refreshToken: await addRefreshToken(tx, session.id), user };
+}
+
+async function continueSession(tx: Tx, sessionId: string): Promise<StoredSession> {
+  const [owner] = await tx
+    .update(authSessions)
+    .set({ refreshedAt: sql`now()` })
+    .where(eq(authSessions.id, sessionId))
+    .returning({ userId: authSessions.userId });
+  const [user] = owner ? await tx.select({ id: users.id, email: users.email }).from(users).where(eq(users.id, owner.userId)) : [];
+  if (!user) throw new Error(`session ${sessionId} has no user`);
+  return { sessionId, refreshToken: await addRefreshToken(tx, sessionId), user };
+}
+
+async function addRefreshToken(tx: Tx, sessionId: string): Promise<string> {
+  const { token, tokenHash } = newRefreshToken();
+  await tx.insert(refreshTokens).values({ tokenHash, sessionId });
+  return token;
+}

@@ -1,0 +1,79 @@
+import type { Db } from '../db/client.js';
+import { AuthError } from '../errors.js';
+import { emailTakenError, invalidCredentialsError, normaliseEmail, validateSignUp } from './credentials.js';
+import {
+  createAccount,
+  createSession,
+  findCredentials,
+  isEmailTaken,
+  isSessionLive,
+  revokeSessions,
+  rotateRefreshToken,
+  type StoredSession,
+} from './local-store.js';
+import { signAccessToken, verifyAccessToken } from './local-tokens.js';
+import { hashPassword, UNKNOWN_USER_HASH, verifyPassword } from './passwords.js';
+import type { AuthProvider, AuthSession } from './provider.js';
+import { hashRefreshToken } from './refresh-tokens.js';
+import { loadSigningKey } from './signing-key.js';
+
+export interface LocalAuthOptions {
+  db: Db;
+  accessTokenTtlSeconds: number;
+  /** AUTH_JWT_SECRET; without it a key generated once and kept in the database. */
+  jwtSecret?: string;
+  /** Milliseconds since the epoch; tests pass a clock they control. */
+  now?: () => number;
+}
+
+/** The embedded provider: users, sessions and refresh tokens in Kiln's own database. */
+export async function createLocalAuth(options: LocalAuthOptions): Promise<AuthProvider> {
+  const { db, accessTokenTtlSeconds, now = Date.now } = options;
+  const key = await loadSigningKey(db, options.jwtSecret);
+
+  async function issue(session: StoredSession): Promise<AuthSession> {
+    const subject = { userId: session.user.id, email: session.user.email, sessionId: session.sessionId };
+    const { token, expiresAt } = await signAccessToken(key, subject, Math.floor(now() / 1000), accessTokenTtlSeconds);
+    return { accessToken: token, refreshToken: session.refreshToken, expiresAt, user: session.user };
+  }
+
+  return {
+    async signUp(email, password) {
+      const normalised = validateSignUp(email, password);
+      const passwordHash = await hashPassword(password);
+      try {
+        return await issue(await createAccount(db, normalised, passwordHash));
+      } catch (error) {
+        if (isEmailTaken(error)) throw emailTakenError();
+        throw error;
+      }
+    },
+
+    async signIn(email, password) {
+      const credentials = await findCredentials(db, normaliseEmail(email));
+      // An unknown email costs one KDF run too, so timing does not tell which emails have accounts.
+      const matches = await verifyPassword(password, credentials?.passwordHash ?? UNKNOWN_USER_HASH);
+      if (!credentials || !matches) throw invalidCredentialsError();
+      return issue(await createSession(db, { id: credentials.id, email: credentials.email }));
+    },
+
+    async refresh(refreshToken) {
+      const result = await rotateRefreshToken(db, hashRefreshToken(refreshToken));
+      if (result.kind !== 'rotated') throw new AuthError();
+      return issue(result.session);
+    },
+
+    async signOut(claims, _accessToken, scope) {
+      if (!claims.session_id) throw new AuthError();
+      await revokeSessions(db, claims.sub, claims.session_id, scope);
+    },
+
+    async verify(accessToken) {
+      const claims = await verifyAccessToken(key, accessToken, new Date(now()));
+      if (!(await isSessionLive(db, claims.session_id, claims.sub))) throw new AuthError();
+      return claims;
+    },
+
+    async close() {},
+  };
+}

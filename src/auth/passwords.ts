@@ -1,0 +1,57 @@
+import { randomBytes, scrypt, type ScryptOptions, timingSafeEqual } from 'node:crypto';
+
+// scrypt is memory-hard; the stored string names its parameters
+// (`scrypt$N$r$p$salt$hash`), so they can be raised later without breaking old hashes.
+
+interface ScryptParams {
+  N: number;
+  r: number;
+  p: number;
+}
+
+const CURRENT: ScryptParams = { N: 2 ** 15, r: 8, p: 1 };
+const SALT_BYTES = 16;
+const KEY_BYTES = 32;
+// Stored hashes are ours, but a corrupted row must not make us allocate gigabytes.
+const MAX_N = 2 ** 20;
+
+/** A well-formed hash that matches no password: checked when a user does not exist, so that costs the same time. */
+export const UNKNOWN_USER_HASH = formatHash(CURRENT, Buffer.alloc(SALT_BYTES), Buffer.alloc(KEY_BYTES));
+
+export async function hashPassword(password: string): Promise<string> {
+  const salt = randomBytes(SALT_BYTES);
+  return formatHash(CURRENT, salt, await derive(password, salt, CURRENT, KEY_BYTES));
+}
+
+export async function verifyPassword(password: string, stored: string): Promise<boolean> {
+  const parsed = parseHash(stored);
+  if (!parsed) return false;
+  const derived = await derive(password, parsed.salt, parsed.params, parsed.hash.length);
+  return timingSafeEqual(derived, parsed.hash);
+}
+
+function derive(password: string, salt: Buffer, { N, r, p }: ScryptParams, keyLength: number): Promise<Buffer> {
+  // Node refuses above maxmem (default 32 MiB); scrypt needs about 128·N·r bytes.
+  const options: ScryptOptions = { N, r, p, maxmem: 256 * N * r };
+  return new Promise((resolve, reject) => {
+    // NFKC, so the same password typed on different keyboards hashes the same (NIST SP 800-63B).
+    scrypt(password.normalize('NFKC'), salt, keyLength, options, (error, key) => (error ? reject(error) : resolve(key)));
+  });
+}
+
+function formatHash({ N, r, p }: ScryptParams, salt: Buffer, hash: Buffer): string {
+  return ['scrypt', N, r, p, salt.toString('base64url'), hash.toString('base64url')].join('$');
+}
+
+function parseHash(stored: string): { params: ScryptParams; salt: Buffer; hash: Buffer } | undefined {
+  const [scheme, n, r, p, salt, hash, ...rest] = stored.split('$');
+  if (scheme !== 'scrypt' || rest.length > 0 || !salt || !hash) return undefined;
+  const params = { N: Number(n), r: Number(r), p: Number(p) };
+  const powerOfTwo = Number.isInteger(params.N) && params.N > 1 && params.N <= MAX_N && (params.N & (params.N - 1)) === 0;
+  if (!powerOfTwo || !isSmallPositive(params.r) || !isSmallPositive(params.p)) return undefined;
+  return { params, salt: Buffer.from(salt, 'base64url'), hash: Buffer.from(hash, 'base64url') };
+}
+
+function isSmallPositive(value: number): boolean {
+  return Number.isInteger(value) && value >= 1 && value <= 64;
+}

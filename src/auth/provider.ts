@@ -1,0 +1,31 @@
+import type { Claims } from '../db/scope.js';
+
+export type SignOutScope = 'LOCAL' | 'GLOBAL' | 'OTHERS';
+
+export interface AuthUser {
+  id: string;
+  email: string;
+}
+
+export interface AuthSession {
+  accessToken: string;
+  refreshToken: string;
+  expiresAt: Date;
+  user: AuthUser;
+}
+
+/**
+ * Sign-up, sign-in, refresh, sign-out and token verification, the same for the
+ * embedded local provider and Supabase Auth. Expected failures throw the classes of
+ * src/errors.ts (AuthError, ValidationError, RateLimitedError).
+ */
+export interface AuthProvider {
+  signUp(email: string, password: string): Promise<AuthSession>;
+  signIn(email: string, password: string): Promise<AuthSession>;
+  refresh(refreshToken: string): Promise<AuthSession>;
+  /** Ends the session of these claims (LOCAL), all the user's sessions (GLOBAL), or all others (OTHERS). */
+  signOut(claims: Claims, accessToken: string, scope: SignOutScope): Promise<void>;
+  /** Verified claims of a live session; AuthError for a bad, expired or revoked token. */
+  verify(accessToken: string): Promise<Claims>;
+  close(): Promise<void>;
+}

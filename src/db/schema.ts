@@ -1,0 +1,262 @@
+import { sql } from 'drizzle-orm';
+import {
+  bigint,
+  check,
+  index,
+  integer,
+  pgEnum,
+  pgPolicy,
+  pgTable,
+  primaryKey,
+  text,
+  timestamp,
+  uniqueIndex,
+  uuid,
+} from 'drizzle-orm/pg-core';
+import { anonRole, authenticatedRole, authUid } from 'drizzle-orm/supabase';
+
+// The whole data model of DESIGN.md. Policies stand beside their tables; the
+// SECURITY DEFINER helpers they call (kiln.project_role, kiln.generation_role,
+// kiln.shares_project) live in drizzle/0000_helpers.sql.
+
+export const projectTarget = pgEnum('project_target', ['FLUTTER', 'WEB']);
+export const projectRole = pgEnum('project_role', ['owner', 'editor', 'viewer']);
+export const generationStatus = pgEnum('generation_status', ['QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED']);
+export const generationPhase = pgEnum('generation_phase', ['QUEUED', 'GENERATING', 'WRITING', 'BUILDING', 'DONE']);
+export const buildStepStatus = pgEnum('build_step_status', ['PENDING', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED', 'SKIPPED']);
+export const messageRole = pgEnum('message_role', ['USER', 'MODEL']);
+export const logStream = pgEnum('log_stream', ['STDOUT', 'STDERR']);
+
+const createdAt = () => timestamp('created_at', { withTimezone: true }).notNull().defaultNow();
+const isMember = (projectId: unknown) => sql`kiln.project_role(${projectId}) is not null`;
+const canEdit = (projectId: unknown) => sql`kiln.project_role(${projectId}) in ('owner', 'editor')`;
+const isOwner = (projectId: unknown) => sql`kiln.project_role(${projectId}) = 'owner'`;
+const canReadGeneration = (generationId: unknown) => sql`kiln.generation_role(${generationId}) is not null`;
+/** Tables only the server (service scope) touches: requests never read them. */
+const serverOnly = (table: string) =>
+  pgPolicy(`${table}_server_only`, { as: 'restrictive', for: 'all', to: [anonRole, authenticatedRole], using: sql`false`, withCheck: sql`false` });
+
+/** Profiles of every user either auth provider knows: the directory for membership by email. */
+export const users = pgTable(
+  'users',
+  {
+    id: uuid('id').primaryKey(),
+    email: text('email').notNull(),
+    createdAt: createdAt(),
+  },
+  (t) => [
+    uniqueIndex('users_email_key').on(t.email),
+    check('users_email_lowercase', sql`${t.email} = lower(${t.email})`),
+    pgPolicy('users_select_self_or_teammate', {
+      for: 'select',
+      to: authenticatedRole,
+      using: sql`${t.id} = ${authUid} or kiln.shares_project(${t.id})`,
+    }),
+  ],
+).enableRLS();
+
+export const projects = pgTable(
+  'projects',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    ownerId: uuid('owner_id').notNull().references(() => users.id),
+    name: text('name').notNull(),
+    description: text('description'),
+    target: projectTarget('target').notNull(),
+    createdAt: createdAt(),
+    updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
+    archivedAt: timestamp('archived_at', { withTimezone: true }),
+    monthlyTokenLimit: bigint('monthly_token_limit', { mode: 'number' }),
+  },
+  (t) => [
+    index('projects_owner_id_idx').on(t.ownerId),
+    index('projects_created_at_idx').on(t.createdAt.desc(), t.id.desc()),
+    check('projects_name_length', sql`char_length(${t.name}) between 1 and 100`),
+    check('projects_description_length', sql`char_length(${t.description}) <= 2000`),
+    check('projects_budget_positive', sql`${t.monthlyTokenLimit} > 0`),
+    // The owner sees the row before its membership exists (INSERT … RETURNING).
+    pgPolicy('projects_select_member', { for: 'select', to: authenticatedRole, using: sql`${t.ownerId} = ${authUid} or ${isMember(t.id)}` }),
+    pgPolicy('projects_insert_self', { for: 'insert', to: authenticatedRole, withCheck: sql`${t.ownerId} = ${authUid}` }),
+    pgPolicy('projects_update_editor', { for: 'update', to: authenticatedRole, using: canEdit(t.id), withCheck: canEdit(t.id) }),
+  ],
+).enableRLS();
+
+export const projectMembers = pgTable(
+  'project_members',
+  {
+    projectId: uuid('project_id').notNull().references(() => projects.id, { onDelete: 'cascade' }),
+    userId: uuid('user_id').notNull().references(() => users.id, { onDelete: 'cascade' }),
+    role: projectRole('role').notNull(),
+    createdAt: createdAt(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.projectId, t.userId] }),
+    index('project_members_user_id_idx').on(t.userId),
+    pgPolicy('project_members_select_member', { for: 'select', to: authenticatedRole, using: isMember(t.projectId) }),
+    // kiln.project_role counts the project's owner_id as owner, so the creator can add itself.
+    pgPolicy('project_members_insert_owner', { for: 'insert', to: authenticatedRole, withCheck: isOwner(t.projectId) }),
+    pgPolicy('project_members_update_owner', { for: 'update', to: authenticatedRole, using: isOwner(t.projectId), withCheck: isOwner(t.projectId) }),
+    pgPolicy('project_members_delete_owner', { for: 'delete', to: authenticatedRole, using: isOwner(t.projectId) }),
+  ],
+).enableRLS();
+
+export const generations = pgTable(
+  'generations',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    projectId: uuid('project_id').notNull().references(() => projects.id, { onDelete: 'cascade' }),
+    createdBy: uuid('created_by').notNull().references(() => users.id),
+    sessionId: uuid('session_id').notNull(),
+    parentId: uuid('parent_id').references((): any => generations.id),
+    retryOf: uuid('retry_of').references((): any => generations.id),
+    prompt: text('prompt').notNull(),
+    status: generationStatus('status').notNull().default('QUEUED'),
+    phase: generationPhase('phase').notNull().default('QUEUED'),
+    provider: text('provider').notNull(),
+    model: text('model').notNull(),
+    attempt: integer('attempt').notNull().default(1),
+    errorCode: text('error_code'),
+    errorMessage: text('error_message'),
+    inputTokens: integer('input_tokens').notNull().default(0),
+    outputTokens: integer('output_tokens').notNull().default(0),
+    cancelRequestedAt: timestamp('cancel_requested_at', { withTimezone: true }),
+    leaseExpiresAt: timestamp('lease_expires_at', { withTimezone: true }),
+    createdAt: createdAt(),
+    startedAt: timestamp('started_at', { withTimezone: true }),
+    finishedAt: timestamp('finished_at', { withTimezone: true }),
+  },
+  (t) => [
+    index('generations_project_created_idx').on(t.projectId, t.createdAt.desc(), t.id.desc()),
+    index('generations_created_by_idx').on(t.createdBy),
+    index('generations_parent_id_idx').on(t.parentId),
+    index('generations_retry_of_idx').on(t.retryOf),
+    index('generations_session_idx').on(t.projectId, t.sessionId),
+    index('generations_active_idx').on(t.status).where(sql`${t.status} in ('QUEUED', 'RUNNING')`),
+    check('generations_prompt_length', sql`char_length(${t.prompt}) between 1 and 20000`),
+    check('generations_tokens_positive', sql`${t.inputTokens} >= 0 and ${t.outputTokens} >= 0`),
+    check('generations_attempt_range', sql`${t.attempt} between 1 and 100`),
+    check(
+      'generations_error_code',
+      sql`${t.errorCode} in ('LLM_ERROR', 'BUILD_FAILED', 'TIMEOUT', 'UNSAFE_OUTPUT', 'INVALID_OUTPUT', 'INTERRUPTED', 'TOOLCHAIN_MISSING', 'BUDGET_EXCEEDED', 'INTERNAL')`,
+    ),
+    pgPolicy('generations_select_member', { for: 'select', to: authenticatedRole, using: isMember(t.projectId) }),
+    pgPolicy('generations_insert_editor', {
+      for: 'insert',
+      to: authenticatedRole,
+      withCheck: sql`${t.createdBy} = ${authUid} and ${canEdit(t.projectId)}`,
+    }),
+    pgPolicy('generations_update_editor', { for: 'update', to: authenticatedRole, using: canEdit(t.projectId), withCheck: canEdit(t.projectId) }),
+  ],
+).enableRLS();
+
+const generationId = () => uuid('generation_id').notNull().references(() => generations.id, { onDelete: 'cascade' });
+const memberReads = (table: string, t: { generationId: unknown }) =>
+  pgPolicy(`${table}_select_member`, { for: 'select', to: authenticatedRole, using: canReadGeneration(t.generationId) });
+
+export const generationChunks = pgTable(
+  'generation_chunks',
+  { generationId: generationId(), seq: integer('seq').notNull(), text: text('text').notNull() },
+  (t) => [primaryKey({ columns: [t.generationId, t.seq] }), memberReads('generation_chunks', t)],
+).enableRLS();
+
+export const buildSteps = pgTable(
+  'build_steps',
+  {
+    generationId: generationId(),
+    ordinal: integer('ordinal').notNull(),
+    name: text('name').notNull(),
+    command: text('command').notNull(),
+    status: buildStepStatus('status').notNull().default('PENDING'),
+    exitCode: integer('exit_code'),
+    startedAt: timestamp('started_at', { withTimezone: true }),
+    finishedAt: timestamp('finished_at', { withTimezone: true }),
+  },
+  (t) => [primaryKey({ columns: [t.generationId, t.ordinal] }), memberReads('build_steps', t)],
+).enableRLS();
+
+export const buildLogLines = pgTable(
+  'build_log_lines',
+  {
+    generationId: generationId(),
+    seq: integer('seq').notNull(),
+    step: text('step').notNull(),
+    stream: logStream('stream').notNull(),
+    text: text('text').notNull(),
+    createdAt: createdAt(),
+  },
+  (t) => [primaryKey({ columns: [t.generationId, t.seq] }), memberReads('build_log_lines', t)],
+).enableRLS();
+
+export const generationFiles = pgTable(
+  'generation_files',
+  {
+    generationId: generationId(),
+    path: text('path').notNull(),
+    content: text('content').notNull(),
+    size: integer('size').notNull(),
+    sha256: text('sha256').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.generationId, t.path] }), memberReads('generation_files', t)],
+).enableRLS();
+
+export const conversationMessages = pgTable(
+  'conversation_messages',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    projectId: uuid('project_id').notNull().references(() => projects.id, { onDelete: 'cascade' }),
+    sessionId: uuid('session_id').notNull(),
+    role: messageRole('role').notNull(),
+    content: text('content').notNull(),
+    generationId: uuid('generation_id').references(() => generations.id, { onDelete: 'cascade' }),
+    createdAt: createdAt(),
+  },
+  (t) => [
+    index('conversation_messages_session_idx').on(t.projectId, t.sessionId, t.createdAt),
+    index('conversation_messages_generation_id_idx').on(t.generationId),
+    pgPolicy('conversation_messages_select_member', { for: 'select', to: authenticatedRole, using: isMember(t.projectId) }),
+    pgPolicy('conversation_messages_insert_editor', { for: 'insert', to: authenticatedRole, withCheck: sql`${t.role} = 'USER' and ${canEdit(t.projectId)}` }),
+  ],
+).enableRLS();
+
+// ---------------------------------------------------------------- local auth provider (server only)
+
+export const localCredentials = pgTable(
+  'local_credentials',
+  {
+    userId: uuid('user_id').primaryKey().references(() => users.id, { onDelete: 'cascade' }),
+    passwordHash: text('password_hash').notNull(),
+    createdAt: createdAt(),
+  },
+  () => [serverOnly('local_credentials')],
+).enableRLS();
+
+export const authSessions = pgTable(
+  'auth_sessions',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    userId: uuid('user_id').notNull().references(() => users.id, { onDelete: 'cascade' }),
+    createdAt: createdAt(),
+    refreshedAt: timestamp('refreshed_at', { withTimezone: true }),
+    revokedAt: timestamp('revoked_at', { withTimezone: true }),
+    revokedReason: text('revoked_reason'),
+  },
+  (t) => [index('auth_sessions_user_id_idx').on(t.userId), serverOnly('auth_sessions')],
+).enableRLS();
+
+export const refreshTokens = pgTable(
+  'refresh_tokens',
+  {
+    tokenHash: text('token_hash').primaryKey(),
+    sessionId: uuid('session_id').notNull().references(() => authSessions.id, { onDelete: 'cascade' }),
+    createdAt: createdAt(),
+    usedAt: timestamp('used_at', { withTimezone: true }),
+  },
+  (t) => [index('refresh_tokens_session_id_idx').on(t.sessionId), serverOnly('refresh_tokens')],
+).enableRLS();
+
+/** Secrets the server generates once and shares through the database (the local signing key). */
+export const serverSecrets = pgTable(
+  'server_secrets',
+  { name: text('name').primaryKey(), value: text('value').notNull(), createdAt: createdAt() },
+  () => [serverOnly('server_secrets')],
+).enableRLS();

@@ -1,0 +1,57 @@
+// Expected failures: use-cases throw these, the API returns them as members of a
+// mutation's result union (DESIGN "API contract"). Anything else is unexpected and masked.
+
+export abstract class AppError extends Error {
+  abstract readonly kind: string;
+}
+
+export interface FieldError {
+  path: string[];
+  message: string;
+}
+
+export class ValidationError extends AppError {
+  readonly kind = 'ValidationError';
+  constructor(readonly fieldErrors: FieldError[], message = 'The input is not valid.') {
+    super(message);
+  }
+}
+
+export class NotFoundError extends AppError {
+  readonly kind = 'NotFoundError';
+  constructor(message = 'Not found.') {
+    super(message);
+  }
+}
+
+export class ForbiddenError extends AppError {
+  readonly kind = 'ForbiddenError';
+  constructor(message = 'You are not allowed to do that.') {
+    super(message);
+  }
+}
+
+export class AuthError extends AppError {
+  readonly kind = 'AuthError';
+  constructor(message = 'Not signed in, or the session has ended.') {
+    super(message);
+  }
+}
+
+export class InvalidStateError extends AppError {
+  readonly kind = 'InvalidStateError';
+}
+
+export class BudgetExceededError extends AppError {
+  readonly kind = 'BudgetExceededError';
+  constructor(readonly limit: number, readonly used: number) {
+    super(`The project's monthly token budget is used up (${used} of ${limit} tokens).`);
+  }
+}
+
+export class RateLimitedError extends AppError {
+  readonly kind = 'RateLimitedError';
+  constructor(readonly retryAfterSeconds: number, message = 'Too many requests; try again later.') {
+    super(message);
+  }
+}

@@ -1,0 +1,158 @@
+import { randomUUID } from 'node:crypto';
+import { z } from 'zod';
+import type { Tx } from '../db/client.js';
+import type { Scope } from '../db/scope.js';
+import { BudgetExceededError, InvalidStateError, NotFoundError, RateLimitedError } from '../errors.js';
+import type { EventBus } from '../events/bus.js';
+import { requireRole } from '../projects/projects.js';
+import { projectStore } from '../projects/store.js';
+import { type GenerationRow, TERMINAL, generationStore } from './store.js';
+
+// Start, cancel and retry: the decisions around a run. The run itself is pipeline.ts.
+
+export const generationPrompt = z
+  .string()
+  .trim()
+  .min(1, 'Describe what to build')
+  .max(20_000, 'The prompt must be at most 20000 characters');
+
+export interface GenerationDeps {
+  bus: EventBus;
+  /** Wakes a worker; the durable queue is the generations table itself. */
+  wakeWorkers(generationId: string): void;
+  provider: { name: string; model: string };
+  maxActivePerUser: number;
+}
+
+export interface StartInput {
+  projectId: string;
+  prompt: string;
+  sessionId?: string | null;
+  parentGenerationId?: string | null;
+}
+
+export async function startGeneration(scope: Scope, deps: GenerationDeps, input: StartInput): Promise<GenerationRow> {
+  const generation = await scope.run(async (tx) => {
+    const project = requireRole(await projectStore.find(tx, input.projectId), ['owner', 'editor']);
+    if (project.archivedAt) throw new InvalidStateError('This project is archived; unarchive it to generate.');
+    const parent = await resolveParent(tx, project.id, input);
+    const sessionId = input.sessionId ?? parent?.sessionId ?? randomUUID();
+    return insertGeneration(tx, deps, {
+      projectId: project.id,
+      createdBy: scope.userId!,
+      sessionId,
+      parentId: parent?.id ?? null,
+      prompt: input.prompt,
+    });
+  });
+  announce(deps, generation);
+  return generation;
+}
+
+export async function retryGeneration(scope: Scope, deps: GenerationDeps, id: string): Promise<GenerationRow> {
+  const generation = await scope.run(async (tx) => {
+    const original = await findVisible(tx, id);
+    requireRole(await projectStore.find(tx, original.projectId), ['owner', 'editor']);
+    if (!TERMINAL.includes(original.status)) throw new InvalidStateError('Only a finished generation can be retried.');
+    return insertGeneration(tx, deps, {
+      projectId: original.projectId,
+      createdBy: scope.userId!,
+      sessionId: original.sessionId,
+      parentId: original.parentId,
+      retryOf: original.id,
+      attempt: original.attempt + 1,
+      prompt: original.prompt,
+    });
+  });
+  announce(deps, generation);
+  return generation;
+}
+
+/** A QUEUED generation ends at once; a RUNNING one is asked to stop (any instance, any worker). */
+export async function cancelGeneration(scope: Scope, deps: Pick<GenerationDeps, 'bus'>, id: string): Promise<GenerationRow> {
+  const { generation, running } = await scope.run(async (tx) => {
+    const found = await findVisible(tx, id);
+    requireRole(await projectStore.find(tx, found.projectId), ['owner', 'editor']);
+    if (TERMINAL.includes(found.status)) throw new InvalidStateError(`This generation has already ended (${found.status}).`);
+    const now = new Date();
+    const cancelled = await generationStore.transition(tx, id, ['QUEUED'], {
+      status: 'CANCELLED',
+      phase: 'DONE',
+      cancelRequestedAt: now,
+      finishedAt: now,
+    });
+    if (cancelled) return { generation: cancelled, running: false };
+    const requested = await generationStore.transition(tx, id, ['RUNNING'], { cancelRequestedAt: now });
+    if (!requested) throw new InvalidStateError('This generation has already ended.');
+    return { generation: requested, running: true };
+  });
+  if (running) deps.bus.publish('generationCancel', id, { at: new Date().toISOString() });
+  else deps.bus.publish('generationUpdated', id, { status: generation.status, phase: generation.phase });
+  return generation;
+}
+
+export async function getGeneration(scope: Scope, id: string): Promise<GenerationRow | null> {
+  return (await scope.run((tx) => generationStore.find(tx, id))) ?? null;
+}
+
+/** Inserts a QUEUED generation and its USER message, after the budget and rate checks. */
+export async function insertGeneration(
+  tx: Tx,
+  deps: Pick<GenerationDeps, 'provider' | 'maxActivePerUser'>,
+  values: { projectId: string; createdBy: string; sessionId: string; parentId: string | null; prompt: string; retryOf?: string; attempt?: number },
+  options: { checkLimits?: boolean } = { checkLimits: true },
+): Promise<GenerationRow> {
+  if (options.checkLimits) await checkLimits(tx, deps, values.projectId, values.createdBy);
+  const generation = await generationStore.insert(tx, { ...values, provider: deps.provider.name, model: deps.provider.model });
+  await generationStore.insertMessage(tx, {
+    projectId: values.projectId,
+    sessionId: values.sessionId,
+    role: 'USER',
+    content: values.prompt,
+    generationId: generation.id,
+  });
+  return generation;
+}
+
+async function checkLimits(tx: Tx, deps: Pick<GenerationDeps, 'maxActivePerUser'>, projectId: string, userId: string) {
+  const project = await generationStore.projectOf(tx, projectId);
+  if (project?.monthlyTokenLimit != null) {
+    const [usage] = await generationStore.usageOfProjects(tx, [projectId], monthStart());
+    const used = (usage?.inputTokens ?? 0) + (usage?.outputTokens ?? 0);
+    if (used >= project.monthlyTokenLimit) throw new BudgetExceededError(project.monthlyTokenLimit, used);
+  }
+  if ((await generationStore.activeCountOfUser(tx, userId)) >= deps.maxActivePerUser) {
+    throw new RateLimitedError(15, `You already have ${deps.maxActivePerUser} generations queued or running; wait for one to finish.`);
+  }
+}
+
+async function resolveParent(tx: Tx, projectId: string, input: StartInput): Promise<GenerationRow | undefined> {
+  if (input.parentGenerationId) {
+    const parent = await generationStore.find(tx, input.parentGenerationId);
+    if (!parent || parent.projectId !== projectId) throw new NotFoundError('Parent generation not found in this project.');
+    if (!TERMINAL.includes(parent.status)) throw new InvalidStateError('The parent generation has not finished yet.');
+    if (input.sessionId && input.sessionId !== parent.sessionId) {
+      throw new InvalidStateError('The parent generation belongs to another session.');
+    }
+    return parent;
+  }
+  // A follow-up in a session builds on that session's latest successful generation.
+  if (input.sessionId) return generationStore.latestSucceededOfSession(tx, projectId, input.sessionId);
+  return undefined;
+}
+
+async function findVisible(tx: Tx, id: string): Promise<GenerationRow> {
+  const generation = await generationStore.find(tx, id);
+  if (!generation) throw new NotFoundError('Generation not found.');
+  return generation;
+}
+
+function announce(deps: GenerationDeps, generation: GenerationRow) {
+  deps.bus.publish('generationUpdated', generation.id, { status: generation.status, phase: generation.phase });
+  deps.wakeWorkers(generation.id);
+}
+
+/** Budgets count tokens per calendar month, UTC. */
+export function monthStart(now = new Date()): Date {
+  return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
+}

@@ -1,0 +1,190 @@
+import { MAX_PATH_LENGTH, UnsafeOutputError, assertSafeRelativePath, describePath } from './safe-path.js';
+
+export const MAX_OUTPUT_FILES = 200;
+export const MAX_FILE_BYTES = 1024 * 1024;
+export const MAX_TOTAL_BYTES = 10 * 1024 * 1024;
+
+export type OutputEvent = { type: 'file'; path: string; content: string } | { type: 'delete'; path: string };
+
+export interface OutputParser {
+  /** Feeds the next piece of model text; returns the blocks it completed. */
+  push(chunk: string): OutputEvent[];
+  /** Signals the end of the output; throws if it stopped inside a block. */
+  end(): OutputEvent[];
+}
+
+/** The model's output breaks the file protocol (e.g. stops inside a block); ends the run as INVALID_OUTPUT. */
+export class OutputProtocolError extends Error {
+  override readonly name = 'OutputProtocolError';
+  readonly code = 'INVALID_OUTPUT';
+}
+
+const CLOSE_TAG = '</file>';
+// Enough for the longest allowed path plus attribute syntax; a longer opening tag is not one.
+const MAX_OPEN_TAG = MAX_PATH_LENGTH + 64;
+
+type TagScan =
+  | { status: 'tag'; kind: 'file' | 'delete'; path: string; end: number }
+  | { status: 'none' }
+  // `path` is what was read of the attribute so far, once inside it.
+  | { status: 'incomplete'; path?: string };
+
+interface Block {
+  path: string;
+  parts: string[];
+  length: number;
+  atStart: boolean;
+}
+
+export function createOutputParser(): OutputParser {
+  let text = '';
+  let pos = 0;
+  let block: Block | undefined;
+  let entries = 0;
+  let totalBytes = 0;
+
+  function drain(): OutputEvent[] {
+    const events: OutputEvent[] = [];
+    while (block ? readContent(block, events) : readProse(events));
+    // Keep only what is still undecided: a possible tag start or the tail of a block.
+    text = text.slice(pos);
+    pos = 0;
+    return events;
+  }
+
+  function readProse(events: OutputEvent[]): boolean {
+    const lt = text.indexOf('<', pos);
+    if (lt < 0) {
+      pos = text.length;
+      return false;
+    }
+    pos = lt;
+    const scan = scanOpenTag(text, pos);
+    if (scan.status === 'incomplete') return false;
+    if (scan.status === 'none') {
+      pos += 1;
+      return true;
+    }
+    assertSafeRelativePath(scan.path);
+    if (++entries > MAX_OUTPUT_FILES) {
+      throw new UnsafeOutputError(scan.path, `would make more than ${MAX_OUTPUT_FILES} files`);
+    }
+    pos = scan.end;
+    if (scan.kind === 'delete') events.push({ type: 'delete', path: scan.path });
+    else block = { path: scan.path, parts: [], length: 0, atStart: true };
+    return true;
+  }
+
+  function readContent(current: Block, events: OutputEvent[]): boolean {
+    if (current.atStart) {
+      // A lone '\r' may be the start of '\r\n': wait for the next chunk to decide.
+      if (pos >= text.length || (text[pos] === '\r' && pos + 1 === text.length)) return false;
+      if (text.startsWith('\r\n', pos)) pos += 2;
+      else if (text[pos] === '\n') pos += 1;
+      current.atStart = false;
+    }
+    const close = text.indexOf(CLOSE_TAG, pos);
+    if (close < 0) {
+      // Hold back a possible partial '</file>' so a split closing tag is still found.
+      const upTo = Math.max(pos, text.length - (CLOSE_TAG.length - 1));
+      append(current, text.slice(pos, upTo));
+      pos = upTo;
+      return false;
+    }
+    append(current, text.slice(pos, close));
+    pos = close + CLOSE_TAG.length;
+    events.push({ type: 'file', path: current.path, content: finish(current) });
+    block = undefined;
+    return true;
+  }
+
+  function append(current: Block, part: string): void {
+    current.parts.push(part);
+    current.length += part.length;
+    // UTF-16 length never exceeds UTF-8 length, so this bounds memory before the exact check.
+    if (current.length > MAX_FILE_BYTES) throw tooLarge(current.path);
+  }
+
+  function finish(current: Block): string {
+    const content = current.parts.join('');
+    const size = Buffer.byteLength(content, 'utf8');
+    if (size > MAX_FILE_BYTES) throw tooLarge(current.path);
+    totalBytes += size;
+    if (totalBytes > MAX_TOTAL_BYTES) {
+      throw new UnsafeOutputError(current.path, `brings the output past ${MAX_TOTAL_BYTES / 1024 / 1024} MiB`);
+    }
+    return content;
+  }
+
+  return {
+    push(chunk) {
+      text += chunk;
+      return drain();
+    },
+    end() {
+      const events = drain();
+      if (block) throw new OutputProtocolError(`The model's output ended inside ${describePath(block.path)}`);
+      const pending = pos < text.length ? scanOpenTag(text, pos) : undefined;
+      if (pending?.status === 'incomplete' && pending.path !== undefined) {
+        throw new OutputProtocolError(`The model's output ended inside the tag of ${describePath(pending.path)}`);
+      }
+      return events;
+    },
+  };
+}
+
+function tooLarge(path: string): UnsafeOutputError {
+  return new UnsafeOutputError(path, `is larger than ${MAX_FILE_BYTES / 1024 / 1024} MiB`);
+}
+
+/**
+ * Reads `<file path="…">` or `<delete path="…"/>` at `start` (a '<'). Only the first
+ * MAX_OPEN_TAG characters are looked at, so the answer never depends on chunk boundaries.
+ */
+function scanOpenTag(text: string, start: number): TagScan {
+  const limit = Math.min(text.length, start + MAX_OPEN_TAG);
+  const capped = limit - start >= MAX_OPEN_TAG;
+  let i = start + 1;
+  let path: string | undefined;
+
+  // Running out of text before the cap means "wait for more"; at the cap it is prose,
+  // unless the path itself is what ran past it.
+  const incomplete = (inPath = false): TagScan => {
+    if (!capped) return { status: 'incomplete', path };
+    if (inPath) throw new UnsafeOutputError(path ?? '', `is longer than ${MAX_PATH_LENGTH} characters`);
+    return { status: 'none' };
+  };
+  // Matches `literal` at i: true when matched, false when not, undefined when text ran out.
+  const expect = (literal: string): boolean | undefined => {
+    for (const ch of literal) {
+      if (i >= limit) return undefined;
+      if (text[i] !== ch) return false;
+      i += 1;
+    }
+    return true;
+  };
+  const skipSpace = (): number => {
+    const from = i;
+    while (i < limit && ' \t\r\n'.includes(text[i]!)) i += 1;
+    return i - from;
+  };
+
+  if (i >= limit) return incomplete();
+  const kind = text[i] === 'f' ? 'file' : text[i] === 'd' ? 'delete' : undefined;
+  if (!kind) return { status: 'none' };
+  const name = expect(kind);
+  if (name !== true) return name === false ? { status: 'none' } : incomplete();
+  if (skipSpace() === 0) return i >= limit ? incomplete() : { status: 'none' };
+  const attribute = expect('path="');
+  if (attribute !== true) return attribute === false ? { status: 'none' } : incomplete();
+
+  const value = text.slice(i, limit);
+  const quote = value.indexOf('"');
+  path = quote < 0 ? value : value.slice(0, quote);
+  if (quote < 0) return incomplete(true);
+  i += quote + 1;
+  skipSpace();
+  const closing = expect(kind === 'file' ? '>' : '/>');
+  if (closing === undefined) return incomplete();
+  return closing ? { status: 'tag', kind, path, end: i } : { status: 'none' };
+}

@@ -1,0 +1,47 @@
+export const MAX_PATH_LENGTH = 255;
+export const MAX_PATH_DEPTH = 16;
+
+// A closed ASCII set: anything else (look-alikes, RTL overrides, fullwidth slashes) is refused.
+const ALLOWED_PATH = /^[A-Za-z0-9._\-/@+]+$/;
+
+/** The model's output names a path or size the workspace must not accept; ends the run as UNSAFE_OUTPUT. */
+export class UnsafeOutputError extends Error {
+  override readonly name = 'UnsafeOutputError';
+  readonly code = 'UNSAFE_OUTPUT';
+  constructor(
+    readonly path: string,
+    reason: string,
+  ) {
+    super(`The model's output is unsafe: ${describePath(path)} ${reason}`);
+  }
+}
+
+/** Quotes a path for a message, with invisible or non-ASCII characters escaped so they show. */
+export function describePath(path: string): string {
+  const shown = path.length > 100 ? `${path.slice(0, 100)}...` : path;
+  const escaped = shown.replace(/[^\x20-\x7e]|\\/gu, (ch) =>
+    ch === '\\' ? '\\\\' : `\\u{${ch.codePointAt(0)!.toString(16)}}`,
+  );
+  return `"${escaped}"`;
+}
+
+/** Throws UnsafeOutputError unless `path` is a plain relative path that stays inside its directory. */
+export function assertSafeRelativePath(path: string): void {
+  const reason = unsafeReason(path);
+  if (reason) throw new UnsafeOutputError(path, reason);
+}
+
+function unsafeReason(path: string): string | undefined {
+  if (path === '') return 'is an empty path';
+  if (path.length > MAX_PATH_LENGTH) return `is longer than ${MAX_PATH_LENGTH} characters`;
+  if (/[\u0000-\u001f\u007f]/u.test(path)) return 'contains a control character';
+  if (path.includes('\\')) return 'contains a backslash';
+  if (/^[A-Za-z]:/u.test(path)) return 'starts with a drive letter';
+  if (path.startsWith('/')) return 'is an absolute path';
+  if (!ALLOWED_PATH.test(path)) return 'contains a character other than letters, digits and ._-/@+';
+  const segments = path.split('/');
+  if (segments.includes('..')) return 'has a ".." segment';
+  if (segments.some((segment) => segment === '' || segment === '.')) return 'has an empty or "." segment';
+  if (segments.length > MAX_PATH_DEPTH) return `is deeper than ${MAX_PATH_DEPTH} levels`;
+  return undefined;
+}

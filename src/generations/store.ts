@@ -1,0 +1,281 @@
+import { and, asc, desc, eq, gt, inArray, lt, or, sql } from 'drizzle-orm';
+import { rowsOf, type Tx } from '../db/client.js';
+import {
+  buildLogLines,
+  buildSteps,
+  conversationMessages,
+  generationChunks,
+  generationFiles,
+  generations,
+  projects,
+} from '../db/schema.js';
+
+// Named queries of the generations domain. Request code runs them in the viewer's
+// RLS scope; the worker in the service scope.
+
+export type GenerationRow = typeof generations.$inferSelect;
+export type GenerationStatus = GenerationRow['status'];
+export type GenerationPhase = GenerationRow['phase'];
+export type BuildStepRow = typeof buildSteps.$inferSelect;
+export type LogLineRow = typeof buildLogLines.$inferSelect;
+export type ChunkRow = typeof generationChunks.$inferSelect;
+export type FileRow = typeof generationFiles.$inferSelect;
+export type MessageRow = typeof conversationMessages.$inferSelect;
+export type ErrorCode = NonNullable<GenerationRow['errorCode']>;
+
+export const TERMINAL: GenerationStatus[] = ['SUCCEEDED', 'FAILED', 'CANCELLED'];
+
+export const generationStore = {
+  async insert(tx: Tx, values: typeof generations.$inferInsert): Promise<GenerationRow> {
+    const [row] = await tx.insert(generations).values(values).returning();
+    return row!;
+  },
+
+  async find(tx: Tx, id: string): Promise<GenerationRow | undefined> {
+    const [row] = await tx.select().from(generations).where(eq(generations.id, id));
+    return row;
+  },
+
+  async findMany(tx: Tx, ids: readonly string[]): Promise<GenerationRow[]> {
+    return tx.select().from(generations).where(inArray(generations.id, [...ids]));
+  },
+
+  /** Newest first, keyset on (created_at, id). */
+  async pageOfProject(tx: Tx, projectId: string, limit: number, options: { after?: { createdAt: Date; id: string }; status?: GenerationStatus[] }) {
+    const after = options.after;
+    return tx
+      .select()
+      .from(generations)
+      .where(
+        and(
+          eq(generations.projectId, projectId),
+          options.status?.length ? inArray(generations.status, options.status) : undefined,
+          after ? or(lt(generations.createdAt, after.createdAt), and(eq(generations.createdAt, after.createdAt), lt(generations.id, after.id))) : undefined,
+        ),
+      )
+      .orderBy(desc(generations.createdAt), desc(generations.id))
+      .limit(limit);
+  },
+
+  async countOfProject(tx: Tx, projectId: string, status?: GenerationStatus[]): Promise<number> {
+    const [row] = await tx
+      .select({ total: sql<number>`count(*)::int` })
+      .from(generations)
+      .where(and(eq(generations.projectId, projectId), status?.length ? inArray(generations.status, status) : undefined));
+    return row?.total ?? 0;
+  },
+
+  async activeCountOfUser(tx: Tx, userId: string): Promise<number> {
+    const [row] = await tx
+      .select({ total: sql<number>`count(*)::int` })
+      .from(generations)
+      .where(and(eq(generations.createdBy, userId), inArray(generations.status, ['QUEUED', 'RUNNING'])));
+    return row?.total ?? 0;
+  },
+
+  /** Token usage of a project since a moment (the month's start). */
+  async usageOfProjects(tx: Tx, projectIds: readonly string[], since: Date) {
+    return tx
+      .select({
+        projectId: generations.projectId,
+        inputTokens: sql<number>`coalesce(sum(${generations.inputTokens}), 0)::int`,
+        outputTokens: sql<number>`coalesce(sum(${generations.outputTokens}), 0)::int`,
+        generationCount: sql<number>`count(*)::int`,
+      })
+      .from(generations)
+      .where(and(inArray(generations.projectId, [...projectIds]), gt(generations.createdAt, since)))
+      .groupBy(generations.projectId);
+  },
+
+  async latestSucceededOfSession(tx: Tx, projectId: string, sessionId: string): Promise<GenerationRow | undefined> {
+    const [row] = await tx
+      .select()
+      .from(generations)
+      .where(and(eq(generations.projectId, projectId), eq(generations.sessionId, sessionId), eq(generations.status, 'SUCCEEDED')))
+      .orderBy(desc(generations.createdAt))
+      .limit(1);
+    return row;
+  },
+
+  async projectOf(tx: Tx, projectId: string) {
+    const [row] = await tx.select().from(projects).where(eq(projects.id, projectId));
+    return row;
+  },
+
+  /** Compare-and-set: only a generation in one of `from` moves; returns it or nothing. */
+  async transition(tx: Tx, id: string, from: GenerationStatus[], values: Partial<typeof generations.$inferInsert>) {
+    const [row] = await tx
+      .update(generations)
+      .set(values)
+      .where(and(eq(generations.id, id), inArray(generations.status, from)))
+      .returning();
+    return row;
+  },
+
+  /** The worker's claim: QUEUED → RUNNING with a lease. */
+  async claim(tx: Tx, id: string, leaseMs: number) {
+    const [row] = await tx
+      .update(generations)
+      .set({ status: 'RUNNING', phase: 'GENERATING', startedAt: sql`now()`, leaseExpiresAt: sql`now() + ${leaseMs} * interval '1 millisecond'` })
+      .where(and(eq(generations.id, id), eq(generations.status, 'QUEUED')))
+      .returning();
+    return row;
+  },
+
+  /** Renews the lease of a running generation; nothing when it is no longer running. */
+  async heartbeat(tx: Tx, id: string, leaseMs: number) {
+    const [row] = await tx
+      .update(generations)
+      .set({ leaseExpiresAt: sql`now() + ${leaseMs} * interval '1 millisecond'` })
+      .where(and(eq(generations.id, id), eq(generations.status, 'RUNNING')))
+      .returning({ cancelRequestedAt: generations.cancelRequestedAt });
+    return row;
+  },
+
+  async queuedIds(tx: Tx, limit: number): Promise<string[]> {
+    const rows = await tx
+      .select({ id: generations.id })
+      .from(generations)
+      .where(eq(generations.status, 'QUEUED'))
+      .orderBy(asc(generations.createdAt))
+      .limit(limit);
+    return rows.map((row) => row.id);
+  },
+
+  /** Ends every RUNNING generation whose lease lapsed as FAILED/INTERRUPTED. */
+  async interruptLapsed(tx: Tx): Promise<GenerationRow[]> {
+    return tx
+      .update(generations)
+      .set({
+        status: 'FAILED',
+        phase: 'DONE',
+        errorCode: 'INTERRUPTED',
+        errorMessage: 'The worker running this generation stopped; it was retried.',
+        finishedAt: sql`now()`,
+        leaseExpiresAt: null,
+      })
+      .where(and(eq(generations.status, 'RUNNING'), lt(generations.leaseExpiresAt, sql`now()`)))
+      .returning();
+  },
+
+  async appendChunks(tx: Tx, rows: ChunkRow[]) {
+    if (rows.length > 0) await tx.insert(generationChunks).values(rows);
+  },
+
+  async chunksAfter(tx: Tx, generationId: string, afterSeq: number, limit: number): Promise<ChunkRow[]> {
+    return tx
+      .select()
+      .from(generationChunks)
+      .where(and(eq(generationChunks.generationId, generationId), gt(generationChunks.seq, afterSeq)))
+      .orderBy(asc(generationChunks.seq))
+      .limit(limit);
+  },
+
+  async outputOf(tx: Tx, generationId: string): Promise<string> {
+    const [row] = rowsOf<{ output: string | null }>(
+      await tx.execute(
+        sql`select string_agg(${generationChunks.text}, '' order by ${generationChunks.seq}) as output from ${generationChunks} where ${generationChunks.generationId} = ${generationId}`,
+      ),
+    );
+    return row?.output ?? '';
+  },
+
+  async insertSteps(tx: Tx, rows: (typeof buildSteps.$inferInsert)[]) {
+    if (rows.length > 0) await tx.insert(buildSteps).values(rows);
+  },
+
+  async updateStep(tx: Tx, generationId: string, ordinal: number, values: Partial<typeof buildSteps.$inferInsert>) {
+    await tx.update(buildSteps).set(values).where(and(eq(buildSteps.generationId, generationId), eq(buildSteps.ordinal, ordinal)));
+  },
+
+  /** Steps not run yet become SKIPPED or CANCELLED when the build ends early. */
+  async closePendingSteps(tx: Tx, generationId: string, status: 'SKIPPED' | 'CANCELLED') {
+    await tx
+      .update(buildSteps)
+      .set({ status, finishedAt: status === 'CANCELLED' ? sql`now()` : null })
+      .where(and(eq(buildSteps.generationId, generationId), inArray(buildSteps.status, ['PENDING', 'RUNNING'])));
+  },
+
+  async stepsOf(tx: Tx, generationIds: readonly string[]): Promise<BuildStepRow[]> {
+    return tx.select().from(buildSteps).where(inArray(buildSteps.generationId, [...generationIds])).orderBy(asc(buildSteps.ordinal));
+  },
+
+  async appendLogLines(tx: Tx, rows: (typeof buildLogLines.$inferInsert)[]) {
+    if (rows.length > 0) await tx.insert(buildLogLines).values(rows);
+  },
+
+  async logLinesAfter(tx: Tx, generationId: string, afterSeq: number, limit: number): Promise<LogLineRow[]> {
+    return tx
+      .select()
+      .from(buildLogLines)
+      .where(and(eq(buildLogLines.generationId, generationId), gt(buildLogLines.seq, afterSeq)))
+      .orderBy(asc(buildLogLines.seq))
+      .limit(limit);
+  },
+
+  async logTail(tx: Tx, generationId: string, count: number): Promise<LogLineRow[]> {
+    const rows = await tx
+      .select()
+      .from(buildLogLines)
+      .where(eq(buildLogLines.generationId, generationId))
+      .orderBy(desc(buildLogLines.seq))
+      .limit(count);
+    return rows.reverse();
+  },
+
+  async insertFiles(tx: Tx, rows: FileRow[]) {
+    // Large workspaces go in slices so one statement stays well under parameter limits.
+    for (let i = 0; i < rows.length; i += 500) await tx.insert(generationFiles).values(rows.slice(i, i + 500));
+  },
+
+  async filesOf(tx: Tx, generationId: string, withContent: boolean) {
+    return tx
+      .select({
+        path: generationFiles.path,
+        size: generationFiles.size,
+        sha256: generationFiles.sha256,
+        content: withContent ? generationFiles.content : sql<string>`''`,
+      })
+      .from(generationFiles)
+      .where(eq(generationFiles.generationId, generationId))
+      .orderBy(asc(generationFiles.path));
+  },
+
+  async fileOf(tx: Tx, generationId: string, path: string): Promise<FileRow | undefined> {
+    const [row] = await tx
+      .select()
+      .from(generationFiles)
+      .where(and(eq(generationFiles.generationId, generationId), eq(generationFiles.path, path)));
+    return row;
+  },
+
+  async insertMessage(tx: Tx, values: typeof conversationMessages.$inferInsert) {
+    await tx.insert(conversationMessages).values(values);
+  },
+
+  async conversation(tx: Tx, projectId: string, sessionId: string): Promise<MessageRow[]> {
+    return tx
+      .select()
+      .from(conversationMessages)
+      .where(and(eq(conversationMessages.projectId, projectId), eq(conversationMessages.sessionId, sessionId)))
+      .orderBy(asc(conversationMessages.createdAt), asc(conversationMessages.role));
+  },
+
+  /** The session's turns that led to a successful generation, for the next prompt. */
+  async successfulTurns(tx: Tx, projectId: string, sessionId: string, before: Date): Promise<MessageRow[]> {
+    return tx
+      .select({ message: conversationMessages })
+      .from(conversationMessages)
+      .innerJoin(generations, eq(generations.id, conversationMessages.generationId))
+      .where(
+        and(
+          eq(conversationMessages.projectId, projectId),
+          eq(conversationMessages.sessionId, sessionId),
+          eq(generations.status, 'SUCCEEDED'),
+          lt(generations.createdAt, before),
+        ),
+      )
+      .orderBy(asc(conversationMessages.createdAt), asc(conversationMessages.role))
+      .then((rows) => rows.map((row) => row.message));
+  },
+};

@@ -1,0 +1,67 @@
+import { LlmError } from './provider.js';
+
+/** Who failed, and which settings a user can change about it. */
+export interface Upstream {
+  /** Subject of a sentence: "Gemini", "The OpenAI-compatible server". */
+  label: string;
+  model: string;
+  keyHint: string;
+  modelHint: string;
+}
+
+const MAX_DETAIL_LENGTH = 300;
+
+/** Maps an HTTP error status to a message a user can act on; 408, 429 and 5xx are retryable. */
+export function httpFailure(upstream: Upstream, status: number, body: string): LlmError {
+  const { label } = upstream;
+  const detail = `${status}: ${upstreamDetail(body)}`;
+  const keyRejected = status === 401 || status === 403 || (status === 400 && /api[ _-]?key/i.test(body));
+  if (keyRejected) return new LlmError(`${label} rejected the API key (${detail}); ${upstream.keyHint}.`);
+  if (status === 400) return new LlmError(`${label} rejected the request (${detail}).`);
+  if (status === 404) {
+    return new LlmError(`${label} has no model "${upstream.model}" (${detail}); ${upstream.modelHint}.`);
+  }
+  if (status === 429) {
+    return new LlmError(`${label} is rate limiting requests (${detail}); wait a minute and try again.`, true);
+  }
+  if (status === 408 || status >= 500) {
+    return new LlmError(`${label} is unavailable right now (${detail}); try again later.`, true);
+  }
+  return new LlmError(`${label} failed (${detail}).`);
+}
+
+/** A connection that broke once the answer had begun; retried only if no text had arrived yet. */
+export function interruptedFailure(label: string, error: unknown): LlmError {
+  return new LlmError(`The ${label} stream was interrupted (${transportDetail(error)}); try again.`, true);
+}
+
+/** A request that never got an answer: wrong address, DNS, refused connection. */
+export function unreachableFailure(label: string, where: string, error: unknown): LlmError {
+  return new LlmError(`Could not reach ${label} (${transportDetail(error)}); check ${where}.`, true);
+}
+
+/** The `error.message` of a JSON error body (Google and OpenAI shapes), else the raw text, shortened. */
+export function upstreamDetail(body: string): string {
+  const start = body.indexOf('{');
+  if (start >= 0) {
+    try {
+      const parsed = JSON.parse(body.slice(start)) as { error?: { message?: unknown } | string };
+      const message = typeof parsed.error === 'string' ? parsed.error : parsed.error?.message;
+      if (typeof message === 'string' && message.trim()) return shorten(message);
+    } catch {
+      // Not JSON after all: fall back to the raw text.
+    }
+  }
+  return shorten(body) || 'no details';
+}
+
+function transportDetail(error: unknown): string {
+  if (!(error instanceof Error)) return shorten(String(error));
+  const cause = error.cause instanceof Error ? `: ${error.cause.message}` : '';
+  return shorten(`${error.message}${cause}`);
+}
+
+function shorten(text: string): string {
+  const flat = text.replace(/\s+/g, ' ').trim();
+  return flat.length > MAX_DETAIL_LENGTH ? `${flat.slice(0, MAX_DETAIL_LENGTH)}…` : flat;
+}

@@ -1,0 +1,130 @@
+import { ApiError, GoogleGenAI, type GenerateContentResponseUsageMetadata } from '@google/genai';
+import { httpFailure, interruptedFailure, unreachableFailure, type Upstream } from './failures.js';
+import { LlmError, type LlmEvent, type LlmProvider, type LlmRequest, type LlmUsage } from './provider.js';
+import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_RETRY_POLICY, resilientStream, type RetryPolicy } from './streaming.js';
+
+export interface GeminiProviderOptions {
+  apiKey: string;
+  model: string;
+  /** A gateway or proxy in front of Google's endpoint (GEMINI_BASE_URL). */
+  baseUrl?: string;
+  /** A stream that sends nothing for this long is abandoned (default 60 s). */
+  idleTimeoutMs?: number;
+  retry?: Partial<RetryPolicy>;
+}
+
+// Passed explicitly so the SDK's own environment variables cannot redirect requests.
+const GOOGLE_BASE_URL = 'https://generativelanguage.googleapis.com';
+const MAX_CACHED_CLIENTS = 100;
+/** Finish reasons that mean Gemini withheld the answer. */
+const BLOCKING_FINISH_REASONS = new Set(['SAFETY', 'RECITATION', 'PROHIBITED_CONTENT', 'BLOCKLIST', 'SPII', 'IMAGE_SAFETY']);
+
+export function createGeminiProvider(options: GeminiProviderOptions): LlmProvider {
+  const { model } = options;
+  const baseUrl = options.baseUrl ?? GOOGLE_BASE_URL;
+  const retry = { ...DEFAULT_RETRY_POLICY, ...options.retry };
+  const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+  const clients = new Map<string, GoogleGenAI>();
+
+  function clientFor(apiKey: string): GoogleGenAI {
+    const cached = clients.get(apiKey);
+    if (cached) return cached;
+    // Bounded, because project keys come and go; an evicted client is simply rebuilt.
+    const oldest = clients.keys().next();
+    if (clients.size >= MAX_CACHED_CLIENTS && !oldest.done) clients.delete(oldest.value);
+    const client = new GoogleGenAI({
+      apiKey,
+      vertexai: false,
+      // One attempt per call: the SDK must not multiply the retries resilientStream makes.
+      httpOptions: { baseUrl, retryOptions: { attempts: 1 } },
+    });
+    clients.set(apiKey, client);
+    return client;
+  }
+
+  return {
+    name: 'gemini',
+    model,
+    stream(request) {
+      const client = clientFor(request.apiKey || options.apiKey);
+      const upstream: Upstream = {
+        label: 'Gemini',
+        model,
+        keyHint: request.apiKey ? "check the project's Gemini API key" : 'check GEMINI_API_KEY',
+        modelHint: 'check GEMINI_MODEL',
+      };
+      return resilientStream({
+        label: 'Gemini',
+        signal: request.signal,
+        idleTimeoutMs,
+        retry,
+        open: (signal) => streamOnce(client, model, request, signal),
+        describeFailure: (error) =>
+          error instanceof ApiError
+            ? httpFailure(upstream, error.status, error.message)
+            : unreachableFailure('Gemini', `the network and GEMINI_BASE_URL (${baseUrl})`, error),
+      });
+    },
+  };
+}
+
+/** One streamed request; failures inside the stream become LlmErrors, HTTP errors stay ApiErrors. */
+async function* streamOnce(
+  client: GoogleGenAI,
+  model: string,
+  request: LlmRequest,
+  signal: AbortSignal,
+): AsyncGenerator<LlmEvent> {
+  const chunks = await client.models.generateContentStream({
+    model,
+    contents: request.messages.map((message) => ({ role: message.role, parts: [{ text: message.content }] })),
+    config: {
+      ...(request.systemPrompt ? { systemInstruction: { parts: [{ text: request.systemPrompt }] } } : {}),
+      abortSignal: signal,
+      // Otherwise the SDK silently re-sends a dropped stream, behind our retry policy's back.
+      automaticContinuation: false,
+    },
+  });
+  let usage: LlmUsage | undefined;
+  let finishReason: string | undefined;
+  try {
+    for await (const chunk of chunks) {
+      const blockReason = chunk.promptFeedback?.blockReason;
+      if (blockReason) {
+        throw new LlmError(`Gemini blocked the response (${blockReason}) because of the prompt; rephrase it and try again.`);
+      }
+      const candidate = chunk.candidates?.[0];
+      const text = (candidate?.content?.parts ?? []).map((part) => (part.thought ? '' : (part.text ?? ''))).join('');
+      if (text) yield { type: 'text', text };
+      finishReason = candidate?.finishReason ?? finishReason;
+      if (chunk.usageMetadata) usage = toUsage(chunk.usageMetadata);
+    }
+  } catch (error) {
+    if (error instanceof LlmError || error instanceof ApiError) throw error;
+    throw interruptedFailure('Gemini', error);
+  }
+  throwUnlessFinished(finishReason);
+  if (usage) yield { type: 'usage', usage };
+}
+
+function throwUnlessFinished(finishReason: string | undefined): void {
+  if (finishReason === 'STOP') return;
+  if (finishReason === undefined) {
+    throw new LlmError('The Gemini stream ended before the answer was finished; try again.', true);
+  }
+  if (BLOCKING_FINISH_REASONS.has(finishReason)) {
+    throw new LlmError(`Gemini blocked the response (${finishReason}); rephrase the prompt and try again.`);
+  }
+  if (finishReason === 'MAX_TOKENS') {
+    throw new LlmError('Gemini reached its output limit (MAX_TOKENS), so the answer is incomplete; ask for a smaller change.');
+  }
+  throw new LlmError(`Gemini ended the answer early (${finishReason}); try again or rephrase the prompt.`);
+}
+
+/** usageMetadata is cumulative, so the last one is the run's; thinking tokens are billed as output. */
+function toUsage(metadata: GenerateContentResponseUsageMetadata): LlmUsage {
+  return {
+    inputTokens: metadata.promptTokenCount ?? 0,
+    outputTokens: (metadata.candidatesTokenCount ?? 0) + (metadata.thoughtsTokenCount ?? 0),
+  };
+}

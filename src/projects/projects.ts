@@ -1,0 +1,103 @@
+import { z } from 'zod';
+import type { Scope } from '../db/scope.js';
+import { AuthError, ForbiddenError, InvalidStateError, NotFoundError } from '../errors.js';
+import { type PageCursor, type ProjectRole, type ProjectRow, projectStore, userStore } from './store.js';
+
+// Project and membership use-cases: they decide; the store queries; RLS guards.
+
+export const projectName = z.string().trim().min(1, 'Name must not be empty').max(100, 'Name must be at most 100 characters');
+export const projectDescription = z.string().trim().max(2000, 'Description must be at most 2000 characters');
+export const email = z.string().trim().toLowerCase().max(254, 'Email is too long').pipe(z.email('Not a valid email address'));
+
+export type ProjectTarget = 'FLUTTER' | 'WEB';
+
+export async function createProject(
+  scope: Scope,
+  input: { name: string; description?: string | null; target: ProjectTarget },
+): Promise<ProjectRow> {
+  const ownerId = requireUser(scope);
+  return scope.run((tx) =>
+    projectStore.insert(tx, { ownerId, name: input.name, description: input.description ?? null, target: input.target }),
+  );
+}
+
+export async function getProject(scope: Scope, id: string): Promise<ProjectRow | null> {
+  return (await scope.run((tx) => projectStore.find(tx, id))) ?? null;
+}
+
+export async function updateProject(
+  scope: Scope,
+  input: { id: string; name?: string | null; description?: string | null },
+): Promise<ProjectRow> {
+  return scope.run(async (tx) => {
+    const project = requireRole(await projectStore.find(tx, input.id), ['owner', 'editor']);
+    if (project.archivedAt) throw new InvalidStateError('An archived project cannot be changed.');
+    const changes: { name?: string; description?: string | null } = {};
+    if (input.name != null) changes.name = input.name;
+    if (input.description !== undefined) changes.description = input.description || null;
+    if (Object.keys(changes).length === 0) return project;
+    return { ...(await projectStore.update(tx, project.id, changes))!, viewerRole: project.viewerRole };
+  });
+}
+
+export async function archiveProject(scope: Scope, id: string): Promise<ProjectRow> {
+  return scope.run(async (tx) => {
+    const project = requireRole(await projectStore.find(tx, id), ['owner']);
+    if (project.archivedAt) return project;
+    return { ...(await projectStore.update(tx, id, { archivedAt: new Date() }))!, viewerRole: project.viewerRole };
+  });
+}
+
+export async function addProjectMember(
+  scope: Scope,
+  input: { projectId: string; email: string; role: ProjectRole },
+) {
+  return scope.run(async (tx) => {
+    const project = requireRole(await projectStore.find(tx, input.projectId), ['owner']);
+    const userId = await userStore.idByEmail(tx, input.email);
+    if (!userId) throw new NotFoundError('No user has that email address.');
+    if (userId === project.ownerId && input.role !== 'owner') {
+      throw new InvalidStateError("The project's creator always stays an owner.");
+    }
+    return projectStore.upsertMember(tx, { projectId: project.id, userId, role: input.role });
+  });
+}
+
+export async function removeProjectMember(scope: Scope, input: { projectId: string; userId: string }): Promise<ProjectRow> {
+  return scope.run(async (tx) => {
+    const project = requireRole(await projectStore.find(tx, input.projectId), ['owner']);
+    if (input.userId === project.ownerId) throw new InvalidStateError("The project's creator cannot be removed.");
+    if (!(await projectStore.removeMember(tx, project.id, input.userId))) {
+      throw new NotFoundError('That user is not a member of this project.');
+    }
+    return project;
+  });
+}
+
+export async function listProjects(scope: Scope, page: { limit: number; after?: PageCursor }) {
+  return scope.run(async (tx) => ({
+    rows: await projectStore.page(tx, page.limit, page.after),
+    totalCount: await projectStore.count(tx),
+  }));
+}
+
+/** Batch loaders for DataLoaders (one query per batch). */
+export const projectLoaders = {
+  projects: (scope: Scope, ids: readonly string[]) => scope.run((tx) => projectStore.findMany(tx, ids)),
+  members: (scope: Scope, projectIds: readonly string[]) => scope.run((tx) => projectStore.membersOf(tx, projectIds)),
+  users: (scope: Scope, ids: readonly string[]) => scope.run((tx) => userStore.findMany(tx, ids)),
+};
+
+function requireUser(scope: Scope): string {
+  if (!scope.userId) throw new AuthError();
+  return scope.userId;
+}
+
+/** A project the viewer cannot see does not exist for them (DESIGN "API contract"). */
+export function requireRole(project: ProjectRow | undefined, roles: ProjectRole[]): ProjectRow {
+  if (!project || !project.viewerRole) throw new NotFoundError('Project not found.');
+  if (!roles.includes(project.viewerRole)) {
+    throw new ForbiddenError(`Only a project ${roles.join(' or ')} can do that.`);
+  }
+  return project;
+}

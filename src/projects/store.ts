@@ -1,0 +1,91 @@
+import { and, count, desc, eq, inArray, lt, or, sql } from 'drizzle-orm';
+import { rowsOf, type Tx } from '../db/client.js';
+import { projectMembers, projects, users } from '../db/schema.js';
+
+// Named queries of the projects domain. They run inside a caller's scope, so RLS
+// decides which rows exist for the viewer.
+
+export type ProjectRole = 'owner' | 'editor' | 'viewer';
+export type ProjectRow = typeof projects.$inferSelect & { viewerRole: ProjectRole | null };
+export type MemberRow = typeof projectMembers.$inferSelect;
+export type UserRow = typeof users.$inferSelect;
+
+const withViewerRole = { ...getColumns(), viewerRole: sql<ProjectRole | null>`kiln.project_role(${projects.id})` };
+
+function getColumns() {
+  const { id, ownerId, name, description, target, createdAt, updatedAt, archivedAt, monthlyTokenLimit } = projects;
+  return { id, ownerId, name, description, target, createdAt, updatedAt, archivedAt, monthlyTokenLimit };
+}
+
+export interface PageCursor {
+  createdAt: Date;
+  id: string;
+}
+
+export const projectStore = {
+  async insert(tx: Tx, values: typeof projects.$inferInsert): Promise<ProjectRow> {
+    const [row] = await tx.insert(projects).values(values).returning(getColumns());
+    await tx.insert(projectMembers).values({ projectId: row!.id, userId: values.ownerId, role: 'owner' });
+    return { ...row!, viewerRole: 'owner' };
+  },
+
+  async find(tx: Tx, id: string): Promise<ProjectRow | undefined> {
+    const [row] = await tx.select(withViewerRole).from(projects).where(eq(projects.id, id));
+    return row;
+  },
+
+  async findMany(tx: Tx, ids: readonly string[]): Promise<ProjectRow[]> {
+    return tx.select(withViewerRole).from(projects).where(inArray(projects.id, [...ids]));
+  },
+
+  /** Newest first; keyset pagination on (created_at, id). */
+  async page(tx: Tx, limit: number, after?: PageCursor): Promise<ProjectRow[]> {
+    const before = after
+      ? or(lt(projects.createdAt, after.createdAt), and(eq(projects.createdAt, after.createdAt), lt(projects.id, after.id)))
+      : undefined;
+    return tx.select(withViewerRole).from(projects).where(before).orderBy(desc(projects.createdAt), desc(projects.id)).limit(limit);
+  },
+
+  async count(tx: Tx): Promise<number> {
+    const [row] = await tx.select({ total: count() }).from(projects);
+    return row?.total ?? 0;
+  },
+
+  async update(tx: Tx, id: string, values: Partial<Pick<typeof projects.$inferInsert, 'name' | 'description' | 'archivedAt' | 'monthlyTokenLimit'>>) {
+    const [row] = await tx.update(projects).set({ ...values, updatedAt: new Date() }).where(eq(projects.id, id)).returning(getColumns());
+    return row;
+  },
+
+  async membersOf(tx: Tx, projectIds: readonly string[]): Promise<MemberRow[]> {
+    return tx.select().from(projectMembers).where(inArray(projectMembers.projectId, [...projectIds])).orderBy(projectMembers.createdAt);
+  },
+
+  async upsertMember(tx: Tx, member: typeof projectMembers.$inferInsert): Promise<MemberRow> {
+    const [row] = await tx
+      .insert(projectMembers)
+      .values(member)
+      .onConflictDoUpdate({ target: [projectMembers.projectId, projectMembers.userId], set: { role: member.role } })
+      .returning();
+    return row!;
+  },
+
+  async removeMember(tx: Tx, projectId: string, userId: string): Promise<boolean> {
+    const removed = await tx
+      .delete(projectMembers)
+      .where(and(eq(projectMembers.projectId, projectId), eq(projectMembers.userId, userId)))
+      .returning({ userId: projectMembers.userId });
+    return removed.length > 0;
+  },
+};
+
+export const userStore = {
+  async findMany(tx: Tx, ids: readonly string[]): Promise<UserRow[]> {
+    return tx.select().from(users).where(inArray(users.id, [...ids]));
+  },
+
+  /** Any user's id by email, for adding members (a SECURITY DEFINER lookup). */
+  async idByEmail(tx: Tx, email: string): Promise<string | undefined> {
+    const [row] = await tx.execute<{ id: string | null }>(sql`select kiln.user_id_by_email(${email}) as id`).then(rowsOf<{ id: string | null }>);
+    return row?.id ?? undefined;
+  },
+};

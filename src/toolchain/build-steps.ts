@@ -1,0 +1,22 @@
+export type BuildTool = 'flutter' | 'npm';
+
+/** Where each tool's executable lives: a bare name looked up on PATH, or an absolute path. */
+export type ToolBins = Record<BuildTool, string>;
+
+export interface BuildStepSpec {
+  name: string;
+  tool: BuildTool;
+  args: string[];
+}
+
+/** The tools as a user (or the model) knows them. */
+export const toolNames: ToolBins = { flutter: 'flutter', npm: 'npm' };
+
+/** The command as a user reads it in the build log, e.g. `flutter pub get`. */
+export function commandLine(step: BuildStepSpec, bins: ToolBins): string {
+  return [bins[step.tool], ...step.args].map(quoteForDisplay).join(' ');
+}
+
+function quoteForDisplay(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
+}

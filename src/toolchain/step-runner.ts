@@ -1,0 +1,167 @@
+import { existsSync } from 'node:fs';
+import { basename } from 'node:path';
+import type { Readable } from 'node:stream';
+import { execa, type Result } from 'execa';
+import { LineSplitter, OutputCollector, type OutputLine, type OutputStream } from './output-lines.js';
+import { ProcessGroup } from './process-group.js';
+
+export type { OutputLine, OutputStream } from './output-lines.js';
+
+export type StepStatus = 'SUCCEEDED' | 'FAILED' | 'CANCELLED' | 'TIMED_OUT' | 'TOOLCHAIN_MISSING';
+
+export interface RunStepOptions {
+  /** An absolute path, or a name looked up on `env.PATH`. */
+  command: string;
+  args: string[];
+  cwd: string;
+  /** The child's whole environment (see `buildEnv`); nothing else is inherited. */
+  env: Record<string, string>;
+  timeoutMs: number;
+  signal?: AbortSignal;
+  /** Called once per line, in order; the next line waits for a returned promise. */
+  onLine: (line: OutputLine) => void | Promise<void>;
+  /** Longer lines are cut and end with '…'. Default 4000. */
+  maxLineLength?: number;
+  /** Lines after this many are dropped and one omission marker is delivered at the end. Default 10000. */
+  maxLines?: number;
+  /** How many of the last lines the result keeps. Default 200. */
+  tailLines?: number;
+  /** Time between SIGTERM and SIGKILL when the process tree is stopped. Default 2000. */
+  killGraceMs?: number;
+}
+
+export interface StepResult {
+  status: StepStatus;
+  exitCode: number | null;
+  /** The last lines of both streams, as read, whether or not they were delivered. */
+  tail: string[];
+  message?: string;
+}
+
+/** Runs one build tool without a shell, streaming its output line by line, and never leaves its process tree behind. */
+export async function runStep(options: RunStepOptions): Promise<StepResult> {
+  const { command, args, cwd, env, timeoutMs, signal } = options;
+  if (signal?.aborted) return { status: 'CANCELLED', exitCode: null, tail: [], message: 'cancelled' };
+
+  const child = execa(command, args, {
+    cwd,
+    env,
+    extendEnv: false,
+    detached: true,
+    stdin: 'ignore',
+    buffer: false,
+    reject: false,
+  });
+  if (child.pid === undefined) return spawnFailure(options, await child);
+
+  const group = new ProcessGroup(child.pid, options.killGraceMs ?? 2_000);
+  const collector = new OutputCollector(options.onLine, {
+    maxLines: options.maxLines ?? 10_000,
+    tailLines: options.tailLines ?? 200,
+  });
+  let exited = false;
+  let stoppedBy: 'TIMED_OUT' | 'CANCELLED' | undefined;
+  const stop = (reason: 'TIMED_OUT' | 'CANCELLED') => {
+    if (exited || stoppedBy) return;
+    stoppedBy = reason;
+    void group.terminate();
+  };
+  // Whatever the tool left running in its group would otherwise hold our pipes open.
+  child.once('exit', () => {
+    exited = true;
+    void group.terminate();
+  });
+  const timer = setTimeout(() => stop('TIMED_OUT'), timeoutMs);
+  const onAbort = () => stop('CANCELLED');
+  signal?.addEventListener('abort', onAbort, { once: true });
+
+  try {
+    const maxLineLength = options.maxLineLength ?? 4_000;
+    const reading = Promise.all([
+      readLines(child.stdout, 'STDOUT', collector, maxLineLength),
+      readLines(child.stderr, 'STDERR', collector, maxLineLength),
+    ]);
+    const [result] = await Promise.all([child, reading]);
+    await collector.finish();
+    const tail = collector.tail;
+    if (stoppedBy === 'TIMED_OUT') {
+      return { status: 'TIMED_OUT', exitCode: null, tail, message: `timed out after ${timeoutMs / 1000} s` };
+    }
+    if (stoppedBy === 'CANCELLED') return { status: 'CANCELLED', exitCode: null, tail, message: 'cancelled' };
+    const exitCode = result.exitCode ?? null;
+    if (exitCode === 0) return { status: 'SUCCEEDED', exitCode, tail };
+    const message = exitCode === null ? `killed by ${result.signal ?? 'a signal'}` : `exited with code ${exitCode}`;
+    return { status: 'FAILED', exitCode, tail, message };
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener('abort', onAbort);
+    // Also when onLine threw: the tool must not run on unobserved.
+    await group.terminate();
+  }
+}
+
+async function readLines(
+  stream: Readable,
+  name: OutputStream,
+  collector: OutputCollector,
+  maxLineLength: number,
+): Promise<void> {
+  const splitter = new LineSplitter(maxLineLength);
+  stream.setEncoding('utf8');
+  for await (const text of stream) await collector.add(name, splitter.push(text as string));
+  await collector.add(name, splitter.end());
+}
+
+function spawnFailure({ command, cwd }: RunStepOptions, result: Result): StepResult {
+  const fail = (status: StepStatus, message: string): StepResult => ({ status, exitCode: null, tail: [], message });
+  // A missing cwd is reported as ENOENT too; it is not the tool's fault.
+  if (!existsSync(cwd)) return fail('FAILED', `working directory ${cwd} does not exist`);
+  const hint = `set ${basename(command).toUpperCase().replace(/[^A-Z0-9]+/g, '_')}_BIN or put it on PATH`;
+  if (result.code === 'ENOENT') return fail('TOOLCHAIN_MISSING', `${command} was not found (${hint})`);
+  if (result.code === 'EACCES') return fail('TOOLCHAIN_MISSING', `${command} is not executable (${hint})`);
+  return fail('FAILED', result.shortMessage ?? `${command} could not be started`);
+}
+
+/** What build tools legitimately need from the server's environment. */
+const INHERITED_ENV = [
+  'PATH',
+  'HOME',
+  'USER',
+  'LANG',
+  'LC_ALL',
+  'LC_CTYPE',
+  'TZ',
+  'TMPDIR',
+  'npm_config_cache',
+  'NPM_CONFIG_CACHE',
+  'npm_config_registry',
+  'NPM_CONFIG_REGISTRY',
+  'FLUTTER_ROOT',
+  'PUB_CACHE',
+  'PUB_HOSTED_URL',
+  'FLUTTER_STORAGE_BASE_URL',
+  // Installs must work behind an egress proxy.
+  'HTTP_PROXY',
+  'HTTPS_PROXY',
+  'NO_PROXY',
+  'http_proxy',
+  'https_proxy',
+  'no_proxy',
+];
+
+/**
+ * The environment of a build step: an allowlist, so server secrets (DATABASE_URL, API
+ * keys, tokens) never reach code that a model wrote. `extra` wins over inherited values.
+ */
+export function buildEnv(
+  extra: Record<string, string> = {},
+  source: NodeJS.ProcessEnv = process.env,
+): Record<string, string> {
+  // CI makes npm and flutter non-interactive: no prompts, no progress animations.
+  const env: Record<string, string> = { CI: 'true' };
+  for (const name of INHERITED_ENV) {
+    const value = source[name];
+    if (value !== undefined) env[name] = value;
+  }
+  return { ...env, ...extra };
+}

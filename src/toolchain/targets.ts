@@ -1,0 +1,24 @@
+import type { BuildStepSpec } from './build-steps.js';
+import { flutterTarget } from './flutter-target.js';
+import { webTarget } from './web-target.js';
+
+export { commandLine, toolNames, type BuildStepSpec, type BuildTool, type ToolBins } from './build-steps.js';
+
+export type ProjectTarget = 'FLUTTER' | 'WEB';
+
+export interface TargetSpec {
+  systemPrompt: string;
+  /** Files every workspace starts from, by relative path. */
+  template: Record<string, string>;
+  /** Run in order in the workspace; the first failure ends the build. */
+  steps: BuildStepSpec[];
+}
+
+const targets: Record<ProjectTarget, TargetSpec> = {
+  FLUTTER: flutterTarget,
+  WEB: webTarget,
+};
+
+export function getTarget(target: ProjectTarget): TargetSpec {
+  return targets[target];
+}

@@ -1,0 +1,113 @@
+import { createHash } from 'node:crypto';
+import { lstat, mkdir, mkdtemp, readdir, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { OutputEvent } from '../generations/output-parser.js';
+import { assertSafeRelativePath } from '../generations/safe-path.js';
+import { ignoreMissing, writeFileInside } from './write-inside.js';
+
+export interface GeneratedFile {
+  path: string;
+  content: string;
+  /** UTF-8 byte length of `content`. */
+  size: number;
+  /** Lowercase hex SHA-256 of the UTF-8 `content`. */
+  sha256: string;
+}
+
+export interface CreateWorkspaceInput {
+  root: string;
+  projectId: string;
+  generationId: string;
+  template: Record<string, string>;
+  parentFiles: { path: string; content: string }[];
+  changes: OutputEvent[];
+}
+
+const TMP_PREFIX = '.tmp-';
+// A younger temporary directory may be a workspace another worker is writing right now.
+const STALE_TMP_MS = 60 * 60 * 1000;
+const ID = /^[A-Za-z0-9_-]+$/;
+
+export function fileDigest(content: string): { size: number; sha256: string } {
+  return {
+    size: Buffer.byteLength(content, 'utf8'),
+    sha256: createHash('sha256').update(content, 'utf8').digest('hex'),
+  };
+}
+
+/**
+ * Builds `<root>/<projectId>/<generationId>` from the template, then the parent's files,
+ * then the model's changes. It is written in a temporary directory beside it and renamed
+ * into place, so the workspace either appears whole or not at all.
+ */
+export async function createWorkspace(input: CreateWorkspaceInput): Promise<{ dir: string; files: GeneratedFile[] }> {
+  const projectDir = join(input.root, assertId(input.projectId));
+  const dir = join(projectDir, assertId(input.generationId));
+
+  const contents = new Map(Object.entries(input.template));
+  for (const file of input.parentFiles) contents.set(file.path, file.content);
+  for (const change of input.changes) {
+    assertSafeRelativePath(change.path);
+    if (change.type === 'file') contents.set(change.path, change.content);
+    else contents.delete(change.path);
+  }
+  // Code-unit order is stable across locales; it also puts a directory's name before its contents.
+  const paths = [...contents.keys()].sort();
+
+  await mkdir(projectDir, { recursive: true });
+  const tmp = await mkdtemp(join(projectDir, TMP_PREFIX));
+  try {
+    for (const path of paths) await writeFileInside(tmp, path, contents.get(path)!);
+    // rename() would silently replace an empty directory, so refuse an existing one first.
+    if (await lstat(dir).catch(ignoreMissing)) throw new Error(`The workspace ${dir} already exists`);
+    await rename(tmp, dir);
+  } catch (error) {
+    await rm(tmp, { recursive: true, force: true });
+    throw error;
+  }
+  const files = paths.map((path) => {
+    const content = contents.get(path)!;
+    return { path, content, ...fileDigest(content) };
+  });
+  return { dir, files };
+}
+
+export async function removeWorkspace(root: string, projectId: string, generationId: string): Promise<void> {
+  await rm(join(root, assertId(projectId), assertId(generationId)), { recursive: true, force: true });
+}
+
+/**
+ * Keeps the `keep` most recently modified generation workspaces of a project and removes
+ * the rest, with temporary directories left over for more than an hour. Returns the
+ * generation ids removed.
+ */
+export async function pruneWorkspaces(root: string, projectId: string, keep: number): Promise<string[]> {
+  if (!Number.isInteger(keep) || keep < 0) throw new RangeError(`keep must be a whole number >= 0, got ${keep}`);
+  const projectDir = join(root, assertId(projectId));
+  const entries = (await readdir(projectDir, { withFileTypes: true }).catch(ignoreMissing)) ?? [];
+  const now = Date.now();
+  const generations: { id: string; mtimeMs: number }[] = [];
+  for (const entry of entries) {
+    if (!entry.isDirectory()) continue;
+    const stats = await stat(join(projectDir, entry.name)).catch(ignoreMissing);
+    if (!stats) continue;
+    if (entry.name.startsWith(TMP_PREFIX)) {
+      const stale = now - stats.mtimeMs > STALE_TMP_MS;
+      if (stale) await rm(join(projectDir, entry.name), { recursive: true, force: true });
+    } else if (ID.test(entry.name)) {
+      generations.push({ id: entry.name, mtimeMs: stats.mtimeMs });
+    }
+  }
+  const removed = generations
+    .sort((a, b) => b.mtimeMs - a.mtimeMs)
+    .slice(keep)
+    .map((generation) => generation.id);
+  for (const id of removed) await rm(join(projectDir, id), { recursive: true, force: true });
+  return removed;
+}
+
+// Ids become directory names, so they must be one plain segment.
+function assertId(id: string): string {
+  if (!ID.test(id)) throw new Error(`Invalid workspace id ${JSON.stringify(id)}`);
+  return id;
+}

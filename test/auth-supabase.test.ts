@@ -1,0 +1,308 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { createClient } from '@supabase/supabase-js';
+import { eq } from 'drizzle-orm';
+import { decodeJwt, decodeProtectedHeader, generateKeyPair, SignJWT } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { AuthProvider } from '../src/auth/provider.js';
+import { createSupabaseAuth, type SupabaseAuthOptions } from '../src/auth/supabase.js';
+import { users } from '../src/db/schema.js';
+import { AppError, AuthError, RateLimitedError, ValidationError } from '../src/errors.js';
+import { createTestDatabase, type TestDatabase } from './support/db.js';
+import { type FakeSupabase, type FakeSupabaseOptions, startFakeSupabase } from './support/fake-supabase.js';
+
+const PASSWORD = 'correct horse battery staple';
+const GOTRUE_MIN_PASSWORD_LENGTH = 10;
+const uniqueEmail = () => `user-${randomUUID()}@example.com`;
+
+let database: TestDatabase;
+let supabase: FakeSupabase;
+let auth: AuthProvider;
+const closers: Array<() => Promise<void>> = [];
+
+async function fake(options: FakeSupabaseOptions = {}): Promise<FakeSupabase> {
+  const started = await startFakeSupabase({ minPasswordLength: GOTRUE_MIN_PASSWORD_LENGTH, ...options });
+  closers.push(() => started.close());
+  return started;
+}
+
+function provider(server: FakeSupabase, options: Partial<SupabaseAuthOptions> = {}): AuthProvider {
+  const created = createSupabaseAuth({
+    db: database.db,
+    url: server.url,
+    anonKey: server.anonKey,
+    serviceRoleKey: server.serviceRoleKey,
+    ...options,
+  });
+  closers.push(() => created.close());
+  return created;
+}
+
+async function rejection(promise: Promise<unknown>): Promise<unknown> {
+  return promise.then(
+    () => expect.fail('expected a rejection'),
+    (error: unknown) => error,
+  );
+}
+
+async function profile(id: string) {
+  const [row] = await database.db.select().from(users).where(eq(users.id, id));
+  return row;
+}
+
+beforeAll(async () => {
+  database = await createTestDatabase();
+  supabase = await fake();
+  auth = provider(supabase);
+});
+
+afterAll(async () => {
+  for (const close of closers.reverse()) await close();
+  await database?.close();
+});
+
+describe('supabase auth: sign-up, sign-in, verify', () => {
+  it('signs up through supabase-js and verifies the ES256 token through the JWKS', async () => {
+    const email = uniqueEmail();
+    const session = await auth.signUp(` ${email.toUpperCase()}`, PASSWORD);
+
+    expect(decodeProtectedHeader(session.accessToken).alg).toBe('ES256');
+    const claims = await auth.verify(session.accessToken);
+    expect(claims).toMatchObject({
+      sub: session.user.id,
+      role: 'authenticated',
+      aud: 'authenticated',
+      email,
+      iss: `${supabase.url}/auth/v1`,
+      session_id: expect.any(String),
+    });
+    expect(session.expiresAt.getTime()).toBe((claims.exp as number) * 1000);
+    expect(await profile(session.user.id)).toMatchObject({ email });
+  });
+
+  it('signs in with any case of the email, in a new session', async () => {
+    const email = uniqueEmail();
+    const first = await auth.signUp(email, PASSWORD);
+    const second = await auth.signIn(email.toUpperCase(), PASSWORD);
+
+    const [a, b] = await Promise.all([auth.verify(first.accessToken), auth.verify(second.accessToken)]);
+    expect(b.sub).toBe(a.sub);
+    expect(b.session_id).not.toBe(a.session_id);
+  });
+
+  it('gives a wrong password and an unknown email the same AuthError', async () => {
+    const email = uniqueEmail();
+    await auth.signUp(email, PASSWORD);
+
+    const errors = [await rejection(auth.signIn(email, 'not the password at all')), await rejection(auth.signIn(uniqueEmail(), PASSWORD))];
+    for (const error of errors) {
+      expect(error).toBeInstanceOf(AuthError);
+      expect((error as AuthError).message).toBe('Invalid email or password.');
+    }
+  });
+
+  it('gives a profile to a user who signed up elsewhere, on the first verify', async () => {
+    const email = uniqueEmail();
+    const direct = createClient(supabase.url, supabase.anonKey, { auth: { persistSession: false, autoRefreshToken: false } });
+    const { data, error } = await direct.auth.signUp({ email: email.toUpperCase(), password: PASSWORD });
+    expect(error).toBeNull();
+    const userId = data.user!.id;
+    expect(await profile(userId)).toBeUndefined();
+
+    await auth.verify(data.session!.access_token);
+    expect(await profile(userId)).toMatchObject({ email });
+  });
+
+  it('asks for email confirmation when the project requires it', async () => {
+    const confirming = await fake({ requireEmailConfirmation: true });
+    const confirmingAuth = provider(confirming);
+    const email = uniqueEmail();
+
+    // The second sign-up of the email gets the same answer: sign-up does not reveal accounts.
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const error = await rejection(confirmingAuth.signUp(email, PASSWORD));
+      expect(error).toBeInstanceOf(AuthError);
+      expect((error as AuthError).message).toMatch(/confirm your email/);
+    }
+    expect((await rejection(confirmingAuth.signIn(email, PASSWORD))) as AuthError).toMatchObject({ kind: 'AuthError', message: expect.stringMatching(/confirm/) });
+    expect(await database.db.$count(users, eq(users.email, email))).toBe(0);
+
+    confirming.confirmEmail(email);
+    const session = await confirmingAuth.signIn(email, PASSWORD);
+    expect(await profile(session.user.id)).toMatchObject({ email });
+  });
+});
+
+describe('supabase auth: GoTrue errors', () => {
+  it('maps a taken email and GoTrue password and email rules to field errors', async () => {
+    const email = uniqueEmail();
+    await auth.signUp(email, PASSWORD);
+    const cases: Array<[email: string, password: string, fields: string[], message: RegExp]> = [
+      [email, PASSWORD, ['email'], /An account with this email already exists/],
+      // Long enough for Kiln's rule, too short for this project's GoTrue setting.
+      [uniqueEmail(), 'x'.repeat(GOTRUE_MIN_PASSWORD_LENGTH - 1), ['password'], /at least 10 characters/],
+      // Kiln's own checks answer before GoTrue is asked.
+      ['not-an-email', 'short', ['email', 'password'], /valid email/],
+    ];
+    for (const [candidate, password, fields, message] of cases) {
+      const error = await rejection(auth.signUp(candidate, password));
+      expect(error).toBeInstanceOf(ValidationError);
+      expect((error as ValidationError).fieldErrors.map((f) => f.path[0])).toEqual(fields);
+      expect((error as ValidationError).fieldErrors[0]?.message).toMatch(message);
+    }
+
+    supabase.failNextRequest(400, 'email_address_invalid', 'Email address "x@example.com" is invalid');
+    const invalid = await rejection(auth.signUp(uniqueEmail(), PASSWORD));
+    expect((invalid as ValidationError).fieldErrors).toEqual([{ path: ['email'], message: 'Email address "x@example.com" is invalid' }]);
+  });
+
+  it('maps 429 to RateLimitedError', async () => {
+    supabase.failNextRequest(429, 'over_request_rate_limit', 'Request rate limit reached');
+    const error = await rejection(auth.signIn(uniqueEmail(), PASSWORD));
+    expect(error).toBeInstanceOf(RateLimitedError);
+    expect((error as RateLimitedError).retryAfterSeconds).toBeGreaterThan(0);
+  });
+
+  it('treats GoTrue being down during a session check as unexpected, not as a sign-out', async () => {
+    const session = await auth.signUp(uniqueEmail(), PASSWORD);
+    const coldCache = provider(supabase);
+
+    supabase.failNextRequest(503, 'unexpected_failure', 'upstream unavailable');
+    const error = await rejection(coldCache.verify(session.accessToken));
+    expect(error).toBeInstanceOf(Error);
+    expect(error).not.toBeInstanceOf(AppError);
+    // Nothing was remembered: the next check succeeds.
+    await expect(coldCache.verify(session.accessToken)).resolves.toMatchObject({ sub: session.user.id });
+  });
+});
+
+describe('supabase auth: refresh tokens', () => {
+  it('rotates, and a reused refresh token revokes its successors too', async () => {
+    const first = await auth.signUp(uniqueEmail(), PASSWORD);
+    const second = await auth.refresh(first.refreshToken);
+    expect(second.refreshToken).not.toBe(first.refreshToken);
+    const [a, b] = await Promise.all([auth.verify(first.accessToken), auth.verify(second.accessToken)]);
+    expect(b.session_id).toBe(a.session_id);
+
+    expect(await rejection(auth.refresh(first.refreshToken))).toBeInstanceOf(AuthError);
+    expect(await rejection(auth.refresh(second.refreshToken))).toBeInstanceOf(AuthError);
+  });
+
+  it('refuses unknown refresh tokens', async () => {
+    expect(await rejection(auth.refresh('garbage'))).toBeInstanceOf(AuthError);
+  });
+});
+
+describe('supabase auth: sign-out through the admin API', () => {
+  async function twoSessions() {
+    const email = uniqueEmail();
+    const current = await auth.signUp(email, PASSWORD);
+    const other = await auth.signIn(email, PASSWORD);
+    // Both sessions are checked (and remembered as live) before the sign-out.
+    const [claims] = await Promise.all([auth.verify(current.accessToken), auth.verify(other.accessToken)]);
+    return { current, other, claims };
+  }
+
+  it('LOCAL ends this session at once, on this instance and on a fresh one', async () => {
+    const { current, other, claims } = await twoSessions();
+    await auth.signOut(claims, current.accessToken, 'LOCAL');
+
+    expect(await rejection(auth.verify(current.accessToken))).toBeInstanceOf(AuthError);
+    expect(await rejection(provider(supabase).verify(current.accessToken))).toBeInstanceOf(AuthError);
+    expect(await rejection(auth.refresh(current.refreshToken))).toBeInstanceOf(AuthError);
+    await expect(auth.verify(other.accessToken)).resolves.toMatchObject({ sub: claims.sub });
+  });
+
+  it('GLOBAL ends every session of the user', async () => {
+    const { current, other, claims } = await twoSessions();
+    await auth.signOut(claims, current.accessToken, 'GLOBAL');
+
+    for (const session of [current, other]) {
+      expect(await rejection(auth.verify(session.accessToken))).toBeInstanceOf(AuthError);
+      expect(await rejection(auth.refresh(session.refreshToken))).toBeInstanceOf(AuthError);
+    }
+  });
+
+  it('OTHERS ends every other session and keeps this one', async () => {
+    const { current, other, claims } = await twoSessions();
+    await auth.signOut(claims, current.accessToken, 'OTHERS');
+
+    await expect(auth.verify(current.accessToken)).resolves.toMatchObject({ session_id: claims.session_id });
+    expect(await rejection(auth.verify(other.accessToken))).toBeInstanceOf(AuthError);
+  });
+
+  it('remembers a live session for sessionCheckTtlMs; a sign-out elsewhere shows once that passes', async () => {
+    let clock = Date.now();
+    const cached = provider(supabase, { sessionCheckTtlMs: 5000, now: () => clock });
+    const session = await auth.signUp(uniqueEmail(), PASSWORD);
+    const claims = await auth.verify(session.accessToken);
+
+    const before = supabase.userRequests;
+    for (let i = 0; i < 3; i++) await cached.verify(session.accessToken);
+    expect(supabase.userRequests - before).toBe(1);
+
+    await auth.signOut(claims, session.accessToken, 'LOCAL');
+    await expect(cached.verify(session.accessToken)).resolves.toMatchObject({ sub: claims.sub });
+
+    clock += 5001;
+    expect(await rejection(cached.verify(session.accessToken))).toBeInstanceOf(AuthError);
+    // An ended session is final: no more questions for it.
+    expect(await rejection(cached.verify(session.accessToken))).toBeInstanceOf(AuthError);
+    expect(supabase.userRequests - before).toBe(2);
+  });
+});
+
+describe('supabase auth: tokens', () => {
+  it('refuses forged, tampered, expired and malformed tokens', async () => {
+    const session = await auth.signUp(uniqueEmail(), PASSWORD);
+    const victim = await auth.signUp(uniqueEmail(), PASSWORD);
+    const claims = decodeJwt(session.accessToken);
+    const { kid } = decodeProtectedHeader(session.accessToken);
+    const otherKey = await generateKeyPair('ES256');
+    const base64url = (value: object) => Buffer.from(JSON.stringify(value)).toString('base64url');
+    const [encodedHeader, , signature] = session.accessToken.split('.');
+    const now = Math.floor(Date.now() / 1000);
+
+    // The crafting is right: the server's own key with these claims verifies.
+    await expect(auth.verify(await supabase.signToken(claims))).resolves.toMatchObject({ sub: session.user.id });
+
+    const forged = {
+      'another ES256 key under the same kid': await new SignJWT(claims).setProtectedHeader({ alg: 'ES256', kid }).sign(otherKey.privateKey),
+      'alg none': `${base64url({ alg: 'none', typ: 'JWT' })}.${base64url(claims)}.`,
+      'HS256 keyed with the anon key': await new SignJWT(claims)
+        .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+        .sign(new TextEncoder().encode(supabase.anonKey)),
+      'tampered payload': `${encodedHeader}.${base64url({ ...claims, sub: victim.user.id })}.${signature}`,
+      expired: await supabase.signToken({ ...claims, iat: now - 7200, exp: now - 3600 }),
+      'wrong audience': await supabase.signToken({ ...claims, aud: 'anon' }),
+      'the anon key': supabase.anonKey,
+      'the service-role key': supabase.serviceRoleKey,
+      'no session': await supabase.signToken({ ...claims, session_id: undefined }),
+      'a session that never existed': await supabase.signToken({ ...claims, session_id: randomUUID() }),
+      empty: '',
+      garbage: 'garbage',
+      'three garbage parts': 'a.b.c',
+    };
+    for (const [name, token] of Object.entries(forged)) {
+      expect(await rejection(auth.verify(token)), name).toBeInstanceOf(AuthError);
+    }
+  });
+
+  it('refuses a token once it expires (clock under test control)', async () => {
+    let clock = Date.now();
+    const later = provider(supabase, { now: () => clock });
+    const session = await auth.signUp(uniqueEmail(), PASSWORD);
+    await expect(later.verify(session.accessToken)).resolves.toMatchObject({ sub: session.user.id });
+
+    clock = session.expiresAt.getTime() + 1000;
+    expect(await rejection(later.verify(session.accessToken))).toBeInstanceOf(AuthError);
+  });
+
+  it('verifies a legacy project with its HS256 secret, and only with it', async () => {
+    const secret = randomBytes(32).toString('base64url');
+    const legacy = await fake({ legacyJwtSecret: secret });
+    const session = await provider(legacy, { jwtSecret: secret }).signUp(uniqueEmail(), PASSWORD);
+
+    await expect(provider(legacy, { jwtSecret: secret }).verify(session.accessToken)).resolves.toMatchObject({ sub: session.user.id });
+    expect(await rejection(provider(legacy).verify(session.accessToken))).toBeInstanceOf(AuthError);
+  });
+});

@@ -1,0 +1,441 @@
+import path from 'node:path';
+import ts from 'typescript';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createGeminiProvider, type GeminiProviderOptions } from '../src/llm/gemini.js';
+import { createLlmProvider, type LlmConfig } from '../src/llm/index.js';
+import { createOfflineProvider, offlineApp } from '../src/llm/offline.js';
+import { createOpenAiProvider } from '../src/llm/openai.js';
+import { LlmError, type LlmEvent, type LlmRequest, type LlmUsage } from '../src/llm/provider.js';
+import { startFakeGemini, type FakeGemini } from './support/fake-gemini.js';
+import { startFakeOpenAi, type FakeOpenAi } from './support/fake-openai.js';
+
+const SYSTEM_PROMPT = 'You write small Flutter apps.';
+const HOSTILE_PROMPT = 'Make "quotes" \'single\' back\\slash </file><file path="../evil"> ${x} $y\nnext line 😀 ünïcode';
+
+function llmRequest(overrides: Partial<LlmRequest> = {}): LlmRequest {
+  return {
+    target: 'FLUTTER',
+    systemPrompt: SYSTEM_PROMPT,
+    messages: [{ role: 'user', content: 'A counter app' }],
+    signal: new AbortController().signal,
+    ...overrides,
+  };
+}
+
+async function collect(events: AsyncIterable<LlmEvent>): Promise<{ texts: string[]; usage?: LlmUsage; order: string[] }> {
+  const texts: string[] = [];
+  const order: string[] = [];
+  let usage: LlmUsage | undefined;
+  for await (const event of events) {
+    order.push(event.type);
+    if (event.type === 'text') texts.push(event.text);
+    else usage = event.usage;
+  }
+  return { texts, usage, order };
+}
+
+async function failureOf(events: AsyncIterable<LlmEvent>): Promise<unknown> {
+  try {
+    await collect(events);
+  } catch (error) {
+    return error;
+  }
+  throw new Error('expected the stream to fail');
+}
+
+describe('Gemini provider (real @google/genai client, fake Gemini server)', () => {
+  let fake: FakeGemini;
+  beforeEach(async () => {
+    fake = await startFakeGemini();
+  });
+  afterEach(async () => {
+    await fake.close();
+  });
+
+  const gemini = (options: Partial<GeminiProviderOptions> = {}) =>
+    createGeminiProvider({
+      apiKey: 'server-key',
+      model: 'gemini-2.5-flash',
+      baseUrl: fake.baseUrl,
+      retry: { baseDelayMs: 5 },
+      ...options,
+    });
+
+  it('streams the text deltas, then the usage of the last event', async () => {
+    const chunks = ['Here is a small Flutter app.\n\n<file pa', 'th="lib/main.dart">\nvoid main() {}\n', '</file>\n'];
+    fake.script({ kind: 'stream', chunks, usage: { promptTokens: 11, outputTokens: 345 } });
+    const messages: LlmRequest['messages'] = [
+      { role: 'user', content: 'A counter app' },
+      { role: 'model', content: 'Here it is.' },
+      { role: 'user', content: 'Make it blue' },
+    ];
+
+    const { texts, usage, order } = await collect(gemini().stream(llmRequest({ messages })));
+
+    expect(texts.join('')).toBe(chunks.join(''));
+    expect(usage).toEqual({ inputTokens: 11, outputTokens: 345 });
+    expect(order).toEqual(['text', 'text', 'text', 'usage']);
+    const [sent] = fake.requests;
+    expect(sent?.model).toBe('gemini-2.5-flash');
+    expect(sent?.apiKey).toBe('server-key');
+    expect(sent?.body.systemInstruction?.parts).toEqual([{ text: SYSTEM_PROMPT }]);
+    expect(sent?.body.contents).toEqual(messages.map((m) => ({ role: m.role, parts: [{ text: m.content }] })));
+  });
+
+  it('passes text on as it arrives and tolerates slow streams that keep sending', async () => {
+    const chunks = Array.from({ length: 15 }, (_, i) => `tick ${i} `);
+    fake.script({ kind: 'stream', chunks, delayMs: 30 });
+    // The whole stream takes ~450 ms, longer than the idle timeout; no single gap does.
+    const events = gemini({ idleTimeoutMs: 300 }).stream(llmRequest());
+    let text = '';
+    let completedAtFirstText: boolean | undefined;
+    for await (const event of events) {
+      if (event.type !== 'text') continue;
+      completedAtFirstText ??= fake.requests[0]?.completed;
+      text += event.text;
+    }
+    expect(completedAtFirstText).toBe(false);
+    expect(text).toBe(chunks.join(''));
+  });
+
+  it('gives up on a 500 after three attempts, without the SDK adding retries of its own', async () => {
+    fake.script({ kind: 'error', status: 500, message: 'Internal error encountered.' });
+    const error = await failureOf(gemini().stream(llmRequest()));
+    expect(error).toBeInstanceOf(LlmError);
+    expect((error as LlmError).message).toMatch(/Gemini is unavailable.*500.*Gave up after 3 attempts/);
+    expect(fake.requests).toHaveLength(3);
+  });
+
+  it('retries a 429 and succeeds when the quota frees up', async () => {
+    fake.script(
+      { kind: 'error', status: 429, message: 'Resource has been exhausted' },
+      { kind: 'error', status: 429, message: 'Resource has been exhausted' },
+      { kind: 'stream', chunks: ['finally ', 'here'] },
+    );
+    const { texts } = await collect(gemini().stream(llmRequest()));
+    expect(texts.join('')).toBe('finally here');
+    expect(fake.requests).toHaveLength(3);
+  });
+
+  it('reports a rate limit that never lifts', async () => {
+    fake.script({ kind: 'error', status: 429, message: 'Resource has been exhausted' });
+    const error = await failureOf(gemini().stream(llmRequest()));
+    expect(error).toBeInstanceOf(LlmError);
+    expect((error as LlmError).message).toMatch(/rate limit/i);
+    expect(fake.requests).toHaveLength(3);
+  });
+
+  it('does not retry a rejected key or an unknown model', async () => {
+    fake.script({ kind: 'error', status: 400, message: 'API key not valid. Please pass a valid API key.' });
+    const badKey = await failureOf(gemini().stream(llmRequest()));
+    expect((badKey as LlmError).message).toMatch(/^Gemini rejected the API key .*GEMINI_API_KEY/);
+
+    fake.script({ kind: 'error', status: 404, message: 'models/gemini-9 is not found' });
+    const noModel = await failureOf(gemini({ model: 'gemini-9' }).stream(llmRequest()));
+    expect((noModel as LlmError).message).toMatch(/no model "gemini-9".*GEMINI_MODEL/);
+    expect(fake.requests).toHaveLength(2);
+  });
+
+  it('retries a stream that drops before any text arrived', async () => {
+    fake.script({ kind: 'drop' }, { kind: 'drop' }, { kind: 'stream', chunks: ['made it'] });
+    const { texts } = await collect(gemini().stream(llmRequest()));
+    expect(texts.join('')).toBe('made it');
+    expect(fake.requests).toHaveLength(3);
+  });
+
+  it('fails for good when the connection drops after text arrived', async () => {
+    fake.script({ kind: 'stall', chunks: ['Partial answer '] });
+    const events = gemini().stream(llmRequest())[Symbol.asyncIterator]();
+    expect(await events.next()).toEqual({ done: false, value: { type: 'text', text: 'Partial answer ' } });
+
+    fake.requests[0]?.dropConnection();
+    const error = await events.next().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(LlmError);
+    expect((error as LlmError).message).toMatch(/^The Gemini stream was interrupted/);
+    expect(fake.requests).toHaveLength(1);
+  });
+
+  it('reports a response blocked for safety, and a prompt blocked outright', async () => {
+    fake.script({ kind: 'stream', chunks: ['Some text'], finishReason: 'SAFETY' });
+    const blocked = await failureOf(gemini().stream(llmRequest()));
+    expect(blocked).toBeInstanceOf(LlmError);
+    expect((blocked as LlmError).message).toMatch(/^Gemini blocked the response \(SAFETY\)/);
+
+    fake.script({ kind: 'promptBlocked', blockReason: 'PROHIBITED_CONTENT' });
+    const refused = await failureOf(gemini().stream(llmRequest()));
+    expect((refused as LlmError).message).toMatch(/^Gemini blocked the response \(PROHIBITED_CONTENT\)/);
+    expect(fake.requests).toHaveLength(2);
+  });
+
+  it('abandons a stream that goes silent and closes its connection', async () => {
+    fake.script({ kind: 'stall', chunks: ['Hello'] });
+    const error = await failureOf(gemini({ idleTimeoutMs: 100 }).stream(llmRequest()));
+    expect(error).toBeInstanceOf(LlmError);
+    expect((error as LlmError).message).toMatch(/^Gemini sent no data for 0.1 s/);
+    await fake.requests[0]?.clientGone;
+  });
+
+  it('stops promptly on abort with the abort reason, and the server sees the connection close', async () => {
+    fake.script({ kind: 'stall', chunks: ['Partial'] });
+    const controller = new AbortController();
+    const events = gemini().stream(llmRequest({ signal: controller.signal }))[Symbol.asyncIterator]();
+    await events.next();
+
+    const reason = new Error('cancelled by the user');
+    const started = performance.now();
+    controller.abort(reason);
+    await expect(events.next()).rejects.toBe(reason);
+    expect(performance.now() - started).toBeLessThan(500);
+    await fake.requests[0]?.clientGone;
+  });
+
+  it('stops waiting between retries when aborted', async () => {
+    fake.script({ kind: 'error', status: 503, message: 'The model is overloaded.' });
+    const controller = new AbortController();
+    const outcome = failureOf(gemini({ retry: { baseDelayMs: 60_000 } }).stream(llmRequest({ signal: controller.signal })));
+    await fake.received(1);
+    const reason = new Error('cancelled while backing off');
+    controller.abort(reason);
+    expect(await outcome).toBe(reason);
+    expect(fake.requests).toHaveLength(1);
+  });
+
+  it("sends a project's own key instead of the server's", async () => {
+    const provider = gemini();
+    await collect(provider.stream(llmRequest({ apiKey: 'project-key' })));
+    await collect(provider.stream(llmRequest()));
+    expect(fake.requests.map((r) => r.apiKey)).toEqual(['project-key', 'server-key']);
+  });
+
+  it('says when Gemini cannot be reached at all', async () => {
+    const error = await failureOf(gemini({ baseUrl: 'http://127.0.0.1:1' }).stream(llmRequest()));
+    expect((error as LlmError).message).toMatch(/^Could not reach Gemini .*GEMINI_BASE_URL.*Gave up after 3 attempts/);
+  });
+});
+
+describe('OpenAI-compatible provider', () => {
+  let fake: FakeOpenAi;
+  beforeEach(async () => {
+    fake = await startFakeOpenAi();
+  });
+  afterEach(async () => {
+    await fake.close();
+  });
+
+  const openai = () =>
+    createOpenAiProvider({ baseUrl: fake.baseUrl, apiKey: 'sk-local', model: 'qwen2.5-coder', retry: { baseDelayMs: 5 } });
+
+  it('streams the deltas and the usage, sending the conversation as chat messages', async () => {
+    fake.script({ kind: 'stream', chunks: ['Hello', ', ', 'world'], usage: { promptTokens: 9, completionTokens: 3 } });
+    const messages: LlmRequest['messages'] = [
+      { role: 'user', content: 'Hi' },
+      { role: 'model', content: 'Hello!' },
+      { role: 'user', content: 'Again' },
+    ];
+    const { texts, usage, order } = await collect(openai().stream(llmRequest({ messages })));
+
+    expect(texts.join('')).toBe('Hello, world');
+    expect(usage).toEqual({ inputTokens: 9, outputTokens: 3 });
+    expect(order.at(-1)).toBe('usage');
+    const [sent] = fake.requests;
+    expect(sent?.authorization).toBe('Bearer sk-local');
+    expect(sent?.body).toMatchObject({ model: 'qwen2.5-coder', stream: true, stream_options: { include_usage: true } });
+    expect(sent?.body.messages).toEqual([
+      { role: 'system', content: SYSTEM_PROMPT },
+      { role: 'user', content: 'Hi' },
+      { role: 'assistant', content: 'Hello!' },
+      { role: 'user', content: 'Again' },
+    ]);
+  });
+
+  it('reports a rejected key without retrying', async () => {
+    fake.script({ kind: 'error', status: 401, message: 'Incorrect API key provided' });
+    const error = await failureOf(openai().stream(llmRequest()));
+    expect(error).toBeInstanceOf(LlmError);
+    expect((error as LlmError).message).toMatch(/rejected the API key \(401: Incorrect API key provided\).*OPENAI_API_KEY/);
+    expect(fake.requests).toHaveLength(1);
+  });
+
+  it('stops on abort with the abort reason and closes the connection', async () => {
+    fake.script({ kind: 'stall', chunks: ['Partial'] });
+    const controller = new AbortController();
+    const events = openai().stream(llmRequest({ signal: controller.signal }))[Symbol.asyncIterator]();
+    await events.next();
+    const reason = new Error('cancelled by the user');
+    controller.abort(reason);
+    await expect(events.next()).rejects.toBe(reason);
+    await fake.requests[0]?.clientGone;
+  });
+});
+
+describe('offline provider', () => {
+  const fileBlocks = (text: string) => [...text.matchAll(/<file path="([^"]*)">/g)].map((m) => m[1]);
+
+  it('writes one React component for WEB that reflects the prompt', () => {
+    const text = offlineApp('WEB', 'Build a habit tracker with streaks and reminders', false);
+    expect(fileBlocks(text)).toEqual(['src/App.tsx']);
+    expect(text.match(/<\/file>/g)).toHaveLength(1);
+    expect(text.indexOf('Here is')).toBe(0);
+    expect(text).toContain('“Habit tracker with streaks and reminders”');
+    expect(text).toContain('const title = "Habit tracker with streaks and reminders";');
+    expect(text).toContain('export default function App()');
+    expect(typeErrorsOf(fileContent(text))).toEqual([]);
+  });
+
+  it('writes one Flutter app for FLUTTER that reflects the prompt', () => {
+    const text = offlineApp('FLUTTER', 'make me a pomodoro timer, with a break counter', false);
+    expect(fileBlocks(text)).toEqual(['lib/main.dart']);
+    expect(text.match(/<\/file>/g)).toHaveLength(1);
+    const dart = fileContent(text);
+    expect(dart).toContain("const String appTitle = 'Pomodoro timer, with a break counter';");
+    expect(dart).toContain("  'A break counter',");
+    expect(dart).toMatch(/runApp\(const GeneratedApp\(\)\);[\s\S]*MaterialApp\(/);
+  });
+
+  it('says a follow-up updates the previous app', () => {
+    expect(offlineApp('WEB', 'Add a dark mode', true)).toMatch(/^I updated the previous app .*“Add a dark mode”/);
+    expect(offlineApp('FLUTTER', 'Add a dark mode', false)).not.toMatch(/previous app/);
+  });
+
+  it('escapes a hostile prompt so it stays text in TSX and Dart', () => {
+    const expectedRequest = HOSTILE_PROMPT;
+    const web = offlineApp('WEB', HOSTILE_PROMPT, false);
+    expect(fileBlocks(web)).toEqual(['src/App.tsx']);
+    expect(web.match(/<\/file>/g)).toHaveLength(1);
+    const tsx = fileContent(web);
+    expect(JSON.parse(literalAfter(tsx, 'const request = '))).toBe(expectedRequest);
+    expect(typeErrorsOf(tsx)).toEqual([]);
+
+    const flutter = offlineApp('FLUTTER', HOSTILE_PROMPT, false);
+    expect(fileBlocks(flutter)).toEqual(['lib/main.dart']);
+    expect(flutter.match(/<\/file>/g)).toHaveLength(1);
+    const literal = literalAfter(fileContent(flutter), 'const String userRequest = ');
+    expect(literal).not.toMatch(/(^|[^\\])(\\\\)*\$/); // every $ escaped: no interpolation
+    expect(decodeDartString(literal)).toBe(expectedRequest);
+  });
+
+  it('streams exactly offlineApp() in small chunks, then a usage estimate', async () => {
+    const messages: LlmRequest['messages'] = [
+      { role: 'user', content: 'A todo list' },
+      { role: 'model', content: 'Here is your todo list.' },
+      { role: 'user', content: 'Add due dates' },
+    ];
+    const provider = createOfflineProvider({ chunkDelayMs: 0 });
+    const { texts, usage, order } = await collect(provider.stream(llmRequest({ target: 'WEB', messages })));
+
+    const expected = offlineApp('WEB', 'Add due dates', true);
+    expect(texts.join('')).toBe(expected);
+    expect(texts.length).toBeGreaterThan(5);
+    expect(texts.slice(0, -1).every((t) => t.length >= 40 && t.length <= 120)).toBe(true);
+    expect(order.at(-1)).toBe('usage');
+    expect(usage?.outputTokens).toBe(Math.ceil(expected.length / 4));
+    expect(usage?.inputTokens).toBeGreaterThan(0);
+  });
+
+  it('stops promptly on abort with the abort reason', async () => {
+    const controller = new AbortController();
+    const provider = createOfflineProvider({ chunkDelayMs: 10_000 });
+    const events = provider.stream(llmRequest({ signal: controller.signal }))[Symbol.asyncIterator]();
+    const next = events.next();
+    const reason = new Error('cancelled by the user');
+    controller.abort(reason);
+    await expect(next).rejects.toBe(reason);
+  });
+});
+
+describe('createLlmProvider', () => {
+  const config: LlmConfig = {
+    provider: 'offline',
+    gemini: { model: 'gemini-2.5-flash' },
+    openai: {},
+    offlineChunkDelayMs: 0,
+  };
+
+  it('builds the configured provider', () => {
+    expect(createLlmProvider(config).name).toBe('offline');
+    const gemini = createLlmProvider({ ...config, provider: 'gemini', gemini: { apiKey: 'k', model: 'gemini-2.5-pro' } });
+    expect([gemini.name, gemini.model]).toEqual(['gemini', 'gemini-2.5-pro']);
+    const openai = createLlmProvider({ ...config, provider: 'openai', openai: { baseUrl: 'http://localhost:11434/v1', model: 'llama3' } });
+    expect([openai.name, openai.model]).toEqual(['openai', 'llama3']);
+  });
+
+  it('refuses to start without the settings a provider needs', () => {
+    expect(() => createLlmProvider({ ...config, provider: 'gemini' })).toThrow(/GEMINI_API_KEY/);
+    expect(() => createLlmProvider({ ...config, provider: 'openai', openai: { model: 'llama3' } })).toThrow(/OPENAI_BASE_URL/);
+  });
+});
+
+/** The content of the single file block. */
+function fileContent(text: string): string {
+  const match = /<file path="[^"]*">\n([\s\S]*)<\/file>/.exec(text);
+  if (!match?.[1]) throw new Error('no file block');
+  return match[1];
+}
+
+/** The string literal that follows `prefix` on its line, up to the final `;`. */
+function literalAfter(source: string, prefix: string): string {
+  const line = source.split('\n').find((l) => l.startsWith(prefix));
+  if (!line) throw new Error(`no line starting with ${prefix}`);
+  return line.slice(prefix.length, -1);
+}
+
+function decodeDartString(literal: string): string {
+  expect(literal.startsWith("'") && literal.endsWith("'")).toBe(true);
+  const simple: Record<string, string> = { n: '\n', r: '\r', t: '\t' };
+  return literal
+    .slice(1, -1)
+    .replace(/\\(u\{([0-9a-fA-F]+)\}|u([0-9a-fA-F]{4})|.)/g, (_, escape: string, braced?: string, four?: string) => {
+      const hex = braced ?? four;
+      return hex ? String.fromCodePoint(parseInt(hex, 16)) : (simple[escape] ?? escape);
+    });
+}
+
+/**
+ * Type errors of a generated App.tsx under the template's strict settings. React's
+ * types are not installed here, so a minimal stand-in declares what the app uses.
+ */
+function typeErrorsOf(appSource: string): string[] {
+  const root = path.resolve('/virtual-web-app');
+  const files = new Map([
+    [path.join(root, 'src/App.tsx'), appSource],
+    [
+      path.join(root, 'react.d.ts'),
+      `declare module 'react' {
+        export function useState<S>(initial: S | (() => S)): [S, (next: S | ((current: S) => S)) => void];
+      }
+      declare module 'react/jsx-runtime' {
+        export namespace JSX {
+          type Element = { readonly jsx: true };
+          interface IntrinsicElements { [name: string]: Record<string, unknown> }
+        }
+        export function jsx(type: unknown, props: unknown, key?: unknown): JSX.Element;
+        export function jsxs(type: unknown, props: unknown, key?: unknown): JSX.Element;
+      }`,
+    ],
+  ]);
+  const options: ts.CompilerOptions = {
+    strict: true,
+    noEmit: true,
+    jsx: ts.JsxEmit.ReactJSX,
+    target: ts.ScriptTarget.ES2022,
+    module: ts.ModuleKind.ESNext,
+    moduleResolution: ts.ModuleResolutionKind.Bundler,
+    noUnusedLocals: true,
+    noUnusedParameters: true,
+    noUncheckedIndexedAccess: true,
+    skipLibCheck: true,
+    types: [],
+  };
+  const host = ts.createCompilerHost(options);
+  const { getSourceFile, fileExists, readFile } = host;
+  host.fileExists = (file) => files.has(file) || fileExists(file);
+  host.readFile = (file) => files.get(file) ?? readFile(file);
+  host.getSourceFile = (file, language, ...rest) => {
+    const source = files.get(file);
+    return source !== undefined ? ts.createSourceFile(file, source, language) : getSourceFile(file, language, ...rest);
+  };
+  const program = ts.createProgram([...files.keys()], options, host);
+  return ts
+    .getPreEmitDiagnostics(program)
+    .map((d) => ts.flattenDiagnosticMessageText(d.messageText, '\n'));
+}

@@ -1,0 +1,186 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { setTimeout as delay } from 'node:timers/promises';
+
+// A Gemini REST server on 127.0.0.1 that the real @google/genai client talks to
+// (shared/fixtures/gemini-wire-format.md): scripted answers, recorded requests.
+
+export type GeminiBehaviour =
+  /** A 200 SSE stream, one event per chunk, the last with finishReason (STOP unless given). */
+  | { kind: 'stream'; chunks: string[]; delayMs?: number; finishReason?: string; usage?: GeminiUsage }
+  /** A non-2xx answer with Google's error body. */
+  | { kind: 'error'; status: number; message?: string }
+  /** Sends the chunks, then nothing more, keeping the connection open (see dropConnection). */
+  | { kind: 'stall'; chunks: string[] }
+  /** Sends the 200 headers, then destroys the connection before any event. */
+  | { kind: 'drop' }
+  /** The prompt refused outright: promptFeedback.blockReason and no candidates. */
+  | { kind: 'promptBlocked'; blockReason: string };
+
+export interface GeminiUsage {
+  promptTokens: number;
+  outputTokens: number;
+}
+
+export interface GeminiRequestBody {
+  contents: { role: string; parts: { text: string }[] }[];
+  systemInstruction?: { parts: { text: string }[] };
+}
+
+export interface RecordedGeminiRequest {
+  model: string;
+  /** The key as sent: the x-goog-api-key header, or the older ?key= parameter. */
+  apiKey: string | undefined;
+  body: GeminiRequestBody;
+  /** True once the whole response has been written. */
+  completed: boolean;
+  /** Resolves when the client hangs up before the response is complete. */
+  clientGone: Promise<void>;
+  /** Destroys the connection now, as a network failure would. */
+  dropConnection(): void;
+}
+
+export interface FakeGemini {
+  /** Pass as httpOptions.baseUrl. */
+  baseUrl: string;
+  requests: RecordedGeminiRequest[];
+  /** Answers for the next requests, in order; the last one repeats. */
+  script(...behaviours: GeminiBehaviour[]): void;
+  /** Resolves once `count` requests have arrived. */
+  received(count: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+const STATUS_NAMES: Record<number, string> = {
+  400: 'INVALID_ARGUMENT',
+  401: 'UNAUTHENTICATED',
+  403: 'PERMISSION_DENIED',
+  404: 'NOT_FOUND',
+  429: 'RESOURCE_EXHAUSTED',
+  500: 'INTERNAL',
+  503: 'UNAVAILABLE',
+};
+const STREAM_PATH = /^\/v1beta\/models\/([^/:]+):streamGenerateContent$/;
+
+export async function startFakeGemini(): Promise<FakeGemini> {
+  let behaviours: GeminiBehaviour[] = [{ kind: 'stream', chunks: ['Hello'] }];
+  const requests: RecordedGeminiRequest[] = [];
+  let waiters: { count: number; resolve: () => void }[] = [];
+
+  async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const model = STREAM_PATH.exec(url.pathname)?.[1];
+    if (req.method !== 'POST' || !model || url.searchParams.get('alt') !== 'sse') {
+      return sendError(res, 404, `No route for ${req.method} ${url.pathname}`);
+    }
+    let resolveGone = () => {};
+    const recorded: RecordedGeminiRequest = {
+      model,
+      apiKey: header(req, 'x-goog-api-key') ?? url.searchParams.get('key') ?? undefined,
+      body: JSON.parse(await readBody(req)) as GeminiRequestBody,
+      completed: false,
+      clientGone: new Promise((resolve) => (resolveGone = resolve)),
+      dropConnection: () => req.socket.destroy(),
+    };
+    res.on('finish', () => (recorded.completed = true));
+    res.on('close', () => {
+      if (!res.writableFinished) resolveGone();
+    });
+    requests.push(recorded);
+    for (const waiter of waiters.filter((w) => requests.length >= w.count)) waiter.resolve();
+    waiters = waiters.filter((w) => requests.length < w.count);
+
+    const behaviour = behaviours.length > 1 ? behaviours.shift()! : behaviours[0]!;
+    await respond(res, behaviour);
+  }
+
+  const server = http.createServer((req, res) => void handle(req, res).catch(() => res.destroy()));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+
+  return {
+    baseUrl: `http://127.0.0.1:${port}`,
+    requests,
+    script: (...next) => {
+      behaviours = next;
+    },
+    received: (count) =>
+      requests.length >= count ? Promise.resolve() : new Promise((resolve) => waiters.push({ count, resolve })),
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+async function respond(res: http.ServerResponse, behaviour: GeminiBehaviour): Promise<void> {
+  switch (behaviour.kind) {
+    case 'error':
+      return sendError(res, behaviour.status, behaviour.message ?? `Scripted ${behaviour.status}`);
+    case 'promptBlocked':
+      startStream(res);
+      sendEvent(res, { promptFeedback: { blockReason: behaviour.blockReason }, usageMetadata: { promptTokenCount: 5 } });
+      return void res.end();
+    case 'drop':
+      startStream(res);
+      return void res.socket?.destroy();
+    case 'stall':
+      startStream(res);
+      for (const text of behaviour.chunks) sendEvent(res, candidateEvent(text));
+      return;
+    case 'stream': {
+      const { chunks, delayMs = 0, finishReason = 'STOP' } = behaviour;
+      const usage = behaviour.usage ?? { promptTokens: 11, outputTokens: chunks.join('').length };
+      startStream(res);
+      for (let i = 0; i < Math.max(chunks.length, 1); i++) {
+        if (i > 0 && delayMs > 0) await delay(delayMs);
+        if (res.destroyed) return;
+        const last = i >= chunks.length - 1;
+        // usageMetadata is cumulative, like the real API's.
+        const outputSoFar = last ? usage.outputTokens : Math.round((usage.outputTokens * (i + 1)) / chunks.length);
+        sendEvent(res, {
+          ...candidateEvent(chunks[i] ?? '', last ? finishReason : undefined),
+          usageMetadata: {
+            promptTokenCount: usage.promptTokens,
+            candidatesTokenCount: outputSoFar,
+            totalTokenCount: usage.promptTokens + outputSoFar,
+          },
+        });
+      }
+      return void res.end();
+    }
+  }
+}
+
+function candidateEvent(text: string, finishReason?: string) {
+  return {
+    candidates: [{ content: { parts: text ? [{ text }] : [], role: 'model' }, index: 0, ...(finishReason ? { finishReason } : {}) }],
+    modelVersion: 'gemini-2.5-flash',
+    responseId: 'fake-response',
+  };
+}
+
+function startStream(res: http.ServerResponse): void {
+  res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+  res.flushHeaders();
+}
+
+function sendEvent(res: http.ServerResponse, event: unknown): void {
+  res.write(`data: ${JSON.stringify(event)}\n\n`);
+}
+
+function sendError(res: http.ServerResponse, status: number, message: string): void {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(JSON.stringify({ error: { code: status, message, status: STATUS_NAMES[status] ?? 'UNKNOWN' } }));
+}
+
+function header(req: http.IncomingMessage, name: string): string | undefined {
+  const value = req.headers[name];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+async function readBody(req: http.IncomingMessage): Promise<string> {
+  const parts: Buffer[] = [];
+  for await (const part of req) parts.push(part as Buffer);
+  return Buffer.concat(parts).toString('utf8');
+}

@@ -1,0 +1,95 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+// An OpenAI-compatible chat completions server (as Ollama, vLLM or llama.cpp
+// serve it) on 127.0.0.1: scripted answers, recorded requests.
+
+export type OpenAiBehaviour =
+  /** SSE chunks, a finish_reason, a usage chunk, then [DONE]. */
+  | { kind: 'stream'; chunks: string[]; usage?: { promptTokens: number; completionTokens: number } }
+  /** A non-2xx answer with OpenAI's error body. */
+  | { kind: 'error'; status: number; message?: string }
+  /** Sends the chunks, then nothing more, keeping the connection open. */
+  | { kind: 'stall'; chunks: string[] };
+
+export interface OpenAiRequestBody {
+  model: string;
+  messages: { role: string; content: string }[];
+  stream: boolean;
+  stream_options?: { include_usage?: boolean };
+}
+
+export interface RecordedOpenAiRequest {
+  authorization: string | undefined;
+  body: OpenAiRequestBody;
+  /** Resolves when the client hangs up before the response is complete. */
+  clientGone: Promise<void>;
+}
+
+export interface FakeOpenAi {
+  /** Pass as OPENAI_BASE_URL (ends in /v1). */
+  baseUrl: string;
+  requests: RecordedOpenAiRequest[];
+  /** Answers for the next requests, in order; the last one repeats. */
+  script(...behaviours: OpenAiBehaviour[]): void;
+  close(): Promise<void>;
+}
+
+export async function startFakeOpenAi(): Promise<FakeOpenAi> {
+  let behaviours: OpenAiBehaviour[] = [{ kind: 'stream', chunks: ['Hello'] }];
+  const requests: RecordedOpenAiRequest[] = [];
+
+  async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    if (req.method !== 'POST' || req.url !== '/v1/chat/completions') {
+      return sendError(res, 404, `No route for ${req.method} ${req.url}`);
+    }
+    const parts: Buffer[] = [];
+    for await (const part of req) parts.push(part as Buffer);
+    let resolveGone = () => {};
+    requests.push({
+      authorization: req.headers.authorization,
+      body: JSON.parse(Buffer.concat(parts).toString('utf8')) as OpenAiRequestBody,
+      clientGone: new Promise((resolve) => (resolveGone = resolve)),
+    });
+    res.on('close', () => {
+      if (!res.writableFinished) resolveGone();
+    });
+
+    const behaviour = behaviours.length > 1 ? behaviours.shift()! : behaviours[0]!;
+    if (behaviour.kind === 'error') return sendError(res, behaviour.status, behaviour.message ?? `Scripted ${behaviour.status}`);
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    res.flushHeaders();
+    for (const content of behaviour.chunks) sendChunk(res, [{ index: 0, delta: { content }, finish_reason: null }]);
+    if (behaviour.kind === 'stall') return;
+    sendChunk(res, [{ index: 0, delta: {}, finish_reason: 'stop' }]);
+    const usage = behaviour.usage ?? { promptTokens: 7, completionTokens: behaviour.chunks.length };
+    sendChunk(res, [], { prompt_tokens: usage.promptTokens, completion_tokens: usage.completionTokens });
+    res.end('data: [DONE]\n\n');
+  }
+
+  const server = http.createServer((req, res) => void handle(req, res).catch(() => res.destroy()));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+
+  return {
+    baseUrl: `http://127.0.0.1:${port}/v1`,
+    requests,
+    script: (...next) => {
+      behaviours = next;
+    },
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+function sendChunk(res: http.ServerResponse, choices: unknown[], usage?: unknown): void {
+  const chunk = { id: 'chatcmpl-fake', object: 'chat.completion.chunk', model: 'fake', choices, ...(usage ? { usage } : {}) };
+  res.write(`data: ${JSON.stringify(chunk)}\n\n`);
+}
+
+function sendError(res: http.ServerResponse, status: number, message: string): void {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(JSON.stringify({ error: { message, type: 'invalid_request_error', code: status } }));
+}

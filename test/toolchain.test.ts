@@ -1,0 +1,143 @@
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { buildEnv, runStep, type OutputLine, type RunStepOptions } from '../src/toolchain/step-runner.js';
+
+const fakeBin = fileURLToPath(new URL('./fixtures/bin', import.meta.url));
+
+let workspace: string;
+beforeEach(async () => {
+  workspace = await mkdtemp(join(tmpdir(), 'kiln-toolchain-'));
+});
+afterEach(async () => {
+  vi.unstubAllEnvs();
+  await rm(workspace, { recursive: true, force: true });
+});
+
+/** Runs the fake flutter (or another command) in a fresh workspace and collects every delivered line. */
+async function run(args: string[], fake: Record<string, string>, options: Partial<RunStepOptions> = {}) {
+  const lines: OutputLine[] = [];
+  const result = await runStep({
+    command: 'flutter',
+    args,
+    cwd: workspace,
+    env: buildEnv({ PATH: `${fakeBin}:${process.env.PATH}`, ...fake }),
+    timeoutMs: 30_000,
+    onLine: (line) => {
+      lines.push(line);
+    },
+    ...options,
+  });
+  const texts = (stream: OutputLine['stream']) => lines.filter((l) => l.stream === stream).map((l) => l.text);
+  return { result, lines, stdout: texts('STDOUT'), stderr: texts('STDERR') };
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe('runStep', () => {
+  it('delivers the lines of both streams in order and succeeds on exit code 0', async () => {
+    const { result, stdout, stderr } = await run(['pub', 'get'], { FAKE_FLUTTER_MODE: 'ok' });
+
+    expect(result).toMatchObject({ status: 'SUCCEEDED', exitCode: 0 });
+    expect(stdout).toEqual(['Resolving dependencies...', 'Downloading packages...', 'Got dependencies!']);
+    expect(stderr).toEqual(['1 package has newer versions incompatible with dependency constraints.']);
+    expect(result.tail).toHaveLength(4);
+  });
+
+  it('fails with the exit code and the analyzer error when analysis finds an error', async () => {
+    const { result, stdout } = await run(['analyze'], { FAKE_FLUTTER_MODE: 'analyze-fail' });
+
+    expect(result).toMatchObject({ status: 'FAILED', exitCode: 1, message: 'exited with code 1' });
+    const errorLine = "  error - lib/main.dart:3:5 - Undefined name 'runAp'. - undefined_identifier";
+    expect(stdout).toContain(errorLine);
+    expect(result.tail).toContain(errorLine);
+  });
+
+  it('kills the whole process tree, grandchild included, on timeout', async () => {
+    const pidFile = join(workspace, 'grandchild.pid');
+    const { result, stdout } = await run(
+      ['pub', 'get'],
+      { FAKE_FLUTTER_MODE: 'hang', FAKE_FLUTTER_PIDFILE: pidFile },
+      { timeoutMs: 1_000, killGraceMs: 200 },
+    );
+
+    expect(result).toMatchObject({ status: 'TIMED_OUT', exitCode: null });
+    expect(stdout).toHaveLength(1);
+    expect(isAlive(Number(await readFile(pidFile, 'utf8')))).toBe(false);
+  });
+
+  it('kills the whole process tree, grandchild included, when cancelled', async () => {
+    const pidFile = join(workspace, 'grandchild.pid');
+    const cancel = new AbortController();
+    const { result } = await run(
+      ['pub', 'get'],
+      { FAKE_FLUTTER_MODE: 'hang', FAKE_FLUTTER_PIDFILE: pidFile },
+      { signal: cancel.signal, killGraceMs: 200, onLine: () => cancel.abort() },
+    );
+
+    expect(result).toMatchObject({ status: 'CANCELLED', exitCode: null });
+    expect(isAlive(Number(await readFile(pidFile, 'utf8')))).toBe(false);
+  });
+
+  it('streams 300 MB of output with bounded memory, capping the delivered lines', async () => {
+    const megabytes = 300;
+    const floodLineBytes = 85; // the fake's flood line plus its newline
+    const totalLines = Math.ceil((megabytes * 1024 * 1024) / floodLineBytes);
+    const used = () => {
+      const usage = process.memoryUsage();
+      return usage.heapUsed + usage.arrayBuffers;
+    };
+    const before = used();
+    let peak = before;
+    const sampler = setInterval(() => {
+      peak = Math.max(peak, used());
+    }, 10);
+
+    const { result, lines } = await run(['build', 'web'], { FAKE_FLUTTER_MODE: 'flood', FAKE_FLUTTER_MB: String(megabytes) });
+    clearInterval(sampler);
+
+    expect(result.status).toBe('SUCCEEDED');
+    expect(lines).toHaveLength(10_001);
+    expect(lines.at(-1)?.text).toBe(`[… ${totalLines - 10_000} more lines omitted]`);
+    expect(result.tail).toHaveLength(200);
+    expect(peak - before).toBeLessThan(100 * 1024 * 1024);
+  });
+
+  it('cuts an overlong line and marks the cut', async () => {
+    const { result, stdout } = await run([], {}, {
+      command: 'sh',
+      args: ['-c', 'head -c 1000000 /dev/zero | tr "\\0" x; echo; echo next'],
+    });
+
+    expect(result.status).toBe('SUCCEEDED');
+    expect(stdout).toEqual([`${'x'.repeat(3_999)}…`, 'next']);
+  });
+
+  it('reports a missing tool by name instead of hanging', async () => {
+    const { result } = await run(['pub', 'get'], { PATH: workspace });
+
+    expect(result.status).toBe('TOOLCHAIN_MISSING');
+    expect(result.message).toBe('flutter was not found (set FLUTTER_BIN or put it on PATH)');
+  });
+
+  it('keeps server secrets out of the child environment', async () => {
+    vi.stubEnv('DATABASE_URL', 'postgres://kiln:server-secret@db/kiln');
+    vi.stubEnv('GEMINI_API_KEY', 'server-secret-key');
+
+    const { result, stdout } = await run([], { FAKE_FLUTTER_MODE: 'ok' }, { command: 'env' });
+
+    expect(result.status).toBe('SUCCEEDED');
+    expect(stdout).toContain('FAKE_FLUTTER_MODE=ok');
+    expect(stdout.some((line) => line.startsWith('PATH='))).toBe(true);
+    expect(stdout.join('\n')).not.toMatch(/server-secret|DATABASE_URL|GEMINI_API_KEY/);
+  });
+});

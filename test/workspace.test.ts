@@ -1,0 +1,171 @@
+import { mkdir, mkdtemp, readdir, readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { OutputProtocolError } from '../src/generations/output-parser.js';
+import { UnsafeOutputError } from '../src/generations/safe-path.js';
+import { writeFileInside } from '../src/workspace/write-inside.js';
+import {
+  createWorkspace,
+  fileDigest,
+  pruneWorkspaces,
+  removeWorkspace,
+  type CreateWorkspaceInput,
+} from '../src/workspace/workspace.js';
+
+let root: string;
+
+beforeEach(async () => {
+  root = await mkdtemp(join(tmpdir(), 'kiln-workspace-'));
+});
+
+afterEach(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+function input(overrides: Partial<CreateWorkspaceInput> = {}): CreateWorkspaceInput {
+  return {
+    root,
+    projectId: 'p1',
+    generationId: 'g1',
+    template: { 'pubspec.yaml': 'name: app\n', 'lib/main.dart': 'template main\n', 'README.md': '# App\n' },
+    parentFiles: [
+      { path: 'lib/main.dart', content: 'parent main\n' },
+      { path: 'lib/old.dart', content: 'old\n' },
+    ],
+    changes: [],
+    ...overrides,
+  };
+}
+
+/** Every regular file under `dir`, as relative path → content. */
+async function readTree(dir: string): Promise<Record<string, string>> {
+  const tree: Record<string, string> = {};
+  for (const entry of await readdir(dir, { recursive: true, withFileTypes: true })) {
+    if (!entry.isFile()) continue;
+    const path = join(entry.parentPath, entry.name);
+    tree[path.slice(dir.length + 1)] = await readFile(path, 'utf8');
+  }
+  return tree;
+}
+
+describe('createWorkspace', () => {
+  it('layers template, parent files and changes, and lists the result sorted', async () => {
+    const { dir, files } = await createWorkspace(
+      input({
+        changes: [
+          { type: 'file', path: 'lib/main.dart', content: 'generated main\n' },
+          { type: 'file', path: 'lib/src/counter.dart', content: 'class Counter {}\n' },
+          { type: 'delete', path: 'lib/old.dart' },
+          { type: 'delete', path: 'never/existed.txt' },
+        ],
+      }),
+    );
+
+    expect(dir).toBe(join(root, 'p1', 'g1'));
+    const expected = {
+      'README.md': '# App\n',
+      'lib/main.dart': 'generated main\n',
+      'lib/src/counter.dart': 'class Counter {}\n',
+      'pubspec.yaml': 'name: app\n',
+    };
+    expect(await readTree(dir)).toEqual(expected);
+    expect(files.map(({ path, content }) => [path, content])).toEqual(Object.entries(expected));
+    expect(await readdir(join(root, 'p1'))).toEqual(['g1']);
+  });
+
+  it('reports the exact UTF-8 size and SHA-256 of each file', async () => {
+    const content = 'héllo 🍵\n';
+    const { files } = await createWorkspace(
+      input({ template: {}, parentFiles: [], changes: [{ type: 'file', path: 'a.txt', content }] }),
+    );
+    const digest = { size: 12, sha256: '06aa5328ca49c05628b15a6443c5ab8bda38fbe98e406345068c4fae1d662c9c' };
+    expect(files).toEqual([{ path: 'a.txt', content, ...digest }]);
+    expect(fileDigest(content)).toEqual(digest);
+    expect(fileDigest('').sha256).toBe('e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855');
+  });
+
+  it('leaves nothing behind when a path is unsafe', async () => {
+    const badChange = createWorkspace(input({ changes: [{ type: 'file', path: '../escape.txt', content: 'x' }] }));
+    await expect(badChange).rejects.toBeInstanceOf(UnsafeOutputError);
+    expect(await readdir(root)).toEqual([]);
+
+    const badTemplate = createWorkspace(input({ template: { 'a.txt': 'a', '/etc/evil': 'x' } }));
+    await expect(badTemplate).rejects.toThrow(/"\/etc\/evil" is an absolute path/);
+    expect(await readdir(join(root, 'p1'))).toEqual([]);
+  });
+
+  it('removes the half-written temporary directory when a write fails midway', async () => {
+    // `lib/main.dart` is written first, then `lib/main.dart/x` cannot be.
+    const attempt = createWorkspace(input({ changes: [{ type: 'file', path: 'lib/main.dart/x', content: 'x' }] }));
+    await expect(attempt).rejects.toBeInstanceOf(OutputProtocolError);
+    expect(await readdir(join(root, 'p1'))).toEqual([]);
+  });
+
+  it('refuses to replace an existing workspace, even an empty one', async () => {
+    await mkdir(join(root, 'p1', 'g1'), { recursive: true });
+    await expect(createWorkspace(input())).rejects.toThrow(/already exists/);
+    expect(await readdir(join(root, 'p1'))).toEqual(['g1']);
+    expect(await readdir(join(root, 'p1', 'g1'))).toEqual([]);
+  });
+
+  it('refuses ids that are not one plain path segment', async () => {
+    await expect(createWorkspace(input({ projectId: '..' }))).rejects.toThrow(/Invalid workspace id/);
+    await expect(createWorkspace(input({ generationId: 'a/b' }))).rejects.toThrow(/Invalid workspace id/);
+    expect(await readdir(root)).toEqual([]);
+  });
+});
+
+describe('writeFileInside', () => {
+  it('refuses to write through a symlinked directory that points outside', async () => {
+    const workspace = join(root, 'ws');
+    const outside = join(root, 'outside');
+    await mkdir(workspace);
+    await mkdir(outside);
+    await symlink(outside, join(workspace, 'lib'));
+
+    await expect(writeFileInside(workspace, 'lib/main.dart', 'x')).rejects.toBeInstanceOf(UnsafeOutputError);
+    await expect(writeFileInside(workspace, 'lib/src/main.dart', 'x')).rejects.toThrow(/symbolic link/);
+    expect(await readdir(outside)).toEqual([]);
+  });
+
+  it('refuses to write over a symlink that points outside', async () => {
+    const workspace = join(root, 'ws');
+    const target = join(root, 'secret.txt');
+    await mkdir(workspace);
+    await writeFile(target, 'secret');
+    await symlink(target, join(workspace, 'main.dart'));
+
+    await expect(writeFileInside(workspace, 'main.dart', 'x')).rejects.toBeInstanceOf(UnsafeOutputError);
+    expect(await readFile(target, 'utf8')).toBe('secret');
+  });
+});
+
+describe('pruning', () => {
+  it('keeps the newest workspaces and clears stale temporary directories', async () => {
+    const hour = 60 * 60;
+    const now = Date.now() / 1000;
+    const ages = { g1: 4 * hour, g2: 3 * hour, g3: 2 * hour, g4: 60 };
+    for (const [generationId, age] of Object.entries(ages)) {
+      const { dir } = await createWorkspace(input({ generationId }));
+      await utimes(dir, now - age, now - age);
+    }
+    await mkdir(join(root, 'p1', '.tmp-stale'));
+    await utimes(join(root, 'p1', '.tmp-stale'), now - 2 * hour, now - 2 * hour);
+    await mkdir(join(root, 'p1', '.tmp-writing'));
+
+    expect((await pruneWorkspaces(root, 'p1', 2)).sort()).toEqual(['g1', 'g2']);
+    expect((await readdir(join(root, 'p1'))).sort()).toEqual(['.tmp-writing', 'g3', 'g4']);
+  });
+
+  it('does nothing for a project without workspaces', async () => {
+    expect(await pruneWorkspaces(root, 'nope', 1)).toEqual([]);
+  });
+
+  it('removes one workspace', async () => {
+    await createWorkspace(input({ generationId: 'g1' }));
+    await createWorkspace(input({ generationId: 'g2' }));
+    await removeWorkspace(root, 'p1', 'g1');
+    expect(await readdir(join(root, 'p1'))).toEqual(['g2']);
+  });
+});
