@@ -1,7 +1,19 @@
--- A request creates a generation only as QUEUED, with the columns it may choose.
-REVOKE INSERT ON generations FROM authenticated;
+-- A request creates a generation only as a fresh QUEUED one (drizzle names every
+-- column in an INSERT, so this is a trigger rather than column grants).
+CREATE OR REPLACE FUNCTION kiln.guard_generation_insert() RETURNS trigger
+LANGUAGE plpgsql SET search_path = '' AS $$
+BEGIN
+  IF current_user = 'authenticated' AND (
+       NEW.status <> 'QUEUED' OR NEW.phase <> 'QUEUED' OR NEW.input_tokens <> 0 OR NEW.output_tokens <> 0
+    OR NEW.error_code IS NOT NULL OR NEW.error_message IS NOT NULL OR NEW.cancel_requested_at IS NOT NULL
+    OR NEW.lease_expires_at IS NOT NULL OR NEW.started_at IS NOT NULL OR NEW.finished_at IS NOT NULL) THEN
+    RAISE EXCEPTION 'a request may only create a queued generation' USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  RETURN NEW;
+END $$;
 --> statement-breakpoint
-GRANT INSERT (id, project_id, created_by, session_id, parent_id, retry_of, attempt, prompt, provider, model) ON generations TO authenticated;
+CREATE TRIGGER generations_guard_insert BEFORE INSERT ON public.generations
+  FOR EACH ROW EXECUTE FUNCTION kiln.guard_generation_insert();
 --> statement-breakpoint
 REVOKE UPDATE ON generations FROM authenticated;
 --> statement-breakpoint

@@ -25,6 +25,7 @@ const environment = z.object({
   SUPABASE_JWT_SECRET: optional,
   ACCESS_TOKEN_TTL_SECONDS: int(3600, 1),
   AUTH_JWT_SECRET: optional,
+  KILN_ENCRYPTION_KEY: optional,
   LLM_PROVIDER: z.enum(['offline', 'gemini', 'openai']).default('offline'),
   GEMINI_API_KEY: optional,
   GEMINI_MODEL: z.string().default('gemini-2.5-flash'),
@@ -73,6 +74,10 @@ export function parseConfig(env: Record<string, string | undefined>) {
   if (e.AUTH_JWT_SECRET !== undefined && e.AUTH_JWT_SECRET.length < 32) {
     problems.push('AUTH_JWT_SECRET must be at least 32 characters');
   }
+  const encryptionKey = e.KILN_ENCRYPTION_KEY === undefined ? undefined : decodeKey(e.KILN_ENCRYPTION_KEY);
+  if (encryptionKey === null) {
+    problems.push('KILN_ENCRYPTION_KEY must be 32 random bytes, as 64 hex characters or base64 (e.g. `openssl rand -base64 32`)');
+  }
   if (problems.length > 0) throw new ConfigError(problems);
 
   const dataDir = path.resolve(e.DATA_DIR);
@@ -92,6 +97,8 @@ export function parseConfig(env: Record<string, string | undefined>) {
         jwtSecret: e.SUPABASE_JWT_SECRET,
       },
     },
+    /** Project secrets' key; unset means generated once under DATA_DIR (embedded) or secrets disabled. */
+    encryptionKey: encryptionKey ?? undefined,
     llm: {
       provider: e.LLM_PROVIDER,
       gemini: { apiKey: e.GEMINI_API_KEY, model: e.GEMINI_MODEL, baseUrl: e.GEMINI_BASE_URL },
@@ -119,6 +126,11 @@ export function parseConfig(env: Record<string, string | undefined>) {
 }
 
 export type Config = ReturnType<typeof parseConfig>;
+
+function decodeKey(text: string): Buffer | null {
+  const key = /^[0-9a-f]{64}$/i.test(text) ? Buffer.from(text, 'hex') : Buffer.from(text, 'base64');
+  return key.length === 32 && (key.toString('base64') === text || key.toString('hex') === text.toLowerCase()) ? key : null;
+}
 
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {

@@ -103,7 +103,7 @@ describe('catalog', () => {
     expect(reads).toEqual(Object.fromEntries(publicTables.map((t) => [t, 'denied'])));
   });
 
-  it('never gives authenticated TRUNCATE (which skips RLS), and lets it delete only memberships', async () => {
+  it('never gives authenticated TRUNCATE (which skips RLS), and lets it delete only memberships and secrets', async () => {
     const privileges = await serviceRows<{ name: string; truncate: boolean; del: boolean }>(
       db,
       sql`select c.relname as name,
@@ -113,7 +113,7 @@ describe('catalog', () => {
            where n.nspname = 'public' and c.relkind in ('r', 'p')`,
     );
     expect(privileges.filter((p) => p.truncate).map((p) => p.name)).toEqual([]);
-    expect(privileges.filter((p) => p.del).map((p) => p.name)).toEqual(['project_members']);
+    expect(privileges.filter((p) => p.del).map((p) => p.name).sort()).toEqual(['project_members', 'project_secrets']);
   });
 });
 

@@ -3,7 +3,10 @@ import type { Config } from '../config.js';
 import type { Database } from '../db/client.js';
 import { type Claims, type Scope, anonymousScope, userScope } from '../db/scope.js';
 import { AuthError } from '../errors.js';
+import type { EventBus } from '../events/bus.js';
+import type { GenerationDeps } from '../generations/generations.js';
 import type { Logger } from '../observability/logger.js';
+import type { SecretBox } from '../projects/secret-box.js';
 
 /** What the API needs from the composition root. */
 export interface Services {
@@ -11,6 +14,10 @@ export interface Services {
   database: Database;
   auth: AuthProvider;
   logger: Logger;
+  bus: EventBus;
+  generations: GenerationDeps;
+  /** Undefined when project secrets are disabled (no KILN_ENCRYPTION_KEY). */
+  secretBox?: SecretBox;
 }
 
 export interface Viewer {
@@ -26,6 +33,7 @@ export interface Context {
   viewer: Viewer | null;
   /** The RLS-bound database scope of this viewer (STYLE 5). */
   db: Scope;
+  bus: EventBus;
   services: Services;
   logger: Logger;
 }
@@ -51,6 +59,7 @@ export async function createContext(
     requestId: request.requestId,
     viewer,
     db: viewer ? userScope(services.database.db, viewer.claims) : anonymousScope(problem),
+    bus: services.bus,
     services,
     logger: viewer ? logger.child({ userId: viewer.id }) : logger,
   };

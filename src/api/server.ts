@@ -112,7 +112,7 @@ function sendJson(res: ServerResponse, status: number, body: unknown) {
 function yogaLogger(logger: Services['logger']) {
   const log = logger.child({ source: 'yoga' });
   return {
-    debug: (...args: unknown[]) => log.debug({ args }, 'yoga'),
+    debug: (...args: unknown[]) => log.trace({ args }, 'yoga'),
     info: (...args: unknown[]) => log.info({ args }, 'yoga'),
     warn: (...args: unknown[]) => log.warn({ args }, 'yoga'),
     error: (...args: unknown[]) => log.error({ err: args[0] }, 'yoga error'),

@@ -24,8 +24,13 @@ export const projectRole = pgEnum('project_role', ['owner', 'editor', 'viewer'])
 export const generationStatus = pgEnum('generation_status', ['QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED']);
 export const generationPhase = pgEnum('generation_phase', ['QUEUED', 'GENERATING', 'WRITING', 'BUILDING', 'DONE']);
 export const buildStepStatus = pgEnum('build_step_status', ['PENDING', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED', 'SKIPPED']);
+export const projectSecretName = pgEnum('project_secret_name', ['GEMINI_API_KEY', 'OPENAI_API_KEY']);
 export const messageRole = pgEnum('message_role', ['USER', 'MODEL']);
 export const logStream = pgEnum('log_stream', ['STDOUT', 'STDERR']);
+
+export const generationErrorCodes = [
+  'LLM_ERROR', 'BUILD_FAILED', 'TIMEOUT', 'UNSAFE_OUTPUT', 'INVALID_OUTPUT', 'INTERRUPTED', 'TOOLCHAIN_MISSING', 'BUDGET_EXCEEDED', 'INTERNAL',
+] as const;
 
 const createdAt = () => timestamp('created_at', { withTimezone: true }).notNull().defaultNow();
 const isMember = (projectId: unknown) => sql`kiln.project_role(${projectId}) is not null`;
@@ -100,6 +105,24 @@ export const projectMembers = pgTable(
   ],
 ).enableRLS();
 
+/** Bring-your-own keys, AES-256-GCM under KILN_ENCRYPTION_KEY; requests never read `ciphertext`. */
+export const projectSecrets = pgTable(
+  'project_secrets',
+  {
+    projectId: uuid('project_id').notNull().references(() => projects.id, { onDelete: 'cascade' }),
+    name: projectSecretName('name').notNull(),
+    ciphertext: text('ciphertext').notNull(),
+    updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.projectId, t.name] }),
+    pgPolicy('project_secrets_select_member', { for: 'select', to: authenticatedRole, using: isMember(t.projectId) }),
+    pgPolicy('project_secrets_insert_owner', { for: 'insert', to: authenticatedRole, withCheck: isOwner(t.projectId) }),
+    pgPolicy('project_secrets_update_owner', { for: 'update', to: authenticatedRole, using: isOwner(t.projectId), withCheck: isOwner(t.projectId) }),
+    pgPolicy('project_secrets_delete_owner', { for: 'delete', to: authenticatedRole, using: isOwner(t.projectId) }),
+  ],
+).enableRLS();
+
 export const generations = pgTable(
   'generations',
   {
@@ -115,7 +138,7 @@ export const generations = pgTable(
     provider: text('provider').notNull(),
     model: text('model').notNull(),
     attempt: integer('attempt').notNull().default(1),
-    errorCode: text('error_code'),
+    errorCode: text('error_code').$type<(typeof generationErrorCodes)[number]>(),
     errorMessage: text('error_message'),
     inputTokens: integer('input_tokens').notNull().default(0),
     outputTokens: integer('output_tokens').notNull().default(0),

@@ -4,6 +4,9 @@ import type { EventBus, StatusEvent } from '../events/bus.js';
 import type { LlmProvider, LlmUsage } from '../llm/provider.js';
 import { LlmError } from '../llm/provider.js';
 import type { Logger } from '../observability/logger.js';
+import { secretContext } from '../projects/projects.js';
+import type { SecretBox } from '../projects/secret-box.js';
+import { type SecretName, secretStore } from '../projects/store.js';
 import { buildEnv, runStep, type StepResult } from '../toolchain/step-runner.js';
 import { commandLine, getTarget, type ToolBins } from '../toolchain/targets.js';
 import { createWorkspace, pruneWorkspaces } from '../workspace/workspace.js';
@@ -21,6 +24,8 @@ export interface PipelineDeps {
   workspaces: { dir: string; keepPerProject: number };
   toolchain: { bins: ToolBins; stepTimeoutMs: number };
   leaseMs: number;
+  /** Opens the project's own API key (bring-your-own-key), when secrets are enabled. */
+  secretBox?: SecretBox;
 }
 
 /** Why a run stopped early: the user cancelled, or the worker is handing it back. */
@@ -104,14 +109,27 @@ type RunContext = Awaited<ReturnType<typeof loadContext>>;
 async function loadContext(deps: PipelineDeps, generation: GenerationRow) {
   return serviceScope(deps.db).run(async (tx) => {
     const project = (await generationStore.projectOf(tx, generation.projectId))!;
+    const secretName = providerSecret[deps.llm.name];
+    const sealed = secretName && deps.secretBox ? await secretStore.ciphertextOf(tx, project.id, secretName) : undefined;
     return {
       generation,
       project,
+      apiKey: sealed && secretName ? openSecret(deps.secretBox!, sealed, project.id, secretName) : undefined,
       target: getTarget(project.target),
       parentFiles: generation.parentId ? await generationStore.filesOf(tx, generation.parentId, true) : [],
       turns: await generationStore.successfulTurns(tx, generation.projectId, generation.sessionId, generation.createdAt),
     };
   });
+}
+
+const providerSecret: Record<string, SecretName | undefined> = { gemini: 'GEMINI_API_KEY', openai: 'OPENAI_API_KEY' };
+
+function openSecret(box: SecretBox, sealed: string, projectId: string, name: SecretName): string {
+  try {
+    return box.open(sealed, secretContext(projectId, name));
+  } catch {
+    throw new LlmError(`The project's ${name} cannot be decrypted (the server's KILN_ENCRYPTION_KEY changed); set it again.`);
+  }
 }
 
 async function generate(deps: PipelineDeps, context: RunContext, signal: AbortSignal, onText: (text: string) => void) {
@@ -129,7 +147,7 @@ async function generate(deps: PipelineDeps, context: RunContext, signal: AbortSi
   const changes: OutputEvent[] = [];
   let usage: LlmUsage = { inputTokens: 0, outputTokens: 0 };
   try {
-    for await (const event of deps.llm.stream({ target: project.target, ...prompt, signal })) {
+    for await (const event of deps.llm.stream({ target: project.target, ...prompt, signal, ...(context.apiKey ? { apiKey: context.apiKey } : {}) })) {
       if (event.type === 'usage') {
         usage = event.usage;
         continue;

@@ -1,7 +1,8 @@
 import { z } from 'zod';
 import type { Scope } from '../db/scope.js';
 import { AuthError, ForbiddenError, InvalidStateError, NotFoundError } from '../errors.js';
-import { type PageCursor, type ProjectRole, type ProjectRow, projectStore, userStore } from './store.js';
+import type { SecretBox } from './secret-box.js';
+import { type PageCursor, type ProjectRole, type ProjectRow, projectStore, type SecretName, secretStore, userStore } from './store.js';
 
 // Project and membership use-cases: they decide; the store queries; RLS guards.
 
@@ -48,6 +49,40 @@ export async function archiveProject(scope: Scope, id: string): Promise<ProjectR
   });
 }
 
+export const monthlyTokenLimit = z.number().int().positive('The limit must be a positive number of tokens').nullable();
+
+/** Owners set or remove (null) the project's monthly token limit. */
+export async function setProjectBudget(scope: Scope, input: { projectId: string; monthlyTokenLimit: number | null }): Promise<ProjectRow> {
+  return scope.run(async (tx) => {
+    const project = requireRole(await projectStore.find(tx, input.projectId), ['owner']);
+    const row = await projectStore.update(tx, project.id, { monthlyTokenLimit: input.monthlyTokenLimit });
+    return { ...row!, viewerRole: project.viewerRole };
+  });
+}
+
+export const secretValue = z.string().trim().min(1, 'The value must not be empty').max(4096, 'The value is too long').nullable();
+
+/** Owners store (or with null, delete) a write-only project secret. */
+export async function setProjectSecret(
+  scope: Scope,
+  box: SecretBox | undefined,
+  input: { projectId: string; name: SecretName; value: string | null },
+): Promise<ProjectRow> {
+  return scope.run(async (tx) => {
+    const project = requireRole(await projectStore.find(tx, input.projectId), ['owner']);
+    if (input.value === null) {
+      await secretStore.remove(tx, project.id, input.name);
+    } else {
+      if (!box) throw new InvalidStateError('Project secrets are disabled: the server has no KILN_ENCRYPTION_KEY.');
+      await secretStore.put(tx, project.id, input.name, box.seal(input.value, secretContext(project.id, input.name)));
+    }
+    return project;
+  });
+}
+
+/** Binds a ciphertext to its project and name, so it cannot be moved to another. */
+export const secretContext = (projectId: string, name: SecretName) => `${projectId}/${name}`;
+
 export async function addProjectMember(
   scope: Scope,
   input: { projectId: string; email: string; role: ProjectRole },
@@ -86,6 +121,7 @@ export const projectLoaders = {
   projects: (scope: Scope, ids: readonly string[]) => scope.run((tx) => projectStore.findMany(tx, ids)),
   members: (scope: Scope, projectIds: readonly string[]) => scope.run((tx) => projectStore.membersOf(tx, projectIds)),
   users: (scope: Scope, ids: readonly string[]) => scope.run((tx) => userStore.findMany(tx, ids)),
+  secrets: (scope: Scope, projectIds: readonly string[]) => scope.run((tx) => secretStore.namesOf(tx, projectIds)),
 };
 
 function requireUser(scope: Scope): string {

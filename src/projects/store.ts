@@ -1,6 +1,6 @@
 import { and, count, desc, eq, inArray, lt, or, sql } from 'drizzle-orm';
 import { rowsOf, type Tx } from '../db/client.js';
-import { projectMembers, projects, users } from '../db/schema.js';
+import { projectMembers, projectSecrets, projects, users } from '../db/schema.js';
 
 // Named queries of the projects domain. They run inside a caller's scope, so RLS
 // decides which rows exist for the viewer.
@@ -9,6 +9,7 @@ export type ProjectRole = 'owner' | 'editor' | 'viewer';
 export type ProjectRow = typeof projects.$inferSelect & { viewerRole: ProjectRole | null };
 export type MemberRow = typeof projectMembers.$inferSelect;
 export type UserRow = typeof users.$inferSelect;
+export type SecretName = (typeof projectSecrets.$inferSelect)['name'];
 
 const withViewerRole = { ...getColumns(), viewerRole: sql<ProjectRole | null>`kiln.project_role(${projects.id})` };
 
@@ -87,5 +88,35 @@ export const userStore = {
   async idByEmail(tx: Tx, email: string): Promise<string | undefined> {
     const [row] = await tx.execute<{ id: string | null }>(sql`select kiln.user_id_by_email(${email}) as id`).then(rowsOf<{ id: string | null }>);
     return row?.id ?? undefined;
+  },
+};
+
+export const secretStore = {
+  async namesOf(tx: Tx, projectIds: readonly string[]) {
+    return tx
+      .select({ projectId: projectSecrets.projectId, name: projectSecrets.name, updatedAt: projectSecrets.updatedAt })
+      .from(projectSecrets)
+      .where(inArray(projectSecrets.projectId, [...projectIds]))
+      .orderBy(projectSecrets.name);
+  },
+
+  async put(tx: Tx, projectId: string, name: SecretName, ciphertext: string) {
+    await tx
+      .insert(projectSecrets)
+      .values({ projectId, name, ciphertext })
+      .onConflictDoUpdate({ target: [projectSecrets.projectId, projectSecrets.name], set: { ciphertext, updatedAt: new Date() } });
+  },
+
+  async remove(tx: Tx, projectId: string, name: SecretName) {
+    await tx.delete(projectSecrets).where(and(eq(projectSecrets.projectId, projectId), eq(projectSecrets.name, name)));
+  },
+
+  /** Service scope only: the worker decrypts this for a run. */
+  async ciphertextOf(tx: Tx, projectId: string, name: SecretName): Promise<string | undefined> {
+    const [row] = await tx
+      .select({ ciphertext: projectSecrets.ciphertext })
+      .from(projectSecrets)
+      .where(and(eq(projectSecrets.projectId, projectId), eq(projectSecrets.name, name)));
+    return row?.ciphertext;
   },
 };

@@ -140,7 +140,10 @@ const INHERITED_ENV = [
   'PUB_CACHE',
   'PUB_HOSTED_URL',
   'FLUTTER_STORAGE_BASE_URL',
-  // Installs must work behind an egress proxy.
+  // Installs must work behind an egress proxy and a TLS-inspecting one's own CA.
+  'NODE_EXTRA_CA_CERTS',
+  'SSL_CERT_FILE',
+  'SSL_CERT_DIR',
   'HTTP_PROXY',
   'HTTPS_PROXY',
   'NO_PROXY',

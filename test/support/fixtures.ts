@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { TypedDocumentNode } from '@graphql-typed-document-node/core';
-import { parse } from 'graphql';
+import { parse, print } from 'graphql';
 import { expect } from 'vitest';
 import {
   CreateProjectDocument,
@@ -14,6 +14,30 @@ import type { GraphQLClient, GraphQLResponse, TestServer } from './server.js';
 
 // Fixtures for the API suites: a fresh user (unique email) and project per test, made
 // through GraphQL like a client would, so tests are independent and run in any order.
+
+/** A GraphQL client for a Kiln composed by hand (startKiln), like TestServer's client. */
+export function graphqlClient(baseUrl: string, token?: string): GraphQLClient {
+  const post = (body: unknown, headers: Record<string, string> = {}) =>
+    fetch(`${baseUrl}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}), ...headers },
+      body: typeof body === 'string' ? body : JSON.stringify(body),
+    });
+  const request = async <T, V>(doc: TypedDocumentNode<T, V>, variables?: V) =>
+    (await (await post({ query: print(doc), variables })).json()) as GraphQLResponse<T>;
+  return {
+    post,
+    request,
+    expectNoErrors: async (doc, variables) => {
+      const response = await request(doc, variables);
+      if (response.errors?.length || !response.data) throw new Error(`GraphQL errors: ${JSON.stringify(response.errors)}`);
+      return response.data;
+    },
+  };
+}
+
+/** What the fixtures need of a server: a way to make clients. */
+export type ClientFactory = Pick<TestServer, 'client'>;
 
 export const PASSWORD = 'correct horse battery staple';
 
@@ -39,19 +63,19 @@ export interface TestUser {
 
 type Session = { accessToken: string; refreshToken: string; expiresAt: string; user: { id: string; email: string } };
 
-function asUser(server: Pick<TestServer, 'client'>, session: Session): TestUser {
+function asUser(server: ClientFactory, session: Session): TestUser {
   return { ...session.user, ...session, client: server.client(session.accessToken) };
 }
 
 /** A new user with a session of its own. */
-export async function signUp(server: Pick<TestServer, 'client'>, email = uniqueEmail()): Promise<TestUser> {
+export async function signUp(server: ClientFactory, email = uniqueEmail()): Promise<TestUser> {
   const { signUp: result } = await server.client().expectNoErrors(SignUpDocument, { email, password: PASSWORD });
   if (result.__typename !== 'AuthSession') throw new Error(`sign-up failed: ${result.__typename}: ${result.message}`);
   return asUser(server, result);
 }
 
 /** Another session of an existing user. */
-export async function signIn(server: Pick<TestServer, 'client'>, email: string, password = PASSWORD): Promise<TestUser> {
+export async function signIn(server: ClientFactory, email: string, password = PASSWORD): Promise<TestUser> {
   const { signIn: result } = await server.client().expectNoErrors(SignInDocument, { email, password });
   if (result.__typename !== 'AuthSession') throw new Error(`sign-in failed: ${result.__typename}: ${result.message}`);
   return asUser(server, result);

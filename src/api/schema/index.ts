@@ -5,5 +5,7 @@ import './errors.js';
 import './auth.js';
 import './users.js';
 import './projects.js';
+import './generations.js';
+import './secrets.js';
 
 export const schema = builder.toSchema({ sortSchema: false });

@@ -1,5 +1,3 @@
-import { GraphQLError } from 'graphql';
-import { z } from 'zod';
 import {
   addProjectMember,
   archiveProject,
@@ -12,9 +10,10 @@ import {
   removeProjectMember,
   updateProject,
 } from '../../projects/projects.js';
-import type { MemberRow, PageCursor, ProjectRole, ProjectRow } from '../../projects/store.js';
+import type { MemberRow, ProjectRole, ProjectRow } from '../../projects/store.js';
 import { builder } from '../builder.js';
 import { decodeId, parseId } from './ids.js';
+import { connection, pageSize, parseCursor } from './paging.js';
 import { UserRef } from './users.js';
 
 export const ProjectTargetEnum = builder.enumType('ProjectTarget', {
@@ -24,7 +23,6 @@ export const ProjectTargetEnum = builder.enumType('ProjectTarget', {
   } as const,
 });
 
-const roles = { OWNER: 'owner', EDITOR: 'editor', VIEWER: 'viewer' } as const;
 export const ProjectRoleEnum = builder.enumType('ProjectRole', {
   values: {
     OWNER: { value: 'owner', description: 'Everything, including members and budget.' },
@@ -119,22 +117,9 @@ builder.queryFields((t) => ({
     authScopes: { signedIn: true },
     description: "The viewer's projects, newest first (at most 100 a page).",
     resolve: async (_root, args, ctx) => {
-      if (args.last != null || args.before != null) throw badInput('Page forward with first/after.');
-      const first = args.first ?? 20;
-      if (first < 0 || first > 100) throw badInput('first must be between 0 and 100.');
+      const first = pageSize(args);
       const { rows, totalCount } = await listProjects(ctx.db, { limit: first + 1, after: parseCursor(args.after) });
-      const page = rows.slice(0, first);
-      const edges = page.map((node) => ({ node, cursor: toCursor(node) }));
-      return {
-        edges,
-        totalCount,
-        pageInfo: {
-          hasNextPage: rows.length > first,
-          hasPreviousPage: args.after != null,
-          startCursor: edges[0]?.cursor ?? null,
-          endCursor: edges.at(-1)?.cursor ?? null,
-        },
-      };
+      return connection(rows, first, totalCount, args.after != null);
     },
   }),
 }));
@@ -178,22 +163,4 @@ builder.mutationFields((t) => ({
   }),
 }));
 
-function toCursor(project: ProjectRow): string {
-  return Buffer.from(`${project.createdAt.toISOString()}|${project.id}`).toString('base64url');
-}
-
-const cursorShape = z.tuple([z.iso.datetime(), z.uuid()]);
-
-function parseCursor(cursor: string | null | undefined): PageCursor | undefined {
-  if (cursor == null) return undefined;
-  const parsed = cursorShape.safeParse(Buffer.from(cursor, 'base64url').toString().split('|'));
-  if (!parsed.success) throw badInput('That cursor is not valid.');
-  return { createdAt: new Date(parsed.data[0]), id: parsed.data[1] };
-}
-
-function badInput(message: string) {
-  return new GraphQLError(message, { extensions: { code: 'BAD_USER_INPUT' } });
-}
-
 export type { ProjectRole };
-void roles;

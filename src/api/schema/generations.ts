@@ -1,0 +1,322 @@
+import { z } from 'zod';
+import { BudgetExceededError, NotFoundError } from '../../errors.js';
+import { cancelGeneration, generationPrompt, retryGeneration, startGeneration } from '../../generations/generations.js';
+import { generationReads } from '../../generations/reads.js';
+import type { BuildStepRow, GenerationRow, MessageRow } from '../../generations/store.js';
+import { buildLogs, generationChunks, generationUpdates } from '../../generations/streams.js';
+import { monthlyTokenLimit, setProjectBudget } from '../../projects/projects.js';
+import { builder } from '../builder.js';
+import { decodeId, parseId } from './ids.js';
+import { connection, pageSize, parseCursor } from './paging.js';
+import { ProjectRef } from './projects.js';
+
+const GenerationStatusEnum = builder.enumType('GenerationStatus', {
+  values: ['QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED'] as const,
+});
+const GenerationPhaseEnum = builder.enumType('GenerationPhase', {
+  values: ['QUEUED', 'GENERATING', 'WRITING', 'BUILDING', 'DONE'] as const,
+});
+const BuildStepStatusEnum = builder.enumType('BuildStepStatus', {
+  values: ['PENDING', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED', 'SKIPPED'] as const,
+});
+const MessageRoleEnum = builder.enumType('MessageRole', { values: ['USER', 'MODEL'] as const });
+const LogStreamEnum = builder.enumType('LogStream', { values: ['STDOUT', 'STDERR'] as const });
+const GenerationErrorCodeEnum = builder.enumType('GenerationErrorCode', {
+  values: {
+    LLM_ERROR: { description: 'The model provider failed (HTTP error, rate limit, safety block, dropped stream).' },
+    BUILD_FAILED: { description: "A build step exited with an error; see buildSteps and buildLog." },
+    TIMEOUT: { description: 'A build step ran longer than its limit.' },
+    UNSAFE_OUTPUT: { description: 'The model wrote an unsafe path; nothing was written.' },
+    INVALID_OUTPUT: { description: "The model's output broke the file protocol (e.g. an unterminated file)." },
+    INTERRUPTED: { description: 'The worker stopped mid-run; the generation was retried.' },
+    TOOLCHAIN_MISSING: { description: 'A build tool is not installed on the worker.' },
+    BUDGET_EXCEEDED: { description: "The project's monthly token budget ran out." },
+    INTERNAL: { description: 'An unexpected server error.' },
+  } as const,
+});
+
+export const GenerationRef = builder.loadableNodeRef<GenerationRow, string, string>('Generation', {
+  id: { resolve: (generation) => generation.id },
+  load: async (ids, ctx) => {
+    const rows = await generationReads.many(ctx.db, ids);
+    return ids.map((id) => rows.find((row) => row.id === id) ?? new Error('Generation not found'));
+  },
+});
+
+const UsageRef = builder.objectRef<{ inputTokens: number; outputTokens: number }>('TokenUsage').implement({
+  fields: (t) => ({ inputTokens: t.exposeInt('inputTokens'), outputTokens: t.exposeInt('outputTokens') }),
+});
+
+const GenerationErrorRef = builder.objectRef<{ code: NonNullable<GenerationRow['errorCode']>; message: string }>('GenerationError').implement({
+  description: 'Why a generation FAILED.',
+  fields: (t) => ({
+    code: t.field({ type: GenerationErrorCodeEnum, resolve: (error) => error.code }),
+    message: t.exposeString('message'),
+  }),
+});
+
+type FileSummary = { path: string; size: number; sha256: string; content?: string };
+const GeneratedFileRef = builder.objectRef<FileSummary & { generationId: string }>('GeneratedFile').implement({
+  description: 'A file of the workspace a generation produced (template, parent and new files).',
+  fields: (t) => ({
+    path: t.exposeString('path', { description: 'Relative to the workspace root.' }),
+    size: t.exposeInt('size', { description: 'Byte length of the UTF-8 content.' }),
+    sha256: t.exposeString('sha256', { description: 'Lowercase hex SHA-256 of the UTF-8 content.' }),
+    content: t.string({
+      resolve: async (file, _args, ctx) =>
+        file.content ?? (await generationReads.file(ctx.db, file.generationId, file.path))?.content ?? '',
+    }),
+  }),
+});
+
+const BuildStepRef = builder.objectRef<BuildStepRow>('BuildStep').implement({
+  fields: (t) => ({
+    ordinal: t.exposeInt('ordinal'),
+    name: t.exposeString('name'),
+    command: t.exposeString('command'),
+    status: t.field({ type: BuildStepStatusEnum, resolve: (step) => step.status }),
+    exitCode: t.exposeInt('exitCode', { nullable: true }),
+    startedAt: t.expose('startedAt', { type: 'DateTime', nullable: true }),
+    finishedAt: t.expose('finishedAt', { type: 'DateTime', nullable: true }),
+    durationMs: t.int({
+      nullable: true,
+      resolve: (step) => (step.startedAt && step.finishedAt ? step.finishedAt.getTime() - step.startedAt.getTime() : null),
+    }),
+  }),
+});
+
+export const ChunkRef = builder.objectRef<{ seq: number; text: string }>('GenerationChunk').implement({
+  description: 'A piece of the model output; seqs start at 0 and are contiguous.',
+  fields: (t) => ({ seq: t.exposeInt('seq'), text: t.exposeString('text') }),
+});
+
+export const LogLineRef = builder.objectRef<{ seq: number; step: string; stream: 'STDOUT' | 'STDERR'; text: string }>('BuildLogLine').implement({
+  description: 'One line of build output; seqs start at 0 and are contiguous across steps.',
+  fields: (t) => ({
+    seq: t.exposeInt('seq'),
+    step: t.exposeString('step'),
+    stream: t.field({ type: LogStreamEnum, resolve: (line) => line.stream }),
+    text: t.exposeString('text'),
+  }),
+});
+
+const MessageRef = builder.objectRef<MessageRow>('ConversationMessage').implement({
+  fields: (t) => ({
+    role: t.field({ type: MessageRoleEnum, resolve: (message) => message.role }),
+    content: t.exposeString('content'),
+    createdAt: t.expose('createdAt', { type: 'DateTime' }),
+    generation: t.field({ type: GenerationRef, nullable: true, resolve: (message) => message.generationId }),
+  }),
+});
+
+GenerationRef.implement({
+  fields: (t) => ({
+    project: t.field({ type: ProjectRef, resolve: (g) => g.projectId }),
+    status: t.field({ type: GenerationStatusEnum, resolve: (g) => g.status }),
+    phase: t.field({ type: GenerationPhaseEnum, resolve: (g) => g.phase }),
+    prompt: t.exposeString('prompt'),
+    sessionId: t.exposeID('sessionId', { description: 'Pass it to startGeneration to continue this conversation.' }),
+    attempt: t.exposeInt('attempt'),
+    provider: t.exposeString('provider'),
+    model: t.exposeString('model'),
+    createdAt: t.expose('createdAt', { type: 'DateTime' }),
+    startedAt: t.expose('startedAt', { type: 'DateTime', nullable: true }),
+    finishedAt: t.expose('finishedAt', { type: 'DateTime', nullable: true }),
+    cancelRequestedAt: t.expose('cancelRequestedAt', { type: 'DateTime', nullable: true }),
+    error: t.field({
+      type: GenerationErrorRef,
+      nullable: true,
+      resolve: (g) => (g.errorCode ? { code: g.errorCode, message: g.errorMessage ?? '' } : null),
+    }),
+    usage: t.field({ type: UsageRef, resolve: (g) => g }),
+    parent: t.field({ type: GenerationRef, nullable: true, resolve: (g) => g.parentId }),
+    retryOf: t.field({ type: GenerationRef, nullable: true, resolve: (g) => g.retryOf }),
+    output: t.string({
+      description: 'The model output so far: exactly the concatenation of its chunks.',
+      resolve: (g, _args, ctx) => generationReads.output(ctx.db, g.id),
+    }),
+    files: t.field({
+      type: [GeneratedFileRef],
+      resolve: async (g, _args, ctx) => (await generationReads.files(ctx.db, g.id)).map(({ content: _, ...file }) => ({ ...file, generationId: g.id })),
+    }),
+    file: t.field({
+      type: GeneratedFileRef,
+      nullable: true,
+      args: { path: t.arg.string({ required: true }) },
+      resolve: async (g, args, ctx) => {
+        const file = await generationReads.file(ctx.db, g.id, args.path);
+        return file ? { ...file, generationId: g.id } : null;
+      },
+    }),
+    buildSteps: t.loadableList({
+      type: BuildStepRef,
+      load: async (ids: string[], ctx) => {
+        const rows = await generationReads.steps(ctx.db, ids);
+        return ids.map((id) => rows.filter((row) => row.generationId === id));
+      },
+      resolve: (g) => g.id,
+    }),
+    buildLog: t.field({
+      type: [LogLineRef],
+      description: 'The last `tail` lines of the build (at most 1000).',
+      args: { tail: t.arg.int({ defaultValue: 200, validate: z.number().int().min(1).max(1000) }) },
+      resolve: (g, args, ctx) => generationReads.logTail(ctx.db, g.id, args.tail ?? 200),
+    }),
+  }),
+});
+
+const ProjectUsageRef = builder.objectRef<{ inputTokens: number; outputTokens: number; generationCount: number }>('ProjectUsage').implement({
+  description: "This calendar month's usage (UTC).",
+  fields: (t) => ({
+    inputTokens: t.exposeInt('inputTokens'),
+    outputTokens: t.exposeInt('outputTokens'),
+    generationCount: t.exposeInt('generationCount'),
+  }),
+});
+
+const BudgetRef = builder.objectRef<{ monthlyTokenLimit: number | null }>('ProjectBudget').implement({
+  fields: (t) => ({
+    monthlyTokenLimit: t.exposeInt('monthlyTokenLimit', { nullable: true, description: 'Input plus output tokens a month; null means no limit.' }),
+  }),
+});
+
+builder.objectFields(ProjectRef, (t) => ({
+  generations: t.connection({
+    type: GenerationRef,
+    description: 'Newest first.',
+    args: { status: t.arg({ type: [GenerationStatusEnum], required: false }) },
+    resolve: async (project, args, ctx) => {
+      const first = pageSize(args);
+      const { rows, totalCount } = await generationReads.page(ctx.db, project.id, first + 1, {
+        after: parseCursor(args.after),
+        status: args.status ?? undefined,
+      });
+      return connection(rows, first, totalCount, args.after != null);
+    },
+  }),
+  usage: t.loadable({
+    type: ProjectUsageRef,
+    load: async (ids: string[], ctx) => {
+      const rows = await generationReads.usage(ctx.db, ids);
+      return ids.map((id) => rows.find((row) => row.projectId === id) ?? { inputTokens: 0, outputTokens: 0, generationCount: 0 });
+    },
+    resolve: (project) => project.id,
+  }),
+  budget: t.field({ type: BudgetRef, resolve: (project) => ({ monthlyTokenLimit: project.monthlyTokenLimit }) }),
+  conversation: t.field({
+    type: [MessageRef],
+    description: "A session's messages in order: per generation the USER prompt, then the MODEL reply.",
+    args: { sessionId: t.arg.id({ required: true }) },
+    resolve: (project, args, ctx) => {
+      const sessionId = String(args.sessionId);
+      return uuid.safeParse(sessionId).success ? generationReads.conversation(ctx.db, project.id, sessionId) : [];
+    },
+  }),
+}));
+
+const uuid = z.uuid();
+
+const StartGenerationInput = builder.inputType('StartGenerationInput', {
+  description: 'Without sessionId a new session starts; Generation.sessionId tells which.',
+  fields: (t) => ({
+    projectId: t.id({ required: true }),
+    prompt: t.string({ required: true, validate: generationPrompt }),
+    sessionId: t.id({ validate: z.uuid('Not a valid session id.').nullish() }),
+    parentGenerationId: t.id(),
+  }),
+});
+
+const SetProjectBudgetInput = builder.inputType('SetProjectBudgetInput', {
+  description: 'monthlyTokenLimit null removes the limit.',
+  fields: (t) => ({
+    projectId: t.id({ required: true }),
+    monthlyTokenLimit: t.int({ validate: monthlyTokenLimit.optional() }),
+  }),
+});
+
+builder.queryField('generation', (t) =>
+  t.field({
+    type: GenerationRef,
+    nullable: true,
+    authScopes: { signedIn: true },
+    args: { id: t.arg.id({ required: true }) },
+    resolve: (_root, args) => decodeId(String(args.id), 'Generation'),
+  }),
+);
+
+builder.mutationFields((t) => ({
+  startGeneration: t.field({
+    type: GenerationRef,
+    errors: { types: [BudgetExceededError] },
+    description: 'Queues a generation and returns it at once (QUEUED); follow it with the subscriptions.',
+    args: { input: t.arg({ type: StartGenerationInput, required: true }) },
+    resolve: (_root, { input }, ctx) =>
+      startGeneration(ctx.db, ctx.services.generations, {
+        projectId: parseId(String(input.projectId), 'Project', ['projectId']),
+        prompt: input.prompt,
+        sessionId: input.sessionId == null ? null : String(input.sessionId).toLowerCase(),
+        parentGenerationId: input.parentGenerationId == null ? null : parseId(String(input.parentGenerationId), 'Generation', ['parentGenerationId']),
+      }),
+  }),
+  cancelGeneration: t.field({
+    type: GenerationRef,
+    errors: {},
+    description: 'A QUEUED generation ends at once; a RUNNING one stops within a second.',
+    args: { id: t.arg.id({ required: true }) },
+    resolve: (_root, args, ctx) => cancelGeneration(ctx.db, ctx.services.generations, parseId(String(args.id), 'Generation', ['id'])),
+  }),
+  retryGeneration: t.field({
+    type: GenerationRef,
+    errors: { types: [BudgetExceededError] },
+    description: 'Starts a new generation with the same prompt, session and parent (retryOf points back).',
+    args: { id: t.arg.id({ required: true }) },
+    resolve: (_root, args, ctx) => retryGeneration(ctx.db, ctx.services.generations, parseId(String(args.id), 'Generation', ['id'])),
+  }),
+  setProjectBudget: t.field({
+    type: ProjectRef,
+    errors: {},
+    args: { input: t.arg({ type: SetProjectBudgetInput, required: true }) },
+    resolve: (_root, { input }, ctx) =>
+      setProjectBudget(ctx.db, {
+        projectId: parseId(String(input.projectId), 'Project', ['projectId']),
+        monthlyTokenLimit: input.monthlyTokenLimit ?? null,
+      }),
+  }),
+}));
+
+// ---------------------------------------------------------------- live streams
+
+builder.subscriptionFields((t) => ({
+  generationChunks: t.field({
+    type: ChunkRef,
+    authScopes: { signedIn: true },
+    description: 'Replays chunks after afterSeq (all without it), then goes on live; completes when the model output is complete.',
+    args: { generationId: t.arg.id({ required: true }), afterSeq: t.arg.int() },
+    subscribe: (_root, args, ctx) =>
+      generationChunks({ scope: ctx.db, bus: ctx.bus, generationId: subscribedId(args.generationId), afterSeq: args.afterSeq }),
+    resolve: (chunk) => chunk,
+  }),
+  buildLogs: t.field({
+    type: LogLineRef,
+    authScopes: { signedIn: true },
+    description: 'Replays build-log lines after afterSeq, then goes on live; completes when the generation has ended.',
+    args: { generationId: t.arg.id({ required: true }), afterSeq: t.arg.int() },
+    subscribe: (_root, args, ctx) =>
+      buildLogs({ scope: ctx.db, bus: ctx.bus, generationId: subscribedId(args.generationId), afterSeq: args.afterSeq }),
+    resolve: (line) => line,
+  }),
+  generationUpdated: t.field({
+    type: GenerationRef,
+    authScopes: { signedIn: true },
+    description: 'The current state first, then every status or phase change; completes after the final state.',
+    args: { generationId: t.arg.id({ required: true }) },
+    subscribe: (_root, args, ctx) => generationUpdates({ scope: ctx.db, bus: ctx.bus, generationId: subscribedId(args.generationId) }),
+    resolve: (generation) => generation,
+  }),
+}));
+
+function subscribedId(globalId: string | number): string {
+  const id = decodeId(String(globalId), 'Generation');
+  if (!id) throw new NotFoundError('Generation not found.');
+  return id;
+}
