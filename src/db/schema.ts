@@ -32,7 +32,8 @@ export const generationErrorCodes = [
   'LLM_ERROR', 'BUILD_FAILED', 'TIMEOUT', 'UNSAFE_OUTPUT', 'INVALID_OUTPUT', 'INTERRUPTED', 'TOOLCHAIN_MISSING', 'BUDGET_EXCEEDED', 'INTERNAL',
 ] as const;
 
-const createdAt = () => timestamp('created_at', { withTimezone: true }).notNull().defaultNow();
+// Millisecond precision: a JavaScript Date round-trips exactly, so keyset cursors are exact.
+const createdAt = () => timestamp('created_at', { withTimezone: true, precision: 3 }).notNull().defaultNow();
 const isMember = (projectId: unknown) => sql`kiln.project_role(${projectId}) is not null`;
 const canEdit = (projectId: unknown) => sql`kiln.project_role(${projectId}) in ('owner', 'editor')`;
 const isOwner = (projectId: unknown) => sql`kiln.project_role(${projectId}) = 'owner'`;

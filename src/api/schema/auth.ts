@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import type { AuthSession } from '../../auth/provider.js';
 import { builder } from '../builder.js';
+import { UserRef } from './users.js';
 
 const AuthSessionRef = builder.objectRef<AuthSession>('AuthSession').implement({
   description: 'Tokens of a signed-in session. Send accessToken as `Authorization: Bearer …`; trade refreshToken for new tokens before expiresAt.',
@@ -8,15 +9,7 @@ const AuthSessionRef = builder.objectRef<AuthSession>('AuthSession').implement({
     accessToken: t.exposeString('accessToken'),
     refreshToken: t.exposeString('refreshToken'),
     expiresAt: t.expose('expiresAt', { type: 'DateTime' }),
-    user: t.field({ type: ViewerRef, resolve: (session) => session.user }),
-  }),
-});
-
-const ViewerRef = builder.objectRef<{ id: string; email: string }>('Viewer').implement({
-  description: 'The signed-in user.',
-  fields: (t) => ({
-    id: t.exposeID('id', { description: 'The user id (the `sub` of the access token).' }),
-    email: t.exposeString('email'),
+    user: t.field({ type: UserRef, resolve: (session) => session.user }),
   }),
 });
 
@@ -43,7 +36,7 @@ const RefreshSessionInput = builder.inputType('RefreshSessionInput', {
 
 builder.queryField('viewer', (t) =>
   t.field({
-    type: ViewerRef,
+    type: UserRef,
     nullable: true,
     description: 'The signed-in user, or null without a valid access token.',
     resolve: (_root, _args, ctx) => (ctx.viewer ? { id: ctx.viewer.id, email: ctx.viewer.email } : null),

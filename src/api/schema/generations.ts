@@ -37,10 +37,8 @@ const GenerationErrorCodeEnum = builder.enumType('GenerationErrorCode', {
 
 export const GenerationRef = builder.loadableNodeRef<GenerationRow, string, string>('Generation', {
   id: { resolve: (generation) => generation.id },
-  load: async (ids, ctx) => {
-    const rows = await generationReads.many(ctx.db, ids);
-    return ids.map((id) => rows.find((row) => row.id === id) ?? new Error('Generation not found'));
-  },
+  load: (ids, ctx) => generationReads.many(ctx.db, ids),
+  sort: (generation) => generation.id,
 });
 
 const UsageRef = builder.objectRef<{ inputTokens: number; outputTokens: number }>('TokenUsage').implement({

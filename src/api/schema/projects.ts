@@ -33,10 +33,9 @@ export const ProjectRoleEnum = builder.enumType('ProjectRole', {
 
 export const ProjectRef = builder.loadableNodeRef<ProjectRow, string, string>('Project', {
   id: { resolve: (project) => project.id },
-  load: async (ids, ctx) => {
-    const rows = await projectLoaders.projects(ctx.db, ids);
-    return ids.map((id) => rows.find((row) => row.id === id) ?? new Error('Project not found'));
-  },
+  // Unknown or invisible ids load as null: existence is never revealed.
+  load: (ids, ctx) => projectLoaders.projects(ctx.db, ids),
+  sort: (project) => project.id,
 });
 
 const MemberRef = builder.objectRef<MemberRow>('ProjectMember').implement({

@@ -1,0 +1,347 @@
+import { chmod, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { TypedDocumentNode } from '@graphql-typed-document-node/core';
+import { decodeGlobalID } from '@pothos/plugin-relay';
+import { print } from 'graphql';
+import { type Client, createClient } from 'graphql-ws';
+import { expect } from 'vitest';
+import WebSocket from 'ws';
+import { parseConfig, type Environment } from '../../src/config.js';
+import { startKiln } from '../../src/main.js';
+import { createLogger } from '../../src/observability/logger.js';
+import {
+  BuildLogsDocument,
+  type BuildLogsSubscription,
+  type GenerationFieldsFragment,
+  GenerationChunksDocument,
+  type GenerationChunksSubscription,
+  GenerationDocument,
+  type GenerationQuery,
+  GenerationUpdatedDocument,
+  StartGenerationDocument,
+  type StartGenerationMutation,
+} from '../gql/graphql.js';
+import type { TestDatabase } from './db.js';
+import { graphqlClient } from './fixtures.js';
+import { type GraphQLClient, startTestServer, type TestServer } from './server.js';
+
+// Helpers of the generation suites: fake build tools, a temporary data directory, and
+// waiting for a generation's state through the public `generationUpdated` subscription
+// (graphql-ws), so tests wait for the event rather than for time to pass.
+
+export const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
+const fakeFlutterScript = fileURLToPath(new URL('../fixtures/bin/flutter', import.meta.url));
+
+export type FakeFlutterMode = 'ok' | 'analyze-fail' | 'hang' | 'flood';
+
+export interface FakeFlutter {
+  /** Absolute path of the wrapper: pass it as FLUTTER_BIN. */
+  bin: string;
+  /** Where the `hang` mode writes its grandchild's pid. */
+  pidFile: string;
+  remove(): Promise<void>;
+}
+
+/**
+ * A wrapper around test/fixtures/bin/flutter that fixes the mode itself: the step
+ * runner gives build tools an allowlisted environment, so FAKE_* variables set on the
+ * server would never reach the fake.
+ */
+export async function fakeFlutter(mode: FakeFlutterMode): Promise<FakeFlutter> {
+  const dir = await mkdtemp(join(tmpdir(), `kiln-flutter-${mode}-`));
+  const bin = join(dir, 'flutter');
+  const pidFile = join(dir, 'grandchild.pid');
+  await writeFile(
+    bin,
+    `#!/bin/sh\nFAKE_FLUTTER_MODE=${mode} FAKE_FLUTTER_PIDFILE='${pidFile}' exec '${fakeFlutterScript}' "$@"\n`,
+  );
+  await chmod(bin, 0o755);
+  return { bin, pidFile, remove: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/** A temporary directory, removed by `remove()`. */
+export async function tempDir(label: string): Promise<{ path: string; remove(): Promise<void> }> {
+  const path = await mkdtemp(join(tmpdir(), `kiln-${label}-`));
+  return { path, remove: () => rm(path, { recursive: true, force: true }) };
+}
+
+export interface GenerationServer extends TestServer {
+  dataDir: string;
+  workspacesDir: string;
+}
+
+/** startTestServer with a DATA_DIR (and WORKSPACES_DIR) of its own, removed on stop. */
+export async function startGenerationServer(env: Environment = {}): Promise<GenerationServer> {
+  const data = await tempDir('data');
+  const workspacesDir = env.WORKSPACES_DIR ?? join(data.path, 'workspaces');
+  let server: TestServer;
+  try {
+    server = await startTestServer({ DATA_DIR: data.path, WORKSPACES_DIR: workspacesDir, ...env });
+  } catch (error) {
+    await data.remove();
+    throw error;
+  }
+  return {
+    ...server,
+    dataDir: data.path,
+    workspacesDir,
+    stop: async () => {
+      await server.stop();
+      await data.remove();
+    },
+  };
+}
+
+export interface Instance {
+  url: string;
+  client(token?: string): GraphQLClient;
+  stop(): Promise<void>;
+}
+
+/** One more Kiln instance on an existing database (e.g. ROLE=api and ROLE=worker side by side). */
+export async function startInstance(database: TestDatabase, env: Environment): Promise<Instance> {
+  const config = parseConfig({ LOG_LEVEL: 'silent', OFFLINE_CHUNK_DELAY_MS: '0', ...env });
+  const kiln = await startKiln(config, { database, port: 0, logger: createLogger(config.logLevel) });
+  return { url: kiln.url, client: (token) => graphqlClient(kiln.url, token), stop: () => kiln.stop() };
+}
+
+// ------------------------------------------------------------------ operations
+
+export type Generation = NonNullable<GenerationQuery['generation']>;
+type StartResult = StartGenerationMutation['startGeneration'];
+
+export async function startGeneration(
+  client: GraphQLClient,
+  input: { projectId: string; prompt: string; sessionId?: string | null; parentGenerationId?: string | null },
+): Promise<StartResult> {
+  return (await client.expectNoErrors(StartGenerationDocument, { input })).startGeneration;
+}
+
+/** Starts a generation that must be accepted; returns it as the mutation answered. */
+export async function startAccepted(
+  client: GraphQLClient,
+  input: { projectId: string; prompt: string; sessionId?: string | null },
+): Promise<GenerationFieldsFragment> {
+  const result = await startGeneration(client, input);
+  expect(result, JSON.stringify(result)).toMatchObject({ __typename: 'Generation' });
+  return result as Extract<StartResult, { __typename: 'Generation' }>;
+}
+
+export async function getGeneration(client: GraphQLClient, id: string): Promise<Generation> {
+  const { generation } = await client.expectNoErrors(GenerationDocument, { id });
+  if (!generation) throw new Error(`generation ${id} is not visible`);
+  return generation;
+}
+
+/** The raw uuid behind a Relay global id (workspace directories are named by it). */
+export function rawId(globalId: string): string {
+  return decodeGlobalID(globalId).id;
+}
+
+// ------------------------------------------------------------------ subscriptions
+
+const TERMINAL = new Set(['SUCCEEDED', 'FAILED', 'CANCELLED']);
+export const isTerminal = (g: { status: string }) => TERMINAL.has(g.status);
+
+/** A graphql-ws client for a server's /graphql; `dispose()` it. */
+export function wsClient(httpUrl: string, token: string): Client {
+  return createClient({
+    url: `${httpUrl.replace(/^http/, 'ws')}/graphql`,
+    webSocketImpl: WebSocket,
+    connectionParams: { authorization: `Bearer ${token}` },
+    retryAttempts: 0,
+    lazy: true,
+  });
+}
+
+/** The data of each event of a subscription; an event with errors throws. */
+export async function* subscribe<T, V extends Record<string, unknown>>(
+  client: Client,
+  document: TypedDocumentNode<T, V>,
+  variables: V,
+): AsyncGenerator<T> {
+  const events = client.iterate<T>({ query: print(document), variables });
+  try {
+    for await (const event of events) {
+      if (event.errors?.length || !event.data) throw new Error(`subscription errors: ${JSON.stringify(event.errors)}`);
+      yield event.data;
+    }
+  } finally {
+    await events.return?.();
+  }
+}
+
+/** Rejects after `ms` with `message()` unless `promise` settles first. */
+export async function within<T>(promise: Promise<T>, ms: number, message: () => string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${message()} (after ${ms} ms)`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Follows one generation over `generationUpdated`: `until(predicate)` resolves with the
+ * first state (the current one included) that satisfies it. One subscription serves
+ * several waits, so nothing between them is missed.
+ */
+export class GenerationWatch {
+  private readonly client: Client;
+  private readonly events: AsyncGenerator<{ generationUpdated: GenerationFieldsFragment }>;
+  /** Every state seen, in order. */
+  readonly states: GenerationFieldsFragment[] = [];
+  private ended = false;
+
+  constructor(httpUrl: string, token: string, readonly id: string) {
+    this.client = wsClient(httpUrl, token);
+    this.events = subscribe(this.client, GenerationUpdatedDocument, { id });
+  }
+
+  get last(): GenerationFieldsFragment | undefined {
+    return this.states.at(-1);
+  }
+
+  async until(predicate: (g: GenerationFieldsFragment) => boolean, timeoutMs = 30_000): Promise<GenerationFieldsFragment> {
+    const last = this.last;
+    if (last && predicate(last)) return last;
+    const next = async () => {
+      while (!this.ended) {
+        const step = await this.events.next();
+        if (step.done) {
+          this.ended = true;
+          break;
+        }
+        this.states.push(step.value.generationUpdated);
+        if (predicate(step.value.generationUpdated)) return step.value.generationUpdated;
+      }
+      throw new Error(`the generation's updates ended without the awaited state; seen ${this.describe()}`);
+    };
+    return within(next(), timeoutMs, () => `the awaited state did not come; seen ${this.describe()}`);
+  }
+
+  /** Waits for a terminal state. */
+  finished(timeoutMs = 30_000): Promise<GenerationFieldsFragment> {
+    return this.until(isTerminal, timeoutMs);
+  }
+
+  describe(): string {
+    return this.states.map((s) => `${s.status}/${s.phase}`).join(' → ') || 'nothing';
+  }
+
+  async close(): Promise<void> {
+    await this.events.return(undefined);
+    await this.client.dispose();
+  }
+}
+
+/** Waits until the generation reaches a terminal state and returns all of it. */
+export async function waitForEnd(
+  server: { url: string },
+  client: GraphQLClient,
+  token: string,
+  id: string,
+  timeoutMs = 30_000,
+): Promise<Generation> {
+  const watch = new GenerationWatch(server.url, token, id);
+  try {
+    await watch.finished(timeoutMs);
+  } finally {
+    await watch.close();
+  }
+  return getGeneration(client, id);
+}
+
+/** Every chunk of a generation: the subscription replays them and completes when the output is over. */
+export async function replayChunks(httpUrl: string, token: string, id: string, afterSeq?: number, timeoutMs = 30_000) {
+  const client = wsClient(httpUrl, token);
+  const chunks: GenerationChunksSubscription['generationChunks'][] = [];
+  try {
+    await within(
+      (async () => {
+        for await (const { generationChunks } of subscribe(client, GenerationChunksDocument, { id, afterSeq })) {
+          chunks.push(generationChunks);
+        }
+      })(),
+      timeoutMs,
+      () => `generationChunks did not complete; got ${chunks.length} chunks`,
+    );
+  } finally {
+    await client.dispose();
+  }
+  return chunks;
+}
+
+/** Resolves with the chunks seen once `count` have streamed in (live or replayed). */
+export async function firstChunks(httpUrl: string, token: string, id: string, count: number, timeoutMs = 30_000) {
+  const client = wsClient(httpUrl, token);
+  const chunks: GenerationChunksSubscription['generationChunks'][] = [];
+  try {
+    await within(
+      (async () => {
+        for await (const { generationChunks } of subscribe(client, GenerationChunksDocument, { id })) {
+          chunks.push(generationChunks);
+          if (chunks.length >= count) return;
+        }
+        throw new Error(`the output ended after ${chunks.length} chunks`);
+      })(),
+      timeoutMs,
+      () => `${count} chunks did not arrive; got ${chunks.length}`,
+    );
+  } finally {
+    await client.dispose();
+  }
+  return chunks;
+}
+
+/** Resolves with the build-log lines up to the first one `predicate` accepts. */
+export async function logLineMatching(
+  httpUrl: string,
+  token: string,
+  id: string,
+  predicate: (line: BuildLogsSubscription['buildLogs']) => boolean,
+  timeoutMs = 30_000,
+) {
+  const client = wsClient(httpUrl, token);
+  const lines: BuildLogsSubscription['buildLogs'][] = [];
+  try {
+    await within(
+      (async () => {
+        for await (const { buildLogs } of subscribe(client, BuildLogsDocument, { id })) {
+          lines.push(buildLogs);
+          if (predicate(buildLogs)) return;
+        }
+        throw new Error(`the build log ended without the awaited line: ${JSON.stringify(lines)}`);
+      })(),
+      timeoutMs,
+      () => `the awaited build-log line did not come; got ${JSON.stringify(lines)}`,
+    );
+  } finally {
+    await client.dispose();
+  }
+  return lines;
+}
+
+// ------------------------------------------------------------------ processes and files
+
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Every file under `dir`, as paths relative to it. */
+export async function filesUnder(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true }).catch(() => []);
+  return entries.filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name).slice(dir.length + 1));
+}
