@@ -1,0 +1,208 @@
+import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ConversationDocument, GeneratedFileDocument } from './gql/graphql.js';
+import { databaseKind } from './support/db.js';
+import { type FakeGemini, startFakeGemini } from './support/fake-gemini.js';
+import { createProject, signUp, type TestUser } from './support/fixtures.js';
+import {
+  type FakeFlutter,
+  fakeFlutter,
+  filesUnder,
+  type GenerationServer,
+  rawId,
+  startAccepted,
+  startGenerationServer,
+  waitForEnd,
+} from './support/generation-helpers.js';
+
+// How a generation fails, as its owner sees it: the error code and a message a person
+// can act on, which build steps ran, and nothing written where it must not be.
+
+describe(`build failures (${databaseKind})`, () => {
+  const cleanups: (() => Promise<void>)[] = [];
+  afterAll(async () => {
+    for (const cleanup of cleanups.reverse()) await cleanup();
+  });
+
+  async function serverWith(env: Record<string, string>) {
+    const server = await startGenerationServer(env);
+    cleanups.push(() => server.stop());
+    const owner = await signUp(server);
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    return { server, owner, project };
+  }
+
+  it('fails with BUILD_FAILED when analysis finds an error: that step FAILED, the later ones SKIPPED', async () => {
+    const flutter = await fakeFlutter('analyze-fail');
+    cleanups.push(() => flutter.remove());
+    const { server, owner, project } = await serverWith({ FLUTTER_BIN: flutter.bin });
+
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A todo list' });
+    const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id);
+
+    expect(generation.status).toBe('FAILED');
+    expect(generation.error?.code).toBe('BUILD_FAILED');
+    expect(generation.error?.message).toContain('analyze');
+    expect(generation.error?.message).toContain("Undefined name 'runAp'");
+    expect(generation.buildSteps.map((s) => [s.name, s.status, s.exitCode])).toEqual([
+      ['install', 'SUCCEEDED', 0],
+      ['analyze', 'FAILED', 1],
+      ['build', 'SKIPPED', null],
+    ]);
+    expect(generation.buildLog.map((l) => l.text)).toContain("  error - lib/main.dart:3:5 - Undefined name 'runAp'. - undefined_identifier");
+    // The code was written before the build: the user can read what failed to build.
+    expect(generation.files.map((f) => f.path)).toContain('lib/main.dart');
+    expect(generation.usage.outputTokens).toBeGreaterThan(0);
+  });
+
+  it('fails promptly with TOOLCHAIN_MISSING naming the binary when FLUTTER_BIN does not exist', async () => {
+    const missing = join(tmpdir(), `kiln-no-such-dir-${randomUUID()}`, 'flutter');
+    const { server, owner, project } = await serverWith({ FLUTTER_BIN: missing });
+
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A weather app' });
+    const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id, 15_000);
+
+    expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'TOOLCHAIN_MISSING' } });
+    expect(generation.error?.message).toContain(missing);
+    expect(generation.error?.message).toMatch(/FLUTTER_BIN/);
+    expect(generation.buildSteps.map((s) => [s.name, s.status])).toEqual([
+      ['install', 'FAILED'],
+      ['analyze', 'SKIPPED'],
+      ['build', 'SKIPPED'],
+    ]);
+  });
+});
+
+describe(`model failures through a fake Gemini (${databaseKind})`, () => {
+  let gemini: FakeGemini;
+  let flutter: FakeFlutter;
+  let server: GenerationServer;
+  let owner: TestUser;
+
+  beforeAll(async () => {
+    gemini = await startFakeGemini();
+    flutter = await fakeFlutter('ok');
+    server = await startGenerationServer({
+      LLM_PROVIDER: 'gemini',
+      GEMINI_API_KEY: 'x',
+      GEMINI_BASE_URL: gemini.baseUrl,
+      FLUTTER_BIN: flutter.bin,
+      // One at a time, so each scripted answer goes to the generation meant to get it.
+      WORKER_CONCURRENCY: '1',
+    });
+    owner = await signUp(server);
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+    await gemini?.close();
+    await flutter?.remove();
+  });
+
+  async function run(prompt: string, sessionId?: string) {
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt, sessionId });
+    return { project, generation: await waitForEnd(server, owner.client, owner.accessToken, started.id) };
+  }
+
+  it('fails with UNSAFE_OUTPUT on a path that climbs out, and writes nothing outside the workspaces', async () => {
+    gemini.script({ kind: 'stream', chunks: ['Here you go.\n<file path="../esc', 'ape.txt">x</file>\n'] });
+    const { project, generation } = await run('Write a file next to the workspace');
+
+    expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'UNSAFE_OUTPUT' } });
+    expect(generation.error?.message).toContain('"../escape.txt"');
+    expect(generation.files).toEqual([]);
+    expect(generation.buildSteps).toEqual([]);
+    // What the model said stays readable, exactly as it streamed.
+    expect(generation.output).toBe('Here you go.\n<file path="../escape.txt">x</file>\n');
+    // Nothing anywhere under DATA_DIR (which holds WORKSPACES_DIR) but the key file, and no workspace.
+    const written = await filesUnder(server.dataDir);
+    expect(written.filter((path) => path.includes('escape'))).toEqual([]);
+    expect(await filesUnder(join(server.workspacesDir, rawId(project.id)))).toEqual([]);
+  });
+
+  it('fails with UNSAFE_OUTPUT on an absolute path, which is never written', async () => {
+    const target = join(tmpdir(), `kiln-escape-${randomUUID()}.txt`);
+    gemini.script({ kind: 'stream', chunks: [`<file path="${target}">pwned</file>`] });
+    const { generation } = await run('Write an absolute path');
+
+    expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'UNSAFE_OUTPUT' } });
+    expect(generation.error?.message).toMatch(/absolute/);
+    expect(existsSync(target)).toBe(false);
+  });
+
+  it('fails with LLM_ERROR and a readable message when Gemini answers 500 every time', async () => {
+    gemini.script({ kind: 'error', status: 500, message: 'Internal error encountered.' });
+    const before = gemini.requests.length;
+    const { generation } = await run('A calculator');
+
+    expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'LLM_ERROR' }, files: [], buildSteps: [] });
+    expect(generation.error?.message).toMatch(/^Gemini is unavailable right now \(500: Internal error encountered\.\)/);
+    expect(generation.error?.message).toMatch(/Gave up after 3 attempts/);
+    expect(generation.error?.message).not.toMatch(/\n\s+at |ApiError|\{"error"/);
+    expect(gemini.requests.length - before).toBe(3);
+  });
+
+  it('fails with LLM_ERROR saying so when Gemini rate-limits every request', async () => {
+    gemini.script({ kind: 'error', status: 429, message: 'Resource has been exhausted (e.g. check quota).' });
+    const { generation } = await run('A stopwatch');
+
+    expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'LLM_ERROR' } });
+    expect(generation.error?.message).toMatch(/^Gemini is rate limiting requests \(429: Resource has been exhausted/);
+    expect(generation.error?.message).toMatch(/wait a minute and try again/);
+  });
+
+  it('builds a follow-up on the parent: its files carry over and the model sees the conversation and files', async () => {
+    const extra = "const String greeting = 'hello from extra';\n";
+    gemini.script(
+      {
+        kind: 'stream',
+        chunks: [
+          'First version.\n<file path="lib/main.dart">\nimport ',
+          "'package:flutter/material.dart';\nvoid main() => runApp(const Placeholder());\n</file>\n",
+          `<file path="lib/extra.dart">\n${extra}</file>\n`,
+        ],
+        usage: { promptTokens: 120, outputTokens: 40 },
+      },
+      {
+        kind: 'stream',
+        chunks: ['Second version.\n<file path="lib/main.dart">\nvoid main() {}\n</file>\n'],
+        usage: { promptTokens: 300, outputTokens: 20 },
+      },
+    );
+    const { project, generation: first } = await run('Start the app');
+    expect(first).toMatchObject({ status: 'SUCCEEDED', usage: { inputTokens: 120, outputTokens: 40 } });
+    const requestsBefore = gemini.requests.length;
+
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'Simplify main', sessionId: first.sessionId });
+    const second = await waitForEnd(server, owner.client, owner.accessToken, started.id);
+    expect(second).toMatchObject({ status: 'SUCCEEDED', parent: { id: first.id }, usage: { inputTokens: 300, outputTokens: 20 } });
+
+    // The parent's extra file is still there, unchanged; main.dart is the new one.
+    const extraOf = (g: typeof first) => g.files.find((f) => f.path === 'lib/extra.dart');
+    expect(extraOf(second)).toEqual(extraOf(first));
+    const { generation: main } = await owner.client.expectNoErrors(GeneratedFileDocument, { id: second.id, path: 'lib/main.dart' });
+    expect(main?.file?.content).toBe('void main() {}\n');
+
+    // The model was given the earlier turn and the current files.
+    const request = gemini.requests[requestsBefore]!;
+    expect(request.body.contents.map((c) => c.role)).toEqual(['user', 'model', 'user']);
+    expect(request.body.contents[0]!.parts[0]!.text).toBe('Start the app');
+    expect(request.body.contents[2]!.parts[0]!.text).toBe('Simplify main');
+    expect(request.body.systemInstruction?.parts.map((p) => p.text).join('')).toContain(extra);
+
+    const { project: withConversation } = await owner.client.expectNoErrors(ConversationDocument, {
+      projectId: project.id,
+      sessionId: first.sessionId,
+    });
+    expect(withConversation?.conversation.map((m) => `${m.role}:${m.content.split('\n')[0]}`)).toEqual([
+      'USER:Start the app',
+      'MODEL:First version.',
+      'USER:Simplify main',
+      'MODEL:Second version.',
+    ]);
+  });
+});
