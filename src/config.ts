@@ -10,6 +10,15 @@ const optional = z
   .transform((v) => (v === undefined || v.trim() === '' ? undefined : v.trim()));
 const int = (fallback: number, min = 0) => z.coerce.number().int().min(min).default(fallback);
 const list = optional.transform((v) => (v ? v.split(',').map((s) => s.trim()).filter(Boolean) : []));
+const flag = z.enum(['true', 'false']).optional();
+/** A rate limit as `COUNT/SECONDS` (e.g. `10/600`), or `off`. */
+const rate = (fallback: string) =>
+  z
+    .string()
+    .trim()
+    .regex(/^(off|[1-9]\d*\/[1-9]\d*)$/, 'use COUNT/SECONDS (e.g. 10/600) or off')
+    .default(fallback)
+    .transform((v) => (v === 'off' ? null : { limit: Number(v.split('/')[0]), windowSeconds: Number(v.split('/')[1]) }));
 
 const environment = z.object({
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
@@ -46,8 +55,32 @@ const environment = z.object({
   QUEUE: z.enum(['memory', 'pgboss']).default('memory'),
   EVENTS: z.enum(['memory', 'postgres', 'redis']).default('memory'),
   REDIS_URL: optional,
+  // scale-out: a direct or session-mode connection for LISTEN, pg-boss's schema, worker shutdown
+  LISTEN_DATABASE_URL: optional,
+  PGBOSS_SCHEMA: z.string().regex(/^[a-z_][a-z0-9_]*$/, 'a lowercase SQL identifier').default('pgboss'),
+  WORKER_SHUTDOWN_GRACE_SECONDS: int(20),
   CORS_ORIGINS: list,
+  WS_CONNECTION_INIT_TIMEOUT_MS: int(3000, 1),
+  WS_MAX_SUBSCRIPTIONS: int(100, 1),
+  WS_KEEPALIVE_MS: int(12_000, 0),
+  WS_AUTH_RECHECK_MS: int(5000, 100),
+  SUBSCRIPTION_BUFFER_LIMIT: int(1000, 1),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  // hardening: request limits, production mode, rate limits, metrics
+  MAX_REQUEST_BODY_BYTES: int(1_048_576, 1024),
+  GRAPHQL_MAX_DEPTH: int(10, 1),
+  GRAPHQL_MAX_ALIASES: int(15, 0),
+  GRAPHQL_MAX_DIRECTIVES: int(10, 0),
+  GRAPHQL_MAX_TOKENS: int(2000, 10),
+  GRAPHQL_MAX_COST: int(50_000, 1),
+  PERSISTED_OPERATIONS_ONLY: flag,
+  PERSISTED_OPERATIONS_MANIFEST: optional,
+  ALLOW_INTROSPECTION: flag,
+  TRUST_PROXY: z.string().trim().regex(/^(true|false|[0-9]+)$/, 'use false, true or a number of proxy hops').default('false'),
+  RATE_LIMIT_AUTH_PER_IP: rate('100/600'),
+  RATE_LIMIT_AUTH_PER_EMAIL: rate('10/600'),
+  RATE_LIMIT_GENERATIONS_PER_USER: rate('30/600'),
+  METRICS_TOKEN: optional,
 });
 
 export type Environment = Record<string, string | undefined>;
@@ -71,9 +104,10 @@ export function parseConfig(env: Record<string, string | undefined>) {
   if ((e.QUEUE === 'pgboss' || e.EVENTS === 'postgres') && !e.DATABASE_URL) {
     problems.push('QUEUE=pgboss and EVENTS=postgres need DATABASE_URL (a shared PostgreSQL)');
   }
-  if (e.AUTH_JWT_SECRET !== undefined && e.AUTH_JWT_SECRET.length < 32) {
-    problems.push('AUTH_JWT_SECRET must be at least 32 characters');
+  if (e.AUTH_JWT_SECRET !== undefined && weakSecret(e.AUTH_JWT_SECRET)) {
+    problems.push('AUTH_JWT_SECRET is too weak: use at least 32 random characters (e.g. `openssl rand -base64 48`), not a word or a repeated pattern');
   }
+  problems.push(...unsafeInProduction(e));
   const encryptionKey = e.KILN_ENCRYPTION_KEY === undefined ? undefined : decodeKey(e.KILN_ENCRYPTION_KEY);
   if (encryptionKey === null) {
     problems.push('KILN_ENCRYPTION_KEY must be 32 random bytes, as 64 hex characters or base64 (e.g. `openssl rand -base64 32`)');
@@ -84,6 +118,13 @@ export function parseConfig(env: Record<string, string | undefined>) {
   return {
     env: e.NODE_ENV,
     http: { port: e.PORT, host: e.HOST, corsOrigins: e.CORS_ORIGINS },
+    websocket: {
+      connectionInitTimeoutMs: e.WS_CONNECTION_INIT_TIMEOUT_MS,
+      maxSubscriptions: e.WS_MAX_SUBSCRIPTIONS,
+      keepAliveMs: e.WS_KEEPALIVE_MS,
+      authRecheckMs: e.WS_AUTH_RECHECK_MS,
+    },
+    subscriptions: { bufferLimit: e.SUBSCRIPTION_BUFFER_LIMIT },
     dataDir,
     database: { url: e.DATABASE_URL, migrateOnStart: e.MIGRATE_ON_START === 'true' },
     auth: {
@@ -117,12 +158,73 @@ export function parseConfig(env: Record<string, string | undefined>) {
       leaseMs: e.GENERATION_LEASE_SECONDS * 1000,
       workerConcurrency: e.WORKER_CONCURRENCY,
       maxActivePerUser: e.MAX_ACTIVE_GENERATIONS_PER_USER,
+      /** On SIGTERM a worker lets running generations finish this long, then hands them back. */
+      shutdownGraceMs: e.WORKER_SHUTDOWN_GRACE_SECONDS * 1000,
     },
     role: e.ROLE,
     queue: e.QUEUE,
-    events: { kind: e.EVENTS, redisUrl: e.REDIS_URL },
+    pgBoss: { schema: e.PGBOSS_SCHEMA },
+    events: { kind: e.EVENTS, redisUrl: e.REDIS_URL, listenUrl: e.LISTEN_DATABASE_URL },
     logLevel: e.LOG_LEVEL,
+    limits: {
+      maxBodyBytes: e.MAX_REQUEST_BODY_BYTES,
+      maxDepth: e.GRAPHQL_MAX_DEPTH,
+      maxAliases: e.GRAPHQL_MAX_ALIASES,
+      maxDirectives: e.GRAPHQL_MAX_DIRECTIVES,
+      maxTokens: e.GRAPHQL_MAX_TOKENS,
+      maxCost: e.GRAPHQL_MAX_COST,
+      /** Only operations of the manifest ({ id: document }, as codegen's client preset emits it). */
+      persistedOperations: {
+        only: e.PERSISTED_OPERATIONS_ONLY === 'true',
+        manifest: e.PERSISTED_OPERATIONS_MANIFEST ? path.resolve(e.PERSISTED_OPERATIONS_MANIFEST) : undefined,
+      },
+    },
+    /** Introspection, GraphiQL and "Did you mean" hints: on unless production, where ALLOW_INTROSPECTION=true turns them on. */
+    exposeSchema: e.ALLOW_INTROSPECTION === undefined ? e.NODE_ENV !== 'production' : e.ALLOW_INTROSPECTION === 'true',
+    /** How many reverse proxies in front of Kiln may be believed about the client's address (X-Forwarded-For). */
+    trustedProxyHops: e.TRUST_PROXY === 'true' ? 1 : e.TRUST_PROXY === 'false' ? 0 : Number(e.TRUST_PROXY),
+    rateLimits: {
+      authPerIp: e.RATE_LIMIT_AUTH_PER_IP,
+      authPerEmail: e.RATE_LIMIT_AUTH_PER_EMAIL,
+      generationsPerUser: e.RATE_LIMIT_GENERATIONS_PER_USER,
+    },
+    /** When set, /metrics needs `Authorization: Bearer <token>`. */
+    metrics: { token: e.METRICS_TOKEN },
   };
+}
+
+/** Settings that are tolerable on a developer's machine and dangerous on the internet. */
+function unsafeInProduction(e: z.infer<typeof environment>): string[] {
+  const problems: string[] = [];
+  // Credentialed CORS with a wildcard would let any site act with a user's cookies or token.
+  if (e.CORS_ORIGINS.some((origin) => origin.includes('*'))) {
+    problems.push('CORS_ORIGINS must list exact origins (https://app.example.com): "*" is refused because credentials are allowed');
+  }
+  if (e.PERSISTED_OPERATIONS_ONLY === 'true' && !e.PERSISTED_OPERATIONS_MANIFEST) {
+    problems.push('PERSISTED_OPERATIONS_ONLY=true needs PERSISTED_OPERATIONS_MANIFEST (the JSON file of allowed operations)');
+  }
+  if (e.NODE_ENV !== 'production') return problems;
+  if (e.AUTH_PROVIDER === 'local' && !e.AUTH_JWT_SECRET) {
+    problems.push('NODE_ENV=production with AUTH_PROVIDER=local needs AUTH_JWT_SECRET (32+ random characters, e.g. `openssl rand -base64 48`)');
+  }
+  if (!e.KILN_ENCRYPTION_KEY) {
+    problems.push('NODE_ENV=production needs KILN_ENCRYPTION_KEY (32 random bytes: `openssl rand -base64 32`) to keep project secrets');
+  }
+  return problems;
+}
+
+/** Short, few distinct characters, or one piece repeated (`abcabcabc…`). */
+export function weakSecret(secret: string): boolean {
+  if (secret.length < 32) return true;
+  if (new Set(secret).size < 10) return true;
+  for (let period = 1; period <= secret.length / 2; period++) {
+    if (secret.length % period === 0 && secret.slice(0, period).repeat(secret.length / period) === secret) return true;
+  }
+  // Shannon entropy of the characters: random base64 or hex of 32+ characters has well over 96 bits.
+  const counts = new Map<string, number>();
+  for (const char of secret) counts.set(char, (counts.get(char) ?? 0) + 1);
+  const bitsPerChar = [...counts.values()].reduce((bits, n) => bits - (n / secret.length) * Math.log2(n / secret.length), 0);
+  return bitsPerChar * secret.length < 96;
 }
 
 export type Config = ReturnType<typeof parseConfig>;

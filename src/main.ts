@@ -1,18 +1,30 @@
 import { pathToFileURL } from 'node:url';
+import { createRateLimits, rateLimitStoreFor } from './api/rate-limit.js';
 import { buildApp } from './api/server.js';
 import { createAuthProvider } from './auth/index.js';
 import { type Config, ConfigError, parseConfig } from './config.js';
 import { type Database, openDatabase } from './db/client.js';
 import { migrateDatabase } from './db/migrate.js';
-import { createMemoryEventBus } from './events/bus.js';
+import type { EventBus } from './events/bus.js';
+import { createEventBus } from './events/index.js';
+import { createJobQueue } from './jobs/queue.js';
 import { startWorker, type Worker } from './jobs/worker.js';
 import { createLlmProvider } from './llm/index.js';
 import { type Logger, createLogger } from './observability/logger.js';
+import { createMetrics } from './observability/metrics.js';
+import { verifyEncryptionKey } from './projects/key-check.js';
 import { createSecretBox, loadEncryptionKey } from './projects/secret-box.js';
 
 export interface Kiln {
   url: string;
-  stop(): Promise<void>;
+  /** The event bus of this process (benchmarks publish synthetic events through it). */
+  bus: EventBus;
+  /**
+   * Stops the API, then the worker: running generations get `graceMs` (default 0) to
+   * finish before they are handed back (INTERRUPTED, retried elsewhere). Calling it again
+   * while a grace period runs cuts it short.
+   */
+  stop(options?: { graceMs?: number }): Promise<void>;
 }
 
 /** The composition root: config → database → auth → API. */
@@ -24,7 +36,12 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
   const auth = await createAuthProvider(config.auth, database.db);
   const encryptionKey = await loadEncryptionKey({ configured: config.encryptionKey, dataDir: config.dataDir, embedded: !config.database.url });
   const secretBox = encryptionKey ? createSecretBox(encryptionKey) : undefined;
-  const bus = createMemoryEventBus();
+  if (secretBox) await verifyEncryptionKey(database.db, secretBox);
+  const metrics = createMetrics({ db: database.db, logger });
+  const rateLimits = createRateLimits(config.rateLimits, rateLimitStoreFor(database));
+  const events = await createEventBus(config, database, logger);
+  const bus = events.bus;
+  const queue = await createJobQueue(config, database, logger);
   const llm = createLlmProvider(config.llm);
   const provider = { name: llm.name, model: llm.model };
   const worker: Worker | undefined =
@@ -33,24 +50,38 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
       : startWorker({
           provider,
           concurrency: config.generations.workerConcurrency,
-          pipeline: { db: database.db, bus, llm, logger, secretBox, workspaces: config.workspaces, toolchain: config.toolchain, leaseMs: config.generations.leaseMs },
+          queue,
+          pipeline: { db: database.db, bus, llm, logger, secretBox, metrics, workspaces: config.workspaces, toolchain: config.toolchain, leaseMs: config.generations.leaseMs },
         });
   const generations = {
     bus,
     provider,
     maxActivePerUser: config.generations.maxActivePerUser,
     wakeWorkers: () => worker?.wake(),
+    enqueue: queue.enqueue,
+    rateLimit: (userId: string) => rateLimits.generationStart(userId),
   };
-  const app = buildApp({ config, database, auth, logger, bus, generations, secretBox });
+  const app = buildApp({ config, database, auth, logger, bus, generations, secretBox, rateLimits, metrics });
   const url = await app.start(options.port);
   logger.info({ source: 'main', startupMs: Math.round(performance.now() - started), database: database.kind }, `Kiln is listening on ${url}/graphql`);
+  let stopping: Promise<void> | undefined;
   return {
     url,
-    stop: async () => {
-      await app.stop();
-      await worker?.stop();
-      await auth.close();
-      if (!options.database) await database.close();
+    bus,
+    stop: (stopOptions = {}) => {
+      if (stopping) {
+        void worker?.stop({ graceMs: 0 });
+        return stopping;
+      }
+      stopping = (async () => {
+        await app.stop();
+        await worker?.stop({ graceMs: stopOptions.graceMs ?? 0 });
+        await queue.close();
+        await events.close();
+        await auth.close();
+        if (!options.database) await database.close();
+      })();
+      return stopping;
     },
   };
 }
@@ -68,12 +99,21 @@ export function loadConfigOrExit(env: Record<string, string | undefined> = proce
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   const config = loadConfigOrExit();
   const logger = createLogger(config.logLevel);
-  const kiln = await startKiln(config, { logger });
-  // Graceful shutdown: stop taking requests, close connections, then exit.
+  const kiln = await startKiln(config, { logger }).catch((error: unknown) => {
+    // Problems found once the database is open (e.g. a KILN_ENCRYPTION_KEY that does not fit) read like config errors.
+    if (!(error instanceof ConfigError)) throw error;
+    process.stderr.write(`${error.message}\n`);
+    process.exit(1);
+  });
+  // Graceful shutdown: stop taking requests and jobs, let running generations finish
+  // within WORKER_SHUTDOWN_GRACE_SECONDS, hand the rest back, close connections, exit.
+  // A second signal hands them back at once.
+  let signals = 0;
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    process.once(signal, () => {
-      logger.info({ source: 'main', signal }, 'shutting down');
-      kiln.stop().then(
+    process.on(signal, () => {
+      const graceMs = signals++ === 0 ? config.generations.shutdownGraceMs : 0;
+      logger.info({ source: 'main', signal, graceMs }, 'shutting down');
+      kiln.stop({ graceMs }).then(
         () => process.exit(0),
         (error: unknown) => {
           logger.error({ source: 'main', err: error }, 'shutdown failed');

@@ -13,6 +13,7 @@ import {
   filesUnder,
   type GenerationServer,
   rawId,
+  replayChunks,
   startAccepted,
   startGenerationServer,
   waitForEnd,
@@ -76,7 +77,7 @@ describe(`build failures (${databaseKind})`, () => {
   });
 });
 
-describe(`model failures through a fake Gemini (${databaseKind})`, () => {
+describe(`model output through a fake Gemini (${databaseKind})`, () => {
   let gemini: FakeGemini;
   let flutter: FakeFlutter;
   let server: GenerationServer;
@@ -153,6 +154,30 @@ describe(`model failures through a fake Gemini (${databaseKind})`, () => {
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'LLM_ERROR' } });
     expect(generation.error?.message).toMatch(/^Gemini is rate limiting requests \(429: Resource has been exhausted/);
     expect(generation.error?.message).toMatch(/wait a minute and try again/);
+  });
+
+  it('fails with INVALID_OUTPUT when the model leaves a file unterminated, writing nothing', async () => {
+    gemini.script({ kind: 'stream', chunks: ['<file path="lib/main.dart">\nvoid main() {', '\n  runApp('] });
+    const { generation } = await run('Cut off mid-file');
+
+    expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'INVALID_OUTPUT' }, files: [], buildSteps: [] });
+    expect(generation.error?.message).toContain('lib/main.dart');
+  });
+
+  it('splits a huge model event into chunks of at most 8 KiB that add up to exactly what was said', async () => {
+    const big = `${'é☕ '.repeat(4000)}\n`;
+    const text = `Big one.\n<file path="lib/big.txt">${big}</file>\n<file path="lib/main.dart">void main() {}\n</file>\n`;
+    gemini.script({ kind: 'stream', chunks: [text] });
+    const { generation } = await run('Something large');
+
+    expect(generation.status).toBe('SUCCEEDED');
+    const chunks = await replayChunks(server.url, owner.accessToken, generation.id);
+    expect(chunks.length).toBeGreaterThan(2);
+    for (const chunk of chunks) expect(Buffer.byteLength(chunk.text, 'utf8')).toBeLessThanOrEqual(8192);
+    expect(chunks.map((c) => c.seq)).toEqual(chunks.map((_, i) => i));
+    expect(chunks.map((c) => c.text).join('')).toBe(text);
+    expect(generation.output).toBe(text);
+    expect(generation.files.find((f) => f.path === 'lib/big.txt')?.size).toBe(Buffer.byteLength(big, 'utf8'));
   });
 
   it('builds a follow-up on the parent: its files carry over and the model sees the conversation and files', async () => {

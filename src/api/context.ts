@@ -7,6 +7,8 @@ import type { EventBus } from '../events/bus.js';
 import type { GenerationDeps } from '../generations/generations.js';
 import type { Logger } from '../observability/logger.js';
 import type { SecretBox } from '../projects/secret-box.js';
+import type { Metrics } from '../observability/metrics.js';
+import type { RateLimits } from './rate-limit.js';
 
 /** What the API needs from the composition root. */
 export interface Services {
@@ -18,6 +20,8 @@ export interface Services {
   generations: GenerationDeps;
   /** Undefined when project secrets are disabled (no KILN_ENCRYPTION_KEY). */
   secretBox?: SecretBox;
+  rateLimits: RateLimits;
+  metrics: Metrics;
 }
 
 export interface Viewer {
@@ -30,6 +34,8 @@ export interface Viewer {
 /** New per operation, the same for HTTP, SSE and graphql-ws (STYLE 4). */
 export interface Context {
   requestId: string;
+  /** The client's address (the socket's peer, or X-Forwarded-For from trusted proxies), for rate limits. */
+  clientIp: string;
   viewer: Viewer | null;
   /** The RLS-bound database scope of this viewer (STYLE 5). */
   db: Scope;
@@ -40,7 +46,7 @@ export interface Context {
 
 export async function createContext(
   services: Services,
-  request: { authorization?: string | null; requestId: string },
+  request: { authorization?: string | null; requestId: string; clientIp?: string },
 ): Promise<Context> {
   const logger = services.logger.child({ requestId: request.requestId });
   const token = bearerToken(request.authorization);
@@ -57,6 +63,7 @@ export async function createContext(
   }
   return {
     requestId: request.requestId,
+    clientIp: request.clientIp ?? 'unknown',
     viewer,
     db: viewer ? userScope(services.database.db, viewer.claims) : anonymousScope(problem),
     bus: services.bus,

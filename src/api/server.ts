@@ -3,13 +3,19 @@ import { type IncomingMessage, type Server, type ServerResponse, createServer } 
 import type { AddressInfo } from 'node:net';
 import { sql } from 'drizzle-orm';
 import { createYoga } from 'graphql-yoga';
-import { useServer } from 'graphql-ws/use/ws';
-import { WebSocketServer } from 'ws';
 import { isMigrated } from '../db/migrate.js';
+import { observeRequest, routeOf, serveMetrics } from '../observability/metrics.js';
 import { type Context, type Services, createContext } from './context.js';
 import { useRequestIdErrors } from './errors-plugin.js';
 import { graphiqlExample } from './graphiql-example.js';
+import { refuseOversizedBody, useQueryLimits } from './limits.js';
+import { useOperationLog } from './operation-log.js';
+import { loadManifest, usePersistedOperationsOnly } from './persisted-operations.js';
+import { useSchemaPrivacy } from './production.js';
+import { clientAddress } from './rate-limit.js';
 import { schema } from './schema/index.js';
+import { useStreamErrors } from './stream-errors.js';
+import { type WebSocketOptions, attachWebSocket } from './websocket.js';
 
 export interface App {
   /** Listens on the given port (0 for any); resolves to the base URL. */
@@ -26,55 +32,54 @@ export function buildApp(services: Services): App {
     graphqlEndpoint: '/graphql',
     landingPage: false,
     logging: yogaLogger(services.logger),
-    graphiql: { title: 'Kiln', defaultQuery: graphiqlExample },
+    graphiql: config.exposeSchema ? { title: 'Kiln', defaultQuery: graphiqlExample } : false,
+    // Masked errors never carry the original message or stack, whatever NODE_ENV says; the log has them.
+    maskedErrors: { isDev: false },
+    // Also set before Yoga (refuseOversizedBody) for bodies that declare their length; this catches chunked ones.
+    maxRequestBodySize: config.limits.maxBodyBytes,
+    // batching stays off (Yoga's default): a JSON array of operations is refused with 400.
     cors: config.http.corsOrigins.length > 0 ? { origin: config.http.corsOrigins, credentials: true } : false,
-    plugins: [useRequestIdErrors()],
-    context: ({ request, connectionParams }) =>
+    // useStreamErrors first: it turns expected stream failures into results before masking.
+    plugins: [
+      useOperationLog(),
+      services.metrics.graphqlPlugin(),
+      ...(config.limits.persistedOperations.only ? usePersistedOperationsOnly(loadManifest(config.limits.persistedOperations.manifest!)) : []),
+      ...useQueryLimits(config.limits),
+      ...(config.exposeSchema ? [] : useSchemaPrivacy()),
+      useStreamErrors(),
+      useRequestIdErrors(),
+    ],
+    context: ({ request, connectionParams, req }) =>
       createContext(services, {
         requestId: randomUUID(),
+        clientIp: clientAddress(req, config.trustedProxyHops),
         authorization: connectionParams ? String(connectionParams.authorization ?? '') : request.headers.get('authorization'),
       }),
   });
 
   const server: Server = createServer((req, res) => {
     const path = req.url?.split('?')[0];
+    observeRequest(services.metrics, req, res, routeOf(path));
+    if (path === '/metrics' && req.method === 'GET') return void serveMetrics(services.metrics, config.metrics.token, req, res);
+    if (refuseOversizedBody(req, res, config.limits.maxBodyBytes)) return;
     if (path === '/health') return sendJson(res, 200, { status: 'ok' });
     if (path === '/ready') return void ready(services).then((ok) => sendJson(res, ok ? 200 : 503, { ready: ok }));
     return yoga(req, res);
   });
 
   // graphql-ws on the same port and path, through the same Yoga plugins and context (STYLE 4).
-  const wsServer = new WebSocketServer({ server, path: '/graphql' });
-  const wsCleanup = useServer<Record<string, unknown>, { request: IncomingMessage }>(
-    {
-      onConnect: async (ctx) => {
-        const authorization = ctx.connectionParams?.authorization;
-        if (typeof authorization !== 'string') return false;
-        try {
-          await services.auth.verify(authorization.replace(/^Bearer\s+/i, ''));
-          return true;
-        } catch {
-          return false; // 4403 Forbidden, without saying why
-        }
-      },
-      execute: (args) => (args.rootValue as Enveloped).execute(args),
-      subscribe: (args) => (args.rootValue as Enveloped).subscribe(args),
-      onSubscribe: async (ctx, _id, params) => {
-        const enveloped = yoga.getEnveloped({ req: ctx.extra.request, connectionParams: ctx.connectionParams, params });
-        const args = {
-          schema: enveloped.schema,
-          operationName: params.operationName,
-          document: enveloped.parse(params.query),
-          variableValues: params.variables,
-          contextValue: await enveloped.contextFactory(),
-          rootValue: { execute: enveloped.execute, subscribe: enveloped.subscribe },
-        };
-        const errors = enveloped.validate(args.schema, args.document);
-        return errors.length > 0 ? errors : args;
-      },
-    },
-    wsServer,
-  );
+  // SSE needs nothing more: a subscription sent with `Accept: text/event-stream` (POST, or
+  // GET with query/variables in the URL) is answered by Yoga as a GraphQL-over-SSE
+  // "distinct connections" stream (`event: next` per result, `event: complete` at the end).
+  const websocket = attachWebSocket({
+    server,
+    path: '/graphql',
+    yoga: yoga as unknown as WebSocketOptions['yoga'],
+    auth: services.auth,
+    logger: services.logger,
+    corsOrigins: config.http.corsOrigins,
+    ...config.websocket,
+  });
 
   return {
     start: (port = config.http.port, host = config.http.host) =>
@@ -86,14 +91,12 @@ export function buildApp(services: Services): App {
         });
       }),
     stop: async () => {
-      await wsCleanup.dispose();
+      await websocket.dispose();
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
 }
-
-type Enveloped = ReturnType<ReturnType<typeof createYoga>['getEnveloped']>;
 
 async function ready(services: Services): Promise<boolean> {
   try {

@@ -284,3 +284,14 @@ export const serverSecrets = pgTable(
   { name: text('name').primaryKey(), value: text('value').notNull(), createdAt: createdAt() },
   () => [serverOnly('server_secrets')],
 ).enableRLS();
+
+/** Fixed-window counters of the rate limits, shared by every instance on one database (src/api/rate-limit.ts). */
+export const rateLimits = pgTable(
+  'rate_limits',
+  {
+    key: text('key').primaryKey(),
+    windowStart: timestamp('window_start', { withTimezone: true }).notNull(),
+    hits: integer('hits').notNull(),
+  },
+  (t) => [index('rate_limits_window_start_idx').on(t.windowStart), serverOnly('rate_limits')],
+).enableRLS();

@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { createPubSub, type PubSub } from 'graphql-yoga';
 
 // Typed topics with labelled tuples (STYLE 9). The pipeline publishes only what it
@@ -30,7 +31,23 @@ export type GenerationTopics = {
 
 export type EventBus = PubSub<GenerationTopics>;
 
+const lossless = new WeakSet<EventBus>();
+
+/**
+ * Whether every event published reaches every subscriber of this process (the memory
+ * bus). Streams then poll the database only as a rare safety net; over a bus that may
+ * drop events (a reconnecting LISTEN or Redis connection) they poll sooner.
+ */
+export function isLossless(bus: EventBus): boolean {
+  return lossless.has(bus);
+}
+
 /** The in-process bus (EVENTS=memory). */
 export function createMemoryEventBus(): EventBus {
-  return createPubSub<GenerationTopics>();
+  // One listener per subscriber and topic: a popular generation has thousands, not a leak.
+  const eventTarget = new EventTarget();
+  setMaxListeners(0, eventTarget);
+  const bus = createPubSub<GenerationTopics>({ eventTarget });
+  lossless.add(bus);
+  return bus;
 }

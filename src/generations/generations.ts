@@ -20,8 +20,12 @@ export interface GenerationDeps {
   bus: EventBus;
   /** Wakes a worker; the durable queue is the generations table itself. */
   wakeWorkers(generationId: string): void;
+  /** Sends the generation's job in the transaction that inserts it (QUEUE=pgboss); absent for the in-process queue. */
+  enqueue?: (tx: Tx, generationId: string) => Promise<void>;
   provider: { name: string; model: string };
   maxActivePerUser: number;
+  /** Throws RateLimitedError when the user started too many generations recently. */
+  rateLimit?(userId: string): Promise<void>;
 }
 
 export interface StartInput {
@@ -32,6 +36,7 @@ export interface StartInput {
 }
 
 export async function startGeneration(scope: Scope, deps: GenerationDeps, input: StartInput): Promise<GenerationRow> {
+  if (scope.userId) await deps.rateLimit?.(scope.userId);
   const generation = await scope.run(async (tx) => {
     const project = requireRole(await projectStore.find(tx, input.projectId), ['owner', 'editor']);
     if (project.archivedAt) throw new InvalidStateError('This project is archived; unarchive it to generate.');
@@ -50,6 +55,7 @@ export async function startGeneration(scope: Scope, deps: GenerationDeps, input:
 }
 
 export async function retryGeneration(scope: Scope, deps: GenerationDeps, id: string): Promise<GenerationRow> {
+  if (scope.userId) await deps.rateLimit?.(scope.userId);
   const generation = await scope.run(async (tx) => {
     const original = await findVisible(tx, id);
     requireRole(await projectStore.find(tx, original.projectId), ['owner', 'editor']);
@@ -98,7 +104,7 @@ export async function getGeneration(scope: Scope, id: string): Promise<Generatio
 /** Inserts a QUEUED generation and its USER message, after the budget and rate checks. */
 export async function insertGeneration(
   tx: Tx,
-  deps: Pick<GenerationDeps, 'provider' | 'maxActivePerUser'>,
+  deps: Pick<GenerationDeps, 'provider' | 'maxActivePerUser' | 'enqueue'>,
   values: { projectId: string; createdBy: string; sessionId: string; parentId: string | null; prompt: string; retryOf?: string; attempt?: number },
   options: { checkLimits?: boolean } = { checkLimits: true },
 ): Promise<GenerationRow> {
@@ -111,10 +117,12 @@ export async function insertGeneration(
     content: values.prompt,
     generationId: generation.id,
   });
+  await deps.enqueue?.(tx, generation.id);
   return generation;
 }
 
 async function checkLimits(tx: Tx, deps: Pick<GenerationDeps, 'maxActivePerUser'>, projectId: string, userId: string) {
+  await generationStore.lockStartsOfUser(tx, userId);
   const project = await generationStore.projectOf(tx, projectId);
   if (project?.monthlyTokenLimit != null) {
     const [usage] = await generationStore.usageOfProjects(tx, [projectId], monthStart());

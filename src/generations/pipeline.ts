@@ -1,9 +1,10 @@
-import type { Db } from '../db/client.js';
+import type { Db, Tx } from '../db/client.js';
 import { serviceScope } from '../db/scope.js';
 import type { EventBus, StatusEvent } from '../events/bus.js';
 import type { LlmProvider, LlmUsage } from '../llm/provider.js';
 import { LlmError } from '../llm/provider.js';
 import type { Logger } from '../observability/logger.js';
+import type { Metrics } from '../observability/metrics.js';
 import { secretContext } from '../projects/projects.js';
 import type { SecretBox } from '../projects/secret-box.js';
 import { type SecretName, secretStore } from '../projects/store.js';
@@ -11,6 +12,8 @@ import { buildEnv, runStep, type StepResult } from '../toolchain/step-runner.js'
 import { commandLine, getTarget, type ToolBins } from '../toolchain/targets.js';
 import { createWorkspace, pruneWorkspaces } from '../workspace/workspace.js';
 import { Batcher, splitText } from './batcher.js';
+import { BudgetStop, budgetMeter } from './budget.js';
+import { monthStart } from './generations.js';
 import { createOutputParser, type OutputEvent, OutputProtocolError } from './output-parser.js';
 import { buildPrompt } from './prompt.js';
 import { UnsafeOutputError } from './safe-path.js';
@@ -26,6 +29,7 @@ export interface PipelineDeps {
   leaseMs: number;
   /** Opens the project's own API key (bring-your-own-key), when secrets are enabled. */
   secretBox?: SecretBox;
+  metrics?: Metrics;
 }
 
 /** Why a run stopped early: the user cancelled, or the worker is handing it back. */
@@ -49,6 +53,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
   const claimed = await db.run((tx) => generationStore.claim(tx, generationId, deps.leaseMs));
   if (!claimed) return undefined; // someone else has it, or it was cancelled meanwhile
   const log = deps.logger.child({ source: 'GenerationPipeline', generationId, projectId: claimed.projectId });
+  const startedAt = performance.now();
   const publish = (update: StatusEvent) => deps.bus.publish('generationUpdated', generationId, update);
   publish({ status: 'RUNNING', phase: 'GENERATING' });
 
@@ -70,6 +75,8 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
     await build(deps, context, workspaceDir, run.signal);
     outcome = { status: 'SUCCEEDED' };
   } catch (error) {
+    // A run stopped by its budget spent tokens all the same: record the estimate.
+    if (error instanceof BudgetStop) usage = error.usage;
     outcome = failureOutcome(error, run.signal, log);
   } finally {
     stopWatching();
@@ -99,6 +106,8 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
   if (finished) {
     publish({ status: finished.status, phase: finished.phase });
     log.info({ status: finished.status, errorCode: finished.errorCode }, 'generation finished');
+    deps.metrics?.observeGeneration({ status: finished.status, errorCode: finished.errorCode, provider: deps.llm.name }, (performance.now() - startedAt) / 1000);
+    deps.metrics?.observeTokens(deps.llm.name, usage);
   }
   return finished;
 }
@@ -118,11 +127,18 @@ async function loadContext(deps: PipelineDeps, generation: GenerationRow) {
       target: getTarget(project.target),
       parentFiles: generation.parentId ? await generationStore.filesOf(tx, generation.parentId, true) : [],
       turns: await generationStore.successfulTurns(tx, generation.projectId, generation.sessionId, generation.createdAt),
+      budget: { limit: project.monthlyTokenLimit, usedBefore: await usedThisMonth(tx, project.id) },
     };
   });
 }
 
 const providerSecret: Record<string, SecretName | undefined> = { gemini: 'GEMINI_API_KEY', openai: 'OPENAI_API_KEY' };
+
+/** Input plus output tokens of the project's generations this month (budgets count per calendar month). */
+async function usedThisMonth(tx: Tx, projectId: string): Promise<number> {
+  const [usage] = await generationStore.usageOfProjects(tx, [projectId], monthStart());
+  return (usage?.inputTokens ?? 0) + (usage?.outputTokens ?? 0);
+}
 
 function openSecret(box: SecretBox, sealed: string, projectId: string, name: SecretName): string {
   try {
@@ -146,6 +162,8 @@ async function generate(deps: PipelineDeps, context: RunContext, signal: AbortSi
   const parser = createOutputParser();
   const changes: OutputEvent[] = [];
   let usage: LlmUsage = { inputTokens: 0, outputTokens: 0 };
+  const budget = budgetMeter(context.budget, prompt.messages.reduce((sum, m) => sum + m.content.length, prompt.systemPrompt.length));
+  budget.add(''); // the prompt alone may be over budget
   try {
     for await (const event of deps.llm.stream({ target: project.target, ...prompt, signal, ...(context.apiKey ? { apiKey: context.apiKey } : {}) })) {
       if (event.type === 'usage') {
@@ -154,6 +172,7 @@ async function generate(deps: PipelineDeps, context: RunContext, signal: AbortSi
       }
       onText(event.text);
       await chunks.add(event.text);
+      budget.add(event.text); // past the budget it throws, and leaving the loop closes the stream
       changes.push(...parser.push(event.text));
     }
     changes.push(...parser.end());
@@ -199,6 +218,7 @@ async function build(deps: PipelineDeps, context: RunContext, cwd: string, signa
       deps.bus.publish('buildLogs', generation.id, rows.map(({ seq, step, stream, text }) => ({ seq, step, stream, text })));
     });
     let result: StepResult;
+    const stepStarted = performance.now();
     try {
       result = await runStep({
         command: bins[step.tool],
@@ -213,6 +233,7 @@ async function build(deps: PipelineDeps, context: RunContext, cwd: string, signa
       await lines.flush();
     }
     const status = result.status === 'SUCCEEDED' ? 'SUCCEEDED' : result.status === 'CANCELLED' ? 'CANCELLED' : 'FAILED';
+    deps.metrics?.observeBuildStep({ step: step.name, status }, (performance.now() - stepStarted) / 1000);
     await db.run((tx) =>
       generationStore.updateStep(tx, generation.id, ordinal, { status, exitCode: result.exitCode, finishedAt: new Date() }),
     );
@@ -247,6 +268,7 @@ function failureOutcome(error: unknown, signal: AbortSignal, log: Logger): Parti
     return { status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The worker stopped before this generation finished; it was retried.' };
   }
   if (error instanceof RunFailure) return { status: 'FAILED', errorCode: error.code, errorMessage: error.message };
+  if (error instanceof BudgetStop) return { status: 'FAILED', errorCode: 'BUDGET_EXCEEDED', errorMessage: error.message };
   if (error instanceof LlmError) return { status: 'FAILED', errorCode: 'LLM_ERROR', errorMessage: error.message };
   if (error instanceof UnsafeOutputError) return { status: 'FAILED', errorCode: 'UNSAFE_OUTPUT', errorMessage: error.message };
   if (error instanceof OutputProtocolError) return { status: 'FAILED', errorCode: 'INVALID_OUTPUT', errorMessage: error.message };

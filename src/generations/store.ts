@@ -65,6 +65,14 @@ export const generationStore = {
     return row?.total ?? 0;
   },
 
+  /**
+   * Serialises one user's starts until the transaction ends, so concurrent requests
+   * cannot all count the same active generations and together pass the limit.
+   */
+  async lockStartsOfUser(tx: Tx, userId: string): Promise<void> {
+    await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`kiln.generation-starts:${userId}`}, 0))`);
+  },
+
   async activeCountOfUser(tx: Tx, userId: string): Promise<number> {
     const [row] = await tx
       .select({ total: sql<number>`count(*)::int` })
@@ -132,11 +140,17 @@ export const generationStore = {
     return row;
   },
 
-  async queuedIds(tx: Tx, limit: number): Promise<string[]> {
+  /** Oldest QUEUED first; `minAgeMs` skips rows a job queue is still expected to deliver. */
+  async queuedIds(tx: Tx, limit: number, minAgeMs = 0): Promise<string[]> {
     const rows = await tx
       .select({ id: generations.id })
       .from(generations)
-      .where(eq(generations.status, 'QUEUED'))
+      .where(
+        and(
+          eq(generations.status, 'QUEUED'),
+          minAgeMs > 0 ? lt(generations.createdAt, sql`now() - ${minAgeMs} * interval '1 millisecond'`) : undefined,
+        ),
+      )
       .orderBy(asc(generations.createdAt))
       .limit(limit);
     return rows.map((row) => row.id);

@@ -1,19 +1,43 @@
+import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
 import { NotFoundError } from '../errors.js';
-import type { ChunkEvent, EventBus, LogLineEvent, StatusEvent } from '../events/bus.js';
+import { type ChunkEvent, type EventBus, isLossless, type LogLineEvent, type StatusEvent } from '../events/bus.js';
 import { generationReads } from './reads.js';
-import { type GenerationRow, TERMINAL } from './store.js';
+import { type GenerationRow, generationStore, TERMINAL } from './store.js';
 
 // Resumable streams: subscribe first, replay what is persisted after `afterSeq`, then
 // go on live. Live batches that continue the sequence are passed straight through;
 // anything else (a gap, a dropped event, a quiet spell) is repaired from the
 // database, so a client sees every seq once, in order.
+//
+// The database is read at the start (which also authorises: RLS decides whether the
+// generation exists for this viewer), on a gap or an overflow, when the bus has been
+// quiet for a while, and once more at the end. Live batches and status changes come
+// from the bus alone, so fanning one generation out to many subscribers costs no
+// query per batch and subscriber.
+//
+// Backpressure: the transports pull (graphql-ws awaits each send's callback, Yoga's
+// SSE waits for 'drain'), so a subscriber that does not read keeps its stream
+// suspended at a `yield`. Meanwhile live events go to a small bounded inbox (dropped
+// and re-read from the database when it overflows). Past `maxQueued` live items
+// published while the consumer has not taken one, the stream gives up: it drops its
+// bus subscriptions at once and ends with SlowConsumerError when next pulled.
 
-const PAGE = 500;
-/** How long to wait for the bus before checking the database anyway. */
-const REPAIR_INTERVAL_MS = 2000;
+/** Rows per database read; a chunk is at most ~8 KiB, so a page stays under ~1.6 MiB. */
+const PAGE = 200;
+/**
+ * How long to wait for the bus before checking the database anyway; doubles while
+ * quiet. Over a lossless bus (EVENTS=memory) the check is only a safety net (e.g. a
+ * status change nobody published), so it starts where the others end.
+ */
+const POLL_MIN_MS = 2000;
+const POLL_MAX_MS = 30_000;
+const LOSSLESS_POLL_MS = 60_000;
 /** Live batches held while the consumer is busy; past this they are dropped and read back. */
 const INBOX_LIMIT = 32;
+const ABORTED = Symbol('aborted');
+/** The default of SUBSCRIPTION_BUFFER_LIMIT. */
+export const DEFAULT_MAX_QUEUED = 1000;
 
 export interface StreamOptions {
   scope: Scope;
@@ -21,16 +45,25 @@ export interface StreamOptions {
   generationId: string;
   afterSeq?: number | null;
   signal?: AbortSignal;
+  /** Live items that may be published while the consumer takes none before the stream ends with SlowConsumerError. */
+  maxQueued?: number;
+}
+
+/** The consumer fell too far behind; it should subscribe again with `afterSeq: lastSeq`. */
+export class SlowConsumerError extends Error {
+  readonly code = 'SLOW_CONSUMER';
+  constructor(readonly lastSeq: number | null) {
+    super('Too far behind; resubscribe with afterSeq set to the last seq you received.');
+    this.name = 'SlowConsumerError';
+  }
 }
 
 export function generationChunks(options: StreamOptions): Promise<AsyncGenerator<ChunkEvent>> {
-  return sequenced(options, 'generationChunks', (scope, id, after) => generationReads.chunksAfter(scope, id, after, PAGE), chunksAreOver);
+  return sequenced(options, 'generationChunks', (tx, id, after) => generationStore.chunksAfter(tx, id, after, PAGE), chunksAreOver);
 }
 
 export function buildLogs(options: StreamOptions): Promise<AsyncGenerator<LogLineEvent>> {
-  return sequenced(options, 'buildLogs', (scope, id, after) => generationReads.logLinesAfter(scope, id, after, PAGE), (g) =>
-    TERMINAL.includes(g.status),
-  );
+  return sequenced(options, 'buildLogs', (tx, id, after) => generationStore.logLinesAfter(tx, id, after, PAGE), isTerminal);
 }
 
 /** The current state first, then each change; completes after a terminal state. */
@@ -41,12 +74,15 @@ export async function generationUpdates(options: StreamOptions): Promise<AsyncGe
     await inbox.close();
     throw error;
   });
-  return (async function* () {
+  return cancellable(inbox, options.signal, async function* (signal) {
     try {
       let last = first;
       yield last;
-      while (!TERMINAL.includes(last.status)) {
-        await inbox.wait(REPAIR_INTERVAL_MS, options.signal);
+      const poll = new Backoff(bus);
+      while (!isTerminal(last)) {
+        const { timedOut } = await inbox.wait(poll.next(), signal);
+        if (signal.aborted) return;
+        if (!timedOut) poll.reset();
         const next = await current(scope, generationId);
         if (next.status !== last.status || next.phase !== last.phase) yield next;
         last = next;
@@ -54,67 +90,141 @@ export async function generationUpdates(options: StreamOptions): Promise<AsyncGe
     } finally {
       await inbox.close();
     }
-  })();
+  });
 }
 
-function chunksAreOver(generation: GenerationRow): boolean {
-  return TERMINAL.includes(generation.status) || (generation.status === 'RUNNING' && generation.phase !== 'GENERATING');
+type State = Pick<GenerationRow, 'status' | 'phase'>;
+
+function isTerminal(state: State): boolean {
+  return TERMINAL.includes(state.status);
+}
+
+function chunksAreOver(state: State): boolean {
+  return isTerminal(state) || (state.status === 'RUNNING' && state.phase !== 'GENERATING');
 }
 
 async function sequenced<T extends { seq: number }>(
   options: StreamOptions,
   topic: 'generationChunks' | 'buildLogs',
-  readAfter: (scope: Scope, generationId: string, afterSeq: number) => Promise<T[]>,
-  isOver: (generation: GenerationRow) => boolean,
+  readAfter: (tx: Tx, generationId: string, afterSeq: number) => Promise<T[]>,
+  isOver: (state: State) => boolean,
 ): Promise<AsyncGenerator<T>> {
   const { scope, bus, generationId } = options;
   // Subscribe before the first read so nothing published meanwhile is missed.
-  const inbox = new Inbox<T[] | StatusEvent>([
-    bus.subscribe(topic, generationId) as AsyncIterable<T[]>,
-    bus.subscribe('generationUpdated', generationId),
-  ]);
-  await current(scope, generationId).catch(async (error: unknown) => {
+  const inbox = new Inbox<T[] | StatusEvent>(
+    [bus.subscribe(topic, generationId) as AsyncIterable<T[]>, bus.subscribe('generationUpdated', generationId)],
+    { limit: options.maxQueued ?? DEFAULT_MAX_QUEUED, weight: (event) => (Array.isArray(event) ? event.length : 0) },
+  );
+  // One transaction authorises (RLS decides whether the generation exists) and reads the first page.
+  const afterSeq = options.afterSeq ?? -1;
+  const initial = await scope
+    .run(async (tx) => {
+      const [generation] = await generationStore.findMany(tx, [generationId]);
+      return generation && { generation, page: await readAfter(tx, generationId, afterSeq) };
+    })
+    .catch(async (error: unknown) => {
+      await inbox.close();
+      throw error;
+    });
+  if (!initial) {
     await inbox.close();
-    throw error;
-  });
-  return (async function* () {
-    let last = options.afterSeq ?? -1;
+    throw new NotFoundError('Generation not found.');
+  }
+  const read = (after: number) => scope.run((tx) => readAfter(tx, generationId, after));
+  return cancellable(inbox, options.signal, async function* (signal) {
+    let last = afterSeq;
+    let over = isOver(initial.generation);
+    // Every item goes out through here: the inbox knows when the consumer is holding one.
+    const hand = async function* (item: T) {
+      if (signal.aborted) throw ABORTED; // unsubscribed while reading the database
+      last = item.seq;
+      inbox.consumerBusy = true;
+      yield item;
+      inbox.took();
+      if (inbox.slow) throw new SlowConsumerError(last);
+    };
     const fromDatabase = async function* () {
-      for (let page = await readAfter(scope, generationId, last); page.length > 0; page = await readAfter(scope, generationId, last)) {
-        for (const item of page) {
-          last = item.seq;
-          yield item;
-        }
+      for (let page = await read(last); page.length > 0; page = await read(last)) {
+        for (const item of page) yield* hand(item);
       }
     };
     try {
-      yield* fromDatabase();
+      for (const item of initial.page) yield* hand(item);
+      if (initial.page.length === PAGE) yield* fromDatabase();
+      const poll = new Backoff(bus);
       for (;;) {
-        if (isOver(await current(scope, generationId))) {
+        if (over) {
           // Everything of this part was persisted before the state moved on.
           yield* fromDatabase();
           return;
         }
-        const batches = await inbox.wait(REPAIR_INTERVAL_MS, options.signal);
-        let contiguous = true;
-        for (const batch of batches) {
-          if (!Array.isArray(batch)) continue;
-          for (const item of batch) {
+        const { items, timedOut } = await inbox.wait(poll.next(), signal);
+        if (signal.aborted) return;
+        let repair = inbox.overflowed();
+        live: for (const event of items) {
+          if (!Array.isArray(event)) {
+            over ||= isOver(event);
+            continue;
+          }
+          for (const item of event) {
             if (item.seq <= last) continue;
             if (item.seq !== last + 1) {
-              contiguous = false;
-              break;
+              repair = true;
+              break live;
             }
-            last = item.seq;
-            yield item;
+            yield* hand(item);
           }
         }
-        if (!contiguous || inbox.overflowed()) yield* fromDatabase();
+        if (timedOut) {
+          // A quiet spell: whatever the bus may have lost is in the database.
+          over ||= isOver(await current(scope, generationId));
+          repair = true;
+        } else {
+          poll.reset();
+        }
+        if (repair && !over) yield* fromDatabase();
       }
+    } catch (error) {
+      if (error !== ABORTED) throw error;
     } finally {
       await inbox.close();
     }
-  })();
+  });
+}
+
+/**
+ * A generator whose `return()` takes effect at once. An async generator's own
+ * `return()` waits until its pending `next()` settles, which could be a whole poll
+ * interval; this one first wakes the stream (it then ends quietly) and closes its
+ * bus subscriptions.
+ */
+function cancellable<T, E>(inbox: Inbox<E>, outer: AbortSignal | undefined, run: (signal: AbortSignal) => AsyncGenerator<T>): AsyncGenerator<T> {
+  const controller = new AbortController();
+  if (outer?.aborted) controller.abort(outer.reason);
+  else outer?.addEventListener('abort', () => controller.abort(outer.reason), { once: true });
+  const inner = run(controller.signal);
+  const stop = () => {
+    controller.abort();
+    void inbox.close();
+  };
+  return {
+    next: (...args) => inner.next(...args),
+    return: (value) => {
+      stop();
+      return inner.return(value);
+    },
+    throw: (error) => {
+      stop();
+      return inner.throw(error);
+    },
+    [Symbol.asyncIterator]() {
+      return this;
+    },
+    [Symbol.asyncDispose]: async () => {
+      stop();
+      await inner.return(undefined);
+    },
+  };
 }
 
 async function current(scope: Scope, generationId: string): Promise<GenerationRow> {
@@ -123,20 +233,66 @@ async function current(scope: Scope, generationId: string): Promise<GenerationRo
   return generation;
 }
 
+/** Poll intervals that double while nothing happens, with jitter so subscribers do not poll in step. */
+class Backoff {
+  private readonly min: number;
+  private readonly max: number;
+  private ms: number;
+
+  constructor(bus: EventBus) {
+    this.min = isLossless(bus) ? LOSSLESS_POLL_MS : POLL_MIN_MS;
+    this.max = Math.max(this.min, POLL_MAX_MS);
+    this.ms = this.min;
+  }
+
+  next(): number {
+    const ms = this.ms;
+    this.ms = Math.min(this.ms * 2, this.max);
+    return ms * (0.75 + Math.random() * 0.5);
+  }
+
+  reset() {
+    this.ms = this.min;
+  }
+}
+
+interface InboxLimit<T> {
+  /** Weight (live items) that may arrive while the consumer holds an item. */
+  limit: number;
+  weight: (event: T) => number;
+}
+
 /** Pumps bus subscriptions into a bounded buffer that a stream waits on. */
 class Inbox<T> {
+  /** Set by the stream while the consumer holds an item (the transport is sending it). */
+  consumerBusy = false;
+  /** The consumer fell more than `limit` behind; the bus subscriptions are closed. */
+  slow = false;
+  private queued = 0;
   private buffer: T[] = [];
   private dropped = false;
+  private closed = false;
   private waiter: (() => void) | undefined;
   private readonly iterators: AsyncIterator<T>[];
 
-  constructor(sources: AsyncIterable<T>[]) {
+  constructor(
+    sources: AsyncIterable<T>[],
+    private readonly limit?: InboxLimit<T>,
+  ) {
     this.iterators = sources.map((source) => source[Symbol.asyncIterator]());
     for (const iterator of this.iterators) void this.pump(iterator);
   }
 
   private async pump(iterator: AsyncIterator<T>) {
-    for (let next = await iterator.next(); !next.done; next = await iterator.next()) {
+    for (let next = await iterator.next(); !next.done && !this.closed; next = await iterator.next()) {
+      if (this.limit && this.consumerBusy) {
+        if ((this.queued += this.limit.weight(next.value)) > this.limit.limit) {
+          this.slow = true;
+          this.buffer = [];
+          void this.close();
+          return;
+        }
+      }
       if (this.buffer.length >= INBOX_LIMIT) {
         this.buffer.shift();
         this.dropped = true;
@@ -147,23 +303,33 @@ class Inbox<T> {
   }
 
   /** What arrived since the last call; waits up to `timeoutMs` when nothing has. */
-  async wait(timeoutMs: number, signal?: AbortSignal): Promise<T[]> {
-    if (this.buffer.length === 0) {
+  async wait(timeoutMs: number, signal: AbortSignal): Promise<{ items: T[]; timedOut: boolean }> {
+    let timedOut = false;
+    if (this.buffer.length === 0 && !this.closed && !signal.aborted) {
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, timeoutMs);
-        signal?.addEventListener('abort', done, { once: true });
-        this.waiter = done;
-        function done() {
+        const timer = setTimeout(() => {
+          timedOut = true;
+          done();
+        }, timeoutMs);
+        const done = () => {
           clearTimeout(timer);
+          signal.removeEventListener('abort', done);
+          this.waiter = undefined;
           resolve();
-        }
+        };
+        signal.addEventListener('abort', done, { once: true });
+        this.waiter = done;
       });
-      this.waiter = undefined;
     }
-    signal?.throwIfAborted();
     const items = this.buffer;
     this.buffer = [];
-    return items;
+    return { items, timedOut };
+  }
+
+  /** The consumer took the item it held: what queued meanwhile no longer counts against it. */
+  took() {
+    this.consumerBusy = false;
+    this.queued = 0;
   }
 
   /** Whether live items were dropped since the last call (read them back from the database). */
@@ -174,6 +340,8 @@ class Inbox<T> {
   }
 
   async close() {
+    if (this.closed) return;
+    this.closed = true;
     this.waiter?.();
     await Promise.all(this.iterators.map((iterator) => iterator.return?.()));
   }

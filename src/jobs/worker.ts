@@ -4,6 +4,8 @@ import { insertGeneration, type GenerationDeps } from '../generations/generation
 import { type PipelineDeps, runGeneration } from '../generations/pipeline.js';
 import { type GenerationRow, generationStore } from '../generations/store.js';
 import type { Logger } from '../observability/logger.js';
+import { reapOrphanBuilds } from './orphans.js';
+import type { JobQueue } from './queue.js';
 
 export interface WorkerOptions {
   pipeline: PipelineDeps;
@@ -11,13 +13,18 @@ export interface WorkerOptions {
   concurrency: number;
   /** How often to look for QUEUED rows nobody woke us for (other instances, restarts). */
   pollMs?: number;
+  /** Where jobs come from besides the table scan (QUEUE=pgboss); absent: the table alone. */
+  queue?: JobQueue;
 }
 
 export interface Worker {
   /** A generation was queued: look for work now. */
   wake(generationId?: string): void;
-  /** Stops claiming; running generations are handed back (INTERRUPTED, retried). */
-  stop(): Promise<void>;
+  /**
+   * Stops claiming; running generations get `graceMs` to finish, then are handed back
+   * (INTERRUPTED, retried elsewhere). A second call with no grace cuts the wait short.
+   */
+  stop(options?: { graceMs?: number }): Promise<void>;
 }
 
 /**
@@ -26,7 +33,7 @@ export interface Worker {
  * survive restarts; lapsed leases are ended as INTERRUPTED and retried once.
  */
 export function startWorker(options: WorkerOptions): Worker {
-  const { pipeline, concurrency } = options;
+  const { pipeline, concurrency, queue } = options;
   const db = pipeline.db;
   const log: Logger = pipeline.logger.child({ source: 'Worker' });
   const running = new Map<string, { stop: AbortController; done: Promise<void> }>();
@@ -36,7 +43,7 @@ export function startWorker(options: WorkerOptions): Worker {
 
   const scan = async () => {
     while (!shutdown.signal.aborted && running.size < concurrency) {
-      const ids = await serviceScope(db).run((tx) => generationStore.queuedIds(tx, concurrency * 2));
+      const ids = await serviceScope(db).run((tx) => generationStore.queuedIds(tx, concurrency * 2, queue?.scanMinAgeMs ?? 0));
       const fresh = ids.filter((id) => !running.has(id)).slice(0, concurrency - running.size);
       if (fresh.length === 0) return;
       for (const id of fresh) launch(id);
@@ -64,14 +71,29 @@ export function startWorker(options: WorkerOptions): Worker {
     const stop = new AbortController();
     const done = runGeneration(pipeline, id, stop.signal)
       .then(async (finished) => {
-        if (finished?.errorCode === 'INTERRUPTED') await retryInterrupted(db, options.provider, [finished]);
+        if (finished?.errorCode === 'INTERRUPTED') await retryInterrupted(db, options.provider, [finished], queue?.enqueue);
       })
       .catch((error: unknown) => log.error({ err: error, generationId: id }, 'generation run crashed'))
       .finally(() => {
         running.delete(id);
+        for (const resolve of slotFreed.splice(0)) resolve();
         wake();
       });
     running.set(id, { stop, done });
+  };
+
+  // A delivered job (QUEUE=pgboss) waits for a free slot, then starts its run; the claim
+  // inside the run decides whether it is ours. Rejecting hands the job back to the queue.
+  const slotFreed: (() => void)[] = [];
+  const take = async (id: string, signal: AbortSignal) => {
+    while (running.size >= concurrency && !signal.aborted && !shutdown.signal.aborted) {
+      await new Promise<void>((resolve) => {
+        slotFreed.push(resolve);
+        signal.addEventListener('abort', () => resolve(), { once: true });
+      });
+    }
+    if (signal.aborted || shutdown.signal.aborted) throw new Error('no free slot; the job goes back to the queue');
+    if (!running.has(id)) launch(id);
   };
 
   const recover = () =>
@@ -82,7 +104,8 @@ export function startWorker(options: WorkerOptions): Worker {
           pipeline.bus.publish('generationUpdated', row.id, { status: row.status, phase: row.phase });
           log.warn({ generationId: row.id }, 'lease lapsed: generation interrupted');
         }
-        if (await retryInterrupted(db, options.provider, interrupted)) wake();
+        if (await retryInterrupted(db, options.provider, interrupted, queue?.enqueue)) wake();
+        await reapOrphanBuilds(db, pipeline.workspaces.dir, log);
       })
       .catch((error: unknown) => log.error({ err: error }, 'lease recovery failed'));
 
@@ -91,27 +114,57 @@ export function startWorker(options: WorkerOptions): Worker {
     wake();
   }, options.pollMs ?? Math.max(500, Math.min(5000, pipeline.leaseMs / 2)));
   void recover().then(wake);
+  queue?.consume?.(take).catch((error: unknown) => log.error({ err: error }, 'taking jobs from the queue failed; the table scan goes on'));
 
+  let stopping: Promise<void> | undefined;
+  let hurry: (() => void) | undefined;
   return {
     wake,
-    stop: async () => {
-      shutdown.abort();
-      clearInterval(poll);
-      await scanning;
-      for (const { stop } of running.values()) stop.abort('shutdown');
-      await Promise.all([...running.values()].map((run) => run.done));
+    stop: (stopOptions = {}) => {
+      const graceMs = stopOptions.graceMs ?? 0;
+      if (stopping) {
+        if (graceMs === 0) hurry?.();
+        return stopping;
+      }
+      stopping = (async () => {
+        shutdown.abort();
+        clearInterval(poll);
+        for (const resolve of slotFreed.splice(0)) resolve();
+        await queue?.stopConsuming?.().catch((error: unknown) => log.warn({ err: error }, 'stopping the queue consumer failed'));
+        await scanning;
+        if (graceMs > 0 && running.size > 0) {
+          log.info({ running: running.size, graceMs }, 'letting running generations finish before handing them back');
+          let timer: NodeJS.Timeout | undefined;
+          await Promise.race([
+            Promise.all([...running.values()].map((run) => run.done)),
+            new Promise<void>((resolve) => {
+              hurry = resolve;
+              timer = setTimeout(resolve, graceMs);
+            }),
+          ]);
+          clearTimeout(timer);
+        }
+        for (const { stop } of running.values()) stop.abort('shutdown');
+        await Promise.all([...running.values()].map((run) => run.done));
+      })();
+      return stopping;
     },
   };
 }
 
 /** One automatic retry per generation: a new one with `retryOf`, queued at once. */
-async function retryInterrupted(db: Db, provider: GenerationDeps['provider'], rows: GenerationRow[]): Promise<number> {
+async function retryInterrupted(
+  db: Db,
+  provider: GenerationDeps['provider'],
+  rows: GenerationRow[],
+  enqueue?: GenerationDeps['enqueue'],
+): Promise<number> {
   const retryable = rows.filter((row) => row.attempt < 2 && row.retryOf === null);
   for (const row of retryable) {
     await serviceScope(db).run((tx) =>
       insertGeneration(
         tx,
-        { provider, maxActivePerUser: Number.POSITIVE_INFINITY },
+        { provider, maxActivePerUser: Number.POSITIVE_INFINITY, enqueue },
         {
           projectId: row.projectId,
           createdBy: row.createdBy,

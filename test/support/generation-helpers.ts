@@ -100,8 +100,11 @@ export interface Instance {
   stop(): Promise<void>;
 }
 
-/** One more Kiln instance on an existing database (e.g. ROLE=api and ROLE=worker side by side). */
-export async function startInstance(database: TestDatabase, env: Environment): Promise<Instance> {
+/**
+ * One more Kiln instance on an existing database (e.g. ROLE=api and ROLE=worker side by
+ * side); DATA_DIR is required so nothing lands in the working directory.
+ */
+export async function startInstance(database: TestDatabase, env: Environment & { DATA_DIR: string }): Promise<Instance> {
   const config = parseConfig({ LOG_LEVEL: 'silent', OFFLINE_CHUNK_DELAY_MS: '0', ...env });
   const kiln = await startKiln(config, { database, port: 0, logger: createLogger(config.logLevel) });
   return { url: kiln.url, client: (token) => graphqlClient(kiln.url, token), stop: () => kiln.stop() };

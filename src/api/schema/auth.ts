@@ -48,13 +48,19 @@ builder.mutationFields((t) => ({
     type: AuthSessionRef,
     errors: {},
     args: { input: t.arg({ type: SignUpInput, required: true }) },
-    resolve: (_root, { input }, ctx) => ctx.services.auth.signUp(input.email, input.password),
+    resolve: async (_root, { input }, ctx) => {
+      await ctx.services.rateLimits.authAttempt(ctx.clientIp, input.email);
+      return ctx.services.auth.signUp(input.email, input.password);
+    },
   }),
   signIn: t.field({
     type: AuthSessionRef,
     errors: {},
     args: { input: t.arg({ type: SignInInput, required: true }) },
-    resolve: (_root, { input }, ctx) => ctx.services.auth.signIn(input.email, input.password),
+    resolve: async (_root, { input }, ctx) => {
+      await ctx.services.rateLimits.authAttempt(ctx.clientIp, input.email);
+      return ctx.services.auth.signIn(input.email, input.password);
+    },
   }),
   refreshSession: t.field({
     type: AuthSessionRef,

@@ -291,7 +291,13 @@ builder.subscriptionFields((t) => ({
     description: 'Replays chunks after afterSeq (all without it), then goes on live; completes when the model output is complete.',
     args: { generationId: t.arg.id({ required: true }), afterSeq: t.arg.int() },
     subscribe: (_root, args, ctx) =>
-      generationChunks({ scope: ctx.db, bus: ctx.bus, generationId: subscribedId(args.generationId), afterSeq: args.afterSeq }),
+      generationChunks({
+        scope: ctx.db,
+        bus: ctx.bus,
+        generationId: subscribedId(args.generationId),
+        afterSeq: args.afterSeq,
+        maxQueued: ctx.services.config.subscriptions.bufferLimit,
+      }),
     resolve: (chunk) => chunk,
   }),
   buildLogs: t.field({
@@ -300,7 +306,13 @@ builder.subscriptionFields((t) => ({
     description: 'Replays build-log lines after afterSeq, then goes on live; completes when the generation has ended.',
     args: { generationId: t.arg.id({ required: true }), afterSeq: t.arg.int() },
     subscribe: (_root, args, ctx) =>
-      buildLogs({ scope: ctx.db, bus: ctx.bus, generationId: subscribedId(args.generationId), afterSeq: args.afterSeq }),
+      buildLogs({
+        scope: ctx.db,
+        bus: ctx.bus,
+        generationId: subscribedId(args.generationId),
+        afterSeq: args.afterSeq,
+        maxQueued: ctx.services.config.subscriptions.bufferLimit,
+      }),
     resolve: (line) => line,
   }),
   generationUpdated: t.field({

@@ -1,0 +1,107 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { WebSocketServer } from 'ws';
+import { parseConfig } from '../../src/config.js';
+import { openDatabase } from '../../src/db/client.js';
+import { migrateDatabase } from '../../src/db/migrate.js';
+import { serviceScope } from '../../src/db/scope.js';
+import { generationStore } from '../../src/generations/store.js';
+import { startKiln } from '../../src/main.js';
+import { createLogger } from '../../src/observability/logger.js';
+
+// The server side of bench/fanout.ts, in a process of its own (run with --expose-gc):
+// Kiln (ROLE=api, so generations stay QUEUED and only the bench produces chunks) and,
+// beside it, a bare `ws` server as the baseline. Commands come over IPC.
+
+export type Command =
+  | { cmd: 'start' }
+  /** Persist and publish `batches` one-chunk batches, `rate` a second, to Kiln's subscribers or the bare sockets. */
+  | { cmd: 'produce'; target: 'kiln' | 'ws'; generationId: string; firstSeq: number; batches: number; rate: number }
+  | { cmd: 'memory' }
+  /** This process's `now()`, to compare the two clocks. */
+  | { cmd: 'clock' }
+  | { cmd: 'stop' };
+
+export type Reply =
+  | { cmd: 'start'; url: string; wsUrl: string }
+  | { cmd: 'produce'; published: number }
+  | { cmd: 'memory'; rss: number; heapUsed: number; external: number; sockets: number }
+  | { cmd: 'clock'; now: number }
+  | { cmd: 'stop' };
+
+/** Wall-clock milliseconds with sub-millisecond resolution, comparable across processes. */
+export const now = () => performance.timeOrigin + performance.now();
+
+/** A chunk's text: its publish time, padded to a typical ~100-character LLM batch. */
+export const chunkText = (publishedAt: number) => `${publishedAt.toFixed(3)}|`.padEnd(100, 'x');
+
+const dataDir = await mkdtemp(path.join(tmpdir(), 'kiln-bench-'));
+const config = parseConfig({
+  DATA_DIR: dataDir,
+  ROLE: 'api',
+  LOG_LEVEL: 'silent',
+  MAX_ACTIVE_GENERATIONS_PER_USER: '20',
+  WS_MAX_SUBSCRIPTIONS: '100',
+});
+const database = await openDatabase({});
+await migrateDatabase(database);
+const kiln = await startKiln(config, { database, port: 0, logger: createLogger('silent') });
+
+const bare = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+await new Promise<void>((resolve) => bare.once('listening', resolve));
+
+const reply = (message: Reply) => process.send!(message);
+
+async function produce(command: Extract<Command, { cmd: 'produce' }>): Promise<number> {
+  const db = serviceScope(database.db);
+  const interval = 1000 / command.rate;
+  const started = performance.now();
+  for (let i = 0; i < command.batches; i++) {
+    const due = started + i * interval;
+    const wait = due - performance.now();
+    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+    const seq = command.firstSeq + i;
+    if (command.target === 'kiln') {
+      // As the pipeline does it: persisted first, then published.
+      const text = chunkText(now());
+      await db.run((tx) => generationStore.appendChunks(tx, [{ generationId: command.generationId, seq, text }]));
+      const publishedAt = now();
+      // The stamp is the publish time; the row's copy differs only for replays, which do not occur here.
+      kiln.bus.publish('generationChunks', command.generationId, [{ seq, text: chunkText(publishedAt) }]);
+    } else {
+      const frame = JSON.stringify({ id: '1', type: 'next', payload: { data: { generationChunks: { seq, text: chunkText(now()) } } } });
+      for (const client of bare.clients) client.send(frame);
+    }
+  }
+  return command.batches;
+}
+
+process.on('message', (command: Command) => {
+  void (async () => {
+    switch (command.cmd) {
+      case 'clock':
+        return reply({ cmd: 'clock', now: now() });
+      case 'start':
+        return reply({ cmd: 'start', url: kiln.url, wsUrl: `ws://127.0.0.1:${(bare.address() as AddressInfo).port}` });
+      case 'produce':
+        return reply({ cmd: 'produce', published: await produce(command) });
+      case 'memory': {
+        for (let i = 0; i < 3; i++) {
+          globalThis.gc?.();
+          await new Promise((resolve) => setImmediate(resolve));
+        }
+        const { rss, heapUsed, external } = process.memoryUsage();
+        return reply({ cmd: 'memory', rss, heapUsed, external, sockets: bare.clients.size });
+      }
+      case 'stop':
+        bare.close();
+        await kiln.stop();
+        await database.close();
+        await rm(dataDir, { recursive: true, force: true });
+        reply({ cmd: 'stop' });
+        return process.exit(0);
+    }
+  })();
+});

@@ -1,0 +1,112 @@
+import type { IncomingMessage } from 'node:http';
+import { isIP } from 'node:net';
+import { sql } from 'drizzle-orm';
+import type { Config } from '../config.js';
+import { type Database, type Db, rowsOf } from '../db/client.js';
+import { RateLimitedError } from '../errors.js';
+
+// Fixed-window rate limits: sign-in and sign-up per client address and per email
+// (brute force, account spraying), starting generations per user. Embedded Kiln
+// counts in memory (one process); on PostgreSQL every instance counts in one table,
+// so a limit holds however many API processes sit behind the load balancer.
+
+export interface RateRule {
+  limit: number;
+  windowSeconds: number;
+}
+
+export interface RateLimitStore {
+  /** Counts one hit on `key` in the current window of `rule`; returns the count so far and the seconds until the window ends. */
+  hit(key: string, windowSeconds: number): Promise<{ count: number; resetInSeconds: number }>;
+}
+
+export interface RateLimits {
+  /** Before signIn and signUp. */
+  authAttempt(clientIp: string, email: string): Promise<void>;
+  /** Before startGeneration and retryGeneration. */
+  generationStart(userId: string): Promise<void>;
+}
+
+export function createRateLimits(rules: Config['rateLimits'], store: RateLimitStore): RateLimits {
+  const check = async (rule: RateRule | null, key: string, message: string) => {
+    if (!rule) return;
+    const { count, resetInSeconds } = await store.hit(key, rule.windowSeconds);
+    if (count > rule.limit) throw new RateLimitedError(Math.max(1, Math.ceil(resetInSeconds)), message);
+  };
+  return {
+    authAttempt: async (clientIp, email) => {
+      const message = 'Too many sign-in attempts; wait a while and try again.';
+      await check(rules.authPerIp, `auth:ip:${clientIp}`, message);
+      await check(rules.authPerEmail, `auth:email:${email.trim().toLowerCase()}`, message);
+    },
+    generationStart: (userId) => check(rules.generationsPerUser, `generations:user:${userId}`, 'You started too many generations recently; wait a while and try again.'),
+  };
+}
+
+/** The store for a database: shared through PostgreSQL, in memory for embedded PGlite (a single process). */
+export function rateLimitStoreFor(database: Database): RateLimitStore {
+  return database.kind === 'postgres' ? postgresRateLimitStore(database.db) : memoryRateLimitStore();
+}
+
+/** Windows are aligned to multiples of their length since the epoch. */
+export function memoryRateLimitStore(now: () => number = Date.now): RateLimitStore {
+  const windows = new Map<string, { start: number; count: number; windowMs: number }>();
+  let sweepAt = 0;
+  return {
+    hit: async (key, windowSeconds) => {
+      const windowMs = windowSeconds * 1000;
+      const time = now();
+      if (time >= sweepAt) {
+        // Forget finished windows now and then, so the map holds only live counters.
+        for (const [k, w] of windows) if (w.start + w.windowMs <= time) windows.delete(k);
+        sweepAt = time + 60_000;
+      }
+      const start = Math.floor(time / windowMs) * windowMs;
+      const current = windows.get(key);
+      const window = current && current.start === start ? current : { start, count: 0, windowMs };
+      window.count++;
+      windows.set(key, window);
+      return { count: window.count, resetInSeconds: (start + windowMs - time) / 1000 };
+    },
+  };
+}
+
+/** One upserted row per key in `rate_limits`, on the database's clock (instances may disagree on time). */
+export function postgresRateLimitStore(db: Db): RateLimitStore {
+  let hits = 0;
+  return {
+    hit: async (key, windowSeconds) => {
+      const result = await db.execute(sql`
+        insert into rate_limits as r (key, window_start, hits)
+        values (${key}, to_timestamp(floor(extract(epoch from now()) / ${windowSeconds}) * ${windowSeconds}), 1)
+        on conflict (key) do update
+          set hits = case when r.window_start = excluded.window_start then r.hits + 1 else 1 end,
+              window_start = excluded.window_start
+        returning hits, extract(epoch from r.window_start + make_interval(secs => ${windowSeconds}) - now())::float8 as reset_in`);
+      const [row] = rowsOf<{ hits: number; reset_in: number }>(result);
+      // Now and then, drop counters whose window ended long ago (one row per address or email ever seen otherwise).
+      if (++hits % 500 === 0) void db.execute(sql`delete from rate_limits where window_start < now() - interval '1 day'`).catch(() => {});
+      return { count: Number(row?.hits ?? 1), resetInSeconds: Number(row?.reset_in ?? windowSeconds) };
+    },
+  };
+}
+
+/**
+ * The client's address: the socket's peer, unless `trustedHops` reverse proxies are
+ * declared (TRUST_PROXY), in which case the address the outermost trusted proxy saw,
+ * read from the right of X-Forwarded-For (the left is whatever the client wrote).
+ */
+export function clientAddress(req: IncomingMessage | undefined, trustedHops: number): string {
+  const peer = normalise(req?.socket?.remoteAddress) ?? 'unknown';
+  if (!req || trustedHops <= 0) return peer;
+  const header = req.headers['x-forwarded-for'];
+  const forwarded = (Array.isArray(header) ? header.join(',') : (header ?? '')).split(',').map((part) => part.trim()).filter(Boolean);
+  const chain = [...forwarded, peer];
+  return normalise(chain[Math.max(0, chain.length - 1 - trustedHops)]) ?? peer;
+}
+
+function normalise(address: string | undefined): string | undefined {
+  if (!address) return undefined;
+  const plain = address.startsWith('::ffff:') && isIP(address.slice(7)) === 4 ? address.slice(7) : address;
+  return isIP(plain) ? plain.toLowerCase() : undefined;
+}

@@ -1,0 +1,216 @@
+import type { IncomingMessage, Server } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { type ExecutionArgs, GraphQLError } from 'graphql';
+import { CloseCode, type ServerOptions, type Context as WsContext } from 'graphql-ws';
+import { useServer } from 'graphql-ws/use/ws';
+import type { YogaServerInstance } from 'graphql-yoga';
+import { type WebSocket, WebSocketServer } from 'ws';
+import type { AuthProvider } from '../auth/provider.js';
+import { AuthError } from '../errors.js';
+import type { Logger } from '../observability/logger.js';
+import { bearerToken } from './context.js';
+
+// graphql-ws (the graphql-transport-ws protocol) on the HTTP server's port and path.
+// Every operation goes through Yoga's envelop (the same plugins, masking and context
+// factory as HTTP, STYLE 4).
+//
+// Close codes: 4403 'Forbidden' for a missing or bad token at connection_init, and
+// later when the token expires (a timer at `exp`) or its session is revoked (every
+// socket's token is verified again every WS_AUTH_RECHECK_MS); 4408 when no
+// connection_init arrives within WS_CONNECTION_INIT_TIMEOUT_MS; the protocol's own
+// codes otherwise (4400, 4401, 4406, 4409, 4429, 4500). An upgrade from a browser Origin
+// that is not in CORS_ORIGINS (when set) is refused with HTTP 403 before any socket
+// exists. Beyond WS_MAX_SUBSCRIPTIONS operations at once, one more fails on its own
+// with TOO_MANY_SUBSCRIPTIONS and the socket stays open. Pings every WS_KEEPALIVE_MS
+// drop peers that stop answering (a peer that stops reading stops answering too).
+
+export interface WebSocketOptions {
+  server: Server;
+  path: string;
+  yoga: YogaServerInstance<Record<string, unknown>, Record<string, unknown>>;
+  auth: AuthProvider;
+  logger: Logger;
+  corsOrigins: string[];
+  connectionInitTimeoutMs: number;
+  maxSubscriptions: number;
+  keepAliveMs: number;
+  authRecheckMs: number;
+}
+
+export interface WebSocketTransport {
+  /** Open sockets that passed connection_init. */
+  connections(): number;
+  dispose(): Promise<void>;
+}
+
+type Extra = { socket: WebSocket; request: IncomingMessage };
+type Ctx = WsContext<Record<string, unknown> | undefined, Extra>;
+
+/** An accepted socket and the token it authenticated with. */
+interface Connection {
+  socket: WebSocket;
+  token: string;
+  expiry?: NodeJS.Timeout;
+}
+
+/** A graphql-ws message is a document and its variables; nothing legitimate comes near this. */
+const MAX_MESSAGE_BYTES = 1024 * 1024;
+/** Tokens verified at once by the periodic re-check. */
+const RECHECK_CONCURRENCY = 8;
+/** setTimeout's longest delay. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
+  const { server, path, yoga, auth } = options;
+  const log = options.logger.child({ source: 'WebSocket' });
+  const connections = new Map<Ctx, Connection>();
+
+  const forbid = (socket: WebSocket) => socket.close(CloseCode.Forbidden, 'Forbidden');
+
+  const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_MESSAGE_BYTES });
+  const onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
+    if (request.url?.split('?')[0] !== path) return refuse(socket, 404, 'Not Found');
+    if (!originAllowed(request.headers.origin, options.corsOrigins)) return refuse(socket, 403, 'Forbidden');
+    wss.handleUpgrade(request, socket, head, (ws) => wss.emit('connection', ws, request));
+  };
+  server.on('upgrade', onUpgrade);
+
+  const graphqlWs = useServer<Record<string, unknown> | undefined, Extra>(
+    {
+      connectionInitWaitTimeout: options.connectionInitTimeoutMs,
+      onConnect: async (ctx) => {
+        const { socket } = ctx.extra;
+        const token = bearerToken(typeof ctx.connectionParams?.authorization === 'string' ? ctx.connectionParams.authorization : undefined);
+        if (!token) return false;
+        let exp: number | undefined;
+        try {
+          ({ exp } = await auth.verify(token));
+        } catch (error) {
+          if (error instanceof AuthError) return false; // 4403, without saying why
+          log.error({ err: error }, 'token verification failed');
+          socket.close(CloseCode.InternalServerError, 'Internal server error');
+          return false;
+        }
+        if (socket.readyState !== socket.OPEN) return false; // gone while we verified
+        const connection: Connection = { socket, token };
+        if (exp !== undefined) {
+          // Expiry ends the connection on time, whatever the re-check interval.
+          const expiry = setTimeout(() => forbid(socket), Math.min(Math.max(exp * 1000 - Date.now(), 0), MAX_TIMER_MS));
+          connection.expiry = expiry.unref();
+        }
+        connections.set(ctx, connection);
+        return true;
+      },
+      onClose: (ctx) => {
+        const connection = connections.get(ctx);
+        if (!connection) return;
+        clearTimeout(connection.expiry);
+        connections.delete(ctx);
+      },
+      onSubscribe: async (ctx, _id, params) => {
+        // graphql-ws has already registered this operation, so it counts itself.
+        if (Object.keys(ctx.subscriptions).length > options.maxSubscriptions) {
+          return [
+            new GraphQLError(`Too many operations at once on this connection (at most ${options.maxSubscriptions}); complete one first.`, {
+              extensions: { code: 'TOO_MANY_SUBSCRIPTIONS', limit: options.maxSubscriptions },
+            }),
+          ];
+        }
+        const enveloped = yoga.getEnveloped({
+          req: ctx.extra.request,
+          socket: ctx.extra.socket,
+          connectionParams: ctx.connectionParams,
+          params,
+        });
+        let document;
+        try {
+          document = enveloped.parse(params.query);
+        } catch (error) {
+          // A syntax error fails this operation, not the socket.
+          return [error instanceof GraphQLError ? error : new GraphQLError('The document could not be parsed.')];
+        }
+        const errors = enveloped.validate(enveloped.schema, document);
+        if (errors.length > 0) return errors;
+        const args: ExecutionArgs = {
+          schema: enveloped.schema,
+          operationName: params.operationName,
+          document,
+          variableValues: params.variables,
+          contextValue: await enveloped.contextFactory(),
+          rootValue: { execute: enveloped.execute, subscribe: enveloped.subscribe },
+        };
+        return args;
+      },
+      execute: (args) => (args.rootValue as Engine).execute(args),
+      subscribe: (args) => (args.rootValue as Engine).subscribe(args),
+    },
+    wss,
+    options.keepAliveMs,
+  );
+
+  // Revocation is checked, not assumed: every token in use is verified again
+  // periodically (auth.verify re-reads the session), once per distinct token.
+  let rechecking = false;
+  const recheck = async () => {
+    if (rechecking || connections.size === 0) return;
+    rechecking = true;
+    try {
+      const byToken = new Map<string, Connection[]>();
+      for (const connection of connections.values()) {
+        const same = byToken.get(connection.token);
+        if (same) same.push(connection);
+        else byToken.set(connection.token, [connection]);
+      }
+      const queue = [...byToken];
+      const worker = async () => {
+        for (let next = queue.shift(); next; next = queue.shift()) {
+          const [token, sockets] = next;
+          try {
+            await auth.verify(token);
+          } catch (error) {
+            if (error instanceof AuthError) {
+              log.info({ sockets: sockets.length }, 'session ended or token expired: closing its sockets');
+              for (const { socket } of sockets) forbid(socket);
+            } else {
+              // The authority could not answer: keep the sockets, ask again next time.
+              log.warn({ err: error }, 'token re-check failed');
+            }
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(RECHECK_CONCURRENCY, queue.length) }, worker));
+    } finally {
+      rechecking = false;
+    }
+  };
+  const recheckTimer = setInterval(() => void recheck(), options.authRecheckMs).unref();
+
+  return {
+    connections: () => connections.size,
+    dispose: async () => {
+      clearInterval(recheckTimer);
+      server.off('upgrade', onUpgrade);
+      for (const connection of connections.values()) clearTimeout(connection.expiry);
+      await graphqlWs.dispose();
+    },
+  };
+}
+
+type OperationResult = ReturnType<NonNullable<ServerOptions['execute']>>;
+type Engine = { execute: (args: ExecutionArgs) => OperationResult; subscribe: (args: ExecutionArgs) => OperationResult };
+
+/**
+ * Browsers always send Origin on a WebSocket upgrade, and CORS does not apply to
+ * WebSockets, so this is the cross-site check. No Origin (a server or CLI client) is
+ * allowed: such a client does not carry a victim's cookies or ambient credentials.
+ */
+export function originAllowed(origin: string | undefined, allowed: string[]): boolean {
+  if (allowed.length === 0 || origin === undefined || allowed.includes('*')) return true;
+  const normalised = origin.trim().replace(/\/+$/, '').toLowerCase();
+  return allowed.some((candidate) => candidate.trim().replace(/\/+$/, '').toLowerCase() === normalised);
+}
+
+function refuse(socket: Duplex, status: number, message: string) {
+  socket.once('finish', () => socket.destroy());
+  socket.end(`HTTP/1.1 ${status} ${message}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: ${message.length}\r\n\r\n${message}`);
+}

@@ -1,0 +1,80 @@
+import type { Logger } from '../observability/logger.js';
+
+// Bookkeeping shared by the cross-process event targets: which topics this process
+// listens to, and handing an event to their callbacks.
+
+export type Callback = (event: CustomEvent) => void;
+export type CallbackOrHandler = Callback | { handleEvent: Callback } | null | undefined;
+
+export class LocalListeners {
+  private readonly byTopic = new Map<string, Set<Callback>>();
+
+  /** Returns true when this is the topic's first listener. */
+  add(topic: string, callbackOrHandler: CallbackOrHandler): boolean {
+    const callback = unwrap(callbackOrHandler);
+    if (!callback) return false;
+    let callbacks = this.byTopic.get(topic);
+    const first = callbacks === undefined;
+    if (!callbacks) this.byTopic.set(topic, (callbacks = new Set()));
+    callbacks.add(callback);
+    return first;
+  }
+
+  /** Returns true when the topic's last listener went. */
+  remove(topic: string, callbackOrHandler: CallbackOrHandler): boolean {
+    const callback = unwrap(callbackOrHandler);
+    const callbacks = this.byTopic.get(topic);
+    if (!callback || !callbacks) return false;
+    callbacks.delete(callback);
+    if (callbacks.size > 0) return false;
+    this.byTopic.delete(topic);
+    return true;
+  }
+
+  has(topic: string): boolean {
+    return this.byTopic.has(topic);
+  }
+
+  topics(): string[] {
+    return [...this.byTopic.keys()];
+  }
+
+  /** Hands `detail` to every callback of `topic`; one failing callback does not stop the others. */
+  deliver(topic: string, detail: unknown, log: Logger): void {
+    const callbacks = this.byTopic.get(topic);
+    if (!callbacks) return;
+    const event = new CustomEvent(topic, { detail });
+    for (const callback of [...callbacks]) {
+      try {
+        callback(event);
+      } catch (error) {
+        log.warn({ err: error, topic }, 'an event listener failed');
+      }
+    }
+  }
+}
+
+function unwrap(callbackOrHandler: CallbackOrHandler): Callback | undefined {
+  if (!callbackOrHandler) return undefined;
+  // Unbound, as EventTarget implementations do: the same handler object maps to the same callback.
+  return typeof callbackOrHandler === 'function' ? callbackOrHandler : callbackOrHandler.handleEvent;
+}
+
+/**
+ * Logs a recurring failure once, then at most once per `everyMs` with a count, so an
+ * outage of the database or Redis does not flood the log.
+ */
+export function throttledWarn(log: Logger, everyMs = 10_000) {
+  let last = 0;
+  let suppressed = 0;
+  return (fields: Record<string, unknown>, message: string) => {
+    const now = Date.now();
+    if (now - last < everyMs) {
+      suppressed++;
+      return;
+    }
+    log.warn({ ...fields, ...(suppressed ? { suppressed } : {}) }, message);
+    last = now;
+    suppressed = 0;
+  };
+}

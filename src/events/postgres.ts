@@ -1,0 +1,278 @@
+import { randomUUID } from 'node:crypto';
+import postgres from 'postgres';
+import type { Logger } from '../observability/logger.js';
+import { type CallbackOrHandler, LocalListeners, throttledWarn } from './listeners.js';
+
+// EVENTS=postgres: events travel between processes as NOTIFY on one channel, received
+// with LISTEN on a dedicated connection.
+//
+// - Events are delivered to this process's own listeners at once; the notification
+//   goes to the others (each process ignores what it sent itself).
+// - Publishing is serialised on one connection and sends whatever is waiting in one
+//   statement, so other processes see one publisher's events in order. The pipeline
+//   publishes one event per ~50 ms batch, never one per token.
+// - A payload must stay under PostgreSQL's 8,000-byte NOTIFY limit. A larger one is
+//   shrunk to a pointer (`shrink`, e.g. the seq range of a batch) and each receiving
+//   process that has listeners for it reads the rows back (`expand`) once.
+// - LISTEN needs a session of its own: a direct connection or a session-mode pooler,
+//   never a transaction-mode pooler (LISTEN_DATABASE_URL may point elsewhere than
+//   DATABASE_URL for that reason).
+// - postgres.js re-issues LISTEN when the connection closes, but gives up if the server
+//   is down at that moment, and a silently dead socket is not noticed at all. So the
+//   listener proves it is alive: every `healthCheckMs` it notifies itself on a channel of
+//   its own and, when that does not come back in time, it is rebuilt (and retried until
+//   the database answers). After every reconnect, `resync` produces, for each topic this
+//   process listens to, an event that makes subscribers notice what they missed;
+//   subscribers repair from the database in any case.
+
+/** PostgreSQL refuses NOTIFY payloads of 8,000 bytes or more; keep a margin. */
+export const MAX_NOTIFY_BYTES = 7_900;
+const MAX_PENDING = 10_000;
+const STATEMENT_BATCH = 100;
+
+export interface PostgresEventTargetOptions {
+  /** LISTEN connection: direct or session-mode (never the transaction pooler). */
+  listenUrl: string;
+  /** NOTIFY connection: any, the transaction pooler included. */
+  publishUrl: string;
+  logger: Logger;
+  channel?: string;
+  /** A stand-in for a payload too large for NOTIFY; undefined when there is none (the event is not sent). */
+  shrink(topic: string, detail: unknown): unknown;
+  /** The payload behind a stand-in, read from the database; undefined when there is nothing to deliver. */
+  expand(topic: string, pointer: unknown): Promise<unknown>;
+  /** After a reconnect: an event for `topic` that makes its subscribers catch up (undefined: none). */
+  resync?(topic: string): Promise<unknown>;
+  healthCheckMs?: number;
+  healthTimeoutMs?: number;
+}
+
+interface Envelope {
+  /** The sending process. */
+  o: string;
+  /** A counter: NOTIFY drops identical payloads within one transaction. */
+  n: number;
+  /** Topic (`routingKey:id`). */
+  t: string;
+  /** The payload, or `p`, a pointer to it. */
+  d?: unknown;
+  p?: unknown;
+}
+
+export interface PostgresEventTarget {
+  addEventListener(topic: string, callback: CallbackOrHandler): void;
+  removeEventListener(topic: string, callback: CallbackOrHandler): void;
+  dispatchEvent(event: Event): boolean;
+  /** Resolves once LISTEN is in place (or after `timeoutMs`, leaving the retries running). */
+  start(timeoutMs?: number): Promise<void>;
+  /** True while the listener is known to work. */
+  readonly connected: boolean;
+  /** How many times the listener was re-established after the first time. */
+  readonly reconnects: number;
+  close(): Promise<void>;
+}
+
+export function createPostgresEventTarget(options: PostgresEventTargetOptions): PostgresEventTarget {
+  const log = options.logger.child({ source: 'PostgresEvents' });
+  const warn = throttledWarn(log);
+  const channel = options.channel ?? 'kiln_events';
+  const origin = randomUUID();
+  // One channel per process for its own health checks, so pings do not fan out.
+  const pingChannel = `${channel}_ping_${origin.replaceAll('-', '').slice(0, 16)}`;
+  const healthCheckMs = options.healthCheckMs ?? 2_000;
+  const healthTimeoutMs = options.healthTimeoutMs ?? 5_000;
+  const listeners = new LocalListeners();
+
+  const publisher = postgres(options.publishUrl, {
+    max: 1,
+    onnotice: () => {},
+    connect_timeout: 5,
+    connection: { application_name: 'kiln-events-publish' },
+  });
+  let counter = 0;
+  let pending: string[] = [];
+  let flushing: Promise<void> | undefined;
+  let closed = false;
+
+  const send = (payload: string) => {
+    if (closed) return;
+    if (pending.length >= MAX_PENDING) {
+      // The database has been unreachable for a while: the oldest go (subscribers repair).
+      pending.shift();
+      warn({ pending: pending.length }, 'too many events waiting for the database; dropping the oldest');
+    }
+    pending.push(payload);
+    flushing ??= flush().finally(() => (flushing = undefined));
+  };
+
+  const flush = async () => {
+    while (pending.length > 0 && !closed) {
+      const batch = pending.slice(0, STATEMENT_BATCH);
+      pending = pending.slice(batch.length);
+      try {
+        // One statement, one transaction; the elements are taken in order, so the
+        // notifications go out in publishing order.
+        await publisher`select pg_notify(${channel}, payload) from json_array_elements_text(${JSON.stringify(batch)}::text::json) as payload`;
+      } catch (error) {
+        warn({ err: error, lost: batch.length }, 'NOTIFY failed; subscribers will repair from the database');
+      }
+    }
+  };
+
+  const encode = (topic: string, detail: unknown): string | undefined => {
+    const inline = JSON.stringify({ o: origin, n: ++counter, t: topic, d: detail } satisfies Envelope);
+    if (Buffer.byteLength(inline) < MAX_NOTIFY_BYTES) return inline;
+    const pointer = options.shrink(topic, detail);
+    const stand = pointer === undefined ? undefined : JSON.stringify({ o: origin, n: counter, t: topic, p: pointer } satisfies Envelope);
+    if (stand !== undefined && Buffer.byteLength(stand) < MAX_NOTIFY_BYTES) return stand;
+    warn({ topic, bytes: Buffer.byteLength(inline) }, 'an event is too large for NOTIFY and has no pointer; other processes will read it from the database');
+    return undefined;
+  };
+
+  // Deliveries that needed a database read are kept in order with the rest.
+  let delivering: Promise<void> = Promise.resolve();
+  let expanding = 0;
+  const receive = (payload: string) => {
+    let envelope: Envelope;
+    try {
+      envelope = JSON.parse(payload) as Envelope;
+    } catch {
+      return warn({ payload: payload.slice(0, 100) }, 'an unreadable notification was ignored');
+    }
+    if (envelope.o === origin || !listeners.has(envelope.t)) return;
+    if (envelope.p === undefined && expanding === 0) return listeners.deliver(envelope.t, envelope.d, log);
+    expanding++;
+    delivering = delivering
+      .then(async () => {
+        const detail = envelope.p === undefined ? envelope.d : await options.expand(envelope.t, envelope.p);
+        if (detail !== undefined) listeners.deliver(envelope.t, detail, log);
+      })
+      .catch((error: unknown) => warn({ err: error, topic: envelope.t }, 'reading an event back from the database failed'))
+      .finally(() => expanding--);
+  };
+
+  // ------------------------------------------------------------------ the listener
+
+  let listener: postgres.Sql | undefined;
+  let connected = false;
+  let everConnected = false;
+  let reconnects = 0;
+  let connecting: Promise<boolean> | undefined;
+  let ping: { token: string; at: number } | undefined;
+  let pings = 0;
+
+  const onListen = () => {
+    connected = true;
+    if (everConnected) {
+      reconnects++;
+      log.info({ reconnects }, 'LISTEN re-established; subscribers catch up from the database');
+      void resyncAll();
+    }
+    everConnected = true;
+  };
+
+  const resyncAll = async () => {
+    if (!options.resync) return;
+    for (const topic of listeners.topics()) {
+      try {
+        const detail = await options.resync(topic);
+        if (detail !== undefined) listeners.deliver(topic, detail, log);
+      } catch (error) {
+        warn({ err: error, topic }, 'catching up after a reconnect failed');
+      }
+    }
+  };
+
+  const connect = (): Promise<boolean> =>
+    (connecting ??= (async () => {
+      const old = listener;
+      listener = undefined;
+      connected = false;
+      ping = undefined;
+      if (old) void old.end({ timeout: 0 }).catch(() => {});
+      const sql = postgres(options.listenUrl, {
+        max: 1,
+        onnotice: () => {},
+        connect_timeout: 5,
+        connection: { application_name: 'kiln-events-listen' },
+      });
+      try {
+        await sql.listen(pingChannel, (token) => {
+          if (ping?.token === token) ping = undefined;
+        });
+        await sql.listen(channel, receive, onListen);
+        if (closed) throw new Error('closed');
+        listener = sql;
+        return true;
+      } catch (error) {
+        void sql.end({ timeout: 0 }).catch(() => {});
+        if (!closed) warn({ err: error }, 'LISTEN failed; retrying');
+        return false;
+      }
+    })().finally(() => (connecting = undefined)));
+
+  const check = async () => {
+    if (closed) return;
+    if (ping && Date.now() - ping.at > healthTimeoutMs) {
+      warn({ afterMs: Date.now() - ping.at }, 'the event listener stopped receiving; reconnecting');
+      if (!(await connect())) return;
+    } else if (!listener && !(await connect())) {
+      return;
+    }
+    if (ping) return;
+    const token = String(++pings);
+    ping = { token, at: Date.now() };
+    await publisher`select pg_notify(${pingChannel}, ${token})`.catch(() => {});
+  };
+  let checking = false;
+  const timer = setInterval(() => {
+    if (checking) return;
+    checking = true;
+    void check().finally(() => (checking = false));
+  }, healthCheckMs);
+  timer.unref();
+
+  return {
+    addEventListener: (topic, callback) => void listeners.add(topic, callback),
+    removeEventListener: (topic, callback) => void listeners.remove(topic, callback),
+    dispatchEvent: (event) => {
+      const detail = (event as CustomEvent).detail as unknown;
+      listeners.deliver(event.type, detail, log);
+      const payload = encode(event.type, detail);
+      if (payload !== undefined) send(payload);
+      return true;
+    },
+    start: async (timeoutMs = 10_000) => {
+      const deadline = Date.now() + timeoutMs;
+      while (!closed && !(await connect()) && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 500));
+      }
+      if (!listener) log.warn({ listenUrl: redact(options.listenUrl) }, 'LISTEN is not established yet; events from other processes arrive once it is');
+    },
+    get connected() {
+      return connected && listener !== undefined;
+    },
+    get reconnects() {
+      return reconnects;
+    },
+    close: async () => {
+      clearInterval(timer);
+      // What is waiting goes out first: the last status of a handed-back run, say.
+      await flushing;
+      closed = true;
+      await connecting;
+      await Promise.all([listener?.end({ timeout: 1 }), publisher.end({ timeout: 1 })]);
+      listener = undefined;
+    },
+  };
+}
+
+function redact(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = '***';
+    return parsed.toString();
+  } catch {
+    return '(unparsable URL)';
+  }
+}

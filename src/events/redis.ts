@@ -1,0 +1,110 @@
+import { once } from 'node:events';
+import { createRedisEventTarget } from '@graphql-yoga/redis-event-target';
+import { Redis } from 'ioredis';
+import type { Logger } from '../observability/logger.js';
+import { type CallbackOrHandler, LocalListeners, throttledWarn } from './listeners.js';
+
+// EVENTS=redis: @graphql-yoga/redis-event-target over two ioredis clients (a
+// subscriber connection cannot publish). Each topic (`routingKey:id`) is a Redis
+// channel, so a process receives only the generations it follows.
+//
+// What we add around the library:
+// - publishing never throws or queues without bound: while Redis is unreachable an
+//   event is dropped (and logged, throttled) — subscribers repair from the database;
+// - the subscriber waits for Redis however long it takes (ioredis resubscribes every
+//   channel on reconnect), and after a reconnect `resync` produces, per topic followed
+//   here, an event that makes subscribers notice what they missed.
+
+export interface RedisEventTargetOptions {
+  url: string;
+  logger: Logger;
+  resync?(topic: string): Promise<unknown>;
+}
+
+export interface RedisEventTarget {
+  addEventListener(topic: string, callback: CallbackOrHandler): void;
+  removeEventListener(topic: string, callback: CallbackOrHandler): void;
+  dispatchEvent(event: Event): boolean;
+  /** Resolves once both connections are ready (or after `timeoutMs`, leaving ioredis retrying). */
+  start(timeoutMs?: number): Promise<void>;
+  readonly connected: boolean;
+  readonly reconnects: number;
+  close(): Promise<void>;
+}
+
+export function createRedisEventBusTarget(options: RedisEventTargetOptions): RedisEventTarget {
+  const log = options.logger.child({ source: 'RedisEvents' });
+  const warn = throttledWarn(log);
+  const retryStrategy = (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2_000);
+  // No offline queue: an event published during an outage is stale by the time Redis is back.
+  const publishClient = new Redis(options.url, { enableOfflineQueue: false, retryStrategy, connectionName: 'kiln-events-publish' });
+  // SUBSCRIBE commands issued during an outage wait for the reconnect instead of failing.
+  const subscribeClient = new Redis(options.url, { maxRetriesPerRequest: null, retryStrategy, connectionName: 'kiln-events-subscribe' });
+  for (const client of [publishClient, subscribeClient]) {
+    client.on('error', (error: Error) => warn({ err: error }, 'Redis connection problem; retrying'));
+  }
+  const target = createRedisEventTarget<CustomEvent>({ publishClient, subscribeClient });
+  const listeners = new LocalListeners();
+
+  let readyOnce = false;
+  let reconnects = 0;
+  subscribeClient.on('ready', () => {
+    if (!readyOnce) {
+      readyOnce = true;
+      return;
+    }
+    reconnects++;
+    log.info({ reconnects }, 'Redis subscriber reconnected; subscribers catch up from the database');
+    void resyncAll();
+  });
+
+  const resyncAll = async () => {
+    if (!options.resync) return;
+    for (const topic of listeners.topics()) {
+      try {
+        const detail = await options.resync(topic);
+        if (detail !== undefined) listeners.deliver(topic, detail, log);
+      } catch (error) {
+        warn({ err: error, topic }, 'catching up after a reconnect failed');
+      }
+    }
+  };
+
+  return {
+    addEventListener: (topic, callback) => {
+      listeners.add(topic, callback);
+      target.addEventListener(topic, callback ?? null);
+    },
+    removeEventListener: (topic, callback) => {
+      listeners.remove(topic, callback);
+      target.removeEventListener(topic, callback ?? null);
+    },
+    dispatchEvent: (event) => {
+      // As the library's dispatchEvent, but a failed publish is logged instead of becoming an unhandled rejection.
+      const detail = (event as CustomEvent).detail as unknown;
+      publishClient
+        .publish(event.type, detail === undefined ? '' : JSON.stringify(detail))
+        .catch((error: unknown) => warn({ err: error, topic: event.type }, 'PUBLISH failed; subscribers will repair from the database'));
+      return true;
+    },
+    start: async (timeoutMs = 10_000) => {
+      const ready = (client: Redis) => (client.status === 'ready' ? Promise.resolve() : once(client, 'ready').then(() => {}));
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), timeoutMs)));
+      const result = await Promise.race([Promise.all([ready(publishClient), ready(subscribeClient)]), timedOut]);
+      clearTimeout(timer);
+      if (result === 'timeout') log.warn('Redis is not reachable yet; events from other processes arrive once it is');
+    },
+    get connected() {
+      return publishClient.status === 'ready' && subscribeClient.status === 'ready';
+    },
+    get reconnects() {
+      return reconnects;
+    },
+    close: async () => {
+      // QUIT would wait for a reconnect that may never come; only a ready client gets to say goodbye.
+      const end = (client: Redis) => (client.status === 'ready' ? client.quit().then(() => {}, () => client.disconnect()) : client.disconnect());
+      await Promise.all([end(publishClient), end(subscribeClient)]);
+    },
+  };
+}

@@ -1,0 +1,91 @@
+import { readdir, readFile, readlink, realpath } from 'node:fs/promises';
+import path from 'node:path';
+import { inArray } from 'drizzle-orm';
+import type { Db } from '../db/client.js';
+import { generations } from '../db/schema.js';
+import { serviceScope } from '../db/scope.js';
+import { TERMINAL } from '../generations/store.js';
+import type { Logger } from '../observability/logger.js';
+
+// Build steps run in process groups of their own (so a cancel or timeout kills the
+// whole tree). The flip side: when a worker is killed with SIGKILL (OOM killer,
+// `kill -9`) nothing kills its running build, and the group keeps running with the
+// generation's workspace as its working directory.
+//
+// Any worker on that machine (the restarted one, or another sharing WORKSPACES_DIR)
+// finds such leftovers on its recovery tick: processes whose working directory is inside
+// `<WORKSPACES_DIR>/<project>/<generation>` for a generation that has ended (a lapsed
+// lease was ended as INTERRUPTED) are killed with their process group. A generation
+// still RUNNING is never touched, whichever worker runs it. Linux only (/proc); elsewhere
+// this does nothing and leftovers run until their step's own end.
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export interface OrphanProcess {
+  pid: number;
+  pgid: number;
+  generationId: string;
+}
+
+/** Processes of this user whose working directory is a generation's workspace (or below it). */
+export async function buildProcessesUnder(workspacesDir: string): Promise<OrphanProcess[]> {
+  let root: string;
+  let entries: string[];
+  try {
+    root = await realpath(workspacesDir);
+    entries = await readdir('/proc');
+  } catch {
+    return []; // no /proc (not Linux) or no workspaces yet
+  }
+  const found: OrphanProcess[] = [];
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue;
+    const pid = Number(entry);
+    if (pid === process.pid) continue;
+    try {
+      const cwd = await readlink(`/proc/${pid}/cwd`);
+      const relative = path.relative(root, cwd);
+      if (relative === '' || relative.startsWith('..') || path.isAbsolute(relative)) continue;
+      const generationId = relative.split(path.sep)[1];
+      if (!generationId || !UUID.test(generationId)) continue;
+      found.push({ pid, pgid: await processGroupOf(pid), generationId });
+    } catch {
+      // gone meanwhile, or not ours to inspect
+    }
+  }
+  return found;
+}
+
+/** Kills the process groups of builds whose generation has ended; returns what was killed. */
+export async function reapOrphanBuilds(db: Db, workspacesDir: string, logger: Logger): Promise<OrphanProcess[]> {
+  const candidates = await buildProcessesUnder(workspacesDir);
+  if (candidates.length === 0) return [];
+  const ids = [...new Set(candidates.map((c) => c.generationId))];
+  const rows = await serviceScope(db).run((tx) =>
+    tx.select({ id: generations.id, status: generations.status }).from(generations).where(inArray(generations.id, ids)),
+  );
+  // Only generations this database knows to have ended: a directory shared with another deployment is left alone.
+  const ended = new Set(rows.filter((row) => TERMINAL.includes(row.status)).map((row) => row.id));
+  const orphans = candidates.filter((c) => ended.has(c.generationId));
+  if (orphans.length === 0) return [];
+  const ownGroup = await processGroupOf(process.pid).catch(() => -1);
+  const log = logger.child({ source: 'OrphanBuilds' });
+  for (const orphan of orphans) {
+    log.warn({ generationId: orphan.generationId, pid: orphan.pid, pgid: orphan.pgid }, 'killing a build left behind by a stopped worker');
+    try {
+      // The whole group (the tool and what it started), never our own.
+      if (orphan.pgid > 1 && orphan.pgid !== ownGroup) process.kill(-orphan.pgid, 'SIGKILL');
+      else process.kill(orphan.pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  return orphans;
+}
+
+async function processGroupOf(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  // "pid (comm) state ppid pgrp …"; comm may hold spaces and parentheses.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(fields[2]);
+}

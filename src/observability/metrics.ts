@@ -1,0 +1,249 @@
+import { timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { type DocumentNode, getOperationAST } from 'graphql';
+import { type Plugin, isAsyncIterable } from 'graphql-yoga';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { sql } from 'drizzle-orm';
+import { type Db, rowsOf } from '../db/client.js';
+import type { Logger } from './logger.js';
+
+// Prometheus metrics (prom-client), served on /metrics. One registry per Kiln, so
+// several instances in one process (tests) never share or double-register series.
+// Database-backed gauges (generations by status, queue depth) are read at scrape time.
+
+export interface Metrics {
+  readonly registry: Registry;
+  /** One HTTP request answered (not WebSocket frames). */
+  observeHttp(labels: { method: string; route: string; status: number }, seconds: number): void;
+  /** The GraphQL plugin: operation counts and durations, active subscriptions. */
+  graphqlPlugin(): Plugin;
+  /** A generation reached a terminal status. */
+  observeGeneration(labels: { status: string; errorCode?: string | null; provider: string }, seconds: number): void;
+  observeBuildStep(labels: { step: string; status: string }, seconds: number): void;
+  observeTokens(provider: string, usage: { inputTokens: number; outputTokens: number }): void;
+}
+
+const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+const LONG_BUCKETS = [0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200];
+/** Distinct operation names kept as labels; later ones count as "other" (clients choose names). */
+const MAX_OPERATION_NAMES = 200;
+
+export function createMetrics(options: { db?: Db; logger?: Logger; defaultMetrics?: boolean } = {}): Metrics {
+  const registry = new Registry();
+  if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
+  const log = options.logger?.child({ source: 'Metrics' });
+
+  const httpRequests = new Counter({
+    name: 'kiln_http_requests_total',
+    help: 'HTTP requests answered, by method, route and status.',
+    labelNames: ['method', 'route', 'status'] as const,
+    registers: [registry],
+  });
+  const httpDuration = new Histogram({
+    name: 'kiln_http_request_duration_seconds',
+    help: 'Time from request to the end of the response (SSE streams included), by method, route and status.',
+    labelNames: ['method', 'route', 'status'] as const,
+    buckets: DURATION_BUCKETS,
+    registers: [registry],
+  });
+  const operations = new Counter({
+    name: 'kiln_graphql_operations_total',
+    help: 'GraphQL operations executed or subscribed, by name, type and outcome (ok or error), on every transport.',
+    labelNames: ['operation', 'type', 'outcome'] as const,
+    registers: [registry],
+  });
+  const operationDuration = new Histogram({
+    name: 'kiln_graphql_operation_duration_seconds',
+    help: 'Execution time of GraphQL queries and mutations, by name and type.',
+    labelNames: ['operation', 'type'] as const,
+    buckets: DURATION_BUCKETS,
+    registers: [registry],
+  });
+  const activeSubscriptions = new Gauge({
+    name: 'kiln_graphql_active_subscriptions',
+    help: 'Subscriptions streaming now (graphql-ws and SSE), by name.',
+    labelNames: ['operation'] as const,
+    registers: [registry],
+  });
+  const generationDuration = new Histogram({
+    name: 'kiln_generation_duration_seconds',
+    help: 'Time from claim to terminal status of generations run by this process, by status, error code and provider.',
+    labelNames: ['status', 'error_code', 'provider'] as const,
+    buckets: LONG_BUCKETS,
+    registers: [registry],
+  });
+  const buildStepDuration = new Histogram({
+    name: 'kiln_build_step_duration_seconds',
+    help: 'Build step run time, by step and status.',
+    labelNames: ['step', 'status'] as const,
+    buckets: LONG_BUCKETS,
+    registers: [registry],
+  });
+  const llmTokens = new Counter({
+    name: 'kiln_llm_tokens_total',
+    help: 'LLM tokens used by generations run by this process, by provider and kind (input or output).',
+    labelNames: ['provider', 'kind'] as const,
+    registers: [registry],
+  });
+
+  const db = options.db;
+  if (db) {
+    // One query per scrape feeds both gauges.
+    let pending: Promise<Map<string, number> | undefined> | undefined;
+    const statusCounts = () =>
+      (pending ??= db
+        .execute(sql`select status::text as status, count(*)::int as count from generations group by status`)
+        .then((result) => new Map(rowsOf<{ status: string; count: number }>(result).map((row) => [row.status, row.count])))
+        .catch((error: unknown) => {
+          log?.warn({ err: error }, 'reading generation counts for /metrics failed');
+          return undefined;
+        })
+        .finally(() => setTimeout(() => (pending = undefined), 0)));
+    new Gauge({
+      name: 'kiln_generations',
+      help: 'Generations in the database by status (read at scrape time).',
+      labelNames: ['status'] as const,
+      registers: [registry],
+      async collect() {
+        const counts = await statusCounts();
+        if (!counts) return;
+        for (const status of ['QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED']) this.set({ status }, counts.get(status) ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'kiln_queue_depth',
+      help: 'Generations waiting for a worker (QUEUED), read at scrape time.',
+      registers: [registry],
+      async collect() {
+        const counts = await statusCounts();
+        if (counts) this.set(counts.get('QUEUED') ?? 0);
+      },
+    });
+  }
+
+  const names = new Set<string>();
+  const operationLabel = (name: string | undefined) => {
+    if (!name) return 'anonymous';
+    if (names.has(name)) return name;
+    if (names.size >= MAX_OPERATION_NAMES || name.length > 100) return 'other';
+    names.add(name);
+    return name;
+  };
+  const describe = (document: DocumentNode, operationName?: string | null) => {
+    const operation = getOperationAST(document, operationName);
+    return { operation: operationLabel(operation?.name?.value), type: operation?.operation ?? 'unknown' };
+  };
+  const outcome = (result: unknown) => ((result as { errors?: unknown[] } | undefined)?.errors?.length ? 'error' : 'ok');
+
+  return {
+    registry,
+    observeHttp: ({ method, route, status }, seconds) => {
+      const labels = { method, route, status: String(status) };
+      httpRequests.inc(labels);
+      httpDuration.observe(labels, seconds);
+    },
+    graphqlPlugin: () => ({
+      onExecute({ args }) {
+        const labels = describe(args.document, args.operationName);
+        const started = performance.now();
+        return {
+          onExecuteDone({ result }) {
+            operationDuration.observe(labels, (performance.now() - started) / 1000);
+            operations.inc({ ...labels, outcome: isAsyncIterable(result) ? 'ok' : outcome(result) });
+          },
+        };
+      },
+      onSubscribe({ args }) {
+        const labels = describe(args.document, args.operationName);
+        return {
+          onSubscribeResult({ result, setResult }) {
+            if (!isAsyncIterable(result)) {
+              operations.inc({ ...labels, outcome: outcome(result) });
+              return;
+            }
+            operations.inc({ ...labels, outcome: 'ok' });
+            activeSubscriptions.inc({ operation: labels.operation });
+            setResult(onceDone(result, () => activeSubscriptions.dec({ operation: labels.operation })));
+          },
+          onSubscribeError() {
+            operations.inc({ ...labels, outcome: 'error' });
+          },
+        };
+      },
+    }),
+    observeGeneration: ({ status, errorCode, provider }, seconds) =>
+      generationDuration.observe({ status, error_code: errorCode ?? '', provider }, seconds),
+    observeBuildStep: (labels, seconds) => buildStepDuration.observe(labels, seconds),
+    observeTokens: (provider, usage) => {
+      if (usage.inputTokens > 0) llmTokens.inc({ provider, kind: 'input' }, usage.inputTokens);
+      if (usage.outputTokens > 0) llmTokens.inc({ provider, kind: 'output' }, usage.outputTokens);
+    },
+  };
+}
+
+/** The same stream, calling `done` once when it completes, fails or is closed early. */
+function onceDone<T>(source: AsyncIterable<T>, done: () => void): AsyncIterableIterator<T> {
+  const iterator = source[Symbol.asyncIterator]();
+  let finished = false;
+  const finish = () => {
+    if (finished) return;
+    finished = true;
+    done();
+  };
+  return {
+    [Symbol.asyncIterator]() {
+      return this;
+    },
+    next: () =>
+      iterator.next().then(
+        (step) => {
+          if (step.done) finish();
+          return step;
+        },
+        (error: unknown) => {
+          finish();
+          throw error;
+        },
+      ),
+    return: (value?: unknown) => {
+      finish();
+      return iterator.return ? iterator.return(value) : Promise.resolve({ done: true as const, value: undefined as T });
+    },
+    throw: (error?: unknown) => {
+      finish();
+      return iterator.throw ? iterator.throw(error) : Promise.reject(error);
+    },
+  };
+}
+
+/** Which route a path counts under: a fixed set, so clients cannot invent label values. */
+export function routeOf(path: string | undefined): string {
+  return path === '/graphql' || path === '/health' || path === '/ready' || path === '/metrics' ? path : 'other';
+}
+
+/** Times every HTTP request from arrival to the end of its response. */
+export function observeRequest(metrics: Metrics, req: IncomingMessage, res: ServerResponse, route: string): void {
+  const started = performance.now();
+  const method = ['GET', 'POST', 'OPTIONS', 'HEAD'].includes(req.method ?? '') ? req.method! : 'other';
+  res.once('close', () => metrics.observeHttp({ method, route, status: res.statusCode }, (performance.now() - started) / 1000));
+}
+
+/** GET /metrics in Prometheus' text format; with METRICS_TOKEN set, only for `Authorization: Bearer <token>`. */
+export async function serveMetrics(metrics: Metrics, token: string | undefined, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  if (token && !sameSecret(req.headers.authorization ?? '', `Bearer ${token}`)) {
+    res.writeHead(401, { 'content-type': 'text/plain', 'www-authenticate': 'Bearer' }).end('Unauthorized');
+    return;
+  }
+  try {
+    const body = await metrics.registry.metrics();
+    res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(body);
+  } catch {
+    res.writeHead(500, { 'content-type': 'text/plain' }).end('Metrics are unavailable.');
+  }
+}
+
+function sameSecret(given: string, expected: string): boolean {
+  const a = Buffer.from(given);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
+}

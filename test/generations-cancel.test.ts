@@ -1,0 +1,164 @@
+import { readFile } from 'node:fs/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import { CancelGenerationDocument } from './gql/graphql.js';
+import { createTestDatabase, databaseKind, type TestDatabase } from './support/db.js';
+import { createProject, expectTypename, signUp } from './support/fixtures.js';
+import {
+  fakeFlutter,
+  firstChunks,
+  GenerationWatch,
+  getGeneration,
+  isAlive,
+  logLineMatching,
+  startAccepted,
+  startGenerationServer,
+  startInstance,
+  tempDir,
+  waitForEnd,
+} from './support/generation-helpers.js';
+import type { GraphQLClient } from './support/server.js';
+
+// Cancelling: a queued generation ends at once, a running one stops within about a
+// second whatever it is doing (streaming the model, running a build), from any instance.
+
+const cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+/** How long from sending cancelGeneration until the generation is seen CANCELLED. */
+async function cancelAndMeasure(client: GraphQLClient, watch: GenerationWatch) {
+  const sent = performance.now();
+  const { cancelGeneration } = await client.expectNoErrors(CancelGenerationDocument, { id: watch.id });
+  // Running: the mutation records the request and returns; the run stops right after.
+  expect(['RUNNING', 'CANCELLED']).toContain(expectTypename(cancelGeneration, 'Generation').status);
+  const end = await watch.finished(10_000);
+  const latencyMs = Math.round(performance.now() - sent);
+  expect(end).toMatchObject({ status: 'CANCELLED', phase: 'DONE', error: null });
+  return latencyMs;
+}
+
+describe(`cancelling a running generation (${databaseKind})`, () => {
+  it('stops the model stream within about a second, keeping what streamed so far', async () => {
+    const flutter = await fakeFlutter('ok');
+    cleanups.push(() => flutter.remove());
+    const server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, OFFLINE_CHUNK_DELAY_MS: '200' });
+    cleanups.push(() => server.stop());
+    const owner = await signUp(server);
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A slow poem app' });
+    const watch = new GenerationWatch(server.url, owner.accessToken, started.id);
+    cleanups.push(() => watch.close());
+    await watch.until((g) => g.phase === 'GENERATING');
+    const seen = await firstChunks(server.url, owner.accessToken, started.id, 2);
+
+    const latencyMs = await cancelAndMeasure(owner.client, watch);
+    console.info(`[cancel figures ${databaseKind}] model phase: cancelGeneration → CANCELLED seen in ${latencyMs} ms`);
+    expect(latencyMs).toBeLessThan(3_000);
+
+    const generation = await getGeneration(owner.client, started.id);
+    // The stream stopped part-way: the file never completed, nothing was written or built.
+    expect(generation.output.startsWith(seen.map((c) => c.text).join(''))).toBe(true);
+    expect(generation.output).not.toContain('</file>');
+    expect(generation.files).toEqual([]);
+    expect(generation.buildSteps).toEqual([]);
+    expect(generation.finishedAt).toBeTruthy();
+  });
+
+  it('kills the build tool and the process it started, and ends CANCELLED', async () => {
+    const flutter = await fakeFlutter('hang');
+    cleanups.push(() => flutter.remove());
+    const server = await startGenerationServer({ FLUTTER_BIN: flutter.bin });
+    cleanups.push(() => server.stop());
+    const owner = await signUp(server);
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A build that never ends' });
+    const watch = new GenerationWatch(server.url, owner.accessToken, started.id);
+    cleanups.push(() => watch.close());
+    await watch.until((g) => g.phase === 'BUILDING');
+    // The fake writes its grandchild's pid before this line.
+    await logLineMatching(server.url, owner.accessToken, started.id, (line) => line.text.startsWith('Waiting for another flutter command'));
+    const grandchild = Number(await readFile(flutter.pidFile, 'utf8'));
+    expect(isAlive(grandchild)).toBe(true);
+    cleanups.push(async () => {
+      if (isAlive(grandchild)) process.kill(grandchild, 'SIGKILL');
+    });
+
+    const latencyMs = await cancelAndMeasure(owner.client, watch);
+    console.info(`[cancel figures ${databaseKind}] build phase (tool ignores SIGTERM): cancelGeneration → CANCELLED seen in ${latencyMs} ms`);
+    // The tool ignores SIGTERM, so the step runner's 2 s grace passes before SIGKILL.
+    expect(latencyMs).toBeLessThan(8_000);
+    expect(isAlive(grandchild)).toBe(false);
+
+    const generation = await getGeneration(owner.client, started.id);
+    expect(generation.buildSteps.map((s) => [s.name, s.status])).toEqual([
+      ['install', 'CANCELLED'],
+      ['analyze', 'CANCELLED'],
+      ['build', 'CANCELLED'],
+    ]);
+    expect(generation.buildLog.map((l) => l.text)).toContain('Waiting for another flutter command to release the startup lock...');
+  });
+});
+
+describe(`cancelling across instances: ROLE=api and ROLE=worker on one database (${databaseKind})`, () => {
+  async function twoInstances(workerEnv: Record<string, string>) {
+    const database: TestDatabase = await createTestDatabase();
+    cleanups.push(() => database.close());
+    const data = await tempDir('instances');
+    cleanups.push(() => data.remove());
+    const flutter = await fakeFlutter('ok');
+    cleanups.push(() => flutter.remove());
+    const api = await startInstance(database, { ROLE: 'api', DATA_DIR: data.path });
+    cleanups.push(() => api.stop());
+    const startWorker = async () => {
+      const worker = await startInstance(database, {
+        ROLE: 'worker',
+        DATA_DIR: data.path,
+        FLUTTER_BIN: flutter.bin,
+        // The lease sets how often the worker looks at the table and heartbeats.
+        GENERATION_LEASE_SECONDS: '2',
+        ...workerEnv,
+      });
+      cleanups.push(() => worker.stop());
+      return worker;
+    };
+    return { api, startWorker };
+  }
+
+  it('never runs a generation cancelled while queued; a worker started later runs the others', async () => {
+    const { api, startWorker } = await twoInstances({});
+    const owner = await signUp(api);
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const cancelled = await startAccepted(owner.client, { projectId: project.id, prompt: 'Cancelled before it ran' });
+    const kept = await startAccepted(owner.client, { projectId: project.id, prompt: 'Run me' });
+    const { cancelGeneration } = await owner.client.expectNoErrors(CancelGenerationDocument, { id: cancelled.id });
+    expect(expectTypename(cancelGeneration, 'Generation').status).toBe('CANCELLED');
+
+    const worker = await startWorker();
+    const done = await waitForEnd(worker, owner.client, owner.accessToken, kept.id);
+    expect(done.status).toBe('SUCCEEDED');
+    const untouched = await getGeneration(owner.client, cancelled.id);
+    expect(untouched).toMatchObject({ status: 'CANCELLED', startedAt: null, output: '', files: [] });
+  });
+
+  it('stops a generation running on the worker instance when the API instance cancels it', async () => {
+    const { api, startWorker } = await twoInstances({ OFFLINE_CHUNK_DELAY_MS: '200' });
+    const worker = await startWorker();
+    const owner = await signUp(api);
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'Cancelled from elsewhere' });
+
+    // Followed on the worker instance, cancelled on the API instance.
+    const watch = new GenerationWatch(worker.url, owner.accessToken, started.id);
+    cleanups.push(() => watch.close());
+    await watch.until((g) => g.phase === 'GENERATING');
+    await firstChunks(worker.url, owner.accessToken, started.id, 2);
+
+    const latencyMs = await cancelAndMeasure(owner.client, watch);
+    console.info(`[cancel figures ${databaseKind}] model phase, other instance: cancelGeneration → CANCELLED seen in ${latencyMs} ms`);
+    expect(latencyMs).toBeLessThan(3_000);
+    expect((await getGeneration(owner.client, started.id)).output).not.toContain('</file>');
+  });
+});

@@ -1,0 +1,190 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  AddProjectMemberDocument,
+  CancelGenerationDocument,
+  ConversationDocument,
+  GenerationDocument,
+  ProjectDocument,
+  RetryGenerationDocument,
+  SetProjectBudgetDocument,
+} from './gql/graphql.js';
+import { databaseKind } from './support/db.js';
+import { createProject, expectTypename, signUp, type TestUser } from './support/fixtures.js';
+import {
+  type FakeFlutter,
+  fakeFlutter,
+  type GenerationServer,
+  getGeneration,
+  startAccepted,
+  startGeneration,
+  startGenerationServer,
+  waitForEnd,
+} from './support/generation-helpers.js';
+
+// Who may start, cancel and retry generations, and the limits on starting them.
+
+describe(`generations with a worker (${databaseKind})`, () => {
+  let flutter: FakeFlutter;
+  let server: GenerationServer;
+  let owner: TestUser;
+
+  beforeAll(async () => {
+    flutter = await fakeFlutter('ok');
+    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin });
+    owner = await signUp(server);
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+    await flutter?.remove();
+  });
+
+  it('lets a viewer read but not start or cancel, and hides the project from a stranger', async () => {
+    const [viewer, editor, stranger] = [await signUp(server), await signUp(server), await signUp(server)];
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    for (const [user, role] of [[viewer, 'VIEWER'], [editor, 'EDITOR']] as const) {
+      const { addProjectMember } = await owner.client.expectNoErrors(AddProjectMemberDocument, {
+        input: { projectId: project.id, email: user.email, role },
+      });
+      expectTypename(addProjectMember, 'ProjectMember');
+    }
+
+    expectTypename(await startGeneration(viewer.client, { projectId: project.id, prompt: 'A clock' }), 'ForbiddenError');
+    const hidden = expectTypename(await startGeneration(stranger.client, { projectId: project.id, prompt: 'A clock' }), 'NotFoundError');
+    expect(hidden.message).not.toMatch(/forbidden|member|permission/i);
+
+    // An editor may; then the viewer can follow it but not stop it, and a stranger sees nothing.
+    const started = await startAccepted(editor.client, { projectId: project.id, prompt: 'A clock' });
+    const { cancelGeneration: byViewer } = await viewer.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
+    expectTypename(byViewer, 'ForbiddenError');
+    const { cancelGeneration: byStranger } = await stranger.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
+    expectTypename(byStranger, 'NotFoundError');
+    const { retryGeneration: retryByStranger } = await stranger.client.expectNoErrors(RetryGenerationDocument, { id: started.id });
+    expectTypename(retryByStranger, 'NotFoundError');
+    expect((await stranger.client.expectNoErrors(GenerationDocument, { id: started.id })).generation).toBeNull();
+
+    const finished = await waitForEnd(server, viewer.client, viewer.accessToken, started.id);
+    expect(finished.status).toBe('SUCCEEDED');
+    expectTypename((await viewer.client.expectNoErrors(RetryGenerationDocument, { id: started.id })).retryGeneration, 'ForbiddenError');
+  });
+
+  it('retries a finished generation as a new one with retryOf, attempt 2, the same prompt and session', async () => {
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const prompt = 'A tip calculator with a slider';
+    const original = await startAccepted(owner.client, { projectId: project.id, prompt });
+    expect((await waitForEnd(server, owner.client, owner.accessToken, original.id)).status).toBe('SUCCEEDED');
+
+    const { retryGeneration } = await owner.client.expectNoErrors(RetryGenerationDocument, { id: original.id });
+    const retry = expectTypename(retryGeneration, 'Generation');
+    expect(retry.id).not.toBe(original.id);
+    expect(retry).toMatchObject({ status: 'QUEUED', attempt: 2, prompt, sessionId: original.sessionId });
+
+    const done = await waitForEnd(server, owner.client, owner.accessToken, retry.id);
+    expect(done).toMatchObject({ status: 'SUCCEEDED', retryOf: { id: original.id }, attempt: 2 });
+    expect((await getGeneration(owner.client, original.id)).status).toBe('SUCCEEDED');
+
+    // Both are listed on the project, newest first.
+    const { project: listed } = await owner.client.expectNoErrors(ProjectDocument, { id: project.id });
+    expect(listed?.generations.edges.map((e) => e.node.id)).toEqual([retry.id, original.id]);
+    // The retry is a turn of the conversation like any other.
+    const { project: talk } = await owner.client.expectNoErrors(ConversationDocument, { projectId: project.id, sessionId: original.sessionId });
+    expect(talk?.conversation.map((m) => [m.role, m.generation?.id])).toEqual([
+      ['USER', original.id],
+      ['MODEL', original.id],
+      ['USER', retry.id],
+      ['MODEL', retry.id],
+    ]);
+  });
+
+  it('refuses to start once the monthly budget is used up, saying how much, and starts again when it is raised', async () => {
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const first = await startAccepted(owner.client, { projectId: project.id, prompt: 'A quiz about capitals' });
+    const done = await waitForEnd(server, owner.client, owner.accessToken, first.id);
+    const used = done.usage.inputTokens + done.usage.outputTokens;
+    expect(used).toBeGreaterThan(0);
+
+    const { setProjectBudget } = await owner.client.expectNoErrors(SetProjectBudgetDocument, {
+      input: { projectId: project.id, monthlyTokenLimit: 10 },
+    });
+    expect(expectTypename(setProjectBudget, 'Project')).toMatchObject({
+      budget: { monthlyTokenLimit: 10 },
+      usage: { inputTokens: done.usage.inputTokens, outputTokens: done.usage.outputTokens, generationCount: 1 },
+    });
+
+    const refused = expectTypename(await startGeneration(owner.client, { projectId: project.id, prompt: 'One more' }), 'BudgetExceededError');
+    expect(refused).toMatchObject({ limit: 10, used });
+    expect(refused.message).toContain(String(used));
+    // A retry is a start too.
+    expectTypename((await owner.client.expectNoErrors(RetryGenerationDocument, { id: first.id })).retryGeneration, 'BudgetExceededError');
+    // Nothing was queued by the refusals.
+    const { project: after } = await owner.client.expectNoErrors(ProjectDocument, { id: project.id });
+    expect(after?.generations.edges).toHaveLength(1);
+
+    await owner.client.expectNoErrors(SetProjectBudgetDocument, { input: { projectId: project.id, monthlyTokenLimit: used + 1_000_000 } });
+    await startAccepted(owner.client, { projectId: project.id, prompt: 'One more' });
+  });
+});
+
+describe(`generations without a worker: ROLE=api (${databaseKind})`, () => {
+  let server: GenerationServer;
+  let owner: TestUser;
+
+  beforeAll(async () => {
+    server = await startGenerationServer({ ROLE: 'api', MAX_ACTIVE_GENERATIONS_PER_USER: '1' });
+    owner = await signUp(server);
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it('ends a QUEUED generation at once when cancelled; it never runs, and cannot be cancelled twice', async () => {
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A flashcard app' });
+    expect(started.status).toBe('QUEUED');
+
+    const { cancelGeneration } = await owner.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
+    expect(expectTypename(cancelGeneration, 'Generation')).toMatchObject({ status: 'CANCELLED', phase: 'DONE', startedAt: null });
+    expect(cancelGeneration).toHaveProperty('finishedAt', expect.any(String));
+
+    const generation = await getGeneration(owner.client, started.id);
+    expect(generation).toMatchObject({ status: 'CANCELLED', output: '', files: [], buildSteps: [], error: null });
+    const { cancelGeneration: again } = await owner.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
+    expect(expectTypename(again, 'InvalidStateError').message).toMatch(/already ended/);
+  });
+
+  it('limits how many generations a user has queued or running, per user', async () => {
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const first = await startAccepted(owner.client, { projectId: project.id, prompt: 'A metronome' });
+    expect(first.status).toBe('QUEUED');
+
+    const limited = expectTypename(await startGeneration(owner.client, { projectId: project.id, prompt: 'A tuner' }), 'RateLimitedError');
+    expect(limited.retryAfterSeconds).toBeGreaterThan(0);
+    expect(limited.message).toMatch(/1 generations queued or running/);
+    // Only a finished generation can be retried.
+    const { retryGeneration } = await owner.client.expectNoErrors(RetryGenerationDocument, { id: first.id });
+    expectTypename(retryGeneration, 'InvalidStateError');
+
+    // Another user is not held back by this one.
+    const other = await signUp(server);
+    const theirs = await createProject(other.client, { target: 'FLUTTER' });
+    await startAccepted(other.client, { projectId: theirs.id, prompt: 'A tuner' });
+
+    // Once the first one ends, the user may start again.
+    await owner.client.expectNoErrors(CancelGenerationDocument, { id: first.id });
+    await startAccepted(owner.client, { projectId: project.id, prompt: 'A tuner' });
+  });
+
+  it('holds the limit when many starts arrive at the same moment', async () => {
+    const user = await signUp(server);
+    const project = await createProject(user.client, { target: 'FLUTTER' });
+    const results = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => startGeneration(user.client, { projectId: project.id, prompt: `Parallel ${i}` })),
+    );
+    const kinds = results.map((r) => r.__typename);
+    expect(kinds.filter((k) => k === 'Generation')).toHaveLength(1);
+    expect(kinds.filter((k) => k === 'RateLimitedError')).toHaveLength(19);
+    const { project: listed } = await user.client.expectNoErrors(ProjectDocument, { id: project.id });
+    expect(listed?.generations.edges).toHaveLength(1);
+  });
+});

@@ -1,0 +1,53 @@
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { GeneratedFileDocument } from './gql/graphql.js';
+import { databaseKind } from './support/db.js';
+import { createProject, signUp, type TestUser } from './support/fixtures.js';
+import { type GenerationServer, rawId, startAccepted, startGenerationServer, waitForEnd } from './support/generation-helpers.js';
+
+// The WEB target for real: the offline app built with the real npm, tsc and vite, as
+// a user of the default setup gets it. It installs from the npm registry (about 20 s);
+// KILN_TEST_SKIP_NETWORK=1 skips it on a machine without one.
+
+describe.skipIf(process.env.KILN_TEST_SKIP_NETWORK === '1')(`the WEB target with the real toolchain (${databaseKind})`, () => {
+  let server: GenerationServer;
+  let owner: TestUser;
+
+  beforeAll(async () => {
+    server = await startGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '0' });
+    owner = await signUp(server);
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it('installs, typechecks and builds the offline app', { timeout: 180_000 }, async () => {
+    const project = await createProject(owner.client, { target: 'WEB' });
+    const prompt = 'A reading list with titles, authors and a "done" checkbox';
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt });
+    const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id, 170_000);
+
+    expect(generation.error).toBeNull();
+    expect(generation.status).toBe('SUCCEEDED');
+    expect(generation.buildSteps.map((s) => [s.name, s.command, s.status, s.exitCode])).toEqual([
+      ['install', 'npm install --no-audit --no-fund', 'SUCCEEDED', 0],
+      ['typecheck', 'npm exec -- tsc --noEmit', 'SUCCEEDED', 0],
+      ['build', 'npm exec -- vite build', 'SUCCEEDED', 0],
+    ]);
+    expect(generation.buildLog.some((l) => l.step === 'build' && /built in/.test(l.text))).toBe(true);
+
+    const { generation: app } = await owner.client.expectNoErrors(GeneratedFileDocument, { id: generation.id, path: 'src/App.tsx' });
+    expect(app?.file?.content).toContain(JSON.stringify(prompt));
+    expect(generation.files.map((f) => f.path)).toEqual(
+      expect.arrayContaining(['index.html', 'package.json', 'src/App.tsx', 'src/main.tsx', 'tsconfig.json']),
+    );
+
+    // The built app is in the workspace, ready to preview.
+    const workspace = join(server.workspacesDir, rawId(project.id), rawId(generation.id));
+    expect(existsSync(join(workspace, 'dist', 'index.html'))).toBe(true);
+    expect(await readFile(join(workspace, 'dist', 'index.html'), 'utf8')).toMatch(/<script type="module"[^>]+src="\/assets\//);
+  });
+});

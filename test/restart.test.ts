@@ -1,0 +1,191 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ConversationDocument, ProjectDocument } from './gql/graphql.js';
+import { createTestDatabase, databaseKind } from './support/db.js';
+import { createProject, graphqlClient, signUp } from './support/fixtures.js';
+import {
+  fakeFlutter,
+  firstChunks,
+  GenerationWatch,
+  type Generation,
+  getGeneration,
+  repoRoot,
+  replayChunks,
+  startAccepted,
+  tempDir,
+  within,
+} from './support/generation-helpers.js';
+import type { GraphQLClient } from './support/server.js';
+
+// Kiln as a real process (`tsx src/main.ts`, what `npm start` runs), killed with
+// SIGKILL while a generation streams, then started again on the same database: the
+// generation ends FAILED/INTERRUPTED instead of staying RUNNING, its retry runs to
+// SUCCEEDED, and what streamed before the kill is still there. About 20 s on an idle
+// machine (each start-up is ~4 s of tsx and, on PGlite, ~7 s of opening and migrating
+// the embedded database); beside the other suites a PGlite start-up has taken 40 s, so
+// the bounds leave room for a busy runner.
+
+interface KilnProcess {
+  url: string;
+  /** From spawn to listening. */
+  startupMs: number;
+  client(token?: string): GraphQLClient;
+  /** SIGKILL to the whole process group (tsx and the node it runs). */
+  kill(): Promise<void>;
+  /** SIGTERM, as an operator stops it; resolves with the exit code. */
+  stop(): Promise<number | null>;
+}
+
+const running = new Set<ChildProcess>();
+const cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const child of running) killGroup(child);
+  running.clear();
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+function killGroup(child: ChildProcess) {
+  try {
+    process.kill(-child.pid!, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+}
+
+async function launch(env: Record<string, string>): Promise<KilnProcess> {
+  const child = spawn(join(repoRoot, 'node_modules/.bin/tsx'), ['src/main.ts'], {
+    cwd: repoRoot,
+    // Its own process group, so a kill reaches tsx's node child too.
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      TMPDIR: process.env.TMPDIR,
+      HOST: '127.0.0.1',
+      PORT: '0',
+      LOG_LEVEL: 'info',
+      ...env,
+    },
+  });
+  running.add(child);
+  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
+  const output: string[] = [];
+  child.stderr!.setEncoding('utf8').on('data', (text: string) => output.push(text));
+  const listening = new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      output.push(line);
+      const url = /Kiln is listening on (\S+)\/graphql/.exec(line)?.[1];
+      if (url) resolve(url);
+    });
+    void exited.then(([code, signal]) => reject(new Error(`Kiln exited (${code ?? signal}) before listening:\n${output.join('\n')}`)));
+  });
+  const launchedAt = performance.now();
+  const url = await within(listening, 60_000, () => `Kiln did not start listening:\n${output.join('\n')}`);
+  const startupMs = Math.round(performance.now() - launchedAt);
+  return {
+    url,
+    startupMs,
+    client: (token) => graphqlClient(url, token),
+    kill: async () => {
+      killGroup(child);
+      await exited;
+      running.delete(child);
+    },
+    stop: async () => {
+      process.kill(child.pid!, 'SIGTERM');
+      const [code] = await within(exited, 15_000, () => `Kiln did not stop on SIGTERM:\n${output.slice(-20).join('\n')}`);
+      running.delete(child);
+      return code;
+    },
+  };
+}
+
+/** The project's generation that retries `id`, once it exists (polled through GraphQL, bounded). */
+async function retryOf(client: GraphQLClient, projectId: string, id: string, timeoutMs = 20_000): Promise<Generation> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const { project } = await client.expectNoErrors(ProjectDocument, { id: projectId });
+    for (const edge of project?.generations.edges ?? []) {
+      if (edge.node.id === id) continue;
+      const generation = await getGeneration(client, edge.node.id);
+      if (generation.retryOf?.id === id) return generation;
+    }
+    if (Date.now() > deadline) throw new Error(`no retry of ${id} appeared within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+describe(`a Kiln process killed mid-generation and started again (${databaseKind})`, () => {
+  it('ends the interrupted generation as FAILED/INTERRUPTED, retries it once to success, and keeps its chunks', { timeout: 150_000 }, async () => {
+    const data = await tempDir('restart');
+    cleanups.push(() => data.remove());
+    const flutter = await fakeFlutter('ok');
+    cleanups.push(() => flutter.remove());
+    const env: Record<string, string> = {
+      DATA_DIR: data.path,
+      FLUTTER_BIN: flutter.bin,
+      OFFLINE_CHUNK_DELAY_MS: '100',
+      GENERATION_LEASE_SECONDS: '2',
+    };
+    if (databaseKind === 'postgres') {
+      // Two processes could share it; here they run one after the other like a restart.
+      const database = await createTestDatabase();
+      cleanups.push(() => database.close());
+      env.DATABASE_URL = database.url!;
+    }
+    const began = performance.now();
+
+    // ---- first life: start a generation and kill the process while it streams
+    const first = await launch(env);
+    const owner = await signUp(first);
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const prompt = 'A packing list for a weekend trip';
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt });
+    await firstChunks(first.url, owner.accessToken, started.id, 3);
+    const before = await getGeneration(owner.client, started.id);
+    expect(before).toMatchObject({ status: 'RUNNING', phase: 'GENERATING' });
+    expect(before.output.length).toBeGreaterThan(0);
+    await first.kill();
+
+    // ---- second life: the same token works, the stuck generation is ended and retried
+    // Faster model this time, so the retry does not take long.
+    const second = await launch({ ...env, OFFLINE_CHUNK_DELAY_MS: '10' });
+    const client = second.client(owner.accessToken);
+    const watch = new GenerationWatch(second.url, owner.accessToken, started.id);
+    cleanups.push(() => watch.close());
+    const ended = await watch.finished(20_000);
+    expect(ended).toMatchObject({ status: 'FAILED', phase: 'DONE', error: { code: 'INTERRUPTED' } });
+    expect(watch.states.map((s) => s.status)).not.toContain('SUCCEEDED');
+
+    const retry = await retryOf(client, project.id, started.id);
+    expect(retry).toMatchObject({ attempt: 2, prompt, sessionId: started.sessionId, retryOf: { id: started.id } });
+    const retryWatch = new GenerationWatch(second.url, owner.accessToken, retry.id);
+    cleanups.push(() => retryWatch.close());
+    expect(await retryWatch.finished(30_000)).toMatchObject({ status: 'SUCCEEDED' });
+    const succeeded = await getGeneration(client, retry.id);
+    expect(succeeded.files.map((f) => f.path)).toContain('lib/main.dart');
+
+    // What streamed before the kill is intact: contiguous seqs from 0, the same text.
+    const interrupted = await getGeneration(client, started.id);
+    const chunks = await replayChunks(second.url, owner.accessToken, started.id);
+    expect(chunks.map((c) => c.seq)).toEqual(chunks.map((_, i) => i));
+    expect(interrupted.output).toBe(chunks.map((c) => c.text).join(''));
+    expect(interrupted.output.startsWith(before.output)).toBe(true);
+    expect(interrupted.output).not.toContain('</file>');
+    expect(interrupted.error?.message).toMatch(/retried/);
+
+    // Exactly one retry, and the session's conversation ends with the retry's answer.
+    const { project: listed } = await client.expectNoErrors(ProjectDocument, { id: project.id });
+    expect(listed?.generations.edges.map((e) => e.node.id).sort()).toEqual([started.id, retry.id].sort());
+    const { project: talk } = await client.expectNoErrors(ConversationDocument, { projectId: project.id, sessionId: started.sessionId });
+    expect(talk?.conversation.at(-1)).toMatchObject({ role: 'MODEL', content: succeeded.output, generation: { id: retry.id } });
+
+    // An operator's SIGTERM stops it cleanly.
+    expect(await second.stop()).toBe(0);
+    console.info(`[restart figures ${databaseKind}] kill, restart, interruption and retry took ${Math.round(performance.now() - began)} ms in all (process start-ups ${first.startupMs} ms and ${second.startupMs} ms)`);
+  });
+});

@@ -1,0 +1,106 @@
+import { randomBytes } from 'node:crypto';
+import postgres from 'postgres';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CancelGenerationDocument } from './gql/graphql.js';
+import { arrivalMoments, followChunks, type KilnProcess, ready, spawnKiln, waitUntil } from './support/cluster.js';
+import { createTestDatabase, type TestDatabase, testDatabaseUrl } from './support/db.js';
+import { createProject, graphqlClient, signUp, type TestUser } from './support/fixtures.js';
+import { type FakeFlutter, fakeFlutter, GenerationWatch, getGeneration, startAccepted, tempDir } from './support/generation-helpers.js';
+import { type PrivateRedis, redisServerBin, startPrivateRedis } from './support/private-services.js';
+
+// EVENTS=redis across processes, and Redis going away and coming back mid-stream: the
+// processes keep running, streams complete without a gap, and events flow live again.
+// The Redis here is a private one on its own port, so restarting it disturbs no one.
+
+const redisUrl = process.env.TEST_REDIS_URL || undefined;
+const skip = !testDatabaseUrl || !redisUrl || !redisServerBin;
+
+describe.skipIf(skip)('scaled out with EVENTS=redis through a Redis restart (set TEST_DATABASE_URL and TEST_REDIS_URL, needs redis-server)', () => {
+  let database: TestDatabase;
+  let redis: PrivateRedis;
+  let flutter: FakeFlutter;
+  let data: { path: string; remove(): Promise<void> };
+  let apiA: KilnProcess;
+  let apiB: KilnProcess;
+  let worker: KilnProcess;
+  let owner: TestUser;
+  let projectId: string;
+  let admin: postgres.Sql;
+
+  beforeAll(async () => {
+    [database, redis, flutter, data] = await Promise.all([createTestDatabase(), startPrivateRedis(), fakeFlutter('ok'), tempDir('scale-redis')]);
+    admin = postgres(database.url!, { max: 1, onnotice: () => {} });
+    const env = {
+      DATABASE_URL: database.url!,
+      QUEUE: 'pgboss',
+      EVENTS: 'redis',
+      REDIS_URL: redis.url,
+      AUTH_JWT_SECRET: randomBytes(48).toString('base64'),
+      FLUTTER_BIN: flutter.bin,
+      GENERATION_LEASE_SECONDS: '3',
+      OFFLINE_CHUNK_DELAY_MS: '100',
+      RATE_LIMIT_GENERATIONS_PER_USER: 'off',
+    };
+    [apiA, apiB, worker] = await Promise.all([
+      spawnKiln('api-A', { ...env, ROLE: 'api', DATA_DIR: `${data.path}/a` }),
+      spawnKiln('api-B', { ...env, ROLE: 'api', DATA_DIR: `${data.path}/b` }),
+      spawnKiln('worker', { ...env, ROLE: 'worker', DATA_DIR: `${data.path}/w` }),
+    ]);
+    owner = await signUp({ client: (token) => graphqlClient(apiA.url, token) });
+    projectId = (await createProject(owner.client, { target: 'FLUTTER' })).id;
+  });
+
+  afterAll(async () => {
+    await Promise.all([apiA, apiB, worker].filter(Boolean).map((p) => p.stop(5_000)));
+    await admin?.end();
+    await Promise.all([database?.close(), redis?.close(), flutter?.remove(), data?.remove()]);
+  });
+
+  it('streams live across processes through Redis', async () => {
+    const started = await startAccepted(graphqlClient(apiB.url, owner.accessToken), { projectId, prompt: 'A flashcards app' });
+    const { chunks } = await followChunks([apiA.url], owner.accessToken, started.id);
+    const generation = await getGeneration(owner.client, started.id);
+    expect(chunks.map((c) => c.seq)).toEqual(chunks.map((_, i) => i));
+    expect(chunks.map((c) => c.text).join('')).toBe(generation.output);
+    expect(arrivalMoments(chunks)).toBeGreaterThan(8);
+  });
+
+  it('keeps every process up and every stream whole while Redis restarts mid-stream; live again after', async () => {
+    const started = await startAccepted(owner.client, { projectId, prompt: 'A tide table' });
+    let restarted: Promise<void> | undefined;
+    const { chunks } = await followChunks([apiA.url, apiB.url], owner.accessToken, started.id, {
+      onChunk: (seen) => {
+        if (seen.length === 5) restarted = redis.stop().then(() => redis.start());
+      },
+    });
+    await restarted;
+    const watch = new GenerationWatch(apiA.url, owner.accessToken, started.id);
+    expect(await watch.finished(60_000).finally(() => watch.close())).toMatchObject({ status: 'SUCCEEDED' });
+    const generation = await getGeneration(owner.client, started.id);
+    expect(chunks.map((c) => c.seq)).toEqual(chunks.map((_, i) => i));
+    expect(chunks.map((c) => c.text).join('')).toBe(generation.output);
+    for (const process_ of [apiA, apiB, worker]) expect(process_.alive).toBe(true);
+    expect((await ready(apiA.url)) && (await ready(apiB.url))).toBe(true);
+
+    // After the reconnect: live streaming and a cancel within about a second.
+    const next = await startAccepted(graphqlClient(apiB.url, owner.accessToken), { projectId, prompt: 'A tide table, again' });
+    const live = await followChunks([apiA.url], owner.accessToken, next.id);
+    expect(arrivalMoments(live.chunks)).toBeGreaterThan(8);
+
+    const doomed = await startAccepted(owner.client, { projectId, prompt: 'Cancel me' });
+    const doomedWatch = new GenerationWatch(apiA.url, owner.accessToken, doomed.id);
+    try {
+      await doomedWatch.until((g) => g.phase === 'GENERATING', 30_000);
+      const sent = performance.now();
+      await owner.client.expectNoErrors(CancelGenerationDocument, { id: doomed.id });
+      expect(await doomedWatch.finished(10_000)).toMatchObject({ status: 'CANCELLED' });
+      expect(performance.now() - sent).toBeLessThan(1_500);
+    } finally {
+      await doomedWatch.close();
+    }
+  });
+
+  it('leaves nothing RUNNING or QUEUED behind', async () => {
+    await waitUntil(async () => (await admin`select 1 from generations where status in ('RUNNING', 'QUEUED')`).length === 0, 30_000, () => 'still active', 200);
+  });
+});

@@ -1,0 +1,91 @@
+import { randomBytes } from 'node:crypto';
+import postgres from 'postgres';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { migrateDatabase } from '../src/db/migrate.js';
+import { openDatabase } from '../src/db/client.js';
+import { arrivalMoments, followChunks, type KilnProcess, ready, spawnKiln, waitUntil } from './support/cluster.js';
+import { testDatabaseUrl } from './support/db.js';
+import { createProject, graphqlClient, signUp, type TestUser } from './support/fixtures.js';
+import { type FakeFlutter, fakeFlutter, GenerationWatch, getGeneration, startAccepted, tempDir } from './support/generation-helpers.js';
+import { type PrivatePostgres, privatePostgresUnavailable, startPrivatePostgres } from './support/private-services.js';
+
+// A PostgreSQL restart under a scaled-out Kiln (QUEUE=pgboss, EVENTS=postgres). The
+// shared server other suites use must not be restarted, so this runs on a private
+// cluster (initdb on a port of its own) and restarts that one.
+
+const skip = !testDatabaseUrl || privatePostgresUnavailable !== undefined;
+const reason = !testDatabaseUrl ? 'set TEST_DATABASE_URL to run' : `skipped: ${privatePostgresUnavailable}`;
+
+describe.skipIf(skip)(`scaled out through a PostgreSQL restart (private cluster; ${reason})`, () => {
+  let pg: PrivatePostgres;
+  let flutter: FakeFlutter;
+  let data: { path: string; remove(): Promise<void> };
+  let api: KilnProcess;
+  let worker: KilnProcess;
+  let owner: TestUser;
+  let projectId: string;
+
+  beforeAll(async () => {
+    [pg, flutter, data] = await Promise.all([startPrivatePostgres(), fakeFlutter('ok'), tempDir('scale-restart')]);
+    const database = await openDatabase({ url: pg.url });
+    await migrateDatabase(database);
+    await database.close();
+    const env = {
+      DATABASE_URL: pg.url,
+      QUEUE: 'pgboss',
+      EVENTS: 'postgres',
+      AUTH_JWT_SECRET: randomBytes(48).toString('base64'),
+      FLUTTER_BIN: flutter.bin,
+      GENERATION_LEASE_SECONDS: '3',
+      OFFLINE_CHUNK_DELAY_MS: '100',
+      RATE_LIMIT_GENERATIONS_PER_USER: 'off',
+    };
+    [api, worker] = await Promise.all([
+      spawnKiln('api', { ...env, ROLE: 'api', DATA_DIR: `${data.path}/api` }),
+      spawnKiln('worker', { ...env, ROLE: 'worker', DATA_DIR: `${data.path}/worker` }),
+    ]);
+    owner = await signUp({ client: (token) => graphqlClient(api.url, token) });
+    projectId = (await createProject(owner.client, { target: 'FLUTTER' })).id;
+  });
+
+  afterAll(async () => {
+    await Promise.all([api, worker].filter(Boolean).map((p) => p.stop(5_000)));
+    await Promise.all([pg?.close(), flutter?.remove(), data?.remove()]);
+  });
+
+  it('keeps both processes up through a restart mid-stream; the stream resumes by seq; jobs and events work after', async () => {
+    const started = await startAccepted(owner.client, { projectId, prompt: 'A bird song quiz' });
+    let restarted: Promise<void> | undefined;
+    const { chunks, resumes } = await followChunks([api.url], owner.accessToken, started.id, {
+      onChunk: (seen) => {
+        if (seen.length === 5) restarted = pg.restart();
+      },
+    });
+    await restarted;
+    expect(api.alive && worker.alive).toBe(true);
+    await waitUntil(() => ready(api.url), 30_000, () => 'the API is not ready again');
+
+    // Whatever the restart did to the run (it may have failed, or been interrupted and
+    // retried), it ended, and the client saw exactly what was persisted, in order.
+    const watch = new GenerationWatch(api.url, owner.accessToken, started.id);
+    const end = await watch.finished(60_000).finally(() => watch.close());
+    const generation = await getGeneration(owner.client, started.id);
+    expect(chunks.map((c) => c.seq)).toEqual(chunks.map((_, i) => i));
+    expect(chunks.map((c) => c.text).join('')).toBe(generation.output);
+    console.info(`[restart figures] PostgreSQL restart mid-stream: the run ended ${end.status}${end.error ? `/${end.error.code}` : ''}, the client resumed ${resumes} times`);
+
+    // After the restart: a job reaches the worker (pg-boss), chunks stream live (LISTEN is back).
+    const next = await startAccepted(owner.client, { projectId, prompt: 'A bird song quiz, again' });
+    const live = await followChunks([api.url], owner.accessToken, next.id);
+    expect(arrivalMoments(live.chunks)).toBeGreaterThan(8);
+    const after = new GenerationWatch(api.url, owner.accessToken, next.id);
+    expect(await after.finished(60_000).finally(() => after.close())).toMatchObject({ status: 'SUCCEEDED' });
+
+    const admin = postgres(pg.url, { max: 1, onnotice: () => {} });
+    try {
+      await waitUntil(async () => (await admin`select 1 from generations where status in ('RUNNING', 'QUEUED')`).length === 0, 30_000, () => 'still active', 200);
+    } finally {
+      await admin.end();
+    }
+  });
+});

@@ -1,0 +1,283 @@
+import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import postgres from 'postgres';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CancelGenerationDocument, GenerationChunksDocument, type GenerationChunksSubscription } from './gql/graphql.js';
+import { type KilnProcess, parentOf, ready, spawnKiln, type SteeredFlutter, steeredFlutter, waitUntil } from './support/cluster.js';
+import { createTestDatabase, type TestDatabase, testDatabaseUrl } from './support/db.js';
+import { createProject, expectTypename, graphqlClient, signUp, type TestUser } from './support/fixtures.js';
+import {
+  GenerationWatch,
+  getGeneration,
+  isAlive,
+  logLineMatching,
+  rawId,
+  startAccepted,
+  subscribe,
+  tempDir,
+  within,
+  wsClient,
+} from './support/generation-helpers.js';
+import type { GraphQLClient } from './support/server.js';
+
+// Scaled out for real: two ROLE=api and two ROLE=worker processes (QUEUE=pgboss,
+// EVENTS=postgres) on one PostgreSQL. Any API serves any subscription, any worker runs
+// any generation, cancel reaches whichever worker runs it, a worker killed with -9 or
+// stopped with SIGTERM loses nothing and leaves nothing running, and the whole cluster
+// rides out its database connections being cut.
+
+type Chunk = GenerationChunksSubscription['generationChunks'];
+
+describe.skipIf(!testDatabaseUrl)('scaled out: 2 API + 2 worker processes, QUEUE=pgboss, EVENTS=postgres (set TEST_DATABASE_URL to run)', () => {
+  let database: TestDatabase;
+  let admin: postgres.Sql;
+  let flutter: SteeredFlutter;
+  let data: { path: string; remove(): Promise<void> };
+  let apiA: KilnProcess;
+  let apiB: KilnProcess;
+  const workers: KilnProcess[] = [];
+  let owner: TestUser;
+  let onB: GraphQLClient;
+  let projectId: string;
+  let env: Record<string, string>;
+  let spawned = 0;
+
+  const spawnWorker = async (extra: Record<string, string> = {}) => {
+    const worker = await spawnKiln(`worker-${++spawned}`, { ...env, ROLE: 'worker', DATA_DIR: `${data.path}/worker-${spawned}`, ...extra });
+    workers.push(worker);
+    return worker;
+  };
+  const liveWorkers = () => workers.filter((w) => w.alive);
+  /** By Relay id or raw uuid. */
+  const uuidOf = (id: string) => (/^[0-9a-f-]{36}$/.test(id) ? id : rawId(id));
+  const statusOf = async (id: string) =>
+    (await admin<{ status: string; error_code: string | null }[]>`select status, error_code from generations where id = ${uuidOf(id)}`)[0];
+  const retryOf = async (id: string) => (await admin<{ id: string }[]>`select id from generations where retry_of = ${uuidOf(id)}`)[0]?.id;
+  const dumpLogs = () => [apiA, apiB, ...workers].map((p) => `--- ${p?.name}\n${p?.logs.slice(-15).join('\n')}`).join('\n');
+
+  /** The worker process whose build wrote this pid file: grandchild → the tool → the worker. */
+  const workerRunning = async (generationId: string) => {
+    const grandchild = Number(await readFile(flutter.pidFileOf(rawId(generationId)), 'utf8'));
+    const tool = await parentOf(grandchild);
+    const workerPid = await parentOf(tool);
+    const worker = workers.find((w) => w.pid === workerPid);
+    if (!worker) throw new Error(`no worker of ours is the grandparent of ${grandchild}`);
+    return { worker, grandchild, tool };
+  };
+  const waitForHangingBuild = (generationId: string) =>
+    logLineMatching(apiA.url, owner.accessToken, generationId, (line) => line.text.startsWith('Waiting for another flutter command'));
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    admin = postgres(database.url!, { max: 1, onnotice: () => {} });
+    flutter = await steeredFlutter();
+    data = await tempDir('scale');
+    env = {
+      DATABASE_URL: database.url!,
+      QUEUE: 'pgboss',
+      EVENTS: 'postgres',
+      AUTH_JWT_SECRET: randomBytes(48).toString('base64'),
+      FLUTTER_BIN: flutter.bin,
+      // One machine: the workers share the workspaces directory, as processes on one host would.
+      WORKSPACES_DIR: `${data.path}/workspaces`,
+      GENERATION_LEASE_SECONDS: '3',
+      OFFLINE_CHUNK_DELAY_MS: '100',
+      MAX_ACTIVE_GENERATIONS_PER_USER: '20',
+      RATE_LIMIT_GENERATIONS_PER_USER: 'off',
+    };
+    [apiA, apiB] = await Promise.all([
+      spawnKiln('api-A', { ...env, ROLE: 'api', DATA_DIR: `${data.path}/api-a` }),
+      spawnKiln('api-B', { ...env, ROLE: 'api', DATA_DIR: `${data.path}/api-b` }),
+    ]);
+    await Promise.all([spawnWorker(), spawnWorker()]);
+    owner = await signUp({ client: (token) => graphqlClient(apiA.url, token) });
+    onB = graphqlClient(apiB.url, owner.accessToken);
+    projectId = (await createProject(owner.client, { target: 'FLUTTER' })).id;
+  });
+
+  afterAll(async () => {
+    await Promise.all([apiA, apiB, ...workers].filter(Boolean).map((p) => p.stop(5_000)));
+    await admin?.end();
+    await database?.close();
+    await flutter?.remove();
+    await data?.remove();
+  });
+
+  it('every process LISTENs on its own connection', async () => {
+    const listeners = await admin`select pid from pg_stat_activity where datname = current_database() and application_name = 'kiln-events-listen'`;
+    expect(listeners).toHaveLength(4);
+  });
+
+  it('streams a generation started on API B to a subscriber on API A live, with no gap, run by either worker', async () => {
+    const started = await startAccepted(onB, { projectId, prompt: 'A recipe book with shopping lists' });
+    const client = wsClient(apiA.url, owner.accessToken);
+    const chunks: Chunk[] = [];
+    const arrivals: number[] = [];
+    try {
+      await within(
+        (async () => {
+          for await (const { generationChunks } of subscribe(client, GenerationChunksDocument, { id: started.id })) {
+            chunks.push(generationChunks);
+            arrivals.push(performance.now());
+          }
+        })(),
+        60_000,
+        () => `the chunks did not complete; got ${chunks.length}\n${dumpLogs()}`,
+      );
+    } finally {
+      await client.dispose();
+    }
+    const watch = new GenerationWatch(apiA.url, owner.accessToken, started.id);
+    expect(await watch.finished(60_000).finally(() => watch.close())).toMatchObject({ status: 'SUCCEEDED' });
+    const generation = await getGeneration(owner.client, started.id);
+    expect(chunks.map((c) => c.seq)).toEqual(chunks.map((_, i) => i));
+    expect(chunks.map((c) => c.text).join('')).toBe(generation.output);
+    // Live, not in bursts read back from the database: the chunks (one per ~100 ms) came
+    // in many separate moments, which only the bus between the processes can do.
+    const moments = arrivals.filter((t, i) => i === 0 || t - arrivals[i - 1]! > 30).length;
+    expect(moments).toBeGreaterThan(8);
+  });
+
+  it('cancels from API A a generation a worker is streaming, within about a second', async () => {
+    const started = await startAccepted(onB, { projectId, prompt: 'A very long story generator' });
+    const watch = new GenerationWatch(apiA.url, owner.accessToken, started.id);
+    try {
+      await watch.until((g) => g.phase === 'GENERATING', 30_000);
+      const sent = performance.now();
+      const { cancelGeneration } = await owner.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
+      expect(['RUNNING', 'CANCELLED']).toContain(expectTypename(cancelGeneration, 'Generation').status);
+      expect(await watch.finished(10_000)).toMatchObject({ status: 'CANCELLED', phase: 'DONE' });
+      const latencyMs = performance.now() - sent;
+      console.info(`[scale figures] cancel on API A → CANCELLED seen on API A, run on another process: ${Math.round(latencyMs)} ms`);
+      expect(latencyMs).toBeLessThan(1_500);
+    } finally {
+      await watch.close();
+    }
+  });
+
+  it('a worker killed with -9 mid-build: the generation ends INTERRUPTED, is retried on the other worker, and its build is killed', async () => {
+    await flutter.setMode('hang');
+    const started = await startAccepted(owner.client, { projectId, prompt: 'A build that hangs' });
+    await waitForHangingBuild(started.id);
+    const { worker: victim, grandchild, tool } = await workerRunning(started.id);
+    expect(isAlive(grandchild)).toBe(true);
+    await flutter.setMode('ok'); // the retry builds normally
+
+    victim.signal('SIGKILL');
+    expect(await victim.exited).toMatchObject({ signal: 'SIGKILL' });
+    // The build's own process group survives its worker…
+    expect(isAlive(grandchild)).toBe(true);
+
+    const watch = new GenerationWatch(apiA.url, owner.accessToken, started.id);
+    const end = await watch.finished(30_000).finally(() => watch.close());
+    expect(end).toMatchObject({ status: 'FAILED', error: { code: 'INTERRUPTED' } });
+    // …until the surviving worker's recovery finds it under an ended generation's workspace.
+    await waitUntil(() => !isAlive(grandchild) && !isAlive(tool), 15_000, () => `the orphaned build (${tool}, ${grandchild}) is still running\n${dumpLogs()}`);
+
+    let retry: string | undefined;
+    await waitUntil(async () => (retry = await retryOf(started.id)) !== undefined, 15_000, () => 'no retry was queued');
+    await waitUntil(async () => (await statusOf(retry!))?.status === 'SUCCEEDED', 60_000, () => `the retry did not succeed\n${dumpLogs()}`, 200);
+    expect(liveWorkers()).toHaveLength(1);
+  });
+
+  it('SIGTERM: the worker takes no new work and lets its running generation finish, then exits', async () => {
+    const [worker] = liveWorkers();
+    const started = await startAccepted(owner.client, { projectId, prompt: 'A habit tracker' });
+    const watch = new GenerationWatch(apiA.url, owner.accessToken, started.id);
+    try {
+      await watch.until((g) => g.phase === 'GENERATING', 30_000);
+      worker!.signal('SIGTERM');
+      // Queued after the signal: the stopping worker must leave it.
+      const later = await startAccepted(owner.client, { projectId, prompt: 'Started while the worker stops' });
+      expect(await watch.finished(30_000)).toMatchObject({ status: 'SUCCEEDED' });
+      expect(await worker!.exited).toEqual({ code: 0, signal: null });
+      expect((await statusOf(later.id))?.status).toBe('QUEUED');
+      // A new worker takes it.
+      await spawnWorker();
+      await waitUntil(async () => (await statusOf(later.id))?.status === 'SUCCEEDED', 60_000, () => `the queued one did not run\n${dumpLogs()}`, 200);
+    } finally {
+      await watch.close();
+    }
+  });
+
+  it('SIGTERM past the grace period: the running generation is handed back and retried on another worker', async () => {
+    // The only worker, with a short grace period, gets a build that never ends.
+    for (const worker of liveWorkers()) await worker.stop();
+    const impatient = await spawnWorker({ WORKER_SHUTDOWN_GRACE_SECONDS: '1' });
+    await flutter.setMode('hang');
+    const started = await startAccepted(owner.client, { projectId, prompt: 'Another hanging build' });
+    await waitForHangingBuild(started.id);
+    const { worker, grandchild } = await workerRunning(started.id);
+    expect(worker).toBe(impatient);
+    await flutter.setMode('ok');
+    await spawnWorker();
+
+    const stopped = performance.now();
+    expect(await impatient.stop()).toEqual({ code: 0, signal: null });
+    // One second of grace plus the build's SIGTERM→SIGKILL grace (2 s): well within the lease.
+    expect(performance.now() - stopped).toBeLessThan(10_000);
+    expect(await statusOf(started.id)).toEqual({ status: 'FAILED', error_code: 'INTERRUPTED' });
+    expect(isAlive(grandchild)).toBe(false);
+    let retry: string | undefined;
+    await waitUntil(async () => (retry = await retryOf(started.id)) !== undefined, 10_000, () => 'no retry was queued');
+    await waitUntil(async () => (await statusOf(retry!))?.status === 'SUCCEEDED', 60_000, () => `the retry did not succeed\n${dumpLogs()}`, 200);
+  });
+
+  it('rides out pg_terminate_backend of every connection: no process dies, readiness returns, streams resume by seq', async () => {
+    const started = await startAccepted(onB, { projectId, prompt: 'A chess clock' });
+    const chunks: Chunk[] = [];
+    let killed = 0;
+    // Read until a few chunks are in, then cut every connection to the database.
+    const follow = async (url: string, afterSeq: number | null) => {
+      const client = wsClient(url, owner.accessToken);
+      try {
+        for await (const { generationChunks } of subscribe(client, GenerationChunksDocument, { id: started.id, afterSeq })) {
+          chunks.push(generationChunks);
+          if (chunks.length === 5) {
+            const terminated = await admin`
+              select pg_terminate_backend(pid) from pg_stat_activity
+              where datname = current_database() and pid <> pg_backend_pid()`;
+            killed = terminated.length;
+          }
+        }
+        return true;
+      } catch {
+        return false; // the stream failed with its database connection: resume
+      } finally {
+        await client.dispose();
+      }
+    };
+    let completed = await follow(apiA.url, null);
+    for (let attempt = 0; !completed && attempt < 10; attempt++) {
+      // A client resumes where it was, on any API instance.
+      completed = await follow(attempt % 2 ? apiA.url : apiB.url, chunks.at(-1)?.seq ?? null);
+    }
+    expect(completed).toBe(true);
+    // Pools, listeners, pg-boss: every process had several.
+    expect(killed).toBeGreaterThan(8);
+    for (const process_ of [apiA, apiB, ...liveWorkers()]) expect(process_.alive).toBe(true);
+    await waitUntil(async () => (await ready(apiA.url)) && (await ready(apiB.url)), 20_000, () => 'not ready again');
+
+    const watch = new GenerationWatch(apiA.url, owner.accessToken, started.id);
+    const end = await watch.finished(60_000).finally(() => watch.close());
+    const generation = await getGeneration(owner.client, started.id);
+    // Whatever the cut did to the run, the client saw exactly what was persisted, once, in order.
+    expect(chunks.map((c) => c.seq)).toEqual(chunks.map((_, i) => i));
+    expect(chunks.map((c) => c.text).join('')).toBe(generation.output);
+    console.info(`[scale figures] the generation running during pg_terminate_backend ended ${end.status}${end.error ? `/${end.error.code}` : ''}`);
+
+    // And the cluster works as before: a new generation streams and succeeds.
+    const next = await startAccepted(onB, { projectId, prompt: 'A metronome' });
+    const after = new GenerationWatch(apiA.url, owner.accessToken, next.id);
+    expect(await after.finished(60_000).finally(() => after.close())).toMatchObject({ status: 'SUCCEEDED' });
+  });
+
+  it('leaves nothing RUNNING or QUEUED behind', async () => {
+    await waitUntil(
+      async () => (await admin`select 1 from generations where status in ('RUNNING', 'QUEUED')`).length === 0,
+      60_000,
+      () => `generations still active\n${dumpLogs()}`,
+      200,
+    );
+  });
+});

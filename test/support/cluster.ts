@@ -1,0 +1,234 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { GenerationChunksDocument, type GenerationChunksSubscription } from '../gql/graphql.js';
+import { repoRoot, subscribe, within, wsClient } from './generation-helpers.js';
+
+// Kiln as real child processes (`node --import tsx src/main.ts`, one process each, so a
+// signal reaches Kiln itself), for the scale-out suites: ROLE=api and ROLE=worker side
+// by side on one database, killed and restarted at will.
+
+export interface KilnProcess {
+  readonly name: string;
+  readonly pid: number;
+  /** Base URL (http://127.0.0.1:port), known once the process listens. */
+  readonly url: string;
+  /** Every line the process wrote (pino JSON), for diagnosing a failure. */
+  readonly logs: string[];
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  readonly alive: boolean;
+  signal(signal: NodeJS.Signals): void;
+  /** SIGTERM and wait for the exit (SIGKILL after `timeoutMs`). */
+  stop(timeoutMs?: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/** The environment every Kiln child gets besides its own settings: nothing of the test runner's. */
+function baseEnv(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const name of ['PATH', 'HOME', 'USER', 'LANG', 'TMPDIR', 'TZ']) {
+    const value = process.env[name];
+    if (value !== undefined) env[name] = value;
+  }
+  return env;
+}
+
+/** Starts Kiln with `env` on a port of its own and resolves once /ready answers 200. */
+export async function spawnKiln(name: string, env: Record<string, string>, timeoutMs = 60_000): Promise<KilnProcess> {
+  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    cwd: repoRoot,
+    env: { ...baseEnv(), HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const logs: string[] = [];
+  let url: string | undefined;
+  let exitedWith: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+  const exited = once(child, 'exit').then(([code, signal]) => (exitedWith = { code: code as number | null, signal: signal as NodeJS.Signals | null }));
+  let listening: () => void = () => {};
+  const listened = new Promise<void>((resolve) => (listening = resolve));
+  const collect = (stream: NodeJS.ReadableStream | null) => {
+    let rest = '';
+    stream?.setEncoding('utf8');
+    stream?.on('data', (text: string) => {
+      const lines = (rest + text).split('\n');
+      rest = lines.pop() ?? '';
+      for (const line of lines) {
+        logs.push(line);
+        const match = /Kiln is listening on (http:\/\/[^/"]+)\/graphql/.exec(line);
+        if (match && !url) {
+          url = match[1];
+          listening();
+        }
+      }
+    });
+  };
+  collect(child.stdout);
+  collect(child.stderr);
+
+  const process_: KilnProcess = {
+    name,
+    pid: child.pid!,
+    get url() {
+      if (!url) throw new Error(`${name} is not listening`);
+      return url;
+    },
+    logs,
+    exited,
+    get alive() {
+      return exitedWith === undefined;
+    },
+    signal: (signal) => void child.kill(signal),
+    stop: async (stopTimeoutMs = 30_000) => {
+      if (exitedWith) return exitedWith;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), stopTimeoutMs);
+      try {
+        return await exited;
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+  };
+
+  const started = Promise.race([
+    listened,
+    exited.then(() => {
+      throw new Error(`${name} exited before listening:\n${logs.slice(-30).join('\n')}`);
+    }),
+    delay(timeoutMs).then(() => {
+      throw new Error(`${name} did not start within ${timeoutMs} ms:\n${logs.slice(-30).join('\n')}`);
+    }),
+  ]);
+  try {
+    await started;
+    await waitUntil(() => ready(url!), timeoutMs, () => `${name} never became ready`);
+  } catch (error) {
+    child.kill('SIGKILL');
+    throw error;
+  }
+  return process_;
+}
+
+/** True when GET /ready answers 200. */
+export async function ready(url: string): Promise<boolean> {
+  try {
+    const response = await fetch(`${url}/ready`, { signal: AbortSignal.timeout(2_000) });
+    return response.status === 200;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Checks `condition` until it holds. For states that only a poll can observe (another
+ * process's readiness, a process's death, a database row); events are awaited directly.
+ */
+export async function waitUntil(condition: () => boolean | Promise<boolean>, timeoutMs: number, message: () => string, everyMs = 50): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`${message()} (after ${timeoutMs} ms)`);
+    await delay(everyMs);
+  }
+}
+
+/** The parent pid of a process, from /proc (Linux). */
+export async function parentOf(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+}
+
+// ------------------------------------------------------------------ a fake flutter to steer
+
+export interface SteeredFlutter {
+  /** Pass as FLUTTER_BIN. */
+  bin: string;
+  /** What the next invocations do: `ok`, or `hang` (ignores SIGTERM, starts a grandchild). */
+  setMode(mode: 'ok' | 'hang'): Promise<void>;
+  /** Where a hanging build of `generationId` writes its grandchild's pid. */
+  pidFileOf(generationId: string): string;
+  remove(): Promise<void>;
+}
+
+/**
+ * A wrapper around test/fixtures/bin/flutter whose mode a file decides, read at each
+ * invocation (the step runner scrubs the environment, and the worker processes are
+ * already running). Pid files are named by the workspace, i.e. by the generation.
+ */
+export async function steeredFlutter(): Promise<SteeredFlutter> {
+  const fixture = fileURLToPath(new URL('../fixtures/bin/flutter', import.meta.url));
+  const dir = await mkdtemp(join(tmpdir(), 'kiln-flutter-steered-'));
+  const bin = join(dir, 'flutter');
+  await writeFile(join(dir, 'mode'), 'ok');
+  await writeFile(
+    bin,
+    [
+      '#!/bin/sh',
+      `dir='${dir}'`,
+      'mode=$(cat "$dir/mode" 2>/dev/null || echo ok)',
+      `FAKE_FLUTTER_MODE="$mode" FAKE_FLUTTER_PIDFILE="$dir/$(basename "$PWD").pid" exec '${fixture}' "$@"`,
+      '',
+    ].join('\n'),
+  );
+  await chmod(bin, 0o755);
+  return {
+    bin,
+    setMode: (mode) => writeFile(join(dir, 'mode'), mode),
+    pidFileOf: (generationId) => join(dir, `${generationId}.pid`),
+    remove: () => rm(dir, { recursive: true, force: true }),
+  };
+}
+
+// ------------------------------------------------------------------ a client that resumes
+
+export type StreamedChunk = GenerationChunksSubscription['generationChunks'] & { at: number };
+
+/**
+ * Follows a generation's chunks as a resilient client does: when the subscription fails
+ * (its server lost the database, say), it subscribes again with the last seq it saw,
+ * on the next API in `urls`. `onChunk` runs after each chunk (e.g. to break something).
+ */
+export async function followChunks(
+  urls: string[],
+  token: string,
+  id: string,
+  options: { onChunk?: (chunks: StreamedChunk[]) => Promise<void> | void; timeoutMs?: number; attempts?: number } = {},
+): Promise<{ chunks: StreamedChunk[]; resumes: number }> {
+  const chunks: StreamedChunk[] = [];
+  let resumes = 0;
+  const once = async (url: string) => {
+    const client = wsClient(url, token);
+    try {
+      const afterSeq = chunks.at(-1)?.seq ?? null;
+      for await (const { generationChunks } of subscribe(client, GenerationChunksDocument, { id, afterSeq })) {
+        chunks.push({ ...generationChunks, at: performance.now() });
+        await options.onChunk?.(chunks);
+      }
+      return true;
+    } catch {
+      return false;
+    } finally {
+      await client.dispose();
+    }
+  };
+  await within(
+    (async () => {
+      for (let attempt = 0; attempt < (options.attempts ?? 20); attempt++) {
+        if (await once(urls[attempt % urls.length]!)) return;
+        resumes++;
+        await delay(250);
+      }
+      throw new Error('the stream never completed');
+    })(),
+    options.timeoutMs ?? 90_000,
+    () => `the chunks did not complete; got ${chunks.length} after ${resumes} resumes`,
+  );
+  return { chunks, resumes };
+}
+
+/** How many separate moments the chunks arrived in: many when live, a few bursts when read back by polling. */
+export function arrivalMoments(chunks: { at: number }[], gapMs = 30): number {
+  return chunks.filter((chunk, i) => i === 0 || chunk.at - chunks[i - 1]!.at > gapMs).length;
+}
