@@ -3,7 +3,7 @@ import type { CodegenConfig } from '@graphql-codegen/cli';
 // Typed documents for the client contract (`npm run codegen`); tests use them.
 const config: CodegenConfig = {
   schema: 'schema/schema.graphql',
-  documents: ['../shared/contract/operations.graphql'],
+  documents: ['contract/operations.graphql'],
   generates: {
     'test/gql/': {
       preset: 'client',

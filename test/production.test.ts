@@ -1,6 +1,4 @@
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { fileURLToPath } from 'node:url';
 import { sql } from 'drizzle-orm';
 import { getIntrospectionQuery } from 'graphql';
 import { type Client, createClient } from 'graphql-ws';
@@ -11,13 +9,13 @@ import { ProjectsDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
 import { createProject, signUp, type TestUser } from './support/fixtures.js';
 import { type CapturedServer, startCapturedServer } from './support/log-capture.js';
+import { startProcess } from './support/process.js';
 import { type TestServer, startTestServer } from './support/server.js';
 
 // Production mode: the schema stays private (no introspection, GraphiQL or "Did you
 // mean" hints unless ALLOW_INTROSPECTION=true), unexpected errors say nothing but a
 // request id, and an unsafe configuration never gets as far as listening.
 
-const repoRoot = fileURLToPath(new URL('..', import.meta.url));
 const strongSecret = () => randomBytes(48).toString('base64');
 const encryptionKey = () => randomBytes(32).toString('base64');
 const production = () => ({ NODE_ENV: 'production', AUTH_JWT_SECRET: strongSecret(), KILN_ENCRYPTION_KEY: encryptionKey() });
@@ -32,28 +30,6 @@ function problemsOf(env: Record<string, string>): string[] {
     throw error;
   }
   return [];
-}
-
-/** `npm start` as an operator runs it (tsx src/main.ts), with only `env` set: its exit code and stderr. */
-export function startProcess(env: Record<string, string>, timeoutMs = 30_000): Promise<{ code: number | null; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
-      cwd: repoRoot,
-      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', PORT: '0', ...env },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let stderr = '';
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`still running after ${timeoutMs} ms; stderr: ${stderr}`));
-    }, timeoutMs);
-    child.once('error', reject);
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stderr });
-    });
-  });
 }
 
 describe('unsafe configurations are refused', () => {
@@ -105,6 +81,17 @@ describe('unsafe configurations are refused', () => {
 
 const hasSuggestion = (text: string) => /did you mean/i.test(text);
 
+/** Misspelt operations that graphql-js answers with a hint: field, argument, enum literal and variable, type, input field. */
+const misspelt: { query: string; variables?: Record<string, unknown> }[] = [
+  { query: '{ viewr { id } }' },
+  { query: '{ viewer { emial } }' },
+  { query: '{ projects(frist: 1) { totalCount } }' },
+  { query: 'mutation { createProject(input: { name: "x", target: WEBB }) { __typename } }' },
+  { query: 'mutation M($t: ProjectTarget!) { createProject(input: { name: "x", target: $t }) { __typename } }', variables: { t: 'WEBB' } },
+  { query: 'query Q($x: Projct) { viewer { id } }' },
+  { query: 'mutation M($i: CreateProjectInput!) { createProject(input: $i) { __typename } }', variables: { i: { name: 'x', targt: 'WEB' } } },
+];
+
 describe(`a production server (${databaseKind})`, () => {
   let server: CapturedServer;
   let user: TestUser;
@@ -153,16 +140,7 @@ describe(`a production server (${databaseKind})`, () => {
   });
 
   it('hints at no field, argument, type or enum value', async () => {
-    const attempts: { query: string; variables?: Record<string, unknown> }[] = [
-      { query: '{ viewr { id } }' },
-      { query: '{ viewer { emial } }' },
-      { query: '{ projects(frist: 1) { totalCount } }' },
-      { query: 'mutation { createProject(input: { name: "x", target: WEBB }) { __typename } }' },
-      { query: 'mutation M($t: ProjectTarget!) { createProject(input: { name: "x", target: $t }) { __typename } }', variables: { t: 'WEBB' } },
-      { query: 'query Q($x: Projct) { viewer { id } }' },
-      { query: 'mutation M($i: CreateProjectInput!) { createProject(input: $i) { __typename } }', variables: { i: { name: 'x', targt: 'WEB' } } },
-    ];
-    for (const attempt of attempts) {
+    for (const attempt of misspelt) {
       const response = await post(attempt);
       expect(response.errors?.length, JSON.stringify(attempt)).toBeGreaterThan(0);
       expect(hasSuggestion(JSON.stringify(response)), JSON.stringify(response)).toBe(false);
@@ -213,7 +191,8 @@ describe(`ALLOW_INTROSPECTION=true in production (${databaseKind})`, () => {
     expect(introspection.data?.__schema).toBeDefined();
     const page = await fetch(`${server.url}/graphql`, { headers: { accept: 'text/html' } });
     expect(await page.text()).toMatch(/graphiql/i);
-    const typo = await (await server.client().post({ query: '{ viewr { id } }' })).text();
-    expect(hasSuggestion(typo)).toBe(true);
+    // Each misspelling the production test sends does get a hint when hints are on.
+    const user = await signUp(server);
+    for (const attempt of misspelt) expect(hasSuggestion(await (await user.client.post(attempt)).text()), attempt.query).toBe(true);
   });
 });

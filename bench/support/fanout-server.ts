@@ -17,11 +17,16 @@ import { createLogger } from '../../src/observability/logger.js';
 
 export type Command =
   | { cmd: 'start' }
-  /** Persist and publish `batches` one-chunk batches, `rate` a second, to Kiln's subscribers or the bare sockets. */
-  | { cmd: 'produce'; target: 'kiln' | 'ws'; generationId: string; firstSeq: number; batches: number; rate: number }
+  /**
+   * Publish `batches` one-chunk batches, `rate` a second, to Kiln's subscribers or the
+   * bare sockets; `persist` writes each chunk to the database first, as the pipeline does.
+   */
+  | { cmd: 'produce'; target: 'kiln' | 'ws'; generationId: string; firstSeq: number; batches: number; rate: number; persist: boolean }
   | { cmd: 'memory' }
   /** This process's `now()`, to compare the two clocks. */
   | { cmd: 'clock' }
+  /** CPU time this process has used (user + system), in microseconds. */
+  | { cmd: 'cpu' }
   | { cmd: 'stop' };
 
 export type Reply =
@@ -29,6 +34,7 @@ export type Reply =
   | { cmd: 'produce'; published: number }
   | { cmd: 'memory'; rss: number; heapUsed: number; external: number; sockets: number }
   | { cmd: 'clock'; now: number }
+  | { cmd: 'cpu'; micros: number }
   | { cmd: 'stop' };
 
 /** Wall-clock milliseconds with sub-millisecond resolution, comparable across processes. */
@@ -64,12 +70,13 @@ async function produce(command: Extract<Command, { cmd: 'produce' }>): Promise<n
     if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
     const seq = command.firstSeq + i;
     if (command.target === 'kiln') {
-      // As the pipeline does it: persisted first, then published.
-      const text = chunkText(now());
-      await db.run((tx) => generationStore.appendChunks(tx, [{ generationId: command.generationId, seq, text }]));
-      const publishedAt = now();
-      // The stamp is the publish time; the row's copy differs only for replays, which do not occur here.
-      kiln.bus.publish('generationChunks', command.generationId, [{ seq, text: chunkText(publishedAt) }]);
+      if (command.persist) {
+        // As the pipeline does it: persisted first, then published. (A replayed row
+        // carries its write time, a little before the publish time: latency errs high.)
+        const text = chunkText(now());
+        await db.run((tx) => generationStore.appendChunks(tx, [{ generationId: command.generationId, seq, text }]));
+      }
+      kiln.bus.publish('generationChunks', command.generationId, [{ seq, text: chunkText(now()) }]);
     } else {
       const frame = JSON.stringify({ id: '1', type: 'next', payload: { data: { generationChunks: { seq, text: chunkText(now()) } } } });
       for (const client of bare.clients) client.send(frame);
@@ -81,6 +88,10 @@ async function produce(command: Extract<Command, { cmd: 'produce' }>): Promise<n
 process.on('message', (command: Command) => {
   void (async () => {
     switch (command.cmd) {
+      case 'cpu': {
+        const { user, system } = process.cpuUsage();
+        return reply({ cmd: 'cpu', micros: user + system });
+      }
       case 'clock':
         return reply({ cmd: 'clock', now: now() });
       case 'start':

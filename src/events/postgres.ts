@@ -257,8 +257,8 @@ export function createPostgresEventTarget(options: PostgresEventTargetOptions): 
     },
     close: async () => {
       clearInterval(timer);
-      // What is waiting goes out first: the last status of a handed-back run, say.
-      await flushing;
+      // What is waiting goes out first (the last status of a handed-back run, say), unless the database is away.
+      await Promise.race([flushing, new Promise((resolve) => setTimeout(resolve, 2_000).unref())]);
       closed = true;
       await connecting;
       await Promise.all([listener?.end({ timeout: 1 }), publisher.end({ timeout: 1 })]);

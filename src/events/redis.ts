@@ -43,7 +43,21 @@ export function createRedisEventBusTarget(options: RedisEventTargetOptions): Red
   for (const client of [publishClient, subscribeClient]) {
     client.on('error', (error: Error) => warn({ err: error }, 'Redis connection problem; retrying'));
   }
-  const target = createRedisEventTarget<CustomEvent>({ publishClient, subscribeClient });
+  // The library fires SUBSCRIBE/UNSUBSCRIBE without awaiting them; one rejected at
+  // shutdown during an outage must not become an unhandled rejection.
+  const quietSubscriber = new Proxy(subscribeClient, {
+    get(client, property) {
+      const value = Reflect.get(client, property) as unknown;
+      if (property === 'subscribe' || property === 'unsubscribe') {
+        return (...channels: string[]) =>
+          (client[property] as (...c: string[]) => Promise<unknown>)(...channels).catch((error: unknown) =>
+            warn({ err: error, channels }, `${property.toUpperCase()} failed`),
+          );
+      }
+      return typeof value === 'function' ? value.bind(client) : value;
+    },
+  });
+  const target = createRedisEventTarget<CustomEvent>({ publishClient, subscribeClient: quietSubscriber });
   const listeners = new LocalListeners();
 
   let readyOnce = false;

@@ -23,6 +23,8 @@ export class BudgetStop extends Error {
 }
 
 export interface BudgetMeter {
+  /** Before the model is asked: throws BudgetStop (nothing spent) when the prompt alone would exceed the budget. */
+  start(): void;
   /** Counts streamed text; throws BudgetStop when the budget would be exceeded. */
   add(text: string): void;
   /** The estimate so far. */
@@ -33,13 +35,15 @@ export function budgetMeter(budget: RunBudget, inputCharacters: number): BudgetM
   const inputTokens = estimateTokens(inputCharacters);
   let outputCharacters = 0;
   const usage = () => ({ inputTokens, outputTokens: estimateTokens(outputCharacters) });
+  const over = (spent: LlmUsage) => budget.limit !== null && budget.usedBefore + spent.inputTokens + spent.outputTokens > budget.limit;
   return {
     usage,
+    start() {
+      if (over(usage())) throw new BudgetStop({ inputTokens: 0, outputTokens: 0 }, budget.limit!);
+    },
     add(text) {
       outputCharacters += text.length;
-      if (budget.limit === null) return;
-      const spent = usage();
-      if (budget.usedBefore + spent.inputTokens + spent.outputTokens > budget.limit) throw new BudgetStop(spent, budget.limit);
+      if (over(usage())) throw new BudgetStop(usage(), budget.limit!);
     },
   };
 }

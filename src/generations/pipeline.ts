@@ -163,7 +163,7 @@ async function generate(deps: PipelineDeps, context: RunContext, signal: AbortSi
   const changes: OutputEvent[] = [];
   let usage: LlmUsage = { inputTokens: 0, outputTokens: 0 };
   const budget = budgetMeter(context.budget, prompt.messages.reduce((sum, m) => sum + m.content.length, prompt.systemPrompt.length));
-  budget.add(''); // the prompt alone may be over budget
+  budget.start(); // the prompt alone may be over what is left
   try {
     for await (const event of deps.llm.stream({ target: project.target, ...prompt, signal, ...(context.apiKey ? { apiKey: context.apiKey } : {}) })) {
       if (event.type === 'usage') {

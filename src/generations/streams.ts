@@ -18,8 +18,9 @@ import { type GenerationRow, generationStore, TERMINAL } from './store.js';
 //
 // Backpressure: the transports pull (graphql-ws awaits each send's callback, Yoga's
 // SSE waits for 'drain'), so a subscriber that does not read keeps its stream
-// suspended at a `yield`. Meanwhile live events go to a small bounded inbox (dropped
-// and re-read from the database when it overflows). Past `maxQueued` live items
+// suspended at a `yield`. Meanwhile live events go to a bounded inbox (references to
+// batches every subscriber shares; the oldest are dropped and re-read from the
+// database when it overflows). Past `maxQueued` live items
 // published while the consumer has not taken one, the stream gives up: it drops its
 // bus subscriptions at once and ends with SlowConsumerError when next pulled.
 
@@ -33,9 +34,8 @@ const PAGE = 200;
 const POLL_MIN_MS = 2000;
 const POLL_MAX_MS = 30_000;
 const LOSSLESS_POLL_MS = 60_000;
-/** Live batches held while the consumer is busy; past this they are dropped and read back. */
-const INBOX_LIMIT = 32;
-const ABORTED = Symbol('aborted');
+/** Live items held while the consumer is busy; past this the oldest are dropped and read back. */
+const INBOX_ITEMS = 1000;
 /** The default of SUBSCRIPTION_BUFFER_LIMIT. */
 export const DEFAULT_MAX_QUEUED = 1000;
 
@@ -69,7 +69,7 @@ export function buildLogs(options: StreamOptions): Promise<AsyncGenerator<LogLin
 /** The current state first, then each change; completes after a terminal state. */
 export async function generationUpdates(options: StreamOptions): Promise<AsyncGenerator<GenerationRow>> {
   const { scope, bus, generationId } = options;
-  const inbox = new Inbox([bus.subscribe('generationUpdated', generationId)]);
+  const inbox = new Inbox([bus.subscribe('generationUpdated', generationId)], { capacity: 32, weight: () => 1 });
   const first = await current(scope, generationId).catch(async (error: unknown) => {
     await inbox.close();
     throw error;
@@ -111,9 +111,11 @@ async function sequenced<T extends { seq: number }>(
 ): Promise<AsyncGenerator<T>> {
   const { scope, bus, generationId } = options;
   // Subscribe before the first read so nothing published meanwhile is missed.
+  const maxQueued = options.maxQueued ?? DEFAULT_MAX_QUEUED;
   const inbox = new Inbox<T[] | StatusEvent>(
     [bus.subscribe(topic, generationId) as AsyncIterable<T[]>, bus.subscribe('generationUpdated', generationId)],
-    { limit: options.maxQueued ?? DEFAULT_MAX_QUEUED, weight: (event) => (Array.isArray(event) ? event.length : 0) },
+    // Batches are shared by every subscriber of the generation: holding them costs a reference each.
+    { capacity: Math.max(maxQueued, INBOX_ITEMS), slowAfter: maxQueued, weight: (event) => (Array.isArray(event) ? event.length : 0) },
   );
   // One transaction authorises (RLS decides whether the generation exists) and reads the first page.
   const afterSeq = options.afterSeq ?? -1;
@@ -134,32 +136,33 @@ async function sequenced<T extends { seq: number }>(
   return cancellable(inbox, options.signal, async function* (signal) {
     let last = afterSeq;
     let over = isOver(initial.generation);
-    // Every item goes out through here: the inbox knows when the consumer is holding one.
-    const hand = async function* (item: T) {
-      if (signal.aborted) throw ABORTED; // unsubscribed while reading the database
-      last = item.seq;
-      inbox.consumerBusy = true;
-      yield item;
-      inbox.took();
-      if (inbox.slow) throw new SlowConsumerError(last);
-    };
-    const fromDatabase = async function* () {
-      for (let page = await read(last); page.length > 0; page = await read(last)) {
-        for (const item of page) yield* hand(item);
-      }
-    };
+    /** Items ready to hand out, in seq order. */
+    let ready: T[] = initial.page;
+    /** Whether the database may have more after `last` (a repair, more pages, or the final drain). */
+    let fromDatabase = initial.page.length === PAGE;
+    const poll = new Backoff(bus);
     try {
-      for (const item of initial.page) yield* hand(item);
-      if (initial.page.length === PAGE) yield* fromDatabase();
-      const poll = new Backoff(bus);
       for (;;) {
-        if (over) {
-          // Everything of this part was persisted before the state moved on.
-          yield* fromDatabase();
-          return;
+        // One item at a time: while the consumer holds one, the inbox counts what queues behind it.
+        for (const item of ready) {
+          if (signal.aborted) return;
+          last = item.seq;
+          inbox.consumerBusy = true;
+          yield item;
+          inbox.took();
+          if (inbox.slow) throw new SlowConsumerError(last);
         }
+        if (fromDatabase) {
+          ready = await read(last);
+          fromDatabase = ready.length === PAGE;
+          continue;
+        }
+        // Everything of this part was persisted before the state moved on, and it has been read.
+        if (over) return;
         const { items, timedOut } = await inbox.wait(poll.next(), signal);
         if (signal.aborted) return;
+        ready = [];
+        let expected = last + 1;
         let repair = inbox.overflowed();
         live: for (const event of items) {
           if (!Array.isArray(event)) {
@@ -167,12 +170,13 @@ async function sequenced<T extends { seq: number }>(
             continue;
           }
           for (const item of event) {
-            if (item.seq <= last) continue;
-            if (item.seq !== last + 1) {
-              repair = true;
+            if (item.seq < expected) continue;
+            if (item.seq > expected) {
+              repair = true; // a gap: the rest comes from the database
               break live;
             }
-            yield* hand(item);
+            ready.push(item);
+            expected += 1;
           }
         }
         if (timedOut) {
@@ -182,10 +186,9 @@ async function sequenced<T extends { seq: number }>(
         } else {
           poll.reset();
         }
-        if (repair && !over) yield* fromDatabase();
+        // Over: after the live items, read once more to the end.
+        fromDatabase = repair || over;
       }
-    } catch (error) {
-      if (error !== ABORTED) throw error;
     } finally {
       await inbox.close();
     }
@@ -256,19 +259,23 @@ class Backoff {
   }
 }
 
-interface InboxLimit<T> {
-  /** Weight (live items) that may arrive while the consumer holds an item. */
-  limit: number;
+interface InboxOptions<T> {
+  /** What one event counts for (live items in it). */
   weight: (event: T) => number;
+  /** Weight held at most; past it the oldest events are dropped (the stream reads them back). */
+  capacity: number;
+  /** Weight that may arrive while the consumer holds one item before the stream is a slow consumer. */
+  slowAfter?: number;
 }
 
 /** Pumps bus subscriptions into a bounded buffer that a stream waits on. */
 class Inbox<T> {
   /** Set by the stream while the consumer holds an item (the transport is sending it). */
   consumerBusy = false;
-  /** The consumer fell more than `limit` behind; the bus subscriptions are closed. */
+  /** The consumer fell more than `slowAfter` behind; the bus subscriptions are closed. */
   slow = false;
   private queued = 0;
+  private held = 0;
   private buffer: T[] = [];
   private dropped = false;
   private closed = false;
@@ -277,29 +284,36 @@ class Inbox<T> {
 
   constructor(
     sources: AsyncIterable<T>[],
-    private readonly limit?: InboxLimit<T>,
+    private readonly options: InboxOptions<T>,
   ) {
     this.iterators = sources.map((source) => source[Symbol.asyncIterator]());
     for (const iterator of this.iterators) void this.pump(iterator);
   }
 
   private async pump(iterator: AsyncIterator<T>) {
+    const { weight, capacity, slowAfter } = this.options;
     for (let next = await iterator.next(); !next.done && !this.closed; next = await iterator.next()) {
-      if (this.limit && this.consumerBusy) {
-        if ((this.queued += this.limit.weight(next.value)) > this.limit.limit) {
-          this.slow = true;
-          this.buffer = [];
-          void this.close();
-          return;
-        }
+      const w = weight(next.value);
+      if (this.consumerBusy && slowAfter !== undefined && (this.queued += w) > slowAfter) {
+        this.slow = true;
+        this.buffer = [];
+        void this.close();
+        return;
       }
-      if (this.buffer.length >= INBOX_LIMIT) {
-        this.buffer.shift();
+      while (this.buffer.length > 0 && this.held + w > capacity) {
+        this.held -= weight(this.buffer.shift()!);
         this.dropped = true;
       }
       this.buffer.push(next.value);
+      this.held += w;
       this.waiter?.();
     }
+  }
+
+  /** The consumer took the item it held: what queued meanwhile no longer counts against it. */
+  took() {
+    this.consumerBusy = false;
+    this.queued = 0;
   }
 
   /** What arrived since the last call; waits up to `timeoutMs` when nothing has. */
@@ -323,13 +337,8 @@ class Inbox<T> {
     }
     const items = this.buffer;
     this.buffer = [];
+    this.held = 0;
     return { items, timedOut };
-  }
-
-  /** The consumer took the item it held: what queued meanwhile no longer counts against it. */
-  took() {
-    this.consumerBusy = false;
-    this.queued = 0;
   }
 
   /** Whether live items were dropped since the last call (read them back from the database). */

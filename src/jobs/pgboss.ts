@@ -42,7 +42,8 @@ export async function createPgBossQueue(options: PgBossQueueOptions): Promise<Jo
     migrate: true,
   });
   boss.on('error', (error: unknown) => log.warn({ err: error }, 'pg-boss reported an error; it keeps retrying'));
-  boss.on('warning', (warning: unknown) => log.debug({ warning }, 'pg-boss warning'));
+  // E.g. listen_notify_unavailable behind a transaction pooler: workers then poll every 2 s.
+  boss.on('warning', (warning: unknown) => log.warn({ warning }, 'pg-boss warning'));
   await boss.start();
   await boss.createQueue(GENERATION_QUEUE, {
     notify: true,

@@ -1,0 +1,78 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+
+// Time from `npm start` (spawned as an operator would) until GET /ready answers 200:
+// first start on a fresh DATA_DIR (PGlite initialised, every migration applied, keys
+// generated) and warm start on the same DATA_DIR (nothing left to migrate).
+// STARTUP_RUNS (3 of each; the median is reported).
+
+const RUNS = Number(process.env.STARTUP_RUNS ?? 3);
+const repoRoot = fileURLToPath(new URL('..', import.meta.url));
+const log = (line: string) => process.stdout.write(`${line}\n`);
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/** Starts Kiln with `npm start`, resolves with the milliseconds until /ready said 200, then stops it. */
+async function timeStart(dataDir: string): Promise<number> {
+  const port = await freePort();
+  const started = performance.now();
+  // Its own process group, so stopping it stops npm, tsx and node together.
+  const child: ChildProcess = spawn('npm', ['start', '--silent'], {
+    cwd: repoRoot,
+    env: { ...process.env, DATA_DIR: dataDir, PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'warn' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+    detached: true,
+  });
+  let stderr = '';
+  child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  let exited = false;
+  const exit = new Promise<void>((resolve) => child.once('exit', () => ((exited = true), resolve())));
+  try {
+    for (;;) {
+      if (exited) throw new Error(`npm start exited before it was ready: ${stderr}`);
+      const ready = await fetch(`http://127.0.0.1:${port}/ready`).then(
+        (response) => response.status === 200,
+        () => false,
+      );
+      if (ready) return performance.now() - started;
+      if (performance.now() - started > 120_000) throw new Error(`not ready after 120 s: ${stderr}`);
+      await delay(10);
+    }
+  } finally {
+    if (!exited) process.kill(-child.pid!, 'SIGTERM');
+    await Promise.race([exit, delay(15_000).then(() => !exited && process.kill(-child.pid!, 'SIGKILL'))]);
+  }
+}
+
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+const format = (values: number[]) => `median ${(median(values) / 1000).toFixed(2)} s   (${values.map((v) => (v / 1000).toFixed(2)).join(', ')})`;
+
+export default async function bench(): Promise<void> {
+  log(`npm start until /ready is 200, embedded PGlite, ${RUNS} runs each`);
+  const first: number[] = [];
+  const warm: number[] = [];
+  const dirs: string[] = [];
+  try {
+    for (let run = 0; run < RUNS; run++) {
+      const dir = await mkdtemp(path.join(tmpdir(), 'kiln-bench-startup-'));
+      dirs.push(dir);
+      first.push(await timeStart(dir));
+      warm.push(await timeStart(dir));
+    }
+  } finally {
+    for (const dir of dirs) await rm(dir, { recursive: true, force: true });
+  }
+  log(`  first start (fresh DATA_DIR, migrations)  ${format(first)}`);
+  log(`  warm start  (same DATA_DIR)                ${format(warm)}`);
+}

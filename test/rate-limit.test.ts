@@ -1,0 +1,197 @@
+import { sql } from 'drizzle-orm';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { memoryRateLimitStore } from '../src/api/rate-limit.js';
+import { RetryGenerationDocument, SignInDocument, SignUpDocument } from './gql/graphql.js';
+import { databaseKind, testDatabaseUrl } from './support/db.js';
+import { createProject, expectTypename, PASSWORD, signUp, uniqueEmail } from './support/fixtures.js';
+import {
+  type FakeFlutter,
+  fakeFlutter,
+  type GenerationServer,
+  startAccepted,
+  startGeneration,
+  startGenerationServer,
+  startInstance,
+  waitForEnd,
+} from './support/generation-helpers.js';
+import type { GraphQLClient } from './support/server.js';
+
+// Rate limits answer RateLimitedError { retryAfterSeconds } once a window's budget of
+// attempts is spent: sign-in and sign-up per client address and per email, starting
+// generations per user. The client address is the socket's unless TRUST_PROXY says
+// which X-Forwarded-For entry to believe.
+
+async function signInAs(client: GraphQLClient, email: string, password: string, headers: Record<string, string> = {}) {
+  const response = await client.post({ query: printSignIn, variables: { email, password } }, headers);
+  return ((await response.json()) as { data: { signIn: { __typename: string; retryAfterSeconds?: number; message?: string } } }).data.signIn;
+}
+const printSignIn = `mutation SignIn($email: String!, $password: String!) {
+  signIn(input: { email: $email, password: $password }) {
+    __typename
+    ... on RateLimitedError { retryAfterSeconds message }
+    ... on Error { message }
+  }
+}`;
+
+describe(`sign-in and sign-up per email (${databaseKind})`, () => {
+  let server: GenerationServer;
+
+  beforeAll(async () => {
+    server = await startGenerationServer({ RATE_LIMIT_AUTH_PER_EMAIL: '3/600' });
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it('stops guessing one account after a few attempts, even with the right password, and says when to come back', async () => {
+    const email = uniqueEmail('victim');
+    await signUp(server, email); // attempt 1 on this email
+    expect((await signInAs(server.client(), email, 'wrong 1')).__typename).toBe('AuthError');
+    expect((await signInAs(server.client(), email.toUpperCase(), 'wrong 2')).__typename).toBe('AuthError');
+    const limited = await signInAs(server.client(), email, PASSWORD);
+    expect(limited.__typename).toBe('RateLimitedError');
+    expect(limited.retryAfterSeconds).toBeGreaterThan(0);
+    expect(limited.retryAfterSeconds).toBeLessThanOrEqual(600);
+    expect(limited.message).not.toMatch(/\d/);
+    // Signing up again with that email counts too.
+    const { signUp: again } = await server.client().expectNoErrors(SignUpDocument, { email, password: PASSWORD });
+    expect(again.__typename).toBe('RateLimitedError');
+  });
+
+});
+
+describe(`sign-in and sign-up per client address (${databaseKind})`, () => {
+  let server: GenerationServer;
+
+  beforeAll(async () => {
+    server = await startGenerationServer({ RATE_LIMIT_AUTH_PER_IP: '4/600' });
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it('limits one client address across emails, and does not believe X-Forwarded-For without TRUST_PROXY', async () => {
+    for (let i = 0; i < 4; i++) {
+      const result = await signInAs(server.client(), uniqueEmail('spray'), 'guess', { 'x-forwarded-for': `203.0.113.${i}` });
+      expect(result.__typename).toBe('AuthError');
+    }
+    const limited = await signInAs(server.client(), uniqueEmail('spray'), 'guess', { 'x-forwarded-for': '198.51.100.7' });
+    expect(limited.__typename).toBe('RateLimitedError');
+    const { signUp: refused } = await server.client().expectNoErrors(SignUpDocument, { email: uniqueEmail(), password: PASSWORD });
+    expect(refused.__typename).toBe('RateLimitedError');
+  });
+});
+
+describe(`behind a trusted proxy (${databaseKind})`, () => {
+  let server: GenerationServer;
+
+  beforeAll(async () => {
+    server = await startGenerationServer({ TRUST_PROXY: 'true', RATE_LIMIT_AUTH_PER_IP: '2/600' });
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it('counts per address the proxy saw (the last X-Forwarded-For entry), not per spoofable first entry', async () => {
+    const from = (chain: string) => ({ 'x-forwarded-for': chain });
+    expect((await signInAs(server.client(), uniqueEmail(), 'x', from('192.0.2.1'))).__typename).toBe('AuthError');
+    expect((await signInAs(server.client(), uniqueEmail(), 'x', from('10.9.9.9, 192.0.2.1'))).__typename).toBe('AuthError');
+    // The client wrote a different first entry; the proxy still saw 192.0.2.1.
+    expect((await signInAs(server.client(), uniqueEmail(), 'x', from('1.1.1.1, 192.0.2.1'))).__typename).toBe('RateLimitedError');
+    // Another client behind the same proxy has its own count.
+    expect((await signInAs(server.client(), uniqueEmail(), 'x', from('192.0.2.2'))).__typename).toBe('AuthError');
+  });
+});
+
+describe(`starting generations (${databaseKind})`, () => {
+  let flutter: FakeFlutter;
+  let server: GenerationServer;
+
+  beforeAll(async () => {
+    flutter = await fakeFlutter('ok');
+    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, RATE_LIMIT_GENERATIONS_PER_USER: '2/600', MAX_ACTIVE_GENERATIONS_PER_USER: '10' });
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+    await flutter?.remove();
+  });
+
+  it('refuses a user a third start (or retry) in the window and leaves other users alone', async () => {
+    const owner = await signUp(server);
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const first = await startAccepted(owner.client, { projectId: project.id, prompt: 'A timer' });
+    await startAccepted(owner.client, { projectId: project.id, prompt: 'A stopwatch' });
+    const limited = expectTypename(await startGeneration(owner.client, { projectId: project.id, prompt: 'A clock' }), 'RateLimitedError');
+    expect(limited.retryAfterSeconds).toBeGreaterThan(0);
+    expect(limited.retryAfterSeconds).toBeLessThanOrEqual(600);
+    await waitForEnd(server, owner.client, owner.accessToken, first.id);
+    expectTypename((await owner.client.expectNoErrors(RetryGenerationDocument, { id: first.id })).retryGeneration, 'RateLimitedError');
+
+    const other = await signUp(server);
+    const theirs = await createProject(other.client, { target: 'FLUTTER' });
+    await startAccepted(other.client, { projectId: theirs.id, prompt: 'A timer' });
+  });
+});
+
+describe.skipIf(!testDatabaseUrl)('limits shared through PostgreSQL', () => {
+  let server: GenerationServer;
+
+  beforeAll(async () => {
+    server = await startGenerationServer({ RATE_LIMIT_AUTH_PER_EMAIL: '3/600' });
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it('counts attempts on every instance of one database together', async () => {
+    const second = await startInstance(server.database, { DATA_DIR: server.dataDir, RATE_LIMIT_AUTH_PER_EMAIL: '3/600' });
+    try {
+      const email = uniqueEmail();
+      const results = [];
+      for (const client of [server.client(), second.client(), server.client(), second.client()]) {
+        results.push((await client.expectNoErrors(SignInDocument, { email, password: 'nope' })).signIn.__typename);
+      }
+      expect(results).toEqual(['AuthError', 'AuthError', 'AuthError', 'RateLimitedError']);
+    } finally {
+      await second.stop();
+    }
+  });
+});
+
+describe(`the counters (${databaseKind})`, () => {
+  it('start afresh in the next window', async () => {
+    let now = Date.UTC(2030, 0, 1, 12, 0, 0);
+    const store = memoryRateLimitStore(() => now);
+    expect((await store.hit('k', 60)).count).toBe(1);
+    now += 10_000;
+    expect(await store.hit('k', 60)).toEqual({ count: 2, resetInSeconds: 50 });
+    expect((await store.hit('other', 60)).count).toBe(1);
+    now += 50_000;
+    expect(await store.hit('k', 60)).toEqual({ count: 1, resetInSeconds: 60 });
+  });
+
+  it('live in a table that requests can neither read nor write', async () => {
+    const server = await startGenerationServer();
+    try {
+      const denied = await server.database.db
+        .transaction(async (tx) => {
+          await tx.execute(sql`set local role authenticated`);
+          await tx.execute(sql`select count(*) from rate_limits`);
+        })
+        .then(
+          () => 'allowed',
+          (error: unknown) => String((error as { cause?: { code?: string } }).cause?.code ?? (error as { code?: string }).code),
+        );
+      expect(denied).toBe('42501');
+      const relrowsecurity = await server.database.db.execute(sql`select relrowsecurity from pg_class where relname = 'rate_limits'`);
+      expect(JSON.stringify(relrowsecurity)).toContain('true');
+    } finally {
+      await server.stop();
+    }
+  });
+});
