@@ -144,8 +144,14 @@ async function resolveParent(tx: Tx, projectId: string, input: StartInput): Prom
     }
     return parent;
   }
-  // A follow-up in a session builds on that session's latest successful generation.
-  if (input.sessionId) return generationStore.latestSucceededOfSession(tx, projectId, input.sessionId);
+  // A follow-up in a session builds on that session's latest successful generation,
+  // so it waits until the one before it has finished rather than lose its files.
+  if (input.sessionId) {
+    if (await generationStore.hasUnfinishedInSession(tx, projectId, input.sessionId)) {
+      throw new InvalidStateError('The previous generation of this session is still running; wait for it or cancel it.');
+    }
+    return generationStore.latestSucceededOfSession(tx, projectId, input.sessionId);
+  }
   return undefined;
 }
 

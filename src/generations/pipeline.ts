@@ -227,6 +227,8 @@ async function build(deps: PipelineDeps, context: RunContext, cwd: string, signa
         env: buildEnv(),
         timeoutMs: stepTimeoutMs,
         signal,
+        // A cancelled build should stop within about a second, even if the tool ignores SIGTERM.
+        killGraceMs: 500,
         onLine: (line) => lines.add(line),
       });
     } finally {
@@ -265,7 +267,7 @@ async function setPhase(deps: PipelineDeps, id: string, phase: 'WRITING' | 'BUIL
 function failureOutcome(error: unknown, signal: AbortSignal, log: Logger): Partial<GenerationRow> & Pick<GenerationRow, 'status'> {
   if (signal.aborted) {
     if (signal.reason === 'cancelled') return { status: 'CANCELLED', errorCode: null, errorMessage: null };
-    return { status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The worker stopped before this generation finished; it was retried.' };
+    return { status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The worker stopped before this generation finished; a retry follows unless it was a retry itself.' };
   }
   if (error instanceof RunFailure) return { status: 'FAILED', errorCode: error.code, errorMessage: error.message };
   if (error instanceof BudgetStop) return { status: 'FAILED', errorCode: 'BUDGET_EXCEEDED', errorMessage: error.message };

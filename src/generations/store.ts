@@ -95,6 +95,15 @@ export const generationStore = {
       .groupBy(generations.projectId);
   },
 
+  async hasUnfinishedInSession(tx: Tx, projectId: string, sessionId: string): Promise<boolean> {
+    const [row] = await tx
+      .select({ id: generations.id })
+      .from(generations)
+      .where(and(eq(generations.projectId, projectId), eq(generations.sessionId, sessionId), inArray(generations.status, ['QUEUED', 'RUNNING'])))
+      .limit(1);
+    return row !== undefined;
+  },
+
   async latestSucceededOfSession(tx: Tx, projectId: string, sessionId: string): Promise<GenerationRow | undefined> {
     const [row] = await tx
       .select()
@@ -164,7 +173,7 @@ export const generationStore = {
         status: 'FAILED',
         phase: 'DONE',
         errorCode: 'INTERRUPTED',
-        errorMessage: 'The worker running this generation stopped; it was retried.',
+        errorMessage: 'The worker running this generation stopped; a retry follows unless it was a retry itself.',
         finishedAt: sql`now()`,
         leaseExpiresAt: null,
       })

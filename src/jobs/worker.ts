@@ -1,4 +1,4 @@
-import type { Db } from '../db/client.js';
+import type { Tx } from '../db/client.js';
 import { serviceScope } from '../db/scope.js';
 import { insertGeneration, type GenerationDeps } from '../generations/generations.js';
 import { type PipelineDeps, runGeneration } from '../generations/pipeline.js';
@@ -71,7 +71,7 @@ export function startWorker(options: WorkerOptions): Worker {
     const stop = new AbortController();
     const done = runGeneration(pipeline, id, stop.signal)
       .then(async (finished) => {
-        if (finished?.errorCode === 'INTERRUPTED') await retryInterrupted(db, options.provider, [finished], queue?.enqueue);
+        if (finished?.errorCode === 'INTERRUPTED') await serviceScope(db).run((tx) => retryInterrupted(tx, options.provider, [finished], queue?.enqueue));
       })
       .catch((error: unknown) => log.error({ err: error, generationId: id }, 'generation run crashed'))
       .finally(() => {
@@ -96,15 +96,20 @@ export function startWorker(options: WorkerOptions): Worker {
     if (!running.has(id)) launch(id);
   };
 
+  // Interrupting and queueing the retry commit together, so a crash between them
+  // cannot leave an interrupted generation without its retry.
   const recover = () =>
     serviceScope(db)
-      .run((tx) => generationStore.interruptLapsed(tx))
-      .then(async (interrupted) => {
+      .run(async (tx) => {
+        const interrupted = await generationStore.interruptLapsed(tx);
+        return { interrupted, retried: await retryInterrupted(tx, options.provider, interrupted, queue?.enqueue) };
+      })
+      .then(async ({ interrupted, retried }) => {
         for (const row of interrupted) {
           pipeline.bus.publish('generationUpdated', row.id, { status: row.status, phase: row.phase });
           log.warn({ generationId: row.id }, 'lease lapsed: generation interrupted');
         }
-        if (await retryInterrupted(db, options.provider, interrupted, queue?.enqueue)) wake();
+        if (retried) wake();
         await reapOrphanBuilds(db, pipeline.workspaces.dir, log);
       })
       .catch((error: unknown) => log.error({ err: error }, 'lease recovery failed'));
@@ -154,28 +159,26 @@ export function startWorker(options: WorkerOptions): Worker {
 
 /** One automatic retry per generation: a new one with `retryOf`, queued at once. */
 async function retryInterrupted(
-  db: Db,
+  tx: Tx,
   provider: GenerationDeps['provider'],
   rows: GenerationRow[],
   enqueue?: GenerationDeps['enqueue'],
 ): Promise<number> {
   const retryable = rows.filter((row) => row.attempt < 2 && row.retryOf === null);
   for (const row of retryable) {
-    await serviceScope(db).run((tx) =>
-      insertGeneration(
-        tx,
-        { provider, maxActivePerUser: Number.POSITIVE_INFINITY, enqueue },
-        {
-          projectId: row.projectId,
-          createdBy: row.createdBy,
-          sessionId: row.sessionId,
-          parentId: row.parentId,
-          prompt: row.prompt,
-          retryOf: row.id,
-          attempt: row.attempt + 1,
-        },
-        { checkLimits: false },
-      ),
+    await insertGeneration(
+      tx,
+      { provider, maxActivePerUser: Number.POSITIVE_INFINITY, enqueue },
+      {
+        projectId: row.projectId,
+        createdBy: row.createdBy,
+        sessionId: row.sessionId,
+        parentId: row.parentId,
+        prompt: row.prompt,
+        retryOf: row.id,
+        attempt: row.attempt + 1,
+      },
+      { checkLimits: false },
     );
   }
   return retryable.length;
