@@ -78,6 +78,7 @@ export function buildApp(services: Services): App {
     auth: services.auth,
     logger: services.logger,
     corsOrigins: config.http.corsOrigins,
+    maxMessageBytes: config.limits.maxBodyBytes,
     ...config.websocket,
   });
 

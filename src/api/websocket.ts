@@ -35,6 +35,8 @@ export interface WebSocketOptions {
   maxSubscriptions: number;
   keepAliveMs: number;
   authRecheckMs: number;
+  /** The largest message a client may send (default 1 MiB); the same limit as an HTTP body. */
+  maxMessageBytes?: number;
 }
 
 export interface WebSocketTransport {
@@ -54,7 +56,7 @@ interface Connection {
 }
 
 /** A graphql-ws message is a document and its variables; nothing legitimate comes near this. */
-const MAX_MESSAGE_BYTES = 1024 * 1024;
+const DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024;
 /** Tokens verified at once by the periodic re-check. */
 const RECHECK_CONCURRENCY = 8;
 /** setTimeout's longest delay. */
@@ -67,7 +69,8 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
 
   const forbid = (socket: WebSocket) => socket.close(CloseCode.Forbidden, 'Forbidden');
 
-  const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_MESSAGE_BYTES });
+  // A bigger message closes the socket with 1009 (ws's own check, before any parsing).
+  const wss = new WebSocketServer({ noServer: true, maxPayload: options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES });
   const onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
     if (request.url?.split('?')[0] !== path) return refuse(socket, 404, 'Not Found');
     if (!originAllowed(request.headers.origin, options.corsOrigins)) return refuse(socket, 403, 'Forbidden');
