@@ -39,13 +39,14 @@ export function buildApp(services: Services): App {
     maxRequestBodySize: config.limits.maxBodyBytes,
     // batching stays off (Yoga's default): a JSON array of operations is refused with 400.
     cors: config.http.corsOrigins.length > 0 ? { origin: config.http.corsOrigins, credentials: true } : false,
-    // useStreamErrors first: it turns expected stream failures into results before masking.
     plugins: [
+      // First, so every later line of an operation carries its name and ids.
       useOperationLog(),
       services.metrics.graphqlPlugin(),
       ...(config.limits.persistedOperations.only ? usePersistedOperationsOnly(loadManifest(config.limits.persistedOperations.manifest!)) : []),
       ...useQueryLimits(config.limits),
       ...(config.exposeSchema ? [] : useSchemaPrivacy()),
+      // useStreamErrors before useRequestIdErrors: it turns expected stream failures into results before masking.
       useStreamErrors(),
       useRequestIdErrors(),
     ],

@@ -98,7 +98,9 @@ export function createMetrics(options: { db?: Db; logger?: Logger; defaultMetric
           log?.warn({ err: error }, 'reading generation counts for /metrics failed');
           return undefined;
         })
-        .finally(() => setTimeout(() => (pending = undefined), 0)));
+        .finally(() => {
+          pending = undefined; // both gauges of this scrape already hold the promise
+        }));
     new Gauge({
       name: 'kiln_generations',
       help: 'Generations in the database by status (read at scrape time).',
@@ -164,9 +166,6 @@ export function createMetrics(options: { db?: Db; logger?: Logger; defaultMetric
             operations.inc({ ...labels, outcome: 'ok' });
             activeSubscriptions.inc({ operation: labels.operation });
             setResult(onceDone(result, () => activeSubscriptions.dec({ operation: labels.operation })));
-          },
-          onSubscribeError() {
-            operations.inc({ ...labels, outcome: 'error' });
           },
         };
       },
