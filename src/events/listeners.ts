@@ -6,6 +6,20 @@ import type { Logger } from '../observability/logger.js';
 export type Callback = (event: CustomEvent) => void;
 export type CallbackOrHandler = Callback | { handleEvent: Callback } | null | undefined;
 
+/** An EventTarget for yoga's createPubSub that reaches other processes, and says how it is doing. */
+export interface CrossProcessEventTarget {
+  addEventListener(topic: string, callback: CallbackOrHandler): void;
+  removeEventListener(topic: string, callback: CallbackOrHandler): void;
+  dispatchEvent(event: Event): boolean;
+  /** Resolves once the connections are ready (or after `timeoutMs`, leaving the retries running). */
+  start(timeoutMs?: number): Promise<void>;
+  /** True while delivery is known to work. */
+  readonly connected: boolean;
+  /** How many times delivery was re-established after the first time. */
+  readonly reconnects: number;
+  close(): Promise<void>;
+}
+
 export class LocalListeners {
   private readonly byTopic = new Map<string, Set<Callback>>();
 

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import postgres from 'postgres';
 import type { Logger } from '../observability/logger.js';
-import { type CallbackOrHandler, LocalListeners, throttledWarn } from './listeners.js';
+import { type CrossProcessEventTarget, LocalListeners, throttledWarn } from './listeners.js';
 
 // EVENTS=postgres: events travel between processes as NOTIFY on one channel, received
 // with LISTEN on a dedicated connection.
@@ -59,18 +59,7 @@ interface Envelope {
   p?: unknown;
 }
 
-export interface PostgresEventTarget {
-  addEventListener(topic: string, callback: CallbackOrHandler): void;
-  removeEventListener(topic: string, callback: CallbackOrHandler): void;
-  dispatchEvent(event: Event): boolean;
-  /** Resolves once LISTEN is in place (or after `timeoutMs`, leaving the retries running). */
-  start(timeoutMs?: number): Promise<void>;
-  /** True while the listener is known to work. */
-  readonly connected: boolean;
-  /** How many times the listener was re-established after the first time. */
-  readonly reconnects: number;
-  close(): Promise<void>;
-}
+export type PostgresEventTarget = CrossProcessEventTarget;
 
 export function createPostgresEventTarget(options: PostgresEventTargetOptions): PostgresEventTarget {
   const log = options.logger.child({ source: 'PostgresEvents' });

@@ -2,7 +2,7 @@ import { once } from 'node:events';
 import { createRedisEventTarget } from '@graphql-yoga/redis-event-target';
 import { Redis } from 'ioredis';
 import type { Logger } from '../observability/logger.js';
-import { type CallbackOrHandler, LocalListeners, throttledWarn } from './listeners.js';
+import { type CrossProcessEventTarget, LocalListeners, throttledWarn } from './listeners.js';
 
 // EVENTS=redis: @graphql-yoga/redis-event-target over two ioredis clients (a
 // subscriber connection cannot publish). Each topic (`routingKey:id`) is a Redis
@@ -21,16 +21,7 @@ export interface RedisEventTargetOptions {
   resync?(topic: string): Promise<unknown>;
 }
 
-export interface RedisEventTarget {
-  addEventListener(topic: string, callback: CallbackOrHandler): void;
-  removeEventListener(topic: string, callback: CallbackOrHandler): void;
-  dispatchEvent(event: Event): boolean;
-  /** Resolves once both connections are ready (or after `timeoutMs`, leaving ioredis retrying). */
-  start(timeoutMs?: number): Promise<void>;
-  readonly connected: boolean;
-  readonly reconnects: number;
-  close(): Promise<void>;
-}
+export type RedisEventTarget = CrossProcessEventTarget;
 
 export function createRedisEventBusTarget(options: RedisEventTargetOptions): RedisEventTarget {
   const log = options.logger.child({ source: 'RedisEvents' });
