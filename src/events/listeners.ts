@@ -54,6 +54,19 @@ export class LocalListeners {
   }
 
   /** Hands `detail` to every callback of `topic`; one failing callback does not stop the others. */
+  /** After a reconnect: hands each subscribed topic what `resync` read from the database. */
+  async resync(resync: ((topic: string) => Promise<unknown>) | undefined, log: Logger, warn: ReturnType<typeof throttledWarn>) {
+    if (!resync) return;
+    for (const topic of this.topics()) {
+      try {
+        const detail = await resync(topic);
+        if (detail !== undefined) this.deliver(topic, detail, log);
+      } catch (error) {
+        warn({ err: error, topic }, 'catching up after a reconnect failed');
+      }
+    }
+  }
+
   deliver(topic: string, detail: unknown, log: Logger): void {
     const callbacks = this.byTopic.get(topic);
     if (!callbacks) return;

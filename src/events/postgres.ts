@@ -160,17 +160,7 @@ export function createPostgresEventTarget(options: PostgresEventTargetOptions): 
     everConnected = true;
   };
 
-  const resyncAll = async () => {
-    if (!options.resync) return;
-    for (const topic of listeners.topics()) {
-      try {
-        const detail = await options.resync(topic);
-        if (detail !== undefined) listeners.deliver(topic, detail, log);
-      } catch (error) {
-        warn({ err: error, topic }, 'catching up after a reconnect failed');
-      }
-    }
-  };
+  const resyncAll = () => listeners.resync(options.resync, log, warn);
 
   const connect = (): Promise<boolean> =>
     (connecting ??= (async () => {

@@ -63,17 +63,7 @@ export function createRedisEventBusTarget(options: RedisEventTargetOptions): Red
     void resyncAll();
   });
 
-  const resyncAll = async () => {
-    if (!options.resync) return;
-    for (const topic of listeners.topics()) {
-      try {
-        const detail = await options.resync(topic);
-        if (detail !== undefined) listeners.deliver(topic, detail, log);
-      } catch (error) {
-        warn({ err: error, topic }, 'catching up after a reconnect failed');
-      }
-    }
-  };
+  const resyncAll = () => listeners.resync(options.resync, log, warn);
 
   return {
     addEventListener: (topic, callback) => {
