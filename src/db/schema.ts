@@ -2,6 +2,7 @@ import { sql } from 'drizzle-orm';
 import {
   bigint,
   check,
+  customType,
   index,
   integer,
   pgEnum,
@@ -22,11 +23,17 @@ import { anonRole, authenticatedRole, authUid } from 'drizzle-orm/supabase';
 export const projectTarget = pgEnum('project_target', ['FLUTTER', 'WEB']);
 export const projectRole = pgEnum('project_role', ['owner', 'editor', 'viewer']);
 export const generationStatus = pgEnum('generation_status', ['QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED']);
-export const generationPhase = pgEnum('generation_phase', ['QUEUED', 'GENERATING', 'WRITING', 'BUILDING', 'DONE']);
+export const generationPhase = pgEnum('generation_phase', ['QUEUED', 'GENERATING', 'WRITING', 'BUILDING', 'FIXING', 'DONE']);
 export const buildStepStatus = pgEnum('build_step_status', ['PENDING', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED', 'SKIPPED']);
 export const projectSecretName = pgEnum('project_secret_name', ['GEMINI_API_KEY', 'OPENAI_API_KEY']);
 export const messageRole = pgEnum('message_role', ['USER', 'MODEL']);
 export const logStream = pgEnum('log_stream', ['STDOUT', 'STDERR']);
+export const diagnosticSeverity = pgEnum('diagnostic_severity', ['ERROR', 'WARNING', 'INFO']);
+export const fixRoundStatus = pgEnum('fix_round_status', ['RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED']);
+/** SOURCE: the generation's files (Generation.files); BUNDLE: the web bundle its build produced. */
+export const artifactKind = pgEnum('artifact_kind', ['SOURCE', 'BUNDLE']);
+
+const bytea = customType<{ data: Buffer; driverData: Buffer }>({ dataType: () => 'bytea' });
 
 export const generationErrorCodes = [
   'LLM_ERROR', 'BUILD_FAILED', 'TIMEOUT', 'UNSAFE_OUTPUT', 'INVALID_OUTPUT', 'INTERRUPTED', 'TOOLCHAIN_MISSING', 'BUDGET_EXCEEDED', 'INTERNAL',
@@ -133,6 +140,10 @@ export const generations = pgTable(
     sessionId: uuid('session_id').notNull(),
     parentId: uuid('parent_id').references((): any => generations.id),
     retryOf: uuid('retry_of').references((): any => generations.id),
+    /** A restore: this generation's files are exactly those of `restored_from`, built again with no LLM call. */
+    restoredFrom: uuid('restored_from').references((): any => generations.id),
+    /** Self-healing rounds this run may take, resolved at start (AUTO_FIX_MAX_ROUNDS when the client gave none). */
+    maxFixRounds: integer('max_fix_rounds').notNull().default(0),
     prompt: text('prompt').notNull(),
     status: generationStatus('status').notNull().default('QUEUED'),
     phase: generationPhase('phase').notNull().default('QUEUED'),
@@ -154,11 +165,13 @@ export const generations = pgTable(
     index('generations_created_by_idx').on(t.createdBy),
     index('generations_parent_id_idx').on(t.parentId),
     index('generations_retry_of_idx').on(t.retryOf),
+    index('generations_restored_from_idx').on(t.restoredFrom),
     index('generations_session_idx').on(t.projectId, t.sessionId),
     index('generations_active_idx').on(t.status).where(sql`${t.status} in ('QUEUED', 'RUNNING')`),
     check('generations_prompt_length', sql`char_length(${t.prompt}) between 1 and 20000`),
     check('generations_tokens_positive', sql`${t.inputTokens} >= 0 and ${t.outputTokens} >= 0`),
     check('generations_attempt_range', sql`${t.attempt} between 1 and 100`),
+    check('generations_max_fix_rounds_range', sql`${t.maxFixRounds} between 0 and 5`),
     check(
       'generations_error_code',
       sql`${t.errorCode} in ('LLM_ERROR', 'BUILD_FAILED', 'TIMEOUT', 'UNSAFE_OUTPUT', 'INVALID_OUTPUT', 'INTERRUPTED', 'TOOLCHAIN_MISSING', 'BUDGET_EXCEEDED', 'INTERNAL')`,
@@ -174,12 +187,14 @@ export const generations = pgTable(
 ).enableRLS();
 
 const generationId = () => uuid('generation_id').notNull().references(() => generations.id, { onDelete: 'cascade' });
+const round = () => integer('round').notNull().default(0);
 const memberReads = (table: string, t: { generationId: unknown }) =>
   pgPolicy(`${table}_select_member`, { for: 'select', to: authenticatedRole, using: canReadGeneration(t.generationId) });
 
 export const generationChunks = pgTable(
   'generation_chunks',
-  { generationId: generationId(), seq: integer('seq').notNull(), text: text('text').notNull() },
+  // round: 0 for the first answer, N for fix round N.
+  { generationId: generationId(), seq: integer('seq').notNull(), text: text('text').notNull(), round: round() },
   (t) => [primaryKey({ columns: [t.generationId, t.seq] }), memberReads('generation_chunks', t)],
 ).enableRLS();
 
@@ -192,6 +207,8 @@ export const buildSteps = pgTable(
     command: text('command').notNull(),
     status: buildStepStatus('status').notNull().default('PENDING'),
     exitCode: integer('exit_code'),
+    // Ordinals go on across rounds: a fix round's build steps follow the previous round's.
+    round: round(),
     startedAt: timestamp('started_at', { withTimezone: true }),
     finishedAt: timestamp('finished_at', { withTimezone: true }),
   },
@@ -206,6 +223,7 @@ export const buildLogLines = pgTable(
     step: text('step').notNull(),
     stream: logStream('stream').notNull(),
     text: text('text').notNull(),
+    round: round(),
     createdAt: createdAt(),
   },
   (t) => [primaryKey({ columns: [t.generationId, t.seq] }), memberReads('build_log_lines', t)],
@@ -221,6 +239,68 @@ export const generationFiles = pgTable(
     sha256: text('sha256').notNull(),
   },
   (t) => [primaryKey({ columns: [t.generationId, t.path] }), memberReads('generation_files', t)],
+).enableRLS();
+
+/** What a build tool reported, parsed per round (src/toolchain/diagnostics.ts). */
+export const generationDiagnostics = pgTable(
+  'generation_diagnostics',
+  {
+    generationId: generationId(),
+    round: round(),
+    ordinal: integer('ordinal').notNull(),
+    tool: text('tool').notNull(),
+    severity: diagnosticSeverity('severity').notNull(),
+    path: text('path'),
+    line: integer('line'),
+    column: integer('column'),
+    code: text('code'),
+    message: text('message').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.generationId, t.round, t.ordinal] }), memberReads('generation_diagnostics', t)],
+).enableRLS();
+
+/** Self-healing rounds (1…max_fix_rounds) of a generation, with their own usage. */
+export const fixRounds = pgTable(
+  'fix_rounds',
+  {
+    generationId: generationId(),
+    round: integer('round').notNull(),
+    status: fixRoundStatus('status').notNull().default('RUNNING'),
+    inputTokens: integer('input_tokens').notNull().default(0),
+    outputTokens: integer('output_tokens').notNull().default(0),
+    startedAt: timestamp('started_at', { withTimezone: true, precision: 3 }).notNull().defaultNow(),
+    finishedAt: timestamp('finished_at', { withTimezone: true, precision: 3 }),
+  },
+  (t) => [primaryKey({ columns: [t.generationId, t.round] }), check('fix_rounds_round_range', sql`${t.round} between 1 and 5`), memberReads('fix_rounds', t)],
+).enableRLS();
+
+/** Which content-addressed blobs make up a generation's sources and web bundle (src/artifacts/). */
+export const generationArtifacts = pgTable(
+  'generation_artifacts',
+  {
+    generationId: generationId(),
+    kind: artifactKind('kind').notNull(),
+    path: text('path').notNull(),
+    sha256: text('sha256').notNull(),
+    size: bigint('size', { mode: 'number' }).notNull(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.generationId, t.kind, t.path] }),
+    index('generation_artifacts_sha256_idx').on(t.sha256),
+    memberReads('generation_artifacts', t),
+  ],
+).enableRLS();
+
+/** Blob bytes when the artefact store is the database (ARTIFACT_STORE=postgres); keyed by sha256, shared across generations. */
+export const artifactBlobs = pgTable(
+  'artifact_blobs',
+  {
+    sha256: text('sha256').primaryKey(),
+    size: bigint('size', { mode: 'number' }).notNull(),
+    content: bytea('content').notNull(),
+    createdAt: createdAt(),
+  },
+  () => [serverOnly('artifact_blobs')],
 ).enableRLS();
 
 export const conversationMessages = pgTable(

@@ -1,5 +1,6 @@
 import { setMaxListeners } from 'node:events';
 import { createPubSub, type PubSub } from 'graphql-yoga';
+import type { GenerationPhase, GenerationStatus } from '../generations/status.js';
 
 // Typed topics with labelled tuples (STYLE 9). The pipeline publishes only what it
 // has already persisted, so a subscriber can always repair from the database.
@@ -17,8 +18,8 @@ export interface LogLineEvent {
 }
 
 export interface StatusEvent {
-  status: 'QUEUED' | 'RUNNING' | 'SUCCEEDED' | 'FAILED' | 'CANCELLED';
-  phase: 'QUEUED' | 'GENERATING' | 'WRITING' | 'BUILDING' | 'DONE';
+  status: GenerationStatus;
+  phase: GenerationPhase;
 }
 
 export type GenerationTopics = {

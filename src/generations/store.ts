@@ -181,7 +181,7 @@ export const generationStore = {
       .returning();
   },
 
-  async appendChunks(tx: Tx, rows: ChunkRow[]) {
+  async appendChunks(tx: Tx, rows: (typeof generationChunks.$inferInsert)[]) {
     if (rows.length > 0) await tx.insert(generationChunks).values(rows);
   },
 

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { BudgetExceededError, NotFoundError } from '../../errors.js';
 import { cancelGeneration, generationPrompt, retryGeneration, startGeneration } from '../../generations/generations.js';
 import { generationReads } from '../../generations/reads.js';
+import { GENERATION_PHASES, GENERATION_STATUSES } from '../../generations/status.js';
 import type { BuildStepRow, GenerationRow, MessageRow } from '../../generations/store.js';
 import { buildLogs, generationChunks, generationUpdates } from '../../generations/streams.js';
 import { monthlyTokenLimit, setProjectBudget } from '../../projects/projects.js';
@@ -10,12 +11,8 @@ import { decodeId, parseId } from './ids.js';
 import { connection, pageSize, parseCursor } from './paging.js';
 import { ProjectRef } from './projects.js';
 
-const GenerationStatusEnum = builder.enumType('GenerationStatus', {
-  values: ['QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED'] as const,
-});
-const GenerationPhaseEnum = builder.enumType('GenerationPhase', {
-  values: ['QUEUED', 'GENERATING', 'WRITING', 'BUILDING', 'DONE'] as const,
-});
+const GenerationStatusEnum = builder.enumType('GenerationStatus', { values: GENERATION_STATUSES });
+const GenerationPhaseEnum = builder.enumType('GenerationPhase', { values: GENERATION_PHASES });
 const BuildStepStatusEnum = builder.enumType('BuildStepStatus', {
   values: ['PENDING', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED', 'SKIPPED'] as const,
 });
