@@ -27,12 +27,14 @@ const environment = z.object({
   DATA_DIR: z.string().default('./.kiln'),
   DATABASE_URL: optional,
   MIGRATE_ON_START: z.enum(['true', 'false']).default('true'),
+  DATABASE_POOL_MAX: int(10, 1),
   AUTH_PROVIDER: z.enum(['local', 'supabase']).default('local'),
   SUPABASE_URL: optional,
   SUPABASE_ANON_KEY: optional,
   SUPABASE_SERVICE_ROLE_KEY: optional,
   SUPABASE_JWT_SECRET: optional,
   ACCESS_TOKEN_TTL_SECONDS: int(3600, 1),
+  SESSION_MAX_AGE_SECONDS: int(2_592_000, 1),
   AUTH_JWT_SECRET: optional,
   KILN_ENCRYPTION_KEY: optional,
   LLM_PROVIDER: z.enum(['offline', 'gemini', 'openai']).default('offline'),
@@ -43,11 +45,23 @@ const environment = z.object({
   OPENAI_API_KEY: optional,
   OPENAI_MODEL: optional,
   OFFLINE_CHUNK_DELAY_MS: int(15),
+  // self-healing builds and an LLM run that needs no babysitting
+  AUTO_FIX_MAX_ROUNDS: z.coerce.number().int().min(0).max(5).default(2),
+  LLM_MAX_CONTINUATIONS: int(2),
+  LLM_RETRY_MAX_ATTEMPTS: int(3, 1),
+  LLM_RETRY_MAX_WAIT_SECONDS: int(60, 0),
   WORKSPACES_DIR: optional,
   WORKSPACES_KEEP_PER_PROJECT: int(20, 1),
   FLUTTER_BIN: z.string().default('flutter'),
   NPM_BIN: z.string().default('npm'),
   BUILD_STEP_TIMEOUT_SECONDS: int(600, 1),
+  // the build sandbox (issue 9): unset means bwrap where it works
+  BUILD_SANDBOX: optional.pipe(z.enum(['bwrap', 'none']).optional()),
+  ALLOW_UNSANDBOXED_BUILDS: flag,
+  BUILD_MEMORY_MB: int(4096, 64),
+  BUILD_MAX_PROCESSES: int(512, 16),
+  BUILD_MAX_WORKSPACE_MB: int(4096, 16),
+  BUILD_TMP_MB: int(512, 16),
   GENERATION_LEASE_SECONDS: int(30, 2),
   WORKER_CONCURRENCY: int(2, 1),
   MAX_ACTIVE_GENERATIONS_PER_USER: int(3, 1),
@@ -65,6 +79,8 @@ const environment = z.object({
   WS_KEEPALIVE_MS: int(12_000, 0),
   WS_AUTH_RECHECK_MS: int(5000, 100),
   SUBSCRIPTION_BUFFER_LIMIT: int(1000, 1),
+  STREAM_ACCESS_RECHECK_MS: int(2000, 50),
+  LIVE_STREAMS_PER_USER: int(100, 1),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   // hardening: request limits, production mode, rate limits, metrics
   MAX_REQUEST_BODY_BYTES: int(1_048_576, 1024),
@@ -80,7 +96,14 @@ const environment = z.object({
   RATE_LIMIT_AUTH_PER_IP: rate('100/600'),
   RATE_LIMIT_AUTH_PER_EMAIL: rate('10/600'),
   RATE_LIMIT_GENERATIONS_PER_USER: rate('30/600'),
+  RATE_LIMIT_MEMBERS_PER_USER: rate('60/60'),
   METRICS_TOKEN: optional,
+  // outputs (src/artifacts/): the artefact store, signed preview and archive URLs
+  ARTIFACT_STORE: z.enum(['fs', 'postgres', 'supabase']).optional(),
+  ARTIFACT_BUCKET: z.string().trim().min(1).default('kiln-artifacts'),
+  SIGNED_URL_TTL_SECONDS: int(3600, 1),
+  PUBLIC_URL: optional,
+  PREVIEW_ORIGIN: optional,
 });
 
 export type Environment = Record<string, string | undefined>;
@@ -108,6 +131,7 @@ export function parseConfig(env: Record<string, string | undefined>) {
     problems.push('AUTH_JWT_SECRET is too weak: use at least 32 random characters (e.g. `openssl rand -base64 48`), not a word or a repeated pattern');
   }
   problems.push(...unsafeInProduction(e));
+  problems.push(...outputProblems(e));
   const encryptionKey = e.KILN_ENCRYPTION_KEY === undefined ? undefined : decodeKey(e.KILN_ENCRYPTION_KEY);
   if (encryptionKey === null) {
     problems.push('KILN_ENCRYPTION_KEY must be 32 random bytes, as 64 hex characters or base64 (e.g. `openssl rand -base64 32`)');
@@ -124,12 +148,20 @@ export function parseConfig(env: Record<string, string | undefined>) {
       keepAliveMs: e.WS_KEEPALIVE_MS,
       authRecheckMs: e.WS_AUTH_RECHECK_MS,
     },
-    subscriptions: { bufferLimit: e.SUBSCRIPTION_BUFFER_LIMIT },
+    subscriptions: {
+      bufferLimit: e.SUBSCRIPTION_BUFFER_LIMIT,
+      /** How often every live stream's token and membership are checked again. */
+      accessRecheckMs: e.STREAM_ACCESS_RECHECK_MS,
+      /** SSE streams plus WebSocket connections one user may hold open. */
+      maxLivePerUser: e.LIVE_STREAMS_PER_USER,
+    },
     dataDir,
-    database: { url: e.DATABASE_URL, migrateOnStart: e.MIGRATE_ON_START === 'true' },
+    database: { url: e.DATABASE_URL, migrateOnStart: e.MIGRATE_ON_START === 'true', poolMax: e.DATABASE_POOL_MAX },
     auth: {
       provider: e.AUTH_PROVIDER,
       accessTokenTtlSeconds: e.ACCESS_TOKEN_TTL_SECONDS,
+      /** A local session ends this long after sign-in, however often it is refreshed. */
+      sessionMaxAgeSeconds: e.SESSION_MAX_AGE_SECONDS,
       jwtSecret: e.AUTH_JWT_SECRET,
       supabase: {
         url: e.SUPABASE_URL,
@@ -145,6 +177,10 @@ export function parseConfig(env: Record<string, string | undefined>) {
       gemini: { apiKey: e.GEMINI_API_KEY, model: e.GEMINI_MODEL, baseUrl: e.GEMINI_BASE_URL },
       openai: { baseUrl: e.OPENAI_BASE_URL, apiKey: e.OPENAI_API_KEY, model: e.OPENAI_MODEL },
       offlineChunkDelayMs: e.OFFLINE_CHUNK_DELAY_MS,
+      /** Automatic continuations of an answer cut at the model's output limit. */
+      maxContinuations: e.LLM_MAX_CONTINUATIONS,
+      /** Back-off on 429/503: attempts in all, and the longest total wait. */
+      retry: { maxAttempts: e.LLM_RETRY_MAX_ATTEMPTS, maxTotalWaitMs: e.LLM_RETRY_MAX_WAIT_SECONDS * 1000 },
     },
     workspaces: {
       dir: path.resolve(e.WORKSPACES_DIR ?? path.join(dataDir, 'workspaces')),
@@ -154,10 +190,24 @@ export function parseConfig(env: Record<string, string | undefined>) {
       bins: { flutter: e.FLUTTER_BIN, npm: e.NPM_BIN },
       stepTimeoutMs: e.BUILD_STEP_TIMEOUT_SECONDS * 1000,
     },
+    /** The build sandbox (DESIGN "Running untrusted code"). */
+    buildSandbox: {
+      /** Undefined: bwrap when the start-up probe finds it working, else none. */
+      kind: e.BUILD_SANDBOX,
+      allowUnsandboxed: e.NODE_ENV !== 'production' || e.ALLOW_UNSANDBOXED_BUILDS === 'true',
+      limits: {
+        memoryMb: e.BUILD_MEMORY_MB,
+        maxProcesses: e.BUILD_MAX_PROCESSES,
+        workspaceMb: e.BUILD_MAX_WORKSPACE_MB,
+        tmpMb: e.BUILD_TMP_MB,
+      },
+    },
     generations: {
       leaseMs: e.GENERATION_LEASE_SECONDS * 1000,
       workerConcurrency: e.WORKER_CONCURRENCY,
       maxActivePerUser: e.MAX_ACTIVE_GENERATIONS_PER_USER,
+      /** Fix rounds of a generation started without maxFixRounds. */
+      defaultMaxFixRounds: e.AUTO_FIX_MAX_ROUNDS,
       /** On SIGTERM a worker lets running generations finish this long, then hands them back. */
       shutdownGraceMs: e.WORKER_SHUTDOWN_GRACE_SECONDS * 1000,
     },
@@ -187,9 +237,21 @@ export function parseConfig(env: Record<string, string | undefined>) {
       authPerIp: e.RATE_LIMIT_AUTH_PER_IP,
       authPerEmail: e.RATE_LIMIT_AUTH_PER_EMAIL,
       generationsPerUser: e.RATE_LIMIT_GENERATIONS_PER_USER,
+      membersPerUser: e.RATE_LIMIT_MEMBERS_PER_USER,
     },
     /** When set, /metrics needs `Authorization: Bearer <token>`. */
     metrics: { token: e.METRICS_TOKEN },
+    outputs: {
+      /** Where artefact blobs live: fs under DATA_DIR (embedded), postgres (with DATABASE_URL) or Supabase Storage. */
+      store: e.ARTIFACT_STORE ?? (e.DATABASE_URL ? 'postgres' : 'fs'),
+      dir: path.join(dataDir, 'artifacts'),
+      bucket: e.ARTIFACT_BUCKET,
+      signedUrlTtlSeconds: e.SIGNED_URL_TTL_SECONDS,
+      /** Base of absolute URLs; unset: the address Kiln listens on. */
+      publicUrl: e.PUBLIC_URL ? new URL(e.PUBLIC_URL).origin + new URL(e.PUBLIC_URL).pathname.replace(/\/+$/, '') : undefined,
+      /** Previews are served from this origin only, and the API is not served there. */
+      previewOrigin: e.PREVIEW_ORIGIN ? new URL(e.PREVIEW_ORIGIN).origin : undefined,
+    },
   };
 }
 
@@ -204,11 +266,29 @@ function unsafeInProduction(e: z.infer<typeof environment>): string[] {
     problems.push('PERSISTED_OPERATIONS_ONLY=true needs PERSISTED_OPERATIONS_MANIFEST (the JSON file of allowed operations)');
   }
   if (e.NODE_ENV !== 'production') return problems;
+  if (e.BUILD_SANDBOX === 'none' && e.ALLOW_UNSANDBOXED_BUILDS !== 'true') {
+    problems.push('NODE_ENV=production refuses BUILD_SANDBOX=none: builds run code a model wrote (set ALLOW_UNSANDBOXED_BUILDS=true only if something else isolates them)');
+  }
   if (e.AUTH_PROVIDER === 'local' && !e.AUTH_JWT_SECRET) {
     problems.push('NODE_ENV=production with AUTH_PROVIDER=local needs AUTH_JWT_SECRET (32+ random characters, e.g. `openssl rand -base64 48`)');
   }
   if (!e.KILN_ENCRYPTION_KEY) {
     problems.push('NODE_ENV=production needs KILN_ENCRYPTION_KEY (32 random bytes: `openssl rand -base64 32`) to keep project secrets');
+  }
+  // Metrics name operations and volumes: not for the whole internet.
+  if (!e.METRICS_TOKEN) problems.push('NODE_ENV=production needs METRICS_TOKEN (e.g. `openssl rand -base64 32`): /metrics answers only `Authorization: Bearer <token>`');
+  return problems;
+}
+
+function outputProblems(e: z.infer<typeof environment>): string[] {
+  const problems: string[] = [];
+  if (e.ARTIFACT_STORE === 'supabase' && (!e.SUPABASE_URL || !e.SUPABASE_SERVICE_ROLE_KEY)) {
+    problems.push('ARTIFACT_STORE=supabase needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY');
+  }
+  for (const name of ['PUBLIC_URL', 'PREVIEW_ORIGIN'] as const) {
+    const value = e[name];
+    if (value !== undefined && !/^https?:\/\/[^/]/.test(value)) problems.push(`${name} must be an absolute http(s) URL`);
+    else if (value !== undefined && !URL.canParse(value)) problems.push(`${name} is not a valid URL`);
   }
   return problems;
 }

@@ -1,6 +1,7 @@
 import { pathToFileURL } from 'node:url';
 import { createRateLimits, rateLimitStoreFor } from './api/rate-limit.js';
 import { buildApp } from './api/server.js';
+import { createOutputs } from './artifacts/outputs.js';
 import { createAuthProvider } from './auth/index.js';
 import { type Config, ConfigError, parseConfig } from './config.js';
 import { type Database, openDatabase } from './db/client.js';
@@ -14,6 +15,9 @@ import { type Logger, createLogger } from './observability/logger.js';
 import { createMetrics } from './observability/metrics.js';
 import { verifyEncryptionKey } from './projects/key-check.js';
 import { createSecretBox, loadEncryptionKey } from './projects/secret-box.js';
+import { serviceScope } from './db/scope.js';
+import { createStreamAccess } from './generations/stream-access.js';
+import { generationStore } from './generations/store.js';
 
 export interface Kiln {
   url: string;
@@ -31,7 +35,7 @@ export interface Kiln {
 export async function startKiln(config: Config, options: { logger?: Logger; database?: Database; port?: number } = {}): Promise<Kiln> {
   const logger = options.logger ?? createLogger(config.logLevel);
   const started = performance.now();
-  const database = options.database ?? (await openDatabase({ url: config.database.url, dataDir: config.dataDir }));
+  const database = options.database ?? (await openDatabase({ url: config.database.url, dataDir: config.dataDir, maxConnections: config.database.poolMax }));
   if (config.database.migrateOnStart) await migrateDatabase(database);
   const auth = await createAuthProvider(config.auth, database.db);
   const encryptionKey = await loadEncryptionKey({ configured: config.encryptionKey, dataDir: config.dataDir, embedded: !config.database.url });
@@ -44,6 +48,7 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
   const queue = await createJobQueue(config, database, logger);
   const llm = createLlmProvider(config.llm);
   const provider = { name: llm.name, model: llm.model };
+  const outputs = await createOutputs({ config, db: database.db, logger, metrics, collectPeriodically: config.role !== 'api' });
   const worker: Worker | undefined =
     config.role === 'api'
       ? undefined
@@ -51,18 +56,28 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
           provider,
           concurrency: config.generations.workerConcurrency,
           queue,
-          pipeline: { db: database.db, bus, llm, logger, secretBox, metrics, workspaces: config.workspaces, toolchain: config.toolchain, leaseMs: config.generations.leaseMs },
+          soleWorker: database.kind === 'pglite',
+          pipeline: { db: database.db, bus, llm, logger, secretBox, metrics, workspaces: config.workspaces, toolchain: config.toolchain, leaseMs: config.generations.leaseMs, outputs },
         });
   const generations = {
     bus,
     provider,
     maxActivePerUser: config.generations.maxActivePerUser,
+    defaultMaxFixRounds: config.generations.defaultMaxFixRounds,
     wakeWorkers: () => worker?.wake(),
     enqueue: queue.enqueue,
     rateLimit: (userId: string) => rateLimits.generationStart(userId),
   };
-  const app = buildApp({ config, database, auth, logger, bus, generations, secretBox, rateLimits, metrics });
+  const streamAccess = createStreamAccess({
+    verify: (token) => auth.verify(token),
+    accessOf: (userIds, generationIds) => serviceScope(database.db).run((tx) => generationStore.accessOf(tx, userIds, generationIds)),
+    intervalMs: config.subscriptions.accessRecheckMs,
+    maxPerUser: config.subscriptions.maxLivePerUser,
+    logger,
+  });
+  const app = buildApp({ config, database, auth, logger, bus, generations, secretBox, rateLimits, metrics, streamAccess, outputs });
   const url = await app.start(options.port);
+  outputs.listening(url);
   logger.info({ source: 'main', startupMs: Math.round(performance.now() - started), database: database.kind }, `Kiln is listening on ${url}/graphql`);
   let stopping: Promise<void> | undefined;
   return {
@@ -75,10 +90,12 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
       }
       stopping = (async () => {
         await app.stop();
+        streamAccess.close();
         await worker?.stop({ graceMs: stopOptions.graceMs ?? 0 });
         await queue.close();
         await events.close();
         await auth.close();
+        await outputs.close();
         if (!options.database) await database.close();
       })();
       return stopping;

@@ -21,7 +21,7 @@ let withSecret: AuthProvider;
 const providers: AuthProvider[] = [];
 
 async function provider(options: Partial<Parameters<typeof createLocalAuth>[0]> = {}): Promise<AuthProvider> {
-  const created = await createLocalAuth({ db: database.db, accessTokenTtlSeconds: 3600, ...options });
+  const created = await createLocalAuth({ db: database.db, accessTokenTtlSeconds: 3600, sessionMaxAgeSeconds: 2_592_000, ...options });
   providers.push(created);
   return created;
 }

@@ -97,7 +97,7 @@ describe.skipIf(!testDatabaseUrl)('EVENTS=postgres between processes (set TEST_D
     // Three chunks of 2,730 two-byte characters: about 16 KB of JSON.
     const texts = ['é', 'ü', 'ß'].map((c) => c.repeat(2_730));
     const generation = await seedGeneration(database, texts);
-    const batch: ChunkEvent[] = texts.map((text, seq) => ({ seq, text }));
+    const batch: ChunkEvent[] = texts.map((text, seq) => ({ seq, text, round: 0 }));
     expect(Buffer.byteLength(JSON.stringify(batch))).toBeGreaterThan(8_000);
 
     // What actually travels, seen by a LISTEN of our own.
@@ -136,7 +136,7 @@ describe.skipIf(!testDatabaseUrl)('EVENTS=postgres between processes (set TEST_D
     expect(killed.length).toBe(2); // one per instance
     // The catch-up: the current status and the last persisted chunk (a gap for anyone behind).
     expect(await updates.next(1, 15_000)).toEqual([{ status: 'QUEUED', phase: 'QUEUED' }]);
-    expect(await chunks.next(1, 15_000)).toEqual([[{ seq: 1, text: 'two' }]]);
+    expect(await chunks.next(1, 15_000)).toEqual([[{ seq: 1, text: 'two', round: 0 }]]);
     // And live events flow again.
     a.bus.publish('generationUpdated', generation.id, { status: 'RUNNING', phase: 'GENERATING' });
     expect((await updates.next(2, 5_000))[1]).toEqual({ status: 'RUNNING', phase: 'GENERATING' });
@@ -200,7 +200,7 @@ describe.skipIf(!redisUrl)('EVENTS=redis between processes (set TEST_REDIS_URL t
 
       // The catch-up after the reconnect, then live events again.
       expect(await updates.next(1, 15_000)).toEqual([{ status: 'QUEUED', phase: 'QUEUED' }]);
-      expect(await chunks.next(1, 15_000)).toEqual([[{ seq: 0, text: 'only' }]]);
+      expect(await chunks.next(1, 15_000)).toEqual([[{ seq: 0, text: 'only', round: 0 }]]);
       await waitUntil(() => a.connected && b.connected, 10_000, () => 'not reconnected');
       await waitUntil(async () => (await countSubscribers(redis.url, `generationUpdated:${generation.id}`)) === 1, 5_000, () => 'not resubscribed');
       a.bus.publish('generationUpdated', generation.id, { status: 'SUCCEEDED', phase: 'DONE' });

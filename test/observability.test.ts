@@ -135,7 +135,7 @@ describe(`operation logs and metrics (${databaseKind})`, () => {
     expect(value(text, 'kiln_graphql_operations_total{operation="StartGeneration",type="mutation",outcome="ok"}')).toBe(1);
     expect(value(text, 'kiln_graphql_operations_total{operation="GenerationChunks",type="subscription",outcome="ok"}')).toBe(1);
     expect(value(text, 'kiln_graphql_operation_duration_seconds_count{operation="CreateProject",type="mutation"}')).toBe(1);
-    expect(value(text, 'kiln_generations{status="SUCCEEDED"}')).toBe(1);
+    expect(value(text, 'kiln_generations{status="QUEUED"}')).toBe(0);
     expect(value(text, 'kiln_generations{status="RUNNING"}')).toBe(0);
     expect(value(text, 'kiln_queue_depth')).toBe(0);
     expect(value(text, 'kiln_generation_duration_seconds_count{status="SUCCEEDED",error_code="",provider="offline"}')).toBe(1);

@@ -39,7 +39,8 @@ describe(`build failures (${databaseKind})`, () => {
   it('fails with BUILD_FAILED when analysis finds an error: that step FAILED, the later ones SKIPPED', async () => {
     const flutter = await fakeFlutter('analyze-fail');
     cleanups.push(() => flutter.remove());
-    const { server, owner, project } = await serverWith({ FLUTTER_BIN: flutter.bin });
+    // Self-healing off: this is the failure as the user sees it when no fix round runs (test/fix-rounds.test.ts has those).
+    const { server, owner, project } = await serverWith({ FLUTTER_BIN: flutter.bin, AUTO_FIX_MAX_ROUNDS: '0' });
 
     const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A todo list' });
     const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id);

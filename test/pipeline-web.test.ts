@@ -33,9 +33,9 @@ describe.skipIf(process.env.KILN_TEST_SKIP_NETWORK === '1')(`the WEB target with
     expect(generation.error).toBeNull();
     expect(generation.status).toBe('SUCCEEDED');
     expect(generation.buildSteps.map((s) => [s.name, s.command, s.status, s.exitCode])).toEqual([
-      ['install', 'npm install --no-audit --no-fund', 'SUCCEEDED', 0],
-      ['typecheck', 'npm exec -- tsc --noEmit', 'SUCCEEDED', 0],
-      ['build', 'npm exec -- vite build', 'SUCCEEDED', 0],
+      ['install', 'npm install --ignore-scripts --no-audit --no-fund', 'SUCCEEDED', 0],
+      ['typecheck', 'npm exec -- tsc --noEmit --pretty false', 'SUCCEEDED', 0],
+      ['build', 'npm exec -- vite build --base ./', 'SUCCEEDED', 0],
     ]);
     expect(generation.buildLog.some((l) => l.step === 'build' && /built in/.test(l.text))).toBe(true);
 
@@ -45,9 +45,9 @@ describe.skipIf(process.env.KILN_TEST_SKIP_NETWORK === '1')(`the WEB target with
       expect.arrayContaining(['index.html', 'package.json', 'src/App.tsx', 'src/main.tsx', 'tsconfig.json']),
     );
 
-    // The built app is in the workspace, ready to preview.
+    // The built app is in the workspace, ready to preview: relative asset URLs work under the preview's path.
     const workspace = join(server.workspacesDir, rawId(project.id), rawId(generation.id));
     expect(existsSync(join(workspace, 'dist', 'index.html'))).toBe(true);
-    expect(await readFile(join(workspace, 'dist', 'index.html'), 'utf8')).toMatch(/<script type="module"[^>]+src="\/assets\//);
+    expect(await readFile(join(workspace, 'dist', 'index.html'), 'utf8')).toMatch(/<script type="module"[^>]+src="\.\/assets\//);
   });
 });

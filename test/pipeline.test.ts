@@ -19,7 +19,7 @@ import {
 // The offline provider end to end through GraphQL, on a FLUTTER project built by the
 // fake flutter: what a user sees of a generation from start to finish.
 
-const PHASES = ['QUEUED', 'GENERATING', 'WRITING', 'BUILDING', 'DONE'];
+const PHASES = ['QUEUED', 'GENERATING', 'WRITING', 'BUILDING', 'FIXING', 'DONE'];
 const sha256 = (text: string) => createHash('sha256').update(text, 'utf8').digest('hex');
 
 describe(`the offline pipeline on a FLUTTER project (${databaseKind})`, () => {
@@ -97,7 +97,7 @@ describe(`the offline pipeline on a FLUTTER project (${databaseKind})`, () => {
     // Build: every step ran the fake flutter and succeeded; its lines are in the log.
     expect(first.buildSteps).toEqual([
       expect.objectContaining({ name: 'install', command: `${flutter.bin} pub get`, status: 'SUCCEEDED', exitCode: 0 }),
-      expect.objectContaining({ name: 'analyze', command: `${flutter.bin} analyze --no-fatal-infos`, status: 'SUCCEEDED', exitCode: 0 }),
+      expect.objectContaining({ name: 'analyze', command: `${flutter.bin} analyze --no-fatal-infos --machine`, status: 'SUCCEEDED', exitCode: 0 }),
       expect.objectContaining({ name: 'build', command: `${flutter.bin} build web`, status: 'SUCCEEDED', exitCode: 0 }),
     ]);
     for (const step of first.buildSteps) expect(step.durationMs).toBeGreaterThanOrEqual(0);

@@ -18,7 +18,7 @@ import { type TestServer, startTestServer } from './support/server.js';
 
 const strongSecret = () => randomBytes(48).toString('base64');
 const encryptionKey = () => randomBytes(32).toString('base64');
-const production = () => ({ NODE_ENV: 'production', AUTH_JWT_SECRET: strongSecret(), KILN_ENCRYPTION_KEY: encryptionKey() });
+const production = () => ({ NODE_ENV: 'production', AUTH_JWT_SECRET: strongSecret(), KILN_ENCRYPTION_KEY: encryptionKey(), METRICS_TOKEN: strongSecret() });
 
 type Result = { data?: Record<string, unknown> | null; errors?: { message: string; extensions?: Record<string, unknown> }[] };
 
@@ -40,11 +40,11 @@ describe('unsafe configurations are refused', () => {
   });
 
   it('refuses local auth in production without AUTH_JWT_SECRET, and production without KILN_ENCRYPTION_KEY', () => {
-    expect(problemsOf({ NODE_ENV: 'production', KILN_ENCRYPTION_KEY: encryptionKey() })).toEqual([expect.stringMatching(/AUTH_JWT_SECRET/)]);
-    expect(problemsOf({ NODE_ENV: 'production', AUTH_JWT_SECRET: strongSecret() })).toEqual([expect.stringMatching(/KILN_ENCRYPTION_KEY/)]);
+    expect(problemsOf({ NODE_ENV: 'production', KILN_ENCRYPTION_KEY: encryptionKey(), METRICS_TOKEN: strongSecret() })).toEqual([expect.stringMatching(/AUTH_JWT_SECRET/)]);
+    expect(problemsOf({ NODE_ENV: 'production', AUTH_JWT_SECRET: strongSecret(), METRICS_TOKEN: strongSecret() })).toEqual([expect.stringMatching(/KILN_ENCRYPTION_KEY/)]);
     expect(problemsOf(production())).toEqual([]);
     // Supabase signs its own tokens: no local secret needed.
-    expect(problemsOf({ NODE_ENV: 'production', KILN_ENCRYPTION_KEY: encryptionKey(), AUTH_PROVIDER: 'supabase', SUPABASE_URL: 'https://x.supabase.co', SUPABASE_ANON_KEY: 'anon' })).toEqual([]);
+    expect(problemsOf({ NODE_ENV: 'production', KILN_ENCRYPTION_KEY: encryptionKey(), METRICS_TOKEN: strongSecret(), AUTH_PROVIDER: 'supabase', SUPABASE_URL: 'https://x.supabase.co', SUPABASE_ANON_KEY: 'anon' })).toEqual([]);
     // Outside production the generated key and the generated signing key are fine.
     expect(problemsOf({})).toEqual([]);
   });
@@ -65,6 +65,7 @@ describe('unsafe configurations are refused', () => {
       expect.stringMatching(/AUTH_JWT_SECRET is too weak/),
       expect.stringMatching(/CORS_ORIGINS/),
       expect.stringMatching(/KILN_ENCRYPTION_KEY/),
+      expect.stringMatching(/METRICS_TOKEN/),
     ]);
   });
 

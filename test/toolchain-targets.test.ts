@@ -53,9 +53,9 @@ describe('WEB target', () => {
 
   it('installs, typechecks and builds with npm', () => {
     expect(web.steps.map((step) => [step.name, commandLine(step, toolNames)])).toEqual([
-      ['install', 'npm install --no-audit --no-fund'],
-      ['typecheck', 'npm exec -- tsc --noEmit'],
-      ['build', 'npm exec -- vite build'],
+      ['install', 'npm install --ignore-scripts --no-audit --no-fund'],
+      ['typecheck', 'npm exec -- tsc --noEmit --pretty false'],
+      ['build', 'npm exec -- vite build --base ./'],
     ]);
   });
 });
@@ -78,7 +78,7 @@ describe('FLUTTER target', () => {
   it('gets packages, analyzes and builds for the web', () => {
     expect(flutter.steps.map((step) => [step.name, commandLine(step, toolNames)])).toEqual([
       ['install', 'flutter pub get'],
-      ['analyze', 'flutter analyze --no-fatal-infos'],
+      ['analyze', 'flutter analyze --no-fatal-infos --machine'],
       ['build', 'flutter build web'],
     ]);
   });

@@ -14,6 +14,7 @@ import {
   ValidationError,
 } from '../errors.js';
 import type { Context } from './context.js';
+import { lenientDecodeGlobalID, loadNodes } from './schema/ids.js';
 
 // Configuration only: the types live in schema/<domain>.ts (STYLE 1, 2).
 export const builder = new SchemaBuilder<{
@@ -38,6 +39,10 @@ export const builder = new SchemaBuilder<{
     cursorType: 'String',
     edgesFieldOptions: { nullable: false },
     nodeFieldOptions: { nullable: false },
+    // A malformed or unknown id in node/nodes is null, never an error for the whole list.
+    decodeGlobalID: lenientDecodeGlobalID,
+    nodeQueryOptions: { resolve: async (_root, args, ctx, info): Promise<unknown> => (await loadNodes(nodeBuilder(), ctx, info, [args.id]))[0] },
+    nodesQueryOptions: { resolve: (_root, args, ctx, info): Promise<unknown[]> => loadNodes(nodeBuilder(), ctx, info, args.ids) },
   },
   errors: {
     // Every result union carries these; fields add BudgetExceededError where it applies.
@@ -56,6 +61,11 @@ export const builder = new SchemaBuilder<{
       ),
   },
 });
+
+/** The builder, for the relay helpers above (called at request time, once it exists). */
+function nodeBuilder(): Parameters<typeof loadNodes>[0] {
+  return builder as unknown as Parameters<typeof loadNodes>[0];
+}
 
 builder.queryType({});
 builder.mutationType({});

@@ -5,6 +5,8 @@ import { type Claims, type Scope, anonymousScope, userScope } from '../db/scope.
 import { AuthError } from '../errors.js';
 import type { EventBus } from '../events/bus.js';
 import type { GenerationDeps } from '../generations/generations.js';
+import type { StreamAccess } from '../generations/stream-access.js';
+import type { Outputs } from '../artifacts/outputs.js';
 import type { Logger } from '../observability/logger.js';
 import type { SecretBox } from '../projects/secret-box.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -22,6 +24,10 @@ export interface Services {
   secretBox?: SecretBox;
   rateLimits: RateLimits;
   metrics: Metrics;
+  /** Previews, archives and the artefact store (issue 10). */
+  outputs: Outputs;
+  /** Ends live streams whose viewer lost access; caps what one user holds open. */
+  streamAccess: StreamAccess;
 }
 
 export interface Viewer {
@@ -36,6 +42,8 @@ export interface Context {
   requestId: string;
   /** The client's address (the socket's peer, or X-Forwarded-For from trusted proxies), for rate limits. */
   clientIp: string;
+  /** How the operation arrived: an HTTP request (an SSE stream is one) or a graphql-ws socket. */
+  transport: 'http' | 'websocket';
   viewer: Viewer | null;
   /** The RLS-bound database scope of this viewer (STYLE 5). */
   db: Scope;
@@ -46,7 +54,7 @@ export interface Context {
 
 export async function createContext(
   services: Services,
-  request: { authorization?: string | null; requestId: string; clientIp?: string },
+  request: { authorization?: string | null; requestId: string; clientIp?: string; transport?: Context['transport'] },
 ): Promise<Context> {
   const logger = services.logger.child({ requestId: request.requestId });
   const token = bearerToken(request.authorization);
@@ -64,6 +72,7 @@ export async function createContext(
   return {
     requestId: request.requestId,
     clientIp: request.clientIp ?? 'unknown',
+    transport: request.transport ?? 'http',
     viewer,
     db: viewer ? userScope(services.database.db, viewer.claims) : anonymousScope(problem),
     bus: services.bus,

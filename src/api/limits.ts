@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { EnvelopArmor } from '@escape.tech/graphql-armor';
 import { GraphQLError, type ValidationContext } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
+import { contentCostRule } from './content-cost.js';
 
 // Limits on what one operation may ask for, on every transport: the rules run in
 // envelop's parse and validate, which HTTP, SSE and graphql-ws (yoga.getEnveloped)
@@ -26,6 +27,8 @@ export function useQueryLimits(limits: QueryLimits): Plugin[] {
   // Reported as validation errors rather than thrown, so a graphql-ws operation fails
   // on its own and its socket stays open.
   const reject = { exposeLimits: false, propagateOnRejection: false, onReject: [(context: ValidationContext | null) => context?.reportError(tooComplex())] };
+  // The structural cost armor accepted for the operation being validated, so its content price (content-cost.ts) adds to it.
+  const structuralCost = new WeakMap<ValidationContext, number>();
   const armor = new EnvelopArmor({
     // Suggestions are hidden by useSchemaPrivacy (which also covers enum-value hints).
     blockFieldSuggestion: { enabled: false },
@@ -35,9 +38,24 @@ export function useQueryLimits(limits: QueryLimits): Plugin[] {
     maxDepth: { ...reject, n: limits.maxDepth, flattenFragments: true },
     maxAliases: { ...reject, n: limits.maxAliases },
     maxDirectives: { ...reject, n: limits.maxDirectives },
-    costLimit: { ...reject, maxCost: limits.maxCost },
+    costLimit: {
+      ...reject,
+      maxCost: limits.maxCost,
+      onAccept: [(context: ValidationContext | null, { n }: { n?: number }) => context && structuralCost.set(context, n ?? 0)],
+    },
   });
-  return [useTokenLimit(limits.maxTokens), ...(armor.protect().plugins as Plugin[])];
+  const contentCost: Plugin = {
+    onValidate({ addValidationRule }) {
+      addValidationRule(
+        contentCostRule((context, cost) => {
+          const structural = structuralCost.get(context);
+          // Undefined: armor already refused this operation.
+          if (structural !== undefined && structural + cost > limits.maxCost) context.reportError(tooComplex());
+        }),
+      );
+    },
+  };
+  return [useTokenLimit(limits.maxTokens), ...(armor.protect().plugins as Plugin[]), contentCost];
 }
 
 function useTokenLimit(maxTokens: number): Plugin {

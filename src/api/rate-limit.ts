@@ -5,8 +5,10 @@ import type { Config } from '../config.js';
 import { type Database, type Db, rowsOf } from '../db/client.js';
 import { RateLimitedError } from '../errors.js';
 
-// Fixed-window rate limits: sign-in and sign-up per client address and per email
-// (brute force, account spraying), starting generations per user. Embedded Kiln
+// Fixed-window rate limits: sign-in and sign-up per client address (spraying) and per
+// email from one address (guessing one account; keyed on both, so an attacker who
+// hammers a victim's email cannot lock the victim out from anywhere else), starting
+// generations and adding project members (probing emails for accounts) per user. Embedded Kiln
 // counts in memory (one process); on PostgreSQL every instance counts in one table,
 // so a limit holds however many API processes sit behind the load balancer.
 
@@ -25,6 +27,8 @@ export interface RateLimits {
   authAttempt(clientIp: string, email: string): Promise<void>;
   /** Before startGeneration and retryGeneration. */
   generationStart(userId: string): Promise<void>;
+  /** Before addProjectMember. */
+  memberAdd(userId: string): Promise<void>;
 }
 
 export function createRateLimits(rules: Config['rateLimits'], store: RateLimitStore): RateLimits {
@@ -37,9 +41,10 @@ export function createRateLimits(rules: Config['rateLimits'], store: RateLimitSt
     authAttempt: async (clientIp, email) => {
       const message = 'Too many sign-in attempts; wait a while and try again.';
       await check(rules.authPerIp, `auth:ip:${clientIp}`, message);
-      await check(rules.authPerEmail, `auth:email:${email.trim().toLowerCase()}`, message);
+      await check(rules.authPerEmail, `auth:email:${email.trim().toLowerCase()}:${clientIp}`, message);
     },
     generationStart: (userId) => check(rules.generationsPerUser, `generations:user:${userId}`, 'You started too many generations recently; wait a while and try again.'),
+    memberAdd: (userId) => check(rules.membersPerUser, `members:user:${userId}`, 'You added too many members recently; wait a while and try again.'),
   };
 }
 

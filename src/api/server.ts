@@ -8,13 +8,17 @@ import { observeRequest, routeOf, serveMetrics } from '../observability/metrics.
 import { type Context, type Services, createContext } from './context.js';
 import { useRequestIdErrors } from './errors-plugin.js';
 import { graphiqlExample } from './graphiql-example.js';
+import { renderGraphiQLPage, serveGraphiQLAsset } from './graphiql.js';
 import { refuseOversizedBody, useQueryLimits } from './limits.js';
 import { useOperationLog } from './operation-log.js';
 import { loadManifest, usePersistedOperationsOnly } from './persisted-operations.js';
 import { useSchemaPrivacy } from './production.js';
 import { clientAddress } from './rate-limit.js';
+import { useRequestPolicy } from './request-policy.js';
+import { useNulRefusal } from './input-guard.js';
 import { schema } from './schema/index.js';
 import { useStreamErrors } from './stream-errors.js';
+import { serveWebClient } from './web-client.js';
 import { type WebSocketOptions, attachWebSocket } from './websocket.js';
 
 export interface App {
@@ -33,6 +37,8 @@ export function buildApp(services: Services): App {
     landingPage: false,
     logging: yogaLogger(services.logger),
     graphiql: config.exposeSchema ? { title: 'Kiln', defaultQuery: graphiqlExample } : false,
+    // GraphiQL's scripts, styles, workers and favicon come from Kiln (/graphiql/…), never from a CDN.
+    renderGraphiQL: renderGraphiQLPage,
     // Masked errors never carry the original message or stack, whatever NODE_ENV says; the log has them.
     maskedErrors: { isDev: false },
     // Also set before Yoga (refuseOversizedBody) for bodies that declare their length; this catches chunked ones.
@@ -43,8 +49,11 @@ export function buildApp(services: Services): App {
       // First, so every later line of an operation carries its name and ids.
       useOperationLog(),
       services.metrics.graphqlPlugin(),
+      // JSON POSTs only; GETs carry a header a cross-site simple request cannot.
+      ...useRequestPolicy(),
       ...(config.limits.persistedOperations.only ? usePersistedOperationsOnly(loadManifest(config.limits.persistedOperations.manifest!)) : []),
       ...useQueryLimits(config.limits),
+      useNulRefusal(),
       ...(config.exposeSchema ? [] : useSchemaPrivacy()),
       // useStreamErrors before useRequestIdErrors: it turns expected stream failures into results before masking.
       useStreamErrors(),
@@ -54,6 +63,7 @@ export function buildApp(services: Services): App {
       createContext(services, {
         requestId: randomUUID(),
         clientIp: clientAddress(req, config.trustedProxyHops),
+        transport: connectionParams ? 'websocket' : 'http',
         authorization: connectionParams ? String(connectionParams.authorization ?? '') : request.headers.get('authorization'),
       }),
   });
@@ -61,10 +71,14 @@ export function buildApp(services: Services): App {
   const server: Server = createServer((req, res) => {
     const path = req.url?.split('?')[0];
     observeRequest(services.metrics, req, res, routeOf(path));
+    // Previews and archives behind signed URLs (src/artifacts/); on PREVIEW_ORIGIN nothing else is served.
+    if (services.outputs.route(req, res)) return;
     if (path === '/metrics' && req.method === 'GET') return void serveMetrics(services.metrics, config.metrics.token, req, res);
     if (refuseOversizedBody(req, res, config.limits.maxBodyBytes)) return;
     if (path === '/health') return sendJson(res, 200, { status: 'ok' });
     if (path === '/ready') return void ready(services).then((ok) => sendJson(res, ok ? 200 : 503, { ready: ok }));
+    if (config.exposeSchema && path !== undefined && serveGraphiQLAsset(req, res, path)) return;
+    if (path !== '/graphql' && path !== undefined && serveWebClient(req, res, path)) return;
     return yoga(req, res);
   });
 
@@ -80,6 +94,7 @@ export function buildApp(services: Services): App {
     logger: services.logger,
     corsOrigins: config.http.corsOrigins,
     maxMessageBytes: config.limits.maxBodyBytes,
+    acquireConnection: services.streamAccess.acquireConnection,
     ...config.websocket,
   });
 

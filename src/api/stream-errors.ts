@@ -1,6 +1,6 @@
 import { type ExecutionResult, GraphQLError } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
-import { AppError } from '../errors.js';
+import { AppError, ValidationError } from '../errors.js';
 import { SlowConsumerError } from '../generations/streams.js';
 
 /**
@@ -29,10 +29,13 @@ export function useStreamErrors(): Plugin {
 }
 
 /** The GraphQL error of a failure we raise on purpose; undefined for anything unexpected. */
-function expected(error: unknown, located?: GraphQLError): GraphQLError | undefined {
+export function expected(error: unknown, located?: GraphQLError): GraphQLError | undefined {
   const at = { nodes: located?.nodes, path: located?.path };
   if (error instanceof SlowConsumerError) {
     return new GraphQLError(error.message, { ...at, extensions: { code: error.code, lastSeq: error.lastSeq } });
+  }
+  if (error instanceof ValidationError) {
+    return new GraphQLError(error.message, { ...at, extensions: { code: 'BAD_USER_INPUT', fieldErrors: error.fieldErrors } });
   }
   if (error instanceof AppError) return new GraphQLError(error.message, { ...at, extensions: { code: codeOf(error.kind) } });
   return undefined;

@@ -17,7 +17,8 @@ import { bearerToken } from './context.js';
 // Close codes: 4403 'Forbidden' for a missing or bad token at connection_init, and
 // later when the token expires (a timer at `exp`) or its session is revoked (every
 // socket's token is verified again every WS_AUTH_RECHECK_MS); 4408 when no
-// connection_init arrives within WS_CONNECTION_INIT_TIMEOUT_MS; the protocol's own
+// connection_init arrives within WS_CONNECTION_INIT_TIMEOUT_MS; 4429 'Too many open
+// connections' beyond LIVE_STREAMS_PER_USER sockets and SSE streams of one user; the protocol's own
 // codes otherwise (4400, 4401, 4406, 4409, 4429, 4500). An upgrade from a browser Origin
 // that is not in CORS_ORIGINS (when set) is refused with HTTP 403 before any socket
 // exists. Beyond WS_MAX_SUBSCRIPTIONS operations at once, one more fails on its own
@@ -35,6 +36,8 @@ export interface WebSocketOptions {
   maxSubscriptions: number;
   keepAliveMs: number;
   authRecheckMs: number;
+  /** Counts a user's socket against LIVE_STREAMS_PER_USER: its release, or null when the user is at the cap. */
+  acquireConnection: (userId: string) => (() => void) | null;
   /** The largest message a client may send (default 1 MiB); the same limit as an HTTP body. */
   maxMessageBytes?: number;
 }
@@ -53,6 +56,7 @@ interface Connection {
   socket: WebSocket;
   token: string;
   expiry?: NodeJS.Timeout;
+  release: () => void;
 }
 
 /** A graphql-ws message is a document and its variables; nothing legitimate comes near this. */
@@ -86,8 +90,9 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
         const token = bearerToken(typeof ctx.connectionParams?.authorization === 'string' ? ctx.connectionParams.authorization : undefined);
         if (!token) return false;
         let exp: number | undefined;
+        let userId: string;
         try {
-          ({ exp } = await auth.verify(token));
+          ({ exp, sub: userId } = await auth.verify(token));
         } catch (error) {
           if (error instanceof AuthError) return false; // 4403, without saying why
           log.error({ err: error }, 'token verification failed');
@@ -95,7 +100,12 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
           return false;
         }
         if (socket.readyState !== socket.OPEN) return false; // gone while we verified
-        const connection: Connection = { socket, token };
+        const release = options.acquireConnection(userId);
+        if (!release) {
+          socket.close(CloseCode.TooManyInitialisationRequests, 'Too many open connections');
+          return false;
+        }
+        const connection: Connection = { socket, token, release };
         if (exp !== undefined) {
           // Expiry ends the connection on time, whatever the re-check interval.
           const expiry = setTimeout(() => forbid(socket), Math.min(Math.max(exp * 1000 - Date.now(), 0), MAX_TIMER_MS));
@@ -108,6 +118,7 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
         const connection = connections.get(ctx);
         if (!connection) return;
         clearTimeout(connection.expiry);
+        connection.release();
         connections.delete(ctx);
       },
       onSubscribe: async (ctx, _id, params) => {

@@ -9,7 +9,12 @@ export type { AuthProvider, AuthSession, AuthUser, SignOutScope } from './provid
 /** The configured provider: Supabase Auth, or the embedded local one (the default). */
 export async function createAuthProvider(auth: Config['auth'], db: Db): Promise<AuthProvider> {
   if (auth.provider === 'local') {
-    return createLocalAuth({ db, accessTokenTtlSeconds: auth.accessTokenTtlSeconds, jwtSecret: auth.jwtSecret });
+    return createLocalAuth({
+      db,
+      accessTokenTtlSeconds: auth.accessTokenTtlSeconds,
+      sessionMaxAgeSeconds: auth.sessionMaxAgeSeconds,
+      jwtSecret: auth.jwtSecret,
+    });
   }
   const { url, anonKey, serviceRoleKey, jwtSecret } = auth.supabase;
   // parseConfig refuses AUTH_PROVIDER=supabase without these; this guards other callers.

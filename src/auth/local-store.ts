@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { and, eq, isNull, ne, sql } from 'drizzle-orm';
+import { and, eq, gt, isNull, ne, sql } from 'drizzle-orm';
 import type { Db, Tx } from '../db/client.js';
 import { authSessions, localCredentials, refreshTokens, users } from '../db/schema.js';
 import { serviceScope } from '../db/scope.js';
@@ -11,9 +11,14 @@ import { newRefreshToken } from './refresh-tokens.js';
 
 export interface StoredSession {
   sessionId: string;
+  /** When the session began (sign-up or sign-in): its absolute lifetime counts from here. */
+  startedAt: Date;
   refreshToken: string;
   user: AuthUser;
 }
+
+/** Sessions younger than `maxAgeSeconds`: SESSION_MAX_AGE_SECONDS ends a session however often it is refreshed. */
+const youngerThan = (maxAgeSeconds: number) => gt(authSessions.createdAt, sql`now() - ${maxAgeSeconds} * interval '1 second'`);
 
 export type RotationResult =
   | { kind: 'rotated'; session: StoredSession }
@@ -60,7 +65,7 @@ export async function findCredentials(db: Db, email: string): Promise<(AuthUser 
  * compare-and-set on used_at lets exactly one of two concurrent uses win; the other
  * counts as reuse, which revokes the session (the token may have been stolen).
  */
-export function rotateRefreshToken(db: Db, tokenHash: string): Promise<RotationResult> {
+export function rotateRefreshToken(db: Db, tokenHash: string, maxAgeSeconds: number): Promise<RotationResult> {
   return serviceScope(db).run(async (tx): Promise<RotationResult> => {
     const [spent] = await tx
       .update(refreshTokens)
@@ -69,7 +74,7 @@ export function rotateRefreshToken(db: Db, tokenHash: string): Promise<RotationR
         and(
           eq(refreshTokens.tokenHash, tokenHash),
           isNull(refreshTokens.usedAt),
-          sql`exists (select 1 from ${authSessions} where ${authSessions.id} = ${refreshTokens.sessionId} and ${authSessions.revokedAt} is null)`,
+          sql`exists (select 1 from ${authSessions} where ${authSessions.id} = ${refreshTokens.sessionId} and ${authSessions.revokedAt} is null and ${youngerThan(maxAgeSeconds)})`,
         ),
       )
       .returning({ sessionId: refreshTokens.sessionId });
@@ -102,19 +107,19 @@ export async function revokeSessions(db: Db, userId: string, sessionId: string, 
     .where(and(eq(authSessions.userId, userId), isNull(authSessions.revokedAt), which));
 }
 
-/** One primary-key lookup per verified request: revocation takes effect at once. */
-export async function isSessionLive(db: Db, sessionId: string, userId: string): Promise<boolean> {
+/** One primary-key lookup per verified request: revocation and the session's age take effect at once. */
+export async function isSessionLive(db: Db, sessionId: string, userId: string, maxAgeSeconds: number): Promise<boolean> {
   const [row] = await db
     .select({ id: authSessions.id })
     .from(authSessions)
-    .where(and(eq(authSessions.id, sessionId), eq(authSessions.userId, userId), isNull(authSessions.revokedAt)));
+    .where(and(eq(authSessions.id, sessionId), eq(authSessions.userId, userId), isNull(authSessions.revokedAt), youngerThan(maxAgeSeconds)));
   return row !== undefined;
 }
 
 async function startSession(tx: Tx, user: AuthUser): Promise<StoredSession> {
-  const [session] = await tx.insert(authSessions).values({ userId: user.id }).returning({ id: authSessions.id });
+  const [session] = await tx.insert(authSessions).values({ userId: user.id }).returning({ id: authSessions.id, startedAt: authSessions.createdAt });
   if (!session) throw new Error('auth_sessions insert returned no row');
-  return { sessionId: session.id, refreshToken: await addRefreshToken(tx, session.id), user };
+  return { sessionId: session.id, startedAt: session.startedAt, refreshToken: await addRefreshToken(tx, session.id), user };
 }
 
 async function continueSession(tx: Tx, sessionId: string): Promise<StoredSession> {
@@ -122,10 +127,10 @@ async function continueSession(tx: Tx, sessionId: string): Promise<StoredSession
     .update(authSessions)
     .set({ refreshedAt: sql`now()` })
     .where(eq(authSessions.id, sessionId))
-    .returning({ userId: authSessions.userId });
+    .returning({ userId: authSessions.userId, startedAt: authSessions.createdAt });
   const [user] = owner ? await tx.select({ id: users.id, email: users.email }).from(users).where(eq(users.id, owner.userId)) : [];
-  if (!user) throw new Error(`session ${sessionId} has no user`);
-  return { sessionId, refreshToken: await addRefreshToken(tx, sessionId), user };
+  if (!owner || !user) throw new Error(`session ${sessionId} has no user`);
+  return { sessionId, startedAt: owner.startedAt, refreshToken: await addRefreshToken(tx, sessionId), user };
 }
 
 async function addRefreshToken(tx: Tx, sessionId: string): Promise<string> {

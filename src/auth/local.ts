@@ -20,6 +20,8 @@ import { loadSigningKey } from './signing-key.js';
 export interface LocalAuthOptions {
   db: Db;
   accessTokenTtlSeconds: number;
+  /** A session's absolute lifetime (SESSION_MAX_AGE_SECONDS): no refresh carries it further. */
+  sessionMaxAgeSeconds: number;
   /** AUTH_JWT_SECRET; without it a key generated once and kept in the database. */
   jwtSecret?: string;
   /** Milliseconds since the epoch; tests pass a clock they control. */
@@ -28,12 +30,17 @@ export interface LocalAuthOptions {
 
 /** The embedded provider: users, sessions and refresh tokens in Kiln's own database. */
 export async function createLocalAuth(options: LocalAuthOptions): Promise<AuthProvider> {
-  const { db, accessTokenTtlSeconds, now = Date.now } = options;
+  const { db, accessTokenTtlSeconds, sessionMaxAgeSeconds, now = Date.now } = options;
   const key = await loadSigningKey(db, options.jwtSecret);
 
   async function issue(session: StoredSession): Promise<AuthSession> {
     const subject = { userId: session.user.id, email: session.user.email, sessionId: session.sessionId };
-    const { token, expiresAt } = await signAccessToken(key, subject, Math.floor(now() / 1000), accessTokenTtlSeconds);
+    const issuedAt = Math.floor(now() / 1000);
+    // An access token never outlives its session.
+    const sessionEnds = Math.floor(session.startedAt.getTime() / 1000) + sessionMaxAgeSeconds;
+    const ttl = Math.min(accessTokenTtlSeconds, sessionEnds - issuedAt);
+    if (ttl <= 0) throw new AuthError();
+    const { token, expiresAt } = await signAccessToken(key, subject, issuedAt, ttl);
     return { accessToken: token, refreshToken: session.refreshToken, expiresAt, user: session.user };
   }
 
@@ -58,7 +65,7 @@ export async function createLocalAuth(options: LocalAuthOptions): Promise<AuthPr
     },
 
     async refresh(refreshToken) {
-      const result = await rotateRefreshToken(db, hashRefreshToken(refreshToken));
+      const result = await rotateRefreshToken(db, hashRefreshToken(refreshToken), sessionMaxAgeSeconds);
       if (result.kind !== 'rotated') throw new AuthError();
       return issue(result.session);
     },
@@ -70,7 +77,7 @@ export async function createLocalAuth(options: LocalAuthOptions): Promise<AuthPr
 
     async verify(accessToken) {
       const claims = await verifyAccessToken(key, accessToken, new Date(now()));
-      if (!(await isSessionLive(db, claims.session_id, claims.sub))) throw new AuthError();
+      if (!(await isSessionLive(db, claims.session_id, claims.sub, sessionMaxAgeSeconds))) throw new AuthError();
       return claims;
     },
 

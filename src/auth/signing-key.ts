@@ -11,19 +11,20 @@ const SECRET_NAME = 'local_jwt_secret';
  * and kept in the database, so every instance on it (and every restart) agrees.
  */
 export async function loadSigningKey(db: Db, configuredSecret?: string): Promise<Uint8Array> {
-  const secret = configuredSecret ?? (await storedSecret(db));
+  const secret = configuredSecret ?? (await serverSecret(db, SECRET_NAME));
   return new TextEncoder().encode(secret);
 }
 
-async function storedSecret(db: Db): Promise<string> {
+/** A random secret generated once per database under `name` (server_secrets), the same for every instance. */
+export async function serverSecret(db: Db, name: string): Promise<string> {
   return serviceScope(db).run(async (tx) => {
     // Instances starting together each offer a secret; the first insert wins and all read it back.
     await tx
       .insert(serverSecrets)
-      .values({ name: SECRET_NAME, value: randomBytes(48).toString('base64url') })
+      .values({ name, value: randomBytes(48).toString('base64url') })
       .onConflictDoNothing({ target: serverSecrets.name });
-    const [row] = await tx.select({ value: serverSecrets.value }).from(serverSecrets).where(eq(serverSecrets.name, SECRET_NAME));
-    if (!row) throw new Error('server_secrets lost the local signing key just after writing it');
+    const [row] = await tx.select({ value: serverSecrets.value }).from(serverSecrets).where(eq(serverSecrets.name, name));
+    if (!row) throw new Error(`server_secrets lost ${name} just after writing it`);
     return row.value;
   });
 }

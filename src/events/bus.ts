@@ -8,6 +8,8 @@ import type { GenerationPhase, GenerationStatus } from '../generations/status.js
 export interface ChunkEvent {
   seq: number;
   text: string;
+  /** 0 for the first answer, N for fix round N (absent: 0). */
+  round?: number;
 }
 
 export interface LogLineEvent {
@@ -15,6 +17,8 @@ export interface LogLineEvent {
   step: string;
   stream: 'STDOUT' | 'STDERR';
   text: string;
+  /** The build's round: 0 after the first answer, N after fix round N (absent: 0). */
+  round?: number;
 }
 
 export interface StatusEvent {

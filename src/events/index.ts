@@ -87,8 +87,8 @@ export function pointerTo(topic: string, detail: unknown): SeqRange | undefined 
 /** Reads behind pointers and reconnects, in the service scope: subscribers were authorised when they subscribed. */
 function generationEventReads(database: Pick<Database, 'db'>) {
   const run = serviceScope(database.db).run;
-  const toChunk = ({ seq, text }: ChunkEvent): ChunkEvent => ({ seq, text });
-  const toLine = ({ seq, step, stream, text }: LogLineEvent): LogLineEvent => ({ seq, step, stream, text });
+  const toChunk = ({ seq, text, round }: ChunkEvent): ChunkEvent => ({ seq, text, round });
+  const toLine = ({ seq, step, stream, text, round }: LogLineEvent): LogLineEvent => ({ seq, step, stream, text, round });
   return {
     expand: async (topic: string, pointer: unknown): Promise<unknown> => {
       const parsed = parseTopic(topic);
@@ -118,7 +118,7 @@ function generationEventReads(database: Pick<Database, 'db'>) {
         switch (routingKey) {
           case 'generationChunks': {
             const rows = await tx
-              .select({ seq: generationChunks.seq, text: generationChunks.text })
+              .select({ seq: generationChunks.seq, text: generationChunks.text, round: generationChunks.round })
               .from(generationChunks)
               .where(eq(generationChunks.generationId, generationId))
               .orderBy(desc(generationChunks.seq))

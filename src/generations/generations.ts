@@ -16,6 +16,14 @@ export const generationPrompt = z
   .min(1, 'Describe what to build')
   .max(20_000, 'The prompt must be at most 20000 characters');
 
+/** Self-healing rounds a generation may take (0 = off). */
+export const MAX_FIX_ROUNDS = 5;
+export const maxFixRounds = z
+  .number()
+  .int()
+  .min(0, 'maxFixRounds cannot be negative; 0 turns self-healing off')
+  .max(MAX_FIX_ROUNDS, `maxFixRounds is at most ${MAX_FIX_ROUNDS}`);
+
 export interface GenerationDeps {
   bus: EventBus;
   /** Wakes a worker; the durable queue is the generations table itself. */
@@ -24,6 +32,8 @@ export interface GenerationDeps {
   enqueue?: (tx: Tx, generationId: string) => Promise<void>;
   provider: { name: string; model: string };
   maxActivePerUser: number;
+  /** Fix rounds of a generation started without maxFixRounds (AUTO_FIX_MAX_ROUNDS). */
+  defaultMaxFixRounds?: number;
   /** Throws RateLimitedError when the user started too many generations recently. */
   rateLimit?(userId: string): Promise<void>;
 }
@@ -33,6 +43,8 @@ export interface StartInput {
   prompt: string;
   sessionId?: string | null;
   parentGenerationId?: string | null;
+  /** null: the server's default (AUTO_FIX_MAX_ROUNDS). */
+  maxFixRounds?: number | null;
 }
 
 export async function startGeneration(scope: Scope, deps: GenerationDeps, input: StartInput): Promise<GenerationRow> {
@@ -48,6 +60,8 @@ export async function startGeneration(scope: Scope, deps: GenerationDeps, input:
       sessionId,
       parentId: parent?.id ?? null,
       prompt: input.prompt,
+      // Resolved now and kept, so a later change of the default never alters a queued run.
+      maxFixRounds: input.maxFixRounds ?? deps.defaultMaxFixRounds ?? 0,
     });
   });
   announce(deps, generation);
@@ -68,6 +82,7 @@ export async function retryGeneration(scope: Scope, deps: GenerationDeps, id: st
       retryOf: original.id,
       attempt: original.attempt + 1,
       prompt: original.prompt,
+      maxFixRounds: original.maxFixRounds,
     });
   });
   announce(deps, generation);
@@ -105,7 +120,16 @@ export async function getGeneration(scope: Scope, id: string): Promise<Generatio
 export async function insertGeneration(
   tx: Tx,
   deps: Pick<GenerationDeps, 'provider' | 'maxActivePerUser' | 'enqueue'>,
-  values: { projectId: string; createdBy: string; sessionId: string; parentId: string | null; prompt: string; retryOf?: string; attempt?: number },
+  values: {
+    projectId: string;
+    createdBy: string;
+    sessionId: string;
+    parentId: string | null;
+    prompt: string;
+    retryOf?: string;
+    attempt?: number;
+    maxFixRounds?: number;
+  },
   options: { checkLimits?: boolean } = { checkLimits: true },
 ): Promise<GenerationRow> {
   if (options.checkLimits) await checkLimits(tx, deps, values.projectId, values.createdBy);

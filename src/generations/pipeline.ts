@@ -1,3 +1,4 @@
+import { join } from 'node:path';
 import type { Db, Tx } from '../db/client.js';
 import { serviceScope } from '../db/scope.js';
 import type { EventBus, StatusEvent } from '../events/bus.js';
@@ -5,19 +6,24 @@ import type { LlmProvider, LlmUsage } from '../llm/provider.js';
 import { LlmError } from '../llm/provider.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
+import type { Outputs } from '../artifacts/outputs.js';
 import { secretContext } from '../projects/projects.js';
 import type { SecretBox } from '../projects/secret-box.js';
 import { type SecretName, secretStore } from '../projects/store.js';
-import { buildEnv, runStep, type StepResult } from '../toolchain/step-runner.js';
-import { commandLine, getTarget, type ToolBins } from '../toolchain/targets.js';
+import { getTarget, type ToolBins } from '../toolchain/targets.js';
 import { createWorkspace, pruneWorkspaces } from '../workspace/workspace.js';
-import { Batcher, splitText } from './batcher.js';
-import { BudgetStop, budgetMeter } from './budget.js';
+import { streamAnswer } from './answer.js';
+import { BudgetStop } from './budget.js';
+import { fixStore } from './fix-store.js';
+import { buildWithFixes } from './fix-rounds.js';
 import { monthStart } from './generations.js';
-import { createOutputParser, type OutputEvent, OutputProtocolError } from './output-parser.js';
+import { type OutputEvent, OutputProtocolError } from './output-parser.js';
 import { buildPrompt } from './prompt.js';
+import { restoredAnswer } from './restore.js';
+import { newRunCursor, type RunCursor } from './run-cursor.js';
+import { RunFailure } from './run-failure.js';
 import { UnsafeOutputError } from './safe-path.js';
-import { type ErrorCode, type GenerationRow, generationStore } from './store.js';
+import { type GenerationRow, generationStore } from './store.js';
 
 export interface PipelineDeps {
   db: Db;
@@ -30,19 +36,12 @@ export interface PipelineDeps {
   /** Opens the project's own API key (bring-your-own-key), when secrets are enabled. */
   secretBox?: SecretBox;
   metrics?: Metrics;
+  /** Issue 10: stores a succeeded generation's files and web bundle (src/artifacts/outputs.ts). */
+  outputs?: Pick<Outputs, 'write'>;
 }
 
 /** Why a run stopped early: the user cancelled, or the worker is handing it back. */
 export type StopReason = 'cancelled' | 'shutdown' | 'lease-lost';
-
-class RunFailure extends Error {
-  constructor(readonly code: ErrorCode, message: string) {
-    super(message);
-  }
-}
-
-// ~8 KiB of UTF-8 at most, whatever the characters.
-const MAX_CHUNK_CHARS = 2730;
 
 /**
  * One generation from claim to a terminal status. Everything it produces is persisted
@@ -63,20 +62,52 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
   const stopWatching = watchRun(deps, generationId, abort);
 
   let output = '';
-  let usage: LlmUsage = { inputTokens: 0, outputTokens: 0 };
+  // Every round's usage, summed: the generation's usage.
+  const usage: LlmUsage = { inputTokens: 0, outputTokens: 0 };
+  const spend = (spent: LlmUsage) => {
+    usage.inputTokens += spent.inputTokens;
+    usage.outputTokens += spent.outputTokens;
+  };
+  const onText = (text: string) => (output += text);
+  const cursor = newRunCursor();
   let outcome: Partial<GenerationRow> & Pick<GenerationRow, 'status'>;
   try {
     const context = await loadContext(deps, claimed);
-    const generated = await generate(deps, context, run.signal, (text) => (output += text));
-    usage = generated.usage;
+    const prompt = firstPrompt(context);
+    // Issue 10: a restore makes no model call; its answer is the restored files (restore.ts).
+    const generated = claimed.restoredFrom
+      ? await restoredAnswer(deps.db, claimed, { template: context.target.template, parentFiles: context.parentFiles })
+      : await generate(deps, context, prompt, cursor, run.signal, onText).catch((error: unknown) => {
+          // A run stopped by its budget spent tokens all the same: record the estimate.
+          if (error instanceof BudgetStop) spend(error.usage);
+          throw error;
+        });
+    spend(generated.usage);
     await setPhase(deps, generationId, 'WRITING', publish);
-    const workspaceDir = await writeWorkspace(deps, context, generated.changes);
+    const workspace = await writeWorkspace(deps, context, generated.changes);
     await setPhase(deps, generationId, 'BUILDING', publish);
-    await build(deps, context, workspaceDir, run.signal);
+    await buildWithFixes(deps, {
+      generationId,
+      target: context.project.target,
+      spec: context.target,
+      // A restore makes no model call at all, so it never heals either.
+      maxFixRounds: claimed.restoredFrom ? 0 : claimed.maxFixRounds,
+      ...(context.apiKey ? { apiKey: context.apiKey } : {}),
+      prompt,
+      files: new Map(workspace.files.map((file) => [file.path, file.content])),
+      workspaceDir: workspace.dir,
+      cursor,
+      signal: run.signal,
+      output: () => output,
+      onText,
+      budget: () => ({ limit: context.budget.limit, usedBefore: context.budget.usedBefore + usage.inputTokens + usage.outputTokens }),
+      spend,
+      setPhase: (phase) => setPhase(deps, generationId, phase, publish),
+    });
+    // Issue 10: the files and the web bundle go to the artefact store before SUCCEEDED (src/artifacts/).
+    await deps.outputs?.write(generationId, join(workspace.dir, context.target.bundleDir));
     outcome = { status: 'SUCCEEDED' };
   } catch (error) {
-    // A run stopped by its budget spent tokens all the same: record the estimate.
-    if (error instanceof BudgetStop) usage = error.usage;
     outcome = failureOutcome(error, run.signal, log);
   } finally {
     stopWatching();
@@ -84,6 +115,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
 
   const finished = await db.run(async (tx) => {
     await generationStore.closePendingSteps(tx, generationId, outcome.status === 'CANCELLED' ? 'CANCELLED' : 'SKIPPED');
+    await fixStore.closeRunningRounds(tx, generationId, outcome.status === 'CANCELLED' ? 'CANCELLED' : 'FAILED');
     const row = await generationStore.transition(tx, generationId, ['RUNNING'], {
       ...outcome,
       phase: 'DONE',
@@ -126,7 +158,7 @@ async function loadContext(deps: PipelineDeps, generation: GenerationRow) {
       apiKey: sealed && secretName ? openSecret(deps.secretBox!, sealed, project.id, secretName) : undefined,
       target: getTarget(project.target),
       parentFiles: generation.parentId ? await generationStore.filesOf(tx, generation.parentId, true) : [],
-      turns: await generationStore.successfulTurns(tx, generation.projectId, generation.sessionId, generation.createdAt),
+      turns: generation.parentId ? await generationStore.turnsOfLineage(tx, generation.parentId) : [],
       budget: { limit: project.monthlyTokenLimit, usedBefore: await usedThisMonth(tx, project.id) },
     };
   });
@@ -148,42 +180,31 @@ function openSecret(box: SecretBox, sealed: string, projectId: string, name: Sec
   }
 }
 
-async function generate(deps: PipelineDeps, context: RunContext, signal: AbortSignal, onText: (text: string) => void) {
-  const db = serviceScope(deps.db);
-  const { generation, project, target, parentFiles, turns } = context;
-  const prompt = buildPrompt({ systemPrompt: target.systemPrompt, template: target.template, parentFiles, turns, prompt: generation.prompt });
-
-  let seq = 0;
-  const chunks = new Batcher<string>(async (texts) => {
-    const rows = splitText(texts.join(''), MAX_CHUNK_CHARS).map((text) => ({ generationId: generation.id, seq: seq++, text }));
-    await db.run((tx) => generationStore.appendChunks(tx, rows));
-    deps.bus.publish('generationChunks', generation.id, rows.map(({ seq, text }) => ({ seq, text })));
-  });
-  const parser = createOutputParser();
-  const changes: OutputEvent[] = [];
-  let usage: LlmUsage = { inputTokens: 0, outputTokens: 0 };
-  const budget = budgetMeter(context.budget, prompt.messages.reduce((sum, m) => sum + m.content.length, prompt.systemPrompt.length));
-  budget.start(); // the prompt alone may be over what is left
-  try {
-    for await (const event of deps.llm.stream({ target: project.target, ...prompt, signal, ...(context.apiKey ? { apiKey: context.apiKey } : {}) })) {
-      if (event.type === 'usage') {
-        usage = event.usage;
-        continue;
-      }
-      onText(event.text);
-      await chunks.add(event.text);
-      budget.add(event.text); // past the budget it throws, and leaving the loop closes the stream
-      changes.push(...parser.push(event.text));
-    }
-    changes.push(...parser.end());
-  } finally {
-    // What streamed before a failure is kept: the user sees how far it got.
-    await chunks.flush();
-  }
-  return { changes, usage };
+/** The first answer's prompt: the target's system prompt, the parent's files, the session so far, the new prompt. */
+function firstPrompt({ generation, target, parentFiles, turns }: RunContext) {
+  return buildPrompt({ systemPrompt: target.systemPrompt, template: target.template, parentFiles, turns, prompt: generation.prompt });
 }
 
-async function writeWorkspace(deps: PipelineDeps, context: RunContext, changes: OutputEvent[]): Promise<string> {
+/** Round 0: the model's answer to the prompt. */
+function generate(
+  deps: PipelineDeps,
+  context: RunContext,
+  prompt: ReturnType<typeof firstPrompt>,
+  cursor: RunCursor,
+  signal: AbortSignal,
+  onText: (text: string) => void,
+) {
+  const { generation, project, apiKey } = context;
+  return streamAnswer(
+    deps,
+    { generationId: generation.id, target: project.target, round: 0, ...prompt, budget: context.budget, ...(apiKey ? { apiKey } : {}) },
+    cursor,
+    signal,
+    onText,
+  );
+}
+
+async function writeWorkspace(deps: PipelineDeps, context: RunContext, changes: OutputEvent[]) {
   const { generation } = context;
   const { dir, files } = await createWorkspace({
     root: deps.workspaces.dir,
@@ -195,70 +216,10 @@ async function writeWorkspace(deps: PipelineDeps, context: RunContext, changes: 
   });
   await serviceScope(deps.db).run((tx) => generationStore.insertFiles(tx, files.map((file) => ({ generationId: generation.id, ...file }))));
   await pruneWorkspaces(deps.workspaces.dir, generation.projectId, deps.workspaces.keepPerProject);
-  return dir;
+  return { dir, files };
 }
 
-async function build(deps: PipelineDeps, context: RunContext, cwd: string, signal: AbortSignal) {
-  const db = serviceScope(deps.db);
-  const { generation } = context;
-  const steps = context.target.steps;
-  const { bins, stepTimeoutMs } = deps.toolchain;
-  await db.run((tx) =>
-    generationStore.insertSteps(
-      tx,
-      steps.map((step, ordinal) => ({ generationId: generation.id, ordinal, name: step.name, command: commandLine(step, bins) })),
-    ),
-  );
-  let seq = 0;
-  for (const [ordinal, step] of steps.entries()) {
-    await db.run((tx) => generationStore.updateStep(tx, generation.id, ordinal, { status: 'RUNNING', startedAt: new Date() }));
-    const lines = new Batcher<{ stream: 'STDOUT' | 'STDERR'; text: string }>(async (batch) => {
-      const rows = batch.map((line) => ({ generationId: generation.id, seq: seq++, step: step.name, ...line }));
-      await db.run((tx) => generationStore.appendLogLines(tx, rows));
-      deps.bus.publish('buildLogs', generation.id, rows.map(({ seq, step, stream, text }) => ({ seq, step, stream, text })));
-    });
-    let result: StepResult;
-    const stepStarted = performance.now();
-    try {
-      result = await runStep({
-        command: bins[step.tool],
-        args: step.args,
-        cwd,
-        env: buildEnv(),
-        timeoutMs: stepTimeoutMs,
-        signal,
-        // A cancelled build should stop within about a second, even if the tool ignores SIGTERM.
-        killGraceMs: 500,
-        onLine: (line) => lines.add(line),
-      });
-    } finally {
-      await lines.flush();
-    }
-    const status = result.status === 'SUCCEEDED' ? 'SUCCEEDED' : result.status === 'CANCELLED' ? 'CANCELLED' : 'FAILED';
-    deps.metrics?.observeBuildStep({ step: step.name, status }, (performance.now() - stepStarted) / 1000);
-    await db.run((tx) =>
-      generationStore.updateStep(tx, generation.id, ordinal, { status, exitCode: result.exitCode, finishedAt: new Date() }),
-    );
-    if (result.status === 'SUCCEEDED') continue;
-    if (result.status === 'CANCELLED') throw signal.reason ?? 'cancelled';
-    throw stepFailure(step.name, result, stepTimeoutMs);
-  }
-}
-
-function stepFailure(name: string, result: StepResult, timeoutMs: number): RunFailure {
-  switch (result.status) {
-    case 'TOOLCHAIN_MISSING':
-      return new RunFailure('TOOLCHAIN_MISSING', result.message ?? `The build tool for "${name}" was not found.`);
-    case 'TIMED_OUT':
-      return new RunFailure('TIMEOUT', `Build step "${name}" took longer than ${Math.round(timeoutMs / 1000)} s and was stopped.`);
-    default: {
-      const last = result.tail.filter((line) => line.trim()).slice(-3).join('\n');
-      return new RunFailure('BUILD_FAILED', `Build step "${name}" failed (exit code ${result.exitCode}).${last ? `\n${last}` : ''}`);
-    }
-  }
-}
-
-async function setPhase(deps: PipelineDeps, id: string, phase: 'WRITING' | 'BUILDING', publish: (u: StatusEvent) => void) {
+async function setPhase(deps: PipelineDeps, id: string, phase: 'WRITING' | 'BUILDING' | 'FIXING', publish: (u: StatusEvent) => void) {
   const row = await serviceScope(deps.db).run((tx) => generationStore.transition(tx, id, ['RUNNING'], { phase }));
   if (!row) throw new RunFailure('INTERRUPTED', 'This generation was ended elsewhere.');
   publish({ status: 'RUNNING', phase });

@@ -38,7 +38,8 @@ export function buildPrompt(input: PromptInput): { systemPrompt: string; message
   return { systemPrompt, messages };
 }
 
-function summariseFiles(output: string): string {
+/** A model answer with its file contents left out (they are in the files already). */
+export function summariseFiles(output: string): string {
   return output.replace(/<file path="([^"]*)">[\s\S]*?<\/file>/g, '[wrote $1]');
 }
 

@@ -3,6 +3,8 @@ export const MAX_PATH_DEPTH = 16;
 
 // A closed ASCII set: anything else (look-alikes, RTL overrides, fullwidth slashes) is refused.
 const ALLOWED_PATH = /^[A-Za-z0-9._\-/@+]+$/;
+// Files the build tools read on their own (registry, scripts, tokens, environment): generated code must not steer them.
+const TOOL_STEERING = /^(\.npmrc|\.yarnrc.*|\.pnpmfile\.cjs|\.env.*)$/;
 
 /** The model's output names a path or size the workspace must not accept; ends the run as UNSAFE_OUTPUT. */
 export class UnsafeOutputError extends Error {
@@ -43,5 +45,6 @@ function unsafeReason(path: string): string | undefined {
   if (segments.includes('..')) return 'has a ".." segment';
   if (segments.some((segment) => segment === '' || segment === '.')) return 'has an empty or "." segment';
   if (segments.length > MAX_PATH_DEPTH) return `is deeper than ${MAX_PATH_DEPTH} levels`;
+  if (segments.some((segment) => TOOL_STEERING.test(segment))) return 'is a configuration file that steers the build tools (.npmrc, .yarnrc, .pnpmfile.cjs, .env)';
   return undefined;
 }

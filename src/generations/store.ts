@@ -7,6 +7,7 @@ import {
   generationChunks,
   generationFiles,
   generations,
+  projectMembers,
   projects,
 } from '../db/schema.js';
 
@@ -165,8 +166,11 @@ export const generationStore = {
     return rows.map((row) => row.id);
   },
 
-  /** Ends every RUNNING generation whose lease lapsed as FAILED/INTERRUPTED. */
-  async interruptLapsed(tx: Tx): Promise<GenerationRow[]> {
+  /**
+   * Ends every RUNNING generation whose lease lapsed as FAILED/INTERRUPTED; with
+   * `all`, every RUNNING one (embedded start-up: no other process can be running them).
+   */
+  async interruptLapsed(tx: Tx, { all = false }: { all?: boolean } = {}): Promise<GenerationRow[]> {
     return tx
       .update(generations)
       .set({
@@ -177,8 +181,18 @@ export const generationStore = {
         finishedAt: sql`now()`,
         leaseExpiresAt: null,
       })
-      .where(and(eq(generations.status, 'RUNNING'), lt(generations.leaseExpiresAt, sql`now()`)))
+      .where(and(eq(generations.status, 'RUNNING'), all ? undefined : lt(generations.leaseExpiresAt, sql`now()`)))
       .returning();
+  },
+
+  /** Who of these viewers still reaches these generations (a member of the project), and whether the project is archived. */
+  async accessOf(tx: Tx, userIds: readonly string[], generationIds: readonly string[]) {
+    return tx
+      .select({ userId: projectMembers.userId, generationId: generations.id, archivedAt: projects.archivedAt })
+      .from(generations)
+      .innerJoin(projects, eq(projects.id, generations.projectId))
+      .innerJoin(projectMembers, eq(projectMembers.projectId, generations.projectId))
+      .where(and(inArray(generations.id, [...generationIds]), inArray(projectMembers.userId, [...userIds])));
   },
 
   async appendChunks(tx: Tx, rows: (typeof generationChunks.$inferInsert)[]) {
@@ -284,20 +298,23 @@ export const generationStore = {
       .orderBy(asc(conversationMessages.createdAt), asc(conversationMessages.role));
   },
 
-  /** The session's turns that led to a successful generation, for the next prompt. */
-  async successfulTurns(tx: Tx, projectId: string, sessionId: string, before: Date): Promise<MessageRow[]> {
+  /**
+   * The conversation as it stood at `generationId`, for the next prompt: the turns of
+   * the successful generations it descends from, oldest first. A restore leads back
+   * through `restored_from` (issue 10), so turns made after the restored version drop out.
+   */
+  async turnsOfLineage(tx: Tx, generationId: string): Promise<MessageRow[]> {
+    const lineage = sql`
+      with recursive lineage(id, next, depth) as (
+        select id, coalesce(restored_from, parent_id), 0 from ${generations} where id = ${generationId}
+        union all
+        select g.id, coalesce(g.restored_from, g.parent_id), l.depth + 1 from ${generations} g join lineage l on g.id = l.next where l.depth < 10000
+      ) select id from lineage`;
     return tx
       .select({ message: conversationMessages })
       .from(conversationMessages)
       .innerJoin(generations, eq(generations.id, conversationMessages.generationId))
-      .where(
-        and(
-          eq(conversationMessages.projectId, projectId),
-          eq(conversationMessages.sessionId, sessionId),
-          eq(generations.status, 'SUCCEEDED'),
-          lt(generations.createdAt, before),
-        ),
-      )
+      .where(and(sql`${conversationMessages.generationId} in (${lineage})`, eq(generations.status, 'SUCCEEDED')))
       .orderBy(asc(conversationMessages.createdAt), asc(conversationMessages.role))
       .then((rows) => rows.map((row) => row.message));
   },

@@ -58,8 +58,9 @@ export class SlowConsumerError extends Error {
   }
 }
 
+/** Completes when the generation is terminal: a fix round may add model output after a build. */
 export function generationChunks(options: StreamOptions): Promise<AsyncGenerator<ChunkEvent>> {
-  return sequenced(options, 'generationChunks', (tx, id, after) => generationStore.chunksAfter(tx, id, after, PAGE), chunksAreOver);
+  return sequenced(options, 'generationChunks', (tx, id, after) => generationStore.chunksAfter(tx, id, after, PAGE), isTerminal);
 }
 
 export function buildLogs(options: StreamOptions): Promise<AsyncGenerator<LogLineEvent>> {
@@ -97,10 +98,6 @@ type State = Pick<GenerationRow, 'status' | 'phase'>;
 
 function isTerminal(state: State): boolean {
   return TERMINAL.includes(state.status);
-}
-
-function chunksAreOver(state: State): boolean {
-  return isTerminal(state) || (state.status === 'RUNNING' && state.phase !== 'GENERATING');
 }
 
 async function sequenced<T extends { seq: number }>(

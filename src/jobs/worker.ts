@@ -15,6 +15,12 @@ export interface WorkerOptions {
   pollMs?: number;
   /** Where jobs come from besides the table scan (QUEUE=pgboss); absent: the table alone. */
   queue?: JobQueue;
+  /**
+   * This process alone runs generations on its database (embedded PGlite: one process owns
+   * DATA_DIR), so a RUNNING row at start was left by a crash: it is ended and retried at
+   * once instead of after its lease.
+   */
+  soleWorker?: boolean;
 }
 
 export interface Worker {
@@ -98,16 +104,16 @@ export function startWorker(options: WorkerOptions): Worker {
 
   // Interrupting and queueing the retry commit together, so a crash between them
   // cannot leave an interrupted generation without its retry.
-  const recover = () =>
+  const recover = ({ all = false }: { all?: boolean } = {}) =>
     serviceScope(db)
       .run(async (tx) => {
-        const interrupted = await generationStore.interruptLapsed(tx);
+        const interrupted = await generationStore.interruptLapsed(tx, { all });
         return { interrupted, retried: await retryInterrupted(tx, options.provider, interrupted, queue?.enqueue) };
       })
       .then(async ({ interrupted, retried }) => {
         for (const row of interrupted) {
           pipeline.bus.publish('generationUpdated', row.id, { status: row.status, phase: row.phase });
-          log.warn({ generationId: row.id }, 'lease lapsed: generation interrupted');
+          log.warn({ generationId: row.id }, all ? 'left running by a stopped process: generation interrupted' : 'lease lapsed: generation interrupted');
         }
         if (retried) wake();
         await reapOrphanBuilds(db, pipeline.workspaces.dir, log);
@@ -118,7 +124,7 @@ export function startWorker(options: WorkerOptions): Worker {
     void recover();
     wake();
   }, options.pollMs ?? Math.max(500, Math.min(5000, pipeline.leaseMs / 2)));
-  void recover().then(wake);
+  void recover({ all: options.soleWorker }).then(wake);
   queue?.consume?.(take).catch((error: unknown) => log.error({ err: error }, 'taking jobs from the queue failed; the table scan goes on'));
 
   let stopping: Promise<void> | undefined;
@@ -177,6 +183,7 @@ async function retryInterrupted(
         prompt: row.prompt,
         retryOf: row.id,
         attempt: row.attempt + 1,
+        maxFixRounds: row.maxFixRounds,
       },
       { checkLimits: false },
     );

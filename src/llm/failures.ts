@@ -11,8 +11,19 @@ export interface Upstream {
 
 const MAX_DETAIL_LENGTH = 300;
 
-/** Maps an HTTP error status to a message a user can act on; 408, 429 and 5xx are retryable. */
-export function httpFailure(upstream: Upstream, status: number, body: string): LlmError {
+/**
+ * Maps an HTTP error status to a message a user can act on; 408, 429 and 5xx are
+ * retryable, after the delay the provider asked for when it said (`Retry-After`, or
+ * Gemini's RetryInfo in the error body).
+ */
+export function httpFailure(upstream: Upstream, status: number, body: string, retryAfterHeader?: string | null): LlmError {
+  const failure = describeHttpFailure(upstream, status, body);
+  if (!failure.retryable) return failure;
+  const afterMs = retryAfterMs(retryAfterHeader) ?? retryInfoDelayMs(body);
+  return new LlmError(failure.message, true, { status, ...(afterMs === undefined ? {} : { afterMs }) });
+}
+
+function describeHttpFailure(upstream: Upstream, status: number, body: string): LlmError {
   const { label } = upstream;
   const detail = `${status}: ${upstreamDetail(body)}`;
   const keyRejected = status === 401 || status === 403 || (status === 400 && /api[ _-]?key/i.test(body));
@@ -30,14 +41,40 @@ export function httpFailure(upstream: Upstream, status: number, body: string): L
   return new LlmError(`${label} failed (${detail}).`);
 }
 
+/** `Retry-After` as seconds or an HTTP date, in milliseconds from now. */
+export function retryAfterMs(header: string | null | undefined, now = Date.now()): number | undefined {
+  if (!header) return undefined;
+  const trimmed = header.trim();
+  if (/^\d+(\.\d+)?$/.test(trimmed)) return Math.round(Number(trimmed) * 1000);
+  const at = Date.parse(trimmed);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - now);
+}
+
+/** google.rpc.RetryInfo's retryDelay ("7s", "0.25s") in a Google error body, in milliseconds. */
+export function retryInfoDelayMs(body: string): number | undefined {
+  const start = body.indexOf('{');
+  if (start < 0) return undefined;
+  try {
+    const parsed = JSON.parse(body.slice(start)) as { error?: { details?: { '@type'?: string; retryDelay?: unknown }[] } };
+    for (const detail of parsed.error?.details ?? []) {
+      if (!detail['@type']?.endsWith('google.rpc.RetryInfo')) continue;
+      const match = typeof detail.retryDelay === 'string' ? /^(\d+(?:\.\d+)?)s$/.exec(detail.retryDelay) : null;
+      if (match) return Math.round(Number(match[1]) * 1000);
+    }
+  } catch {
+    // Not JSON: no RetryInfo.
+  }
+  return undefined;
+}
+
 /** A connection that broke once the answer had begun; retried only if no text had arrived yet. */
 export function interruptedFailure(label: string, error: unknown): LlmError {
-  return new LlmError(`The ${label} stream was interrupted (${transportDetail(error)}); try again.`, true);
+  return new LlmError(`The ${label} stream was interrupted (${transportDetail(error)}); try again.`, true, { status: 'network' });
 }
 
 /** A request that never got an answer: wrong address, DNS, refused connection. */
 export function unreachableFailure(label: string, where: string, error: unknown): LlmError {
-  return new LlmError(`Could not reach ${label} (${transportDetail(error)}); check ${where}.`, true);
+  return new LlmError(`Could not reach ${label} (${transportDetail(error)}); check ${where}.`, true, { status: 'network' });
 }
 
 /** The `error.message` of a JSON error body (Google and OpenAI shapes), else the raw text, shortened. */

@@ -1,6 +1,6 @@
 import { ApiError, GoogleGenAI, type GenerateContentResponseUsageMetadata } from '@google/genai';
 import { httpFailure, interruptedFailure, unreachableFailure, type Upstream } from './failures.js';
-import { LlmError, type LlmEvent, type LlmProvider, type LlmRequest, type LlmUsage } from './provider.js';
+import { LlmError, type LlmEvent, type LlmProvider, type LlmRequest, type LlmUsage, OutputLimitError } from './provider.js';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_RETRY_POLICY, resilientStream, type RetryPolicy } from './streaming.js';
 
 export interface GeminiProviderOptions {
@@ -58,6 +58,7 @@ export function createGeminiProvider(options: GeminiProviderOptions): LlmProvide
         signal: request.signal,
         idleTimeoutMs,
         retry,
+        ...(request.onRetry ? { onRetry: request.onRetry } : {}),
         open: (signal) => streamOnce(client, model, request, signal),
         describeFailure: (error) =>
           error instanceof ApiError
@@ -103,11 +104,11 @@ async function* streamOnce(
     if (error instanceof LlmError || error instanceof ApiError) throw error;
     throw interruptedFailure('Gemini', error);
   }
-  throwUnlessFinished(finishReason);
+  throwUnlessFinished(finishReason, usage);
   if (usage) yield { type: 'usage', usage };
 }
 
-function throwUnlessFinished(finishReason: string | undefined): void {
+function throwUnlessFinished(finishReason: string | undefined, usage: LlmUsage | undefined): void {
   if (finishReason === 'STOP') return;
   if (finishReason === undefined) {
     throw new LlmError('The Gemini stream ended before the answer was finished; try again.', true);
@@ -115,9 +116,8 @@ function throwUnlessFinished(finishReason: string | undefined): void {
   if (BLOCKING_FINISH_REASONS.has(finishReason)) {
     throw new LlmError(`Gemini blocked the response (${finishReason}); rephrase the prompt and try again.`);
   }
-  if (finishReason === 'MAX_TOKENS') {
-    throw new LlmError('Gemini reached its output limit (MAX_TOKENS), so the answer is incomplete; ask for a smaller change.');
-  }
+  // Continued automatically by withContinuations (LLM_MAX_CONTINUATIONS).
+  if (finishReason === 'MAX_TOKENS') throw new OutputLimitError('Gemini (MAX_TOKENS)', usage);
   throw new LlmError(`Gemini ended the answer early (${finishReason}); try again or rephrase the prompt.`);
 }
 

@@ -1,3 +1,4 @@
+import { withContinuations } from './continuation.js';
 import { createGeminiProvider } from './gemini.js';
 import { createOfflineProvider } from './offline.js';
 import { createOpenAiProvider } from './openai.js';
@@ -9,7 +10,13 @@ export interface LlmConfig {
   gemini: { apiKey?: string; model: string; baseUrl?: string };
   openai: { baseUrl?: string; apiKey?: string; model?: string };
   offlineChunkDelayMs: number;
+  /** Automatic continuations of an answer cut at the output limit (default 2). */
+  maxContinuations?: number;
+  /** Back-off on throttled or unavailable answers (defaults: 3 attempts, 60 s of waiting). */
+  retry?: { maxAttempts: number; maxTotalWaitMs: number };
 }
+
+const DEFAULT_MAX_CONTINUATIONS = 2;
 
 /** Builds the configured provider; throws at start-up, not at the first generation, when a setting is missing. */
 export function createLlmProvider(config: LlmConfig): LlmProvider {
@@ -20,12 +27,14 @@ export function createLlmProvider(config: LlmConfig): LlmProvider {
       const { apiKey, model, baseUrl } = config.gemini;
       if (!apiKey) throw new Error('LLM_PROVIDER=gemini needs GEMINI_API_KEY');
       if (!model) throw new Error('LLM_PROVIDER=gemini needs GEMINI_MODEL');
-      return createGeminiProvider({ apiKey, model, ...(baseUrl ? { baseUrl } : {}) });
+      const gemini = createGeminiProvider({ apiKey, model, ...(baseUrl ? { baseUrl } : {}), ...(config.retry ? { retry: config.retry } : {}) });
+      return withContinuations(gemini, config.maxContinuations ?? DEFAULT_MAX_CONTINUATIONS);
     }
     case 'openai': {
       const { baseUrl, apiKey, model } = config.openai;
       if (!baseUrl || !model) throw new Error('LLM_PROVIDER=openai needs OPENAI_BASE_URL and OPENAI_MODEL');
-      return createOpenAiProvider({ baseUrl, model, ...(apiKey ? { apiKey } : {}) });
+      const openai = createOpenAiProvider({ baseUrl, model, ...(apiKey ? { apiKey } : {}), ...(config.retry ? { retry: config.retry } : {}) });
+      return withContinuations(openai, config.maxContinuations ?? DEFAULT_MAX_CONTINUATIONS);
     }
   }
 }

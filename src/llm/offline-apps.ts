@@ -10,7 +10,14 @@ export interface AppBrief {
   checklist: string[];
   /** #rrggbb, stable per prompt, so different prompts give visibly different apps. */
   accent: string;
+  /** The prompt asked for a broken build (the self-healing demonstration): the code fails its checker. */
+  buildError?: boolean;
 }
+
+/** A prompt containing this asks the offline provider for code that fails the build (then its fix). */
+export const BUILD_ERROR_REQUEST = /with a build error/i;
+/** Marks the line of the deliberate error in the generated code (the fake flutter of the tests reports it). */
+export const BUILD_ERROR_MARKER = 'deliberate build error';
 
 const TITLE_LENGTH = 48;
 const REQUEST_LENGTH = 600;
@@ -42,13 +49,14 @@ function checklistOf(request: string): string[] {
   return distinct.length > 0 ? distinct : ['Describe what to build next'];
 }
 
-export function webApp({ title, request, checklist, accent }: AppBrief): string {
+export function webApp({ title, request, checklist, accent, buildError }: AppBrief): string {
+  const broken = buildError ? `export const itemCount: number = 'every item'; // A ${BUILD_ERROR_MARKER}, as the prompt asked.\n` : '';
   return `import { useState } from 'react';
 
 const title = ${tsString(title)};
 const request = ${tsString(request)};
 const checklist: string[] = [${checklist.map(tsString).join(', ')}];
-
+${broken}
 const styles = \`
   .app { max-width: 40rem; margin: 0 auto; padding: 2rem 1rem; font-family: system-ui, sans-serif; color: #1f2328; }
   .app h1 { color: ${accent}; margin-bottom: 0.25rem; }
@@ -89,14 +97,15 @@ export default function App() {
 `;
 }
 
-export function flutterApp({ title, request, checklist, accent }: AppBrief): string {
+export function flutterApp({ title, request, checklist, accent, buildError }: AppBrief): string {
+  const broken = buildError ? `const int itemCount = 'every item'; // A ${BUILD_ERROR_MARKER}, as the prompt asked.\n` : '';
   return `import 'package:flutter/material.dart';
 
 const String appTitle = ${dartString(title)};
 const String userRequest = ${dartString(request)};
 const List<String> checklist = <String>[
 ${checklist.map((item) => `  ${dartString(item)},\n`).join('')}];
-
+${broken}
 void main() {
   runApp(const GeneratedApp());
 }

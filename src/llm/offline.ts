@@ -1,5 +1,5 @@
 import type { ProjectTarget } from '../toolchain/targets.js';
-import { describePrompt, flutterApp, webApp } from './offline-apps.js';
+import { BUILD_ERROR_REQUEST, describePrompt, flutterApp, webApp } from './offline-apps.js';
 import type { LlmEvent, LlmProvider, LlmRequest } from './provider.js';
 import { abortableDelay } from './streaming.js';
 
@@ -20,15 +20,22 @@ export function createOfflineProvider({ chunkDelayMs }: OfflineProviderOptions):
   };
 }
 
-/** The whole answer the offline provider streams: a little prose, then one file block. */
-export function offlineApp(target: ProjectTarget, prompt: string, isFollowUp: boolean): string {
-  const brief = describePrompt(prompt);
+/**
+ * The whole answer the offline provider streams: a little prose, then one file block.
+ * A prompt asking for a build error (BUILD_ERROR_REQUEST) gets code that fails the
+ * target's checker in the first answer, and the repaired code in a fix round.
+ */
+export function offlineApp(target: ProjectTarget, prompt: string, isFollowUp: boolean, round = 0): string {
+  const brief = { ...describePrompt(prompt), buildError: round === 0 && BUILD_ERROR_REQUEST.test(prompt) };
   // Prose never carries < or >, so prompt text cannot open or close a protocol tag.
   const title = brief.title.replace(/</g, '‹').replace(/>/g, '›');
   const kind = target === 'WEB' ? 'a React + TypeScript page' : 'a Flutter Material app';
-  const intro = isFollowUp
-    ? `I updated the previous app (${kind}) for your new request, “${title}”.`
-    : `Here is ${kind} for your request, “${title}”.`;
+  const intro =
+    round > 0
+      ? `I fixed what the build reported in the app (${kind}) for “${title}”.`
+      : isFollowUp
+        ? `I updated the previous app (${kind}) for your new request, “${title}”.`
+        : `Here is ${kind} for your request, “${title}”.`;
   const file =
     target === 'WEB' ? { path: 'src/App.tsx', content: webApp(brief) } : { path: 'lib/main.dart', content: flutterApp(brief) };
   return (
@@ -39,8 +46,11 @@ export function offlineApp(target: ProjectTarget, prompt: string, isFollowUp: bo
 
 async function* streamApp(request: LlmRequest, chunkDelayMs: number): AsyncGenerator<LlmEvent> {
   const { messages, signal } = request;
-  const prompt = messages.findLast((message) => message.role === 'user')?.content ?? '';
-  const text = offlineApp(request.target, prompt, messages.length > 1);
+  const round = request.round ?? 0;
+  // A fix round ends with the fix request; the user's own prompt is the turn before the model's answer.
+  const own = round > 0 ? messages.slice(0, messages.findLastIndex((message) => message.role === 'model')) : messages;
+  const prompt = own.findLast((message) => message.role === 'user')?.content ?? '';
+  const text = offlineApp(request.target, prompt, own.length > 1, round);
   for (const chunk of chunksOf(text)) {
     await abortableDelay(chunkDelayMs, signal);
     yield { type: 'text', text: chunk };

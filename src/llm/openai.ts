@@ -1,5 +1,5 @@
 import { httpFailure, interruptedFailure, unreachableFailure, upstreamDetail, type Upstream } from './failures.js';
-import { LlmError, type LlmEvent, type LlmProvider, type LlmRequest, type LlmUsage } from './provider.js';
+import { LlmError, type LlmEvent, type LlmProvider, type LlmRequest, type LlmUsage, OutputLimitError } from './provider.js';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_RETRY_POLICY, resilientStream, type RetryPolicy } from './streaming.js';
 
 export interface OpenAiProviderOptions {
@@ -52,6 +52,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): LlmProvide
         signal: request.signal,
         idleTimeoutMs,
         retry,
+        ...(request.onRetry ? { onRetry: request.onRetry } : {}),
         open: (signal) => streamOnce(url, apiKey, body, signal, upstream),
         describeFailure: (error) => unreachableFailure('the OpenAI-compatible server', `OPENAI_BASE_URL (${options.baseUrl})`, error),
       });
@@ -69,7 +70,7 @@ async function* streamOnce(
   const headers: Record<string, string> = { 'content-type': 'application/json', accept: 'text/event-stream' };
   if (apiKey) headers.authorization = `Bearer ${apiKey}`;
   const response = await fetch(url, { method: 'POST', headers, body, signal });
-  if (!response.ok) throw httpFailure(upstream, response.status, await response.text());
+  if (!response.ok) throw httpFailure(upstream, response.status, await response.text(), response.headers.get('retry-after'));
   if (!response.body) throw new LlmError(`${LABEL} answered without a body; check OPENAI_BASE_URL.`);
 
   let usage: LlmUsage | undefined;
@@ -94,7 +95,7 @@ async function* streamOnce(
     if (error instanceof LlmError) throw error;
     throw interruptedFailure('OpenAI-compatible', error);
   }
-  throwUnlessFinished(finishReason, sawDone);
+  throwUnlessFinished(finishReason, sawDone, usage);
   if (usage) yield { type: 'usage', usage };
 }
 
@@ -109,13 +110,12 @@ function parseChunk(data: string): ChatCompletionChunk {
   return chunk;
 }
 
-function throwUnlessFinished(finishReason: string | undefined, sawDone: boolean): void {
+function throwUnlessFinished(finishReason: string | undefined, sawDone: boolean, usage: LlmUsage | undefined): void {
   if (finishReason === undefined && !sawDone) {
     throw new LlmError('The OpenAI-compatible stream ended before the answer was finished; try again.', true);
   }
-  if (finishReason === 'length') {
-    throw new LlmError(`${LABEL} reached its output limit, so the answer is incomplete; ask for a smaller change.`);
-  }
+  // Continued automatically by withContinuations (LLM_MAX_CONTINUATIONS).
+  if (finishReason === 'length') throw new OutputLimitError(`${LABEL} (finish_reason length)`, usage);
   if (finishReason === 'content_filter') {
     throw new LlmError(`${LABEL} blocked the response (content_filter); rephrase the prompt and try again.`);
   }

@@ -14,6 +14,20 @@ export interface LlmRequest {
   signal: AbortSignal;
   /** A project's own key (bring-your-own-key); falls back to the configured one. */
   apiKey?: string;
+  /** 0 for the first answer, N for self-healing fix round N (the offline provider's demonstration uses it). */
+  round?: number;
+  /** Told before each wait for a retry of a throttled or unavailable provider (logs, metrics). */
+  onRetry?: (retry: RetryNotice) => void;
+}
+
+export interface RetryNotice {
+  /** The attempt that failed, from 1. */
+  attempt: number;
+  /** HTTP status, or 'network' when no answer came. */
+  status: number | 'network';
+  /** How long before the next attempt; from RetryInfo or Retry-After when the provider gave one. */
+  delayMs: number;
+  reason: string;
 }
 
 export interface LlmUsage {
@@ -32,8 +46,25 @@ export interface LlmProvider {
 
 /** A provider failure a user can act on; ends the run as FAILED/LLM_ERROR. */
 export class LlmError extends Error {
-  override readonly name = 'LlmError';
-  constructor(message: string, readonly retryable = false) {
+  override readonly name: string = 'LlmError';
+  constructor(
+    message: string,
+    readonly retryable = false,
+    /** What the provider asked for before a retry (Gemini RetryInfo, Retry-After), and what it answered. */
+    readonly retry: { afterMs?: number; status?: number | 'network' } = {},
+  ) {
     super(message);
+  }
+}
+
+/** The answer stopped at the model's output limit (Gemini MAX_TOKENS, OpenAI `length`): it can be continued. */
+export class OutputLimitError extends LlmError {
+  override readonly name = 'OutputLimitError';
+  constructor(
+    label: string,
+    /** What the cut answer cost, when the provider said. */
+    readonly usage: LlmUsage | undefined,
+  ) {
+    super(`${label} reached its output limit, so the answer is incomplete.`);
   }
 }

@@ -1,4 +1,4 @@
-import { LlmError, type LlmEvent } from './provider.js';
+import { LlmError, type LlmEvent, type RetryNotice } from './provider.js';
 
 /** How a provider retries a request that failed before any text reached the caller. */
 export interface RetryPolicy {
@@ -7,9 +7,11 @@ export interface RetryPolicy {
   /** Wait before the second attempt; it doubles (with jitter) up to maxDelayMs. */
   baseDelayMs: number;
   maxDelayMs: number;
+  /** The longest all waits of one request may add up to; a longer RetryInfo/Retry-After gives up at once. */
+  maxTotalWaitMs: number;
 }
 
-export const DEFAULT_RETRY_POLICY: RetryPolicy = { maxAttempts: 3, baseDelayMs: 1000, maxDelayMs: 8000 };
+export const DEFAULT_RETRY_POLICY: RetryPolicy = { maxAttempts: 3, baseDelayMs: 1000, maxDelayMs: 8000, maxTotalWaitMs: 60_000 };
 export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
 
 export interface ResilientStreamOptions {
@@ -22,15 +24,19 @@ export interface ResilientStreamOptions {
   open(signal: AbortSignal): AsyncIterable<LlmEvent>;
   /** Turns anything else an attempt threw into an LlmError; retryable ones may be tried again. */
   describeFailure(error: unknown): LlmError;
+  /** Told before each wait (logs, metrics). */
+  onRetry?: (retry: RetryNotice) => void;
 }
 
 /**
  * Runs `open` with bounded retries, an idle timeout and prompt cancellation.
  * Retries happen only before the first text event: after that the caller has
- * already shown the text, so a failure is final.
+ * already shown the text, so a failure is final. A wait honours the delay the
+ * provider asked for (RetryInfo, Retry-After), within the policy's total.
  */
 export async function* resilientStream(options: ResilientStreamOptions): AsyncGenerator<LlmEvent> {
   const { signal, retry } = options;
+  let waitedMs = 0;
   for (let attempt = 1; ; attempt++) {
     signal.throwIfAborted();
     const upstream = new AbortController();
@@ -50,9 +56,16 @@ export async function* resilientStream(options: ResilientStreamOptions): AsyncGe
       const failure = error instanceof LlmError ? error : options.describeFailure(error);
       if (receivedText || !failure.retryable) throw failure;
       if (attempt >= retry.maxAttempts) {
-        throw new LlmError(`${failure.message} Gave up after ${attempt} attempts.`, true);
+        throw new LlmError(`${failure.message} Gave up after ${attempt} attempts.`, true, failure.retry);
       }
-      await abortableDelay(backoffMs(retry, attempt), signal);
+      const delayMs = failure.retry.afterMs ?? backoffMs(retry, attempt);
+      if (waitedMs + delayMs > retry.maxTotalWaitMs) {
+        const seconds = Math.ceil(delayMs / 1000);
+        throw new LlmError(`${failure.message} Gave up after ${attempt} attempts: ${options.label} asked to wait ${seconds} s more, past the ${Math.round(retry.maxTotalWaitMs / 1000)} s limit.`, true, failure.retry);
+      }
+      options.onRetry?.({ attempt, status: failure.retry.status ?? 'network', delayMs, reason: failure.message });
+      waitedMs += delayMs;
+      await abortableDelay(delayMs, signal);
     } finally {
       signal.removeEventListener('abort', followCaller);
       // Closes the connection when the consumer stopped early or the attempt failed.

@@ -9,7 +9,9 @@ import type { Logger } from './logger.js';
 
 // Prometheus metrics (prom-client), served on /metrics. One registry per Kiln, so
 // several instances in one process (tests) never share or double-register series.
-// Database-backed gauges (generations by status, queue depth) are read at scrape time.
+// Database-backed gauges (active generations by status, queue depth) are read at scrape
+// time with one grouped count over the partial index of active statuses: a scrape never
+// scans the table. Terminal outcomes are counters (kiln_generation_duration_seconds_count).
 
 export interface Metrics {
   readonly registry: Registry;
@@ -21,6 +23,12 @@ export interface Metrics {
   observeGeneration(labels: { status: string; errorCode?: string | null; provider: string }, seconds: number): void;
   observeBuildStep(labels: { step: string; status: string }, seconds: number): void;
   observeTokens(provider: string, usage: { inputTokens: number; outputTokens: number }): void;
+  /** A self-healing fix round ended (succeeded, failed, no_progress, no_change, budget, cancelled, error). */
+  observeFixRound(outcome: string): void;
+  /** Tokens of one answer, by round kind: `initial` (round 0) or `fix`. */
+  observeRoundTokens(kind: 'initial' | 'fix', usage: { inputTokens: number; outputTokens: number }): void;
+  /** A throttled or unavailable provider answer that is retried after a wait. */
+  observeLlmRetry(provider: string, status: number | 'network'): void;
 }
 
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
@@ -85,14 +93,34 @@ export function createMetrics(options: { db?: Db; logger?: Logger; defaultMetric
     labelNames: ['provider', 'kind'] as const,
     registers: [registry],
   });
+  const fixRounds = new Counter({
+    name: 'kiln_fix_rounds_total',
+    help: 'Self-healing fix rounds run by this process, by outcome.',
+    labelNames: ['outcome'] as const,
+    registers: [registry],
+  });
+  const roundTokens = new Counter({
+    name: 'kiln_llm_round_tokens_total',
+    help: 'LLM tokens by round kind (initial: the first answer; fix: self-healing rounds) and direction (input or output).',
+    labelNames: ['round_kind', 'kind'] as const,
+    registers: [registry],
+  });
+  const llmRetries = new Counter({
+    name: 'kiln_llm_retries_total',
+    help: 'Provider answers (429, 503, …) retried after a back-off, by provider and status.',
+    labelNames: ['provider', 'status'] as const,
+    registers: [registry],
+  });
 
   const db = options.db;
   if (db) {
-    // One query per scrape feeds both gauges.
+    // One query per scrape feeds both gauges; its WHERE matches generations_active_idx, so only active rows are read.
     let pending: Promise<Map<string, number> | undefined> | undefined;
     const statusCounts = () =>
       (pending ??= db
-        .execute(sql`select status::text as status, count(*)::int as count from generations group by status`)
+        .execute(
+          sql`select status::text as status, count(*)::int as count from generations where status in ('QUEUED', 'RUNNING') group by status`,
+        )
         .then((result) => new Map(rowsOf<{ status: string; count: number }>(result).map((row) => [row.status, row.count])))
         .catch((error: unknown) => {
           log?.warn({ err: error }, 'reading generation counts for /metrics failed');
@@ -103,13 +131,13 @@ export function createMetrics(options: { db?: Db; logger?: Logger; defaultMetric
         }));
     new Gauge({
       name: 'kiln_generations',
-      help: 'Generations in the database by status (read at scrape time).',
+      help: 'Active generations in the database (QUEUED, RUNNING), read at scrape time.',
       labelNames: ['status'] as const,
       registers: [registry],
       async collect() {
         const counts = await statusCounts();
         if (!counts) return;
-        for (const status of ['QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED']) this.set({ status }, counts.get(status) ?? 0);
+        for (const status of ['QUEUED', 'RUNNING']) this.set({ status }, counts.get(status) ?? 0);
       },
     });
     new Gauge({
@@ -177,6 +205,12 @@ export function createMetrics(options: { db?: Db; logger?: Logger; defaultMetric
       if (usage.inputTokens > 0) llmTokens.inc({ provider, kind: 'input' }, usage.inputTokens);
       if (usage.outputTokens > 0) llmTokens.inc({ provider, kind: 'output' }, usage.outputTokens);
     },
+    observeFixRound: (outcome) => fixRounds.inc({ outcome }),
+    observeRoundTokens: (roundKind, usage) => {
+      if (usage.inputTokens > 0) roundTokens.inc({ round_kind: roundKind, kind: 'input' }, usage.inputTokens);
+      if (usage.outputTokens > 0) roundTokens.inc({ round_kind: roundKind, kind: 'output' }, usage.outputTokens);
+    },
+    observeLlmRetry: (provider, status) => llmRetries.inc({ provider, status: String(status) }),
   };
 }
 

@@ -6,8 +6,22 @@ import { type PageCursor, type ProjectRole, type ProjectRow, projectStore, type 
 
 // Project and membership use-cases: they decide; the store queries; RLS guards.
 
-export const projectName = z.string().trim().min(1, 'Name must not be empty').max(100, 'Name must be at most 100 characters');
-export const projectDescription = z.string().trim().max(2000, 'Description must be at most 2000 characters');
+/** Control characters and bidi overrides: invisible, or they make text read otherwise than it is (a name shown in lists, a file name for archives). */
+const CONTROL_OR_BIDI = /[\p{Cc}\u202A-\u202E\u2066-\u2069]/u;
+/** The same, except line breaks and tabs, which a description may have. */
+const CONTROL_OR_BIDI_EXCEPT_LINES = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F\u202A-\u202E\u2066-\u2069]/u;
+
+export const projectName = z
+  .string()
+  .trim()
+  .min(1, 'Name must not be empty')
+  .max(100, 'Name must be at most 100 characters')
+  .refine((name) => !CONTROL_OR_BIDI.test(name), 'Name must not contain control or bidirectional-override characters');
+export const projectDescription = z
+  .string()
+  .trim()
+  .max(2000, 'Description must be at most 2000 characters')
+  .refine((text) => !CONTROL_OR_BIDI_EXCEPT_LINES.test(text), 'Description must not contain control or bidirectional-override characters');
 export const email = z.string().trim().toLowerCase().max(254, 'Email is too long').pipe(z.email('Not a valid email address'));
 
 export type ProjectTarget = 'FLUTTER' | 'WEB';

@@ -1,3 +1,5 @@
+import type { DiagnosticFormat } from './diagnostics.js';
+
 export type BuildTool = 'flutter' | 'npm';
 
 /** Where each tool's executable lives: a bare name looked up on PATH, or an absolute path. */
@@ -7,6 +9,18 @@ export interface BuildStepSpec {
   name: string;
   tool: BuildTool;
   args: string[];
+  /**
+   * Fetches dependencies (`npm install --ignore-scripts`, `flutter pub get`): the only step
+   * with network and a writable tool cache, so it must never run project code.
+   */
+  fetch?: boolean;
+  /** How its failure output becomes diagnostics a fix round can act on; absent: it never does. */
+  diagnostics?: DiagnosticFormat;
+  /**
+   * In a self-healing fix round, runs again only when the round rewrote one of these files:
+   * what it did before (installed dependencies) is still in the workspace.
+   */
+  rerunWhenChanged?: string[];
 }
 
 /** The tools as a user (or the model) knows them. */

@@ -54,15 +54,19 @@ flutter:
 };
 
 const steps: BuildStepSpec[] = [
-  { name: 'install', tool: 'flutter', args: ['pub', 'get'] },
+  // Resolves and downloads packages; runs no project code (build hooks run in `build`).
+  { name: 'install', tool: 'flutter', args: ['pub', 'get'], fetch: true, rerunWhenChanged: ['pubspec.yaml'] },
   // Infos (lints, deprecations) are advice, not defects: only warnings and errors fail the build.
-  { name: 'analyze', tool: 'flutter', args: ['analyze', '--no-fatal-infos'] },
+  // --machine: one `SEVERITY|TYPE|CODE|file|line|col|length|message` line per issue.
+  { name: 'analyze', tool: 'flutter', args: ['analyze', '--no-fatal-infos', '--machine'], diagnostics: 'flutter-analyze' },
   { name: 'build', tool: 'flutter', args: ['build', 'web'] },
 ];
 
 export const flutterTarget: TargetSpec = {
   template,
   steps,
+  // Its index.html keeps `<base href="/">`; the preview handler rewrites it when serving.
+  bundleDir: 'build/web',
   systemPrompt: systemPrompt({
     app: 'Flutter apps (Dart 3, Material 3) that are built for the web',
     template,

@@ -4,6 +4,7 @@ import type { Readable } from 'node:stream';
 import { execa, type Result } from 'execa';
 import { LineSplitter, OutputCollector, type OutputLine, type OutputStream } from './output-lines.js';
 import { ProcessGroup } from './process-group.js';
+import type { Jail, StepSandbox } from './sandbox.js';
 
 export type { OutputLine, OutputStream } from './output-lines.js';
 
@@ -28,6 +29,8 @@ export interface RunStepOptions {
   tailLines?: number;
   /** Time between SIGTERM and SIGKILL when the process tree is stopped. Default 2000. */
   killGraceMs?: number;
+  /** Runs the step inside this sandbox (see sandbox.ts); unset runs it as a plain child process. */
+  sandbox?: StepSandbox;
 }
 
 export interface StepResult {
@@ -40,19 +43,30 @@ export interface StepResult {
 
 /** Runs one build tool without a shell, streaming its output line by line, and never leaves its process tree behind. */
 export async function runStep(options: RunStepOptions): Promise<StepResult> {
-  const { command, args, cwd, env, timeoutMs, signal } = options;
+  const { cwd, timeoutMs, signal } = options;
   if (signal?.aborted) return { status: 'CANCELLED', exitCode: null, tail: [], message: 'cancelled' };
+  let jail: Jail | undefined;
+  if (options.sandbox) {
+    const entered = await enterSandbox(options);
+    if ('status' in entered) return entered;
+    jail = entered;
+  }
+  const { command, args, env } = jail ?? options;
 
   const child = execa(command, args, {
     cwd,
     env,
     extendEnv: false,
     detached: true,
-    stdin: 'ignore',
+    // fd 3: bwrap's report of the sandbox's init, whose end is the end of everything in it.
+    stdio: jail ? ['ignore', 'pipe', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe'],
     buffer: false,
     reject: false,
   });
-  if (child.pid === undefined) return spawnFailure(options, await child);
+  if (child.pid === undefined) {
+    await jail?.release();
+    return spawnFailure(options, await child);
+  }
 
   const group = new ProcessGroup(child.pid, options.killGraceMs ?? 2_000);
   const collector = new OutputCollector(options.onLine, {
@@ -60,8 +74,8 @@ export async function runStep(options: RunStepOptions): Promise<StepResult> {
     tailLines: options.tailLines ?? 200,
   });
   let exited = false;
-  let stoppedBy: 'TIMED_OUT' | 'CANCELLED' | undefined;
-  const stop = (reason: 'TIMED_OUT' | 'CANCELLED') => {
+  let stoppedBy: 'TIMED_OUT' | 'CANCELLED' | 'LIMIT' | undefined;
+  const stop = (reason: 'TIMED_OUT' | 'CANCELLED' | 'LIMIT') => {
     if (exited || stoppedBy) return;
     stoppedBy = reason;
     void group.terminate();
@@ -74,6 +88,8 @@ export async function runStep(options: RunStepOptions): Promise<StepResult> {
   const timer = setTimeout(() => stop('TIMED_OUT'), timeoutMs);
   const onAbort = () => stop('CANCELLED');
   signal?.addEventListener('abort', onAbort, { once: true });
+  jail?.started(child.pid, child.stdio[3] as Readable, () => stop('LIMIT'));
+  let limitPassed: string | undefined;
 
   try {
     const maxLineLength = options.maxLineLength ?? 4_000;
@@ -84,6 +100,17 @@ export async function runStep(options: RunStepOptions): Promise<StepResult> {
     const [result] = await Promise.all([child, reading]);
     await collector.finish();
     const tail = collector.tail;
+    // The sandbox is gone only once its namespace is: then a last look at the limits.
+    await group.terminate();
+    limitPassed = await jail?.release();
+    jail = undefined;
+    if (limitPassed) {
+      // Said last in the build log, so the step's failure message ends with it.
+      const text = `[sandbox] ${limitPassed}`;
+      tail.push(text);
+      await options.onLine({ stream: 'STDERR', text });
+      return { status: 'FAILED', exitCode: null, tail, message: limitPassed };
+    }
     if (stoppedBy === 'TIMED_OUT') {
       return { status: 'TIMED_OUT', exitCode: null, tail, message: `timed out after ${timeoutMs / 1000} s` };
     }
@@ -97,6 +124,20 @@ export async function runStep(options: RunStepOptions): Promise<StepResult> {
     signal?.removeEventListener('abort', onAbort);
     // Also when onLine threw: the tool must not run on unobserved.
     await group.terminate();
+    await jail?.release();
+  }
+}
+
+async function enterSandbox(options: RunStepOptions): Promise<Jail | StepResult> {
+  const { command, args, cwd, env } = options;
+  if (!existsSync(cwd)) return { status: 'FAILED', exitCode: null, tail: [], message: `working directory ${cwd} does not exist` };
+  try {
+    const entered = await options.sandbox!.enter({ command, args, cwd, env });
+    if (!('missing' in entered)) return entered;
+    const reason = entered.missing === 'ENOENT' ? 'was not found' : 'is not executable';
+    return { status: 'TOOLCHAIN_MISSING', exitCode: null, tail: [], message: `${command} ${reason} (${toolHint(command)})` };
+  } catch (error) {
+    return { status: 'FAILED', exitCode: null, tail: [], message: `the build sandbox could not be set up: ${(error as Error).message}` };
   }
 }
 
@@ -116,10 +157,14 @@ function spawnFailure({ command, cwd }: RunStepOptions, result: Result): StepRes
   const fail = (status: StepStatus, message: string): StepResult => ({ status, exitCode: null, tail: [], message });
   // A missing cwd is reported as ENOENT too; it is not the tool's fault.
   if (!existsSync(cwd)) return fail('FAILED', `working directory ${cwd} does not exist`);
-  const hint = `set ${basename(command).toUpperCase().replace(/[^A-Z0-9]+/g, '_')}_BIN or put it on PATH`;
+  const hint = toolHint(command);
   if (result.code === 'ENOENT') return fail('TOOLCHAIN_MISSING', `${command} was not found (${hint})`);
   if (result.code === 'EACCES') return fail('TOOLCHAIN_MISSING', `${command} is not executable (${hint})`);
   return fail('FAILED', result.shortMessage ?? `${command} could not be started`);
+}
+
+function toolHint(command: string): string {
+  return `set ${basename(command).toUpperCase().replace(/[^A-Z0-9]+/g, '_')}_BIN or put it on PATH`;
 }
 
 /** What build tools legitimately need from the server's environment. */

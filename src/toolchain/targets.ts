@@ -12,6 +12,8 @@ export interface TargetSpec {
   template: Record<string, string>;
   /** Run in order in the workspace; the first failure ends the build. */
   steps: BuildStepSpec[];
+  /** Where a successful build leaves the web bundle, relative to the workspace: what the preview serves. */
+  bundleDir: string;
 }
 
 const targets: Record<ProjectTarget, TargetSpec> = {

@@ -66,14 +66,18 @@ createRoot(document.getElementById('root')!).render(
 };
 
 const steps: BuildStepSpec[] = [
-  { name: 'install', tool: 'npm', args: ['install', '--no-audit', '--no-fund'] },
-  { name: 'typecheck', tool: 'npm', args: ['exec', '--', 'tsc', '--noEmit'] },
-  { name: 'build', tool: 'npm', args: ['exec', '--', 'vite', 'build'] },
+  // --ignore-scripts: no install script of the project or a package runs (this step has network).
+  { name: 'install', tool: 'npm', args: ['install', '--ignore-scripts', '--no-audit', '--no-fund'], fetch: true, rerunWhenChanged: ['package.json'] },
+  // --pretty false: one diagnostic a line, `file(line,col): error TSnnnn: message`.
+  { name: 'typecheck', tool: 'npm', args: ['exec', '--', 'tsc', '--noEmit', '--pretty', 'false'], diagnostics: 'tsc' },
+  // --base ./: relative asset URLs, so the bundle works under its preview URL's path.
+  { name: 'build', tool: 'npm', args: ['exec', '--', 'vite', 'build', '--base', './'], diagnostics: 'vite' },
 ];
 
 export const webTarget: TargetSpec = {
   template,
   steps,
+  bundleDir: 'dist',
   systemPrompt: systemPrompt({
     app: 'single-page web apps with React 19, TypeScript and Vite',
     template,

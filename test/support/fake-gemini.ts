@@ -8,8 +8,8 @@ import { setTimeout as delay } from 'node:timers/promises';
 export type GeminiBehaviour =
   /** A 200 SSE stream, one event per chunk, the last with finishReason (STOP unless given). */
   | { kind: 'stream'; chunks: string[]; delayMs?: number; finishReason?: string; usage?: GeminiUsage }
-  /** A non-2xx answer with Google's error body. */
-  | { kind: 'error'; status: number; message?: string }
+  /** A non-2xx answer with Google's error body; `retryDelay` ("0.2s") adds a google.rpc.RetryInfo detail. */
+  | { kind: 'error'; status: number; message?: string; retryDelay?: string }
   /** Sends the chunks, then nothing more, keeping the connection open (see dropConnection). */
   | { kind: 'stall'; chunks: string[] }
   /** Sends the 200 headers, then destroys the connection before any event. */
@@ -116,7 +116,7 @@ export async function startFakeGemini(): Promise<FakeGemini> {
 async function respond(res: http.ServerResponse, behaviour: GeminiBehaviour): Promise<void> {
   switch (behaviour.kind) {
     case 'error':
-      return sendError(res, behaviour.status, behaviour.message ?? `Scripted ${behaviour.status}`);
+      return sendError(res, behaviour.status, behaviour.message ?? `Scripted ${behaviour.status}`, behaviour.retryDelay);
     case 'promptBlocked':
       startStream(res);
       sendEvent(res, { promptFeedback: { blockReason: behaviour.blockReason }, usageMetadata: { promptTokenCount: 5 } });
@@ -169,9 +169,10 @@ function sendEvent(res: http.ServerResponse, event: unknown): void {
   res.write(`data: ${JSON.stringify(event)}\n\n`);
 }
 
-function sendError(res: http.ServerResponse, status: number, message: string): void {
+function sendError(res: http.ServerResponse, status: number, message: string, retryDelay?: string): void {
+  const details = retryDelay ? [{ '@type': 'type.googleapis.com/google.rpc.RetryInfo', retryDelay }] : undefined;
   res.writeHead(status, { 'content-type': 'application/json' });
-  res.end(JSON.stringify({ error: { code: status, message, status: STATUS_NAMES[status] ?? 'UNKNOWN' } }));
+  res.end(JSON.stringify({ error: { code: status, message, status: STATUS_NAMES[status] ?? 'UNKNOWN', ...(details ? { details } : {}) } }));
 }
 
 function header(req: http.IncomingMessage, name: string): string | undefined {

@@ -5,10 +5,10 @@ import type { AddressInfo } from 'node:net';
 // serve it) on 127.0.0.1: scripted answers, recorded requests.
 
 export type OpenAiBehaviour =
-  /** SSE chunks, a finish_reason, a usage chunk, then [DONE]. */
-  | { kind: 'stream'; chunks: string[]; usage?: { promptTokens: number; completionTokens: number } }
-  /** A non-2xx answer with OpenAI's error body. */
-  | { kind: 'error'; status: number; message?: string }
+  /** SSE chunks, a finish_reason (stop unless given), a usage chunk, then [DONE]. */
+  | { kind: 'stream'; chunks: string[]; finishReason?: string; usage?: { promptTokens: number; completionTokens: number } }
+  /** A non-2xx answer with OpenAI's error body, and a Retry-After header when given. */
+  | { kind: 'error'; status: number; message?: string; retryAfter?: string }
   /** Sends the chunks, then nothing more, keeping the connection open. */
   | { kind: 'stall'; chunks: string[] };
 
@@ -56,12 +56,12 @@ export async function startFakeOpenAi(): Promise<FakeOpenAi> {
     });
 
     const behaviour = behaviours.length > 1 ? behaviours.shift()! : behaviours[0]!;
-    if (behaviour.kind === 'error') return sendError(res, behaviour.status, behaviour.message ?? `Scripted ${behaviour.status}`);
+    if (behaviour.kind === 'error') return sendError(res, behaviour.status, behaviour.message ?? `Scripted ${behaviour.status}`, behaviour.retryAfter);
     res.writeHead(200, { 'content-type': 'text/event-stream' });
     res.flushHeaders();
     for (const content of behaviour.chunks) sendChunk(res, [{ index: 0, delta: { content }, finish_reason: null }]);
     if (behaviour.kind === 'stall') return;
-    sendChunk(res, [{ index: 0, delta: {}, finish_reason: 'stop' }]);
+    sendChunk(res, [{ index: 0, delta: {}, finish_reason: behaviour.finishReason ?? 'stop' }]);
     const usage = behaviour.usage ?? { promptTokens: 7, completionTokens: behaviour.chunks.length };
     sendChunk(res, [], { prompt_tokens: usage.promptTokens, completion_tokens: usage.completionTokens });
     res.end('data: [DONE]\n\n');
@@ -89,7 +89,7 @@ function sendChunk(res: http.ServerResponse, choices: unknown[], usage?: unknown
   res.write(`data: ${JSON.stringify(chunk)}\n\n`);
 }
 
-function sendError(res: http.ServerResponse, status: number, message: string): void {
-  res.writeHead(status, { 'content-type': 'application/json' });
+function sendError(res: http.ServerResponse, status: number, message: string, retryAfter?: string): void {
+  res.writeHead(status, { 'content-type': 'application/json', ...(retryAfter ? { 'retry-after': retryAfter } : {}) });
   res.end(JSON.stringify({ error: { message, type: 'invalid_request_error', code: status } }));
 }

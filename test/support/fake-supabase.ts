@@ -25,6 +25,8 @@ export interface FakeSupabase {
   /** GET /auth/v1/user requests served so far (the provider's session checks). */
   readonly userRequests: number;
   confirmEmail(email: string): void;
+  /** Deletes the user and their sessions, as the dashboard or the admin API does. */
+  deleteUser(email: string): void;
   /** The next request (JWKS aside) fails with GoTrue's error of this status and code. */
   failNextRequest(status: number, code: string, message: string): void;
   /** A JWT signed with the server's real key; the claims given replace the defaults. */
@@ -235,6 +237,16 @@ export async function startFakeSupabase(options: FakeSupabaseOptions = {}): Prom
       const user = users.get(email.toLowerCase());
       if (!user) throw new Error(`fake Supabase has no user ${email}`);
       user.confirmedAt = new Date().toISOString();
+    },
+    deleteUser(email) {
+      const user = users.get(email.toLowerCase());
+      if (!user) throw new Error(`fake Supabase has no user ${email}`);
+      users.delete(email.toLowerCase());
+      for (const [id, session] of sessions) {
+        if (session.userId !== user.id) continue;
+        sessions.delete(id);
+        for (const [token, row] of refreshTokens) if (row.sessionId === id) refreshTokens.delete(token);
+      }
     },
     failNextRequest(status, code, message) {
       injectedFailure = new GoTrueError(status, code, message);

@@ -34,7 +34,7 @@ import { type GraphQLClient, startTestServer, type TestServer } from './server.j
 export const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 const fakeFlutterScript = fileURLToPath(new URL('../fixtures/bin/flutter', import.meta.url));
 
-export type FakeFlutterMode = 'ok' | 'analyze-fail' | 'hang' | 'flood';
+export type FakeFlutterMode = 'ok' | 'analyze-fail' | 'human' | 'hang' | 'flood';
 
 export interface FakeFlutter {
   /** Absolute path of the wrapper: pass it as FLUTTER_BIN. */

@@ -1,12 +1,13 @@
 import { z } from 'zod';
 import { BudgetExceededError, NotFoundError } from '../../errors.js';
-import { cancelGeneration, generationPrompt, retryGeneration, startGeneration } from '../../generations/generations.js';
+import { cancelGeneration, generationPrompt, maxFixRounds, retryGeneration, startGeneration } from '../../generations/generations.js';
 import { generationReads } from '../../generations/reads.js';
 import { GENERATION_PHASES, GENERATION_STATUSES } from '../../generations/status.js';
 import type { BuildStepRow, GenerationRow, MessageRow } from '../../generations/store.js';
 import { buildLogs, generationChunks, generationUpdates } from '../../generations/streams.js';
 import { monthlyTokenLimit, setProjectBudget } from '../../projects/projects.js';
 import { builder } from '../builder.js';
+import type { Context } from '../context.js';
 import { decodeId, parseId } from './ids.js';
 import { connection, pageSize, parseCursor } from './paging.js';
 import { ProjectRef } from './projects.js';
@@ -38,7 +39,7 @@ export const GenerationRef = builder.loadableNodeRef<GenerationRow, string, stri
   sort: (generation) => generation.id,
 });
 
-const UsageRef = builder.objectRef<{ inputTokens: number; outputTokens: number }>('TokenUsage').implement({
+export const UsageRef = builder.objectRef<{ inputTokens: number; outputTokens: number }>('TokenUsage').implement({
   fields: (t) => ({ inputTokens: t.exposeInt('inputTokens'), outputTokens: t.exposeInt('outputTokens') }),
 });
 
@@ -64,7 +65,7 @@ const GeneratedFileRef = builder.objectRef<FileSummary & { generationId: string 
   }),
 });
 
-const BuildStepRef = builder.objectRef<BuildStepRow>('BuildStep').implement({
+export const BuildStepRef = builder.objectRef<BuildStepRow>('BuildStep').implement({
   fields: (t) => ({
     ordinal: t.exposeInt('ordinal'),
     name: t.exposeString('name'),
@@ -80,12 +81,12 @@ const BuildStepRef = builder.objectRef<BuildStepRow>('BuildStep').implement({
   }),
 });
 
-export const ChunkRef = builder.objectRef<{ seq: number; text: string }>('GenerationChunk').implement({
+export const ChunkRef = builder.objectRef<{ seq: number; text: string; round?: number }>('GenerationChunk').implement({
   description: 'A piece of the model output; seqs start at 0 and are contiguous.',
   fields: (t) => ({ seq: t.exposeInt('seq'), text: t.exposeString('text') }),
 });
 
-export const LogLineRef = builder.objectRef<{ seq: number; step: string; stream: 'STDOUT' | 'STDERR'; text: string }>('BuildLogLine').implement({
+export const LogLineRef = builder.objectRef<{ seq: number; step: string; stream: 'STDOUT' | 'STDERR'; text: string; round?: number }>('BuildLogLine').implement({
   description: 'One line of build output; seqs start at 0 and are contiguous across steps.',
   fields: (t) => ({
     seq: t.exposeInt('seq'),
@@ -212,12 +213,13 @@ builder.objectFields(ProjectRef, (t) => ({
 const uuid = z.uuid();
 
 const StartGenerationInput = builder.inputType('StartGenerationInput', {
-  description: 'Without sessionId a new session starts; Generation.sessionId tells which.',
+  description: 'Without sessionId a new session starts; Generation.sessionId tells which.\nmaxFixRounds: 0 turns self-healing off; null takes the server default; at most 5.',
   fields: (t) => ({
     projectId: t.id({ required: true }),
     prompt: t.string({ required: true, validate: generationPrompt }),
     sessionId: t.id({ validate: z.uuid('Not a valid session id.').nullish() }),
     parentGenerationId: t.id(),
+    maxFixRounds: t.int({ validate: maxFixRounds.nullish() }),
   }),
 });
 
@@ -251,6 +253,7 @@ builder.mutationFields((t) => ({
         prompt: input.prompt,
         sessionId: input.sessionId == null ? null : String(input.sessionId).toLowerCase(),
         parentGenerationId: input.parentGenerationId == null ? null : parseId(String(input.parentGenerationId), 'Generation', ['parentGenerationId']),
+        maxFixRounds: input.maxFixRounds ?? null,
       }),
   }),
   cancelGeneration: t.field({
@@ -285,16 +288,12 @@ builder.subscriptionFields((t) => ({
   generationChunks: t.field({
     type: ChunkRef,
     authScopes: { signedIn: true },
-    description: 'Replays chunks after afterSeq (all without it), then goes on live; completes when the model output is complete.',
+    description: 'Replays chunks after afterSeq (all without it), then goes on live; completes when the generation has ended (a fix round may add output after a build).',
     args: { generationId: t.arg.id({ required: true }), afterSeq: t.arg.int() },
     subscribe: (_root, args, ctx) =>
-      generationChunks({
-        scope: ctx.db,
-        bus: ctx.bus,
-        generationId: subscribedId(args.generationId),
-        afterSeq: args.afterSeq,
-        maxQueued: ctx.services.config.subscriptions.bufferLimit,
-      }),
+      watched(ctx, subscribedId(args.generationId), (generationId) =>
+        generationChunks({ scope: ctx.db, bus: ctx.bus, generationId, afterSeq: args.afterSeq, maxQueued: ctx.services.config.subscriptions.bufferLimit }),
+      ),
     resolve: (chunk) => chunk,
   }),
   buildLogs: t.field({
@@ -303,13 +302,9 @@ builder.subscriptionFields((t) => ({
     description: 'Replays build-log lines after afterSeq, then goes on live; completes when the generation has ended.',
     args: { generationId: t.arg.id({ required: true }), afterSeq: t.arg.int() },
     subscribe: (_root, args, ctx) =>
-      buildLogs({
-        scope: ctx.db,
-        bus: ctx.bus,
-        generationId: subscribedId(args.generationId),
-        afterSeq: args.afterSeq,
-        maxQueued: ctx.services.config.subscriptions.bufferLimit,
-      }),
+      watched(ctx, subscribedId(args.generationId), (generationId) =>
+        buildLogs({ scope: ctx.db, bus: ctx.bus, generationId, afterSeq: args.afterSeq, maxQueued: ctx.services.config.subscriptions.bufferLimit }),
+      ),
     resolve: (line) => line,
   }),
   generationUpdated: t.field({
@@ -317,10 +312,21 @@ builder.subscriptionFields((t) => ({
     authScopes: { signedIn: true },
     description: 'The current state first, then every status or phase change; completes after the final state.',
     args: { generationId: t.arg.id({ required: true }) },
-    subscribe: (_root, args, ctx) => generationUpdates({ scope: ctx.db, bus: ctx.bus, generationId: subscribedId(args.generationId) }),
+    subscribe: (_root, args, ctx) =>
+      watched(ctx, subscribedId(args.generationId), (generationId) => generationUpdates({ scope: ctx.db, bus: ctx.bus, generationId })),
     resolve: (generation) => generation,
   }),
 }));
+
+/** The stream, ended with a typed error once the viewer's access ends (token, session, membership, archive). */
+function watched<T>(ctx: Context, generationId: string, open: (generationId: string) => Promise<AsyncGenerator<T>>): Promise<AsyncGenerator<T>> {
+  const viewer = ctx.viewer!; // authScopes signedIn
+  const sse = ctx.transport === 'http';
+  // A socket closes itself when its token expires (4403, the client refreshes and reconnects); an SSE stream ends at `exp`.
+  return ctx.services.streamAccess.watch({ id: viewer.id, accessToken: viewer.accessToken, exp: sse ? viewer.claims.exp : undefined }, generationId, open(generationId), {
+    countsAsConnection: sse,
+  });
+}
 
 function subscribedId(globalId: string | number): string {
   const id = decodeId(String(globalId), 'Generation');

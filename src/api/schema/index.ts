@@ -6,6 +6,8 @@ import './auth.js';
 import './users.js';
 import './projects.js';
 import './generations.js';
+import './outputs.js';
+import './fixes.js';
 import './secrets.js';
 
 export const schema = builder.toSchema({ sortSchema: false });

@@ -1,0 +1,50 @@
+import { useCSRFPrevention } from '@graphql-yoga/plugin-csrf-prevention';
+import { createGraphQLError, type Plugin } from 'graphql-yoga';
+
+// Cross-site requests. A browser sends a "simple" request (a GET, or a POST of a form
+// or text/plain) to another origin without asking first, so such a request must not
+// run an operation:
+// - POST bodies are JSON only (application/json, or application/graphql-response+json):
+//   any other media type is refused with 415 before parsing, so no form or text/plain
+//   POST is ever read. A JSON POST from another origin is preflighted, and CORS_ORIGINS
+//   decides.
+// - A GET (queries, and SSE subscriptions; Yoga refuses mutations over GET) must carry
+//   a header no simple request can: Authorization (every signed-in client sends it),
+//   or one of the usual CSRF headers for anonymous ones (@graphql-yoga/plugin-csrf-prevention).
+// GraphiQL's page and the graphql-ws upgrade are answered before this point.
+
+const JSON_MEDIA_TYPES = ['application/json', 'application/graphql-response+json'];
+/** Headers that make a browser preflight the request; any one of them will do. */
+const PREFLIGHTED_HEADERS = ['authorization', 'x-graphql-yoga-csrf', 'apollo-require-preflight', 'x-apollo-operation-name'];
+
+export function useRequestPolicy(): Plugin[] {
+  return [
+    {
+      onRequestParse({ request, setRequestParser }) {
+        if (request.method !== 'POST') return;
+        const mediaType = request.headers.get('content-type')?.split(';')[0]?.trim().toLowerCase() ?? '';
+        if (!JSON_MEDIA_TYPES.includes(mediaType)) {
+          throw createGraphQLError('GraphQL requests are POSTed as application/json.', {
+            extensions: { code: 'UNSUPPORTED_MEDIA_TYPE', http: { status: 415 } },
+          });
+        }
+        // Yoga's own parser knows application/json; the response media type is JSON too.
+        if (mediaType !== 'application/json') setRequestParser(parseJsonBody);
+      },
+    },
+    useCSRFPrevention({ requestHeaders: PREFLIGHTED_HEADERS }),
+  ];
+}
+
+async function parseJsonBody(request: Request) {
+  let body: unknown;
+  try {
+    body = await request.json();
+  } catch {
+    throw createGraphQLError('The request body is not valid JSON.', { extensions: { code: 'BAD_REQUEST', http: { status: 400 } } });
+  }
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+    throw createGraphQLError('The request body must be one JSON object.', { extensions: { code: 'BAD_REQUEST', http: { status: 400 } } });
+  }
+  return body as { query?: string; operationName?: string; variables?: Record<string, unknown>; extensions?: Record<string, unknown> };
+}

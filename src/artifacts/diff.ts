@@ -1,0 +1,98 @@
+import { type StructuredPatch, formatPatch, structuredPatch } from 'diff';
+import type { Scope } from '../db/scope.js';
+import { NotFoundError } from '../errors.js';
+import { type GenerationRow, generationStore } from '../generations/store.js';
+
+// Generation.diff: what changed between two versions of a project, per file, as
+// unified patches (jsdiff) that turn the old file into the new one.
+
+export type FileChange = 'ADDED' | 'MODIFIED' | 'DELETED';
+
+export interface FileDiff {
+  path: string;
+  change: FileChange;
+  additions: number;
+  deletions: number;
+  patch: string;
+}
+
+export interface GenerationDiff {
+  /** What it is compared with: null when there is nothing before it (every file ADDED). */
+  against: GenerationRow | null;
+  additions: number;
+  deletions: number;
+  files: FileDiff[];
+}
+
+/** Past this many edits a file's patch replaces it whole instead (Myers' diff grows with N×D). */
+const MAX_EDIT_LENGTH = 10_000;
+
+/** `againstId` null: the parent. Another generation must be of the same project and visible to the viewer. */
+export async function diffGeneration(scope: Scope, generation: GenerationRow, againstId: string | null): Promise<GenerationDiff> {
+  return scope.run(async (tx) => {
+    const baseId = againstId ?? generation.parentId;
+    const against = baseId ? await generationStore.find(tx, baseId) : undefined;
+    if (baseId && (!against || against.projectId !== generation.projectId)) {
+      throw new NotFoundError('The generation to compare with was not found in this project.');
+    }
+    const before = new Map((against ? await generationStore.filesOf(tx, against.id, true) : []).map((file) => [file.path, file]));
+    const after = new Map((await generationStore.filesOf(tx, generation.id, true)).map((file) => [file.path, file]));
+    const files: FileDiff[] = [];
+    for (const path of [...new Set([...before.keys(), ...after.keys()])].sort()) {
+      const old = before.get(path);
+      const now = after.get(path);
+      if (old && now && old.sha256 === now.sha256) continue;
+      files.push(fileDiff(path, old?.content, now?.content));
+    }
+    return {
+      against: against ?? null,
+      additions: files.reduce((sum, file) => sum + file.additions, 0),
+      deletions: files.reduce((sum, file) => sum + file.deletions, 0),
+      files,
+    };
+  });
+}
+
+function fileDiff(path: string, before: string | undefined, after: string | undefined): FileDiff {
+  const oldText = before ?? '';
+  const newText = after ?? '';
+  const patch =
+    structuredPatch(path, path, oldText, newText, undefined, undefined, { context: 3, maxEditLength: MAX_EDIT_LENGTH }) ??
+    wholeFilePatch(path, oldText, newText);
+  const lines = patch.hunks.flatMap((hunk) => hunk.lines);
+  return {
+    path,
+    change: before === undefined ? 'ADDED' : after === undefined ? 'DELETED' : 'MODIFIED',
+    additions: lines.filter((line) => line.startsWith('+')).length,
+    deletions: lines.filter((line) => line.startsWith('-')).length,
+    patch: formatPatch(patch),
+  };
+}
+
+/** One hunk that removes every old line and adds every new one. */
+function wholeFilePatch(path: string, oldText: string, newText: string): StructuredPatch {
+  const split = (text: string) => (text === '' ? [] : text.replace(/\n$/, '').split('\n'));
+  const oldLines = split(oldText);
+  const newLines = split(newText);
+  const noNewline = '\\ No newline at end of file';
+  return {
+    oldFileName: path,
+    newFileName: path,
+    oldHeader: undefined,
+    newHeader: undefined,
+    hunks: [
+      {
+        oldStart: oldLines.length ? 1 : 0,
+        oldLines: oldLines.length,
+        newStart: newLines.length ? 1 : 0,
+        newLines: newLines.length,
+        lines: [
+          ...oldLines.map((line) => `-${line}`),
+          ...(oldText && !oldText.endsWith('\n') ? [noNewline] : []),
+          ...newLines.map((line) => `+${line}`),
+          ...(newText && !newText.endsWith('\n') ? [noNewline] : []),
+        ],
+      },
+    ],
+  };
+}

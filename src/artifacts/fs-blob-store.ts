@@ -1,0 +1,49 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ignoreMissing } from '../workspace/write-inside.js';
+import { type BlobStore, type StoredBlob, SHA256, assertSha256 } from './blob-store.js';
+
+/** Blobs as files `<dir>/<first two hex>/<sha256>` (the embedded default, under DATA_DIR). */
+export function fsBlobStore(dir: string): BlobStore {
+  const pathOf = (sha256: string) => join(dir, assertSha256(sha256).slice(0, 2), sha256);
+  return {
+    kind: 'fs',
+    async put(sha256, content) {
+      const target = pathOf(sha256);
+      const now = new Date();
+      // Touching an existing blob keeps a concurrent collection from taking it.
+      if (await utimes(target, now, now).then(() => true, ignoreMissing)) return false;
+      await mkdir(join(dir, sha256.slice(0, 2)), { recursive: true });
+      const tmp = join(dir, sha256.slice(0, 2), `.tmp-${randomBytes(6).toString('hex')}`);
+      await writeFile(tmp, content);
+      await rename(tmp, target); // atomic: a reader sees the whole blob or none
+      return true;
+    },
+    read: (sha256) => readFile(pathOf(sha256)).catch(ignoreMissing),
+    // The blob itself; a missing one is the reader's 404 (no extra stat on the preview's hot path).
+    localPath: async (sha256) => pathOf(sha256),
+    async *list() {
+      const shards = (await readdir(dir).catch(ignoreMissing)) ?? [];
+      for (const shard of shards.filter((name) => /^[0-9a-f]{2}$/.test(name)).sort()) {
+        const batch: StoredBlob[] = [];
+        for (const name of await readdir(join(dir, shard)).catch(ignoreMissing) ?? []) {
+          if (!SHA256.test(name)) continue;
+          const stats = await stat(join(dir, shard, name)).catch(ignoreMissing);
+          if (stats) batch.push({ sha256: name, touchedAt: stats.mtime });
+        }
+        if (batch.length > 0) yield batch;
+      }
+    },
+    async remove(sha256s, before) {
+      let removed = 0;
+      for (const sha256 of sha256s) {
+        const stats = await stat(pathOf(sha256)).catch(ignoreMissing);
+        if (!stats || stats.mtime >= before) continue;
+        await rm(pathOf(sha256), { force: true });
+        removed++;
+      }
+      return removed;
+    },
+  };
+}

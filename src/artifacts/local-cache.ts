@@ -1,0 +1,46 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, readdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ignoreMissing } from '../workspace/write-inside.js';
+import { assertSha256 } from './blob-store.js';
+
+/**
+ * Local copies of remote blobs (postgres, Supabase Storage) under DATA_DIR, so the
+ * preview handler can serve them with `send` (ETags, ranges) from disk. Blobs never
+ * change, so a copy is valid forever; `prune` drops copies unused for a while.
+ */
+export function localBlobCache(dir: string) {
+  const pathOf = (sha256: string) => join(dir, assertSha256(sha256));
+  const pending = new Map<string, Promise<string | undefined>>();
+  return {
+    async path(sha256: string, fetch: () => Promise<Buffer | undefined>): Promise<string | undefined> {
+      const target = pathOf(sha256);
+      const now = new Date();
+      if (await utimes(target, now, now).then(() => true, ignoreMissing)) return target;
+      // Requests for the same blob at once share one download.
+      let download = pending.get(sha256);
+      if (!download) {
+        download = (async () => {
+          const content = await fetch();
+          if (!content) return undefined;
+          await mkdir(dir, { recursive: true });
+          const tmp = join(dir, `.tmp-${randomBytes(6).toString('hex')}`);
+          await writeFile(tmp, content);
+          await rename(tmp, target);
+          return target;
+        })().finally(() => pending.delete(sha256));
+        pending.set(sha256, download);
+      }
+      return download;
+    },
+    /** Removes copies not used since `before`. */
+    async prune(before: Date): Promise<void> {
+      for (const name of (await readdir(dir).catch(ignoreMissing)) ?? []) {
+        const stats = await stat(join(dir, name)).catch(ignoreMissing);
+        if (stats && stats.mtime < before) await rm(join(dir, name), { force: true });
+      }
+    },
+  };
+}
+
+export type LocalBlobCache = ReturnType<typeof localBlobCache>;

@@ -1,0 +1,67 @@
+import { and, asc, eq, gt, inArray, lt, sql } from 'drizzle-orm';
+import type { Db } from '../db/client.js';
+import { artifactBlobs, generationArtifacts } from '../db/schema.js';
+import { serviceScope } from '../db/scope.js';
+import { type BlobStore, assertSha256 } from './blob-store.js';
+import type { LocalBlobCache } from './local-cache.js';
+
+const LIST_BATCH = 1000;
+
+/** Blobs in the artifact_blobs table: every instance on the database sees them, no other service needed. */
+export function postgresBlobStore(db: Db, cache: LocalBlobCache): BlobStore {
+  const scope = serviceScope(db);
+  const read = async (sha256: string) => {
+    const [row] = await scope.run((tx) =>
+      tx.select({ content: artifactBlobs.content }).from(artifactBlobs).where(eq(artifactBlobs.sha256, assertSha256(sha256))),
+    );
+    return row ? Buffer.from(row.content) : undefined;
+  };
+  return {
+    kind: 'postgres',
+    async put(sha256, content) {
+      const [row] = await scope.run((tx) =>
+        tx
+          .insert(artifactBlobs)
+          .values({ sha256: assertSha256(sha256), size: content.length, content })
+          // created_at doubles as "last deduplicated against", so collection spares it.
+          .onConflictDoUpdate({ target: artifactBlobs.sha256, set: { createdAt: sql`now()` } })
+          .returning({ inserted: sql<boolean>`xmax = 0` }),
+      );
+      return row?.inserted ?? false;
+    },
+    read,
+    localPath: (sha256) => cache.path(sha256, () => read(sha256)),
+    async *list() {
+      let after = '';
+      for (;;) {
+        const rows = await scope.run((tx) =>
+          tx
+            .select({ sha256: artifactBlobs.sha256, touchedAt: artifactBlobs.createdAt })
+            .from(artifactBlobs)
+            .where(gt(artifactBlobs.sha256, after))
+            .orderBy(asc(artifactBlobs.sha256))
+            .limit(LIST_BATCH),
+        );
+        if (rows.length === 0) return;
+        yield rows;
+        after = rows.at(-1)!.sha256;
+      }
+    },
+    async remove(sha256s, before) {
+      if (sha256s.length === 0) return 0;
+      const removed = await scope.run((tx) =>
+        tx
+          .delete(artifactBlobs)
+          .where(
+            and(
+              inArray(artifactBlobs.sha256, sha256s),
+              lt(artifactBlobs.createdAt, before),
+              sql`not exists (select 1 from ${generationArtifacts} where ${generationArtifacts.sha256} = ${artifactBlobs.sha256})`,
+            ),
+          )
+          .returning({ sha256: artifactBlobs.sha256 }),
+      );
+      return removed.length;
+    },
+  };
+}

@@ -1,0 +1,118 @@
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import send from 'send';
+import type { BlobStore } from './blob-store.js';
+import { contentTypeOf } from './content-types.js';
+import type { ArtifactEntry } from './manifest-store.js';
+
+// Serves one generation's web bundle under /preview/<capability>/. The bundle is a
+// manifest (path → blob) from the database; bytes come from the blob store's local
+// files through `send` (content types, ETag, ranges, conditional requests). Nothing
+// outside the manifest can be named, so no path leads out of the bundle.
+
+export type Manifest = Map<string, ArtifactEntry>;
+
+export interface PreviewRequest {
+  req: IncomingMessage;
+  res: ServerResponse;
+  /** The URL path below the capability, still percent-encoded, without the leading slash. */
+  rest: string;
+  /** The path of the preview's root, e.g. `/preview/<capability>/`: the base of relative URLs. */
+  root: string;
+  manifest: Manifest;
+  store: BlobStore;
+}
+
+/** Resolves to the status sent. */
+export async function servePreview(request: PreviewRequest): Promise<number> {
+  const { req, res, manifest } = request;
+  const path = decodePath(request.rest);
+  if (path === null) return plain(res, 400, 'Bad path.');
+  const entry = resolve(manifest, path);
+  if (!entry) return plain(res, 404, 'Not found.');
+  if (entry.path === 'index.html') return serveIndex(request, entry);
+  const file = await request.store.localPath(entry.sha256);
+  if (!file) return plain(res, 404, 'Not found.');
+  return new Promise<number>((done) => {
+    send(req, file, { dotfiles: 'allow', index: false, cacheControl: false, etag: true, lastModified: true, acceptRanges: true })
+      .on('headers', (response: ServerResponse) => response.setHeader('Content-Type', contentTypeOf(entry.path)))
+      .on('error', (error: { status?: number }) => done(plain(res, error.status ?? 500, error.status === 416 ? 'Range not satisfiable.' : 'Not found.')))
+      .on('end', () => done(res.statusCode))
+      .pipe(res);
+    res.once('close', () => done(res.statusCode));
+  });
+}
+
+/** Segments decoded one by one; `..`, `.`, empty inner segments, slashes or NUL inside a segment are refused. */
+function decodePath(rest: string): string | null {
+  const segments = rest.split('/');
+  const decoded: string[] = [];
+  for (const [index, segment] of segments.entries()) {
+    let text: string;
+    try {
+      text = decodeURIComponent(segment);
+    } catch {
+      return null;
+    }
+    if (text === '' && index === segments.length - 1) {
+      decoded.push('');
+      continue;
+    }
+    if (text === '' || text === '.' || text === '..' || /[/\\\0]/.test(text)) return null;
+    decoded.push(text);
+  }
+  return decoded.join('/');
+}
+
+/** The file, a folder's index.html, or for a client-side route (no extension) the app's index.html. */
+function resolve(manifest: Manifest, path: string): ArtifactEntry | undefined {
+  if (path === '' || path.endsWith('/')) return manifest.get(`${path}index.html`);
+  const found = manifest.get(path);
+  if (found) return found;
+  const name = path.slice(path.lastIndexOf('/') + 1);
+  return name.includes('.') ? undefined : manifest.get('index.html');
+}
+
+/** The app's entry document, with its base set to the preview's root so relative URLs resolve there. */
+async function serveIndex({ req, res, root, store }: PreviewRequest, entry: ArtifactEntry): Promise<number> {
+  const file = await store.localPath(entry.sha256);
+  if (!file) return plain(res, 404, 'Not found.');
+  const body = Buffer.from(withBase((await readFile(file)).toString('utf8'), root), 'utf8');
+  const etag = `"${createHash('sha256').update(body).digest('base64url').slice(0, 27)}"`;
+  res.setHeader('ETag', etag);
+  res.setHeader('Content-Type', contentTypeOf('index.html'));
+  // As `send` does (the `fresh` rules): a request that asks for no-cache gets the document.
+  const revalidating = !/(?:^|,)\s*no-cache\s*(?:,|$)/.test(req.headers['cache-control'] ?? '');
+  if (revalidating && req.headers['if-none-match']?.split(/\s*,\s*/).some((tag) => tag.replace(/^W\//, '') === etag)) {
+    res.writeHead(304).end();
+    return 304;
+  }
+  res.setHeader('Content-Length', body.length);
+  res.writeHead(200).end(req.method === 'HEAD' ? undefined : body);
+  return 200;
+}
+
+/**
+ * Flutter writes `<base href="/">` unless built with --base-href, and a Vite build
+ * with the default base points at `/assets/…`: both would leave the preview's path.
+ * The document gets `<base href="<root>">` and root-relative references become relative.
+ */
+export function withBase(html: string, root: string): string {
+  const base = `<base href="${root}">`;
+  let out = html.replace(/(\s(?:src|href)=["'])\/(?!\/)/gi, '$1./');
+  if (/<base\s[^>]*href=["']\.\/["'][^>]*>/i.test(out)) return out.replace(/<base\s[^>]*href=["']\.\/["'][^>]*>/i, base);
+  if (/<base\s/i.test(out)) return out; // the app chose its own base
+  if (/<head(\s[^>]*)?>/i.test(out)) return out.replace(/<head(\s[^>]*)?>/i, (head) => `${head}${base}`);
+  const doctype = /^\s*<!doctype[^>]*>/i.exec(out);
+  return doctype ? `${doctype[0]}${base}${out.slice(doctype[0].length)}` : `${base}${out}`;
+}
+
+export function plain(res: ServerResponse, status: number, message: string): number {
+  if (res.headersSent) {
+    res.destroy();
+    return status;
+  }
+  res.writeHead(status, { 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': Buffer.byteLength(message) }).end(message);
+  return status;
+}

@@ -1,0 +1,74 @@
+import { createClient } from '@supabase/supabase-js';
+import { type BlobStore, type StoredBlob, SHA256, assertSha256 } from './blob-store.js';
+import type { LocalBlobCache } from './local-cache.js';
+
+const LIST_BATCH = 1000;
+
+export interface SupabaseStorageOptions {
+  url: string;
+  serviceRoleKey: string;
+  bucket: string;
+}
+
+/**
+ * Blobs as objects named by their sha256 in a private Supabase Storage bucket, through
+ * supabase-js with the service role key (never a user's token: requests reach blobs
+ * only through Kiln's signed URLs).
+ */
+export async function supabaseBlobStore(options: SupabaseStorageOptions, cache: LocalBlobCache): Promise<BlobStore> {
+  const storage = createClient(options.url, options.serviceRoleKey, {
+    auth: { persistSession: false, autoRefreshToken: false },
+  }).storage;
+  const created = await storage.createBucket(options.bucket, { public: false });
+  if (created.error && !/already exists|duplicate/i.test(created.error.message)) {
+    throw new Error(`Supabase Storage: cannot create the bucket ${options.bucket}: ${created.error.message}`);
+  }
+  const bucket = () => storage.from(options.bucket);
+  const read = async (sha256: string) => {
+    const { data, error } = await bucket().download(assertSha256(sha256));
+    if (error) {
+      if (isNotFound(error)) return undefined;
+      throw new Error(`Supabase Storage: cannot read blob ${sha256}: ${error.message}`);
+    }
+    return Buffer.from(await data.arrayBuffer());
+  };
+  return {
+    kind: 'supabase',
+    async put(sha256, content) {
+      const { error } = await bucket().upload(assertSha256(sha256), content, {
+        upsert: false,
+        contentType: 'application/octet-stream',
+      });
+      if (!error) return true;
+      if (/already exists|duplicate/i.test(error.message) || statusOf(error) === 409) return false;
+      throw new Error(`Supabase Storage: cannot write blob ${sha256}: ${error.message}`);
+    },
+    read,
+    localPath: (sha256) => cache.path(sha256, () => read(sha256)),
+    async *list() {
+      for (let offset = 0; ; offset += LIST_BATCH) {
+        const { data, error } = await bucket().list('', { limit: LIST_BATCH, offset, sortBy: { column: 'name', order: 'asc' } });
+        if (error) throw new Error(`Supabase Storage: cannot list blobs: ${error.message}`);
+        const blobs: StoredBlob[] = data
+          .filter((object) => SHA256.test(object.name))
+          .map((object) => ({ sha256: object.name, touchedAt: new Date(object.updated_at ?? object.created_at ?? 0) }));
+        if (blobs.length > 0) yield blobs;
+        if (data.length < LIST_BATCH) return;
+      }
+    },
+    async remove(sha256s) {
+      if (sha256s.length === 0) return 0;
+      const { data, error } = await bucket().remove(sha256s.map(assertSha256));
+      if (error) throw new Error(`Supabase Storage: cannot remove blobs: ${error.message}`);
+      return data.length;
+    },
+  };
+}
+
+function statusOf(error: object): number | undefined {
+  return 'status' in error && typeof error.status === 'number' ? error.status : undefined;
+}
+
+function isNotFound(error: object): boolean {
+  return statusOf(error) === 404 || ('statusCode' in error && String(error.statusCode) === '404') || /not found/i.test(String((error as Error).message));
+}

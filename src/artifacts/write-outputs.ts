@@ -1,0 +1,70 @@
+import { constants } from 'node:fs';
+import { lstat, open, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Db } from '../db/client.js';
+import { serviceScope } from '../db/scope.js';
+import { ignoreMissing } from '../workspace/write-inside.js';
+import { type BlobStore, sha256Of } from './blob-store.js';
+import { type ArtifactRow, manifestStore } from './manifest-store.js';
+
+// A generation's outputs go to the store before it is marked SUCCEEDED: its files
+// (Generation.files) as SOURCE, and the web bundle its build produced as BUNDLE.
+
+const MAX_BUNDLE_FILES = 10_000;
+const MAX_BUNDLE_BYTES = 512 * 1024 * 1024;
+
+export interface OutputsWritten {
+  files: number;
+  bytes: number;
+  /** Bytes that were not in the store yet. */
+  newBytes: number;
+}
+
+export async function writeOutputs(
+  deps: { db: Db; store: BlobStore },
+  generationId: string,
+  bundleDir: string,
+): Promise<OutputsWritten> {
+  const scope = serviceScope(deps.db);
+  const written: OutputsWritten = { files: 0, bytes: 0, newBytes: 0 };
+  const rows: ArtifactRow[] = [];
+  const put = async (kind: ArtifactRow['kind'], path: string, content: Buffer, sha256 = sha256Of(content)) => {
+    if (await deps.store.put(sha256, content)) written.newBytes += content.length;
+    written.files++;
+    written.bytes += content.length;
+    rows.push({ generationId, kind, path, sha256, size: content.length });
+  };
+  const sources = await scope.run((tx) => manifestStore.filesWithContent(tx, generationId));
+  for (const file of sources) await put('SOURCE', file.path, Buffer.from(file.content, 'utf8'), file.sha256);
+  for await (const file of bundleFiles(bundleDir)) await put('BUNDLE', file.path, file.content);
+  // The index goes in after every blob it names is stored.
+  await scope.run((tx) => manifestStore.insert(tx, rows));
+  return written;
+}
+
+/**
+ * Regular files under the bundle folder, as paths relative to it. The build ran
+ * untrusted code, so links are never followed: a symlink to /etc/passwd stays behind.
+ */
+async function* bundleFiles(root: string): AsyncGenerator<{ path: string; content: Buffer }> {
+  if (!(await lstat(root).catch(ignoreMissing))?.isDirectory()) return;
+  let count = 0;
+  let bytes = 0;
+  const walk = async function* (dir: string, prefix: string): AsyncGenerator<{ path: string; content: Buffer }> {
+    const entries = (await readdir(dir, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : 1));
+    for (const entry of entries) {
+      const path = prefix ? `${prefix}/${entry.name}` : entry.name;
+      if (entry.isDirectory()) yield* walk(join(dir, entry.name), path);
+      if (!entry.isFile()) continue;
+      const handle = await open(join(dir, entry.name), constants.O_RDONLY | constants.O_NOFOLLOW);
+      const content = await handle.readFile().finally(() => handle.close());
+      count++;
+      bytes += content.length;
+      if (count > MAX_BUNDLE_FILES || bytes > MAX_BUNDLE_BYTES) {
+        throw new Error(`The web bundle is too large to keep (over ${MAX_BUNDLE_FILES} files or ${MAX_BUNDLE_BYTES / 1024 / 1024} MB).`);
+      }
+      yield { path, content };
+    }
+  };
+  yield* walk(root, '');
+}

@@ -1,0 +1,85 @@
+import { serviceScope } from '../db/scope.js';
+import type { LlmMessage, LlmUsage } from '../llm/provider.js';
+import type { ProjectTarget } from '../toolchain/targets.js';
+import { Batcher, splitText } from './batcher.js';
+import { budgetMeter, type RunBudget } from './budget.js';
+import { createOutputParser, type OutputEvent } from './output-parser.js';
+import type { PipelineDeps } from './pipeline.js';
+import type { RunCursor } from './run-cursor.js';
+import { generationStore } from './store.js';
+
+// One answer of the model (the first one, or a fix round's), streamed into chunks that
+// carry their round and parsed into file changes as it comes.
+
+// ~8 KiB of UTF-8 at most, whatever the characters.
+const MAX_CHUNK_CHARS = 2730;
+
+export interface AnswerInput {
+  generationId: string;
+  target: ProjectTarget;
+  /** 0 for the first answer, N for fix round N. */
+  round: number;
+  systemPrompt: string;
+  messages: LlmMessage[];
+  /** The month's usage before this answer (earlier rounds included) and the limit. */
+  budget: RunBudget;
+  apiKey?: string;
+}
+
+export interface Answer {
+  changes: OutputEvent[];
+  usage: LlmUsage;
+}
+
+/** Streams one answer; throws BudgetStop (with the estimate spent) when the budget would be passed. */
+export async function streamAnswer(
+  deps: PipelineDeps,
+  input: AnswerInput,
+  cursor: RunCursor,
+  signal: AbortSignal,
+  onText: (text: string) => void,
+): Promise<Answer> {
+  const db = serviceScope(deps.db);
+  const { generationId, round } = input;
+  const chunks = new Batcher<string>(async (texts) => {
+    const rows = splitText(texts.join(''), MAX_CHUNK_CHARS).map((text) => ({ generationId, seq: cursor.nextChunkSeq++, text, round }));
+    await db.run((tx) => generationStore.appendChunks(tx, rows));
+    deps.bus.publish('generationChunks', generationId, rows.map(({ seq, text }) => ({ seq, text, round })));
+  });
+  const parser = createOutputParser();
+  const changes: OutputEvent[] = [];
+  let usage: LlmUsage = { inputTokens: 0, outputTokens: 0 };
+  const budget = budgetMeter(input.budget, input.messages.reduce((sum, m) => sum + m.content.length, input.systemPrompt.length));
+  budget.start(); // the prompt alone may be over what is left
+  const log = deps.logger.child({ source: 'GenerationPipeline', generationId, round });
+  try {
+    const events = deps.llm.stream({
+      target: input.target,
+      systemPrompt: input.systemPrompt,
+      messages: input.messages,
+      signal,
+      round,
+      onRetry: (retry) => {
+        log.warn(retry, 'the model provider asked to wait; retrying');
+        deps.metrics?.observeLlmRetry(deps.llm.name, retry.status);
+      },
+      ...(input.apiKey ? { apiKey: input.apiKey } : {}),
+    });
+    for await (const event of events) {
+      if (event.type === 'usage') {
+        usage = event.usage;
+        continue;
+      }
+      onText(event.text);
+      await chunks.add(event.text);
+      budget.add(event.text); // past the budget it throws, and leaving the loop closes the stream
+      changes.push(...parser.push(event.text));
+    }
+    changes.push(...parser.end());
+    deps.metrics?.observeRoundTokens(round === 0 ? 'initial' : 'fix', usage);
+  } finally {
+    // What streamed before a failure is kept: the user sees how far it got.
+    await chunks.flush();
+  }
+  return { changes, usage };
+}

@@ -1,0 +1,99 @@
+import { serviceScope } from '../db/scope.js';
+import { type Diagnostic, parseDiagnostics } from '../toolchain/diagnostics.js';
+import { buildEnv, runStep, type StepResult } from '../toolchain/step-runner.js';
+import { type BuildStepSpec, commandLine } from '../toolchain/targets.js';
+import { Batcher } from './batcher.js';
+import { fixStore } from './fix-store.js';
+import type { PipelineDeps } from './pipeline.js';
+import type { RunCursor } from './run-cursor.js';
+import { RunFailure } from './run-failure.js';
+import { generationStore } from './store.js';
+
+// One build of a generation's workspace: the target's steps in order, each line of
+// their output persisted and published with its round. A step that fails with output
+// its tool's parser understands ends the build with diagnostics (stored per round),
+// which a fix round can act on; any other failure ends the run.
+
+/** Lines of one step kept for the diagnostics parser (the log keeps them all, up to its own cap). */
+const MAX_PARSED_LINES = 5000;
+
+export type BuildOutcome = { ok: true } | { ok: false; step: string; failure: RunFailure; diagnostics: Diagnostic[] };
+
+export interface BuildInput {
+  generationId: string;
+  steps: BuildStepSpec[];
+  /** 0 after the first answer, N after fix round N. */
+  round: number;
+  cursor: RunCursor;
+}
+
+export async function build(deps: PipelineDeps, input: BuildInput, cwd: string, signal: AbortSignal): Promise<BuildOutcome> {
+  const db = serviceScope(deps.db);
+  const { generationId, steps, round, cursor } = input;
+  const { bins, stepTimeoutMs } = deps.toolchain;
+  const first = cursor.nextStepOrdinal;
+  cursor.nextStepOrdinal += steps.length;
+  await db.run((tx) =>
+    generationStore.insertSteps(
+      tx,
+      steps.map((step, i) => ({ generationId, ordinal: first + i, round, name: step.name, command: commandLine(step, bins) })),
+    ),
+  );
+  for (const [i, step] of steps.entries()) {
+    const ordinal = first + i;
+    await db.run((tx) => generationStore.updateStep(tx, generationId, ordinal, { status: 'RUNNING', startedAt: new Date() }));
+    const output: string[] = [];
+    const lines = new Batcher<{ stream: 'STDOUT' | 'STDERR'; text: string }>(async (batch) => {
+      const rows = batch.map((line) => ({ generationId, seq: cursor.nextLogSeq++, step: step.name, round, ...line }));
+      for (const line of batch) if (output.length < MAX_PARSED_LINES) output.push(line.text);
+      await db.run((tx) => generationStore.appendLogLines(tx, rows));
+      deps.bus.publish('buildLogs', generationId, rows.map(({ seq, step, stream, text }) => ({ seq, step, stream, text, round })));
+    });
+    let result: StepResult;
+    const stepStarted = performance.now();
+    try {
+      result = await runStep({
+        command: bins[step.tool],
+        args: step.args,
+        cwd,
+        env: buildEnv(),
+        timeoutMs: stepTimeoutMs,
+        signal,
+        // A cancelled build should stop within about a second, even if the tool ignores SIGTERM.
+        killGraceMs: 500,
+        onLine: (line) => lines.add(line),
+      });
+    } finally {
+      await lines.flush();
+    }
+    const status = result.status === 'SUCCEEDED' ? 'SUCCEEDED' : result.status === 'CANCELLED' ? 'CANCELLED' : 'FAILED';
+    deps.metrics?.observeBuildStep({ step: step.name, status }, (performance.now() - stepStarted) / 1000);
+    await db.run((tx) => generationStore.updateStep(tx, generationId, ordinal, { status, exitCode: result.exitCode, finishedAt: new Date() }));
+    if (result.status === 'SUCCEEDED') continue;
+    if (result.status === 'CANCELLED') throw signal.reason ?? 'cancelled';
+    const failure = stepFailure(step.name, result, stepTimeoutMs);
+    if (result.status !== 'FAILED' || !step.diagnostics) throw failure;
+    const diagnostics = parseDiagnostics(step.diagnostics, output, cwd);
+    if (diagnostics.length === 0) throw failure; // output no parser understands: nothing to hand back
+    await db.run(async (tx) => {
+      await fixStore.insertDiagnostics(tx, generationId, round, diagnostics);
+      // The rest of this round's steps will not run; a fix round brings steps of its own.
+      await generationStore.closePendingSteps(tx, generationId, 'SKIPPED');
+    });
+    return { ok: false, step: step.name, failure, diagnostics };
+  }
+  return { ok: true };
+}
+
+function stepFailure(name: string, result: StepResult, timeoutMs: number): RunFailure {
+  switch (result.status) {
+    case 'TOOLCHAIN_MISSING':
+      return new RunFailure('TOOLCHAIN_MISSING', result.message ?? `The build tool for "${name}" was not found.`);
+    case 'TIMED_OUT':
+      return new RunFailure('TIMEOUT', `Build step "${name}" took longer than ${Math.round(timeoutMs / 1000)} s and was stopped.`);
+    default: {
+      const last = result.tail.filter((line) => line.trim()).slice(-3).join('\n');
+      return new RunFailure('BUILD_FAILED', `Build step "${name}" failed (exit code ${result.exitCode}).${last ? `\n${last}` : ''}`);
+    }
+  }
+}

@@ -1,0 +1,160 @@
+import { serviceScope } from '../db/scope.js';
+import type { StatusEvent } from '../events/bus.js';
+import type { LlmMessage, LlmUsage } from '../llm/provider.js';
+import { type Diagnostic, sameDiagnostics } from '../toolchain/diagnostics.js';
+import type { ProjectTarget, TargetSpec } from '../toolchain/targets.js';
+import { applyChanges } from '../workspace/apply-changes.js';
+import { streamAnswer } from './answer.js';
+import { BudgetStop, budgetMeter, type RunBudget } from './budget.js';
+import { type BuildOutcome, build } from './build.js';
+import { fixStore } from './fix-store.js';
+import type { PipelineDeps } from './pipeline.js';
+import { summariseFiles } from './prompt.js';
+import type { RunCursor } from './run-cursor.js';
+import { RunFailure } from './run-failure.js';
+
+// Self-healing builds (DESIGN "Self-healing builds"): a build that fails with
+// diagnostics goes back to the model with the files they point at; its whole-file
+// answer is written into the same workspace and the build runs again. Bounded by the
+// generation's maxFixRounds, by progress (the same diagnostics twice end it) and by
+// the project's budget; a cancel stops it like any other phase.
+
+/** Diagnostics handed to the model at most; the rest are counted. */
+export const MAX_PROMPT_DIAGNOSTICS = 20;
+/** Files (and characters of them) shown to the model in one fix request. */
+const MAX_PROMPT_FILES = 10;
+const MAX_PROMPT_FILE_CHARS = 200_000;
+
+/** How a fix round ended, for kiln_fix_rounds_total. */
+export type FixOutcome = 'succeeded' | 'failed' | 'no_progress' | 'no_change' | 'budget' | 'cancelled' | 'error';
+
+export interface HealingRun {
+  generationId: string;
+  target: ProjectTarget;
+  spec: TargetSpec;
+  maxFixRounds: number;
+  apiKey?: string;
+  /** The first answer's prompt: a fix request continues its conversation. */
+  prompt: { systemPrompt: string; messages: LlmMessage[] };
+  /** Path → content of the workspace as Kiln wrote it; a fix round updates it. */
+  files: Map<string, string>;
+  workspaceDir: string;
+  cursor: RunCursor;
+  signal: AbortSignal;
+  /** Everything the model answered so far, all rounds. */
+  output(): string;
+  onText(text: string): void;
+  /** The month's usage before the run plus what the run has spent so far. */
+  budget(): RunBudget;
+  spend(usage: LlmUsage): void;
+  setPhase(phase: Extract<StatusEvent['phase'], 'FIXING' | 'BUILDING'>): Promise<void>;
+}
+
+/** Builds, and while the build fails with diagnostics and rounds are left, fixes and builds again. Throws the final failure. */
+export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promise<void> {
+  const db = serviceScope(deps.db);
+  const buildRound = (round: number, changed: ReadonlySet<string> = new Set()) => {
+    // A fix round skips steps whose inputs it left alone (dependencies stay installed).
+    const steps = run.spec.steps.filter((step) => round === 0 || !step.rerunWhenChanged || step.rerunWhenChanged.some((path) => changed.has(path)));
+    return build(deps, { generationId: run.generationId, steps, round, cursor: run.cursor }, run.workspaceDir, run.signal);
+  };
+  let result: BuildOutcome = await buildRound(0);
+  let previous: Diagnostic[] | undefined;
+  for (let round = 0; !result.ok; ) {
+    const failed = result;
+    if (round > 0) {
+      const noProgress = sameDiagnostics(previous!, failed.diagnostics);
+      observe(deps, noProgress ? 'no_progress' : 'failed');
+      if (noProgress) {
+        throw new RunFailure('BUILD_FAILED', `${failed.failure.message}\nFix round ${round} made no progress (the build reported the same problems again), so Kiln stopped.`);
+      }
+    }
+    if (round >= run.maxFixRounds) {
+      throw round === 0 ? failed.failure : new RunFailure('BUILD_FAILED', `${failed.failure.message}\nThe build still failed after ${round} fix round${round === 1 ? '' : 's'}.`);
+    }
+    previous = failed.diagnostics;
+    round += 1;
+    const request = fixRequest(failed, run.files, round, run.maxFixRounds);
+    const messages: LlmMessage[] = [
+      ...run.prompt.messages,
+      { role: 'model', content: summariseFiles(run.output()) || '(no answer)' },
+      { role: 'user', content: request },
+    ];
+    let usage: LlmUsage = { inputTokens: 0, outputTokens: 0 };
+    const finishRound = (status: 'SUCCEEDED' | 'FAILED') => db.run((tx) => fixStore.finishRound(tx, run.generationId, round, { status, ...usage }));
+    try {
+      // Not even the request fits in what is left of the budget: no round starts.
+      budgetMeter(run.budget(), messages.reduce((sum, m) => sum + m.content.length, run.prompt.systemPrompt.length)).start();
+      await run.setPhase('FIXING');
+      await db.run((tx) => fixStore.startRound(tx, run.generationId, round));
+      const answer = await streamAnswer(
+        deps,
+        { generationId: run.generationId, target: run.target, round, systemPrompt: run.prompt.systemPrompt, messages, budget: run.budget(), ...(run.apiKey ? { apiKey: run.apiKey } : {}) },
+        run.cursor,
+        run.signal,
+        run.onText,
+      );
+      usage = answer.usage;
+      run.spend(usage);
+      await db.run((tx) => fixStore.setRoundUsage(tx, run.generationId, round, usage));
+      if (answer.changes.length === 0) {
+        await finishRound('FAILED');
+        observe(deps, 'no_change');
+        throw new RunFailure('BUILD_FAILED', `${failed.failure.message}\nFix round ${round} changed no file, so Kiln stopped.`);
+      }
+      const { changed, deleted } = await applyChanges(run.workspaceDir, answer.changes);
+      for (const file of changed) run.files.set(file.path, file.content);
+      for (const path of deleted) run.files.delete(path);
+      await db.run((tx) => fixStore.replaceFiles(tx, run.generationId, changed, deleted));
+      await run.setPhase('BUILDING');
+      result = await buildRound(round, new Set([...changed.map((file) => file.path), ...deleted]));
+    } catch (error) {
+      if (!(error instanceof RunFailure)) observe(deps, run.signal.aborted ? 'cancelled' : error instanceof BudgetStop ? 'budget' : 'error');
+      if (error instanceof BudgetStop) run.spend(error.usage);
+      throw error; // the round is closed with the run (CANCELLED or FAILED)
+    }
+    if (result.ok) {
+      await finishRound('SUCCEEDED');
+      observe(deps, 'succeeded');
+    } else {
+      await finishRound('FAILED');
+    }
+  }
+}
+
+function observe(deps: PipelineDeps, outcome: FixOutcome) {
+  deps.metrics?.observeFixRound(outcome);
+}
+
+/** What the model is asked in a fix round: the diagnostics (capped) and the whole current files they point at. */
+export function fixRequest(failed: Extract<BuildOutcome, { ok: false }>, files: ReadonlyMap<string, string>, round: number, maxRounds: number): string {
+  const shown = failed.diagnostics.slice(0, MAX_PROMPT_DIAGNOSTICS);
+  const more = failed.diagnostics.length - shown.length;
+  const lines = shown.map(describeDiagnostic);
+  if (more > 0) lines.push(`- … and ${more} more`);
+
+  const blocks: string[] = [];
+  let chars = 0;
+  for (const path of new Set(failed.diagnostics.map((d) => d.path))) {
+    const content = path === null ? undefined : files.get(path);
+    if (content === undefined) continue;
+    if (blocks.length >= MAX_PROMPT_FILES || chars + content.length > MAX_PROMPT_FILE_CHARS) break;
+    blocks.push(`<file path="${path}">\n${content}${content.endsWith('\n') ? '' : '\n'}</file>`);
+    chars += content.length;
+  }
+  return [
+    `The build failed at step "${failed.step}" (fix round ${round} of ${maxRounds}). The build tools reported:`,
+    ...lines,
+    '',
+    blocks.length > 0 ? 'The current content of the files they point at:' : 'They point at no file of the project.',
+    ...blocks,
+    '',
+    'Fix these problems. Answer with the whole new content of every file you change, each in a <file path="…">…</file> block ' +
+      '(or <delete path="…"/>), keeping everything that already works; do not repeat files you do not change.',
+  ].join('\n');
+}
+
+function describeDiagnostic(d: Diagnostic): string {
+  const where = d.path ? `${d.path}${d.line !== null ? `:${d.line}${d.column !== null ? `:${d.column}` : ''}` : ''}` : '(no file)';
+  return `- ${where} ${d.severity.toLowerCase()}${d.code ? ` ${d.code}` : ''} (${d.tool}): ${d.message}`;
+}

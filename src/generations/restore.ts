@@ -1,0 +1,77 @@
+import type { Db } from '../db/client.js';
+import { serviceScope } from '../db/scope.js';
+import type { Scope } from '../db/scope.js';
+import { InvalidStateError, NotFoundError, RateLimitedError } from '../errors.js';
+import type { LlmUsage } from '../llm/provider.js';
+import { requireRole } from '../projects/projects.js';
+import { projectStore } from '../projects/store.js';
+import type { GenerationDeps } from './generations.js';
+import type { OutputEvent } from './output-parser.js';
+import { type GenerationRow, TERMINAL, generationStore } from './store.js';
+
+// Restore: going back to a version that worked without rewriting history. A new
+// generation joins the session with exactly the files of the restored one
+// (`restored_from`), is built again, and never calls the model.
+
+/** Generations made by a restore name no model: they call none. */
+const NO_MODEL = { provider: 'none', model: 'none' } as const;
+
+export async function restoreGeneration(scope: Scope, deps: GenerationDeps, id: string): Promise<GenerationRow> {
+  if (scope.userId) await deps.rateLimit?.(scope.userId);
+  const generation = await scope.run(async (tx) => {
+    const source = await generationStore.find(tx, id);
+    if (!source) throw new NotFoundError('Generation not found.');
+    const project = requireRole(await projectStore.find(tx, source.projectId), ['owner', 'editor']);
+    if (project.archivedAt) throw new InvalidStateError('This project is archived; unarchive it to restore a version.');
+    if (!TERMINAL.includes(source.status)) throw new InvalidStateError('This generation is still queued or running; it can be restored once it has ended.');
+    if ((await generationStore.filesOf(tx, source.id, false)).length === 0) {
+      throw new InvalidStateError('This generation wrote no files, so there is nothing to restore.');
+    }
+    if (await generationStore.hasUnfinishedInSession(tx, project.id, source.sessionId)) {
+      throw new InvalidStateError('A generation of this session is still running; wait for it or cancel it.');
+    }
+    await generationStore.lockStartsOfUser(tx, scope.userId!);
+    if ((await generationStore.activeCountOfUser(tx, scope.userId!)) >= deps.maxActivePerUser) {
+      throw new RateLimitedError(15, `You already have ${deps.maxActivePerUser} generations queued or running; wait for one to finish.`);
+    }
+    // It follows the session's latest version, like a follow-up: the version list stays linear.
+    const latest = await generationStore.latestSucceededOfSession(tx, project.id, source.sessionId);
+    const row = await generationStore.insert(tx, {
+      projectId: project.id,
+      createdBy: scope.userId!,
+      sessionId: source.sessionId,
+      parentId: latest?.id ?? null,
+      restoredFrom: source.id,
+      prompt: source.prompt,
+      // No model call, so no fix rounds either.
+      maxFixRounds: 0,
+      ...NO_MODEL,
+    });
+    await deps.enqueue?.(tx, row.id);
+    return row;
+  });
+  deps.bus.publish('generationUpdated', generation.id, { status: generation.status, phase: generation.phase });
+  deps.wakeWorkers(generation.id);
+  return generation;
+}
+
+/**
+ * The pipeline's stand-in for the model's answer on a restore: changes that turn the
+ * workspace it would start from (template and parent) into exactly the restored files.
+ */
+export async function restoredAnswer(
+  db: Db,
+  generation: GenerationRow,
+  startsFrom: { template: Record<string, string>; parentFiles: { path: string }[] },
+): Promise<{ changes: OutputEvent[]; usage: LlmUsage }> {
+  const files = await serviceScope(db).run((tx) => generationStore.filesOf(tx, generation.restoredFrom!, true));
+  const kept = new Set(files.map((file) => file.path));
+  const dropped = [...new Set([...Object.keys(startsFrom.template), ...startsFrom.parentFiles.map((file) => file.path)])].filter((path) => !kept.has(path));
+  return {
+    changes: [
+      ...dropped.map((path): OutputEvent => ({ type: 'delete', path })),
+      ...files.map(({ path, content }): OutputEvent => ({ type: 'file', path, content })),
+    ],
+    usage: { inputTokens: 0, outputTokens: 0 },
+  };
+}

@@ -1,0 +1,11 @@
+/**
+ * Where a run's streams stand: chunk and build-log seqs and build-step ordinals go on
+ * across rounds, so each stays contiguous from 0 for the whole generation.
+ */
+export interface RunCursor {
+  nextChunkSeq: number;
+  nextLogSeq: number;
+  nextStepOrdinal: number;
+}
+
+export const newRunCursor = (): RunCursor => ({ nextChunkSeq: 0, nextLogSeq: 0, nextStepOrdinal: 0 });

@@ -1,0 +1,245 @@
+import { AppError, AuthError, InvalidStateError, NotFoundError } from '../errors.js';
+import type { Logger } from '../observability/logger.js';
+
+// Live streams end when access ends, whatever the transport (SSE or graphql-ws): every
+// open stream is put under watch here, and one timer per process re-checks all of them
+// together every `intervalMs`: each distinct token once (expiry, sign-out of any scope,
+// refresh-token reuse), then every (user, generation) pair in one query (removal from
+// the project, the project archived). A stream whose access ended gets a typed error
+// as its last result (see api/stream-errors.ts), then completes. A token's expiry ends
+// its streams on time through a timer of its own. Nothing happens per message.
+//
+// The same registry caps what one user keeps open (LIVE_STREAMS_PER_USER): SSE
+// streams, counted here, and WebSocket connections, counted by the transport.
+
+export interface StreamAccessOptions {
+  /** The auth provider's verify: throws AuthError once the token expired or its session ended. */
+  verify: (accessToken: string) => Promise<unknown>;
+  /** The (user, generation) pairs among these where the user is a member of the generation's project. */
+  accessOf: (userIds: string[], generationIds: string[]) => Promise<{ userId: string; generationId: string; archivedAt: Date | null }[]>;
+  intervalMs: number;
+  /** Open SSE streams plus WebSocket connections of one user. */
+  maxPerUser: number;
+  logger: Logger;
+  now?: () => number;
+}
+
+export interface StreamViewer {
+  id: string;
+  accessToken: string;
+  /** The token's `exp` claim, in seconds since the epoch. */
+  exp?: number;
+}
+
+export interface StreamAccess {
+  /**
+   * The stream, ended with a typed error once the viewer's access ends. `countsAsConnection`
+   * (SSE, where a stream is a connection of its own) counts it against the per-user cap:
+   * beyond it the stream is refused with TooManyStreamsError.
+   */
+  watch<T>(viewer: StreamViewer, generationId: string, stream: Promise<AsyncGenerator<T>>, options?: { countsAsConnection?: boolean }): Promise<AsyncGenerator<T>>;
+  /** A live connection of a user (a WebSocket): the release function, or null when over the cap. */
+  acquireConnection(userId: string): (() => void) | null;
+  /** Streams under watch (for tests and metrics). */
+  size(): number;
+  close(): void;
+}
+
+/** Beyond LIVE_STREAMS_PER_USER: close a stream or a socket first (code TOO_MANY_STREAMS). */
+export class TooManyStreamsError extends AppError {
+  readonly kind = 'TooManyStreamsError';
+  constructor(readonly limit: number) {
+    super(`Too many live streams and connections open at once for this user (at most ${limit}); close one first.`);
+  }
+}
+
+
+const accessKey = (userId: string, generationId: string) => `${userId}:${generationId}`;
+
+/** Tokens verified at once by a re-check. */
+const VERIFY_CONCURRENCY = 8;
+/** setTimeout's longest delay. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+interface Watched {
+  viewer: StreamViewer;
+  generationId: string;
+  end(error: AppError): void;
+}
+
+export function createStreamAccess(options: StreamAccessOptions): StreamAccess {
+  const { verify, accessOf, maxPerUser } = options;
+  const now = options.now ?? Date.now;
+  const log = options.logger.child({ source: 'StreamAccess' });
+  const watched = new Set<Watched>();
+  const connections = new Map<string, number>();
+
+  const acquireConnection = (userId: string) => {
+    const open = connections.get(userId) ?? 0;
+    if (open >= maxPerUser) return null;
+    connections.set(userId, open + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const left = (connections.get(userId) ?? 1) - 1;
+      if (left <= 0) connections.delete(userId);
+      else connections.set(userId, left);
+    };
+  };
+
+  let checking = false;
+  const recheck = async () => {
+    if (checking || watched.size === 0) return;
+    checking = true;
+    try {
+      await recheckTokens();
+      await recheckMembership();
+    } catch (error) {
+      // The database or the authority could not answer: keep the streams, ask again next time.
+      log.warn({ err: error }, 'stream access re-check failed');
+    } finally {
+      checking = false;
+    }
+  };
+
+  const recheckTokens = async () => {
+    const byToken = new Map<string, Watched[]>();
+    for (const stream of watched) {
+      const same = byToken.get(stream.viewer.accessToken);
+      if (same) same.push(stream);
+      else byToken.set(stream.viewer.accessToken, [stream]);
+    }
+    const queue = [...byToken];
+    const worker = async () => {
+      for (let next = queue.shift(); next; next = queue.shift()) {
+        const [token, streams] = next;
+        try {
+          await verify(token);
+        } catch (error) {
+          if (!(error instanceof AuthError)) throw error;
+          log.info({ streams: streams.length }, 'session ended or token expired: ending its streams');
+          for (const stream of streams) stream.end(sessionEnded());
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(VERIFY_CONCURRENCY, queue.length) }, worker));
+  };
+
+  const recheckMembership = async () => {
+    const streams = [...watched];
+    if (streams.length === 0) return;
+    const rows = await accessOf([...new Set(streams.map((s) => s.viewer.id))], [...new Set(streams.map((s) => s.generationId))]);
+    const states = new Map(rows.map((row) => [accessKey(row.userId, row.generationId), row.archivedAt ? 'archived' : 'member']));
+    for (const stream of streams) {
+      const state = states.get(accessKey(stream.viewer.id, stream.generationId));
+      if (state === 'member') continue;
+      log.info({ generationId: stream.generationId, userId: stream.viewer.id, state: state ?? 'removed' }, 'access to the generation ended: ending the stream');
+      stream.end(state === 'archived' ? new InvalidStateError('The project was archived; its live streams have ended.') : new NotFoundError('Generation not found.'));
+    }
+  };
+
+  const timer = setInterval(() => void recheck(), options.intervalMs).unref();
+
+  return {
+    async watch<T>(viewer: StreamViewer, generationId: string, stream: Promise<AsyncGenerator<T>>, watchOptions: { countsAsConnection?: boolean } = {}) {
+      const release = watchOptions.countsAsConnection ? acquireConnection(viewer.id) : () => {};
+      if (!release) {
+        // The stream may already hold bus subscriptions: let it go.
+        void stream.then((s) => s.return(undefined)).catch(() => {});
+        throw new TooManyStreamsError(maxPerUser);
+      }
+      let inner: AsyncGenerator<T>;
+      try {
+        inner = await stream;
+      } catch (error) {
+        release();
+        throw error;
+      }
+      return guarded(inner, (entry) => {
+        const record: Watched = { viewer, generationId, end: entry.end };
+        watched.add(record);
+        let expiry: NodeJS.Timeout | undefined;
+        if (viewer.exp !== undefined) {
+          expiry = setTimeout(() => record.end(sessionEnded()), Math.min(Math.max(viewer.exp * 1000 - now(), 0), MAX_TIMER_MS)).unref();
+        }
+        return () => {
+          clearTimeout(expiry);
+          watched.delete(record);
+          release();
+        };
+      });
+    },
+    acquireConnection,
+    size: () => watched.size,
+    close: () => clearInterval(timer),
+  };
+}
+
+function sessionEnded() {
+  return new AuthError('The session has ended or its token expired; sign in (or refresh) and subscribe again.');
+}
+
+/**
+ * `inner`, except that once `end(error)` is called the pending (or next) pull rejects
+ * with that error (the stream-errors plugin makes it the last result) and `inner` is
+ * returned at once. `register` runs now and its cleanup when the stream is over.
+ */
+function guarded<T>(inner: AsyncGenerator<T>, register: (entry: { end(error: AppError): void }) => () => void): AsyncGenerator<T> {
+  let ended: AppError | undefined;
+  let finished = false;
+  let wake: ((error: AppError) => void) | undefined;
+  const endSignal = new Promise<never>((_resolve, reject) => (wake = reject));
+  endSignal.catch(() => {}); // observed through the race below
+  const done = { done: true, value: undefined } as IteratorReturnResult<undefined>;
+
+  const finish = async () => {
+    if (finished) return;
+    finished = true;
+    cleanup();
+    await inner.return(undefined).catch(() => {});
+  };
+  const cleanup = register({
+    end(error) {
+      if (ended || finished) return;
+      ended = error;
+      wake?.(error);
+    },
+  });
+
+  const outer: AsyncGenerator<T> = {
+    async next() {
+      if (finished) return done;
+      if (ended) {
+        const error = ended;
+        await finish();
+        throw error;
+      }
+      try {
+        const pending = inner.next();
+        pending.catch(() => {});
+        const result = await Promise.race([pending, endSignal]);
+        if (result.done) await finish();
+        return result;
+      } catch (error) {
+        await finish();
+        throw error;
+      }
+    },
+    async return(value) {
+      await finish();
+      return { done: true, value };
+    },
+    async throw(error: unknown) {
+      await finish();
+      throw error;
+    },
+    [Symbol.asyncIterator]() {
+      return this;
+    },
+    async [Symbol.asyncDispose]() {
+      await finish();
+    },
+  };
+  return outer;
+}

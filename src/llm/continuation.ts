@@ -1,0 +1,102 @@
+import { LlmError, type LlmEvent, type LlmProvider, type LlmRequest, type LlmUsage, OutputLimitError } from './provider.js';
+
+// An answer cut at the model's output limit is continued automatically: the cut
+// answer goes back as the model's turn with a request to go on from its last
+// character, and the parts stream out as one answer, so a <file> block split across
+// them is parsed (and written) whole. Only when the limit persists does it fail.
+
+export const CONTINUE_INSTRUCTION =
+  'Your answer was cut off at the output limit. Continue it exactly where it stopped, from the very next character: ' +
+  'no repetition, no preamble, no code fences. Close every block you had open as you normally would.';
+
+/** The longest start of a continuation that is compared with the end of what came before. */
+const MAX_OVERLAP = 400;
+/** Shorter repeats are left alone: they may well be new text that happens to match. */
+const MIN_OVERLAP = 24;
+
+export function withContinuations(provider: LlmProvider, maxContinuations: number): LlmProvider {
+  return {
+    name: provider.name,
+    model: provider.model,
+    stream: (request) => continued(provider, request, maxContinuations),
+  };
+}
+
+async function* continued(provider: LlmProvider, request: LlmRequest, maxContinuations: number): AsyncGenerator<LlmEvent> {
+  let answer = '';
+  const usage: LlmUsage = { inputTokens: 0, outputTokens: 0 };
+  let sawUsage = false;
+  const count = (part: LlmUsage | undefined) => {
+    if (!part) return;
+    sawUsage = true;
+    usage.inputTokens += part.inputTokens;
+    usage.outputTokens += part.outputTokens;
+  };
+  for (let part = 0; ; part++) {
+    const messages =
+      part === 0 ? request.messages : [...request.messages, { role: 'model' as const, content: answer }, { role: 'user' as const, content: CONTINUE_INSTRUCTION }];
+    const stitch = part === 0 ? undefined : new OverlapTrimmer(answer);
+    try {
+      for await (const event of provider.stream({ ...request, messages })) {
+        if (event.type === 'usage') {
+          count(event.usage);
+          continue;
+        }
+        const text = stitch ? stitch.push(event.text) : event.text;
+        if (!text) continue;
+        answer += text;
+        yield { type: 'text', text };
+      }
+      const rest = stitch?.end();
+      if (rest) {
+        answer += rest;
+        yield { type: 'text', text: rest };
+      }
+      if (sawUsage) yield { type: 'usage', usage };
+      return;
+    } catch (error) {
+      if (!(error instanceof OutputLimitError)) throw error;
+      const rest = stitch?.end();
+      if (rest) {
+        answer += rest;
+        yield { type: 'text', text: rest };
+      }
+      count(error.usage);
+      if (part >= maxContinuations) {
+        const continuations = maxContinuations === 0 ? 'automatic continuation is off (LLM_MAX_CONTINUATIONS=0)' : `still after ${maxContinuations} automatic continuation${maxContinuations === 1 ? '' : 's'}`;
+        throw new LlmError(`${error.message.replace(/\.$/, '')}: ${continuations}; ask for a smaller change.`);
+      }
+    }
+  }
+}
+
+/**
+ * Drops the start of a continuation that repeats the end of the answer before it
+ * (models often restate the line they were cut in): the first characters are held
+ * until they can be compared.
+ */
+class OverlapTrimmer {
+  private held = '';
+  private decided = false;
+
+  constructor(private readonly before: string) {}
+
+  push(text: string): string {
+    if (this.decided) return text;
+    this.held += text;
+    return this.held.length >= MAX_OVERLAP ? this.decide() : '';
+  }
+
+  end(): string {
+    return this.decided ? '' : this.decide();
+  }
+
+  private decide(): string {
+    this.decided = true;
+    const held = this.held;
+    for (let k = Math.min(held.length, MAX_OVERLAP, this.before.length); k >= MIN_OVERLAP; k--) {
+      if (this.before.endsWith(held.slice(0, k))) return held.slice(k);
+    }
+    return held;
+  }
+}

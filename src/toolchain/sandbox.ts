@@ -1,0 +1,332 @@
+import { constants } from 'node:fs';
+import { access, lstat, mkdir, readFile, readlink, realpath } from 'node:fs/promises';
+import { delimiter, dirname, basename, isAbsolute, join, resolve, sep } from 'node:path';
+import type { Readable } from 'node:stream';
+import { setTimeout as delay } from 'node:timers/promises';
+import { execa } from 'execa';
+import type { Logger } from '../observability/logger.js';
+import type { BuildTool } from './build-steps.js';
+import { type CgroupLayout, createStepCgroup, findCgroups, type StepCgroup } from './cgroups.js';
+import { type LimitWatch, type StepLimits, watchLimits } from './step-limits.js';
+
+// Every step that can run project code runs under bubblewrap (DESIGN "Running untrusted
+// code"): its own user, pid, ipc, uts, cgroup and network namespaces, an unprivileged uid,
+// read-only system and toolchain folders, the workspace as the only writable path, a
+// private /tmp and HOME, an allowlisted environment, and limits on processes, memory and
+// disk. Only the dependency fetch gets the network and a writable cache.
+
+export type SandboxKind = 'bwrap' | 'none';
+
+export interface SandboxSettings {
+  /** Undefined: bwrap when it works here, else none. */
+  kind?: SandboxKind;
+  /** False in production unless ALLOW_UNSANDBOXED_BUILDS=true. */
+  allowUnsandboxed: boolean;
+  limits: StepLimits;
+}
+
+export interface StepAccess {
+  tool: BuildTool;
+  /** The dependency fetch: the network and a writable cache, and no project code. */
+  fetch: boolean;
+  /** The project's own tool caches (npm, pub); never shared with another project. */
+  cacheDir: string;
+}
+
+export interface BuildSandbox {
+  readonly kind: SandboxKind;
+  /** How the kernel bounds a step's processes and memory, for /ready and the start-up log. */
+  readonly enforcement: 'cgroup v1' | 'cgroup v2' | 'rlimits and polling' | 'none';
+  /** The sandbox of one step; undefined when builds run unsandboxed. */
+  forStep(access: StepAccess): StepSandbox | undefined;
+}
+
+export interface StepCommand {
+  command: string;
+  args: string[];
+  cwd: string;
+  env: Record<string, string>;
+}
+
+export interface StepSandbox {
+  /** The command wrapped in the sandbox, or why the tool cannot run. */
+  enter(step: StepCommand): Promise<Jail | { missing: 'ENOENT' | 'EACCES' }>;
+}
+
+/** One sandboxed run: spawn `command args` with `env`, and a readable pipe as fd 3. */
+export interface Jail {
+  command: string;
+  args: string[];
+  env: Record<string, string>;
+  /** Starts enforcing the limits; `onExceeded` is told once, with the message for the log. */
+  started(pid: number, info: Readable, onExceeded: (message: string) => void): void;
+  /** After the step: waits until nothing of it runs, releases it, and returns a limit it passed. */
+  release(): Promise<string | undefined>;
+}
+
+export class SandboxUnavailableError extends Error {
+  override readonly name = 'SandboxUnavailableError';
+}
+
+const BWRAP = '/usr/bin/bwrap';
+const PRLIMIT = '/usr/bin/prlimit';
+const SANDBOX_UID = '1000';
+const HOME = '/tmp/home';
+const SYSTEM_DIRS = ['/usr', '/bin', '/sbin', '/lib', '/lib32', '/lib64', '/libx32'];
+// What the dynamic loader and tools read from /etc; never the host's users, keys or config.
+const ETC_ALWAYS = ['/etc/ld.so.cache', '/etc/ld.so.conf', '/etc/ld.so.conf.d', '/etc/alternatives', '/etc/localtime', '/etc/hosts', '/etc/nsswitch.conf'];
+const ETC_FETCH = ['/etc/resolv.conf', '/etc/ssl', '/etc/ca-certificates', '/etc/ca-certificates.conf', '/etc/pki', '/etc/gai.conf'];
+const ENV_ALWAYS = ['LANG', 'LC_ALL', 'LC_CTYPE', 'TZ', 'CI'];
+// Only the fetch talks to a registry, maybe through a proxy with its own CA.
+const ENV_FETCH = [
+  'npm_config_registry',
+  'NPM_CONFIG_REGISTRY',
+  'PUB_HOSTED_URL',
+  'FLUTTER_STORAGE_BASE_URL',
+  'NODE_EXTRA_CA_CERTS',
+  'SSL_CERT_FILE',
+  'SSL_CERT_DIR',
+  'HTTP_PROXY',
+  'HTTPS_PROXY',
+  'NO_PROXY',
+  'http_proxy',
+  'https_proxy',
+  'no_proxy',
+];
+const CA_PATH_VARS = ['NODE_EXTRA_CA_CERTS', 'SSL_CERT_FILE', 'SSL_CERT_DIR'];
+// Joins the step's cgroup before bwrap starts, so every process it makes is counted.
+const JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"';
+
+/**
+ * Decides once, at start, how builds run: bwrap where it works (or where BUILD_SANDBOX=bwrap
+ * demands it), none otherwise, which production refuses without ALLOW_UNSANDBOXED_BUILDS.
+ */
+export async function createBuildSandbox(settings: SandboxSettings, logger: Logger): Promise<BuildSandbox> {
+  const log = logger.child({ source: 'BuildSandbox' });
+  const problem = settings.kind === 'none' ? undefined : await probeBwrap();
+  if (settings.kind === 'none' || problem) {
+    if (settings.kind === 'bwrap') throw new SandboxUnavailableError(`BUILD_SANDBOX=bwrap, but bwrap does not work here: ${problem}`);
+    if (!settings.allowUnsandboxed) {
+      throw new SandboxUnavailableError(
+        `NODE_ENV=production needs the build sandbox, and bwrap does not work here (${problem}): install bubblewrap, or set ALLOW_UNSANDBOXED_BUILDS=true if something else isolates builds`,
+      );
+    }
+    log.warn(
+      { sandbox: 'none', reason: problem ?? 'BUILD_SANDBOX=none' },
+      'Builds run WITHOUT a sandbox: generated code can read this server\'s secrets and files. Use BUILD_SANDBOX=bwrap wherever users are not fully trusted.',
+    );
+    return { kind: 'none', enforcement: 'none', forStep: () => undefined };
+  }
+  const cgroups = await findCgroups();
+  const hasPrlimit = await isExecutable(PRLIMIT);
+  const enforcement = cgroups ? (cgroups.version === 2 ? 'cgroup v2' : 'cgroup v1') : 'rlimits and polling';
+  log.info({ sandbox: 'bwrap', enforcement, limits: settings.limits }, 'builds run in the bwrap sandbox');
+  return {
+    kind: 'bwrap',
+    enforcement,
+    forStep: (stepAccess) => ({
+      enter: (step) => enterBwrap(step, stepAccess, { limits: settings.limits, cgroups, hasPrlimit }),
+    }),
+  };
+}
+
+/** Undefined when bwrap can make the sandbox here, else why not. */
+async function probeBwrap(): Promise<string | undefined> {
+  if (!(await isExecutable(BWRAP))) return `${BWRAP} is not installed (Debian/Ubuntu: apt-get install bubblewrap)`;
+  const args = [...namespaceArgs(false), ...(await systemArgs()), '--proc', '/proc', '--dev', '/dev', '--', '/usr/bin/true'];
+  const result = await execa(BWRAP, args, { reject: false, timeout: 10_000, stdin: 'ignore', env: {}, extendEnv: false });
+  return result.exitCode === 0 ? undefined : `${BWRAP} failed: ${String(result.stderr).trim() || `exit code ${result.exitCode}`}`;
+}
+
+interface Machine {
+  limits: StepLimits;
+  cgroups: CgroupLayout | undefined;
+  hasPrlimit: boolean;
+}
+
+async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Machine): Promise<Jail | { missing: 'ENOENT' | 'EACCES' }> {
+  const found = await findExecutable(step.command, step.env.PATH ?? '');
+  if ('missing' in found) return found;
+  const workspace = await realpath(step.cwd);
+  const toolchain = [toolchainRoot(found.real)];
+  const binDirs = [dirname(found.real)];
+  if (stepAccess.tool === 'npm') {
+    // npm is a Node script: the Node that runs it comes from the same PATH as on the server.
+    const node = await findExecutable('node', step.env.PATH ?? '');
+    if (!('missing' in node)) {
+      toolchain.push(toolchainRoot(node.real));
+      binDirs.unshift(dirname(node.real));
+    }
+  }
+  for (const root of toolchain) assertExposable(root, workspace);
+
+  const cache = { npm: join(stepAccess.cacheDir, 'npm'), pub: join(stepAccess.cacheDir, 'pub') };
+  await mkdir(cache.npm, { recursive: true });
+  await mkdir(cache.pub, { recursive: true });
+  const env: Record<string, string> = {};
+  for (const name of [...ENV_ALWAYS, ...(stepAccess.fetch ? ENV_FETCH : [])]) {
+    const value = step.env[name];
+    if (value !== undefined) env[name] = value;
+  }
+  Object.assign(env, {
+    PATH: [...new Set(binDirs), '/usr/local/bin', '/usr/bin', '/bin'].join(':'),
+    HOME,
+    TMPDIR: '/tmp',
+    USER: 'kiln',
+    npm_config_cache: cache.npm,
+    npm_config_logs_dir: '/tmp/npm-logs',
+    npm_config_update_notifier: 'false',
+    PUB_CACHE: cache.pub,
+  });
+
+  const caFiles = stepAccess.fetch ? CA_PATH_VARS.map((name) => env[name]).filter((p): p is string => !!p && isAbsolute(p)) : [];
+  const bwrapArgs = [
+    ...namespaceArgs(stepAccess.fetch),
+    '--hostname',
+    'kiln-build',
+    ...(await systemArgs()),
+    ...roBindTry([...ETC_ALWAYS, ...(stepAccess.fetch ? [...ETC_FETCH, ...caFiles] : [])]),
+    ...[...new Set(toolchain)].flatMap((root) => ['--ro-bind', root, root]),
+    '--proc',
+    '/proc',
+    '--dev',
+    '/dev',
+    ...['--size', String(machine.limits.tmpMb * 1024 * 1024), '--tmpfs', '/tmp', '--dir', HOME],
+    ...['--size', String(64 * 1024 * 1024), '--tmpfs', '/dev/shm'],
+    ...['--bind', workspace, workspace],
+    ...[stepAccess.fetch ? '--bind' : '--ro-bind', stepAccess.cacheDir, stepAccess.cacheDir],
+    ...['--chdir', workspace],
+    // The root itself is a tmpfs: nothing but the workspace (and the fetch's cache) is writable.
+    ...['--remount-ro', '/'],
+    ...['--info-fd', '3'],
+    '--',
+    ...(machine.hasPrlimit ? rlimitArgs(machine.limits) : []),
+    found.real,
+    ...step.args,
+  ];
+
+  const cgroup = machine.cgroups
+    ? await createStepCgroup(machine.cgroups, { maxProcesses: machine.limits.maxProcesses, memoryBytes: machine.limits.memoryMb * 1024 * 1024 })
+    : undefined;
+  return jail(cgroup ? { command: '/bin/sh', args: ['-c', JOIN_CGROUP, 'kiln-sandbox', ...cgroup.procsFiles, '--', BWRAP, ...bwrapArgs] } : { command: BWRAP, args: bwrapArgs }, {
+    env,
+    cgroup,
+    limits: machine.limits,
+    diskPaths: stepAccess.fetch ? [workspace, stepAccess.cacheDir] : [workspace],
+  });
+}
+
+function jail(
+  spawn: { command: string; args: string[] },
+  context: { env: Record<string, string>; cgroup?: StepCgroup; limits: StepLimits; diskPaths: string[] },
+): Jail {
+  let watch: LimitWatch | undefined;
+  let sandboxInit: number | undefined;
+  return {
+    ...spawn,
+    env: context.env,
+    started(pid, info, onExceeded) {
+      // bwrap reports the host pid of the sandbox's init; once it is gone, so is every process of the namespace.
+      let text = '';
+      info.setEncoding('utf8');
+      info.on('data', (data: string) => {
+        text += data;
+        const match = /"child-pid"\s*:\s*(\d+)/.exec(text);
+        if (match) sandboxInit = Number(match[1]);
+      });
+      info.on('error', () => undefined);
+      watch = watchLimits({ limits: context.limits, cgroup: context.cgroup, rootPid: () => pid, diskPaths: context.diskPaths, onExceeded });
+    },
+    async release() {
+      const exceeded = await watch?.stop();
+      if (sandboxInit !== undefined) await vanished(sandboxInit);
+      await context.cgroup?.remove();
+      return exceeded;
+    },
+  };
+}
+
+function namespaceArgs(network: boolean): string[] {
+  return [
+    '--unshare-all',
+    '--unshare-user',
+    ...(network ? ['--share-net'] : []),
+    // No nested user namespaces: less kernel surface, no way around the uid mapping.
+    '--disable-userns',
+    '--die-with-parent',
+    '--new-session',
+    '--uid',
+    SANDBOX_UID,
+    '--gid',
+    SANDBOX_UID,
+  ];
+}
+
+/** /usr read-only, and /bin, /lib* as the host has them (merged-/usr symlinks or folders). */
+async function systemArgs(): Promise<string[]> {
+  const args: string[] = [];
+  for (const dir of SYSTEM_DIRS) {
+    const stats = await lstat(dir).catch(() => undefined);
+    if (!stats) continue;
+    if (stats.isSymbolicLink()) args.push('--symlink', await readlink(dir), dir);
+    else if (stats.isDirectory()) args.push('--ro-bind', dir, dir);
+  }
+  return args;
+}
+
+function roBindTry(paths: string[]): string[] {
+  return paths.flatMap((path) => ['--ro-bind-try', path, path]);
+}
+
+function rlimitArgs(limits: StepLimits): string[] {
+  return [
+    PRLIMIT,
+    // Counted per sandbox when the server is not root; as root the cgroup (or the watch) counts.
+    `--nproc=${limits.maxProcesses}`,
+    // One file cannot outgrow the workspace limit, however fast it is written.
+    `--fsize=${limits.workspaceMb * 1024 * 1024}`,
+    '--core=0',
+    '--',
+  ];
+}
+
+/** A toolchain's own folder: the SDK or package root above its `bin/`, else the executable's folder. */
+export function toolchainRoot(realExecutable: string): string {
+  const folder = dirname(realExecutable);
+  return basename(folder) === 'bin' ? dirname(folder) : folder;
+}
+
+// A toolchain folder that holds the workspace (or is /) would expose far more than the tool.
+function assertExposable(root: string, workspace: string): void {
+  if (root === sep || workspace === root || workspace.startsWith(root + sep)) {
+    throw new SandboxUnavailableError(`The toolchain folder ${root} contains the workspace; install the build tool in a folder of its own.`);
+  }
+}
+
+async function findExecutable(command: string, path: string): Promise<{ real: string } | { missing: 'ENOENT' | 'EACCES' }> {
+  const candidates = command.includes('/') ? [resolve(command)] : path.split(delimiter).filter(Boolean).map((dir) => join(dir, command));
+  let missing: 'ENOENT' | 'EACCES' = 'ENOENT';
+  for (const candidate of candidates) {
+    const real = await realpath(candidate).catch(() => undefined);
+    if (!real) continue;
+    if (await isExecutable(real)) return { real };
+    missing = 'EACCES';
+  }
+  return { missing };
+}
+
+async function isExecutable(path: string): Promise<boolean> {
+  return access(path, constants.X_OK).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** Resolves once `pid` has exited (or is a zombie waiting to be reaped), within a few seconds. */
+async function vanished(pid: number): Promise<void> {
+  for (let attempt = 0; attempt < 250; attempt++) {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
+    if (!stat || stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) return;
+    await delay(20);
+  }
+}

@@ -1,0 +1,137 @@
+import { lstat, readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { StepCgroup } from './cgroups.js';
+
+export interface StepLimits {
+  memoryMb: number;
+  maxProcesses: number;
+  workspaceMb: number;
+  /** Size of the sandbox's private /tmp (and HOME in it). */
+  tmpMb: number;
+}
+
+export interface LimitWatchOptions {
+  limits: StepLimits;
+  /** Enforced by the kernel; the watch only reads which limit was hit. */
+  cgroup?: StepCgroup;
+  /** Without a cgroup: the host pid of the sandbox's init, whose process tree is measured. */
+  rootPid?: () => number | undefined;
+  /** Folders whose disk use counts against `workspaceMb`. */
+  diskPaths: string[];
+  /** Called once, with the message for the build log, when a limit is passed. */
+  onExceeded(message: string): void;
+}
+
+export interface LimitWatch {
+  /** Stops watching after a last look; resolves with the message of a passed limit, if any. */
+  stop(): Promise<string | undefined>;
+}
+
+const TICK_MS = 200;
+// Walking a workspace with node_modules costs milliseconds, so the disk is checked less often.
+const DISK_EVERY_TICKS = 5;
+
+export const limitMessages = {
+  processes: (l: StepLimits) => `The build reached its limit of ${l.maxProcesses} processes (BUILD_MAX_PROCESSES) and was stopped.`,
+  memory: (l: StepLimits) => `The build used more than ${l.memoryMb} MB of memory (BUILD_MEMORY_MB) and was stopped.`,
+  disk: (l: StepLimits) => `The build wrote more than ${l.workspaceMb} MB to its workspace (BUILD_MAX_WORKSPACE_MB) and was stopped.`,
+};
+
+/**
+ * Polls a running step's processes, memory and disk use. The kernel enforces what it can
+ * (cgroup, rlimits); this turns a hit limit into a clear message and ends the step, and
+ * measures what no kernel limit covers here (a workspace's total size, a tree without cgroup).
+ */
+export function watchLimits(options: LimitWatchOptions): LimitWatch {
+  let exceeded: string | undefined;
+  let stopped = false;
+  let ticks = 0;
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<void> = Promise.resolve();
+
+  const check = async (withDisk: boolean) => {
+    const found = (await treeLimit(options)) ?? (withDisk ? await diskLimit(options) : undefined);
+    if (found && !exceeded) {
+      exceeded = found;
+      options.onExceeded(found);
+    }
+  };
+  const schedule = () => {
+    timer = setTimeout(() => {
+      running = check(++ticks % DISK_EVERY_TICKS === 0).finally(() => {
+        if (!stopped && !exceeded) schedule();
+      });
+    }, TICK_MS);
+  };
+  schedule();
+
+  return {
+    stop: async () => {
+      stopped = true;
+      clearTimeout(timer);
+      await running;
+      if (!exceeded) await check(true);
+      return exceeded;
+    },
+  };
+}
+
+async function treeLimit({ cgroup, rootPid, limits }: LimitWatchOptions): Promise<string | undefined> {
+  if (cgroup) {
+    const hit = await cgroup.exceeded();
+    return hit ? limitMessages[hit](limits) : undefined;
+  }
+  const root = rootPid?.();
+  if (root === undefined) return undefined;
+  const { tasks, rssBytes } = await measureTree(root);
+  if (tasks >= limits.maxProcesses) return limitMessages.processes(limits);
+  if (rssBytes > limits.memoryMb * 1024 * 1024) return limitMessages.memory(limits);
+  return undefined;
+}
+
+async function diskLimit({ diskPaths, limits }: LimitWatchOptions): Promise<string | undefined> {
+  let bytes = 0;
+  for (const path of diskPaths) bytes += await diskUse(path);
+  return bytes > limits.workspaceMb * 1024 * 1024 ? limitMessages.disk(limits) : undefined;
+}
+
+/** Threads and resident memory of `root` and every descendant, from /proc. */
+async function measureTree(root: number): Promise<{ tasks: number; rssBytes: number }> {
+  const entries = await readdir('/proc').catch(() => [] as string[]);
+  const children = new Map<number, number[]>();
+  const usage = new Map<number, { tasks: number; rss: number }>();
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue;
+    const stat = await readFile(`/proc/${entry}/stat`, 'utf8').catch(() => undefined);
+    if (!stat) continue;
+    // Fields after the command name, which may hold spaces and parentheses: state ppid … threads(20) … rss(24).
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const pid = Number(entry);
+    const ppid = Number(fields[1]);
+    usage.set(pid, { tasks: Number(fields[17]), rss: Number(fields[21]) });
+    children.set(ppid, [...(children.get(ppid) ?? []), pid]);
+  }
+  let tasks = 0;
+  let pages = 0;
+  const queue = [root];
+  for (let pid = queue.pop(); pid !== undefined; pid = queue.pop()) {
+    const own = usage.get(pid);
+    if (own) {
+      tasks += own.tasks;
+      pages += own.rss;
+    }
+    queue.push(...(children.get(pid) ?? []));
+  }
+  return { tasks, rssBytes: pages * 4096 };
+}
+
+/** Bytes allocated on disk under `path` (sparse files count what they use), symlinks not followed. */
+async function diskUse(path: string): Promise<number> {
+  const stats = await lstat(path).catch(() => undefined);
+  if (!stats) return 0;
+  let bytes = stats.blocks * 512;
+  if (!stats.isDirectory()) return bytes;
+  const entries = await readdir(path).catch(() => [] as string[]);
+  for (const entry of entries) bytes += await diskUse(join(path, entry));
+  return bytes;
+}

@@ -1,0 +1,42 @@
+import { lstat, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { OutputEvent } from '../generations/output-parser.js';
+import { UnsafeOutputError, assertSafeRelativePath } from '../generations/safe-path.js';
+import { fileDigest, type GeneratedFile } from './workspace.js';
+import { ignoreMissing, writeFileInside } from './write-inside.js';
+
+/**
+ * A fix round's answer written into the generation's existing workspace, with the
+ * same path rules as its first answer. Returns what changed, for generation_files.
+ */
+export async function applyChanges(dir: string, changes: readonly OutputEvent[]): Promise<{ changed: GeneratedFile[]; deleted: string[] }> {
+  const latest = new Map<string, OutputEvent>();
+  for (const change of changes) {
+    assertSafeRelativePath(change.path);
+    latest.set(change.path, change);
+  }
+  const changed: GeneratedFile[] = [];
+  const deleted: string[] = [];
+  for (const change of latest.values()) {
+    if (change.type === 'file') {
+      await writeFileInside(dir, change.path, change.content);
+      changed.push({ path: change.path, content: change.content, ...fileDigest(change.content) });
+    } else {
+      await removeInside(dir, change.path);
+      deleted.push(change.path);
+    }
+  }
+  return { changed, deleted };
+}
+
+/** Removes one file; a symbolic link on the way is refused, a missing file is fine. */
+async function removeInside(dir: string, path: string): Promise<void> {
+  const segments = path.split('/');
+  for (let i = 1; i < segments.length; i++) {
+    const stats = await lstat(join(dir, ...segments.slice(0, i))).catch(ignoreMissing);
+    if (!stats) return;
+    if (stats.isSymbolicLink()) throw new UnsafeOutputError(path, 'goes through a symbolic link');
+  }
+  const stats = await lstat(join(dir, path)).catch(ignoreMissing);
+  if (stats && !stats.isDirectory()) await rm(join(dir, path), { force: true });
+}

@@ -1,0 +1,112 @@
+import { encodeGlobalID } from '@pothos/plugin-relay';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { GenerationUpdatedDocument } from './gql/graphql.js';
+import { databaseKind } from './support/db.js';
+import { createProject, document, signUp, type TestUser } from './support/fixtures.js';
+import { type FakeFlutter, fakeFlutter, type GenerationServer, startAccepted, startGenerationServer, within } from './support/generation-helpers.js';
+import { collect, liveClient } from './support/live.js';
+
+// Bad input is answered as bad input, never as "Unexpected error.": NUL characters
+// anywhere, malformed ids inside node/nodes (each is null on its own), arguments out of
+// range; names refuse control and bidi-override characters.
+
+type Errors = { message: string; extensions?: Record<string, unknown> }[] | undefined;
+
+describe(`bad input (${databaseKind})`, () => {
+  let flutter: FakeFlutter;
+  let server: GenerationServer;
+  let owner: TestUser;
+  let projectId: string;
+
+  beforeAll(async () => {
+    flutter = await fakeFlutter('ok');
+    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin });
+    owner = await signUp(server);
+    projectId = (await createProject(owner.client, { target: 'FLUTTER' })).id;
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+    await flutter?.remove();
+  });
+
+  const send = async (query: string, variables?: Record<string, unknown>) =>
+    (await (await owner.client.post({ query, variables })).json()) as { data?: Record<string, unknown> | null; errors?: Errors };
+  const expectBadInput = (errors: Errors) => {
+    expect(errors, 'no error at all').toBeDefined();
+    for (const error of errors!) {
+      expect(error.message).not.toBe('Unexpected error.');
+      expect(error.extensions?.code).toBe('BAD_USER_INPUT');
+    }
+  };
+
+  it('refuses NUL characters in variables and in literals, on any field', async () => {
+    expectBadInput((await send(`mutation($n: String!) { createProject(input: { name: $n, target: WEB }) { __typename } }`, { n: 'a\u0000b' })).errors);
+    expectBadInput((await send(`mutation { startGeneration(input: { projectId: "${projectId}", prompt: "make \\u0000 it" }) { __typename } }`)).errors);
+    expectBadInput((await send(`mutation($e: String!) { signIn(input: { email: $e, password: "long enough password" }) { __typename } }`, { e: 'a\u0000@example.com' })).errors);
+    expectBadInput((await send(`query { project(id: "\\u0000") { name } }`)).errors);
+    // Over graphql-ws too.
+    const live = liveClient(server.url, owner.accessToken);
+    try {
+      const refused = collect(live.client, GenerationUpdatedDocument, { id: 'x\u0000y' });
+      const outcome = await within(refused.ended, 10_000, () => 'the subscription was not refused');
+      expectBadInput(outcome.errors ?? (outcome.error as Errors));
+    } finally {
+      await live.dispose();
+    }
+  });
+
+  it('answers null for each malformed or unknown id in node and nodes, and the rest as usual', async () => {
+    const b64 = (text: string) => Buffer.from(text).toString('base64');
+    const ids = [
+      projectId,
+      'not base64 at all!',
+      b64('Project:not-a-uuid'),
+      b64('NoSuchType:1'),
+      encodeGlobalID('Generation', '00000000-0000-4000-8000-000000000000'),
+      '',
+    ];
+    const nodes = await send(`query($ids: [ID!]!) { nodes(ids: $ids) { __typename id } }`, { ids });
+    expect(nodes).toEqual({ data: { nodes: [{ __typename: 'Project', id: projectId }, null, null, null, null, null] } });
+    for (const id of ids.slice(1)) {
+      expect(await send(`query($id: ID!) { node(id: $id) { id } }`, { id }), id).toEqual({ data: { node: null } });
+    }
+  });
+
+  it('answers an out-of-range buildLog(tail:) as a validation error', async () => {
+    const generation = await startAccepted(owner.client, { projectId, prompt: 'A counter' });
+    for (const tail of [0, -5, 1001, 2_000_000]) {
+      const response = await send(`query($id: ID!, $tail: Int!) { generation(id: $id) { buildLog(tail: $tail) { seq } } }`, { id: generation.id, tail });
+      expectBadInput(response.errors);
+      expect(response.errors![0]!.extensions?.fieldErrors, String(tail)).toEqual([expect.objectContaining({ path: ['tail'] })]);
+    }
+  });
+
+  const CreateProject = document<
+    { createProject: { __typename: string; name?: string; description?: string | null; fieldErrors?: { path: string[]; message: string }[] } },
+    { name: string; description?: string }
+  >(/* GraphQL */ `
+    mutation CreateWithFieldErrors($name: String!, $description: String) {
+      createProject(input: { name: $name, description: $description, target: WEB }) {
+        __typename
+        ... on Project { name description }
+        ... on ValidationError { fieldErrors { path message } }
+      }
+    }
+  `);
+
+  it('refuses control and bidi-override characters in names, with the field that has them', async () => {
+    for (const name of ['invoice\u202Etxt.exe', 'bell\u0007', 'tab\there', 'line\nbreak', 'isolate\u2066x\u2069', 'escape\u001b[31m']) {
+      const { createProject } = await owner.client.expectNoErrors(CreateProject, { name });
+      expect(createProject, JSON.stringify(name)).toMatchObject({
+        __typename: 'ValidationError',
+        fieldErrors: [{ path: ['name'], message: expect.stringMatching(/control or bidirectional/) }],
+      });
+    }
+    const { createProject: badDescription } = await owner.client.expectNoErrors(CreateProject, { name: 'Fine', description: 'evil\u202Edescription' });
+    expect(badDescription).toMatchObject({ __typename: 'ValidationError', fieldErrors: [{ path: ['description'] }] });
+    // Ordinary text, accents, emoji and a multi-line description are fine.
+    const { createProject: fine } = await owner.client.expectNoErrors(CreateProject, { name: 'Café ☕ — ünïcode 日本', description: 'Line one\nLine two\twith a tab' });
+    expect(fine).toEqual({ __typename: 'Project', name: 'Café ☕ — ünïcode 日本', description: 'Line one\nLine two\twith a tab' });
+  });
+});

@@ -1,0 +1,214 @@
+import { readFile, readdir } from 'node:fs/promises';
+import { execa } from 'execa';
+import type { WebSocketRoute } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ProjectDocument, ProjectsDocument } from '../gql/graphql.js';
+import { signIn, uniqueEmail } from '../support/fixtures.js';
+import { type FakeFlutter, type GenerationServer, fakeFlutter, getGeneration, repoRoot, startGenerationServer } from '../support/generation-helpers.js';
+import { type BrowserSession, chromiumMissing, openBrowser } from './browser.js';
+
+// The reference client (web/) in Chromium, served by Kiln at `/`, found by the accessible
+// names that are part of the contract. FLUTTER with the fake flutter (the WEB target's
+// real build needs the npm registry) and the offline provider, slowed down enough for
+// its output to be seen growing.
+
+if (chromiumMissing) console.warn(`Skipping the web client browser suite: ${chromiumMissing}.`);
+
+const PASSWORD = 'correct horse battery staple';
+
+let flutter: FakeFlutter;
+let server: GenerationServer;
+
+beforeAll(async () => {
+  // The client as `npm install` builds it (prepare → build:web), from this checkout's sources;
+  // without the test runner's NODE_ENV, which would make a development build.
+  const { NODE_ENV: _, ...env } = process.env;
+  await execa('npm', ['run', 'build:web'], { cwd: repoRoot, env, extendEnv: false });
+  flutter = await fakeFlutter('ok');
+  server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, OFFLINE_CHUNK_DELAY_MS: '30' });
+});
+
+afterAll(async () => {
+  await server?.stop();
+  await flutter?.remove();
+});
+
+describe('serving the built client at /', () => {
+  it('answers client routes with index.html, revalidated on every load', async () => {
+    for (const path of ['/', '/projects/UHJvamVjdDox']) {
+      const response = await fetch(`${server.url}${path}`);
+      expect(response.status).toBe(200);
+      expect(response.headers.get('content-type')).toMatch(/^text\/html/);
+      expect(response.headers.get('cache-control')).toBe('no-cache');
+      expect(await response.text()).toContain('<div id="root">');
+    }
+  });
+
+  it('caches the hashed assets for a year and 404s what does not exist', async () => {
+    const [script] = (await readdir(`${repoRoot}/web/dist/assets`)).filter((name) => name.endsWith('.js'));
+    const response = await fetch(`${server.url}/assets/${script}`);
+    expect(response.status).toBe(200);
+    expect(response.headers.get('content-type')).toMatch(/javascript/);
+    expect(response.headers.get('cache-control')).toBe('public, max-age=31536000, immutable');
+    expect((await fetch(`${server.url}/assets/missing-0000.js`)).status).toBe(404);
+    expect((await fetch(`${server.url}/%2e%2e/package.json`)).status).toBe(404);
+  });
+
+  it('leaves /graphql to the API', async () => {
+    // A GET needs a header no cross-site simple request carries (CSRF prevention).
+    const response = await fetch(`${server.url}/graphql?query=${encodeURIComponent('{ __typename }')}`, { headers: { 'x-graphql-yoga-csrf': '1' } });
+    expect(await response.json()).toEqual({ data: { __typename: 'Query' } });
+  });
+});
+
+describe.skipIf(chromiumMissing)('the reference web client in Chromium', () => {
+  let browser: BrowserSession;
+
+  beforeAll(async () => {
+    browser = await openBrowser('web-client');
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+  });
+
+  it('signs up, creates a project, watches a generation live, previews, diffs, restores, downloads and self-heals', async () => {
+    const { page } = browser;
+    const status = page.getByRole('status');
+    const output = page.getByRole('log', { name: 'Model output' });
+    const buildLog = page.getByRole('log', { name: 'Build log' });
+    const text = async (locator: typeof status) => ((await locator.count()) > 0 ? await locator.innerText() : '');
+
+    // Sign up with the keyboard alone.
+    await page.goto(server.url);
+    await page.getByRole('textbox', { name: 'Email' }).waitFor();
+    await page.keyboard.press('Tab');
+    await page.keyboard.type(uniqueEmail('e2e'));
+    await page.keyboard.press('Tab');
+    await page.keyboard.type(PASSWORD);
+    await page.keyboard.press('Tab'); // Sign in
+    await page.keyboard.press('Tab'); // Sign up
+    await expect.poll(() => page.evaluate(() => document.activeElement?.textContent)).toBe('Sign up');
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name: 'Projects' }).waitFor();
+    await browser.screenshot('1-signed-up');
+
+    // A project, then its page.
+    await page.getByRole('textbox', { name: 'Project name' }).fill('Packing list');
+    await page.getByRole('combobox', { name: 'Target' }).selectOption('FLUTTER');
+    await page.getByRole('button', { name: 'Create project' }).click();
+    await page.getByRole('heading', { name: 'Packing list' }).waitFor();
+    await browser.screenshot('2-project');
+
+    // The model's output grows while the generation is RUNNING.
+    await page.getByRole('textbox', { name: 'Prompt' }).fill('A packing list for a weekend trip');
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await expect.poll(async () => (await text(status)).includes('RUNNING') && (await text(output)).length > 0, { timeout: 30_000 }).toBe(true);
+    const seen = (await text(output)).length;
+    await expect
+      .poll(async () => (await text(status)).includes('RUNNING') && (await text(output)).length > seen, { timeout: 30_000 })
+      .toBe(true);
+    await browser.screenshot('3-running');
+
+    await expect.poll(() => text(status), { timeout: 60_000 }).toContain('SUCCEEDED');
+    expect(await text(output)).toContain('<file path="lib/main.dart">');
+    expect(await text(buildLog)).toContain('Got dependencies!');
+
+    // The preview shows the app that was built.
+    const preview = page.frameLocator('iframe[title="Preview"]');
+    await expect.poll(() => text(preview.locator('h1')), { timeout: 30_000 }).toMatch(/packing list/i);
+    await browser.screenshot('4-succeeded');
+
+    // A follow-up in the same session, then its diff against version 1.
+    await page.getByRole('textbox', { name: 'Prompt' }).fill('Add a checkbox to mark an item as packed');
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await page.getByRole('button', { name: 'Show version 2' }).waitFor();
+    await expect.poll(() => text(status), { timeout: 60_000 }).toContain('SUCCEEDED');
+    await page.getByRole('button', { name: 'Diff version 2' }).click();
+    const diff = page.getByRole('region', { name: 'Changes in version 2' });
+    await expect.poll(() => text(diff), { timeout: 30_000 }).toContain('MODIFIED');
+    expect(await text(diff)).toContain('lib/main.dart');
+    await browser.screenshot('5-diff');
+
+    // Restore version 1: a third version, built again.
+    await page.getByRole('button', { name: 'Restore version 1' }).click();
+    await page.getByRole('button', { name: 'Show version 3' }).waitFor();
+    await expect.poll(() => text(status), { timeout: 60_000 }).toContain('SUCCEEDED');
+    await expect.poll(() => text(preview.locator('h1')), { timeout: 30_000 }).toMatch(/packing list/i);
+    await browser.screenshot('6-restored');
+
+    // The ZIP of the restored version's source.
+    const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('link', { name: 'Download ZIP' }).click()]);
+    expect(download.suggestedFilename()).toMatch(/\.zip$/);
+    const zip = await readFile(await download.path());
+    expect(zip.subarray(0, 4).toString('latin1')).toBe('PK\x03\x04');
+    expect(zip.includes('lib/main.dart')).toBe(true);
+
+    // A new session whose first build fails: the model fixes it in round 1, visibly.
+    await page.getByRole('button', { name: 'New session' }).click();
+    await page.getByRole('textbox', { name: 'Prompt' }).fill('A reading list with a build error');
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await page.getByRole('button', { name: 'Show version 1' }).waitFor();
+    await expect.poll(() => text(status), { timeout: 60_000 }).toContain('SUCCEEDED');
+    const fixes = page.getByRole('region', { name: 'Fix rounds' });
+    await expect.poll(() => text(fixes), { timeout: 30_000 }).toContain('Round 1: SUCCEEDED');
+    expect(await text(output)).toContain('fix round 1');
+    expect(await text(buildLog)).toMatch(/analyze · fix round 1/);
+    await browser.screenshot('7-fixed');
+
+    // A reload keeps the session (refresh token in sessionStorage); sign-out forgets both tokens.
+    await page.reload();
+    await page.getByRole('button', { name: 'Show version 1' }).waitFor();
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByRole('button', { name: 'Sign in' }).waitFor();
+    expect(await page.evaluate(() => sessionStorage.length)).toBe(0);
+    await page.reload();
+    await page.getByRole('button', { name: 'Sign in' }).waitFor();
+    await browser.screenshot('8-signed-out');
+
+    expect(browser.consoleErrors).toEqual([]);
+    expect(browser.escaped).toEqual([]);
+  });
+
+  it('resumes the live streams after the server closes the socket with 4403: token refreshed, nothing missed or repeated', async () => {
+    const { page } = browser;
+    const status = page.getByRole('status');
+    const output = page.getByRole('log', { name: 'Model output' });
+    const text = async (locator: typeof status) => ((await locator.count()) > 0 ? await locator.innerText() : '');
+    // Every graphql-ws socket of the page passes through the test, which can close it as the server would.
+    const sockets: WebSocketRoute[] = [];
+    await page.routeWebSocket(/\/graphql$/, (socket) => {
+      socket.connectToServer();
+      sockets.push(socket);
+    });
+
+    const email = uniqueEmail('e2e-resume');
+    await page.goto(server.url);
+    await page.getByRole('textbox', { name: 'Email' }).fill(email);
+    await page.getByRole('textbox', { name: 'Password' }).fill(PASSWORD);
+    await page.getByRole('button', { name: 'Sign up' }).click();
+    await page.getByRole('textbox', { name: 'Project name' }).fill('Resume');
+    await page.getByRole('combobox', { name: 'Target' }).selectOption('FLUTTER');
+    await page.getByRole('button', { name: 'Create project' }).click();
+    await page.getByRole('textbox', { name: 'Prompt' }).fill('A recipe box');
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await expect.poll(async () => (await text(status)).includes('RUNNING') && (await text(output)).length > 0, { timeout: 30_000 }).toBe(true);
+
+    // "Token expired or revoked": the client refreshes its token, then opens a new socket.
+    const refreshed = page.waitForRequest((request) => request.postData()?.includes('RefreshSession') ?? false);
+    const opened = sockets.length;
+    await sockets.at(-1)!.close({ code: 4403, reason: 'Forbidden' });
+    await refreshed;
+    await expect.poll(() => sockets.length, { timeout: 30_000 }).toBeGreaterThan(opened);
+    await expect.poll(() => text(status), { timeout: 60_000 }).toContain('SUCCEEDED');
+
+    // What the page shows is exactly what the server stored: every chunk once, in order.
+    const user = await signIn(server, email, PASSWORD);
+    const { project } = await user.client.expectNoErrors(ProjectsDocument, { first: 1 }).then(({ projects }) => ({ project: projects.edges[0]!.node }));
+    const { project: details } = await user.client.expectNoErrors(ProjectDocument, { id: project.id });
+    const generation = await getGeneration(user.client, details!.generations.edges[0]!.node.id);
+    expect((await output.locator('pre').textContent()) ?? '').toBe(generation.output);
+    expect(browser.consoleErrors).toEqual([]);
+    expect(browser.escaped).toEqual([]);
+  });
+});

@@ -1,0 +1,53 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { GeneratedFileDocument } from './gql/graphql.js';
+import { databaseKind } from './support/db.js';
+import { fixesOf, startAcceptedWithRounds } from './support/fix-rounds.js';
+import { createProject, signUp, type TestUser } from './support/fixtures.js';
+import { type GenerationServer, startGenerationServer, waitForEnd } from './support/generation-helpers.js';
+
+// A WEB generation whose code fails the real `tsc`, healed by a fix round: the offline
+// provider's "with a build error" demonstration with the real npm, tsc and vite. It
+// installs from the npm registry, so it is opt-in: KILN_TEST_NETWORK=1 runs it.
+
+const network = process.env.KILN_TEST_NETWORK === '1';
+
+describe.skipIf(!network)(`a real tsc error fixed in round 1 (${databaseKind}; needs the npm registry, KILN_TEST_NETWORK=1)`, () => {
+  let server: GenerationServer;
+  let owner: TestUser;
+
+  beforeAll(async () => {
+    server = await startGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '0' });
+    owner = await signUp(server);
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it('fails the typecheck with TS2322, sends it back, and builds the fixed app', { timeout: 300_000 }, async () => {
+    const project = await createProject(owner.client, { target: 'WEB' });
+    const started = await startAcceptedWithRounds(owner.client, { projectId: project.id, prompt: 'A reading list with a build error' });
+    const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id, 290_000);
+
+    expect(generation.error).toBeNull();
+    expect(generation.status).toBe('SUCCEEDED');
+    const fixes = await fixesOf(owner.client, started.id);
+    expect(fixes.diagnostics).toEqual([
+      expect.objectContaining({ round: 0, tool: 'tsc', severity: 'ERROR', path: 'src/App.tsx', code: 'TS2322', message: "Type 'string' is not assignable to type 'number'." }),
+    ]);
+    expect(fixes.fixRounds.map((r) => [r.round, r.status])).toEqual([[1, 'SUCCEEDED']]);
+    expect(generation.buildSteps.map((s) => [s.name, s.status])).toEqual([
+      ['install', 'SUCCEEDED'],
+      ['typecheck', 'FAILED'],
+      ['build', 'SKIPPED'],
+      ['typecheck', 'SUCCEEDED'],
+      ['build', 'SUCCEEDED'],
+    ]);
+    const { generation: app } = await owner.client.expectNoErrors(GeneratedFileDocument, { id: started.id, path: 'src/App.tsx' });
+    expect(app?.file?.content).not.toContain('deliberate build error');
+  });
+});
+
+describe.skipIf(network)('a real tsc error fixed in round 1', () => {
+  it.skip('needs the npm registry: set KILN_TEST_NETWORK=1 to run it', () => {});
+});

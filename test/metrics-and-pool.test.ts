@@ -1,0 +1,109 @@
+import { randomBytes } from 'node:crypto';
+import { sql } from 'drizzle-orm';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ConfigError, parseConfig } from '../src/config.js';
+import { rowsOf } from '../src/db/client.js';
+import { type Kiln, startKiln } from '../src/main.js';
+import { createTestDatabase, databaseKind, type TestDatabase, testDatabaseUrl } from './support/db.js';
+import { createProject, graphqlClient, signUp } from './support/fixtures.js';
+import { tempDir } from './support/generation-helpers.js';
+import { startTestServer } from './support/server.js';
+
+// What an operator relies on: /metrics is closed in production without METRICS_TOKEN,
+// a scrape never scans the generations table, and DATABASE_POOL_MAX bounds the
+// connections a process opens.
+
+const secret = () => randomBytes(32).toString('base64');
+const production = { NODE_ENV: 'production', AUTH_JWT_SECRET: secret(), KILN_ENCRYPTION_KEY: randomBytes(32).toString('base64') };
+
+describe('METRICS_TOKEN in production', () => {
+  it('refuses to start without it', () => {
+    expect(() => parseConfig(production)).toThrow(ConfigError);
+    expect(() => parseConfig(production)).toThrow(/NODE_ENV=production needs METRICS_TOKEN/);
+  });
+
+  it('serves /metrics only with the token', async () => {
+    const token = secret();
+    const server = await startTestServer({ ...production, METRICS_TOKEN: token });
+    try {
+      expect((await fetch(`${server.url}/metrics`)).status).toBe(401);
+      const allowed = await fetch(`${server.url}/metrics`, { headers: { authorization: `Bearer ${token}` } });
+      expect(allowed.status).toBe(200);
+      expect(await allowed.text()).toMatch(/^kiln_generations\{status="RUNNING"\} \d+$/m);
+    } finally {
+      await server.stop();
+    }
+  });
+});
+
+describe(`a scrape reads no more than the active generations (${databaseKind})`, () => {
+  let database: TestDatabase;
+  let kiln: Kiln;
+  let data: Awaited<ReturnType<typeof tempDir>>;
+  const statements: string[] = [];
+
+  beforeAll(async () => {
+    database = await createTestDatabase({ onQuery: (query) => void statements.push(query) });
+    data = await tempDir('metrics');
+    kiln = await startKiln(parseConfig({ DATA_DIR: data.path, LOG_LEVEL: 'silent', OFFLINE_CHUNK_DELAY_MS: '0' }), { database, port: 0 });
+  });
+
+  afterAll(async () => {
+    await kiln?.stop();
+    await database?.close();
+    await data?.remove();
+  });
+
+  it('counts generations by status through the partial index of active statuses, never a table scan', async () => {
+    const owner = await signUp({ client: (token) => graphqlClient(kiln.url, token) });
+    await createProject(owner.client);
+    statements.splice(0);
+    const text = await (await fetch(`${kiln.url}/metrics`)).text();
+    expect(text).toMatch(/^kiln_generations\{status="QUEUED"\} 0$/m);
+    expect(text).toMatch(/^kiln_queue_depth 0$/m);
+    const scrape = statements.filter((statement) => /\bgenerations\b/.test(statement));
+    expect(scrape, 'the scrape read no generation counts').not.toHaveLength(0);
+    for (const statement of scrape) {
+      // With sequential scans priced out, a query that can use an index does; one that cannot still scans.
+      const plan = await database.db.transaction(async (tx) => {
+        await tx.execute(sql`set local enable_seqscan = off`);
+        return rowsOf<{ 'QUERY PLAN': string }>(await tx.execute(sql.raw(`explain ${statement}`))).map((row) => row['QUERY PLAN']);
+      });
+      expect(plan.join('\n'), statement).not.toMatch(/Seq Scan on generations/);
+      expect(plan.join('\n'), statement).toMatch(/generations_active_idx/);
+    }
+  });
+});
+
+describe.skipIf(!testDatabaseUrl)('DATABASE_POOL_MAX', () => {
+  let database: TestDatabase;
+  let kiln: Kiln;
+  let data: Awaited<ReturnType<typeof tempDir>>;
+  const applicationName = `kiln_pool_${randomBytes(4).toString('hex')}`;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    data = await tempDir('pool');
+    const url = new URL(database.url!);
+    url.searchParams.set('application_name', applicationName);
+    // Kiln opens its own pool from DATABASE_URL (no database handed in).
+    const config = parseConfig({ DATA_DIR: data.path, LOG_LEVEL: 'silent', DATABASE_URL: url.toString(), DATABASE_POOL_MAX: '2' });
+    kiln = await startKiln(config, { port: 0 });
+  });
+
+  afterAll(async () => {
+    await kiln?.stop();
+    await database?.close();
+    await data?.remove();
+  });
+
+  it('never opens more connections than the pool allows, however many requests arrive at once', async () => {
+    const owner = await signUp({ client: (token) => graphqlClient(kiln.url, token) });
+    await Promise.all(Array.from({ length: 30 }, (_, i) => createProject(owner.client, { name: `Burst ${i}` })));
+    const [row] = rowsOf<{ connections: number }>(
+      await database.db.execute(sql`select count(*)::int as connections from pg_stat_activity where application_name = ${applicationName}`),
+    );
+    expect(row!.connections).toBeGreaterThan(0);
+    expect(row!.connections).toBeLessThanOrEqual(2);
+  });
+});

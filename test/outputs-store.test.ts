@@ -1,0 +1,171 @@
+import { readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { sql } from 'drizzle-orm';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createOutputs, type Outputs } from '../src/artifacts/outputs.js';
+import { parseConfig } from '../src/config.js';
+import { rowsOf } from '../src/db/client.js';
+import { createLogger } from '../src/observability/logger.js';
+import { createMetrics } from '../src/observability/metrics.js';
+import { GenerationArchiveDocument, GenerationPreviewDocument } from './gql/graphql.js';
+import { unzip } from './support/archives.js';
+import { databaseKind } from './support/db.js';
+import { type FakeSupabaseStorage, startFakeSupabaseStorage } from './support/fake-supabase-storage.js';
+import { createProject, signUp, type TestUser } from './support/fixtures.js';
+import {
+  type FakeFlutter,
+  fakeFlutter,
+  type GenerationServer,
+  type Instance,
+  rawId,
+  startAccepted,
+  startGenerationServer,
+  startInstance,
+  tempDir,
+  waitForEnd,
+} from './support/generation-helpers.js';
+
+// The artefact store behind previews and archives, on each backend: files under
+// DATA_DIR (embedded), PostgreSQL (any instance serves any generation, after the
+// workspace is gone), and Supabase Storage through supabase-js (a fake Storage server).
+// Follow-ups share most bytes, so blobs are stored once; a deleted project's blobs go.
+
+type Backend = { name: 'fs' | 'postgres' | 'supabase'; env: () => Record<string, string> };
+
+let storage: FakeSupabaseStorage;
+const backends: Backend[] = [
+  { name: 'fs', env: () => ({ ARTIFACT_STORE: 'fs' }) },
+  { name: 'postgres', env: () => ({ ARTIFACT_STORE: 'postgres' }) },
+  {
+    name: 'supabase',
+    env: () => ({ ARTIFACT_STORE: 'supabase', SUPABASE_URL: storage.url, SUPABASE_SERVICE_ROLE_KEY: storage.serviceRoleKey, ARTIFACT_BUCKET: 'kiln-test' }),
+  },
+];
+
+beforeAll(async () => {
+  storage = await startFakeSupabaseStorage();
+});
+afterAll(async () => {
+  await storage?.close();
+});
+
+describe.each(backends)(`the artefact store: $name (${databaseKind})`, (backend) => {
+  let flutter: FakeFlutter;
+  let server: GenerationServer;
+  let owner: TestUser;
+  let outputs: Outputs;
+
+  const query = async <T>(statement: ReturnType<typeof sql>) => rowsOf<T>(await server.database.db.execute(statement));
+  const storedBlobs = async (): Promise<string[]> => {
+    if (backend.name === 'postgres') return (await query<{ sha256: string }>(sql`select sha256 from artifact_blobs`)).map((row) => row.sha256);
+    if (backend.name === 'supabase') return [...(storage.buckets.get('kiln-test')?.keys() ?? [])];
+    const dir = join(server.dataDir, 'artifacts');
+    const shards = await readdir(dir).catch(() => []);
+    return (await Promise.all(shards.map((shard) => readdir(join(dir, shard))))).flat().filter((name) => /^[0-9a-f]{64}$/.test(name));
+  };
+  const build = async (projectId: string, prompt: string, sessionId?: string) => {
+    const started = await startAccepted(owner.client, { projectId, prompt, sessionId });
+    const ended = await waitForEnd(server, owner.client, owner.accessToken, started.id);
+    expect(ended.status, JSON.stringify(ended.error)).toBe('SUCCEEDED');
+    return ended;
+  };
+
+  beforeAll(async () => {
+    flutter = await fakeFlutter('ok');
+    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, ...backend.env() });
+    owner = await signUp(server);
+    const config = parseConfig({ DATA_DIR: server.dataDir, LOG_LEVEL: 'silent', ...backend.env() });
+    outputs = await createOutputs({ config, db: server.database.db, logger: createLogger('silent'), metrics: createMetrics({ defaultMetrics: false }) });
+  }, 60_000);
+
+  afterAll(async () => {
+    await outputs?.close();
+    await server?.stop();
+    await flutter?.remove();
+  });
+
+  it('keeps every follow-up whole while storing shared bytes once, and a deleted project leaves no blobs', { timeout: 60_000 }, async () => {
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const first = await build(project.id, 'A habit tracker');
+    const followUp = await build(project.id, 'Add streaks', first.sessionId);
+    const [totals] = await query<{ logical: string; distinct: string; blobs: string }>(sql`
+      select sum(size) as logical, (select sum(size) from (select distinct on (sha256) size from generation_artifacts order by sha256) d) as distinct,
+             (select count(distinct sha256) from generation_artifacts) as blobs
+      from generation_artifacts`);
+    // Both generations reference their files and bundles whole…
+    const kinds = await query<{ kind: string; count: number }>(
+      sql`select kind::text as kind, count(*)::int as count from generation_artifacts where generation_id = ${rawId(followUp.id)} group by kind order by kind`,
+    );
+    expect(kinds).toEqual([
+      { kind: 'BUNDLE', count: 4 },
+      { kind: 'SOURCE', count: followUp.files.length },
+    ]);
+    // …but the blobs they share (template, bundle scripts and assets) are stored once.
+    expect(Number(totals!.distinct)).toBeLessThan(Number(totals!.logical));
+    expect((await storedBlobs()).sort()).toHaveLength(Number(totals!.blobs));
+
+    // Deleting the project drops its artefact index with it; collection then removes the blobs.
+    await server.database.db.execute(sql`delete from projects where id = ${rawId(project.id)}`);
+    expect(await outputs.collect(0)).toBe(Number(totals!.blobs));
+    expect(await storedBlobs()).toEqual([]);
+  });
+
+  it('serves previews and archives from the store after the workspace is gone', { timeout: 60_000 }, async () => {
+    const project = await createProject(owner.client, { target: 'FLUTTER', name: 'Kept' });
+    const generation = await build(project.id, 'A kept app');
+    await rm(join(server.workspacesDir, rawId(project.id)), { recursive: true, force: true });
+    const { generation: withPreview } = await owner.client.expectNoErrors(GenerationPreviewDocument, { id: generation.id });
+    const page = await fetch(withPreview!.preview!.url);
+    expect(page.status).toBe(200);
+    expect(await page.text()).toContain('A kept app');
+    expect((await fetch(`${withPreview!.preview!.url}assets/AssetManifest.json`)).status).toBe(200);
+    const { generation: withArchive } = await owner.client.expectNoErrors(GenerationArchiveDocument, { id: generation.id, format: 'ZIP' });
+    const files = unzip(Buffer.from(await (await fetch(withArchive!.archive!.url)).arrayBuffer()));
+    expect([...files.keys()].sort()).toEqual(generation.files.map((file) => file.path).sort());
+    // A blob in use survives collection, young or old.
+    expect(await outputs.collect(0)).toBe(0);
+    expect((await fetch(withPreview!.preview!.url)).status).toBe(200);
+  });
+});
+
+describe(`a preview URL issued by one API instance is served by another (${databaseKind})`, () => {
+  let flutter: FakeFlutter;
+  let server: GenerationServer;
+  let other: Instance;
+  let otherData: { path: string; remove(): Promise<void> };
+  let owner: TestUser;
+
+  beforeAll(async () => {
+    flutter = await fakeFlutter('ok');
+    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, ARTIFACT_STORE: 'postgres' });
+    otherData = await tempDir('other-api');
+    // Another machine: its own DATA_DIR, the same database.
+    other = await startInstance(server.database, { DATA_DIR: otherData.path, ROLE: 'api', ARTIFACT_STORE: 'postgres' });
+    owner = await signUp(server);
+  }, 60_000);
+
+  afterAll(async () => {
+    await other?.stop();
+    await otherData?.remove();
+    await server?.stop();
+    await flutter?.remove();
+  });
+
+  it('verifies the signature with the key from the database and reads the bundle from PostgreSQL', { timeout: 60_000 }, async () => {
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'Shared across instances' });
+    expect((await waitForEnd(server, owner.client, owner.accessToken, started.id)).status).toBe('SUCCEEDED');
+    await rm(server.workspacesDir, { recursive: true, force: true });
+
+    const { generation } = await owner.client.expectNoErrors(GenerationPreviewDocument, { id: started.id });
+    const onOther = generation!.preview!.url.replace(server.url, other.url);
+    const page = await fetch(onOther);
+    expect(page.status).toBe(200);
+    expect(await page.text()).toContain('Shared across instances');
+    // And the reverse: issued by the other, served by the first.
+    const { generation: fromOther } = await other.client(owner.accessToken).expectNoErrors(GenerationArchiveDocument, { id: started.id, format: 'TAR_GZ' });
+    const archive = await fetch(fromOther!.archive!.url.replace(other.url, server.url));
+    expect(archive.status).toBe(200);
+    expect(archive.headers.get('content-type')).toBe('application/gzip');
+  });
+});

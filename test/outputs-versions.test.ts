@@ -1,0 +1,239 @@
+import { createHash } from 'node:crypto';
+import { applyPatch } from 'diff';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  AddProjectMemberDocument,
+  CancelGenerationDocument,
+  GeneratedFileDocument,
+  GenerationArchiveDocument,
+  GenerationDiffDocument,
+  GenerationPreviewDocument,
+  type ProjectRole,
+  RestoreGenerationDocument,
+} from './gql/graphql.js';
+import { unzip, untarGz } from './support/archives.js';
+import { databaseKind } from './support/db.js';
+import { type FakeOpenAi, startFakeOpenAi } from './support/fake-openai.js';
+import { createProject, expectTypename, signUp, type TestUser } from './support/fixtures.js';
+import {
+  type FakeFlutter,
+  fakeFlutter,
+  type Generation,
+  type GenerationServer,
+  GenerationWatch,
+  getGeneration,
+  startAccepted,
+  startGenerationServer,
+  waitForEnd,
+} from './support/generation-helpers.js';
+import type { GraphQLClient } from './support/server.js';
+
+// Versions a person compares, goes back to and takes away: diffs between generations
+// (patches that apply), restore (a new generation with exactly the old files, built
+// again, no model call, the next follow-up building on it), and archives of exactly
+// Generation.files. The model is a fake OpenAI-compatible server that counts requests.
+
+const sha256 = (content: Buffer | string) => createHash('sha256').update(content).digest('hex');
+const dart = (title: string, extra = '') =>
+  `import 'package:flutter/material.dart';\n\nconst String appTitle = '${title}';\n\nvoid main() => runApp(const MaterialApp(home: Text(appTitle)));\n${extra}`;
+const answer = (...files: { path: string; content?: string }[]) => [
+  'Here you go.\n',
+  ...files.map((file) => (file.content === undefined ? `<delete path="${file.path}"/>\n` : `<file path="${file.path}">\n${file.content}</file>\n`)),
+];
+
+describe(`versions: diffs, restore and archives (${databaseKind})`, () => {
+  let llm: FakeOpenAi;
+  let flutter: FakeFlutter;
+  let server: GenerationServer;
+  let owner: TestUser;
+  let editor: TestUser;
+  let viewer: TestUser;
+  let projectId: string;
+  let first: Generation;
+  let second: Generation;
+
+  const addMember = async (member: TestUser, role: ProjectRole) =>
+    expectTypename(
+      (await owner.client.expectNoErrors(AddProjectMemberDocument, { input: { projectId, email: member.email, role } })).addProjectMember,
+      'ProjectMember',
+    );
+  const run = async (user: TestUser, input: { prompt: string; sessionId?: string }, ...files: { path: string; content?: string }[]) => {
+    llm.script({ kind: 'stream', chunks: answer(...files) });
+    const started = await startAccepted(user.client, { projectId, ...input });
+    const ended = await waitForEnd(server, user.client, user.accessToken, started.id);
+    expect(ended.status, JSON.stringify(ended.error)).toBe('SUCCEEDED');
+    return ended;
+  };
+  const contents = async (client: GraphQLClient, generation: Generation) => {
+    const files = new Map<string, string>();
+    for (const file of generation.files) {
+      const { generation: withFile } = await client.expectNoErrors(GeneratedFileDocument, { id: generation.id, path: file.path });
+      files.set(file.path, withFile!.file!.content);
+    }
+    return files;
+  };
+
+  beforeAll(async () => {
+    llm = await startFakeOpenAi();
+    flutter = await fakeFlutter('ok');
+    server = await startGenerationServer({
+      FLUTTER_BIN: flutter.bin,
+      LLM_PROVIDER: 'openai',
+      OPENAI_BASE_URL: llm.baseUrl,
+      OPENAI_MODEL: 'fake-coder',
+      AUTO_FIX_MAX_ROUNDS: '0',
+    });
+    [owner, editor, viewer] = await Promise.all([signUp(server), signUp(server), signUp(server)]);
+    projectId = (await createProject(owner.client, { target: 'FLUTTER', name: 'Café Planner: v2!' })).id;
+    await addMember(editor, 'EDITOR');
+    await addMember(viewer, 'VIEWER');
+    first = await run(owner, { prompt: 'A planner' }, { path: 'lib/main.dart', content: dart('One') }, { path: 'lib/extra.dart', content: 'int extra() => 1;\n' });
+    second = await run(
+      owner,
+      { prompt: 'Rename it, drop extra, add a helper', sessionId: first.sessionId },
+      { path: 'lib/main.dart', content: dart('Two', '// second version\n') },
+      { path: 'lib/extra.dart' },
+      { path: 'lib/helper.dart', content: 'String greet(String name) => "Hello $name";' },
+    );
+  }, 60_000);
+
+  afterAll(async () => {
+    await server?.stop();
+    await flutter?.remove();
+    await llm?.close();
+  });
+
+  it('diffs a follow-up against its parent: per file, with counts and patches that apply', async () => {
+    const { generation } = await viewer.client.expectNoErrors(GenerationDiffDocument, { id: second.id });
+    const diff = generation!.diff!;
+    expect(diff.against).toEqual({ id: first.id });
+    expect(diff.files.map((file) => [file.path, file.change])).toEqual([
+      ['lib/extra.dart', 'DELETED'],
+      ['lib/helper.dart', 'ADDED'],
+      ['lib/main.dart', 'MODIFIED'],
+    ]);
+    const before = await contents(viewer.client, first);
+    const after = await contents(viewer.client, second);
+    for (const file of diff.files) {
+      const patched = applyPatch(before.get(file.path) ?? '', file.patch);
+      expect(patched, file.path).toBe(after.get(file.path) ?? '');
+    }
+    const main = diff.files.find((file) => file.path === 'lib/main.dart')!;
+    expect([main.additions, main.deletions]).toEqual([2, 1]);
+    expect(diff.files.find((file) => file.path === 'lib/extra.dart')).toMatchObject({ additions: 0, deletions: 1 });
+    expect(diff.files.find((file) => file.path === 'lib/helper.dart')).toMatchObject({ additions: 1, deletions: 0 });
+    expect(diff.additions).toBe(diff.files.reduce((sum, file) => sum + file.additions, 0));
+    expect(diff.deletions).toBe(diff.files.reduce((sum, file) => sum + file.deletions, 0));
+  });
+
+  it('diffs the first generation against nothing, and any two generations of the project either way', async () => {
+    const { generation } = await owner.client.expectNoErrors(GenerationDiffDocument, { id: first.id });
+    expect(generation!.diff!.against).toBeNull();
+    expect(generation!.diff!.files.map((file) => file.path)).toEqual(first.files.map((file) => file.path));
+    expect(new Set(generation!.diff!.files.map((file) => file.change))).toEqual(new Set(['ADDED']));
+
+    const { generation: back } = await owner.client.expectNoErrors(GenerationDiffDocument, { id: first.id, against: second.id });
+    const after = await contents(owner.client, second);
+    const before = await contents(owner.client, first);
+    expect(back!.diff!.against).toEqual({ id: second.id });
+    for (const file of back!.diff!.files) expect(applyPatch(after.get(file.path) ?? '', file.patch), file.path).toBe(before.get(file.path) ?? '');
+    expect(back!.diff!.files.map((file) => [file.path, file.change])).toEqual([
+      ['lib/extra.dart', 'ADDED'],
+      ['lib/helper.dart', 'DELETED'],
+      ['lib/main.dart', 'MODIFIED'],
+    ]);
+  });
+
+  it('refuses to diff against a generation of another project, or one that does not exist', async () => {
+    const elsewhere = await createProject(owner.client, { target: 'FLUTTER' });
+    llm.script({ kind: 'stream', chunks: answer({ path: 'lib/main.dart', content: dart('Else') }) });
+    const other = await startAccepted(owner.client, { projectId: elsewhere.id, prompt: 'Elsewhere' });
+    await waitForEnd(server, owner.client, owner.accessToken, other.id);
+    for (const against of [other.id, 'R2VuZXJhdGlvbjpub3BlIQ==', 'garbage']) {
+      const response = await owner.client.request(GenerationDiffDocument, { id: second.id, against });
+      expect(response.data?.generation?.diff, against).toBeNull();
+      expect(response.errors?.map((error) => error.extensions?.code), against).toEqual(['NOT_FOUND']);
+    }
+  });
+
+  it('archives exactly Generation.files as ZIP and tar.gz, as an attachment named after the project', async () => {
+    for (const [format, unpack, type] of [
+      ['ZIP', async (body: Buffer) => unzip(body), 'application/zip'],
+      ['TAR_GZ', untarGz, 'application/gzip'],
+    ] as const) {
+      const { generation } = await viewer.client.expectNoErrors(GenerationArchiveDocument, { id: second.id, format });
+      const archive = generation!.archive!;
+      expect(archive.filename).toMatch(new RegExp(`^cafe-planner-v2-[0-9a-f]{8}\\.${format === 'ZIP' ? 'zip' : 'tar\\.gz'}$`));
+      const response = await fetch(archive.url);
+      expect(response.status).toBe(200);
+      expect(response.headers.get('content-type')).toBe(type);
+      expect(response.headers.get('content-disposition')).toBe(`attachment; filename="${archive.filename}"`);
+      const files = await unpack(Buffer.from(await response.arrayBuffer()));
+      expect([...files.keys()].sort()).toEqual(second.files.map((file) => file.path).sort());
+      for (const file of second.files) {
+        expect(sha256(files.get(file.path)!), file.path).toBe(file.sha256);
+        expect(files.get(file.path)!.length).toBe(file.size);
+      }
+    }
+    // Without a format: ZIP.
+    const { generation } = await owner.client.expectNoErrors(GenerationArchiveDocument, { id: second.id });
+    expect(generation!.archive!.filename.endsWith('.zip')).toBe(true);
+  });
+
+  it('restores an earlier version as a new generation: same files, built again, no model call, history kept', async () => {
+    const requestsBefore = llm.requests.length;
+    const { restoreGeneration } = await editor.client.expectNoErrors(RestoreGenerationDocument, { id: first.id });
+    const restored = expectTypename(restoreGeneration, 'Generation');
+    expect(restored).toMatchObject({ status: 'QUEUED', sessionId: first.sessionId, parent: { id: second.id }, restoredFrom: { id: first.id } });
+    const watch = new GenerationWatch(server.url, editor.accessToken, restored.id);
+    const states = await watch.finished().finally(() => watch.close());
+    expect(states.status).toBe('SUCCEEDED');
+    expect(watch.states.map((state) => state.phase)).not.toContain('FIXING');
+    expect(llm.requests.length).toBe(requestsBefore);
+
+    const done = await getGeneration(editor.client, restored.id);
+    expect(done.files.map(({ path, sha256, size }) => ({ path, sha256, size }))).toEqual(first.files.map(({ path, sha256, size }) => ({ path, sha256, size })));
+    expect(done.output).toBe('');
+    expect(done.usage).toEqual({ inputTokens: 0, outputTokens: 0 });
+    expect(done.buildSteps.map((step) => step.status)).toEqual(['SUCCEEDED', 'SUCCEEDED', 'SUCCEEDED']);
+    expect((await editor.client.expectNoErrors(GenerationPreviewDocument, { id: restored.id })).generation!.preview).not.toBeNull();
+    // History is not rewritten: the versions in between are still there, unchanged.
+    expect((await getGeneration(owner.client, second.id)).files).toEqual(second.files);
+    const { generation: diff } = await owner.client.expectNoErrors(GenerationDiffDocument, { id: restored.id, against: first.id });
+    expect(diff!.diff!.files).toEqual([]);
+
+    // The next follow-up builds on the restored files and sees the conversation as it stood then.
+    llm.script({ kind: 'stream', chunks: answer({ path: 'lib/later.dart', content: 'int later() => 3;\n' }) });
+    const next = await startAccepted(owner.client, { projectId, prompt: 'Add a later helper', sessionId: first.sessionId });
+    const after = await waitForEnd(server, owner.client, owner.accessToken, next.id);
+    expect(after.status).toBe('SUCCEEDED');
+    expect(after.parent).toEqual({ id: restored.id });
+    expect(after.files.map((file) => file.path)).toEqual([...first.files.map((file) => file.path), 'lib/later.dart'].sort());
+    const request = llm.requests.at(-1)!.body;
+    const said = request.messages.map((message) => message.content).join('\n');
+    expect(said).toContain('A planner');
+    expect(said).not.toContain('Rename it, drop extra, add a helper');
+    expect(said).toContain("appTitle = 'One'");
+    expect(said).not.toContain("appTitle = 'Two'");
+  });
+
+  it('lets owners and editors restore; a viewer is forbidden, an outsider finds nothing, a running one cannot be', async () => {
+    const asViewer = (await viewer.client.expectNoErrors(RestoreGenerationDocument, { id: first.id })).restoreGeneration;
+    expectTypename(asViewer, 'ForbiddenError');
+    const outsider = await signUp(server);
+    expectTypename((await outsider.client.expectNoErrors(RestoreGenerationDocument, { id: first.id })).restoreGeneration, 'NotFoundError');
+
+    // A generation still running (the model stalls) cannot be restored yet.
+    const requestsBefore = llm.requests.length;
+    llm.script({ kind: 'stall', chunks: ['Thinking'] });
+    const other = await createProject(owner.client, { target: 'FLUTTER' });
+    const running = await startAccepted(owner.client, { projectId: other.id, prompt: 'Stalls' });
+    expectTypename((await owner.client.expectNoErrors(RestoreGenerationDocument, { id: running.id })).restoreGeneration, 'InvalidStateError');
+    const watch = new GenerationWatch(server.url, owner.accessToken, running.id);
+    await watch.until((state) => state.status === 'RUNNING');
+    expectTypename((await owner.client.expectNoErrors(RestoreGenerationDocument, { id: running.id })).restoreGeneration, 'InvalidStateError');
+    await owner.client.expectNoErrors(CancelGenerationDocument, { id: running.id });
+    await watch.finished().finally(() => watch.close());
+    expect(llm.requests.length).toBe(requestsBefore + 1);
+  });
+});

@@ -1,0 +1,47 @@
+import { useEffect, useSyncExternalStore } from 'react';
+import { auth } from './api/auth';
+import { request } from './api/graphql';
+import { disconnect } from './api/live';
+import { SignOutDocument } from './gql/graphql';
+import { navigate, projectIdOf, usePath } from './router';
+import { ProjectPage } from './screens/ProjectPage';
+import { Projects } from './screens/Projects';
+import { SignIn } from './screens/SignIn';
+
+export function App() {
+  const session = useSyncExternalStore(auth.subscribe, auth.state);
+  const path = usePath();
+
+  useEffect(() => {
+    if (session.status === 'loading') void auth.refresh();
+  }, [session.status]);
+
+  if (session.status === 'loading') return <p className="centered">Loading…</p>;
+  if (session.status === 'signedOut') return <SignIn />;
+
+  const signOut = async () => {
+    try {
+      await request(SignOutDocument, {});
+    } catch {
+      // Unreachable server: the tokens are forgotten here all the same.
+    }
+    disconnect();
+    auth.clear();
+    navigate('/');
+  };
+  const projectId = projectIdOf(path);
+  return (
+    <>
+      <header className="topbar">
+        <a href="/" className="brand" onClick={(event) => (event.preventDefault(), navigate('/'))}>
+          Kiln
+        </a>
+        <span className="who">{session.user.email}</span>
+        <button type="button" onClick={() => void signOut()}>
+          Sign out
+        </button>
+      </header>
+      <main>{projectId ? <ProjectPage key={projectId} projectId={projectId} /> : <Projects />}</main>
+    </>
+  );
+}

@@ -1,0 +1,46 @@
+import type { TypedDocumentString } from '../gql/graphql';
+import { auth } from './auth';
+
+// GraphQL over HTTP: POST /graphql on the page's own origin with the access token.
+// A request refused as unauthenticated is retried once after a token refresh.
+
+export class GraphQLRequestError extends Error {}
+
+interface Response<T> {
+  data?: T | null;
+  errors?: { message: string; extensions?: { code?: string } }[];
+}
+
+async function post<T, V>(document: TypedDocumentString<T, V>, variables: V | undefined, token: string | null) {
+  const response = await fetch('/graphql', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body: JSON.stringify({ query: document.toString(), variables }),
+  });
+  return (await response.json()) as Response<T>;
+}
+
+const unauthenticated = (response: Response<unknown>) =>
+  response.errors?.some((error) => error.extensions?.code === 'UNAUTHENTICATED') ?? false;
+
+/** The data of an operation; GraphQL errors throw (expected failures are union members in the data). */
+export async function request<T, V>(document: TypedDocumentString<T, V>, variables?: V): Promise<T> {
+  let response = await post(document, variables, await auth.accessToken());
+  if (unauthenticated(response) && auth.signedIn()) {
+    await auth.refresh();
+    response = await post(document, variables, await auth.accessToken());
+  }
+  if (response.errors?.length || !response.data) {
+    throw new GraphQLRequestError(response.errors?.[0]?.message ?? 'The server did not answer.');
+  }
+  return response.data;
+}
+
+/** Anonymous operations (sign-in, sign-up, refresh) that must not wait for a token. */
+export async function anonymousRequest<T, V>(document: TypedDocumentString<T, V>, variables: V): Promise<T> {
+  const response = await post(document, variables, null);
+  if (response.errors?.length || !response.data) {
+    throw new GraphQLRequestError(response.errors?.[0]?.message ?? 'The server did not answer.');
+  }
+  return response.data;
+}

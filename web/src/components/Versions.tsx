@@ -1,0 +1,79 @@
+import { useState } from 'react';
+import { request } from '../api/graphql';
+import { type GenerationDiffQuery, GenerationDiffDocument, type ProjectVersionsQuery, RestoreGenerationDocument } from '../gql/graphql';
+import { DiffView } from './DiffView';
+
+export type Version = NonNullable<ProjectVersionsQuery['project']>['generations']['edges'][number]['node'];
+type Diff = NonNullable<NonNullable<GenerationDiffQuery['generation']>['diff']>;
+
+/** The versions of one session, oldest first, with a diff against the previous one and restore. */
+export function Versions({ versions, currentId, onShow }: { versions: Version[]; currentId: string | null; onShow: (id: string) => void }) {
+  const [diff, setDiff] = useState<{ label: string; diff: Diff | null } | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const latest = versions.at(-1)?.id;
+  const labelOf = (id: string) => {
+    const index = versions.findIndex((version) => version.id === id);
+    return index < 0 ? 'an earlier version' : `v${index + 1}`;
+  };
+
+  const showDiff = async (version: Version, label: string) => {
+    setError(null);
+    try {
+      const { generation } = await request(GenerationDiffDocument, { id: version.id });
+      setDiff({ label, diff: generation?.diff ?? null });
+    } catch (failure) {
+      setError((failure as Error).message);
+    }
+  };
+
+  const restore = async (version: Version) => {
+    setError(null);
+    try {
+      const { restoreGeneration } = await request(RestoreGenerationDocument, { id: version.id });
+      if (restoreGeneration.__typename === 'Generation') {
+        setDiff(null);
+        onShow(restoreGeneration.id);
+      } else setError(restoreGeneration.message);
+    } catch (failure) {
+      setError((failure as Error).message);
+    }
+  };
+
+  return (
+    <aside className="versions stack" aria-labelledby="versions-heading">
+      <h2 id="versions-heading">Versions</h2>
+      <ol className="list">
+        {versions.map((version, index) => {
+          const label = `version ${index + 1}`;
+          return (
+            <li key={version.id} aria-current={version.id === currentId ? 'true' : undefined}>
+              <button type="button" className="link" onClick={() => onShow(version.id)} aria-label={`Show ${label}`}>
+                v{index + 1}
+              </button>{' '}
+              <span className={`tag status-${version.status.toLowerCase()}`}>{version.status}</span>
+              <p className="muted clamp">
+                {version.restoredFrom ? `Restored from ${labelOf(version.restoredFrom.id)}` : version.prompt}
+              </p>
+              <div className="row">
+                <button type="button" className="small secondary" aria-label={`Diff ${label}`} onClick={() => void showDiff(version, label)}>
+                  Diff
+                </button>
+                {version.status === 'SUCCEEDED' && version.id !== latest && (
+                  <button type="button" className="small secondary" aria-label={`Restore ${label}`} onClick={() => void restore(version)}>
+                    Restore
+                  </button>
+                )}
+              </div>
+            </li>
+          );
+        })}
+      </ol>
+      {error && (
+        <p role="alert" className="error">
+          {error}
+        </p>
+      )}
+      {diff && <DiffView label={diff.label} diff={diff.diff} onClose={() => setDiff(null)} />}
+    </aside>
+  );
+}

@@ -1,0 +1,30 @@
+import { useSyncExternalStore } from 'react';
+
+// Two routes need no router library: `/` (projects) and `/projects/<id>`.
+
+const listeners = new Set<() => void>();
+window.addEventListener('popstate', () => listeners.forEach((listener) => listener()));
+
+export function navigate(path: string) {
+  if (path === location.pathname) return;
+  history.pushState(null, '', path);
+  listeners.forEach((listener) => listener());
+}
+
+export function usePath(): string {
+  return useSyncExternalStore(
+    (listener) => {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
+    () => location.pathname,
+  );
+}
+
+/** A project page's path. Global ids are URL-safe base64 but may hold `=`. */
+export const projectPath = (id: string) => `/projects/${encodeURIComponent(id)}`;
+
+export function projectIdOf(path: string): string | null {
+  const match = /^\/projects\/([^/]+)\/?$/.exec(path);
+  return match?.[1] ? decodeURIComponent(match[1]) : null;
+}

@@ -1,0 +1,121 @@
+import { type FormEvent, useCallback, useEffect, useState } from 'react';
+import { request } from '../api/graphql';
+import { GenerationView } from '../components/GenerationView';
+import { Versions, type Version } from '../components/Versions';
+import { ProjectDocument, type ProjectQuery, ProjectVersionsDocument, StartGenerationDocument } from '../gql/graphql';
+
+type Project = NonNullable<ProjectQuery['project']>;
+
+/** One project: the prompt, the generation being watched, and the versions of its session. */
+export function ProjectPage({ projectId }: { projectId: string }) {
+  const [project, setProject] = useState<Project | null | undefined>(undefined);
+  const [generations, setGenerations] = useState<Version[]>([]);
+  const [currentId, setCurrentId] = useState<string | null>(null);
+  const [newSession, setNewSession] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+
+  const loadVersions = useCallback(async () => {
+    try {
+      const { project } = await request(ProjectVersionsDocument, { id: projectId });
+      const list = project?.generations.edges.map((edge) => edge.node) ?? [];
+      setGenerations(list);
+      return list;
+    } catch (failure) {
+      setError((failure as Error).message);
+      return [];
+    }
+  }, [projectId]);
+
+  useEffect(() => {
+    request(ProjectDocument, { id: projectId })
+      .then(({ project }) => setProject(project))
+      .catch((failure: Error) => setError(failure.message));
+    void loadVersions().then((list) => setCurrentId((id) => id ?? list[0]?.id ?? null));
+  }, [projectId, loadVersions]);
+
+  const current = generations.find((generation) => generation.id === currentId);
+  const sessionId = newSession ? null : (current?.sessionId ?? null);
+  // Oldest first: v1 is where the session started.
+  const versions = sessionId ? generations.filter((generation) => generation.sessionId === sessionId).reverse() : [];
+
+  const show = async (id: string) => {
+    setNewSession(false);
+    setCurrentId(id);
+    await loadVersions();
+  };
+
+  const generate = async (event: FormEvent<HTMLFormElement>) => {
+    event.preventDefault();
+    const form = event.currentTarget;
+    const prompt = String(new FormData(form).get('prompt')).trim();
+    if (!prompt) return;
+    setBusy(true);
+    setError(null);
+    try {
+      const { startGeneration } = await request(StartGenerationDocument, { input: { projectId, prompt, sessionId } });
+      if (startGeneration.__typename === 'Generation') {
+        form.reset();
+        await show(startGeneration.id);
+      } else setError(startGeneration.message);
+    } catch (failure) {
+      setError((failure as Error).message);
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  if (project === undefined) return <p className="muted">{error ?? 'Loading project…'}</p>;
+  if (project === null) return <p role="alert">This project does not exist or is not shared with you.</p>;
+
+  return (
+    <div className="project">
+      <div className="title-row">
+        <h1>{project.name}</h1>
+        <span className="tag">{project.target}</span>
+      </div>
+      <form className="card stack" onSubmit={(event) => void generate(event)}>
+        <label>
+          Prompt
+          <textarea
+            name="prompt"
+            rows={3}
+            required
+            placeholder={sessionId ? 'Ask for a change…' : 'Describe the app to build…'}
+            onKeyDown={(event) => {
+              if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) event.currentTarget.form?.requestSubmit();
+            }}
+          />
+        </label>
+        {error && (
+          <p role="alert" className="error">
+            {error}
+          </p>
+        )}
+        <div className="row">
+          <button type="submit" disabled={busy}>
+            Generate
+          </button>
+          <span className="muted">
+            {sessionId ? `Follow-up in this session (version ${versions.length + 1})` : 'Starts a new session'}
+          </span>
+          {sessionId && (
+            <button type="button" className="secondary" onClick={() => setNewSession(true)}>
+              New session
+            </button>
+          )}
+        </div>
+      </form>
+      <div className="columns">
+        <section className="grow" aria-label="Generation">
+          {currentId ? (
+            <GenerationView key={currentId} id={currentId} onSettled={() => void loadVersions()} />
+          ) : (
+            <p className="muted">Nothing generated yet.</p>
+          )}
+        </section>
+        {versions.length > 0 && <Versions versions={versions} currentId={currentId} onShow={(id) => void show(id)} />}
+      </div>
+    </div>
+  );
+}
