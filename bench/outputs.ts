@@ -146,10 +146,10 @@ export default async function bench(): Promise<void> {
   await new Promise<void>((resolve) => bare.listen(0, '127.0.0.1', resolve));
   const barePort = (bare.address() as AddressInfo).port;
   const kilnPort = Number(new URL(kiln.url).port);
-  log(`preview of a 2 MB bundle (${paths.length} files round-robin), ${CONCURRENCY} in flight, ${SECONDS} s a side`);
+  log(`preview of a 2 MB bundle (${paths.length} files round-robin), ${CONCURRENCY} in flight, ${SECONDS} alternating 1 s slices a side`);
   await load(kilnPort, paths.map((p) => `${previewPath}${p}`), 1);
   await load(barePort, paths.map((p) => `/${p}`), 1);
-  // Alternating one-second slices, so a busy neighbour on the machine weighs on both sides alike.
+  // Alternating one-second slices: a busy neighbour on this shared machine weighs on both sides alike.
   const viaKiln = { mbPerSecond: 0, requests: 0 };
   const viaBare = { mbPerSecond: 0, requests: 0 };
   for (let slice = 0; slice < SECONDS; slice++) {

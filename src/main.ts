@@ -18,6 +18,7 @@ import { createSecretBox, loadEncryptionKey } from './projects/secret-box.js';
 import { serviceScope } from './db/scope.js';
 import { createStreamAccess } from './generations/stream-access.js';
 import { generationStore } from './generations/store.js';
+import { createBuildSandbox } from './toolchain/sandbox.js';
 
 export interface Kiln {
   url: string;
@@ -35,6 +36,8 @@ export interface Kiln {
 export async function startKiln(config: Config, options: { logger?: Logger; database?: Database; port?: number } = {}): Promise<Kiln> {
   const logger = options.logger ?? createLogger(config.logLevel);
   const started = performance.now();
+  // Probed first: a production server that cannot sandbox builds must not start at all.
+  const buildSandbox = await createBuildSandbox(config.buildSandbox, logger);
   const database = options.database ?? (await openDatabase({ url: config.database.url, dataDir: config.dataDir, maxConnections: config.database.poolMax }));
   if (config.database.migrateOnStart) await migrateDatabase(database);
   const auth = await createAuthProvider(config.auth, database.db);
@@ -57,7 +60,7 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
           concurrency: config.generations.workerConcurrency,
           queue,
           soleWorker: database.kind === 'pglite',
-          pipeline: { db: database.db, bus, llm, logger, secretBox, metrics, workspaces: config.workspaces, toolchain: config.toolchain, leaseMs: config.generations.leaseMs, outputs },
+          pipeline: { db: database.db, bus, llm, logger, secretBox, metrics, workspaces: config.workspaces, toolchain: { ...config.toolchain, sandbox: buildSandbox }, leaseMs: config.generations.leaseMs, outputs },
         });
   const generations = {
     bus,
@@ -75,7 +78,7 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
     maxPerUser: config.subscriptions.maxLivePerUser,
     logger,
   });
-  const app = buildApp({ config, database, auth, logger, bus, generations, secretBox, rateLimits, metrics, streamAccess, outputs });
+  const app = buildApp({ config, database, auth, logger, bus, generations, secretBox, rateLimits, metrics, streamAccess, outputs, buildSandbox });
   const url = await app.start(options.port);
   outputs.listening(url);
   logger.info({ source: 'main', startupMs: Math.round(performance.now() - started), database: database.kind }, `Kiln is listening on ${url}/graphql`);

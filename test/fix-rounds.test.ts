@@ -149,6 +149,10 @@ describe(`self-healing builds (${databaseKind})`, () => {
     expect(log.map((l) => l.seq)).toEqual(log.map((_, i) => i));
     expect(log.find((l) => l.text.startsWith('ERROR|'))?.round).toBe(0);
     expect(log.find((l) => l.text.startsWith('✓ Built'))?.round).toBe(1);
+
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    expect(metrics).toMatch(/kiln_fix_rounds_total\{outcome="succeeded"\} [1-9]/);
+    expect(metrics).toMatch(/kiln_llm_round_tokens_total\{round_kind="fix",kind="output"\} [1-9]/);
   });
 
   it('fetches dependencies again in a fix round that rewrites pubspec.yaml', async () => {

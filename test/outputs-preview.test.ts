@@ -1,6 +1,8 @@
+import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signCapability, loadUrlKey } from '../src/artifacts/signed-urls.js';
 import { GenerationArchiveDocument, GenerationPreviewDocument } from './gql/graphql.js';
+import { unzip } from './support/archives.js';
 import { databaseKind } from './support/db.js';
 import { createProject, signUp, type TestUser } from './support/fixtures.js';
 import {
@@ -228,10 +230,16 @@ describe(`previews of a FLUTTER generation (${databaseKind})`, () => {
       expect(ended.status).toBe('FAILED');
       const { generation } = await user.client.expectNoErrors(GenerationPreviewDocument, { id: started.id });
       expect(generation?.preview).toBeNull();
+      // Its code can still be taken away: the archive holds exactly its files.
+      const { generation: withArchive } = await user.client.expectNoErrors(GenerationArchiveDocument, { id: started.id, format: 'ZIP' });
+      const files = unzip(Buffer.from(await (await fetch(withArchive!.archive!.url)).arrayBuffer()));
+      expect([...files.keys()].sort()).toEqual(ended.files.map((file) => file.path).sort());
+      for (const file of ended.files) expect(createHash('sha256').update(files.get(file.path)!).digest('hex')).toBe(file.sha256);
     } finally {
       await other.stop();
       await failing.remove();
     }
+    expect((await fetch(previewUrl)).status).toBe(200);
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
     expect(metrics).toMatch(/kiln_output_requests_total\{kind="preview",status="200"\} [1-9]/);
     expect(metrics).toMatch(/kiln_output_bytes_total\{kind="preview"\} [1-9]/);

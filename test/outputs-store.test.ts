@@ -128,6 +128,20 @@ describe.each(backends)(`the artefact store: $name (${databaseKind})`, (backend)
   });
 });
 
+describe('outputs configuration', () => {
+  it('defaults to the embedded store, or PostgreSQL with DATABASE_URL, and refuses what cannot work', () => {
+    expect(parseConfig({}).outputs).toMatchObject({ store: 'fs', signedUrlTtlSeconds: 3600, publicUrl: undefined, previewOrigin: undefined });
+    expect(parseConfig({ DATABASE_URL: 'postgres://db/kiln' }).outputs.store).toBe('postgres');
+    expect(parseConfig({ PUBLIC_URL: 'https://kiln.example.com/', PREVIEW_ORIGIN: 'https://preview.example.com' }).outputs).toMatchObject({
+      publicUrl: 'https://kiln.example.com',
+      previewOrigin: 'https://preview.example.com',
+    });
+    expect(() => parseConfig({ ARTIFACT_STORE: 'supabase', PUBLIC_URL: 'kiln.example.com', PREVIEW_ORIGIN: 'ftp://x' })).toThrow(
+      /ARTIFACT_STORE=supabase needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY[\s\S]*PUBLIC_URL must be an absolute http\(s\) URL[\s\S]*PREVIEW_ORIGIN must be/,
+    );
+  });
+});
+
 describe(`a preview URL issued by one API instance is served by another (${databaseKind})`, () => {
   let flutter: FakeFlutter;
   let server: GenerationServer;

@@ -197,6 +197,9 @@ describe(`versions: diffs, restore and archives (${databaseKind})`, () => {
     expect(done.usage).toEqual({ inputTokens: 0, outputTokens: 0 });
     expect(done.buildSteps.map((step) => step.status)).toEqual(['SUCCEEDED', 'SUCCEEDED', 'SUCCEEDED']);
     expect((await editor.client.expectNoErrors(GenerationPreviewDocument, { id: restored.id })).generation!.preview).not.toBeNull();
+    // A viewer may not restore, but sees the version: a preview URL too.
+    const { generation: seen } = await viewer.client.expectNoErrors(GenerationPreviewDocument, { id: restored.id });
+    expect((await fetch(seen!.preview!.url)).status).toBe(200);
     // History is not rewritten: the versions in between are still there, unchanged.
     expect((await getGeneration(owner.client, second.id)).files).toEqual(second.files);
     const { generation: diff } = await owner.client.expectNoErrors(GenerationDiffDocument, { id: restored.id, against: first.id });

@@ -11,6 +11,7 @@ import type { Logger } from '../observability/logger.js';
 import type { SecretBox } from '../projects/secret-box.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { RateLimits } from './rate-limit.js';
+import type { BuildSandbox } from '../toolchain/sandbox.js';
 
 /** What the API needs from the composition root. */
 export interface Services {
@@ -28,6 +29,8 @@ export interface Services {
   outputs: Outputs;
   /** Ends live streams whose viewer lost access; caps what one user holds open. */
   streamAccess: StreamAccess;
+  /** How builds are isolated here (reported by /ready). */
+  buildSandbox: Pick<BuildSandbox, 'kind' | 'enforcement'>;
 }
 
 export interface Viewer {

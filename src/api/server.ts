@@ -76,7 +76,10 @@ export function buildApp(services: Services): App {
     if (path === '/metrics' && req.method === 'GET') return void serveMetrics(services.metrics, config.metrics.token, req, res);
     if (refuseOversizedBody(req, res, config.limits.maxBodyBytes)) return;
     if (path === '/health') return sendJson(res, 200, { status: 'ok' });
-    if (path === '/ready') return void ready(services).then((ok) => sendJson(res, ok ? 200 : 503, { ready: ok }));
+    if (path === '/ready') {
+      const sandbox = { kind: services.buildSandbox.kind, limits: services.buildSandbox.enforcement };
+      return void ready(services).then((ok) => sendJson(res, ok ? 200 : 503, { ready: ok, sandbox }));
+    }
     if (config.exposeSchema && path !== undefined && serveGraphiQLAsset(req, res, path)) return;
     if (path !== '/graphql' && path !== undefined && serveWebClient(req, res, path)) return;
     return yoga(req, res);

@@ -116,19 +116,12 @@ export async function createOutputs(options: {
   /** Counts what a handler sends, then records it once the response is over. */
   const observe = (kind: 'preview' | 'archive', req: IncomingMessage, res: ServerResponse, work: () => Promise<number>) => {
     const started = performance.now();
-    let bytes = 0;
-    const write = res.write.bind(res);
-    const end = res.end.bind(res);
-    res.write = ((chunk: unknown, ...rest: unknown[]) => {
-      bytes += byteLength(chunk);
-      return (write as (...args: unknown[]) => boolean)(chunk, ...rest);
-    }) as typeof res.write;
-    res.end = ((chunk?: unknown, ...rest: unknown[]) => {
-      if (typeof chunk !== 'function') bytes += byteLength(chunk);
-      return (end as (...args: unknown[]) => ServerResponse)(chunk, ...rest);
-    }) as typeof res.end;
+    // What the socket sent for this response (headers included); keep-alive requests on it come one after another.
+    const socket = res.socket;
+    const sentBefore = socket?.bytesWritten ?? 0;
     res.once('close', () => {
       const status = res.statusCode;
+      const bytes = (socket?.bytesWritten ?? 0) - sentBefore;
       requests.inc({ kind, status: String(status) });
       bytesSent.inc({ kind }, bytes);
       if (log.isLevelEnabled('info')) {
@@ -271,9 +264,4 @@ export async function createOutputs(options: {
       await store.close?.();
     },
   };
-}
-
-function byteLength(chunk: unknown): number {
-  if (chunk == null || typeof chunk === 'function') return 0;
-  return typeof chunk === 'string' ? Buffer.byteLength(chunk) : (chunk as Uint8Array).byteLength ?? 0;
 }

@@ -2,6 +2,7 @@ import { serviceScope } from '../db/scope.js';
 import { type Diagnostic, parseDiagnostics } from '../toolchain/diagnostics.js';
 import { buildEnv, runStep, type StepResult } from '../toolchain/step-runner.js';
 import { type BuildStepSpec, commandLine } from '../toolchain/targets.js';
+import { projectCacheDir } from '../workspace/workspace.js';
 import { Batcher } from './batcher.js';
 import { fixStore } from './fix-store.js';
 import type { PipelineDeps } from './pipeline.js';
@@ -62,6 +63,7 @@ export async function build(deps: PipelineDeps, input: BuildInput, cwd: string, 
         // A cancelled build should stop within about a second, even if the tool ignores SIGTERM.
         killGraceMs: 500,
         onLine: (line) => lines.add(line),
+        sandbox: deps.toolchain.sandbox?.forStep({ tool: step.tool, fetch: step.fetch === true, cacheDir: projectCacheDir(cwd) }),
       });
     } finally {
       await lines.flush();

@@ -81,6 +81,7 @@ export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promi
       { role: 'user', content: request },
     ];
     let usage: LlmUsage = { inputTokens: 0, outputTokens: 0 };
+    let noChange = false;
     const finishRound = (status: 'SUCCEEDED' | 'FAILED') => db.run((tx) => fixStore.finishRound(tx, run.generationId, round, { status, ...usage }));
     try {
       // Not even the request fits in what is left of the budget: no round starts.
@@ -99,7 +100,7 @@ export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promi
       await db.run((tx) => fixStore.setRoundUsage(tx, run.generationId, round, usage));
       if (answer.changes.length === 0) {
         await finishRound('FAILED');
-        observe(deps, 'no_change');
+        noChange = true;
         throw new RunFailure('BUILD_FAILED', `${failed.failure.message}\nFix round ${round} changed no file, so Kiln stopped.`);
       }
       const { changed, deleted } = await applyChanges(run.workspaceDir, answer.changes);
@@ -109,7 +110,7 @@ export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promi
       await run.setPhase('BUILDING');
       result = await buildRound(round, new Set([...changed.map((file) => file.path), ...deleted]));
     } catch (error) {
-      if (!(error instanceof RunFailure)) observe(deps, run.signal.aborted ? 'cancelled' : error instanceof BudgetStop ? 'budget' : 'error');
+      observe(deps, run.signal.aborted ? 'cancelled' : noChange ? 'no_change' : error instanceof BudgetStop ? 'budget' : 'error');
       if (error instanceof BudgetStop) run.spend(error.usage);
       throw error; // the round is closed with the run (CANCELLED or FAILED)
     }

@@ -10,6 +10,7 @@ import type { Outputs } from '../artifacts/outputs.js';
 import { secretContext } from '../projects/projects.js';
 import type { SecretBox } from '../projects/secret-box.js';
 import { type SecretName, secretStore } from '../projects/store.js';
+import type { BuildSandbox } from '../toolchain/sandbox.js';
 import { getTarget, type ToolBins } from '../toolchain/targets.js';
 import { createWorkspace, pruneWorkspaces } from '../workspace/workspace.js';
 import { streamAnswer } from './answer.js';
@@ -31,7 +32,8 @@ export interface PipelineDeps {
   llm: LlmProvider;
   logger: Logger;
   workspaces: { dir: string; keepPerProject: number };
-  toolchain: { bins: ToolBins; stepTimeoutMs: number };
+  /** `sandbox` unset: steps run as plain child processes (BUILD_SANDBOX=none). */
+  toolchain: { bins: ToolBins; stepTimeoutMs: number; sandbox?: BuildSandbox };
   leaseMs: number;
   /** Opens the project's own API key (bring-your-own-key), when secrets are enabled. */
   secretBox?: SecretBox;

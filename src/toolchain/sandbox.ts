@@ -4,6 +4,7 @@ import { delimiter, dirname, basename, isAbsolute, join, resolve, sep } from 'no
 import type { Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import { execa } from 'execa';
+import { ConfigError } from '../config.js';
 import type { Logger } from '../observability/logger.js';
 import type { BuildTool } from './build-steps.js';
 import { type CgroupLayout, createStepCgroup, findCgroups, type StepCgroup } from './cgroups.js';
@@ -64,10 +65,6 @@ export interface Jail {
   release(): Promise<string | undefined>;
 }
 
-export class SandboxUnavailableError extends Error {
-  override readonly name = 'SandboxUnavailableError';
-}
-
 const BWRAP = '/usr/bin/bwrap';
 const PRLIMIT = '/usr/bin/prlimit';
 const SANDBOX_UID = '1000';
@@ -105,11 +102,11 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
   const log = logger.child({ source: 'BuildSandbox' });
   const problem = settings.kind === 'none' ? undefined : await probeBwrap();
   if (settings.kind === 'none' || problem) {
-    if (settings.kind === 'bwrap') throw new SandboxUnavailableError(`BUILD_SANDBOX=bwrap, but bwrap does not work here: ${problem}`);
+    if (settings.kind === 'bwrap') throw new ConfigError([`BUILD_SANDBOX=bwrap, but bwrap does not work here: ${problem}`]);
     if (!settings.allowUnsandboxed) {
-      throw new SandboxUnavailableError(
+      throw new ConfigError([
         `NODE_ENV=production needs the build sandbox, and bwrap does not work here (${problem}): install bubblewrap, or set ALLOW_UNSANDBOXED_BUILDS=true if something else isolates builds`,
-      );
+      ]);
     }
     log.warn(
       { sandbox: 'none', reason: problem ?? 'BUILD_SANDBOX=none' },
@@ -131,7 +128,7 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
 }
 
 /** Undefined when bwrap can make the sandbox here, else why not. */
-async function probeBwrap(): Promise<string | undefined> {
+export async function probeBwrap(): Promise<string | undefined> {
   if (!(await isExecutable(BWRAP))) return `${BWRAP} is not installed (Debian/Ubuntu: apt-get install bubblewrap)`;
   const args = [...namespaceArgs(false), ...(await systemArgs()), '--proc', '/proc', '--dev', '/dev', '--', '/usr/bin/true'];
   const result = await execa(BWRAP, args, { reject: false, timeout: 10_000, stdin: 'ignore', env: {}, extendEnv: false });
@@ -185,14 +182,16 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     '--hostname',
     'kiln-build',
     ...(await systemArgs()),
-    ...roBindTry([...ETC_ALWAYS, ...(stepAccess.fetch ? [...ETC_FETCH, ...caFiles] : [])]),
-    ...[...new Set(toolchain)].flatMap((root) => ['--ro-bind', root, root]),
+    ...roBindTry([...ETC_ALWAYS, ...(stepAccess.fetch ? ETC_FETCH : [])]),
     '--proc',
     '/proc',
     '--dev',
     '/dev',
     ...['--size', String(machine.limits.tmpMb * 1024 * 1024), '--tmpfs', '/tmp', '--dir', HOME],
     ...['--size', String(64 * 1024 * 1024), '--tmpfs', '/dev/shm'],
+    // After the private /tmp, since a toolchain, a CA file or the workspace may live under the host's /tmp.
+    ...roBindTry(caFiles),
+    ...[...new Set(toolchain)].flatMap((root) => ['--ro-bind', root, root]),
     ...['--bind', workspace, workspace],
     ...[stepAccess.fetch ? '--bind' : '--ro-bind', stepAccess.cacheDir, stepAccess.cacheDir],
     ...['--chdir', workspace],
@@ -299,7 +298,7 @@ export function toolchainRoot(realExecutable: string): string {
 // A toolchain folder that holds the workspace (or is /) would expose far more than the tool.
 function assertExposable(root: string, workspace: string): void {
   if (root === sep || workspace === root || workspace.startsWith(root + sep)) {
-    throw new SandboxUnavailableError(`The toolchain folder ${root} contains the workspace; install the build tool in a folder of its own.`);
+    throw new Error(`The toolchain folder ${root} contains the workspace; install the build tool in a folder of its own.`);
   }
 }
 

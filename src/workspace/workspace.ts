@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { lstat, mkdir, mkdtemp, readdir, rename, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { OutputEvent } from '../generations/output-parser.js';
 import { assertSafeRelativePath } from '../generations/safe-path.js';
 import { ignoreMissing, writeFileInside } from './write-inside.js';
@@ -70,6 +70,15 @@ export async function createWorkspace(input: CreateWorkspaceInput): Promise<{ di
     return { path, content, ...fileDigest(content) };
   });
   return { dir, files };
+}
+
+/**
+ * The project's own tool caches (npm, pub), beside its generations' workspaces: never
+ * shared with another project, so no project can poison another's dependencies.
+ * `workspaceDir` is a generation's workspace, `<root>/<project>/<generation>`.
+ */
+export function projectCacheDir(workspaceDir: string): string {
+  return join(dirname(workspaceDir), '.cache');
 }
 
 export async function removeWorkspace(root: string, projectId: string, generationId: string): Promise<void> {

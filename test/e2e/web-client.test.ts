@@ -79,6 +79,10 @@ describe.skipIf(chromiumMissing)('the reference web client in Chromium', () => {
     const buildLog = page.getByRole('log', { name: 'Build log' });
     const text = async (locator: typeof status) => ((await locator.count()) > 0 ? await locator.innerText() : '');
 
+    // The focused control: its name attribute, or a button's text.
+    const focused = () =>
+      page.evaluate(() => (document.activeElement?.tagName === 'BUTTON' ? document.activeElement.textContent : document.activeElement?.getAttribute('name')));
+
     // Sign up with the keyboard alone.
     await page.goto(server.url);
     await page.getByRole('textbox', { name: 'Email' }).waitFor();
@@ -87,22 +91,33 @@ describe.skipIf(chromiumMissing)('the reference web client in Chromium', () => {
     await page.keyboard.press('Tab');
     await page.keyboard.type(PASSWORD);
     await page.keyboard.press('Tab'); // Sign in
-    await page.keyboard.press('Tab'); // Sign up
-    await expect.poll(() => page.evaluate(() => document.activeElement?.textContent)).toBe('Sign up');
+    await page.keyboard.press('Tab');
+    expect(await focused()).toBe('Sign up');
     await page.keyboard.press('Enter');
     await page.getByRole('heading', { name: 'Projects' }).waitFor();
     await browser.screenshot('1-signed-up');
 
-    // A project, then its page.
-    await page.getByRole('textbox', { name: 'Project name' }).fill('Packing list');
-    await page.getByRole('combobox', { name: 'Target' }).selectOption('FLUTTER');
-    await page.getByRole('button', { name: 'Create project' }).click();
+    // A project, then its page, still with the keyboard: each screen starts at its heading.
+    await page.keyboard.press('Tab');
+    expect(await focused()).toBe('name');
+    await page.keyboard.type('Packing list');
+    await page.keyboard.press('Tab');
+    expect(await focused()).toBe('target');
+    await page.keyboard.type('FLUTTER');
+    await page.keyboard.press('Tab');
+    expect(await focused()).toBe('Create project');
+    await page.keyboard.press('Enter');
     await page.getByRole('heading', { name: 'Packing list' }).waitFor();
+    expect(await page.getByText('FLUTTER', { exact: true }).count()).toBe(1);
     await browser.screenshot('2-project');
 
     // The model's output grows while the generation is RUNNING.
-    await page.getByRole('textbox', { name: 'Prompt' }).fill('A packing list for a weekend trip');
-    await page.getByRole('button', { name: 'Generate' }).click();
+    await page.keyboard.press('Tab');
+    expect(await focused()).toBe('prompt');
+    await page.keyboard.type('A packing list for a weekend trip');
+    await page.keyboard.press('Tab');
+    expect(await focused()).toBe('Generate');
+    await page.keyboard.press('Enter');
     await expect.poll(async () => (await text(status)).includes('RUNNING') && (await text(output)).length > 0, { timeout: 30_000 }).toBe(true);
     const seen = (await text(output)).length;
     await expect

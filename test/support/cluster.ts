@@ -7,6 +7,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { GenerationChunksDocument, type GenerationChunksSubscription } from '../gql/graphql.js';
 import { repoRoot, subscribe, within, wsClient } from './generation-helpers.js';
+import { unsandboxedBuilds } from './server.js';
 
 // Kiln as real child processes (`node --import tsx src/main.ts`, one process each, so a
 // signal reaches Kiln itself), for the scale-out suites: ROLE=api and ROLE=worker side
@@ -40,7 +41,7 @@ function baseEnv(): Record<string, string> {
 export async function spawnKiln(name: string, env: Record<string, string>, timeoutMs = 60_000): Promise<KilnProcess> {
   const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
     cwd: repoRoot,
-    env: { ...baseEnv(), HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info', ...env },
+    env: { ...baseEnv(), HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info', ...unsandboxedBuilds, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const logs: string[] = [];

@@ -25,7 +25,7 @@ import {
 } from '../gql/graphql.js';
 import type { TestDatabase } from './db.js';
 import { graphqlClient } from './fixtures.js';
-import { type GraphQLClient, startTestServer, type TestServer } from './server.js';
+import { type GraphQLClient, startTestServer, type TestServer, unsandboxedBuilds } from './server.js';
 
 // Helpers of the generation suites: fake build tools, a temporary data directory, and
 // waiting for a generation's state through the public `generationUpdated` subscription
@@ -105,7 +105,7 @@ export interface Instance {
  * side); DATA_DIR is required so nothing lands in the working directory.
  */
 export async function startInstance(database: TestDatabase, env: Environment & { DATA_DIR: string }): Promise<Instance> {
-  const config = parseConfig({ LOG_LEVEL: 'silent', OFFLINE_CHUNK_DELAY_MS: '0', ...env });
+  const config = parseConfig({ LOG_LEVEL: 'silent', OFFLINE_CHUNK_DELAY_MS: '0', ...unsandboxedBuilds, ...env });
   const kiln = await startKiln(config, { database, port: 0, logger: createLogger(config.logLevel) });
   return { url: kiln.url, client: (token) => graphqlClient(kiln.url, token), stop: () => kiln.stop() };
 }

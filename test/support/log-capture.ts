@@ -7,7 +7,7 @@ import { startKiln } from '../../src/main.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { type TestDatabase, createTestDatabase } from './db.js';
 import { graphqlClient } from './fixtures.js';
-import type { TestServer } from './server.js';
+import { type TestServer, unsandboxedBuilds } from './server.js';
 
 /** Every line pino wrote, as written and parsed. */
 export class LogCapture extends Writable {
@@ -36,7 +36,7 @@ export interface CapturedServer extends TestServer {
 export async function startCapturedServer(env: Environment = {}, database?: TestDatabase): Promise<CapturedServer> {
   const db = database ?? (await createTestDatabase());
   const dataDir = await mkdtemp(path.join(tmpdir(), 'kiln-logs-'));
-  const config = parseConfig({ DATA_DIR: dataDir, LOG_LEVEL: 'trace', OFFLINE_CHUNK_DELAY_MS: '0', ...env });
+  const config = parseConfig({ DATA_DIR: dataDir, LOG_LEVEL: 'trace', OFFLINE_CHUNK_DELAY_MS: '0', ...unsandboxedBuilds, ...env });
   const logs = new LogCapture();
   const kiln = await startKiln(config, { database: db, port: 0, logger: createLogger(config.logLevel, logs) }).catch(async (error: unknown) => {
     if (!database) await db.close();

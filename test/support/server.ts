@@ -28,12 +28,18 @@ export interface GraphQLClient {
   post(body: unknown, headers?: Record<string, string>): Promise<Response>;
 }
 
+/**
+ * Builds in suites about the pipeline itself run unsandboxed: their fake tools report host
+ * pids and write beside themselves. The sandbox suites pass BUILD_SANDBOX=bwrap.
+ */
+export const unsandboxedBuilds = { BUILD_SANDBOX: 'none', ALLOW_UNSANDBOXED_BUILDS: 'true' };
+
 /** Kiln on port 0 over a fresh database of its own; always `stop()` it. */
 export async function startTestServer(env: Environment = {}): Promise<TestServer> {
   const database = await createTestDatabase();
   // Workspaces and generated keys go to a directory of this server's own.
   const dataDir = await mkdtemp(path.join(tmpdir(), 'kiln-test-'));
-  const config = parseConfig({ DATA_DIR: dataDir, LOG_LEVEL: 'silent', OFFLINE_CHUNK_DELAY_MS: '0', ...env });
+  const config = parseConfig({ DATA_DIR: dataDir, LOG_LEVEL: 'silent', OFFLINE_CHUNK_DELAY_MS: '0', ...unsandboxedBuilds, ...env });
   let kiln: Kiln;
   try {
     kiln = await startKiln(config, { database, port: 0, logger: createLogger(config.logLevel) });

@@ -1,6 +1,7 @@
 import { type FormEvent, useCallback, useEffect, useState } from 'react';
 import { request } from '../api/graphql';
 import { GenerationView } from '../components/GenerationView';
+import { useFocusOnArrival } from '../focus';
 import { Versions, type Version } from '../components/Versions';
 import { ProjectDocument, type ProjectQuery, ProjectVersionsDocument, StartGenerationDocument } from '../gql/graphql';
 
@@ -14,6 +15,7 @@ export function ProjectPage({ projectId }: { projectId: string }) {
   const [newSession, setNewSession] = useState(false);
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
+  const heading = useFocusOnArrival<HTMLHeadingElement>(Boolean(project));
 
   const loadVersions = useCallback(async () => {
     try {
@@ -71,7 +73,9 @@ export function ProjectPage({ projectId }: { projectId: string }) {
   return (
     <div className="project">
       <div className="title-row">
-        <h1>{project.name}</h1>
+        <h1 ref={heading} tabIndex={-1}>
+          {project.name}
+        </h1>
         <span className="tag">{project.target}</span>
       </div>
       <form className="card stack" onSubmit={(event) => void generate(event)}>

@@ -1,6 +1,7 @@
 import { type FormEvent, useEffect, useState } from 'react';
 import { request } from '../api/graphql';
 import { CreateProjectDocument, type ProjectFieldsFragment, ProjectsDocument, type ProjectTarget } from '../gql/graphql';
+import { useFocusOnArrival } from '../focus';
 import { navigate, projectPath } from '../router';
 
 const TARGETS: ProjectTarget[] = ['WEB', 'FLUTTER'];
@@ -8,6 +9,7 @@ const TARGETS: ProjectTarget[] = ['WEB', 'FLUTTER'];
 export function Projects() {
   const [projects, setProjects] = useState<ProjectFieldsFragment[] | null>(null);
   const [error, setError] = useState<string | null>(null);
+  const heading = useFocusOnArrival<HTMLHeadingElement>();
 
   useEffect(() => {
     request(ProjectsDocument, { first: 100 })
@@ -32,7 +34,9 @@ export function Projects() {
 
   return (
     <div className="narrow stack">
-      <h1>Projects</h1>
+      <h1 ref={heading} tabIndex={-1}>
+        Projects
+      </h1>
       <form className="card stack" onSubmit={(event) => void create(event)}>
         <h2>New project</h2>
         <div className="row">

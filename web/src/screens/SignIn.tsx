@@ -1,12 +1,14 @@
 import { type FormEvent, useState } from 'react';
 import { auth } from '../api/auth';
 import { anonymousRequest } from '../api/graphql';
+import { useFocusOnArrival } from '../focus';
 import { SignInDocument, SignUpDocument } from '../gql/graphql';
 
 /** Sign in, or sign up with the same two fields. */
 export function SignIn() {
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
+  const heading = useFocusOnArrival<HTMLHeadingElement>();
 
   const submit = async (event: FormEvent<HTMLFormElement>) => {
     event.preventDefault();
@@ -31,7 +33,9 @@ export function SignIn() {
 
   return (
     <main className="narrow">
-      <h1>Kiln</h1>
+      <h1 ref={heading} tabIndex={-1}>
+        Kiln
+      </h1>
       <p className="muted">Describe an app, watch it being built, keep every version.</p>
       <form className="card stack" onSubmit={(event) => void submit(event)}>
         <label>

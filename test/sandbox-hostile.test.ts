@@ -1,0 +1,184 @@
+import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { probeBwrap } from '../src/toolchain/sandbox.js';
+import { databaseKind } from './support/db.js';
+import { type FakeGemini, startFakeGemini } from './support/fake-gemini.js';
+import { createProject, signUp, type TestUser } from './support/fixtures.js';
+import { type Generation, type GenerationServer, rawId, repoRoot, startAccepted, startGenerationServer, waitForEnd } from './support/generation-helpers.js';
+import { hostileAnswer, hostProcessesWith, type ProbeKind, probeResults, type SdkFlutter, sdkFakeFlutter } from './support/hostile-project.js';
+
+// Generated code is hostile: a project a model was steered into writing runs probes as
+// project code on each target (WEB: its own `tsc`/`vite` bins, and a `postinstall`;
+// FLUTTER: a build hook) and prints what it reached into the build log. Every probe must
+// fail, a fork bomb, an 8 GB allocation and a 10 GB file each end the build with a clear
+// error, the server stays healthy, and an honest project still builds.
+
+const bwrapProblem = await probeBwrap();
+const why = bwrapProblem ? ` (skipped: ${bwrapProblem})` : '';
+
+const LIMITS = { BUILD_MEMORY_MB: '384', BUILD_MAX_PROCESSES: '128', BUILD_MAX_WORKSPACE_MB: '64' };
+
+describe.skipIf(bwrapProblem !== undefined).each(['WEB', 'FLUTTER'] as const)(`hostile %s projects in the build sandbox (${databaseKind})${why}`, (target) => {
+  let gemini: FakeGemini;
+  let flutter: SdkFlutter;
+  let server: GenerationServer;
+  let owner: TestUser;
+  let apiPort: number;
+  const marker = randomUUID().slice(0, 8);
+
+  beforeAll(async () => {
+    gemini = await startFakeGemini();
+    flutter = await sdkFakeFlutter();
+    server = await startGenerationServer({
+      BUILD_SANDBOX: 'bwrap',
+      ...LIMITS,
+      LLM_PROVIDER: 'gemini',
+      GEMINI_API_KEY: 'x',
+      GEMINI_BASE_URL: gemini.baseUrl,
+      FLUTTER_BIN: flutter.bin,
+      // One at a time, so each scripted answer goes to the generation meant to get it; no fix rounds.
+      WORKER_CONCURRENCY: '1',
+      AUTO_FIX_MAX_ROUNDS: '0',
+    });
+    apiPort = Number(new URL(server.url).port);
+    owner = await signUp(server);
+    // Something of the server's own, and another tenant's build, for the probes to look for.
+    await writeFile(join(server.dataDir, 'canary-secret.txt'), 'if you can read this, so can every tenant');
+    const other = await signUp(server);
+    const otherGeneration = await build(other, 'honest');
+    expect(otherGeneration.status).toBe('SUCCEEDED');
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+    await gemini?.close();
+    await flutter?.remove();
+  });
+
+  async function build(user: TestUser, kind: ProbeKind): Promise<Generation> {
+    const project = await createProject(user.client, { target });
+    const targets = { serverPid: process.pid, dataDir: server.dataDir, repoRoot: repoRoot.replace(/\/$/, ''), apiPort, marker };
+    gemini.script({ kind: 'stream', chunks: [hostileAnswer(target, kind, targets)], usage: { promptTokens: 10, outputTokens: 10 } });
+    const started = await startAccepted(user.client, { projectId: project.id, prompt: `a ${kind} app` });
+    return waitForEnd(server, user.client, user.accessToken, started.id, 60_000);
+  }
+
+  it('reaches nothing of the server, other tenants or the host, and leaves nothing running', { timeout: 90_000 }, async () => {
+    const generation = await build(owner, 'reach');
+
+    expect(generation.error).toBeNull();
+    expect(generation.status).toBe('SUCCEEDED');
+    const results = probeResults(generation.buildLog);
+    expect(Object.keys(results).sort()).toEqual(
+      [
+        'environ',
+        'processes',
+        'data-dir',
+        'source',
+        'server-node-modules',
+        'tcp-5432',
+        'tcp-6379',
+        `tcp-${apiPort}`,
+        'internet',
+        'host-tmp',
+        'server-source-write',
+        'server-node-modules-write',
+        'daemon',
+      ].sort(),
+    );
+    for (const [probe, result] of Object.entries(results)) {
+      if (probe === 'host-tmp' || probe === 'daemon') continue; // checked from the host below
+      expect(`${probe}: ${result}`).toMatch(new RegExp(`^${probe}: blocked`));
+    }
+    // What the probes wrote landed in private copies, and the daemon died with the build.
+    expect(existsSync(`/tmp/kiln-hostile-${marker}`)).toBe(false);
+    expect(existsSync(join(repoRoot, 'src', `hostile-${marker}.ts`))).toBe(false);
+    expect(existsSync(join(repoRoot, 'node_modules', 'node', `hostile-${marker}`))).toBe(false);
+    expect(await hostProcessesWith(`kiln-daemon-${marker}`)).toEqual([]);
+    if (target === 'WEB') {
+      // npm install --ignore-scripts: the postinstall (with network) never ran.
+      expect(generation.buildLog.filter((line) => line.step === 'install' && line.text.startsWith('PROBE'))).toEqual([]);
+    }
+  });
+
+  it.each([
+    ['fork-bomb', /reached its limit of 128 processes \(BUILD_MAX_PROCESSES\)/],
+    ['memory-hog', /used more than 384 MB of memory \(BUILD_MEMORY_MB\)/],
+    ['disk-filler', /wrote more than 64 MB to its workspace \(BUILD_MAX_WORKSPACE_MB\)/],
+  ] as const)('ends a %s build with a clear error and stays healthy', { timeout: 90_000 }, async (kind, message) => {
+    const generation = await build(owner, kind);
+
+    expect(generation.status).toBe('FAILED');
+    expect(generation.error?.code).toBe('BUILD_FAILED');
+    expect(generation.error?.message).toMatch(message);
+    expect(generation.buildLog.at(-1)?.text).toMatch(message);
+    expect(Object.values(probeResults(generation.buildLog)).filter((result) => result.startsWith('REACHED'))).toEqual([]);
+
+    const ready = await fetch(`${server.url}/ready`);
+    expect(ready.status).toBe(200);
+    expect(await ready.json()).toMatchObject({ ready: true, sandbox: { kind: 'bwrap' } });
+  });
+
+  it('still builds an honest project', { timeout: 90_000 }, async () => {
+    const generation = await build(owner, 'honest');
+
+    expect(generation.error).toBeNull();
+    expect(generation.status).toBe('SUCCEEDED');
+    expect(generation.buildSteps.map((step) => step.status)).toEqual(['SUCCEEDED', 'SUCCEEDED', 'SUCCEEDED']);
+    const workspace = join(server.workspacesDir, rawId(generation.project.id), rawId(generation.id));
+    expect(existsSync(join(workspace, target === 'WEB' ? 'dist' : 'build/web', 'index.html'))).toBe(true);
+  });
+});
+
+// The control: the same probes with BUILD_SANDBOX=none reach what the sandbox hides, so
+// the "blocked" above is the sandbox's doing, not a broken probe.
+describe(`the same probes without the sandbox (${databaseKind})`, () => {
+  let gemini: FakeGemini;
+  let flutter: SdkFlutter;
+  let server: GenerationServer;
+
+  beforeAll(async () => {
+    gemini = await startFakeGemini();
+    flutter = await sdkFakeFlutter();
+    server = await startGenerationServer({
+      BUILD_SANDBOX: 'none',
+      LLM_PROVIDER: 'gemini',
+      GEMINI_API_KEY: 'x',
+      GEMINI_BASE_URL: gemini.baseUrl,
+      FLUTTER_BIN: flutter.bin,
+      AUTO_FIX_MAX_ROUNDS: '0',
+    });
+    await writeFile(join(server.dataDir, 'canary-secret.txt'), 'if you can read this, so can every tenant');
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+    await gemini?.close();
+    await flutter?.remove();
+  });
+
+  it('reach the server, its files and its port', { timeout: 60_000 }, async () => {
+    const owner = await signUp(server);
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const marker = randomUUID().slice(0, 8);
+    const targets = { serverPid: process.pid, dataDir: server.dataDir, repoRoot: repoRoot.replace(/\/$/, ''), apiPort: Number(new URL(server.url).port), marker };
+    gemini.script({ kind: 'stream', chunks: [hostileAnswer('FLUTTER', 'reach', targets)], usage: { promptTokens: 10, outputTokens: 10 } });
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'a probing app' });
+    const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id, 60_000);
+    try {
+      const results = probeResults(generation.buildLog);
+      for (const probe of ['environ', 'processes', 'data-dir', 'source', 'server-node-modules', `tcp-${targets.apiPort}`]) {
+        expect(`${probe}: ${results[probe]}`).toMatch(new RegExp(`^${probe}: REACHED`));
+      }
+    } finally {
+      // What the unsandboxed probes left behind.
+      for (const pid of await hostProcessesWith(`kiln-daemon-${marker}`)) process.kill(pid, 'SIGKILL');
+      await rm(`/tmp/kiln-hostile-${marker}`, { force: true });
+      await rm(join(repoRoot, 'src', `hostile-${marker}.ts`), { force: true });
+      await rm(join(repoRoot, 'node_modules', 'node', `hostile-${marker}`), { force: true });
+    }
+  });
+});

@@ -1,0 +1,206 @@
+import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { parseConfig } from '../src/config.js';
+import { createLogger } from '../src/observability/logger.js';
+import { type BuildSandbox, createBuildSandbox, probeBwrap } from '../src/toolchain/sandbox.js';
+import { buildEnv, type OutputLine, runStep, type StepResult } from '../src/toolchain/step-runner.js';
+import { databaseKind } from './support/db.js';
+import { type FakeGemini, startFakeGemini } from './support/fake-gemini.js';
+import { createProject, signUp } from './support/fixtures.js';
+import { startAccepted, startGenerationServer, waitForEnd } from './support/generation-helpers.js';
+import { hostProcessesWith } from './support/hostile-project.js';
+import { startCapturedServer } from './support/log-capture.js';
+
+// The build sandbox as a step sees it: what it may reach (network and cache only when it
+// fetches dependencies), what it inherits (a short allowlist), and that nothing it starts
+// outlives it, however the step ends.
+
+const bwrapProblem = await probeBwrap();
+const why = bwrapProblem ? ` (skipped: ${bwrapProblem})` : '';
+
+describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`, () => {
+  let sandbox: BuildSandbox;
+  let root: string;
+  let workspace: string;
+  let cacheDir: string;
+  let tool: string;
+
+  beforeAll(async () => {
+    sandbox = await createBuildSandbox(
+      { kind: 'bwrap', allowUnsandboxed: false, limits: { memoryMb: 512, maxProcesses: 128, workspaceMb: 64, tmpMb: 32 } },
+      createLogger('silent'),
+    );
+  });
+
+  beforeEach(async () => {
+    root = await mkdtemp(join(tmpdir(), 'kiln-sandbox-'));
+    workspace = join(root, 'workspaces', 'project', 'generation');
+    cacheDir = join(root, 'workspaces', 'project', '.cache');
+    await mkdir(workspace, { recursive: true });
+    // A tool laid out as an SDK (`<root>/bin/tool`) that runs the shell script it is given.
+    await mkdir(join(root, 'sdk', 'bin'), { recursive: true });
+    tool = join(root, 'sdk', 'bin', 'tool');
+    await writeFile(tool, '#!/bin/sh\nexec sh -c "$1"\n');
+    await chmod(tool, 0o755);
+  });
+
+  afterEach(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+
+  async function run(script: string, options: { fetch?: boolean; env?: Record<string, string>; timeoutMs?: number; onLine?: (line: OutputLine) => void; signal?: AbortSignal } = {}) {
+    const lines: string[] = [];
+    const result: StepResult = await runStep({
+      command: tool,
+      args: [script],
+      cwd: workspace,
+      env: buildEnv(options.env ?? {}),
+      timeoutMs: options.timeoutMs ?? 30_000,
+      signal: options.signal,
+      killGraceMs: 200,
+      onLine: (line) => {
+        lines.push(line.text);
+        options.onLine?.(line);
+      },
+      sandbox: sandbox.forStep({ tool: 'flutter', fetch: options.fetch ?? false, cacheDir }),
+    });
+    return { result, lines };
+  }
+
+  it('runs as an unprivileged user with a short allowlisted environment, a private /tmp and HOME', async () => {
+    const secrets = { DATABASE_URL: 'postgres://u:secret@db/kiln', HTTPS_PROXY: 'http://proxy.internal:3128', PUB_HOSTED_URL: 'https://pub.internal' };
+    const { result, lines } = await run('id -u; echo "HOME=$HOME"; env | cut -d= -f1 | sort | tr "\\n" " "; echo; ls /tmp | tr "\\n" " "', { env: secrets });
+
+    expect(result.status).toBe('SUCCEEDED');
+    expect(lines[0]).toBe('1000');
+    expect(lines[1]).toBe('HOME=/tmp/home');
+    expect(lines[2]!.trim().split(' ')).toEqual(
+      expect.arrayContaining(['PATH', 'HOME', 'TMPDIR', 'npm_config_cache', 'PUB_CACHE']),
+    );
+    // No server secret, and without network no registry or proxy settings either.
+    expect(lines[2]).not.toMatch(/DATABASE_URL|HTTPS_PROXY|PUB_HOSTED_URL/);
+    expect(lines[3]!.trim()).toBe('home');
+  });
+
+  it('gives the dependency fetch its registry settings, the network and a writable cache, and no other step', async () => {
+    const listener: Server = createServer((socket) => socket.end('hello from the host\n'));
+    await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve));
+    const port = (listener.address() as { port: number }).port;
+    const script = [
+      `node -e 'require("net").connect(${port}, "127.0.0.1").on("data", (d) => console.log("network: " + d.toString().trim())).on("error", (e) => console.log("network: " + e.code))'`,
+      '(echo cached > "$PUB_CACHE/entry") 2>/dev/null && echo "cache: written" || echo "cache: read-only"',
+      'echo "registry: ${PUB_HOSTED_URL:-unset}"',
+    ].join('\n');
+    try {
+      const fetch = await run(script, { fetch: true, env: { PUB_HOSTED_URL: 'https://pub.internal' } });
+      const later = await run(script, { env: { PUB_HOSTED_URL: 'https://pub.internal' } });
+
+      expect(fetch.lines).toEqual(['network: hello from the host', 'cache: written', 'registry: https://pub.internal']);
+      expect(later.lines).toEqual(['network: ECONNREFUSED', 'cache: read-only', 'registry: unset']);
+    } finally {
+      listener.close();
+    }
+  });
+
+  it.each([
+    ['ends normally', {}],
+    ['times out', { timeoutMs: 1_000 }],
+    ['is cancelled', { cancel: true }],
+  ] as const)('leaves no process behind, a setsid daemon included, when the step %s', async (_, how) => {
+    const marker = `kiln-daemon-${randomUUID().slice(0, 8)}`;
+    const cancel = new AbortController();
+    const script = `setsid sh -c 'while :; do sleep 1; done' ${marker} > /dev/null 2>&1 < /dev/null &\necho started\n${'cancel' in how || 'timeoutMs' in how ? 'sleep 1000' : 'exit 0'}`;
+    const { result } = await run(script, {
+      ...('timeoutMs' in how ? { timeoutMs: how.timeoutMs } : {}),
+      signal: cancel.signal,
+      onLine: (line) => {
+        if ('cancel' in how && line.text === 'started') cancel.abort('cancelled');
+      },
+    });
+
+    expect(result.status).toBe('cancel' in how ? 'CANCELLED' : 'timeoutMs' in how ? 'TIMED_OUT' : 'SUCCEEDED');
+    expect(await hostProcessesWith(marker)).toEqual([]);
+  });
+
+  it('shows neither the host /tmp nor the folders around the workspace', async () => {
+    const hostFile = join(root, 'workspaces', 'project', 'other-generation-file.txt');
+    await writeFile(hostFile, 'another generation');
+    const { lines } = await run(`ls ${join(root, 'workspaces', 'project')} | tr "\\n" " "; ls /tmp | wc -l; touch ../escaped 2>/dev/null || echo "parent: read-only"`);
+
+    expect(lines[0]!.trim().split(' ').sort()).toEqual(['.cache', 'generation'].filter((name) => !name.startsWith('.')).concat([]).sort());
+    expect(lines[1]).toBe('1');
+    expect(lines[2]).toBe('parent: read-only');
+    expect(existsSync(join(root, 'workspaces', 'project', 'escaped'))).toBe(false);
+  });
+});
+
+describe(`configuring the build sandbox (${databaseKind})`, () => {
+  const production = {
+    NODE_ENV: 'production',
+    AUTH_JWT_SECRET: 'Qm9vdHN0cmFwLXNlY3JldC1mb3ItdGVzdHMtb25seS0xMjM0NTY3ODkw',
+    KILN_ENCRYPTION_KEY: Buffer.alloc(32, 7).toString('base64'),
+    METRICS_TOKEN: 'Qm9vdHN0cmFwLXNlY3JldC1mb3ItdGVzdHMtb25seS0xMjM0NTY3ODkw',
+  };
+
+  it('refuses BUILD_SANDBOX=none in production unless ALLOW_UNSANDBOXED_BUILDS=true', () => {
+    expect(() => parseConfig({ ...production, BUILD_SANDBOX: 'none' })).toThrow(/NODE_ENV=production refuses BUILD_SANDBOX=none/);
+    expect(() => parseConfig({ ...production, BUILD_SANDBOX: 'none', ALLOW_UNSANDBOXED_BUILDS: 'true' })).not.toThrow();
+    expect(() => parseConfig({ BUILD_SANDBOX: 'chroot' })).toThrow(/BUILD_SANDBOX/);
+  });
+
+  it('warns at start when builds run unsandboxed, and /ready says so', async () => {
+    const server = await startCapturedServer({ BUILD_SANDBOX: 'none', LOG_LEVEL: 'info' });
+    try {
+      expect(server.logs.records().some((r) => r.level === 40 && String(r.msg).includes('WITHOUT a sandbox'))).toBe(true);
+      const ready = await fetch(`${server.url}/ready`);
+      expect(await ready.json()).toMatchObject({ ready: true, sandbox: { kind: 'none' } });
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it.skipIf(bwrapProblem !== undefined)(`reports bwrap on /ready when it works here${why}`, async () => {
+    const server = await startCapturedServer({ BUILD_SANDBOX: 'bwrap', LOG_LEVEL: 'info' });
+    try {
+      const ready = await fetch(`${server.url}/ready`);
+      expect(await ready.json()).toMatchObject({ ready: true, sandbox: { kind: 'bwrap', limits: expect.any(String) } });
+      expect(server.logs.records().some((r) => r.level === 40)).toBe(false);
+    } finally {
+      await server.stop();
+    }
+  });
+});
+
+describe(`tool-steering files in the model's answer (${databaseKind})`, () => {
+  let gemini: FakeGemini;
+
+  beforeAll(async () => {
+    gemini = await startFakeGemini();
+  });
+
+  afterAll(async () => {
+    await gemini?.close();
+  });
+
+  it.each(['.npmrc', 'sub/.yarnrc.yml', '.pnpmfile.cjs', '.env.local'])('refuses %s as UNSAFE_OUTPUT', async (path) => {
+    const server = await startGenerationServer({ LLM_PROVIDER: 'gemini', GEMINI_API_KEY: 'x', GEMINI_BASE_URL: gemini.baseUrl });
+    try {
+      const owner = await signUp(server);
+      const project = await createProject(owner.client, { target: 'WEB' });
+      gemini.script({ kind: 'stream', chunks: [`<file path="${path}">\nregistry=https://evil.example/\n</file>\n`], usage: { promptTokens: 1, outputTokens: 1 } });
+      const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'steer npm' });
+      const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id);
+
+      expect(generation.status).toBe('FAILED');
+      expect(generation.error?.code).toBe('UNSAFE_OUTPUT');
+      expect(generation.error?.message).toContain('steers the build tools');
+    } finally {
+      await server.stop();
+    }
+  });
+});
