@@ -72,7 +72,7 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
     rateLimit: (userId: string) => rateLimits.generationStart(userId),
   };
   const streamAccess = createStreamAccess({
-    verify: (token) => auth.verify(token),
+    stillValid: (tokens) => auth.stillValid(tokens),
     accessOf: (userIds, generationIds) => serviceScope(database.db).run((tx) => generationStore.accessOf(tx, userIds, generationIds)),
     intervalMs: config.subscriptions.accessRecheckMs,
     maxPerUser: config.subscriptions.maxLivePerUser,

@@ -9,7 +9,8 @@ import { createLogger } from '../src/observability/logger.js';
 import { createMetrics } from '../src/observability/metrics.js';
 import { GenerationArchiveDocument, GenerationPreviewDocument } from './gql/graphql.js';
 import { unzip } from './support/archives.js';
-import { databaseKind } from './support/db.js';
+import { spawnKiln } from './support/cluster.js';
+import { databaseKind, testDatabaseUrl } from './support/db.js';
 import { type FakeSupabaseStorage, startFakeSupabaseStorage } from './support/fake-supabase-storage.js';
 import { createProject, signUp, type TestUser } from './support/fixtures.js';
 import {
@@ -104,9 +105,19 @@ describe.each(backends)(`the artefact store: $name (${databaseKind})`, (backend)
     expect(Number(totals!.distinct)).toBeLessThan(Number(totals!.logical));
     expect((await storedBlobs()).sort()).toHaveLength(Number(totals!.blobs));
 
-    // Deleting the project drops its artefact index with it; collection then removes the blobs.
+    // Another project shares the template and bundle assets with it.
+    const kept = await createProject(owner.client, { target: 'FLUTTER' });
+    const keptGeneration = await build(kept.id, 'A kept project');
+    const keptBlobs = (await query<{ sha256: string }>(sql`select distinct sha256 from generation_artifacts where generation_id = ${rawId(keptGeneration.id)}`)).map((row) => row.sha256);
+
+    // Deleting the project drops its artefact index with it; collection then removes the blobs only it used.
     await server.database.db.execute(sql`delete from projects where id = ${rawId(project.id)}`);
-    expect(await outputs.collect(0)).toBe(Number(totals!.blobs));
+    await outputs.collect(0);
+    expect((await storedBlobs()).sort()).toEqual(keptBlobs.sort());
+    const { generation } = await owner.client.expectNoErrors(GenerationPreviewDocument, { id: keptGeneration.id });
+    expect((await fetch(`${generation!.preview!.url}main.dart.js`)).status).toBe(200);
+    await server.database.db.execute(sql`delete from projects where id = ${rawId(kept.id)}`);
+    expect(await outputs.collect(0)).toBe(keptBlobs.length);
     expect(await storedBlobs()).toEqual([]);
   });
 
@@ -163,6 +174,23 @@ describe(`a preview URL issued by one API instance is served by another (${datab
     await otherData?.remove();
     await server?.stop();
     await flutter?.remove();
+  });
+
+  it.skipIf(!testDatabaseUrl)('…and by a separate Kiln process on the same PostgreSQL (its default store there)', { timeout: 90_000 }, async () => {
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'Served by another process' });
+    expect((await waitForEnd(server, owner.client, owner.accessToken, started.id)).status).toBe('SUCCEEDED');
+    const processData = await tempDir('api-process');
+    const api = await spawnKiln('api', { DATABASE_URL: server.database.url!, ROLE: 'api', DATA_DIR: processData.path });
+    try {
+      const { generation } = await owner.client.expectNoErrors(GenerationPreviewDocument, { id: started.id });
+      const page = await fetch(generation!.preview!.url.replace(server.url, api.url));
+      expect(page.status).toBe(200);
+      expect(await page.text()).toContain('Served by another process');
+    } finally {
+      await api.stop();
+      await processData.remove();
+    }
   });
 
   it('verifies the signature with the key from the database and reads the bundle from PostgreSQL', { timeout: 60_000 }, async () => {

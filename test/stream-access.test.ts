@@ -11,6 +11,7 @@ import {
 import { databaseKind } from './support/db.js';
 import { createProject, signIn, signUp, type TestUser } from './support/fixtures.js';
 import { type FakeFlutter, fakeFlutter, type GenerationServer, startAccepted, startGenerationServer, within } from './support/generation-helpers.js';
+import { type FakeSupabase, startFakeSupabase } from './support/fake-supabase.js';
 import { collect, liveClient, RawSocket, sseSubscribe } from './support/live.js';
 
 // Live streams end when access ends, over SSE and graphql-ws alike: sign-out, removal
@@ -213,6 +214,47 @@ describe(`live streams per user (${databaseKind})`, () => {
     } finally {
       socket.close();
       sse.abort();
+      await owner.client.request(CancelGenerationDocument, { id: generation.id });
+    }
+  });
+});
+
+describe(`live streams on Supabase Auth (${databaseKind})`, () => {
+  let flutter: FakeFlutter;
+  let supabase: FakeSupabase;
+  let server: GenerationServer;
+
+  beforeAll(async () => {
+    flutter = await fakeFlutter('ok');
+    supabase = await startFakeSupabase();
+    server = await startGenerationServer({
+      FLUTTER_BIN: flutter.bin,
+      ...slow,
+      AUTH_PROVIDER: 'supabase',
+      SUPABASE_URL: supabase.url,
+      SUPABASE_ANON_KEY: supabase.anonKey,
+      SUPABASE_SERVICE_ROLE_KEY: supabase.serviceRoleKey,
+    });
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+    await supabase?.close();
+    await flutter?.remove();
+  });
+
+  it('signing out ends an SSE stream with UNAUTHENTICATED', async () => {
+    const owner = await signUp(server);
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const generation = await startAccepted(owner.client, { projectId: project.id, prompt: 'Streamed past a Supabase sign-out' });
+    const session = await signIn(server, owner.email);
+    const stream = await openStream(server, 'sse', session, generation.id);
+    try {
+      expect(await session.client.expectNoErrors(SignOutDocument, {})).toEqual({ signOut: true });
+      const ended = await within(stream.ended, 20_000, () => 'the stream outlived its Supabase session');
+      expect(ended).toEqual({ completed: true, errors: [expect.objectContaining({ extensions: { code: 'UNAUTHENTICATED' } })] });
+    } finally {
+      await stream.close();
       await owner.client.request(CancelGenerationDocument, { id: generation.id });
     }
   });

@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { css, editorWorkerService, favicon, graphqlWorker, js, jsonWorker } from '@graphql-yoga/render-graphiql/graphiql';
 import type { GraphiQLOptions } from 'graphql-yoga';
 
 // GraphiQL from Kiln alone: the scripts, styles, editor workers and favicon that
@@ -15,11 +14,18 @@ interface Asset {
   type: string;
 }
 
-/** name-hash.ext → asset; built on first use, not at import. */
-let assets: { byPath: Map<string, Asset>; urls: Record<'js' | 'css' | 'favicon' | 'editor' | 'json' | 'graphql', string> } | null = null;
+type Assets = { byPath: Map<string, Asset>; urls: Record<'js' | 'css' | 'favicon' | 'editor' | 'json' | 'graphql', string> };
 
-function loadAssets() {
-  if (assets) return assets;
+/** name-hash.ext → asset; built on first use, not at import (the package is 9 MB of source: loading it would slow every start). */
+let assets: Promise<Assets> | null = null;
+
+function loadAssets(): Promise<Assets> {
+  assets ??= buildAssets();
+  return assets;
+}
+
+async function buildAssets(): Promise<Assets> {
+  const { css, editorWorkerService, favicon, graphqlWorker, js, jsonWorker } = await import('@graphql-yoga/render-graphiql/graphiql');
   const byPath = new Map<string, Asset>();
   const add = (name: string, ext: string, type: string, body: Buffer) => {
     const path = `${PREFIX}${name}-${createHash('sha256').update(body).digest('hex').slice(0, 12)}.${ext}`;
@@ -28,7 +34,7 @@ function loadAssets() {
   };
   const script = 'text/javascript; charset=utf-8';
   const [faviconType = 'image/x-icon', faviconData = ''] = favicon.replace(/^data:/, '').split(';base64,');
-  assets = {
+  return {
     byPath,
     urls: {
       js: add('graphiql', 'js', script, Buffer.from(js)),
@@ -39,7 +45,6 @@ function loadAssets() {
       graphql: add('graphql.worker', 'js', script, Buffer.from(graphqlWorker)),
     },
   };
-  return assets;
 }
 
 /** JSON inside a <script>: `<` escaped so a `</script>` in the example document cannot end it. */
@@ -48,8 +53,8 @@ const scriptJson = (value: unknown) => JSON.stringify(value).replace(/</g, '\\u0
 const escapeHtml = (value: string) => value.replace(/[&<>"]/g, (ch) => `&#${ch.charCodeAt(0)};`);
 
 /** The GraphiQL page (Yoga's `renderGraphiQL` option): the package's page, with its assets by URL. */
-export function renderGraphiQLPage(options: GraphiQLOptions): string {
-  const { urls } = loadAssets();
+export async function renderGraphiQLPage(options: GraphiQLOptions): Promise<string> {
+  const { urls } = await loadAssets();
   const workers = { editorWorkerService: urls.editor, json: urls.json, graphql: urls.graphql };
   return `<!doctype html>
 <html lang="en">
@@ -78,10 +83,14 @@ export function renderGraphiQLPage(options: GraphiQLOptions): string {
 /** Answers GET/HEAD /graphiql/<asset>; false when the request is not for one. */
 export function serveGraphiQLAsset(req: IncomingMessage, res: ServerResponse, path: string): boolean {
   if (!path.startsWith(PREFIX) || (req.method !== 'GET' && req.method !== 'HEAD')) return false;
-  const asset = loadAssets().byPath.get(path);
+  void loadAssets().then((loaded) => sendAsset(req, res, loaded.byPath.get(path)));
+  return true;
+}
+
+function sendAsset(req: IncomingMessage, res: ServerResponse, asset: Asset | undefined) {
   if (!asset) {
     res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('Not found\n');
-    return true;
+    return;
   }
   res.writeHead(200, {
     'content-type': asset.type,
@@ -90,5 +99,4 @@ export function serveGraphiQLAsset(req: IncomingMessage, res: ServerResponse, pa
     'x-content-type-options': 'nosniff',
   });
   res.end(req.method === 'HEAD' ? undefined : asset.body);
-  return true;
 }

@@ -21,7 +21,6 @@ export interface BlobStore {
   list(): AsyncIterable<StoredBlob[]>;
   /** Removes blobs still untouched since `before` (one deduplicated meanwhile stays). */
   remove(sha256s: string[], before: Date): Promise<number>;
-  close?(): Promise<void>;
 }
 
 export const SHA256 = /^[0-9a-f]{64}$/;

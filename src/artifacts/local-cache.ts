@@ -33,6 +33,10 @@ export function localBlobCache(dir: string) {
       }
       return download;
     },
+    /** Removes the copies of blobs the store no longer has. */
+    async drop(sha256s: string[]): Promise<void> {
+      for (const sha256 of sha256s) await rm(pathOf(sha256), { force: true });
+    },
     /** Removes copies not used since `before`. */
     async prune(before: Date): Promise<void> {
       for (const name of (await readdir(dir).catch(ignoreMissing)) ?? []) {

@@ -11,7 +11,7 @@ import { type ArtifactRow, manifestStore } from './manifest-store.js';
 // (Generation.files) as SOURCE, and the web bundle its build produced as BUNDLE.
 
 const MAX_BUNDLE_FILES = 10_000;
-const MAX_BUNDLE_BYTES = 512 * 1024 * 1024;
+const MAX_BUNDLE_BYTES = 256 * 1024 * 1024;
 
 export interface OutputsWritten {
   files: number;
@@ -57,13 +57,17 @@ async function* bundleFiles(root: string): AsyncGenerator<{ path: string; conten
       if (entry.isDirectory()) yield* walk(join(dir, entry.name), path);
       if (!entry.isFile()) continue;
       const handle = await open(join(dir, entry.name), constants.O_RDONLY | constants.O_NOFOLLOW);
-      const content = await handle.readFile().finally(() => handle.close());
-      count++;
-      bytes += content.length;
-      if (count > MAX_BUNDLE_FILES || bytes > MAX_BUNDLE_BYTES) {
-        throw new Error(`The web bundle is too large to keep (over ${MAX_BUNDLE_FILES} files or ${MAX_BUNDLE_BYTES / 1024 / 1024} MB).`);
+      try {
+        // Checked before reading: a build could leave a file of any size.
+        count++;
+        bytes += (await handle.stat()).size;
+        if (count > MAX_BUNDLE_FILES || bytes > MAX_BUNDLE_BYTES) {
+          throw new Error(`The web bundle is too large to keep (over ${MAX_BUNDLE_FILES} files or ${MAX_BUNDLE_BYTES / 1024 / 1024} MB).`);
+        }
+        yield { path, content: await handle.readFile() };
+      } finally {
+        await handle.close();
       }
-      yield { path, content };
     }
   };
   yield* walk(root, '');

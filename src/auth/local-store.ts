@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { and, eq, gt, isNull, ne, sql } from 'drizzle-orm';
+import { and, eq, gt, inArray, isNull, ne, sql } from 'drizzle-orm';
 import type { Db, Tx } from '../db/client.js';
 import { authSessions, localCredentials, refreshTokens, users } from '../db/schema.js';
 import { serviceScope } from '../db/scope.js';
@@ -114,6 +114,17 @@ export async function isSessionLive(db: Db, sessionId: string, userId: string, m
     .from(authSessions)
     .where(and(eq(authSessions.id, sessionId), eq(authSessions.userId, userId), isNull(authSessions.revokedAt), youngerThan(maxAgeSeconds)));
   return row !== undefined;
+}
+
+/** isSessionLive for many sessions in one query: the ids among them that are live and belong to their user. */
+export async function liveSessions(db: Db, sessions: { sessionId: string; userId: string }[], maxAgeSeconds: number): Promise<Set<string>> {
+  if (sessions.length === 0) return new Set();
+  const rows = await db
+    .select({ id: authSessions.id, userId: authSessions.userId })
+    .from(authSessions)
+    .where(and(inArray(authSessions.id, sessions.map((s) => s.sessionId)), isNull(authSessions.revokedAt), youngerThan(maxAgeSeconds)));
+  const owners = new Map(rows.map((row) => [row.id, row.userId]));
+  return new Set(sessions.filter((s) => owners.get(s.sessionId) === s.userId).map((s) => s.sessionId));
 }
 
 async function startSession(tx: Tx, user: AuthUser): Promise<StoredSession> {

@@ -7,11 +7,12 @@ import {
   findCredentials,
   isEmailTaken,
   isSessionLive,
+  liveSessions,
   revokeSessions,
   rotateRefreshToken,
   type StoredSession,
 } from './local-store.js';
-import { signAccessToken, verifyAccessToken } from './local-tokens.js';
+import { type SessionClaims, signAccessToken, verifyAccessToken } from './local-tokens.js';
 import { hashPassword, UNKNOWN_USER_HASH, verifyPassword } from './passwords.js';
 import type { AuthProvider, AuthSession } from './provider.js';
 import { hashRefreshToken } from './refresh-tokens.js';
@@ -79,6 +80,17 @@ export async function createLocalAuth(options: LocalAuthOptions): Promise<AuthPr
       const claims = await verifyAccessToken(key, accessToken, new Date(now()));
       if (!(await isSessionLive(db, claims.session_id, claims.sub, sessionMaxAgeSeconds))) throw new AuthError();
       return claims;
+    },
+
+    async stillValid(accessTokens) {
+      const verified: [string, SessionClaims][] = [];
+      for (const token of accessTokens) {
+        // Signature and expiry are checked here; the sessions in one query below.
+        const claims = await verifyAccessToken(key, token, new Date(now())).catch(() => undefined);
+        if (claims) verified.push([token, claims]);
+      }
+      const live = await liveSessions(db, verified.map(([, c]) => ({ sessionId: c.session_id, userId: c.sub })), sessionMaxAgeSeconds);
+      return new Set(verified.filter(([, c]) => live.has(c.session_id)).map(([token]) => token));
     },
 
     async close() {},

@@ -27,5 +27,10 @@ export interface AuthProvider {
   signOut(claims: Claims, accessToken: string, scope: SignOutScope): Promise<void>;
   /** Verified claims of a live session; AuthError for a bad, expired or revoked token. */
   verify(accessToken: string): Promise<Claims>;
+  /**
+   * The tokens among these that `verify` would still accept, asked together (the live
+   * streams' periodic re-check). A token the authority cannot answer for counts as valid.
+   */
+  stillValid(accessTokens: string[]): Promise<Set<string>>;
   close(): Promise<void>;
 }

@@ -1,5 +1,6 @@
 import { createClient, isAuthApiError, isAuthSessionMissingError, type Session } from '@supabase/supabase-js';
 import type { Db } from '../db/client.js';
+import type { Claims } from '../db/scope.js';
 import { AuthError } from '../errors.js';
 import { normaliseEmail, validateSignUp } from './credentials.js';
 import { upsertProfile } from './profiles.js';
@@ -55,6 +56,20 @@ export function createSupabaseAuth(options: SupabaseAuthOptions): AuthProvider {
     knownUsers.add(user.id);
   }
 
+  async function verify(accessToken: string): Promise<Claims> {
+    const claims = await verifyToken(accessToken, new Date(now()));
+    const live = await liveness.isLive({
+      sessionId: claims.session_id,
+      userId: claims.sub,
+      expiresAtMs: claims.exp * 1000,
+      accessToken,
+    });
+    if (!live) throw new AuthError();
+    // Users who signed up elsewhere (another app on the project) get a profile on first sight.
+    if (!knownUsers.has(claims.sub) && claims.email) await rememberProfile({ id: claims.sub, email: claims.email });
+    return claims;
+  }
+
   async function toAuthSession(session: Session): Promise<AuthSession> {
     // Kiln's users sign in by email, so their sessions always carry one.
     if (!session.user.email) throw new Error(`Supabase user ${session.user.id} has no email`);
@@ -97,18 +112,24 @@ export function createSupabaseAuth(options: SupabaseAuthOptions): AuthProvider {
       }
     },
 
-    async verify(accessToken) {
-      const claims = await verifyToken(accessToken, new Date(now()));
-      const live = await liveness.isLive({
-        sessionId: claims.session_id,
-        userId: claims.sub,
-        expiresAtMs: claims.exp * 1000,
-        accessToken,
-      });
-      if (!live) throw new AuthError();
-      // Users who signed up elsewhere (another app on the project) get a profile on first sight.
-      if (!knownUsers.has(claims.sub) && claims.email) await rememberProfile({ id: claims.sub, email: claims.email });
-      return claims;
+    verify,
+
+    async stillValid(accessTokens) {
+      // One question per token, from the liveness cache when it has the answer; a few at a time.
+      const valid = new Set<string>();
+      const queue = [...accessTokens];
+      const worker = async () => {
+        for (let token = queue.shift(); token !== undefined; token = queue.shift()) {
+          try {
+            await verify(token);
+            valid.add(token);
+          } catch (error) {
+            if (!(error instanceof AuthError)) valid.add(token); // GoTrue could not tell: ask again next time
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(8, queue.length) }, worker));
+      return valid;
     },
 
     async close() {

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import postgres from 'postgres';
+import { isConnectionError } from '../db/outage.js';
 import type { Logger } from '../observability/logger.js';
 import { type CrossProcessEventTarget, LocalListeners, throttledWarn } from './listeners.js';
 
@@ -29,6 +30,9 @@ import { type CrossProcessEventTarget, LocalListeners, throttledWarn } from './l
 export const MAX_NOTIFY_BYTES = 7_900;
 const MAX_PENDING = 10_000;
 const STATEMENT_BATCH = 100;
+/** Back-off of NOTIFY while the database is unreachable. */
+const FIRST_RETRY_MS = 100;
+const MAX_RETRY_MS = 2_000;
 
 export interface PostgresEventTargetOptions {
   /** LISTEN connection: direct or session-mode (never the transaction pooler). */
@@ -95,6 +99,7 @@ export function createPostgresEventTarget(options: PostgresEventTargetOptions): 
   };
 
   const flush = async () => {
+    let delayMs = FIRST_RETRY_MS;
     while (pending.length > 0 && !closed) {
       const batch = pending.slice(0, STATEMENT_BATCH);
       pending = pending.slice(batch.length);
@@ -102,8 +107,17 @@ export function createPostgresEventTarget(options: PostgresEventTargetOptions): 
         // One statement, one transaction; the elements are taken in order, so the
         // notifications go out in publishing order.
         await publisher`select pg_notify(${channel}, payload) from json_array_elements_text(${JSON.stringify(batch)}::text::json) as payload`;
+        delayMs = FIRST_RETRY_MS;
       } catch (error) {
-        warn({ err: error, lost: batch.length }, 'NOTIFY failed; subscribers will repair from the database');
+        if (!isConnectionError(error)) {
+          warn({ err: error, lost: batch.length }, 'NOTIFY failed; subscribers will repair from the database');
+          continue;
+        }
+        // The database is away (a failover): the batch goes out, in order, once it is back.
+        pending = [...batch, ...pending].slice(-MAX_PENDING);
+        warn({ err: error, pending: pending.length, retryInMs: delayMs }, 'NOTIFY failed: the database is unreachable; retrying');
+        await new Promise((resolve) => setTimeout(resolve, delayMs).unref());
+        delayMs = Math.min(delayMs * 2, MAX_RETRY_MS);
       }
     }
   };

@@ -1,4 +1,4 @@
-import { serviceScope } from '../db/scope.js';
+import { pipelineScope } from '../db/scope.js';
 import type { LlmMessage, LlmUsage } from '../llm/provider.js';
 import type { ProjectTarget } from '../toolchain/targets.js';
 import { Batcher, splitText } from './batcher.js';
@@ -39,7 +39,7 @@ export async function streamAnswer(
   signal: AbortSignal,
   onText: (text: string) => void,
 ): Promise<Answer> {
-  const db = serviceScope(deps.db);
+  const db = pipelineScope(deps.db, deps.logger);
   const { generationId, round } = input;
   const chunks = new Batcher<string>(async (texts) => {
     const rows = splitText(texts.join(''), MAX_CHUNK_CHARS).map((text) => ({ generationId, seq: cursor.nextChunkSeq++, text, round }));

@@ -1,4 +1,4 @@
-import { serviceScope } from '../db/scope.js';
+import { pipelineScope } from '../db/scope.js';
 import { type Diagnostic, parseDiagnostics } from '../toolchain/diagnostics.js';
 import { buildEnv, runStep, type StepResult } from '../toolchain/step-runner.js';
 import { type BuildStepSpec, commandLine } from '../toolchain/targets.js';
@@ -29,7 +29,7 @@ export interface BuildInput {
 }
 
 export async function build(deps: PipelineDeps, input: BuildInput, cwd: string, signal: AbortSignal): Promise<BuildOutcome> {
-  const db = serviceScope(deps.db);
+  const db = pipelineScope(deps.db, deps.logger);
   const { generationId, steps, round, cursor } = input;
   const { bins, stepTimeoutMs } = deps.toolchain;
   const first = cursor.nextStepOrdinal;

@@ -1,4 +1,4 @@
-import { serviceScope } from '../db/scope.js';
+import { pipelineScope } from '../db/scope.js';
 import type { StatusEvent } from '../events/bus.js';
 import type { LlmMessage, LlmUsage } from '../llm/provider.js';
 import { type Diagnostic, sameDiagnostics } from '../toolchain/diagnostics.js';
@@ -52,7 +52,7 @@ export interface HealingRun {
 
 /** Builds, and while the build fails with diagnostics and rounds are left, fixes and builds again. Throws the final failure. */
 export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promise<void> {
-  const db = serviceScope(deps.db);
+  const db = pipelineScope(deps.db, deps.logger);
   const buildRound = (round: number, changed: ReadonlySet<string> = new Set()) => {
     // A fix round skips steps whose inputs it left alone (dependencies stay installed).
     const steps = run.spec.steps.filter((step) => round === 0 || !step.rerunWhenChanged || step.rerunWhenChanged.some((path) => changed.has(path)));

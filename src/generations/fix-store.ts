@@ -14,7 +14,7 @@ export type FixRoundStatus = FixRoundRow['status'];
 export const fixStore = {
   async insertDiagnostics(tx: Tx, generationId: string, round: number, diagnostics: readonly Diagnostic[]) {
     if (diagnostics.length === 0) return;
-    await tx.insert(generationDiagnostics).values(diagnostics.map((d, ordinal) => ({ generationId, round, ordinal, ...d })));
+    await tx.insert(generationDiagnostics).values(diagnostics.map((d, ordinal) => ({ generationId, round, ordinal, ...d }))).onConflictDoNothing();
   },
 
   async diagnosticsOf(tx: Tx, generationIds: readonly string[]): Promise<DiagnosticRow[]> {
@@ -26,7 +26,7 @@ export const fixStore = {
   },
 
   async startRound(tx: Tx, generationId: string, round: number): Promise<void> {
-    await tx.insert(fixRounds).values({ generationId, round, status: 'RUNNING', startedAt: sql`now()` });
+    await tx.insert(fixRounds).values({ generationId, round, status: 'RUNNING', startedAt: sql`now()` }).onConflictDoNothing();
   },
 
   /** Ends a RUNNING round; a finished one never changes again. */

@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import type { Db, Tx } from '../db/client.js';
-import { serviceScope } from '../db/scope.js';
+import { isConnectionError } from '../db/outage.js';
+import { pipelineScope } from '../db/scope.js';
 import type { EventBus, StatusEvent } from '../events/bus.js';
 import type { LlmProvider, LlmUsage } from '../llm/provider.js';
 import { LlmError } from '../llm/provider.js';
@@ -50,7 +51,7 @@ export type StopReason = 'cancelled' | 'shutdown' | 'lease-lost';
  * before it is published; only the worker that won the claim writes.
  */
 export async function runGeneration(deps: PipelineDeps, generationId: string, stop: AbortSignal): Promise<GenerationRow | undefined> {
-  const db = serviceScope(deps.db);
+  const db = pipelineScope(deps.db, deps.logger);
   const claimed = await db.run((tx) => generationStore.claim(tx, generationId, deps.leaseMs));
   if (!claimed) return undefined; // someone else has it, or it was cancelled meanwhile
   const log = deps.logger.child({ source: 'GenerationPipeline', generationId, projectId: claimed.projectId });
@@ -115,6 +116,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
     stopWatching();
   }
 
+  const finishedAt = new Date();
   const finished = await db.run(async (tx) => {
     await generationStore.closePendingSteps(tx, generationId, outcome.status === 'CANCELLED' ? 'CANCELLED' : 'SKIPPED');
     await fixStore.closeRunningRounds(tx, generationId, outcome.status === 'CANCELLED' ? 'CANCELLED' : 'FAILED');
@@ -123,10 +125,15 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
       phase: 'DONE',
       inputTokens: usage.inputTokens,
       outputTokens: usage.outputTokens,
-      finishedAt: new Date(),
+      finishedAt,
       leaseExpiresAt: null,
     });
-    if (row && output) {
+    if (!row) {
+      // Run again after a database outage took COMMIT's reply: the row may already carry this ending.
+      const ended = await generationStore.find(tx, generationId);
+      return ended?.finishedAt?.getTime() === finishedAt.getTime() ? ended : undefined;
+    }
+    if (output) {
       await generationStore.insertMessage(tx, {
         projectId: claimed.projectId,
         sessionId: claimed.sessionId,
@@ -150,7 +157,7 @@ type RunContext = Awaited<ReturnType<typeof loadContext>>;
 
 /** What the run builds on: the project's target, the parent's files, the session so far. */
 async function loadContext(deps: PipelineDeps, generation: GenerationRow) {
-  return serviceScope(deps.db).run(async (tx) => {
+  return pipelineScope(deps.db, deps.logger).run(async (tx) => {
     const project = (await generationStore.projectOf(tx, generation.projectId))!;
     const secretName = providerSecret[deps.llm.name];
     const sealed = secretName && deps.secretBox ? await secretStore.ciphertextOf(tx, project.id, secretName) : undefined;
@@ -216,13 +223,13 @@ async function writeWorkspace(deps: PipelineDeps, context: RunContext, changes: 
     parentFiles: context.parentFiles,
     changes,
   });
-  await serviceScope(deps.db).run((tx) => generationStore.insertFiles(tx, files.map((file) => ({ generationId: generation.id, ...file }))));
+  await pipelineScope(deps.db, deps.logger).run((tx) => generationStore.insertFiles(tx, files.map((file) => ({ generationId: generation.id, ...file }))));
   await pruneWorkspaces(deps.workspaces.dir, generation.projectId, deps.workspaces.keepPerProject);
   return { dir, files };
 }
 
 async function setPhase(deps: PipelineDeps, id: string, phase: 'WRITING' | 'BUILDING' | 'FIXING', publish: (u: StatusEvent) => void) {
-  const row = await serviceScope(deps.db).run((tx) => generationStore.transition(tx, id, ['RUNNING'], { phase }));
+  const row = await pipelineScope(deps.db, deps.logger).run((tx) => generationStore.transition(tx, id, ['RUNNING'], { phase }));
   if (!row) throw new RunFailure('INTERRUPTED', 'This generation was ended elsewhere.');
   publish({ status: 'RUNNING', phase });
 }
@@ -237,6 +244,8 @@ function failureOutcome(error: unknown, signal: AbortSignal, log: Logger): Parti
   if (error instanceof LlmError) return { status: 'FAILED', errorCode: 'LLM_ERROR', errorMessage: error.message };
   if (error instanceof UnsafeOutputError) return { status: 'FAILED', errorCode: 'UNSAFE_OUTPUT', errorMessage: error.message };
   if (error instanceof OutputProtocolError) return { status: 'FAILED', errorCode: 'INVALID_OUTPUT', errorMessage: error.message };
+  // The database stayed away longer than the pipeline waits for it: handed back like a lapsed lease.
+  if (isConnectionError(error)) return { status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The database was unreachable for too long; a retry follows unless it was a retry itself.' };
   log.error({ err: error }, 'generation failed unexpectedly');
   return { status: 'FAILED', errorCode: 'INTERNAL', errorMessage: 'Something went wrong on our side; try again.' };
 }
@@ -244,6 +253,8 @@ function failureOutcome(error: unknown, signal: AbortSignal, log: Logger): Parti
 /**
  * Keeps the lease alive and stops the run when it is cancelled: at once through the
  * bus, and through the heartbeat (at most a second later) when the bus missed it.
+ * A heartbeat waits out a database outage (one at a time); the run is handed back
+ * only once the lease has surely lapsed, never while it may still hold.
  */
 function watchRun(deps: PipelineDeps, generationId: string, abort: (reason: StopReason) => void): () => void {
   const cancelEvents = deps.bus.subscribe('generationCancel', generationId);
@@ -253,16 +264,32 @@ function watchRun(deps: PipelineDeps, generationId: string, abort: (reason: Stop
       break;
     }
   })();
+  const log = deps.logger.child({ source: 'GenerationPipeline', generationId });
+  // The claim set the lease before its reply arrived, so it lapses before this at the latest.
+  let leaseHoldsUntil = performance.now() + deps.leaseMs;
+  let beating = false;
+  const handBack = () => {
+    clearInterval(beat);
+    abort('lease-lost');
+  };
   const beat = setInterval(() => {
-    serviceScope(deps.db)
+    if (performance.now() > leaseHoldsUntil) {
+      log.warn({ leaseMs: deps.leaseMs }, 'the lease lapsed while the database was unreachable; handing the run back');
+      return handBack();
+    }
+    if (beating) return;
+    beating = true;
+    pipelineScope(deps.db, deps.logger)
       .run((tx) => generationStore.heartbeat(tx, generationId, deps.leaseMs))
       .then(
         (row) => {
-          if (!row) abort('lease-lost');
-          else if (row.cancelRequestedAt) abort('cancelled');
+          if (!row) return handBack();
+          leaseHoldsUntil = performance.now() + deps.leaseMs;
+          if (row.cancelRequestedAt) abort('cancelled');
         },
-        (error: unknown) => deps.logger.warn({ source: 'GenerationPipeline', generationId, err: error }, 'heartbeat failed'),
-      );
+        (error: unknown) => log.warn({ err: error }, 'heartbeat failed'),
+      )
+      .finally(() => (beating = false));
   }, Math.min(1000, deps.leaseMs / 3));
   return () => {
     clearInterval(beat);

@@ -3,8 +3,9 @@ export const MAX_PATH_DEPTH = 16;
 
 // A closed ASCII set: anything else (look-alikes, RTL overrides, fullwidth slashes) is refused.
 const ALLOWED_PATH = /^[A-Za-z0-9._\-/@+]+$/;
-// Files the build tools read on their own (registry, scripts, tokens, environment): generated code must not steer them.
-const TOOL_STEERING = /^(\.npmrc|\.yarnrc.*|\.pnpmfile\.cjs|\.env.*)$/;
+// Files the build tools read on their own (registry, scripts, tokens, Vite's environment): generated
+// code must not steer them. `.env.example` is documentation that no tool reads.
+const TOOL_STEERING = /^(\.npmrc|\.yarnrc.*|\.pnpmfile\.cjs|\.env(?!\.example$).*)$/;
 
 /** The model's output names a path or size the workspace must not accept; ends the run as UNSAFE_OUTPUT. */
 export class UnsafeOutputError extends Error {

@@ -140,12 +140,16 @@ export const generationStore = {
     return row;
   },
 
-  /** Renews the lease of a running generation; nothing when it is no longer running. */
+  /**
+   * Renews the lease of a running generation; nothing when it is no longer running or
+   * its lease has lapsed (after a database outage longer than the lease, the run is
+   * handed back rather than revived: recovery may be ending it at the same moment).
+   */
   async heartbeat(tx: Tx, id: string, leaseMs: number) {
     const [row] = await tx
       .update(generations)
       .set({ leaseExpiresAt: sql`now() + ${leaseMs} * interval '1 millisecond'` })
-      .where(and(eq(generations.id, id), eq(generations.status, 'RUNNING')))
+      .where(and(eq(generations.id, id), eq(generations.status, 'RUNNING'), gt(generations.leaseExpiresAt, sql`now()`)))
       .returning({ cancelRequestedAt: generations.cancelRequestedAt });
     return row;
   },
@@ -195,8 +199,11 @@ export const generationStore = {
       .where(and(inArray(generations.id, [...generationIds]), inArray(projectMembers.userId, [...userIds])));
   },
 
+  // Pipeline writes are idempotent (ON CONFLICT DO NOTHING on their keys): a batch whose
+  // commit reply was lost in a database outage is written again, never twice.
+
   async appendChunks(tx: Tx, rows: (typeof generationChunks.$inferInsert)[]) {
-    if (rows.length > 0) await tx.insert(generationChunks).values(rows);
+    if (rows.length > 0) await tx.insert(generationChunks).values(rows).onConflictDoNothing();
   },
 
   async chunksAfter(tx: Tx, generationId: string, afterSeq: number, limit: number): Promise<ChunkRow[]> {
@@ -218,7 +225,7 @@ export const generationStore = {
   },
 
   async insertSteps(tx: Tx, rows: (typeof buildSteps.$inferInsert)[]) {
-    if (rows.length > 0) await tx.insert(buildSteps).values(rows);
+    if (rows.length > 0) await tx.insert(buildSteps).values(rows).onConflictDoNothing();
   },
 
   async updateStep(tx: Tx, generationId: string, ordinal: number, values: Partial<typeof buildSteps.$inferInsert>) {
@@ -238,7 +245,7 @@ export const generationStore = {
   },
 
   async appendLogLines(tx: Tx, rows: (typeof buildLogLines.$inferInsert)[]) {
-    if (rows.length > 0) await tx.insert(buildLogLines).values(rows);
+    if (rows.length > 0) await tx.insert(buildLogLines).values(rows).onConflictDoNothing();
   },
 
   async logLinesAfter(tx: Tx, generationId: string, afterSeq: number, limit: number): Promise<LogLineRow[]> {
@@ -262,7 +269,7 @@ export const generationStore = {
 
   async insertFiles(tx: Tx, rows: FileRow[]) {
     // Large workspaces go in slices so one statement stays well under parameter limits.
-    for (let i = 0; i < rows.length; i += 500) await tx.insert(generationFiles).values(rows.slice(i, i + 500));
+    for (let i = 0; i < rows.length; i += 500) await tx.insert(generationFiles).values(rows.slice(i, i + 500)).onConflictDoNothing();
   },
 
   async filesOf(tx: Tx, generationId: string, withContent: boolean) {

@@ -3,18 +3,21 @@ import type { Logger } from '../observability/logger.js';
 
 // Live streams end when access ends, whatever the transport (SSE or graphql-ws): every
 // open stream is put under watch here, and one timer per process re-checks all of them
-// together every `intervalMs`: each distinct token once (expiry, sign-out of any scope,
-// refresh-token reuse), then every (user, generation) pair in one query (removal from
+// together every `intervalMs`: the distinct tokens in one question to the auth provider
+// (expiry, sign-out of any scope, refresh-token reuse; the local provider answers with
+// one query), then every (user, generation) pair in one query (removal from
 // the project, the project archived). A stream whose access ended gets a typed error
-// as its last result (see api/stream-errors.ts), then completes. A token's expiry ends
-// its streams on time through a timer of its own. Nothing happens per message.
+// as its last result (see api/stream-errors.ts), then completes. An SSE stream also
+// ends at its token's `exp` through a timer (a socket closes itself then, 4403). No
+// query or check runs per message: a pull only passes through an interruptible wrapper
+// (envelop's iterator helpers cannot end a pull that is waiting).
 //
 // The same registry caps what one user keeps open (LIVE_STREAMS_PER_USER): SSE
 // streams, counted here, and WebSocket connections, counted by the transport.
 
 export interface StreamAccessOptions {
-  /** The auth provider's verify: throws AuthError once the token expired or its session ended. */
-  verify: (accessToken: string) => Promise<unknown>;
+  /** The auth provider's stillValid: the tokens among these that are unexpired and whose session is live. */
+  stillValid: (accessTokens: string[]) => Promise<Set<string>>;
   /** The (user, generation) pairs among these where the user is a member of the generation's project. */
   accessOf: (userIds: string[], generationIds: string[]) => Promise<{ userId: string; generationId: string; archivedAt: Date | null }[]>;
   intervalMs: number;
@@ -56,8 +59,6 @@ export class TooManyStreamsError extends AppError {
 
 const accessKey = (userId: string, generationId: string) => `${userId}:${generationId}`;
 
-/** Tokens verified at once by a re-check. */
-const VERIFY_CONCURRENCY = 8;
 /** setTimeout's longest delay. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -68,7 +69,7 @@ interface Watched {
 }
 
 export function createStreamAccess(options: StreamAccessOptions): StreamAccess {
-  const { verify, accessOf, maxPerUser } = options;
+  const { stillValid, accessOf, maxPerUser } = options;
   const now = options.now ?? Date.now;
   const log = options.logger.child({ source: 'StreamAccess' });
   const watched = new Set<Watched>();
@@ -110,20 +111,12 @@ export function createStreamAccess(options: StreamAccessOptions): StreamAccess {
       if (same) same.push(stream);
       else byToken.set(stream.viewer.accessToken, [stream]);
     }
-    const queue = [...byToken];
-    const worker = async () => {
-      for (let next = queue.shift(); next; next = queue.shift()) {
-        const [token, streams] = next;
-        try {
-          await verify(token);
-        } catch (error) {
-          if (!(error instanceof AuthError)) throw error;
-          log.info({ streams: streams.length }, 'session ended or token expired: ending its streams');
-          for (const stream of streams) stream.end(sessionEnded());
-        }
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(VERIFY_CONCURRENCY, queue.length) }, worker));
+    const valid = await stillValid([...byToken.keys()]);
+    for (const [token, streams] of byToken) {
+      if (valid.has(token)) continue;
+      log.info({ streams: streams.length }, 'session ended or token expired: ending its streams');
+      for (const stream of streams) stream.end(sessionEnded());
+    }
   };
 
   const recheckMembership = async () => {
@@ -188,9 +181,8 @@ function sessionEnded() {
 function guarded<T>(inner: AsyncGenerator<T>, register: (entry: { end(error: AppError): void }) => () => void): AsyncGenerator<T> {
   let ended: AppError | undefined;
   let finished = false;
-  let wake: ((error: AppError) => void) | undefined;
-  const endSignal = new Promise<never>((_resolve, reject) => (wake = reject));
-  endSignal.catch(() => {}); // observed through the race below
+  /** Rejects the pull in progress (a fresh promise per pull, so nothing piles up on a long stream). */
+  let interrupt: ((error: AppError) => void) | undefined;
   const done = { done: true, value: undefined } as IteratorReturnResult<undefined>;
 
   const finish = async () => {
@@ -203,11 +195,11 @@ function guarded<T>(inner: AsyncGenerator<T>, register: (entry: { end(error: App
     end(error) {
       if (ended || finished) return;
       ended = error;
-      wake?.(error);
+      interrupt?.(error);
     },
   });
 
-  const outer: AsyncGenerator<T> = {
+  return {
     async next() {
       if (finished) return done;
       if (ended) {
@@ -217,8 +209,10 @@ function guarded<T>(inner: AsyncGenerator<T>, register: (entry: { end(error: App
       }
       try {
         const pending = inner.next();
-        pending.catch(() => {});
-        const result = await Promise.race([pending, endSignal]);
+        const result = await new Promise<IteratorResult<T>>((resolve, reject) => {
+          interrupt = reject;
+          pending.then(resolve, reject);
+        }).finally(() => (interrupt = undefined));
         if (result.done) await finish();
         return result;
       } catch (error) {
@@ -241,5 +235,4 @@ function guarded<T>(inner: AsyncGenerator<T>, register: (entry: { end(error: App
       await finish();
     },
   };
-  return outer;
 }

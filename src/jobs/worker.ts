@@ -120,8 +120,10 @@ export function startWorker(options: WorkerOptions): Worker {
       })
       .catch((error: unknown) => log.error({ err: error }, 'lease recovery failed'));
 
+  // One recovery at a time: through a database outage, each waits for the database (db/outage.ts).
+  let recovering: Promise<void> | undefined;
   const poll = setInterval(() => {
-    void recover();
+    recovering ??= recover().finally(() => (recovering = undefined));
     wake();
   }, options.pollMs ?? Math.max(500, Math.min(5000, pipeline.leaseMs / 2)));
   void recover({ all: options.soleWorker }).then(wake);

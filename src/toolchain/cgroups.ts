@@ -95,7 +95,7 @@ async function counter(file: string, name: string): Promise<number> {
 
 // A group is removable only once its last process is reaped, a moment after it exits.
 async function removeWhenEmpty(dir: string): Promise<void> {
-  for (let attempt = 0; attempt < 100; attempt++) {
+  for (let attempt = 0; attempt < 1000; attempt++) {
     try {
       await rmdir(dir);
       return;
@@ -103,7 +103,7 @@ async function removeWhenEmpty(dir: string): Promise<void> {
       const code = (error as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') return;
       if (code !== 'EBUSY') throw error;
-      await delay(20);
+      await delay(2);
     }
   }
 }

@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { access, lstat, mkdir, readFile, readlink, realpath } from 'node:fs/promises';
+import { access, lstat, mkdir, readFile, readlink, realpath, writeFile } from 'node:fs/promises';
 import { delimiter, dirname, basename, isAbsolute, join, resolve, sep } from 'node:path';
 import type { Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -156,10 +156,12 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     }
   }
   for (const root of toolchain) assertExposable(root, workspace);
+  const toolLocks = stepAccess.tool === 'flutter' ? await flutterLock(toolchain[0]!, stepAccess.cacheDir) : [];
 
   const cache = { npm: join(stepAccess.cacheDir, 'npm'), pub: join(stepAccess.cacheDir, 'pub') };
-  await mkdir(cache.npm, { recursive: true });
-  await mkdir(cache.pub, { recursive: true });
+  await mkdir(stepAccess.cacheDir, { recursive: true });
+  // The fetch may have left anything in the cache, a symlink too: mkdir never follows one.
+  for (const dir of Object.values(cache)) await mkdir(dir).catch(ignoreExisting);
   const env: Record<string, string> = {};
   for (const name of [...ENV_ALWAYS, ...(stepAccess.fetch ? ENV_FETCH : [])]) {
     const value = step.env[name];
@@ -192,6 +194,7 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     // After the private /tmp, since a toolchain, a CA file or the workspace may live under the host's /tmp.
     ...roBindTry(caFiles),
     ...[...new Set(toolchain)].flatMap((root) => ['--ro-bind', root, root]),
+    ...toolLocks,
     ...['--bind', workspace, workspace],
     ...[stepAccess.fetch ? '--bind' : '--ro-bind', stepAccess.cacheDir, stepAccess.cacheDir],
     ...['--chdir', workspace],
@@ -289,6 +292,24 @@ function rlimitArgs(limits: StepLimits): string[] {
   ];
 }
 
+/**
+ * The Flutter tool takes a lock in its SDK (`bin/cache/lockfile`) even when it only reads
+ * the SDK: each project gets a lock file of its own there, the rest of the SDK stays
+ * read-only (so it must be precached: `flutter precache --web`). The file lives in the
+ * project's folder, which no sandbox can write, so it cannot be swapped for a symlink.
+ */
+async function flutterLock(sdkRoot: string, cacheDir: string): Promise<string[]> {
+  const lock = join(sdkRoot, 'bin', 'cache', 'lockfile');
+  if (!(await lstat(lock).catch(() => undefined))?.isFile()) return [];
+  const own = join(dirname(cacheDir), '.flutter-lockfile');
+  await writeFile(own, '', { flag: 'a' });
+  return ['--bind', own, lock];
+}
+
+function ignoreExisting(error: NodeJS.ErrnoException): void {
+  if (error.code !== 'EEXIST') throw error;
+}
+
 /** A toolchain's own folder: the SDK or package root above its `bin/`, else the executable's folder. */
 export function toolchainRoot(realExecutable: string): string {
   const folder = dirname(realExecutable);
@@ -323,9 +344,9 @@ async function isExecutable(path: string): Promise<boolean> {
 
 /** Resolves once `pid` has exited (or is a zombie waiting to be reaped), within a few seconds. */
 async function vanished(pid: number): Promise<void> {
-  for (let attempt = 0; attempt < 250; attempt++) {
+  for (let attempt = 0; attempt < 1000; attempt++) {
     const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
     if (!stat || stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) return;
-    await delay(20);
+    await delay(5);
   }
 }

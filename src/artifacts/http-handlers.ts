@@ -1,0 +1,188 @@
+import type { KeyObject } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Counter } from 'prom-client';
+import type { Db } from '../db/client.js';
+import { serviceScope } from '../db/scope.js';
+import type { Logger } from '../observability/logger.js';
+import type { Metrics } from '../observability/metrics.js';
+import { type ArchiveEntry, type ArchiveFormat, archiveContentType, archiveFilename, writeArchive } from './archive.js';
+import type { BlobStore } from './blob-store.js';
+import { manifestStore } from './manifest-store.js';
+import { type Manifest, plain, servePreview } from './preview.js';
+import { verifyCapability } from './signed-urls.js';
+
+// The HTTP side of outputs: /preview/<capability>/… and /archive/<capability>/<name>,
+// answered only for a valid, unexpired capability of the right kind.
+
+/** Headers of every preview response: generated code is untrusted and runs in an opaque origin. */
+const PREVIEW_HEADERS = {
+  'Content-Security-Policy': 'sandbox allow-scripts allow-forms allow-popups allow-modals',
+  'X-Content-Type-Options': 'nosniff',
+  'Referrer-Policy': 'no-referrer',
+  // A sandboxed document's fetch() and module scripts are cross-origin requests.
+  'Access-Control-Allow-Origin': '*',
+  'Cache-Control': 'private, no-cache',
+} as const;
+
+const MANIFEST_TTL_MS = 60_000;
+const MANIFESTS_KEPT = 200;
+
+export interface OutputHandlers {
+  /** Answers preview and archive requests (and on PREVIEW_ORIGIN every request); false leaves it to the API. */
+  route(req: IncomingMessage, res: ServerResponse): boolean;
+  /** Drops the manifests kept in memory (after a collection). */
+  forget(): void;
+}
+
+export function outputHandlers(deps: {
+  key: KeyObject;
+  store: BlobStore;
+  db: Db;
+  logger: Logger;
+  metrics: Metrics;
+  /** PREVIEW_ORIGIN's host, when previews have an origin of their own. */
+  previewHost?: string;
+}): OutputHandlers {
+  const { key, store, previewHost } = deps;
+  const scope = serviceScope(deps.db);
+  const log = deps.logger;
+  const requests = new Counter({
+    name: 'kiln_output_requests_total',
+    help: 'Preview and archive requests answered, by kind and status.',
+    labelNames: ['kind', 'status'] as const,
+    registers: [deps.metrics.registry],
+  });
+  const bytesSent = new Counter({
+    name: 'kiln_output_bytes_total',
+    help: 'Bytes of preview and archive responses sent (headers included), by kind.',
+    labelNames: ['kind'] as const,
+    registers: [deps.metrics.registry],
+  });
+  // Bundles never change once stored; kept a minute so a deleted project stops serving soon.
+  const manifests = new Map<string, { manifest: Manifest; loadedAt: number }>();
+
+  const manifestOf = async (generationId: string): Promise<Manifest | undefined> => {
+    const cached = manifests.get(generationId);
+    if (cached && Date.now() - cached.loadedAt < MANIFEST_TTL_MS) return cached.manifest;
+    const entries = await scope.run((tx) => manifestStore.entriesOf(tx, generationId, 'BUNDLE'));
+    manifests.delete(generationId);
+    if (entries.length === 0) return undefined;
+    const manifest: Manifest = new Map(entries.map((entry) => [entry.path, entry]));
+    manifests.set(generationId, { manifest, loadedAt: Date.now() });
+    if (manifests.size > MANIFESTS_KEPT) manifests.delete(manifests.keys().next().value!);
+    return manifest;
+  };
+
+  /** Counts what a handler sends, then records it once the response is over. */
+  const observe = (kind: 'preview' | 'archive', req: IncomingMessage, res: ServerResponse, work: () => Promise<number>) => {
+    const started = performance.now();
+    // What the socket sent for this response (headers included); keep-alive requests on it come one after another.
+    const socket = res.socket;
+    const sentBefore = socket?.bytesWritten ?? 0;
+    res.once('close', () => {
+      const status = res.statusCode;
+      const bytes = (socket?.bytesWritten ?? 0) - sentBefore;
+      requests.inc({ kind, status: String(status) });
+      bytesSent.inc({ kind }, bytes);
+      if (log.isLevelEnabled('info')) {
+        // The capability stays out of the log: whoever reads it could use the URL.
+        const path = req.url?.replace(/^\/(preview|archive)\/[^/?]+/, '/$1/…');
+        log.info({ kind, path, status, bytes, ms: Math.round(performance.now() - started) }, `${kind} request`);
+      }
+    });
+    work().catch((error: unknown) => {
+      log.error({ err: error, kind }, 'output request failed');
+      plain(res, 500, 'Something went wrong.');
+    });
+  };
+
+  const refuse = (res: ServerResponse, reason: 'malformed' | 'forged' | 'expired') =>
+    reason === 'expired' ? plain(res, 410, 'This link has expired; ask Kiln for a new one.') : plain(res, reason === 'forged' ? 403 : 404, 'Not found.');
+
+  const preview = (req: IncomingMessage, res: ServerResponse, token: string, rest: string | undefined) =>
+    observe('preview', req, res, async () => {
+      for (const [name, value] of Object.entries(PREVIEW_HEADERS)) res.setHeader(name, value);
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        res.setHeader('Allow', 'GET, HEAD');
+        return plain(res, 405, 'Method not allowed.');
+      }
+      const verified = verifyCapability(key, 'preview', token);
+      if (!verified.ok) return refuse(res, verified.reason);
+      // Relative URLs resolve against the folder: /preview/<token> becomes /preview/<token>/.
+      if (rest === undefined) {
+        res.writeHead(308, { Location: `/preview/${token}/` }).end();
+        return 308;
+      }
+      const manifest = await manifestOf(verified.capability.generationId);
+      if (!manifest) return plain(res, 404, 'This generation has no web bundle.');
+      return servePreview({ req, res, rest, root: `/preview/${token}/`, manifest, store });
+    });
+
+  const archive = (req: IncomingMessage, res: ServerResponse, token: string, name: string) =>
+    observe('archive', req, res, async () => {
+      res.setHeader('X-Content-Type-Options', 'nosniff');
+      res.setHeader('Referrer-Policy', 'no-referrer');
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        res.setHeader('Allow', 'GET, HEAD');
+        return plain(res, 405, 'Method not allowed.');
+      }
+      const format: ArchiveFormat | undefined = name.endsWith('.zip') ? 'ZIP' : name.endsWith('.tar.gz') ? 'TAR_GZ' : undefined;
+      if (!format) return plain(res, 404, 'Not found.');
+      const verified = verifyCapability(key, format === 'ZIP' ? 'zip' : 'tar.gz', token);
+      if (!verified.ok) return refuse(res, verified.reason);
+      const generationId = verified.capability.generationId;
+      const { facts, sources } = await scope.run(async (tx) => ({
+        facts: await manifestStore.archiveFacts(tx, generationId),
+        sources: await manifestStore.sourcesOf(tx, generationId),
+      }));
+      if (!facts || sources.length === 0) return plain(res, 404, 'Not found.');
+      const filename = archiveFilename(facts.projectName, generationId, format);
+      res.writeHead(200, {
+        'Content-Type': archiveContentType[format],
+        'Content-Disposition': `attachment; filename="${filename}"`,
+        'Cache-Control': 'private, no-store',
+      });
+      if (req.method === 'HEAD') {
+        res.end();
+        return 200;
+      }
+      const entries: ArchiveEntry[] = sources.map((file) => ({
+        path: file.path,
+        size: file.size,
+        content: async () => {
+          const content = file.stored
+            ? await store.read(file.sha256)
+            : await scope.run((tx) => manifestStore.fileContent(tx, generationId, file.path)).then((text) => (text === undefined ? undefined : Buffer.from(text, 'utf8')));
+          if (!content) throw new Error(`The content of ${file.path} (${file.sha256}) is missing from the artefact store`);
+          return content;
+        },
+      }));
+      await writeArchive(format, entries, facts.finishedAt ?? facts.createdAt, res);
+      return 200;
+    });
+
+  return {
+    route: (req, res) => {
+      const path = (req.url ?? '/').split('?')[0]!;
+      const onPreviewOrigin = previewHost !== undefined && req.headers.host?.toLowerCase() === previewHost;
+      const previewMatch = /^\/preview\/([^/]+)(?:\/(.*))?$/.exec(path);
+      if (previewMatch && (previewHost === undefined || onPreviewOrigin)) {
+        preview(req, res, previewMatch[1]!, previewMatch[2]);
+        return true;
+      }
+      if (onPreviewOrigin || previewMatch) {
+        // The preview origin serves previews only, and the API's origin none.
+        for (const [name, value] of Object.entries(PREVIEW_HEADERS)) res.setHeader(name, value);
+        plain(res, 404, 'Not found.');
+        return true;
+      }
+      const archiveMatch = /^\/archive\/([^/]+)\/([^/]+)$/.exec(path);
+      if (archiveMatch) {
+        archive(req, res, archiveMatch[1]!, archiveMatch[2]!);
+        return true;
+      }
+      return false;
+    },
+    forget: () => manifests.clear(),
+  };
+}

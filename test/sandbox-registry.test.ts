@@ -1,0 +1,72 @@
+import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { probeBwrap } from '../src/toolchain/sandbox.js';
+import { webTarget } from '../src/toolchain/web-target.js';
+import { databaseKind } from './support/db.js';
+import { type FakeGemini, startFakeGemini } from './support/fake-gemini.js';
+import { createProject, signUp, type TestUser } from './support/fixtures.js';
+import { type GenerationServer, rawId, repoRoot, startAccepted, startGenerationServer, waitForEnd } from './support/generation-helpers.js';
+import { hostProcessesWith, probeResults, probeScript } from './support/hostile-project.js';
+
+// The WEB target for real in the sandbox: `npm install --ignore-scripts` from the npm
+// registry (the only step with network), then the real tsc and `vite build` with the
+// project's own vite.config.ts, with none. It needs the registry, so it is opt-in:
+// KILN_TEST_REGISTRY=1 runs it.
+
+const bwrapProblem = await probeBwrap();
+const skipReason =
+  process.env.KILN_TEST_REGISTRY !== '1' ? 'needs the npm registry: set KILN_TEST_REGISTRY=1 to run it' : bwrapProblem;
+
+describe.skipIf(skipReason !== undefined)(`the real WEB toolchain in the build sandbox (${databaseKind})${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
+  let gemini: FakeGemini;
+  let server: GenerationServer;
+  let owner: TestUser;
+
+  beforeAll(async () => {
+    gemini = await startFakeGemini();
+    server = await startGenerationServer({ BUILD_SANDBOX: 'bwrap', LLM_PROVIDER: 'gemini', GEMINI_API_KEY: 'x', GEMINI_BASE_URL: gemini.baseUrl, WORKER_CONCURRENCY: '1', AUTO_FIX_MAX_ROUNDS: '0' });
+    owner = await signUp(server);
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+    await gemini?.close();
+  });
+
+  it('builds an app whose vite.config.ts and postinstall probe the server, and they reach nothing', { timeout: 240_000 }, async () => {
+    const marker = randomUUID().slice(0, 8);
+    const apiPort = Number(new URL(server.url).port);
+    const probes = probeScript('reach', { serverPid: process.pid, dataDir: server.dataDir, repoRoot: repoRoot.replace(/\/$/, ''), apiPort, marker });
+    const packageJson = JSON.parse(webTarget.template['package.json']!) as Record<string, unknown>;
+    const files: Record<string, string> = {
+      'package.json': `${JSON.stringify({ ...packageJson, scripts: { ...(packageJson.scripts as object), postinstall: 'sh probes.sh' } }, null, 2)}\n`,
+      'probes.sh': probes,
+      // Vite runs its config as code: the build step runs the probes once more, with no network.
+      'vite.config.ts': "import { execFileSync } from 'node:child_process';\nexecFileSync('sh', ['probes.sh'], { stdio: 'inherit' });\nexport default {};\n",
+      'src/App.tsx': 'export default function App() {\n  return <h1>Probed</h1>;\n}\n',
+    };
+    const answer = Object.entries(files).map(([path, content]) => `<file path="${path}">\n${content}</file>`).join('\n');
+    gemini.script({ kind: 'stream', chunks: [answer], usage: { promptTokens: 10, outputTokens: 10 } });
+    const project = await createProject(owner.client, { target: 'WEB' });
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'a probing app' });
+    const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id, 230_000);
+
+    expect(generation.error).toBeNull();
+    expect(generation.status).toBe('SUCCEEDED');
+    // The postinstall never ran; vite.config.ts did, and reached nothing.
+    expect(generation.buildLog.filter((line) => line.step === 'install' && line.text.startsWith('PROBE'))).toEqual([]);
+    const results = probeResults(generation.buildLog.filter((line) => line.step === 'build'));
+    expect(Object.keys(results)).toContain('environ');
+    for (const [probe, result] of Object.entries(results)) {
+      if (probe === 'host-tmp' || probe === 'daemon') continue;
+      expect(`${probe}: ${result}`).toMatch(new RegExp(`^${probe}: blocked`));
+    }
+    expect(await hostProcessesWith(`kiln-daemon-${marker}`)).toEqual([]);
+    const workspace = join(server.workspacesDir, rawId(project.id), rawId(generation.id));
+    expect(existsSync(join(workspace, 'dist', 'index.html'))).toBe(true);
+    // The npm cache is the project's own.
+    expect(existsSync(join(server.workspacesDir, rawId(project.id), '.cache', 'npm'))).toBe(true);
+  });
+});
