@@ -10,12 +10,19 @@ import type { Command, Reply } from './support/fanout-server.js';
 // graphql-ws subscriptions against as many bare `ws` connections. The server runs in a
 // child process with --expose-gc; the clients run here.
 //
-// FANOUT_N (1000), FANOUT_RATE batches/s (20), FANOUT_SECONDS (10), FANOUT_IDLE (5000);
-// FANOUT_ONLY=latency|memory; FANOUT_PROFILE=<dir> writes the server's CPU profiles there.
+// Then the same graphql-ws fan-out while FANOUT_JOIN more viewers subscribe mid-stream,
+// each replaying the generation's history (FANOUT_HISTORY persisted chunks) first: the
+// live latency of the viewers already there, and whether every late viewer got every seq.
+//
+// FANOUT_N (1000), FANOUT_RATE batches/s (20), FANOUT_SECONDS (5), FANOUT_IDLE (5000),
+// FANOUT_JOIN (500), FANOUT_HISTORY (200);
+// FANOUT_ONLY=latency|join|memory; FANOUT_PROFILE=<dir> writes the server's CPU profiles there.
 
 const N = Number(process.env.FANOUT_N ?? 1000);
 const RATE = Number(process.env.FANOUT_RATE ?? 20);
-const SECONDS = Number(process.env.FANOUT_SECONDS ?? 10);
+const SECONDS = Number(process.env.FANOUT_SECONDS ?? 5);
+const JOIN = Number(process.env.FANOUT_JOIN ?? 500);
+const HISTORY = Number(process.env.FANOUT_HISTORY ?? 200);
 const IDLE = Number(process.env.FANOUT_IDLE ?? 5000);
 const BATCHES = RATE * SECONDS;
 /**
@@ -27,7 +34,7 @@ const BATCHES = RATE * SECONDS;
  * published still gets it by replay.
  */
 const PERSIST = process.env.FANOUT_PERSIST === '1';
-/** FANOUT_ONLY=latency or memory runs one half. */
+/** FANOUT_ONLY=latency, join or memory runs one part. */
 const ONLY = process.env.FANOUT_ONLY;
 /** How long after the last publish stragglers may still arrive. */
 const DRAIN_MS = 5000;
@@ -128,10 +135,11 @@ class Recorder {
   private readonly counts = new Map<number, number>();
   private readonly waiters = new Map<number, (() => void)[]>();
 
-  /** `offset`: the server's clock minus ours. */
+  /** `offset`: the server's clock minus ours; latency counts from `firstLiveSeq` on (earlier seqs are warm-up or history). */
   constructor(
     readonly subscribers: number,
     private readonly offset = 0,
+    private readonly firstLiveSeq = 1,
   ) {
     for (let i = 0; i < subscribers; i++) this.seen.push(new Set());
   }
@@ -141,7 +149,7 @@ class Recorder {
     const seen = this.seen[subscriber]!;
     if (seen.has(seq)) return;
     seen.add(seq);
-    if (seq > 0) this.latencies.push(at - Number.parseFloat(text));
+    if (seq >= this.firstLiveSeq) this.latencies.push(at - Number.parseFloat(text));
     const count = (this.counts.get(seq) ?? 0) + 1;
     this.counts.set(seq, count);
     if (count === this.subscribers) for (const resolve of this.waiters.get(seq) ?? []) resolve();
@@ -176,7 +184,7 @@ interface Subscriber {
   close(): void;
 }
 
-function graphqlWsSubscriber(url: string, token: string, generationId: string, onChunk: (seq: number, text: string) => void): Promise<Subscriber> {
+function graphqlWsSubscriber(url: string, token: string, generationId: string, onChunk: (seq: number, text: string) => void, afterSeq?: number): Promise<Subscriber> {
   return new Promise((resolve, reject) => {
     const socket = new WebSocket(`${url.replace(/^http/, 'ws')}/graphql`, 'graphql-transport-ws');
     socket.once('error', reject);
@@ -184,7 +192,7 @@ function graphqlWsSubscriber(url: string, token: string, generationId: string, o
     socket.on('message', (data: Buffer) => {
       const message = JSON.parse(data.toString()) as { type: string; payload?: { data?: { generationChunks?: { seq: number; text: string } } } };
       if (message.type === 'connection_ack') {
-        socket.send(JSON.stringify({ id: '1', type: 'subscribe', payload: { query: CHUNKS, variables: { id: generationId } } }));
+        socket.send(JSON.stringify({ id: '1', type: 'subscribe', payload: { query: CHUNKS, variables: { id: generationId, afterSeq } } }));
         resolve({ close: () => socket.terminate() });
       } else if (message.type === 'next') {
         const chunk = message.payload?.data?.generationChunks;
@@ -334,8 +342,60 @@ async function idleMemory(kind: 'graphql-ws' | 'bare ws'): Promise<{ perConnecti
 }
 
 export default async function run(): Promise<void> {
-  if (ONLY !== 'memory') await latency();
-  if (ONLY !== 'latency') await memory();
+  if (!ONLY || ONLY === 'latency') await latency();
+  if (!ONLY || ONLY === 'join') await join();
+  if (!ONLY || ONLY === 'memory') await memory();
+}
+
+/** N viewers live (their history already seen); after a second, JOIN more subscribe from the start, replaying the history. */
+async function join(): Promise<void> {
+  log(`join mid-stream: ${N} graphql-ws viewers live, then ${JOIN} more subscribe with a replay of ${HISTORY}+ chunks (chunks persisted first, as the pipeline does)`);
+  const server = new ServerProcess();
+  let base: FanoutResult;
+  let joined: FanoutResult;
+  try {
+    const { url, wsUrl } = await server.ask({ cmd: 'start' });
+    const { token, generations } = await setUp(url, 1);
+    const generation = generations[0]!;
+    base = await fanout(server, 'bare ws broadcast', 'ws', '', (_i, onChunk) => bareWsSubscriber(wsUrl, onChunk));
+    await server.ask({ cmd: 'history', generationId: generation.uuid, count: HISTORY });
+    const offset = await server.clockOffset();
+    const viewers = new Recorder(N, offset, HISTORY + 1);
+    const started = performance.now();
+    const live = await openAll(N, (i) => graphqlWsSubscriber(url, token, generation.id, (seq, text) => viewers.record(i, seq, text), HISTORY - 1));
+    await server.ask({ cmd: 'produce', target: 'kiln', generationId: generation.uuid, firstSeq: HISTORY, batches: 1, rate: RATE, persist: true });
+    if (!(await viewers.until(HISTORY, 30_000))) throw new Error('join: not every viewer got the warm-up chunk');
+    const connectMs = performance.now() - started;
+    const last = HISTORY + BATCHES;
+    const late = new Recorder(JOIN, offset, Number.POSITIVE_INFINITY);
+    const cpuBefore = (await server.ask({ cmd: 'cpu' })).micros;
+    const producing = server.ask({ cmd: 'produce', target: 'kiln', generationId: generation.uuid, firstSeq: HISTORY + 1, batches: BATCHES, rate: RATE, persist: true });
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const joinStarted = performance.now();
+    const joiners = await openAll(JOIN, (i) => graphqlWsSubscriber(url, token, generation.id, (seq, text) => late.record(i, seq, text)));
+    const joinMs = performance.now() - joinStarted;
+    await producing;
+    await Promise.all([viewers.until(last, DRAIN_MS), late.until(last, DRAIN_MS)]);
+    const cpu = (await server.ask({ cmd: 'cpu' })).micros - cpuBefore;
+    for (const subscriber of [...live, ...joiners]) subscriber.close();
+    const sorted = viewers.latencies.sort((a, b) => a - b);
+    const delivered = viewers.delivered(HISTORY + 1, last);
+    joined = {
+      name: `graphql-ws, ${JOIN} joining`,
+      cpuPerMessage: cpu / Math.max(1, delivered * N * BATCHES + late.delivered(0, last) * JOIN * (last + 1)),
+      p50: percentile(sorted, 50),
+      p99: percentile(sorted, 99),
+      max: sorted.at(-1) ?? Number.NaN,
+      delivered,
+    };
+    log(
+      `  ${joined.name.padEnd(22)} p50 ${joined.p50.toFixed(2).padStart(8)} ms  p99 ${joined.p99.toFixed(2).padStart(8)} ms  max ${joined.max.toFixed(1).padStart(8)} ms  delivered ${(delivered * 100).toFixed(2)}%  server CPU ${joined.cpuPerMessage.toFixed(1)} µs/message  (subscribed in ${(connectMs / 1000).toFixed(1)} s)`,
+    );
+    log(`  the ${JOIN} late viewers: every seq 0..${last} delivered to ${(late.delivered(0, last) * 100).toFixed(2)}% (joined in ${(joinMs / 1000).toFixed(1)} s)`);
+  } finally {
+    await server.stop();
+  }
+  log(`  viewers' live latency while ${JOIN} join vs bare ws: p50 ×${(joined.p50 / base.p50).toFixed(1)}, p99 ×${(joined.p99 / base.p99).toFixed(1)}`);
 }
 
 async function latency(): Promise<void> {

@@ -65,6 +65,7 @@ const environment = z.object({
   GENERATION_LEASE_SECONDS: int(30, 2),
   WORKER_CONCURRENCY: int(2, 1),
   MAX_ACTIVE_GENERATIONS_PER_USER: int(3, 1),
+  BUDGET_RESERVATION_TOKENS: int(20_000, 1),
   ROLE: z.enum(['all', 'api', 'worker']).default('all'),
   QUEUE: z.enum(['memory', 'pgboss']).default('memory'),
   EVENTS: z.enum(['memory', 'postgres', 'redis']).default('memory'),
@@ -206,6 +207,8 @@ export function parseConfig(env: Record<string, string | undefined>) {
       leaseMs: e.GENERATION_LEASE_SECONDS * 1000,
       workerConcurrency: e.WORKER_CONCURRENCY,
       maxActivePerUser: e.MAX_ACTIVE_GENERATIONS_PER_USER,
+      /** Tokens a run of a project with a monthly limit reserves at start, and takes more of at a time while it streams. */
+      budgetReservationTokens: e.BUDGET_RESERVATION_TOKENS,
       /** Fix rounds of a generation started without maxFixRounds. */
       defaultMaxFixRounds: e.AUTO_FIX_MAX_ROUNDS,
       /** On SIGTERM a worker lets running generations finish this long, then hands them back. */

@@ -36,8 +36,8 @@ export interface Kiln {
 export async function startKiln(config: Config, options: { logger?: Logger; database?: Database; port?: number } = {}): Promise<Kiln> {
   const logger = options.logger ?? createLogger(config.logLevel);
   const started = performance.now();
-  // Probed first: a production server that cannot sandbox builds must not start at all.
-  const buildSandbox = await createBuildSandbox(config.buildSandbox, logger);
+  // Probed first: a production worker that cannot sandbox builds must not start at all. An API-only instance builds nothing.
+  const buildSandbox = config.role === 'api' ? undefined : await createBuildSandbox(config.buildSandbox, logger);
   const database = options.database ?? (await openDatabase({ url: config.database.url, dataDir: config.dataDir, maxConnections: config.database.poolMax }));
   if (config.database.migrateOnStart) await migrateDatabase(database);
   const auth = await createAuthProvider(config.auth, database.db);
@@ -60,12 +60,13 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
           concurrency: config.generations.workerConcurrency,
           queue,
           soleWorker: database.kind === 'pglite',
-          pipeline: { db: database.db, bus, llm, logger, secretBox, metrics, workspaces: config.workspaces, toolchain: { ...config.toolchain, sandbox: buildSandbox }, leaseMs: config.generations.leaseMs, outputs },
+          pipeline: { db: database.db, bus, llm, logger, secretBox, metrics, workspaces: config.workspaces, toolchain: { ...config.toolchain, sandbox: buildSandbox }, leaseMs: config.generations.leaseMs, budgetReservationTokens: config.generations.budgetReservationTokens, outputs },
         });
   const generations = {
     bus,
     provider,
     maxActivePerUser: config.generations.maxActivePerUser,
+    budgetReservationTokens: config.generations.budgetReservationTokens,
     defaultMaxFixRounds: config.generations.defaultMaxFixRounds,
     wakeWorkers: () => worker?.wake(),
     enqueue: queue.enqueue,

@@ -21,24 +21,37 @@ import {
 // with FAILED/BUDGET_EXCEEDED before it spends past the limit.
 
 describe('the budget meter', () => {
-  it('lets a run spend up to the limit and stops it at the first chunk past it, with its estimated usage', () => {
-    const meter = budgetMeter({ limit: 100, usedBefore: 40 }, 200); // 50 input tokens
-    meter.add('x'.repeat(40)); // 10 output tokens: 100 in all
+  /** A run holding `held` tokens of a month that has nothing more to give. */
+  const holding = (limit: number | null, held: number, spentBefore = 0) => ({
+    limit,
+    spentBefore,
+    reserved: () => held,
+    reserve: async () => held,
+  });
+
+  it('lets a run spend what it holds and stops it at the first chunk past it, with its estimated usage', async () => {
+    const meter = budgetMeter(holding(100, 60), 200); // 50 input tokens
+    await meter.add('x'.repeat(40)); // 10 output tokens: 60 in all
     expect(meter.usage()).toEqual({ inputTokens: 50, outputTokens: 10 });
-    let stop: unknown;
-    try {
-      meter.add('y');
-    } catch (error) {
-      stop = error;
-    }
+    const stop = await meter.add('y').then(() => undefined, (error: unknown) => error);
     expect(stop).toBeInstanceOf(BudgetStop);
     expect((stop as BudgetStop).usage).toEqual({ inputTokens: 50, outputTokens: 11 });
     expect((stop as BudgetStop).message).toContain('100 tokens');
   });
 
-  it('never stops a project without a limit', () => {
-    const meter = budgetMeter({ limit: null, usedBefore: 10 ** 9 }, 10 ** 6);
-    meter.add('z'.repeat(10 ** 6));
+  it('asks for more before passing what it holds, and goes on when it gets it', async () => {
+    const asked: number[] = [];
+    let held = 55;
+    const meter = budgetMeter({ limit: 1000, spentBefore: 5, reserved: () => held, reserve: async (total) => (asked.push(total), (held = total + 10)) }, 200);
+    await meter.start(); // 5 + 50 = 55: covered
+    await meter.add('x'.repeat(8)); // 57: asks
+    await meter.add('x'.repeat(8)); // 59: covered by what it got
+    expect(asked).toEqual([57]);
+  });
+
+  it('never stops a project without a limit', async () => {
+    const meter = budgetMeter(holding(null, 0, 10 ** 9), 10 ** 6);
+    await meter.add('z'.repeat(10 ** 6));
     expect(meter.usage()).toEqual({ inputTokens: estimateTokens(10 ** 6), outputTokens: estimateTokens(10 ** 6) });
   });
 });

@@ -138,7 +138,10 @@ describe.skipIf(!testDatabaseUrl)('database outages (postgres only: PGlite runs 
     const streamed = (async () => {
       for await (const { generationChunks } of subscribe(ws, GenerationChunksDocument, { id: started.id })) {
         chunks.push(generationChunks);
-        outage ??= onFirstChunk();
+        if (!outage) {
+          outage = onFirstChunk();
+          outage.catch(() => {}); // awaited below; a failed stream must not leave it unhandled
+        }
       }
       await outage;
     })();

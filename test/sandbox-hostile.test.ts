@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { findCgroups } from '../src/toolchain/cgroups.js';
 import { probeBwrap } from '../src/toolchain/sandbox.js';
 import { databaseKind } from './support/db.js';
 import { type FakeGemini, startFakeGemini } from './support/fake-gemini.js';
@@ -18,6 +19,9 @@ import { hostileAnswer, hostProcessesWith, type ProbeKind, probeResults, type Sd
 
 const bwrapProblem = await probeBwrap();
 const why = bwrapProblem ? ` (skipped: ${bwrapProblem})` : '';
+// Without a cgroup a root server stops a fork bomb only through its /proc watch, seconds
+// later and after the whole machine felt it: not a test to run on a shared machine.
+const forkBombSafe = (await findCgroups()) !== undefined;
 
 const LIMITS = { BUILD_MEMORY_MB: '384', BUILD_MAX_PROCESSES: '128', BUILD_MAX_WORKSPACE_MB: '64' };
 
@@ -104,11 +108,17 @@ describe.skipIf(bwrapProblem !== undefined).each(['WEB', 'FLUTTER'] as const)(`h
     }
   });
 
-  it.each([
-    ['fork-bomb', /reached its limit of 128 processes \(BUILD_MAX_PROCESSES\)/],
-    ['memory-hog', /used more than 384 MB of memory \(BUILD_MEMORY_MB\)/],
-    ['disk-filler', /wrote more than 64 MB to its workspace \(BUILD_MAX_WORKSPACE_MB\)/],
-  ] as const)('ends a %s build with a clear error and stays healthy', { timeout: 90_000 }, async (kind, message) => {
+  it.skipIf(forkBombSafe)('ends a fork-bomb build (skipped: no writable cgroup here to hold it)', () => undefined);
+
+  it.each(
+    (
+      [
+        ['fork-bomb', /reached its limit of 128 processes \(BUILD_MAX_PROCESSES\)/],
+        ['memory-hog', /used more than 384 MB of memory \(BUILD_MEMORY_MB\)/],
+        ['disk-filler', /wrote more than 64 MB to its workspace \(BUILD_MAX_WORKSPACE_MB\)/],
+      ] as const
+    ).filter(([kind]) => kind !== 'fork-bomb' || forkBombSafe),
+  )('ends a %s build with a clear error and stays healthy', { timeout: 90_000 }, async (kind, message) => {
     const generation = await build(owner, kind);
 
     expect(generation.status).toBe('FAILED');

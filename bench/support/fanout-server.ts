@@ -22,6 +22,8 @@ export type Command =
    * bare sockets; `persist` writes each chunk to the database first, as the pipeline does.
    */
   | { cmd: 'produce'; target: 'kiln' | 'ws'; generationId: string; firstSeq: number; batches: number; rate: number; persist: boolean }
+  /** Persist seqs 0..count-1 of a generation (history that a late subscriber replays), in one transaction. */
+  | { cmd: 'history'; generationId: string; count: number }
   | { cmd: 'memory' }
   /** This process's `now()`, to compare the two clocks. */
   | { cmd: 'clock' }
@@ -32,6 +34,7 @@ export type Command =
 export type Reply =
   | { cmd: 'start'; url: string; wsUrl: string }
   | { cmd: 'produce'; published: number }
+  | { cmd: 'history'; persisted: number }
   | { cmd: 'memory'; rss: number; heapUsed: number; external: number; sockets: number }
   | { cmd: 'clock'; now: number }
   | { cmd: 'cpu'; micros: number }
@@ -50,6 +53,8 @@ const config = parseConfig({
   LOG_LEVEL: 'silent',
   MAX_ACTIVE_GENERATIONS_PER_USER: '20',
   WS_MAX_SUBSCRIPTIONS: '100',
+  // Every viewer here is the same user (signing up thousands would dominate the set-up).
+  LIVE_STREAMS_PER_USER: '100000',
 });
 const database = await openDatabase({});
 await migrateDatabase(database);
@@ -98,6 +103,11 @@ process.on('message', (command: Command) => {
         return reply({ cmd: 'start', url: kiln.url, wsUrl: `ws://127.0.0.1:${(bare.address() as AddressInfo).port}` });
       case 'produce':
         return reply({ cmd: 'produce', published: await produce(command) });
+      case 'history': {
+        const rows = Array.from({ length: command.count }, (_, seq) => ({ generationId: command.generationId, seq, text: chunkText(0) }));
+        await serviceScope(database.db).run((tx) => generationStore.appendChunks(tx, rows));
+        return reply({ cmd: 'history', persisted: rows.length });
+      }
       case 'memory': {
         for (let i = 0; i < 3; i++) {
           globalThis.gc?.();

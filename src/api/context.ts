@@ -29,8 +29,8 @@ export interface Services {
   outputs: Outputs;
   /** Ends live streams whose viewer lost access; caps what one user holds open. */
   streamAccess: StreamAccess;
-  /** How builds are isolated here (reported by /ready). */
-  buildSandbox: Pick<BuildSandbox, 'kind' | 'enforcement'>;
+  /** How builds are isolated here (reported by /ready); undefined where none run (ROLE=api). */
+  buildSandbox?: Pick<BuildSandbox, 'kind' | 'enforcement'>;
 }
 
 export interface Viewer {

@@ -17,6 +17,7 @@ import { clientAddress } from './rate-limit.js';
 import { useRequestPolicy } from './request-policy.js';
 import { useNulRefusal } from './input-guard.js';
 import { schema } from './schema/index.js';
+import { useSharedSubscriptionExecution } from './shared-execution.js';
 import { useStreamErrors } from './stream-errors.js';
 import { serveWebClient } from './web-client.js';
 import { type WebSocketOptions, attachWebSocket } from './websocket.js';
@@ -58,6 +59,8 @@ export function buildApp(services: Services): App {
       // useStreamErrors before useRequestIdErrors: it turns expected stream failures into results before masking.
       useStreamErrors(),
       useRequestIdErrors(),
+      // One execution per live event for every subscriber of the same document and variables.
+      useSharedSubscriptionExecution(),
     ],
     context: ({ request, connectionParams, req }) =>
       createContext(services, {
@@ -77,7 +80,8 @@ export function buildApp(services: Services): App {
     if (refuseOversizedBody(req, res, config.limits.maxBodyBytes)) return;
     if (path === '/health') return sendJson(res, 200, { status: 'ok' });
     if (path === '/ready') {
-      const sandbox = { kind: services.buildSandbox.kind, limits: services.buildSandbox.enforcement };
+      // null: this instance runs no builds (ROLE=api).
+      const sandbox = services.buildSandbox ? { kind: services.buildSandbox.kind, limits: services.buildSandbox.enforcement } : null;
       return void ready(services).then((ok) => sendJson(res, ok ? 200 : 503, { ready: ok, sandbox }));
     }
     if (config.exposeSchema && path !== undefined && serveGraphiQLAsset(req, res, path)) return;

@@ -9,7 +9,7 @@
 // retried then.
 
 /** How long work waits for the database to come back before it fails (failovers take up to ~30 s). */
-export const OUTAGE_RETRY_MS = 0;
+export const OUTAGE_RETRY_MS = 45_000;
 const FIRST_DELAY_MS = 100;
 /** The longest pause between attempts: work resumes within this of the database's return. */
 const MAX_DELAY_MS = 2_000;

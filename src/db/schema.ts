@@ -154,6 +154,11 @@ export const generations = pgTable(
     errorMessage: text('error_message'),
     inputTokens: integer('input_tokens').notNull().default(0),
     outputTokens: integer('output_tokens').notNull().default(0),
+    /**
+     * Tokens held against the project's monthly budget while the run is QUEUED or RUNNING
+     * (an estimate at start, grown while it streams); its usage replaces them when it ends.
+     */
+    reservedTokens: integer('reserved_tokens').notNull().default(0),
     cancelRequestedAt: timestamp('cancel_requested_at', { withTimezone: true }),
     leaseExpiresAt: timestamp('lease_expires_at', { withTimezone: true }),
     createdAt: createdAt(),
@@ -170,6 +175,7 @@ export const generations = pgTable(
     index('generations_active_idx').on(t.status).where(sql`${t.status} in ('QUEUED', 'RUNNING')`),
     check('generations_prompt_length', sql`char_length(${t.prompt}) between 1 and 20000`),
     check('generations_tokens_positive', sql`${t.inputTokens} >= 0 and ${t.outputTokens} >= 0`),
+    check('generations_reserved_tokens_positive', sql`${t.reservedTokens} >= 0`),
     check('generations_attempt_range', sql`${t.attempt} between 1 and 100`),
     check('generations_max_fix_rounds_range', sql`${t.maxFixRounds} between 0 and 5`),
     check(

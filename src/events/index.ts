@@ -1,12 +1,11 @@
 import { desc, eq } from 'drizzle-orm';
-import { createPubSub, type PubSubEventTarget } from 'graphql-yoga';
 import type { Config } from '../config.js';
 import type { Database } from '../db/client.js';
 import { generationChunks } from '../db/schema.js';
 import { serviceScope } from '../db/scope.js';
 import { generationStore } from '../generations/store.js';
 import type { Logger } from '../observability/logger.js';
-import { type ChunkEvent, createMemoryEventBus, type EventBus, type GenerationTopics, type LogLineEvent } from './bus.js';
+import { type ChunkEvent, createEventBusOver, createMemoryEventBus, type EventBus, type GenerationTopics, type LogLineEvent } from './bus.js';
 import { createPostgresEventTarget } from './postgres.js';
 import { createRedisEventBusTarget } from './redis.js';
 
@@ -44,7 +43,7 @@ export async function createEventBus(
     await target.start();
     return {
       kind,
-      bus: createPubSub<GenerationTopics>({ eventTarget: target as unknown as PubSubEventTarget<GenerationTopics> }),
+      bus: createEventBusOver(target as unknown as EventTarget),
       get connected() {
         return target.connected;
       },
@@ -56,7 +55,7 @@ export async function createEventBus(
   await target.start();
   return {
     kind,
-    bus: createPubSub<GenerationTopics>({ eventTarget: target as unknown as PubSubEventTarget<GenerationTopics> }),
+    bus: createEventBusOver(target as unknown as EventTarget),
     get connected() {
       return target.connected;
     },

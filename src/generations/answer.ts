@@ -21,7 +21,7 @@ export interface AnswerInput {
   round: number;
   systemPrompt: string;
   messages: LlmMessage[];
-  /** The month's usage before this answer (earlier rounds included) and the limit. */
+  /** The run's hold on the monthly budget, and what its earlier rounds spent. */
   budget: RunBudget;
   apiKey?: string;
 }
@@ -50,7 +50,7 @@ export async function streamAnswer(
   const changes: OutputEvent[] = [];
   let usage: LlmUsage = { inputTokens: 0, outputTokens: 0 };
   const budget = budgetMeter(input.budget, input.messages.reduce((sum, m) => sum + m.content.length, input.systemPrompt.length));
-  budget.start(); // the prompt alone may be over what is left
+  await budget.start(); // the prompt alone may be over what is left
   const log = deps.logger.child({ source: 'GenerationPipeline', generationId, round });
   try {
     const events = deps.llm.stream({
@@ -72,7 +72,7 @@ export async function streamAnswer(
       }
       onText(event.text);
       await chunks.add(event.text);
-      budget.add(event.text); // past the budget it throws, and leaving the loop closes the stream
+      await budget.add(event.text); // past the budget it throws, and leaving the loop closes the stream
       changes.push(...parser.push(event.text));
     }
     changes.push(...parser.end());

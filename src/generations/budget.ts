@@ -1,17 +1,41 @@
+import type { Tx } from '../db/client.js';
+import type { Scope } from '../db/scope.js';
 import type { LlmUsage } from '../llm/provider.js';
+import { type GenerationRow, generationStore } from './store.js';
 
-// A project's monthly token budget, enforced while a run streams: providers report
-// usage only at the end, so tokens are estimated as they come (about four characters
-// a token) and the run stops as soon as the month's usage plus this run's estimate
-// would pass the limit, instead of finding out afterwards.
+// A project's monthly token budget, held while several runs start and stream at once.
+//
+// Every QUEUED or RUNNING generation holds a reservation (generations.reserved_tokens):
+// at start, in the transaction that inserts it, an estimate (BUDGET_RESERVATION_TOKENS,
+// or what is left of the month if that is less); while it streams, more a step at a
+// time whenever its estimated spend would pass what it holds. Both happen under a lock
+// on the project's budget, against the month's usage plus every reservation, so the
+// reservations never add up past the limit. The run's final transition replaces its
+// reservation with its usage, in one transaction.
+//
+// Providers report usage only at the end, so tokens are estimated as they come (about
+// four characters a token). A run that cannot get the tokens it needs stops with
+// BUDGET_EXCEEDED; the chunk that took it over was spent all the same and is counted,
+// so a project can end a month at most one chunk per stopped run past its limit.
+
+/** Budgets count tokens per calendar month, UTC. */
+export function monthStart(now = new Date()): Date {
+  return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
+}
 
 /** About four characters a token, rounded up: the usual estimate for English text and code. */
 export const estimateTokens = (characters: number) => Math.ceil(characters / 4);
 
-/** What the month had used when the run started, and the limit (absent: no budget). */
+/** A run's hold on its project's monthly budget, shared by all of its answers. */
 export interface RunBudget {
+  /** Absent: no budget. */
   limit: number | null;
-  usedBefore: number;
+  /** What the run spent before this answer (earlier rounds). */
+  spentBefore: number;
+  /** Tokens reserved for the whole run so far. */
+  reserved(): number;
+  /** Asks for `total` tokens for the whole run; resolves with the reservation after, which may fall short of it. */
+  reserve(total: number): Promise<number>;
 }
 
 /** The run went over budget; `usage` is the estimate of what it spent, recorded like real usage. */
@@ -23,10 +47,10 @@ export class BudgetStop extends Error {
 }
 
 export interface BudgetMeter {
-  /** Before the model is asked: throws BudgetStop (nothing spent) when the prompt alone would exceed the budget. */
-  start(): void;
-  /** Counts streamed text; throws BudgetStop when the budget would be exceeded. */
-  add(text: string): void;
+  /** Before the model is asked: throws BudgetStop (nothing spent) when the prompt alone cannot be covered. */
+  start(): Promise<void>;
+  /** Counts streamed text; throws BudgetStop when the run cannot get the tokens it has now spent. */
+  add(text: string): Promise<void>;
   /** The estimate so far. */
   usage(): LlmUsage;
 }
@@ -35,15 +59,69 @@ export function budgetMeter(budget: RunBudget, inputCharacters: number): BudgetM
   const inputTokens = estimateTokens(inputCharacters);
   let outputCharacters = 0;
   const usage = () => ({ inputTokens, outputTokens: estimateTokens(outputCharacters) });
-  const over = (spent: LlmUsage) => budget.limit !== null && budget.usedBefore + spent.inputTokens + spent.outputTokens > budget.limit;
+  const covered = async (spent: LlmUsage) => {
+    if (budget.limit === null) return true;
+    const total = budget.spentBefore + spent.inputTokens + spent.outputTokens;
+    return total <= budget.reserved() || (await budget.reserve(total)) >= total;
+  };
   return {
     usage,
-    start() {
-      if (over(usage())) throw new BudgetStop({ inputTokens: 0, outputTokens: 0 }, budget.limit!);
+    async start() {
+      if (!(await covered(usage()))) throw new BudgetStop({ inputTokens: 0, outputTokens: 0 }, budget.limit!);
     },
-    add(text) {
+    async add(text) {
       outputCharacters += text.length;
-      if (over(usage())) throw new BudgetStop(usage(), budget.limit!);
+      if (!(await covered(usage()))) throw new BudgetStop(usage(), budget.limit!);
     },
   };
+}
+
+/**
+ * A start's reservation, in its insert's transaction: refuses with `exceeded` when the
+ * month's usage and reservations have reached the limit, else holds up to `estimate`.
+ */
+export async function reserveAtStart(
+  tx: Tx,
+  project: { id: string; monthlyTokenLimit: number | null },
+  estimate: number,
+  exceeded: (limit: number, committed: number) => Error,
+): Promise<number> {
+  const limit = project.monthlyTokenLimit;
+  if (limit === null) return 0;
+  await generationStore.lockBudgetOfProject(tx, project.id);
+  const committed = await generationStore.committedOfProject(tx, project.id, monthStart());
+  if (committed >= limit) throw exceeded(limit, committed);
+  return Math.min(estimate, limit - committed);
+}
+
+/**
+ * The running generation's budget: what it reserved at start, grown a step at a time
+ * (at least `step` tokens, when the month has them) as it needs more.
+ */
+export function runBudget(scope: Scope, generation: GenerationRow, limit: number | null, step: number): Omit<RunBudget, 'spentBefore'> {
+  let held = generation.reservedTokens;
+  return {
+    limit,
+    reserved: () => held,
+    reserve: async (total) => {
+      if (limit === null || total <= held) return held;
+      const wanted = Math.max(total, held + step);
+      held = (await scope.run((tx) => growReservation(tx, generation, limit, wanted))) ?? held;
+      return held;
+    },
+  };
+}
+
+/**
+ * Grows a RUNNING generation's reservation towards `wanted`, as far as the limit allows.
+ * Safe to run twice (a lost COMMIT reply): the second run finds the grant already there.
+ */
+async function growReservation(tx: Tx, generation: GenerationRow, limit: number, wanted: number): Promise<number | undefined> {
+  await generationStore.lockBudgetOfProject(tx, generation.projectId);
+  const committed = await generationStore.committedOfProject(tx, generation.projectId, monthStart());
+  const held = await generationStore.reservationOf(tx, generation.id);
+  if (held === undefined) return undefined; // no longer running
+  const target = Math.max(held, Math.min(wanted, held + Math.max(0, limit - committed)));
+  if (target !== held) await generationStore.setReservation(tx, generation.id, target);
+  return target;
 }

@@ -44,7 +44,7 @@ export interface HealingRun {
   /** Everything the model answered so far, all rounds. */
   output(): string;
   onText(text: string): void;
-  /** The month's usage before the run plus what the run has spent so far. */
+  /** The run's hold on the monthly budget, with what it has spent so far. */
   budget(): RunBudget;
   spend(usage: LlmUsage): void;
   setPhase(phase: Extract<StatusEvent['phase'], 'FIXING' | 'BUILDING'>): Promise<void>;
@@ -85,7 +85,7 @@ export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promi
     const finishRound = (status: 'SUCCEEDED' | 'FAILED') => db.run((tx) => fixStore.finishRound(tx, run.generationId, round, { status, ...usage }));
     try {
       // Not even the request fits in what is left of the budget: no round starts.
-      budgetMeter(run.budget(), messages.reduce((sum, m) => sum + m.content.length, run.prompt.systemPrompt.length)).start();
+      await budgetMeter(run.budget(), messages.reduce((sum, m) => sum + m.content.length, run.prompt.systemPrompt.length)).start();
       await run.setPhase('FIXING');
       await db.run((tx) => fixStore.startRound(tx, run.generationId, round));
       const answer = await streamAnswer(

@@ -6,6 +6,7 @@ import { BudgetExceededError, InvalidStateError, NotFoundError, RateLimitedError
 import type { EventBus } from '../events/bus.js';
 import { requireRole } from '../projects/projects.js';
 import { projectStore } from '../projects/store.js';
+import { reserveAtStart } from './budget.js';
 import { type GenerationRow, TERMINAL, generationStore } from './store.js';
 
 // Start, cancel and retry: the decisions around a run. The run itself is pipeline.ts.
@@ -34,6 +35,8 @@ export interface GenerationDeps {
   maxActivePerUser: number;
   /** Fix rounds of a generation started without maxFixRounds (AUTO_FIX_MAX_ROUNDS). */
   defaultMaxFixRounds?: number;
+  /** Tokens a start reserves against its project's monthly limit (BUDGET_RESERVATION_TOKENS); unset: none until it streams. */
+  budgetReservationTokens?: number;
   /** Throws RateLimitedError when the user started too many generations recently. */
   rateLimit?(userId: string): Promise<void>;
 }
@@ -119,7 +122,7 @@ export async function getGeneration(scope: Scope, id: string): Promise<Generatio
 /** Inserts a QUEUED generation and its USER message, after the budget and rate checks. */
 export async function insertGeneration(
   tx: Tx,
-  deps: Pick<GenerationDeps, 'provider' | 'maxActivePerUser' | 'enqueue'>,
+  deps: Pick<GenerationDeps, 'provider' | 'maxActivePerUser' | 'enqueue' | 'budgetReservationTokens'>,
   values: {
     projectId: string;
     createdBy: string;
@@ -132,8 +135,8 @@ export async function insertGeneration(
   },
   options: { checkLimits?: boolean } = { checkLimits: true },
 ): Promise<GenerationRow> {
-  if (options.checkLimits) await checkLimits(tx, deps, values.projectId, values.createdBy);
-  const generation = await generationStore.insert(tx, { ...values, provider: deps.provider.name, model: deps.provider.model });
+  const reservedTokens = options.checkLimits ? await checkLimits(tx, deps, values.projectId, values.createdBy) : 0;
+  const generation = await generationStore.insert(tx, { ...values, reservedTokens, provider: deps.provider.name, model: deps.provider.model });
   await generationStore.insertMessage(tx, {
     projectId: values.projectId,
     sessionId: values.sessionId,
@@ -145,17 +148,16 @@ export async function insertGeneration(
   return generation;
 }
 
-async function checkLimits(tx: Tx, deps: Pick<GenerationDeps, 'maxActivePerUser'>, projectId: string, userId: string) {
+/** The budget and rate checks of a start; returns the tokens it reserves (budget.ts). */
+async function checkLimits(tx: Tx, deps: Pick<GenerationDeps, 'maxActivePerUser' | 'budgetReservationTokens'>, projectId: string, userId: string): Promise<number> {
+  // Lock order: the user's starts, then the project's budget (runs growing their reservation take only the latter).
   await generationStore.lockStartsOfUser(tx, userId);
-  const project = await generationStore.projectOf(tx, projectId);
-  if (project?.monthlyTokenLimit != null) {
-    const [usage] = await generationStore.usageOfProjects(tx, [projectId], monthStart());
-    const used = (usage?.inputTokens ?? 0) + (usage?.outputTokens ?? 0);
-    if (used >= project.monthlyTokenLimit) throw new BudgetExceededError(project.monthlyTokenLimit, used);
-  }
+  const project = (await generationStore.projectOf(tx, projectId))!;
+  const reserved = await reserveAtStart(tx, project, deps.budgetReservationTokens ?? 0, (limit, committed) => new BudgetExceededError(limit, committed));
   if ((await generationStore.activeCountOfUser(tx, userId)) >= deps.maxActivePerUser) {
     throw new RateLimitedError(15, `You already have ${deps.maxActivePerUser} generations queued or running; wait for one to finish.`);
   }
+  return reserved;
 }
 
 async function resolveParent(tx: Tx, projectId: string, input: StartInput): Promise<GenerationRow | undefined> {
@@ -190,7 +192,4 @@ function announce(deps: GenerationDeps, generation: GenerationRow) {
   deps.wakeWorkers(generation.id);
 }
 
-/** Budgets count tokens per calendar month, UTC. */
-export function monthStart(now = new Date()): Date {
-  return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
-}
+export { monthStart } from './budget.js';

@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import type { Db, Tx } from '../db/client.js';
+import type { Db } from '../db/client.js';
 import { isConnectionError } from '../db/outage.js';
 import { pipelineScope } from '../db/scope.js';
 import type { EventBus, StatusEvent } from '../events/bus.js';
@@ -15,10 +15,9 @@ import type { BuildSandbox } from '../toolchain/sandbox.js';
 import { getTarget, type ToolBins } from '../toolchain/targets.js';
 import { createWorkspace, pruneWorkspaces } from '../workspace/workspace.js';
 import { streamAnswer } from './answer.js';
-import { BudgetStop } from './budget.js';
+import { BudgetStop, runBudget } from './budget.js';
 import { fixStore } from './fix-store.js';
 import { buildWithFixes } from './fix-rounds.js';
-import { monthStart } from './generations.js';
 import { type OutputEvent, OutputProtocolError } from './output-parser.js';
 import { buildPrompt } from './prompt.js';
 import { restoredAnswer } from './restore.js';
@@ -36,6 +35,8 @@ export interface PipelineDeps {
   /** `sandbox` unset: steps run as plain child processes (BUILD_SANDBOX=none). */
   toolchain: { bins: ToolBins; stepTimeoutMs: number; sandbox?: BuildSandbox };
   leaseMs: number;
+  /** Tokens a run takes at a time when it needs more of its project's monthly budget (BUDGET_RESERVATION_TOKENS). */
+  budgetReservationTokens: number;
   /** Opens the project's own API key (bring-your-own-key), when secrets are enabled. */
   secretBox?: SecretBox;
   metrics?: Metrics;
@@ -103,7 +104,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
       signal: run.signal,
       output: () => output,
       onText,
-      budget: () => ({ limit: context.budget.limit, usedBefore: context.budget.usedBefore + usage.inputTokens + usage.outputTokens }),
+      budget: () => ({ ...context.budget, spentBefore: usage.inputTokens + usage.outputTokens }),
       spend,
       setPhase: (phase) => setPhase(deps, generationId, phase, publish),
     });
@@ -125,6 +126,8 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
       phase: 'DONE',
       inputTokens: usage.inputTokens,
       outputTokens: usage.outputTokens,
+      // Settled: the usage replaces the run's reservation against the monthly budget.
+      reservedTokens: 0,
       finishedAt,
       leaseExpiresAt: null,
     });
@@ -168,18 +171,12 @@ async function loadContext(deps: PipelineDeps, generation: GenerationRow) {
       target: getTarget(project.target),
       parentFiles: generation.parentId ? await generationStore.filesOf(tx, generation.parentId, true) : [],
       turns: generation.parentId ? await generationStore.turnsOfLineage(tx, generation.parentId) : [],
-      budget: { limit: project.monthlyTokenLimit, usedBefore: await usedThisMonth(tx, project.id) },
+      budget: { ...runBudget(pipelineScope(deps.db, deps.logger), generation, project.monthlyTokenLimit, deps.budgetReservationTokens), spentBefore: 0 },
     };
   });
 }
 
 const providerSecret: Record<string, SecretName | undefined> = { gemini: 'GEMINI_API_KEY', openai: 'OPENAI_API_KEY' };
-
-/** Input plus output tokens of the project's generations this month (budgets count per calendar month). */
-async function usedThisMonth(tx: Tx, projectId: string): Promise<number> {
-  const [usage] = await generationStore.usageOfProjects(tx, [projectId], monthStart());
-  return (usage?.inputTokens ?? 0) + (usage?.outputTokens ?? 0);
-}
 
 function openSecret(box: SecretBox, sealed: string, projectId: string, name: SecretName): string {
   try {

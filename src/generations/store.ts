@@ -74,6 +74,36 @@ export const generationStore = {
     await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`kiln.generation-starts:${userId}`}, 0))`);
   },
 
+  /** Serialises budget decisions of one project (starts, reservations growing) until the transaction ends. */
+  async lockBudgetOfProject(tx: Tx, projectId: string): Promise<void> {
+    await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`kiln.project-budget:${projectId}`}, 0))`);
+  },
+
+  /** The month's usage of a project plus what its QUEUED and RUNNING generations hold in reserve (budget.ts). */
+  async committedOfProject(tx: Tx, projectId: string, since: Date): Promise<number> {
+    const [row] = await tx
+      .select({
+        total: sql<number>`coalesce(sum(${generations.inputTokens} + ${generations.outputTokens}
+          + case when ${generations.status} in ('QUEUED', 'RUNNING') then ${generations.reservedTokens} else 0 end), 0)::int`,
+      })
+      .from(generations)
+      .where(and(eq(generations.projectId, projectId), gt(generations.createdAt, since)));
+    return row?.total ?? 0;
+  },
+
+  /** A RUNNING generation's reservation; nothing when it is not running. */
+  async reservationOf(tx: Tx, id: string): Promise<number | undefined> {
+    const [row] = await tx
+      .select({ reserved: generations.reservedTokens })
+      .from(generations)
+      .where(and(eq(generations.id, id), eq(generations.status, 'RUNNING')));
+    return row?.reserved;
+  },
+
+  async setReservation(tx: Tx, id: string, reservedTokens: number): Promise<void> {
+    await tx.update(generations).set({ reservedTokens }).where(and(eq(generations.id, id), eq(generations.status, 'RUNNING')));
+  },
+
   async activeCountOfUser(tx: Tx, userId: string): Promise<number> {
     const [row] = await tx
       .select({ total: sql<number>`count(*)::int` })

@@ -40,11 +40,9 @@ export interface StreamAccess {
    * (SSE, where a stream is a connection of its own) counts it against the per-user cap:
    * beyond it the stream is refused with TooManyStreamsError.
    */
-  watch<T>(viewer: StreamViewer, generationId: string, stream: Promise<AsyncGenerator<T>>, options?: { countsAsConnection?: boolean }): Promise<AsyncGenerator<T>>;
+  watch<T>(viewer: StreamViewer, generationId: string, open: () => Promise<AsyncGenerator<T>>, options?: { countsAsConnection?: boolean }): Promise<AsyncGenerator<T>>;
   /** A live connection of a user (a WebSocket): the release function, or null when over the cap. */
   acquireConnection(userId: string): (() => void) | null;
-  /** Streams under watch (for tests and metrics). */
-  size(): number;
   close(): void;
 }
 
@@ -55,7 +53,6 @@ export class TooManyStreamsError extends AppError {
     super(`Too many live streams and connections open at once for this user (at most ${limit}); close one first.`);
   }
 }
-
 
 const accessKey = (userId: string, generationId: string) => `${userId}:${generationId}`;
 
@@ -135,16 +132,12 @@ export function createStreamAccess(options: StreamAccessOptions): StreamAccess {
   const timer = setInterval(() => void recheck(), options.intervalMs).unref();
 
   return {
-    async watch<T>(viewer: StreamViewer, generationId: string, stream: Promise<AsyncGenerator<T>>, watchOptions: { countsAsConnection?: boolean } = {}) {
+    async watch<T>(viewer: StreamViewer, generationId: string, open: () => Promise<AsyncGenerator<T>>, watchOptions: { countsAsConnection?: boolean } = {}) {
       const release = watchOptions.countsAsConnection ? acquireConnection(viewer.id) : () => {};
-      if (!release) {
-        // The stream may already hold bus subscriptions: let it go.
-        void stream.then((s) => s.return(undefined)).catch(() => {});
-        throw new TooManyStreamsError(maxPerUser);
-      }
+      if (!release) throw new TooManyStreamsError(maxPerUser);
       let inner: AsyncGenerator<T>;
       try {
-        inner = await stream;
+        inner = await open();
       } catch (error) {
         release();
         throw error;
@@ -164,7 +157,6 @@ export function createStreamAccess(options: StreamAccessOptions): StreamAccess {
       });
     },
     acquireConnection,
-    size: () => watched.size,
     close: () => clearInterval(timer),
   };
 }

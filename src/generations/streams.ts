@@ -1,7 +1,7 @@
 import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
 import { NotFoundError } from '../errors.js';
-import { type ChunkEvent, type EventBus, isLossless, type LogLineEvent, type StatusEvent } from '../events/bus.js';
+import { type ChunkEvent, type EventBus, isLossless, listen, type LogLineEvent, type StatusEvent } from '../events/bus.js';
 import { generationReads } from './reads.js';
 import { type GenerationRow, generationStore, TERMINAL } from './store.js';
 
@@ -70,7 +70,7 @@ export function buildLogs(options: StreamOptions): Promise<AsyncGenerator<LogLin
 /** The current state first, then each change; completes after a terminal state. */
 export async function generationUpdates(options: StreamOptions): Promise<AsyncGenerator<GenerationRow>> {
   const { scope, bus, generationId } = options;
-  const inbox = new Inbox([bus.subscribe('generationUpdated', generationId)], { capacity: 32, weight: () => 1 });
+  const inbox = new Inbox<StatusEvent>([(push) => listen(bus, 'generationUpdated', generationId, push)], { capacity: 32, weight: () => 1 });
   const first = await current(scope, generationId).catch(async (error: unknown) => {
     await inbox.close();
     throw error;
@@ -110,7 +110,7 @@ async function sequenced<T extends { seq: number }>(
   // Subscribe before the first read so nothing published meanwhile is missed.
   const maxQueued = options.maxQueued ?? DEFAULT_MAX_QUEUED;
   const inbox = new Inbox<T[] | StatusEvent>(
-    [bus.subscribe(topic, generationId) as AsyncIterable<T[]>, bus.subscribe('generationUpdated', generationId)],
+    [(push) => listen(bus, topic, generationId, (batch) => push(batch as unknown as T[])), (push) => listen(bus, 'generationUpdated', generationId, push)],
     // Batches are shared by every subscriber of the generation: holding them costs a reference each.
     { capacity: Math.max(maxQueued, INBOX_ITEMS), slowAfter: maxQueued, weight: (event) => (Array.isArray(event) ? event.length : 0) },
   );
@@ -265,7 +265,10 @@ interface InboxOptions<T> {
   slowAfter?: number;
 }
 
-/** Pumps bus subscriptions into a bounded buffer that a stream waits on. */
+/** Starts listening to a source, handing each event to `push`; returns the way to stop. */
+type Source<T> = (push: (event: T) => void) => () => void;
+
+/** Takes bus events, as they are published, into a bounded buffer that a stream waits on. */
 class Inbox<T> {
   /** Set by the stream while the consumer holds an item (the transport is sending it). */
   consumerBusy = false;
@@ -277,34 +280,32 @@ class Inbox<T> {
   private dropped = false;
   private closed = false;
   private waiter: (() => void) | undefined;
-  private readonly iterators: AsyncIterator<T>[];
+  private readonly stops: (() => void)[];
 
   constructor(
-    sources: AsyncIterable<T>[],
+    sources: Source<T>[],
     private readonly options: InboxOptions<T>,
   ) {
-    this.iterators = sources.map((source) => source[Symbol.asyncIterator]());
-    for (const iterator of this.iterators) void this.pump(iterator);
+    this.stops = sources.map((source) => source((event) => this.push(event)));
   }
 
-  private async pump(iterator: AsyncIterator<T>) {
+  private push(event: T) {
+    if (this.closed) return;
     const { weight, capacity, slowAfter } = this.options;
-    for (let next = await iterator.next(); !next.done && !this.closed; next = await iterator.next()) {
-      const w = weight(next.value);
-      if (this.consumerBusy && slowAfter !== undefined && (this.queued += w) > slowAfter) {
-        this.slow = true;
-        this.buffer = [];
-        void this.close();
-        return;
-      }
-      while (this.buffer.length > 0 && this.held + w > capacity) {
-        this.held -= weight(this.buffer.shift()!);
-        this.dropped = true;
-      }
-      this.buffer.push(next.value);
-      this.held += w;
-      this.waiter?.();
+    const w = weight(event);
+    if (this.consumerBusy && slowAfter !== undefined && (this.queued += w) > slowAfter) {
+      this.slow = true;
+      this.buffer = [];
+      void this.close();
+      return;
     }
+    while (this.buffer.length > 0 && this.held + w > capacity) {
+      this.held -= weight(this.buffer.shift()!);
+      this.dropped = true;
+    }
+    this.buffer.push(event);
+    this.held += w;
+    this.waiter?.();
   }
 
   /** The consumer took the item it held: what queued meanwhile no longer counts against it. */
@@ -349,6 +350,6 @@ class Inbox<T> {
     if (this.closed) return;
     this.closed = true;
     this.waiter?.();
-    await Promise.all(this.iterators.map((iterator) => iterator.return?.()));
+    for (const stop of this.stops) stop();
   }
 }

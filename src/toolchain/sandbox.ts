@@ -240,8 +240,8 @@ function jail(
       watch = watchLimits({ limits: context.limits, cgroup: context.cgroup, rootPid: () => pid, diskPaths: context.diskPaths, onExceeded });
     },
     async release() {
-      const exceeded = await watch?.stop();
-      if (sandboxInit !== undefined) await vanished(sandboxInit);
+      // The last look at the limits (a du of the workspace) overlaps the namespace's teardown.
+      const [exceeded] = await Promise.all([watch?.stop(), sandboxInit === undefined ? undefined : vanished(sandboxInit)]);
       await context.cgroup?.remove();
       return exceeded;
     },

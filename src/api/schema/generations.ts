@@ -323,7 +323,7 @@ function watched<T>(ctx: Context, generationId: string, open: (generationId: str
   const viewer = ctx.viewer!; // authScopes signedIn
   const sse = ctx.transport === 'http';
   // A socket closes itself when its token expires (4403, the client refreshes and reconnects); an SSE stream ends at `exp`.
-  return ctx.services.streamAccess.watch({ id: viewer.id, accessToken: viewer.accessToken, exp: sse ? viewer.claims.exp : undefined }, generationId, open(generationId), {
+  return ctx.services.streamAccess.watch({ id: viewer.id, accessToken: viewer.accessToken, exp: sse ? viewer.claims.exp : undefined }, generationId, () => open(generationId), {
     countsAsConnection: sse,
   });
 }

@@ -1,0 +1,2 @@
+ALTER TABLE "generations" ADD COLUMN "reserved_tokens" integer DEFAULT 0 NOT NULL;--> statement-breakpoint
+ALTER TABLE "generations" ADD CONSTRAINT "generations_reserved_tokens_positive" CHECK ("generations"."reserved_tokens" >= 0);

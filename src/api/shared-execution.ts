@@ -1,0 +1,116 @@
+import { type DocumentNode, type ExecutionArgs, type ExecutionResult, GraphQLError, createSourceEventStream, execute, getOperationAST, Kind } from 'graphql';
+import type { Plugin } from 'graphql-yoga';
+
+// Fan-out: a thousand viewers of one generation receive the very same live batch
+// objects from the event bus. For the streams whose payload types resolve from the
+// event alone (no context, no database: GenerationChunk and BuildLogLine), an event's
+// selection is executed once per (document, operation, variables) and the result object
+// is shared by every subscriber, over graphql-ws and SSE alike. Authorisation stays per
+// subscriber: it happens when the stream opens (the field's `subscribe`) and in the
+// periodic access re-check, never per event. Per-subscriber plugins (error masking,
+// metrics) still see each result and replace it rather than change it.
+//
+// This subscribe also replaces the executor's per-event plumbing (a mapped, flattened
+// iterator per subscriber) with one mapping step: no @defer/@stream in subscriptions here.
+
+/** Root fields whose whole selection depends only on the event (every field exposes event data). */
+const EVENT_ONLY_FIELDS = new Set(['generationChunks', 'buildLogs']);
+
+/** Results per event object; gone with the event once every stream has passed it on. */
+const resultsByEvent = new WeakMap<object, Map<string, ExecutionResult>>();
+
+export function useSharedSubscriptionExecution(): Plugin {
+  return {
+    onSubscribe({ setSubscribeFn }) {
+      setSubscribeFn(subscribeSharing as Parameters<typeof setSubscribeFn>[0]);
+    },
+  };
+}
+
+async function subscribeSharing(args: ExecutionArgs): Promise<AsyncIterable<ExecutionResult> | ExecutionResult> {
+  const source = await createSourceEventStream(args);
+  if (!isAsyncIterable(source)) return withRequestErrorCodes(source);
+  const key = shareKey(args);
+  const executeEvent = (event: unknown): ExecutionResult | Promise<ExecutionResult> => {
+    if (key === undefined || typeof event !== 'object' || event === null) return execute({ ...args, rootValue: event });
+    let results = resultsByEvent.get(event);
+    const cached = results?.get(key);
+    if (cached) return cached;
+    const result = execute({ ...args, rootValue: event });
+    // Event-only fields resolve synchronously; anything else is not worth sharing.
+    if (isPromise(result)) return result;
+    if (!results) resultsByEvent.set(event, (results = new Map()));
+    results.set(key, result);
+    return result;
+  };
+  const operation = getOperationAST(args.document, args.operationName) ?? undefined;
+  return mapEvents(source, executeEvent, (error) => new GraphQLError(error instanceof Error ? error.message : String(error), { originalError: error instanceof Error ? error : undefined, nodes: operation }));
+}
+
+/** Errors of the request itself (variables that do not fit) say BAD_USER_INPUT, as Yoga's executor has them. */
+function withRequestErrorCodes(result: ExecutionResult): ExecutionResult {
+  for (const error of result.errors ?? []) {
+    if (error.path) continue;
+    const extensions = error.extensions as Record<string, unknown>;
+    extensions.code ??= 'BAD_USER_INPUT';
+    extensions.http ??= { status: 400 };
+  }
+  return result;
+}
+
+/** What makes two subscriptions execute an event alike, or undefined when results must not be shared. */
+function shareKey({ document, operationName, variableValues }: ExecutionArgs): string | undefined {
+  const body = document.loc?.source.body;
+  if (body === undefined || !eventOnly(document, operationName)) return undefined;
+  return `${operationName ?? ''}\u0000${JSON.stringify(variableValues ?? {})}\u0000${body}`;
+}
+
+function eventOnly(document: DocumentNode, operationName: ExecutionArgs['operationName']): boolean {
+  const selections = getOperationAST(document, operationName)?.selectionSet.selections;
+  const field = selections?.length === 1 ? selections[0] : undefined;
+  return field?.kind === Kind.FIELD && EVENT_ONLY_FIELDS.has(field.name.value) && !field.directives?.length;
+}
+
+/** The source, each event mapped to its result; return() reaches the source at once. */
+function mapEvents(
+  source: AsyncIterable<unknown>,
+  map: (event: unknown) => ExecutionResult | Promise<ExecutionResult>,
+  located: (error: unknown) => GraphQLError,
+): AsyncGenerator<ExecutionResult> {
+  const iterator = source[Symbol.asyncIterator]();
+  const done = { done: true, value: undefined } as const;
+  return {
+    async next() {
+      let next: IteratorResult<unknown>;
+      try {
+        next = await iterator.next();
+      } catch (error) {
+        // As the executor hands source errors on: located, with the original inside.
+        throw located(error);
+      }
+      return next.done ? done : { done: false, value: await map(next.value) };
+    },
+    async return() {
+      await iterator.return?.();
+      return done;
+    },
+    async throw(error: unknown) {
+      await iterator.return?.();
+      throw error;
+    },
+    [Symbol.asyncIterator]() {
+      return this;
+    },
+    async [Symbol.asyncDispose]() {
+      await iterator.return?.();
+    },
+  };
+}
+
+function isAsyncIterable(value: unknown): value is AsyncIterable<unknown> {
+  return typeof value === 'object' && value !== null && Symbol.asyncIterator in value;
+}
+
+function isPromise<T>(value: T | Promise<T>): value is Promise<T> {
+  return typeof (value as Promise<T> | undefined)?.then === 'function';
+}
