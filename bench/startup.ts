@@ -8,7 +8,10 @@ import { fileURLToPath } from 'node:url';
 
 // Time from `npm start` (spawned as an operator would) until GET /ready answers 200:
 // first start on a fresh DATA_DIR (PGlite initialised, every migration applied, keys
-// generated) and warm start on the same DATA_DIR (nothing left to migrate).
+// generated) and warm start on the same DATA_DIR (nothing left to migrate). `npm start`
+// runs the JavaScript that `npm run build` compiled into dist/ (after `tsc -b` found it
+// up to date: run the build first, or the first start pays for it). The baseline, in the
+// same run: a bare node:http server answering 200, started by `node` directly.
 // STARTUP_RUNS (3 of each; the median is reported).
 
 const RUNS = Number(process.env.STARTUP_RUNS ?? 3);
@@ -23,12 +26,15 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-/** Starts Kiln with `npm start`, resolves with the milliseconds until /ready said 200, then stops it. */
-async function timeStart(dataDir: string): Promise<number> {
+const BARE_SERVER = `require('node:http').createServer((req, res) => res.end('ok')).listen(Number(process.env.PORT), '127.0.0.1')`;
+
+/** Starts Kiln with `npm start` (or the bare server), resolves with the milliseconds until /ready said 200, then stops it. */
+async function timeStart(dataDir: string, bare = false): Promise<number> {
   const port = await freePort();
   const started = performance.now();
-  // Its own process group, so stopping it stops npm, tsx and node together.
-  const child: ChildProcess = spawn('npm', ['start', '--silent'], {
+  // Its own process group, so stopping it stops npm, tsc and node together.
+  const [command, args] = bare ? [process.execPath, ['-e', BARE_SERVER]] : ['npm', ['start', '--silent']];
+  const child: ChildProcess = spawn(command, args, {
     cwd: repoRoot,
     env: { ...process.env, DATA_DIR: dataDir, PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -62,6 +68,7 @@ export default async function bench(): Promise<void> {
   log(`npm start until /ready is 200, embedded PGlite, ${RUNS} runs each`);
   const first: number[] = [];
   const warm: number[] = [];
+  const bare: number[] = [];
   const dirs: string[] = [];
   try {
     for (let run = 0; run < RUNS; run++) {
@@ -69,10 +76,13 @@ export default async function bench(): Promise<void> {
       dirs.push(dir);
       first.push(await timeStart(dir));
       warm.push(await timeStart(dir));
+      bare.push(await timeStart(dir, true));
     }
   } finally {
     for (const dir of dirs) await rm(dir, { recursive: true, force: true });
   }
   log(`  first start (fresh DATA_DIR, migrations)  ${format(first)}`);
   log(`  warm start  (same DATA_DIR)                ${format(warm)}`);
+  log(`  bare node:http server (node directly)      ${format(bare)}`);
+  log(`  ratio to the bare server: first ×${(median(first) / median(bare)).toFixed(1)}, warm ×${(median(warm) / median(bare)).toFixed(1)} (goals: first ≤ 4 s, warm ≤ 1.5 s)`);
 }

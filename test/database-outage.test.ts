@@ -121,7 +121,8 @@ describe.skipIf(!testDatabaseUrl)('database outages (postgres only: PGlite runs 
     return server;
   }
 
-  const logged = (server: CapturedServer, message: string) => server.logs.records().some((record) => record.msg === message);
+  const logged = (server: CapturedServer, message: string, where: (record: Record<string, unknown>) => boolean = () => true) =>
+    server.logs.records().some((record) => record.msg === message && where(record));
 
   /** Starts a generation and follows its chunks; `onFirstChunk` runs (once) when the first one arrives. */
   async function startFollowed(server: CapturedServer, owner: TestUser, onFirstChunk: () => Promise<void>) {
@@ -155,9 +156,9 @@ describe.skipIf(!testDatabaseUrl)('database outages (postgres only: PGlite runs 
     const run = await startFollowed(server, owner, async () => {
       proxy.begin();
       readyDuringOutage = (await fetch(`${server.url}/ready`)).status;
-      // The pipeline is waiting for the database, and Kiln keeps knocking.
+      // The pipeline has been waiting for the database through several back-offs, and Kiln keeps knocking.
       await waitUntil(
-        () => logged(server, 'the database is unreachable; retrying') && proxy.refused >= 10,
+        () => logged(server, 'the database is unreachable; retrying', (record) => Number(record.attempt) >= 5) && proxy.refused >= 10,
         60_000,
         () => `no retries seen (${proxy.refused} connections refused)`,
       );
@@ -178,7 +179,7 @@ describe.skipIf(!testDatabaseUrl)('database outages (postgres only: PGlite runs 
   });
 
   it('hands a run back when the outage outlasts its lease: FAILED/INTERRUPTED, then its retry succeeds', { timeout: 120_000 }, async () => {
-    const server = await startBehindProxy({ GENERATION_LEASE_SECONDS: '2' });
+    const server = await startBehindProxy({ GENERATION_LEASE_SECONDS: '2', QUEUE: 'pgboss' });
     const owner = await signUp(server);
     const run = await startFollowed(server, owner, async () => {
       proxy.begin();

@@ -15,6 +15,8 @@ import { type CrossProcessEventTarget, LocalListeners, throttledWarn } from './l
 // - A payload must stay under PostgreSQL's 8,000-byte NOTIFY limit. A larger one is
 //   shrunk to a pointer (`shrink`, e.g. the seq range of a batch) and each receiving
 //   process that has listeners for it reads the rows back (`expand`) once.
+// - While the database is unreachable (a failover), NOTIFY is retried with back-off, in
+//   order, rather than dropped; other errors drop the batch (subscribers repair).
 // - LISTEN needs a session of its own: a direct connection or a session-mode pooler,
 //   never a transaction-mode pooler (LISTEN_DATABASE_URL may point elsewhere than
 //   DATABASE_URL for that reason).
