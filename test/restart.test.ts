@@ -18,7 +18,7 @@ import {
   tempDir,
   within,
 } from './support/generation-helpers.js';
-import type { GraphQLClient } from './support/server.js';
+import { type GraphQLClient, unsandboxedBuilds } from './support/server.js';
 
 // Kiln as a real process (`tsx src/main.ts`, what `npm start` runs), killed with
 // SIGKILL while a generation streams, then started again on the same database: the
@@ -129,6 +129,8 @@ describe(`a Kiln process killed mid-generation and started again (${databaseKind
       DATA_DIR: data.path,
       FLUTTER_BIN: flutter.bin,
       OFFLINE_CHUNK_DELAY_MS: '100',
+      // The fake flutter's wrapper runs a script outside its own folder, which the sandbox hides.
+      ...unsandboxedBuilds,
       // Embedded, the restarted process ends what the crash left RUNNING at once: the lease plays no part.
       GENERATION_LEASE_SECONDS: databaseKind === 'pglite' ? '600' : '2',
     };

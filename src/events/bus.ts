@@ -1,4 +1,3 @@
-import { setMaxListeners } from 'node:events';
 import { createPubSub, type PubSub, type PubSubEventTarget } from 'graphql-yoga';
 import type { GenerationPhase, GenerationStatus } from '../generations/status.js';
 
@@ -90,10 +89,47 @@ export function isLossless(bus: EventBus): boolean {
 
 /** The in-process bus (EVENTS=memory). */
 export function createMemoryEventBus(): EventBus {
-  // One listener per subscriber and topic: a popular generation has thousands, not a leak.
-  const eventTarget = new EventTarget();
-  setMaxListeners(0, eventTarget);
-  const bus = createEventBusOver(eventTarget);
+  const bus = createEventBusOver(new TopicTarget() as unknown as EventTarget);
   lossless.add(bus);
   return bus;
+}
+
+/**
+ * An event target for one process: a set of listeners per topic. Node's EventTarget
+ * checks every listener of a type for a duplicate on each add and remove, which is
+ * quadratic in a popular generation's thousands of viewers.
+ */
+class TopicTarget {
+  private readonly byTopic = new Map<string, Set<(event: Event) => void>>();
+
+  addEventListener(topic: string, listener: ((event: Event) => void) | null) {
+    if (!listener) return;
+    let listeners = this.byTopic.get(topic);
+    if (!listeners) this.byTopic.set(topic, (listeners = new Set()));
+    listeners.add(listener);
+  }
+
+  removeEventListener(topic: string, listener: ((event: Event) => void) | null) {
+    const listeners = this.byTopic.get(topic);
+    if (!listener || !listeners) return;
+    listeners.delete(listener);
+    if (listeners.size === 0) this.byTopic.delete(topic);
+  }
+
+  dispatchEvent(event: Event): boolean {
+    const listeners = this.byTopic.get(event.type);
+    if (!listeners) return true;
+    // Listeners added while dispatching wait for the next event, as with EventTarget.
+    for (const listener of [...listeners]) {
+      try {
+        listener(event);
+      } catch (error) {
+        // One failing listener does not stop the others; the failure surfaces as EventTarget's would.
+        queueMicrotask(() => {
+          throw error;
+        });
+      }
+    }
+    return true;
+  }
 }

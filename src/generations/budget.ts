@@ -16,7 +16,8 @@ import { type GenerationRow, generationStore } from './store.js';
 // Providers report usage only at the end, so tokens are estimated as they come (about
 // four characters a token). A run that cannot get the tokens it needs stops with
 // BUDGET_EXCEEDED; the chunk that took it over was spent all the same and is counted,
-// so a project can end a month at most one chunk per stopped run past its limit.
+// so a project can end a month past its limit by at most one chunk per stopped run (and
+// by however far a provider's own count of a finished run differs from the estimate).
 
 /** Budgets count tokens per calendar month, UTC. */
 export function monthStart(now = new Date()): Date {
