@@ -55,7 +55,7 @@ const environment = z.object({
   FLUTTER_BIN: z.string().default('flutter'),
   NPM_BIN: z.string().default('npm'),
   BUILD_STEP_TIMEOUT_SECONDS: int(600, 1),
-  // the build sandbox (issue 9): unset means bwrap where it works
+  // the build sandbox: unset means bwrap where it works, so generated code never runs as the server
   BUILD_SANDBOX: optional.pipe(z.enum(['bwrap', 'none']).optional()),
   ALLOW_UNSANDBOXED_BUILDS: flag,
   BUILD_MEMORY_MB: int(4096, 64),

@@ -59,7 +59,8 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
           provider,
           concurrency: config.generations.workerConcurrency,
           queue,
-          soleWorker: database.kind === 'pglite',
+          // Only over a PGlite it opened itself: a database handed in may be shared by other instances.
+          soleWorker: !options.database && database.kind === 'pglite',
           pipeline: { db: database.db, bus, llm, logger, secretBox, metrics, workspaces: config.workspaces, toolchain: { ...config.toolchain, sandbox: buildSandbox }, leaseMs: config.generations.leaseMs, budgetReservationTokens: config.generations.budgetReservationTokens, outputs },
         });
   const generations = {

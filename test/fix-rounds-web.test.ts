@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GeneratedFileDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { fixesOf, startAcceptedWithRounds } from './support/fix-rounds.js';
+import { fixesOf } from './support/fix-rounds.js';
 import { createProject, signUp, type TestUser } from './support/fixtures.js';
-import { type GenerationServer, startGenerationServer, waitForEnd } from './support/generation-helpers.js';
+import { type GenerationServer, startAccepted, startGenerationServer, waitForEnd } from './support/generation-helpers.js';
 
 // A WEB generation whose code fails the real `tsc`, healed by a fix round: the offline
 // provider's "with a build error" demonstration with the real npm, tsc and vite. It
@@ -26,7 +26,7 @@ describe.skipIf(!network)(`a real tsc error fixed in round 1 (${databaseKind}; n
 
   it('fails the typecheck with TS2322, sends it back, and builds the fixed app', { timeout: 300_000 }, async () => {
     const project = await createProject(owner.client, { target: 'WEB' });
-    const started = await startAcceptedWithRounds(owner.client, { projectId: project.id, prompt: 'A reading list with a build error' });
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A reading list with a build error' });
     const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id, 290_000);
 
     expect(generation.error).toBeNull();
@@ -46,8 +46,4 @@ describe.skipIf(!network)(`a real tsc error fixed in round 1 (${databaseKind}; n
     const { generation: app } = await owner.client.expectNoErrors(GeneratedFileDocument, { id: started.id, path: 'src/App.tsx' });
     expect(app?.file?.content).not.toContain('deliberate build error');
   });
-});
-
-describe.skipIf(network)('a real tsc error fixed in round 1', () => {
-  it.skip('needs the npm registry: set KILN_TEST_NETWORK=1 to run it', () => {});
 });

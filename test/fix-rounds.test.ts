@@ -1,15 +1,18 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CancelGenerationDocument, GeneratedFileDocument, GenerationChunksWithRoundDocument, SetProjectBudgetDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { type FakeGemini, type GeminiBehaviour, startFakeGemini } from './support/fake-gemini.js';
-import { BuildRoundsDocument, fixesOf, startAcceptedWithRounds, startWithRounds } from './support/fix-rounds.js';
+import type { FakeGemini, GeminiBehaviour } from './support/fake-gemini.js';
+import { BuildRoundsDocument, fixesOf } from './support/fix-rounds.js';
 import { createProject, signUp, type TestUser } from './support/fixtures.js';
+import { startGeminiServer } from './support/gemini-server.js';
 import {
   type FakeFlutter,
   fakeFlutter,
   type GenerationServer,
   GenerationWatch,
   getGeneration,
+  startAccepted,
+  startGeneration,
   startGenerationServer,
   subscribe,
   waitForEnd,
@@ -35,34 +38,22 @@ const stream = (text: string, usage = { promptTokens: 100, outputTokens: 20 }): 
 
 describe(`self-healing builds (${databaseKind})`, () => {
   let gemini: FakeGemini;
-  let flutter: FakeFlutter;
   let server: GenerationServer;
   let owner: TestUser;
+  let stop: (() => Promise<void>) | undefined;
 
   beforeAll(async () => {
-    gemini = await startFakeGemini();
-    flutter = await fakeFlutter('ok');
-    server = await startGenerationServer({
-      LLM_PROVIDER: 'gemini',
-      GEMINI_API_KEY: 'x',
-      GEMINI_BASE_URL: gemini.baseUrl,
-      FLUTTER_BIN: flutter.bin,
-      // One at a time, so each scripted answer goes to the generation meant to get it.
-      WORKER_CONCURRENCY: '1',
-    });
-    owner = await signUp(server);
+    ({ gemini, server, owner, stop } = await startGeminiServer());
   });
 
   afterAll(async () => {
-    await server?.stop();
-    await gemini?.close();
-    await flutter?.remove();
+    await stop?.();
   });
 
   async function start(prompt: string, maxFixRounds?: number | null) {
     const project = await createProject(owner.client, { target: 'FLUTTER' });
     const requestsBefore = gemini.requests.length;
-    const started = await startAcceptedWithRounds(owner.client, { projectId: project.id, prompt, maxFixRounds });
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt, maxFixRounds });
     return { project, started, requestsBefore };
   }
 
@@ -219,7 +210,7 @@ describe(`self-healing builds (${databaseKind})`, () => {
   it('refuses maxFixRounds above 5 or below 0 with a ValidationError', async () => {
     const project = await createProject(owner.client, { target: 'FLUTTER' });
     for (const maxFixRounds of [6, -1]) {
-      const result = await startWithRounds(owner.client, { projectId: project.id, prompt: 'x', maxFixRounds });
+      const result = await startGeneration(owner.client, { projectId: project.id, prompt: 'x', maxFixRounds });
       expect(result).toMatchObject({ __typename: 'ValidationError', fieldErrors: [{ path: expect.arrayContaining(['maxFixRounds']) }] });
     }
   });
@@ -229,7 +220,7 @@ describe(`self-healing builds (${databaseKind})`, () => {
     await owner.client.expectNoErrors(SetProjectBudgetDocument, { input: { projectId: project.id, monthlyTokenLimit: 6000 } });
     gemini.script(stream(answer('Broken.', brokenMain()), { promptTokens: 5000, outputTokens: 900 }));
     const requestsBefore = gemini.requests.length;
-    const started = await startAcceptedWithRounds(owner.client, { projectId: project.id, prompt: 'A budgeted app' });
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A budgeted app' });
     const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id);
 
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'BUDGET_EXCEEDED' }, usage: { inputTokens: 5000, outputTokens: 900 } });
@@ -277,7 +268,7 @@ describe(`the fake flutter's human format heals too (${databaseKind})`, () => {
 
   it('the offline provider\'s "with a build error" demonstration fails its analyzer, then heals in round 1', async () => {
     const project = await createProject(owner.client, { target: 'FLUTTER' });
-    const started = await startAcceptedWithRounds(owner.client, { projectId: project.id, prompt: 'A habit tracker with a build error' });
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A habit tracker with a build error' });
     const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id);
 
     expect(generation).toMatchObject({ status: 'SUCCEEDED', error: null });

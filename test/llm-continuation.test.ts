@@ -2,9 +2,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GeneratedFileDocument } from './gql/graphql.js';
 import { CONTINUE_INSTRUCTION } from '../src/llm/continuation.js';
 import { databaseKind } from './support/db.js';
-import { type FakeGemini, startFakeGemini } from './support/fake-gemini.js';
-import { createProject, signUp, type TestUser } from './support/fixtures.js';
-import { type FakeFlutter, fakeFlutter, type GenerationServer, startAccepted, startGenerationServer, waitForEnd } from './support/generation-helpers.js';
+import type { FakeGemini } from './support/fake-gemini.js';
+import { createProject, type TestUser } from './support/fixtures.js';
+import { startGeminiServer } from './support/gemini-server.js';
+import { type GenerationServer, startAccepted, waitForEnd } from './support/generation-helpers.js';
 
 // A run that needs no babysitting: an answer cut at the model's output limit is
 // continued and stitched, and a throttled provider is waited for as it asks.
@@ -19,27 +20,16 @@ const CUT = ANSWER.indexOf('two answers');
 
 describe(`continuation and back-off through a fake Gemini (${databaseKind})`, () => {
   let gemini: FakeGemini;
-  let flutter: FakeFlutter;
   let server: GenerationServer;
   let owner: TestUser;
+  let stop: (() => Promise<void>) | undefined;
 
   beforeAll(async () => {
-    gemini = await startFakeGemini();
-    flutter = await fakeFlutter('ok');
-    server = await startGenerationServer({
-      LLM_PROVIDER: 'gemini',
-      GEMINI_API_KEY: 'x',
-      GEMINI_BASE_URL: gemini.baseUrl,
-      FLUTTER_BIN: flutter.bin,
-      WORKER_CONCURRENCY: '1',
-    });
-    owner = await signUp(server);
+    ({ gemini, server, owner, stop } = await startGeminiServer());
   });
 
   afterAll(async () => {
-    await server?.stop();
-    await gemini?.close();
-    await flutter?.remove();
+    await stop?.();
   });
 
   async function run(prompt: string) {

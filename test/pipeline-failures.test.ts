@@ -5,8 +5,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConversationDocument, GeneratedFileDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { type FakeGemini, startFakeGemini } from './support/fake-gemini.js';
+import type { FakeGemini } from './support/fake-gemini.js';
 import { createProject, signUp, type TestUser } from './support/fixtures.js';
+import { startGeminiServer } from './support/gemini-server.js';
 import {
   type FakeFlutter,
   fakeFlutter,
@@ -80,28 +81,16 @@ describe(`build failures (${databaseKind})`, () => {
 
 describe(`model output through a fake Gemini (${databaseKind})`, () => {
   let gemini: FakeGemini;
-  let flutter: FakeFlutter;
   let server: GenerationServer;
   let owner: TestUser;
+  let stop: (() => Promise<void>) | undefined;
 
   beforeAll(async () => {
-    gemini = await startFakeGemini();
-    flutter = await fakeFlutter('ok');
-    server = await startGenerationServer({
-      LLM_PROVIDER: 'gemini',
-      GEMINI_API_KEY: 'x',
-      GEMINI_BASE_URL: gemini.baseUrl,
-      FLUTTER_BIN: flutter.bin,
-      // One at a time, so each scripted answer goes to the generation meant to get it.
-      WORKER_CONCURRENCY: '1',
-    });
-    owner = await signUp(server);
+    ({ gemini, server, owner, stop } = await startGeminiServer());
   });
 
   afterAll(async () => {
-    await server?.stop();
-    await gemini?.close();
-    await flutter?.remove();
+    await stop?.();
   });
 
   async function run(prompt: string, sessionId?: string) {

@@ -108,7 +108,8 @@ describe.skipIf(bwrapProblem !== undefined).each(['WEB', 'FLUTTER'] as const)(`h
     }
   });
 
-  it.skipIf(forkBombSafe)('ends a fork-bomb build (skipped: no writable cgroup here to hold it)', () => undefined);
+  // Listed as skipped (never run as an empty pass) where no cgroup can hold a fork bomb.
+  if (!forkBombSafe) it.skip('ends a fork-bomb build (skipped: no writable cgroup here to hold it)', () => undefined);
 
   it.each(
     (

@@ -13,11 +13,11 @@ import { hostProcessesWith, probeResults, probeScript } from './support/hostile-
 // The WEB target for real in the sandbox: `npm install --ignore-scripts` from the npm
 // registry (the only step with network), then the real tsc and `vite build` with the
 // project's own vite.config.ts, with none. It needs the registry, so it is opt-in:
-// KILN_TEST_REGISTRY=1 runs it.
+// KILN_TEST_NETWORK=1 runs it.
 
 const bwrapProblem = await probeBwrap();
 const skipReason =
-  process.env.KILN_TEST_REGISTRY !== '1' ? 'needs the npm registry: set KILN_TEST_REGISTRY=1 to run it' : bwrapProblem;
+  process.env.KILN_TEST_NETWORK !== '1' ? 'needs the npm registry: set KILN_TEST_NETWORK=1 to run it' : bwrapProblem;
 
 describe.skipIf(skipReason !== undefined)(`the real WEB toolchain in the build sandbox (${databaseKind})${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
   let gemini: FakeGemini;

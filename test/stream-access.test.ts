@@ -230,10 +230,7 @@ describe(`live streams on Supabase Auth (${databaseKind})`, () => {
     server = await startGenerationServer({
       FLUTTER_BIN: flutter.bin,
       ...slow,
-      AUTH_PROVIDER: 'supabase',
-      SUPABASE_URL: supabase.url,
-      SUPABASE_ANON_KEY: supabase.anonKey,
-      SUPABASE_SERVICE_ROLE_KEY: supabase.serviceRoleKey,
+      ...supabase.kilnEnv,
     });
   });
 

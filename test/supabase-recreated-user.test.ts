@@ -14,12 +14,7 @@ describe(`a Supabase user deleted and re-created with the same email (${database
 
   beforeAll(async () => {
     supabase = await startFakeSupabase();
-    server = await startTestServer({
-      AUTH_PROVIDER: 'supabase',
-      SUPABASE_URL: supabase.url,
-      SUPABASE_ANON_KEY: supabase.anonKey,
-      SUPABASE_SERVICE_ROLE_KEY: supabase.serviceRoleKey,
-    });
+    server = await startTestServer(supabase.kilnEnv);
   });
 
   afterAll(async () => {

@@ -22,6 +22,8 @@ export type Command =
    * bare sockets; `persist` writes each chunk to the database first, as the pipeline does.
    */
   | { cmd: 'produce'; target: 'kiln' | 'ws'; generationId: string; firstSeq: number; batches: number; rate: number; persist: boolean }
+  /** Ends the `produce` under way after its current batch (no reply: that produce replies). */
+  | { cmd: 'halt' }
   /** Persist seqs 0..count-1 of a generation (history that a late subscriber replays), in one transaction. */
   | { cmd: 'history'; generationId: string; count: number }
   | { cmd: 'memory' }
@@ -65,11 +67,15 @@ await new Promise<void>((resolve) => bare.once('listening', resolve));
 
 const reply = (message: Reply) => process.send!(message);
 
+let halted = false;
+
 async function produce(command: Extract<Command, { cmd: 'produce' }>): Promise<number> {
   const db = serviceScope(database.db);
   const interval = 1000 / command.rate;
   const started = performance.now();
-  for (let i = 0; i < command.batches; i++) {
+  halted = false;
+  let i = 0;
+  for (; i < command.batches && !halted; i++) {
     const due = started + i * interval;
     const wait = due - performance.now();
     if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
@@ -87,7 +93,7 @@ async function produce(command: Extract<Command, { cmd: 'produce' }>): Promise<n
       for (const client of bare.clients) client.send(frame);
     }
   }
-  return command.batches;
+  return i;
 }
 
 process.on('message', (command: Command) => {
@@ -103,6 +109,9 @@ process.on('message', (command: Command) => {
         return reply({ cmd: 'start', url: kiln.url, wsUrl: `ws://127.0.0.1:${(bare.address() as AddressInfo).port}` });
       case 'produce':
         return reply({ cmd: 'produce', published: await produce(command) });
+      case 'halt':
+        halted = true;
+        return;
       case 'history': {
         const rows = Array.from({ length: command.count }, (_, seq) => ({ generationId: command.generationId, seq, text: chunkText(0) }));
         await serviceScope(database.db).run((tx) => generationStore.appendChunks(tx, rows));

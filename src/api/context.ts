@@ -25,7 +25,7 @@ export interface Services {
   secretBox?: SecretBox;
   rateLimits: RateLimits;
   metrics: Metrics;
-  /** Previews, archives and the artefact store (issue 10). */
+  /** Previews, archives and the artefact store: signed URLs for fields, blobs for the HTTP handlers. */
   outputs: Outputs;
   /** Ends live streams whose viewer lost access; caps what one user holds open. */
   streamAccess: StreamAccess;
@@ -59,7 +59,6 @@ export async function createContext(
   services: Services,
   request: { authorization?: string | null; requestId: string; clientIp?: string; transport?: Context['transport'] },
 ): Promise<Context> {
-  const logger = services.logger.child({ requestId: request.requestId });
   const token = bearerToken(request.authorization);
   let viewer: Viewer | null = null;
   let problem: string | undefined;
@@ -80,7 +79,8 @@ export async function createContext(
     db: viewer ? userScope(services.database.db, viewer.claims) : anonymousScope(problem),
     bus: services.bus,
     services,
-    logger: viewer ? logger.child({ userId: viewer.id }) : logger,
+    // One child, not two: a live subscription keeps its context (and logger) for as long as it runs.
+    logger: services.logger.child(viewer ? { requestId: request.requestId, userId: viewer.id } : { requestId: request.requestId }),
   };
 }
 

@@ -83,7 +83,14 @@ export async function renderGraphiQLPage(options: GraphiQLOptions): Promise<stri
 /** Answers GET/HEAD /graphiql/<asset>; false when the request is not for one. */
 export function serveGraphiQLAsset(req: IncomingMessage, res: ServerResponse, path: string): boolean {
   if (!path.startsWith(PREFIX) || (req.method !== 'GET' && req.method !== 'HEAD')) return false;
-  void loadAssets().then((loaded) => sendAsset(req, res, loaded.byPath.get(path)));
+  loadAssets().then(
+    (loaded) => sendAsset(req, res, loaded.byPath.get(path)),
+    () => {
+      // The package failed to load: try again on the next request rather than keep the failure.
+      assets = null;
+      res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' }).end('GraphiQL could not be loaded\n');
+    },
+  );
   return true;
 }
 

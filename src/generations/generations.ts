@@ -154,10 +154,15 @@ async function checkLimits(tx: Tx, deps: Pick<GenerationDeps, 'maxActivePerUser'
   await generationStore.lockStartsOfUser(tx, userId);
   const project = (await generationStore.projectOf(tx, projectId))!;
   const reserved = await reserveAtStart(tx, project, deps.budgetReservationTokens ?? 0, (limit, committed) => new BudgetExceededError(limit, committed));
-  if ((await generationStore.activeCountOfUser(tx, userId)) >= deps.maxActivePerUser) {
-    throw new RateLimitedError(15, `You already have ${deps.maxActivePerUser} generations queued or running; wait for one to finish.`);
-  }
+  await refuseBeyondActiveLimit(tx, deps.maxActivePerUser, userId);
   return reserved;
+}
+
+/** Refuses a start while the user has MAX_ACTIVE_GENERATIONS_PER_USER queued or running; call it under lockStartsOfUser. */
+export async function refuseBeyondActiveLimit(tx: Tx, maxActivePerUser: number, userId: string): Promise<void> {
+  if ((await generationStore.activeCountOfUser(tx, userId)) >= maxActivePerUser) {
+    throw new RateLimitedError(15, `You already have ${maxActivePerUser} generations queued or running; wait for one to finish.`);
+  }
 }
 
 async function resolveParent(tx: Tx, projectId: string, input: StartInput): Promise<GenerationRow | undefined> {

@@ -40,7 +40,7 @@ export interface PipelineDeps {
   /** Opens the project's own API key (bring-your-own-key), when secrets are enabled. */
   secretBox?: SecretBox;
   metrics?: Metrics;
-  /** Issue 10: stores a succeeded generation's files and web bundle (src/artifacts/outputs.ts). */
+  /** Stores a succeeded generation's files and web bundle, so previews and archives outlive the workspace. */
   outputs?: Pick<Outputs, 'write'>;
 }
 
@@ -78,7 +78,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
   try {
     const context = await loadContext(deps, claimed);
     const prompt = firstPrompt(context);
-    // Issue 10: a restore makes no model call; its answer is the restored files (restore.ts).
+    // A restore makes no model call: its answer is the restored files (restore.ts).
     const generated = claimed.restoredFrom
       ? await restoredAnswer(deps.db, claimed, { template: context.target.template, parentFiles: context.parentFiles })
       : await generate(deps, context, prompt, cursor, run.signal, onText).catch((error: unknown) => {
@@ -108,7 +108,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
       spend,
       setPhase: (phase) => setPhase(deps, generationId, phase, publish),
     });
-    // Issue 10: the files and the web bundle go to the artefact store before SUCCEEDED (src/artifacts/).
+    // Stored before SUCCEEDED, so a SUCCEEDED generation always has its preview and archive.
     await deps.outputs?.write(generationId, join(workspace.dir, context.target.bundleDir));
     outcome = { status: 'SUCCEEDED' };
   } catch (error) {

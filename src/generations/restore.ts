@@ -1,11 +1,10 @@
 import type { Db } from '../db/client.js';
-import { serviceScope } from '../db/scope.js';
-import type { Scope } from '../db/scope.js';
-import { InvalidStateError, NotFoundError, RateLimitedError } from '../errors.js';
+import { type Scope, serviceScope } from '../db/scope.js';
+import { InvalidStateError, NotFoundError } from '../errors.js';
 import type { LlmUsage } from '../llm/provider.js';
 import { requireRole } from '../projects/projects.js';
 import { projectStore } from '../projects/store.js';
-import type { GenerationDeps } from './generations.js';
+import { type GenerationDeps, refuseBeyondActiveLimit } from './generations.js';
 import type { OutputEvent } from './output-parser.js';
 import { type GenerationRow, TERMINAL, generationStore } from './store.js';
 
@@ -31,9 +30,7 @@ export async function restoreGeneration(scope: Scope, deps: GenerationDeps, id: 
       throw new InvalidStateError('A generation of this session is still running; wait for it or cancel it.');
     }
     await generationStore.lockStartsOfUser(tx, scope.userId!);
-    if ((await generationStore.activeCountOfUser(tx, scope.userId!)) >= deps.maxActivePerUser) {
-      throw new RateLimitedError(15, `You already have ${deps.maxActivePerUser} generations queued or running; wait for one to finish.`);
-    }
+    await refuseBeyondActiveLimit(tx, deps.maxActivePerUser, scope.userId!);
     // It follows the session's latest version, like a follow-up: the version list stays linear.
     const latest = await generationStore.latestSucceededOfSession(tx, project.id, source.sessionId);
     const row = await generationStore.insert(tx, {

@@ -338,7 +338,7 @@ export const generationStore = {
   /**
    * The conversation as it stood at `generationId`, for the next prompt: the turns of
    * the successful generations it descends from, oldest first. A restore leads back
-   * through `restored_from` (issue 10), so turns made after the restored version drop out.
+   * through `restored_from`, so turns made after the restored version drop out.
    */
   async turnsOfLineage(tx: Tx, generationId: string): Promise<MessageRow[]> {
     const lineage = sql`

@@ -130,13 +130,17 @@ async function sequenced<T extends { seq: number }>(
     throw new NotFoundError('Generation not found.');
   }
   const read = (after: number) => scope.run((tx) => readAfter(tx, generationId, after));
+  const overAtStart = isOver(initial.generation);
+  // Handed over once, so a long-lived stream does not keep its first page (up to PAGE rows) alive.
+  let firstPage: T[] | undefined = initial.page;
   return cancellable(inbox, options.signal, async function* (signal) {
     let last = afterSeq;
-    let over = isOver(initial.generation);
+    let over = overAtStart;
     /** Items ready to hand out, in seq order. */
-    let ready: T[] = initial.page;
+    let ready: T[] = firstPage ?? [];
+    firstPage = undefined;
     /** Whether the database may have more after `last` (a repair, more pages, or the final drain). */
-    let fromDatabase = initial.page.length === PAGE;
+    let fromDatabase = ready.length === PAGE;
     const poll = new Backoff(bus);
     try {
       for (;;) {

@@ -100,7 +100,11 @@ export const secretContext = (projectId: string, name: SecretName) => `${project
 export async function addProjectMember(
   scope: Scope,
   input: { projectId: string; email: string; role: ProjectRole },
+  /** Throws RateLimitedError when the user added too many members recently. */
+  deps: { rateLimit?(userId: string): Promise<void> } = {},
 ) {
+  // Counted per user before anything else: the answers must not let anyone test many emails for accounts.
+  if (scope.userId) await deps.rateLimit?.(scope.userId);
   return scope.run(async (tx) => {
     const project = requireRole(await projectStore.find(tx, input.projectId), ['owner']);
     const userId = await userStore.idByEmail(tx, input.email);

@@ -9,6 +9,7 @@ import type { Logger } from '../observability/logger.js';
 import type { BuildTool } from './build-steps.js';
 import { type CgroupLayout, createStepCgroup, findCgroups, type StepCgroup } from './cgroups.js';
 import { type LimitWatch, type StepLimits, watchLimits } from './step-limits.js';
+import { REGISTRY_ENV } from './step-runner.js';
 
 // Every step that can run project code runs under bubblewrap (DESIGN "Running untrusted
 // code"): its own user, pid, ipc, uts, cgroup and network namespaces, an unprivileged uid,
@@ -74,22 +75,6 @@ const SYSTEM_DIRS = ['/usr', '/bin', '/sbin', '/lib', '/lib32', '/lib64', '/libx
 const ETC_ALWAYS = ['/etc/ld.so.cache', '/etc/ld.so.conf', '/etc/ld.so.conf.d', '/etc/alternatives', '/etc/localtime', '/etc/hosts', '/etc/nsswitch.conf'];
 const ETC_FETCH = ['/etc/resolv.conf', '/etc/ssl', '/etc/ca-certificates', '/etc/ca-certificates.conf', '/etc/pki', '/etc/gai.conf'];
 const ENV_ALWAYS = ['LANG', 'LC_ALL', 'LC_CTYPE', 'TZ', 'CI'];
-// Only the fetch talks to a registry, maybe through a proxy with its own CA.
-const ENV_FETCH = [
-  'npm_config_registry',
-  'NPM_CONFIG_REGISTRY',
-  'PUB_HOSTED_URL',
-  'FLUTTER_STORAGE_BASE_URL',
-  'NODE_EXTRA_CA_CERTS',
-  'SSL_CERT_FILE',
-  'SSL_CERT_DIR',
-  'HTTP_PROXY',
-  'HTTPS_PROXY',
-  'NO_PROXY',
-  'http_proxy',
-  'https_proxy',
-  'no_proxy',
-];
 const CA_PATH_VARS = ['NODE_EXTRA_CA_CERTS', 'SSL_CERT_FILE', 'SSL_CERT_DIR'];
 // Joins the step's cgroup before bwrap starts, so every process it makes is counted.
 const JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"';
@@ -163,7 +148,8 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
   // The fetch may have left anything in the cache, a symlink too: mkdir never follows one.
   for (const dir of Object.values(cache)) await mkdir(dir).catch(ignoreExisting);
   const env: Record<string, string> = {};
-  for (const name of [...ENV_ALWAYS, ...(stepAccess.fetch ? ENV_FETCH : [])]) {
+  // Only the fetch talks to a registry, maybe through a proxy with its own CA.
+  for (const name of [...ENV_ALWAYS, ...(stepAccess.fetch ? REGISTRY_ENV : [])]) {
     const value = step.env[name];
     if (value !== undefined) env[name] = value;
   }

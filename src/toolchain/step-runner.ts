@@ -167,22 +167,10 @@ function toolHint(command: string): string {
   return `set ${basename(command).toUpperCase().replace(/[^A-Z0-9]+/g, '_')}_BIN or put it on PATH`;
 }
 
-/** What build tools legitimately need from the server's environment. */
-const INHERITED_ENV = [
-  'PATH',
-  'HOME',
-  'USER',
-  'LANG',
-  'LC_ALL',
-  'LC_CTYPE',
-  'TZ',
-  'TMPDIR',
-  'npm_config_cache',
-  'NPM_CONFIG_CACHE',
+/** Where dependencies come from: what a dependency fetch needs, in the sandbox or not. */
+export const REGISTRY_ENV = [
   'npm_config_registry',
   'NPM_CONFIG_REGISTRY',
-  'FLUTTER_ROOT',
-  'PUB_CACHE',
   'PUB_HOSTED_URL',
   'FLUTTER_STORAGE_BASE_URL',
   // Installs must work behind an egress proxy and a TLS-inspecting one's own CA.
@@ -196,6 +184,9 @@ const INHERITED_ENV = [
   'https_proxy',
   'no_proxy',
 ];
+
+/** What build tools legitimately need from the server's environment. */
+const INHERITED_ENV = ['PATH', 'HOME', 'USER', 'LANG', 'LC_ALL', 'LC_CTYPE', 'TZ', 'TMPDIR', 'npm_config_cache', 'NPM_CONFIG_CACHE', 'FLUTTER_ROOT', 'PUB_CACHE', ...REGISTRY_ENV];
 
 /**
  * The environment of a build step: an allowlist, so server secrets (DATABASE_URL, API

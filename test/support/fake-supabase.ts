@@ -22,6 +22,8 @@ export interface FakeSupabase {
   readonly url: string;
   readonly anonKey: string;
   readonly serviceRoleKey: string;
+  /** The settings that make Kiln use this fake as its auth provider. */
+  readonly kilnEnv: { AUTH_PROVIDER: 'supabase'; SUPABASE_URL: string; SUPABASE_ANON_KEY: string; SUPABASE_SERVICE_ROLE_KEY: string };
   /** GET /auth/v1/user requests served so far (the provider's session checks). */
   readonly userRequests: number;
   confirmEmail(email: string): void;
@@ -230,6 +232,7 @@ export async function startFakeSupabase(options: FakeSupabaseOptions = {}): Prom
     url,
     anonKey,
     serviceRoleKey,
+    kilnEnv: { AUTH_PROVIDER: 'supabase', SUPABASE_URL: url, SUPABASE_ANON_KEY: anonKey, SUPABASE_SERVICE_ROLE_KEY: serviceRoleKey },
     get userRequests() {
       return userRequests;
     },

@@ -1,17 +1,9 @@
-import { expect } from 'vitest';
-import {
-  type GenerationFieldsFragment,
-  GenerationFixesDocument,
-  type GenerationFixesQuery,
-  StartGenerationDocument,
-  type StartGenerationInput,
-  type StartGenerationMutation,
-} from '../gql/graphql.js';
+import { GenerationFixesDocument, type GenerationFixesQuery } from '../gql/graphql.js';
 import { document } from './fixtures.js';
 import type { GraphQLClient } from './server.js';
 
-// Helpers of the self-healing suites: the contract's GenerationFixes query and starting
-// a generation with maxFixRounds.
+// Helpers of the self-healing suites: the contract's GenerationFixes query and the rounds
+// of build steps and log lines.
 
 export type FixesOfGeneration = NonNullable<GenerationFixesQuery['generation']>;
 
@@ -32,15 +24,4 @@ export async function fixesOf(client: GraphQLClient, id: string): Promise<FixesO
   const { generation } = await client.expectNoErrors(GenerationFixesDocument, { id });
   if (!generation) throw new Error(`generation ${id} is not visible`);
   return generation;
-}
-
-/** startGeneration, maxFixRounds included; returns the union member as the mutation answered. */
-export async function startWithRounds(client: GraphQLClient, input: StartGenerationInput): Promise<StartGenerationMutation['startGeneration']> {
-  return (await client.expectNoErrors(StartGenerationDocument, { input })).startGeneration;
-}
-
-export async function startAcceptedWithRounds(client: GraphQLClient, input: StartGenerationInput): Promise<GenerationFieldsFragment> {
-  const result = await startWithRounds(client, input);
-  expect(result, JSON.stringify(result)).toMatchObject({ __typename: 'Generation' });
-  return result as Extract<StartGenerationMutation['startGeneration'], { __typename: 'Generation' }>;
 }

@@ -21,6 +21,7 @@ import {
   type GenerationQuery,
   GenerationUpdatedDocument,
   StartGenerationDocument,
+  type StartGenerationInput,
   type StartGenerationMutation,
 } from '../gql/graphql.js';
 import type { TestDatabase } from './db.js';
@@ -115,18 +116,12 @@ export async function startInstance(database: TestDatabase, env: Environment & {
 export type Generation = NonNullable<GenerationQuery['generation']>;
 type StartResult = StartGenerationMutation['startGeneration'];
 
-export async function startGeneration(
-  client: GraphQLClient,
-  input: { projectId: string; prompt: string; sessionId?: string | null; parentGenerationId?: string | null },
-): Promise<StartResult> {
+export async function startGeneration(client: GraphQLClient, input: StartGenerationInput): Promise<StartResult> {
   return (await client.expectNoErrors(StartGenerationDocument, { input })).startGeneration;
 }
 
 /** Starts a generation that must be accepted; returns it as the mutation answered. */
-export async function startAccepted(
-  client: GraphQLClient,
-  input: { projectId: string; prompt: string; sessionId?: string | null },
-): Promise<GenerationFieldsFragment> {
+export async function startAccepted(client: GraphQLClient, input: StartGenerationInput): Promise<GenerationFieldsFragment> {
   const result = await startGeneration(client, input);
   expect(result, JSON.stringify(result)).toMatchObject({ __typename: 'Generation' });
   return result as Extract<StartResult, { __typename: 'Generation' }>;

@@ -1,6 +1,8 @@
 import { fixReads } from '../../generations/fix-reads.js';
 import type { DiagnosticRow, FixRoundRow } from '../../generations/fix-store.js';
+import type { Scope } from '../../db/scope.js';
 import { builder } from '../builder.js';
+import type { Context } from '../context.js';
 import { BuildStepRef, ChunkRef, GenerationRef, LogLineRef, UsageRef } from './generations.js';
 
 // Self-healing builds (DESIGN "Self-healing builds"): diagnostics per round, the fix
@@ -38,23 +40,25 @@ const FixRoundRef = builder.objectRef<FixRoundRow>('FixRound').implement({
   }),
 });
 
+/** A list loader: one batched read for every generation asked for, its rows grouped by generation. */
+function byGeneration<Row extends { generationId: string }>(read: (scope: Scope, generationIds: readonly string[]) => Promise<Row[]>) {
+  return async (ids: string[], ctx: Context): Promise<Row[][]> => {
+    const rows = await read(ctx.db, ids);
+    return ids.map((id) => rows.filter((row) => row.generationId === id));
+  };
+}
+
 builder.objectFields(GenerationRef, (t) => ({
   diagnostics: t.loadableList({
     type: DiagnosticRef,
     description: 'What the build tools reported, every round, in order.',
-    load: async (ids: string[], ctx) => {
-      const rows = await fixReads.diagnostics(ctx.db, ids);
-      return ids.map((id) => rows.filter((row) => row.generationId === id));
-    },
+    load: byGeneration(fixReads.diagnostics),
     resolve: (g) => g.id,
   }),
   fixRounds: t.loadableList({
     type: FixRoundRef,
     description: 'The self-healing rounds this generation took, in order (none when the first build succeeded).',
-    load: async (ids: string[], ctx) => {
-      const rows = await fixReads.rounds(ctx.db, ids);
-      return ids.map((id) => rows.filter((row) => row.generationId === id));
-    },
+    load: byGeneration(fixReads.rounds),
     resolve: (g) => g.id,
   }),
   maxFixRounds: t.exposeInt('maxFixRounds', { description: 'Self-healing rounds this generation may take (0: off).' }),

@@ -1,4 +1,3 @@
-import { GraphQLError } from 'graphql';
 import { ARCHIVE_FORMATS, type ArchiveFormat, archiveFilename } from '../../artifacts/archive.js';
 import { diffGeneration, type FileDiff, type GenerationDiff } from '../../artifacts/diff.js';
 import { outputReads } from '../../artifacts/reads.js';
@@ -93,13 +92,9 @@ builder.objectFields(GenerationRef, (t) => ({
     args: { against: t.arg.id() },
     resolve: async (g, args, ctx) => {
       const againstId = args.against == null ? null : decodeId(String(args.against), 'Generation');
-      try {
-        if (args.against != null && !againstId) throw new NotFoundError('The generation to compare with was not found in this project.');
-        return await diffGeneration(ctx.db, g, againstId);
-      } catch (error) {
-        if (error instanceof NotFoundError) throw new GraphQLError(error.message, { extensions: { code: 'NOT_FOUND' } });
-        throw error;
-      }
+      // A malformed id is answered like an unknown one; the errors plugin gives NotFoundError its NOT_FOUND code.
+      if (args.against != null && !againstId) throw new NotFoundError('The generation to compare with was not found in this project.');
+      return diffGeneration(ctx.db, g, againstId);
     },
   }),
 }));

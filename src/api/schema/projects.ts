@@ -147,11 +147,8 @@ builder.mutationFields((t) => ({
     type: MemberRef,
     errors: {},
     args: { input: t.arg({ type: AddProjectMemberInput, required: true }) },
-    resolve: async (_root, { input }, ctx) => {
-      // Counted per user before anything else: the answers must not let anyone test many emails for accounts.
-      if (ctx.viewer) await ctx.services.rateLimits.memberAdd(ctx.viewer.id);
-      return addProjectMember(ctx.db, { ...input, projectId: parseId(String(input.projectId), 'Project', ['projectId']) });
-    },
+    resolve: (_root, { input }, ctx) =>
+      addProjectMember(ctx.db, { ...input, projectId: parseId(String(input.projectId), 'Project', ['projectId']) }, { rateLimit: ctx.services.rateLimits.memberAdd }),
   }),
   removeProjectMember: t.field({
     type: ProjectRef,

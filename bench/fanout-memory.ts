@@ -1,0 +1,16 @@
+import { IDLE, log, idleMemory } from './support/fanout-clients.js';
+
+// The memory of FANOUT_IDLE idle graphql-ws subscriptions against as many bare `ws`
+// connections (server RSS and heap after forced GC). Variables: bench/support/fanout-clients.ts.
+
+export default async function memory(): Promise<void> {
+  log(`memory of idle connections: ${IDLE} each, server RSS and heap after forced GC`);
+  const bare = await idleMemory('bare ws');
+  const graphqlWs = await idleMemory('graphql-ws');
+  // Below ~1 KiB a connection, the baseline is within what freed heap pages already held in RSS.
+  const ratio = (a: number, b: number) => (b >= 1024 ? `×${(a / b).toFixed(1)}` : 'n/a (baseline below RSS granularity)');
+  log(
+    `  graphql-ws subscription vs bare ws connection: RSS ${ratio(graphqlWs.perConnection, bare.perConnection)}, heap ${ratio(graphqlWs.perConnectionHeap, bare.perConnectionHeap)}`,
+  );
+}
+
