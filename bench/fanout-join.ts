@@ -8,7 +8,7 @@ import { N, RATE, JOIN, HISTORY, DRAIN_MS, log, ServerProcess, setUp, Recorder, 
 // one while viewers join.
 // Variables: bench/support/fanout-clients.ts.
 
-const JOIN_MAX_SECONDS = 60;
+const JOIN_MAX_SECONDS = 20;
 
 export default async function join(): Promise<void> {
   log(`join mid-stream: ${N} graphql-ws viewers live, then ${JOIN} more subscribe with a replay of ${HISTORY}+ chunks (chunks persisted first, as the pipeline does)`);

@@ -99,6 +99,12 @@ const environment = z.object({
   RATE_LIMIT_GENERATIONS_PER_USER: rate('30/600'),
   RATE_LIMIT_MEMBERS_PER_USER: rate('60/60'),
   METRICS_TOKEN: optional,
+  // tracing (OpenTelemetry): off unless an exporter or an OTLP endpoint is named; the SDK reads the rest of OTEL_* itself
+  OTEL_SDK_DISABLED: optional.transform((v) => v?.toLowerCase() === 'true'),
+  OTEL_TRACES_EXPORTER: optional,
+  OTEL_EXPORTER_OTLP_ENDPOINT: optional,
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: optional,
+  OTEL_SERVICE_NAME: optional,
   // outputs (src/artifacts/): the artefact store, signed preview and archive URLs
   ARTIFACT_STORE: z.enum(['fs', 'postgres', 'supabase']).optional(),
   ARTIFACT_BUCKET: z.string().trim().min(1).default('kiln-artifacts'),
@@ -244,6 +250,19 @@ export function parseConfig(env: Record<string, string | undefined>) {
     },
     /** When set, /metrics needs `Authorization: Bearer <token>`. */
     metrics: { token: e.METRICS_TOKEN },
+    /**
+     * OpenTelemetry traces: on when OTEL_TRACES_EXPORTER names an exporter (not `none`) or an OTLP
+     * endpoint is set, and OTEL_SDK_DISABLED is not true. Exporter details (protocol, headers,
+     * sampler) are read from process.env by the SDK itself (src/observability/tracing.ts).
+     */
+    tracing: {
+      enabled:
+        !e.OTEL_SDK_DISABLED &&
+        ((e.OTEL_TRACES_EXPORTER !== undefined && e.OTEL_TRACES_EXPORTER !== 'none') ||
+          e.OTEL_EXPORTER_OTLP_ENDPOINT !== undefined ||
+          e.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT !== undefined),
+      serviceName: e.OTEL_SERVICE_NAME ?? 'kiln',
+    },
     outputs: {
       /** Where artefact blobs live: fs under DATA_DIR (embedded), postgres (with DATABASE_URL) or Supabase Storage. */
       store: e.ARTIFACT_STORE ?? (e.DATABASE_URL ? 'postgres' : 'fs'),

@@ -13,6 +13,7 @@ import { startWorker, type Worker } from './jobs/worker.js';
 import { createLlmProvider } from './llm/index.js';
 import { type Logger, createLogger } from './observability/logger.js';
 import { createMetrics } from './observability/metrics.js';
+import { startTracing } from './observability/tracing.js';
 import { verifyEncryptionKey } from './projects/key-check.js';
 import { createSecretBox, loadEncryptionKey } from './projects/secret-box.js';
 import { serviceScope } from './db/scope.js';
@@ -121,6 +122,8 @@ export function loadConfigOrExit(env: Record<string, string | undefined> = proce
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   const config = loadConfigOrExit();
   const logger = createLogger(config.logLevel);
+  // Process-wide, like the logger, and before anything is traced; undefined when OTEL_* leaves tracing off.
+  const tracing = await startTracing(config.tracing);
   const kiln = await startKiln(config, { logger }).catch((error: unknown) => {
     // Problems found once the database is open (e.g. a KILN_ENCRYPTION_KEY that does not fit) read like config errors.
     if (!(error instanceof ConfigError)) throw error;
@@ -135,7 +138,8 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     process.on(signal, () => {
       const graceMs = signals++ === 0 ? config.generations.shutdownGraceMs : 0;
       logger.info({ source: 'main', signal, graceMs }, 'shutting down');
-      kiln.stop({ graceMs }).then(
+      // Spans still buffered are exported before the process goes.
+      kiln.stop({ graceMs }).then(() => tracing?.shutdown()).then(
         () => process.exit(0),
         (error: unknown) => {
           logger.error({ source: 'main', err: error }, 'shutdown failed');

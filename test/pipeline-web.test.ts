@@ -33,7 +33,7 @@ describe.skipIf(process.env.KILN_TEST_SKIP_NETWORK === '1')(`the WEB target with
     expect(generation.error).toBeNull();
     expect(generation.status).toBe('SUCCEEDED');
     expect(generation.buildSteps.map((s) => [s.name, s.command, s.status, s.exitCode])).toEqual([
-      ['install', 'npm install --ignore-scripts --no-audit --no-fund', 'SUCCEEDED', 0],
+      ['install', 'npm install --ignore-scripts --no-package-lock --no-audit --no-fund', 'SUCCEEDED', 0],
       ['typecheck', 'npm exec -- tsc --noEmit --pretty false', 'SUCCEEDED', 0],
       ['build', 'npm exec -- vite build --base ./', 'SUCCEEDED', 0],
     ]);

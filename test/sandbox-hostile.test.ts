@@ -9,7 +9,7 @@ import { databaseKind } from './support/db.js';
 import { type FakeGemini, startFakeGemini } from './support/fake-gemini.js';
 import { createProject, signUp, type TestUser } from './support/fixtures.js';
 import { type Generation, type GenerationServer, rawId, repoRoot, startAccepted, startGenerationServer, waitForEnd } from './support/generation-helpers.js';
-import { hostileAnswer, hostProcessesWith, type ProbeKind, probeResults, type SdkFlutter, sdkFakeFlutter } from './support/hostile-project.js';
+import { hostileAnswer, hostProcessesWith, type ProbeKind, probeResults, type FakeSdk, sdkFakeFlutter, sdkFakeNpm } from './support/hostile-project.js';
 
 // Generated code is hostile: a project a model was steered into writing runs probes as
 // project code on each target (WEB: its own `tsc`/`vite` bins, and a `postinstall`;
@@ -27,7 +27,8 @@ const LIMITS = { BUILD_MEMORY_MB: '384', BUILD_MAX_PROCESSES: '128', BUILD_MAX_W
 
 describe.skipIf(bwrapProblem !== undefined).each(['WEB', 'FLUTTER'] as const)(`hostile %s projects in the build sandbox (${databaseKind})${why}`, (target) => {
   let gemini: FakeGemini;
-  let flutter: SdkFlutter;
+  let flutter: FakeSdk;
+  let npm: FakeSdk;
   let server: GenerationServer;
   let owner: TestUser;
   let apiPort: number;
@@ -36,6 +37,7 @@ describe.skipIf(bwrapProblem !== undefined).each(['WEB', 'FLUTTER'] as const)(`h
   beforeAll(async () => {
     gemini = await startFakeGemini();
     flutter = await sdkFakeFlutter();
+    npm = await sdkFakeNpm();
     server = await startGenerationServer({
       BUILD_SANDBOX: 'bwrap',
       ...LIMITS,
@@ -43,6 +45,7 @@ describe.skipIf(bwrapProblem !== undefined).each(['WEB', 'FLUTTER'] as const)(`h
       GEMINI_API_KEY: 'x',
       GEMINI_BASE_URL: gemini.baseUrl,
       FLUTTER_BIN: flutter.bin,
+      NPM_BIN: npm.bin,
       // One at a time, so each scripted answer goes to the generation meant to get it; no fix rounds.
       WORKER_CONCURRENCY: '1',
       AUTO_FIX_MAX_ROUNDS: '0',
@@ -60,6 +63,7 @@ describe.skipIf(bwrapProblem !== undefined).each(['WEB', 'FLUTTER'] as const)(`h
     await server?.stop();
     await gemini?.close();
     await flutter?.remove();
+    await npm?.remove();
   });
 
   async function build(user: TestUser, kind: ProbeKind): Promise<Generation> {
@@ -103,7 +107,7 @@ describe.skipIf(bwrapProblem !== undefined).each(['WEB', 'FLUTTER'] as const)(`h
     expect(existsSync(join(repoRoot, 'node_modules', 'node', `hostile-${marker}`))).toBe(false);
     expect(await hostProcessesWith(`kiln-daemon-${marker}`)).toEqual([]);
     if (target === 'WEB') {
-      // npm install --ignore-scripts: the postinstall (with network) never ran.
+      // Nothing ran at install time (the real npm's --ignore-scripts: sandbox-registry.test.ts).
       expect(generation.buildLog.filter((line) => line.step === 'install' && line.text.startsWith('PROBE'))).toEqual([]);
     }
   });
@@ -148,7 +152,7 @@ describe.skipIf(bwrapProblem !== undefined).each(['WEB', 'FLUTTER'] as const)(`h
 // the "blocked" above is the sandbox's doing, not a broken probe.
 describe(`the same probes without the sandbox (${databaseKind})`, () => {
   let gemini: FakeGemini;
-  let flutter: SdkFlutter;
+  let flutter: FakeSdk;
   let server: GenerationServer;
 
   beforeAll(async () => {

@@ -53,7 +53,7 @@ describe('WEB target', () => {
 
   it('installs, typechecks and builds with npm', () => {
     expect(web.steps.map((step) => [step.name, commandLine(step, toolNames)])).toEqual([
-      ['install', 'npm install --ignore-scripts --no-audit --no-fund'],
+      ['install', 'npm install --ignore-scripts --no-package-lock --no-audit --no-fund'],
       ['typecheck', 'npm exec -- tsc --noEmit --pretty false'],
       ['build', 'npm exec -- vite build --base ./'],
     ]);

@@ -19,6 +19,7 @@ import { useNulRefusal } from './input-guard.js';
 import { schema } from './schema/index.js';
 import { useSharedSubscriptionExecution } from './shared-execution.js';
 import { useStreamErrors } from './stream-errors.js';
+import { useTracing } from './tracing-plugin.js';
 import { serveWebClient } from './web-client.js';
 import { type WebSocketOptions, attachWebSocket } from './websocket.js';
 
@@ -49,6 +50,8 @@ export function buildApp(services: Services): App {
     plugins: [
       // First, so every later line of an operation carries its name and ids.
       useOperationLog(),
+      // An OpenTelemetry span per operation, when OTEL_* turns tracing on.
+      ...(config.tracing.enabled ? [useTracing()] : []),
       services.metrics.graphqlPlugin(),
       // JSON POSTs only; GETs carry a header a cross-site simple request cannot.
       ...useRequestPolicy(),

@@ -1,5 +1,6 @@
 import { pipelineScope } from '../db/scope.js';
 import type { LlmMessage, LlmUsage } from '../llm/provider.js';
+import { failSpan, startSpan } from '../observability/tracing.js';
 import type { ProjectTarget } from '../toolchain/targets.js';
 import { Batcher, splitText } from './batcher.js';
 import { budgetMeter, type RunBudget } from './budget.js';
@@ -52,6 +53,7 @@ export async function streamAnswer(
   const budget = budgetMeter(input.budget, input.messages.reduce((sum, m) => sum + m.content.length, input.systemPrompt.length));
   await budget.start(); // the prompt alone may be over what is left
   const log = deps.logger.child({ source: 'GenerationPipeline', generationId, round });
+  const span = startSpan('llm stream', { 'gen_ai.system': deps.llm.name, 'gen_ai.request.model': deps.llm.model, 'kiln.generation.id': generationId, 'kiln.round': round });
   try {
     const events = deps.llm.stream({
       target: input.target,
@@ -77,7 +79,12 @@ export async function streamAnswer(
     }
     changes.push(...parser.end());
     deps.metrics?.observeRoundTokens(round === 0 ? 'initial' : 'fix', usage);
+    span.setAttributes({ 'gen_ai.usage.input_tokens': usage.inputTokens, 'gen_ai.usage.output_tokens': usage.outputTokens });
+  } catch (error) {
+    failSpan(span, error);
+    throw error;
   } finally {
+    span.end();
     // What streamed before a failure is kept: the user sees how far it got.
     await chunks.flush();
   }

@@ -1,4 +1,7 @@
+import { type Span, SpanStatusCode } from '@opentelemetry/api';
 import { pipelineScope } from '../db/scope.js';
+import { inSpan } from '../observability/tracing.js';
+import { DependencyPolicyError, fetchEnv, prepareFetch } from '../toolchain/dependency-policy.js';
 import { type Diagnostic, parseDiagnostics } from '../toolchain/diagnostics.js';
 import { buildEnv, runStep, type StepResult } from '../toolchain/step-runner.js';
 import { type BuildStepSpec, commandLine } from '../toolchain/targets.js';
@@ -50,21 +53,29 @@ export async function build(deps: PipelineDeps, input: BuildInput, cwd: string, 
       await db.run((tx) => generationStore.appendLogLines(tx, rows));
       deps.bus.publish('buildLogs', generationId, rows.map(({ seq, step, stream, text }) => ({ seq, step, stream, text, round })));
     });
+    // The fetch has the network: it gets what the server's registry serves, never an address the project chose.
+    const refused = step.fetch ? await guardFetch(step, cwd, (text) => lines.add({ stream: 'STDERR', text })) : undefined;
+    if (refused) {
+      await lines.flush();
+      await db.run((tx) => generationStore.updateStep(tx, generationId, ordinal, { status: 'FAILED', finishedAt: new Date() }));
+      throw refused;
+    }
     let result: StepResult;
     const stepStarted = performance.now();
     try {
-      result = await runStep({
+      const attributes = { 'kiln.generation.id': generationId, 'kiln.build.step': step.name, 'kiln.build.ordinal': ordinal, 'kiln.round': round };
+      result = await inSpan(`build step ${step.name}`, attributes, (span) => runStep({
         command: bins[step.tool],
         args: step.args,
         cwd,
-        env: buildEnv(),
+        env: buildEnv(step.fetch ? fetchEnv(step.tool) : {}),
         timeoutMs: stepTimeoutMs,
         signal,
         // A cancelled build should stop within about a second, even if the tool ignores SIGTERM.
         killGraceMs: 500,
         onLine: (line) => lines.add(line),
         sandbox: deps.toolchain.sandbox?.forStep({ tool: step.tool, fetch: step.fetch === true, cacheDir: projectCacheDir(cwd) }),
-      });
+      }).then((stepResult) => describeStep(span, stepResult)));
     } finally {
       await lines.flush();
     }
@@ -85,6 +96,26 @@ export async function build(deps: PipelineDeps, input: BuildInput, cwd: string, 
     return { ok: false, step: step.name, failure, diagnostics };
   }
   return { ok: true };
+}
+
+/** The step's outcome on its span: its status and exit code; an error unless it succeeded. */
+function describeStep(span: Span, result: StepResult): StepResult {
+  span.setAttributes({ 'kiln.build.status': result.status, ...(result.exitCode === null ? {} : { 'process.exit.code': result.exitCode }) });
+  if (result.status !== 'SUCCEEDED') span.setStatus({ code: SpanStatusCode.ERROR, message: result.status });
+  return result;
+}
+
+/** Readies the workspace for a dependency fetch; returns the run's failure when the fetch may not run. */
+async function guardFetch(step: BuildStepSpec, cwd: string, log: (text: string) => void | Promise<void>): Promise<RunFailure | undefined> {
+  try {
+    const removed = await prepareFetch(step.tool, cwd);
+    if (removed.length > 0) await log(`[dependency policy] removed ${removed.join(', ')}: the dependency fetch reads no lock file or tool configuration of the project`);
+    return undefined;
+  } catch (error) {
+    if (!(error instanceof DependencyPolicyError)) throw error;
+    await log(`[dependency policy] ${error.message}`);
+    return new RunFailure(error.code, `Build step "${step.name}" did not run: ${error.message}`);
+  }
 }
 
 function stepFailure(name: string, result: StepResult, timeoutMs: number): RunFailure {

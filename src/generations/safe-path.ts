@@ -6,6 +6,9 @@ const ALLOWED_PATH = /^[A-Za-z0-9._\-/@+]+$/;
 // Files the build tools read on their own (registry, scripts, tokens, Vite's environment): generated
 // code must not steer them. `.env.example` is documentation that no tool reads.
 const TOOL_STEERING = /^(\.npmrc|\.yarnrc.*|\.pnpmfile\.cjs|\.env(?!\.example$).*)$/;
+// Lock files pin download URLs and pubspec_overrides.yaml swaps dependency sources: the fetch reads
+// neither (dependency-policy.ts removes them), so the model has no reason to write one.
+const FETCH_PINNING = /^(package-lock\.json|npm-shrinkwrap\.json|yarn\.lock|pnpm-lock\.yaml|pubspec\.lock|pubspec_overrides\.yaml)$/;
 
 /** The model's output names a path or size the workspace must not accept; ends the run as UNSAFE_OUTPUT. */
 export class UnsafeOutputError extends Error {
@@ -47,5 +50,8 @@ function unsafeReason(path: string): string | undefined {
   if (segments.some((segment) => segment === '' || segment === '.')) return 'has an empty or "." segment';
   if (segments.length > MAX_PATH_DEPTH) return `is deeper than ${MAX_PATH_DEPTH} levels`;
   if (segments.some((segment) => TOOL_STEERING.test(segment))) return 'is a configuration file that steers the build tools (.npmrc, .yarnrc, .pnpmfile.cjs, .env)';
+  if (segments.some((segment) => FETCH_PINNING.test(segment))) {
+    return 'is a lock file or dependency override that would steer the dependency fetch (Kiln resolves dependencies from package.json or pubspec.yaml itself)';
+  }
   return undefined;
 }

@@ -2,6 +2,7 @@ import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
 import { NotFoundError } from '../errors.js';
 import { type ChunkEvent, type EventBus, isLossless, listen, type LogLineEvent, type StatusEvent } from '../events/bus.js';
+import { createPageCache, type PageCache } from './page-cache.js';
 import { generationReads } from './reads.js';
 import { type GenerationRow, generationStore, TERMINAL } from './store.js';
 
@@ -58,13 +59,17 @@ export class SlowConsumerError extends Error {
   }
 }
 
+/** History pages shared by the streams of this process (many viewers joining one generation replay it once). */
+const chunkPages = createPageCache<ChunkEvent>(PAGE);
+const logLinePages = createPageCache<LogLineEvent>(PAGE);
+
 /** Completes when the generation is terminal: a fix round may add model output after a build. */
 export function generationChunks(options: StreamOptions): Promise<AsyncGenerator<ChunkEvent>> {
-  return sequenced(options, 'generationChunks', (tx, id, after) => generationStore.chunksAfter(tx, id, after, PAGE), isTerminal);
+  return sequenced(options, 'generationChunks', (tx, id, after) => generationStore.chunksAfter(tx, id, after, PAGE), chunkPages, isTerminal);
 }
 
 export function buildLogs(options: StreamOptions): Promise<AsyncGenerator<LogLineEvent>> {
-  return sequenced(options, 'buildLogs', (tx, id, after) => generationStore.logLinesAfter(tx, id, after, PAGE), isTerminal);
+  return sequenced(options, 'buildLogs', (tx, id, after) => generationStore.logLinesAfter(tx, id, after, PAGE), logLinePages, isTerminal);
 }
 
 /** The current state first, then each change; completes after a terminal state. */
@@ -104,6 +109,7 @@ async function sequenced<T extends { seq: number }>(
   options: StreamOptions,
   topic: 'generationChunks' | 'buildLogs',
   readAfter: (tx: Tx, generationId: string, afterSeq: number) => Promise<T[]>,
+  pages: PageCache<T>,
   isOver: (state: State) => boolean,
 ): Promise<AsyncGenerator<T>> {
   const { scope, bus, generationId } = options;
@@ -114,12 +120,18 @@ async function sequenced<T extends { seq: number }>(
     // Batches are shared by every subscriber of the generation: holding them costs a reference each.
     { capacity: Math.max(maxQueued, INBOX_ITEMS), slowAfter: maxQueued, weight: (event) => (Array.isArray(event) ? event.length : 0) },
   );
+  const readAndKeep = async (tx: Tx, after: number) => {
+    const rows = await readAfter(tx, generationId, after);
+    pages.put(generationId, after, rows);
+    return rows;
+  };
   // One transaction authorises (RLS decides whether the generation exists) and reads the first page.
   const afterSeq = options.afterSeq ?? -1;
   const initial = await scope
     .run(async (tx) => {
       const [generation] = await generationStore.findMany(tx, [generationId]);
-      return generation && { generation, page: await readAfter(tx, generationId, afterSeq) };
+      // Authorised by the read above; only then may a page read for another viewer serve this one.
+      return generation && { generation, page: pages.get(generationId, afterSeq) ?? (await readAndKeep(tx, afterSeq)) };
     })
     .catch(async (error: unknown) => {
       await inbox.close();
@@ -129,7 +141,7 @@ async function sequenced<T extends { seq: number }>(
     await inbox.close();
     throw new NotFoundError('Generation not found.');
   }
-  const read = (after: number) => scope.run((tx) => readAfter(tx, generationId, after));
+  const read = (after: number) => pages.get(generationId, after) ?? scope.run((tx) => readAndKeep(tx, after));
   const overAtStart = isOver(initial.generation);
   // Handed over once, so a long-lived stream does not keep its first page (up to PAGE rows) alive.
   let firstPage: T[] | undefined = initial.page;

@@ -2,6 +2,7 @@ import { sql } from 'drizzle-orm';
 import { type DrizzleTransactionLike, fromDrizzle, PgBoss } from 'pg-boss';
 import { rowsOf, type Tx } from '../db/client.js';
 import type { Logger } from '../observability/logger.js';
+import { currentTraceCarrier, type TraceCarrier } from '../observability/tracing.js';
 import type { JobQueue } from './queue.js';
 
 // QUEUE=pgboss: one pg-boss queue of generation ids on the application's PostgreSQL.
@@ -14,6 +15,12 @@ import type { JobQueue } from './queue.js';
 // compare-and-set claim turns every extra delivery into a no-op.
 
 export const GENERATION_QUEUE = 'kiln-generations';
+
+/** A job's data: the generation, and the trace context it was started in (W3C traceparent) when tracing is on. */
+interface GenerationJob {
+  generationId: string;
+  trace?: TraceCarrier;
+}
 
 /** How long a delivered job may wait for a free slot before it is handed back (and delivered again). */
 const SLOT_WAIT_SECONDS = 45;
@@ -66,19 +73,21 @@ export async function createPgBossQueue(options: PgBossQueueOptions): Promise<Jo
       const [{ role } = { role: 'none' }] = rowsOf<{ role: string }>(await tx.execute(sql`select current_setting('role') as role`));
       if (role !== 'none') await tx.execute(sql`select set_config('role', 'none', true)`);
       // The generation id is the job id: sending twice for one generation makes one job.
-      await boss.send(GENERATION_QUEUE, { generationId }, { id: generationId, db: fromDrizzle(tx as unknown as DrizzleTransactionLike, sql) });
+      const trace = currentTraceCarrier();
+      const job: GenerationJob = trace ? { generationId, trace } : { generationId };
+      await boss.send(GENERATION_QUEUE, job, { id: generationId, db: fromDrizzle(tx as unknown as DrizzleTransactionLike, sql) });
       if (role !== 'none') await tx.execute(sql`select set_config('role', ${role}, true)`);
     },
     consume: async (take) => {
       if (!options.consumer) throw new Error('this process only sends jobs (ROLE=api)');
       consuming = true;
-      await boss.work<{ generationId: string }>(
+      await boss.work<GenerationJob>(
         GENERATION_QUEUE,
         { batchSize: 1, localConcurrency: 1, pollingIntervalSeconds: 2, notifyPollingIntervalSeconds: 10 },
         async ([job]) => {
           if (!job) return;
           const signal = AbortSignal.any([job.signal, stopping.signal, AbortSignal.timeout(SLOT_WAIT_SECONDS * 1000)]);
-          await take(job.data.generationId, signal);
+          await take(job.data.generationId, signal, job.data.trace);
         },
       );
     },

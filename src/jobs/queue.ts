@@ -1,6 +1,7 @@
 import type { Config } from '../config.js';
 import type { Database, Tx } from '../db/client.js';
 import type { Logger } from '../observability/logger.js';
+import { currentTraceCarrier, type TraceCarrier } from '../observability/tracing.js';
 
 // How a queued generation reaches a worker.
 //
@@ -18,21 +19,47 @@ import type { Logger } from '../observability/logger.js';
 
 export interface JobQueue {
   readonly kind: 'memory' | 'pgboss';
-  /** Sends the generation's job inside the transaction that inserted it; none for memory. */
+  /**
+   * Sends the generation's job inside the transaction that inserted it, with the active
+   * trace context (memory: only that context, handed over in-process; the row is the job).
+   */
   readonly enqueue?: (tx: Tx, generationId: string) => Promise<void>;
+  /** Memory: takes the trace context the generation was queued with in this process. */
+  takeTrace?(generationId: string): TraceCarrier | undefined;
   /** How long a row must have been QUEUED before the worker's table scan takes it. */
   readonly scanMinAgeMs: number;
   /**
    * Delivers jobs to `take` until `stopConsuming`. `take` resolves once the worker has
    * taken the generation, or rejects to hand the job back (it is delivered again later).
    */
-  consume?(take: (generationId: string, signal: AbortSignal) => Promise<void>): Promise<void>;
+  consume?(take: (generationId: string, signal: AbortSignal, trace?: TraceCarrier) => Promise<void>): Promise<void>;
   stopConsuming?(): Promise<void>;
   close(): Promise<void>;
 }
 
+/** Trace contexts waiting for their run; a row claimed by another process leaves its entry here, hence the cap. */
+const MAX_PENDING_TRACES = 1000;
+
 export function createMemoryQueue(): JobQueue {
-  return { kind: 'memory', scanMinAgeMs: 0, close: async () => {} };
+  // Only filled while tracing is on (no active span: no carrier). Best effort: a restart
+  // or a claim by another instance starts the run in a trace of its own.
+  const traces = new Map<string, TraceCarrier>();
+  return {
+    kind: 'memory',
+    scanMinAgeMs: 0,
+    enqueue: async (_tx, generationId) => {
+      const carrier = currentTraceCarrier();
+      if (!carrier) return;
+      if (traces.size >= MAX_PENDING_TRACES) traces.delete(traces.keys().next().value!);
+      traces.set(generationId, carrier);
+    },
+    takeTrace: (generationId) => {
+      const carrier = traces.get(generationId);
+      traces.delete(generationId);
+      return carrier;
+    },
+    close: async () => traces.clear(),
+  };
 }
 
 export async function createJobQueue(

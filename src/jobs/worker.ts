@@ -4,6 +4,7 @@ import { insertGeneration, type GenerationDeps } from '../generations/generation
 import { type PipelineDeps, runGeneration } from '../generations/pipeline.js';
 import { type GenerationRow, generationStore } from '../generations/store.js';
 import type { Logger } from '../observability/logger.js';
+import { inJobSpan, type TraceCarrier } from '../observability/tracing.js';
 import { reapOrphanBuilds } from './orphans.js';
 import type { JobQueue } from './queue.js';
 
@@ -73,9 +74,14 @@ export function startWorker(options: WorkerOptions): Worker {
       });
   };
 
-  const launch = (id: string) => {
+  const launch = (id: string, trace?: TraceCarrier) => {
     const stop = new AbortController();
-    const done = runGeneration(pipeline, id, stop.signal)
+    // The run joins the trace its job was sent in (startGeneration's operation).
+    const done = inJobSpan('generation run', trace ?? queue?.takeTrace?.(id), { 'kiln.generation.id': id }, async (span) => {
+      const finished = await runGeneration(pipeline, id, stop.signal);
+      span.setAttributes({ 'kiln.generation.claimed': finished !== undefined, ...(finished ? { 'kiln.generation.status': finished.status } : {}) });
+      return finished;
+    })
       .then(async (finished) => {
         if (finished?.errorCode === 'INTERRUPTED') await serviceScope(db).run((tx) => retryInterrupted(tx, options.provider, [finished], queue?.enqueue));
       })
@@ -91,7 +97,7 @@ export function startWorker(options: WorkerOptions): Worker {
   // A delivered job (QUEUE=pgboss) waits for a free slot, then starts its run; the claim
   // inside the run decides whether it is ours. Rejecting hands the job back to the queue.
   const slotFreed: (() => void)[] = [];
-  const take = async (id: string, signal: AbortSignal) => {
+  const take = async (id: string, signal: AbortSignal, trace?: TraceCarrier) => {
     while (running.size >= concurrency && !signal.aborted && !shutdown.signal.aborted) {
       await new Promise<void>((resolve) => {
         slotFreed.push(resolve);
@@ -99,7 +105,7 @@ export function startWorker(options: WorkerOptions): Worker {
       });
     }
     if (signal.aborted || shutdown.signal.aborted) throw new Error('no free slot; the job goes back to the queue');
-    if (!running.has(id)) launch(id);
+    if (!running.has(id)) launch(id, trace);
   };
 
   // Interrupting and queueing the retry commit together, so a crash between them

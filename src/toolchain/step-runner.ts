@@ -173,6 +173,9 @@ export const REGISTRY_ENV = [
   'NPM_CONFIG_REGISTRY',
   'PUB_HOSTED_URL',
   'FLUTTER_STORAGE_BASE_URL',
+  // Set by the server for every npm fetch (dependency-policy.ts): no git dependency, no lock file.
+  'npm_config_allow_git',
+  'npm_config_package_lock',
   // Installs must work behind an egress proxy and a TLS-inspecting one's own CA.
   'NODE_EXTRA_CA_CERTS',
   'SSL_CERT_FILE',

@@ -66,8 +66,9 @@ createRoot(document.getElementById('root')!).render(
 };
 
 const steps: BuildStepSpec[] = [
-  // --ignore-scripts: no install script of the project or a package runs (this step has network).
-  { name: 'install', tool: 'npm', args: ['install', '--ignore-scripts', '--no-audit', '--no-fund'], fetch: true, rerunWhenChanged: ['package.json'] },
+  // --ignore-scripts: no install script of the project or a package runs (this step has network);
+  // --no-package-lock: no lock file's `resolved` URL is fetched (see dependency-policy.ts).
+  { name: 'install', tool: 'npm', args: ['install', '--ignore-scripts', '--no-package-lock', '--no-audit', '--no-fund'], fetch: true, rerunWhenChanged: ['package.json'] },
   // --pretty false: one diagnostic a line, `file(line,col): error TSnnnn: message`.
   { name: 'typecheck', tool: 'npm', args: ['exec', '--', 'tsc', '--noEmit', '--pretty', 'false'], diagnostics: 'tsc' },
   // --base ./: relative asset URLs, so the bundle works under its preview URL's path.

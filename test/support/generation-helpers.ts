@@ -35,7 +35,7 @@ import { type GraphQLClient, startTestServer, type TestServer, unsandboxedBuilds
 export const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 const fakeFlutterScript = fileURLToPath(new URL('../fixtures/bin/flutter', import.meta.url));
 
-export type FakeFlutterMode = 'ok' | 'analyze-fail' | 'human' | 'hang' | 'flood';
+export type FakeFlutterMode = 'ok' | 'analyze-fail' | 'human' | 'hang' | 'flood' | 'chatty';
 
 export interface FakeFlutter {
   /** Absolute path of the wrapper: pass it as FLUTTER_BIN. */

@@ -5,8 +5,9 @@ import { fileURLToPath } from 'node:url';
 
 // Projects a model could be steered into writing, for the build-sandbox suites: shell
 // probes that print into the build log what they reached, run as project code by each
-// target (WEB: the project's own `tsc`/`vite` bins, linked by npm from a `file:`
-// dependency, so no registry is needed; FLUTTER: a build hook, as Dart runs hook/build.dart).
+// target (WEB: the project's own `tsc`/`vite` bins in node_modules/.bin, which `npm exec`
+// runs, with the fake npm so no registry is needed; FLUTTER: a build hook, as Dart runs
+// hook/build.dart).
 
 export type ProbeKind = 'reach' | 'fork-bomb' | 'memory-hog' | 'disk-filler' | 'honest';
 
@@ -81,16 +82,14 @@ export function hostileAnswer(target: 'WEB' | 'FLUTTER', kind: ProbeKind, t: Pro
               version: '0.0.0',
               // Would run with network if install scripts ran.
               scripts: { postinstall: 'sh probes.sh' },
-              devDependencies: { 'kiln-tools': 'file:./tools' },
             },
             null,
             2,
           )}\n`,
-          'tools/package.json': `${JSON.stringify({ name: 'kiln-tools', version: '1.0.0', bin: { tsc: 'tsc.js', vite: 'vite.js' } }, null, 2)}\n`,
-          'tools/tsc.js': `#!/usr/bin/env node
+          'node_modules/.bin/tsc': `#!/usr/bin/env node
 require('node:child_process').execFileSync('sh', ['probes.sh'], { stdio: 'inherit' });
 `,
-          'tools/vite.js': `#!/usr/bin/env node
+          'node_modules/.bin/vite': `#!/usr/bin/env node
 const fs = require('node:fs');
 fs.mkdirSync('dist', { recursive: true });
 fs.writeFileSync('dist/index.html', '<!doctype html><title>kiln app</title>');
@@ -127,8 +126,8 @@ export async function hostProcessesWith(text: string): Promise<number[]> {
   return pids;
 }
 
-export interface SdkFlutter {
-  /** Pass as FLUTTER_BIN: `<sdk>/bin/flutter`, so the sandbox shows the SDK root and nothing else. */
+export interface FakeSdk {
+  /** Pass as FLUTTER_BIN (or NPM_BIN): `<sdk>/bin/<tool>`, so the sandbox shows the SDK root and nothing else. */
   bin: string;
   remove(): Promise<void>;
 }
@@ -137,11 +136,20 @@ export interface SdkFlutter {
  * The fake flutter laid out as an SDK (`<root>/bin/flutter`): inside the sandbox only the
  * SDK root of FLUTTER_BIN is visible, so the fake cannot live in the repository.
  */
-export async function sdkFakeFlutter(): Promise<SdkFlutter> {
-  const root = await mkdtemp(join(tmpdir(), 'kiln-flutter-sdk-'));
+export async function sdkFakeFlutter(): Promise<FakeSdk> {
+  return sdkFake('flutter');
+}
+
+/** The fake npm (test/fixtures/bin/npm), laid out the same way, for NPM_BIN. */
+export async function sdkFakeNpm(): Promise<FakeSdk> {
+  return sdkFake('npm');
+}
+
+async function sdkFake(tool: 'flutter' | 'npm'): Promise<FakeSdk> {
+  const root = await mkdtemp(join(tmpdir(), `kiln-${tool}-sdk-`));
   await mkdir(join(root, 'bin'));
-  const bin = join(root, 'bin', 'flutter');
-  await copyFile(fileURLToPath(new URL('../fixtures/bin/flutter', import.meta.url)), bin);
+  const bin = join(root, 'bin', tool);
+  await copyFile(fileURLToPath(new URL(`../fixtures/bin/${tool}`, import.meta.url)), bin);
   await chmod(bin, 0o755);
   return { bin, remove: () => rm(root, { recursive: true, force: true }) };
 }
