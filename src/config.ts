@@ -342,3 +342,14 @@ export class ConfigError extends Error {
     this.name = 'ConfigError';
   }
 }
+
+/** For the entry points (`npm start`, `npm run db:migrate`): every problem on stderr, then exit 1. */
+export function loadConfigOrExit(env: Record<string, string | undefined> = process.env): Config {
+  try {
+    return parseConfig(env);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    process.stderr.write(`${error.message}\n`);
+    process.exit(1);
+  }
+}

@@ -1,3 +1,7 @@
+import type { generationErrorCodes } from './db/schema.js';
+
+type GenerationErrorCode = (typeof generationErrorCodes)[number];
+
 // Expected failures: use-cases throw these, the API returns them as members of a
 // mutation's result union (DESIGN "API contract"). Anything else is unexpected and masked.
 
@@ -54,4 +58,12 @@ export class RateLimitedError extends AppError {
   constructor(readonly retryAfterSeconds: number, message = 'Too many requests; try again later.') {
     super(message);
   }
+}
+
+/**
+ * A failure that ends a generation run as FAILED with `code` and a message its owner can
+ * act on. The pipeline records `code` as it is; anything that is not a RunError is masked.
+ */
+export abstract class RunError extends Error {
+  abstract readonly code: GenerationErrorCode;
 }

@@ -3,7 +3,7 @@ import { createRateLimits, rateLimitStoreFor } from './api/rate-limit.js';
 import { buildApp } from './api/server.js';
 import { createOutputs } from './artifacts/outputs.js';
 import { createAuthProvider } from './auth/index.js';
-import { type Config, ConfigError, parseConfig } from './config.js';
+import { type Config, ConfigError, loadConfigOrExit } from './config.js';
 import { type Database, openDatabase } from './db/client.js';
 import { migrateDatabase } from './db/migrate.js';
 import type { EventBus } from './events/bus.js';
@@ -45,7 +45,7 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
   const encryptionKey = await loadEncryptionKey({ configured: config.encryptionKey, dataDir: config.dataDir, embedded: !config.database.url });
   const secretBox = encryptionKey ? createSecretBox(encryptionKey) : undefined;
   if (secretBox) await verifyEncryptionKey(database.db, secretBox);
-  const metrics = createMetrics({ db: database.db, logger });
+  const metrics = createMetrics({ activeGenerations: () => serviceScope(database.db).run((tx) => generationStore.countActive(tx)), logger });
   const rateLimits = createRateLimits(config.rateLimits, rateLimitStoreFor(database));
   const events = await createEventBus(config, database, logger);
   const bus = events.bus;
@@ -107,16 +107,6 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
       return stopping;
     },
   };
-}
-
-export function loadConfigOrExit(env: Record<string, string | undefined> = process.env): Config {
-  try {
-    return parseConfig(env);
-  } catch (error) {
-    if (!(error instanceof ConfigError)) throw error;
-    process.stderr.write(`${error.message}\n`);
-    process.exit(1);
-  }
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {

@@ -1,8 +1,8 @@
 import type { IncomingMessage } from 'node:http';
 import { isIP } from 'node:net';
-import { sql } from 'drizzle-orm';
 import type { Config } from '../config.js';
-import { type Database, type Db, rowsOf } from '../db/client.js';
+import type { Database } from '../db/client.js';
+import { postgresRateLimitStore } from '../db/rate-limit-store.js';
 import { RateLimitedError } from '../errors.js';
 
 // Fixed-window rate limits: sign-in and sign-up per client address (spraying) and per
@@ -72,26 +72,6 @@ export function memoryRateLimitStore(now: () => number = Date.now): RateLimitSto
       window.count++;
       windows.set(key, window);
       return { count: window.count, resetInSeconds: (start + windowMs - time) / 1000 };
-    },
-  };
-}
-
-/** One upserted row per key in `rate_limits`, on the database's clock (instances may disagree on time). */
-export function postgresRateLimitStore(db: Db): RateLimitStore {
-  let hits = 0;
-  return {
-    hit: async (key, windowSeconds) => {
-      const result = await db.execute(sql`
-        insert into rate_limits as r (key, window_start, hits)
-        values (${key}, to_timestamp(floor(extract(epoch from now()) / ${windowSeconds}) * ${windowSeconds}), 1)
-        on conflict (key) do update
-          set hits = case when r.window_start = excluded.window_start then r.hits + 1 else 1 end,
-              window_start = excluded.window_start
-        returning hits, extract(epoch from r.window_start + make_interval(secs => ${windowSeconds}) - now())::float8 as reset_in`);
-      const [row] = rowsOf<{ hits: number; reset_in: number }>(result);
-      // Now and then, drop counters whose window ended long ago (one row per address or email ever seen otherwise).
-      if (++hits % 500 === 0) void db.execute(sql`delete from rate_limits where window_start < now() - interval '1 day'`).catch(() => {});
-      return { count: Number(row?.hits ?? 1), resetInSeconds: Number(row?.reset_in ?? windowSeconds) };
     },
   };
 }

@@ -1,4 +1,4 @@
-import { loadConfigOrExit } from '../main.js';
+import { loadConfigOrExit } from '../config.js';
 import { openDatabase } from './client.js';
 import { migrateDatabase } from './migrate.js';
 

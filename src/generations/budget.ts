@@ -1,5 +1,6 @@
 import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
+import { RunError } from '../errors.js';
 import type { LlmUsage } from '../llm/provider.js';
 import { type GenerationRow, generationStore } from './store.js';
 
@@ -40,7 +41,8 @@ export interface RunBudget {
 }
 
 /** The run went over budget; `usage` is the estimate of what it spent, recorded like real usage. */
-export class BudgetStop extends Error {
+export class BudgetStop extends RunError {
+  readonly code = 'BUDGET_EXCEEDED';
   constructor(readonly usage: LlmUsage, limit: number) {
     super(`The project's monthly token budget (${limit} tokens) ran out during this generation; it was stopped.`);
     this.name = 'BudgetStop';

@@ -7,7 +7,8 @@ import type { EventBus } from '../events/bus.js';
 import { requireRole } from '../projects/projects.js';
 import { projectStore } from '../projects/store.js';
 import { reserveAtStart } from './budget.js';
-import { type GenerationRow, TERMINAL, generationStore } from './store.js';
+import { isTerminal } from './status.js';
+import { type GenerationRow, generationStore } from './store.js';
 
 // Start, cancel and retry: the decisions around a run. The run itself is pipeline.ts.
 
@@ -76,7 +77,7 @@ export async function retryGeneration(scope: Scope, deps: GenerationDeps, id: st
   const generation = await scope.run(async (tx) => {
     const original = await findVisible(tx, id);
     requireRole(await projectStore.find(tx, original.projectId), ['owner', 'editor']);
-    if (!TERMINAL.includes(original.status)) throw new InvalidStateError('Only a finished generation can be retried.');
+    if (!isTerminal(original.status)) throw new InvalidStateError('Only a finished generation can be retried.');
     return insertGeneration(tx, deps, {
       projectId: original.projectId,
       createdBy: scope.userId!,
@@ -97,7 +98,7 @@ export async function cancelGeneration(scope: Scope, deps: Pick<GenerationDeps, 
   const { generation, running } = await scope.run(async (tx) => {
     const found = await findVisible(tx, id);
     requireRole(await projectStore.find(tx, found.projectId), ['owner', 'editor']);
-    if (TERMINAL.includes(found.status)) throw new InvalidStateError(`This generation has already ended (${found.status}).`);
+    if (isTerminal(found.status)) throw new InvalidStateError(`This generation has already ended (${found.status}).`);
     const now = new Date();
     const cancelled = await generationStore.transition(tx, id, ['QUEUED'], {
       status: 'CANCELLED',
@@ -169,7 +170,7 @@ async function resolveParent(tx: Tx, projectId: string, input: StartInput): Prom
   if (input.parentGenerationId) {
     const parent = await generationStore.find(tx, input.parentGenerationId);
     if (!parent || parent.projectId !== projectId) throw new NotFoundError('Parent generation not found in this project.');
-    if (!TERMINAL.includes(parent.status)) throw new InvalidStateError('The parent generation has not finished yet.');
+    if (!isTerminal(parent.status)) throw new InvalidStateError('The parent generation has not finished yet.');
     if (input.sessionId && input.sessionId !== parent.sessionId) {
       throw new InvalidStateError('The parent generation belongs to another session.');
     }

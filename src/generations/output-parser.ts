@@ -1,3 +1,4 @@
+import { RunError } from '../errors.js';
 import { MAX_PATH_LENGTH, UnsafeOutputError, assertSafeRelativePath, describePath } from './safe-path.js';
 
 export const MAX_OUTPUT_FILES = 200;
@@ -14,7 +15,7 @@ export interface OutputParser {
 }
 
 /** The model's output breaks the file protocol (e.g. stops inside a block); ends the run as INVALID_OUTPUT. */
-export class OutputProtocolError extends Error {
+export class OutputProtocolError extends RunError {
   override readonly name = 'OutputProtocolError';
   readonly code = 'INVALID_OUTPUT';
 }

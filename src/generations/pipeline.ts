@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import type { Db } from '../db/client.js';
 import { isConnectionError } from '../db/outage.js';
 import { pipelineScope } from '../db/scope.js';
+import { RunError } from '../errors.js';
 import type { EventBus, StatusEvent } from '../events/bus.js';
 import type { LlmProvider, LlmUsage } from '../llm/provider.js';
 import { LlmError } from '../llm/provider.js';
@@ -18,7 +19,7 @@ import { streamAnswer } from './answer.js';
 import { BudgetStop, runBudget } from './budget.js';
 import { fixStore } from './fix-store.js';
 import { buildWithFixes } from './fix-rounds.js';
-import { type OutputEvent, OutputProtocolError } from './output-parser.js';
+import type { OutputEvent } from './output-parser.js';
 import { buildPrompt } from './prompt.js';
 import { restoredAnswer } from './restore.js';
 import { newRunCursor, type RunCursor } from './run-cursor.js';
@@ -236,11 +237,8 @@ function failureOutcome(error: unknown, signal: AbortSignal, log: Logger): Parti
     if (signal.reason === 'cancelled') return { status: 'CANCELLED', errorCode: null, errorMessage: null };
     return { status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The worker stopped before this generation finished; a retry follows unless it was a retry itself.' };
   }
-  if (error instanceof RunFailure) return { status: 'FAILED', errorCode: error.code, errorMessage: error.message };
-  if (error instanceof BudgetStop) return { status: 'FAILED', errorCode: 'BUDGET_EXCEEDED', errorMessage: error.message };
-  if (error instanceof LlmError) return { status: 'FAILED', errorCode: 'LLM_ERROR', errorMessage: error.message };
-  if (error instanceof UnsafeOutputError) return { status: 'FAILED', errorCode: 'UNSAFE_OUTPUT', errorMessage: error.message };
-  if (error instanceof OutputProtocolError) return { status: 'FAILED', errorCode: 'INVALID_OUTPUT', errorMessage: error.message };
+  // UnsafeOutputError (safe-path.ts) carries its code but does not extend RunError yet.
+  if (error instanceof RunError || error instanceof UnsafeOutputError) return { status: 'FAILED', errorCode: error.code, errorMessage: error.message };
   // The database stayed away longer than the pipeline waits for it: handed back like a lapsed lease.
   if (isConnectionError(error)) return { status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The database was unreachable for too long; a retry follows unless it was a retry itself.' };
   log.error({ err: error }, 'generation failed unexpectedly');

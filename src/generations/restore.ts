@@ -6,7 +6,8 @@ import { requireRole } from '../projects/projects.js';
 import { projectStore } from '../projects/store.js';
 import { type GenerationDeps, refuseBeyondActiveLimit } from './generations.js';
 import type { OutputEvent } from './output-parser.js';
-import { type GenerationRow, TERMINAL, generationStore } from './store.js';
+import { isTerminal } from './status.js';
+import { type GenerationRow, generationStore } from './store.js';
 
 // Restore: going back to a version that worked without rewriting history. A new
 // generation joins the session with exactly the files of the restored one
@@ -22,7 +23,7 @@ export async function restoreGeneration(scope: Scope, deps: GenerationDeps, id: 
     if (!source) throw new NotFoundError('Generation not found.');
     const project = requireRole(await projectStore.find(tx, source.projectId), ['owner', 'editor']);
     if (project.archivedAt) throw new InvalidStateError('This project is archived; unarchive it to restore a version.');
-    if (!TERMINAL.includes(source.status)) throw new InvalidStateError('This generation is still queued or running; it can be restored once it has ended.');
+    if (!isTerminal(source.status)) throw new InvalidStateError('This generation is still queued or running; it can be restored once it has ended.');
     if ((await generationStore.filesOf(tx, source.id, false)).length === 0) {
       throw new InvalidStateError('This generation wrote no files, so there is nothing to restore.');
     }

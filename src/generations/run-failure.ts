@@ -1,7 +1,8 @@
+import { RunError } from '../errors.js';
 import type { ErrorCode } from './store.js';
 
-/** A run that ends FAILED with this code and a message its owner can act on. */
-export class RunFailure extends Error {
+/** A run the pipeline itself ends (build failed, timed out, ended elsewhere) with this code. */
+export class RunFailure extends RunError {
   constructor(readonly code: ErrorCode, message: string) {
     super(message);
   }

@@ -1,4 +1,4 @@
-import { and, asc, desc, eq, gt, inArray, lt, or, sql } from 'drizzle-orm';
+import { and, asc, count, desc, eq, gt, inArray, lt, or, sql } from 'drizzle-orm';
 import { rowsOf, type Tx } from '../db/client.js';
 import {
   buildLogLines,
@@ -10,13 +10,13 @@ import {
   projectMembers,
   projects,
 } from '../db/schema.js';
+import { ACTIVE_STATUSES, type GenerationStatus } from './status.js';
 
 // Named queries of the generations domain. Request code runs them in the viewer's
 // RLS scope; the worker in the service scope.
 
 export type GenerationRow = typeof generations.$inferSelect;
-export type GenerationStatus = GenerationRow['status'];
-export type GenerationPhase = GenerationRow['phase'];
+export type { GenerationPhase, GenerationStatus } from './status.js';
 export type BuildStepRow = typeof buildSteps.$inferSelect;
 export type LogLineRow = typeof buildLogLines.$inferSelect;
 export type ChunkRow = typeof generationChunks.$inferSelect;
@@ -24,12 +24,31 @@ export type FileRow = typeof generationFiles.$inferSelect;
 export type MessageRow = typeof conversationMessages.$inferSelect;
 export type ErrorCode = NonNullable<GenerationRow['errorCode']>;
 
-export const TERMINAL: GenerationStatus[] = ['SUCCEEDED', 'FAILED', 'CANCELLED'];
+// streams.ts still imports the terminal statuses from here.
+export { TERMINAL_STATUSES as TERMINAL } from './status.js';
+
+// Literal values, not parameters: the planner matches them to the partial index generations_active_idx.
+const isActive = sql`${generations.status} in (${sql.raw(ACTIVE_STATUSES.map((status) => `'${status}'`).join(', '))})`;
 
 export const generationStore = {
   async insert(tx: Tx, values: typeof generations.$inferInsert): Promise<GenerationRow> {
     const [row] = await tx.insert(generations).values(values).returning();
     return row!;
+  },
+
+  /** How many generations are QUEUED and RUNNING (the /metrics gauges); the WHERE matches generations_active_idx. */
+  async countActive(tx: Tx): Promise<Map<GenerationStatus, number>> {
+    const rows = await tx
+      .select({ status: generations.status, count: count() })
+      .from(generations)
+      .where(isActive)
+      .groupBy(generations.status);
+    return new Map(rows.map((row) => [row.status, row.count]));
+  },
+
+  /** The status of each of these generations this database knows (orphan reaping). */
+  async statusesOf(tx: Tx, ids: string[]): Promise<Pick<GenerationRow, 'id' | 'status'>[]> {
+    return tx.select({ id: generations.id, status: generations.status }).from(generations).where(inArray(generations.id, ids));
   },
 
   async find(tx: Tx, id: string): Promise<GenerationRow | undefined> {
@@ -84,7 +103,7 @@ export const generationStore = {
     const [row] = await tx
       .select({
         total: sql<number>`coalesce(sum(${generations.inputTokens} + ${generations.outputTokens}
-          + case when ${generations.status} in ('QUEUED', 'RUNNING') then ${generations.reservedTokens} else 0 end), 0)::int`,
+          + case when ${isActive} then ${generations.reservedTokens} else 0 end), 0)::int`,
       })
       .from(generations)
       .where(and(eq(generations.projectId, projectId), gt(generations.createdAt, since)));
@@ -108,7 +127,7 @@ export const generationStore = {
     const [row] = await tx
       .select({ total: sql<number>`count(*)::int` })
       .from(generations)
-      .where(and(eq(generations.createdBy, userId), inArray(generations.status, ['QUEUED', 'RUNNING'])));
+      .where(and(eq(generations.createdBy, userId), inArray(generations.status, ACTIVE_STATUSES)));
     return row?.total ?? 0;
   },
 
@@ -130,7 +149,7 @@ export const generationStore = {
     const [row] = await tx
       .select({ id: generations.id })
       .from(generations)
-      .where(and(eq(generations.projectId, projectId), eq(generations.sessionId, sessionId), inArray(generations.status, ['QUEUED', 'RUNNING'])))
+      .where(and(eq(generations.projectId, projectId), eq(generations.sessionId, sessionId), inArray(generations.status, ACTIVE_STATUSES)))
       .limit(1);
     return row !== undefined;
   },

@@ -1,10 +1,9 @@
 import { readdir, readFile, readlink, realpath } from 'node:fs/promises';
 import path from 'node:path';
-import { inArray } from 'drizzle-orm';
 import type { Db } from '../db/client.js';
-import { generations } from '../db/schema.js';
 import { serviceScope } from '../db/scope.js';
-import { TERMINAL } from '../generations/store.js';
+import { isTerminal } from '../generations/status.js';
+import { generationStore } from '../generations/store.js';
 import type { Logger } from '../observability/logger.js';
 
 // Build steps run in process groups of their own (so a cancel or timeout kills the
@@ -61,11 +60,9 @@ export async function reapOrphanBuilds(db: Db, workspacesDir: string, logger: Lo
   const candidates = await buildProcessesUnder(workspacesDir);
   if (candidates.length === 0) return [];
   const ids = [...new Set(candidates.map((c) => c.generationId))];
-  const rows = await serviceScope(db).run((tx) =>
-    tx.select({ id: generations.id, status: generations.status }).from(generations).where(inArray(generations.id, ids)),
-  );
+  const rows = await serviceScope(db).run((tx) => generationStore.statusesOf(tx, ids));
   // Only generations this database knows to have ended: a directory shared with another deployment is left alone.
-  const ended = new Set(rows.filter((row) => TERMINAL.includes(row.status)).map((row) => row.id));
+  const ended = new Set(rows.filter((row) => isTerminal(row.status)).map((row) => row.id));
   const orphans = candidates.filter((c) => ended.has(c.generationId));
   if (orphans.length === 0) return [];
   const ownGroup = await processGroupOf(process.pid).catch(() => -1);

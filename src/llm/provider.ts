@@ -1,3 +1,4 @@
+import { RunError } from '../errors.js';
 import type { ProjectTarget } from '../toolchain/targets.js';
 
 /** One turn of the conversation handed to the model, oldest first. */
@@ -45,8 +46,9 @@ export interface LlmProvider {
 }
 
 /** A provider failure a user can act on; ends the run as FAILED/LLM_ERROR. */
-export class LlmError extends Error {
+export class LlmError extends RunError {
   override readonly name: string = 'LlmError';
+  readonly code = 'LLM_ERROR';
   constructor(
     message: string,
     readonly retryable = false,

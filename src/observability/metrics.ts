@@ -3,8 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type DocumentNode, getOperationAST } from 'graphql';
 import { type Plugin, isAsyncIterable } from 'graphql-yoga';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { sql } from 'drizzle-orm';
-import { type Db, rowsOf } from '../db/client.js';
+import { ACTIVE_STATUSES } from '../generations/status.js';
 import type { Logger } from './logger.js';
 
 // Prometheus metrics (prom-client), served on /metrics. One registry per Kiln, so
@@ -36,7 +35,10 @@ const LONG_BUCKETS = [0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200];
 /** Distinct operation names kept as labels; later ones count as "other" (clients choose names). */
 const MAX_OPERATION_NAMES = 200;
 
-export function createMetrics(options: { db?: Db; logger?: Logger; defaultMetrics?: boolean } = {}): Metrics {
+/** Counts of active generations by status, read at scrape time (main.ts hands in the generations store's query). */
+export type ActiveGenerationCounts = () => Promise<Map<string, number>>;
+
+export function createMetrics(options: { activeGenerations?: ActiveGenerationCounts; logger?: Logger; defaultMetrics?: boolean } = {}): Metrics {
   const registry = new Registry();
   if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
   const log = options.logger?.child({ source: 'Metrics' });
@@ -112,16 +114,12 @@ export function createMetrics(options: { db?: Db; logger?: Logger; defaultMetric
     registers: [registry],
   });
 
-  const db = options.db;
-  if (db) {
-    // One query per scrape feeds both gauges; its WHERE matches generations_active_idx, so only active rows are read.
+  const activeGenerations = options.activeGenerations;
+  if (activeGenerations) {
+    // One query per scrape feeds both gauges.
     let pending: Promise<Map<string, number> | undefined> | undefined;
     const statusCounts = () =>
-      (pending ??= db
-        .execute(
-          sql`select status::text as status, count(*)::int as count from generations where status in ('QUEUED', 'RUNNING') group by status`,
-        )
-        .then((result) => new Map(rowsOf<{ status: string; count: number }>(result).map((row) => [row.status, row.count])))
+      (pending ??= activeGenerations()
         .catch((error: unknown) => {
           log?.warn({ err: error }, 'reading generation counts for /metrics failed');
           return undefined;
@@ -137,7 +135,7 @@ export function createMetrics(options: { db?: Db; logger?: Logger; defaultMetric
       async collect() {
         const counts = await statusCounts();
         if (!counts) return;
-        for (const status of ['QUEUED', 'RUNNING']) this.set({ status }, counts.get(status) ?? 0);
+        for (const status of ACTIVE_STATUSES) this.set({ status }, counts.get(status) ?? 0);
       },
     });
     new Gauge({

@@ -1,9 +1,9 @@
 import { ConfigError } from '../config.js';
 import type { Db } from '../db/client.js';
-import { projectSecrets } from '../db/schema.js';
 import { serviceScope } from '../db/scope.js';
 import { secretContext } from './projects.js';
 import type { SecretBox } from './secret-box.js';
+import { secretStore } from './store.js';
 
 /**
  * Start-up refuses a KILN_ENCRYPTION_KEY that cannot open the secrets already stored
@@ -11,9 +11,7 @@ import type { SecretBox } from './secret-box.js';
  * its own key would fail later, one by one. Without stored secrets any key is fine.
  */
 export async function verifyEncryptionKey(db: Db, box: SecretBox): Promise<void> {
-  const [stored] = await serviceScope(db).run((tx) =>
-    tx.select({ projectId: projectSecrets.projectId, name: projectSecrets.name, ciphertext: projectSecrets.ciphertext }).from(projectSecrets).limit(1),
-  );
+  const stored = await serviceScope(db).run((tx) => secretStore.anyStored(tx));
   if (!stored) return;
   try {
     box.open(stored.ciphertext, secretContext(stored.projectId, stored.name));

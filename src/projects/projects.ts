@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import type { projectTarget } from '../db/schema.js';
 import type { Scope } from '../db/scope.js';
 import { AuthError, ForbiddenError, InvalidStateError, NotFoundError } from '../errors.js';
 import type { SecretBox } from './secret-box.js';
@@ -24,7 +25,7 @@ export const projectDescription = z
   .refine((text) => !CONTROL_OR_BIDI_EXCEPT_LINES.test(text), 'Description must not contain control or bidirectional-override characters');
 export const email = z.string().trim().toLowerCase().max(254, 'Email is too long').pipe(z.email('Not a valid email address'));
 
-export type ProjectTarget = 'FLUTTER' | 'WEB';
+export type ProjectTarget = (typeof projectTarget.enumValues)[number];
 
 export async function createProject(
   scope: Scope,

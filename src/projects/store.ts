@@ -111,6 +111,15 @@ export const secretStore = {
     await tx.delete(projectSecrets).where(and(eq(projectSecrets.projectId, projectId), eq(projectSecrets.name, name)));
   },
 
+  /** Service scope only: any one stored secret, for checking the encryption key at start-up. */
+  async anyStored(tx: Tx) {
+    const [stored] = await tx
+      .select({ projectId: projectSecrets.projectId, name: projectSecrets.name, ciphertext: projectSecrets.ciphertext })
+      .from(projectSecrets)
+      .limit(1);
+    return stored;
+  },
+
   /** Service scope only: the worker decrypts this for a run. */
   async ciphertextOf(tx: Tx, projectId: string, name: SecretName): Promise<string | undefined> {
     const [row] = await tx

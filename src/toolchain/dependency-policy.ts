@@ -35,7 +35,6 @@ export const FETCH_STEERING_FILES = [
   'npm-shrinkwrap.json',
   'yarn.lock',
   'pnpm-lock.yaml',
-  'node_modules/.package-lock.json',
   'pubspec.lock',
   'pubspec_overrides.yaml',
 ];
@@ -47,6 +46,7 @@ const REGISTRY_RANGE = /^[A-Za-z0-9 .*^~<>=|+_-]*$/;
 const PACKAGE_NAME = /^(@[a-z0-9~-][a-z0-9._~-]*\/)?[a-z0-9~-][a-z0-9._~-]*$/i;
 const PUB_DEFAULT_HOSTS = new Set(['pub.dev', 'pub.dartlang.org']);
 const PUB_DEPENDENCY_FIELDS = ['dependencies', 'dev_dependencies', 'dependency_overrides'];
+const MAX_MANIFEST_BYTES = 1024 * 1024;
 
 /**
  * Makes the workspace safe to fetch for: removes the files in FETCH_STEERING_FILES (an
@@ -80,7 +80,7 @@ export function fetchEnv(tool: BuildTool, source: NodeJS.ProcessEnv = process.en
 }
 
 async function checkPackageJson(workspace: string): Promise<void> {
-  const text = await readFile(join(workspace, 'package.json'), 'utf8').catch(() => undefined);
+  const text = await readManifest(join(workspace, 'package.json'), 'package.json');
   if (text === undefined) throw new DependencyPolicyError('package.json is missing, so Kiln cannot check what the install would fetch.', 'BUILD_FAILED');
   let manifest: unknown;
   try {
@@ -108,7 +108,8 @@ async function checkPackageJson(workspace: string): Promise<void> {
 // `overrides` nests: a value is a spec (or `$name`, a root dependency's spec) or an object whose "." is one.
 function checkOverrides(value: unknown, where: string): void {
   if (typeof value === 'string') {
-    if (!/^\$[^:/#]+$/.test(value) && !isRegistrySpec(value)) throw refusal(`"${where}" overrides with ${show(value)}`);
+    const rootReference = value.startsWith('$') && PACKAGE_NAME.test(value.slice(1));
+    if (!rootReference && !isRegistrySpec(value)) throw refusal(`"${where}" overrides with ${show(value)}`);
     return;
   }
   if (!isObject(value)) throw refusal(`"${where}" is ${show(value)}`);
@@ -141,7 +142,7 @@ async function checkPubspecs(workspace: string): Promise<void> {
     if (seen.has(dir)) continue;
     seen.add(dir);
     const label = relative(workspace, join(dir, 'pubspec.yaml'));
-    const text = await readFile(join(dir, 'pubspec.yaml'), 'utf8').catch(() => undefined);
+    const text = await readManifest(join(dir, 'pubspec.yaml'), label);
     if (text === undefined) throw new DependencyPolicyError(`${label} is missing, so Kiln cannot check what \`flutter pub get\` would fetch.`, 'BUILD_FAILED');
     let pubspec: unknown;
     try {
@@ -205,6 +206,18 @@ function pubRefusal(label: string, what: string): DependencyPolicyError {
   return new DependencyPolicyError(
     `${label} ${what}; Kiln fetches Dart packages only from pub.dev (a version constraint), the Flutter SDK (sdk: flutter) or a path inside the project, never from git, another hosted server or a path outside it.`,
   );
+}
+
+/**
+ * A manifest's text, undefined when there is none. A build step may have swapped it for a
+ * symbolic link (to a secret of the host, which a parse error would quote) or a FIFO.
+ */
+async function readManifest(path: string, label: string): Promise<string | undefined> {
+  const stats = await lstat(path).catch(() => undefined);
+  if (!stats) return undefined;
+  if (!stats.isFile()) throw new DependencyPolicyError(`${label} is not a regular file (a symbolic link?), so Kiln will not read it.`);
+  if (stats.size > MAX_MANIFEST_BYTES) throw new DependencyPolicyError(`${label} is larger than 1 MB.`, 'BUILD_FAILED');
+  return readFile(path, 'utf8');
 }
 
 function isObject(value: unknown): value is Record<string, unknown> {

@@ -1,5 +1,6 @@
 import { fixReads } from '../../generations/fix-reads.js';
 import type { DiagnosticRow, FixRoundRow } from '../../generations/fix-store.js';
+import { FIX_ROUND_STATUSES } from '../../generations/status.js';
 import type { Scope } from '../../db/scope.js';
 import { builder } from '../builder.js';
 import type { Context } from '../context.js';
@@ -9,7 +10,7 @@ import { BuildStepRef, ChunkRef, GenerationRef, LogLineRef, UsageRef } from './g
 // rounds of a generation, and the round of every chunk, build step and log line.
 
 const DiagnosticSeverityEnum = builder.enumType('DiagnosticSeverity', { values: ['ERROR', 'WARNING', 'INFO'] as const });
-const FixRoundStatusEnum = builder.enumType('FixRoundStatus', { values: ['RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED'] as const });
+const FixRoundStatusEnum = builder.enumType('FixRoundStatus', { values: FIX_ROUND_STATUSES });
 
 const DiagnosticRef = builder.objectRef<DiagnosticRow>('Diagnostic').implement({
   description: 'A problem a build tool reported, parsed from its output.',

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { BudgetExceededError, NotFoundError } from '../../errors.js';
 import { cancelGeneration, generationPrompt, maxFixRounds, retryGeneration, startGeneration } from '../../generations/generations.js';
 import { generationReads } from '../../generations/reads.js';
-import { GENERATION_PHASES, GENERATION_STATUSES } from '../../generations/status.js';
+import { BUILD_STEP_STATUSES, GENERATION_PHASES, GENERATION_STATUSES } from '../../generations/status.js';
 import type { BuildStepRow, GenerationRow, MessageRow } from '../../generations/store.js';
 import { buildLogs, generationChunks, generationUpdates } from '../../generations/streams.js';
 import { monthlyTokenLimit, setProjectBudget } from '../../projects/projects.js';
@@ -14,9 +14,7 @@ import { ProjectRef } from './projects.js';
 
 const GenerationStatusEnum = builder.enumType('GenerationStatus', { values: GENERATION_STATUSES });
 const GenerationPhaseEnum = builder.enumType('GenerationPhase', { values: GENERATION_PHASES });
-const BuildStepStatusEnum = builder.enumType('BuildStepStatus', {
-  values: ['PENDING', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED', 'SKIPPED'] as const,
-});
+const BuildStepStatusEnum = builder.enumType('BuildStepStatus', { values: BUILD_STEP_STATUSES });
 const MessageRoleEnum = builder.enumType('MessageRole', { values: ['USER', 'MODEL'] as const });
 const LogStreamEnum = builder.enumType('LogStream', { values: ['STDOUT', 'STDERR'] as const });
 const GenerationErrorCodeEnum = builder.enumType('GenerationErrorCode', {
