@@ -3,7 +3,7 @@ import { eq } from 'drizzle-orm';
 import { print } from 'graphql';
 import { decodeJwt, type JWTPayload, SignJWT, UnsecuredJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseConfig } from '../src/config.js';
+import { type Config, parseConfig } from '../src/config.js';
 import { type Database, openDatabase } from '../src/db/client.js';
 import { serverSecrets, users } from '../src/db/schema.js';
 import { type Kiln, startKiln } from '../src/main.js';
@@ -29,6 +29,7 @@ import {
   type TestUser,
   uniqueEmail,
 } from './support/fixtures.js';
+import { tempDir } from './support/generation-helpers.js';
 import { type TestServer, startTestServer } from './support/server.js';
 
 let server: TestServer;
@@ -359,7 +360,9 @@ describe('sessions across instances and restarts', () => {
   /** A second connection to the same database for a second instance, as another process would have (postgres only). */
   let secondConnection: Database | undefined;
   const running: Kiln[] = [];
-  const config = parseConfig({ DATA_DIR: '.kiln-test', LOG_LEVEL: 'silent', OFFLINE_CHUNK_DELAY_MS: '0', ACCESS_TOKEN_TTL_SECONDS: '120' });
+  /** One data directory for every instance of this suite, as processes sharing a volume would have. */
+  let dataDir: Awaited<ReturnType<typeof tempDir>>;
+  let config: Config;
 
   async function start(on: Database = database): Promise<ClientFactory & { kiln: Kiln }> {
     const kiln = await startKiln(config, { database: on, port: 0 });
@@ -375,12 +378,15 @@ describe('sessions across instances and restarts', () => {
   beforeAll(async () => {
     database = await createTestDatabase();
     secondConnection = database.url ? await openDatabase({ url: database.url }) : undefined;
+    dataDir = await tempDir('auth');
+    config = parseConfig({ DATA_DIR: dataDir.path, LOG_LEVEL: 'silent', OFFLINE_CHUNK_DELAY_MS: '0', ACCESS_TOKEN_TTL_SECONDS: '120' });
   });
 
   afterAll(async () => {
     for (const kiln of running.splice(0)) await kiln.stop();
     await secondConnection?.close();
     await database?.close();
+    await dataDir?.remove();
   });
 
   it('honours ACCESS_TOKEN_TTL_SECONDS in the tokens it issues', async () => {

@@ -1,11 +1,8 @@
 import { Writable } from 'node:stream';
 import { decodeGlobalID, encodeGlobalID } from '@pothos/plugin-relay';
 import { eq, sql } from 'drizzle-orm';
-import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseConfig } from '../src/config.js';
 import { projects as projectsTable } from '../src/db/schema.js';
-import { type Kiln, startKiln } from '../src/main.js';
 import {
   AddProjectMemberDocument,
   ArchiveProjectDocument,
@@ -20,7 +17,6 @@ import { createTestDatabase, type TestDatabase } from './support/db.js';
 import {
   createProject,
   expectTypename,
-  graphqlClient,
   MutationFieldErrorsDocument,
   NodeDocument,
   onlyError,
@@ -600,7 +596,7 @@ describe('bad input', () => {
 
 describe('an unexpected failure', () => {
   let database: TestDatabase;
-  let kiln: Kiln;
+  let failing: TestServer;
   /** Statements matching this fail once, as a dropped database connection would. */
   let failNext: RegExp | undefined;
   const logLines: Record<string, unknown>[] = [];
@@ -620,17 +616,16 @@ describe('an unexpected failure', () => {
         done();
       },
     });
-    const config = parseConfig({ DATA_DIR: '.kiln-test', LOG_LEVEL: 'error', OFFLINE_CHUNK_DELAY_MS: '0' });
-    kiln = await startKiln(config, { database, port: 0, logger: pino({ level: 'error', base: undefined }, logs) });
+    failing = await startTestServer({ LOG_LEVEL: 'error' }, { database, logTo: logs });
   });
 
   afterAll(async () => {
-    await kiln?.stop();
+    await failing?.stop();
     await database?.close();
   });
 
   it('is masked as "Unexpected error." with a request id that is also in the log, and changes nothing', async () => {
-    const owner = await signUp({ client: (token) => graphqlClient(kiln.url, token) });
+    const owner = await signUp(failing);
 
     failNext = /insert into "projects"/i;
     const response = await owner.client.request(CreateProjectDocument, { input: { name: 'Doomed', target: 'WEB' } });

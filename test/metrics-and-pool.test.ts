@@ -7,7 +7,7 @@ import { type Kiln, startKiln } from '../src/main.js';
 import { createTestDatabase, databaseKind, type TestDatabase, testDatabaseUrl } from './support/db.js';
 import { createProject, graphqlClient, signUp } from './support/fixtures.js';
 import { tempDir } from './support/generation-helpers.js';
-import { startTestServer } from './support/server.js';
+import { startTestServer, type TestServer } from './support/server.js';
 
 // What an operator relies on: /metrics is closed in production without METRICS_TOKEN,
 // a scrape never scans the generations table, and DATABASE_POOL_MAX bounds the
@@ -38,27 +38,24 @@ describe('METRICS_TOKEN in production', () => {
 
 describe(`a scrape reads no more than the active generations (${databaseKind})`, () => {
   let database: TestDatabase;
-  let kiln: Kiln;
-  let data: Awaited<ReturnType<typeof tempDir>>;
+  let server: TestServer;
   const statements: string[] = [];
 
   beforeAll(async () => {
     database = await createTestDatabase({ onQuery: (query) => void statements.push(query) });
-    data = await tempDir('metrics');
-    kiln = await startKiln(parseConfig({ DATA_DIR: data.path, LOG_LEVEL: 'silent', OFFLINE_CHUNK_DELAY_MS: '0' }), { database, port: 0 });
+    server = await startTestServer({}, { database });
   });
 
   afterAll(async () => {
-    await kiln?.stop();
+    await server?.stop();
     await database?.close();
-    await data?.remove();
   });
 
   it('counts generations by status through the partial index of active statuses, never a table scan', async () => {
-    const owner = await signUp({ client: (token) => graphqlClient(kiln.url, token) });
+    const owner = await signUp(server);
     await createProject(owner.client);
     statements.splice(0);
-    const text = await (await fetch(`${kiln.url}/metrics`)).text();
+    const text = await (await fetch(`${server.url}/metrics`)).text();
     expect(text).toMatch(/^kiln_generations\{status="QUEUED"\} 0$/m);
     expect(text).toMatch(/^kiln_queue_depth 0$/m);
     const scrape = statements.filter((statement) => /\bgenerations\b/.test(statement));

@@ -1,9 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseConfig } from '../src/config.js';
-import { type Kiln, startKiln } from '../src/main.js';
 import { AddProjectMemberDocument } from './gql/graphql.js';
 import { createTestDatabase, type TestDatabase } from './support/db.js';
-import { type ClientFactory, createProject, document, graphqlClient, signUp, type TestUser } from './support/fixtures.js';
+import { type ClientFactory, createProject, document, signUp, type TestUser } from './support/fixtures.js';
+import { startTestServer, type TestServer } from './support/server.js';
 
 // STYLE 8: list fields load through DataLoaders. The SQL statements of one nested
 // query are counted at the database driver; the count must not grow with the list.
@@ -20,20 +19,19 @@ const MembersOfProjectsDocument = document<
 `);
 
 let database: TestDatabase;
-let kiln: Kiln;
+let server: TestServer;
 let app: ClientFactory;
 /** Every SQL statement the server sends, in order. */
 const statements: string[] = [];
 
 beforeAll(async () => {
   database = await createTestDatabase({ onQuery: (query) => void statements.push(query) });
-  const config = parseConfig({ DATA_DIR: '.kiln-test', LOG_LEVEL: 'silent', OFFLINE_CHUNK_DELAY_MS: '0' });
-  kiln = await startKiln(config, { database, port: 0 });
-  app = { client: (token?: string) => graphqlClient(kiln.url, token) };
+  server = await startTestServer({}, { database });
+  app = server;
 });
 
 afterAll(async () => {
-  await kiln?.stop();
+  await server?.stop();
   await database?.close();
 });
 

@@ -24,7 +24,6 @@ import { buildPrompt } from './prompt.js';
 import { restoredAnswer } from './restore.js';
 import { newRunCursor, type RunCursor } from './run-cursor.js';
 import { RunFailure } from './run-failure.js';
-import { UnsafeOutputError } from './safe-path.js';
 import { type GenerationRow, generationStore } from './store.js';
 
 export interface PipelineDeps {
@@ -237,8 +236,7 @@ function failureOutcome(error: unknown, signal: AbortSignal, log: Logger): Parti
     if (signal.reason === 'cancelled') return { status: 'CANCELLED', errorCode: null, errorMessage: null };
     return { status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The worker stopped before this generation finished; a retry follows unless it was a retry itself.' };
   }
-  // UnsafeOutputError (safe-path.ts) carries its code but does not extend RunError yet.
-  if (error instanceof RunError || error instanceof UnsafeOutputError) return { status: 'FAILED', errorCode: error.code, errorMessage: error.message };
+  if (error instanceof RunError) return { status: 'FAILED', errorCode: error.code, errorMessage: error.message };
   // The database stayed away longer than the pipeline waits for it: handed back like a lapsed lease.
   if (isConnectionError(error)) return { status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The database was unreachable for too long; a retry follows unless it was a retry itself.' };
   log.error({ err: error }, 'generation failed unexpectedly');

@@ -1,3 +1,5 @@
+import { RunError } from '../errors.js';
+
 export const MAX_PATH_LENGTH = 255;
 export const MAX_PATH_DEPTH = 16;
 
@@ -11,7 +13,7 @@ const TOOL_STEERING = /^(\.npmrc|\.yarnrc.*|\.pnpmfile\.cjs|\.env(?!\.example$).
 const FETCH_PINNING = /^(package-lock\.json|npm-shrinkwrap\.json|yarn\.lock|pnpm-lock\.yaml|pubspec\.lock|pubspec_overrides\.yaml)$/;
 
 /** The model's output names a path or size the workspace must not accept; ends the run as UNSAFE_OUTPUT. */
-export class UnsafeOutputError extends Error {
+export class UnsafeOutputError extends RunError {
   override readonly name = 'UnsafeOutputError';
   readonly code = 'UNSAFE_OUTPUT';
   constructor(

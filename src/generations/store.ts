@@ -24,9 +24,6 @@ export type FileRow = typeof generationFiles.$inferSelect;
 export type MessageRow = typeof conversationMessages.$inferSelect;
 export type ErrorCode = NonNullable<GenerationRow['errorCode']>;
 
-// streams.ts still imports the terminal statuses from here.
-export { TERMINAL_STATUSES as TERMINAL } from './status.js';
-
 // Literal values, not parameters: the planner matches them to the partial index generations_active_idx.
 const isActive = sql`${generations.status} in (${sql.raw(ACTIVE_STATUSES.map((status) => `'${status}'`).join(', '))})`;
 

@@ -4,7 +4,8 @@ import { NotFoundError } from '../errors.js';
 import { type ChunkEvent, type EventBus, isLossless, listen, type LogLineEvent, type StatusEvent } from '../events/bus.js';
 import { createPageCache, type PageCache } from './page-cache.js';
 import { generationReads } from './reads.js';
-import { type GenerationRow, generationStore, TERMINAL } from './store.js';
+import { isTerminal } from './status.js';
+import { type GenerationRow, generationStore } from './store.js';
 
 // Resumable streams: subscribe first, replay what is persisted after `afterSeq`, then
 // go on live. Live batches that continue the sequence are passed straight through;
@@ -65,11 +66,11 @@ const logLinePages = createPageCache<LogLineEvent>(PAGE);
 
 /** Completes when the generation is terminal: a fix round may add model output after a build. */
 export function generationChunks(options: StreamOptions): Promise<AsyncGenerator<ChunkEvent>> {
-  return sequenced(options, 'generationChunks', (tx, id, after) => generationStore.chunksAfter(tx, id, after, PAGE), chunkPages, isTerminal);
+  return sequenced(options, 'generationChunks', (tx, id, after) => generationStore.chunksAfter(tx, id, after, PAGE), chunkPages, hasEnded);
 }
 
 export function buildLogs(options: StreamOptions): Promise<AsyncGenerator<LogLineEvent>> {
-  return sequenced(options, 'buildLogs', (tx, id, after) => generationStore.logLinesAfter(tx, id, after, PAGE), logLinePages, isTerminal);
+  return sequenced(options, 'buildLogs', (tx, id, after) => generationStore.logLinesAfter(tx, id, after, PAGE), logLinePages, hasEnded);
 }
 
 /** The current state first, then each change; completes after a terminal state. */
@@ -85,7 +86,7 @@ export async function generationUpdates(options: StreamOptions): Promise<AsyncGe
       let last = first;
       yield last;
       const poll = new Backoff(bus);
-      while (!isTerminal(last)) {
+      while (!hasEnded(last)) {
         const { timedOut } = await inbox.wait(poll.next(), signal);
         if (signal.aborted) return;
         if (!timedOut) poll.reset();
@@ -101,9 +102,7 @@ export async function generationUpdates(options: StreamOptions): Promise<AsyncGe
 
 type State = Pick<GenerationRow, 'status' | 'phase'>;
 
-function isTerminal(state: State): boolean {
-  return TERMINAL.includes(state.status);
-}
+const hasEnded = (state: State): boolean => isTerminal(state.status);
 
 async function sequenced<T extends { seq: number }>(
   options: StreamOptions,

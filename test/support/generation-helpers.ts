@@ -8,9 +8,7 @@ import { print } from 'graphql';
 import { type Client, createClient } from 'graphql-ws';
 import { expect } from 'vitest';
 import WebSocket from 'ws';
-import { parseConfig, type Environment } from '../../src/config.js';
-import { startKiln } from '../../src/main.js';
-import { createLogger } from '../../src/observability/logger.js';
+import type { Environment } from '../../src/config.js';
 import {
   BuildLogsDocument,
   type BuildLogsSubscription,
@@ -25,8 +23,7 @@ import {
   type StartGenerationMutation,
 } from '../gql/graphql.js';
 import type { TestDatabase } from './db.js';
-import { graphqlClient } from './fixtures.js';
-import { type GraphQLClient, startTestServer, type TestServer, unsandboxedBuilds } from './server.js';
+import { type GraphQLClient, startTestServer, type TestServer } from './server.js';
 
 // Helpers of the generation suites: fake build tools, a temporary data directory, and
 // waiting for a generation's state through the public `generationUpdated` subscription
@@ -106,9 +103,7 @@ export interface Instance {
  * side); DATA_DIR is required so nothing lands in the working directory.
  */
 export async function startInstance(database: TestDatabase, env: Environment & { DATA_DIR: string }): Promise<Instance> {
-  const config = parseConfig({ LOG_LEVEL: 'silent', OFFLINE_CHUNK_DELAY_MS: '0', ...unsandboxedBuilds, ...env });
-  const kiln = await startKiln(config, { database, port: 0, logger: createLogger(config.logLevel) });
-  return { url: kiln.url, client: (token) => graphqlClient(kiln.url, token), stop: () => kiln.stop() };
+  return startTestServer(env, { database });
 }
 
 // ------------------------------------------------------------------ operations

@@ -2,6 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { TypedDocumentNode } from '@graphql-typed-document-node/core';
+import type { DestinationStream } from 'pino';
 import { type Environment, parseConfig } from '../../src/config.js';
 import { type Kiln, startKiln } from '../../src/main.js';
 import { createLogger } from '../../src/observability/logger.js';
@@ -11,6 +12,8 @@ import { graphqlClient } from './fixtures.js';
 export interface TestServer {
   url: string;
   database: TestDatabase;
+  /** DATA_DIR of this server: a temporary directory of its own unless `env` names one. */
+  dataDir: string;
   /** A GraphQL client; `token` goes into `Authorization: Bearer`. */
   client(token?: string): GraphQLClient;
   stop(): Promise<void>;
@@ -34,28 +37,38 @@ export interface GraphQLClient {
  */
 export const unsandboxedBuilds = { BUILD_SANDBOX: 'none', ALLOW_UNSANDBOXED_BUILDS: 'true' };
 
+export interface TestServerOptions {
+  /** A database the caller made (e.g. counting statements) and closes; a fresh one otherwise. */
+  database?: TestDatabase;
+  /** Where the server's log lines go (at LOG_LEVEL); stdout otherwise. */
+  logTo?: DestinationStream;
+}
+
 /** Kiln on port 0 over a fresh database of its own; always `stop()` it. */
-export async function startTestServer(env: Environment = {}): Promise<TestServer> {
-  const database = await createTestDatabase();
-  // Workspaces and generated keys go to a directory of this server's own.
-  const dataDir = await mkdtemp(path.join(tmpdir(), 'kiln-test-'));
-  const config = parseConfig({ DATA_DIR: dataDir, LOG_LEVEL: 'silent', OFFLINE_CHUNK_DELAY_MS: '0', ...unsandboxedBuilds, ...env });
+export async function startTestServer(env: Environment = {}, options: TestServerOptions = {}): Promise<TestServer> {
+  const database = options.database ?? (await createTestDatabase());
+  const closeDatabase = () => (options.database ? Promise.resolve() : database.close());
+  // Workspaces and generated keys go to a directory of this server's own, unless `env` shares one.
+  const ownDataDir = env.DATA_DIR ? undefined : await mkdtemp(path.join(tmpdir(), 'kiln-test-'));
+  const removeDataDir = () => (ownDataDir ? rm(ownDataDir, { recursive: true, force: true }) : Promise.resolve());
+  const config = parseConfig({ DATA_DIR: ownDataDir, LOG_LEVEL: 'silent', OFFLINE_CHUNK_DELAY_MS: '0', ...unsandboxedBuilds, ...env });
   let kiln: Kiln;
   try {
-    kiln = await startKiln(config, { database, port: 0, logger: createLogger(config.logLevel) });
+    kiln = await startKiln(config, { database, port: 0, logger: createLogger(config.logLevel, options.logTo) });
   } catch (error) {
-    await database.close();
-    await rm(dataDir, { recursive: true, force: true });
+    await closeDatabase();
+    await removeDataDir();
     throw error;
   }
   return {
     url: kiln.url,
     database,
+    dataDir: config.dataDir,
     client: (token) => graphqlClient(kiln.url, token),
     stop: async () => {
       await kiln.stop();
-      await database.close();
-      await rm(dataDir, { recursive: true, force: true });
+      await closeDatabase();
+      await removeDataDir();
     },
   };
 }
