@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseDiagnostics, sameDiagnostics } from '../src/toolchain/diagnostics.js';
+import { parseDiagnostics, sameDiagnostics } from '../../src/toolchain/diagnostics.js';
 
 // Build-tool output as structured diagnostics: what a fix round sends back to the model
 // and what Generation.diagnostics shows. Samples are the tools' real formats.

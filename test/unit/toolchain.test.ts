@@ -3,9 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { buildEnv, runStep, type OutputLine, type RunStepOptions } from '../src/toolchain/step-runner.js';
+import { buildEnv, runStep, type OutputLine, type RunStepOptions } from '../../src/toolchain/step-runner.js';
 
-const fakeBin = fileURLToPath(new URL('./fixtures/bin', import.meta.url));
+const fakeBin = fileURLToPath(new URL('../fixtures/bin', import.meta.url));
 
 let workspace: string;
 beforeEach(async () => {

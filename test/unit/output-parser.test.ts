@@ -5,8 +5,8 @@ import {
   OutputProtocolError,
   createOutputParser,
   type OutputEvent,
-} from '../src/generations/output-parser.js';
-import { UnsafeOutputError, assertSafeRelativePath } from '../src/generations/safe-path.js';
+} from '../../src/generations/output-parser.js';
+import { UnsafeOutputError, assertSafeRelativePath } from '../../src/generations/safe-path.js';
 
 function parse(chunks: string[]): OutputEvent[] {
   const parser = createOutputParser();

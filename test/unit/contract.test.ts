@@ -20,15 +20,15 @@ import {
   visit,
 } from 'graphql';
 import { describe, expect, it } from 'vitest';
-import { printedSchema } from '../src/api/print-schema.js';
-import { schema } from '../src/api/schema/index.js';
+import { printedSchema } from '../../src/api/print-schema.js';
+import { schema } from '../../src/api/schema/index.js';
 
 // The client contract (contract/, a copy of shared/contract) against the schema built
 // from src/api/schema. Operations and inputs that later issues add are listed as
 // pending; a pending one that starts validating fails too, so the lists stay honest.
 
-const contractDir = new URL('../contract/', import.meta.url);
-const sharedContractDir = new URL('../../shared/contract/', import.meta.url);
+const contractDir = new URL('../../contract/', import.meta.url);
+const sharedContractDir = new URL('../../../shared/contract/', import.meta.url);
 const operationsFile = new URL('operations.graphql', contractDir);
 const inputsFile = new URL('inputs.graphql', contractDir);
 
@@ -193,7 +193,7 @@ describe('the input types and enum values clients rely on (inputs.graphql)', () 
 
 describe('schema/schema.graphql', () => {
   it('is the printed schema (run `npm run schema:print` when this fails)', () => {
-    const committed = readFileSync(new URL('../schema/schema.graphql', import.meta.url), 'utf8');
+    const committed = readFileSync(new URL('../../schema/schema.graphql', import.meta.url), 'utf8');
     expect(committed).toBe(printedSchema());
   });
 });

@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { buildEnv, runStep } from '../src/toolchain/step-runner.js';
-import { commandLine, getTarget, toolNames, type BuildStepSpec } from '../src/toolchain/targets.js';
+import { buildEnv, runStep } from '../../src/toolchain/step-runner.js';
+import { commandLine, getTarget, toolNames, type BuildStepSpec } from '../../src/toolchain/targets.js';
 
 const sampleFlutterApp = `import 'package:flutter/material.dart';
 
@@ -84,7 +84,7 @@ describe('FLUTTER target', () => {
   });
 
   it('builds the template plus a sample app with every step, using FLUTTER_BIN as given', async () => {
-    const bins = { ...toolNames, flutter: fileURLToPath(new URL('./fixtures/bin/flutter', import.meta.url)) };
+    const bins = { ...toolNames, flutter: fileURLToPath(new URL('../fixtures/bin/flutter', import.meta.url)) };
     await writeFiles({ ...flutter.template, 'lib/main.dart': sampleFlutterApp });
 
     for (const step of flutter.steps) {

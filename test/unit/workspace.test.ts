@@ -2,16 +2,16 @@ import { mkdir, mkdtemp, readdir, readFile, rm, symlink, utimes, writeFile } fro
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { OutputProtocolError } from '../src/generations/output-parser.js';
-import { UnsafeOutputError } from '../src/generations/safe-path.js';
-import { writeFileInside } from '../src/workspace/write-inside.js';
+import { OutputProtocolError } from '../../src/generations/output-parser.js';
+import { UnsafeOutputError } from '../../src/generations/safe-path.js';
+import { writeFileInside } from '../../src/workspace/write-inside.js';
 import {
   createWorkspace,
   fileDigest,
   pruneWorkspaces,
   removeWorkspace,
   type CreateWorkspaceInput,
-} from '../src/workspace/workspace.js';
+} from '../../src/workspace/workspace.js';
 
 let root: string;
 

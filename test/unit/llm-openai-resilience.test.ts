@@ -1,8 +1,8 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { CONTINUE_INSTRUCTION, withContinuations } from '../src/llm/continuation.js';
-import { createOpenAiProvider } from '../src/llm/openai.js';
-import { LlmError, type LlmEvent, type LlmRequest, type RetryNotice } from '../src/llm/provider.js';
-import { type FakeOpenAi, startFakeOpenAi } from './support/fake-openai.js';
+import { CONTINUE_INSTRUCTION, withContinuations } from '../../src/llm/continuation.js';
+import { createOpenAiProvider } from '../../src/llm/openai.js';
+import { LlmError, type LlmEvent, type LlmRequest, type RetryNotice } from '../../src/llm/provider.js';
+import { type FakeOpenAi, startFakeOpenAi } from '../support/fake-openai.js';
 
 // The OpenAI-compatible provider behind the same resilience as Gemini's: `length`
 // answers continued and stitched, Retry-After honoured, a cancel ending the wait.
