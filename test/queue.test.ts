@@ -9,19 +9,16 @@ import { insertGeneration } from '../src/generations/generations.js';
 import { createPgBossQueue, GENERATION_QUEUE } from '../src/jobs/pgboss.js';
 import { createLogger } from '../src/observability/logger.js';
 import { waitUntil } from './support/cluster.js';
-import { createTestDatabase, type TestDatabase, testDatabaseUrl } from './support/db.js';
-import { createProject, signUp, type TestUser } from './support/fixtures.js';
+import { type TestDatabase, testDatabaseUrl } from './support/db.js';
+import { createProject, type TestUser } from './support/fixtures.js';
 import {
-  type FakeFlutter,
-  fakeFlutter,
   getGeneration,
   type Instance,
   rawId,
   startAccepted,
-  startInstance,
-  tempDir,
   waitForEnd,
 } from './support/generation-helpers.js';
+import { type PgBossPair, startPgBossPair } from './support/pgboss-pair.js';
 
 // QUEUE=pgboss: the job is written with the generation or not at all, a worker in
 // another instance takes it, and a second delivery of a job changes nothing.
@@ -31,11 +28,9 @@ const logger = createLogger('silent');
 describe.skipIf(!testDatabaseUrl)('QUEUE=pgboss (set TEST_DATABASE_URL to run)', () => {
   let database: TestDatabase;
   let api: Instance;
-  let worker: Instance;
   let owner: TestUser;
-  let data: { path: string; remove(): Promise<void> };
+  let pair: PgBossPair;
   let admin: postgres.Sql;
-  let flutter: FakeFlutter;
 
   const jobOf = async (id: string) => {
     const [job] = await admin<{ state: string; name: string }[]>`select state, name from pgboss.job where id = ${id}`;
@@ -43,24 +38,14 @@ describe.skipIf(!testDatabaseUrl)('QUEUE=pgboss (set TEST_DATABASE_URL to run)',
   };
 
   beforeAll(async () => {
-    database = await createTestDatabase();
-    data = await tempDir('queue');
-    flutter = await fakeFlutter('ok');
+    pair = await startPgBossPair('queue');
+    ({ database, api, owner } = pair);
     admin = postgres(database.url!, { max: 1, onnotice: () => {} });
-    const env = { DATABASE_URL: database.url!, QUEUE: 'pgboss', EVENTS: 'postgres', DATA_DIR: data.path, FLUTTER_BIN: flutter.bin };
-    // API first: it creates pg-boss's schema and queue; then a worker in "another process".
-    api = await startInstance(database, { ...env, ROLE: 'api' });
-    worker = await startInstance(database, { ...env, ROLE: 'worker' });
-    owner = await signUp(api);
   });
 
   afterAll(async () => {
-    await api?.stop();
-    await worker?.stop();
     await admin?.end();
-    await database?.close();
-    await data?.remove();
-    await flutter?.remove();
+    await pair?.stop();
   });
 
   it('runs a generation started on an API instance on a worker instance, through a pg-boss job named by the generation', async () => {

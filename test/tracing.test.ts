@@ -4,7 +4,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../src/config.js';
 import { startTracing, type Tracing } from '../src/observability/tracing.js';
 import { waitUntil } from './support/cluster.js';
-import { createTestDatabase, databaseKind, type TestDatabase, testDatabaseUrl } from './support/db.js';
+import { type PgBossPair, startPgBossPair } from './support/pgboss-pair.js';
+import { databaseKind, testDatabaseUrl } from './support/db.js';
 import { createProject, signUp, type TestUser } from './support/fixtures.js';
 import {
   type FakeFlutter,
@@ -14,8 +15,6 @@ import {
   rawId,
   startAccepted,
   startGenerationServer,
-  startInstance,
-  tempDir,
   waitForEnd,
   type GenerationServer,
 } from './support/generation-helpers.js';
@@ -133,30 +132,18 @@ describe('tracing configuration', () => {
 });
 
 describe.skipIf(!testDatabaseUrl)('tracing through QUEUE=pgboss (set TEST_DATABASE_URL to run)', () => {
-  let database: TestDatabase;
-  let data: { path: string; remove(): Promise<void> };
-  let flutter: FakeFlutter;
   let api: Instance;
-  let worker: Instance;
   let owner: TestUser;
+  let pair: PgBossPair;
 
   beforeAll(async () => {
-    database = await createTestDatabase();
-    data = await tempDir('tracing');
-    flutter = await fakeFlutter('ok');
-    const env = { ...tracingEnv, DATABASE_URL: database.url!, QUEUE: 'pgboss', EVENTS: 'postgres', DATA_DIR: data.path, FLUTTER_BIN: flutter.bin };
     // The context crosses in the job's data: the worker instance never sees the API's request.
-    api = await startInstance(database, { ...env, ROLE: 'api' });
-    worker = await startInstance(database, { ...env, ROLE: 'worker' });
-    owner = await signUp(api);
+    pair = await startPgBossPair('tracing', tracingEnv);
+    ({ api, owner } = pair);
   });
 
   afterAll(async () => {
-    await api?.stop();
-    await worker?.stop();
-    await database?.close();
-    await data?.remove();
-    await flutter?.remove();
+    await pair?.stop();
   });
 
   it('carries the trace from the API instance to the worker instance in the pg-boss job', async () => {
