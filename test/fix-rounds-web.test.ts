@@ -4,14 +4,13 @@ import { databaseKind } from './support/db.js';
 import { fixesOf } from './support/fix-rounds.js';
 import { createProject, signUp, type TestUser } from './support/fixtures.js';
 import { type GenerationServer, startAccepted, startGenerationServer, waitForEnd } from './support/generation-helpers.js';
+import { registryUnavailable } from './support/network.js';
 
 // A WEB generation whose code fails the real `tsc`, healed by a fix round: the offline
 // provider's "with a build error" demonstration with the real npm, tsc and vite. It
-// installs from the npm registry, so it is opt-in: KILN_TEST_NETWORK=1 runs it.
+// installs from the npm registry, so it is opt-in (support/network.ts).
 
-const network = process.env.KILN_TEST_NETWORK === '1';
-
-describe.skipIf(!network)(`a real tsc error fixed in round 1 (${databaseKind}; needs the npm registry, KILN_TEST_NETWORK=1)`, () => {
+describe.skipIf(registryUnavailable)(`a real tsc error fixed in round 1 (${databaseKind})${registryUnavailable ? ` (skipped: ${registryUnavailable})` : ''}`, () => {
   let server: GenerationServer;
   let owner: TestUser;
 

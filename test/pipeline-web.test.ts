@@ -6,12 +6,13 @@ import { GeneratedFileDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
 import { createProject, signUp, type TestUser } from './support/fixtures.js';
 import { type GenerationServer, rawId, startAccepted, startGenerationServer, waitForEnd } from './support/generation-helpers.js';
+import { registryUnavailable } from './support/network.js';
 
 // The WEB target for real: the offline app built with the real npm, tsc and vite, as
-// a user of the default setup gets it. It installs from the npm registry (about 20 s);
-// KILN_TEST_SKIP_NETWORK=1 skips it on a machine without one.
+// a user of the default setup gets it. It installs from the npm registry (about 20 s),
+// so it is opt-in (support/network.ts).
 
-describe.skipIf(process.env.KILN_TEST_SKIP_NETWORK === '1')(`the WEB target with the real toolchain (${databaseKind})`, () => {
+describe.skipIf(registryUnavailable)(`the WEB target with the real toolchain (${databaseKind})${registryUnavailable ? ` (skipped: ${registryUnavailable})` : ''}`, () => {
   let server: GenerationServer;
   let owner: TestUser;
 

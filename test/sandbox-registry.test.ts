@@ -9,15 +9,14 @@ import { type FakeGemini, startFakeGemini } from './support/fake-gemini.js';
 import { createProject, signUp, type TestUser } from './support/fixtures.js';
 import { type GenerationServer, rawId, repoRoot, startAccepted, startGenerationServer, waitForEnd } from './support/generation-helpers.js';
 import { hostProcessesWith, probeResults, probeScript } from './support/hostile-project.js';
+import { registryUnavailable } from './support/network.js';
 
 // The WEB target for real in the sandbox: `npm install --ignore-scripts` from the npm
 // registry (the only step with network), then the real tsc and `vite build` with the
-// project's own vite.config.ts, with none. It needs the registry, so it is opt-in:
-// KILN_TEST_NETWORK=1 runs it.
+// project's own vite.config.ts, with none. It needs the registry, so it is opt-in
+// (support/network.ts).
 
-const bwrapProblem = await probeBwrap();
-const skipReason =
-  process.env.KILN_TEST_NETWORK !== '1' ? 'needs the npm registry: set KILN_TEST_NETWORK=1 to run it' : bwrapProblem;
+const skipReason = registryUnavailable ?? (await probeBwrap());
 
 describe.skipIf(skipReason !== undefined)(`the real WEB toolchain in the build sandbox (${databaseKind})${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
   let gemini: FakeGemini;

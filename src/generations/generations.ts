@@ -58,7 +58,7 @@ export async function startGeneration(scope: Scope, deps: GenerationDeps, input:
     if (project.archivedAt) throw new InvalidStateError('This project is archived; unarchive it to generate.');
     const parent = await resolveParent(tx, project.id, input);
     const sessionId = input.sessionId ?? parent?.sessionId ?? randomUUID();
-    return insertGeneration(tx, deps, {
+    const values = {
       projectId: project.id,
       createdBy: scope.userId!,
       sessionId,
@@ -66,7 +66,8 @@ export async function startGeneration(scope: Scope, deps: GenerationDeps, input:
       prompt: input.prompt,
       // Resolved now and kept, so a later change of the default never alters a queued run.
       maxFixRounds: input.maxFixRounds ?? deps.defaultMaxFixRounds ?? 0,
-    });
+    };
+    return insertGeneration(tx, deps, values, 'check');
   });
   announce(deps, generation);
   return generation;
@@ -78,19 +79,38 @@ export async function retryGeneration(scope: Scope, deps: GenerationDeps, id: st
     const original = await findVisible(tx, id);
     requireRole(await projectStore.find(tx, original.projectId), ['owner', 'editor']);
     if (!isTerminal(original.status)) throw new InvalidStateError('Only a finished generation can be retried.');
-    return insertGeneration(tx, deps, {
+    return insertRetry(tx, deps, original, { createdBy: scope.userId!, limits: 'check' });
+  });
+  announce(deps, generation);
+  return generation;
+}
+
+/**
+ * The retry of a finished generation, the one path for a user's retry and for lease
+ * recovery: the same prompt, session, parent and fix rounds, one attempt later. Recovery
+ * waives the limits (the interrupted run already passed them); a user's retry does not.
+ */
+export function insertRetry(
+  tx: Tx,
+  deps: Pick<GenerationDeps, 'provider' | 'maxActivePerUser' | 'enqueue' | 'budgetReservationTokens'>,
+  original: GenerationRow,
+  by: { createdBy: string; limits: LimitCheck },
+): Promise<GenerationRow> {
+  return insertGeneration(
+    tx,
+    deps,
+    {
       projectId: original.projectId,
-      createdBy: scope.userId!,
+      createdBy: by.createdBy,
       sessionId: original.sessionId,
       parentId: original.parentId,
       retryOf: original.id,
       attempt: original.attempt + 1,
       prompt: original.prompt,
       maxFixRounds: original.maxFixRounds,
-    });
-  });
-  announce(deps, generation);
-  return generation;
+    },
+    by.limits,
+  );
 }
 
 /** A QUEUED generation ends at once; a RUNNING one is asked to stop (any instance, any worker). */
@@ -120,7 +140,10 @@ export async function getGeneration(scope: Scope, id: string): Promise<Generatio
   return (await scope.run((tx) => generationStore.find(tx, id))) ?? null;
 }
 
-/** Inserts a QUEUED generation and its USER message, after the budget and rate checks. */
+/** Whether an insert passes the budget and active-run checks ('check') or is exempt from them ('waive'). */
+export type LimitCheck = 'check' | 'waive';
+
+/** Inserts a QUEUED generation and its USER message, after the budget and rate checks unless `limits` waives them. */
 export async function insertGeneration(
   tx: Tx,
   deps: Pick<GenerationDeps, 'provider' | 'maxActivePerUser' | 'enqueue' | 'budgetReservationTokens'>,
@@ -134,9 +157,9 @@ export async function insertGeneration(
     attempt?: number;
     maxFixRounds?: number;
   },
-  options: { checkLimits?: boolean } = { checkLimits: true },
+  limits: LimitCheck,
 ): Promise<GenerationRow> {
-  const reservedTokens = options.checkLimits ? await checkLimits(tx, deps, values.projectId, values.createdBy) : 0;
+  const reservedTokens = limits === 'check' ? await checkLimits(tx, deps, values.projectId, values.createdBy) : 0;
   const generation = await generationStore.insert(tx, { ...values, reservedTokens, provider: deps.provider.name, model: deps.provider.model });
   await generationStore.insertMessage(tx, {
     projectId: values.projectId,

@@ -1,6 +1,6 @@
 import type { Tx } from '../db/client.js';
 import { serviceScope } from '../db/scope.js';
-import { insertGeneration, type GenerationDeps } from '../generations/generations.js';
+import { type GenerationDeps, insertRetry } from '../generations/generations.js';
 import { type PipelineDeps, runGeneration } from '../generations/pipeline.js';
 import { type GenerationRow, generationStore } from '../generations/store.js';
 import type { Logger } from '../observability/logger.js';
@@ -172,29 +172,10 @@ export function startWorker(options: WorkerOptions): Worker {
 }
 
 /** One automatic retry per generation: a new one with `retryOf`, queued at once. */
-async function retryInterrupted(
-  tx: Tx,
-  provider: GenerationDeps['provider'],
-  rows: GenerationRow[],
-  enqueue?: GenerationDeps['enqueue'],
-): Promise<number> {
+async function retryInterrupted(tx: Tx, provider: GenerationDeps['provider'], rows: GenerationRow[], enqueue?: GenerationDeps['enqueue']): Promise<number> {
   const retryable = rows.filter((row) => row.attempt < 2 && row.retryOf === null);
   for (const row of retryable) {
-    await insertGeneration(
-      tx,
-      { provider, maxActivePerUser: Number.POSITIVE_INFINITY, enqueue },
-      {
-        projectId: row.projectId,
-        createdBy: row.createdBy,
-        sessionId: row.sessionId,
-        parentId: row.parentId,
-        prompt: row.prompt,
-        retryOf: row.id,
-        attempt: row.attempt + 1,
-        maxFixRounds: row.maxFixRounds,
-      },
-      { checkLimits: false },
-    );
+    await insertRetry(tx, { provider, maxActivePerUser: Number.POSITIVE_INFINITY, enqueue }, row, { createdBy: row.createdBy, limits: 'waive' });
   }
   return retryable.length;
 }

@@ -3,13 +3,14 @@ import { GenerationPreviewDocument } from '../gql/graphql.js';
 import { databaseKind } from '../support/db.js';
 import { createProject, signUp, type TestUser } from '../support/fixtures.js';
 import { type GenerationServer, startAccepted, startGenerationServer, waitForEnd } from '../support/generation-helpers.js';
+import { registryUnavailable } from '../support/network.js';
 import { type BrowserSession, chromiumMissing, openBrowser } from './browser.js';
 
 // A WEB generation built for real (npm install, tsc, vite build --base ./) and its
-// preview rendered in Chromium. It installs from the npm registry, so it is opt-in:
-// KILN_TEST_NETWORK=1 runs it.
+// preview rendered in Chromium. It installs from the npm registry, so it is opt-in
+// (support/network.ts).
 
-const skipped = process.env.KILN_TEST_NETWORK !== '1' ? 'needs the npm registry: set KILN_TEST_NETWORK=1' : chromiumMissing;
+const skipped = registryUnavailable ?? chromiumMissing;
 if (skipped) console.warn(`Skipping the WEB preview suite: ${skipped}.`);
 
 describe.skipIf(skipped)(`a WEB preview built with the real toolchain, in Chromium (${databaseKind})`, () => {
