@@ -6,11 +6,10 @@ import { createLocalAuth } from '../src/auth/local.js';
 import type { AuthProvider } from '../src/auth/provider.js';
 import { authSessions, localCredentials, refreshTokens, serverSecrets, users } from '../src/db/schema.js';
 import { AuthError, ValidationError } from '../src/errors.js';
+import { PASSWORD, rejection, signOutScopeTests, uniqueEmail } from './support/auth-contract.js';
 import { createTestDatabase, type TestDatabase } from './support/db.js';
 
-const PASSWORD = 'correct horse battery staple';
 const SECRET = randomBytes(32).toString('base64url');
-const uniqueEmail = () => `user-${randomUUID()}@example.com`;
 
 let database: TestDatabase;
 /** Two instances started together on a fresh database: they must agree on the generated key. */
@@ -24,13 +23,6 @@ async function provider(options: Partial<Parameters<typeof createLocalAuth>[0]> 
   const created = await createLocalAuth({ db: database.db, accessTokenTtlSeconds: 3600, sessionMaxAgeSeconds: 2_592_000, ...options });
   providers.push(created);
   return created;
-}
-
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  return promise.then(
-    () => expect.fail('expected a rejection'),
-    (error: unknown) => error,
-  );
 }
 
 const userCount = () => database.db.$count(users);
@@ -165,41 +157,7 @@ describe('local auth: refresh tokens', () => {
 });
 
 describe('local auth: sign-out', () => {
-  async function twoSessions() {
-    const email = uniqueEmail();
-    const current = await auth.signUp(email, PASSWORD);
-    const other = await auth.signIn(email, PASSWORD);
-    return { current, other, claims: await auth.verify(current.accessToken) };
-  }
-
-  it('LOCAL ends this session at once, refresh token included, and leaves the others', async () => {
-    const { current, other, claims } = await twoSessions();
-    await auth.signOut(claims, current.accessToken, 'LOCAL');
-
-    expect(await rejection(auth.verify(current.accessToken))).toBeInstanceOf(AuthError);
-    expect(await rejection(twin.verify(current.accessToken))).toBeInstanceOf(AuthError);
-    expect(await rejection(auth.refresh(current.refreshToken))).toBeInstanceOf(AuthError);
-    await expect(auth.verify(other.accessToken)).resolves.toMatchObject({ sub: claims.sub });
-  });
-
-  it('GLOBAL ends every session of the user', async () => {
-    const { current, other, claims } = await twoSessions();
-    await auth.signOut(claims, current.accessToken, 'GLOBAL');
-
-    for (const session of [current, other]) {
-      expect(await rejection(auth.verify(session.accessToken))).toBeInstanceOf(AuthError);
-      expect(await rejection(auth.refresh(session.refreshToken))).toBeInstanceOf(AuthError);
-    }
-  });
-
-  it('OTHERS ends every other session and keeps this one', async () => {
-    const { current, other, claims } = await twoSessions();
-    await auth.signOut(claims, current.accessToken, 'OTHERS');
-
-    await expect(auth.verify(current.accessToken)).resolves.toMatchObject({ session_id: claims.session_id });
-    expect(await rejection(auth.verify(other.accessToken))).toBeInstanceOf(AuthError);
-    await expect(auth.refresh(current.refreshToken)).resolves.toMatchObject({ user: { id: claims.sub } });
-  });
+  signOutScopeTests(() => ({ auth, another: () => twin }));
 });
 
 describe('local auth: tokens', () => {

@@ -7,12 +7,11 @@ import type { AuthProvider } from '../src/auth/provider.js';
 import { createSupabaseAuth, type SupabaseAuthOptions } from '../src/auth/supabase.js';
 import { users } from '../src/db/schema.js';
 import { AppError, AuthError, RateLimitedError, ValidationError } from '../src/errors.js';
+import { PASSWORD, rejection, signOutScopeTests, uniqueEmail } from './support/auth-contract.js';
 import { createTestDatabase, type TestDatabase } from './support/db.js';
 import { type FakeSupabase, type FakeSupabaseOptions, startFakeSupabase } from './support/fake-supabase.js';
 
-const PASSWORD = 'correct horse battery staple';
 const GOTRUE_MIN_PASSWORD_LENGTH = 10;
-const uniqueEmail = () => `user-${randomUUID()}@example.com`;
 
 let database: TestDatabase;
 let supabase: FakeSupabase;
@@ -35,13 +34,6 @@ function provider(server: FakeSupabase, options: Partial<SupabaseAuthOptions> = 
   });
   closers.push(() => created.close());
   return created;
-}
-
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  return promise.then(
-    () => expect.fail('expected a rejection'),
-    (error: unknown) => error,
-  );
 }
 
 async function profile(id: string) {
@@ -193,42 +185,7 @@ describe('supabase auth: refresh tokens', () => {
 });
 
 describe('supabase auth: sign-out through the admin API', () => {
-  async function twoSessions() {
-    const email = uniqueEmail();
-    const current = await auth.signUp(email, PASSWORD);
-    const other = await auth.signIn(email, PASSWORD);
-    // Both sessions are checked (and remembered as live) before the sign-out.
-    const [claims] = await Promise.all([auth.verify(current.accessToken), auth.verify(other.accessToken)]);
-    return { current, other, claims };
-  }
-
-  it('LOCAL ends this session at once, on this instance and on a fresh one', async () => {
-    const { current, other, claims } = await twoSessions();
-    await auth.signOut(claims, current.accessToken, 'LOCAL');
-
-    expect(await rejection(auth.verify(current.accessToken))).toBeInstanceOf(AuthError);
-    expect(await rejection(provider(supabase).verify(current.accessToken))).toBeInstanceOf(AuthError);
-    expect(await rejection(auth.refresh(current.refreshToken))).toBeInstanceOf(AuthError);
-    await expect(auth.verify(other.accessToken)).resolves.toMatchObject({ sub: claims.sub });
-  });
-
-  it('GLOBAL ends every session of the user', async () => {
-    const { current, other, claims } = await twoSessions();
-    await auth.signOut(claims, current.accessToken, 'GLOBAL');
-
-    for (const session of [current, other]) {
-      expect(await rejection(auth.verify(session.accessToken))).toBeInstanceOf(AuthError);
-      expect(await rejection(auth.refresh(session.refreshToken))).toBeInstanceOf(AuthError);
-    }
-  });
-
-  it('OTHERS ends every other session and keeps this one', async () => {
-    const { current, other, claims } = await twoSessions();
-    await auth.signOut(claims, current.accessToken, 'OTHERS');
-
-    await expect(auth.verify(current.accessToken)).resolves.toMatchObject({ session_id: claims.session_id });
-    expect(await rejection(auth.verify(other.accessToken))).toBeInstanceOf(AuthError);
-  });
+  signOutScopeTests(() => ({ auth, another: () => provider(supabase) }));
 
   it('remembers a live session for sessionCheckTtlMs; a sign-out elsewhere shows once that passes', async () => {
     let clock = Date.now();

@@ -1,10 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CancelGenerationDocument, GeneratedFileDocument, GenerationChunksWithRoundDocument, SetProjectBudgetDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import type { FakeGemini, GeminiBehaviour } from './support/fake-gemini.js';
+import type { GeminiBehaviour } from './support/fake-gemini.js';
 import { BuildRoundsDocument, fixesOf } from './support/fix-rounds.js';
 import { createProject, signUp, type TestUser } from './support/fixtures.js';
-import { startGeminiServer } from './support/gemini-server.js';
+import { useGeminiServer } from './support/gemini-server.js';
 import {
   type FakeFlutter,
   fakeFlutter,
@@ -37,28 +37,17 @@ const stream = (text: string, usage = { promptTokens: 100, outputTokens: 20 }): 
 });
 
 describe(`self-healing builds (${databaseKind})`, () => {
-  let gemini: FakeGemini;
-  let server: GenerationServer;
-  let owner: TestUser;
-  let stop: (() => Promise<void>) | undefined;
-
-  beforeAll(async () => {
-    ({ gemini, server, owner, stop } = await startGeminiServer());
-  });
-
-  afterAll(async () => {
-    await stop?.();
-  });
+  const suite = useGeminiServer();
 
   async function start(prompt: string, maxFixRounds?: number | null) {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
-    const requestsBefore = gemini.requests.length;
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt, maxFixRounds });
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const requestsBefore = suite.gemini.requests.length;
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt, maxFixRounds });
     return { project, started, requestsBefore };
   }
 
   async function chunksWithRound(id: string) {
-    const client = wsClient(server.url, owner.accessToken);
+    const client = wsClient(suite.server.url, suite.owner.accessToken);
     const chunks: { seq: number; round: number; text: string }[] = [];
     try {
       await within(
@@ -76,9 +65,9 @@ describe(`self-healing builds (${databaseKind})`, () => {
 
   it('sends the diagnostic and the file back to the model and succeeds with the fixed file', async () => {
     // The fix answer takes a moment, so its FIXING phase is there to be seen.
-    gemini.script(stream(answer('First try.', brokenMain())), { ...stream(answer('Fixed.', FIXED_MAIN), { promptTokens: 300, outputTokens: 40 }), delayMs: 300 });
+    suite.gemini.script(stream(answer('First try.', brokenMain())), { ...stream(answer('Fixed.', FIXED_MAIN), { promptTokens: 300, outputTokens: 40 }), delayMs: 300 });
     const { started, requestsBefore } = await start('A counter');
-    const watch = new GenerationWatch(server.url, owner.accessToken, started.id);
+    const watch = new GenerationWatch(suite.server.url, suite.owner.accessToken, started.id);
     const end = await watch.finished().finally(() => watch.close());
 
     expect(end).toMatchObject({ status: 'SUCCEEDED', phase: 'DONE', error: null });
@@ -87,8 +76,8 @@ describe(`self-healing builds (${databaseKind})`, () => {
     expect(phases.indexOf('FIXING')).toBeLessThan(phases.indexOf('DONE'));
 
     // Two model calls; the second carries the diagnostic and the whole broken file.
-    expect(gemini.requests.length - requestsBefore).toBe(2);
-    const fix = gemini.requests[requestsBefore + 1]!.body.contents;
+    expect(suite.gemini.requests.length - requestsBefore).toBe(2);
+    const fix = suite.gemini.requests[requestsBefore + 1]!.body.contents;
     expect(fix.map((c) => c.role)).toEqual(['user', 'model', 'user']);
     expect(fix[0]!.parts[0]!.text).toBe('A counter');
     const request = fix[2]!.parts[0]!.text;
@@ -96,7 +85,7 @@ describe(`self-healing builds (${databaseKind})`, () => {
     expect(request).toContain(`<file path="lib/main.dart">\n${brokenMain()}</file>`);
     expect(request).toMatch(/whole new content/);
 
-    const fixes = await fixesOf(owner.client, started.id);
+    const fixes = await fixesOf(suite.owner.client, started.id);
     expect(fixes.diagnostics).toEqual([
       {
         round: 0,
@@ -113,9 +102,9 @@ describe(`self-healing builds (${databaseKind})`, () => {
       { round: 1, status: 'SUCCEEDED', startedAt: expect.any(String), finishedAt: expect.any(String), usage: { inputTokens: 300, outputTokens: 40 } },
     ]);
 
-    const generation = await getGeneration(owner.client, started.id);
+    const generation = await getGeneration(suite.owner.client, started.id);
     expect(generation.usage).toEqual({ inputTokens: 400, outputTokens: 60 });
-    const { generation: main } = await owner.client.expectNoErrors(GeneratedFileDocument, { id: started.id, path: 'lib/main.dart' });
+    const { generation: main } = await suite.owner.client.expectNoErrors(GeneratedFileDocument, { id: started.id, path: 'lib/main.dart' });
     expect(main?.file?.content).toBe(FIXED_MAIN);
 
     // Chunks: contiguous seqs across both answers, each with its round; the output is all of them.
@@ -128,7 +117,7 @@ describe(`self-healing builds (${databaseKind})`, () => {
 
     // Build steps go on across rounds (pub get runs again only when pubspec.yaml changed);
     // log lines carry their round with contiguous seqs.
-    const { generation: rounds } = await owner.client.expectNoErrors(BuildRoundsDocument, { id: started.id });
+    const { generation: rounds } = await suite.owner.client.expectNoErrors(BuildRoundsDocument, { id: started.id });
     expect(rounds?.buildSteps.map((s) => [s.ordinal, s.name, s.status, s.round])).toEqual([
       [0, 'install', 'SUCCEEDED', 0],
       [1, 'analyze', 'FAILED', 0],
@@ -141,19 +130,19 @@ describe(`self-healing builds (${databaseKind})`, () => {
     expect(log.find((l) => l.text.startsWith('ERROR|'))?.round).toBe(0);
     expect(log.find((l) => l.text.startsWith('✓ Built'))?.round).toBe(1);
 
-    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    const metrics = await (await fetch(`${suite.server.url}/metrics`)).text();
     expect(metrics).toMatch(/kiln_fix_rounds_total\{outcome="succeeded"\} [1-9]/);
     expect(metrics).toMatch(/kiln_llm_round_tokens_total\{round_kind="fix",kind="output"\} [1-9]/);
   });
 
   it('fetches dependencies again in a fix round that rewrites pubspec.yaml', async () => {
     const pubspec = 'name: kiln_app\nenvironment:\n  sdk: ">=3.4.0 <4.0.0"\ndependencies:\n  flutter:\n    sdk: flutter\n';
-    gemini.script(stream(answer('Broken.', brokenMain())), stream(`${answer('Fixed, with a tidier pubspec.', FIXED_MAIN)}<file path="pubspec.yaml">\n${pubspec}</file>\n`));
+    suite.gemini.script(stream(answer('Broken.', brokenMain())), stream(`${answer('Fixed, with a tidier pubspec.', FIXED_MAIN)}<file path="pubspec.yaml">\n${pubspec}</file>\n`));
     const { started } = await start('A packaged app');
-    const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id);
+    const generation = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id);
 
     expect(generation.status).toBe('SUCCEEDED');
-    const { generation: rounds } = await owner.client.expectNoErrors(BuildRoundsDocument, { id: started.id });
+    const { generation: rounds } = await suite.owner.client.expectNoErrors(BuildRoundsDocument, { id: started.id });
     expect(rounds?.buildSteps.filter((s) => s.round === 1).map((s) => [s.name, s.status])).toEqual([
       ['install', 'SUCCEEDED'],
       ['analyze', 'SUCCEEDED'],
@@ -163,14 +152,14 @@ describe(`self-healing builds (${databaseKind})`, () => {
 
   it('stops after 1 + maxFixRounds calls when the build never heals, and says so', async () => {
     // A different problem each time, so every round makes progress of a kind.
-    gemini.script(...[2, 3, 4, 5, 6].map((line) => stream(answer(`Try with the error on line ${line}.`, brokenMain(line)))));
+    suite.gemini.script(...[2, 3, 4, 5, 6].map((line) => stream(answer(`Try with the error on line ${line}.`, brokenMain(line)))));
     const { started, requestsBefore } = await start('A timer', 3);
-    const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id);
+    const generation = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id);
 
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'BUILD_FAILED' } });
     expect(generation.error?.message).toMatch(/still failed after 3 fix rounds/);
-    expect(gemini.requests.length - requestsBefore).toBe(4);
-    const fixes = await fixesOf(owner.client, started.id);
+    expect(suite.gemini.requests.length - requestsBefore).toBe(4);
+    const fixes = await fixesOf(suite.owner.client, started.id);
     expect(fixes.fixRounds.map((r) => [r.round, r.status])).toEqual([
       [1, 'FAILED'],
       [2, 'FAILED'],
@@ -185,64 +174,64 @@ describe(`self-healing builds (${databaseKind})`, () => {
   });
 
   it('stops when a round brings no progress (the same diagnostics again)', async () => {
-    gemini.script(stream(answer('Broken.', brokenMain())), stream(answer('Still broken.', `${brokenMain()}// a comment\n`)));
+    suite.gemini.script(stream(answer('Broken.', brokenMain())), stream(answer('Still broken.', `${brokenMain()}// a comment\n`)));
     const { started, requestsBefore } = await start('A clock', 4);
-    const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id);
+    const generation = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id);
 
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'BUILD_FAILED' } });
     expect(generation.error?.message).toMatch(/Fix round 1 made no progress/);
-    expect(gemini.requests.length - requestsBefore).toBe(2);
-    expect((await fixesOf(owner.client, started.id)).fixRounds.map((r) => [r.round, r.status])).toEqual([[1, 'FAILED']]);
+    expect(suite.gemini.requests.length - requestsBefore).toBe(2);
+    expect((await fixesOf(suite.owner.client, started.id)).fixRounds.map((r) => [r.round, r.status])).toEqual([[1, 'FAILED']]);
   });
 
   it('makes exactly one call with maxFixRounds 0, keeping the diagnostics', async () => {
-    gemini.script(stream(answer('Broken.', brokenMain())));
+    suite.gemini.script(stream(answer('Broken.', brokenMain())));
     const { started, requestsBefore } = await start('A list', 0);
-    const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id);
+    const generation = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id);
 
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'BUILD_FAILED' } });
-    expect(gemini.requests.length - requestsBefore).toBe(1);
-    const fixes = await fixesOf(owner.client, started.id);
+    expect(suite.gemini.requests.length - requestsBefore).toBe(1);
+    const fixes = await fixesOf(suite.owner.client, started.id);
     expect(fixes.fixRounds).toEqual([]);
     expect(fixes.diagnostics.map((d) => [d.round, d.path, d.line])).toEqual([[0, 'lib/main.dart', 2]]);
   });
 
   it('refuses maxFixRounds above 5 or below 0 with a ValidationError', async () => {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
     for (const maxFixRounds of [6, -1]) {
-      const result = await startGeneration(owner.client, { projectId: project.id, prompt: 'x', maxFixRounds });
+      const result = await startGeneration(suite.owner.client, { projectId: project.id, prompt: 'x', maxFixRounds });
       expect(result).toMatchObject({ __typename: 'ValidationError', fieldErrors: [{ path: expect.arrayContaining(['maxFixRounds']) }] });
     }
   });
 
   it('stops with BUDGET_EXCEEDED when the fix round would pass the monthly budget', async () => {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
-    await owner.client.expectNoErrors(SetProjectBudgetDocument, { input: { projectId: project.id, monthlyTokenLimit: 6000 } });
-    gemini.script(stream(answer('Broken.', brokenMain()), { promptTokens: 5000, outputTokens: 900 }));
-    const requestsBefore = gemini.requests.length;
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A budgeted app' });
-    const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id);
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    await suite.owner.client.expectNoErrors(SetProjectBudgetDocument, { input: { projectId: project.id, monthlyTokenLimit: 6000 } });
+    suite.gemini.script(stream(answer('Broken.', brokenMain()), { promptTokens: 5000, outputTokens: 900 }));
+    const requestsBefore = suite.gemini.requests.length;
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A budgeted app' });
+    const generation = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id);
 
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'BUDGET_EXCEEDED' }, usage: { inputTokens: 5000, outputTokens: 900 } });
-    expect(gemini.requests.length - requestsBefore).toBe(1);
-    expect((await fixesOf(owner.client, started.id)).fixRounds).toEqual([]);
+    expect(suite.gemini.requests.length - requestsBefore).toBe(1);
+    expect((await fixesOf(suite.owner.client, started.id)).fixRounds).toEqual([]);
   });
 
   it('ends CANCELLED when cancelled during FIXING, closing the model stream', async () => {
-    gemini.script(stream(answer('Broken.', brokenMain())), { kind: 'stall', chunks: ['Let me fix that.\n<file path="lib/main.dart">\n'] });
+    suite.gemini.script(stream(answer('Broken.', brokenMain())), { kind: 'stall', chunks: ['Let me fix that.\n<file path="lib/main.dart">\n'] });
     const { started, requestsBefore } = await start('A cancelled fix');
-    const watch = new GenerationWatch(server.url, owner.accessToken, started.id);
+    const watch = new GenerationWatch(suite.server.url, suite.owner.accessToken, started.id);
     try {
       await watch.until((g) => g.phase === 'FIXING');
-      await gemini.received(requestsBefore + 2);
-      const { cancelGeneration } = await owner.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
+      await suite.gemini.received(requestsBefore + 2);
+      const { cancelGeneration } = await suite.owner.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
       expect(cancelGeneration.__typename).toBe('Generation');
       expect(await watch.finished()).toMatchObject({ status: 'CANCELLED', phase: 'DONE', error: null });
     } finally {
       await watch.close();
     }
-    await gemini.requests[requestsBefore + 1]!.clientGone;
-    const fixes = await fixesOf(owner.client, started.id);
+    await suite.gemini.requests[requestsBefore + 1]!.clientGone;
+    const fixes = await fixesOf(suite.owner.client, started.id);
     expect(fixes.fixRounds.map((r) => [r.round, r.status, r.finishedAt !== null])).toEqual([[1, 'CANCELLED', true]]);
     // The generationChunks stream completes now that the generation is over.
     const chunks = await chunksWithRound(started.id);

@@ -1,11 +1,10 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { GeneratedFileDocument } from './gql/graphql.js';
 import { CONTINUE_INSTRUCTION } from '../src/llm/continuation.js';
 import { databaseKind } from './support/db.js';
-import type { FakeGemini } from './support/fake-gemini.js';
-import { createProject, type TestUser } from './support/fixtures.js';
-import { startGeminiServer } from './support/gemini-server.js';
-import { type GenerationServer, startAccepted, waitForEnd } from './support/generation-helpers.js';
+import { createProject } from './support/fixtures.js';
+import { useGeminiServer } from './support/gemini-server.js';
+import { startAccepted, waitForEnd } from './support/generation-helpers.js';
 
 // A run that needs no babysitting: an answer cut at the model's output limit is
 // continued and stitched, and a throttled provider is waited for as it asks.
@@ -19,34 +18,23 @@ const ANSWER = `Here is the app.\n<file path="lib/main.dart">\n${MAIN}</file>\n`
 const CUT = ANSWER.indexOf('two answers');
 
 describe(`continuation and back-off through a fake Gemini (${databaseKind})`, () => {
-  let gemini: FakeGemini;
-  let server: GenerationServer;
-  let owner: TestUser;
-  let stop: (() => Promise<void>) | undefined;
-
-  beforeAll(async () => {
-    ({ gemini, server, owner, stop } = await startGeminiServer());
-  });
-
-  afterAll(async () => {
-    await stop?.();
-  });
+  const suite = useGeminiServer();
 
   async function run(prompt: string) {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
-    const requestsBefore = gemini.requests.length;
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt });
-    const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id);
-    return { generation, requests: gemini.requests.slice(requestsBefore) };
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const requestsBefore = suite.gemini.requests.length;
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt });
+    const generation = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id);
+    return { generation, requests: suite.gemini.requests.slice(requestsBefore) };
   }
 
   async function mainOf(id: string) {
-    const { generation } = await owner.client.expectNoErrors(GeneratedFileDocument, { id, path: 'lib/main.dart' });
+    const { generation } = await suite.owner.client.expectNoErrors(GeneratedFileDocument, { id, path: 'lib/main.dart' });
     return generation?.file?.content;
   }
 
   it('continues an answer cut at MAX_TOKENS and writes the split file whole, byte for byte', async () => {
-    gemini.script(
+    suite.gemini.script(
       { kind: 'stream', chunks: [ANSWER.slice(0, 20), ANSWER.slice(20, CUT)], finishReason: 'MAX_TOKENS', usage: { promptTokens: 100, outputTokens: 50 } },
       { kind: 'stream', chunks: [ANSWER.slice(CUT)], usage: { promptTokens: 150, outputTokens: 10 } },
     );
@@ -66,7 +54,7 @@ describe(`continuation and back-off through a fake Gemini (${databaseKind})`, ()
 
   it('drops what a continuation repeats of the cut answer', async () => {
     const repeated = ANSWER.slice(CUT - 40, CUT);
-    gemini.script(
+    suite.gemini.script(
       { kind: 'stream', chunks: [ANSWER.slice(0, CUT)], finishReason: 'MAX_TOKENS' },
       { kind: 'stream', chunks: [repeated, ANSWER.slice(CUT)] },
     );
@@ -78,7 +66,7 @@ describe(`continuation and back-off through a fake Gemini (${databaseKind})`, ()
   });
 
   it('fails saying so when the output limit persists past LLM_MAX_CONTINUATIONS', async () => {
-    gemini.script({ kind: 'stream', chunks: ['<file path="lib/main.dart">\nvoid main() {'], finishReason: 'MAX_TOKENS' });
+    suite.gemini.script({ kind: 'stream', chunks: ['<file path="lib/main.dart">\nvoid main() {'], finishReason: 'MAX_TOKENS' });
     const { generation, requests } = await run('An endless app');
 
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'LLM_ERROR' } });
@@ -87,7 +75,7 @@ describe(`continuation and back-off through a fake Gemini (${databaseKind})`, ()
   });
 
   it('waits as RetryInfo asks after two 429s, then succeeds, and counts the retries', async () => {
-    gemini.script(
+    suite.gemini.script(
       { kind: 'error', status: 429, message: 'Resource has been exhausted (e.g. check quota).', retryDelay: '0.05s' },
       { kind: 'error', status: 429, message: 'Resource has been exhausted (e.g. check quota).', retryDelay: '0.05s' },
       { kind: 'stream', chunks: [ANSWER] },
@@ -97,12 +85,12 @@ describe(`continuation and back-off through a fake Gemini (${databaseKind})`, ()
     expect(generation.status).toBe('SUCCEEDED');
     expect(requests).toHaveLength(3);
     expect(await mainOf(generation.id)).toBe(MAIN);
-    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    const metrics = await (await fetch(`${suite.server.url}/metrics`)).text();
     expect(metrics).toMatch(/kiln_llm_retries_total\{provider="gemini",status="429"\} [2-9]/);
   });
 
   it('gives up at once when RetryInfo asks for longer than the back-off allows', async () => {
-    gemini.script({ kind: 'error', status: 429, message: 'Quota exceeded for today.', retryDelay: '86400s' });
+    suite.gemini.script({ kind: 'error', status: 429, message: 'Quota exceeded for today.', retryDelay: '86400s' });
     const { generation, requests } = await run('A very throttled app');
 
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'LLM_ERROR' } });

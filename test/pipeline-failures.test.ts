@@ -2,17 +2,15 @@ import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { ConversationDocument, GeneratedFileDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import type { FakeGemini } from './support/fake-gemini.js';
-import { createProject, signUp, type TestUser } from './support/fixtures.js';
-import { startGeminiServer } from './support/gemini-server.js';
+import { createProject, signUp } from './support/fixtures.js';
+import { useGeminiServer } from './support/gemini-server.js';
 import {
   type FakeFlutter,
   fakeFlutter,
   filesUnder,
-  type GenerationServer,
   rawId,
   replayChunks,
   startAccepted,
@@ -80,27 +78,16 @@ describe(`build failures (${databaseKind})`, () => {
 });
 
 describe(`model output through a fake Gemini (${databaseKind})`, () => {
-  let gemini: FakeGemini;
-  let server: GenerationServer;
-  let owner: TestUser;
-  let stop: (() => Promise<void>) | undefined;
-
-  beforeAll(async () => {
-    ({ gemini, server, owner, stop } = await startGeminiServer());
-  });
-
-  afterAll(async () => {
-    await stop?.();
-  });
+  const suite = useGeminiServer();
 
   async function run(prompt: string, sessionId?: string) {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt, sessionId });
-    return { project, generation: await waitForEnd(server, owner.client, owner.accessToken, started.id) };
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt, sessionId });
+    return { project, generation: await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id) };
   }
 
   it('fails with UNSAFE_OUTPUT on a path that climbs out, and writes nothing outside the workspaces', async () => {
-    gemini.script({ kind: 'stream', chunks: ['Here you go.\n<file path="../esc', 'ape.txt">x</file>\n'] });
+    suite.gemini.script({ kind: 'stream', chunks: ['Here you go.\n<file path="../esc', 'ape.txt">x</file>\n'] });
     const { project, generation } = await run('Write a file next to the workspace');
 
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'UNSAFE_OUTPUT' } });
@@ -110,14 +97,14 @@ describe(`model output through a fake Gemini (${databaseKind})`, () => {
     // What the model said stays readable, exactly as it streamed.
     expect(generation.output).toBe('Here you go.\n<file path="../escape.txt">x</file>\n');
     // Nothing anywhere under DATA_DIR (which holds WORKSPACES_DIR) but the key file, and no workspace.
-    const written = await filesUnder(server.dataDir);
+    const written = await filesUnder(suite.server.dataDir);
     expect(written.filter((path) => path.includes('escape'))).toEqual([]);
-    expect(await filesUnder(join(server.workspacesDir, rawId(project.id)))).toEqual([]);
+    expect(await filesUnder(join(suite.server.workspacesDir, rawId(project.id)))).toEqual([]);
   });
 
   it('fails with UNSAFE_OUTPUT on an absolute path, which is never written', async () => {
     const target = join(tmpdir(), `kiln-escape-${randomUUID()}.txt`);
-    gemini.script({ kind: 'stream', chunks: [`<file path="${target}">pwned</file>`] });
+    suite.gemini.script({ kind: 'stream', chunks: [`<file path="${target}">pwned</file>`] });
     const { generation } = await run('Write an absolute path');
 
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'UNSAFE_OUTPUT' } });
@@ -126,19 +113,19 @@ describe(`model output through a fake Gemini (${databaseKind})`, () => {
   });
 
   it('fails with LLM_ERROR and a readable message when Gemini answers 500 every time', async () => {
-    gemini.script({ kind: 'error', status: 500, message: 'Internal error encountered.' });
-    const before = gemini.requests.length;
+    suite.gemini.script({ kind: 'error', status: 500, message: 'Internal error encountered.' });
+    const before = suite.gemini.requests.length;
     const { generation } = await run('A calculator');
 
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'LLM_ERROR' }, files: [], buildSteps: [] });
     expect(generation.error?.message).toMatch(/^Gemini is unavailable right now \(500: Internal error encountered\.\)/);
     expect(generation.error?.message).toMatch(/Gave up after 3 attempts/);
     expect(generation.error?.message).not.toMatch(/\n\s+at |ApiError|\{"error"/);
-    expect(gemini.requests.length - before).toBe(3);
+    expect(suite.gemini.requests.length - before).toBe(3);
   });
 
   it('fails with LLM_ERROR saying so when Gemini rate-limits every request', async () => {
-    gemini.script({ kind: 'error', status: 429, message: 'Resource has been exhausted (e.g. check quota).' });
+    suite.gemini.script({ kind: 'error', status: 429, message: 'Resource has been exhausted (e.g. check quota).' });
     const { generation } = await run('A stopwatch');
 
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'LLM_ERROR' } });
@@ -147,7 +134,7 @@ describe(`model output through a fake Gemini (${databaseKind})`, () => {
   });
 
   it('fails with INVALID_OUTPUT when the model leaves a file unterminated, writing nothing', async () => {
-    gemini.script({ kind: 'stream', chunks: ['<file path="lib/main.dart">\nvoid main() {', '\n  runApp('] });
+    suite.gemini.script({ kind: 'stream', chunks: ['<file path="lib/main.dart">\nvoid main() {', '\n  runApp('] });
     const { generation } = await run('Cut off mid-file');
 
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'INVALID_OUTPUT' }, files: [], buildSteps: [] });
@@ -157,11 +144,11 @@ describe(`model output through a fake Gemini (${databaseKind})`, () => {
   it('splits a huge model event into chunks of at most 8 KiB that add up to exactly what was said', async () => {
     const big = `${'é☕ '.repeat(4000)}\n`;
     const text = `Big one.\n<file path="lib/big.txt">${big}</file>\n<file path="lib/main.dart">void main() {}\n</file>\n`;
-    gemini.script({ kind: 'stream', chunks: [text] });
+    suite.gemini.script({ kind: 'stream', chunks: [text] });
     const { generation } = await run('Something large');
 
     expect(generation.status).toBe('SUCCEEDED');
-    const chunks = await replayChunks(server.url, owner.accessToken, generation.id);
+    const chunks = await replayChunks(suite.server.url, suite.owner.accessToken, generation.id);
     expect(chunks.length).toBeGreaterThan(2);
     for (const chunk of chunks) expect(Buffer.byteLength(chunk.text, 'utf8')).toBeLessThanOrEqual(8192);
     expect(chunks.map((c) => c.seq)).toEqual(chunks.map((_, i) => i));
@@ -172,7 +159,7 @@ describe(`model output through a fake Gemini (${databaseKind})`, () => {
 
   it('builds a follow-up on the parent: its files carry over and the model sees the conversation and files', async () => {
     const extra = "const String greeting = 'hello from extra';\n";
-    gemini.script(
+    suite.gemini.script(
       {
         kind: 'stream',
         chunks: [
@@ -190,26 +177,26 @@ describe(`model output through a fake Gemini (${databaseKind})`, () => {
     );
     const { project, generation: first } = await run('Start the app');
     expect(first).toMatchObject({ status: 'SUCCEEDED', usage: { inputTokens: 120, outputTokens: 40 } });
-    const requestsBefore = gemini.requests.length;
+    const requestsBefore = suite.gemini.requests.length;
 
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'Simplify main', sessionId: first.sessionId });
-    const second = await waitForEnd(server, owner.client, owner.accessToken, started.id);
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'Simplify main', sessionId: first.sessionId });
+    const second = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id);
     expect(second).toMatchObject({ status: 'SUCCEEDED', parent: { id: first.id }, usage: { inputTokens: 300, outputTokens: 20 } });
 
     // The parent's extra file is still there, unchanged; main.dart is the new one.
     const extraOf = (g: typeof first) => g.files.find((f) => f.path === 'lib/extra.dart');
     expect(extraOf(second)).toEqual(extraOf(first));
-    const { generation: main } = await owner.client.expectNoErrors(GeneratedFileDocument, { id: second.id, path: 'lib/main.dart' });
+    const { generation: main } = await suite.owner.client.expectNoErrors(GeneratedFileDocument, { id: second.id, path: 'lib/main.dart' });
     expect(main?.file?.content).toBe('void main() {}\n');
 
     // The model was given the earlier turn and the current files.
-    const request = gemini.requests[requestsBefore]!;
+    const request = suite.gemini.requests[requestsBefore]!;
     expect(request.body.contents.map((c) => c.role)).toEqual(['user', 'model', 'user']);
     expect(request.body.contents[0]!.parts[0]!.text).toBe('Start the app');
     expect(request.body.contents[2]!.parts[0]!.text).toBe('Simplify main');
     expect(request.body.systemInstruction?.parts.map((p) => p.text).join('')).toContain(extra);
 
-    const { project: withConversation } = await owner.client.expectNoErrors(ConversationDocument, {
+    const { project: withConversation } = await suite.owner.client.expectNoErrors(ConversationDocument, {
       projectId: project.id,
       sessionId: first.sessionId,
     });

@@ -1,3 +1,4 @@
+import { afterAll, beforeAll } from 'vitest';
 import type { Environment } from '../../src/config.js';
 import { type FakeGemini, startFakeGemini } from './fake-gemini.js';
 import { signUp, type TestUser } from './fixtures.js';
@@ -39,4 +40,16 @@ export async function startGeminiServer(env: Environment = {}): Promise<GeminiSe
     await stop();
     throw error;
   }
+}
+
+/** The suite's GeminiServer: started before its tests, stopped after them (its fields are set once they run). */
+export function useGeminiServer(env: Environment = {}): GeminiServer {
+  const suite = {} as GeminiServer;
+  beforeAll(async () => {
+    Object.assign(suite, await startGeminiServer(env));
+  });
+  afterAll(async () => {
+    await suite.stop?.();
+  });
+  return suite;
 }

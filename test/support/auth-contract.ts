@@ -1,0 +1,64 @@
+import { randomUUID } from 'node:crypto';
+import { expect, it } from 'vitest';
+import type { AuthProvider } from '../../src/auth/provider.js';
+import { AuthError } from '../../src/errors.js';
+
+// What every AuthProvider promises, whichever authority stands behind it (local or
+// Supabase): the suites of both run these against their own provider.
+
+export const PASSWORD = 'correct horse battery staple';
+export const uniqueEmail = () => `user-${randomUUID()}@example.com`;
+
+/** The error a promise rejects with; the test fails if it resolves. */
+export async function rejection(promise: Promise<unknown>): Promise<unknown> {
+  return promise.then(
+    () => expect.fail('expected a rejection'),
+    (error: unknown) => error,
+  );
+}
+
+/**
+ * The three sign-out scopes, on two sessions of one user. `auth` is the provider under
+ * test and `another` a second instance on the same authority (another server), which
+ * must see a LOCAL sign-out too. Both are read when the tests run.
+ */
+export function signOutScopeTests(providers: () => { auth: AuthProvider; another: () => AuthProvider | Promise<AuthProvider> }) {
+  async function twoSessions() {
+    const { auth } = providers();
+    const email = uniqueEmail();
+    const current = await auth.signUp(email, PASSWORD);
+    const other = await auth.signIn(email, PASSWORD);
+    // Both sessions are checked (and remembered as live where a provider caches) before the sign-out.
+    const [claims] = await Promise.all([auth.verify(current.accessToken), auth.verify(other.accessToken)]);
+    return { auth, current, other, claims };
+  }
+
+  it('LOCAL ends this session at once, refresh token included, on this instance and another, and leaves the others', async () => {
+    const { auth, current, other, claims } = await twoSessions();
+    await auth.signOut(claims, current.accessToken, 'LOCAL');
+
+    expect(await rejection(auth.verify(current.accessToken))).toBeInstanceOf(AuthError);
+    expect(await rejection((await providers().another()).verify(current.accessToken))).toBeInstanceOf(AuthError);
+    expect(await rejection(auth.refresh(current.refreshToken))).toBeInstanceOf(AuthError);
+    await expect(auth.verify(other.accessToken)).resolves.toMatchObject({ sub: claims.sub });
+  });
+
+  it('GLOBAL ends every session of the user', async () => {
+    const { auth, current, other, claims } = await twoSessions();
+    await auth.signOut(claims, current.accessToken, 'GLOBAL');
+
+    for (const session of [current, other]) {
+      expect(await rejection(auth.verify(session.accessToken))).toBeInstanceOf(AuthError);
+      expect(await rejection(auth.refresh(session.refreshToken))).toBeInstanceOf(AuthError);
+    }
+  });
+
+  it('OTHERS ends every other session and keeps this one, refresh token included', async () => {
+    const { auth, current, other, claims } = await twoSessions();
+    await auth.signOut(claims, current.accessToken, 'OTHERS');
+
+    await expect(auth.verify(current.accessToken)).resolves.toMatchObject({ session_id: claims.session_id });
+    expect(await rejection(auth.verify(other.accessToken))).toBeInstanceOf(AuthError);
+    await expect(auth.refresh(current.refreshToken)).resolves.toMatchObject({ user: { id: claims.sub } });
+  });
+}
