@@ -6,7 +6,7 @@ import path from 'node:path';
 import { encodeGlobalID } from '@pothos/plugin-relay';
 import { createAuthProvider } from '../src/auth/index.js';
 import { bearerToken } from '../src/api/context.js';
-import { connection } from '../src/api/schema/paging.js';
+import { keysetConnection } from '../src/api/schema/paging.js';
 import { parseConfig } from '../src/config.js';
 import { openDatabase } from '../src/db/client.js';
 import { migrateDatabase } from '../src/db/migrate.js';
@@ -44,6 +44,8 @@ interface Run {
   perSecond: number;
   p50: number;
   p99: number;
+  /** Process CPU (server and load generator) per request: steadier than throughput on a busy machine. */
+  cpuMsPerRequest: number;
 }
 
 /** Keeps CONCURRENCY POSTs in flight for `seconds`; every answer must be 200 with PROJECTS edges. */
@@ -73,16 +75,25 @@ async function load(name: string, port: number, path: string, body: string, toke
     });
   const until = performance.now() + seconds * 1000;
   const started = performance.now();
+  const cpuBefore = process.cpuUsage();
   await Promise.all(
     Array.from({ length: CONCURRENCY }, async () => {
       while (performance.now() < until) await post();
     }),
   );
   const elapsed = (performance.now() - started) / 1000;
+  const cpu = process.cpuUsage(cpuBefore);
   agent.destroy();
   latencies.sort((a, b) => a - b);
   const at = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))]!;
-  return { name, requests: latencies.length, perSecond: latencies.length / elapsed, p50: at(0.5), p99: at(0.99) };
+  return {
+    name,
+    requests: latencies.length,
+    perSecond: latencies.length / elapsed,
+    p50: at(0.5),
+    p99: at(0.99),
+    cpuMsPerRequest: (cpu.user + cpu.system) / 1000 / latencies.length,
+  };
 }
 
 export default async function bench(): Promise<void> {
@@ -116,9 +127,8 @@ export default async function bench(): Promise<void> {
     req.once('end', async () => {
       try {
         const claims = await auth.verify(bearerToken(req.headers.authorization) ?? '');
-        const first = PROJECTS;
-        const { rows, totalCount } = await listProjects(userScope(database.db, claims), { limit: first + 1 });
-        const page = connection(rows, first, totalCount, false);
+        const scope = userScope(database.db, claims);
+        const page = await keysetConnection({ first: PROJECTS }, (keyset) => listProjects(scope, keyset));
         const body = JSON.stringify({
           data: {
             projects: {
@@ -157,11 +167,13 @@ export default async function bench(): Promise<void> {
   await load('warm-up', barePort, '/', body, token, 1);
   const runs = [await load('kiln (graphql)', kilnPort, '/graphql', body, token, SECONDS), await load('bare node:http', barePort, '/', body, token, SECONDS)];
   for (const run of runs) {
-    log(`  ${run.name.padEnd(16)} ${run.perSecond.toFixed(0).padStart(6)} req/s   p50 ${run.p50.toFixed(2)} ms   p99 ${run.p99.toFixed(2)} ms   (${run.requests} requests)`);
+    log(
+      `  ${run.name.padEnd(16)} ${run.perSecond.toFixed(0).padStart(6)} req/s   p50 ${run.p50.toFixed(2)} ms   p99 ${run.p99.toFixed(2)} ms   CPU ${run.cpuMsPerRequest.toFixed(2)} ms/request   (${run.requests} requests)`,
+    );
   }
   const [graphqlRun, bareRun] = runs as [Run, Run];
   log(
-    `  ratio kiln/bare: throughput ${(graphqlRun.perSecond / bareRun.perSecond).toFixed(2)}x, p99 ${(graphqlRun.p99 / bareRun.p99).toFixed(2)}x`,
+    `  ratio kiln/bare: throughput ${(graphqlRun.perSecond / bareRun.perSecond).toFixed(2)}x, p99 ${(graphqlRun.p99 / bareRun.p99).toFixed(2)}x, CPU per request ${(graphqlRun.cpuMsPerRequest / bareRun.cpuMsPerRequest).toFixed(2)}x`,
   );
 
   await new Promise<void>((resolve) => bare.close(() => resolve()));

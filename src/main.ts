@@ -1,6 +1,7 @@
 import { pathToFileURL } from 'node:url';
 import { createRateLimits, rateLimitStoreFor } from './api/rate-limit.js';
 import { buildApp } from './api/server.js';
+import { loadTracingPlugin } from './api/tracing-plugin.js';
 import { createOutputs } from './artifacts/outputs.js';
 import { createAuthProvider } from './auth/index.js';
 import { type Config, ConfigError, loadConfigOrExit } from './config.js';
@@ -15,7 +16,7 @@ import { type Logger, createLogger } from './observability/logger.js';
 import { createMetrics } from './observability/metrics.js';
 import { startTracing } from './observability/tracing.js';
 import { verifyEncryptionKey } from './projects/key-check.js';
-import { createSecretBox, loadEncryptionKey } from './projects/secret-box.js';
+import { createSecretBox, loadEncryptionKey, type SecretBox } from './projects/secret-box.js';
 import { serviceScope } from './db/scope.js';
 import { createStreamAccess } from './generations/stream-access.js';
 import { generationStore } from './generations/store.js';
@@ -33,26 +34,44 @@ export interface Kiln {
   stop(options?: { graceMs?: number }): Promise<void>;
 }
 
+/** The project secrets' box: undefined when they are disabled, refused when the key does not open what it sealed. */
+async function openSecretBox(config: Config, database: Database): Promise<SecretBox | undefined> {
+  const encryptionKey = await loadEncryptionKey({ configured: config.encryptionKey, dataDir: config.dataDir, embedded: !config.database.url });
+  if (!encryptionKey) return undefined;
+  const secretBox = createSecretBox(encryptionKey);
+  await verifyEncryptionKey(database.db, secretBox);
+  return secretBox;
+}
+
 /** The composition root: config → database → auth → API. */
 export async function startKiln(config: Config, options: { logger?: Logger; database?: Database; port?: number } = {}): Promise<Kiln> {
   const logger = options.logger ?? createLogger(config.logLevel);
   const started = performance.now();
-  // Probed first: a production worker that cannot sandbox builds must not start at all. An API-only instance builds nothing.
-  const buildSandbox = config.role === 'api' ? undefined : await createBuildSandbox(config.buildSandbox, logger);
+  // Probed while the database opens: a production worker that cannot sandbox builds must
+  // not start at all, so nothing below starts the worker or listens before it decides. An
+  // API-only instance builds nothing.
+  const sandboxProbe = config.role === 'api' ? Promise.resolve(undefined) : createBuildSandbox(config.buildSandbox, logger);
+  sandboxProbe.catch(() => {}); // awaited below; this only keeps its failure from counting as unhandled meanwhile
   const database = options.database ?? (await openDatabase({ url: config.database.url, dataDir: config.dataDir, maxConnections: config.database.poolMax }));
   if (config.database.migrateOnStart) await migrateDatabase(database);
-  const auth = await createAuthProvider(config.auth, database.db);
-  const encryptionKey = await loadEncryptionKey({ configured: config.encryptionKey, dataDir: config.dataDir, embedded: !config.database.url });
-  const secretBox = encryptionKey ? createSecretBox(encryptionKey) : undefined;
-  if (secretBox) await verifyEncryptionKey(database.db, secretBox);
+  const buildSandbox = await sandboxProbe.catch(async (error: unknown) => {
+    if (!options.database) await database.close();
+    throw error;
+  });
   const metrics = createMetrics({ activeGenerations: () => serviceScope(database.db).run((tx) => generationStore.countActive(tx)), logger });
   const rateLimits = createRateLimits(config.rateLimits, rateLimitStoreFor(database));
-  const events = await createEventBus(config, database, logger);
+  // Independent of one another once the schema is there: keys, connections and SDKs load together.
+  const [auth, secretBox, events, queue, llm, outputs] = await Promise.all([
+    createAuthProvider(config.auth, database.db),
+    openSecretBox(config, database),
+    createEventBus(config, database, logger),
+    createJobQueue(config, database, logger),
+    createLlmProvider(config.llm),
+    createOutputs({ config, db: database.db, logger, metrics, collectPeriodically: config.role !== 'api' }),
+    config.tracing.enabled ? loadTracingPlugin() : undefined,
+  ]);
   const bus = events.bus;
-  const queue = await createJobQueue(config, database, logger);
-  const llm = createLlmProvider(config.llm);
   const provider = { name: llm.name, model: llm.model };
-  const outputs = await createOutputs({ config, db: database.db, logger, metrics, collectPeriodically: config.role !== 'api' });
   const worker: Worker | undefined =
     config.role === 'api'
       ? undefined
@@ -70,7 +89,7 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
     maxActivePerUser: config.generations.maxActivePerUser,
     budgetReservationTokens: config.generations.budgetReservationTokens,
     defaultMaxFixRounds: config.generations.defaultMaxFixRounds,
-    wakeWorkers: () => worker?.wake(),
+    wakeWorkers: (generationId: string) => worker?.wake(generationId),
     enqueue: queue.enqueue,
     rateLimit: (userId: string) => rateLimits.generationStart(userId),
   };
@@ -109,7 +128,8 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
   };
 }
 
-if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+/** Kiln as a process: config from the environment, tracing, the server, and shutdown on SIGTERM/SIGINT. */
+export async function runMain(): Promise<void> {
   const config = loadConfigOrExit();
   const logger = createLogger(config.logLevel);
   // Process-wide, like the logger, and before anything is traced; undefined when OTEL_* leaves tracing off.
@@ -139,3 +159,6 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     });
   }
 }
+
+// `npm run dev` runs this file; `npm start` calls runMain from scripts/start.mjs.
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) await runMain();

@@ -1,20 +1,10 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { budgetMeter, BudgetStop, estimateTokens } from '../src/generations/budget.js';
 import { ProjectDocument, SetProjectBudgetDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { createProject, expectTypename, signUp, type TestUser } from './support/fixtures.js';
-import {
-  type FakeFlutter,
-  fakeFlutter,
-  type GenerationServer,
-  filesUnder,
-  rawId,
-  replayChunks,
-  startAccepted,
-  startGeneration,
-  startGenerationServer,
-  waitForEnd,
-} from './support/generation-helpers.js';
+import { createProject, expectTypename } from './support/fixtures.js';
+import { filesUnder, rawId, replayChunks, startAccepted, startGeneration, waitForEnd } from './support/generation-helpers.js';
+import { useGenerationServer } from './support/suite-server.js';
 
 // A project's monthly token budget holds during a run, not only at its start: the
 // pipeline estimates tokens as the output streams (characters / 4) and stops the run
@@ -57,32 +47,19 @@ describe('the budget meter', () => {
 });
 
 describe(`budgets during a run (${databaseKind})`, () => {
-  let flutter: FakeFlutter;
-  let server: GenerationServer;
-  let owner: TestUser;
-
-  beforeAll(async () => {
-    flutter = await fakeFlutter('ok');
-    // Chunks come at a pace, as from a model, so the stop lands mid-stream.
-    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, OFFLINE_CHUNK_DELAY_MS: '2' });
-    owner = await signUp(server);
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-    await flutter?.remove();
-  });
+  // Chunks come at a pace, as from a model, so the stop lands mid-stream.
+  const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '2' });
 
   const setBudget = async (projectId: string, monthlyTokenLimit: number) =>
     expectTypename(
-      (await owner.client.expectNoErrors(SetProjectBudgetDocument, { input: { projectId, monthlyTokenLimit } })).setProjectBudget,
+      (await suite.owner.client.expectNoErrors(SetProjectBudgetDocument, { input: { projectId, monthlyTokenLimit } })).setProjectBudget,
       'Project',
     );
 
   it('stops a run mid-stream when its budget runs out: FAILED/BUDGET_EXCEEDED, the output so far kept, nothing built', async () => {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
     const prompt = 'A packing list for a weekend of hiking';
-    const full = await waitForEnd(server, owner.client, owner.accessToken, (await startAccepted(owner.client, { projectId: project.id, prompt })).id);
+    const full = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, (await startAccepted(suite.owner.client, { projectId: project.id, prompt })).id);
     expect(full.status).toBe('SUCCEEDED');
     const { inputTokens, outputTokens } = full.usage;
     expect(outputTokens).toBeGreaterThan(100);
@@ -90,8 +67,8 @@ describe(`budgets during a run (${databaseKind})`, () => {
     // Enough for the same request's input and about half its output.
     const limit = inputTokens + outputTokens + inputTokens + Math.floor(outputTokens / 2);
     await setBudget(project.id, limit);
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt });
-    const stopped = await waitForEnd(server, owner.client, owner.accessToken, started.id);
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt });
+    const stopped = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id);
 
     expect(stopped).toMatchObject({ status: 'FAILED', phase: 'DONE', error: { code: 'BUDGET_EXCEEDED' } });
     expect(stopped.error?.message).toContain(`${limit} tokens`);
@@ -99,31 +76,31 @@ describe(`budgets during a run (${databaseKind})`, () => {
     expect(stopped.output.length).toBeGreaterThan(full.output.length / 4);
     expect(stopped.output.length).toBeLessThan(full.output.length);
     expect(full.output.startsWith(stopped.output)).toBe(true);
-    expect((await replayChunks(server.url, owner.accessToken, started.id)).map((c) => c.text).join('')).toBe(stopped.output);
+    expect((await replayChunks(suite.server.url, suite.owner.accessToken, started.id)).map((c) => c.text).join('')).toBe(stopped.output);
     // Nothing was written or built.
     expect(stopped.files).toEqual([]);
     expect(stopped.buildSteps).toEqual([]);
-    expect(await filesUnder(`${server.workspacesDir}/${rawId(project.id)}/${rawId(started.id)}`)).toEqual([]);
+    expect(await filesUnder(`${suite.server.workspacesDir}/${rawId(project.id)}/${rawId(started.id)}`)).toEqual([]);
 
     // What it spent is recorded, so the month's usage lands at the limit, not past it by more than one chunk.
     expect(stopped.usage.inputTokens).toBe(inputTokens);
-    const { project: after } = await owner.client.expectNoErrors(ProjectDocument, { id: project.id });
+    const { project: after } = await suite.owner.client.expectNoErrors(ProjectDocument, { id: project.id });
     const used = after!.usage.inputTokens + after!.usage.outputTokens;
     expect(used).toBeGreaterThan(limit);
     expect(used).toBeLessThanOrEqual(limit + estimateTokens(120));
 
     // And the next start is refused up front.
-    expectTypename(await startGeneration(owner.client, { projectId: project.id, prompt }), 'BudgetExceededError');
+    expectTypename(await startGeneration(suite.owner.client, { projectId: project.id, prompt }), 'BudgetExceededError');
   });
 
   it('fails a run whose prompt alone is over what is left, before asking the model for anything', async () => {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
-    const first = await waitForEnd(server, owner.client, owner.accessToken, (await startAccepted(owner.client, { projectId: project.id, prompt: 'A dice roller' })).id);
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const first = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, (await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A dice roller' })).id);
     const used = first.usage.inputTokens + first.usage.outputTokens;
     await setBudget(project.id, used + 10);
 
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A dice roller with two dice' });
-    const stopped = await waitForEnd(server, owner.client, owner.accessToken, started.id);
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A dice roller with two dice' });
+    const stopped = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id);
     expect(stopped).toMatchObject({ status: 'FAILED', error: { code: 'BUDGET_EXCEEDED' }, output: '' });
     // Nothing was spent, so nothing is counted.
     expect(stopped.usage).toEqual({ inputTokens: 0, outputTokens: 0 });

@@ -1,24 +1,21 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { CancelGenerationDocument, GeneratedFileDocument, GenerationChunksWithRoundDocument, SetProjectBudgetDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
 import type { GeminiBehaviour } from './support/fake-gemini.js';
 import { BuildRoundsDocument, fixesOf } from './support/fix-rounds.js';
-import { createProject, signUp, type TestUser } from './support/fixtures.js';
+import { createProject } from './support/fixtures.js';
 import { useGeminiServer } from './support/gemini-server.js';
 import {
-  type FakeFlutter,
-  fakeFlutter,
-  type GenerationServer,
   GenerationWatch,
   getGeneration,
   startAccepted,
   startGeneration,
-  startGenerationServer,
   subscribe,
   waitForEnd,
   within,
   wsClient,
 } from './support/generation-helpers.js';
+import { useGenerationServer } from './support/suite-server.js';
 
 // Self-healing builds as their owner sees them: a FLUTTER project whose code comes from
 // a fake Gemini (scripted per request) and is checked by the fake flutter, which
@@ -240,31 +237,18 @@ describe(`self-healing builds (${databaseKind})`, () => {
 });
 
 describe(`the fake flutter's human format heals too (${databaseKind})`, () => {
-  let flutter: FakeFlutter;
-  let server: GenerationServer;
-  let owner: TestUser;
-
-  beforeAll(async () => {
-    flutter = await fakeFlutter('human');
-    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, OFFLINE_CHUNK_DELAY_MS: '0' });
-    owner = await signUp(server);
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-    await flutter?.remove();
-  });
+  const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '0' }, 'human');
 
   it('the offline provider\'s "with a build error" demonstration fails its analyzer, then heals in round 1', async () => {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A habit tracker with a build error' });
-    const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id);
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A habit tracker with a build error' });
+    const generation = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id);
 
     expect(generation).toMatchObject({ status: 'SUCCEEDED', error: null });
-    const fixes = await fixesOf(owner.client, started.id);
+    const fixes = await fixesOf(suite.owner.client, started.id);
     expect(fixes.fixRounds.map((r) => [r.round, r.status])).toEqual([[1, 'SUCCEEDED']]);
     expect(fixes.diagnostics).toEqual([expect.objectContaining({ round: 0, tool: 'flutter', path: 'lib/main.dart', code: 'invalid_assignment' })]);
-    const { generation: main } = await owner.client.expectNoErrors(GeneratedFileDocument, { id: started.id, path: 'lib/main.dart' });
+    const { generation: main } = await suite.owner.client.expectNoErrors(GeneratedFileDocument, { id: started.id, path: 'lib/main.dart' });
     expect(main?.file?.content).not.toContain('deliberate build error');
     expect(main?.file?.content).toContain('runApp(');
   });

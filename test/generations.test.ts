@@ -11,8 +11,6 @@ import {
 import { databaseKind } from './support/db.js';
 import { createProject, expectTypename, signUp, type TestUser } from './support/fixtures.js';
 import {
-  type FakeFlutter,
-  fakeFlutter,
   type GenerationServer,
   getGeneration,
   startAccepted,
@@ -20,30 +18,18 @@ import {
   startGenerationServer,
   waitForEnd,
 } from './support/generation-helpers.js';
+import { useGenerationServer } from './support/suite-server.js';
 
 // Who may start, cancel and retry generations, and the limits on starting them.
 
 describe(`generations with a worker (${databaseKind})`, () => {
-  let flutter: FakeFlutter;
-  let server: GenerationServer;
-  let owner: TestUser;
-
-  beforeAll(async () => {
-    flutter = await fakeFlutter('ok');
-    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin });
-    owner = await signUp(server);
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-    await flutter?.remove();
-  });
+  const suite = useGenerationServer();
 
   it('lets a viewer read but not start or cancel, and hides the project from a stranger', async () => {
-    const [viewer, editor, stranger] = [await signUp(server), await signUp(server), await signUp(server)];
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const [viewer, editor, stranger] = [await signUp(suite.server), await signUp(suite.server), await signUp(suite.server)];
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
     for (const [user, role] of [[viewer, 'VIEWER'], [editor, 'EDITOR']] as const) {
-      const { addProjectMember } = await owner.client.expectNoErrors(AddProjectMemberDocument, {
+      const { addProjectMember } = await suite.owner.client.expectNoErrors(AddProjectMemberDocument, {
         input: { projectId: project.id, email: user.email, role },
       });
       expectTypename(addProjectMember, 'ProjectMember');
@@ -63,31 +49,31 @@ describe(`generations with a worker (${databaseKind})`, () => {
     expectTypename(retryByStranger, 'NotFoundError');
     expect((await stranger.client.expectNoErrors(GenerationDocument, { id: started.id })).generation).toBeNull();
 
-    const finished = await waitForEnd(server, viewer.client, viewer.accessToken, started.id);
+    const finished = await waitForEnd(suite.server, viewer.client, viewer.accessToken, started.id);
     expect(finished.status).toBe('SUCCEEDED');
     expectTypename((await viewer.client.expectNoErrors(RetryGenerationDocument, { id: started.id })).retryGeneration, 'ForbiddenError');
   });
 
   it('retries a finished generation as a new one with retryOf, attempt 2, the same prompt and session', async () => {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
     const prompt = 'A tip calculator with a slider';
-    const original = await startAccepted(owner.client, { projectId: project.id, prompt });
-    expect((await waitForEnd(server, owner.client, owner.accessToken, original.id)).status).toBe('SUCCEEDED');
+    const original = await startAccepted(suite.owner.client, { projectId: project.id, prompt });
+    expect((await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, original.id)).status).toBe('SUCCEEDED');
 
-    const { retryGeneration } = await owner.client.expectNoErrors(RetryGenerationDocument, { id: original.id });
+    const { retryGeneration } = await suite.owner.client.expectNoErrors(RetryGenerationDocument, { id: original.id });
     const retry = expectTypename(retryGeneration, 'Generation');
     expect(retry.id).not.toBe(original.id);
     expect(retry).toMatchObject({ status: 'QUEUED', attempt: 2, prompt, sessionId: original.sessionId });
 
-    const done = await waitForEnd(server, owner.client, owner.accessToken, retry.id);
+    const done = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, retry.id);
     expect(done).toMatchObject({ status: 'SUCCEEDED', retryOf: { id: original.id }, attempt: 2 });
-    expect((await getGeneration(owner.client, original.id)).status).toBe('SUCCEEDED');
+    expect((await getGeneration(suite.owner.client, original.id)).status).toBe('SUCCEEDED');
 
     // Both are listed on the project, newest first.
-    const { project: listed } = await owner.client.expectNoErrors(ProjectDocument, { id: project.id });
+    const { project: listed } = await suite.owner.client.expectNoErrors(ProjectDocument, { id: project.id });
     expect(listed?.generations.edges.map((e) => e.node.id)).toEqual([retry.id, original.id]);
     // The retry is a turn of the conversation like any other.
-    const { project: talk } = await owner.client.expectNoErrors(ConversationDocument, { projectId: project.id, sessionId: original.sessionId });
+    const { project: talk } = await suite.owner.client.expectNoErrors(ConversationDocument, { projectId: project.id, sessionId: original.sessionId });
     expect(talk?.conversation.map((m) => [m.role, m.generation?.id])).toEqual([
       ['USER', original.id],
       ['MODEL', original.id],
@@ -97,13 +83,13 @@ describe(`generations with a worker (${databaseKind})`, () => {
   });
 
   it('refuses to start once the monthly budget is used up, saying how much, and starts again when it is raised', async () => {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
-    const first = await startAccepted(owner.client, { projectId: project.id, prompt: 'A quiz about capitals' });
-    const done = await waitForEnd(server, owner.client, owner.accessToken, first.id);
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const first = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A quiz about capitals' });
+    const done = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, first.id);
     const used = done.usage.inputTokens + done.usage.outputTokens;
     expect(used).toBeGreaterThan(0);
 
-    const { setProjectBudget } = await owner.client.expectNoErrors(SetProjectBudgetDocument, {
+    const { setProjectBudget } = await suite.owner.client.expectNoErrors(SetProjectBudgetDocument, {
       input: { projectId: project.id, monthlyTokenLimit: 10 },
     });
     expect(expectTypename(setProjectBudget, 'Project')).toMatchObject({
@@ -111,17 +97,17 @@ describe(`generations with a worker (${databaseKind})`, () => {
       usage: { inputTokens: done.usage.inputTokens, outputTokens: done.usage.outputTokens, generationCount: 1 },
     });
 
-    const refused = expectTypename(await startGeneration(owner.client, { projectId: project.id, prompt: 'One more' }), 'BudgetExceededError');
+    const refused = expectTypename(await startGeneration(suite.owner.client, { projectId: project.id, prompt: 'One more' }), 'BudgetExceededError');
     expect(refused).toMatchObject({ limit: 10, used });
     expect(refused.message).toContain(String(used));
     // A retry is a start too.
-    expectTypename((await owner.client.expectNoErrors(RetryGenerationDocument, { id: first.id })).retryGeneration, 'BudgetExceededError');
+    expectTypename((await suite.owner.client.expectNoErrors(RetryGenerationDocument, { id: first.id })).retryGeneration, 'BudgetExceededError');
     // Nothing was queued by the refusals.
-    const { project: after } = await owner.client.expectNoErrors(ProjectDocument, { id: project.id });
+    const { project: after } = await suite.owner.client.expectNoErrors(ProjectDocument, { id: project.id });
     expect(after?.generations.edges).toHaveLength(1);
 
-    await owner.client.expectNoErrors(SetProjectBudgetDocument, { input: { projectId: project.id, monthlyTokenLimit: used + 1_000_000 } });
-    await startAccepted(owner.client, { projectId: project.id, prompt: 'One more' });
+    await suite.owner.client.expectNoErrors(SetProjectBudgetDocument, { input: { projectId: project.id, monthlyTokenLimit: used + 1_000_000 } });
+    await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'One more' });
   });
 });
 

@@ -1,11 +1,12 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { GeneratedFileDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { createProject, signUp, type TestUser } from './support/fixtures.js';
-import { type GenerationServer, rawId, startAccepted, startGenerationServer, waitForEnd } from './support/generation-helpers.js';
+import { createProject } from './support/fixtures.js';
+import { rawId, startAccepted, waitForEnd } from './support/generation-helpers.js';
+import { useGenerationServer } from './support/suite-server.js';
 import { registryUnavailable } from './support/network.js';
 
 // The WEB target for real: the offline app built with the real npm, tsc and vite, as
@@ -13,23 +14,13 @@ import { registryUnavailable } from './support/network.js';
 // so it is opt-in (support/network.ts).
 
 describe.skipIf(registryUnavailable)(`the WEB target with the real toolchain (${databaseKind})${registryUnavailable ? ` (skipped: ${registryUnavailable})` : ''}`, () => {
-  let server: GenerationServer;
-  let owner: TestUser;
-
-  beforeAll(async () => {
-    server = await startGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '0' });
-    owner = await signUp(server);
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-  });
+  const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '0' });
 
   it('installs, typechecks and builds the offline app', { timeout: 180_000 }, async () => {
-    const project = await createProject(owner.client, { target: 'WEB' });
+    const project = await createProject(suite.owner.client, { target: 'WEB' });
     const prompt = 'A reading list with titles, authors and a "done" checkbox';
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt });
-    const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id, 170_000);
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt });
+    const generation = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id, 170_000);
 
     expect(generation.error).toBeNull();
     expect(generation.status).toBe('SUCCEEDED');
@@ -40,14 +31,14 @@ describe.skipIf(registryUnavailable)(`the WEB target with the real toolchain (${
     ]);
     expect(generation.buildLog.some((l) => l.step === 'build' && /built in/.test(l.text))).toBe(true);
 
-    const { generation: app } = await owner.client.expectNoErrors(GeneratedFileDocument, { id: generation.id, path: 'src/App.tsx' });
+    const { generation: app } = await suite.owner.client.expectNoErrors(GeneratedFileDocument, { id: generation.id, path: 'src/App.tsx' });
     expect(app?.file?.content).toContain(JSON.stringify(prompt));
     expect(generation.files.map((f) => f.path)).toEqual(
       expect.arrayContaining(['index.html', 'package.json', 'src/App.tsx', 'src/main.tsx', 'tsconfig.json']),
     );
 
     // The built app is in the workspace, ready to preview: relative asset URLs work under the preview's path.
-    const workspace = join(server.workspacesDir, rawId(project.id), rawId(generation.id));
+    const workspace = join(suite.server.workspacesDir, rawId(project.id), rawId(generation.id));
     expect(existsSync(join(workspace, 'dist', 'index.html'))).toBe(true);
     expect(await readFile(join(workspace, 'dist', 'index.html'), 'utf8')).toMatch(/<script type="module"[^>]+src="\.\/assets\//);
   });

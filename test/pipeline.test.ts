@@ -1,11 +1,9 @@
 import { createHash } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ConversationDocument, GeneratedFileDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
 import { createProject, signUp, type TestUser } from './support/fixtures.js';
 import {
-  type FakeFlutter,
-  fakeFlutter,
   type Generation,
   type GenerationServer,
   GenerationWatch,
@@ -15,6 +13,7 @@ import {
   startGenerationServer,
   waitForEnd,
 } from './support/generation-helpers.js';
+import { useGenerationServer } from './support/suite-server.js';
 
 // The offline provider end to end through GraphQL, on a FLUTTER project built by the
 // fake flutter: what a user sees of a generation from start to finish.
@@ -23,23 +22,10 @@ const PHASES = ['QUEUED', 'GENERATING', 'WRITING', 'BUILDING', 'FIXING', 'DONE']
 const sha256 = (text: string) => createHash('sha256').update(text, 'utf8').digest('hex');
 
 describe(`the offline pipeline on a FLUTTER project (${databaseKind})`, () => {
-  let flutter: FakeFlutter;
-  let server: GenerationServer;
-  let owner: TestUser;
-
-  beforeAll(async () => {
-    flutter = await fakeFlutter('ok');
-    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, OFFLINE_CHUNK_DELAY_MS: '5' });
-    owner = await signUp(server);
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-    await flutter?.remove();
-  });
+  const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '5' });
 
   async function fileContent(generationId: string, path: string): Promise<string> {
-    const { generation } = await owner.client.expectNoErrors(GeneratedFileDocument, { id: generationId, path });
+    const { generation } = await suite.owner.client.expectNoErrors(GeneratedFileDocument, { id: generationId, path });
     const file = generation?.file;
     if (!file) throw new Error(`no ${path} in generation ${generationId}`);
     expect(file.path).toBe(path);
@@ -60,14 +46,14 @@ describe(`the offline pipeline on a FLUTTER project (${databaseKind})`, () => {
   }
 
   it('queues at once, streams, writes, builds and succeeds; a follow-up in the session builds on it', async () => {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
     // Non-ASCII on purpose: sizes are bytes, not characters.
     const prompt = 'Build a café finder with a map, opening hours and ☕ favourites';
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt });
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt });
     expect(started).toMatchObject({ status: 'QUEUED', phase: 'QUEUED', prompt, attempt: 1, startedAt: null, finishedAt: null, error: null });
     expect(started.sessionId).toMatch(/^[0-9a-f-]{36}$/);
 
-    const watch = new GenerationWatch(server.url, owner.accessToken, started.id);
+    const watch = new GenerationWatch(suite.server.url, suite.owner.accessToken, started.id);
     const end = await watch.finished().finally(() => watch.close());
     expect(end).toMatchObject({ status: 'SUCCEEDED', phase: 'DONE', error: null });
     // Progress only ever moves forward.
@@ -75,7 +61,7 @@ describe(`the offline pipeline on a FLUTTER project (${databaseKind})`, () => {
     expect(phases).toEqual([...phases].sort((a, b) => a - b));
     expect(watch.states.at(-1)!.status).toBe('SUCCEEDED');
 
-    const first = await getGeneration(owner.client, started.id);
+    const first = await getGeneration(suite.owner.client, started.id);
     expect(first).toMatchObject({ prompt, sessionId: started.sessionId, parent: null, retryOf: null, project: { id: project.id } });
     expect(first.startedAt && first.finishedAt).toBeTruthy();
     expect(first.usage.inputTokens).toBeGreaterThan(0);
@@ -88,7 +74,7 @@ describe(`the offline pipeline on a FLUTTER project (${databaseKind})`, () => {
     expect(files.get('lib/main.dart')).toContain('runApp(');
 
     // Output: exactly the chunks, seq 0.., contiguous; and it carries the file.
-    const chunks = await replayChunks(server.url, owner.accessToken, first.id);
+    const chunks = await replayChunks(suite.server.url, suite.owner.accessToken, first.id);
     expect(chunks.map((c) => c.seq)).toEqual(chunks.map((_, i) => i));
     expect(chunks.length).toBeGreaterThan(1);
     expect(first.output).toBe(chunks.map((c) => c.text).join(''));
@@ -96,9 +82,9 @@ describe(`the offline pipeline on a FLUTTER project (${databaseKind})`, () => {
 
     // Build: every step ran the fake flutter and succeeded; its lines are in the log.
     expect(first.buildSteps).toEqual([
-      expect.objectContaining({ name: 'install', command: `${flutter.bin} pub get`, status: 'SUCCEEDED', exitCode: 0 }),
-      expect.objectContaining({ name: 'analyze', command: `${flutter.bin} analyze --no-fatal-infos --machine`, status: 'SUCCEEDED', exitCode: 0 }),
-      expect.objectContaining({ name: 'build', command: `${flutter.bin} build web`, status: 'SUCCEEDED', exitCode: 0 }),
+      expect.objectContaining({ name: 'install', command: `${suite.flutter.bin} pub get`, status: 'SUCCEEDED', exitCode: 0 }),
+      expect.objectContaining({ name: 'analyze', command: `${suite.flutter.bin} analyze --no-fatal-infos --machine`, status: 'SUCCEEDED', exitCode: 0 }),
+      expect.objectContaining({ name: 'build', command: `${suite.flutter.bin} build web`, status: 'SUCCEEDED', exitCode: 0 }),
     ]);
     for (const step of first.buildSteps) expect(step.durationMs).toBeGreaterThanOrEqual(0);
     const log = first.buildLog.map((l) => [l.step, l.stream, l.text]);
@@ -113,7 +99,7 @@ describe(`the offline pipeline on a FLUTTER project (${databaseKind})`, () => {
     expect(first.buildLog.map((l) => l.seq)).toEqual(first.buildLog.map((_, i) => i));
 
     // The conversation: the prompt verbatim, then the model's answer.
-    const one = await owner.client.expectNoErrors(ConversationDocument, { projectId: project.id, sessionId: first.sessionId });
+    const one = await suite.owner.client.expectNoErrors(ConversationDocument, { projectId: project.id, sessionId: first.sessionId });
     expect(one.project?.conversation.map((m) => [m.role, m.content, m.generation?.id])).toEqual([
       ['USER', prompt, first.id],
       ['MODEL', first.output, first.id],
@@ -121,9 +107,9 @@ describe(`the offline pipeline on a FLUTTER project (${databaseKind})`, () => {
 
     // A follow-up in the same session builds on the first generation.
     const followUpPrompt = 'Now add a list of nearby bakeries\nand a search field';
-    const next = await startAccepted(owner.client, { projectId: project.id, prompt: followUpPrompt, sessionId: first.sessionId });
+    const next = await startAccepted(suite.owner.client, { projectId: project.id, prompt: followUpPrompt, sessionId: first.sessionId });
     expect(next.sessionId).toBe(first.sessionId);
-    const second = await waitForEnd(server, owner.client, owner.accessToken, next.id);
+    const second = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, next.id);
     expect(second).toMatchObject({ status: 'SUCCEEDED', parent: { id: first.id }, sessionId: first.sessionId, prompt: followUpPrompt });
     expect(second.files.map((f) => f.path)).toEqual(expect.arrayContaining(first.files.map((f) => f.path)));
     const secondMain = await fileContent(second.id, 'lib/main.dart');
@@ -131,7 +117,7 @@ describe(`the offline pipeline on a FLUTTER project (${databaseKind})`, () => {
     expect(secondMain).not.toContain(prompt);
     expect(second.output).toMatch(/^I updated the previous app/);
 
-    const two = await owner.client.expectNoErrors(ConversationDocument, { projectId: project.id, sessionId: first.sessionId });
+    const two = await suite.owner.client.expectNoErrors(ConversationDocument, { projectId: project.id, sessionId: first.sessionId });
     expect(two.project?.conversation.map((m) => [m.role, m.content, m.generation?.id])).toEqual([
       ['USER', prompt, first.id],
       ['MODEL', first.output, first.id],
@@ -142,7 +128,7 @@ describe(`the offline pipeline on a FLUTTER project (${databaseKind})`, () => {
 
   it('runs generations back to back with little overhead beyond the model and the build', async () => {
     // The model takes no time here (OFFLINE_CHUNK_DELAY_MS=0) and the fake flutter exits at once.
-    const fast = await startGenerationServer({ FLUTTER_BIN: flutter.bin, OFFLINE_CHUNK_DELAY_MS: '0' });
+    const fast = await startGenerationServer({ FLUTTER_BIN: suite.flutter.bin, OFFLINE_CHUNK_DELAY_MS: '0' });
     try {
       const user = await signUp(fast);
       await measureOverhead(fast, user);

@@ -1,16 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { GenerationChunksDocument, GenerationUpdatedDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { createProject, signUp, type TestUser } from './support/fixtures.js';
-import {
-  type FakeFlutter,
-  fakeFlutter,
-  type GenerationServer,
-  startAccepted,
-  startGenerationServer,
-  waitForEnd,
-  within,
-} from './support/generation-helpers.js';
+import { createProject, signUp } from './support/fixtures.js';
+import { startAccepted, waitForEnd, within } from './support/generation-helpers.js';
+import { useGenerationServer } from './support/suite-server.js';
 import { isContiguousFromZero, sseSubscribe } from './support/live.js';
 
 // Subscriptions over Server-Sent Events: `Accept: text/event-stream` on POST or GET
@@ -19,62 +12,49 @@ import { isContiguousFromZero, sseSubscribe } from './support/live.js';
 // clients and graphql-sse use them.
 
 describe(`generation streams over SSE (${databaseKind})`, () => {
-  let flutter: FakeFlutter;
-  let server: GenerationServer;
-  let owner: TestUser;
-
-  beforeAll(async () => {
-    flutter = await fakeFlutter('ok');
-    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, OFFLINE_CHUNK_DELAY_MS: '25' });
-    owner = await signUp(server);
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-    await flutter?.remove();
-  });
+  const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '25' });
 
   async function start(prompt: string) {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
-    return startAccepted(owner.client, { projectId: project.id, prompt });
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    return startAccepted(suite.owner.client, { projectId: project.id, prompt });
   }
 
   it('resumes after the stream is dropped mid-way: both parts together are every seq once, in order', async () => {
     const generation = await start('A reading list with ratings and notes');
-    const first = sseSubscribe(server.url, owner.accessToken, GenerationChunksDocument, { id: generation.id });
+    const first = sseSubscribe(suite.server.url, suite.owner.accessToken, GenerationChunksDocument, { id: generation.id });
     await within(first.atLeast(3), 20_000, () => `only ${first.items.length} chunks arrived`);
     first.abort();
     expect((await first.ended).completed).toBe(false);
     const seen = first.items.map((item) => item.generationChunks);
     const last = seen.at(-1)!.seq;
 
-    const second = sseSubscribe(server.url, owner.accessToken, GenerationChunksDocument, { id: generation.id, afterSeq: last });
+    const second = sseSubscribe(suite.server.url, suite.owner.accessToken, GenerationChunksDocument, { id: generation.id, afterSeq: last });
     expect(await within(second.ended, 30_000, () => 'the resumed stream did not complete')).toEqual({ completed: true, errors: undefined });
     const resumed = second.items.map((item) => item.generationChunks);
     expect(resumed.length, 'the disconnect was not mid-stream').toBeGreaterThan(0);
     const all = [...seen, ...resumed];
     expect(isContiguousFromZero(all.map((chunk) => chunk.seq))).toBe(true);
-    const done = await waitForEnd(server, owner.client, owner.accessToken, generation.id);
+    const done = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, generation.id);
     expect(all.map((chunk) => chunk.text).join('')).toBe(done.output);
   });
 
   it('works over GET too, and a finished generation replays in full and completes', async () => {
     const generation = await start('A metronome');
-    const done = await waitForEnd(server, owner.client, owner.accessToken, generation.id);
-    const replay = sseSubscribe(server.url, owner.accessToken, GenerationChunksDocument, { id: generation.id }, { method: 'GET' });
+    const done = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, generation.id);
+    const replay = sseSubscribe(suite.server.url, suite.owner.accessToken, GenerationChunksDocument, { id: generation.id }, { method: 'GET' });
     expect(await within(replay.ended, 10_000, () => 'the replay did not complete')).toEqual({ completed: true, errors: undefined });
     expect(isContiguousFromZero(replay.items.map((item) => item.generationChunks.seq))).toBe(true);
     expect(replay.items.map((item) => item.generationChunks.text).join('')).toBe(done.output);
 
-    const updates = sseSubscribe(server.url, owner.accessToken, GenerationUpdatedDocument, { id: generation.id });
+    const updates = sseSubscribe(suite.server.url, suite.owner.accessToken, GenerationUpdatedDocument, { id: generation.id });
     expect(await within(updates.ended, 10_000, () => 'generationUpdated did not complete')).toEqual({ completed: true, errors: undefined });
     expect(updates.items.map((item) => item.generationUpdated)).toEqual([expect.objectContaining({ status: 'SUCCEEDED', phase: 'DONE' })]);
   });
 
   it("someone else's generation is an error event on that stream (NOT_FOUND), then complete", async () => {
     const generation = await start('Private');
-    const stranger = await signUp(server);
-    const denied = sseSubscribe(server.url, stranger.accessToken, GenerationChunksDocument, { id: generation.id });
+    const stranger = await signUp(suite.server);
+    const denied = sseSubscribe(suite.server.url, stranger.accessToken, GenerationChunksDocument, { id: generation.id });
     const outcome = await within(denied.ended, 10_000, () => 'the stream did not end');
     expect(outcome).toEqual({
       completed: true,

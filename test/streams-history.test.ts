@@ -1,8 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { BuildLogsDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { createProject, signUp, type TestUser } from './support/fixtures.js';
-import { type FakeFlutter, fakeFlutter, type GenerationServer, startAccepted, startGenerationServer, waitForEnd, within } from './support/generation-helpers.js';
+import { createProject } from './support/fixtures.js';
+import { startAccepted, waitForEnd, within } from './support/generation-helpers.js';
+import { useGenerationServer } from './support/suite-server.js';
 import { collect, isContiguousFromZero, liveClient } from './support/live.js';
 
 // Viewers who join a generation with a long history (many pages of build-log lines, which
@@ -10,27 +11,14 @@ import { collect, isContiguousFromZero, liveClient } from './support/live.js';
 // start at the beginning or in the middle of a page.
 
 describe(`replay of a long history to viewers joining together (${databaseKind})`, () => {
-  let flutter: FakeFlutter;
-  let server: GenerationServer;
-  let owner: TestUser;
-
-  beforeAll(async () => {
-    // `flutter build web` prints 700 lines: a build log of several pages.
-    flutter = await fakeFlutter('chatty');
-    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, OFFLINE_CHUNK_DELAY_MS: '0' });
-    owner = await signUp(server);
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-    await flutter?.remove();
-  });
+  // `flutter build web` prints 700 lines: a build log of several pages.
+  const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '0' }, 'chatty');
 
   it('gives every joining viewer every line once, in order, from the start or from the middle of a page', async () => {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
-    const generation = await startAccepted(owner.client, { projectId: project.id, prompt: 'A long build' });
-    await waitForEnd(server, owner.client, owner.accessToken, generation.id);
-    const viewers = [liveClient(server.url, owner.accessToken), liveClient(server.url, owner.accessToken), liveClient(server.url, owner.accessToken)];
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const generation = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A long build' });
+    await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, generation.id);
+    const viewers = [liveClient(suite.server.url, suite.owner.accessToken), liveClient(suite.server.url, suite.owner.accessToken), liveClient(suite.server.url, suite.owner.accessToken)];
     try {
       const fromStart = viewers.slice(0, 2).map((viewer) => collect(viewer.client, BuildLogsDocument, { id: generation.id }));
       const fromMiddle = collect(viewers[2]!.client, BuildLogsDocument, { id: generation.id, afterSeq: 250 });

@@ -1,54 +1,33 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { BuildLogsDocument, GenerationChunksDocument, GenerationUpdatedDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { createProject, signUp, type TestUser } from './support/fixtures.js';
-import {
-  type FakeFlutter,
-  fakeFlutter,
-  type GenerationServer,
-  getGeneration,
-  startAccepted,
-  startGenerationServer,
-  waitForEnd,
-  within,
-} from './support/generation-helpers.js';
+import { createProject } from './support/fixtures.js';
+import { getGeneration, startAccepted, waitForEnd, within } from './support/generation-helpers.js';
+import { useGenerationServer } from './support/suite-server.js';
 import { collect, isContiguousFromZero, liveClient } from './support/live.js';
 
 // The resumable streams over graphql-ws: replay, live, resume after a disconnect,
 // completion, and many subscribers of one generation.
 
 describe(`generation streams over graphql-ws (${databaseKind})`, () => {
-  let flutter: FakeFlutter;
-  let server: GenerationServer;
-  let owner: TestUser;
-
-  beforeAll(async () => {
-    flutter = await fakeFlutter('ok');
-    // Slow enough that a client can leave and come back mid-stream.
-    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, OFFLINE_CHUNK_DELAY_MS: '25' });
-    owner = await signUp(server);
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-    await flutter?.remove();
-  });
+  // Slow enough that a client can leave and come back mid-stream.
+  const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '25' });
 
   async function start(prompt: string) {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
-    return startAccepted(owner.client, { projectId: project.id, prompt });
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    return startAccepted(suite.owner.client, { projectId: project.id, prompt });
   }
 
   it('resumes after a disconnect mid-stream: both parts together are every seq once, in order', async () => {
     const generation = await start('A habit tracker with streaks, reminders and a weekly chart');
-    const first = liveClient(server.url, owner.accessToken);
+    const first = liveClient(suite.server.url, suite.owner.accessToken);
     const before = collect(first.client, GenerationChunksDocument, { id: generation.id });
     await within(before.atLeast(3), 20_000, () => `only ${before.items.length} chunks arrived`);
     await first.dispose(); // the connection drops mid-stream
     const seen = before.items.map((item) => item.generationChunks);
     const last = seen.at(-1)!.seq;
 
-    const second = liveClient(server.url, owner.accessToken);
+    const second = liveClient(suite.server.url, suite.owner.accessToken);
     try {
       const after = collect(second.client, GenerationChunksDocument, { id: generation.id, afterSeq: last });
       expect(await within(after.ended, 30_000, () => 'the resumed stream did not complete')).toEqual({ errors: undefined });
@@ -57,7 +36,7 @@ describe(`generation streams over graphql-ws (${databaseKind})`, () => {
       expect(resumed[0]!.seq).toBe(last + 1);
       const all = [...seen, ...resumed];
       expect(isContiguousFromZero(all.map((chunk) => chunk.seq))).toBe(true);
-      const done = await waitForEnd(server, owner.client, owner.accessToken, generation.id);
+      const done = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, generation.id);
       expect(all.map((chunk) => chunk.text).join('')).toBe(done.output);
     } finally {
       await second.dispose();
@@ -66,9 +45,9 @@ describe(`generation streams over graphql-ws (${databaseKind})`, () => {
 
   it('replays a generation that finished long ago in full, then completes (chunks and build log)', async () => {
     const generation = await start('A recipe box');
-    const done = await waitForEnd(server, owner.client, owner.accessToken, generation.id);
+    const done = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, generation.id);
     expect(done.status).toBe('SUCCEEDED');
-    const live = liveClient(server.url, owner.accessToken);
+    const live = liveClient(suite.server.url, suite.owner.accessToken);
     try {
       const chunks = collect(live.client, GenerationChunksDocument, { id: generation.id });
       const logs = collect(live.client, BuildLogsDocument, { id: generation.id });
@@ -94,7 +73,7 @@ describe(`generation streams over graphql-ws (${databaseKind})`, () => {
 
   it('generationUpdated emits the current state first and completes after the terminal state', async () => {
     const generation = await start('A pomodoro timer');
-    const live = liveClient(server.url, owner.accessToken);
+    const live = liveClient(suite.server.url, suite.owner.accessToken);
     try {
       const updates = collect(live.client, GenerationUpdatedDocument, { id: generation.id });
       expect(await within(updates.ended, 30_000, () => 'generationUpdated did not complete')).toEqual({ errors: undefined });
@@ -117,12 +96,12 @@ describe(`generation streams over graphql-ws (${databaseKind})`, () => {
 
   it('gives 100 concurrent subscribers of one generation the identical sequence', async () => {
     const generation = await start('A shared shopping list for a family');
-    const clients = Array.from({ length: 100 }, () => liveClient(server.url, owner.accessToken));
+    const clients = Array.from({ length: 100 }, () => liveClient(suite.server.url, suite.owner.accessToken));
     try {
       const streams = clients.map(({ client }) => collect(client, GenerationChunksDocument, { id: generation.id }));
       const outcomes = await within(Promise.all(streams.map((s) => s.ended)), 60_000, () => 'not every subscriber completed');
       expect(outcomes.every((outcome) => outcome.errors === undefined && outcome.error === undefined)).toBe(true);
-      const done = await getGeneration(owner.client, generation.id);
+      const done = await getGeneration(suite.owner.client, generation.id);
       const expected = streams[0]!.items;
       expect(isContiguousFromZero(expected.map((item) => item.generationChunks.seq))).toBe(true);
       expect(expected.map((item) => item.generationChunks.text).join('')).toBe(done.output);

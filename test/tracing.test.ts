@@ -6,18 +6,9 @@ import { startTracing, type Tracing } from '../src/observability/tracing.js';
 import { waitUntil } from './support/cluster.js';
 import { type PgBossPair, startPgBossPair } from './support/pgboss-pair.js';
 import { databaseKind, testDatabaseUrl } from './support/db.js';
-import { createProject, signUp, type TestUser } from './support/fixtures.js';
-import {
-  type FakeFlutter,
-  fakeFlutter,
-  type Generation,
-  type Instance,
-  rawId,
-  startAccepted,
-  startGenerationServer,
-  waitForEnd,
-  type GenerationServer,
-} from './support/generation-helpers.js';
+import { createProject, type TestUser } from './support/fixtures.js';
+import { type Generation, type Instance, rawId, startAccepted, waitForEnd } from './support/generation-helpers.js';
+import { useGenerationServer } from './support/suite-server.js';
 
 // OpenTelemetry: one trace per generation, from the startGeneration operation through
 // the queue to the worker's run, its model call and each build step. The SDK is started
@@ -84,29 +75,16 @@ function expectOneTrace(generation: Generation, trace: Awaited<ReturnType<typeof
 }
 
 describe(`tracing on the memory queue (${databaseKind})`, () => {
-  let flutter: FakeFlutter;
-  let server: GenerationServer;
-  let owner: TestUser;
-
-  beforeAll(async () => {
-    flutter = await fakeFlutter('ok');
-    server = await startGenerationServer({ ...tracingEnv, FLUTTER_BIN: flutter.bin });
-    owner = await signUp(server);
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-    await flutter?.remove();
-  });
+  const suite = useGenerationServer(tracingEnv);
 
   it('follows each generation in a trace of its own, from startGeneration to the model call and every build step', async () => {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
     // Two at once: each run must join the trace of the request that started it, not the other's.
     const started = await Promise.all([
-      startAccepted(owner.client, { projectId: project.id, prompt: 'A todo list' }),
-      startAccepted(owner.client, { projectId: project.id, prompt: 'A counter' }),
+      startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A todo list' }),
+      startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A counter' }),
     ]);
-    const finished = await Promise.all(started.map((g) => waitForEnd(server, owner.client, owner.accessToken, g.id)));
+    const finished = await Promise.all(started.map((g) => waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, g.id)));
     const traces = [];
     for (const generation of finished) {
       expect(generation).toMatchObject({ status: 'SUCCEEDED', error: null });

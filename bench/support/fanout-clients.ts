@@ -1,15 +1,18 @@
-import { type ChildProcess, fork } from 'node:child_process';
+import { type ChildProcess, execFileSync, fork } from 'node:child_process';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { decodeGlobalID } from '@pothos/plugin-relay';
 import WebSocket from 'ws';
 import type { Command, Reply } from './fanout-server.js';
 
-// What bench/fanout*.ts share: the server process (support/fanout-server.ts, run with
+// What bench/fanout*.ts share: the server process (support/fanout-server.ts: Kiln built into dist/, run with
 // --expose-gc), set-up over GraphQL, subscribers of each kind and what they record.
 //
 // FANOUT_N (1000), FANOUT_RATE batches/s (20), FANOUT_SECONDS (5), FANOUT_IDLE (5000),
-// FANOUT_JOIN (500), FANOUT_HISTORY (200); FANOUT_PROFILE=<dir> writes the server's CPU
-// profiles there.
+// FANOUT_JOIN (500), FANOUT_HISTORY (200); FANOUT_PROFILE=<dir> writes there a CPU
+// profile of the server per phase (subscribing, live) and a heap snapshot of the idle
+// subscriptions (fanout-memory), for Chrome DevTools.
 
 export const N = Number(process.env.FANOUT_N ?? 1000);
 export const RATE = Number(process.env.FANOUT_RATE ?? 20);
@@ -37,13 +40,23 @@ export const log = (line: string) => process.stdout.write(`${line}\n`);
 
 // ------------------------------------------------------------------ the server process
 
+let built = false;
+
+/** `npm run build` (tsc -b: only checks timestamps when nothing changed): the server runs dist/. */
+function buildOnce() {
+  if (built) return;
+  execFileSync('tsc', ['-b', 'tsconfig.build.json'], { cwd: fileURLToPath(new URL('../..', import.meta.url)), stdio: 'inherit' });
+  built = true;
+}
+
 export class ServerProcess {
   private readonly child: ChildProcess;
   private pending: ((reply: Reply) => void)[] = [];
 
   constructor() {
+    buildOnce();
     this.child = fork(fileURLToPath(new URL('./fanout-server.ts', import.meta.url)), {
-      execArgv: ['--import', 'tsx', '--expose-gc', ...(process.env.FANOUT_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.FANOUT_PROFILE}`] : [])],
+      execArgv: ['--import', 'tsx', '--expose-gc'],
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
     this.child.on('message', (reply: Reply) => this.pending.shift()?.(reply));
@@ -63,6 +76,19 @@ export class ServerProcess {
 
   async stop() {
     await this.ask({ cmd: 'stop' });
+  }
+
+  /** Runs `phase` under the server's CPU profiler when FANOUT_PROFILE names a directory. */
+  async profiled<T>(name: string, phase: () => Promise<T>): Promise<T> {
+    const dir = process.env.FANOUT_PROFILE;
+    if (!dir) return phase();
+    await mkdir(dir, { recursive: true });
+    await this.ask({ cmd: 'profileStart' });
+    try {
+      return await phase();
+    } finally {
+      await this.ask({ cmd: 'profileStop', file: path.resolve(dir, `${name.replace(/[^a-z0-9]+/gi, '-')}.cpuprofile`) });
+    }
   }
 
   /**
@@ -279,7 +305,7 @@ export async function fanout(
 ): Promise<FanoutResult> {
   const recorder = new Recorder(N, await server.clockOffset());
   const started = performance.now();
-  const subscribers = await openAll(N, (i) => open(i, (seq, text) => recorder.record(i, seq, text)));
+  const subscribers = await server.profiled(`${name} subscribing`, () => openAll(N, (i) => open(i, (seq, text) => recorder.record(i, seq, text))));
   // Warm-up: seq 0 reaching everyone proves every subscription is live.
   for (let attempt = 0; !recorder.everyoneHas(0); attempt++) {
     if (attempt === 0) await server.ask({ cmd: 'produce', target, generationId, firstSeq: 0, batches: 1, rate: RATE, persist: true });
@@ -287,8 +313,10 @@ export async function fanout(
   }
   const connectMs = performance.now() - started;
   const cpuBefore = (await server.ask({ cmd: 'cpu' })).micros;
-  await server.ask({ cmd: 'produce', target, generationId, firstSeq: 1, batches: BATCHES, rate: RATE, persist: PERSIST });
-  await recorder.until(BATCHES, DRAIN_MS);
+  await server.profiled(`${name} live`, async () => {
+    await server.ask({ cmd: 'produce', target, generationId, firstSeq: 1, batches: BATCHES, rate: RATE, persist: PERSIST });
+    await recorder.until(BATCHES, DRAIN_MS);
+  });
   const cpu = (await server.ask({ cmd: 'cpu' })).micros - cpuBefore;
   for (const subscriber of subscribers) subscriber.close();
   const sorted = recorder.latencies.sort((a, b) => a - b);
@@ -324,6 +352,11 @@ export async function idleMemory(kind: 'graphql-ws' | 'bare ws'): Promise<{ perC
     if (!(await recorder.until(0, 60_000))) throw new Error(`${kind}: not every idle subscriber got the warm-up chunk`);
     const openMs = performance.now() - started;
     const after = await server.ask({ cmd: 'memory' });
+    if (process.env.FANOUT_PROFILE) {
+      // Taken after the figures: a snapshot of the idle subscriptions, to look at what each one holds.
+      await mkdir(process.env.FANOUT_PROFILE, { recursive: true });
+      await server.ask({ cmd: 'memory', snapshot: path.resolve(process.env.FANOUT_PROFILE, `${kind.replace(/ /g, '-')}-idle.heapsnapshot`) });
+    }
     for (const subscriber of subscribers) subscriber.close();
     const perConnection = (after.rss - before.rss) / IDLE;
     const perConnectionHeap = (after.heapUsed - before.heapUsed) / IDLE;

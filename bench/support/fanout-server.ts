@@ -1,19 +1,28 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { Session } from 'node:inspector/promises';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
+import { writeHeapSnapshot } from 'node:v8';
 import path from 'node:path';
 import { WebSocketServer } from 'ws';
-import { parseConfig } from '../../src/config.js';
-import { openDatabase } from '../../src/db/client.js';
-import { migrateDatabase } from '../../src/db/migrate.js';
-import { serviceScope } from '../../src/db/scope.js';
-import { generationStore } from '../../src/generations/store.js';
-import { startKiln } from '../../src/main.js';
-import { createLogger } from '../../src/observability/logger.js';
 
 // The server side of bench/fanout.ts, in a process of its own (run with --expose-gc):
 // Kiln (ROLE=api, so generations stay QUEUED and only the bench produces chunks) and,
 // beside it, a bare `ws` server as the baseline. Commands come over IPC.
+//
+// Kiln runs as `npm start` runs it: the JavaScript that `npm run build` compiled into
+// dist/ (ServerProcess builds it first). Run from the sources under tsx, every function
+// would also carry a `name` property of its own (esbuild's keepNames), a few KiB per
+// idle subscription and some CPU that production does not spend.
+
+const fromDist = <M>(module: string): Promise<M> => import(new URL(`../../dist/${module}`, import.meta.url).href) as Promise<M>;
+const { parseConfig } = await fromDist<typeof import('../../src/config.js')>('config.js');
+const { openDatabase } = await fromDist<typeof import('../../src/db/client.js')>('db/client.js');
+const { migrateDatabase } = await fromDist<typeof import('../../src/db/migrate.js')>('db/migrate.js');
+const { serviceScope } = await fromDist<typeof import('../../src/db/scope.js')>('db/scope.js');
+const { generationStore } = await fromDist<typeof import('../../src/generations/store.js')>('generations/store.js');
+const { startKiln } = await fromDist<typeof import('../../src/main.js')>('main.js');
+const { createLogger } = await fromDist<typeof import('../../src/observability/logger.js')>('observability/logger.js');
 
 export type Command =
   | { cmd: 'start' }
@@ -26,11 +35,16 @@ export type Command =
   | { cmd: 'halt' }
   /** Persist seqs 0..count-1 of a generation (history that a late subscriber replays), in one transaction. */
   | { cmd: 'history'; generationId: string; count: number }
-  | { cmd: 'memory' }
+  /** Memory after forced GC; with `snapshot`, also writes a heap snapshot there (FANOUT_PROFILE). */
+  | { cmd: 'memory'; snapshot?: string }
   /** This process's `now()`, to compare the two clocks. */
   | { cmd: 'clock' }
   /** CPU time this process has used (user + system), in microseconds. */
   | { cmd: 'cpu' }
+  /** Starts a CPU profile of this process (FANOUT_PROFILE): one phase of a bench. */
+  | { cmd: 'profileStart' }
+  /** Stops it and writes it to `file` (a .cpuprofile for Chrome DevTools). */
+  | { cmd: 'profileStop'; file: string }
   | { cmd: 'stop' };
 
 export type Reply =
@@ -40,6 +54,8 @@ export type Reply =
   | { cmd: 'memory'; rss: number; heapUsed: number; external: number; sockets: number }
   | { cmd: 'clock'; now: number }
   | { cmd: 'cpu'; micros: number }
+  | { cmd: 'profileStart' }
+  | { cmd: 'profileStop' }
   | { cmd: 'stop' };
 
 /** Wall-clock milliseconds with sub-millisecond resolution, comparable across processes. */
@@ -57,6 +73,8 @@ const config = parseConfig({
   WS_MAX_SUBSCRIPTIONS: '100',
   // Every viewer here is the same user (signing up thousands would dominate the set-up).
   LIVE_STREAMS_PER_USER: '100000',
+  // Hundreds of sockets connect at once here; on a loaded machine some wait longer than the default 3 s for their turn.
+  WS_CONNECTION_INIT_TIMEOUT_MS: '60000',
 });
 const database = await openDatabase({});
 await migrateDatabase(database);
@@ -66,6 +84,9 @@ const bare = new WebSocketServer({ port: 0, host: '127.0.0.1' });
 await new Promise<void>((resolve) => bare.once('listening', resolve));
 
 const reply = (message: Reply) => process.send!(message);
+
+const inspector = new Session();
+inspector.connect();
 
 let halted = false;
 
@@ -103,6 +124,15 @@ process.on('message', (command: Command) => {
         const { user, system } = process.cpuUsage();
         return reply({ cmd: 'cpu', micros: user + system });
       }
+      case 'profileStart':
+        await inspector.post('Profiler.enable');
+        await inspector.post('Profiler.start');
+        return reply({ cmd: 'profileStart' });
+      case 'profileStop': {
+        const { profile } = await inspector.post('Profiler.stop');
+        await writeFile(command.file, JSON.stringify(profile));
+        return reply({ cmd: 'profileStop' });
+      }
       case 'clock':
         return reply({ cmd: 'clock', now: now() });
       case 'start':
@@ -122,6 +152,7 @@ process.on('message', (command: Command) => {
           globalThis.gc?.();
           await new Promise((resolve) => setImmediate(resolve));
         }
+        if (command.snapshot) writeHeapSnapshot(command.snapshot);
         const { rss, heapUsed, external } = process.memoryUsage();
         return reply({ cmd: 'memory', rss, heapUsed, external, sockets: bare.clients.size });
       }

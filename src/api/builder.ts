@@ -27,7 +27,9 @@ export const builder = new SchemaBuilder<{
   DefaultFieldNullability: false;
 }>({
   defaultFieldNullability: false,
-  plugins: [ScopeAuthPlugin, RelayPlugin, ErrorsPlugin, ValidationPlugin, DataloaderPlugin],
+  // Relay after validation: Pothos maps arguments for the later plugin first, so validators
+  // (ids.ts idFor) see the global ids relay decoded rather than the raw strings.
+  plugins: [ScopeAuthPlugin, ErrorsPlugin, ValidationPlugin, RelayPlugin, DataloaderPlugin],
   scopeAuth: {
     authorizeOnSubscribe: true,
     authScopes: (ctx) => ({ signedIn: ctx.viewer !== null }),

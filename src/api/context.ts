@@ -1,3 +1,4 @@
+import type { Outputs } from '../artifacts/outputs.js';
 import type { AuthProvider } from '../auth/provider.js';
 import type { Config } from '../config.js';
 import type { Database } from '../db/client.js';
@@ -6,12 +7,11 @@ import { AuthError } from '../errors.js';
 import type { EventBus } from '../events/bus.js';
 import type { GenerationDeps } from '../generations/generations.js';
 import type { StreamAccess } from '../generations/stream-access.js';
-import type { Outputs } from '../artifacts/outputs.js';
 import type { Logger } from '../observability/logger.js';
-import type { SecretBox } from '../projects/secret-box.js';
 import type { Metrics } from '../observability/metrics.js';
-import type { RateLimits } from './rate-limit.js';
+import type { SecretBox } from '../projects/secret-box.js';
 import type { BuildSandbox } from '../toolchain/sandbox.js';
+import type { RateLimits } from './rate-limit.js';
 
 /** What the API needs from the composition root. */
 export interface Services {
@@ -33,6 +33,24 @@ export interface Services {
   buildSandbox?: Pick<BuildSandbox, 'kind' | 'enforcement'>;
 }
 
+/**
+ * What resolvers hand to the use-cases, by name: built once per app and shared by every
+ * operation. Never the database itself: a resolver reaches it only through `ctx.db`.
+ */
+export interface UseCaseDeps {
+  /** Start, cancel, retry and restore. */
+  generations: GenerationDeps;
+  /** Live streams: the events, how many one subscriber may have queued, and who may still watch. */
+  streams: { bus: EventBus; maxQueued: number; access: Pick<StreamAccess, 'watch'> };
+  /** Undefined when project secrets are disabled (no KILN_ENCRYPTION_KEY). */
+  secretBox?: SecretBox;
+  rateLimits: Pick<RateLimits, 'authAttempt' | 'memberAdd'>;
+  /** Sign-up, sign-in, refresh and sign-out; tokens are verified once, in the context factory. */
+  sessions: Pick<AuthProvider, 'signUp' | 'signIn' | 'refresh' | 'signOut'>;
+  /** Short-lived signed URLs of previews and archives. */
+  outputs: Pick<Outputs, 'previewUrl' | 'archiveUrl'>;
+}
+
 export interface Viewer {
   id: string;
   email: string;
@@ -40,7 +58,10 @@ export interface Viewer {
   accessToken: string;
 }
 
-/** New per operation, the same for HTTP, SSE and graphql-ws (STYLE 4). */
+/**
+ * The request scope, new per operation and the same for HTTP, SSE and graphql-ws
+ * (STYLE 4). Small on purpose: a live subscription keeps its context as long as it runs.
+ */
 export interface Context {
   requestId: string;
   /** The client's address (the socket's peer, or X-Forwarded-For from trusted proxies), for rate limits. */
@@ -50,37 +71,53 @@ export interface Context {
   viewer: Viewer | null;
   /** The RLS-bound database scope of this viewer (STYLE 5). */
   db: Scope;
-  bus: EventBus;
-  services: Services;
   logger: Logger;
+  /** Shared by every operation of the app. */
+  useCases: UseCaseDeps;
 }
 
-export async function createContext(
-  services: Services,
-  request: { authorization?: string | null; requestId: string; clientIp?: string; transport?: Context['transport'] },
-): Promise<Context> {
-  const token = bearerToken(request.authorization);
-  let viewer: Viewer | null = null;
-  let problem: string | undefined;
-  if (token) {
-    try {
-      const claims = await services.auth.verify(token);
-      viewer = { id: claims.sub, email: claims.email ?? '', claims, accessToken: token };
-    } catch (error) {
-      if (!(error instanceof AuthError)) throw error;
-      problem = error.message;
+export interface OperationRequest {
+  authorization?: string | null;
+  requestId: string;
+  clientIp?: string;
+  transport?: Context['transport'];
+  /** The claims of `authorization` when the transport verified it already (a graphql-ws socket at connect). */
+  verifiedClaims?: Claims;
+}
+
+/** The context of each operation, over what the composition root provides. */
+export function contextFactory(services: Services): (request: OperationRequest) => Promise<Context> {
+  const useCases: UseCaseDeps = {
+    generations: services.generations,
+    streams: { bus: services.bus, maxQueued: services.config.subscriptions.bufferLimit, access: services.streamAccess },
+    secretBox: services.secretBox,
+    rateLimits: services.rateLimits,
+    sessions: services.auth,
+    outputs: services.outputs,
+  };
+  return async (request) => {
+    const token = bearerToken(request.authorization);
+    let viewer: Viewer | null = null;
+    let problem: string | undefined;
+    if (token) {
+      try {
+        const claims = request.verifiedClaims ?? (await services.auth.verify(token));
+        viewer = { id: claims.sub, email: claims.email ?? '', claims, accessToken: token };
+      } catch (error) {
+        if (!(error instanceof AuthError)) throw error;
+        problem = error.message;
+      }
     }
-  }
-  return {
-    requestId: request.requestId,
-    clientIp: request.clientIp ?? 'unknown',
-    transport: request.transport ?? 'http',
-    viewer,
-    db: viewer ? userScope(services.database.db, viewer.claims) : anonymousScope(problem),
-    bus: services.bus,
-    services,
-    // One child, not two: a live subscription keeps its context (and logger) for as long as it runs.
-    logger: services.logger.child(viewer ? { requestId: request.requestId, userId: viewer.id } : { requestId: request.requestId }),
+    return {
+      requestId: request.requestId,
+      clientIp: request.clientIp ?? 'unknown',
+      transport: request.transport ?? 'http',
+      viewer,
+      db: viewer ? userScope(services.database.db, viewer.claims) : anonymousScope(problem),
+      // One child, not two: a live subscription keeps its context (and logger) for as long as it runs.
+      logger: services.logger.child(viewer ? { requestId: request.requestId, userId: viewer.id } : { requestId: request.requestId }),
+      useCases,
+    };
   };
 }
 

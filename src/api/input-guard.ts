@@ -22,16 +22,23 @@ export function useNulRefusal(): Plugin {
   };
 }
 
+/** Whether a document's literals carry NUL, per document: Yoga's parse cache hands out the same one for the same text. */
+const literalsCarryNul = new WeakMap<DocumentNode, boolean>();
+
 function carriesNul(document: DocumentNode, variables: unknown): boolean {
   if (inValue(variables, 0)) return true;
-  let found = false;
-  visit(document, {
-    StringValue(node) {
-      if (!node.value.includes(NUL)) return undefined;
-      found = true;
-      return BREAK;
-    },
-  });
+  let found = literalsCarryNul.get(document);
+  if (found === undefined) {
+    found = false;
+    visit(document, {
+      StringValue(node) {
+        if (!node.value.includes(NUL)) return undefined;
+        found = true;
+        return BREAK;
+      },
+    });
+    literalsCarryNul.set(document, found);
+  }
   return found;
 }
 

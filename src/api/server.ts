@@ -3,8 +3,9 @@ import { type IncomingMessage, type Server, type ServerResponse, createServer } 
 import type { AddressInfo } from 'node:net';
 import { createYoga } from 'graphql-yoga';
 import { isMigrated } from '../db/migrate.js';
+import type { Claims } from '../db/scope.js';
 import { observeRequest, routeOf, serveMetrics } from '../observability/metrics.js';
-import { type Context, type Services, createContext } from './context.js';
+import { type Context, type Services, contextFactory } from './context.js';
 import { useRequestIdErrors } from './errors-plugin.js';
 import { graphiqlExample } from './graphiql-example.js';
 import { renderGraphiQLPage, serveGraphiQLAsset } from './graphiql.js';
@@ -17,6 +18,7 @@ import { useRequestPolicy } from './request-policy.js';
 import { useNulRefusal } from './input-guard.js';
 import { schema } from './schema/index.js';
 import { useSharedSubscriptionExecution } from './shared-execution.js';
+import { useSseSubscriptions } from './sse.js';
 import { useStreamErrors } from './stream-errors.js';
 import { useTracing } from './tracing-plugin.js';
 import { serveWebClient } from './web-client.js';
@@ -28,10 +30,11 @@ export interface App {
   stop(): Promise<void>;
 }
 
-type ServerContext = { req?: IncomingMessage; connectionParams?: Record<string, unknown> };
+type ServerContext = { req?: IncomingMessage; connectionParams?: Record<string, unknown>; verifiedClaims?: Claims };
 
 export function buildApp(services: Services): App {
   const { config } = services;
+  const createContext = contextFactory(services);
   const yoga = createYoga<ServerContext, Context>({
     schema,
     graphqlEndpoint: '/graphql',
@@ -63,13 +66,16 @@ export function buildApp(services: Services): App {
       useRequestIdErrors(),
       // One execution per live event for every subscriber of the same document and variables.
       useSharedSubscriptionExecution(),
+      // A subscription's SSE events written straight to node's response, each result encoded once.
+      useSseSubscriptions(services.logger),
     ],
-    context: ({ request, connectionParams, req }) =>
-      createContext(services, {
+    context: ({ request, connectionParams, req, verifiedClaims }) =>
+      createContext({
         requestId: randomUUID(),
         clientIp: clientAddress(req, config.trustedProxyHops),
         transport: connectionParams ? 'websocket' : 'http',
         authorization: connectionParams ? String(connectionParams.authorization ?? '') : request.headers.get('authorization'),
+        verifiedClaims,
       }),
   });
 
@@ -94,7 +100,8 @@ export function buildApp(services: Services): App {
   // graphql-ws on the same port and path, through the same Yoga plugins and context (STYLE 4).
   // SSE needs nothing more: a subscription sent with `Accept: text/event-stream` (POST, or
   // GET with query/variables in the URL) is answered by Yoga as a GraphQL-over-SSE
-  // "distinct connections" stream (`event: next` per result, `event: complete` at the end).
+  // "distinct connections" stream (`event: next` per result, `event: complete` at the end),
+  // whose events useSseSubscriptions (sse.ts) writes.
   const websocket = attachWebSocket({
     server,
     path: '/graphql',

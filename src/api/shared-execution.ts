@@ -1,5 +1,6 @@
 import { type DocumentNode, type ExecutionArgs, type ExecutionResult, GraphQLError, createSourceEventStream, execute, getOperationAST, Kind } from 'graphql';
-import type { Plugin } from 'graphql-yoga';
+import { mapAsyncIterator, type Plugin } from 'graphql-yoga';
+import { lastResultOf } from './stream-errors.js';
 
 // Fan-out: a thousand viewers of one generation receive the very same live batch
 // objects from the event bus. For the streams whose payload types resolve from the
@@ -11,7 +12,9 @@ import type { Plugin } from 'graphql-yoga';
 // metrics) still see each result and replace it rather than change it.
 //
 // This subscribe also replaces the executor's per-event plumbing (a mapped, flattened
-// iterator per subscriber) with one mapping step: no @defer/@stream in subscriptions here.
+// iterator per subscriber) with one mapping step (envelop's mapAsyncIterator), which also
+// turns an expected failure of the stream into its last result (stream-errors.ts): no
+// @defer/@stream in subscriptions here.
 
 /** Root fields whose whole selection depends only on the event (every field exposes event data). */
 const EVENT_ONLY_FIELDS = new Set(['generationChunks', 'buildLogs']);
@@ -43,8 +46,15 @@ async function subscribeSharing(args: ExecutionArgs): Promise<AsyncIterable<Exec
     results.set(key, result);
     return result;
   };
-  const operation = getOperationAST(args.document, args.operationName) ?? undefined;
-  return mapEvents(source, executeEvent, (error) => new GraphQLError(error instanceof Error ? error.message : String(error), { originalError: error instanceof Error ? error : undefined, nodes: operation }));
+  const failed = (error: unknown): ExecutionResult => {
+    // Located as the executor hands source errors on, with the original inside.
+    const operation = getOperationAST(args.document, args.operationName) ?? undefined;
+    const located = new GraphQLError(error instanceof Error ? error.message : String(error), { originalError: error instanceof Error ? error : undefined, nodes: operation });
+    const last = lastResultOf(error, located);
+    if (!last) throw located;
+    return last;
+  };
+  return mapAsyncIterator(source, executeEvent, failed);
 }
 
 /** Errors of the request itself (variables that do not fit) say BAD_USER_INPUT, as Yoga's executor has them. */
@@ -69,42 +79,6 @@ function eventOnly(document: DocumentNode, operationName: ExecutionArgs['operati
   const selections = getOperationAST(document, operationName)?.selectionSet.selections;
   const field = selections?.length === 1 ? selections[0] : undefined;
   return field?.kind === Kind.FIELD && EVENT_ONLY_FIELDS.has(field.name.value) && !field.directives?.length;
-}
-
-/** The source, each event mapped to its result; return() reaches the source at once. */
-function mapEvents(
-  source: AsyncIterable<unknown>,
-  map: (event: unknown) => ExecutionResult | Promise<ExecutionResult>,
-  located: (error: unknown) => GraphQLError,
-): AsyncGenerator<ExecutionResult> {
-  const iterator = source[Symbol.asyncIterator]();
-  const done = { done: true, value: undefined } as const;
-  return {
-    async next() {
-      let next: IteratorResult<unknown>;
-      try {
-        next = await iterator.next();
-      } catch (error) {
-        // As the executor hands source errors on: located, with the original inside.
-        throw located(error);
-      }
-      return next.done ? done : { done: false, value: await map(next.value) };
-    },
-    async return() {
-      await iterator.return?.();
-      return done;
-    },
-    async throw(error: unknown) {
-      await iterator.return?.();
-      throw error;
-    },
-    [Symbol.asyncIterator]() {
-      return this;
-    },
-    async [Symbol.asyncDispose]() {
-      await iterator.return?.();
-    },
-  };
 }
 
 function isAsyncIterable(value: unknown): value is AsyncIterable<unknown> {

@@ -11,21 +11,29 @@ import { SlowConsumerError } from '../generations/streams.js';
  * into results (NOT_FOUND, SLOW_CONSUMER, ...); anything else stays an exception and is
  * masked with a request id as usual.
  *
- * Must come before the masking plugins: it rewrites the raw errors of the stream,
- * before Yoga's error handling wraps it.
+ * This plugin rewrites the result of a subscription that cannot start. A stream that
+ * fails later ends with `lastResultOf` in its one mapping step (shared-execution.ts),
+ * so no second iterator wraps every subscription for this.
+ *
+ * Must come before the masking plugins: it rewrites the raw errors, before Yoga's
+ * error handling wraps them.
  */
 export function useStreamErrors(): Plugin {
   return {
     onSubscribe: () => ({
       onSubscribeResult: ({ result, setResult }) => {
-        if (isAsyncIterable(result)) {
-          setResult(endWithErrors(result));
-        } else if (result.errors?.length) {
+        if (!isAsyncIterable(result) && result.errors?.length) {
           setResult({ ...result, errors: result.errors.map((error) => expected(error.originalError, error) ?? error) });
         }
       },
     }),
   };
+}
+
+/** A stream's last result for an expected failure (then it ends); undefined for anything unexpected. */
+export function lastResultOf(error: unknown, located: GraphQLError): ExecutionResult | undefined {
+  const known = expected(error, located);
+  return known && { data: null, errors: [known] };
 }
 
 /** The GraphQL error of a failure we raise on purpose; undefined for anything unexpected. */
@@ -48,43 +56,6 @@ function codeOf(kind: string): string {
     .replace(/Error$/, '')
     .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
     .toUpperCase();
-}
-
-/** The stream as it is, except that an expected failure becomes a last result with errors. */
-function endWithErrors<T>(source: AsyncIterable<T>): AsyncGenerator<T | ExecutionResult> {
-  const iterator = source[Symbol.asyncIterator]();
-  let ended = false;
-  const done = { done: true, value: undefined } as const;
-  return {
-    async next() {
-      if (ended) return done;
-      try {
-        return await iterator.next();
-      } catch (error) {
-        // The executor hands source errors on located (a GraphQLError around the original).
-        const known = error instanceof GraphQLError ? expected(error.originalError, error) : expected(error);
-        if (!known) throw error;
-        ended = true;
-        return { done: false, value: { data: null, errors: [known] } };
-      }
-    },
-    async return() {
-      ended = true;
-      await iterator.return?.();
-      return done;
-    },
-    async throw(error: unknown) {
-      ended = true;
-      await iterator.return?.();
-      throw error;
-    },
-    [Symbol.asyncIterator]() {
-      return this;
-    },
-    async [Symbol.asyncDispose]() {
-      await this.return(undefined);
-    },
-  };
 }
 
 function isAsyncIterable(value: unknown): value is AsyncIterable<unknown> {

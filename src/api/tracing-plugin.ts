@@ -1,4 +1,3 @@
-import { useOpenTelemetry } from '@envelop/opentelemetry';
 import { SpanKind, trace } from '@opentelemetry/api';
 import type { Plugin } from 'graphql-yoga';
 
@@ -10,6 +9,15 @@ import type { Plugin } from 'graphql-yoga';
 // without one it would start a console exporter of its own (on its older sdk-trace-base).
 // Variables and results are never recorded (prompts, tokens); the document only when it
 // has no inline arguments.
+
+// Loaded only when tracing is on (startKiln): @envelop/opentelemetry is some 140 modules to load at start-up.
+let openTelemetry: typeof import('@envelop/opentelemetry') | undefined;
+
+export async function loadTracingPlugin(): Promise<void> {
+  openTelemetry ??= await import('@envelop/opentelemetry');
+}
+
 export function useTracing(): Plugin {
-  return useOpenTelemetry({ resolvers: false, variables: false, result: false }, trace.getTracerProvider(), SpanKind.SERVER, {}, 'kiln') as Plugin;
+  if (!openTelemetry) throw new Error('useTracing() needs loadTracingPlugin() first');
+  return openTelemetry.useOpenTelemetry({ resolvers: false, variables: false, result: false }, trace.getTracerProvider(), SpanKind.SERVER, {}, 'kiln') as Plugin;
 }

@@ -6,6 +6,7 @@ import { useServer } from 'graphql-ws/use/ws';
 import type { YogaServerInstance } from 'graphql-yoga';
 import { type WebSocket, WebSocketServer } from 'ws';
 import type { AuthProvider } from '../auth/provider.js';
+import type { Claims } from '../db/scope.js';
 import { AuthError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { bearerToken } from './context.js';
@@ -51,10 +52,11 @@ export interface WebSocketTransport {
 type Extra = { socket: WebSocket; request: IncomingMessage };
 type Ctx = WsContext<Record<string, unknown> | undefined, Extra>;
 
-/** An accepted socket and the token it authenticated with. */
+/** An accepted socket, the token it authenticated with and that token's claims. */
 interface Connection {
   socket: WebSocket;
   token: string;
+  claims: Claims;
   expiry?: NodeJS.Timeout;
   release: () => void;
 }
@@ -89,10 +91,9 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
         const { socket } = ctx.extra;
         const token = bearerToken(typeof ctx.connectionParams?.authorization === 'string' ? ctx.connectionParams.authorization : undefined);
         if (!token) return false;
-        let exp: number | undefined;
-        let userId: string;
+        let claims: Claims;
         try {
-          ({ exp, sub: userId } = await auth.verify(token));
+          claims = await auth.verify(token);
         } catch (error) {
           if (error instanceof AuthError) return false; // 4403, without saying why
           log.error({ err: error }, 'token verification failed');
@@ -100,12 +101,13 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
           return false;
         }
         if (socket.readyState !== socket.OPEN) return false; // gone while we verified
+        const { exp, sub: userId } = claims;
         const release = options.acquireConnection(userId);
         if (!release) {
           socket.close(CloseCode.TooManyInitialisationRequests, 'Too many open connections');
           return false;
         }
-        const connection: Connection = { socket, token, release };
+        const connection: Connection = { socket, token, claims, release };
         if (exp !== undefined) {
           // Expiry ends the connection on time, whatever the re-check interval.
           const expiry = setTimeout(() => forbid(socket), Math.min(Math.max(exp * 1000 - Date.now(), 0), MAX_TIMER_MS));
@@ -130,10 +132,13 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
             }),
           ];
         }
+        // The socket's claims serve its operations: verified at connect, and kept current by
+        // the expiry timer and the periodic re-check below, which close the socket when they lapse.
         const enveloped = yoga.getEnveloped({
           req: ctx.extra.request,
           socket: ctx.extra.socket,
           connectionParams: ctx.connectionParams,
+          verifiedClaims: connections.get(ctx)?.claims,
           params,
         });
         let document;

@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import type { Config } from '../config.js';
-import type { Db } from '../db/client.js';
+import type { Db, Tx } from '../db/client.js';
 import { serviceScope } from '../db/scope.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -12,8 +12,7 @@ import { localBlobCache } from './local-cache.js';
 import { manifestStore } from './manifest-store.js';
 import { postgresBlobStore } from './postgres-blob-store.js';
 import { type CapabilityKind, loadUrlKey, signCapability } from './signed-urls.js';
-import { supabaseBlobStore } from './supabase-blob-store.js';
-import { type OutputsWritten, writeOutputs } from './write-outputs.js';
+import { type OutputsWritten, storeOutputs, writeOutputs } from './write-outputs.js';
 
 // The outputs of generations as a person sees and keeps them, composed: the artefact
 // store, the signed URLs handed out by GraphQL, the HTTP handlers that honour them
@@ -31,8 +30,13 @@ export interface Outputs {
   previewUrl(generationId: string): SignedUrl;
   archiveUrl(generationId: string, format: ArchiveFormat, filename: string): SignedUrl;
   route: OutputHandlers['route'];
-  /** Stores a generation's files and web bundle (the worker, before SUCCEEDED). */
+  /** Stores and indexes the files (from generation_files) and web bundle of a generation. */
   write(generationId: string, bundleDir: string): Promise<OutputsWritten>;
+  /**
+   * Stores a generation's files and web bundle (the worker, before SUCCEEDED); `record`
+   * indexes them in the caller's transaction, the one that marks it SUCCEEDED.
+   */
+  storeBlobs(generationId: string, bundleDir: string, sources: readonly { path: string; content: string }[]): Promise<{ record(tx: Tx): Promise<void> }>;
   /** Removes blobs no generation uses any more (their projects were deleted), untouched for `graceMs`. */
   collect(graceMs?: number): Promise<number>;
   close(): Promise<void>;
@@ -59,7 +63,7 @@ export async function createOutputs(options: {
       ? fsBlobStore(settings.dir)
       : settings.store === 'postgres'
         ? postgresBlobStore(db, cache)
-        : await supabaseBlobStore(
+        : await (await import('./supabase-blob-store.js')).supabaseBlobStore(
             { url: config.auth.supabase.url!, serviceRoleKey: config.auth.supabase.serviceRoleKey!, bucket: settings.bucket },
             cache,
           );
@@ -118,6 +122,11 @@ export async function createOutputs(options: {
       const written = await writeOutputs({ db, store }, generationId, bundleDir);
       log.info({ generationId, ...written }, 'outputs stored');
       return written;
+    },
+    storeBlobs: async (generationId, bundleDir, sources) => {
+      const { rows, ...written } = await storeOutputs(store, generationId, bundleDir, sources);
+      log.info({ generationId, ...written }, 'outputs stored');
+      return { record: (tx) => manifestStore.insert(tx, rows) };
     },
     collect,
     close: async () => clearInterval(timer),

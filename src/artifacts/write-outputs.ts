@@ -12,6 +12,7 @@ import { type ArtifactRow, manifestStore } from './manifest-store.js';
 
 const MAX_BUNDLE_FILES = 10_000;
 const MAX_BUNDLE_BYTES = 256 * 1024 * 1024;
+const PARALLEL_PUTS = 4;
 
 export interface OutputsWritten {
   files: number;
@@ -20,23 +21,59 @@ export interface OutputsWritten {
   newBytes: number;
 }
 
+/** Blobs stored; `rows` index them (generation_artifacts), to be inserted once every one is in. */
+export interface StoredOutputs extends OutputsWritten {
+  rows: ArtifactRow[];
+}
+
+/**
+ * Stores a generation's files (`sources`, as the worker holds them) and the bundle under
+ * `bundleDir`; inserts nothing: the caller records `rows` (the worker, in the
+ * transaction that marks the generation SUCCEEDED).
+ */
+export async function storeOutputs(
+  store: BlobStore,
+  generationId: string,
+  bundleDir: string,
+  sources: readonly { path: string; content: string; sha256?: string }[],
+): Promise<StoredOutputs> {
+  const stored: StoredOutputs = { files: 0, bytes: 0, newBytes: 0, rows: [] };
+  // A few blobs at a time: most are already there (a touch each), and a remote store is a round trip each.
+  const puts = new Set<Promise<void>>();
+  let failure: { error: unknown } | undefined;
+  const put = async (kind: ArtifactRow['kind'], path: string, content: Buffer, sha256 = sha256Of(content)) => {
+    while (puts.size >= PARALLEL_PUTS) await Promise.race(puts);
+    if (failure) throw failure.error;
+    const putting: Promise<void> = store.put(sha256, content).then(
+      (isNew) => {
+        if (isNew) stored.newBytes += content.length;
+        stored.files++;
+        stored.bytes += content.length;
+        stored.rows.push({ generationId, kind, path, sha256, size: content.length });
+      },
+      (error: unknown) => void (failure ??= { error }),
+    ).finally(() => puts.delete(putting));
+    puts.add(putting);
+  };
+  try {
+    for (const file of sources) await put('SOURCE', file.path, Buffer.from(file.content, 'utf8'), file.sha256);
+    for await (const file of bundleFiles(bundleDir)) await put('BUNDLE', file.path, file.content);
+  } finally {
+    await Promise.all(puts);
+  }
+  if (failure) throw failure.error;
+  return stored;
+}
+
+/** Stores the outputs of a generation whose files are in generation_files, and indexes them. */
 export async function writeOutputs(
   deps: { db: Db; store: BlobStore },
   generationId: string,
   bundleDir: string,
 ): Promise<OutputsWritten> {
   const scope = serviceScope(deps.db);
-  const written: OutputsWritten = { files: 0, bytes: 0, newBytes: 0 };
-  const rows: ArtifactRow[] = [];
-  const put = async (kind: ArtifactRow['kind'], path: string, content: Buffer, sha256 = sha256Of(content)) => {
-    if (await deps.store.put(sha256, content)) written.newBytes += content.length;
-    written.files++;
-    written.bytes += content.length;
-    rows.push({ generationId, kind, path, sha256, size: content.length });
-  };
   const sources = await scope.run((tx) => manifestStore.filesWithContent(tx, generationId));
-  for (const file of sources) await put('SOURCE', file.path, Buffer.from(file.content, 'utf8'), file.sha256);
-  for await (const file of bundleFiles(bundleDir)) await put('BUNDLE', file.path, file.content);
+  const { rows, ...written } = await storeOutputs(deps.store, generationId, bundleDir, sources);
   // The index goes in after every blob it names is stored.
   await scope.run((tx) => manifestStore.insert(tx, rows));
   return written;

@@ -2,7 +2,6 @@ import type { Config } from '../config.js';
 import type { Db } from '../db/client.js';
 import { createLocalAuth } from './local.js';
 import type { AuthProvider } from './provider.js';
-import { createSupabaseAuth } from './supabase.js';
 
 export type { AuthProvider, AuthSession, AuthUser, SignOutScope } from './provider.js';
 
@@ -19,5 +18,7 @@ export async function createAuthProvider(auth: Config['auth'], db: Db): Promise<
   const { url, anonKey, serviceRoleKey, jwtSecret } = auth.supabase;
   // parseConfig refuses AUTH_PROVIDER=supabase without these; this guards other callers.
   if (!url || !anonKey) throw new Error('The supabase auth provider needs SUPABASE_URL and SUPABASE_ANON_KEY');
+  // Loaded only for this provider: supabase-js is dozens of modules the embedded auth never needs.
+  const { createSupabaseAuth } = await import('./supabase.js');
   return createSupabaseAuth({ db, url, anonKey, serviceRoleKey, jwtSecret });
 }

@@ -6,8 +6,6 @@ import { serviceScope } from '../db/scope.js';
 import { generationStore } from '../generations/store.js';
 import type { Logger } from '../observability/logger.js';
 import { type ChunkEvent, createEventBusOver, createMemoryEventBus, type EventBus, type GenerationTopics, type LogLineEvent } from './bus.js';
-import { createPostgresEventTarget } from './postgres.js';
-import { createRedisEventBusTarget } from './redis.js';
 
 // Picks the event bus of EVENTS: memory (one process), postgres (LISTEN/NOTIFY) or
 // redis. Every kind is the same typed PubSub; what crosses processes is only ever
@@ -32,6 +30,8 @@ export async function createEventBus(
   const reads = generationEventReads(database);
   if (kind === 'postgres') {
     if (!database.url) throw new Error('EVENTS=postgres needs a PostgreSQL database (DATABASE_URL)');
+    // Each transport is loaded only when configured (ioredis alone is dozens of modules at start-up).
+    const { createPostgresEventTarget } = await import('./postgres.js');
     const target = createPostgresEventTarget({
       listenUrl: config.events.listenUrl ?? database.url,
       publishUrl: database.url,
@@ -51,6 +51,7 @@ export async function createEventBus(
     };
   }
   if (!config.events.redisUrl) throw new Error('EVENTS=redis needs REDIS_URL');
+  const { createRedisEventBusTarget } = await import('./redis.js');
   const target = createRedisEventBusTarget({ url: config.events.redisUrl, logger, resync: reads.resync });
   await target.start();
   return {

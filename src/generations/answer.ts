@@ -5,7 +5,7 @@ import type { ProjectTarget } from '../toolchain/targets.js';
 import { Batcher, splitText } from './batcher.js';
 import { budgetMeter, type RunBudget } from './budget.js';
 import { createOutputParser, type OutputEvent } from './output-parser.js';
-import type { PipelineDeps } from './pipeline.js';
+import type { PhaseChange, PipelineDeps } from './pipeline.js';
 import type { RunCursor } from './run-cursor.js';
 import { generationStore } from './store.js';
 
@@ -32,20 +32,28 @@ export interface Answer {
   usage: LlmUsage;
 }
 
-/** Streams one answer; throws BudgetStop (with the estimate spent) when the budget would be passed. */
+/**
+ * Streams one answer; throws BudgetStop (with the estimate spent) when the budget would
+ * be passed. `next`, a phase change, commits with the answer's last chunks.
+ */
 export async function streamAnswer(
   deps: PipelineDeps,
   input: AnswerInput,
   cursor: RunCursor,
   signal: AbortSignal,
   onText: (text: string) => void,
+  next?: PhaseChange,
 ): Promise<Answer> {
   const db = pipelineScope(deps.db, deps.logger);
   const { generationId, round } = input;
+  const toRows = (texts: string[]) => splitText(texts.join(''), MAX_CHUNK_CHARS).map((text) => ({ generationId, seq: cursor.nextChunkSeq++, text, round }));
+  const publish = (rows: ReturnType<typeof toRows>) => {
+    if (rows.length > 0) deps.bus.publish('generationChunks', generationId, rows.map(({ seq, text }) => ({ seq, text, round })));
+  };
   const chunks = new Batcher<string>(async (texts) => {
-    const rows = splitText(texts.join(''), MAX_CHUNK_CHARS).map((text) => ({ generationId, seq: cursor.nextChunkSeq++, text, round }));
+    const rows = toRows(texts);
     await db.run((tx) => generationStore.appendChunks(tx, rows));
-    deps.bus.publish('generationChunks', generationId, rows.map(({ seq, text }) => ({ seq, text, round })));
+    publish(rows);
   });
   const parser = createOutputParser();
   const changes: OutputEvent[] = [];
@@ -78,6 +86,14 @@ export async function streamAnswer(
       changes.push(...parser.push(event.text));
     }
     changes.push(...parser.end());
+    // The last chunks and what follows the answer (the next phase) commit together.
+    const rest = toRows(await chunks.drain());
+    await db.run(async (tx) => {
+      await generationStore.appendChunks(tx, rest);
+      await next?.write(tx);
+    });
+    publish(rest);
+    next?.announce();
     deps.metrics?.observeRoundTokens(round === 0 ? 'initial' : 'fix', usage);
     span.setAttributes({ 'gen_ai.usage.input_tokens': usage.inputTokens, 'gen_ai.usage.output_tokens': usage.outputTokens });
   } catch (error) {

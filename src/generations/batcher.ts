@@ -41,6 +41,23 @@ export class Batcher<T> {
     });
     return this.writing;
   }
+
+  /**
+   * Waits for the writes under way, then hands back what is still waiting instead of
+   * writing it: the caller writes it together with other work, in one transaction.
+   */
+  async drain(): Promise<T[]> {
+    for (let writing = this.writing; ; writing = this.writing) {
+      await writing;
+      if (writing === this.writing) break; // no write was queued meanwhile
+    }
+    if (this.failure) throw this.failure;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    const items = this.items;
+    this.items = [];
+    return items;
+  }
 }
 
 /** Splits text into pieces of at most `max` UTF-16 units without cutting a surrogate pair. */

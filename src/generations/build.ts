@@ -1,4 +1,5 @@
 import { type Span, SpanStatusCode } from '@opentelemetry/api';
+import type { Tx } from '../db/client.js';
 import { pipelineScope } from '../db/scope.js';
 import { inSpan } from '../observability/tracing.js';
 import { DependencyPolicyError, fetchEnv, prepareFetch } from '../toolchain/dependency-policy.js';
@@ -8,10 +9,10 @@ import { type BuildStepSpec, commandLine } from '../toolchain/targets.js';
 import { projectCacheDir } from '../workspace/workspace.js';
 import { Batcher } from './batcher.js';
 import { fixStore } from './fix-store.js';
-import type { PipelineDeps } from './pipeline.js';
+import type { PhaseChange, PipelineDeps } from './pipeline.js';
 import type { RunCursor } from './run-cursor.js';
 import { RunFailure } from './run-failure.js';
-import { generationStore } from './store.js';
+import { type BuildStepRow, generationStore } from './store.js';
 
 // One build of a generation's workspace: the target's steps in order, each line of
 // their output persisted and published with its round. A step that fails with output
@@ -29,35 +30,63 @@ export interface BuildInput {
   /** 0 after the first answer, N after fix round N. */
   round: number;
   cursor: RunCursor;
+  /** Committed with the build's first write: the phase BUILDING and the files the build runs on. */
+  entry?: PhaseChange;
 }
 
+// Writes are few and batched: the steps go in with the first one RUNNING; a step's last
+// log lines, its end and the next step's start commit together.
 export async function build(deps: PipelineDeps, input: BuildInput, cwd: string, signal: AbortSignal): Promise<BuildOutcome> {
   const db = pipelineScope(deps.db, deps.logger);
   const { generationId, steps, round, cursor } = input;
   const { bins, stepTimeoutMs } = deps.toolchain;
   const first = cursor.nextStepOrdinal;
   cursor.nextStepOrdinal += steps.length;
-  await db.run((tx) =>
-    generationStore.insertSteps(
+  await db.run(async (tx) => {
+    await input.entry?.write(tx);
+    const startedAt = new Date();
+    await generationStore.insertSteps(
       tx,
-      steps.map((step, i) => ({ generationId, ordinal: first + i, round, name: step.name, command: commandLine(step, bins) })),
-    ),
-  );
+      steps.map((step, i) => ({
+        generationId,
+        ordinal: first + i,
+        round,
+        name: step.name,
+        command: commandLine(step, bins),
+        ...(i === 0 ? { status: 'RUNNING' as const, startedAt } : {}),
+      })),
+    );
+  });
+  input.entry?.announce();
   for (const [i, step] of steps.entries()) {
     const ordinal = first + i;
-    await db.run((tx) => generationStore.updateStep(tx, generationId, ordinal, { status: 'RUNNING', startedAt: new Date() }));
     const output: string[] = [];
-    const lines = new Batcher<{ stream: 'STDOUT' | 'STDERR'; text: string }>(async (batch) => {
-      const rows = batch.map((line) => ({ generationId, seq: cursor.nextLogSeq++, step: step.name, round, ...line }));
+    const toRows = (batch: { stream: 'STDOUT' | 'STDERR'; text: string }[]) => {
       for (const line of batch) if (output.length < MAX_PARSED_LINES) output.push(line.text);
+      return batch.map((line) => ({ generationId, seq: cursor.nextLogSeq++, step: step.name, round, ...line }));
+    };
+    const publish = (rows: ReturnType<typeof toRows>) => {
+      if (rows.length > 0) deps.bus.publish('buildLogs', generationId, rows.map(({ seq, step, stream, text }) => ({ seq, step, stream, text, round })));
+    };
+    const lines = new Batcher<{ stream: 'STDOUT' | 'STDERR'; text: string }>(async (batch) => {
+      const rows = toRows(batch);
       await db.run((tx) => generationStore.appendLogLines(tx, rows));
-      deps.bus.publish('buildLogs', generationId, rows.map(({ seq, step, stream, text }) => ({ seq, step, stream, text, round })));
+      publish(rows);
     });
+    /** The step's last lines (taken from the batcher before) and its end, with whatever else must commit with them. */
+    const finish = async (rows: ReturnType<typeof toRows>, values: Partial<BuildStepRow>, also?: (tx: Tx) => Promise<void>) => {
+      const finishedAt = new Date();
+      await db.run(async (tx) => {
+        await generationStore.appendLogLines(tx, rows);
+        await generationStore.updateStep(tx, generationId, ordinal, { ...values, finishedAt });
+        await also?.(tx);
+      });
+      publish(rows);
+    };
     // The fetch has the network: it gets what the server's registry serves, never an address the project chose.
     const refused = step.fetch ? await guardFetch(step, cwd, (text) => lines.add({ stream: 'STDERR', text })) : undefined;
     if (refused) {
-      await lines.flush();
-      await db.run((tx) => generationStore.updateStep(tx, generationId, ordinal, { status: 'FAILED', finishedAt: new Date() }));
+      await finish(toRows(await lines.drain()), { status: 'FAILED' });
       throw refused;
     }
     let result: StepResult;
@@ -76,19 +105,30 @@ export async function build(deps: PipelineDeps, input: BuildInput, cwd: string, 
         onLine: (line) => lines.add(line),
         sandbox: deps.toolchain.sandbox?.forStep({ tool: step.tool, fetch: step.fetch === true, cacheDir: projectCacheDir(cwd) }),
       }).then((stepResult) => describeStep(span, stepResult)));
-    } finally {
-      await lines.flush();
+    } catch (error) {
+      await lines.flush(); // what the step printed before it went wrong is kept
+      throw error;
     }
+    const rest = toRows(await lines.drain());
     const status = result.status === 'SUCCEEDED' ? 'SUCCEEDED' : result.status === 'CANCELLED' ? 'CANCELLED' : 'FAILED';
     deps.metrics?.observeBuildStep({ step: step.name, status }, (performance.now() - stepStarted) / 1000);
-    await db.run((tx) => generationStore.updateStep(tx, generationId, ordinal, { status, exitCode: result.exitCode, finishedAt: new Date() }));
-    if (result.status === 'SUCCEEDED') continue;
-    if (result.status === 'CANCELLED') throw signal.reason ?? 'cancelled';
+    const ended = { status, exitCode: result.exitCode } as const;
+    if (result.status === 'SUCCEEDED') {
+      const next = i + 1 < steps.length ? ordinal + 1 : undefined;
+      await finish(rest, ended, next === undefined ? undefined : (tx) => generationStore.updateStep(tx, generationId, next, { status: 'RUNNING', startedAt: new Date() }));
+      continue;
+    }
+    if (result.status === 'CANCELLED') {
+      await finish(rest, ended);
+      throw signal.reason ?? 'cancelled';
+    }
     const failure = stepFailure(step.name, result, stepTimeoutMs);
-    if (result.status !== 'FAILED' || !step.diagnostics) throw failure;
-    const diagnostics = parseDiagnostics(step.diagnostics, output, cwd);
-    if (diagnostics.length === 0) throw failure; // output no parser understands: nothing to hand back
-    await db.run(async (tx) => {
+    const diagnostics = result.status === 'FAILED' && step.diagnostics ? parseDiagnostics(step.diagnostics, output, cwd) : [];
+    if (diagnostics.length === 0) {
+      await finish(rest, ended); // output no parser understands: nothing to hand back
+      throw failure;
+    }
+    await finish(rest, ended, async (tx) => {
       await fixStore.insertDiagnostics(tx, generationId, round, diagnostics);
       // The rest of this round's steps will not run; a fix round brings steps of its own.
       await generationStore.closePendingSteps(tx, generationId, 'SKIPPED');

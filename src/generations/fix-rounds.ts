@@ -8,7 +8,7 @@ import { streamAnswer } from './answer.js';
 import { BudgetStop, budgetMeter, type RunBudget } from './budget.js';
 import { type BuildOutcome, build } from './build.js';
 import { fixStore } from './fix-store.js';
-import type { PipelineDeps } from './pipeline.js';
+import type { PhaseChange, PipelineDeps } from './pipeline.js';
 import { summariseFiles } from './prompt.js';
 import type { RunCursor } from './run-cursor.js';
 import { RunFailure } from './run-failure.js';
@@ -47,18 +47,20 @@ export interface HealingRun {
   /** The run's hold on the monthly budget, with what it has spent so far. */
   budget(): RunBudget;
   spend(usage: LlmUsage): void;
-  setPhase(phase: Extract<StatusEvent['phase'], 'FIXING' | 'BUILDING'>): Promise<void>;
+  /** Committed with the first build's first write: its phase, the workspace's files. */
+  entry: PhaseChange;
+  phase(phase: Extract<StatusEvent['phase'], 'FIXING' | 'BUILDING'>): PhaseChange;
 }
 
 /** Builds, and while the build fails with diagnostics and rounds are left, fixes and builds again. Throws the final failure. */
 export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promise<void> {
   const db = pipelineScope(deps.db, deps.logger);
-  const buildRound = (round: number, changed: ReadonlySet<string> = new Set()) => {
+  const buildRound = (round: number, entry: PhaseChange, changed: ReadonlySet<string> = new Set()) => {
     // A fix round skips steps whose inputs it left alone (dependencies stay installed).
     const steps = run.spec.steps.filter((step) => round === 0 || !step.rerunWhenChanged || step.rerunWhenChanged.some((path) => changed.has(path)));
-    return build(deps, { generationId: run.generationId, steps, round, cursor: run.cursor }, run.workspaceDir, run.signal);
+    return build(deps, { generationId: run.generationId, steps, round, cursor: run.cursor, entry }, run.workspaceDir, run.signal);
   };
-  let result: BuildOutcome = await buildRound(0);
+  let result: BuildOutcome = await buildRound(0, run.entry);
   let previous: Diagnostic[] | undefined;
   for (let round = 0; !result.ok; ) {
     const failed = result;
@@ -86,8 +88,12 @@ export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promi
     try {
       // Not even the request fits in what is left of the budget: no round starts.
       await budgetMeter(run.budget(), messages.reduce((sum, m) => sum + m.content.length, run.prompt.systemPrompt.length)).start();
-      await run.setPhase('FIXING');
-      await db.run((tx) => fixStore.startRound(tx, run.generationId, round));
+      const fixing = run.phase('FIXING');
+      await db.run(async (tx) => {
+        await fixing.write(tx);
+        await fixStore.startRound(tx, run.generationId, round);
+      });
+      fixing.announce();
       const answer = await streamAnswer(
         deps,
         { generationId: run.generationId, target: run.target, round, systemPrompt: run.prompt.systemPrompt, messages, budget: run.budget(), ...(run.apiKey ? { apiKey: run.apiKey } : {}) },
@@ -106,9 +112,15 @@ export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promi
       const { changed, deleted } = await applyChanges(run.workspaceDir, answer.changes);
       for (const file of changed) run.files.set(file.path, file.content);
       for (const path of deleted) run.files.delete(path);
-      await db.run((tx) => fixStore.replaceFiles(tx, run.generationId, changed, deleted));
-      await run.setPhase('BUILDING');
-      result = await buildRound(round, new Set([...changed.map((file) => file.path), ...deleted]));
+      const building = run.phase('BUILDING');
+      const entry: PhaseChange = {
+        write: async (tx) => {
+          await fixStore.replaceFiles(tx, run.generationId, changed, deleted);
+          await building.write(tx);
+        },
+        announce: building.announce,
+      };
+      result = await buildRound(round, entry, new Set([...changed.map((file) => file.path), ...deleted]));
     } catch (error) {
       observe(deps, run.signal.aborted ? 'cancelled' : noChange ? 'no_change' : error instanceof BudgetStop ? 'budget' : 'error');
       if (error instanceof BudgetStop) run.spend(error.usage);

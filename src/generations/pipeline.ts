@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import type { Db } from '../db/client.js';
+import type { Db, Tx } from '../db/client.js';
 import { isConnectionError } from '../db/outage.js';
 import { pipelineScope } from '../db/scope.js';
 import { RunError } from '../errors.js';
@@ -41,7 +41,18 @@ export interface PipelineDeps {
   secretBox?: SecretBox;
   metrics?: Metrics;
   /** Stores a succeeded generation's files and web bundle, so previews and archives outlive the workspace. */
-  outputs?: Pick<Outputs, 'write'>;
+  outputs?: Pick<Outputs, 'storeBlobs'>;
+}
+
+/**
+ * A move of the running generation to another phase, written in a transaction with
+ * other work of the run (one commit where there would be several). `announce`, once
+ * that committed, publishes it, or throws INTERRUPTED when the generation had been
+ * ended elsewhere and did not move.
+ */
+export interface PhaseChange {
+  write(tx: Tx): Promise<void>;
+  announce(): void;
 }
 
 /** Why a run stopped early: the user cancelled, or the worker is handing it back. */
@@ -75,21 +86,25 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
   const onText = (text: string) => (output += text);
   const cursor = newRunCursor();
   let outcome: Partial<GenerationRow> & Pick<GenerationRow, 'status'>;
+  let stored: { record(tx: Tx): Promise<void> } | undefined;
+  let workspaceWritten = false;
   try {
     const context = await loadContext(deps, claimed);
     const prompt = firstPrompt(context);
-    // A restore makes no model call: its answer is the restored files (restore.ts).
+    const writing = phaseChange(generationId, 'WRITING', publish);
     const generated = claimed.restoredFrom
-      ? await restoredAnswer(deps.db, claimed, { template: context.target.template, parentFiles: context.parentFiles })
-      : await generate(deps, context, prompt, cursor, run.signal, onText).catch((error: unknown) => {
+      ? await restore(deps, context, writing)
+      : await generate(deps, context, prompt, cursor, run.signal, onText, writing).catch((error: unknown) => {
           // A run stopped by its budget spent tokens all the same: record the estimate.
           if (error instanceof BudgetStop) spend(error.usage);
           throw error;
         });
     spend(generated.usage);
-    await setPhase(deps, generationId, 'WRITING', publish);
     const workspace = await writeWorkspace(deps, context, generated.changes);
-    await setPhase(deps, generationId, 'BUILDING', publish);
+    workspaceWritten = true;
+    // Path → content as the build sees it; fix rounds update it.
+    const files = new Map(workspace.files.map((file) => [file.path, file.content]));
+    const building = phaseChange(generationId, 'BUILDING', publish);
     await buildWithFixes(deps, {
       generationId,
       target: context.project.target,
@@ -98,7 +113,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
       maxFixRounds: claimed.restoredFrom ? 0 : claimed.maxFixRounds,
       ...(context.apiKey ? { apiKey: context.apiKey } : {}),
       prompt,
-      files: new Map(workspace.files.map((file) => [file.path, file.content])),
+      files,
       workspaceDir: workspace.dir,
       cursor,
       signal: run.signal,
@@ -106,10 +121,19 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
       onText,
       budget: () => ({ ...context.budget, spentBefore: usage.inputTokens + usage.outputTokens }),
       spend,
-      setPhase: (phase) => setPhase(deps, generationId, phase, publish),
+      // The first build records the workspace's files with its steps.
+      entry: {
+        write: async (tx) => {
+          await generationStore.insertFiles(tx, workspace.files.map((file) => ({ generationId, ...file })));
+          await building.write(tx);
+        },
+        announce: building.announce,
+      },
+      phase: (phase) => phaseChange(generationId, phase, publish),
     });
-    // Stored before SUCCEEDED, so a SUCCEEDED generation always has its preview and archive.
-    await deps.outputs?.write(generationId, join(workspace.dir, context.target.bundleDir));
+    // Stored before SUCCEEDED and indexed with it, so a SUCCEEDED generation always has its preview and archive.
+    const sources = [...files].map(([path, content]) => ({ path, content }));
+    stored = await deps.outputs?.storeBlobs(generationId, join(workspace.dir, context.target.bundleDir), sources);
     outcome = { status: 'SUCCEEDED' };
   } catch (error) {
     outcome = failureOutcome(error, run.signal, log);
@@ -119,8 +143,13 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
 
   const finishedAt = new Date();
   const finished = await db.run(async (tx) => {
-    await generationStore.closePendingSteps(tx, generationId, outcome.status === 'CANCELLED' ? 'CANCELLED' : 'SKIPPED');
-    await fixStore.closeRunningRounds(tx, generationId, outcome.status === 'CANCELLED' ? 'CANCELLED' : 'FAILED');
+    if (outcome.status === 'SUCCEEDED') {
+      await stored?.record(tx);
+    } else {
+      // A run that succeeded left no step pending and no round running.
+      await generationStore.closePendingSteps(tx, generationId, outcome.status === 'CANCELLED' ? 'CANCELLED' : 'SKIPPED');
+      await fixStore.closeRunningRounds(tx, generationId, outcome.status === 'CANCELLED' ? 'CANCELLED' : 'FAILED');
+    }
     const row = await generationStore.transition(tx, generationId, ['RUNNING'], {
       ...outcome,
       phase: 'DONE',
@@ -152,6 +181,12 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
     log.info({ status: finished.status, errorCode: finished.errorCode }, 'generation finished');
     deps.metrics?.observeGeneration({ status: finished.status, errorCode: finished.errorCode, provider: deps.llm.name }, (performance.now() - startedAt) / 1000);
     deps.metrics?.observeTokens(deps.llm.name, usage);
+  }
+  // Old workspaces go once the user has the outcome: it never waits on this.
+  if (workspaceWritten) {
+    await pruneWorkspaces(deps.workspaces.dir, claimed.projectId, deps.workspaces.keepPerProject).catch((error: unknown) =>
+      log.warn({ err: error }, 'pruning old workspaces failed'),
+    );
   }
   return finished;
 }
@@ -191,7 +226,7 @@ function firstPrompt({ generation, target, parentFiles, turns }: RunContext) {
   return buildPrompt({ systemPrompt: target.systemPrompt, template: target.template, parentFiles, turns, prompt: generation.prompt });
 }
 
-/** Round 0: the model's answer to the prompt. */
+/** Round 0: the model's answer to the prompt; `next` (WRITING) commits with its last chunks. */
 function generate(
   deps: PipelineDeps,
   context: RunContext,
@@ -199,6 +234,7 @@ function generate(
   cursor: RunCursor,
   signal: AbortSignal,
   onText: (text: string) => void,
+  next: PhaseChange,
 ) {
   const { generation, project, apiKey } = context;
   return streamAnswer(
@@ -207,12 +243,21 @@ function generate(
     cursor,
     signal,
     onText,
+    next,
   );
 }
 
-async function writeWorkspace(deps: PipelineDeps, context: RunContext, changes: OutputEvent[]) {
+/** A restore makes no model call: its answer is the restored files (restore.ts). */
+async function restore(deps: PipelineDeps, context: RunContext, writing: PhaseChange) {
+  const answer = await restoredAnswer(deps.db, context.generation, { template: context.target.template, parentFiles: context.parentFiles });
+  await pipelineScope(deps.db, deps.logger).run(writing.write);
+  writing.announce();
+  return answer;
+}
+
+function writeWorkspace(deps: PipelineDeps, context: RunContext, changes: OutputEvent[]) {
   const { generation } = context;
-  const { dir, files } = await createWorkspace({
+  return createWorkspace({
     root: deps.workspaces.dir,
     projectId: generation.projectId,
     generationId: generation.id,
@@ -220,15 +265,19 @@ async function writeWorkspace(deps: PipelineDeps, context: RunContext, changes: 
     parentFiles: context.parentFiles,
     changes,
   });
-  await pipelineScope(deps.db, deps.logger).run((tx) => generationStore.insertFiles(tx, files.map((file) => ({ generationId: generation.id, ...file }))));
-  await pruneWorkspaces(deps.workspaces.dir, generation.projectId, deps.workspaces.keepPerProject);
-  return { dir, files };
 }
 
-async function setPhase(deps: PipelineDeps, id: string, phase: 'WRITING' | 'BUILDING' | 'FIXING', publish: (u: StatusEvent) => void) {
-  const row = await pipelineScope(deps.db, deps.logger).run((tx) => generationStore.transition(tx, id, ['RUNNING'], { phase }));
-  if (!row) throw new RunFailure('INTERRUPTED', 'This generation was ended elsewhere.');
-  publish({ status: 'RUNNING', phase });
+function phaseChange(id: string, phase: 'WRITING' | 'BUILDING' | 'FIXING', publish: (u: StatusEvent) => void): PhaseChange {
+  let moved = false;
+  return {
+    write: async (tx) => {
+      moved = (await generationStore.transition(tx, id, ['RUNNING'], { phase })) !== undefined;
+    },
+    announce: () => {
+      if (!moved) throw new RunFailure('INTERRUPTED', 'This generation was ended elsewhere.');
+      publish({ status: 'RUNNING', phase });
+    },
+  };
 }
 
 function failureOutcome(error: unknown, signal: AbortSignal, log: Logger): Partial<GenerationRow> & Pick<GenerationRow, 'status'> {

@@ -1,5 +1,6 @@
 import { AppError, AuthError, InvalidStateError, NotFoundError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
+import type { LiveStream } from './streams.js';
 
 // Live streams end when access ends, whatever the transport (SSE or graphql-ws): every
 // open stream is put under watch here, and one timer per process re-checks all of them
@@ -9,8 +10,8 @@ import type { Logger } from '../observability/logger.js';
 // the project, the project archived). A stream whose access ended gets a typed error
 // as its last result (see api/stream-errors.ts), then completes. An SSE stream also
 // ends at its token's `exp` through a timer (a socket closes itself then, 4403). No
-// query or check runs per message: a pull only passes through an interruptible wrapper
-// (envelop's iterator helpers cannot end a pull that is waiting).
+// query, check or wrapper runs per message: the stream itself can be ended from here
+// (LiveStream.end), and says when it is over (LiveStream.closed).
 //
 // The same registry caps what one user keeps open (LIVE_STREAMS_PER_USER): SSE
 // streams, counted here, and WebSocket connections, counted by the transport.
@@ -40,7 +41,7 @@ export interface StreamAccess {
    * (SSE, where a stream is a connection of its own) counts it against the per-user cap:
    * beyond it the stream is refused with TooManyStreamsError.
    */
-  watch<T>(viewer: StreamViewer, generationId: string, open: () => Promise<AsyncGenerator<T>>, options?: { countsAsConnection?: boolean }): Promise<AsyncGenerator<T>>;
+  watch<T>(viewer: StreamViewer, generationId: string, open: () => Promise<LiveStream<T>>, options?: { countsAsConnection?: boolean }): Promise<LiveStream<T>>;
   /** A live connection of a user (a WebSocket): the release function, or null when over the cap. */
   acquireConnection(userId: string): (() => void) | null;
   close(): void;
@@ -62,7 +63,7 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 interface Watched {
   viewer: StreamViewer;
   generationId: string;
-  end(error: AppError): void;
+  stream: LiveStream<unknown>;
 }
 
 export function createStreamAccess(options: StreamAccessOptions): StreamAccess {
@@ -112,7 +113,7 @@ export function createStreamAccess(options: StreamAccessOptions): StreamAccess {
     for (const [token, streams] of byToken) {
       if (valid.has(token)) continue;
       log.info({ streams: streams.length }, 'session ended or token expired: ending its streams');
-      for (const stream of streams) stream.end(sessionEnded());
+      for (const { stream } of streams) stream.end(sessionEnded());
     }
   };
 
@@ -125,36 +126,35 @@ export function createStreamAccess(options: StreamAccessOptions): StreamAccess {
       const state = states.get(accessKey(stream.viewer.id, stream.generationId));
       if (state === 'member') continue;
       log.info({ generationId: stream.generationId, userId: stream.viewer.id, state: state ?? 'removed' }, 'access to the generation ended: ending the stream');
-      stream.end(state === 'archived' ? new InvalidStateError('The project was archived; its live streams have ended.') : new NotFoundError('Generation not found.'));
+      stream.stream.end(state === 'archived' ? new InvalidStateError('The project was archived; its live streams have ended.') : new NotFoundError('Generation not found.'));
     }
   };
 
   const timer = setInterval(() => void recheck(), options.intervalMs).unref();
 
   return {
-    async watch<T>(viewer: StreamViewer, generationId: string, open: () => Promise<AsyncGenerator<T>>, watchOptions: { countsAsConnection?: boolean } = {}) {
+    async watch<T>(viewer: StreamViewer, generationId: string, open: () => Promise<LiveStream<T>>, watchOptions: { countsAsConnection?: boolean } = {}) {
       const release = watchOptions.countsAsConnection ? acquireConnection(viewer.id) : () => {};
       if (!release) throw new TooManyStreamsError(maxPerUser);
-      let inner: AsyncGenerator<T>;
+      let stream: LiveStream<T>;
       try {
-        inner = await open();
+        stream = await open();
       } catch (error) {
         release();
         throw error;
       }
-      return guarded(inner, (entry) => {
-        const record: Watched = { viewer, generationId, end: entry.end };
-        watched.add(record);
-        let expiry: NodeJS.Timeout | undefined;
-        if (viewer.exp !== undefined) {
-          expiry = setTimeout(() => record.end(sessionEnded()), Math.min(Math.max(viewer.exp * 1000 - now(), 0), MAX_TIMER_MS)).unref();
-        }
-        return () => {
-          clearTimeout(expiry);
-          watched.delete(record);
-          release();
-        };
+      const record: Watched = { viewer, generationId, stream };
+      watched.add(record);
+      let expiry: NodeJS.Timeout | undefined;
+      if (viewer.exp !== undefined) {
+        expiry = setTimeout(() => stream.end(sessionEnded()), Math.min(Math.max(viewer.exp * 1000 - now(), 0), MAX_TIMER_MS)).unref();
+      }
+      void stream.closed.then(() => {
+        clearTimeout(expiry);
+        watched.delete(record);
+        release();
       });
+      return stream;
     },
     acquireConnection,
     close: () => clearInterval(timer),
@@ -163,68 +163,4 @@ export function createStreamAccess(options: StreamAccessOptions): StreamAccess {
 
 function sessionEnded() {
   return new AuthError('The session has ended or its token expired; sign in (or refresh) and subscribe again.');
-}
-
-/**
- * `inner`, except that once `end(error)` is called the pending (or next) pull rejects
- * with that error (the stream-errors plugin makes it the last result) and `inner` is
- * returned at once. `register` runs now and its cleanup when the stream is over.
- */
-function guarded<T>(inner: AsyncGenerator<T>, register: (entry: { end(error: AppError): void }) => () => void): AsyncGenerator<T> {
-  let ended: AppError | undefined;
-  let finished = false;
-  /** Rejects the pull in progress (a fresh promise per pull, so nothing piles up on a long stream). */
-  let interrupt: ((error: AppError) => void) | undefined;
-  const done = { done: true, value: undefined } as IteratorReturnResult<undefined>;
-
-  const finish = async () => {
-    if (finished) return;
-    finished = true;
-    cleanup();
-    await inner.return(undefined).catch(() => {});
-  };
-  const cleanup = register({
-    end(error) {
-      if (ended || finished) return;
-      ended = error;
-      interrupt?.(error);
-    },
-  });
-
-  return {
-    async next() {
-      if (finished) return done;
-      if (ended) {
-        const error = ended;
-        await finish();
-        throw error;
-      }
-      try {
-        const pending = inner.next();
-        const result = await new Promise<IteratorResult<T>>((resolve, reject) => {
-          interrupt = reject;
-          pending.then(resolve, reject);
-        }).finally(() => (interrupt = undefined));
-        if (result.done) await finish();
-        return result;
-      } catch (error) {
-        await finish();
-        throw error;
-      }
-    },
-    async return(value) {
-      await finish();
-      return { done: true, value };
-    },
-    async throw(error: unknown) {
-      await finish();
-      throw error;
-    },
-    [Symbol.asyncIterator]() {
-      return this;
-    },
-    async [Symbol.asyncDispose]() {
-      await finish();
-    },
-  };
 }

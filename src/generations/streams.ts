@@ -1,7 +1,7 @@
 import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
 import { NotFoundError } from '../errors.js';
-import { type ChunkEvent, type EventBus, isLossless, listen, type LogLineEvent, type StatusEvent } from '../events/bus.js';
+import { type ChunkEvent, type EventBus, type GenerationTopics, isLossless, listen, type LogLineEvent, type StatusEvent } from '../events/bus.js';
 import { createPageCache, type PageCache } from './page-cache.js';
 import { generationReads } from './reads.js';
 import { isTerminal } from './status.js';
@@ -46,9 +46,20 @@ export interface StreamOptions {
   bus: EventBus;
   generationId: string;
   afterSeq?: number | null;
-  signal?: AbortSignal;
   /** Live items that may be published while the consumer takes none before the stream ends with SlowConsumerError. */
   maxQueued?: number;
+}
+
+/**
+ * A live stream: an async generator whose `return()` takes effect at once (its bus
+ * subscriptions close, a pending pull ends), and that can be ended from outside
+ * (access re-check, token expiry) without a wrapper around every pull.
+ */
+export interface LiveStream<T> extends AsyncGenerator<T> {
+  /** Ends the stream: its pending (or next) pull rejects with `reason`; then it is over. */
+  end(reason: Error): void;
+  /** Settles once the stream is over: completed, failed, ended or closed by its consumer. */
+  readonly closed: Promise<void>;
 }
 
 /** The consumer fell too far behind; it should subscribe again with `afterSeq: lastSeq`. */
@@ -65,42 +76,47 @@ const chunkPages = createPageCache<ChunkEvent>(PAGE);
 const logLinePages = createPageCache<LogLineEvent>(PAGE);
 
 /** Completes when the generation is terminal: a fix round may add model output after a build. */
-export function generationChunks(options: StreamOptions): Promise<AsyncGenerator<ChunkEvent>> {
+export function generationChunks(options: StreamOptions): Promise<LiveStream<ChunkEvent>> {
   return sequenced(options, 'generationChunks', (tx, id, after) => generationStore.chunksAfter(tx, id, after, PAGE), chunkPages, hasEnded);
 }
 
-export function buildLogs(options: StreamOptions): Promise<AsyncGenerator<LogLineEvent>> {
+export function buildLogs(options: StreamOptions): Promise<LiveStream<LogLineEvent>> {
   return sequenced(options, 'buildLogs', (tx, id, after) => generationStore.logLinesAfter(tx, id, after, PAGE), logLinePages, hasEnded);
 }
 
 /** The current state first, then each change; completes after a terminal state. */
-export async function generationUpdates(options: StreamOptions): Promise<AsyncGenerator<GenerationRow>> {
+export async function generationUpdates(options: StreamOptions): Promise<LiveStream<GenerationRow>> {
   const { scope, bus, generationId } = options;
-  const inbox = new Inbox<StatusEvent>([(push) => listen(bus, 'generationUpdated', generationId, push)], { capacity: 32, weight: () => 1 });
-  const first = await current(scope, generationId).catch(async (error: unknown) => {
-    await inbox.close();
+  const inbox = new Inbox<StatusEvent>(bus, generationId, ['generationUpdated'], { capacity: 32, weight: one });
+  const first = await current(scope, generationId).catch((error: unknown) => {
+    inbox.close();
     throw error;
   });
-  return cancellable(inbox, options.signal, async function* (signal) {
+  return liveStream(inbox, async function* (stop) {
     try {
       let last = first;
       yield last;
       const poll = new Backoff(bus);
       while (!hasEnded(last)) {
-        const { timedOut } = await inbox.wait(poll.next(), signal);
-        if (signal.aborted) return;
+        const { timedOut } = await inbox.wait(poll.next());
+        if (stop.now()) return;
         if (!timedOut) poll.reset();
         const next = await current(scope, generationId);
+        if (stop.now()) return;
         if (next.status !== last.status || next.phase !== last.phase) yield next;
         last = next;
       }
     } finally {
-      await inbox.close();
+      stop.over();
     }
   });
 }
 
 type State = Pick<GenerationRow, 'status' | 'phase'>;
+
+/** What an event counts for in an inbox: its live items (a status change, none). */
+const itemsIn = (event: unknown[] | StatusEvent): number => (Array.isArray(event) ? event.length : 0);
+const one = (): number => 1;
 
 const hasEnded = (state: State): boolean => isTerminal(state.status);
 
@@ -110,15 +126,16 @@ async function sequenced<T extends { seq: number }>(
   readAfter: (tx: Tx, generationId: string, afterSeq: number) => Promise<T[]>,
   pages: PageCache<T>,
   isOver: (state: State) => boolean,
-): Promise<AsyncGenerator<T>> {
+): Promise<LiveStream<T>> {
   const { scope, bus, generationId } = options;
   // Subscribe before the first read so nothing published meanwhile is missed.
   const maxQueued = options.maxQueued ?? DEFAULT_MAX_QUEUED;
-  const inbox = new Inbox<T[] | StatusEvent>(
-    [(push) => listen(bus, topic, generationId, (batch) => push(batch as unknown as T[])), (push) => listen(bus, 'generationUpdated', generationId, push)],
-    // Batches are shared by every subscriber of the generation: holding them costs a reference each.
-    { capacity: Math.max(maxQueued, INBOX_ITEMS), slowAfter: maxQueued, weight: (event) => (Array.isArray(event) ? event.length : 0) },
-  );
+  // Batches are shared by every subscriber of the generation: holding them costs a reference each.
+  const inbox = new Inbox<T[] | StatusEvent>(bus, generationId, [topic, 'generationUpdated'], {
+    capacity: Math.max(maxQueued, INBOX_ITEMS),
+    slowAfter: maxQueued,
+    weight: itemsIn,
+  });
   const readAndKeep = async (tx: Tx, after: number) => {
     const rows = await readAfter(tx, generationId, after);
     pages.put(generationId, after, rows);
@@ -132,19 +149,19 @@ async function sequenced<T extends { seq: number }>(
       // Authorised by the read above; only then may a page read for another viewer serve this one.
       return generation && { generation, page: pages.get(generationId, afterSeq) ?? (await readAndKeep(tx, afterSeq)) };
     })
-    .catch(async (error: unknown) => {
-      await inbox.close();
+    .catch((error: unknown) => {
+      inbox.close();
       throw error;
     });
   if (!initial) {
-    await inbox.close();
+    inbox.close();
     throw new NotFoundError('Generation not found.');
   }
   const read = (after: number) => pages.get(generationId, after) ?? scope.run((tx) => readAndKeep(tx, after));
   const overAtStart = isOver(initial.generation);
   // Handed over once, so a long-lived stream does not keep its first page (up to PAGE rows) alive.
   let firstPage: T[] | undefined = initial.page;
-  return cancellable(inbox, options.signal, async function* (signal) {
+  return liveStream(inbox, async function* (stop) {
     let last = afterSeq;
     let over = overAtStart;
     /** Items ready to hand out, in seq order. */
@@ -157,7 +174,7 @@ async function sequenced<T extends { seq: number }>(
       for (;;) {
         // One item at a time: while the consumer holds one, the inbox counts what queues behind it.
         for (const item of ready) {
-          if (signal.aborted) return;
+          if (stop.now()) return;
           last = item.seq;
           inbox.consumerBusy = true;
           yield item;
@@ -171,8 +188,8 @@ async function sequenced<T extends { seq: number }>(
         }
         // Everything of this part was persisted before the state moved on, and it has been read.
         if (over) return;
-        const { items, timedOut } = await inbox.wait(poll.next(), signal);
-        if (signal.aborted) return;
+        const { items, timedOut } = await inbox.wait(poll.next());
+        if (stop.now()) return;
         ready = [];
         let expected = last + 1;
         let repair = inbox.overflowed();
@@ -202,44 +219,90 @@ async function sequenced<T extends { seq: number }>(
         fromDatabase = repair || over;
       }
     } finally {
-      await inbox.close();
+      stop.over();
     }
   });
 }
 
+/** What a stream's body checks after each wait: whether it must stop (see `liveStream`). */
+interface Stop {
+  /** True when the consumer closed the stream (end quietly); throws the reason it was ended with. */
+  now(): boolean;
+  /** The body's `finally`: the stream is over (a body never started is over when closed). */
+  over(): void;
+}
+
 /**
- * A generator whose `return()` takes effect at once. An async generator's own
- * `return()` waits until its pending `next()` settles, which could be a whole poll
- * interval; this one first wakes the stream (it then ends quietly) and closes its
- * bus subscriptions.
+ * The one wrapper of a live stream's generator, with no work per pull (`next` is the
+ * generator's own) and its methods on the prototype, so a thousand idle streams hold
+ * no closures for it. An async generator's `return()` waits until its pending `next()`
+ * settles, which could be a whole poll interval: here `return()` and `end()` first
+ * close the inbox, which wakes the body; it then sees `stop.now()` and ends quietly
+ * (closed) or with the reason (ended). The inbox closes, and `closed` settles, once
+ * whichever way the stream is over.
  */
-function cancellable<T, E>(inbox: Inbox<E>, outer: AbortSignal | undefined, run: (signal: AbortSignal) => AsyncGenerator<T>): AsyncGenerator<T> {
-  const controller = new AbortController();
-  if (outer?.aborted) controller.abort(outer.reason);
-  else outer?.addEventListener('abort', () => controller.abort(outer.reason), { once: true });
-  const inner = run(controller.signal);
-  const stop = () => {
-    controller.abort();
-    void inbox.close();
-  };
-  return {
-    next: (...args) => inner.next(...args),
-    return: (value) => {
-      stop();
-      return inner.return(value);
-    },
-    throw: (error) => {
-      stop();
-      return inner.throw(error);
-    },
-    [Symbol.asyncIterator]() {
-      return this;
-    },
-    [Symbol.asyncDispose]: async () => {
-      stop();
-      await inner.return(undefined);
-    },
-  };
+function liveStream<T, E>(inbox: Inbox<E>, body: (stop: Stop) => AsyncGenerator<T>): LiveStream<T> {
+  return new Live(inbox, body);
+}
+
+class Live<T, E> implements LiveStream<T>, Stop {
+  readonly closed: Promise<void>;
+  private settle!: () => void;
+  private closedByConsumer = false;
+  private reason: Error | undefined;
+  private readonly inner: AsyncGenerator<T>;
+
+  constructor(
+    private readonly inbox: Inbox<E>,
+    body: (stop: Stop) => AsyncGenerator<T>,
+  ) {
+    this.closed = new Promise<void>((resolve) => (this.settle = resolve));
+    this.inner = body(this);
+  }
+
+  now(): boolean {
+    if (this.closedByConsumer) return true;
+    if (this.reason) throw this.reason;
+    return false;
+  }
+
+  over() {
+    this.inbox.close();
+    this.settle();
+  }
+
+  next() {
+    return this.inner.next();
+  }
+
+  return(value?: unknown) {
+    this.close();
+    return this.inner.return(value);
+  }
+
+  throw(error: unknown) {
+    this.close();
+    return this.inner.throw(error);
+  }
+
+  end(reason: Error) {
+    this.reason ??= reason;
+    this.inbox.close();
+  }
+
+  [Symbol.asyncIterator]() {
+    return this;
+  }
+
+  async [Symbol.asyncDispose]() {
+    this.close();
+    await this.inner.return(undefined);
+  }
+
+  private close() {
+    this.closedByConsumer = true;
+    this.over();
+  }
 }
 
 async function current(scope: Scope, generationId: string): Promise<GenerationRow> {
@@ -280,8 +343,6 @@ interface InboxOptions<T> {
   slowAfter?: number;
 }
 
-/** Starts listening to a source, handing each event to `push`; returns the way to stop. */
-type Source<T> = (push: (event: T) => void) => () => void;
 
 /** Takes bus events, as they are published, into a bounded buffer that a stream waits on. */
 class Inbox<T> {
@@ -298,10 +359,13 @@ class Inbox<T> {
   private readonly stops: (() => void)[];
 
   constructor(
-    sources: Source<T>[],
+    bus: EventBus,
+    generationId: string,
+    topics: readonly (keyof GenerationTopics)[],
     private readonly options: InboxOptions<T>,
   ) {
-    this.stops = sources.map((source) => source((event) => this.push(event)));
+    const push = (event: unknown) => this.push(event as T);
+    this.stops = topics.map((topic) => listen(bus, topic, generationId, push));
   }
 
   private push(event: T) {
@@ -311,7 +375,7 @@ class Inbox<T> {
     if (this.consumerBusy && slowAfter !== undefined && (this.queued += w) > slowAfter) {
       this.slow = true;
       this.buffer = [];
-      void this.close();
+      this.close();
       return;
     }
     while (this.buffer.length > 0 && this.held + w > capacity) {
@@ -329,10 +393,10 @@ class Inbox<T> {
     this.queued = 0;
   }
 
-  /** What arrived since the last call; waits up to `timeoutMs` when nothing has. */
-  async wait(timeoutMs: number, signal: AbortSignal): Promise<{ items: T[]; timedOut: boolean }> {
+  /** What arrived since the last call; waits up to `timeoutMs` when nothing has (closing wakes it). */
+  async wait(timeoutMs: number): Promise<{ items: T[]; timedOut: boolean }> {
     let timedOut = false;
-    if (this.buffer.length === 0 && !this.closed && !signal.aborted) {
+    if (this.buffer.length === 0 && !this.closed) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(() => {
           timedOut = true;
@@ -340,11 +404,9 @@ class Inbox<T> {
         }, timeoutMs);
         const done = () => {
           clearTimeout(timer);
-          signal.removeEventListener('abort', done);
           this.waiter = undefined;
           resolve();
         };
-        signal.addEventListener('abort', done, { once: true });
         this.waiter = done;
       });
     }
@@ -361,7 +423,7 @@ class Inbox<T> {
     return dropped;
   }
 
-  async close() {
+  close() {
     if (this.closed) return;
     this.closed = true;
     this.waiter?.();

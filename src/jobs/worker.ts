@@ -25,7 +25,7 @@ export interface WorkerOptions {
 }
 
 export interface Worker {
-  /** A generation was queued: look for work now. */
+  /** A generation was queued: look for work now (given its id, run it at once if a slot is free). */
   wake(generationId?: string): void;
   /**
    * Stops claiming; running generations get `graceMs` to finish, then are handed back
@@ -49,16 +49,23 @@ export function startWorker(options: WorkerOptions): Worker {
   let rescan = false;
 
   const scan = async () => {
+    const limit = concurrency * 2;
     while (!shutdown.signal.aborted && running.size < concurrency) {
-      const ids = await serviceScope(db).run((tx) => generationStore.queuedIds(tx, concurrency * 2, queue?.scanMinAgeMs ?? 0));
+      const ids = await serviceScope(db).run((tx) => generationStore.queuedIds(tx, limit, queue?.scanMinAgeMs ?? 0));
       const fresh = ids.filter((id) => !running.has(id)).slice(0, concurrency - running.size);
-      if (fresh.length === 0) return;
       for (const id of fresh) launch(id);
+      if (fresh.length === 0 || ids.length < limit) return; // that was every QUEUED row: no need to look again
     }
   };
 
-  const wake = () => {
+  const wake = (generationId?: string) => {
     if (shutdown.signal.aborted) return;
+    // Queued in this process with a slot free: run it now, no scan needed (the claim decides).
+    // A job queue (pgboss) delivers its own jobs, so its wake-ups scan as before.
+    if (generationId && !queue?.consume && running.size < concurrency) {
+      if (!running.has(generationId)) launch(generationId);
+      return;
+    }
     if (scanning) {
       rescan = true;
       return;
@@ -89,7 +96,7 @@ export function startWorker(options: WorkerOptions): Worker {
       .finally(() => {
         running.delete(id);
         for (const resolve of slotFreed.splice(0)) resolve();
-        wake();
+        wake(); // a slot is free: anything queued meanwhile
       });
     running.set(id, { stop, done });
   };
@@ -132,7 +139,7 @@ export function startWorker(options: WorkerOptions): Worker {
     recovering ??= recover().finally(() => (recovering = undefined));
     wake();
   }, options.pollMs ?? Math.max(500, Math.min(5000, pipeline.leaseMs / 2)));
-  void recover({ all: options.soleWorker }).then(wake);
+  void recover({ all: options.soleWorker }).then(() => wake());
   queue?.consume?.(take).catch((error: unknown) => log.error({ err: error }, 'taking jobs from the queue failed; the table scan goes on'));
 
   let stopping: Promise<void> | undefined;

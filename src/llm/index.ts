@@ -1,7 +1,5 @@
 import { withContinuations } from './continuation.js';
-import { createGeminiProvider } from './gemini.js';
 import { createOfflineProvider } from './offline.js';
-import { createOpenAiProvider } from './openai.js';
 import type { LlmProvider } from './provider.js';
 
 /** The LLM part of the configuration (`config.llm`). */
@@ -18,8 +16,11 @@ export interface LlmConfig {
 
 const DEFAULT_MAX_CONTINUATIONS = 2;
 
-/** Builds the configured provider; throws at start-up, not at the first generation, when a setting is missing. */
-export function createLlmProvider(config: LlmConfig): LlmProvider {
+/**
+ * Builds the configured provider; rejects at start-up, not at the first generation, when a
+ * setting is missing. Only the configured provider's module is loaded (Gemini's SDK is large).
+ */
+export async function createLlmProvider(config: LlmConfig): Promise<LlmProvider> {
   switch (config.provider) {
     case 'offline':
       return createOfflineProvider({ chunkDelayMs: config.offlineChunkDelayMs });
@@ -27,12 +28,14 @@ export function createLlmProvider(config: LlmConfig): LlmProvider {
       const { apiKey, model, baseUrl } = config.gemini;
       if (!apiKey) throw new Error('LLM_PROVIDER=gemini needs GEMINI_API_KEY');
       if (!model) throw new Error('LLM_PROVIDER=gemini needs GEMINI_MODEL');
+      const { createGeminiProvider } = await import('./gemini.js');
       const gemini = createGeminiProvider({ apiKey, model, ...(baseUrl ? { baseUrl } : {}), ...(config.retry ? { retry: config.retry } : {}) });
       return withContinuations(gemini, config.maxContinuations ?? DEFAULT_MAX_CONTINUATIONS);
     }
     case 'openai': {
       const { baseUrl, apiKey, model } = config.openai;
       if (!baseUrl || !model) throw new Error('LLM_PROVIDER=openai needs OPENAI_BASE_URL and OPENAI_MODEL');
+      const { createOpenAiProvider } = await import('./openai.js');
       const openai = createOpenAiProvider({ baseUrl, model, ...(apiKey ? { apiKey } : {}), ...(config.retry ? { retry: config.retry } : {}) });
       return withContinuations(openai, config.maxContinuations ?? DEFAULT_MAX_CONTINUATIONS);
     }

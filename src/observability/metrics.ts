@@ -183,16 +183,25 @@ export function createMetrics(options: { activeGenerations?: ActiveGenerationCou
       },
       onSubscribe({ args }) {
         const labels = describe(args.document, args.operationName);
+        let active = false;
+        // Envelop's own stream hooks: onEnd when it completes or is closed, onSubscribeError when it fails.
+        const ended = () => {
+          if (!active) return;
+          active = false;
+          activeSubscriptions.dec({ operation: labels.operation });
+        };
         return {
-          onSubscribeResult({ result, setResult }) {
+          onSubscribeResult({ result }) {
             if (!isAsyncIterable(result)) {
               operations.inc({ ...labels, outcome: outcome(result) });
               return;
             }
             operations.inc({ ...labels, outcome: 'ok' });
             activeSubscriptions.inc({ operation: labels.operation });
-            setResult(onceDone(result, () => activeSubscriptions.dec({ operation: labels.operation })));
+            active = true;
+            return { onEnd: ended };
           },
+          onSubscribeError: ended,
         };
       },
     }),
@@ -209,41 +218,6 @@ export function createMetrics(options: { activeGenerations?: ActiveGenerationCou
       if (usage.outputTokens > 0) roundTokens.inc({ round_kind: roundKind, kind: 'output' }, usage.outputTokens);
     },
     observeLlmRetry: (provider, status) => llmRetries.inc({ provider, status: String(status) }),
-  };
-}
-
-/** The same stream, calling `done` once when it completes, fails or is closed early. */
-function onceDone<T>(source: AsyncIterable<T>, done: () => void): AsyncIterableIterator<T> {
-  const iterator = source[Symbol.asyncIterator]();
-  let finished = false;
-  const finish = () => {
-    if (finished) return;
-    finished = true;
-    done();
-  };
-  return {
-    [Symbol.asyncIterator]() {
-      return this;
-    },
-    next: () =>
-      iterator.next().then(
-        (step) => {
-          if (step.done) finish();
-          return step;
-        },
-        (error: unknown) => {
-          finish();
-          throw error;
-        },
-      ),
-    return: (value?: unknown) => {
-      finish();
-      return iterator.return ? iterator.return(value) : Promise.resolve({ done: true as const, value: undefined as T });
-    },
-    throw: (error?: unknown) => {
-      finish();
-      return iterator.throw ? iterator.throw(error) : Promise.reject(error);
-    },
   };
 }
 

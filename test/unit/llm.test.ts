@@ -351,17 +351,17 @@ describe('createLlmProvider', () => {
     offlineChunkDelayMs: 0,
   };
 
-  it('builds the configured provider', () => {
-    expect(createLlmProvider(config).name).toBe('offline');
-    const gemini = createLlmProvider({ ...config, provider: 'gemini', gemini: { apiKey: 'k', model: 'gemini-2.5-pro' } });
+  it('builds the configured provider', async () => {
+    expect((await createLlmProvider(config)).name).toBe('offline');
+    const gemini = await createLlmProvider({ ...config, provider: 'gemini', gemini: { apiKey: 'k', model: 'gemini-2.5-pro' } });
     expect([gemini.name, gemini.model]).toEqual(['gemini', 'gemini-2.5-pro']);
-    const openai = createLlmProvider({ ...config, provider: 'openai', openai: { baseUrl: 'http://localhost:11434/v1', model: 'llama3' } });
+    const openai = await createLlmProvider({ ...config, provider: 'openai', openai: { baseUrl: 'http://localhost:11434/v1', model: 'llama3' } });
     expect([openai.name, openai.model]).toEqual(['openai', 'llama3']);
   });
 
-  it('refuses to start without the settings a provider needs', () => {
-    expect(() => createLlmProvider({ ...config, provider: 'gemini' })).toThrow(/GEMINI_API_KEY/);
-    expect(() => createLlmProvider({ ...config, provider: 'openai', openai: { model: 'llama3' } })).toThrow(/OPENAI_BASE_URL/);
+  it('refuses to start without the settings a provider needs', async () => {
+    await expect(createLlmProvider({ ...config, provider: 'gemini' })).rejects.toThrow(/GEMINI_API_KEY/);
+    await expect(createLlmProvider({ ...config, provider: 'openai', openai: { model: 'llama3' } })).rejects.toThrow(/OPENAI_BASE_URL/);
   });
 });
 

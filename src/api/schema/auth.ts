@@ -49,8 +49,8 @@ builder.mutationFields((t) => ({
     errors: {},
     args: { input: t.arg({ type: SignUpInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
-      await ctx.services.rateLimits.authAttempt(ctx.clientIp, input.email);
-      return ctx.services.auth.signUp(input.email, input.password);
+      await ctx.useCases.rateLimits.authAttempt(ctx.clientIp, input.email);
+      return ctx.useCases.sessions.signUp(input.email, input.password);
     },
   }),
   signIn: t.field({
@@ -58,22 +58,22 @@ builder.mutationFields((t) => ({
     errors: {},
     args: { input: t.arg({ type: SignInInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
-      await ctx.services.rateLimits.authAttempt(ctx.clientIp, input.email);
-      return ctx.services.auth.signIn(input.email, input.password);
+      await ctx.useCases.rateLimits.authAttempt(ctx.clientIp, input.email);
+      return ctx.useCases.sessions.signIn(input.email, input.password);
     },
   }),
   refreshSession: t.field({
     type: AuthSessionRef,
     errors: {},
     args: { input: t.arg({ type: RefreshSessionInput, required: true }) },
-    resolve: (_root, { input }, ctx) => ctx.services.auth.refresh(input.refreshToken),
+    resolve: (_root, { input }, ctx) => ctx.useCases.sessions.refresh(input.refreshToken),
   }),
   signOut: t.boolean({
     description: 'Ends sessions at once (their access tokens stop working). False when the request had no live session.',
     args: { scope: t.arg({ type: SignOutScopeEnum }) },
     resolve: async (_root, { scope }, ctx) => {
       if (!ctx.viewer) return false;
-      await ctx.services.auth.signOut(ctx.viewer.claims, ctx.viewer.accessToken, scope ?? 'LOCAL');
+      await ctx.useCases.sessions.signOut(ctx.viewer.claims, ctx.viewer.accessToken, scope ?? 'LOCAL');
       return true;
     },
   }),

@@ -4,12 +4,12 @@ import { cancelGeneration, generationPrompt, maxFixRounds, retryGeneration, star
 import { generationReads } from '../../generations/reads.js';
 import { BUILD_STEP_STATUSES, GENERATION_PHASES, GENERATION_STATUSES } from '../../generations/status.js';
 import type { BuildStepRow, GenerationRow, MessageRow } from '../../generations/store.js';
-import { buildLogs, generationChunks, generationUpdates } from '../../generations/streams.js';
+import { buildLogs, generationChunks, generationUpdates, type LiveStream } from '../../generations/streams.js';
 import { monthlyTokenLimit, setProjectBudget } from '../../projects/projects.js';
 import { builder } from '../builder.js';
 import type { Context } from '../context.js';
-import { decodeId, parseId } from './ids.js';
-import { connection, pageSize, parseCursor } from './paging.js';
+import { idFor, idOrNullFor } from './ids.js';
+import { keysetConnection } from './paging.js';
 import { ProjectRef } from './projects.js';
 
 const GenerationStatusEnum = builder.enumType('GenerationStatus', { values: GENERATION_STATUSES });
@@ -179,14 +179,8 @@ builder.objectFields(ProjectRef, (t) => ({
     type: GenerationRef,
     description: 'Newest first.',
     args: { status: t.arg({ type: [GenerationStatusEnum], required: false }) },
-    resolve: async (project, args, ctx) => {
-      const first = pageSize(args);
-      const { rows, totalCount } = await generationReads.page(ctx.db, project.id, first + 1, {
-        after: parseCursor(args.after),
-        status: args.status ?? undefined,
-      });
-      return connection(rows, first, totalCount, args.after != null);
-    },
+    resolve: (project, args, ctx) =>
+      keysetConnection(args, ({ limit, after }) => generationReads.page(ctx.db, project.id, limit, { after, status: args.status ?? undefined })),
   }),
   usage: t.loadable({
     type: ProjectUsageRef,
@@ -213,10 +207,10 @@ const uuid = z.uuid();
 const StartGenerationInput = builder.inputType('StartGenerationInput', {
   description: 'Without sessionId a new session starts; Generation.sessionId tells which.\nmaxFixRounds: 0 turns self-healing off; null takes the server default; at most 5.',
   fields: (t) => ({
-    projectId: t.id({ required: true }),
+    projectId: t.globalID({ required: true }).validate(idFor('Project')),
     prompt: t.string({ required: true, validate: generationPrompt }),
     sessionId: t.id({ validate: z.uuid('Not a valid session id.').nullish() }),
-    parentGenerationId: t.id(),
+    parentGenerationId: t.globalID().validate(idFor('Generation')),
     maxFixRounds: t.int({ validate: maxFixRounds.nullish() }),
   }),
 });
@@ -224,7 +218,7 @@ const StartGenerationInput = builder.inputType('StartGenerationInput', {
 const SetProjectBudgetInput = builder.inputType('SetProjectBudgetInput', {
   description: 'monthlyTokenLimit null removes the limit.',
   fields: (t) => ({
-    projectId: t.id({ required: true }),
+    projectId: t.globalID({ required: true }).validate(idFor('Project')),
     monthlyTokenLimit: t.int({ validate: monthlyTokenLimit.optional() }),
   }),
 });
@@ -234,8 +228,8 @@ builder.queryField('generation', (t) =>
     type: GenerationRef,
     nullable: true,
     authScopes: { signedIn: true },
-    args: { id: t.arg.id({ required: true }) },
-    resolve: (_root, args) => decodeId(String(args.id), 'Generation'),
+    args: { id: t.arg.globalID({ required: true }).validate(idOrNullFor('Generation')) },
+    resolve: (_root, args) => args.id,
   }),
 );
 
@@ -246,11 +240,11 @@ builder.mutationFields((t) => ({
     description: 'Queues a generation and returns it at once (QUEUED); follow it with the subscriptions.',
     args: { input: t.arg({ type: StartGenerationInput, required: true }) },
     resolve: (_root, { input }, ctx) =>
-      startGeneration(ctx.db, ctx.services.generations, {
-        projectId: parseId(String(input.projectId), 'Project', ['projectId']),
+      startGeneration(ctx.db, ctx.useCases.generations, {
+        projectId: input.projectId,
         prompt: input.prompt,
         sessionId: input.sessionId == null ? null : String(input.sessionId).toLowerCase(),
-        parentGenerationId: input.parentGenerationId == null ? null : parseId(String(input.parentGenerationId), 'Generation', ['parentGenerationId']),
+        parentGenerationId: input.parentGenerationId ?? null,
         maxFixRounds: input.maxFixRounds ?? null,
       }),
   }),
@@ -258,25 +252,22 @@ builder.mutationFields((t) => ({
     type: GenerationRef,
     errors: {},
     description: 'A QUEUED generation ends at once; a RUNNING one stops within a second.',
-    args: { id: t.arg.id({ required: true }) },
-    resolve: (_root, args, ctx) => cancelGeneration(ctx.db, ctx.services.generations, parseId(String(args.id), 'Generation', ['id'])),
+    args: { id: t.arg.globalID({ required: true }).validate(idFor('Generation')) },
+    resolve: (_root, args, ctx) => cancelGeneration(ctx.db, ctx.useCases.generations, args.id),
   }),
   retryGeneration: t.field({
     type: GenerationRef,
     errors: { types: [BudgetExceededError] },
     description: 'Starts a new generation with the same prompt, session and parent (retryOf points back).',
-    args: { id: t.arg.id({ required: true }) },
-    resolve: (_root, args, ctx) => retryGeneration(ctx.db, ctx.services.generations, parseId(String(args.id), 'Generation', ['id'])),
+    args: { id: t.arg.globalID({ required: true }).validate(idFor('Generation')) },
+    resolve: (_root, args, ctx) => retryGeneration(ctx.db, ctx.useCases.generations, args.id),
   }),
   setProjectBudget: t.field({
     type: ProjectRef,
     errors: {},
     args: { input: t.arg({ type: SetProjectBudgetInput, required: true }) },
     resolve: (_root, { input }, ctx) =>
-      setProjectBudget(ctx.db, {
-        projectId: parseId(String(input.projectId), 'Project', ['projectId']),
-        monthlyTokenLimit: input.monthlyTokenLimit ?? null,
-      }),
+      setProjectBudget(ctx.db, { projectId: input.projectId, monthlyTokenLimit: input.monthlyTokenLimit ?? null }),
   }),
 }));
 
@@ -287,10 +278,10 @@ builder.subscriptionFields((t) => ({
     type: ChunkRef,
     authScopes: { signedIn: true },
     description: 'Replays chunks after afterSeq (all without it), then goes on live; completes when the generation has ended (a fix round may add output after a build).',
-    args: { generationId: t.arg.id({ required: true }), afterSeq: t.arg.int() },
+    args: { generationId: t.arg.globalID({ required: true }).validate(idOrNullFor('Generation')), afterSeq: t.arg.int() },
     subscribe: (_root, args, ctx) =>
-      watched(ctx, subscribedId(args.generationId), (generationId) =>
-        generationChunks({ scope: ctx.db, bus: ctx.bus, generationId, afterSeq: args.afterSeq, maxQueued: ctx.services.config.subscriptions.bufferLimit }),
+      watched(ctx, args.generationId, (generationId) =>
+        generationChunks({ scope: ctx.db, bus: ctx.useCases.streams.bus, generationId, afterSeq: args.afterSeq, maxQueued: ctx.useCases.streams.maxQueued }),
       ),
     resolve: (chunk) => chunk,
   }),
@@ -298,10 +289,10 @@ builder.subscriptionFields((t) => ({
     type: LogLineRef,
     authScopes: { signedIn: true },
     description: 'Replays build-log lines after afterSeq, then goes on live; completes when the generation has ended.',
-    args: { generationId: t.arg.id({ required: true }), afterSeq: t.arg.int() },
+    args: { generationId: t.arg.globalID({ required: true }).validate(idOrNullFor('Generation')), afterSeq: t.arg.int() },
     subscribe: (_root, args, ctx) =>
-      watched(ctx, subscribedId(args.generationId), (generationId) =>
-        buildLogs({ scope: ctx.db, bus: ctx.bus, generationId, afterSeq: args.afterSeq, maxQueued: ctx.services.config.subscriptions.bufferLimit }),
+      watched(ctx, args.generationId, (generationId) =>
+        buildLogs({ scope: ctx.db, bus: ctx.useCases.streams.bus, generationId, afterSeq: args.afterSeq, maxQueued: ctx.useCases.streams.maxQueued }),
       ),
     resolve: (line) => line,
   }),
@@ -309,25 +300,24 @@ builder.subscriptionFields((t) => ({
     type: GenerationRef,
     authScopes: { signedIn: true },
     description: 'The current state first, then every status or phase change; completes after the final state.',
-    args: { generationId: t.arg.id({ required: true }) },
+    args: { generationId: t.arg.globalID({ required: true }).validate(idOrNullFor('Generation')) },
     subscribe: (_root, args, ctx) =>
-      watched(ctx, subscribedId(args.generationId), (generationId) => generationUpdates({ scope: ctx.db, bus: ctx.bus, generationId })),
+      watched(ctx, args.generationId, (generationId) => generationUpdates({ scope: ctx.db, bus: ctx.useCases.streams.bus, generationId })),
     resolve: (generation) => generation,
   }),
 }));
 
-/** The stream, ended with a typed error once the viewer's access ends (token, session, membership, archive). */
-function watched<T>(ctx: Context, generationId: string, open: (generationId: string) => Promise<AsyncGenerator<T>>): Promise<AsyncGenerator<T>> {
+/**
+ * The stream, ended with a typed error once the viewer's access ends (token, session,
+ * membership, archive). A malformed id, or one of another type, is not found, like an
+ * unknown one.
+ */
+function watched<T>(ctx: Context, generationId: string | null | undefined, open: (generationId: string) => Promise<LiveStream<T>>): Promise<LiveStream<T>> {
+  if (!generationId) throw new NotFoundError('Generation not found.');
   const viewer = ctx.viewer!; // authScopes signedIn
   const sse = ctx.transport === 'http';
   // A socket closes itself when its token expires (4403, the client refreshes and reconnects); an SSE stream ends at `exp`.
-  return ctx.services.streamAccess.watch({ id: viewer.id, accessToken: viewer.accessToken, exp: sse ? viewer.claims.exp : undefined }, generationId, () => open(generationId), {
+  return ctx.useCases.streams.access.watch({ id: viewer.id, accessToken: viewer.accessToken, exp: sse ? viewer.claims.exp : undefined }, generationId, () => open(generationId), {
     countsAsConnection: sse,
   });
-}
-
-function subscribedId(globalId: string | number): string {
-  const id = decodeId(String(globalId), 'Generation');
-  if (!id) throw new NotFoundError('Generation not found.');
-  return id;
 }

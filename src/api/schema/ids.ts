@@ -1,30 +1,35 @@
 import { decodeGlobalID, resolveNodes } from '@pothos/plugin-relay';
 import { type GraphQLResolveInfo, isObjectType } from 'graphql';
-import { ValidationError } from '../../errors.js';
+import { z } from 'zod';
+
+// Global ids are decoded by the relay plugin (`t.arg.globalID`, input `t.globalID`
+// fields, node/nodes); these helpers say what a decoded id is worth here. Every
+// node's database id is a uuid.
+
+/** A global id as the relay plugin hands it to resolvers and validators. */
+export interface GlobalId {
+  typename: string;
+  id: string;
+}
 
 const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-/** The database id inside a global id of this type, or null for anything else. */
-export function decodeId(globalId: string, typename: string): string | null {
-  try {
-    const { typename: found, id } = decodeGlobalID(globalId);
-    return found === typename && uuid.test(id) ? id.toLowerCase() : null;
-  } catch {
-    return null;
-  }
+/** The database id inside a global id of this type, or null for any other type or a malformed id. */
+export function idOf(globalId: GlobalId, typename: string): string | null {
+  return globalId.typename === typename && uuid.test(globalId.id) ? globalId.id.toLowerCase() : null;
 }
 
-/** Like decodeId, for mutation inputs: a malformed id is a ValidationError on its path. */
-export function parseId(globalId: string, typename: string, path: string[]): string {
-  const id = decodeId(globalId, typename);
-  if (!id) throw new ValidationError([{ path, message: `Not a valid ${typename} id.` }]);
-  return id;
-}
+/** `.validate()` of a globalID argument or input field: its database id; anything else is a ValidationError on that field's path. */
+export const idFor = (typename: string) =>
+  z
+    .custom<GlobalId>((value) => idOf(value as GlobalId, typename) !== null, `Not a valid ${typename} id.`)
+    .transform((value) => idOf(value, typename)!);
 
-type DecodedId = { typename: string; id: string };
+/** `.validate()` of a globalID argument read like an unknown id when it is malformed or of another type: null (existence is never revealed). */
+export const idOrNullFor = (typename: string) => z.custom<GlobalId>().transform((value) => idOf(value, typename));
 
 /** Pothos relay's decoder, except that a malformed id decodes to no type instead of failing the field. */
-export function lenientDecodeGlobalID(globalId: string): DecodedId {
+export function lenientDecodeGlobalID(globalId: string): GlobalId {
   try {
     return decodeGlobalID(globalId);
   } catch {
@@ -37,7 +42,7 @@ export function lenientDecodeGlobalID(globalId: string): DecodedId {
  * (in one batch per type); anything else is null, like an id the viewer may not see,
  * so one bad id never fails the others.
  */
-export async function loadNodes(builder: Parameters<typeof resolveNodes>[0], ctx: object, info: GraphQLResolveInfo, ids: DecodedId[]): Promise<unknown[]> {
+export async function loadNodes(builder: Parameters<typeof resolveNodes>[0], ctx: object, info: GraphQLResolveInfo, ids: GlobalId[]): Promise<unknown[]> {
   const valid = ids.map(({ typename, id }) => {
     const type = typename ? info.schema.getType(typename) : undefined;
     return isObjectType(type) && type.getInterfaces().some((i) => i.name === 'Node') && uuid.test(id);

@@ -6,7 +6,7 @@ import { NotFoundError } from '../../errors.js';
 import { restoreGeneration } from '../../generations/restore.js';
 import { builder } from '../builder.js';
 import { GenerationRef } from './generations.js';
-import { decodeId, parseId } from './ids.js';
+import { idFor, idOf } from './ids.js';
 
 // Outputs a person sees and keeps: the live preview and archives (short-lived signed
 // URLs), diffs between versions, and restoring an earlier version.
@@ -64,7 +64,7 @@ builder.objectFields(GenerationRef, (t) => ({
     description: 'null until a build has produced a web bundle (WEB: dist/, FLUTTER: build/web/).',
     load: async (ids: string[], ctx) => {
       const withBundle = await outputReads.withBundle(ctx.db, ids);
-      return ids.map((id) => (withBundle.has(id) ? ctx.services.outputs.previewUrl(id) : null));
+      return ids.map((id) => (withBundle.has(id) ? ctx.useCases.outputs.previewUrl(id) : null));
     },
     resolve: (g) => g.id,
   }),
@@ -80,7 +80,7 @@ builder.objectFields(GenerationRef, (t) => ({
         const row = rows.find((r) => r.generationId === id);
         if (!row?.hasFiles) return null;
         const filename = archiveFilename(row.projectName, id, format);
-        return { ...ctx.services.outputs.archiveUrl(id, format, filename), filename };
+        return { ...ctx.useCases.outputs.archiveUrl(id, format, filename), filename };
       });
     },
     resolve: (g, args) => `${g.id}|${args.format ?? 'ZIP'}`,
@@ -89,9 +89,9 @@ builder.objectFields(GenerationRef, (t) => ({
     type: GenerationDiffRef,
     nullable: true,
     description: 'What changed against `against` (any generation of the same project), by default against the parent.',
-    args: { against: t.arg.id() },
+    args: { against: t.arg.globalID() },
     resolve: async (g, args, ctx) => {
-      const againstId = args.against == null ? null : decodeId(String(args.against), 'Generation');
+      const againstId = args.against == null ? null : idOf(args.against, 'Generation');
       // A malformed id is answered like an unknown one; the errors plugin gives NotFoundError its NOT_FOUND code.
       if (args.against != null && !againstId) throw new NotFoundError('The generation to compare with was not found in this project.');
       return diffGeneration(ctx.db, g, againstId);
@@ -105,7 +105,7 @@ builder.mutationField('restoreGeneration', (t) =>
     errors: {},
     description:
       'A new generation in the same session whose files are exactly those of `id`, built again with no model call; history is never rewritten. The next follow-up builds on it.',
-    args: { id: t.arg.id({ required: true }) },
-    resolve: (_root, args, ctx) => restoreGeneration(ctx.db, ctx.services.generations, parseId(String(args.id), 'Generation', ['id'])),
+    args: { id: t.arg.globalID({ required: true }).validate(idFor('Generation')) },
+    resolve: (_root, args, ctx) => restoreGeneration(ctx.db, ctx.useCases.generations, args.id),
   }),
 );

@@ -12,8 +12,8 @@ import {
 } from '../../projects/projects.js';
 import type { MemberRow, ProjectRole, ProjectRow } from '../../projects/store.js';
 import { builder } from '../builder.js';
-import { decodeId, parseId } from './ids.js';
-import { connection, pageSize, parseCursor } from './paging.js';
+import { idFor, idOrNullFor } from './ids.js';
+import { keysetConnection } from './paging.js';
 import { UserRef } from './users.js';
 
 export const ProjectTargetEnum = builder.enumType('ProjectTarget', {
@@ -80,7 +80,7 @@ const CreateProjectInput = builder.inputType('CreateProjectInput', {
 
 const UpdateProjectInput = builder.inputType('UpdateProjectInput', {
   fields: (t) => ({
-    id: t.id({ required: true }),
+    id: t.globalID({ required: true }).validate(idFor('Project')),
     name: t.string({ validate: projectName.nullish() }),
     description: t.string({ validate: projectDescription.nullish() }),
   }),
@@ -89,7 +89,7 @@ const UpdateProjectInput = builder.inputType('UpdateProjectInput', {
 const AddProjectMemberInput = builder.inputType('AddProjectMemberInput', {
   description: 'Adds a user by email; adding an existing member again may change its role.',
   fields: (t) => ({
-    projectId: t.id({ required: true }),
+    projectId: t.globalID({ required: true }).validate(idFor('Project')),
     email: t.string({ required: true, validate: email }),
     role: t.field({ type: ProjectRoleEnum, required: true }),
   }),
@@ -97,8 +97,8 @@ const AddProjectMemberInput = builder.inputType('AddProjectMemberInput', {
 
 const RemoveProjectMemberInput = builder.inputType('RemoveProjectMemberInput', {
   fields: (t) => ({
-    projectId: t.id({ required: true }),
-    userId: t.id({ required: true, description: 'The global id of the User to remove.' }),
+    projectId: t.globalID({ required: true }).validate(idFor('Project')),
+    userId: t.globalID({ required: true, description: 'The global id of the User to remove.' }).validate(idFor('User')),
   }),
 });
 
@@ -108,18 +108,14 @@ builder.queryFields((t) => ({
     nullable: true,
     authScopes: { signedIn: true },
     description: 'A project the viewer is a member of; null for any other id.',
-    args: { id: t.arg.id({ required: true }) },
-    resolve: (_root, args) => decodeId(String(args.id), 'Project'),
+    args: { id: t.arg.globalID({ required: true }).validate(idOrNullFor('Project')) },
+    resolve: (_root, args) => args.id,
   }),
   projects: t.connection({
     type: ProjectRef,
     authScopes: { signedIn: true },
     description: "The viewer's projects, newest first (at most 100 a page).",
-    resolve: async (_root, args, ctx) => {
-      const first = pageSize(args);
-      const { rows, totalCount } = await listProjects(ctx.db, { limit: first + 1, after: parseCursor(args.after) });
-      return connection(rows, first, totalCount, args.after != null);
-    },
+    resolve: (_root, args, ctx) => keysetConnection(args, (page) => listProjects(ctx.db, page)),
   }),
 }));
 
@@ -134,31 +130,25 @@ builder.mutationFields((t) => ({
     type: ProjectRef,
     errors: {},
     args: { input: t.arg({ type: UpdateProjectInput, required: true }) },
-    resolve: (_root, { input }, ctx) =>
-      updateProject(ctx.db, { ...input, id: parseId(String(input.id), 'Project', ['id']) }),
+    resolve: (_root, { input }, ctx) => updateProject(ctx.db, input),
   }),
   archiveProject: t.field({
     type: ProjectRef,
     errors: {},
-    args: { id: t.arg.id({ required: true }) },
-    resolve: (_root, args, ctx) => archiveProject(ctx.db, parseId(String(args.id), 'Project', ['id'])),
+    args: { id: t.arg.globalID({ required: true }).validate(idFor('Project')) },
+    resolve: (_root, args, ctx) => archiveProject(ctx.db, args.id),
   }),
   addProjectMember: t.field({
     type: MemberRef,
     errors: {},
     args: { input: t.arg({ type: AddProjectMemberInput, required: true }) },
-    resolve: (_root, { input }, ctx) =>
-      addProjectMember(ctx.db, { ...input, projectId: parseId(String(input.projectId), 'Project', ['projectId']) }, { rateLimit: ctx.services.rateLimits.memberAdd }),
+    resolve: (_root, { input }, ctx) => addProjectMember(ctx.db, input, { rateLimit: ctx.useCases.rateLimits.memberAdd }),
   }),
   removeProjectMember: t.field({
     type: ProjectRef,
     errors: {},
     args: { input: t.arg({ type: RemoveProjectMemberInput, required: true }) },
-    resolve: (_root, { input }, ctx) =>
-      removeProjectMember(ctx.db, {
-        projectId: parseId(String(input.projectId), 'Project', ['projectId']),
-        userId: parseId(String(input.userId), 'User', ['userId']),
-      }),
+    resolve: (_root, { input }, ctx) => removeProjectMember(ctx.db, input),
   }),
 }));
 

@@ -1,6 +1,6 @@
 import { projectLoaders, secretValue, setProjectSecret } from '../../projects/projects.js';
 import { builder } from '../builder.js';
-import { parseId } from './ids.js';
+import { idFor } from './ids.js';
 import { ProjectRef } from './projects.js';
 
 const SecretNameEnum = builder.enumType('ProjectSecretName', {
@@ -32,7 +32,7 @@ builder.objectField(ProjectRef, 'secrets', (t) =>
 const SetProjectSecretInput = builder.inputType('SetProjectSecretInput', {
   description: 'value null deletes the secret.',
   fields: (t) => ({
-    projectId: t.id({ required: true }),
+    projectId: t.globalID({ required: true }).validate(idFor('Project')),
     name: t.field({ type: SecretNameEnum, required: true }),
     value: t.string({ validate: secretValue.optional() }),
   }),
@@ -45,11 +45,7 @@ builder.mutationField('setProjectSecret', (t) =>
     description: 'Owners store a project secret, encrypted at rest; it is never returned or logged.',
     args: { input: t.arg({ type: SetProjectSecretInput, required: true }) },
     resolve: (_root, { input }, ctx) =>
-      setProjectSecret(ctx.db, ctx.services.secretBox, {
-        projectId: parseId(String(input.projectId), 'Project', ['projectId']),
-        name: input.name,
-        value: input.value ?? null,
-      }),
+      setProjectSecret(ctx.db, ctx.useCases.secretBox, { projectId: input.projectId, name: input.name, value: input.value ?? null }),
   }),
 );
 

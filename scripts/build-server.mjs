@@ -1,0 +1,49 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+// The server's JavaScript in dist/ (`tsc -b tsconfig.build.json`), and a cheap check of
+// whether it is older than its sources, so that `npm start` loads TypeScript only when
+// there is something to compile. Plain JavaScript: it runs before anything is compiled.
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+// Written only when tsc succeeded: tsc's own dist/.tsbuildinfo is rewritten even when it reports type errors.
+const stamp = join(root, 'dist', '.built');
+// What the build reads, besides node_modules: a file or folder changed, added or removed here makes dist/ stale.
+const inputs = ['src', 'tsconfig.json', 'tsconfig.build.json', 'package.json', 'package-lock.json'];
+
+/** The newest modification time in a file or folder tree (a folder's own changes when an entry is added, removed or renamed). */
+function newestChange(path) {
+  const stats = statSync(path, { throwIfNoEntry: false });
+  if (!stats) return 0;
+  if (!stats.isDirectory()) return stats.mtimeMs;
+  let newest = stats.mtimeMs;
+  for (const entry of readdirSync(path)) newest = Math.max(newest, newestChange(join(path, entry)));
+  return newest;
+}
+
+/** Whether dist/ may not match the sources: never built successfully, or something changed since the last build began. */
+export function isStale() {
+  const built = statSync(stamp, { throwIfNoEntry: false })?.mtimeMs;
+  if (built === undefined || !existsSync(join(root, 'dist', 'main.js'))) return true;
+  return inputs.some((input) => newestChange(join(root, input)) > built);
+}
+
+/** Runs `tsc -b tsconfig.build.json` (type errors included) and returns its exit code; 0 stamps dist/ as current. */
+export function build() {
+  // The stamp carries the time the build began: a source saved while tsc runs still counts as newer.
+  const began = new Date();
+  const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
+  const { status } = spawnSync(process.execPath, [tsc, '-b', 'tsconfig.build.json'], { cwd: root, stdio: 'inherit' });
+  if (status !== 0) return status ?? 1;
+  writeFileSync(stamp, '');
+  utimesSync(stamp, began, began);
+  // The embedded database's initdb output, copied by every first start (src/db/pglite-template.ts); only a speed-up, so a failure only warns.
+  const template = spawnSync(process.execPath, [join(root, 'dist', 'db', 'pglite-template.js')], { cwd: root, stdio: 'inherit' });
+  if (template.status !== 0) process.stderr.write('warning: no PGlite template was made; a first start runs initdb\n');
+  return 0;
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) process.exitCode = build();

@@ -1,0 +1,187 @@
+import { ServerResponse } from 'node:http';
+import { Readable } from 'node:stream';
+import { type ExecutionResult, GraphQLError } from 'graphql';
+import { type Plugin, isAsyncIterable } from 'graphql-yoga';
+import type { Logger } from '../observability/logger.js';
+
+// Subscriptions over SSE (GraphQL over SSE, "distinct connections"), written straight to
+// node's response. Yoga still does everything up to the response (CORS, the request
+// policy, persisted operations, parse, validate, context, subscribe, masking, stream
+// errors, limits); only its writing of a subscription's events is replaced, which went
+// through a WHATWG ReadableStream and a TextEncoder, and a JSON.stringify per subscriber.
+// Here a result becomes its `event: next` frame once (a live result is shared by every
+// subscriber of the same document and variables, see shared-execution.ts), and each
+// subscriber gets one write of that buffer. What Yoga writes is kept: the same headers,
+// a `:` comment at once and every 12 s (keep-alive), `event: next` per result, `event:
+// complete` at the end. Single results (errors, queries sent as SSE) stay with Yoga.
+//
+// Backpressure: the next result is pulled once the response has taken the last one
+// (the stream's inbox counts what queues meanwhile and ends a slow consumer). A client
+// that goes away returns the stream at once, which releases its LIVE_STREAMS_PER_USER slot.
+
+/** New for every response: the adapter's Headers writes what later plugins add (CORS) into this very object. */
+const headers = () => ({ 'Content-Type': 'text/event-stream', Connection: 'keep-alive', 'Cache-Control': 'no-cache', 'Content-Encoding': 'none' });
+const PING = Buffer.from(':\n\n');
+const COMPLETE = Buffer.from('event: complete\ndata:\n\n');
+const PING_INTERVAL_MS = 12_000;
+
+/** The encoded `event: next` frame of each result, shared by every stream that sends that result object. */
+const frames = new WeakMap<ExecutionResult, Buffer>();
+
+export function useSseSubscriptions(logger: Logger): Plugin {
+  const log = logger.child({ source: 'SSE' });
+  const open = new Set<ServerResponse>();
+  let pinger: NodeJS.Timeout | undefined;
+  // One timer for every open stream; a response that is not draining gets no ping.
+  const track = (response: ServerResponse) => {
+    open.add(response);
+    pinger ??= setInterval(() => {
+      for (const each of open) if (!each.writableNeedDrain) each.write(PING);
+    }, PING_INTERVAL_MS).unref();
+    return () => {
+      open.delete(response);
+      if (open.size > 0) return;
+      clearInterval(pinger);
+      pinger = undefined;
+    };
+  };
+  return {
+    onResultProcess({ result, resultProcessor, setResultProcessor, serverContext }) {
+      // A stream gets a processor only from SSE (no other media type takes async
+      // iterables here: no @defer or @stream), so Yoga has chosen SSE for this one.
+      if (!resultProcessor || !isAsyncIterable(result)) return;
+      const { res } = serverContext as { res?: unknown };
+      setResultProcessor((stream, fetchAPI) => {
+        const body = new EventStream(stream as AsyncIterable<ExecutionResult>, res instanceof ServerResponse ? res : undefined, track, log);
+        return new fetchAPI.Response(body as unknown as BodyInit, { status: 200, headers: headers() });
+      }, 'text/event-stream');
+    },
+  };
+}
+
+/**
+ * The response body. Yoga's node adapter writes the head and then pipes a Readable body
+ * into node's response: that pipe is where the events start, written by `send`. Read in
+ * any other way, it is an ordinary Readable of the same frames.
+ */
+class EventStream extends Readable {
+  private readonly results: AsyncIterator<ExecutionResult>;
+  private stopped = false;
+  private pinged = false;
+
+  constructor(
+    results: AsyncIterable<ExecutionResult>,
+    /** Node's response to this request; the client may already have left while the stream opened. */
+    private readonly response: ServerResponse | undefined,
+    private readonly track: (response: ServerResponse) => () => void,
+    private readonly log: Logger,
+  ) {
+    super();
+    this.results = results[Symbol.asyncIterator]();
+    if (response?.closed) this.stop();
+    else response?.once('close', this.stop);
+  }
+
+  override pipe<T extends NodeJS.WritableStream>(destination: T, options?: { end?: boolean }): T {
+    if (!this.response || (destination as unknown) !== this.response) return super.pipe(destination, options);
+    void this.send(this.response);
+    return destination;
+  }
+
+  private async send(response: ServerResponse) {
+    const untrack = this.track(response);
+    try {
+      response.write(PING);
+      for (;;) {
+        const next = await this.results.next();
+        if (this.stopped) return;
+        if (next.value != null && !response.write(frameOf(next.value))) await drained(response);
+        if (this.stopped) return;
+        if (next.done) break;
+      }
+      response.end(COMPLETE);
+    } catch (error) {
+      // An unexpected failure of the stream (expected ones are results by now, see stream-errors.ts).
+      if (this.stopped) return;
+      this.log.error({ err: error }, 'subscription stream failed');
+      response.destroy();
+    } finally {
+      this.stopped = true;
+      response.off('close', this.stop);
+      untrack();
+    }
+  }
+
+  override _read() {
+    if (!this.pinged) {
+      this.pinged = true;
+      this.push(PING);
+      return;
+    }
+    this.results.next().then(
+      (next) => {
+        if (next.value != null) this.push(frameOf(next.value));
+        if (!next.done) return;
+        this.push(COMPLETE);
+        this.push(null);
+      },
+      (error: unknown) => this.destroy(error as Error),
+    );
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void) {
+    this.stop();
+    callback(error);
+  }
+
+  /** The client went away: the stream is returned at once (which frees its slot), not at its next event. */
+  private readonly stop = () => {
+    if (this.stopped) return;
+    this.stopped = true;
+    Promise.resolve()
+      .then(() => this.results.return?.())
+      .catch((error: unknown) => this.log.warn({ err: error }, 'closing a subscription stream failed'));
+  };
+}
+
+/** Resolves when the response can take more, or is gone. */
+function drained(response: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      response.off('drain', done);
+      response.off('close', done);
+      resolve();
+    };
+    response.on('drain', done);
+    response.on('close', done);
+  });
+}
+
+function frameOf(result: ExecutionResult): Buffer {
+  let frame = frames.get(result);
+  if (!frame) {
+    frame = Buffer.from(`event: next\ndata: ${JSON.stringify(withoutInternals(result))}\n\n`);
+    frames.set(result, frame);
+  }
+  return frame;
+}
+
+/** As Yoga serialises a result: no `http` (status, headers) or `unexpected` in what the client sees. */
+function withoutInternals(result: ExecutionResult): object {
+  const { extensions } = result as ExecutionResult<unknown, { http?: unknown }>;
+  if (!result.errors?.length && !extensions?.http) return result;
+  const { http: _http, ...rest } = extensions ?? {};
+  return {
+    ...result,
+    ...(result.errors && { errors: result.errors.map(publicError) }),
+    ...(extensions && { extensions: Object.keys(rest).length > 0 ? rest : undefined }),
+  };
+}
+
+function publicError(error: GraphQLError): object {
+  if (!(error instanceof GraphQLError)) return error;
+  const json = error.toJSON();
+  if (!json.extensions) return json;
+  const { http: _http, unexpected: _unexpected, ...extensions } = json.extensions;
+  return { ...json, extensions: Object.keys(extensions).length > 0 ? extensions : undefined };
+}
