@@ -1,14 +1,12 @@
-import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { createClient } from 'graphql-ws';
-import WebSocket from 'ws';
 import { parseConfig } from '../src/config.js';
 import { createOfflineProvider } from '../src/llm/offline.js';
 import type { LlmMessage } from '../src/llm/provider.js';
 import { startKiln } from '../src/main.js';
 import { createLogger } from '../src/observability/logger.js';
+import { openGenerationSession, pipelineBenchEnv, writeFakeFlutter } from './support/generation-session.js';
 
 // What a self-healing fix round costs beyond the model and the build: FLUTTER
 // generations from the offline provider (OFFLINE_CHUNK_DELAY_MS=0, so the model takes
@@ -24,51 +22,22 @@ import { createLogger } from '../src/observability/logger.js';
 
 const RUNS = Number(process.env.FIX_BENCH_RUNS ?? 15);
 const log = (line: string) => process.stdout.write(`${line}\n`);
-const fakeFlutterScript = fileURLToPath(new URL('../test/fixtures/bin/flutter', import.meta.url));
 
 export default async function bench(): Promise<void> {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'kiln-bench-fix-'));
-  const flutterBin = path.join(dataDir, 'flutter');
-  await writeFile(flutterBin, `#!/bin/sh\nFAKE_FLUTTER_MODE=ok exec '${fakeFlutterScript}' "$@"\n`);
-  await chmod(flutterBin, 0o755);
-  const config = parseConfig({
-    DATA_DIR: dataDir,
-    LOG_LEVEL: 'silent',
-    OFFLINE_CHUNK_DELAY_MS: '0',
-    FLUTTER_BIN: flutterBin,
-    BUILD_SANDBOX: 'none',
-    RATE_LIMIT_GENERATIONS_PER_USER: 'off',
-  });
+  const flutterBin = await writeFakeFlutter(dataDir);
+  const config = parseConfig(pipelineBenchEnv(dataDir, flutterBin));
   const kiln = await startKiln(config, { port: 0, logger: createLogger('silent') });
-  const ws = createClient({ url: `${kiln.url.replace(/^http/, 'ws')}/graphql`, webSocketImpl: WebSocket, lazy: true, retryAttempts: 0, connectionParams: () => ({ authorization: `Bearer ${token}` }) });
-  let token = '';
+  const session = await openGenerationSession(kiln.url);
   try {
-    const gql = async <T>(query: string, variables: Record<string, unknown> = {}): Promise<T> => {
-      const response = await fetch(`${kiln.url}/graphql`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
-        body: JSON.stringify({ query, variables }),
-      });
-      const body = (await response.json()) as { data?: T; errors?: unknown };
-      if (body.errors || !body.data) throw new Error(`GraphQL errors: ${JSON.stringify(body.errors)}`);
-      return body.data;
-    };
-    const signUp = await gql<{ signUp: { accessToken: string } }>(
-      'mutation($email: String!, $password: String!) { signUp(input: { email: $email, password: $password }) { ... on AuthSession { accessToken } } }',
-      { email: `bench-${Date.now()}@example.com`, password: 'correct horse battery staple' },
-    );
-    token = signUp.signUp.accessToken;
-    const { createProject } = await gql<{ createProject: { id: string } }>(
-      'mutation { createProject(input: { name: "Bench", target: FLUTTER }) { ... on Project { id } } }',
-    );
-
+    const { gql, projectId } = session;
     const run = async (prompt: string) => {
       const started = performance.now();
       const { startGeneration } = await gql<{ startGeneration: { id: string } }>(
         'mutation($input: StartGenerationInput!) { startGeneration(input: $input) { ... on Generation { id } ... on Error { message } } }',
-        { input: { projectId: createProject.id, prompt, maxFixRounds: 1 } },
+        { input: { projectId, prompt, maxFixRounds: 1 } },
       );
-      await terminal(ws, startGeneration.id);
+      await session.terminal(startGeneration.id);
       const wall = performance.now() - started;
       const { generation } = await gql<{ generation: { status: string; buildSteps: { durationMs: number | null }[]; fixRounds: { status: string }[] } }>(
         'query($id: ID!) { generation(id: $id) { status buildSteps { durationMs } fixRounds { status } } }',
@@ -96,7 +65,7 @@ export default async function bench(): Promise<void> {
     log(`healed run (2 answers, 2 builds):    outside model and build p50 ${p(healed, 0.5).toFixed(0)} ms, p90 ${p(healed, 0.9).toFixed(0)} ms (${RUNS} runs)`);
     log(`fix round overhead beyond LLM and build: ${(p(healed, 0.5) - p(plain, 0.5)).toFixed(0)} ms per round (median healed − median plain)`);
   } finally {
-    await ws.dispose();
+    await session.close();
     await kiln.stop();
     await rm(dataDir, { recursive: true, force: true });
   }
@@ -109,23 +78,4 @@ async function modelMs(messages: LlmMessage[], round: number): Promise<number> {
   const started = performance.now();
   for await (const _ of offline.stream({ target: 'FLUTTER', systemPrompt: '', messages, signal: new AbortController().signal, round }));
   return performance.now() - started;
-}
-
-/** Resolves when generationUpdated reports a terminal status. */
-function terminal(ws: ReturnType<typeof createClient>, id: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const stop = ws.subscribe<{ generationUpdated: { status: string } }>(
-      { query: 'subscription($id: ID!) { generationUpdated(generationId: $id) { status } }', variables: { id } },
-      {
-        next: ({ data }) => {
-          if (data && ['SUCCEEDED', 'FAILED', 'CANCELLED'].includes(data.generationUpdated.status)) {
-            stop();
-            resolve();
-          }
-        },
-        error: reject,
-        complete: () => resolve(),
-      },
-    );
-  });
 }

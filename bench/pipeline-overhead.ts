@@ -1,12 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { chmod, cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { sql } from 'drizzle-orm';
-import { createClient } from 'graphql-ws';
 import postgres from 'postgres';
-import WebSocket from 'ws';
 import { parseConfig } from '../src/config.js';
 import { openDatabase, rowsOf } from '../src/db/client.js';
 import { createOfflineProvider } from '../src/llm/offline.js';
@@ -15,6 +12,7 @@ import { createLogger } from '../src/observability/logger.js';
 import { fetchEnv } from '../src/toolchain/dependency-policy.js';
 import { buildEnv, runStep } from '../src/toolchain/step-runner.js';
 import { getTarget } from '../src/toolchain/targets.js';
+import { openGenerationSession, pipelineBenchEnv, writeFakeFlutter } from './support/generation-session.js';
 
 // What the pipeline adds to a generation beyond the model and the build (issue 13, goal 3):
 // FLUTTER generations from the offline provider (OFFLINE_CHUNK_DELAY_MS=0) built by the
@@ -33,24 +31,16 @@ import { getTarget } from '../src/toolchain/targets.js';
 
 const RUNS = Number(process.env.PIPELINE_BENCH_RUNS ?? 20);
 const log = (line: string) => process.stdout.write(`${line}\n`);
-const fakeFlutterScript = fileURLToPath(new URL('../test/fixtures/bin/flutter', import.meta.url));
 const median = (values: number[]) => quantile(values, 0.5);
 const quantile = (values: number[], q: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor(q * values.length))]!;
 const rawId = (globalId: string) => Buffer.from(globalId, 'base64').toString('utf8').split(':').slice(1).join(':');
 
 export default async function bench(): Promise<void> {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'kiln-bench-pipeline-'));
-  const flutterBin = path.join(dataDir, 'flutter');
-  await writeFile(flutterBin, `#!/bin/sh\nFAKE_FLUTTER_MODE=ok exec '${fakeFlutterScript}' "$@"\n`);
-  await chmod(flutterBin, 0o755);
+  const flutterBin = await writeFakeFlutter(dataDir);
   const pg = await benchPostgres();
   const config = parseConfig({
-    DATA_DIR: dataDir,
-    LOG_LEVEL: 'silent',
-    OFFLINE_CHUNK_DELAY_MS: '0',
-    FLUTTER_BIN: flutterBin,
-    BUILD_SANDBOX: 'none',
-    RATE_LIMIT_GENERATIONS_PER_USER: 'off',
+    ...pipelineBenchEnv(dataDir, flutterBin),
     AUTO_FIX_MAX_ROUNDS: '0',
     ...(pg ? { DATABASE_URL: pg.url } : {}),
   });
@@ -58,30 +48,12 @@ export default async function bench(): Promise<void> {
   let statements = 0;
   const database = await openDatabase({ url: config.database.url, dataDir, onQuery: () => statements++ });
   const kiln = await startKiln(config, { port: 0, logger: createLogger('silent'), database });
-  let token = '';
-  const ws = createClient({ url: `${kiln.url.replace(/^http/, 'ws')}/graphql`, webSocketImpl: WebSocket, lazy: true, retryAttempts: 0, connectionParams: () => ({ authorization: `Bearer ${token}` }) });
   const benchStarted = performance.now();
+  const client = await openGenerationSession(kiln.url);
   try {
-    const gql = async <T>(query: string, variables: Record<string, unknown> = {}): Promise<T> => {
-      const response = await fetch(`${kiln.url}/graphql`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
-        body: JSON.stringify({ query, variables }),
-      });
-      const body = (await response.json()) as { data?: T; errors?: unknown };
-      if (body.errors || !body.data) throw new Error(`GraphQL errors: ${JSON.stringify(body.errors)}`);
-      return body.data;
-    };
-    const signUp = await gql<{ signUp: { accessToken: string } }>(
-      'mutation($email: String!, $password: String!) { signUp(input: { email: $email, password: $password }) { ... on AuthSession { accessToken } } }',
-      { email: `bench-${Date.now()}@example.com`, password: 'correct horse battery staple' },
-    );
-    token = signUp.signUp.accessToken;
-    const { createProject } = await gql<{ createProject: { id: string } }>(
-      'mutation { createProject(input: { name: "Bench", target: FLUTTER }) { ... on Project { id } } }',
-    );
-    await gql('mutation($id: ID!) { setProjectBudget(input: { projectId: $id, monthlyTokenLimit: 100000000 }) { __typename } }', { id: createProject.id });
-    const projectId = rawId(createProject.id);
+    const { gql } = client;
+    await gql('mutation($id: ID!) { setProjectBudget(input: { projectId: $id, monthlyTokenLimit: 100000000 }) { __typename } }', { id: client.projectId });
+    const projectId = rawId(client.projectId);
     const spec = getTarget('FLUTTER');
 
     const run = async (prompt: string, sessionId: string | null) => {
@@ -90,10 +62,10 @@ export default async function bench(): Promise<void> {
       const started = performance.now();
       const { startGeneration } = await gql<{ startGeneration: { id: string; sessionId: string } }>(
         'mutation($input: StartGenerationInput!) { startGeneration(input: $input) { ... on Generation { id sessionId } ... on Error { message } } }',
-        { input: { projectId: createProject.id, prompt, sessionId } },
+        { input: { projectId: client.projectId, prompt, sessionId } },
       );
       const answered = performance.now();
-      await terminal(ws, startGeneration.id);
+      await client.terminal(startGeneration.id);
       const wall = performance.now() - started;
       const seenAt = Date.now();
       const cpu = cpuMs(cpuBefore);
@@ -161,7 +133,7 @@ export default async function bench(): Promise<void> {
     const overhead = results.map((r) => r.overhead);
     log(`pipeline overhead per generation beyond LLM and build: median ${median(overhead).toFixed(1)} ms, p90 ${quantile(overhead, 0.9).toFixed(1)} ms (wall ${m((r) => r.wall)} − baseline ${m((r) => r.baseline)}); goal ≤ 50 ms: ${median(overhead) <= 50 ? 'met' : 'NOT met'}`);
   } finally {
-    await ws.dispose();
+    await client.close();
     await kiln.stop();
     await database.close();
     await pg?.drop();
@@ -217,23 +189,4 @@ async function timestamps(db: Awaited<ReturnType<typeof openDatabase>>['db'], id
     stepsMs: steps.reduce((sum, step) => sum + step.f - step.s, 0),
     stepGaps: gaps,
   };
-}
-
-/** Resolves when generationUpdated reports a terminal status. */
-function terminal(ws: ReturnType<typeof createClient>, id: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const stop = ws.subscribe<{ generationUpdated: { status: string } }>(
-      { query: 'subscription($id: ID!) { generationUpdated(generationId: $id) { status } }', variables: { id } },
-      {
-        next: ({ data }) => {
-          if (data && ['SUCCEEDED', 'FAILED', 'CANCELLED'].includes(data.generationUpdated.status)) {
-            stop();
-            resolve();
-          }
-        },
-        error: reject,
-        complete: () => resolve(),
-      },
-    );
-  });
 }
