@@ -47,9 +47,9 @@ async function openSecretBox(config: Config, database: Database): Promise<Secret
 export async function startKiln(config: Config, options: { logger?: Logger; database?: Database; port?: number } = {}): Promise<Kiln> {
   const logger = options.logger ?? createLogger(config.logLevel);
   const started = performance.now();
-  // Probed while the database opens: a production worker that cannot sandbox builds must
-  // not start at all, so nothing below starts the worker or listens before it decides. An
-  // API-only instance builds nothing.
+  // Probed while the database opens (and migrates): a production worker that cannot
+  // sandbox builds must not run any, so nothing below starts the worker or listens before
+  // it decides. An API-only instance builds nothing.
   const sandboxProbe = config.role === 'api' ? Promise.resolve(undefined) : createBuildSandbox(config.buildSandbox, logger);
   sandboxProbe.catch(() => {}); // awaited below; this only keeps its failure from counting as unhandled meanwhile
   const database = options.database ?? (await openDatabase({ url: config.database.url, dataDir: config.dataDir, maxConnections: config.database.poolMax }));
@@ -61,15 +61,24 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
   const metrics = createMetrics({ activeGenerations: () => serviceScope(database.db).run((tx) => generationStore.countActive(tx)), logger });
   const rateLimits = createRateLimits(config.rateLimits, rateLimitStoreFor(database));
   // Independent of one another once the schema is there: keys, connections and SDKs load together.
-  const [auth, secretBox, events, queue, llm, outputs] = await Promise.all([
-    createAuthProvider(config.auth, database.db),
+  const opened: { close(): Promise<void> }[] = [];
+  const kept = <T extends { close(): Promise<void> }>(part: Promise<T>) => part.then((value) => (opened.push(value), value));
+  const parts = [
+    kept(createAuthProvider(config.auth, database.db)),
     openSecretBox(config, database),
-    createEventBus(config, database, logger),
-    createJobQueue(config, database, logger),
+    kept(createEventBus(config, database, logger)),
+    kept(createJobQueue(config, database, logger)),
     createLlmProvider(config.llm),
-    createOutputs({ config, db: database.db, logger, metrics, collectPeriodically: config.role !== 'api' }),
+    kept(createOutputs({ config, db: database.db, logger, metrics, collectPeriodically: config.role !== 'api' })),
     config.tracing.enabled ? loadTracingPlugin() : undefined,
-  ]);
+  ] as const;
+  await Promise.allSettled(parts);
+  const [auth, secretBox, events, queue, llm, outputs] = await Promise.all(parts).catch(async (error: unknown) => {
+    // One failed (a bad key, an unreachable Redis): what did open is closed, so a caller that survives the error holds nothing.
+    await Promise.allSettled(opened.map((part) => part.close()));
+    if (!options.database) await database.close();
+    throw error;
+  });
   const bus = events.bus;
   const provider = { name: llm.name, model: llm.model };
   const worker: Worker | undefined =

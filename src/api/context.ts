@@ -45,7 +45,7 @@ export interface UseCaseDeps {
   /** Undefined when project secrets are disabled (no KILN_ENCRYPTION_KEY). */
   secretBox?: SecretBox;
   rateLimits: Pick<RateLimits, 'authAttempt' | 'memberAdd'>;
-  /** Sign-up, sign-in, refresh and sign-out; tokens are verified once, in the context factory. */
+  /** Sign-up, sign-in, refresh and sign-out; tokens are verified in the context factory (a graphql-ws subscription: at connect). */
   sessions: Pick<AuthProvider, 'signUp' | 'signIn' | 'refresh' | 'signOut'>;
   /** Short-lived signed URLs of previews and archives. */
   outputs: Pick<Outputs, 'previewUrl' | 'archiveUrl'>;
@@ -81,7 +81,7 @@ export interface OperationRequest {
   requestId: string;
   clientIp?: string;
   transport?: Context['transport'];
-  /** The claims of `authorization` when the transport verified it already (a graphql-ws socket at connect). */
+  /** The claims of `authorization` when the transport verified it already (a subscription on a graphql-ws socket, at connect). */
   verifiedClaims?: Claims;
 }
 

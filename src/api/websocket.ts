@@ -1,6 +1,6 @@
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { type ExecutionArgs, GraphQLError } from 'graphql';
+import { type ExecutionArgs, GraphQLError, getOperationAST } from 'graphql';
 import { CloseCode, type ServerOptions, type Context as WsContext } from 'graphql-ws';
 import { useServer } from 'graphql-ws/use/ws';
 import type { YogaServerInstance } from 'graphql-yoga';
@@ -132,13 +132,10 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
             }),
           ];
         }
-        // The socket's claims serve its operations: verified at connect, and kept current by
-        // the expiry timer and the periodic re-check below, which close the socket when they lapse.
         const enveloped = yoga.getEnveloped({
           req: ctx.extra.request,
           socket: ctx.extra.socket,
           connectionParams: ctx.connectionParams,
-          verifiedClaims: connections.get(ctx)?.claims,
           params,
         });
         let document;
@@ -155,7 +152,13 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
           operationName: params.operationName,
           document,
           variableValues: params.variables,
-          contextValue: await enveloped.contextFactory(),
+          // A subscription takes the socket's claims (verified at connect, kept current by the
+          // expiry timer and the re-check below, which close the socket when they lapse) rather
+          // than a JWT check and a session read each; a query or mutation verifies again, so a
+          // sign-out stops it at once.
+          contextValue: await enveloped.contextFactory(
+            getOperationAST(document, params.operationName)?.operation === 'subscription' ? { verifiedClaims: connections.get(ctx)?.claims } : undefined,
+          ),
           rootValue: { execute: enveloped.execute, subscribe: enveloped.subscribe },
         };
         return args;

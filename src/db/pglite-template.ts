@@ -26,11 +26,18 @@ export async function seedFromTemplate(dataDir: string): Promise<boolean> {
   const entries = await readdir(dataDir).catch(() => undefined);
   if (entries && entries.length > 0) return false;
   // Copied beside it and renamed into place: a copy cut short never looks like a cluster.
+  // Where that cannot be done (a full disk, DATA_DIR on a mount point), PGlite runs initdb.
   const staging = `${dataDir}.seeding-${process.pid}`;
-  await cp(template, staging, { recursive: true });
-  if (entries) await rmdir(dataDir);
-  await rename(staging, dataDir);
-  return true;
+  try {
+    await cp(template, staging, { recursive: true });
+    if (entries) await rmdir(dataDir);
+    await rename(staging, dataDir);
+    return true;
+  } catch {
+    await rm(staging, { recursive: true, force: true });
+    if (entries) await mkdir(dataDir, { recursive: true });
+    return false;
+  }
 }
 
 /** Makes this PGlite version's template unless it exists. */

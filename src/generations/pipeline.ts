@@ -46,9 +46,9 @@ export interface PipelineDeps {
 
 /**
  * A move of the running generation to another phase, written in a transaction with
- * other work of the run (one commit where there would be several). `announce`, once
- * that committed, publishes it, or throws INTERRUPTED when the generation had been
- * ended elsewhere and did not move.
+ * other work of the run (one commit where there would be several). `write` throws
+ * INTERRUPTED when the generation had been ended elsewhere, which rolls that work back;
+ * `announce`, once the transaction committed, publishes the move.
  */
 export interface PhaseChange {
   write(tx: Tx): Promise<void>;
@@ -268,15 +268,13 @@ function writeWorkspace(deps: PipelineDeps, context: RunContext, changes: Output
 }
 
 function phaseChange(id: string, phase: 'WRITING' | 'BUILDING' | 'FIXING', publish: (u: StatusEvent) => void): PhaseChange {
-  let moved = false;
   return {
+    // A generation ended elsewhere (a lapsed lease, recovered) rolls back the whole
+    // transaction, so nothing of this run lands on it.
     write: async (tx) => {
-      moved = (await generationStore.transition(tx, id, ['RUNNING'], { phase })) !== undefined;
+      if (!(await generationStore.transition(tx, id, ['RUNNING'], { phase }))) throw new RunFailure('INTERRUPTED', 'This generation was ended elsewhere.');
     },
-    announce: () => {
-      if (!moved) throw new RunFailure('INTERRUPTED', 'This generation was ended elsewhere.');
-      publish({ status: 'RUNNING', phase });
-    },
+    announce: () => publish({ status: 'RUNNING', phase }),
   };
 }
 

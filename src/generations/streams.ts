@@ -18,8 +18,8 @@ import { type GenerationRow, generationStore } from './store.js';
 // from the bus alone, so fanning one generation out to many subscribers costs no
 // query per batch and subscriber.
 //
-// Backpressure: the transports pull (graphql-ws awaits each send's callback, Yoga's
-// SSE waits for 'drain'), so a subscriber that does not read keeps its stream
+// Backpressure: the transports pull (graphql-ws awaits each send's callback, the SSE
+// writer of api/sse.ts waits for 'drain'), so a subscriber that does not read keeps its stream
 // suspended at a `yield`. Meanwhile live events go to a bounded inbox (references to
 // batches every subscriber shares; the oldest are dropped and re-read from the
 // database when it overflows). Past `maxQueued` live items
