@@ -175,17 +175,16 @@ describe('Gemini provider (real @google/genai client, fake Gemini server)', () =
     await fake.requests[0]?.clientGone;
   });
 
-  it('stops promptly on abort with the abort reason, and the server sees the connection close', async () => {
+  it('stops a stalled stream on abort with the abort reason, and the server sees the connection close', async () => {
     fake.script({ kind: 'stall', chunks: ['Partial'] });
     const controller = new AbortController();
     const events = gemini().stream(llmRequest({ signal: controller.signal }))[Symbol.asyncIterator]();
     await events.next();
 
+    // The stream stalls: without the abort, the next event would never come.
     const reason = new Error('cancelled by the user');
-    const started = performance.now();
     controller.abort(reason);
     await expect(events.next()).rejects.toBe(reason);
-    expect(performance.now() - started).toBeLessThan(500);
     await fake.requests[0]?.clientGone;
   });
 
