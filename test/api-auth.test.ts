@@ -30,17 +30,9 @@ import {
   uniqueEmail,
 } from './support/fixtures.js';
 import { tempDir } from './support/generation-helpers.js';
-import { type TestServer, startTestServer } from './support/server.js';
+import { useTestServer } from './support/server.js';
 
-let server: TestServer;
-
-beforeAll(async () => {
-  server = await startTestServer();
-});
-
-afterAll(async () => {
-  await server?.stop();
-});
+const server = useTestServer();
 
 // ------------------------------------------------------------------ helpers
 

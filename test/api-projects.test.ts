@@ -26,17 +26,9 @@ import {
   type TestUser,
   UpdateProjectWithFieldErrorsDocument,
 } from './support/fixtures.js';
-import { type GraphQLClient, type TestServer, startTestServer } from './support/server.js';
+import { type GraphQLClient, startTestServer, type TestServer, useTestServer } from './support/server.js';
 
-let server: TestServer;
-
-beforeAll(async () => {
-  server = await startTestServer();
-});
-
-afterAll(async () => {
-  await server?.stop();
-});
+const server = useTestServer();
 
 // ------------------------------------------------------------------ helpers
 

@@ -7,7 +7,7 @@ import type { AuthProvider } from '../src/auth/provider.js';
 import { createSupabaseAuth, type SupabaseAuthOptions } from '../src/auth/supabase.js';
 import { users } from '../src/db/schema.js';
 import { AppError, AuthError, RateLimitedError, ValidationError } from '../src/errors.js';
-import { PASSWORD, rejection, signOutScopeTests, uniqueEmail } from './support/auth-contract.js';
+import { PASSWORD, rejection, signInTests, signOutScopeTests, uniqueEmail } from './support/auth-contract.js';
 import { createTestDatabase, type TestDatabase } from './support/db.js';
 import { type FakeSupabase, type FakeSupabaseOptions, startFakeSupabase } from './support/fake-supabase.js';
 
@@ -71,15 +71,7 @@ describe('supabase auth: sign-up, sign-in, verify', () => {
     expect(await profile(session.user.id)).toMatchObject({ email });
   });
 
-  it('signs in with any case of the email, in a new session', async () => {
-    const email = uniqueEmail();
-    const first = await auth.signUp(email, PASSWORD);
-    const second = await auth.signIn(email.toUpperCase(), PASSWORD);
-
-    const [a, b] = await Promise.all([auth.verify(first.accessToken), auth.verify(second.accessToken)]);
-    expect(b.sub).toBe(a.sub);
-    expect(b.session_id).not.toBe(a.session_id);
-  });
+  signInTests(() => auth);
 
   it('gives a wrong password and an unknown email the same AuthError', async () => {
     const email = uniqueEmail();

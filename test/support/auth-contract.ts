@@ -17,6 +17,20 @@ export async function rejection(promise: Promise<unknown>): Promise<unknown> {
   );
 }
 
+/** Sign-in as every provider does it; `provider` is read when the tests run. */
+export function signInTests(provider: () => AuthProvider) {
+  it('signs in with any case of the email, in a new session', async () => {
+    const auth = provider();
+    const email = uniqueEmail();
+    const first = await auth.signUp(email, PASSWORD);
+    const second = await auth.signIn(email.toUpperCase(), PASSWORD);
+
+    const [a, b] = await Promise.all([auth.verify(first.accessToken), auth.verify(second.accessToken)]);
+    expect(b.sub).toBe(a.sub);
+    expect(b.session_id).not.toBe(a.session_id);
+  });
+}
+
 /**
  * The three sign-out scopes, on two sessions of one user. `auth` is the provider under
  * test and `another` a second instance on the same authority (another server), which

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { TypedDocumentNode } from '@graphql-typed-document-node/core';
 import type { DestinationStream } from 'pino';
+import { afterAll, beforeAll } from 'vitest';
 import { type Environment, parseConfig } from '../../src/config.js';
 import { type Kiln, startKiln } from '../../src/main.js';
 import { createLogger } from '../../src/observability/logger.js';
@@ -71,4 +72,16 @@ export async function startTestServer(env: Environment = {}, options: TestServer
       await removeDataDir();
     },
   };
+}
+
+/** The file's or suite's server: started before its tests, stopped after them (its fields are set once they run). */
+export function useTestServer(env: Environment = {}): TestServer {
+  const server = {} as TestServer;
+  beforeAll(async () => {
+    Object.assign(server, await startTestServer(env));
+  });
+  afterAll(async () => {
+    await server.stop?.();
+  });
+  return server;
 }
