@@ -40,19 +40,19 @@ export async function createEventBus(
       expand: reads.expand,
       resync: reads.resync,
     });
-    await target.start();
-    return {
-      kind,
-      bus: createEventBusOver(target as unknown as EventTarget),
-      get connected() {
-        return target.connected;
-      },
-      close: () => target.close(),
-    };
+    return started(kind, target);
   }
   if (!config.events.redisUrl) throw new Error('EVENTS=redis needs REDIS_URL');
   const { createRedisEventBusTarget } = await import('./redis.js');
   const target = createRedisEventBusTarget({ url: config.events.redisUrl, logger, resync: reads.resync });
+  return started(kind, target);
+}
+
+/** The handle of a cross-process transport, once it listens. */
+async function started(
+  kind: 'postgres' | 'redis',
+  target: { start(): Promise<void>; readonly connected: boolean; close(): Promise<void> },
+): Promise<EventBusHandle> {
   await target.start();
   return {
     kind,
