@@ -1,7 +1,7 @@
-import { afterAll, beforeAll } from 'vitest';
 import type { Environment } from '../../src/config.js';
 import { type FakeGemini, startFakeGemini } from './fake-gemini.js';
 import { signUp, type TestUser } from './fixtures.js';
+import { useStarted } from './lifecycle.js';
 import { fakeFlutter, type GenerationServer, startGenerationServer } from './generation-helpers.js';
 
 // The set-up of the suites about model output: Kiln on a fake Gemini (scripted per
@@ -44,12 +44,5 @@ export async function startGeminiServer(env: Environment = {}): Promise<GeminiSe
 
 /** The suite's GeminiServer: started before its tests, stopped after them (its fields are set once they run). */
 export function useGeminiServer(env: Environment = {}): GeminiServer {
-  const suite = {} as GeminiServer;
-  beforeAll(async () => {
-    Object.assign(suite, await startGeminiServer(env));
-  });
-  afterAll(async () => {
-    await suite.stop?.();
-  });
-  return suite;
+  return useStarted(() => startGeminiServer(env));
 }

@@ -3,12 +3,12 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { TypedDocumentNode } from '@graphql-typed-document-node/core';
 import type { DestinationStream } from 'pino';
-import { afterAll, beforeAll } from 'vitest';
 import { type Environment, parseConfig } from '../../src/config.js';
 import { type Kiln, startKiln } from '../../src/main.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { type TestDatabase, createTestDatabase } from './db.js';
 import { graphqlClient } from './fixtures.js';
+import { useStarted } from './lifecycle.js';
 
 export interface TestServer {
   url: string;
@@ -76,12 +76,5 @@ export async function startTestServer(env: Environment = {}, options: TestServer
 
 /** The file's or suite's server: started before its tests, stopped after them (its fields are set once they run). */
 export function useTestServer(env: Environment = {}): TestServer {
-  const server = {} as TestServer;
-  beforeAll(async () => {
-    Object.assign(server, await startTestServer(env));
-  });
-  afterAll(async () => {
-    await server.stop?.();
-  });
-  return server;
+  return useStarted(() => startTestServer(env));
 }

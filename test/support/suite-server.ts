@@ -1,7 +1,7 @@
-import { afterAll, beforeAll } from 'vitest';
 import type { Environment } from '../../src/config.js';
 import { signUp, type TestUser } from './fixtures.js';
 import { type FakeFlutter, type FakeFlutterMode, fakeFlutter, type GenerationServer, startGenerationServer } from './generation-helpers.js';
+import { useStarted } from './lifecycle.js';
 
 // The set-up most suites about generations share: Kiln on a DATA_DIR of its own, its
 // FLUTTER builds run by the fake flutter in one mode, and a signed-up owner.
@@ -10,19 +10,25 @@ export interface SuiteServer {
   server: GenerationServer;
   owner: TestUser;
   flutter: FakeFlutter;
+  /** Stops the server, then removes the fake flutter. */
+  stop(): Promise<void>;
 }
 
 /** The suite's server: started before its tests, stopped after them (its fields are set once they run). */
 export function useGenerationServer(env: Environment = {}, flutterMode: FakeFlutterMode = 'ok'): SuiteServer {
-  const suite = {} as SuiteServer;
-  beforeAll(async () => {
-    suite.flutter = await fakeFlutter(flutterMode);
-    suite.server = await startGenerationServer({ FLUTTER_BIN: suite.flutter.bin, ...env });
-    suite.owner = await signUp(suite.server);
+  return useStarted(async () => {
+    const flutter = await fakeFlutter(flutterMode);
+    let server: GenerationServer | undefined;
+    const stop = async () => {
+      await server?.stop();
+      await flutter.remove();
+    };
+    try {
+      server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, ...env });
+      return { server, owner: await signUp(server), flutter, stop };
+    } catch (error) {
+      await stop();
+      throw error;
+    }
   });
-  afterAll(async () => {
-    await suite.server?.stop();
-    await suite.flutter?.remove();
-  });
-  return suite;
 }
