@@ -1,10 +1,11 @@
 import type { IncomingMessage, Server } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { type ExecutionArgs, GraphQLError, getOperationAST } from 'graphql';
 import { CloseCode, type ServerOptions, type Context as WsContext } from 'graphql-ws';
 import { useServer } from 'graphql-ws/use/ws';
 import type { YogaServerInstance } from 'graphql-yoga';
-import { type WebSocket, WebSocketServer } from 'ws';
+import { WebSocket, WebSocketServer } from 'ws';
 import type { AuthProvider } from '../auth/provider.js';
 import type { Claims } from '../db/scope.js';
 import { AuthError } from '../errors.js';
@@ -76,7 +77,11 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
   const forbid = (socket: WebSocket) => socket.close(CloseCode.Forbidden, 'Forbidden');
 
   // A bigger message closes the socket with 1009 (ws's own check, before any parsing).
-  const wss = new WebSocketServer({ noServer: true, maxPayload: options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES });
+  const wss = new WebSocketServer({
+    noServer: true,
+    maxPayload: options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
+    WebSocket: BatchingWebSocket,
+  });
   const onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
     if (request.url?.split('?')[0] !== path) return refuse(socket, 404, 'Not Found');
     if (!originAllowed(request.headers.origin, options.corsOrigins)) return refuse(socket, 403, 'Forbidden');
@@ -217,6 +222,43 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
     },
   };
 }
+
+/**
+ * A server socket whose messages sent within one tick leave in one write, and whose
+ * sender is called back at once while little is buffered. graphql-ws waits for each
+ * send's callback before it pulls the next result, so a replay of hundreds of chunks
+ * would otherwise cost one write (and one wait) per message. Past the socket's
+ * high-water mark the callback waits for the write again: a peer that stops reading
+ * still holds its streams back.
+ */
+class BatchingWebSocket extends WebSocket {
+  #corked = false;
+
+  override send(data: Parameters<WebSocket['send']>[0], options?: SendOptions | SendCallback, cb?: SendCallback): void {
+    const callback = typeof options === 'function' ? options : cb;
+    const sendOptions = typeof options === 'function' || options === undefined ? {} : options;
+    // ws keeps the TCP socket on `_socket`; its typings leave it out.
+    const socket = (this as unknown as { _socket?: Socket })._socket;
+    if (this.readyState !== WebSocket.OPEN || !socket || this.bufferedAmount >= socket.writableHighWaterMark) {
+      super.send(data, sendOptions, callback);
+      return;
+    }
+    if (!this.#corked) {
+      this.#corked = true;
+      socket.cork();
+      process.nextTick(() => {
+        this.#corked = false;
+        socket.uncork();
+      });
+    }
+    // A failed write errors and closes the socket, which ends its operations.
+    super.send(data, sendOptions);
+    callback?.();
+  }
+}
+
+type SendOptions = Parameters<WebSocket['send']>[1];
+type SendCallback = (error?: Error) => void;
 
 type OperationResult = ReturnType<NonNullable<ServerOptions['execute']>>;
 type Engine = { execute: (args: ExecutionArgs) => OperationResult; subscribe: (args: ExecutionArgs) => OperationResult };

@@ -4,6 +4,7 @@ import { NotFoundError } from '../errors.js';
 import { type ChunkEvent, type EventBus, type GenerationTopics, isLossless, listen, type LogLineEvent, type StatusEvent } from '../events/bus.js';
 import { createPageCache, type PageCache } from './page-cache.js';
 import { generationReads } from './reads.js';
+import { replayPause } from './replay-turns.js';
 import { isTerminal } from './status.js';
 import { type GenerationRow, generationStore } from './store.js';
 
@@ -169,11 +170,15 @@ async function sequenced<T extends { seq: number }>(
     firstPage = undefined;
     /** Whether the database may have more after `last` (a repair, more pages, or the final drain). */
     let fromDatabase = ready.length === PAGE;
+    /** Whether `ready` was read back (history or a repair) rather than taken live: it yields to live batches. */
+    let replaying = true;
     const poll = new Backoff(bus);
     try {
       for (;;) {
         // One item at a time: while the consumer holds one, the inbox counts what queues behind it.
         for (const item of ready) {
+          const pause = replaying ? replayPause() : undefined;
+          if (pause) await pause;
           if (stop.now()) return;
           last = item.seq;
           inbox.consumerBusy = true;
@@ -184,6 +189,7 @@ async function sequenced<T extends { seq: number }>(
         if (fromDatabase) {
           ready = await read(last);
           fromDatabase = ready.length === PAGE;
+          replaying = true;
           continue;
         }
         // Everything of this part was persisted before the state moved on, and it has been read.
@@ -191,6 +197,7 @@ async function sequenced<T extends { seq: number }>(
         const { items, timedOut } = await inbox.wait(poll.next());
         if (stop.now()) return;
         ready = [];
+        replaying = false;
         let expected = last + 1;
         let repair = inbox.overflowed();
         live: for (const event of items) {
