@@ -50,7 +50,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
     if (!(await seedFromTemplate(dataDir))) await mkdir(dataDir, { recursive: true });
   }
   const [{ PGlite }, { drizzle: drizzlePglite }] = await Promise.all([import('@electric-sql/pglite'), import('drizzle-orm/pglite')]);
-  const client = new PGlite(dataDir);
+  const client = new PGlite(dataDir, { startParams: [...PGlite.defaultStartParams, ...EMBEDDED_SETTINGS] });
   await client.waitReady;
   return {
     kind: 'pglite',
@@ -59,6 +59,13 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
     close: () => client.close(),
   };
 }
+
+/**
+ * The embedded server's shared buffers: PostgreSQL's default 128 MB is zeroed at every
+ * start (about half of PGlite's boot) and stays resident; an embedded database's working
+ * set fits in a quarter of it. Smaller, the process also forks build steps faster.
+ */
+const EMBEDDED_SETTINGS = ['-c', 'shared_buffers=32MB'];
 
 /** Rows of a raw `db.execute`, whichever driver ran it. */
 export function rowsOf<T>(result: unknown): T[] {
