@@ -5,7 +5,7 @@ import type { Scope } from '../db/scope.js';
 import { BudgetExceededError, InvalidStateError, NotFoundError, RateLimitedError } from '../errors.js';
 import type { EventBus } from '../events/bus.js';
 import { requireRole } from '../projects/projects.js';
-import { projectStore } from '../projects/store.js';
+import { type ProjectRow, projectStore } from '../projects/store.js';
 import { reserveAtStart } from './budget.js';
 import { isTerminal } from './status.js';
 import { type GenerationRow, generationStore } from './store.js';
@@ -67,7 +67,7 @@ export async function startGeneration(scope: Scope, deps: GenerationDeps, input:
       // Resolved now and kept, so a later change of the default never alters a queued run.
       maxFixRounds: input.maxFixRounds ?? deps.defaultMaxFixRounds ?? 0,
     };
-    return insertGeneration(tx, deps, values, 'check');
+    return insertGeneration(tx, deps, values, project);
   });
   announce(deps, generation);
   return generation;
@@ -77,9 +77,9 @@ export async function retryGeneration(scope: Scope, deps: GenerationDeps, id: st
   if (scope.userId) await deps.rateLimit?.(scope.userId);
   const generation = await scope.run(async (tx) => {
     const original = await findVisible(tx, id);
-    requireRole(await projectStore.find(tx, original.projectId), ['owner', 'editor']);
+    const project = requireRole(await projectStore.find(tx, original.projectId), ['owner', 'editor']);
     if (!isTerminal(original.status)) throw new InvalidStateError('Only a finished generation can be retried.');
-    return insertRetry(tx, deps, original, { createdBy: scope.userId!, limits: 'check' });
+    return insertRetry(tx, deps, original, { createdBy: scope.userId!, limits: project });
   });
   announce(deps, generation);
   return generation;
@@ -140,8 +140,8 @@ export async function getGeneration(scope: Scope, id: string): Promise<Generatio
   return (await scope.run((tx) => generationStore.find(tx, id))) ?? null;
 }
 
-/** Whether an insert passes the budget and active-run checks ('check') or is exempt from them ('waive'). */
-export type LimitCheck = 'check' | 'waive';
+/** What an insert's budget and active-run checks read: its project, as the start read it; 'waive' exempts it. */
+export type LimitCheck = Pick<ProjectRow, 'id' | 'monthlyTokenLimit'> | 'waive';
 
 /** Inserts a QUEUED generation and its USER message, after the budget and rate checks unless `limits` waives them. */
 export async function insertGeneration(
@@ -159,7 +159,7 @@ export async function insertGeneration(
   },
   limits: LimitCheck,
 ): Promise<GenerationRow> {
-  const reservedTokens = limits === 'check' ? await checkLimits(tx, deps, values.projectId, values.createdBy) : 0;
+  const reservedTokens = limits === 'waive' ? 0 : await checkLimits(tx, deps, limits, values.createdBy);
   const generation = await generationStore.insert(tx, { ...values, reservedTokens, provider: deps.provider.name, model: deps.provider.model });
   await generationStore.insertMessage(tx, {
     projectId: values.projectId,
@@ -173,10 +173,14 @@ export async function insertGeneration(
 }
 
 /** The budget and rate checks of a start; returns the tokens it reserves (budget.ts). */
-async function checkLimits(tx: Tx, deps: Pick<GenerationDeps, 'maxActivePerUser' | 'budgetReservationTokens'>, projectId: string, userId: string): Promise<number> {
+async function checkLimits(
+  tx: Tx,
+  deps: Pick<GenerationDeps, 'maxActivePerUser' | 'budgetReservationTokens'>,
+  project: Exclude<LimitCheck, 'waive'>,
+  userId: string,
+): Promise<number> {
   // Lock order: the user's starts, then the project's budget (runs growing their reservation take only the latter).
   await generationStore.lockStartsOfUser(tx, userId);
-  const project = (await generationStore.projectOf(tx, projectId))!;
   const reserved = await reserveAtStart(tx, project, deps.budgetReservationTokens ?? 0, (limit, committed) => new BudgetExceededError(limit, committed));
   await refuseBeyondActiveLimit(tx, deps.maxActivePerUser, userId);
   return reserved;
