@@ -9,9 +9,9 @@ import { fileURLToPath } from 'node:url';
 // Time from `npm start` (spawned as an operator would) until GET /ready answers 200:
 // first start on a fresh DATA_DIR (PGlite initialised, every migration applied, keys
 // generated) and warm start on the same DATA_DIR (nothing left to migrate). `npm start`
-// runs the JavaScript that `npm run build` compiled into dist/ (when no source is newer:
-// run the build first, or the first start pays for compiling; the build also makes the
-// PGlite template a fresh DATA_DIR is copied from). The baseline, in the same run: the
+// runs the server that `npm run build` compiled into dist/ and bundled into dist/bundle/
+// (when no source is newer: run the build first, or the first start pays for building;
+// the build also makes the PGlite template a fresh DATA_DIR is copied from). The baseline, in the same run: the
 // warm start as it was before dist/, `tsx src/main.ts` compiling at start.
 // STARTUP_RUNS (3 of each; the median is reported).
 
