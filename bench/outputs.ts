@@ -13,7 +13,7 @@ import { parseConfig } from '../src/config.js';
 import { openDatabase } from '../src/db/client.js';
 import { migrateDatabase } from '../src/db/migrate.js';
 import { serviceScope } from '../src/db/scope.js';
-import { generationStore } from '../src/generations/store.js';
+import { type FileRow, generationStore } from '../src/generations/store.js';
 import { startKiln } from '../src/main.js';
 import { createLogger } from '../src/observability/logger.js';
 import { createMetrics } from '../src/observability/metrics.js';
@@ -136,11 +136,20 @@ export default async function bench(): Promise<void> {
       }),
     );
 
+  /** As the pipeline keeps a generation's outputs: blobs stored first, then its files and their index in one transaction. */
+  const store = async (generationId: string, bundleDir: string, files: FileRow[]) => {
+    const stored = await outputs.storeBlobs(generationId, bundleDir, files);
+    await scope.run(async (tx) => {
+      await generationStore.insertFiles(tx, files);
+      await stored.record(tx);
+    });
+  };
+
   // 1. Preview throughput.
   const bundleDir = path.join(dataDir, 'bundle');
   const paths = await writeBundle(bundleDir);
   const previewed = await succeeded();
-  await outputs.write(previewed.id, bundleDir);
+  await store(previewed.id, bundleDir, []);
   const previewPath = new URL(outputs.previewUrl(previewed.id).url).pathname;
   const bare = createServer((req, res) => void send(req, (req.url ?? '/').split('?')[0]!, { root: bundleDir }).pipe(res));
   await new Promise<void>((resolve) => bare.listen(0, '127.0.0.1', resolve));
@@ -172,8 +181,7 @@ export default async function bench(): Promise<void> {
     const content = `// file ${i}\n${randomBytes(12 * 1024).toString('base64')}\n`;
     return { generationId: archived.id, path: `lib/part-${String(i).padStart(4, '0')}.dart`, content, ...fileDigest(content) };
   });
-  await scope.run((tx) => generationStore.insertFiles(tx, files));
-  await outputs.write(archived.id, path.join(dataDir, 'no-bundle'));
+  await store(archived.id, path.join(dataDir, 'no-bundle'), files);
   log(`archive of 1,000 files (${(files.reduce((sum, f) => sum + f.size, 0) / MB).toFixed(1)} MB of source)`);
   for (const format of ['ZIP', 'TAR_GZ'] as const) {
     const filename = archiveFilename('Bench', archived.id, format);

@@ -1,7 +1,7 @@
 import { Writable } from 'node:stream';
 import { decodeGlobalID, encodeGlobalID } from '@pothos/plugin-relay';
 import { eq, sql } from 'drizzle-orm';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { projects as projectsTable } from '../src/db/schema.js';
 import {
   AddProjectMemberDocument,
@@ -13,7 +13,6 @@ import {
   RemoveProjectMemberDocument,
   UpdateProjectDocument,
 } from './gql/graphql.js';
-import { createTestDatabase, type TestDatabase } from './support/db.js';
 import {
   createProject,
   expectTypename,
@@ -26,7 +25,7 @@ import {
   type TestUser,
   UpdateProjectWithFieldErrorsDocument,
 } from './support/fixtures.js';
-import { type GraphQLClient, startTestServer, type TestServer, useTestServer } from './support/server.js';
+import { type GraphQLClient, useTestServer } from './support/server.js';
 
 const server = useTestServer();
 
@@ -587,34 +586,27 @@ describe('bad input', () => {
 // ------------------------------------------------------------------ unexpected failures
 
 describe('an unexpected failure', () => {
-  let database: TestDatabase;
-  let failing: TestServer;
   /** Statements matching this fail once, as a dropped database connection would. */
   let failNext: RegExp | undefined;
   const logLines: Record<string, unknown>[] = [];
-
-  beforeAll(async () => {
-    database = await createTestDatabase({
+  const logs = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString().split('\n').filter(Boolean)) logLines.push(JSON.parse(line) as Record<string, unknown>);
+      done();
+    },
+  });
+  const failing = useTestServer(
+    { LOG_LEVEL: 'error' },
+    {
+      logTo: logs,
       onQuery: (query) => {
         if (failNext?.test(query)) {
           failNext = undefined;
           throw new Error('connection terminated unexpectedly (injected by the test)');
         }
       },
-    });
-    const logs = new Writable({
-      write(chunk: Buffer, _encoding, done) {
-        for (const line of chunk.toString().split('\n').filter(Boolean)) logLines.push(JSON.parse(line) as Record<string, unknown>);
-        done();
-      },
-    });
-    failing = await startTestServer({ LOG_LEVEL: 'error' }, { database, logTo: logs });
-  });
-
-  afterAll(async () => {
-    await failing?.stop();
-    await database?.close();
-  });
+    },
+  );
 
   it('is masked as "Unexpected error." with a request id that is also in the log, and changes nothing', async () => {
     const owner = await signUp(failing);

@@ -1,12 +1,12 @@
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { eq } from 'drizzle-orm';
-import { decodeJwt, type JWTPayload, SignJWT } from 'jose';
+import { type JWTPayload, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLocalAuth } from '../src/auth/local.js';
 import type { AuthProvider } from '../src/auth/provider.js';
 import { authSessions, localCredentials, refreshTokens, serverSecrets, users } from '../src/db/schema.js';
 import { AuthError, ValidationError } from '../src/errors.js';
-import { PASSWORD, rejection, signInTests, signOutScopeTests, uniqueEmail } from './support/auth-contract.js';
+import { expectForgeriesRefused, PASSWORD, rejection, signInTests, signOutScopeTests, uniqueEmail } from './support/auth-contract.js';
 import { createTestDatabase, type TestDatabase } from './support/db.js';
 
 const SECRET = randomBytes(32).toString('base64url');
@@ -167,37 +167,15 @@ describe('local auth: tokens', () => {
   });
 
   it('refuses forged, tampered, expired and malformed tokens', async () => {
-    const session = await withSecret.signUp(uniqueEmail(), PASSWORD);
-    const victim = await withSecret.signUp(uniqueEmail(), PASSWORD);
-    const claims = decodeJwt(session.accessToken);
     const secret = new TextEncoder().encode(SECRET);
     const sign = (payload: JWTPayload, alg = 'HS256', key: Uint8Array = secret) =>
       new SignJWT(payload).setProtectedHeader({ alg, typ: 'JWT' }).sign(key);
-    const base64url = (value: object) => Buffer.from(JSON.stringify(value)).toString('base64url');
-    const [header, , signature] = session.accessToken.split('.');
-    const now = Math.floor(Date.now() / 1000);
-
-    // The crafting is right: the same claims with the real key and algorithm verify.
-    await expect(withSecret.verify(await sign(claims))).resolves.toMatchObject({ sub: session.user.id });
-
-    const forged = {
+    await expectForgeriesRefused(withSecret, (claims) => sign(claims), async (_token, claims) => ({
       'wrong key': await sign(claims, 'HS256', randomBytes(32)),
-      'alg none': `${base64url({ alg: 'none', typ: 'JWT' })}.${base64url(claims)}.`,
       'HS512 with the real secret': await sign(claims, 'HS512'),
-      'tampered payload': `${header}.${base64url({ ...claims, sub: victim.user.id })}.${signature}`,
-      expired: await sign({ ...claims, iat: now - 7200, exp: now - 3600 }),
       'wrong issuer': await sign({ ...claims, iss: 'someone-else' }),
-      'wrong audience': await sign({ ...claims, aud: 'anon' }),
       'another role': await sign({ ...claims, role: 'service_role' }),
-      'no session': await sign({ ...claims, session_id: undefined }),
-      'a session that never existed': await sign({ ...claims, session_id: randomUUID() }),
-      empty: '',
-      garbage: 'garbage',
-      'three garbage parts': 'a.b.c',
-    };
-    for (const [name, token] of Object.entries(forged)) {
-      expect(await rejection(withSecret.verify(token)), name).toBeInstanceOf(AuthError);
-    }
+    }));
   });
 
   it('keeps the generated signing key in the database: other instances and restarts accept the tokens', async () => {

@@ -1,13 +1,13 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { createClient } from '@supabase/supabase-js';
 import { eq } from 'drizzle-orm';
-import { decodeJwt, decodeProtectedHeader, generateKeyPair, SignJWT } from 'jose';
+import { decodeProtectedHeader, generateKeyPair, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AuthProvider } from '../src/auth/provider.js';
 import { createSupabaseAuth, type SupabaseAuthOptions } from '../src/auth/supabase.js';
 import { users } from '../src/db/schema.js';
 import { AppError, AuthError, RateLimitedError, ValidationError } from '../src/errors.js';
-import { PASSWORD, rejection, signInTests, signOutScopeTests, uniqueEmail } from './support/auth-contract.js';
+import { expectForgeriesRefused, PASSWORD, rejection, signInTests, signOutScopeTests, uniqueEmail } from './support/auth-contract.js';
 import { createTestDatabase, type TestDatabase } from './support/db.js';
 import { type FakeSupabase, type FakeSupabaseOptions, startFakeSupabase } from './support/fake-supabase.js';
 
@@ -202,38 +202,17 @@ describe('supabase auth: sign-out through the admin API', () => {
 
 describe('supabase auth: tokens', () => {
   it('refuses forged, tampered, expired and malformed tokens', async () => {
-    const session = await auth.signUp(uniqueEmail(), PASSWORD);
-    const victim = await auth.signUp(uniqueEmail(), PASSWORD);
-    const claims = decodeJwt(session.accessToken);
-    const { kid } = decodeProtectedHeader(session.accessToken);
     const otherKey = await generateKeyPair('ES256');
-    const base64url = (value: object) => Buffer.from(JSON.stringify(value)).toString('base64url');
-    const [encodedHeader, , signature] = session.accessToken.split('.');
-    const now = Math.floor(Date.now() / 1000);
-
-    // The crafting is right: the server's own key with these claims verifies.
-    await expect(auth.verify(await supabase.signToken(claims))).resolves.toMatchObject({ sub: session.user.id });
-
-    const forged = {
-      'another ES256 key under the same kid': await new SignJWT(claims).setProtectedHeader({ alg: 'ES256', kid }).sign(otherKey.privateKey),
-      'alg none': `${base64url({ alg: 'none', typ: 'JWT' })}.${base64url(claims)}.`,
+    await expectForgeriesRefused(auth, (claims) => supabase.signToken(claims), async (token, claims) => ({
+      'another ES256 key under the same kid': await new SignJWT(claims)
+        .setProtectedHeader({ alg: 'ES256', kid: decodeProtectedHeader(token).kid })
+        .sign(otherKey.privateKey),
       'HS256 keyed with the anon key': await new SignJWT(claims)
         .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
         .sign(new TextEncoder().encode(supabase.anonKey)),
-      'tampered payload': `${encodedHeader}.${base64url({ ...claims, sub: victim.user.id })}.${signature}`,
-      expired: await supabase.signToken({ ...claims, iat: now - 7200, exp: now - 3600 }),
-      'wrong audience': await supabase.signToken({ ...claims, aud: 'anon' }),
       'the anon key': supabase.anonKey,
       'the service-role key': supabase.serviceRoleKey,
-      'no session': await supabase.signToken({ ...claims, session_id: undefined }),
-      'a session that never existed': await supabase.signToken({ ...claims, session_id: randomUUID() }),
-      empty: '',
-      garbage: 'garbage',
-      'three garbage parts': 'a.b.c',
-    };
-    for (const [name, token] of Object.entries(forged)) {
-      expect(await rejection(auth.verify(token)), name).toBeInstanceOf(AuthError);
-    }
+    }));
   });
 
   it('refuses a token once it expires (clock under test control)', async () => {

@@ -1,10 +1,11 @@
 import { encodeGlobalID } from '@pothos/plugin-relay';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { GenerationUpdatedDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { createProject, document, signUp, type TestUser } from './support/fixtures.js';
-import { type FakeFlutter, fakeFlutter, type GenerationServer, startAccepted, startGenerationServer, within } from './support/generation-helpers.js';
+import { createProject, document } from './support/fixtures.js';
+import { startAccepted, within } from './support/generation-helpers.js';
 import { collect, liveClient } from './support/live.js';
+import { useGenerationServer } from './support/suite-server.js';
 
 // Bad input is answered as bad input, never as "Unexpected error.": NUL characters
 // anywhere, malformed ids inside node/nodes (each is null on its own), arguments out of
@@ -13,25 +14,15 @@ import { collect, liveClient } from './support/live.js';
 type Errors = { message: string; extensions?: Record<string, unknown> }[] | undefined;
 
 describe(`bad input (${databaseKind})`, () => {
-  let flutter: FakeFlutter;
-  let server: GenerationServer;
-  let owner: TestUser;
+  const suite = useGenerationServer();
   let projectId: string;
 
   beforeAll(async () => {
-    flutter = await fakeFlutter('ok');
-    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin });
-    owner = await signUp(server);
-    projectId = (await createProject(owner.client, { target: 'FLUTTER' })).id;
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-    await flutter?.remove();
+    projectId = (await createProject(suite.owner.client, { target: 'FLUTTER' })).id;
   });
 
   const send = async (query: string, variables?: Record<string, unknown>) =>
-    (await (await owner.client.post({ query, variables })).json()) as { data?: Record<string, unknown> | null; errors?: Errors };
+    (await (await suite.owner.client.post({ query, variables })).json()) as { data?: Record<string, unknown> | null; errors?: Errors };
   const expectBadInput = (errors: Errors) => {
     expect(errors, 'no error at all').toBeDefined();
     for (const error of errors!) {
@@ -46,7 +37,7 @@ describe(`bad input (${databaseKind})`, () => {
     expectBadInput((await send(`mutation($e: String!) { signIn(input: { email: $e, password: "long enough password" }) { __typename } }`, { e: 'a\u0000@example.com' })).errors);
     expectBadInput((await send(`query { project(id: "\\u0000") { name } }`)).errors);
     // Over graphql-ws too.
-    const live = liveClient(server.url, owner.accessToken);
+    const live = liveClient(suite.server.url, suite.owner.accessToken);
     try {
       const refused = collect(live.client, GenerationUpdatedDocument, { id: 'x\u0000y' });
       const outcome = await within(refused.ended, 10_000, () => 'the subscription was not refused');
@@ -74,7 +65,7 @@ describe(`bad input (${databaseKind})`, () => {
   });
 
   it('answers an out-of-range buildLog(tail:) as a validation error', async () => {
-    const generation = await startAccepted(owner.client, { projectId, prompt: 'A counter' });
+    const generation = await startAccepted(suite.owner.client, { projectId, prompt: 'A counter' });
     for (const tail of [0, -5, 1001, 2_000_000]) {
       const response = await send(`query($id: ID!, $tail: Int!) { generation(id: $id) { buildLog(tail: $tail) { seq } } }`, { id: generation.id, tail });
       expectBadInput(response.errors);
@@ -97,16 +88,16 @@ describe(`bad input (${databaseKind})`, () => {
 
   it('refuses control and bidi-override characters in names, with the field that has them', async () => {
     for (const name of ['invoice\u202Etxt.exe', 'bell\u0007', 'tab\there', 'line\nbreak', 'isolate\u2066x\u2069', 'escape\u001b[31m']) {
-      const { createProject } = await owner.client.expectNoErrors(CreateProject, { name });
+      const { createProject } = await suite.owner.client.expectNoErrors(CreateProject, { name });
       expect(createProject, JSON.stringify(name)).toMatchObject({
         __typename: 'ValidationError',
         fieldErrors: [{ path: ['name'], message: expect.stringMatching(/control or bidirectional/) }],
       });
     }
-    const { createProject: badDescription } = await owner.client.expectNoErrors(CreateProject, { name: 'Fine', description: 'evil\u202Edescription' });
+    const { createProject: badDescription } = await suite.owner.client.expectNoErrors(CreateProject, { name: 'Fine', description: 'evil\u202Edescription' });
     expect(badDescription).toMatchObject({ __typename: 'ValidationError', fieldErrors: [{ path: ['description'] }] });
     // Ordinary text, accents, emoji and a multi-line description are fine.
-    const { createProject: fine } = await owner.client.expectNoErrors(CreateProject, { name: 'Café ☕ — ünïcode 日本', description: 'Line one\nLine two\twith a tab' });
+    const { createProject: fine } = await suite.owner.client.expectNoErrors(CreateProject, { name: 'Café ☕ — ünïcode 日本', description: 'Line one\nLine two\twith a tab' });
     expect(fine).toEqual({ __typename: 'Project', name: 'Café ☕ — ünïcode 日本', description: 'Line one\nLine two\twith a tab' });
   });
 });

@@ -1,14 +1,15 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { probeBwrap } from '../src/toolchain/sandbox.js';
 import { webTarget } from '../src/toolchain/web-target.js';
 import { databaseKind } from './support/db.js';
 import { BuildRoundsDocument } from './support/fix-rounds.js';
-import { type FakeGemini, startFakeGemini } from './support/fake-gemini.js';
-import { createProject, signUp, type TestUser } from './support/fixtures.js';
-import { type Generation, type GenerationServer, startAccepted, startGenerationServer, waitForEnd } from './support/generation-helpers.js';
-import { type FakeSdk, sdkFakeFlutter, sdkFakeNpm } from './support/hostile-project.js';
+import { createProject } from './support/fixtures.js';
+import { useGeminiServer } from './support/gemini-server.js';
+import { type Generation, startAccepted, waitForEnd } from './support/generation-helpers.js';
+import { useSdkFakes } from './support/hostile-project.js';
+import { useStarted } from './support/lifecycle.js';
 
 // The dependency fetch has the host's network, so a project must not choose where it
 // fetches from: a dependency by URL, git or path, a lock file's `resolved` URL, an .npmrc
@@ -50,45 +51,15 @@ dependencies:
 ${dependencies}`;
 
 describe.each(sandboxes)(`the dependency fetch with BUILD_SANDBOX=%s (${databaseKind})`, (sandbox) => {
-  let gemini: FakeGemini;
-  let npm: FakeSdk;
-  let flutter: FakeSdk;
-  let internal: Awaited<ReturnType<typeof startInternalServer>>;
-  let server: GenerationServer;
-  let owner: TestUser;
-
-  beforeAll(async () => {
-    gemini = await startFakeGemini();
-    npm = await sdkFakeNpm();
-    flutter = await sdkFakeFlutter();
-    internal = await startInternalServer();
-    server = await startGenerationServer({
-      BUILD_SANDBOX: sandbox,
-      LLM_PROVIDER: 'gemini',
-      GEMINI_API_KEY: 'x',
-      GEMINI_BASE_URL: gemini.baseUrl,
-      NPM_BIN: npm.bin,
-      FLUTTER_BIN: flutter.bin,
-      // One at a time, so each scripted answer goes to the generation meant to get it.
-      WORKER_CONCURRENCY: '1',
-      AUTO_FIX_MAX_ROUNDS: '1',
-    });
-    owner = await signUp(server);
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-    await gemini?.close();
-    await internal?.close();
-    await npm?.remove();
-    await flutter?.remove();
-  });
+  const sdks = useSdkFakes();
+  const internal = useStarted(startInternalServer, (started) => started.close());
+  const suite = useGeminiServer(() => ({ BUILD_SANDBOX: sandbox, ...sdks.kilnEnv, AUTO_FIX_MAX_ROUNDS: '1' }));
 
   async function generate(target: 'WEB' | 'FLUTTER', ...answers: Record<string, string>[]): Promise<Generation> {
-    gemini.script(...answers.map((files) => ({ kind: 'stream' as const, chunks: [`Here it is.\n${fileBlocks(files)}\n`], usage: { promptTokens: 10, outputTokens: 10 } })));
-    const project = await createProject(owner.client, { target });
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'an app' });
-    return waitForEnd(server, owner.client, owner.accessToken, started.id, 60_000);
+    suite.gemini.script(...answers.map((files) => ({ kind: 'stream' as const, chunks: [`Here it is.\n${fileBlocks(files)}\n`], usage: { promptTokens: 10, outputTokens: 10 } })));
+    const project = await createProject(suite.owner.client, { target });
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'an app' });
+    return waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id, 60_000);
   }
 
   function expectRefusedInstall(generation: Generation, ...mentions: string[]) {
@@ -148,7 +119,7 @@ process.exit(1);
 
     expect(generation.error).toBeNull();
     expect(generation.status).toBe('SUCCEEDED');
-    const { generation: rounds } = await owner.client.expectNoErrors(BuildRoundsDocument, { id: generation.id });
+    const { generation: rounds } = await suite.owner.client.expectNoErrors(BuildRoundsDocument, { id: generation.id });
     const reinstall = rounds!.buildLog.filter((line) => line.step === 'install' && line.round === 1).map((line) => line.text);
     expect(reinstall).toEqual([
       expect.stringMatching(/^\[dependency policy\] removed \.npmrc: /),

@@ -5,18 +5,19 @@ import { createTestDatabase, databaseKind, type TestDatabase } from './support/d
 import { createProject, expectTypename, signUp } from './support/fixtures.js';
 import {
   fakeFlutter,
+  type FakeFlutterMode,
   firstChunks,
   GenerationWatch,
   getGeneration,
   isAlive,
   logLineMatching,
   startAccepted,
-  startGenerationServer,
   startInstance,
   tempDir,
   waitForEnd,
 } from './support/generation-helpers.js';
 import type { GraphQLClient } from './support/server.js';
+import { startSuiteServer } from './support/suite-server.js';
 
 // Cancelling: a queued generation ends at once, a running one stops within about a
 // second whatever it is doing (streaming the model, running a build), from any instance.
@@ -35,12 +36,14 @@ async function cancelAndWait(client: GraphQLClient, watch: GenerationWatch) {
 }
 
 describe(`cancelling a running generation (${databaseKind})`, () => {
+  async function serverWith(env: Record<string, string>, flutterMode?: FakeFlutterMode) {
+    const suite = await startSuiteServer(env, flutterMode);
+    cleanups.push(() => suite.stop());
+    return suite;
+  }
+
   it('stops the model stream mid-way, keeping what streamed so far', async () => {
-    const flutter = await fakeFlutter('ok');
-    cleanups.push(() => flutter.remove());
-    const server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, OFFLINE_CHUNK_DELAY_MS: '200' });
-    cleanups.push(() => server.stop());
-    const owner = await signUp(server);
+    const { server, owner } = await serverWith({ OFFLINE_CHUNK_DELAY_MS: '200' });
     const project = await createProject(owner.client, { target: 'FLUTTER' });
 
     const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A slow poem app' });
@@ -61,11 +64,7 @@ describe(`cancelling a running generation (${databaseKind})`, () => {
   });
 
   it('kills the build tool and the process it started, and ends CANCELLED', async () => {
-    const flutter = await fakeFlutter('hang');
-    cleanups.push(() => flutter.remove());
-    const server = await startGenerationServer({ FLUTTER_BIN: flutter.bin });
-    cleanups.push(() => server.stop());
-    const owner = await signUp(server);
+    const { server, owner, flutter } = await serverWith({}, 'hang');
     const project = await createProject(owner.client, { target: 'FLUTTER' });
 
     const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A build that never ends' });

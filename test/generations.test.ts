@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   AddProjectMemberDocument,
   CancelGenerationDocument,
@@ -9,15 +9,8 @@ import {
   SetProjectBudgetDocument,
 } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { createProject, expectTypename, signUp, type TestUser } from './support/fixtures.js';
-import {
-  type GenerationServer,
-  getGeneration,
-  startAccepted,
-  startGeneration,
-  startGenerationServer,
-  waitForEnd,
-} from './support/generation-helpers.js';
+import { createProject, expectTypename, signUp } from './support/fixtures.js';
+import { getGeneration, startAccepted, startGeneration, waitForEnd } from './support/generation-helpers.js';
 import { useGenerationServer } from './support/suite-server.js';
 
 // Who may start, cancel and retry generations, and the limits on starting them.
@@ -112,57 +105,47 @@ describe(`generations with a worker (${databaseKind})`, () => {
 });
 
 describe(`generations without a worker: ROLE=api (${databaseKind})`, () => {
-  let server: GenerationServer;
-  let owner: TestUser;
-
-  beforeAll(async () => {
-    server = await startGenerationServer({ ROLE: 'api', MAX_ACTIVE_GENERATIONS_PER_USER: '1' });
-    owner = await signUp(server);
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-  });
+  const suite = useGenerationServer({ ROLE: 'api', MAX_ACTIVE_GENERATIONS_PER_USER: '1' });
 
   it('ends a QUEUED generation at once when cancelled; it never runs, and cannot be cancelled twice', async () => {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A flashcard app' });
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A flashcard app' });
     expect(started.status).toBe('QUEUED');
 
-    const { cancelGeneration } = await owner.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
+    const { cancelGeneration } = await suite.owner.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
     expect(expectTypename(cancelGeneration, 'Generation')).toMatchObject({ status: 'CANCELLED', phase: 'DONE', startedAt: null });
     expect(cancelGeneration).toHaveProperty('finishedAt', expect.any(String));
 
-    const generation = await getGeneration(owner.client, started.id);
+    const generation = await getGeneration(suite.owner.client, started.id);
     expect(generation).toMatchObject({ status: 'CANCELLED', output: '', files: [], buildSteps: [], error: null });
-    const { cancelGeneration: again } = await owner.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
+    const { cancelGeneration: again } = await suite.owner.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
     expect(expectTypename(again, 'InvalidStateError').message).toMatch(/already ended/);
   });
 
   it('limits how many generations a user has queued or running, per user', async () => {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
-    const first = await startAccepted(owner.client, { projectId: project.id, prompt: 'A metronome' });
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const first = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A metronome' });
     expect(first.status).toBe('QUEUED');
 
-    const limited = expectTypename(await startGeneration(owner.client, { projectId: project.id, prompt: 'A tuner' }), 'RateLimitedError');
+    const limited = expectTypename(await startGeneration(suite.owner.client, { projectId: project.id, prompt: 'A tuner' }), 'RateLimitedError');
     expect(limited.retryAfterSeconds).toBeGreaterThan(0);
     expect(limited.message).toMatch(/1 generations queued or running/);
     // Only a finished generation can be retried.
-    const { retryGeneration } = await owner.client.expectNoErrors(RetryGenerationDocument, { id: first.id });
+    const { retryGeneration } = await suite.owner.client.expectNoErrors(RetryGenerationDocument, { id: first.id });
     expectTypename(retryGeneration, 'InvalidStateError');
 
     // Another user is not held back by this one.
-    const other = await signUp(server);
+    const other = await signUp(suite.server);
     const theirs = await createProject(other.client, { target: 'FLUTTER' });
     await startAccepted(other.client, { projectId: theirs.id, prompt: 'A tuner' });
 
     // Once the first one ends, the user may start again.
-    await owner.client.expectNoErrors(CancelGenerationDocument, { id: first.id });
-    await startAccepted(owner.client, { projectId: project.id, prompt: 'A tuner' });
+    await suite.owner.client.expectNoErrors(CancelGenerationDocument, { id: first.id });
+    await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A tuner' });
   });
 
   it('holds the limit when many starts arrive at the same moment', async () => {
-    const user = await signUp(server);
+    const user = await signUp(suite.server);
     const project = await createProject(user.client, { target: 'FLUTTER' });
     const results = await Promise.all(
       Array.from({ length: 20 }, (_, i) => startGeneration(user.client, { projectId: project.id, prompt: `Parallel ${i}` })),

@@ -7,7 +7,7 @@ import { type Kiln, startKiln } from '../src/main.js';
 import { createTestDatabase, databaseKind, type TestDatabase, testDatabaseUrl } from './support/db.js';
 import { createProject, graphqlClient, signUp } from './support/fixtures.js';
 import { tempDir } from './support/generation-helpers.js';
-import { startTestServer, type TestServer } from './support/server.js';
+import { startTestServer, useTestServer } from './support/server.js';
 
 // What an operator relies on: /metrics is closed in production without METRICS_TOKEN,
 // a scrape never scans the generations table, and DATABASE_POOL_MAX bounds the
@@ -37,19 +37,8 @@ describe('METRICS_TOKEN in production', () => {
 });
 
 describe(`a scrape reads no more than the active generations (${databaseKind})`, () => {
-  let database: TestDatabase;
-  let server: TestServer;
   const statements: string[] = [];
-
-  beforeAll(async () => {
-    database = await createTestDatabase({ onQuery: (query) => void statements.push(query) });
-    server = await startTestServer({}, { database });
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-    await database?.close();
-  });
+  const server = useTestServer({}, { onQuery: (query) => void statements.push(query) });
 
   it('counts generations by status through the partial index of active statuses, never a table scan', async () => {
     const owner = await signUp(server);
@@ -62,7 +51,7 @@ describe(`a scrape reads no more than the active generations (${databaseKind})`,
     expect(scrape, 'the scrape read no generation counts').not.toHaveLength(0);
     for (const statement of scrape) {
       // With sequential scans priced out, a query that can use an index does; one that cannot still scans.
-      const plan = await database.db.transaction(async (tx) => {
+      const plan = await server.database.db.transaction(async (tx) => {
         await tx.execute(sql`set local enable_seqscan = off`);
         return rowsOf<{ 'QUERY PLAN': string }>(await tx.execute(sql.raw(`explain ${statement}`))).map((row) => row['QUERY PLAN']);
       });

@@ -1,8 +1,7 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { AddProjectMemberDocument } from './gql/graphql.js';
-import { createTestDatabase, type TestDatabase } from './support/db.js';
-import { type ClientFactory, createProject, document, signUp, type TestUser } from './support/fixtures.js';
-import { startTestServer, type TestServer } from './support/server.js';
+import { createProject, document, signUp, type TestUser } from './support/fixtures.js';
+import { useTestServer } from './support/server.js';
 
 // STYLE 8: list fields load through DataLoaders. The SQL statements of one nested
 // query are counted at the database driver; the count must not grow with the list.
@@ -18,22 +17,9 @@ const MembersOfProjectsDocument = document<
   }
 `);
 
-let database: TestDatabase;
-let server: TestServer;
-let app: ClientFactory;
 /** Every SQL statement the server sends, in order. */
 const statements: string[] = [];
-
-beforeAll(async () => {
-  database = await createTestDatabase({ onQuery: (query) => void statements.push(query) });
-  server = await startTestServer({}, { database });
-  app = server;
-});
-
-afterAll(async () => {
-  await server?.stop();
-  await database?.close();
-});
+const app = useTestServer({}, { onQuery: (query) => void statements.push(query) });
 
 describe('N+1: nested lists load in batches', () => {
   let owner: TestUser;

@@ -1,21 +1,13 @@
 import { createHash } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { signCapability, loadUrlKey } from '../src/artifacts/signed-urls.js';
 import { GenerationArchiveDocument, GenerationPreviewDocument } from './gql/graphql.js';
 import { unzip } from './support/archives.js';
 import { databaseKind } from './support/db.js';
-import { createProject, signUp, type TestUser } from './support/fixtures.js';
-import {
-  type FakeFlutter,
-  fakeFlutter,
-  type GenerationServer,
-  rawId,
-  startAccepted,
-  startGenerationServer,
-  startInstance,
-  waitForEnd,
-} from './support/generation-helpers.js';
+import { createProject, signUp } from './support/fixtures.js';
+import { rawId, startAccepted, startInstance, waitForEnd } from './support/generation-helpers.js';
 import { rawGet } from './support/raw-http.js';
+import { startSuiteServer, useGenerationServer } from './support/suite-server.js';
 
 // The built app as a person sees it: Generation.preview hands out a signed URL that
 // serves the FLUTTER bundle (fake flutter) with the sandbox headers, ETags and ranges,
@@ -26,42 +18,32 @@ const SANDBOX = 'sandbox allow-scripts allow-forms allow-popups allow-modals';
 const CHROMIUM = '/usr/bin/chromium';
 
 describe(`previews of a FLUTTER generation (${databaseKind})`, () => {
-  let flutter: FakeFlutter;
-  let server: GenerationServer;
-  let owner: TestUser;
+  const suite = useGenerationServer({ SIGNED_URL_TTL_SECONDS: '600' });
   let previewUrl: string;
   let generationId: string;
   const prompt = 'A plant watering planner';
 
   beforeAll(async () => {
-    flutter = await fakeFlutter('ok');
-    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, SIGNED_URL_TTL_SECONDS: '600' });
-    owner = await signUp(server);
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt });
-    const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id);
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt });
+    const generation = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id);
     expect(generation.status, JSON.stringify(generation.error)).toBe('SUCCEEDED');
     generationId = generation.id;
-    const { generation: withPreview } = await owner.client.expectNoErrors(GenerationPreviewDocument, { id: generationId });
+    const { generation: withPreview } = await suite.owner.client.expectNoErrors(GenerationPreviewDocument, { id: generationId });
     previewUrl = withPreview!.preview!.url;
   }, 60_000);
-
-  afterAll(async () => {
-    await server?.stop();
-    await flutter?.remove();
-  });
 
   const pathOf = (url: string) => new URL(url).pathname;
 
   it('gives members a short-lived URL under the server address that serves the app with the sandbox headers', async () => {
     const asked = Date.now();
-    const { generation } = await owner.client.expectNoErrors(GenerationPreviewDocument, { id: generationId });
+    const { generation } = await suite.owner.client.expectNoErrors(GenerationPreviewDocument, { id: generationId });
     const answered = Date.now();
     // SIGNED_URL_TTL_SECONDS (600) from the moment the URL was signed, somewhere within the request.
     const expiresAt = new Date(generation!.preview!.expiresAt).getTime();
     expect(expiresAt).toBeGreaterThanOrEqual(Math.floor(asked / 1000) * 1000 + 600_000);
     expect(expiresAt).toBeLessThanOrEqual(answered + 600_000);
-    expect(previewUrl.startsWith(`${server.url}/preview/`)).toBe(true);
+    expect(previewUrl.startsWith(`${suite.server.url}/preview/`)).toBe(true);
 
     const page = await fetch(previewUrl);
     expect(page.status).toBe(200);
@@ -93,7 +75,7 @@ describe(`previews of a FLUTTER generation (${databaseKind})`, () => {
     expect(etag).toBeTruthy();
     expect(full.headers.get('accept-ranges')).toBe('bytes');
     // A browser revalidating (fetch() would add `Cache-Control: no-cache` to a conditional request).
-    const again = await rawGet(server.url, pathOf(url), { 'if-none-match': etag! });
+    const again = await rawGet(suite.server.url, pathOf(url), { 'if-none-match': etag! });
     expect(again.status).toBe(304);
     expect(again.headers['content-security-policy']).toBe(SANDBOX);
     const part = await fetch(url, { headers: { range: 'bytes=2-9' } });
@@ -105,8 +87,8 @@ describe(`previews of a FLUTTER generation (${databaseKind})`, () => {
 
     const index = await fetch(previewUrl);
     const indexTag = index.headers.get('etag');
-    expect((await rawGet(server.url, pathOf(previewUrl), { 'if-none-match': indexTag! })).status).toBe(304);
-    expect((await rawGet(server.url, pathOf(previewUrl), { 'if-none-match': '"other"' })).status).toBe(200);
+    expect((await rawGet(suite.server.url, pathOf(previewUrl), { 'if-none-match': indexTag! })).status).toBe(304);
+    expect((await rawGet(suite.server.url, pathOf(previewUrl), { 'if-none-match': '"other"' })).status).toBe(200);
   });
 
   it('serves index.html for client-side routes, and neither folders nor missing files', async () => {
@@ -141,7 +123,7 @@ describe(`previews of a FLUTTER generation (${databaseKind})`, () => {
       '/etc/passwd',
     ];
     for (const attempt of attempts) {
-      const response = await rawGet(server.url, `${root}${attempt}`);
+      const response = await rawGet(suite.server.url, `${root}${attempt}`);
       expect([400, 404], `${attempt} → ${response.status}`).toContain(response.status);
       expect(response.headers['content-security-policy']).toBe(SANDBOX);
       const text = response.body.toString('utf8');
@@ -150,7 +132,7 @@ describe(`previews of a FLUTTER generation (${databaseKind})`, () => {
       expect(text).not.toContain('"name"');
     }
     // A literal `..` segment normalised away by the client stays inside (and is just a client route).
-    const normalised = await rawGet(server.url, `/preview/x/../${root.split('/')[2]}/index.html`);
+    const normalised = await rawGet(suite.server.url, `/preview/x/../${root.split('/')[2]}/index.html`);
     expect(normalised.status).toBe(404);
   });
 
@@ -158,8 +140,8 @@ describe(`previews of a FLUTTER generation (${databaseKind})`, () => {
     const token = pathOf(previewUrl).split('/')[2]!;
     const [uuid, expires, signature] = token.split('.') as [string, string, string];
     const flip = (text: string) => `${text.slice(0, -1)}${text.at(-1) === 'A' ? 'B' : 'A'}`;
-    const key = await loadUrlKey(server.database.db);
-    const other = await startAccepted(owner.client, { projectId: (await createProject(owner.client, { target: 'FLUTTER' })).id, prompt: 'Another app' });
+    const key = await loadUrlKey(suite.server.database.db);
+    const other = await startAccepted(suite.owner.client, { projectId: (await createProject(suite.owner.client, { target: 'FLUTTER' })).id, prompt: 'Another app' });
     const forged = [
       `${uuid}.${expires}.${flip(signature)}`,
       `${uuid}.${Number(expires) + 3600}.${signature}`,
@@ -168,28 +150,28 @@ describe(`previews of a FLUTTER generation (${databaseKind})`, () => {
       'not-a-token',
     ];
     for (const bad of forged) {
-      const response = await fetch(`${server.url}/preview/${bad}/index.html`);
+      const response = await fetch(`${suite.server.url}/preview/${bad}/index.html`);
       expect([403, 404], bad).toContain(response.status);
       expect(await response.text()).not.toContain('<base');
     }
     // Signed by Kiln's own key, but already expired.
     const expired = signCapability(key, { kind: 'preview', generationId: uuid, expiresAt: new Date(Date.now() - 1000) });
-    const gone = await fetch(`${server.url}/preview/${expired}/`);
+    const gone = await fetch(`${suite.server.url}/preview/${expired}/`);
     expect(gone.status).toBe(410);
     expect(await gone.text()).not.toContain('<base');
     // An archive's capability does not open the preview, nor the reverse.
     const zip = signCapability(key, { kind: 'zip', generationId: uuid, expiresAt: new Date(Date.now() + 60_000) });
-    expect((await fetch(`${server.url}/preview/${zip}/`)).status).toBe(403);
-    expect((await fetch(`${server.url}/archive/${token}/app.zip`)).status).toBe(403);
+    expect((await fetch(`${suite.server.url}/preview/${zip}/`)).status).toBe(403);
+    expect((await fetch(`${suite.server.url}/archive/${token}/app.zip`)).status).toBe(403);
     // Only GET and HEAD.
     expect((await fetch(previewUrl, { method: 'POST', body: 'x' })).status).toBe(405);
     expect((await fetch(previewUrl, { method: 'HEAD' })).status).toBe(200);
   });
 
   it('gives a URL to every member who can see the generation, and nothing to anyone else', async () => {
-    const { generation: asOwner } = await owner.client.expectNoErrors(GenerationPreviewDocument, { id: generationId });
+    const { generation: asOwner } = await suite.owner.client.expectNoErrors(GenerationPreviewDocument, { id: generationId });
     expect(asOwner?.preview?.url).toMatch(/\/preview\//);
-    const outsider = await signUp(server);
+    const outsider = await signUp(suite.server);
     const { generation: asOutsider } = await outsider.client.expectNoErrors(GenerationPreviewDocument, { id: generationId });
     expect(asOutsider).toBeNull();
     const { generation: archived } = await outsider.client.expectNoErrors(GenerationArchiveDocument, { id: generationId, format: 'ZIP' });
@@ -199,9 +181,9 @@ describe(`previews of a FLUTTER generation (${databaseKind})`, () => {
   it('with PREVIEW_ORIGIN, serves previews from that origin only, and no API there', async () => {
     const previewOrigin = 'http://preview.localhost:4999';
     // A second API instance on the same database and artefacts, configured with a preview origin.
-    const api = await startInstance(server.database, { DATA_DIR: server.dataDir, ROLE: 'api', PREVIEW_ORIGIN: previewOrigin });
+    const api = await startInstance(suite.server.database, { DATA_DIR: suite.server.dataDir, ROLE: 'api', PREVIEW_ORIGIN: previewOrigin });
     try {
-      const { generation } = await api.client(owner.accessToken).expectNoErrors(GenerationPreviewDocument, { id: generationId });
+      const { generation } = await api.client(suite.owner.accessToken).expectNoErrors(GenerationPreviewDocument, { id: generationId });
       const url = generation!.preview!.url;
       expect(url.startsWith(`${previewOrigin}/preview/`)).toBe(true);
       const onPreviewHost = { host: 'preview.localhost:4999' };
@@ -221,15 +203,14 @@ describe(`previews of a FLUTTER generation (${databaseKind})`, () => {
   });
 
   it('has no preview while no build produced a bundle, and metrics count what was served', async () => {
-    const failing = await fakeFlutter('analyze-fail');
-    const other = await startGenerationServer({ FLUTTER_BIN: failing.bin, AUTO_FIX_MAX_ROUNDS: '0' });
+    const other = await startSuiteServer({ AUTO_FIX_MAX_ROUNDS: '0' }, 'analyze-fail');
     try {
-      const user = await signUp(other);
+      const user = other.owner;
       const project = await createProject(user.client, { target: 'FLUTTER' });
       const started = await startAccepted(user.client, { projectId: project.id, prompt: 'Something that will not analyze' });
       const { preview: queued } = (await user.client.expectNoErrors(GenerationPreviewDocument, { id: started.id })).generation!;
       expect(queued).toBeNull();
-      const ended = await waitForEnd(other, user.client, user.accessToken, started.id);
+      const ended = await waitForEnd(other.server, user.client, user.accessToken, started.id);
       expect(ended.status).toBe('FAILED');
       const { generation } = await user.client.expectNoErrors(GenerationPreviewDocument, { id: started.id });
       expect(generation?.preview).toBeNull();
@@ -240,10 +221,9 @@ describe(`previews of a FLUTTER generation (${databaseKind})`, () => {
       for (const file of ended.files) expect(createHash('sha256').update(files.get(file.path)!).digest('hex')).toBe(file.sha256);
     } finally {
       await other.stop();
-      await failing.remove();
     }
     expect((await fetch(previewUrl)).status).toBe(200);
-    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    const metrics = await (await fetch(`${suite.server.url}/metrics`)).text();
     expect(metrics).toMatch(/kiln_output_requests_total\{kind="preview",status="200"\} [1-9]/);
     expect(metrics).toMatch(/kiln_output_bytes_total\{kind="preview"\} [1-9]/);
   });

@@ -2,7 +2,7 @@ import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createOutputs, type Outputs } from '../src/artifacts/outputs.js';
+import { createOutputs } from '../src/artifacts/outputs.js';
 import { parseConfig } from '../src/config.js';
 import { rowsOf } from '../src/db/client.js';
 import { createLogger } from '../src/observability/logger.js';
@@ -12,19 +12,10 @@ import { unzip } from './support/archives.js';
 import { spawnKiln } from './support/cluster.js';
 import { databaseKind, testDatabaseUrl } from './support/db.js';
 import { type FakeSupabaseStorage, startFakeSupabaseStorage } from './support/fake-supabase-storage.js';
-import { createProject, signUp, type TestUser } from './support/fixtures.js';
-import {
-  type FakeFlutter,
-  fakeFlutter,
-  type GenerationServer,
-  type Instance,
-  rawId,
-  startAccepted,
-  startGenerationServer,
-  startInstance,
-  tempDir,
-  waitForEnd,
-} from './support/generation-helpers.js';
+import { createProject } from './support/fixtures.js';
+import { rawId, startAccepted, startInstance, tempDir, waitForEnd } from './support/generation-helpers.js';
+import { useStarted } from './support/lifecycle.js';
+import { useGenerationServer } from './support/suite-server.js';
 
 // The artefact store behind previews and archives, on each backend: files under
 // DATA_DIR (embedded), PostgreSQL (any instance serves any generation, after the
@@ -51,42 +42,32 @@ afterAll(async () => {
 });
 
 describe.each(backends)(`the artefact store: $name (${databaseKind})`, (backend) => {
-  let flutter: FakeFlutter;
-  let server: GenerationServer;
-  let owner: TestUser;
-  let outputs: Outputs;
+  const suite = useGenerationServer(backend.env);
+  const outputs = useStarted(
+    () => {
+      const config = parseConfig({ DATA_DIR: suite.server.dataDir, LOG_LEVEL: 'silent', ...backend.env() });
+      return createOutputs({ config, db: suite.server.database.db, logger: createLogger('silent'), metrics: createMetrics({ defaultMetrics: false }) });
+    },
+    (started) => started.close(),
+  );
 
-  const query = async <T>(statement: ReturnType<typeof sql>) => rowsOf<T>(await server.database.db.execute(statement));
+  const query = async <T>(statement: ReturnType<typeof sql>) => rowsOf<T>(await suite.server.database.db.execute(statement));
   const storedBlobs = async (): Promise<string[]> => {
     if (backend.name === 'postgres') return (await query<{ sha256: string }>(sql`select sha256 from artifact_blobs`)).map((row) => row.sha256);
     if (backend.name === 'supabase') return [...(storage.buckets.get('kiln-test')?.keys() ?? [])];
-    const dir = join(server.dataDir, 'artifacts');
+    const dir = join(suite.server.dataDir, 'artifacts');
     const shards = await readdir(dir).catch(() => []);
     return (await Promise.all(shards.map((shard) => readdir(join(dir, shard))))).flat().filter((name) => /^[0-9a-f]{64}$/.test(name));
   };
   const build = async (projectId: string, prompt: string, sessionId?: string) => {
-    const started = await startAccepted(owner.client, { projectId, prompt, sessionId });
-    const ended = await waitForEnd(server, owner.client, owner.accessToken, started.id);
+    const started = await startAccepted(suite.owner.client, { projectId, prompt, sessionId });
+    const ended = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id);
     expect(ended.status, JSON.stringify(ended.error)).toBe('SUCCEEDED');
     return ended;
   };
 
-  beforeAll(async () => {
-    flutter = await fakeFlutter('ok');
-    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, ...backend.env() });
-    owner = await signUp(server);
-    const config = parseConfig({ DATA_DIR: server.dataDir, LOG_LEVEL: 'silent', ...backend.env() });
-    outputs = await createOutputs({ config, db: server.database.db, logger: createLogger('silent'), metrics: createMetrics({ defaultMetrics: false }) });
-  }, 60_000);
-
-  afterAll(async () => {
-    await outputs?.close();
-    await server?.stop();
-    await flutter?.remove();
-  });
-
   it('keeps every follow-up whole while storing shared bytes once, and a deleted project leaves no blobs', { timeout: 60_000 }, async () => {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
     const first = await build(project.id, 'A habit tracker');
     const followUp = await build(project.id, 'Add streaks', first.sessionId);
     const [totals] = await query<{ logical: string; distinct: string; blobs: string }>(sql`
@@ -106,31 +87,31 @@ describe.each(backends)(`the artefact store: $name (${databaseKind})`, (backend)
     expect((await storedBlobs()).sort()).toHaveLength(Number(totals!.blobs));
 
     // Another project shares the template and bundle assets with it.
-    const kept = await createProject(owner.client, { target: 'FLUTTER' });
+    const kept = await createProject(suite.owner.client, { target: 'FLUTTER' });
     const keptGeneration = await build(kept.id, 'A kept project');
     const keptBlobs = (await query<{ sha256: string }>(sql`select distinct sha256 from generation_artifacts where generation_id = ${rawId(keptGeneration.id)}`)).map((row) => row.sha256);
 
     // Deleting the project drops its artefact index with it; collection then removes the blobs only it used.
-    await server.database.db.execute(sql`delete from projects where id = ${rawId(project.id)}`);
+    await suite.server.database.db.execute(sql`delete from projects where id = ${rawId(project.id)}`);
     await outputs.collect(0);
     expect((await storedBlobs()).sort()).toEqual(keptBlobs.sort());
-    const { generation } = await owner.client.expectNoErrors(GenerationPreviewDocument, { id: keptGeneration.id });
+    const { generation } = await suite.owner.client.expectNoErrors(GenerationPreviewDocument, { id: keptGeneration.id });
     expect((await fetch(`${generation!.preview!.url}main.dart.js`)).status).toBe(200);
-    await server.database.db.execute(sql`delete from projects where id = ${rawId(kept.id)}`);
+    await suite.server.database.db.execute(sql`delete from projects where id = ${rawId(kept.id)}`);
     expect(await outputs.collect(0)).toBe(keptBlobs.length);
     expect(await storedBlobs()).toEqual([]);
   });
 
   it('serves previews and archives from the store after the workspace is gone', { timeout: 60_000 }, async () => {
-    const project = await createProject(owner.client, { target: 'FLUTTER', name: 'Kept' });
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER', name: 'Kept' });
     const generation = await build(project.id, 'A kept app');
-    await rm(join(server.workspacesDir, rawId(project.id)), { recursive: true, force: true });
-    const { generation: withPreview } = await owner.client.expectNoErrors(GenerationPreviewDocument, { id: generation.id });
+    await rm(join(suite.server.workspacesDir, rawId(project.id)), { recursive: true, force: true });
+    const { generation: withPreview } = await suite.owner.client.expectNoErrors(GenerationPreviewDocument, { id: generation.id });
     const page = await fetch(withPreview!.preview!.url);
     expect(page.status).toBe(200);
     expect(await page.text()).toContain('A kept app');
     expect((await fetch(`${withPreview!.preview!.url}assets/AssetManifest.json`)).status).toBe(200);
-    const { generation: withArchive } = await owner.client.expectNoErrors(GenerationArchiveDocument, { id: generation.id, format: 'ZIP' });
+    const { generation: withArchive } = await suite.owner.client.expectNoErrors(GenerationArchiveDocument, { id: generation.id, format: 'ZIP' });
     const files = unzip(Buffer.from(await (await fetch(withArchive!.archive!.url)).arrayBuffer()));
     expect([...files.keys()].sort()).toEqual(generation.files.map((file) => file.path).sort());
     // A blob in use survives collection, young or old.
@@ -154,37 +135,19 @@ describe('outputs configuration', () => {
 });
 
 describe(`a preview URL issued by one API instance is served by another (${databaseKind})`, () => {
-  let flutter: FakeFlutter;
-  let server: GenerationServer;
-  let other: Instance;
-  let otherData: { path: string; remove(): Promise<void> };
-  let owner: TestUser;
-
-  beforeAll(async () => {
-    flutter = await fakeFlutter('ok');
-    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, ARTIFACT_STORE: 'postgres' });
-    otherData = await tempDir('other-api');
-    // Another machine: its own DATA_DIR, the same database.
-    other = await startInstance(server.database, { DATA_DIR: otherData.path, ROLE: 'api', ARTIFACT_STORE: 'postgres' });
-    owner = await signUp(server);
-  }, 60_000);
-
-  afterAll(async () => {
-    await other?.stop();
-    await otherData?.remove();
-    await server?.stop();
-    await flutter?.remove();
-  });
+  const suite = useGenerationServer({ ARTIFACT_STORE: 'postgres' });
+  // Another machine: its own DATA_DIR, the same database.
+  const other = useStarted(() => startInstance(suite.server.database, { ROLE: 'api', ARTIFACT_STORE: 'postgres' }));
 
   it.skipIf(!testDatabaseUrl)('…and by a separate Kiln process on the same PostgreSQL (its default store there)', { timeout: 90_000 }, async () => {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'Served by another process' });
-    expect((await waitForEnd(server, owner.client, owner.accessToken, started.id)).status).toBe('SUCCEEDED');
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'Served by another process' });
+    expect((await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id)).status).toBe('SUCCEEDED');
     const processData = await tempDir('api-process');
-    const api = await spawnKiln('api', { DATABASE_URL: server.database.url!, ROLE: 'api', DATA_DIR: processData.path });
+    const api = await spawnKiln('api', { DATABASE_URL: suite.server.database.url!, ROLE: 'api', DATA_DIR: processData.path });
     try {
-      const { generation } = await owner.client.expectNoErrors(GenerationPreviewDocument, { id: started.id });
-      const page = await fetch(generation!.preview!.url.replace(server.url, api.url));
+      const { generation } = await suite.owner.client.expectNoErrors(GenerationPreviewDocument, { id: started.id });
+      const page = await fetch(generation!.preview!.url.replace(suite.server.url, api.url));
       expect(page.status).toBe(200);
       expect(await page.text()).toContain('Served by another process');
     } finally {
@@ -194,19 +157,19 @@ describe(`a preview URL issued by one API instance is served by another (${datab
   });
 
   it('verifies the signature with the key from the database and reads the bundle from PostgreSQL', { timeout: 60_000 }, async () => {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'Shared across instances' });
-    expect((await waitForEnd(server, owner.client, owner.accessToken, started.id)).status).toBe('SUCCEEDED');
-    await rm(server.workspacesDir, { recursive: true, force: true });
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'Shared across instances' });
+    expect((await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id)).status).toBe('SUCCEEDED');
+    await rm(suite.server.workspacesDir, { recursive: true, force: true });
 
-    const { generation } = await owner.client.expectNoErrors(GenerationPreviewDocument, { id: started.id });
-    const onOther = generation!.preview!.url.replace(server.url, other.url);
+    const { generation } = await suite.owner.client.expectNoErrors(GenerationPreviewDocument, { id: started.id });
+    const onOther = generation!.preview!.url.replace(suite.server.url, other.url);
     const page = await fetch(onOther);
     expect(page.status).toBe(200);
     expect(await page.text()).toContain('Shared across instances');
     // And the reverse: issued by the other, served by the first.
-    const { generation: fromOther } = await other.client(owner.accessToken).expectNoErrors(GenerationArchiveDocument, { id: started.id, format: 'TAR_GZ' });
-    const archive = await fetch(fromOther!.archive!.url.replace(other.url, server.url));
+    const { generation: fromOther } = await other.client(suite.owner.accessToken).expectNoErrors(GenerationArchiveDocument, { id: started.id, format: 'TAR_GZ' });
+    const archive = await fetch(fromOther!.archive!.url.replace(other.url, suite.server.url));
     expect(archive.status).toBe(200);
     expect(archive.headers.get('content-type')).toBe('application/gzip');
   });

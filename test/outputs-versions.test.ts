@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { applyPatch } from 'diff';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import {
   AddProjectMemberDocument,
   CancelGenerationDocument,
@@ -13,20 +13,12 @@ import {
 } from './gql/graphql.js';
 import { unzip, untarGz } from './support/archives.js';
 import { databaseKind } from './support/db.js';
-import { type FakeOpenAi, startFakeOpenAi } from './support/fake-openai.js';
+import { startFakeOpenAi } from './support/fake-openai.js';
 import { createProject, expectTypename, signUp, type TestUser } from './support/fixtures.js';
-import {
-  type FakeFlutter,
-  fakeFlutter,
-  type Generation,
-  type GenerationServer,
-  GenerationWatch,
-  getGeneration,
-  startAccepted,
-  startGenerationServer,
-  waitForEnd,
-} from './support/generation-helpers.js';
+import { type Generation, GenerationWatch, getGeneration, startAccepted, waitForEnd } from './support/generation-helpers.js';
+import { useStarted } from './support/lifecycle.js';
 import type { GraphQLClient } from './support/server.js';
+import { useGenerationServer } from './support/suite-server.js';
 
 // Versions a person compares, goes back to and takes away: diffs between generations
 // (patches that apply), restore (a new generation with exactly the old files, built
@@ -42,10 +34,8 @@ const answer = (...files: { path: string; content?: string }[]) => [
 ];
 
 describe(`versions: diffs, restore and archives (${databaseKind})`, () => {
-  let llm: FakeOpenAi;
-  let flutter: FakeFlutter;
-  let server: GenerationServer;
-  let owner: TestUser;
+  const llm = useStarted(() => startFakeOpenAi(), (fake) => fake.close());
+  const suite = useGenerationServer(() => ({ ...llm.kilnEnv, AUTO_FIX_MAX_ROUNDS: '0' }));
   let editor: TestUser;
   let viewer: TestUser;
   let projectId: string;
@@ -54,13 +44,13 @@ describe(`versions: diffs, restore and archives (${databaseKind})`, () => {
 
   const addMember = async (member: TestUser, role: ProjectRole) =>
     expectTypename(
-      (await owner.client.expectNoErrors(AddProjectMemberDocument, { input: { projectId, email: member.email, role } })).addProjectMember,
+      (await suite.owner.client.expectNoErrors(AddProjectMemberDocument, { input: { projectId, email: member.email, role } })).addProjectMember,
       'ProjectMember',
     );
   const run = async (user: TestUser, input: { prompt: string; sessionId?: string }, ...files: { path: string; content?: string }[]) => {
     llm.script({ kind: 'stream', chunks: answer(...files) });
     const started = await startAccepted(user.client, { projectId, ...input });
-    const ended = await waitForEnd(server, user.client, user.accessToken, started.id);
+    const ended = await waitForEnd(suite.server, user.client, user.accessToken, started.id);
     expect(ended.status, JSON.stringify(ended.error)).toBe('SUCCEEDED');
     return ended;
   };
@@ -74,34 +64,19 @@ describe(`versions: diffs, restore and archives (${databaseKind})`, () => {
   };
 
   beforeAll(async () => {
-    llm = await startFakeOpenAi();
-    flutter = await fakeFlutter('ok');
-    server = await startGenerationServer({
-      FLUTTER_BIN: flutter.bin,
-      LLM_PROVIDER: 'openai',
-      OPENAI_BASE_URL: llm.baseUrl,
-      OPENAI_MODEL: 'fake-coder',
-      AUTO_FIX_MAX_ROUNDS: '0',
-    });
-    [owner, editor, viewer] = await Promise.all([signUp(server), signUp(server), signUp(server)]);
-    projectId = (await createProject(owner.client, { target: 'FLUTTER', name: 'Café Planner: v2!' })).id;
+    [editor, viewer] = await Promise.all([signUp(suite.server), signUp(suite.server)]);
+    projectId = (await createProject(suite.owner.client, { target: 'FLUTTER', name: 'Café Planner: v2!' })).id;
     await addMember(editor, 'EDITOR');
     await addMember(viewer, 'VIEWER');
-    first = await run(owner, { prompt: 'A planner' }, { path: 'lib/main.dart', content: dart('One') }, { path: 'lib/extra.dart', content: 'int extra() => 1;\n' });
+    first = await run(suite.owner, { prompt: 'A planner' }, { path: 'lib/main.dart', content: dart('One') }, { path: 'lib/extra.dart', content: 'int extra() => 1;\n' });
     second = await run(
-      owner,
+      suite.owner,
       { prompt: 'Rename it, drop extra, add a helper', sessionId: first.sessionId },
       { path: 'lib/main.dart', content: dart('Two', '// second version\n') },
       { path: 'lib/extra.dart' },
       { path: 'lib/helper.dart', content: 'String greet(String name) => "Hello $name";' },
     );
   }, 60_000);
-
-  afterAll(async () => {
-    await server?.stop();
-    await flutter?.remove();
-    await llm?.close();
-  });
 
   it('diffs a follow-up against its parent: per file, with counts and patches that apply', async () => {
     const { generation } = await viewer.client.expectNoErrors(GenerationDiffDocument, { id: second.id });
@@ -127,14 +102,14 @@ describe(`versions: diffs, restore and archives (${databaseKind})`, () => {
   });
 
   it('diffs the first generation against nothing, and any two generations of the project either way', async () => {
-    const { generation } = await owner.client.expectNoErrors(GenerationDiffDocument, { id: first.id });
+    const { generation } = await suite.owner.client.expectNoErrors(GenerationDiffDocument, { id: first.id });
     expect(generation!.diff!.against).toBeNull();
     expect(generation!.diff!.files.map((file) => file.path)).toEqual(first.files.map((file) => file.path));
     expect(new Set(generation!.diff!.files.map((file) => file.change))).toEqual(new Set(['ADDED']));
 
-    const { generation: back } = await owner.client.expectNoErrors(GenerationDiffDocument, { id: first.id, against: second.id });
-    const after = await contents(owner.client, second);
-    const before = await contents(owner.client, first);
+    const { generation: back } = await suite.owner.client.expectNoErrors(GenerationDiffDocument, { id: first.id, against: second.id });
+    const after = await contents(suite.owner.client, second);
+    const before = await contents(suite.owner.client, first);
     expect(back!.diff!.against).toEqual({ id: second.id });
     for (const file of back!.diff!.files) expect(applyPatch(after.get(file.path) ?? '', file.patch), file.path).toBe(before.get(file.path) ?? '');
     expect(back!.diff!.files.map((file) => [file.path, file.change])).toEqual([
@@ -145,12 +120,12 @@ describe(`versions: diffs, restore and archives (${databaseKind})`, () => {
   });
 
   it('refuses to diff against a generation of another project, or one that does not exist', async () => {
-    const elsewhere = await createProject(owner.client, { target: 'FLUTTER' });
+    const elsewhere = await createProject(suite.owner.client, { target: 'FLUTTER' });
     llm.script({ kind: 'stream', chunks: answer({ path: 'lib/main.dart', content: dart('Else') }) });
-    const other = await startAccepted(owner.client, { projectId: elsewhere.id, prompt: 'Elsewhere' });
-    await waitForEnd(server, owner.client, owner.accessToken, other.id);
+    const other = await startAccepted(suite.owner.client, { projectId: elsewhere.id, prompt: 'Elsewhere' });
+    await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, other.id);
     for (const against of [other.id, 'R2VuZXJhdGlvbjpub3BlIQ==', 'garbage']) {
-      const response = await owner.client.request(GenerationDiffDocument, { id: second.id, against });
+      const response = await suite.owner.client.request(GenerationDiffDocument, { id: second.id, against });
       expect(response.data?.generation?.diff, against).toBeNull();
       expect(response.errors?.map((error) => error.extensions?.code), against).toEqual(['NOT_FOUND']);
     }
@@ -176,7 +151,7 @@ describe(`versions: diffs, restore and archives (${databaseKind})`, () => {
       }
     }
     // Without a format: ZIP.
-    const { generation } = await owner.client.expectNoErrors(GenerationArchiveDocument, { id: second.id });
+    const { generation } = await suite.owner.client.expectNoErrors(GenerationArchiveDocument, { id: second.id });
     expect(generation!.archive!.filename.endsWith('.zip')).toBe(true);
   });
 
@@ -185,7 +160,7 @@ describe(`versions: diffs, restore and archives (${databaseKind})`, () => {
     const { restoreGeneration } = await editor.client.expectNoErrors(RestoreGenerationDocument, { id: first.id });
     const restored = expectTypename(restoreGeneration, 'Generation');
     expect(restored).toMatchObject({ status: 'QUEUED', sessionId: first.sessionId, parent: { id: second.id }, restoredFrom: { id: first.id } });
-    const watch = new GenerationWatch(server.url, editor.accessToken, restored.id);
+    const watch = new GenerationWatch(suite.server.url, editor.accessToken, restored.id);
     const states = await watch.finished().finally(() => watch.close());
     expect(states.status).toBe('SUCCEEDED');
     expect(watch.states.map((state) => state.phase)).not.toContain('FIXING');
@@ -201,14 +176,14 @@ describe(`versions: diffs, restore and archives (${databaseKind})`, () => {
     const { generation: seen } = await viewer.client.expectNoErrors(GenerationPreviewDocument, { id: restored.id });
     expect((await fetch(seen!.preview!.url)).status).toBe(200);
     // History is not rewritten: the versions in between are still there, unchanged.
-    expect((await getGeneration(owner.client, second.id)).files).toEqual(second.files);
-    const { generation: diff } = await owner.client.expectNoErrors(GenerationDiffDocument, { id: restored.id, against: first.id });
+    expect((await getGeneration(suite.owner.client, second.id)).files).toEqual(second.files);
+    const { generation: diff } = await suite.owner.client.expectNoErrors(GenerationDiffDocument, { id: restored.id, against: first.id });
     expect(diff!.diff!.files).toEqual([]);
 
     // The next follow-up builds on the restored files and sees the conversation as it stood then.
     llm.script({ kind: 'stream', chunks: answer({ path: 'lib/later.dart', content: 'int later() => 3;\n' }) });
-    const next = await startAccepted(owner.client, { projectId, prompt: 'Add a later helper', sessionId: first.sessionId });
-    const after = await waitForEnd(server, owner.client, owner.accessToken, next.id);
+    const next = await startAccepted(suite.owner.client, { projectId, prompt: 'Add a later helper', sessionId: first.sessionId });
+    const after = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, next.id);
     expect(after.status).toBe('SUCCEEDED');
     expect(after.parent).toEqual({ id: restored.id });
     expect(after.files.map((file) => file.path)).toEqual([...first.files.map((file) => file.path), 'lib/later.dart'].sort());
@@ -223,19 +198,19 @@ describe(`versions: diffs, restore and archives (${databaseKind})`, () => {
   it('lets owners and editors restore; a viewer is forbidden, an outsider finds nothing, a running one cannot be', async () => {
     const asViewer = (await viewer.client.expectNoErrors(RestoreGenerationDocument, { id: first.id })).restoreGeneration;
     expectTypename(asViewer, 'ForbiddenError');
-    const outsider = await signUp(server);
+    const outsider = await signUp(suite.server);
     expectTypename((await outsider.client.expectNoErrors(RestoreGenerationDocument, { id: first.id })).restoreGeneration, 'NotFoundError');
 
     // A generation still running (the model stalls) cannot be restored yet.
     const requestsBefore = llm.requests.length;
     llm.script({ kind: 'stall', chunks: ['Thinking'] });
-    const other = await createProject(owner.client, { target: 'FLUTTER' });
-    const running = await startAccepted(owner.client, { projectId: other.id, prompt: 'Stalls' });
-    expectTypename((await owner.client.expectNoErrors(RestoreGenerationDocument, { id: running.id })).restoreGeneration, 'InvalidStateError');
-    const watch = new GenerationWatch(server.url, owner.accessToken, running.id);
+    const other = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const running = await startAccepted(suite.owner.client, { projectId: other.id, prompt: 'Stalls' });
+    expectTypename((await suite.owner.client.expectNoErrors(RestoreGenerationDocument, { id: running.id })).restoreGeneration, 'InvalidStateError');
+    const watch = new GenerationWatch(suite.server.url, suite.owner.accessToken, running.id);
     await watch.until((state) => state.status === 'RUNNING');
-    expectTypename((await owner.client.expectNoErrors(RestoreGenerationDocument, { id: running.id })).restoreGeneration, 'InvalidStateError');
-    await owner.client.expectNoErrors(CancelGenerationDocument, { id: running.id });
+    expectTypename((await suite.owner.client.expectNoErrors(RestoreGenerationDocument, { id: running.id })).restoreGeneration, 'InvalidStateError');
+    await suite.owner.client.expectNoErrors(CancelGenerationDocument, { id: running.id });
     await watch.finished().finally(() => watch.close());
     expect(llm.requests.length).toBe(requestsBefore + 1);
   });

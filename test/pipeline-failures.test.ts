@@ -5,18 +5,10 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConversationDocument, GeneratedFileDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { createProject, signUp } from './support/fixtures.js';
+import { createProject } from './support/fixtures.js';
 import { useGeminiServer } from './support/gemini-server.js';
-import {
-  type FakeFlutter,
-  fakeFlutter,
-  filesUnder,
-  rawId,
-  replayChunks,
-  startAccepted,
-  startGenerationServer,
-  waitForEnd,
-} from './support/generation-helpers.js';
+import { type FakeFlutterMode, filesUnder, rawId, replayChunks, startAccepted, waitForEnd } from './support/generation-helpers.js';
+import { startSuiteServer } from './support/suite-server.js';
 
 // How a generation fails, as its owner sees it: the error code and a message a person
 // can act on, which build steps ran, and nothing written where it must not be.
@@ -27,19 +19,16 @@ describe(`build failures (${databaseKind})`, () => {
     for (const cleanup of cleanups.reverse()) await cleanup();
   });
 
-  async function serverWith(env: Record<string, string>) {
-    const server = await startGenerationServer(env);
-    cleanups.push(() => server.stop());
-    const owner = await signUp(server);
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
-    return { server, owner, project };
+  async function serverWith(env: Record<string, string>, flutterMode?: FakeFlutterMode) {
+    const suite = await startSuiteServer(env, flutterMode);
+    cleanups.push(() => suite.stop());
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    return { ...suite, project };
   }
 
   it('fails with BUILD_FAILED when analysis finds an error: that step FAILED, the later ones SKIPPED', async () => {
-    const flutter = await fakeFlutter('analyze-fail');
-    cleanups.push(() => flutter.remove());
     // Self-healing off: this is the failure as the user sees it when no fix round runs (test/fix-rounds.test.ts has those).
-    const { server, owner, project } = await serverWith({ FLUTTER_BIN: flutter.bin, AUTO_FIX_MAX_ROUNDS: '0' });
+    const { server, owner, project } = await serverWith({ AUTO_FIX_MAX_ROUNDS: '0' }, 'analyze-fail');
 
     const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A todo list' });
     const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id);

@@ -1,20 +1,12 @@
 import { sql } from 'drizzle-orm';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { memoryRateLimitStore } from '../src/api/rate-limit.js';
 import { RetryGenerationDocument, SignInDocument, SignUpDocument } from './gql/graphql.js';
 import { databaseKind, testDatabaseUrl } from './support/db.js';
 import { createProject, expectTypename, PASSWORD, signUp, uniqueEmail } from './support/fixtures.js';
-import {
-  type FakeFlutter,
-  fakeFlutter,
-  type GenerationServer,
-  startAccepted,
-  startGeneration,
-  startGenerationServer,
-  startInstance,
-  waitForEnd,
-} from './support/generation-helpers.js';
-import type { GraphQLClient } from './support/server.js';
+import { startAccepted, startGeneration, startInstance, waitForEnd } from './support/generation-helpers.js';
+import { type GraphQLClient, startTestServer, useTestServer } from './support/server.js';
+import { useGenerationServer } from './support/suite-server.js';
 
 // Rate limits answer RateLimitedError { retryAfterSeconds } once a window's budget of
 // attempts is spent: sign-in and sign-up per client address and per email, starting
@@ -34,15 +26,7 @@ const printSignIn = `mutation SignIn($email: String!, $password: String!) {
 }`;
 
 describe(`sign-in and sign-up per email (${databaseKind})`, () => {
-  let server: GenerationServer;
-
-  beforeAll(async () => {
-    server = await startGenerationServer({ RATE_LIMIT_AUTH_PER_EMAIL: '3/600' });
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-  });
+  const server = useTestServer({ RATE_LIMIT_AUTH_PER_EMAIL: '3/600' });
 
   it('stops guessing one account after a few attempts, even with the right password, and says when to come back', async () => {
     const email = uniqueEmail('victim');
@@ -62,15 +46,7 @@ describe(`sign-in and sign-up per email (${databaseKind})`, () => {
 });
 
 describe(`sign-in and sign-up per client address (${databaseKind})`, () => {
-  let server: GenerationServer;
-
-  beforeAll(async () => {
-    server = await startGenerationServer({ RATE_LIMIT_AUTH_PER_IP: '4/600' });
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-  });
+  const server = useTestServer({ RATE_LIMIT_AUTH_PER_IP: '4/600' });
 
   it('limits one client address across emails, and does not believe X-Forwarded-For without TRUST_PROXY', async () => {
     for (let i = 0; i < 4; i++) {
@@ -85,15 +61,7 @@ describe(`sign-in and sign-up per client address (${databaseKind})`, () => {
 });
 
 describe(`behind a trusted proxy (${databaseKind})`, () => {
-  let server: GenerationServer;
-
-  beforeAll(async () => {
-    server = await startGenerationServer({ TRUST_PROXY: 'true', RATE_LIMIT_AUTH_PER_IP: '2/600' });
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-  });
+  const server = useTestServer({ TRUST_PROXY: 'true', RATE_LIMIT_AUTH_PER_IP: '2/600' });
 
   it('counts per address the proxy saw (the last X-Forwarded-For entry), not per spoofable first entry', async () => {
     const from = (chain: string) => ({ 'x-forwarded-for': chain });
@@ -107,46 +75,27 @@ describe(`behind a trusted proxy (${databaseKind})`, () => {
 });
 
 describe(`starting generations (${databaseKind})`, () => {
-  let flutter: FakeFlutter;
-  let server: GenerationServer;
-
-  beforeAll(async () => {
-    flutter = await fakeFlutter('ok');
-    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, RATE_LIMIT_GENERATIONS_PER_USER: '2/600', MAX_ACTIVE_GENERATIONS_PER_USER: '10' });
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-    await flutter?.remove();
-  });
+  const suite = useGenerationServer({ RATE_LIMIT_GENERATIONS_PER_USER: '2/600', MAX_ACTIVE_GENERATIONS_PER_USER: '10' });
 
   it('refuses a user a third start (or retry) in the window and leaves other users alone', async () => {
-    const owner = await signUp(server);
+    const owner = await signUp(suite.server);
     const project = await createProject(owner.client, { target: 'FLUTTER' });
     const first = await startAccepted(owner.client, { projectId: project.id, prompt: 'A timer' });
     await startAccepted(owner.client, { projectId: project.id, prompt: 'A stopwatch' });
     const limited = expectTypename(await startGeneration(owner.client, { projectId: project.id, prompt: 'A clock' }), 'RateLimitedError');
     expect(limited.retryAfterSeconds).toBeGreaterThan(0);
     expect(limited.retryAfterSeconds).toBeLessThanOrEqual(600);
-    await waitForEnd(server, owner.client, owner.accessToken, first.id);
+    await waitForEnd(suite.server, owner.client, owner.accessToken, first.id);
     expectTypename((await owner.client.expectNoErrors(RetryGenerationDocument, { id: first.id })).retryGeneration, 'RateLimitedError');
 
-    const other = await signUp(server);
+    const other = await signUp(suite.server);
     const theirs = await createProject(other.client, { target: 'FLUTTER' });
     await startAccepted(other.client, { projectId: theirs.id, prompt: 'A timer' });
   });
 });
 
 describe.skipIf(!testDatabaseUrl)('limits shared through PostgreSQL', () => {
-  let server: GenerationServer;
-
-  beforeAll(async () => {
-    server = await startGenerationServer({ RATE_LIMIT_AUTH_PER_EMAIL: '3/600' });
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-  });
+  const server = useTestServer({ RATE_LIMIT_AUTH_PER_EMAIL: '3/600' });
 
   it('counts attempts on every instance of one database together', async () => {
     const second = await startInstance(server.database, { DATA_DIR: server.dataDir, RATE_LIMIT_AUTH_PER_EMAIL: '3/600' });
@@ -176,7 +125,7 @@ describe(`the counters (${databaseKind})`, () => {
   });
 
   it('live in a table that requests can neither read nor write', async () => {
-    const server = await startGenerationServer();
+    const server = await startTestServer();
     try {
       const denied = await server.database.db
         .transaction(async (tx) => {

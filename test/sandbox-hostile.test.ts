@@ -2,14 +2,14 @@ import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { findCgroups } from '../src/toolchain/cgroups.js';
 import { probeBwrap } from '../src/toolchain/sandbox.js';
 import { databaseKind } from './support/db.js';
-import { type FakeGemini, startFakeGemini } from './support/fake-gemini.js';
 import { createProject, signUp, type TestUser } from './support/fixtures.js';
-import { type Generation, type GenerationServer, rawId, repoRoot, startAccepted, startGenerationServer, waitForEnd } from './support/generation-helpers.js';
-import { hostileAnswer, hostProcessesWith, type ProbeKind, probeResults, type FakeSdk, sdkFakeFlutter, sdkFakeNpm } from './support/hostile-project.js';
+import { useGeminiServer } from './support/gemini-server.js';
+import { type Generation, rawId, repoRoot, startAccepted, waitForEnd } from './support/generation-helpers.js';
+import { hostileAnswer, hostProcessesWith, type ProbeKind, probeResults, useSdkFakes } from './support/hostile-project.js';
 
 // Generated code is hostile: a project a model was steered into writing runs probes as
 // project code on each target (WEB: its own `tsc`/`vite` bins, and a `postinstall`;
@@ -26,56 +26,30 @@ const forkBombSafe = (await findCgroups()) !== undefined;
 const LIMITS = { BUILD_MEMORY_MB: '384', BUILD_MAX_PROCESSES: '128', BUILD_MAX_WORKSPACE_MB: '64' };
 
 describe.skipIf(bwrapProblem !== undefined).each(['WEB', 'FLUTTER'] as const)(`hostile %s projects in the build sandbox (${databaseKind})${why}`, (target) => {
-  let gemini: FakeGemini;
-  let flutter: FakeSdk;
-  let npm: FakeSdk;
-  let server: GenerationServer;
-  let owner: TestUser;
+  const sdks = useSdkFakes();
+  const suite = useGeminiServer(() => ({ BUILD_SANDBOX: 'bwrap', ...LIMITS, ...sdks.kilnEnv, AUTO_FIX_MAX_ROUNDS: '0' }));
   let apiPort: number;
   const marker = randomUUID().slice(0, 8);
 
   beforeAll(async () => {
-    gemini = await startFakeGemini();
-    flutter = await sdkFakeFlutter();
-    npm = await sdkFakeNpm();
-    server = await startGenerationServer({
-      BUILD_SANDBOX: 'bwrap',
-      ...LIMITS,
-      LLM_PROVIDER: 'gemini',
-      GEMINI_API_KEY: 'x',
-      GEMINI_BASE_URL: gemini.baseUrl,
-      FLUTTER_BIN: flutter.bin,
-      NPM_BIN: npm.bin,
-      // One at a time, so each scripted answer goes to the generation meant to get it; no fix rounds.
-      WORKER_CONCURRENCY: '1',
-      AUTO_FIX_MAX_ROUNDS: '0',
-    });
-    apiPort = Number(new URL(server.url).port);
-    owner = await signUp(server);
+    apiPort = Number(new URL(suite.server.url).port);
     // Something of the server's own, and another tenant's build, for the probes to look for.
-    await writeFile(join(server.dataDir, 'canary-secret.txt'), 'if you can read this, so can every tenant');
-    const other = await signUp(server);
+    await writeFile(join(suite.server.dataDir, 'canary-secret.txt'), 'if you can read this, so can every tenant');
+    const other = await signUp(suite.server);
     const otherGeneration = await build(other, 'honest');
     expect(otherGeneration.status).toBe('SUCCEEDED');
   });
 
-  afterAll(async () => {
-    await server?.stop();
-    await gemini?.close();
-    await flutter?.remove();
-    await npm?.remove();
-  });
-
   async function build(user: TestUser, kind: ProbeKind): Promise<Generation> {
     const project = await createProject(user.client, { target });
-    const targets = { serverPid: process.pid, dataDir: server.dataDir, repoRoot: repoRoot.replace(/\/$/, ''), apiPort, marker };
-    gemini.script({ kind: 'stream', chunks: [hostileAnswer(target, kind, targets)], usage: { promptTokens: 10, outputTokens: 10 } });
+    const targets = { serverPid: process.pid, dataDir: suite.server.dataDir, repoRoot: repoRoot.replace(/\/$/, ''), apiPort, marker };
+    suite.gemini.script({ kind: 'stream', chunks: [hostileAnswer(target, kind, targets)], usage: { promptTokens: 10, outputTokens: 10 } });
     const started = await startAccepted(user.client, { projectId: project.id, prompt: `a ${kind} app` });
-    return waitForEnd(server, user.client, user.accessToken, started.id, 60_000);
+    return waitForEnd(suite.server, user.client, user.accessToken, started.id, 60_000);
   }
 
   it('reaches nothing of the server, other tenants or the host, and leaves nothing running', { timeout: 90_000 }, async () => {
-    const generation = await build(owner, 'reach');
+    const generation = await build(suite.owner, 'reach');
 
     expect(generation.error).toBeNull();
     expect(generation.status).toBe('SUCCEEDED');
@@ -124,7 +98,7 @@ describe.skipIf(bwrapProblem !== undefined).each(['WEB', 'FLUTTER'] as const)(`h
       ] as const
     ).filter(([kind]) => kind !== 'fork-bomb' || forkBombSafe),
   )('ends a %s build with a clear error and stays healthy', { timeout: 90_000 }, async (kind, message) => {
-    const generation = await build(owner, kind);
+    const generation = await build(suite.owner, kind);
 
     expect(generation.status).toBe('FAILED');
     expect(generation.error?.code).toBe('BUILD_FAILED');
@@ -132,18 +106,18 @@ describe.skipIf(bwrapProblem !== undefined).each(['WEB', 'FLUTTER'] as const)(`h
     expect(generation.buildLog.at(-1)?.text).toMatch(message);
     expect(Object.values(probeResults(generation.buildLog)).filter((result) => result.startsWith('REACHED'))).toEqual([]);
 
-    const ready = await fetch(`${server.url}/ready`);
+    const ready = await fetch(`${suite.server.url}/ready`);
     expect(ready.status).toBe(200);
     expect(await ready.json()).toMatchObject({ ready: true, sandbox: { kind: 'bwrap' } });
   });
 
   it('still builds an honest project', { timeout: 90_000 }, async () => {
-    const generation = await build(owner, 'honest');
+    const generation = await build(suite.owner, 'honest');
 
     expect(generation.error).toBeNull();
     expect(generation.status).toBe('SUCCEEDED');
     expect(generation.buildSteps.map((step) => step.status)).toEqual(['SUCCEEDED', 'SUCCEEDED', 'SUCCEEDED']);
-    const workspace = join(server.workspacesDir, rawId(generation.project.id), rawId(generation.id));
+    const workspace = join(suite.server.workspacesDir, rawId(generation.project.id), rawId(generation.id));
     expect(existsSync(join(workspace, target === 'WEB' ? 'dist' : 'build/web', 'index.html'))).toBe(true);
   });
 });
@@ -151,38 +125,20 @@ describe.skipIf(bwrapProblem !== undefined).each(['WEB', 'FLUTTER'] as const)(`h
 // The control: the same probes with BUILD_SANDBOX=none reach what the sandbox hides, so
 // the "blocked" above is the sandbox's doing, not a broken probe.
 describe(`the same probes without the sandbox (${databaseKind})`, () => {
-  let gemini: FakeGemini;
-  let flutter: FakeSdk;
-  let server: GenerationServer;
+  const sdks = useSdkFakes();
+  const suite = useGeminiServer(() => ({ BUILD_SANDBOX: 'none', ...sdks.kilnEnv, AUTO_FIX_MAX_ROUNDS: '0' }));
 
   beforeAll(async () => {
-    gemini = await startFakeGemini();
-    flutter = await sdkFakeFlutter();
-    server = await startGenerationServer({
-      BUILD_SANDBOX: 'none',
-      LLM_PROVIDER: 'gemini',
-      GEMINI_API_KEY: 'x',
-      GEMINI_BASE_URL: gemini.baseUrl,
-      FLUTTER_BIN: flutter.bin,
-      AUTO_FIX_MAX_ROUNDS: '0',
-    });
-    await writeFile(join(server.dataDir, 'canary-secret.txt'), 'if you can read this, so can every tenant');
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-    await gemini?.close();
-    await flutter?.remove();
+    await writeFile(join(suite.server.dataDir, 'canary-secret.txt'), 'if you can read this, so can every tenant');
   });
 
   it('reach the server, its files and its port', { timeout: 60_000 }, async () => {
-    const owner = await signUp(server);
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
     const marker = randomUUID().slice(0, 8);
-    const targets = { serverPid: process.pid, dataDir: server.dataDir, repoRoot: repoRoot.replace(/\/$/, ''), apiPort: Number(new URL(server.url).port), marker };
-    gemini.script({ kind: 'stream', chunks: [hostileAnswer('FLUTTER', 'reach', targets)], usage: { promptTokens: 10, outputTokens: 10 } });
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'a probing app' });
-    const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id, 60_000);
+    const targets = { serverPid: process.pid, dataDir: suite.server.dataDir, repoRoot: repoRoot.replace(/\/$/, ''), apiPort: Number(new URL(suite.server.url).port), marker };
+    suite.gemini.script({ kind: 'stream', chunks: [hostileAnswer('FLUTTER', 'reach', targets)], usage: { promptTokens: 10, outputTokens: 10 } });
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'a probing app' });
+    const generation = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id, 60_000);
     try {
       const results = probeResults(generation.buildLog);
       for (const probe of ['environ', 'processes', 'data-dir', 'source', 'server-node-modules', `tcp-${targets.apiPort}`]) {

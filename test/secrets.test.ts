@@ -2,20 +2,18 @@ import { randomBytes } from 'node:crypto';
 import { chmod, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { TypedDocumentNode } from '@graphql-typed-document-node/core';
 import { sql } from 'drizzle-orm';
-import { print } from 'graphql';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig } from '../src/config.js';
 import { rowsOf } from '../src/db/client.js';
 import { AddProjectMemberDocument, GenerationDocument, ProjectDocument, SetProjectSecretDocument } from './gql/graphql.js';
 import { createTestDatabase, databaseKind } from './support/db.js';
 import { type FakeGemini, startFakeGemini } from './support/fake-gemini.js';
-import { type ClientFactory, createProject, expectTypename, signUp, type TestUser } from './support/fixtures.js';
+import { type ClientFactory, clientOver, createProject, expectTypename, signUp, type TestUser } from './support/fixtures.js';
 import { rawId, replayChunks, startAccepted, tempDir, waitForEnd } from './support/generation-helpers.js';
 import { type CapturedServer, startCapturedServer } from './support/log-capture.js';
 import { startProcess } from './support/process.js';
-import type { GraphQLClient, GraphQLResponse } from './support/server.js';
+import type { GraphQLClient } from './support/server.js';
 
 // A project's own API key is write-only: stored encrypted, used for that project's
 // runs, and never in a response, a log line or a build step's environment. The
@@ -36,22 +34,11 @@ function recordingClients(server: ClientFactory, bodies: string[]): ClientFactor
   return {
     client: (token?: string): GraphQLClient => {
       const inner = server.client(token);
-      const post = async (body: unknown, headers?: Record<string, string>) => {
+      return clientOver(async (body, headers) => {
         const response = await inner.post(body, headers);
         bodies.push(await response.clone().text());
         return response;
-      };
-      const request = async <T, V>(document: TypedDocumentNode<T, V>, variables?: V) =>
-        (await (await post({ query: print(document), variables })).json()) as GraphQLResponse<T>;
-      return {
-        post,
-        request,
-        expectNoErrors: async (document, variables) => {
-          const response = await request(document, variables);
-          if (response.errors?.length || !response.data) throw new Error(`GraphQL errors: ${JSON.stringify(response.errors)}`);
-          return response.data;
-        },
-      };
+      });
     },
   };
 }

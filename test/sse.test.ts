@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { GenerationChunksDocument, GenerationUpdatedDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { createProject, signUp } from './support/fixtures.js';
-import { startAccepted, waitForEnd, within } from './support/generation-helpers.js';
+import { signUp } from './support/fixtures.js';
+import { startInNewProject, waitForEnd, within } from './support/generation-helpers.js';
 import { useGenerationServer } from './support/suite-server.js';
 import { isContiguousFromZero, sseSubscribe } from './support/live.js';
 
@@ -14,10 +14,7 @@ import { isContiguousFromZero, sseSubscribe } from './support/live.js';
 describe(`generation streams over SSE (${databaseKind})`, () => {
   const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '25' });
 
-  async function start(prompt: string) {
-    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
-    return startAccepted(suite.owner.client, { projectId: project.id, prompt });
-  }
+  const start = (prompt: string) => startInNewProject(suite.owner, prompt);
 
   it('resumes after the stream is dropped mid-way: both parts together are every seq once, in order', async () => {
     const generation = await start('A reading list with ratings and notes');

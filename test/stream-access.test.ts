@@ -1,4 +1,4 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import {
   AddProjectMemberDocument,
   ArchiveProjectDocument,
@@ -10,9 +10,11 @@ import {
 } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
 import { createProject, signIn, signUp, type TestUser } from './support/fixtures.js';
-import { type FakeFlutter, fakeFlutter, type GenerationServer, startAccepted, startGenerationServer, within } from './support/generation-helpers.js';
-import { type FakeSupabase, startFakeSupabase } from './support/fake-supabase.js';
+import { type GenerationServer, startAccepted, within } from './support/generation-helpers.js';
+import { startFakeSupabase } from './support/fake-supabase.js';
+import { useStarted } from './support/lifecycle.js';
 import { collect, liveClient, RawSocket, sseSubscribe } from './support/live.js';
+import { useGenerationServer } from './support/suite-server.js';
 
 // Live streams end when access ends, over SSE and graphql-ws alike: sign-out, removal
 // from the project, archiving it and token expiry each end a stream that is still live
@@ -43,43 +45,32 @@ async function openStream(server: GenerationServer, transport: Transport, user: 
 }
 
 describe(`live streams end when access ends (${databaseKind})`, () => {
-  let flutter: FakeFlutter;
-  let server: GenerationServer;
+  const suite = useGenerationServer(slow);
   const cleanups: (() => Promise<unknown>)[] = [];
-
-  beforeAll(async () => {
-    flutter = await fakeFlutter('ok');
-    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, ...slow });
-  });
 
   afterEach(async () => {
     for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
   });
 
-  afterAll(async () => {
-    await server?.stop();
-    await flutter?.remove();
-  });
-
   /** An owner, a viewer of their project, and a generation that streams for a minute. */
   async function sharedGeneration() {
-    const owner = await signUp(server);
-    const viewer = await signUp(server);
+    const owner = await signUp(suite.server);
+    const viewer = await signUp(suite.server);
     const project = await createProject(owner.client, { target: 'FLUTTER' });
     const added = await owner.client.expectNoErrors(AddProjectMemberDocument, { input: { projectId: project.id, email: viewer.email, role: 'VIEWER' } });
     if (added.addProjectMember.__typename !== 'ProjectMember') throw new Error(`addProjectMember: ${added.addProjectMember.__typename}`);
     const viewerId = added.addProjectMember.user.id;
     const generation = await startAccepted(owner.client, { projectId: project.id, prompt: 'A long stream to lose access in' });
     // A fresh session: the test may have signed the owner out everywhere.
-    cleanups.push(async () => (await signIn(server, owner.email)).client.request(CancelGenerationDocument, { id: generation.id }));
+    cleanups.push(async () => (await signIn(suite.server, owner.email)).client.request(CancelGenerationDocument, { id: generation.id }));
     return { owner, viewer, viewerId, project, generation };
   }
 
   describe.each<Transport>(['sse', 'graphql-ws'])('over %s', (transport) => {
     it('signing out ends the stream with UNAUTHENTICATED, then it completes', async () => {
       const { owner, generation } = await sharedGeneration();
-      const session = await signIn(server, owner.email);
-      const stream = await openStream(server, transport, session, generation.id);
+      const session = await signIn(suite.server, owner.email);
+      const stream = await openStream(suite.server, transport, session, generation.id);
       cleanups.push(stream.close);
       expect(await session.client.expectNoErrors(SignOutDocument, {})).toEqual({ signOut: true });
       const ended = await within(stream.ended, 20_000, () => 'the stream outlived its session');
@@ -88,9 +79,9 @@ describe(`live streams end when access ends (${databaseKind})`, () => {
 
     it('signing out everywhere from another session ends it too', async () => {
       const { owner, generation } = await sharedGeneration();
-      const stream = await openStream(server, transport, owner, generation.id);
+      const stream = await openStream(suite.server, transport, owner, generation.id);
       cleanups.push(stream.close);
-      const other = await signIn(server, owner.email);
+      const other = await signIn(suite.server, owner.email);
       expect(await other.client.expectNoErrors(SignOutDocument, { scope: 'GLOBAL' })).toEqual({ signOut: true });
       const ended = await within(stream.ended, 20_000, () => 'the stream outlived a global sign-out');
       expect(ended.errors).toEqual([expect.objectContaining({ extensions: { code: 'UNAUTHENTICATED' } })]);
@@ -98,9 +89,9 @@ describe(`live streams end when access ends (${databaseKind})`, () => {
 
     it('a viewer removed from the project stops getting the stream (NOT_FOUND); the owner keeps it', async () => {
       const { owner, viewer, viewerId, project, generation } = await sharedGeneration();
-      const watching = await openStream(server, transport, viewer, generation.id);
+      const watching = await openStream(suite.server, transport, viewer, generation.id);
       cleanups.push(watching.close);
-      const ownerStream = sseSubscribe(server.url, owner.accessToken, GenerationChunksDocument, { id: generation.id });
+      const ownerStream = sseSubscribe(suite.server.url, owner.accessToken, GenerationChunksDocument, { id: generation.id });
       cleanups.push(async () => ownerStream.abort());
       const removed = await owner.client.expectNoErrors(RemoveProjectMemberDocument, { input: { projectId: project.id, userId: viewerId } });
       expect(removed.removeProjectMember.__typename).toBe('Project');
@@ -114,7 +105,7 @@ describe(`live streams end when access ends (${databaseKind})`, () => {
 
     it('archiving the project ends its live streams (INVALID_STATE)', async () => {
       const { owner, project, generation } = await sharedGeneration();
-      const stream = await openStream(server, transport, owner, generation.id);
+      const stream = await openStream(suite.server, transport, owner, generation.id);
       cleanups.push(stream.close);
       const archived = await owner.client.expectNoErrors(ArchiveProjectDocument, { id: project.id });
       expect(archived.archiveProject.__typename).toBe('Project');
@@ -125,73 +116,51 @@ describe(`live streams end when access ends (${databaseKind})`, () => {
 });
 
 describe(`live streams and token expiry (${databaseKind})`, () => {
-  let flutter: FakeFlutter;
-  let server: GenerationServer;
-
-  beforeAll(async () => {
-    flutter = await fakeFlutter('ok');
-    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, ...slow, ACCESS_TOKEN_TTL_SECONDS: '3', STREAM_ACCESS_RECHECK_MS: '600000' });
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-    await flutter?.remove();
-  });
+  const suite = useGenerationServer({ ...slow, ACCESS_TOKEN_TTL_SECONDS: '3', STREAM_ACCESS_RECHECK_MS: '600000' });
 
   it('an SSE stream ends with UNAUTHENTICATED when its token expires', async () => {
-    const owner = await signUp(server);
+    const owner = await signUp(suite.server);
     const project = await createProject(owner.client, { target: 'FLUTTER' });
     const generation = await startAccepted(owner.client, { projectId: project.id, prompt: 'Stream past my token' });
-    const fresh = await signIn(server, owner.email);
-    const stream = sseSubscribe(server.url, fresh.accessToken, GenerationChunksDocument, { id: generation.id });
+    const fresh = await signIn(suite.server, owner.email);
+    const stream = sseSubscribe(suite.server.url, fresh.accessToken, GenerationChunksDocument, { id: generation.id });
     try {
       const ended = await within(stream.ended, 20_000, () => 'the stream outlived its token');
       expect(ended).toEqual({ completed: true, errors: [expect.objectContaining({ extensions: { code: 'UNAUTHENTICATED' } })] });
       expect(stream.items.length, 'the stream was not live before the expiry').toBeGreaterThan(0);
     } finally {
       stream.abort();
-      const renewed = await signIn(server, owner.email);
+      const renewed = await signIn(suite.server, owner.email);
       await renewed.client.request(CancelGenerationDocument, { id: generation.id });
     }
   });
 });
 
 describe(`live streams per user (${databaseKind})`, () => {
-  let flutter: FakeFlutter;
-  let server: GenerationServer;
-
-  beforeAll(async () => {
-    flutter = await fakeFlutter('ok');
-    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, ...slow, LIVE_STREAMS_PER_USER: '2' });
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-    await flutter?.remove();
-  });
+  const suite = useGenerationServer({ ...slow, LIVE_STREAMS_PER_USER: '2' });
 
   it('refuses a stream or socket beyond LIVE_STREAMS_PER_USER with a clear error, and takes one again once room is made', async () => {
-    const owner = await signUp(server);
+    const owner = await signUp(suite.server);
     const project = await createProject(owner.client, { target: 'FLUTTER' });
     const generation = await startAccepted(owner.client, { projectId: project.id, prompt: 'Many viewers of one user' });
-    const socket = await RawSocket.open(server.url);
-    const sse = sseSubscribe(server.url, owner.accessToken, GenerationUpdatedDocument, { id: generation.id });
+    const socket = await RawSocket.open(suite.server.url);
+    const sse = sseSubscribe(suite.server.url, owner.accessToken, GenerationUpdatedDocument, { id: generation.id });
     try {
       await socket.init(owner.accessToken);
       await within(sse.atLeast(1), 20_000, () => 'the first SSE stream delivered nothing');
 
       // A third over SSE: refused on its own stream.
-      const refused = sseSubscribe(server.url, owner.accessToken, GenerationUpdatedDocument, { id: generation.id });
+      const refused = sseSubscribe(suite.server.url, owner.accessToken, GenerationUpdatedDocument, { id: generation.id });
       const outcome = await within(refused.ended, 20_000, () => 'the third stream was not refused');
       expect(outcome.errors).toEqual([expect.objectContaining({ extensions: { code: 'TOO_MANY_STREAMS' } })]);
       expect(outcome.errors![0]!.message).toContain('at most 2');
       // A third as a socket: closed at connection_init.
-      const extra = await RawSocket.open(server.url);
+      const extra = await RawSocket.open(suite.server.url);
       extra.send({ type: 'connection_init', payload: { authorization: `Bearer ${owner.accessToken}` } });
       expect(await within(extra.closed, 20_000, () => 'the third socket stayed open')).toEqual({ code: 4429, reason: 'Too many open connections' });
       // Another user is not affected.
-      const other = await signUp(server);
-      const theirs = await RawSocket.open(server.url);
+      const other = await signUp(suite.server);
+      const theirs = await RawSocket.open(suite.server.url);
       await theirs.init(other.accessToken);
       theirs.close();
 
@@ -202,7 +171,7 @@ describe(`live streams per user (${databaseKind})`, () => {
       await within(
         (async () => {
           for (;;) {
-            const attempt = sseSubscribe(server.url, owner.accessToken, GenerationUpdatedDocument, { id: generation.id });
+            const attempt = sseSubscribe(suite.server.url, owner.accessToken, GenerationUpdatedDocument, { id: generation.id });
             const first = await Promise.race([attempt.atLeast(1).then(() => 'ok' as const), attempt.ended.then(() => 'refused' as const)]);
             attempt.abort();
             if (first === 'ok') return;
@@ -220,32 +189,15 @@ describe(`live streams per user (${databaseKind})`, () => {
 });
 
 describe(`live streams on Supabase Auth (${databaseKind})`, () => {
-  let flutter: FakeFlutter;
-  let supabase: FakeSupabase;
-  let server: GenerationServer;
-
-  beforeAll(async () => {
-    flutter = await fakeFlutter('ok');
-    supabase = await startFakeSupabase();
-    server = await startGenerationServer({
-      FLUTTER_BIN: flutter.bin,
-      ...slow,
-      ...supabase.kilnEnv,
-    });
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-    await supabase?.close();
-    await flutter?.remove();
-  });
+  const supabase = useStarted(() => startFakeSupabase(), (fake) => fake.close());
+  const suite = useGenerationServer(() => ({ ...slow, ...supabase.kilnEnv }));
 
   it('signing out ends an SSE stream with UNAUTHENTICATED', async () => {
-    const owner = await signUp(server);
+    const owner = await signUp(suite.server);
     const project = await createProject(owner.client, { target: 'FLUTTER' });
     const generation = await startAccepted(owner.client, { projectId: project.id, prompt: 'Streamed past a Supabase sign-out' });
-    const session = await signIn(server, owner.email);
-    const stream = await openStream(server, 'sse', session, generation.id);
+    const session = await signIn(suite.server, owner.email);
+    const stream = await openStream(suite.server, 'sse', session, generation.id);
     try {
       expect(await session.client.expectNoErrors(SignOutDocument, {})).toEqual({ signOut: true });
       const ended = await within(stream.ended, 20_000, () => 'the stream outlived its Supabase session');

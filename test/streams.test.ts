@@ -1,8 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { BuildLogsDocument, GenerationChunksDocument, GenerationUpdatedDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { createProject } from './support/fixtures.js';
-import { getGeneration, startAccepted, waitForEnd, within } from './support/generation-helpers.js';
+import { getGeneration, startInNewProject, waitForEnd, within } from './support/generation-helpers.js';
 import { useGenerationServer } from './support/suite-server.js';
 import { collect, isContiguousFromZero, liveClient } from './support/live.js';
 
@@ -13,10 +12,7 @@ describe(`generation streams over graphql-ws (${databaseKind})`, () => {
   // Slow enough that a client can leave and come back mid-stream.
   const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '25' });
 
-  async function start(prompt: string) {
-    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
-    return startAccepted(suite.owner.client, { projectId: project.id, prompt });
-  }
+  const start = (prompt: string) => startInNewProject(suite.owner, prompt);
 
   it('resumes after a disconnect mid-stream: both parts together are every seq once, in order', async () => {
     const generation = await start('A habit tracker with streaks, reminders and a weekly chart');

@@ -1,18 +1,12 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { GenerationChunksDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { type FakeOpenAi, startFakeOpenAi } from './support/fake-openai.js';
-import { createProject, signUp, type TestUser } from './support/fixtures.js';
-import {
-  type FakeFlutter,
-  fakeFlutter,
-  type GenerationServer,
-  startAccepted,
-  startGenerationServer,
-  waitForEnd,
-  within,
-} from './support/generation-helpers.js';
+import { startFakeOpenAi } from './support/fake-openai.js';
+import { createProject } from './support/fixtures.js';
+import { startAccepted, waitForEnd, within } from './support/generation-helpers.js';
+import { useStarted } from './support/lifecycle.js';
 import { isContiguousFromZero, RawSocket } from './support/live.js';
+import { useGenerationServer } from './support/suite-server.js';
 
 // A client that stops reading while a generation streams megabytes: the server must
 // not buffer the stream for it. graphql-ws waits for each frame to reach the kernel
@@ -24,43 +18,28 @@ const CHUNK = 'Lorem ipsum dolor sit amet, consectetur adipiscing elit. '.repeat
 const CHUNKS = 4500; // ~12 MB: several times what the loopback socket buffers hold
 
 describe(`a slow consumer over graphql-ws (${databaseKind})`, () => {
-  let flutter: FakeFlutter;
-  let llm: FakeOpenAi;
-  let server: GenerationServer;
-  let owner: TestUser;
-
-  beforeAll(async () => {
-    flutter = await fakeFlutter('ok');
-    llm = await startFakeOpenAi();
-    llm.script({ kind: 'stream', chunks: Array.from({ length: CHUNKS }, () => CHUNK) });
-    server = await startGenerationServer({
-      FLUTTER_BIN: flutter.bin,
-      LLM_PROVIDER: 'openai',
-      OPENAI_BASE_URL: llm.baseUrl,
-      OPENAI_MODEL: 'fake',
-      SUBSCRIPTION_BUFFER_LIMIT: '20',
-      // The paused client cannot answer pings; the test is not about dead peers.
-      WS_KEEPALIVE_MS: '0',
-    });
-    owner = await signUp(server);
-  });
-
-  afterAll(async () => {
-    await server?.stop();
-    await llm?.close();
-    await flutter?.remove();
-  });
+  const llm = useStarted(async () => {
+    const fake = await startFakeOpenAi();
+    fake.script({ kind: 'stream', chunks: Array.from({ length: CHUNKS }, () => CHUNK) });
+    return fake;
+  }, (fake) => fake.close());
+  const suite = useGenerationServer(() => ({
+    ...llm.kilnEnv,
+    SUBSCRIPTION_BUFFER_LIMIT: '20',
+    // The paused client cannot answer pings; the test is not about dead peers.
+    WS_KEEPALIVE_MS: '0',
+  }));
 
   it('ends only that subscription with SLOW_CONSUMER instead of buffering, and the client resumes from its last seq', async () => {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
-    const raw = await RawSocket.open(server.url);
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const raw = await RawSocket.open(suite.server.url);
     try {
-      await raw.init(owner.accessToken);
-      const generation = await startAccepted(owner.client, { projectId: project.id, prompt: 'Write at length' });
+      await raw.init(suite.owner.accessToken);
+      const generation = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'Write at length' });
       raw.subscribe('chunks', GenerationChunksDocument, { id: generation.id });
       raw.socket.pause(); // stops reading: the server's frames pile up in the socket buffers
 
-      const done = await waitForEnd(server, owner.client, owner.accessToken, generation.id, 60_000);
+      const done = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, generation.id, 60_000);
       const totalBytes = Buffer.byteLength(done.output, 'utf8');
       expect(totalBytes).toBeGreaterThan(10_000_000);
 

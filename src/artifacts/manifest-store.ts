@@ -81,14 +81,6 @@ export const manifestStore = {
     return row?.content;
   },
 
-  async filesWithContent(tx: Tx, generationId: string) {
-    return tx
-      .select({ path: generationFiles.path, content: generationFiles.content, sha256: generationFiles.sha256 })
-      .from(generationFiles)
-      .where(eq(generationFiles.generationId, generationId))
-      .orderBy(asc(generationFiles.path));
-  },
-
   /** What an archive is named after and stamped with. */
   async archiveFacts(tx: Tx, generationId: string) {
     const [row] = await tx

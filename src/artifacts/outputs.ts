@@ -12,7 +12,7 @@ import { localBlobCache } from './local-cache.js';
 import { manifestStore } from './manifest-store.js';
 import { postgresBlobStore } from './postgres-blob-store.js';
 import { type CapabilityKind, loadUrlKey, signCapability } from './signed-urls.js';
-import { type OutputsWritten, storeOutputs, writeOutputs } from './write-outputs.js';
+import { storeOutputs } from './write-outputs.js';
 
 // The outputs of generations as a person sees and keeps them, composed: the artefact
 // store, the signed URLs handed out by GraphQL, the HTTP handlers that honour them
@@ -30,8 +30,6 @@ export interface Outputs {
   previewUrl(generationId: string): SignedUrl;
   archiveUrl(generationId: string, format: ArchiveFormat, filename: string): SignedUrl;
   route: OutputHandlers['route'];
-  /** Stores and indexes the files (from generation_files) and web bundle of a generation. */
-  write(generationId: string, bundleDir: string): Promise<OutputsWritten>;
   /**
    * Stores a generation's files and web bundle (the worker, before SUCCEEDED); `record`
    * indexes them in the caller's transaction, the one that marks it SUCCEEDED.
@@ -118,11 +116,6 @@ export async function createOutputs(options: {
       return { url: `${apiBase()}/archive/${token}/${encodeURIComponent(filename)}`, expiresAt };
     },
     route: handlers.route,
-    write: async (generationId, bundleDir) => {
-      const written = await writeOutputs({ db, store }, generationId, bundleDir);
-      log.info({ generationId, ...written }, 'outputs stored');
-      return written;
-    },
     storeBlobs: async (generationId, bundleDir, sources) => {
       const { rows, ...written } = await storeOutputs(store, generationId, bundleDir, sources);
       log.info({ generationId, ...written }, 'outputs stored');

@@ -1,11 +1,9 @@
 import { constants } from 'node:fs';
 import { lstat, open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Db } from '../db/client.js';
-import { serviceScope } from '../db/scope.js';
 import { ignoreMissing } from '../workspace/write-inside.js';
 import { type BlobStore, sha256Of } from './blob-store.js';
-import { type ArtifactRow, manifestStore } from './manifest-store.js';
+import type { ArtifactRow } from './manifest-store.js';
 
 // A generation's outputs go to the store before it is marked SUCCEEDED: its files
 // (Generation.files) as SOURCE, and the web bundle its build produced as BUNDLE.
@@ -14,15 +12,12 @@ const MAX_BUNDLE_FILES = 10_000;
 const MAX_BUNDLE_BYTES = 256 * 1024 * 1024;
 const PARALLEL_PUTS = 4;
 
-export interface OutputsWritten {
+/** Blobs stored; `rows` index them (generation_artifacts), to be inserted once every one is in. */
+export interface StoredOutputs {
   files: number;
   bytes: number;
   /** Bytes that were not in the store yet. */
   newBytes: number;
-}
-
-/** Blobs stored; `rows` index them (generation_artifacts), to be inserted once every one is in. */
-export interface StoredOutputs extends OutputsWritten {
   rows: ArtifactRow[];
 }
 
@@ -63,20 +58,6 @@ export async function storeOutputs(
   }
   if (failure) throw failure.error;
   return stored;
-}
-
-/** Stores the outputs of a generation whose files are in generation_files, and indexes them. */
-export async function writeOutputs(
-  deps: { db: Db; store: BlobStore },
-  generationId: string,
-  bundleDir: string,
-): Promise<OutputsWritten> {
-  const scope = serviceScope(deps.db);
-  const sources = await scope.run((tx) => manifestStore.filesWithContent(tx, generationId));
-  const { rows, ...written } = await storeOutputs(deps.store, generationId, bundleDir, sources);
-  // The index goes in after every blob it names is stored.
-  await scope.run((tx) => manifestStore.insert(tx, rows));
-  return written;
 }
 
 /**

@@ -3,6 +3,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type Browser, type BrowserContext, type Page, chromium } from 'playwright-core';
+import { useStarted } from '../support/lifecycle.js';
 
 // Debian's Chromium driven by playwright-core, with the network cut at loopback: every
 // request to another host is aborted and recorded, so a test fails when a page tried to
@@ -77,4 +78,9 @@ export async function openBrowser(suite: string): Promise<BrowserSession> {
     screenshot: async (name) => void (await page.screenshot({ path: join(dir, `${name}.png`), fullPage: true })),
     close: () => browser.close(),
   };
+}
+
+/** The suite's browser: opened before its tests, closed after them. */
+export function useBrowser(suite: string): BrowserSession {
+  return useStarted(() => openBrowser(suite), (session) => session.close());
 }

@@ -1,9 +1,9 @@
 import type { Locator } from 'playwright-core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createProject, signUp } from '../support/fixtures.js';
-import { type FakeFlutter, fakeFlutter, startAccepted } from '../support/generation-helpers.js';
-import { type TestServer, startTestServer } from '../support/server.js';
-import { type BrowserSession, chromiumMissing, openBrowser } from './browser.js';
+import { startAccepted } from '../support/generation-helpers.js';
+import { useGenerationServer } from '../support/suite-server.js';
+import { chromiumMissing, useBrowser } from './browser.js';
 
 /** Monaco renders spaces as no-break spaces. */
 const textOf = async (locator: Locator) => (await locator.innerText()).replace(/\u00a0/g, ' ');
@@ -11,25 +11,12 @@ const textOf = async (locator: Locator) => (await locator.innerText()).replace(/
 if (chromiumMissing) console.warn(`Skipping the GraphiQL browser suite: ${chromiumMissing}.`);
 
 describe.skipIf(chromiumMissing)('GraphiQL in Chromium with no network beyond loopback', () => {
-  let server: TestServer;
-  let browser: BrowserSession;
-  let flutter: FakeFlutter;
-
-  beforeAll(async () => {
-    flutter = await fakeFlutter('ok');
-    server = await startTestServer({ FLUTTER_BIN: flutter.bin });
-    browser = await openBrowser('graphiql');
-  });
-
-  afterAll(async () => {
-    await browser?.close();
-    await server?.stop();
-    await flutter?.remove();
-  });
+  const suite = useGenerationServer();
+  const browser = useBrowser('graphiql');
 
   it('renders from Kiln alone, opens on the example document and loads the schema', async () => {
     const { page } = browser;
-    await page.goto(`${server.url}/graphql`);
+    await page.goto(`${suite.server.url}/graphql`);
     // The example document is in the editor.
     await expect.poll(() => textOf(page.locator('.graphiql-editor').first()), { timeout: 30_000 }).toContain('Welcome to Kiln');
     await browser.screenshot('1-editor');
@@ -48,27 +35,27 @@ describe.skipIf(chromiumMissing)('GraphiQL in Chromium with no network beyond lo
   });
 
   it('serves its scripts, styles, workers and favicon from /graphiql/, cached for a year', async () => {
-    const page = await (await fetch(`${server.url}/graphql`, { headers: { accept: 'text/html' } })).text();
+    const page = await (await fetch(`${suite.server.url}/graphql`, { headers: { accept: 'text/html' } })).text();
     const urls = [...page.matchAll(/(?:src|href)="([^"]+)"|"(\/graphiql\/[^"]+)"/g)].map((match) => match[1] ?? match[2]!);
     expect(urls.filter((url) => !url.startsWith('/graphiql/'))).toEqual([]);
     expect(urls.map((url) => url.replace(/-[0-9a-f]{12}\./, '.')).sort()).toEqual(
       ['/graphiql/editor.worker.js', '/graphiql/favicon.ico', '/graphiql/graphiql.css', '/graphiql/graphiql.js', '/graphiql/graphql.worker.js', '/graphiql/json.worker.js'],
     );
     for (const url of urls) {
-      const response = await fetch(`${server.url}${url}`);
+      const response = await fetch(`${suite.server.url}${url}`);
       expect(response.status, url).toBe(200);
       expect(response.headers.get('cache-control')).toBe('public, max-age=31536000, immutable');
     }
-    expect((await fetch(`${server.url}/graphiql/graphiql-000000000000.js`)).status).toBe(404);
+    expect((await fetch(`${suite.server.url}/graphiql/graphiql-000000000000.js`)).status).toBe(404);
   });
 
   it('follows a generation over a subscription with the token in the Headers tab', async () => {
     const { page } = browser;
-    const user = await signUp(server);
+    const user = await signUp(suite.server);
     const project = await createProject(user.client, { target: 'FLUTTER' });
     const generation = await startAccepted(user.client, { projectId: project.id, prompt: 'A packing list' });
     const query = `subscription { generationUpdated(generationId: "${generation.id}") { status phase } }`;
-    await page.goto(`${server.url}/graphql?query=${encodeURIComponent(query)}`);
+    await page.goto(`${suite.server.url}/graphql?query=${encodeURIComponent(query)}`);
     await page.getByText('Headers', { exact: true }).click();
     await page.locator('.graphiql-editor-tool .graphiql-editor').last().click();
     await page.keyboard.insertText(JSON.stringify({ Authorization: `Bearer ${user.accessToken}` }));

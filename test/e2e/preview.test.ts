@@ -1,9 +1,10 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { GenerationPreviewDocument } from '../gql/graphql.js';
 import { databaseKind } from '../support/db.js';
-import { createProject, signUp, type TestUser } from '../support/fixtures.js';
-import { type FakeFlutter, fakeFlutter, type GenerationServer, startAccepted, startGenerationServer, waitForEnd } from '../support/generation-helpers.js';
-import { type BrowserSession, chromiumMissing, openBrowser } from './browser.js';
+import { createProject } from '../support/fixtures.js';
+import { startAccepted, waitForEnd } from '../support/generation-helpers.js';
+import { useGenerationServer } from '../support/suite-server.js';
+import { chromiumMissing, useBrowser } from './browser.js';
 
 // The preview as a person sees it: a FLUTTER generation's bundle (fake flutter, whose
 // index.html has <base href="/">) loaded in Chromium from its signed URL, in an iframe
@@ -13,30 +14,15 @@ import { type BrowserSession, chromiumMissing, openBrowser } from './browser.js'
 if (chromiumMissing) console.warn(`Skipping the preview browser suite: ${chromiumMissing}.`);
 
 describe.skipIf(chromiumMissing)(`a FLUTTER preview in Chromium (${databaseKind})`, () => {
-  let flutter: FakeFlutter;
-  let server: GenerationServer;
-  let owner: TestUser;
-  let browser: BrowserSession;
-
-  beforeAll(async () => {
-    flutter = await fakeFlutter('ok');
-    server = await startGenerationServer({ FLUTTER_BIN: flutter.bin });
-    owner = await signUp(server);
-    browser = await openBrowser('preview');
-  }, 60_000);
-
-  afterAll(async () => {
-    await browser?.close();
-    await server?.stop();
-    await flutter?.remove();
-  });
+  const suite = useGenerationServer();
+  const browser = useBrowser('preview');
 
   it('renders the app and its relative assets from the signed URL, inside an iframe', { timeout: 60_000 }, async () => {
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
     const prompt = 'A bird song quiz';
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt });
-    expect((await waitForEnd(server, owner.client, owner.accessToken, started.id)).status).toBe('SUCCEEDED');
-    const { generation } = await owner.client.expectNoErrors(GenerationPreviewDocument, { id: started.id });
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt });
+    expect((await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id)).status).toBe('SUCCEEDED');
+    const { generation } = await suite.owner.client.expectNoErrors(GenerationPreviewDocument, { id: started.id });
     const url = generation!.preview!.url;
 
     const failed: string[] = [];

@@ -1,11 +1,12 @@
 import { readFile, readdir } from 'node:fs/promises';
 import { execa } from 'execa';
 import type { WebSocketRoute } from 'playwright-core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { ProjectDocument, ProjectsDocument } from '../gql/graphql.js';
 import { signIn, uniqueEmail } from '../support/fixtures.js';
-import { type FakeFlutter, type GenerationServer, fakeFlutter, getGeneration, repoRoot, startGenerationServer } from '../support/generation-helpers.js';
-import { type BrowserSession, chromiumMissing, openBrowser } from './browser.js';
+import { getGeneration, repoRoot } from '../support/generation-helpers.js';
+import { useGenerationServer } from '../support/suite-server.js';
+import { chromiumMissing, useBrowser } from './browser.js';
 
 // The reference client (web/) in Chromium, served by Kiln at `/`, found by the accessible
 // names that are part of the contract. FLUTTER with the fake flutter (the WEB target's
@@ -16,27 +17,18 @@ if (chromiumMissing) console.warn(`Skipping the web client browser suite: ${chro
 
 const PASSWORD = 'correct horse battery staple';
 
-let flutter: FakeFlutter;
-let server: GenerationServer;
-
 beforeAll(async () => {
   // The client as `npm install` builds it (prepare → build:web), from this checkout's sources;
   // without the test runner's NODE_ENV, which would make a development build.
   const { NODE_ENV: _, ...env } = process.env;
   await execa('npm', ['run', 'build:web'], { cwd: repoRoot, env, extendEnv: false });
-  flutter = await fakeFlutter('ok');
-  server = await startGenerationServer({ FLUTTER_BIN: flutter.bin, OFFLINE_CHUNK_DELAY_MS: '30' });
 });
-
-afterAll(async () => {
-  await server?.stop();
-  await flutter?.remove();
-});
+const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '30' });
 
 describe('serving the built client at /', () => {
   it('answers client routes with index.html, revalidated on every load', async () => {
     for (const path of ['/', '/projects/UHJvamVjdDox']) {
-      const response = await fetch(`${server.url}${path}`);
+      const response = await fetch(`${suite.server.url}${path}`);
       expect(response.status).toBe(200);
       expect(response.headers.get('content-type')).toMatch(/^text\/html/);
       expect(response.headers.get('cache-control')).toBe('no-cache');
@@ -46,31 +38,23 @@ describe('serving the built client at /', () => {
 
   it('caches the hashed assets for a year and 404s what does not exist', async () => {
     const [script] = (await readdir(`${repoRoot}/web/dist/assets`)).filter((name) => name.endsWith('.js'));
-    const response = await fetch(`${server.url}/assets/${script}`);
+    const response = await fetch(`${suite.server.url}/assets/${script}`);
     expect(response.status).toBe(200);
     expect(response.headers.get('content-type')).toMatch(/javascript/);
     expect(response.headers.get('cache-control')).toBe('public, max-age=31536000, immutable');
-    expect((await fetch(`${server.url}/assets/missing-0000.js`)).status).toBe(404);
-    expect((await fetch(`${server.url}/%2e%2e/package.json`)).status).toBe(404);
+    expect((await fetch(`${suite.server.url}/assets/missing-0000.js`)).status).toBe(404);
+    expect((await fetch(`${suite.server.url}/%2e%2e/package.json`)).status).toBe(404);
   });
 
   it('leaves /graphql to the API', async () => {
     // A GET needs a header no cross-site simple request carries (CSRF prevention).
-    const response = await fetch(`${server.url}/graphql?query=${encodeURIComponent('{ __typename }')}`, { headers: { 'x-graphql-yoga-csrf': '1' } });
+    const response = await fetch(`${suite.server.url}/graphql?query=${encodeURIComponent('{ __typename }')}`, { headers: { 'x-graphql-yoga-csrf': '1' } });
     expect(await response.json()).toEqual({ data: { __typename: 'Query' } });
   });
 });
 
 describe.skipIf(chromiumMissing)('the reference web client in Chromium', () => {
-  let browser: BrowserSession;
-
-  beforeAll(async () => {
-    browser = await openBrowser('web-client');
-  });
-
-  afterAll(async () => {
-    await browser?.close();
-  });
+  const browser = useBrowser('web-client');
 
   it('signs up, creates a project, watches a generation live, previews, diffs, restores, downloads and self-heals', async () => {
     const { page } = browser;
@@ -82,41 +66,40 @@ describe.skipIf(chromiumMissing)('the reference web client in Chromium', () => {
     // The focused control: its name attribute, or a button's text.
     const focused = () =>
       page.evaluate(() => (document.activeElement?.tagName === 'BUTTON' ? document.activeElement.textContent : document.activeElement?.getAttribute('name')));
+    /** Moves the focus on with Tab; it must land on `name`. */
+    const tabTo = async (name: string) => {
+      await page.keyboard.press('Tab');
+      expect(await focused()).toBe(name);
+    };
 
     // Sign up with the keyboard alone.
-    await page.goto(server.url);
+    await page.goto(suite.server.url);
     await page.getByRole('textbox', { name: 'Email' }).waitFor();
     await page.keyboard.press('Tab');
     await page.keyboard.type(uniqueEmail('e2e'));
     await page.keyboard.press('Tab');
     await page.keyboard.type(PASSWORD);
     await page.keyboard.press('Tab'); // Sign in
-    await page.keyboard.press('Tab');
-    expect(await focused()).toBe('Sign up');
+    await tabTo('Sign up');
     await page.keyboard.press('Enter');
     await page.getByRole('heading', { name: 'Projects' }).waitFor();
     await browser.screenshot('1-signed-up');
 
     // A project, then its page, still with the keyboard: each screen starts at its heading.
-    await page.keyboard.press('Tab');
-    expect(await focused()).toBe('name');
+    await tabTo('name');
     await page.keyboard.type('Packing list');
-    await page.keyboard.press('Tab');
-    expect(await focused()).toBe('target');
+    await tabTo('target');
     await page.keyboard.type('FLUTTER');
-    await page.keyboard.press('Tab');
-    expect(await focused()).toBe('Create project');
+    await tabTo('Create project');
     await page.keyboard.press('Enter');
     await page.getByRole('heading', { name: 'Packing list' }).waitFor();
     expect(await page.getByText('FLUTTER', { exact: true }).count()).toBe(1);
     await browser.screenshot('2-project');
 
     // The model's output grows while the generation is RUNNING.
-    await page.keyboard.press('Tab');
-    expect(await focused()).toBe('prompt');
+    await tabTo('prompt');
     await page.keyboard.type('A packing list for a weekend trip');
-    await page.keyboard.press('Tab');
-    expect(await focused()).toBe('Generate');
+    await tabTo('Generate');
     await page.keyboard.press('Enter');
     await expect.poll(async () => (await text(status)).includes('RUNNING') && (await text(output)).length > 0, { timeout: 30_000 }).toBe(true);
     const seen = (await text(output)).length;
@@ -198,7 +181,7 @@ describe.skipIf(chromiumMissing)('the reference web client in Chromium', () => {
     });
 
     const email = uniqueEmail('e2e-resume');
-    await page.goto(server.url);
+    await page.goto(suite.server.url);
     await page.getByRole('textbox', { name: 'Email' }).fill(email);
     await page.getByRole('textbox', { name: 'Password' }).fill(PASSWORD);
     await page.getByRole('button', { name: 'Sign up' }).click();
@@ -218,7 +201,7 @@ describe.skipIf(chromiumMissing)('the reference web client in Chromium', () => {
     await expect.poll(() => text(status), { timeout: 60_000 }).toContain('SUCCEEDED');
 
     // What the page shows is exactly what the server stored: every chunk once, in order.
-    const user = await signIn(server, email, PASSWORD);
+    const user = await signIn(suite.server, email, PASSWORD);
     const { project } = await user.client.expectNoErrors(ProjectsDocument, { first: 1 }).then(({ projects }) => ({ project: projects.edges[0]!.node }));
     const { project: details } = await user.client.expectNoErrors(ProjectDocument, { id: project.id });
     const generation = await getGeneration(user.client, details!.generations.edges[0]!.node.id);

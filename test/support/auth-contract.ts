@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { decodeJwt, type JWTPayload } from 'jose';
 import { expect, it } from 'vitest';
 import type { AuthProvider } from '../../src/auth/provider.js';
 import { AuthError } from '../../src/errors.js';
@@ -15,6 +16,44 @@ export async function rejection(promise: Promise<unknown>): Promise<unknown> {
     () => expect.fail('expected a rejection'),
     (error: unknown) => error,
   );
+}
+
+/**
+ * Refuses with AuthError what can be forged from a real session's token for any provider
+ * (no algorithm, a tampered payload, expired, another audience, no session or one that
+ * never existed, garbage) and the provider's own `forged` tokens. `sign` signs claims as
+ * the provider's authority does; `forged` gets the real token and its claims.
+ */
+export async function expectForgeriesRefused(
+  auth: AuthProvider,
+  sign: (claims: JWTPayload) => Promise<string>,
+  forged: (token: string, claims: JWTPayload) => Promise<Record<string, string>>,
+) {
+  const session = await auth.signUp(uniqueEmail(), PASSWORD);
+  const victim = await auth.signUp(uniqueEmail(), PASSWORD);
+  const claims = decodeJwt(session.accessToken);
+  const base64url = (value: object) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const [header, , signature] = session.accessToken.split('.');
+  const now = Math.floor(Date.now() / 1000);
+
+  // The crafting is right: the same claims, signed as the authority does, verify.
+  await expect(auth.verify(await sign(claims))).resolves.toMatchObject({ sub: session.user.id });
+
+  const tokens = {
+    ...(await forged(session.accessToken, claims)),
+    'alg none': `${base64url({ alg: 'none', typ: 'JWT' })}.${base64url(claims)}.`,
+    'tampered payload': `${header}.${base64url({ ...claims, sub: victim.user.id })}.${signature}`,
+    expired: await sign({ ...claims, iat: now - 7200, exp: now - 3600 }),
+    'wrong audience': await sign({ ...claims, aud: 'anon' }),
+    'no session': await sign({ ...claims, session_id: undefined }),
+    'a session that never existed': await sign({ ...claims, session_id: randomUUID() }),
+    empty: '',
+    garbage: 'garbage',
+    'three garbage parts': 'a.b.c',
+  };
+  for (const [name, token] of Object.entries(tokens)) {
+    expect(await rejection(auth.verify(token)), name).toBeInstanceOf(AuthError);
+  }
 }
 
 /** Sign-in as every provider does it; `provider` is read when the tests run. */

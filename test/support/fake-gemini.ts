@@ -43,6 +43,8 @@ export interface RecordedGeminiRequest {
 export interface FakeGemini {
   /** Pass as httpOptions.baseUrl. */
   baseUrl: string;
+  /** What makes Kiln's model this fake. */
+  kilnEnv: { LLM_PROVIDER: 'gemini'; GEMINI_API_KEY: string; GEMINI_BASE_URL: string };
   requests: RecordedGeminiRequest[];
   /** Answers for the next requests, in order; the last one repeats. */
   script(...behaviours: GeminiBehaviour[]): void;
@@ -98,8 +100,10 @@ export async function startFakeGemini(): Promise<FakeGemini> {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
 
+  const baseUrl = `http://127.0.0.1:${port}`;
   return {
-    baseUrl: `http://127.0.0.1:${port}`,
+    baseUrl,
+    kilnEnv: { LLM_PROVIDER: 'gemini', GEMINI_API_KEY: 'x', GEMINI_BASE_URL: baseUrl },
     requests,
     script: (...next) => {
       behaviours = next;

@@ -29,6 +29,8 @@ export interface RecordedOpenAiRequest {
 export interface FakeOpenAi {
   /** Pass as OPENAI_BASE_URL (ends in /v1). */
   baseUrl: string;
+  /** What makes Kiln's model this fake. */
+  kilnEnv: { LLM_PROVIDER: 'openai'; OPENAI_BASE_URL: string; OPENAI_MODEL: string };
   requests: RecordedOpenAiRequest[];
   /** Answers for the next requests, in order; the last one repeats. */
   script(...behaviours: OpenAiBehaviour[]): void;
@@ -71,8 +73,10 @@ export async function startFakeOpenAi(): Promise<FakeOpenAi> {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
 
+  const baseUrl = `http://127.0.0.1:${port}/v1`;
   return {
-    baseUrl: `http://127.0.0.1:${port}/v1`,
+    baseUrl,
+    kilnEnv: { LLM_PROVIDER: 'openai', OPENAI_BASE_URL: baseUrl, OPENAI_MODEL: 'fake' },
     requests,
     script: (...next) => {
       behaviours = next;

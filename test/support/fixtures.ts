@@ -17,12 +17,17 @@ import type { GraphQLClient, GraphQLResponse, TestServer } from './server.js';
 
 /** A GraphQL client for a Kiln composed by hand (startKiln), like TestServer's client. */
 export function graphqlClient(baseUrl: string, token?: string): GraphQLClient {
-  const post = (body: unknown, headers: Record<string, string> = {}) =>
+  return clientOver((body, headers = {}) =>
     fetch(`${baseUrl}/graphql`, {
       method: 'POST',
       headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}), ...headers },
       body: typeof body === 'string' ? body : JSON.stringify(body),
-    });
+    }),
+  );
+}
+
+/** A GraphQL client whose every operation goes through `post`. */
+export function clientOver(post: GraphQLClient['post']): GraphQLClient {
   const request = async <T, V>(doc: TypedDocumentNode<T, V>, variables?: V) =>
     (await (await post({ query: print(doc), variables })).json()) as GraphQLResponse<T>;
   return {

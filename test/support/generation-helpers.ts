@@ -14,7 +14,6 @@ import {
   type BuildLogsSubscription,
   type GenerationFieldsFragment,
   GenerationChunksDocument,
-  type GenerationChunksSubscription,
   GenerationDocument,
   type GenerationQuery,
   GenerationUpdatedDocument,
@@ -23,7 +22,8 @@ import {
   type StartGenerationMutation,
 } from '../gql/graphql.js';
 import type { TestDatabase } from './db.js';
-import { type GraphQLClient, startTestServer, type TestServer } from './server.js';
+import { createProject } from './fixtures.js';
+import { type GraphQLClient, startTestServer, type TestServer, type TestServerOptions } from './server.js';
 
 // Helpers of the generation suites: fake build tools, a temporary data directory, and
 // waiting for a generation's state through the public `generationUpdated` subscription
@@ -66,30 +66,14 @@ export async function tempDir(label: string): Promise<{ path: string; remove(): 
 }
 
 export interface GenerationServer extends TestServer {
-  dataDir: string;
+  /** Where its generations' workspaces are: WORKSPACES_DIR, under its DATA_DIR unless `env` says otherwise. */
   workspacesDir: string;
 }
 
-/** startTestServer with a DATA_DIR (and WORKSPACES_DIR) of its own, removed on stop. */
-export async function startGenerationServer(env: Environment = {}): Promise<GenerationServer> {
-  const data = await tempDir('data');
-  const workspacesDir = env.WORKSPACES_DIR ?? join(data.path, 'workspaces');
-  let server: TestServer;
-  try {
-    server = await startTestServer({ DATA_DIR: data.path, WORKSPACES_DIR: workspacesDir, ...env });
-  } catch (error) {
-    await data.remove();
-    throw error;
-  }
-  return {
-    ...server,
-    dataDir: data.path,
-    workspacesDir,
-    stop: async () => {
-      await server.stop();
-      await data.remove();
-    },
-  };
+/** startTestServer (a DATA_DIR of its own, removed on stop), saying where the workspaces are. */
+export async function startGenerationServer(env: Environment = {}, options: TestServerOptions = {}): Promise<GenerationServer> {
+  const server = await startTestServer(env, options);
+  return { ...server, workspacesDir: env.WORKSPACES_DIR ?? join(server.dataDir, 'workspaces') };
 }
 
 export interface Instance {
@@ -100,9 +84,9 @@ export interface Instance {
 
 /**
  * One more Kiln instance on an existing database (e.g. ROLE=api and ROLE=worker side by
- * side); DATA_DIR is required so nothing lands in the working directory.
+ * side): a DATA_DIR of its own unless `env` shares one.
  */
-export async function startInstance(database: TestDatabase, env: Environment & { DATA_DIR: string }): Promise<Instance> {
+export async function startInstance(database: TestDatabase, env: Environment = {}): Promise<Instance> {
   return startTestServer(env, { database });
 }
 
@@ -120,6 +104,12 @@ export async function startAccepted(client: GraphQLClient, input: StartGeneratio
   const result = await startGeneration(client, input);
   expect(result, JSON.stringify(result)).toMatchObject({ __typename: 'Generation' });
   return result as Extract<StartResult, { __typename: 'Generation' }>;
+}
+
+/** Starts a generation of `prompt`, that must be accepted, in a new FLUTTER project of `user`'s. */
+export async function startInNewProject(user: { client: GraphQLClient }, prompt: string): Promise<GenerationFieldsFragment> {
+  const project = await createProject(user.client, { target: 'FLUTTER' });
+  return startAccepted(user.client, { projectId: project.id, prompt });
 }
 
 export async function getGeneration(client: GraphQLClient, id: string): Promise<Generation> {
@@ -252,46 +242,55 @@ export async function waitForEnd(
   return getGeneration(client, id);
 }
 
-/** Every chunk of a generation: the subscription replays them and completes when the output is over. */
-export async function replayChunks(httpUrl: string, token: string, id: string, afterSeq?: number, timeoutMs = 30_000) {
+/**
+ * The items (`pick`) of one subscription's events, until `until` holds for those seen or,
+ * without it, until the subscription completes. `ended` and `late` say what went wrong:
+ * the subscription ended first, or time ran out.
+ */
+async function collectUntil<T, V extends Record<string, unknown>, I>(
+  httpUrl: string,
+  token: string,
+  document: TypedDocumentNode<T, V>,
+  variables: V,
+  pick: (data: T) => I,
+  options: { until?: (items: I[]) => boolean; timeoutMs: number; ended?: (items: I[]) => string; late: (items: I[]) => string },
+): Promise<I[]> {
   const client = wsClient(httpUrl, token);
-  const chunks: GenerationChunksSubscription['generationChunks'][] = [];
+  const items: I[] = [];
   try {
     await within(
       (async () => {
-        for await (const { generationChunks } of subscribe(client, GenerationChunksDocument, { id, afterSeq })) {
-          chunks.push(generationChunks);
+        for await (const data of subscribe(client, document, variables)) {
+          items.push(pick(data));
+          if (options.until?.(items)) return;
         }
+        if (options.until) throw new Error(options.ended?.(items) ?? `the subscription ended after ${items.length} items`);
       })(),
-      timeoutMs,
-      () => `generationChunks did not complete; got ${chunks.length} chunks`,
+      options.timeoutMs,
+      () => options.late(items),
     );
   } finally {
     await client.dispose();
   }
-  return chunks;
+  return items;
+}
+
+/** Every chunk of a generation: the subscription replays them and completes when the output is over. */
+export async function replayChunks(httpUrl: string, token: string, id: string, afterSeq?: number, timeoutMs = 30_000) {
+  return collectUntil(httpUrl, token, GenerationChunksDocument, { id, afterSeq }, (data) => data.generationChunks, {
+    timeoutMs,
+    late: (chunks) => `generationChunks did not complete; got ${chunks.length} chunks`,
+  });
 }
 
 /** Resolves with the chunks seen once `count` have streamed in (live or replayed). */
 export async function firstChunks(httpUrl: string, token: string, id: string, count: number, timeoutMs = 30_000) {
-  const client = wsClient(httpUrl, token);
-  const chunks: GenerationChunksSubscription['generationChunks'][] = [];
-  try {
-    await within(
-      (async () => {
-        for await (const { generationChunks } of subscribe(client, GenerationChunksDocument, { id })) {
-          chunks.push(generationChunks);
-          if (chunks.length >= count) return;
-        }
-        throw new Error(`the output ended after ${chunks.length} chunks`);
-      })(),
-      timeoutMs,
-      () => `${count} chunks did not arrive; got ${chunks.length}`,
-    );
-  } finally {
-    await client.dispose();
-  }
-  return chunks;
+  return collectUntil(httpUrl, token, GenerationChunksDocument, { id }, (data) => data.generationChunks, {
+    until: (chunks) => chunks.length >= count,
+    timeoutMs,
+    ended: (chunks) => `the output ended after ${chunks.length} chunks`,
+    late: (chunks) => `${count} chunks did not arrive; got ${chunks.length}`,
+  });
 }
 
 /** Resolves with the build-log lines up to the first one `predicate` accepts. */
@@ -302,24 +301,12 @@ export async function logLineMatching(
   predicate: (line: BuildLogsSubscription['buildLogs']) => boolean,
   timeoutMs = 30_000,
 ) {
-  const client = wsClient(httpUrl, token);
-  const lines: BuildLogsSubscription['buildLogs'][] = [];
-  try {
-    await within(
-      (async () => {
-        for await (const { buildLogs } of subscribe(client, BuildLogsDocument, { id })) {
-          lines.push(buildLogs);
-          if (predicate(buildLogs)) return;
-        }
-        throw new Error(`the build log ended without the awaited line: ${JSON.stringify(lines)}`);
-      })(),
-      timeoutMs,
-      () => `the awaited build-log line did not come; got ${JSON.stringify(lines)}`,
-    );
-  } finally {
-    await client.dispose();
-  }
-  return lines;
+  return collectUntil(httpUrl, token, BuildLogsDocument, { id }, (data) => data.buildLogs, {
+    until: (lines) => predicate(lines.at(-1)!),
+    timeoutMs,
+    ended: (lines) => `the build log ended without the awaited line: ${JSON.stringify(lines)}`,
+    late: (lines) => `the awaited build-log line did not come; got ${JSON.stringify(lines)}`,
+  });
 }
 
 // ------------------------------------------------------------------ processes and files

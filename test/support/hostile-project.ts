@@ -2,6 +2,7 @@ import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { useStarted } from './lifecycle.js';
 
 // Projects a model could be steered into writing, for the build-sandbox suites: shell
 // probes that print into the build log what they reached, run as project code by each
@@ -126,23 +127,38 @@ export async function hostProcessesWith(text: string): Promise<number[]> {
   return pids;
 }
 
-export interface FakeSdk {
-  /** Pass as FLUTTER_BIN (or NPM_BIN): `<sdk>/bin/<tool>`, so the sandbox shows the SDK root and nothing else. */
+interface FakeSdk {
+  /** `<sdk>/bin/<tool>`, so the sandbox shows the SDK root and nothing else. */
   bin: string;
   remove(): Promise<void>;
 }
 
-/**
- * The fake flutter laid out as an SDK (`<root>/bin/flutter`): inside the sandbox only the
- * SDK root of FLUTTER_BIN is visible, so the fake cannot live in the repository.
- */
-export async function sdkFakeFlutter(): Promise<FakeSdk> {
-  return sdkFake('flutter');
+export interface SdkFakes {
+  /** FLUTTER_BIN and NPM_BIN for Kiln. */
+  kilnEnv: { FLUTTER_BIN: string; NPM_BIN: string };
+  stop(): Promise<void>;
 }
 
-/** The fake npm (test/fixtures/bin/npm), laid out the same way, for NPM_BIN. */
-export async function sdkFakeNpm(): Promise<FakeSdk> {
-  return sdkFake('npm');
+/**
+ * The fake flutter and the fake npm (test/fixtures/bin/) laid out as SDKs
+ * (`<root>/bin/<tool>`) for the suite, removed after it: inside the sandbox only the SDK
+ * root of FLUTTER_BIN (or NPM_BIN) is visible, so the fakes cannot live in the repository.
+ */
+export function useSdkFakes(): SdkFakes {
+  return useStarted(async () => {
+    const flutter = await sdkFake('flutter');
+    const npm = await sdkFake('npm').catch(async (error: unknown) => {
+      await flutter.remove();
+      throw error;
+    });
+    return {
+      kilnEnv: { FLUTTER_BIN: flutter.bin, NPM_BIN: npm.bin },
+      stop: async () => {
+        await flutter.remove();
+        await npm.remove();
+      },
+    };
+  });
 }
 
 async function sdkFake(tool: 'flutter' | 'npm'): Promise<FakeSdk> {

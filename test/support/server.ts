@@ -39,15 +39,17 @@ export interface GraphQLClient {
 export const unsandboxedBuilds = { BUILD_SANDBOX: 'none', ALLOW_UNSANDBOXED_BUILDS: 'true' };
 
 export interface TestServerOptions {
-  /** A database the caller made (e.g. counting statements) and closes; a fresh one otherwise. */
+  /** A database the caller made (e.g. shared with another instance) and closes; a fresh one otherwise. */
   database?: TestDatabase;
+  /** Sees every SQL statement sent to the fresh database (counting them, or failing one). */
+  onQuery?: (query: string) => void;
   /** Where the server's log lines go (at LOG_LEVEL); stdout otherwise. */
   logTo?: DestinationStream;
 }
 
 /** Kiln on port 0 over a fresh database of its own; always `stop()` it. */
 export async function startTestServer(env: Environment = {}, options: TestServerOptions = {}): Promise<TestServer> {
-  const database = options.database ?? (await createTestDatabase());
+  const database = options.database ?? (await createTestDatabase({ onQuery: options.onQuery }));
   const closeDatabase = () => (options.database ? Promise.resolve() : database.close());
   // Workspaces and generated keys go to a directory of this server's own, unless `env` shares one.
   const ownDataDir = env.DATA_DIR ? undefined : await mkdtemp(path.join(tmpdir(), 'kiln-test-'));
@@ -75,6 +77,6 @@ export async function startTestServer(env: Environment = {}, options: TestServer
 }
 
 /** The file's or suite's server: started before its tests, stopped after them (its fields are set once they run). */
-export function useTestServer(env: Environment = {}): TestServer {
-  return useStarted(() => startTestServer(env));
+export function useTestServer(env: Environment = {}, options: TestServerOptions = {}): TestServer {
+  return useStarted(() => startTestServer(env, options));
 }

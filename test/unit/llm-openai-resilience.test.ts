@@ -1,8 +1,9 @@
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { CONTINUE_INSTRUCTION, withContinuations } from '../../src/llm/continuation.js';
 import { createOpenAiProvider } from '../../src/llm/openai.js';
 import { LlmError, type LlmEvent, type LlmRequest, type RetryNotice } from '../../src/llm/provider.js';
-import { type FakeOpenAi, startFakeOpenAi } from '../support/fake-openai.js';
+import { startFakeOpenAi } from '../support/fake-openai.js';
+import { useEach } from '../support/lifecycle.js';
 
 // The OpenAI-compatible provider behind the same resilience as Gemini's: `length`
 // answers continued and stitched, Retry-After honoured, a cancel ending the wait.
@@ -26,13 +27,7 @@ async function textOf(events: AsyncIterable<LlmEvent>) {
 }
 
 describe('OpenAI-compatible provider: continuation and back-off', () => {
-  let fake: FakeOpenAi;
-  beforeEach(async () => {
-    fake = await startFakeOpenAi();
-  });
-  afterEach(async () => {
-    await fake.close();
-  });
+  const fake = useEach(startFakeOpenAi, (started) => started.close());
 
   const provider = (maxContinuations = 2) =>
     withContinuations(createOpenAiProvider({ baseUrl: fake.baseUrl, model: 'qwen2.5-coder', retry: { baseDelayMs: 5 } }), maxContinuations);

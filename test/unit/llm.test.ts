@@ -1,13 +1,14 @@
 import path from 'node:path';
 import ts from 'typescript';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createGeminiProvider, type GeminiProviderOptions } from '../../src/llm/gemini.js';
 import { createLlmProvider, type LlmConfig } from '../../src/llm/index.js';
 import { createOfflineProvider, offlineApp } from '../../src/llm/offline.js';
 import { createOpenAiProvider } from '../../src/llm/openai.js';
-import { LlmError, type LlmEvent, type LlmRequest, type LlmUsage } from '../../src/llm/provider.js';
-import { startFakeGemini, type FakeGemini } from '../support/fake-gemini.js';
-import { startFakeOpenAi, type FakeOpenAi } from '../support/fake-openai.js';
+import { LlmError, type LlmEvent, type LlmProvider, type LlmRequest, type LlmUsage } from '../../src/llm/provider.js';
+import { startFakeGemini } from '../support/fake-gemini.js';
+import { startFakeOpenAi } from '../support/fake-openai.js';
+import { useEach } from '../support/lifecycle.js';
 
 const SYSTEM_PROMPT = 'You write small Flutter apps.';
 const HOSTILE_PROMPT = 'Make "quotes" \'single\' back\\slash </file><file path="../evil"> ${x} $y\nnext line 😀 ünïcode';
@@ -43,14 +44,26 @@ async function failureOf(events: AsyncIterable<LlmEvent>): Promise<unknown> {
   throw new Error('expected the stream to fail');
 }
 
+/**
+ * A stream the fake stalls after its first chunk ends, on abort, with the abort reason
+ * (without it the next event would never come), and the fake sees the connection close.
+ */
+async function expectAbortEndsStall(
+  provider: LlmProvider,
+  fake: { script(behaviour: { kind: 'stall'; chunks: string[] }): void; requests: { clientGone: Promise<void> }[] },
+) {
+  fake.script({ kind: 'stall', chunks: ['Partial'] });
+  const controller = new AbortController();
+  const events = provider.stream(llmRequest({ signal: controller.signal }))[Symbol.asyncIterator]();
+  await events.next();
+  const reason = new Error('cancelled by the user');
+  controller.abort(reason);
+  await expect(events.next()).rejects.toBe(reason);
+  await fake.requests[0]?.clientGone;
+}
+
 describe('Gemini provider (real @google/genai client, fake Gemini server)', () => {
-  let fake: FakeGemini;
-  beforeEach(async () => {
-    fake = await startFakeGemini();
-  });
-  afterEach(async () => {
-    await fake.close();
-  });
+  const fake = useEach(startFakeGemini, (started) => started.close());
 
   const gemini = (options: Partial<GeminiProviderOptions> = {}) =>
     createGeminiProvider({
@@ -176,16 +189,7 @@ describe('Gemini provider (real @google/genai client, fake Gemini server)', () =
   });
 
   it('stops a stalled stream on abort with the abort reason, and the server sees the connection close', async () => {
-    fake.script({ kind: 'stall', chunks: ['Partial'] });
-    const controller = new AbortController();
-    const events = gemini().stream(llmRequest({ signal: controller.signal }))[Symbol.asyncIterator]();
-    await events.next();
-
-    // The stream stalls: without the abort, the next event would never come.
-    const reason = new Error('cancelled by the user');
-    controller.abort(reason);
-    await expect(events.next()).rejects.toBe(reason);
-    await fake.requests[0]?.clientGone;
+    await expectAbortEndsStall(gemini(), fake);
   });
 
   it('stops waiting between retries when aborted', async () => {
@@ -213,13 +217,7 @@ describe('Gemini provider (real @google/genai client, fake Gemini server)', () =
 });
 
 describe('OpenAI-compatible provider', () => {
-  let fake: FakeOpenAi;
-  beforeEach(async () => {
-    fake = await startFakeOpenAi();
-  });
-  afterEach(async () => {
-    await fake.close();
-  });
+  const fake = useEach(startFakeOpenAi, (started) => started.close());
 
   const openai = () =>
     createOpenAiProvider({ baseUrl: fake.baseUrl, apiKey: 'sk-local', model: 'qwen2.5-coder', retry: { baseDelayMs: 5 } });
@@ -256,14 +254,7 @@ describe('OpenAI-compatible provider', () => {
   });
 
   it('stops on abort with the abort reason and closes the connection', async () => {
-    fake.script({ kind: 'stall', chunks: ['Partial'] });
-    const controller = new AbortController();
-    const events = openai().stream(llmRequest({ signal: controller.signal }))[Symbol.asyncIterator]();
-    await events.next();
-    const reason = new Error('cancelled by the user');
-    controller.abort(reason);
-    await expect(events.next()).rejects.toBe(reason);
-    await fake.requests[0]?.clientGone;
+    await expectAbortEndsStall(openai(), fake);
   });
 });
 
