@@ -99,10 +99,10 @@ export async function generationUpdates(options: StreamOptions): Promise<LiveStr
       yield last;
       const poll = new Backoff(bus);
       while (!hasEnded(last)) {
-        const { timedOut } = await inbox.wait(poll.next());
+        const { items, timedOut } = await inbox.wait(poll.next());
         if (stop.now()) return;
         if (!timedOut) poll.reset();
-        const next = await current(scope, generationId);
+        const next = await stateAfter(items.at(-1), scope, generationId);
         if (stop.now()) return;
         if (next.status !== last.status || next.phase !== last.phase) yield next;
         last = next;
@@ -310,6 +310,24 @@ class Live<T, E> implements LiveStream<T>, Stop {
     this.closedByConsumer = true;
     this.over();
   }
+}
+
+/**
+ * The state read after a status event, shared by every stream of this process that the
+ * same event woke: one read per change instead of one per viewer. Each stream
+ * authorised its viewer when it opened (and the access re-check ends it when that
+ * lapses); a viewer whose shared read failed reads for itself.
+ */
+const statesAfter = new WeakMap<StatusEvent, Promise<GenerationRow>>();
+
+function stateAfter(event: StatusEvent | undefined, scope: Scope, generationId: string): Promise<GenerationRow> {
+  if (!event) return current(scope, generationId);
+  let state = statesAfter.get(event);
+  if (!state) {
+    state = current(scope, generationId);
+    statesAfter.set(event, state);
+  }
+  return state.catch(() => current(scope, generationId));
 }
 
 async function current(scope: Scope, generationId: string): Promise<GenerationRow> {

@@ -1,0 +1,48 @@
+import { describe, expect, it } from 'vitest';
+import { GenerationUpdatedDocument } from './gql/graphql.js';
+import { databaseKind } from './support/db.js';
+import { createProject } from './support/fixtures.js';
+import { startAccepted, waitForEnd, within } from './support/generation-helpers.js';
+import { collect, liveClient } from './support/live.js';
+import { useGenerationServer } from './support/suite-server.js';
+
+// Many viewers of one generation's status: each change is read from the database once
+// for every stream it wakes in the process, not once per viewer. The statements are
+// counted at the database driver.
+
+const VIEWERS = 16;
+/** The generation reads of `generationUpdated` (and of anything else reading generations by id). */
+const isGenerationRead = (query: string) => /^select .* from "generations" where "generations"\."id" in/s.test(query);
+
+describe(`generationUpdated with many viewers (${databaseKind})`, () => {
+  const statements: string[] = [];
+  // Slow enough that every viewer is subscribed before the run moves on.
+  const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '40', WS_MAX_SUBSCRIPTIONS: String(VIEWERS) }, 'ok', { onQuery: (query) => void statements.push(query) });
+
+  it('gives every viewer every state and reads each change once, not once per viewer', async () => {
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const generation = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A shopping list shared by a family' });
+    const live = liveClient(suite.server.url, suite.owner.accessToken);
+    try {
+      const viewers = Array.from({ length: VIEWERS }, () => collect(live.client, GenerationUpdatedDocument, { id: generation.id }));
+      await within(Promise.all(viewers.map((viewer) => viewer.atLeast(1))), 20_000, () => 'not every viewer got the current state');
+      const readsBefore = statements.filter(isGenerationRead).length;
+      const firstStates = viewers.map((viewer) => viewer.items.length);
+      for (const viewer of viewers) expect(await within(viewer.ended, 30_000, () => 'a viewer did not complete')).toEqual({ errors: undefined });
+      const reads = statements.filter(isGenerationRead).length - readsBefore;
+
+      const done = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, generation.id);
+      expect(done.status).toBe('SUCCEEDED');
+      const states = viewers.map((viewer) => viewer.items.map((item) => `${item.generationUpdated.status}/${item.generationUpdated.phase}`));
+      // Every viewer saw the same changes after it had the current state, ending with the terminal one.
+      const changes = states.map((seen, i) => seen.slice(firstStates[i]! - 1));
+      for (const seen of changes) expect(seen.at(-1)).toBe('SUCCEEDED/DONE');
+      const fewest = Math.min(...changes.map((seen) => seen.length - 1));
+      expect(fewest).toBeGreaterThanOrEqual(2);
+      // One read per viewer per change would be at least VIEWERS × fewest.
+      expect(reads).toBeLessThan(VIEWERS * fewest);
+    } finally {
+      await live.dispose();
+    }
+  });
+});
