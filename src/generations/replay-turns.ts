@@ -5,7 +5,7 @@
 // replay waits for the next turn, so timers and sockets (live batches) go first.
 
 /** Replay work per event-loop turn, across every stream of this process. */
-const SLICE_MS = 4;
+const SLICE_MS = 2;
 
 let turn: { started: number; next?: Promise<void> } | undefined;
 
