@@ -1,7 +1,7 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 // The server's JavaScript in dist/ (`tsc -b tsconfig.build.json`), bundled with its
@@ -13,7 +13,7 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 // Written only when tsc succeeded: tsc's own dist/.tsbuildinfo is rewritten even when it reports type errors.
 const stamp = join(root, 'dist', '.built');
 // What the build reads, besides node_modules: a file or folder changed, added or removed here makes dist/ stale.
-const inputs = ['src', 'tsconfig.json', 'tsconfig.build.json', 'package.json', 'package-lock.json'];
+const inputs = ['src', 'scripts/build-server.mjs', 'tsconfig.json', 'tsconfig.build.json', 'package.json', 'package-lock.json'];
 
 /** The newest modification time in a file or folder tree (a folder's own changes when an entry is added, removed or renamed). */
 function newestChange(path) {
@@ -60,10 +60,12 @@ export async function build() {
  */
 async function bundle() {
   const { build: esbuild } = await import('esbuild');
-  rmSync(dirname(bundleEntry), { recursive: true, force: true });
+  const outdir = dirname(bundleEntry);
+  const staging = `${outdir}.${process.pid}`;
+  rmSync(staging, { recursive: true, force: true });
   await esbuild({
     entryPoints: [join(root, 'dist', 'main.js')],
-    outdir: dirname(bundleEntry),
+    outdir: staging,
     bundle: true,
     splitting: true,
     platform: 'node',
@@ -72,10 +74,20 @@ async function bundle() {
     external: ['@electric-sql/pglite', '@opentelemetry/sdk-node'],
     // The CommonJS dependencies inside call require() for Node's own modules.
     banner: { js: "import { createRequire as kilnCreateRequire } from 'node:module'; const require = kilnCreateRequire(import.meta.url);" },
+    // Read with `node --enable-source-maps` (NODE_OPTIONS) for stack traces into src/.
     sourcemap: 'linked',
     legalComments: 'none',
     logLevel: 'warning',
   });
+  // Moved in file by file, the entry last, and nothing removed: a server already running
+  // from dist/bundle/ still finds the chunks it imports late (GraphiQL, tracing), which
+  // keep their names while their content is the same; a start meanwhile reads a whole entry.
+  mkdirSync(outdir, { recursive: true });
+  const entry = basename(bundleEntry);
+  for (const name of readdirSync(staging).sort((a, b) => Number(a.startsWith(entry)) - Number(b.startsWith(entry)))) {
+    renameSync(join(staging, name), join(outdir, name));
+  }
+  rmSync(staging, { recursive: true, force: true });
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) process.exitCode = await build();

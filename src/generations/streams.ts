@@ -327,7 +327,10 @@ function stateAfter(event: StatusEvent | undefined, scope: Scope, generationId: 
     state = current(scope, generationId);
     statesAfter.set(event, state);
   }
-  return state.catch(() => current(scope, generationId));
+  return state.then(
+    (row) => (row.id === generationId ? row : current(scope, generationId)),
+    () => current(scope, generationId),
+  );
 }
 
 async function current(scope: Scope, generationId: string): Promise<GenerationRow> {

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 
 /**
- * Kiln started as `npm start` starts it (tsx src/main.ts) with only `env` (plus PATH and
+ * Kiln started from its sources (tsx src/main.ts; `npm start` runs them built) with only `env` (plus PATH and
  * HOME): resolves with its exit code and stderr once it exits. For start-up refusals,
  * which exit at once; a server that keeps running is killed after `timeoutMs` and rejects.
  */
