@@ -27,18 +27,6 @@ export type ErrorCode = NonNullable<GenerationRow['errorCode']>;
 // Literal values, not parameters: the planner matches them to the partial index generations_active_idx.
 const isActive = sql`${generations.status} in (${sql.raw(ACTIVE_STATUSES.map((status) => `'${status}'`).join(', '))})`;
 
-/** A page of a generation's sequenced rows (chunks or build-log lines) after `afterSeq`, in seq order. */
-function rowsAfter<T extends typeof generationChunks | typeof buildLogLines>(tx: Tx, table: T, generationId: string, afterSeq: number, limit: number) {
-  // Both are keyed (generation_id, seq); drizzle cannot type a select over a union of tables.
-  const sequenced = table as typeof generationChunks;
-  return tx
-    .select()
-    .from(sequenced)
-    .where(and(eq(sequenced.generationId, generationId), gt(sequenced.seq, afterSeq)))
-    .orderBy(asc(sequenced.seq))
-    .limit(limit) as unknown as Promise<T['$inferSelect'][]>;
-}
-
 export const generationStore = {
   async insert(tx: Tx, values: typeof generations.$inferInsert): Promise<GenerationRow> {
     const [row] = await tx.insert(generations).values(values).returning();
@@ -264,7 +252,14 @@ export const generationStore = {
     if (rows.length > 0) await tx.insert(generationChunks).values(rows).onConflictDoNothing();
   },
 
-  chunksAfter: (tx: Tx, generationId: string, afterSeq: number, limit: number): Promise<ChunkRow[]> => rowsAfter(tx, generationChunks, generationId, afterSeq, limit),
+  async chunksAfter(tx: Tx, generationId: string, afterSeq: number, limit: number): Promise<ChunkRow[]> {
+    return tx
+      .select()
+      .from(generationChunks)
+      .where(and(eq(generationChunks.generationId, generationId), gt(generationChunks.seq, afterSeq)))
+      .orderBy(asc(generationChunks.seq))
+      .limit(limit);
+  },
 
   async outputOf(tx: Tx, generationId: string): Promise<string> {
     const [row] = rowsOf<{ output: string | null }>(
@@ -299,7 +294,14 @@ export const generationStore = {
     if (rows.length > 0) await tx.insert(buildLogLines).values(rows).onConflictDoNothing();
   },
 
-  logLinesAfter: (tx: Tx, generationId: string, afterSeq: number, limit: number): Promise<LogLineRow[]> => rowsAfter(tx, buildLogLines, generationId, afterSeq, limit),
+  async logLinesAfter(tx: Tx, generationId: string, afterSeq: number, limit: number): Promise<LogLineRow[]> {
+    return tx
+      .select()
+      .from(buildLogLines)
+      .where(and(eq(buildLogLines.generationId, generationId), gt(buildLogLines.seq, afterSeq)))
+      .orderBy(asc(buildLogLines.seq))
+      .limit(limit);
+  },
 
   async logTail(tx: Tx, generationId: string, count: number): Promise<LogLineRow[]> {
     const rows = await tx
