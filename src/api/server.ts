@@ -30,7 +30,8 @@ export interface App {
   stop(): Promise<void>;
 }
 
-type ServerContext = { req?: IncomingMessage; connectionParams?: Record<string, unknown>; verifiedClaims?: Claims };
+/** HTTP requests come with node's `req`; graphql-ws operations with the socket's client address and connection params. */
+type ServerContext = { req?: IncomingMessage; clientIp?: string; connectionParams?: Record<string, unknown>; verifiedClaims?: Claims };
 
 export function buildApp(services: Services): App {
   const { config } = services;
@@ -69,10 +70,10 @@ export function buildApp(services: Services): App {
       // A subscription's SSE events written straight to node's response, each result encoded once.
       useSseSubscriptions(services.logger),
     ],
-    context: ({ request, connectionParams, req, verifiedClaims }) =>
+    context: ({ request, connectionParams, req, clientIp, verifiedClaims }) =>
       createContext({
         requestId: randomUUID(),
-        clientIp: clientAddress(req, config.trustedProxyHops),
+        clientIp: clientIp ?? clientAddress(req, config.trustedProxyHops),
         transport: connectionParams ? 'websocket' : 'http',
         authorization: connectionParams ? String(connectionParams.authorization ?? '') : request.headers.get('authorization'),
         verifiedClaims,
@@ -110,6 +111,7 @@ export function buildApp(services: Services): App {
     logger: services.logger,
     corsOrigins: config.http.corsOrigins,
     maxMessageBytes: config.limits.maxBodyBytes,
+    clientIpOf: (request) => clientAddress(request, config.trustedProxyHops),
     acquireConnection: services.streamAccess.acquireConnection,
     ...config.websocket,
   });

@@ -42,6 +42,8 @@ export interface WebSocketOptions {
   acquireConnection: (userId: string) => (() => void) | null;
   /** The largest message a client may send (default 1 MiB); the same limit as an HTTP body. */
   maxMessageBytes?: number;
+  /** The client's address, from the upgrade request (rate limits). */
+  clientIpOf: (request: IncomingMessage) => string;
 }
 
 export interface WebSocketTransport {
@@ -50,7 +52,12 @@ export interface WebSocketTransport {
   dispose(): Promise<void>;
 }
 
-type Extra = { socket: WebSocket; request: IncomingMessage };
+/**
+ * What a socket keeps of its upgrade request: the client's address. The request itself
+ * (headers, raw headers, stream state) would stay alive as long as the socket.
+ */
+type Peer = { clientIp: string };
+type Extra = { socket: WebSocket; request: Peer };
 type Ctx = WsContext<Record<string, unknown> | undefined, Extra>;
 
 /** An accepted socket, the token it authenticated with and that token's claims. */
@@ -85,7 +92,8 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
   const onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
     if (request.url?.split('?')[0] !== path) return refuse(socket, 404, 'Not Found');
     if (!originAllowed(request.headers.origin, options.corsOrigins)) return refuse(socket, 403, 'Forbidden');
-    wss.handleUpgrade(request, socket, head, (ws) => wss.emit('connection', ws, request));
+    const peer: Peer = { clientIp: options.clientIpOf(request) };
+    wss.handleUpgrade(request, socket, head, (ws) => wss.emit('connection', ws, peer));
   };
   server.on('upgrade', onUpgrade);
 
@@ -138,8 +146,7 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
           ];
         }
         const enveloped = yoga.getEnveloped({
-          req: ctx.extra.request,
-          socket: ctx.extra.socket,
+          clientIp: ctx.extra.request.clientIp,
           connectionParams: ctx.connectionParams,
           params,
         });

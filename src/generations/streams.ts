@@ -1,7 +1,8 @@
 import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
 import { NotFoundError } from '../errors.js';
-import { type ChunkEvent, type EventBus, type GenerationTopics, isLossless, listen, type LogLineEvent, type StatusEvent } from '../events/bus.js';
+import { type ChunkEvent, type EventBus, isLossless, type LogLineEvent, type StatusEvent } from '../events/bus.js';
+import { Inbox } from './inbox.js';
 import { createPageCache, type PageCache } from './page-cache.js';
 import { generationReads } from './reads.js';
 import { replayPause } from './replay-turns.js';
@@ -102,7 +103,7 @@ export async function generationUpdates(options: StreamOptions): Promise<LiveStr
         const { items, timedOut } = await inbox.wait(poll.next());
         if (stop.now()) return;
         if (!timedOut) poll.reset();
-        const next = await stateAfter(items.at(-1), scope, generationId);
+        const next = phaseMove(last, items) ?? (await stateAfter(items.at(-1), scope, generationId));
         if (stop.now()) return;
         if (next.status !== last.status || next.phase !== last.phase) yield next;
         last = next;
@@ -313,6 +314,17 @@ class Live<T, E> implements LiveStream<T>, Stop {
 }
 
 /**
+ * A running generation's moves between phases change nothing else a viewer sees (the
+ * pipeline's phase changes write the phase alone), so they are applied without a read;
+ * any other change, and a quiet spell's poll, reads the row.
+ */
+function phaseMove(last: GenerationRow, events: StatusEvent[]): GenerationRow | undefined {
+  const latest = events.at(-1);
+  if (!latest || last.status !== 'RUNNING' || events.some((event) => event.status !== 'RUNNING')) return undefined;
+  return { ...last, phase: latest.phase };
+}
+
+/**
  * The state read after a status event, shared by every stream of this process that the
  * same event woke: one read per change instead of one per viewer. Each stream
  * authorised its viewer when it opened (and the access re-check ends it when that
@@ -359,102 +371,5 @@ class Backoff {
 
   reset() {
     this.ms = this.min;
-  }
-}
-
-interface InboxOptions<T> {
-  /** What one event counts for (live items in it). */
-  weight: (event: T) => number;
-  /** Weight held at most; past it the oldest events are dropped (the stream reads them back). */
-  capacity: number;
-  /** Weight that may arrive while the consumer holds one item before the stream is a slow consumer. */
-  slowAfter?: number;
-}
-
-
-/** Takes bus events, as they are published, into a bounded buffer that a stream waits on. */
-class Inbox<T> {
-  /** Set by the stream while the consumer holds an item (the transport is sending it). */
-  consumerBusy = false;
-  /** The consumer fell more than `slowAfter` behind; the bus subscriptions are closed. */
-  slow = false;
-  private queued = 0;
-  private held = 0;
-  private buffer: T[] = [];
-  private dropped = false;
-  private closed = false;
-  private waiter: (() => void) | undefined;
-  private readonly stops: (() => void)[];
-
-  constructor(
-    bus: EventBus,
-    generationId: string,
-    topics: readonly (keyof GenerationTopics)[],
-    private readonly options: InboxOptions<T>,
-  ) {
-    const push = (event: unknown) => this.push(event as T);
-    this.stops = topics.map((topic) => listen(bus, topic, generationId, push));
-  }
-
-  private push(event: T) {
-    if (this.closed) return;
-    const { weight, capacity, slowAfter } = this.options;
-    const w = weight(event);
-    if (this.consumerBusy && slowAfter !== undefined && (this.queued += w) > slowAfter) {
-      this.slow = true;
-      this.buffer = [];
-      this.close();
-      return;
-    }
-    while (this.buffer.length > 0 && this.held + w > capacity) {
-      this.held -= weight(this.buffer.shift()!);
-      this.dropped = true;
-    }
-    this.buffer.push(event);
-    this.held += w;
-    this.waiter?.();
-  }
-
-  /** The consumer took the item it held: what queued meanwhile no longer counts against it. */
-  took() {
-    this.consumerBusy = false;
-    this.queued = 0;
-  }
-
-  /** What arrived since the last call; waits up to `timeoutMs` when nothing has (closing wakes it). */
-  async wait(timeoutMs: number): Promise<{ items: T[]; timedOut: boolean }> {
-    let timedOut = false;
-    if (this.buffer.length === 0 && !this.closed) {
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(() => {
-          timedOut = true;
-          done();
-        }, timeoutMs);
-        const done = () => {
-          clearTimeout(timer);
-          this.waiter = undefined;
-          resolve();
-        };
-        this.waiter = done;
-      });
-    }
-    const items = this.buffer;
-    this.buffer = [];
-    this.held = 0;
-    return { items, timedOut };
-  }
-
-  /** Whether live items were dropped since the last call (read them back from the database). */
-  overflowed(): boolean {
-    const dropped = this.dropped;
-    this.dropped = false;
-    return dropped;
-  }
-
-  close() {
-    if (this.closed) return;
-    this.closed = true;
-    this.waiter?.();
-    for (const stop of this.stops) stop();
   }
 }
