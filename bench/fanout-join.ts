@@ -33,9 +33,13 @@ export default async function join(): Promise<void> {
     const producing = server.ask({ cmd: 'produce', target: 'kiln', generationId: generation.uuid, firstSeq: HISTORY + 1, batches: RATE * JOIN_MAX_SECONDS, rate: RATE, persist: true });
     await new Promise((resolve) => setTimeout(resolve, 1000));
     const joinStarted = performance.now();
-    const joiners = await openAll(JOIN, (i) => graphqlWsSubscriber(url, token, generation.id, (seq, text) => late.record(i, seq, text)));
-    const joinMs = performance.now() - joinStarted;
-    await new Promise((resolve) => setTimeout(resolve, 1000));
+    let joinMs = 0;
+    const joiners = await server.profiled(`graphql-ws ${JOIN} joining`, async () => {
+      const opened = await openAll(JOIN, (i) => graphqlWsSubscriber(url, token, generation.id, (seq, text) => late.record(i, seq, text)));
+      joinMs = performance.now() - joinStarted;
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      return opened;
+    });
     server.tell({ cmd: 'halt' });
     const { published } = await producing;
     const last = HISTORY + published;

@@ -54,7 +54,10 @@ async function subscribeSharing(args: ExecutionArgs): Promise<AsyncIterable<Exec
     if (!last) throw located;
     return last;
   };
-  return mapAsyncIterator(source, executeEvent, failed);
+  const results = mapAsyncIterator(source, executeEvent, failed);
+  // When the source says when it is over (a LiveStream), so do its results (metrics count open streams by it).
+  const { closed } = source as { closed?: Promise<void> };
+  return closed ? Object.assign(results, { closed }) : results;
 }
 
 /** Errors of the request itself (variables that do not fit) say BAD_USER_INPUT, as Yoga's executor has them. */

@@ -183,13 +183,6 @@ export function createMetrics(options: { activeGenerations?: ActiveGenerationCou
       },
       onSubscribe({ args }) {
         const labels = describe(args.document, args.operationName);
-        let active = false;
-        // Envelop's own stream hooks: onEnd when it completes or is closed, onSubscribeError when it fails.
-        const ended = () => {
-          if (!active) return;
-          active = false;
-          activeSubscriptions.dec({ operation: labels.operation });
-        };
         return {
           onSubscribeResult({ result }) {
             if (!isAsyncIterable(result)) {
@@ -198,10 +191,12 @@ export function createMetrics(options: { activeGenerations?: ActiveGenerationCou
             }
             operations.inc({ ...labels, outcome: 'ok' });
             activeSubscriptions.inc({ operation: labels.operation });
-            active = true;
-            return { onEnd: ended };
+            // A live stream says when it is over, however it ends (completed, failed, closed):
+            // envelop's onEnd and onSubscribeError would wrap every result of every stream twice.
+            const { closed } = result as { closed?: Promise<void> };
+            if (closed) void closed.then(() => activeSubscriptions.dec({ operation: labels.operation }));
+            else return { onEnd: () => activeSubscriptions.dec({ operation: labels.operation }) };
           },
-          onSubscribeError: ended,
         };
       },
     }),
