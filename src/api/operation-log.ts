@@ -12,7 +12,9 @@ import type { Context } from './context.js';
 export function useOperationLog(): Plugin<Context> {
   const begin = (ctx: Context, document: DocumentNode, operationName: string | null | undefined, variables: unknown) => {
     const operation = getOperationAST(document, operationName);
-    ctx.logger = ctx.logger.child({
+    // The context's logger is this operation's own: its fields join it rather than a
+    // child of it (a live subscription would keep both for as long as it runs).
+    ctx.logger.setBindings({
       operationName: operation?.name?.value.slice(0, 100),
       operationType: operation?.operation,
       ...idsOf(variables),

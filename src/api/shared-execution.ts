@@ -71,12 +71,20 @@ function withRequestErrorCodes(result: ExecutionResult): ExecutionResult {
   return result;
 }
 
-/** What makes two subscriptions execute an event alike, or undefined when results must not be shared. */
+/**
+ * What makes two subscriptions execute an event alike, or undefined when results must not
+ * be shared. A document stands in by a number: the parse cache hands every subscriber of
+ * the same text the same document, and a subscription keeps its key as long as it runs.
+ */
 function shareKey({ document, operationName, variableValues }: ExecutionArgs): string | undefined {
-  const body = document.loc?.source.body;
-  if (body === undefined || !eventOnly(document, operationName)) return undefined;
-  return `${operationName ?? ''}\u0000${JSON.stringify(variableValues ?? {})}\u0000${body}`;
+  if (!eventOnly(document, operationName)) return undefined;
+  let number = documentNumbers.get(document);
+  if (number === undefined) documentNumbers.set(document, (number = documentCount++));
+  return `${number}\u0000${operationName ?? ''}\u0000${JSON.stringify(variableValues ?? {})}`;
 }
+
+const documentNumbers = new WeakMap<DocumentNode, number>();
+let documentCount = 0;
 
 function eventOnly(document: DocumentNode, operationName: ExecutionArgs['operationName']): boolean {
   const selections = getOperationAST(document, operationName)?.selectionSet.selections;
