@@ -3,7 +3,7 @@ import { lstat, mkdir, mkdtemp, readdir, rename, rm, stat } from 'node:fs/promis
 import { dirname, join } from 'node:path';
 import type { OutputEvent } from '../generations/output-parser.js';
 import { assertSafeRelativePath } from '../generations/safe-path.js';
-import { ignoreMissing, writeFileInside } from './write-inside.js';
+import { ignoreMissing, writeFilesInside } from './write-inside.js';
 
 export interface GeneratedFile {
   path: string;
@@ -57,7 +57,7 @@ export async function createWorkspace(input: CreateWorkspaceInput): Promise<{ di
   await mkdir(projectDir, { recursive: true });
   const tmp = await mkdtemp(join(projectDir, TMP_PREFIX));
   try {
-    for (const path of paths) await writeFileInside(tmp, path, contents.get(path)!);
+    await writeFilesInside(tmp, paths.map((path) => [path, contents.get(path)!] as const));
     // rename() would silently replace an empty directory, so refuse an existing one first.
     if (await lstat(dir).catch(ignoreMissing)) throw new Error(`The workspace ${dir} already exists`);
     await rename(tmp, dir);

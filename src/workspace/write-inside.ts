@@ -9,25 +9,54 @@ import { UnsafeOutputError, assertSafeRelativePath, describePath } from '../gene
  * text, a symlinked directory on the way, or a symlink in place of the file.
  */
 export async function writeFileInside(baseDir: string, path: string, content: string): Promise<void> {
-  assertSafeRelativePath(path);
-  const base = await realpath(baseDir);
-  const segments = path.split('/');
+  await writeFilesInside(baseDir, [[path, content]]);
+}
 
-  // Create parents one level at a time: `mkdir -p` would follow a symlink and create outside.
+/**
+ * writeFileInside for many files of one fresh directory that nothing else writes to
+ * meanwhile (a workspace being created): each directory on the way is checked once,
+ * and the files are written at the same time.
+ */
+export async function writeFilesInside(baseDir: string, files: readonly (readonly [path: string, content: string])[]): Promise<void> {
+  const paths = new Set(files.map(([path]) => path));
+  for (const path of paths) {
+    assertSafeRelativePath(path);
+    // A file that another path needs as its directory: refused before anything is created.
+    const segments = path.split('/');
+    for (let i = 1; i < segments.length; i++) {
+      const parent = segments.slice(0, i).join('/');
+      if (paths.has(parent)) throw notADirectory(path, parent);
+    }
+  }
+  const base = await realpath(baseDir);
+  const checked = new Set<string>();
+  for (const [path] of files) await ensureParents(base, path, checked);
+  // Every write settles before a failure is reported: the caller may remove the directory then.
+  const written = await Promise.allSettled(files.map(([path, content]) => writeChecked(base, path, content)));
+  const failed = written.find((result) => result.status === 'rejected');
+  if (failed) throw failed.reason;
+}
+
+/** Creates the parents one level at a time: `mkdir -p` would follow a symlink and create outside. */
+async function ensureParents(base: string, path: string, checked: Set<string>): Promise<void> {
+  const segments = path.split('/');
   let dir = base;
   for (const [index, segment] of segments.slice(0, -1).entries()) {
     dir = join(dir, segment);
+    if (checked.has(dir)) continue;
     const stats = await lstat(dir).catch(ignoreMissing);
     if (!stats) await mkdir(dir);
     else if (stats.isSymbolicLink()) throw new UnsafeOutputError(path, 'goes through a symbolic link');
-    else if (!stats.isDirectory()) {
-      const parent = segments.slice(0, index + 1).join('/');
-      throw new OutputProtocolError(
-        `The model's output writes ${describePath(path)} but ${describePath(parent)} is a file`,
-      );
-    }
+    else if (!stats.isDirectory()) throw notADirectory(path, segments.slice(0, index + 1).join('/'));
+    checked.add(dir);
   }
+}
 
+function notADirectory(path: string, parent: string): OutputProtocolError {
+  return new OutputProtocolError(`The model's output writes ${describePath(path)} but ${describePath(parent)} is a file`);
+}
+
+async function writeChecked(base: string, path: string, content: string): Promise<void> {
   // Final check on the resolved location, in case the tree changed under us.
   const inside = relative(base, await realpath(dirname(join(base, path))));
   if (inside.split(sep)[0] === '..' || isAbsolute(inside)) {

@@ -95,8 +95,8 @@ describe('createWorkspace', () => {
     expect(await readdir(join(root, 'p1'))).toEqual([]);
   });
 
-  it('removes the half-written temporary directory when a write fails midway', async () => {
-    // `lib/main.dart` is written first, then `lib/main.dart/x` cannot be.
+  it('removes the temporary directory when the files cannot all be written', async () => {
+    // `lib/main.dart` is a file, and `lib/main.dart/x` would need it to be a directory.
     const attempt = createWorkspace(input({ changes: [{ type: 'file', path: 'lib/main.dart/x', content: 'x' }] }));
     await expect(attempt).rejects.toBeInstanceOf(OutputProtocolError);
     expect(await readdir(join(root, 'p1'))).toEqual([]);
