@@ -80,8 +80,9 @@ export function budgetMeter(budget: RunBudget, inputCharacters: number): BudgetM
 }
 
 /**
- * A start's reservation, in its insert's transaction: refuses with `exceeded` when the
- * month's usage and reservations have reached the limit, else holds up to `estimate`.
+ * A start's reservation, in its insert's transaction and under the project's budget lock
+ * (lockStartsOfUser with the project): refuses with `exceeded` when the month's usage
+ * and reservations have reached the limit, else holds up to `estimate`.
  */
 export async function reserveAtStart(
   tx: Tx,
@@ -91,7 +92,6 @@ export async function reserveAtStart(
 ): Promise<number> {
   const limit = project.monthlyTokenLimit;
   if (limit === null) return 0;
-  await generationStore.lockBudgetOfProject(tx, project.id);
   const committed = await generationStore.committedOfProject(tx, project.id, monthStart());
   if (committed >= limit) throw exceeded(limit, committed);
   return Math.min(estimate, limit - committed);

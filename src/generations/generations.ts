@@ -180,7 +180,7 @@ async function checkLimits(
   userId: string,
 ): Promise<number> {
   // Lock order: the user's starts, then the project's budget (runs growing their reservation take only the latter).
-  await generationStore.lockStartsOfUser(tx, userId);
+  await generationStore.lockStartsOfUser(tx, userId, project.monthlyTokenLimit === null ? undefined : project.id);
   const reserved = await reserveAtStart(tx, project, deps.budgetReservationTokens ?? 0, (limit, committed) => new BudgetExceededError(limit, committed));
   await refuseBeyondActiveLimit(tx, deps.maxActivePerUser, userId);
   return reserved;

@@ -272,7 +272,7 @@ function phaseChange(id: string, phase: 'WRITING' | 'BUILDING' | 'FIXING', publi
     // A generation ended elsewhere (a lapsed lease, recovered) rolls back the whole
     // transaction, so nothing of this run lands on it.
     write: async (tx) => {
-      if (!(await generationStore.transition(tx, id, ['RUNNING'], { phase }))) throw new RunFailure('INTERRUPTED', 'This generation was ended elsewhere.');
+      if (!(await generationStore.movePhase(tx, id, phase))) throw new RunFailure('INTERRUPTED', 'This generation was ended elsewhere.');
     },
     announce: () => publish({ status: 'RUNNING', phase }),
   };

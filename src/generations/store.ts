@@ -10,7 +10,7 @@ import {
   projectMembers,
   projects,
 } from '../db/schema.js';
-import { ACTIVE_STATUSES, type GenerationStatus } from './status.js';
+import { ACTIVE_STATUSES, type GenerationPhase, type GenerationStatus } from './status.js';
 
 // Named queries of the generations domain. Request code runs them in the viewer's
 // RLS scope; the worker in the service scope.
@@ -26,6 +26,10 @@ export type ErrorCode = NonNullable<GenerationRow['errorCode']>;
 
 // Literal values, not parameters: the planner matches them to the partial index generations_active_idx.
 const isActive = sql`${generations.status} in (${sql.raw(ACTIVE_STATUSES.map((status) => `'${status}'`).join(', '))})`;
+
+/** A lock held until the transaction ends, named by `key`. */
+const advisoryLock = (key: string) => sql`pg_advisory_xact_lock(hashtextextended(${key}, 0))`;
+const budgetLock = (projectId: string) => advisoryLock(`kiln.project-budget:${projectId}`);
 
 export const generationStore = {
   async insert(tx: Tx, values: typeof generations.$inferInsert): Promise<GenerationRow> {
@@ -84,15 +88,18 @@ export const generationStore = {
 
   /**
    * Serialises one user's starts until the transaction ends, so concurrent requests
-   * cannot all count the same active generations and together pass the limit.
+   * cannot all count the same active generations and together pass the limit. With a
+   * project, also that project's budget decisions (lockBudgetOfProject), taken second, in
+   * the same statement.
    */
-  async lockStartsOfUser(tx: Tx, userId: string): Promise<void> {
-    await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`kiln.generation-starts:${userId}`}, 0))`);
+  async lockStartsOfUser(tx: Tx, userId: string, budgetOfProject?: string): Promise<void> {
+    const starts = advisoryLock(`kiln.generation-starts:${userId}`);
+    await tx.execute(budgetOfProject === undefined ? sql`select ${starts}` : sql`select ${starts}, ${budgetLock(budgetOfProject)}`);
   },
 
   /** Serialises budget decisions of one project (starts, reservations growing) until the transaction ends. */
   async lockBudgetOfProject(tx: Tx, projectId: string): Promise<void> {
-    await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`kiln.project-budget:${projectId}`}, 0))`);
+    await tx.execute(sql`select ${budgetLock(projectId)}`);
   },
 
   /** The month's usage of a project plus what its QUEUED and RUNNING generations hold in reserve (budget.ts). */
@@ -174,6 +181,16 @@ export const generationStore = {
       .where(and(eq(generations.id, id), inArray(generations.status, from)))
       .returning();
     return row;
+  },
+
+  /** A running generation's move to another phase; false when it is no longer running. */
+  async movePhase(tx: Tx, id: string, phase: GenerationPhase): Promise<boolean> {
+    const moved = await tx
+      .update(generations)
+      .set({ phase })
+      .where(and(eq(generations.id, id), eq(generations.status, 'RUNNING')))
+      .returning({ id: generations.id });
+    return moved.length > 0;
   },
 
   /** The worker's claim: QUEUED → RUNNING with a lease. */
