@@ -192,7 +192,7 @@ export function createMetrics(options: { activeGenerations?: ActiveGenerationCou
             operations.inc({ ...labels, outcome: 'ok' });
             activeSubscriptions.inc({ operation: labels.operation });
             // A live stream says when it is over, however it ends (completed, failed, closed):
-            // envelop's onEnd and onSubscribeError would wrap every result of every stream twice.
+            // envelop's onEnd would wrap every result of every stream once more.
             const { closed } = result as { closed?: Promise<void> };
             if (closed) void closed.then(() => activeSubscriptions.dec({ operation: labels.operation }));
             else return { onEnd: () => activeSubscriptions.dec({ operation: labels.operation }) };

@@ -13,9 +13,9 @@ export async function writeFileInside(baseDir: string, path: string, content: st
 }
 
 /**
- * writeFileInside for many files of one fresh directory that nothing else writes to
- * meanwhile (a workspace being created): each directory on the way is checked once,
- * and the files are written at the same time.
+ * writeFileInside for many files (distinct paths) of one fresh directory that nothing
+ * else writes to meanwhile (a workspace being created): each directory on the way is
+ * checked once, and the files are written at the same time.
  */
 export async function writeFilesInside(baseDir: string, files: readonly (readonly [path: string, content: string])[]): Promise<void> {
   const paths = new Set(files.map(([path]) => path));

@@ -26,15 +26,20 @@ describe('Inbox', () => {
     return outcome;
   };
 
-  it('hands over what was published, and times out a wait that nothing ends', async () => {
-    const { inbox, publish } = open();
-    publish();
-    expect(await inbox.wait(1000)).toEqual({ items: [status], timedOut: false });
+  /** A wait of a second that nothing ends: still waiting a moment before its second is up, timed out then. */
+  const timesOutAfterASecond = async (inbox: Inbox<unknown>) => {
     const quiet = watch(inbox.wait(1000));
     await vi.advanceTimersByTimeAsync(999);
     expect(quiet.value).toBeUndefined();
     await vi.advanceTimersByTimeAsync(1);
     expect(quiet.value).toEqual({ items: [], timedOut: true });
+  };
+
+  it('hands over what was published, and times out a wait that nothing ends', async () => {
+    const { inbox, publish } = open();
+    publish();
+    expect(await inbox.wait(1000)).toEqual({ items: [status], timedOut: false });
+    await timesOutAfterASecond(inbox);
   });
 
   it('still times out on time after events ended the earlier waits early', async () => {
@@ -47,11 +52,7 @@ describe('Inbox', () => {
       expect(woken.value).toEqual({ items: [status], timedOut: false });
     }
     // The timer armed by the first wait is long past; this wait's own second counts.
-    const quiet = watch(inbox.wait(1000));
-    await vi.advanceTimersByTimeAsync(999);
-    expect(quiet.value).toBeUndefined();
-    await vi.advanceTimersByTimeAsync(1);
-    expect(quiet.value).toEqual({ items: [], timedOut: true });
+    await timesOutAfterASecond(inbox);
   });
 
   it('does not wait out a long poll when a short one follows it', async () => {
