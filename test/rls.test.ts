@@ -3,7 +3,8 @@ import { eq, sql } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Db, Tx } from '../src/db/client.js';
 import { projects } from '../src/db/schema.js';
-import { type Claims, userScope } from '../src/db/scope.js';
+import { type Claims, serviceScope, userScope } from '../src/db/scope.js';
+import { generationStore } from '../src/generations/store.js';
 import { createTestDatabase, type TestDatabase } from './support/db.js';
 import {
   as,
@@ -114,6 +115,53 @@ describe('catalog', () => {
     );
     expect(privileges.filter((p) => p.truncate).map((p) => p.name)).toEqual([]);
     expect(privileges.filter((p) => p.del).map((p) => p.name).sort()).toEqual(['project_members', 'project_secrets']);
+  });
+});
+
+describe('reads of many rows of one generation (kiln.chunks_after, kiln.log_lines_after, kiln.log_tail)', () => {
+  // They check membership once per read instead of the row policy once per row: the
+  // same answer as the policies, or a stream would replay another project's output.
+  const reads = (tx: Tx) =>
+    Promise.all([
+      generationStore.chunkPageOfMember(tx, team.generationId, -1, 10),
+      generationStore.logLinePageOfMember(tx, team.generationId, -1, 10),
+      generationStore.logTailOfMember(tx, team.generationId, 10),
+      generationStore.outputOfMember(tx, team.generationId),
+    ]);
+
+  it('give a member every row the policies give, in seq order', async () => {
+    const [chunks, lines, tail, output] = await as(db, team.viewer).run(reads);
+    expect(chunks).toEqual([
+      { seq: 0, text: '<file path="src/App.tsx">', round: 0 },
+      { seq: 1, text: 'export default 1;</file>', round: 0 },
+    ]);
+    expect(lines).toEqual([{ seq: 0, step: 'install', stream: 'STDOUT', text: 'added 1 package', round: 0 }]);
+    expect(tail).toEqual(lines);
+    expect(output).toBe('<file path="src/App.tsx">export default 1;</file>');
+    const after = await as(db, team.viewer).run((tx) => generationStore.chunkPageOfMember(tx, team.generationId, 0, 10));
+    expect(after.map((chunk) => chunk.seq)).toEqual([1]);
+  });
+
+  it('give a stranger, a request without claims and the service scope nothing, and anon no access', async () => {
+    const nothing = [[], [], [], ''];
+    expect(await as(db, team.stranger).run(reads)).toEqual(nothing);
+    expect(await serviceScope(db).run(reads)).toEqual(nothing);
+    const noClaims = await db.transaction(async (tx) => {
+      await tx.execute(sql`set local role authenticated`);
+      return reads(tx);
+    });
+    expect(noClaims).toEqual(nothing);
+    for (const call of [
+      sql`select seq from kiln.chunks_after(${team.generationId}, -1, 10)`,
+      sql`select seq from kiln.log_lines_after(${team.generationId}, -1, 10)`,
+      sql`select seq from kiln.log_tail(${team.generationId}, 10)`,
+    ]) {
+      const anon = await db.transaction(async (tx) => {
+        await tx.execute(sql`set local role anon`);
+        return verdict(await attempt(tx, call));
+      });
+      expect(anon).toBe('refused 42501');
+    }
   });
 });
 

@@ -11,18 +11,14 @@ export const generationReads = {
       totalCount: await generationStore.countOfProject(tx, projectId, options.status),
     })),
   many: (scope: Scope, ids: readonly string[]) => scope.run((tx) => generationStore.findMany(tx, ids)),
-  output: (scope: Scope, id: string) => scope.run((tx) => generationStore.outputOf(tx, id)),
+  output: (scope: Scope, id: string) => scope.run((tx) => generationStore.outputOfMember(tx, id)),
   files: (scope: Scope, id: string) => scope.run((tx) => generationStore.filesOf(tx, id, false)),
   file: (scope: Scope, id: string, path: string) => scope.run((tx) => generationStore.fileOf(tx, id, path)),
   steps: (scope: Scope, ids: readonly string[]) => scope.run((tx) => generationStore.stepsOf(tx, ids)),
-  logTail: (scope: Scope, id: string, count: number) => scope.run((tx) => generationStore.logTail(tx, id, count)),
+  logTail: (scope: Scope, id: string, count: number) => scope.run((tx) => generationStore.logTailOfMember(tx, id, count)),
   conversation: (scope: Scope, projectId: string, sessionId: string) =>
     scope.run((tx) => generationStore.conversation(tx, projectId, sessionId)),
   /** This calendar month's usage of each project (UTC). */
   usage: (scope: Scope, projectIds: readonly string[]) =>
     scope.run((tx) => generationStore.usageOfProjects(tx, projectIds, monthStart())),
-  chunksAfter: (scope: Scope, id: string, afterSeq: number, limit: number) =>
-    scope.run((tx) => generationStore.chunksAfter(tx, id, afterSeq, limit)),
-  logLinesAfter: (scope: Scope, id: string, afterSeq: number, limit: number) =>
-    scope.run((tx) => generationStore.logLinesAfter(tx, id, afterSeq, limit)),
 };

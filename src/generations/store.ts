@@ -10,6 +10,7 @@ import {
   projectMembers,
   projects,
 } from '../db/schema.js';
+import type { ChunkEvent, LogLineEvent } from '../events/bus.js';
 import { ACTIVE_STATUSES, type GenerationPhase, type GenerationStatus } from './status.js';
 
 // Named queries of the generations domain. Request code runs them in the viewer's
@@ -278,11 +279,19 @@ export const generationStore = {
       .limit(limit);
   },
 
-  async outputOf(tx: Tx, generationId: string): Promise<string> {
+  /**
+   * A page of chunks for a viewer, in the viewer's scope: kiln.chunks_after checks
+   * membership once for the page, where the row policy would once per row. The service
+   * scope, a member of nothing, gets no rows from it: it reads with chunksAfter.
+   */
+  async chunkPageOfMember(tx: Tx, generationId: string, afterSeq: number, limit: number): Promise<ChunkEvent[]> {
+    return rowsOf<ChunkEvent>(await tx.execute(sql`select seq, text, round from kiln.chunks_after(${generationId}, ${afterSeq}, ${limit})`));
+  },
+
+  /** A generation's output for a viewer, in the viewer's scope: membership checked once (see chunkPageOfMember). */
+  async outputOfMember(tx: Tx, generationId: string): Promise<string> {
     const [row] = rowsOf<{ output: string | null }>(
-      await tx.execute(
-        sql`select string_agg(${generationChunks.text}, '' order by ${generationChunks.seq}) as output from ${generationChunks} where ${generationChunks.generationId} = ${generationId}`,
-      ),
+      await tx.execute(sql`select string_agg(text, '' order by seq) as output from kiln.chunks_after(${generationId}, -1, null)`),
     );
     return row?.output ?? '';
   },
@@ -318,6 +327,21 @@ export const generationStore = {
       .where(and(eq(buildLogLines.generationId, generationId), gt(buildLogLines.seq, afterSeq)))
       .orderBy(asc(buildLogLines.seq))
       .limit(limit);
+  },
+
+  /** A page of log lines for a viewer, in the viewer's scope: see chunkPageOfMember. */
+  async logLinePageOfMember(tx: Tx, generationId: string, afterSeq: number, limit: number): Promise<LogLineEvent[]> {
+    return rowsOf<LogLineEvent>(
+      await tx.execute(sql`select seq, step, stream, text, round from kiln.log_lines_after(${generationId}, ${afterSeq}, ${limit})`),
+    );
+  },
+
+  /** The last `count` log lines, oldest first, for a viewer, in the viewer's scope: see chunkPageOfMember. */
+  async logTailOfMember(tx: Tx, generationId: string, count: number): Promise<LogLineEvent[]> {
+    const newestFirst = rowsOf<LogLineEvent>(
+      await tx.execute(sql`select seq, step, stream, text, round from kiln.log_tail(${generationId}, ${count})`),
+    );
+    return newestFirst.reverse();
   },
 
   async logTail(tx: Tx, generationId: string, count: number): Promise<LogLineRow[]> {

@@ -79,11 +79,11 @@ const logLinePages = createPageCache<LogLineEvent>(PAGE);
 
 /** Completes when the generation is terminal: a fix round may add model output after a build. */
 export function generationChunks(options: StreamOptions): Promise<LiveStream<ChunkEvent>> {
-  return sequenced(options, 'generationChunks', (tx, id, after) => generationStore.chunksAfter(tx, id, after, PAGE), chunkPages, hasEnded);
+  return sequenced(options, 'generationChunks', (tx, id, after) => generationStore.chunkPageOfMember(tx, id, after, PAGE), chunkPages, hasEnded);
 }
 
 export function buildLogs(options: StreamOptions): Promise<LiveStream<LogLineEvent>> {
-  return sequenced(options, 'buildLogs', (tx, id, after) => generationStore.logLinesAfter(tx, id, after, PAGE), logLinePages, hasEnded);
+  return sequenced(options, 'buildLogs', (tx, id, after) => generationStore.logLinePageOfMember(tx, id, after, PAGE), logLinePages, hasEnded);
 }
 
 /** The current state first, then each change; completes after a terminal state. */
