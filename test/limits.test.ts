@@ -137,7 +137,7 @@ describe(`query limits (${databaseKind})`, () => {
     expect(declared.status).toBe(413);
     expect(await declared.json()).toMatchObject({ errors: [{ extensions: { code: 'REQUEST_ENTITY_TOO_LARGE' } }] });
 
-    // Without Content-Length Yoga counts the bytes as they arrive.
+    // Without Content-Length the bytes are counted as they arrive (useChunkedBodyLimit).
     const chunk = new TextEncoder().encode(' '.repeat(64 * 1024));
     let sent = 0;
     const stream = new ReadableStream<Uint8Array>({
@@ -155,6 +155,22 @@ describe(`query limits (${databaseKind})`, () => {
       duplex: 'half',
     } as RequestInit);
     expect(chunked.status).toBe(413);
+
+    // A chunked body within the limit is answered like any other.
+    const small = new TextEncoder().encode(JSON.stringify({ query: 'query Me { viewer { id } }' }));
+    const within = await fetch(`${server.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${user.accessToken}` },
+      body: new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(small.subarray(0, 7));
+          controller.enqueue(small.subarray(7));
+          controller.close();
+        },
+      }),
+      duplex: 'half',
+    } as RequestInit);
+    expect(await within.json()).toEqual({ data: { viewer: { id: user.id } } });
 
     // The server is fine afterwards.
     expect((await user.client.expectNoErrors(ProjectsDocument, {})).projects.totalCount).toBe(0);

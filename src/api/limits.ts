@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { EnvelopArmor } from '@escape.tech/graphql-armor';
 import { GraphQLError, type ValidationContext } from 'graphql';
-import type { Plugin } from 'graphql-yoga';
+import { createGraphQLError, type Plugin } from 'graphql-yoga';
 import { contentCostRule } from './content-cost.js';
 
 // Limits on what one operation may ask for, on every transport: the rules run in
@@ -81,16 +81,48 @@ function useTokenLimit(maxTokens: number): Plugin {
   };
 }
 
+const TOO_LARGE = { message: 'The request body is too large.', code: 'REQUEST_ENTITY_TOO_LARGE' };
+
 /**
  * Refuses a body whose declared length is over the limit before Yoga reads a byte of
  * it (413), and closes the connection rather than draining an upload nobody wants.
- * Bodies without a length (chunked) are cut off by Yoga's maxRequestBodySize.
+ * Node's parser holds a declared length to its word; bodies without one (chunked) are
+ * counted by useChunkedBodyLimit.
  */
 export function refuseOversizedBody(req: IncomingMessage, res: ServerResponse, maxBytes: number): boolean {
   const declared = req.headers['content-length'];
   if (declared === undefined || !/^\d+$/.test(declared) || Number(declared) <= maxBytes) return false;
-  const body = JSON.stringify({ errors: [{ message: 'The request body is too large.', extensions: { code: 'REQUEST_ENTITY_TOO_LARGE' } }] });
+  const body = JSON.stringify({ errors: [{ message: TOO_LARGE.message, extensions: { code: TOO_LARGE.code } }] });
   res.writeHead(413, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), connection: 'close' });
   res.end(body);
   return true;
+}
+
+/**
+ * A GraphQL body without a declared length (chunked) is read here, counting bytes, and
+ * refused with 413 past maxBytes. Yoga's maxRequestBodySize did this for every body,
+ * through a transform stream and a copy of the request: about 4% of a small query's
+ * throughput for bodies whose length node's parser already holds to the declared one.
+ * Placed after every plugin that picks a request parser.
+ */
+export function useChunkedBodyLimit(maxBytes: number): Plugin {
+  return {
+    onRequestParse({ request, requestParser, setRequestParser, fetchAPI }) {
+      if (!requestParser || !request.body || request.headers.has('content-length')) return;
+      setRequestParser(async (chunked) => {
+        const chunks: Uint8Array[] = [];
+        let bytes = 0;
+        // Not `for await`: leaving it would destroy the request, and the client would see
+        // its connection reset instead of the 413.
+        const reader = (chunked.body as AsyncIterable<Uint8Array>)[Symbol.asyncIterator]();
+        for (let next = await reader.next(); !next.done; next = await reader.next()) {
+          bytes += next.value.byteLength;
+          if (bytes > maxBytes) throw createGraphQLError(TOO_LARGE.message, { extensions: { code: TOO_LARGE.code, http: { status: 413 } } });
+          chunks.push(next.value);
+        }
+        const { url, method, headers, signal } = chunked;
+        return requestParser(new fetchAPI.Request(url, { method, headers, signal, body: Buffer.concat(chunks, bytes) }));
+      });
+    },
+  };
 }

@@ -9,7 +9,7 @@ import { type Context, type Services, contextFactory } from './context.js';
 import { useRequestIdErrors } from './errors-plugin.js';
 import { graphiqlExample } from './graphiql-example.js';
 import { renderGraphiQLPage, serveGraphiQLAsset } from './graphiql.js';
-import { refuseOversizedBody, useQueryLimits } from './limits.js';
+import { refuseOversizedBody, useChunkedBodyLimit, useQueryLimits } from './limits.js';
 import { useOperationLog } from './operation-log.js';
 import { loadManifest, usePersistedOperationsOnly } from './persisted-operations.js';
 import { useSchemaPrivacy } from './production.js';
@@ -46,8 +46,8 @@ export function buildApp(services: Services): App {
     renderGraphiQL: renderGraphiQLPage,
     // Masked errors never carry the original message or stack, whatever NODE_ENV says; the log has them.
     maskedErrors: { isDev: false },
-    // Also set before Yoga (refuseOversizedBody) for bodies that declare their length; this catches chunked ones.
-    maxRequestBodySize: config.limits.maxBodyBytes,
+    // Bodies are held to MAX_REQUEST_BODY_BYTES before Yoga (refuseOversizedBody) and by useChunkedBodyLimit.
+    maxRequestBodySize: false,
     // batching stays off (Yoga's default): a JSON array of operations is refused with 400.
     cors: config.http.corsOrigins.length > 0 ? { origin: config.http.corsOrigins, credentials: true } : false,
     plugins: [
@@ -58,6 +58,7 @@ export function buildApp(services: Services): App {
       services.metrics.graphqlPlugin(),
       // JSON POSTs only; GETs carry a header a cross-site simple request cannot.
       ...useRequestPolicy(),
+      useChunkedBodyLimit(config.limits.maxBodyBytes),
       ...(config.limits.persistedOperations.only ? usePersistedOperationsOnly(loadManifest(config.limits.persistedOperations.manifest!)) : []),
       ...useQueryLimits(config.limits),
       useNulRefusal(),
