@@ -145,6 +145,8 @@ async function sequenced<T extends { seq: number }>(
   };
   // One transaction authorises (RLS decides whether the generation exists) and reads the first page.
   const afterSeq = options.afterSeq ?? -1;
+  // A crowd subscribing at once is database work in bursts: it takes turns with replays.
+  await replayPause();
   const initial = await scope
     .run(async (tx) => {
       const [generation] = await generationStore.findMany(tx, [generationId]);
