@@ -255,7 +255,10 @@ export function sseSubscriber(url: string, token: string, generationId: string, 
     });
     req.once('error', reject);
     req.once('response', (res) => {
-      if (res.statusCode !== 200) return reject(new Error(`SSE subscribe answered ${res.statusCode}`));
+      if (res.statusCode !== 200) {
+        req.destroy();
+        return reject(new Error(`SSE subscribe answered ${res.statusCode}`));
+      }
       res.setEncoding('utf8');
       let buffer = '';
       res.on('data', (text: string) => {

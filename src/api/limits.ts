@@ -110,19 +110,33 @@ export function useChunkedBodyLimit(maxBytes: number): Plugin {
     onRequestParse({ request, requestParser, setRequestParser, fetchAPI }) {
       if (!requestParser || !request.body || request.headers.has('content-length')) return;
       setRequestParser(async (chunked) => {
-        const chunks: Uint8Array[] = [];
-        let bytes = 0;
-        // Not `for await`: leaving it would destroy the request, and the client would see
-        // its connection reset instead of the 413.
-        const reader = (chunked.body as AsyncIterable<Uint8Array>)[Symbol.asyncIterator]();
-        for (let next = await reader.next(); !next.done; next = await reader.next()) {
-          bytes += next.value.byteLength;
-          if (bytes > maxBytes) throw createGraphQLError(TOO_LARGE.message, { extensions: { code: TOO_LARGE.code, http: { status: 413 } } });
-          chunks.push(next.value);
-        }
+        const body = await readWithin(chunked.body as AsyncIterable<Uint8Array>, maxBytes);
         const { url, method, headers, signal } = chunked;
-        return requestParser(new fetchAPI.Request(url, { method, headers, signal, body: Buffer.concat(chunks, bytes) }));
+        return requestParser(new fetchAPI.Request(url, { method, headers, signal, body }));
       });
     },
   };
+}
+
+async function readWithin(body: AsyncIterable<Uint8Array>, maxBytes: number): Promise<Buffer<ArrayBuffer>> {
+  const chunks: Uint8Array[] = [];
+  let bytes = 0;
+  // Not `for await`: leaving it would destroy the request, and the client would see its
+  // connection reset instead of the 413, which closes the connection once sent.
+  const reader = body[Symbol.asyncIterator]();
+  for (let next = await nextOf(reader); !next.done; next = await nextOf(reader)) {
+    bytes += next.value.byteLength;
+    if (bytes > maxBytes) {
+      throw createGraphQLError(TOO_LARGE.message, { extensions: { code: TOO_LARGE.code, http: { status: 413, headers: { connection: 'close' } } } });
+    }
+    chunks.push(next.value);
+  }
+  return Buffer.concat(chunks, bytes);
+}
+
+/** A body the client broke off is its mistake (400), not the server's. */
+function nextOf(reader: AsyncIterator<Uint8Array>): Promise<IteratorResult<Uint8Array>> {
+  return reader.next().catch(() => {
+    throw createGraphQLError('The request body could not be read to its end.', { extensions: { code: 'BAD_REQUEST', http: { status: 400 } } });
+  });
 }

@@ -145,8 +145,9 @@ async function sequenced<T extends { seq: number }>(
   };
   // One transaction authorises (RLS decides whether the generation exists) and reads the first page.
   const afterSeq = options.afterSeq ?? -1;
-  // A crowd subscribing at once is database work in bursts: it takes turns with replays.
-  await replayPause();
+  // A crowd subscribing at once is database work in bursts: it takes turns with replays,
+  // asking again when woken, since every waiter of a turn wakes at once.
+  for (let pause = replayPause(); pause; pause = replayPause()) await pause;
   const initial = await scope
     .run(async (tx) => {
       const [generation] = await generationStore.findMany(tx, [generationId]);
