@@ -1,9 +1,9 @@
 -- Many rows of one generation (a page of chunks or log lines, the log's tail), for a
--- signed-in viewer. The row policies
--- ask kiln.generation_role once per row, a SECURITY DEFINER call with queries of its own
--- (in PGlite a 200-row page took 10-16 ms that way, against 1.4-1.7 ms without); these
--- ask it once per page. The check does not depend on the row, so the planner runs it
--- once, as a one-time filter, before reading anything: a non-member gets no rows.
+-- signed-in viewer. The row policies ask kiln.generation_role once per row, a SECURITY
+-- DEFINER call with queries of its own (a 200-row page took 10-16 ms that way in PGlite);
+-- these ask it once per read (1-2 ms for the same page). The check does not depend on the
+-- row, so the planner runs it once, as a one-time filter, before reading anything: a
+-- non-member gets no rows.
 CREATE OR REPLACE FUNCTION kiln.chunks_after(p_generation_id uuid, p_after_seq integer, p_limit integer)
 RETURNS SETOF public.generation_chunks
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
