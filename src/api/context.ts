@@ -7,7 +7,7 @@ import { AuthError } from '../errors.js';
 import type { EventBus } from '../events/bus.js';
 import type { GenerationDeps } from '../generations/generations.js';
 import type { StreamAccess } from '../generations/stream-access.js';
-import type { Logger } from '../observability/logger.js';
+import { type Logger, OperationLog } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { SecretBox } from '../projects/secret-box.js';
 import type { BuildSandbox } from '../toolchain/sandbox.js';
@@ -71,7 +71,8 @@ export interface Context {
   viewer: Viewer | null;
   /** The RLS-bound database scope of this viewer (STYLE 5). */
   db: Scope;
-  logger: Logger;
+  /** This operation's log lines, with its request id and user. */
+  log: OperationLog;
   /** Shared by every operation of the app. */
   useCases: UseCaseDeps;
 }
@@ -114,8 +115,7 @@ export function contextFactory(services: Services): (request: OperationRequest) 
       transport: request.transport ?? 'http',
       viewer,
       db: viewer ? userScope(services.database.db, viewer.claims) : anonymousScope(problem),
-      // One child, not two: a live subscription keeps its context (and logger) for as long as it runs.
-      logger: services.logger.child(viewer ? { requestId: request.requestId, userId: viewer.id } : { requestId: request.requestId }),
+      log: new OperationLog(services.logger, viewer ? { requestId: request.requestId, userId: viewer.id } : { requestId: request.requestId }),
       useCases,
     };
   };

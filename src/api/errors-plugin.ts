@@ -1,5 +1,5 @@
 import { GraphQLError } from 'graphql';
-import { type Plugin, handleStreamOrSingleExecutionResult } from 'graphql-yoga';
+import { isAsyncIterable, type Plugin, handleStreamOrSingleExecutionResult } from 'graphql-yoga';
 import type { Context } from './context.js';
 import { expected } from './stream-errors.js';
 
@@ -8,29 +8,37 @@ import { expected } from './stream-errors.js';
  * goes to the log under the same id. Errors we raise on purpose (GraphQLErrors:
  * validation, auth scopes, bad cursors) pass unchanged, and an expected failure outside
  * a result union (e.g. a ValidationError of a query's argument) keeps its message and
- * code. Yoga's own masking stays behind this as a safety net.
+ * code. Yoga's own masking stays behind this as a safety net, except around a live
+ * stream's results, which its one mapping step masks alike (shared-execution.ts).
  */
 export function useRequestIdErrors(): Plugin<Context> {
-  const mask = (errors: readonly GraphQLError[], ctx: Context) =>
-    errors.map((error) => {
-      if (!error.originalError || error.originalError instanceof GraphQLError) return error;
-      const known = expected(error.originalError, error);
-      if (known) return known;
-      ctx.logger.error({ err: error.originalError, path: error.path }, 'unexpected error');
-      return new GraphQLError('Unexpected error.', {
-        nodes: error.nodes,
-        path: error.path,
-        extensions: { code: 'INTERNAL_SERVER_ERROR', requestId: ctx.requestId },
-      });
-    });
-  const onDone =
-    (ctx: Context) =>
-    (payload: Parameters<typeof handleStreamOrSingleExecutionResult>[0]) =>
-      handleStreamOrSingleExecutionResult(payload, ({ result, setResult }) => {
-        if (result.errors?.length) setResult({ ...result, errors: mask(result.errors, ctx) });
-      });
   return {
-    onExecute: ({ args }) => ({ onExecuteDone: onDone(args.contextValue as Context) }),
-    onSubscribe: ({ args }) => ({ onSubscribeResult: onDone(args.contextValue as Context) }),
+    onExecute: ({ args }) => ({
+      onExecuteDone: (payload) =>
+        handleStreamOrSingleExecutionResult(payload, ({ result, setResult }) => {
+          if (result.errors?.length) setResult({ ...result, errors: maskUnexpected(result.errors, args.contextValue as Context) });
+        }),
+    }),
+    // A subscription that could not start; a stream masks its own results (shared-execution.ts).
+    onSubscribe: ({ args }) => ({
+      onSubscribeResult: ({ result, setResult }) => {
+        if (!isAsyncIterable(result) && result.errors?.length) setResult({ ...result, errors: maskUnexpected(result.errors, args.contextValue as Context) });
+      },
+    }),
   };
+}
+
+/** Each unexpected error as "Unexpected error." with the request id, its original logged under that id. */
+export function maskUnexpected(errors: readonly GraphQLError[], ctx: Context): GraphQLError[] {
+  return errors.map((error) => {
+    if (!error.originalError || error.originalError instanceof GraphQLError) return error;
+    const known = expected(error.originalError, error);
+    if (known) return known;
+    ctx.log.error({ err: error.originalError, path: error.path }, 'unexpected error');
+    return new GraphQLError('Unexpected error.', {
+      nodes: error.nodes,
+      path: error.path,
+      extensions: { code: 'INTERNAL_SERVER_ERROR', requestId: ctx.requestId },
+    });
+  });
 }

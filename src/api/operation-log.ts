@@ -3,7 +3,7 @@ import { type DocumentNode, getOperationAST } from 'graphql';
 import { type Plugin, isAsyncIterable } from 'graphql-yoga';
 import type { Context } from './context.js';
 
-// One log line per operation on every transport, on the request's logger (which
+// One log line per operation on every transport, on the operation's log (which
 // already carries requestId and userId): its name and type, the project and
 // generation it is about (decoded from the ids among its variables, never the
 // variables themselves), how long it took and how many errors it had. Every later
@@ -12,9 +12,7 @@ import type { Context } from './context.js';
 export function useOperationLog(): Plugin<Context> {
   const begin = (ctx: Context, document: DocumentNode, operationName: string | null | undefined, variables: unknown) => {
     const operation = getOperationAST(document, operationName);
-    // The context's logger is this operation's own: its fields join it rather than a
-    // child of it (a live subscription would keep both for as long as it runs).
-    ctx.logger.setBindings({
+    ctx.log.bind({
       operationName: operation?.name?.value.slice(0, 100),
       operationType: operation?.operation,
       ...idsOf(variables),
@@ -29,7 +27,7 @@ export function useOperationLog(): Plugin<Context> {
       return {
         onExecuteDone({ result }) {
           const errors = isAsyncIterable(result) ? 0 : errorCount(result);
-          ctx.logger.info({ durationMs: Math.round(performance.now() - started), errors }, 'operation');
+          ctx.log.info({ durationMs: Math.round(performance.now() - started), errors }, 'operation');
         },
       };
     },
@@ -39,7 +37,7 @@ export function useOperationLog(): Plugin<Context> {
       return {
         onSubscribeResult({ result }) {
           const errors = isAsyncIterable(result) ? 0 : errorCount(result);
-          ctx.logger.info({ errors }, 'subscription');
+          ctx.log.info({ errors }, 'subscription');
         },
       };
     },

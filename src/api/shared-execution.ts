@@ -1,5 +1,8 @@
+import { RequestCache } from '@pothos/plugin-scope-auth';
 import { type DocumentNode, type ExecutionArgs, type ExecutionResult, GraphQLError, createSourceEventStream, execute, getOperationAST, Kind } from 'graphql';
 import { mapAsyncIterator, type Plugin } from 'graphql-yoga';
+import type { Context } from './context.js';
+import { maskUnexpected } from './errors-plugin.js';
 import { lastResultOf } from './stream-errors.js';
 
 // Fan-out: a thousand viewers of one generation receive the very same live batch
@@ -8,13 +11,16 @@ import { lastResultOf } from './stream-errors.js';
 // selection is executed once per (document, operation, variables) and the result object
 // is shared by every subscriber, over graphql-ws and SSE alike. Authorisation stays per
 // subscriber: it happens when the stream opens (the field's `subscribe`) and in the
-// periodic access re-check, never per event. Per-subscriber plugins (error masking,
-// metrics) still see each result and replace it rather than change it.
+// periodic access re-check, never per event.
 //
-// This subscribe also replaces the executor's per-event plumbing (a mapped, flattened
-// iterator per subscriber) with one mapping step (envelop's mapAsyncIterator), which also
-// turns an expected failure of the stream into its last result (stream-errors.ts): no
-// @defer/@stream in subscriptions here.
+// A live subscription is mostly idle, and everything wrapped around its stream stays in
+// memory as long as it runs. So this subscribe is the one mapping step between the stream
+// and the transport: it executes each event, masks unexpected errors with the request id
+// (what useRequestIdErrors and Yoga's masking do for every other result), and turns a
+// failure of the stream into its last result (stream-errors.ts). It is therefore the last
+// plugin with an onSubscribe hook: it stops there, and the hooks after it, Yoga's masking
+// among them, wrap no iterator of their own around every stream. No @defer/@stream in
+// subscriptions here.
 
 /** Root fields whose whole selection depends only on the event (every field exposes event data). */
 const EVENT_ONLY_FIELDS = new Set(['generationChunks', 'buildLogs']);
@@ -22,19 +28,36 @@ const EVENT_ONLY_FIELDS = new Set(['generationChunks', 'buildLogs']);
 /** Results per event object; gone with the event once every stream has passed it on. */
 const resultsByEvent = new WeakMap<object, Map<string, ExecutionResult>>();
 
-export function useSharedSubscriptionExecution(): Plugin {
+export function useSharedSubscriptionExecution(): Plugin<Context> {
   return {
-    onSubscribe({ setSubscribeFn }) {
-      setSubscribeFn(subscribeSharing as Parameters<typeof setSubscribeFn>[0]);
+    onSubscribe({ args, setResultAndStopExecution }) {
+      // envelop awaits a promised result (handleMaybePromise), though its type says otherwise.
+      setResultAndStopExecution(subscribeSharing(args) as unknown as Parameters<typeof setResultAndStopExecution>[0]);
     },
   };
 }
 
 async function subscribeSharing(args: ExecutionArgs): Promise<AsyncIterable<ExecutionResult> | ExecutionResult> {
-  const source = await createSourceEventStream(args);
+  const ctx = args.contextValue as Context;
+  const masked = (result: ExecutionResult): ExecutionResult => (result.errors?.length ? { ...result, errors: maskUnexpected(result.errors, ctx) } : result);
+  const located = (error: unknown): GraphQLError => {
+    // Located as the executor hands source errors on, with the original inside.
+    const operation = getOperationAST(args.document, args.operationName) ?? undefined;
+    return new GraphQLError(error instanceof Error ? error.message : String(error), { originalError: error instanceof Error ? error : undefined, nodes: operation });
+  };
+  // A result that is not a stream is masked by useRequestIdErrors, after useStreamErrors has
+  // turned expected failures into their own errors.
+  let source: AsyncIterable<unknown> | ExecutionResult;
+  try {
+    source = await createSourceEventStream(args);
+  } catch (error) {
+    return { errors: [located(error)] };
+  }
   if (!isAsyncIterable(source)) return withRequestErrorCodes(source);
+  // The auth scopes were checked by the field's subscribe; their per-request cache would stay as long as the stream.
+  RequestCache.clearForContext(ctx);
   const key = shareKey(args);
-  const executeEvent = (event: unknown): ExecutionResult | Promise<ExecutionResult> => {
+  const executeOnce = (event: unknown): ExecutionResult | Promise<ExecutionResult> => {
     if (key === undefined || typeof event !== 'object' || event === null) return execute({ ...args, rootValue: event });
     let results = resultsByEvent.get(event);
     const cached = results?.get(key);
@@ -46,14 +69,13 @@ async function subscribeSharing(args: ExecutionArgs): Promise<AsyncIterable<Exec
     results.set(key, result);
     return result;
   };
-  const failed = (error: unknown): ExecutionResult => {
-    // Located as the executor hands source errors on, with the original inside.
-    const operation = getOperationAST(args.document, args.operationName) ?? undefined;
-    const located = new GraphQLError(error instanceof Error ? error.message : String(error), { originalError: error instanceof Error ? error : undefined, nodes: operation });
-    const last = lastResultOf(error, located);
-    if (!last) throw located;
-    return last;
+  // Masking replaces a shared result with this subscriber's own (its request id), never changes it.
+  const executeEvent = (event: unknown): ExecutionResult | Promise<ExecutionResult> => {
+    const result = executeOnce(event);
+    return isPromise(result) ? result.then(masked) : masked(result);
   };
+  // An expected failure ends the stream with its own error; anything else with "Unexpected error." and the request id.
+  const failed = (error: unknown): ExecutionResult => lastResultOf(error, located(error)) ?? masked({ data: null, errors: [located(error)] });
   const results = mapAsyncIterator(source, executeEvent, failed);
   // When the source says when it is over (a LiveStream), so do its results (metrics count open streams by it).
   const { closed } = source as { closed?: Promise<void> };

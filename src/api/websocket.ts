@@ -241,6 +241,16 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
 class BatchingWebSocket extends WebSocket {
   #corked = false;
 
+  /**
+   * A text message is handed on as a string: graphql-ws keeps the message it is handling
+   * for as long as that operation runs (a subscription: hours), and as a string it is the
+   * one graphql-ws parses and keeps anyway, not a Buffer besides.
+   */
+  override emit(event: string | symbol, ...args: unknown[]): boolean {
+    if (event === 'message' && args[1] === false && Buffer.isBuffer(args[0])) args[0] = args[0].toString();
+    return super.emit(event, ...args);
+  }
+
   override send(data: Parameters<WebSocket['send']>[0], options?: SendOptions | SendCallback, cb?: SendCallback): void {
     const callback = typeof options === 'function' ? options : cb;
     const sendOptions = typeof options === 'function' || options === undefined ? {} : options;

@@ -48,3 +48,28 @@ function scrubQueryParams(serialized: Record<string, unknown>, depth: number): R
   if (out.cause && typeof out.cause === 'object' && depth < 5) out.cause = scrubQueryParams(out.cause as Record<string, unknown>, depth + 1);
   return out;
 }
+
+/**
+ * The lines of one operation: its fields (request id, user, operation) are merged into
+ * each line rather than kept in a child logger, whose serialized bindings would stay
+ * alive as long as the operation does (a live subscription, for hours).
+ */
+export class OperationLog {
+  constructor(
+    private readonly base: Logger,
+    private readonly fields: Record<string, unknown>,
+  ) {}
+
+  /** Adds fields to every later line of the operation. */
+  bind(fields: Record<string, unknown>): void {
+    Object.assign(this.fields, fields);
+  }
+
+  info(fields: Record<string, unknown>, message: string): void {
+    this.base.info({ ...this.fields, ...fields }, message);
+  }
+
+  error(fields: Record<string, unknown>, message: string): void {
+    this.base.error({ ...this.fields, ...fields }, message);
+  }
+}
