@@ -139,8 +139,10 @@ async function sequenced<T extends { seq: number }>(
     weight: itemsIn,
   });
   const readAndKeep = async (tx: Tx, after: number) => {
+    // Each statement reads what was committed when it began (READ COMMITTED).
+    const readAt = performance.now();
     const rows = await readAfter(tx, generationId, after);
-    pages.put(generationId, after, rows);
+    pages.put(generationId, after, rows, readAt);
     return rows;
   };
   // One transaction authorises (RLS decides whether the generation exists) and reads the first page.
@@ -162,7 +164,15 @@ async function sequenced<T extends { seq: number }>(
     inbox.close();
     throw new NotFoundError('Generation not found.');
   }
-  const read = (after: number) => pages.get(generationId, after) ?? scope.run((tx) => readAndKeep(tx, after));
+  /**
+   * The rows after `after`, as a read begun at or after `since` sees them: another stream's
+   * page will do when it was read since then. `since` is when this stream had reason to
+   * read: a full history once its first transaction had seen the generation's state (if
+   * that was terminal, every row was written before then), a repair once the event that
+   * called for it had arrived (rows are written before they are published).
+   */
+  const read = (after: number, since: number) => pages.get(generationId, after, since) ?? scope.run((tx) => readAndKeep(tx, after));
+  const historySince = performance.now();
   const overAtStart = isOver(initial.generation);
   // Handed over once, so a long-lived stream does not keep its first page (up to PAGE rows) alive.
   let firstPage: T[] | undefined = initial.page;
@@ -176,6 +186,8 @@ async function sequenced<T extends { seq: number }>(
     let fromDatabase = ready.length === PAGE;
     /** Whether `ready` was read back (history or a repair) rather than taken live: it yields to live batches. */
     let replaying = true;
+    /** The moment from which a read of `fromDatabase` must see what was written. */
+    let readSince = historySince;
     const poll = new Backoff(bus);
     try {
       for (;;) {
@@ -191,16 +203,17 @@ async function sequenced<T extends { seq: number }>(
           if (inbox.slow) throw new SlowConsumerError(last);
         }
         if (fromDatabase) {
-          ready = await read(last);
+          ready = await read(last, readSince);
           fromDatabase = ready.length === PAGE;
           replaying = true;
           continue;
         }
         // Everything of this part was persisted before the state moved on, and it has been read.
         if (over) return;
+        // Not the batch just handed out: an idle stream would hold it until the next event.
+        ready = [];
         const { items, timedOut } = await inbox.wait(poll.next());
         if (stop.now()) return;
-        ready = [];
         replaying = false;
         let expected = last + 1;
         let repair = inbox.overflowed();
@@ -228,6 +241,7 @@ async function sequenced<T extends { seq: number }>(
         }
         // Over: after the live items, read once more to the end.
         fromDatabase = repair || over;
+        readSince = performance.now();
       }
     } finally {
       stop.over();
