@@ -38,48 +38,53 @@ export function useSharedSubscriptionExecution(): Plugin<Context> {
 }
 
 async function subscribeSharing(args: ExecutionArgs): Promise<AsyncIterable<ExecutionResult> | ExecutionResult> {
-  const ctx = args.contextValue as Context;
-  const masked = (result: ExecutionResult): ExecutionResult => (result.errors?.length ? { ...result, errors: maskUnexpected(result.errors, ctx) } : result);
-  const located = (error: unknown): GraphQLError => {
-    // Located as the executor hands source errors on, with the original inside.
-    const operation = getOperationAST(args.document, args.operationName) ?? undefined;
-    return new GraphQLError(error instanceof Error ? error.message : String(error), { originalError: error instanceof Error ? error : undefined, nodes: operation });
-  };
   // A result that is not a stream is masked by useRequestIdErrors, after useStreamErrors has
   // turned expected failures into their own errors.
   let source: AsyncIterable<unknown> | ExecutionResult;
   try {
     source = await createSourceEventStream(args);
   } catch (error) {
-    return { errors: [located(error)] };
+    return { errors: [located(error, args)] };
   }
   if (!isAsyncIterable(source)) return withRequestErrorCodes(source);
   // The auth scopes were checked by the field's subscribe; their per-request cache would stay as long as the stream.
-  RequestCache.clearForContext(ctx);
+  RequestCache.clearForContext(args.contextValue as object);
   const key = shareKey(args);
-  const executeOnce = (event: unknown): ExecutionResult | Promise<ExecutionResult> => {
-    if (key === undefined || typeof event !== 'object' || event === null) return execute({ ...args, rootValue: event });
-    let results = resultsByEvent.get(event);
-    const cached = results?.get(key);
-    if (cached) return cached;
-    const result = execute({ ...args, rootValue: event });
-    // Event-only fields resolve synchronously; anything else is not worth sharing.
-    if (isPromise(result)) return result;
-    if (!results) resultsByEvent.set(event, (results = new Map()));
-    results.set(key, result);
-    return result;
-  };
   // Masking replaces a shared result with this subscriber's own (its request id), never changes it.
   const executeEvent = (event: unknown): ExecutionResult | Promise<ExecutionResult> => {
-    const result = executeOnce(event);
-    return isPromise(result) ? result.then(masked) : masked(result);
+    const result = executeOnce(args, key, event);
+    return isPromise(result) ? result.then((done) => masked(done, args)) : masked(result, args);
   };
   // An expected failure ends the stream with its own error; anything else with "Unexpected error." and the request id.
-  const failed = (error: unknown): ExecutionResult => lastResultOf(error, located(error)) ?? masked({ data: null, errors: [located(error)] });
+  const failed = (error: unknown): ExecutionResult => lastResultOf(error, located(error, args)) ?? masked({ data: null, errors: [located(error, args)] }, args);
   const results = mapAsyncIterator(source, executeEvent, failed);
   // When the source says when it is over (a LiveStream), so do its results (metrics count open streams by it).
   const { closed } = source as { closed?: Promise<void> };
   return closed ? Object.assign(results, { closed }) : results;
+}
+
+/** An event's result: executed once for every subscriber with the same `key`, for each one without. */
+function executeOnce(args: ExecutionArgs, key: string | undefined, event: unknown): ExecutionResult | Promise<ExecutionResult> {
+  if (key === undefined || typeof event !== 'object' || event === null) return execute({ ...args, rootValue: event });
+  let results = resultsByEvent.get(event);
+  const cached = results?.get(key);
+  if (cached) return cached;
+  const result = execute({ ...args, rootValue: event });
+  // Event-only fields resolve synchronously; anything else is not worth sharing.
+  if (isPromise(result)) return result;
+  if (!results) resultsByEvent.set(event, (results = new Map()));
+  results.set(key, result);
+  return result;
+}
+
+function masked(result: ExecutionResult, args: ExecutionArgs): ExecutionResult {
+  return result.errors?.length ? { ...result, errors: maskUnexpected(result.errors, args.contextValue as Context) } : result;
+}
+
+/** A failure of the stream, located as the executor hands source errors on, with the original inside. */
+function located(error: unknown, { document, operationName }: ExecutionArgs): GraphQLError {
+  const operation = getOperationAST(document, operationName) ?? undefined;
+  return new GraphQLError(error instanceof Error ? error.message : String(error), { originalError: error instanceof Error ? error : undefined, nodes: operation });
 }
 
 /** Errors of the request itself (variables that do not fit) say BAD_USER_INPUT, as Yoga's executor has them. */

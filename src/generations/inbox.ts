@@ -67,15 +67,26 @@ export class Inbox<T> {
     this.queued = 0;
   }
 
-  /** What arrived since the last call; waits up to `timeoutMs` when nothing has (closing wakes it). */
-  async wait(timeoutMs: number): Promise<{ items: T[]; timedOut: boolean }> {
+  /**
+   * What arrived since the last call; waits up to `timeoutMs` when nothing has (closing
+   * wakes it). Not an async function: most streams wait most of the time, and a
+   * suspended one would hold its frame besides the promise.
+   */
+  wait(timeoutMs: number): Promise<{ items: T[]; timedOut: boolean }> {
     this.timedOut = false;
-    if (this.buffer.length === 0 && !this.closed) {
-      this.pollAt = performance.now() + timeoutMs;
-      if (this.poll === undefined || this.armedAt - this.pollAt > timeoutMs / 2) this.arm(timeoutMs);
-      await new Promise<void>((resolve) => (this.waiter = resolve));
-      this.waiter = undefined;
-    }
+    if (this.buffer.length > 0 || this.closed) return Promise.resolve(this.take());
+    this.pollAt = performance.now() + timeoutMs;
+    if (this.poll === undefined || this.armedAt - this.pollAt > timeoutMs / 2) this.arm(timeoutMs);
+    // Taken a turn after the wake-up, so that what arrives within the same tick comes along.
+    return new Promise<void>((resolve) => (this.waiter = resolve)).then(this.woken);
+  }
+
+  private readonly woken = () => {
+    this.waiter = undefined;
+    return this.take();
+  };
+
+  private take(): { items: T[]; timedOut: boolean } {
     const items = this.buffer;
     this.buffer = [];
     this.held = 0;

@@ -232,6 +232,8 @@ async function sequenced<T extends { seq: number }>(
             expected += 1;
           }
         }
+        // Emptied (its store freed): an idle stream would hold it, and the batches in it, until the next event.
+        items.length = 0;
         if (timedOut) {
           // A quiet spell: whatever the bus may have lost is in the database.
           over ||= isOver(await current(scope, generationId));
