@@ -1,10 +1,14 @@
 import { IDLE, log, idleMemory } from './support/fanout-clients.js';
 
 // The memory of FANOUT_IDLE idle graphql-ws subscriptions against as many bare `ws`
-// connections (server RSS and heap after forced GC). Variables: bench/support/fanout-clients.ts.
+// connections: server heap and RSS, settled after the GC that V8's memory reducer runs
+// in a process gone idle (it compacts the heap's pages). Right after a burst of
+// connections, RSS also holds the pages their transient garbage left sparse and what the
+// young generation grew to (about a third more here); an idle server gives them back
+// within a minute or so. Variables: bench/support/fanout-clients.ts.
 
 export default async function memory(): Promise<void> {
-  log(`memory of idle connections: ${IDLE} each, server RSS and heap after forced GC`);
+  log(`memory of idle connections: ${IDLE} each, server RSS and heap settled (forced GC)`);
   const bare = await idleMemory('bare ws');
   const graphqlWs = await idleMemory('graphql-ws');
   // Below ~1 KiB a connection, the baseline is within what freed heap pages already held in RSS.

@@ -51,6 +51,7 @@ export type Reply =
   | { cmd: 'start'; url: string; wsUrl: string }
   | { cmd: 'produce'; published: number }
   | { cmd: 'history'; persisted: number }
+  /** After memory-reducing GCs (see 'memory'). */
   | { cmd: 'memory'; rss: number; heapUsed: number; external: number; sockets: number }
   | { cmd: 'clock'; now: number }
   | { cmd: 'cpu'; micros: number }
@@ -148,8 +149,10 @@ process.on('message', (command: Command) => {
         return reply({ cmd: 'history', persisted: rows.length });
       }
       case 'memory': {
+        // What V8's memory reducer does to a process that has gone idle, at once: GCs that
+        // compact the heap's pages and give back the young generation's.
         for (let i = 0; i < 3; i++) {
-          globalThis.gc?.();
+          globalThis.gc?.({ type: 'major', execution: 'sync', flavor: 'last-resort' });
           await new Promise((resolve) => setImmediate(resolve));
         }
         if (command.snapshot) writeHeapSnapshot(command.snapshot);
