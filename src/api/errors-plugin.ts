@@ -1,4 +1,4 @@
-import { GraphQLError } from 'graphql';
+import { type ExecutionResult, GraphQLError } from 'graphql';
 import { isAsyncIterable, type Plugin, handleStreamOrSingleExecutionResult } from 'graphql-yoga';
 import type { Context } from './context.js';
 import { expected } from './stream-errors.js';
@@ -14,22 +14,23 @@ import { expected } from './stream-errors.js';
 export function useRequestIdErrors(): Plugin<Context> {
   return {
     onExecute: ({ args }) => ({
-      onExecuteDone: (payload) =>
-        handleStreamOrSingleExecutionResult(payload, ({ result, setResult }) => {
-          if (result.errors?.length) setResult({ ...result, errors: maskUnexpected(result.errors, args.contextValue as Context) });
-        }),
+      onExecuteDone: (payload) => handleStreamOrSingleExecutionResult(payload, ({ result, setResult }) => setResult(maskResult(result, args.contextValue as Context))),
     }),
     // A subscription that could not start; a stream masks its own results (shared-execution.ts).
     onSubscribe: ({ args }) => ({
       onSubscribeResult: ({ result, setResult }) => {
-        if (!isAsyncIterable(result) && result.errors?.length) setResult({ ...result, errors: maskUnexpected(result.errors, args.contextValue as Context) });
+        if (!isAsyncIterable(result)) setResult(maskResult(result, args.contextValue as Context));
       },
     }),
   };
 }
 
-/** Each unexpected error as "Unexpected error." with the request id, its original logged under that id. */
-export function maskUnexpected(errors: readonly GraphQLError[], ctx: Context): GraphQLError[] {
+/** The result with each unexpected error as "Unexpected error." and the request id, its original logged under that id. */
+export function maskResult(result: ExecutionResult, ctx: Context): ExecutionResult {
+  return result.errors?.length ? { ...result, errors: maskUnexpected(result.errors, ctx) } : result;
+}
+
+function maskUnexpected(errors: readonly GraphQLError[], ctx: Context): GraphQLError[] {
   return errors.map((error) => {
     if (!error.originalError || error.originalError instanceof GraphQLError) return error;
     const known = expected(error.originalError, error);

@@ -1,5 +1,5 @@
 import { GraphQLError, NoSchemaIntrospectionCustomRule } from 'graphql';
-import { type Plugin, handleStreamOrSingleExecutionResult } from 'graphql-yoga';
+import { isAsyncIterable, type Plugin, handleStreamOrSingleExecutionResult } from 'graphql-yoga';
 
 // Production mode keeps the schema private unless ALLOW_INTROSPECTION=true: no
 // introspection, no GraphiQL (server.ts), and no "Did you mean …?" hints, which would
@@ -24,7 +24,13 @@ export function useSchemaPrivacy(): Plugin[] {
       },
       // Variable values are checked at execution: an unknown enum value is hinted there.
       onExecute: () => ({ onExecuteDone: onResult }),
-      onSubscribe: () => ({ onSubscribeResult: onResult }),
+      // At subscribe only: a stream's events carry no hints (its variables were checked then), and
+      // a wrapper around each stream would live as long as it does (shared-execution.ts).
+      onSubscribe: () => ({
+        onSubscribeResult: ({ result, setResult }) => {
+          if (!isAsyncIterable(result) && result.errors?.length) setResult({ ...result, errors: hide(result.errors) });
+        },
+      }),
     },
   ];
 }

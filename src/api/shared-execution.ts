@@ -1,8 +1,8 @@
 import { RequestCache } from '@pothos/plugin-scope-auth';
 import { type DocumentNode, type ExecutionArgs, type ExecutionResult, GraphQLError, createSourceEventStream, execute, getOperationAST, Kind } from 'graphql';
-import { mapAsyncIterator, type Plugin } from 'graphql-yoga';
+import { isAsyncIterable, mapAsyncIterator, type Plugin } from 'graphql-yoga';
 import type { Context } from './context.js';
-import { maskUnexpected } from './errors-plugin.js';
+import { maskResult } from './errors-plugin.js';
 import { lastResultOf } from './stream-errors.js';
 
 // Fan-out: a thousand viewers of one generation receive the very same live batch
@@ -50,13 +50,17 @@ async function subscribeSharing(args: ExecutionArgs): Promise<AsyncIterable<Exec
   // The auth scopes were checked by the field's subscribe; their per-request cache would stay as long as the stream.
   RequestCache.clearForContext(args.contextValue as object);
   const key = shareKey(args);
+  const ctx = args.contextValue as Context;
   // Masking replaces a shared result with this subscriber's own (its request id), never changes it.
   const executeEvent = (event: unknown): ExecutionResult | Promise<ExecutionResult> => {
     const result = executeOnce(args, key, event);
-    return isPromise(result) ? result.then((done) => masked(done, args)) : masked(result, args);
+    return isPromise(result) ? result.then((done) => maskResult(done, ctx)) : maskResult(result, ctx);
   };
   // An expected failure ends the stream with its own error; anything else with "Unexpected error." and the request id.
-  const failed = (error: unknown): ExecutionResult => lastResultOf(error, located(error, args)) ?? masked({ data: null, errors: [located(error, args)] }, args);
+  const failed = (error: unknown): ExecutionResult => {
+    const at = located(error, args);
+    return lastResultOf(error, at) ?? maskResult({ data: null, errors: [at] }, ctx);
+  };
   const results = mapAsyncIterator(source, executeEvent, failed);
   // When the source says when it is over (a LiveStream), so do its results (metrics count open streams by it).
   const { closed } = source as { closed?: Promise<void> };
@@ -77,14 +81,14 @@ function executeOnce(args: ExecutionArgs, key: string | undefined, event: unknow
   return result;
 }
 
-function masked(result: ExecutionResult, args: ExecutionArgs): ExecutionResult {
-  return result.errors?.length ? { ...result, errors: maskUnexpected(result.errors, args.contextValue as Context) } : result;
-}
-
-/** A failure of the stream, located as the executor hands source errors on, with the original inside. */
+/**
+ * A failure of the stream, located as the executor hands source errors on, with the
+ * original inside: something thrown that is not an Error too, so that masking sees it.
+ */
 function located(error: unknown, { document, operationName }: ExecutionArgs): GraphQLError {
   const operation = getOperationAST(document, operationName) ?? undefined;
-  return new GraphQLError(error instanceof Error ? error.message : String(error), { originalError: error instanceof Error ? error : undefined, nodes: operation });
+  const original = error instanceof Error ? error : new Error(String(error));
+  return new GraphQLError(original.message, { originalError: original, nodes: operation });
 }
 
 /** Errors of the request itself (variables that do not fit) say BAD_USER_INPUT, as Yoga's executor has them. */
@@ -117,10 +121,6 @@ function eventOnly(document: DocumentNode, operationName: ExecutionArgs['operati
   const selections = getOperationAST(document, operationName)?.selectionSet.selections;
   const field = selections?.length === 1 ? selections[0] : undefined;
   return field?.kind === Kind.FIELD && EVENT_ONLY_FIELDS.has(field.name.value) && !field.directives?.length;
-}
-
-function isAsyncIterable(value: unknown): value is AsyncIterable<unknown> {
-  return typeof value === 'object' && value !== null && Symbol.asyncIterator in value;
 }
 
 function isPromise<T>(value: T | Promise<T>): value is Promise<T> {

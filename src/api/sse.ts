@@ -101,7 +101,7 @@ class EventStream extends Readable {
       }
       response.end(COMPLETE);
     } catch (error) {
-      // An unexpected failure of the stream (expected ones are results by now, see stream-errors.ts).
+      // The mapping step or the response failed: a failure of the stream itself is its last result by now (shared-execution.ts).
       if (this.stopped) return;
       this.log.error({ err: error }, 'subscription stream failed');
       response.destroy();

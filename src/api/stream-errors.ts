@@ -1,5 +1,5 @@
 import { type ExecutionResult, GraphQLError } from 'graphql';
-import type { Plugin } from 'graphql-yoga';
+import { isAsyncIterable, type Plugin } from 'graphql-yoga';
 import { AppError, ValidationError } from '../errors.js';
 import { SlowConsumerError } from '../generations/streams.js';
 
@@ -7,9 +7,10 @@ import { SlowConsumerError } from '../generations/streams.js';
  * How a subscription that cannot start, or has to end early, reaches the client: as a
  * last result with `errors` (each with `extensions.code`), then the end of the stream,
  * the same over graphql-ws (a `next` message, then `complete`) and over SSE (an
- * `event: next`, then `event: complete`). Only errors we raise on purpose are turned
- * into results (NOT_FOUND, SLOW_CONSUMER, ...); anything else stays an exception and is
- * masked with a request id as usual.
+ * `event: next`, then `event: complete`). Errors we raise on purpose keep their message
+ * and code (NOT_FOUND, SLOW_CONSUMER, ...); anything else is masked with a request id as
+ * usual: a subscription that cannot start gets it as its result, a stream that fails
+ * later as its last result ("Unexpected error."), and the socket's other operations go on.
  *
  * This plugin rewrites the result of a subscription that cannot start. A stream that
  * fails later ends with `lastResultOf` in its one mapping step (shared-execution.ts),
@@ -56,8 +57,4 @@ function codeOf(kind: string): string {
     .replace(/Error$/, '')
     .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
     .toUpperCase();
-}
-
-function isAsyncIterable(value: unknown): value is AsyncIterable<unknown> {
-  return typeof value === 'object' && value !== null && Symbol.asyncIterator in value;
 }

@@ -138,9 +138,8 @@ async function sequenced<T extends { seq: number }>(
     slowAfter: maxQueued,
     weight: itemsIn,
   });
-  const readAndKeep = async (tx: Tx, after: number) => {
-    // Each statement reads what was committed when it began (READ COMMITTED).
-    const readAt = performance.now();
+  /** `readAt`: taken before the transaction, so the read sees at least what was committed then. */
+  const readAndKeep = async (tx: Tx, after: number, readAt: number) => {
     const rows = await readAfter(tx, generationId, after);
     pages.put(generationId, after, rows, readAt);
     return rows;
@@ -150,11 +149,12 @@ async function sequenced<T extends { seq: number }>(
   // A crowd subscribing at once is database work in bursts: it takes turns with replays,
   // asking again when woken, since every waiter of a turn wakes at once.
   for (let pause = replayPause(); pause; pause = replayPause()) await pause;
+  const firstReadAt = performance.now();
   const initial = await scope
     .run(async (tx) => {
       const [generation] = await generationStore.findMany(tx, [generationId]);
       // Authorised by the read above; only then may a page read for another viewer serve this one.
-      return generation && { generation, page: pages.get(generationId, afterSeq) ?? (await readAndKeep(tx, afterSeq)) };
+      return generation && { generation, page: pages.get(generationId, afterSeq) ?? (await readAndKeep(tx, afterSeq, firstReadAt)) };
     })
     .catch((error: unknown) => {
       inbox.close();
@@ -171,7 +171,10 @@ async function sequenced<T extends { seq: number }>(
    * that was terminal, every row was written before then), a repair once the event that
    * called for it had arrived (rows are written before they are published).
    */
-  const read = (after: number, since: number) => pages.get(generationId, after, since) ?? scope.run((tx) => readAndKeep(tx, after));
+  const read = (after: number, since: number) => {
+    const readAt = performance.now();
+    return pages.get(generationId, after, since) ?? scope.run((tx) => readAndKeep(tx, after, readAt));
+  };
   const historySince = performance.now();
   const overAtStart = isOver(initial.generation);
   // Handed over once, so a long-lived stream does not keep its first page (up to PAGE rows) alive.

@@ -29,10 +29,24 @@ describe('page cache', () => {
     pages.put('g', 2, rows(3, 2), 40);
     expect(pages.get('g', 2)).toEqual(rows(3, 3));
 
-    // Kept for 30 s after the read, whatever it was.
+    // A full page is kept for 30 s after the read, a short one for 2 s.
+    pages.put('g', 5, rows(6, 1), 50);
+    clock = 2000;
+    expect(pages.get('g', 5, 50)).toBeUndefined();
+    expect(pages.get('g', -1)).toEqual(rows(0, 3));
     clock = 30_000;
     expect(pages.get('g', -1)).toBeUndefined();
     expect(pages.get('g', 2)).toBeUndefined();
     expect(pages.get('other', -1)).toBeUndefined();
+  });
+
+  it('never keeps an empty page: the member reads give one to a viewer who has lost access', () => {
+    const pages = createPageCache<{ seq: number }>(3, () => 0);
+    pages.put('g', 2, rows(3, 1), 10);
+    pages.put('g', 2, [], 20);
+    expect(pages.get('g', 2, 10)).toEqual(rows(3, 1));
+    expect(pages.get('g', 2, 20)).toBeUndefined();
+    pages.put('g', 7, [], 30);
+    expect(pages.get('g', 7, 0)).toBeUndefined();
   });
 });

@@ -95,6 +95,13 @@ describe('subscription results', () => {
     }
   });
 
+  it('masks a stream that throws something other than an Error as well', async () => {
+    const { body, events, logs } = await subscribe(() => SECRET as unknown as Error);
+    expect(events.at(-1)).toEqual({ data: null, errors: [expect.objectContaining({ message: 'Unexpected error.', extensions: { code: 'INTERNAL_SERVER_ERROR', requestId: 'request-1' } })] });
+    expect(body).not.toContain('secret_table');
+    expect(JSON.stringify(logs.records().filter((record) => record.msg === 'unexpected error'))).toContain('secret_table');
+  });
+
   it('ends a stream that fails as expected with its own error and code, unmasked', async () => {
     const slow = await subscribe(() => new SlowConsumerError(1));
     expect(slow.events.at(-1)).toEqual({ data: null, errors: [expect.objectContaining({ extensions: { code: 'SLOW_CONSUMER', lastSeq: 1 } })] });
