@@ -8,6 +8,7 @@ import type { YogaServerInstance } from 'graphql-yoga';
 import { WebSocket, WebSocketServer } from 'ws';
 import type { AuthProvider } from '../auth/provider.js';
 import type { Claims } from '../db/scope.js';
+import { type Deadline, Deadlines } from '../deadlines.js';
 import { AuthError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { bearerToken } from './context.js';
@@ -65,7 +66,7 @@ interface Connection {
   socket: WebSocket;
   token: string;
   claims: Claims;
-  expiry?: NodeJS.Timeout;
+  expiry?: Deadline;
   release: () => void;
 }
 
@@ -73,13 +74,12 @@ interface Connection {
 const DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024;
 /** Tokens verified at once by the periodic re-check. */
 const RECHECK_CONCURRENCY = 8;
-/** setTimeout's longest delay. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
   const { server, path, yoga, auth } = options;
   const log = options.logger.child({ source: 'WebSocket' });
   const connections = new Map<Ctx, Connection>();
+  const expiries = new Deadlines(Date.now);
 
   const forbid = (socket: WebSocket) => socket.close(CloseCode.Forbidden, 'Forbidden');
 
@@ -123,8 +123,7 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
         const connection: Connection = { socket, token, claims, release };
         if (exp !== undefined) {
           // Expiry ends the connection on time, whatever the re-check interval.
-          const expiry = setTimeout(() => forbid(socket), Math.min(Math.max(exp * 1000 - Date.now(), 0), MAX_TIMER_MS));
-          connection.expiry = expiry.unref();
+          connection.expiry = expiries.schedule(exp * 1000, () => forbid(socket));
         }
         connections.set(ctx, connection);
         return true;
@@ -132,7 +131,7 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
       onClose: (ctx) => {
         const connection = connections.get(ctx);
         if (!connection) return;
-        clearTimeout(connection.expiry);
+        expiries.cancel(connection.expiry);
         connection.release();
         connections.delete(ctx);
       },
@@ -224,7 +223,7 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
     dispose: async () => {
       clearInterval(recheckTimer);
       server.off('upgrade', onUpgrade);
-      for (const connection of connections.values()) clearTimeout(connection.expiry);
+      for (const connection of connections.values()) expiries.cancel(connection.expiry);
       await graphqlWs.dispose();
     },
   };

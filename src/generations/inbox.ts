@@ -1,3 +1,4 @@
+import type { Deadline, Deadlines } from '../deadlines.js';
 import { type EventBus, type GenerationTopics, listen } from '../events/bus.js';
 
 interface InboxOptions<T> {
@@ -7,6 +8,8 @@ interface InboxOptions<T> {
   capacity: number;
   /** Weight that may arrive while the consumer holds one item before the stream is a slow consumer. */
   slowAfter?: number;
+  /** Where its poll is scheduled, on the performance.now() clock: one timer for the streams of a process. */
+  polls: Deadlines;
 }
 
 /** Takes bus events, as they are published, into a bounded buffer that a stream waits on. */
@@ -23,12 +26,11 @@ export class Inbox<T> {
   private waiter: (() => void) | undefined;
   private timedOut = false;
   /**
-   * The poll timer outlives the waits: almost every wait ends with an event long before
-   * its poll is due, and setting and clearing a timer per event is a good part of what a
-   * thousand viewers cost per event. It fires at `pollAt`, or up to half a wait late.
+   * The poll outlives the waits: almost every wait ends with an event long before its
+   * poll is due, and moving it per event is a good part of what a thousand viewers cost
+   * per event. It is moved only to come earlier; due before `pollAt`, it moves on to it.
    */
-  private poll: NodeJS.Timeout | undefined;
-  private armedAt = 0;
+  private poll: Deadline | undefined;
   private pollAt = 0;
   private readonly stops: (() => void)[];
 
@@ -76,7 +78,8 @@ export class Inbox<T> {
     this.timedOut = false;
     if (this.buffer.length > 0 || this.closed) return Promise.resolve(this.take());
     this.pollAt = performance.now() + timeoutMs;
-    if (this.poll === undefined || this.armedAt - this.pollAt > timeoutMs / 2) this.arm(timeoutMs);
+    if (!this.poll) this.poll = this.options.polls.schedule(this.pollAt, this.polled);
+    else if (this.poll.slot < 0 || this.poll.at > this.pollAt) this.options.polls.move(this.poll, this.pollAt);
     // Taken a turn after the wake-up, so that what arrives within the same tick comes along.
     return new Promise<void>((resolve) => (this.waiter = resolve)).then(this.woken);
   }
@@ -93,18 +96,10 @@ export class Inbox<T> {
     return { items, timedOut: this.timedOut };
   }
 
-  private arm(delayMs: number) {
-    clearTimeout(this.poll);
-    this.armedAt = performance.now() + delayMs;
-    this.poll = setTimeout(this.polled, delayMs);
-  }
-
-  /** The poll is due: a wait still under way times out, or the timer moves on to its deadline. */
+  /** The poll is due: a wait still under way times out, or the poll moves on to its own. */
   private readonly polled = () => {
-    this.poll = undefined;
     if (!this.waiter || this.closed) return;
-    const left = this.pollAt - performance.now();
-    if (left >= 1) return this.arm(left);
+    if (this.pollAt - performance.now() >= 1) return this.options.polls.move(this.poll!, this.pollAt);
     this.timedOut = true;
     this.waiter();
   };
@@ -119,7 +114,7 @@ export class Inbox<T> {
   close() {
     if (this.closed) return;
     this.closed = true;
-    clearTimeout(this.poll);
+    this.options.polls.cancel(this.poll);
     this.waiter?.();
     for (const stop of this.stops) stop();
   }

@@ -1,3 +1,4 @@
+import { Deadlines } from '../deadlines.js';
 import { AppError, AuthError, InvalidStateError, NotFoundError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { LiveStream } from './streams.js';
@@ -9,7 +10,7 @@ import type { LiveStream } from './streams.js';
 // one query), then every (user, generation) pair in one query (removal from
 // the project, the project archived). A stream whose access ended gets a typed error
 // as its last result (see api/stream-errors.ts), then completes. An SSE stream also
-// ends at its token's `exp` through a timer (a socket closes itself then, 4403). No
+// ends at its token's `exp` (src/deadlines.ts; a socket closes itself then, 4403). No
 // query, check or wrapper runs per message: the stream itself can be ended from here
 // (LiveStream.end), and says when it is over (LiveStream.closed).
 //
@@ -57,9 +58,6 @@ export class TooManyStreamsError extends AppError {
 
 const accessKey = (userId: string, generationId: string) => `${userId}:${generationId}`;
 
-/** setTimeout's longest delay. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
 interface Watched {
   viewer: StreamViewer;
   generationId: string;
@@ -71,6 +69,7 @@ export function createStreamAccess(options: StreamAccessOptions): StreamAccess {
   const now = options.now ?? Date.now;
   const log = options.logger.child({ source: 'StreamAccess' });
   const watched = new Set<Watched>();
+  const expiries = new Deadlines(now);
   const connections = new Map<string, number>();
 
   const acquireConnection = (userId: string) => {
@@ -145,12 +144,9 @@ export function createStreamAccess(options: StreamAccessOptions): StreamAccess {
       }
       const record: Watched = { viewer, generationId, stream };
       watched.add(record);
-      let expiry: NodeJS.Timeout | undefined;
-      if (viewer.exp !== undefined) {
-        expiry = setTimeout(() => stream.end(sessionEnded()), Math.min(Math.max(viewer.exp * 1000 - now(), 0), MAX_TIMER_MS)).unref();
-      }
+      const expiry = viewer.exp === undefined ? undefined : expiries.schedule(viewer.exp * 1000, () => stream.end(sessionEnded()));
       void stream.closed.then(() => {
-        clearTimeout(expiry);
+        expiries.cancel(expiry);
         watched.delete(record);
         release();
       });

@@ -1,6 +1,7 @@
 import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
 import { NotFoundError } from '../errors.js';
+import { Deadlines } from '../deadlines.js';
 import { type ChunkEvent, type EventBus, isLossless, type LogLineEvent, type StatusEvent } from '../events/bus.js';
 import { Inbox } from './inbox.js';
 import { createPageCache, type PageCache } from './page-cache.js';
@@ -76,6 +77,8 @@ export class SlowConsumerError extends Error {
 /** History pages shared by the streams of this process (many viewers joining one generation replay it once). */
 const chunkPages = createPageCache<ChunkEvent>(PAGE);
 const logLinePages = createPageCache<LogLineEvent>(PAGE);
+/** The inboxes' polls: one timer for the streams of this process. */
+const polls = new Deadlines(() => performance.now());
 
 /** Completes when the generation is terminal: a fix round may add model output after a build. */
 export function generationChunks(options: StreamOptions): Promise<LiveStream<ChunkEvent>> {
@@ -89,7 +92,7 @@ export function buildLogs(options: StreamOptions): Promise<LiveStream<LogLineEve
 /** The current state first, then each change; completes after a terminal state. */
 export async function generationUpdates(options: StreamOptions): Promise<LiveStream<GenerationRow>> {
   const { scope, bus, generationId } = options;
-  const inbox = new Inbox<StatusEvent>(bus, generationId, ['generationUpdated'], { capacity: 32, weight: one });
+  const inbox = new Inbox<StatusEvent>(bus, generationId, ['generationUpdated'], { capacity: 32, weight: one, polls });
   const first = await current(scope, generationId).catch((error: unknown) => {
     inbox.close();
     throw error;
@@ -137,6 +140,7 @@ async function sequenced<T extends { seq: number }>(
     capacity: Math.max(maxQueued, INBOX_ITEMS),
     slowAfter: maxQueued,
     weight: itemsIn,
+    polls,
   });
   /** `readAt`: taken before the transaction, so the read sees at least what was committed then. */
   const readAndKeep = async (tx: Tx, after: number, readAt: number) => {

@@ -1,4 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { Deadlines } from '../../src/deadlines.js';
 import { createMemoryEventBus } from '../../src/events/bus.js';
 import { Inbox } from '../../src/generations/inbox.js';
 
@@ -15,7 +16,7 @@ describe('Inbox', () => {
 
   const open = () => {
     const bus = createMemoryEventBus();
-    const inbox = new Inbox<unknown>(bus, ID, ['generationUpdated'], { capacity: 32, weight: () => 1 });
+    const inbox = new Inbox<unknown>(bus, ID, ['generationUpdated'], { capacity: 32, weight: () => 1, polls: new Deadlines(() => performance.now()) });
     return { inbox, publish: () => bus.publish('generationUpdated', ID, status) };
   };
 
