@@ -58,7 +58,7 @@ export interface WebSocketTransport {
  * (headers, raw headers, stream state) would stay alive as long as the socket.
  */
 type Peer = { clientIp: string };
-type Extra = { socket: WebSocket; request: Peer };
+type Extra = { socket: BatchingWebSocket; request: Peer };
 type Ctx = WsContext<Record<string, unknown> | undefined, Extra>;
 
 /** An accepted socket, the token it authenticated with and that token's claims. */
@@ -82,6 +82,7 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
   const expiries = new Deadlines(Date.now);
 
   const forbid = (socket: WebSocket) => socket.close(CloseCode.Forbidden, 'Forbidden');
+  const initTimeout = (socket: WebSocket) => socket.close(CloseCode.ConnectionInitialisationTimeout, 'Connection initialisation timeout');
 
   // A bigger message closes the socket with 1009 (ws's own check, before any parsing).
   const wss = new WebSocketServer({
@@ -97,11 +98,21 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
   };
   server.on('upgrade', onUpgrade);
 
+  // The wait for connection_init and the pings are Kiln's, not graphql-ws's: graphql-ws
+  // holds two timers per socket for as long as it is open, where a deadline until the
+  // init and one interval for every socket do.
+  wss.on('connection', (socket: BatchingWebSocket) => {
+    socket.initWait = expiries.schedule(Date.now() + options.connectionInitTimeoutMs, () => initTimeout(socket));
+  });
+  const keepAlive = options.keepAliveMs > 0 ? setInterval(() => ping(wss.clients as Set<BatchingWebSocket>), options.keepAliveMs).unref() : undefined;
+
   const graphqlWs = useServer<Record<string, unknown> | undefined, Extra>(
     {
-      connectionInitWaitTimeout: options.connectionInitTimeoutMs,
+      connectionInitWaitTimeout: Infinity,
       onConnect: async (ctx) => {
         const { socket } = ctx.extra;
+        expiries.cancel(socket.initWait);
+        socket.initWait = undefined;
         const token = bearerToken(typeof ctx.connectionParams?.authorization === 'string' ? ctx.connectionParams.authorization : undefined);
         if (!token) return false;
         let claims: Claims;
@@ -178,7 +189,7 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
       subscribe: (args) => (args.rootValue as Engine).subscribe(args),
     },
     wss,
-    options.keepAliveMs,
+    0,
   );
 
   // Revocation is checked, not assumed: every token in use is verified again
@@ -222,6 +233,7 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
     connections: () => connections.size,
     dispose: async () => {
       clearInterval(recheckTimer);
+      clearInterval(keepAlive);
       server.off('upgrade', onUpgrade);
       for (const connection of connections.values()) expiries.cancel(connection.expiry);
       await graphqlWs.dispose();
@@ -235,10 +247,15 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
  * send's callback before it pulls the next result, so a replay of hundreds of chunks
  * would otherwise cost one write (and one wait) per message. Past the socket's
  * high-water mark the callback waits for the write again: a peer that stops reading
- * still holds its streams back.
+ * still holds its streams back. It also carries its wait for connection_init and its
+ * keep-alive state, so that neither needs a timer or a listener of its own.
  */
 class BatchingWebSocket extends WebSocket {
   #corked = false;
+  /** Until connection_init arrives: the socket closes with 4408 at it. */
+  initWait: Deadline | undefined;
+  /** Pinged, and no pong since: at the next ping it is terminated. */
+  awaitingPong = false;
 
   /**
    * A text message is handed on as a string: graphql-ws keeps the message it is handling
@@ -246,6 +263,8 @@ class BatchingWebSocket extends WebSocket {
    * one graphql-ws parses and keeps anyway, not a Buffer besides.
    */
   override emit(event: string | symbol, ...args: unknown[]): boolean {
+    // A pong is taken here rather than by a listener on every socket.
+    if (event === 'pong') this.awaitingPong = false;
     if (event === 'message' && args[1] === false && Buffer.isBuffer(args[0])) args[0] = args[0].toString();
     return super.emit(event, ...args);
   }
@@ -270,6 +289,19 @@ class BatchingWebSocket extends WebSocket {
     // A failed write errors and closes the socket, which ends its operations.
     super.send(data, sendOptions);
     callback?.();
+  }
+}
+
+/** A ping to every open socket; one still silent since the last is presumed gone (no close frame: it would not read one). */
+function ping(sockets: Set<BatchingWebSocket>) {
+  for (const socket of sockets) {
+    if (socket.readyState !== WebSocket.OPEN) continue;
+    if (socket.awaitingPong) {
+      socket.terminate();
+      continue;
+    }
+    socket.awaitingPong = true;
+    socket.ping();
   }
 }
 
