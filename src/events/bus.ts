@@ -59,10 +59,10 @@ export function listen<K extends keyof GenerationTopics>(
 ): () => void {
   const target = targets.get(bus);
   if (!target) return listenByIterating(bus, routingKey, id, listener);
-  const topic = `${routingKey}:${id}`;
   const onEvent = (event: Event) => listener((event as CustomEvent<GenerationTopics[K][1]>).detail);
-  target.addEventListener(topic, onEvent);
-  return () => target.removeEventListener(topic, onEvent);
+  target.addEventListener(`${routingKey}:${id}`, onEvent);
+  // The topic is spelled again to leave: a listener holds no copy of it meanwhile (a thousand viewers of one generation, a thousand copies).
+  return () => target.removeEventListener(`${routingKey}:${id}`, onEvent);
 }
 
 /** For a bus made elsewhere (tests may hand one in). */
