@@ -34,6 +34,11 @@ export class Deadlines {
     this.arm();
   }
 
+  /** Moves a deadline to `at` when it would otherwise come later or not at all: one that only ever comes earlier costs nothing per call. */
+  bringForward(deadline: Deadline, at: number) {
+    if (deadline.slot < 0 || deadline.at > at) this.move(deadline, at);
+  }
+
   cancel(deadline: Deadline | undefined) {
     if (!deadline || deadline.slot < 0) return;
     const last = this.heap.pop()!;

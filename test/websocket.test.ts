@@ -79,7 +79,12 @@ describe(`graphql-ws connections (${databaseKind})`, () => {
       await answering.init(suite.owner.accessToken);
       // Terminated without a close frame: the peer is presumed gone.
       expect((await within(deaf.closed, 5000, () => 'the deaf socket stayed open')).code).toBe(1006);
-      // A client that answers stays (it has seen several pings by now).
+      // A client that answers stays, ping after ping.
+      const threePings = new Promise<void>((resolve) => {
+        let pings = 0;
+        answering.socket.on('ping', () => ++pings === 3 && resolve());
+      });
+      await within(threePings, 5000, () => 'the answering socket saw no three more pings');
       expect(answering.socket.readyState).toBe(answering.socket.OPEN);
     } finally {
       deaf.close();

@@ -18,7 +18,7 @@ import { bearerToken } from './context.js';
 // factory as HTTP, STYLE 4).
 //
 // Close codes: 4403 'Forbidden' for a missing or bad token at connection_init, and
-// later when the token expires (a timer at `exp`) or its session is revoked (every
+// later when the token expires (a deadline at `exp`) or its session is revoked (every
 // socket's token is verified again every WS_AUTH_RECHECK_MS); 4408 when no
 // connection_init arrives within WS_CONNECTION_INIT_TIMEOUT_MS; 4429 'Too many open
 // connections' beyond LIVE_STREAMS_PER_USER sockets and SSE streams of one user; the protocol's own
@@ -79,7 +79,9 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
   const { server, path, yoga, auth } = options;
   const log = options.logger.child({ source: 'WebSocket' });
   const connections = new Map<Ctx, Connection>();
+  // Token expiries are instants (`exp`); the init wait is a duration, on the clock timers run on.
   const expiries = new Deadlines(Date.now);
+  const initWaits = new Deadlines(() => performance.now());
 
   const forbid = (socket: WebSocket) => socket.close(CloseCode.Forbidden, 'Forbidden');
   const initTimeout = (socket: WebSocket) => socket.close(CloseCode.ConnectionInitialisationTimeout, 'Connection initialisation timeout');
@@ -102,7 +104,7 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
   // holds two timers per socket for as long as it is open, where a deadline until the
   // init and one interval for every socket do.
   wss.on('connection', (socket: BatchingWebSocket) => {
-    socket.initWait = expiries.schedule(Date.now() + options.connectionInitTimeoutMs, () => initTimeout(socket));
+    socket.initWait = initWaits.schedule(performance.now() + options.connectionInitTimeoutMs, () => initTimeout(socket));
   });
   const keepAlive = options.keepAliveMs > 0 ? setInterval(() => ping(wss.clients as Set<BatchingWebSocket>), options.keepAliveMs).unref() : undefined;
 
@@ -111,7 +113,7 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
       connectionInitWaitTimeout: Infinity,
       onConnect: async (ctx) => {
         const { socket } = ctx.extra;
-        expiries.cancel(socket.initWait);
+        initWaits.cancel(socket.initWait);
         socket.initWait = undefined;
         const token = bearerToken(typeof ctx.connectionParams?.authorization === 'string' ? ctx.connectionParams.authorization : undefined);
         if (!token) return false;
@@ -140,6 +142,8 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
         return true;
       },
       onClose: (ctx) => {
+        // Closed before its connection_init (or refused before any message): the wait would hold the socket until it fired.
+        initWaits.cancel(ctx.extra.socket.initWait);
         const connection = connections.get(ctx);
         if (!connection) return;
         expiries.cancel(connection.expiry);
@@ -175,7 +179,7 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
           document,
           variableValues: params.variables,
           // A subscription takes the socket's claims (verified at connect, kept current by the
-          // expiry timer and the re-check below, which close the socket when they lapse) rather
+          // expiry deadline and the re-check below, which close the socket when they lapse) rather
           // than a JWT check and a session read each; a query or mutation verifies again, so a
           // sign-out stops it at once.
           contextValue: await enveloped.contextFactory(

@@ -79,7 +79,7 @@ export class Inbox<T> {
     if (this.buffer.length > 0 || this.closed) return Promise.resolve(this.take());
     this.pollAt = performance.now() + timeoutMs;
     if (!this.poll) this.poll = this.options.polls.schedule(this.pollAt, this.polled);
-    else if (this.poll.slot < 0 || this.poll.at > this.pollAt) this.options.polls.move(this.poll, this.pollAt);
+    else this.options.polls.bringForward(this.poll, this.pollAt);
     // Taken a turn after the wake-up, so that what arrives within the same tick comes along.
     return new Promise<void>((resolve) => (this.waiter = resolve)).then(this.woken);
   }

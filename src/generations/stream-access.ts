@@ -26,6 +26,7 @@ export interface StreamAccessOptions {
   /** Open SSE streams plus WebSocket connections of one user. */
   maxPerUser: number;
   logger: Logger;
+  /** The wall clock, in milliseconds (tests may shift it); token expiries fall due by it. */
   now?: () => number;
 }
 

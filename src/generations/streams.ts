@@ -1,7 +1,7 @@
 import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
-import { NotFoundError } from '../errors.js';
 import { Deadlines } from '../deadlines.js';
+import { NotFoundError } from '../errors.js';
 import { type ChunkEvent, type EventBus, isLossless, type LogLineEvent, type StatusEvent } from '../events/bus.js';
 import { Inbox } from './inbox.js';
 import { createPageCache, type PageCache } from './page-cache.js';

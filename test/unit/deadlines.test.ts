@@ -63,6 +63,24 @@ describe('Deadlines', () => {
     expect(fired).toEqual(['earlier', 'later', 'later']);
   });
 
+  it('serves what a firing deadline schedules, moves and cancels, and a deadline already past', async () => {
+    const { deadlines, fired, at } = open();
+    const started = Date.now();
+    const firedAt = (name: string) => () => fired.push(`${name}@${Date.now() - started}`);
+    const cancelled = deadlines.schedule(started + 200, firedAt('cancelled'));
+    const moved = deadlines.schedule(started + 300, firedAt('moved'));
+    deadlines.schedule(started + 100, () => {
+      firedAt('first')();
+      deadlines.schedule(started + 150, firedAt('scheduled'));
+      deadlines.schedule(started + 50, firedAt('already past'));
+      deadlines.cancel(cancelled);
+      deadlines.move(moved, started + 120);
+    });
+    at(400, 'last');
+    await vi.advanceTimersByTimeAsync(400);
+    expect(fired).toEqual(['first@100', 'already past@100', 'moved@120', 'scheduled@150', 'last']);
+  });
+
   it('reaches a deadline beyond the longest timer delay', async () => {
     const { fired, at } = open();
     const month = 30 * 24 * 3600 * 1000;

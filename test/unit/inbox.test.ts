@@ -67,6 +67,19 @@ describe('Inbox', () => {
     expect(short.value).toEqual({ items: [], timedOut: true });
   });
 
+  it('times out again after a timeout, and after a poll that fell due while no wait was pending', async () => {
+    const { inbox, publish } = open();
+    await timesOutAfterASecond(inbox);
+    await timesOutAfterASecond(inbox);
+    const woken = watch(inbox.wait(1000));
+    publish();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(woken.value?.timedOut).toBe(false);
+    // Nobody waits while that wait's poll falls due; the next wait still gets its own second.
+    await vi.advanceTimersByTimeAsync(5000);
+    await timesOutAfterASecond(inbox);
+  });
+
   it('wakes its waiter when closed and leaves no timer behind', async () => {
     const { inbox, publish } = open();
     const waiting = watch(inbox.wait(60_000));
