@@ -49,12 +49,17 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
     await mkdir(options.dataDir, { recursive: true });
     if (!(await seedFromTemplate(dataDir))) await mkdir(dataDir, { recursive: true });
   }
-  const [{ PGlite }, { drizzle: drizzlePglite }] = await Promise.all([import('@electric-sql/pglite'), import('drizzle-orm/pglite')]);
+  const [{ PGlite }, { drizzle: drizzlePglite }, { PreparedPglite }] = await Promise.all([
+    import('@electric-sql/pglite'),
+    import('drizzle-orm/pglite'),
+    import('./pglite-prepared.js'),
+  ]);
   const client = new PGlite(dataDir, { startParams: [...PGlite.defaultStartParams, ...EMBEDDED_SETTINGS] });
   await client.waitReady;
   return {
     kind: 'pglite',
-    db: drizzlePglite(client, { schema, logger }) as unknown as Db,
+    // Drizzle calls only `query` and `transaction`, which PreparedPglite has.
+    db: drizzlePglite({ client: new PreparedPglite(client) as unknown as typeof client, schema, logger }) as unknown as Db,
     execScript: async (text) => void (await client.exec(text)),
     close: () => client.close(),
   };
