@@ -38,8 +38,7 @@ describe('PGlite with prepared statements', () => {
     for (const options of [undefined, drizzleLike]) {
       const ours = await prepared.query(select, [[1, 2, 3]], options);
       const theirs = await pg.query(select, [[1, 2, 3]], options);
-      expect(ours.rows).toEqual(theirs.rows);
-      expect(ours.fields).toEqual(theirs.fields);
+      expect(ours).toEqual(theirs);
       expect(ours.rows).toHaveLength(3);
     }
     const [one] = (await prepared.query<Record<string, unknown>>(select, [[1]])).rows;
@@ -55,8 +54,13 @@ describe('PGlite with prepared statements', () => {
     const none = await prepared.query(text, [999]);
     expect(none.rows).toEqual([]);
     expect(none.fields.map((field) => field.name)).toEqual(['name']);
-    const updated = await prepared.query('update things set name = $1 where n > $2', ['renamed', 100]);
-    expect(updated.affectedRows).toBe(0);
+    const update = 'update things set name = $1 where n > $2 returning n';
+    expect(await prepared.query(update, ['renamed', 100])).toEqual(await pg.query(update, ['renamed', 100]));
+    const both = await prepared.query(update, ['same', 1]);
+    expect(both).toEqual(await pg.query(update, ['same', 1]));
+    expect(both).toMatchObject({ affectedRows: 2, rowCount: 2, command: 'UPDATE' });
+    await prepared.query('update things set name = $1 where n = $2', [`it's "2"`, 2]);
+    await prepared.query('update things set name = $1 where n = $2', [null, 3]);
   });
 
   it('fails with PostgreSQL’s error and the statement, changes nothing, and goes on working', async () => {

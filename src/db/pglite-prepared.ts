@@ -1,4 +1,4 @@
-import { type messages, parse, protocol, type PGlite, type QueryOptions, type Results, type Transaction } from '@electric-sql/pglite';
+import { type messages, parse, protocol, type PGlite, type QueryOptions, type Results, type Transaction, types } from '@electric-sql/pglite';
 
 /**
  * Drizzle's client for the embedded database: PGlite with its statements prepared once.
@@ -49,7 +49,7 @@ export class PreparedPglite {
     });
     try {
       const answer = await this.exchange([serialize.bind({ statement: statement.name, values }), serialize.execute({}), serialize.sync()], text, params, options);
-      return parse.parseResults(statement.rowDescription ? [statement.rowDescription, ...answer] : answer, this.pg.parsers, options)[0] as Results<T>;
+      return this.resultOf<T>(statement, answer, options);
     } catch (error) {
       if (!isStale(error)) throw error;
       // A table under the statement changed its row type, or the session lost its statements.
@@ -58,6 +58,36 @@ export class PreparedPglite {
       if (!mayRetry) throw error;
       return this.run<T>(text, params, options, false);
     }
+  }
+
+  /**
+   * The rows as PGlite's parseResults makes them, without its copy of every parser it
+   * knows merged with the caller's (about 300 of them) at each statement, most of a short
+   * result's cost: a value's parser is looked up where it is needed.
+   */
+  private resultOf<T>(statement: Statement, answer: messages.BackendMessage[], options?: QueryOptions): Results<T> {
+    const fields = statement.fields;
+    const own = options?.parsers;
+    const value = (text: string | null, i: number) => {
+      if (text === null) return null;
+      const type = fields[i]!.dataTypeID;
+      const parser = own?.[type] ?? this.pg.parsers[type] ?? defaultParsers[type];
+      return parser ? parser(text, type) : text;
+    };
+    const rows: unknown[] = [];
+    for (const message of answer) {
+      if (message.name === 'dataRow') {
+        const values = (message as messages.DataRowMessage).fields;
+        rows.push(options?.rowMode === 'array' ? values.map(value) : Object.fromEntries(values.map((text, i) => [fields[i]!.name, value(text, i)])));
+      } else if (message.name === 'commandComplete') {
+        const words = (message as messages.CommandCompleteMessage).text.split(' ');
+        const command = words[0]!;
+        const count = Number.parseInt(words.at(-1)!, 10);
+        const affectedRows = AFFECTING.has(command) ? count : 0;
+        return { rows: rows as T[], fields: fields as Results<T>['fields'], command, affectedRows, ...(Number.isNaN(count) ? {} : { rowCount: count }) } as Results<T>;
+      }
+    }
+    return { rows: [], fields: [], affectedRows: 0 };
   }
 
   private async prepare(text: string, params: unknown[], options?: QueryOptions): Promise<Statement> {
@@ -71,7 +101,10 @@ export class PreparedPglite {
     }
     const name = `kiln_${++this.named}`;
     const answer = await this.exchange([serialize.parse({ name, text }), serialize.describe({ type: 'S', name }), serialize.sync()], text, params, options);
-    const statement = { name, types: parse.parseDescribeStatementResults(answer), rowDescription: answer.find((message) => message.name === 'rowDescription') };
+    const description = answer.find((message): message is messages.RowDescriptionMessage => message.name === 'rowDescription');
+    // Shared by every result of the statement, so frozen.
+    const fields = Object.freeze(description?.fields.map(({ name, dataTypeID }) => Object.freeze({ name, dataTypeID })) ?? []);
+    const statement = { name, types: parse.parseDescribeStatementResults(answer), fields };
     this.statements.set(text, statement);
     return statement;
   }
@@ -92,11 +125,14 @@ interface Statement {
   name: string;
   /** The parameters' type oids, as the server inferred them. */
   types: number[];
-  /** Absent when the statement returns no rows. */
-  rowDescription: messages.BackendMessage | undefined;
+  /** What each row holds: none for a statement that returns no rows. */
+  fields: readonly { readonly name: string; readonly dataTypeID: number }[];
 }
 
 const { serialize } = protocol;
+const defaultParsers = types.parsers as Record<number, (text: string, type: number) => unknown>;
+/** Commands whose count is of rows changed. */
+const AFFECTING = new Set(['INSERT', 'UPDATE', 'DELETE', 'COPY', 'MERGE']);
 /** Prepared statements kept at most. */
 const MAX_STATEMENTS = 1000;
 
