@@ -9,30 +9,38 @@ import { type messages, parse, protocol, type PGlite, type QueryOptions, type Re
  * prepared statement the first time it is seen (its parameter and row types learnt then),
  * and every later run is one call: bind, execute, sync. PostgreSQL keeps the plan and
  * replans by itself when a table changes or the role does (row security). Parameters are
- * serialised, and rows and errors parsed, by PGlite's own code for the types the server
- * gave, so results are the ones `query` returns. Anything else (DDL, a COPY with a blob)
- * takes PGlite's own path.
+ * serialised by PGlite's serialisers and values parsed by its parsers, for the types the
+ * server gave, so results are the ones `query` returns. DDL, long parameter lists (an
+ * `inArray` of a batch, a new text per length) and anything else take PGlite's own path; DDL
+ * sent here forgets every statement, since a column's new type would not reach parameter
+ * types learnt before (DDL through `exec` does not pass here: migrations run before).
  */
 export class PreparedPglite {
+  /** By text, least recently used first. */
   private readonly statements = new Map<string, Statement>();
-  private named = 0;
+  /** Statements to close with the next preparation. */
+  private closing: string[] = [];
 
   constructor(readonly pg: PGlite) {}
 
   /** As PGlite's `query`: alone, it waits for any transaction in progress. */
   async query<T>(text: string, params: unknown[] = [], options?: QueryOptions): Promise<Results<T>> {
-    if (!isPreparable(text, options)) return this.pg.query<T>(text, params, options);
+    if (!isPreparable(text, params, options)) return this.passOn(text, () => this.pg.query<T>(text, params, options));
     await this.pg._checkReady();
-    const result = await this.pg._runExclusiveTransaction(() => this.pg._runExclusiveQuery(() => this.run<T>(text, params, options, true)));
-    await this.pg.syncToFs();
-    return result;
+    return this.pg._runExclusiveTransaction(() =>
+      this.pg._runExclusiveQuery(async () => {
+        const result = await this.run<T>(text, params, options, true);
+        await this.pg.syncToFs();
+        return result;
+      }),
+    );
   }
 
   transaction<T>(callback: (tx: Pick<Transaction, 'query'>) => Promise<T>): Promise<T> {
     return this.pg.transaction((tx) =>
       callback({
-        query: <R>(text: string, params: unknown[] = [], options?: QueryOptions) => {
-          if (!isPreparable(text, options)) return tx.query<R>(text, params, options);
+        query: async <R>(text: string, params: unknown[] = [], options?: QueryOptions) => {
+          if (!isPreparable(text, params, options)) return this.passOn(text, () => tx.query<R>(text, params, options));
           if (tx.closed) throw new Error('Transaction is closed');
           return this.pg._runExclusiveQuery(() => this.run<R>(text, params, options, false));
         },
@@ -40,21 +48,44 @@ export class PreparedPglite {
     );
   }
 
+  private async passOn<T>(text: string, query: () => Promise<T>): Promise<T> {
+    try {
+      return await query();
+    } finally {
+      if (DDL.test(text)) this.forget([...this.statements.keys()]);
+    }
+  }
+
+  private forget(texts: string[]): void {
+    for (const text of texts) {
+      const statement = this.statements.get(text);
+      if (!statement) continue;
+      this.statements.delete(text);
+      this.closing.push(statement.name);
+    }
+  }
+
   private async run<T>(text: string, params: unknown[], options: QueryOptions | undefined, mayRetry: boolean): Promise<Results<T>> {
     const statement = await this.prepare(text, params, options);
     const values = params.map((value, i) => {
       if (value === null || value === undefined) return null;
       const serializer = options?.serializers?.[statement.types[i]!] ?? this.pg.serializers[statement.types[i]!];
-      return serializer ? serializer(value) : String(value);
+      return serializer ? serializer(value) : (value as { toString(): string }).toString();
     });
     try {
       const answer = await this.exchange([serialize.bind({ statement: statement.name, values }), serialize.execute({}), serialize.sync()], text, params, options);
       return this.resultOf<T>(statement, answer, options);
     } catch (error) {
-      if (!isStale(error)) throw error;
-      // A table under the statement changed its row type, or the session lost its statements.
-      this.statements.delete(text);
-      // Inside a transaction the error has aborted it: the caller decides what comes next.
+      const { code, message } = error as { code?: string; message?: string };
+      if (code === '26000') {
+        // The session lost its statements (DEALLOCATE): all of them, not only this one.
+        this.statements.clear();
+      } else if (code === '0A000' && message === 'cached plan must not change result type') {
+        this.forget([text]); // a table under it changed its row type
+      } else {
+        throw error;
+      }
+      // Both errors come at bind, before anything ran. Inside a transaction they have aborted it.
       if (!mayRetry) throw error;
       return this.run<T>(text, params, options, false);
     }
@@ -92,15 +123,17 @@ export class PreparedPglite {
 
   private async prepare(text: string, params: unknown[], options?: QueryOptions): Promise<Statement> {
     const known = this.statements.get(text);
-    if (known) return known;
-    if (this.statements.size >= MAX_STATEMENTS) {
-      // The code has a few hundred texts: past the cap, something builds them from data. Start again.
-      const closes = [...this.statements.values()].map(({ name }) => serialize.close({ type: 'S', name }));
-      this.statements.clear();
-      await this.exchange([...closes, serialize.sync()], text, params, options);
+    if (known) {
+      // Most recently used goes last.
+      this.statements.delete(text);
+      this.statements.set(text, known);
+      return known;
     }
-    const name = `kiln_${++this.named}`;
-    const answer = await this.exchange([serialize.parse({ name, text }), serialize.describe({ type: 'S', name }), serialize.sync()], text, params, options);
+    if (this.statements.size >= MAX_STATEMENTS) this.forget([this.statements.keys().next().value!]);
+    const name = `kiln_${++named}`;
+    const closes = this.closing.map((closed) => serialize.close({ type: 'S', name: closed }));
+    this.closing = [];
+    const answer = await this.exchange([...closes, serialize.parse({ name, text }), serialize.describe({ type: 'S', name }), serialize.sync()], text, params, options);
     const description = answer.find((message): message is messages.RowDescriptionMessage => message.name === 'rowDescription');
     // Shared by every result of the statement, so frozen.
     const fields = Object.freeze(description?.fields.map(({ name, dataTypeID }) => Object.freeze({ name, dataTypeID })) ?? []);
@@ -133,16 +166,17 @@ const { serialize } = protocol;
 const defaultParsers = types.parsers as Record<number, (text: string, type: number) => unknown>;
 /** Commands whose count is of rows changed. */
 const AFFECTING = new Set(['INSERT', 'UPDATE', 'DELETE', 'COPY', 'MERGE']);
-/** Prepared statements kept at most. */
-const MAX_STATEMENTS = 1000;
+/** Statements kept at most, about 30 KB of the backend's memory each; the hot ones are a few dozen. */
+const MAX_STATEMENTS = 300;
+/** Longer parameter lists are batches, with a text per length: not worth keeping. */
+const MAX_PARAMS = 16;
+/** Statement names are unique in the process, so two clients of one PGlite never collide. */
+let named = 0;
 
-const isPreparable = (text: string, options?: QueryOptions): boolean => !options?.blob && /^\s*(select|insert|update|delete|with)\b/i.test(text);
+const isPreparable = (text: string, params: unknown[], options?: QueryOptions): boolean =>
+  !options?.blob && !options?.paramTypes && params.length <= MAX_PARAMS && /^\s*(select|insert|update|delete|with)\b/i.test(text);
 
-/** Errors of a prepared statement that preparing it again mends. */
-const isStale = (error: unknown): boolean => {
-  const { code, message } = error as { code?: string; message?: string };
-  return (code === '0A000' && message === 'cached plan must not change result type') || code === '26000';
-};
+const DDL = /^\s*(create|alter|drop|comment|grant|revoke|truncate)\b/i;
 
 function concat(parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
