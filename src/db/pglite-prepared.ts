@@ -10,22 +10,27 @@ import { type messages, parse, protocol, type PGlite, type QueryOptions, type Re
  * and every later run is one call: bind, execute, sync. PostgreSQL keeps the plan and
  * replans by itself when a table changes or the role does (row security). Parameters are
  * serialised by PGlite's serialisers and values parsed by its parsers, for the types the
- * server gave, so results are the ones `query` returns. DDL, long parameter lists (an
- * `inArray` of a batch, a new text per length) and anything else take PGlite's own path; DDL
- * sent here forgets every statement, since a column's new type would not reach parameter
- * types learnt before (DDL through `exec` does not pass here: migrations run before).
+ * server gave, so results are those `query` returns; one difference: inside a transaction, a
+ * statement whose table changed its row type fails (0A000) where `query` would plan afresh.
+ * DDL, long parameter lists (an `inArray` of a batch, a new text per length) and anything
+ * else take PGlite's own path. Parameter types learnt before DDL may no longer fit, so DDL
+ * sent here (drizzle's migrator does) forgets every statement: once it has run, again when
+ * its transaction ends, and meanwhile every preparation starts afresh. DDL sent through
+ * `exec` is not seen.
  */
 export class PreparedPglite {
   /** By text, least recently used first. */
   private readonly statements = new Map<string, Statement>();
   /** Statements to close with the next preparation. */
   private closing: string[] = [];
+  /** DDL sent and not forgotten after yet: meanwhile every preparation starts afresh, as a query queued behind it must not bind what it changed. */
+  private ddlInFlight = 0;
 
   constructor(readonly pg: PGlite) {}
 
   /** As PGlite's `query`: alone, it waits for any transaction in progress. */
   async query<T>(text: string, params: unknown[] = [], options?: QueryOptions): Promise<Results<T>> {
-    if (!isPreparable(text, params, options)) return this.passOn(text, () => this.pg.query<T>(text, params, options));
+    if (!isPreparable(text, params, options)) return this.passOn(DDL.test(text), () => this.pg.query<T>(text, params, options));
     await this.pg._checkReady();
     return this.pg._runExclusiveTransaction(() =>
       this.pg._runExclusiveQuery(async () => {
@@ -36,23 +41,44 @@ export class PreparedPglite {
     );
   }
 
-  transaction<T>(callback: (tx: Pick<Transaction, 'query'>) => Promise<T>): Promise<T> {
-    return this.pg.transaction((tx) =>
-      callback({
-        query: async <R>(text: string, params: unknown[] = [], options?: QueryOptions) => {
-          if (!isPreparable(text, params, options)) return this.passOn(text, () => tx.query<R>(text, params, options));
-          if (tx.closed) throw new Error('Transaction is closed');
-          return this.pg._runExclusiveQuery(() => this.run<R>(text, params, options, false));
-        },
-      }),
-    );
+  async transaction<T>(callback: (tx: Pick<Transaction, 'query'>) => Promise<T>): Promise<T> {
+    // After DDL, until the transaction has ended, nothing prepared is kept: a rollback (of it
+    // or to a savepoint) would bring back the types that statements prepared since then fit.
+    let changed = false;
+    try {
+      return await this.pg.transaction((tx) =>
+        callback({
+          query: async <R>(text: string, params: unknown[] = [], options?: QueryOptions) => {
+            if (!isPreparable(text, params, options)) {
+              if (!changed && DDL.test(text)) {
+                changed = true;
+                this.ddlInFlight++;
+              }
+              return tx.query<R>(text, params, options);
+            }
+            if (tx.closed) throw new Error('Transaction is closed');
+            return this.pg._runExclusiveQuery(() => this.run<R>(text, params, options, false));
+          },
+        }),
+      );
+    } finally {
+      if (changed) {
+        this.forget([...this.statements.keys()]);
+        this.ddlInFlight--;
+      }
+    }
   }
 
-  private async passOn<T>(text: string, query: () => Promise<T>): Promise<T> {
+  /** PGlite's own path for a text alone; after DDL, every statement is forgotten. */
+  private async passOn<T>(changes: boolean, query: () => Promise<T>): Promise<T> {
+    if (changes) this.ddlInFlight++;
     try {
       return await query();
     } finally {
-      if (DDL.test(text)) this.forget([...this.statements.keys()]);
+      if (changes) {
+        this.forget([...this.statements.keys()]);
+        this.ddlInFlight--;
+      }
     }
   }
 
@@ -78,8 +104,8 @@ export class PreparedPglite {
     } catch (error) {
       const { code, message } = error as { code?: string; message?: string };
       if (code === '26000') {
-        // The session lost its statements (DEALLOCATE): all of them, not only this one.
-        this.statements.clear();
+        // Deallocated behind our back: whatever else went too shows only at its own bind, so all of them.
+        this.forget([...this.statements.keys()]);
       } else if (code === '0A000' && message === 'cached plan must not change result type') {
         this.forget([text]); // a table under it changed its row type
       } else {
@@ -122,6 +148,7 @@ export class PreparedPglite {
   }
 
   private async prepare(text: string, params: unknown[], options?: QueryOptions): Promise<Statement> {
+    if (this.ddlInFlight > 0) this.forget([...this.statements.keys()]);
     const known = this.statements.get(text);
     if (known) {
       // Most recently used goes last.
@@ -129,7 +156,6 @@ export class PreparedPglite {
       this.statements.set(text, known);
       return known;
     }
-    if (this.statements.size >= MAX_STATEMENTS) this.forget([this.statements.keys().next().value!]);
     const name = `kiln_${++named}`;
     const closes = this.closing.map((closed) => serialize.close({ type: 'S', name: closed }));
     this.closing = [];
@@ -139,6 +165,8 @@ export class PreparedPglite {
     const fields = Object.freeze(description?.fields.map(({ name, dataTypeID }) => Object.freeze({ name, dataTypeID })) ?? []);
     const statement = { name, types: parse.parseDescribeStatementResults(answer), fields };
     this.statements.set(text, statement);
+    // The least recently used goes once this one is in; it is closed with the next preparation.
+    if (this.statements.size > MAX_STATEMENTS) this.forget([this.statements.keys().next().value!]);
     return statement;
   }
 
@@ -176,7 +204,8 @@ let named = 0;
 const isPreparable = (text: string, params: unknown[], options?: QueryOptions): boolean =>
   !options?.blob && !options?.paramTypes && params.length <= MAX_PARAMS && /^\s*(select|insert|update|delete|with)\b/i.test(text);
 
-const DDL = /^\s*(create|alter|drop|comment|grant|revoke|truncate)\b/i;
+/** What may change a table's types, the statements kept, or how a name resolves. */
+const DDL = /^\s*(create|alter|drop|comment|grant|revoke|truncate|do|deallocate|discard|(set|reset)\s+(session\s+|local\s+)?search_path)\b/i;
 
 function concat(parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
