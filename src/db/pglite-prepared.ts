@@ -63,7 +63,7 @@ export class PreparedPglite {
       );
     } finally {
       if (changed) {
-        this.forget([...this.statements.keys()]);
+        this.forgetAll();
         this.ddlInFlight--;
       }
     }
@@ -76,10 +76,14 @@ export class PreparedPglite {
       return await query();
     } finally {
       if (changes) {
-        this.forget([...this.statements.keys()]);
+        this.forgetAll();
         this.ddlInFlight--;
       }
     }
+  }
+
+  private forgetAll(): void {
+    this.forget([...this.statements.keys()]);
   }
 
   private forget(texts: string[]): void {
@@ -105,7 +109,7 @@ export class PreparedPglite {
       const { code, message } = error as { code?: string; message?: string };
       if (code === '26000') {
         // Deallocated behind our back: whatever else went too shows only at its own bind, so all of them.
-        this.forget([...this.statements.keys()]);
+        this.forgetAll();
       } else if (code === '0A000' && message === 'cached plan must not change result type') {
         this.forget([text]); // a table under it changed its row type
       } else {
@@ -148,7 +152,7 @@ export class PreparedPglite {
   }
 
   private async prepare(text: string, params: unknown[], options?: QueryOptions): Promise<Statement> {
-    if (this.ddlInFlight > 0) this.forget([...this.statements.keys()]);
+    if (this.ddlInFlight > 0) this.forgetAll();
     const known = this.statements.get(text);
     if (known) {
       // Most recently used goes last.
@@ -172,7 +176,7 @@ export class PreparedPglite {
 
   private async exchange(parts: Uint8Array[], text: string, params: unknown[], options?: QueryOptions): Promise<messages.BackendMessage[]> {
     try {
-      const { messages } = await this.pg.execProtocol(concat(parts), { syncToFs: false, ...(options?.onNotice ? { onNotice: options.onNotice } : {}) });
+      const { messages } = await this.pg.execProtocol(Buffer.concat(parts), { syncToFs: false, ...(options?.onNotice ? { onNotice: options.onNotice } : {}) });
       return messages;
     } catch (error) {
       // As PGlite's query does: the statement travels with its error.
@@ -206,13 +210,3 @@ const isPreparable = (text: string, params: unknown[], options?: QueryOptions): 
 
 /** What may change a table's types, the statements kept, or how a name resolves. */
 const DDL = /^\s*(create|alter|drop|comment|grant|revoke|truncate|do|deallocate|discard|(set|reset)\s+(session\s+|local\s+)?search_path)\b/i;
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
-}
