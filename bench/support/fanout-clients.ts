@@ -52,7 +52,8 @@ function buildOnce() {
 
 export class ServerProcess {
   private readonly child: ChildProcess;
-  private pending: ((reply: Reply) => void)[] = [];
+  /** Waiting askers by command: a reply goes to the oldest ask of its own command (a produce stays pending while a profile starts and stops). */
+  private readonly pending = new Map<Reply['cmd'], ((reply: Reply) => void)[]>();
 
   constructor() {
     buildOnce();
@@ -60,12 +61,14 @@ export class ServerProcess {
       execArgv: ['--import', 'tsx', '--expose-gc'],
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
-    this.child.on('message', (reply: Reply) => this.pending.shift()?.(reply));
+    this.child.on('message', (reply: Reply) => this.pending.get(reply.cmd)?.shift()?.(reply));
   }
 
   ask<C extends Command['cmd']>(command: Extract<Command, { cmd: C }>): Promise<Extract<Reply, { cmd: C }>> {
     return new Promise((resolve) => {
-      this.pending.push(resolve as (reply: Reply) => void);
+      const waiting = this.pending.get(command.cmd as Reply['cmd']) ?? [];
+      waiting.push(resolve as (reply: Reply) => void);
+      this.pending.set(command.cmd as Reply['cmd'], waiting);
       this.child.send(command);
     });
   }
