@@ -1,8 +1,11 @@
+import { randomUUID } from 'node:crypto';
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { sha256Of } from '../src/artifacts/blob-store.js';
 import { createOutputs } from '../src/artifacts/outputs.js';
+import { storeOutputs } from '../src/artifacts/write-outputs.js';
 import { parseConfig } from '../src/config.js';
 import { rowsOf } from '../src/db/client.js';
 import { createLogger } from '../src/observability/logger.js';
@@ -100,6 +103,29 @@ describe.each(backends)(`the artefact store: $name (${databaseKind})`, (backend)
     await suite.server.database.db.execute(sql`delete from projects where id = ${rawId(kept.id)}`);
     expect(await outputs.collect(0)).toBe(keptBlobs.length);
     expect(await storedBlobs()).toEqual([]);
+  });
+
+  it('stores equal files once and many at a time, and runs storing the same blobs at once in other orders all succeed', { timeout: 60_000 }, async () => {
+    const generationId = randomUUID();
+    const source = (i: number, distinct: number) => ({ path: `lib/f${i}.dart`, content: `// ${backend.name} ${distinct} ${i % distinct}\n`.repeat(8) });
+    // 250 files, 40 distinct contents: equal ones in one batch and across batches.
+    const sources = Array.from({ length: 250 }, (_, i) => source(i, 40));
+    const distinctBytes = (files: { content: string }[]) => [...new Set(files.map((file) => file.content))].reduce((sum, content) => sum + Buffer.byteLength(content), 0);
+    const first = await storeOutputs(outputs.store, generationId, '/nonexistent', sources);
+    expect(first.files).toBe(250);
+    expect(first.newBytes).toBe(distinctBytes(sources));
+    expect(first.rows.map((row) => [row.path, row.sha256])).toEqual(sources.map((file) => [file.path, sha256Of(file.content)]));
+    expect(await storedBlobs()).toEqual(expect.arrayContaining([...new Set(first.rows.map((row) => row.sha256))]));
+    expect((await storeOutputs(outputs.store, generationId, '/nonexistent', sources)).newBytes).toBe(0);
+
+    // Four runs of 150 new blobs each, in four orders, at once: none waits on another in a cycle.
+    const shared = Array.from({ length: 150 }, (_, i) => source(i, 150));
+    const orders = [shared, [...shared].reverse(), [...shared.slice(75), ...shared.slice(0, 75)], [...shared.slice(75)].reverse().concat(shared.slice(0, 75))];
+    const runs = await Promise.all(orders.map((order) => storeOutputs(outputs.store, generationId, '/nonexistent', order)));
+    for (const run of runs) expect(run.files).toBe(150);
+    for (const file of shared) expect((await outputs.store.read(sha256Of(file.content)))?.toString()).toBe(file.content);
+    // No generation refers to them: collection takes each of them, once.
+    expect(await outputs.collect(0)).toBe(40 + 150);
   });
 
   it('serves previews and archives from the store after the workspace is gone', { timeout: 60_000 }, async () => {

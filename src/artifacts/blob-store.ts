@@ -9,10 +9,19 @@ export interface StoredBlob {
   touchedAt: Date;
 }
 
+/** Bytes and their sha256, as they are stored. */
+export interface BlobBytes {
+  sha256: string;
+  content: Buffer;
+}
+
 export interface BlobStore {
   readonly kind: 'fs' | 'postgres' | 'supabase';
-  /** Stores the bytes under their sha256 unless present; true when they were new. */
-  put(sha256: string, content: Buffer): Promise<boolean>;
+  /**
+   * Stores each blob under its sha256 unless present (equal ones once); for each, true
+   * when it was new (of equal ones, the first only).
+   */
+  putMany(blobs: readonly BlobBytes[]): Promise<boolean[]>;
   /** The bytes, or undefined when no such blob exists. */
   read(sha256: string): Promise<Buffer | undefined>;
   /** A local file holding the bytes (fs: the blob itself; otherwise a cached copy), or undefined. */
@@ -32,4 +41,38 @@ export function sha256Of(content: Buffer | string): string {
 export function assertSha256(sha256: string): string {
   if (!SHA256.test(sha256)) throw new Error(`Not a sha256: ${JSON.stringify(sha256)}`);
   return sha256;
+}
+
+/**
+ * `putMany` over a store's own way of putting distinct blobs (`store` resolves to the
+ * sha256s that were new): equal blobs are put once, and only the first of them is new.
+ */
+export async function putDistinct(blobs: readonly BlobBytes[], store: (distinct: BlobBytes[]) => Promise<Iterable<string>>): Promise<boolean[]> {
+  const distinct = [...new Map(blobs.map((blob) => [assertSha256(blob.sha256), blob])).values()];
+  const added = new Set(distinct.length > 0 ? await store(distinct) : []);
+  return blobs.map(({ sha256 }) => added.delete(sha256));
+}
+
+/**
+ * One `put` per blob, a few at a time (a remote store is a round trip each); resolves to
+ * the sha256s that were new. After a failure no other starts, and it rejects once every
+ * put under way has ended.
+ */
+export async function putEach(blobs: readonly BlobBytes[], put: (blob: BlobBytes) => Promise<boolean>, parallel = 4): Promise<string[]> {
+  const added: string[] = [];
+  let next = 0;
+  let failure: { error: unknown } | undefined;
+  const worker = async () => {
+    while (!failure && next < blobs.length) {
+      const blob = blobs[next++]!;
+      try {
+        if (await put(blob)) added.push(blob.sha256);
+      } catch (error) {
+        failure ??= { error };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(parallel, blobs.length) }, worker));
+  if (failure) throw failure.error;
+  return added;
 }

@@ -2,24 +2,25 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ignoreMissing } from '../workspace/write-inside.js';
-import { type BlobStore, type StoredBlob, SHA256, assertSha256 } from './blob-store.js';
+import { type BlobBytes, type BlobStore, type StoredBlob, SHA256, assertSha256, putDistinct, putEach } from './blob-store.js';
 
 /** Blobs as files `<dir>/<first two hex>/<sha256>` (the embedded default, under DATA_DIR). */
 export function fsBlobStore(dir: string): BlobStore {
   const pathOf = (sha256: string) => join(dir, assertSha256(sha256).slice(0, 2), sha256);
+  const put = async ({ sha256, content }: BlobBytes) => {
+    const target = pathOf(sha256);
+    const now = new Date();
+    // Touching an existing blob keeps a concurrent collection from taking it.
+    if (await utimes(target, now, now).then(() => true, ignoreMissing)) return false;
+    await mkdir(join(dir, sha256.slice(0, 2)), { recursive: true });
+    const tmp = join(dir, sha256.slice(0, 2), `.tmp-${randomBytes(6).toString('hex')}`);
+    await writeFile(tmp, content);
+    await rename(tmp, target); // atomic: a reader sees the whole blob or none
+    return true;
+  };
   return {
     kind: 'fs',
-    async put(sha256, content) {
-      const target = pathOf(sha256);
-      const now = new Date();
-      // Touching an existing blob keeps a concurrent collection from taking it.
-      if (await utimes(target, now, now).then(() => true, ignoreMissing)) return false;
-      await mkdir(join(dir, sha256.slice(0, 2)), { recursive: true });
-      const tmp = join(dir, sha256.slice(0, 2), `.tmp-${randomBytes(6).toString('hex')}`);
-      await writeFile(tmp, content);
-      await rename(tmp, target); // atomic: a reader sees the whole blob or none
-      return true;
-    },
+    putMany: (blobs) => putDistinct(blobs, (distinct) => putEach(distinct, put)),
     read: (sha256) => readFile(pathOf(sha256)).catch(ignoreMissing),
     // The blob itself; a missing one is the reader's 404 (no extra stat on the preview's hot path).
     localPath: async (sha256) => pathOf(sha256),

@@ -2,7 +2,7 @@ import { and, asc, eq, gt, inArray, lt, sql } from 'drizzle-orm';
 import type { Db } from '../db/client.js';
 import { artifactBlobs, generationArtifacts } from '../db/schema.js';
 import { serviceScope } from '../db/scope.js';
-import { type BlobStore, assertSha256 } from './blob-store.js';
+import { type BlobStore, assertSha256, putDistinct } from './blob-store.js';
 import type { LocalBlobCache } from './local-cache.js';
 
 const LIST_BATCH = 1000;
@@ -18,17 +18,23 @@ export function postgresBlobStore(db: Db, cache: LocalBlobCache): BlobStore {
   };
   return {
     kind: 'postgres',
-    async put(sha256, content) {
-      const [row] = await scope.run((tx) =>
-        tx
-          .insert(artifactBlobs)
-          .values({ sha256: assertSha256(sha256), size: content.length, content })
-          // created_at doubles as "last deduplicated against", so collection spares it.
-          .onConflictDoUpdate({ target: artifactBlobs.sha256, set: { createdAt: sql`now()` } })
-          .returning({ inserted: sql<boolean>`xmax = 0` }),
-      );
-      return row?.inserted ?? false;
-    },
+    // One statement for them all. Its rows are in sha256 order: two runs storing the same
+    // blobs take their row locks in the same order, so neither waits for the other in a cycle.
+    putMany: (blobs) =>
+      putDistinct(blobs, async (distinct) => {
+        const rows = distinct
+          .map(({ sha256, content }) => ({ sha256, size: content.length, content }))
+          .sort((a, b) => (a.sha256 < b.sha256 ? -1 : 1));
+        const returned = await scope.run((tx) =>
+          tx
+            .insert(artifactBlobs)
+            .values(rows)
+            // created_at doubles as "last deduplicated against", so collection spares it.
+            .onConflictDoUpdate({ target: artifactBlobs.sha256, set: { createdAt: sql`now()` } })
+            .returning({ sha256: artifactBlobs.sha256, inserted: sql<boolean>`xmax = 0` }),
+        );
+        return returned.filter((row) => row.inserted).map((row) => row.sha256);
+      }),
     read,
     localPath: (sha256) => cache.path(sha256, () => read(sha256)),
     async *list() {

@@ -1,5 +1,5 @@
 import { createClient } from '@supabase/supabase-js';
-import { type BlobStore, type StoredBlob, SHA256, assertSha256 } from './blob-store.js';
+import { type BlobBytes, type BlobStore, type StoredBlob, SHA256, assertSha256, putDistinct, putEach } from './blob-store.js';
 import type { LocalBlobCache } from './local-cache.js';
 
 const LIST_BATCH = 1000;
@@ -32,17 +32,18 @@ export async function supabaseBlobStore(options: SupabaseStorageOptions, cache: 
     }
     return Buffer.from(await data.arrayBuffer());
   };
+  const put = async ({ sha256, content }: BlobBytes) => {
+    const { error } = await bucket().upload(assertSha256(sha256), content, {
+      upsert: false,
+      contentType: 'application/octet-stream',
+    });
+    if (!error) return true;
+    if (/already exists|duplicate/i.test(error.message) || statusOf(error) === 409) return false;
+    throw new Error(`Supabase Storage: cannot write blob ${sha256}: ${error.message}`);
+  };
   return {
     kind: 'supabase',
-    async put(sha256, content) {
-      const { error } = await bucket().upload(assertSha256(sha256), content, {
-        upsert: false,
-        contentType: 'application/octet-stream',
-      });
-      if (!error) return true;
-      if (/already exists|duplicate/i.test(error.message) || statusOf(error) === 409) return false;
-      throw new Error(`Supabase Storage: cannot write blob ${sha256}: ${error.message}`);
-    },
+    putMany: (blobs) => putDistinct(blobs, (distinct) => putEach(distinct, put)),
     read,
     localPath: (sha256) => cache.path(sha256, () => read(sha256)),
     async *list() {

@@ -2,7 +2,7 @@ import { constants } from 'node:fs';
 import { lstat, open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ignoreMissing } from '../workspace/write-inside.js';
-import { type BlobStore, sha256Of } from './blob-store.js';
+import { type BlobBytes, type BlobStore, sha256Of } from './blob-store.js';
 import type { ArtifactRow } from './manifest-store.js';
 
 // A generation's outputs go to the store before it is marked SUCCEEDED: its files
@@ -10,7 +10,10 @@ import type { ArtifactRow } from './manifest-store.js';
 
 const MAX_BUNDLE_FILES = 10_000;
 const MAX_BUNDLE_BYTES = 256 * 1024 * 1024;
-const PARALLEL_PUTS = 4;
+// Blobs go to the store in batches of about this many files or bytes: one statement each on
+// PostgreSQL, where a statement per blob was a round trip each.
+const BATCH_FILES = 100;
+const BATCH_BYTES = 4 * 1024 * 1024;
 
 /** Blobs stored; `rows` index them (generation_artifacts), to be inserted once every one is in. */
 export interface StoredOutputs {
@@ -33,30 +36,28 @@ export async function storeOutputs(
   sources: readonly { path: string; content: string; sha256?: string }[],
 ): Promise<StoredOutputs> {
   const stored: StoredOutputs = { files: 0, bytes: 0, newBytes: 0, rows: [] };
-  // A few blobs at a time: most are already there (a touch each), and a remote store is a round trip each.
-  const puts = new Set<Promise<void>>();
-  let failure: { error: unknown } | undefined;
-  const put = async (kind: ArtifactRow['kind'], path: string, content: Buffer, sha256 = sha256Of(content)) => {
-    while (puts.size >= PARALLEL_PUTS) await Promise.race(puts);
-    if (failure) throw failure.error;
-    const putting: Promise<void> = store.put(sha256, content).then(
-      (isNew) => {
-        if (isNew) stored.newBytes += content.length;
-        stored.files++;
-        stored.bytes += content.length;
-        stored.rows.push({ generationId, kind, path, sha256, size: content.length });
-      },
-      (error: unknown) => void (failure ??= { error }),
-    ).finally(() => puts.delete(putting));
-    puts.add(putting);
+  let batch: (BlobBytes & Pick<ArtifactRow, 'kind' | 'path'>)[] = [];
+  let batchBytes = 0;
+  const flush = async () => {
+    const blobs = batch;
+    batch = [];
+    batchBytes = 0;
+    const isNew = await store.putMany(blobs);
+    blobs.forEach(({ kind, path, sha256, content }, i) => {
+      if (isNew[i]) stored.newBytes += content.length;
+      stored.files++;
+      stored.bytes += content.length;
+      stored.rows.push({ generationId, kind, path, sha256, size: content.length });
+    });
   };
-  try {
-    for (const file of sources) await put('SOURCE', file.path, Buffer.from(file.content, 'utf8'), file.sha256);
-    for await (const file of bundleFiles(bundleDir)) await put('BUNDLE', file.path, file.content);
-  } finally {
-    await Promise.all(puts);
-  }
-  if (failure) throw failure.error;
+  const put = async (kind: ArtifactRow['kind'], path: string, content: Buffer, sha256 = sha256Of(content)) => {
+    batch.push({ kind, path, sha256, content });
+    batchBytes += content.length;
+    if (batch.length >= BATCH_FILES || batchBytes >= BATCH_BYTES) await flush();
+  };
+  for (const file of sources) await put('SOURCE', file.path, Buffer.from(file.content, 'utf8'), file.sha256);
+  for await (const file of bundleFiles(bundleDir)) await put('BUNDLE', file.path, file.content);
+  if (batch.length > 0) await flush();
   return stored;
 }
 

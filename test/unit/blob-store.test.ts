@@ -1,0 +1,71 @@
+import { describe, expect, it } from 'vitest';
+import { type BlobBytes, putDistinct, putEach, sha256Of } from '../../src/artifacts/blob-store.js';
+
+// How a store that puts one blob at a time (files, Supabase Storage) serves putMany:
+// equal blobs once, a few at a time, and a failure that leaves nothing running behind it.
+
+const blob = (text: string): BlobBytes => ({ sha256: sha256Of(text), content: Buffer.from(text) });
+
+describe('putting many blobs one at a time', () => {
+  it('puts equal blobs once, and says only the first of them was new', async () => {
+    const put: string[] = [];
+    const present = blob('already there');
+    const blobs = [blob('a'), present, blob('b'), blob('a'), present, blob('a')];
+    const isNew = await putDistinct(blobs, (distinct) =>
+      putEach(distinct, async ({ sha256 }) => {
+        put.push(sha256);
+        return sha256 !== present.sha256;
+      }),
+    );
+    expect(isNew).toEqual([true, false, true, false, false, false]);
+    expect(put.sort()).toEqual([blob('a').sha256, present.sha256, blob('b').sha256].sort());
+  });
+
+  it('refuses a blob whose key is not a sha256, before putting any', async () => {
+    let puts = 0;
+    const bad = { sha256: '../../etc/passwd', content: Buffer.from('x') };
+    await expect(putDistinct([blob('a'), bad], (distinct) => putEach(distinct, async () => ++puts > 0))).rejects.toThrow(/Not a sha256/);
+    expect(puts).toBe(0);
+  });
+
+  it('keeps at most four under way, starts none after a failure, and rejects once those under way have ended', async () => {
+    const blobs = Array.from({ length: 12 }, (_, i) => blob(`blob ${i}`));
+    const started: number[] = [];
+    const ended: number[] = [];
+    let underWay = 0;
+    let most = 0;
+    const waiting = new Map<number, () => void>();
+    const putting = putEach(blobs, async ({ sha256 }) => {
+      const i = blobs.findIndex((b) => b.sha256 === sha256);
+      started.push(i);
+      most = Math.max(most, ++underWay);
+      await new Promise<void>((resolve) => waiting.set(i, resolve));
+      underWay--;
+      ended.push(i);
+      if (i === 1) throw new Error('the store is full');
+      return true;
+    });
+    const outcome = putting.then(
+      () => 'resolved',
+      (error: Error) => error.message,
+    );
+    await until(() => waiting.size === 4);
+    // Blob 1 fails while 0, 2 and 3 are still under way.
+    waiting.get(1)!();
+    await until(() => ended.includes(1));
+    waiting.get(0)!();
+    waiting.get(2)!();
+    await until(() => ended.length === 3);
+    expect(await Promise.race([outcome, Promise.resolve('still waiting')])).toBe('still waiting');
+    waiting.get(3)!();
+    expect(await outcome).toBe('the store is full');
+    expect(started.sort((a, b) => a - b)).toEqual([0, 1, 2, 3]);
+    expect(most).toBe(4);
+  });
+});
+
+/** Lets the puts under way move on until `done` holds. */
+async function until(done: () => boolean) {
+  for (let turn = 0; turn < 100 && !done(); turn++) await new Promise((resolve) => setImmediate(resolve));
+  expect(done()).toBe(true);
+}
