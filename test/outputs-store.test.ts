@@ -1,13 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { sql } from 'drizzle-orm';
+import { inArray, sql } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sha256Of } from '../src/artifacts/blob-store.js';
 import { createOutputs } from '../src/artifacts/outputs.js';
 import { storeOutputs } from '../src/artifacts/write-outputs.js';
 import { parseConfig } from '../src/config.js';
 import { rowsOf } from '../src/db/client.js';
+import { artifactBlobs } from '../src/db/schema.js';
 import { createLogger } from '../src/observability/logger.js';
 import { createMetrics } from '../src/observability/metrics.js';
 import { GenerationArchiveDocument, GenerationPreviewDocument } from './gql/graphql.js';
@@ -123,9 +124,29 @@ describe.each(backends)(`the artefact store: $name (${databaseKind})`, (backend)
     const orders = [shared, [...shared].reverse(), [...shared.slice(75), ...shared.slice(0, 75)], [...shared.slice(75)].reverse().concat(shared.slice(0, 75))];
     const runs = await Promise.all(orders.map((order) => storeOutputs(outputs.store, generationId, '/nonexistent', order)));
     for (const run of runs) expect(run.files).toBe(150);
+    // Each blob was new to one run only (files: two runs may both write one, as before batches).
+    if (backend.name !== 'fs') expect(runs.reduce((sum, run) => sum + run.newBytes, 0)).toBe(distinctBytes(shared));
     for (const file of shared) expect((await outputs.store.read(sha256Of(file.content)))?.toString()).toBe(file.content);
     // No generation refers to them: collection takes each of them, once.
     expect(await outputs.collect(0)).toBe(40 + 150);
+  });
+
+  it.runIf(backend.name === 'postgres')('removes orphan blobs while runs store them again: neither fails, and none is lost', { timeout: 60_000 }, async () => {
+    for (let trial = 0; trial < 40; trial++) {
+      const files = Array.from({ length: 200 }, (_, i) => ({ path: `f${i}`, content: `// trial ${trial} file ${i}\n` }));
+      await storeOutputs(outputs.store, randomUUID(), '/nonexistent', files);
+      const shas = files.map((file) => sha256Of(file.content));
+      // No generation refers to them, and they are past the grace period.
+      await suite.server.database.db.update(artifactBlobs).set({ createdAt: sql`now() - interval '2 hours'` }).where(inArray(artifactBlobs.sha256, shas));
+      await Promise.all([
+        outputs.store.remove(shas, new Date(Date.now() - 60 * 60 * 1000)),
+        storeOutputs(outputs.store, randomUUID(), '/nonexistent', files.slice(0, 100)),
+        storeOutputs(outputs.store, randomUUID(), '/nonexistent', files.slice(100).reverse()),
+      ]);
+      const kept = await query<{ sha256: string }>(sql`select sha256 from ${artifactBlobs} where ${inArray(artifactBlobs.sha256, shas)}`);
+      expect(kept).toHaveLength(200);
+    }
+    await outputs.collect(0);
   });
 
   it('serves previews and archives from the store after the workspace is gone', { timeout: 60_000 }, async () => {

@@ -19,7 +19,8 @@ export function postgresBlobStore(db: Db, cache: LocalBlobCache): BlobStore {
   return {
     kind: 'postgres',
     // One statement for them all. Its rows are in sha256 order: two runs storing the same
-    // blobs take their row locks in the same order, so neither waits for the other in a cycle.
+    // blobs take their row locks in the same order, so neither waits for the other in a
+    // cycle (and `remove` skips the rows a store holds).
     putMany: (blobs) =>
       putDistinct(blobs, async (distinct) => {
         const rows = distinct
@@ -55,9 +56,13 @@ export function postgresBlobStore(db: Db, cache: LocalBlobCache): BlobStore {
     },
     async remove(sha256s, before) {
       if (sha256s.length === 0) return 0;
-      const removed = await scope.run((tx) =>
-        tx
-          .delete(artifactBlobs)
+      const removed = await scope.run((tx) => {
+        // A row that a store is writing is skipped, never waited for: the store locks its
+        // batch in sha256 order, a delete in its own order, and each would wait on the other.
+        // The store touches it anyway, so it is young again.
+        const orphans = tx
+          .select({ sha256: artifactBlobs.sha256 })
+          .from(artifactBlobs)
           .where(
             and(
               inArray(artifactBlobs.sha256, sha256s),
@@ -65,8 +70,12 @@ export function postgresBlobStore(db: Db, cache: LocalBlobCache): BlobStore {
               sql`not exists (select 1 from ${generationArtifacts} where ${generationArtifacts.sha256} = ${artifactBlobs.sha256})`,
             ),
           )
-          .returning({ sha256: artifactBlobs.sha256 }),
-      );
+          .for('update', { skipLocked: true });
+        return tx
+          .delete(artifactBlobs)
+          .where(and(inArray(artifactBlobs.sha256, orphans), lt(artifactBlobs.createdAt, before)))
+          .returning({ sha256: artifactBlobs.sha256 });
+      });
       return removed.length;
     },
   };

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { type BlobBytes, putDistinct, putEach, sha256Of } from '../../src/artifacts/blob-store.js';
+import { type BlobBytes, type BlobStore, putDistinct, putEach, sha256Of } from '../../src/artifacts/blob-store.js';
+import { storeOutputs } from '../../src/artifacts/write-outputs.js';
 
 // How a store that puts one blob at a time (files, Supabase Storage) serves putMany:
 // equal blobs once, a few at a time, and a failure that leaves nothing running behind it.
@@ -61,6 +62,28 @@ describe('putting many blobs one at a time', () => {
     expect(await outcome).toBe('the store is full');
     expect(started.sort((a, b) => a - b)).toEqual([0, 1, 2, 3]);
     expect(most).toBe(4);
+  });
+});
+
+describe("a generation's outputs", () => {
+  it('go to the store in batches of at most 100 files, or a little over 4 MB', async () => {
+    const batches: { files: number; bytes: number }[] = [];
+    const store = {
+      putMany: async (blobs: readonly BlobBytes[]) => {
+        batches.push({ files: blobs.length, bytes: blobs.reduce((sum, blob) => sum + blob.content.length, 0) });
+        return blobs.map(() => true);
+      },
+    } as Pick<BlobStore, 'putMany'> as BlobStore;
+    const mb = 1024 * 1024;
+    const sources = [
+      ...Array.from({ length: 250 }, (_, i) => ({ path: `small/${i}`, content: `${i}` })),
+      ...Array.from({ length: 5 }, (_, i) => ({ path: `large/${i}`, content: String(i).repeat(1.5 * mb) })),
+    ];
+    const stored = await storeOutputs(store, 'generation', '/nonexistent', sources);
+    expect(batches.map((batch) => batch.files)).toEqual([100, 100, 53, 2]);
+    expect(batches[2]!.bytes).toBeGreaterThanOrEqual(4 * mb);
+    expect(batches[2]!.bytes - 1.5 * mb).toBeLessThan(4 * mb);
+    expect(stored.rows.map((row) => row.path)).toEqual(sources.map((file) => file.path));
   });
 });
 
