@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { readdir, rm } from 'node:fs/promises';
+import { readdir, rm, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { inArray, sql } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -131,20 +131,27 @@ describe.each(backends)(`the artefact store: $name (${databaseKind})`, (backend)
     expect(await outputs.collect(0)).toBe(40 + 150);
   });
 
-  it.runIf(backend.name === 'postgres')('removes orphan blobs while runs store them again: neither fails, and none is lost', { timeout: 60_000 }, async () => {
+  // Supabase Storage is left out: a blob stored again is not touched there (an upload of an
+  // existing name is refused), and its `remove` does not look at the age.
+  it.runIf(backend.name !== 'supabase')('removes orphan blobs while runs store them again: neither fails, and none is lost', { timeout: 60_000 }, async () => {
+    const twoHoursAgo = new Date(Date.now() - 2 * 60 * 60 * 1000);
     for (let trial = 0; trial < 40; trial++) {
       const files = Array.from({ length: 200 }, (_, i) => ({ path: `f${i}`, content: `// trial ${trial} file ${i}\n` }));
       await storeOutputs(outputs.store, randomUUID(), '/nonexistent', files);
       const shas = files.map((file) => sha256Of(file.content));
       // No generation refers to them, and they are past the grace period.
-      await suite.server.database.db.update(artifactBlobs).set({ createdAt: sql`now() - interval '2 hours'` }).where(inArray(artifactBlobs.sha256, shas));
+      if (backend.name === 'postgres') {
+        await suite.server.database.db.update(artifactBlobs).set({ createdAt: sql`now() - interval '2 hours'` }).where(inArray(artifactBlobs.sha256, shas));
+      } else {
+        await Promise.all(shas.map((sha256) => utimes(join(suite.server.dataDir, 'artifacts', sha256.slice(0, 2), sha256), twoHoursAgo, twoHoursAgo)));
+      }
       await Promise.all([
         outputs.store.remove(shas, new Date(Date.now() - 60 * 60 * 1000)),
         storeOutputs(outputs.store, randomUUID(), '/nonexistent', files.slice(0, 100)),
         storeOutputs(outputs.store, randomUUID(), '/nonexistent', files.slice(100).reverse()),
       ]);
-      const kept = await query<{ sha256: string }>(sql`select sha256 from ${artifactBlobs} where ${inArray(artifactBlobs.sha256, shas)}`);
-      expect(kept).toHaveLength(200);
+      const kept = await Promise.all(shas.map((sha256) => outputs.store.read(sha256)));
+      expect(kept.filter((content) => content === undefined)).toHaveLength(0);
     }
     await outputs.collect(0);
   });

@@ -39,9 +39,17 @@ export function fsBlobStore(dir: string): BlobStore {
     async remove(sha256s, before) {
       let removed = 0;
       for (const sha256 of sha256s) {
-        const stats = await stat(pathOf(sha256)).catch(ignoreMissing);
-        if (!stats || stats.mtime >= before) continue;
-        await rm(pathOf(sha256), { force: true });
+        // Moved aside before its age is read: a store that touches it later finds none and
+        // writes it again; one that touched it earlier shows in the age, and it goes back.
+        // (Read in place, a touch between the read and the removal lost a blob in use.)
+        const target = pathOf(sha256);
+        const aside = join(dir, sha256.slice(0, 2), `.tmp-${randomBytes(6).toString('hex')}`);
+        if (!(await rename(target, aside).then(() => true, ignoreMissing))) continue;
+        if ((await stat(aside)).mtime >= before) {
+          await rename(aside, target);
+          continue;
+        }
+        await rm(aside, { force: true });
         removed++;
       }
       return removed;
