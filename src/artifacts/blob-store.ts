@@ -54,11 +54,16 @@ export async function putDistinct(blobs: readonly BlobBytes[], store: (distinct:
 }
 
 /**
- * One `put` per blob, a few at a time (a remote store is a round trip each); resolves to
- * the sha256s that were new. After a failure no other starts, and it rejects once every
- * put under way has ended.
+ * `putMany` for a store that puts one blob at a time: equal blobs once, a few at a time (a
+ * remote store is a round trip each). After a failure no other starts, and it rejects
+ * once every put under way has ended.
  */
-export async function putEach(blobs: readonly BlobBytes[], put: (blob: BlobBytes) => Promise<boolean>, parallel = 4): Promise<string[]> {
+export function putOneByOne(put: (blob: BlobBytes) => Promise<boolean>, parallel = 4): BlobStore['putMany'] {
+  return (blobs) => putDistinct(blobs, (distinct) => putEach(distinct, put, parallel));
+}
+
+/** Resolves to the sha256s that were new. */
+async function putEach(blobs: readonly BlobBytes[], put: (blob: BlobBytes) => Promise<boolean>, parallel: number): Promise<string[]> {
   const added: string[] = [];
   let next = 0;
   let failure: { error: unknown } | undefined;

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ignoreMissing } from '../workspace/write-inside.js';
-import { type BlobBytes, type BlobStore, type StoredBlob, SHA256, assertSha256, putDistinct, putEach } from './blob-store.js';
+import { type BlobBytes, type BlobStore, type StoredBlob, SHA256, assertSha256, putOneByOne } from './blob-store.js';
 
 /** Blobs as files `<dir>/<first two hex>/<sha256>` (the embedded default, under DATA_DIR). */
 export function fsBlobStore(dir: string): BlobStore {
@@ -20,7 +20,7 @@ export function fsBlobStore(dir: string): BlobStore {
   };
   return {
     kind: 'fs',
-    putMany: (blobs) => putDistinct(blobs, (distinct) => putEach(distinct, put)),
+    putMany: putOneByOne(put),
     read: (sha256) => readFile(pathOf(sha256)).catch(ignoreMissing),
     // The blob itself; a missing one is the reader's 404 (no extra stat on the preview's hot path).
     localPath: async (sha256) => pathOf(sha256),

@@ -1,5 +1,5 @@
 import { createClient } from '@supabase/supabase-js';
-import { type BlobBytes, type BlobStore, type StoredBlob, SHA256, assertSha256, putDistinct, putEach } from './blob-store.js';
+import { type BlobBytes, type BlobStore, type StoredBlob, SHA256, assertSha256, putOneByOne } from './blob-store.js';
 import type { LocalBlobCache } from './local-cache.js';
 
 const LIST_BATCH = 1000;
@@ -43,7 +43,7 @@ export async function supabaseBlobStore(options: SupabaseStorageOptions, cache: 
   };
   return {
     kind: 'supabase',
-    putMany: (blobs) => putDistinct(blobs, (distinct) => putEach(distinct, put)),
+    putMany: putOneByOne(put),
     read,
     localPath: (sha256) => cache.path(sha256, () => read(sha256)),
     async *list() {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { type BlobBytes, type BlobStore, putDistinct, putEach, sha256Of } from '../../src/artifacts/blob-store.js';
+import { type BlobBytes, type BlobStore, putOneByOne, sha256Of } from '../../src/artifacts/blob-store.js';
 import { storeOutputs } from '../../src/artifacts/write-outputs.js';
 
 // How a store that puts one blob at a time (files, Supabase Storage) serves putMany:
@@ -12,12 +12,10 @@ describe('putting many blobs one at a time', () => {
     const put: string[] = [];
     const present = blob('already there');
     const blobs = [blob('a'), present, blob('b'), blob('a'), present, blob('a')];
-    const isNew = await putDistinct(blobs, (distinct) =>
-      putEach(distinct, async ({ sha256 }) => {
-        put.push(sha256);
-        return sha256 !== present.sha256;
-      }),
-    );
+    const isNew = await putOneByOne(async ({ sha256 }) => {
+      put.push(sha256);
+      return sha256 !== present.sha256;
+    })(blobs);
     expect(isNew).toEqual([true, false, true, false, false, false]);
     expect(put.sort()).toEqual([blob('a').sha256, present.sha256, blob('b').sha256].sort());
   });
@@ -25,7 +23,7 @@ describe('putting many blobs one at a time', () => {
   it('refuses a blob whose key is not a sha256, before putting any', async () => {
     let puts = 0;
     const bad = { sha256: '../../etc/passwd', content: Buffer.from('x') };
-    await expect(putDistinct([blob('a'), bad], (distinct) => putEach(distinct, async () => ++puts > 0))).rejects.toThrow(/Not a sha256/);
+    await expect(putOneByOne(async () => ++puts > 0)([blob('a'), bad])).rejects.toThrow(/Not a sha256/);
     expect(puts).toBe(0);
   });
 
@@ -36,7 +34,7 @@ describe('putting many blobs one at a time', () => {
     let underWay = 0;
     let most = 0;
     const waiting = new Map<number, () => void>();
-    const putting = putEach(blobs, async ({ sha256 }) => {
+    const putting = putOneByOne(async ({ sha256 }) => {
       const i = blobs.findIndex((b) => b.sha256 === sha256);
       started.push(i);
       most = Math.max(most, ++underWay);
@@ -45,7 +43,7 @@ describe('putting many blobs one at a time', () => {
       ended.push(i);
       if (i === 1) throw new Error('the store is full');
       return true;
-    });
+    })(blobs);
     const outcome = putting.then(
       () => 'resolved',
       (error: Error) => error.message,
