@@ -6,14 +6,17 @@ import { type BlobBytes, type BlobStore, type StoredBlob, SHA256, assertSha256, 
 
 /** Blobs as files `<dir>/<first two hex>/<sha256>` (the embedded default, under DATA_DIR). */
 export function fsBlobStore(dir: string): BlobStore {
-  const pathOf = (sha256: string) => join(dir, assertSha256(sha256).slice(0, 2), sha256);
+  const shardOf = (sha256: string) => join(dir, assertSha256(sha256).slice(0, 2));
+  const pathOf = (sha256: string) => join(shardOf(sha256), sha256);
+  /** A name beside the blob that `list` never shows: for writing it, or for moving it aside. */
+  const tmpOf = (sha256: string) => join(shardOf(sha256), `.tmp-${randomBytes(6).toString('hex')}`);
   const put = async ({ sha256, content }: BlobBytes) => {
     const target = pathOf(sha256);
     const now = new Date();
     // Touching an existing blob keeps a concurrent collection from taking it.
     if (await utimes(target, now, now).then(() => true, ignoreMissing)) return false;
-    await mkdir(join(dir, sha256.slice(0, 2)), { recursive: true });
-    const tmp = join(dir, sha256.slice(0, 2), `.tmp-${randomBytes(6).toString('hex')}`);
+    await mkdir(shardOf(sha256), { recursive: true });
+    const tmp = tmpOf(sha256);
     await writeFile(tmp, content);
     await rename(tmp, target); // atomic: a reader sees the whole blob or none
     return true;
@@ -43,7 +46,7 @@ export function fsBlobStore(dir: string): BlobStore {
         // writes it again; one that touched it earlier shows in the age, and it goes back.
         // (Read in place, a touch between the read and the removal lost a blob in use.)
         const target = pathOf(sha256);
-        const aside = join(dir, sha256.slice(0, 2), `.tmp-${randomBytes(6).toString('hex')}`);
+        const aside = tmpOf(sha256);
         if (!(await rename(target, aside).then(() => true, ignoreMissing))) continue;
         if ((await stat(aside)).mtime >= before) {
           await rename(aside, target);
