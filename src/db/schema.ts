@@ -18,7 +18,8 @@ import { anonRole, authenticatedRole, authUid } from 'drizzle-orm/supabase';
 
 // The whole data model of DESIGN.md. Policies stand beside their tables; the
 // SECURITY DEFINER helpers they call (kiln.project_role, kiln.generation_role,
-// kiln.shares_project) live in drizzle/0000_helpers.sql.
+// kiln.shares_project) live in drizzle/0000_helpers.sql, kiln.viewer_project_ids in
+// drizzle/0014_viewer_projects_once.sql.
 
 export const projectTarget = pgEnum('project_target', ['FLUTTER', 'WEB']);
 export const projectRole = pgEnum('project_role', ['owner', 'editor', 'viewer']);
@@ -41,9 +42,13 @@ export const generationErrorCodes = [
 
 // Millisecond precision: a JavaScript Date round-trips exactly, so keyset cursors are exact.
 const createdAt = () => timestamp('created_at', { withTimezone: true, precision: 3 }).notNull().defaultNow();
-const isMember = (projectId: unknown) => sql`kiln.project_role(${projectId}) is not null`;
-const canEdit = (projectId: unknown) => sql`kiln.project_role(${projectId}) in ('owner', 'editor')`;
-const isOwner = (projectId: unknown) => sql`kiln.project_role(${projectId}) = 'owner'`;
+// The viewer's projects with one of the roles (kiln.project_role's answer), asked once per
+// statement: an uncorrelated IN subquery is a hashed set, where kiln.project_role in the
+// policy ran its queries for every row (drizzle/0014_viewer_projects_once.sql).
+const inViewerProjects = (projectId: unknown, roles: string) => sql`${projectId} in (select kiln.viewer_project_ids(${sql.raw(`'{${roles}}'`)}))`;
+const isMember = (projectId: unknown) => inViewerProjects(projectId, 'owner,editor,viewer');
+const canEdit = (projectId: unknown) => inViewerProjects(projectId, 'owner,editor');
+const isOwner = (projectId: unknown) => inViewerProjects(projectId, 'owner');
 const canReadGeneration = (generationId: unknown) => sql`kiln.generation_role(${generationId}) is not null`;
 /** Tables only the server (service scope) touches: requests never read them. */
 const serverOnly = (table: string) =>
