@@ -1,9 +1,9 @@
 -- The projects in which the viewer has one of p_roles: kiln.project_role's answer (a
 -- member row's role, else owner by projects.owner_id), for every project at once. The
 -- policies ask `project_id in (select kiln.viewer_project_ids(...))`: an uncorrelated
--- subquery, so PostgreSQL builds the set once per statement and probes it per row, where
--- kiln.project_role(project_id) ran two queries for every row (a project's 80 generations
--- made each read of them 3-6 ms in PGlite, and a thousand would make it a tenth of a second).
+-- subquery, so PostgreSQL builds the set once per statement (for each policy) and probes it
+-- per row, where kiln.project_role(project_id) ran, with a query or two, for every row (a
+-- project's 80 generations made each read of them 3-6 ms in PGlite).
 CREATE OR REPLACE FUNCTION kiln.viewer_project_ids(p_roles text[]) RETURNS SETOF uuid
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
   SELECT m.project_id FROM public.project_members m

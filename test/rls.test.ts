@@ -118,6 +118,38 @@ describe('catalog', () => {
   });
 });
 
+describe('membership in the policies (kiln.viewer_project_ids)', () => {
+  it('gives each viewer, for each set of roles, the projects where kiln.project_role has one of them, and only authenticated may call it', async () => {
+    const other = await createTeam(db);
+    const projectIds = [team.projectId, other.projectId];
+    const roleSets = ['{owner}', '{owner,editor}', '{owner,editor,viewer}', '{editor}', '{viewer}'];
+    const answers = [];
+    for (const user of [team.owner, team.editor, team.viewer, team.stranger, other.owner]) {
+      answers.push(
+        ...(await as(db, user).run((tx) =>
+          rows<{ roles: string; project: string; byRole: boolean; bySet: boolean }>(
+            tx,
+            sql`select r.roles, p.id as project,
+                       coalesce(kiln.project_role(p.id)::text = any(r.roles::text[]), false) as "byRole",
+                       p.id in (select kiln.viewer_project_ids(r.roles::text[])) as "bySet"
+                  from unnest(array[${sql.join(projectIds.map((id) => sql`${id}`), sql`, `)}]::uuid[]) as p(id),
+                       unnest(array[${sql.join(roleSets.map((roles) => sql`${roles}`), sql`, `)}]::text[]) as r(roles)`,
+          ),
+        )),
+      );
+    }
+    expect(answers).toHaveLength(5 * projectIds.length * roleSets.length);
+    expect(answers.filter((answer) => answer.byRole)).toHaveLength(11);
+    for (const answer of answers) expect(answer.bySet, `${answer.project} ${answer.roles}`).toBe(answer.byRole);
+    const [privileges] = await serviceRows<{ anon: boolean; authenticated: boolean }>(
+      db,
+      sql`select has_function_privilege('anon', 'kiln.viewer_project_ids(text[])', 'execute') as anon,
+                 has_function_privilege('authenticated', 'kiln.viewer_project_ids(text[])', 'execute') as authenticated`,
+    );
+    expect(privileges).toEqual({ anon: false, authenticated: true });
+  });
+});
+
 describe('reads of many rows of one generation (kiln.chunks_after, kiln.log_lines_after, kiln.log_tail)', () => {
   // They check membership once per read instead of the row policy once per row, so they
   // must give each caller exactly what the policies give, or a stream would replay

@@ -42,9 +42,9 @@ export const generationErrorCodes = [
 
 // Millisecond precision: a JavaScript Date round-trips exactly, so keyset cursors are exact.
 const createdAt = () => timestamp('created_at', { withTimezone: true, precision: 3 }).notNull().defaultNow();
-// The viewer's projects with one of the roles (kiln.project_role's answer), asked once per
-// statement: an uncorrelated IN subquery is a hashed set, where kiln.project_role in the
-// policy ran its queries for every row (drizzle/0014_viewer_projects_once.sql).
+// The viewer's projects with one of the roles (kiln.project_role's answer), built once per
+// statement for each policy: an uncorrelated IN subquery is a hashed set, where
+// kiln.project_role in the policy ran for every row (drizzle/0014_viewer_projects_once.sql).
 const inViewerProjects = (projectId: unknown, roles: string) => sql`${projectId} in (select kiln.viewer_project_ids(${sql.raw(`'{${roles}}'`)}))`;
 const isMember = (projectId: unknown) => inViewerProjects(projectId, 'owner,editor,viewer');
 const canEdit = (projectId: unknown) => inViewerProjects(projectId, 'owner,editor');
@@ -111,7 +111,7 @@ export const projectMembers = pgTable(
     primaryKey({ columns: [t.projectId, t.userId] }),
     index('project_members_user_id_idx').on(t.userId),
     pgPolicy('project_members_select_member', { for: 'select', to: authenticatedRole, using: isMember(t.projectId) }),
-    // kiln.project_role counts the project's owner_id as owner, so the creator can add itself.
+    // kiln.viewer_project_ids counts the project's owner_id as owner (as kiln.project_role does), so the creator can add itself.
     pgPolicy('project_members_insert_owner', { for: 'insert', to: authenticatedRole, withCheck: isOwner(t.projectId) }),
     pgPolicy('project_members_update_owner', { for: 'update', to: authenticatedRole, using: isOwner(t.projectId), withCheck: isOwner(t.projectId) }),
     pgPolicy('project_members_delete_owner', { for: 'delete', to: authenticatedRole, using: isOwner(t.projectId) }),
