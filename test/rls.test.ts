@@ -12,10 +12,12 @@ import {
   claimsFor,
   createGeneration,
   createTeam,
+  executePrivileges,
   generationStatuses,
   rows,
   serviceRows,
   SqlState,
+  sqlArray,
   statusOf,
   type Team,
   verdict,
@@ -132,8 +134,7 @@ describe('membership in the policies (kiln.viewer_project_ids)', () => {
             sql`select r.roles, p.id as project,
                        coalesce(kiln.project_role(p.id)::text = any(r.roles::text[]), false) as "byRole",
                        p.id in (select kiln.viewer_project_ids(r.roles::text[])) as "bySet"
-                  from unnest(array[${sql.join(projectIds.map((id) => sql`${id}`), sql`, `)}]::uuid[]) as p(id),
-                       unnest(array[${sql.join(roleSets.map((roles) => sql`${roles}`), sql`, `)}]::text[]) as r(roles)`,
+                  from unnest(${sqlArray(projectIds, 'uuid')}) as p(id), unnest(${sqlArray(roleSets, 'text')}) as r(roles)`,
           ),
         )),
       );
@@ -141,12 +142,8 @@ describe('membership in the policies (kiln.viewer_project_ids)', () => {
     expect(answers).toHaveLength(5 * projectIds.length * roleSets.length);
     expect(answers.filter((answer) => answer.byRole)).toHaveLength(11);
     for (const answer of answers) expect(answer.bySet, `${answer.project} ${answer.roles}`).toBe(answer.byRole);
-    const [privileges] = await serviceRows<{ anon: boolean; authenticated: boolean }>(
-      db,
-      sql`select has_function_privilege('anon', 'kiln.viewer_project_ids(text[])', 'execute') as anon,
-                 has_function_privilege('authenticated', 'kiln.viewer_project_ids(text[])', 'execute') as authenticated`,
-    );
-    expect(privileges).toEqual({ anon: false, authenticated: true });
+    const fn = 'kiln.viewer_project_ids(text[])';
+    expect(await executePrivileges(db, [fn])).toEqual([{ fn, anon: false, authenticated: true }]);
   });
 });
 
@@ -206,12 +203,7 @@ describe('reads of many rows of one generation (kiln.chunks_after, kiln.log_line
     });
     expect(noClaims).toEqual(nothing);
     const functions = ['kiln.chunks_after(uuid, integer, integer)', 'kiln.log_lines_after(uuid, integer, integer)', 'kiln.log_tail(uuid, integer)'];
-    const privileges = await serviceRows<{ fn: string; anon: boolean; authenticated: boolean }>(
-      db,
-      sql`select fn, has_function_privilege('anon', fn, 'execute') as anon, has_function_privilege('authenticated', fn, 'execute') as authenticated
-            from unnest(array[${sql.join(functions.map((fn) => sql`${fn}`), sql`, `)}]::text[]) as fn`,
-    );
-    expect(privileges).toEqual(functions.map((fn) => ({ fn, anon: false, authenticated: true })));
+    expect(await executePrivileges(db, functions)).toEqual(functions.map((fn) => ({ fn, anon: false, authenticated: true })));
   });
 });
 

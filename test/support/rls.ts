@@ -192,6 +192,20 @@ export async function createGeneration(db: Db, team: Team, status: GenerationSta
   return id;
 }
 
+/** `values` as one SQL array of `type`, each element a bound parameter. */
+export function sqlArray(values: readonly string[], type: 'text' | 'uuid'): SQL {
+  return sql`array[${sql.join(values.map((value) => sql`${value}`), sql`, `)}]::${sql.raw(type)}[]`;
+}
+
+/** Whether anon and authenticated may execute each of `functions` (given with their argument types). */
+export function executePrivileges(db: Db, functions: readonly string[]) {
+  return serviceRows<{ fn: string; anon: boolean; authenticated: boolean }>(
+    db,
+    sql`select fn, has_function_privilege('anon', fn, 'execute') as anon, has_function_privilege('authenticated', fn, 'execute') as authenticated
+          from unnest(${sqlArray(functions, 'text')}) as fn`,
+  );
+}
+
 /** What the server (no RLS) sees: the ground truth a test compares against. */
 export async function serviceRows<T = Record<string, unknown>>(db: Db, query: SQL): Promise<T[]> {
   return serviceScope(db).run((tx) => rows<T>(tx, query));
