@@ -3,12 +3,12 @@ import { access, lstat, mkdir, readFile, readlink, realpath, writeFile } from 'n
 import { delimiter, dirname, basename, isAbsolute, join, resolve, sep } from 'node:path';
 import type { Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
-import { execa } from 'execa';
 import { ConfigError } from '../config.js';
 import type { Logger } from '../observability/logger.js';
 import type { BuildTool } from './build-steps.js';
 import { type CgroupLayout, createStepCgroup, findCgroups, type StepCgroup } from './cgroups.js';
 import { type LimitWatch, type StepLimits, watchLimits } from './step-limits.js';
+import { runProcess } from './spawner.js';
 import { REGISTRY_ENV } from './step-runner.js';
 
 // Every step that can run project code runs under bubblewrap (DESIGN "Running untrusted
@@ -116,8 +116,9 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
 export async function probeBwrap(): Promise<string | undefined> {
   if (!(await isExecutable(BWRAP))) return `${BWRAP} is not installed (Debian/Ubuntu: apt-get install bubblewrap)`;
   const args = [...namespaceArgs(false), ...(await systemArgs()), '--proc', '/proc', '--dev', '/dev', '--', '/usr/bin/true'];
-  const result = await execa(BWRAP, args, { reject: false, timeout: 10_000, stdin: 'ignore', env: {}, extendEnv: false });
-  return result.exitCode === 0 ? undefined : `${BWRAP} failed: ${String(result.stderr).trim() || `exit code ${result.exitCode}`}`;
+  const result = await runProcess({ command: BWRAP, args, env: {} }, 10_000);
+  if (!('stdout' in result)) return `${BWRAP} could not be started: ${result.message}`;
+  return result.exitCode === 0 ? undefined : `${BWRAP} failed: ${result.stderr.trim() || (result.timedOut ? 'no answer within 10 s' : `exit code ${result.exitCode}`)}`;
 }
 
 interface Machine {

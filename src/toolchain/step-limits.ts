@@ -1,7 +1,7 @@
 import { lstat, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { execa } from 'execa';
 import type { StepCgroup } from './cgroups.js';
+import { runProcess } from './spawner.js';
 
 export interface StepLimits {
   memoryMb: number;
@@ -132,8 +132,8 @@ async function measureTree(root: number): Promise<{ tasks: number; rssBytes: num
  * followed: coreutils' du walks a node_modules several times faster than a walk in Node.
  */
 async function diskUse(paths: string[]): Promise<number> {
-  const result = await execa('du', ['-s', '-B1', '-x', '--', ...paths], { reject: false, env: { PATH: '/usr/bin:/bin' }, extendEnv: false, stdin: 'ignore' });
-  const totals = String(result.stdout).split('\n').filter(Boolean).map((line) => Number(line.split('\t')[0]));
+  const result = await runProcess({ command: 'du', args: ['-s', '-B1', '-x', '--', ...paths], env: { PATH: '/usr/bin:/bin' } }, 60_000);
+  const totals = ('stdout' in result ? result.stdout : '').split('\n').filter(Boolean).map((line) => Number(line.split('\t')[0]));
   if (totals.length === paths.length && totals.every(Number.isFinite)) return totals.reduce((sum, n) => sum + n, 0);
   let bytes = 0;
   for (const path of paths) bytes += await walkedDiskUse(path);

@@ -1,10 +1,10 @@
 import { existsSync } from 'node:fs';
 import { basename } from 'node:path';
 import type { Readable } from 'node:stream';
-import { execa, type Result } from 'execa';
 import { LineSplitter, OutputCollector, type OutputLine, type OutputStream } from './output-lines.js';
 import { ProcessGroup } from './process-group.js';
 import type { Jail, StepSandbox } from './sandbox.js';
+import { type SpawnFailure, spawnProcess } from './spawner.js';
 
 export type { OutputLine, OutputStream } from './output-lines.js';
 
@@ -53,19 +53,11 @@ export async function runStep(options: RunStepOptions): Promise<StepResult> {
   }
   const { command, args, env } = jail ?? options;
 
-  const child = execa(command, args, {
-    cwd,
-    env,
-    extendEnv: false,
-    detached: true,
-    // fd 3: bwrap's report of the sandbox's init, whose end is the end of everything in it.
-    stdio: jail ? ['ignore', 'pipe', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe'],
-    buffer: false,
-    reject: false,
-  });
-  if (child.pid === undefined) {
+  // fd 3: bwrap's report of the sandbox's init, whose end is the end of everything in it.
+  const child = await spawnProcess({ command, args, cwd, env, detached: true, info: jail !== undefined });
+  if (!('pid' in child)) {
     await jail?.release();
-    return spawnFailure(options, await child);
+    return spawnFailure(options, child);
   }
 
   const group = new ProcessGroup(child.pid, options.killGraceMs ?? 2_000);
@@ -81,14 +73,14 @@ export async function runStep(options: RunStepOptions): Promise<StepResult> {
     void group.terminate();
   };
   // Whatever the tool left running in its group would otherwise hold our pipes open.
-  child.once('exit', () => {
+  void child.exit.then(() => {
     exited = true;
     void group.terminate();
   });
   const timer = setTimeout(() => stop('TIMED_OUT'), timeoutMs);
   const onAbort = () => stop('CANCELLED');
   signal?.addEventListener('abort', onAbort, { once: true });
-  jail?.started(child.pid, child.stdio[3] as Readable, () => stop('LIMIT'));
+  jail?.started(child.pid, child.info!, () => stop('LIMIT'));
   let limitPassed: string | undefined;
 
   try {
@@ -97,7 +89,7 @@ export async function runStep(options: RunStepOptions): Promise<StepResult> {
       readLines(child.stdout, 'STDOUT', collector, maxLineLength),
       readLines(child.stderr, 'STDERR', collector, maxLineLength),
     ]);
-    const [result] = await Promise.all([child, reading]);
+    const [result] = await Promise.all([child.exit, reading]);
     await collector.finish();
     const tail = collector.tail;
     // The sandbox is gone only once its namespace is: then a last look at the limits.
@@ -115,9 +107,9 @@ export async function runStep(options: RunStepOptions): Promise<StepResult> {
       return { status: 'TIMED_OUT', exitCode: null, tail, message: `timed out after ${timeoutMs / 1000} s` };
     }
     if (stoppedBy === 'CANCELLED') return { status: 'CANCELLED', exitCode: null, tail, message: 'cancelled' };
-    const exitCode = result.exitCode ?? null;
+    const { exitCode } = result;
     if (exitCode === 0) return { status: 'SUCCEEDED', exitCode, tail };
-    const message = exitCode === null ? `killed by ${result.signal ?? 'a signal'}` : `exited with code ${exitCode}`;
+    const message = result.lost ? 'the process spawner stopped' : exitCode === null ? `killed by ${result.signal ?? 'a signal'}` : `exited with code ${exitCode}`;
     return { status: 'FAILED', exitCode, tail, message };
   } finally {
     clearTimeout(timer);
@@ -153,14 +145,14 @@ async function readLines(
   await collector.add(name, splitter.end());
 }
 
-function spawnFailure({ command, cwd }: RunStepOptions, result: Result): StepResult {
+function spawnFailure({ command, cwd }: RunStepOptions, result: SpawnFailure): StepResult {
   const fail = (status: StepStatus, message: string): StepResult => ({ status, exitCode: null, tail: [], message });
   // A missing cwd is reported as ENOENT too; it is not the tool's fault.
   if (!existsSync(cwd)) return fail('FAILED', `working directory ${cwd} does not exist`);
   const hint = toolHint(command);
   if (result.code === 'ENOENT') return fail('TOOLCHAIN_MISSING', `${command} was not found (${hint})`);
   if (result.code === 'EACCES') return fail('TOOLCHAIN_MISSING', `${command} is not executable (${hint})`);
-  return fail('FAILED', result.shortMessage ?? `${command} could not be started`);
+  return fail('FAILED', `${command} could not be started: ${result.message}`);
 }
 
 function toolHint(command: string): string {

@@ -140,4 +140,41 @@ describe('runStep', () => {
     expect(stdout.some((line) => line.startsWith('PATH='))).toBe(true);
     expect(stdout.join('\n')).not.toMatch(/server-secret|DATABASE_URL|GEMINI_API_KEY/);
   });
+
+  it('starts the step from a helper process, not by forking the server', async () => {
+    const { result, stdout } = await run([], {}, { command: 'sh', args: ['-c', 'echo "$PPID"'] });
+
+    expect(result.status).toBe('SUCCEEDED');
+    const parent = Number(stdout[0]);
+    expect(parent).toBeGreaterThan(0);
+    expect(parent).not.toBe(process.pid);
+    // The helper holds none of the server's environment.
+    expect(await readFile(`/proc/${parent}/environ`, 'utf8')).not.toMatch(/PATH=|DATABASE_URL/);
+  });
+
+  it('fails a running step when the helper stops, leaves nothing of it running, and starts a new helper for the next', async () => {
+    const pidFile = join(workspace, 'grandchild.pid');
+    let helper = 0;
+    const { result } = await run(
+      [],
+      { FAKE_FLUTTER_MODE: 'hang', FAKE_FLUTTER_PIDFILE: pidFile },
+      {
+        command: 'sh',
+        args: ['-c', 'echo "$PPID"; exec flutter pub get'],
+        timeoutMs: 10_000,
+        killGraceMs: 200,
+        onLine: (line) => {
+          if (helper === 0) helper = Number(line.text);
+          // Once the grandchild's pid is written; never this process (a step forked from it would time out instead).
+          else if (line.text.startsWith('Waiting') && helper !== process.pid) process.kill(helper, 'SIGKILL');
+        },
+      },
+    );
+
+    expect(result).toMatchObject({ status: 'FAILED', exitCode: null, message: 'the process spawner stopped' });
+    expect(isAlive(Number(await readFile(pidFile, 'utf8')))).toBe(false);
+    const next = await run([], {}, { command: 'sh', args: ['-c', 'echo "$PPID"'] });
+    expect(next.result.status).toBe('SUCCEEDED');
+    expect(Number(next.stdout[0])).not.toBe(helper);
+  });
 });
