@@ -30,6 +30,8 @@ export interface SpawnedProcess {
   info: Readable | undefined;
   /** Settles when the process has exited (its streams may still hold output). `lost`: the helper stopped first. */
   exit: Promise<{ exitCode: number | null; signal: NodeJS.Signals | null; lost?: true }>;
+  /** Signals the process itself, only while it runs: its pid is never signalled once it may be another's. */
+  kill(signal: NodeJS.Signals): void;
 }
 
 export interface SpawnFailure {
@@ -47,8 +49,12 @@ export interface ProcessOutput {
 }
 
 /** Starts a process through the helper. */
-export function spawnProcess(request: SpawnRequest): Promise<SpawnedProcess | SpawnFailure> {
-  if (!host?.alive) host = new SpawnerHost();
+export async function spawnProcess(request: SpawnRequest): Promise<SpawnedProcess | SpawnFailure> {
+  try {
+    if (!host?.alive) host = new SpawnerHost();
+  } catch (error) {
+    return { code: 'ESPAWNER', message: `the process spawner could not start: ${(error as Error).message}` };
+  }
   return host.spawn(request);
 }
 
@@ -59,11 +65,7 @@ export async function runProcess(request: SpawnRequest, timeoutMs: number): Prom
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
-    try {
-      process.kill(child.pid, 'SIGKILL');
-    } catch {
-      // already gone
-    }
+    child.kill('SIGKILL');
   }, timeoutMs);
   try {
     const [stdout, stderr, exit] = await Promise.all([text(child.stdout), text(child.stderr), child.exit]);
@@ -85,6 +87,7 @@ async function text(stream: Readable): Promise<string> {
 // chunk at a time: the next read waits until the server has taken the last one.
 const HELPER_SOURCE = String.raw`
 const { spawn } = require('node:child_process');
+const running = new Map();
 const streams = new Map();
 const send = (message) => process.connected && process.send(message);
 process.on('disconnect', () => process.exit(0));
@@ -92,6 +95,7 @@ process.on('message', (m) => {
   const key = m.id + ':' + m.fd;
   if (m.op === 'more') return void streams.get(key)?.resume();
   if (m.op === 'drop') return void streams.get(key)?.destroy();
+  if (m.op === 'kill') return void running.get(m.id)?.kill(m.signal);
   let child;
   try {
     child = spawn(m.command, m.args, { cwd: m.cwd, env: m.env, detached: m.detached, stdio: m.info ? ['ignore', 'pipe', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe'] });
@@ -102,6 +106,7 @@ process.on('message', (m) => {
     return void child.once('error', (error) => send({ id: m.id, op: 'failed', code: error.code ?? 'ESPAWNER', message: error.message }));
   }
   child.on('error', () => {});
+  running.set(m.id, child);
   send({ id: m.id, op: 'spawned', pid: child.pid });
   child.stdio.forEach((stream, fd) => {
     if (!stream || fd === 0) return;
@@ -117,7 +122,10 @@ process.on('message', (m) => {
       send({ id: m.id, op: 'end', fd });
     });
   });
-  child.once('exit', (exitCode, signal) => send({ id: m.id, op: 'exit', exitCode, signal }));
+  child.once('exit', (exitCode, signal) => {
+    running.delete(m.id);
+    send({ id: m.id, op: 'exit', exitCode, signal });
+  });
 });
 `;
 
@@ -142,11 +150,14 @@ class SpawnerHost {
   private readonly child: ChildProcess;
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
+  private gone = false;
 
   constructor() {
-    this.child = spawn(process.execPath, ['-e', HELPER_SOURCE], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'], serialization: 'advanced', env: {} });
+    // Its own process group: a Ctrl-C or a signal to the server's group leaves it to finish the steps that shutdown waits for.
+    this.child = spawn(process.execPath, ['-e', HELPER_SOURCE], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'], serialization: 'advanced', env: {}, detached: true });
     this.child.on('message', (message: HelperMessage) => this.received(message));
-    this.child.on('error', () => undefined);
+    // A helper that could not start says so with 'error' and never exits.
+    this.child.on('error', () => this.lost());
     this.child.once('exit', () => this.lost());
     // It keeps the server's event loop alive only while a request is outstanding.
     this.child.unref();
@@ -154,7 +165,7 @@ class SpawnerHost {
   }
 
   get alive(): boolean {
-    return this.child.connected;
+    return !this.gone && this.child.connected;
   }
 
   spawn(request: SpawnRequest): Promise<SpawnedProcess | SpawnFailure> {
@@ -175,7 +186,8 @@ class SpawnerHost {
       case 'spawned': {
         const [stdout, stderr, info] = [1, 2, 3].map((fd) => (fd < 3 || entry.info ? this.output(message.id, fd, entry) : undefined));
         const exit = new Promise<Awaited<SpawnedProcess['exit']>>((resolve) => (entry.exited = resolve));
-        entry.started?.({ pid: message.pid, stdout: stdout!, stderr: stderr!, info, exit });
+        const kill = (signal: NodeJS.Signals) => void this.post({ op: 'kill', id: message.id, signal });
+        entry.started?.({ pid: message.pid, stdout: stdout!, stderr: stderr!, info, exit, kill });
         entry.started = undefined;
         return;
       }
@@ -236,7 +248,9 @@ class SpawnerHost {
   }
 
   private lost(): void {
+    this.gone = true;
     if (host === this) host = undefined;
+    this.child.kill();
     for (const [id, entry] of this.pending) this.settle(id, entry);
   }
 

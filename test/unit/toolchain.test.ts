@@ -150,6 +150,9 @@ describe('runStep', () => {
     expect(parent).not.toBe(process.pid);
     // The helper holds none of the server's environment.
     expect(await readFile(`/proc/${parent}/environ`, 'utf8')).not.toMatch(/PATH=|DATABASE_URL/);
+    // Nor is it in the server's process group, which a Ctrl-C reaches while shutdown waits for running steps.
+    const processGroup = async (pid: number) => (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ')[2];
+    expect(await processGroup(parent)).not.toBe(await processGroup(process.pid));
   });
 
   it('fails a running step when the helper stops, leaves nothing of it running, and starts a new helper for the next', async () => {
@@ -173,6 +176,15 @@ describe('runStep', () => {
 
     expect(result).toMatchObject({ status: 'FAILED', exitCode: null, message: 'the process spawner stopped' });
     expect(isAlive(Number(await readFile(pidFile, 'utf8')))).toBe(false);
+    // A helper that cannot start fails the step rather than leaving it waiting.
+    const execPath = process.execPath;
+    process.execPath = join(workspace, 'no-node-here');
+    try {
+      const unstarted = await run([], {}, { command: 'sh', args: ['-c', 'echo "$PPID"'] });
+      expect(unstarted.result).toMatchObject({ status: 'FAILED', message: 'sh could not be started: the process spawner stopped' });
+    } finally {
+      process.execPath = execPath;
+    }
     const next = await run([], {}, { command: 'sh', args: ['-c', 'echo "$PPID"'] });
     expect(next.result.status).toBe('SUCCEEDED');
     expect(Number(next.stdout[0])).not.toBe(helper);
