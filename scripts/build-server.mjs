@@ -13,7 +13,8 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 // Written only when tsc succeeded: tsc's own dist/.tsbuildinfo is rewritten even when it reports type errors.
 const stamp = join(root, 'dist', '.built');
 // What the build reads, besides node_modules: a file or folder changed, added or removed here makes dist/ stale.
-const inputs = ['src', 'scripts/build-server.mjs', 'tsconfig.json', 'tsconfig.build.json', 'package.json', 'package-lock.json'];
+// drizzle/ and the auth shim: the embedded database's template holds their output (src/db/pglite-template.ts).
+const inputs = ['src', 'drizzle', 'supabase/auth-shim.sql', 'scripts/build-server.mjs', 'tsconfig.json', 'tsconfig.build.json', 'package.json', 'package-lock.json'];
 
 /** The newest modification time in a file or folder tree (a folder's own changes when an entry is added, removed or renamed). */
 function newestChange(path) {
@@ -45,9 +46,9 @@ export async function build() {
   await bundle();
   writeFileSync(stamp, '');
   utimesSync(stamp, began, began);
-  // The embedded database's initdb output, copied by every first start (src/db/pglite-template.ts); only a speed-up, so a failure only warns.
+  // The embedded database initialised and migrated, copied by every first start (src/db/pglite-template.ts); only a speed-up, so a failure only warns.
   const template = spawnSync(process.execPath, [join(root, 'dist', 'db', 'pglite-template.js')], { cwd: root, stdio: 'inherit' });
-  if (template.status !== 0) process.stderr.write('warning: no PGlite template was made; a first start runs initdb\n');
+  if (template.status !== 0) process.stderr.write('warning: no PGlite template was made; a first start runs initdb and every migration\n');
   return 0;
 }
 

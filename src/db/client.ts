@@ -49,6 +49,11 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
     await mkdir(options.dataDir, { recursive: true });
     if (!(await seedFromTemplate(dataDir))) await mkdir(dataDir, { recursive: true });
   }
+  return openPglite(dataDir, logger);
+}
+
+/** PGlite in `dataDir` (in memory without one), as it is; openDatabase seeds a fresh one first. */
+export async function openPglite(dataDir: string | undefined, logger?: Logger): Promise<Database> {
   const [{ PGlite }, { drizzle: drizzlePglite }, { PreparedPglite }] = await Promise.all([
     import('@electric-sql/pglite'),
     import('drizzle-orm/pglite'),
@@ -68,7 +73,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
 /**
  * The embedded server's shared buffers: PostgreSQL's default 128 MB is zeroed at every
  * start (about half of PGlite's boot) and stays resident; an embedded database's working
- * set fits in a quarter of it. Smaller, the process also forks build steps faster.
+ * set fits in a quarter of it.
  */
 const EMBEDDED_SETTINGS = ['-c', 'shared_buffers=32MB'];
 

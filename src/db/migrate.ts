@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { sql } from 'drizzle-orm';
@@ -62,6 +63,13 @@ type Executor = { execute: (query: ReturnType<typeof sql>) => Promise<unknown> }
 async function applyShimIfMissing(db: Executor, execScript: (text: string) => Promise<void>) {
   const [row] = rowsOf<{ present: boolean }>(await db.execute(sql`select to_regprocedure('auth.uid()') is not null as present`));
   if (!row?.present) await execScript(await readFile(shimFile, 'utf8'));
+}
+
+/** Names what migrateDatabase applies to a new database: the shim and every migration in drizzle/ (the embedded template's key). */
+export async function migrationsKey(): Promise<string> {
+  const hash = createHash('sha256').update(await readFile(shimFile));
+  for (const migration of migrationFiles()) hash.update(`${migration.folderMillis}:${migration.hash}\n`);
+  return hash.digest('hex').slice(0, 16);
 }
 
 /** Whether every migration in drizzle/ has been applied (for /ready). */
