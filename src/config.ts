@@ -24,7 +24,8 @@ const environment = z.object({
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
   PORT: int(4000),
   HOST: z.string().default('127.0.0.1'),
-  DATA_DIR: z.string().default('./.kiln'),
+  // Empty is unset: path.resolve('') would put the database and its keys in the working directory.
+  DATA_DIR: optional.transform((v) => v ?? './.kiln'),
   DATABASE_URL: optional,
   MIGRATE_ON_START: z.enum(['true', 'false']).default('true'),
   DATABASE_POOL_MAX: int(10, 1),
