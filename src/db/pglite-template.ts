@@ -24,10 +24,11 @@ const isCluster = (dir: string) => stat(path.join(dir, 'PG_VERSION')).then(() =>
 
 /** Fills a missing or empty `dataDir` with a copy of the template; false (PGlite will run initdb) when there is none. */
 export async function seedFromTemplate(dataDir: string): Promise<boolean> {
-  const template = await templateDir();
-  if (!(await isCluster(template))) return false;
+  // A database that is there already (every start but the first) needs no template.
   const entries = await readdir(dataDir).catch(() => undefined);
   if (entries && entries.length > 0) return false;
+  const template = await templateDir();
+  if (!(await isCluster(template))) return false;
   // Copied beside it and renamed into place: a copy cut short never looks like a cluster.
   // Where that cannot be done (a full disk, DATA_DIR on a mount point), PGlite runs initdb.
   const staging = `${dataDir}.seeding-${process.pid}`;
