@@ -57,6 +57,26 @@ async function timeStart(dataDir: string, fromSources = false): Promise<number> 
   } finally {
     if (!exited) process.kill(-child.pid!, 'SIGTERM');
     await Promise.race([exit, delay(15_000).then(() => !exited && process.kill(-child.pid!, 'SIGKILL'))]);
+    // npm exits at once on SIGTERM, the server only once it has shut down: the next start
+    // must not open the data directory while this one still has it open.
+    await groupGone(child.pid!);
+  }
+}
+
+/** Resolves once no process of the group is left (SIGKILL after 15 s). */
+async function groupGone(group: number): Promise<void> {
+  const alive = () => {
+    try {
+      process.kill(-group, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const started = performance.now();
+  while (alive()) {
+    if (performance.now() - started > 15_000) process.kill(-group, 'SIGKILL');
+    await delay(10);
   }
 }
 
