@@ -59,9 +59,10 @@ describe.skipIf(!testDatabaseUrl)('scaled out: 2 API + 2 worker processes, QUEUE
   const workerRunning = async (generationId: string) => {
     const grandchild = Number(await readFile(flutter.pidFileOf(rawId(generationId)), 'utf8'));
     const tool = await parentOf(grandchild);
-    const workerPid = await parentOf(tool);
+    // A worker starts its build tools through its spawner helper (src/toolchain/spawner.ts).
+    const workerPid = await parentOf(await parentOf(tool));
     const worker = workers.find((w) => w.pid === workerPid);
-    if (!worker) throw new Error(`no worker of ours is the grandparent of ${grandchild}`);
+    if (!worker) throw new Error(`no worker of ours started the spawner that is the grandparent of ${grandchild}`);
     return { worker, grandchild, tool };
   };
   const waitForHangingBuild = (generationId: string) =>
