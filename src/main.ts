@@ -52,7 +52,16 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
   // it decides. An API-only instance builds nothing.
   const sandboxProbe = config.role === 'api' ? Promise.resolve(undefined) : createBuildSandbox(config.buildSandbox, logger);
   sandboxProbe.catch(() => {}); // awaited below; this only keeps its failure from counting as unhandled meanwhile
-  const database = options.database ?? (await openDatabase({ url: config.database.url, dataDir: config.dataDir, maxConnections: config.database.poolMax }));
+  const database =
+    options.database ??
+    (await openDatabase({
+      url: config.database.url,
+      dataDir: config.dataDir,
+      maxConnections: config.database.poolMax,
+      // A Kiln still shutting down on this DATA_DIR may take its grace period to let go.
+      dataDirWaitMs: config.generations.shutdownGraceMs + 10_000,
+      onDataDirBusy: (holder) => logger.warn({ source: 'main', holder, dataDir: config.dataDir }, `waiting for process ${holder} to let go of DATA_DIR (a Kiln still shutting down?)`),
+    }));
   if (config.database.migrateOnStart) await migrateDatabase(database);
   const buildSandbox = await sandboxProbe.catch(async (error: unknown) => {
     if (!options.database) await database.close();

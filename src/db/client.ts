@@ -3,6 +3,7 @@ import path from 'node:path';
 import type { Logger } from 'drizzle-orm';
 import type { ExtractTablesWithRelations } from 'drizzle-orm';
 import type { PgDatabase, PgQueryResultHKT, PgTransaction } from 'drizzle-orm/pg-core';
+import { lockDataDir } from './data-dir-lock.js';
 import { seedFromTemplate } from './pglite-template.js';
 import * as schema from './schema.js';
 
@@ -27,6 +28,9 @@ export interface DatabaseOptions {
   /** Sees every statement: the N+1 test counts them. */
   onQuery?: (query: string) => void;
   maxConnections?: number;
+  /** Embedded: how long to wait for another process to let go of dataDir (default 30 s), told once. */
+  dataDirWaitMs?: number;
+  onDataDirBusy?: (holder: number) => void;
 }
 
 export async function openDatabase(options: DatabaseOptions): Promise<Database> {
@@ -43,13 +47,18 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
       close: () => client.end({ timeout: 5 }),
     };
   }
-  let dataDir: string | undefined;
-  if (options.dataDir) {
-    dataDir = path.join(options.dataDir, 'pgdata');
-    await mkdir(options.dataDir, { recursive: true });
+  if (!options.dataDir) return openPglite(undefined, logger);
+  await mkdir(options.dataDir, { recursive: true });
+  const release = await lockDataDir(options.dataDir, { waitMs: options.dataDirWaitMs ?? 30_000, onWait: options.onDataDirBusy });
+  try {
+    const dataDir = path.join(options.dataDir, 'pgdata');
     if (!(await seedFromTemplate(dataDir))) await mkdir(dataDir, { recursive: true });
+    const database = await openPglite(dataDir, logger);
+    return { ...database, close: () => database.close().finally(release) };
+  } catch (error) {
+    await release();
+    throw error;
   }
-  return openPglite(dataDir, logger);
 }
 
 /** PGlite in `dataDir` (in memory without one), as it is; openDatabase seeds a fresh one first. */

@@ -1,10 +1,18 @@
-import { loadConfigOrExit } from '../config.js';
+import { ConfigError, loadConfigOrExit } from '../config.js';
 import { openDatabase } from './client.js';
 import { migrateDatabase } from './migrate.js';
 
 // `npm run db:migrate`: the same migrations `npm start` applies.
 const config = loadConfigOrExit();
-const database = await openDatabase({ url: config.database.url, dataDir: config.dataDir });
+const database = await openDatabase({
+  url: config.database.url,
+  dataDir: config.dataDir,
+  onDataDirBusy: (holder) => process.stderr.write(`Waiting for process ${holder} to let go of DATA_DIR (a Kiln running on it?)\n`),
+}).catch((error: unknown) => {
+  if (!(error instanceof ConfigError)) throw error;
+  process.stderr.write(`${error.message}\n`);
+  process.exit(1);
+});
 await migrateDatabase(database);
 await database.close();
 process.stdout.write(`Migrated the ${database.kind} database.\n`);

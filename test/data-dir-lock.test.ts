@@ -1,0 +1,102 @@
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { createInterface } from 'node:readline';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { sql } from 'drizzle-orm';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ConfigError } from '../src/config.js';
+import { openDatabase } from '../src/db/client.js';
+import { lockDataDir } from '../src/db/data-dir-lock.js';
+
+// One process at a time on an embedded database's DATA_DIR: a restart that comes while the
+// old server still shuts down waits for it instead of opening the cluster twice.
+
+const dirs: string[] = [];
+afterEach(async () => {
+  for (const dir of dirs.splice(0)) await rm(dir, { recursive: true, force: true });
+});
+const dataDir = async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'kiln-lock-'));
+  dirs.push(dir);
+  return dir;
+};
+
+describe('the DATA_DIR lock', () => {
+  it('makes a second opening of the embedded database wait until the first is closed, then see its writes', async () => {
+    const dir = await dataDir();
+    const first = await openDatabase({ dataDir: dir });
+    await first.db.execute(sql`create table kept (n int)`);
+    await first.db.execute(sql`insert into kept values (1)`);
+
+    let waitingFor: number | undefined;
+    let busy!: () => void;
+    const waiting = new Promise<void>((resolve) => (busy = resolve));
+    const opening = openDatabase({ dataDir: dir, onDataDirBusy: (holder) => ((waitingFor = holder), busy()) });
+    await waiting;
+    expect(waitingFor).toBe(process.pid);
+
+    await first.close();
+    const second = await opening;
+    expect(await second.db.execute(sql`select n from kept`)).toMatchObject({ rows: [{ n: 1 }] });
+    await second.close();
+    await expect(readFile(join(dir, 'kiln.lock'))).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('takes over a lock whose process is gone, or whose pid now names another process', async () => {
+    const dir = await dataDir();
+    const ended = spawnSync('true').pid;
+    await writeFile(join(dir, 'kiln.lock'), JSON.stringify({ pid: ended, started: '1' }));
+    const release = await lockDataDir(dir, { waitMs: 0 });
+    await release();
+
+    // The parent of this test runs, but it is not the process that wrote the lock.
+    await writeFile(join(dir, 'kiln.lock'), JSON.stringify({ pid: process.ppid, started: 'not its start time' }));
+    await (await lockDataDir(dir, { waitMs: 0 }))();
+
+    // This process's own pid from an earlier life (a container restarted with the same pids).
+    await writeFile(join(dir, 'kiln.lock'), JSON.stringify({ pid: process.pid, started: 'before' }));
+    await (await lockDataDir(dir, { waitMs: 0 }))();
+  });
+
+  it('takes over a lock whose process is a zombie: it has exited, only its parent has not reaped it', async () => {
+    const dir = await dataDir();
+    // `true` exits at once; its parent then becomes a `sleep` that never reaps it.
+    const parent = spawn('sh', ['-c', 'true & echo "$!"; exec sleep 60'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    try {
+      const [line] = await createInterface({ input: parent.stdout! })[Symbol.asyncIterator]().next().then((next) => [next.value as string]);
+      const zombie = Number(line);
+      await expect.poll(async () => (await readFile(`/proc/${zombie}/stat`, 'utf8')).split(') ')[1]![0]).toBe('Z');
+      const started = (await readFile(`/proc/${zombie}/stat`, 'utf8')).split(') ')[1]!.split(' ')[19];
+      await writeFile(join(dir, 'kiln.lock'), JSON.stringify({ pid: zombie, started }));
+      await (await lockDataDir(dir, { waitMs: 0 }))();
+    } finally {
+      parent.kill('SIGKILL');
+    }
+  });
+
+  it('lets one waiter in at a time, and leaves no draft files behind', async () => {
+    const dir = await dataDir();
+    let holding = 0;
+    let most = 0;
+    const hold = async () => {
+      const release = await lockDataDir(dir, { waitMs: 60_000 });
+      most = Math.max(most, ++holding);
+      await new Promise((resolve) => setImmediate(resolve));
+      holding--;
+      await release();
+    };
+    await Promise.all([hold(), hold(), hold()]);
+    expect(most).toBe(1);
+    expect(await readdir(dir)).toEqual([]);
+  });
+
+  it('gives up with the holder named once the wait is over', async () => {
+    const dir = await dataDir();
+    const release = await lockDataDir(dir, { waitMs: 0 });
+    const refused = await lockDataDir(dir, { waitMs: 0 }).catch((error: unknown) => error);
+    expect(refused).toBeInstanceOf(ConfigError);
+    expect((refused as ConfigError).problems).toEqual([`DATA_DIR ${dir} is in use by process ${process.pid}; stop that Kiln first (or remove ${join(dir, 'kiln.lock')} if no such process is Kiln)`]);
+    await release();
+  });
+});
