@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -61,12 +61,15 @@ describe('the DATA_DIR lock', () => {
 
   it('takes over a lock whose process is a zombie: it has exited, only its parent has not reaped it', async () => {
     const dir = await dataDir();
-    // `true` exits at once; its parent then becomes a `sleep` that never reaps it.
-    const parent = spawn('sh', ['-c', 'true & echo "$!"; exec sleep 60'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    // A child whose parent then becomes a `sleep`, which never reaps it: once killed, it is a zombie.
+    const parent = spawn('sh', ['-c', 'sleep 60 & echo "$!"; exec sleep 60'], { stdio: ['ignore', 'pipe', 'ignore'] });
     try {
       const [line] = await createInterface({ input: parent.stdout! })[Symbol.asyncIterator]().next().then((next) => [next.value as string]);
       const zombie = Number(line);
-      await expect.poll(async () => (await readFile(`/proc/${zombie}/stat`, 'utf8')).split(') ')[1]![0]).toBe('Z');
+      const wait = { timeout: 30_000 };
+      await expect.poll(async () => (await readFile(`/proc/${parent.pid}/comm`, 'utf8')).trim(), wait).toBe('sleep');
+      process.kill(zombie, 'SIGKILL');
+      await expect.poll(async () => (await readFile(`/proc/${zombie}/stat`, 'utf8')).split(') ')[1]![0], wait).toBe('Z');
       const started = (await readFile(`/proc/${zombie}/stat`, 'utf8')).split(') ')[1]!.split(' ')[19];
       await writeFile(join(dir, 'kiln.lock'), JSON.stringify({ pid: zombie, started }));
       await (await lockDataDir(dir, { waitMs: 0 }))();
@@ -98,5 +101,11 @@ describe('the DATA_DIR lock', () => {
     expect(refused).toBeInstanceOf(ConfigError);
     expect((refused as ConfigError).problems).toEqual([`DATA_DIR ${dir} is in use by process ${process.pid}; stop that Kiln first (or remove ${join(dir, 'kiln.lock')} if no such process is Kiln)`]);
     await release();
+  });
+
+  it('fails rather than loops when something that is not a lock file is in the way', async () => {
+    const dir = await dataDir();
+    await mkdir(join(dir, 'kiln.lock'));
+    await expect(lockDataDir(dir, { waitMs: 0 })).rejects.toThrow(`DATA_DIR ${dir} is in use by process unknown`);
   });
 });

@@ -93,14 +93,20 @@ async function create(file: string, holder: Holder): Promise<boolean> {
 }
 
 async function find(file: string): Promise<Found> {
-  const text = await readFile(file, 'utf8').catch(() => undefined);
+  // null: there, but not a file to read (a folder): judged by its age like a half-written one.
+  const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => (error.code === 'ENOENT' ? undefined : null));
   if (text === undefined) return { kind: 'none' };
+  if (text === null) return unreadable(file);
   try {
     const holder = JSON.parse(text) as Holder;
     if (Number.isInteger(holder.pid)) return { kind: 'holder', holder, text };
   } catch {
     // below
   }
+  return unreadable(file);
+}
+
+async function unreadable(file: string): Promise<Found> {
   const modified = await stat(file).then((stats) => stats.mtimeMs, () => undefined);
   return modified === undefined ? { kind: 'none' } : { kind: 'unreadable', ageMs: Date.now() - modified };
 }
