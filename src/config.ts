@@ -4,10 +4,12 @@ import { z } from 'zod';
 // The one place that reads the environment (STYLE 12): every variable parsed once,
 // every problem reported together.
 
+// A blank variable is an unset one (parseConfig drops it): `PORT=` is 4000, not port 0, and
+// `DATA_DIR=` the default folder, not the working directory.
 const optional = z
   .string()
   .optional()
-  .transform((v) => (v === undefined || v.trim() === '' ? undefined : v.trim()));
+  .transform((v) => v?.trim());
 const int = (fallback: number, min = 0) => z.coerce.number().int().min(min).default(fallback);
 const list = optional.transform((v) => (v ? v.split(',').map((s) => s.trim()).filter(Boolean) : []));
 const flag = z.enum(['true', 'false']).optional();
@@ -24,7 +26,6 @@ const environment = z.object({
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
   PORT: int(4000),
   HOST: z.string().default('127.0.0.1'),
-  // Empty is unset: path.resolve('') would put the database and its keys in the working directory.
   DATA_DIR: optional.transform((v) => v ?? './.kiln'),
   DATABASE_URL: optional,
   MIGRATE_ON_START: z.enum(['true', 'false']).default('true'),
@@ -117,7 +118,7 @@ const environment = z.object({
 export type Environment = Record<string, string | undefined>;
 
 export function parseConfig(env: Record<string, string | undefined>) {
-  const parsed = environment.safeParse(env);
+  const parsed = environment.safeParse(Object.fromEntries(Object.entries(env).filter(([, value]) => value?.trim())));
   if (!parsed.success) {
     const problems = parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
     throw new ConfigError(problems);

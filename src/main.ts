@@ -62,8 +62,10 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
       dataDirWaitMs: config.generations.shutdownGraceMs + 10_000,
       onDataDirBusy: (holder) => logger.warn({ source: 'main', holder, dataDir: config.dataDir }, `waiting for process ${holder} to let go of DATA_DIR (a Kiln still shutting down?)`),
     }));
-  if (config.database.migrateOnStart) await migrateDatabase(database);
-  const buildSandbox = await sandboxProbe.catch(async (error: unknown) => {
+  const migrated = config.database.migrateOnStart ? migrateDatabase(database) : undefined;
+  const [, buildSandbox] = await Promise.all([migrated, sandboxProbe]).catch(async (error: unknown) => {
+    // Closed, an embedded DATA_DIR is let go of too, for the next start.
+    await migrated?.catch(() => {});
     if (!options.database) await database.close();
     throw error;
   });

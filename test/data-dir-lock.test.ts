@@ -5,9 +5,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ConfigError } from '../src/config.js';
+import { ConfigError, parseConfig } from '../src/config.js';
 import { openDatabase } from '../src/db/client.js';
 import { lockDataDir } from '../src/db/data-dir-lock.js';
+import { migrateDatabase } from '../src/db/migrate.js';
+import { startKiln } from '../src/main.js';
+import { createLogger } from '../src/observability/logger.js';
+import { readProcStat } from '../src/proc-stat.js';
 
 // One process at a time on an embedded database's DATA_DIR: a restart that comes while the
 // old server still shuts down waits for it instead of opening the cluster twice.
@@ -69,8 +73,8 @@ describe('the DATA_DIR lock', () => {
       const wait = { timeout: 30_000 };
       await expect.poll(async () => (await readFile(`/proc/${parent.pid}/comm`, 'utf8')).trim(), wait).toBe('sleep');
       process.kill(zombie, 'SIGKILL');
-      await expect.poll(async () => (await readFile(`/proc/${zombie}/stat`, 'utf8')).split(') ')[1]![0], wait).toBe('Z');
-      const started = (await readFile(`/proc/${zombie}/stat`, 'utf8')).split(') ')[1]!.split(' ')[19];
+      await expect.poll(async () => (await readProcStat(zombie))?.state, wait).toBe('Z');
+      const started = (await readProcStat(zombie))!.startTime;
       await writeFile(join(dir, 'kiln.lock'), JSON.stringify({ pid: zombie, started }));
       await (await lockDataDir(dir, { waitMs: 0 }))();
     } finally {
@@ -107,5 +111,18 @@ describe('the DATA_DIR lock', () => {
     const dir = await dataDir();
     await mkdir(join(dir, 'kiln.lock'));
     await expect(lockDataDir(dir, { waitMs: 0 })).rejects.toThrow(`DATA_DIR ${dir} is in use by process unknown`);
+  });
+
+  it('is let go of when a start fails at its migrations, so the next start need not wait', async () => {
+    const dir = await dataDir();
+    const database = await openDatabase({ dataDir: dir });
+    await migrateDatabase(database);
+    // Drizzle now believes nothing was applied: it runs the first migration again, which fails.
+    await database.db.execute(sql`delete from drizzle.__drizzle_migrations`);
+    await database.close();
+
+    const start = startKiln(parseConfig({ DATA_DIR: dir, ROLE: 'api' }), { port: 0, logger: createLogger('silent') });
+    await expect(start).rejects.toThrow(/Failed query: CREATE TYPE/);
+    await (await lockDataDir(dir, { waitMs: 0 }))();
   });
 });

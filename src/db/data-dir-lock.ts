@@ -1,9 +1,9 @@
-import { readFileSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { link, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { ConfigError } from '../config.js';
+import { readProcStatSync } from '../proc-stat.js';
 
 // One process at a time on an embedded database. PGlite takes no lock of its own, and two
 // processes on one cluster overwrite each other's pages. It happens on an ordinary
@@ -34,7 +34,7 @@ type Found = { kind: 'none' } | { kind: 'unreadable'; ageMs: number } | { kind: 
 export async function lockDataDir(dataDir: string, options: { waitMs: number; onWait?: (holder: number) => void }): Promise<() => Promise<void>> {
   const file = path.resolve(dataDir, 'kiln.lock');
   const deadline = Date.now() + options.waitMs;
-  const mine: Holder = { pid: process.pid, started: processStat(process.pid)?.started };
+  const mine: Holder = { pid: process.pid, started: readProcStatSync(process.pid)?.startTime };
   let told = false;
   for (;;) {
     if (await create(file, mine)) {
@@ -127,19 +127,8 @@ function isRunning(holder: Holder, file: string): boolean {
     // EPERM: it runs, as another user.
     if ((error as NodeJS.ErrnoException).code !== 'EPERM') return false;
   }
-  const now = processStat(holder.pid);
+  const now = readProcStatSync(holder.pid);
   // A zombie has closed its files; a pid with another start time is another process.
   if (now?.state === 'Z' || now?.state === 'X') return false;
-  return holder.started === undefined || now === undefined || now.started === holder.started;
-}
-
-/** Fields 3 (state) and 22 (start time, clock ticks after boot) of /proc/<pid>/stat; undefined without /proc. */
-function processStat(pid: number): { state: string; started: string } | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return { state: fields[0]!, started: fields[19]! };
-  } catch {
-    return undefined;
-  }
+  return holder.started === undefined || now === undefined || now.startTime === holder.started;
 }

@@ -1,10 +1,11 @@
-import { readdir, readFile, readlink, realpath } from 'node:fs/promises';
+import { readdir, readlink, realpath } from 'node:fs/promises';
 import path from 'node:path';
 import type { Db } from '../db/client.js';
 import { serviceScope } from '../db/scope.js';
 import { isTerminal } from '../generations/status.js';
 import { generationStore } from '../generations/store.js';
 import type { Logger } from '../observability/logger.js';
+import { readProcStat } from '../proc-stat.js';
 
 // Build steps run in process groups of their own (so a cancel or timeout kills the
 // whole tree). The flip side: when a worker is killed with SIGKILL (OOM killer,
@@ -47,7 +48,8 @@ export async function buildProcessesUnder(workspacesDir: string): Promise<Orphan
       if (relative === '' || relative.startsWith('..') || path.isAbsolute(relative)) continue;
       const generationId = relative.split(path.sep)[1];
       if (!generationId || !UUID.test(generationId)) continue;
-      found.push({ pid, pgid: await processGroupOf(pid), generationId });
+      const stat = await readProcStat(pid);
+      if (stat) found.push({ pid, pgid: stat.pgrp, generationId });
     } catch {
       // gone meanwhile, or not ours to inspect
     }
@@ -65,7 +67,7 @@ export async function reapOrphanBuilds(db: Db, workspacesDir: string, logger: Lo
   const ended = new Set(rows.filter((row) => isTerminal(row.status)).map((row) => row.id));
   const orphans = candidates.filter((c) => ended.has(c.generationId));
   if (orphans.length === 0) return [];
-  const ownGroup = await processGroupOf(process.pid).catch(() => -1);
+  const ownGroup = (await readProcStat(process.pid))?.pgrp ?? -1;
   const log = logger.child({ source: 'OrphanBuilds' });
   for (const orphan of orphans) {
     log.warn({ generationId: orphan.generationId, pid: orphan.pid, pgid: orphan.pgid }, 'killing a build left behind by a stopped worker');
@@ -78,11 +80,4 @@ export async function reapOrphanBuilds(db: Db, workspacesDir: string, logger: Lo
     }
   }
   return orphans;
-}
-
-async function processGroupOf(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-  // "pid (comm) state ppid pgrp …"; comm may hold spaces and parentheses.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return Number(fields[2]);
 }

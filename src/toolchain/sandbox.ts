@@ -5,6 +5,7 @@ import type { Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import { ConfigError } from '../config.js';
 import type { Logger } from '../observability/logger.js';
+import { readProcStat } from '../proc-stat.js';
 import type { BuildTool } from './build-steps.js';
 import { type CgroupLayout, createStepCgroup, findCgroups, type StepCgroup } from './cgroups.js';
 import { type LimitWatch, type StepLimits, watchLimits } from './step-limits.js';
@@ -332,8 +333,8 @@ async function isExecutable(path: string): Promise<boolean> {
 /** Resolves once `pid` has exited (or is a zombie waiting to be reaped), within a few seconds. */
 async function vanished(pid: number): Promise<void> {
   for (let attempt = 0; attempt < 1000; attempt++) {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
-    if (!stat || stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) return;
+    const state = (await readProcStat(pid))?.state;
+    if (state === undefined || state === 'Z') return;
     await delay(5);
   }
 }

@@ -1,5 +1,6 @@
 import { lstat, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { readProcStat } from '../proc-stat.js';
 import type { StepCgroup } from './cgroups.js';
 import { runProcess } from './spawner.js';
 
@@ -101,17 +102,11 @@ async function measureTree(root: number): Promise<{ tasks: number; rssBytes: num
   const children = new Map<number, number[]>();
   const usage = new Map<number, { tasks: number; rss: number }>();
   // Read at once: a fork bomb makes thousands, and the watch must keep up with it.
-  const stats = await Promise.all(
-    entries.filter((entry) => /^\d+$/.test(entry)).map(async (entry) => [entry, await readFile(`/proc/${entry}/stat`, 'utf8').catch(() => undefined)] as const),
-  );
-  for (const [entry, stat] of stats) {
+  const stats = await Promise.all(entries.filter((entry) => /^\d+$/.test(entry)).map(async (entry) => [Number(entry), await readProcStat(Number(entry))] as const));
+  for (const [pid, stat] of stats) {
     if (!stat) continue;
-    // Fields after the command name, which may hold spaces and parentheses: state ppid … threads(20) … rss(24).
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const pid = Number(entry);
-    const ppid = Number(fields[1]);
-    usage.set(pid, { tasks: Number(fields[17]), rss: Number(fields[21]) });
-    children.set(ppid, [...(children.get(ppid) ?? []), pid]);
+    usage.set(pid, { tasks: stat.threads, rss: stat.rssPages });
+    children.set(stat.ppid, [...(children.get(stat.ppid) ?? []), pid]);
   }
   let tasks = 0;
   let pages = 0;

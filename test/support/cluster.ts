@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { readProcStat } from '../../src/proc-stat.js';
 import { GenerationChunksDocument, type GenerationChunksSubscription } from '../gql/graphql.js';
 import { repoRoot, subscribe, within, wsClient } from './generation-helpers.js';
 import { unsandboxedBuilds } from './server.js';
@@ -137,8 +138,9 @@ export async function waitUntil(condition: () => boolean | Promise<boolean>, tim
 
 /** The parent pid of a process, from /proc (Linux). */
 export async function parentOf(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+  const stat = await readProcStat(pid);
+  if (!stat) throw new Error(`process ${pid} is gone`);
+  return stat.ppid;
 }
 
 // ------------------------------------------------------------------ a fake flutter to steer

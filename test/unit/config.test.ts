@@ -9,4 +9,10 @@ describe('parseConfig', () => {
     expect(parseConfig({}).dataDir).toBe(path.resolve('.kiln'));
     expect(parseConfig({ DATA_DIR: '/srv/kiln' }).dataDir).toBe('/srv/kiln');
   });
+
+  it('reads every blank variable as unset: PORT= listens on 4000, not on a random port, and HOST= on loopback', () => {
+    const blank = parseConfig({ PORT: '', HOST: ' ', LOG_LEVEL: '', TRUST_PROXY: '', ARTIFACT_STORE: '' });
+    expect(blank.http).toMatchObject({ port: 4000, host: '127.0.0.1' });
+    expect(blank.logLevel).toBe('info');
+  });
 });

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { readProcStat } from '../../src/proc-stat.js';
 import { buildEnv, runStep, type OutputLine, type RunStepOptions } from '../../src/toolchain/step-runner.js';
 
 const fakeBin = fileURLToPath(new URL('../fixtures/bin', import.meta.url));
@@ -151,8 +152,7 @@ describe('runStep', () => {
     // The helper holds none of the server's environment.
     expect(await readFile(`/proc/${parent}/environ`, 'utf8')).not.toMatch(/PATH=|DATABASE_URL/);
     // Nor is it in the server's process group, which a Ctrl-C reaches while shutdown waits for running steps.
-    const processGroup = async (pid: number) => (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ')[2];
-    expect(await processGroup(parent)).not.toBe(await processGroup(process.pid));
+    expect((await readProcStat(parent))!.pgrp).not.toBe((await readProcStat(process.pid))!.pgrp);
   });
 
   it('fails a running step when the helper stops, leaves nothing of it running, and starts a new helper for the next', async () => {
