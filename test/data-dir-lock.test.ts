@@ -98,6 +98,25 @@ describe('the DATA_DIR lock', () => {
     expect(await readdir(dir)).toEqual([]);
   });
 
+  it('lets one starter in at a time when several find the same stale lock', async () => {
+    const gone = spawnSync('true').pid!;
+    for (let round = 0; round < 20; round++) {
+      const dir = await dataDir();
+      await writeFile(join(dir, 'kiln.lock'), JSON.stringify({ pid: gone }));
+      let holding = 0;
+      let most = 0;
+      const hold = async () => {
+        const release = await lockDataDir(dir, { waitMs: 60_000 });
+        most = Math.max(most, ++holding);
+        for (let turn = 0; turn < 5; turn++) await new Promise((resolve) => setImmediate(resolve));
+        holding--;
+        await release();
+      };
+      await Promise.all(Array.from({ length: 6 }, hold));
+      expect(most).toBe(1);
+    }
+  });
+
   it('gives up with the holder named once the wait is over', async () => {
     const dir = await dataDir();
     const release = await lockDataDir(dir, { waitMs: 0 });

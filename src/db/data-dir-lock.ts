@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { link, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { link, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { ConfigError } from '../config.js';
@@ -49,11 +49,11 @@ export async function lockDataDir(dataDir: string, options: { waitMs: number; on
     if (found.kind === 'none') continue; // released meanwhile
     if (found.kind === 'holder' && !isRunning(found.holder, file)) {
       // Its process ended without releasing it (a crash, SIGKILL).
-      await removeIfUnchanged(file, found.text);
+      await takeOver(file, (now) => now.kind === 'holder' && now.text === found.text);
       continue;
     }
     if (found.kind === 'unreadable' && found.ageMs > WRITING_MS) {
-      await rm(file, { force: true });
+      await takeOver(file, (now) => now.kind === 'unreadable' && now.ageMs > WRITING_MS);
       continue;
     }
     const holder = found.kind === 'holder' ? found.holder.pid : undefined;
@@ -111,12 +111,24 @@ async function unreadable(file: string): Promise<Found> {
   return modified === undefined ? { kind: 'none' } : { kind: 'unreadable', ageMs: Date.now() - modified };
 }
 
-/** Removes a stale lock unless another starter replaced it meanwhile (then it is put back). */
-async function removeIfUnchanged(file: string, text: string): Promise<void> {
-  const aside = `${file}.${randomUUID()}`;
-  if (!(await rename(file, aside).then(() => true, () => false))) return;
-  if ((await readFile(aside, 'utf8').catch(() => undefined)) !== text) await link(aside, file).catch(() => undefined);
-  await rm(aside, { force: true });
+/**
+ * Removes a stale lock if it still is one, one starter at a time: starters that found the
+ * same stale lock could otherwise remove the lock that the first of them made in its place.
+ * A guard left by a starter that died while it held it (for a moment) is cleared once old.
+ */
+async function takeOver(file: string, stillStale: (now: Found) => boolean): Promise<void> {
+  const guard = `${file}.takeover`;
+  if (!(await create(guard, { pid: process.pid }))) {
+    const ageMs = await stat(guard).then((stats) => Date.now() - stats.mtimeMs, () => 0);
+    if (ageMs > WRITING_MS) await rm(guard, { force: true });
+    else await delay(POLL_MS / 10);
+    return;
+  }
+  try {
+    if (stillStale(await find(file))) await rm(file, { force: true });
+  } finally {
+    await rm(guard, { force: true });
+  }
 }
 
 function isRunning(holder: Holder, file: string): boolean {
