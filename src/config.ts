@@ -4,8 +4,8 @@ import { z } from 'zod';
 // The one place that reads the environment (STYLE 12): every variable parsed once,
 // every problem reported together.
 
-// A blank variable is an unset one (parseConfig drops it): `PORT=` is 4000, not port 0, and
-// `DATA_DIR=` the default folder, not the working directory.
+// A blank variable is an unset one (parseConfig drops it), but for NODE_ENV: `PORT=` is 4000,
+// not port 0, and `DATA_DIR=` the default folder, not the working directory.
 const optional = z
   .string()
   .optional()
@@ -118,7 +118,8 @@ const environment = z.object({
 export type Environment = Record<string, string | undefined>;
 
 export function parseConfig(env: Record<string, string | undefined>) {
-  const parsed = environment.safeParse(Object.fromEntries(Object.entries(env).filter(([, value]) => value?.trim())));
+  // NODE_ENV is the exception: blank, it would quietly turn production's checks off.
+  const parsed = environment.safeParse(Object.fromEntries(Object.entries(env).filter(([name, value]) => value?.trim() || name === 'NODE_ENV')));
   if (!parsed.success) {
     const problems = parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
     throw new ConfigError(problems);

@@ -62,13 +62,14 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
       dataDirWaitMs: config.generations.shutdownGraceMs + 10_000,
       onDataDirBusy: (holder) => logger.warn({ source: 'main', holder, dataDir: config.dataDir }, `waiting for process ${holder} to let go of DATA_DIR (a Kiln still shutting down?)`),
     }));
-  const migrated = config.database.migrateOnStart ? migrateDatabase(database) : undefined;
-  const [, buildSandbox] = await Promise.all([migrated, sandboxProbe]).catch(async (error: unknown) => {
+  const [migration, probe] = await Promise.allSettled([config.database.migrateOnStart ? migrateDatabase(database) : undefined, sandboxProbe]);
+  if (migration.status === 'rejected' || probe.status === 'rejected') {
     // Closed, an embedded DATA_DIR is let go of too, for the next start.
-    await migrated?.catch(() => {});
     if (!options.database) await database.close();
-    throw error;
-  });
+    if (migration.status === 'rejected' && probe.status === 'rejected') logger.error({ source: 'main', err: probe.reason }, 'the build sandbox probe failed too');
+    throw migration.status === 'rejected' ? migration.reason : (probe as PromiseRejectedResult).reason;
+  }
+  const buildSandbox = probe.value;
   const metrics = createMetrics({ activeGenerations: () => serviceScope(database.db).run((tx) => generationStore.countActive(tx)), logger });
   const rateLimits = createRateLimits(config.rateLimits, rateLimitStoreFor(database));
   // Independent of one another once the schema is there: keys, connections and SDKs load together.

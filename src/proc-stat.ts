@@ -13,10 +13,12 @@ export interface ProcStat {
   rssPages: number;
 }
 
-/** The fields of a stat line: "pid (comm) state ppid pgrp …", where comm may hold spaces and parentheses. */
-export function parseProcStat(line: string): ProcStat {
+/** The fields of a stat line: "pid (comm) state ppid pgrp …", where comm may hold spaces and parentheses; undefined for an empty read. */
+function parseProcStat(line: string): ProcStat | undefined {
+  const end = line.lastIndexOf(')');
+  if (end < 0) return undefined;
   // From the state on: field 3 of proc(5) is fields[0] here.
-  const fields = line.slice(line.lastIndexOf(')') + 2).split(' ');
+  const fields = line.slice(end + 2).split(' ');
   return {
     state: fields[0]!,
     ppid: Number(fields[1]),

@@ -1,5 +1,6 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { once } from 'node:events';
+import { mkdir, mkdtemp, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -117,6 +118,36 @@ describe('the DATA_DIR lock', () => {
     }
   });
 
+  it('leaves a stale lock to the start taking it over, and takes over a takeover whose process is gone', async () => {
+    const dir = await dataDir();
+    const gone = spawnSync('true').pid!;
+    await writeFile(join(dir, 'kiln.lock'), JSON.stringify({ pid: gone }));
+    const other = spawn('sleep', ['60'], { stdio: 'ignore' });
+    try {
+      await writeFile(join(dir, 'kiln.lock.takeover'), JSON.stringify({ pid: other.pid }));
+      const refused = await lockDataDir(dir, { waitMs: 0 }).catch((error: unknown) => error);
+      expect((refused as ConfigError).problems).toEqual([
+        `DATA_DIR ${dir} has a stale lock that another start is taking over; remove ${join(dir, 'kiln.lock.takeover')} if no other Kiln is starting`,
+      ]);
+    } finally {
+      other.kill('SIGKILL');
+      await once(other, 'exit');
+    }
+    await (await lockDataDir(dir, { waitMs: 0 }))();
+    expect(await readdir(dir)).toEqual([]);
+  });
+
+  it('takes over an unreadable lock dated in the future (a clock stepped back) instead of waiting for it forever', async () => {
+    const dir = await dataDir();
+    const future = new Date(Date.now() + 3_600_000);
+    for (const name of ['kiln.lock', 'kiln.lock.takeover']) {
+      await writeFile(join(dir, name), '{"pi');
+      await utimes(join(dir, name), future, future);
+    }
+    await (await lockDataDir(dir, { waitMs: 1_000 }))();
+    expect(await readdir(dir)).toEqual([]);
+  });
+
   it('gives up with the holder named once the wait is over', async () => {
     const dir = await dataDir();
     const release = await lockDataDir(dir, { waitMs: 0 });
@@ -130,6 +161,10 @@ describe('the DATA_DIR lock', () => {
     const dir = await dataDir();
     await mkdir(join(dir, 'kiln.lock'));
     await expect(lockDataDir(dir, { waitMs: 0 })).rejects.toThrow(`DATA_DIR ${dir} is in use by process unknown`);
+    // Once too old to be a lock being written, it is named as what it is.
+    const old = new Date(Date.now() - 60_000);
+    await utimes(join(dir, 'kiln.lock'), old, old);
+    await expect(lockDataDir(dir, { waitMs: 0 })).rejects.toThrow(`${join(dir, 'kiln.lock')} is not a lock file and cannot be removed (ERR_FS_EISDIR); remove it`);
   });
 
   it('is let go of when a start fails at its migrations, so the next start need not wait', async () => {

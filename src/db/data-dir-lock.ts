@@ -14,13 +14,15 @@ import { readProcStatSync } from '../proc-stat.js';
 const POLL_MS = 100;
 /** A lock file too young to judge when it cannot be read: where there are no hard links, it may be half written. */
 const WRITING_MS = 5_000;
-/** Locks this process holds: its own pid in a lock file is stale unless it is one of these. */
+/** Tokens of the locks and guards this process holds: its own pid in one is stale unless it is one of these. */
 const held = new Set<string>();
 
 interface Holder {
   pid: number;
   /** The holder's start time (/proc/<pid>/stat), so a reused pid is not mistaken for it. */
   started?: string;
+  /** One taking of the lock: two in one process (tests open a DATA_DIR twice) are told apart. */
+  token?: string;
 }
 
 type Found = { kind: 'none' } | { kind: 'unreadable'; ageMs: number } | { kind: 'holder'; holder: Holder; text: string };
@@ -34,31 +36,22 @@ type Found = { kind: 'none' } | { kind: 'unreadable'; ageMs: number } | { kind: 
 export async function lockDataDir(dataDir: string, options: { waitMs: number; onWait?: (holder: number) => void }): Promise<() => Promise<void>> {
   const file = path.resolve(dataDir, 'kiln.lock');
   const deadline = Date.now() + options.waitMs;
-  const mine: Holder = { pid: process.pid, started: readProcStatSync(process.pid)?.startTime };
   let told = false;
   for (;;) {
-    if (await create(file, mine)) {
-      held.add(file);
-      return async () => {
-        held.delete(file);
-        const found = await find(file);
-        if (found.kind === 'holder' && found.holder.pid === mine.pid && found.holder.started === mine.started) await rm(file, { force: true });
-      };
-    }
+    const mine = await create(file);
+    if (mine) return () => release(file, mine);
     const found = await find(file);
     if (found.kind === 'none') continue; // released meanwhile
-    if (found.kind === 'holder' && !isRunning(found.holder, file)) {
-      // Its process ended without releasing it (a crash, SIGKILL).
-      await takeOver(file, (now) => now.kind === 'holder' && now.text === found.text);
-      continue;
-    }
-    if (found.kind === 'unreadable' && found.ageMs > WRITING_MS) {
-      await takeOver(file, (now) => now.kind === 'unreadable' && now.ageMs > WRITING_MS);
-      continue;
-    }
-    const holder = found.kind === 'holder' ? found.holder.pid : undefined;
+    // Its process ended without releasing it (a crash, SIGKILL), or it was never written whole.
+    const stale = isStale(found);
+    if (stale && (await takeOver(file, found))) continue;
+    const holder = found.kind === 'holder' && !stale ? found.holder.pid : undefined;
     if (Date.now() >= deadline) {
-      throw new ConfigError([`DATA_DIR ${dataDir} is in use by process ${holder ?? 'unknown'}; stop that Kiln first (or remove ${file} if no such process is Kiln)`]);
+      throw new ConfigError([
+        stale
+          ? `DATA_DIR ${dataDir} has a stale lock that another start is taking over; remove ${file}.takeover if no other Kiln is starting`
+          : `DATA_DIR ${dataDir} is in use by process ${holder ?? 'unknown'}; stop that Kiln first (or remove ${file} if no such process is Kiln)`,
+      ]);
     }
     if (!told && holder !== undefined) {
       options.onWait?.(holder);
@@ -68,12 +61,27 @@ export async function lockDataDir(dataDir: string, options: { waitMs: number; on
   }
 }
 
-/** Written beside it and linked into place, so a lock file is never seen half written; where there are no hard links, created in place. */
-async function create(file: string, holder: Holder): Promise<boolean> {
-  const text = JSON.stringify(holder);
-  const draft = `${file}.${randomUUID()}`;
-  await writeFile(draft, text);
+/**
+ * Makes `file` this process's, unless it exists: written beside it and linked into place, so
+ * it is never seen half written (where there are no hard links, created in place). Resolves
+ * with the text written, or undefined.
+ */
+async function create(file: string): Promise<string | undefined> {
+  const token = randomUUID();
+  const text = JSON.stringify({ pid: process.pid, started: readProcStatSync(process.pid)?.startTime, token } satisfies Holder);
+  // Held from before it exists: a sibling in this process that reads it at once sees it running.
+  held.add(token);
+  const made = await place(file, `${file}.${token}`, text).catch((error: unknown) => {
+    held.delete(token);
+    throw error;
+  });
+  if (!made) held.delete(token);
+  return made ? text : undefined;
+}
+
+async function place(file: string, draft: string, text: string): Promise<boolean> {
   try {
+    await writeFile(draft, text);
     await link(draft, file);
     return true;
   } catch (error) {
@@ -90,6 +98,12 @@ async function create(file: string, holder: Holder): Promise<boolean> {
   } finally {
     await rm(draft, { force: true });
   }
+}
+
+/** Removes `file` if it is still the one this process made, then forgets it. */
+async function release(file: string, text: string): Promise<void> {
+  if ((await readFile(file, 'utf8').catch(() => undefined)) === text) await rm(file, { force: true });
+  held.delete((JSON.parse(text) as Holder).token!);
 }
 
 async function find(file: string): Promise<Found> {
@@ -111,28 +125,47 @@ async function unreadable(file: string): Promise<Found> {
   return modified === undefined ? { kind: 'none' } : { kind: 'unreadable', ageMs: Date.now() - modified };
 }
 
+/** A holder that no longer runs, or a file that could not be read for longer than writing one takes (or dated in the future). */
+function isStale(found: Found): boolean {
+  if (found.kind === 'holder') return !isRunning(found.holder);
+  return found.kind === 'unreadable' && (found.ageMs > WRITING_MS || found.ageMs < 0);
+}
+
 /**
- * Removes a stale lock if it still is one, one starter at a time: starters that found the
- * same stale lock could otherwise remove the lock that the first of them made in its place.
- * A guard left by a starter that died while it held it (for a moment) is cleared once old.
+ * Removes a stale lock under a guard (`kiln.lock.takeover`, made like the lock): starters
+ * that found the same stale lock could otherwise remove the lock the first of them made
+ * in its place. Under the guard the lock is read again and removed only if it is still
+ * what `found` saw. A guard whose process is gone is removed the same way; only a starter
+ * that dies in the moment it holds the guard leaves a window open. False when another
+ * start holds the guard, and the lock is to be looked at again later.
  */
-async function takeOver(file: string, stillStale: (now: Found) => boolean): Promise<void> {
+async function takeOver(file: string, found: Found): Promise<boolean> {
   const guard = `${file}.takeover`;
-  if (!(await create(guard, { pid: process.pid }))) {
-    const ageMs = await stat(guard).then((stats) => Date.now() - stats.mtimeMs, () => 0);
-    if (ageMs > WRITING_MS) await rm(guard, { force: true });
-    else await delay(POLL_MS / 10);
-    return;
+  const mine = await create(guard);
+  if (!mine) {
+    const other = await find(guard);
+    if (!isStale(other)) return false;
+    await removeIfStill(guard, other);
+    return true;
   }
   try {
-    if (stillStale(await find(file))) await rm(file, { force: true });
+    await removeIfStill(file, found);
+    return true;
   } finally {
-    await rm(guard, { force: true });
+    await release(guard, mine);
   }
 }
 
-function isRunning(holder: Holder, file: string): boolean {
-  if (holder.pid === process.pid) return held.has(file);
+async function removeIfStill(file: string, found: Found): Promise<void> {
+  const now = await find(file);
+  if (found.kind === 'holder' ? now.kind !== 'holder' || now.text !== found.text : !isStale(now)) return;
+  await rm(file, { force: true }).catch((error: NodeJS.ErrnoException) => {
+    throw new ConfigError([`${file} is not a lock file and cannot be removed (${error.code}); remove it`]);
+  });
+}
+
+function isRunning(holder: Holder): boolean {
+  if (holder.pid === process.pid) return holder.token !== undefined && held.has(holder.token);
   try {
     process.kill(holder.pid, 0);
   } catch (error) {

@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { access, lstat, mkdir, readFile, readlink, realpath, writeFile } from 'node:fs/promises';
+import { access, lstat, mkdir, readlink, realpath, writeFile } from 'node:fs/promises';
 import { delimiter, dirname, basename, isAbsolute, join, resolve, sep } from 'node:path';
 import type { Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';

@@ -1,4 +1,4 @@
-import { lstat, readdir, readFile } from 'node:fs/promises';
+import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readProcStat } from '../proc-stat.js';
 import type { StepCgroup } from './cgroups.js';

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { parseConfig } from '../../src/config.js';
+import { ConfigError, parseConfig } from '../../src/config.js';
 
 describe('parseConfig', () => {
   it('reads an empty DATA_DIR as unset: the default folder, not the working directory', () => {
@@ -14,5 +14,9 @@ describe('parseConfig', () => {
     const blank = parseConfig({ PORT: '', HOST: ' ', LOG_LEVEL: '', TRUST_PROXY: '', ARTIFACT_STORE: '' });
     expect(blank.http).toMatchObject({ port: 4000, host: '127.0.0.1' });
     expect(blank.logLevel).toBe('info');
+  });
+
+  it('refuses a blank NODE_ENV rather than run without the production checks', () => {
+    expect(() => parseConfig({ NODE_ENV: '' })).toThrow(ConfigError);
   });
 });
