@@ -1,6 +1,6 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdir, mkdtemp, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { lutimes, mkdir, mkdtemp, readdir, readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -145,6 +145,16 @@ describe('the DATA_DIR lock', () => {
       await utimes(join(dir, name), future, future);
     }
     await (await lockDataDir(dir, { waitMs: 1_000 }))();
+    expect(await readdir(dir)).toEqual([]);
+  });
+
+  it('judges a dangling symlink in place of the lock by its own age: waited for while new, taken over once old', async () => {
+    const dir = await dataDir();
+    await symlink(join(dir, 'nowhere'), join(dir, 'kiln.lock'));
+    await expect(lockDataDir(dir, { waitMs: 200 })).rejects.toThrow(`DATA_DIR ${dir} is in use by process unknown`);
+    const old = new Date(Date.now() - 60_000);
+    await lutimes(join(dir, 'kiln.lock'), old, old);
+    await (await lockDataDir(dir, { waitMs: 0 }))();
     expect(await readdir(dir)).toEqual([]);
   });
 

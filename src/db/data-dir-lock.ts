@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { link, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { link, lstat, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { ConfigError } from '../config.js';
@@ -35,7 +35,8 @@ type Found = { kind: 'none' } | { kind: 'unreadable'; ageMs: number } | { kind: 
  */
 export async function lockDataDir(dataDir: string, options: { waitMs: number; onWait?: (holder: number) => void }): Promise<() => Promise<void>> {
   const file = path.resolve(dataDir, 'kiln.lock');
-  const deadline = Date.now() + options.waitMs;
+  // Monotonic: a clock stepped by NTP neither stretches nor cuts the wait.
+  const deadline = performance.now() + options.waitMs;
   let told = false;
   for (;;) {
     const mine = await create(file);
@@ -46,7 +47,7 @@ export async function lockDataDir(dataDir: string, options: { waitMs: number; on
     const stale = isStale(found);
     if (stale && (await takeOver(file, found))) continue;
     const holder = found.kind === 'holder' && !stale ? found.holder.pid : undefined;
-    if (Date.now() >= deadline) {
+    if (performance.now() >= deadline) {
       throw new ConfigError([
         stale
           ? `DATA_DIR ${dataDir} has a stale lock that another start is taking over; remove ${file}.takeover if no other Kiln is starting`
@@ -102,18 +103,20 @@ async function place(file: string, draft: string, text: string): Promise<boolean
 
 /** Removes `file` if it is still the one this process made, then forgets it. */
 async function release(file: string, text: string): Promise<void> {
-  if ((await readFile(file, 'utf8').catch(() => undefined)) === text) await rm(file, { force: true });
-  held.delete((JSON.parse(text) as Holder).token!);
+  try {
+    if ((await readFile(file, 'utf8').catch(() => undefined)) === text) await rm(file, { force: true });
+  } finally {
+    held.delete((JSON.parse(text) as Holder).token!);
+  }
 }
 
 async function find(file: string): Promise<Found> {
-  // null: there, but not a file to read (a folder): judged by its age like a half-written one.
-  const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => (error.code === 'ENOENT' ? undefined : null));
-  if (text === undefined) return { kind: 'none' };
-  if (text === null) return unreadable(file);
+  // Not read: gone, or there but not a file to read (a folder, a dangling symlink), judged by its age like a half-written one.
+  const text = await readFile(file, 'utf8').catch(() => undefined);
+  if (text === undefined) return unreadable(file);
   try {
     const holder = JSON.parse(text) as Holder;
-    if (Number.isInteger(holder.pid)) return { kind: 'holder', holder, text };
+    if (Number.isInteger(holder.pid) && holder.pid > 0) return { kind: 'holder', holder, text };
   } catch {
     // below
   }
@@ -121,14 +124,19 @@ async function find(file: string): Promise<Found> {
 }
 
 async function unreadable(file: string): Promise<Found> {
-  const modified = await stat(file).then((stats) => stats.mtimeMs, () => undefined);
+  // The entry's own age: a symlink's target may be missing.
+  const modified = await lstat(file).then((stats) => stats.mtimeMs, () => undefined);
   return modified === undefined ? { kind: 'none' } : { kind: 'unreadable', ageMs: Date.now() - modified };
 }
 
-/** A holder that no longer runs, or a file that could not be read for longer than writing one takes (or dated in the future). */
+/**
+ * A holder that no longer runs, or a file that could not be read for longer than writing one
+ * takes, or dated further ahead than that (a clock stepped back; a file made this instant
+ * can look a fraction of a millisecond ahead).
+ */
 function isStale(found: Found): boolean {
   if (found.kind === 'holder') return !isRunning(found.holder);
-  return found.kind === 'unreadable' && (found.ageMs > WRITING_MS || found.ageMs < 0);
+  return found.kind === 'unreadable' && Math.abs(found.ageMs) > WRITING_MS;
 }
 
 /**
@@ -144,6 +152,7 @@ async function takeOver(file: string, found: Found): Promise<boolean> {
   const mine = await create(guard);
   if (!mine) {
     const other = await find(guard);
+    if (other.kind === 'none') return true; // let go of meanwhile
     if (!isStale(other)) return false;
     await removeIfStill(guard, other);
     return true;
