@@ -72,11 +72,12 @@ async function create(file: string): Promise<string | undefined> {
   const text = JSON.stringify({ pid: process.pid, started: readProcStatSync(process.pid)?.startTime, token } satisfies Holder);
   // Held from before it exists: a sibling in this process that reads it at once sees it running.
   held.add(token);
-  const made = await place(file, `${file}.${token}`, text).catch((error: unknown) => {
-    held.delete(token);
-    throw error;
-  });
-  if (!made) held.delete(token);
+  let made = false;
+  try {
+    made = await place(file, `${file}.${token}`, text);
+  } finally {
+    if (!made) held.delete(token);
+  }
   return made ? text : undefined;
 }
 
