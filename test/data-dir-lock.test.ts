@@ -27,6 +27,21 @@ const dataDir = async () => {
   return dir;
 };
 
+/** Starts `starters` lock takers at once; each holds the lock for `turns` event-loop turns. */
+const mostHoldersAtOnce = async (dir: string, starters: number, turns: number) => {
+  let holding = 0;
+  let most = 0;
+  const hold = async () => {
+    const release = await lockDataDir(dir, { waitMs: 60_000 });
+    most = Math.max(most, ++holding);
+    for (let turn = 0; turn < turns; turn++) await new Promise((resolve) => setImmediate(resolve));
+    holding--;
+    await release();
+  };
+  await Promise.all(Array.from({ length: starters }, hold));
+  return most;
+};
+
 describe('the DATA_DIR lock', () => {
   it('makes a second opening of the embedded database wait until the first is closed, then see its writes', async () => {
     const dir = await dataDir();
@@ -85,17 +100,7 @@ describe('the DATA_DIR lock', () => {
 
   it('lets one waiter in at a time, and leaves no draft files behind', async () => {
     const dir = await dataDir();
-    let holding = 0;
-    let most = 0;
-    const hold = async () => {
-      const release = await lockDataDir(dir, { waitMs: 60_000 });
-      most = Math.max(most, ++holding);
-      await new Promise((resolve) => setImmediate(resolve));
-      holding--;
-      await release();
-    };
-    await Promise.all([hold(), hold(), hold()]);
-    expect(most).toBe(1);
+    expect(await mostHoldersAtOnce(dir, 3, 1)).toBe(1);
     expect(await readdir(dir)).toEqual([]);
   });
 
@@ -104,17 +109,7 @@ describe('the DATA_DIR lock', () => {
     for (let round = 0; round < 20; round++) {
       const dir = await dataDir();
       await writeFile(join(dir, 'kiln.lock'), JSON.stringify({ pid: gone }));
-      let holding = 0;
-      let most = 0;
-      const hold = async () => {
-        const release = await lockDataDir(dir, { waitMs: 60_000 });
-        most = Math.max(most, ++holding);
-        for (let turn = 0; turn < 5; turn++) await new Promise((resolve) => setImmediate(resolve));
-        holding--;
-        await release();
-      };
-      await Promise.all(Array.from({ length: 6 }, hold));
-      expect(most).toBe(1);
+      expect(await mostHoldersAtOnce(dir, 6, 5)).toBe(1);
     }
   });
 
