@@ -4,8 +4,10 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { encodeGlobalID } from '@pothos/plugin-relay';
+import { createYoga } from 'graphql-yoga';
 import { createAuthProvider } from '../src/auth/index.js';
-import { bearerToken } from '../src/api/context.js';
+import { type Context, type Services, bearerToken, contextFactory } from '../src/api/context.js';
+import { schema } from '../src/api/schema/index.js';
 import { keysetConnection } from '../src/api/schema/paging.js';
 import { parseConfig } from '../src/config.js';
 import { openDatabase } from '../src/db/client.js';
@@ -20,8 +22,10 @@ import { listProjects } from '../src/projects/projects.js';
 // GraphQL: the same token verification, the same drizzle queries in the same RLS
 // transaction on the same embedded PGlite, the same JSON shape, JSON.stringify. Same
 // process, same run, so the ratio is what the GraphQL stack (Yoga, envelop plugins incl.
-// limits, logs and metrics, Pothos, parse/validate cache) adds per request. The two take
-// turns a second at a time: run one after the other, whichever went second was faster
+// limits, logs and metrics, Pothos, parse/validate cache) adds per request. A third side is
+// Yoga with the same schema and context but none of Kiln's plugins or routes: what the
+// GraphQL framework alone costs, so kiln/yoga is what Kiln's own code adds on top. The sides
+// take turns a second at a time: run one after the other, whichever went second was faster
 // (a warmer JIT and WebAssembly tier-up), by about a tenth here.
 //
 // QUERY_SECONDS (5 per side), QUERY_CONCURRENCY (8 requests in flight), QUERY_PROJECTS (20).
@@ -164,32 +168,46 @@ export default async function bench(): Promise<void> {
       }
     });
   });
-  await new Promise<void>((resolve) => bare.listen(0, '127.0.0.1', resolve));
-  const barePort = (bare.address() as AddressInfo).port;
-  const kilnPort = Number(new URL(kiln.url).port);
+  // The same schema and context factory in Yoga as it comes: no Kiln plugin, route or limit.
+  // The projects query reaches none of the services left out.
+  const createContext = contextFactory({ config, database, auth, logger: createLogger('silent') } as Services);
+  const plainYoga = createServer(
+    createYoga<object, Context>({
+      schema,
+      logging: false,
+      context: ({ request }) => createContext({ requestId: 'bench', authorization: request.headers.get('authorization') }),
+    }),
+  );
+  const listening = async (server: typeof bare) => {
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    return (server.address() as AddressInfo).port;
+  };
+  const sides = [
+    { name: 'kiln (graphql)', port: Number(new URL(kiln.url).port), path: '/graphql', load: newLoad() },
+    { name: 'yoga, no plugins', port: await listening(plainYoga), path: '/graphql', load: newLoad() },
+    { name: 'bare node:http', port: await listening(bare), path: '/', load: newLoad() },
+  ];
   const body = JSON.stringify({ query: PROJECTS_QUERY, variables: { first: PROJECTS } });
 
   log(`projects query, ${PROJECTS} projects, ${CONCURRENCY} in flight, ${SECONDS} s a side in turns of 1 s (PGlite, one process)`);
-  // Warm both (JIT, parse/validate cache, prepared statements), then measure.
-  await load('warm-up', kilnPort, '/graphql', body, token, 1);
-  await load('warm-up', barePort, '/', body, token, 1);
-  const kilnLoad = newLoad();
-  const bareLoad = newLoad();
+  // Warm every side (JIT, parse/validate cache, prepared statements), then measure.
+  for (const side of sides) await load('warm-up', side.port, side.path, body, token, 1);
   for (let turn = 0; turn < SECONDS; turn++) {
-    await load('kiln (graphql)', kilnPort, '/graphql', body, token, 1, kilnLoad);
-    await load('bare node:http', barePort, '/', body, token, 1, bareLoad);
+    for (const side of sides) await load(side.name, side.port, side.path, body, token, 1, side.load);
   }
-  const runs = [summary('kiln (graphql)', kilnLoad), summary('bare node:http', bareLoad)];
-  for (const run of runs) {
+  const [kilnRun, yogaRun, bareRun] = sides.map((side) => summary(side.name, side.load)) as [Run, Run, Run];
+  for (const run of [kilnRun, yogaRun, bareRun]) {
     log(
       `  ${run.name.padEnd(16)} ${run.perSecond.toFixed(0).padStart(6)} req/s   p50 ${run.p50.toFixed(2)} ms   p99 ${run.p99.toFixed(2)} ms   CPU ${run.cpuMsPerRequest.toFixed(2)} ms/request   (${run.requests} requests)`,
     );
   }
-  const [graphqlRun, bareRun] = runs as [Run, Run];
-  log(
-    `  ratio kiln/bare: throughput ${(graphqlRun.perSecond / bareRun.perSecond).toFixed(2)}x, p99 ${(graphqlRun.p99 / bareRun.p99).toFixed(2)}x, CPU per request ${(graphqlRun.cpuMsPerRequest / bareRun.cpuMsPerRequest).toFixed(2)}x`,
-  );
+  const ratio = (over: Run, under: Run) =>
+    `throughput ${(over.perSecond / under.perSecond).toFixed(2)}x, p99 ${(over.p99 / under.p99).toFixed(2)}x, CPU per request ${(over.cpuMsPerRequest / under.cpuMsPerRequest).toFixed(2)}x`;
+  log(`  ratio kiln/yoga (what Kiln's plugins and routes add): ${ratio(kilnRun, yogaRun)}`);
+  log(`  ratio yoga/bare (what the GraphQL framework costs): ${ratio(yogaRun, bareRun)}`);
+  log(`  ratio kiln/bare: ${ratio(kilnRun, bareRun)}`);
 
+  await new Promise<void>((resolve) => plainYoga.close(() => resolve()));
   await new Promise<void>((resolve) => bare.close(() => resolve()));
   await auth.close();
   await kiln.stop();
