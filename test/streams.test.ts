@@ -1,3 +1,5 @@
+import type { TypedDocumentNode } from '@graphql-typed-document-node/core';
+import { parse } from 'graphql';
 import { describe, expect, it } from 'vitest';
 import { BuildLogsDocument, GenerationChunksDocument, GenerationUpdatedDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
@@ -90,6 +92,23 @@ describe(`generation streams over graphql-ws (${databaseKind})`, () => {
     }
   });
 
+  it('generationUpdated answers fields read from other tables afresh at each state: the build steps and preview of the final one', async () => {
+    const generation = await start('A recipe box');
+    const live = liveClient(suite.server.url, suite.owner.accessToken);
+    try {
+      const updates = collect(live.client, GenerationUpdatedWithOutputsDocument, { id: generation.id });
+      expect(await within(updates.ended, 30_000, () => 'generationUpdated did not complete')).toEqual({ errors: undefined });
+      const final = updates.items.at(-1)!.generationUpdated;
+      expect(final.status).toBe('SUCCEEDED');
+      const done = await getGeneration(suite.owner.client, generation.id);
+      expect(done.buildSteps.length).toBeGreaterThan(0);
+      expect(final.buildSteps).toEqual(done.buildSteps.map(({ name, status }) => ({ name, status })));
+      expect(final.preview?.url).toMatch(/^http/);
+    } finally {
+      await live.dispose();
+    }
+  });
+
   it('gives 100 concurrent subscribers of one generation the identical sequence', async () => {
     const generation = await start('A shared shopping list for a family');
     const clients = Array.from({ length: 100 }, () => liveClient(suite.server.url, suite.owner.accessToken));
@@ -107,3 +126,11 @@ describe(`generation streams over graphql-ws (${databaseKind})`, () => {
     }
   });
 });
+
+/** What a UI shows beside the status: read from the build's own tables, not carried by the event. */
+const GenerationUpdatedWithOutputsDocument = parse(
+  'subscription ($id: ID!) { generationUpdated(generationId: $id) { status buildSteps { name status } preview { url } } }',
+) as TypedDocumentNode<
+  { generationUpdated: { status: string; buildSteps: { name: string; status: string }[]; preview: { url: string } | null } },
+  { id: string }
+>;

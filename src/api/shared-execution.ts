@@ -69,7 +69,11 @@ async function subscribeSharing(args: ExecutionArgs): Promise<AsyncIterable<Exec
 
 /** An event's result: executed once for every subscriber with the same `key`, for each one without. */
 function executeOnce(args: ExecutionArgs, key: string | undefined, event: unknown): ExecutionResult | Promise<ExecutionResult> {
-  if (key === undefined || typeof event !== 'object' || event === null) return execute({ ...args, rootValue: event });
+  // Loaders cache by context: an event's own context (the subscriber's, by prototype) reads
+  // each loaded field (build steps, preview) afresh instead of the stream's first answer.
+  if (key === undefined || typeof event !== 'object' || event === null) {
+    return execute({ ...args, rootValue: event, contextValue: Object.create(args.contextValue as object) });
+  }
   let results = resultsByEvent.get(event);
   const cached = results?.get(key);
   if (cached) return cached;
