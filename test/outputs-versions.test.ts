@@ -3,19 +3,22 @@ import { applyPatch } from 'diff';
 import { beforeAll, describe, expect, it } from 'vitest';
 import {
   AddProjectMemberDocument,
+  ArchiveProjectDocument,
   CancelGenerationDocument,
+  ConversationDocument,
   GeneratedFileDocument,
   GenerationArchiveDocument,
   GenerationDiffDocument,
   GenerationPreviewDocument,
   type ProjectRole,
   RestoreGenerationDocument,
+  RetryGenerationDocument,
 } from './gql/graphql.js';
 import { unzip, untarGz } from './support/archives.js';
 import { databaseKind } from './support/db.js';
 import { startFakeOpenAi } from './support/fake-openai.js';
 import { createProject, expectTypename, signUp, type TestUser } from './support/fixtures.js';
-import { type Generation, GenerationWatch, getGeneration, startAccepted, waitForEnd } from './support/generation-helpers.js';
+import { type Generation, GenerationWatch, getGeneration, startAccepted, startGeneration, waitForEnd } from './support/generation-helpers.js';
 import { useStarted } from './support/lifecycle.js';
 import type { GraphQLClient } from './support/server.js';
 import { useGenerationServer } from './support/suite-server.js';
@@ -193,6 +196,56 @@ describe(`versions: diffs, restore and archives (${databaseKind})`, () => {
     expect(said).not.toContain('Rename it, drop extra, add a helper');
     expect(said).toContain("appTitle = 'One'");
     expect(said).not.toContain("appTitle = 'Two'");
+  });
+
+  it("retries a restore as a restore: the same files again, no model call, no turn in the conversation", async () => {
+    const requestsBefore = llm.requests.length;
+    const { project: before } = await suite.owner.client.expectNoErrors(ConversationDocument, { projectId, sessionId: first.sessionId });
+    const restored = expectTypename((await editor.client.expectNoErrors(RestoreGenerationDocument, { id: first.id })).restoreGeneration, 'Generation');
+    expect((await waitForEnd(suite.server, editor.client, editor.accessToken, restored.id)).status).toBe('SUCCEEDED');
+
+    const retry = expectTypename((await editor.client.expectNoErrors(RetryGenerationDocument, { id: restored.id })).retryGeneration, 'Generation');
+    const done = await waitForEnd(suite.server, editor.client, editor.accessToken, retry.id);
+    expect(done).toMatchObject({ status: 'SUCCEEDED', retryOf: { id: restored.id }, output: '', usage: { inputTokens: 0, outputTokens: 0 } });
+    expect(done.files.map(({ path, sha256 }) => ({ path, sha256 }))).toEqual(first.files.map(({ path, sha256 }) => ({ path, sha256 })));
+    expect(llm.requests.length).toBe(requestsBefore);
+    const { project: after } = await suite.owner.client.expectNoErrors(ConversationDocument, { projectId, sessionId: first.sessionId });
+    expect(after!.conversation).toEqual(before!.conversation);
+  });
+
+  it('runs one generation of a session at a time: a follow-up, one naming a parent, a retry and a restore wait for it', async () => {
+    llm.script({ kind: 'stall', chunks: ['Thinking'] });
+    const running = await startAccepted(suite.owner.client, { projectId, prompt: 'Stalls', sessionId: first.sessionId });
+    const refusals = [
+      await startGeneration(suite.owner.client, { projectId, prompt: 'Again', sessionId: first.sessionId }),
+      await startGeneration(suite.owner.client, { projectId, prompt: 'From the first', parentGenerationId: first.id }),
+      (await suite.owner.client.expectNoErrors(RetryGenerationDocument, { id: second.id })).retryGeneration,
+      (await suite.owner.client.expectNoErrors(RestoreGenerationDocument, { id: first.id })).restoreGeneration,
+    ];
+    for (const refused of refusals) expect(expectTypename(refused, 'InvalidStateError').message).toMatch(/session is still queued or running/);
+    await suite.owner.client.expectNoErrors(CancelGenerationDocument, { id: running.id });
+    await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, running.id);
+
+    // Two follow-ups at once: one is accepted, the other finds the session busy.
+    llm.script({ kind: 'stall', chunks: ['Thinking'] });
+    const both = await Promise.all(['One', 'Other'].map((prompt) => startGeneration(suite.owner.client, { projectId, prompt, sessionId: first.sessionId })));
+    expect(both.map((result) => result.__typename).sort()).toEqual(['Generation', 'InvalidStateError']);
+    const accepted = expectTypename(both.find((result) => result.__typename === 'Generation')!, 'Generation');
+    await suite.owner.client.expectNoErrors(CancelGenerationDocument, { id: accepted.id });
+    await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, accepted.id);
+  });
+
+  it('neither retries nor restores in an archived project', async () => {
+    const archived = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    llm.script({ kind: 'stream', chunks: answer({ path: 'lib/main.dart', content: dart('Kept') }) });
+    const started = await startAccepted(suite.owner.client, { projectId: archived.id, prompt: 'A kept app' });
+    expect((await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id)).status).toBe('SUCCEEDED');
+    expectTypename((await suite.owner.client.expectNoErrors(ArchiveProjectDocument, { id: archived.id })).archiveProject, 'Project');
+    const requestsBefore = llm.requests.length;
+    const retried = (await suite.owner.client.expectNoErrors(RetryGenerationDocument, { id: started.id })).retryGeneration;
+    const restored = (await suite.owner.client.expectNoErrors(RestoreGenerationDocument, { id: started.id })).restoreGeneration;
+    for (const refused of [retried, restored]) expect(expectTypename(refused, 'InvalidStateError').message).toMatch(/archived/);
+    expect(llm.requests.length).toBe(requestsBefore);
   });
 
   it('lets owners and editors restore; a viewer is forbidden, an outsider finds nothing, a running one cannot be', async () => {

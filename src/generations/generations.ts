@@ -12,6 +12,9 @@ import { type GenerationRow, generationStore } from './store.js';
 
 // Start, cancel and retry: the decisions around a run. The run itself is pipeline.ts.
 
+/** Generations made by a restore name no model: they call none. */
+const NO_MODEL = { name: 'none', model: 'none' } as const;
+
 export const generationPrompt = z
   .string()
   .trim()
@@ -55,7 +58,7 @@ export async function startGeneration(scope: Scope, deps: GenerationDeps, input:
   if (scope.userId) await deps.rateLimit?.(scope.userId);
   const generation = await scope.run(async (tx) => {
     const project = requireRole(await projectStore.find(tx, input.projectId), ['owner', 'editor']);
-    if (project.archivedAt) throw new InvalidStateError('This project is archived; unarchive it to generate.');
+    refuseArchived(project);
     const parent = await resolveParent(tx, project.id, input);
     const sessionId = input.sessionId ?? parent?.sessionId ?? randomUUID();
     const values = {
@@ -78,7 +81,9 @@ export async function retryGeneration(scope: Scope, deps: GenerationDeps, id: st
   const generation = await scope.run(async (tx) => {
     const original = await findVisible(tx, id);
     const project = requireRole(await projectStore.find(tx, original.projectId), ['owner', 'editor']);
+    refuseArchived(project);
     if (!isTerminal(original.status)) throw new InvalidStateError('Only a finished generation can be retried.');
+    await claimSession(tx, project.id, original.sessionId);
     return insertRetry(tx, deps, original, { createdBy: scope.userId!, limits: project });
   });
   announce(deps, generation);
@@ -87,8 +92,9 @@ export async function retryGeneration(scope: Scope, deps: GenerationDeps, id: st
 
 /**
  * The retry of a finished generation, the one path for a user's retry and for lease
- * recovery: the same prompt, session, parent and fix rounds, one attempt later. Recovery
- * waives the limits (the interrupted run already passed them); a user's retry does not.
+ * recovery: the same prompt, session, parent and fix rounds, one attempt later; a restore's
+ * retry restores the same files again. Recovery waives the limits (the interrupted run
+ * already passed them); a user's retry does not.
  */
 export function insertRetry(
   tx: Tx,
@@ -108,6 +114,7 @@ export function insertRetry(
       attempt: original.attempt + 1,
       prompt: original.prompt,
       maxFixRounds: original.maxFixRounds,
+      restoredFrom: original.restoredFrom ?? undefined,
     },
     by.limits,
   );
@@ -143,7 +150,11 @@ export async function getGeneration(scope: Scope, id: string): Promise<Generatio
 /** What an insert's budget and active-run checks read: its project, as the start read it; 'waive' exempts it. */
 export type LimitCheck = Pick<ProjectRow, 'id' | 'monthlyTokenLimit'> | 'waive';
 
-/** Inserts a QUEUED generation and its USER message, after the budget and rate checks unless `limits` waives them. */
+/**
+ * Inserts a QUEUED generation after the budget and rate checks, unless `limits` waives them.
+ * A model's turn comes with its USER message; a restore (`restoredFrom`) calls no model, so
+ * it names none, adds no message and reserves no tokens.
+ */
 export async function insertGeneration(
   tx: Tx,
   deps: Pick<GenerationDeps, 'provider' | 'maxActivePerUser' | 'enqueue' | 'budgetReservationTokens'>,
@@ -156,11 +167,16 @@ export async function insertGeneration(
     retryOf?: string;
     attempt?: number;
     maxFixRounds?: number;
+    restoredFrom?: string;
   },
   limits: LimitCheck,
 ): Promise<GenerationRow> {
-  const reservedTokens = limits === 'waive' ? 0 : await checkLimits(tx, deps, limits, values.createdBy);
-  const generation = await generationStore.insert(tx, { ...values, reservedTokens, provider: deps.provider.name, model: deps.provider.model });
+  const restore = values.restoredFrom !== undefined;
+  const reservedTokens = limits === 'waive' ? 0 : await checkLimits(tx, deps, limits, values.createdBy, !restore);
+  const model = restore ? NO_MODEL : deps.provider;
+  const generation = await generationStore.insert(tx, { ...values, reservedTokens, provider: model.name, model: model.model });
+  await deps.enqueue?.(tx, generation.id);
+  if (restore) return generation;
   await generationStore.insertMessage(tx, {
     projectId: values.projectId,
     sessionId: values.sessionId,
@@ -168,20 +184,21 @@ export async function insertGeneration(
     content: values.prompt,
     generationId: generation.id,
   });
-  await deps.enqueue?.(tx, generation.id);
   return generation;
 }
 
-/** The budget and rate checks of a start; returns the tokens it reserves (budget.ts). */
+/** The budget (unless the start calls no model) and rate checks of a start; returns the tokens it reserves (budget.ts). */
 async function checkLimits(
   tx: Tx,
   deps: Pick<GenerationDeps, 'maxActivePerUser' | 'budgetReservationTokens'>,
   project: Exclude<LimitCheck, 'waive'>,
   userId: string,
+  spendsTokens: boolean,
 ): Promise<number> {
-  // Lock order: the user's starts, then the project's budget (runs growing their reservation take only the latter).
-  await generationStore.lockStartsOfUser(tx, userId, project.monthlyTokenLimit === null ? undefined : project.id);
-  const reserved = await reserveAtStart(tx, project, deps.budgetReservationTokens ?? 0, (limit, committed) => new BudgetExceededError(limit, committed));
+  // Lock order: the session, the user's starts, then the project's budget (runs growing their reservation take only the latter).
+  const budgeted = spendsTokens && project.monthlyTokenLimit !== null;
+  await generationStore.lockStartsOfUser(tx, userId, budgeted ? project.id : undefined);
+  const reserved = spendsTokens ? await reserveAtStart(tx, project, deps.budgetReservationTokens ?? 0, (limit, committed) => new BudgetExceededError(limit, committed)) : 0;
   await refuseBeyondActiveLimit(tx, deps.maxActivePerUser, userId);
   return reserved;
 }
@@ -201,17 +218,32 @@ async function resolveParent(tx: Tx, projectId: string, input: StartInput): Prom
     if (input.sessionId && input.sessionId !== parent.sessionId) {
       throw new InvalidStateError('The parent generation belongs to another session.');
     }
+    await claimSession(tx, projectId, parent.sessionId);
     return parent;
   }
-  // A follow-up in a session builds on that session's latest successful generation,
-  // so it waits until the one before it has finished rather than lose its files.
   if (input.sessionId) {
-    if (await generationStore.hasUnfinishedInSession(tx, projectId, input.sessionId)) {
-      throw new InvalidStateError('The previous generation of this session is still running; wait for it or cancel it.');
-    }
+    await claimSession(tx, projectId, input.sessionId);
     return generationStore.latestSucceededOfSession(tx, projectId, input.sessionId);
   }
   return undefined;
+}
+
+/** An archived project is kept as it is: no start, retry or restore adds to it. */
+export function refuseArchived(project: Pick<ProjectRow, 'archivedAt'>): void {
+  if (project.archivedAt) throw new InvalidStateError('This project is archived; it takes no new generations.');
+}
+
+/**
+ * A start that joins a session (a follow-up, a retry, a restore) builds on the session's
+ * latest version, so it waits until the one before it has finished rather than lose its
+ * files: it holds the session's starts until its transaction ends (two at once would both
+ * find the session idle), and is refused while a generation of the session is unfinished.
+ */
+export async function claimSession(tx: Tx, projectId: string, sessionId: string): Promise<void> {
+  await generationStore.lockSession(tx, projectId, sessionId);
+  if (await generationStore.hasUnfinishedInSession(tx, projectId, sessionId)) {
+    throw new InvalidStateError('A generation of this session is still queued or running; wait for it or cancel it.');
+  }
 }
 
 async function findVisible(tx: Tx, id: string): Promise<GenerationRow> {

@@ -4,7 +4,7 @@ import { InvalidStateError, NotFoundError } from '../errors.js';
 import type { LlmUsage } from '../llm/provider.js';
 import { requireRole } from '../projects/projects.js';
 import { projectStore } from '../projects/store.js';
-import { type GenerationDeps, refuseBeyondActiveLimit } from './generations.js';
+import { type GenerationDeps, claimSession, insertGeneration, refuseArchived } from './generations.js';
 import type { OutputEvent } from './output-parser.js';
 import { isTerminal } from './status.js';
 import { type GenerationRow, generationStore } from './store.js';
@@ -13,40 +13,23 @@ import { type GenerationRow, generationStore } from './store.js';
 // generation joins the session with exactly the files of the restored one
 // (`restored_from`), is built again, and never calls the model.
 
-/** Generations made by a restore name no model: they call none. */
-const NO_MODEL = { provider: 'none', model: 'none' } as const;
-
 export async function restoreGeneration(scope: Scope, deps: GenerationDeps, id: string): Promise<GenerationRow> {
   if (scope.userId) await deps.rateLimit?.(scope.userId);
   const generation = await scope.run(async (tx) => {
     const source = await generationStore.find(tx, id);
     if (!source) throw new NotFoundError('Generation not found.');
     const project = requireRole(await projectStore.find(tx, source.projectId), ['owner', 'editor']);
-    if (project.archivedAt) throw new InvalidStateError('This project is archived; unarchive it to restore a version.');
+    refuseArchived(project);
     if (!isTerminal(source.status)) throw new InvalidStateError('This generation is still queued or running; it can be restored once it has ended.');
     if ((await generationStore.filesOf(tx, source.id, false)).length === 0) {
       throw new InvalidStateError('This generation wrote no files, so there is nothing to restore.');
     }
-    if (await generationStore.hasUnfinishedInSession(tx, project.id, source.sessionId)) {
-      throw new InvalidStateError('A generation of this session is still running; wait for it or cancel it.');
-    }
-    await generationStore.lockStartsOfUser(tx, scope.userId!);
-    await refuseBeyondActiveLimit(tx, deps.maxActivePerUser, scope.userId!);
+    await claimSession(tx, project.id, source.sessionId);
     // It follows the session's latest version, like a follow-up: the version list stays linear.
     const latest = await generationStore.latestSucceededOfSession(tx, project.id, source.sessionId);
-    const row = await generationStore.insert(tx, {
-      projectId: project.id,
-      createdBy: scope.userId!,
-      sessionId: source.sessionId,
-      parentId: latest?.id ?? null,
-      restoredFrom: source.id,
-      prompt: source.prompt,
-      // No model call, so no fix rounds either.
-      maxFixRounds: 0,
-      ...NO_MODEL,
-    });
-    await deps.enqueue?.(tx, row.id);
-    return row;
+    const values = { projectId: project.id, createdBy: scope.userId!, sessionId: source.sessionId, parentId: latest?.id ?? null, prompt: source.prompt };
+    // No model call, so no fix rounds either.
+    return insertGeneration(tx, deps, { ...values, restoredFrom: source.id, maxFixRounds: 0 }, project);
   });
   deps.bus.publish('generationUpdated', generation.id, { status: generation.status, phase: generation.phase });
   deps.wakeWorkers(generation.id);

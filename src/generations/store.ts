@@ -98,6 +98,11 @@ export const generationStore = {
     await tx.execute(budgetOfProject === undefined ? sql`select ${starts}` : sql`select ${starts}, ${budgetLock(budgetOfProject)}`);
   },
 
+  /** Serialises the starts that join one session (claimSession) until the transaction ends. */
+  async lockSession(tx: Tx, projectId: string, sessionId: string): Promise<void> {
+    await tx.execute(sql`select ${advisoryLock(`kiln.session:${projectId}:${sessionId}`)}`);
+  },
+
   /** Serialises budget decisions of one project (starts, reservations growing) until the transaction ends. */
   async lockBudgetOfProject(tx: Tx, projectId: string): Promise<void> {
     await tx.execute(sql`select ${budgetLock(projectId)}`);
