@@ -239,6 +239,7 @@ describe('projects: a paginated list', () => {
     ['garbage', 'not a cursor'],
     ['base64 of garbage', Buffer.from('hello|world').toString('base64url')],
     ['a Project global id', encodeGlobalID('Project', crypto.randomUUID())],
+    ['dated in year 0, which PostgreSQL has no timestamp for', Buffer.from(`0000-01-01T00:00:00Z|${crypto.randomUUID()}`).toString('base64url')],
   ])('refuses a bad cursor (%s) with an input error', async (_what, after) => {
     const owner = await signUp(server);
     await createProject(owner.client);

@@ -53,7 +53,8 @@ function toCursor(row: Keyset): string {
   return Buffer.from(`${row.createdAt.toISOString()}|${row.id}`).toString('base64url');
 }
 
-const cursorShape = z.tuple([z.iso.datetime(), z.uuid()]);
+// Year 0 is a valid ISO date but no PostgreSQL timestamp; Kiln never writes one.
+const cursorShape = z.tuple([z.iso.datetime().refine((date) => !date.startsWith('0000')), z.uuid()]);
 
 function parseCursor(cursor: string | undefined): Keyset | undefined {
   if (cursor === undefined) return undefined;
