@@ -34,8 +34,10 @@ export async function migrateDatabase(database: Database): Promise<void> {
     import('drizzle-orm/postgres-js/migrator'),
   ]);
   // One connection of its own, so the session lock covers every statement: processes
-  // starting together migrate one after another.
-  const client = postgres(database.url!, { max: 1, onnotice: () => {} });
+  // starting together migrate one after another. Its search_path is public alone: the
+  // default puts "$user" first, and a role named kiln would create the tables in the
+  // migrations' own kiln schema.
+  const client = postgres(database.url!, { max: 1, onnotice: () => {}, connection: { search_path: 'public' } });
   try {
     const db = drizzle(client);
     await db.execute(sql`select pg_advisory_lock(${MIGRATION_LOCK})`);
