@@ -63,11 +63,17 @@ async function writeChecked(base: string, path: string, content: string): Promis
     throw new UnsafeOutputError(path, 'resolves outside the workspace');
   }
 
-  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW;
+  // O_NONBLOCK: a named pipe the build left in the file's place would hold a blocking open
+  // (and a thread of libuv's pool) until some reader came; now it fails at once (ENXIO) or
+  // opens and is refused below, unwritten. Regular files ignore the flag.
+  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW | constants.O_NONBLOCK;
   const handle = await open(join(base, path), flags).catch((error: NodeJS.ErrnoException) => {
-    throw error.code === 'ELOOP' ? new UnsafeOutputError(path, 'is a symbolic link') : error;
+    if (error.code === 'ELOOP') throw new UnsafeOutputError(path, 'is a symbolic link');
+    if (error.code === 'ENXIO') throw new UnsafeOutputError(path, 'is not a regular file');
+    throw error;
   });
   try {
+    if (!(await handle.stat()).isFile()) throw new UnsafeOutputError(path, 'is not a regular file');
     await handle.writeFile(content, 'utf8');
   } finally {
     await handle.close();

@@ -1,4 +1,6 @@
-import { mkdir, mkdtemp, readdir, readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { constants } from 'node:fs';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -138,6 +140,22 @@ describe('writeFileInside', () => {
 
     await expect(writeFileInside(workspace, 'main.dart', 'x')).rejects.toBeInstanceOf(UnsafeOutputError);
     expect(await readFile(target, 'utf8')).toBe('secret');
+  });
+
+  it('refuses a named pipe in place of the file at once, written or not, instead of waiting for a reader', async () => {
+    const workspace = join(root, 'ws');
+    await mkdir(workspace);
+    expect(spawnSync('mkfifo', [join(workspace, 'main.dart')]).status).toBe(0);
+    await expect(writeFileInside(workspace, 'main.dart', 'x')).rejects.toThrow(/not a regular file/);
+
+    // With a reader holding it open, the open succeeds: refused all the same, nothing written.
+    const reader = await open(join(workspace, 'main.dart'), constants.O_RDONLY | constants.O_NONBLOCK);
+    try {
+      await expect(writeFileInside(workspace, 'main.dart', 'x')).rejects.toThrow(/not a regular file/);
+      expect((await reader.read(Buffer.alloc(8), 0, 8, null)).bytesRead).toBe(0);
+    } finally {
+      await reader.close();
+    }
   });
 });
 
