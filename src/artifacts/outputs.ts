@@ -31,10 +31,11 @@ export interface Outputs {
   archiveUrl(generationId: string, format: ArchiveFormat, filename: string): SignedUrl;
   route: OutputHandlers['route'];
   /**
-   * Stores a generation's files and web bundle (the worker, before SUCCEEDED); `record`
-   * indexes them in the caller's transaction, the one that marks it SUCCEEDED.
+   * Stores a generation's files and web bundle (the worker, before SUCCEEDED; no bundle
+   * without `bundleDir`); `record` indexes them in the caller's transaction, the one that
+   * marks it SUCCEEDED.
    */
-  storeBlobs(generationId: string, bundleDir: string, sources: readonly { path: string; content: string }[]): Promise<{ record(tx: Tx): Promise<void> }>;
+  storeBlobs(generationId: string, bundleDir: string | undefined, sources: readonly { path: string; content: string }[]): Promise<{ record(tx: Tx): Promise<void> }>;
   /** Removes blobs no generation uses any more (their projects were deleted), untouched for `graceMs`. */
   collect(graceMs?: number): Promise<number>;
   close(): Promise<void>;

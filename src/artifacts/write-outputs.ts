@@ -26,13 +26,13 @@ export interface StoredOutputs {
 
 /**
  * Stores a generation's files (`sources`, as the worker holds them) and the bundle under
- * `bundleDir`; inserts nothing: the caller records `rows` (the worker, in the
+ * `bundleDir` (none without), which has no link on the way to it (directoryInside); inserts nothing: the caller records `rows` (the worker, in the
  * transaction that marks the generation SUCCEEDED).
  */
 export async function storeOutputs(
   store: BlobStore,
   generationId: string,
-  bundleDir: string,
+  bundleDir: string | undefined,
   sources: readonly { path: string; content: string; sha256?: string }[],
 ): Promise<StoredOutputs> {
   const stored: StoredOutputs = { files: 0, bytes: 0, newBytes: 0, rows: [] };
@@ -56,7 +56,7 @@ export async function storeOutputs(
     if (batch.length >= BATCH_FILES || batchBytes >= BATCH_BYTES) await flush();
   };
   for (const file of sources) await put('SOURCE', file.path, Buffer.from(file.content, 'utf8'), file.sha256);
-  for await (const file of bundleFiles(bundleDir)) await put('BUNDLE', file.path, file.content);
+  if (bundleDir) for await (const file of bundleFiles(bundleDir)) await put('BUNDLE', file.path, file.content);
   if (batch.length > 0) await flush();
   return stored;
 }

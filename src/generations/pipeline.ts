@@ -1,4 +1,3 @@
-import { join } from 'node:path';
 import type { Db, Tx } from '../db/client.js';
 import { isConnectionError } from '../db/outage.js';
 import { pipelineScope } from '../db/scope.js';
@@ -15,6 +14,7 @@ import { type SecretName, secretStore } from '../projects/store.js';
 import type { BuildSandbox } from '../toolchain/sandbox.js';
 import { getTarget, type ToolBins } from '../toolchain/targets.js';
 import { createWorkspace, pruneWorkspaces } from '../workspace/workspace.js';
+import { directoryInside } from '../workspace/write-inside.js';
 import { streamAnswer } from './answer.js';
 import { BudgetStop, runBudget } from './budget.js';
 import { fixStore } from './fix-store.js';
@@ -133,7 +133,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
     });
     // Stored before SUCCEEDED and indexed with it, so a SUCCEEDED generation always has its preview and archive.
     const sources = [...files].map(([path, content]) => ({ path, content }));
-    stored = await deps.outputs?.storeBlobs(generationId, join(workspace.dir, context.target.bundleDir), sources);
+    stored = await deps.outputs?.storeBlobs(generationId, await directoryInside(workspace.dir, context.target.bundleDir), sources);
     outcome = { status: 'SUCCEEDED' };
   } catch (error) {
     outcome = failureOutcome(error, run.signal, log);

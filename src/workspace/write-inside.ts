@@ -80,6 +80,21 @@ async function writeChecked(base: string, path: string, content: string): Promis
   }
 }
 
+/**
+ * The directory at `path` under `base` when every part of it is a directory of its own,
+ * undefined when a part is missing, a file or a symbolic link: what a build left there is
+ * read only where the build could not point it elsewhere (a `build` linked to a host folder).
+ */
+export async function directoryInside(base: string, path: string): Promise<string | undefined> {
+  assertSafeRelativePath(path);
+  let dir = base;
+  for (const segment of path.split('/')) {
+    dir = join(dir, segment);
+    if (!(await lstat(dir).catch(ignoreMissing))?.isDirectory()) return undefined;
+  }
+  return dir;
+}
+
 /** For `.catch()`: a missing file becomes undefined, any other error is rethrown. */
 export function ignoreMissing(error: NodeJS.ErrnoException): undefined {
   if (error.code === 'ENOENT') return undefined;

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { OutputProtocolError } from '../../src/generations/output-parser.js';
 import { UnsafeOutputError } from '../../src/generations/safe-path.js';
-import { writeFileInside } from '../../src/workspace/write-inside.js';
+import { directoryInside, writeFileInside } from '../../src/workspace/write-inside.js';
 import {
   createWorkspace,
   fileDigest,
@@ -156,6 +156,21 @@ describe('writeFileInside', () => {
     } finally {
       await reader.close();
     }
+  });
+});
+
+describe('directoryInside', () => {
+  it("gives a build's output folder only when no part of the way to it is a link", async () => {
+    const workspace = join(root, 'ws');
+    const outside = join(root, 'outside');
+    await mkdir(join(outside, 'web'), { recursive: true });
+    await writeFile(join(outside, 'web', 'secret.txt'), 'secret');
+    await mkdir(join(workspace, 'dist'), { recursive: true });
+    await symlink(outside, join(workspace, 'build'));
+
+    expect(await directoryInside(workspace, 'build/web')).toBeUndefined();
+    expect(await directoryInside(workspace, 'dist')).toBe(join(workspace, 'dist'));
+    expect(await directoryInside(workspace, 'missing/web')).toBeUndefined();
   });
 });
 
