@@ -24,8 +24,14 @@ export interface GenerationDiff {
   files: FileDiff[];
 }
 
-/** Past this many edits a file's patch replaces it whole instead (Myers' diff grows with N×D). */
+/**
+ * Myers' diff takes up to (N+M)×D steps for N and M lines and D edits, on the event loop.
+ * A file's search stops at this many edits, and one diff (every file of it) at this many
+ * line steps in all, so a crafted pair of versions cannot hold the server for seconds;
+ * past either, a file's patch replaces it whole (still a patch that applies).
+ */
 const MAX_EDIT_LENGTH = 10_000;
+const MAX_DIFF_STEPS = 5_000_000;
 
 /** `againstId` null: the parent. Another generation must be of the same project and visible to the viewer. */
 export async function diffGeneration(scope: Scope, generation: GenerationRow, againstId: string | null): Promise<GenerationDiff> {
@@ -37,13 +43,7 @@ export async function diffGeneration(scope: Scope, generation: GenerationRow, ag
     }
     const before = new Map((against ? await generationStore.filesOf(tx, against.id, true) : []).map((file) => [file.path, file]));
     const after = new Map((await generationStore.filesOf(tx, generation.id, true)).map((file) => [file.path, file]));
-    const files: FileDiff[] = [];
-    for (const path of [...new Set([...before.keys(), ...after.keys()])].sort()) {
-      const old = before.get(path);
-      const now = after.get(path);
-      if (old && now && old.sha256 === now.sha256) continue;
-      files.push(fileDiff(path, old?.content, now?.content));
-    }
+    const files = diffFiles(before, after);
     return {
       against: against ?? null,
       additions: files.reduce((sum, file) => sum + file.additions, 0),
@@ -53,21 +53,33 @@ export async function diffGeneration(scope: Scope, generation: GenerationRow, ag
   });
 }
 
-function fileDiff(path: string, before: string | undefined, after: string | undefined): FileDiff {
-  const oldText = before ?? '';
-  const newText = after ?? '';
-  const patch =
-    structuredPatch(path, path, oldText, newText, undefined, undefined, { context: 3, maxEditLength: MAX_EDIT_LENGTH }) ??
-    wholeFilePatch(path, oldText, newText);
-  const lines = patch.hunks.flatMap((hunk) => hunk.lines);
-  return {
-    path,
-    change: before === undefined ? 'ADDED' : after === undefined ? 'DELETED' : 'MODIFIED',
-    additions: lines.filter((line) => line.startsWith('+')).length,
-    deletions: lines.filter((line) => line.startsWith('-')).length,
-    patch: formatPatch(patch),
-  };
+type Version = ReadonlyMap<string, { sha256: string; content: string }>;
+
+/** The changed files between two versions, by path, within one diff's budget of steps. */
+export function diffFiles(before: Version, after: Version, maxSteps = MAX_DIFF_STEPS): FileDiff[] {
+  let steps = maxSteps;
+  const files: FileDiff[] = [];
+  for (const path of [...new Set([...before.keys(), ...after.keys()])].sort()) {
+    const old = before.get(path);
+    const now = after.get(path);
+    if (old && now && old.sha256 === now.sha256) continue;
+    const oldText = old?.content ?? '';
+    const newText = now?.content ?? '';
+    const lineCount = lines(oldText) + lines(newText);
+    const maxEditLength = Math.min(MAX_EDIT_LENGTH, Math.floor(steps / lineCount));
+    const found = maxEditLength > 0 ? structuredPatch(path, path, oldText, newText, undefined, undefined, { context: 3, maxEditLength }) : undefined;
+    const patch = found ?? wholeFilePatch(path, oldText, newText);
+    const changed = patch.hunks.flatMap((hunk) => hunk.lines);
+    const additions = changed.filter((line) => line.startsWith('+')).length;
+    const deletions = changed.filter((line) => line.startsWith('-')).length;
+    // What the search may have cost: up to its edits (or its limit, when it gave up) per line.
+    steps -= lineCount * (found ? additions + deletions : maxEditLength);
+    files.push({ path, change: old === undefined ? 'ADDED' : now === undefined ? 'DELETED' : 'MODIFIED', additions, deletions, patch: formatPatch(patch) });
+  }
+  return files;
 }
+
+const lines = (text: string) => text.split('\n').length;
 
 /** One hunk that removes every old line and adds every new one. */
 function wholeFilePatch(path: string, oldText: string, newText: string): StructuredPatch {
