@@ -68,6 +68,7 @@ describe.skipIf(bwrapProblem !== undefined).each(['WEB', 'FLUTTER'] as const)(`h
         'host-tmp',
         'server-source-write',
         'server-node-modules-write',
+        'disk-reserve',
         'daemon',
       ].sort(),
     );
@@ -95,6 +96,8 @@ describe.skipIf(bwrapProblem !== undefined).each(['WEB', 'FLUTTER'] as const)(`h
         ['fork-bomb', /reached its limit of 128 processes \(BUILD_MAX_PROCESSES\)/],
         ['memory-hog', /used more than 384 MB of memory \(BUILD_MEMORY_MB\)/],
         ['disk-filler', /wrote more than 64 MB to its workspace \(BUILD_MAX_WORKSPACE_MB\)/],
+        // Empty files use no bytes, but each counts a 4 KiB block: 64 MB is 16,384 of them.
+        ['file-spray', /wrote more than 64 MB to its workspace \(BUILD_MAX_WORKSPACE_MB\)/],
       ] as const
     ).filter(([kind]) => kind !== 'fork-bomb' || forkBombSafe),
   )('ends a %s build with a clear error and stays healthy', { timeout: 90_000 }, async (kind, message) => {
@@ -141,7 +144,7 @@ describe(`the same probes without the sandbox (${databaseKind})`, () => {
     const generation = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id, 60_000);
     try {
       const results = probeResults(generation.buildLog);
-      for (const probe of ['environ', 'processes', 'data-dir', 'source', 'server-node-modules', `tcp-${targets.apiPort}`]) {
+      for (const probe of ['environ', 'processes', 'data-dir', 'source', 'server-node-modules', `tcp-${targets.apiPort}`, 'disk-reserve']) {
         expect(`${probe}: ${results[probe]}`).toMatch(new RegExp(`^${probe}: REACHED`));
       }
     } finally {

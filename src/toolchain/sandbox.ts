@@ -1,5 +1,6 @@
 import { constants } from 'node:fs';
-import { access, lstat, mkdir, readlink, realpath, writeFile } from 'node:fs/promises';
+import { access, lstat, mkdir, mkdtemp, readlink, realpath, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { delimiter, dirname, basename, isAbsolute, join, resolve, sep } from 'node:path';
 import type { Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -8,6 +9,7 @@ import type { Logger } from '../observability/logger.js';
 import { readProcStat } from '../proc-stat.js';
 import type { BuildTool } from './build-steps.js';
 import { type CgroupLayout, createStepCgroup, findCgroups, type StepCgroup } from './cgroups.js';
+import { fallocateFilter } from './seccomp.js';
 import { type LimitWatch, type StepLimits, watchLimits } from './step-limits.js';
 import { runProcess } from './spawner.js';
 import { REGISTRY_ENV } from './step-runner.js';
@@ -78,7 +80,12 @@ const ETC_FETCH = ['/etc/resolv.conf', '/etc/ssl', '/etc/ca-certificates', '/etc
 const ENV_ALWAYS = ['LANG', 'LC_ALL', 'LC_CTYPE', 'TZ', 'CI'];
 const CA_PATH_VARS = ['NODE_EXTRA_CA_CERTS', 'SSL_CERT_FILE', 'SSL_CERT_DIR'];
 // Joins the step's cgroup before bwrap starts, so every process it makes is counted.
+/** Before bwrap: the seccomp filter ("$0") opened as fd 4 (`--seccomp 4`), and the step's cgroups joined. */
+const OPEN_FILTER = 'exec 4<"$0" || exit 125; ';
 const JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"';
+const SECCOMP_ARGS = ['--seccomp', '4'];
+/** The filter's file, beside the project's caches: no sandbox mounts that folder, so none can change it. */
+const SECCOMP_FILE = '.seccomp-filter';
 
 /**
  * Decides once, at start, how builds run: bwrap where it works (or where BUILD_SANDBOX=bwrap
@@ -86,7 +93,8 @@ const JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift;
  */
 export async function createBuildSandbox(settings: SandboxSettings, logger: Logger): Promise<BuildSandbox> {
   const log = logger.child({ source: 'BuildSandbox' });
-  const problem = settings.kind === 'none' ? undefined : await probeBwrap();
+  const seccomp = fallocateFilter();
+  const problem = settings.kind === 'none' ? undefined : await probeBwrap(seccomp);
   if (settings.kind === 'none' || problem) {
     if (settings.kind === 'bwrap') throw new ConfigError([`BUILD_SANDBOX=bwrap, but bwrap does not work here: ${problem}`]);
     if (!settings.allowUnsandboxed) {
@@ -103,21 +111,26 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
   const cgroups = await findCgroups();
   const hasPrlimit = await isExecutable(PRLIMIT);
   const enforcement = cgroups ? (cgroups.version === 2 ? 'cgroup v2' : 'cgroup v1') : 'rlimits and polling';
-  log.info({ sandbox: 'bwrap', enforcement, limits: settings.limits }, 'builds run in the bwrap sandbox');
+  log.info({ sandbox: 'bwrap', enforcement, limits: settings.limits, seccomp: seccomp ? 'fallocate refused' : 'none' }, 'builds run in the bwrap sandbox');
   return {
     kind: 'bwrap',
     enforcement,
     forStep: (stepAccess) => ({
-      enter: (step) => enterBwrap(step, stepAccess, { limits: settings.limits, cgroups, hasPrlimit }),
+      enter: (step) => enterBwrap(step, stepAccess, { limits: settings.limits, cgroups, hasPrlimit, seccomp }),
     }),
   };
 }
 
 /** Undefined when bwrap can make the sandbox here, else why not. */
-export async function probeBwrap(): Promise<string | undefined> {
+export async function probeBwrap(seccomp = fallocateFilter()): Promise<string | undefined> {
   if (!(await isExecutable(BWRAP))) return `${BWRAP} is not installed (Debian/Ubuntu: apt-get install bubblewrap)`;
-  const args = [...namespaceArgs(false), ...(await systemArgs()), '--proc', '/proc', '--dev', '/dev', '--', '/usr/bin/true'];
-  const result = await runProcess({ command: BWRAP, args, env: {} }, 10_000);
+  const args = [...namespaceArgs(false), ...(await systemArgs()), '--proc', '/proc', '--dev', '/dev', ...(seccomp ? SECCOMP_ARGS : []), '--', '/usr/bin/true'];
+  const dir = seccomp ? await mkdtemp(join(tmpdir(), 'kiln-probe-')) : undefined;
+  const result = await (async () => {
+    const filterFile = dir ? join(dir, SECCOMP_FILE) : undefined;
+    if (filterFile) await writeFile(filterFile, seccomp!);
+    return runProcess({ ...bwrapCommand(filterFile, [], args), env: {} }, 10_000);
+  })().finally(() => dir && rm(dir, { recursive: true, force: true }));
   if (!('stdout' in result)) return `${BWRAP} could not be started: ${result.message}`;
   return result.exitCode === 0 ? undefined : `${BWRAP} failed: ${result.stderr.trim() || (result.timedOut ? 'no answer within 10 s' : `exit code ${result.exitCode}`)}`;
 }
@@ -126,6 +139,14 @@ interface Machine {
   limits: StepLimits;
   cgroups: CgroupLayout | undefined;
   hasPrlimit: boolean;
+  /** The seccomp filter (seccomp.ts); undefined on an architecture it does not know. */
+  seccomp: Buffer | undefined;
+}
+
+/** bwrap, started with the filter in `filterFile` (none without) and in the cgroups whose `cgroup.procs` are listed. */
+function bwrapCommand(filterFile: string | undefined, procsFiles: readonly string[], bwrapArgs: readonly string[]): { command: string; args: string[] } {
+  if (!filterFile && procsFiles.length === 0) return { command: BWRAP, args: [...bwrapArgs] };
+  return { command: '/bin/sh', args: ['-c', (filterFile ? OPEN_FILTER : '') + JOIN_CGROUP, filterFile ?? 'kiln-sandbox', ...procsFiles, '--', BWRAP, ...bwrapArgs] };
 }
 
 async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Machine): Promise<Jail | { missing: 'ENOENT' | 'EACCES' }> {
@@ -189,6 +210,7 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     // The root itself is a tmpfs: nothing but the workspace (and the fetch's cache) is writable.
     ...['--remount-ro', '/'],
     ...['--info-fd', '3'],
+    ...(machine.seccomp ? SECCOMP_ARGS : []),
     '--',
     ...(machine.hasPrlimit ? rlimitArgs(machine.limits) : []),
     found.real,
@@ -198,7 +220,9 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
   const cgroup = machine.cgroups
     ? await createStepCgroup(machine.cgroups, { maxProcesses: machine.limits.maxProcesses, memoryBytes: machine.limits.memoryMb * 1024 * 1024 })
     : undefined;
-  return jail(cgroup ? { command: '/bin/sh', args: ['-c', JOIN_CGROUP, 'kiln-sandbox', ...cgroup.procsFiles, '--', BWRAP, ...bwrapArgs] } : { command: BWRAP, args: bwrapArgs }, {
+  const filterFile = machine.seccomp ? join(dirname(stepAccess.cacheDir), SECCOMP_FILE) : undefined;
+  if (filterFile) await writeFile(filterFile, machine.seccomp!);
+  return jail(bwrapCommand(filterFile, cgroup?.procsFiles ?? [], bwrapArgs), {
     env,
     cgroup,
     limits: machine.limits,

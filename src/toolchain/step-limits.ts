@@ -91,9 +91,15 @@ async function treeLimit({ cgroup, rootPid, limits }: LimitWatchOptions): Promis
   return undefined;
 }
 
+/**
+ * Each file and folder counts at least one block: empty files take no bytes, and a step
+ * making millions of them would use up the filesystem's inodes under any byte limit.
+ */
+const MIN_BYTES_PER_INODE = 4096;
+
 async function diskLimit({ diskPaths, limits }: LimitWatchOptions): Promise<string | undefined> {
-  const bytes = await diskUse(diskPaths);
-  return bytes > limits.workspaceMb * 1024 * 1024 ? limitMessages.disk(limits) : undefined;
+  const { bytes, inodes } = await diskUse(diskPaths);
+  return Math.max(bytes, inodes * MIN_BYTES_PER_INODE) > limits.workspaceMb * 1024 * 1024 ? limitMessages.disk(limits) : undefined;
 }
 
 /** Threads and resident memory of `root` and every descendant, from /proc. */
@@ -122,25 +128,37 @@ async function measureTree(root: number): Promise<{ tasks: number; rssBytes: num
   return { tasks, rssBytes: pages * 4096 };
 }
 
-/**
- * Bytes allocated on disk under `paths` (sparse files count what they use), symlinks not
- * followed: coreutils' du walks a node_modules several times faster than a walk in Node.
- */
-async function diskUse(paths: string[]): Promise<number> {
-  const result = await runProcess({ command: 'du', args: ['-s', '-B1', '-x', '--', ...paths], env: { PATH: '/usr/bin:/bin' } }, 60_000);
-  const totals = ('stdout' in result ? result.stdout : '').split('\n').filter(Boolean).map((line) => Number(line.split('\t')[0]));
-  if (totals.length === paths.length && totals.every(Number.isFinite)) return totals.reduce((sum, n) => sum + n, 0);
-  let bytes = 0;
-  for (const path of paths) bytes += await walkedDiskUse(path);
-  return bytes;
+interface DiskUse {
+  bytes: number;
+  inodes: number;
 }
 
-async function walkedDiskUse(path: string): Promise<number> {
+/**
+ * Bytes allocated on disk under `paths` (sparse files count what they use) and the files
+ * and folders there, symlinks not followed: coreutils' du walks a node_modules several
+ * times faster than a walk in Node (the two runs share the kernel's cache of the tree).
+ */
+async function diskUse(paths: string[]): Promise<DiskUse> {
+  const [bytes, inodes] = await Promise.all([duTotal(['-B1'], paths), duTotal(['--inodes'], paths)]);
+  if (bytes !== undefined && inodes !== undefined) return { bytes, inodes };
+  const use: DiskUse = { bytes: 0, inodes: 0 };
+  for (const path of paths) await walkDiskUse(path, use);
+  return use;
+}
+
+/** What `du -s -x` counts under `paths` in all; undefined when it could not tell (no coreutils du). */
+async function duTotal(unit: string[], paths: string[]): Promise<number | undefined> {
+  const result = await runProcess({ command: 'du', args: ['-s', '-x', ...unit, '--', ...paths], env: { PATH: '/usr/bin:/bin' } }, 60_000);
+  const totals = ('stdout' in result ? result.stdout : '').split('\n').filter(Boolean).map((line) => Number(line.split('\t')[0]));
+  return totals.length === paths.length && totals.every(Number.isFinite) ? totals.reduce((sum, n) => sum + n, 0) : undefined;
+}
+
+async function walkDiskUse(path: string, use: DiskUse): Promise<void> {
   const stats = await lstat(path).catch(() => undefined);
-  if (!stats) return 0;
-  let bytes = stats.blocks * 512;
-  if (!stats.isDirectory()) return bytes;
+  if (!stats) return;
+  use.bytes += stats.blocks * 512;
+  use.inodes++;
+  if (!stats.isDirectory()) return;
   const entries = await readdir(path).catch(() => [] as string[]);
-  for (const entry of entries) bytes += await walkedDiskUse(join(path, entry));
-  return bytes;
+  for (const entry of entries) await walkDiskUse(join(path, entry), use);
 }

@@ -10,7 +10,7 @@ import { useStarted } from './lifecycle.js';
 // runs, with the fake npm so no registry is needed; FLUTTER: a build hook, as Dart runs
 // hook/build.dart).
 
-export type ProbeKind = 'reach' | 'fork-bomb' | 'memory-hog' | 'disk-filler' | 'honest';
+export type ProbeKind = 'reach' | 'fork-bomb' | 'memory-hog' | 'disk-filler' | 'file-spray' | 'honest';
 
 export interface ProbeTargets {
   /** The server's own pid (host pid namespace). */
@@ -48,6 +48,12 @@ node -e 'const held = []; for (let mb = 64; mb <= 8192; mb += 64) { held.push(Bu
 head -c 10737418240 /dev/zero > filler.bin
 echo "PROBE disk-filler: wrote $(wc -c < filler.bin) bytes"
 `;
+    case 'file-spray':
+      return `echo "PROBE file-spray: making empty files, a thousand at a time"
+mkdir spray && cd spray || exit 1
+i=0
+while :; do touch $(seq -f "f$i-%g" 1000); i=$((i + 1)); done
+`;
     case 'reach':
       return `say() { echo "PROBE $1: $2"; }
 # The server's PATH (npm scripts) starts with the repository's node_modules/.bin.
@@ -65,6 +71,10 @@ node -e '${internetProbe.replaceAll("'", `'"'"'`)}' 2>&1
 if (echo pwned > /tmp/kiln-hostile-${t.marker}) 2>/dev/null; then say host-tmp "wrote /tmp/kiln-hostile-${t.marker}"; else say host-tmp "blocked"; fi
 if (echo pwned > '${t.repoRoot}/src/hostile-${t.marker}.ts') 2>/dev/null; then say server-source-write "REACHED"; else say server-source-write "blocked"; fi
 if (echo pwned > '${t.repoRoot}/node_modules/node/hostile-${t.marker}') 2>/dev/null; then say server-node-modules-write "REACHED"; else say server-node-modules-write "blocked"; fi
+# Disk reserved without writing it (FALLOC_FL_KEEP_SIZE), which RLIMIT_FSIZE does not bound.
+: > reserved.bin
+if fallocate -n -l 1G reserved.bin 2>/dev/null; then say disk-reserve "REACHED $(du -B1 reserved.bin | cut -f1) bytes"; else say disk-reserve "blocked"; fi
+rm -f reserved.bin
 setsid sh -c 'while :; do sleep 1; done' kiln-daemon-${t.marker} > /dev/null 2>&1 < /dev/null &
 say daemon "started kiln-daemon-${t.marker}"
 `;
