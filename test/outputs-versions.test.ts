@@ -235,6 +235,20 @@ describe(`versions: diffs, restore and archives (${databaseKind})`, () => {
     await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, accepted.id);
   });
 
+  it('stops the running generation of a project when it is archived', async () => {
+    const archived = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    llm.script({ kind: 'stall', chunks: ['Thinking'] });
+    const running = await startAccepted(suite.owner.client, { projectId: archived.id, prompt: 'Stalls until stopped' });
+    const watch = new GenerationWatch(suite.server.url, suite.owner.accessToken, running.id);
+    try {
+      await watch.until((state) => state.status === 'RUNNING');
+      expectTypename((await suite.owner.client.expectNoErrors(ArchiveProjectDocument, { id: archived.id })).archiveProject, 'Project');
+      expect(await watch.finished()).toMatchObject({ status: 'CANCELLED' });
+    } finally {
+      watch.close();
+    }
+  });
+
   it('neither retries nor restores in an archived project', async () => {
     const archived = await createProject(suite.owner.client, { target: 'FLUTTER' });
     llm.script({ kind: 'stream', chunks: answer({ path: 'lib/main.dart', content: dart('Kept') }) });

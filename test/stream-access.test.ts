@@ -10,7 +10,7 @@ import {
 } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
 import { createProject, signIn, signUp, type TestUser } from './support/fixtures.js';
-import { type GenerationServer, startAccepted, within } from './support/generation-helpers.js';
+import { type GenerationServer, startAccepted, waitForEnd, within } from './support/generation-helpers.js';
 import { startFakeSupabase } from './support/fake-supabase.js';
 import { useStarted } from './support/lifecycle.js';
 import { collect, liveClient, RawSocket, sseSubscribe } from './support/live.js';
@@ -31,13 +31,18 @@ async function openStream(server: GenerationServer, transport: Transport, user: 
   if (transport === 'sse') {
     const stream = sseSubscribe(server.url, user.accessToken, GenerationUpdatedDocument, { id: generationId });
     await within(stream.atLeast(1), 20_000, () => 'the SSE stream delivered nothing');
-    return { ended: stream.ended.then((how) => ({ completed: how.completed, errors: how.errors })), close: async () => stream.abort() };
+    return {
+      ended: stream.ended.then((how) => ({ completed: how.completed, errors: how.errors })),
+      last: () => stream.items.at(-1)?.generationUpdated,
+      close: async () => stream.abort(),
+    };
   }
   const live = liveClient(server.url, user.accessToken);
   const stream = collect(live.client, GenerationUpdatedDocument, { id: generationId });
   await within(stream.atLeast(1), 20_000, () => 'the graphql-ws stream delivered nothing');
   return {
     ended: stream.ended.then((how) => ({ completed: how.error === undefined, errors: how.errors })),
+    last: () => stream.items.at(-1)?.generationUpdated,
     close: async () => {
       await live.dispose();
     },
@@ -103,14 +108,16 @@ describe(`live streams end when access ends (${databaseKind})`, () => {
       expect(ownerStream.events.some((event) => event.event === 'complete')).toBe(false);
     });
 
-    it('archiving the project ends its live streams (INVALID_STATE)', async () => {
+    it('archiving the project stops its generation and ends its live streams: CANCELLED, or INVALID_STATE if access went first', async () => {
       const { owner, project, generation } = await sharedGeneration();
       const stream = await openStream(suite.server, transport, owner, generation.id);
       cleanups.push(stream.close);
       const archived = await owner.client.expectNoErrors(ArchiveProjectDocument, { id: project.id });
       expect(archived.archiveProject.__typename).toBe('Project');
       const ended = await within(stream.ended, 20_000, () => 'the stream outlived the archiving');
-      expect(ended.errors).toEqual([expect.objectContaining({ extensions: { code: 'INVALID_STATE' } })]);
+      if (ended.errors) expect(ended.errors).toEqual([expect.objectContaining({ extensions: { code: 'INVALID_STATE' } })]);
+      else expect(stream.last()).toMatchObject({ status: 'CANCELLED' });
+      expect(await waitForEnd(suite.server, owner.client, owner.accessToken, generation.id)).toMatchObject({ status: 'CANCELLED' });
     });
   });
 });

@@ -4,7 +4,7 @@ import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
 import { BudgetExceededError, InvalidStateError, NotFoundError, RateLimitedError } from '../errors.js';
 import type { EventBus } from '../events/bus.js';
-import { requireRole } from '../projects/projects.js';
+import { archiveProject, requireRole } from '../projects/projects.js';
 import { type ProjectRow, projectStore } from '../projects/store.js';
 import { reserveAtStart } from './budget.js';
 import { isTerminal } from './status.js';
@@ -141,6 +141,22 @@ export async function cancelGeneration(scope: Scope, deps: Pick<GenerationDeps, 
   if (running) deps.bus.publish('generationCancel', id, { at: new Date().toISOString() });
   else deps.bus.publish('generationUpdated', id, { status: generation.status, phase: generation.phase });
   return generation;
+}
+
+/**
+ * Archiving a project stops its work: its queued generations end at once and its running
+ * ones are asked to stop, as a cancel would, so nothing goes on spending its budget.
+ */
+export async function archiveProjectAndStop(scope: Scope, deps: Pick<GenerationDeps, 'bus'>, id: string): Promise<ProjectRow> {
+  const project = await archiveProject(scope, id);
+  const active = await scope.run((tx) => generationStore.activeIdsOfProject(tx, project.id));
+  for (const generationId of active) {
+    // One that ended meanwhile needs no stop.
+    await cancelGeneration(scope, deps, generationId).catch((error: unknown) => {
+      if (!(error instanceof InvalidStateError)) throw error;
+    });
+  }
+  return project;
 }
 
 export async function getGeneration(scope: Scope, id: string): Promise<GenerationRow | null> {

@@ -133,6 +133,12 @@ export const generationStore = {
     await tx.update(generations).set({ reservedTokens }).where(and(eq(generations.id, id), eq(generations.status, 'RUNNING')));
   },
 
+  /** The QUEUED and RUNNING generations of a project. */
+  async activeIdsOfProject(tx: Tx, projectId: string): Promise<string[]> {
+    const rows = await tx.select({ id: generations.id }).from(generations).where(and(eq(generations.projectId, projectId), isActive));
+    return rows.map((row) => row.id);
+  },
+
   async activeCountOfUser(tx: Tx, userId: string): Promise<number> {
     const [row] = await tx
       .select({ total: sql<number>`count(*)::int` })

@@ -1,6 +1,6 @@
+import { archiveProjectAndStop } from '../../generations/generations.js';
 import {
   addProjectMember,
-  archiveProject,
   createProject,
   email,
   listProjects,
@@ -136,7 +136,7 @@ builder.mutationFields((t) => ({
     type: ProjectRef,
     errors: {},
     args: { id: t.arg.globalID({ required: true }).validate(idFor('Project')) },
-    resolve: (_root, args, ctx) => archiveProject(ctx.db, args.id),
+    resolve: (_root, args, ctx) => archiveProjectAndStop(ctx.db, ctx.useCases.generations, args.id),
   }),
   addProjectMember: t.field({
     type: MemberRef,
