@@ -13,12 +13,14 @@ describe.skipIf(!testDatabaseUrl)('migrations on PostgreSQL', () => {
   it('migrate a new database as a role named kiln, tables in public', async () => {
     const admin = postgres(testDatabaseUrl!, { max: 1, onnotice: () => {} });
     const name = `kiln_role_${randomBytes(4).toString('hex')}`;
+    const password = randomBytes(12).toString('hex');
     try {
-      await admin.unsafe(`do $$ begin create role kiln login createrole; exception when duplicate_object then null; end $$`);
+      await admin.unsafe(`do $$ begin create role kiln; exception when duplicate_object then null; end $$`);
+      await admin.unsafe(`alter role kiln login createrole password '${password}'`);
       await admin.unsafe(`create database ${name} owner kiln`);
       const url = new URL(testDatabaseUrl!);
       url.username = 'kiln';
-      url.password = '';
+      url.password = password;
       url.pathname = `/${name}`;
       const database = await openDatabase({ url: url.toString() });
       try {
@@ -32,6 +34,7 @@ describe.skipIf(!testDatabaseUrl)('migrations on PostgreSQL', () => {
       }
     } finally {
       await admin.unsafe(`drop database if exists ${name} with (force)`);
+      await admin.unsafe('drop role if exists kiln');
       await admin.end();
     }
   });

@@ -130,6 +130,15 @@ describe(`model output through a fake Gemini (${databaseKind})`, () => {
     expect(generation.error?.message).toContain('lib/main.dart');
   });
 
+  it('fails with INVALID_OUTPUT when the answer holds a NUL character, which no text column takes, keeping what came before', async () => {
+    suite.gemini.script({ kind: 'stream', chunks: ['Here you go.\n', '<file path="lib/main.dart">void main() {}\u0000\n</file>\n'] });
+    const { generation } = await run('A NUL in the answer');
+
+    expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'INVALID_OUTPUT' }, files: [], buildSteps: [] });
+    expect(generation.error?.message).toMatch(/NUL/);
+    expect(generation.output).toBe('Here you go.\n<file path="lib/main.dart">void main() {}');
+  });
+
   it('splits a huge model event into chunks of at most 8 KiB that add up to exactly what was said', async () => {
     const big = `${'é☕ '.repeat(4000)}\n`;
     const text = `Big one.\n<file path="lib/big.txt">${big}</file>\n<file path="lib/main.dart">void main() {}\n</file>\n`;

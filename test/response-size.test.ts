@@ -55,6 +55,12 @@ describe(`content fields in the query cost (${databaseKind})`, () => {
     expect(tooComplex(await send(spread))).toBe(true);
   });
 
+  it('prices a diff by its patches even when none is asked for: a page of diffs is refused, one diff runs', async () => {
+    expect(tooComplex(await send(`query { project(id: "${id()}") { generations(first: 10) { edges { node { diff { additions } } } } } }`))).toBe(true);
+    const one = await send(`query { project(id: "${id()}") { generations(first: 1) { edges { node { diff { additions files { patch } } } } } } }`);
+    expect(one.errors).toBeUndefined();
+  });
+
   it('counts content once per item of a page', async () => {
     expect(tooComplex(await send(`query { projects(first: 10) { edges { node { generations(first: 10) { edges { node { output } } } } } } }`))).toBe(true);
     expect(tooComplex(await send(`query { projects(first: 10) { edges { node { generations(first: 10) { edges { node { id status } } } } } } }`))).toBe(false);

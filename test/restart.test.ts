@@ -1,7 +1,9 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
+import { sql } from 'drizzle-orm';
 import { afterEach, describe, expect, it } from 'vitest';
+import { openDatabase } from '../src/db/client.js';
 import { ConversationDocument, ProjectDocument } from './gql/graphql.js';
 import { createTestDatabase, databaseKind } from './support/db.js';
 import { createProject, graphqlClient, signUp } from './support/fixtures.js';
@@ -11,6 +13,7 @@ import {
   GenerationWatch,
   type Generation,
   getGeneration,
+  rawId,
   repoRoot,
   replayChunks,
   startAccepted,
@@ -118,27 +121,33 @@ async function retryOf(client: GraphQLClient, projectId: string, id: string, tim
   }
 }
 
+/** The environment of a Kiln that is killed and started again: its own DATA_DIR, or its own PostgreSQL database. */
+async function restartEnv(): Promise<Record<string, string>> {
+  const data = await tempDir('restart');
+  cleanups.push(() => data.remove());
+  const flutter = await fakeFlutter('ok');
+  cleanups.push(() => flutter.remove());
+  const env: Record<string, string> = {
+    DATA_DIR: data.path,
+    FLUTTER_BIN: flutter.bin,
+    OFFLINE_CHUNK_DELAY_MS: '100',
+    // The fake flutter's wrapper runs a script outside its own folder, which the sandbox hides.
+    ...unsandboxedBuilds,
+    // Embedded, the restarted process ends what the crash left RUNNING at once: the lease plays no part.
+    GENERATION_LEASE_SECONDS: databaseKind === 'pglite' ? '600' : '2',
+  };
+  if (databaseKind === 'postgres') {
+    // Two processes could share it; here they run one after the other like a restart.
+    const database = await createTestDatabase();
+    cleanups.push(() => database.close());
+    env.DATABASE_URL = database.url!;
+  }
+  return env;
+}
+
 describe(`a Kiln process killed mid-generation and started again (${databaseKind})`, () => {
   it('ends the interrupted generation as FAILED/INTERRUPTED, retries it once to success, and keeps its chunks', { timeout: 150_000 }, async () => {
-    const data = await tempDir('restart');
-    cleanups.push(() => data.remove());
-    const flutter = await fakeFlutter('ok');
-    cleanups.push(() => flutter.remove());
-    const env: Record<string, string> = {
-      DATA_DIR: data.path,
-      FLUTTER_BIN: flutter.bin,
-      OFFLINE_CHUNK_DELAY_MS: '100',
-      // The fake flutter's wrapper runs a script outside its own folder, which the sandbox hides.
-      ...unsandboxedBuilds,
-      // Embedded, the restarted process ends what the crash left RUNNING at once: the lease plays no part.
-      GENERATION_LEASE_SECONDS: databaseKind === 'pglite' ? '600' : '2',
-    };
-    if (databaseKind === 'postgres') {
-      // Two processes could share it; here they run one after the other like a restart.
-      const database = await createTestDatabase();
-      cleanups.push(() => database.close());
-      env.DATABASE_URL = database.url!;
-    }
+    const env = await restartEnv();
     const began = performance.now();
 
     // ---- first life: start a generation and kill the process while it streams
@@ -189,5 +198,28 @@ describe(`a Kiln process killed mid-generation and started again (${databaseKind
     // An operator's SIGTERM stops it cleanly.
     expect(await second.stop()).toBe(0);
     console.info(`[restart figures ${databaseKind}] kill, restart, interruption and retry took ${Math.round(performance.now() - began)} ms in all (process start-ups ${first.startupMs} ms and ${second.startupMs} ms)`);
+  });
+
+  it('ends a generation whose stop was asked for (a cancel, an archive) as CANCELLED when its worker died first, and does not retry it', { timeout: 150_000 }, async () => {
+    const env = await restartEnv();
+    const first = await launch(env);
+    const owner = await signUp(first);
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A stopwatch' });
+    await firstChunks(first.url, owner.accessToken, started.id, 3);
+    await first.kill();
+    // The stop was asked for on another instance, and this worker never heard of it.
+    const database = await openDatabase(env.DATABASE_URL ? { url: env.DATABASE_URL } : { dataDir: env.DATA_DIR });
+    await database.db.execute(sql`update generations set cancel_requested_at = now() where id = ${rawId(started.id)}`);
+    await database.close();
+
+    const second = await launch(env);
+    const watch = new GenerationWatch(second.url, owner.accessToken, started.id);
+    cleanups.push(() => watch.close());
+    expect(await watch.finished(20_000)).toMatchObject({ status: 'CANCELLED', phase: 'DONE', error: null });
+    // A retry would have been queued in the same transaction.
+    const { project: listed } = await second.client(owner.accessToken).expectNoErrors(ProjectDocument, { id: project.id });
+    expect(listed?.generations.edges.map((e) => e.node.id)).toEqual([started.id]);
+    expect(await second.stop()).toBe(0);
   });
 });

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -69,6 +69,7 @@ describe.skipIf(bwrapProblem !== undefined).each(['WEB', 'FLUTTER'] as const)(`h
         'server-source-write',
         'server-node-modules-write',
         'disk-reserve',
+        'io-uring',
         'daemon',
       ].sort(),
     );
@@ -144,7 +145,10 @@ describe(`the same probes without the sandbox (${databaseKind})`, () => {
     const generation = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id, 60_000);
     try {
       const results = probeResults(generation.buildLog);
-      for (const probe of ['environ', 'processes', 'data-dir', 'source', 'server-node-modules', `tcp-${targets.apiPort}`, 'disk-reserve']) {
+      // io_uring only where the kernel lets processes use it (kernels before 6.6 have no switch).
+      const switchFile = '/proc/sys/kernel/io_uring_disabled';
+      const ioUring = !existsSync(switchFile) || readFileSync(switchFile, 'utf8').trim() === '0' ? ['io-uring'] : [];
+      for (const probe of ['environ', 'processes', 'data-dir', 'source', 'server-node-modules', `tcp-${targets.apiPort}`, 'disk-reserve', ...ioUring]) {
         expect(`${probe}: ${results[probe]}`).toMatch(new RegExp(`^${probe}: REACHED`));
       }
     } finally {

@@ -32,14 +32,14 @@ const PRICES: Record<string, Price> = {
   'Generation.output': () => MAX_TOTAL_BYTES / KIB,
   'GeneratedFile.content': () => MAX_FILE_BYTES / KIB,
   'ConversationMessage.content': () => MAX_TOTAL_BYTES / KIB,
-  'FileDiff.patch': () => (2 * MAX_FILE_BYTES) / KIB,
+  // Every file's patch is worked out (on the event loop) whatever the selection asks of the diff.
+  'Generation.diff': () => (2 * MAX_TOTAL_BYTES) / KIB,
   'Generation.buildLog': (field) => LOG_LINE_KIB * tailOf(field),
 };
 
 /** Lists whose items' content is bounded all together: how many worst-case items they hold at most. */
 const LIST_SIZES: Record<string, number> = {
   'Generation.files': MAX_TOTAL_BYTES / MAX_FILE_BYTES,
-  'GenerationDiff.files': MAX_TOTAL_BYTES / MAX_FILE_BYTES,
 };
 
 /** The content price of one operation. */

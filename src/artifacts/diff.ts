@@ -65,8 +65,9 @@ export function diffFiles(before: Version, after: Version, maxSteps = MAX_DIFF_S
     if (old && now && old.sha256 === now.sha256) continue;
     const oldText = old?.content ?? '';
     const newText = now?.content ?? '';
-    const lineCount = lines(oldText) + lines(newText);
-    const maxEditLength = Math.min(MAX_EDIT_LENGTH, Math.floor(steps / lineCount));
+    // An added or deleted file is its whole-file patch: nothing to search, nothing spent.
+    const lineCount = oldText && newText ? lines(oldText) + lines(newText) : 0;
+    const maxEditLength = lineCount ? Math.min(MAX_EDIT_LENGTH, Math.floor(steps / lineCount)) : 0;
     const found = maxEditLength > 0 ? structuredPatch(path, path, oldText, newText, undefined, undefined, { context: 3, maxEditLength }) : undefined;
     const patch = found ?? wholeFilePatch(path, oldText, newText);
     const changed = patch.hunks.flatMap((hunk) => hunk.lines);
@@ -94,9 +95,10 @@ function wholeFilePatch(path: string, oldText: string, newText: string): Structu
     newHeader: undefined,
     hunks: [
       {
-        oldStart: oldLines.length ? 1 : 0,
+        // jsdiff's numbering: an empty side starts at 1 too (formatPatch prints it as 0,0).
+        oldStart: 1,
         oldLines: oldLines.length,
-        newStart: newLines.length ? 1 : 0,
+        newStart: 1,
         newLines: newLines.length,
         lines: [
           ...oldLines.map((line) => `-${line}`),

@@ -34,12 +34,14 @@ export async function migrateDatabase(database: Database): Promise<void> {
     import('drizzle-orm/postgres-js/migrator'),
   ]);
   // One connection of its own, so the session lock covers every statement: processes
-  // starting together migrate one after another. Its search_path is public alone: the
-  // default puts "$user" first, and a role named kiln would create the tables in the
-  // migrations' own kiln schema.
-  const client = postgres(database.url!, { max: 1, onnotice: () => {}, connection: { search_path: 'public' } });
+  // starting together migrate one after another.
+  const client = postgres(database.url!, { max: 1, onnotice: () => {} });
   try {
     const db = drizzle(client);
+    // public alone: the default search_path puts "$user" first, and as a role named kiln
+    // the tables would go to the migrations' own kiln schema. A statement, not a startup
+    // parameter, which poolers such as PgBouncer refuse.
+    await db.execute(sql`set search_path to public`);
     await db.execute(sql`select pg_advisory_lock(${MIGRATION_LOCK})`);
     await applyShimIfMissing(db, async (text) => void (await client.unsafe(text).simple()));
     await migrate(db, { migrationsFolder });

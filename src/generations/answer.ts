@@ -4,7 +4,7 @@ import { failSpan, startSpan } from '../observability/tracing.js';
 import type { ProjectTarget } from '../toolchain/targets.js';
 import { Batcher, splitText } from './batcher.js';
 import { budgetMeter, type RunBudget } from './budget.js';
-import { createOutputParser, type OutputEvent } from './output-parser.js';
+import { createOutputParser, type OutputEvent, OutputProtocolError } from './output-parser.js';
 import type { PhaseChange, PipelineDeps } from './pipeline.js';
 import type { RunCursor } from './run-cursor.js';
 import { generationStore } from './store.js';
@@ -80,10 +80,14 @@ export async function streamAnswer(
         usage = event.usage;
         continue;
       }
-      onText(event.text);
-      await chunks.add(event.text);
-      await budget.add(event.text); // past the budget it throws, and leaving the loop closes the stream
-      changes.push(...parser.push(event.text));
+      // No PostgreSQL text holds NUL, and no source file does: what came before it is kept.
+      const nul = event.text.indexOf('\u0000');
+      const text = nul === -1 ? event.text : event.text.slice(0, nul);
+      onText(text);
+      await chunks.add(text);
+      await budget.add(text); // past the budget it throws, and leaving the loop closes the stream
+      changes.push(...parser.push(text));
+      if (nul !== -1) throw new OutputProtocolError("The model's answer holds a NUL character (U+0000), which no source file has; nothing was written.");
     }
     changes.push(...parser.end());
     // The last chunks and what follows the answer (the next phase) commit together.

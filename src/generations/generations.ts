@@ -57,6 +57,7 @@ export interface StartInput {
 export async function startGeneration(scope: Scope, deps: GenerationDeps, input: StartInput): Promise<GenerationRow> {
   if (scope.userId) await deps.rateLimit?.(scope.userId);
   const generation = await scope.run(async (tx) => {
+    await projectStore.lockAgainstArchive(tx, input.projectId, 'start');
     const project = requireRole(await projectStore.find(tx, input.projectId), ['owner', 'editor']);
     refuseArchived(project);
     const parent = await resolveParent(tx, project.id, input);
@@ -80,6 +81,7 @@ export async function retryGeneration(scope: Scope, deps: GenerationDeps, id: st
   if (scope.userId) await deps.rateLimit?.(scope.userId);
   const generation = await scope.run(async (tx) => {
     const original = await findVisible(tx, id);
+    await projectStore.lockAgainstArchive(tx, original.projectId, 'start');
     const project = requireRole(await projectStore.find(tx, original.projectId), ['owner', 'editor']);
     refuseArchived(project);
     if (!isTerminal(original.status)) throw new InvalidStateError('Only a finished generation can be retried.');
@@ -211,7 +213,7 @@ async function checkLimits(
   userId: string,
   spendsTokens: boolean,
 ): Promise<number> {
-  // Lock order: the session, the user's starts, then the project's budget (runs growing their reservation take only the latter).
+  // Lock order: archiving, the session, the user's starts, then the project's budget (runs growing their reservation take only the latter).
   const budgeted = spendsTokens && project.monthlyTokenLimit !== null;
   await generationStore.lockStartsOfUser(tx, userId, budgeted ? project.id : undefined);
   const reserved = spendsTokens ? await reserveAtStart(tx, project, deps.budgetReservationTokens ?? 0, (limit, committed) => new BudgetExceededError(limit, committed)) : 0;
@@ -268,7 +270,8 @@ async function findVisible(tx: Tx, id: string): Promise<GenerationRow> {
   return generation;
 }
 
-function announce(deps: GenerationDeps, generation: GenerationRow) {
+/** A new generation's first state to its viewers, and a worker woken for it. */
+export function announce(deps: GenerationDeps, generation: GenerationRow) {
   deps.bus.publish('generationUpdated', generation.id, { status: generation.status, phase: generation.phase });
   deps.wakeWorkers(generation.id);
 }

@@ -4,7 +4,7 @@ import { InvalidStateError, NotFoundError } from '../errors.js';
 import type { LlmUsage } from '../llm/provider.js';
 import { requireRole } from '../projects/projects.js';
 import { projectStore } from '../projects/store.js';
-import { type GenerationDeps, claimSession, insertGeneration, refuseArchived } from './generations.js';
+import { type GenerationDeps, announce, claimSession, insertGeneration, refuseArchived } from './generations.js';
 import type { OutputEvent } from './output-parser.js';
 import { isTerminal } from './status.js';
 import { type GenerationRow, generationStore } from './store.js';
@@ -18,6 +18,7 @@ export async function restoreGeneration(scope: Scope, deps: GenerationDeps, id: 
   const generation = await scope.run(async (tx) => {
     const source = await generationStore.find(tx, id);
     if (!source) throw new NotFoundError('Generation not found.');
+    await projectStore.lockAgainstArchive(tx, source.projectId, 'start');
     const project = requireRole(await projectStore.find(tx, source.projectId), ['owner', 'editor']);
     refuseArchived(project);
     if (!isTerminal(source.status)) throw new InvalidStateError('This generation is still queued or running; it can be restored once it has ended.');
@@ -31,8 +32,7 @@ export async function restoreGeneration(scope: Scope, deps: GenerationDeps, id: 
     // No model call, so no fix rounds either.
     return insertGeneration(tx, deps, { ...values, restoredFrom: source.id, maxFixRounds: 0 }, project);
   });
-  deps.bus.publish('generationUpdated', generation.id, { status: generation.status, phase: generation.phase });
-  deps.wakeWorkers(generation.id);
+  announce(deps, generation);
   return generation;
 }
 

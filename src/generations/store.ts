@@ -250,13 +250,15 @@ export const generationStore = {
    * `all`, every RUNNING one (embedded start-up: no other process can be running them).
    */
   async interruptLapsed(tx: Tx, { all = false }: { all?: boolean } = {}): Promise<GenerationRow[]> {
+    // One whose stop was asked for (a cancel, an archive) ends as it would have: CANCELLED, never retried.
+    const cancelled = sql`${generations.cancelRequestedAt} is not null`;
     return tx
       .update(generations)
       .set({
-        status: 'FAILED',
+        status: sql`case when ${cancelled} then 'CANCELLED' else 'FAILED' end::generation_status`,
         phase: 'DONE',
-        errorCode: 'INTERRUPTED',
-        errorMessage: 'The worker running this generation stopped; a retry follows unless it was a retry itself.',
+        errorCode: sql`case when ${cancelled} then null else 'INTERRUPTED' end`,
+        errorMessage: sql`case when ${cancelled} then null else 'The worker running this generation stopped; a retry follows unless it was a retry itself.' end`,
         finishedAt: sql`now()`,
         leaseExpiresAt: null,
       })

@@ -180,7 +180,7 @@ export function startWorker(options: WorkerOptions): Worker {
 
 /** One automatic retry per generation: a new one with `retryOf`, queued at once. */
 async function retryInterrupted(tx: Tx, provider: GenerationDeps['provider'], rows: GenerationRow[], enqueue?: GenerationDeps['enqueue']): Promise<number> {
-  const retryable = rows.filter((row) => row.attempt < 2 && row.retryOf === null);
+  const retryable = rows.filter((row) => row.errorCode === 'INTERRUPTED' && row.attempt < 2 && row.retryOf === null);
   for (const row of retryable) {
     await insertRetry(tx, { provider, maxActivePerUser: Number.POSITIVE_INFINITY, enqueue }, row, { createdBy: row.createdBy, limits: 'waive' });
   }

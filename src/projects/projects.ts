@@ -60,6 +60,7 @@ export async function archiveProject(scope: Scope, id: string): Promise<ProjectR
   return scope.run(async (tx) => {
     const project = requireRole(await projectStore.find(tx, id), ['owner']);
     if (project.archivedAt) return project;
+    await projectStore.lockAgainstArchive(tx, id, 'archive');
     return { ...(await projectStore.update(tx, id, { archivedAt: new Date() }))!, viewerRole: project.viewerRole };
   });
 }

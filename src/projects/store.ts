@@ -30,6 +30,16 @@ export const projectStore = {
     return { ...row!, viewerRole: 'owner' };
   },
 
+  /**
+   * Starts (shared) and archiving (exclusive) of one project take turns until their
+   * transactions end: a start that read the project before an archive committed is over
+   * before the archive looks for what to stop, and a later one finds it archived.
+   */
+  async lockAgainstArchive(tx: Tx, projectId: string, as: 'start' | 'archive'): Promise<void> {
+    const key = sql`hashtextextended(${`kiln.project-archive:${projectId}`}, 0)`;
+    await tx.execute(as === 'archive' ? sql`select pg_advisory_xact_lock(${key})` : sql`select pg_advisory_xact_lock_shared(${key})`);
+  },
+
   async find(tx: Tx, id: string): Promise<ProjectRow | undefined> {
     const [row] = await tx.select(withViewerRole).from(projects).where(eq(projects.id, id));
     return row;

@@ -5,6 +5,10 @@ export interface OutputLine {
   text: string;
 }
 
+// No PostgreSQL text holds NUL: a tool that prints one (binary output) gets U+FFFD in its log.
+const NUL = '\u0000';
+const REPLACEMENT = '\uFFFD';
+
 /** Splits decoded text into lines without ever holding more than `maxLength` characters of one line. */
 export class LineSplitter {
   private partial = '';
@@ -41,9 +45,7 @@ export class LineSplitter {
   }
 
   private take(): string {
-    const line = this.overflowed
-      ? `${this.partial.slice(0, this.maxLength - 1)}…`
-      : this.partial.replace(/\r$/, '');
+    const line = (this.overflowed ? `${this.partial.slice(0, this.maxLength - 1)}…` : this.partial.replace(/\r$/, '')).replaceAll(NUL, REPLACEMENT);
     this.partial = '';
     this.overflowed = false;
     return line;

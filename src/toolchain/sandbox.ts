@@ -1,5 +1,6 @@
+import { randomUUID } from 'node:crypto';
 import { constants } from 'node:fs';
-import { access, lstat, mkdir, mkdtemp, readlink, realpath, rm, writeFile } from 'node:fs/promises';
+import { access, lstat, mkdir, mkdtemp, readFile, readlink, realpath, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, basename, isAbsolute, join, resolve, sep } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -9,7 +10,7 @@ import type { Logger } from '../observability/logger.js';
 import { readProcStat } from '../proc-stat.js';
 import type { BuildTool } from './build-steps.js';
 import { type CgroupLayout, createStepCgroup, findCgroups, type StepCgroup } from './cgroups.js';
-import { fallocateFilter } from './seccomp.js';
+import { buildStepFilter } from './seccomp.js';
 import { type LimitWatch, type StepLimits, watchLimits } from './step-limits.js';
 import { runProcess } from './spawner.js';
 import { REGISTRY_ENV } from './step-runner.js';
@@ -79,9 +80,9 @@ const ETC_ALWAYS = ['/etc/ld.so.cache', '/etc/ld.so.conf', '/etc/ld.so.conf.d', 
 const ETC_FETCH = ['/etc/resolv.conf', '/etc/ssl', '/etc/ca-certificates', '/etc/ca-certificates.conf', '/etc/pki', '/etc/gai.conf'];
 const ENV_ALWAYS = ['LANG', 'LC_ALL', 'LC_CTYPE', 'TZ', 'CI'];
 const CA_PATH_VARS = ['NODE_EXTRA_CA_CERTS', 'SSL_CERT_FILE', 'SSL_CERT_DIR'];
-// Joins the step's cgroup before bwrap starts, so every process it makes is counted.
-/** Before bwrap: the seccomp filter ("$0") opened as fd 4 (`--seccomp 4`), and the step's cgroups joined. */
+/** Before bwrap: the seccomp filter ("$0") opened as fd 4 (`--seccomp 4`). */
 const OPEN_FILTER = 'exec 4<"$0" || exit 125; ';
+/** Joins the step's cgroups before bwrap starts, so every process it makes is counted. */
 const JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"';
 const SECCOMP_ARGS = ['--seccomp', '4'];
 /** The filter's file, beside the project's caches: no sandbox mounts that folder, so none can change it. */
@@ -93,8 +94,13 @@ const SECCOMP_FILE = '.seccomp-filter';
  */
 export async function createBuildSandbox(settings: SandboxSettings, logger: Logger): Promise<BuildSandbox> {
   const log = logger.child({ source: 'BuildSandbox' });
-  const seccomp = fallocateFilter();
-  const problem = settings.kind === 'none' ? undefined : await probeBwrap(seccomp);
+  let seccomp = buildStepFilter();
+  let problem = settings.kind === 'none' ? undefined : await probeBwrap(seccomp);
+  if (problem && seccomp && !(await probeBwrap(undefined))) {
+    log.warn({ problem }, 'bwrap works here, but not with the seccomp filter: builds run in the sandbox without it (fallocate and io_uring are not refused)');
+    seccomp = undefined;
+    problem = undefined;
+  }
   if (settings.kind === 'none' || problem) {
     if (settings.kind === 'bwrap') throw new ConfigError([`BUILD_SANDBOX=bwrap, but bwrap does not work here: ${problem}`]);
     if (!settings.allowUnsandboxed) {
@@ -111,7 +117,7 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
   const cgroups = await findCgroups();
   const hasPrlimit = await isExecutable(PRLIMIT);
   const enforcement = cgroups ? (cgroups.version === 2 ? 'cgroup v2' : 'cgroup v1') : 'rlimits and polling';
-  log.info({ sandbox: 'bwrap', enforcement, limits: settings.limits, seccomp: seccomp ? 'fallocate refused' : 'none' }, 'builds run in the bwrap sandbox');
+  log.info({ sandbox: 'bwrap', enforcement, limits: settings.limits, seccomp: seccomp ? 'fallocate and io_uring refused' : 'none' }, 'builds run in the bwrap sandbox');
   return {
     kind: 'bwrap',
     enforcement,
@@ -122,13 +128,12 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
 }
 
 /** Undefined when bwrap can make the sandbox here, else why not. */
-export async function probeBwrap(seccomp = fallocateFilter()): Promise<string | undefined> {
+export async function probeBwrap(seccomp = buildStepFilter()): Promise<string | undefined> {
   if (!(await isExecutable(BWRAP))) return `${BWRAP} is not installed (Debian/Ubuntu: apt-get install bubblewrap)`;
   const args = [...namespaceArgs(false), ...(await systemArgs()), '--proc', '/proc', '--dev', '/dev', ...(seccomp ? SECCOMP_ARGS : []), '--', '/usr/bin/true'];
   const dir = seccomp ? await mkdtemp(join(tmpdir(), 'kiln-probe-')) : undefined;
   const result = await (async () => {
-    const filterFile = dir ? join(dir, SECCOMP_FILE) : undefined;
-    if (filterFile) await writeFile(filterFile, seccomp!);
+    const filterFile = dir ? await filterFileIn(dir, seccomp!) : undefined;
     return runProcess({ ...bwrapCommand(filterFile, [], args), env: {} }, 10_000);
   })().finally(() => dir && rm(dir, { recursive: true, force: true }));
   if (!('stdout' in result)) return `${BWRAP} could not be started: ${result.message}`;
@@ -141,6 +146,20 @@ interface Machine {
   hasPrlimit: boolean;
   /** The seccomp filter (seccomp.ts); undefined on an architecture it does not know. */
   seccomp: Buffer | undefined;
+}
+
+/** The filter's file in `dir`, written aside and renamed unless it is there already: a step starting meanwhile reads a whole filter. */
+async function filterFileIn(dir: string, filter: Buffer): Promise<string> {
+  const file = join(dir, SECCOMP_FILE);
+  if ((await readFile(file).catch(() => undefined))?.equals(filter)) return file;
+  const draft = `${file}.${randomUUID()}`;
+  try {
+    await writeFile(draft, filter);
+    await rename(draft, file);
+  } finally {
+    await rm(draft, { force: true });
+  }
+  return file;
 }
 
 /** bwrap, started with the filter in `filterFile` (none without) and in the cgroups whose `cgroup.procs` are listed. */
@@ -217,11 +236,11 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     ...step.args,
   ];
 
+  // Before the cgroup: a step that cannot start leaves none behind.
+  const filterFile = machine.seccomp ? await filterFileIn(dirname(stepAccess.cacheDir), machine.seccomp) : undefined;
   const cgroup = machine.cgroups
     ? await createStepCgroup(machine.cgroups, { maxProcesses: machine.limits.maxProcesses, memoryBytes: machine.limits.memoryMb * 1024 * 1024 })
     : undefined;
-  const filterFile = machine.seccomp ? join(dirname(stepAccess.cacheDir), SECCOMP_FILE) : undefined;
-  if (filterFile) await writeFile(filterFile, machine.seccomp!);
   return jail(bwrapCommand(filterFile, cgroup?.procsFiles ?? [], bwrapArgs), {
     env,
     cgroup,

@@ -92,8 +92,9 @@ async function treeLimit({ cgroup, rootPid, limits }: LimitWatchOptions): Promis
 }
 
 /**
- * Each file and folder counts at least one block: empty files take no bytes, and a step
- * making millions of them would use up the filesystem's inodes under any byte limit.
+ * The workspace counts as the larger of its bytes and one block per file and folder: empty
+ * files take no bytes, and a step making millions of them would use up the filesystem's
+ * inodes under any byte limit.
  */
 const MIN_BYTES_PER_INODE = 4096;
 

@@ -73,8 +73,10 @@ if (echo pwned > '${t.repoRoot}/src/hostile-${t.marker}.ts') 2>/dev/null; then s
 if (echo pwned > '${t.repoRoot}/node_modules/node/hostile-${t.marker}') 2>/dev/null; then say server-node-modules-write "REACHED"; else say server-node-modules-write "blocked"; fi
 # Disk reserved without writing it (FALLOC_FL_KEEP_SIZE), which RLIMIT_FSIZE does not bound.
 : > reserved.bin
-if fallocate -n -l 1G reserved.bin 2>/dev/null; then say disk-reserve "REACHED $(du -B1 reserved.bin | cut -f1) bytes"; else say disk-reserve "blocked"; fi
+if fallocate -n -l 64M reserved.bin 2>/dev/null; then say disk-reserve "REACHED $(du -B1 reserved.bin | cut -f1) bytes"; else say disk-reserve "blocked"; fi
 rm -f reserved.bin
+# io_uring, whose operations (a fallocate among them) no seccomp filter sees: io_uring_setup(8 entries).
+if perl -e 'my $params = "\\0" x 120; exit(syscall(425, 8, $params) >= 0 ? 0 : 1)' 2>/dev/null; then say io-uring "REACHED"; else say io-uring "blocked"; fi
 setsid sh -c 'while :; do sleep 1; done' kiln-daemon-${t.marker} > /dev/null 2>&1 < /dev/null &
 say daemon "started kiln-daemon-${t.marker}"
 `;

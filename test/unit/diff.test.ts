@@ -18,12 +18,17 @@ describe('diffFiles', () => {
     expect(applyPatch(before, file!.patch)).toBe(after);
   });
 
-  it('replaces a file whole when every line differs, and the patch still applies', () => {
-    const before = numbered(5_000, 'old');
-    const after = numbered(5_000, 'new');
-    const [file] = diffFiles(version({ 'data.txt': before }), version({ 'data.txt': after }));
-    expect(file).toMatchObject({ additions: 5_000, deletions: 5_000 });
-    expect(applyPatch(before, file!.patch)).toBe(after);
+  it('spends none of the budget on added and deleted files: a small change after them keeps its small patch', () => {
+    const small = numbered(100, 'line');
+    const before = version({ 'a-gone.txt': numbered(5_000, 'old'), 'b.txt': small });
+    const after = version({ 'a-new.txt': numbered(5_000, 'new'), 'b.txt': small.replace('line 50\n', 'L\n') });
+    const files = diffFiles(before, after, 500);
+    expect(files.map((file) => [file.path, file.change, file.additions, file.deletions])).toEqual([
+      ['a-gone.txt', 'DELETED', 0, 5_000],
+      ['a-new.txt', 'ADDED', 5_000, 0],
+      ['b.txt', 'MODIFIED', 1, 1],
+    ]);
+    expect(applyPatch('', files[1]!.patch)).toBe(numbered(5_000, 'new'));
   });
 
   it('shares one budget between the files of a diff: once spent, the rest are whole-file patches', () => {

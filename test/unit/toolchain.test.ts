@@ -123,6 +123,13 @@ describe('runStep', () => {
     expect(stdout).toEqual([`${'x'.repeat(3_999)}…`, 'next']);
   });
 
+  it('shows a NUL a tool prints as U+FFFD: no text column takes NUL, and the log must still be stored', async () => {
+    const { result, stdout } = await run([], {}, { command: 'sh', args: ['-c', 'printf "a\\000b\\n"'] });
+
+    expect(result.status).toBe('SUCCEEDED');
+    expect(stdout).toEqual(['a\uFFFDb']);
+  });
+
   it('reports a missing tool by name instead of hanging', async () => {
     const { result } = await run(['pub', 'get'], { PATH: workspace });
 

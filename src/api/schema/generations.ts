@@ -237,7 +237,8 @@ builder.mutationFields((t) => ({
   startGeneration: t.field({
     type: GenerationRef,
     errors: { types: [BudgetExceededError] },
-    description: 'Queues a generation and returns it at once (QUEUED); follow it with the subscriptions.',
+    description:
+      'Queues a generation and returns it at once (QUEUED); follow it with the subscriptions. A session runs one generation at a time: joining one (sessionId, or a parent of it) while another of it is queued or running is an InvalidStateError.',
     args: { input: t.arg({ type: StartGenerationInput, required: true }) },
     resolve: (_root, { input }, ctx) =>
       startGeneration(ctx.db, ctx.useCases.generations, {
@@ -258,7 +259,8 @@ builder.mutationFields((t) => ({
   retryGeneration: t.field({
     type: GenerationRef,
     errors: { types: [BudgetExceededError] },
-    description: 'Starts a new generation with the same prompt, session and parent (retryOf points back).',
+    description:
+      "Starts a new generation with the same prompt, session and parent (retryOf points back); a restore's retry restores the same files again. Refused while another generation of the session is queued or running.",
     args: { id: t.arg.globalID({ required: true }).validate(idFor('Generation')) },
     resolve: (_root, args, ctx) => retryGeneration(ctx.db, ctx.useCases.generations, args.id),
   }),

@@ -135,6 +135,7 @@ builder.mutationFields((t) => ({
   archiveProject: t.field({
     type: ProjectRef,
     errors: {},
+    description: 'Keeps the project as it is: its queued generations end and its running ones are stopped (CANCELLED), and it takes no new ones.',
     args: { id: t.arg.globalID({ required: true }).validate(idFor('Project')) },
     resolve: (_root, args, ctx) => archiveProjectAndStop(ctx.db, ctx.useCases.generations, args.id),
   }),
