@@ -14,13 +14,14 @@ import { createProject } from './support/fixtures.js';
 import { useGeminiServer } from './support/gemini-server.js';
 import { startAccepted, waitForEnd } from './support/generation-helpers.js';
 import { hostProcessesWith } from './support/hostile-project.js';
-import { startCapturedServer } from './support/log-capture.js';
+import { LogCapture, startCapturedServer } from './support/log-capture.js';
 
 // The build sandbox as a step sees it: what it may reach (network and cache only when it
 // fetches dependencies), what it inherits (a short allowlist), and that nothing it starts
 // outlives it, however the step ends.
 
 const bwrapProblem = await probeBwrap();
+const LIMITS = { memoryMb: 512, maxProcesses: 128, workspaceMb: 64, tmpMb: 32 };
 const why = bwrapProblem ? ` (skipped: ${bwrapProblem})` : '';
 
 describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`, () => {
@@ -31,10 +32,7 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
   let tool: string;
 
   beforeAll(async () => {
-    sandbox = await createBuildSandbox(
-      { kind: 'bwrap', allowUnsandboxed: false, limits: { memoryMb: 512, maxProcesses: 128, workspaceMb: 64, tmpMb: 32 } },
-      createLogger('silent'),
-    );
+    sandbox = await createBuildSandbox({ kind: 'bwrap', allowUnsandboxed: false, limits: LIMITS }, createLogger('silent'));
   });
 
   beforeEach(async () => {
@@ -71,6 +69,22 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     });
     return { result, lines };
   }
+
+  it('keeps the sandbox, without the seccomp filter and with a warning, where bwrap cannot load the filter', async () => {
+    const logs = new LogCapture();
+    const withFilter = sandbox;
+    // Seven bytes: not a whole BPF instruction, which bwrap refuses to load.
+    sandbox = await createBuildSandbox({ kind: 'bwrap', allowUnsandboxed: false, limits: LIMITS }, createLogger('info', logs), Buffer.alloc(7));
+    try {
+      expect(sandbox.kind).toBe('bwrap');
+      const { result, lines } = await run('id -u');
+      expect(result.status).toBe('SUCCEEDED');
+      expect(lines).toEqual(['1000']);
+      expect(logs.records().find((record) => record.level === 40)?.msg).toMatch(/not with the seccomp filter/);
+    } finally {
+      sandbox = withFilter;
+    }
+  });
 
   it('runs as an unprivileged user with a short allowlisted environment, a private /tmp and HOME', async () => {
     const secrets = { DATABASE_URL: 'postgres://u:secret@db/kiln', HTTPS_PROXY: 'http://proxy.internal:3128', PUB_HOSTED_URL: 'https://pub.internal' };

@@ -40,7 +40,8 @@ export async function migrateDatabase(database: Database): Promise<void> {
     const db = drizzle(client);
     // public alone: the default search_path puts "$user" first, and as a role named kiln
     // the tables would go to the migrations' own kiln schema. A statement, not a startup
-    // parameter, which poolers such as PgBouncer refuse.
+    // parameter, which poolers such as PgBouncer refuse (like the session lock, it needs a
+    // direct connection or a session-mode pooler).
     await db.execute(sql`set search_path to public`);
     await db.execute(sql`select pg_advisory_lock(${MIGRATION_LOCK})`);
     await applyShimIfMissing(db, async (text) => void (await client.unsafe(text).simple()));

@@ -87,7 +87,7 @@ export async function streamAnswer(
       await chunks.add(text);
       await budget.add(text); // past the budget it throws, and leaving the loop closes the stream
       changes.push(...parser.push(text));
-      if (nul !== -1) throw new OutputProtocolError("The model's answer holds a NUL character (U+0000), which no source file has; nothing was written.");
+      if (nul !== -1) throw new OutputProtocolError("The model's answer holds a NUL character (U+0000), which no source file has; nothing of this answer was written.");
     }
     changes.push(...parser.end());
     // The last chunks and what follows the answer (the next phase) commit together.

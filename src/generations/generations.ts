@@ -4,7 +4,7 @@ import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
 import { BudgetExceededError, InvalidStateError, NotFoundError, RateLimitedError } from '../errors.js';
 import type { EventBus } from '../events/bus.js';
-import { archiveProject, requireRole } from '../projects/projects.js';
+import { archiveProjectIn, requireRole } from '../projects/projects.js';
 import { type ProjectRow, projectStore } from '../projects/store.js';
 import { reserveAtStart } from './budget.js';
 import { isTerminal } from './status.js';
@@ -146,18 +146,18 @@ export async function cancelGeneration(scope: Scope, deps: Pick<GenerationDeps, 
 }
 
 /**
- * Archiving a project stops its work: its queued generations end at once and its running
- * ones are asked to stop, as a cancel would, so nothing goes on spending its budget.
+ * Archiving a project stops its work, as a cancel would, in the same transaction (no start
+ * gets in meanwhile, and nothing is left running if this process dies after it): its queued
+ * generations end at once and its running ones are asked to stop, so nothing goes on
+ * spending its budget.
  */
 export async function archiveProjectAndStop(scope: Scope, deps: Pick<GenerationDeps, 'bus'>, id: string): Promise<ProjectRow> {
-  const project = await archiveProject(scope, id);
-  const active = await scope.run((tx) => generationStore.activeIdsOfProject(tx, project.id));
-  for (const generationId of active) {
-    // One that ended meanwhile needs no stop.
-    await cancelGeneration(scope, deps, generationId).catch((error: unknown) => {
-      if (!(error instanceof InvalidStateError)) throw error;
-    });
-  }
+  const { project, cancelled, stopping } = await scope.run(async (tx) => {
+    const project = await archiveProjectIn(tx, id);
+    return { project, ...(await generationStore.stopAllOfProject(tx, project.id)) };
+  });
+  for (const generation of cancelled) deps.bus.publish('generationUpdated', generation.id, { status: generation.status, phase: generation.phase });
+  for (const generationId of stopping) deps.bus.publish('generationCancel', generationId, { at: new Date().toISOString() });
   return project;
 }
 

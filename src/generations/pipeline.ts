@@ -24,7 +24,7 @@ import { buildPrompt } from './prompt.js';
 import { restoredAnswer } from './restore.js';
 import { newRunCursor, type RunCursor } from './run-cursor.js';
 import { RunFailure } from './run-failure.js';
-import { type GenerationRow, generationStore } from './store.js';
+import { type GenerationRow, generationStore, interruptedEnding } from './store.js';
 
 export interface PipelineDeps {
   db: Db;
@@ -152,6 +152,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
     }
     const row = await generationStore.transition(tx, generationId, ['RUNNING'], {
       ...outcome,
+      ...(outcome.errorCode === 'INTERRUPTED' ? interruptedEnding(outcome.errorMessage!) : {}),
       phase: 'DONE',
       inputTokens: usage.inputTokens,
       outputTokens: usage.outputTokens,

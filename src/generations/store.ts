@@ -1,4 +1,6 @@
-import { and, asc, count, desc, eq, gt, inArray, lt, or, sql } from 'drizzle-orm';
+import { and, asc, count, desc, eq, gt, inArray, isNull, lt, or, sql } from 'drizzle-orm';
+import type { PgUpdateSetSource } from 'drizzle-orm/pg-core';
+import { advisoryLock } from '../db/advisory-locks.js';
 import { rowsOf, type Tx } from '../db/client.js';
 import {
   buildLogLines,
@@ -18,6 +20,20 @@ import { ACTIVE_STATUSES, type GenerationPhase, type GenerationStatus } from './
 
 export type GenerationRow = typeof generations.$inferSelect;
 export type { GenerationPhase, GenerationStatus } from './status.js';
+
+/**
+ * The ending of a run that was interrupted (its worker stopped, its lease lapsed): FAILED/
+ * INTERRUPTED with `message`, retried once; but CANCELLED, never retried, when its stop was
+ * asked for meanwhile (a cancel or an archive its worker did not see in time).
+ */
+export function interruptedEnding(message: string) {
+  const stopAsked = sql`${generations.cancelRequestedAt} is not null`;
+  return {
+    status: sql`case when ${stopAsked} then 'CANCELLED' else 'FAILED' end::generation_status`,
+    errorCode: sql`case when ${stopAsked} then null else 'INTERRUPTED' end`,
+    errorMessage: sql`case when ${stopAsked} then null else ${message} end`,
+  };
+}
 export type BuildStepRow = typeof buildSteps.$inferSelect;
 export type LogLineRow = typeof buildLogLines.$inferSelect;
 export type ChunkRow = typeof generationChunks.$inferSelect;
@@ -29,7 +45,6 @@ export type ErrorCode = NonNullable<GenerationRow['errorCode']>;
 const isActive = sql`${generations.status} in (${sql.raw(ACTIVE_STATUSES.map((status) => `'${status}'`).join(', '))})`;
 
 /** A lock held until the transaction ends, named by `key`. */
-const advisoryLock = (key: string) => sql`pg_advisory_xact_lock(hashtextextended(${key}, 0))`;
 const budgetLock = (projectId: string) => advisoryLock(`kiln.project-budget:${projectId}`);
 
 export const generationStore = {
@@ -133,10 +148,25 @@ export const generationStore = {
     await tx.update(generations).set({ reservedTokens }).where(and(eq(generations.id, id), eq(generations.status, 'RUNNING')));
   },
 
-  /** The QUEUED and RUNNING generations of a project. */
-  async activeIdsOfProject(tx: Tx, projectId: string): Promise<string[]> {
-    const rows = await tx.select({ id: generations.id }).from(generations).where(and(eq(generations.projectId, projectId), isActive));
-    return rows.map((row) => row.id);
+  /**
+   * A project's QUEUED generations end CANCELLED, and its RUNNING ones are asked to stop
+   * (their workers see the request; lease recovery ends them CANCELLED). Queued first: one
+   * claimed meanwhile is RUNNING by the second statement.
+   */
+  async stopAllOfProject(tx: Tx, projectId: string): Promise<{ cancelled: GenerationRow[]; stopping: string[] }> {
+    const now = new Date();
+    const ofProject = (status: GenerationStatus) => and(eq(generations.projectId, projectId), eq(generations.status, status));
+    const cancelled = await tx
+      .update(generations)
+      .set({ status: 'CANCELLED', phase: 'DONE', cancelRequestedAt: now, finishedAt: now })
+      .where(ofProject('QUEUED'))
+      .returning();
+    const stopping = await tx
+      .update(generations)
+      .set({ cancelRequestedAt: now })
+      .where(and(ofProject('RUNNING'), isNull(generations.cancelRequestedAt)))
+      .returning({ id: generations.id });
+    return { cancelled, stopping: stopping.map((row) => row.id) };
   },
 
   async activeCountOfUser(tx: Tx, userId: string): Promise<number> {
@@ -186,7 +216,7 @@ export const generationStore = {
   },
 
   /** Compare-and-set: only a generation in one of `from` moves; returns it or nothing. */
-  async transition(tx: Tx, id: string, from: GenerationStatus[], values: Partial<typeof generations.$inferInsert>) {
+  async transition(tx: Tx, id: string, from: GenerationStatus[], values: PgUpdateSetSource<typeof generations>) {
     const [row] = await tx
       .update(generations)
       .set(values)
@@ -246,19 +276,16 @@ export const generationStore = {
   },
 
   /**
-   * Ends every RUNNING generation whose lease lapsed as FAILED/INTERRUPTED; with
-   * `all`, every RUNNING one (embedded start-up: no other process can be running them).
+   * Ends every RUNNING generation whose lease lapsed (interruptedEnding: FAILED/INTERRUPTED,
+   * or CANCELLED when its stop was asked for); with `all`, every RUNNING one (embedded
+   * start-up: no other process can be running them).
    */
   async interruptLapsed(tx: Tx, { all = false }: { all?: boolean } = {}): Promise<GenerationRow[]> {
-    // One whose stop was asked for (a cancel, an archive) ends as it would have: CANCELLED, never retried.
-    const cancelled = sql`${generations.cancelRequestedAt} is not null`;
     return tx
       .update(generations)
       .set({
-        status: sql`case when ${cancelled} then 'CANCELLED' else 'FAILED' end::generation_status`,
+        ...interruptedEnding('The worker running this generation stopped; a retry follows unless it was a retry itself.'),
         phase: 'DONE',
-        errorCode: sql`case when ${cancelled} then null else 'INTERRUPTED' end`,
-        errorMessage: sql`case when ${cancelled} then null else 'The worker running this generation stopped; a retry follows unless it was a retry itself.' end`,
         finishedAt: sql`now()`,
         leaseExpiresAt: null,
       })

@@ -126,7 +126,8 @@ export function startWorker(options: WorkerOptions): Worker {
       .then(async ({ interrupted, retried }) => {
         for (const row of interrupted) {
           pipeline.bus.publish('generationUpdated', row.id, { status: row.status, phase: row.phase });
-          log.warn({ generationId: row.id }, all ? 'left running by a stopped process: generation interrupted' : 'lease lapsed: generation interrupted');
+          const ended = row.status === 'CANCELLED' ? 'generation cancelled, as asked' : 'generation interrupted';
+          log.warn({ generationId: row.id }, `${all ? 'left running by a stopped process' : 'lease lapsed'}: ${ended}`);
         }
         if (retried) wake();
         await reapOrphanBuilds(db, pipeline.workspaces.dir, log);

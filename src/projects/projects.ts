@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import type { projectTarget } from '../db/schema.js';
+import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
 import { AuthError, ForbiddenError, InvalidStateError, NotFoundError } from '../errors.js';
 import type { SecretBox } from './secret-box.js';
@@ -56,13 +57,12 @@ export async function updateProject(
   });
 }
 
-export async function archiveProject(scope: Scope, id: string): Promise<ProjectRow> {
-  return scope.run(async (tx) => {
-    const project = requireRole(await projectStore.find(tx, id), ['owner']);
-    if (project.archivedAt) return project;
-    await projectStore.lockAgainstArchive(tx, id, 'archive');
-    return { ...(await projectStore.update(tx, id, { archivedAt: new Date() }))!, viewerRole: project.viewerRole };
-  });
+/** Owners archive a project, in the caller's transaction (which also stops its work: archiveProjectAndStop). */
+export async function archiveProjectIn(tx: Tx, id: string): Promise<ProjectRow> {
+  const project = requireRole(await projectStore.find(tx, id), ['owner']);
+  await projectStore.lockAgainstArchive(tx, id, 'archive');
+  if (project.archivedAt) return project;
+  return { ...(await projectStore.update(tx, id, { archivedAt: new Date() }))!, viewerRole: project.viewerRole };
 }
 
 export const monthlyTokenLimit = z.number().int().positive('The limit must be a positive number of tokens').nullable();

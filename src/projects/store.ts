@@ -1,4 +1,5 @@
 import { and, count, desc, eq, inArray, lt, or, sql } from 'drizzle-orm';
+import { advisoryLock } from '../db/advisory-locks.js';
 import { rowsOf, type Tx } from '../db/client.js';
 import { projectMembers, projectSecrets, projects, users } from '../db/schema.js';
 
@@ -36,8 +37,7 @@ export const projectStore = {
    * before the archive looks for what to stop, and a later one finds it archived.
    */
   async lockAgainstArchive(tx: Tx, projectId: string, as: 'start' | 'archive'): Promise<void> {
-    const key = sql`hashtextextended(${`kiln.project-archive:${projectId}`}, 0)`;
-    await tx.execute(as === 'archive' ? sql`select pg_advisory_xact_lock(${key})` : sql`select pg_advisory_xact_lock_shared(${key})`);
+    await tx.execute(sql`select ${advisoryLock(`kiln.project-archive:${projectId}`, as === 'archive' ? 'exclusive' : 'shared')}`);
   },
 
   async find(tx: Tx, id: string): Promise<ProjectRow | undefined> {

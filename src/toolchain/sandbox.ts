@@ -92,11 +92,11 @@ const SECCOMP_FILE = '.seccomp-filter';
  * Decides once, at start, how builds run: bwrap where it works (or where BUILD_SANDBOX=bwrap
  * demands it), none otherwise, which production refuses without ALLOW_UNSANDBOXED_BUILDS.
  */
-export async function createBuildSandbox(settings: SandboxSettings, logger: Logger): Promise<BuildSandbox> {
+export async function createBuildSandbox(settings: SandboxSettings, logger: Logger, filter = buildStepFilter()): Promise<BuildSandbox> {
   const log = logger.child({ source: 'BuildSandbox' });
-  let seccomp = buildStepFilter();
-  let problem = settings.kind === 'none' ? undefined : await probeBwrap(seccomp);
-  if (problem && seccomp && !(await probeBwrap(undefined))) {
+  let seccomp = filter;
+  let problem = settings.kind === 'none' ? undefined : await probeWith(seccomp);
+  if (problem && seccomp && !(await probeWith(undefined))) {
     log.warn({ problem }, 'bwrap works here, but not with the seccomp filter: builds run in the sandbox without it (fallocate and io_uring are not refused)');
     seccomp = undefined;
     problem = undefined;
@@ -128,7 +128,12 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
 }
 
 /** Undefined when bwrap can make the sandbox here, else why not. */
-export async function probeBwrap(seccomp = buildStepFilter()): Promise<string | undefined> {
+export function probeBwrap(): Promise<string | undefined> {
+  return probeWith(buildStepFilter());
+}
+
+/** probeBwrap with this seccomp filter, or none. */
+async function probeWith(seccomp: Buffer | undefined): Promise<string | undefined> {
   if (!(await isExecutable(BWRAP))) return `${BWRAP} is not installed (Debian/Ubuntu: apt-get install bubblewrap)`;
   const args = [...namespaceArgs(false), ...(await systemArgs()), '--proc', '/proc', '--dev', '/dev', ...(seccomp ? SECCOMP_ARGS : []), '--', '/usr/bin/true'];
   const dir = seccomp ? await mkdtemp(join(tmpdir(), 'kiln-probe-')) : undefined;

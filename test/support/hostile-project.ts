@@ -76,7 +76,7 @@ if (echo pwned > '${t.repoRoot}/node_modules/node/hostile-${t.marker}') 2>/dev/n
 if fallocate -n -l 64M reserved.bin 2>/dev/null; then say disk-reserve "REACHED $(du -B1 reserved.bin | cut -f1) bytes"; else say disk-reserve "blocked"; fi
 rm -f reserved.bin
 # io_uring, whose operations (a fallocate among them) no seccomp filter sees: io_uring_setup(8 entries).
-if perl -e 'my $params = "\\0" x 120; exit(syscall(425, 8, $params) >= 0 ? 0 : 1)' 2>/dev/null; then say io-uring "REACHED"; else say io-uring "blocked"; fi
+say io-uring "$(perl -e 'my $params = "\\0" x 120; print syscall(425, 8, $params) >= 0 ? "REACHED" : "blocked ($!)"' 2>&1 || echo 'blocked (no perl)')"
 setsid sh -c 'while :; do sleep 1; done' kiln-daemon-${t.marker} > /dev/null 2>&1 < /dev/null &
 say daemon "started kiln-daemon-${t.marker}"
 `;

@@ -19,16 +19,25 @@ describe('diffFiles', () => {
   });
 
   it('spends none of the budget on added and deleted files: a small change after them keeps its small patch', () => {
-    const small = numbered(100, 'line');
-    const before = version({ 'a-gone.txt': numbered(5_000, 'old'), 'b.txt': small });
-    const after = version({ 'a-new.txt': numbered(5_000, 'new'), 'b.txt': small.replace('line 50\n', 'L\n') });
-    const files = diffFiles(before, after, 500);
+    const large = numbered(3_000, 'line');
+    const before = version({ 'a-gone.txt': numbered(5_000, 'old'), 'b.txt': large });
+    const after = version({ 'a-new.txt': numbered(5_000, 'new'), 'b.txt': large.replace('line 1500\n', 'L\n') });
+    const files = diffFiles(before, after);
     expect(files.map((file) => [file.path, file.change, file.additions, file.deletions])).toEqual([
       ['a-gone.txt', 'DELETED', 0, 5_000],
       ['a-new.txt', 'ADDED', 5_000, 0],
       ['b.txt', 'MODIFIED', 1, 1],
     ]);
+    expect(applyPatch(numbered(5_000, 'old'), files[0]!.patch)).toBe('');
     expect(applyPatch('', files[1]!.patch)).toBe(numbered(5_000, 'new'));
+  });
+
+  it('replaces a changed file whole once the budget cannot search it, and that patch applies too', () => {
+    const before = numbered(100, 'old');
+    const after = before.replace('old 50\n', 'new\n');
+    const [file] = diffFiles(version({ 'a.txt': before }), version({ 'a.txt': after }), 100);
+    expect(file).toMatchObject({ change: 'MODIFIED', additions: 100, deletions: 100 });
+    expect(applyPatch(before, file!.patch)).toBe(after);
   });
 
   it('shares one budget between the files of a diff: once spent, the rest are whole-file patches', () => {
