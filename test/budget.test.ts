@@ -19,14 +19,20 @@ describe('the budget meter', () => {
     reserve: async () => held,
   });
 
+  /** Counts `text`, then holds the run to its budget, as answer.ts does with each piece of text. */
+  const add = async (meter: ReturnType<typeof budgetMeter>, text: string) => {
+    meter.count(text);
+    await meter.check();
+  };
+
   it('lets a run spend what it holds and stops it at the first chunk past it, with its estimated usage', async () => {
     const meter = budgetMeter(holding(100, 60), 200); // 50 input tokens
-    await meter.add('x'.repeat(40)); // 10 output tokens: 60 in all
+    await add(meter, 'x'.repeat(40)); // 10 output tokens: 60 in all
     expect(meter.usage()).toEqual({ inputTokens: 50, outputTokens: 10 });
-    const stop = await meter.add('y').then(() => undefined, (error: unknown) => error);
+    const stop = await add(meter, 'y').then(() => undefined, (error: unknown) => error);
     expect(stop).toBeInstanceOf(BudgetStop);
-    expect((stop as BudgetStop).usage).toEqual({ inputTokens: 50, outputTokens: 11 });
     expect((stop as BudgetStop).message).toContain('100 tokens');
+    expect(meter.usage()).toEqual({ inputTokens: 50, outputTokens: 11 });
   });
 
   it('asks for more before passing what it holds, and goes on when it gets it', async () => {
@@ -34,14 +40,14 @@ describe('the budget meter', () => {
     let held = 55;
     const meter = budgetMeter({ limit: 1000, spentBefore: 5, reserved: () => held, reserve: async (total) => (asked.push(total), (held = total + 10)) }, 200);
     await meter.start(); // 5 + 50 = 55: covered
-    await meter.add('x'.repeat(8)); // 57: asks
-    await meter.add('x'.repeat(8)); // 59: covered by what it got
+    await add(meter, 'x'.repeat(8)); // 57: asks
+    await add(meter, 'x'.repeat(8)); // 59: covered by what it got
     expect(asked).toEqual([57]);
   });
 
   it('never stops a project without a limit', async () => {
     const meter = budgetMeter(holding(null, 0, 10 ** 9), 10 ** 6);
-    await meter.add('z'.repeat(10 ** 6));
+    await add(meter, 'z'.repeat(10 ** 6));
     expect(meter.usage()).toEqual({ inputTokens: estimateTokens(10 ** 6), outputTokens: estimateTokens(10 ** 6) });
   });
 });

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { estimateTokens } from '../src/generations/budget.js';
 import { CancelGenerationDocument, GeneratedFileDocument, GenerationChunksWithRoundDocument, SetProjectBudgetDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
 import type { GeminiBehaviour } from './support/fake-gemini.js';
@@ -43,13 +44,17 @@ describe(`self-healing builds (${databaseKind})`, () => {
     return { project, started, requestsBefore };
   }
 
-  async function chunksWithRound(id: string) {
+  /** The chunks with their rounds, up to the first one `stopAt` accepts, or to the end of the output. */
+  async function chunksWithRound(id: string, stopAt?: (chunk: { round: number }) => boolean) {
     const client = wsClient(suite.server.url, suite.owner.accessToken);
     const chunks: { seq: number; round: number; text: string }[] = [];
     try {
       await within(
         (async () => {
-          for await (const { generationChunks } of subscribe(client, GenerationChunksWithRoundDocument, { id })) chunks.push(generationChunks);
+          for await (const { generationChunks } of subscribe(client, GenerationChunksWithRoundDocument, { id })) {
+            chunks.push(generationChunks);
+            if (stopAt?.(generationChunks)) return;
+          }
         })(),
         30_000,
         () => `generationChunks did not complete; got ${chunks.length}`,
@@ -215,21 +220,30 @@ describe(`self-healing builds (${databaseKind})`, () => {
   });
 
   it('ends CANCELLED when cancelled during FIXING, closing the model stream', async () => {
-    suite.gemini.script(stream(answer('Broken.', brokenMain())), { kind: 'stall', chunks: ['Let me fix that.\n<file path="lib/main.dart">\n'] });
+    const cut = 'Let me fix that.\n<file path="lib/main.dart">\n';
+    suite.gemini.script(stream(answer('Broken.', brokenMain())), { kind: 'stall', chunks: [cut] });
     const { started, requestsBefore } = await start('A cancelled fix');
     const watch = new GenerationWatch(suite.server.url, suite.owner.accessToken, started.id);
+    let finished;
     try {
       await watch.until((g) => g.phase === 'FIXING');
       await suite.gemini.received(requestsBefore + 2);
+      await chunksWithRound(started.id, (chunk) => chunk.round === 1);
       const { cancelGeneration } = await suite.owner.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
       expect(cancelGeneration.__typename).toBe('Generation');
-      expect(await watch.finished()).toMatchObject({ status: 'CANCELLED', phase: 'DONE', error: null });
+      finished = await watch.finished();
+      expect(finished).toMatchObject({ status: 'CANCELLED', phase: 'DONE', error: null });
     } finally {
       await watch.close();
     }
     await suite.gemini.requests[requestsBefore + 1]!.clientGone;
     const fixes = await fixesOf(suite.owner.client, started.id);
     expect(fixes.fixRounds.map((r) => [r.round, r.status, r.finishedAt !== null])).toEqual([[1, 'CANCELLED', true]]);
+    // The cut round spent tokens (the estimate of what came), counted on it and on the generation with the first answer's.
+    const spent = fixes.fixRounds[0]!.usage;
+    expect(spent.inputTokens).toBeGreaterThan(0);
+    expect(spent.outputTokens).toBe(estimateTokens(cut.length));
+    expect(finished.usage).toEqual({ inputTokens: 100 + spent.inputTokens, outputTokens: 20 + spent.outputTokens });
     // The generationChunks stream completes now that the generation is over.
     const chunks = await chunksWithRound(started.id);
     expect(chunks.some((c) => c.round === 1)).toBe(true);

@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { afterEach, describe, expect, it } from 'vitest';
-import { CancelGenerationDocument } from './gql/graphql.js';
+import { estimateTokens } from '../src/generations/budget.js';
+import { CancelGenerationDocument, ProjectDocument } from './gql/graphql.js';
 import { createTestDatabase, databaseKind, type TestDatabase } from './support/db.js';
 import { createProject, expectTypename, signUp } from './support/fixtures.js';
 import {
@@ -61,6 +62,11 @@ describe(`cancelling a running generation (${databaseKind})`, () => {
     expect(generation.files).toEqual([]);
     expect(generation.buildSteps).toEqual([]);
     expect(generation.finishedAt).toBeTruthy();
+    // The model was asked and answered part-way: that counts against the project's month.
+    expect(generation.usage.inputTokens).toBeGreaterThan(0);
+    expect(generation.usage.outputTokens).toBe(estimateTokens(generation.output.length));
+    const { project: after } = await owner.client.expectNoErrors(ProjectDocument, { id: project.id });
+    expect(after!.usage).toMatchObject(generation.usage);
   });
 
   it('kills the build tool and the process it started, and ends CANCELLED', async () => {

@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { estimateTokens } from '../src/generations/budget.js';
 import { ConversationDocument, GeneratedFileDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
 import { createProject } from './support/fixtures.js';
@@ -137,6 +138,9 @@ describe(`model output through a fake Gemini (${databaseKind})`, () => {
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'INVALID_OUTPUT' }, files: [], buildSteps: [] });
     expect(generation.error?.message).toMatch(/NUL/);
     expect(generation.output).toBe('Here you go.\n<file path="lib/main.dart">void main() {}');
+    // The model spent tokens all the same: the estimate of what came is counted.
+    expect(generation.usage.inputTokens).toBeGreaterThan(0);
+    expect(generation.usage.outputTokens).toBe(estimateTokens(generation.output.length));
   });
 
   it('splits a huge model event into chunks of at most 8 KiB that add up to exactly what was said', async () => {

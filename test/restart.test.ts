@@ -1,5 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { sql } from 'drizzle-orm';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -9,10 +10,13 @@ import { createTestDatabase, databaseKind } from './support/db.js';
 import { createProject, graphqlClient, signUp } from './support/fixtures.js';
 import {
   fakeFlutter,
+  type FakeFlutterMode,
   firstChunks,
   GenerationWatch,
   type Generation,
   getGeneration,
+  isAlive,
+  logLineMatching,
   rawId,
   repoRoot,
   replayChunks,
@@ -122,11 +126,16 @@ async function retryOf(client: GraphQLClient, projectId: string, id: string, tim
 }
 
 /** The environment of a Kiln that is killed and started again: its own DATA_DIR, or its own PostgreSQL database. */
-async function restartEnv(): Promise<Record<string, string>> {
+async function restartEnv(flutterMode: FakeFlutterMode = 'ok'): Promise<Record<string, string>> {
   const data = await tempDir('restart');
   cleanups.push(() => data.remove());
-  const flutter = await fakeFlutter('ok');
-  cleanups.push(() => flutter.remove());
+  const flutter = await fakeFlutter(flutterMode);
+  cleanups.push(async () => {
+    // A hanging build's grandchild outlives the process killed under it.
+    const pid = Number(await readFile(flutter.pidFile, 'utf8').catch(() => ''));
+    if (pid > 0 && isAlive(pid)) process.kill(pid, 'SIGKILL');
+    await flutter.remove();
+  });
   const env: Record<string, string> = {
     DATA_DIR: data.path,
     FLUTTER_BIN: flutter.bin,
@@ -198,6 +207,28 @@ describe(`a Kiln process killed mid-generation and started again (${databaseKind
     // An operator's SIGTERM stops it cleanly.
     expect(await second.stop()).toBe(0);
     console.info(`[restart figures ${databaseKind}] kill, restart, interruption and retry took ${Math.round(performance.now() - began)} ms in all (process start-ups ${first.startupMs} ms and ${second.startupMs} ms)`);
+  });
+
+  it('closes the build steps a killed run left RUNNING and PENDING when it ends the run', { timeout: 150_000 }, async () => {
+    const env = await restartEnv('hang');
+    const first = await launch(env);
+    const owner = await signUp(first);
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A build that never ends' });
+    await logLineMatching(first.url, owner.accessToken, started.id, (line) => line.text.startsWith('Waiting for another flutter command'));
+    const building = await getGeneration(owner.client, started.id);
+    expect(building.buildSteps.map((step) => step.status)).toEqual(expect.arrayContaining(['RUNNING', 'PENDING']));
+    await first.kill();
+
+    // Its retry hangs in the build too: no grace for it at the end.
+    const second = await launch({ ...env, WORKER_SHUTDOWN_GRACE_SECONDS: '0' });
+    const watch = new GenerationWatch(second.url, owner.accessToken, started.id);
+    cleanups.push(() => watch.close());
+    expect(await watch.finished(20_000)).toMatchObject({ status: 'FAILED', error: { code: 'INTERRUPTED' } });
+    // The same steps, none of them left looking as if it still ran or were still to run.
+    const ended = await getGeneration(second.client(owner.accessToken), started.id);
+    expect(ended.buildSteps.map((step) => [step.name, step.status])).toEqual(building.buildSteps.map((step) => [step.name, 'SKIPPED']));
+    expect(await second.stop()).toBe(0);
   });
 
   it('ends a generation whose stop was asked for (a cancel, an archive) as CANCELLED when its worker died first, and does not retry it', { timeout: 150_000 }, async () => {

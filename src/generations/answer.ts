@@ -24,17 +24,21 @@ export interface AnswerInput {
   messages: LlmMessage[];
   /** The run's hold on the monthly budget, and what its earlier rounds spent. */
   budget: RunBudget;
+  /**
+   * Told once what the answer cost, however it ended (done, failed, stopped): the
+   * provider's count when it gave one, else the estimate, or nothing if no text came.
+   */
+  spend(usage: LlmUsage): void;
   apiKey?: string;
 }
 
 export interface Answer {
   changes: OutputEvent[];
-  usage: LlmUsage;
 }
 
 /**
- * Streams one answer; throws BudgetStop (with the estimate spent) when the budget would
- * be passed. `next`, a phase change, commits with the answer's last chunks.
+ * Streams one answer; throws BudgetStop when the budget would be passed. `next`, a phase
+ * change, commits with the answer's last chunks.
  */
 export async function streamAnswer(
   deps: PipelineDeps,
@@ -57,7 +61,8 @@ export async function streamAnswer(
   });
   const parser = createOutputParser();
   const changes: OutputEvent[] = [];
-  let usage: LlmUsage = { inputTokens: 0, outputTokens: 0 };
+  let reported: LlmUsage | undefined;
+  let streamed = false;
   const budget = budgetMeter(input.budget, input.messages.reduce((sum, m) => sum + m.content.length, input.systemPrompt.length));
   await budget.start(); // the prompt alone may be over what is left
   const log = deps.logger.child({ source: 'GenerationPipeline', generationId, round });
@@ -77,15 +82,17 @@ export async function streamAnswer(
     });
     for await (const event of events) {
       if (event.type === 'usage') {
-        usage = event.usage;
+        reported = event.usage;
         continue;
       }
       // No PostgreSQL text holds NUL, and no source file does: what came before it is kept.
       const nul = event.text.indexOf('\u0000');
       const text = nul === -1 ? event.text : event.text.slice(0, nul);
       onText(text);
+      budget.count(text);
+      streamed = true;
       await chunks.add(text);
-      await budget.add(text); // past the budget it throws, and leaving the loop closes the stream
+      await budget.check(); // past the budget it throws, and leaving the loop closes the stream
       changes.push(...parser.push(text));
       if (nul !== -1) throw new OutputProtocolError("The model's answer holds a NUL character (U+0000), which no source file has; nothing of this answer was written.");
     }
@@ -98,15 +105,18 @@ export async function streamAnswer(
     });
     publish(rest);
     next?.announce();
-    deps.metrics?.observeRoundTokens(round === 0 ? 'initial' : 'fix', usage);
-    span.setAttributes({ 'gen_ai.usage.input_tokens': usage.inputTokens, 'gen_ai.usage.output_tokens': usage.outputTokens });
   } catch (error) {
     failSpan(span, error);
     throw error;
   } finally {
+    // Tokens the model spent count against the budget whatever became of its answer.
+    const usage = reported ?? (streamed ? budget.usage() : { inputTokens: 0, outputTokens: 0 });
+    input.spend(usage);
+    deps.metrics?.observeRoundTokens(round === 0 ? 'initial' : 'fix', usage);
+    span.setAttributes({ 'gen_ai.usage.input_tokens': usage.inputTokens, 'gen_ai.usage.output_tokens': usage.outputTokens });
     span.end();
     // What streamed before a failure is kept: the user sees how far it got.
     await chunks.flush();
   }
-  return { changes, usage };
+  return { changes };
 }

@@ -40,10 +40,10 @@ export interface RunBudget {
   reserve(total: number): Promise<number>;
 }
 
-/** The run went over budget; `usage` is the estimate of what it spent, recorded like real usage. */
+/** The run went over budget; what it spent is recorded all the same (answer.ts). */
 export class BudgetStop extends RunError {
   readonly code = 'BUDGET_EXCEEDED';
-  constructor(readonly usage: LlmUsage, limit: number) {
+  constructor(limit: number) {
     super(`The project's monthly token budget (${limit} tokens) ran out during this generation; it was stopped.`);
     this.name = 'BudgetStop';
   }
@@ -52,8 +52,10 @@ export class BudgetStop extends RunError {
 export interface BudgetMeter {
   /** Before the model is asked: throws BudgetStop (nothing spent) when the prompt alone cannot be covered. */
   start(): Promise<void>;
-  /** Counts streamed text; throws BudgetStop when the run cannot get the tokens it has now spent. */
-  add(text: string): Promise<void>;
+  /** Counts streamed text as spent. */
+  count(text: string): void;
+  /** Throws BudgetStop when the run cannot get the tokens it has spent so far. */
+  check(): Promise<void>;
   /** The estimate so far. */
   usage(): LlmUsage;
 }
@@ -70,11 +72,13 @@ export function budgetMeter(budget: RunBudget, inputCharacters: number): BudgetM
   return {
     usage,
     async start() {
-      if (!(await covered(usage()))) throw new BudgetStop({ inputTokens: 0, outputTokens: 0 }, budget.limit!);
+      if (!(await covered(usage()))) throw new BudgetStop(budget.limit!);
     },
-    async add(text) {
+    count(text) {
       outputCharacters += text.length;
-      if (!(await covered(usage()))) throw new BudgetStop(usage(), budget.limit!);
+    },
+    async check() {
+      if (!(await covered(usage()))) throw new BudgetStop(budget.limit!);
     },
   };
 }

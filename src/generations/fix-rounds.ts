@@ -94,16 +94,26 @@ export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promi
         await fixStore.startRound(tx, run.generationId, round);
       });
       fixing.announce();
+      // A cut answer's tokens are the round's too, as they are the generation's.
       const answer = await streamAnswer(
         deps,
-        { generationId: run.generationId, target: run.target, round, systemPrompt: run.prompt.systemPrompt, messages, budget: run.budget(), ...(run.apiKey ? { apiKey: run.apiKey } : {}) },
+        {
+          generationId: run.generationId,
+          target: run.target,
+          round,
+          systemPrompt: run.prompt.systemPrompt,
+          messages,
+          budget: run.budget(),
+          spend: (spent) => {
+            usage = spent;
+            run.spend(spent);
+          },
+          ...(run.apiKey ? { apiKey: run.apiKey } : {}),
+        },
         run.cursor,
         run.signal,
         run.onText,
-      );
-      usage = answer.usage;
-      run.spend(usage);
-      await db.run((tx) => fixStore.setRoundUsage(tx, run.generationId, round, usage));
+      ).finally(() => db.run((tx) => fixStore.setRoundUsage(tx, run.generationId, round, usage)));
       if (answer.changes.length === 0) {
         await finishRound('FAILED');
         noChange = true;
@@ -123,7 +133,6 @@ export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promi
       result = await buildRound(round, entry, new Set([...changed.map((file) => file.path), ...deleted]));
     } catch (error) {
       observe(deps, run.signal.aborted ? 'cancelled' : noChange ? 'no_change' : error instanceof BudgetStop ? 'budget' : 'error');
-      if (error instanceof BudgetStop) run.spend(error.usage);
       throw error; // the round is closed with the run (CANCELLED or FAILED)
     }
     if (result.ok) {

@@ -16,7 +16,7 @@ import { getTarget, type ToolBins } from '../toolchain/targets.js';
 import { createWorkspace, pruneWorkspaces } from '../workspace/workspace.js';
 import { directoryInside } from '../workspace/write-inside.js';
 import { streamAnswer } from './answer.js';
-import { BudgetStop, runBudget } from './budget.js';
+import { runBudget } from './budget.js';
 import { fixStore } from './fix-store.js';
 import { buildWithFixes } from './fix-rounds.js';
 import type { OutputEvent } from './output-parser.js';
@@ -94,12 +94,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
     const writing = phaseChange(generationId, 'WRITING', publish);
     const generated = claimed.restoredFrom
       ? await restore(deps, context, writing)
-      : await generate(deps, context, prompt, cursor, run.signal, onText, writing).catch((error: unknown) => {
-          // A run stopped by its budget spent tokens all the same: record the estimate.
-          if (error instanceof BudgetStop) spend(error.usage);
-          throw error;
-        });
-    spend(generated.usage);
+      : await generate(deps, context, prompt, cursor, run.signal, { onText, spend }, writing);
     const workspace = await writeWorkspace(deps, context, generated.changes);
     workspaceWritten = true;
     // Path → content as the build sees it; fix rounds update it.
@@ -147,8 +142,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
       await stored?.record(tx);
     } else {
       // A run that succeeded left no step pending and no round running.
-      await generationStore.closePendingSteps(tx, generationId, outcome.status === 'CANCELLED' ? 'CANCELLED' : 'SKIPPED');
-      await fixStore.closeRunningRounds(tx, generationId, outcome.status === 'CANCELLED' ? 'CANCELLED' : 'FAILED');
+      await closeUnfinishedWork(tx, generationId, outcome.status === 'CANCELLED');
     }
     const row = await generationStore.transition(tx, generationId, ['RUNNING'], {
       ...outcome,
@@ -190,6 +184,12 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
     );
   }
   return finished;
+}
+
+/** The steps and fix rounds a run that did not succeed left open: SKIPPED and FAILED, or CANCELLED. */
+export async function closeUnfinishedWork(tx: Tx, generationId: string, cancelled: boolean): Promise<void> {
+  await generationStore.closePendingSteps(tx, generationId, cancelled ? 'CANCELLED' : 'SKIPPED');
+  await fixStore.closeRunningRounds(tx, generationId, cancelled ? 'CANCELLED' : 'FAILED');
 }
 
 type RunContext = Awaited<ReturnType<typeof loadContext>>;
@@ -234,13 +234,13 @@ function generate(
   prompt: ReturnType<typeof firstPrompt>,
   cursor: RunCursor,
   signal: AbortSignal,
-  onText: (text: string) => void,
+  { onText, spend }: { onText: (text: string) => void; spend: (usage: LlmUsage) => void },
   next: PhaseChange,
 ) {
   const { generation, project, apiKey } = context;
   return streamAnswer(
     deps,
-    { generationId: generation.id, target: project.target, round: 0, ...prompt, budget: context.budget, ...(apiKey ? { apiKey } : {}) },
+    { generationId: generation.id, target: project.target, round: 0, ...prompt, budget: context.budget, spend, ...(apiKey ? { apiKey } : {}) },
     cursor,
     signal,
     onText,

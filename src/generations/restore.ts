@@ -1,7 +1,6 @@
 import type { Db } from '../db/client.js';
 import { type Scope, serviceScope } from '../db/scope.js';
 import { InvalidStateError, NotFoundError } from '../errors.js';
-import type { LlmUsage } from '../llm/provider.js';
 import { requireRole } from '../projects/projects.js';
 import { projectStore } from '../projects/store.js';
 import { type GenerationDeps, announce, claimSession, insertGeneration, refuseArchived } from './generations.js';
@@ -44,7 +43,7 @@ export async function restoredAnswer(
   db: Db,
   generation: GenerationRow,
   startsFrom: { template: Record<string, string>; parentFiles: { path: string }[] },
-): Promise<{ changes: OutputEvent[]; usage: LlmUsage }> {
+): Promise<{ changes: OutputEvent[] }> {
   const files = await serviceScope(db).run((tx) => generationStore.filesOf(tx, generation.restoredFrom!, true));
   const kept = new Set(files.map((file) => file.path));
   const dropped = [...new Set([...Object.keys(startsFrom.template), ...startsFrom.parentFiles.map((file) => file.path)])].filter((path) => !kept.has(path));
@@ -53,6 +52,5 @@ export async function restoredAnswer(
       ...dropped.map((path): OutputEvent => ({ type: 'delete', path })),
       ...files.map(({ path, content }): OutputEvent => ({ type: 'file', path, content })),
     ],
-    usage: { inputTokens: 0, outputTokens: 0 },
   };
 }

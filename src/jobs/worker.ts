@@ -1,7 +1,7 @@
 import type { Tx } from '../db/client.js';
 import { serviceScope } from '../db/scope.js';
 import { type GenerationDeps, insertRetry } from '../generations/generations.js';
-import { type PipelineDeps, runGeneration } from '../generations/pipeline.js';
+import { closeUnfinishedWork, type PipelineDeps, runGeneration } from '../generations/pipeline.js';
 import { type GenerationRow, generationStore } from '../generations/store.js';
 import type { Logger } from '../observability/logger.js';
 import { inJobSpan, type TraceCarrier } from '../observability/tracing.js';
@@ -121,6 +121,8 @@ export function startWorker(options: WorkerOptions): Worker {
     serviceScope(db)
       .run(async (tx) => {
         const interrupted = await generationStore.interruptLapsed(tx, { all });
+        // The run that left them open is gone: its steps and rounds end with it.
+        for (const row of interrupted) await closeUnfinishedWork(tx, row.id, row.status === 'CANCELLED');
         return { interrupted, retried: await retryInterrupted(tx, options.provider, interrupted, queue?.enqueue) };
       })
       .then(async ({ interrupted, retried }) => {
