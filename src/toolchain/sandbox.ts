@@ -137,10 +137,13 @@ async function probeWith(seccomp: Buffer | undefined): Promise<string | undefine
   if (!(await isExecutable(BWRAP))) return `${BWRAP} is not installed (Debian/Ubuntu: apt-get install bubblewrap)`;
   const args = [...namespaceArgs(false), ...(await systemArgs()), '--proc', '/proc', '--dev', '/dev', ...(seccomp ? SECCOMP_ARGS : []), '--', '/usr/bin/true'];
   const dir = seccomp ? await mkdtemp(join(tmpdir(), 'kiln-probe-')) : undefined;
-  const result = await (async () => {
+  let result: Awaited<ReturnType<typeof runProcess>>;
+  try {
     const filterFile = dir ? await filterFileIn(dir, seccomp!) : undefined;
-    return runProcess({ ...bwrapCommand(filterFile, [], args), env: {} }, 10_000);
-  })().finally(() => dir && rm(dir, { recursive: true, force: true }));
+    result = await runProcess({ ...bwrapCommand(filterFile, [], args), env: {} }, 10_000);
+  } finally {
+    if (dir) await rm(dir, { recursive: true, force: true });
+  }
   if (!('stdout' in result)) return `${BWRAP} could not be started: ${result.message}`;
   return result.exitCode === 0 ? undefined : `${BWRAP} failed: ${result.stderr.trim() || (result.timedOut ? 'no answer within 10 s' : `exit code ${result.exitCode}`)}`;
 }
