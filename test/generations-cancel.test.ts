@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises';
+import { sql } from 'drizzle-orm';
 import { afterEach, describe, expect, it } from 'vitest';
 import { estimateTokens } from '../src/generations/budget.js';
 import { CancelGenerationDocument, ProjectDocument } from './gql/graphql.js';
@@ -12,11 +13,13 @@ import {
   getGeneration,
   isAlive,
   logLineMatching,
+  rawId,
   startAccepted,
   startInstance,
   tempDir,
   waitForEnd,
 } from './support/generation-helpers.js';
+import { waitUntil } from './support/cluster.js';
 import type { GraphQLClient } from './support/server.js';
 import { startSuiteServer } from './support/suite-server.js';
 
@@ -67,6 +70,22 @@ describe(`cancelling a running generation (${databaseKind})`, () => {
     expect(generation.usage.outputTokens).toBe(estimateTokens(generation.output.length));
     const { project: after } = await owner.client.expectNoErrors(ProjectDocument, { id: project.id });
     expect(after!.usage).toMatchObject(generation.usage);
+  });
+
+  it('counts what a run spent when its generation was ended elsewhere meanwhile (a lease recovery)', async () => {
+    const { server, owner } = await serverWith({ OFFLINE_CHUNK_DELAY_MS: '50' });
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A slow poem app' });
+    await firstChunks(server.url, owner.accessToken, started.id, 2);
+    // What lease recovery does to a run it takes for dead; this one is alive and goes on until it notices.
+    await server.database.db.execute(
+      sql`update generations set status = 'FAILED', phase = 'DONE', error_code = 'INTERRUPTED', error_message = 'ended elsewhere', finished_at = now(), lease_expires_at = null where id = ${rawId(started.id)}`,
+    );
+    await waitUntil(async () => (await getGeneration(owner.client, started.id)).usage.outputTokens > 0, 30_000, () => "the run's usage never reached its generation");
+
+    const generation = await getGeneration(owner.client, started.id);
+    expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'INTERRUPTED', message: 'ended elsewhere' } });
+    expect(generation.usage.inputTokens).toBeGreaterThan(0);
   });
 
   it('kills the build tool and the process it started, and ends CANCELLED', async () => {

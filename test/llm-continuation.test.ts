@@ -72,6 +72,8 @@ describe(`continuation and back-off through a fake Gemini (${databaseKind})`, ()
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'LLM_ERROR' } });
     expect(generation.error?.message).toMatch(/output limit.*still after 2 automatic continuations; ask for a smaller change/);
     expect(requests).toHaveLength(3);
+    // Three answers spent tokens (the fake counts a token a character): all three count.
+    expect(generation.usage.outputTokens).toBe(3 * '<file path="lib/main.dart">\nvoid main() {'.length);
   });
 
   it('waits as RetryInfo asks after two 429s, then succeeds, and counts the retries', async () => {

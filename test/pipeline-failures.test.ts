@@ -114,6 +114,16 @@ describe(`model output through a fake Gemini (${databaseKind})`, () => {
     expect(suite.gemini.requests.length - before).toBe(3);
   });
 
+  it('fails with LLM_ERROR when Gemini blocks the answer part-way, counting the tokens Gemini says it spent', async () => {
+    suite.gemini.script({ kind: 'stream', chunks: ['Here is the app.\n', '<file path="lib/main.dart">'], finishReason: 'SAFETY', usage: { promptTokens: 900, outputTokens: 400 } });
+    const { generation } = await run('A blocked answer');
+
+    expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'LLM_ERROR' }, files: [] });
+    expect(generation.error?.message).toMatch(/blocked the response \(SAFETY\)/);
+    // Gemini's count is more than the estimate of what streamed: the count is recorded.
+    expect(generation.usage).toEqual({ inputTokens: 900, outputTokens: 400 });
+  });
+
   it('fails with LLM_ERROR saying so when Gemini rate-limits every request', async () => {
     suite.gemini.script({ kind: 'error', status: 429, message: 'Resource has been exhausted (e.g. check quota).' });
     const { generation } = await run('A stopwatch');

@@ -63,6 +63,7 @@ export async function streamAnswer(
   const changes: OutputEvent[] = [];
   let reported: LlmUsage | undefined;
   let streamed = false;
+  let answered = false;
   const budget = budgetMeter(input.budget, input.messages.reduce((sum, m) => sum + m.content.length, input.systemPrompt.length));
   await budget.start(); // the prompt alone may be over what is left
   const log = deps.logger.child({ source: 'GenerationPipeline', generationId, round });
@@ -105,12 +106,13 @@ export async function streamAnswer(
     });
     publish(rest);
     next?.announce();
+    answered = true;
   } catch (error) {
     failSpan(span, error);
     throw error;
   } finally {
     // Tokens the model spent count against the budget whatever became of its answer.
-    const usage = reported ?? (streamed ? budget.usage() : { inputTokens: 0, outputTokens: 0 });
+    const usage = answerCost(reported, streamed ? budget.usage() : { inputTokens: 0, outputTokens: 0 }, answered);
     input.spend(usage);
     deps.metrics?.observeRoundTokens(round === 0 ? 'initial' : 'fix', usage);
     span.setAttributes({ 'gen_ai.usage.input_tokens': usage.inputTokens, 'gen_ai.usage.output_tokens': usage.outputTokens });
@@ -119,4 +121,15 @@ export async function streamAnswer(
     await chunks.flush();
   }
   return { changes };
+}
+
+/**
+ * What an answer cost: the provider's count of a whole answer; of one cut short, the count
+ * or the estimate of what streamed, whichever is more (a count may cover only the parts
+ * before the failure), and the estimate when the provider gave no count.
+ */
+function answerCost(reported: LlmUsage | undefined, estimate: LlmUsage, whole: boolean): LlmUsage {
+  if (!reported) return estimate;
+  if (whole) return reported;
+  return { inputTokens: Math.max(reported.inputTokens, estimate.inputTokens), outputTokens: Math.max(reported.outputTokens, estimate.outputTokens) };
 }

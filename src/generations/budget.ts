@@ -17,8 +17,10 @@ import { type GenerationRow, generationStore } from './store.js';
 // Providers report usage only at the end, so tokens are estimated as they come (about
 // four characters a token). A run that cannot get the tokens it needs stops with
 // BUDGET_EXCEEDED; the chunk that took it over was spent all the same and is counted,
-// so a project can end a month past its limit by at most one chunk per stopped run (and
-// by however far a provider's own count of a finished run differs from the estimate).
+// so a project can end a month past its limit by about one chunk per stopped run, and by
+// however far the provider's own count differs from the estimate (recorded when it gave
+// one, answer.ts): the estimate counts the prompt once, where each continuation of an
+// answer cut at the output limit sends it again.
 
 /** Budgets count tokens per calendar month, UTC. */
 export function monthStart(now = new Date()): Date {

@@ -131,7 +131,7 @@ export async function build(deps: PipelineDeps, input: BuildInput, cwd: string, 
     await finish(rest, ended, async (tx) => {
       await fixStore.insertDiagnostics(tx, generationId, round, diagnostics);
       // The rest of this round's steps will not run; a fix round brings steps of its own.
-      await generationStore.closePendingSteps(tx, generationId, 'SKIPPED');
+      await generationStore.closeOpenSteps(tx, generationId, false);
     });
     return { ok: false, step: step.name, failure, diagnostics };
   }

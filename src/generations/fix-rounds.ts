@@ -85,6 +85,7 @@ export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promi
     let usage: LlmUsage = { inputTokens: 0, outputTokens: 0 };
     let noChange = false;
     const finishRound = (status: 'SUCCEEDED' | 'FAILED') => db.run((tx) => fixStore.finishRound(tx, run.generationId, round, { status, ...usage }));
+    const recordUsage = () => db.run((tx) => fixStore.setRoundUsage(tx, run.generationId, round, usage));
     try {
       // Not even the request fits in what is left of the budget: no round starts.
       await budgetMeter(run.budget(), messages.reduce((sum, m) => sum + m.content.length, run.prompt.systemPrompt.length)).start();
@@ -94,7 +95,6 @@ export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promi
         await fixStore.startRound(tx, run.generationId, round);
       });
       fixing.announce();
-      // A cut answer's tokens are the round's too, as they are the generation's.
       const answer = await streamAnswer(
         deps,
         {
@@ -113,7 +113,12 @@ export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promi
         run.cursor,
         run.signal,
         run.onText,
-      ).finally(() => db.run((tx) => fixStore.setRoundUsage(tx, run.generationId, round, usage)));
+      ).catch(async (error: unknown) => {
+        // A cut answer's tokens are the round's too; failing to record them must not hide why it was cut.
+        await recordUsage().catch((failure: unknown) => deps.logger.warn({ err: failure, generationId: run.generationId, round }, "recording a fix round's usage failed"));
+        throw error;
+      });
+      await recordUsage();
       if (answer.changes.length === 0) {
         await finishRound('FAILED');
         noChange = true;

@@ -138,12 +138,8 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
 
   const finishedAt = new Date();
   const finished = await db.run(async (tx) => {
-    if (outcome.status === 'SUCCEEDED') {
-      await stored?.record(tx);
-    } else {
-      // A run that succeeded left no step pending and no round running.
-      await closeUnfinishedWork(tx, generationId, outcome.status === 'CANCELLED');
-    }
+    if (outcome.status === 'SUCCEEDED') await stored?.record(tx);
+    // The generation's row first, as lease recovery does, so the two never wait on each other.
     const row = await generationStore.transition(tx, generationId, ['RUNNING'], {
       ...outcome,
       ...(outcome.errorCode === 'INTERRUPTED' ? interruptedEnding(outcome.errorMessage!) : {}),
@@ -158,8 +154,13 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
     if (!row) {
       // Run again after a database outage took COMMIT's reply: the row may already carry this ending.
       const ended = await generationStore.find(tx, generationId);
-      return ended?.finishedAt?.getTime() === finishedAt.getTime() ? ended : undefined;
+      if (ended?.finishedAt?.getTime() === finishedAt.getTime()) return ended;
+      // Ended elsewhere (its lease lapsed meanwhile): what this run spent still counts.
+      await generationStore.keepUsage(tx, generationId, usage);
+      return undefined;
     }
+    // A run that succeeded left no step pending and no round running.
+    if (row.status !== 'SUCCEEDED') await closeUnfinishedWork(tx, generationId, row.status === 'CANCELLED');
     if (output) {
       await generationStore.insertMessage(tx, {
         projectId: claimed.projectId,
@@ -186,9 +187,9 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
   return finished;
 }
 
-/** The steps and fix rounds a run that did not succeed left open: SKIPPED and FAILED, or CANCELLED. */
+/** The steps and fix rounds a run that did not succeed left open (generationStore.closeOpenSteps; rounds FAILED, or CANCELLED). */
 export async function closeUnfinishedWork(tx: Tx, generationId: string, cancelled: boolean): Promise<void> {
-  await generationStore.closePendingSteps(tx, generationId, cancelled ? 'CANCELLED' : 'SKIPPED');
+  await generationStore.closeOpenSteps(tx, generationId, cancelled);
   await fixStore.closeRunningRounds(tx, generationId, cancelled ? 'CANCELLED' : 'FAILED');
 }
 

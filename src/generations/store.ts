@@ -1,4 +1,4 @@
-import { and, asc, count, desc, eq, gt, inArray, isNull, lt, or, sql } from 'drizzle-orm';
+import { and, asc, count, desc, eq, gt, inArray, isNull, lt, not, or, sql } from 'drizzle-orm';
 import type { PgUpdateSetSource } from 'drizzle-orm/pg-core';
 import { advisoryLock } from '../db/advisory-locks.js';
 import { rowsOf, type Tx } from '../db/client.js';
@@ -225,6 +225,20 @@ export const generationStore = {
     return row;
   },
 
+  /**
+   * Usage of a run whose generation was ended elsewhere (a lapsed lease): kept on it, as
+   * the larger of the two, so recording it twice changes nothing.
+   */
+  async keepUsage(tx: Tx, id: string, usage: { inputTokens: number; outputTokens: number }): Promise<void> {
+    await tx
+      .update(generations)
+      .set({
+        inputTokens: sql`greatest(${generations.inputTokens}, ${usage.inputTokens})`,
+        outputTokens: sql`greatest(${generations.outputTokens}, ${usage.outputTokens})`,
+      })
+      .where(and(eq(generations.id, id), not(isActive)));
+  },
+
   /** A running generation's move to another phase; false when it is no longer running. */
   async movePhase(tx: Tx, id: string, phase: GenerationPhase): Promise<boolean> {
     const moved = await tx
@@ -345,10 +359,18 @@ export const generationStore = {
   },
 
   /** Steps not run yet become SKIPPED or CANCELLED when the build ends early. */
-  async closePendingSteps(tx: Tx, generationId: string, status: 'SKIPPED' | 'CANCELLED') {
+  /**
+   * The steps of a run that ended without finishing them: one still RUNNING was stopped
+   * with it (CANCELLED), the PENDING ones never ran (SKIPPED, or CANCELLED with the run).
+   */
+  async closeOpenSteps(tx: Tx, generationId: string, cancelled: boolean) {
+    const stopped = sql`${buildSteps.status} = 'RUNNING' or ${cancelled}`;
     await tx
       .update(buildSteps)
-      .set({ status, finishedAt: status === 'CANCELLED' ? sql`now()` : null })
+      .set({
+        status: sql`case when ${stopped} then 'CANCELLED' else 'SKIPPED' end::build_step_status`,
+        finishedAt: sql`case when ${stopped} then now() end`,
+      })
       .where(and(eq(buildSteps.generationId, generationId), inArray(buildSteps.status, ['PENDING', 'RUNNING'])));
   },
 

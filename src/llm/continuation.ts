@@ -55,7 +55,11 @@ async function* continued(provider: LlmProvider, request: LlmRequest, maxContinu
       if (sawUsage) yield { type: 'usage', usage };
       return;
     } catch (error) {
-      if (!(error instanceof OutputLimitError)) throw error;
+      if (!(error instanceof OutputLimitError)) {
+        // What the parts so far cost was spent all the same.
+        if (sawUsage) yield { type: 'usage', usage };
+        throw error;
+      }
       const rest = stitch?.end();
       if (rest) {
         answer += rest;
@@ -64,6 +68,7 @@ async function* continued(provider: LlmProvider, request: LlmRequest, maxContinu
       count(error.usage);
       if (part >= maxContinuations) {
         const continuations = maxContinuations === 0 ? 'automatic continuation is off (LLM_MAX_CONTINUATIONS=0)' : `still after ${maxContinuations} automatic continuation${maxContinuations === 1 ? '' : 's'}`;
+        if (sawUsage) yield { type: 'usage', usage };
         throw new LlmError(`${error.message.replace(/\.$/, '')}: ${continuations}; ask for a smaller change.`);
       }
     }

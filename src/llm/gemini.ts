@@ -104,21 +104,22 @@ async function* streamOnce(
     if (error instanceof LlmError || error instanceof ApiError) throw error;
     throw interruptedFailure('Gemini', error);
   }
-  throwUnlessFinished(finishReason, usage);
-  if (usage) yield { type: 'usage', usage };
+  const failure = unfinished(finishReason, usage);
+  // Spent even when the answer failed; a cut answer's usage travels with its OutputLimitError.
+  if (usage && !(failure instanceof OutputLimitError)) yield { type: 'usage', usage };
+  if (failure) throw failure;
 }
 
-function throwUnlessFinished(finishReason: string | undefined, usage: LlmUsage | undefined): void {
-  if (finishReason === 'STOP') return;
-  if (finishReason === undefined) {
-    throw new LlmError('The Gemini stream ended before the answer was finished; try again.', true);
-  }
+/** Why the answer is not whole, if it is not. */
+function unfinished(finishReason: string | undefined, usage: LlmUsage | undefined): LlmError | undefined {
+  if (finishReason === 'STOP') return undefined;
+  if (finishReason === undefined) return new LlmError('The Gemini stream ended before the answer was finished; try again.', true);
   if (BLOCKING_FINISH_REASONS.has(finishReason)) {
-    throw new LlmError(`Gemini blocked the response (${finishReason}); rephrase the prompt and try again.`);
+    return new LlmError(`Gemini blocked the response (${finishReason}); rephrase the prompt and try again.`);
   }
   // Continued automatically by withContinuations (LLM_MAX_CONTINUATIONS).
-  if (finishReason === 'MAX_TOKENS') throw new OutputLimitError('Gemini (MAX_TOKENS)', usage);
-  throw new LlmError(`Gemini ended the answer early (${finishReason}); try again or rephrase the prompt.`);
+  if (finishReason === 'MAX_TOKENS') return new OutputLimitError('Gemini (MAX_TOKENS)', usage);
+  return new LlmError(`Gemini ended the answer early (${finishReason}); try again or rephrase the prompt.`);
 }
 
 /** usageMetadata is cumulative, so the last one is the run's; thinking tokens are billed as output. */

@@ -95,8 +95,10 @@ async function* streamOnce(
     if (error instanceof LlmError) throw error;
     throw interruptedFailure('OpenAI-compatible', error);
   }
-  throwUnlessFinished(finishReason, sawDone, usage);
-  if (usage) yield { type: 'usage', usage };
+  const failure = unfinished(finishReason, sawDone, usage);
+  // Spent even when the answer failed; a cut answer's usage travels with its OutputLimitError.
+  if (usage && !(failure instanceof OutputLimitError)) yield { type: 'usage', usage };
+  if (failure) throw failure;
 }
 
 function parseChunk(data: string): ChatCompletionChunk {
@@ -110,15 +112,17 @@ function parseChunk(data: string): ChatCompletionChunk {
   return chunk;
 }
 
-function throwUnlessFinished(finishReason: string | undefined, sawDone: boolean, usage: LlmUsage | undefined): void {
+/** Why the answer is not whole, if it is not. */
+function unfinished(finishReason: string | undefined, sawDone: boolean, usage: LlmUsage | undefined): LlmError | undefined {
   if (finishReason === undefined && !sawDone) {
-    throw new LlmError('The OpenAI-compatible stream ended before the answer was finished; try again.', true);
+    return new LlmError('The OpenAI-compatible stream ended before the answer was finished; try again.', true);
   }
   // Continued automatically by withContinuations (LLM_MAX_CONTINUATIONS).
-  if (finishReason === 'length') throw new OutputLimitError(`${LABEL} (finish_reason length)`, usage);
+  if (finishReason === 'length') return new OutputLimitError(`${LABEL} (finish_reason length)`, usage);
   if (finishReason === 'content_filter') {
-    throw new LlmError(`${LABEL} blocked the response (content_filter); rephrase the prompt and try again.`);
+    return new LlmError(`${LABEL} blocked the response (content_filter); rephrase the prompt and try again.`);
   }
+  return undefined;
 }
 
 /** The data of each server-sent event: its data lines joined, other fields ignored. */

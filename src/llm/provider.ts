@@ -41,7 +41,10 @@ export type LlmEvent = { type: 'text'; text: string } | { type: 'usage'; usage: 
 export interface LlmProvider {
   readonly name: string;
   readonly model: string;
-  /** Streams text deltas, then at most one usage event. Throws LlmError on failure, AbortError-like when aborted. */
+  /**
+   * Streams text deltas, then at most one usage event: what the answer cost, when the
+   * provider counted it, also before an LlmError. Throws LlmError on failure, AbortError-like when aborted.
+   */
   stream(request: LlmRequest): AsyncIterable<LlmEvent>;
 }
 
