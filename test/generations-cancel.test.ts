@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { sql } from 'drizzle-orm';
 import { afterEach, describe, expect, it } from 'vitest';
+import { rowsOf } from '../src/db/client.js';
 import { estimateTokens } from '../src/generations/budget.js';
 import { CancelGenerationDocument, ProjectDocument } from './gql/graphql.js';
 import { createTestDatabase, databaseKind, type TestDatabase } from './support/db.js';
@@ -78,9 +79,11 @@ describe(`cancelling a running generation (${databaseKind})`, () => {
     const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A slow poem app' });
     await firstChunks(server.url, owner.accessToken, started.id, 2);
     // What lease recovery does to a run it takes for dead; this one is alive and goes on until it notices.
-    await server.database.db.execute(
-      sql`update generations set status = 'FAILED', phase = 'DONE', error_code = 'INTERRUPTED', error_message = 'ended elsewhere', finished_at = now(), lease_expires_at = null where id = ${rawId(started.id)}`,
+    const ended = await server.database.db.execute(
+      sql`update generations set status = 'FAILED', phase = 'DONE', error_code = 'INTERRUPTED', error_message = 'ended elsewhere', finished_at = now(), lease_expires_at = null
+          where id = ${rawId(started.id)} and status = 'RUNNING' returning id`,
     );
+    expect(rowsOf(ended)).toHaveLength(1);
     await waitUntil(async () => (await getGeneration(owner.client, started.id)).usage.outputTokens > 0, 30_000, () => "the run's usage never reached its generation");
 
     const generation = await getGeneration(owner.client, started.id);

@@ -76,6 +76,18 @@ describe(`continuation and back-off through a fake Gemini (${databaseKind})`, ()
     expect(generation.usage.outputTokens).toBe(3 * '<file path="lib/main.dart">\nvoid main() {'.length);
   });
 
+  it('counts what the parts before cost when the continued answer is cut short by Kiln (a NUL)', async () => {
+    suite.gemini.script(
+      { kind: 'stream', chunks: [ANSWER.slice(0, CUT)], finishReason: 'MAX_TOKENS', usage: { promptTokens: 100, outputTokens: 5000 } },
+      { kind: 'stream', chunks: ['two answers\u0000'], usage: { promptTokens: 150, outputTokens: 10 } },
+    );
+    const { generation } = await run('A continued answer with a NUL');
+
+    expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'INVALID_OUTPUT' } });
+    // Gemini's count of the first part, more than the estimate of what streamed.
+    expect(generation.usage.outputTokens).toBe(5000);
+  });
+
   it('waits as RetryInfo asks after two 429s, then succeeds, and counts the retries', async () => {
     suite.gemini.script(
       { kind: 'error', status: 429, message: 'Resource has been exhausted (e.g. check quota).', retryDelay: '0.05s' },

@@ -134,11 +134,14 @@ describe(`model output through a fake Gemini (${databaseKind})`, () => {
   });
 
   it('fails with INVALID_OUTPUT when the model leaves a file unterminated, writing nothing', async () => {
-    suite.gemini.script({ kind: 'stream', chunks: ['<file path="lib/main.dart">\nvoid main() {', '\n  runApp('] });
+    const chunks = ['<file path="lib/main.dart">\nvoid main() {', '\n  runApp('];
+    suite.gemini.script({ kind: 'stream', chunks });
     const { generation } = await run('Cut off mid-file');
 
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'INVALID_OUTPUT' }, files: [], buildSteps: [] });
     expect(generation.error?.message).toContain('lib/main.dart');
+    // The answer streamed to its end, so Gemini's count of it is what it cost (the fake counts 11 and a token a character).
+    expect(generation.usage).toEqual({ inputTokens: 11, outputTokens: chunks.join('').length });
   });
 
   it('fails with INVALID_OUTPUT when the answer holds a NUL character, which no text column takes, keeping what came before', async () => {

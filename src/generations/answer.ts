@@ -63,7 +63,7 @@ export async function streamAnswer(
   const changes: OutputEvent[] = [];
   let reported: LlmUsage | undefined;
   let streamed = false;
-  let answered = false;
+  let whole = false;
   const budget = budgetMeter(input.budget, input.messages.reduce((sum, m) => sum + m.content.length, input.systemPrompt.length));
   await budget.start(); // the prompt alone may be over what is left
   const log = deps.logger.child({ source: 'GenerationPipeline', generationId, round });
@@ -97,6 +97,7 @@ export async function streamAnswer(
       changes.push(...parser.push(text));
       if (nul !== -1) throw new OutputProtocolError("The model's answer holds a NUL character (U+0000), which no source file has; nothing of this answer was written.");
     }
+    whole = true; // the provider's count, if any, is of all of it
     changes.push(...parser.end());
     // The last chunks and what follows the answer (the next phase) commit together.
     const rest = toRows(await chunks.drain());
@@ -106,13 +107,12 @@ export async function streamAnswer(
     });
     publish(rest);
     next?.announce();
-    answered = true;
   } catch (error) {
     failSpan(span, error);
     throw error;
   } finally {
     // Tokens the model spent count against the budget whatever became of its answer.
-    const usage = answerCost(reported, streamed ? budget.usage() : { inputTokens: 0, outputTokens: 0 }, answered);
+    const usage = answerCost(reported, streamed ? budget.usage() : { inputTokens: 0, outputTokens: 0 }, whole);
     input.spend(usage);
     deps.metrics?.observeRoundTokens(round === 0 ? 'initial' : 'fix', usage);
     span.setAttributes({ 'gen_ai.usage.input_tokens': usage.inputTokens, 'gen_ai.usage.output_tokens': usage.outputTokens });
@@ -124,9 +124,9 @@ export async function streamAnswer(
 }
 
 /**
- * What an answer cost: the provider's count of a whole answer; of one cut short, the count
- * or the estimate of what streamed, whichever is more (a count may cover only the parts
- * before the failure), and the estimate when the provider gave no count.
+ * What an answer cost: the provider's count of an answer that streamed to its end; of one
+ * cut short, the count or the estimate of what streamed, whichever is more (a count may
+ * cover only the parts before), and the estimate when the provider gave no count.
  */
 function answerCost(reported: LlmUsage | undefined, estimate: LlmUsage, whole: boolean): LlmUsage {
   if (!reported) return estimate;

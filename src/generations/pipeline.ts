@@ -155,8 +155,10 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
       // Run again after a database outage took COMMIT's reply: the row may already carry this ending.
       const ended = await generationStore.find(tx, generationId);
       if (ended?.finishedAt?.getTime() === finishedAt.getTime()) return ended;
-      // Ended elsewhere (its lease lapsed meanwhile): what this run spent still counts.
+      // Ended elsewhere (its lease lapsed meanwhile): what this run spent still counts, and
+      // a step it went on to start after that ending is closed too.
       await generationStore.keepUsage(tx, generationId, usage);
+      if (ended && ended.status !== 'SUCCEEDED') await closeUnfinishedWork(tx, generationId, ended.status === 'CANCELLED');
       return undefined;
     }
     // A run that succeeded left no step pending and no round running.
@@ -176,8 +178,8 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
     publish({ status: finished.status, phase: finished.phase });
     log.info({ status: finished.status, errorCode: finished.errorCode }, 'generation finished');
     deps.metrics?.observeGeneration({ status: finished.status, errorCode: finished.errorCode, provider: deps.llm.name }, (performance.now() - startedAt) / 1000);
-    deps.metrics?.observeTokens(deps.llm.name, usage);
   }
+  deps.metrics?.observeTokens(deps.llm.name, usage);
   // Old workspaces go once the user has the outcome: it never waits on this.
   if (workspaceWritten) {
     await pruneWorkspaces(deps.workspaces.dir, claimed.projectId, deps.workspaces.keepPerProject).catch((error: unknown) =>

@@ -358,7 +358,6 @@ export const generationStore = {
     await tx.update(buildSteps).set(values).where(and(eq(buildSteps.generationId, generationId), eq(buildSteps.ordinal, ordinal)));
   },
 
-  /** Steps not run yet become SKIPPED or CANCELLED when the build ends early. */
   /**
    * The steps of a run that ended without finishing them: one still RUNNING was stopped
    * with it (CANCELLED), the PENDING ones never ran (SKIPPED, or CANCELLED with the run).

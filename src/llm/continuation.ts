@@ -66,9 +66,10 @@ async function* continued(provider: LlmProvider, request: LlmRequest, maxContinu
         yield { type: 'text', text: rest };
       }
       count(error.usage);
+      // The total so far, in case the reader stops before the next part's end (a copy: it grows).
+      if (sawUsage) yield { type: 'usage', usage: { ...usage } };
       if (part >= maxContinuations) {
         const continuations = maxContinuations === 0 ? 'automatic continuation is off (LLM_MAX_CONTINUATIONS=0)' : `still after ${maxContinuations} automatic continuation${maxContinuations === 1 ? '' : 's'}`;
-        if (sawUsage) yield { type: 'usage', usage };
         throw new LlmError(`${error.message.replace(/\.$/, '')}: ${continuations}; ask for a smaller change.`);
       }
     }
