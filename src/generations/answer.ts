@@ -24,10 +24,7 @@ export interface AnswerInput {
   messages: LlmMessage[];
   /** The run's hold on the monthly budget, and what its earlier rounds spent. */
   budget: RunBudget;
-  /**
-   * Told once what the answer cost, however it ended (done, failed, stopped): the
-   * provider's count when it gave one, else the estimate, or nothing if no text came.
-   */
+  /** Told once what the answer cost, however it ended (done, failed, stopped): answerCost below. */
   spend(usage: LlmUsage): void;
   apiKey?: string;
 }
