@@ -124,6 +124,19 @@ describe(`model output through a fake Gemini (${databaseKind})`, () => {
     expect(generation.usage).toEqual({ inputTokens: 900, outputTokens: 400 });
   });
 
+  it('counts the tokens Gemini spent thinking when every attempt is cut before any answer text', async () => {
+    suite.gemini.script({ kind: 'thinkThenDrop', thoughts: ['Planning the layout.', 'Choosing widgets.'], usage: { promptTokens: 700, outputTokens: 300 } });
+    const before = suite.gemini.requests.length;
+    const { generation } = await run('An app the connection never delivers');
+
+    expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'LLM_ERROR' }, output: '' });
+    expect(generation.error?.message).toMatch(/Gave up after 3 attempts/);
+    // Each attempt read the prompt and thought before its connection was lost: all of them count.
+    const attempts = suite.gemini.requests.length - before;
+    expect(attempts).toBe(3);
+    expect(generation.usage).toEqual({ inputTokens: attempts * 700, outputTokens: attempts * 300 });
+  });
+
   it('fails with LLM_ERROR saying so when Gemini rate-limits every request', async () => {
     suite.gemini.script({ kind: 'error', status: 429, message: 'Resource has been exhausted (e.g. check quota).' });
     const { generation } = await run('A stopwatch');

@@ -101,6 +101,8 @@ async function* streamOnce(
       if (chunk.usageMetadata) usage = toUsage(chunk.usageMetadata);
     }
   } catch (error) {
+    // What Gemini counted before the stream failed (a prompt read, thoughts) was spent all the same.
+    if (usage) yield { type: 'usage', usage };
     if (error instanceof LlmError || error instanceof ApiError) throw error;
     throw interruptedFailure('Gemini', error);
   }

@@ -14,6 +14,8 @@ export type GeminiBehaviour =
   | { kind: 'stall'; chunks: string[] }
   /** Sends the 200 headers, then destroys the connection before any event. */
   | { kind: 'drop' }
+  /** Sends the model's thoughts (no answer text), each with the usage so far, then closes the connection mid-stream. */
+  | { kind: 'thinkThenDrop'; thoughts: string[]; usage: GeminiUsage }
   /** The prompt refused outright: promptFeedback.blockReason and no candidates. */
   | { kind: 'promptBlocked'; blockReason: string };
 
@@ -128,6 +130,17 @@ async function respond(res: http.ServerResponse, behaviour: GeminiBehaviour): Pr
     case 'drop':
       startStream(res);
       return void res.socket?.destroy();
+    case 'thinkThenDrop':
+      startStream(res);
+      behaviour.thoughts.forEach((thought, i) => {
+        const thoughtsSoFar = Math.round((behaviour.usage.outputTokens * (i + 1)) / behaviour.thoughts.length);
+        sendEvent(res, {
+          candidates: [{ content: { parts: [{ text: thought, thought: true }], role: 'model' }, index: 0 }],
+          usageMetadata: { promptTokenCount: behaviour.usage.promptTokens, thoughtsTokenCount: thoughtsSoFar, totalTokenCount: behaviour.usage.promptTokens + thoughtsSoFar },
+        });
+      });
+      // After what was written has gone out, as a connection lost mid-answer.
+      return void res.socket?.destroySoon();
     case 'stall':
       startStream(res);
       for (const text of behaviour.chunks) sendEvent(res, candidateEvent(text));
