@@ -24,7 +24,7 @@ import { buildPrompt } from './prompt.js';
 import { restoredAnswer } from './restore.js';
 import { newRunCursor, type RunCursor } from './run-cursor.js';
 import { RunFailure } from './run-failure.js';
-import { type GenerationRow, generationStore, interruptedEnding } from './store.js';
+import { type GenerationRow, type GenerationStatus, generationStore, interruptedEnding } from './store.js';
 
 export interface PipelineDeps {
   db: Db;
@@ -158,11 +158,10 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
       // Ended elsewhere (its lease lapsed meanwhile): what this run spent still counts, and
       // a step it went on to start after that ending is closed too.
       await generationStore.keepUsage(tx, generationId, usage);
-      if (ended && ended.status !== 'SUCCEEDED') await closeUnfinishedWork(tx, generationId, ended.status === 'CANCELLED');
+      if (ended) await closeUnfinishedWork(tx, generationId, ended.status);
       return undefined;
     }
-    // A run that succeeded left no step pending and no round running.
-    if (row.status !== 'SUCCEEDED') await closeUnfinishedWork(tx, generationId, row.status === 'CANCELLED');
+    await closeUnfinishedWork(tx, generationId, row.status);
     if (output) {
       await generationStore.insertMessage(tx, {
         projectId: claimed.projectId,
@@ -189,8 +188,13 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
   return finished;
 }
 
-/** The steps and fix rounds a run that did not succeed left open (generationStore.closeOpenSteps; rounds FAILED, or CANCELLED). */
-export async function closeUnfinishedWork(tx: Tx, generationId: string, cancelled: boolean): Promise<void> {
+/**
+ * The steps and fix rounds a run that ended `status` left open (generationStore.closeOpenSteps;
+ * rounds FAILED, or CANCELLED). One that succeeded left none.
+ */
+export async function closeUnfinishedWork(tx: Tx, generationId: string, status: GenerationStatus): Promise<void> {
+  if (status === 'SUCCEEDED') return;
+  const cancelled = status === 'CANCELLED';
   await generationStore.closeOpenSteps(tx, generationId, cancelled);
   await fixStore.closeRunningRounds(tx, generationId, cancelled ? 'CANCELLED' : 'FAILED');
 }

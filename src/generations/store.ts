@@ -44,7 +44,7 @@ export type ErrorCode = NonNullable<GenerationRow['errorCode']>;
 // Literal values, not parameters: the planner matches them to the partial index generations_active_idx.
 const isActive = sql`${generations.status} in (${sql.raw(ACTIVE_STATUSES.map((status) => `'${status}'`).join(', '))})`;
 
-/** A lock held until the transaction ends, named by `key`. */
+/** The project's budget, locked until the transaction ends. */
 const budgetLock = (projectId: string) => advisoryLock(`kiln.project-budget:${projectId}`);
 
 export const generationStore = {

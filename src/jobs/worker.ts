@@ -122,7 +122,7 @@ export function startWorker(options: WorkerOptions): Worker {
       .run(async (tx) => {
         const interrupted = await generationStore.interruptLapsed(tx, { all });
         // The run that left them open is gone: its steps and rounds end with it.
-        for (const row of interrupted) await closeUnfinishedWork(tx, row.id, row.status === 'CANCELLED');
+        for (const row of interrupted) await closeUnfinishedWork(tx, row.id, row.status);
         return { interrupted, retried: await retryInterrupted(tx, options.provider, interrupted, queue?.enqueue) };
       })
       .then(async ({ interrupted, retried }) => {

@@ -1,4 +1,4 @@
-import { LlmError } from './provider.js';
+import { type LlmEvent, LlmError, type LlmUsage, OutputLimitError } from './provider.js';
 
 /** Who failed, and which settings a user can change about it. */
 export interface Upstream {
@@ -101,4 +101,14 @@ function transportDetail(error: unknown): string {
 function shorten(text: string): string {
   const flat = text.replace(/\s+/g, ' ').trim();
   return flat.length > MAX_DETAIL_LENGTH ? `${flat.slice(0, MAX_DETAIL_LENGTH)}…` : flat;
+}
+
+/**
+ * The end of one streamed answer: what it cost, when the provider counted it (spent even
+ * when the answer failed; a cut answer's usage travels with its OutputLimitError), then
+ * why it is not whole, if it is not.
+ */
+export function* answerEnd(failure: LlmError | undefined, usage: LlmUsage | undefined): Generator<LlmEvent> {
+  if (usage && !(failure instanceof OutputLimitError)) yield { type: 'usage', usage };
+  if (failure) throw failure;
 }

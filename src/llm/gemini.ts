@@ -1,5 +1,5 @@
 import { ApiError, GoogleGenAI, type GenerateContentResponseUsageMetadata } from '@google/genai';
-import { httpFailure, interruptedFailure, unreachableFailure, type Upstream } from './failures.js';
+import { answerEnd, httpFailure, interruptedFailure, unreachableFailure, type Upstream } from './failures.js';
 import { LlmError, type LlmEvent, type LlmProvider, type LlmRequest, type LlmUsage, OutputLimitError } from './provider.js';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_RETRY_POLICY, resilientStream, type RetryPolicy } from './streaming.js';
 
@@ -106,10 +106,7 @@ async function* streamOnce(
     if (error instanceof LlmError || error instanceof ApiError) throw error;
     throw interruptedFailure('Gemini', error);
   }
-  const failure = unfinished(finishReason, usage);
-  // Spent even when the answer failed; a cut answer's usage travels with its OutputLimitError.
-  if (usage && !(failure instanceof OutputLimitError)) yield { type: 'usage', usage };
-  if (failure) throw failure;
+  yield* answerEnd(unfinished(finishReason, usage), usage);
 }
 
 /** Why the answer is not whole, if it is not. */

@@ -1,4 +1,4 @@
-import { httpFailure, interruptedFailure, unreachableFailure, upstreamDetail, type Upstream } from './failures.js';
+import { answerEnd, httpFailure, interruptedFailure, unreachableFailure, upstreamDetail, type Upstream } from './failures.js';
 import { LlmError, type LlmEvent, type LlmProvider, type LlmRequest, type LlmUsage, OutputLimitError } from './provider.js';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_RETRY_POLICY, resilientStream, type RetryPolicy } from './streaming.js';
 
@@ -95,10 +95,7 @@ async function* streamOnce(
     if (error instanceof LlmError) throw error;
     throw interruptedFailure('OpenAI-compatible', error);
   }
-  const failure = unfinished(finishReason, sawDone, usage);
-  // Spent even when the answer failed; a cut answer's usage travels with its OutputLimitError.
-  if (usage && !(failure instanceof OutputLimitError)) yield { type: 'usage', usage };
-  if (failure) throw failure;
+  yield* answerEnd(unfinished(finishReason, sawDone, usage), usage);
 }
 
 function parseChunk(data: string): ChatCompletionChunk {
