@@ -13,6 +13,8 @@ import type { ArtifactEntry } from './manifest-store.js';
 
 export type Manifest = Map<string, ArtifactEntry>;
 
+const MAX_REWRITTEN_INDEX_BYTES = 1024 * 1024;
+
 export interface PreviewRequest {
   req: IncomingMessage;
   res: ServerResponse;
@@ -31,7 +33,8 @@ export async function servePreview(request: PreviewRequest): Promise<number> {
   if (path === null) return plain(res, 400, 'Bad path.');
   const entry = resolve(manifest, path);
   if (!entry) return plain(res, 404, 'Not found.');
-  if (entry.path === 'index.html') return serveIndex(request, entry);
+  // A larger entry document is no app's: it is served as built rather than read and rewritten per request.
+  if (entry.path === 'index.html' && entry.size <= MAX_REWRITTEN_INDEX_BYTES) return serveIndex(request, entry);
   const file = await request.store.localPath(entry.sha256);
   if (!file) return plain(res, 404, 'Not found.');
   return new Promise<number>((done) => {
@@ -97,15 +100,40 @@ async function serveIndex({ req, res, root, store }: PreviewRequest, entry: Arti
  * Flutter writes `<base href="/">` unless built with --base-href, and a Vite build
  * with the default base points at `/assets/…`: both would leave the preview's path.
  * The document gets `<base href="<root>">` and root-relative references become relative.
+ * Generated code writes the document, so the work is linear in its length, whatever it holds.
  */
 export function withBase(html: string, root: string): string {
   const base = `<base href="${root}">`;
-  let out = html.replace(/(\s(?:src|href)=["'])\/(?!\/)/gi, '$1./');
-  if (/<base\s[^>]*href=["']\.\/["'][^>]*>/i.test(out)) return out.replace(/<base\s[^>]*href=["']\.\/["'][^>]*>/i, base);
-  if (/<base\s/i.test(out)) return out; // the app chose its own base
-  if (/<head(\s[^>]*)?>/i.test(out)) return out.replace(/<head(\s[^>]*)?>/i, (head) => `${head}${base}`);
+  const out = html.replace(/(\s(?:src|href)=["'])\/(?!\/)/gi, '$1./');
+  let head: Tag | undefined;
+  let ownBase = false;
+  for (const tag of baseAndHeadTags(out)) {
+    if (tag.name === 'head') head ??= tag;
+    else if (/href=["']\.\/["']/i.test(out.slice(tag.start, tag.end))) return `${out.slice(0, tag.start)}${base}${out.slice(tag.end)}`;
+    else ownBase = true; // the app chose its own base
+  }
+  if (ownBase) return out;
+  if (head) return `${out.slice(0, head.end)}${base}${out.slice(head.end)}`;
   const doctype = /^\s*<!doctype[^>]*>/i.exec(out);
   return doctype ? `${doctype[0]}${base}${out.slice(doctype[0].length)}` : `${base}${out}`;
+}
+
+interface Tag {
+  name: 'base' | 'head';
+  start: number;
+  /** Just after its `>`. */
+  end: number;
+}
+
+/** The `<base …>` and `<head…>` tags in order, in one pass that never steps back. */
+function* baseAndHeadTags(html: string): Generator<Tag> {
+  const opening = /<(?:(base)\s|head[\s>])/gi;
+  for (let found = opening.exec(html); found; found = opening.exec(html)) {
+    const end = html.indexOf('>', found.index + 1);
+    if (end === -1) return; // an unclosed tag, and nothing after it is a tag
+    yield { name: found[1] ? 'base' : 'head', start: found.index, end: end + 1 };
+    opening.lastIndex = end + 1;
+  }
 }
 
 export function plain(res: ServerResponse, status: number, message: string): number {
