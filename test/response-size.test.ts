@@ -28,7 +28,8 @@ describe(`content fields in the query cost (${databaseKind})`, () => {
     await server?.stop();
   });
 
-  const send = async (query: string, operationName?: string) => (await (await owner.client.post({ query, operationName })).json()) as Response;
+  const send = async (query: string, operationName?: string, variables?: Record<string, unknown>) =>
+    (await (await owner.client.post({ query, operationName, variables })).json()) as Response;
   const tooComplex = (response: Response) => response.errors?.some((error) => error.extensions?.code === 'OPERATION_TOO_COMPLEX') ?? false;
   const aliased = (count: number, selection: string) => Array.from({ length: count }, (_, i) => `a${i}: ${selection}`).join(' ');
 
@@ -64,5 +65,22 @@ describe(`content fields in the query cost (${databaseKind})`, () => {
   it('counts content once per item of a page', async () => {
     expect(tooComplex(await send(`query { projects(first: 10) { edges { node { generations(first: 10) { edges { node { output } } } } } } }`))).toBe(true);
     expect(tooComplex(await send(`query { projects(first: 10) { edges { node { generations(first: 10) { edges { node { id status } } } } } } }`))).toBe(false);
+  });
+
+  it('counts content once per id given to nodes, which takes at most 100 ids', async () => {
+    const outputs = 'query Outputs($ids: [ID!]!) { nodes(ids: $ids) { ... on Generation { output } } }';
+    const ids = (count: number) => Array.from({ length: count }, () => id());
+    expect(tooComplex(await send(`query { nodes(ids: ${JSON.stringify(ids(5))}) { ... on Generation { output } } }`))).toBe(true);
+    // A variable may hold as many ids as nodes takes.
+    expect(tooComplex(await send(outputs, undefined, { ids: ids(1) }))).toBe(true);
+    const one = await send(`query { nodes(ids: ${JSON.stringify(ids(1))}) { ... on Generation { output } } }`);
+    expect(one.errors).toBeUndefined();
+    // Ids alone cost nothing: a hundred are answered, one more is refused.
+    const hundred = await send('query Ids($ids: [ID!]!) { nodes(ids: $ids) { id } }', undefined, { ids: ids(100) });
+    expect(hundred.errors).toBeUndefined();
+    expect((hundred.data as { nodes: unknown[] }).nodes).toHaveLength(100);
+    const more = await send('query Ids($ids: [ID!]!) { nodes(ids: $ids) { id } }', undefined, { ids: ids(101) });
+    expect(more.data ?? null).toBeNull();
+    expect(more.errors?.map((error) => [error.extensions?.code, error.message])).toEqual([['BAD_USER_INPUT', 'nodes takes at most 100 ids.']]);
   });
 });

@@ -14,7 +14,7 @@ import {
   ValidationError,
 } from '../errors.js';
 import type { Context } from './context.js';
-import { lenientDecodeGlobalID, loadNodes } from './schema/ids.js';
+import { MAX_NODE_IDS, lenientDecodeGlobalID, loadNodes } from './schema/ids.js';
 
 // Configuration only: the types live in schema/<domain>.ts (STYLE 1, 2).
 export const builder = new SchemaBuilder<{
@@ -44,7 +44,7 @@ export const builder = new SchemaBuilder<{
     // A malformed or unknown id in node/nodes is null, never an error for the whole list.
     decodeGlobalID: lenientDecodeGlobalID,
     nodeQueryOptions: { resolve: async (_root, args, ctx, info): Promise<unknown> => (await loadNodes(nodeBuilder(), ctx, info, [args.id]))[0] },
-    nodesQueryOptions: { resolve: (_root, args, ctx, info): Promise<unknown[]> => loadNodes(nodeBuilder(), ctx, info, args.ids) },
+    nodesQueryOptions: { description: `At most ${MAX_NODE_IDS} ids; null for each one the viewer cannot see.`, resolve: (_root, args, ctx, info): Promise<unknown[]> => loadNodes(nodeBuilder(), ctx, info, args.ids) },
   },
   errors: {
     // Every result union carries these; fields add BudgetExceededError where it applies.

@@ -11,6 +11,7 @@ import {
   type ValidationContext,
 } from 'graphql';
 import { MAX_FILE_BYTES, MAX_TOTAL_BYTES } from '../generations/output-parser.js';
+import { MAX_NODE_IDS } from './schema/ids.js';
 
 // Fields that return file contents, model output or logs are priced by what they can
 // return at worst, in KiB, and that price joins the query cost (GRAPHQL_MAX_COST): so
@@ -37,9 +38,11 @@ const PRICES: Record<string, Price> = {
   'Generation.buildLog': (field) => LOG_LINE_KIB * tailOf(field),
 };
 
-/** Lists whose items' content is bounded all together: how many worst-case items they hold at most. */
-const LIST_SIZES: Record<string, number> = {
-  'Generation.files': MAX_TOTAL_BYTES / MAX_FILE_BYTES,
+/** Lists that are no connection: how many worst-case items they hold at most. */
+const LIST_SIZES: Record<string, (field: FieldNode) => number> = {
+  // Their content is bounded all together.
+  'Generation.files': () => MAX_TOTAL_BYTES / MAX_FILE_BYTES,
+  'Query.nodes': idsOf,
 };
 
 /** The content price of one operation. */
@@ -82,7 +85,7 @@ function priceOf(context: ValidationContext, selections: SelectionSetNode, type:
     cost += times * (PRICES[coordinate]?.(selection) ?? 0);
     if (selection.selectionSet) {
       const paged = definition.args.some((argument) => argument.name === 'first');
-      const items = LIST_SIZES[coordinate] ?? (paged ? pageOf(selection) : 1);
+      const items = LIST_SIZES[coordinate]?.(selection) ?? (paged ? pageOf(selection) : 1);
       cost += priceOf(context, selection.selectionSet, getNamedType(definition.type), times * items, spreading);
     }
   }
@@ -93,6 +96,13 @@ function priceOf(context: ValidationContext, selections: SelectionSetNode, type:
 function pageOf(field: FieldNode): number {
   const first = field.arguments?.find((argument) => argument.name.value === 'first');
   return first?.value.kind === Kind.INT ? Math.max(1, Math.min(Number(first.value.value), LARGEST_PAGE)) : LARGEST_PAGE;
+}
+
+/** `nodes`: as many as its literal list holds, else (a variable) as many as it takes. */
+function idsOf(field: FieldNode): number {
+  const ids = field.arguments?.find((argument) => argument.name.value === 'ids')?.value;
+  if (ids?.kind === Kind.LIST) return Math.max(1, Math.min(ids.values.length, MAX_NODE_IDS));
+  return ids?.kind === Kind.VARIABLE ? MAX_NODE_IDS : 1;
 }
 
 function tailOf(field: FieldNode): number {

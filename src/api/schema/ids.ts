@@ -1,6 +1,7 @@
 import { decodeGlobalID, resolveNodes } from '@pothos/plugin-relay';
 import { type GraphQLResolveInfo, isObjectType } from 'graphql';
 import { z } from 'zod';
+import { badInput } from './paging.js';
 
 // Global ids are decoded by the relay plugin (`t.arg.globalID`, input `t.globalID`
 // fields, node/nodes); these helpers say what a decoded id is worth here. Every
@@ -37,12 +38,16 @@ export function lenientDecodeGlobalID(globalId: string): GlobalId {
   }
 }
 
+/** The most ids one `nodes` takes, as many as a page holds: the query cost counts each one's content. */
+export const MAX_NODE_IDS = 100;
+
 /**
  * `node` and `nodes`: each id that names a node type with a well-formed id is loaded
  * (in one batch per type); anything else is null, like an id the viewer may not see,
  * so one bad id never fails the others.
  */
 export async function loadNodes(builder: Parameters<typeof resolveNodes>[0], ctx: object, info: GraphQLResolveInfo, ids: GlobalId[]): Promise<unknown[]> {
+  if (ids.length > MAX_NODE_IDS) throw badInput(`nodes takes at most ${MAX_NODE_IDS} ids.`);
   const valid = ids.map(({ typename, id }) => {
     const type = typename ? info.schema.getType(typename) : undefined;
     return isObjectType(type) && type.getInterfaces().some((i) => i.name === 'Node') && uuid.test(id);

@@ -63,6 +63,6 @@ function parseCursor(cursor: string | undefined): Keyset | undefined {
   return { createdAt: new Date(parsed.data[0]), id: parsed.data[1] };
 }
 
-function badInput(message: string) {
+export function badInput(message: string) {
   return new GraphQLError(message, { extensions: { code: 'BAD_USER_INPUT' } });
 }
