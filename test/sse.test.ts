@@ -1,3 +1,4 @@
+import { print } from 'graphql';
 import { describe, expect, it } from 'vitest';
 import { GenerationChunksDocument, GenerationUpdatedDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
@@ -58,5 +59,22 @@ describe(`generation streams over SSE (${databaseKind})`, () => {
       errors: [expect.objectContaining({ message: 'Generation not found.', extensions: { code: 'NOT_FOUND' } })],
     });
     expect(denied.items).toEqual([]);
+  });
+});
+
+describe(`a subscription that does not accept SSE (${databaseKind})`, () => {
+  const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '25', LIVE_STREAMS_PER_USER: '1' });
+
+  it('gets 406 and holds no LIVE_STREAMS_PER_USER slot: the next SSE stream runs', async () => {
+    const generation = await startInNewProject(suite.owner, 'A packing list');
+    const subscription = { query: print(GenerationChunksDocument), variables: { id: generation.id } };
+    for (let i = 0; i < 3; i++) {
+      const refused = await suite.owner.client.post(subscription, { accept: 'application/json' });
+      expect(refused.status).toBe(406);
+      await refused.body?.cancel();
+    }
+    const stream = sseSubscribe(suite.server.url, suite.owner.accessToken, GenerationChunksDocument, { id: generation.id });
+    expect(await within(stream.ended, 30_000, () => 'the SSE stream did not complete')).toEqual({ completed: true, errors: undefined });
+    expect(isContiguousFromZero(stream.items.map((item) => item.generationChunks.seq))).toBe(true);
   });
 });

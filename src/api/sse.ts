@@ -49,7 +49,10 @@ export function useSseSubscriptions(logger: Logger): Plugin {
     onResultProcess({ result, resultProcessor, setResultProcessor, serverContext }) {
       // A stream gets a processor only from SSE (no other media type takes async
       // iterables here: no @defer or @stream), so Yoga has chosen SSE for this one.
-      if (!resultProcessor || !isAsyncIterable(result)) return;
+      if (!isAsyncIterable(result)) return;
+      // A subscription that did not accept SSE gets 406, and Yoga never reads or returns its
+      // stream: returned here, it gives back its LIVE_STREAMS_PER_USER slot.
+      if (!resultProcessor) return void result[Symbol.asyncIterator]().return?.();
       const { res } = serverContext as { res?: unknown };
       setResultProcessor((stream, fetchAPI) => {
         const body = new EventStream(stream as AsyncIterable<ExecutionResult>, res instanceof ServerResponse ? res : undefined, track, log);
