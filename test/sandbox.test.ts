@@ -140,6 +140,21 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     expect(await hostProcessesWith(marker)).toEqual([]);
   });
 
+  it("counts what a step writes into Flutter's lock file as workspace, and empties it for the next step", async () => {
+    // The SDK's lock is the one file outside the workspace a step may write (each project has its own).
+    const lock = join(root, 'sdk', 'bin', 'cache', 'lockfile');
+    await mkdir(join(root, 'sdk', 'bin', 'cache'));
+    await writeFile(lock, '');
+    const filled = await run(`head -c ${40 * 1024 * 1024} /dev/zero > ${lock} && head -c ${30 * 1024 * 1024} /dev/zero > big && echo written`);
+    expect(filled.lines).toContain('written');
+    expect(filled.result.status).toBe('FAILED');
+    expect(filled.result.message).toMatch(/wrote more than 64 MB to its workspace/);
+
+    const next = await run(`wc -c < ${lock}`);
+    expect(next.result.status).toBe('SUCCEEDED');
+    expect(next.lines).toEqual(['0']);
+  });
+
   it('shows neither the host /tmp nor the folders around the workspace', async () => {
     await writeFile(join(root, 'workspaces', 'project', 'other-generation-file.txt'), 'another generation');
     await writeFile(join(root, 'host-file.txt'), 'the host /tmp');

@@ -191,7 +191,7 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     }
   }
   for (const root of toolchain) assertExposable(root, workspace);
-  const toolLocks = stepAccess.tool === 'flutter' ? await flutterLock(toolchain[0]!, stepAccess.cacheDir) : [];
+  const toolLock = stepAccess.tool === 'flutter' ? await flutterLock(toolchain[0]!, stepAccess.cacheDir) : undefined;
 
   const cache = { npm: join(stepAccess.cacheDir, 'npm'), pub: join(stepAccess.cacheDir, 'pub') };
   await mkdir(stepAccess.cacheDir, { recursive: true });
@@ -230,7 +230,7 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     // After the private /tmp, since a toolchain, a CA file or the workspace may live under the host's /tmp.
     ...roBindTry(caFiles),
     ...[...new Set(toolchain)].flatMap((root) => ['--ro-bind', root, root]),
-    ...toolLocks,
+    ...(toolLock ? ['--bind', toolLock.own, toolLock.sdk] : []),
     ...['--bind', workspace, workspace],
     ...[stepAccess.fetch ? '--bind' : '--ro-bind', stepAccess.cacheDir, stepAccess.cacheDir],
     ...['--chdir', workspace],
@@ -253,7 +253,7 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     env,
     cgroup,
     limits: machine.limits,
-    diskPaths: stepAccess.fetch ? [workspace, stepAccess.cacheDir] : [workspace],
+    diskPaths: [workspace, ...(stepAccess.fetch ? [stepAccess.cacheDir] : []), ...(toolLock ? [toolLock.own] : [])],
   });
 }
 
@@ -336,13 +336,14 @@ function rlimitArgs(limits: StepLimits): string[] {
  * the SDK: each project gets a lock file of its own there, the rest of the SDK stays
  * read-only (so it must be precached: `flutter precache --web`). The file lives in the
  * project's folder, which no sandbox can write, so it cannot be swapped for a symlink.
+ * A step can write into it, so it starts each step empty and counts as workspace.
  */
-async function flutterLock(sdkRoot: string, cacheDir: string): Promise<string[]> {
-  const lock = join(sdkRoot, 'bin', 'cache', 'lockfile');
-  if (!(await lstat(lock).catch(() => undefined))?.isFile()) return [];
+async function flutterLock(sdkRoot: string, cacheDir: string): Promise<{ own: string; sdk: string } | undefined> {
+  const sdk = join(sdkRoot, 'bin', 'cache', 'lockfile');
+  if (!(await lstat(sdk).catch(() => undefined))?.isFile()) return undefined;
   const own = join(dirname(cacheDir), '.flutter-lockfile');
-  await writeFile(own, '', { flag: 'a' });
-  return ['--bind', own, lock];
+  await writeFile(own, '');
+  return { own, sdk };
 }
 
 function ignoreExisting(error: NodeJS.ErrnoException): void {

@@ -87,6 +87,16 @@ async function text(stream: Readable): Promise<string> {
 // chunk at a time: the next read waits until the server has taken the last one.
 const HELPER_SOURCE = String.raw`
 const { spawn } = require('node:child_process');
+const { closeSync, readdirSync, readFileSync } = require('node:fs');
+// A descriptor the server inherited without close-on-exec (a supervisor's pipe or socket)
+// would reach every build step through bwrap: closed here first. Node's own are close-on-exec.
+for (const fd of readdirSync('/proc/self/fd').map(Number)) {
+  if (fd <= 2) continue;
+  try {
+    const flags = /flags:\s*(\d+)/.exec(readFileSync('/proc/self/fdinfo/' + fd, 'utf8'));
+    if (flags && (parseInt(flags[1], 8) & 0o2000000) === 0) closeSync(fd);
+  } catch {} // the listing's own descriptor, closed by now
+}
 const running = new Map();
 const streams = new Map();
 const send = (message) => process.connected && process.send(message);

@@ -2,7 +2,7 @@ import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readProcStat } from '../proc-stat.js';
 import type { StepCgroup } from './cgroups.js';
-import { runProcess } from './spawner.js';
+import { type ProcessOutput, runProcess, type SpawnFailure } from './spawner.js';
 
 export interface StepLimits {
   memoryMb: number;
@@ -37,6 +37,8 @@ export const limitMessages = {
   processes: (l: StepLimits) => `The build reached its limit of ${l.maxProcesses} processes (BUILD_MAX_PROCESSES) and was stopped.`,
   memory: (l: StepLimits) => `The build used more than ${l.memoryMb} MB of memory (BUILD_MEMORY_MB) and was stopped.`,
   disk: (l: StepLimits) => `The build wrote more than ${l.workspaceMb} MB to its workspace (BUILD_MAX_WORKSPACE_MB) and was stopped.`,
+  unreadable: (l: StepLimits) =>
+    `The build made part of its workspace unreadable, so its size could not be held to ${l.workspaceMb} MB (BUILD_MAX_WORKSPACE_MB), and it was stopped.`,
 };
 
 /**
@@ -99,8 +101,9 @@ async function treeLimit({ cgroup, rootPid, limits }: LimitWatchOptions): Promis
 const MIN_BYTES_PER_INODE = 4096;
 
 async function diskLimit({ diskPaths, limits }: LimitWatchOptions): Promise<string | undefined> {
-  const { bytes, inodes } = await diskUse(diskPaths);
-  return Math.max(bytes, inodes * MIN_BYTES_PER_INODE) > limits.workspaceMb * 1024 * 1024 ? limitMessages.disk(limits) : undefined;
+  const use = await diskUse(diskPaths);
+  if (use === 'unreadable') return limitMessages.unreadable(limits);
+  return Math.max(use.bytes, use.inodes * MIN_BYTES_PER_INODE) > limits.workspaceMb * 1024 * 1024 ? limitMessages.disk(limits) : undefined;
 }
 
 /** Threads and resident memory of `root` and every descendant, from /proc. */
@@ -135,31 +138,68 @@ interface DiskUse {
 }
 
 /**
+ * What du's total means. The step's code owns its workspace: a folder it takes its owner's
+ * rights from (`chmod 300`) hides what it writes there from a server that is not root, and
+ * du then prints the total of the rest. So a du that could not read part of the tree never
+ * passes the limit.
+ */
+export type DuReading = { total: number } | 'unreadable' | undefined;
+
+// Files that vanished during the walk (npm and pub delete temporary files all the time): gone, so rightly not counted.
+const VANISHED = /: (No such file or directory|Not a directory)$/;
+
+/**
+ * Reads `du -s` of `pathCount` folders: their total; 'unreadable' when du could not read part
+ * of them; undefined when there is no du to tell (not coreutils, or it could not start).
+ */
+export function readDuOutput(output: ProcessOutput | SpawnFailure, pathCount: number): DuReading {
+  if (!('exitCode' in output) || output.timedOut) return undefined;
+  const totals = output.stdout.split('\n').filter(Boolean).map((line) => Number(line.split('\t')[0]));
+  if (totals.length !== pathCount || !totals.every(Number.isFinite)) return undefined;
+  const total = { total: totals.reduce((sum, n) => sum + n, 0) };
+  if (output.exitCode === 0) return total;
+  const complaints = output.stderr.split('\n').filter(Boolean);
+  // Ended badly without a word (a signal): the walk in Node measures instead.
+  if (complaints.length === 0) return undefined;
+  // Any other complaint (Permission denied above all) left part of the tree unmeasured.
+  return complaints.every((line) => VANISHED.test(line)) ? total : 'unreadable';
+}
+
+/**
  * Bytes allocated on disk under `paths` (sparse files count what they use) and the files
  * and folders there, symlinks not followed: coreutils' du walks a node_modules several
  * times faster than a walk in Node (the two runs share the kernel's cache of the tree).
  */
-async function diskUse(paths: string[]): Promise<DiskUse> {
+async function diskUse(paths: string[]): Promise<DiskUse | 'unreadable'> {
   const [bytes, inodes] = await Promise.all([duTotal(['-B1'], paths), duTotal(['--inodes'], paths)]);
-  if (bytes !== undefined && inodes !== undefined) return { bytes, inodes };
+  if (bytes === 'unreadable' || inodes === 'unreadable') return 'unreadable';
+  if (bytes !== undefined && inodes !== undefined) return { bytes: bytes.total, inodes: inodes.total };
   const use: DiskUse = { bytes: 0, inodes: 0 };
-  for (const path of paths) await walkDiskUse(path, use);
+  for (const path of paths) if ((await walkDiskUse(path, use)) === 'unreadable') return 'unreadable';
   return use;
 }
 
-/** What `du -s -x` counts under `paths` in all; undefined when it could not tell (no coreutils du). */
-async function duTotal(unit: string[], paths: string[]): Promise<number | undefined> {
-  const result = await runProcess({ command: 'du', args: ['-s', '-x', ...unit, '--', ...paths], env: { PATH: '/usr/bin:/bin' } }, 60_000);
-  const totals = ('stdout' in result ? result.stdout : '').split('\n').filter(Boolean).map((line) => Number(line.split('\t')[0]));
-  return totals.length === paths.length && totals.every(Number.isFinite) ? totals.reduce((sum, n) => sum + n, 0) : undefined;
+/** What `du -s -x` counts under `paths` in all. */
+async function duTotal(unit: string[], paths: string[]): Promise<DuReading> {
+  // LC_ALL=C: du's complaints are read, so they must be in English.
+  const result = await runProcess({ command: 'du', args: ['-s', '-x', ...unit, '--', ...paths], env: { PATH: '/usr/bin:/bin', LC_ALL: 'C' } }, 60_000);
+  return readDuOutput(result, paths.length);
 }
 
-async function walkDiskUse(path: string, use: DiskUse): Promise<void> {
-  const stats = await lstat(path).catch(() => undefined);
-  if (!stats) return;
+async function walkDiskUse(path: string, use: DiskUse): Promise<'unreadable' | undefined> {
+  const stats = await lstat(path).catch(vanishedOrUnreadable);
+  if (stats === undefined || stats === 'unreadable') return stats;
   use.bytes += stats.blocks * 512;
   use.inodes++;
-  if (!stats.isDirectory()) return;
-  const entries = await readdir(path).catch(() => [] as string[]);
-  for (const entry of entries) await walkDiskUse(join(path, entry), use);
+  if (!stats.isDirectory()) return undefined;
+  const entries = await readdir(path).catch(vanishedOrUnreadable);
+  if (entries === 'unreadable') return entries;
+  for (const entry of entries ?? []) if ((await walkDiskUse(join(path, entry), use)) === 'unreadable') return 'unreadable';
+  return undefined;
+}
+
+/** As in du: a file that vanished is not counted; one that could not be read fails the measure. */
+function vanishedOrUnreadable(error: unknown): 'unreadable' | undefined {
+  const code = (error as NodeJS.ErrnoException).code;
+  return code === 'ENOENT' || code === 'ENOTDIR' ? undefined : 'unreadable';
 }

@@ -1,9 +1,12 @@
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { readProcStat } from '../../src/proc-stat.js';
+import { limitMessages, readDuOutput } from '../../src/toolchain/step-limits.js';
 import { buildEnv, runStep, type OutputLine, type RunStepOptions } from '../../src/toolchain/step-runner.js';
 
 const fakeBin = fileURLToPath(new URL('../fixtures/bin', import.meta.url));
@@ -162,6 +165,28 @@ describe('runStep', () => {
     expect((await readProcStat(parent))!.pgrp).not.toBe((await readProcStat(process.pid))!.pgrp);
   });
 
+  it('passes a step no descriptor the server inherited', async () => {
+    // A supervisor may leave a pipe or socket open without close-on-exec: this server inherits fd 200
+    // (Node itself marks the lowest few close-on-exec at start).
+    const script = `import { buildEnv, runStep } from ${JSON.stringify(new URL('../../src/toolchain/step-runner.ts', import.meta.url).href)};
+      const result = await runStep({ command: 'ls', args: ['/proc/self/fd'], cwd: ${JSON.stringify(workspace)}, env: buildEnv({ PATH: process.env.PATH }),
+        timeoutMs: 30_000, onLine: (line) => console.log('fd', line.text) });
+      console.log('status', result.status);
+      process.exit(0);`;
+    // The shell's redirection leaves it open across exec, as a supervisor's would.
+    const server = spawn('/bin/bash', ['-c', 'exec "$0" "$@" 200</dev/null', process.execPath, '--import', 'tsx', '--input-type=module', '-e', script], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let output = '';
+    for await (const chunk of server.stdout!) output += String(chunk);
+    const lines = output.split('\n');
+
+    expect(lines).toContain('status SUCCEEDED');
+    const open = lines.filter((line) => line.startsWith('fd ')).map((line) => line.slice(3));
+    expect(open).toEqual(expect.arrayContaining(['0', '1', '2']));
+    expect(open).not.toContain('200');
+  });
+
   it('fails a running step when the helper stops, leaves nothing of it running, and starts a new helper for the next', async () => {
     const pidFile = join(workspace, 'grandchild.pid');
     let helper = 0;
@@ -195,5 +220,67 @@ describe('runStep', () => {
     const next = await run([], {}, { command: 'sh', args: ['-c', 'echo "$PPID"'] });
     expect(next.result.status).toBe('SUCCEEDED');
     expect(Number(next.stdout[0])).not.toBe(helper);
+  });
+});
+
+describe('the workspace disk limit, from what du says', () => {
+  // A server that is not root cannot read a folder its build took the owner's rights from
+  // (`chmod 300`); du then totals the rest. As root du reads everything, so the test runs du
+  // as another user (nobody), who cannot read it either.
+  const asNobody = process.getuid?.() === 0;
+  const duProblem = asNobody && spawnSync('setpriv', ['--version']).status !== 0 ? 'running as root without setpriv to run du as another user' : undefined;
+
+  function du(path: string) {
+    const command = ['du', '-s', '-x', '-B1', '--', path];
+    const [bin, ...args] = asNobody ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', ...command] : command;
+    const result = spawnSync(bin!, args, { encoding: 'utf8', env: { PATH: '/usr/bin:/bin', LC_ALL: 'C' } });
+    return { exitCode: result.status, signal: result.signal, stdout: result.stdout, stderr: result.stderr, timedOut: false };
+  }
+
+  it.skipIf(duProblem !== undefined)(`does not pass a workspace part of which du could not read${duProblem ? ` (skipped: ${duProblem})` : ''}`, async () => {
+    await chmod(workspace, 0o755);
+    await writeFile(join(workspace, 'package.json'), '{}');
+    await mkdir(join(workspace, 'h'));
+    await writeFile(join(workspace, 'h', 'hidden.bin'), Buffer.alloc(4 * 1024 * 1024, 1));
+    await chmod(join(workspace, 'h'), 0o300);
+    let output: ReturnType<typeof du>;
+    try {
+      output = du(workspace);
+    } finally {
+      await chmod(join(workspace, 'h'), 0o700);
+    }
+
+    // du's own total leaves the 4 MB out: taken as it is, the limit is passed around.
+    expect(output.stderr).toMatch(/Permission denied/);
+    expect(Number(output.stdout.split('\t')[0])).toBeLessThan(4 * 1024 * 1024);
+    expect(readDuOutput(output, 1)).toBe('unreadable');
+    expect(limitMessages.unreadable({ memoryMb: 512, maxProcesses: 64, workspaceMb: 100, tmpMb: 32 })).toBe(
+      'The build made part of its workspace unreadable, so its size could not be held to 100 MB (BUILD_MAX_WORKSPACE_MB), and it was stopped.',
+    );
+  });
+
+  it('counts a workspace whose files vanish while du walks it (npm and pub delete temporary files all the time)', () => {
+    const output = {
+      exitCode: 1,
+      signal: null,
+      stdout: '73728\t/ws\n',
+      stderr: [
+        "du: cannot access '/ws/node_modules/.staging/react-1a2b3c/package.json': No such file or directory",
+        "du: cannot read directory '/ws/node_modules/.tmp-install': No such file or directory",
+        "du: cannot read directory '/ws/.dart_tool/tmp': Not a directory",
+        '',
+      ].join('\n'),
+      timedOut: false,
+    };
+    expect(readDuOutput(output, 1)).toEqual({ total: 73728 });
+    // One unreadable folder among the vanished files still fails it.
+    const hidden = { ...output, stderr: `${output.stderr}du: cannot read directory '/ws/h': Permission denied\n` };
+    expect(readDuOutput(hidden, 1)).toBe('unreadable');
+  });
+
+  it('adds up the folders du measured, and leaves it to the walk in Node when there is no du to ask', () => {
+    expect(readDuOutput({ exitCode: 0, signal: null, stdout: '4096\t/ws\n8192\t/cache\n', stderr: '', timedOut: false }, 2)).toEqual({ total: 12288 });
+    expect(readDuOutput({ code: 'ENOENT', message: 'spawn du ENOENT' }, 1)).toBeUndefined();
+    expect(readDuOutput({ exitCode: null, signal: 'SIGKILL', stdout: '', stderr: '', timedOut: true }, 1)).toBeUndefined();
   });
 });
