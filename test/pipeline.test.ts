@@ -1,4 +1,6 @@
 import { createHash } from 'node:crypto';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConversationDocument, GeneratedFileDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
@@ -7,10 +9,13 @@ import {
   type Generation,
   GenerationWatch,
   getGeneration,
+  logLineMatching,
+  rawId,
   replayChunks,
   startAccepted,
   waitForEnd,
 } from './support/generation-helpers.js';
+import { useGeminiServer } from './support/gemini-server.js';
 import { useGenerationServer } from './support/suite-server.js';
 
 // The offline provider end to end through GraphQL, on a FLUTTER project built by the
@@ -121,6 +126,53 @@ describe(`the offline pipeline on a FLUTTER project (${databaseKind})`, () => {
       ['MODEL', first.output, first.id],
       ['USER', followUpPrompt, second.id],
       ['MODEL', second.output, second.id],
+    ]);
+  });
+});
+
+describe(`old workspaces of a project (${databaseKind})`, () => {
+  // One workspace kept per project, and two runs at a time: a long build in one slot while
+  // shorter ones finish in the other.
+  const suite = useGeminiServer({ WORKSPACES_KEEP_PER_PROJECT: '1', WORKER_CONCURRENCY: '2' });
+  const answer = (files: Record<string, string>) => ({
+    kind: 'stream' as const,
+    chunks: [`Here it is.\n${Object.entries(files).map(([path, content]) => `<file path="${path}">\n${content}</file>\n`).join('')}`],
+  });
+
+  it('are removed once newer runs finish, but never the workspace of a build still running', async () => {
+    // The first answer's build waits (the fake flutter runs hook/build.sh in `build web`) until the test writes to the pipe.
+    const waiting = 'mkfifo release\necho "a long build, waiting for its release"\nread go < release\n';
+    suite.gemini.script(answer({ 'hook/build.sh': waiting }), answer({ 'lib/notes.dart': '// a quick one\n' }));
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const { owner, server } = suite;
+    const workspaceOf = (generation: { id: string }) => join(server.workspacesDir, rawId(project.id), rawId(generation.id));
+
+    const long = await startAccepted(owner.client, { projectId: project.id, prompt: 'A long build' });
+    await logLineMatching(server.url, owner.accessToken, long.id, (line) => line.text === 'a long build, waiting for its release');
+
+    // One after another in the free slot: each is claimed only once the run before it returned,
+    // its pruning included, so when the third has ended the second has pruned.
+    const quick = [];
+    for (const prompt of ['First quick one', 'Second quick one', 'Third quick one']) {
+      const started = await startAccepted(owner.client, { projectId: project.id, prompt });
+      quick.push(await waitForEnd(server, owner.client, owner.accessToken, started.id));
+    }
+    expect(quick.map((g) => g.status)).toEqual(['SUCCEEDED', 'SUCCEEDED', 'SUCCEEDED']);
+
+    // A finished one older than the newest went; the running build's workspace, older still, is all there.
+    const left = await readdir(join(server.workspacesDir, rawId(project.id)));
+    expect(left).not.toContain(rawId(quick[0]!.id));
+    expect(left).toContain(rawId(long.id));
+    expect(await readFile(join(workspaceOf(long), 'hook', 'build.sh'), 'utf8')).toBe(waiting);
+
+    // And the long build finishes as if nothing happened around it.
+    await writeFile(join(workspaceOf(long), 'release'), 'go\n');
+    const ended = await waitForEnd(server, owner.client, owner.accessToken, long.id);
+    expect(ended).toMatchObject({ status: 'SUCCEEDED', error: null });
+    expect(ended.buildSteps.map((step) => [step.name, step.status])).toEqual([
+      ['install', 'SUCCEEDED'],
+      ['analyze', 'SUCCEEDED'],
+      ['build', 'SUCCEEDED'],
     ]);
   });
 });

@@ -181,9 +181,11 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
   deps.metrics?.observeTokens(deps.llm.name, usage);
   // Old workspaces go once the user has the outcome: it never waits on this.
   if (workspaceWritten) {
-    await pruneWorkspaces(deps.workspaces.dir, claimed.projectId, deps.workspaces.keepPerProject).catch((error: unknown) =>
-      log.warn({ err: error }, 'pruning old workspaces failed'),
-    );
+    await pruneWorkspaces(deps.workspaces.dir, claimed.projectId, deps.workspaces.keepPerProject, {
+      // Only generations this database knows to have ended: a build may still run in the others' workspaces.
+      finishedAmong: (ids) => db.run((tx) => generationStore.endedAmong(tx, ids)),
+      onFailure: (dir, error) => log.warn({ err: error, dir }, 'removing an old workspace failed'),
+    }).catch((error: unknown) => log.warn({ err: error }, 'pruning old workspaces failed'));
   }
   return finished;
 }

@@ -13,7 +13,7 @@ import {
   projects,
 } from '../db/schema.js';
 import type { ChunkEvent, LogLineEvent } from '../events/bus.js';
-import { ACTIVE_STATUSES, type GenerationPhase, type GenerationStatus } from './status.js';
+import { ACTIVE_STATUSES, type GenerationPhase, type GenerationStatus, TERMINAL_STATUSES } from './status.js';
 
 // Named queries of the generations domain. Request code runs them in the viewer's
 // RLS scope; the worker in the service scope.
@@ -45,6 +45,8 @@ export type ErrorCode = NonNullable<GenerationRow['errorCode']>;
 const isActive = sql`${generations.status} in (${sql.raw(ACTIVE_STATUSES.map((status) => `'${status}'`).join(', '))})`;
 
 /** The project's budget, locked until the transaction ends. */
+/** Generation ids are uuids; folder and process names are checked against it before a query (a uuid column refuses others). */
+export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const budgetLock = (projectId: string) => advisoryLock(`kiln.project-budget:${projectId}`);
 
 export const generationStore = {
@@ -64,8 +66,15 @@ export const generationStore = {
   },
 
   /** The status of each of these generations this database knows (orphan reaping). */
-  async statusesOf(tx: Tx, ids: string[]): Promise<Pick<GenerationRow, 'id' | 'status'>[]> {
-    return tx.select({ id: generations.id, status: generations.status }).from(generations).where(inArray(generations.id, ids));
+  /** Which of `ids` name a generation of this database that has ended (a name that is no uuid names none). */
+  async endedAmong(tx: Tx, ids: string[]): Promise<Set<string>> {
+    const known = ids.filter((id) => UUID.test(id));
+    if (known.length === 0) return new Set();
+    const rows = await tx
+      .select({ id: generations.id })
+      .from(generations)
+      .where(and(inArray(generations.id, known), inArray(generations.status, TERMINAL_STATUSES)));
+    return new Set(rows.map((row) => row.id));
   },
 
   async find(tx: Tx, id: string): Promise<GenerationRow | undefined> {

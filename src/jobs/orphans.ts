@@ -2,8 +2,7 @@ import { readdir, readlink, realpath } from 'node:fs/promises';
 import path from 'node:path';
 import type { Db } from '../db/client.js';
 import { serviceScope } from '../db/scope.js';
-import { isTerminal } from '../generations/status.js';
-import { generationStore } from '../generations/store.js';
+import { UUID, generationStore } from '../generations/store.js';
 import type { Logger } from '../observability/logger.js';
 import { readProcStat } from '../proc-stat.js';
 
@@ -18,8 +17,6 @@ import { readProcStat } from '../proc-stat.js';
 // lease was ended as INTERRUPTED) are killed with their process group. A generation
 // still RUNNING is never touched, whichever worker runs it. Linux only (/proc); elsewhere
 // this does nothing and leftovers run until their step's own end.
-
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 export interface OrphanProcess {
   pid: number;
@@ -62,9 +59,8 @@ export async function reapOrphanBuilds(db: Db, workspacesDir: string, logger: Lo
   const candidates = await buildProcessesUnder(workspacesDir);
   if (candidates.length === 0) return [];
   const ids = [...new Set(candidates.map((c) => c.generationId))];
-  const rows = await serviceScope(db).run((tx) => generationStore.statusesOf(tx, ids));
   // Only generations this database knows to have ended: a directory shared with another deployment is left alone.
-  const ended = new Set(rows.filter((row) => isTerminal(row.status)).map((row) => row.id));
+  const ended = await serviceScope(db).run((tx) => generationStore.endedAmong(tx, ids));
   const orphans = candidates.filter((c) => ended.has(c.generationId));
   if (orphans.length === 0) return [];
   const ownGroup = (await readProcStat(process.pid))?.pgrp ?? -1;

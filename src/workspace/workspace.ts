@@ -3,6 +3,7 @@ import { lstat, mkdir, mkdtemp, readdir, rename, rm, stat } from 'node:fs/promis
 import { dirname, join } from 'node:path';
 import type { OutputEvent } from '../generations/output-parser.js';
 import { assertSafeRelativePath } from '../generations/safe-path.js';
+import { runProcess } from '../toolchain/spawner.js';
 import { ignoreMissing, writeFilesInside } from './write-inside.js';
 
 export interface GeneratedFile {
@@ -82,37 +83,82 @@ export function projectCacheDir(workspaceDir: string): string {
 }
 
 export async function removeWorkspace(root: string, projectId: string, generationId: string): Promise<void> {
-  await rm(join(root, assertId(projectId), assertId(generationId)), { recursive: true, force: true });
+  await removeTree(join(root, assertId(projectId), assertId(generationId)));
+}
+
+export interface PruneGuard {
+  /**
+   * Which of these generations have finished. Only their workspaces go: a build may still run
+   * in another's, however old its folder looks (a long build stops touching it early).
+   */
+  finishedAmong(generationIds: string[]): Promise<ReadonlySet<string>>;
+  /** Told of each folder that could not be removed; the others are removed all the same. */
+  onFailure(dir: string, error: unknown): void;
 }
 
 /**
  * Keeps the `keep` most recently modified generation workspaces of a project and removes
- * the rest, with temporary directories left over for more than an hour. Returns the
- * generation ids removed.
+ * the rest of those whose generation has finished, with temporary directories left over
+ * for more than an hour. Returns the generation ids removed.
  */
-export async function pruneWorkspaces(root: string, projectId: string, keep: number): Promise<string[]> {
+export async function pruneWorkspaces(root: string, projectId: string, keep: number, guard: PruneGuard): Promise<string[]> {
   if (!Number.isInteger(keep) || keep < 0) throw new RangeError(`keep must be a whole number >= 0, got ${keep}`);
   const projectDir = join(root, assertId(projectId));
   const entries = (await readdir(projectDir, { withFileTypes: true }).catch(ignoreMissing)) ?? [];
   const now = Date.now();
   const generations: { id: string; mtimeMs: number }[] = [];
+  // One folder that cannot be removed never keeps the others.
+  const removing = async (dir: string): Promise<boolean> => {
+    try {
+      await removeTree(dir);
+      return true;
+    } catch (error) {
+      guard.onFailure(dir, error);
+      return false;
+    }
+  };
   for (const entry of entries) {
     if (!entry.isDirectory()) continue;
     const stats = await stat(join(projectDir, entry.name)).catch(ignoreMissing);
     if (!stats) continue;
     if (entry.name.startsWith(TMP_PREFIX)) {
       const stale = now - stats.mtimeMs > STALE_TMP_MS;
-      if (stale) await rm(join(projectDir, entry.name), { recursive: true, force: true });
+      if (stale) await removing(join(projectDir, entry.name));
     } else if (ID.test(entry.name)) {
       generations.push({ id: entry.name, mtimeMs: stats.mtimeMs });
     }
   }
-  const removed = generations
+  const older = generations
     .sort((a, b) => b.mtimeMs - a.mtimeMs)
     .slice(keep)
     .map((generation) => generation.id);
-  for (const id of removed) await rm(join(projectDir, id), { recursive: true, force: true });
+  // Asked after the listing: a generation that has finished stays finished.
+  const finished = older.length > 0 ? await guard.finishedAmong(older) : new Set<string>();
+  const removed: string[] = [];
+  for (const id of older) {
+    if (finished.has(id) && (await removing(join(projectDir, id)))) removed.push(id);
+  }
   return removed;
+}
+
+const REMOVE_TIMEOUT_MS = 10 * 60 * 1000;
+
+/**
+ * Removes a tree a build wrote, whatever it did to it. Its code owns the files, so it can take
+ * its owner's rights from a folder (`chmod 300`), which Node's rm (and a server that is not
+ * root) cannot then read or empty: the owner gets them back first. It can also nest folders
+ * deeper than a path may be long (ENAMETOOLONG in Node's rm); coreutils rm walks any depth.
+ */
+async function removeTree(dir: string): Promise<void> {
+  const env = { PATH: '/usr/bin:/bin', LC_ALL: 'C' };
+  // Never follows symlinks (chmod -R does not by default); what it cannot fix, rm reports.
+  await runProcess({ command: 'chmod', args: ['-R', 'u+rwX', '--', dir], env }, REMOVE_TIMEOUT_MS);
+  const result = await runProcess({ command: 'rm', args: ['-rf', '--', dir], env }, REMOVE_TIMEOUT_MS);
+  // No rm to start (not a Unix-like system): Node's own.
+  if (!('exitCode' in result)) return rm(dir, { recursive: true, force: true });
+  if (result.exitCode !== 0 || result.timedOut) {
+    throw new Error(`Could not remove ${dir}: ${result.timedOut ? 'rm timed out' : (result.stderr.trim().split('\n')[0] || `rm exited with ${result.exitCode}`)}`);
+  }
 }
 
 // Ids become directory names, so they must be one plain segment.

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { constants } from 'node:fs';
+import { constants, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, open, readdir, readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,6 +11,7 @@ import {
   createWorkspace,
   fileDigest,
   pruneWorkspaces,
+  type PruneGuard,
   removeWorkspace,
   type CreateWorkspaceInput,
 } from '../../src/workspace/workspace.js';
@@ -22,6 +23,8 @@ beforeEach(async () => {
 });
 
 afterEach(async () => {
+  // coreutils rm: a test may leave a tree nested deeper than Node's rm can follow.
+  spawnSync('rm', ['-rf', '--', root]);
   await rm(root, { recursive: true, force: true });
 });
 
@@ -175,24 +178,101 @@ describe('directoryInside', () => {
 });
 
 describe('pruning', () => {
-  it('keeps the newest workspaces and clears stale temporary directories', async () => {
-    const hour = 60 * 60;
+  const hour = 60 * 60;
+
+  /** Every generation finished; the folders that could not be removed, as their owner is told. */
+  function allFinished(): PruneGuard & { failures: string[] } {
+    const failures: string[] = [];
+    return {
+      failures,
+      finishedAmong: async (ids) => new Set(ids),
+      onFailure: (dir) => void failures.push(dir),
+    };
+  }
+
+  /** Workspaces of p1, each made `age` seconds ago. */
+  async function workspacesAged(ages: Record<string, number>): Promise<void> {
     const now = Date.now() / 1000;
-    const ages = { g1: 4 * hour, g2: 3 * hour, g3: 2 * hour, g4: 60 };
     for (const [generationId, age] of Object.entries(ages)) {
       const { dir } = await createWorkspace(input({ generationId }));
       await utimes(dir, now - age, now - age);
     }
+  }
+
+  /** Sets a workspace's mtime back again after the test wrote into it. */
+  async function age(generationId: string, seconds: number): Promise<void> {
+    const when = Date.now() / 1000 - seconds;
+    await utimes(join(root, 'p1', generationId), when, when);
+  }
+
+  it('keeps the newest workspaces and clears stale temporary directories', async () => {
+    const now = Date.now() / 1000;
+    await workspacesAged({ g1: 4 * hour, g2: 3 * hour, g3: 2 * hour, g4: 60 });
     await mkdir(join(root, 'p1', '.tmp-stale'));
     await utimes(join(root, 'p1', '.tmp-stale'), now - 2 * hour, now - 2 * hour);
     await mkdir(join(root, 'p1', '.tmp-writing'));
 
-    expect((await pruneWorkspaces(root, 'p1', 2)).sort()).toEqual(['g1', 'g2']);
+    const guard = allFinished();
+    expect((await pruneWorkspaces(root, 'p1', 2, guard)).sort()).toEqual(['g1', 'g2']);
     expect((await readdir(join(root, 'p1'))).sort()).toEqual(['.tmp-writing', 'g3', 'g4']);
+    expect(guard.failures).toEqual([]);
   });
 
   it('does nothing for a project without workspaces', async () => {
-    expect(await pruneWorkspaces(root, 'nope', 1)).toEqual([]);
+    expect(await pruneWorkspaces(root, 'nope', 1, allFinished())).toEqual([]);
+  });
+
+  it('keeps the workspace of a generation still queued or running, however old, and removes the finished ones', async () => {
+    // g1: a long build whose folder stopped changing hours ago, older than every finished run.
+    await workspacesAged({ g1: 5 * hour, g2: 4 * hour, g3: 3 * hour, g4: 60 });
+    const asked: string[][] = [];
+    const guard: PruneGuard = {
+      finishedAmong: async (ids) => {
+        asked.push([...ids].sort());
+        return new Set(ids.filter((id) => id !== 'g1'));
+      },
+      onFailure: (dir, error) => {
+        throw error;
+      },
+    };
+
+    expect((await pruneWorkspaces(root, 'p1', 1, guard)).sort()).toEqual(['g2', 'g3']);
+    expect((await readdir(join(root, 'p1'))).sort()).toEqual(['g1', 'g4']);
+    expect(await readTree(join(root, 'p1', 'g1'))).toHaveProperty(['lib/main.dart'], 'parent main\n');
+    // Only the workspaces past the newest `keep` are asked about.
+    expect(asked).toEqual([['g1', 'g2', 'g3']]);
+  });
+
+  it('removes a workspace nested deeper than a path may be long, and every older one with it', async () => {
+    await workspacesAged({ g1: 4 * hour, g2: 3 * hour, g3: 2 * hour, g4: 60 });
+    // What a build can make: 3,000 nested folders, a path of 9,000 characters (Node's rm: ENAMETOOLONG),
+    // made 1,000 at a time since no one path may be that long.
+    const nest = 'p=$(printf "ab/%.0s" $(seq 1000)); for i in 1 2 3; do mkdir -p "$p" && cd -P "$p" || exit 1; done';
+    const made = spawnSync('sh', ['-c', nest], { cwd: join(root, 'p1', 'g3') });
+    expect(made.status, made.stderr.toString()).toBe(0);
+    await age('g3', 2 * hour);
+
+    const guard = allFinished();
+    expect((await pruneWorkspaces(root, 'p1', 1, guard)).sort()).toEqual(['g1', 'g2', 'g3']);
+    expect(await readdir(join(root, 'p1'))).toEqual(['g4']);
+    expect(guard.failures).toEqual([]);
+  });
+
+  // As root, only an immutable file (chattr +i) resists removal; without the attribute there is nothing to test.
+  const immutable = canMakeImmutable();
+  it.skipIf(!immutable)('goes on with the older workspaces when one cannot be removed, and names the one it kept', async () => {
+    await workspacesAged({ g1: 4 * hour, g2: 3 * hour, g3: 2 * hour, g4: 60 });
+    const stuck = join(root, 'p1', 'g3', 'lib', 'main.dart');
+    expect(spawnSync('chattr', ['+i', stuck]).status).toBe(0);
+    try {
+      await age('g3', 2 * hour);
+      const guard = allFinished();
+      expect((await pruneWorkspaces(root, 'p1', 1, guard)).sort()).toEqual(['g1', 'g2']);
+      expect((await readdir(join(root, 'p1'))).sort()).toEqual(['g3', 'g4']);
+      expect(guard.failures).toEqual([join(root, 'p1', 'g3')]);
+    } finally {
+      spawnSync('chattr', ['-i', stuck]);
+    }
   });
 
   it('removes one workspace', async () => {
@@ -202,3 +282,17 @@ describe('pruning', () => {
     expect(await readdir(join(root, 'p1'))).toEqual(['g2']);
   });
 });
+
+/** Whether this machine lets the test mark a file immutable (root, a filesystem with the attribute). */
+function canMakeImmutable(): boolean {
+  const dir = mkdtempSync(join(tmpdir(), 'kiln-chattr-'));
+  const file = join(dir, 'probe');
+  try {
+    writeFileSync(file, '');
+    if (spawnSync('chattr', ['+i', file]).status !== 0) return false;
+    spawnSync('chattr', ['-i', file]);
+    return true;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
