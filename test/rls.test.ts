@@ -51,6 +51,51 @@ const changesNothing = expect.stringMatching(/^(accepted \(0 rows\)|refused 4250
 const seesNothing = (n: number | 'denied') => n === 0 || n === 'denied';
 const refusedByPolicy = { ok: false, code: SqlState.insufficientPrivilege, message: expect.stringMatching(/row-level security/) };
 
+/** A member's writes of a project around the use-cases: runs, the project, messages, members. */
+async function memberWrites(tx: Tx, t: Team, userId: string, queued: string) {
+  return {
+    startGeneration: verdict(
+      await attempt(
+        tx,
+        sql`insert into generations (project_id, created_by, session_id, prompt, provider, model)
+            values (${t.projectId}, ${userId}, ${t.sessionId}, 'make it blue', 'offline', 'offline')`,
+      ),
+    ),
+    cancelGeneration: verdict(await attempt(tx, sql`update generations set status = 'CANCELLED' where id = ${queued} returning id`)),
+    renameProject: verdict(await attempt(tx, sql`update projects set name = 'renamed' where id = ${t.projectId} returning id`)),
+    postMessage: verdict(
+      await attempt(tx, sql`insert into conversation_messages (project_id, session_id, role, content) values (${t.projectId}, ${t.sessionId}, 'USER', 'hi')`),
+    ),
+    addMember: verdict(await attempt(tx, sql`insert into project_members (project_id, user_id, role) values (${t.projectId}, ${t.stranger}, 'viewer')`)),
+    promoteViewer: verdict(
+      await attempt(tx, sql`update project_members set role = 'editor' where project_id = ${t.projectId} and user_id = ${t.viewer} returning user_id`),
+    ),
+    removeEditor: verdict(await attempt(tx, sql`delete from project_members where project_id = ${t.projectId} and user_id = ${t.editor} returning user_id`)),
+  };
+}
+
+/** What memberWrites gets where it may write nothing. */
+const memberWritesRefused = {
+  startGeneration: 'refused 42501',
+  cancelGeneration: changesNothing,
+  renameProject: changesNothing,
+  postMessage: 'refused 42501',
+  addMember: 'refused 42501',
+  promoteViewer: changesNothing,
+  removeEditor: changesNothing,
+};
+
+/** Nothing of memberWrites took: the run still queued, the project's name and members as they were. */
+async function expectUnchanged(t: Team, queued: string) {
+  expect(await statusOf(db, queued)).toBe('QUEUED');
+  expect(await serviceRows(db, sql`select name from projects where id = ${t.projectId}`)).toEqual([{ name: t.projectName }]);
+  expect(await serviceRows(db, sql`select user_id, role from project_members where project_id = ${t.projectId} order by role`)).toEqual([
+    { user_id: t.owner, role: 'owner' },
+    { user_id: t.editor, role: 'editor' },
+    { user_id: t.viewer, role: 'viewer' },
+  ]);
+}
+
 let database: TestDatabase;
 let db: Db;
 /** Read-only fixture; tests that write make a team of their own. */
@@ -403,53 +448,9 @@ describe('a viewer', () => {
   it('cannot start or cancel a generation, rename the project, post a message or change members', async () => {
     const t = await createTeam(db);
     const queued = await createGeneration(db, t, 'QUEUED');
-    const attempts = await as(db, t.viewer).run(async (tx) => ({
-      startGeneration: verdict(
-        await attempt(
-          tx,
-          sql`insert into generations (project_id, created_by, session_id, prompt, provider, model)
-              values (${t.projectId}, ${t.viewer}, ${t.sessionId}, 'make it blue', 'offline', 'offline')`,
-        ),
-      ),
-      cancelGeneration: verdict(await attempt(tx, sql`update generations set status = 'CANCELLED' where id = ${queued} returning id`)),
-      renameProject: verdict(await attempt(tx, sql`update projects set name = 'renamed by viewer' where id = ${t.projectId} returning id`)),
-      postMessage: verdict(
-        await attempt(
-          tx,
-          sql`insert into conversation_messages (project_id, session_id, role, content) values (${t.projectId}, ${t.sessionId}, 'USER', 'hi')`,
-        ),
-      ),
-      addMember: verdict(
-        await attempt(tx, sql`insert into project_members (project_id, user_id, role) values (${t.projectId}, ${t.stranger}, 'viewer')`),
-      ),
-      promoteSelf: verdict(
-        await attempt(
-          tx,
-          sql`update project_members set role = 'editor' where project_id = ${t.projectId} and user_id = ${t.viewer} returning user_id`,
-        ),
-      ),
-      removeEditor: verdict(
-        await attempt(tx, sql`delete from project_members where project_id = ${t.projectId} and user_id = ${t.editor} returning user_id`),
-      ),
-    }));
-    expect(attempts).toEqual({
-      startGeneration: 'refused 42501',
-      cancelGeneration: changesNothing,
-      renameProject: changesNothing,
-      postMessage: 'refused 42501',
-      addMember: 'refused 42501',
-      promoteSelf: changesNothing,
-      removeEditor: changesNothing,
-    });
-    expect(await statusOf(db, queued)).toBe('QUEUED');
-    expect(await serviceRows(db, sql`select name from projects where id = ${t.projectId}`)).toEqual([{ name: t.projectName }]);
-    expect(
-      await serviceRows(db, sql`select user_id, role from project_members where project_id = ${t.projectId} order by role`),
-    ).toEqual([
-      { user_id: t.owner, role: 'owner' },
-      { user_id: t.editor, role: 'editor' },
-      { user_id: t.viewer, role: 'viewer' },
-    ]);
+    const attempts = await as(db, t.viewer).run((tx) => memberWrites(tx, t, t.viewer, queued));
+    expect(attempts).toEqual(memberWritesRefused);
+    await expectUnchanged(t, queued);
   });
 });
 
@@ -615,6 +616,40 @@ describe('creating a project', () => {
     expect(await serviceRows(db, sql`select owner_id from projects where id in (${mine}, ${theirs})`)).toEqual([{ owner_id: t.stranger }]);
     // The new project is the creator's alone.
     expect(await as(db, t.owner).run((tx) => rows(tx, sql`select id from projects where id = ${mine}`))).toEqual([]);
+  });
+});
+
+describe("a user's own token outside Kiln (as Supabase's Data API runs it)", () => {
+  /** The request's role and claims, as PostgREST sets them, without the setting of Kiln's request scope. */
+  const dataApi = (userId: string) => ({
+    run: <T>(work: (tx: Tx) => Promise<T>) =>
+      db.transaction(async (tx) => {
+        await tx.execute(sql`select set_config('request.jwt.claims', ${JSON.stringify(claimsFor(userId))}, true), set_config('role', 'authenticated', true)`);
+        return work(tx);
+      }),
+  });
+
+  it('reads what the owner may read, and writes nothing the use-cases check: no start, cancel, archive, message, member or secret', async () => {
+    const t = await createTeam(db);
+    const queued = await createGeneration(db, t, 'QUEUED');
+    const attempts = await dataApi(t.owner).run(async (tx) => ({
+      readProject: visibleRows(await attempt(tx, sql`select id from projects where id = ${t.projectId}`)),
+      createProject: verdict(await attempt(tx, sql`insert into projects (owner_id, name, target) values (${t.owner}, 'around Kiln', 'WEB') returning id`)),
+      archiveProject: verdict(await attempt(tx, sql`update projects set archived_at = now() where id = ${t.projectId} returning id`)),
+      setSecret: verdict(
+        await attempt(tx, sql`insert into project_secrets (project_id, name, ciphertext) values (${t.projectId}, 'GEMINI_API_KEY', 'x')`),
+      ),
+      ...(await memberWrites(tx, t, t.owner, queued)),
+    }));
+    expect(attempts).toEqual({
+      readProject: 1,
+      createProject: 'refused 42501',
+      archiveProject: changesNothing,
+      setSecret: 'refused 42501',
+      ...memberWritesRefused,
+    });
+    await expectUnchanged(t, queued);
+    expect(await serviceRows(db, sql`select archived_at from projects where id = ${t.projectId}`)).toEqual([{ archived_at: null }]);
   });
 });
 

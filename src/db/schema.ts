@@ -50,6 +50,23 @@ const isMember = (projectId: unknown) => inViewerProjects(projectId, 'owner,edit
 const canEdit = (projectId: unknown) => inViewerProjects(projectId, 'owner,editor');
 const isOwner = (projectId: unknown) => inViewerProjects(projectId, 'owner');
 const canReadGeneration = (generationId: unknown) => sql`kiln.generation_role(${generationId}) is not null`;
+/**
+ * A user's writes count only through Kiln's request scope, which sets `kiln.request`
+ * (src/db/scope.ts). On Supabase the Data API reaches these tables with the user's own
+ * token, and a write there would skip what only the use-cases check: an archived project,
+ * rate limits, the budget's reservation, one run at a time per session.
+ */
+const writesThroughKiln = (table: string, commands: ('insert' | 'update' | 'delete')[]) =>
+  commands.map((command) =>
+    pgPolicy(`${table}_${command}_through_kiln`, {
+      as: 'restrictive',
+      for: command,
+      to: authenticatedRole,
+      ...(command === 'insert' ? {} : { using: throughKiln }),
+      ...(command === 'delete' ? {} : { withCheck: throughKiln }),
+    }),
+  );
+const throughKiln = sql`current_setting('kiln.request', true) = 'api'`;
 /** Tables only the server (service scope) touches: requests never read them. */
 const serverOnly = (table: string) =>
   pgPolicy(`${table}_server_only`, { as: 'restrictive', for: 'all', to: [anonRole, authenticatedRole], using: sql`false`, withCheck: sql`false` });
@@ -96,6 +113,7 @@ export const projects = pgTable(
     pgPolicy('projects_select_member', { for: 'select', to: authenticatedRole, using: sql`${t.ownerId} = ${authUid} or ${isMember(t.id)}` }),
     pgPolicy('projects_insert_self', { for: 'insert', to: authenticatedRole, withCheck: sql`${t.ownerId} = ${authUid}` }),
     pgPolicy('projects_update_editor', { for: 'update', to: authenticatedRole, using: canEdit(t.id), withCheck: canEdit(t.id) }),
+    ...writesThroughKiln('projects', ['insert', 'update']),
   ],
 ).enableRLS();
 
@@ -115,6 +133,7 @@ export const projectMembers = pgTable(
     pgPolicy('project_members_insert_owner', { for: 'insert', to: authenticatedRole, withCheck: isOwner(t.projectId) }),
     pgPolicy('project_members_update_owner', { for: 'update', to: authenticatedRole, using: isOwner(t.projectId), withCheck: isOwner(t.projectId) }),
     pgPolicy('project_members_delete_owner', { for: 'delete', to: authenticatedRole, using: isOwner(t.projectId) }),
+    ...writesThroughKiln('project_members', ['insert', 'update', 'delete']),
   ],
 ).enableRLS();
 
@@ -133,6 +152,7 @@ export const projectSecrets = pgTable(
     pgPolicy('project_secrets_insert_owner', { for: 'insert', to: authenticatedRole, withCheck: isOwner(t.projectId) }),
     pgPolicy('project_secrets_update_owner', { for: 'update', to: authenticatedRole, using: isOwner(t.projectId), withCheck: isOwner(t.projectId) }),
     pgPolicy('project_secrets_delete_owner', { for: 'delete', to: authenticatedRole, using: isOwner(t.projectId) }),
+    ...writesThroughKiln('project_secrets', ['insert', 'update', 'delete']),
   ],
 ).enableRLS();
 
@@ -194,6 +214,7 @@ export const generations = pgTable(
       withCheck: sql`${t.createdBy} = ${authUid} and ${canEdit(t.projectId)}`,
     }),
     pgPolicy('generations_update_editor', { for: 'update', to: authenticatedRole, using: canEdit(t.projectId), withCheck: canEdit(t.projectId) }),
+    ...writesThroughKiln('generations', ['insert', 'update']),
   ],
 ).enableRLS();
 
@@ -330,6 +351,7 @@ export const conversationMessages = pgTable(
     index('conversation_messages_generation_id_idx').on(t.generationId),
     pgPolicy('conversation_messages_select_member', { for: 'select', to: authenticatedRole, using: isMember(t.projectId) }),
     pgPolicy('conversation_messages_insert_editor', { for: 'insert', to: authenticatedRole, withCheck: sql`${t.role} = 'USER' and ${canEdit(t.projectId)}` }),
+    ...writesThroughKiln('conversation_messages', ['insert']),
   ],
 ).enableRLS();
 

@@ -32,8 +32,9 @@ export function userScope(db: Db, claims: Claims): Scope {
     run: (work) =>
       transaction(db, async (tx) => {
         // Claims go in as a bound parameter; the role is fixed here, never read from the token.
+        // kiln.request: writes come through Kiln's use-cases (schema.ts, writesThroughKiln).
         await tx.execute(
-          sql`select set_config('request.jwt.claims', ${claimsJson}, true), set_config('role', 'authenticated', true)`,
+          sql`select set_config('request.jwt.claims', ${claimsJson}, true), set_config('role', 'authenticated', true), set_config('kiln.request', 'api', true)`,
         );
         return work(tx);
       }),

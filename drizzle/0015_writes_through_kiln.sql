@@ -1,0 +1,14 @@
+-- A user's writes only through Kiln's request scope, which sets kiln.request (src/db/scope.ts):
+-- Supabase's Data API reaches these tables with the user's own token, and would skip the
+-- checks only the use-cases make (archived projects, rate limits, budget reservations).
+CREATE POLICY "conversation_messages_insert_through_kiln" ON "conversation_messages" AS RESTRICTIVE FOR INSERT TO "authenticated" WITH CHECK (current_setting('kiln.request', true) = 'api');--> statement-breakpoint
+CREATE POLICY "generations_insert_through_kiln" ON "generations" AS RESTRICTIVE FOR INSERT TO "authenticated" WITH CHECK (current_setting('kiln.request', true) = 'api');--> statement-breakpoint
+CREATE POLICY "generations_update_through_kiln" ON "generations" AS RESTRICTIVE FOR UPDATE TO "authenticated" USING (current_setting('kiln.request', true) = 'api') WITH CHECK (current_setting('kiln.request', true) = 'api');--> statement-breakpoint
+CREATE POLICY "project_members_insert_through_kiln" ON "project_members" AS RESTRICTIVE FOR INSERT TO "authenticated" WITH CHECK (current_setting('kiln.request', true) = 'api');--> statement-breakpoint
+CREATE POLICY "project_members_update_through_kiln" ON "project_members" AS RESTRICTIVE FOR UPDATE TO "authenticated" USING (current_setting('kiln.request', true) = 'api') WITH CHECK (current_setting('kiln.request', true) = 'api');--> statement-breakpoint
+CREATE POLICY "project_members_delete_through_kiln" ON "project_members" AS RESTRICTIVE FOR DELETE TO "authenticated" USING (current_setting('kiln.request', true) = 'api');--> statement-breakpoint
+CREATE POLICY "project_secrets_insert_through_kiln" ON "project_secrets" AS RESTRICTIVE FOR INSERT TO "authenticated" WITH CHECK (current_setting('kiln.request', true) = 'api');--> statement-breakpoint
+CREATE POLICY "project_secrets_update_through_kiln" ON "project_secrets" AS RESTRICTIVE FOR UPDATE TO "authenticated" USING (current_setting('kiln.request', true) = 'api') WITH CHECK (current_setting('kiln.request', true) = 'api');--> statement-breakpoint
+CREATE POLICY "project_secrets_delete_through_kiln" ON "project_secrets" AS RESTRICTIVE FOR DELETE TO "authenticated" USING (current_setting('kiln.request', true) = 'api');--> statement-breakpoint
+CREATE POLICY "projects_insert_through_kiln" ON "projects" AS RESTRICTIVE FOR INSERT TO "authenticated" WITH CHECK (current_setting('kiln.request', true) = 'api');--> statement-breakpoint
+CREATE POLICY "projects_update_through_kiln" ON "projects" AS RESTRICTIVE FOR UPDATE TO "authenticated" USING (current_setting('kiln.request', true) = 'api') WITH CHECK (current_setting('kiln.request', true) = 'api');
