@@ -1,4 +1,13 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { eq } from 'drizzle-orm';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { buildLogLines, projects } from '../src/db/schema.js';
+import { serviceScope } from '../src/db/scope.js';
+import { InvalidStateError } from '../src/errors.js';
+import { createMemoryEventBus } from '../src/events/bus.js';
+import { createStreamAccess } from '../src/generations/stream-access.js';
+import { generationStore } from '../src/generations/store.js';
+import { buildLogs, generationUpdates } from '../src/generations/streams.js';
+import { createLogger } from '../src/observability/logger.js';
 import {
   AddProjectMemberDocument,
   ArchiveProjectDocument,
@@ -8,12 +17,13 @@ import {
   RemoveProjectMemberDocument,
   SignOutDocument,
 } from './gql/graphql.js';
-import { databaseKind } from './support/db.js';
+import { createTestDatabase, databaseKind, type TestDatabase } from './support/db.js';
 import { createProject, signIn, signUp, type TestUser } from './support/fixtures.js';
 import { type GenerationServer, startAccepted, waitForEnd, within } from './support/generation-helpers.js';
 import { startFakeSupabase } from './support/fake-supabase.js';
 import { useStarted } from './support/lifecycle.js';
 import { collect, liveClient, RawSocket, sseSubscribe } from './support/live.js';
+import { as, createGeneration, createTeam } from './support/rls.js';
 import { useGenerationServer } from './support/suite-server.js';
 
 // Live streams end when access ends, over SSE and graphql-ws alike: sign-out, removal
@@ -212,6 +222,45 @@ describe(`live streams on Supabase Auth (${databaseKind})`, () => {
     } finally {
       await stream.close();
       await owner.client.request(CancelGenerationDocument, { id: generation.id });
+    }
+  });
+});
+
+describe(`an archived project's history stays readable (${databaseKind})`, () => {
+  let database: TestDatabase;
+  beforeAll(async () => void (database = await createTestDatabase()));
+  afterAll(() => database?.close());
+
+  it('replaying a finished generation goes on to its end through the re-check that ends a running one with INVALID_STATE', async () => {
+    const team = await createTeam(database.db); // its generation finished, with a line of build log
+    const worker = serviceScope(database.db);
+    await worker.run((tx) => tx.insert(buildLogLines).values([1, 2, 3, 4].map((seq) => ({ generationId: team.generationId, seq, step: 'build', stream: 'STDOUT' as const, text: `line ${seq}` }))));
+    const stillRunning = await createGeneration(database.db, team, 'RUNNING');
+    await worker.run((tx) => tx.update(projects).set({ archivedAt: new Date() }).where(eq(projects.id, team.projectId)));
+    const access = createStreamAccess({
+      stillValid: async (tokens) => new Set(tokens),
+      accessOf: (userIds, generationIds) => worker.run((tx) => generationStore.accessOf(tx, userIds, generationIds)),
+      intervalMs: 20,
+      maxPerUser: 100,
+      logger: createLogger('silent'),
+    });
+    const bus = createMemoryEventBus();
+    const viewer = { id: team.owner, accessToken: 'a token' };
+    const scope = as(database.db, team.owner);
+    const replay = await access.watch(viewer, team.generationId, () => buildLogs({ scope, bus, generationId: team.generationId }));
+    try {
+      // A slow client: it holds its first line while the re-check runs.
+      const first = await replay.next();
+      const live = await access.watch(viewer, stillRunning, () => generationUpdates({ scope, bus, generationId: stillRunning }));
+      expect((await live.next()).value).toMatchObject({ status: 'RUNNING' });
+      // The re-check that ends the live stream has looked at the replay too (it was watched first).
+      await expect(live.next()).rejects.toBeInstanceOf(InvalidStateError);
+      const rest = [];
+      for await (const line of replay) rest.push(line);
+      expect([first.value, ...rest].map((line) => line.seq)).toEqual([0, 1, 2, 3, 4]);
+    } finally {
+      await replay.return(undefined);
+      access.close();
     }
   });
 });

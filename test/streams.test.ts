@@ -1,8 +1,15 @@
 import type { TypedDocumentNode } from '@graphql-typed-document-node/core';
+import { eq } from 'drizzle-orm';
 import { parse } from 'graphql';
-import { describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { buildLogLines, generationChunks as chunkRows, generations } from '../src/db/schema.js';
+import { type Scope, serviceScope } from '../src/db/scope.js';
+import { createMemoryEventBus, type StatusEvent } from '../src/events/bus.js';
+import type { GenerationPhase } from '../src/generations/status.js';
+import { buildLogs, generationChunks, generationUpdates } from '../src/generations/streams.js';
 import { BuildLogsDocument, GenerationChunksDocument, GenerationUpdatedDocument } from './gql/graphql.js';
-import { databaseKind } from './support/db.js';
+import { createTestDatabase, databaseKind, type TestDatabase } from './support/db.js';
+import { as, createGeneration, createTeam, type Team } from './support/rls.js';
 import { getGeneration, startInNewProject, waitForEnd, within } from './support/generation-helpers.js';
 import { useGenerationServer } from './support/suite-server.js';
 import { collect, isContiguousFromZero, liveClient } from './support/live.js';
@@ -126,6 +133,152 @@ describe(`generation streams over graphql-ws (${databaseKind})`, () => {
     }
   });
 });
+
+// The same streams against the bus and the database directly, in the order the pipeline
+// works: rows written, then published; a state written, then published. The bus here
+// delivers what a test publishes, when it publishes it, so a run can end just after a gap
+// and a viewer can join while the pipeline moves on.
+
+describe(`generation streams between the bus and the database (${databaseKind})`, () => {
+  let database: TestDatabase;
+  let team: Team;
+  const bus = createMemoryEventBus();
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    team = await createTeam(database.db);
+  });
+  afterAll(() => database?.close());
+  // A quiet stream's poll of the database (a minute on this bus) never comes: only events move these streams.
+  beforeEach(() => void vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] }));
+  afterEach(() => void vi.useRealTimers());
+
+  const worker = () => serviceScope(database.db);
+  const writeChunks = (id: string, seqs: number[]) => worker().run((tx) => tx.insert(chunkRows).values(seqs.map((seq) => ({ generationId: id, ...chunk(seq) }))));
+  const writeLines = (id: string, seqs: number[]) => worker().run((tx) => tx.insert(buildLogLines).values(seqs.map((seq) => ({ generationId: id, ...line(seq) }))));
+  const writePhase = (id: string, phase: GenerationPhase) => worker().run((tx) => tx.update(generations).set({ phase }).where(eq(generations.id, id)));
+  /** The run ends: written, then published, as the pipeline does. */
+  const succeed = async (id: string) => {
+    await worker().run((tx) => tx.update(generations).set({ status: 'SUCCEEDED', phase: 'DONE', finishedAt: new Date() }).where(eq(generations.id, id)));
+    bus.publish('generationUpdated', id, { status: 'SUCCEEDED', phase: 'DONE' });
+  };
+  const running = (phase: GenerationPhase): StatusEvent => ({ status: 'RUNNING', phase });
+
+  it('a chunk stream whose last live batch comes after a gap reads the gap back and completes at the end of the run', async () => {
+    const id = await createGeneration(database.db, team, 'RUNNING');
+    await writeChunks(id, [0, 1, 2]);
+    const stream = await generationChunks({ scope: as(database.db, team.owner), bus, generationId: id });
+    try {
+      const seen = await take(stream, 3);
+      // The run writes 3..8 and ends; this stream gets 6..8 and the end together, 3..5 never (a bus lost them).
+      await writeChunks(id, range(3, 8));
+      bus.publish('generationChunks', id, range(6, 8).map(chunk));
+      await succeed(id);
+      seen.push(...(await untilComplete(stream)));
+      expect(seen.map((item) => item.seq)).toEqual(range(0, 8));
+    } finally {
+      await stream.return(undefined);
+    }
+  });
+
+  it('a build-log stream whose inbox overflows just before the end of the run reads the rest back and completes', async () => {
+    const id = await createGeneration(database.db, team, 'RUNNING');
+    await writeLines(id, range(0, 9));
+    const stream = await buildLogs({ scope: as(database.db, team.owner), bus, generationId: id });
+    try {
+      const seen = await take(stream, 10);
+      // Waiting for the next line, the stream gets 1200 at once (more than its inbox holds, so the oldest go), then the end.
+      const rest = untilComplete(stream);
+      await writeLines(id, range(10, 1209));
+      await worker().run((tx) => tx.update(generations).set({ status: 'SUCCEEDED', phase: 'DONE', finishedAt: new Date() }).where(eq(generations.id, id)));
+      for (let from = 10; from < 1210; from += 300) bus.publish('buildLogs', id, range(from, from + 299).map(line));
+      bus.publish('generationUpdated', id, { status: 'SUCCEEDED', phase: 'DONE' });
+      seen.push(...(await rest));
+      expect(seen.map((item) => item.seq)).toEqual(range(0, 1209));
+    } finally {
+      await stream.return(undefined);
+    }
+  });
+
+  it('generationUpdated does not step back to a phase that its first read had already passed', async () => {
+    const id = await createGeneration(database.db, team, 'RUNNING');
+    // The viewer's first read waits for a busy database; meanwhile the pipeline moves to
+    // WRITING (written, published) and on to BUILDING (written; published later).
+    const scope = aroundFirstRead(as(database.db, team.owner), 'before', async () => {
+      await writePhase(id, 'WRITING');
+      bus.publish('generationUpdated', id, running('WRITING'));
+      await writePhase(id, 'BUILDING');
+    });
+    const stream = await generationUpdates({ scope, bus, generationId: id });
+    try {
+      const seen = await take(stream, 1);
+      const rest = untilComplete(stream);
+      bus.publish('generationUpdated', id, running('BUILDING'));
+      await succeed(id);
+      seen.push(...(await rest));
+      expect(seen.map((state) => `${state.status}/${state.phase}`)).toEqual(['RUNNING/BUILDING', 'SUCCEEDED/DONE']);
+    } finally {
+      await stream.return(undefined);
+    }
+  });
+
+  it('generationUpdated keeps a change written and published while its read was under way', async () => {
+    const id = await createGeneration(database.db, team, 'RUNNING');
+    // The pipeline moves to WRITING (written, published) after the viewer's first read began, before it ended.
+    const scope = aroundFirstRead(as(database.db, team.owner), 'after', async () => {
+      await writePhase(id, 'WRITING');
+      bus.publish('generationUpdated', id, running('WRITING'));
+    });
+    const stream = await generationUpdates({ scope, bus, generationId: id });
+    try {
+      const seen = await take(stream, 2);
+      await succeed(id);
+      seen.push(...(await untilComplete(stream)));
+      expect(seen.map((state) => `${state.status}/${state.phase}`)).toEqual(['RUNNING/GENERATING', 'RUNNING/WRITING', 'SUCCEEDED/DONE']);
+    } finally {
+      await stream.return(undefined);
+    }
+  });
+});
+
+const chunk = (seq: number) => ({ seq, text: `c${seq}` });
+const line = (seq: number) => ({ seq, step: 'build', stream: 'STDOUT' as const, text: `line ${seq}` });
+/** from..to, both included. */
+const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+/** The viewer's scope, with `meanwhile` done once, before or after the query of its first read. */
+function aroundFirstRead(viewer: Scope, when: 'before' | 'after', meanwhile: () => Promise<void>): Scope {
+  let first = true;
+  return {
+    userId: viewer.userId,
+    run: async (work) => {
+      const now = first;
+      first = false;
+      if (now && when === 'before') await meanwhile();
+      const result = await viewer.run(work);
+      if (now && when === 'after') await meanwhile();
+      return result;
+    },
+  };
+}
+
+/** The next `count` items of a stream. */
+async function take<T>(stream: AsyncIterator<T>, count: number): Promise<T[]> {
+  const items: T[] = [];
+  while (items.length < count) {
+    const next = await stream.next();
+    if (next.done) throw new Error(`the stream completed after ${items.length} of ${count} items`);
+    items.push(next.value);
+  }
+  return items;
+}
+
+/** What a stream hands out until it completes. */
+async function untilComplete<T>(stream: AsyncIterable<T>): Promise<T[]> {
+  const items: T[] = [];
+  for await (const item of stream) items.push(item);
+  return items;
+}
 
 /** What a UI shows beside the status: read from the build's own tables, not carried by the event. */
 const GenerationUpdatedWithOutputsDocument = parse(

@@ -8,7 +8,8 @@ import type { LiveStream } from './streams.js';
 // together every `intervalMs`: the distinct tokens in one question to the auth provider
 // (expiry, sign-out of any scope, refresh-token reuse; the local provider answers with
 // one query), then every (user, generation) pair in one query (removal from
-// the project, the project archived). A stream whose access ended gets a typed error
+// the project, the project archived while the generation is not finished: its
+// history stays readable). A stream whose access ended gets a typed error
 // as its last result (see api/stream-errors.ts), then completes. An SSE stream also
 // ends at its token's `exp` (src/deadlines.ts; a socket closes itself then, 4403). No
 // query, check or wrapper runs per message: the stream itself can be ended from here
@@ -125,6 +126,8 @@ export function createStreamAccess(options: StreamAccessOptions): StreamAccess {
     for (const stream of streams) {
       const state = states.get(accessKey(stream.viewer.id, stream.generationId));
       if (state === 'member') continue;
+      // An archived project's history stays readable: a stream of a finished generation completes on its own.
+      if (state === 'archived' && stream.stream.finishing) continue;
       log.info({ generationId: stream.generationId, userId: stream.viewer.id, state: state ?? 'removed' }, 'access to the generation ended: ending the stream');
       stream.stream.end(state === 'archived' ? new InvalidStateError('The project was archived; its live streams have ended.') : new NotFoundError('Generation not found.'));
     }

@@ -63,6 +63,8 @@ export interface LiveStream<T> extends AsyncGenerator<T> {
   end(reason: Error): void;
   /** Settles once the stream is over: completed, failed, ended or closed by its consumer. */
   readonly closed: Promise<void>;
+  /** Its part of the generation is over: it completes on its own once it has handed out the rest. */
+  readonly finishing: boolean;
 }
 
 /** The consumer fell too far behind; it should subscribe again with `afterSeq: lastSeq`. */
@@ -92,22 +94,33 @@ export function buildLogs(options: StreamOptions): Promise<LiveStream<LogLineEve
 /** The current state first, then each change; completes after a terminal state. */
 export async function generationUpdates(options: StreamOptions): Promise<LiveStream<GenerationRow>> {
   const { scope, bus, generationId } = options;
-  const inbox = new Inbox<StatusEvent>(bus, generationId, ['generationUpdated'], { capacity: 32, weight: one, polls });
-  const first = await current(scope, generationId).catch((error: unknown) => {
+  const inbox = new Inbox<StatusEvent>(bus, generationId, ['generationUpdated'], { capacity: 32, weight: stampArrival, polls });
+  const first = await readState(scope, generationId).catch((error: unknown) => {
     inbox.close();
     throw error;
   });
-  return liveStream(inbox, async function* (stop) {
+  return liveStream(inbox, hasEnded(first.row), async function* (stop) {
     try {
-      let last = first;
+      /** The last read: which of the events in the inbox it covers. */
+      let read = first;
+      let last = first.row;
       yield last;
       const poll = new Backoff(bus);
       while (!hasEnded(last)) {
         const { items, timedOut } = await inbox.wait(poll.next());
         if (stop.now()) return;
         if (!timedOut) poll.reset();
-        const next = phaseMove(last, items) ?? (await stateAfter(items.at(-1), scope, generationId));
+        // What arrived before the last read began is in it: applied after it, it would step back.
+        const events = items.filter((event) => !arrivedBy(event, read.began));
+        if (events.length === 0 && !timedOut) continue;
+        // What arrived while it was under way may be older than what it saw: read again rather than apply it.
+        let next = events.some((event) => arrivedBy(event, read.ended)) ? undefined : phaseMove(last, events);
+        if (!next) {
+          read = await stateAfter(events.at(-1), scope, generationId);
+          next = read.row;
+        }
         if (stop.now()) return;
+        stop.finishing = hasEnded(next);
         if (next.status !== last.status || next.phase !== last.phase) yield next;
         last = next;
       }
@@ -121,7 +134,24 @@ type State = Pick<GenerationRow, 'status' | 'phase'>;
 
 /** What an event counts for in an inbox: its live items (a status change, none). */
 const itemsIn = (event: unknown[] | StatusEvent): number => (Array.isArray(event) ? event.length : 0);
-const one = (): number => 1;
+
+/**
+ * The order in which status events reached this process, so that a generationUpdated
+ * stream can tell an event its last read already covers (it arrived before the read's
+ * query began) from one that may be newer. The streams of a process share the event
+ * objects (every publisher hands over a new one), so one stamp serves them all.
+ */
+let arrivals = 0;
+const arrivalOf = new WeakMap<StatusEvent, number>();
+
+/** A status event's weight in a generationUpdated inbox (one): its weight is taken as it arrives, so it is stamped then. */
+function stampArrival(event: StatusEvent): number {
+  if (!arrivalOf.has(event)) arrivalOf.set(event, ++arrivals);
+  return 1;
+}
+
+/** Whether the event was among the first `arrival` to reach this process. */
+const arrivedBy = (event: StatusEvent, arrival: number): boolean => (arrivalOf.get(event) ?? Infinity) <= arrival;
 
 const hasEnded = (state: State): boolean => isTerminal(state.status);
 
@@ -183,7 +213,7 @@ async function sequenced<T extends { seq: number }>(
   const overAtStart = isOver(initial.generation);
   // Handed over once, so a long-lived stream does not keep its first page (up to PAGE rows) alive.
   let firstPage: T[] | undefined = initial.page;
-  return liveStream(inbox, async function* (stop) {
+  return liveStream(inbox, overAtStart, async function* (stop) {
     let last = afterSeq;
     let over = overAtStart;
     /** Items ready to hand out, in seq order. */
@@ -224,16 +254,19 @@ async function sequenced<T extends { seq: number }>(
         replaying = false;
         let expected = last + 1;
         let repair = inbox.overflowed();
-        live: for (const event of items) {
+        /** Past a gap the items come from the database; the status events after it still count (the last may end the run). */
+        let gap = false;
+        for (const event of items) {
           if (!Array.isArray(event)) {
             over ||= isOver(event);
             continue;
           }
+          if (gap) continue;
           for (const item of event) {
             if (item.seq < expected) continue;
             if (item.seq > expected) {
-              repair = true; // a gap: the rest comes from the database
-              break live;
+              gap = repair = true; // the rest comes from the database
+              break;
             }
             ready.push(item);
             expected += 1;
@@ -248,6 +281,7 @@ async function sequenced<T extends { seq: number }>(
         } else {
           poll.reset();
         }
+        stop.finishing = over;
         // Over: after the live items, read once more to the end.
         fromDatabase = repair || over;
         readSince = performance.now();
@@ -264,6 +298,8 @@ interface Stop {
   now(): boolean;
   /** The body's `finally`: the stream is over (a body never started is over when closed). */
   over(): void;
+  /** Set by the body once its part of the generation is over (LiveStream.finishing). */
+  finishing: boolean;
 }
 
 /**
@@ -275,8 +311,8 @@ interface Stop {
  * (closed) or with the reason (ended). The inbox closes, and `closed` settles, once
  * whichever way the stream is over.
  */
-function liveStream<T, E>(inbox: Inbox<E>, body: (stop: Stop) => AsyncGenerator<T>): LiveStream<T> {
-  return new Live(inbox, body);
+function liveStream<T, E>(inbox: Inbox<E>, finishing: boolean, body: (stop: Stop) => AsyncGenerator<T>): LiveStream<T> {
+  return new Live(inbox, finishing, body);
 }
 
 class Live<T, E> implements LiveStream<T>, Stop {
@@ -288,6 +324,7 @@ class Live<T, E> implements LiveStream<T>, Stop {
 
   constructor(
     private readonly inbox: Inbox<E>,
+    public finishing: boolean,
     body: (stop: Stop) => AsyncGenerator<T>,
   ) {
     this.closed = new Promise<void>((resolve) => (this.settle = resolve));
@@ -356,19 +393,39 @@ function phaseMove(last: GenerationRow, events: StatusEvent[]): GenerationRow | 
  * authorised its viewer when it opened (and the access re-check ends it when that
  * lapses); a viewer whose shared read failed reads for itself.
  */
-const statesAfter = new WeakMap<StatusEvent, Promise<GenerationRow>>();
+const statesAfter = new WeakMap<StatusEvent, Promise<StateRead>>();
 
-function stateAfter(event: StatusEvent | undefined, scope: Scope, generationId: string): Promise<GenerationRow> {
-  if (!event) return current(scope, generationId);
+function stateAfter(event: StatusEvent | undefined, scope: Scope, generationId: string): Promise<StateRead> {
+  if (!event) return readState(scope, generationId);
   let state = statesAfter.get(event);
   if (!state) {
-    state = current(scope, generationId);
+    state = readState(scope, generationId);
     statesAfter.set(event, state);
   }
   return state.then(
-    (row) => (row.id === generationId ? row : current(scope, generationId)),
-    () => current(scope, generationId),
+    (read) => (read.row.id === generationId ? read : readState(scope, generationId)),
+    () => readState(scope, generationId),
   );
+}
+
+/** A generation's state as read, and where the read falls among the status events that reached this process. */
+interface StateRead {
+  row: GenerationRow;
+  /** The events that had arrived when its query began, up to this stamp, are in it (rows are written before they are published). */
+  began: number;
+  /** Those that arrived while it was under way, up to this stamp, may be older or newer than what it saw. */
+  ended: number;
+}
+
+async function readState(scope: Scope, generationId: string): Promise<StateRead> {
+  let began = arrivals;
+  const [row] = await scope.run((tx) => {
+    // Taken in the transaction, just before the query: a scope may take a while to get there.
+    began = arrivals;
+    return generationStore.findMany(tx, [generationId]);
+  });
+  if (!row) throw new NotFoundError('Generation not found.');
+  return { row, began, ended: arrivals };
 }
 
 async function current(scope: Scope, generationId: string): Promise<GenerationRow> {
