@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -140,7 +140,7 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     expect(await hostProcessesWith(marker)).toEqual([]);
   });
 
-  it("counts what a step writes into Flutter's lock file as workspace, and empties it for the next step", async () => {
+  it("counts what a step writes into Flutter's lock file as workspace, and empties it after the step", async () => {
     // The SDK's lock is the one file outside the workspace a step may write (each project has its own).
     const lock = join(root, 'sdk', 'bin', 'cache', 'lockfile');
     await mkdir(join(root, 'sdk', 'bin', 'cache'));
@@ -149,6 +149,8 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     expect(filled.lines).toContain('written');
     expect(filled.result.status).toBe('FAILED');
     expect(filled.result.message).toMatch(/wrote more than 64 MB to its workspace/);
+    // What it wrote there went with the step.
+    expect((await stat(join(root, 'workspaces', 'project', '.flutter-lockfile'))).size).toBe(0);
 
     const next = await run(`wc -c < ${lock}`);
     expect(next.result.status).toBe('SUCCEEDED');

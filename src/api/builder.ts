@@ -44,7 +44,10 @@ export const builder = new SchemaBuilder<{
     // A malformed or unknown id in node/nodes is null, never an error for the whole list.
     decodeGlobalID: lenientDecodeGlobalID,
     nodeQueryOptions: { resolve: async (_root, args, ctx, info): Promise<unknown> => (await loadNodes(nodeBuilder(), ctx, info, [args.id]))[0] },
-    nodesQueryOptions: { description: `At most ${MAX_NODE_IDS} ids; null for each one the viewer cannot see.`, resolve: (_root, args, ctx, info): Promise<unknown[]> => loadNodes(nodeBuilder(), ctx, info, args.ids) },
+    nodesQueryOptions: {
+      description: `At most ${MAX_NODE_IDS} ids; null for each one the viewer cannot see. The query cost counts content fields (output, file contents) once for each id of a literal list, ${MAX_NODE_IDS} times for ids in a variable.`,
+      resolve: (_root, args, ctx, info): Promise<unknown[]> => loadNodes(nodeBuilder(), ctx, info, args.ids),
+    },
   },
   errors: {
     // Every result union carries these; fields add BudgetExceededError where it applies.

@@ -44,9 +44,9 @@ export type ErrorCode = NonNullable<GenerationRow['errorCode']>;
 // Literal values, not parameters: the planner matches them to the partial index generations_active_idx.
 const isActive = sql`${generations.status} in (${sql.raw(ACTIVE_STATUSES.map((status) => `'${status}'`).join(', '))})`;
 
-/** The project's budget, locked until the transaction ends. */
-/** Generation ids are uuids; folder and process names are checked against it before a query (a uuid column refuses others). */
+/** Ids are uuids: a name or a global id is checked against this before a query (a uuid column refuses anything else). */
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+/** The project's budget, locked until the transaction ends. */
 const budgetLock = (projectId: string) => advisoryLock(`kiln.project-budget:${projectId}`);
 
 export const generationStore = {
@@ -65,7 +65,6 @@ export const generationStore = {
     return new Map(rows.map((row) => [row.status, row.count]));
   },
 
-  /** The status of each of these generations this database knows (orphan reaping). */
   /** Which of `ids` name a generation of this database that has ended (a name that is no uuid names none). */
   async endedAmong(tx: Tx, ids: string[]): Promise<Set<string>> {
     const known = ids.filter((id) => UUID.test(id));

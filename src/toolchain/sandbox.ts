@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { constants } from 'node:fs';
-import { access, lstat, mkdir, mkdtemp, readFile, readlink, realpath, rename, rm, writeFile } from 'node:fs/promises';
+import { access, lstat, mkdir, mkdtemp, readFile, readlink, realpath, rename, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, basename, isAbsolute, join, resolve, sep } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -254,12 +254,13 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     cgroup,
     limits: machine.limits,
     diskPaths: [workspace, ...(stepAccess.fetch ? [stepAccess.cacheDir] : []), ...(toolLock ? [toolLock.own] : [])],
+    emptiedAfter: toolLock?.own,
   });
 }
 
 function jail(
   spawn: { command: string; args: string[] },
-  context: { env: Record<string, string>; cgroup?: StepCgroup; limits: StepLimits; diskPaths: string[] },
+  context: { env: Record<string, string>; cgroup?: StepCgroup; limits: StepLimits; diskPaths: string[]; emptiedAfter?: string },
 ): Jail {
   let watch: LimitWatch | undefined;
   let sandboxInit: number | undefined;
@@ -279,9 +280,12 @@ function jail(
       watch = watchLimits({ limits: context.limits, cgroup: context.cgroup, rootPid: () => pid, diskPaths: context.diskPaths, onExceeded });
     },
     async release() {
-      // The last look at the limits (a du of the workspace) overlaps the namespace's teardown.
-      const [exceeded] = await Promise.all([watch?.stop(), sandboxInit === undefined ? undefined : vanished(sandboxInit)]);
+      // The last look at the limits once nothing of the step runs: none of it can move files out of du's way then.
+      if (sandboxInit !== undefined) await vanished(sandboxInit);
+      const exceeded = await watch?.stop();
       await context.cgroup?.remove();
+      // What the step wrote into the project's Flutter lock goes with it.
+      if (context.emptiedAfter) await truncate(context.emptiedAfter).catch(() => undefined);
       return exceeded;
     },
   };

@@ -90,7 +90,14 @@ const { spawn } = require('node:child_process');
 const { closeSync, readdirSync, readFileSync } = require('node:fs');
 // A descriptor the server inherited without close-on-exec (a supervisor's pipe or socket)
 // would reach every build step through bwrap: closed here first. Node's own are close-on-exec.
-for (const fd of readdirSync('/proc/self/fd').map(Number)) {
+const inherited = () => {
+  try {
+    return readdirSync('/proc/self/fd').map(Number);
+  } catch {
+    return []; // no /proc: not Linux, and no sandbox either
+  }
+};
+for (const fd of inherited()) {
   if (fd <= 2) continue;
   try {
     const flags = /flags:\s*(\d+)/.exec(readFileSync('/proc/self/fdinfo/' + fd, 'utf8'));

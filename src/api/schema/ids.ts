@@ -1,6 +1,7 @@
 import { decodeGlobalID, resolveNodes } from '@pothos/plugin-relay';
 import { type GraphQLResolveInfo, isObjectType } from 'graphql';
 import { z } from 'zod';
+import { UUID } from '../../generations/store.js';
 import { badInput } from './paging.js';
 
 // Global ids are decoded by the relay plugin (`t.arg.globalID`, input `t.globalID`
@@ -13,11 +14,9 @@ export interface GlobalId {
   id: string;
 }
 
-const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
 /** The database id inside a global id of this type, or null for any other type or a malformed id. */
 export function idOf(globalId: GlobalId, typename: string): string | null {
-  return globalId.typename === typename && uuid.test(globalId.id) ? globalId.id.toLowerCase() : null;
+  return globalId.typename === typename && UUID.test(globalId.id) ? globalId.id.toLowerCase() : null;
 }
 
 /** `.validate()` of a globalID argument or input field: its database id; anything else is a ValidationError on that field's path. */
@@ -50,7 +49,7 @@ export async function loadNodes(builder: Parameters<typeof resolveNodes>[0], ctx
   if (ids.length > MAX_NODE_IDS) throw badInput(`nodes takes at most ${MAX_NODE_IDS} ids.`);
   const valid = ids.map(({ typename, id }) => {
     const type = typename ? info.schema.getType(typename) : undefined;
-    return isObjectType(type) && type.getInterfaces().some((i) => i.name === 'Node') && uuid.test(id);
+    return isObjectType(type) && type.getInterfaces().some((i) => i.name === 'Node') && UUID.test(id);
   });
   const loaded = await resolveNodes(builder, ctx, info, ids.filter((_, index) => valid[index]));
   let next = 0;
