@@ -157,6 +157,16 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     expect(next.lines).toEqual(['0']);
   });
 
+  it('counts files the step deleted but holds open against the workspace limit', async () => {
+    // 2 × 40 MB, each under the per-file limit, out of du's sight once deleted; the step would wait out its timeout.
+    const held = await run(`exec 3>a 4>b; head -c ${40 * 1024 * 1024} /dev/zero >&3; head -c ${40 * 1024 * 1024} /dev/zero >&4; rm a b; echo held; sleep 600`, {
+      timeoutMs: 120_000,
+    });
+    expect(held.lines).toContain('held');
+    expect(held.result.status).toBe('FAILED');
+    expect(held.result.message).toMatch(/wrote more than 64 MB to its workspace/);
+  }, 150_000);
+
   it('shows neither the host /tmp nor the folders around the workspace', async () => {
     await writeFile(join(root, 'workspaces', 'project', 'other-generation-file.txt'), 'another generation');
     await writeFile(join(root, 'host-file.txt'), 'the host /tmp');

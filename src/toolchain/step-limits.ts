@@ -1,6 +1,6 @@
-import { lstat, readdir } from 'node:fs/promises';
+import { lstat, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { readProcStat } from '../proc-stat.js';
+import { type ProcStat, readProcStat } from '../proc-stat.js';
 import type { StepCgroup } from './cgroups.js';
 import { type ProcessOutput, runProcess, type SpawnFailure } from './spawner.js';
 
@@ -100,36 +100,69 @@ async function treeLimit({ cgroup, rootPid, limits }: LimitWatchOptions): Promis
  */
 const MIN_BYTES_PER_INODE = 4096;
 
-async function diskLimit({ diskPaths, limits }: LimitWatchOptions): Promise<string | undefined> {
-  const use = await diskUse(diskPaths);
+async function diskLimit({ diskPaths, limits, rootPid }: LimitWatchOptions): Promise<string | undefined> {
+  const root = rootPid?.();
+  const [use, held] = await Promise.all([diskUse(diskPaths), root === undefined ? undefined : heldDeletedFiles(root, diskPaths)]);
   if (use === 'unreadable') return limitMessages.unreadable(limits);
-  return Math.max(use.bytes, use.inodes * MIN_BYTES_PER_INODE) > limits.workspaceMb * 1024 * 1024 ? limitMessages.disk(limits) : undefined;
+  const bytes = use.bytes + (held?.bytes ?? 0);
+  const inodes = use.inodes + (held?.inodes ?? 0);
+  return Math.max(bytes, inodes * MIN_BYTES_PER_INODE) > limits.workspaceMb * 1024 * 1024 ? limitMessages.disk(limits) : undefined;
+}
+
+/**
+ * A file deleted while a process holds it open keeps its disk space, out of du's sight: a
+ * step could fill the disk one such file at a time (each up to the per-file limit) until
+ * its timeout. Counted from /proc: the open files of the step's processes that have no
+ * name left, on the filesystems of `paths` (a private /tmp has its own size limit).
+ */
+async function heldDeletedFiles(root: number, paths: string[]): Promise<DiskUse> {
+  const devices = new Set((await Promise.all(paths.map((path) => stat(path).catch(() => undefined)))).map((found) => found?.dev));
+  const counted = new Set<string>();
+  const use: DiskUse = { bytes: 0, inodes: 0 };
+  for (const pid of (await processTree(root)).keys()) {
+    const fds = await readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
+    const files = await Promise.all(fds.map((fd) => stat(`/proc/${pid}/fd/${fd}`).catch(() => undefined)));
+    for (const file of files) {
+      if (!file?.isFile() || file.nlink !== 0 || !devices.has(file.dev) || counted.has(`${file.dev}:${file.ino}`)) continue;
+      counted.add(`${file.dev}:${file.ino}`);
+      use.bytes += file.blocks * 512;
+      use.inodes++;
+    }
+  }
+  return use;
 }
 
 /** Threads and resident memory of `root` and every descendant, from /proc. */
 async function measureTree(root: number): Promise<{ tasks: number; rssBytes: number }> {
-  const entries = await readdir('/proc').catch(() => [] as string[]);
-  const children = new Map<number, number[]>();
-  const usage = new Map<number, { tasks: number; rss: number }>();
-  // Read at once: a fork bomb makes thousands, and the watch must keep up with it.
-  const stats = await Promise.all(entries.filter((entry) => /^\d+$/.test(entry)).map(async (entry) => [Number(entry), await readProcStat(Number(entry))] as const));
-  for (const [pid, stat] of stats) {
-    if (!stat) continue;
-    usage.set(pid, { tasks: stat.threads, rss: stat.rssPages });
-    children.set(stat.ppid, [...(children.get(stat.ppid) ?? []), pid]);
-  }
   let tasks = 0;
   let pages = 0;
-  const queue = [root];
-  for (let pid = queue.pop(); pid !== undefined; pid = queue.pop()) {
-    const own = usage.get(pid);
-    if (own) {
-      tasks += own.tasks;
-      pages += own.rss;
-    }
-    queue.push(...(children.get(pid) ?? []));
+  for (const stat of (await processTree(root)).values()) {
+    tasks += stat.threads;
+    pages += stat.rssPages;
   }
   return { tasks, rssBytes: pages * 4096 };
+}
+
+/** `root` and every descendant, with what /proc says of each. */
+async function processTree(root: number): Promise<Map<number, ProcStat>> {
+  const entries = await readdir('/proc').catch(() => [] as string[]);
+  const children = new Map<number, number[]>();
+  const stats = new Map<number, ProcStat>();
+  // Read at once: a fork bomb makes thousands, and the watch must keep up with it.
+  const read = await Promise.all(entries.filter((entry) => /^\d+$/.test(entry)).map(async (entry) => [Number(entry), await readProcStat(Number(entry))] as const));
+  for (const [pid, stat] of read) {
+    if (!stat) continue;
+    stats.set(pid, stat);
+    children.set(stat.ppid, [...(children.get(stat.ppid) ?? []), pid]);
+  }
+  const tree = new Map<number, ProcStat>();
+  const queue = [root];
+  for (let pid = queue.pop(); pid !== undefined; pid = queue.pop()) {
+    const stat = stats.get(pid);
+    if (stat) tree.set(pid, stat);
+    queue.push(...(children.get(pid) ?? []));
+  }
+  return tree;
 }
 
 interface DiskUse {
