@@ -340,7 +340,7 @@ function rlimitArgs(limits: StepLimits): string[] {
  * the SDK: each project gets a lock file of its own there, the rest of the SDK stays
  * read-only (so it must be precached: `flutter precache --web`). The file lives in the
  * project's folder, which no sandbox can write, so it cannot be swapped for a symlink.
- * A step can write into it, so it starts each step empty and counts as workspace.
+ * A step can write into it, so it is emptied before and after each step and counts as workspace.
  */
 async function flutterLock(sdkRoot: string, cacheDir: string): Promise<{ own: string; sdk: string } | undefined> {
   const sdk = join(sdkRoot, 'bin', 'cache', 'lockfile');

@@ -54,7 +54,10 @@ export function watchLimits(options: LimitWatchOptions): LimitWatch {
   let running: Promise<void> = Promise.resolve();
 
   const check = async (withDisk: boolean) => {
-    const found = (await treeLimit(options)) ?? (withDisk ? await diskLimit(options) : undefined);
+    // One look at the step's processes serves the limits a cgroup does not count and the disk's held files.
+    const root = options.rootPid?.();
+    const tree = root !== undefined && (withDisk || !options.cgroup) ? await processTree(root) : undefined;
+    const found = (await treeLimit(options, tree)) ?? (withDisk ? await diskLimit(options, tree) : undefined);
     if (found && !exceeded) {
       exceeded = found;
       options.onExceeded(found);
@@ -80,16 +83,20 @@ export function watchLimits(options: LimitWatchOptions): LimitWatch {
   };
 }
 
-async function treeLimit({ cgroup, rootPid, limits }: LimitWatchOptions): Promise<string | undefined> {
+async function treeLimit({ cgroup, limits }: LimitWatchOptions, tree: ProcessTree | undefined): Promise<string | undefined> {
   if (cgroup) {
     const hit = await cgroup.exceeded();
     return hit ? limitMessages[hit](limits) : undefined;
   }
-  const root = rootPid?.();
-  if (root === undefined) return undefined;
-  const { tasks, rssBytes } = await measureTree(root);
+  if (!tree) return undefined;
+  let tasks = 0;
+  let pages = 0;
+  for (const stat of tree.values()) {
+    tasks += stat.threads;
+    pages += stat.rssPages;
+  }
   if (tasks >= limits.maxProcesses) return limitMessages.processes(limits);
-  if (rssBytes > limits.memoryMb * 1024 * 1024) return limitMessages.memory(limits);
+  if (pages * 4096 > limits.memoryMb * 1024 * 1024) return limitMessages.memory(limits);
   return undefined;
 }
 
@@ -100,9 +107,8 @@ async function treeLimit({ cgroup, rootPid, limits }: LimitWatchOptions): Promis
  */
 const MIN_BYTES_PER_INODE = 4096;
 
-async function diskLimit({ diskPaths, limits, rootPid }: LimitWatchOptions): Promise<string | undefined> {
-  const root = rootPid?.();
-  const [use, held] = await Promise.all([diskUse(diskPaths), root === undefined ? undefined : heldDeletedFiles(root, diskPaths)]);
+async function diskLimit({ diskPaths, limits }: LimitWatchOptions, tree: ProcessTree | undefined): Promise<string | undefined> {
+  const [use, held] = await Promise.all([diskUse(diskPaths), tree ? heldDeletedFiles(tree, diskPaths) : undefined]);
   if (use === 'unreadable') return limitMessages.unreadable(limits);
   const bytes = use.bytes + (held?.bytes ?? 0);
   const inodes = use.inodes + (held?.inodes ?? 0);
@@ -115,11 +121,11 @@ async function diskLimit({ diskPaths, limits, rootPid }: LimitWatchOptions): Pro
  * its timeout. Counted from /proc: the open files of the step's processes that have no
  * name left, on the filesystems of `paths` (a private /tmp has its own size limit).
  */
-async function heldDeletedFiles(root: number, paths: string[]): Promise<DiskUse> {
+async function heldDeletedFiles(tree: ProcessTree, paths: string[]): Promise<DiskUse> {
   const devices = new Set((await Promise.all(paths.map((path) => stat(path).catch(() => undefined)))).map((found) => found?.dev));
   const counted = new Set<string>();
   const use: DiskUse = { bytes: 0, inodes: 0 };
-  for (const pid of (await processTree(root)).keys()) {
+  for (const pid of tree.keys()) {
     const fds = await readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
     const files = await Promise.all(fds.map((fd) => stat(`/proc/${pid}/fd/${fd}`).catch(() => undefined)));
     for (const file of files) {
@@ -132,19 +138,11 @@ async function heldDeletedFiles(root: number, paths: string[]): Promise<DiskUse>
   return use;
 }
 
-/** Threads and resident memory of `root` and every descendant, from /proc. */
-async function measureTree(root: number): Promise<{ tasks: number; rssBytes: number }> {
-  let tasks = 0;
-  let pages = 0;
-  for (const stat of (await processTree(root)).values()) {
-    tasks += stat.threads;
-    pages += stat.rssPages;
-  }
-  return { tasks, rssBytes: pages * 4096 };
-}
+/** A step's processes (by pid) with what /proc says of each. */
+type ProcessTree = Map<number, ProcStat>;
 
-/** `root` and every descendant, with what /proc says of each. */
-async function processTree(root: number): Promise<Map<number, ProcStat>> {
+/** `root` and every descendant. */
+async function processTree(root: number): Promise<ProcessTree> {
   const entries = await readdir('/proc').catch(() => [] as string[]);
   const children = new Map<number, number[]>();
   const stats = new Map<number, ProcStat>();
