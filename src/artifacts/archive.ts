@@ -36,6 +36,10 @@ export function archiveFilename(projectName: string, generationId: string, forma
 export async function writeArchive(format: ArchiveFormat, entries: ArchiveEntry[], mtime: Date, out: NodeJS.WritableStream): Promise<void> {
   if (format === 'ZIP') {
     const zip = new yazl.ZipFile();
+    // A file that cannot be read, or whose bytes changed size meanwhile (a fix round), fails the
+    // ZipFile itself, not its stream: unheard, that error ended the process.
+    const output = zip.outputStream as Readable;
+    zip.on('error', (error: Error) => output.destroy(error));
     for (const entry of entries) {
       zip.addReadStreamLazy(entry.path, { mtime, mode: 0o100644, size: entry.size }, (callback) => {
         entry.content().then(
@@ -45,7 +49,7 @@ export async function writeArchive(format: ArchiveFormat, entries: ArchiveEntry[
       });
     }
     zip.end();
-    await pipeline(zip.outputStream, out);
+    await pipeline(output, out);
     return;
   }
   const pack = tar.pack();
