@@ -43,6 +43,13 @@ describe(`sign-in and sign-up per email (${databaseKind})`, () => {
     expect(again.__typename).toBe('RateLimitedError');
   });
 
+  it('refuses an overlong email on sign-in as on sign-up, before it reaches a counter', async () => {
+    const long = `${'a'.repeat(300)}@example.com`;
+    for (let attempt = 0; attempt < 4; attempt++) {
+      const refused = await signInAs(server.client(), long, 'x');
+      expect(refused.__typename).toBe('ValidationError');
+    }
+  });
 });
 
 describe(`sign-in and sign-up per client address (${databaseKind})`, () => {
@@ -71,6 +78,15 @@ describe(`behind a trusted proxy (${databaseKind})`, () => {
     expect((await signInAs(server.client(), uniqueEmail(), 'x', from('1.1.1.1, 192.0.2.1'))).__typename).toBe('RateLimitedError');
     // Another client behind the same proxy has its own count.
     expect((await signInAs(server.client(), uniqueEmail(), 'x', from('192.0.2.2'))).__typename).toBe('AuthError');
+  });
+
+  it('counts an IPv6 client by its /64, from which it could take a new address for every attempt', async () => {
+    const from = (address: string) => ({ 'x-forwarded-for': address });
+    expect((await signInAs(server.client(), uniqueEmail(), 'x', from('2001:db8:7:1::1'))).__typename).toBe('AuthError');
+    expect((await signInAs(server.client(), uniqueEmail(), 'x', from('2001:db8:7:1:ffff:1:2:3'))).__typename).toBe('AuthError');
+    expect((await signInAs(server.client(), uniqueEmail(), 'x', from('2001:0DB8:0007:0001::abcd'))).__typename).toBe('RateLimitedError');
+    // The next /64 is another client.
+    expect((await signInAs(server.client(), uniqueEmail(), 'x', from('2001:db8:7:2::1'))).__typename).toBe('AuthError');
   });
 });
 

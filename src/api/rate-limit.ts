@@ -40,8 +40,9 @@ export function createRateLimits(rules: Config['rateLimits'], store: RateLimitSt
   return {
     authAttempt: async (clientIp, email) => {
       const message = 'Too many sign-in attempts; wait a while and try again.';
-      await check(rules.authPerIp, `auth:ip:${clientIp}`, message);
-      await check(rules.authPerEmail, `auth:email:${email.trim().toLowerCase()}:${clientIp}`, message);
+      const client = addressBlock(clientIp);
+      await check(rules.authPerIp, `auth:ip:${client}`, message);
+      await check(rules.authPerEmail, `auth:email:${email.trim().toLowerCase()}:${client}`, message);
     },
     generationStart: (userId) => check(rules.generationsPerUser, `generations:user:${userId}`, 'You started too many generations recently; wait a while and try again.'),
     memberAdd: (userId) => check(rules.membersPerUser, `members:user:${userId}`, 'You added too many members recently; wait a while and try again.'),
@@ -88,6 +89,23 @@ export function clientAddress(req: IncomingMessage | undefined, trustedHops: num
   const forwarded = (Array.isArray(header) ? header.join(',') : (header ?? '')).split(',').map((part) => part.trim()).filter(Boolean);
   const chain = [...forwarded, peer];
   return normalise(chain[Math.max(0, chain.length - 1 - trustedHops)]) ?? peer;
+}
+
+/**
+ * What a per-address limit counts: an IPv4 address, or the /64 of an IPv6 one. A host or a
+ * home connection is given a whole /64, and could take a new address for every attempt.
+ */
+export function addressBlock(address: string): string {
+  if (isIP(address) !== 6) return address;
+  const [head = '', tail] = address.split('%')[0]!.split('::');
+  const groups = head ? head.split(':') : [];
+  // `::` stands for the zero groups up to eight; a dotted IPv4 tail is two of them.
+  if (tail !== undefined) {
+    const rest = tail ? tail.split(':') : [];
+    const restGroups = rest.reduce((n, part) => n + (part.includes('.') ? 2 : 1), 0);
+    groups.push(...Array<string>(8 - groups.length - restGroups).fill('0'), ...rest);
+  }
+  return `${groups.slice(0, 4).map((group) => group.replace(/^0+(?=.)/, '')).join(':')}::/64`;
 }
 
 function normalise(address: string | undefined): string | undefined {
