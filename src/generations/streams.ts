@@ -5,7 +5,6 @@ import { NotFoundError } from '../errors.js';
 import { type ChunkEvent, type EventBus, isLossless, type LogLineEvent, type StatusEvent } from '../events/bus.js';
 import { Inbox } from './inbox.js';
 import { createPageCache, type PageCache } from './page-cache.js';
-import { generationReads } from './reads.js';
 import { replayPause } from './replay-turns.js';
 import { isTerminal } from './status.js';
 import { type GenerationRow, generationStore } from './store.js';
@@ -428,11 +427,7 @@ async function readState(scope: Scope, generationId: string): Promise<StateRead>
   return { row, began, ended: arrivals };
 }
 
-async function current(scope: Scope, generationId: string): Promise<GenerationRow> {
-  const [generation] = await generationReads.many(scope, [generationId]);
-  if (!generation) throw new NotFoundError('Generation not found.');
-  return generation;
-}
+const current = async (scope: Scope, generationId: string): Promise<GenerationRow> => (await readState(scope, generationId)).row;
 
 /** Poll intervals that double while nothing happens, with jitter so subscribers do not poll in step. */
 class Backoff {
