@@ -293,7 +293,11 @@ function failureOutcome(error: unknown, signal: AbortSignal, log: Logger): Parti
     if (signal.reason === 'cancelled') return { status: 'CANCELLED', errorCode: null, errorMessage: null };
     return { status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The worker stopped before this generation finished; a retry follows unless it was a retry itself.' };
   }
-  if (error instanceof RunError) return { status: 'FAILED', errorCode: error.code, errorMessage: error.message };
+  if (error instanceof RunError) {
+    // What the message leaves out for the project's members, the operator reads here.
+    if (error.cause !== undefined) log.warn({ err: error.cause, errorCode: error.code }, 'generation failed; the cause its message leaves out');
+    return { status: 'FAILED', errorCode: error.code, errorMessage: error.message };
+  }
   // The database stayed away longer than the pipeline waits for it: handed back like a lapsed lease.
   if (isConnectionError(error)) return { status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The database was unreachable for too long; a retry follows unless it was a retry itself.' };
   log.error({ err: error }, 'generation failed unexpectedly');

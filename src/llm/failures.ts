@@ -72,9 +72,14 @@ export function interruptedFailure(label: string, error: unknown): LlmError {
   return new LlmError(`The ${label} stream was interrupted (${transportDetail(error)}); try again.`, true, { status: 'network' });
 }
 
-/** A request that never got an answer: wrong address, DNS, refused connection. */
-export function unreachableFailure(label: string, where: string, error: unknown): LlmError {
-  return new LlmError(`Could not reach ${label} (${transportDetail(error)}); check ${where}.`, true, { status: 'network' });
+/**
+ * A request that never got an answer: wrong address, DNS, refused connection. Every member
+ * of the project reads the message, so it names the settings to check, never their value or
+ * the address the transport error gives (an internal host, credentials in a URL): those go
+ * to the server's log with the cause.
+ */
+export function unreachableFailure(label: string, settings: string, error: unknown): LlmError {
+  return new LlmError(`Could not reach ${label}; the server's operator should check ${settings}.`, true, { status: 'network' }, error);
 }
 
 /** The `error.message` of a JSON error body (Google and OpenAI shapes), else the raw text, shortened. */

@@ -63,7 +63,7 @@ export function createGeminiProvider(options: GeminiProviderOptions): LlmProvide
         describeFailure: (error) =>
           error instanceof ApiError
             ? httpFailure(upstream, error.status, error.message)
-            : unreachableFailure('Gemini', `the network and GEMINI_BASE_URL (${baseUrl})`, error),
+            : unreachableFailure('Gemini', 'the network and GEMINI_BASE_URL', error),
       });
     },
   };

@@ -54,7 +54,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): LlmProvide
         retry,
         ...(request.onRetry ? { onRetry: request.onRetry } : {}),
         open: (signal) => streamOnce(url, apiKey, body, signal, upstream),
-        describeFailure: (error) => unreachableFailure('the OpenAI-compatible server', `OPENAI_BASE_URL (${options.baseUrl})`, error),
+        describeFailure: (error) => unreachableFailure('the OpenAI-compatible server', 'the network and OPENAI_BASE_URL', error),
       });
     },
   };

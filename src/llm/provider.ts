@@ -57,8 +57,10 @@ export class LlmError extends RunError {
     readonly retryable = false,
     /** What the provider asked for before a retry (Gemini RetryInfo, Retry-After), and what it answered. */
     readonly retry: { afterMs?: number; status?: number | 'network' } = {},
+    /** For the server's log only: what the message leaves out (addresses, transport errors). */
+    cause?: unknown,
   ) {
-    super(message);
+    super(message, cause === undefined ? undefined : { cause });
   }
 }
 

@@ -56,12 +56,12 @@ export async function* resilientStream(options: ResilientStreamOptions): AsyncGe
       const failure = error instanceof LlmError ? error : options.describeFailure(error);
       if (receivedText || !failure.retryable) throw failure;
       if (attempt >= retry.maxAttempts) {
-        throw new LlmError(`${failure.message} Gave up after ${attempt} attempts.`, true, failure.retry);
+        throw new LlmError(`${failure.message} Gave up after ${attempt} attempts.`, true, failure.retry, failure.cause);
       }
       const delayMs = failure.retry.afterMs ?? backoffMs(retry, attempt);
       if (waitedMs + delayMs > retry.maxTotalWaitMs) {
         const seconds = Math.ceil(delayMs / 1000);
-        throw new LlmError(`${failure.message} Gave up after ${attempt} attempts: ${options.label} asked to wait ${seconds} s more, past the ${Math.round(retry.maxTotalWaitMs / 1000)} s limit.`, true, failure.retry);
+        throw new LlmError(`${failure.message} Gave up after ${attempt} attempts: ${options.label} asked to wait ${seconds} s more, past the ${Math.round(retry.maxTotalWaitMs / 1000)} s limit.`, true, failure.retry, failure.cause);
       }
       options.onRetry?.({ attempt, status: failure.retry.status ?? 'network', delayMs, reason: failure.message });
       waitedMs += delayMs;

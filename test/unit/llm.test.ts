@@ -1,3 +1,4 @@
+import { createServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
 import ts from 'typescript';
 import { describe, expect, it } from 'vitest';
@@ -210,9 +211,20 @@ describe('Gemini provider (real @google/genai client, fake Gemini server)', () =
     expect(fake.requests.map((r) => r.apiKey)).toEqual(['project-key', 'server-key']);
   });
 
-  it('says when Gemini cannot be reached at all', async () => {
-    const error = await failureOf(gemini({ baseUrl: 'http://127.0.0.1:1' }).stream(llmRequest()));
-    expect((error as LlmError).message).toMatch(/^Could not reach Gemini .*GEMINI_BASE_URL.*Gave up after 3 attempts/);
+  it.each([
+    ['Gemini', (port: number) => gemini({ baseUrl: `http://127.0.0.1:${port}` }), /^Could not reach Gemini; .*GEMINI_BASE_URL\. Gave up after 3 attempts\.$/],
+    [
+      'the OpenAI-compatible server',
+      (port: number) => createOpenAiProvider({ baseUrl: `http://127.0.0.1:${port}/v1`, apiKey: 'sk-local', model: 'qwen2.5-coder', retry: { baseDelayMs: 5 } }),
+      /^Could not reach the OpenAI-compatible server; .*OPENAI_BASE_URL\. Gave up after 3 attempts\.$/,
+    ],
+  ])('says when %s cannot be reached at all, naming the setting but not its address', async (_name, provider, message) => {
+    const port = await closedPort();
+    const error = (await failureOf(provider(port).stream(llmRequest()))) as LlmError;
+    // Every member of the project reads the message; the address is for the server's log.
+    expect(error.message).toMatch(message);
+    expect(error.message).not.toContain('127.0.0.1');
+    expect(causes(error)).toContain(`ECONNREFUSED 127.0.0.1:${port}`);
   });
 });
 
@@ -428,4 +440,20 @@ function typeErrorsOf(appSource: string): string[] {
   return ts
     .getPreEmitDiagnostics(program)
     .map((d) => ts.flattenDiagnosticMessageText(d.messageText, '\n'));
+}
+
+/** The messages of an error's causes, for what the server logs beside a run's message. */
+function causes(error: Error): string {
+  const messages: string[] = [];
+  for (let cause = error.cause; cause instanceof Error; cause = cause.cause) messages.push(cause.message);
+  return messages.join(' / ');
+}
+
+/** A port nothing listens on: connections to it are refused. */
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
 }
