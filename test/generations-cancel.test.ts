@@ -15,6 +15,7 @@ import {
   isAlive,
   logLineMatching,
   rawId,
+  retryOf,
   startAccepted,
   startInstance,
   tempDir,
@@ -176,5 +177,53 @@ describe(`cancelling across instances: ROLE=api and ROLE=worker on one database 
 
     await cancelAndWait(owner.client, watch);
     expect((await getGeneration(owner.client, started.id)).output).not.toContain('</file>');
+  });
+});
+
+describe(`a stopping worker hands its run back (${databaseKind})`, () => {
+  it('with its retry in the same commit: when nothing after the ending goes through, the run is still retried', async () => {
+    // One database for both instances; a statement matching failNext fails once.
+    let failNext: RegExp | undefined;
+    const database = await createTestDatabase({
+      onQuery: (query) => {
+        if (failNext?.test(query)) {
+          failNext = undefined;
+          throw new Error('the retry could not be written (injected by the test)');
+        }
+      },
+    });
+    cleanups.push(() => database.close());
+    const data = await tempDir('hand-back');
+    cleanups.push(() => data.remove());
+    const hanging = await fakeFlutter('hang');
+    cleanups.push(() => hanging.remove());
+    const ok = await fakeFlutter('ok');
+    cleanups.push(() => ok.remove());
+    const api = await startInstance(database, { ROLE: 'api', DATA_DIR: data.path });
+    cleanups.push(() => api.stop());
+    const worker = (flutterBin: string) => startInstance(database, { ROLE: 'worker', DATA_DIR: data.path, FLUTTER_BIN: flutterBin, GENERATION_LEASE_SECONDS: '2' });
+
+    const owner = await signUp(api);
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const stopping = await worker(hanging.bin);
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'Handed back mid-build' });
+    // Followed where it runs: each instance has a bus of its own here.
+    const watch = new GenerationWatch(stopping.url, owner.accessToken, started.id);
+    await watch.until((g) => g.phase === 'BUILDING');
+    await watch.close();
+
+    // The worker stops with no grace: the run ends INTERRUPTED, and writing its retry fails.
+    failNext = /insert into "generations"/i;
+    await stopping.stop();
+    expect(failNext).toBeUndefined();
+
+    // The ending and its retry are one commit: neither stayed, so the lease lapses and the
+    // next worker ends the run and queues the retry itself. Written apart, the run would
+    // stay FAILED with no retry.
+    const next = await worker(ok.bin);
+    cleanups.push(() => next.stop());
+    const retry = await retryOf(owner.client, project.id, started.id);
+    expect(await getGeneration(owner.client, started.id)).toMatchObject({ status: 'FAILED', error: { code: 'INTERRUPTED' } });
+    expect(await waitForEnd(next, owner.client, owner.accessToken, retry.id)).toMatchObject({ status: 'SUCCEEDED', attempt: 2 });
   });
 });

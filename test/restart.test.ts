@@ -22,6 +22,7 @@ import {
   rawId,
   repoRoot,
   replayChunks,
+  retryOf,
   startAccepted,
   tempDir,
   within,
@@ -110,21 +111,6 @@ async function launch(env: Record<string, string>): Promise<KilnProcess> {
       return code;
     },
   };
-}
-
-/** The project's generation that retries `id`, once it exists (polled through GraphQL, bounded). */
-async function retryOf(client: GraphQLClient, projectId: string, id: string, timeoutMs = 20_000): Promise<Generation> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const { project } = await client.expectNoErrors(ProjectDocument, { id: projectId });
-    for (const edge of project?.generations.edges ?? []) {
-      if (edge.node.id === id) continue;
-      const generation = await getGeneration(client, edge.node.id);
-      if (generation.retryOf?.id === id) return generation;
-    }
-    if (Date.now() > deadline) throw new Error(`no retry of ${id} appeared within ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
 }
 
 /** At cleanup, SIGKILL the process group of `pid` (a build's: its shell ignores SIGTERM), if it is still there. */

@@ -42,6 +42,12 @@ export interface PipelineDeps {
   metrics?: Metrics;
   /** Stores a succeeded generation's files and web bundle, so previews and archives outlive the workspace. */
   outputs?: Pick<Outputs, 'storeBlobs'>;
+  /**
+   * Queues the automatic retry of a run this pipeline ends INTERRUPTED (the worker stopping,
+   * the database away too long), in the transaction that ends it: a process that dies right
+   * after the ending cannot leave it without its retry.
+   */
+  retryInterrupted?: (tx: Tx, ended: GenerationRow) => Promise<unknown>;
 }
 
 /**
@@ -162,6 +168,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
       return undefined;
     }
     await closeUnfinishedWork(tx, generationId, row.status);
+    if (row.errorCode === 'INTERRUPTED') await deps.retryInterrupted?.(tx, row);
     if (output) {
       await generationStore.insertMessage(tx, {
         projectId: claimed.projectId,

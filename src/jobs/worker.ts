@@ -40,7 +40,8 @@ export interface Worker {
  * survive restarts; lapsed leases are ended as INTERRUPTED and retried once.
  */
 export function startWorker(options: WorkerOptions): Worker {
-  const { pipeline, concurrency, queue } = options;
+  const { concurrency, queue } = options;
+  const pipeline: PipelineDeps = { ...options.pipeline, retryInterrupted: (tx, ended) => retryInterrupted(tx, options.provider, [ended], queue?.enqueue) };
   const db = pipeline.db;
   const log: Logger = pipeline.logger.child({ source: 'Worker' });
   const running = new Map<string, { stop: AbortController; done: Promise<void> }>();
@@ -87,11 +88,7 @@ export function startWorker(options: WorkerOptions): Worker {
     const done = inJobSpan('generation run', trace ?? queue?.takeTrace?.(id), { 'kiln.generation.id': id }, async (span) => {
       const finished = await runGeneration(pipeline, id, stop.signal);
       span.setAttributes({ 'kiln.generation.claimed': finished !== undefined, ...(finished ? { 'kiln.generation.status': finished.status } : {}) });
-      return finished;
     })
-      .then(async (finished) => {
-        if (finished?.errorCode === 'INTERRUPTED') await serviceScope(db).run((tx) => retryInterrupted(tx, options.provider, [finished], queue?.enqueue));
-      })
       .catch((error: unknown) => log.error({ err: error, generationId: id }, 'generation run crashed'))
       .finally(() => {
         running.delete(id);

@@ -17,6 +17,7 @@ import {
   GenerationDocument,
   type GenerationQuery,
   GenerationUpdatedDocument,
+  ProjectDocument,
   StartGenerationDocument,
   type StartGenerationInput,
   type StartGenerationMutation,
@@ -119,6 +120,21 @@ export async function getGeneration(client: GraphQLClient, id: string): Promise<
 }
 
 /** The raw uuid behind a Relay global id (workspace directories are named by it). */
+/** The project's generation that retries `id`, once it exists (polled through GraphQL, bounded). */
+export async function retryOf(client: GraphQLClient, projectId: string, id: string, timeoutMs = 20_000): Promise<Generation> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const { project } = await client.expectNoErrors(ProjectDocument, { id: projectId });
+    for (const edge of project?.generations.edges ?? []) {
+      if (edge.node.id === id) continue;
+      const generation = await getGeneration(client, edge.node.id);
+      if (generation.retryOf?.id === id) return generation;
+    }
+    if (Date.now() > deadline) throw new Error(`no retry of ${id} appeared within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
 export function rawId(globalId: string): string {
   return decodeGlobalID(globalId).id;
 }
