@@ -215,11 +215,11 @@ async function loadContext(deps: PipelineDeps, generation: GenerationRow) {
   return pipelineScope(deps.db, deps.logger).run(async (tx) => {
     const project = (await generationStore.projectOf(tx, generation.projectId))!;
     const secretName = providerSecret[deps.llm.name];
-    const sealed = secretName && deps.secretBox ? await secretStore.ciphertextOf(tx, project.id, secretName) : undefined;
+    const sealed = secretName ? await secretStore.ciphertextOf(tx, project.id, secretName) : undefined;
     return {
       generation,
       project,
-      apiKey: sealed && secretName ? openSecret(deps.secretBox!, sealed, project.id, secretName) : undefined,
+      apiKey: sealed && secretName ? openSecret(deps.secretBox, sealed, project.id, secretName) : undefined,
       target: getTarget(project.target),
       parentFiles: generation.parentId ? await generationStore.filesOf(tx, generation.parentId, true) : [],
       turns: generation.parentId ? await generationStore.turnsOfLineage(tx, generation.parentId) : [],
@@ -230,7 +230,9 @@ async function loadContext(deps: PipelineDeps, generation: GenerationRow) {
 
 const providerSecret: Record<string, SecretName | undefined> = { gemini: 'GEMINI_API_KEY', openai: 'OPENAI_API_KEY' };
 
-function openSecret(box: SecretBox, sealed: string, projectId: string, name: SecretName): string {
+/** The project's own key; never the server's instead, which would bill its owner for the project. */
+function openSecret(box: SecretBox | undefined, sealed: string, projectId: string, name: SecretName): string {
+  if (!box) throw new LlmError(`The project's ${name} is stored, but the server that ran this generation has no KILN_ENCRYPTION_KEY to open it.`);
   try {
     return box.open(sealed, secretContext(projectId, name));
   } catch {
