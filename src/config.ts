@@ -10,7 +10,11 @@ const optional = z
   .string()
   .optional()
   .transform((v) => v?.trim());
-const int = (fallback: number, min = 0) => z.coerce.number().int().min(min).default(fallback);
+const int = (fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max).default(fallback);
+/** What an API key can be: it travels in an HTTP header (`Bearer <key>`), where a line break, a space or non-ASCII breaks every request. */
+export const API_KEY_CHARACTERS = /^[\x21-\x7E]*$/;
+export const API_KEY_CHARACTERS_MESSAGE = 'An API key is printable ASCII with no spaces';
+const apiKey = optional.refine((v) => v === undefined || API_KEY_CHARACTERS.test(v), API_KEY_CHARACTERS_MESSAGE);
 const list = optional.transform((v) => (v ? v.split(',').map((s) => s.trim()).filter(Boolean) : []));
 const flag = z.enum(['true', 'false']).optional();
 /** A rate limit as `COUNT/SECONDS` (e.g. `10/600`), or `off`. */
@@ -24,7 +28,7 @@ const rate = (fallback: string) =>
 
 const environment = z.object({
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
-  PORT: int(4000),
+  PORT: int(4000, 0, 65535),
   HOST: z.string().default('127.0.0.1'),
   DATA_DIR: optional.transform((v) => v ?? './.kiln'),
   DATABASE_URL: optional,
@@ -40,11 +44,11 @@ const environment = z.object({
   AUTH_JWT_SECRET: optional,
   KILN_ENCRYPTION_KEY: optional,
   LLM_PROVIDER: z.enum(['offline', 'gemini', 'openai']).default('offline'),
-  GEMINI_API_KEY: optional,
+  GEMINI_API_KEY: apiKey,
   GEMINI_MODEL: z.string().default('gemini-2.5-flash'),
   GEMINI_BASE_URL: optional,
   OPENAI_BASE_URL: optional,
-  OPENAI_API_KEY: optional,
+  OPENAI_API_KEY: apiKey,
   OPENAI_MODEL: optional,
   OFFLINE_CHUNK_DELAY_MS: int(15),
   // self-healing builds and an LLM run that needs no babysitting
@@ -133,6 +137,7 @@ export function parseConfig(env: Record<string, string | undefined>) {
   if (e.LLM_PROVIDER === 'openai' && (!e.OPENAI_BASE_URL || !e.OPENAI_MODEL)) {
     problems.push('LLM_PROVIDER=openai needs OPENAI_BASE_URL and OPENAI_MODEL');
   }
+  problems.push(...providerUrlProblems(e));
   if ((e.EVENTS === 'redis') && !e.REDIS_URL) problems.push('EVENTS=redis needs REDIS_URL');
   if ((e.QUEUE === 'pgboss' || e.EVENTS === 'postgres') && !e.DATABASE_URL) {
     problems.push('QUEUE=pgboss and EVENTS=postgres need DATABASE_URL (a shared PostgreSQL)');
@@ -144,7 +149,7 @@ export function parseConfig(env: Record<string, string | undefined>) {
   problems.push(...outputProblems(e));
   const encryptionKey = e.KILN_ENCRYPTION_KEY === undefined ? undefined : decodeKey(e.KILN_ENCRYPTION_KEY);
   if (encryptionKey === null) {
-    problems.push('KILN_ENCRYPTION_KEY must be 32 random bytes, as 64 hex characters or base64 (e.g. `openssl rand -base64 32`)');
+    problems.push('KILN_ENCRYPTION_KEY must be 32 random bytes, as 64 hex characters or base64 (standard or URL-safe, padded or not; e.g. `openssl rand -base64 32`)');
   }
   if (problems.length > 0) throw new ConfigError(problems);
 
@@ -287,6 +292,16 @@ function unsafeInProduction(e: z.infer<typeof environment>): string[] {
   if (e.CORS_ORIGINS.some((origin) => origin.includes('*'))) {
     problems.push('CORS_ORIGINS must list exact origins (https://app.example.com): "*" is refused because credentials are allowed');
   }
+  // A browser's Origin header is scheme://host[:port], nothing more: any other form would never match.
+  for (const entry of e.CORS_ORIGINS.filter((origin) => !origin.includes('*'))) {
+    const origin = URL.canParse(entry) ? new URL(entry).origin : undefined;
+    if (origin === entry && origin !== 'null') continue;
+    problems.push(
+      origin === undefined || origin === 'null'
+        ? `CORS_ORIGINS entry "${entry}" is not an origin: write scheme, host and port only, as in https://app.example.com`
+        : `CORS_ORIGINS entry "${entry}" is not an origin: write ${origin} (scheme, host and port only, no path or trailing slash)`,
+    );
+  }
   if (e.PERSISTED_OPERATIONS_ONLY === 'true' && !e.PERSISTED_OPERATIONS_MANIFEST) {
     problems.push('PERSISTED_OPERATIONS_ONLY=true needs PERSISTED_OPERATIONS_MANIFEST (the JSON file of allowed operations)');
   }
@@ -302,6 +317,26 @@ function unsafeInProduction(e: z.infer<typeof environment>): string[] {
   }
   // Metrics name operations and volumes: not for the whole internet.
   if (!e.METRICS_TOKEN) problems.push('NODE_ENV=production needs METRICS_TOKEN (e.g. `openssl rand -base64 32`): /metrics answers only `Authorization: Bearer <token>`');
+  else if (weakSecret(e.METRICS_TOKEN)) {
+    problems.push('METRICS_TOKEN is too weak for NODE_ENV=production: use at least 32 random characters (e.g. `openssl rand -base64 32`), not a word or a repeated pattern');
+  }
+  return problems;
+}
+
+/**
+ * The LLM endpoints: an absolute http(s) URL, or the first generation would fail. Plain http
+ * to another host stays the operator's choice (a model server beside Kiln in a private network).
+ */
+function providerUrlProblems(e: z.infer<typeof environment>): string[] {
+  const problems: string[] = [];
+  for (const name of ['GEMINI_BASE_URL', 'OPENAI_BASE_URL'] as const) {
+    const value = e[name];
+    if (value === undefined) continue;
+    const url = URL.canParse(value) ? new URL(value) : undefined;
+    if (!url || (url.protocol !== 'https:' && url.protocol !== 'http:') || !url.hostname) {
+      problems.push(`${name} must be an absolute http(s) URL (e.g. https://gateway.example.com/v1)`);
+    }
+  }
   return problems;
 }
 
@@ -334,9 +369,13 @@ export function weakSecret(secret: string): boolean {
 
 export type Config = ReturnType<typeof parseConfig>;
 
+/** 32 bytes as 64 hex characters, or base64 in either alphabet (standard or URL-safe), padded or not. */
 function decodeKey(text: string): Buffer | null {
-  const key = /^[0-9a-f]{64}$/i.test(text) ? Buffer.from(text, 'hex') : Buffer.from(text, 'base64');
-  return key.length === 32 && (key.toString('base64') === text || key.toString('hex') === text.toLowerCase()) ? key : null;
+  if (/^[0-9a-f]{64}$/i.test(text)) return Buffer.from(text, 'hex');
+  if (!/^([A-Za-z0-9+/]{43}|[A-Za-z0-9_-]{43})=?$/.test(text)) return null;
+  const key = Buffer.from(text, 'base64');
+  // Canonical only, as before: the unused low bits of the last character are zero.
+  return key.length === 32 && key.toString('base64url') === text.replace(/=$/, '').replace(/\+/g, '-').replace(/\//g, '_') ? key : null;
 }
 
 export class ConfigError extends Error {

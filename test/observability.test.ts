@@ -160,6 +160,13 @@ describe(`METRICS_TOKEN (${databaseKind})`, () => {
       const allowed = await fetch(`${server.url}/metrics`, { headers: { authorization: `Bearer ${token}` } });
       expect(allowed.status).toBe(200);
       expect(await allowed.text()).toContain('kiln_http_requests_total');
+      // The scheme's name is case-insensitive in HTTP; the token itself is not.
+      for (const scheme of ['bearer', 'BEARER', 'BeArEr']) {
+        expect((await fetch(`${server.url}/metrics`, { headers: { authorization: `${scheme} ${token}` } })).status, scheme).toBe(200);
+      }
+      for (const refused of [`Bearer ${token.toUpperCase()}`, `Basic ${token}`, `Bearer${token}`, token]) {
+        expect((await fetch(`${server.url}/metrics`, { headers: { authorization: refused } })).status, refused).toBe(401);
+      }
     } finally {
       await server.stop();
     }

@@ -1,15 +1,16 @@
 import { randomBytes } from 'node:crypto';
-import { chmod, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { sql } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig } from '../src/config.js';
 import { rowsOf } from '../src/db/client.js';
-import { AddProjectMemberDocument, GenerationDocument, ProjectDocument, SetProjectSecretDocument } from './gql/graphql.js';
+import { loadEncryptionKey, createSecretBox } from '../src/projects/secret-box.js';
+import { AddProjectMemberDocument, ArchiveProjectDocument, GenerationDocument, ProjectDocument, SetProjectSecretDocument } from './gql/graphql.js';
 import { createTestDatabase, databaseKind } from './support/db.js';
 import { type FakeGemini, startFakeGemini } from './support/fake-gemini.js';
-import { type ClientFactory, clientOver, createProject, expectTypename, signUp, type TestUser } from './support/fixtures.js';
+import { type ClientFactory, clientOver, createProject, document, expectTypename, type FieldErrors, signUp, type TestUser } from './support/fixtures.js';
 import { rawId, replayChunks, startAccepted, tempDir, waitForEnd } from './support/generation-helpers.js';
 import { type CapturedServer, startCapturedServer } from './support/log-capture.js';
 import { startProcess } from './support/process.js';
@@ -28,6 +29,23 @@ const modelOutput = [
   "import 'package:flutter/material.dart';\n\nvoid main() => runApp(const MaterialApp(home: Text('Counter')));\n",
   '</file>\n',
 ];
+
+/** setProjectSecret with the field errors of a ValidationError, and `value` optional (a client may leave it out). */
+const SetSecretDocument = document<
+  {
+    setProjectSecret: { __typename: string; message?: string; fieldErrors?: FieldErrors; secrets?: { name: string; updatedAt: string }[] };
+  },
+  { input: { projectId: string; name: 'GEMINI_API_KEY' | 'OPENAI_API_KEY'; value?: string | null } }
+>(/* GraphQL */ `
+  mutation SetSecretWithFieldErrors($input: SetProjectSecretInput!) {
+    setProjectSecret(input: $input) {
+      __typename
+      ... on Project { secrets { name updatedAt } }
+      ... on ValidationError { fieldErrors { path message } }
+      ... on Error { message }
+    }
+  }
+`);
 
 /** Clients that keep every response body they receive. */
 function recordingClients(server: ClientFactory, bodies: string[]): ClientFactory {
@@ -173,6 +191,124 @@ describe(`project secrets (${databaseKind})`, () => {
     const run = await startAccepted(owner.client, { projectId: project.id, prompt: 'A counter' });
     await waitForEnd(server, owner.client, owner.accessToken, run.id);
     expect(gemini.requests.at(-1)?.apiKey).toBe(serverKey);
+  });
+});
+
+describe(`what setProjectSecret accepts (${databaseKind})`, () => {
+  let server: CapturedServer;
+  let owner: TestUser;
+
+  beforeAll(async () => {
+    server = await startCapturedServer({ KILN_ENCRYPTION_KEY: key(), LOG_LEVEL: 'silent' });
+    owner = await signUp(server);
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  const set = async (input: { projectId: string; value?: string | null }) =>
+    (await owner.client.expectNoErrors(SetSecretDocument, { input: { name: 'GEMINI_API_KEY', ...input } })).setProjectSecret;
+  const secretsOf = async (projectId: string) => {
+    const { project } = await owner.client.expectNoErrors(
+      document<{ project: { secrets: { name: string; updatedAt: string }[] } | null }, { id: string }>(
+        'query ProjectSecrets($id: ID!) { project(id: $id) { secrets { name updatedAt } } }',
+      ),
+      { id: projectId },
+    );
+    return project!.secrets;
+  };
+
+  it('refuses a key that an HTTP header cannot carry (a line break, a control character, a space, non-ASCII), keeping the one stored', async () => {
+    const project = await createProject(owner.client);
+    const stored = await set({ projectId: project.id, value: '  AIzaGood-key_1.2~  ' });
+    expect(stored).toMatchObject({ __typename: 'Project', secrets: [{ name: 'GEMINI_API_KEY' }] });
+    for (const bad of ['AIza-one\nline-two', 'AIza-one\r\nX-Injected: 1', 'AIza\u0007bell', 'AIza\ttab', 'AIza key', 'AIza-ключ', 'AIza\u00a0nbsp', 'AIza\u007f']) {
+      const refused = await set({ projectId: project.id, value: bad });
+      expect(refused, JSON.stringify(bad)).toMatchObject({
+        __typename: 'ValidationError',
+        fieldErrors: [{ path: ['value'], message: 'An API key is printable ASCII with no spaces' }],
+      });
+      expect(JSON.stringify(refused)).not.toContain(bad);
+    }
+    expect(await secretsOf(project.id)).toEqual(stored.secrets);
+  });
+
+  it('deletes only with an explicit null: an omitted value is a ValidationError that keeps the key', async () => {
+    const project = await createProject(owner.client);
+    const stored = await set({ projectId: project.id, value: 'AIzaKeep-me' });
+    const omitted = await set({ projectId: project.id });
+    expect(omitted).toMatchObject({ __typename: 'ValidationError', fieldErrors: [{ path: ['value'] }] });
+    expect(await secretsOf(project.id)).toEqual(stored.secrets);
+    expect(await set({ projectId: project.id, value: null })).toMatchObject({ __typename: 'Project', secrets: [] });
+  });
+
+  it('stores no key in an archived project (as updateProject refuses it), but still deletes one', async () => {
+    const project = await createProject(owner.client);
+    await set({ projectId: project.id, value: 'AIzaBefore-archive' });
+    await owner.client.expectNoErrors(ArchiveProjectDocument, { id: project.id });
+    const before = await secretsOf(project.id);
+    expect(await set({ projectId: project.id, value: 'AIzaAfter-archive' })).toMatchObject({
+      __typename: 'InvalidStateError',
+      message: 'An archived project cannot be changed.',
+    });
+    expect(await secretsOf(project.id)).toEqual(before);
+    expect(await set({ projectId: project.id, value: null })).toMatchObject({ __typename: 'Project', secrets: [] });
+  });
+});
+
+describe('the secret box', () => {
+  it('opens only with the whole 16-byte tag: a truncated tag fails like a wrong one', () => {
+    const box = createSecretBox(randomBytes(32));
+    const sealed = box.seal('AIzaSecret', 'project/GEMINI_API_KEY');
+    expect(box.open(sealed, 'project/GEMINI_API_KEY')).toBe('AIzaSecret');
+    const [version, iv, tag, body] = sealed.split('.');
+    expect(Buffer.from(tag!, 'base64url')).toHaveLength(16);
+    for (const length of [4, 8, 12, 15]) {
+      const truncated = [version, iv, Buffer.from(tag!, 'base64url').subarray(0, length).toString('base64url'), body].join('.');
+      expect(() => box.open(truncated, 'project/GEMINI_API_KEY'), `${length}-byte tag`).toThrow('Unsupported state or unable to authenticate data');
+    }
+  });
+});
+
+describe('the embedded encryption key file', () => {
+  it('is generated once, whole and private, even when several starts race for it', async () => {
+    const dir = await tempDir('key-file');
+    try {
+      const dataDir = path.join(dir.path, 'data');
+      const keys = await Promise.all(Array.from({ length: 8 }, () => loadEncryptionKey({ dataDir, embedded: true })));
+      const file = path.join(dataDir, 'encryption.key');
+      const onDisk = Buffer.from(await readFile(file, 'utf8'), 'base64');
+      expect(onDisk).toHaveLength(32);
+      for (const loaded of keys) expect(loaded!.equals(onDisk)).toBe(true);
+      expect((await stat(file)).mode & 0o777).toBe(0o600);
+      expect(await readdir(dataDir)).toEqual(['encryption.key']);
+      // A later start reads the same key.
+      expect((await loadEncryptionKey({ dataDir, embedded: true }))!.equals(onDisk)).toBe(true);
+    } finally {
+      await dir.remove();
+    }
+  });
+
+  it('that does not hold 32 bytes (e.g. left empty by a crash) stops start-up with a message naming it', async () => {
+    const dir = await tempDir('key-file');
+    try {
+      const file = path.join(dir.path, 'encryption.key');
+      for (const content of ['', randomBytes(16).toString('base64')]) {
+        await writeFile(file, content, { mode: 0o600 });
+        await expect(loadEncryptionKey({ dataDir: dir.path, embedded: true })).rejects.toThrow(ConfigError);
+        await expect(loadEncryptionKey({ dataDir: dir.path, embedded: true })).rejects.toThrow(file);
+        expect(await readFile(file, 'utf8'), 'the file is left as it was').toBe(content);
+      }
+      const dataDir = path.join(dir.path, 'started');
+      await mkdir(dataDir);
+      await writeFile(path.join(dataDir, 'encryption.key'), '');
+      const { code, stderr } = await startProcess({ DATA_DIR: dataDir, LOG_LEVEL: 'silent' });
+      expect(code).toBe(1);
+      expect(stderr).toContain(path.join(dataDir, 'encryption.key'));
+      expect(stderr).not.toMatch(/\n\s+at /);
+    } finally {
+      await dir.remove();
+    }
   });
 });
 

@@ -230,7 +230,7 @@ export function observeRequest(metrics: Metrics, req: IncomingMessage, res: Serv
 
 /** GET /metrics in Prometheus' text format; with METRICS_TOKEN set, only for `Authorization: Bearer <token>`. */
 export async function serveMetrics(metrics: Metrics, token: string | undefined, req: IncomingMessage, res: ServerResponse): Promise<void> {
-  if (token && !sameSecret(req.headers.authorization ?? '', `Bearer ${token}`)) {
+  if (token && !sameSecret(bearerToken(req.headers.authorization), token)) {
     res.writeHead(401, { 'content-type': 'text/plain', 'www-authenticate': 'Bearer' }).end('Unauthorized');
     return;
   }
@@ -240,6 +240,12 @@ export async function serveMetrics(metrics: Metrics, token: string | undefined, 
   } catch {
     res.writeHead(500, { 'content-type': 'text/plain' }).end('Metrics are unavailable.');
   }
+}
+
+/** The credentials of `Authorization: Bearer <token>`; the scheme's name is case-insensitive (RFC 9110 11.1). */
+function bearerToken(authorization: string | undefined): string {
+  const match = /^bearer +(.*)$/i.exec(authorization ?? '');
+  return match ? match[1]! : '';
 }
 
 function sameSecret(given: string, expected: string): boolean {

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { API_KEY_CHARACTERS, API_KEY_CHARACTERS_MESSAGE } from '../config.js';
 import type { projectTarget } from '../db/schema.js';
 import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
@@ -76,7 +77,13 @@ export async function setProjectBudget(scope: Scope, input: { projectId: string;
   });
 }
 
-export const secretValue = z.string().trim().min(1, 'The value must not be empty').max(4096, 'The value is too long').nullable();
+export const secretValue = z
+  .string()
+  .trim()
+  .min(1, 'The value must not be empty')
+  .max(4096, 'The value is too long')
+  .regex(API_KEY_CHARACTERS, API_KEY_CHARACTERS_MESSAGE)
+  .nullable();
 
 /** Owners store (or with null, delete) a write-only project secret. */
 export async function setProjectSecret(
@@ -86,9 +93,11 @@ export async function setProjectSecret(
 ): Promise<ProjectRow> {
   return scope.run(async (tx) => {
     const project = requireRole(await projectStore.find(tx, input.projectId), ['owner']);
+    // An archived project takes no new key; deleting one stays possible (archiving is final).
     if (input.value === null) {
       await secretStore.remove(tx, project.id, input.name);
     } else {
+      if (project.archivedAt) throw new InvalidStateError('An archived project cannot be changed.');
       if (!box) throw new InvalidStateError('Project secrets are disabled: the server has no KILN_ENCRYPTION_KEY.');
       await secretStore.put(tx, project.id, input.name, box.seal(input.value, secretContext(project.id, input.name)));
     }

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig } from '../../src/config.js';
@@ -18,5 +19,78 @@ describe('parseConfig', () => {
 
   it('refuses a blank NODE_ENV rather than run without the production checks', () => {
     expect(() => parseConfig({ NODE_ENV: '' })).toThrow(ConfigError);
+  });
+});
+
+/** The problems parseConfig reports for `env`, or [] when it accepts it. */
+function problemsOf(env: Record<string, string>): string[] {
+  try {
+    parseConfig(env);
+    return [];
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    return error.problems;
+  }
+}
+
+describe('parseConfig refuses at start-up what would fail later', () => {
+  it('refuses a PORT beyond 65535 instead of crashing in listen', () => {
+    expect(problemsOf({ PORT: '70000' })).toEqual([expect.stringMatching(/^PORT: /)]);
+    expect(parseConfig({ PORT: '65535' }).http.port).toBe(65535);
+  });
+
+  it('refuses a GEMINI_API_KEY or OPENAI_API_KEY that an HTTP header cannot carry, without repeating it', () => {
+    for (const name of ['GEMINI_API_KEY', 'OPENAI_API_KEY']) {
+      for (const bad of ['AIza-one\nline-two', 'AIza key', 'AIza\u0007', 'AIza-ключ']) {
+        const problems = problemsOf({ [name]: bad });
+        expect(problems, JSON.stringify(bad)).toEqual([`${name}: An API key is printable ASCII with no spaces`]);
+      }
+      expect(problemsOf({ [name]: '  sk-proj_Abc.123~  ' })).toEqual([]);
+    }
+  });
+
+  it('refuses an LLM base URL that is not an absolute http(s) URL', () => {
+    for (const name of ['GEMINI_BASE_URL', 'OPENAI_BASE_URL']) {
+      for (const bad of ['not a url', 'localhost:11434', 'ftp://gateway.example.com', '/v1']) {
+        expect(problemsOf({ [name]: bad }), bad).toEqual([expect.stringContaining(name)]);
+      }
+      for (const good of ['https://gateway.example.com/v1', 'http://127.0.0.1:11434/v1', 'http://ollama:11434/v1', 'http://[::1]:11434/v1']) {
+        expect(problemsOf({ [name]: good }), good).toEqual([]);
+      }
+    }
+  });
+
+  it('refuses a CORS_ORIGINS entry that is not exactly an origin, showing the origin to write', () => {
+    expect(problemsOf({ CORS_ORIGINS: 'https://app.example.com/' })).toEqual([expect.stringContaining('write https://app.example.com ')]);
+    expect(problemsOf({ CORS_ORIGINS: 'https://app.example.com/app' })).toEqual([expect.stringContaining('write https://app.example.com ')]);
+    expect(problemsOf({ CORS_ORIGINS: 'https://App.Example.com:443' })).toEqual([expect.stringContaining('write https://app.example.com ')]);
+    expect(problemsOf({ CORS_ORIGINS: 'null' })).toEqual([expect.stringContaining('CORS_ORIGINS entry "null" is not an origin')]);
+    expect(problemsOf({ CORS_ORIGINS: 'app.example.com' })).toEqual([expect.stringContaining('is not an origin')]);
+    expect(problemsOf({ CORS_ORIGINS: '*' })).toEqual([expect.stringContaining('"*" is refused')]);
+    expect(parseConfig({ CORS_ORIGINS: 'https://app.example.com, http://localhost:5173' }).http.corsOrigins).toEqual([
+      'https://app.example.com',
+      'http://localhost:5173',
+    ]);
+  });
+
+  it('refuses a weak METRICS_TOKEN in production, as it does a weak AUTH_JWT_SECRET', () => {
+    const production = {
+      NODE_ENV: 'production',
+      AUTH_JWT_SECRET: randomBytes(48).toString('base64'),
+      KILN_ENCRYPTION_KEY: randomBytes(32).toString('base64'),
+    };
+    for (const weak of ['metrics', 'changeme-changeme-changeme-changeme', 'a'.repeat(40)]) {
+      expect(problemsOf({ ...production, METRICS_TOKEN: weak }), weak).toEqual([expect.stringMatching(/^METRICS_TOKEN is too weak/)]);
+    }
+    expect(problemsOf({ ...production, METRICS_TOKEN: randomBytes(32).toString('base64') })).toEqual([]);
+  });
+
+  it('takes KILN_ENCRYPTION_KEY in base64url and unpadded base64 too', () => {
+    for (let i = 0; i < 20; i++) {
+      const bytes = randomBytes(32);
+      for (const text of [bytes.toString('base64'), bytes.toString('base64url'), bytes.toString('base64').replace(/=$/, ''), `${bytes.toString('base64url')}=`, bytes.toString('hex')]) {
+        expect(parseConfig({ KILN_ENCRYPTION_KEY: text }).encryptionKey, text).toEqual(bytes);
+      }
+    }
   });
 });
