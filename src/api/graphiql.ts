@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { GraphiQLOptions } from 'graphql-yoga';
+import { type GraphiQLOptions, type Plugin, shouldRenderGraphiQL } from 'graphql-yoga';
+import { SECURITY_HEADERS } from './web-client.js';
 
 // GraphiQL from Kiln alone: the scripts, styles, editor workers and favicon that
 // @graphql-yoga/render-graphiql bundles are served under /graphiql/ with content-hashed
@@ -78,6 +79,22 @@ export async function renderGraphiQLPage(options: GraphiQLOptions): Promise<stri
   </body>
 </html>
 `;
+}
+
+/**
+ * The web client's security headers on the GraphiQL page, so no other site can frame it
+ * with a mutation filled in and have it run by a click. Its own Content-Security-Policy is
+ * frame-ancestors alone: the page runs inline scripts and Monaco inline styles.
+ */
+const PAGE_HEADERS = { ...SECURITY_HEADERS, 'Content-Security-Policy': "frame-ancestors 'none'" };
+
+export function useGraphiQLHeaders(): Plugin {
+  return {
+    onResponse({ request, response }) {
+      if (!shouldRenderGraphiQL(request) || !response.headers.get('content-type')?.startsWith('text/html')) return;
+      for (const [name, value] of Object.entries(PAGE_HEADERS)) response.headers.set(name, value);
+    },
+  };
 }
 
 /** Answers GET/HEAD /graphiql/<asset>; false when the request is not for one. */

@@ -8,7 +8,7 @@ import { observeRequest, routeOf, serveMetrics } from '../observability/metrics.
 import { type Context, type Services, contextFactory } from './context.js';
 import { useRequestIdErrors } from './errors-plugin.js';
 import { graphiqlExample } from './graphiql-example.js';
-import { renderGraphiQLPage, serveGraphiQLAsset } from './graphiql.js';
+import { renderGraphiQLPage, serveGraphiQLAsset, useGraphiQLHeaders } from './graphiql.js';
 import { refuseOversizedBody, useChunkedBodyLimit, useQueryLimits } from './limits.js';
 import { useOperationLog } from './operation-log.js';
 import { loadManifest, usePersistedOperationsOnly } from './persisted-operations.js';
@@ -41,7 +41,8 @@ export function buildApp(services: Services): App {
     graphqlEndpoint: '/graphql',
     landingPage: false,
     logging: yogaLogger(services.logger),
-    graphiql: config.exposeSchema ? { title: 'Kiln', defaultQuery: graphiqlExample } : false,
+    // Headers typed in GraphiQL (a bearer token) are not kept in localStorage.
+    graphiql: config.exposeSchema ? { title: 'Kiln', defaultQuery: graphiqlExample, shouldPersistHeaders: false } : false,
     // GraphiQL's scripts, styles, workers and favicon come from Kiln (/graphiql/…), never from a CDN.
     renderGraphiQL: renderGraphiQLPage,
     // Masked errors never carry the original message or stack, whatever NODE_ENV says; the log has them.
@@ -53,6 +54,7 @@ export function buildApp(services: Services): App {
     plugins: [
       // First, so every later line of an operation carries its name and ids.
       useOperationLog(),
+      useGraphiQLHeaders(),
       // An OpenTelemetry span per operation, when OTEL_* turns tracing on.
       ...(config.tracing.enabled ? [useTracing()] : []),
       services.metrics.graphqlPlugin(),

@@ -13,9 +13,11 @@ import send from 'send';
 const DIST = fileURLToPath(new URL('../../web/dist/', import.meta.url));
 const HASHED = '/assets/';
 
-const SECURITY_HEADERS = {
+/** Every page Kiln serves (this client, GraphiQL) is never framed, never sniffed and sends no referrer. */
+export const SECURITY_HEADERS = {
   'X-Content-Type-Options': 'nosniff',
-  'Referrer-Policy': 'same-origin',
+  'X-Frame-Options': 'DENY',
+  'Referrer-Policy': 'no-referrer',
   // Previews come from PUBLIC_URL or PREVIEW_ORIGIN (both http(s)); nothing else leaves the page.
   'Content-Security-Policy':
     "default-src 'self'; img-src 'self' data:; connect-src 'self'; frame-src 'self' http: https:; " +

@@ -209,4 +209,24 @@ describe.skipIf(chromiumMissing)('the reference web client in Chromium', () => {
     expect(browser.consoleErrors).toEqual([]);
     expect(browser.escaped).toEqual([]);
   });
+
+  it('shows the projects, not a blank page, for a malformed project path', async () => {
+    // A tab of its own: the client keeps its session in sessionStorage, one per tab.
+    const page = await browser.context.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (error) => errors.push(String(error)));
+    try {
+      await page.goto(suite.server.url);
+      await page.getByRole('textbox', { name: 'Email' }).fill(uniqueEmail('e2e-malformed'));
+      await page.getByRole('textbox', { name: 'Password' }).fill(PASSWORD);
+      await page.getByRole('button', { name: 'Sign up' }).click();
+      await page.getByRole('textbox', { name: 'Project name' }).waitFor();
+      // `%E0` is not UTF-8: decodeURIComponent throws on it.
+      await page.goto(`${suite.server.url}/projects/%E0`);
+      await page.getByRole('textbox', { name: 'Project name' }).waitFor();
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
 });

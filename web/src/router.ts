@@ -24,7 +24,13 @@ export function usePath(): string {
 /** A project page's path. Global ids are URL-safe base64 but may hold `=`. */
 export const projectPath = (id: string) => `/projects/${encodeURIComponent(id)}`;
 
+/** The project id in a project page's path; null for any other path, a malformed one (`/projects/%E0`) included. */
 export function projectIdOf(path: string): string | null {
   const match = /^\/projects\/([^/]+)\/?$/.exec(path);
-  return match?.[1] ? decodeURIComponent(match[1]) : null;
+  if (!match?.[1]) return null;
+  try {
+    return decodeURIComponent(match[1]);
+  } catch {
+    return null;
+  }
 }
