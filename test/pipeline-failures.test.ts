@@ -169,6 +169,17 @@ describe(`model output through a fake Gemini (${databaseKind})`, () => {
     expect(generation.usage.outputTokens).toBe(estimateTokens(generation.output.length));
   });
 
+  it('fails with INVALID_OUTPUT saying so when the answer goes on and on, instead of holding all of it', async () => {
+    // A model that never stops (a local server with no output limit): 21 MiB of prose, past the 20 MiB an answer may hold.
+    const MiB = 1024 * 1024;
+    suite.gemini.script({ kind: 'stream', chunks: Array.from({ length: 21 }, () => `${'I will now write the app. '.repeat(MiB / 26)}\n`) });
+    const { generation } = await run('Never stops');
+
+    expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'INVALID_OUTPUT' }, files: [], buildSteps: [] });
+    expect(generation.error?.message).toMatch(/^The model's answer was too long/);
+    expect(generation.output.length).toBeLessThanOrEqual(20 * MiB);
+  });
+
   it('splits a huge model event into chunks of at most 8 KiB that add up to exactly what was said', async () => {
     const big = `${'é☕ '.repeat(4000)}\n`;
     const text = `Big one.\n<file path="lib/big.txt">${big}</file>\n<file path="lib/main.dart">void main() {}\n</file>\n`;

@@ -1,7 +1,7 @@
 import { ApiError, GoogleGenAI, type GenerateContentResponseUsageMetadata } from '@google/genai';
 import { answerEnd, httpFailure, interruptedFailure, unreachableFailure, type Upstream } from './failures.js';
-import { LlmError, type LlmEvent, type LlmProvider, type LlmRequest, type LlmUsage, OutputLimitError } from './provider.js';
-import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_RETRY_POLICY, resilientStream, type RetryPolicy } from './streaming.js';
+import { LlmError, type LlmProvider, type LlmRequest, type LlmUsage, OutputLimitError } from './provider.js';
+import { ALIVE, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_RETRY_POLICY, resilientStream, type RetryPolicy, type UpstreamEvent } from './streaming.js';
 
 export interface GeminiProviderOptions {
   apiKey: string;
@@ -75,7 +75,7 @@ async function* streamOnce(
   model: string,
   request: LlmRequest,
   signal: AbortSignal,
-): AsyncGenerator<LlmEvent> {
+): AsyncGenerator<UpstreamEvent> {
   const chunks = await client.models.generateContentStream({
     model,
     contents: request.messages.map((message) => ({ role: message.role, parts: [{ text: message.content }] })),
@@ -96,7 +96,8 @@ async function* streamOnce(
       }
       const candidate = chunk.candidates?.[0];
       const text = (candidate?.content?.parts ?? []).map((part) => (part.thought ? '' : (part.text ?? ''))).join('');
-      if (text) yield { type: 'text', text };
+      // A chunk of thoughts or usage alone still shows Gemini is working.
+      yield text ? { type: 'text', text } : ALIVE;
       finishReason = candidate?.finishReason ?? finishReason;
       if (chunk.usageMetadata) usage = toUsage(chunk.usageMetadata);
     }

@@ -1,6 +1,6 @@
 import { answerEnd, httpFailure, interruptedFailure, unreachableFailure, upstreamDetail, type Upstream } from './failures.js';
-import { LlmError, type LlmEvent, type LlmProvider, type LlmRequest, type LlmUsage, OutputLimitError } from './provider.js';
-import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_RETRY_POLICY, resilientStream, type RetryPolicy } from './streaming.js';
+import { LlmError, type LlmProvider, type LlmRequest, type LlmUsage, OutputLimitError } from './provider.js';
+import { ALIVE, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_RETRY_POLICY, resilientStream, type RetryPolicy, type UpstreamEvent } from './streaming.js';
 
 export interface OpenAiProviderOptions {
   /** Up to and including the API version, e.g. http://localhost:11434/v1 for Ollama. */
@@ -66,7 +66,7 @@ async function* streamOnce(
   body: string,
   signal: AbortSignal,
   upstream: Upstream,
-): AsyncGenerator<LlmEvent> {
+): AsyncGenerator<UpstreamEvent> {
   const headers: Record<string, string> = { 'content-type': 'application/json', accept: 'text/event-stream' };
   if (apiKey) headers.authorization = `Bearer ${apiKey}`;
   const response = await fetch(url, { method: 'POST', headers, body, signal });
@@ -78,6 +78,10 @@ async function* streamOnce(
   let sawDone = false;
   try {
     for await (const data of serverSentData(response.body)) {
+      if (data === undefined) {
+        yield ALIVE;
+        continue;
+      }
       if (data === '[DONE]') {
         sawDone = true;
         break;
@@ -85,7 +89,8 @@ async function* streamOnce(
       const chunk = parseChunk(data);
       const choice = chunk.choices?.[0];
       const text = choice?.delta?.content;
-      if (text) yield { type: 'text', text };
+      // A chunk without text (a reasoning delta, the role, the usage) still shows the server is working.
+      yield text ? { type: 'text', text } : ALIVE;
       finishReason = choice?.finish_reason ?? finishReason;
       if (chunk.usage) {
         usage = { inputTokens: chunk.usage.prompt_tokens ?? 0, outputTokens: chunk.usage.completion_tokens ?? 0 };
@@ -122,8 +127,11 @@ function unfinished(finishReason: string | undefined, sawDone: boolean, usage: L
   return undefined;
 }
 
-/** The data of each server-sent event: its data lines joined, other fields ignored. */
-async function* serverSentData(body: ReadableStream<Uint8Array>): AsyncGenerator<string> {
+/**
+ * The data of each server-sent event (its data lines joined, other fields ignored), and
+ * undefined for bytes that complete no event (a keep-alive comment, part of an event).
+ */
+async function* serverSentData(body: ReadableStream<Uint8Array>): AsyncGenerator<string | undefined> {
   const decoder = new TextDecoder();
   let buffer = '';
   let data: string[] = [];
@@ -131,15 +139,18 @@ async function* serverSentData(body: ReadableStream<Uint8Array>): AsyncGenerator
     buffer += decoder.decode(bytes, { stream: true });
     const lines = buffer.split('\n');
     buffer = lines.pop() ?? '';
+    let completed = false;
     for (const rawLine of lines) {
       const line = rawLine.endsWith('\r') ? rawLine.slice(0, -1) : rawLine;
       if (line === '' && data.length > 0) {
         yield data.join('\n');
         data = [];
+        completed = true;
       } else if (line.startsWith('data:')) {
         data.push(line.slice(line.startsWith('data: ') ? 6 : 5));
       }
     }
+    if (!completed) yield undefined;
   }
   // Lenient about a last event that lacks its blank line.
   if (buffer.startsWith('data:')) data.push(buffer.slice(buffer.startsWith('data: ') ? 6 : 5));

@@ -14,6 +14,14 @@ export interface RetryPolicy {
 export const DEFAULT_RETRY_POLICY: RetryPolicy = { maxAttempts: 3, baseDelayMs: 1000, maxDelayMs: 8000, maxTotalWaitMs: 60_000 };
 export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
 
+/**
+ * What an attempt yields for upstream data that carries no text (an SSE keep-alive comment,
+ * a reasoning delta, Gemini's thoughts or usage): it restarts the idle timeout, so a model
+ * that thinks for long is not taken for a silent one, and goes no further than resilientStream.
+ */
+export const ALIVE = { type: 'alive' } as const;
+export type UpstreamEvent = LlmEvent | typeof ALIVE;
+
 export interface ResilientStreamOptions {
   /** Names the upstream in messages ("Gemini"). */
   label: string;
@@ -21,7 +29,7 @@ export interface ResilientStreamOptions {
   idleTimeoutMs: number;
   retry: RetryPolicy;
   /** Opens one attempt; aborting `signal` must close its connection. LlmErrors it throws pass through. */
-  open(signal: AbortSignal): AsyncIterable<LlmEvent>;
+  open(signal: AbortSignal): AsyncIterable<UpstreamEvent>;
   /** Turns anything else an attempt threw into an LlmError; retryable ones may be tried again. */
   describeFailure(error: unknown): LlmError;
   /** Told before each wait (logs, metrics). */
@@ -48,6 +56,7 @@ export async function* resilientStream(options: ResilientStreamOptions): AsyncGe
       for (;;) {
         const step = await nextWithin(events, upstream, options.idleTimeoutMs, () => stalled(options));
         if (step.done) return;
+        if (step.value.type === 'alive') continue;
         if (step.value.type === 'text') receivedText = true;
         yield step.value;
       }

@@ -1,9 +1,9 @@
 import { lstat, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { OutputEvent } from '../generations/output-parser.js';
-import { UnsafeOutputError, assertSafeRelativePath } from '../generations/safe-path.js';
+import { type OutputEvent, OutputProtocolError } from '../generations/output-parser.js';
+import { UnsafeOutputError, assertSafeRelativePath, describePath } from '../generations/safe-path.js';
 import { fileDigest, type GeneratedFile } from './workspace.js';
-import { ignoreMissing, writeFileInside } from './write-inside.js';
+import { ignoreMissing, refusedAs, writeFileInside } from './write-inside.js';
 
 /**
  * A fix round's answer written into the generation's existing workspace, with the
@@ -29,14 +29,21 @@ export async function applyChanges(dir: string, changes: readonly OutputEvent[])
   return { changed, deleted };
 }
 
-/** Removes one file; a symbolic link on the way is refused, a missing file is fine. */
+/**
+ * Removes one file, as the protocol's <delete> does; a folder or a symbolic link on the way
+ * is refused; a missing file (a file on the way, so nothing there) is fine.
+ */
 async function removeInside(dir: string, path: string): Promise<void> {
   const segments = path.split('/');
   for (let i = 1; i < segments.length; i++) {
     const stats = await lstat(join(dir, ...segments.slice(0, i))).catch(ignoreMissing);
     if (!stats) return;
     if (stats.isSymbolicLink()) throw new UnsafeOutputError(path, 'goes through a symbolic link');
+    if (!stats.isDirectory()) return;
   }
   const stats = await lstat(join(dir, path)).catch(ignoreMissing);
-  if (stats && !stats.isDirectory()) await rm(join(dir, path), { force: true });
+  if (stats?.isDirectory()) {
+    throw new OutputProtocolError(`The model's output deletes ${describePath(path)} but it is a folder, and <delete> removes one file`);
+  }
+  if (stats) await rm(join(dir, path), { force: true }).catch(refusedAs(path, 'deletes'));
 }

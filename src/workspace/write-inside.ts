@@ -30,9 +30,9 @@ export async function writeFilesInside(baseDir: string, files: readonly (readonl
   }
   const base = await realpath(baseDir);
   const checked = new Set<string>();
-  for (const [path] of files) await ensureParents(base, path, checked);
+  for (const [path] of files) await ensureParents(base, path, checked).catch(refusedAs(path, 'writes'));
   // Every write settles before a failure is reported: the caller may remove the directory then.
-  const written = await Promise.allSettled(files.map(([path, content]) => writeChecked(base, path, content)));
+  const written = await Promise.allSettled(files.map(([path, content]) => writeChecked(base, path, content).catch(refusedAs(path, 'writes'))));
   const failed = written.find((result) => result.status === 'rejected');
   if (failed) throw failed.reason;
 }
@@ -54,6 +54,24 @@ async function ensureParents(base: string, path: string, checked: Set<string>): 
 
 function notADirectory(path: string, parent: string): OutputProtocolError {
   return new OutputProtocolError(`The model's output writes ${describePath(path)} but ${describePath(parent)} is a file`);
+}
+
+/**
+ * For `.catch()`: what the workspace refused at `path` (a folder in the file's place, a file
+ * on the way, a folder the build made read-only) becomes the run's error naming the path;
+ * any other error is rethrown as it is.
+ */
+export function refusedAs(path: string, action: 'writes' | 'deletes') {
+  return (error: NodeJS.ErrnoException): never => {
+    const shown = describePath(path);
+    const reasons: Record<string, string> = {
+      EISDIR: `${shown} is a folder (the build may have created it)`,
+      ENOTDIR: `a part of the way to ${shown} is a file`,
+      EACCES: `the workspace may not be changed there (permission denied: the build may have made the folder read-only)`,
+    };
+    const reason = reasons[error.code === 'EPERM' ? 'EACCES' : (error.code ?? '')];
+    throw reason ? new OutputProtocolError(`The model's output ${action} ${shown} but ${reason}`) : error;
+  };
 }
 
 async function writeChecked(base: string, path: string, content: string): Promise<void> {

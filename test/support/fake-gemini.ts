@@ -6,8 +6,8 @@ import { setTimeout as delay } from 'node:timers/promises';
 // (shared/fixtures/gemini-wire-format.md): scripted answers, recorded requests.
 
 export type GeminiBehaviour =
-  /** A 200 SSE stream, one event per chunk, the last with finishReason (STOP unless given). */
-  | { kind: 'stream'; chunks: string[]; delayMs?: number; finishReason?: string; usage?: GeminiUsage }
+  /** A 200 SSE stream, one event per chunk (after one per thought, when given), the last with finishReason (STOP unless given). */
+  | { kind: 'stream'; chunks: string[]; thoughts?: string[]; delayMs?: number; finishReason?: string; usage?: GeminiUsage }
   /** A non-2xx answer with Google's error body; `retryDelay` ("0.2s") adds a google.rpc.RetryInfo detail. */
   | { kind: 'error'; status: number; message?: string; retryDelay?: string }
   /** Sends the chunks, then nothing more, keeping the connection open (see dropConnection). */
@@ -149,6 +149,11 @@ async function respond(res: http.ServerResponse, behaviour: GeminiBehaviour): Pr
       const { chunks, delayMs = 0, finishReason = 'STOP' } = behaviour;
       const usage = behaviour.usage ?? { promptTokens: 11, outputTokens: chunks.join('').length };
       startStream(res);
+      for (const thought of behaviour.thoughts ?? []) {
+        sendEvent(res, { candidates: [{ content: { parts: [{ text: thought, thought: true }], role: 'model' }, index: 0 }] });
+        if (delayMs > 0) await delay(delayMs);
+        if (res.destroyed) return;
+      }
       for (let i = 0; i < Math.max(chunks.length, 1); i++) {
         if (i > 0 && delayMs > 0) await delay(delayMs);
         if (res.destroyed) return;

@@ -1,12 +1,23 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { setTimeout as delay } from 'node:timers/promises';
 
 // An OpenAI-compatible chat completions server (as Ollama, vLLM or llama.cpp
 // serve it) on 127.0.0.1: scripted answers, recorded requests.
 
 export type OpenAiBehaviour =
-  /** SSE chunks, a finish_reason (stop unless given), a usage chunk, then [DONE]. */
-  | { kind: 'stream'; chunks: string[]; finishReason?: string; usage?: { promptTokens: number; completionTokens: number } }
+  /**
+   * SSE chunks, a finish_reason (stop unless given), a usage chunk, then [DONE]; `thinking`
+   * first sends that many beats without text, `delayMs` apart: SSE comments (OpenRouter's
+   * keep-alive) or `reasoning_content` deltas (vLLM, OpenRouter).
+   */
+  | {
+      kind: 'stream';
+      chunks: string[];
+      finishReason?: string;
+      usage?: { promptTokens: number; completionTokens: number };
+      thinking?: { beats: number; delayMs: number; as: 'comment' | 'reasoning' };
+    }
   /** A non-2xx answer with OpenAI's error body, and a Retry-After header when given. */
   | { kind: 'error'; status: number; message?: string; retryAfter?: string }
   /** Sends the chunks, then nothing more, keeping the connection open. */
@@ -61,6 +72,15 @@ export async function startFakeOpenAi(): Promise<FakeOpenAi> {
     if (behaviour.kind === 'error') return sendError(res, behaviour.status, behaviour.message ?? `Scripted ${behaviour.status}`, behaviour.retryAfter);
     res.writeHead(200, { 'content-type': 'text/event-stream' });
     res.flushHeaders();
+    if (behaviour.kind === 'stream' && behaviour.thinking) {
+      const { beats, delayMs, as } = behaviour.thinking;
+      for (let i = 0; i < beats && !res.destroyed; i++) {
+        if (as === 'comment') res.write(': keep-alive\n\n');
+        else sendChunk(res, [{ index: 0, delta: { reasoning_content: `thought ${i} ` }, finish_reason: null }]);
+        await delay(delayMs);
+      }
+      if (res.destroyed) return;
+    }
     for (const content of behaviour.chunks) sendChunk(res, [{ index: 0, delta: { content }, finish_reason: null }]);
     if (behaviour.kind === 'stall') return;
     sendChunk(res, [{ index: 0, delta: {}, finish_reason: behaviour.finishReason ?? 'stop' }]);

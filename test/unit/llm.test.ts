@@ -181,6 +181,14 @@ describe('Gemini provider (real @google/genai client, fake Gemini server)', () =
     expect(fake.requests).toHaveLength(2);
   });
 
+  it('waits for a model that thinks longer than the idle timeout before its first text', async () => {
+    // Thoughts 25 ms apart for 750 ms or more: together past the timeout, each one well within it.
+    fake.script({ kind: 'stream', thoughts: Array.from({ length: 30 }, (_, i) => `thinking ${i}`), delayMs: 25, chunks: ['Here it is.'] });
+    const { texts } = await collect(gemini({ idleTimeoutMs: 500 }).stream(llmRequest()));
+    expect(texts.join('')).toBe('Here it is.');
+    expect(fake.requests).toHaveLength(1);
+  });
+
   it('abandons a stream that goes silent and closes its connection', async () => {
     fake.script({ kind: 'stall', chunks: ['Hello'] });
     const error = await failureOf(gemini({ idleTimeoutMs: 100 }).stream(llmRequest()));
@@ -231,8 +239,8 @@ describe('Gemini provider (real @google/genai client, fake Gemini server)', () =
 describe('OpenAI-compatible provider', () => {
   const fake = useEach(startFakeOpenAi, (started) => started.close());
 
-  const openai = () =>
-    createOpenAiProvider({ baseUrl: fake.baseUrl, apiKey: 'sk-local', model: 'qwen2.5-coder', retry: { baseDelayMs: 5 } });
+  const openai = (idleTimeoutMs?: number) =>
+    createOpenAiProvider({ baseUrl: fake.baseUrl, apiKey: 'sk-local', model: 'qwen2.5-coder', retry: { baseDelayMs: 5 }, ...(idleTimeoutMs ? { idleTimeoutMs } : {}) });
 
   it('streams the deltas and the usage, sending the conversation as chat messages', async () => {
     fake.script({ kind: 'stream', chunks: ['Hello', ', ', 'world'], usage: { promptTokens: 9, completionTokens: 3 } });
@@ -267,6 +275,26 @@ describe('OpenAI-compatible provider', () => {
 
   it('stops on abort with the abort reason and closes the connection', async () => {
     await expectAbortEndsStall(openai(), fake);
+  });
+
+  it.each(['comment', 'reasoning'] as const)(
+    'waits for a model that thinks longer than the idle timeout, sending %s beats before its first text',
+    async (as) => {
+      // Beats 25 ms apart for 750 ms or more: together past the timeout, each one well within it.
+      fake.script({ kind: 'stream', thinking: { beats: 30, delayMs: 25, as }, chunks: ['Here', ' it is.'] });
+      const { texts, usage } = await collect(openai(500).stream(llmRequest()));
+      expect(texts.join('')).toBe('Here it is.');
+      expect(usage).toEqual({ inputTokens: 7, outputTokens: 2 });
+      expect(fake.requests).toHaveLength(1);
+    },
+  );
+
+  it('still abandons a server that sends nothing at all', async () => {
+    fake.script({ kind: 'stall', chunks: ['Hello'] });
+    const error = await failureOf(openai(100).stream(llmRequest()));
+    expect(error).toBeInstanceOf(LlmError);
+    expect((error as LlmError).message).toMatch(/^The OpenAI-compatible server sent no data for 0.1 s/);
+    await fake.requests[0]?.clientGone;
   });
 });
 
