@@ -3,7 +3,12 @@ import { sql } from 'drizzle-orm';
 import { afterEach, describe, expect, it } from 'vitest';
 import { rowsOf } from '../src/db/client.js';
 import { estimateTokens } from '../src/generations/budget.js';
-import { CancelGenerationDocument, ProjectDocument } from './gql/graphql.js';
+import { parseConfig } from '../src/config.js';
+import { createMemoryEventBus } from '../src/events/bus.js';
+import { startWorker } from '../src/jobs/worker.js';
+import { createLlmProvider } from '../src/llm/index.js';
+import { createLogger } from '../src/observability/logger.js';
+import { CancelGenerationDocument, ConversationDocument, ProjectDocument } from './gql/graphql.js';
 import { createTestDatabase, databaseKind, type TestDatabase } from './support/db.js';
 import { createProject, expectTypename, signUp } from './support/fixtures.js';
 import {
@@ -22,7 +27,7 @@ import {
   waitForEnd,
 } from './support/generation-helpers.js';
 import { waitUntil } from './support/cluster.js';
-import type { GraphQLClient } from './support/server.js';
+import { type GraphQLClient, unsandboxedBuilds } from './support/server.js';
 import { startSuiteServer } from './support/suite-server.js';
 
 // Cancelling: a queued generation ends at once, a running one stops within about a
@@ -181,49 +186,109 @@ describe(`cancelling across instances: ROLE=api and ROLE=worker on one database 
 });
 
 describe(`a stopping worker hands its run back (${databaseKind})`, () => {
-  it('with its retry in the same commit: when nothing after the ending goes through, the run is still retried', async () => {
-    // One database for both instances; a statement matching failNext fails once.
-    let failNext: RegExp | undefined;
+  /**
+   * An API instance and worker instances on one database; a statement matching
+   * `failNext` fails once. Each instance has its own event bus here, so a run is
+   * followed on the worker that runs it.
+   */
+  async function handingBack() {
+    const faults: { failNext?: RegExp } = {};
     const database = await createTestDatabase({
       onQuery: (query) => {
-        if (failNext?.test(query)) {
-          failNext = undefined;
-          throw new Error('the retry could not be written (injected by the test)');
+        if (faults.failNext?.test(query)) {
+          faults.failNext = undefined;
+          throw new Error('the statement could not be written (injected by the test)');
         }
       },
     });
     cleanups.push(() => database.close());
     const data = await tempDir('hand-back');
     cleanups.push(() => data.remove());
-    const hanging = await fakeFlutter('hang');
-    cleanups.push(() => hanging.remove());
-    const ok = await fakeFlutter('ok');
-    cleanups.push(() => ok.remove());
     const api = await startInstance(database, { ROLE: 'api', DATA_DIR: data.path });
     cleanups.push(() => api.stop());
-    const worker = (flutterBin: string) => startInstance(database, { ROLE: 'worker', DATA_DIR: data.path, FLUTTER_BIN: flutterBin, GENERATION_LEASE_SECONDS: '2' });
-
+    const worker = async (mode: FakeFlutterMode) => {
+      const flutter = await fakeFlutter(mode);
+      cleanups.push(() => flutter.remove());
+      const started = await startInstance(database, { ROLE: 'worker', DATA_DIR: data.path, FLUTTER_BIN: flutter.bin, GENERATION_LEASE_SECONDS: '2' });
+      cleanups.push(() => started.stop());
+      return started;
+    };
     const owner = await signUp(api);
     const project = await createProject(owner.client, { target: 'FLUTTER' });
-    const stopping = await worker(hanging.bin);
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'Handed back mid-build' });
-    // Followed where it runs: each instance has a bus of its own here.
-    const watch = new GenerationWatch(stopping.url, owner.accessToken, started.id);
-    await watch.until((g) => g.phase === 'BUILDING');
-    await watch.close();
+    /** A generation on a worker whose build never ends, once it is building. */
+    const building = async () => {
+      const stopping = await worker('hang');
+      const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'Handed back mid-build' });
+      const watch = new GenerationWatch(stopping.url, owner.accessToken, started.id);
+      await watch.until((g) => g.phase === 'BUILDING');
+      await watch.close();
+      return { stopping, started };
+    };
+    return { faults, worker, owner, project, building };
+  }
+
+  it('with its retry in the same commit: when nothing after the ending goes through, the run is still retried', async () => {
+    const { faults, worker, owner, project, building } = await handingBack();
+    const { stopping, started } = await building();
 
     // The worker stops with no grace: the run ends INTERRUPTED, and writing its retry fails.
-    failNext = /insert into "generations"/i;
+    faults.failNext = /insert into "generations"/i;
     await stopping.stop();
-    expect(failNext).toBeUndefined();
+    expect(faults.failNext).toBeUndefined();
 
     // The ending and its retry are one commit: neither stayed, so the lease lapses and the
     // next worker ends the run and queues the retry itself. Written apart, the run would
     // stay FAILED with no retry.
-    const next = await worker(ok.bin);
-    cleanups.push(() => next.stop());
+    const next = await worker('ok');
     const retry = await retryOf(owner.client, project.id, started.id);
     expect(await getGeneration(owner.client, started.id)).toMatchObject({ status: 'FAILED', error: { code: 'INTERRUPTED' } });
     expect(await waitForEnd(next, owner.client, owner.accessToken, retry.id)).toMatchObject({ status: 'SUCCEEDED', attempt: 2 });
+  });
+
+  it("lists the run's answer before its retry's prompt in the conversation", async () => {
+    const { owner, project, building } = await handingBack();
+    const { stopping, started } = await building();
+    await stopping.stop();
+
+    const retry = await retryOf(owner.client, project.id, started.id);
+    const interrupted = await getGeneration(owner.client, started.id);
+    expect(interrupted).toMatchObject({ status: 'FAILED', error: { code: 'INTERRUPTED' }, output: expect.stringContaining('</file>') });
+    const { project: talk } = await owner.client.expectNoErrors(ConversationDocument, { projectId: project.id, sessionId: started.sessionId });
+    expect(talk?.conversation.map((message) => [message.role, message.generation?.id])).toEqual([
+      ['USER', started.id],
+      ['MODEL', started.id],
+      ['USER', retry.id],
+    ]);
+  });
+});
+
+describe(`a worker stopped while it claims a run (${databaseKind})`, () => {
+  it('hands the run back at once instead of running it to the end', async () => {
+    const database = await createTestDatabase();
+    cleanups.push(() => database.close());
+    const data = await tempDir('claim-stop');
+    cleanups.push(() => data.remove());
+    const api = await startInstance(database, { ROLE: 'api', DATA_DIR: data.path });
+    cleanups.push(() => api.stop());
+    const owner = await signUp(api);
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'Stopped while claimed' });
+
+    // A worker of its own, woken for the run and stopped while its claim is under way.
+    const flutter = await fakeFlutter('hang');
+    cleanups.push(() => flutter.remove());
+    const config = parseConfig({ DATA_DIR: data.path, LOG_LEVEL: 'silent', FLUTTER_BIN: flutter.bin, ...unsandboxedBuilds });
+    const llm = await createLlmProvider(config.llm);
+    const worker = startWorker({
+      provider: llm,
+      concurrency: 1,
+      pipeline: { db: database.db, bus: createMemoryEventBus(), llm, logger: createLogger('silent'), workspaces: config.workspaces, toolchain: config.toolchain, leaseMs: config.generations.leaseMs, budgetReservationTokens: 0 },
+    });
+    worker.wake(rawId(started.id));
+    await worker.stop({ graceMs: 0 });
+
+    // Run to the end, it would still be building (the build never ends) and stop would not have returned.
+    expect(await getGeneration(owner.client, started.id)).toMatchObject({ status: 'FAILED', error: { code: 'INTERRUPTED' } });
+    expect(await retryOf(owner.client, project.id, started.id)).toMatchObject({ status: 'QUEUED', attempt: 2 });
   });
 });

@@ -69,6 +69,8 @@ export type StopReason = 'cancelled' | 'shutdown' | 'lease-lost';
  * before it is published; only the worker that won the claim writes.
  */
 export async function runGeneration(deps: PipelineDeps, generationId: string, stop: AbortSignal): Promise<GenerationRow | undefined> {
+  // A stopping worker claims nothing: the run would outlast its grace.
+  if (stop.aborted) return undefined;
   const db = pipelineScope(deps.db, deps.logger);
   const claimed = await db.run((tx) => generationStore.claim(tx, generationId, deps.leaseMs));
   if (!claimed) return undefined; // someone else has it, or it was cancelled meanwhile
@@ -79,7 +81,9 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
 
   const run = new AbortController();
   const abort = (reason: StopReason) => run.abort(reason);
-  stop.addEventListener('abort', () => abort(stop.reason as StopReason), { once: true });
+  // A stop that came while the claim was under way is taken now: the listener would never hear it.
+  if (stop.aborted) abort(stop.reason as StopReason);
+  else stop.addEventListener('abort', () => abort(stop.reason as StopReason), { once: true });
   const stopWatching = watchRun(deps, generationId, abort);
 
   let output = '';
@@ -168,7 +172,6 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
       return undefined;
     }
     await closeUnfinishedWork(tx, generationId, row.status);
-    if (row.errorCode === 'INTERRUPTED') await deps.retryInterrupted?.(tx, row);
     if (output) {
       await generationStore.insertMessage(tx, {
         projectId: claimed.projectId,
@@ -178,6 +181,8 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
         generationId,
       });
     }
+    // After this run's answer: the conversation lists the retry's prompt below it.
+    if (row.errorCode === 'INTERRUPTED') await deps.retryInterrupted?.(tx, row);
     return row;
   });
   if (finished) {

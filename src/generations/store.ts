@@ -1,4 +1,4 @@
-import { and, asc, count, desc, eq, gt, inArray, isNull, lt, not, or, sql } from 'drizzle-orm';
+import { and, asc, count, desc, eq, getTableColumns, gt, inArray, isNull, lt, not, or, sql } from 'drizzle-orm';
 import type { PgUpdateSetSource } from 'drizzle-orm/pg-core';
 import { advisoryLock } from '../db/advisory-locks.js';
 import { rowsOf, type Tx } from '../db/client.js';
@@ -453,12 +453,22 @@ export const generationStore = {
     await tx.insert(conversationMessages).values(values);
   },
 
+  /**
+   * A session's messages, turn by turn: in the order their generations were made, each
+   * prompt before its answer. An interrupted run's answer and its retry's prompt are
+   * written in one transaction, at one `now()`: their own times cannot order them.
+   */
   async conversation(tx: Tx, projectId: string, sessionId: string): Promise<MessageRow[]> {
     return tx
-      .select()
+      .select(getTableColumns(conversationMessages))
       .from(conversationMessages)
+      .leftJoin(generations, eq(generations.id, conversationMessages.generationId))
       .where(and(eq(conversationMessages.projectId, projectId), eq(conversationMessages.sessionId, sessionId)))
-      .orderBy(asc(conversationMessages.createdAt), asc(conversationMessages.role));
+      .orderBy(
+        asc(sql`coalesce(${generations.createdAt}, ${conversationMessages.createdAt})`),
+        asc(conversationMessages.generationId),
+        asc(conversationMessages.role),
+      );
   },
 
   /**

@@ -79,7 +79,9 @@ export async function runStep(options: RunStepOptions): Promise<StepResult> {
   });
   const timer = setTimeout(() => stop('TIMED_OUT'), timeoutMs);
   const onAbort = () => stop('CANCELLED');
-  signal?.addEventListener('abort', onAbort, { once: true });
+  // Entering the sandbox and spawning took a while: a cancel or shutdown meanwhile stops the step now.
+  if (signal?.aborted) onAbort();
+  else signal?.addEventListener('abort', onAbort, { once: true });
   jail?.started(child.pid, child.info!, () => stop('LIMIT'));
   let limitPassed: string | undefined;
 

@@ -91,6 +91,14 @@ describe('runStep', () => {
     expect(isAlive(Number(await readFile(pidFile, 'utf8')))).toBe(false);
   });
 
+  it('stops a step cancelled while it is being started, instead of letting it run to its timeout', async () => {
+    const cancel = new AbortController();
+    const running = run(['pub', 'get'], { FAKE_FLUTTER_MODE: 'hang', FAKE_FLUTTER_PIDFILE: join(workspace, 'grandchild.pid') }, { signal: cancel.signal, killGraceMs: 200 });
+    // runStep has checked the signal and is starting the process: a shutdown or a user's cancel comes now.
+    cancel.abort();
+    expect((await running).result).toMatchObject({ status: 'CANCELLED', exitCode: null });
+  });
+
   it('streams 300 MB of output with bounded memory, capping the delivered lines', async () => {
     const megabytes = 300;
     const floodLineBytes = 85; // the fake's flood line plus its newline
