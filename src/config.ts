@@ -53,7 +53,7 @@ const environment = z.object({
   OFFLINE_CHUNK_DELAY_MS: int(15),
   // self-healing builds and an LLM run that needs no babysitting
   AUTO_FIX_MAX_ROUNDS: z.coerce.number().int().min(0).max(5).default(2),
-  LLM_MAX_CONTINUATIONS: int(2),
+  LLM_MAX_CONTINUATIONS: int(2, 0, 10),
   LLM_RETRY_MAX_ATTEMPTS: int(3, 1),
   LLM_RETRY_MAX_WAIT_SECONDS: int(60, 0),
   WORKSPACES_DIR: optional,
@@ -137,7 +137,7 @@ export function parseConfig(env: Record<string, string | undefined>) {
   if (e.LLM_PROVIDER === 'openai' && (!e.OPENAI_BASE_URL || !e.OPENAI_MODEL)) {
     problems.push('LLM_PROVIDER=openai needs OPENAI_BASE_URL and OPENAI_MODEL');
   }
-  problems.push(...providerUrlProblems(e));
+  problems.push(...providerUrlProblems(e), ...corsOriginProblems(e));
   if ((e.EVENTS === 'redis') && !e.REDIS_URL) problems.push('EVENTS=redis needs REDIS_URL');
   if ((e.QUEUE === 'pgboss' || e.EVENTS === 'postgres') && !e.DATABASE_URL) {
     problems.push('QUEUE=pgboss and EVENTS=postgres need DATABASE_URL (a shared PostgreSQL)');
@@ -292,16 +292,6 @@ function unsafeInProduction(e: z.infer<typeof environment>): string[] {
   if (e.CORS_ORIGINS.some((origin) => origin.includes('*'))) {
     problems.push('CORS_ORIGINS must list exact origins (https://app.example.com): "*" is refused because credentials are allowed');
   }
-  // A browser's Origin header is scheme://host[:port], nothing more: any other form would never match.
-  for (const entry of e.CORS_ORIGINS.filter((origin) => !origin.includes('*'))) {
-    const origin = URL.canParse(entry) ? new URL(entry).origin : undefined;
-    if (origin === entry && origin !== 'null') continue;
-    problems.push(
-      origin === undefined || origin === 'null'
-        ? `CORS_ORIGINS entry "${entry}" is not an origin: write scheme, host and port only, as in https://app.example.com`
-        : `CORS_ORIGINS entry "${entry}" is not an origin: write ${origin} (scheme, host and port only, no path or trailing slash)`,
-    );
-  }
   if (e.PERSISTED_OPERATIONS_ONLY === 'true' && !e.PERSISTED_OPERATIONS_MANIFEST) {
     problems.push('PERSISTED_OPERATIONS_ONLY=true needs PERSISTED_OPERATIONS_MANIFEST (the JSON file of allowed operations)');
   }
@@ -319,6 +309,21 @@ function unsafeInProduction(e: z.infer<typeof environment>): string[] {
   if (!e.METRICS_TOKEN) problems.push('NODE_ENV=production needs METRICS_TOKEN (e.g. `openssl rand -base64 32`): /metrics answers only `Authorization: Bearer <token>`');
   else if (weakSecret(e.METRICS_TOKEN)) {
     problems.push('METRICS_TOKEN is too weak for NODE_ENV=production: use at least 32 random characters (e.g. `openssl rand -base64 32`), not a word or a repeated pattern');
+  }
+  return problems;
+}
+
+/** A browser's Origin header is scheme://host[:port], nothing more: an entry of any other form would never match. */
+function corsOriginProblems(e: z.infer<typeof environment>): string[] {
+  const problems: string[] = [];
+  for (const entry of e.CORS_ORIGINS.filter((origin) => !origin.includes('*'))) {
+    const origin = URL.canParse(entry) ? new URL(entry).origin : undefined;
+    if (origin === entry && origin !== 'null') continue;
+    problems.push(
+      origin === undefined || origin === 'null'
+        ? `CORS_ORIGINS entry "${entry}" is not an origin: write scheme, host and port only, as in https://app.example.com`
+        : `CORS_ORIGINS entry "${entry}" is not an origin: write ${origin} (scheme, host and port only, no path or trailing slash)`,
+    );
   }
   return problems;
 }

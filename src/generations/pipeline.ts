@@ -45,7 +45,8 @@ export interface PipelineDeps {
   /**
    * Queues the automatic retry of a run this pipeline ends INTERRUPTED (the worker stopping,
    * the database away too long), in the transaction that ends it: a process that dies right
-   * after the ending cannot leave it without its retry.
+   * after the ending cannot leave it without its retry. A retry that cannot be written takes
+   * the ending with it; lease recovery then ends the run and queues the retry together.
    */
   retryInterrupted?: (tx: Tx, ended: GenerationRow) => Promise<unknown>;
 }

@@ -13,6 +13,12 @@ export interface RetryPolicy {
 
 export const DEFAULT_RETRY_POLICY: RetryPolicy = { maxAttempts: 3, baseDelayMs: 1000, maxDelayMs: 8000, maxTotalWaitMs: 60_000 };
 export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
+/**
+ * How long an attempt may go on without text while the upstream still sends something
+ * (keep-alives, reasoning): a model that thinks that long, or a gateway that keeps a dead
+ * upstream's connection open with comments, would otherwise hold its worker for good.
+ */
+export const DEFAULT_TEXT_TIMEOUT_MS = 10 * 60_000;
 
 /**
  * What an attempt yields for upstream data that carries no text (an SSE keep-alive comment,
@@ -27,6 +33,8 @@ export interface ResilientStreamOptions {
   label: string;
   signal: AbortSignal;
   idleTimeoutMs: number;
+  /** DEFAULT_TEXT_TIMEOUT_MS unless given. */
+  textTimeoutMs?: number;
   retry: RetryPolicy;
   /** Opens one attempt; aborting `signal` must close its connection. LlmErrors it throws pass through. */
   open(signal: AbortSignal): AsyncIterable<UpstreamEvent>;
@@ -43,7 +51,7 @@ export interface ResilientStreamOptions {
  * provider asked for (RetryInfo, Retry-After), within the policy's total.
  */
 export async function* resilientStream(options: ResilientStreamOptions): AsyncGenerator<LlmEvent> {
-  const { signal, retry } = options;
+  const { signal, retry, textTimeoutMs = DEFAULT_TEXT_TIMEOUT_MS } = options;
   let waitedMs = 0;
   for (let attempt = 1; ; attempt++) {
     signal.throwIfAborted();
@@ -51,13 +59,20 @@ export async function* resilientStream(options: ResilientStreamOptions): AsyncGe
     const followCaller = () => upstream.abort(signal.reason);
     signal.addEventListener('abort', followCaller, { once: true });
     let receivedText = false;
+    let lastTextAt = performance.now();
     try {
       const events = options.open(upstream.signal)[Symbol.asyncIterator]();
       for (;;) {
         const step = await nextWithin(events, upstream, options.idleTimeoutMs, () => stalled(options));
         if (step.done) return;
-        if (step.value.type === 'alive') continue;
-        if (step.value.type === 'text') receivedText = true;
+        if (step.value.type === 'alive') {
+          if (performance.now() - lastTextAt > textTimeoutMs) throw withoutText(options.label, textTimeoutMs);
+          continue;
+        }
+        if (step.value.type === 'text') {
+          receivedText = true;
+          lastTextAt = performance.now();
+        }
         yield step.value;
       }
     } catch (error) {
@@ -128,6 +143,11 @@ function nextWithin<T>(
 function stalled({ label, idleTimeoutMs }: ResilientStreamOptions): LlmError {
   const seconds = Math.round(idleTimeoutMs / 100) / 10;
   return new LlmError(`${label} sent no data for ${seconds} s, so the request was abandoned; try again.`);
+}
+
+function withoutText(label: string, textTimeoutMs: number): LlmError {
+  const minutes = Math.round(textTimeoutMs / 6000) / 10;
+  return new LlmError(`${label} sent no text for ${minutes} min (only keep-alives or reasoning), so the request was abandoned; try again.`);
 }
 
 function backoffMs(policy: RetryPolicy, failedAttempt: number): number {

@@ -3,7 +3,7 @@ import { API_KEY_CHARACTERS, API_KEY_CHARACTERS_MESSAGE } from '../config.js';
 import type { projectTarget } from '../db/schema.js';
 import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
-import { AuthError, ForbiddenError, InvalidStateError, NotFoundError } from '../errors.js';
+import { AuthError, ForbiddenError, InvalidStateError, NotFoundError, ValidationError } from '../errors.js';
 import type { SecretBox } from './secret-box.js';
 import { type PageCursor, type ProjectRole, type ProjectRow, projectStore, type SecretName, secretStore, userStore } from './store.js';
 
@@ -43,13 +43,18 @@ export async function getProject(scope: Scope, id: string): Promise<ProjectRow |
   return (await scope.run((tx) => projectStore.find(tx, id))) ?? null;
 }
 
+/** An archived project is kept as it is: its settings and keys stay as they were. */
+function refuseChangeWhenArchived(project: Pick<ProjectRow, 'archivedAt'>): void {
+  if (project.archivedAt) throw new InvalidStateError('An archived project cannot be changed.');
+}
+
 export async function updateProject(
   scope: Scope,
   input: { id: string; name?: string | null; description?: string | null },
 ): Promise<ProjectRow> {
   return scope.run(async (tx) => {
     const project = requireRole(await projectStore.find(tx, input.id), ['owner', 'editor']);
-    if (project.archivedAt) throw new InvalidStateError('An archived project cannot be changed.');
+    refuseChangeWhenArchived(project);
     const changes: { name?: string; description?: string | null } = {};
     if (input.name != null) changes.name = input.name;
     if (input.description !== undefined) changes.description = input.description || null;
@@ -89,17 +94,20 @@ export const secretValue = z
 export async function setProjectSecret(
   scope: Scope,
   box: SecretBox | undefined,
-  input: { projectId: string; name: SecretName; value: string | null },
+  input: { projectId: string; name: SecretName; value: string | null | undefined },
 ): Promise<ProjectRow> {
+  // Only an explicit null deletes: a client that forgot the value must not lose the key.
+  const { value } = input;
+  if (value === undefined) throw new ValidationError([{ path: ['value'], message: 'Give the key, or null to delete it' }]);
   return scope.run(async (tx) => {
     const project = requireRole(await projectStore.find(tx, input.projectId), ['owner']);
     // An archived project takes no new key; deleting one stays possible (archiving is final).
-    if (input.value === null) {
+    if (value === null) {
       await secretStore.remove(tx, project.id, input.name);
     } else {
-      if (project.archivedAt) throw new InvalidStateError('An archived project cannot be changed.');
+      refuseChangeWhenArchived(project);
       if (!box) throw new InvalidStateError('Project secrets are disabled: the server has no KILN_ENCRYPTION_KEY.');
-      await secretStore.put(tx, project.id, input.name, box.seal(input.value, secretContext(project.id, input.name)));
+      await secretStore.put(tx, project.id, input.name, box.seal(value, secretContext(project.id, input.name)));
     }
     return project;
   });

@@ -1,5 +1,5 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
-import { link, mkdir, open, readFile, unlink } from 'node:fs/promises';
+import { link, mkdir, open, readFile, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError } from '../config.js';
 
@@ -66,9 +66,14 @@ export async function loadEncryptionKey(options: { configured?: Buffer; dataDir:
     }
     const placed = await link(temporary, file).then(
       () => true,
-      (error: NodeJS.ErrnoException) => {
+      async (error: NodeJS.ErrnoException) => {
         if (error.code === 'EEXIST') return false;
-        throw error;
+        if (!NO_HARD_LINKS.has(error.code ?? '')) throw error;
+        // A filesystem without hard links (some network or FUSE mounts): created exclusively, as before.
+        return writeFile(file, key.toString('base64'), { flag: 'wx', mode: 0o600 }).then(
+          () => true,
+          (raced: NodeJS.ErrnoException) => (raced.code === 'EEXIST' ? false : Promise.reject(raced)),
+        );
       },
     );
     // Another process generated the key first: use theirs.
@@ -79,6 +84,8 @@ export async function loadEncryptionKey(options: { configured?: Buffer; dataDir:
   await syncFolder(options.dataDir);
   return key;
 }
+
+const NO_HARD_LINKS = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS']);
 
 /** The key kept in `file`; a file that does not hold 32 bytes stops start-up. */
 async function keyFromFile(file: string): Promise<Buffer> {

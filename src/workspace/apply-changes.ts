@@ -1,6 +1,6 @@
 import { lstat, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { type OutputEvent, OutputProtocolError } from '../generations/output-parser.js';
+import type { OutputEvent } from '../generations/output-parser.js';
 import { UnsafeOutputError, assertSafeRelativePath, describePath } from '../generations/safe-path.js';
 import { fileDigest, type GeneratedFile } from './workspace.js';
 import { ignoreMissing, refusedAs, writeFileInside } from './write-inside.js';
@@ -21,8 +21,7 @@ export async function applyChanges(dir: string, changes: readonly OutputEvent[])
     if (change.type === 'file') {
       await writeFileInside(dir, change.path, change.content);
       changed.push({ path: change.path, content: change.content, ...fileDigest(change.content) });
-    } else {
-      await removeInside(dir, change.path);
+    } else if (await removeInside(dir, change.path)) {
       deleted.push(change.path);
     }
   }
@@ -30,20 +29,20 @@ export async function applyChanges(dir: string, changes: readonly OutputEvent[])
 }
 
 /**
- * Removes one file, as the protocol's <delete> does; a folder or a symbolic link on the way
- * is refused; a missing file (a file on the way, so nothing there) is fine.
+ * Removes one file, as the protocol's <delete> does; a symbolic link on the way is refused,
+ * and a missing file (or a path through a file) is gone already. A folder is passed over and
+ * reported as not deleted: <delete> names files, and a first answer's <delete> of a folder
+ * changes nothing either.
  */
-async function removeInside(dir: string, path: string): Promise<void> {
+async function removeInside(dir: string, path: string): Promise<boolean> {
   const segments = path.split('/');
   for (let i = 1; i < segments.length; i++) {
     const stats = await lstat(join(dir, ...segments.slice(0, i))).catch(ignoreMissing);
-    if (!stats) return;
-    if (stats.isSymbolicLink()) throw new UnsafeOutputError(path, 'goes through a symbolic link');
-    if (!stats.isDirectory()) return;
+    if (stats?.isSymbolicLink()) throw new UnsafeOutputError(path, 'goes through a symbolic link');
+    if (!stats?.isDirectory()) return true;
   }
   const stats = await lstat(join(dir, path)).catch(ignoreMissing);
-  if (stats?.isDirectory()) {
-    throw new OutputProtocolError(`The model's output deletes ${describePath(path)} but it is a folder, and <delete> removes one file`);
-  }
+  if (stats?.isDirectory()) return false;
   if (stats) await rm(join(dir, path), { force: true }).catch(refusedAs(path, 'deletes'));
+  return true;
 }

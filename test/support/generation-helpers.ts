@@ -119,7 +119,6 @@ export async function getGeneration(client: GraphQLClient, id: string): Promise<
   return generation;
 }
 
-/** The raw uuid behind a Relay global id (workspace directories are named by it). */
 /** The project's generation that retries `id`, once it exists (polled through GraphQL, bounded). */
 export async function retryOf(client: GraphQLClient, projectId: string, id: string, timeoutMs = 20_000): Promise<Generation> {
   const deadline = Date.now() + timeoutMs;
@@ -135,6 +134,7 @@ export async function retryOf(client: GraphQLClient, projectId: string, id: stri
   }
 }
 
+/** The raw uuid behind a Relay global id (workspace directories are named by it). */
 export function rawId(globalId: string): string {
   return decodeGlobalID(globalId).id;
 }

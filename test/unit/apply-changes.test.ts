@@ -54,11 +54,10 @@ describe('applyChanges', () => {
     await expect(failure).rejects.toThrow(/writes "dist\/assets\/index.js" but .*permission denied/);
   });
 
-  it('refuses to <delete> a folder, which the protocol never does, and keeps it', async () => {
-    const failure = applyChanges(dir, [{ type: 'delete', path: 'dist' }]);
+  it('leaves a folder named by <delete> as it is and does not report it deleted, as the first answer does', async () => {
+    const { deleted } = await applyChanges(dir, [{ type: 'delete', path: 'dist' }]);
 
-    await expect(failure).rejects.toBeInstanceOf(OutputProtocolError);
-    await expect(failure).rejects.toThrow(/deletes "dist" but it is a folder/);
+    expect(deleted).toEqual([]);
     expect(await readdir(join(dir, 'dist/assets'))).toEqual(['index.js']);
   });
 

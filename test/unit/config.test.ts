@@ -39,6 +39,11 @@ describe('parseConfig refuses at start-up what would fail later', () => {
     expect(parseConfig({ PORT: '65535' }).http.port).toBe(65535);
   });
 
+  it('refuses more than 10 continuations of a cut answer, each a whole model call', () => {
+    expect(problemsOf({ LLM_MAX_CONTINUATIONS: '1000' })).toEqual([expect.stringMatching(/^LLM_MAX_CONTINUATIONS: /)]);
+    expect(parseConfig({ LLM_MAX_CONTINUATIONS: '10' }).llm.maxContinuations).toBe(10);
+  });
+
   it('refuses a GEMINI_API_KEY or OPENAI_API_KEY that an HTTP header cannot carry, without repeating it', () => {
     for (const name of ['GEMINI_API_KEY', 'OPENAI_API_KEY']) {
       for (const bad of ['AIza-one\nline-two', 'AIza key', 'AIza\u0007', 'AIza-ключ']) {

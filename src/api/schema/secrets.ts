@@ -1,4 +1,3 @@
-import { ValidationError } from '../../errors.js';
 import { projectLoaders, secretValue, setProjectSecret } from '../../projects/projects.js';
 import { builder } from '../builder.js';
 import { idFor } from './ids.js';
@@ -45,13 +44,8 @@ builder.mutationField('setProjectSecret', (t) =>
     errors: {},
     description: 'Owners store a project secret, encrypted at rest; it is never returned or logged.',
     args: { input: t.arg({ type: SetProjectSecretInput, required: true }) },
-    resolve: (_root, { input }, ctx) => {
-      // Only an explicit null deletes: a client that forgot the value must not lose the key.
-      if (input.value === undefined) {
-        throw new ValidationError([{ path: ['value'], message: 'Give the key, or null to delete it' }]);
-      }
-      return setProjectSecret(ctx.db, ctx.useCases.secretBox, { projectId: input.projectId, name: input.name, value: input.value });
-    },
+    resolve: (_root, { input }, ctx) =>
+      setProjectSecret(ctx.db, ctx.useCases.secretBox, { projectId: input.projectId, name: input.name, value: input.value }),
   }),
 );
 
