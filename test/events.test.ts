@@ -4,14 +4,17 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../src/config.js';
 import { generationChunks, generations, projects, users } from '../src/db/schema.js';
 import { serviceScope } from '../src/db/scope.js';
-import type { ChunkEvent, EventBus, GenerationTopics } from '../src/events/bus.js';
+import { type ChunkEvent, createEventBusOver, type EventBus, type GenerationTopics } from '../src/events/bus.js';
 import { createEventBus, type EventBusHandle } from '../src/events/index.js';
-import { MAX_NOTIFY_BYTES } from '../src/events/postgres.js';
+import { createPostgresEventTarget, MAX_NOTIFY_BYTES } from '../src/events/postgres.js';
+import { createRedisEventBusTarget } from '../src/events/redis.js';
 import { createLogger } from '../src/observability/logger.js';
 import { waitUntil } from './support/cluster.js';
 import { createTestDatabase, type TestDatabase, testDatabaseUrl } from './support/db.js';
 import { within } from './support/generation-helpers.js';
+import { LogCapture } from './support/log-capture.js';
 import { type PrivateRedis, redisServerBin, startPrivateRedis } from './support/private-services.js';
+import { startTcpProxy } from './support/tcp-proxy.js';
 
 // The cross-process event buses, each instance standing for one process: what one
 // publishes, the others receive, in order, whatever the size, and after their
@@ -141,6 +144,48 @@ describe.skipIf(!testDatabaseUrl)('EVENTS=postgres between processes (set TEST_D
     expect(b.connected).toBe(true);
     await Promise.all([updates.close(), chunks.close(), admin.end()]);
   });
+
+  it('replaces a publisher whose connection went silently dead, and sends what was published meanwhile on the new one', async () => {
+    // The sender's NOTIFY connection goes through a proxy that then stops forwarding on it
+    // (a half-open socket after a failover); new connections get through.
+    const direct = new URL(database.url!);
+    const proxy = await startTcpProxy({ host: direct.hostname, port: Number(direct.port || 5432) });
+    const logs = new LogCapture();
+    const channel = `kiln_events_${randomUUID().replaceAll('-', '').slice(0, 12)}`;
+    const common = { channel, shrink: () => undefined, expand: async () => undefined, healthCheckMs: 100, healthTimeoutMs: 500 };
+    const sender = createPostgresEventTarget({ ...common, listenUrl: database.url!, publishUrl: proxy.urlFor(database.url!), logger: createLogger('warn', logs) });
+    const receiver = createPostgresEventTarget({ ...common, listenUrl: database.url!, publishUrl: database.url!, logger });
+    try {
+      await Promise.all([sender.start(), receiver.start()]);
+      const id = randomUUID();
+      const remote = collect(createEventBusOver(receiver as unknown as EventTarget), 'generationChunks', id);
+      const senderBus = createEventBusOver(sender as unknown as EventTarget);
+      const batches = Array.from({ length: 6 }, (_, i) => [{ seq: i, text: `chunk ${i}` }]);
+      senderBus.publish('generationChunks', id, batches[0]!);
+      expect(await remote.next(1)).toEqual(batches.slice(0, 1));
+      expect(proxy.open).toBe(1);
+
+      proxy.blackhole();
+      for (const batch of batches.slice(1)) senderBus.publish('generationChunks', id, batch);
+      // Every one of them, in order, on the new connection. A batch whose reply was still on the
+      // way when the connection died is sent again (streams skip a seq they already have).
+      const seqs = () => remote.items.map((batch) => batch[0]!.seq);
+      await waitUntil(() => seqs().includes(5), 10_000, () => `only ${JSON.stringify(seqs())} arrived`);
+      expect(seqs()).toEqual([...seqs()].sort((x, y) => x - y));
+      expect(new Set(seqs())).toEqual(new Set([0, 1, 2, 3, 4, 5]));
+      expect(seqs().length).toBeLessThanOrEqual(7);
+      const replaced = logs.records().filter((record) => record.msg === 'the event publisher stopped answering; sending on a new connection');
+      expect(replaced).toHaveLength(1);
+      // And it keeps working.
+      const before = remote.items.length;
+      senderBus.publish('generationChunks', id, [{ seq: 6, text: 'after' }]);
+      expect((await remote.next(before + 1))[before]).toEqual([{ seq: 6, text: 'after' }]);
+      await remote.close();
+    } finally {
+      await Promise.all([sender.close(), receiver.close()]);
+      await proxy.close();
+    }
+  });
 });
 
 describe.skipIf(!redisUrl)('EVENTS=redis between processes (set TEST_REDIS_URL to run)', () => {
@@ -173,6 +218,35 @@ describe.skipIf(!redisUrl)('EVENTS=redis between processes (set TEST_REDIS_URL t
     for (const batch of batches) a.bus.publish('buildLogs', id, batch);
     expect(await remote.next(300)).toEqual(batches);
     await remote.close();
+  });
+
+  it('notices a subscriber connection that went silently dead, resubscribes and tells subscribers to catch up', async () => {
+    // The receiver reaches Redis through a proxy that then stops forwarding on its connections.
+    const direct = new URL(redisUrl!);
+    const proxy = await startTcpProxy({ host: direct.hostname, port: Number(direct.port || 6379) });
+    try {
+      const sender = await open(redisUrl!);
+      const target = createRedisEventBusTarget({ url: proxy.urlFor(redisUrl!), logger, resync: async () => ({ status: 'QUEUED', phase: 'QUEUED' }), healthCheckMs: 100, healthTimeoutMs: 500 });
+      handles.push({ kind: 'redis', bus: createEventBusOver(target as unknown as EventTarget), connected: true, close: () => target.close() });
+      await target.start();
+      const id = randomUUID();
+      const updates = collect(handles.at(-1)!.bus, 'generationUpdated', id);
+      await waitUntil(async () => (await countSubscribers(redisUrl!, `generationUpdated:${id}`)) === 1, 5_000, () => 'no subscriber');
+      sender.bus.publish('generationUpdated', id, { status: 'RUNNING', phase: 'GENERATING' });
+      await updates.next(1);
+
+      proxy.blackhole();
+      // The catch-up after the reconnect, then live events again on the new connection.
+      expect((await updates.next(2, 10_000))[1]).toEqual({ status: 'QUEUED', phase: 'QUEUED' });
+      expect(target.reconnects).toBeGreaterThanOrEqual(1);
+      await waitUntil(async () => (await countSubscribers(redisUrl!, `generationUpdated:${id}`)) === 1, 5_000, () => 'not resubscribed');
+      sender.bus.publish('generationUpdated', id, { status: 'SUCCEEDED', phase: 'DONE' });
+      await waitUntil(() => updates.items.some((u) => u.status === 'SUCCEEDED'), 5_000, () => 'the live event after the reconnect did not arrive');
+      await updates.close();
+    } finally {
+      await Promise.all(handles.splice(0).map((handle) => handle.close()));
+      await proxy.close();
+    }
   });
 
   describe.skipIf(!redisServerBin)('with a Redis of its own that is restarted (needs redis-server on PATH)', () => {

@@ -27,6 +27,15 @@ import { type CrossProcessEventTarget, LocalListeners, throttledWarn } from './l
 //   the database answers). After every reconnect, `resync` produces, for each topic this
 //   process listens to, an event that makes subscribers notice what they missed;
 //   subscribers repair from the database in any case.
+// - The publisher's connection can go silently dead too (half-open after a failover, a
+//   proxy that stops forwarding): its statements then never settle. The health ping goes
+//   out on the publisher, so it proves both connections: a ping statement that has not
+//   completed within `healthTimeoutMs` means the publisher is dead, and it is replaced by a
+//   new client (the old one ended at once, one warning). The batch it was sending and what
+//   queued up behind it go out, in order, on the new connection: nothing is lost unless more
+//   than MAX_PENDING pile up (the stream's database reads repair those). A batch the dead
+//   connection did deliver arrives twice; streams skip seqs they already have. Nothing in
+//   the health check waits without a bound.
 
 /** PostgreSQL refuses NOTIFY payloads of 8,000 bytes or more; keep a margin. */
 export const MAX_NOTIFY_BYTES = 7_900;
@@ -35,6 +44,9 @@ const STATEMENT_BATCH = 100;
 /** Back-off of NOTIFY while the database is unreachable. */
 const FIRST_RETRY_MS = 100;
 const MAX_RETRY_MS = 2_000;
+const CONNECT_TIMEOUT_S = 5;
+const REPLACED = Symbol('replaced');
+const TIMED_OUT = Symbol('timed out');
 
 export interface PostgresEventTargetOptions {
   /** LISTEN connection: direct or session-mode (never the transaction pooler). */
@@ -78,12 +90,31 @@ export function createPostgresEventTarget(options: PostgresEventTargetOptions): 
   const healthTimeoutMs = options.healthTimeoutMs ?? 5_000;
   const listeners = new LocalListeners();
 
-  const publisher = postgres(options.publishUrl, {
-    max: 1,
-    onnotice: () => {},
-    connect_timeout: 5,
-    connection: { application_name: 'kiln-events-publish' },
-  });
+  /** The NOTIFY connection; `replaced` resolves when the health check gives up on it. */
+  interface Publisher {
+    sql: postgres.Sql;
+    replaced: Promise<typeof REPLACED>;
+    replace(): void;
+  }
+  const openPublisher = (): Publisher => {
+    let replace = () => {};
+    const replaced = new Promise<typeof REPLACED>((resolve) => (replace = () => resolve(REPLACED)));
+    const sql = postgres(options.publishUrl, {
+      max: 1,
+      onnotice: () => {},
+      connect_timeout: CONNECT_TIMEOUT_S,
+      connection: { application_name: 'kiln-events-publish' },
+    });
+    return { sql, replaced, replace };
+  };
+  let publisher = openPublisher();
+  const replacePublisher = (afterMs: number) => {
+    const old = publisher;
+    publisher = openPublisher();
+    log.warn({ afterMs, pending: pending.length }, 'the event publisher stopped answering; sending on a new connection');
+    old.replace();
+    void old.sql.end({ timeout: 0 }).catch(() => {});
+  };
   let counter = 0;
   let pending: string[] = [];
   let flushing: Promise<void> | undefined;
@@ -105,12 +136,22 @@ export function createPostgresEventTarget(options: PostgresEventTargetOptions): 
     while (pending.length > 0 && !closed) {
       const batch = pending.slice(0, STATEMENT_BATCH);
       pending = pending.slice(batch.length);
+      const current = publisher;
       try {
         // One statement, one transaction; the elements are taken in order, so the
         // notifications go out in publishing order.
-        await publisher`select pg_notify(${channel}, payload) from json_array_elements_text(${JSON.stringify(batch)}::text::json) as payload`;
+        const sent = await Promise.race([
+          current.sql`select pg_notify(${channel}, payload) from json_array_elements_text(${JSON.stringify(batch)}::text::json) as payload`,
+          current.replaced,
+        ]);
+        if (sent === REPLACED) throw new Error('the publisher was replaced');
         delayMs = FIRST_RETRY_MS;
       } catch (error) {
+        if (current !== publisher) {
+          // The health check found this connection dead: the batch goes out first on the new one.
+          pending = [...batch, ...pending].slice(-MAX_PENDING);
+          continue;
+        }
         if (!isConnectionError(error)) {
           warn({ err: error, lost: batch.length }, 'NOTIFY failed; subscribers will repair from the database');
           continue;
@@ -188,14 +229,18 @@ export function createPostgresEventTarget(options: PostgresEventTargetOptions): 
       const sql = postgres(options.listenUrl, {
         max: 1,
         onnotice: () => {},
-        connect_timeout: 5,
+        connect_timeout: CONNECT_TIMEOUT_S,
         connection: { application_name: 'kiln-events-listen' },
       });
       try {
-        await sql.listen(pingChannel, (token) => {
-          if (ping?.token === token) ping = undefined;
-        });
-        await sql.listen(channel, receive, onListen);
+        // Bounded, so that a connection that dies while it is being set up cannot stall the health check.
+        const listening = (async () => {
+          await sql.listen(pingChannel, (token) => {
+            if (ping?.token === token) ping = undefined;
+          });
+          await sql.listen(channel, receive, onListen);
+        })();
+        if ((await within(listening, CONNECT_TIMEOUT_S * 1_000 + healthTimeoutMs)) === TIMED_OUT) throw new Error('LISTEN did not answer');
         if (closed) throw new Error('closed');
         listener = sql;
         return true;
@@ -216,8 +261,22 @@ export function createPostgresEventTarget(options: PostgresEventTargetOptions): 
     }
     if (ping) return;
     const token = String(++pings);
-    ping = { token, at: Date.now() };
-    await publisher`select pg_notify(${pingChannel}, ${token})`.catch(() => {});
+    const at = Date.now();
+    ping = { token, at };
+    const current = publisher;
+    const sent = await within(
+      current.sql`select pg_notify(${pingChannel}, ${token})`.then(
+        () => true,
+        () => false,
+      ),
+      healthTimeoutMs,
+    );
+    if (sent === TIMED_OUT && current === publisher && !closed) {
+      // The publisher, not the listener, is stuck: replace it and ping again on the next tick.
+      if (ping?.token === token) ping = undefined;
+      replacePublisher(Date.now() - at);
+    }
+    // A ping that failed outright (the database is away) stays pending: the listener is rebuilt if it does not come back.
   };
   let checking = false;
   const timer = setInterval(() => {
@@ -256,10 +315,21 @@ export function createPostgresEventTarget(options: PostgresEventTargetOptions): 
       await Promise.race([flushing, new Promise((resolve) => setTimeout(resolve, 2_000).unref())]);
       closed = true;
       await connecting;
-      await Promise.all([listener?.end({ timeout: 1 }), publisher.end({ timeout: 1 })]);
+      await Promise.all([listener?.end({ timeout: 1 }), publisher.sql.end({ timeout: 1 })]);
       listener = undefined;
     },
   };
+}
+
+/** What `promise` resolves to (or its rejection), or TIMED_OUT when it has not settled after `ms`. */
+async function within<T>(promise: PromiseLike<T>, ms: number): Promise<T | typeof TIMED_OUT> {
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<typeof TIMED_OUT>((resolve) => (timer = setTimeout(() => resolve(TIMED_OUT), ms)));
+  try {
+    return await Promise.race([promise, timedOut]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 function redact(url: string): string {

@@ -13,13 +13,25 @@ import { type CrossProcessEventTarget, LocalListeners, throttledWarn } from './l
 //   event is dropped (and logged, throttled) — subscribers repair from the database;
 // - the subscriber waits for Redis however long it takes (ioredis resubscribes every
 //   channel on reconnect), and after a reconnect `resync` produces, per topic followed
-//   here, an event that makes subscribers notice what they missed.
+//   here, an event that makes subscribers notice what they missed;
+// - a silently dead socket (half-open after a failover, a proxy that stops forwarding)
+//   is noticed: each connection is pinged every `healthCheckMs` (PING is allowed on a
+//   subscriber connection), and ioredis's `socketTimeout` destroys a socket that has not
+//   answered a command within `healthTimeoutMs`, so the client reconnects and resubscribes
+//   as after any drop. The TCP keep-alive alone would take hours (ioredis's `keepAlive: 0`
+//   keeps the kernel's default delay). Events published on the dead socket are dropped as
+//   in an outage; subscribers catch up after the reconnect and repair from the database.
 
 export interface RedisEventTargetOptions {
   url: string;
   logger: Logger;
   resync?(topic: string): Promise<unknown>;
+  healthCheckMs?: number;
+  healthTimeoutMs?: number;
 }
+
+/** How long close() lets a ready client say goodbye (QUIT) before it cuts the socket. */
+const QUIT_TIMEOUT_MS = 1_000;
 
 export type RedisEventTarget = CrossProcessEventTarget;
 
@@ -27,10 +39,12 @@ export function createRedisEventBusTarget(options: RedisEventTargetOptions): Red
   const log = options.logger.child({ source: 'RedisEvents' });
   const warn = throttledWarn(log);
   const retryStrategy = (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2_000);
+  const healthCheckMs = options.healthCheckMs ?? 2_000;
+  const socketTimeout = options.healthTimeoutMs ?? 5_000;
   // No offline queue: an event published during an outage is stale by the time Redis is back.
-  const publishClient = new Redis(options.url, { enableOfflineQueue: false, retryStrategy, connectionName: 'kiln-events-publish' });
+  const publishClient = new Redis(options.url, { enableOfflineQueue: false, retryStrategy, socketTimeout, connectionName: 'kiln-events-publish' });
   // SUBSCRIBE commands issued during an outage wait for the reconnect instead of failing.
-  const subscribeClient = new Redis(options.url, { maxRetriesPerRequest: null, retryStrategy, connectionName: 'kiln-events-subscribe' });
+  const subscribeClient = new Redis(options.url, { maxRetriesPerRequest: null, retryStrategy, socketTimeout, connectionName: 'kiln-events-subscribe' });
   for (const client of [publishClient, subscribeClient]) {
     client.on('error', (error: Error) => warn({ err: error }, 'Redis connection problem; retrying'));
   }
@@ -65,6 +79,14 @@ export function createRedisEventBusTarget(options: RedisEventTargetOptions): Red
 
   const resyncAll = () => listeners.resync(options.resync, log, warn);
 
+  // The ping only has to be unanswered for `socketTimeout` to cut the socket; its error is that one.
+  const timer = setInterval(() => {
+    for (const client of [publishClient, subscribeClient]) {
+      if (client.status === 'ready') client.ping().catch(() => {});
+    }
+  }, healthCheckMs);
+  timer.unref();
+
   return {
     addEventListener: (topic, callback) => {
       listeners.add(topic, callback);
@@ -97,8 +119,17 @@ export function createRedisEventBusTarget(options: RedisEventTargetOptions): Red
       return reconnects;
     },
     close: async () => {
-      // QUIT would wait for a reconnect that may never come; only a ready client gets to say goodbye.
-      const end = (client: Redis) => (client.status === 'ready' ? client.quit().then(() => {}, () => client.disconnect()) : client.disconnect());
+      clearInterval(timer);
+      // QUIT would wait for a reconnect that may never come; only a ready client gets to say
+      // goodbye, and not for long (its socket may be dead without anyone knowing yet).
+      const end = async (client: Redis) => {
+        if (client.status === 'ready') {
+          let quitTimer: NodeJS.Timeout | undefined;
+          await Promise.race([client.quit().catch(() => {}), new Promise((resolve) => (quitTimer = setTimeout(resolve, QUIT_TIMEOUT_MS)))]);
+          clearTimeout(quitTimer);
+        }
+        if (client.status !== 'end') client.disconnect();
+      };
       await Promise.all([end(publishClient), end(subscribeClient)]);
     },
   };
