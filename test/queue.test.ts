@@ -1,4 +1,7 @@
 import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
 import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -9,16 +12,19 @@ import { insertGeneration } from '../src/generations/generations.js';
 import { createPgBossQueue, GENERATION_QUEUE } from '../src/jobs/pgboss.js';
 import { createLogger } from '../src/observability/logger.js';
 import { waitUntil } from './support/cluster.js';
-import { type TestDatabase, testDatabaseUrl } from './support/db.js';
+import { createTestDatabase, type TestDatabase, testDatabaseUrl } from './support/db.js';
 import { createProject, type TestUser } from './support/fixtures.js';
 import {
+  fakeFlutter,
   getGeneration,
   type Instance,
+  isAlive,
   rawId,
   startAccepted,
   waitForEnd,
 } from './support/generation-helpers.js';
 import { type PgBossPair, startPgBossPair } from './support/pgboss-pair.js';
+import { startTestServer } from './support/server.js';
 
 // QUEUE=pgboss: the job is written with the generation or not at all, a worker in
 // another instance takes it, and a second delivery of a job changes nothing.
@@ -131,6 +137,60 @@ describe.skipIf(!testDatabaseUrl)('QUEUE=pgboss (set TEST_DATABASE_URL to run)',
       () => 'the stranded generation did not run',
       200,
     );
+  });
+});
+
+describe.skipIf(!testDatabaseUrl)('QUEUE=pgboss, a worker with every slot busy (set TEST_DATABASE_URL to run)', () => {
+  const cleanups: (() => Promise<unknown>)[] = [];
+  afterAll(async () => {
+    for (const cleanup of cleanups.reverse()) await cleanup();
+  });
+
+  it('leaves a new job to an idle worker instead of taking it and waiting for a slot', async () => {
+    const database = await createTestDatabase();
+    cleanups.push(() => database.close());
+    const admin = postgres(database.url!, { max: 1, onnotice: () => {} });
+    cleanups.push(() => admin.end());
+    const sender = await createPgBossQueue({ url: database.url!, schema: 'pgboss', consumer: false, logger });
+    cleanups.push(() => sender.close());
+    const statusOf = async (id: string) => (await admin<{ status: string }[]>`select status from generations where id = ${id}`)[0]?.status;
+    const seed = await seedProject(database);
+    const queued = (prompt: string) =>
+      serviceScope(database.db).run(async (tx) => {
+        const deps = { provider: { name: 'offline', model: 'offline' }, maxActivePerUser: 10, enqueue: sender.enqueue };
+        const values = { projectId: seed.projectId, createdBy: seed.userId, sessionId: randomUUID(), parentId: null, prompt };
+        return (await insertGeneration(tx, deps, values, 'waive')).id;
+      });
+    const worker = async (mode: 'hang' | 'ok') => {
+      const flutter = await fakeFlutter(mode);
+      cleanups.push(async () => {
+        const pid = Number(await readFile(flutter.pidFile, 'utf8').catch(() => '0'));
+        if (pid && isAlive(pid)) process.kill(pid, 'SIGKILL');
+        await flutter.remove();
+      });
+      const server = await startTestServer(
+        { DATABASE_URL: database.url!, QUEUE: 'pgboss', EVENTS: 'postgres', ROLE: 'worker', WORKER_CONCURRENCY: '1', FLUTTER_BIN: flutter.bin },
+        { database },
+      );
+      cleanups.push(() => server.stop());
+      return server;
+    };
+
+    // The busy worker: its one slot holds a build that never ends.
+    const busy = await worker('hang');
+    const holding = await queued('A build that never ends');
+    await waitUntil(async () => (await statusOf(holding)) === 'RUNNING', 30_000, () => 'the busy worker did not take its first run');
+
+    // A job sent while the busy worker is the only consumer, then an idle worker.
+    const waiting = await queued('A todo list');
+    const idle = await worker('ok');
+    await waitUntil(async () => (await statusOf(waiting)) === 'SUCCEEDED', 30_000, () => `the job was not run by the idle worker (${waiting})`);
+
+    // Run on the idle worker (its workspace is there) from the one delivery of its job: the busy worker never took it.
+    expect(existsSync(join(idle.dataDir, 'workspaces', seed.projectId, waiting))).toBe(true);
+    expect(existsSync(join(busy.dataDir, 'workspaces', seed.projectId, waiting))).toBe(false);
+    expect(await admin`select state, retry_count from pgboss.job where id = ${waiting}`).toEqual([{ state: 'completed', retry_count: 0 }]);
+    expect(await statusOf(holding)).toBe('RUNNING');
   });
 });
 

@@ -3,16 +3,21 @@ import { type DrizzleTransactionLike, fromDrizzle, PgBoss } from 'pg-boss';
 import { rowsOf, type Tx } from '../db/client.js';
 import type { Logger } from '../observability/logger.js';
 import { currentTraceCarrier, type TraceCarrier } from '../observability/tracing.js';
-import type { JobQueue } from './queue.js';
+import type { JobQueue, JobTaker } from './queue.js';
 
 // QUEUE=pgboss: one pg-boss queue of generation ids on the application's PostgreSQL.
 //
-// A job means "a worker should claim this generation", nothing more: the handler
-// waits for a free slot, starts the run and returns, which completes the job. From the
-// claim on, the generation's own lease (heartbeat, lapse → INTERRUPTED + one retry)
-// keeps it safe, so pg-boss never has to hold a job for the length of a build, and a
-// job whose handler overran or whose worker died is simply delivered again: the
-// compare-and-set claim turns every extra delivery into a no-op.
+// A job means "a worker should claim this generation", nothing more: the handler starts
+// the run in a free slot and returns, which completes the job. From the claim on, the
+// generation's own lease (heartbeat, lapse → INTERRUPTED + one retry) keeps it safe, so
+// pg-boss never has to hold a job for the length of a build, and a job whose handler
+// overran or whose worker died is simply delivered again: the compare-and-set claim turns
+// every extra delivery into a no-op.
+//
+// pg-boss fetches whenever a worker of its own is idle, not when ours has room, so a
+// pg-boss worker runs here only while a slot is free: the run that fills the last slot
+// stops it, the next run to end starts another (which fetches at once). A worker whose
+// slots are all busy thus leaves the queue's jobs to the others instead of sitting on one.
 
 export const GENERATION_QUEUE = 'kiln-generations';
 
@@ -22,8 +27,8 @@ interface GenerationJob {
   trace?: TraceCarrier;
 }
 
-/** How long a delivered job may wait for a free slot before it is handed back (and delivered again). */
-const SLOT_WAIT_SECONDS = 45;
+/** pg-boss's fetching: at once when a job is sent (NOTIFY), polling as the floor; one job per fetch. */
+const WORK_OPTIONS = { batchSize: 1, localConcurrency: 1, pollingIntervalSeconds: 2, notifyPollingIntervalSeconds: 10 } as const;
 
 export interface PgBossQueueOptions {
   url: string;
@@ -54,14 +59,52 @@ export async function createPgBossQueue(options: PgBossQueueOptions): Promise<Jo
   await boss.start();
   await boss.createQueue(GENERATION_QUEUE, {
     notify: true,
-    expireInSeconds: SLOT_WAIT_SECONDS + 15,
+    // The handler only starts a run; this bounds a handler that hangs all the same.
+    expireInSeconds: 60,
     retryLimit: 1_000,
     retryDelay: 1,
     deleteAfterSeconds: 24 * 60 * 60,
   });
 
   const stopping = new AbortController();
-  let consuming = false;
+  let consuming: Promise<void> | undefined;
+
+  /** Runs a pg-boss worker whenever `take` has a slot free, until stopConsuming. */
+  const consumeWhileFree = async (take: JobTaker) => {
+    while (!stopping.signal.aborted) {
+      if (!take.free()) {
+        await take.freed(stopping.signal);
+        continue;
+      }
+      const full = new AbortController();
+      let workerId: string | undefined;
+      let paused = false;
+      // Called in the handler, offWork marks the pg-boss worker stopping before the handler
+      // returns, so it fetches nothing more; its job still completes.
+      const pause = () => {
+        full.abort();
+        if (!workerId || paused) return;
+        paused = true;
+        boss.offWork(GENERATION_QUEUE, { id: workerId, wait: false }).catch((error: unknown) => log.warn({ err: error }, 'stopping a pg-boss worker failed'));
+      };
+      workerId = await boss.work<GenerationJob>(GENERATION_QUEUE, WORK_OPTIONS, async ([job]) => {
+        if (!job) return;
+        const started = take.run(job.data.generationId, job.data.trace);
+        if (!take.free()) pause();
+        // Room for more: fetch again now rather than after the polling interval (a backlog drains at once).
+        else if (workerId) boss.notifyWorker(workerId);
+        // The slots filled up some other way (the table scan) between the fetch and now: the job
+        // goes back to the queue (a retry, after retryDelay) for a worker with room; this one no longer fetches.
+        if (!started) throw new Error('no free slot; the job goes back to the queue');
+      });
+      await new Promise<void>((resolve) => {
+        const signal = AbortSignal.any([full.signal, stopping.signal]);
+        if (signal.aborted) return resolve();
+        signal.addEventListener('abort', () => resolve(), { once: true });
+      });
+      pause();
+    }
+  };
 
   return {
     kind: 'pgboss',
@@ -80,21 +123,15 @@ export async function createPgBossQueue(options: PgBossQueueOptions): Promise<Jo
     },
     consume: async (take) => {
       if (!options.consumer) throw new Error('this process only sends jobs (ROLE=api)');
-      consuming = true;
-      await boss.work<GenerationJob>(
-        GENERATION_QUEUE,
-        { batchSize: 1, localConcurrency: 1, pollingIntervalSeconds: 2, notifyPollingIntervalSeconds: 10 },
-        async ([job]) => {
-          if (!job) return;
-          const signal = AbortSignal.any([job.signal, stopping.signal, AbortSignal.timeout(SLOT_WAIT_SECONDS * 1000)]);
-          await take(job.data.generationId, signal, job.data.trace);
-        },
-      );
+      consuming = consumeWhileFree(take);
+      await consuming;
     },
     stopConsuming: async () => {
       stopping.abort();
+      await consuming?.catch(() => {}); // its failure is reported by consume's caller
+      // Every pg-boss worker this queue started, the last one included, stopped with its handler done.
       if (consuming) await boss.offWork(GENERATION_QUEUE, { wait: true });
-      consuming = false;
+      consuming = undefined;
     },
     close: async () => {
       stopping.abort();

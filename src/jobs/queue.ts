@@ -17,6 +17,19 @@ import { currentTraceCarrier, type TraceCarrier } from '../observability/tracing
 // deliver (a worker died between taking a job and claiming its row, a job that ran out
 // of retries, rows queued before QUEUE=pgboss was turned on).
 
+/** A worker's slots, as a job queue sees them (QUEUE=pgboss). */
+export interface JobTaker {
+  /** Whether a slot is free now. */
+  free(): boolean;
+  /** Resolves when a run ends (a slot may be free again), or at once when `signal` aborts. */
+  freed(signal: AbortSignal): Promise<void>;
+  /**
+   * Starts the generation's run in a free slot at once (the claim inside the run decides
+   * whether it is ours); false, starting nothing, when no slot is free.
+   */
+  run(generationId: string, trace?: TraceCarrier): boolean;
+}
+
 export interface JobQueue {
   readonly kind: 'memory' | 'pgboss';
   /**
@@ -29,10 +42,11 @@ export interface JobQueue {
   /** How long a row must have been QUEUED before the worker's table scan takes it. */
   readonly scanMinAgeMs: number;
   /**
-   * Delivers jobs to `take` until `stopConsuming`. `take` resolves once the worker has
-   * taken the generation, or rejects to hand the job back (it is delivered again later).
+   * Takes jobs into the worker's free slots until `stopConsuming`, and resolves once it has
+   * stopped. A job is fetched only while `take` has a slot free, so a worker whose slots are
+   * all busy leaves the queue's jobs to the others instead of sitting on one.
    */
-  consume?(take: (generationId: string, signal: AbortSignal, trace?: TraceCarrier) => Promise<void>): Promise<void>;
+  consume?(take: JobTaker): Promise<void>;
   stopConsuming?(): Promise<void>;
   close(): Promise<void>;
 }

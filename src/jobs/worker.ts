@@ -98,18 +98,27 @@ export function startWorker(options: WorkerOptions): Worker {
     running.set(id, { stop, done });
   };
 
-  // A delivered job (QUEUE=pgboss) waits for a free slot, then starts its run; the claim
-  // inside the run decides whether it is ours. Rejecting hands the job back to the queue.
+  // The slots a job queue (QUEUE=pgboss) fills: it fetches a job only while one is free and
+  // starts its run at once; the claim inside the run decides whether it is ours.
   const slotFreed: (() => void)[] = [];
-  const take = async (id: string, signal: AbortSignal, trace?: TraceCarrier) => {
-    while (running.size >= concurrency && !signal.aborted && !shutdown.signal.aborted) {
-      await new Promise<void>((resolve) => {
-        slotFreed.push(resolve);
-        signal.addEventListener('abort', () => resolve(), { once: true });
-      });
-    }
-    if (signal.aborted || shutdown.signal.aborted) throw new Error('no free slot; the job goes back to the queue');
-    if (!running.has(id)) launch(id, trace);
+  const take = {
+    free: () => running.size < concurrency && !shutdown.signal.aborted,
+    freed: (signal: AbortSignal) =>
+      new Promise<void>((resolve) => {
+        if (signal.aborted) return resolve();
+        const done = () => {
+          signal.removeEventListener('abort', done);
+          resolve();
+        };
+        slotFreed.push(done);
+        signal.addEventListener('abort', done, { once: true });
+      }),
+    run: (id: string, trace?: TraceCarrier) => {
+      if (running.has(id)) return true; // a second delivery of a run under way
+      if (!take.free()) return false;
+      launch(id, trace);
+      return true;
+    },
   };
 
   // Interrupting and queueing the retry commit together, so a crash between them
