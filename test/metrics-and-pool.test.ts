@@ -1,17 +1,19 @@
 import { randomBytes } from 'node:crypto';
 import { sql } from 'drizzle-orm';
+import { createSchema, createYoga } from 'graphql-yoga';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig } from '../src/config.js';
 import { rowsOf } from '../src/db/client.js';
 import { type Kiln, startKiln } from '../src/main.js';
+import { createMetrics } from '../src/observability/metrics.js';
 import { createTestDatabase, databaseKind, type TestDatabase, testDatabaseUrl } from './support/db.js';
 import { createProject, graphqlClient, signUp } from './support/fixtures.js';
 import { tempDir } from './support/generation-helpers.js';
 import { startTestServer, useTestServer } from './support/server.js';
 
 // What an operator relies on: /metrics is closed in production without METRICS_TOKEN,
-// a scrape never scans the generations table, and DATABASE_POOL_MAX bounds the
-// connections a process opens.
+// a scrape never scans the generations table, operations are labelled only by names Kiln
+// knows, and DATABASE_POOL_MAX bounds the connections a process opens.
 
 const secret = () => randomBytes(32).toString('base64');
 const production = { NODE_ENV: 'production', AUTH_JWT_SECRET: secret(), KILN_ENCRYPTION_KEY: randomBytes(32).toString('base64') };
@@ -58,6 +60,50 @@ describe(`a scrape reads no more than the active generations (${databaseKind})`,
       expect(plan.join('\n'), statement).not.toMatch(/Seq Scan on generations/);
       expect(plan.join('\n'), statement).toMatch(/generations_active_idx/);
     }
+  });
+});
+
+/** The value of one series of a scrape, by name and exact labels. */
+const seriesValue = (text: string, series: string) => {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+};
+
+describe(`operation labels (${databaseKind})`, () => {
+  const server = useTestServer();
+
+  it('names only the operations Kiln knows: names a client invents count as "other" and evict none', async () => {
+    // Anyone, signed in or not, chooses the names it sends: more of them than the old 200 label slots.
+    const invented = Array.from({ length: 250 }, (_, i) => `AttackerChosenLabel_${i}`);
+    const answers = await Promise.all(invented.map((name) => server.client().post({ query: `query ${name} { __typename }` })));
+    expect(answers.map((answer) => answer.status)).toEqual(invented.map(() => 200));
+    const owner = await signUp(server);
+    await createProject(owner.client);
+
+    const text = await (await fetch(`${server.url}/metrics`)).text();
+    expect(seriesValue(text, 'kiln_graphql_operations_total{operation="other",type="query",outcome="ok"}')).toBe(250);
+    expect(seriesValue(text, 'kiln_graphql_operations_total{operation="SignUp",type="mutation",outcome="ok"}')).toBe(1);
+    expect(seriesValue(text, 'kiln_graphql_operations_total{operation="CreateProject",type="mutation",outcome="ok"}')).toBe(1);
+    expect(text).not.toContain('AttackerChosenLabel');
+  });
+
+  it('names the operations of the documents it is given (the persisted-operations manifest) too', async () => {
+    const metrics = createMetrics({ defaultMetrics: false });
+    const yoga = createYoga({
+      schema: createSchema({ typeDefs: 'type Query { ok: Boolean }', resolvers: { Query: { ok: () => true } } }),
+      plugins: [metrics.graphqlPlugin({ documents: ['query FromManifest { ok }', 'not a document'] })],
+      logging: false,
+    });
+    for (const query of ['query FromManifest { ok }', 'query Invented { ok }', 'query Viewer { ok }', '{ ok }']) {
+      const response = await yoga.fetch('http://kiln.test/graphql', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ query }) });
+      expect(response.status, query).toBe(200);
+    }
+    const text = await metrics.registry.metrics();
+    // The manifest's name, a contract name (Viewer), and an anonymous operation keep their labels.
+    for (const operation of ['FromManifest', 'Viewer', 'other', 'anonymous']) {
+      expect(seriesValue(text, `kiln_graphql_operations_total{operation="${operation}",type="query",outcome="ok"}`), operation).toBe(1);
+    }
+    expect(text).not.toContain('Invented');
   });
 });
 

@@ -36,6 +36,7 @@ type ServerContext = { req?: IncomingMessage; clientIp?: string; connectionParam
 export function buildApp(services: Services): App {
   const { config } = services;
   const createContext = contextFactory(services);
+  const manifest = config.limits.persistedOperations.only ? loadManifest(config.limits.persistedOperations.manifest!) : undefined;
   const yoga = createYoga<ServerContext, Context>({
     schema,
     graphqlEndpoint: '/graphql',
@@ -57,11 +58,12 @@ export function buildApp(services: Services): App {
       useGraphiQLHeaders(),
       // An OpenTelemetry span per operation, when OTEL_* turns tracing on.
       ...(config.tracing.enabled ? [useTracing()] : []),
-      services.metrics.graphqlPlugin(),
+      // Operations are counted by name when Kiln knows the name (the contract, the web client, the manifest).
+      services.metrics.graphqlPlugin({ documents: manifest?.values() }),
       // JSON POSTs only; GETs carry a header a cross-site simple request cannot.
       ...useRequestPolicy(),
       useChunkedBodyLimit(config.limits.maxBodyBytes),
-      ...(config.limits.persistedOperations.only ? usePersistedOperationsOnly(loadManifest(config.limits.persistedOperations.manifest!)) : []),
+      ...(manifest ? usePersistedOperationsOnly(manifest) : []),
       ...useQueryLimits(config.limits),
       useNulRefusal(),
       ...(config.exposeSchema ? [] : useSchemaPrivacy()),

@@ -20,25 +20,28 @@ export function httpFailure(upstream: Upstream, status: number, body: string, re
   const failure = describeHttpFailure(upstream, status, body);
   if (!failure.retryable) return failure;
   const afterMs = retryAfterMs(retryAfterHeader) ?? retryInfoDelayMs(body);
-  return new LlmError(failure.message, true, { status, ...(afterMs === undefined ? {} : { afterMs }) });
+  return new LlmError(failure.message, true, { status, ...(afterMs === undefined ? {} : { afterMs }) }, failure.cause);
 }
 
+/**
+ * Every member of the project (viewers too) reads the message: it quotes only the
+ * `error.message` of a JSON error body ("model not found" is worth seeing), never any other
+ * body (a proxy's HTML page names its server version and internal hosts). That body goes
+ * to the server's log, as the error's cause.
+ */
 function describeHttpFailure(upstream: Upstream, status: number, body: string): LlmError {
   const { label } = upstream;
-  const detail = `${status}: ${upstreamDetail(body)}`;
+  const message = upstreamMessage(body);
+  const detail = message === undefined ? `status ${status}` : `${status}: ${message}`;
+  const cause = message === undefined ? new Error(`${label} answered ${status}: ${body.trim() || '(no body)'}`) : undefined;
+  const failure = (text: string, retryable = false) => new LlmError(text, retryable, {}, cause);
   const keyRejected = status === 401 || status === 403 || (status === 400 && /api[ _-]?key/i.test(body));
-  if (keyRejected) return new LlmError(`${label} rejected the API key (${detail}); ${upstream.keyHint}.`);
-  if (status === 400) return new LlmError(`${label} rejected the request (${detail}).`);
-  if (status === 404) {
-    return new LlmError(`${label} has no model "${upstream.model}" (${detail}); ${upstream.modelHint}.`);
-  }
-  if (status === 429) {
-    return new LlmError(`${label} is rate limiting requests (${detail}); wait a minute and try again.`, true);
-  }
-  if (status === 408 || status >= 500) {
-    return new LlmError(`${label} is unavailable right now (${detail}); try again later.`, true);
-  }
-  return new LlmError(`${label} failed (${detail}).`);
+  if (keyRejected) return failure(`${label} rejected the API key (${detail}); ${upstream.keyHint}.`);
+  if (status === 400) return failure(`${label} rejected the request (${detail}).`);
+  if (status === 404) return failure(`${label} has no model "${upstream.model}" (${detail}); ${upstream.modelHint}.`);
+  if (status === 429) return failure(`${label} is rate limiting requests (${detail}); wait a minute and try again.`, true);
+  if (status === 408 || status >= 500) return failure(`${label} is unavailable right now (${detail}); try again later.`, true);
+  return failure(`${label} failed (${detail}).`);
 }
 
 /** `Retry-After` as seconds or an HTTP date, in milliseconds from now. */
@@ -82,19 +85,28 @@ export function unreachableFailure(label: string, settings: string, error: unkno
   return new LlmError(`Could not reach ${label}; the server's operator should check ${settings}.`, true, { status: 'network' }, error);
 }
 
-/** The `error.message` of a JSON error body (Google and OpenAI shapes), else the raw text, shortened. */
-export function upstreamDetail(body: string): string {
+/**
+ * The `error.message` of a JSON error body (Google and OpenAI shapes), shortened; undefined
+ * for any other body, which a user never sees. @google/genai wraps a body that is not JSON as
+ * `{ error: { message: <the text>, code, status: <the HTTP reason phrase> } }`, where Google's
+ * own bodies carry a google.rpc code name (NOT_FOUND): such a message is the raw body, and so
+ * is one that holds markup.
+ */
+export function upstreamMessage(body: string): string | undefined {
   const start = body.indexOf('{');
-  if (start >= 0) {
-    try {
-      const parsed = JSON.parse(body.slice(start)) as { error?: { message?: unknown } | string };
-      const message = typeof parsed.error === 'string' ? parsed.error : parsed.error?.message;
-      if (typeof message === 'string' && message.trim()) return shorten(message);
-    } catch {
-      // Not JSON after all: fall back to the raw text.
-    }
+  if (start < 0) return undefined;
+  let parsed: { error?: { message?: unknown; status?: unknown } | string } | null;
+  try {
+    parsed = JSON.parse(body.slice(start)) as typeof parsed;
+  } catch {
+    return undefined;
   }
-  return shorten(body) || 'no details';
+  const error = parsed?.error;
+  const message = typeof error === 'string' ? error : error?.message;
+  if (typeof message !== 'string' || !message.trim()) return undefined;
+  if (typeof error === 'object' && error.status !== undefined && !/^[A-Z][A-Z_]*$/.test(String(error.status))) return undefined;
+  if (/<\/?[a-z][^<>]*>/i.test(message)) return undefined;
+  return shorten(message);
 }
 
 function transportDetail(error: unknown): string {

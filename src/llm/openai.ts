@@ -1,4 +1,4 @@
-import { answerEnd, httpFailure, interruptedFailure, unreachableFailure, upstreamDetail, type Upstream } from './failures.js';
+import { answerEnd, httpFailure, interruptedFailure, unreachableFailure, upstreamMessage, type Upstream } from './failures.js';
 import { LlmError, type LlmProvider, type LlmRequest, type LlmUsage, OutputLimitError } from './provider.js';
 import { ALIVE, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_RETRY_POLICY, resilientStream, type RetryPolicy, type UpstreamEvent } from './streaming.js';
 
@@ -20,6 +20,13 @@ interface ChatCompletionChunk {
 }
 
 const LABEL = 'The OpenAI-compatible server';
+
+/** The longest line of the event stream read (one chunk is a line); a longer one fails the answer, not retried. */
+export const MAX_SSE_LINE_BYTES = 1024 * 1024;
+/** The most data one server-sent event may carry (its data lines together). */
+export const MAX_SSE_EVENT_BYTES = MAX_SSE_LINE_BYTES;
+/** How much of an error answer's body is read (for its `error.message`, and the log); the rest is dropped. */
+export const MAX_ERROR_BODY_BYTES = 64 * 1024;
 
 export function createOpenAiProvider(options: OpenAiProviderOptions): LlmProvider {
   const { model } = options;
@@ -70,7 +77,7 @@ async function* streamOnce(
   const headers: Record<string, string> = { 'content-type': 'application/json', accept: 'text/event-stream' };
   if (apiKey) headers.authorization = `Bearer ${apiKey}`;
   const response = await fetch(url, { method: 'POST', headers, body, signal });
-  if (!response.ok) throw httpFailure(upstream, response.status, await response.text(), response.headers.get('retry-after'));
+  if (!response.ok) throw httpFailure(upstream, response.status, await bodyStart(response, MAX_ERROR_BODY_BYTES), response.headers.get('retry-after'));
   if (!response.body) throw new LlmError(`${LABEL} answered without a body; check OPENAI_BASE_URL.`);
 
   let usage: LlmUsage | undefined;
@@ -108,9 +115,13 @@ function parseChunk(data: string): ChatCompletionChunk {
   try {
     chunk = JSON.parse(data) as ChatCompletionChunk;
   } catch {
-    throw new LlmError(`${LABEL} sent data that is not JSON (${upstreamDetail(data)}).`);
+    // The data goes to the log only: users read the message (as for an error body, failures.ts).
+    throw new LlmError(`${LABEL} sent data that is not JSON; check OPENAI_BASE_URL.`, false, {}, new Error(`data: ${data.slice(0, 1000)}`));
   }
-  if (chunk.error) throw new LlmError(`${LABEL} failed mid-stream (${upstreamDetail(data)}); try again.`, true);
+  if (chunk.error) {
+    const message = upstreamMessage(data);
+    throw new LlmError(`${LABEL} failed mid-stream (${message ?? 'no details'}); try again.`, true, {}, message ? undefined : new Error(`data: ${data.slice(0, 1000)}`));
+  }
   return chunk;
 }
 
@@ -127,32 +138,77 @@ function unfinished(finishReason: string | undefined, sawDone: boolean, usage: L
   return undefined;
 }
 
+/** At most `limit` bytes of a body, as text; the rest is not read (the connection is released). */
+async function bodyStart(response: Response, limit: number): Promise<string> {
+  if (!response.body) return '';
+  const parts: Uint8Array[] = [];
+  let length = 0;
+  const reader = response.body.getReader();
+  try {
+    while (length < limit) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      parts.push(value.subarray(0, limit - length));
+      length += Math.min(value.length, limit - length);
+    }
+  } finally {
+    void reader.cancel().catch(() => {});
+  }
+  return new TextDecoder().decode(Buffer.concat(parts));
+}
+
 /**
  * The data of each server-sent event (its data lines joined, other fields ignored), and
  * undefined for bytes that complete no event (a keep-alive comment, part of an event).
+ * A line is at most MAX_SSE_LINE_BYTES and an event's data MAX_SSE_EVENT_BYTES. Text is
+ * scanned for line ends once: the reads of a line's middle are only kept, and joined when
+ * its end arrives.
  */
 async function* serverSentData(body: ReadableStream<Uint8Array>): AsyncGenerator<string | undefined> {
   const decoder = new TextDecoder();
-  let buffer = '';
+  /** The text after the last line end, as read. */
+  let pending: string[] = [];
+  /** Its length in bytes (a line end, 0x0A, is never part of another UTF-8 character). */
+  let pendingBytes = 0;
   let data: string[] = [];
+  let eventBytes = 0;
   for await (const bytes of body) {
-    buffer += decoder.decode(bytes, { stream: true });
-    const lines = buffer.split('\n');
-    buffer = lines.pop() ?? '';
+    const lastEnd = bytes.lastIndexOf(0x0a);
+    pendingBytes = lastEnd < 0 ? pendingBytes + bytes.length : bytes.length - lastEnd - 1;
+    if (pendingBytes > MAX_SSE_LINE_BYTES) {
+      throw new LlmError(`${LABEL} sent a line over ${MAX_SSE_LINE_BYTES} bytes in its event stream; check OPENAI_BASE_URL.`);
+    }
+    const text = decoder.decode(bytes, { stream: true });
+    if (lastEnd < 0) {
+      pending.push(text);
+      yield undefined;
+      continue;
+    }
+    const buffer = pending.join('') + text;
+    let lineStart = 0;
     let completed = false;
-    for (const rawLine of lines) {
-      const line = rawLine.endsWith('\r') ? rawLine.slice(0, -1) : rawLine;
+    for (let end = buffer.indexOf('\n'); end >= 0; end = buffer.indexOf('\n', lineStart)) {
+      const line = buffer.slice(lineStart, buffer[end - 1] === '\r' ? end - 1 : end);
+      lineStart = end + 1;
       if (line === '' && data.length > 0) {
         yield data.join('\n');
         data = [];
+        eventBytes = 0;
         completed = true;
       } else if (line.startsWith('data:')) {
-        data.push(line.slice(line.startsWith('data: ') ? 6 : 5));
+        const value = line.slice(line.startsWith('data: ') ? 6 : 5);
+        eventBytes += Buffer.byteLength(value);
+        if (eventBytes > MAX_SSE_EVENT_BYTES) {
+          throw new LlmError(`${LABEL} sent an event over ${MAX_SSE_EVENT_BYTES} bytes in its event stream; check OPENAI_BASE_URL.`);
+        }
+        data.push(value);
       }
     }
+    pending = [buffer.slice(lineStart)];
     if (!completed) yield undefined;
   }
   // Lenient about a last event that lacks its blank line.
-  if (buffer.startsWith('data:')) data.push(buffer.slice(buffer.startsWith('data: ') ? 6 : 5));
+  const rest = pending.join('') + decoder.decode();
+  if (rest.startsWith('data:')) data.push(rest.slice(rest.startsWith('data: ') ? 6 : 5));
   if (data.length > 0) yield data.join('\n');
 }

@@ -1,6 +1,7 @@
 import { timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { type DocumentNode, getOperationAST } from 'graphql';
+import { type DocumentNode, Kind, getOperationAST, parse } from 'graphql';
 import { type Plugin, isAsyncIterable } from 'graphql-yoga';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { ACTIVE_STATUSES } from '../generations/status.js';
@@ -16,8 +17,12 @@ export interface Metrics {
   readonly registry: Registry;
   /** One HTTP request answered (not WebSocket frames). */
   observeHttp(labels: { method: string; route: string; status: number }, seconds: number): void;
-  /** The GraphQL plugin: operation counts and durations, active subscriptions. */
-  graphqlPlugin(): Plugin;
+  /**
+   * The GraphQL plugin: operation counts and durations, active subscriptions. Operations are
+   * labelled by name only when Kiln knows the name (the client contract, the web client's
+   * operations, and `documents`: the persisted-operations manifest when only those run).
+   */
+  graphqlPlugin(options?: { documents?: Iterable<string> }): Plugin;
   /** A generation reached a terminal status. */
   observeGeneration(labels: { status: string; errorCode?: string | null; provider: string }, seconds: number): void;
   observeBuildStep(labels: { step: string; status: string }, seconds: number): void;
@@ -32,8 +37,15 @@ export interface Metrics {
 
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 const LONG_BUCKETS = [0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200];
-/** Distinct operation names kept as labels; later ones count as "other" (clients choose names). */
-const MAX_OPERATION_NAMES = 200;
+/**
+ * The operations Kiln knows by name, whose names are metric labels; any other name counts as
+ * `other`, since a client (signed in or not) chooses the name it sends. The client contract
+ * and the reference web client's operations (it runs a few beyond the contract), read once
+ * per createMetrics. Found from this module's URL, as drizzle/ and web/dist/ are: the server
+ * runs from its checkout (`npm install && npm start`: no package "files", no image), and
+ * dist/ and dist/bundle/ sit at the depth of src/, so the path resolves alike from each.
+ */
+const KNOWN_OPERATION_FILES = ['../../contract/operations.graphql', '../../web/src/operations.graphql'];
 
 /** Counts of active generations by status, read at scrape time (main.ts hands in the generations store's query). */
 export type ActiveGenerationCounts = () => Promise<Map<string, number>>;
@@ -149,17 +161,19 @@ export function createMetrics(options: { activeGenerations?: ActiveGenerationCou
     });
   }
 
-  const names = new Set<string>();
-  const operationLabel = (name: string | undefined) => {
-    if (!name) return 'anonymous';
-    if (names.has(name)) return name;
-    if (names.size >= MAX_OPERATION_NAMES || name.length > 100) return 'other';
-    names.add(name);
-    return name;
-  };
-  const describe = (document: DocumentNode, operationName?: string | null) => {
+  const knownNames = new Set<string>();
+  for (const file of KNOWN_OPERATION_FILES) {
+    const url = new URL(file, import.meta.url);
+    try {
+      for (const name of namesIn(parse(readFileSync(url, 'utf8'), { noLocation: true }))) knownNames.add(name);
+    } catch (error) {
+      log?.warn({ err: error, file: url.pathname }, 'known GraphQL operations cannot be read: their metrics count as "other"');
+    }
+  }
+  const describeWith = (names: ReadonlySet<string>) => (document: DocumentNode, operationName?: string | null) => {
     const operation = getOperationAST(document, operationName);
-    return { operation: operationLabel(operation?.name?.value), type: operation?.operation ?? 'unknown' };
+    const name = operation?.name?.value;
+    return { operation: !name ? 'anonymous' : names.has(name) ? name : 'other', type: operation?.operation ?? 'unknown' };
   };
   const outcome = (result: unknown) => ((result as { errors?: unknown[] } | undefined)?.errors?.length ? 'error' : 'ok');
 
@@ -170,36 +184,39 @@ export function createMetrics(options: { activeGenerations?: ActiveGenerationCou
       httpRequests.inc(labels);
       httpDuration.observe(labels, seconds);
     },
-    graphqlPlugin: () => ({
-      onExecute({ args }) {
-        const labels = describe(args.document, args.operationName);
-        const started = performance.now();
-        return {
-          onExecuteDone({ result }) {
-            operationDuration.observe(labels, (performance.now() - started) / 1000);
-            operations.inc({ ...labels, outcome: isAsyncIterable(result) ? 'ok' : outcome(result) });
-          },
-        };
-      },
-      onSubscribe({ args }) {
-        const labels = describe(args.document, args.operationName);
-        return {
-          onSubscribeResult({ result }) {
-            if (!isAsyncIterable(result)) {
-              operations.inc({ ...labels, outcome: outcome(result) });
-              return;
-            }
-            operations.inc({ ...labels, outcome: 'ok' });
-            activeSubscriptions.inc({ operation: labels.operation });
-            // A live stream says when it is over, however it ends (completed, failed, closed):
-            // envelop's onEnd would wrap every result of every stream once more.
-            const { closed } = result as { closed?: Promise<void> };
-            if (closed) void closed.then(() => activeSubscriptions.dec({ operation: labels.operation }));
-            else return { onEnd: () => activeSubscriptions.dec({ operation: labels.operation }) };
-          },
-        };
-      },
-    }),
+    graphqlPlugin: ({ documents = [] } = {}) => {
+      const describe = describeWith(new Set([...knownNames, ...operationNames(documents)]));
+      return {
+        onExecute({ args }) {
+          const labels = describe(args.document, args.operationName);
+          const started = performance.now();
+          return {
+            onExecuteDone({ result }) {
+              operationDuration.observe(labels, (performance.now() - started) / 1000);
+              operations.inc({ ...labels, outcome: isAsyncIterable(result) ? 'ok' : outcome(result) });
+            },
+          };
+        },
+        onSubscribe({ args }) {
+          const labels = describe(args.document, args.operationName);
+          return {
+            onSubscribeResult({ result }) {
+              if (!isAsyncIterable(result)) {
+                operations.inc({ ...labels, outcome: outcome(result) });
+                return;
+              }
+              operations.inc({ ...labels, outcome: 'ok' });
+              activeSubscriptions.inc({ operation: labels.operation });
+              // A live stream says when it is over, however it ends (completed, failed, closed):
+              // envelop's onEnd would wrap every result of every stream once more.
+              const { closed } = result as { closed?: Promise<void> };
+              if (closed) void closed.then(() => activeSubscriptions.dec({ operation: labels.operation }));
+              else return { onEnd: () => activeSubscriptions.dec({ operation: labels.operation }) };
+            },
+          };
+        },
+      };
+    },
     observeGeneration: ({ status, errorCode, provider }, seconds) =>
       generationDuration.observe({ status, error_code: errorCode ?? '', provider }, seconds),
     observeBuildStep: (labels, seconds) => buildStepDuration.observe(labels, seconds),
@@ -214,6 +231,25 @@ export function createMetrics(options: { activeGenerations?: ActiveGenerationCou
     },
     observeLlmRetry: (provider, status) => llmRetries.inc({ provider, status: String(status) }),
   };
+}
+
+/** The names of the operations in GraphQL documents (a document that does not parse names none). */
+export function operationNames(documents: Iterable<string>): Set<string> {
+  const names = new Set<string>();
+  for (const text of documents) {
+    let document: DocumentNode;
+    try {
+      document = parse(text, { noLocation: true });
+    } catch {
+      continue;
+    }
+    for (const name of namesIn(document)) names.add(name);
+  }
+  return names;
+}
+
+function namesIn(document: DocumentNode): string[] {
+  return document.definitions.flatMap((definition) => (definition.kind === Kind.OPERATION_DEFINITION && definition.name ? [definition.name.value] : []));
 }
 
 /** Which route a path counts under: a fixed set, so clients cannot invent label values. */

@@ -18,8 +18,13 @@ export type OpenAiBehaviour =
       usage?: { promptTokens: number; completionTokens: number };
       thinking?: { beats: number; delayMs: number; as: 'comment' | 'reasoning' };
     }
-  /** A non-2xx answer with OpenAI's error body, and a Retry-After header when given. */
-  | { kind: 'error'; status: number; message?: string; retryAfter?: string }
+  /**
+   * A non-2xx answer with OpenAI's error body, and a Retry-After header when given; `body`
+   * instead sends that text as `contentType` (a proxy's HTML error page).
+   */
+  | { kind: 'error'; status: number; message?: string; retryAfter?: string; body?: { contentType: string; text: string } }
+  /** A 200 event stream of exactly these pieces, written one by one (well-formed or not), then the end. */
+  | { kind: 'raw'; pieces: (string | Uint8Array)[] }
   /** Sends the chunks, then nothing more, keeping the connection open. */
   | { kind: 'stall'; chunks: string[] };
 
@@ -69,9 +74,17 @@ export async function startFakeOpenAi(): Promise<FakeOpenAi> {
     });
 
     const behaviour = behaviours.length > 1 ? behaviours.shift()! : behaviours[0]!;
+    if (behaviour.kind === 'error' && behaviour.body) {
+      res.writeHead(behaviour.status, { 'content-type': behaviour.body.contentType });
+      return void res.end(behaviour.body.text);
+    }
     if (behaviour.kind === 'error') return sendError(res, behaviour.status, behaviour.message ?? `Scripted ${behaviour.status}`, behaviour.retryAfter);
     res.writeHead(200, { 'content-type': 'text/event-stream' });
     res.flushHeaders();
+    if (behaviour.kind === 'raw') {
+      for (const piece of behaviour.pieces) if (!res.destroyed) res.write(piece);
+      return void res.end();
+    }
     if (behaviour.kind === 'stream' && behaviour.thinking) {
       const { beats, delayMs, as } = behaviour.thinking;
       for (let i = 0; i < beats && !res.destroyed; i++) {

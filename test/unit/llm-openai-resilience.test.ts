@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { CONTINUE_INSTRUCTION, withContinuations } from '../../src/llm/continuation.js';
-import { createOpenAiProvider } from '../../src/llm/openai.js';
+import { MAX_ERROR_BODY_BYTES, MAX_SSE_LINE_BYTES, createOpenAiProvider } from '../../src/llm/openai.js';
 import { LlmError, type LlmEvent, type LlmRequest, type RetryNotice } from '../../src/llm/provider.js';
 import { startFakeOpenAi } from '../support/fake-openai.js';
 import { useEach } from '../support/lifecycle.js';
@@ -73,5 +73,64 @@ describe('OpenAI-compatible provider: continuation and back-off', () => {
 
     await expect(waiting).rejects.toBe('cancelled');
     expect(fake.requests).toHaveLength(1);
+  });
+});
+
+describe('OpenAI-compatible provider: what it reads is bounded', () => {
+  const fake = useEach(startFakeOpenAi, (started) => started.close());
+  const provider = () => createOpenAiProvider({ baseUrl: fake.baseUrl, model: 'qwen2.5-coder', retry: { baseDelayMs: 5 } });
+  const failureOf = (events: AsyncIterable<LlmEvent>) =>
+    textOf(events).then(
+      () => expect.fail('the answer should have failed'),
+      (error: unknown) => error,
+    );
+  /** `bytes` of padding in 64 KiB pieces, as a server writing a long line bit by bit would. */
+  const padding = (bytes: number) => Array.from({ length: Math.ceil(bytes / 65_536) }, () => 'x'.repeat(65_536));
+
+  it('fails, without retrying, on a stream line longer than MAX_SSE_LINE_BYTES, even a well-formed one', async () => {
+    fake.script({
+      kind: 'raw',
+      pieces: ['data: {"choices":[{"delta":{"content":"', ...padding(2 * MAX_SSE_LINE_BYTES), '"},"finish_reason":"stop"}]}\n\n', 'data: [DONE]\n\n'],
+    });
+    const failure = await failureOf(provider().stream(request()));
+
+    expect(failure).toBeInstanceOf(LlmError);
+    expect((failure as LlmError).message).toBe(`The OpenAI-compatible server sent a line over ${MAX_SSE_LINE_BYTES} bytes in its event stream; check OPENAI_BASE_URL.`);
+    expect((failure as LlmError).retryable).toBe(false);
+    expect(fake.requests).toHaveLength(1);
+  });
+
+  it('fails on one event whose data lines together pass the limit', async () => {
+    // Valid JSON split over data lines (joined with line breaks), each line well under the limit.
+    const half = 'x'.repeat(MAX_SSE_LINE_BYTES / 2);
+    fake.script({
+      kind: 'raw',
+      pieces: ['data: {"choices":[{"delta":{"content":"a"},"finish_reason":"stop"}],\n', `data: "pad1":"${half}",\n`, `data: "pad2":"${half}"}\n\n`, 'data: [DONE]\n\n'],
+    });
+    const failure = await failureOf(provider().stream(request()));
+
+    expect((failure as LlmError).message).toMatch(/sent an event over \d+ bytes/);
+    expect(fake.requests).toHaveLength(1);
+  });
+
+  it('still reads lines split across many small writes, and \\r\\n line ends', async () => {
+    const event = (content: string) => `data: {"choices":[{"delta":{"content":${JSON.stringify(content)}},"finish_reason":null}]}\r\n\r\n`;
+    const stream = `: keep-alive\n\n${event('Hel')}${event('lo ☕')}data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n`;
+    const bytes = Buffer.from(stream);
+    // Byte by byte: line ends and the multi-byte ☕ are split between writes.
+    fake.script({ kind: 'raw', pieces: [...bytes].map((byte) => Uint8Array.of(byte)) });
+    expect((await textOf(provider().stream(request()))).text).toBe('Hello ☕');
+  });
+
+  it('reads at most MAX_ERROR_BODY_BYTES of an error body, and keeps them for the log', async () => {
+    const body = `upstream failure ${'y'.repeat(4 * MAX_ERROR_BODY_BYTES)}`;
+    fake.script({ kind: 'error', status: 400, body: { contentType: 'text/plain', text: body } });
+    const failure = await failureOf(provider().stream(request()));
+
+    expect((failure as LlmError).message).toBe('The OpenAI-compatible server rejected the request (status 400).');
+    const logged = ((failure as LlmError).cause as Error).message;
+    expect(logged).toContain('upstream failure yyy');
+    expect(logged.length).toBeLessThan(MAX_ERROR_BODY_BYTES + 200);
+    expect(logged.length).toBeGreaterThan(MAX_ERROR_BODY_BYTES - 200);
   });
 });

@@ -1,3 +1,4 @@
+import { createServer as createHttpServer } from 'node:http';
 import { createServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
 import ts from 'typescript';
@@ -146,7 +147,7 @@ describe('Gemini provider (real @google/genai client, fake Gemini server)', () =
 
     fake.script({ kind: 'error', status: 404, message: 'models/gemini-9 is not found' });
     const noModel = await failureOf(gemini({ model: 'gemini-9' }).stream(llmRequest()));
-    expect((noModel as LlmError).message).toMatch(/no model "gemini-9".*GEMINI_MODEL/);
+    expect((noModel as LlmError).message).toMatch(/no model "gemini-9" \(404: models\/gemini-9 is not found\).*GEMINI_MODEL/);
     expect(fake.requests).toHaveLength(2);
   });
 
@@ -295,6 +296,42 @@ describe('OpenAI-compatible provider', () => {
     expect(error).toBeInstanceOf(LlmError);
     expect((error as LlmError).message).toMatch(/^The OpenAI-compatible server sent no data for 0.1 s/);
     await fake.requests[0]?.clientGone;
+  });
+});
+
+describe("an upstream's error page (a reverse proxy's 502)", () => {
+  // What a proxy in front of the model server answers: its version and internal host names.
+  const PAGE = '<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx/1.25.3 (llm-gw-7.corp.internal)</center></body></html>';
+
+  /** The failure's message, which every project member reads, and what it leaves to the server's log. */
+  const expectPageOnlyInCause = (error: unknown, label: RegExp) => {
+    expect(error).toBeInstanceOf(LlmError);
+    const { message } = error as LlmError;
+    expect(message).toMatch(label);
+    expect(message).toContain('(status 502)');
+    for (const leak of ['nginx', 'corp.internal', '<html', 'Bad Gateway']) expect(message).not.toContain(leak);
+    expect(causes(error as LlmError)).toContain('nginx/1.25.3 (llm-gw-7.corp.internal)');
+  };
+
+  const fake = useEach(startFakeOpenAi, (started) => started.close());
+
+  it('OpenAI-compatible: the page is not in the message, but in the cause for the log', async () => {
+    fake.script({ kind: 'error', status: 502, body: { contentType: 'text/html', text: PAGE } });
+    const provider = createOpenAiProvider({ baseUrl: fake.baseUrl, model: 'qwen2.5-coder', retry: { baseDelayMs: 5 } });
+    expectPageOnlyInCause(await failureOf(provider.stream(llmRequest())), /^The OpenAI-compatible server is unavailable right now/);
+  });
+
+  it('Gemini (the SDK wraps the page as a JSON error message): not in the message, but in the cause', async () => {
+    const proxy = createHttpServer((_req, res) => void res.writeHead(502, { 'content-type': 'text/html' }).end(PAGE));
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = proxy.address() as AddressInfo;
+      const provider = createGeminiProvider({ apiKey: 'server-key', model: 'gemini-2.5-flash', baseUrl: `http://127.0.0.1:${port}`, retry: { baseDelayMs: 5 } });
+      expectPageOnlyInCause(await failureOf(provider.stream(llmRequest())), /^Gemini is unavailable right now/);
+    } finally {
+      proxy.closeAllConnections();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
   });
 });
 
