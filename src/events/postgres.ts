@@ -33,9 +33,10 @@ import { type CrossProcessEventTarget, LocalListeners, throttledWarn } from './l
 //   completed within `healthTimeoutMs` means the publisher is dead, and it is replaced by a
 //   new client (the old one ended at once, one warning). The batch it was sending and what
 //   queued up behind it go out, in order, on the new connection: nothing is lost unless more
-//   than MAX_PENDING pile up (the stream's database reads repair those). A batch the dead
-//   connection did deliver arrives twice; streams skip seqs they already have. Nothing in
-//   the health check waits without a bound.
+//   than MAX_PENDING pile up (the stream's database reads repair those). A batch the old
+//   connection did deliver (or a stalled server delivers later) arrives twice, possibly after
+//   newer ones; streams skip seqs they already have and re-read a status that steps back.
+//   Nothing in the health check waits without a bound.
 
 /** PostgreSQL refuses NOTIFY payloads of 8,000 bytes or more; keep a margin. */
 export const MAX_NOTIFY_BYTES = 7_900;
@@ -45,7 +46,6 @@ const STATEMENT_BATCH = 100;
 const FIRST_RETRY_MS = 100;
 const MAX_RETRY_MS = 2_000;
 const CONNECT_TIMEOUT_S = 5;
-const REPLACED = Symbol('replaced');
 const TIMED_OUT = Symbol('timed out');
 
 export interface PostgresEventTargetOptions {
@@ -82,6 +82,8 @@ export type PostgresEventTarget = CrossProcessEventTarget;
 export function createPostgresEventTarget(options: PostgresEventTargetOptions): PostgresEventTarget {
   const log = options.logger.child({ source: 'PostgresEvents' });
   const warn = throttledWarn(log);
+  // Its own: through a network partition a publisher is replaced every cycle; said once per interval.
+  const warnReplaced = throttledWarn(log);
   const channel = options.channel ?? 'kiln_events';
   const origin = randomUUID();
   // One channel per process for its own health checks, so pings do not fan out.
@@ -90,30 +92,21 @@ export function createPostgresEventTarget(options: PostgresEventTargetOptions): 
   const healthTimeoutMs = options.healthTimeoutMs ?? 5_000;
   const listeners = new LocalListeners();
 
-  /** The NOTIFY connection; `replaced` resolves when the health check gives up on it. */
-  interface Publisher {
-    sql: postgres.Sql;
-    replaced: Promise<typeof REPLACED>;
-    replace(): void;
-  }
-  const openPublisher = (): Publisher => {
-    let replace = () => {};
-    const replaced = new Promise<typeof REPLACED>((resolve) => (replace = () => resolve(REPLACED)));
-    const sql = postgres(options.publishUrl, {
+  /** The NOTIFY connection. */
+  const openPublisher = (): postgres.Sql =>
+    postgres(options.publishUrl, {
       max: 1,
       onnotice: () => {},
       connect_timeout: CONNECT_TIMEOUT_S,
       connection: { application_name: 'kiln-events-publish' },
     });
-    return { sql, replaced, replace };
-  };
   let publisher = openPublisher();
+  // Ending the old client at once rejects what it was sending (flush then sends it again on the new one).
   const replacePublisher = (afterMs: number) => {
     const old = publisher;
     publisher = openPublisher();
-    log.warn({ afterMs, pending: pending.length }, 'the event publisher stopped answering; sending on a new connection');
-    old.replace();
-    void old.sql.end({ timeout: 0 }).catch(() => {});
+    warnReplaced({ afterMs, pending: pending.length }, 'the event publisher stopped answering; sending on a new connection');
+    void old.end({ timeout: 0 }).catch(() => {});
   };
   let counter = 0;
   let pending: string[] = [];
@@ -140,11 +133,7 @@ export function createPostgresEventTarget(options: PostgresEventTargetOptions): 
       try {
         // One statement, one transaction; the elements are taken in order, so the
         // notifications go out in publishing order.
-        const sent = await Promise.race([
-          current.sql`select pg_notify(${channel}, payload) from json_array_elements_text(${JSON.stringify(batch)}::text::json) as payload`,
-          current.replaced,
-        ]);
-        if (sent === REPLACED) throw new Error('the publisher was replaced');
+        await current`select pg_notify(${channel}, payload) from json_array_elements_text(${JSON.stringify(batch)}::text::json) as payload`;
         delayMs = FIRST_RETRY_MS;
       } catch (error) {
         if (current !== publisher) {
@@ -265,7 +254,7 @@ export function createPostgresEventTarget(options: PostgresEventTargetOptions): 
     ping = { token, at };
     const current = publisher;
     const sent = await within(
-      current.sql`select pg_notify(${pingChannel}, ${token})`.then(
+      current`select pg_notify(${pingChannel}, ${token})`.then(
         () => true,
         () => false,
       ),
@@ -315,7 +304,7 @@ export function createPostgresEventTarget(options: PostgresEventTargetOptions): 
       await Promise.race([flushing, new Promise((resolve) => setTimeout(resolve, 2_000).unref())]);
       closed = true;
       await connecting;
-      await Promise.all([listener?.end({ timeout: 1 }), publisher.sql.end({ timeout: 1 })]);
+      await Promise.all([listener?.end({ timeout: 1 }), publisher.end({ timeout: 1 })]);
       listener = undefined;
     },
   };

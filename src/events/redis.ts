@@ -19,8 +19,9 @@ import { type CrossProcessEventTarget, LocalListeners, throttledWarn } from './l
 //   subscriber connection), and ioredis's `socketTimeout` destroys a socket that has not
 //   answered a command within `healthTimeoutMs`, so the client reconnects and resubscribes
 //   as after any drop. The TCP keep-alive alone would take hours (ioredis's `keepAlive: 0`
-//   keeps the kernel's default delay). Events published on the dead socket are dropped as
-//   in an outage; subscribers catch up after the reconnect and repair from the database.
+//   keeps the kernel's default delay). Events published on the dead socket are sent again
+//   by ioredis after it reconnects (possibly after other processes' catch-up events), or
+//   dropped if it gives up; either way subscribers repair from the database.
 
 export interface RedisEventTargetOptions {
   url: string;

@@ -1,4 +1,5 @@
 import { sql } from 'drizzle-orm';
+import { setTimeout as delay } from 'node:timers/promises';
 import { type DrizzleTransactionLike, fromDrizzle, PgBoss } from 'pg-boss';
 import { rowsOf, type Tx } from '../db/client.js';
 import type { Logger } from '../observability/logger.js';
@@ -28,6 +29,8 @@ interface GenerationJob {
 }
 
 /** pg-boss's fetching: at once when a job is sent (NOTIFY), polling as the floor; one job per fetch. */
+/** After a pg-boss worker failed to start. */
+const RESTART_DELAY_MS = 5_000;
 const WORK_OPTIONS = { batchSize: 1, localConcurrency: 1, pollingIntervalSeconds: 2, notifyPollingIntervalSeconds: 10 } as const;
 
 export interface PgBossQueueOptions {
@@ -87,7 +90,7 @@ export async function createPgBossQueue(options: PgBossQueueOptions): Promise<Jo
         paused = true;
         boss.offWork(GENERATION_QUEUE, { id: workerId, wait: false }).catch((error: unknown) => log.warn({ err: error }, 'stopping a pg-boss worker failed'));
       };
-      workerId = await boss.work<GenerationJob>(GENERATION_QUEUE, WORK_OPTIONS, async ([job]) => {
+      const working = await boss.work<GenerationJob>(GENERATION_QUEUE, WORK_OPTIONS, async ([job]) => {
         if (!job) return;
         const started = take.run(job.data.generationId, job.data.trace);
         if (!take.free()) pause();
@@ -96,7 +99,16 @@ export async function createPgBossQueue(options: PgBossQueueOptions): Promise<Jo
         // The slots filled up some other way (the table scan) between the fetch and now: the job
         // goes back to the queue (a retry, after retryDelay) for a worker with room; this one no longer fetches.
         if (!started) throw new Error('no free slot; the job goes back to the queue');
+      }).catch((error: unknown) => {
+        // The table scan still finds what is queued; try again in a while rather than never.
+        log.warn({ err: error }, 'starting a pg-boss worker failed; retrying');
+        return undefined;
       });
+      if (working === undefined) {
+        await delay(RESTART_DELAY_MS, undefined, { signal: stopping.signal }).catch(() => {});
+        continue;
+      }
+      workerId = working;
       await new Promise<void>((resolve) => {
         const signal = AbortSignal.any([full.signal, stopping.signal]);
         if (signal.aborted) return resolve();

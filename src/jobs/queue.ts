@@ -44,7 +44,8 @@ export interface JobQueue {
   /**
    * Takes jobs into the worker's free slots until `stopConsuming`, and resolves once it has
    * stopped. A job is fetched only while `take` has a slot free, so a worker whose slots are
-   * all busy leaves the queue's jobs to the others instead of sitting on one.
+   * all busy leaves the queue's jobs to the others instead of sitting on one (but for a job
+   * fetched just as the table scan took the last slot: it goes back to the queue at once).
    */
   consume?(take: JobTaker): Promise<void>;
   stopConsuming?(): Promise<void>;

@@ -86,7 +86,8 @@ export function unreachableFailure(label: string, settings: string, error: unkno
 }
 
 /**
- * The `error.message` of a JSON error body (Google and OpenAI shapes), shortened; undefined
+ * The `error.message` of a JSON error body (Google and OpenAI shapes, or vLLM's top-level
+ * `message`), shortened; undefined
  * for any other body, which a user never sees. @google/genai wraps a body that is not JSON as
  * `{ error: { message: <the text>, code, status: <the HTTP reason phrase> } }`, where Google's
  * own bodies carry a google.rpc code name (NOT_FOUND): such a message is the raw body, and so
@@ -95,16 +96,17 @@ export function unreachableFailure(label: string, settings: string, error: unkno
 export function upstreamMessage(body: string): string | undefined {
   const start = body.indexOf('{');
   if (start < 0) return undefined;
-  let parsed: { error?: { message?: unknown; status?: unknown } | string } | null;
+  let parsed: { error?: { message?: unknown; status?: unknown } | string; object?: unknown; message?: unknown } | null;
   try {
     parsed = JSON.parse(body.slice(start)) as typeof parsed;
   } catch {
     return undefined;
   }
   const error = parsed?.error;
-  const message = typeof error === 'string' ? error : error?.message;
+  // vLLM and Mistral answer `{ "object": "error", "message": … }`.
+  const message = typeof error === 'string' ? error : (error?.message ?? (parsed?.object === 'error' ? parsed.message : undefined));
   if (typeof message !== 'string' || !message.trim()) return undefined;
-  if (typeof error === 'object' && error.status !== undefined && !/^[A-Z][A-Z_]*$/.test(String(error.status))) return undefined;
+  if (typeof error === 'object' && typeof error.status === 'string' && !/^[A-Z][A-Z_]*$/.test(error.status)) return undefined;
   if (/<\/?[a-z][^<>]*>/i.test(message)) return undefined;
   return shorten(message);
 }

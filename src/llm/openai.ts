@@ -21,7 +21,7 @@ interface ChatCompletionChunk {
 
 const LABEL = 'The OpenAI-compatible server';
 
-/** The longest line of the event stream read (one chunk is a line); a longer one fails the answer, not retried. */
+/** The most bytes held for a line of the event stream whose end has not come (one chunk is a line); more fails the answer, not retried. */
 export const MAX_SSE_LINE_BYTES = 1024 * 1024;
 /** The most data one server-sent event may carry (its data lines together). */
 export const MAX_SSE_EVENT_BYTES = MAX_SSE_LINE_BYTES;
@@ -160,7 +160,8 @@ async function bodyStart(response: Response, limit: number): Promise<string> {
 /**
  * The data of each server-sent event (its data lines joined, other fields ignored), and
  * undefined for bytes that complete no event (a keep-alive comment, part of an event).
- * A line is at most MAX_SSE_LINE_BYTES and an event's data MAX_SSE_EVENT_BYTES. Text is
+ * What is held of a line not ended yet is at most MAX_SSE_LINE_BYTES, and an event's data
+ * MAX_SSE_EVENT_BYTES: memory stays bounded whatever the server sends. Text is
  * scanned for line ends once: the reads of a line's middle are only kept, and joined when
  * its end arrives.
  */

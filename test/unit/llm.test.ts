@@ -321,6 +321,18 @@ describe("an upstream's error page (a reverse proxy's 502)", () => {
     expectPageOnlyInCause(await failureOf(provider.stream(llmRequest())), /^The OpenAI-compatible server is unavailable right now/);
   });
 
+  it("OpenAI-compatible: a JSON error's own message is kept, in vLLM's shape and with a numeric status too", async () => {
+    const provider = createOpenAiProvider({ baseUrl: fake.baseUrl, model: 'qwen2.5-coder', retry: { baseDelayMs: 5 } });
+    for (const body of [
+      { object: 'error', message: 'The model `qwen2.5-coder` does not exist.', type: 'NotFoundError', code: 404 },
+      { error: { message: 'The model `qwen2.5-coder` does not exist.', status: 404 } },
+    ]) {
+      fake.script({ kind: 'error', status: 404, body: { contentType: 'application/json', text: JSON.stringify(body) } });
+      const { message } = (await failureOf(provider.stream(llmRequest()))) as LlmError;
+      expect(message).toContain('The model `qwen2.5-coder` does not exist.');
+    }
+  });
+
   it('Gemini (the SDK wraps the page as a JSON error message): not in the message, but in the cause', async () => {
     const proxy = createHttpServer((_req, res) => void res.writeHead(502, { 'content-type': 'text/html' }).end(PAGE));
     await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
