@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import postgres from 'postgres';
 import { isConnectionError } from '../db/outage.js';
 import type { Logger } from '../observability/logger.js';
-import { type CrossProcessEventTarget, LocalListeners, throttledWarn } from './listeners.js';
+import { type CrossProcessEventTarget, LocalListeners, TIMED_OUT, throttledWarn, within } from './listeners.js';
 
 // EVENTS=postgres: events travel between processes as NOTIFY on one channel, received
 // with LISTEN on a dedicated connection.
@@ -46,7 +46,6 @@ const STATEMENT_BATCH = 100;
 const FIRST_RETRY_MS = 100;
 const MAX_RETRY_MS = 2_000;
 const CONNECT_TIMEOUT_S = 5;
-const TIMED_OUT = Symbol('timed out');
 
 export interface PostgresEventTargetOptions {
   /** LISTEN connection: direct or session-mode (never the transaction pooler). */
@@ -310,16 +309,6 @@ export function createPostgresEventTarget(options: PostgresEventTargetOptions): 
   };
 }
 
-/** What `promise` resolves to (or its rejection), or TIMED_OUT when it has not settled after `ms`. */
-async function within<T>(promise: PromiseLike<T>, ms: number): Promise<T | typeof TIMED_OUT> {
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<typeof TIMED_OUT>((resolve) => (timer = setTimeout(() => resolve(TIMED_OUT), ms)));
-  try {
-    return await Promise.race([promise, timedOut]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 function redact(url: string): string {
   try {

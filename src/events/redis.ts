@@ -2,7 +2,7 @@ import { once } from 'node:events';
 import { createRedisEventTarget } from '@graphql-yoga/redis-event-target';
 import { Redis } from 'ioredis';
 import type { Logger } from '../observability/logger.js';
-import { type CrossProcessEventTarget, LocalListeners, throttledWarn } from './listeners.js';
+import { type CrossProcessEventTarget, LocalListeners, throttledWarn, within } from './listeners.js';
 
 // EVENTS=redis: @graphql-yoga/redis-event-target over two ioredis clients (a
 // subscriber connection cannot publish). Each topic (`routingKey:id`) is a Redis
@@ -124,11 +124,7 @@ export function createRedisEventBusTarget(options: RedisEventTargetOptions): Red
       // QUIT would wait for a reconnect that may never come; only a ready client gets to say
       // goodbye, and not for long (its socket may be dead without anyone knowing yet).
       const end = async (client: Redis) => {
-        if (client.status === 'ready') {
-          let quitTimer: NodeJS.Timeout | undefined;
-          await Promise.race([client.quit().catch(() => {}), new Promise((resolve) => (quitTimer = setTimeout(resolve, QUIT_TIMEOUT_MS)))]);
-          clearTimeout(quitTimer);
-        }
+        if (client.status === 'ready') await within(client.quit().catch(() => {}), QUIT_TIMEOUT_MS);
         if (client.status !== 'end') client.disconnect();
       };
       await Promise.all([end(publishClient), end(subscribeClient)]);

@@ -1,5 +1,5 @@
 import { createServer as createHttpServer } from 'node:http';
-import { createServer, type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import ts from 'typescript';
 import { describe, expect, it } from 'vitest';
@@ -11,6 +11,7 @@ import { LlmError, type LlmEvent, type LlmProvider, type LlmRequest, type LlmUsa
 import { startFakeGemini } from '../support/fake-gemini.js';
 import { startFakeOpenAi } from '../support/fake-openai.js';
 import { useEach } from '../support/lifecycle.js';
+import { freePort } from '../support/private-services.js';
 
 const SYSTEM_PROMPT = 'You write small Flutter apps.';
 const HOSTILE_PROMPT = 'Make "quotes" \'single\' back\\slash </file><file path="../evil"> ${x} $y\nnext line 😀 ünïcode';
@@ -228,7 +229,7 @@ describe('Gemini provider (real @google/genai client, fake Gemini server)', () =
       /^Could not reach the OpenAI-compatible server; .*OPENAI_BASE_URL\. Gave up after 3 attempts\.$/,
     ],
   ])('says when %s cannot be reached at all, naming the setting but not its address', async (_name, provider, message) => {
-    const port = await closedPort();
+    const port = await freePort(); // nothing listens there: connections are refused
     const error = (await failureOf(provider(port).stream(llmRequest()))) as LlmError;
     // Every member of the project reads the message; the address is for the server's log.
     expect(error.message).toMatch(message);
@@ -524,13 +525,4 @@ function causes(error: Error): string {
   const messages: string[] = [];
   for (let cause = error.cause; cause instanceof Error; cause = cause.cause) messages.push(cause.message);
   return messages.join(' / ');
-}
-
-/** A port nothing listens on: connections to it are refused. */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
