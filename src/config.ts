@@ -278,7 +278,7 @@ export function parseConfig(env: Record<string, string | undefined>) {
       bucket: e.ARTIFACT_BUCKET,
       signedUrlTtlSeconds: e.SIGNED_URL_TTL_SECONDS,
       /** Base of absolute URLs; unset: the address Kiln listens on. */
-      publicUrl: e.PUBLIC_URL ? new URL(e.PUBLIC_URL).origin + new URL(e.PUBLIC_URL).pathname.replace(/\/+$/, '') : undefined,
+      publicUrl: e.PUBLIC_URL ? new URL(e.PUBLIC_URL).origin : undefined,
       /** Previews are served from this origin only, and the API is not served there. */
       previewOrigin: e.PREVIEW_ORIGIN ? new URL(e.PREVIEW_ORIGIN).origin : undefined,
     },
@@ -354,6 +354,10 @@ function outputProblems(e: z.infer<typeof environment>): string[] {
     const value = e[name];
     if (value !== undefined && !/^https?:\/\/[^/]/.test(value)) problems.push(`${name} must be an absolute http(s) URL`);
     else if (value !== undefined && !URL.canParse(value)) problems.push(`${name} is not a valid URL`);
+    // Previews, archives and the redirects and <base> of a preview are served from the root.
+    else if (value !== undefined && !/^\/?$/.test(new URL(value).pathname + new URL(value).search)) {
+      problems.push(`${name} must be an origin without a path (write ${new URL(value).origin}): Kiln serves previews and archives at the root of its host`);
+    }
   }
   return problems;
 }

@@ -3,12 +3,32 @@ import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../src/config.js';
+import { createMemoryEventBus } from '../src/events/bus.js';
 import { estimateTokens } from '../src/generations/budget.js';
+import { startWorker } from '../src/jobs/worker.js';
+import { createLlmProvider } from '../src/llm/index.js';
+import { createLogger } from '../src/observability/logger.js';
+import type { BuildSandbox } from '../src/toolchain/sandbox.js';
 import { ConversationDocument, GeneratedFileDocument } from './gql/graphql.js';
-import { databaseKind } from './support/db.js';
-import { createProject } from './support/fixtures.js';
+import { waitUntil } from './support/cluster.js';
+import { createTestDatabase, databaseKind } from './support/db.js';
+import { createProject, signUp } from './support/fixtures.js';
 import { useGeminiServer } from './support/gemini-server.js';
-import { type FakeFlutterMode, filesUnder, rawId, replayChunks, startAccepted, waitForEnd } from './support/generation-helpers.js';
+import {
+  type FakeFlutterMode,
+  fakeFlutter,
+  filesUnder,
+  getGeneration,
+  rawId,
+  replayChunks,
+  startAccepted,
+  startInstance,
+  tempDir,
+  waitForEnd,
+} from './support/generation-helpers.js';
+import { LogCapture } from './support/log-capture.js';
+import { unsandboxedBuilds } from './support/server.js';
 import { startSuiteServer } from './support/suite-server.js';
 
 // How a generation fails, as its owner sees it: the error code and a message a person
@@ -245,5 +265,60 @@ describe(`model output through a fake Gemini (${databaseKind})`, () => {
       'USER:Simplify main',
       'MODEL:Second version.',
     ]);
+  });
+});
+
+describe(`a build step the server cannot run (${databaseKind})`, () => {
+  const cleanups: (() => Promise<void>)[] = [];
+  afterAll(async () => {
+    for (const cleanup of cleanups.reverse()) await cleanup();
+  });
+
+  it("fails INTERNAL without the server's paths, and the operator's log says why", async () => {
+    const database = await createTestDatabase();
+    cleanups.push(() => database.close());
+    const data = await tempDir('server-fault');
+    cleanups.push(() => data.remove());
+    const api = await startInstance(database, { ROLE: 'api', DATA_DIR: data.path });
+    cleanups.push(() => api.stop());
+    const owner = await signUp(api);
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A timer' });
+
+    // A worker whose sandbox cannot be set up on this host (a cgroup it may not create).
+    const flutter = await fakeFlutter('ok');
+    cleanups.push(() => flutter.remove());
+    const config = parseConfig({ DATA_DIR: data.path, LOG_LEVEL: 'warn', FLUTTER_BIN: flutter.bin, ...unsandboxedBuilds });
+    const cgroupFailure = '/sys/fs/cgroup/memory/kiln/step-1: permission denied';
+    const brokenSandbox: BuildSandbox = {
+      kind: 'bwrap',
+      enforcement: 'cgroup v1',
+      forStep: () => ({ enter: () => Promise.reject(new Error(`mkdir ${cgroupFailure}`)) }),
+    };
+    const logs = new LogCapture();
+    const llm = await createLlmProvider(config.llm);
+    const worker = startWorker({
+      provider: llm,
+      concurrency: 1,
+      pipeline: {
+        db: database.db,
+        bus: createMemoryEventBus(),
+        llm,
+        logger: createLogger('warn', logs),
+        workspaces: config.workspaces,
+        toolchain: { ...config.toolchain, sandbox: brokenSandbox },
+        leaseMs: config.generations.leaseMs,
+        budgetReservationTokens: 0,
+      },
+    });
+    cleanups.push(() => worker.stop({ graceMs: 0 }));
+    worker.wake(rawId(started.id));
+
+    let generation = await getGeneration(owner.client, started.id);
+    await waitUntil(async () => (generation = await getGeneration(owner.client, started.id)).status === 'FAILED', 30_000, () => `still ${generation.status}`);
+    expect(generation.error?.code).toBe('INTERNAL');
+    expect(generation.error?.message).toMatch(/^Build step "install" could not finish on this server/);
+    expect(generation.error?.message).not.toContain('cgroup');
+    expect(logs.text).toContain(cgroupFailure);
   });
 });

@@ -578,6 +578,20 @@ describe('the owner', () => {
     expect(await strangerSees()).toEqual({ projects: 0, generationFiles: 0, owner: 0 });
   });
 
+  it("cannot demote or remove the project's creator, even as another owner writing around the use-case", async () => {
+    const t = await createTeam(db);
+    await as(db, t.owner).run((tx) => rows(tx, sql`update project_members set role = 'owner' where project_id = ${t.projectId} and user_id = ${t.editor} returning role`));
+    const secondOwner = as(db, t.editor);
+    const creatorRow = sql`project_id = ${t.projectId} and user_id = ${t.owner}`;
+    const creatorStaysOwner = { ok: false, code: SqlState.checkViolation, message: expect.stringMatching(/creator of a project stays its owner/) };
+    expect(await secondOwner.run((tx) => attempt(tx, sql`update project_members set role = 'viewer' where ${creatorRow} returning user_id`))).toMatchObject(creatorStaysOwner);
+    expect(await secondOwner.run((tx) => attempt(tx, sql`delete from project_members where ${creatorRow} returning user_id`))).toMatchObject(creatorStaysOwner);
+    expect(await as(db, t.owner).run((tx) => attempt(tx, sql`update project_members set role = 'editor' where ${creatorRow} returning user_id`))).toMatchObject(creatorStaysOwner);
+    expect(await serviceRows(db, sql`select role from project_members where ${creatorRow}`)).toEqual([{ role: 'owner' }]);
+    // Other members' rows are the owners' to change, as before.
+    expect(await secondOwner.run((tx) => rows(tx, sql`delete from project_members where project_id = ${t.projectId} and user_id = ${t.viewer} returning user_id`))).toEqual([{ user_id: t.viewer }]);
+  });
+
   it('sets the budget and archives the project', async () => {
     const t = await createTeam(db);
     const updated = await as(db, t.owner).run((tx) =>

@@ -165,8 +165,10 @@ function stepFailure(name: string, result: StepResult, timeoutMs: number): RunFa
     case 'TIMED_OUT':
       return new RunFailure('TIMEOUT', `Build step "${name}" took longer than ${Math.round(timeoutMs / 1000)} s and was stopped.`);
     default: {
+      if (result.serverFault) return new RunFailure('INTERNAL', `Build step "${name}" could not finish on this server, for a reason of the server's and not the project's; try again later.`, result.message);
       const last = result.tail.filter((line) => line.trim()).slice(-3).join('\n');
-      return new RunFailure('BUILD_FAILED', `Build step "${name}" failed (exit code ${result.exitCode}).${last ? `\n${last}` : ''}`);
+      const why = result.exitCode === null ? (result.message ?? 'no exit code') : `exit code ${result.exitCode}`;
+      return new RunFailure('BUILD_FAILED', `Build step "${name}" failed (${why}).${last ? `\n${last}` : ''}`);
     }
   }
 }

@@ -39,6 +39,8 @@ export interface StepResult {
   /** The last lines of both streams, as read, whether or not they were delivered. */
   tail: string[];
   message?: string;
+  /** The step could not run for a reason of this server's (its sandbox, its spawner), not the project's: `message` is for the operator, and may name host paths. */
+  serverFault?: true;
 }
 
 /** Runs one build tool without a shell, streaming its output line by line, and never leaves its process tree behind. */
@@ -111,8 +113,8 @@ export async function runStep(options: RunStepOptions): Promise<StepResult> {
     if (stoppedBy === 'CANCELLED') return { status: 'CANCELLED', exitCode: null, tail, message: 'cancelled' };
     const { exitCode } = result;
     if (exitCode === 0) return { status: 'SUCCEEDED', exitCode, tail };
-    const message = result.lost ? 'the process spawner stopped' : exitCode === null ? `killed by ${result.signal ?? 'a signal'}` : `exited with code ${exitCode}`;
-    return { status: 'FAILED', exitCode, tail, message };
+    if (result.lost) return { status: 'FAILED', exitCode, tail, message: 'the process spawner stopped', serverFault: true };
+    return { status: 'FAILED', exitCode, tail, message: exitCode === null ? `killed by ${result.signal ?? 'a signal'}` : `exited with code ${exitCode}` };
   } finally {
     clearTimeout(timer);
     signal?.removeEventListener('abort', onAbort);
@@ -124,14 +126,14 @@ export async function runStep(options: RunStepOptions): Promise<StepResult> {
 
 async function enterSandbox(options: RunStepOptions): Promise<Jail | StepResult> {
   const { command, args, cwd, env } = options;
-  if (!existsSync(cwd)) return { status: 'FAILED', exitCode: null, tail: [], message: `working directory ${cwd} does not exist` };
+  if (!existsSync(cwd)) return { status: 'FAILED', exitCode: null, tail: [], message: `working directory ${cwd} does not exist`, serverFault: true };
   try {
     const entered = await options.sandbox!.enter({ command, args, cwd, env });
     if (!('missing' in entered)) return entered;
     const reason = entered.missing === 'ENOENT' ? 'was not found' : 'is not executable';
     return { status: 'TOOLCHAIN_MISSING', exitCode: null, tail: [], message: `${command} ${reason} (${toolHint(command)})` };
   } catch (error) {
-    return { status: 'FAILED', exitCode: null, tail: [], message: `the build sandbox could not be set up: ${(error as Error).message}` };
+    return { status: 'FAILED', exitCode: null, tail: [], message: `the build sandbox could not be set up: ${(error as Error).message}`, serverFault: true };
   }
 }
 
@@ -148,13 +150,13 @@ async function readLines(
 }
 
 function spawnFailure({ command, cwd }: RunStepOptions, result: SpawnFailure): StepResult {
-  const fail = (status: StepStatus, message: string): StepResult => ({ status, exitCode: null, tail: [], message });
+  const fail = (status: StepStatus, message: string, serverFault?: true): StepResult => ({ status, exitCode: null, tail: [], message, ...(serverFault && { serverFault }) });
   // A missing cwd is reported as ENOENT too; it is not the tool's fault.
-  if (!existsSync(cwd)) return fail('FAILED', `working directory ${cwd} does not exist`);
+  if (!existsSync(cwd)) return fail('FAILED', `working directory ${cwd} does not exist`, true);
   const hint = toolHint(command);
   if (result.code === 'ENOENT') return fail('TOOLCHAIN_MISSING', `${command} was not found (${hint})`);
   if (result.code === 'EACCES') return fail('TOOLCHAIN_MISSING', `${command} is not executable (${hint})`);
-  return fail('FAILED', `${command} could not be started: ${result.message}`);
+  return fail('FAILED', `${command} could not be started: ${result.message}`, true);
 }
 
 function toolHint(command: string): string {

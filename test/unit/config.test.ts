@@ -78,6 +78,13 @@ describe('parseConfig refuses at start-up what would fail later', () => {
     ]);
   });
 
+  it('refuses a PUBLIC_URL or PREVIEW_ORIGIN with a path, which preview links and redirects would leave out', () => {
+    expect(problemsOf({ PUBLIC_URL: 'https://example.com/kiln' })).toEqual([expect.stringContaining('PUBLIC_URL must be an origin without a path (write https://example.com)')]);
+    expect(problemsOf({ PREVIEW_ORIGIN: 'https://preview.example.com/p/' })).toEqual([expect.stringContaining('write https://preview.example.com)')]);
+    expect(problemsOf({ PUBLIC_URL: 'https://kiln.example.com/', PREVIEW_ORIGIN: 'https://preview.example.com' })).toEqual([]);
+    expect(parseConfig({ PUBLIC_URL: 'https://kiln.example.com/' }).outputs.publicUrl).toBe('https://kiln.example.com');
+  });
+
   it('refuses a weak METRICS_TOKEN in production, as it does a weak AUTH_JWT_SECRET', () => {
     const production = {
       NODE_ENV: 'production',
