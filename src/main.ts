@@ -76,7 +76,7 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
   const opened: { close(): Promise<void> }[] = [];
   const kept = <T extends { close(): Promise<void> }>(part: Promise<T>) => part.then((value) => (opened.push(value), value));
   const parts = [
-    kept(createAuthProvider(config.auth, database.db)),
+    kept(createAuthProvider(config.auth, database.db, logger)),
     openSecretBox(config, database),
     kept(createEventBus(config, database, logger)),
     kept(createJobQueue(config, database, logger)),

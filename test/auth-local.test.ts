@@ -1,25 +1,27 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { eq } from 'drizzle-orm';
+import { eq, inArray, sql } from 'drizzle-orm';
 import { type JWTPayload, SignJWT } from 'jose';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLocalAuth } from '../src/auth/local.js';
-import type { AuthProvider } from '../src/auth/provider.js';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { createLocalAuth, type LocalAuth } from '../src/auth/local.js';
+import type { AuthProvider, AuthSession } from '../src/auth/provider.js';
 import { authSessions, localCredentials, refreshTokens, serverSecrets, users } from '../src/db/schema.js';
 import { AuthError, ValidationError } from '../src/errors.js';
+import { createLogger } from '../src/observability/logger.js';
 import { expectForgeriesRefused, PASSWORD, rejection, signInTests, signOutScopeTests, uniqueEmail } from './support/auth-contract.js';
 import { createTestDatabase, type TestDatabase } from './support/db.js';
+import { LogCapture } from './support/log-capture.js';
 
 const SECRET = randomBytes(32).toString('base64url');
 
 let database: TestDatabase;
 /** Two instances started together on a fresh database: they must agree on the generated key. */
-let auth: AuthProvider;
-let twin: AuthProvider;
+let auth: LocalAuth;
+let twin: LocalAuth;
 /** An instance with AUTH_JWT_SECRET set, so tests can sign tokens with the real key. */
 let withSecret: AuthProvider;
 const providers: AuthProvider[] = [];
 
-async function provider(options: Partial<Parameters<typeof createLocalAuth>[0]> = {}): Promise<AuthProvider> {
+async function provider(options: Partial<Parameters<typeof createLocalAuth>[0]> = {}): Promise<LocalAuth> {
   const created = await createLocalAuth({ db: database.db, accessTokenTtlSeconds: 3600, sessionMaxAgeSeconds: 2_592_000, ...options });
   providers.push(created);
   return created;
@@ -190,5 +192,93 @@ describe('local auth: tokens', () => {
     // A configured AUTH_JWT_SECRET is a different key: its instances refuse these tokens.
     expect(await rejection(withSecret.verify(session.accessToken))).toBeInstanceOf(AuthError);
     expect(await database.db.$count(serverSecrets)).toBe(1);
+  });
+});
+
+describe('local auth: pruning ended sessions', () => {
+  const sessionIdOf = async (session: AuthSession) => (await auth.verify(session.accessToken)).session_id as string;
+  const sessionsLeft = (ids: string[]) => database.db.$count(authSessions, inArray(authSessions.id, ids));
+  const tokensLeft = (ids: string[]) => database.db.$count(refreshTokens, inArray(refreshTokens.sessionId, ids));
+  const startedAgo = (ids: string[], interval: string) =>
+    database.db.update(authSessions).set({ createdAt: sql`now() - ${interval}::interval` }).where(inArray(authSessions.id, ids));
+  const revokedAgo = (ids: string[], interval: string) =>
+    database.db.update(authSessions).set({ revokedAt: sql`now() - ${interval}::interval` }).where(inArray(authSessions.id, ids));
+
+  /** Sessions past SESSION_MAX_AGE_SECONDS (30 days), each with a refresh token, written straight into the tables. */
+  async function expiredBacklog(userId: string, count: number): Promise<string[]> {
+    const sessions = await database.db
+      .insert(authSessions)
+      .values(Array.from({ length: count }, () => ({ userId })))
+      .returning({ id: authSessions.id });
+    const ids = sessions.map((s) => s.id);
+    await database.db.insert(refreshTokens).values(ids.map((sessionId) => ({ sessionId, tokenHash: randomBytes(32).toString('hex') })));
+    await startedAgo(ids, '31 days');
+    return ids;
+  }
+
+  it('deletes expired sessions and those revoked over a day ago with their refresh tokens; live ones keep refreshing and detecting reuse', async () => {
+    const expired = await auth.signUp(uniqueEmail(), PASSWORD);
+    const expiredLater = await auth.refresh(expired.refreshToken);
+    const revokedLongAgo = await auth.signUp(uniqueEmail(), PASSWORD);
+    const revokedToday = await auth.signUp(uniqueEmail(), PASSWORD);
+    const live = await auth.signUp(uniqueEmail(), PASSWORD);
+    const liveLater = await auth.refresh(live.refreshToken);
+    const [expiredId, revokedLongAgoId, revokedTodayId, liveId] = await Promise.all([expiredLater, revokedLongAgo, revokedToday, liveLater].map(sessionIdOf));
+    for (const session of [revokedLongAgo, revokedToday]) await auth.signOut(await auth.verify(session.accessToken), session.accessToken, 'LOCAL');
+    await startedAgo([expiredId!], '31 days');
+    await revokedAgo([revokedLongAgoId!], '25 hours');
+    await revokedAgo([revokedTodayId!], '23 hours');
+    // More than one delete statement's worth.
+    const backlog = await expiredBacklog(expired.user.id, 1500);
+    const ended = [expiredId!, revokedLongAgoId!, ...backlog];
+
+    await auth.prune();
+
+    expect(await sessionsLeft(ended)).toBe(0);
+    expect(await tokensLeft(ended)).toBe(0);
+    expect(await rejection(auth.refresh(expiredLater.refreshToken))).toBeInstanceOf(AuthError);
+    // A revoked session is kept a day, its spent and unspent tokens with it.
+    expect(await sessionsLeft([revokedTodayId!])).toBe(1);
+    expect(await tokensLeft([revokedTodayId!])).toBe(1);
+    // The live session keeps every token: the spent one still tells a replay from a stranger.
+    expect(await tokensLeft([liveId!])).toBe(2);
+    const refreshed = await auth.refresh(liveLater.refreshToken);
+    await expect(auth.verify(refreshed.accessToken)).resolves.toMatchObject({ sub: live.user.id, session_id: liveId });
+    expect(await rejection(auth.refresh(live.refreshToken))).toBeInstanceOf(AuthError);
+    expect(await rejection(auth.verify(refreshed.accessToken))).toBeInstanceOf(AuthError);
+    const [session] = await database.db.select().from(authSessions).where(eq(authSessions.id, liveId!));
+    expect(session?.revokedReason).toBe('refresh_token_reuse');
+  });
+
+  it('is harmless when two instances prune at once', async () => {
+    const owner = await auth.signUp(uniqueEmail(), PASSWORD);
+    const backlog = await expiredBacklog(owner.user.id, 2500);
+
+    const [first, second] = await Promise.all([auth.prune(), twin.prune()]);
+
+    expect(first.sessions + second.sessions).toBeGreaterThanOrEqual(backlog.length);
+    expect(await sessionsLeft(backlog)).toBe(0);
+    expect(await tokensLeft(backlog)).toBe(0);
+    await expect(auth.verify(owner.accessToken)).resolves.toMatchObject({ sub: owner.user.id });
+  });
+
+  it('prunes every hour on its own, logs how much went, and stops when closed', async () => {
+    const logs = new LogCapture();
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval'] });
+    try {
+      const timed = await provider({ logger: createLogger('info', logs) });
+      const session = await timed.signUp(uniqueEmail(), PASSWORD);
+      const sessionId = await sessionIdOf(session);
+      await startedAgo([sessionId], '31 days');
+
+      await vi.advanceTimersByTimeAsync(60 * 60 * 1000);
+      const pruned = expect.objectContaining({ source: 'LocalAuth', msg: 'ended sessions pruned', sessions: 1, refreshTokens: 1 });
+      await vi.waitFor(() => expect(logs.records()).toContainEqual(pruned), { timeout: 10_000 });
+      expect(await sessionsLeft([sessionId])).toBe(0);
+      await timed.close();
+      expect(vi.getTimerCount(), 'a timer left after close').toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });

@@ -1,18 +1,20 @@
 import type { Config } from '../config.js';
 import type { Db } from '../db/client.js';
+import type { Logger } from '../observability/logger.js';
 import { createLocalAuth } from './local.js';
 import type { AuthProvider } from './provider.js';
 
 export type { AuthProvider, AuthSession, AuthUser, SignOutScope } from './provider.js';
 
 /** The configured provider: Supabase Auth, or the embedded local one (the default). */
-export async function createAuthProvider(auth: Config['auth'], db: Db): Promise<AuthProvider> {
+export async function createAuthProvider(auth: Config['auth'], db: Db, logger?: Logger): Promise<AuthProvider> {
   if (auth.provider === 'local') {
     return createLocalAuth({
       db,
       accessTokenTtlSeconds: auth.accessTokenTtlSeconds,
       sessionMaxAgeSeconds: auth.sessionMaxAgeSeconds,
       jwtSecret: auth.jwtSecret,
+      logger,
     });
   }
   const { url, anonKey, serviceRoleKey, jwtSecret } = auth.supabase;

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { and, eq, gt, inArray, isNull, ne, sql } from 'drizzle-orm';
+import { and, eq, gt, inArray, isNull, lt, ne, not, or, sql } from 'drizzle-orm';
 import type { Db, Tx } from '../db/client.js';
 import { authSessions, localCredentials, refreshTokens, users } from '../db/schema.js';
 import { serviceScope } from '../db/scope.js';
@@ -19,6 +19,13 @@ export interface StoredSession {
 
 /** Sessions younger than `maxAgeSeconds`: SESSION_MAX_AGE_SECONDS ends a session however often it is refreshed. */
 const youngerThan = (maxAgeSeconds: number) => gt(authSessions.createdAt, sql`now() - ${maxAgeSeconds} * interval '1 second'`);
+
+/**
+ * Sessions no refresh or request can use again: past their absolute lifetime, or revoked
+ * more than a day ago (kept that long only to show why they ended). Neither comes back,
+ * so deleting them changes no answer: their tokens are refused as unknown instead.
+ */
+const ended = (maxAgeSeconds: number) => or(not(youngerThan(maxAgeSeconds)), lt(authSessions.revokedAt, sql`now() - interval '1 day'`));
 
 export type RotationResult =
   | { kind: 'rotated'; session: StoredSession }
@@ -125,6 +132,30 @@ export async function liveSessions(db: Db, sessions: { sessionId: string; userId
     .where(and(inArray(authSessions.id, sessions.map((s) => s.sessionId)), isNull(authSessions.revokedAt), youngerThan(maxAgeSeconds)));
   const owners = new Map(rows.map((row) => [row.id, row.userId]));
   return new Set(sessions.filter((s) => owners.get(s.sessionId) === s.userId).map((s) => s.sessionId));
+}
+
+/**
+ * Deletes up to `limit` refresh tokens of ended sessions; deleting their sessions afterwards
+ * then cascades to few rows, so no statement grows with the tokens a session piled up. Rows
+ * another instance is deleting are skipped, never waited for. Spent tokens of a live
+ * session stay: reusing one is what revokes it (rotateRefreshToken).
+ */
+export async function deleteTokensOfEndedSessions(db: Db, maxAgeSeconds: number, limit: number): Promise<number> {
+  const batch = db
+    .select({ tokenHash: refreshTokens.tokenHash })
+    .from(refreshTokens)
+    .where(inArray(refreshTokens.sessionId, db.select({ id: authSessions.id }).from(authSessions).where(ended(maxAgeSeconds))))
+    .limit(limit)
+    .for('update', { skipLocked: true });
+  const deleted = await db.delete(refreshTokens).where(inArray(refreshTokens.tokenHash, batch)).returning({ tokenHash: refreshTokens.tokenHash });
+  return deleted.length;
+}
+
+/** Deletes up to `limit` ended sessions (and any tokens left to them), skipping rows another instance holds. */
+export async function deleteEndedSessions(db: Db, maxAgeSeconds: number, limit: number): Promise<number> {
+  const batch = db.select({ id: authSessions.id }).from(authSessions).where(ended(maxAgeSeconds)).limit(limit).for('update', { skipLocked: true });
+  const deleted = await db.delete(authSessions).where(inArray(authSessions.id, batch)).returning({ id: authSessions.id });
+  return deleted.length;
 }
 
 async function startSession(tx: Tx, user: AuthUser): Promise<StoredSession> {

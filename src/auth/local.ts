@@ -1,9 +1,12 @@
 import type { Db } from '../db/client.js';
 import { AuthError } from '../errors.js';
+import type { Logger } from '../observability/logger.js';
 import { emailTakenError, invalidCredentialsError, normaliseEmail, validateSignUp } from './credentials.js';
 import {
   createAccount,
   createSession,
+  deleteEndedSessions,
+  deleteTokensOfEndedSessions,
   findCredentials,
   isEmailTaken,
   isSessionLive,
@@ -18,6 +21,10 @@ import type { AuthProvider, AuthSession } from './provider.js';
 import { hashRefreshToken } from './refresh-tokens.js';
 import { loadSigningKey } from './signing-key.js';
 
+const PRUNE_EVERY_MS = 60 * 60 * 1000;
+/** Rows per delete statement, so a backlog is cleared in short statements that hold few locks. */
+const PRUNE_BATCH = 1000;
+
 export interface LocalAuthOptions {
   db: Db;
   accessTokenTtlSeconds: number;
@@ -27,11 +34,19 @@ export interface LocalAuthOptions {
   jwtSecret?: string;
   /** Milliseconds since the epoch; tests pass a clock they control. */
   now?: () => number;
+  /** Where pruning reports what it deleted (and its failures). */
+  logger?: Logger;
+}
+
+export interface LocalAuth extends AuthProvider {
+  /** Deletes ended sessions and their refresh tokens, as the hourly timer does. */
+  prune(): Promise<{ sessions: number; refreshTokens: number }>;
 }
 
 /** The embedded provider: users, sessions and refresh tokens in Kiln's own database. */
-export async function createLocalAuth(options: LocalAuthOptions): Promise<AuthProvider> {
+export async function createLocalAuth(options: LocalAuthOptions): Promise<LocalAuth> {
   const { db, accessTokenTtlSeconds, sessionMaxAgeSeconds, now = Date.now } = options;
+  const log = options.logger?.child({ source: 'LocalAuth' });
   const key = await loadSigningKey(db, options.jwtSecret);
 
   async function issue(session: StoredSession): Promise<AuthSession> {
@@ -44,6 +59,29 @@ export async function createLocalAuth(options: LocalAuthOptions): Promise<AuthPr
     const { token, expiresAt } = await signAccessToken(key, subject, issuedAt, ttl);
     return { accessToken: token, refreshToken: session.refreshToken, expiresAt, user: session.user };
   }
+
+  let closed = false;
+  async function prune() {
+    // Batch after batch until one comes back short; close() stops it between statements.
+    const deleteAll = async (batch: (db: Db, maxAgeSeconds: number, limit: number) => Promise<number>) => {
+      let total = 0;
+      for (let deleted = PRUNE_BATCH; deleted === PRUNE_BATCH && !closed; total += deleted) {
+        deleted = await batch(db, sessionMaxAgeSeconds, PRUNE_BATCH);
+      }
+      return total;
+    };
+    const refreshTokens = await deleteAll(deleteTokensOfEndedSessions);
+    const sessions = await deleteAll(deleteEndedSessions);
+    if (sessions + refreshTokens > 0) log?.info({ sessions, refreshTokens }, 'ended sessions pruned');
+    return { sessions, refreshTokens };
+  }
+  // Every instance prunes: a row another is deleting is skipped, so running together is harmless.
+  let pruning: Promise<unknown> | undefined;
+  const timer = setInterval(() => {
+    pruning ??= prune()
+      .catch((error: unknown) => log?.warn({ err: error }, 'pruning ended sessions failed'))
+      .finally(() => (pruning = undefined));
+  }, PRUNE_EVERY_MS).unref();
 
   return {
     async signUp(email, password) {
@@ -93,6 +131,12 @@ export async function createLocalAuth(options: LocalAuthOptions): Promise<AuthPr
       return new Set(verified.filter(([, c]) => live.has(c.session_id)).map(([token]) => token));
     },
 
-    async close() {},
+    prune,
+
+    async close() {
+      closed = true;
+      clearInterval(timer);
+      await pruning;
+    },
   };
 }
