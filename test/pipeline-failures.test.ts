@@ -10,6 +10,10 @@ import { startWorker } from '../src/jobs/worker.js';
 import { createLlmProvider } from '../src/llm/index.js';
 import { createLogger } from '../src/observability/logger.js';
 import type { BuildSandbox } from '../src/toolchain/sandbox.js';
+import type { PipelineDeps } from '../src/generations/pipeline.js';
+import { rowsOf } from '../src/db/client.js';
+import { serviceScope } from '../src/db/scope.js';
+import { sql } from 'drizzle-orm';
 import { ConversationDocument, GeneratedFileDocument } from './gql/graphql.js';
 import { waitUntil } from './support/cluster.js';
 import { createTestDatabase, databaseKind } from './support/db.js';
@@ -268,16 +272,17 @@ describe(`model output through a fake Gemini (${databaseKind})`, () => {
   });
 });
 
-describe(`a build step the server cannot run (${databaseKind})`, () => {
+describe(`a run on a worker of its own (${databaseKind})`, () => {
   const cleanups: (() => Promise<void>)[] = [];
   afterAll(async () => {
     for (const cleanup of cleanups.reverse()) await cleanup();
   });
 
-  it("fails INTERNAL without the server's paths, and the operator's log says why", async () => {
+  /** Starts a FLUTTER generation on an API instance and runs it on a worker whose toolchain `toolchain` changes; resolves once it ended. */
+  async function runOnWorker(mode: FakeFlutterMode, toolchain: Partial<PipelineDeps['toolchain']>) {
     const database = await createTestDatabase();
     cleanups.push(() => database.close());
-    const data = await tempDir('server-fault');
+    const data = await tempDir('own-worker');
     cleanups.push(() => data.remove());
     const api = await startInstance(database, { ROLE: 'api', DATA_DIR: data.path });
     cleanups.push(() => api.stop());
@@ -285,16 +290,9 @@ describe(`a build step the server cannot run (${databaseKind})`, () => {
     const project = await createProject(owner.client, { target: 'FLUTTER' });
     const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A timer' });
 
-    // A worker whose sandbox cannot be set up on this host (a cgroup it may not create).
-    const flutter = await fakeFlutter('ok');
+    const flutter = await fakeFlutter(mode);
     cleanups.push(() => flutter.remove());
     const config = parseConfig({ DATA_DIR: data.path, LOG_LEVEL: 'warn', FLUTTER_BIN: flutter.bin, ...unsandboxedBuilds });
-    const cgroupFailure = '/sys/fs/cgroup/memory/kiln/step-1: permission denied';
-    const brokenSandbox: BuildSandbox = {
-      kind: 'bwrap',
-      enforcement: 'cgroup v1',
-      forStep: () => ({ enter: () => Promise.reject(new Error(`mkdir ${cgroupFailure}`)) }),
-    };
     const logs = new LogCapture();
     const llm = await createLlmProvider(config.llm);
     const worker = startWorker({
@@ -306,7 +304,7 @@ describe(`a build step the server cannot run (${databaseKind})`, () => {
         llm,
         logger: createLogger('warn', logs),
         workspaces: config.workspaces,
-        toolchain: { ...config.toolchain, sandbox: brokenSandbox },
+        toolchain: { ...config.toolchain, ...toolchain },
         leaseMs: config.generations.leaseMs,
         budgetReservationTokens: 0,
       },
@@ -315,10 +313,40 @@ describe(`a build step the server cannot run (${databaseKind})`, () => {
     worker.wake(rawId(started.id));
 
     let generation = await getGeneration(owner.client, started.id);
-    await waitUntil(async () => (generation = await getGeneration(owner.client, started.id)).status === 'FAILED', 30_000, () => `still ${generation.status}`);
+    await waitUntil(async () => ['SUCCEEDED', 'FAILED'].includes((generation = await getGeneration(owner.client, started.id)).status), 60_000, () => `still ${generation.status}`);
+    return { generation, logs, database };
+  }
+
+  it("fails INTERNAL without the server's paths when a step cannot run, and the operator's log says why", async () => {
+    // A sandbox that cannot be set up on this host (a cgroup it may not create).
+    const cgroupFailure = '/sys/fs/cgroup/memory/kiln/step-1: permission denied';
+    const brokenSandbox: BuildSandbox = {
+      kind: 'bwrap',
+      enforcement: 'cgroup v1',
+      forStep: () => ({ enter: () => Promise.reject(new Error(`mkdir ${cgroupFailure}`)) }),
+    };
+    const { generation, logs } = await runOnWorker('ok', { sandbox: brokenSandbox });
+
     expect(generation.error?.code).toBe('INTERNAL');
     expect(generation.error?.message).toMatch(/^Build step "install" could not finish on this server/);
     expect(generation.error?.message).not.toContain('cgroup');
     expect(logs.text).toContain(cgroupFailure);
+  });
+
+  it('keeps a generation\'s build log within its limit, every step together, and says where it stopped', async () => {
+    // Each step of the flood writes 1 MB of lines: three steps pass a 200,000-character log many times over.
+    const { generation, database } = await runOnWorker('flood', { maxLogChars: 200_000 });
+
+    const [kept] = await serviceScope(database.db).run(async (tx) =>
+      rowsOf<{ lines: number; chars: number }>(
+        await tx.execute(sql`select count(*)::int as lines, coalesce(sum(length(text)), 0)::int as chars from build_log_lines where generation_id = ${rawId(generation.id)}`),
+      ),
+    );
+    expect(kept!.chars).toBeGreaterThanOrEqual(200_000);
+    expect(kept!.chars).toBeLessThan(200_000 + 4_000 + 200);
+    const last = generation.buildLog.at(-1);
+    expect(last?.text).toBe("[kiln] This generation's build log passed 200,000 characters; later lines are not kept.");
+    // Every step ran, the later ones with none of their lines kept.
+    expect(generation.buildSteps.filter((step) => step.status !== 'SKIPPED').length).toBeGreaterThan(1);
   });
 });

@@ -19,8 +19,15 @@ import { type BuildStepRow, generationStore } from './store.js';
 // its tool's parser understands ends the build with diagnostics (stored per round),
 // which a fix round can act on; any other failure ends the run.
 
-/** Lines of one step kept for the diagnostics parser (the log keeps them all, up to its own cap). */
+/** Lines and characters of one step kept for the diagnostics parser (the log keeps them all, up to its own cap). */
 const MAX_PARSED_LINES = 5000;
+const MAX_PARSED_CHARS = 1_000_000;
+/**
+ * Characters of build log one generation keeps, every step and round together: a step is
+ * held to 10,000 lines of 4,000, but fix rounds run steps again and again. Past it, one
+ * line says so and the rest is dropped (the steps still run; their tails still explain a failure).
+ */
+export const MAX_BUILD_LOG_CHARS = 8_000_000;
 
 export type BuildOutcome = { ok: true } | { ok: false; step: string; failure: RunFailure; diagnostics: Diagnostic[] };
 
@@ -39,7 +46,7 @@ export interface BuildInput {
 export async function build(deps: PipelineDeps, input: BuildInput, cwd: string, signal: AbortSignal): Promise<BuildOutcome> {
   const db = pipelineScope(deps.db, deps.logger);
   const { generationId, steps, round, cursor } = input;
-  const { bins, stepTimeoutMs } = deps.toolchain;
+  const { bins, stepTimeoutMs, maxLogChars = MAX_BUILD_LOG_CHARS } = deps.toolchain;
   const first = cursor.nextStepOrdinal;
   cursor.nextStepOrdinal += steps.length;
   await db.run(async (tx) => {
@@ -61,9 +68,20 @@ export async function build(deps: PipelineDeps, input: BuildInput, cwd: string, 
   for (const [i, step] of steps.entries()) {
     const ordinal = first + i;
     const output: string[] = [];
+    let parsedChars = 0;
     const toRows = (batch: { stream: 'STDOUT' | 'STDERR'; text: string }[]) => {
-      for (const line of batch) if (output.length < MAX_PARSED_LINES) output.push(line.text);
-      return batch.map((line) => ({ generationId, seq: cursor.nextLogSeq++, step: step.name, round, ...line }));
+      const kept: typeof batch = [];
+      for (const line of batch) {
+        if (output.length < MAX_PARSED_LINES && parsedChars + line.text.length <= MAX_PARSED_CHARS) {
+          output.push(line.text);
+          parsedChars += line.text.length;
+        }
+        if (cursor.logChars >= maxLogChars) continue;
+        kept.push(line);
+        cursor.logChars += line.text.length;
+        if (cursor.logChars >= maxLogChars) kept.push({ stream: 'STDERR', text: `[kiln] This generation's build log passed ${maxLogChars.toLocaleString('en')} characters; later lines are not kept.` });
+      }
+      return kept.map((line) => ({ generationId, seq: cursor.nextLogSeq++, step: step.name, round, ...line }));
     };
     const publish = (rows: ReturnType<typeof toRows>) => {
       if (rows.length > 0) deps.bus.publish('buildLogs', generationId, rows.map(({ seq, step, stream, text }) => ({ seq, step, stream, text, round })));

@@ -32,8 +32,8 @@ export interface PipelineDeps {
   llm: LlmProvider;
   logger: Logger;
   workspaces: { dir: string; keepPerProject: number };
-  /** `sandbox` unset: steps run as plain child processes (BUILD_SANDBOX=none). */
-  toolchain: { bins: ToolBins; stepTimeoutMs: number; sandbox?: BuildSandbox };
+  /** `sandbox` unset: steps run as plain child processes (BUILD_SANDBOX=none); `maxLogChars` unset: MAX_BUILD_LOG_CHARS of build log a generation. */
+  toolchain: { bins: ToolBins; stepTimeoutMs: number; sandbox?: BuildSandbox; maxLogChars?: number };
   leaseMs: number;
   /** Tokens a run takes at a time when it needs more of its project's monthly budget (BUDGET_RESERVATION_TOKENS). */
   budgetReservationTokens: number;

@@ -6,6 +6,8 @@ export interface RunCursor {
   nextChunkSeq: number;
   nextLogSeq: number;
   nextStepOrdinal: number;
+  /** Characters of build log kept so far, every step and round together. */
+  logChars: number;
 }
 
-export const newRunCursor = (): RunCursor => ({ nextChunkSeq: 0, nextLogSeq: 0, nextStepOrdinal: 0 });
+export const newRunCursor = (): RunCursor => ({ nextChunkSeq: 0, nextLogSeq: 0, nextStepOrdinal: 0, logChars: 0 });
