@@ -1,6 +1,7 @@
 import { Writable } from 'node:stream';
 import { decodeGlobalID, encodeGlobalID } from '@pothos/plugin-relay';
 import { eq, sql } from 'drizzle-orm';
+import { print } from 'graphql';
 import { describe, expect, it } from 'vitest';
 import { projects as projectsTable } from '../src/db/schema.js';
 import {
@@ -12,6 +13,7 @@ import {
   type ProjectsQuery,
   RemoveProjectMemberDocument,
   UpdateProjectDocument,
+  ViewerDocument,
 } from './gql/graphql.js';
 import {
   createProject,
@@ -25,7 +27,7 @@ import {
   type TestUser,
   UpdateProjectWithFieldErrorsDocument,
 } from './support/fixtures.js';
-import { type GraphQLClient, useTestServer } from './support/server.js';
+import { type GraphQLClient, type GraphQLResponse, useTestServer } from './support/server.js';
 
 const server = useTestServer();
 
@@ -589,6 +591,8 @@ describe('bad input', () => {
 describe('an unexpected failure', () => {
   /** Statements matching this fail once, as a dropped database connection would. */
   let failNext: RegExp | undefined;
+  /** The read of one session when a token is verified. */
+  const SESSION_READ = /from "auth_sessions" where \("auth_sessions"\."id" = /i;
   const logLines: Record<string, unknown>[] = [];
   const logs = new Writable({
     write(chunk: Buffer, _encoding, done) {
@@ -624,5 +628,22 @@ describe('an unexpected failure', () => {
     expect(requestId).toMatch(/^[0-9a-f-]{36}$/);
     expect(logLines.some((line) => line.requestId === requestId && JSON.stringify(line).includes('injected'))).toBe(true);
     expect(await allProjectIds(owner.client)).toEqual([]);
+  });
+
+  it('while the token is verified (its session cannot be read) is masked alike: a 500 whose request id the log has, with the cause, once', async () => {
+    const owner = await signUp(failing);
+
+    failNext = SESSION_READ;
+    const response = await owner.client.post({ query: print(ViewerDocument) });
+    expect(failNext).toBeUndefined();
+
+    expect(response.status).toBe(500);
+    const body = (await response.json()) as GraphQLResponse<unknown>;
+    expect(JSON.stringify(body)).not.toContain('injected');
+    expect(body.errors).toEqual([{ message: 'Unexpected error.', extensions: { code: 'INTERNAL_SERVER_ERROR', requestId: expect.stringMatching(/^[0-9a-f-]{36}$/) } }]);
+    const requestId = body.errors![0]!.extensions!.requestId;
+    expect(logLines.filter((line) => line.requestId === requestId && JSON.stringify(line).includes('injected'))).toHaveLength(1);
+    // The next request verifies the same token again, and is answered.
+    expect(await owner.client.expectNoErrors(ViewerDocument, {})).toEqual({ viewer: { id: owner.id, email: owner.email } });
   });
 });

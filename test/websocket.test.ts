@@ -10,6 +10,7 @@ import { databaseKind } from './support/db.js';
 import { createProject, signIn, signUp } from './support/fixtures.js';
 import { startAccepted, within } from './support/generation-helpers.js';
 import { RawSocket, UpgradeRefused, collect, liveClient } from './support/live.js';
+import { LogCapture } from './support/log-capture.js';
 import { useGenerationServer } from './support/suite-server.js';
 
 // graphql-ws as a browser client meets it: who may connect, how and when a socket is
@@ -158,6 +159,58 @@ describe(`graphql-ws connections (${databaseKind})`, () => {
       const other = liveClient(suite.server.url, suite.owner.accessToken);
       await within(other.connected, 5000, () => 'the other session could not connect');
       await other.dispose();
+    } finally {
+      await live.dispose();
+    }
+  });
+});
+
+describe(`graphql-ws when a query's context cannot be built (${databaseKind})`, () => {
+  /** Set to fail the next read of one session (a query's token check) once, as a dropped database connection would. */
+  let failSessionRead = false;
+  const logs = new LogCapture();
+  const suite = useGenerationServer(
+    // Only the query's token check reads a session here: the re-checks would wait a minute.
+    { OFFLINE_CHUNK_DELAY_MS: '400', WS_AUTH_RECHECK_MS: '60000', STREAM_ACCESS_RECHECK_MS: '60000', LOG_LEVEL: 'error' },
+    'ok',
+    {
+      logTo: logs,
+      onQuery: (query) => {
+        if (failSessionRead && /from "auth_sessions" where \("auth_sessions"\."id" = /i.test(query)) {
+          failSessionRead = false;
+          throw new Error('connection terminated unexpectedly (injected by the test)');
+        }
+      },
+    },
+  );
+
+  it('fails that query only, masked with a request id the log has; the subscription opened before goes on and the socket still answers', async () => {
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const generation = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A stream that outlives a failed query' });
+    const live = liveClient(suite.server.url, suite.owner.accessToken);
+    try {
+      const chunks = collect(live.client, GenerationChunksDocument, { id: generation.id });
+      await within(chunks.atLeast(1), 30_000, () => 'no chunk arrived');
+
+      failSessionRead = true;
+      const failed = collect(live.client, ViewerDocument, {});
+      const outcome = await within(failed.ended, 10_000, () => 'the query did not end');
+      expect(failSessionRead).toBe(false);
+      expect(outcome.errors).toEqual([{ message: 'Unexpected error.', extensions: { code: 'INTERNAL_SERVER_ERROR', requestId: expect.any(String) } }]);
+      expect(JSON.stringify(outcome)).not.toContain('injected');
+      const requestId = outcome.errors![0]!.extensions!.requestId;
+      expect(logs.records().filter((record) => record.requestId === requestId && JSON.stringify(record).includes('injected'))).toHaveLength(1);
+
+      // The stream opened before the failure still delivers on the same socket.
+      const seen = chunks.items.length;
+      await within(chunks.atLeast(seen + 1), 30_000, () => 'the stream stopped after the failed query');
+      // And a later query on it is answered.
+      const viewer = collect(live.client, ViewerDocument, {});
+      expect(await within(viewer.ended, 10_000, () => 'the later query did not end')).toEqual({ errors: undefined });
+      expect(viewer.items).toEqual([{ viewer: { id: suite.owner.id, email: suite.owner.email } }]);
+      // Had the socket closed, its close would have come before the answers above.
+      expect(await Promise.race([live.closed, 'open'])).toBe('open');
+      chunks.stop();
     } finally {
       await live.dispose();
     }

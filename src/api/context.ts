@@ -1,3 +1,4 @@
+import type { GraphQLError } from 'graphql';
 import type { Outputs } from '../artifacts/outputs.js';
 import type { AuthProvider } from '../auth/provider.js';
 import type { Config } from '../config.js';
@@ -11,6 +12,7 @@ import { type Logger, OperationLog } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { SecretBox } from '../projects/secret-box.js';
 import type { BuildSandbox } from '../toolchain/sandbox.js';
+import { unexpectedError } from './errors-plugin.js';
 import type { RateLimits } from './rate-limit.js';
 
 /** What the API needs from the composition root. */
@@ -105,7 +107,7 @@ export function contextFactory(services: Services): (request: OperationRequest) 
         const claims = request.verifiedClaims ?? (await services.auth.verify(token));
         viewer = { id: claims.sub, email: claims.email ?? '', claims, accessToken: token };
       } catch (error) {
-        if (!(error instanceof AuthError)) throw error;
+        if (!(error instanceof AuthError)) throw contextFailed(services.logger, request, error);
         problem = error.message;
       }
     }
@@ -119,6 +121,18 @@ export function contextFactory(services: Services): (request: OperationRequest) 
       useCases,
     };
   };
+}
+
+/**
+ * A token that could not be verified (the sessions table or GoTrue did not answer) fails
+ * this operation only: masked like any unexpected error, its cause logged under the
+ * request id. Yoga passes a GraphQLError of ours through and answers HTTP with the status
+ * in `extensions.http`, which it does not send; over graphql-ws a status means nothing.
+ */
+function contextFailed(logger: Logger, request: OperationRequest, cause: unknown): GraphQLError {
+  new OperationLog(logger, { requestId: request.requestId }).error({ err: cause }, 'unexpected error');
+  const http = (request.transport ?? 'http') === 'http' ? { http: { status: 500 } } : {};
+  return unexpectedError(request.requestId, { extensions: http });
 }
 
 export function bearerToken(header: string | null | undefined): string | undefined {

@@ -1,4 +1,4 @@
-import { type ExecutionResult, GraphQLError } from 'graphql';
+import { type ExecutionResult, GraphQLError, type GraphQLErrorOptions } from 'graphql';
 import { isAsyncIterable, type Plugin, handleStreamOrSingleExecutionResult } from 'graphql-yoga';
 import type { Context } from './context.js';
 import { expected } from './stream-errors.js';
@@ -36,10 +36,11 @@ function maskUnexpected(errors: readonly GraphQLError[], ctx: Context): GraphQLE
     const known = expected(error.originalError, error);
     if (known) return known;
     ctx.log.error({ err: error.originalError, path: error.path }, 'unexpected error');
-    return new GraphQLError('Unexpected error.', {
-      nodes: error.nodes,
-      path: error.path,
-      extensions: { code: 'INTERNAL_SERVER_ERROR', requestId: ctx.requestId },
-    });
+    return unexpectedError(ctx.requestId, { nodes: error.nodes, path: error.path });
   });
+}
+
+/** What a client sees of an unexpected failure: never its cause, only the request id the log has it under. */
+export function unexpectedError(requestId: string, options: GraphQLErrorOptions = {}): GraphQLError {
+  return new GraphQLError('Unexpected error.', { ...options, extensions: { ...options.extensions, code: 'INTERNAL_SERVER_ERROR', requestId } });
 }

@@ -173,18 +173,26 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
         }
         const errors = enveloped.validate(enveloped.schema, document);
         if (errors.length > 0) return errors;
+        // A subscription takes the socket's claims (verified at connect, kept current by the
+        // expiry deadline and the re-check below, which close the socket when they lapse) rather
+        // than a JWT check and a session read each; a query or mutation verifies again, so a
+        // sign-out stops it at once.
+        let contextValue;
+        try {
+          contextValue = await enveloped.contextFactory(
+            getOperationAST(document, params.operationName)?.operation === 'subscription' ? { verifiedClaims: connections.get(ctx)?.claims } : undefined,
+          );
+        } catch (error) {
+          // A context that could not be built (masked and logged by the factory) fails this operation, not the socket.
+          if (error instanceof GraphQLError) return [error];
+          throw error;
+        }
         const args: ExecutionArgs = {
           schema: enveloped.schema,
           operationName: params.operationName,
           document,
           variableValues: params.variables,
-          // A subscription takes the socket's claims (verified at connect, kept current by the
-          // expiry deadline and the re-check below, which close the socket when they lapse) rather
-          // than a JWT check and a session read each; a query or mutation verifies again, so a
-          // sign-out stops it at once.
-          contextValue: await enveloped.contextFactory(
-            getOperationAST(document, params.operationName)?.operation === 'subscription' ? { verifiedClaims: connections.get(ctx)?.claims } : undefined,
-          ),
+          contextValue,
           rootValue: { execute: enveloped.execute, subscribe: enveloped.subscribe },
         };
         return args;
