@@ -104,6 +104,7 @@ const environment = z.object({
   RATE_LIMIT_AUTH_PER_EMAIL: rate('10/600'),
   RATE_LIMIT_GENERATIONS_PER_USER: rate('30/600'),
   RATE_LIMIT_MEMBERS_PER_USER: rate('60/60'),
+  RATE_LIMIT_MEMBERS_PER_IP: rate('60/60'),
   METRICS_TOKEN: optional,
   // tracing (OpenTelemetry): off unless an exporter or an OTLP endpoint is named; the SDK reads the rest of OTEL_* itself
   OTEL_SDK_DISABLED: optional.transform((v) => v?.toLowerCase() === 'true'),
@@ -255,6 +256,7 @@ export function parseConfig(env: Record<string, string | undefined>) {
       authPerEmail: e.RATE_LIMIT_AUTH_PER_EMAIL,
       generationsPerUser: e.RATE_LIMIT_GENERATIONS_PER_USER,
       membersPerUser: e.RATE_LIMIT_MEMBERS_PER_USER,
+      membersPerIp: e.RATE_LIMIT_MEMBERS_PER_IP,
     },
     /** When set, /metrics needs `Authorization: Bearer <token>`. */
     metrics: { token: e.METRICS_TOKEN },

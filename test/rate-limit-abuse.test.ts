@@ -1,3 +1,4 @@
+import { print } from 'graphql';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AddProjectMemberDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
@@ -44,6 +45,35 @@ describe(`sign-in limits cannot lock a victim out (${databaseKind})`, () => {
     expect(await signInFrom(attacker, email, PASSWORD)).toBe('RateLimitedError');
     // ...and the victim, from their own address, is not.
     expect(await signInFrom('198.51.100.20', email, PASSWORD)).toBe('AuthSession');
+  });
+});
+
+describe(`addProjectMember per client address (${databaseKind})`, () => {
+  let server: TestServer;
+
+  beforeAll(async () => {
+    server = await startTestServer({ TRUST_PROXY: 'true', RATE_LIMIT_MEMBERS_PER_USER: '100/600', RATE_LIMIT_MEMBERS_PER_IP: '3/600' });
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it('stops probing from one address spread over fresh accounts, and leaves other addresses alone', async () => {
+    const probe = async (address: string) => {
+      const user = await signUp(server);
+      const project = await createProject(user.client);
+      const response = await server.client(user.accessToken).post(
+        { query: print(AddProjectMemberDocument), variables: { input: { projectId: project.id, email: uniqueEmail('probe'), role: 'VIEWER' } } },
+        { 'x-forwarded-for': address },
+      );
+      return ((await response.json()) as { data: { addProjectMember: { __typename: string } } }).data.addProjectMember.__typename;
+    };
+    const prober = '203.0.113.77';
+    const answers = [];
+    for (let i = 0; i < 4; i++) answers.push(await probe(prober));
+    expect(answers).toEqual(['NotFoundError', 'NotFoundError', 'NotFoundError', 'RateLimitedError']);
+    expect(await probe('198.51.100.30')).toBe('NotFoundError');
   });
 });
 

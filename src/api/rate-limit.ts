@@ -8,7 +8,8 @@ import { RateLimitedError } from '../errors.js';
 // Fixed-window rate limits: sign-in and sign-up per client address (spraying) and per
 // email from one address (guessing one account; keyed on both, so an attacker who
 // hammers a victim's email cannot lock the victim out from anywhere else), starting
-// generations and adding project members (probing emails for accounts) per user. Embedded Kiln
+// generations per user, and adding project members (probing emails for accounts) per user and
+// per client address (accounts are free, addresses are not). Embedded Kiln
 // counts in memory (one process); on PostgreSQL every instance counts in one table,
 // so a limit holds however many API processes sit behind the load balancer.
 
@@ -28,7 +29,7 @@ export interface RateLimits {
   /** Before startGeneration and retryGeneration. */
   generationStart(userId: string): Promise<void>;
   /** Before addProjectMember. */
-  memberAdd(userId: string): Promise<void>;
+  memberAdd(userId: string, clientIp: string): Promise<void>;
 }
 
 export function createRateLimits(rules: Config['rateLimits'], store: RateLimitStore): RateLimits {
@@ -45,7 +46,11 @@ export function createRateLimits(rules: Config['rateLimits'], store: RateLimitSt
       await check(rules.authPerEmail, `auth:email:${email.trim().toLowerCase()}:${client}`, message);
     },
     generationStart: (userId) => check(rules.generationsPerUser, `generations:user:${userId}`, 'You started too many generations recently; wait a while and try again.'),
-    memberAdd: (userId) => check(rules.membersPerUser, `members:user:${userId}`, 'You added too many members recently; wait a while and try again.'),
+    memberAdd: async (userId, clientIp) => {
+      const message = 'You added too many members recently; wait a while and try again.';
+      await check(rules.membersPerUser, `members:user:${userId}`, message);
+      await check(rules.membersPerIp, `members:ip:${addressBlock(clientIp)}`, message);
+    },
   };
 }
 

@@ -119,7 +119,7 @@ export const secretContext = (projectId: string, name: SecretName) => `${project
 export async function addProjectMember(
   scope: Scope,
   input: { projectId: string; email: string; role: ProjectRole },
-  /** Throws RateLimitedError when the user added too many members recently. */
+  /** Throws RateLimitedError when the user (or their address) added too many members recently. */
   deps: { rateLimit?(userId: string): Promise<void> } = {},
 ) {
   // Counted per user before anything else: the answers must not let anyone test many emails for accounts.

@@ -143,7 +143,7 @@ builder.mutationFields((t) => ({
     type: MemberRef,
     errors: {},
     args: { input: t.arg({ type: AddProjectMemberInput, required: true }) },
-    resolve: (_root, { input }, ctx) => addProjectMember(ctx.db, input, { rateLimit: ctx.useCases.rateLimits.memberAdd }),
+    resolve: (_root, { input }, ctx) => addProjectMember(ctx.db, input, { rateLimit: (userId) => ctx.useCases.rateLimits.memberAdd(userId, ctx.clientIp) }),
   }),
   removeProjectMember: t.field({
     type: ProjectRef,
