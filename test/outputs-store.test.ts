@@ -19,6 +19,7 @@ import { type FakeSupabaseStorage, startFakeSupabaseStorage } from './support/fa
 import { createProject } from './support/fixtures.js';
 import { rawId, startAccepted, startInstance, tempDir, waitForEnd } from './support/generation-helpers.js';
 import { useStarted } from './support/lifecycle.js';
+import { rawGet } from './support/raw-http.js';
 import { useGenerationServer } from './support/suite-server.js';
 
 // The artefact store behind previews and archives, on each backend: files under
@@ -154,6 +155,28 @@ describe.each(backends)(`the artefact store: $name (${databaseKind})`, (backend)
       expect(kept.filter((content) => content === undefined)).toHaveLength(0);
     }
     await outputs.collect(0);
+  });
+
+  // Postgres and Supabase serve a local copy that each request touches (so it is not pruned),
+  // files the blob that each store of the same bytes touches: neither may change the validators.
+  it('answers a revalidation with 304 and a resumed download with 206, however often the file was served or stored since', { timeout: 60_000 }, async () => {
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const generation = await build(project.id, 'Revalidated');
+    const { generation: withPreview } = await suite.owner.client.expectNoErrors(GenerationPreviewDocument, { id: generation.id });
+    const path = new URL(`${withPreview!.preview!.url}main.dart.js`).pathname;
+    const first = await rawGet(suite.server.url, path);
+    expect(first.status).toBe(200);
+    const etag = first.headers.etag!;
+    // Another generation stores the same bytes.
+    await outputs.store.putMany([{ sha256: sha256Of(first.body), content: first.body }]);
+
+    const again = await rawGet(suite.server.url, path, { 'if-none-match': etag });
+    expect(again.status).toBe(304);
+    expect(again.headers.etag).toBe(etag);
+    const resumed = await rawGet(suite.server.url, path, { range: 'bytes=10-', 'if-range': etag });
+    expect(resumed.status).toBe(206);
+    expect(resumed.body).toEqual(first.body.subarray(10));
+    expect((await rawGet(suite.server.url, path, { 'if-none-match': '"other"' })).status).toBe(200);
   });
 
   it('serves previews and archives from the store after the workspace is gone', { timeout: 60_000 }, async () => {

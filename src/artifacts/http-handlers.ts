@@ -7,6 +7,7 @@ import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { type ArchiveEntry, type ArchiveFormat, archiveContentType, archiveFilename, writeArchive } from './archive.js';
 import type { BlobStore } from './blob-store.js';
+import { manifestCache } from './manifest-cache.js';
 import { manifestStore } from './manifest-store.js';
 import { type Manifest, plain, servePreview } from './preview.js';
 import { verifyCapability } from './signed-urls.js';
@@ -26,6 +27,8 @@ const PREVIEW_HEADERS = {
 
 const MANIFEST_TTL_MS = 60_000;
 const MANIFESTS_KEPT = 200;
+// Bundle paths are capped (write-outputs.ts), so the largest manifest is a few MB.
+const MANIFEST_BYTES_KEPT = 32 * 1024 * 1024;
 
 export interface OutputHandlers {
   /** Answers preview and archive requests (and on PREVIEW_ORIGIN every request); false leaves it to the API. */
@@ -59,18 +62,17 @@ export function outputHandlers(deps: {
     registers: [deps.metrics.registry],
   });
   // Bundles never change once stored; kept a minute so a deleted project stops serving soon.
-  const manifests = new Map<string, { manifest: Manifest; loadedAt: number }>();
+  const manifests = manifestCache({ ttlMs: MANIFEST_TTL_MS, entries: MANIFESTS_KEPT, bytes: MANIFEST_BYTES_KEPT });
 
   const manifestOf = async (generationId: string): Promise<Manifest | undefined> => {
     const cached = manifests.get(generationId);
-    if (cached && Date.now() - cached.loadedAt < MANIFEST_TTL_MS) return cached.manifest;
+    if (cached) return cached;
     const entries = await scope.run((tx) => manifestStore.entriesOf(tx, generationId, 'BUNDLE'));
-    manifests.delete(generationId);
-    if (entries.length === 0) return undefined;
-    const manifest: Manifest = new Map(entries.map((entry) => [entry.path, entry]));
-    manifests.set(generationId, { manifest, loadedAt: Date.now() });
-    if (manifests.size > MANIFESTS_KEPT) manifests.delete(manifests.keys().next().value!);
-    return manifest;
+    if (entries.length === 0) {
+      manifests.delete(generationId);
+      return undefined;
+    }
+    return manifests.set(generationId, entries);
   };
 
   /** Counts what a handler sends, then records it once the response is over. */

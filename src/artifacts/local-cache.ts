@@ -6,8 +6,9 @@ import { assertSha256 } from './blob-store.js';
 
 /**
  * Local copies of remote blobs (postgres, Supabase Storage) under DATA_DIR, so the
- * preview handler can serve them with `send` (ETags, ranges) from disk. Blobs never
- * change, so a copy is valid forever; `prune` drops copies unused for a while.
+ * preview handler can serve them with `send` (ranges, conditional requests) from disk.
+ * Blobs never change, so a copy is valid forever; `prune` drops copies unused for a
+ * while. A use touches the copy's mtime, so validators come from the sha256, never from it.
  */
 export function localBlobCache(dir: string) {
   const pathOf = (sha256: string) => join(dir, assertSha256(sha256));

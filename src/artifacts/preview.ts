@@ -8,8 +8,9 @@ import type { ArtifactEntry } from './manifest-store.js';
 
 // Serves one generation's web bundle under /preview/<capability>/. The bundle is a
 // manifest (path → blob) from the database; bytes come from the blob store's local
-// files through `send` (content types, ETag, ranges, conditional requests). Nothing
-// outside the manifest can be named, so no path leads out of the bundle.
+// files through `send` (content types, ranges, conditional requests), with the blob's
+// sha256 as the ETag. Nothing outside the manifest can be named, so no path leads out
+// of the bundle.
 
 export type Manifest = Map<string, ArtifactEntry>;
 
@@ -38,8 +39,13 @@ export async function servePreview(request: PreviewRequest): Promise<number> {
   const file = await request.store.localPath(entry.sha256);
   if (!file) return plain(res, 404, 'Not found.');
   return new Promise<number>((done) => {
-    send(req, file, { dotfiles: 'allow', index: false, cacheControl: false, etag: true, lastModified: true, acceptRanges: true })
-      .on('headers', (response: ServerResponse) => response.setHeader('Content-Type', contentTypeOf(entry.path)))
+    send(req, file, { dotfiles: 'allow', index: false, cacheControl: false, etag: false, lastModified: false, acceptRanges: true })
+      .on('headers', (response: ServerResponse) => {
+        response.setHeader('Content-Type', contentTypeOf(entry.path));
+        // From the content, never the local copy's mtime: stores and the cache touch it to keep
+        // it from collection, and a validator that changed would defeat 304s and resumed downloads.
+        response.setHeader('ETag', `"${entry.sha256}"`);
+      })
       .on('error', (error: { status?: number }) => done(plain(res, error.status ?? 500, error.status === 416 ? 'Range not satisfiable.' : 'Not found.')))
       .on('end', () => done(res.statusCode))
       .pipe(res);

@@ -1,6 +1,8 @@
 import { constants } from 'node:fs';
 import { lstat, open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { RunError } from '../errors.js';
+import { describePath } from '../generations/safe-path.js';
 import { ignoreMissing } from '../workspace/write-inside.js';
 import { type BlobBytes, type BlobStore, sha256Of } from './blob-store.js';
 import type { ArtifactRow } from './manifest-store.js';
@@ -10,10 +12,24 @@ import type { ArtifactRow } from './manifest-store.js';
 
 const MAX_BUNDLE_FILES = 10_000;
 const MAX_BUNDLE_BYTES = 256 * 1024 * 1024;
+// A cold preview reads a blob whole (PostgreSQL hands bytea over as hex text, twice its size).
+const MAX_BUNDLE_FILE_BYTES = 64 * 1024 * 1024;
+// A preview keeps its bundle's paths in memory, and an empty file costs nothing else.
+const MAX_BUNDLE_PATH_BYTES = 1024;
+const MAX_BUNDLE_PATHS_BYTES = 2 * 1024 * 1024;
 // Blobs go to the store in batches of about this many files or bytes: one statement each on
 // PostgreSQL, where a statement per blob was a round trip each.
 const BATCH_FILES = 100;
 const BATCH_BYTES = 4 * 1024 * 1024;
+
+/** The build left a bundle beyond what Kiln keeps: the run ends as BUILD_FAILED, with nothing stored. */
+export class BundleTooLargeError extends RunError {
+  override readonly name = 'BundleTooLargeError';
+  readonly code = 'BUILD_FAILED';
+  constructor(reason: string) {
+    super(`The web bundle is too large to keep: ${reason}.`);
+  }
+}
 
 /** Blobs stored; `rows` index them (generation_artifacts), to be inserted once every one is in. */
 export interface StoredOutputs {
@@ -35,6 +51,8 @@ export async function storeOutputs(
   bundleDir: string | undefined,
   sources: readonly { path: string; content: string; sha256?: string }[],
 ): Promise<StoredOutputs> {
+  // Checked whole before anything is stored, so a refused bundle leaves no blobs behind.
+  const bundle = bundleDir ? await bundleFiles(bundleDir) : [];
   const stored: StoredOutputs = { files: 0, bytes: 0, newBytes: 0, rows: [] };
   let batch: (BlobBytes & Pick<ArtifactRow, 'kind' | 'path'>)[] = [];
   let batchBytes = 0;
@@ -56,38 +74,66 @@ export async function storeOutputs(
     if (batch.length >= BATCH_FILES || batchBytes >= BATCH_BYTES) await flush();
   };
   for (const file of sources) await put('SOURCE', file.path, Buffer.from(file.content, 'utf8'), file.sha256);
-  if (bundleDir) for await (const file of bundleFiles(bundleDir)) await put('BUNDLE', file.path, file.content);
+  for (const file of bundle) await put('BUNDLE', file.path, await readBundleFile(file));
   if (batch.length > 0) await flush();
   return stored;
 }
 
+interface BundleFile {
+  /** Relative to the bundle folder, as the manifest names it. */
+  path: string;
+  file: string;
+  size: number;
+}
+
 /**
- * Regular files under the bundle folder, as paths relative to it. The build ran
- * untrusted code, so links are never followed: a symlink to /etc/passwd stays behind.
+ * Regular files under the bundle folder, as paths relative to it, within the bundle limits.
+ * The build ran untrusted code, so links are never followed: a symlink to /etc/passwd stays behind.
  */
-async function* bundleFiles(root: string): AsyncGenerator<{ path: string; content: Buffer }> {
-  if (!(await lstat(root).catch(ignoreMissing))?.isDirectory()) return;
-  let count = 0;
+async function bundleFiles(root: string): Promise<BundleFile[]> {
+  if (!(await lstat(root).catch(ignoreMissing))?.isDirectory()) return [];
+  const files: BundleFile[] = [];
   let bytes = 0;
-  const walk = async function* (dir: string, prefix: string): AsyncGenerator<{ path: string; content: Buffer }> {
+  let pathBytes = 0;
+  const walk = async (dir: string, prefix: string) => {
     const entries = (await readdir(dir, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : 1));
     for (const entry of entries) {
+      if (!entry.isDirectory() && !entry.isFile()) continue;
       const path = prefix ? `${prefix}/${entry.name}` : entry.name;
-      if (entry.isDirectory()) yield* walk(join(dir, entry.name), path);
-      if (!entry.isFile()) continue;
-      const handle = await open(join(dir, entry.name), constants.O_RDONLY | constants.O_NOFOLLOW);
-      try {
-        // Checked before reading: a build could leave a file of any size.
-        count++;
-        bytes += (await handle.stat()).size;
-        if (count > MAX_BUNDLE_FILES || bytes > MAX_BUNDLE_BYTES) {
-          throw new Error(`The web bundle is too large to keep (over ${MAX_BUNDLE_FILES} files or ${MAX_BUNDLE_BYTES / 1024 / 1024} MB).`);
-        }
-        yield { path, content: await handle.readFile() };
-      } finally {
-        await handle.close();
+      const length = Buffer.byteLength(path);
+      if (length > MAX_BUNDLE_PATH_BYTES) throw new BundleTooLargeError(`the path ${describePath(path)} is over ${MAX_BUNDLE_PATH_BYTES} bytes`);
+      const file = join(dir, entry.name);
+      if (entry.isDirectory()) {
+        await walk(file, path);
+        continue;
       }
+      const { size } = await lstat(file);
+      if (size > MAX_BUNDLE_FILE_BYTES) throw new BundleTooLargeError(`${describePath(path)} is over ${megabytes(MAX_BUNDLE_FILE_BYTES)}`);
+      files.push({ path, file, size });
+      bytes += size;
+      pathBytes += length;
+      if (files.length > MAX_BUNDLE_FILES || bytes > MAX_BUNDLE_BYTES) {
+        throw new BundleTooLargeError(`over ${MAX_BUNDLE_FILES} files or ${megabytes(MAX_BUNDLE_BYTES)}`);
+      }
+      if (pathBytes > MAX_BUNDLE_PATHS_BYTES) throw new BundleTooLargeError(`its paths are over ${megabytes(MAX_BUNDLE_PATHS_BYTES)} in all`);
     }
   };
-  yield* walk(root, '');
+  await walk(root, '');
+  return files;
+}
+
+/** At most the size checked, whatever happened to the file since; a link put in its place is refused. */
+async function readBundleFile({ file, size }: BundleFile): Promise<Buffer> {
+  const handle = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW);
+  try {
+    const content = Buffer.alloc(size);
+    const { bytesRead } = await handle.read(content, 0, size, 0);
+    return content.subarray(0, bytesRead);
+  } finally {
+    await handle.close();
+  }
+}
+
+function megabytes(bytes: number): string {
+  return `${bytes / 1024 / 1024} MB`;
 }

@@ -1,6 +1,9 @@
-import { describe, expect, it } from 'vitest';
+import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { type BlobBytes, type BlobStore, putOneByOne, sha256Of } from '../../src/artifacts/blob-store.js';
-import { storeOutputs } from '../../src/artifacts/write-outputs.js';
+import { BundleTooLargeError, storeOutputs } from '../../src/artifacts/write-outputs.js';
 
 // How a store that puts one blob at a time (files, Supabase Storage) serves putMany:
 // equal blobs once, a few at a time, and a failure that leaves nothing running behind it.
@@ -63,25 +66,89 @@ describe('putting many blobs one at a time', () => {
   });
 });
 
+/** A store that only records the batches put into it. */
+function recordingStore() {
+  const batches: BlobBytes[][] = [];
+  const store = {
+    putMany: async (blobs: readonly BlobBytes[]) => {
+      batches.push([...blobs]);
+      return blobs.map(() => true);
+    },
+  } as Pick<BlobStore, 'putMany'> as BlobStore;
+  return { store, batches };
+}
+
+const mb = 1024 * 1024;
+
 describe("a generation's outputs", () => {
   it('go to the store in batches of at most 100 files, or a little over 4 MB', async () => {
-    const batches: { files: number; bytes: number }[] = [];
-    const store = {
-      putMany: async (blobs: readonly BlobBytes[]) => {
-        batches.push({ files: blobs.length, bytes: blobs.reduce((sum, blob) => sum + blob.content.length, 0) });
-        return blobs.map(() => true);
-      },
-    } as Pick<BlobStore, 'putMany'> as BlobStore;
-    const mb = 1024 * 1024;
+    const { store, batches: put } = recordingStore();
+    const batches = () => put.map((blobs) => ({ files: blobs.length, bytes: blobs.reduce((sum, blob) => sum + blob.content.length, 0) }));
     const sources = [
       ...Array.from({ length: 250 }, (_, i) => ({ path: `small/${i}`, content: `${i}` })),
       ...Array.from({ length: 5 }, (_, i) => ({ path: `large/${i}`, content: String(i).repeat(1.5 * mb) })),
     ];
     const stored = await storeOutputs(store, 'generation', '/nonexistent', sources);
-    expect(batches.map((batch) => batch.files)).toEqual([100, 100, 53, 2]);
-    expect(batches[2]!.bytes).toBeGreaterThanOrEqual(4 * mb);
-    expect(batches[2]!.bytes - 1.5 * mb).toBeLessThan(4 * mb);
+    expect(batches().map((batch) => batch.files)).toEqual([100, 100, 53, 2]);
+    expect(batches()[2]!.bytes).toBeGreaterThanOrEqual(4 * mb);
+    expect(batches()[2]!.bytes - 1.5 * mb).toBeLessThan(4 * mb);
     expect(stored.rows.map((row) => row.path)).toEqual(sources.map((file) => file.path));
+  });
+});
+
+// A preview keeps its bundle's paths in memory and reads a file whole: the build's untrusted
+// output is refused, as BUILD_FAILED and with nothing stored, past what that can bear.
+describe('a web bundle past the limits', () => {
+  let bundle: string;
+  beforeEach(async () => {
+    bundle = await mkdtemp(join(tmpdir(), 'kiln-bundle-'));
+    await writeFile(join(bundle, 'index.html'), '<!doctype html><title>app</title>');
+  });
+  afterEach(async () => {
+    await rm(bundle, { recursive: true, force: true });
+  });
+
+  const sources = [{ path: 'lib/main.dart', content: 'void main() {}\n' }];
+  /** Folders of 250-byte names (a name's own limit is 255) under the bundle, `length` bytes of path in all. */
+  const deepFolder = async (length: number) => {
+    const names = Array.from({ length: Math.floor(length / 251) }, (_, i) => `${i}`.padEnd(250, 'd'));
+    const last = length - names.length * 251;
+    const path = last > 0 ? [...names, ''.padEnd(last, 'e')].join('/') : names.join('/');
+    await mkdir(join(bundle, path), { recursive: true });
+    return path;
+  };
+  const refused = async (reason: RegExp) => {
+    const { store, batches } = recordingStore();
+    const stored = storeOutputs(store, 'generation', bundle, sources);
+    await expect(stored).rejects.toThrow(BundleTooLargeError);
+    await expect(stored).rejects.toMatchObject({ code: 'BUILD_FAILED', message: expect.stringMatching(reason) });
+    expect(batches).toEqual([]);
+  };
+
+  it('refuses a path over 1,024 bytes, and keeps one of exactly that', async () => {
+    const folder = await deepFolder(1024 - 'x.js'.length - 1);
+    await writeFile(join(bundle, folder, 'x.js'), 'ok');
+    const { store, batches } = recordingStore();
+    const stored = await storeOutputs(store, 'generation', bundle, sources);
+    expect(stored.rows.map((row) => Buffer.byteLength(row.path))).toContain(1024);
+    expect(batches.flat()).toHaveLength(3);
+
+    await writeFile(join(bundle, folder, 'xy.js'), 'one byte too long');
+    await refused(/^The web bundle is too large to keep: the path "0d{99}\.\.\." is over 1024 bytes\.$/);
+  });
+
+  it('refuses paths of over 2 MB in all, even of empty files', async () => {
+    const folder = await deepFolder(760);
+    // 2,200 files of about 1,000 bytes of path each: 2.1 MB, far from the count and size limits.
+    await Promise.all(Array.from({ length: 2200 }, (_, i) => writeFile(join(bundle, folder, `${i}`.padEnd(235, 'f')), '')));
+    await refused(/^The web bundle is too large to keep: its paths are over 2 MB in all\.$/);
+  });
+
+  it('refuses a single file over 64 MB before reading it', async () => {
+    // Sparse: its size, not its blocks.
+    await writeFile(join(bundle, 'huge.wasm'), '');
+    await truncate(join(bundle, 'huge.wasm'), 64 * mb + 1);
+    await refused(/^The web bundle is too large to keep: "huge\.wasm" is over 64 MB\.$/);
   });
 });
 
