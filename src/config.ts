@@ -155,6 +155,7 @@ export function parseConfig(env: Record<string, string | undefined>) {
   if (problems.length > 0) throw new ConfigError(problems);
 
   const dataDir = path.resolve(e.DATA_DIR);
+  const workspacesDir = path.resolve(e.WORKSPACES_DIR ?? path.join(dataDir, 'workspaces'));
   return {
     env: e.NODE_ENV,
     http: { port: e.PORT, host: e.HOST, corsOrigins: e.CORS_ORIGINS },
@@ -199,7 +200,7 @@ export function parseConfig(env: Record<string, string | undefined>) {
       retry: { maxAttempts: e.LLM_RETRY_MAX_ATTEMPTS, maxTotalWaitMs: e.LLM_RETRY_MAX_WAIT_SECONDS * 1000 },
     },
     workspaces: {
-      dir: path.resolve(e.WORKSPACES_DIR ?? path.join(dataDir, 'workspaces')),
+      dir: workspacesDir,
       keepPerProject: e.WORKSPACES_KEEP_PER_PROJECT,
     },
     toolchain: {
@@ -217,6 +218,7 @@ export function parseConfig(env: Record<string, string | undefined>) {
         workspaceMb: e.BUILD_MAX_WORKSPACE_MB,
         tmpMb: e.BUILD_TMP_MB,
       },
+      hiddenDirs: { DATA_DIR: dataDir, WORKSPACES_DIR: workspacesDir },
     },
     generations: {
       leaseMs: e.GENERATION_LEASE_SECONDS * 1000,

@@ -99,21 +99,22 @@ describe.each(sandboxes)(`the dependency fetch with BUILD_SANDBOX=%s (${database
     expect(internal.requests).toEqual([]);
   });
 
-  it('removes an .npmrc a build step left before a fix round installs again, and fetches from the server\'s registry', { timeout: 90_000 }, async () => {
-    // Round 0: the project's own `tsc` plants an .npmrc pointing npm at the internal address, then fails.
-    const plantingTsc = `#!/usr/bin/env node
-require('node:fs').writeFileSync('.npmrc', 'registry=${internal.url}/\\n@kiln:registry=${internal.url}/\\n');
-console.log("src/App.tsx(1,7): error TS2322: Type 'string' is not assignable to type 'number'.");
+  /** Round 0's vite.config.js runs `plant` as project code, then fails with a diagnostic, so a fix round follows. */
+  const plantingViteConfig = (plant: string) => `import * as fs from 'node:fs';
+${plant}
+console.log(process.cwd() + '/src/App.tsx:1:7: ERROR: Expected ";" but found "x"');
 process.exit(1);
 `;
+
+  it('removes an .npmrc a build step left before a fix round installs again, and fetches from the server\'s registry', { timeout: 90_000 }, async () => {
+    // Round 0: the project's vite.config.js plants an .npmrc pointing npm at the internal address, then fails.
     const generation = await generate(
       'WEB',
-      { 'package.json': packageJson({}), 'node_modules/.bin/tsc': plantingTsc, 'src/App.tsx': "const n: number = 'x';\nexport default function App() {\n  return <h1>{n}</h1>;\n}\n" },
+      { 'package.json': packageJson({}), 'vite.config.js': plantingViteConfig(`fs.writeFileSync('.npmrc', 'registry=${internal.url}/\\n@kiln:registry=${internal.url}/\\n');`) },
       // The fix changes package.json, so the install runs again in the workspace the build step wrote into.
       {
         'package.json': packageJson({ dependencies: { react: '^19.1.0', 'react-dom': '^19.1.0', '@kiln/widgets': 'latest' } }),
-        'node_modules/.bin/tsc': '#!/usr/bin/env node\n',
-        'src/App.tsx': 'export default function App() {\n  return <h1>1</h1>;\n}\n',
+        'vite.config.js': 'export default {};\n',
       },
     );
 
@@ -125,6 +126,26 @@ process.exit(1);
       expect.stringMatching(/^\[dependency policy\] removed \.npmrc: /),
       'fake npm install, registry https://registry.npmjs.org/, allow-git none',
     ]);
+    expect(internal.requests).toEqual([]);
+  });
+
+  it('removes the node_modules a build step left before a fix round installs again, so npm follows none of its dependencies', { timeout: 90_000 }, async () => {
+    // Round 0: vite.config.js "installs" a package whose manifest, and npm's hidden lock file, name the internal address.
+    const plant = `fs.mkdirSync('node_modules/leak', { recursive: true });
+fs.writeFileSync('node_modules/leak/package.json', JSON.stringify({ name: 'leak', version: '1.0.0', dependencies: { secret: '${internal.url}/secret.tgz' } }));
+fs.writeFileSync('node_modules/.package-lock.json', JSON.stringify({ name: 'kiln-app', lockfileVersion: 3, packages: { 'node_modules/leak': { version: '1.0.0', resolved: '${internal.url}/leak.tgz' } } }));`;
+    const generation = await generate(
+      'WEB',
+      { 'package.json': packageJson({}), 'vite.config.js': plantingViteConfig(plant) },
+      // The fix asks for "leak" by a registry range the planted copy satisfies, so npm would keep it and fetch what it names.
+      { 'package.json': packageJson({ dependencies: { react: '^19.1.0', 'react-dom': '^19.1.0', leak: '^1.0.0' } }), 'vite.config.js': 'export default {};\n' },
+    );
+
+    expect(generation.error).toBeNull();
+    expect(generation.status).toBe('SUCCEEDED');
+    const { generation: rounds } = await suite.owner.client.expectNoErrors(BuildRoundsDocument, { id: generation.id });
+    const reinstall = rounds!.buildLog.filter((line) => line.step === 'install' && line.round === 1).map((line) => line.text);
+    expect(reinstall).toEqual([expect.stringMatching(/^\[dependency policy\] removed node_modules: /), 'fake npm install, registry https://registry.npmjs.org/, allow-git none']);
     expect(internal.requests).toEqual([]);
   });
 

@@ -13,7 +13,7 @@ import { type Generation, rawId, repoRoot, startAccepted, waitForEnd } from './s
 import { hostileAnswer, hostProcessesWith, type ProbeKind, probeResults, useSdkFakes } from './support/hostile-project.js';
 
 // Generated code is hostile: a project a model was steered into writing runs probes as
-// project code on each target (WEB: its own `tsc`/`vite` bins, and a `postinstall`;
+// project code on each target (WEB: its vite.config.js, and a `postinstall`;
 // FLUTTER: a build hook) and prints what it reached into the build log. Every probe must
 // fail, a fork bomb, an 8 GB allocation and a 10 GB file each end the build with a clear
 // error, the server stays healthy, and an honest project still builds.

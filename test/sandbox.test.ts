@@ -1,13 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, delimiter, dirname, join } from 'node:path';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../src/config.js';
 import { createLogger } from '../src/observability/logger.js';
-import { type BuildSandbox, createBuildSandbox, probeBwrap } from '../src/toolchain/sandbox.js';
+import type { BuildTool } from '../src/toolchain/build-steps.js';
+import { type BuildSandbox, createBuildSandbox, probeBwrap, type SandboxSettings, toolchainRoot } from '../src/toolchain/sandbox.js';
 import { buildEnv, type OutputLine, runStep, type StepResult } from '../src/toolchain/step-runner.js';
 import { databaseKind } from './support/db.js';
 import { createProject } from './support/fixtures.js';
@@ -23,6 +24,7 @@ import { LogCapture, startCapturedServer } from './support/log-capture.js';
 const bwrapProblem = await probeBwrap();
 const LIMITS = { memoryMb: 512, maxProcesses: 128, workspaceMb: 64, tmpMb: 32 };
 const why = bwrapProblem ? ` (skipped: ${bwrapProblem})` : '';
+const npmRoot = await realNpmRoot();
 
 describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`, () => {
   let sandbox: BuildSandbox;
@@ -51,11 +53,25 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     await rm(root, { recursive: true, force: true });
   });
 
-  async function run(script: string, options: { fetch?: boolean; env?: Record<string, string>; timeoutMs?: number; onLine?: (line: OutputLine) => void; signal?: AbortSignal } = {}) {
+  interface RunOptions {
+    fetch?: boolean;
+    tool?: BuildTool;
+    /** The executable and its arguments instead of the SDK-like tool and the script. */
+    command?: [string, ...string[]];
+    /** Another sandbox than the suite's. */
+    sandbox?: BuildSandbox;
+    env?: Record<string, string>;
+    timeoutMs?: number;
+    onLine?: (line: OutputLine) => void;
+    signal?: AbortSignal;
+  }
+
+  async function run(script: string, options: RunOptions = {}) {
     const lines: string[] = [];
+    const [command, ...args] = options.command ?? [tool, script];
     const result: StepResult = await runStep({
-      command: tool,
-      args: [script],
+      command,
+      args,
       cwd: workspace,
       env: buildEnv(options.env ?? {}),
       timeoutMs: options.timeoutMs ?? 30_000,
@@ -65,7 +81,7 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
         lines.push(line.text);
         options.onLine?.(line);
       },
-      sandbox: sandbox.forStep({ tool: 'flutter', fetch: options.fetch ?? false, cacheDir }),
+      sandbox: (options.sandbox ?? sandbox).forStep({ tool: options.tool ?? 'flutter', fetch: options.fetch ?? false, cacheDir }),
     });
     return { result, lines };
   }
@@ -118,6 +134,27 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     } finally {
       listener.close();
     }
+  });
+
+  it('shows the npm cache only to the dependency fetch, and the pub cache read-only to Flutter steps', async () => {
+    // What the fetch got from an address a package named, and a package Flutter builds with.
+    await mkdir(join(cacheDir, 'npm', '_cacache'), { recursive: true });
+    await mkdir(join(cacheDir, 'pub'), { recursive: true });
+    await writeFile(join(cacheDir, 'npm', '_cacache', 'reply'), 'internal secret\n');
+    await writeFile(join(cacheDir, 'pub', 'package'), 'a pub package\n');
+    const script = [
+      `cat ${join(cacheDir, 'npm', '_cacache', 'reply')} 2>/dev/null || echo "npm cache: hidden"`,
+      `cat ${join(cacheDir, 'pub', 'package')} 2>/dev/null || echo "pub cache: hidden"`,
+      `(echo x > ${join(cacheDir, 'pub', 'planted')}) 2>/dev/null && echo "pub cache: written" || echo "pub cache: read-only"`,
+    ].join('\n');
+
+    const fetch = await run(script, { fetch: true });
+    const flutterBuild = await run(script);
+    const viteBuild = await run(script, { tool: 'npm' });
+
+    expect(fetch.lines).toEqual(['internal secret', 'a pub package', 'pub cache: written']);
+    expect(flutterBuild.lines).toEqual(['npm cache: hidden', 'a pub package', 'pub cache: read-only']);
+    expect(viteBuild.lines).toEqual(['npm cache: hidden', 'pub cache: hidden', 'pub cache: read-only']);
   });
 
   it.each([
@@ -177,7 +214,53 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     expect(existsSync(join(root, 'workspaces', 'project', 'escaped'))).toBe(false);
     expect(existsSync('/tmp/escaped')).toBe(false);
   });
+
+  async function sandboxHiding(hiddenDirs: SandboxSettings['hiddenDirs']): Promise<BuildSandbox> {
+    return createBuildSandbox({ kind: 'bwrap', allowUnsandboxed: false, limits: LIMITS, hiddenDirs }, createLogger('silent'));
+  }
+
+  it('hides DATA_DIR where a read-only system folder holds it, and the workspace still works', async () => {
+    // Kiln installed as /usr/src/app puts DATA_DIR inside the read-only /usr. Nothing here may
+    // write under /usr, so /usr/share, which holds files on every host, stands in for it.
+    const dataDir = '/usr/share';
+    expect((await readdir(dataDir)).length).toBeGreaterThan(0);
+    const script = `ls -A ${dataDir} | wc -l; (touch ${dataDir}/planted) 2>/dev/null && echo "mask: writable" || echo "mask: read-only"; echo made > made.txt && cat made.txt`;
+    const { result, lines } = await run(script, { sandbox: await sandboxHiding({ DATA_DIR: dataDir }) });
+
+    expect(result.status).toBe('SUCCEEDED');
+    expect(lines).toEqual(['0', 'mask: read-only', 'made']);
+    expect(await readFile(join(workspace, 'made.txt'), 'utf8')).toBe('made\n');
+  });
+
+  it.skipIf(!npmRoot?.startsWith('/usr/'))("shows a step its own toolchain inside a hidden folder, and nothing else of that folder", async () => {
+    // The folder around npm's package (/usr/lib/node_modules) stands in for a hidden folder that holds the tool.
+    const hidden = dirname(npmRoot!);
+    const { result, lines } = await run('', { tool: 'npm', command: ['npm', 'exec', '--call', `ls -A ${hidden}`], sandbox: await sandboxHiding({ DATA_DIR: hidden }) });
+
+    expect(result.status).toBe('SUCCEEDED');
+    expect(lines).toEqual([basename(npmRoot!)]);
+  });
+
+  it('refuses a toolchain folder that holds DATA_DIR, and the step never runs', async () => {
+    const dataDir = join(root, 'sdk', 'data');
+    await mkdir(dataDir);
+    await writeFile(join(dataDir, 'encryption.key'), 'the server key');
+    const { result, lines } = await run(`cat ${join(dataDir, 'encryption.key')}`, { sandbox: await sandboxHiding({ DATA_DIR: dataDir }) });
+
+    expect(result.status).toBe('FAILED');
+    expect(result.message).toMatch(new RegExp(`${join(root, 'sdk')}, which every build step sees read-only, contains DATA_DIR`));
+    expect(lines).toEqual([]);
+  });
 });
+
+/** The package folder of the npm on PATH, as the sandbox finds it. */
+async function realNpmRoot(): Promise<string | undefined> {
+  for (const dir of (process.env.PATH ?? '').split(delimiter).filter(Boolean)) {
+    const real = await realpath(join(dir, 'npm')).catch(() => undefined);
+    if (real) return toolchainRoot(real);
+  }
+  return undefined;
+}
 
 describe(`configuring the build sandbox (${databaseKind})`, () => {
   const production = {

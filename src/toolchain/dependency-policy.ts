@@ -49,13 +49,22 @@ const PUB_DEPENDENCY_FIELDS = ['dependencies', 'dev_dependencies', 'dependency_o
 const MAX_MANIFEST_BYTES = 1024 * 1024;
 
 /**
+ * What npm builds its tree from besides package.json: the packages already installed, whose
+ * manifests (and `node_modules/.package-lock.json`) name dependencies the policy never saw,
+ * by URL too. A build step runs project code that can write them.
+ */
+const NPM_INSTALLED = 'node_modules';
+
+/**
  * Makes the workspace safe to fetch for: removes the files in FETCH_STEERING_FILES (an
- * earlier build step may have written them) and checks the manifest. Returns what it
- * removed, for the build log; throws DependencyPolicyError for a dependency it refuses.
+ * earlier build step may have written them), and node_modules before npm, and checks the
+ * manifest. Returns what it removed, for the build log; throws DependencyPolicyError for a
+ * dependency it refuses.
  */
 export async function prepareFetch(tool: BuildTool, workspace: string): Promise<string[]> {
   const removed: string[] = [];
-  for (const file of FETCH_STEERING_FILES) {
+  // rm removes a symbolic link, never what it points to, at the top as inside the tree.
+  for (const file of tool === 'npm' ? [...FETCH_STEERING_FILES, NPM_INSTALLED] : FETCH_STEERING_FILES) {
     const path = join(workspace, file);
     if (!(await lstat(path).catch(() => undefined))) continue;
     await rm(path, { recursive: true, force: true });

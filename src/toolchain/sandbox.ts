@@ -19,7 +19,9 @@ import { REGISTRY_ENV } from './step-runner.js';
 // code"): its own user, pid, ipc, uts, cgroup and network namespaces, an unprivileged uid,
 // read-only system and toolchain folders, the workspace as the only writable path, a
 // private /tmp and HOME, an allowlisted environment, and limits on processes, memory and
-// disk. Only the dependency fetch gets the network and a writable cache.
+// disk. Only the dependency fetch gets the network and the project's caches (writable);
+// the other steps see the pub cache read-only and the npm cache not at all. The server's
+// folders (DATA_DIR, workspaces, its own) are hidden even where a read-only folder holds them.
 
 export type SandboxKind = 'bwrap' | 'none';
 
@@ -29,11 +31,17 @@ export interface SandboxSettings {
   /** False in production unless ALLOW_UNSANDBOXED_BUILDS=true. */
   allowUnsandboxed: boolean;
   limits: StepLimits;
+  /**
+   * Folders no step may see, by the setting that names them (DATA_DIR, WORKSPACES_DIR); the
+   * server's own folder (its working directory, with .env) always is one. Hidden by an empty
+   * mount where a read-only system folder holds them (Kiln installed in /usr/src/app).
+   */
+  hiddenDirs?: Readonly<Record<string, string>>;
 }
 
 export interface StepAccess {
   tool: BuildTool;
-  /** The dependency fetch: the network and a writable cache, and no project code. */
+  /** The dependency fetch: the network and the writable caches, and no project code. */
   fetch: boolean;
   /** The project's own tool caches (npm, pub); never shared with another project. */
   cacheDir: string;
@@ -74,6 +82,9 @@ const BWRAP = '/usr/bin/bwrap';
 const PRLIMIT = '/usr/bin/prlimit';
 const SANDBOX_UID = '1000';
 const HOME = '/tmp/home';
+/** npm's cache in the steps that run project code: their own, in the private /tmp. */
+const PRIVATE_NPM_CACHE = '/tmp/npm-cache';
+const SERVER_FOLDER = "the server's folder";
 const SYSTEM_DIRS = ['/usr', '/bin', '/sbin', '/lib', '/lib32', '/lib64', '/libx32'];
 // What the dynamic loader and tools read from /etc; never the host's users, keys or config.
 const ETC_ALWAYS = ['/etc/ld.so.cache', '/etc/ld.so.conf', '/etc/ld.so.conf.d', '/etc/alternatives', '/etc/localtime', '/etc/hosts', '/etc/nsswitch.conf'];
@@ -116,13 +127,14 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
   }
   const cgroups = await findCgroups();
   const hasPrlimit = await isExecutable(PRLIMIT);
+  const hidden = { ...settings.hiddenDirs, [SERVER_FOLDER]: process.cwd() };
   const enforcement = cgroups ? (cgroups.version === 2 ? 'cgroup v2' : 'cgroup v1') : 'rlimits and polling';
   log.info({ sandbox: 'bwrap', enforcement, limits: settings.limits, seccomp: seccomp ? 'fallocate and io_uring refused' : 'none' }, 'builds run in the bwrap sandbox');
   return {
     kind: 'bwrap',
     enforcement,
     forStep: (stepAccess) => ({
-      enter: (step) => enterBwrap(step, stepAccess, { limits: settings.limits, cgroups, hasPrlimit, seccomp }),
+      enter: (step) => enterBwrap(step, stepAccess, { limits: settings.limits, cgroups, hasPrlimit, seccomp, hidden }),
     }),
   };
 }
@@ -135,7 +147,7 @@ export function probeBwrap(): Promise<string | undefined> {
 /** probeBwrap with this seccomp filter, or none. */
 async function probeWith(seccomp: Buffer | undefined): Promise<string | undefined> {
   if (!(await isExecutable(BWRAP))) return `${BWRAP} is not installed (Debian/Ubuntu: apt-get install bubblewrap)`;
-  const args = [...namespaceArgs(false), ...(await systemArgs()), '--proc', '/proc', '--dev', '/dev', ...(seccomp ? SECCOMP_ARGS : []), '--', '/usr/bin/true'];
+  const args = [...namespaceArgs(false), ...(await systemMounts()).args, '--proc', '/proc', '--dev', '/dev', ...(seccomp ? SECCOMP_ARGS : []), '--', '/usr/bin/true'];
   const dir = seccomp ? await mkdtemp(join(tmpdir(), 'kiln-probe-')) : undefined;
   let result: Awaited<ReturnType<typeof runProcess>>;
   try {
@@ -154,6 +166,8 @@ interface Machine {
   hasPrlimit: boolean;
   /** The seccomp filter (seccomp.ts); undefined on an architecture it does not know. */
   seccomp: Buffer | undefined;
+  /** Folders no step may see, by the setting that names them. */
+  hidden: Readonly<Record<string, string>>;
 }
 
 /** The filter's file in `dir`, written aside and renamed unless it is there already: a step starting meanwhile reads a whole filter. */
@@ -191,6 +205,8 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     }
   }
   for (const root of toolchain) assertExposable(root, workspace);
+  const system = await systemMounts();
+  const masks = await masksOver(machine.hidden, system.dirs, toolchain);
   const toolLock = stepAccess.tool === 'flutter' ? await flutterLock(toolchain[0]!, stepAccess.cacheDir) : undefined;
 
   const cache = { npm: join(stepAccess.cacheDir, 'npm'), pub: join(stepAccess.cacheDir, 'pub') };
@@ -208,18 +224,19 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     HOME,
     TMPDIR: '/tmp',
     USER: 'kiln',
-    npm_config_cache: cache.npm,
+    npm_config_cache: stepAccess.fetch ? cache.npm : PRIVATE_NPM_CACHE,
     npm_config_logs_dir: '/tmp/npm-logs',
     npm_config_update_notifier: 'false',
     PUB_CACHE: cache.pub,
   });
 
+  const roots = [...new Set(toolchain)];
   const caFiles = stepAccess.fetch ? CA_PATH_VARS.map((name) => env[name]).filter((p): p is string => !!p && isAbsolute(p)) : [];
   const bwrapArgs = [
     ...namespaceArgs(stepAccess.fetch),
     '--hostname',
     'kiln-build',
-    ...(await systemArgs()),
+    ...system.args,
     ...roBindTry([...ETC_ALWAYS, ...(stepAccess.fetch ? ETC_FETCH : [])]),
     '--proc',
     '/proc',
@@ -228,13 +245,25 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     ...['--size', String(machine.limits.tmpMb * 1024 * 1024), '--tmpfs', '/tmp', '--dir', HOME],
     ...['--size', String(64 * 1024 * 1024), '--tmpfs', '/dev/shm'],
     // After the private /tmp, since a toolchain, a CA file or the workspace may live under the host's /tmp.
+    ...roots.flatMap((root) => ['--ro-bind', root, root]),
+    // Later mounts go on top: the masks hide the server's folders, then what the step needs
+    // from inside them (its toolchain, a CA file, its workspace and caches) is bound again.
+    ...masks.flatMap((dir) => ['--tmpfs', dir]),
+    ...roots.filter((root) => masks.some((dir) => within(root, dir))).flatMap((root) => ['--ro-bind', root, root]),
     ...roBindTry(caFiles),
-    ...[...new Set(toolchain)].flatMap((root) => ['--ro-bind', root, root]),
     ...(toolLock ? ['--bind', toolLock.own, toolLock.sdk] : []),
     ...['--bind', workspace, workspace],
-    ...[stepAccess.fetch ? '--bind' : '--ro-bind', stepAccess.cacheDir, stepAccess.cacheDir],
+    // The fetch's npm cache holds whatever it downloaded (a reply from an address a package
+    // named too): no step that runs project code sees it, node_modules holds the packages.
+    // Flutter's steps read the packages in the pub cache.
+    ...(stepAccess.fetch
+      ? ['--bind', stepAccess.cacheDir, stepAccess.cacheDir]
+      : stepAccess.tool === 'flutter'
+        ? ['--ro-bind', cache.pub, cache.pub]
+        : []),
     ...['--chdir', workspace],
-    // The root itself is a tmpfs: nothing but the workspace (and the fetch's cache) is writable.
+    // The root and the masks are tmpfs: nothing but the workspace (and the fetch's cache) is writable.
+    ...masks.flatMap((dir) => ['--remount-ro', dir]),
     ...['--remount-ro', '/'],
     ...['--info-fd', '3'],
     ...(machine.seccomp ? SECCOMP_ARGS : []),
@@ -307,16 +336,21 @@ function namespaceArgs(network: boolean): string[] {
   ];
 }
 
-/** /usr read-only, and /bin, /lib* as the host has them (merged-/usr symlinks or folders). */
-async function systemArgs(): Promise<string[]> {
+/** /usr read-only, and /bin, /lib* as the host has them (merged-/usr symlinks or folders); `dirs` are the folders bound. */
+async function systemMounts(): Promise<{ args: string[]; dirs: string[] }> {
   const args: string[] = [];
+  const dirs: string[] = [];
   for (const dir of SYSTEM_DIRS) {
     const stats = await lstat(dir).catch(() => undefined);
     if (!stats) continue;
-    if (stats.isSymbolicLink()) args.push('--symlink', await readlink(dir), dir);
-    else if (stats.isDirectory()) args.push('--ro-bind', dir, dir);
+    if (stats.isSymbolicLink()) {
+      args.push('--symlink', await readlink(dir), dir);
+    } else if (stats.isDirectory()) {
+      args.push('--ro-bind', dir, dir);
+      dirs.push(dir);
+    }
   }
-  return args;
+  return { args, dirs };
 }
 
 function roBindTry(paths: string[]): string[] {
@@ -362,9 +396,37 @@ export function toolchainRoot(realExecutable: string): string {
 
 // A toolchain folder that holds the workspace (or is /) would expose far more than the tool.
 function assertExposable(root: string, workspace: string): void {
-  if (root === sep || workspace === root || workspace.startsWith(root + sep)) {
+  if (root === sep || within(workspace, root)) {
     throw new Error(`The toolchain folder ${root} contains the workspace; install the build tool in a folder of its own.`);
   }
+}
+
+/**
+ * The hidden folders to mask: those a read-only system folder holds (/usr/src/app). A
+ * toolchain folder of its own that holds one would show it, and much else of the server
+ * around it, so it is refused, as is a hidden folder that is itself bound read-only.
+ */
+async function masksOver(hidden: Readonly<Record<string, string>>, system: string[], toolchain: string[]): Promise<string[]> {
+  const masks: string[] = [];
+  for (const [setting, dir] of Object.entries(hidden)) {
+    const real = await realpath(dir).catch(() => undefined);
+    if (!real) continue;
+    for (const root of [...system, ...toolchain]) {
+      // A toolchain folder inside a system folder shows nothing the system folder does not: the masks cover it.
+      const inSystem = system.some((systemDir) => within(root, systemDir));
+      if (real === root || (!inSystem && within(real, root))) {
+        throw new Error(`${root}, which every build step sees read-only, contains ${setting} (${real}): install the build tool in a folder of its own, or move ${setting} out of it.`);
+      }
+    }
+    if (system.some((systemDir) => within(real, systemDir))) masks.push(real);
+  }
+  // A mask inside another one hides nothing more.
+  return [...new Set(masks)].filter((dir) => !masks.some((other) => other !== dir && within(dir, other)));
+}
+
+/** `path` is `folder` or lies inside it. */
+function within(path: string, folder: string): boolean {
+  return path === folder || path.startsWith(folder.endsWith(sep) ? folder : folder + sep);
 }
 
 async function findExecutable(command: string, path: string): Promise<{ real: string } | { missing: 'ENOENT' | 'EACCES' }> {

@@ -6,9 +6,8 @@ import { useStarted } from './lifecycle.js';
 
 // Projects a model could be steered into writing, for the build-sandbox suites: shell
 // probes that print into the build log what they reached, run as project code by each
-// target (WEB: the project's own `tsc`/`vite` bins in node_modules/.bin, which `npm exec`
-// runs, with the fake npm so no registry is needed; FLUTTER: a build hook, as Dart runs
-// hook/build.dart).
+// target (WEB: its vite.config.js, which vite runs, here the fake npm's vite so no registry
+// is needed; FLUTTER: a build hook, as Dart runs hook/build.dart).
 
 export type ProbeKind = 'reach' | 'fork-bomb' | 'memory-hog' | 'disk-filler' | 'file-spray' | 'honest';
 
@@ -99,14 +98,9 @@ export function hostileAnswer(target: 'WEB' | 'FLUTTER', kind: ProbeKind, t: Pro
             null,
             2,
           )}\n`,
-          'node_modules/.bin/tsc': `#!/usr/bin/env node
-require('node:child_process').execFileSync('sh', ['probes.sh'], { stdio: 'inherit' });
-`,
-          'node_modules/.bin/vite': `#!/usr/bin/env node
-const fs = require('node:fs');
-fs.mkdirSync('dist', { recursive: true });
-fs.writeFileSync('dist/index.html', '<!doctype html><title>kiln app</title>');
-console.log('built in 1 ms');
+          // Not a bin in node_modules: the dependency fetch removes node_modules before it installs.
+          'vite.config.js': `require('node:child_process').execFileSync('sh', ['probes.sh'], { stdio: 'inherit' });
+module.exports = {};
 `,
           'probes.sh': probeScript(kind, t),
         }

@@ -85,6 +85,11 @@ describe('parseConfig refuses at start-up what would fail later', () => {
     expect(parseConfig({ PUBLIC_URL: 'https://kiln.example.com/' }).outputs.publicUrl).toBe('https://kiln.example.com');
   });
 
+  it('hands the build sandbox DATA_DIR and WORKSPACES_DIR to hide from every step', () => {
+    expect(parseConfig({ DATA_DIR: '/usr/src/app/.kiln' }).buildSandbox.hiddenDirs).toEqual({ DATA_DIR: '/usr/src/app/.kiln', WORKSPACES_DIR: '/usr/src/app/.kiln/workspaces' });
+    expect(parseConfig({ DATA_DIR: '/srv/kiln', WORKSPACES_DIR: '/var/kiln/ws' }).buildSandbox.hiddenDirs).toEqual({ DATA_DIR: '/srv/kiln', WORKSPACES_DIR: '/var/kiln/ws' });
+  });
+
   it('refuses a weak METRICS_TOKEN in production, as it does a weak AUTH_JWT_SECRET', () => {
     const production = {
       NODE_ENV: 'production',
