@@ -125,6 +125,10 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
   const url = await app.start(options.port);
   outputs.listening(url);
   logger.info({ source: 'main', startupMs: Math.round(performance.now() - started), database: database.kind }, `Kiln is listening on ${url}/graphql`);
+  if (config.env === 'production' && !config.outputs.previewOrigin) {
+    // The sandbox CSP keeps tokens safe either way; a preview on the API's own host can still pass for Kiln.
+    logger.warn({ source: 'main' }, "previews are served from the API's own origin: set PREVIEW_ORIGIN to an origin of their own");
+  }
   let stopping: Promise<void> | undefined;
   return {
     url,

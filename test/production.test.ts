@@ -125,6 +125,12 @@ describe(`a production server (${databaseKind})`, () => {
       });
     });
 
+  it('warns at start that previews share the API\'s origin without PREVIEW_ORIGIN', () => {
+    expect(server.logs.records().filter((r) => r.level === 40).map((r) => r.msg)).toContain(
+      "previews are served from the API's own origin: set PREVIEW_ORIGIN to an origin of their own",
+    );
+  });
+
   it('refuses introspection, over HTTP and graphql-ws, and still answers __typename', async () => {
     for (const query of [getIntrospectionQuery(), '{ __type(name: "Project") { fields { name } } }', '{ __schema { types { name } } }']) {
       const response = await post({ query });
