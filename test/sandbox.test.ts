@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, readdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
+import { constants, existsSync } from 'node:fs';
+import { access, chmod, mkdir, mkdtemp, readdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { basename, delimiter, dirname, join } from 'node:path';
@@ -25,6 +25,9 @@ const bwrapProblem = await probeBwrap();
 const LIMITS = { memoryMb: 512, maxProcesses: 128, workspaceMb: 64, tmpMb: 32 };
 const why = bwrapProblem ? ` (skipped: ${bwrapProblem})` : '';
 const npmRoot = await realNpmRoot();
+/** Where a test may stand in for Kiln installed under /usr (a root user's test run). */
+const USR_SCRATCH = '/usr/local/share';
+const usrWritable = await access(USR_SCRATCH, constants.W_OK).then(() => true, () => false);
 
 describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`, () => {
   let sandbox: BuildSandbox;
@@ -61,6 +64,8 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     /** Another sandbox than the suite's. */
     sandbox?: BuildSandbox;
     env?: Record<string, string>;
+    /** Another workspace than the suite's. */
+    cwd?: string;
     timeoutMs?: number;
     onLine?: (line: OutputLine) => void;
     signal?: AbortSignal;
@@ -72,7 +77,7 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     const result: StepResult = await runStep({
       command,
       args,
-      cwd: workspace,
+      cwd: options.cwd ?? workspace,
       env: buildEnv(options.env ?? {}),
       timeoutMs: options.timeoutMs ?? 30_000,
       signal: options.signal,
@@ -232,13 +237,48 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     expect(await readFile(join(workspace, 'made.txt'), 'utf8')).toBe('made\n');
   });
 
-  it.skipIf(!npmRoot?.startsWith('/usr/'))("shows a step its own toolchain inside a hidden folder, and nothing else of that folder", async () => {
+  // Debian's npm (/usr/share/nodejs/npm) finds its dependencies beside it, outside its own folder.
+  it.skipIf(!npmRoot?.startsWith('/usr/') || basename(dirname(npmRoot)) !== 'node_modules')("shows a step its own toolchain inside a hidden folder, and nothing else of that folder", async () => {
     // The folder around npm's package (/usr/lib/node_modules) stands in for a hidden folder that holds the tool.
     const hidden = dirname(npmRoot!);
     const { result, lines } = await run('', { tool: 'npm', command: ['npm', 'exec', '--call', `ls -A ${hidden}`], sandbox: await sandboxHiding({ DATA_DIR: hidden }) });
 
     expect(result.status).toBe('SUCCEEDED');
     expect(lines).toEqual([basename(npmRoot!)]);
+  });
+
+  it.skipIf(!usrWritable)('runs a step in its workspace when Kiln lives in /usr, and shows nothing else of the folders it hides', async () => {
+    // Kiln as /usr/src/app, with DATA_DIR inside it and an SDK of its own holding a hidden folder;
+    // a scratch folder under /usr/local/share stands in for it.
+    const app = await mkdtemp(join(USR_SCRATCH, 'kiln-app-'));
+    try {
+      const dataDir = join(app, '.kiln');
+      const own = join(dataDir, 'workspaces', 'project', 'generation');
+      await mkdir(own, { recursive: true });
+      await mkdir(join(dataDir, 'workspaces', 'other', 'generation'), { recursive: true });
+      await writeFile(join(dataDir, 'encryption.key'), 'the server key');
+      const sdk = join(app, 'sdk');
+      await mkdir(join(sdk, 'bin'), { recursive: true });
+      await mkdir(join(sdk, 'secrets'));
+      await writeFile(join(sdk, 'secrets', 'token'), 'the sdk token');
+      await writeFile(join(sdk, 'bin', 'tool'), '#!/bin/sh\nexec sh -c "$1"\n');
+      await chmod(join(sdk, 'bin', 'tool'), 0o755);
+      const hiding = await sandboxHiding({ APP: app, DATA_DIR: dataDir, SDK_SECRETS: join(sdk, 'secrets') });
+
+      // /bin/sh's toolchain folder is /usr, which holds the workspace: the masks leave it only the step's own.
+      const script = `ls -A ${dataDir}; ls ${join(dataDir, 'workspaces')}; cat ${join(dataDir, 'encryption.key')} 2>/dev/null || echo no key; echo made > made.txt && cat made.txt`;
+      const system = await run('', { tool: 'npm', cwd: own, command: ['/bin/sh', '-c', script], sandbox: hiding });
+      expect(system.result.status).toBe('SUCCEEDED');
+      expect(system.lines).toEqual(['workspaces', 'project', 'no key', 'made']);
+
+      // The SDK inside the masked app is shown again, and the hidden folder inside it hidden again.
+      const sdkScript = `ls ${sdk}; ls -A ${join(sdk, 'secrets')}; cat ${join(sdk, 'secrets', 'token')} 2>/dev/null || echo no token`;
+      const ownSdk = await run('', { cwd: own, command: [join(sdk, 'bin', 'tool'), sdkScript], sandbox: hiding });
+      expect(ownSdk.result.status).toBe('SUCCEEDED');
+      expect(ownSdk.lines).toEqual(['bin', 'secrets', 'no token']);
+    } finally {
+      await rm(app, { recursive: true, force: true });
+    }
   });
 
   it('refuses a toolchain folder that holds DATA_DIR, and the step never runs', async () => {

@@ -72,10 +72,9 @@ export async function build(deps: PipelineDeps, input: BuildInput, cwd: string, 
     const toRows = (batch: { stream: 'STDOUT' | 'STDERR'; text: string }[]) => {
       const kept: typeof batch = [];
       for (const line of batch) {
-        if (output.length < MAX_PARSED_LINES && parsedChars + line.text.length <= MAX_PARSED_CHARS) {
-          output.push(line.text);
-          parsedChars += line.text.length;
-        }
+        // The parser gets the step's first lines without a gap, or nothing more.
+        parsedChars += line.text.length;
+        if (output.length < MAX_PARSED_LINES && parsedChars <= MAX_PARSED_CHARS) output.push(line.text);
         if (cursor.logChars >= maxLogChars) continue;
         kept.push(line);
         cursor.logChars += line.text.length;
@@ -167,7 +166,7 @@ function describeStep(span: Span, result: StepResult): StepResult {
 async function guardFetch(step: BuildStepSpec, cwd: string, log: (text: string) => void | Promise<void>): Promise<RunFailure | undefined> {
   try {
     const removed = await prepareFetch(step.tool, cwd);
-    if (removed.length > 0) await log(`[dependency policy] removed ${removed.join(', ')}: the dependency fetch reads no lock file or tool configuration of the project`);
+    if (removed.length > 0) await log(`[dependency policy] removed ${removed.join(', ')}: the dependency fetch starts from the checked manifest alone, with none of the project's lock files, tool configuration or installed packages`);
     return undefined;
   } catch (error) {
     if (!(error instanceof DependencyPolicyError)) throw error;

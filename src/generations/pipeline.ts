@@ -310,7 +310,8 @@ function failureOutcome(error: unknown, signal: AbortSignal, log: Logger): Parti
   }
   if (error instanceof RunError) {
     // What the message leaves out for the project's members, the operator reads here.
-    if (error.cause !== undefined) log.warn({ err: error.cause, errorCode: error.code }, 'generation failed; the cause its message leaves out');
+    // INTERNAL: this server could not do its part (a sandbox it cannot set up), which an operator must see.
+    if (error.cause !== undefined) log[error.code === 'INTERNAL' ? 'error' : 'warn']({ err: error.cause, errorCode: error.code }, 'generation failed; the cause its message leaves out');
     return { status: 'FAILED', errorCode: error.code, errorMessage: error.message };
   }
   // The database stayed away longer than the pipeline waits for it: handed back like a lapsed lease.

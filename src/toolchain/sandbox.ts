@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { delimiter, dirname, basename, isAbsolute, join, resolve, sep } from 'node:path';
 import type { Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
 import { ConfigError } from '../config.js';
 import type { Logger } from '../observability/logger.js';
 import { readProcStat } from '../proc-stat.js';
@@ -84,7 +85,8 @@ const SANDBOX_UID = '1000';
 const HOME = '/tmp/home';
 /** npm's cache in the steps that run project code: their own, in the private /tmp. */
 const PRIVATE_NPM_CACHE = '/tmp/npm-cache';
-const SERVER_FOLDER = "the server's folder";
+/** Kiln's own files (sources or dist/, node_modules, .env), wherever it was started from. */
+const KILN_FOLDER = fileURLToPath(new URL('../..', import.meta.url));
 const SYSTEM_DIRS = ['/usr', '/bin', '/sbin', '/lib', '/lib32', '/lib64', '/libx32'];
 // What the dynamic loader and tools read from /etc; never the host's users, keys or config.
 const ETC_ALWAYS = ['/etc/ld.so.cache', '/etc/ld.so.conf', '/etc/ld.so.conf.d', '/etc/alternatives', '/etc/localtime', '/etc/hosts', '/etc/nsswitch.conf'];
@@ -127,7 +129,7 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
   }
   const cgroups = await findCgroups();
   const hasPrlimit = await isExecutable(PRLIMIT);
-  const hidden = { ...settings.hiddenDirs, [SERVER_FOLDER]: process.cwd() };
+  const hidden = { ...settings.hiddenDirs, "the server's working directory": process.cwd(), "Kiln's own folder": KILN_FOLDER };
   const enforcement = cgroups ? (cgroups.version === 2 ? 'cgroup v2' : 'cgroup v1') : 'rlimits and polling';
   log.info({ sandbox: 'bwrap', enforcement, limits: settings.limits, seccomp: seccomp ? 'fallocate and io_uring refused' : 'none' }, 'builds run in the bwrap sandbox');
   return {
@@ -204,9 +206,12 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
       binDirs.unshift(dirname(node.real));
     }
   }
-  for (const root of toolchain) assertExposable(root, workspace);
   const system = await systemMounts();
   const masks = await masksOver(machine.hidden, system.dirs, toolchain);
+  // A system folder's toolchain (Debian's /usr/bin/node) may hold the workspace where a mask
+  // hides the workspaces around it (Kiln in /usr/src/app): the step's own is bound again alone.
+  const maskedWorkspace = masks.some((dir) => within(workspace, dir));
+  for (const root of toolchain) if (!(maskedWorkspace && system.dirs.some((dir) => within(root, dir)))) assertExposable(root, workspace);
   const toolLock = stepAccess.tool === 'flutter' ? await flutterLock(toolchain[0]!, stepAccess.cacheDir) : undefined;
 
   const cache = { npm: join(stepAccess.cacheDir, 'npm'), pub: join(stepAccess.cacheDir, 'pub') };
@@ -231,6 +236,10 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
   });
 
   const roots = [...new Set(toolchain)];
+  const outerMasks = masks.filter((dir) => !masks.some((other) => other !== dir && within(dir, other)));
+  const reboundRoots = roots.filter((root) => outerMasks.some((dir) => within(root, dir)));
+  // A hidden folder inside a toolchain folder bound again is hidden again, on top of it.
+  const innerMasks = masks.filter((dir) => !outerMasks.includes(dir) && reboundRoots.some((root) => within(dir, root)));
   const caFiles = stepAccess.fetch ? CA_PATH_VARS.map((name) => env[name]).filter((p): p is string => !!p && isAbsolute(p)) : [];
   const bwrapArgs = [
     ...namespaceArgs(stepAccess.fetch),
@@ -248,8 +257,9 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     ...roots.flatMap((root) => ['--ro-bind', root, root]),
     // Later mounts go on top: the masks hide the server's folders, then what the step needs
     // from inside them (its toolchain, a CA file, its workspace and caches) is bound again.
-    ...masks.flatMap((dir) => ['--tmpfs', dir]),
-    ...roots.filter((root) => masks.some((dir) => within(root, dir))).flatMap((root) => ['--ro-bind', root, root]),
+    ...outerMasks.flatMap((dir) => ['--tmpfs', dir]),
+    ...reboundRoots.flatMap((root) => ['--ro-bind', root, root]),
+    ...innerMasks.flatMap((dir) => ['--tmpfs', dir]),
     ...roBindTry(caFiles),
     ...(toolLock ? ['--bind', toolLock.own, toolLock.sdk] : []),
     ...['--bind', workspace, workspace],
@@ -263,7 +273,7 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
         : []),
     ...['--chdir', workspace],
     // The root and the masks are tmpfs: nothing but the workspace (and the fetch's cache) is writable.
-    ...masks.flatMap((dir) => ['--remount-ro', dir]),
+    ...[...outerMasks, ...innerMasks].flatMap((dir) => ['--remount-ro', dir]),
     ...['--remount-ro', '/'],
     ...['--info-fd', '3'],
     ...(machine.seccomp ? SECCOMP_ARGS : []),
@@ -420,8 +430,7 @@ async function masksOver(hidden: Readonly<Record<string, string>>, system: strin
     }
     if (system.some((systemDir) => within(real, systemDir))) masks.push(real);
   }
-  // A mask inside another one hides nothing more.
-  return [...new Set(masks)].filter((dir) => !masks.some((other) => other !== dir && within(dir, other)));
+  return [...new Set(masks)];
 }
 
 /** `path` is `folder` or lies inside it. */
