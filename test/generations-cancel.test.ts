@@ -3,11 +3,6 @@ import { sql } from 'drizzle-orm';
 import { afterEach, describe, expect, it } from 'vitest';
 import { rowsOf } from '../src/db/client.js';
 import { estimateTokens } from '../src/generations/budget.js';
-import { parseConfig } from '../src/config.js';
-import { createMemoryEventBus } from '../src/events/bus.js';
-import { startWorker } from '../src/jobs/worker.js';
-import { createLlmProvider } from '../src/llm/index.js';
-import { createLogger } from '../src/observability/logger.js';
 import { CancelGenerationDocument, ConversationDocument, ProjectDocument } from './gql/graphql.js';
 import { createTestDatabase, databaseKind, type TestDatabase } from './support/db.js';
 import { createProject, expectTypename, signUp } from './support/fixtures.js';
@@ -23,11 +18,12 @@ import {
   retryOf,
   startAccepted,
   startInstance,
+  startOwnWorker,
   tempDir,
   waitForEnd,
 } from './support/generation-helpers.js';
 import { waitUntil } from './support/cluster.js';
-import { type GraphQLClient, unsandboxedBuilds } from './support/server.js';
+import type { GraphQLClient } from './support/server.js';
 import { startSuiteServer } from './support/suite-server.js';
 
 // Cancelling: a queued generation ends at once, a running one stops within about a
@@ -277,13 +273,7 @@ describe(`a worker stopped while it claims a run (${databaseKind})`, () => {
     // A worker of its own, woken for the run and stopped while its claim is under way.
     const flutter = await fakeFlutter('hang');
     cleanups.push(() => flutter.remove());
-    const config = parseConfig({ DATA_DIR: data.path, LOG_LEVEL: 'silent', FLUTTER_BIN: flutter.bin, ...unsandboxedBuilds });
-    const llm = await createLlmProvider(config.llm);
-    const worker = startWorker({
-      provider: llm,
-      concurrency: 1,
-      pipeline: { db: database.db, bus: createMemoryEventBus(), llm, logger: createLogger('silent'), workspaces: config.workspaces, toolchain: config.toolchain, leaseMs: config.generations.leaseMs, budgetReservationTokens: 0 },
-    });
+    const worker = await startOwnWorker(database, { DATA_DIR: data.path, FLUTTER_BIN: flutter.bin });
     worker.wake(rawId(started.id));
     await worker.stop({ graceMs: 0 });
 

@@ -4,14 +4,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
 import { afterAll, describe, expect, it } from 'vitest';
-import { parseConfig } from '../src/config.js';
 import { rowsOf } from '../src/db/client.js';
 import { serviceScope } from '../src/db/scope.js';
-import { createMemoryEventBus } from '../src/events/bus.js';
 import { estimateTokens } from '../src/generations/budget.js';
 import type { PipelineDeps } from '../src/generations/pipeline.js';
-import { startWorker } from '../src/jobs/worker.js';
-import { createLlmProvider } from '../src/llm/index.js';
 import { createLogger } from '../src/observability/logger.js';
 import type { BuildSandbox } from '../src/toolchain/sandbox.js';
 import { ConversationDocument, GeneratedFileDocument } from './gql/graphql.js';
@@ -28,11 +24,11 @@ import {
   replayChunks,
   startAccepted,
   startInstance,
+  startOwnWorker,
   tempDir,
   waitForEnd,
 } from './support/generation-helpers.js';
 import { LogCapture } from './support/log-capture.js';
-import { unsandboxedBuilds } from './support/server.js';
 import { startSuiteServer } from './support/suite-server.js';
 
 // How a generation fails, as its owner sees it: the error code and a message a person
@@ -292,23 +288,8 @@ describe(`a run on a worker of its own (${databaseKind})`, () => {
 
     const flutter = await fakeFlutter(mode);
     cleanups.push(() => flutter.remove());
-    const config = parseConfig({ DATA_DIR: data.path, LOG_LEVEL: 'warn', FLUTTER_BIN: flutter.bin, ...unsandboxedBuilds });
     const logs = new LogCapture();
-    const llm = await createLlmProvider(config.llm);
-    const worker = startWorker({
-      provider: llm,
-      concurrency: 1,
-      pipeline: {
-        db: database.db,
-        bus: createMemoryEventBus(),
-        llm,
-        logger: createLogger('warn', logs),
-        workspaces: config.workspaces,
-        toolchain: { ...config.toolchain, ...toolchain },
-        leaseMs: config.generations.leaseMs,
-        budgetReservationTokens: 0,
-      },
-    });
+    const worker = await startOwnWorker(database, { DATA_DIR: data.path, FLUTTER_BIN: flutter.bin }, { logger: createLogger('warn', logs), toolchain });
     cleanups.push(() => worker.stop({ graceMs: 0 }));
     worker.wake(rawId(started.id));
 

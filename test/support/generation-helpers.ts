@@ -8,7 +8,12 @@ import { print } from 'graphql';
 import { type Client, createClient } from 'graphql-ws';
 import { expect } from 'vitest';
 import WebSocket from 'ws';
-import type { Environment } from '../../src/config.js';
+import { type Environment, parseConfig } from '../../src/config.js';
+import { createMemoryEventBus } from '../../src/events/bus.js';
+import type { PipelineDeps } from '../../src/generations/pipeline.js';
+import { startWorker, type Worker } from '../../src/jobs/worker.js';
+import { createLlmProvider } from '../../src/llm/index.js';
+import { createLogger, type Logger } from '../../src/observability/logger.js';
 import {
   BuildLogsDocument,
   type BuildLogsSubscription,
@@ -24,7 +29,7 @@ import {
 } from '../gql/graphql.js';
 import type { TestDatabase } from './db.js';
 import { createProject } from './fixtures.js';
-import { type GraphQLClient, startTestServer, type TestServer, type TestServerOptions } from './server.js';
+import { type GraphQLClient, startTestServer, type TestServer, type TestServerOptions, unsandboxedBuilds } from './server.js';
 
 // Helpers of the generation suites: fake build tools, a temporary data directory, and
 // waiting for a generation's state through the public `generationUpdated` subscription
@@ -89,6 +94,33 @@ export interface Instance {
  */
 export async function startInstance(database: TestDatabase, env: Environment = {}): Promise<Instance> {
   return startTestServer(env, { database });
+}
+
+/**
+ * A worker alone on `database` (no server around it), woken by the test with `wake(id)`: for
+ * runs the test steers from inside, through the pipeline's `logger` or `toolchain`.
+ */
+export async function startOwnWorker(
+  database: TestDatabase,
+  env: Environment,
+  pipeline: { logger?: Logger; toolchain?: Partial<PipelineDeps['toolchain']> } = {},
+): Promise<Worker> {
+  const config = parseConfig({ LOG_LEVEL: 'silent', ...unsandboxedBuilds, ...env });
+  const llm = await createLlmProvider(config.llm);
+  return startWorker({
+    provider: llm,
+    concurrency: 1,
+    pipeline: {
+      db: database.db,
+      bus: createMemoryEventBus(),
+      llm,
+      logger: pipeline.logger ?? createLogger('silent'),
+      workspaces: config.workspaces,
+      toolchain: { ...config.toolchain, ...pipeline.toolchain },
+      leaseMs: config.generations.leaseMs,
+      budgetReservationTokens: 0,
+    },
+  });
 }
 
 // ------------------------------------------------------------------ operations
