@@ -14,6 +14,7 @@ import {
   getGeneration,
   isAlive,
   logLineMatching,
+  queuedOnApiInstance,
   rawId,
   retryOf,
   startAccepted,
@@ -260,20 +261,12 @@ describe(`a stopping worker hands its run back (${databaseKind})`, () => {
 
 describe(`a worker stopped while it claims a run (${databaseKind})`, () => {
   it('hands the run back at once instead of running it to the end', async () => {
-    const database = await createTestDatabase();
-    cleanups.push(() => database.close());
-    const data = await tempDir('claim-stop');
-    cleanups.push(() => data.remove());
-    const api = await startInstance(database, { ROLE: 'api', DATA_DIR: data.path });
-    cleanups.push(() => api.stop());
-    const owner = await signUp(api);
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'Stopped while claimed' });
+    const { database, dataDir, owner, project, started } = await queuedOnApiInstance(cleanups, 'Stopped while claimed');
 
     // A worker of its own, woken for the run and stopped while its claim is under way.
     const flutter = await fakeFlutter('hang');
     cleanups.push(() => flutter.remove());
-    const worker = await startOwnWorker(database, { DATA_DIR: data.path, FLUTTER_BIN: flutter.bin });
+    const worker = await startOwnWorker(database, { DATA_DIR: dataDir, FLUTTER_BIN: flutter.bin });
     worker.wake(rawId(started.id));
     await worker.stop({ graceMs: 0 });
 

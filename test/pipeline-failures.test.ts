@@ -12,8 +12,8 @@ import { createLogger } from '../src/observability/logger.js';
 import type { BuildSandbox } from '../src/toolchain/sandbox.js';
 import { ConversationDocument, GeneratedFileDocument } from './gql/graphql.js';
 import { waitUntil } from './support/cluster.js';
-import { createTestDatabase, databaseKind } from './support/db.js';
-import { createProject, signUp } from './support/fixtures.js';
+import { databaseKind } from './support/db.js';
+import { createProject } from './support/fixtures.js';
 import { useGeminiServer } from './support/gemini-server.js';
 import {
   type FakeFlutterMode,
@@ -21,11 +21,10 @@ import {
   filesUnder,
   getGeneration,
   rawId,
+  queuedOnApiInstance,
   replayChunks,
   startAccepted,
-  startInstance,
   startOwnWorker,
-  tempDir,
   waitForEnd,
 } from './support/generation-helpers.js';
 import { LogCapture } from './support/log-capture.js';
@@ -276,20 +275,11 @@ describe(`a run on a worker of its own (${databaseKind})`, () => {
 
   /** Starts a FLUTTER generation on an API instance and runs it on a worker whose toolchain `toolchain` changes; resolves once it ended. */
   async function runOnWorker(mode: FakeFlutterMode, toolchain: Partial<PipelineDeps['toolchain']>) {
-    const database = await createTestDatabase();
-    cleanups.push(() => database.close());
-    const data = await tempDir('own-worker');
-    cleanups.push(() => data.remove());
-    const api = await startInstance(database, { ROLE: 'api', DATA_DIR: data.path });
-    cleanups.push(() => api.stop());
-    const owner = await signUp(api);
-    const project = await createProject(owner.client, { target: 'FLUTTER' });
-    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A timer' });
-
+    const { database, dataDir, owner, started } = await queuedOnApiInstance(cleanups, 'A timer');
     const flutter = await fakeFlutter(mode);
     cleanups.push(() => flutter.remove());
     const logs = new LogCapture();
-    const worker = await startOwnWorker(database, { DATA_DIR: data.path, FLUTTER_BIN: flutter.bin }, { logger: createLogger('warn', logs), toolchain });
+    const worker = await startOwnWorker(database, { DATA_DIR: dataDir, FLUTTER_BIN: flutter.bin }, { logger: createLogger('warn', logs), toolchain });
     cleanups.push(() => worker.stop({ graceMs: 0 }));
     worker.wake(rawId(started.id));
 

@@ -27,8 +27,8 @@ import {
   type StartGenerationInput,
   type StartGenerationMutation,
 } from '../gql/graphql.js';
-import type { TestDatabase } from './db.js';
-import { createProject } from './fixtures.js';
+import { createTestDatabase, type TestDatabase } from './db.js';
+import { createProject, signUp } from './fixtures.js';
 import { type GraphQLClient, startTestServer, type TestServer, type TestServerOptions, unsandboxedBuilds } from './server.js';
 
 // Helpers of the generation suites: fake build tools, a temporary data directory, and
@@ -94,6 +94,23 @@ export interface Instance {
  */
 export async function startInstance(database: TestDatabase, env: Environment = {}): Promise<Instance> {
   return startTestServer(env, { database });
+}
+
+/**
+ * An API instance (ROLE=api) alone on a fresh database, and a new user's FLUTTER generation
+ * queued there for a worker the test starts itself; what it made goes into `cleanups`.
+ */
+export async function queuedOnApiInstance(cleanups: (() => Promise<void>)[], prompt: string) {
+  const database = await createTestDatabase();
+  cleanups.push(() => database.close());
+  const data = await tempDir('api-instance');
+  cleanups.push(() => data.remove());
+  const api = await startInstance(database, { ROLE: 'api', DATA_DIR: data.path });
+  cleanups.push(() => api.stop());
+  const owner = await signUp(api);
+  const project = await createProject(owner.client, { target: 'FLUTTER' });
+  const started = await startAccepted(owner.client, { projectId: project.id, prompt });
+  return { database, dataDir: data.path, owner, project, started };
 }
 
 /**
