@@ -222,6 +222,32 @@ describe(`generation streams between the bus and the database (${databaseKind})`
     }
   });
 
+  it('generationUpdated does not step back when an earlier status event is delivered again after a newer one', async () => {
+    const id = await createGeneration(database.db, team, 'RUNNING');
+    const viewer = as(database.db, team.owner);
+    let readDone = () => {};
+    const scope: Scope = { userId: viewer.userId, run: (work) => viewer.run(work).finally(() => readDone()) };
+    const stream = await generationUpdates({ scope, bus, generationId: id });
+    try {
+      const seen = await take(stream, 1);
+      await writePhase(id, 'BUILDING');
+      bus.publish('generationUpdated', id, running('BUILDING'));
+      seen.push(...(await take(stream, 1)));
+      // A replaced publisher resends what the old connection had delivered; a catch-up after a reconnect can be older too.
+      const next = stream.next();
+      const read = new Promise<void>((resolve) => (readDone = resolve));
+      bus.publish('generationUpdated', id, running('GENERATING'));
+      // The stale event is taken on its own: the stream either shows something or reads the row.
+      await Promise.race([next, read]);
+      await succeed(id);
+      const after = await next;
+      if (!after.done) seen.push(after.value, ...(await untilComplete(stream)));
+      expect(seen.map((state) => `${state.status}/${state.phase}`)).toEqual(['RUNNING/GENERATING', 'RUNNING/BUILDING', 'SUCCEEDED/DONE']);
+    } finally {
+      await stream.return(undefined);
+    }
+  });
+
   it('generationUpdated keeps a change written and published while its read was under way', async () => {
     const id = await createGeneration(database.db, team, 'RUNNING');
     // The pipeline moves to WRITING (written, published) after the viewer's first read began, before it ended.

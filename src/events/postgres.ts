@@ -35,7 +35,7 @@ import { type CrossProcessEventTarget, LocalListeners, TIMED_OUT, throttledWarn,
 //   queued up behind it go out, in order, on the new connection: nothing is lost unless more
 //   than MAX_PENDING pile up (the stream's database reads repair those). A batch the old
 //   connection did deliver (or a stalled server delivers later) arrives twice, possibly after
-//   newer ones; streams skip seqs they already have and re-read a status that steps back.
+//   newer ones; streams skip seqs they already have, and read the state afresh on every status event.
 //   Nothing in the health check waits without a bound.
 
 /** PostgreSQL refuses NOTIFY payloads of 8,000 bytes or more; keep a margin. */

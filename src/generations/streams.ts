@@ -112,12 +112,11 @@ export async function generationUpdates(options: StreamOptions): Promise<LiveStr
         // What arrived before the last read began is in it: applied after it, it would step back.
         const events = items.filter((event) => !arrivedBy(event, read.began));
         if (events.length === 0 && !timedOut) continue;
-        // What arrived while it was under way may be older than what it saw: read again rather than apply it.
-        let next = events.some((event) => arrivedBy(event, read.ended)) ? undefined : phaseMove(last, events);
-        if (!next) {
-          read = await stateAfter(events.at(-1), scope, generationId);
-          next = read.row;
-        }
+        // Every change is read, never applied from the event: a bus may deliver an event twice,
+        // after newer ones (a replaced publisher, a catch-up after a reconnect), and phases repeat
+        // (BUILDING, FIXING, BUILDING), so an event alone cannot tell whether it steps back.
+        read = await stateAfter(events.at(-1), scope, generationId);
+        const next = read.row;
         if (stop.now()) return;
         stop.finishing = hasEnded(next);
         if (next.status !== last.status || next.phase !== last.phase) yield next;
@@ -376,17 +375,6 @@ class Live<T, E> implements LiveStream<T>, Stop {
 }
 
 /**
- * A running generation's moves between phases change nothing else a viewer sees (the
- * pipeline's phase changes write the phase alone), so they are applied without a read;
- * any other change, and a quiet spell's poll, reads the row.
- */
-function phaseMove(last: GenerationRow, events: StatusEvent[]): GenerationRow | undefined {
-  const latest = events.at(-1);
-  if (!latest || last.status !== 'RUNNING' || events.some((event) => event.status !== 'RUNNING')) return undefined;
-  return { ...last, phase: latest.phase };
-}
-
-/**
  * The state read after a status event, shared by every stream of this process that the
  * same event woke: one read per change instead of one per viewer. Each stream
  * authorised its viewer when it opened (and the access re-check ends it when that
@@ -412,8 +400,6 @@ interface StateRead {
   row: GenerationRow;
   /** The events that had arrived when its query began, up to this stamp, are in it (rows are written before they are published). */
   began: number;
-  /** Those that arrived while it was under way, up to this stamp, may be older or newer than what it saw. */
-  ended: number;
 }
 
 async function readState(scope: Scope, generationId: string): Promise<StateRead> {
@@ -424,7 +410,7 @@ async function readState(scope: Scope, generationId: string): Promise<StateRead>
     return generationStore.findMany(tx, [generationId]);
   });
   if (!row) throw new NotFoundError('Generation not found.');
-  return { row, began, ended: arrivals };
+  return { row, began };
 }
 
 const current = async (scope: Scope, generationId: string): Promise<GenerationRow> => (await readState(scope, generationId)).row;
