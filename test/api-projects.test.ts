@@ -12,11 +12,13 @@ import {
   ProjectsDocument,
   type ProjectsQuery,
   RemoveProjectMemberDocument,
+  SetProjectBudgetDocument,
   UpdateProjectDocument,
   ViewerDocument,
 } from './gql/graphql.js';
 import {
   createProject,
+  document,
   expectTypename,
   MutationFieldErrorsDocument,
   NodeDocument,
@@ -139,6 +141,13 @@ describe('create, update and archive', () => {
     const { updateProject } = await owner.client.expectNoErrors(UpdateProjectDocument, { input: { id: project.id, name: 'Too late' } });
     expectTypename(updateProject, 'InvalidStateError');
     expect(await projectAs(owner.client, project.id)).toMatchObject({ name: project.name });
+    const { setProjectBudget } = await owner.client.expectNoErrors(SetProjectBudgetDocument, { input: { projectId: project.id, monthlyTokenLimit: 7 } });
+    expect(expectTypename(setProjectBudget, 'InvalidStateError').message).toBe('An archived project cannot be changed.');
+    const projectBudget = document<{ project: { updatedAt: string; budget: { monthlyTokenLimit: number | null } } }, { id: string }>(
+      'query($id: ID!) { project(id: $id) { updatedAt budget { monthlyTokenLimit } } }',
+    );
+    const { project: kept } = await owner.client.expectNoErrors(projectBudget, { id: project.id });
+    expect(kept).toEqual({ updatedAt: archived.updatedAt, budget: { monthlyTokenLimit: null } });
 
     // Archiving again changes nothing.
     const { archiveProject: again } = await owner.client.expectNoErrors(ArchiveProjectDocument, { id: project.id });

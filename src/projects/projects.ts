@@ -77,6 +77,7 @@ export const monthlyTokenLimit = z.number().int().positive('The limit must be a 
 export async function setProjectBudget(scope: Scope, input: { projectId: string; monthlyTokenLimit: number | null }): Promise<ProjectRow> {
   return scope.run(async (tx) => {
     const project = requireRole(await projectStore.find(tx, input.projectId), ['owner']);
+    refuseChangeWhenArchived(project);
     const row = await projectStore.update(tx, project.id, { monthlyTokenLimit: input.monthlyTokenLimit });
     return { ...row!, viewerRole: project.viewerRole };
   });
