@@ -49,6 +49,34 @@ describe(`requests a browser would send cross-site without asking (${databaseKin
     expect((await post('application/graphql-response+json', '[{"query":"{ __typename }"}]')).status).toBe(400);
   });
 
+  it("answers a body that is no JSON object with 400 and a message of its own, never the parser's", async () => {
+    for (const contentType of ['application/json', 'application/graphql-response+json']) {
+      for (const [body, message] of [
+        ['{"query":', 'The request body is not valid JSON.'],
+        ['[{"query":"{ __typename }"}]', 'The request body must be one JSON object.'],
+      ]) {
+        const response = await post(contentType, body!);
+        expect(response.status, `${contentType} ${body}`).toBe(400);
+        expect(await response.json(), `${contentType} ${body}`).toEqual({ errors: [{ message, extensions: { code: 'BAD_REQUEST' } }] });
+      }
+    }
+  });
+
+  it('sends every answer of the API origin unsniffable, unframable and without a referrer', async () => {
+    const answers = {
+      result: await post('application/json', JSON.stringify({ query: '{ __typename }' })),
+      error: await post('application/json', '{'),
+      health: await fetch(`${server.url}/health`),
+      ready: await fetch(`${server.url}/ready`),
+      missingFile: await fetch(`${server.url}/missing.js`),
+    };
+    expect(answers.missingFile.status).toBe(404);
+    for (const [name, response] of Object.entries(answers)) {
+      const headers = ['x-content-type-options', 'x-frame-options', 'referrer-policy'].map((header) => response.headers.get(header));
+      expect(headers, name).toEqual(['nosniff', 'DENY', 'no-referrer']);
+    }
+  });
+
   it('runs a GET query only with a header no simple request carries', async () => {
     const url = `${server.url}/graphql?query=${encodeURIComponent('{ viewer { email } }')}`;
     const bare = await fetch(url);

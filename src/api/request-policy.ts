@@ -28,8 +28,8 @@ export function useRequestPolicy(): Plugin[] {
             extensions: { code: 'UNSUPPORTED_MEDIA_TYPE', http: { status: 415 } },
           });
         }
-        // Yoga's own parser knows application/json; the response media type is JSON too.
-        if (mediaType !== 'application/json') setRequestParser(parseJsonBody);
+        // Kiln's own parser for both: Yoga's would echo the JSON parser's message and the body's start back.
+        setRequestParser(parseJsonBody);
       },
     },
     useCSRFPrevention({ requestHeaders: PREFLIGHTED_HEADERS }),

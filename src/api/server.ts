@@ -92,6 +92,7 @@ export function buildApp(services: Services): App {
     observeRequest(services.metrics, req, res, routeOf(path));
     // Previews and archives behind signed URLs (src/artifacts/); on PREVIEW_ORIGIN nothing else is served.
     if (services.outputs.route(req, res)) return;
+    for (const [name, value] of BASE_HEADERS) res.setHeader(name, value);
     if (path === '/metrics' && req.method === 'GET') return void serveMetrics(services.metrics, config.metrics.token, req, res);
     if (refuseOversizedBody(req, res, config.limits.maxBodyBytes)) return;
     if (path === '/health') return sendJson(res, 200, { status: 'ok' });
@@ -139,6 +140,17 @@ export function buildApp(services: Services): App {
     },
   };
 }
+
+/**
+ * On every answer of the API's origin (GraphQL results, errors, health, the web client's
+ * 404s): no body is sniffed into HTML or script, framed, or told where it was linked from.
+ * Pages (the web client, GraphiQL) add their own CSP; previews have headers of their own.
+ */
+const BASE_HEADERS = [
+  ['X-Content-Type-Options', 'nosniff'],
+  ['X-Frame-Options', 'DENY'],
+  ['Referrer-Policy', 'no-referrer'],
+] as const;
 
 /** Reachable and fully migrated: the migrations query fails (false) when the database is not reachable. */
 async function ready(services: Services): Promise<boolean> {
