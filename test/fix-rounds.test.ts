@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { estimateTokens } from '../src/generations/budget.js';
+import { MAX_GENERATION_OUTPUT_CHARS } from '../src/generations/output-parser.js';
 import { CancelGenerationDocument, GeneratedFileDocument, GenerationChunksWithRoundDocument, SetProjectBudgetDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
 import type { GeminiBehaviour } from './support/fake-gemini.js';
@@ -217,6 +218,28 @@ describe(`self-healing builds (${databaseKind})`, () => {
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'BUDGET_EXCEEDED' }, usage: { inputTokens: 5000, outputTokens: 900 } });
     expect(suite.gemini.requests.length - requestsBefore).toBe(1);
     expect((await fixesOf(suite.owner.client, started.id)).fixRounds).toEqual([]);
+  });
+
+  it("stops with INVALID_OUTPUT when a fix round's answer takes the generation's output past its total", async () => {
+    // Round 0 stays just under the generation's limit (prose, then the broken file), so no one answer is too long;
+    // the fix round's answer passes it at its second chunk.
+    const MiB = 1024 * 1024;
+    const first = answer('Broken.', brokenMain());
+    const sentence = 'I will now explain the app at length. ';
+    const prose = sentence.repeat(Math.floor((MAX_GENERATION_OUTPUT_CHARS - first.length - 1000) / sentence.length));
+    const chunks = [...Array.from({ length: Math.ceil(prose.length / MiB) }, (_, i) => prose.slice(i * MiB, (i + 1) * MiB)), first];
+    const fix = `${'Fixed, and here is why. '.repeat(50)}${answer('Fixed.', FIXED_MAIN)}`;
+    suite.gemini.script({ kind: 'stream', chunks, usage: { promptTokens: 100, outputTokens: 20 } }, stream(fix));
+    const { started, requestsBefore } = await start('A long-winded app');
+    const generation = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id);
+
+    expect(suite.gemini.requests.length - requestsBefore).toBe(2);
+    expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'INVALID_OUTPUT' } });
+    expect(generation.error?.message).toMatch(/^The model's answer was too long/);
+    // What was kept, the conversation's MODEL message with it: all of round 0, of round 1 only its first chunk.
+    expect(generation.output).toBe(`${prose}${first}${fix.slice(0, 30)}`);
+    expect(generation.output.length).toBeLessThanOrEqual(MAX_GENERATION_OUTPUT_CHARS);
+    expect((await fixesOf(suite.owner.client, started.id)).fixRounds.map((r) => [r.round, r.status])).toEqual([[1, 'FAILED']]);
   });
 
   it('ends CANCELLED when cancelled during FIXING, closing the model stream', async () => {

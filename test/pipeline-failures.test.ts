@@ -1,10 +1,11 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
 import { afterAll, describe, expect, it } from 'vitest';
-import { rowsOf } from '../src/db/client.js';
+import { type Db, rowsOf } from '../src/db/client.js';
 import { serviceScope } from '../src/db/scope.js';
 import { estimateTokens } from '../src/generations/budget.js';
 import type { PipelineDeps } from '../src/generations/pipeline.js';
@@ -12,7 +13,7 @@ import { createLogger } from '../src/observability/logger.js';
 import type { BuildSandbox } from '../src/toolchain/sandbox.js';
 import { ConversationDocument, GeneratedFileDocument } from './gql/graphql.js';
 import { waitUntil } from './support/cluster.js';
-import { databaseKind } from './support/db.js';
+import { createTestDatabase, databaseKind } from './support/db.js';
 import { createProject } from './support/fixtures.js';
 import { useGeminiServer } from './support/gemini-server.js';
 import {
@@ -189,7 +190,7 @@ describe(`model output through a fake Gemini (${databaseKind})`, () => {
   });
 
   it('fails with INVALID_OUTPUT saying so when the answer goes on and on, instead of holding all of it', async () => {
-    // A model that never stops (a local server with no output limit): 21 MiB of prose, past the 20 MiB an answer may hold.
+    // A model that never stops (a local server with no output limit): 21 MiB of prose, past the 20 MiB a generation may hold.
     const MiB = 1024 * 1024;
     suite.gemini.script({ kind: 'stream', chunks: Array.from({ length: 21 }, () => `${'I will now write the app. '.repeat(MiB / 26)}\n`) });
     const { generation } = await run('Never stops');
@@ -319,5 +320,46 @@ describe(`a run on a worker of its own (${databaseKind})`, () => {
     expect(last?.text).toBe("[kiln] This generation's build log passed 200,000 characters; later lines are not kept.");
     // Every step ran, the later ones with none of their lines kept.
     expect(generation.buildSteps.filter((step) => step.status !== 'SKIPPED').length).toBeGreaterThan(1);
+  });
+});
+
+describe(`a claim whose COMMIT's reply is lost (${databaseKind})`, () => {
+  it('runs the generation it claimed, instead of leaving it RUNNING until its lease lapses', async () => {
+    // The worker's claim commits, then its connection goes before the reply arrives: the
+    // pipeline runs the claim again (pipelineScope is idempotent), finding the row RUNNING.
+    const transaction = new AsyncLocalStorage<{ claims: boolean }>();
+    const database = await createTestDatabase({
+      onQuery: (query) => {
+        const current = transaction.getStore();
+        if (current && /^update "generations" set .*, "started_at" = /.test(query)) current.claims = true;
+      },
+    });
+    let lost = 0;
+    const db = new Proxy(database.db, {
+      get(target, property) {
+        if (property === 'transaction') {
+          return async (...args: Parameters<Db['transaction']>) => {
+            const current = { claims: false };
+            const result = await transaction.run(current, () => target.transaction(...args));
+            if (current.claims && lost++ === 0) throw Object.assign(new Error('read ECONNRESET (injected by the test after COMMIT)'), { code: 'ECONNRESET' });
+            return result;
+          };
+        }
+        const value: unknown = Reflect.get(target, property, target);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const suite = await startSuiteServer({ GENERATION_LEASE_SECONDS: '2' }, 'ok', { database: { ...database, db } });
+    try {
+      const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+      const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A timer' });
+      const generation = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id);
+      expect(lost).toBeGreaterThan(0);
+      expect(generation).toMatchObject({ status: 'SUCCEEDED', error: null, attempt: 1, retryOf: null });
+      expect(generation.files.length).toBeGreaterThan(0);
+    } finally {
+      await suite.stop();
+      await database.close();
+    }
   });
 });

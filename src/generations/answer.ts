@@ -4,7 +4,7 @@ import { failSpan, startSpan } from '../observability/tracing.js';
 import type { ProjectTarget } from '../toolchain/targets.js';
 import { Batcher, splitText } from './batcher.js';
 import { budgetMeter, type RunBudget } from './budget.js';
-import { createOutputParser, MAX_TOTAL_BYTES, type OutputEvent, OutputProtocolError } from './output-parser.js';
+import { createOutputParser, MAX_GENERATION_OUTPUT_CHARS, type OutputEvent, OutputProtocolError } from './output-parser.js';
 import type { PhaseChange, PipelineDeps } from './pipeline.js';
 import type { RunCursor } from './run-cursor.js';
 import { generationStore } from './store.js';
@@ -14,10 +14,6 @@ import { generationStore } from './store.js';
 
 // ~8 KiB of UTF-8 at most, whatever the characters.
 const MAX_CHUNK_CHARS = 2730;
-// Room for every file the parser accepts (a character is at least a byte) and as much again of
-// prose: past it the model is not going to stop (a local server without an output limit), and
-// the run would hold all of it in memory and in generation_chunks.
-const MAX_ANSWER_CHARS = 2 * MAX_TOTAL_BYTES;
 
 export interface AnswerInput {
   generationId: string;
@@ -65,7 +61,6 @@ export async function streamAnswer(
   let reported: LlmUsage | undefined;
   let streamed = false;
   let whole = false;
-  let answerChars = 0;
   const budget = budgetMeter(input.budget, input.messages.reduce((sum, m) => sum + m.content.length, input.systemPrompt.length));
   await budget.start(); // the prompt alone may be over what is left
   const log = deps.logger.child({ source: 'GenerationPipeline', generationId, round });
@@ -91,12 +86,15 @@ export async function streamAnswer(
       // No PostgreSQL text holds NUL, and no source file does: what came before it is kept.
       const nul = event.text.indexOf('\u0000');
       const text = nul === -1 ? event.text : event.text.slice(0, nul);
-      answerChars += text.length;
-      if (answerChars > MAX_ANSWER_CHARS) {
+      // Past it the model is not going to stop (a local server without an output limit), or fix
+      // rounds keep adding to it: the run would hold all of it in memory, generation_chunks and
+      // Generation.output. Counted on the cursor, so every answer of the generation adds up.
+      if (cursor.outputChars + text.length > MAX_GENERATION_OUTPUT_CHARS) {
         throw new OutputProtocolError(
-          `The model's answer was too long: it went on past ${MAX_ANSWER_CHARS.toLocaleString('en')} characters without ending, so it was stopped and none of its files were written. Ask for a smaller change.`,
+          `The model's answer was too long: this generation's output went on past ${MAX_GENERATION_OUTPUT_CHARS.toLocaleString('en')} characters without ending, so it was stopped and none of the answer's files were written. Ask for a smaller change.`,
         );
       }
+      cursor.outputChars += text.length;
       onText(text);
       budget.count(text);
       streamed = true;

@@ -9,7 +9,7 @@ import { BudgetStop, budgetMeter, type RunBudget } from './budget.js';
 import { type BuildOutcome, build } from './build.js';
 import { fixStore } from './fix-store.js';
 import type { PhaseChange, PipelineDeps } from './pipeline.js';
-import { summariseFiles } from './prompt.js';
+import { leftOutNote, summariseFiles } from './prompt.js';
 import type { RunCursor } from './run-cursor.js';
 import { RunFailure } from './run-failure.js';
 
@@ -161,11 +161,16 @@ export function fixRequest(failed: Extract<BuildOutcome, { ok: false }>, files: 
   if (more > 0) lines.push(`- … and ${more} more`);
 
   const blocks: string[] = [];
+  // A file too big for what is left is skipped, not the end of the list; it is named instead.
+  const leftOut: string[] = [];
   let chars = 0;
   for (const path of new Set(failed.diagnostics.map((d) => d.path))) {
     const content = path === null ? undefined : files.get(path);
-    if (content === undefined) continue;
-    if (blocks.length >= MAX_PROMPT_FILES || chars + content.length > MAX_PROMPT_FILE_CHARS) break;
+    if (path === null || content === undefined) continue;
+    if (blocks.length >= MAX_PROMPT_FILES || chars + content.length > MAX_PROMPT_FILE_CHARS) {
+      leftOut.push(path);
+      continue;
+    }
     blocks.push(`<file path="${path}">\n${content}${content.endsWith('\n') ? '' : '\n'}</file>`);
     chars += content.length;
   }
@@ -173,8 +178,9 @@ export function fixRequest(failed: Extract<BuildOutcome, { ok: false }>, files: 
     `The build failed at step "${failed.step}" (fix round ${round} of ${maxRounds}). The build tools reported:`,
     ...lines,
     '',
-    blocks.length > 0 ? 'The current content of the files they point at:' : 'They point at no file of the project.',
+    blocks.length > 0 || leftOut.length > 0 ? 'The current content of the files they point at:' : 'They point at no file of the project.',
     ...blocks,
+    ...(leftOut.length > 0 ? [leftOutNote(leftOut)] : []),
     '',
     'Fix these problems. Answer with the whole new content of every file you change, each in a <file path="…">…</file> block ' +
       '(or <delete path="…"/>), keeping everything that already works; do not repeat files you do not change.',

@@ -20,8 +20,7 @@ export function buildPrompt(input: PromptInput): { systemPrompt: string; message
   const changed = input.parentFiles.filter((file) => input.template[file.path] !== file.content);
   let systemPrompt = input.systemPrompt;
   if (changed.length > 0) {
-    const blocks = changed.map((file) => `<file path="${file.path}">\n${file.content}</file>`);
-    systemPrompt += `\n\n# Current files\nThe project's files as the previous generation left them:\n${fitBlocks(blocks, maxChars / 2).join('\n')}`;
+    systemPrompt += `\n\n# Current files\nThe project's files as the previous generation left them:\n${fitFiles(changed, maxChars / 2).join('\n')}`;
   }
   const messages: LlmMessage[] = input.turns.map((turn) => ({
     role: turn.role === 'USER' ? 'user' : 'model',
@@ -43,16 +42,49 @@ export function summariseFiles(output: string): string {
   return output.replace(/<file path="([^"]*)">[\s\S]*?<\/file>/g, '[wrote $1]');
 }
 
-function fitBlocks(blocks: string[], budget: number): string[] {
+/** Characters at most of the note naming the files left out: room kept for it in the files' budget. */
+export const MAX_LEFT_OUT_NOTE_CHARS = 4_000;
+
+/**
+ * The files' blocks that fit in `budget`, in order, and a note naming those that did not:
+ * a file too big for what is left is skipped, not the end of the list, and the model learns
+ * that the others exist, so it does not write them again from nothing.
+ */
+function fitFiles(files: { path: string; content: string }[], budget: number): string[] {
+  const blocks = files.map((file) => ({ path: file.path, text: `<file path="${file.path}">\n${file.content}</file>` }));
+  const total = blocks.reduce((sum, block) => sum + block.text.length, 0);
+  const room = total <= budget ? budget : budget - MAX_LEFT_OUT_NOTE_CHARS;
   const kept: string[] = [];
+  const leftOut: string[] = [];
   let used = 0;
   for (const block of blocks) {
-    if (used + block.length > budget) {
-      kept.push(`[${blocks.length - kept.length} more files omitted for length]`);
-      break;
+    if (used + block.text.length > room) {
+      leftOut.push(block.path);
+      continue;
     }
-    kept.push(block);
-    used += block.length;
+    kept.push(block.text);
+    used += block.text.length;
   }
+  if (leftOut.length > 0) kept.push(leftOutNote(leftOut));
   return kept;
+}
+
+/**
+ * Tells the model which files it is not shown: they are in the project unchanged. The list
+ * stops before MAX_LEFT_OUT_NOTE_CHARS and counts the rest.
+ */
+export function leftOutNote(paths: readonly string[]): string {
+  const one = paths.length === 1;
+  const head = `[${paths.length} file${one ? '' : 's'} left out for length; ${one ? 'it is' : 'they are'} still in the project, unchanged. Write one only to change it, keeping what it holds: `;
+  // Room for the count of the rest and the closing bracket.
+  const limit = MAX_LEFT_OUT_NOTE_CHARS - 40;
+  const named: string[] = [];
+  let length = head.length;
+  for (const path of paths) {
+    if (length + path.length + 2 > limit) break;
+    named.push(path);
+    length += path.length + 2;
+  }
+  const rest = paths.length - named.length;
+  return `${head}${named.join(', ')}${rest > 0 ? ` and ${rest} more` : ''}]`;
 }

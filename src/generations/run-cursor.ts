@@ -8,6 +8,8 @@ export interface RunCursor {
   nextStepOrdinal: number;
   /** Characters of build log kept so far, every step and round together. */
   logChars: number;
+  /** Characters of the model's output kept so far, every answer and round together (MAX_GENERATION_OUTPUT_CHARS). */
+  outputChars: number;
 }
 
-export const newRunCursor = (): RunCursor => ({ nextChunkSeq: 0, nextLogSeq: 0, nextStepOrdinal: 0, logChars: 0 });
+export const newRunCursor = (): RunCursor => ({ nextChunkSeq: 0, nextLogSeq: 0, nextStepOrdinal: 0, logChars: 0, outputChars: 0 });

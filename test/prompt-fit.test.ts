@@ -1,0 +1,77 @@
+import { describe, expect, it } from 'vitest';
+import { fixRequest } from '../src/generations/fix-rounds.js';
+import { buildPrompt, MAX_LEFT_OUT_NOTE_CHARS } from '../src/generations/prompt.js';
+import { RunFailure } from '../src/generations/run-failure.js';
+import type { Diagnostic } from '../src/toolchain/diagnostics.js';
+
+// What the model is shown of a project too big for its prompt: a file that does not fit is
+// left out and named, and the files after it are still shown.
+
+const BIG = `${'{"row": 1234567890},\n'.repeat(11_000)}`; // 231,000 characters, past a 200,000 budget alone
+const APP = 'export const App = () => null;\n';
+const STORE = 'export const store = {};\n';
+const block = (path: string, content: string) => `<file path="${path}">\n${content}</file>`;
+
+describe('the current files in a follow-up prompt', () => {
+  const prompt = (parentFiles: { path: string; content: string }[], maxChars?: number) =>
+    buildPrompt({ systemPrompt: 'SYSTEM', template: {}, parentFiles, turns: [], prompt: 'Add a button', ...(maxChars ? { maxChars } : {}) });
+
+  it('skips a file too big for the budget, shows the ones after it and names the one it left out', () => {
+    const { systemPrompt } = prompt([
+      { path: 'public/data.json', content: BIG },
+      { path: 'src/App.tsx', content: APP },
+      { path: 'src/store.ts', content: STORE },
+    ]);
+
+    expect(systemPrompt).toContain(block('src/App.tsx', APP));
+    expect(systemPrompt).toContain(block('src/store.ts', STORE));
+    expect(systemPrompt).not.toContain('<file path="public/data.json">');
+    expect(systemPrompt).toMatch(/\[1 file left out for length; it is still in the project, unchanged\.[^\]]*public\/data\.json\]/);
+    expect(systemPrompt.length).toBeLessThanOrEqual(200_000);
+  });
+
+  it('shows every file, with no note, when they all fit', () => {
+    const { systemPrompt } = prompt([
+      { path: 'src/App.tsx', content: APP },
+      { path: 'src/store.ts', content: STORE },
+    ]);
+    expect(systemPrompt).toContain(block('src/App.tsx', APP));
+    expect(systemPrompt).toContain(block('src/store.ts', STORE));
+    expect(systemPrompt).not.toContain('left out');
+  });
+
+  it('bounds the list of names too: the files and the note stay within the budget however many are left out', () => {
+    // A thousand files with long paths: their names alone would be 250,000 characters.
+    const files = Array.from({ length: 1000 }, (_, i) => ({ path: `lib/${String(i).padStart(4, '0')}/${'n'.repeat(240)}.dart`, content: 'x'.repeat(300) }));
+    const { systemPrompt } = prompt(files, 40_000);
+
+    const note = systemPrompt.slice(systemPrompt.lastIndexOf('\n') + 1);
+    expect(note).toMatch(/^\[\d+ files left out for length;.* and \d+ more\]$/);
+    expect(note.length).toBeLessThanOrEqual(MAX_LEFT_OUT_NOTE_CHARS);
+    const shown = (systemPrompt.match(/<file path=/g) ?? []).length;
+    expect(shown).toBeGreaterThan(0);
+    expect(note).toContain(`[${1000 - shown} files left out`);
+    // The budget is half of maxChars; the header and a newline between blocks come on top.
+    const header = prompt([{ path: 'a', content: '' }]).systemPrompt.indexOf('<file');
+    expect(systemPrompt.length - header).toBeLessThanOrEqual(20_000 + shown + 1);
+  });
+});
+
+describe('the files of a fix request', () => {
+  const error = (path: string): Diagnostic => ({ tool: 'tsc', severity: 'ERROR', path, line: 1, column: 1, code: 'TS2322', message: 'Type mismatch.' });
+  const failed = (paths: string[]) => ({ ok: false as const, step: 'typecheck', failure: new RunFailure('BUILD_FAILED', 'tsc failed'), diagnostics: paths.map(error) });
+
+  it('skips a file too big to show, shows the ones after it and names the one it left out', () => {
+    const files = new Map([
+      ['src/data.ts', BIG],
+      ['src/App.tsx', APP],
+      ['src/store.ts', STORE],
+    ]);
+    const request = fixRequest(failed(['src/data.ts', 'src/App.tsx', 'src/store.ts']), files, 1, 3);
+
+    expect(request).toContain(block('src/App.tsx', APP));
+    expect(request).toContain(block('src/store.ts', STORE));
+    expect(request).not.toContain('<file path="src/data.ts">');
+    expect(request).toMatch(/\[1 file left out for length;[^\]]*src\/data\.ts\]/);
+  });
+});
