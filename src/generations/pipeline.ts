@@ -13,7 +13,7 @@ import type { SecretBox } from '../projects/secret-box.js';
 import { type SecretName, secretStore } from '../projects/store.js';
 import type { BuildSandbox } from '../toolchain/sandbox.js';
 import { getTarget, type ToolBins } from '../toolchain/targets.js';
-import { createWorkspace, pruneWorkspaces } from '../workspace/workspace.js';
+import { createWorkspace, pruneWorkspaces, withoutRefusedPaths } from '../workspace/workspace.js';
 import { directoryInside } from '../workspace/write-inside.js';
 import { streamAnswer } from './answer.js';
 import { runBudget } from './budget.js';
@@ -73,7 +73,10 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
   // A stopping worker claims nothing: the run would outlast its grace.
   if (stop.aborted) return undefined;
   const db = pipelineScope(deps.db, deps.logger);
-  const claimed = await db.run((tx) => generationStore.claim(tx, generationId, deps.leaseMs));
+  // Set here, not by the database: a claim run again after its COMMIT's reply was lost knows its own row by it.
+  const claimedAt = new Date();
+  let claims = 0;
+  const claimed = await db.run((tx) => generationStore.claim(tx, generationId, deps.leaseMs, claimedAt, claims++ > 0));
   if (!claimed) return undefined; // someone else has it, or it was cancelled meanwhile
   const log = deps.logger.child({ source: 'GenerationPipeline', generationId, projectId: claimed.projectId });
   const startedAt = performance.now();
@@ -100,11 +103,11 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
   let stored: { record(tx: Tx): Promise<void> } | undefined;
   let workspaceWritten = false;
   try {
-    const context = await loadContext(deps, claimed);
+    const context = await loadContext(deps, claimed, log);
     const prompt = firstPrompt(context);
     const writing = phaseChange(generationId, 'WRITING', publish);
     const generated = claimed.restoredFrom
-      ? await restore(deps, context, writing)
+      ? await restore(deps, context, writing, log)
       : await generate(deps, context, prompt, cursor, run.signal, { onText, spend }, writing);
     const workspace = await writeWorkspace(deps, context, generated.changes);
     workspaceWritten = true;
@@ -217,8 +220,8 @@ export async function closeUnfinishedWork(tx: Tx, generationId: string, status: 
 type RunContext = Awaited<ReturnType<typeof loadContext>>;
 
 /** What the run builds on: the project's target, the parent's files, the session so far. */
-async function loadContext(deps: PipelineDeps, generation: GenerationRow) {
-  return pipelineScope(deps.db, deps.logger).run(async (tx) => {
+async function loadContext(deps: PipelineDeps, generation: GenerationRow, log: Logger) {
+  const context = await pipelineScope(deps.db, deps.logger).run(async (tx) => {
     const project = (await generationStore.projectOf(tx, generation.projectId))!;
     const secretName = providerSecret[deps.llm.name];
     const sealed = secretName ? await secretStore.ciphertextOf(tx, project.id, secretName) : undefined;
@@ -232,6 +235,9 @@ async function loadContext(deps: PipelineDeps, generation: GenerationRow) {
       budget: { ...runBudget(pipelineScope(deps.db, deps.logger), generation, project.monthlyTokenLimit, deps.budgetReservationTokens), spentBefore: 0 },
     };
   });
+  const { kept, refused } = withoutRefusedPaths(context.parentFiles);
+  if (refused.length > 0) log.warn({ paths: refused, parentId: generation.parentId }, "left out files of the parent's version whose paths Kiln now refuses");
+  return { ...context, parentFiles: kept };
 }
 
 const providerSecret: Record<string, SecretName | undefined> = { gemini: 'GEMINI_API_KEY', openai: 'OPENAI_API_KEY' };
@@ -273,8 +279,9 @@ function generate(
 }
 
 /** A restore makes no model call: its answer is the restored files (restore.ts). */
-async function restore(deps: PipelineDeps, context: RunContext, writing: PhaseChange) {
-  const answer = await restoredAnswer(deps.db, context.generation, { template: context.target.template, parentFiles: context.parentFiles });
+async function restore(deps: PipelineDeps, context: RunContext, writing: PhaseChange, log: Logger) {
+  const { refused, ...answer } = await restoredAnswer(deps.db, context.generation, { template: context.target.template, parentFiles: context.parentFiles });
+  if (refused.length > 0) log.warn({ paths: refused, restoredFrom: context.generation.restoredFrom }, 'left out files of the restored version whose paths Kiln now refuses');
   await pipelineScope(deps.db, deps.logger).run(writing.write);
   writing.announce();
   return answer;

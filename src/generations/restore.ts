@@ -3,6 +3,7 @@ import { type Scope, serviceScope } from '../db/scope.js';
 import { InvalidStateError, NotFoundError } from '../errors.js';
 import { requireRole } from '../projects/projects.js';
 import { projectStore } from '../projects/store.js';
+import { startingVersion, withoutRefusedPaths } from '../workspace/workspace.js';
 import { type GenerationDeps, announce, claimSession, insertGeneration, refuseArchived } from './generations.js';
 import type { OutputEvent } from './output-parser.js';
 import { isTerminal } from './status.js';
@@ -37,20 +38,22 @@ export async function restoreGeneration(scope: Scope, deps: GenerationDeps, id: 
 
 /**
  * The pipeline's stand-in for the model's answer on a restore: changes that turn the
- * workspace it would start from (template and parent) into exactly the restored files.
+ * workspace it would start from (startingVersion) into exactly the restored files, but
+ * for those whose paths Kiln now refuses (`refused`).
  */
 export async function restoredAnswer(
   db: Db,
   generation: GenerationRow,
-  startsFrom: { template: Record<string, string>; parentFiles: { path: string }[] },
-): Promise<{ changes: OutputEvent[] }> {
-  const files = await serviceScope(db).run((tx) => generationStore.filesOf(tx, generation.restoredFrom!, true));
+  startsFrom: { template: Record<string, string>; parentFiles: { path: string; content: string }[] },
+): Promise<{ changes: OutputEvent[]; refused: string[] }> {
+  const { kept: files, refused } = withoutRefusedPaths(await serviceScope(db).run((tx) => generationStore.filesOf(tx, generation.restoredFrom!, true)));
   const kept = new Set(files.map((file) => file.path));
-  const dropped = [...new Set([...Object.keys(startsFrom.template), ...startsFrom.parentFiles.map((file) => file.path)])].filter((path) => !kept.has(path));
+  const dropped = [...startingVersion(startsFrom.template, startsFrom.parentFiles).keys()].filter((path) => !kept.has(path));
   return {
     changes: [
       ...dropped.map((path): OutputEvent => ({ type: 'delete', path })),
       ...files.map(({ path, content }): OutputEvent => ({ type: 'file', path, content })),
     ],
+    refused,
   };
 }

@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto';
 import { lstat, mkdir, mkdtemp, readdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import type { OutputEvent } from '../generations/output-parser.js';
-import { assertSafeRelativePath } from '../generations/safe-path.js';
+import { RunError } from '../errors.js';
+import { MAX_VERSION_BYTES, MAX_VERSION_FILES, type OutputEvent } from '../generations/output-parser.js';
+import { assertSafeRelativePath, UnsafeOutputError } from '../generations/safe-path.js';
 import { runProcess } from '../toolchain/spawner.js';
 import { ignoreMissing, writeFilesInside } from './write-inside.js';
 
@@ -20,6 +21,7 @@ export interface CreateWorkspaceInput {
   projectId: string;
   generationId: string;
   template: Record<string, string>;
+  /** The parent's version; empty when there is none, and then the workspace starts from `template`. */
   parentFiles: { path: string; content: string }[];
   changes: OutputEvent[];
 }
@@ -37,7 +39,70 @@ export function fileDigest(content: string): { size: number; sha256: string } {
 }
 
 /**
- * Builds `<root>/<projectId>/<generationId>` from the template, then the parent's files,
+ * What a generation starts from: its parent's version, or the target's template when there is
+ * none (a first generation, or a parent that ended before it wrote any file). Never both: a
+ * template file the model deleted stays deleted in every later version.
+ */
+export function startingVersion(template: Record<string, string>, parentFiles: readonly { path: string; content: string }[]): Map<string, string> {
+  return parentFiles.length > 0 ? new Map(parentFiles.map((file) => [file.path, file.content])) : new Map(Object.entries(template));
+}
+
+/**
+ * Stored files whose paths Kiln refuses today (kept before a rule that now forbids them, such
+ * as lock files) apart from the others: they were never the model's answer to this run, so a
+ * run leaves them out instead of failing on them.
+ */
+export function withoutRefusedPaths<T extends { path: string }>(files: readonly T[]): { kept: T[]; refused: string[] } {
+  const kept: T[] = [];
+  const refused: string[] = [];
+  for (const file of files) {
+    try {
+      assertSafeRelativePath(file.path);
+      kept.push(file);
+    } catch (error) {
+      if (!(error instanceof UnsafeOutputError)) throw error;
+      refused.push(file.path);
+    }
+  }
+  return { kept, refused };
+}
+
+/** A copy of `version` (path → content) with `changes` made. */
+export function withChanges(version: ReadonlyMap<string, string>, changes: readonly OutputEvent[]): Map<string, string> {
+  const files = new Map(version);
+  for (const change of changes) {
+    if (change.type === 'file') files.set(change.path, change.content);
+    else files.delete(change.path);
+  }
+  return files;
+}
+
+/** A version larger than MAX_VERSION_FILES or MAX_VERSION_BYTES: nothing of it is stored. */
+export class VersionTooLargeError extends RunError {
+  override readonly name = 'VersionTooLargeError';
+  readonly code = 'UNSAFE_OUTPUT';
+}
+
+const MIB = 1024 * 1024;
+
+/** Throws VersionTooLargeError when `files` (path → content) is more than a version may hold; `after` says what formed it. */
+export function assertVersionFits(files: ReadonlyMap<string, string>, after: string): void {
+  if (files.size > MAX_VERSION_FILES) {
+    throw new VersionTooLargeError(
+      `The project would hold ${files.size.toLocaleString('en-US')} files ${after}; Kiln keeps at most ${MAX_VERSION_FILES.toLocaleString('en-US')} files in a version.`,
+    );
+  }
+  let bytes = 0;
+  for (const content of files.values()) bytes += Buffer.byteLength(content, 'utf8');
+  if (bytes > MAX_VERSION_BYTES) {
+    // Rounded up, so a version just over the limit never reads as the limit itself.
+    const mib = (n: number) => `${Math.ceil((n / MIB) * 100) / 100} MiB`;
+    throw new VersionTooLargeError(`The project's files would take ${mib(bytes)} ${after}; Kiln keeps at most ${mib(MAX_VERSION_BYTES)} in a version.`);
+  }
+}
+
+/**
+ * Builds `<root>/<projectId>/<generationId>` from the version it starts from (startingVersion),
  * then the model's changes. It is written in a temporary directory beside it and renamed
  * into place, so the workspace either appears whole or not at all.
  */
@@ -45,13 +110,9 @@ export async function createWorkspace(input: CreateWorkspaceInput): Promise<{ di
   const projectDir = join(input.root, assertId(input.projectId));
   const dir = join(projectDir, assertId(input.generationId));
 
-  const contents = new Map(Object.entries(input.template));
-  for (const file of input.parentFiles) contents.set(file.path, file.content);
-  for (const change of input.changes) {
-    assertSafeRelativePath(change.path);
-    if (change.type === 'file') contents.set(change.path, change.content);
-    else contents.delete(change.path);
-  }
+  for (const change of input.changes) assertSafeRelativePath(change.path);
+  const contents = withChanges(startingVersion(input.template, input.parentFiles), input.changes);
+  assertVersionFits(contents, 'after this answer');
   // Code-unit order is stable across locales; it also puts a directory's name before its contents.
   const paths = [...contents.keys()].sort();
 

@@ -4,7 +4,7 @@ import { mkdir, mkdtemp, open, readdir, readFile, rm, symlink, utimes, writeFile
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { OutputProtocolError } from '../../src/generations/output-parser.js';
+import { MAX_VERSION_BYTES, MAX_VERSION_FILES, OutputProtocolError } from '../../src/generations/output-parser.js';
 import { UnsafeOutputError } from '../../src/generations/safe-path.js';
 import { directoryInside, writeFileInside } from '../../src/workspace/write-inside.js';
 import {
@@ -14,6 +14,8 @@ import {
   type PruneGuard,
   removeWorkspace,
   type CreateWorkspaceInput,
+  VersionTooLargeError,
+  withoutRefusedPaths,
 } from '../../src/workspace/workspace.js';
 
 let root: string;
@@ -34,9 +36,11 @@ function input(overrides: Partial<CreateWorkspaceInput> = {}): CreateWorkspaceIn
     projectId: 'p1',
     generationId: 'g1',
     template: { 'pubspec.yaml': 'name: app\n', 'lib/main.dart': 'template main\n', 'README.md': '# App\n' },
+    // The parent's version: the model changed lib/main.dart, added lib/old.dart and deleted README.md.
     parentFiles: [
       { path: 'lib/main.dart', content: 'parent main\n' },
       { path: 'lib/old.dart', content: 'old\n' },
+      { path: 'pubspec.yaml', content: 'name: app\n' },
     ],
     changes: [],
     ...overrides,
@@ -55,7 +59,7 @@ async function readTree(dir: string): Promise<Record<string, string>> {
 }
 
 describe('createWorkspace', () => {
-  it('layers template, parent files and changes, and lists the result sorted', async () => {
+  it("layers the changes on the parent's files alone, and lists the result sorted", async () => {
     const { dir, files } = await createWorkspace(
       input({
         changes: [
@@ -68,8 +72,8 @@ describe('createWorkspace', () => {
     );
 
     expect(dir).toBe(join(root, 'p1', 'g1'));
+    // README.md, which the parent's answer deleted from the template, stays deleted.
     const expected = {
-      'README.md': '# App\n',
       'lib/main.dart': 'generated main\n',
       'lib/src/counter.dart': 'class Counter {}\n',
       'pubspec.yaml': 'name: app\n',
@@ -77,6 +81,64 @@ describe('createWorkspace', () => {
     expect(await readTree(dir)).toEqual(expected);
     expect(files.map(({ path, content }) => [path, content])).toEqual(Object.entries(expected));
     expect(await readdir(join(root, 'p1'))).toEqual(['g1']);
+  });
+
+  it('starts from the template when there is no parent version', async () => {
+    const { files } = await createWorkspace(input({ parentFiles: [], changes: [{ type: 'file', path: 'lib/main.dart', content: 'generated main\n' }] }));
+    expect(files.map(({ path, content }) => [path, content])).toEqual([
+      ['README.md', '# App\n'],
+      ['lib/main.dart', 'generated main\n'],
+      ['pubspec.yaml', 'name: app\n'],
+    ]);
+  });
+
+  it('refuses a version of more files or bytes than Kiln keeps, and leaves nothing behind', async () => {
+    // The parent holds all but one of the files a version may; the answer adds two.
+    const parentFiles = Array.from({ length: MAX_VERSION_FILES - 1 }, (_, i) => ({ path: `lib/f${i}.dart`, content: '' }));
+    const tooMany = createWorkspace(
+      input({
+        parentFiles,
+        changes: [
+          { type: 'file', path: 'lib/new1.dart', content: '' },
+          { type: 'file', path: 'lib/new2.dart', content: '' },
+        ],
+      }),
+    );
+    await expect(tooMany).rejects.toThrow(
+      new VersionTooLargeError('The project would hold 1,001 files after this answer; Kiln keeps at most 1,000 files in a version.'),
+    );
+    await expect(tooMany).rejects.toMatchObject({ code: 'UNSAFE_OUTPUT' });
+    // Exactly at the limit, and a delete making room: accepted.
+    const atLimit = await createWorkspace(
+      input({
+        generationId: 'g2',
+        parentFiles,
+        changes: [
+          { type: 'file', path: 'lib/new1.dart', content: '' },
+          { type: 'file', path: 'lib/new2.dart', content: '' },
+          { type: 'delete', path: 'lib/f0.dart' },
+        ],
+      }),
+    );
+    expect(atLimit.files).toHaveLength(MAX_VERSION_FILES);
+
+    const half = 'x'.repeat(MAX_VERSION_BYTES / 2);
+    const tooBig = createWorkspace(
+      input({ generationId: 'g3', parentFiles: [{ path: 'a.txt', content: half }], changes: [{ type: 'file', path: 'b.txt', content: `${half}é` }] }),
+    );
+    await expect(tooBig).rejects.toThrow(
+      new VersionTooLargeError("The project's files would take 20.01 MiB after this answer; Kiln keeps at most 20 MiB in a version."),
+    );
+    expect(await readdir(join(root, 'p1'))).toEqual(['g2']);
+  });
+
+  it('keeps apart stored files whose paths Kiln now refuses', () => {
+    const files = [
+      { path: 'package.json', content: '{}' },
+      { path: 'package-lock.json', content: '{}' },
+      { path: 'web/.npmrc', content: '' },
+    ];
+    expect(withoutRefusedPaths(files)).toEqual({ kept: [files[0]], refused: ['package-lock.json', 'web/.npmrc'] });
   });
 
   it('reports the exact UTF-8 size and SHA-256 of each file', async () => {
@@ -95,7 +157,7 @@ describe('createWorkspace', () => {
     await expect(badChange).rejects.toBeInstanceOf(UnsafeOutputError);
     expect(await readdir(root)).toEqual([]);
 
-    const badTemplate = createWorkspace(input({ template: { 'a.txt': 'a', '/etc/evil': 'x' } }));
+    const badTemplate = createWorkspace(input({ template: { 'a.txt': 'a', '/etc/evil': 'x' }, parentFiles: [] }));
     await expect(badTemplate).rejects.toThrow(/"\/etc\/evil" is an absolute path/);
     expect(await readdir(join(root, 'p1'))).toEqual([]);
   });
