@@ -3,7 +3,8 @@ import { decodeGlobalID, encodeGlobalID } from '@pothos/plugin-relay';
 import { eq, sql } from 'drizzle-orm';
 import { print } from 'graphql';
 import { describe, expect, it } from 'vitest';
-import { projects as projectsTable } from '../src/db/schema.js';
+import { projectMembers as projectMembersTable, projects as projectsTable, users as usersTable } from '../src/db/schema.js';
+import { MAX_PROJECT_MEMBERS } from '../src/projects/projects.js';
 import {
   AddProjectMemberDocument,
   ArchiveProjectDocument,
@@ -371,6 +372,25 @@ describe('members and roles', () => {
     );
     // Every member sees the same member list.
     expect((await projectAs(member.client, project.id))!.members).toEqual(members);
+  });
+
+  it('holds a project to MAX_PROJECT_MEMBERS members: one more is an InvalidStateError, a role change is not', async () => {
+    const [owner, last, oneTooMany] = await Promise.all([signUp(server), signUp(server), signUp(server)]);
+    const project = await createProject(owner.client);
+    // All but one of the places filled directly in the database, as many sign-ups would.
+    const filler = Array.from({ length: MAX_PROJECT_MEMBERS - 2 }, () => ({ id: crypto.randomUUID(), email: `filler-${crypto.randomUUID()}@example.com` }));
+    await server.database.db.transaction(async (tx) => {
+      await tx.insert(usersTable).values(filler);
+      await tx.insert(projectMembersTable).values(filler.map(({ id }) => ({ projectId: decodeGlobalID(project.id).id, userId: id, role: 'viewer' as const })));
+    });
+
+    expect(await addMember(owner, project.id, last, 'VIEWER')).toMatchObject({ __typename: 'ProjectMember', role: 'VIEWER' });
+    const refused = await addMember(owner, project.id, oneTooMany, 'VIEWER');
+    expect(expectTypename(refused, 'InvalidStateError').message).toBe(`A project has at most ${MAX_PROJECT_MEMBERS} members; remove one to add another.`);
+    expect(await addMember(owner, project.id, last, 'EDITOR')).toMatchObject({ __typename: 'ProjectMember', role: 'EDITOR' });
+    const members = (await projectAs(owner.client, project.id))!.members;
+    expect(members).toHaveLength(MAX_PROJECT_MEMBERS);
+    expect(members.map((member) => member.user.email)).not.toContain(oneTooMany.email);
   });
 
   it('answers an unknown email with a NotFoundError and a malformed one with a ValidationError', async () => {

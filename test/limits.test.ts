@@ -58,7 +58,11 @@ const overLimit: Record<string, { query: string; variables?: Record<string, unkn
   'aliases hidden in fragments': { query: `query Aliased { viewer { ...V } } fragment V on User { ${repeat(16, (i) => `a${i}: id`)} }` },
   directives: { query: `query Directives { viewer { ${repeat(11, (i) => `f${i}: id @include(if: true)`.replace(`f${i}: `, i < 5 ? `f${i}: ` : ''))} } }` },
   tokens: { query: `query Tokens { viewer { ${repeat(2000, () => 'id')} } }` },
-  cost: { query: 'query Costly { projects(first: 100) { edges { node { generations(first: 100) { edges { node { id } } } } } } }' },
+  // A page from a variable counts as the largest page; every field counts at every level.
+  cost: {
+    query: 'query Costly($n: Int) { projects(first: $n) { edges { node { generations(first: $n) { edges { node { id files { path } } } } } } } }',
+    variables: { n: 100 },
+  },
 };
 
 function expectTooComplex(result: Result) {

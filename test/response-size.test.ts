@@ -1,14 +1,18 @@
+import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { sql } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CONVERSATION_MAX_CHARS, CONVERSATION_MAX_MESSAGES } from '../src/generations/store.js';
 import { databaseKind } from './support/db.js';
 import { createProject, signUp, type TestUser } from './support/fixtures.js';
-import { repoRoot } from './support/generation-helpers.js';
+import { rawId, repoRoot } from './support/generation-helpers.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
-// Fields that return file contents, model output or logs are priced in the query cost
-// by what they can return at worst, so aliases, fragments or pages of generations
-// cannot multiply one response past GRAPHQL_MAX_COST. Every operation of the client
-// contract stays well inside it.
+// Every field is priced in the query cost by what it can return at worst (text that can
+// be long by its longest), as many times as it can appear, with a page or ids from a
+// variable at the most they may be: so aliases, fragments, pages or nested lists cannot
+// multiply one response past GRAPHQL_MAX_COST. Every operation of the client contract
+// stays inside it.
 
 type Response = { data?: unknown; errors?: { message: string; extensions?: { code?: string } }[] };
 
@@ -32,6 +36,27 @@ describe(`content fields in the query cost (${databaseKind})`, () => {
     (await (await owner.client.post({ query, operationName, variables })).json()) as Response;
   const tooComplex = (response: Response) => response.errors?.some((error) => error.extensions?.code === 'OPERATION_TOO_COMPLEX') ?? false;
   const aliased = (count: number, selection: string) => Array.from({ length: count }, (_, i) => `a${i}: ${selection}`).join(' ');
+
+  /** Refused as a whole, before anything runs, saying only that it was too large. */
+  const expectRefused = (response: Response) => {
+    expect(response.data ?? null, JSON.stringify(response).slice(0, 300)).toBeNull();
+    expect(response.errors?.map((error) => error.extensions?.code)).toEqual(['OPERATION_TOO_COMPLEX']);
+    expect(response.errors![0]!.message).not.toMatch(/\d|cost|limit/i);
+  };
+  /** The review's generations: prompts of 20,000 control characters, 6 bytes of JSON each. */
+  const seedPrompts = (count: number) =>
+    server.database.db.execute(sql`insert into generations (project_id, created_by, session_id, prompt, provider, model, status, finished_at)
+      select ${rawId(projectId)}, ${rawId(owner.id)}, gen_random_uuid(), repeat(chr(1), 20000), 'offline', 'offline', 'SUCCEEDED', now()
+      from generate_series(1, ${count})`);
+  /** Messages of a new session, oldest first, `chars` characters each, a second apart. */
+  const seedConversation = async (count: number, chars: number) => {
+    const session = randomUUID();
+    await server.database.db.execute(sql`insert into conversation_messages (project_id, session_id, role, content, created_at)
+      select ${rawId(projectId)}, ${session}, (case when i % 2 = 1 then 'USER' else 'MODEL' end)::message_role,
+        i || repeat('x', ${chars} - length(i::text)), now() + i * interval '1 second'
+      from generate_series(1, ${count}) i`);
+    return session;
+  };
 
   it('lets every operation of the client contract through', async () => {
     const contract = await readFile(`${repoRoot}/contract/operations.graphql`, 'utf8');
@@ -82,5 +107,71 @@ describe(`content fields in the query cost (${databaseKind})`, () => {
     const more = await send('query Ids($ids: [ID!]!) { nodes(ids: $ids) { id } }', undefined, { ids: ids(101) });
     expect(more.data ?? null).toBeNull();
     expect(more.errors?.map((error) => [error.extensions?.code, error.message])).toEqual([['BAD_USER_INPUT', 'nodes takes at most 100 ids.']]);
+  });
+
+  it('refuses nested pages of prompts whose size is a variable or left out, as if each were the largest page', async () => {
+    await seedPrompts(11);
+    const nested = (first: string) =>
+      `project(id: $id) { generations${first} { edges { node { project { generations${first} { edges { node { prompt } } } } } } } }`;
+    expectRefused(await send(`query Nested($id: ID!, $n: Int) { ${nested('(first: $n)')} }`, undefined, { id: id(), n: 100 }));
+    expectRefused(await send(`query Nested($id: ID!, $n: Int) { ${nested('(first: $n)')} }`, undefined, { id: id(), n: 1 }));
+    expectRefused(await send(`query Omitted($id: ID!) { ${nested('')} }`, undefined, { id: id() }));
+    expectRefused(await send(`query Literal($id: ID!) { ${nested('(first: 100)')} }`, undefined, { id: id() }));
+
+    // A normal page, its size in a variable, is answered whole.
+    const page = await send('query Page($id: ID!, $n: Int) { project(id: $id) { generations(first: $n) { edges { node { id prompt } } } } }', undefined, {
+      id: id(),
+      n: 20,
+    });
+    expect(page.errors).toBeUndefined();
+    const prompts = (page.data as { project: { generations: { edges: { node: { prompt: string } }[] } } }).project.generations.edges;
+    expect(prompts.map((edge) => edge.node.prompt)).toEqual(Array.from({ length: 11 }, () => '\u0001'.repeat(20_000)));
+  });
+
+  it('refuses nodes(ids: $ids) as if it held as many ids as nodes takes, however few it holds', async () => {
+    const inner = 'project { generations(first: $n) { edges { node { project { generations(first: $n) { edges { node { prompt } } } } } } } }';
+    const aliases = (count: number) => Array.from({ length: count }, (_, i) => `a${i}: nodes(ids: $ids) { ... on Generation { ${inner} } }`).join(' ');
+    for (const count of [1, 15]) {
+      expectRefused(await send(`query Ids($ids: [ID!]!, $n: Int) { ${aliases(count)} }`, undefined, { ids: [], n: 1 }));
+    }
+  });
+
+  it('prices a conversation as its bound all together: one is answered, aliases of it are refused', async () => {
+    const session = await seedConversation(2, 20_000);
+    const conversations = (count: number) =>
+      `query Talk($id: ID!, $s: ID!) { project(id: $id) { ${Array.from({ length: count }, (_, i) => `c${i}: conversation(sessionId: $s) { content }`).join(' ')} } }`;
+    const one = await send(conversations(1), undefined, { id: id(), s: session });
+    expect(one.errors).toBeUndefined();
+    expect((one.data as { project: { c0: unknown[] } }).project.c0).toHaveLength(2);
+    // Each is priced at its whole bound: two already cost more than the limit.
+    for (const count of [2, 15]) expectRefused(await send(conversations(count), undefined, { id: id(), s: session }));
+  });
+
+  it('shows the latest messages of a conversation, in order, leaving out the oldest past its bounds', async () => {
+    const talk = async (session: string) => {
+      const response = await send('query Talk($id: ID!, $s: ID!) { project(id: $id) { conversation(sessionId: $s) { role createdAt } } }', undefined, {
+        id: id(),
+        s: session,
+      });
+      expect(response.errors).toBeUndefined();
+      return (response.data as { project: { conversation: { role: string; createdAt: string }[] } }).project.conversation;
+    };
+    // Too many messages: the newest CONVERSATION_MAX_MESSAGES, oldest first, a prompt before its answer.
+    const many = await talk(await seedConversation(CONVERSATION_MAX_MESSAGES + 5, 10));
+    expect(many).toHaveLength(CONVERSATION_MAX_MESSAGES);
+    expect(many[0]!.role).toBe('MODEL'); // the sixth message
+    expect(many.map((message) => message.createdAt)).toEqual(many.map((message) => message.createdAt).sort());
+    // Too much content: the two newest hold the bound exactly, the oldest is left out.
+    expect(await talk(await seedConversation(3, CONVERSATION_MAX_CHARS / 2))).toHaveLength(2);
+    expect(await talk(await seedConversation(3, CONVERSATION_MAX_CHARS / 2 + 1))).toHaveLength(1);
+  });
+
+  it('runs nothing of a refused mutation', async () => {
+    const count = async () => ((await send('query { projects { totalCount } }')).data as { projects: { totalCount: number } }).projects.totalCount;
+    const before = await count();
+    const mutation = `mutation Make($n: Int) { createProject(input: { name: "too big", target: WEB }) { ... on Project {
+      generations(first: $n) { edges { node { project { generations(first: $n) { edges { node { prompt } } } } } } } } } }`;
+    expectRefused(await send(mutation, undefined, { n: 1 }));
+    expect(await count()).toBe(before);
   });
 });

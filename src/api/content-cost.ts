@@ -3,6 +3,8 @@ import {
   type FieldNode,
   getNamedType,
   type GraphQLNamedType,
+  type GraphQLSchema,
+  isEnumType,
   isInterfaceType,
   isObjectType,
   Kind,
@@ -10,60 +12,129 @@ import {
   type SelectionSetNode,
   type ValidationContext,
 } from 'graphql';
-import { MAX_FILE_BYTES, MAX_TOTAL_BYTES } from '../generations/output-parser.js';
+import { MAX_CHUNK_CHARS } from '../generations/answer.js';
+import { MAX_PARSED_CHARS, MAX_PARSED_LINES } from '../generations/build.js';
+import { generationPrompt, MAX_FIX_ROUNDS } from '../generations/generations.js';
+import { MAX_FILE_BYTES, MAX_GENERATION_OUTPUT_CHARS, MAX_VERSION_BYTES, MAX_VERSION_FILES } from '../generations/output-parser.js';
+import { MAX_PATH_LENGTH } from '../generations/safe-path.js';
+import { CONVERSATION_MAX_CHARS, CONVERSATION_MAX_MESSAGES } from '../generations/store.js';
+import { email, MAX_PROJECT_MEMBERS, projectDescription, projectName } from '../projects/projects.js';
+import { getTarget, type ProjectTarget } from '../toolchain/targets.js';
 import { MAX_NODE_IDS } from './schema/ids.js';
 
-// Fields that return file contents, model output or logs are priced by what they can
-// return at worst, in KiB, and that price joins the query cost (GRAPHQL_MAX_COST): so
-// aliases, fragments or a page of generations cannot multiply a response past a size
-// set in advance. Every selection counts, however it is reached; inside a connection
-// it counts once per item of the page (`first` when literal, else the largest page).
+// The cost of an operation (GRAPHQL_MAX_COST) is what its response can weigh at worst, in
+// KiB: every selected field costs a key and a short value, text that can be long costs its
+// longest, and each counts as many times as it can appear, the product of the pages, ids
+// and list bounds above it. It is read from the document alone, before any variable:
+// a variable `first` or `ids`, like an omitted `first`, is priced at the most it may be.
+// So aliases, fragments, pages or nested lists cannot multiply a response past a size set
+// in advance. Text is counted in characters, except where noted: escaping can make a
+// model's output longer in JSON, and pricing that too would refuse a whole output.
 
 const KIB = 1024;
+/** A field's key, punctuation and a short value: an id, a date, a number or an enum. */
+const FIELD_KIB = 1 / 16;
 const LARGEST_PAGE = 100;
-/** The build step runner caps a log line at 4,000 characters: up to ~16 KiB of UTF-8, ~4 KiB for the text tools print. */
+/** The build step runner caps a log line at 4,000 characters. */
 const LOG_LINE_KIB = 4;
 const BUILD_LOG_DEFAULT_TAIL = 200;
 const BUILD_LOG_MAX_TAIL = 1000;
 
+/** Builds of one generation: the first, then a fix round's each. */
+const BUILDS = 1 + MAX_FIX_ROUNDS;
+
+/** KiB of `chars` characters at `bytes` bytes each. */
+const text = (chars: number, bytes = 1) => (chars * bytes) / KIB;
+
 type Price = (field: FieldNode) => number;
 
-/** Worst-case KiB of one selection of each content field, by schema coordinate. */
+/** Worst-case KiB of text fields, beyond the field's own FIELD_KIB, by schema coordinate. */
 const PRICES: Record<string, Price> = {
-  'Generation.output': () => MAX_TOTAL_BYTES / KIB,
+  // Any character but NUL: a control character is 6 bytes of JSON (\u0001).
+  'Generation.prompt': () => text(generationPrompt.maxLength!, 6),
+  // No control characters but line breaks and tabs: 3 bytes of UTF-8 at most.
+  'Project.description': () => text(projectDescription.maxLength!, 3),
+  'Project.name': () => text(projectName.maxLength!, 3),
+  'User.email': () => text(email.in.maxLength!, 3),
+  'Generation.output': () => text(MAX_GENERATION_OUTPUT_CHARS),
+  'ConversationMessage.content': () => text(MAX_GENERATION_OUTPUT_CHARS),
   'GeneratedFile.content': () => MAX_FILE_BYTES / KIB,
-  'ConversationMessage.content': () => MAX_TOTAL_BYTES / KIB,
-  // Every file's patch is worked out (on the event loop) whatever the selection asks of the diff.
-  'Generation.diff': () => (2 * MAX_TOTAL_BYTES) / KIB,
-  'Generation.buildLog': (field) => LOG_LINE_KIB * tailOf(field),
+  'GeneratedFile.path': () => text(MAX_PATH_LENGTH, 3),
+  'FileDiff.path': () => text(MAX_PATH_LENGTH, 3),
+  // Every file's patch, both sides, is worked out (on the event loop) whatever the selection asks of the diff.
+  'Generation.diff': () => (2 * MAX_VERSION_BYTES) / KIB,
+  'BuildLogLine.text': () => LOG_LINE_KIB,
+  'GenerationChunk.text': () => text(MAX_CHUNK_CHARS, 3),
+  'Diagnostic.message': () => text(MAX_PARSED_CHARS),
+  'Diagnostic.path': () => text(MAX_PARSED_CHARS),
+  'Diagnostic.code': () => text(MAX_PARSED_CHARS),
 };
 
-/** Lists that are no connection: how many worst-case items they hold at most. */
-const LIST_SIZES: Record<string, (field: FieldNode) => number> = {
-  // Their content is bounded all together.
-  'Generation.files': () => MAX_TOTAL_BYTES / MAX_FILE_BYTES,
-  'Query.nodes': idsOf,
-};
-
-/** The content price of one operation. */
-export function contentCost(context: ValidationContext, operation: OperationDefinitionNode): number {
-  const root = context.getSchema().getRootType(operation.operation);
-  return root ? priceOf(context, operation.selectionSet, root, 1, new Set()) : 0;
+interface ListBound {
+  /** How many items the list holds at most. */
+  items: (field: FieldNode, schema: GraphQLSchema) => number;
+  /** Text whose length is bounded for all items together: KiB of the whole list, by coordinate. */
+  together?: Record<string, number>;
 }
 
-/** A validation rule that hands each operation's content price to `check`. */
-export function contentCostRule(check: (context: ValidationContext, cost: number) => void) {
+/** Every list of the schema that is no connection's edges (a test holds this to the schema). */
+export const LIST_BOUNDS: Record<string, ListBound> = {
+  'Query.nodes': { items: idsOf },
+  'Project.members': { items: () => MAX_PROJECT_MEMBERS },
+  'Project.secrets': { items: (_field, schema) => enumValues(schema, 'ProjectSecretName').length },
+  'Project.conversation': {
+    items: () => CONVERSATION_MAX_MESSAGES,
+    together: { 'ConversationMessage.content': text(CONVERSATION_MAX_CHARS) },
+  },
+  'Generation.files': { items: () => MAX_VERSION_FILES, together: { 'GeneratedFile.content': MAX_VERSION_BYTES / KIB } },
+  // A diff between two versions may delete every file of one and add every file of the other.
+  'GenerationDiff.files': { items: () => 2 * MAX_VERSION_FILES },
+  'Generation.buildLog': { items: tailOf },
+  'Generation.buildSteps': {
+    items: (_field, schema) => BUILDS * Math.max(...enumValues(schema, 'ProjectTarget').map((target) => getTarget(target as ProjectTarget).steps.length)),
+  },
+  // Message, path and code are all cut from the lines parsed.
+  'Generation.diagnostics': {
+    items: () => BUILDS * MAX_PARSED_LINES,
+    together: Object.fromEntries(['message', 'path', 'code'].map((name) => [`Diagnostic.${name}`, text(BUILDS * MAX_PARSED_CHARS)])),
+  },
+  'Generation.fixRounds': { items: () => MAX_FIX_ROUNDS },
+  // At most a few issues for each field of the largest input (five fields), each at a path of a few steps.
+  'ValidationError.fieldErrors': { items: () => 10 },
+  'FieldError.path': { items: () => 4 },
+};
+
+/** The cost of one operation. */
+export function operationCost(context: ValidationContext, operation: OperationDefinitionNode): number {
+  const root = context.getSchema().getRootType(operation.operation);
+  return root ? priceOf(context, operation.selectionSet, root, 1, new Set(), {}) : 0;
+}
+
+/** A validation rule that hands each operation's cost to `check`. */
+export function operationCostRule(check: (context: ValidationContext, cost: number) => void) {
   return (context: ValidationContext): ASTVisitor => ({
-    OperationDefinition: { leave: (operation) => check(context, contentCost(context, operation)) },
+    OperationDefinition: { leave: (operation) => check(context, operationCost(context, operation)) },
   });
 }
 
-function priceOf(context: ValidationContext, selections: SelectionSetNode, type: GraphQLNamedType, times: number, spreading: Set<string>): number {
+/**
+ * `times`: how many times this selection set can appear. `shares`: KiB per item, for the
+ * text of the enclosing list that is bounded all together.
+ */
+function priceOf(
+  context: ValidationContext,
+  selections: SelectionSetNode,
+  type: GraphQLNamedType,
+  times: number,
+  spreading: Set<string>,
+  shares: Record<string, number>,
+): number {
+  const schema = context.getSchema();
   let cost = 0;
   for (const selection of selections.selections) {
     if (selection.kind === Kind.INLINE_FRAGMENT) {
-      const narrowed = selection.typeCondition ? context.getSchema().getType(selection.typeCondition.name.value) : type;
-      if (narrowed) cost += priceOf(context, selection.selectionSet, narrowed, times, spreading);
+      const narrowed = selection.typeCondition ? schema.getType(selection.typeCondition.name.value) : type;
+      if (narrowed) cost += priceOf(context, selection.selectionSet, narrowed, times, spreading, shares);
       continue;
     }
     if (selection.kind === Kind.FRAGMENT_SPREAD) {
@@ -71,23 +142,31 @@ function priceOf(context: ValidationContext, selections: SelectionSetNode, type:
       const fragment = context.getFragment(name);
       // A cycle is reported by graphql's own rule; here it only must not loop.
       if (!fragment || spreading.has(name)) continue;
-      const narrowed = context.getSchema().getType(fragment.typeCondition.name.value);
+      const narrowed = schema.getType(fragment.typeCondition.name.value);
       if (!narrowed) continue;
       spreading.add(name);
-      cost += priceOf(context, fragment.selectionSet, narrowed, times, spreading);
+      cost += priceOf(context, fragment.selectionSet, narrowed, times, spreading, shares);
       spreading.delete(name);
       continue;
     }
-    if (!isObjectType(type) && !isInterfaceType(type)) continue;
-    const definition = type.getFields()[selection.name.value];
-    if (!definition) continue; // unknown fields fail validation anyway
-    const coordinate = `${type.name}.${selection.name.value}`;
-    cost += times * (PRICES[coordinate]?.(selection) ?? 0);
-    if (selection.selectionSet) {
-      const paged = definition.args.some((argument) => argument.name === 'first');
-      const items = LIST_SIZES[coordinate]?.(selection) ?? (paged ? pageOf(selection) : 1);
-      cost += priceOf(context, selection.selectionSet, getNamedType(definition.type), times * items, spreading);
+    const name = selection.name.value;
+    // __typename and introspection: a short value each (introspection is the schema's size).
+    if (name.startsWith('__')) {
+      cost += times * FIELD_KIB;
+      continue;
     }
+    if (!isObjectType(type) && !isInterfaceType(type)) continue;
+    const definition = type.getFields()[name];
+    if (!definition) continue; // unknown fields fail validation anyway
+    const coordinate = `${type.name}.${name}`;
+    cost += times * (FIELD_KIB + (shares[coordinate] ?? PRICES[coordinate]?.(selection) ?? 0));
+    if (!selection.selectionSet) continue;
+    const bound = LIST_BOUNDS[coordinate];
+    const paged = definition.args.some((argument) => argument.name === 'first');
+    // A connection's edges hold the page counted on its field.
+    const items = bound ? bound.items(selection, schema) : paged ? pageOf(selection) : 1;
+    const inner = Object.fromEntries(Object.entries(bound?.together ?? {}).map(([field, total]) => [field, total / items]));
+    cost += priceOf(context, selection.selectionSet, getNamedType(definition.type), times * items, spreading, inner);
   }
   return cost;
 }
@@ -110,4 +189,9 @@ function tailOf(field: FieldNode): number {
   if (!tail) return BUILD_LOG_DEFAULT_TAIL;
   // Out of range is refused when the field runs; a variable may be anything up to the maximum.
   return tail.value.kind === Kind.INT ? Math.max(1, Math.min(Number(tail.value.value), BUILD_LOG_MAX_TAIL)) : BUILD_LOG_MAX_TAIL;
+}
+
+function enumValues(schema: GraphQLSchema, name: string): string[] {
+  const type = schema.getType(name);
+  return isEnumType(type) ? type.getValues().map((value) => value.name) : [];
 }

@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { EnvelopArmor } from '@escape.tech/graphql-armor';
 import { GraphQLError, type ValidationContext } from 'graphql';
 import { createGraphQLError, type Plugin } from 'graphql-yoga';
-import { contentCostRule } from './content-cost.js';
+import { operationCostRule } from './content-cost.js';
 
 // Limits on what one operation may ask for, on every transport: the rules run in
 // envelop's parse and validate, which HTTP, SSE and graphql-ws (yoga.getEnveloped)
@@ -22,13 +22,11 @@ const TOO_COMPLEX_MESSAGE = 'This operation is too large or too complex; ask for
 
 const tooComplex = () => new GraphQLError(TOO_COMPLEX_MESSAGE, { extensions: { code: OPERATION_TOO_COMPLEX } });
 
-/** Depth (fragments followed), aliases, directives, cost (graphql-armor) and tokens (graphql's parser). */
+/** Depth (fragments followed), aliases, directives (graphql-armor), cost (content-cost.ts) and tokens (graphql's parser). */
 export function useQueryLimits(limits: QueryLimits): Plugin[] {
   // Reported as validation errors rather than thrown, so a graphql-ws operation fails
   // on its own and its socket stays open.
   const reject = { exposeLimits: false, propagateOnRejection: false, onReject: [(context: ValidationContext | null) => context?.reportError(tooComplex())] };
-  // The structural cost armor accepted for the operation being validated, so its content price (content-cost.ts) adds to it.
-  const structuralCost = new WeakMap<ValidationContext, number>();
   const armor = new EnvelopArmor({
     // Suggestions are hidden by useSchemaPrivacy (which also covers enum-value hints).
     blockFieldSuggestion: { enabled: false },
@@ -38,24 +36,19 @@ export function useQueryLimits(limits: QueryLimits): Plugin[] {
     maxDepth: { ...reject, n: limits.maxDepth, flattenFragments: true },
     maxAliases: { ...reject, n: limits.maxAliases },
     maxDirectives: { ...reject, n: limits.maxDirectives },
-    costLimit: {
-      ...reject,
-      maxCost: limits.maxCost,
-      onAccept: [(context: ValidationContext | null, { n }: { n?: number }) => context && structuralCost.set(context, n ?? 0)],
-    },
+    // Armor's cost counts a variable `first` as one page item: content-cost.ts prices every operation instead.
+    costLimit: { enabled: false },
   });
-  const contentCost: Plugin = {
+  const cost: Plugin = {
     onValidate({ addValidationRule }) {
       addValidationRule(
-        contentCostRule((context, cost) => {
-          const structural = structuralCost.get(context);
-          // Undefined: armor already refused this operation.
-          if (structural !== undefined && structural + cost > limits.maxCost) context.reportError(tooComplex());
+        operationCostRule((context, price) => {
+          if (price > limits.maxCost) context.reportError(tooComplex());
         }),
       );
     },
   };
-  return [useTokenLimit(limits.maxTokens), ...(armor.protect().plugins as Plugin[]), contentCost];
+  return [useTokenLimit(limits.maxTokens), ...(armor.protect().plugins as Plugin[]), cost];
 }
 
 function useTokenLimit(maxTokens: number): Plugin {

@@ -13,7 +13,7 @@ import { generationStore } from './store.js';
 // carry their round and parsed into file changes as it comes.
 
 // ~8 KiB of UTF-8 at most, whatever the characters.
-const MAX_CHUNK_CHARS = 2730;
+export const MAX_CHUNK_CHARS = 2730;
 
 export interface AnswerInput {
   generationId: string;

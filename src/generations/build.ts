@@ -20,8 +20,8 @@ import { type BuildStepRow, generationStore } from './store.js';
 // which a fix round can act on; any other failure ends the run.
 
 /** Lines and characters of one step kept for the diagnostics parser (the log keeps them all, up to its own cap). */
-const MAX_PARSED_LINES = 5000;
-const MAX_PARSED_CHARS = 1_000_000;
+export const MAX_PARSED_LINES = 5000;
+export const MAX_PARSED_CHARS = 1_000_000;
 /**
  * Characters of build log one generation keeps, every step and round together: a step is
  * held to 10,000 lines of 4,000, but fix rounds run steps again and again. Past it, one

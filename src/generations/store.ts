@@ -1,4 +1,4 @@
-import { and, asc, count, desc, eq, getTableColumns, gt, inArray, isNull, lt, not, or, sql } from 'drizzle-orm';
+import { and, asc, count, desc, eq, getTableColumns, gt, inArray, isNull, lt, lte, not, or, sql } from 'drizzle-orm';
 import type { PgUpdateSetSource } from 'drizzle-orm/pg-core';
 import { advisoryLock } from '../db/advisory-locks.js';
 import { rowsOf, type Tx } from '../db/client.js';
@@ -13,6 +13,7 @@ import {
   projects,
 } from '../db/schema.js';
 import type { ChunkEvent, LogLineEvent } from '../events/bus.js';
+import { MAX_GENERATION_OUTPUT_CHARS } from './output-parser.js';
 import { ACTIVE_STATUSES, type GenerationPhase, type GenerationStatus, TERMINAL_STATUSES } from './status.js';
 
 // Named queries of the generations domain. Request code runs them in the viewer's
@@ -39,6 +40,9 @@ export type LogLineRow = typeof buildLogLines.$inferSelect;
 export type ChunkRow = typeof generationChunks.$inferSelect;
 export type FileRow = typeof generationFiles.$inferSelect;
 export type MessageRow = typeof conversationMessages.$inferSelect;
+/** What a session's conversation shows at most: the latest turn (a prompt and a whole answer) always fits. */
+export const CONVERSATION_MAX_CHARS = 2 * MAX_GENERATION_OUTPUT_CHARS;
+export const CONVERSATION_MAX_MESSAGES = 200;
 export type ErrorCode = NonNullable<GenerationRow['errorCode']>;
 
 // Literal values, not parameters: the planner matches them to the partial index generations_active_idx.
@@ -461,21 +465,39 @@ export const generationStore = {
   },
 
   /**
-   * A session's messages, turn by turn: in the order their generations were made, each
-   * prompt before its answer. An interrupted run's answer and its retry's prompt are
-   * written in one transaction, at one `now()`: their own times cannot order them.
+   * A session's latest messages, turn by turn: in the order their generations were made,
+   * each prompt before its answer. An interrupted run's answer and its retry's prompt are
+   * written in one transaction, at one `now()`: their own times cannot order them. The
+   * oldest are left out past CONVERSATION_MAX_MESSAGES or CONVERSATION_MAX_CHARS of content.
    */
   async conversation(tx: Tx, projectId: string, sessionId: string): Promise<MessageRow[]> {
-    return tx
-      .select(getTableColumns(conversationMessages))
+    const turn = sql`coalesce(${generations.createdAt}, ${conversationMessages.createdAt})`;
+    const newestFirst = sql`order by ${turn} desc, ${conversationMessages.generationId} desc, ${conversationMessages.role} desc, ${conversationMessages.id} desc`;
+    const latest = tx
+      .select({
+        ...getTableColumns(conversationMessages),
+        turn: sql<Date>`${turn}`.as('turn'),
+        // The content of this message and every newer one.
+        chars: sql<number>`sum(length(${conversationMessages.content})) over (${newestFirst} rows unbounded preceding)`.as('chars'),
+        place: sql<number>`row_number() over (${newestFirst})`.as('place'),
+      })
       .from(conversationMessages)
       .leftJoin(generations, eq(generations.id, conversationMessages.generationId))
       .where(and(eq(conversationMessages.projectId, projectId), eq(conversationMessages.sessionId, sessionId)))
-      .orderBy(
-        asc(sql`coalesce(${generations.createdAt}, ${conversationMessages.createdAt})`),
-        asc(conversationMessages.generationId),
-        asc(conversationMessages.role),
-      );
+      .as('latest');
+    return tx
+      .select({
+        id: latest.id,
+        projectId: latest.projectId,
+        sessionId: latest.sessionId,
+        role: latest.role,
+        content: latest.content,
+        generationId: latest.generationId,
+        createdAt: latest.createdAt,
+      })
+      .from(latest)
+      .where(and(lte(latest.chars, CONVERSATION_MAX_CHARS), lte(latest.place, CONVERSATION_MAX_MESSAGES)))
+      .orderBy(asc(latest.turn), asc(latest.generationId), asc(latest.role), asc(latest.id));
   },
 
   /**

@@ -117,6 +117,9 @@ export async function setProjectSecret(
 /** Binds a ciphertext to its project and name, so it cannot be moved to another. */
 export const secretContext = (projectId: string, name: SecretName) => `${projectId}/${name}`;
 
+/** A team, not an audience: it bounds the member list every project query may return. */
+export const MAX_PROJECT_MEMBERS = 100;
+
 export async function addProjectMember(
   scope: Scope,
   input: { projectId: string; email: string; role: ProjectRole },
@@ -131,6 +134,9 @@ export async function addProjectMember(
     if (!userId) throw new NotFoundError('No user has that email address.');
     if (userId === project.ownerId && input.role !== 'owner') {
       throw new InvalidStateError("The project's creator always stays an owner.");
+    }
+    if ((await projectStore.lockedMemberCountBesides(tx, project.id, userId)) >= MAX_PROJECT_MEMBERS) {
+      throw new InvalidStateError(`A project has at most ${MAX_PROJECT_MEMBERS} members; remove one to add another.`);
     }
     return projectStore.upsertMember(tx, { projectId: project.id, userId, role: input.role });
   });

@@ -1,4 +1,4 @@
-import { and, count, desc, eq, inArray, lt, or, sql } from 'drizzle-orm';
+import { and, count, desc, eq, inArray, lt, ne, or, sql } from 'drizzle-orm';
 import { advisoryLock } from '../db/advisory-locks.js';
 import { rowsOf, type Tx } from '../db/client.js';
 import { projectMembers, projectSecrets, projects, users } from '../db/schema.js';
@@ -69,6 +69,16 @@ export const projectStore = {
 
   async membersOf(tx: Tx, projectIds: readonly string[]): Promise<MemberRow[]> {
     return tx.select().from(projectMembers).where(inArray(projectMembers.projectId, [...projectIds])).orderBy(projectMembers.createdAt);
+  },
+
+  /** Members of the project besides `userId`, counted under a lock that holds until the transaction ends, so a cap checked on it stays true. */
+  async lockedMemberCountBesides(tx: Tx, projectId: string, userId: string): Promise<number> {
+    await tx.execute(sql`select ${advisoryLock(`kiln.project-members:${projectId}`)}`);
+    const [row] = await tx
+      .select({ total: count() })
+      .from(projectMembers)
+      .where(and(eq(projectMembers.projectId, projectId), ne(projectMembers.userId, userId)));
+    return row?.total ?? 0;
   },
 
   async upsertMember(tx: Tx, member: typeof projectMembers.$inferInsert): Promise<MemberRow> {

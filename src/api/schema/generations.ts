@@ -3,7 +3,7 @@ import { BudgetExceededError, NotFoundError } from '../../errors.js';
 import { cancelGeneration, generationPrompt, maxFixRounds, retryGeneration, startGeneration } from '../../generations/generations.js';
 import { generationReads } from '../../generations/reads.js';
 import { BUILD_STEP_STATUSES, GENERATION_PHASES, GENERATION_STATUSES } from '../../generations/status.js';
-import type { BuildStepRow, GenerationRow, MessageRow } from '../../generations/store.js';
+import { type BuildStepRow, CONVERSATION_MAX_CHARS, CONVERSATION_MAX_MESSAGES, type GenerationRow, type MessageRow } from '../../generations/store.js';
 import { buildLogs, generationChunks, generationUpdates, type LiveStream } from '../../generations/streams.js';
 import { monthlyTokenLimit, setProjectBudget } from '../../projects/projects.js';
 import { builder } from '../builder.js';
@@ -193,7 +193,10 @@ builder.objectFields(ProjectRef, (t) => ({
   budget: t.field({ type: BudgetRef, resolve: (project) => ({ monthlyTokenLimit: project.monthlyTokenLimit }) }),
   conversation: t.field({
     type: [MessageRef],
-    description: "A session's messages in order: per generation the USER prompt, then the MODEL reply.",
+    description:
+      "A session's latest messages in order: per generation the USER prompt, then the MODEL reply. " +
+      `At most ${CONVERSATION_MAX_MESSAGES} messages whose contents add up to at most ${CONVERSATION_MAX_CHARS.toLocaleString('en')} characters ` +
+      '(the latest turn always fits); older ones are left out.',
     args: { sessionId: t.arg.id({ required: true }) },
     resolve: (project, args, ctx) => {
       const sessionId = String(args.sessionId);
