@@ -4,10 +4,30 @@ import { anonymousRequest } from './graphql';
 // The signed-in session. The access token lives in memory only; the refresh token in
 // sessionStorage (this tab, this origin: a preview runs sandboxed in an opaque origin
 // and can read neither). A reload refreshes once to get a new access token.
+//
+// A duplicated tab starts with a copy of the refresh token, and refresh tokens rotate with
+// reuse detection: a tab that presents a token another tab already spent ends the session
+// of both. So the tabs of the origin refresh one at a time (a Web Lock), and the tab that
+// rotated a token tells the others the new pair (a BroadcastChannel); those that kept the
+// spent token take it. A tab that missed that message (opened as a copy meanwhile) finds
+// a lock named after its token, held for a while by the tab that spent it, and asks that
+// tab for the pair instead of presenting the token. Without these APIs (an insecure
+// context has no Web Locks) each tab refreshes on its own.
 
 const REFRESH_KEY = 'kiln.refreshToken';
 /** Refresh this long before the access token expires. */
 const EARLY_MS = 30_000;
+const REFRESH_LOCK = 'kiln.refresh';
+/** How long a tab waits for the tab that spent its token to answer (a frozen tab may never). */
+const HANDOVER_MS = 10_000;
+/** How long a tab answers for a token it spent: longer than a copied tab takes to load. */
+const SPENT_MS = 60_000;
+
+const coordinated = 'locks' in navigator && typeof BroadcastChannel === 'function';
+const channel = coordinated ? new BroadcastChannel('kiln.auth') : null;
+
+/** Over the channel: a pair and the refresh token it replaced, or a request for the pair that replaced `ask`. */
+type Message = { spent: string; session: SessionFieldsFragment } | { ask: string };
 
 export interface User {
   id: string;
@@ -18,6 +38,12 @@ type State = { status: 'loading' } | { status: 'signedOut' } | { status: 'signed
 
 let state: State = { status: sessionStorage.getItem(REFRESH_KEY) ? 'loading' : 'signedOut' };
 let access: { token: string; expiresAt: number } | null = null;
+/** The pair this tab holds, to hand to a tab that still keeps a token this tab spent. */
+let current: SessionFieldsFragment | null = null;
+/** The refresh tokens this tab spent lately, each with a lock named after it, and how to release that lock. */
+const spent = new Map<string, () => void>();
+/** Settles a tab's request for the pair that replaced its token, answered or not. */
+let awaiting: { token: string; done: () => void } | null = null;
 let refreshing: Promise<void> | null = null;
 const listeners = new Set<() => void>();
 
@@ -28,23 +54,91 @@ function setState(next: State) {
 
 function accept(session: SessionFieldsFragment) {
   access = { token: session.accessToken, expiresAt: Date.parse(session.expiresAt) };
+  current = session;
   sessionStorage.setItem(REFRESH_KEY, session.refreshToken);
   setState({ status: 'signedIn', user: session.user });
 }
 
 function clear() {
   access = null;
+  current = null;
+  for (const release of spent.values()) release();
+  spent.clear();
   sessionStorage.removeItem(REFRESH_KEY);
   setState({ status: 'signedOut' });
 }
 
+/** The lock that says a live tab spent `token`: named by a short hash (FNV-1a), not the token itself. */
+function spentLock(token: string): string {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < token.length; i++) hash = Math.imul(hash ^ token.charCodeAt(i), 0x01000193);
+  return `kiln.spent.${(hash >>> 0).toString(16)}`;
+}
+
+function markSpent(token: string) {
+  // Released through a promise made now, so a release before the grant still lets go of it.
+  let release = () => {};
+  const released = new Promise<void>((resolve) => (release = resolve));
+  void navigator.locks.request(spentLock(token), () => released);
+  spent.set(token, release);
+  setTimeout(() => {
+    release();
+    spent.delete(token);
+  }, SPENT_MS);
+}
+
+channel?.addEventListener('message', ({ data }: MessageEvent<Message>) => {
+  if ('ask' in data) {
+    if (spent.has(data.ask) && current) channel.postMessage({ spent: data.ask, session: current } satisfies Message);
+    return;
+  }
+  // Only a tab that still keeps the spent token takes the new pair: a tab signed in as
+  // someone else, or already past that token, ignores it.
+  if (sessionStorage.getItem(REFRESH_KEY) === data.spent) accept(data.session);
+  if (awaiting?.token === data.spent) awaiting.done();
+});
+
+/** Asks the tab that spent `token` for the new pair; settles once it answered or after HANDOVER_MS. */
+function askFor(token: string): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => awaiting?.done(), HANDOVER_MS);
+    awaiting = {
+      token,
+      done: () => {
+        clearTimeout(timer);
+        awaiting = null;
+        resolve();
+      },
+    };
+    channel?.postMessage({ ask: token } satisfies Message);
+  });
+}
+
 async function refreshOnce(): Promise<void> {
-  const refreshToken = sessionStorage.getItem(REFRESH_KEY);
+  if (!coordinated) return rotate(sessionStorage.getItem(REFRESH_KEY));
+  const presented = sessionStorage.getItem(REFRESH_KEY);
+  await navigator.locks.request(REFRESH_LOCK, async () => {
+    const token = sessionStorage.getItem(REFRESH_KEY);
+    // Another tab rotated it while this one waited, and handed over the new pair.
+    if (token !== presented && access) return;
+    if (token && (await navigator.locks.query()).held?.some((lock) => lock.name === spentLock(token))) {
+      await askFor(token);
+      if (sessionStorage.getItem(REFRESH_KEY) !== token) return;
+    }
+    await rotate(token);
+  });
+}
+
+/** Spends `refreshToken` for a new pair (under the refresh lock when there is one) and tells the other tabs. */
+async function rotate(refreshToken: string | null): Promise<void> {
   if (!refreshToken) return clear();
   try {
     const { refreshSession } = await anonymousRequest(RefreshSessionDocument, { refreshToken });
-    if (refreshSession.__typename === 'AuthSession') accept(refreshSession);
-    else clear();
+    if (refreshSession.__typename !== 'AuthSession') return clear();
+    accept(refreshSession);
+    if (!channel) return;
+    markSpent(refreshToken);
+    channel.postMessage({ spent: refreshToken, session: refreshSession } satisfies Message);
   } catch {
     // The server is unreachable: keep the refresh token for the next attempt.
     access = null;

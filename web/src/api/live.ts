@@ -6,7 +6,8 @@ import { auth } from './auth';
 // does not retry by itself: `follow` resubscribes each stream after a lost connection
 // with the last seq it saw as `afterSeq`, so nothing is missed and nothing repeats,
 // and refreshes the access token first when the server closed with 4403 (expired or
-// revoked token).
+// revoked token). A stream the server ended because this page fell behind
+// (SLOW_CONSUMER) resumes the same way, without showing an error.
 
 const FORBIDDEN = 4403;
 const MAX_BACKOFF_MS = 8_000;
@@ -40,6 +41,9 @@ export interface FollowOptions<T, V> {
   onError?: (message: string) => void;
 }
 
+const isSlowConsumer = (errors: readonly { extensions?: Record<string, unknown> }[] | undefined) =>
+  errors?.some((error) => error.extensions?.code === 'SLOW_CONSUMER') ?? false;
+
 const isCloseEvent = (value: unknown): value is CloseEvent =>
   typeof value === 'object' && value !== null && 'code' in value && 'reason' in value;
 
@@ -48,16 +52,24 @@ export function follow<T, V>(options: FollowOptions<T, V>): () => void {
   let stopped = false;
   let lastSeq: number | undefined;
   let failures = 0;
+  /** SLOW_CONSUMER ends so far: the first resumes at once, later ones after a growing pause. */
+  let slowEnds = 0;
   let unsubscribe = () => {};
   let timer: ReturnType<typeof setTimeout> | undefined;
 
   const start = () => {
     if (stopped) return;
+    // The server's last result before it completes this subscription said it fell behind.
+    let behind = false;
     unsubscribe = socket().subscribe<T>(
       { query: options.document.toString(), variables: options.variables(lastSeq) as Record<string, unknown> },
       {
         next: (event) => {
           failures = 0;
+          if (isSlowConsumer(event.errors)) {
+            behind = true;
+            return;
+          }
           if (event.errors?.length || !event.data) return options.onError?.(event.errors?.[0]?.message ?? 'Stream error');
           const seq = options.seqOf?.(event.data);
           if (seq !== undefined) {
@@ -67,7 +79,12 @@ export function follow<T, V>(options: FollowOptions<T, V>): () => void {
           options.onData(event.data);
         },
         complete: () => {
-          if (!stopped) options.onComplete?.();
+          if (stopped) return;
+          if (!behind) return options.onComplete?.();
+          // Not reset by data: a page that is always too slow gets some each time, and must not loop hot.
+          const delay = slowEnds === 0 ? 0 : Math.min(MAX_BACKOFF_MS, 250 * 2 ** (slowEnds - 1));
+          slowEnds++;
+          timer = setTimeout(start, delay);
         },
         error: (error) => {
           if (stopped) return;
