@@ -1,12 +1,14 @@
 import { readFile, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import { execa } from 'execa';
-import type { WebSocketRoute } from 'playwright-core';
+import type { Page, WebSocketRoute } from 'playwright-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { ProjectDocument, ProjectsDocument } from '../gql/graphql.js';
+import { ProjectDocument, ProjectsDocument, RefreshSessionDocument } from '../gql/graphql.js';
 import { signIn, uniqueEmail } from '../support/fixtures.js';
 import { getGeneration, repoRoot } from '../support/generation-helpers.js';
+import { useTestServer } from '../support/server.js';
 import { useGenerationServer } from '../support/suite-server.js';
-import { chromiumMissing, useBrowser } from './browser.js';
+import { chromiumMissing, outputDir, useBrowser } from './browser.js';
 
 // The reference client (web/) in Chromium, served by Kiln at `/`, found by the accessible
 // names that are part of the contract. FLUTTER with the fake flutter (the WEB target's
@@ -227,6 +229,92 @@ describe.skipIf(chromiumMissing)('the reference web client in Chromium', () => {
       expect(errors).toEqual([]);
     } finally {
       await page.close();
+    }
+  });
+});
+
+// Two tabs that share one refresh token, as after the browser's "Duplicate tab", which copies
+// sessionStorage. Refresh tokens rotate with reuse detection, so a tab that presents the token
+// the other tab already spent would end the session of both: the tabs must refresh one at a
+// time and hand the rotated token over (web/src/api/auth.ts). The access tokens live shorter
+// than the client's early-refresh margin, so every request a page makes refreshes first.
+describe.skipIf(chromiumMissing)('tabs of the web client that share a refresh token', () => {
+  const tabsServer = useTestServer({ ACCESS_TOKEN_TTL_SECONDS: '20' });
+  const browser = useBrowser('web-auth-tabs');
+  const storedRefreshToken = (page: Page) => page.evaluate(() => sessionStorage.getItem('kiln.refreshToken'));
+
+  /** Signs up a new user in `page`, which shows the projects afterwards (loading them refreshed the token). */
+  async function signUp(page: Page, email: string) {
+    await page.goto(tabsServer.url);
+    await page.getByRole('textbox', { name: 'Email' }).fill(email);
+    await page.getByRole('textbox', { name: 'Password' }).fill(PASSWORD);
+    await page.getByRole('button', { name: 'Sign up' }).click();
+    await page.getByText('No projects yet.').waitFor();
+  }
+
+  /** Creates a project from the projects page (a refresh, then the request) and goes back; false if the page was signed out instead. */
+  async function createProject(page: Page, name: string): Promise<boolean> {
+    await page.getByRole('textbox', { name: 'Project name' }).fill(name);
+    await page.getByRole('button', { name: 'Create project' }).click();
+    const signedOut = page.getByRole('button', { name: 'Sign in' });
+    await page.getByRole('heading', { name, exact: true }).or(signedOut).waitFor();
+    if (await signedOut.isVisible()) return false;
+    await page.getByRole('link', { name: 'Kiln' }).click();
+    await page.getByRole('link', { name, exact: true }).or(signedOut).waitFor();
+    return !(await signedOut.isVisible());
+  }
+
+
+
+  it('stay signed in when each refreshes in turn and both at once, and a tab of another user keeps its own session', async () => {
+    const first = browser.page;
+    const email = uniqueEmail('e2e-tabs');
+    await signUp(first, email);
+
+    // "Duplicate tab": the second page starts with a copy of the first one's sessionStorage,
+    // which the first one spends before the second has loaded (so it missed the message).
+    const stored = await first.evaluate(() => Object.fromEntries(Object.entries(sessionStorage)));
+    expect(await createProject(first, 'First tab')).toBe(true);
+    const second = await browser.context.newPage();
+    const secondErrors: string[] = [];
+    second.on('pageerror', (error) => secondErrors.push(String(error)));
+    await second.addInitScript((entries: Record<string, string>) => {
+      if (sessionStorage.length === 0) for (const [key, value] of Object.entries(entries)) sessionStorage.setItem(key, value);
+    }, stored);
+    try {
+      // Loading refreshes in the second tab: it must take the pair the first one rotated to.
+      await second.goto(tabsServer.url);
+      await second.getByRole('link', { name: 'First tab', exact: true }).or(second.getByRole('button', { name: 'Sign in' })).waitFor();
+      expect(await second.getByRole('link', { name: 'First tab', exact: true }).isVisible()).toBe(true);
+
+      // A tab of another user in the same browser, which must not take the first user's tokens.
+      const other = await browser.context.newPage();
+      const otherEmail = uniqueEmail('e2e-tabs-other');
+      await signUp(other, otherEmail);
+      const otherToken = await storedRefreshToken(other);
+
+      // Then a refresh in the first, in the second, and in both at once.
+      expect(await createProject(first, 'First again')).toBe(true);
+      expect(await createProject(second, 'Second tab')).toBe(true);
+      expect(await Promise.all([createProject(first, 'First at once'), createProject(second, 'Second at once')])).toEqual([true, true]);
+
+      for (const page of [first, second]) await expect.poll(() => page.locator('.who').textContent()).toBe(email);
+      await expect.poll(() => storedRefreshToken(first)).toBe(await storedRefreshToken(second));
+      expect(await other.locator('.who').textContent()).toBe(otherEmail);
+      expect(await storedRefreshToken(other)).toBe(otherToken);
+
+      await browser.screenshot('first-tab');
+      await second.screenshot({ path: join(outputDir, 'web-auth-tabs', 'second-tab.png'), fullPage: true });
+      await other.close();
+
+      // The session is alive on the server: the token the tabs now keep is still good.
+      const { data } = await tabsServer.client().request(RefreshSessionDocument, { refreshToken: (await storedRefreshToken(first))! });
+      expect(data?.refreshSession.__typename).toBe('AuthSession');
+      expect(browser.consoleErrors).toEqual([]);
+      expect(secondErrors).toEqual([]);
+      expect(browser.escaped).toEqual([]);
+    } finally {
+      await second.close();
     }
   });
 });
