@@ -8,7 +8,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { type Db, rowsOf } from '../src/db/client.js';
 import { serviceScope } from '../src/db/scope.js';
 import { estimateTokens } from '../src/generations/budget.js';
-import type { PipelineDeps } from '../src/generations/pipeline.js';
+import { MAX_ERROR_MESSAGE_CHARS, type PipelineDeps } from '../src/generations/pipeline.js';
 import { createLogger } from '../src/observability/logger.js';
 import type { BuildSandbox } from '../src/toolchain/sandbox.js';
 import { ConversationDocument, GeneratedFileDocument } from './gql/graphql.js';
@@ -132,6 +132,17 @@ describe(`model output through a fake Gemini (${databaseKind})`, () => {
     expect(generation.error?.message).toMatch(/Gave up after 3 attempts/);
     expect(generation.error?.message).not.toMatch(/\n\s+at |ApiError|\{"error"/);
     expect(suite.gemini.requests.length - before).toBe(3);
+  });
+
+  it('keeps at most MAX_ERROR_MESSAGE_CHARS of an error message, however long what it quotes', async () => {
+    // The dependency policy quotes the name it refuses; the model chose a name of 40,000 characters.
+    const name = 'a'.repeat(40_000);
+    suite.gemini.script({ kind: 'stream', chunks: [`<file path="pubspec.yaml">\nname: app\ndependencies:\n  ? ${name}\n  :\n    git: https://example.com/x.git\n</file>\n`] });
+    const { generation } = await run('A long complaint');
+
+    expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'UNSAFE_OUTPUT' } });
+    expect(generation.error!.message).toHaveLength(MAX_ERROR_MESSAGE_CHARS);
+    expect(generation.error!.message).toMatch(/^Build step "install" did not run: pubspec\.yaml "dependencies" asks for "a+…$/);
   });
 
   it('fails with LLM_ERROR when Gemini blocks the answer part-way, counting the tokens Gemini says it spent', async () => {

@@ -33,7 +33,7 @@ describe('the current files in a follow-up prompt', () => {
   it('tells the model which template files an earlier answer deleted, and only in a follow-up', () => {
     const template = { 'src/main.tsx': 'main', 'index.html': 'html', 'README.md': 'readme' };
     const followUp = buildPrompt({ systemPrompt: 'SYSTEM', template, parentFiles: [{ path: 'index.html', content: 'html' }, { path: 'src/entry.tsx', content: APP }], turns: [], prompt: 'Add a button' });
-    expect(followUp.systemPrompt).toMatch(/deleted these template files; they are not in the project: README\.md, src\/main\.tsx$/);
+    expect(followUp.systemPrompt).toMatch(/These template files are not in the project \(write one to have it again\): README\.md, src\/main\.tsx$/);
     const first = buildPrompt({ systemPrompt: 'SYSTEM', template, parentFiles: [], turns: [], prompt: 'A counter' });
     expect(first.systemPrompt).toBe('SYSTEM');
   });

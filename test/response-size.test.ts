@@ -87,6 +87,20 @@ describe(`content fields in the query cost (${databaseKind})`, () => {
     expect(one.errors).toBeUndefined();
   });
 
+  it('prices every alias of a diff\'s patches as the whole patch: one is answered, two are refused', async () => {
+    const diff = (selection: string) => `query { node(id: "${id()}") { ... on Generation { diff { files { ${selection} } } } } }`;
+    expect(tooComplex(await send(diff('patch')))).toBe(false);
+    expectRefused(await send(diff(aliased(2, 'patch'))));
+  });
+
+  it('prices an error message at its longest: a page of them is answered, nested pages are refused', async () => {
+    const errors = (first: number) => `query { project(id: "${id()}") { generations(first: ${first}) { edges { node { error { message } } } } } }`;
+    expect(tooComplex(await send(errors(100)))).toBe(false);
+    expectRefused(
+      await send(`query { project(id: "${id()}") { generations(first: 100) { edges { node { project { generations(first: 100) { edges { node { error { message } } } } } } } } } }`),
+    );
+  });
+
   it('counts content once per item of a page', async () => {
     expect(tooComplex(await send(`query { projects(first: 10) { edges { node { generations(first: 10) { edges { node { output } } } } } } }`))).toBe(true);
     expect(tooComplex(await send(`query { projects(first: 10) { edges { node { generations(first: 10) { edges { node { id status } } } } } } }`))).toBe(false);

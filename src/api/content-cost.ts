@@ -15,6 +15,7 @@ import {
 import { MAX_CHUNK_CHARS } from '../generations/answer.js';
 import { MAX_PARSED_CHARS, MAX_PARSED_LINES } from '../generations/build.js';
 import { generationPrompt, MAX_FIX_ROUNDS } from '../generations/generations.js';
+import { MAX_ERROR_MESSAGE_CHARS } from '../generations/pipeline.js';
 import { MAX_FILE_BYTES, MAX_GENERATION_OUTPUT_CHARS, MAX_VERSION_BYTES, MAX_VERSION_FILES } from '../generations/output-parser.js';
 import { MAX_PATH_LENGTH } from '../generations/safe-path.js';
 import { CONVERSATION_MAX_CHARS, CONVERSATION_MAX_MESSAGES } from '../generations/store.js';
@@ -43,6 +44,9 @@ const BUILD_LOG_MAX_TAIL = 1000;
 /** Builds of one generation: the first, then a fix round's each. */
 const BUILDS = 1 + MAX_FIX_ROUNDS;
 
+/** A diff's patches: every line of both versions, each with its one-character prefix. */
+const PATCHES_KIB = (2 * MAX_VERSION_BYTES) / KIB;
+
 /** KiB of `chars` characters at `bytes` bytes each. */
 const text = (chars: number, bytes = 1) => (chars * bytes) / KIB;
 
@@ -62,8 +66,13 @@ const PRICES: Record<string, Price> = {
   'GeneratedFile.path': () => text(MAX_PATH_LENGTH, 3),
   'FileDiff.path': () => text(MAX_PATH_LENGTH, 3),
   // Every file's patch, both sides, is worked out (on the event loop) whatever the selection asks of the diff.
-  'Generation.diff': () => (2 * MAX_VERSION_BYTES) / KIB,
+  'Generation.diff': () => PATCHES_KIB,
   'BuildLogLine.text': () => LOG_LINE_KIB,
+  'GenerationError.message': () => text(MAX_ERROR_MESSAGE_CHARS),
+  // Signed URLs: PUBLIC_URL or PREVIEW_ORIGIN, ids and a signature.
+  'Preview.url': () => 1,
+  'Archive.url': () => 1,
+  'Archive.filename': () => text(MAX_PATH_LENGTH, 3),
   'GenerationChunk.text': () => text(MAX_CHUNK_CHARS, 3),
   'Diagnostic.message': () => text(MAX_PARSED_CHARS),
   'Diagnostic.path': () => text(MAX_PARSED_CHARS),
@@ -87,8 +96,9 @@ export const LIST_BOUNDS: Record<string, ListBound> = {
     together: { 'ConversationMessage.content': text(CONVERSATION_MAX_CHARS) },
   },
   'Generation.files': { items: () => MAX_VERSION_FILES, together: { 'GeneratedFile.content': MAX_VERSION_BYTES / KIB } },
-  // A diff between two versions may delete every file of one and add every file of the other.
-  'GenerationDiff.files': { items: () => 2 * MAX_VERSION_FILES },
+  // A diff between two versions may delete every file of one and add every file of the other:
+  // its patches hold about both versions, however the files are aliased.
+  'GenerationDiff.files': { items: () => 2 * MAX_VERSION_FILES, together: { 'FileDiff.patch': PATCHES_KIB } },
   'Generation.buildLog': { items: tailOf },
   'Generation.buildSteps': {
     items: (_field, schema) => BUILDS * Math.max(...enumValues(schema, 'ProjectTarget').map((target) => getTarget(target as ProjectTarget).steps.length)),
@@ -105,7 +115,7 @@ export const LIST_BOUNDS: Record<string, ListBound> = {
 };
 
 /** The cost of one operation. */
-export function operationCost(context: ValidationContext, operation: OperationDefinitionNode): number {
+function operationCost(context: ValidationContext, operation: OperationDefinitionNode): number {
   const root = context.getSchema().getRootType(operation.operation);
   return root ? priceOf(context, operation.selectionSet, root, 1, new Set(), {}) : 0;
 }

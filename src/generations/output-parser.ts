@@ -6,7 +6,7 @@ export const MAX_FILE_BYTES = 1024 * 1024;
 export const MAX_TOTAL_BYTES = 10 * 1024 * 1024;
 /** A whole version (template, parent's files and every round's changes): what a generation keeps and a workspace holds. */
 export const MAX_VERSION_FILES = 1000;
-export const MAX_VERSION_BYTES = 2 * MAX_TOTAL_BYTES;
+export const MAX_VERSION_BYTES = MAX_TOTAL_BYTES;
 /**
  * The model's output a generation keeps over all its answers (first and fix rounds, with
  * continuations): room for every file the parser accepts and as much again of prose.

@@ -1,3 +1,4 @@
+import { randomInt } from 'node:crypto';
 import type { Db, Tx } from '../db/client.js';
 import { isConnectionError } from '../db/outage.js';
 import { pipelineScope } from '../db/scope.js';
@@ -74,7 +75,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
   if (stop.aborted) return undefined;
   const db = pipelineScope(deps.db, deps.logger);
   // Set here, not by the database: a claim run again after its COMMIT's reply was lost knows its own row by it.
-  const claimedAt = new Date();
+  const claimedAt = claimStamp();
   let claims = 0;
   const claimed = await db.run((tx) => generationStore.claim(tx, generationId, deps.leaseMs, claimedAt, claims++ > 0));
   if (!claimed) return undefined; // someone else has it, or it was cancelled meanwhile
@@ -296,6 +297,7 @@ function writeWorkspace(deps: PipelineDeps, context: RunContext, changes: Output
     template: context.target.template,
     parentFiles: context.parentFiles,
     changes,
+    changesAre: generation.restoredFrom ? 'this restore' : 'this answer',
   });
 }
 
@@ -310,6 +312,22 @@ function phaseChange(id: string, phase: 'WRITING' | 'BUILDING' | 'FIXING', publi
   };
 }
 
+/**
+ * What a generation's error message keeps: room for a failed step's last three lines (4,000
+ * characters each) and its words; a provider's own message (up to 64 KiB) is cut to it.
+ */
+export const MAX_ERROR_MESSAGE_CHARS = 16_000;
+
+const cut = (text: string, chars: number) => (text.length > chars ? `${text.slice(0, chars - 1)}…` : text);
+
+/**
+ * Now, to the microsecond PostgreSQL keeps, the microseconds random: a claim stamped at the
+ * same millisecond by another worker is not mistaken for this one's.
+ */
+function claimStamp(): string {
+  return new Date().toISOString().replace('Z', `${randomInt(1000).toString().padStart(3, '0')}Z`);
+}
+
 function failureOutcome(error: unknown, signal: AbortSignal, log: Logger): Partial<GenerationRow> & Pick<GenerationRow, 'status'> {
   if (signal.aborted) {
     if (signal.reason === 'cancelled') return { status: 'CANCELLED', errorCode: null, errorMessage: null };
@@ -319,7 +337,7 @@ function failureOutcome(error: unknown, signal: AbortSignal, log: Logger): Parti
     // What the message leaves out for the project's members, the operator reads here.
     // INTERNAL: this server could not do its part (a sandbox it cannot set up), which an operator must see.
     if (error.cause !== undefined) log[error.code === 'INTERNAL' ? 'error' : 'warn']({ err: error.cause, errorCode: error.code }, 'generation failed; the cause its message leaves out');
-    return { status: 'FAILED', errorCode: error.code, errorMessage: error.message };
+    return { status: 'FAILED', errorCode: error.code, errorMessage: cut(error.message, MAX_ERROR_MESSAGE_CHARS) };
   }
   // The database stayed away longer than the pipeline waits for it: handed back like a lapsed lease.
   if (isConnectionError(error)) return { status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The database was unreachable for too long; a retry follows unless it was a retry itself.' };

@@ -18,15 +18,16 @@ export function buildPrompt(input: PromptInput): { systemPrompt: string; message
   const maxChars = input.maxChars ?? DEFAULT_MAX_CHARS;
   // Template files the model already knows from the system prompt need not be repeated.
   const changed = input.parentFiles.filter((file) => input.template[file.path] !== file.content);
-  // The system prompt lists the template's files: those an earlier answer deleted are gone for good.
+  // The system prompt lists the template's files: those not in the parent's version (deleted by an
+  // earlier answer, or added to the template since) are not in the project.
   const kept = new Set(input.parentFiles.map((file) => file.path));
-  const deleted = input.parentFiles.length > 0 ? Object.keys(input.template).filter((path) => !kept.has(path)).sort() : [];
+  const missing = input.parentFiles.length > 0 ? Object.keys(input.template).filter((path) => !kept.has(path)).sort() : [];
   let systemPrompt = input.systemPrompt;
   if (changed.length > 0) {
     systemPrompt += `\n\n# Current files\nThe project's files as the previous generation left them:\n${fitFiles(changed, maxChars / 2).join('\n')}`;
   }
-  if (deleted.length > 0) {
-    systemPrompt += `\n\n# Deleted template files\nAn earlier answer deleted these template files; they are not in the project: ${deleted.join(', ')}`;
+  if (missing.length > 0) {
+    systemPrompt += `\n\n# Template files not in the project\nThese template files are not in the project (write one to have it again): ${missing.join(', ')}`;
   }
   const messages: LlmMessage[] = input.turns.map((turn) => ({
     role: turn.role === 'USER' ? 'user' : 'model',

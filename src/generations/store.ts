@@ -262,17 +262,16 @@ export const generationStore = {
   },
 
   /**
-   * The worker's claim: QUEUED → RUNNING with a lease, started at `startedAt`. `again`: the
+   * The worker's claim: QUEUED → RUNNING with a lease, started at `startedAt` (an ISO timestamp). `again`: the
    * claim runs again after a lost COMMIT reply, so a RUNNING row started at `startedAt` is
    * this claim's own, committed the first time.
    */
-  async claim(tx: Tx, id: string, leaseMs: number, startedAt: Date, again: boolean) {
-    const claimable = again
-      ? or(eq(generations.status, 'QUEUED'), and(eq(generations.status, 'RUNNING'), eq(generations.startedAt, startedAt)))
-      : eq(generations.status, 'QUEUED');
+  async claim(tx: Tx, id: string, leaseMs: number, startedAt: string, again: boolean) {
+    const stamp = sql`${startedAt}::timestamptz`;
+    const claimable = again ? or(eq(generations.status, 'QUEUED'), and(eq(generations.status, 'RUNNING'), eq(generations.startedAt, stamp))) : eq(generations.status, 'QUEUED');
     const [row] = await tx
       .update(generations)
-      .set({ status: 'RUNNING', phase: 'GENERATING', startedAt, leaseExpiresAt: sql`now() + ${leaseMs} * interval '1 millisecond'` })
+      .set({ status: 'RUNNING', phase: 'GENERATING', startedAt: stamp, leaseExpiresAt: sql`now() + ${leaseMs} * interval '1 millisecond'` })
       .where(and(eq(generations.id, id), claimable))
       .returning();
     return row;

@@ -24,6 +24,8 @@ export interface CreateWorkspaceInput {
   /** The parent's version; empty when there is none, and then the workspace starts from `template`. */
   parentFiles: { path: string; content: string }[];
   changes: OutputEvent[];
+  /** What the changes are, for a version too large: "this answer", "this restore". */
+  changesAre: string;
 }
 
 const TMP_PREFIX = '.tmp-';
@@ -112,7 +114,7 @@ export async function createWorkspace(input: CreateWorkspaceInput): Promise<{ di
 
   for (const change of input.changes) assertSafeRelativePath(change.path);
   const contents = withChanges(startingVersion(input.template, input.parentFiles), input.changes);
-  assertVersionFits(contents, 'after this answer');
+  assertVersionFits(contents, `after ${input.changesAre}`);
   // Code-unit order is stable across locales; it also puts a directory's name before its contents.
   const paths = [...contents.keys()].sort();
 

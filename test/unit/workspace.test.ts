@@ -43,6 +43,7 @@ function input(overrides: Partial<CreateWorkspaceInput> = {}): CreateWorkspaceIn
       { path: 'pubspec.yaml', content: 'name: app\n' },
     ],
     changes: [],
+    changesAre: 'this answer',
     ...overrides,
   };
 }
@@ -127,7 +128,7 @@ describe('createWorkspace', () => {
       input({ generationId: 'g3', parentFiles: [{ path: 'a.txt', content: half }], changes: [{ type: 'file', path: 'b.txt', content: `${half}é` }] }),
     );
     await expect(tooBig).rejects.toThrow(
-      new VersionTooLargeError("The project's files would take 20.01 MiB after this answer; Kiln keeps at most 20 MiB in a version."),
+      new VersionTooLargeError("The project's files would take 10.01 MiB after this answer; Kiln keeps at most 10 MiB in a version."),
     );
     expect(await readdir(join(root, 'p1'))).toEqual(['g2']);
   });
