@@ -147,6 +147,14 @@ describe(`generation streams between the bus and the database (${databaseKind})`
   beforeAll(async () => {
     database = await createTestDatabase();
     team = await createTeam(database.db);
+    // With setTimeout faked below, postgres.js cannot open a connection: the two that a stream's
+    // read and the test's own write need at once are opened now (PGlite has one, and waits).
+    if (databaseKind === 'postgres') {
+      let open = 0;
+      let bothOpen = () => {};
+      const both = new Promise<void>((resolve) => (bothOpen = resolve));
+      await Promise.all([0, 1].map(() => worker().run(async () => (++open === 2 ? bothOpen() : await both))));
+    }
   });
   afterAll(() => database?.close());
   // A quiet stream's poll of the database (a minute on this bus) never comes: only events move these streams.
@@ -224,9 +232,7 @@ describe(`generation streams between the bus and the database (${databaseKind})`
 
   it('generationUpdated does not step back when an earlier status event is delivered again after a newer one', async () => {
     const id = await createGeneration(database.db, team, 'RUNNING');
-    const viewer = as(database.db, team.owner);
-    let readDone = () => {};
-    const scope: Scope = { userId: viewer.userId, run: (work) => viewer.run(work).finally(() => readDone()) };
+    const scope = readsOf(as(database.db, team.owner));
     const stream = await generationUpdates({ scope, bus, generationId: id });
     try {
       const seen = await take(stream, 1);
@@ -235,7 +241,7 @@ describe(`generation streams between the bus and the database (${databaseKind})`
       seen.push(...(await take(stream, 1)));
       // A replaced publisher resends what the old connection had delivered; a catch-up after a reconnect can be older too.
       const next = stream.next();
-      const read = new Promise<void>((resolve) => (readDone = resolve));
+      const read = scope.nextRead();
       bus.publish('generationUpdated', id, running('GENERATING'));
       // The stale event is taken on its own: the stream either shows something or reads the row.
       await Promise.race([next, read]);
@@ -271,6 +277,16 @@ const chunk = (seq: number) => ({ seq, text: `c${seq}` });
 const line = (seq: number) => ({ seq, step: 'build', stream: 'STDOUT' as const, text: `line ${seq}` });
 /** from..to, both included. */
 const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+/** The viewer's scope, telling when its next read has ended. */
+function readsOf(viewer: Scope): Scope & { nextRead(): Promise<void> } {
+  let ended = () => {};
+  return {
+    userId: viewer.userId,
+    run: (work) => viewer.run(work).finally(() => ended()),
+    nextRead: () => new Promise<void>((resolve) => (ended = resolve)),
+  };
+}
 
 /** The viewer's scope, with `meanwhile` done once, before or after the query of its first read. */
 function aroundFirstRead(viewer: Scope, when: 'before' | 'after', meanwhile: () => Promise<void>): Scope {
