@@ -12,11 +12,17 @@ import {
   type SelectionSetNode,
   type ValidationContext,
 } from 'graphql';
-import { MAX_CHUNK_CHARS } from '../generations/answer.js';
-import { MAX_PARSED_CHARS, MAX_PARSED_LINES } from '../generations/build.js';
 import { generationPrompt, MAX_FIX_ROUNDS } from '../generations/generations.js';
-import { MAX_ERROR_MESSAGE_CHARS } from '../generations/pipeline.js';
-import { MAX_FILE_BYTES, MAX_GENERATION_OUTPUT_CHARS, MAX_VERSION_BYTES, MAX_VERSION_FILES } from '../generations/output-parser.js';
+import {
+  MAX_CHUNK_CHARS,
+  MAX_ERROR_MESSAGE_CHARS,
+  MAX_FILE_BYTES,
+  MAX_GENERATION_OUTPUT_CHARS,
+  MAX_PARSED_CHARS,
+  MAX_PARSED_LINES,
+  MAX_VERSION_BYTES,
+  MAX_VERSION_FILES,
+} from '../generations/output-parser.js';
 import { MAX_PATH_LENGTH } from '../generations/safe-path.js';
 import { CONVERSATION_MAX_CHARS, CONVERSATION_MAX_MESSAGES } from '../generations/store.js';
 import { email, MAX_PROJECT_MEMBERS, projectDescription, projectName } from '../projects/projects.js';

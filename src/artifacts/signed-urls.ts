@@ -1,6 +1,7 @@
 import { type KeyObject, createHmac, createSecretKey, timingSafeEqual } from 'node:crypto';
 import type { Db } from '../db/client.js';
 import { serverSecret } from '../auth/signing-key.js';
+import { UUID } from '../generations/store.js';
 
 // Capability URLs for previews and archives: an iframe or a download link cannot send
 // a bearer token, so the URL itself carries the right to read one generation's output
@@ -16,7 +17,7 @@ export interface Capability {
 }
 
 const KEY_NAME = 'signed_url_key';
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+// Lower-case hex only, as ids are signed; UUID then checks the id's shape.
 const TOKEN = /^([0-9a-f-]{36})\.([1-9][0-9]{0,11})\.([A-Za-z0-9_-]{43})$/;
 
 export async function loadUrlKey(db: Db): Promise<KeyObject> {

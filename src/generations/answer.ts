@@ -4,16 +4,13 @@ import { failSpan, startSpan } from '../observability/tracing.js';
 import type { ProjectTarget } from '../toolchain/targets.js';
 import { Batcher, splitText } from './batcher.js';
 import { budgetMeter, type RunBudget } from './budget.js';
-import { createOutputParser, MAX_GENERATION_OUTPUT_CHARS, type OutputEvent, OutputProtocolError } from './output-parser.js';
+import { createOutputParser, MAX_CHUNK_CHARS, MAX_GENERATION_OUTPUT_CHARS, type OutputEvent, OutputProtocolError } from './output-parser.js';
 import type { PhaseChange, PipelineDeps } from './pipeline.js';
 import type { RunCursor } from './run-cursor.js';
 import { generationStore } from './store.js';
 
 // One answer of the model (the first one, or a fix round's), streamed into chunks that
 // carry their round and parsed into file changes as it comes.
-
-// ~8 KiB of UTF-8 at most, whatever the characters.
-export const MAX_CHUNK_CHARS = 2730;
 
 export interface AnswerInput {
   generationId: string;

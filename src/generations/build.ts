@@ -9,6 +9,7 @@ import { type BuildStepSpec, commandLine } from '../toolchain/targets.js';
 import { projectCacheDir } from '../workspace/workspace.js';
 import { Batcher } from './batcher.js';
 import { fixStore } from './fix-store.js';
+import { MAX_PARSED_CHARS, MAX_PARSED_LINES } from './output-parser.js';
 import type { PhaseChange, PipelineDeps } from './pipeline.js';
 import type { RunCursor } from './run-cursor.js';
 import { RunFailure } from './run-failure.js';
@@ -19,9 +20,6 @@ import { type BuildStepRow, generationStore } from './store.js';
 // its tool's parser understands ends the build with diagnostics (stored per round),
 // which a fix round can act on; any other failure ends the run.
 
-/** Lines and characters of one step kept for the diagnostics parser (the log keeps them all, up to its own cap). */
-export const MAX_PARSED_LINES = 5000;
-export const MAX_PARSED_CHARS = 1_000_000;
 /**
  * Characters of build log one generation keeps, every step and round together: a step is
  * held to 10,000 lines of 4,000, but fix rounds run steps again and again. Past it, one

@@ -12,6 +12,16 @@ export const MAX_VERSION_BYTES = MAX_TOTAL_BYTES;
  * continuations): room for every file the parser accepts and as much again of prose.
  */
 export const MAX_GENERATION_OUTPUT_CHARS = 2 * MAX_TOTAL_BYTES;
+/** One streamed chunk of the model's output: ~8 KiB of UTF-8 at most, whatever the characters. */
+export const MAX_CHUNK_CHARS = 2730;
+/**
+ * What a generation's error message keeps: room for a failed step's last three lines (4,000
+ * characters each) and its words; a provider's own message (up to 64 KiB) is cut to it.
+ */
+export const MAX_ERROR_MESSAGE_CHARS = 16_000;
+/** Lines and characters of one step kept for the diagnostics parser (the log keeps them all, up to its own cap). */
+export const MAX_PARSED_LINES = 5000;
+export const MAX_PARSED_CHARS = 1_000_000;
 
 export type OutputEvent = { type: 'file'; path: string; content: string } | { type: 'delete'; path: string };
 

@@ -12,6 +12,7 @@ import type { Outputs } from '../artifacts/outputs.js';
 import { secretContext } from '../projects/projects.js';
 import type { SecretBox } from '../projects/secret-box.js';
 import { type SecretName, secretStore } from '../projects/store.js';
+import { truncateWithEllipsis } from '../toolchain/output-lines.js';
 import type { BuildSandbox } from '../toolchain/sandbox.js';
 import { getTarget, type ToolBins } from '../toolchain/targets.js';
 import { createWorkspace, pruneWorkspaces, withoutRefusedPaths } from '../workspace/workspace.js';
@@ -20,7 +21,7 @@ import { streamAnswer } from './answer.js';
 import { runBudget } from './budget.js';
 import { fixStore } from './fix-store.js';
 import { buildWithFixes } from './fix-rounds.js';
-import type { OutputEvent } from './output-parser.js';
+import { MAX_ERROR_MESSAGE_CHARS, type OutputEvent } from './output-parser.js';
 import { buildPrompt } from './prompt.js';
 import { restoredAnswer } from './restore.js';
 import { newRunCursor, type RunCursor } from './run-cursor.js';
@@ -313,14 +314,6 @@ function phaseChange(id: string, phase: 'WRITING' | 'BUILDING' | 'FIXING', publi
 }
 
 /**
- * What a generation's error message keeps: room for a failed step's last three lines (4,000
- * characters each) and its words; a provider's own message (up to 64 KiB) is cut to it.
- */
-export const MAX_ERROR_MESSAGE_CHARS = 16_000;
-
-const cut = (text: string, chars: number) => (text.length > chars ? `${text.slice(0, chars - 1)}…` : text);
-
-/**
  * Now, to the microsecond PostgreSQL keeps, the microseconds random: a claim stamped at the
  * same millisecond by another worker is not mistaken for this one's.
  */
@@ -337,7 +330,7 @@ function failureOutcome(error: unknown, signal: AbortSignal, log: Logger): Parti
     // What the message leaves out for the project's members, the operator reads here.
     // INTERNAL: this server could not do its part (a sandbox it cannot set up), which an operator must see.
     if (error.cause !== undefined) log[error.code === 'INTERNAL' ? 'error' : 'warn']({ err: error.cause, errorCode: error.code }, 'generation failed; the cause its message leaves out');
-    return { status: 'FAILED', errorCode: error.code, errorMessage: cut(error.message, MAX_ERROR_MESSAGE_CHARS) };
+    return { status: 'FAILED', errorCode: error.code, errorMessage: truncateWithEllipsis(error.message, MAX_ERROR_MESSAGE_CHARS) };
   }
   // The database stayed away longer than the pipeline waits for it: handed back like a lapsed lease.
   if (isConnectionError(error)) return { status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The database was unreachable for too long; a retry follows unless it was a retry itself.' };

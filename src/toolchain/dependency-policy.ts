@@ -2,6 +2,7 @@ import { lstat, readFile, realpath, rm } from 'node:fs/promises';
 import { join, relative, resolve, sep } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { BuildTool } from './build-steps.js';
+import { truncateWithEllipsis } from './output-lines.js';
 
 // The dependency fetch is the one step with the host's network (DESIGN "Running untrusted
 // code"), so what it fetches must not be the project's choice of address: a dependency
@@ -47,6 +48,8 @@ const PACKAGE_NAME = /^(@[a-z0-9~-][a-z0-9._~-]*\/)?[a-z0-9~-][a-z0-9._~-]*$/i;
 const PUB_DEFAULT_HOSTS = new Set(['pub.dev', 'pub.dartlang.org']);
 const PUB_DEPENDENCY_FIELDS = ['dependencies', 'dev_dependencies', 'dependency_overrides'];
 const MAX_MANIFEST_BYTES = 1024 * 1024;
+/** A value a refusal quotes: its first 120 characters and an ellipsis when it is longer than this. */
+const MAX_SHOWN_CHARS = 121;
 
 /**
  * What npm builds its tree from besides package.json: the packages already installed, whose
@@ -235,5 +238,5 @@ function isObject(value: unknown): value is Record<string, unknown> {
 
 function show(value: unknown): string {
   const text = JSON.stringify(value) ?? String(value);
-  return text.length > 120 ? `${text.slice(0, 120)}…` : text;
+  return truncateWithEllipsis(text, MAX_SHOWN_CHARS);
 }

@@ -1,4 +1,5 @@
 import { isAbsolute, relative, sep } from 'node:path';
+import { truncateWithEllipsis } from './output-lines.js';
 
 // Build-tool failures as structured diagnostics (DESIGN "Self-healing builds"): what a
 // fix round hands back to the model and what Generation.diagnostics shows. Each format
@@ -27,7 +28,7 @@ const MAX_MESSAGE_CHARS = 1000;
 
 export function parseDiagnostics(format: DiagnosticFormat, lines: readonly string[], workspaceDir: string): Diagnostic[] {
   const found = parsers[format](lines.map(plainText), workspaceDir);
-  return found.map((d) => ({ ...d, message: shorten(d.message) }));
+  return found.map((d) => ({ ...d, message: truncateWithEllipsis(d.message, MAX_MESSAGE_CHARS) }));
 }
 
 /** The same failure in the same place, whatever the order: a fix round that changed nothing reports an equal set. */
@@ -215,8 +216,4 @@ function workspacePath(file: string, workspaceDir: string): string | null {
 /** Without terminal colours and control characters (PostgreSQL text cannot hold NUL). */
 function plainText(text: string): string {
   return text.replace(/\u001b\[[0-9;]*[A-Za-z]/g, '').replace(/[\u0000-\u0008\u000b-\u001f\u007f]/g, '');
-}
-
-function shorten(text: string): string {
-  return text.length > MAX_MESSAGE_CHARS ? `${text.slice(0, MAX_MESSAGE_CHARS - 1)}…` : text;
 }

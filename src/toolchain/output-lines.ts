@@ -9,6 +9,14 @@ export interface OutputLine {
 const NUL = '\u0000';
 const REPLACEMENT = '\uFFFD';
 
+/**
+ * `text` in at most `maxChars` UTF-16 code units: a longer text keeps its first `maxChars - 1`
+ * and ends in an ellipsis, so a runaway message cannot fill a log, a prompt or a column.
+ */
+export function truncateWithEllipsis(text: string, maxChars: number): string {
+  return text.length > maxChars ? `${text.slice(0, maxChars - 1)}…` : text;
+}
+
 /** Splits decoded text into lines without ever holding more than `maxLength` characters of one line. */
 export class LineSplitter {
   private partial = '';

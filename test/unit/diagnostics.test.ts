@@ -34,6 +34,12 @@ describe('tsc --pretty false', () => {
   it('finds nothing in output it does not understand', () => {
     expect(parseDiagnostics('tsc', ['Killed', 'npm error code 137'], ws)).toEqual([]);
   });
+
+  it('keeps at most 1,000 characters of a message, ending a cut one in an ellipsis', () => {
+    const [kept, cut] = parseDiagnostics('tsc', [`src/a.ts(1,1): error TS1: ${'k'.repeat(1000)}`, `src/b.ts(1,1): error TS1: ${'c'.repeat(1001)}`], ws);
+    expect(kept!.message).toBe('k'.repeat(1000));
+    expect(cut!.message).toBe(`${'c'.repeat(999)}…`);
+  });
 });
 
 describe('vite build', () => {
