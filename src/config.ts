@@ -15,6 +15,7 @@ const int = (fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER) => z.coer
 export const API_KEY_CHARACTERS = /^[\x21-\x7E]*$/;
 export const API_KEY_CHARACTERS_MESSAGE = 'An API key is printable ASCII with no spaces';
 const apiKey = optional.refine((v) => v === undefined || API_KEY_CHARACTERS.test(v), API_KEY_CHARACTERS_MESSAGE);
+const maxTokensMessage = "a whole number of tokens, 1 or more (unset sends no max_tokens: the server's own limit holds)";
 const list = optional.transform((v) => (v ? v.split(',').map((s) => s.trim()).filter(Boolean) : []));
 const flag = z.enum(['true', 'false']).optional();
 /** A rate limit as `COUNT/SECONDS` (e.g. `10/600`), or `off`. */
@@ -50,12 +51,20 @@ const environment = z.object({
   OPENAI_BASE_URL: optional,
   OPENAI_API_KEY: apiKey,
   OPENAI_MODEL: optional,
+  // unset: no max_tokens is sent (vLLM refuses a prompt plus max_tokens beyond the model's context)
+  OPENAI_MAX_TOKENS: z.coerce
+    .number({ error: maxTokensMessage })
+    .int({ error: maxTokensMessage })
+    .min(1, { error: maxTokensMessage })
+    .max(Number.MAX_SAFE_INTEGER, { error: maxTokensMessage })
+    .optional(),
   OFFLINE_CHUNK_DELAY_MS: int(15),
   // self-healing builds and an LLM run that needs no babysitting
   AUTO_FIX_MAX_ROUNDS: z.coerce.number().int().min(0).max(5).default(2),
   LLM_MAX_CONTINUATIONS: int(2, 0, 10),
   LLM_RETRY_MAX_ATTEMPTS: int(3, 1),
   LLM_RETRY_MAX_WAIT_SECONDS: int(60, 0),
+  LLM_ANSWER_TIMEOUT_SECONDS: int(1800, 1, 86_400),
   WORKSPACES_DIR: optional,
   WORKSPACES_KEEP_PER_PROJECT: int(20, 1),
   FLUTTER_BIN: z.string().default('flutter'),
@@ -192,12 +201,14 @@ export function parseConfig(env: Record<string, string | undefined>) {
     llm: {
       provider: e.LLM_PROVIDER,
       gemini: { apiKey: e.GEMINI_API_KEY, model: e.GEMINI_MODEL, baseUrl: e.GEMINI_BASE_URL },
-      openai: { baseUrl: e.OPENAI_BASE_URL, apiKey: e.OPENAI_API_KEY, model: e.OPENAI_MODEL },
+      openai: { baseUrl: e.OPENAI_BASE_URL, apiKey: e.OPENAI_API_KEY, model: e.OPENAI_MODEL, maxTokens: e.OPENAI_MAX_TOKENS },
       offlineChunkDelayMs: e.OFFLINE_CHUNK_DELAY_MS,
       /** Automatic continuations of an answer cut at the model's output limit. */
       maxContinuations: e.LLM_MAX_CONTINUATIONS,
       /** Back-off on 429/503: attempts in all, and the longest total wait. */
       retry: { maxAttempts: e.LLM_RETRY_MAX_ATTEMPTS, maxTotalWaitMs: e.LLM_RETRY_MAX_WAIT_SECONDS * 1000 },
+      /** How long one answer part may stream, from request to last byte, before it is stopped. */
+      answerTimeoutMs: e.LLM_ANSWER_TIMEOUT_SECONDS * 1000,
     },
     workspaces: {
       dir: workspacesDir,

@@ -10,6 +10,8 @@ export interface GeminiProviderOptions {
   baseUrl?: string;
   /** A stream that sends nothing for this long is abandoned (default 60 s). */
   idleTimeoutMs?: number;
+  /** One answer part that still streams after this long is stopped (LLM_ANSWER_TIMEOUT_SECONDS, default 30 min). */
+  answerTimeoutMs?: number;
   retry?: Partial<RetryPolicy>;
 }
 
@@ -24,6 +26,7 @@ export function createGeminiProvider(options: GeminiProviderOptions): LlmProvide
   const baseUrl = options.baseUrl ?? GOOGLE_BASE_URL;
   const retry = { ...DEFAULT_RETRY_POLICY, ...options.retry };
   const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+  const { answerTimeoutMs } = options;
   const clients = new Map<string, GoogleGenAI>();
 
   function clientFor(apiKey: string): GoogleGenAI {
@@ -57,9 +60,10 @@ export function createGeminiProvider(options: GeminiProviderOptions): LlmProvide
         label: 'Gemini',
         signal: request.signal,
         idleTimeoutMs,
+        ...(answerTimeoutMs === undefined ? {} : { answerTimeoutMs }),
         retry,
         ...(request.onRetry ? { onRetry: request.onRetry } : {}),
-        open: (signal) => streamOnce(client, model, request, signal),
+        open: (signal, counted) => streamOnce(client, model, request, signal, counted),
         describeFailure: (error) =>
           error instanceof ApiError
             ? httpFailure(upstream, error.status, error.message)
@@ -75,6 +79,7 @@ async function* streamOnce(
   model: string,
   request: LlmRequest,
   signal: AbortSignal,
+  counted: (usage: LlmUsage) => void,
 ): AsyncGenerator<UpstreamEvent> {
   const chunks = await client.models.generateContentStream({
     model,
@@ -99,7 +104,10 @@ async function* streamOnce(
       // A chunk of thoughts or usage alone still shows Gemini is working.
       yield text ? { type: 'text', text } : ALIVE;
       finishReason = candidate?.finishReason ?? finishReason;
-      if (chunk.usageMetadata) usage = toUsage(chunk.usageMetadata);
+      if (chunk.usageMetadata) {
+        usage = toUsage(chunk.usageMetadata);
+        counted(usage);
+      }
     }
   } catch (error) {
     // What Gemini counted before the stream failed (a prompt read, thoughts) was spent all the same.

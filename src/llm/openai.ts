@@ -9,6 +9,13 @@ export interface OpenAiProviderOptions {
   model: string;
   /** A stream that sends nothing for this long is abandoned (default 60 s). */
   idleTimeoutMs?: number;
+  /** One answer part that still streams after this long is stopped (LLM_ANSWER_TIMEOUT_SECONDS, default 30 min). */
+  answerTimeoutMs?: number;
+  /**
+   * Sent as `max_tokens` when set (OPENAI_MAX_TOKENS). Unset, nothing is sent: vLLM rejects a
+   * request whose prompt plus max_tokens exceeds the model's context, so no default is safe.
+   */
+  maxTokens?: number;
   retry?: Partial<RetryPolicy>;
 }
 
@@ -33,6 +40,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): LlmProvide
   const url = `${options.baseUrl.replace(/\/+$/, '')}/chat/completions`;
   const retry = { ...DEFAULT_RETRY_POLICY, ...options.retry };
   const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+  const { answerTimeoutMs, maxTokens } = options;
 
   return {
     name: 'openai',
@@ -50,6 +58,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): LlmProvide
           ...(request.systemPrompt ? [{ role: 'system', content: request.systemPrompt }] : []),
           ...request.messages.map((m) => ({ role: m.role === 'model' ? 'assistant' : 'user', content: m.content })),
         ],
+        ...(maxTokens === undefined ? {} : { max_tokens: maxTokens }),
         stream: true,
         stream_options: { include_usage: true },
       });
@@ -58,9 +67,10 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): LlmProvide
         label: LABEL,
         signal: request.signal,
         idleTimeoutMs,
+        ...(answerTimeoutMs === undefined ? {} : { answerTimeoutMs }),
         retry,
         ...(request.onRetry ? { onRetry: request.onRetry } : {}),
-        open: (signal) => streamOnce(url, apiKey, body, signal, upstream),
+        open: (signal, counted) => streamOnce(url, apiKey, body, signal, upstream, counted),
         describeFailure: (error) => unreachableFailure('the OpenAI-compatible server', 'the network and OPENAI_BASE_URL', error),
       });
     },
@@ -73,6 +83,7 @@ async function* streamOnce(
   body: string,
   signal: AbortSignal,
   upstream: Upstream,
+  counted: (usage: LlmUsage) => void,
 ): AsyncGenerator<UpstreamEvent> {
   const headers: Record<string, string> = { 'content-type': 'application/json', accept: 'text/event-stream' };
   if (apiKey) headers.authorization = `Bearer ${apiKey}`;
@@ -100,7 +111,9 @@ async function* streamOnce(
       yield text ? { type: 'text', text } : ALIVE;
       finishReason = choice?.finish_reason ?? finishReason;
       if (chunk.usage) {
+        // Usually only the last chunk carries it; some servers send the total so far on each.
         usage = { inputTokens: chunk.usage.prompt_tokens ?? 0, outputTokens: chunk.usage.completion_tokens ?? 0 };
+        counted(usage);
       }
     }
   } catch (error) {

@@ -1,4 +1,4 @@
-import { LlmError, type LlmEvent, type RetryNotice } from './provider.js';
+import { LlmError, type LlmEvent, type LlmUsage, OutputLimitError, type RetryNotice } from './provider.js';
 
 /** How a provider retries a request that failed before any text reached the caller. */
 export interface RetryPolicy {
@@ -19,6 +19,11 @@ export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
  * upstream's connection open with comments, would otherwise hold its worker for good.
  */
 export const DEFAULT_TEXT_TIMEOUT_MS = 10 * 60_000;
+/**
+ * How long one attempt may stream, from its request to its last byte (LLM_ANSWER_TIMEOUT_SECONDS):
+ * a model that repeats itself never goes idle, and local servers often set no output limit.
+ */
+export const DEFAULT_ANSWER_TIMEOUT_MS = 30 * 60_000;
 
 /**
  * What an attempt yields for upstream data that carries no text (an SSE keep-alive comment,
@@ -35,9 +40,21 @@ export interface ResilientStreamOptions {
   idleTimeoutMs: number;
   /** DEFAULT_TEXT_TIMEOUT_MS unless given. */
   textTimeoutMs?: number;
+  /**
+   * DEFAULT_ANSWER_TIMEOUT_MS unless given. It bounds each attempt on its own, from its request
+   * to its last byte: the waits between attempts are not part of it (their total has its own
+   * limit, RetryPolicy.maxTotalWaitMs), and an answer continued at the output limit
+   * (withContinuations) is a new request with a bound of its own.
+   */
+  answerTimeoutMs?: number;
   retry: RetryPolicy;
-  /** Opens one attempt; aborting `signal` must close its connection. LlmErrors it throws pass through. */
-  open(signal: AbortSignal): AsyncIterable<UpstreamEvent>;
+  /**
+   * Opens one attempt; aborting `signal` must close its connection. LlmErrors it throws pass through.
+   * `counted` is told the usage the provider has counted so far in this attempt (the attempt's
+   * total, not an increment): a failure resilientStream makes itself, such as a timeout, still
+   * reports what the attempt cost.
+   */
+  open(signal: AbortSignal, counted: (usage: LlmUsage) => void): AsyncIterable<UpstreamEvent>;
   /** Turns anything else an attempt threw into an LlmError; retryable ones may be tried again. */
   describeFailure(error: unknown): LlmError;
   /** Told before each wait (logs, metrics). */
@@ -45,23 +62,28 @@ export interface ResilientStreamOptions {
 }
 
 /**
- * Runs `open` with bounded retries, an idle timeout and prompt cancellation.
- * Retries happen only before the first text event: after that the caller has
- * already shown the text, so a failure is final. A wait honours the delay the
- * provider asked for (RetryInfo, Retry-After), within the policy's total.
+ * Runs `open` with bounded retries, an idle timeout, a bound on each attempt's length and
+ * prompt cancellation. Retries happen only before the first text event: after that the caller
+ * has already shown the text, so a failure is final. A wait honours the delay the provider
+ * asked for (RetryInfo, Retry-After), within the policy's total.
  */
 export async function* resilientStream(options: ResilientStreamOptions): AsyncGenerator<LlmEvent> {
-  const { signal, retry, textTimeoutMs = DEFAULT_TEXT_TIMEOUT_MS } = options;
+  const { signal, retry, textTimeoutMs = DEFAULT_TEXT_TIMEOUT_MS, answerTimeoutMs = DEFAULT_ANSWER_TIMEOUT_MS } = options;
   let waitedMs = 0;
   for (let attempt = 1; ; attempt++) {
     signal.throwIfAborted();
     const upstream = new AbortController();
     const followCaller = () => upstream.abort(signal.reason);
     signal.addEventListener('abort', followCaller, { once: true });
+    // Aborting with the error both closes the connection and fails the next read (nextWithin).
+    // Unref'd: an answer abandoned without return() must not keep the process up for half an hour.
+    const deadline = setTimeout(() => upstream.abort(stillStreaming(options.label, answerTimeoutMs)), answerTimeoutMs).unref();
     let receivedText = false;
     let lastTextAt = performance.now();
+    let counted: LlmUsage | undefined;
+    let usageSent = false;
     try {
-      const events = options.open(upstream.signal)[Symbol.asyncIterator]();
+      const events = options.open(upstream.signal, (usage) => (counted = usage))[Symbol.asyncIterator]();
       for (;;) {
         const step = await nextWithin(events, upstream, options.idleTimeoutMs, () => stalled(options));
         if (step.done) return;
@@ -73,11 +95,16 @@ export async function* resilientStream(options: ResilientStreamOptions): AsyncGe
           receivedText = true;
           lastTextAt = performance.now();
         }
+        if (step.value.type === 'usage') usageSent = true;
         yield step.value;
       }
     } catch (error) {
+      clearTimeout(deadline);
       if (signal.aborted) throw signal.reason;
       const failure = error instanceof LlmError ? error : options.describeFailure(error);
+      // What the attempt cost was spent all the same (answerEnd's rule), unless the provider said
+      // so itself or the usage travels with the failure (OutputLimitError).
+      if (counted && !usageSent && !(failure instanceof OutputLimitError)) yield { type: 'usage', usage: counted };
       if (receivedText || !failure.retryable) throw failure;
       if (attempt >= retry.maxAttempts) {
         throw new LlmError(`${failure.message} Gave up after ${attempt} attempts.`, true, failure.retry, failure.cause);
@@ -91,6 +118,7 @@ export async function* resilientStream(options: ResilientStreamOptions): AsyncGe
       waitedMs += delayMs;
       await abortableDelay(delayMs, signal);
     } finally {
+      clearTimeout(deadline);
       signal.removeEventListener('abort', followCaller);
       // Closes the connection when the consumer stopped early or the attempt failed.
       upstream.abort();
@@ -148,6 +176,20 @@ function stalled({ label, idleTimeoutMs }: ResilientStreamOptions): LlmError {
 function withoutText(label: string, textTimeoutMs: number): LlmError {
   const minutes = Math.round(textTimeoutMs / 6000) / 10;
   return new LlmError(`${label} sent no text for ${minutes} min (only keep-alives or reasoning), so the request was abandoned; try again.`);
+}
+
+/** Not retryable: a model that repeats itself would most likely do it again. */
+function stillStreaming(label: string, answerTimeoutMs: number): LlmError {
+  return new LlmError(
+    `${label}'s answer was still streaming after ${duration(answerTimeoutMs)} (LLM_ANSWER_TIMEOUT_SECONDS), so it was stopped; ` +
+      'the model may be repeating itself: ask for a smaller change, or have the operator use another model.',
+  );
+}
+
+/** "30 minutes", "90 seconds", "0.3 seconds". */
+function duration(ms: number): string {
+  const [amount, unit] = ms >= 120_000 ? [Math.round(ms / 6000) / 10, 'minute'] : [Math.round(ms / 100) / 10, 'second'];
+  return `${amount} ${unit}${amount === 1 ? '' : 's'}`;
 }
 
 function backoffMs(policy: RetryPolicy, failedAttempt: number): number {

@@ -1,9 +1,19 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
+import type { LlmRequest } from '../../src/llm/provider.js';
 
 // An OpenAI-compatible chat completions server (as Ollama, vLLM or llama.cpp
 // serve it) on 127.0.0.1: scripted answers, recorded requests.
+
+/** A request for a provider's `stream`, as the pipeline makes one. */
+export const llmRequest = (overrides: Partial<LlmRequest> = {}): LlmRequest => ({
+  target: 'WEB',
+  systemPrompt: 'You write apps.',
+  messages: [{ role: 'user', content: 'A todo app' }],
+  signal: new AbortController().signal,
+  ...overrides,
+});
 
 export type OpenAiBehaviour =
   /**

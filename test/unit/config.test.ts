@@ -111,3 +111,22 @@ describe('parseConfig refuses at start-up what would fail later', () => {
     }
   });
 });
+
+describe('parseConfig: the answer bounds', () => {
+  it('bounds an answer at 30 minutes and sends no max_tokens by default', () => {
+    const { llm } = parseConfig({});
+    expect(llm.answerTimeoutMs).toBe(1_800_000);
+    expect(llm.openai.maxTokens).toBeUndefined();
+    expect(parseConfig({ LLM_ANSWER_TIMEOUT_SECONDS: '90', OPENAI_MAX_TOKENS: '8192' }).llm).toMatchObject({ answerTimeoutMs: 90_000, openai: { maxTokens: 8192 } });
+  });
+
+  it('refuses an answer timeout of 0, which would stop every answer at once', () => {
+    expect(problemsOf({ LLM_ANSWER_TIMEOUT_SECONDS: '0' })).toEqual([expect.stringMatching(/^LLM_ANSWER_TIMEOUT_SECONDS: /)]);
+  });
+
+  it('refuses an OPENAI_MAX_TOKENS that is not a whole number of tokens, saying what it must be', () => {
+    for (const bad of ['lots', '1.5', '0', '-3']) {
+      expect(problemsOf({ OPENAI_MAX_TOKENS: bad })).toEqual([expect.stringMatching(/^OPENAI_MAX_TOKENS: a whole number of tokens, 1 or more/)]);
+    }
+  });
+});

@@ -1,20 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { CONTINUE_INSTRUCTION, withContinuations } from '../../src/llm/continuation.js';
 import { MAX_ERROR_BODY_BYTES, MAX_SSE_LINE_BYTES, createOpenAiProvider } from '../../src/llm/openai.js';
-import { LlmError, type LlmEvent, type LlmRequest, type RetryNotice } from '../../src/llm/provider.js';
-import { startFakeOpenAi } from '../support/fake-openai.js';
+import { LlmError, type LlmEvent, type RetryNotice } from '../../src/llm/provider.js';
+import { llmRequest as request, startFakeOpenAi } from '../support/fake-openai.js';
 import { useEach } from '../support/lifecycle.js';
 
 // The OpenAI-compatible provider behind the same resilience as Gemini's: `length`
 // answers continued and stitched, Retry-After honoured, a cancel ending the wait.
-
-const request = (overrides: Partial<LlmRequest> = {}): LlmRequest => ({
-  target: 'WEB',
-  systemPrompt: 'You write apps.',
-  messages: [{ role: 'user', content: 'A todo app' }],
-  signal: new AbortController().signal,
-  ...overrides,
-});
 
 async function textOf(events: AsyncIterable<LlmEvent>) {
   let text = '';
