@@ -150,6 +150,8 @@ describe('sign-up and sign-in', () => {
   const invalidSignUps: Array<[what: string, email: () => string, password: string, fields: string[][], signIn: 'AuthError' | 'ValidationError']> = [
     ['a short password', () => uniqueEmail(), 'short', [['password']], 'AuthError'],
     ['an oversized password', () => uniqueEmail(), 'p'.repeat(10_000), [['password']], 'ValidationError'],
+    // JSON "\ud800": UTF-8 turns every lone surrogate into U+FFFD, so such passwords would all hash alike.
+    ['a password with lone surrogates', () => uniqueEmail(), 'passw\uD800\uD801\uD802', [['password']], 'ValidationError'],
     ['a malformed email', () => `not-an-email-${randomUUID()}`, PASSWORD, [['email']], 'AuthError'],
     ['an email without a domain', () => `${randomUUID()}@`, PASSWORD, [['email']], 'AuthError'],
     ['an oversized email', () => `${'a'.repeat(300)}-${randomUUID()}@example.com`, PASSWORD, [['email']], 'ValidationError'],
@@ -170,6 +172,16 @@ describe('sign-up and sign-in', () => {
     const { signIn: attempt } = await server.client().expectNoErrors(SignInDocument, { email, password });
     expect(attempt.__typename).toBe(signIn);
     expect(await server.database.db.$count(users)).toBe(usersBefore);
+  });
+
+  it('never lets a password with lone surrogates into the account of one that UTF-8 encodes alike', async () => {
+    const email = uniqueEmail();
+    const { signUp: created } = await server.client().expectNoErrors(SignUpDocument, { email, password: 'passw\uFFFD\uFFFD\uFFFD' });
+    expectTypename(created, 'AuthSession');
+
+    const { signIn: refused } = await server.client().expectNoErrors(SignInDocument, { email, password: 'passw\uDC00\uDFFF\uFFFD' });
+    expect(expectTypename(refused, 'ValidationError').message).not.toBe('');
+    expect((await signIn(server, email, 'passw\uFFFD\uFFFD\uFFFD')).email).toBe(email);
   });
 
   it('leaves the email free after a refused sign-up', async () => {

@@ -3,6 +3,8 @@ import { eq, inArray, sql } from 'drizzle-orm';
 import { type JWTPayload, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createLocalAuth, type LocalAuth } from '../src/auth/local.js';
+import { createAccount } from '../src/auth/local-store.js';
+import { hashPassword } from '../src/auth/passwords.js';
 import type { AuthProvider, AuthSession } from '../src/auth/provider.js';
 import { authSessions, localCredentials, refreshTokens, serverSecrets, users } from '../src/db/schema.js';
 import { AuthError, ValidationError } from '../src/errors.js';
@@ -107,6 +109,28 @@ describe('local auth: sign-up, sign-in, verify', () => {
     expect(await userCount()).toBe(before);
   });
 
+  it('refuses passwords that are not well-formed (lone surrogates, which UTF-8 turns into U+FFFD) on sign-up and sign-in', async () => {
+    const before = await userCount();
+    const signUpError = await rejection(auth.signUp(uniqueEmail(), 'passw\uD800\uD801\uD802'));
+    expect(signUpError).toBeInstanceOf(ValidationError);
+    expect((signUpError as ValidationError).fieldErrors).toEqual([{ path: ['password'], message: expect.stringMatching(/invalid character/) }]);
+    expect(await userCount()).toBe(before);
+
+    // An account an older server let such a password make: its hash is that of 'passw\uFFFD\uFFFD\uFFFD'.
+    const email = uniqueEmail();
+    await createAccount(database.db, email, await hashPassword('passw\uD800\uD801\uD802'));
+    for (const password of ['passw\uDC00\uDFFF\uFFFD', 'passw\uD800\uD801\uD802']) {
+      const signInError = await rejection(auth.signIn(email, password));
+      expect(signInError).toBeInstanceOf(ValidationError);
+      expect((signInError as ValidationError).fieldErrors.map((f) => f.path[0])).toEqual(['password']);
+    }
+    // Well-formed passwords are counted and compared as before, U+FFFD included.
+    await expect(auth.signIn(email, 'passw\uFFFD\uFFFD\uFFFD')).resolves.toMatchObject({ user: { email } });
+    const astral = uniqueEmail();
+    await auth.signUp(astral, 'password \u{1F600}');
+    await expect(auth.signIn(astral, 'password \u{1F600}')).resolves.toMatchObject({ user: { email: astral } });
+  });
+
   it('stores only a scrypt hash of the password and the SHA-256 of refresh tokens', async () => {
     const session = await auth.signUp(uniqueEmail(), PASSWORD);
 
@@ -141,6 +165,27 @@ describe('local auth: refresh tokens', () => {
     expect(await rejection(auth.verify(second.accessToken))).toBeInstanceOf(AuthError);
     const [session] = await database.db.select().from(authSessions).where(eq(authSessions.id, sessionId));
     expect(session?.revokedReason).toBe('refresh_token_reuse');
+  });
+
+  it('lets exactly one of two concurrent refreshes of a token win; the other is reuse and ends the session', async () => {
+    const first = await auth.signUp(uniqueEmail(), PASSWORD);
+    const sessionId = (await auth.verify(first.accessToken)).session_id as string;
+
+    const results = await Promise.allSettled([auth.refresh(first.refreshToken), twin.refresh(first.refreshToken)]);
+    const won = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    const lost = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+    expect(won).toHaveLength(1);
+    expect(lost).toHaveLength(1);
+    expect(lost[0]).toBeInstanceOf(AuthError);
+    expect(won[0]).toMatchObject({ user: first.user, refreshToken: expect.any(String), accessToken: expect.any(String) });
+    expect(won[0]!.refreshToken).not.toBe(first.refreshToken);
+
+    // The losing use is indistinguishable from a stolen token's: the session ends, the new pair with it.
+    const [session] = await database.db.select().from(authSessions).where(eq(authSessions.id, sessionId));
+    expect(session?.revokedReason).toBe('refresh_token_reuse');
+    expect(await rejection(auth.verify(won[0]!.accessToken))).toBeInstanceOf(AuthError);
+    expect(await rejection(auth.refresh(won[0]!.refreshToken))).toBeInstanceOf(AuthError);
+    expect(await rejection(auth.verify(first.accessToken))).toBeInstanceOf(AuthError);
   });
 
   it('refuses unknown refresh tokens', async () => {

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { createClient } from '@supabase/supabase-js';
 import { eq } from 'drizzle-orm';
-import { decodeProtectedHeader, generateKeyPair, SignJWT } from 'jose';
+import { decodeJwt, decodeProtectedHeader, generateKeyPair, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AuthProvider } from '../src/auth/provider.js';
 import { createSupabaseAuth, type SupabaseAuthOptions } from '../src/auth/supabase.js';
@@ -116,6 +116,24 @@ describe('supabase auth: sign-up, sign-in, verify', () => {
   });
 });
 
+describe('supabase auth: passwords that are not well-formed', () => {
+  // GoTrue decodes JSON into UTF-8 as Node does: every lone surrogate becomes U+FFFD, so they
+  // would all compare equal (the fake compares JS strings, so this shows the refusal, not the collision).
+  it('refuses them on sign-up and sign-in with a field error, before GoTrue is asked', async () => {
+    const email = uniqueEmail();
+    const signUpError = await rejection(auth.signUp(email, 'password-\uD800\uD801\uD802'));
+    expect(signUpError).toBeInstanceOf(ValidationError);
+    expect((signUpError as ValidationError).fieldErrors).toEqual([{ path: ['password'], message: expect.stringMatching(/invalid character/) }]);
+    expect(await rejection(auth.signIn(email, PASSWORD))).toMatchObject({ message: 'Invalid email or password.' });
+
+    await auth.signUp(email, 'password-\uFFFD\uFFFD\uFFFD');
+    const signInError = await rejection(auth.signIn(email, 'password-\uDC00\uDFFF\uFFFD'));
+    expect(signInError).toBeInstanceOf(ValidationError);
+    expect((signInError as ValidationError).fieldErrors.map((f) => f.path[0])).toEqual(['password']);
+    await expect(auth.signIn(email, 'password-\uFFFD\uFFFD\uFFFD')).resolves.toMatchObject({ user: { email } });
+  });
+});
+
 describe('supabase auth: GoTrue errors', () => {
   it('maps a taken email and GoTrue password and email rules to field errors', async () => {
     const email = uniqueEmail();
@@ -197,6 +215,36 @@ describe('supabase auth: sign-out through the admin API', () => {
     // An ended session is final: no more questions for it.
     expect(await rejection(cached.verify(session.accessToken))).toBeInstanceOf(AuthError);
     expect(supabase.userRequests - before).toBe(2);
+  });
+});
+
+describe('supabase auth: users without an email', () => {
+  it('refuses anonymous and phone users’ tokens and refresh tokens with AuthError, and writes them no profile', async () => {
+    const project = await fake({ anonymousSignIns: true });
+    const anonymousAuth = provider(project);
+    const direct = createClient(project.url, project.anonKey, { auth: { persistSession: false, autoRefreshToken: false } });
+    const { data, error } = await direct.auth.signInAnonymously();
+    expect(error).toBeNull();
+    const session = data.session!;
+    const claims = decodeJwt(session.access_token);
+    expect(claims).toMatchObject({ sub: session.user.id, role: 'authenticated', email: '', is_anonymous: true, session_id: expect.any(String) });
+
+    // The same live GoTrue session each time: only the email and is_anonymous claims differ.
+    const tokens = {
+      'an anonymous sign-in': session.access_token,
+      'a phone sign-in (empty email)': await project.signToken({ ...claims, phone: '15550100', is_anonymous: false }),
+      'a phone sign-in (no email claim)': await project.signToken({ ...claims, email: undefined, phone: '15550100', is_anonymous: false }),
+      'an anonymous user with an email claim': await project.signToken({ ...claims, email: uniqueEmail() }),
+    };
+    for (const [name, token] of Object.entries(tokens)) {
+      expect(await rejection(anonymousAuth.verify(token)), name).toBeInstanceOf(AuthError);
+    }
+    expect(await rejection(anonymousAuth.refresh(session.refresh_token))).toBeInstanceOf(AuthError);
+    expect(await profile(session.user.id)).toBeUndefined();
+
+    // The crafting is right: with an email and not anonymous, the same session verifies.
+    const email = uniqueEmail();
+    await expect(anonymousAuth.verify(await project.signToken({ ...claims, email, is_anonymous: false }))).resolves.toMatchObject({ sub: session.user.id, email });
   });
 });
 

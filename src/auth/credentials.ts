@@ -8,6 +8,7 @@ export const EMAIL_TAKEN = 'An account with this email already exists';
 export const MIN_PASSWORD_LENGTH = 8;
 export const MAX_PASSWORD_LENGTH = 256;
 const MAX_EMAIL_LENGTH = 254;
+export const MALFORMED_PASSWORD = 'The password contains an invalid character (an unpaired UTF-16 surrogate).';
 
 const emailSchema = z
   .string()
@@ -16,7 +17,18 @@ const emailSchema = z
 const passwordSchema = z
   .string()
   .min(MIN_PASSWORD_LENGTH, `The password must be at least ${MIN_PASSWORD_LENGTH} characters.`)
-  .max(MAX_PASSWORD_LENGTH, `The password must be at most ${MAX_PASSWORD_LENGTH} characters.`);
+  .max(MAX_PASSWORD_LENGTH, `The password must be at most ${MAX_PASSWORD_LENGTH} characters.`)
+  .refine(isWellFormed, MALFORMED_PASSWORD);
+
+/**
+ * String#isWellFormed (ES2024, beyond this project's ES2023 typings): no lone surrogate, the
+ * only code point `\p{Surrogate}` matches in u mode (a pair is one astral code point). UTF-8
+ * encoding turns every lone surrogate into U+FFFD before the KDF (and GoTrue's JSON decoding
+ * does the same), so such passwords would collide: 'a\uD800' and 'a\uDC00' hash alike.
+ */
+function isWellFormed(value: string): boolean {
+  return !/\p{Surrogate}/u.test(value);
+}
 
 /** Emails compare case-insensitively everywhere (the users table stores them lowercased). */
 export function normaliseEmail(email: string): string {
@@ -33,6 +45,15 @@ export function validateSignUp(email: string, password: string): string {
   if (!passwordResult.success) fieldErrors.push({ path: ['password'], message: firstMessage(passwordResult.error) });
   if (fieldErrors.length > 0) throw new ValidationError(fieldErrors);
   return normalised;
+}
+
+/**
+ * Sign-in's one check before credentials are looked up: a password that is not well-formed
+ * is refused as sign-up refuses it, never compared (its hash would match other passwords').
+ * Lengths are not checked here, so accounts made under older rules keep signing in.
+ */
+export function validateSignInPassword(password: string): void {
+  if (!isWellFormed(password)) throw new ValidationError([{ path: ['password'], message: MALFORMED_PASSWORD }]);
 }
 
 export function emailTakenError(): ValidationError {

@@ -1,7 +1,7 @@
 import type { Db } from '../db/client.js';
 import { AuthError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
-import { emailTakenError, invalidCredentialsError, normaliseEmail, validateSignUp } from './credentials.js';
+import { emailTakenError, invalidCredentialsError, normaliseEmail, validateSignInPassword, validateSignUp } from './credentials.js';
 import {
   createAccount,
   createSession,
@@ -96,6 +96,7 @@ export async function createLocalAuth(options: LocalAuthOptions): Promise<LocalA
     },
 
     async signIn(email, password) {
+      validateSignInPassword(password);
       const credentials = await findCredentials(db, normaliseEmail(email));
       // An unknown email costs one KDF run too, so timing does not tell which emails have accounts.
       const matches = await verifyPassword(password, credentials?.passwordHash ?? UNKNOWN_USER_HASH);

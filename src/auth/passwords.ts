@@ -12,8 +12,12 @@ interface ScryptParams {
 const CURRENT: ScryptParams = { N: 2 ** 15, r: 8, p: 1 };
 const SALT_BYTES = 16;
 const KEY_BYTES = 32;
-// Stored hashes are ours, but a corrupted row must not make us allocate gigabytes.
-const MAX_N = 2 ** 20;
+// Stored hashes are ours, but a corrupted row must not make us allocate gigabytes or spin
+// for minutes: scrypt needs about 128·N·r bytes and its work grows with N·r·p, so both are
+// bounded (twice today's memory; p as today's hashes need, or 4). Outside: no match.
+const MAX_MEMORY_BYTES = 64 * 1024 * 1024;
+const MAX_P = Math.max(4, CURRENT.p);
+const MAX_R = 64;
 
 /** A well-formed hash that matches no password: checked when a user does not exist, so that costs the same time. */
 export const UNKNOWN_USER_HASH = formatHash(CURRENT, Buffer.alloc(SALT_BYTES), Buffer.alloc(KEY_BYTES));
@@ -31,8 +35,8 @@ export async function verifyPassword(password: string, stored: string): Promise<
 }
 
 function derive(password: string, salt: Buffer, { N, r, p }: ScryptParams, keyLength: number): Promise<Buffer> {
-  // Node refuses above maxmem (default 32 MiB); scrypt needs about 128·N·r bytes.
-  const options: ScryptOptions = { N, r, p, maxmem: 256 * N * r };
+  // Node refuses above maxmem (default 32 MiB): this is what OpenSSL asks for (V and B), within the bounds of parseHash.
+  const options: ScryptOptions = { N, r, p, maxmem: 128 * r * (N + 2 + p) };
   return new Promise((resolve, reject) => {
     // NFKC, so the same password typed on different keyboards hashes the same (NIST SP 800-63B).
     scrypt(password.normalize('NFKC'), salt, keyLength, options, (error, key) => (error ? reject(error) : resolve(key)));
@@ -47,11 +51,15 @@ function parseHash(stored: string): { params: ScryptParams; salt: Buffer; hash: 
   const [scheme, n, r, p, salt, hash, ...rest] = stored.split('$');
   if (scheme !== 'scrypt' || rest.length > 0 || !salt || !hash) return undefined;
   const params = { N: Number(n), r: Number(r), p: Number(p) };
-  const powerOfTwo = Number.isInteger(params.N) && params.N > 1 && params.N <= MAX_N && (params.N & (params.N - 1)) === 0;
-  if (!powerOfTwo || !isSmallPositive(params.r) || !isSmallPositive(params.p)) return undefined;
+  if (!withinBounds(params)) return undefined;
   return { params, salt: Buffer.from(salt, 'base64url'), hash: Buffer.from(hash, 'base64url') };
 }
 
-function isSmallPositive(value: number): boolean {
-  return Number.isInteger(value) && value >= 1 && value <= 64;
+function withinBounds({ N, r, p }: ScryptParams): boolean {
+  const powerOfTwo = Number.isInteger(N) && N > 1 && (N & (N - 1)) === 0;
+  return powerOfTwo && isPositiveUpTo(r, MAX_R) && isPositiveUpTo(p, MAX_P) && 128 * N * r <= MAX_MEMORY_BYTES;
+}
+
+function isPositiveUpTo(value: number, max: number): boolean {
+  return Number.isInteger(value) && value >= 1 && value <= max;
 }

@@ -3,12 +3,16 @@ import { z } from 'zod';
 import { AuthError } from '../errors.js';
 import type { Claims } from '../db/scope.js';
 
-export type SupabaseClaims = Claims & { session_id: string; exp: number };
+export type SupabaseClaims = Claims & { email: string; session_id: string; exp: number };
 
+// Kiln's users sign in by email. Anonymous and phone sign-ins on the same project (open to
+// anyone with the public anon key) carry no email (GoTrue sends ""): refused like a bad token,
+// since such a user has no profile row for their writes to refer to.
 const claimsSchema = z.looseObject({
   sub: z.string().min(1),
   role: z.literal('authenticated'),
-  email: z.string().optional(),
+  email: z.string().min(1),
+  is_anonymous: z.literal(false).optional(),
   session_id: z.string().min(1),
   exp: z.number(),
 });
@@ -16,7 +20,8 @@ const claimsSchema = z.looseObject({
 /**
  * Verifies Supabase access tokens: asymmetric keys from the project's JWKS (fetched
  * and cached by jose), or the legacy HS256 secret when one is configured. Anon and
- * service-role keys are JWTs too; the audience and role checks refuse them.
+ * service-role keys are JWTs too; the audience and role checks refuse them, as the
+ * claims check refuses anonymous users and users without an email.
  */
 export function createSupabaseTokenVerifier(supabaseUrl: string, jwtSecret?: string) {
   const jwks = createRemoteJWKSet(supabaseAuthUrl(supabaseUrl, '.well-known/jwks.json'));

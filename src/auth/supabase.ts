@@ -2,7 +2,7 @@ import { createClient, isAuthApiError, isAuthSessionMissingError, type Session }
 import type { Db } from '../db/client.js';
 import type { Claims } from '../db/scope.js';
 import { AuthError } from '../errors.js';
-import { normaliseEmail, validateSignUp } from './credentials.js';
+import { normaliseEmail, validateSignInPassword, validateSignUp } from './credentials.js';
 import { upsertProfile } from './profiles.js';
 import type { AuthProvider, AuthSession, AuthUser } from './provider.js';
 import { createSessionLiveness } from './session-liveness.js';
@@ -66,13 +66,14 @@ export function createSupabaseAuth(options: SupabaseAuthOptions): AuthProvider {
     });
     if (!live) throw new AuthError();
     // Users who signed up elsewhere (another app on the project) get a profile on first sight.
-    if (!knownUsers.has(claims.sub) && claims.email) await rememberProfile({ id: claims.sub, email: claims.email });
+    if (!knownUsers.has(claims.sub)) await rememberProfile({ id: claims.sub, email: claims.email });
     return claims;
   }
 
   async function toAuthSession(session: Session): Promise<AuthSession> {
-    // Kiln's users sign in by email, so their sessions always carry one.
-    if (!session.user.email) throw new Error(`Supabase user ${session.user.id} has no email`);
+    // Kiln's users sign in by email: an anonymous or phone user's session (a refresh token
+    // from another client of the project) is refused as verify refuses its access token.
+    if (!session.user.email || session.user.is_anonymous) throw new AuthError();
     const user = { id: session.user.id, email: normaliseEmail(session.user.email) };
     await rememberProfile(user);
     const expiresAt = new Date((session.expires_at ?? Math.floor(now() / 1000) + session.expires_in) * 1000);
@@ -89,6 +90,7 @@ export function createSupabaseAuth(options: SupabaseAuthOptions): AuthProvider {
     },
 
     async signIn(email, password) {
+      validateSignInPassword(password);
       const { data, error } = await userAuth().signInWithPassword({ email: normaliseEmail(email), password });
       if (error) throw fromGoTrueError(error);
       return toAuthSession(data.session);

@@ -16,6 +16,8 @@ export interface FakeSupabaseOptions {
   minPasswordLength?: number;
   /** A legacy project: HS256 tokens signed with this secret, and an empty JWKS. */
   legacyJwtSecret?: string;
+  /** Anonymous sign-ins enabled (off by default, as in GoTrue): a sign-up with no email nor phone makes a user without either. */
+  anonymousSignIns?: boolean;
 }
 
 export interface FakeSupabase {
@@ -38,7 +40,9 @@ export interface FakeSupabase {
 
 interface FakeUser {
   id: string;
+  /** '' for an anonymous user, as GoTrue answers. */
   email: string;
+  anonymous?: boolean;
   password: string;
   confirmedAt?: string;
   createdAt: string;
@@ -121,6 +125,8 @@ export async function startFakeSupabase(options: FakeSupabaseOptions = {}): Prom
   }
 
   async function signUp(body: Record<string, unknown>) {
+    // supabase-js signInAnonymously() posts to /signup with neither email nor phone.
+    if (body.email === undefined && body.phone === undefined) return signInAnonymously();
     const email = String(body.email ?? '').trim().toLowerCase();
     const password = String(body.password ?? '');
     if (!/^[^@\s]+@[^@\s]+\.[^@\s]+$/.test(email)) {
@@ -140,6 +146,14 @@ export async function startFakeSupabase(options: FakeSupabaseOptions = {}): Prom
     users.set(email, user);
     if (options.requireEmailConfirmation) return { ...userJson(user), confirmation_sent_at: createdAt };
     user.confirmedAt = createdAt;
+    return startSession(user);
+  }
+
+  async function signInAnonymously() {
+    if (!options.anonymousSignIns) throw new GoTrueError(422, 'anonymous_provider_disabled', 'Anonymous sign-ins are disabled');
+    const createdAt = new Date().toISOString();
+    const user: FakeUser = { id: randomUUID(), email: '', password: '', anonymous: true, createdAt };
+    users.set(`anonymous:${user.id}`, user);
     return startSession(user);
   }
 
@@ -210,13 +224,13 @@ export async function startFakeSupabase(options: FakeSupabaseOptions = {}): Prom
       iat,
       email: user.email,
       phone: '',
-      app_metadata: { provider: 'email', providers: ['email'] },
+      app_metadata: user.anonymous ? {} : { provider: 'email', providers: ['email'] },
       user_metadata: {},
       role: 'authenticated',
       aal: 'aal1',
-      amr: [{ method: 'password', timestamp: iat }],
+      amr: [{ method: user.anonymous ? 'anonymous' : 'password', timestamp: iat }],
       session_id: sessionId,
-      is_anonymous: false,
+      is_anonymous: user.anonymous ?? false,
     });
     return {
       access_token: accessToken,
@@ -271,12 +285,12 @@ function userJson(user: FakeUser) {
     email_confirmed_at: user.confirmedAt,
     confirmed_at: user.confirmedAt,
     phone: '',
-    app_metadata: { provider: 'email', providers: ['email'] },
+    app_metadata: user.anonymous ? {} : { provider: 'email', providers: ['email'] },
     user_metadata: {},
     identities: [],
     created_at: user.createdAt,
     updated_at: user.createdAt,
-    is_anonymous: false,
+    is_anonymous: user.anonymous ?? false,
   };
 }
 
