@@ -3,7 +3,7 @@
 // only with its right type, so unknown extensions get the inert octet-stream.
 
 const TEXT = '; charset=utf-8';
-const TYPES: Record<string, string> = {
+const TYPES: Readonly<Record<string, string>> = {
   html: `text/html${TEXT}`,
   htm: `text/html${TEXT}`,
   js: `text/javascript${TEXT}`,
@@ -44,5 +44,7 @@ export function contentTypeOf(path: string): string {
   const name = path.slice(path.lastIndexOf('/') + 1);
   if (name === 'NOTICES') return `text/plain${TEXT}`;
   const dot = name.lastIndexOf('.');
-  return (dot > 0 && TYPES[name.slice(dot + 1).toLowerCase()]) || 'application/octet-stream';
+  const extension = name.slice(dot + 1).toLowerCase();
+  // Own keys only: `a.constructor` or `a.__proto__` would otherwise name Object.prototype's members.
+  return (dot > 0 && Object.hasOwn(TYPES, extension) && TYPES[extension]) || 'application/octet-stream';
 }

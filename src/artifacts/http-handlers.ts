@@ -64,16 +64,9 @@ export function outputHandlers(deps: {
   // Bundles never change once stored; kept a minute so a deleted project stops serving soon.
   const manifests = manifestCache({ ttlMs: MANIFEST_TTL_MS, entries: MANIFESTS_KEPT, bytes: MANIFEST_BYTES_KEPT });
 
-  const manifestOf = async (generationId: string): Promise<Manifest | undefined> => {
-    const cached = manifests.get(generationId);
-    if (cached) return cached;
-    const entries = await scope.run((tx) => manifestStore.entriesOf(tx, generationId, 'BUNDLE'));
-    if (entries.length === 0) {
-      manifests.delete(generationId);
-      return undefined;
-    }
-    return manifests.set(generationId, entries);
-  };
+  // The first requests for a fresh preview (its page and every asset at once) share one read.
+  const manifestOf = (generationId: string): Promise<Manifest | undefined> =>
+    manifests.load(generationId, () => scope.run((tx) => manifestStore.entriesOf(tx, generationId, 'BUNDLE')));
 
   /** Counts what a handler sends, then records it once the response is over. */
   const observe = (kind: 'preview' | 'archive', req: IncomingMessage, res: ServerResponse, work: () => Promise<number>) => {
@@ -93,6 +86,12 @@ export function outputHandlers(deps: {
       }
     });
     work().catch((error: unknown) => {
+      if (clientWentAway(res, error)) {
+        // A download or page the client stopped mid-response: nothing failed, and nobody is there to answer.
+        log.debug({ kind, code: (error as NodeJS.ErrnoException).code }, 'output request ended by the client');
+        res.destroy();
+        return;
+      }
       log.error({ err: error, kind }, 'output request failed');
       plain(res, 500, 'Something went wrong.');
     });
@@ -187,4 +186,17 @@ export function outputHandlers(deps: {
     },
     forget: () => manifests.clear(),
   };
+}
+
+/** What writing to a response whose client has gone fails with. */
+const CLIENT_GONE = new Set(['ERR_STREAM_PREMATURE_CLOSE', 'ERR_STREAM_DESTROYED', 'ECONNRESET', 'EPIPE']);
+
+/**
+ * Whether a response failed because its client went away once it had begun (closed the
+ * connection mid-download), rather than because the server could not produce it: a store
+ * that failed destroys the response with its own error, never with one of these.
+ */
+function clientWentAway(res: ServerResponse, error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  return res.headersSent && !res.writableFinished && code !== undefined && CLIENT_GONE.has(code);
 }

@@ -4,15 +4,28 @@ import { join } from 'node:path';
 import { ignoreMissing } from '../workspace/write-inside.js';
 import { assertSha256 } from './blob-store.js';
 
+/** Remote reads under way at once, by default: a bundle file may be 64 MiB, and a read holds it whole. */
+export const REMOTE_READS_AT_ONCE = 2;
+
 /**
  * Local copies of remote blobs (postgres, Supabase Storage) under DATA_DIR, so the
  * preview handler can serve them with `send` (ranges, conditional requests) from disk.
  * Blobs never change, so a copy is valid forever; `prune` drops copies unused for a
  * while. A use touches the copy's mtime, so validators come from the sha256, never from it.
+ * A download holds the whole blob in memory until it is written, so at most
+ * `remoteReads` run at once; the others wait their turn in the order they came.
  */
-export function localBlobCache(dir: string) {
+export function localBlobCache(
+  dir: string,
+  options: {
+    remoteReads?: number;
+    /** Told each time a download has to wait for a turn, with how many wait now (for a log line). */
+    onWaiting?: (waiting: number) => void;
+  } = {},
+) {
   const pathOf = (sha256: string) => join(dir, assertSha256(sha256));
   const pending = new Map<string, Promise<string | undefined>>();
+  const inTurn = turns(Math.max(1, options.remoteReads ?? REMOTE_READS_AT_ONCE), options.onWaiting);
   return {
     async path(sha256: string, fetch: () => Promise<Buffer | undefined>): Promise<string | undefined> {
       const target = pathOf(sha256);
@@ -21,7 +34,8 @@ export function localBlobCache(dir: string) {
       // Requests for the same blob at once share one download.
       let download = pending.get(sha256);
       if (!download) {
-        download = (async () => {
+        // The turn lasts until the bytes are on disk: until then they are in memory.
+        download = inTurn(async () => {
           const content = await fetch();
           if (!content) return undefined;
           await mkdir(dir, { recursive: true });
@@ -29,7 +43,7 @@ export function localBlobCache(dir: string) {
           await writeFile(tmp, content);
           await rename(tmp, target);
           return target;
-        })().finally(() => pending.delete(sha256));
+        }).finally(() => pending.delete(sha256));
         pending.set(sha256, download);
       }
       return download;
@@ -49,3 +63,24 @@ export function localBlobCache(dir: string) {
 }
 
 export type LocalBlobCache = ReturnType<typeof localBlobCache>;
+
+/** Runs at most `limit` tasks at once; the others start in the order they were given, as turns free up. */
+function turns(limit: number, onWaiting?: (waiting: number) => void) {
+  let running = 0;
+  const waiting: (() => void)[] = [];
+  return async <T>(task: () => Promise<T>): Promise<T> => {
+    if (running >= limit) {
+      const turn = new Promise<void>((resolve) => waiting.push(resolve));
+      onWaiting?.(waiting.length);
+      await turn;
+    } else running++;
+    try {
+      return await task();
+    } finally {
+      // The turn passes straight to the next in line (`running` unchanged), or frees up.
+      const next = waiting.shift();
+      if (next) next();
+      else running--;
+    }
+  };
+}

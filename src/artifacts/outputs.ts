@@ -56,7 +56,9 @@ export async function createOutputs(options: {
   const { config, db } = options;
   const settings = config.outputs;
   const log = options.logger.child({ source: 'Outputs' });
-  const cache = localBlobCache(join(config.dataDir, 'artifact-cache'));
+  const cache = localBlobCache(join(config.dataDir, 'artifact-cache'), {
+    onWaiting: (waiting) => log.debug({ waiting }, 'a blob download waits for a turn'),
+  });
   const store: BlobStore =
     settings.store === 'fs'
       ? fsBlobStore(settings.dir)

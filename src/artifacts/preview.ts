@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { basename, dirname } from 'node:path';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import send from 'send';
 import type { BlobStore } from './blob-store.js';
@@ -39,7 +40,9 @@ export async function servePreview(request: PreviewRequest): Promise<number> {
   const file = await request.store.localPath(entry.sha256);
   if (!file) return plain(res, 404, 'Not found.');
   return new Promise<number>((done) => {
-    send(req, file, { dotfiles: 'allow', index: false, cacheControl: false, etag: false, lastModified: false, acceptRanges: true })
+    // `send` percent-decodes its path: the folder (DATA_DIR's, whatever it is named) goes as
+    // `root`, which it takes as is, and only the blob's name, a hex sha256, as the path.
+    send(req, basename(file), { root: dirname(file), dotfiles: 'allow', index: false, cacheControl: false, etag: false, lastModified: false, acceptRanges: true })
       .on('headers', (response: ServerResponse) => {
         response.setHeader('Content-Type', contentTypeOf(entry.path));
         // From the content, never the local copy's mtime: stores and the cache touch it to keep

@@ -1,0 +1,335 @@
+import { randomUUID } from 'node:crypto';
+import { mkdir } from 'node:fs/promises';
+import { type IncomingMessage, type Server, type ServerResponse, createServer, get } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { type BlobStore, sha256Of } from '../src/artifacts/blob-store.js';
+import { fsBlobStore } from '../src/artifacts/fs-blob-store.js';
+import { outputHandlers } from '../src/artifacts/http-handlers.js';
+import { localBlobCache } from '../src/artifacts/local-cache.js';
+import { manifestStore } from '../src/artifacts/manifest-store.js';
+import { type CapabilityKind, loadUrlKey, signCapability } from '../src/artifacts/signed-urls.js';
+import { generationFiles, generations, projects, users } from '../src/db/schema.js';
+import { serviceScope } from '../src/db/scope.js';
+import { createLogger } from '../src/observability/logger.js';
+import { createMetrics } from '../src/observability/metrics.js';
+import { type TestDatabase, createTestDatabase, databaseKind } from './support/db.js';
+import { tempDir } from './support/generation-helpers.js';
+import { LogCapture } from './support/log-capture.js';
+
+// The output handlers on their own, over a blob store the test controls: what a data
+// directory's name, clients that go away, and many first requests at once do to them.
+
+const MANIFEST_READ = /from "generation_artifacts" where .*"kind" = /;
+
+let database: TestDatabase;
+let failManifestRead = false;
+let manifestReads = 0;
+let key: Awaited<ReturnType<typeof loadUrlKey>>;
+let data: Awaited<ReturnType<typeof tempDir>>;
+const cleanups: (() => Promise<void>)[] = [];
+
+beforeAll(async () => {
+  database = await createTestDatabase({
+    onQuery: (query) => {
+      if (!MANIFEST_READ.test(query)) return;
+      manifestReads++;
+      if (failManifestRead) throw new Error('the manifest read failed');
+    },
+  });
+  key = await loadUrlKey(database.db);
+  data = await tempDir('outputs-serving');
+});
+afterEach(async () => {
+  failManifestRead = false;
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+afterAll(async () => {
+  await database?.close();
+  await data?.remove();
+});
+
+/** A resolvable promise. */
+function deferred<T = void>() {
+  let resolve!: (value: T) => void;
+  let reject!: (error: Error) => void;
+  const promise = new Promise<T>((ok, fail) => {
+    resolve = ok;
+    reject = fail;
+  });
+  return { promise, resolve, reject };
+}
+
+/** Items as they come, taken in order by whoever waits for them. */
+function queue<T>() {
+  const items: T[] = [];
+  const takers: ((item: T) => void)[] = [];
+  return {
+    push(item: T) {
+      const taker = takers.shift();
+      if (taker) taker(item);
+      else items.push(item);
+    },
+    next: () => (items.length > 0 ? Promise.resolve(items.shift()!) : new Promise<T>((resolve) => takers.push(resolve))),
+  };
+}
+
+interface HeldRead {
+  sha256: string;
+  release(): void;
+  fail(error: Error): void;
+}
+
+/**
+ * Blobs in memory as a remote store (postgres, Supabase) keeps them, with local copies in
+ * `cacheDir`; every read waits until the test releases it (`held`), and `inFlight` counts them.
+ */
+function remoteStore(cacheDir: string, blobs: Map<string, Buffer>, options: { onWaiting?: (waiting: number) => void } = {}) {
+  const held = queue<HeldRead>();
+  const stats = { inFlight: 0, maxInFlight: 0, started: 0, order: [] as string[] };
+  const cache = localBlobCache(cacheDir, { remoteReads: 2, onWaiting: options.onWaiting });
+  const read = async (sha256: string) => {
+    stats.inFlight++;
+    stats.started++;
+    stats.maxInFlight = Math.max(stats.maxInFlight, stats.inFlight);
+    stats.order.push(sha256);
+    const turn = deferred();
+    held.push({ sha256, release: () => turn.resolve(), fail: (error) => turn.reject(error) });
+    try {
+      await turn.promise;
+    } finally {
+      stats.inFlight--;
+    }
+    return blobs.get(sha256);
+  };
+  const store: BlobStore = {
+    kind: 'postgres',
+    putMany: async () => [],
+    read,
+    localPath: (sha256) => cache.path(sha256, () => read(sha256)),
+    // eslint-disable-next-line require-yield
+    async *list() {
+      return;
+    },
+    remove: async () => 0,
+  };
+  return { store, held, stats };
+}
+
+/** A generation with these bundle files (BUNDLE) and sources (SOURCE, in the store), its blobs returned by sha256. */
+async function seedGeneration(bundle: Record<string, string>, sources: Record<string, string> = {}) {
+  const blobs = new Map<string, Buffer>();
+  const entries = (kind: 'BUNDLE' | 'SOURCE', files: Record<string, string>) =>
+    Object.entries(files).map(([path, text]) => {
+      const content = Buffer.from(text);
+      const sha256 = sha256Of(content);
+      blobs.set(sha256, content);
+      return { kind, path, sha256, size: content.length };
+    });
+  const generationId = await serviceScope(database.db).run(async (tx) => {
+    const userId = randomUUID();
+    await tx.insert(users).values({ id: userId, email: `serving-${userId}@example.com` });
+    const [project] = await tx.insert(projects).values({ ownerId: userId, name: 'Serving test', target: 'WEB' }).returning();
+    const [generation] = await tx
+      .insert(generations)
+      .values({ projectId: project!.id, createdBy: userId, sessionId: randomUUID(), prompt: 'p', provider: 'offline', model: 'offline' })
+      .returning();
+    const id = generation!.id;
+    const rows = [...entries('BUNDLE', bundle), ...entries('SOURCE', sources)].map((row) => ({ ...row, generationId: id }));
+    if (rows.length > 0) await manifestStore.insert(tx, rows);
+    const files = entries('SOURCE', sources).map(({ path, sha256, size }) => ({ generationId: id, path, sha256, size, content: sources[path]! }));
+    if (files.length > 0) await tx.insert(generationFiles).values(files);
+    return id;
+  });
+  return { generationId, blobs, shaOf: (text: string) => sha256Of(text) };
+}
+
+/** Every line the handlers log, with a wait for the first that matches. */
+class WatchedLog extends LogCapture {
+  private watchers: { match: (record: Record<string, unknown>) => boolean; found: (record: Record<string, unknown>) => void }[] = [];
+
+  override _write(chunk: Buffer, encoding: BufferEncoding, done: () => void) {
+    super._write(chunk, encoding, () => {});
+    this.check();
+    done();
+  }
+
+  private check() {
+    const records = this.records();
+    this.watchers = this.watchers.filter((watcher) => {
+      const record = records.find(watcher.match);
+      if (record) watcher.found(record);
+      return !record;
+    });
+  }
+
+  first(match: (record: Record<string, unknown>) => boolean): Promise<Record<string, unknown>> {
+    return new Promise((found) => {
+      this.watchers.push({ match, found });
+      this.check();
+    });
+  }
+}
+
+/**
+ * The handlers behind a server of the test's own. With `together`, requests are routed only
+ * once that many have arrived, all in one go: as when a page's assets are asked for at once.
+ */
+async function serve(store: BlobStore, options: { together?: number } = {}) {
+  const logs = new WatchedLog();
+  const handlers = outputHandlers({ key, store, db: database.db, logger: createLogger('trace', logs), metrics: createMetrics({ defaultMetrics: false }) });
+  let arrived: [IncomingMessage, ServerResponse][] = [];
+  const server: Server = createServer((req, res) => {
+    if (!options.together) return void handlers.route(req, res);
+    arrived.push([req, res]);
+    if (arrived.length < options.together) return;
+    const all = arrived;
+    arrived = [];
+    for (const [request, response] of all) handlers.route(request, response);
+  });
+  await new Promise<void>((listening) => server.listen(0, '127.0.0.1', listening));
+  cleanups.push(async () => {
+    server.closeAllConnections();
+    await new Promise((closed) => server.close(closed));
+  });
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const url = (kind: CapabilityKind, generationId: string, rest: string) =>
+    `${base}/${kind === 'preview' ? 'preview' : 'archive'}/${signCapability(key, { kind, generationId, expiresAt: new Date(Date.now() + 600_000) })}/${rest}`;
+  return { logs, url };
+}
+
+const bundleOf = (count: number, label: string) =>
+  Object.fromEntries([
+    ['index.html', `<!doctype html><html><head></head><body>${label}</body></html>`],
+    ...Array.from({ length: count }, (_, i) => [`assets/part-${i}.js`, `console.log(${JSON.stringify(`${label} ${i}`)});\n`.repeat(50 + i)]),
+  ]);
+
+describe(`output handlers (${databaseKind})`, () => {
+  it('serves a preview asset from a data directory whose name holds a percent escape', async () => {
+    const dataDir = join(data.path, 'kiln%41data');
+    const bundle = bundleOf(1, 'percent');
+    const { generationId, blobs, shaOf } = await seedGeneration(bundle);
+
+    // The remote stores' local copies are under DATA_DIR…
+    const remote = remoteStore(join(dataDir, 'artifact-cache'), blobs);
+    const fromCache = await serve(remote.store);
+    const answer = fetch(fromCache.url('preview', generationId, 'assets/part-0.js'));
+    (await remote.held.next()).release();
+    const asset = await answer;
+    expect(asset.status).toBe(200);
+    expect(asset.headers.get('content-type')).toBe('text/javascript; charset=utf-8');
+    expect(await asset.text()).toBe(bundle['assets/part-0.js']);
+
+    // …and so are the embedded store's blobs.
+    const fs = fsBlobStore(join(dataDir, 'artifacts'));
+    await fs.putMany([...blobs].map(([sha256, content]) => ({ sha256, content })));
+    const fromFs = await serve(fs);
+    const again = await fetch(fromFs.url('preview', generationId, 'assets/part-0.js'));
+    expect(again.status).toBe(200);
+    expect(again.headers.get('etag')).toBe(`"${shaOf(bundle['assets/part-0.js']!)}"`);
+    expect(await again.text()).toBe(bundle['assets/part-0.js']);
+    expect((await fetch(fromFs.url('preview', generationId, ''))).status).toBe(200);
+  });
+
+  it('reads a fresh preview’s manifest once for its first requests at once, and again after a failed read', async () => {
+    const bundle = bundleOf(5, 'manifest');
+    const { generationId, blobs } = await seedGeneration(bundle);
+    const dir = join(data.path, 'manifest');
+    const fs = fsBlobStore(dir);
+    await fs.putMany([...blobs].map(([sha256, content]) => ({ sha256, content })));
+
+    // A failed read answers 500 and is not kept.
+    failManifestRead = true;
+    const failing = await serve(fs);
+    expect((await fetch(failing.url('preview', generationId, 'assets/part-0.js'))).status).toBe(500);
+    failManifestRead = false;
+    expect((await fetch(failing.url('preview', generationId, 'assets/part-0.js'))).status).toBe(200);
+
+    // A server of its own, so nothing is cached yet: the page and its five scripts asked for at once.
+    const paths = ['', ...Array.from({ length: 5 }, (_, i) => `assets/part-${i}.js`)];
+    const { url } = await serve(fs, { together: paths.length });
+    manifestReads = 0;
+    const answers = await Promise.all(paths.map((path) => fetch(url('preview', generationId, path))));
+    expect(answers.map((answer) => answer.status)).toEqual(paths.map(() => 200));
+    const texts = await Promise.all(answers.map((answer) => answer.text()));
+    expect(texts.slice(1)).toEqual(paths.slice(1).map((path) => bundle[path]));
+    expect(manifestReads).toBe(1);
+  });
+
+  it('downloads at most two fresh blobs from the remote store at once, the others in their turn, each served whole', async () => {
+    const bundle = bundleOf(5, 'turns');
+    const { generationId, blobs } = await seedGeneration(bundle);
+    let waiting = 0;
+    const threeWaiting = deferred();
+    const remote = remoteStore(join(data.path, 'turns-cache'), blobs, {
+      onWaiting: (count) => {
+        waiting = count;
+        if (count === 3) threeWaiting.resolve();
+      },
+    });
+    const paths = Array.from({ length: 5 }, (_, i) => `assets/part-${i}.js`);
+    const { url } = await serve(remote.store, { together: paths.length });
+    const answers = Promise.all(
+      paths.map(async (path) => {
+        const answer = await fetch(url('preview', generationId, path));
+        return { status: answer.status, text: await answer.text() };
+      }),
+    );
+    // The reads in the order they begin, taken by one reader.
+    const reads = Array.from({ length: 5 }, () => deferred<HeldRead>());
+    const allStarted = (async () => {
+      for (const read of reads) read.resolve(await remote.held.next());
+    })();
+    // Nothing is released until all five downloads have begun or the three over the bound wait.
+    await Promise.race([threeWaiting.promise, allStarted]);
+    expect(remote.stats.maxInFlight).toBe(2);
+    expect(waiting).toBe(3);
+    // Each released download gives its turn to the next in line.
+    for (const read of reads) {
+      const held = await read.promise;
+      expect(remote.stats.inFlight).toBeLessThanOrEqual(2);
+      held.release();
+    }
+    await allStarted;
+    expect(await answers).toEqual(paths.map((path) => ({ status: 200, text: bundle[path] })));
+    expect(remote.stats.maxInFlight).toBe(2);
+    expect(remote.stats.started).toBe(5);
+    expect(new Set(remote.stats.order)).toEqual(new Set(paths.map((path) => sha256Of(bundle[path]!))));
+  });
+
+  it('logs a download the client stopped below error, and a download that failed at error', async () => {
+    const sources = { 'README.md': '# Serving\n', 'lib/main.dart': 'void main() {}\n'.repeat(2000) };
+    const { generationId, blobs } = await seedGeneration({}, sources);
+    await mkdir(join(data.path, 'archive-cache'), { recursive: true });
+    const remote = remoteStore(join(data.path, 'archive-cache'), blobs);
+    const { logs, url } = await serve(remote.store);
+
+    // The client goes away once the download has begun, while the second file is being read.
+    const body = deferred<IncomingMessage>();
+    const request = get(url('zip', generationId, 'serving.zip'), (response) => {
+      response.once('data', () => body.resolve(response));
+    });
+    request.on('error', () => {});
+    (await remote.held.next()).release();
+    const second = await remote.held.next();
+    expect((await body.promise).statusCode).toBe(200);
+    request.destroy();
+    const ended = await logs.first((record) => typeof record.msg === 'string' && /^output request/.test(record.msg));
+    second.release();
+    expect(ended.level).toBeLessThan(50);
+    await logs.first((record) => record.msg === 'archive request');
+    expect(logs.records().filter((record) => Number(record.level) >= 50)).toEqual([]);
+
+    // A store that fails mid-download is an error.
+    const failed = fetch(url('tar.gz', generationId, 'serving.tar.gz')).then(
+      (response) => response.arrayBuffer().then(() => 'whole', () => 'cut'),
+      () => 'cut',
+    );
+    (await remote.held.next()).release();
+    (await remote.held.next()).fail(new Error('the blob store is down'));
+    const error = await logs.first((record) => record.msg === 'output request failed');
+    expect(error.level).toBe(50);
+    expect(await failed).toBe('cut');
+  });
+});
