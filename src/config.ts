@@ -207,7 +207,7 @@ export function parseConfig(env: Record<string, string | undefined>) {
       maxContinuations: e.LLM_MAX_CONTINUATIONS,
       /** Back-off on 429/503: attempts in all, and the longest total wait. */
       retry: { maxAttempts: e.LLM_RETRY_MAX_ATTEMPTS, maxTotalWaitMs: e.LLM_RETRY_MAX_WAIT_SECONDS * 1000 },
-      /** How long one answer part may stream, from request to last byte, before it is stopped. */
+      /** How long one answer part may keep streaming (the waits for the model, not Kiln's own time) before it is stopped. */
       answerTimeoutMs: e.LLM_ANSWER_TIMEOUT_SECONDS * 1000,
     },
     workspaces: {

@@ -10,7 +10,10 @@ export interface GeminiProviderOptions {
   baseUrl?: string;
   /** A stream that sends nothing for this long is abandoned (default 60 s). */
   idleTimeoutMs?: number;
-  /** One answer part that still streams after this long is stopped (LLM_ANSWER_TIMEOUT_SECONDS, default 30 min). */
+  /**
+   * One answer part still streaming after this long spent waiting for the upstream is stopped
+   * (LLM_ANSWER_TIMEOUT_SECONDS, default 30 min); the time the caller takes over the events does not count.
+   */
   answerTimeoutMs?: number;
   retry?: Partial<RetryPolicy>;
 }
@@ -101,13 +104,14 @@ async function* streamOnce(
       }
       const candidate = chunk.candidates?.[0];
       const text = (candidate?.content?.parts ?? []).map((part) => (part.thought ? '' : (part.text ?? ''))).join('');
-      // A chunk of thoughts or usage alone still shows Gemini is working.
-      yield text ? { type: 'text', text } : ALIVE;
       finishReason = candidate?.finishReason ?? finishReason;
       if (chunk.usageMetadata) {
+        // Counted before the yield: a failure while the caller holds this chunk still reports it.
         usage = toUsage(chunk.usageMetadata);
         counted(usage);
       }
+      // A chunk of thoughts or usage alone still shows Gemini is working.
+      yield text ? { type: 'text', text } : ALIVE;
     }
   } catch (error) {
     // What Gemini counted before the stream failed (a prompt read, thoughts) was spent all the same.

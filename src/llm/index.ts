@@ -13,7 +13,7 @@ export interface LlmConfig {
   maxContinuations?: number;
   /** Back-off on throttled or unavailable answers (defaults: 3 attempts, 60 s of waiting). */
   retry?: { maxAttempts: number; maxTotalWaitMs: number };
-  /** How long one answer part may stream, from request to last byte (default 30 min); the offline provider needs no bound. */
+  /** How long one answer part may keep the model streaming, counting only the waits for it (default 30 min); the offline provider needs no bound. */
   answerTimeoutMs?: number;
 }
 

@@ -9,7 +9,10 @@ export interface OpenAiProviderOptions {
   model: string;
   /** A stream that sends nothing for this long is abandoned (default 60 s). */
   idleTimeoutMs?: number;
-  /** One answer part that still streams after this long is stopped (LLM_ANSWER_TIMEOUT_SECONDS, default 30 min). */
+  /**
+   * One answer part still streaming after this long spent waiting for the upstream is stopped
+   * (LLM_ANSWER_TIMEOUT_SECONDS, default 30 min); the time the caller takes over the events does not count.
+   */
   answerTimeoutMs?: number;
   /**
    * Sent as `max_tokens` when set (OPENAI_MAX_TOKENS). Unset, nothing is sent: vLLM rejects a
@@ -107,14 +110,15 @@ async function* streamOnce(
       const chunk = parseChunk(data);
       const choice = chunk.choices?.[0];
       const text = choice?.delta?.content;
-      // A chunk without text (a reasoning delta, the role, the usage) still shows the server is working.
-      yield text ? { type: 'text', text } : ALIVE;
       finishReason = choice?.finish_reason ?? finishReason;
       if (chunk.usage) {
         // Usually only the last chunk carries it; some servers send the total so far on each.
+        // Counted before the yield: a failure while the caller holds this chunk still reports it.
         usage = { inputTokens: chunk.usage.prompt_tokens ?? 0, outputTokens: chunk.usage.completion_tokens ?? 0 };
         counted(usage);
       }
+      // A chunk without text (a reasoning delta, the role, the usage) still shows the server is working.
+      yield text ? { type: 'text', text } : ALIVE;
     }
   } catch (error) {
     if (error instanceof LlmError) throw error;

@@ -20,8 +20,9 @@ export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
  */
 export const DEFAULT_TEXT_TIMEOUT_MS = 10 * 60_000;
 /**
- * How long one attempt may stream, from its request to its last byte (LLM_ANSWER_TIMEOUT_SECONDS):
- * a model that repeats itself never goes idle, and local servers often set no output limit.
+ * How long one attempt may spend waiting for its upstream, from its request to its last byte
+ * (LLM_ANSWER_TIMEOUT_SECONDS): a model that repeats itself never goes idle, and local servers
+ * often set no output limit. The time the consumer takes over each event is not counted.
  */
 export const DEFAULT_ANSWER_TIMEOUT_MS = 30 * 60_000;
 
@@ -41,9 +42,11 @@ export interface ResilientStreamOptions {
   /** DEFAULT_TEXT_TIMEOUT_MS unless given. */
   textTimeoutMs?: number;
   /**
-   * DEFAULT_ANSWER_TIMEOUT_MS unless given. It bounds each attempt on its own, from its request
-   * to its last byte: the waits between attempts are not part of it (their total has its own
-   * limit, RetryPolicy.maxTotalWaitMs), and an answer continued at the output limit
+   * DEFAULT_ANSWER_TIMEOUT_MS unless given. It bounds the time each attempt spends waiting for
+   * the upstream, from its request to its last byte; the time the consumer takes over the events
+   * (the pipeline writing them) is not part of it, so an upstream that has finished its answer
+   * is never stopped for a slow consumer. Nor are the waits between attempts (their total has its
+   * own limit, RetryPolicy.maxTotalWaitMs), and an answer continued at the output limit
    * (withContinuations) is a new request with a bound of its own.
    */
   answerTimeoutMs?: number;
@@ -62,8 +65,8 @@ export interface ResilientStreamOptions {
 }
 
 /**
- * Runs `open` with bounded retries, an idle timeout, a bound on each attempt's length and
- * prompt cancellation. Retries happen only before the first text event: after that the caller
+ * Runs `open` with bounded retries, an idle timeout, a bound on the time each attempt waits
+ * for its upstream (answerTimeoutMs) and prompt cancellation. Retries happen only before the first text event: after that the caller
  * has already shown the text, so a failure is final. A wait honours the delay the provider
  * asked for (RetryInfo, Retry-After), within the policy's total.
  */
@@ -75,9 +78,9 @@ export async function* resilientStream(options: ResilientStreamOptions): AsyncGe
     const upstream = new AbortController();
     const followCaller = () => upstream.abort(signal.reason);
     signal.addEventListener('abort', followCaller, { once: true });
-    // Aborting with the error both closes the connection and fails the next read (nextWithin).
-    // Unref'd: an answer abandoned without return() must not keep the process up for half an hour.
-    const deadline = setTimeout(() => upstream.abort(stillStreaming(options.label, answerTimeoutMs)), answerTimeoutMs).unref();
+    // Only the time spent waiting for the upstream counts against answerTimeoutMs: while this
+    // generator is paused at `yield` the consumer is busy, and the upstream may be done already.
+    let waitedForUpstreamMs = 0;
     let receivedText = false;
     let lastTextAt = performance.now();
     let counted: LlmUsage | undefined;
@@ -85,7 +88,13 @@ export async function* resilientStream(options: ResilientStreamOptions): AsyncGe
     try {
       const events = options.open(upstream.signal, (usage) => (counted = usage))[Symbol.asyncIterator]();
       for (;;) {
-        const step = await nextWithin(events, upstream, options.idleTimeoutMs, () => stalled(options));
+        // Each read may take what is left of the answer's budget, and no longer than the idle timeout.
+        const leftMs = answerTimeoutMs - waitedForUpstreamMs;
+        const readStartedAt = performance.now();
+        const step = await nextWithin(events, upstream, Math.min(options.idleTimeoutMs, leftMs), () =>
+          leftMs <= options.idleTimeoutMs ? stillStreaming(options.label, answerTimeoutMs) : stalled(options),
+        );
+        waitedForUpstreamMs += performance.now() - readStartedAt;
         if (step.done) return;
         if (step.value.type === 'alive') {
           if (performance.now() - lastTextAt > textTimeoutMs) throw withoutText(options.label, textTimeoutMs);
@@ -99,7 +108,6 @@ export async function* resilientStream(options: ResilientStreamOptions): AsyncGe
         yield step.value;
       }
     } catch (error) {
-      clearTimeout(deadline);
       if (signal.aborted) throw signal.reason;
       const failure = error instanceof LlmError ? error : options.describeFailure(error);
       // What the attempt cost was spent all the same (answerEnd's rule), unless the provider said
@@ -118,7 +126,6 @@ export async function* resilientStream(options: ResilientStreamOptions): AsyncGe
       waitedMs += delayMs;
       await abortableDelay(delayMs, signal);
     } finally {
-      clearTimeout(deadline);
       signal.removeEventListener('abort', followCaller);
       // Closes the connection when the consumer stopped early or the attempt failed.
       upstream.abort();
@@ -142,19 +149,23 @@ export function abortableDelay(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
-/** The upstream's next event, unless the attempt is aborted or the upstream stays silent too long. */
+/**
+ * The upstream's next event, unless the attempt is aborted or the upstream sends nothing within
+ * `timeoutMs` (the idle timeout, or what is left of the answer's budget, whichever is shorter:
+ * `timeoutError` says which ran out).
+ */
 function nextWithin<T>(
   events: AsyncIterator<T>,
   attempt: AbortController,
-  idleTimeoutMs: number,
-  stallError: () => LlmError,
+  timeoutMs: number,
+  timeoutError: () => LlmError,
 ): Promise<IteratorResult<T>> {
   const signal = attempt.signal;
   return new Promise((resolve, reject) => {
     if (signal.aborted) return reject(signal.reason);
     const onAbort = () => settle(() => reject(signal.reason));
-    // Aborting with the stall error both closes the connection and rejects through onAbort.
-    const timer = setTimeout(() => attempt.abort(stallError()), idleTimeoutMs);
+    // Aborting with the timeout's error both closes the connection and rejects through onAbort.
+    const timer = setTimeout(() => attempt.abort(timeoutError()), Math.max(0, timeoutMs));
     const settle = (done: () => void) => {
       clearTimeout(timer);
       signal.removeEventListener('abort', onAbort);

@@ -12,8 +12,13 @@ import { startFakeGemini } from '../support/fake-gemini.js';
 import { llmRequest as request, startFakeOpenAi } from '../support/fake-openai.js';
 import { useEach } from '../support/lifecycle.js';
 
-// A model that repeats itself never goes idle: each answer part is bounded in time
-// (LLM_ANSWER_TIMEOUT_SECONDS), and OPENAI_MAX_TOKENS lets the server cut it short.
+// A model that repeats itself never goes idle: each answer part is bounded in the time spent
+// waiting for the model (LLM_ANSWER_TIMEOUT_SECONDS), never in the time the pipeline takes over
+// it, and OPENAI_MAX_TOKENS lets the server cut it short.
+
+/** The bound the tests configure; a slow consumer takes three times as long over one event. */
+const BOUND_MS = 200;
+const busyPastTheBound = () => delay(3 * BOUND_MS);
 
 /** Every event up to the failure, and the failure (the test fails if the answer ends without one). */
 async function untilFailure(answer: AsyncIterable<LlmEvent>): Promise<{ text: string; usage: LlmUsage | undefined; failure: unknown }> {
@@ -31,25 +36,36 @@ async function untilFailure(answer: AsyncIterable<LlmEvent>): Promise<{ text: st
 }
 
 /**
- * An OpenAI-compatible server whose model never stops: a small delta every few
- * milliseconds, each chunk with the usage so far (as vLLM's continuous_usage_stats sends it).
+ * A server whose model never stops: a small delta every few milliseconds, each chunk with the
+ * usage so far (as vLLM's continuous_usage_stats and Gemini's usageMetadata send it), in the
+ * wire format of the path asked for (OpenAI's chat completions, Gemini's streamGenerateContent).
+ * Given `chunks`, it sends no more after that many and keeps the connection open, as a model
+ * stuck mid-answer.
  */
-async function startLoopingServer() {
+async function startLoopingServer({ chunks = Infinity }: { chunks?: number } = {}) {
   const requests: { clientGone: Promise<void> }[] = [];
   const server = http.createServer((req, res) => {
     req.resume();
+    const gemini = req.url?.includes(':streamGenerateContent') ?? false;
     let resolveGone = () => {};
     requests.push({ clientGone: new Promise((resolve) => (resolveGone = resolve)) });
     res.writeHead(200, { 'content-type': 'text/event-stream' });
     res.flushHeaders();
-    let tokens = 0;
+    let sent = 0;
     const timer = setInterval(() => {
-      tokens += 2;
-      const chunk = {
-        object: 'chat.completion.chunk',
-        choices: [{ index: 0, delta: { content: 'and again ' }, finish_reason: null }],
-        usage: { prompt_tokens: 40, completion_tokens: tokens },
-      };
+      if (sent === chunks) return clearInterval(timer);
+      sent++;
+      const tokens = 2 * sent;
+      const chunk = gemini
+        ? {
+            candidates: [{ content: { parts: [{ text: 'and again ' }], role: 'model' }, index: 0 }],
+            usageMetadata: { promptTokenCount: 40, candidatesTokenCount: tokens, totalTokenCount: 40 + tokens },
+          }
+        : {
+            object: 'chat.completion.chunk',
+            choices: [{ index: 0, delta: { content: 'and again ' }, finish_reason: null }],
+            usage: { prompt_tokens: 40, completion_tokens: tokens },
+          };
       res.write(`data: ${JSON.stringify(chunk)}\n\n`);
     }, 5);
     res.on('close', () => {
@@ -71,7 +87,7 @@ async function startLoopingServer() {
 const STILL_STREAMING = /answer was still streaming after .* \(LLM_ANSWER_TIMEOUT_SECONDS\), so it was stopped; the model may be repeating itself/;
 
 describe('an answer that never ends (OpenAI-compatible server)', () => {
-  const looping = useEach(startLoopingServer, (started) => started.close());
+  const looping = useEach(() => startLoopingServer(), (started) => started.close());
 
   it('is stopped past the answer timeout, with what it cost, and the server sees the request cancelled', async () => {
     const provider = createOpenAiProvider({ baseUrl: looping.baseUrl, model: 'qwen2.5-coder', answerTimeoutMs: 300 });
@@ -118,6 +134,68 @@ describe('an answer that never ends (Gemini)', () => {
   });
 });
 
+describe('a model stuck mid-answer', () => {
+  // Three chunks, each with the usage so far (the last: 40 in, 6 out), then nothing more.
+  const stuck = useEach(() => startLoopingServer({ chunks: 3 }), (started) => started.close());
+  const providers = {
+    'the OpenAI-compatible server': () => createOpenAiProvider({ baseUrl: stuck.baseUrl, model: 'qwen2.5-coder', answerTimeoutMs: BOUND_MS }),
+    Gemini: () => createGeminiProvider({ apiKey: 'k', model: 'gemini-2.5-flash', baseUrl: stuck.baseUrl.replace(/\/v1$/, ''), answerTimeoutMs: BOUND_MS }),
+  };
+
+  for (const [name, provider] of Object.entries(providers)) {
+    it(`is stopped with the usage of the last chunk (${name}), though the consumer was slow over that chunk`, async () => {
+      let texts = 0;
+      const events = (async function* () {
+        for await (const event of provider().stream(request())) {
+          yield event;
+          // The pipeline busy writing the last chunk for longer than the whole bound.
+          if (event.type === 'text' && ++texts === 3) await busyPastTheBound();
+        }
+      })();
+      const { text, usage, failure } = await untilFailure(events);
+
+      expect(text).toBe('and again '.repeat(3));
+      expect((failure as LlmError).message).toMatch(STILL_STREAMING);
+      expect((failure as LlmError).retryable).toBe(false);
+      expect(usage).toEqual({ inputTokens: 40, outputTokens: 6 });
+      await stuck.requests[0]!.clientGone;
+      expect(stuck.requests).toHaveLength(1);
+    });
+  }
+});
+
+describe('an answer the model has finished, taken by a slow consumer', () => {
+  const openai = useEach(startFakeOpenAi, (started) => started.close());
+  const gemini = useEach(startFakeGemini, (started) => started.close());
+  const providers = {
+    'the OpenAI-compatible server': () => {
+      openai.script({ kind: 'stream', chunks: ['Here is ', 'the app.'], usage: { promptTokens: 7, completionTokens: 5 } });
+      return createOpenAiProvider({ baseUrl: openai.baseUrl, model: 'qwen2.5-coder', answerTimeoutMs: BOUND_MS });
+    },
+    Gemini: () => {
+      gemini.script({ kind: 'stream', chunks: ['Here is ', 'the app.'], usage: { promptTokens: 7, outputTokens: 5 } });
+      return createGeminiProvider({ apiKey: 'k', model: 'gemini-2.5-flash', baseUrl: gemini.baseUrl, answerTimeoutMs: BOUND_MS });
+    },
+  };
+
+  for (const [name, provider] of Object.entries(providers)) {
+    it(`is delivered whole, with its usage, however long the consumer takes (${name})`, async () => {
+      let text = '';
+      let usage: LlmUsage | undefined;
+      for await (const event of provider().stream(request())) {
+        if (event.type === 'text') {
+          // The pipeline busy writing the first chunk for longer than the whole bound.
+          if (!text) await busyPastTheBound();
+          text += event.text;
+        } else usage = event.usage;
+      }
+
+      expect(text).toBe('Here is the app.');
+      expect(usage).toEqual({ inputTokens: 7, outputTokens: 5 });
+    });
+  }
+});
+
 describe('resilientStream: the answer timeout', () => {
   /** Text as fast as the consumer takes it, with the usage so far, until the attempt is aborted. */
   async function* forever(signal: AbortSignal, counted: (usage: LlmUsage) => void): AsyncGenerator<UpstreamEvent> {
@@ -149,6 +227,34 @@ describe('resilientStream: the answer timeout', () => {
     expect(signals[0]!.aborted).toBe(true);
     expect(signals[0]!.reason).toBe(failure);
     expect(usage?.inputTokens).toBe(3);
+  });
+
+  it('counts only the time spent waiting for the upstream: an upstream done with its answer is never stopped', async () => {
+    const answer = resilientStream({
+      label: 'The test server',
+      signal: new AbortController().signal,
+      idleTimeoutMs: 60_000,
+      answerTimeoutMs: BOUND_MS,
+      retry: DEFAULT_RETRY_POLICY,
+      // The whole answer at once: text, usage, done.
+      open: async function* (_signal, counted) {
+        yield { type: 'text', text: 'Here is the app.' };
+        counted({ inputTokens: 3, outputTokens: 4 });
+        yield { type: 'usage', usage: { inputTokens: 3, outputTokens: 4 } };
+      },
+      describeFailure: (error) => new LlmError(String(error)),
+    });
+    const events: LlmEvent[] = [];
+    for await (const event of answer) {
+      events.push(event);
+      // The consumer busy over each event for longer than the whole bound.
+      await busyPastTheBound();
+    }
+
+    expect(events).toEqual([
+      { type: 'text', text: 'Here is the app.' },
+      { type: 'usage', usage: { inputTokens: 3, outputTokens: 4 } },
+    ]);
   });
 
   it('gives each attempt its own bound: the wait before a retry does not count against the answer', async () => {
