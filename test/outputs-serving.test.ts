@@ -1,16 +1,19 @@
-import { randomUUID } from 'node:crypto';
-import { mkdir } from 'node:fs/promises';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdir, readFile, readdir } from 'node:fs/promises';
 import { type IncomingMessage, type Server, type ServerResponse, createServer, get } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { eq } from 'drizzle-orm';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { type BlobStore, sha256Of } from '../src/artifacts/blob-store.js';
 import { fsBlobStore } from '../src/artifacts/fs-blob-store.js';
 import { outputHandlers } from '../src/artifacts/http-handlers.js';
 import { localBlobCache } from '../src/artifacts/local-cache.js';
+import { postgresBlobStore } from '../src/artifacts/postgres-blob-store.js';
+import { supabaseBlobStore } from '../src/artifacts/supabase-blob-store.js';
 import { manifestStore } from '../src/artifacts/manifest-store.js';
 import { type CapabilityKind, loadUrlKey, signCapability } from '../src/artifacts/signed-urls.js';
-import { generationFiles, generations, projects, users } from '../src/db/schema.js';
+import { artifactBlobs, generationFiles, generations, projects, users } from '../src/db/schema.js';
 import { serviceScope } from '../src/db/scope.js';
 import { createLogger } from '../src/observability/logger.js';
 import { createMetrics } from '../src/observability/metrics.js';
@@ -22,10 +25,13 @@ import { LogCapture } from './support/log-capture.js';
 // directory's name, clients that go away, and many first requests at once do to them.
 
 const MANIFEST_READ = /from "generation_artifacts" where .*"kind" = /;
+const SLICE_READ = /\bsubstring\("content" from \$\d+ for \$\d+\)/;
 
 let database: TestDatabase;
 let failManifestRead = false;
 let manifestReads = 0;
+/** Statements that read a slice of a blob (the postgres store's `readSlices`). */
+let sliceReads = 0;
 let key: Awaited<ReturnType<typeof loadUrlKey>>;
 let data: Awaited<ReturnType<typeof tempDir>>;
 const cleanups: (() => Promise<void>)[] = [];
@@ -33,6 +39,7 @@ const cleanups: (() => Promise<void>)[] = [];
 beforeAll(async () => {
   database = await createTestDatabase({
     onQuery: (query) => {
+      if (SLICE_READ.test(query)) sliceReads++;
       if (!MANIFEST_READ.test(query)) return;
       manifestReads++;
       if (failManifestRead) throw new Error('the manifest read failed');
@@ -331,5 +338,121 @@ describe(`output handlers (${databaseKind})`, () => {
     const error = await logs.first((record) => record.msg === 'output request failed');
     expect(error.level).toBe(50);
     expect(await failed).toBe('cut');
+  });
+});
+
+describe(`the local copies of postgres blobs (${databaseKind})`, () => {
+  const SLICE = 64 * 1024;
+  /** A postgres store reading 64 KiB a statement, its copies in a folder of their own, and a blob of three slices in it. */
+  const sliced = async (label: string, content = randomBytes(3 * SLICE - 1000)) => {
+    const cacheDir = join(data.path, `sliced-${label}`);
+    const cache = localBlobCache(cacheDir);
+    const store = postgresBlobStore(database.db, cache, { sliceBytes: SLICE });
+    const sha256 = sha256Of(content);
+    await store.putMany([{ sha256, content }]);
+    cleanups.push(() => serviceScope(database.db).run(async (tx) => void (await tx.delete(artifactBlobs).where(eq(artifactBlobs.sha256, sha256)))));
+    const files = async () => (await readdir(cacheDir).catch(() => [])).sort();
+    return { cacheDir, cache, store, sha256, content, files };
+  };
+
+  it('writes a blob larger than a slice to its copy a slice at a time, byte for byte', async () => {
+    const { store, sha256, content, files } = await sliced('whole');
+    sliceReads = 0;
+    const path = await store.localPath(sha256);
+    expect(path).toBeDefined();
+    expect((await readFile(path!)).equals(content)).toBe(true);
+    expect(sliceReads).toBe(3);
+    expect(await files()).toEqual([sha256]);
+    // A second use is the copy: no statement reads the blob again.
+    expect(await store.localPath(sha256)).toBe(path);
+    expect(sliceReads).toBe(3);
+    // `read` still gives it whole.
+    expect((await store.read(sha256))?.equals(content)).toBe(true);
+  });
+
+  it('leaves neither a copy nor a temporary file of a blob whose row goes while it is read', async () => {
+    const { cache, store, sha256, files } = await sliced('gone');
+    sliceReads = 0;
+    // The row is deleted once the first slice is taken, before the second is asked for.
+    const path = await cache.path(sha256, async () => {
+      const slices = await store.readSlices!(sha256);
+      return (
+        slices &&
+        (async function* () {
+          let taken = 0;
+          for await (const slice of slices) {
+            yield slice;
+            if (++taken === 1) await serviceScope(database.db).run((tx) => tx.delete(artifactBlobs).where(eq(artifactBlobs.sha256, sha256)));
+          }
+        })()
+      );
+    });
+    expect(path).toBeUndefined();
+    expect(sliceReads).toBe(2);
+    expect(await files()).toEqual([]);
+    // Gone before it is read: nothing either.
+    expect(await store.localPath(sha256)).toBeUndefined();
+    expect(await files()).toEqual([]);
+  });
+
+  it('refuses bytes that are not the blob they are stored as, and a read that fails midway, leaving no file', async () => {
+    const content = randomBytes(2 * SLICE);
+    const claimed = sha256Of(Buffer.concat([content, Buffer.from('!')]));
+    const cacheDir = join(data.path, 'sliced-mismatch');
+    const store = postgresBlobStore(database.db, localBlobCache(cacheDir), { sliceBytes: SLICE });
+    await store.putMany([{ sha256: claimed, content }]);
+    cleanups.push(() => serviceScope(database.db).run(async (tx) => void (await tx.delete(artifactBlobs).where(eq(artifactBlobs.sha256, claimed)))));
+    await expect(store.localPath(claimed)).rejects.toThrow(/sha256/);
+    expect(await readdir(cacheDir)).toEqual([]);
+
+    const cache = localBlobCache(cacheDir);
+    const failing = cache.path(sha256Of(content), async () =>
+      (async function* () {
+        yield content.subarray(0, SLICE);
+        throw new Error('the connection went away');
+      })(),
+    );
+    await expect(failing).rejects.toThrow('the connection went away');
+    expect(await readdir(cacheDir)).toEqual([]);
+  });
+});
+
+describe('the local copies of Supabase Storage blobs', () => {
+  it('are written as the download arrives, not once it has all arrived', async () => {
+    const content = randomBytes(256 * 1024);
+    const sha256 = sha256Of(content);
+    const rest = deferred();
+    // Just enough of Storage: the bucket is there, and the object's first half comes at once, the rest when released.
+    const server = createServer((req, res) => {
+      if (req.method === 'POST') return void res.writeHead(200, { 'content-type': 'application/json' }).end('{"name":"kiln-test"}');
+      if (req.url !== `/storage/v1/object/kiln-test/${sha256}`) return void res.writeHead(404).end();
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': content.length });
+      res.write(content.subarray(0, content.length / 2));
+      void rest.promise.then(() => res.end(content.subarray(content.length / 2)));
+    });
+    await new Promise<void>((listening) => server.listen(0, '127.0.0.1', listening));
+    cleanups.push(async () => {
+      rest.resolve();
+      server.closeAllConnections();
+      await new Promise((closed) => server.close(closed));
+    });
+    const cacheDir = join(data.path, 'supabase-cache');
+    const store = await supabaseBlobStore(
+      { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, serviceRoleKey: 'service', bucket: 'kiln-test' },
+      localBlobCache(cacheDir),
+    );
+    const path = store.localPath(sha256);
+    // While the rest is held back, the first half is already in the temporary file.
+    await vi.waitFor(
+      async () => {
+        const temporary = (await readdir(cacheDir).catch(() => [])).filter((name) => name.startsWith('.tmp-'));
+        expect(temporary).toHaveLength(1);
+        expect((await readFile(join(cacheDir, temporary[0]!))).length).toBe(content.length / 2);
+      },
+      { timeout: 10_000, interval: 20 },
+    );
+    rest.resolve();
+    expect((await readFile((await path)!)).equals(content)).toBe(true);
+    expect(await readdir(cacheDir)).toEqual([sha256]);
   });
 });

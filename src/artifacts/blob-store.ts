@@ -24,12 +24,26 @@ export interface BlobStore {
   putMany(blobs: readonly BlobBytes[]): Promise<boolean[]>;
   /** The bytes, or undefined when no such blob exists. */
   read(sha256: string): Promise<Buffer | undefined>;
+  /**
+   * The bytes a piece at a time, each asked for as the previous is taken, or undefined when
+   * no such blob exists: a reader holds a piece, never the blob (remote stores, for the
+   * local cache's downloads). A blob that goes while it is read ends it with `BlobGoneError`.
+   */
+  readSlices?(sha256: string): Promise<AsyncIterable<Uint8Array> | undefined>;
   /** A local file holding the bytes (fs: the blob itself; otherwise a cached copy), or undefined. */
   localPath(sha256: string): Promise<string | undefined>;
   /** Every blob, in batches, for collection. */
   list(): AsyncIterable<StoredBlob[]>;
   /** Removes blobs still untouched since `before` (one deduplicated meanwhile stays). */
   remove(sha256s: string[], before: Date): Promise<number>;
+}
+
+/** The blob went while it was being read (collected): it is no longer there to read. */
+export class BlobGoneError extends Error {
+  constructor(sha256: string) {
+    super(`Blob ${sha256} went while it was being read`);
+    this.name = 'BlobGoneError';
+  }
 }
 
 export const SHA256 = /^[0-9a-f]{64}$/;

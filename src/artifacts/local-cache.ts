@@ -1,10 +1,10 @@
-import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, open, readdir, rename, rm, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ignoreMissing } from '../workspace/write-inside.js';
-import { assertSha256 } from './blob-store.js';
+import { BlobGoneError, assertSha256 } from './blob-store.js';
 
-/** Remote reads under way at once, by default: a bundle file may be 64 MiB, and a read holds it whole. */
+/** Remote reads under way at once, by default: a bundle file may be 64 MiB, and a store that cannot read it in slices holds it whole. */
 export const REMOTE_READS_AT_ONCE = 2;
 
 /**
@@ -12,8 +12,10 @@ export const REMOTE_READS_AT_ONCE = 2;
  * preview handler can serve them with `send` (ranges, conditional requests) from disk.
  * Blobs never change, so a copy is valid forever; `prune` drops copies unused for a
  * while. A use touches the copy's mtime, so validators come from the sha256, never from it.
- * A download holds the whole blob in memory until it is written, so at most
- * `remoteReads` run at once; the others wait their turn in the order they came.
+ * A download writes the blob as the store reads it (a slice at a time with `readSlices`),
+ * or, from a store that reads blobs whole, holds it in memory until it is written; at most
+ * `remoteReads` run at once, the others wait their turn in the order they came. The copy
+ * takes its name only once its bytes match their sha256; a failed download leaves no file.
  */
 export function localBlobCache(
   dir: string,
@@ -27,22 +29,33 @@ export function localBlobCache(
   const pending = new Map<string, Promise<string | undefined>>();
   const inTurn = turns(Math.max(1, options.remoteReads ?? REMOTE_READS_AT_ONCE), options.onWaiting);
   return {
-    async path(sha256: string, fetch: () => Promise<Buffer | undefined>): Promise<string | undefined> {
+    /**
+     * The copy's path, downloaded first through `fetch` unless present: the bytes whole, or
+     * a piece at a time (a store's `readSlices`), written to the copy as they come.
+     */
+    async path(sha256: string, fetch: () => Promise<Buffer | AsyncIterable<Uint8Array> | undefined>): Promise<string | undefined> {
       const target = pathOf(sha256);
       const now = new Date();
       if (await utimes(target, now, now).then(() => true, ignoreMissing)) return target;
       // Requests for the same blob at once share one download.
       let download = pending.get(sha256);
       if (!download) {
-        // The turn lasts until the bytes are on disk: until then they are in memory.
+        // The turn lasts until the bytes are on disk: until then what was read is in memory.
         download = inTurn(async () => {
           const content = await fetch();
           if (!content) return undefined;
           await mkdir(dir, { recursive: true });
           const tmp = join(dir, `.tmp-${randomBytes(6).toString('hex')}`);
-          await writeFile(tmp, content);
-          await rename(tmp, target);
-          return target;
+          try {
+            await writeVerified(tmp, sha256, Buffer.isBuffer(content) ? [content] : content);
+            await rename(tmp, target);
+            return target;
+          } catch (error) {
+            await rm(tmp, { force: true });
+            // Gone while it was read (collected): as if it had been gone before.
+            if (error instanceof BlobGoneError) return undefined;
+            throw error;
+          }
         }).finally(() => pending.delete(sha256));
         pending.set(sha256, download);
       }
@@ -60,6 +73,22 @@ export function localBlobCache(
       }
     },
   };
+}
+
+/** Writes the pieces to a new file `tmp` as they come; throws unless they are the blob named `sha256`. */
+async function writeVerified(tmp: string, sha256: string, pieces: Iterable<Uint8Array> | AsyncIterable<Uint8Array>): Promise<void> {
+  const hash = createHash('sha256');
+  const file = await open(tmp, 'wx');
+  try {
+    for await (const piece of pieces) {
+      hash.update(piece);
+      await file.write(piece);
+    }
+  } finally {
+    await file.close();
+  }
+  const written = hash.digest('hex');
+  if (written !== sha256) throw new Error(`Blob ${sha256} read as bytes whose sha256 is ${written}`);
 }
 
 export type LocalBlobCache = ReturnType<typeof localBlobCache>;

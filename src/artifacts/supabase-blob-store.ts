@@ -32,6 +32,15 @@ export async function supabaseBlobStore(options: SupabaseStorageOptions, cache: 
     }
     return Buffer.from(await data.arrayBuffer());
   };
+  // The response body as it arrives, never whole in memory.
+  const readSlices = async (sha256: string) => {
+    const { data, error } = await bucket().download(assertSha256(sha256)).asStream();
+    if (error) {
+      if (isNotFound(error)) return undefined;
+      throw new Error(`Supabase Storage: cannot read blob ${sha256}: ${error.message}`);
+    }
+    return data as ReadableStream<Uint8Array>;
+  };
   const put = async ({ sha256, content }: BlobBytes) => {
     const { error } = await bucket().upload(assertSha256(sha256), content, {
       upsert: false,
@@ -45,7 +54,8 @@ export async function supabaseBlobStore(options: SupabaseStorageOptions, cache: 
     kind: 'supabase',
     putMany: putOneByOne(put),
     read,
-    localPath: (sha256) => cache.path(sha256, () => read(sha256)),
+    readSlices,
+    localPath: (sha256) => cache.path(sha256, () => readSlices(sha256)),
     async *list() {
       for (let offset = 0; ; offset += LIST_BATCH) {
         const { data, error } = await bucket().list('', { limit: LIST_BATCH, offset, sortBy: { column: 'name', order: 'asc' } });
