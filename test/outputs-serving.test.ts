@@ -114,7 +114,13 @@ function remoteStore(cacheDir: string, blobs: Map<string, Buffer>, options: { on
     kind: 'postgres',
     putMany: async () => [],
     read,
-    localPath: (sha256) => cache.path(sha256, () => read(sha256)),
+    localPath: (sha256) =>
+      cache.path(sha256, async () => {
+        const content = await read(sha256);
+        return content && (async function* () {
+          yield content;
+        })();
+      }),
     // eslint-disable-next-line require-yield
     async *list() {
       return;
@@ -414,6 +420,33 @@ describe(`the local copies of postgres blobs (${databaseKind})`, () => {
     );
     await expect(failing).rejects.toThrow('the connection went away');
     expect(await readdir(cacheDir)).toEqual([]);
+  });
+
+  it('fails a download whose store stops sending, lets the stalled read go and frees its turn for the next', async () => {
+    const cacheDir = join(data.path, 'sliced-stalled');
+    const cache = localBlobCache(cacheDir, { remoteReads: 1, pieceTimeoutMs: 200 });
+    const stalled = randomBytes(SLICE);
+    let letGo = false;
+    const stuck = cache.path(sha256Of(stalled), async () => ({
+      [Symbol.asyncIterator]: () => {
+        let sent = false;
+        return {
+          next: () => (sent ? new Promise<IteratorResult<Uint8Array>>(() => undefined) : ((sent = true), Promise.resolve({ done: false, value: stalled.subarray(0, 100) }))),
+          return: async () => ((letGo = true), { done: true as const, value: undefined }),
+        };
+      },
+    }));
+    // Asked while the stalled download holds the only turn.
+    const next = randomBytes(100);
+    const after = cache.path(sha256Of(next), async () =>
+      (async function* () {
+        yield next;
+      })(),
+    );
+    await expect(stuck).rejects.toThrow(/no data from the store/);
+    expect(letGo).toBe(true);
+    expect(await readFile((await after)!)).toEqual(next);
+    expect(await readdir(cacheDir)).toEqual([sha256Of(next)]);
   });
 });
 

@@ -1,26 +1,29 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, rename, rm, stat, utimes } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { ignoreMissing } from '../workspace/write-inside.js';
 import { BlobGoneError, assertSha256 } from './blob-store.js';
 
-/** Remote reads under way at once, by default: a bundle file may be 64 MiB, and a store that cannot read it in slices holds it whole. */
+/** Remote reads under way at once, by default: each holds a slice, a connection and a turn the others wait for. */
 export const REMOTE_READS_AT_ONCE = 2;
+/** How long a download may wait for its next piece before it gives its turn up and fails: a stalled body must not hold one of the few turns. */
+export const PIECE_TIMEOUT_MS = 30_000;
 
 /**
  * Local copies of remote blobs (postgres, Supabase Storage) under DATA_DIR, so the
  * preview handler can serve them with `send` (ranges, conditional requests) from disk.
  * Blobs never change, so a copy is valid forever; `prune` drops copies unused for a
  * while. A use touches the copy's mtime, so validators come from the sha256, never from it.
- * A download writes the blob as the store reads it (a slice at a time with `readSlices`),
- * or, from a store that reads blobs whole, holds it in memory until it is written; at most
- * `remoteReads` run at once, the others wait their turn in the order they came. The copy
+ * A download writes the blob as the store reads it (a slice at a time with `readSlices`); at
+ * most `remoteReads` run at once, the others wait their turn in the order they came, and one
+ * whose store sends nothing for `pieceTimeoutMs` fails and frees its turn. The copy
  * takes its name only once its bytes match their sha256; a failed download leaves no file.
  */
 export function localBlobCache(
   dir: string,
   options: {
     remoteReads?: number;
+    pieceTimeoutMs?: number;
     /** Told each time a download has to wait for a turn, with how many wait now (for a log line). */
     onWaiting?: (waiting: number) => void;
   } = {},
@@ -28,26 +31,26 @@ export function localBlobCache(
   const pathOf = (sha256: string) => join(dir, assertSha256(sha256));
   const pending = new Map<string, Promise<string | undefined>>();
   const inTurn = turns(Math.max(1, options.remoteReads ?? REMOTE_READS_AT_ONCE), options.onWaiting);
+  const pieceTimeoutMs = options.pieceTimeoutMs ?? PIECE_TIMEOUT_MS;
   return {
     /**
-     * The copy's path, downloaded first through `fetch` unless present: the bytes whole, or
-     * a piece at a time (a store's `readSlices`), written to the copy as they come.
+     * The copy's path, downloaded first through `fetch` unless present: a piece at a time (a
+     * store's `readSlices`), written to the copy as they come.
      */
-    async path(sha256: string, fetch: () => Promise<Buffer | AsyncIterable<Uint8Array> | undefined>): Promise<string | undefined> {
+    async path(sha256: string, fetch: () => Promise<AsyncIterable<Uint8Array> | undefined>): Promise<string | undefined> {
       const target = pathOf(sha256);
       const now = new Date();
       if (await utimes(target, now, now).then(() => true, ignoreMissing)) return target;
       // Requests for the same blob at once share one download.
       let download = pending.get(sha256);
       if (!download) {
-        // The turn lasts until the bytes are on disk: until then what was read is in memory.
+        // The turn lasts until the bytes are on disk, or until the store stalls.
         download = inTurn(async () => {
           const content = await fetch();
           if (!content) return undefined;
-          await mkdir(dir, { recursive: true });
           const tmp = join(dir, `.tmp-${randomBytes(6).toString('hex')}`);
           try {
-            await writeVerified(tmp, sha256, Buffer.isBuffer(content) ? [content] : content);
+            await writeVerified(tmp, sha256, content[Symbol.asyncIterator](), pieceTimeoutMs);
             await rename(tmp, target);
             return target;
           } catch (error) {
@@ -75,20 +78,41 @@ export function localBlobCache(
   };
 }
 
-/** Writes the pieces to a new file `tmp` as they come; throws unless they are the blob named `sha256`. */
-async function writeVerified(tmp: string, sha256: string, pieces: Iterable<Uint8Array> | AsyncIterable<Uint8Array>): Promise<void> {
+/**
+ * Writes the pieces to a new file `tmp` as they come; throws unless they are the blob named
+ * `sha256`, or when the next piece takes longer than `pieceTimeoutMs`. Whichever way it fails,
+ * the pieces are let go (a body's connection closed).
+ */
+async function writeVerified(tmp: string, sha256: string, pieces: AsyncIterator<Uint8Array>, pieceTimeoutMs: number): Promise<void> {
   const hash = createHash('sha256');
-  const file = await open(tmp, 'wx');
+  let done = false;
   try {
-    for await (const piece of pieces) {
-      hash.update(piece);
-      await file.write(piece);
+    await mkdir(dirname(tmp), { recursive: true });
+    const file = await open(tmp, 'wx');
+    try {
+      for (;;) {
+        const step = await within(pieces.next(), pieceTimeoutMs, () => new Error(`Blob ${sha256}: no data from the store for ${pieceTimeoutMs / 1000} s`));
+        if (step.done) break;
+        hash.update(step.value);
+        await file.write(step.value);
+      }
+      done = true;
+    } finally {
+      await file.close();
     }
   } finally {
-    await file.close();
+    // Not awaited: a stalled read may never settle, and its turn must not wait for it.
+    if (!done) void pieces.return?.()?.catch(() => undefined);
   }
   const written = hash.digest('hex');
   if (written !== sha256) throw new Error(`Blob ${sha256} read as bytes whose sha256 is ${written}`);
+}
+
+/** `promise`, or a rejection with `timeoutError()` once `ms` have passed without it settling. */
+function within<T>(promise: Promise<T>, ms: number, timeoutError: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(timeoutError()), ms)));
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 export type LocalBlobCache = ReturnType<typeof localBlobCache>;

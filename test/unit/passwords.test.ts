@@ -50,9 +50,9 @@ describe('password hashes', () => {
     }
   });
 
-  it('hands a hash at the bounds (128·N·r = 64 MiB, p = 4) to scrypt', async () => {
+  it('hands a hash at the bounds (128·N·r = 64 MiB, p = 4, N just under 2^(16·r)) to scrypt', async () => {
     for (const [N, r, p] of [
-      [2 ** 19, 1, 4],
+      [2 ** 15, 1, 4],
       [2 ** 16, 8, 1],
       [2 ** 13, 64, 1],
     ] as const) {
@@ -73,6 +73,8 @@ describe('password hashes', () => {
       ['r = 65', 16, 65, 1],
       ['N not a power of two', 3 * 2 ** 10, 8, 1],
       ['N = 2^32 (a power of two beyond 32-bit arithmetic)', 2 ** 32, 1, 1],
+      ['N = 2^16 with r = 1 (OpenSSL refuses N ≥ 2^(16·r): the sign-in would fail)', 2 ** 16, 1, 1],
+      ['N = 2^19 with r = 1, within 64 MiB', 2 ** 19, 1, 1],
     ];
     for (const [what, N, r, p] of cases) {
       // Had scrypt been asked, it would have "matched" (and allocated nothing): only the bounds can make this false.
