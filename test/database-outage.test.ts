@@ -129,6 +129,8 @@ describe.skipIf(!testDatabaseUrl)('database outages (postgres only: PGlite runs 
     const project = await createProject(owner.client, { target: 'FLUTTER' });
     const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A reading list for the holidays' });
     const watch = new GenerationWatch(server.url, owner.accessToken, started.id);
+    // Subscribed before the outage: a socket that connects during it cannot have its token verified.
+    await watch.until(() => true);
     const ws = wsClient(server.url, owner.accessToken);
     cleanups.push(async () => {
       await watch.close();
