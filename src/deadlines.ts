@@ -134,3 +134,17 @@ export interface Deadline {
 
 /** setTimeout's longest delay; a later deadline is reached by arming again. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** What `within` resolves to when time ran out first (a wait, not a deadline of the heap above). */
+export const TIMED_OUT = Symbol('timed out');
+
+/** What `promise` resolves to (or its rejection), or TIMED_OUT when it has not settled after `ms`. */
+export async function within<T>(promise: PromiseLike<T>, ms: number): Promise<T | typeof TIMED_OUT> {
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<typeof TIMED_OUT>((resolve) => (timer = setTimeout(() => resolve(TIMED_OUT), ms)));
+  try {
+    return await Promise.race([promise, timedOut]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

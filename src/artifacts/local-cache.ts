@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, rename, rm, stat, utimes } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { TIMED_OUT, within } from '../deadlines.js';
 import { ignoreMissing } from '../workspace/write-inside.js';
 import { BlobGoneError, assertSha256 } from './blob-store.js';
 
@@ -91,7 +92,8 @@ async function writeVerified(tmp: string, sha256: string, pieces: AsyncIterator<
     const file = await open(tmp, 'wx');
     try {
       for (;;) {
-        const step = await within(pieces.next(), pieceTimeoutMs, () => new Error(`Blob ${sha256}: no data from the store for ${pieceTimeoutMs / 1000} s`));
+        const step = await within(pieces.next(), pieceTimeoutMs);
+        if (step === TIMED_OUT) throw new Error(`Blob ${sha256}: no data from the store for ${pieceTimeoutMs / 1000} s`);
         if (step.done) break;
         hash.update(step.value);
         await file.write(step.value);
@@ -106,13 +108,6 @@ async function writeVerified(tmp: string, sha256: string, pieces: AsyncIterator<
   }
   const written = hash.digest('hex');
   if (written !== sha256) throw new Error(`Blob ${sha256} read as bytes whose sha256 is ${written}`);
-}
-
-/** `promise`, or a rejection with `timeoutError()` once `ms` have passed without it settling. */
-function within<T>(promise: Promise<T>, ms: number, timeoutError: () => Error): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(timeoutError()), ms)));
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 export type LocalBlobCache = ReturnType<typeof localBlobCache>;

@@ -105,16 +105,3 @@ export function throttledWarn(log: Logger, everyMs = 10_000) {
     suppressed = 0;
   };
 }
-
-export const TIMED_OUT = Symbol('timed out');
-
-/** What `promise` resolves to (or its rejection), or TIMED_OUT when it has not settled after `ms`. */
-export async function within<T>(promise: PromiseLike<T>, ms: number): Promise<T | typeof TIMED_OUT> {
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<typeof TIMED_OUT>((resolve) => (timer = setTimeout(() => resolve(TIMED_OUT), ms)));
-  try {
-    return await Promise.race([promise, timedOut]);
-  } finally {
-    clearTimeout(timer);
-  }
-}

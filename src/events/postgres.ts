@@ -2,7 +2,8 @@ import { randomUUID } from 'node:crypto';
 import postgres from 'postgres';
 import { isConnectionError } from '../db/outage.js';
 import type { Logger } from '../observability/logger.js';
-import { type CrossProcessEventTarget, LocalListeners, TIMED_OUT, throttledWarn, within } from './listeners.js';
+import { TIMED_OUT, within } from '../deadlines.js';
+import { type CrossProcessEventTarget, LocalListeners, throttledWarn } from './listeners.js';
 
 // EVENTS=postgres: events travel between processes as NOTIFY on one channel, received
 // with LISTEN on a dedicated connection.

@@ -2,7 +2,8 @@ import { once } from 'node:events';
 import { createRedisEventTarget } from '@graphql-yoga/redis-event-target';
 import { Redis } from 'ioredis';
 import type { Logger } from '../observability/logger.js';
-import { type CrossProcessEventTarget, LocalListeners, throttledWarn, within } from './listeners.js';
+import { within } from '../deadlines.js';
+import { type CrossProcessEventTarget, LocalListeners, throttledWarn } from './listeners.js';
 
 // EVENTS=redis: @graphql-yoga/redis-event-target over two ioredis clients (a
 // subscriber connection cannot publish). Each topic (`routingKey:id`) is a Redis
