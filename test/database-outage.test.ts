@@ -2,7 +2,7 @@ import { once } from 'node:events';
 import { connect, createServer, type Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { openDatabase } from '../src/db/client.js';
-import { GenerationChunksDocument, ProjectDocument } from './gql/graphql.js';
+import { GenerationChunksDocument, ProjectDocument, type ProjectQuery } from './gql/graphql.js';
 import { ready, waitUntil } from './support/cluster.js';
 import { createTestDatabase, testDatabaseUrl, type TestDatabase } from './support/db.js';
 import { createProject, signUp, type TestUser } from './support/fixtures.js';
@@ -18,11 +18,13 @@ import {
   wsClient,
 } from './support/generation-helpers.js';
 import { type CapturedServer, startCapturedServer } from './support/log-capture.js';
+import type { GraphQLResponse } from './support/server.js';
 
 // A database outage in the middle of a run (a managed-Postgres failover, a restart):
 // a TCP proxy between Kiln and PostgreSQL drops every connection and refuses new ones
 // until the test lets them through again. The run waits for the database and succeeds;
-// a subscriber gets every chunk once and in order; /ready says 503 meanwhile. An
+// a subscriber gets every chunk once and in order; clients arriving during the outage
+// (a socket, a query) wait for it too; /ready says 503 meanwhile. An
 // outage longer than the lease hands the run back: FAILED/INTERRUPTED, and its retry.
 //
 // PostgreSQL only: PGlite runs inside the process, so there is no connection to lose.
@@ -125,7 +127,11 @@ describe.skipIf(!testDatabaseUrl)('database outages (postgres only: PGlite runs 
     server.logs.records().some((record) => record.msg === message && where(record));
 
   /** Starts a generation and follows its chunks; `onFirstChunk` runs (once) when the first one arrives. */
-  async function startFollowed(server: CapturedServer, owner: TestUser, onFirstChunk: () => Promise<void>) {
+  async function startFollowed(
+    server: CapturedServer,
+    owner: TestUser,
+    onFirstChunk: (run: { project: { id: string }; started: { id: string } }) => Promise<void>,
+  ) {
     const project = await createProject(owner.client, { target: 'FLUTTER' });
     const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A reading list for the holidays' });
     const watch = new GenerationWatch(server.url, owner.accessToken, started.id);
@@ -142,7 +148,7 @@ describe.skipIf(!testDatabaseUrl)('database outages (postgres only: PGlite runs 
       for await (const { generationChunks } of subscribe(ws, GenerationChunksDocument, { id: started.id })) {
         chunks.push(generationChunks);
         if (!outage) {
-          outage = onFirstChunk();
+          outage = onFirstChunk({ project, started });
           outage.catch(() => {}); // awaited below; a failed stream must not leave it unhandled
         }
       }
@@ -155,8 +161,27 @@ describe.skipIf(!testDatabaseUrl)('database outages (postgres only: PGlite runs 
     const server = await startBehindProxy({ GENERATION_LEASE_SECONDS: '60', QUEUE: 'pgboss' });
     const owner = await signUp(server);
     let readyDuringOutage: number | undefined;
-    const run = await startFollowed(server, owner, async () => {
+    // Clients that arrive during the outage: a new viewer of the stream from its start, and a query.
+    let lateViewer: Promise<{ seq: number; text: string }[]> | undefined;
+    let lateQuery: Promise<GraphQLResponse<ProjectQuery>> | undefined;
+    let queryAnsweredDuringOutage: boolean | undefined;
+    const run = await startFollowed(server, owner, async ({ project, started }) => {
       proxy.begin();
+      // Their tokens cannot be verified until the database is back; they are awaited after the run.
+      const lateWs = wsClient(server.url, owner.accessToken);
+      cleanups.push(async () => lateWs.dispose());
+      lateViewer = (async () => {
+        const chunks: { seq: number; text: string }[] = [];
+        for await (const { generationChunks } of subscribe(lateWs, GenerationChunksDocument, { id: started.id })) chunks.push(generationChunks);
+        return chunks;
+      })();
+      lateViewer.catch(() => {});
+      let answered = false;
+      lateQuery = owner.client.request(ProjectDocument, { id: project.id });
+      lateQuery.then(
+        () => (answered = true),
+        () => (answered = true),
+      );
       readyDuringOutage = (await fetch(`${server.url}/ready`)).status;
       // The pipeline has been waiting for the database through several back-offs, and Kiln keeps knocking.
       await waitUntil(
@@ -164,6 +189,7 @@ describe.skipIf(!testDatabaseUrl)('database outages (postgres only: PGlite runs 
         60_000,
         () => `no retries seen (${proxy.refused} connections refused)`,
       );
+      queryAnsweredDuringOutage = answered;
       proxy.end();
       await waitUntil(() => ready(server.url), 30_000, () => '/ready did not come back after the outage');
     });
@@ -178,6 +204,16 @@ describe.skipIf(!testDatabaseUrl)('database outages (postgres only: PGlite runs 
     expect(run.chunks.map((chunk) => chunk.text).join('')).toBe(generation.output);
     expect(generation.output).toContain('<file path="lib/main.dart">');
     expect(generation.buildSteps.every((step) => step.status === 'SUCCEEDED')).toBe(true);
+
+    // The clients that arrived during the outage waited for the database: the new viewer got
+    // every chunk once and in order, the query its project, without errors.
+    const late = await lateViewer!;
+    expect(late.map((chunk) => chunk.seq)).toEqual(late.map((_, i) => i));
+    expect(late.map((chunk) => chunk.text).join('')).toBe(generation.output);
+    expect(queryAnsweredDuringOutage).toBe(false);
+    const answered = await lateQuery!;
+    expect(answered.errors).toBeUndefined();
+    expect(answered.data?.project?.id).toBe(run.project.id);
   });
 
   it('hands a run back when the outage outlasts its lease: FAILED/INTERRUPTED, then its retry succeeds', { timeout: 120_000 }, async () => {

@@ -169,6 +169,8 @@ describe(`graphql-ws connections (${databaseKind})`, () => {
 describe(`graphql-ws when a query's context cannot be built (${databaseKind})`, () => {
   /** Set to fail the next read of one session (a query's token check) once, as a dropped database connection would. */
   let failSessionRead = false;
+  /** Set to fail the next reads of one session with a connection error's code, as a failover refusing connections would. */
+  let refuseSessionReads = 0;
   const logs = new LogCapture();
   const suite = useGenerationServer(
     // Only the query's token check reads a session here: the re-checks would wait a minute.
@@ -181,6 +183,10 @@ describe(`graphql-ws when a query's context cannot be built (${databaseKind})`, 
         if (failSessionRead && /from "auth_sessions" where \("auth_sessions"\."id" = /i.test(query)) {
           failSessionRead = false;
           throw new Error('connection terminated unexpectedly (injected by the test)');
+        }
+        if (refuseSessionReads > 0 && /from "auth_sessions" where \("auth_sessions"\."id" = /i.test(query)) {
+          refuseSessionReads--;
+          throw Object.assign(new Error('connect ECONNREFUSED (injected by the test)'), { code: 'ECONNREFUSED' });
         }
       },
     },
@@ -216,6 +222,28 @@ describe(`graphql-ws when a query's context cannot be built (${databaseKind})`, 
     } finally {
       await live.dispose();
     }
+  });
+
+  it('waits out a session read refused as in a failover: a socket connecting then is accepted, a request then is answered', async () => {
+    // Two refusals each: the token check tries again (db/outage.ts) until the read goes through.
+    refuseSessionReads = 2;
+    const live = liveClient(suite.server.url, suite.owner.accessToken);
+    try {
+      expect(await within(Promise.race([live.connected.then(() => 'connected'), live.closed]), 10_000, () => 'the socket neither connected nor closed')).toBe(
+        'connected',
+      );
+      expect(refuseSessionReads).toBe(0);
+      const viewer = collect(live.client, ViewerDocument, {});
+      expect(await within(viewer.ended, 10_000, () => 'the query did not end')).toEqual({ errors: undefined });
+      expect(viewer.items).toEqual([{ viewer: { id: suite.owner.id, email: suite.owner.email } }]);
+    } finally {
+      await live.dispose();
+    }
+
+    refuseSessionReads = 2;
+    const response = await suite.owner.client.request(ViewerDocument, {});
+    expect(refuseSessionReads).toBe(0);
+    expect(response).toEqual({ data: { viewer: { id: suite.owner.id, email: suite.owner.email } } });
   });
 });
 

@@ -3,6 +3,7 @@ import type { Outputs } from '../artifacts/outputs.js';
 import type { AuthProvider } from '../auth/provider.js';
 import type { Config } from '../config.js';
 import type { Database } from '../db/client.js';
+import { isConnectionError } from '../db/outage.js';
 import { type Claims, type Scope, anonymousScope, userScope } from '../db/scope.js';
 import { AuthError } from '../errors.js';
 import type { EventBus } from '../events/bus.js';
@@ -14,6 +15,7 @@ import type { SecretBox } from '../projects/secret-box.js';
 import type { BuildSandbox } from '../toolchain/sandbox.js';
 import { unexpectedError } from './errors-plugin.js';
 import type { RateLimits } from './rate-limit.js';
+import { databaseUnavailableError } from './stream-errors.js';
 
 /** What the API needs from the composition root. */
 export interface Services {
@@ -123,16 +125,26 @@ export function contextFactory(services: Services): (request: OperationRequest) 
   };
 }
 
+/** Seconds an HTTP client is told to wait (Retry-After) when the database is unreachable. */
+const RETRY_AFTER_SECONDS = '5';
+
 /**
- * A token that could not be verified (the sessions table or GoTrue did not answer) fails
- * this operation only: masked like any unexpected error, its cause logged under the
- * request id. Yoga passes a GraphQLError of ours through and answers HTTP with the status
- * in `extensions.http`, which it does not send; over graphql-ws a status means nothing.
+ * A token that could not be verified fails this operation only. When the database is
+ * still unreachable after the outage window (local auth's session read rides out an
+ * outage as transactions do, db/outage.ts), the client gets DATABASE_UNAVAILABLE, over
+ * HTTP with 503 and Retry-After, logged at warn. Anything else (GoTrue did not answer, a
+ * bug) is masked like any unexpected error, its cause logged under the request id. Yoga
+ * passes a GraphQLError of ours through and answers HTTP with the status and headers in
+ * `extensions.http`, which it does not send; over graphql-ws a status means nothing.
  */
 function contextFailed(logger: Logger, request: OperationRequest, cause: unknown): GraphQLError {
+  const overHttp = (request.transport ?? 'http') === 'http';
+  if (isConnectionError(cause)) {
+    logger.warn({ requestId: request.requestId, err: cause }, 'the database is unreachable: the token could not be verified');
+    return databaseUnavailableError(overHttp ? { extensions: { http: { status: 503, headers: { 'Retry-After': RETRY_AFTER_SECONDS } } } } : {});
+  }
   new OperationLog(logger, { requestId: request.requestId }).error({ err: cause }, 'unexpected error');
-  const http = (request.transport ?? 'http') === 'http' ? { http: { status: 500 } } : {};
-  return unexpectedError(request.requestId, { extensions: http });
+  return unexpectedError(request.requestId, { extensions: overHttp ? { http: { status: 500 } } : {} });
 }
 
 export function bearerToken(header: string | null | undefined): string | undefined {

@@ -1,15 +1,16 @@
 import { type ExecutionResult, GraphQLError, type GraphQLErrorOptions } from 'graphql';
 import { isAsyncIterable, type Plugin, handleStreamOrSingleExecutionResult } from 'graphql-yoga';
 import type { Context } from './context.js';
-import { expected } from './stream-errors.js';
+import { DATABASE_UNAVAILABLE, expected } from './stream-errors.js';
 
 /**
  * Unexpected errors become "Unexpected error." with the request id, and the original
  * goes to the log under the same id. Errors we raise on purpose (GraphQLErrors:
  * validation, auth scopes, bad cursors) pass unchanged, and an expected failure outside
  * a result union (e.g. a ValidationError of a query's argument) keeps its message and
- * code. Yoga's own masking stays behind this as a safety net, except around a live
- * stream's results, which its one mapping step masks alike (shared-execution.ts).
+ * code; a database still unreachable after the outage window is DATABASE_UNAVAILABLE.
+ * Yoga's own masking stays behind this as a safety net, except around a live stream's
+ * results, which its one mapping step masks alike (shared-execution.ts).
  */
 export function useRequestIdErrors(): Plugin<Context> {
   return {
@@ -34,6 +35,8 @@ function maskUnexpected(errors: readonly GraphQLError[], ctx: Context): GraphQLE
   return errors.map((error) => {
     if (!error.originalError || error.originalError instanceof GraphQLError) return error;
     const known = expected(error.originalError, error);
+    // Unreachable past the outage window: the client may retry; the log keeps the cause.
+    if (known?.extensions.code === DATABASE_UNAVAILABLE) ctx.log.warn({ err: error.originalError, path: error.path }, 'the database is unreachable');
     if (known) return known;
     ctx.log.error({ err: error.originalError, path: error.path }, 'unexpected error');
     return unexpectedError(ctx.requestId, { nodes: error.nodes, path: error.path });

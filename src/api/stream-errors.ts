@@ -1,5 +1,6 @@
-import { type ExecutionResult, GraphQLError } from 'graphql';
+import { type ExecutionResult, GraphQLError, type GraphQLErrorOptions } from 'graphql';
 import { isAsyncIterable, type Plugin } from 'graphql-yoga';
+import { isConnectionError } from '../db/outage.js';
 import { AppError, ValidationError } from '../errors.js';
 import { SlowConsumerError } from '../generations/streams.js';
 
@@ -8,9 +9,11 @@ import { SlowConsumerError } from '../generations/streams.js';
  * last result with `errors` (each with `extensions.code`), then the end of the stream,
  * the same over graphql-ws (a `next` message, then `complete`) and over SSE (an
  * `event: next`, then `event: complete`). Errors we raise on purpose keep their message
- * and code (NOT_FOUND, SLOW_CONSUMER, ...); anything else is masked with a request id as
- * usual: a subscription that cannot start gets it as its result, a stream that fails
- * later as its last result ("Unexpected error."), and the socket's other operations go on.
+ * and code (NOT_FOUND, SLOW_CONSUMER, ...); a database still unreachable after the
+ * outage window (db/outage.ts) is DATABASE_UNAVAILABLE, which a client may retry;
+ * anything else is masked with a request id as usual: a subscription that cannot start
+ * gets it as its result, a stream that fails later as its last result ("Unexpected
+ * error."), and the socket's other operations go on.
  *
  * This plugin rewrites the result of a subscription that cannot start. A stream that
  * fails later ends with `lastResultOf` in its one mapping step (shared-execution.ts),
@@ -37,7 +40,7 @@ export function lastResultOf(error: unknown, located: GraphQLError): ExecutionRe
   return known && { data: null, errors: [known] };
 }
 
-/** The GraphQL error of a failure we raise on purpose; undefined for anything unexpected. */
+/** The GraphQL error of a failure we raise on purpose, or of a database still unreachable; undefined for anything unexpected. */
 export function expected(error: unknown, located?: GraphQLError): GraphQLError | undefined {
   const at = { nodes: located?.nodes, path: located?.path };
   if (error instanceof SlowConsumerError) {
@@ -47,7 +50,23 @@ export function expected(error: unknown, located?: GraphQLError): GraphQLError |
     return new GraphQLError(error.message, { ...at, extensions: { code: 'BAD_USER_INPUT', fieldErrors: error.fieldErrors } });
   }
   if (error instanceof AppError) return new GraphQLError(error.message, { ...at, extensions: { code: codeOf(error.kind) } });
+  if (isConnectionError(error)) return databaseUnavailableError(at);
   return undefined;
+}
+
+/** The code of a database still unreachable after the outage window: the client may try again shortly. */
+export const DATABASE_UNAVAILABLE = 'DATABASE_UNAVAILABLE';
+
+/**
+ * What a client gets when the database is still unreachable after the outage window
+ * (OUTAGE_RETRY_MS): a resolver's transaction, a subscription's start, or the token check
+ * of a request (context.ts, which adds HTTP 503 and Retry-After). Worth trying again shortly.
+ */
+export function databaseUnavailableError(options: GraphQLErrorOptions = {}): GraphQLError {
+  return new GraphQLError('The database is unreachable for the moment; try again shortly.', {
+    ...options,
+    extensions: { ...options.extensions, code: DATABASE_UNAVAILABLE },
+  });
 }
 
 /** NotFoundError → NOT_FOUND; AuthError → UNAUTHENTICATED as the auth scopes say it. */

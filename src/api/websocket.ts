@@ -7,6 +7,7 @@ import { useServer } from 'graphql-ws/use/ws';
 import type { YogaServerInstance } from 'graphql-yoga';
 import { WebSocket, WebSocketServer } from 'ws';
 import type { AuthProvider } from '../auth/provider.js';
+import { isConnectionError } from '../db/outage.js';
 import type { Claims } from '../db/scope.js';
 import { type Deadline, Deadlines } from '../deadlines.js';
 import { AuthError } from '../errors.js';
@@ -21,12 +22,16 @@ import { bearerToken } from './context.js';
 // later when the token expires (a deadline at `exp`) or its session is revoked (every
 // socket's token is verified again every WS_AUTH_RECHECK_MS); 4408 when no
 // connection_init arrives within WS_CONNECTION_INIT_TIMEOUT_MS; 4429 'Too many open
-// connections' beyond LIVE_STREAMS_PER_USER sockets and SSE streams of one user; the protocol's own
-// codes otherwise (4400, 4401, 4406, 4409, 4429, 4500). An upgrade from a browser Origin
-// that is not in CORS_ORIGINS (when set) is refused with HTTP 403 before any socket
-// exists. Beyond WS_MAX_SUBSCRIPTIONS operations at once, one more fails on its own
-// with TOO_MANY_SUBSCRIPTIONS and the socket stays open. Pings every WS_KEEPALIVE_MS
-// drop peers that stop answering (a peer that stops reading stops answering too).
+// connections' beyond LIVE_STREAMS_PER_USER sockets and SSE streams of one user; 1013
+// 'Try again later' when the token cannot be verified because the database is still
+// unreachable after the outage window (db/outage.ts: until then connection_init waits),
+// which graphql-ws clients retry, where they give up at 4500; the protocol's own codes
+// otherwise (4400, 4401, 4406, 4409, 4429, 4500 for any other failure at connect). An
+// upgrade from a browser Origin that is not in CORS_ORIGINS (when set) is refused with
+// HTTP 403 before any socket exists. Beyond WS_MAX_SUBSCRIPTIONS operations at once,
+// one more fails on its own with TOO_MANY_SUBSCRIPTIONS and the socket stays open.
+// Pings every WS_KEEPALIVE_MS drop peers that stop answering (a peer that stops
+// reading stops answering too).
 
 export interface WebSocketOptions {
   server: Server;
@@ -72,6 +77,8 @@ interface Connection {
 
 /** A graphql-ws message is a document and its variables; nothing legitimate comes near this. */
 const DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024;
+/** WebSocket's "Try Again Later": graphql-ws clients reconnect after it (with retryAttempts), not after 4500. */
+const TRY_AGAIN_LATER = 1013;
 /** Tokens verified at once by the periodic re-check. */
 const RECHECK_CONCURRENCY = 8;
 
@@ -122,6 +129,11 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
           claims = await auth.verify(token);
         } catch (error) {
           if (error instanceof AuthError) return false; // 4403, without saying why
+          if (isConnectionError(error)) {
+            log.warn({ err: error }, 'the database is unreachable: the token could not be verified');
+            socket.close(TRY_AGAIN_LATER, 'Try again later: the database is unreachable');
+            return false;
+          }
           log.error({ err: error }, 'token verification failed');
           socket.close(CloseCode.InternalServerError, 'Internal server error');
           return false;

@@ -1,4 +1,5 @@
 import type { Db } from '../db/client.js';
+import { isConnectionError, retryThroughOutage } from '../db/outage.js';
 import { AuthError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { emailTakenError, invalidCredentialsError, normaliseEmail, validateSignInPassword, validateSignUp } from './credentials.js';
@@ -117,7 +118,10 @@ export async function createLocalAuth(options: LocalAuthOptions): Promise<LocalA
 
     async verify(accessToken) {
       const claims = await verifyAccessToken(key, accessToken, new Date(now()));
-      if (!(await isSessionLive(db, claims.session_id, claims.sub, sessionMaxAgeSeconds))) throw new AuthError();
+      // A read, always safe to repeat: a client arriving during an outage waits for the
+      // database like the transactions in flight (scope.ts) instead of being refused.
+      const live = await retryThroughOutage(() => isSessionLive(db, claims.session_id, claims.sub, sessionMaxAgeSeconds), isConnectionError);
+      if (!live) throw new AuthError();
       return claims;
     },
 

@@ -69,6 +69,10 @@ export class OperationLog {
     this.base.info({ ...this.fields, ...fields }, message);
   }
 
+  warn(fields: Record<string, unknown>, message: string): void {
+    this.base.warn({ ...this.fields, ...fields }, message);
+  }
+
   error(fields: Record<string, unknown>, message: string): void {
     this.base.error({ ...this.fields, ...fields }, message);
   }
