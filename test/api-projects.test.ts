@@ -305,6 +305,15 @@ describe('project(id) and node(id)', () => {
     });
   });
 
+  it('finds a project through node by an upper-case uuid, as project(id) does', async () => {
+    const owner = await signUp(server);
+    const project = await createProject(owner.client, { name: 'Shouted' });
+    const upper = encodeGlobalID('Project', decodeGlobalID(project.id).id.toUpperCase());
+
+    expect((await owner.client.expectNoErrors(ProjectByIdDocument, { id: upper })).project).toMatchObject({ id: project.id });
+    expect((await owner.client.expectNoErrors(NodeDocument, { id: upper })).node).toEqual({ __typename: 'Project', id: project.id, name: 'Shouted' });
+  });
+
   it('shows teammates as Users through node, and not other people', async () => {
     const { owner, editor, project } = await team();
     const stranger = await signUp(server);

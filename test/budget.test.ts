@@ -2,8 +2,9 @@ import { describe, expect, it } from 'vitest';
 import { budgetMeter, BudgetStop, estimateTokens } from '../src/generations/budget.js';
 import { ProjectDocument, SetProjectBudgetDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { createProject, expectTypename } from './support/fixtures.js';
+import { createProject, document, expectTypename, signUp } from './support/fixtures.js';
 import { filesUnder, rawId, replayChunks, startAccepted, startGeneration, waitForEnd } from './support/generation-helpers.js';
+import { useTestServer } from './support/server.js';
 import { useGenerationServer } from './support/suite-server.js';
 
 // A project's monthly token budget holds during a run, not only at its start: the
@@ -110,5 +111,40 @@ describe(`budgets during a run (${databaseKind})`, () => {
     expect(stopped).toMatchObject({ status: 'FAILED', error: { code: 'BUDGET_EXCEEDED' }, output: '' });
     // Nothing was spent, so nothing is counted.
     expect(stopped.usage).toEqual({ inputTokens: 0, outputTokens: 0 });
+  });
+});
+
+describe(`setting a budget (${databaseKind})`, () => {
+  const server = useTestServer();
+
+  type Budget = { monthlyTokenLimit: number | null };
+  const SetBudget = document<
+    { setProjectBudget: { __typename: string; budget?: Budget; fieldErrors?: { path: string[]; message: string }[] } },
+    { input: { projectId: string; monthlyTokenLimit?: number | null } }
+  >(`mutation SetBudget($input: SetProjectBudgetInput!) {
+    setProjectBudget(input: $input) {
+      __typename
+      ... on Project { budget { monthlyTokenLimit } }
+      ... on ValidationError { fieldErrors { path message } }
+    }
+  }`);
+  const BudgetOf = document<{ project: { budget: Budget } | null }, { id: string }>('query BudgetOf($id: ID!) { project(id: $id) { budget { monthlyTokenLimit } } }');
+
+  it('removes the limit only with an explicit null: a left-out monthlyTokenLimit is a ValidationError that keeps the cap', async () => {
+    const owner = await signUp(server);
+    const project = await createProject(owner.client);
+    const set = async (monthlyTokenLimit: { monthlyTokenLimit?: number | null }) =>
+      (await owner.client.expectNoErrors(SetBudget, { input: { projectId: project.id, ...monthlyTokenLimit } })).setProjectBudget;
+    const budget = async () => (await owner.client.expectNoErrors(BudgetOf, { id: project.id })).project?.budget;
+
+    expect(await set({ monthlyTokenLimit: 5000 })).toEqual({ __typename: 'Project', budget: { monthlyTokenLimit: 5000 } });
+    // A JavaScript client's undefined: JSON drops the field.
+    expect(await set({ monthlyTokenLimit: undefined })).toEqual({
+      __typename: 'ValidationError',
+      fieldErrors: [{ path: ['monthlyTokenLimit'], message: 'Give the limit, or null to remove it' }],
+    });
+    expect(await budget()).toEqual({ monthlyTokenLimit: 5000 });
+    expect(await set({ monthlyTokenLimit: null })).toEqual({ __typename: 'Project', budget: { monthlyTokenLimit: null } });
+    expect(await budget()).toEqual({ monthlyTokenLimit: null });
   });
 });

@@ -1,8 +1,11 @@
 import { sql } from 'drizzle-orm';
 import { describe, expect, it } from 'vitest';
-import { memoryRateLimitStore } from '../src/api/rate-limit.js';
+import { createRateLimits, memoryRateLimitStore } from '../src/api/rate-limit.js';
+import { rowsOf } from '../src/db/client.js';
+import { postgresRateLimitStore } from '../src/db/rate-limit-store.js';
+import { RateLimitedError } from '../src/errors.js';
 import { RetryGenerationDocument, SignInDocument, SignUpDocument } from './gql/graphql.js';
-import { databaseKind, testDatabaseUrl } from './support/db.js';
+import { createTestDatabase, databaseKind, testDatabaseUrl } from './support/db.js';
 import { createProject, expectTypename, PASSWORD, signUp, uniqueEmail } from './support/fixtures.js';
 import { startAccepted, startGeneration, startInstance, waitForEnd } from './support/generation-helpers.js';
 import { type GraphQLClient, startTestServer, useTestServer } from './support/server.js';
@@ -138,6 +141,39 @@ describe(`the counters (${databaseKind})`, () => {
     expect((await store.hit('other', 60)).count).toBe(1);
     now += 50_000;
     expect(await store.hit('k', 60)).toEqual({ count: 1, resetInSeconds: 60 });
+  });
+
+  it('kept in the database outlive a sweep while their window is open, however long it is, and go once it has ended', async () => {
+    const DAY = 86_400;
+    // A window of about a week that opened over a day ago and stays open for an hour at least
+    // (windows are aligned to multiples of their length since the epoch): the one-day sweep dropped such a counter.
+    const nowSeconds = Math.floor(Date.now() / 1000);
+    let week = 7 * DAY;
+    while (nowSeconds % week < DAY + 3600 || week - (nowSeconds % week) < 3600) week += 3600;
+
+    const database = await createTestDatabase();
+    try {
+      const store = postgresRateLimitStore(database.db);
+      const off = { authPerEmail: null, generationsPerUser: null, membersPerUser: null, membersPerIp: null };
+      const limits = createRateLimits({ ...off, authPerIp: { limit: 2, windowSeconds: week } }, store);
+      await limits.authAttempt('203.0.113.7', 'one@example.com');
+      await limits.authAttempt('203.0.113.7', 'two@example.com');
+      // A minute-long counter whose window has ended (moved back one window), and one from before window lengths were kept.
+      await store.hit('ended', 60);
+      await database.db.execute(sql`update rate_limits set window_start = window_start - interval '60 seconds' where key like '%ended'`);
+      await database.db.execute(sql`insert into rate_limits (key, window_start, hits) values ('auth:ip:198.51.100.1', now() - interval '2 days', 1)`);
+
+      await store.sweep();
+
+      const left = rowsOf<{ key: string }>(await database.db.execute(sql`select key from rate_limits`)).map((row) => row.key);
+      expect(left.filter((key) => key.endsWith('auth:ip:203.0.113.7'))).toHaveLength(1);
+      expect(left).toHaveLength(1);
+      const refused = await limits.authAttempt('203.0.113.7', 'three@example.com').then(() => undefined, (error: unknown) => error);
+      expect(refused).toBeInstanceOf(RateLimitedError);
+      expect((refused as RateLimitedError).retryAfterSeconds).toBeGreaterThan(3600);
+    } finally {
+      await database.close();
+    }
   });
 
   it('live in a table that requests can neither read nor write', async () => {

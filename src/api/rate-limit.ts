@@ -113,8 +113,23 @@ export function addressBlock(address: string): string {
   return `${groups.slice(0, 4).map((group) => group.replace(/^0+(?=.)/, '')).join(':')}::/64`;
 }
 
+/** An address as the socket or a proxy gives it, without a port, lower-cased; undefined for anything else. */
 function normalise(address: string | undefined): string | undefined {
   if (!address) return undefined;
-  const plain = address.startsWith('::ffff:') && isIP(address.slice(7)) === 4 ? address.slice(7) : address;
+  const host = withoutPort(address);
+  const plain = host.startsWith('::ffff:') && isIP(host.slice(7)) === 4 ? host.slice(7) : host;
   return isIP(plain) ? plain.toLowerCase() : undefined;
+}
+
+/**
+ * Some proxies (Azure Application Gateway, Front Door) write the client's port too:
+ * `203.0.113.7:51234` is `203.0.113.7`, `[2001:db8::1]:443` (or `[2001:db8::1]`) is
+ * `2001:db8::1`. Anything else is returned as it is, for normalise to judge.
+ */
+function withoutPort(address: string): string {
+  const v4 = /^([\d.]+):(\d{1,5})$/.exec(address);
+  if (v4 && Number(v4[2]) <= 65535 && isIP(v4[1]!) === 4) return v4[1]!;
+  const v6 = /^\[([^\]]+)\](?::(\d{1,5}))?$/.exec(address);
+  if (v6 && Number(v6[2] ?? 0) <= 65535 && isIP(v6[1]!) === 6) return v6[1]!;
+  return address;
 }

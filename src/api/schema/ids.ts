@@ -51,7 +51,9 @@ export async function loadNodes(builder: Parameters<typeof resolveNodes>[0], ctx
     const type = typename ? info.schema.getType(typename) : undefined;
     return isObjectType(type) && type.getInterfaces().some((i) => i.name === 'Node') && UUID.test(id);
   });
-  const loaded = await resolveNodes(builder, ctx, info, ids.filter((_, index) => valid[index]));
+  // Lower-cased as idOf does: a uuid in either case names one row, and the loaders match ids exactly.
+  const wanted = ids.filter((_, index) => valid[index]).map(({ typename, id }) => ({ typename, id: id.toLowerCase() }));
+  const loaded = await resolveNodes(builder, ctx, info, wanted);
   let next = 0;
   return valid.map((ok) => (ok ? loaded[next++] : null));
 }
