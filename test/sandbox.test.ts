@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import { constants, existsSync } from 'node:fs';
 import { access, chmod, mkdir, mkdtemp, readdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
@@ -28,6 +29,8 @@ const npmRoot = await realNpmRoot();
 /** Where a test may stand in for Kiln installed under /usr (a root user's test run). */
 const USR_SCRATCH = '/usr/local/share';
 const usrWritable = await access(USR_SCRATCH, constants.W_OK).then(() => true, () => false);
+const hasPerl = existsSync('/usr/bin/perl');
+const hasPython = existsSync('/usr/bin/python3');
 
 describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`, () => {
   let sandbox: BuildSandbox;
@@ -208,6 +211,55 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     expect(held.result.status).toBe('FAILED');
     expect(held.result.message).toMatch(/wrote more than 64 MB to its workspace/);
   }, 150_000);
+
+  it.skipIf(!hasPython)('counts files the step deleted but still maps against the workspace limit', async () => {
+    // Written, one page mapped, closed and deleted: no descriptor left, only the mapping holds each 40 MB.
+    // libc's mmap itself: Python's mmap keeps a descriptor of its own.
+    const script = [
+      'import ctypes, os, time',
+      'libc = ctypes.CDLL(None)',
+      'libc.mmap.restype = ctypes.c_void_p',
+      'libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]',
+      'for i in range(2):',
+      '    with open(f"m{i}", "wb") as f: f.write(b"x" * (40 << 20))',
+      '    fd = os.open(f"m{i}", os.O_RDONLY)',
+      '    assert libc.mmap(None, 4096, 1, 1, fd, 0) != ctypes.c_void_p(-1).value',
+      '    os.close(fd)',
+      '    os.unlink(f"m{i}")',
+      'links = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")]',
+      'print("held, open:", sum("deleted" in link for link in links), flush=True)',
+      'time.sleep(600)',
+    ].join('\n');
+    const held = await run(`exec python3 -c '${script}'`, { timeoutMs: 120_000 });
+    expect(held.lines).toContain('held, open: 0');
+    expect(held.result.status).toBe('FAILED');
+    expect(held.result.message).toMatch(/wrote more than 64 MB to its workspace/);
+  }, 150_000);
+
+  it('gives every process of a step its own limit of open files, not the server\'s', async () => {
+    const { result, lines } = await run('ulimit -Sn; ulimit -Hn');
+    expect(result.status).toBe('SUCCEEDED');
+    expect(lines).toEqual(['4096', '4096']);
+  });
+
+  it.skipIf(!hasPerl)('refuses the ioctls that reserve disk space without growing a file (FS_IOC_RESVSP64 and its kin)', async () => {
+    // 1 GB each, in a file whose size stays 0: RLIMIT_FSIZE never sees it, the disk does.
+    const reserve = (file: string) =>
+      `perl -e 'for my $cmd (0x4030582a, 0x40305828, 0x40305839, 0x402c582a) { open(my $f, ">", "${file}") or die "$!"; ` +
+      `my $resv = pack("s s x4 q q x24", 0, 0, 0, 1 << 30); printf("%x %s\\n", $cmd, ioctl($f, $cmd, $resv) ? "reached" : "blocked ($!)"); close($f); unlink("${file}") }'`;
+    // The control: outside the sandbox the same ioctl reserves the space (a filesystem that supports fallocate).
+    const control = spawnSync('sh', ['-c', reserve('control.bin').replace('unlink(', 'print(-s "control.bin", " ", (stat("control.bin"))[12] * 512, "\\n"); unlink(')], { cwd: workspace, encoding: 'utf8' });
+    const controlLines = control.stdout.split('\n');
+    expect(controlLines[0]).toBe('4030582a reached');
+    const [size, allocated] = controlLines[1]!.split(' ').map(Number);
+    expect([size, allocated! >= 1 << 30]).toEqual([0, true]);
+
+    const { result, lines } = await run(`${reserve('reserved.bin')}; touch reserved.bin; du -B1 reserved.bin | cut -f1`);
+    expect(result.status).toBe('SUCCEEDED');
+    const blocked = '(Operation not supported)';
+    expect(lines).toEqual([`4030582a blocked ${blocked}`, `40305828 blocked ${blocked}`, `40305839 blocked ${blocked}`, `402c582a blocked ${blocked}`, '0']);
+    expect((await stat(join(workspace, 'reserved.bin'))).blocks).toBe(0);
+  });
 
   it('shows neither the host /tmp nor the folders around the workspace', async () => {
     await writeFile(join(root, 'workspaces', 'project', 'other-generation-file.txt'), 'another generation');

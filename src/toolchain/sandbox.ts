@@ -80,6 +80,8 @@ export interface Jail {
 }
 
 const BWRAP = '/usr/bin/bwrap';
+/** RLIMIT_NOFILE of every process of a step, soft and hard. */
+export const STEP_MAX_OPEN_FILES = 4096;
 const PRLIMIT = '/usr/bin/prlimit';
 const SANDBOX_UID = '1000';
 const HOME = '/tmp/home';
@@ -110,7 +112,7 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
   let seccomp = filter;
   let problem = settings.kind === 'none' ? undefined : await probeWith(seccomp);
   if (problem && seccomp && !(await probeWith(undefined))) {
-    log.warn({ problem }, 'bwrap works here, but not with the seccomp filter: builds run in the sandbox without it (fallocate and io_uring are not refused)');
+    log.warn({ problem }, 'bwrap works here, but not with the seccomp filter: builds run in the sandbox without it (fallocate, its ioctls and io_uring are not refused)');
     seccomp = undefined;
     problem = undefined;
   }
@@ -131,7 +133,7 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
   const hasPrlimit = await isExecutable(PRLIMIT);
   const hidden = { ...settings.hiddenDirs, "the server's working directory": process.cwd(), "Kiln's own folder": KILN_FOLDER };
   const enforcement = cgroups ? (cgroups.version === 2 ? 'cgroup v2' : 'cgroup v1') : 'rlimits and polling';
-  log.info({ sandbox: 'bwrap', enforcement, limits: settings.limits, seccomp: seccomp ? 'fallocate and io_uring refused' : 'none' }, 'builds run in the bwrap sandbox');
+  log.info({ sandbox: 'bwrap', enforcement, limits: settings.limits, seccomp: seccomp ? 'fallocate, its ioctls and io_uring refused' : 'none' }, 'builds run in the bwrap sandbox');
   return {
     kind: 'bwrap',
     enforcement,
@@ -375,6 +377,9 @@ function rlimitArgs(limits: StepLimits): string[] {
     // One file cannot outgrow the workspace limit, however fast it is written.
     `--fsize=${limits.workspaceMb * 1024 * 1024}`,
     '--core=0',
+    // Not the server's own (Node raises it to the hard limit): each descriptor is one more for
+    // the disk watch to read (step-limits.ts), and npm, vite and flutter need far fewer.
+    `--nofile=${STEP_MAX_OPEN_FILES}`,
     '--',
   ];
 }

@@ -1,5 +1,6 @@
-import { lstat, readdir, stat } from 'node:fs/promises';
+import { lstat, readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { type ProcStat, readProcStat } from '../proc-stat.js';
 import type { StepCgroup } from './cgroups.js';
 import { type ProcessOutput, runProcess, type SpawnFailure } from './spawner.js';
@@ -52,12 +53,13 @@ export function watchLimits(options: LimitWatchOptions): LimitWatch {
   let ticks = 0;
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<void> = Promise.resolve();
+  const held = heldDeletedFiles();
 
   const check = async (withDisk: boolean) => {
     // One look at the step's processes serves the limits a cgroup does not count and the disk's held files.
     const root = options.rootPid?.();
     const tree = root !== undefined && (withDisk || !options.cgroup) ? await processTree(root) : undefined;
-    const found = (await treeLimit(options, tree)) ?? (withDisk ? await diskLimit(options, tree) : undefined);
+    const found = (await treeLimit(options, tree)) ?? (withDisk ? await diskLimit(options, tree, held) : undefined);
     if (found && !exceeded) {
       exceeded = found;
       options.onExceeded(found);
@@ -107,35 +109,121 @@ async function treeLimit({ cgroup, limits }: LimitWatchOptions, tree: ProcessTre
  */
 const MIN_BYTES_PER_INODE = 4096;
 
-async function diskLimit({ diskPaths, limits }: LimitWatchOptions, tree: ProcessTree | undefined): Promise<string | undefined> {
-  const [use, held] = await Promise.all([diskUse(diskPaths), tree ? heldDeletedFiles(tree, diskPaths) : undefined]);
+async function diskLimit({ diskPaths, limits }: LimitWatchOptions, tree: ProcessTree | undefined, held: HeldFiles): Promise<string | undefined> {
+  const [use, heldUse] = await Promise.all([diskUse(diskPaths), tree ? held.look(tree, diskPaths) : undefined]);
   if (use === 'unreadable') return limitMessages.unreadable(limits);
-  const bytes = use.bytes + (held?.bytes ?? 0);
-  const inodes = use.inodes + (held?.inodes ?? 0);
+  const bytes = use.bytes + (heldUse?.bytes ?? 0);
+  const inodes = use.inodes + (heldUse?.inodes ?? 0);
   return Math.max(bytes, inodes * MIN_BYTES_PER_INODE) > limits.workspaceMb * 1024 * 1024 ? limitMessages.disk(limits) : undefined;
 }
 
 /**
- * A file deleted while a process holds it open keeps its disk space, out of du's sight: a
- * step could fill the disk one such file at a time (each up to the per-file limit) until
- * its timeout. Counted from /proc: the open files of the step's processes that have no
- * name left, on the filesystems of `paths` (a private /tmp has its own size limit).
+ * How many descriptors and mappings one look reads, and how many at once. A step may hold
+ * thousands of descriptors in each of hundreds of processes: one look at all of them kept
+ * the server's event loop busy for most of a second, so each look reads a share, goes on
+ * where the last one stopped, and lets the event loop run between batches.
  */
-async function heldDeletedFiles(tree: ProcessTree, paths: string[]): Promise<DiskUse> {
-  const devices = new Set((await Promise.all(paths.map((path) => stat(path).catch(() => undefined)))).map((found) => found?.dev));
-  const counted = new Set<string>();
-  const use: DiskUse = { bytes: 0, inodes: 0 };
-  for (const pid of tree.keys()) {
-    const fds = await readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
-    const files = await Promise.all(fds.map((fd) => stat(`/proc/${pid}/fd/${fd}`).catch(() => undefined)));
-    for (const file of files) {
-      if (!file?.isFile() || file.nlink !== 0 || !devices.has(file.dev) || counted.has(`${file.dev}:${file.ino}`)) continue;
-      counted.add(`${file.dev}:${file.ino}`);
-      use.bytes += file.blocks * 512;
-      use.inodes++;
+const HELD_LOOKS_PER_PASS = 8192;
+const HELD_BATCH = 64;
+
+/** A deleted file a step's process holds: its identity (device and inode) and the disk it takes. */
+interface HeldFile {
+  id: string;
+  bytes: number;
+}
+
+export interface HeldFiles {
+  /** The deleted files the processes of `tree` hold on the filesystems of `paths`, as far as the looks so far have seen. */
+  look(tree: ReadonlyMap<number, unknown>, paths: string[]): Promise<DiskUse>;
+}
+
+/**
+ * A file deleted while a process holds it open, or maps it, keeps its disk space, out of
+ * du's sight: a step could fill the disk one such file at a time (each up to the per-file
+ * limit) until its timeout. Counted from /proc: the open files (`fd/`) and mapped files
+ * (`maps`, `map_files/`) of the step's processes that have no name left, on the filesystems
+ * of `paths` (a private /tmp has its own size limit). Each look reads at most
+ * HELD_LOOKS_PER_PASS of them and remembers what it found; a descriptor the last looks did
+ * not reach counts as it was when last read.
+ */
+export function heldDeletedFiles(perPass = HELD_LOOKS_PER_PASS): HeldFiles {
+  /** By pid, then by `fd/<n>` or `map/<device>:<inode>`: what the last read of each found. */
+  const found = new Map<number, Map<string, HeldFile>>();
+  /** Where the next look starts: a pid and how many of its descriptors were read already. */
+  let cursor = { pid: 0, fdsRead: 0 };
+
+  const look = async (tree: ReadonlyMap<number, unknown>, paths: string[]): Promise<DiskUse> => {
+    const devices = new Set((await Promise.all(paths.map((path) => stat(path).catch(() => undefined)))).flatMap((s) => (s ? [s.dev] : [])));
+    for (const pid of found.keys()) if (!tree.has(pid)) found.delete(pid);
+    const pids = [...tree.keys()].sort((a, b) => a - b);
+    const first = Math.max(0, pids.findIndex((pid) => pid >= cursor.pid));
+    let budget = perPass;
+    for (let step = 0; step < pids.length && budget > 0; step++) {
+      const pid = pids[(first + step) % pids.length]!;
+      const fdsRead = pid === cursor.pid ? cursor.fdsRead : 0;
+      const own = found.get(pid) ?? new Map<string, HeldFile>();
+      found.set(pid, own);
+      if (fdsRead === 0) {
+        budget -= await readMaps(pid, devices, own);
+      }
+      const fds = (await readdir(`/proc/${pid}/fd`).catch(() => [] as string[])).sort((a, b) => Number(a) - Number(b));
+      const share = fds.slice(fdsRead, fdsRead + Math.max(budget, 0));
+      budget -= share.length;
+      for (let at = 0; at < share.length; at += HELD_BATCH) {
+        const batch = share.slice(at, at + HELD_BATCH);
+        const files = await Promise.all(batch.map((fd) => stat(`/proc/${pid}/fd/${fd}`).catch(() => undefined)));
+        batch.forEach((fd, index) => {
+          const file = files[index];
+          if (file?.isFile() && file.nlink === 0 && devices.has(file.dev)) own.set(`fd/${fd}`, { id: `${file.dev}:${file.ino}`, bytes: file.blocks * 512 });
+          else own.delete(`fd/${fd}`);
+        });
+        await yieldToLoop();
+      }
+      if (fdsRead + share.length < fds.length) {
+        cursor = { pid, fdsRead: fdsRead + share.length };
+        break;
+      }
+      // The whole list read: descriptors closed since then hold nothing.
+      const open = new Set(fds.map((fd) => `fd/${fd}`));
+      for (const key of own.keys()) if (key.startsWith('fd/') && !open.has(key)) own.delete(key);
+      cursor = { pid: pids[(first + step + 1) % pids.length]!, fdsRead: 0 };
     }
+    const counted = new Map<string, number>();
+    for (const own of found.values()) for (const { id, bytes } of own.values()) counted.set(id, Math.max(bytes, counted.get(id) ?? 0));
+    let bytes = 0;
+    for (const size of counted.values()) bytes += size;
+    return { bytes, inodes: counted.size };
+  };
+  return { look };
+}
+
+/**
+ * The deleted files `pid` maps (on `devices`), into `own` in place of those found before;
+ * returns how many reads it took. Their size comes from `map_files/` where the server may
+ * read it (CAP_SYS_ADMIN), else it counts what the mapping covers, all that `maps` tells.
+ */
+async function readMaps(pid: number, devices: ReadonlySet<number>, own: Map<string, HeldFile>): Promise<number> {
+  for (const key of own.keys()) if (key.startsWith('map/')) own.delete(key);
+  const text = await readFile(`/proc/${pid}/maps`, 'utf8').catch(() => '');
+  let reads = 1;
+  for (const line of text.split('\n')) {
+    // start-end perms offset major:minor inode path, the path ending " (deleted)" once unlinked.
+    const match = /^([0-9a-f]+)-([0-9a-f]+) \S+ ([0-9a-f]+) ([0-9a-f]+):([0-9a-f]+) (\d+) +\/.* \(deleted\)$/.exec(line);
+    if (!match) continue;
+    const [, start, end, offset, major, minor, inode] = match;
+    const dev = encodeDevice(parseInt(major!, 16), parseInt(minor!, 16));
+    if (!devices.has(dev) || own.has(`map/${dev}:${inode}`)) continue;
+    reads++;
+    const file = await stat(`/proc/${pid}/map_files/${start}-${end}`).catch(() => undefined);
+    const bytes = file ? file.blocks * 512 : parseInt(offset!, 16) + (parseInt(end!, 16) - parseInt(start!, 16));
+    own.set(`map/${dev}:${inode}`, { id: `${dev}:${inode}`, bytes });
   }
-  return use;
+  return reads;
+}
+
+/** st_dev as Linux encodes it (new_encode_dev) from a device's major and minor numbers. */
+function encodeDevice(major: number, minor: number): number {
+  return (minor & 0xff) + major * 256 + Math.floor(minor / 256) * 2 ** 20;
 }
 
 /** A step's processes (by pid) with what /proc says of each. */

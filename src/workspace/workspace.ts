@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { lstat, mkdir, mkdtemp, readdir, rename, rm, stat } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { RunError } from '../errors.js';
 import { MAX_VERSION_BYTES, MAX_VERSION_FILES, type OutputEvent } from '../generations/output-parser.js';
@@ -29,6 +29,12 @@ export interface CreateWorkspaceInput {
 }
 
 const TMP_PREFIX = '.tmp-';
+/**
+ * `<project>/.created-<generation>`: written by Kiln when it makes the workspace, beside it
+ * and not in it, so no build can change its time (a build sets its own folder's mtime at
+ * will: `touch -d 2100-01-01 .`). Pruning goes by it.
+ */
+const CREATED_PREFIX = '.created-';
 // A younger temporary directory may be a workspace another worker is writing right now.
 const STALE_TMP_MS = 60 * 60 * 1000;
 const ID = /^[A-Za-z0-9_-]+$/;
@@ -129,6 +135,7 @@ export async function createWorkspace(input: CreateWorkspaceInput): Promise<{ di
     await rm(tmp, { recursive: true, force: true });
     throw error;
   }
+  await writeFile(createdMarker(projectDir, input.generationId), '');
   const files = paths.map((path) => {
     const content = contents.get(path)!;
     return { path, content, ...fileDigest(content) };
@@ -146,7 +153,24 @@ export function projectCacheDir(workspaceDir: string): string {
 }
 
 export async function removeWorkspace(root: string, projectId: string, generationId: string): Promise<void> {
-  await removeTree(join(root, assertId(projectId), assertId(generationId)));
+  const projectDir = join(root, assertId(projectId));
+  await removeTree(join(projectDir, assertId(generationId)));
+  await rm(createdMarker(projectDir, generationId), { force: true });
+}
+
+function createdMarker(projectDir: string, generationId: string): string {
+  return join(projectDir, CREATED_PREFIX + generationId);
+}
+
+/**
+ * When Kiln made a generation's workspace: its marker's time. A workspace made before the
+ * markers has the older of its folder's mtime and ctime: a build can set the mtime, but the
+ * kernel sets the ctime to the moment of each change, so the folder never looks newer than
+ * the last moment its build ran.
+ */
+async function createdAt(projectDir: string, generationId: string, folder: { mtimeMs: number; ctimeMs: number }): Promise<number> {
+  const marker = await stat(createdMarker(projectDir, generationId)).catch(ignoreMissing);
+  return marker?.mtimeMs ?? Math.min(folder.mtimeMs, folder.ctimeMs);
 }
 
 export interface PruneGuard {
@@ -160,7 +184,7 @@ export interface PruneGuard {
 }
 
 /**
- * Keeps the `keep` most recently modified generation workspaces of a project and removes
+ * Keeps the `keep` most recently made generation workspaces of a project and removes
  * the rest of those whose generation has finished, with temporary directories left over
  * for more than an hour. Returns the generation ids removed.
  */
@@ -169,7 +193,7 @@ export async function pruneWorkspaces(root: string, projectId: string, keep: num
   const projectDir = join(root, assertId(projectId));
   const entries = (await readdir(projectDir, { withFileTypes: true }).catch(ignoreMissing)) ?? [];
   const now = Date.now();
-  const generations: { id: string; mtimeMs: number }[] = [];
+  const generations: { id: string; createdMs: number }[] = [];
   // One folder that cannot be removed never keeps the others.
   const removing = async (dir: string): Promise<boolean> => {
     try {
@@ -188,18 +212,20 @@ export async function pruneWorkspaces(root: string, projectId: string, keep: num
       const stale = now - stats.mtimeMs > STALE_TMP_MS;
       if (stale) await removing(join(projectDir, entry.name));
     } else if (ID.test(entry.name)) {
-      generations.push({ id: entry.name, mtimeMs: stats.mtimeMs });
+      generations.push({ id: entry.name, createdMs: await createdAt(projectDir, entry.name, stats) });
     }
   }
   const older = generations
-    .sort((a, b) => b.mtimeMs - a.mtimeMs)
+    .sort((a, b) => b.createdMs - a.createdMs)
     .slice(keep)
     .map((generation) => generation.id);
   // Asked after the listing: a generation that has finished stays finished.
   const finished = older.length > 0 ? await guard.finishedAmong(older) : new Set<string>();
   const removed: string[] = [];
   for (const id of older) {
-    if (finished.has(id) && (await removing(join(projectDir, id)))) removed.push(id);
+    if (!finished.has(id) || !(await removing(join(projectDir, id)))) continue;
+    await rm(createdMarker(projectDir, id), { force: true }).catch((error: unknown) => guard.onFailure(createdMarker(projectDir, id), error));
+    removed.push(id);
   }
   return removed;
 }

@@ -81,7 +81,8 @@ describe('createWorkspace', () => {
     };
     expect(await readTree(dir)).toEqual(expected);
     expect(files.map(({ path, content }) => [path, content])).toEqual(Object.entries(expected));
-    expect(await readdir(join(root, 'p1'))).toEqual(['g1']);
+    // Beside it, and not in it: when Kiln made it.
+    expect((await readdir(join(root, 'p1'))).sort()).toEqual(['.created-g1', 'g1']);
   });
 
   it('starts from the template when there is no parent version', async () => {
@@ -130,7 +131,7 @@ describe('createWorkspace', () => {
     await expect(tooBig).rejects.toThrow(
       new VersionTooLargeError("The project's files would take 10.01 MiB after this answer; Kiln keeps at most 10 MiB in a version."),
     );
-    expect(await readdir(join(root, 'p1'))).toEqual(['g2']);
+    expect((await readdir(join(root, 'p1'))).sort()).toEqual(['.created-g2', 'g2']);
   });
 
   it('keeps apart stored files whose paths Kiln now refuses', () => {
@@ -255,16 +256,16 @@ describe('pruning', () => {
 
   /** Workspaces of p1, each made `age` seconds ago. */
   async function workspacesAged(ages: Record<string, number>): Promise<void> {
-    const now = Date.now() / 1000;
-    for (const [generationId, age] of Object.entries(ages)) {
-      const { dir } = await createWorkspace(input({ generationId }));
-      await utimes(dir, now - age, now - age);
+    for (const [generationId, seconds] of Object.entries(ages)) {
+      await createWorkspace(input({ generationId }));
+      await age(generationId, seconds);
     }
   }
 
-  /** Sets a workspace's mtime back again after the test wrote into it. */
+  /** Sets when a workspace was made (its marker beside it) and its folder's mtime `seconds` back, after the test wrote into it. */
   async function age(generationId: string, seconds: number): Promise<void> {
     const when = Date.now() / 1000 - seconds;
+    await utimes(join(root, 'p1', `.created-${generationId}`), when, when);
     await utimes(join(root, 'p1', generationId), when, when);
   }
 
@@ -277,7 +278,7 @@ describe('pruning', () => {
 
     const guard = allFinished();
     expect((await pruneWorkspaces(root, 'p1', 2, guard)).sort()).toEqual(['g1', 'g2']);
-    expect((await readdir(join(root, 'p1'))).sort()).toEqual(['.tmp-writing', 'g3', 'g4']);
+    expect((await readdir(join(root, 'p1'))).sort()).toEqual(['.created-g3', '.created-g4', '.tmp-writing', 'g3', 'g4']);
     expect(guard.failures).toEqual([]);
   });
 
@@ -300,7 +301,7 @@ describe('pruning', () => {
     };
 
     expect((await pruneWorkspaces(root, 'p1', 1, guard)).sort()).toEqual(['g2', 'g3']);
-    expect((await readdir(join(root, 'p1'))).sort()).toEqual(['g1', 'g4']);
+    expect((await readdir(join(root, 'p1'))).sort()).toEqual(['.created-g1', '.created-g4', 'g1', 'g4']);
     expect(await readTree(join(root, 'p1', 'g1'))).toHaveProperty(['lib/main.dart'], 'parent main\n');
     // Only the workspaces past the newest `keep` are asked about.
     expect(asked).toEqual([['g1', 'g2', 'g3']]);
@@ -317,7 +318,7 @@ describe('pruning', () => {
 
     const guard = allFinished();
     expect((await pruneWorkspaces(root, 'p1', 1, guard)).sort()).toEqual(['g1', 'g2', 'g3']);
-    expect(await readdir(join(root, 'p1'))).toEqual(['g4']);
+    expect((await readdir(join(root, 'p1'))).sort()).toEqual(['.created-g4', 'g4']);
     expect(guard.failures).toEqual([]);
   });
 
@@ -331,7 +332,7 @@ describe('pruning', () => {
       await age('g3', 2 * hour);
       const guard = allFinished();
       expect((await pruneWorkspaces(root, 'p1', 1, guard)).sort()).toEqual(['g1', 'g2']);
-      expect((await readdir(join(root, 'p1'))).sort()).toEqual(['g3', 'g4']);
+      expect((await readdir(join(root, 'p1'))).sort()).toEqual(['.created-g3', '.created-g4', 'g3', 'g4']);
       expect(guard.failures).toEqual([join(root, 'p1', 'g3')]);
     } finally {
       spawnSync('chattr', ['-i', stuck]);
@@ -342,7 +343,31 @@ describe('pruning', () => {
     await createWorkspace(input({ generationId: 'g1' }));
     await createWorkspace(input({ generationId: 'g2' }));
     await removeWorkspace(root, 'p1', 'g1');
-    expect(await readdir(join(root, 'p1'))).toEqual(['g2']);
+    expect((await readdir(join(root, 'p1'))).sort()).toEqual(['.created-g2', 'g2']);
+  });
+
+  it('goes by when Kiln made each workspace, which no build can change, not by the folder\'s mtime', async () => {
+    await workspacesAged({ g1: 4 * hour, g2: 3 * hour, g3: 2 * hour });
+    // What a build in g1 can do to its own folder: `touch -d 2100-01-01 .`.
+    const future = Date.parse('2100-01-01T00:00:00Z') / 1000;
+    await utimes(join(root, 'p1', 'g1'), future, future);
+
+    const guard = allFinished();
+    expect(await pruneWorkspaces(root, 'p1', 2, guard)).toEqual(['g1']);
+    expect((await readdir(join(root, 'p1'))).sort()).toEqual(['.created-g2', '.created-g3', 'g2', 'g3']);
+  });
+
+  it('orders a workspace made without a marker (before Kiln wrote them) by the older of its mtime and ctime', async () => {
+    // g0, made before the markers, its mtime set to 2100 by its build; its ctime, which only the kernel sets, is now.
+    await createWorkspace(input({ generationId: 'g0' }));
+    await rm(join(root, 'p1', '.created-g0'));
+    const future = Date.parse('2100-01-01T00:00:00Z') / 1000;
+    await utimes(join(root, 'p1', 'g0'), future, future);
+    // Two made after that (an hour on, as this test has no hour to wait).
+    await workspacesAged({ g1: -hour, g2: -2 * hour });
+
+    expect(await pruneWorkspaces(root, 'p1', 2, allFinished())).toEqual(['g0']);
+    expect((await readdir(join(root, 'p1'))).sort()).toEqual(['.created-g1', '.created-g2', 'g1', 'g2']);
   });
 });
 
