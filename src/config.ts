@@ -402,6 +402,20 @@ function decodeKey(text: string): Buffer | null {
   return key.length === 32 && key.toString('base64url') === text.replace(/=$/, '').replace(/\+/g, '-').replace(/\//g, '_') ? key : null;
 }
 
+/**
+ * What Kiln as a process (runMain), which opens its database itself, refuses beyond
+ * parseConfig. ROLE=api over the embedded database: PGlite is opened by one process only, so
+ * no worker could ever join it and every generation would stay QUEUED. Not in parseConfig nor
+ * startKiln: an embedded database handed to startKiln (the suites share one in-memory PGlite
+ * between an API instance and a worker) can have its worker in the same process.
+ */
+export function ownDatabaseProblems(config: Pick<Config, 'role' | 'database'>): string[] {
+  if (config.role === 'api' && !config.database.url) {
+    return ['ROLE=api needs DATABASE_URL (a PostgreSQL its workers share): the embedded database opens in one process only, so no worker could run its generations; use ROLE=all for one process'];
+  }
+  return [];
+}
+
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
     super(`Invalid configuration:\n  - ${problems.join('\n  - ')}`);

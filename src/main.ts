@@ -4,7 +4,7 @@ import { buildApp } from './api/server.js';
 import { loadTracingPlugin } from './api/tracing-plugin.js';
 import { createOutputs } from './artifacts/outputs.js';
 import { createAuthProvider } from './auth/index.js';
-import { type Config, ConfigError, loadConfigOrExit } from './config.js';
+import { type Config, ConfigError, loadConfigOrExit, ownDatabaseProblems } from './config.js';
 import { type Database, openDatabase } from './db/client.js';
 import { migrateDatabase } from './db/migrate.js';
 import type { EventBus } from './events/bus.js';
@@ -85,25 +85,21 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
     config.tracing.enabled ? loadTracingPlugin() : undefined,
   ] as const;
   await Promise.allSettled(parts);
-  const [auth, secretBox, events, queue, llm, outputs] = await Promise.all(parts).catch(async (error: unknown) => {
-    // One failed (a bad key, an unreachable Redis): what did open is closed, so a caller that survives the error holds nothing.
+  const closeOpened = async () => {
     await Promise.allSettled(opened.map((part) => part.close()));
     if (!options.database) await database.close();
+  };
+  const [auth, secretBox, events, queue, llm, outputs] = await Promise.all(parts).catch(async (error: unknown) => {
+    // One failed (a bad key, an unreachable Redis): what did open is closed, so a caller that survives the error holds nothing.
+    await closeOpened();
     throw error;
   });
   const bus = events.bus;
   const provider = { name: llm.name, model: llm.model };
-  const worker: Worker | undefined =
-    config.role === 'api'
-      ? undefined
-      : startWorker({
-          provider,
-          concurrency: config.generations.workerConcurrency,
-          queue,
-          // Only over a PGlite it opened itself: a database handed in may be shared by other instances.
-          soleWorker: !options.database && database.kind === 'pglite',
-          pipeline: { db: database.db, bus, llm, logger, secretBox, metrics, workspaces: config.workspaces, toolchain: { ...config.toolchain, sandbox: buildSandbox }, leaseMs: config.generations.leaseMs, budgetReservationTokens: config.generations.budgetReservationTokens, outputs },
-        });
+  // Started once the API listens (below): a start that fails to listen (the port is taken)
+  // must not leave a worker claiming generations behind it. Until then a wake-up finds no
+  // worker, and the worker's first scan finds what was queued meanwhile.
+  let worker: Worker | undefined;
   const generations = {
     bus,
     provider,
@@ -122,7 +118,23 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
     logger,
   });
   const app = buildApp({ config, database, auth, logger, bus, generations, secretBox, rateLimits, metrics, streamAccess, outputs, buildSandbox });
-  const url = await app.start(options.port);
+  const url = await app.start(options.port).catch(async (error: unknown) => {
+    // Not listening (EADDRINUSE): what was opened is closed, as above.
+    await app.stop().catch(() => {});
+    streamAccess.close();
+    await closeOpened();
+    throw error;
+  });
+  if (config.role !== 'api') {
+    worker = startWorker({
+      provider,
+      concurrency: config.generations.workerConcurrency,
+      queue,
+      // Only over a PGlite it opened itself: a database handed in may be shared by other instances.
+      soleWorker: !options.database && database.kind === 'pglite',
+      pipeline: { db: database.db, bus, llm, logger, secretBox, metrics, workspaces: config.workspaces, toolchain: { ...config.toolchain, sandbox: buildSandbox }, leaseMs: config.generations.leaseMs, budgetReservationTokens: config.generations.budgetReservationTokens, outputs },
+    });
+  }
   outputs.listening(url);
   logger.info({ source: 'main', startupMs: Math.round(performance.now() - started), database: database.kind }, `Kiln is listening on ${url}/graphql`);
   if (config.env === 'production' && !config.outputs.previewOrigin) {
@@ -153,9 +165,18 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
   };
 }
 
+/** How long a shutdown may take beyond WORKER_SHUTDOWN_GRACE_SECONDS (handing runs back, closing connections). */
+const SHUTDOWN_MARGIN_MS = 30_000;
+
 /** Kiln as a process: config from the environment, tracing, the server, and shutdown on SIGTERM/SIGINT. */
 export async function runMain(): Promise<void> {
   const config = loadConfigOrExit();
+  // Refused like a bad variable, before anything opens: the process opens its own database.
+  const problems = ownDatabaseProblems(config);
+  if (problems.length > 0) {
+    process.stderr.write(`${new ConfigError(problems).message}\n`);
+    process.exit(1);
+  }
   const logger = createLogger(config.logLevel);
   // Process-wide, like the logger, and before anything is traced; undefined when OTEL_* leaves tracing off.
   const tracing = await startTracing(config.tracing);
@@ -171,8 +192,18 @@ export async function runMain(): Promise<void> {
   let signals = 0;
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     process.on(signal, () => {
-      const graceMs = signals++ === 0 ? config.generations.shutdownGraceMs : 0;
+      const first = signals++ === 0;
+      const graceMs = first ? config.generations.shutdownGraceMs : 0;
       logger.info({ source: 'main', signal, graceMs }, 'shutting down');
+      if (first) {
+        // A database that keeps its connections open but never answers holds queries, and the
+        // runs waiting on them, forever: the process ends anyway, a margin after the grace.
+        const boundMs = config.generations.shutdownGraceMs + SHUTDOWN_MARGIN_MS;
+        setTimeout(() => {
+          logger.error({ source: 'main', boundMs }, 'shutdown did not finish in time; exiting');
+          process.exit(1);
+        }, boundMs).unref();
+      }
       // Spans still buffered are exported before the process goes.
       kiln.stop({ graceMs }).then(() => tracing?.shutdown()).then(
         () => process.exit(0),

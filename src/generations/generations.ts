@@ -122,6 +122,25 @@ export function insertRetry(
   );
 }
 
+/**
+ * The automatic retry of a run that ended INTERRUPTED (lease recovery, a run handed back), in
+ * the transaction that ended it; none when its project is archived, or an archive of it is
+ * under way. Taken as a start (the shared archive lock), so an archive that comes after it
+ * finds the retry and cancels it. The lock is only tried: this transaction already holds the
+ * ended run's row, which an archive under way may be waiting for (to ask it to stop), so
+ * waiting for that archive would deadlock; that archive is about to end the project's work.
+ */
+export async function insertAutomaticRetry(
+  tx: Tx,
+  deps: Pick<GenerationDeps, 'provider' | 'enqueue'>,
+  original: GenerationRow,
+): Promise<GenerationRow | undefined> {
+  if (!(await projectStore.tryLockAgainstArchive(tx, original.projectId))) return undefined;
+  if ((await generationStore.projectOf(tx, original.projectId))?.archivedAt) return undefined;
+  // The interrupted run already passed the limits.
+  return insertRetry(tx, { ...deps, maxActivePerUser: Number.POSITIVE_INFINITY }, original, { createdBy: original.createdBy, limits: 'waive' });
+}
+
 /** A QUEUED generation ends at once; a RUNNING one is asked to stop (any instance, any worker). */
 export async function cancelGeneration(scope: Scope, deps: Pick<GenerationDeps, 'bus'>, id: string): Promise<GenerationRow> {
   const { generation, running } = await scope.run(async (tx) => {

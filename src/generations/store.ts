@@ -268,13 +268,24 @@ export const generationStore = {
    */
   async claim(tx: Tx, id: string, leaseMs: number, startedAt: string, again: boolean) {
     const stamp = sql`${startedAt}::timestamptz`;
-    const claimable = again ? or(eq(generations.status, 'QUEUED'), and(eq(generations.status, 'RUNNING'), eq(generations.startedAt, stamp))) : eq(generations.status, 'QUEUED');
+    const archived = sql`exists (select 1 from ${projects} where ${projects.id} = ${generations.projectId} and ${projects.archivedAt} is not null)`;
+    const queued = and(eq(generations.status, 'QUEUED'), not(archived));
+    const claimable = again ? or(queued, and(eq(generations.status, 'RUNNING'), eq(generations.startedAt, stamp))) : queued;
     const [row] = await tx
       .update(generations)
       .set({ status: 'RUNNING', phase: 'GENERATING', startedAt: stamp, leaseExpiresAt: sql`now() + ${leaseMs} * interval '1 millisecond'` })
       .where(and(eq(generations.id, id), claimable))
       .returning();
-    return row;
+    if (row) return row;
+    // Never run in an archived project: a generation queued there despite the archive (an
+    // automatic retry or a start that slipped past it) ends CANCELLED as the archive would have
+    // ended it. Nothing publishes that ending: the project's live streams of unfinished
+    // generations end with the archive (stream-access.ts).
+    await tx
+      .update(generations)
+      .set({ status: 'CANCELLED', phase: 'DONE', cancelRequestedAt: sql`now()`, finishedAt: sql`now()` })
+      .where(and(eq(generations.id, id), eq(generations.status, 'QUEUED'), archived));
+    return undefined;
   },
 
   /**

@@ -1,6 +1,6 @@
 import type { Tx } from '../db/client.js';
 import { serviceScope } from '../db/scope.js';
-import { type GenerationDeps, insertRetry } from '../generations/generations.js';
+import { type GenerationDeps, insertAutomaticRetry } from '../generations/generations.js';
 import { closeUnfinishedWork, type PipelineDeps, runGeneration } from '../generations/pipeline.js';
 import { type GenerationRow, generationStore } from '../generations/store.js';
 import type { Logger } from '../observability/logger.js';
@@ -53,6 +53,9 @@ export function startWorker(options: WorkerOptions): Worker {
     const limit = concurrency * 2;
     while (!shutdown.signal.aborted && running.size < concurrency) {
       const ids = await serviceScope(db).run((tx) => generationStore.queuedIds(tx, limit, queue?.scanMinAgeMs ?? 0));
+      // Stopped while the scan was under way: a run launched now would be claimed only to be
+      // handed back INTERRUPTED, spending its one automatic retry (take.free() says the same to pg-boss).
+      if (shutdown.signal.aborted) return;
       const fresh = ids.filter((id) => !running.has(id)).slice(0, concurrency - running.size);
       for (const id of fresh) launch(id);
       if (fresh.length === 0 || ids.length < limit) return; // that was every QUEUED row: no need to look again
@@ -153,12 +156,18 @@ export function startWorker(options: WorkerOptions): Worker {
 
   let stopping: Promise<void> | undefined;
   let hurry: (() => void) | undefined;
+  // A second stop with no grace may come before the grace wait has begun (while the queue
+  // consumer or a scan is still stopping): it is remembered, so that wait is skipped.
+  let hurried = false;
   return {
     wake,
     stop: (stopOptions = {}) => {
       const graceMs = stopOptions.graceMs ?? 0;
       if (stopping) {
-        if (graceMs === 0) hurry?.();
+        if (graceMs === 0) {
+          hurried = true;
+          hurry?.();
+        }
         return stopping;
       }
       stopping = (async () => {
@@ -167,7 +176,7 @@ export function startWorker(options: WorkerOptions): Worker {
         for (const resolve of slotFreed.splice(0)) resolve();
         await queue?.stopConsuming?.().catch((error: unknown) => log.warn({ err: error }, 'stopping the queue consumer failed'));
         await scanning;
-        if (graceMs > 0 && running.size > 0) {
+        if (graceMs > 0 && running.size > 0 && !hurried) {
           log.info({ running: running.size, graceMs }, 'letting running generations finish before handing them back');
           let timer: NodeJS.Timeout | undefined;
           await Promise.race([
@@ -187,11 +196,12 @@ export function startWorker(options: WorkerOptions): Worker {
   };
 }
 
-/** One automatic retry per generation: a new one with `retryOf`, queued at once. */
+/** One automatic retry per generation: a new one with `retryOf`, queued at once (none in an archived project). Returns how many were queued. */
 async function retryInterrupted(tx: Tx, provider: GenerationDeps['provider'], rows: GenerationRow[], enqueue?: GenerationDeps['enqueue']): Promise<number> {
   const retryable = rows.filter((row) => row.errorCode === 'INTERRUPTED' && row.attempt < 2 && row.retryOf === null);
+  let queued = 0;
   for (const row of retryable) {
-    await insertRetry(tx, { provider, maxActivePerUser: Number.POSITIVE_INFINITY, enqueue }, row, { createdBy: row.createdBy, limits: 'waive' });
+    if (await insertAutomaticRetry(tx, { provider, enqueue }, row)) queued++;
   }
-  return retryable.length;
+  return queued;
 }

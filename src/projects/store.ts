@@ -1,5 +1,5 @@
 import { and, count, desc, eq, inArray, lt, ne, or, sql } from 'drizzle-orm';
-import { advisoryLock } from '../db/advisory-locks.js';
+import { advisoryLock, tryAdvisoryLockShared } from '../db/advisory-locks.js';
 import { rowsOf, type Tx } from '../db/client.js';
 import { projectMembers, projectSecrets, projects, users } from '../db/schema.js';
 
@@ -19,6 +19,8 @@ function getColumns() {
   return { id, ownerId, name, description, target, createdAt, updatedAt, archivedAt, monthlyTokenLimit };
 }
 
+const archiveLockName = (projectId: string) => `kiln.project-archive:${projectId}`;
+
 export interface PageCursor {
   createdAt: Date;
   id: string;
@@ -37,7 +39,18 @@ export const projectStore = {
    * before the archive looks for what to stop, and a later one finds it archived.
    */
   async lockAgainstArchive(tx: Tx, projectId: string, as: 'start' | 'archive'): Promise<void> {
-    await tx.execute(sql`select ${advisoryLock(`kiln.project-archive:${projectId}`, as === 'archive' ? 'exclusive' : 'shared')}`);
+    await tx.execute(sql`select ${advisoryLock(archiveLockName(projectId), as === 'archive' ? 'exclusive' : 'shared')}`);
+  },
+
+  /**
+   * lockAgainstArchive's shared lock, taken only if no archive of the project holds it or
+   * waits for it; false otherwise, at once. For a start made while the caller already holds
+   * rows of the project's generations, which an archive under way waits for: waiting for the
+   * archive in turn would deadlock.
+   */
+  async tryLockAgainstArchive(tx: Tx, projectId: string): Promise<boolean> {
+    const [row] = rowsOf<{ locked: boolean }>(await tx.execute(sql`select ${tryAdvisoryLockShared(archiveLockName(projectId))} as locked`));
+    return row?.locked === true;
   },
 
   async find(tx: Tx, id: string): Promise<ProjectRow | undefined> {

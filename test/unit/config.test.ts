@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, parseConfig } from '../../src/config.js';
+import { ConfigError, ownDatabaseProblems, parseConfig } from '../../src/config.js';
 
 describe('parseConfig', () => {
   it('reads an empty DATA_DIR as unset: the default folder, not the working directory', () => {
@@ -128,5 +128,14 @@ describe('parseConfig: the answer bounds', () => {
     for (const bad of ['lots', '1.5', '0', '-3']) {
       expect(problemsOf({ OPENAI_MAX_TOKENS: bad })).toEqual([expect.stringMatching(/^OPENAI_MAX_TOKENS: a whole number of tokens, 1 or more/)]);
     }
+  });
+});
+
+describe('ROLE=api on the embedded database', () => {
+  it('is refused: no worker could ever open DATA_DIR beside it, so nothing it queues would run', () => {
+    expect(ownDatabaseProblems(parseConfig({ ROLE: 'api' }))).toEqual([expect.stringMatching(/^ROLE=api needs DATABASE_URL/)]);
+    expect(ownDatabaseProblems(parseConfig({ ROLE: 'api', DATABASE_URL: 'postgres://kiln@db.internal:5432/kiln' }))).toEqual([]);
+    expect(ownDatabaseProblems(parseConfig({}))).toEqual([]);
+    expect(ownDatabaseProblems(parseConfig({ ROLE: 'worker', DATABASE_URL: 'postgres://kiln@db.internal:5432/kiln' }))).toEqual([]);
   });
 });
