@@ -108,7 +108,6 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
     defaultMaxFixRounds: config.generations.defaultMaxFixRounds,
     wakeWorkers: (generationId: string) => worker?.wake(generationId),
     enqueue: queue.enqueue,
-    rateLimit: (userId: string) => rateLimits.generationStart(userId),
   };
   const streamAccess = createStreamAccess({
     stillValid: (tokens) => auth.stillValid(tokens),

@@ -24,6 +24,7 @@ describe(`budgets under concurrency (${databaseKind})`, () => {
     WORKER_CONCURRENCY: '10',
     MAX_ACTIVE_GENERATIONS_PER_USER: '20',
     RATE_LIMIT_GENERATIONS_PER_USER: '100/600',
+    RATE_LIMIT_GENERATIONS_PER_IP: 'off',
   });
 
   it('keeps a project within its limit when 10 runs start at once; the starts that cannot fit get BudgetExceededError', { timeout: 120_000 }, async () => {

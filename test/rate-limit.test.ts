@@ -1,19 +1,20 @@
 import { sql } from 'drizzle-orm';
+import { print } from 'graphql';
 import { describe, expect, it } from 'vitest';
 import { createRateLimits, memoryRateLimitStore } from '../src/api/rate-limit.js';
 import { rowsOf } from '../src/db/client.js';
 import { postgresRateLimitStore } from '../src/db/rate-limit-store.js';
 import { RateLimitedError } from '../src/errors.js';
-import { RetryGenerationDocument, SignInDocument, SignUpDocument } from './gql/graphql.js';
+import { RetryGenerationDocument, SignInDocument, SignUpDocument, StartGenerationDocument } from './gql/graphql.js';
 import { createTestDatabase, databaseKind, testDatabaseUrl } from './support/db.js';
-import { createProject, expectTypename, PASSWORD, signUp, uniqueEmail } from './support/fixtures.js';
+import { createProject, expectTypename, PASSWORD, signUp, type TestUser, uniqueEmail } from './support/fixtures.js';
 import { startAccepted, startGeneration, startInstance, waitForEnd } from './support/generation-helpers.js';
 import { type GraphQLClient, startTestServer, useTestServer } from './support/server.js';
 import { useGenerationServer } from './support/suite-server.js';
 
 // Rate limits answer RateLimitedError { retryAfterSeconds } once a window's budget of
 // attempts is spent: sign-in and sign-up per client address and per email, starting
-// generations per user. The client address is the socket's unless TRUST_PROXY says
+// generations per user and per client address. The client address is the socket's unless TRUST_PROXY says
 // which X-Forwarded-For entry to believe.
 
 async function signInAs(client: GraphQLClient, email: string, password: string, headers: Record<string, string> = {}) {
@@ -113,6 +114,30 @@ describe(`starting generations (${databaseKind})`, () => {
   });
 });
 
+describe(`starting generations from one address (${databaseKind})`, () => {
+  const suite = useGenerationServer({
+    TRUST_PROXY: 'true',
+    RATE_LIMIT_GENERATIONS_PER_USER: '5/600',
+    RATE_LIMIT_GENERATIONS_PER_IP: '2/600',
+    MAX_ACTIVE_GENERATIONS_PER_USER: '10',
+  });
+
+  /** startGeneration's result type, sent as a client behind the proxy at `address`. */
+  async function startFrom(user: TestUser, address: string, prompt: string): Promise<string> {
+    const project = await createProject(user.client, { target: 'FLUTTER' });
+    const response = await user.client.post({ query: print(StartGenerationDocument), variables: { input: { projectId: project.id, prompt } } }, { 'x-forwarded-for': address });
+    return ((await response.json()) as { data: { startGeneration: { __typename: string } } }).data.startGeneration.__typename;
+  }
+
+  it('refuses a third start from one address whichever account makes it (accounts are free), and leaves other addresses alone', async () => {
+    const [first, second, third] = [await signUp(suite.server), await signUp(suite.server), await signUp(suite.server)];
+    expect(await startFrom(first, '203.0.113.7', 'A timer')).toBe('Generation');
+    expect(await startFrom(second, '203.0.113.7', 'A stopwatch')).toBe('Generation');
+    expect(await startFrom(third, '203.0.113.7', 'A clock')).toBe('RateLimitedError');
+    expect(await startFrom(third, '198.51.100.4', 'A clock')).toBe('Generation');
+  });
+});
+
 describe.skipIf(!testDatabaseUrl)('limits shared through PostgreSQL', () => {
   const server = useTestServer({ RATE_LIMIT_AUTH_PER_EMAIL: '3/600' });
 
@@ -154,7 +179,7 @@ describe(`the counters (${databaseKind})`, () => {
     const database = await createTestDatabase();
     try {
       const store = postgresRateLimitStore(database.db);
-      const off = { authPerEmail: null, generationsPerUser: null, membersPerUser: null, membersPerIp: null };
+      const off = { authPerEmail: null, generationsPerUser: null, generationsPerIp: null, membersPerUser: null, membersPerIp: null };
       const limits = createRateLimits({ ...off, authPerIp: { limit: 2, windowSeconds: week } }, store);
       await limits.authAttempt('203.0.113.7', 'one@example.com');
       await limits.authAttempt('203.0.113.7', 'two@example.com');

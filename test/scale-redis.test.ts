@@ -40,6 +40,7 @@ describe.skipIf(skip)('scaled out with EVENTS=redis through a Redis restart (set
       GENERATION_LEASE_SECONDS: '3',
       OFFLINE_CHUNK_DELAY_MS: '100',
       RATE_LIMIT_GENERATIONS_PER_USER: 'off',
+      RATE_LIMIT_GENERATIONS_PER_IP: 'off',
     };
     [apiA, apiB, worker] = await Promise.all([
       spawnKiln('api-A', { ...env, ROLE: 'api', DATA_DIR: `${data.path}/a` }),

@@ -39,6 +39,7 @@ describe.skipIf(skip)(`scaled out through a PostgreSQL restart (private cluster;
       GENERATION_LEASE_SECONDS: '3',
       OFFLINE_CHUNK_DELAY_MS: '100',
       RATE_LIMIT_GENERATIONS_PER_USER: 'off',
+      RATE_LIMIT_GENERATIONS_PER_IP: 'off',
     };
     [api, worker] = await Promise.all([
       spawnKiln('api', { ...env, ROLE: 'api', DATA_DIR: `${data.path}/api` }),

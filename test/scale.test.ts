@@ -85,6 +85,7 @@ describe.skipIf(!testDatabaseUrl)('scaled out: 2 API + 2 worker processes, QUEUE
       OFFLINE_CHUNK_DELAY_MS: '100',
       MAX_ACTIVE_GENERATIONS_PER_USER: '20',
       RATE_LIMIT_GENERATIONS_PER_USER: 'off',
+      RATE_LIMIT_GENERATIONS_PER_IP: 'off',
     };
     [apiA, apiB] = await Promise.all([
       spawnKiln('api-A', { ...env, ROLE: 'api', DATA_DIR: `${data.path}/api-a` }),

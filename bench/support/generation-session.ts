@@ -26,6 +26,7 @@ export function pipelineBenchEnv(dataDir: string, flutterBin: string): Record<st
     FLUTTER_BIN: flutterBin,
     BUILD_SANDBOX: 'none',
     RATE_LIMIT_GENERATIONS_PER_USER: 'off',
+    RATE_LIMIT_GENERATIONS_PER_IP: 'off',
   };
 }
 

@@ -48,11 +48,16 @@ export interface UseCaseDeps {
   streams: { bus: EventBus; maxQueued: number; access: Pick<StreamAccess, 'watch'> };
   /** Undefined when project secrets are disabled (no KILN_ENCRYPTION_KEY). */
   secretBox?: SecretBox;
-  rateLimits: Pick<RateLimits, 'authAttempt' | 'memberAdd'>;
+  rateLimits: Pick<RateLimits, 'authAttempt' | 'memberAdd' | 'generationStart'>;
   /** Sign-up, sign-in, refresh and sign-out; tokens are verified in the context factory (a graphql-ws subscription: at connect). */
   sessions: Pick<AuthProvider, 'signUp' | 'signIn' | 'refresh' | 'signOut'>;
   /** Short-lived signed URLs of previews and archives. */
   outputs: Pick<Outputs, 'previewUrl' | 'archiveUrl'>;
+}
+
+/** The generation use-cases for this operation: a start counts against the user's limit and the client address's (RATE_LIMIT_GENERATIONS_*). */
+export function startLimits(ctx: Context): GenerationDeps {
+  return { ...ctx.useCases.generations, rateLimit: (userId) => ctx.useCases.rateLimits.generationStart(userId, ctx.clientIp) };
 }
 
 export interface Viewer {

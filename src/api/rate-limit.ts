@@ -8,8 +8,8 @@ import { RateLimitedError } from '../errors.js';
 // Fixed-window rate limits: sign-in and sign-up per client address (spraying) and per
 // email from one address (guessing one account; keyed on both, so an attacker who
 // hammers a victim's email cannot lock the victim out from anywhere else), starting
-// generations per user, and adding project members (probing emails for accounts) per user and
-// per client address (accounts are free, addresses are not). Embedded Kiln
+// generations (builds run, a paid model answers) and adding project members (probing
+// emails for accounts) per user and per client address (accounts are free, addresses are not). Embedded Kiln
 // counts in memory (one process); on PostgreSQL every instance counts in one table,
 // so a limit holds however many API processes sit behind the load balancer.
 
@@ -26,8 +26,8 @@ export interface RateLimitStore {
 export interface RateLimits {
   /** Before signIn and signUp. */
   authAttempt(clientIp: string, email: string): Promise<void>;
-  /** Before startGeneration and retryGeneration. */
-  generationStart(userId: string): Promise<void>;
+  /** Before startGeneration, retryGeneration and restoreGeneration. */
+  generationStart(userId: string, clientIp: string): Promise<void>;
   /** Before addProjectMember. */
   memberAdd(userId: string, clientIp: string): Promise<void>;
 }
@@ -45,7 +45,11 @@ export function createRateLimits(rules: Config['rateLimits'], store: RateLimitSt
       await check(rules.authPerIp, `auth:ip:${client}`, message);
       await check(rules.authPerEmail, `auth:email:${email.trim().toLowerCase()}:${client}`, message);
     },
-    generationStart: (userId) => check(rules.generationsPerUser, `generations:user:${userId}`, 'You started too many generations recently; wait a while and try again.'),
+    generationStart: async (userId, clientIp) => {
+      const message = 'You started too many generations recently; wait a while and try again.';
+      await check(rules.generationsPerUser, `generations:user:${userId}`, message);
+      await check(rules.generationsPerIp, `generations:ip:${addressBlock(clientIp)}`, message);
+    },
     memberAdd: async (userId, clientIp) => {
       const message = 'You added too many members recently; wait a while and try again.';
       await check(rules.membersPerUser, `members:user:${userId}`, message);

@@ -41,7 +41,7 @@ export interface GenerationDeps {
   defaultMaxFixRounds?: number;
   /** Tokens a start reserves against its project's monthly limit (BUDGET_RESERVATION_TOKENS); unset: none until it streams. */
   budgetReservationTokens?: number;
-  /** Throws RateLimitedError when the user started too many generations recently. */
+  /** Throws RateLimitedError when the user (or the client's address) started too many generations recently; bound per request (startLimits). */
   rateLimit?(userId: string): Promise<void>;
 }
 

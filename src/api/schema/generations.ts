@@ -7,7 +7,7 @@ import { type BuildStepRow, CONVERSATION_MAX_CHARS, CONVERSATION_MAX_MESSAGES, t
 import { buildLogs, generationChunks, generationUpdates, type LiveStream } from '../../generations/streams.js';
 import { monthlyTokenLimit, setProjectBudget } from '../../projects/projects.js';
 import { builder } from '../builder.js';
-import type { Context } from '../context.js';
+import { type Context, startLimits } from '../context.js';
 import { idFor, idOrNullFor } from './ids.js';
 import { keysetConnection } from './paging.js';
 import { ProjectRef } from './projects.js';
@@ -244,7 +244,7 @@ builder.mutationFields((t) => ({
       'Queues a generation and returns it at once (QUEUED); follow it with the subscriptions. A session runs one generation at a time: joining one (sessionId, or a parent of it) while another of it is queued or running is an InvalidStateError.',
     args: { input: t.arg({ type: StartGenerationInput, required: true }) },
     resolve: (_root, { input }, ctx) =>
-      startGeneration(ctx.db, ctx.useCases.generations, {
+      startGeneration(ctx.db, startLimits(ctx), {
         projectId: input.projectId,
         prompt: input.prompt,
         sessionId: input.sessionId == null ? null : String(input.sessionId).toLowerCase(),
@@ -265,7 +265,7 @@ builder.mutationFields((t) => ({
     description:
       "Starts a new generation with the same prompt, session and parent (retryOf points back); a restore's retry restores the same files again. Refused while another generation of the session is queued or running.",
     args: { id: t.arg.globalID({ required: true }).validate(idFor('Generation')) },
-    resolve: (_root, args, ctx) => retryGeneration(ctx.db, ctx.useCases.generations, args.id),
+    resolve: (_root, args, ctx) => retryGeneration(ctx.db, startLimits(ctx), args.id),
   }),
   setProjectBudget: t.field({
     type: ProjectRef,

@@ -5,6 +5,7 @@ import type { SignedUrl } from '../../artifacts/outputs.js';
 import { NotFoundError } from '../../errors.js';
 import { restoreGeneration } from '../../generations/restore.js';
 import { builder } from '../builder.js';
+import { startLimits } from '../context.js';
 import { GenerationRef } from './generations.js';
 import { idFor, idOf } from './ids.js';
 
@@ -106,6 +107,6 @@ builder.mutationField('restoreGeneration', (t) =>
     description:
       'A new generation in the same session whose files are exactly those of `id`, built again with no model call; history is never rewritten. The next follow-up builds on it.',
     args: { id: t.arg.globalID({ required: true }).validate(idFor('Generation')) },
-    resolve: (_root, args, ctx) => restoreGeneration(ctx.db, ctx.useCases.generations, args.id),
+    resolve: (_root, args, ctx) => restoreGeneration(ctx.db, startLimits(ctx), args.id),
   }),
 );
