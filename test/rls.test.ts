@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Db, Tx } from '../src/db/client.js';
 import { projects } from '../src/db/schema.js';
 import { type Claims, serviceScope, userScope } from '../src/db/scope.js';
+import { ForbiddenError } from '../src/errors.js';
 import { generationStore } from '../src/generations/store.js';
 import { createTestDatabase, type TestDatabase } from './support/db.js';
 import {
@@ -18,6 +19,7 @@ import {
   serviceRows,
   SqlState,
   sqlArray,
+  sqlStateOf,
   statusOf,
   type Team,
   verdict,
@@ -837,6 +839,29 @@ describe('claims', () => {
 
 // Holes found while writing this suite: each test states the secure behaviour and
 // fails until the policies, grants or triggers enforce it.
+describe('a write the policies refuse, out of a user scope', () => {
+  // A use-case checks the role when it reads, and the role can change before it writes:
+  // the policy's refusal is then an answer (ForbiddenError), not an unexpected error.
+  it('is a ForbiddenError, and nothing is written', async () => {
+    const t = await createTeam(db);
+    const write = as(db, t.viewer).run((tx) => tx.execute(sql`insert into project_members (project_id, user_id, role) values (${t.projectId}, ${t.stranger}, 'viewer')`));
+    await expect(write).rejects.toBeInstanceOf(ForbiddenError);
+    expect(await serviceRows(db, sql`select 1 from project_members where project_id = ${t.projectId} and user_id = ${t.stranger}`)).toEqual([]);
+  });
+
+  it('but a missing privilege (a bug, not a refusal) stays the database error, to be masked and logged', async () => {
+    const t = await createTeam(db);
+    const write = as(db, t.owner).run((tx) => tx.execute(sql`truncate projects`));
+    const error = await write.then(
+      () => undefined,
+      (failure: unknown) => failure,
+    );
+    expect(error).not.toBeInstanceOf(ForbiddenError);
+    expect(sqlStateOf(error)).toEqual({ code: SqlState.insufficientPrivilege, message: expect.stringMatching(/^permission denied/) });
+    expect(await serviceRows(db, sql`select name from projects where id = ${t.projectId}`)).toEqual([{ name: t.projectName }]);
+  });
+});
+
 describe('cross-project references and forged generation state', () => {
   it("refuses a generation or message that points at a generation of a project its author cannot read", async () => {
     const victim = await createTeam(db);

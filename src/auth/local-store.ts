@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { and, eq, gt, inArray, isNull, lt, ne, not, or, sql } from 'drizzle-orm';
 import type { Db, Tx } from '../db/client.js';
+import { errorChain } from '../db/error-chain.js';
 import { authSessions, localCredentials, refreshTokens, users } from '../db/schema.js';
 import { serviceScope } from '../db/scope.js';
 import type { AuthUser, SignOutScope } from './provider.js';
@@ -47,8 +48,8 @@ export function createAccount(db: Db, email: string, passwordHash: string): Prom
 /** The error of createAccount when the email is taken: the unique index decides, so racing sign-ups cannot both win. */
 export function isEmailTaken(error: unknown): boolean {
   // drizzle wraps the driver's error in `cause`; postgres.js names the constraint constraint_name, PGlite constraint.
-  for (let e: unknown = error; e instanceof Error; e = e.cause) {
-    const { code, constraint_name, constraint } = e as { code?: string; constraint_name?: string; constraint?: string };
+  for (const e of errorChain(error)) {
+    const { code, constraint_name, constraint } = e as { code?: unknown; constraint_name?: string; constraint?: string };
     if (code === '23505') return (constraint_name ?? constraint) === 'users_email_key';
   }
   return false;

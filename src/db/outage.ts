@@ -1,3 +1,5 @@
+import { errorChain } from './error-chain.js';
+
 // Riding out a database outage (a managed-Postgres failover, a restart): work that
 // failed because the connection was lost is tried again, with back-off, for up to
 // OUTAGE_RETRY_MS, instead of failing the run or the request that needed it.
@@ -33,8 +35,7 @@ const SHUTDOWN_STATES = new Set(['57P01', '57P02', '57P03']);
 
 /** Whether `error` (or what it wraps: drizzle puts the driver's error in `cause`) is a lost or refused connection. */
 export function isConnectionError(error: unknown): boolean {
-  for (let e: unknown = error, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
-    const code = (e as { code?: unknown }).code;
+  for (const { code } of errorChain(error)) {
     if (typeof code !== 'string') continue;
     // SQLSTATE class 08: connection exception.
     if (CONNECTION_CODES.has(code) || SHUTDOWN_STATES.has(code) || /^08[0-9A-Z]{3}$/.test(code)) return true;

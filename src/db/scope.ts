@@ -1,7 +1,8 @@
 import { sql } from 'drizzle-orm';
-import { AuthError } from '../errors.js';
+import { AuthError, ForbiddenError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Db, Tx } from './client.js';
+import { errorChain } from './error-chain.js';
 import { isConnectionError, type RetryReport, retryThroughOutage } from './outage.js';
 
 /** The verified claims of a request, in Supabase's shape. */
@@ -25,6 +26,11 @@ export interface Scope {
   run<T>(work: (tx: Tx) => Promise<T>): Promise<T>;
 }
 
+/**
+ * A user's scope. A write its row policies refuse is a ForbiddenError: a use-case checks the
+ * viewer's role when it reads the project, and the role can change before its write (READ
+ * COMMITTED: each statement sees the latest commits), so the policy is the one that says no.
+ */
 export function userScope(db: Db, claims: Claims): Scope {
   const claimsJson = JSON.stringify(claims);
   return {
@@ -37,8 +43,20 @@ export function userScope(db: Db, claims: Claims): Scope {
           sql`select set_config('request.jwt.claims', ${claimsJson}, true), set_config('role', 'authenticated', true), set_config('kiln.request', 'api', true)`,
         );
         return work(tx);
+      }).catch((error: unknown) => {
+        throw isRowPolicyViolation(error) ? new ForbiddenError() : error;
       }),
   };
+}
+
+/**
+ * Whether `error` (or what it wraps: drizzle puts the driver's error in `cause`) is a row a
+ * row-level security policy refused: SQLSTATE 42501 with PostgreSQL's "new row violates
+ * row-level security policy" (server messages in English, as Supabase's are). Other 42501s
+ * (a table or function the role has no grant on) are bugs: they stay unexpected, masked and logged.
+ */
+function isRowPolicyViolation(error: unknown): boolean {
+  return [...errorChain(error)].some((e) => e.code === '42501' && /violates row-level security policy/.test(e.message));
 }
 
 /** The server's own scope (worker, auth provider, migrations): no RLS. */

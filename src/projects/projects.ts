@@ -43,7 +43,12 @@ export async function getProject(scope: Scope, id: string): Promise<ProjectRow |
   return (await scope.run((tx) => projectStore.find(tx, id))) ?? null;
 }
 
-/** An archived project is kept as it is: its settings and keys stay as they were. */
+/**
+ * An archived project is kept as it is: its settings and keys stay as they were. Checked
+ * on a project read under lockAgainstArchive(tx, id, 'start'), taken before the read: an
+ * archive under way is waited for and then seen, and one that comes later waits for the
+ * change to commit (the same turns as a start: startGeneration).
+ */
 function refuseChangeWhenArchived(project: Pick<ProjectRow, 'archivedAt'>): void {
   if (project.archivedAt) throw new InvalidStateError('An archived project cannot be changed.');
 }
@@ -53,6 +58,7 @@ export async function updateProject(
   input: { id: string; name?: string | null; description?: string | null },
 ): Promise<ProjectRow> {
   return scope.run(async (tx) => {
+    await projectStore.lockAgainstArchive(tx, input.id, 'start');
     const project = requireRole(await projectStore.find(tx, input.id), ['owner', 'editor']);
     refuseChangeWhenArchived(project);
     const changes: { name?: string; description?: string | null } = {};
@@ -63,10 +69,14 @@ export async function updateProject(
   });
 }
 
-/** Owners archive a project, in the caller's transaction (which also stops its work: archiveProjectAndStop). */
+/**
+ * Owners archive a project, in the caller's transaction (which also stops its work:
+ * archiveProjectAndStop). The lock comes before the read, so of two archives at once the
+ * second sees the first one's archivedAt and keeps it.
+ */
 export async function archiveProjectIn(tx: Tx, id: string): Promise<ProjectRow> {
-  const project = requireRole(await projectStore.find(tx, id), ['owner']);
   await projectStore.lockAgainstArchive(tx, id, 'archive');
+  const project = requireRole(await projectStore.find(tx, id), ['owner']);
   if (project.archivedAt) return project;
   return { ...(await projectStore.update(tx, id, { archivedAt: new Date() }))!, viewerRole: project.viewerRole };
 }
@@ -76,6 +86,7 @@ export const monthlyTokenLimit = z.number().int().positive('The limit must be a 
 /** Owners set or remove (null) the project's monthly token limit. */
 export async function setProjectBudget(scope: Scope, input: { projectId: string; monthlyTokenLimit: number | null }): Promise<ProjectRow> {
   return scope.run(async (tx) => {
+    await projectStore.lockAgainstArchive(tx, input.projectId, 'start');
     const project = requireRole(await projectStore.find(tx, input.projectId), ['owner']);
     refuseChangeWhenArchived(project);
     const row = await projectStore.update(tx, project.id, { monthlyTokenLimit: input.monthlyTokenLimit });
@@ -101,6 +112,7 @@ export async function setProjectSecret(
   const { value } = input;
   if (value === undefined) throw new ValidationError([{ path: ['value'], message: 'Give the key, or null to delete it' }]);
   return scope.run(async (tx) => {
+    await projectStore.lockAgainstArchive(tx, input.projectId, 'start');
     const project = requireRole(await projectStore.find(tx, input.projectId), ['owner']);
     // An archived project takes no new key; deleting one stays possible (archiving is final).
     if (value === null) {
