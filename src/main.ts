@@ -43,6 +43,9 @@ async function openSecretBox(config: Config, database: Database): Promise<Secret
   return secretBox;
 }
 
+/** How long a shutdown may take beyond WORKER_SHUTDOWN_GRACE_SECONDS (handing runs back, closing connections). */
+const SHUTDOWN_MARGIN_MS = 30_000;
+
 /** The composition root: config → database → auth → API. */
 export async function startKiln(config: Config, options: { logger?: Logger; database?: Database; port?: number } = {}): Promise<Kiln> {
   const logger = options.logger ?? createLogger(config.logLevel);
@@ -58,8 +61,8 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
       url: config.database.url,
       dataDir: config.dataDir,
       maxConnections: config.database.poolMax,
-      // A Kiln still shutting down on this DATA_DIR may take its grace period to let go.
-      dataDirWaitMs: config.generations.shutdownGraceMs + 10_000,
+      // A Kiln still shutting down on this DATA_DIR may take as long as runMain lets it to let go.
+      dataDirWaitMs: config.generations.shutdownGraceMs + SHUTDOWN_MARGIN_MS + 10_000,
       onDataDirBusy: (holder) => logger.warn({ source: 'main', holder, dataDir: config.dataDir }, `waiting for process ${holder} to let go of DATA_DIR (a Kiln still shutting down?)`),
     }));
   const [migration, probe] = await Promise.allSettled([config.database.migrateOnStart ? migrateDatabase(database) : undefined, sandboxProbe]);
@@ -116,14 +119,19 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
     maxPerUser: config.subscriptions.maxLivePerUser,
     logger,
   });
-  const app = buildApp({ config, database, auth, logger, bus, generations, secretBox, rateLimits, metrics, streamAccess, outputs, buildSandbox });
-  const url = await app.start(options.port).catch(async (error: unknown) => {
-    // Not listening (EADDRINUSE): what was opened is closed, as above.
-    await app.stop().catch(() => {});
+  let app: ReturnType<typeof buildApp> | undefined;
+  let url: string;
+  try {
+    app = buildApp({ config, database, auth, logger, bus, generations, secretBox, rateLimits, metrics, streamAccess, outputs, buildSandbox });
+    url = await app.start(options.port);
+  } catch (error) {
+    // Not built (an unreadable persisted-operations manifest) or not listening (EADDRINUSE): what was opened is closed, as above.
+    await app?.stop().catch(() => {});
     streamAccess.close();
     await closeOpened();
     throw error;
-  });
+  }
+  const api = app;
   if (config.role !== 'api') {
     worker = startWorker({
       provider,
@@ -150,7 +158,7 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
         return stopping;
       }
       stopping = (async () => {
-        await app.stop();
+        await api.stop();
         streamAccess.close();
         await worker?.stop({ graceMs: stopOptions.graceMs ?? 0 });
         await queue.close();
@@ -163,9 +171,6 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
     },
   };
 }
-
-/** How long a shutdown may take beyond WORKER_SHUTDOWN_GRACE_SECONDS (handing runs back, closing connections). */
-const SHUTDOWN_MARGIN_MS = 30_000;
 
 /** Kiln as a process: config from the environment, tracing, the server, and shutdown on SIGTERM/SIGINT. */
 export async function runMain(): Promise<void> {

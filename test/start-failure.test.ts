@@ -17,6 +17,7 @@ import { startKiln } from '../src/main.js';
 import { createLogger } from '../src/observability/logger.js';
 import { createTestDatabase } from './support/db.js';
 import { fakeFlutter, tempDir } from './support/generation-helpers.js';
+import { LogCapture } from './support/log-capture.js';
 import { startProcess } from './support/process.js';
 import { unsandboxedBuilds } from './support/server.js';
 
@@ -69,7 +70,7 @@ async function queueOne(database: Database): Promise<string> {
 async function envWith(dataDir: string) {
   const flutter = await fakeFlutter('ok');
   cleanups.push(() => flutter.remove());
-  // No grace: on the embedded database, a second start waits only 10 s for the first to let go of DATA_DIR.
+  // No grace: on the embedded database, a second start waits 40 s for the first to let go of DATA_DIR.
   return { DATA_DIR: dataDir, FLUTTER_BIN: flutter.bin, LOG_LEVEL: 'silent', OFFLINE_CHUNK_DELAY_MS: '0', WORKER_SHUTDOWN_GRACE_SECONDS: '0', ...unsandboxedBuilds };
 }
 
@@ -106,6 +107,20 @@ describe('a start whose port is taken', () => {
     } finally {
       await database.close();
     }
+  });
+
+  it('that cannot build its API (an unreadable persisted-operations manifest) lets go of its embedded DATA_DIR too', async () => {
+    const data = await tempDir('bad-manifest');
+    cleanups.push(() => data.remove());
+    const env = await envWith(data.path);
+    const unreadable = parseConfig({ ...env, PERSISTED_OPERATIONS_ONLY: 'true', PERSISTED_OPERATIONS_MANIFEST: `${data.path}/no-such-manifest.json` });
+    await expect(startKiln(unreadable, { port: 0, logger })).rejects.toThrow('PERSISTED_OPERATIONS_MANIFEST');
+
+    // Still held, DATA_DIR would keep this start waiting, then refuse it (the second start does not wait: it says so).
+    const logs = new LogCapture();
+    const kiln = await startKiln(parseConfig(env), { port: 0, logger: createLogger('warn', logs) });
+    cleanups.push(() => kiln.stop());
+    expect(logs.records().filter((record) => String(record.msg).includes('to let go of DATA_DIR'))).toEqual([]);
   });
 
   it('on a database handed in, leaves no worker behind to claim what is queued there', async () => {

@@ -3,7 +3,7 @@ import type { Outputs } from '../artifacts/outputs.js';
 import type { AuthProvider } from '../auth/provider.js';
 import type { Config } from '../config.js';
 import type { Database } from '../db/client.js';
-import { isConnectionError } from '../db/outage.js';
+import { DatabaseUnavailableError } from '../db/outage.js';
 import { type Claims, type Scope, anonymousScope, userScope } from '../db/scope.js';
 import { AuthError } from '../errors.js';
 import type { EventBus } from '../events/bus.js';
@@ -144,7 +144,7 @@ const RETRY_AFTER_SECONDS = '5';
  */
 function contextFailed(logger: Logger, request: OperationRequest, cause: unknown): GraphQLError {
   const overHttp = (request.transport ?? 'http') === 'http';
-  if (isConnectionError(cause)) {
+  if (cause instanceof DatabaseUnavailableError) {
     logger.warn({ requestId: request.requestId, err: cause }, 'the database is unreachable: the token could not be verified');
     return databaseUnavailableError(overHttp ? { extensions: { http: { status: 503, headers: { 'Retry-After': RETRY_AFTER_SECONDS } } } } : {});
   }

@@ -1,6 +1,6 @@
 import { type ExecutionResult, GraphQLError, type GraphQLErrorOptions } from 'graphql';
 import { isAsyncIterable, type Plugin } from 'graphql-yoga';
-import { isConnectionError } from '../db/outage.js';
+import { DatabaseUnavailableError } from '../db/outage.js';
 import { AppError, ValidationError } from '../errors.js';
 import { SlowConsumerError } from '../generations/streams.js';
 
@@ -50,7 +50,7 @@ export function expected(error: unknown, located?: GraphQLError): GraphQLError |
     return new GraphQLError(error.message, { ...at, extensions: { code: 'BAD_USER_INPUT', fieldErrors: error.fieldErrors } });
   }
   if (error instanceof AppError) return new GraphQLError(error.message, { ...at, extensions: { code: codeOf(error.kind) } });
-  if (isConnectionError(error)) return databaseUnavailableError(at);
+  if (error instanceof DatabaseUnavailableError) return databaseUnavailableError(at);
   return undefined;
 }
 

@@ -7,7 +7,7 @@ import { useServer } from 'graphql-ws/use/ws';
 import type { YogaServerInstance } from 'graphql-yoga';
 import { WebSocket, WebSocketServer } from 'ws';
 import type { AuthProvider } from '../auth/provider.js';
-import { isConnectionError } from '../db/outage.js';
+import { DatabaseUnavailableError } from '../db/outage.js';
 import type { Claims } from '../db/scope.js';
 import { type Deadline, Deadlines } from '../deadlines.js';
 import { AuthError } from '../errors.js';
@@ -129,7 +129,7 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
           claims = await auth.verify(token);
         } catch (error) {
           if (error instanceof AuthError) return false; // 4403, without saying why
-          if (isConnectionError(error)) {
+          if (error instanceof DatabaseUnavailableError) {
             log.warn({ err: error }, 'the database is unreachable: the token could not be verified');
             socket.close(TRY_AGAIN_LATER, 'Try again later: the database is unreachable');
             return false;

@@ -43,6 +43,18 @@ export function isConnectionError(error: unknown): boolean {
   return false;
 }
 
+/**
+ * The database stayed unreachable for the whole window: what retryThroughOutage throws
+ * then, wrapping the last connection error. Only this says "the database is down" to a
+ * client (DATABASE_UNAVAILABLE, a 1013 close); a bare ECONNREFUSED may come from anywhere
+ * (GoTrue's keys, an artefact store).
+ */
+export class DatabaseUnavailableError extends Error {
+  constructor(cause: unknown) {
+    super('The database stayed unreachable for the outage window.', { cause });
+  }
+}
+
 export interface RetryReport {
   attempt: number;
   delayMs: number;
@@ -50,8 +62,9 @@ export interface RetryReport {
 }
 
 /**
- * Runs `attempt` until it succeeds, fails with an error `retryable` refuses, or
- * `windowMs` has passed; pauses double from 100 ms to 2 s between attempts.
+ * Runs `attempt` until it succeeds, fails with an error `retryable` refuses (thrown as it
+ * is), or `windowMs` has passed (a DatabaseUnavailableError); pauses double from 100 ms to
+ * 2 s between attempts.
  */
 export async function retryThroughOutage<T>(
   attempt: () => Promise<T>,
@@ -64,7 +77,8 @@ export async function retryThroughOutage<T>(
     try {
       return await attempt();
     } catch (error) {
-      if (!retryable(error) || Date.now() + delayMs > deadline) throw error;
+      if (!retryable(error)) throw error;
+      if (Date.now() + delayMs > deadline) throw new DatabaseUnavailableError(error);
       options.onRetry?.({ attempt: tries, delayMs, error });
       await new Promise((resolve) => setTimeout(resolve, delayMs));
       delayMs = Math.min(delayMs * 2, MAX_DELAY_MS);

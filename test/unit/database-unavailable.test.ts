@@ -12,6 +12,7 @@ import { useRequestIdErrors } from '../../src/api/errors-plugin.js';
 import { useStreamErrors } from '../../src/api/stream-errors.js';
 import { attachWebSocket, type WebSocketOptions } from '../../src/api/websocket.js';
 import type { AuthProvider } from '../../src/auth/provider.js';
+import { DatabaseUnavailableError, isConnectionError, retryThroughOutage } from '../../src/db/outage.js';
 import type { Claims } from '../../src/db/scope.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { collect, liveClient, wsUrl } from '../support/live.js';
@@ -27,10 +28,15 @@ const UNAVAILABLE = { message: 'The database is unreachable for the moment; try 
 const WARN = 40;
 const ERROR = 50;
 
-/** What postgres.js throws for a refused connection, wrapped as drizzle wraps a driver's error. */
+/** What a database call throws once the outage window has passed: postgres.js's refused connection, wrapped as drizzle wraps it, at the end of retryThroughOutage. */
 function connectionRefused(): Error {
   const driver = Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' });
-  return new Error('Failed query: select 1', { cause: driver });
+  return new DatabaseUnavailableError(new Error('Failed query: select 1', { cause: driver }));
+}
+
+/** What a refused fetch throws (undici, through jose when Supabase's signing keys cannot be fetched): not the database. */
+function fetchRefused(): Error {
+  return new TypeError('fetch failed', { cause: Object.assign(new Error('connect ECONNREFUSED 10.0.0.9:443'), { code: 'ECONNREFUSED' }) });
 }
 
 const claims: Claims = { sub: 'user-1', role: 'authenticated', email: 'a@example.com' };
@@ -137,9 +143,12 @@ describe('a database still unreachable after the outage window', () => {
     expect(await (await app.post('{ viewer }')).json()).toEqual({ data: { viewer: 'user-1' } });
   });
 
-  it('still masks any other verification failure as "Unexpected error." with HTTP 500', async () => {
+  it.each([
+    ['GoTrue answered 502', () => new Error('GoTrue answered 502')],
+    ["a refused connection that is not the database's", fetchRefused],
+  ])('still masks any other verification failure (%s) as "Unexpected error." with HTTP 500', async (_label, failure) => {
     app = await startApp();
-    app.verifyFailures.push(new Error('GoTrue answered 502'));
+    app.verifyFailures.push(failure());
     const response = await app.post('{ viewer }');
     expect(response.status).toBe(500);
     expect(await response.json()).toEqual({ errors: [{ message: 'Unexpected error.', extensions: { code: 'INTERNAL_SERVER_ERROR', requestId: 'request-1' } }] });
@@ -164,6 +173,7 @@ describe('a database still unreachable after the outage window', () => {
   it.each([
     ['closes a socket whose token cannot be verified with 1013, which graphql-ws clients retry', connectionRefused, { code: 1013, reason: 'Try again later: the database is unreachable' }],
     ['closes with 4500 for any other verification failure', () => new Error('GoTrue answered 502'), { code: 4500, reason: 'Internal server error' }],
+    ["closes with 4500 for a refused connection that is not the database's", fetchRefused, { code: 4500, reason: 'Internal server error' }],
   ])('%s', async (_label, failure, closed) => {
     app = await startApp();
     app.verifyFailures.push(failure());
@@ -195,5 +205,29 @@ describe('a database still unreachable after the outage window', () => {
     } finally {
       await client.dispose();
     }
+  });
+});
+
+describe('retryThroughOutage', () => {
+  it('gives up after its window with a DatabaseUnavailableError around the last connection error, and throws anything else as it is', async () => {
+    const refused = Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' });
+    let attempts = 0;
+    const outage = retryThroughOutage(
+      () => {
+        attempts++;
+        return Promise.reject(refused);
+      },
+      isConnectionError,
+      { windowMs: 150 },
+    );
+    const failure = await outage.catch((error: unknown) => error);
+    expect(failure).toBeInstanceOf(DatabaseUnavailableError);
+    expect((failure as Error).cause).toBe(refused);
+    expect(attempts).toBeGreaterThan(1);
+    // The pipeline still tells a lost connection by its cause (INTERRUPTED).
+    expect(isConnectionError(failure)).toBe(true);
+
+    const bug = new Error('column "nope" does not exist');
+    await expect(retryThroughOutage(() => Promise.reject(bug), isConnectionError, { windowMs: 150 })).rejects.toBe(bug);
   });
 });
