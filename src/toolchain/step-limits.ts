@@ -118,13 +118,17 @@ async function diskLimit({ diskPaths, limits }: LimitWatchOptions, tree: Process
 }
 
 /**
- * How many descriptors and mappings one look reads, and how many at once. A step may hold
- * thousands of descriptors in each of hundreds of processes: one look at all of them kept
- * the server's event loop busy for most of a second, so each look reads a share, goes on
- * where the last one stopped, and lets the event loop run between batches.
+ * How much one look reads, and how many descriptors at once. A step may hold thousands of
+ * descriptors in each of hundreds of processes, or map tens of thousands of areas in each:
+ * one look at all of them kept the server's event loop busy for most of a second, so each
+ * look reads a share, goes on where the last one stopped, and lets the event loop run
+ * between batches and between processes. A share is HELD_LOOKS_PER_PASS descriptors or
+ * mapped files to stat, MAPS_LINES_PER_LOOK lines of `maps` counting as one.
  */
 const HELD_LOOKS_PER_PASS = 8192;
+const MAPS_LINES_PER_LOOK = 8;
 const HELD_BATCH = 64;
+const MAPS_LINES_BATCH = 1024;
 
 /** A deleted file a step's process holds: its identity (device and inode) and the disk it takes. */
 interface HeldFile {
@@ -137,59 +141,87 @@ export interface HeldFiles {
   look(tree: ReadonlyMap<number, unknown>, paths: string[]): Promise<DiskUse>;
 }
 
+/** What the scan of one process found: by `fd/<n>` or `map/<device>:<inode>`, what the last read of each found. */
+interface HeldByProcess {
+  files: Map<string, HeldFile>;
+  /** The mapped files the pass through `maps` under way has met. */
+  mapsSeen: Set<string>;
+}
+
+/**
+ * Where the next look starts: a pid, then its `maps` from the first area at or above `after`
+ * (an address, in hex: areas are listed in address order, so one mapped or unmapped since
+ * does not shift the place), then its descriptors from the `fdsRead`-th on.
+ */
+type HeldCursor = { pid: number; phase: 'maps'; after?: string } | { pid: number; phase: 'fds'; fdsRead: number };
+
 /**
  * A file deleted while a process holds it open, or maps it, keeps its disk space, out of
  * du's sight: a step could fill the disk one such file at a time (each up to the per-file
  * limit) until its timeout. Counted from /proc: the open files (`fd/`) and mapped files
  * (`maps`, `map_files/`) of the step's processes that have no name left, on the filesystems
- * of `paths` (a private /tmp has its own size limit). Each look reads at most
- * HELD_LOOKS_PER_PASS of them and remembers what it found; a descriptor the last looks did
- * not reach counts as it was when last read.
+ * of `paths` (a private /tmp has its own size limit). Each look reads at most a share of them
+ * (`perPass` descriptors' worth) and remembers what it found; a descriptor or mapping the
+ * last looks did not reach counts as it was when last read. Every look moves the cursor on,
+ * so however much one process maps or holds, the looks come round to every other.
  */
 export function heldDeletedFiles(perPass = HELD_LOOKS_PER_PASS): HeldFiles {
-  /** By pid, then by `fd/<n>` or `map/<device>:<inode>`: what the last read of each found. */
-  const found = new Map<number, Map<string, HeldFile>>();
-  /** Where the next look starts: a pid and how many of its descriptors were read already. */
-  let cursor = { pid: 0, fdsRead: 0 };
+  const found = new Map<number, HeldByProcess>();
+  let cursor: HeldCursor = { pid: 0, phase: 'maps' };
 
   const look = async (tree: ReadonlyMap<number, unknown>, paths: string[]): Promise<DiskUse> => {
     const devices = new Set((await Promise.all(paths.map((path) => stat(path).catch(() => undefined)))).flatMap((s) => (s ? [s.dev] : [])));
+    const watched: MapsFilter = { devices, paths };
     for (const pid of found.keys()) if (!tree.has(pid)) found.delete(pid);
     const pids = [...tree.keys()].sort((a, b) => a - b);
     const first = Math.max(0, pids.findIndex((pid) => pid >= cursor.pid));
-    let budget = perPass;
+    // In lines of `maps`: a descriptor or a mapped file to stat costs MAPS_LINES_PER_LOOK.
+    let budget = perPass * MAPS_LINES_PER_LOOK;
     for (let step = 0; step < pids.length && budget > 0; step++) {
       const pid = pids[(first + step) % pids.length]!;
-      const fdsRead = pid === cursor.pid ? cursor.fdsRead : 0;
-      const own = found.get(pid) ?? new Map<string, HeldFile>();
+      const at: HeldCursor = pid === cursor.pid ? cursor : { pid, phase: 'maps' };
+      const own = found.get(pid) ?? { files: new Map<string, HeldFile>(), mapsSeen: new Set<string>() };
       found.set(pid, own);
-      if (fdsRead === 0) {
-        budget -= await readMaps(pid, devices, own);
+      let fdsRead = at.phase === 'fds' ? at.fdsRead : 0;
+      if (at.phase === 'maps') {
+        const read = await readMaps(pid, watched, own, at.after, budget);
+        budget -= read.cost;
+        if (read.stoppedAfter !== undefined) {
+          cursor = { pid, phase: 'maps', after: read.stoppedAfter };
+          break;
+        }
+        if (budget <= 0) {
+          cursor = { pid, phase: 'fds', fdsRead: 0 };
+          break;
+        }
       }
       const fds = (await readdir(`/proc/${pid}/fd`).catch(() => [] as string[])).sort((a, b) => Number(a) - Number(b));
-      const share = fds.slice(fdsRead, fdsRead + Math.max(budget, 0));
-      budget -= share.length;
-      for (let at = 0; at < share.length; at += HELD_BATCH) {
-        const batch = share.slice(at, at + HELD_BATCH);
+      // At least one: the look always gets on.
+      const share = fds.slice(fdsRead, fdsRead + Math.max(1, Math.floor(budget / MAPS_LINES_PER_LOOK)));
+      budget -= share.length * MAPS_LINES_PER_LOOK;
+      for (let start = 0; start < share.length; start += HELD_BATCH) {
+        const batch = share.slice(start, start + HELD_BATCH);
         const files = await Promise.all(batch.map((fd) => stat(`/proc/${pid}/fd/${fd}`).catch(() => undefined)));
         batch.forEach((fd, index) => {
           const file = files[index];
-          if (file?.isFile() && file.nlink === 0 && devices.has(file.dev)) own.set(`fd/${fd}`, { id: `${file.dev}:${file.ino}`, bytes: file.blocks * 512 });
-          else own.delete(`fd/${fd}`);
+          if (file?.isFile() && file.nlink === 0 && devices.has(file.dev)) own.files.set(`fd/${fd}`, { id: `${file.dev}:${file.ino}`, bytes: file.blocks * 512 });
+          else own.files.delete(`fd/${fd}`);
         });
         await yieldToLoop();
       }
-      if (fdsRead + share.length < fds.length) {
-        cursor = { pid, fdsRead: fdsRead + share.length };
+      fdsRead += share.length;
+      if (fdsRead < fds.length) {
+        cursor = { pid, phase: 'fds', fdsRead };
         break;
       }
       // The whole list read: descriptors closed since then hold nothing.
       const open = new Set(fds.map((fd) => `fd/${fd}`));
-      for (const key of own.keys()) if (key.startsWith('fd/') && !open.has(key)) own.delete(key);
-      cursor = { pid: pids[(first + step + 1) % pids.length]!, fdsRead: 0 };
+      for (const key of own.files.keys()) if (key.startsWith('fd/') && !open.has(key)) own.files.delete(key);
+      cursor = { pid: pids[(first + step + 1) % pids.length]!, phase: 'maps' };
+      await yieldToLoop();
     }
     const counted = new Map<string, number>();
-    for (const own of found.values()) for (const { id, bytes } of own.values()) counted.set(id, Math.max(bytes, counted.get(id) ?? 0));
+    for (const own of found.values()) for (const { id, bytes } of own.files.values()) counted.set(id, Math.max(bytes, counted.get(id) ?? 0));
     let bytes = 0;
     for (const size of counted.values()) bytes += size;
     return { bytes, inodes: counted.size };
@@ -197,28 +229,95 @@ export function heldDeletedFiles(perPass = HELD_LOOKS_PER_PASS): HeldFiles {
   return { look };
 }
 
+/** Which mapped deleted files count: those on the filesystems of `devices`, or whose path is under one of `paths`. */
+export interface MapsFilter {
+  devices: ReadonlySet<number>;
+  paths: readonly string[];
+}
+
+/** A mapping of a deleted file, from one line of `/proc/<pid>/maps`. */
+export interface DeletedMapping {
+  /** `start-end`, the mapping's name in `map_files/`. */
+  range: string;
+  /** Device (as in st_dev) and inode the line gives. */
+  device: number;
+  inode: string;
+  /** What the mapping covers of the file: all the size `maps` tells. */
+  spanBytes: number;
+  /** The file's path when it was deleted. */
+  path: string;
+}
+
+const DELETED = ' (deleted)';
+// start-end perms offset major:minor inode, padding, then the path to the end of the line (spaces and all; the kernel writes a newline in it as \012).
+const MAPS_LINE = /^([0-9a-f]+)-([0-9a-f]+) \S+ ([0-9a-f]+) ([0-9a-f]+):([0-9a-f]+) (\d+) +(\/.*) \(deleted\)$/;
+
 /**
- * The deleted files `pid` maps (on `devices`), into `own` in place of those found before;
- * returns how many reads it took. Their size comes from `map_files/` where the server may
- * read it (CAP_SYS_ADMIN), else it counts what the mapping covers, all that `maps` tells.
+ * The deleted file a line of `maps` maps, when it counts under `filter`. The line's device is
+ * the filesystem's own (i_sb->s_dev), which is not what stat() says of the workspace on btrfs,
+ * nor on overlayfs before Linux 6.7; the sandbox binds the workspace at the same path as
+ * outside, so a path under one of the watched folders counts too.
  */
-async function readMaps(pid: number, devices: ReadonlySet<number>, own: Map<string, HeldFile>): Promise<number> {
-  for (const key of own.keys()) if (key.startsWith('map/')) own.delete(key);
+export function deletedMapping(line: string, filter: MapsFilter): DeletedMapping | undefined {
+  if (!line.endsWith(DELETED)) return undefined;
+  const match = MAPS_LINE.exec(line);
+  if (!match) return undefined;
+  const [, start, end, offset, major, minor, inode, path] = match;
+  const device = encodeDevice(parseInt(major!, 16), parseInt(minor!, 16));
+  if (!filter.devices.has(device) && !filter.paths.some((folder) => path!.startsWith(`${folder.replace(/\/+$/, '')}/`))) return undefined;
+  return { range: `${start}-${end}`, device, inode: inode!, spanBytes: parseInt(offset!, 16) + (parseInt(end!, 16) - parseInt(start!, 16)), path: path! };
+}
+
+/**
+ * Reads `pid`'s `maps` from the first area at or above `after` (from the start without it),
+ * recording the deleted files it maps into `own`, until `budget` is spent. Returns what it
+ * cost, and where it stopped unless it reached the end (then mappings the pass did not meet
+ * are gone). A file's size comes from `map_files/` where the server may read it (root,
+ * CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE), else it counts what the mapping covers.
+ */
+async function readMaps(
+  pid: number,
+  filter: MapsFilter,
+  own: HeldByProcess,
+  after: string | undefined,
+  budget: number,
+): Promise<{ cost: number; stoppedAfter?: string }> {
+  if (after === undefined) own.mapsSeen.clear();
   const text = await readFile(`/proc/${pid}/maps`, 'utf8').catch(() => '');
-  let reads = 1;
-  for (const line of text.split('\n')) {
-    // start-end perms offset major:minor inode path, the path ending " (deleted)" once unlinked.
-    const match = /^([0-9a-f]+)-([0-9a-f]+) \S+ ([0-9a-f]+) ([0-9a-f]+):([0-9a-f]+) (\d+) +\/.* \(deleted\)$/.exec(line);
-    if (!match) continue;
-    const [, start, end, offset, major, minor, inode] = match;
-    const dev = encodeDevice(parseInt(major!, 16), parseInt(minor!, 16));
-    if (!devices.has(dev) || own.has(`map/${dev}:${inode}`)) continue;
-    reads++;
-    const file = await stat(`/proc/${pid}/map_files/${start}-${end}`).catch(() => undefined);
-    const bytes = file ? file.blocks * 512 : parseInt(offset!, 16) + (parseInt(end!, 16) - parseInt(start!, 16));
-    own.set(`map/${dev}:${inode}`, { id: `${dev}:${inode}`, bytes });
+  let cost = 0;
+  let lastEnd = after;
+  let lines = 0;
+  for (let from = 0; from < text.length; ) {
+    const newline = text.indexOf('\n', from);
+    const line = text.slice(from, newline < 0 ? text.length : newline);
+    from = newline < 0 ? text.length : newline + 1;
+    const dash = line.indexOf('-');
+    if (after !== undefined && compareHex(line.slice(0, dash), after) < 0) continue;
+    if (cost >= budget) return { cost, stoppedAfter: lastEnd ?? '0' };
+    cost++;
+    lastEnd = line.slice(dash + 1, line.indexOf(' '));
+    if (++lines % MAPS_LINES_BATCH === 0) await yieldToLoop();
+    const mapping = deletedMapping(line, filter);
+    if (!mapping) continue;
+    const key = `map/${mapping.device}:${mapping.inode}`;
+    if (own.mapsSeen.has(key)) continue;
+    own.mapsSeen.add(key);
+    cost += MAPS_LINES_PER_LOOK;
+    const file = await stat(`/proc/${pid}/map_files/${mapping.range}`).catch(() => undefined);
+    // A name that only ends in " (deleted)": du sees that file.
+    if (file && file.nlink > 0) own.files.delete(key);
+    // With map_files, the identity stat gives, which a descriptor of the same file gets too.
+    else if (file) own.files.set(key, { id: `${file.dev}:${file.ino}`, bytes: file.blocks * 512 });
+    else own.files.set(key, { id: `${mapping.device}:${mapping.inode}`, bytes: mapping.spanBytes });
   }
-  return reads;
+  for (const key of own.files.keys()) if (key.startsWith('map/') && !own.mapsSeen.has(key)) own.files.delete(key);
+  return { cost };
+}
+
+/** Orders two addresses as `maps` writes them (lower-case hex, at least 8 digits). */
+function compareHex(a: string, b: string): number {
+  const [x, y] = [a.replace(/^0+/, ''), b.replace(/^0+/, '')];
+  return x.length - y.length || (x < y ? -1 : x > y ? 1 : 0);
 }
 
 /** st_dev as Linux encodes it (new_encode_dev) from a device's major and minor numbers. */

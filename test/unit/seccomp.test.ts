@@ -7,8 +7,21 @@ import { buildStepFilter } from '../../src/toolchain/seccomp.js';
 const AUDIT = { x86_64: 0xc000003e, i386: 0x40000003, aarch64: 0xc00000b7, arm: 0x40000028 };
 const X32 = 0x40000000;
 
-/** What the filter answers to one system call: 'allow', or the errno it fails with. `args` as the kernel passes them, 64 bits each. */
-function verdict(filter: Buffer, arch: number, syscall: number, args: bigint[] = []): 'allow' | number {
+const SECCOMP_RET_ACTION_FULL = 0xffff0000;
+const SECCOMP_RET_ALLOW = 0x7fff0000;
+const SECCOMP_RET_ERRNO = 0x00050000;
+
+/** An answer of the filter: the action (SECCOMP_RET_ACTION_FULL bits) and the 16 bits of data beside it. */
+interface Answer {
+  action: number;
+  data: number;
+}
+const allow = { action: SECCOMP_RET_ALLOW, data: 0 };
+/** The call fails with `errno`: SECCOMP_RET_ERRNO, not a TRAP, KILL or TRACE that happens to carry the same low bits. */
+const fails = (errno: number) => ({ action: SECCOMP_RET_ERRNO, data: errno });
+
+/** What the filter answers to one system call. `args` as the kernel passes them, 64 bits each. */
+function verdict(filter: Buffer, arch: number, syscall: number, args: bigint[] = []): Answer {
   // struct seccomp_data: nr, arch, instruction_pointer, args[6], little-endian.
   const data = Buffer.alloc(64);
   data.writeUInt32LE(syscall >>> 0, 0);
@@ -26,7 +39,7 @@ function verdict(filter: Buffer, arch: number, syscall: number, args: bigint[] =
     } else if (code === 0x15) {
       pc += 1 + (accumulator === k ? jt : jf);
     } else if (code === 0x06) {
-      return k === 0x7fff0000 ? 'allow' : (k & 0xffff);
+      return { action: (k & SECCOMP_RET_ACTION_FULL) >>> 0, data: k & 0xffff };
     } else {
       throw new Error(`unexpected instruction ${code} at ${pc}`);
     }
@@ -51,9 +64,9 @@ describe('the build step seccomp filter', () => {
     ['arm64', AUDIT.arm, { fallocate: 352, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427 }, { write: 4, 'aarch64 fallocate number': 47 }],
   ] as const)('on %s (audit arch %i): refuses fallocate and io_uring, allows the rest', (arch, auditArch, refused, allowed) => {
     const filter = buildStepFilter(arch)!;
-    expect(verdict(filter, auditArch, refused.fallocate)).toBe(EOPNOTSUPP);
-    for (const call of [refused.io_uring_setup, refused.io_uring_enter, refused.io_uring_register]) expect(verdict(filter, auditArch, call)).toBe(ENOSYS);
-    for (const call of Object.values(allowed)) expect(verdict(filter, auditArch, call)).toBe('allow');
+    expect(verdict(filter, auditArch, refused.fallocate)).toEqual(fails(EOPNOTSUPP));
+    for (const call of [refused.io_uring_setup, refused.io_uring_enter, refused.io_uring_register]) expect(verdict(filter, auditArch, call)).toEqual(fails(ENOSYS));
+    for (const call of Object.values(allowed)) expect(verdict(filter, auditArch, call)).toEqual(allow);
   });
 
   it.each([
@@ -66,13 +79,13 @@ describe('the build step seccomp filter', () => {
   ] as const)('on %s (audit arch %i): refuses the ioctls that reserve disk space (ioctl %i, %s), and allows the others', (arch, auditArch, ioctl, _abi) => {
     const filter = buildStepFilter(arch)!;
     for (const command of ALLOCATING_IOCTLS) {
-      expect(verdict(filter, auditArch, ioctl, [3n, BigInt(command), 0x7ffd_0000n])).toBe(EOPNOTSUPP);
+      expect(verdict(filter, auditArch, ioctl, [3n, BigInt(command), 0x7ffd_0000n])).toEqual(fails(EOPNOTSUPP));
       // The kernel reads only the command's low 32 bits: high ones set change nothing.
-      expect(verdict(filter, auditArch, ioctl, [3n, (0xffff_ffffn << 32n) | BigInt(command), 0n])).toBe(EOPNOTSUPP);
+      expect(verdict(filter, auditArch, ioctl, [3n, (0xffff_ffffn << 32n) | BigInt(command), 0n])).toEqual(fails(EOPNOTSUPP));
     }
-    for (const command of OTHER_IOCTLS) expect(verdict(filter, auditArch, ioctl, [1n, BigInt(command), 0n])).toBe('allow');
+    for (const command of OTHER_IOCTLS) expect(verdict(filter, auditArch, ioctl, [1n, BigInt(command), 0n])).toEqual(allow);
     // The same argument to a call that is not ioctl is none of the filter's business.
-    expect(verdict(filter, auditArch, arch === 'x64' && auditArch === AUDIT.x86_64 ? 0 : 3, [3n, BigInt(ALLOCATING_IOCTLS[1]!), 0n])).toBe('allow');
+    expect(verdict(filter, auditArch, arch === 'x64' && auditArch === AUDIT.x86_64 ? 0 : 3, [3n, BigInt(ALLOCATING_IOCTLS[1]!), 0n])).toEqual(allow);
   });
 
   it('has no filter for an architecture it does not know (steps run without one)', () => {
