@@ -84,12 +84,15 @@ export async function archiveProjectIn(tx: Tx, id: string): Promise<ProjectRow> 
 export const monthlyTokenLimit = z.number().int().positive('The limit must be a positive number of tokens').nullable();
 
 /** Owners set or remove (null) the project's monthly token limit. */
-export async function setProjectBudget(scope: Scope, input: { projectId: string; monthlyTokenLimit: number | null }): Promise<ProjectRow> {
+export async function setProjectBudget(scope: Scope, input: { projectId: string; monthlyTokenLimit?: number | null }): Promise<ProjectRow> {
+  const { monthlyTokenLimit } = input;
+  // Only an explicit null removes the limit: a client that left the field out (JSON drops an undefined) must not lose its cap.
+  if (monthlyTokenLimit === undefined) throw new ValidationError([{ path: ['monthlyTokenLimit'], message: 'Give the limit, or null to remove it' }]);
   return scope.run(async (tx) => {
     await projectStore.lockAgainstArchive(tx, input.projectId, 'start');
     const project = requireRole(await projectStore.find(tx, input.projectId), ['owner']);
     refuseChangeWhenArchived(project);
-    const row = await projectStore.update(tx, project.id, { monthlyTokenLimit: input.monthlyTokenLimit });
+    const row = await projectStore.update(tx, project.id, { monthlyTokenLimit });
     return { ...row!, viewerRole: project.viewerRole };
   });
 }

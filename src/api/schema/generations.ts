@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { BudgetExceededError, NotFoundError, ValidationError } from '../../errors.js';
+import { BudgetExceededError, NotFoundError } from '../../errors.js';
 import { cancelGeneration, generationPrompt, maxFixRounds, retryGeneration, startGeneration } from '../../generations/generations.js';
 import { generationReads } from '../../generations/reads.js';
 import { BUILD_STEP_STATUSES, GENERATION_PHASES, GENERATION_STATUSES } from '../../generations/status.js';
@@ -271,12 +271,7 @@ builder.mutationFields((t) => ({
     type: ProjectRef,
     errors: {},
     args: { input: t.arg({ type: SetProjectBudgetInput, required: true }) },
-    resolve: (_root, { input }, ctx) => {
-      // Only an explicit null removes the limit: a client that left the field out (JSON drops an undefined) must not lose its cap.
-      const limit = input.monthlyTokenLimit;
-      if (limit === undefined) throw new ValidationError([{ path: ['monthlyTokenLimit'], message: 'Give the limit, or null to remove it' }]);
-      return setProjectBudget(ctx.db, { projectId: input.projectId, monthlyTokenLimit: limit });
-    },
+    resolve: (_root, { input }, ctx) => setProjectBudget(ctx.db, { projectId: input.projectId, monthlyTokenLimit: input.monthlyTokenLimit }),
   }),
 }));
 
