@@ -25,22 +25,12 @@ export async function supabaseBlobStore(options: SupabaseStorageOptions, cache: 
   }
   const bucket = () => storage.from(options.bucket);
   const read = async (sha256: string) => {
-    const { data, error } = await bucket().download(assertSha256(sha256));
-    if (error) {
-      if (isNotFound(error)) return undefined;
-      throw new Error(`Supabase Storage: cannot read blob ${sha256}: ${error.message}`);
-    }
-    return Buffer.from(await data.arrayBuffer());
+    const data = downloaded(sha256, await bucket().download(assertSha256(sha256)));
+    return data && Buffer.from(await data.arrayBuffer());
   };
   // The response body as it arrives, never whole in memory.
-  const readSlices = async (sha256: string) => {
-    const { data, error } = await bucket().download(assertSha256(sha256)).asStream();
-    if (error) {
-      if (isNotFound(error)) return undefined;
-      throw new Error(`Supabase Storage: cannot read blob ${sha256}: ${error.message}`);
-    }
-    return data as ReadableStream<Uint8Array>;
-  };
+  const readSlices = async (sha256: string) =>
+    downloaded(sha256, await bucket().download(assertSha256(sha256)).asStream()) as ReadableStream<Uint8Array> | undefined;
   const put = async ({ sha256, content }: BlobBytes) => {
     const { error } = await bucket().upload(assertSha256(sha256), content, {
       upsert: false,
@@ -78,6 +68,13 @@ export async function supabaseBlobStore(options: SupabaseStorageOptions, cache: 
 
 function statusOf(error: object): number | undefined {
   return 'status' in error && typeof error.status === 'number' ? error.status : undefined;
+}
+
+/** A download's data, undefined when there is no such blob; any other error fails the read. */
+function downloaded<T>(sha256: string, { data, error }: { data: T | null; error: { message: string } | null }): T | undefined {
+  if (!error) return data ?? undefined;
+  if (isNotFound(error)) return undefined;
+  throw new Error(`Supabase Storage: cannot read blob ${sha256}: ${error.message}`);
 }
 
 function isNotFound(error: object): boolean {
