@@ -118,7 +118,8 @@ const environment = z.object({
   METRICS_TOKEN: optional,
   // tracing (OpenTelemetry): off unless an exporter or an OTLP endpoint is named; the SDK reads the rest of OTEL_* itself
   OTEL_SDK_DISABLED: optional.transform((v) => v?.toLowerCase() === 'true'),
-  OTEL_TRACES_EXPORTER: optional,
+  // a list (`otlp,console`); `none` anywhere in it turns tracing off, as the SDK reads it
+  OTEL_TRACES_EXPORTER: list.transform((names) => names.map((name) => name.toLowerCase())),
   OTEL_EXPORTER_OTLP_ENDPOINT: optional,
   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: optional,
   OTEL_SERVICE_NAME: optional,
@@ -148,7 +149,7 @@ export function parseConfig(env: Record<string, string | undefined>) {
   if (e.LLM_PROVIDER === 'openai' && (!e.OPENAI_BASE_URL || !e.OPENAI_MODEL)) {
     problems.push('LLM_PROVIDER=openai needs OPENAI_BASE_URL and OPENAI_MODEL');
   }
-  problems.push(...providerUrlProblems(e), ...corsOriginProblems(e));
+  problems.push(...providerUrlProblems(e), ...corsOriginProblems(e), ...databaseUrlProblems(e));
   if ((e.EVENTS === 'redis') && !e.REDIS_URL) problems.push('EVENTS=redis needs REDIS_URL');
   if ((e.QUEUE === 'pgboss' || e.EVENTS === 'postgres') && !e.DATABASE_URL) {
     problems.push('QUEUE=pgboss and EVENTS=postgres need DATABASE_URL (a shared PostgreSQL)');
@@ -276,16 +277,16 @@ export function parseConfig(env: Record<string, string | undefined>) {
     /** When set, /metrics needs `Authorization: Bearer <token>`. */
     metrics: { token: e.METRICS_TOKEN },
     /**
-     * OpenTelemetry traces: on when OTEL_TRACES_EXPORTER names an exporter (not `none`) or an OTLP
-     * endpoint is set, and OTEL_SDK_DISABLED is not true. Exporter details (protocol, headers,
-     * sampler) are read from process.env by the SDK itself (src/observability/tracing.ts).
+     * OpenTelemetry traces: on when OTEL_TRACES_EXPORTER names an exporter or an OTLP endpoint is
+     * set, unless OTEL_SDK_DISABLED is true or OTEL_TRACES_EXPORTER says `none` (in any case, even
+     * with an endpoint set). Exporter details (protocol, headers, sampler) are read from process.env
+     * by the SDK itself (src/observability/tracing.ts).
      */
     tracing: {
       enabled:
         !e.OTEL_SDK_DISABLED &&
-        ((e.OTEL_TRACES_EXPORTER !== undefined && e.OTEL_TRACES_EXPORTER !== 'none') ||
-          e.OTEL_EXPORTER_OTLP_ENDPOINT !== undefined ||
-          e.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT !== undefined),
+        !e.OTEL_TRACES_EXPORTER.includes('none') &&
+        (e.OTEL_TRACES_EXPORTER.length > 0 || e.OTEL_EXPORTER_OTLP_ENDPOINT !== undefined || e.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT !== undefined),
       serviceName: e.OTEL_SERVICE_NAME ?? 'kiln',
     },
     outputs: {
@@ -360,6 +361,60 @@ function providerUrlProblems(e: z.infer<typeof environment>): string[] {
     }
   }
   return problems;
+}
+
+/**
+ * DATABASE_URL and LISTEN_DATABASE_URL, read as postgres.js reads them (only the first host of
+ * a `host1,host2` list goes through URL). A password with an unencoded `#`, `%` or `@` would
+ * otherwise fail at the first connection with the whole URL, password included, in the error;
+ * so no problem here quotes the URL.
+ */
+function databaseUrlProblems(e: z.infer<typeof environment>): string[] {
+  const problems: string[] = [];
+  const encode = 'percent-encode reserved characters in the user name and password (# as %23, % as %25, @ as %40, / as %2F, ? as %3F, : as %3A)';
+  for (const name of ['DATABASE_URL', 'LISTEN_DATABASE_URL'] as const) {
+    const value = e[name];
+    if (value === undefined) continue;
+    const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(value)?.[1]?.toLowerCase();
+    if (scheme !== 'postgres' && scheme !== 'postgresql') {
+      problems.push(`${name} must be a PostgreSQL URL: postgres://user:password@host:port/database${scheme ? ` (not ${scheme}://)` : ''}`);
+      continue;
+    }
+    const url = parseDatabaseUrl(value);
+    if (!url) problems.push(`${name} is not a valid URL (postgres://user:password@host:port/database): ${encode}`);
+    // A fragment means nothing to a database: a `#` (or an `@` past the host) is a password cut short.
+    else if (url.hash || (!url.username && value.includes('@'))) problems.push(`${name} is cut short by a character of its password: ${encode}`);
+    else if (!decodes(url.username) || !decodes(url.password)) problems.push(`${name} has a % that starts no percent-escape in its user name or password: ${encode}`);
+  }
+  return problems;
+}
+
+/** `url` as postgres.js parses it, or undefined where it would throw. */
+function parseDatabaseUrl(url: string): URL | undefined {
+  const hosts = url.slice(url.indexOf('://') + 3).split(/[?/]/)[0]!;
+  const host = hosts.slice(hosts.indexOf('@') + 1);
+  if (!decodes(host)) return undefined;
+  const first = url.replace(host, host.split(',')[0]!);
+  return URL.canParse(first) ? new URL(first) : undefined;
+}
+
+function decodes(text: string): boolean {
+  try {
+    decodeURIComponent(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Where a (valid) DATABASE_URL points, for messages: `host:port`, each host of a list; never the user or password. */
+export function databaseAddress(url: string): string {
+  const hosts = url.slice(url.indexOf('://') + 3).split(/[?/]/)[0]!;
+  return hosts
+    .slice(hosts.indexOf('@') + 1)
+    .split(',')
+    .map((host) => (/:\d+$/.test(host) ? host : `${host || 'localhost'}:5432`))
+    .join(',');
 }
 
 function outputProblems(e: z.infer<typeof environment>): string[] {

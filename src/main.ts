@@ -1,12 +1,16 @@
 import { pathToFileURL } from 'node:url';
+import { sql } from 'drizzle-orm';
+import { loadManifest } from './api/persisted-operations.js';
 import { createRateLimits, rateLimitStoreFor } from './api/rate-limit.js';
 import { buildApp } from './api/server.js';
 import { loadTracingPlugin } from './api/tracing-plugin.js';
 import { createOutputs } from './artifacts/outputs.js';
 import { createAuthProvider } from './auth/index.js';
-import { type Config, ConfigError, loadConfigOrExit, ownDatabaseProblems } from './config.js';
+import { type Config, ConfigError, databaseAddress, loadConfigOrExit, ownDatabaseProblems } from './config.js';
 import { type Database, openDatabase } from './db/client.js';
+import { errorChain } from './db/error-chain.js';
 import { migrateDatabase } from './db/migrate.js';
+import { isConnectionError } from './db/outage.js';
 import type { EventBus } from './events/bus.js';
 import { createEventBus } from './events/index.js';
 import { createJobQueue } from './jobs/queue.js';
@@ -43,6 +47,25 @@ async function openSecretBox(config: Config, database: Database): Promise<Secret
   return secretBox;
 }
 
+/**
+ * A start that could not reach its PostgreSQL (refused, unknown host, a password or database
+ * it does not accept): said in one line, with where it looked and why, never the URL itself.
+ */
+class DatabaseUnreachableError extends Error {
+  constructor(url: string, cause: unknown) {
+    const reason = [...errorChain(cause)].find((e) => typeof e.code === 'string');
+    // A server's SQLSTATE alone says little ("28P01"); its message names no secret.
+    const why = !reason ? 'no error code' : /^[0-9A-Z]{5}$/.test(reason.code as string) ? `${reason.code}: ${reason.message}` : String(reason.code);
+    super(`Cannot reach the database at ${databaseAddress(url)} (${why})`, { cause });
+    this.name = 'DatabaseUnreachableError';
+  }
+}
+
+/** Start-up's first statements failed for want of a database, not for a bug (class 28: authorization, 3D000: no such database). */
+function isUnreachable(error: unknown): boolean {
+  return isConnectionError(error) || [...errorChain(error)].some((e) => e.code === 'ENOTFOUND' || e.code === '3D000' || /^28[0-9A-Z]{3}$/.test(String(e.code)));
+}
+
 /** How long a shutdown may take beyond WORKER_SHUTDOWN_GRACE_SECONDS (handing runs back, closing connections). */
 const SHUTDOWN_MARGIN_MS = 30_000;
 
@@ -50,6 +73,8 @@ const SHUTDOWN_MARGIN_MS = 30_000;
 export async function startKiln(config: Config, options: { logger?: Logger; database?: Database; port?: number } = {}): Promise<Kiln> {
   const logger = options.logger ?? createLogger(config.logLevel);
   const started = performance.now();
+  // Read first: an unreadable manifest is refused (a ConfigError) before the database opens.
+  const persistedOperations = config.limits.persistedOperations.only ? loadManifest(config.limits.persistedOperations.manifest!) : undefined;
   // Probed while the database opens (and migrates): a production worker that cannot
   // sandbox builds must not run any, so nothing below starts the worker or listens before
   // it decides. An API-only instance builds nothing.
@@ -65,15 +90,19 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
       dataDirWaitMs: config.generations.shutdownGraceMs + SHUTDOWN_MARGIN_MS + 10_000,
       onDataDirBusy: (holder) => logger.warn({ source: 'main', holder, dataDir: config.dataDir }, `waiting for process ${holder} to let go of DATA_DIR (a Kiln still shutting down?)`),
     }));
-  const [migration, probe] = await Promise.allSettled([config.database.migrateOnStart ? migrateDatabase(database) : undefined, sandboxProbe]);
+  // Without migrations, one statement all the same: an unreachable database is told here, not by the first part to query it.
+  const reach = () => (config.database.migrateOnStart ? migrateDatabase(database) : database.db.execute(sql`select 1`));
+  const [migration, probe] = await Promise.allSettled([reach(), sandboxProbe]);
   if (migration.status === 'rejected' || probe.status === 'rejected') {
     // Closed, an embedded DATA_DIR is let go of too, for the next start.
     if (!options.database) await database.close();
     if (migration.status === 'rejected' && probe.status === 'rejected') logger.error({ source: 'main', err: probe.reason }, 'the build sandbox probe failed too');
+    if (migration.status === 'rejected' && database.url && isUnreachable(migration.reason)) throw new DatabaseUnreachableError(database.url, migration.reason);
     throw migration.status === 'rejected' ? migration.reason : (probe as PromiseRejectedResult).reason;
   }
   const buildSandbox = probe.value;
-  const metrics = createMetrics({ activeGenerations: () => serviceScope(database.db).run((tx) => generationStore.countActive(tx)), logger });
+  // Not through serviceScope: a scrape must answer within Prometheus' timeout, not ride out an outage.
+  const metrics = createMetrics({ activeGenerations: () => database.db.transaction((tx) => generationStore.countActive(tx)), logger });
   const rateLimits = createRateLimits(config.rateLimits, rateLimitStoreFor(database));
   // Independent of one another once the schema is there: keys, connections and SDKs load together.
   const opened: { close(): Promise<void> }[] = [];
@@ -122,10 +151,10 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
   let app: ReturnType<typeof buildApp> | undefined;
   let url: string;
   try {
-    app = buildApp({ config, database, auth, logger, bus, generations, secretBox, rateLimits, metrics, streamAccess, outputs, buildSandbox });
+    app = buildApp({ config, database, auth, logger, bus, generations, secretBox, rateLimits, metrics, streamAccess, outputs, buildSandbox, persistedOperations });
     url = await app.start(options.port);
   } catch (error) {
-    // Not built (an unreadable persisted-operations manifest) or not listening (EADDRINUSE): what was opened is closed, as above.
+    // Not built or not listening (EADDRINUSE): what was opened is closed, as above.
     await app?.stop().catch(() => {});
     streamAccess.close();
     await closeOpened();
@@ -185,8 +214,9 @@ export async function runMain(): Promise<void> {
   // Process-wide, like the logger, and before anything is traced; undefined when OTEL_* leaves tracing off.
   const tracing = await startTracing(config.tracing);
   const kiln = await startKiln(config, { logger }).catch((error: unknown) => {
-    // Problems found once the database is open (e.g. a KILN_ENCRYPTION_KEY that does not fit) read like config errors.
-    if (!(error instanceof ConfigError)) throw error;
+    // Problems found once the database is open (e.g. a KILN_ENCRYPTION_KEY that does not fit) read like config errors;
+    // a database out of reach is one line too. Anything else is a bug, with its stack.
+    if (!(error instanceof ConfigError) && !(error instanceof DatabaseUnreachableError)) throw error;
     process.stderr.write(`${error.message}\n`);
     process.exit(1);
   });

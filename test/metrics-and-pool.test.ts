@@ -1,14 +1,18 @@
 import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { createServer, connect, type Socket } from 'node:net';
 import { sql } from 'drizzle-orm';
 import { createSchema, createYoga } from 'graphql-yoga';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig } from '../src/config.js';
-import { rowsOf } from '../src/db/client.js';
+import { openDatabase, rowsOf } from '../src/db/client.js';
+import { OUTAGE_RETRY_MS } from '../src/db/outage.js';
 import { type Kiln, startKiln } from '../src/main.js';
 import { createMetrics } from '../src/observability/metrics.js';
 import { createTestDatabase, databaseKind, type TestDatabase, testDatabaseUrl } from './support/db.js';
 import { createProject, graphqlClient, signUp } from './support/fixtures.js';
 import { tempDir } from './support/generation-helpers.js';
+import { LogCapture } from './support/log-capture.js';
 import { startTestServer, useTestServer } from './support/server.js';
 
 // What an operator relies on: /metrics is closed in production without METRICS_TOKEN,
@@ -137,5 +141,98 @@ describe.skipIf(!testDatabaseUrl)('DATABASE_POOL_MAX', () => {
     );
     expect(row!.connections).toBeGreaterThan(0);
     expect(row!.connections).toBeLessThanOrEqual(2);
+  });
+});
+
+describe('a scrape while the generation counts cannot be read', () => {
+  const scrapeWith = async (activeGenerations: () => Promise<Map<string, number>>) => {
+    const metrics = createMetrics({ activeGenerations, defaultMetrics: false });
+    metrics.observeHttp({ method: 'GET', route: '/graphql', status: 200 }, 0.01);
+    return { metrics, text: await metrics.registry.metrics() };
+  };
+
+  it('answers the other series and leaves the generation gauges out, not at the last counts read', async () => {
+    let fail = false;
+    const { metrics, text } = await scrapeWith(async () => {
+      if (fail) throw new Error('connect ECONNREFUSED');
+      return new Map([['QUEUED', 3]]);
+    });
+    expect(text).toMatch(/^kiln_queue_depth 3$/m);
+    fail = true;
+    const failed = await metrics.registry.metrics();
+    expect(failed).toMatch(/^kiln_http_requests_total\{method="GET",route="\/graphql",status="200"\} 1$/m);
+    expect(failed).not.toMatch(/^kiln_generations\{/m);
+    expect(failed).not.toMatch(/^kiln_queue_depth /m);
+    fail = false;
+    expect(await metrics.registry.metrics()).toMatch(/^kiln_queue_depth 3$/m);
+  });
+
+  // A database that keeps a connection open but never answers: the read never settles.
+  it('answers without them when the read never settles', { timeout: 10_000 }, async () => {
+    const { text } = await scrapeWith(() => new Promise(() => {}));
+    expect(text).toMatch(/^kiln_http_requests_total\{/m);
+    expect(text).not.toMatch(/^kiln_generations\{/m);
+    expect(text).not.toMatch(/^kiln_queue_depth /m);
+  });
+});
+
+/** A TCP proxy to PostgreSQL that, from `refuse()` to `restore()`, resets its connections and refuses new ones (a failover). */
+async function refusingProxy(target: URL) {
+  const open = new Set<Socket>();
+  let down = false;
+  const server = createServer((client) => {
+    if (down) return client.resetAndDestroy();
+    const upstream = connect(Number(target.port || 5432), target.hostname);
+    for (const socket of [client, upstream]) {
+      open.add(socket);
+      socket.on('error', () => {}).on('close', () => (client.destroy(), upstream.destroy(), open.delete(socket)));
+    }
+    client.pipe(upstream).pipe(client);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const url = new URL(target);
+  url.host = `127.0.0.1:${(server.address() as { port: number }).port}`;
+  return {
+    url: url.toString(),
+    refuse() {
+      down = true;
+      for (const socket of open) socket.resetAndDestroy();
+    },
+    restore() {
+      down = false;
+    },
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+describe.skipIf(!testDatabaseUrl)('/metrics during a database outage (set TEST_DATABASE_URL to run)', () => {
+  // Prometheus gives a scrape 10 s by default; riding the outage out would hold it OUTAGE_RETRY_MS, past this test's timeout.
+  it('answers without the generation gauges: the scrape\'s read fails on the refused connection, never waiting the outage out', { timeout: 30_000 }, async () => {
+    expect(OUTAGE_RETRY_MS).toBeGreaterThan(30_000);
+    const seeded = await createTestDatabase();
+    const proxy = await refusingProxy(new URL(seeded.url!));
+    const database = { ...(await openDatabase({ url: proxy.url })), url: proxy.url };
+    const logs = new LogCapture();
+    const server = await startTestServer({ LOG_LEVEL: 'warn' }, { database, logTo: logs });
+    try {
+      expect(await (await fetch(`${server.url}/metrics`)).text()).toMatch(/^kiln_queue_depth 0$/m);
+      proxy.refuse();
+      const response = await fetch(`${server.url}/metrics`);
+      expect(response.status).toBe(200);
+      const text = await response.text();
+      expect(text).toMatch(/^kiln_http_requests_total\{/m);
+      expect(text).not.toMatch(/^kiln_generations\{/m);
+      expect(text).not.toMatch(/^kiln_queue_depth /m);
+      // Failed by the refused connection itself, not by the scrape's own time bound.
+      const failure = logs.records().find((record) => String(record.msg).startsWith('reading generation counts for /metrics failed'));
+      expect(failure?.err).toMatchObject({ code: expect.stringMatching(/^(ECONNRESET|ECONNREFUSED)$/) });
+    } finally {
+      proxy.restore(); // the database is back, so stopping waits for nothing
+      await server.stop();
+      await database.close();
+      await proxy.close();
+      await seeded.close();
+    }
   });
 });

@@ -151,3 +151,42 @@ describe('Kiln as a process with ROLE=api and no DATABASE_URL', () => {
     expect(await readdir(data.path)).toEqual([]);
   });
 });
+
+describe('Kiln as a process that cannot have its database or its manifest', () => {
+  /** What an operator reads: one line or a list of problems, no stack trace, no password. */
+  const expectClean = (stderr: string) => {
+    expect(stderr).not.toMatch(/^\s+at /m);
+    expect(stderr).not.toContain('S3cret');
+  };
+
+  it('refuses a DATABASE_URL whose password is not percent-encoded, without printing it', async () => {
+    const data = await tempDir('bad-database-url');
+    cleanups.push(() => data.remove());
+    for (const url of ['postgres://kiln:S3cret#Pass@127.0.0.1:1/kiln', 'postgres://kiln:S3cretPa%ss@127.0.0.1:1/kiln']) {
+      const { code, stderr } = await startProcess({ DATABASE_URL: url, LISTEN_DATABASE_URL: url, DATA_DIR: data.path, LOG_LEVEL: 'silent' }, 30_000);
+      expect(code, url).toBe(1);
+      expect(stderr, url).toMatch(/^Invalid configuration:\n {2}- DATABASE_URL .*\n {2}- LISTEN_DATABASE_URL .*\n$/);
+      expectClean(stderr);
+    }
+  });
+
+  it('says in one line which database it could not reach, and why, when PostgreSQL refuses the connection', async () => {
+    const data = await tempDir('unreachable-database');
+    cleanups.push(() => data.remove());
+    const { code, stderr } = await startProcess({ DATABASE_URL: 'postgres://kiln:S3cret@127.0.0.1:1/kiln', DATA_DIR: data.path, LOG_LEVEL: 'silent' }, 30_000);
+    expect(code).toBe(1);
+    expect(stderr).toBe('Cannot reach the database at 127.0.0.1:1 (ECONNREFUSED)\n');
+  });
+
+  it('refuses a missing persisted-operations manifest before it opens the database', async () => {
+    const data = await tempDir('missing-manifest');
+    cleanups.push(() => data.remove());
+    const manifest = `${data.path}/no-such-manifest.json`;
+    const env = { PERSISTED_OPERATIONS_ONLY: 'true', PERSISTED_OPERATIONS_MANIFEST: manifest, DATA_DIR: data.path, LOG_LEVEL: 'silent' };
+    const { code, stderr } = await startProcess(env, 30_000);
+    expect(code).toBe(1);
+    expect(stderr).toBe(`Invalid configuration:\n  - PERSISTED_OPERATIONS_MANIFEST ${manifest} cannot be read (ENOENT)\n`);
+    expectClean(stderr);
+    expect(await readdir(data.path)).toEqual([]);
+  });
+});

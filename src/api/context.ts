@@ -35,6 +35,8 @@ export interface Services {
   streamAccess: StreamAccess;
   /** How builds are isolated here (reported by /ready); undefined where none run (ROLE=api). */
   buildSandbox?: Pick<BuildSandbox, 'kind' | 'enforcement'>;
+  /** The only operations clients may run (PERSISTED_OPERATIONS_ONLY), by id; undefined runs any. */
+  persistedOperations?: ReadonlyMap<string, string>;
 }
 
 /**

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { usePersistedOperations } from '@graphql-yoga/plugin-persisted-operations';
 import { GraphQLError, type Source } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
+import { ConfigError } from '../config.js';
 
 // PERSISTED_OPERATIONS_ONLY: the server runs only the operations of a manifest built
 // with the clients (codegen's client preset writes one with
@@ -12,13 +13,22 @@ import type { Plugin } from 'graphql-yoga';
 
 export const PERSISTED_QUERY_ONLY = 'PERSISTED_QUERY_ONLY';
 
-/** Document text by id, read once at start-up. Accepts `{ id: document }` and Apollo's `{ operations: [{ id, body }] }`. */
+/**
+ * Document text by id, read at start-up. Accepts `{ id: document }` and Apollo's `{ operations: [{ id, body }] }`.
+ * A manifest that is missing or malformed is a ConfigError: the operator's to fix, told without a stack.
+ */
 export function loadManifest(file: string): Map<string, string> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ConfigError([`PERSISTED_OPERATIONS_MANIFEST ${file} cannot be read (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`]);
+  }
   let parsed: unknown;
   try {
-    parsed = JSON.parse(readFileSync(file, 'utf8'));
+    parsed = JSON.parse(text);
   } catch (error) {
-    throw new Error(`PERSISTED_OPERATIONS_MANIFEST ${file} cannot be read as JSON: ${(error as Error).message}`);
+    throw new ConfigError([`PERSISTED_OPERATIONS_MANIFEST ${file} is not JSON: ${(error as Error).message}`]);
   }
   const entries: [string, unknown][] =
     parsed && typeof parsed === 'object' && Array.isArray((parsed as { operations?: unknown }).operations)
@@ -26,16 +36,16 @@ export function loadManifest(file: string): Map<string, string> {
       : Object.entries(parsed ?? {});
   const manifest = new Map<string, string>();
   for (const [id, document] of entries) {
-    if (typeof document !== 'string') throw new Error(`PERSISTED_OPERATIONS_MANIFEST ${file}: the entry ${id} is not a document string`);
+    if (typeof document !== 'string') throw new ConfigError([`PERSISTED_OPERATIONS_MANIFEST ${file}: the entry ${id} is not a document string`]);
     manifest.set(id, document);
   }
-  if (manifest.size === 0) throw new Error(`PERSISTED_OPERATIONS_MANIFEST ${file} lists no operations`);
+  if (manifest.size === 0) throw new ConfigError([`PERSISTED_OPERATIONS_MANIFEST ${file} lists no operations`]);
   return manifest;
 }
 
 const refused = (message: string) => () => new GraphQLError(message, { extensions: { code: PERSISTED_QUERY_ONLY, http: { status: 400 } } });
 
-export function usePersistedOperationsOnly(manifest: Map<string, string>): Plugin[] {
+export function usePersistedOperationsOnly(manifest: ReadonlyMap<string, string>): Plugin[] {
   const documents = new Set(manifest.values());
   return [
     usePersistedOperations({

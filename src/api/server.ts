@@ -11,7 +11,7 @@ import { graphiqlExample } from './graphiql-example.js';
 import { renderGraphiQLPage, serveGraphiQLAsset, useGraphiQLHeaders } from './graphiql.js';
 import { refuseOversizedBody, useChunkedBodyLimit, useQueryLimits } from './limits.js';
 import { useOperationLog } from './operation-log.js';
-import { loadManifest, usePersistedOperationsOnly } from './persisted-operations.js';
+import { usePersistedOperationsOnly } from './persisted-operations.js';
 import { useSchemaPrivacy } from './production.js';
 import { clientAddress } from './rate-limit.js';
 import { useRequestPolicy } from './request-policy.js';
@@ -36,7 +36,7 @@ type ServerContext = { req?: IncomingMessage; clientIp?: string; connectionParam
 export function buildApp(services: Services): App {
   const { config } = services;
   const createContext = contextFactory(services);
-  const manifest = config.limits.persistedOperations.only ? loadManifest(config.limits.persistedOperations.manifest!) : undefined;
+  const manifest = services.persistedOperations;
   const yoga = createYoga<ServerContext, Context>({
     schema,
     graphqlEndpoint: '/graphql',

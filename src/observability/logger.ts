@@ -29,9 +29,10 @@ export function createLogger(level: string, destination?: pino.DestinationStream
 /**
  * pino's error serializer, minus the bound parameters a failed query carries in its
  * message, stack and `params` (drizzle's DrizzleQueryError): they can hold password
- * hashes, keys or ciphertexts. The query text stays; it names only columns.
+ * hashes, keys or ciphertexts. The query text stays; it names only columns. A failed
+ * span's exception is scrubbed with it too (observability/tracing.ts).
  */
-function serializeError(error: unknown): unknown {
+export function serializeError(error: unknown): unknown {
   const serialized = pino.stdSerializers.err(error as Error) as unknown as Record<string, unknown>;
   if (!serialized || typeof serialized !== 'object') return serialized;
   return scrubQueryParams(serialized, 0);

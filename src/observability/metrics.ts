@@ -47,8 +47,18 @@ const LONG_BUCKETS = [0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200];
  */
 const KNOWN_OPERATION_FILES = ['../../contract/operations.graphql', '../../web/src/operations.graphql'];
 
-/** Counts of active generations by status, read at scrape time (main.ts hands in the generations store's query). */
+/**
+ * Counts of active generations by status, read at scrape time (main.ts hands in the generations
+ * store's query). It should fail at once when the database is down rather than ride out the outage.
+ */
 export type ActiveGenerationCounts = () => Promise<Map<string, number>>;
+
+/**
+ * How long a scrape waits for those counts before it answers without them: well within
+ * Prometheus' 10 s default scrape timeout, so a database that hangs (a half-open connection)
+ * costs two gauges, not every series.
+ */
+export const SCRAPE_READ_TIMEOUT_MS = 2_000;
 
 export function createMetrics(options: { activeGenerations?: ActiveGenerationCounts; logger?: Logger; defaultMetrics?: boolean } = {}): Metrics {
   const registry = new Registry();
@@ -128,12 +138,12 @@ export function createMetrics(options: { activeGenerations?: ActiveGenerationCou
 
   const activeGenerations = options.activeGenerations;
   if (activeGenerations) {
-    // One query per scrape feeds both gauges.
+    // One query per scrape feeds both gauges; failed or late, both are left out of the answer.
     let pending: Promise<Map<string, number> | undefined> | undefined;
     const statusCounts = () =>
-      (pending ??= activeGenerations()
+      (pending ??= boundedRead(activeGenerations(), SCRAPE_READ_TIMEOUT_MS)
         .catch((error: unknown) => {
-          log?.warn({ err: error }, 'reading generation counts for /metrics failed');
+          log?.warn({ err: error }, 'reading generation counts for /metrics failed: the generation gauges are left out');
           return undefined;
         })
         .finally(() => {
@@ -146,7 +156,8 @@ export function createMetrics(options: { activeGenerations?: ActiveGenerationCou
       registers: [registry],
       async collect() {
         const counts = await statusCounts();
-        if (!counts) return;
+        // Unknown is no sample, not the last scrape's counts.
+        if (!counts) return this.reset();
         for (const status of ACTIVE_STATUSES) this.set({ status }, counts.get(status) ?? 0);
       },
     });
@@ -156,7 +167,9 @@ export function createMetrics(options: { activeGenerations?: ActiveGenerationCou
       registers: [registry],
       async collect() {
         const counts = await statusCounts();
-        if (counts) this.set(counts.get('QUEUED') ?? 0);
+        // reset() would leave an unlabelled gauge at 0: removing its one series leaves no sample.
+        if (!counts) return this.remove({});
+        this.set(counts.get('QUEUED') ?? 0);
       },
     });
   }
@@ -231,6 +244,16 @@ export function createMetrics(options: { activeGenerations?: ActiveGenerationCou
     },
     observeLlmRetry: (provider, status) => llmRetries.inc({ provider, status: String(status) }),
   };
+}
+
+/** `read`, or a rejection once `timeoutMs` has passed (the read itself goes on, and is ignored). */
+function boundedRead<T>(read: Promise<T>, timeoutMs: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+  });
+  read.catch(() => {}); // a late failure is nobody's to report
+  return Promise.race([read, timeout]).finally(() => clearTimeout(timer));
 }
 
 /** The names of the operations in GraphQL documents (a document that does not parse names none). */

@@ -9,7 +9,9 @@ import {
   trace,
 } from '@opentelemetry/api';
 import type { NodeSDKConfiguration } from '@opentelemetry/sdk-node';
+import type { SerializedError } from 'pino';
 import type { Config } from '../config.js';
+import { serializeError } from './logger.js';
 
 // OpenTelemetry traces (DESIGN "Observability"; README "Tracing"). Kiln codes against
 // @opentelemetry/api only: without a started SDK its tracer is the API's no-op one and
@@ -87,7 +89,15 @@ export function startSpan(name: string, attributes: Attributes, kind = SpanKind.
   return tracer.startSpan(name, { kind, attributes });
 }
 
+/**
+ * Marks the span as failed with the error's class, code and message, the message and
+ * stack scrubbed as a log line's are: spans leave for the trace backend, and a failed
+ * query's message carries its bound parameters (a password hash, a secret's ciphertext).
+ */
 export function failSpan(span: Span, error: unknown): void {
-  span.recordException(error instanceof Error ? error : String(error));
-  span.setStatus({ code: SpanStatusCode.ERROR, message: error instanceof Error ? error.message : String(error) });
+  const { type, code, message, stack } = serializeError(error instanceof Error ? error : new Error(String(error))) as SerializedError;
+  // exception.type is the code when there is one (a RunError's); error.type keeps the class.
+  span.recordException({ name: type, code, message, stack });
+  span.setAttribute('error.type', type);
+  span.setStatus({ code: SpanStatusCode.ERROR, message });
 }

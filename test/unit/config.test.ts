@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, ownDatabaseProblems, parseConfig } from '../../src/config.js';
+import { ConfigError, databaseAddress, ownDatabaseProblems, parseConfig } from '../../src/config.js';
 
 describe('parseConfig', () => {
   it('reads an empty DATA_DIR as unset: the default folder, not the working directory', () => {
@@ -137,5 +137,66 @@ describe('ROLE=api on the embedded database', () => {
     expect(ownDatabaseProblems(parseConfig({ ROLE: 'api', DATABASE_URL: 'postgres://kiln@db.internal:5432/kiln' }))).toEqual([]);
     expect(ownDatabaseProblems(parseConfig({}))).toEqual([]);
     expect(ownDatabaseProblems(parseConfig({ ROLE: 'worker', DATABASE_URL: 'postgres://kiln@db.internal:5432/kiln' }))).toEqual([]);
+  });
+});
+
+describe('DATABASE_URL and LISTEN_DATABASE_URL', () => {
+  it('refuses a URL postgres.js could not read, naming the variable and never repeating the password', () => {
+    const cases = [
+      ['postgres://kiln:S3cret#Pass@127.0.0.1:1/kiln', /is not a valid URL/],
+      ['postgres://kiln:S3cretPa%ss@127.0.0.1:1/kiln', /has a % that starts no percent-escape/],
+      // Parsed by URL as host "kiln", port 1234 and a fragment: the first connection would go elsewhere.
+      ['postgres://kiln:1234#S3cret@db.internal/kiln', /is cut short/],
+      ['mysql://kiln:S3cret@db.internal:3306/kiln', /must be a PostgreSQL URL.*\(not mysql:\/\/\)/],
+      ['db.internal:5432/kiln', /must be a PostgreSQL URL/],
+    ] as const;
+    for (const name of ['DATABASE_URL', 'LISTEN_DATABASE_URL']) {
+      for (const [url, message] of cases) {
+        const problems = problemsOf({ [name]: url });
+        expect(problems, url).toEqual([expect.stringMatching(new RegExp(`^${name} `))]);
+        expect(problems[0], url).toMatch(message);
+        expect(problems[0], url).not.toContain('S3cret');
+        expect(problems[0], url).not.toContain('kiln:');
+      }
+    }
+  });
+
+  it('reports both URLs together with the other problems', () => {
+    const problems = problemsOf({ DATABASE_URL: 'postgres://kiln:a#b@db/kiln', LISTEN_DATABASE_URL: 'mysql://db/kiln', PORT: '70000' });
+    expect(problems).toEqual([expect.stringMatching(/^PORT: /)]);
+    expect(problemsOf({ DATABASE_URL: 'postgres://kiln:a#b@db/kiln', LISTEN_DATABASE_URL: 'mysql://db/kiln' })).toEqual([
+      expect.stringMatching(/^DATABASE_URL /),
+      expect.stringMatching(/^LISTEN_DATABASE_URL /),
+    ]);
+  });
+
+  it('accepts what postgres.js reads: encoded passwords, postgresql://, several hosts, a socket directory', () => {
+    for (const url of [
+      'postgres://kiln:S3cret%23Pass%25@127.0.0.1:5432/kiln',
+      'postgresql://kiln@db.internal/kiln?sslmode=require',
+      'postgres://kiln:pw@db1:5432,db2:5433/kiln?target_session_attrs=read-write',
+      'postgres://kiln@%2Fvar%2Frun%2Fpostgresql/kiln',
+      'postgres://postgres@127.0.0.1:5432/test',
+    ]) {
+      expect(problemsOf({ DATABASE_URL: url, LISTEN_DATABASE_URL: url }), url).toEqual([]);
+    }
+  });
+
+  it('names where a URL points without its user or password', () => {
+    expect(databaseAddress('postgres://kiln:S3cret@127.0.0.1:1/kiln')).toBe('127.0.0.1:1');
+    expect(databaseAddress('postgresql://kiln@db.internal/kiln?sslmode=require')).toBe('db.internal:5432');
+    expect(databaseAddress('postgres://kiln:pw@db1:5432,db2/kiln')).toBe('db1:5432,db2:5432');
+  });
+});
+
+describe('OTEL_TRACES_EXPORTER=none', () => {
+  it('turns tracing off in any case, even with an OTLP endpoint set (.env.example: "none: off")', () => {
+    const endpoint = { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318', OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://collector:4318/v1/traces' };
+    for (const none of ['none', 'NONE', ' None ', 'otlp,none']) {
+      expect(parseConfig({ OTEL_TRACES_EXPORTER: none }).tracing.enabled, none).toBe(false);
+      expect(parseConfig({ OTEL_TRACES_EXPORTER: none, ...endpoint }).tracing.enabled, none).toBe(false);
+    }
+    expect(parseConfig({ OTEL_TRACES_EXPORTER: 'OTLP' }).tracing.enabled).toBe(true);
+    expect(parseConfig(endpoint).tracing.enabled).toBe(true);
   });
 });
