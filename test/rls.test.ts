@@ -6,6 +6,7 @@ import { projects } from '../src/db/schema.js';
 import { type Claims, serviceScope, userScope } from '../src/db/scope.js';
 import { ForbiddenError } from '../src/errors.js';
 import { generationStore } from '../src/generations/store.js';
+import { projectStore } from '../src/projects/store.js';
 import { createTestDatabase, type TestDatabase } from './support/db.js';
 import {
   as,
@@ -592,6 +593,33 @@ describe('the owner', () => {
     expect(await serviceRows(db, sql`select role from project_members where ${creatorRow}`)).toEqual([{ role: 'owner' }]);
     // Other members' rows are the owners' to change, as before.
     expect(await secondOwner.run((tx) => rows(tx, sql`delete from project_members where project_id = ${t.projectId} and user_id = ${t.viewer} returning user_id`))).toEqual([{ user_id: t.viewer }]);
+  });
+
+  it("changes a member's role, and cannot move a member row to another of its projects (past the cap on members)", async () => {
+    const t = await createTeam(db);
+    const second = randomUUID();
+    await serviceRows(db, sql`insert into projects (id, owner_id, name, target) values (${second}, ${t.owner}, 'Second', 'WEB')`);
+    await serviceRows(db, sql`insert into project_members (project_id, user_id, role) values (${second}, ${t.owner}, 'owner')`);
+    const owner = as(db, t.owner);
+    const moved = await owner.run((tx) =>
+      attempt(tx, sql`update project_members set project_id = ${second} where project_id = ${t.projectId} and user_id = ${t.viewer} returning user_id`),
+    );
+    expect(moved).toMatchObject({ ok: false, code: SqlState.insufficientPrivilege, message: expect.stringMatching(/permission denied/) });
+    const relabelled = await owner.run((tx) =>
+      attempt(tx, sql`update project_members set user_id = ${t.stranger} where project_id = ${t.projectId} and user_id = ${t.viewer} returning user_id`),
+    );
+    expect(relabelled).toMatchObject({ ok: false, code: SqlState.insufficientPrivilege });
+    // The use-case's upsert (ON CONFLICT … DO UPDATE SET role) still changes the role.
+    const upserted = await owner.run((tx) => projectStore.upsertMember(tx, { projectId: t.projectId, userId: t.viewer, role: 'editor' }));
+    expect(upserted).toMatchObject({ projectId: t.projectId, userId: t.viewer, role: 'editor' });
+    expect(await serviceRows(db, sql`select project_id, role from project_members where user_id = ${t.viewer}`)).toEqual([{ project_id: t.projectId, role: 'editor' }]);
+    const updatable = await serviceRows<{ column_name: string }>(
+      db,
+      sql`select column_name from information_schema.columns
+           where table_schema = 'public' and table_name = 'project_members'
+             and has_column_privilege('authenticated', 'public.project_members', column_name, 'UPDATE')`,
+    );
+    expect(updatable).toEqual([{ column_name: 'role' }]);
   });
 
   it('sets the budget and archives the project', async () => {

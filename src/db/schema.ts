@@ -49,6 +49,12 @@ const inViewerProjects = (projectId: unknown, roles: string) => sql`${projectId}
 const isMember = (projectId: unknown) => inViewerProjects(projectId, 'owner,editor,viewer');
 const canEdit = (projectId: unknown) => inViewerProjects(projectId, 'owner,editor');
 const isOwner = (projectId: unknown) => inViewerProjects(projectId, 'owner');
+// Beside another test in an OR (projects_select_member): `= any (array(...))` hands an index
+// scan the viewer's projects as one array, so the OR is a BitmapOr over two indexes, where an
+// IN subquery under an OR is a hashed filter over every row of the table: each list of
+// projects read all of them (drizzle/0017_projects_by_index_member_role.sql).
+const anyViewerProject = (projectId: unknown, roles: string) =>
+  sql`${projectId} = any (array(select kiln.viewer_project_ids(${sql.raw(`'{${roles}}'`)})))`;
 const canReadGeneration = (generationId: unknown) => sql`kiln.generation_role(${generationId}) is not null`;
 /**
  * A user's writes count only through Kiln's request scope, which sets `kiln.request`
@@ -110,7 +116,7 @@ export const projects = pgTable(
     check('projects_description_length', sql`char_length(${t.description}) <= 2000`),
     check('projects_budget_positive', sql`${t.monthlyTokenLimit} > 0`),
     // The owner sees the row before its membership exists (INSERT … RETURNING).
-    pgPolicy('projects_select_member', { for: 'select', to: authenticatedRole, using: sql`${t.ownerId} = ${authUid} or ${isMember(t.id)}` }),
+    pgPolicy('projects_select_member', { for: 'select', to: authenticatedRole, using: sql`${t.ownerId} = ${authUid} or ${anyViewerProject(t.id, 'owner,editor,viewer')}` }),
     pgPolicy('projects_insert_self', { for: 'insert', to: authenticatedRole, withCheck: sql`${t.ownerId} = ${authUid}` }),
     pgPolicy('projects_update_editor', { for: 'update', to: authenticatedRole, using: canEdit(t.id), withCheck: canEdit(t.id) }),
     ...writesThroughKiln('projects', ['insert', 'update']),
