@@ -133,6 +133,26 @@ describe(`versions from one generation to the next (${databaseKind})`, () => {
     });
   });
 
+  it('builds a follow-up of a run that wrote no files on the version before it, not on the bare template', async () => {
+    const projectId = (await createProject(suite.owner.client, { target: 'FLUTTER' })).id;
+    const helper = { path: 'lib/helper.dart', content: 'int helper() => 1;\n' };
+    const first = await run({ projectId, prompt: 'An app with a helper' }, answer({ path: 'lib/main.dart', content: MAIN }, helper, { path: 'analysis_options.yaml' }));
+    expect(first.status, JSON.stringify(first.error)).toBe('SUCCEEDED');
+    // Its follow-up stops inside a block: FAILED/INVALID_OUTPUT, no files.
+    const failed = await run({ projectId, prompt: 'Add a counter', parentGenerationId: first.id }, ['Sure.\n', '<file path="lib/counter.dart">\nint count']);
+    expect(failed.error?.code).toBe('INVALID_OUTPUT');
+    expect(failed.files).toEqual([]);
+
+    const next = await run({ projectId, prompt: 'Add a counter, again', parentGenerationId: failed.id }, answer({ path: 'lib/counter.dart', content: 'int count = 0;\n' }));
+    expect(next.status, JSON.stringify(next.error)).toBe('SUCCEEDED');
+    // The first version's files are all there (its deleted template file still deleted), with the new one.
+    expect(paths(next)).toEqual([...paths(first), 'lib/counter.dart'].sort());
+    expect(paths(next)).not.toContain('analysis_options.yaml');
+    expect(next.files.find((file) => file.path === 'lib/helper.dart')?.sha256).toBe(sha256(helper.content));
+    // And the model was shown them.
+    expect(JSON.stringify(llm.requests.at(-1)!.body)).toContain('int helper() => 1;');
+  });
+
   it('leaves out a stored file whose path Kiln now refuses, in a follow-up and a restore, and logs it', async () => {
     const projectId = (await createProject(suite.owner.client, { target: 'FLUTTER' })).id;
     const first = await run({ projectId, prompt: 'An app' }, answer({ path: 'lib/main.dart', content: MAIN }));

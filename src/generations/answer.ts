@@ -1,5 +1,6 @@
 import { pipelineScope } from '../db/scope.js';
 import type { LlmMessage, LlmUsage } from '../llm/provider.js';
+import type { Logger } from '../observability/logger.js';
 import { failSpan, startSpan } from '../observability/tracing.js';
 import type { ProjectTarget } from '../toolchain/targets.js';
 import { Batcher, splitText } from './batcher.js';
@@ -121,7 +122,7 @@ export async function streamAnswer(
     span.setAttributes({ 'gen_ai.usage.input_tokens': usage.inputTokens, 'gen_ai.usage.output_tokens': usage.outputTokens });
     span.end();
     // What streamed before a failure is kept: the user sees how far it got.
-    await chunks.flush();
+    await chunks.flushAfterFailure(log);
   }
   return { changes };
 }

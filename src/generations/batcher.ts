@@ -1,3 +1,5 @@
+import type { Logger } from '../observability/logger.js';
+
 /**
  * Collects items and writes them in batches: at most every `intervalMs`, or at once
  * when `maxItems` are waiting. Writes run one after another, so order is kept; `add`
@@ -40,6 +42,16 @@ export class Batcher<T> {
       }
     });
     return this.writing;
+  }
+
+  /**
+   * Writes what is waiting once the work feeding it failed (the caller rethrows that
+   * failure). A write that fails, now or an earlier batch's, is logged and never thrown in
+   * the failure's place: a budget stop or an invalid answer during a database outage still
+   * ends as what it was.
+   */
+  async flushAfterFailure(log: Logger): Promise<void> {
+    await this.flush().catch((error: unknown) => log.warn({ err: error }, 'keeping what came before the failure failed'));
   }
 
   /**

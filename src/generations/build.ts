@@ -121,7 +121,7 @@ export async function build(deps: PipelineDeps, input: BuildInput, cwd: string, 
         sandbox: deps.toolchain.sandbox?.forStep({ tool: step.tool, fetch: step.fetch === true, cacheDir: projectCacheDir(cwd) }),
       }).then((stepResult) => describeStep(span, stepResult)));
     } catch (error) {
-      await lines.flush(); // what the step printed before it went wrong is kept
+      await lines.flushAfterFailure(deps.logger.child({ source: 'GenerationPipeline', generationId, round, step: step.name })); // what the step printed before it went wrong is kept
       throw error;
     }
     const rest = toRows(await lines.drain());

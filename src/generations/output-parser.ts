@@ -38,15 +38,22 @@ export class OutputProtocolError extends RunError {
   readonly code = 'INVALID_OUTPUT';
 }
 
-const CLOSE_TAG = '</file>';
 // Enough for the longest allowed path plus attribute syntax; a longer opening tag is not one.
 const MAX_OPEN_TAG = MAX_PATH_LENGTH + 64;
+// The longest closing tag (`</file`, whitespace, `>`); a longer one is content. It bounds what the parser holds back of a block.
+const MAX_CLOSE_TAG = 64;
+const SPACE = ' \t\r\n';
 
 type TagScan =
   | { status: 'tag'; kind: 'file' | 'delete'; path: string; end: number }
   | { status: 'none' }
   // `path` is what was read of the attribute so far, once inside it.
-  | { status: 'incomplete'; path?: string };
+  | { status: 'incomplete'; path?: string }
+  // The path ran past MAX_OPEN_TAG: an unsafe path, not prose.
+  | { status: 'too-long'; path: string };
+
+/** The first closing tag at or after `from`, or where the text stops being decided (a possible tag cut off by its end). */
+type CloseSearch = { status: 'tag'; start: number; end: number } | { status: 'undecided'; from: number };
 
 interface Block {
   path: string;
@@ -80,6 +87,7 @@ export function createOutputParser(): OutputParser {
     pos = lt;
     const scan = scanOpenTag(text, pos);
     if (scan.status === 'incomplete') return false;
+    if (scan.status === 'too-long') throw new UnsafeOutputError(scan.path, `is longer than ${MAX_PATH_LENGTH} characters`);
     if (scan.status === 'none') {
       pos += 1;
       return true;
@@ -102,16 +110,15 @@ export function createOutputParser(): OutputParser {
       else if (text[pos] === '\n') pos += 1;
       current.atStart = false;
     }
-    const close = text.indexOf(CLOSE_TAG, pos);
-    if (close < 0) {
-      // Hold back a possible partial '</file>' so a split closing tag is still found.
-      const upTo = Math.max(pos, text.length - (CLOSE_TAG.length - 1));
-      append(current, text.slice(pos, upTo));
-      pos = upTo;
+    const close = findCloseTag(text, pos);
+    if (close.status === 'undecided') {
+      // Hold back a possible partial closing tag so a split one is still found.
+      append(current, text.slice(pos, close.from));
+      pos = close.from;
       return false;
     }
-    append(current, text.slice(pos, close));
-    pos = close + CLOSE_TAG.length;
+    append(current, text.slice(pos, close.start));
+    pos = close.end;
     events.push({ type: 'file', path: current.path, content: finish(current) });
     block = undefined;
     return true;
@@ -157,6 +164,23 @@ function tooLarge(path: string): UnsafeOutputError {
 }
 
 /**
+ * The complete `<file>` blocks of a whole text, read as the parser reads them (the same tags,
+ * the first closing tag ends a block), in order and in linear time. Paths are not checked.
+ * It stops at a block left open: no later one can close.
+ */
+export function* fileBlocks(text: string): Generator<{ start: number; end: number; path: string }> {
+  for (let pos = 0, lt = text.indexOf('<'); lt >= 0; lt = text.indexOf('<', pos)) {
+    const open = scanOpenTag(text, lt);
+    pos = open.status === 'tag' ? open.end : lt + 1;
+    if (open.status !== 'tag' || open.kind === 'delete') continue;
+    const close = findCloseTag(text, open.end);
+    if (close.status === 'undecided') return;
+    yield { start: lt, end: close.end, path: open.path };
+    pos = close.end;
+  }
+}
+
+/**
  * Reads `<file path="…">` or `<delete path="…"/>` at `start` (a '<'). Only the first
  * MAX_OPEN_TAG characters are looked at, so the answer never depends on chunk boundaries.
  */
@@ -170,8 +194,7 @@ function scanOpenTag(text: string, start: number): TagScan {
   // unless the path itself is what ran past it.
   const incomplete = (inPath = false): TagScan => {
     if (!capped) return { status: 'incomplete', path };
-    if (inPath) throw new UnsafeOutputError(path ?? '', `is longer than ${MAX_PATH_LENGTH} characters`);
-    return { status: 'none' };
+    return inPath ? { status: 'too-long', path: path ?? '' } : { status: 'none' };
   };
   // Matches `literal` at i: true when matched, false when not, undefined when text ran out.
   const expect = (literal: string): boolean | undefined => {
@@ -184,7 +207,7 @@ function scanOpenTag(text: string, start: number): TagScan {
   };
   const skipSpace = (): number => {
     const from = i;
-    while (i < limit && ' \t\r\n'.includes(text[i]!)) i += 1;
+    while (i < limit && SPACE.includes(text[i]!)) i += 1;
     return i - from;
   };
 
@@ -206,4 +229,28 @@ function scanOpenTag(text: string, start: number): TagScan {
   const closing = expect(kind === 'file' ? '>' : '/>');
   if (closing === undefined) return incomplete();
   return closing ? { status: 'tag', kind, path, end: i } : { status: 'none' };
+}
+
+/**
+ * Finds the first `</file>` at or after `from`, whitespace allowed before its `>` (as in an
+ * opening tag). Each candidate is looked at for MAX_CLOSE_TAG characters at most, so the
+ * answer never depends on chunk boundaries, and what is undecided is never longer.
+ */
+function findCloseTag(text: string, from: number): CloseSearch {
+  for (let lt = text.indexOf('<', from); lt >= 0; lt = text.indexOf('<', lt + 1)) {
+    const limit = Math.min(text.length, lt + MAX_CLOSE_TAG);
+    let i = lt + 1;
+    for (const ch of '/file') {
+      if (i >= limit || text[i] !== ch) break;
+      i += 1;
+    }
+    if (i - lt < '</file'.length) {
+      if (i >= text.length) return { status: 'undecided', from: lt };
+      continue;
+    }
+    while (i < limit && SPACE.includes(text[i]!)) i += 1;
+    if (i < limit && text[i] === '>') return { status: 'tag', start: lt, end: i + 1 };
+    if (i >= text.length) return { status: 'undecided', from: lt };
+  }
+  return { status: 'undecided', from: text.length };
 }

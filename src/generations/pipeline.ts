@@ -232,7 +232,8 @@ async function loadContext(deps: PipelineDeps, generation: GenerationRow, log: L
       project,
       apiKey: sealed && secretName ? openSecret(deps.secretBox, sealed, project.id, secretName) : undefined,
       target: getTarget(project.target),
-      parentFiles: generation.parentId ? await generationStore.filesOf(tx, generation.parentId, true) : [],
+      // A parent that wrote no files hands on the version before it (versionOfLineage).
+      parentFiles: generation.parentId ? await generationStore.versionOfLineage(tx, generation.parentId) : [],
       turns: generation.parentId ? await generationStore.turnsOfLineage(tx, generation.parentId) : [],
       budget: { ...runBudget(pipelineScope(deps.db, deps.logger), generation, project.monthlyTokenLimit, deps.budgetReservationTokens), spentBefore: 0 },
     };

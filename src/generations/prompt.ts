@@ -1,4 +1,5 @@
 import type { LlmMessage } from '../llm/provider.js';
+import { fileBlocks } from './output-parser.js';
 
 // What the model sees: the target's system prompt, the files it builds on, and the
 // session's earlier turns, bounded so the oldest turns go first.
@@ -44,9 +45,16 @@ export function buildPrompt(input: PromptInput): { systemPrompt: string; message
   return { systemPrompt, messages };
 }
 
-/** A model answer with its file contents left out (they are in the files already). */
+/** A model answer with its file contents left out (they are in the files already): each block the parser would read becomes `[wrote <path>]`. */
 export function summariseFiles(output: string): string {
-  return output.replace(/<file path="([^"]*)">[\s\S]*?<\/file>/g, '[wrote $1]');
+  const parts: string[] = [];
+  let from = 0;
+  for (const block of fileBlocks(output)) {
+    parts.push(output.slice(from, block.start), `[wrote ${block.path}]`);
+    from = block.end;
+  }
+  parts.push(output.slice(from));
+  return parts.join('');
 }
 
 /** Characters at most of the note naming the files left out: room kept for it in the files' budget. */

@@ -35,6 +35,22 @@ export function interruptedEnding(message: string) {
     errorMessage: sql`case when ${stopAsked} then null else ${message} end`,
   };
 }
+
+/**
+ * `with recursive lineage(id, next, depth)`: `generationId` (depth 0) and the generations it
+ * descends from, a restore leading back through `restored_from`, else `parent_id`. The walk
+ * goes on past a generation only while `walkOn` (about `lineage.id`) holds.
+ */
+function lineageOf(generationId: string, walkOn = sql`true`) {
+  return sql`
+    with recursive lineage(id, next, depth) as (
+      select id, coalesce(restored_from, parent_id), 0 from ${generations} where id = ${generationId}
+      union all
+      select g.id, coalesce(g.restored_from, g.parent_id), lineage.depth + 1 from ${generations} g join lineage on g.id = lineage.next
+      where lineage.depth < 10000 and ${walkOn}
+    )`;
+}
+
 export type BuildStepRow = typeof buildSteps.$inferSelect;
 export type LogLineRow = typeof buildLogLines.$inferSelect;
 export type ChunkRow = typeof generationChunks.$inferSelect;
@@ -462,6 +478,23 @@ export const generationStore = {
       .orderBy(asc(generationFiles.path));
   },
 
+  /**
+   * The version a follow-up of `generationId` starts from: the files of the nearest generation
+   * of its lineage (itself, then back as turnsOfLineage goes) that wrote any. A parent that
+   * ended before writing a file (FAILED or CANCELLED while it generated) hands on the version
+   * before it, never the bare template; none when no generation of the lineage wrote files.
+   */
+  async versionOfLineage(tx: Tx, generationId: string) {
+    const wroteFiles = sql`exists (select 1 from ${generationFiles} where ${generationFiles.generationId} = lineage.id)`;
+    // The walk stops at the first generation that wrote files.
+    const nearest = sql`(${lineageOf(generationId, sql`not ${wroteFiles}`)} select id from lineage where ${wroteFiles} order by depth limit 1)`;
+    return tx
+      .select({ path: generationFiles.path, size: generationFiles.size, sha256: generationFiles.sha256, content: generationFiles.content })
+      .from(generationFiles)
+      .where(sql`${generationFiles.generationId} = ${nearest}`)
+      .orderBy(asc(generationFiles.path));
+  },
+
   async fileOf(tx: Tx, generationId: string, path: string): Promise<FileRow | undefined> {
     const [row] = await tx
       .select()
@@ -516,12 +549,7 @@ export const generationStore = {
    * through `restored_from`, so turns made after the restored version drop out.
    */
   async turnsOfLineage(tx: Tx, generationId: string): Promise<MessageRow[]> {
-    const lineage = sql`
-      with recursive lineage(id, next, depth) as (
-        select id, coalesce(restored_from, parent_id), 0 from ${generations} where id = ${generationId}
-        union all
-        select g.id, coalesce(g.restored_from, g.parent_id), l.depth + 1 from ${generations} g join lineage l on g.id = l.next where l.depth < 10000
-      ) select id from lineage`;
+    const lineage = sql`${lineageOf(generationId)} select id from lineage`;
     return tx
       .select({ message: conversationMessages })
       .from(conversationMessages)

@@ -21,7 +21,11 @@ export interface CreateWorkspaceInput {
   projectId: string;
   generationId: string;
   template: Record<string, string>;
-  /** The parent's version; empty when there is none, and then the workspace starts from `template`. */
+  /**
+   * The version it builds on: its lineage's latest that wrote files (generationStore.versionOfLineage,
+   * so a parent that ended before writing any hands on the one before it); empty when there is
+   * none, and then the workspace starts from `template`.
+   */
   parentFiles: { path: string; content: string }[];
   changes: OutputEvent[];
   /** What the changes are, for a version too large: "this answer", "this restore". */
@@ -47,9 +51,10 @@ export function fileDigest(content: string): { size: number; sha256: string } {
 }
 
 /**
- * What a generation starts from: its parent's version, or the target's template when there is
- * none (a first generation, or a parent that ended before it wrote any file). Never both: a
- * template file the model deleted stays deleted in every later version.
+ * What a generation starts from: the version it builds on (its parent's, or, when the parent
+ * ended before it wrote any file, the nearest earlier one of its lineage), or the target's
+ * template when there is none (a first generation, or a lineage that never wrote a file).
+ * Never both: a template file the model deleted stays deleted in every later version.
  */
 export function startingVersion(template: Record<string, string>, parentFiles: readonly { path: string; content: string }[]): Map<string, string> {
   return parentFiles.length > 0 ? new Map(parentFiles.map((file) => [file.path, file.content])) : new Map(Object.entries(template));

@@ -87,6 +87,32 @@ describe('output parser', () => {
     expect(parser.end()).toEqual([]);
   });
 
+  it('ends a block at a closing tag with whitespace before its `>`, so the files after it are written, however it is chunked', () => {
+    const output = '<file path="a.ts">\r\nx\r\n</file >\r\n<file\r\npath="b.ts"\r\n>\r\ny\r\n</file\r\n\t>\n<file path="c.ts">\nz\n</file>';
+    const expected: OutputEvent[] = [
+      { type: 'file', path: 'a.ts', content: 'x\r\n' },
+      { type: 'file', path: 'b.ts', content: 'y\r\n' },
+      { type: 'file', path: 'c.ts', content: 'z\n' },
+    ];
+    expect(parse([output])).toEqual(expected);
+    expect(parse([...output])).toEqual(expected);
+    for (let at = 0; at <= output.length; at += 1) {
+      expect(parse([output.slice(0, at), output.slice(at)]), `split at ${at}`).toEqual(expected);
+    }
+    // A closing tag split after its whitespace still closes the block when its `>` comes.
+    const parser = createOutputParser();
+    expect(parser.push('<file path="a.ts">x</file  ')).toEqual([]);
+    expect(parser.push('>')).toEqual([{ type: 'file', path: 'a.ts', content: 'x' }]);
+  });
+
+  it('keeps in the file what only looks like a closing tag', () => {
+    const content = `</filed> </file x> </ file> </file${' '.repeat(100)}> </FILE>\n`;
+    expect(parse([`<file path="a.ts">${content}</file>`])).toEqual([{ type: 'file', path: 'a.ts', content }]);
+    expect(parse([...`<file path="a.ts">${content}</file>`])).toEqual([{ type: 'file', path: 'a.ts', content }]);
+    // An output that ends inside a closing tag ended inside its block.
+    expect(() => parse(['<file path="a.ts">x</file '])).toThrow(OutputProtocolError);
+  });
+
   it('strips only one newline after the opening tag and keeps the rest verbatim', () => {
     expect(parse(['<file path="a.txt">\n\n  x\n</file>'])).toEqual([
       { type: 'file', path: 'a.txt', content: '\n  x\n' },

@@ -51,7 +51,7 @@ const GenerationErrorRef = builder.objectRef<{ code: NonNullable<GenerationRow['
 
 type FileSummary = { path: string; size: number; sha256: string; content?: string };
 const GeneratedFileRef = builder.objectRef<FileSummary & { generationId: string }>('GeneratedFile').implement({
-  description: 'A file of the version a generation produced: its parent\'s files (the template\'s for a first generation) with its own changes.',
+  description: 'A file of the version a generation produced: the files of the version it started from (its parent\'s, or the nearest earlier one that wrote files; the template\'s for a first generation) with its own changes.',
   fields: (t) => ({
     path: t.exposeString('path', { description: 'Relative to the workspace root.' }),
     size: t.exposeInt('size', { description: 'Byte length of the UTF-8 content.' }),

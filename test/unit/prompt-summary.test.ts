@@ -1,0 +1,58 @@
+import { describe, expect, it } from 'vitest';
+import { createOutputParser } from '../../src/generations/output-parser.js';
+import { buildPrompt, summariseFiles } from '../../src/generations/prompt.js';
+
+// An earlier answer in a later prompt keeps what it did, not the files it wrote (those are in
+// "Current files"): every block the output parser reads is shortened, whatever its tags look like.
+
+const SECRET = 'const secret = "FILE BODY";\n';
+
+describe('summariseFiles', () => {
+  it('shortens every block the parser reads, whitespace in its tags or not', () => {
+    const answer = [
+      'Here you go.\n',
+      `<file path="a.ts">\n${SECRET}</file>\n`,
+      `<file path="b.ts" >\n${SECRET}</file>\n`,
+      `<file\npath="c.ts"\n>\n${SECRET}</file >\n`,
+      `<file\r\n\tpath="d.ts"\r\n>\r\n${SECRET}</file\r\n>\r\n`,
+      '<delete path="old.ts"/>\n',
+      'Done.',
+    ].join('');
+    const parser = createOutputParser();
+    const written = [...parser.push(answer), ...parser.end()].filter((event) => event.type === 'file').map((event) => event.path);
+    expect(written).toEqual(['a.ts', 'b.ts', 'c.ts', 'd.ts']);
+
+    expect(summariseFiles(answer)).toBe(
+      'Here you go.\n[wrote a.ts]\n[wrote b.ts]\n[wrote c.ts]\n[wrote d.ts]\r\n<delete path="old.ts"/>\nDone.',
+    );
+  });
+
+  it('leaves out the file bodies of an earlier answer in the next prompt', () => {
+    const { messages } = buildPrompt({
+      systemPrompt: 'SYSTEM',
+      template: {},
+      parentFiles: [],
+      turns: [
+        { role: 'USER', content: 'An app' },
+        { role: 'MODEL', content: `Sure.\n<file\npath="src/App.tsx"\n>\n${SECRET}</file >\n<file path="src/b.ts" >\n${SECRET}</file>\n` },
+      ],
+      prompt: 'Add a button',
+    });
+    expect(messages.map((message) => message.content)).toEqual(['An app', 'Sure.\n[wrote src/App.tsx]\n[wrote src/b.ts]\n', 'Add a button']);
+  });
+
+  it('ends a block where the parser does, and keeps one left open as it is', () => {
+    // The first closing tag ends a block, as in the parser; an opening tag inside a block is its content.
+    expect(summariseFiles('<file path="a.md">\nuse <file path="b">..</file> blocks\n</file>')).toBe('[wrote a.md] blocks\n</file>');
+    expect(summariseFiles('<file path="a.ts">\nx\n</file>\n<file path="b.ts">\ncut off')).toBe('[wrote a.ts]\n<file path="b.ts">\ncut off');
+    expect(summariseFiles('Use <file> or </file> or <file path="a"/> freely.')).toBe('Use <file> or </file> or <file path="a"/> freely.');
+  });
+
+  it('reads an answer of many openings that never close, in one pass', () => {
+    // Each opening once searched to the end for its closing tag would take minutes here.
+    const answer = '<file path="x">'.repeat(200_000);
+    expect(summariseFiles(answer)).toBe(answer);
+    const closedLast = `${'<file path="x">\n'.repeat(200_000)}</file>`;
+    expect(summariseFiles(closedLast)).toBe('[wrote x]');
+  });
+});
