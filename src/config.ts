@@ -382,17 +382,22 @@ function databaseUrlProblems(e: z.infer<typeof environment>): string[] {
     }
     const url = parseDatabaseUrl(value);
     if (!url) problems.push(`${name} is not a valid URL (postgres://user:password@host:port/database): ${encode}`);
-    // A fragment means nothing to a database: a `#` (or an `@` past the host) is a password cut short.
-    else if (url.hash || (!url.username && value.includes('@'))) problems.push(`${name} is cut short by a character of its password: ${encode}`);
+    // A fragment means nothing to a database: a `#` (or an `@` in the path, past a `/`) is a password cut short.
+    else if (url.hash || (!url.username && url.pathname.includes('@'))) problems.push(`${name} is cut short by a character of its password: ${encode}`);
     else if (!decodes(url.username) || !decodes(url.password)) problems.push(`${name} has a % that starts no percent-escape in its user name or password: ${encode}`);
   }
   return problems;
 }
 
+/** What comes between `://` and the path or query: user, password and hosts, as postgres.js cuts it. */
+function authorityOf(url: string): string {
+  return url.slice(url.indexOf('://') + 3).split(/[?/]/)[0]!;
+}
+
 /** `url` as postgres.js parses it, or undefined where it would throw. */
 function parseDatabaseUrl(url: string): URL | undefined {
-  const hosts = url.slice(url.indexOf('://') + 3).split(/[?/]/)[0]!;
-  const host = hosts.slice(hosts.indexOf('@') + 1);
+  const authority = authorityOf(url);
+  const host = authority.slice(authority.indexOf('@') + 1);
   if (!decodes(host)) return undefined;
   const first = url.replace(host, host.split(',')[0]!);
   return URL.canParse(first) ? new URL(first) : undefined;
@@ -407,11 +412,14 @@ function decodes(text: string): boolean {
   }
 }
 
-/** Where a (valid) DATABASE_URL points, for messages: `host:port`, each host of a list; never the user or password. */
+/**
+ * Where a (valid) DATABASE_URL points, for messages: `host:port`, each host of a list; never the
+ * user or password. Past the last `@`, as URL reads it: a password may hold an unencoded one.
+ */
 export function databaseAddress(url: string): string {
-  const hosts = url.slice(url.indexOf('://') + 3).split(/[?/]/)[0]!;
-  return hosts
-    .slice(hosts.indexOf('@') + 1)
+  const authority = authorityOf(url);
+  return authority
+    .slice(authority.lastIndexOf('@') + 1)
     .split(',')
     .map((host) => (/:\d+$/.test(host) ? host : `${host || 'localhost'}:5432`))
     .join(',');

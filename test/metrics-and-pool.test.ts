@@ -168,11 +168,18 @@ describe('a scrape while the generation counts cannot be read', () => {
   });
 
   // A database that keeps a connection open but never answers: the read never settles.
-  it('answers without them when the read never settles', { timeout: 10_000 }, async () => {
-    const { text } = await scrapeWith(() => new Promise(() => {}));
+  it('answers without them when the read never settles, and starts no second read meanwhile', { timeout: 20_000 }, async () => {
+    let reads = 0;
+    const { metrics, text } = await scrapeWith(() => {
+      reads += 1;
+      return new Promise(() => {});
+    });
     expect(text).toMatch(/^kiln_http_requests_total\{/m);
     expect(text).not.toMatch(/^kiln_generations\{/m);
     expect(text).not.toMatch(/^kiln_queue_depth /m);
+    // Each read left behind holds a pooled connection: scrapes must not pile them up.
+    expect(await metrics.registry.metrics()).not.toMatch(/^kiln_generations\{/m);
+    expect(reads).toBe(1);
   });
 });
 

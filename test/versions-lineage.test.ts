@@ -151,6 +151,10 @@ describe(`versions from one generation to the next (${databaseKind})`, () => {
     expect(next.files.find((file) => file.path === 'lib/helper.dart')?.sha256).toBe(sha256(helper.content));
     // And the model was shown them.
     expect(JSON.stringify(llm.requests.at(-1)!.body)).toContain('int helper() => 1;');
+    // Its diff is against that version too: the one new file, not every file ADDED.
+    const { generation } = await suite.owner.client.expectNoErrors(GenerationDiffDocument, { id: next.id });
+    expect(generation!.diff!.against?.id).toBe(first.id);
+    expect(generation!.diff!.files.map((file) => [file.path, file.change])).toEqual([['lib/counter.dart', 'ADDED']]);
   });
 
   it('leaves out a stored file whose path Kiln now refuses, in a follow-up and a restore, and logs it', async () => {

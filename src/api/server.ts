@@ -37,6 +37,8 @@ export function buildApp(services: Services): App {
   const { config } = services;
   const createContext = contextFactory(services);
   const manifest = services.persistedOperations;
+  // Never open to every operation because a caller left the manifest out.
+  if (config.limits.persistedOperations.only && !manifest) throw new Error('PERSISTED_OPERATIONS_ONLY needs the manifest in services.persistedOperations');
   const yoga = createYoga<ServerContext, Context>({
     schema,
     graphqlEndpoint: '/graphql',

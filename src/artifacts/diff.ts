@@ -33,10 +33,14 @@ export interface GenerationDiff {
 const MAX_EDIT_LENGTH = 10_000;
 const MAX_DIFF_STEPS = 5_000_000;
 
-/** `againstId` null: the parent. Another generation must be of the same project and visible to the viewer. */
+/**
+ * `againstId` null: the version the generation started from, its parent's (or, when the parent
+ * wrote no files, the nearest earlier one that did). Another generation must be of the same
+ * project and visible to the viewer.
+ */
 export async function diffGeneration(scope: Scope, generation: GenerationRow, againstId: string | null): Promise<GenerationDiff> {
   return scope.run(async (tx) => {
-    const baseId = againstId ?? generation.parentId;
+    const baseId = againstId ?? (generation.parentId && ((await generationStore.versionIdOfLineage(tx, generation.parentId)) ?? generation.parentId));
     const against = baseId ? await generationStore.find(tx, baseId) : undefined;
     if (baseId && (!against || against.projectId !== generation.projectId)) {
       throw new NotFoundError('The generation to compare with was not found in this project.');

@@ -51,6 +51,15 @@ function lineageOf(generationId: string, walkOn = sql`true`) {
     )`;
 }
 
+/**
+ * The id of the nearest generation of `generationId`'s lineage (itself first) that wrote files,
+ * as a subquery; the walk stops there. A restore that wrote none leads back to what it restored.
+ */
+function nearestVersion(generationId: string) {
+  const wroteFiles = sql`exists (select 1 from ${generationFiles} where ${generationFiles.generationId} = lineage.id)`;
+  return sql`(${lineageOf(generationId, sql`not ${wroteFiles}`)} select id from lineage where ${wroteFiles} order by depth limit 1)`;
+}
+
 export type BuildStepRow = typeof buildSteps.$inferSelect;
 export type LogLineRow = typeof buildLogLines.$inferSelect;
 export type ChunkRow = typeof generationChunks.$inferSelect;
@@ -485,14 +494,17 @@ export const generationStore = {
    * before it, never the bare template; none when no generation of the lineage wrote files.
    */
   async versionOfLineage(tx: Tx, generationId: string) {
-    const wroteFiles = sql`exists (select 1 from ${generationFiles} where ${generationFiles.generationId} = lineage.id)`;
-    // The walk stops at the first generation that wrote files.
-    const nearest = sql`(${lineageOf(generationId, sql`not ${wroteFiles}`)} select id from lineage where ${wroteFiles} order by depth limit 1)`;
     return tx
       .select({ path: generationFiles.path, size: generationFiles.size, sha256: generationFiles.sha256, content: generationFiles.content })
       .from(generationFiles)
-      .where(sql`${generationFiles.generationId} = ${nearest}`)
+      .where(sql`${generationFiles.generationId} = ${nearestVersion(generationId)}`)
       .orderBy(asc(generationFiles.path));
+  },
+
+  /** The generation whose files versionOfLineage hands on; undefined when none of the lineage wrote files. */
+  async versionIdOfLineage(tx: Tx, generationId: string): Promise<string | undefined> {
+    const [row] = rowsOf<{ id: string | null }>(await tx.execute(sql`select ${nearestVersion(generationId)} as id`));
+    return row?.id ?? undefined;
   },
 
   async fileOf(tx: Tx, generationId: string, path: string): Promise<FileRow | undefined> {

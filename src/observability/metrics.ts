@@ -138,10 +138,13 @@ export function createMetrics(options: { activeGenerations?: ActiveGenerationCou
 
   const activeGenerations = options.activeGenerations;
   if (activeGenerations) {
-    // One query per scrape feeds both gauges; failed or late, both are left out of the answer.
+    // One wait per scrape feeds both gauges; failed or late, both are left out of the answer.
+    // One read at a time, however long it takes: a read a late scrape left behind still holds
+    // a connection, and a new one per scrape would take the pool one by one.
+    let reading: Promise<Map<string, number>> | undefined;
     let pending: Promise<Map<string, number> | undefined> | undefined;
     const statusCounts = () =>
-      (pending ??= boundedRead(activeGenerations(), SCRAPE_READ_TIMEOUT_MS)
+      (pending ??= boundedRead((reading ??= activeGenerations().finally(() => (reading = undefined))), SCRAPE_READ_TIMEOUT_MS)
         .catch((error: unknown) => {
           log?.warn({ err: error }, 'reading generation counts for /metrics failed: the generation gauges are left out');
           return undefined;

@@ -147,6 +147,8 @@ describe('DATABASE_URL and LISTEN_DATABASE_URL', () => {
       ['postgres://kiln:S3cretPa%ss@127.0.0.1:1/kiln', /has a % that starts no percent-escape/],
       // Parsed by URL as host "kiln", port 1234 and a fragment: the first connection would go elsewhere.
       ['postgres://kiln:1234#S3cret@db.internal/kiln', /is cut short/],
+      // Host "kiln", port 1234 and a path holding the rest of the password and the real host.
+      ['postgres://kiln:1234/S3cret@db.internal/kiln', /is cut short/],
       ['mysql://kiln:S3cret@db.internal:3306/kiln', /must be a PostgreSQL URL.*\(not mysql:\/\/\)/],
       ['db.internal:5432/kiln', /must be a PostgreSQL URL/],
     ] as const;
@@ -161,7 +163,7 @@ describe('DATABASE_URL and LISTEN_DATABASE_URL', () => {
     }
   });
 
-  it('reports both URLs together with the other problems', () => {
+  it('reports a problem of each URL together, once every setting has the right shape', () => {
     const problems = problemsOf({ DATABASE_URL: 'postgres://kiln:a#b@db/kiln', LISTEN_DATABASE_URL: 'mysql://db/kiln', PORT: '70000' });
     expect(problems).toEqual([expect.stringMatching(/^PORT: /)]);
     expect(problemsOf({ DATABASE_URL: 'postgres://kiln:a#b@db/kiln', LISTEN_DATABASE_URL: 'mysql://db/kiln' })).toEqual([
@@ -170,12 +172,13 @@ describe('DATABASE_URL and LISTEN_DATABASE_URL', () => {
     ]);
   });
 
-  it('accepts what postgres.js reads: encoded passwords, postgresql://, several hosts, a socket directory', () => {
+  it('accepts what postgres.js reads: encoded passwords, postgresql://, several hosts, no user, an @ in the query', () => {
     for (const url of [
       'postgres://kiln:S3cret%23Pass%25@127.0.0.1:5432/kiln',
       'postgresql://kiln@db.internal/kiln?sslmode=require',
       'postgres://kiln:pw@db1:5432,db2:5433/kiln?target_session_attrs=read-write',
-      'postgres://kiln@%2Fvar%2Frun%2Fpostgresql/kiln',
+      'postgres://:pw@db/kiln',
+      'postgres://kiln@db/kiln?application_name=a@b',
       'postgres://postgres@127.0.0.1:5432/test',
     ]) {
       expect(problemsOf({ DATABASE_URL: url, LISTEN_DATABASE_URL: url }), url).toEqual([]);
@@ -186,6 +189,7 @@ describe('DATABASE_URL and LISTEN_DATABASE_URL', () => {
     expect(databaseAddress('postgres://kiln:S3cret@127.0.0.1:1/kiln')).toBe('127.0.0.1:1');
     expect(databaseAddress('postgresql://kiln@db.internal/kiln?sslmode=require')).toBe('db.internal:5432');
     expect(databaseAddress('postgres://kiln:pw@db1:5432,db2/kiln')).toBe('db1:5432,db2:5432');
+    expect(databaseAddress('postgres://kiln:hunter@prod@127.0.0.1:1/kiln')).toBe('127.0.0.1:1');
   });
 });
 

@@ -89,7 +89,7 @@ builder.objectFields(GenerationRef, (t) => ({
   diff: t.field({
     type: GenerationDiffRef,
     nullable: true,
-    description: 'What changed against `against` (any generation of the same project), by default against the parent.',
+    description: 'What changed against `against` (any generation of the same project), by default against the version it started from (its parent\'s, or the nearest earlier one that wrote files when the parent wrote none).',
     args: { against: t.arg.globalID() },
     resolve: async (g, args, ctx) => {
       const againstId = args.against == null ? null : idOf(args.against, 'Generation');
