@@ -1,29 +1,19 @@
 import { SpanStatusCode } from '@opentelemetry/api';
-import { InMemorySpanExporter, type ReadableSpan, SimpleSpanProcessor } from '@opentelemetry/sdk-trace';
+import type { ReadableSpan } from '@opentelemetry/sdk-trace';
 import { DrizzleQueryError } from 'drizzle-orm/errors';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseConfig } from '../src/config.js';
+import { describe, expect, it } from 'vitest';
 import { LlmError } from '../src/llm/provider.js';
-import { failSpan, startSpan, startTracing, type Tracing } from '../src/observability/tracing.js';
+import { failSpan, startSpan } from '../src/observability/tracing.js';
 import { waitUntil } from './support/cluster.js';
 import { useTestServer } from './support/server.js';
+import { tracingEnv, useInMemoryTracing } from './support/tracing.js';
 
 // Spans leave the process for a trace backend: what a failed operation, model call or
 // build step records of its errors must never carry the user's input or a query's
 // bound parameters (passwords, secret values, password hashes), only what kind of
 // failure it was. The span is still marked as failed.
 
-const tracingEnv = { OTEL_TRACES_EXPORTER: 'otlp', OTEL_SERVICE_NAME: 'kiln-test' };
-const exporter = new InMemorySpanExporter();
-let tracing: Tracing | undefined;
-
-beforeAll(async () => {
-  tracing = await startTracing(parseConfig(tracingEnv).tracing, { spanProcessors: [new SimpleSpanProcessor({ exporter })] });
-});
-
-afterAll(async () => {
-  await tracing?.shutdown();
-});
+const exporter = useInMemoryTracing();
 
 /** Everything a span exports as text: its attributes, its events' names and attributes, its status message. */
 const textOf = (span: ReadableSpan) => JSON.stringify([span.attributes, span.events, span.status]);

@@ -1,31 +1,21 @@
 import { SpanKind } from '@opentelemetry/api';
-import { InMemorySpanExporter, type ReadableSpan, SimpleSpanProcessor } from '@opentelemetry/sdk-trace';
+import type { ReadableSpan } from '@opentelemetry/sdk-trace';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../src/config.js';
-import { startTracing, type Tracing } from '../src/observability/tracing.js';
+import { startTracing } from '../src/observability/tracing.js';
 import { waitUntil } from './support/cluster.js';
 import { type PgBossPair, startPgBossPair } from './support/pgboss-pair.js';
 import { databaseKind, testDatabaseUrl } from './support/db.js';
 import { createProject, type TestUser } from './support/fixtures.js';
 import { type Generation, type Instance, rawId, startAccepted, waitForEnd } from './support/generation-helpers.js';
 import { useGenerationServer } from './support/suite-server.js';
+import { tracingEnv, useInMemoryTracing } from './support/tracing.js';
 
 // OpenTelemetry: one trace per generation, from the startGeneration operation through
 // the queue to the worker's run, its model call and each build step. The SDK is started
 // as main.ts starts it, with an in-memory exporter in place of the one OTEL_* would name.
 
-/** Turns tracing on in the server's config; the in-memory processor replaces the OTLP exporter it names. */
-const tracingEnv = { OTEL_TRACES_EXPORTER: 'otlp', OTEL_SERVICE_NAME: 'kiln-test' };
-const exporter = new InMemorySpanExporter();
-let tracing: Tracing | undefined;
-
-beforeAll(async () => {
-  tracing = await startTracing(parseConfig(tracingEnv).tracing, { spanProcessors: [new SimpleSpanProcessor({ exporter })] });
-});
-
-afterAll(async () => {
-  await tracing?.shutdown();
-});
+const exporter = useInMemoryTracing();
 
 const parentOf = (span: ReadableSpan) => span.parentSpanContext?.spanId;
 const idOf = (span: ReadableSpan) => span.spanContext().spanId;
