@@ -4,6 +4,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type DocumentNode, Kind, getOperationAST, parse } from 'graphql';
 import { type Plugin, isAsyncIterable } from 'graphql-yoga';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { TIMED_OUT, within } from '../deadlines.js';
 import { ACTIVE_STATUSES } from '../generations/status.js';
 import type { Logger } from './logger.js';
 
@@ -142,9 +143,20 @@ export function createMetrics(options: { activeGenerations?: ActiveGenerationCou
     // One read at a time, however long it takes: a read a late scrape left behind still holds
     // a connection, and a new one per scrape would take the pool one by one.
     let reading: Promise<Map<string, number>> | undefined;
+    const read = () => {
+      if (!reading) {
+        reading = activeGenerations().finally(() => (reading = undefined));
+        reading.catch(() => {}); // a failure after the scrape answered is nobody's to report
+      }
+      return reading;
+    };
     let pending: Promise<Map<string, number> | undefined> | undefined;
     const statusCounts = () =>
-      (pending ??= boundedRead((reading ??= activeGenerations().finally(() => (reading = undefined))), SCRAPE_READ_TIMEOUT_MS)
+      (pending ??= within(read(), SCRAPE_READ_TIMEOUT_MS)
+        .then((counts) => {
+          if (counts === TIMED_OUT) throw new Error(`no answer within ${SCRAPE_READ_TIMEOUT_MS} ms`);
+          return counts;
+        })
         .catch((error: unknown) => {
           log?.warn({ err: error }, 'reading generation counts for /metrics failed: the generation gauges are left out');
           return undefined;
@@ -247,16 +259,6 @@ export function createMetrics(options: { activeGenerations?: ActiveGenerationCou
     },
     observeLlmRetry: (provider, status) => llmRetries.inc({ provider, status: String(status) }),
   };
-}
-
-/** `read`, or a rejection once `timeoutMs` has passed (the read itself goes on, and is ignored). */
-function boundedRead<T>(read: Promise<T>, timeoutMs: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
-  });
-  read.catch(() => {}); // a late failure is nobody's to report
-  return Promise.race([read, timeout]).finally(() => clearTimeout(timer));
 }
 
 /** The names of the operations in GraphQL documents (a document that does not parse names none). */
