@@ -195,7 +195,7 @@ describe('membership in the policies (kiln.viewer_project_ids)', () => {
   });
 });
 
-describe('reads of many rows of one generation (kiln.chunks_after, kiln.log_lines_after, kiln.log_tail)', () => {
+describe('reads of many rows of one generation (kiln.chunks_after, kiln.log_lines_after, kiln.log_tail, kiln.files_of)', () => {
   // They check membership once per read instead of the row policy once per row, so they
   // must give each caller exactly what the policies give, or a stream would replay
   // another project's output.
@@ -205,6 +205,8 @@ describe('reads of many rows of one generation (kiln.chunks_after, kiln.log_line
       generationStore.logLinePageOfMember(tx, generationId, -1, 10),
       generationStore.logTailOfMember(tx, generationId, tail),
       generationStore.outputOfMember(tx, generationId),
+      generationStore.filesOfMember(tx, generationId, true),
+      generationStore.filesOfMember(tx, generationId, false),
     ]);
   /** The same reads straight from the tables, under the row policies. */
   const throughPolicies = (tx: Tx, generationId: string, tail = 10) =>
@@ -215,6 +217,8 @@ describe('reads of many rows of one generation (kiln.chunks_after, kiln.log_line
       rows<{ output: string | null }>(tx, sql`select string_agg(text, '' order by seq) as output from generation_chunks where generation_id = ${generationId}`).then(
         ([row]) => row?.output ?? '',
       ),
+      rows(tx, sql`select path, size, sha256, content from generation_files where generation_id = ${generationId} order by path`),
+      rows(tx, sql`select path, size, sha256, '' as content from generation_files where generation_id = ${generationId} order by path`),
     ]);
 
   it('give every role what the row policies give it: members all of it, a stranger nothing', async () => {
@@ -230,7 +234,7 @@ describe('reads of many rows of one generation (kiln.chunks_after, kiln.log_line
       const [viaFunctions, viaPolicies] = await as(db, t[role]).run(async (tx) => [await reads(tx, t.generationId, 3), await throughPolicies(tx, t.generationId, 3)]);
       expect(viaFunctions, role).toEqual(viaPolicies);
     }
-    const [chunks, lines, tail, output] = await as(db, t.viewer).run((tx) => reads(tx, t.generationId, 3));
+    const [chunks, lines, tail, output, files, listing] = await as(db, t.viewer).run((tx) => reads(tx, t.generationId, 3));
     expect(chunks).toEqual([
       { seq: 0, text: '<file path="src/App.tsx">', round: 0 },
       { seq: 1, text: 'export default 1;</file>', round: 0 },
@@ -238,19 +242,41 @@ describe('reads of many rows of one generation (kiln.chunks_after, kiln.log_line
     expect(lines.map((line) => line.seq)).toEqual([0, 1, 2, 3, 4]);
     expect(tail).toEqual([2, 3, 4].map((seq) => ({ seq, step: 'build', stream: 'STDERR', text: `line ${seq}`, round: 1 })));
     expect(output).toBe('<file path="src/App.tsx">export default 1;</file>');
+    expect(files).toEqual([expect.objectContaining({ path: 'src/App.tsx', size: 17, content: 'export default 1;' })]);
+    expect(listing).toEqual([expect.objectContaining({ path: 'src/App.tsx', size: 17, content: '' })]);
     const after = await as(db, t.viewer).run((tx) => generationStore.chunkPageOfMember(tx, t.generationId, 0, 10));
     expect(after.map((chunk) => chunk.seq)).toEqual([1]);
   });
 
+  it('ask whether the viewer is a member once per read, where the row policy asks once per row', async () => {
+    const t = await createTeam(db);
+    const paths = Array.from({ length: 40 }, (_, i) => `src/page${i}.ts`);
+    await serviceRows(db, sql`insert into generation_files (generation_id, path, content, size, sha256) select ${t.generationId}, p, '', 0, 'e3b0' from unnest(${sqlArray(paths, 'text')}) p`);
+    // pg_stat_xact_user_functions counts this transaction's calls; track_functions needs the superuser, so it is set before the role.
+    const membershipChecks = (read: (tx: Tx) => Promise<unknown[]>) =>
+      db.transaction(async (tx) => {
+        await tx.execute(sql`select set_config('track_functions', 'all', true)`);
+        const count = async () =>
+          Number((await rows<{ calls: string | null }>(tx, sql`select sum(calls) as calls from pg_stat_xact_user_functions where funcname = 'generation_role'`))[0]?.calls ?? 0);
+        const before = await count();
+        await tx.execute(sql`select set_config('request.jwt.claims', ${JSON.stringify(claimsFor(t.viewer))}, true), set_config('role', 'authenticated', true)`);
+        const found = await read(tx);
+        await tx.execute(sql`reset role`);
+        return { rows: found.length, checks: (await count()) - before };
+      });
+    expect(await membershipChecks((tx) => generationStore.filesOfMember(tx, t.generationId, false))).toEqual({ rows: 41, checks: 1 });
+    expect(await membershipChecks((tx) => rows(tx, sql`select path from generation_files where generation_id = ${t.generationId}`))).toEqual({ rows: 41, checks: 41 });
+  });
+
   it('give a request without claims and the service scope nothing, and only authenticated may call them', async () => {
-    const nothing = [[], [], [], ''];
+    const nothing = [[], [], [], '', [], []];
     expect(await serviceScope(db).run((tx) => reads(tx, team.generationId))).toEqual(nothing);
     const noClaims = await db.transaction(async (tx) => {
       await tx.execute(sql`set local role authenticated`);
       return reads(tx, team.generationId);
     });
     expect(noClaims).toEqual(nothing);
-    const functions = ['kiln.chunks_after(uuid, integer, integer)', 'kiln.log_lines_after(uuid, integer, integer)', 'kiln.log_tail(uuid, integer)'];
+    const functions = ['kiln.chunks_after(uuid, integer, integer)', 'kiln.log_lines_after(uuid, integer, integer)', 'kiln.log_tail(uuid, integer)', 'kiln.files_of(uuid, boolean)'];
     expect(await executePrivileges(db, functions)).toEqual(functions.map((fn) => ({ fn, anon: false, authenticated: true })));
   });
 });

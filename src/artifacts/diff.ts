@@ -45,8 +45,8 @@ export async function diffGeneration(scope: Scope, generation: GenerationRow, ag
     if (baseId && (!against || against.projectId !== generation.projectId)) {
       throw new NotFoundError('The generation to compare with was not found in this project.');
     }
-    const before = new Map((against ? await generationStore.filesOf(tx, against.id, true) : []).map((file) => [file.path, file]));
-    const after = new Map((await generationStore.filesOf(tx, generation.id, true)).map((file) => [file.path, file]));
+    const before = new Map((against ? await generationStore.filesOfMember(tx, against.id, true) : []).map((file) => [file.path, file]));
+    const after = new Map((await generationStore.filesOfMember(tx, generation.id, true)).map((file) => [file.path, file]));
     const files = diffFiles(before, after);
     return {
       against: against ?? null,

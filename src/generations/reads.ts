@@ -12,7 +12,7 @@ export const generationReads = {
     })),
   many: (scope: Scope, ids: readonly string[]) => scope.run((tx) => generationStore.findMany(tx, ids)),
   output: (scope: Scope, id: string) => scope.run((tx) => generationStore.outputOfMember(tx, id)),
-  files: (scope: Scope, id: string) => scope.run((tx) => generationStore.filesOf(tx, id, false)),
+  files: (scope: Scope, id: string) => scope.run((tx) => generationStore.filesOfMember(tx, id, false)),
   file: (scope: Scope, id: string, path: string) => scope.run((tx) => generationStore.fileOf(tx, id, path)),
   steps: (scope: Scope, ids: readonly string[]) => scope.run((tx) => generationStore.stepsOf(tx, ids)),
   logTail: (scope: Scope, id: string, count: number) => scope.run((tx) => generationStore.logTailOfMember(tx, id, count)),

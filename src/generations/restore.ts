@@ -22,7 +22,7 @@ export async function restoreGeneration(scope: Scope, deps: GenerationDeps, id: 
     const project = requireRole(await projectStore.find(tx, source.projectId), ['owner', 'editor']);
     refuseArchived(project);
     if (!isTerminal(source.status)) throw new InvalidStateError('This generation is still queued or running; it can be restored once it has ended.');
-    if ((await generationStore.filesOf(tx, source.id, false)).length === 0) {
+    if ((await generationStore.filesOfMember(tx, source.id, false)).length === 0) {
       throw new InvalidStateError('This generation wrote no files, so there is nothing to restore.');
     }
     await claimSession(tx, project.id, source.sessionId);
@@ -46,7 +46,7 @@ export async function restoredAnswer(
   generation: GenerationRow,
   startsFrom: { template: Record<string, string>; parentFiles: { path: string; content: string }[] },
 ): Promise<{ changes: OutputEvent[]; refused: string[] }> {
-  const { kept: files, refused } = withoutRefusedPaths(await serviceScope(db).run((tx) => generationStore.filesOf(tx, generation.restoredFrom!, true)));
+  const { kept: files, refused } = withoutRefusedPaths(await serviceScope(db).run((tx) => generationStore.filesOf(tx, generation.restoredFrom!)));
   const kept = new Set(files.map((file) => file.path));
   const dropped = [...startingVersion(startsFrom.template, startsFrom.parentFiles).keys()].filter((path) => !kept.has(path));
   return {
