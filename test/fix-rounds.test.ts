@@ -68,7 +68,13 @@ describe(`self-healing builds (${databaseKind})`, () => {
 
   it('sends the diagnostic and the file back to the model and succeeds with the fixed file', async () => {
     // The fix answer takes a moment, so its FIXING phase is there to be seen.
-    suite.gemini.script(stream(answer('First try.', brokenMain())), { ...stream(answer('Fixed.', FIXED_MAIN), { promptTokens: 300, outputTokens: 40 }), delayMs: 300 });
+    // lib/items.dart is written in round 0 and named by no diagnostic: the system prompt's files are the parent's, so only the model's own answer shows it.
+    const ITEMS = '<file path="lib/items.dart">\nconst items = [1, 2, 3];\n</file>';
+    const first = `${answer('First try.', brokenMain())}${ITEMS}\n`;
+    suite.gemini.script(stream(first), {
+      ...stream(answer('Fixed.', FIXED_MAIN), { promptTokens: 300, outputTokens: 40 }),
+      delayMs: 300,
+    });
     const { started, requestsBefore } = await start('A counter');
     const watch = new GenerationWatch(suite.server.url, suite.owner.accessToken, started.id);
     const end = await watch.finished().finally(() => watch.close());
@@ -83,6 +89,7 @@ describe(`self-healing builds (${databaseKind})`, () => {
     const fix = suite.gemini.requests[requestsBefore + 1]!.body.contents;
     expect(fix.map((c) => c.role)).toEqual(['user', 'model', 'user']);
     expect(fix[0]!.parts[0]!.text).toBe('A counter');
+    expect(fix[1]!.parts[0]!.text).toContain(ITEMS);
     const request = fix[2]!.parts[0]!.text;
     expect(request).toContain("lib/main.dart:2:23 error invalid_assignment (flutter): A value of type 'String' can't be assigned to a variable of type 'int'.");
     expect(request).toContain(`<file path="lib/main.dart">\n${brokenMain()}</file>`);
@@ -114,7 +121,7 @@ describe(`self-healing builds (${databaseKind})`, () => {
     const chunks = await chunksWithRound(started.id);
     expect(chunks.map((c) => c.seq)).toEqual(chunks.map((_, i) => i));
     expect(chunks.map((c) => c.round)).toEqual([...chunks.map((c) => c.round)].sort());
-    expect(chunks.filter((c) => c.round === 0).map((c) => c.text).join('')).toBe(answer('First try.', brokenMain()));
+    expect(chunks.filter((c) => c.round === 0).map((c) => c.text).join('')).toBe(first);
     expect(chunks.filter((c) => c.round === 1).map((c) => c.text).join('')).toBe(answer('Fixed.', FIXED_MAIN));
     expect(generation.output).toBe(chunks.map((c) => c.text).join(''));
 

@@ -10,7 +10,7 @@ import { BudgetStop, budgetMeter, type RunBudget } from './budget.js';
 import { type BuildOutcome, build } from './build.js';
 import { fixStore } from './fix-store.js';
 import type { PhaseChange, PipelineDeps } from './pipeline.js';
-import { leftOutNote, summariseFiles } from './prompt.js';
+import { leftOutNote } from './prompt.js';
 import type { RunCursor } from './run-cursor.js';
 import { RunFailure } from './run-failure.js';
 
@@ -80,7 +80,9 @@ export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promi
     const request = fixRequest(failed, run.files, round, run.maxFixRounds);
     const messages: LlmMessage[] = [
       ...run.prompt.messages,
-      { role: 'model', content: summariseFiles(run.output()) || '(no answer)' },
+      // Whole, unlike earlier turns: the files the system prompt shows are the parent's, so
+      // what this generation wrote is only here (the diagnostics name a few of them).
+      { role: 'model', content: run.output() || '(no answer)' },
       { role: 'user', content: request },
     ];
     let usage: LlmUsage = { inputTokens: 0, outputTokens: 0 };
