@@ -20,6 +20,7 @@ import { createMetrics } from '../src/observability/metrics.js';
 import { type TestDatabase, createTestDatabase, databaseKind } from './support/db.js';
 import { tempDir } from './support/generation-helpers.js';
 import { LogCapture } from './support/log-capture.js';
+import { rawGet } from './support/raw-http.js';
 
 // The output handlers on their own, over a blob store the test controls: what a data
 // directory's name, clients that go away, and many first requests at once do to them.
@@ -92,10 +93,10 @@ interface HeldRead {
  * Blobs in memory as a remote store (postgres, Supabase) keeps them, with local copies in
  * `cacheDir`; every read waits until the test releases it (`held`), and `inFlight` counts them.
  */
-function remoteStore(cacheDir: string, blobs: Map<string, Buffer>, options: { onWaiting?: (waiting: number) => void } = {}) {
+function remoteStore(cacheDir: string, blobs: Map<string, Buffer>, options: { onWaiting?: (waiting: number) => void; waitingPerGeneration?: number } = {}) {
   const held = queue<HeldRead>();
   const stats = { inFlight: 0, maxInFlight: 0, started: 0, order: [] as string[] };
-  const cache = localBlobCache(cacheDir, { remoteReads: 2, onWaiting: options.onWaiting });
+  const cache = localBlobCache(cacheDir, { remoteReads: 2, ...options });
   const read = async (sha256: string) => {
     stats.inFlight++;
     stats.started++;
@@ -114,13 +115,17 @@ function remoteStore(cacheDir: string, blobs: Map<string, Buffer>, options: { on
     kind: 'postgres',
     putMany: async () => [],
     read,
-    localPath: (sha256) =>
-      cache.path(sha256, async () => {
-        const content = await read(sha256);
-        return content && (async function* () {
-          yield content;
-        })();
-      }),
+    localPath: (sha256, generationId) =>
+      cache.path(
+        sha256,
+        async () => {
+          const content = await read(sha256);
+          return content && (async function* () {
+            yield content;
+          })();
+        },
+        generationId,
+      ),
     // eslint-disable-next-line require-yield
     async *list() {
       return;
@@ -186,15 +191,26 @@ class WatchedLog extends LogCapture {
 }
 
 /**
- * The handlers behind a server of the test's own. With `together`, requests are routed only
- * once that many have arrived, all in one go: as when a page's assets are asked for at once.
+ * The handlers behind a server of the test's own, which answers what they leave to the API with
+ * `API`. With `together`, requests are routed only once that many have arrived, all in one go:
+ * as when a page's assets are asked for at once.
  */
-async function serve(store: BlobStore, options: { together?: number } = {}) {
+async function serve(store: BlobStore, options: { together?: number; previewOrigin?: string } = {}) {
   const logs = new WatchedLog();
-  const handlers = outputHandlers({ key, store, db: database.db, logger: createLogger('trace', logs), metrics: createMetrics({ defaultMetrics: false }) });
+  const handlers = outputHandlers({
+    key,
+    store,
+    db: database.db,
+    logger: createLogger('trace', logs),
+    metrics: createMetrics({ defaultMetrics: false }),
+    previewOrigin: options.previewOrigin,
+  });
   let arrived: [IncomingMessage, ServerResponse][] = [];
   const server: Server = createServer((req, res) => {
-    if (!options.together) return void handlers.route(req, res);
+    if (!options.together) {
+      if (!handlers.route(req, res)) res.writeHead(200).end('API');
+      return;
+    }
     arrived.push([req, res]);
     if (arrived.length < options.together) return;
     const all = arrived;
@@ -207,9 +223,10 @@ async function serve(store: BlobStore, options: { together?: number } = {}) {
     await new Promise((closed) => server.close(closed));
   });
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  const url = (kind: CapabilityKind, generationId: string, rest: string) =>
-    `${base}/${kind === 'preview' ? 'preview' : 'archive'}/${signCapability(key, { kind, generationId, expiresAt: new Date(Date.now() + 600_000) })}/${rest}`;
-  return { logs, url };
+  const path = (kind: CapabilityKind, generationId: string, rest: string) =>
+    `/${kind === 'preview' ? 'preview' : 'archive'}/${signCapability(key, { kind, generationId, expiresAt: new Date(Date.now() + 600_000) })}/${rest}`;
+  const url = (kind: CapabilityKind, generationId: string, rest: string) => `${base}${path(kind, generationId, rest)}`;
+  return { logs, base, path, url };
 }
 
 const bundleOf = (count: number, label: string) =>
@@ -243,6 +260,52 @@ describe(`output handlers (${databaseKind})`, () => {
     expect(again.headers.get('etag')).toBe(`"${shaOf(bundle['assets/part-0.js']!)}"`);
     expect(await again.text()).toBe(bundle['assets/part-0.js']);
     expect((await fetch(fromFs.url('preview', generationId, ''))).status).toBe(200);
+  });
+
+  it('ignores If-Unmodified-Since (a preview has no modification date to compare) and answers If-None-Match: * with 304', async () => {
+    const bundle = bundleOf(1, 'conditional');
+    const { generationId, blobs, shaOf } = await seedGeneration(bundle);
+    const fs = fsBlobStore(join(data.path, 'conditional'));
+    await fs.putMany([...blobs].map(([sha256, content]) => ({ sha256, content })));
+    const { base, path } = await serve(fs);
+    const asset = path('preview', generationId, 'assets/part-0.js');
+    const longAgo = { 'if-unmodified-since': 'Thu, 01 Jan 1970 00:00:00 GMT' };
+
+    const whole = await rawGet(base, asset, longAgo);
+    expect(whole.status).toBe(200);
+    expect(whole.body.toString()).toBe(bundle['assets/part-0.js']);
+    const part = await rawGet(base, asset, { ...longAgo, range: 'bytes=0-9' });
+    expect(part.status).toBe(206);
+    expect(part.body.toString()).toBe(bundle['assets/part-0.js']!.slice(0, 10));
+    // The ETag's preconditions still hold.
+    expect((await rawGet(base, asset, { ...longAgo, 'if-match': '"other"' })).status).toBe(412);
+    expect((await rawGet(base, asset, { ...longAgo, 'if-match': `"${shaOf(bundle['assets/part-0.js']!)}"` })).status).toBe(200);
+
+    // The page exists, so `*` matches it, as it matches an asset.
+    for (const rest of ['', 'assets/part-0.js']) {
+      expect((await rawGet(base, path('preview', generationId, rest), { 'if-none-match': '*' })).status, rest).toBe(304);
+    }
+  });
+
+  it('with PREVIEW_ORIGIN, knows that origin in a Host with its default port or in another case', async () => {
+    const bundle = bundleOf(1, 'origin');
+    const { generationId, blobs } = await seedGeneration(bundle);
+    const fs = fsBlobStore(join(data.path, 'origin'));
+    await fs.putMany([...blobs].map(([sha256, content]) => ({ sha256, content })));
+    const { base, path } = await serve(fs, { previewOrigin: 'https://preview.example.com' });
+    const page = path('preview', generationId, 'assets/part-0.js');
+
+    for (const host of ['preview.example.com', 'preview.example.com:443', 'Preview.EXAMPLE.com:443']) {
+      const served = await rawGet(base, page, { host });
+      expect(served.status, host).toBe(200);
+      expect(served.body.toString()).toBe(bundle['assets/part-0.js']);
+      expect((await rawGet(base, '/graphql', { host })).status, host).toBe(404);
+    }
+    // Another port, or another name, is not the preview origin: the API's, which serves no preview.
+    for (const host of ['preview.example.com:8443', 'kiln.example.com', 'preview.example.com@kiln.example.com']) {
+      expect((await rawGet(base, page, { host })).status, host).toBe(404);
+      expect((await rawGet(base, '/graphql', { host })).body.toString(), host).toBe('API');
+    }
   });
 
   it('reads a fresh preview’s manifest once for its first requests at once, and again after a failed read', async () => {
@@ -309,6 +372,42 @@ describe(`output handlers (${databaseKind})`, () => {
     expect(remote.stats.maxInFlight).toBe(2);
     expect(remote.stats.started).toBe(5);
     expect(new Set(remote.stats.order)).toEqual(new Set(paths.map((path) => sha256Of(bundle[path]!))));
+  });
+
+  it('serves another preview’s first file before a preview’s many, and asks a preview with too many waiting to come back', async () => {
+    const bundle = bundleOf(4, 'many');
+    const many = await seedGeneration(bundle);
+    const first = await seedGeneration(bundleOf(1, 'first'));
+    const bothWaiting = deferred();
+    const remote = remoteStore(join(data.path, 'fair-cache'), new Map([...many.blobs, ...first.blobs]), {
+      waitingPerGeneration: 1,
+      onWaiting: (count) => {
+        if (count === 2) bothWaiting.resolve();
+      },
+    });
+    const { url } = await serve(remote.store);
+    const get = async (generationId: string, path: string) => {
+      const answer = await fetch(url('preview', generationId, path));
+      return { status: answer.status, retryAfter: answer.headers.get('retry-after'), text: await answer.text() };
+    };
+    // One preview asks for four files: two download, one waits, and one is told to come back.
+    const flood = Promise.all([0, 1, 2, 3].map((i) => get(many.generationId, `assets/part-${i}.js`)));
+    const reads = [await remote.held.next(), await remote.held.next()];
+    // The other preview's file waits too, and has the next turn.
+    const other = get(first.generationId, 'assets/part-0.js');
+    await bothWaiting.promise;
+    reads[0]!.release();
+    const next = await remote.held.next();
+    expect(next.sha256).toBe(first.shaOf(bundleOf(1, 'first')['assets/part-0.js']!));
+    next.release();
+    expect((await other).status).toBe(200);
+    reads[1]!.release();
+    (await remote.held.next()).release();
+
+    const answers = await flood;
+    expect(answers.map((answer) => answer.status).sort()).toEqual([200, 200, 200, 503]);
+    expect(answers.find((answer) => answer.status === 503)).toEqual({ status: 503, retryAfter: '1', text: 'Busy fetching this preview; try again shortly.' });
+    for (const answer of answers.filter((served) => served.status === 200)) expect(Object.values(bundle)).toContain(answer.text);
   });
 
   it('logs a download the client stopped below error, and a download that failed at error', async () => {

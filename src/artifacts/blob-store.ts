@@ -30,8 +30,11 @@ export interface BlobStore {
    * local cache's downloads). A blob that goes while it is read ends it with `BlobGoneError`.
    */
   readSlices?(sha256: string): Promise<AsyncIterable<Uint8Array> | undefined>;
-  /** A local file holding the bytes (fs: the blob itself; otherwise a cached copy), or undefined. */
-  localPath(sha256: string): Promise<string | undefined>;
+  /**
+   * A local file holding the bytes (fs: the blob itself; otherwise a cached copy), or undefined.
+   * `generationId` is whose preview asks: remote stores' downloads take turns by generation.
+   */
+  localPath(sha256: string, generationId?: string): Promise<string | undefined>;
   /** Every blob, in batches, for collection. */
   list(): AsyncIterable<StoredBlob[]>;
   /** Removes blobs still untouched since `before` (one deduplicated meanwhile stays). */

@@ -7,6 +7,7 @@ import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { type ArchiveEntry, type ArchiveFormat, archiveContentType, archiveFilename, writeArchive } from './archive.js';
 import type { BlobStore } from './blob-store.js';
+import { DownloadsBusyError } from './local-cache.js';
 import { manifestCache } from './manifest-cache.js';
 import { manifestStore } from './manifest-store.js';
 import { type Manifest, plain, servePreview } from './preview.js';
@@ -43,10 +44,11 @@ export function outputHandlers(deps: {
   db: Db;
   logger: Logger;
   metrics: Metrics;
-  /** PREVIEW_ORIGIN's host, when previews have an origin of their own. */
-  previewHost?: string;
+  /** PREVIEW_ORIGIN, when previews have an origin of their own. */
+  previewOrigin?: string;
 }): OutputHandlers {
-  const { key, store, previewHost } = deps;
+  const { key, store } = deps;
+  const previewOrigin = deps.previewOrigin === undefined ? undefined : new URL(deps.previewOrigin);
   const scope = serviceScope(deps.db);
   const log = deps.logger;
   const requests = new Counter({
@@ -114,9 +116,15 @@ export function outputHandlers(deps: {
         res.writeHead(308, { Location: `/preview/${token}/` }).end();
         return 308;
       }
-      const manifest = await manifestOf(verified.capability.generationId);
+      const generationId = verified.capability.generationId;
+      const manifest = await manifestOf(generationId);
       if (!manifest) return plain(res, 404, 'This generation has no web bundle.');
-      return servePreview({ req, res, rest, root: `/preview/${token}/`, manifest, store });
+      return servePreview({ req, res, rest, root: `/preview/${token}/`, manifest, store, generationId }).catch((error: unknown) => {
+        if (!(error instanceof DownloadsBusyError)) throw error;
+        // Only the generation's own downloads are ahead of it: told to ask again rather than held.
+        res.setHeader('Retry-After', '1');
+        return plain(res, 503, 'Busy fetching this preview; try again shortly.');
+      });
     });
 
   const archive = (req: IncomingMessage, res: ServerResponse, token: string, name: string) =>
@@ -165,9 +173,9 @@ export function outputHandlers(deps: {
   return {
     route: (req, res) => {
       const path = (req.url ?? '/').split('?')[0]!;
-      const onPreviewOrigin = previewHost !== undefined && req.headers.host?.toLowerCase() === previewHost;
+      const onPreviewOrigin = previewOrigin !== undefined && isHostOf(previewOrigin, req.headers.host);
       const previewMatch = /^\/preview\/([^/]+)(?:\/(.*))?$/.exec(path);
-      if (previewMatch && (previewHost === undefined || onPreviewOrigin)) {
+      if (previewMatch && (previewOrigin === undefined || onPreviewOrigin)) {
         preview(req, res, previewMatch[1]!, previewMatch[2]);
         return true;
       }
@@ -186,6 +194,20 @@ export function outputHandlers(deps: {
     },
     forget: () => manifests.clear(),
   };
+}
+
+/**
+ * Whether a request's Host names the origin: compared as URLs compare hosts, so the case of the
+ * name and an explicit default port (`preview.example.com:443` for https) do not matter.
+ */
+function isHostOf(origin: URL, host: string | undefined): boolean {
+  // A Host is a name and a port: nothing a URL would read as user, path, query or fragment.
+  if (!host || /[@/\\?#]/.test(host)) return false;
+  try {
+    return new URL(`${origin.protocol}//${host}`).host === origin.host;
+  } catch {
+    return false;
+  }
 }
 
 /** What writing to a response whose client has gone fails with. */

@@ -44,13 +44,15 @@ export interface Outputs {
 const COLLECT_GRACE_MS = 60 * 60 * 1000;
 const COLLECT_EVERY_MS = 60 * 60 * 1000;
 const CACHE_UNUSED_MS = 24 * 60 * 60 * 1000;
+/** How often every process prunes its local copies of remote blobs, whether or not it collects blobs. */
+export const CACHE_PRUNE_EVERY_MS = 10 * 60 * 1000;
 
 export async function createOutputs(options: {
   config: Config;
   db: Db;
   logger: Logger;
   metrics: Metrics;
-  /** Collect orphan blobs every hour (worker processes). */
+  /** Collect orphan blobs every hour (worker processes); every process prunes its local copies of blobs. */
   collectPeriodically?: boolean;
 }): Promise<Outputs> {
   const { config, db } = options;
@@ -58,6 +60,9 @@ export async function createOutputs(options: {
   const log = options.logger.child({ source: 'Outputs' });
   const cache = localBlobCache(join(config.dataDir, 'artifact-cache'), {
     onWaiting: (waiting) => log.debug({ waiting }, 'a blob download waits for a turn'),
+    onPruned: ({ removed, bytes }) => {
+      if (removed > 0) log.info({ removed, bytes }, 'local copies of blobs pruned');
+    },
   });
   const store: BlobStore =
     settings.store === 'fs'
@@ -78,7 +83,7 @@ export async function createOutputs(options: {
     db,
     logger: log,
     metrics: options.metrics,
-    previewHost: settings.previewOrigin ? new URL(settings.previewOrigin).host.toLowerCase() : undefined,
+    previewOrigin: settings.previewOrigin,
   });
 
   const sign = (kind: CapabilityKind, generationId: string) => {
@@ -104,6 +109,12 @@ export async function createOutputs(options: {
     ? setInterval(() => void collect().catch((error: unknown) => log.warn({ err: error }, 'collecting orphan blobs failed')), COLLECT_EVERY_MS)
     : undefined;
   timer?.unref();
+  // Every process that serves outputs copies remote blobs to its disk, API instances most of all.
+  let pruning: Promise<unknown> = Promise.resolve();
+  const pruneTimer = setInterval(() => {
+    pruning = cache.prune(new Date(Date.now() - CACHE_UNUSED_MS)).catch((error: unknown) => log.warn({ err: error }, 'pruning local copies of blobs failed'));
+  }, CACHE_PRUNE_EVERY_MS);
+  pruneTimer.unref();
 
   return {
     store,
@@ -125,6 +136,10 @@ export async function createOutputs(options: {
       return { record: (tx) => manifestStore.insert(tx, rows) };
     },
     collect,
-    close: async () => clearInterval(timer),
+    close: async () => {
+      clearInterval(timer);
+      clearInterval(pruneTimer);
+      await pruning;
+    },
   };
 }

@@ -66,7 +66,7 @@ export function postgresBlobStore(db: Db, cache: LocalBlobCache, options: { slic
       }),
     read,
     readSlices,
-    localPath: (sha256) => cache.path(sha256, () => readSlices(sha256)),
+    localPath: (sha256, generationId) => cache.path(sha256, () => readSlices(sha256), generationId),
     async *list() {
       let after = '';
       for (;;) {

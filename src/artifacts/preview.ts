@@ -26,6 +26,8 @@ export interface PreviewRequest {
   root: string;
   manifest: Manifest;
   store: BlobStore;
+  /** Whose bundle it is: remote blobs are downloaded in its turns. */
+  generationId: string;
 }
 
 /** Resolves to the status sent. */
@@ -37,8 +39,11 @@ export async function servePreview(request: PreviewRequest): Promise<number> {
   if (!entry) return plain(res, 404, 'Not found.');
   // A larger entry document is no app's: it is served as built rather than read and rewritten per request.
   if (entry.path === 'index.html' && entry.size <= MAX_REWRITTEN_INDEX_BYTES) return serveIndex(request, entry);
-  const file = await request.store.localPath(entry.sha256);
+  const file = await request.store.localPath(entry.sha256, request.generationId);
   if (!file) return plain(res, 404, 'Not found.');
+  // Without a Last-Modified, `send` fails any If-Unmodified-Since with 412, where RFC 9110
+  // (13.1.4) says to ignore it: the ETag stands for the content, and If-Match still applies.
+  delete req.headers['if-unmodified-since'];
   return new Promise<number>((done) => {
     // `send` percent-decodes its path: the folder (DATA_DIR's, whatever it is named) goes as
     // `root`, which it takes as is, and only the blob's name, a hex sha256, as the path.
@@ -87,8 +92,8 @@ function resolve(manifest: Manifest, path: string): ArtifactEntry | undefined {
 }
 
 /** The app's entry document, with its base set to the preview's root so relative URLs resolve there. */
-async function serveIndex({ req, res, root, store }: PreviewRequest, entry: ArtifactEntry): Promise<number> {
-  const file = await store.localPath(entry.sha256);
+async function serveIndex({ req, res, root, store, generationId }: PreviewRequest, entry: ArtifactEntry): Promise<number> {
+  const file = await store.localPath(entry.sha256, generationId);
   if (!file) return plain(res, 404, 'Not found.');
   const body = Buffer.from(withBase((await readFile(file)).toString('utf8'), root), 'utf8');
   const etag = `"${createHash('sha256').update(body).digest('base64url').slice(0, 27)}"`;
@@ -96,7 +101,8 @@ async function serveIndex({ req, res, root, store }: PreviewRequest, entry: Arti
   res.setHeader('Content-Type', contentTypeOf('index.html'));
   // As `send` does (the `fresh` rules): a request that asks for no-cache gets the document.
   const revalidating = !/(?:^|,)\s*no-cache\s*(?:,|$)/.test(req.headers['cache-control'] ?? '');
-  if (revalidating && req.headers['if-none-match']?.split(/\s*,\s*/).some((tag) => tag.replace(/^W\//, '') === etag)) {
+  // `*` matches any current representation (RFC 9110 13.1.2), as in `send`.
+  if (revalidating && req.headers['if-none-match']?.split(/\s*,\s*/).some((tag) => tag === '*' || tag.replace(/^W\//, '') === etag)) {
     res.writeHead(304).end();
     return 304;
   }

@@ -45,17 +45,21 @@ export async function supabaseBlobStore(options: SupabaseStorageOptions, cache: 
     putMany: putOneByOne(put),
     read,
     readSlices,
-    localPath: (sha256) => cache.path(sha256, () => readSlices(sha256)),
+    localPath: (sha256, generationId) => cache.path(sha256, () => readSlices(sha256), generationId),
+    // Every page before the first batch: collection removes each batch's orphans before it asks
+    // for the next, and a page at an offset of a listing that shrank meanwhile would skip as many
+    // names (Storage's list pages by offset only). A name and a date per blob in memory.
     async *list() {
+      const blobs: StoredBlob[] = [];
       for (let offset = 0; ; offset += LIST_BATCH) {
         const { data, error } = await bucket().list('', { limit: LIST_BATCH, offset, sortBy: { column: 'name', order: 'asc' } });
         if (error) throw new Error(`Supabase Storage: cannot list blobs: ${error.message}`);
-        const blobs: StoredBlob[] = data
-          .filter((object) => SHA256.test(object.name))
-          .map((object) => ({ sha256: object.name, touchedAt: new Date(object.updated_at ?? object.created_at ?? 0) }));
-        if (blobs.length > 0) yield blobs;
-        if (data.length < LIST_BATCH) return;
+        for (const object of data) {
+          if (SHA256.test(object.name)) blobs.push({ sha256: object.name, touchedAt: new Date(object.updated_at ?? object.created_at ?? 0) });
+        }
+        if (data.length < LIST_BATCH) break;
       }
+      for (let start = 0; start < blobs.length; start += LIST_BATCH) yield blobs.slice(start, start + LIST_BATCH);
     },
     async remove(sha256s) {
       if (sha256s.length === 0) return 0;
