@@ -84,8 +84,8 @@ describe(`continuation and back-off through a fake Gemini (${databaseKind})`, ()
     const { generation } = await run('A continued answer with a NUL');
 
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'INVALID_OUTPUT' } });
-    // Gemini's count of the first part, more than the estimate of what streamed.
-    expect(generation.usage.outputTokens).toBe(5000);
+    // Gemini's count of both parts (the second counted with its chunk), more than the estimate of what streamed.
+    expect(generation.usage.outputTokens).toBe(5010);
   });
 
   it('waits as RetryInfo asks after two 429s, then succeeds, and counts the retries', async () => {

@@ -57,6 +57,9 @@ export async function streamAnswer(
   const parser = createOutputParser();
   const changes: OutputEvent[] = [];
   let reported: LlmUsage | undefined;
+  // The provider's latest count, told as it counts: a run stopped mid-answer (cancelled, its lease
+  // lost, at its budget) ends the stream before its usage event, and thinking tokens hide in it.
+  let counted: LlmUsage | undefined;
   let streamed = false;
   let whole = false;
   const budget = budgetMeter(input.budget, input.messages.reduce((sum, m) => sum + m.content.length, input.systemPrompt.length));
@@ -74,6 +77,7 @@ export async function streamAnswer(
         log.warn(retry, 'the model provider asked to wait; retrying');
         deps.metrics?.observeLlmRetry(deps.llm.name, retry.status);
       },
+      onUsage: (usage) => (counted = usage),
       ...(input.apiKey ? { apiKey: input.apiKey } : {}),
     });
     for await (const event of events) {
@@ -116,7 +120,7 @@ export async function streamAnswer(
     throw error;
   } finally {
     // Tokens the model spent count against the budget whatever became of its answer.
-    const usage = answerCost(reported, streamed ? budget.usage() : { inputTokens: 0, outputTokens: 0 }, whole);
+    const usage = answerCost(counted ?? reported, streamed ? budget.usage() : { inputTokens: 0, outputTokens: 0 }, whole);
     input.spend(usage);
     deps.metrics?.observeRoundTokens(round === 0 ? 'initial' : 'fix', usage);
     span.setAttributes({ 'gen_ai.usage.input_tokens': usage.inputTokens, 'gen_ai.usage.output_tokens': usage.outputTokens });

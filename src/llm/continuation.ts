@@ -1,4 +1,4 @@
-import { LlmError, type LlmEvent, type LlmProvider, type LlmRequest, type LlmUsage, OutputLimitError } from './provider.js';
+import { addUsage, LlmError, type LlmEvent, type LlmProvider, type LlmRequest, type LlmUsage, OutputLimitError } from './provider.js';
 
 // An answer cut at the model's output limit is continued automatically: the cut
 // answer goes back as the model's turn with a request to go on from its last
@@ -36,8 +36,12 @@ async function* continued(provider: LlmProvider, request: LlmRequest, maxContinu
     const messages =
       part === 0 ? request.messages : [...request.messages, { role: 'model' as const, content: answer }, { role: 'user' as const, content: CONTINUE_INSTRUCTION }];
     const stitch = part === 0 ? undefined : new OverlapTrimmer(answer);
+    // The parts before this one, and what this one has cost so far.
+    const partsBefore = { ...usage };
+    const onUsage = request.onUsage;
+    const partRequest: LlmRequest = { ...request, messages, ...(onUsage ? { onUsage: (counted: LlmUsage) => onUsage(addUsage(partsBefore, counted)) } : {}) };
     try {
-      for await (const event of provider.stream({ ...request, messages })) {
+      for await (const event of provider.stream(partRequest)) {
         if (event.type === 'usage') {
           count(event.usage);
           continue;
@@ -55,19 +59,24 @@ async function* continued(provider: LlmProvider, request: LlmRequest, maxContinu
       if (sawUsage) yield { type: 'usage', usage };
       return;
     } catch (error) {
-      if (!(error instanceof OutputLimitError)) {
-        // What the parts so far cost was spent all the same.
-        if (sawUsage) yield { type: 'usage', usage };
-        throw error;
-      }
+      // The text held back for comparison streamed all the same: the caller keeps what came.
       const rest = stitch?.end();
       if (rest) {
         answer += rest;
         yield { type: 'text', text: rest };
       }
+      if (!(error instanceof OutputLimitError)) {
+        // What the parts so far cost was spent all the same.
+        if (sawUsage) yield { type: 'usage', usage };
+        throw error;
+      }
       count(error.usage);
       // The total so far, in case the reader stops before the next part's end (a copy: it grows).
       if (sawUsage) yield { type: 'usage', usage: { ...usage } };
+      // A continuation carries the cut answer as the model's turn, and Gemini refuses an empty one.
+      if (!answer) {
+        throw new LlmError(`${error.message.replace(/\.$/, '')}: it stopped before any text (the model may have spent the limit thinking), and an empty answer cannot be continued; ask for a smaller change.`);
+      }
       if (part >= maxContinuations) {
         const continuations = maxContinuations === 0 ? 'automatic continuation is off (LLM_MAX_CONTINUATIONS=0)' : `still after ${maxContinuations} automatic continuation${maxContinuations === 1 ? '' : 's'}`;
         throw new LlmError(`${error.message.replace(/\.$/, '')}: ${continuations}; ask for a smaller change.`);
@@ -79,7 +88,10 @@ async function* continued(provider: LlmProvider, request: LlmRequest, maxContinu
 /**
  * Drops the start of a continuation that repeats the end of the answer before it
  * (models often restate the line they were cut in): the first characters are held
- * until they can be compared.
+ * until they can be compared. Only an answer cut inside a line is trimmed, and only by a
+ * repeat of that line's end or of whole lines up to it: a continuation that goes on right
+ * from the cut in text that repeats itself (list items, table rows) matches the end
+ * before it too, but from the middle of a line.
  */
 class OverlapTrimmer {
   private held = '';
@@ -99,9 +111,12 @@ class OverlapTrimmer {
 
   private decide(): string {
     this.decided = true;
-    const held = this.held;
-    for (let k = Math.min(held.length, MAX_OVERLAP, this.before.length); k >= MIN_OVERLAP; k--) {
-      if (this.before.endsWith(held.slice(0, k))) return held.slice(k);
+    const { held, before } = this;
+    const cutLine = before.length - before.lastIndexOf('\n') - 1;
+    if (cutLine === 0) return held;
+    for (let k = Math.min(held.length, MAX_OVERLAP, before.length); k >= MIN_OVERLAP; k--) {
+      const fromLineStart = k === before.length || before[before.length - k - 1] === '\n';
+      if ((k <= cutLine || fromLineStart) && before.endsWith(held.slice(0, k))) return held.slice(k);
     }
     return held;
   }

@@ -7,6 +7,8 @@ export interface Upstream {
   model: string;
   keyHint: string;
   modelHint: string;
+  /** The key sent, which no message or log line may quote (a provider's error text may echo it). */
+  apiKey?: string;
 }
 
 const MAX_DETAIL_LENGTH = 300;
@@ -26,22 +28,35 @@ export function httpFailure(upstream: Upstream, status: number, body: string, re
 /**
  * Every member of the project (viewers too) reads the message: it quotes only the
  * `error.message` of a JSON error body ("model not found" is worth seeing), never any other
- * body (a proxy's HTML page names its server version and internal hosts). That body goes
- * to the server's log, as the error's cause.
+ * body (a proxy's HTML page names its server version and internal hosts), and never a key
+ * rejection's text (Google's 403 names the key: "Consumer 'api_key:…' has been suspended").
+ * The body goes to the server's log, as the error's cause. Keys are scrubbed from both.
  */
 function describeHttpFailure(upstream: Upstream, status: number, body: string): LlmError {
   const { label } = upstream;
-  const message = upstreamMessage(body);
-  const detail = message === undefined ? `status ${status}` : `${status}: ${message}`;
-  const cause = message === undefined ? new Error(`${label} answered ${status}: ${body.trim() || '(no body)'}`) : undefined;
-  const failure = (text: string, retryable = false) => new LlmError(text, retryable, {}, cause);
   const keyRejected = status === 401 || status === 403 || (status === 400 && /api[ _-]?key/i.test(body));
+  const message = keyRejected ? undefined : upstreamMessage(body, upstream.apiKey);
+  const detail = message === undefined ? `status ${status}` : `${status}: ${message}`;
+  const cause = message === undefined ? new Error(`${label} answered ${status}: ${scrubKeys(body.trim(), upstream.apiKey) || '(no body)'}`) : undefined;
+  const failure = (text: string, retryable = false) => new LlmError(text, retryable, {}, cause);
   if (keyRejected) return failure(`${label} rejected the API key (${detail}); ${upstream.keyHint}.`);
   if (status === 400) return failure(`${label} rejected the request (${detail}).`);
   if (status === 404) return failure(`${label} has no model "${upstream.model}" (${detail}); ${upstream.modelHint}.`);
   if (status === 429) return failure(`${label} is rate limiting requests (${detail}); wait a minute and try again.`, true);
   if (status === 408 || status >= 500) return failure(`${label} is unavailable right now (${detail}); try again later.`, true);
   return failure(`${label} failed (${detail}).`);
+}
+
+/** What looks like a key in a provider's text: Google's, its `api_key:<…>` consumer name, OpenAI-style `sk-…`. */
+const KEY_SHAPES = [/AIza[0-9A-Za-z_-]{35}/g, /api_key:[^\s'"`,;)]+/g, /\bsk-[A-Za-z0-9_*.-]{6,}/g];
+/** Shorter keys are left to the shapes: replacing every "k" of a message would say nothing safer. */
+const MIN_SCRUBBED_KEY_LENGTH = 8;
+
+/** `text` without the key sent, nor anything shaped like a key. */
+export function scrubKeys(text: string, apiKey?: string): string {
+  let scrubbed = apiKey && apiKey.length >= MIN_SCRUBBED_KEY_LENGTH ? text.replaceAll(apiKey, '[redacted]') : text;
+  for (const shape of KEY_SHAPES) scrubbed = scrubbed.replace(shape, (found) => (found.startsWith('api_key:') ? 'api_key:[redacted]' : '[redacted]'));
+  return scrubbed;
 }
 
 /** `Retry-After` as seconds or an HTTP date, in milliseconds from now. */
@@ -87,13 +102,13 @@ export function unreachableFailure(label: string, settings: string, error: unkno
 
 /**
  * The `error.message` of a JSON error body (Google and OpenAI shapes, or vLLM's top-level
- * `message`), shortened; undefined
+ * `message`), shortened and without keys (scrubKeys); undefined
  * for any other body, which a user never sees. @google/genai wraps a body that is not JSON as
  * `{ error: { message: <the text>, code, status: <the HTTP reason phrase> } }`, where Google's
  * own bodies carry a google.rpc code name (NOT_FOUND): such a message is the raw body, and so
  * is one that holds markup.
  */
-export function upstreamMessage(body: string): string | undefined {
+export function upstreamMessage(body: string, apiKey?: string): string | undefined {
   const start = body.indexOf('{');
   if (start < 0) return undefined;
   let parsed: { error?: { message?: unknown; status?: unknown } | string; object?: unknown; message?: unknown } | null;
@@ -108,7 +123,8 @@ export function upstreamMessage(body: string): string | undefined {
   if (typeof message !== 'string' || !message.trim()) return undefined;
   if (typeof error === 'object' && typeof error.status === 'string' && !/^[A-Z][A-Z_]*$/.test(error.status)) return undefined;
   if (/<\/?[a-z][^<>]*>/i.test(message)) return undefined;
-  return shorten(message);
+  // Scrubbed before it is shortened: a cut could leave a key's start that no shape matches.
+  return shorten(scrubKeys(message, apiKey));
 }
 
 function transportDetail(error: unknown): string {

@@ -1,5 +1,6 @@
 import { ApiError, GoogleGenAI, type GenerateContentResponseUsageMetadata } from '@google/genai';
 import { answerEnd, httpFailure, interruptedFailure, unreachableFailure, type Upstream } from './failures.js';
+import { bodyStart, MAX_ERROR_BODY_BYTES, MAX_SSE_EVENT_BYTES, MAX_SSE_LINE_BYTES } from './http-limits.js';
 import { LlmError, type LlmProvider, type LlmRequest, type LlmUsage, OutputLimitError } from './provider.js';
 import { ALIVE, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_RETRY_POLICY, resilientStream, type RetryPolicy, type UpstreamEvent } from './streaming.js';
 
@@ -21,6 +22,12 @@ export interface GeminiProviderOptions {
 // Passed explicitly so the SDK's own environment variables cannot redirect requests.
 const GOOGLE_BASE_URL = 'https://generativelanguage.googleapis.com';
 const MAX_CACHED_CLIENTS = 100;
+/**
+ * Finish reasons of an answer cut at an output limit, continued by withContinuations
+ * (LLM_MAX_CONTINUATIONS). CONTINUATION: the per-request token limit came first; the SDK would
+ * resend the request with the continuation token itself, but automaticContinuation is off.
+ */
+const OUTPUT_LIMIT_FINISH_REASONS = new Set(['MAX_TOKENS', 'CONTINUATION']);
 /** Finish reasons that mean Gemini withheld the answer. */
 const BLOCKING_FINISH_REASONS = new Set(['SAFETY', 'RECITATION', 'PROHIBITED_CONTENT', 'BLOCKLIST', 'SPII', 'IMAGE_SAFETY']);
 
@@ -42,7 +49,7 @@ export function createGeminiProvider(options: GeminiProviderOptions): LlmProvide
       apiKey,
       vertexai: false,
       // One attempt per call: the SDK must not multiply the retries resilientStream makes.
-      httpOptions: { baseUrl, retryOptions: { attempts: 1 } },
+      httpOptions: { baseUrl, retryOptions: { attempts: 1 }, fetch: boundedFetch },
     });
     clients.set(apiKey, client);
     return client;
@@ -52,12 +59,14 @@ export function createGeminiProvider(options: GeminiProviderOptions): LlmProvide
     name: 'gemini',
     model,
     stream(request) {
-      const client = clientFor(request.apiKey || options.apiKey);
+      const apiKey = request.apiKey || options.apiKey;
+      const client = clientFor(apiKey);
       const upstream: Upstream = {
         label: 'Gemini',
         model,
         keyHint: request.apiKey ? "check the project's Gemini API key" : 'check GEMINI_API_KEY',
         modelHint: 'check GEMINI_MODEL',
+        apiKey,
       };
       return resilientStream({
         label: 'Gemini',
@@ -66,6 +75,7 @@ export function createGeminiProvider(options: GeminiProviderOptions): LlmProvide
         ...(answerTimeoutMs === undefined ? {} : { answerTimeoutMs }),
         retry,
         ...(request.onRetry ? { onRetry: request.onRetry } : {}),
+        ...(request.onUsage ? { onUsage: request.onUsage } : {}),
         open: (signal, counted) => streamOnce(client, model, request, signal, counted),
         describeFailure: (error) =>
           error instanceof ApiError
@@ -129,8 +139,7 @@ function unfinished(finishReason: string | undefined, usage: LlmUsage | undefine
   if (BLOCKING_FINISH_REASONS.has(finishReason)) {
     return new LlmError(`Gemini blocked the response (${finishReason}); rephrase the prompt and try again.`);
   }
-  // Continued automatically by withContinuations (LLM_MAX_CONTINUATIONS).
-  if (finishReason === 'MAX_TOKENS') return new OutputLimitError('Gemini (MAX_TOKENS)', usage);
+  if (OUTPUT_LIMIT_FINISH_REASONS.has(finishReason)) return new OutputLimitError(`Gemini (${finishReason})`, usage);
   return new LlmError(`Gemini ended the answer early (${finishReason}); try again or rephrase the prompt.`);
 }
 
@@ -141,3 +150,70 @@ function toUsage(metadata: GenerateContentResponseUsageMetadata): LlmUsage {
     outputTokens: (metadata.candidatesTokenCount ?? 0) + (metadata.thoughtsTokenCount ?? 0),
   };
 }
+
+/**
+ * The SDK's fetch, reading no more than the OpenAI-compatible provider does: the SDK keeps an
+ * event stream's unfinished event whole (and searches all of it again at each read), and reads
+ * an error body whole.
+ */
+async function boundedFetch(input: string | URL | Request, init?: RequestInit): Promise<Response> {
+  const response = await fetch(input, { ...init, dispatcher: WITHOUT_UNDICI_TIMEOUTS } as RequestInit);
+  const head = { status: response.status, statusText: response.statusText, headers: new Headers(response.headers) };
+  if (!response.ok) {
+    const body = await bodyStart(response, MAX_ERROR_BODY_BYTES);
+    // Cut at the limit, a JSON body is JSON no more: the SDK then takes it as text, as any other.
+    if (!isJson(body)) head.headers.set('content-type', 'text/plain');
+    return new Response(body, head);
+  }
+  return response.body ? new Response(response.body.pipeThrough(boundedEvents()), head) : response;
+}
+
+/** Passes the event stream on, and fails it at a line over MAX_SSE_LINE_BYTES or an event over MAX_SSE_EVENT_BYTES (not retried). */
+function boundedEvents(): TransformStream<Uint8Array, Uint8Array> {
+  let lineBytes = 0;
+  let eventBytes = 0;
+  const check = () => {
+    if (lineBytes > MAX_SSE_LINE_BYTES) throw new LlmError(`Gemini sent a line over ${MAX_SSE_LINE_BYTES} bytes in its event stream; check GEMINI_BASE_URL.`);
+    if (eventBytes + lineBytes > MAX_SSE_EVENT_BYTES) throw new LlmError(`Gemini sent an event over ${MAX_SSE_EVENT_BYTES} bytes in its event stream; check GEMINI_BASE_URL.`);
+  };
+  return new TransformStream({
+    transform(bytes, controller) {
+      let start = 0;
+      for (let end = bytes.indexOf(0x0a); end >= 0; end = bytes.indexOf(0x0a, start)) {
+        lineBytes += end - start;
+        check();
+        // A blank line ("" or "\r") ends the event.
+        eventBytes = lineBytes <= 1 ? 0 : eventBytes + lineBytes;
+        lineBytes = 0;
+        start = end + 1;
+      }
+      lineBytes += bytes.length - start;
+      check();
+      controller.enqueue(bytes);
+    },
+  });
+}
+
+function isJson(text: string): boolean {
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Node's fetch gives up on a response after 300 s without headers or without a byte (undici's
+ * headersTimeout and bodyTimeout), which a model thinking in silence can take. The SDK lifts both
+ * for its own fetch, through the global dispatcher undici keeps under this symbol, and so does
+ * boundedFetch: resilientStream bounds the waits.
+ */
+const UNDICI_GLOBAL_DISPATCHER = Symbol.for('undici.globalDispatcher.1');
+const WITHOUT_UNDICI_TIMEOUTS = {
+  dispatch(options: object, handler: unknown): boolean {
+    const global = (globalThis as unknown as Record<symbol, { dispatch(options: object, handler: unknown): boolean } | undefined>)[UNDICI_GLOBAL_DISPATCHER];
+    if (!global) throw new Error("Node's fetch has no global dispatcher.");
+    return global.dispatch({ ...options, headersTimeout: 0, bodyTimeout: 0 }, handler);
+  },
+};

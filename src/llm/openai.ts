@@ -1,4 +1,5 @@
-import { answerEnd, httpFailure, interruptedFailure, unreachableFailure, upstreamMessage, type Upstream } from './failures.js';
+import { answerEnd, httpFailure, interruptedFailure, scrubKeys, unreachableFailure, upstreamMessage, type Upstream } from './failures.js';
+import { bodyStart, MAX_ERROR_BODY_BYTES, MAX_SSE_EVENT_BYTES, MAX_SSE_LINE_BYTES } from './http-limits.js';
 import { LlmError, type LlmProvider, type LlmRequest, type LlmUsage, OutputLimitError } from './provider.js';
 import { ALIVE, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_RETRY_POLICY, resilientStream, type RetryPolicy, type UpstreamEvent } from './streaming.js';
 
@@ -31,13 +32,6 @@ interface ChatCompletionChunk {
 
 const LABEL = 'The OpenAI-compatible server';
 
-/** The most bytes held for a line of the event stream whose end has not come (one chunk is a line); more fails the answer, not retried. */
-export const MAX_SSE_LINE_BYTES = 1024 * 1024;
-/** The most data one server-sent event may carry (its data lines together). */
-export const MAX_SSE_EVENT_BYTES = MAX_SSE_LINE_BYTES;
-/** How much of an error answer's body is read (for its `error.message`, and the log); the rest is dropped. */
-export const MAX_ERROR_BODY_BYTES = 64 * 1024;
-
 export function createOpenAiProvider(options: OpenAiProviderOptions): LlmProvider {
   const { model } = options;
   const url = `${options.baseUrl.replace(/\/+$/, '')}/chat/completions`;
@@ -49,11 +43,13 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): LlmProvide
     name: 'openai',
     model,
     stream(request) {
+      const apiKey = request.apiKey || options.apiKey;
       const upstream: Upstream = {
         label: LABEL,
         model,
         keyHint: request.apiKey ? "check the project's API key" : 'check OPENAI_API_KEY',
         modelHint: 'check OPENAI_MODEL and OPENAI_BASE_URL',
+        ...(apiKey ? { apiKey } : {}),
       };
       const body = JSON.stringify({
         model,
@@ -65,7 +61,6 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): LlmProvide
         stream: true,
         stream_options: { include_usage: true },
       });
-      const apiKey = request.apiKey || options.apiKey;
       return resilientStream({
         label: LABEL,
         signal: request.signal,
@@ -73,6 +68,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): LlmProvide
         ...(answerTimeoutMs === undefined ? {} : { answerTimeoutMs }),
         retry,
         ...(request.onRetry ? { onRetry: request.onRetry } : {}),
+        ...(request.onUsage ? { onUsage: request.onUsage } : {}),
         open: (signal, counted) => streamOnce(url, apiKey, body, signal, upstream, counted),
         describeFailure: (error) => unreachableFailure('the OpenAI-compatible server', 'the network and OPENAI_BASE_URL', error),
       });
@@ -107,7 +103,7 @@ async function* streamOnce(
         sawDone = true;
         break;
       }
-      const chunk = parseChunk(data);
+      const chunk = parseChunk(data, upstream.apiKey);
       const choice = chunk.choices?.[0];
       const text = choice?.delta?.content;
       finishReason = choice?.finish_reason ?? finishReason;
@@ -127,17 +123,17 @@ async function* streamOnce(
   yield* answerEnd(unfinished(finishReason, sawDone, usage), usage);
 }
 
-function parseChunk(data: string): ChatCompletionChunk {
+function parseChunk(data: string, apiKey: string | undefined): ChatCompletionChunk {
   let chunk: ChatCompletionChunk;
   try {
     chunk = JSON.parse(data) as ChatCompletionChunk;
   } catch {
     // The data goes to the log only: users read the message (as for an error body, failures.ts).
-    throw new LlmError(`${LABEL} sent data that is not JSON; check OPENAI_BASE_URL.`, false, {}, new Error(`data: ${data.slice(0, 1000)}`));
+    throw new LlmError(`${LABEL} sent data that is not JSON; check OPENAI_BASE_URL.`, false, {}, new Error(`data: ${scrubKeys(data.slice(0, 1000), apiKey)}`));
   }
   if (chunk.error) {
-    const message = upstreamMessage(data);
-    throw new LlmError(`${LABEL} failed mid-stream (${message ?? 'no details'}); try again.`, true, {}, message ? undefined : new Error(`data: ${data.slice(0, 1000)}`));
+    const message = upstreamMessage(data, apiKey);
+    throw new LlmError(`${LABEL} failed mid-stream (${message ?? 'no details'}); try again.`, true, {}, message ? undefined : new Error(`data: ${scrubKeys(data.slice(0, 1000), apiKey)}`));
   }
   return chunk;
 }
@@ -153,25 +149,6 @@ function unfinished(finishReason: string | undefined, sawDone: boolean, usage: L
     return new LlmError(`${LABEL} blocked the response (content_filter); rephrase the prompt and try again.`);
   }
   return undefined;
-}
-
-/** At most `limit` bytes of a body, as text; the rest is not read (the connection is released). */
-async function bodyStart(response: Response, limit: number): Promise<string> {
-  if (!response.body) return '';
-  const parts: Uint8Array[] = [];
-  let length = 0;
-  const reader = response.body.getReader();
-  try {
-    while (length < limit) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      parts.push(value.subarray(0, limit - length));
-      length += Math.min(value.length, limit - length);
-    }
-  } finally {
-    void reader.cancel().catch(() => {});
-  }
-  return new TextDecoder().decode(Buffer.concat(parts));
 }
 
 /**

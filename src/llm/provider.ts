@@ -19,6 +19,12 @@ export interface LlmRequest {
   round?: number;
   /** Told before each wait for a retry of a throttled or unavailable provider (logs, metrics). */
   onRetry?: (retry: RetryNotice) => void;
+  /**
+   * Told the usage the provider has counted so far for the whole request (a running total, not
+   * an increment) as soon as it counts it: unlike the usage event, it reaches the caller when the
+   * request is aborted or the caller stops reading first.
+   */
+  onUsage?: (usage: LlmUsage) => void;
 }
 
 export interface RetryNotice {
@@ -34,6 +40,10 @@ export interface RetryNotice {
 export interface LlmUsage {
   inputTokens: number;
   outputTokens: number;
+}
+
+export function addUsage(a: LlmUsage, b: LlmUsage): LlmUsage {
+  return { inputTokens: a.inputTokens + b.inputTokens, outputTokens: a.outputTokens + b.outputTokens };
 }
 
 export type LlmEvent = { type: 'text'; text: string } | { type: 'usage'; usage: LlmUsage };

@@ -1,4 +1,4 @@
-import { LlmError, type LlmEvent, type LlmUsage, OutputLimitError, type RetryNotice } from './provider.js';
+import { addUsage, LlmError, type LlmEvent, type LlmUsage, OutputLimitError, type RetryNotice } from './provider.js';
 
 /** How a provider retries a request that failed before any text reached the caller. */
 export interface RetryPolicy {
@@ -12,6 +12,11 @@ export interface RetryPolicy {
 }
 
 export const DEFAULT_RETRY_POLICY: RetryPolicy = { maxAttempts: 3, baseDelayMs: 1000, maxDelayMs: 8000, maxTotalWaitMs: 60_000 };
+/**
+ * How long a started answer may go without any data. The wait for an attempt's first event is
+ * bounded by the answer timeout instead: Gemini sends nothing while it thinks (unless asked for
+ * its thoughts), which can take longer than this.
+ */
 export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
 /**
  * How long an attempt may go on without text while the upstream still sends something
@@ -62,17 +67,22 @@ export interface ResilientStreamOptions {
   describeFailure(error: unknown): LlmError;
   /** Told before each wait (logs, metrics). */
   onRetry?: (retry: RetryNotice) => void;
+  /** LlmRequest.onUsage: the usage counted so far, every attempt's together. */
+  onUsage?: (usage: LlmUsage) => void;
 }
 
 /**
- * Runs `open` with bounded retries, an idle timeout, a bound on the time each attempt waits
- * for its upstream (answerTimeoutMs) and prompt cancellation. Retries happen only before the first text event: after that the caller
+ * Runs `open` with bounded retries, an idle timeout between events, a bound on the time each
+ * attempt waits for its upstream (answerTimeoutMs, which alone bounds the wait for the first
+ * event) and prompt cancellation. Retries happen only before the first text event: after that the caller
  * has already shown the text, so a failure is final. A wait honours the delay the provider
  * asked for (RetryInfo, Retry-After), within the policy's total.
  */
 export async function* resilientStream(options: ResilientStreamOptions): AsyncGenerator<LlmEvent> {
   const { signal, retry, textTimeoutMs = DEFAULT_TEXT_TIMEOUT_MS, answerTimeoutMs = DEFAULT_ANSWER_TIMEOUT_MS } = options;
   let waitedMs = 0;
+  /** What the attempts before this one cost. */
+  let spentBefore: LlmUsage = { inputTokens: 0, outputTokens: 0 };
   for (let attempt = 1; ; attempt++) {
     signal.throwIfAborted();
     const upstream = new AbortController();
@@ -81,20 +91,28 @@ export async function* resilientStream(options: ResilientStreamOptions): AsyncGe
     // Only the time spent waiting for the upstream counts against answerTimeoutMs: while this
     // generator is paused at `yield` the consumer is busy, and the upstream may be done already.
     let waitedForUpstreamMs = 0;
+    let started = false;
     let receivedText = false;
     let lastTextAt = performance.now();
     let counted: LlmUsage | undefined;
     let usageSent = false;
     try {
-      const events = options.open(upstream.signal, (usage) => (counted = usage))[Symbol.asyncIterator]();
+      const count = (usage: LlmUsage) => {
+        counted = usage;
+        options.onUsage?.(addUsage(spentBefore, usage));
+      };
+      const events = options.open(upstream.signal, count)[Symbol.asyncIterator]();
       for (;;) {
-        // Each read may take what is left of the answer's budget, and no longer than the idle timeout.
+        // Each read may take what is left of the answer's budget and, once the answer has started,
+        // no longer than the idle timeout.
         const leftMs = answerTimeoutMs - waitedForUpstreamMs;
+        const idleFirst = started && options.idleTimeoutMs < leftMs;
         const readStartedAt = performance.now();
-        const step = await nextWithin(events, upstream, Math.min(options.idleTimeoutMs, leftMs), () =>
-          leftMs <= options.idleTimeoutMs ? stillStreaming(options.label, answerTimeoutMs) : stalled(options),
+        const step = await nextWithin(events, upstream, idleFirst ? options.idleTimeoutMs : leftMs, () =>
+          idleFirst ? stalled(options) : started ? stillStreaming(options.label, answerTimeoutMs) : neverStarted(options.label, answerTimeoutMs),
         );
         waitedForUpstreamMs += performance.now() - readStartedAt;
+        started = true;
         if (step.done) return;
         if (step.value.type === 'alive') {
           if (performance.now() - lastTextAt > textTimeoutMs) throw withoutText(options.label, textTimeoutMs);
@@ -108,6 +126,7 @@ export async function* resilientStream(options: ResilientStreamOptions): AsyncGe
         yield step.value;
       }
     } catch (error) {
+      if (counted) spentBefore = addUsage(spentBefore, counted);
       if (signal.aborted) throw signal.reason;
       const failure = error instanceof LlmError ? error : options.describeFailure(error);
       // What the attempt cost was spent all the same (answerEnd's rule), unless the provider said
@@ -187,6 +206,10 @@ function stalled({ label, idleTimeoutMs }: ResilientStreamOptions): LlmError {
 function withoutText(label: string, textTimeoutMs: number): LlmError {
   const minutes = Math.round(textTimeoutMs / 6000) / 10;
   return new LlmError(`${label} sent no text for ${minutes} min (only keep-alives or reasoning), so the request was abandoned; try again.`);
+}
+
+function neverStarted(label: string, answerTimeoutMs: number): LlmError {
+  return new LlmError(`${label} sent nothing for ${duration(answerTimeoutMs)} (LLM_ANSWER_TIMEOUT_SECONDS), so the request was abandoned; try again.`);
 }
 
 /** Not retryable: a model that repeats itself would most likely do it again. */

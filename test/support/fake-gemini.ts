@@ -6,18 +6,27 @@ import { setTimeout as delay } from 'node:timers/promises';
 // (shared/fixtures/gemini-wire-format.md): scripted answers, recorded requests.
 
 export type GeminiBehaviour =
-  /** A 200 SSE stream, one event per chunk (after one per thought, when given), the last with finishReason (STOP unless given). */
+  /**
+   * A 200 SSE stream, one event per chunk, the last with finishReason (STOP unless given). Given
+   * thoughts, the model thinks first, delayMs per thought: one event per thought when the request
+   * asked for them (thinkingConfig.includeThoughts), otherwise in silence, as Gemini does.
+   */
   | { kind: 'stream'; chunks: string[]; thoughts?: string[]; delayMs?: number; finishReason?: string; usage?: GeminiUsage }
   /** A non-2xx answer with Google's error body; `retryDelay` ("0.2s") adds a google.rpc.RetryInfo detail. */
   | { kind: 'error'; status: number; message?: string; retryDelay?: string }
-  /** Sends the chunks, then nothing more, keeping the connection open (see dropConnection). */
-  | { kind: 'stall'; chunks: string[] }
+  /** Sends the chunks (each with the usage so far, when given), then nothing more, keeping the connection open (see dropConnection). */
+  | { kind: 'stall'; chunks: string[]; usage?: GeminiUsage }
   /** Sends the 200 headers, then destroys the connection before any event. */
   | { kind: 'drop' }
-  /** Sends the model's thoughts (no answer text), each with the usage so far, then closes the connection mid-stream. */
+  /**
+   * Sends an event per thought with the usage so far (the thought itself only when the request
+   * asked for thoughts), and no answer text, then closes the connection mid-stream.
+   */
   | { kind: 'thinkThenDrop'; thoughts: string[]; usage: GeminiUsage }
   /** The prompt refused outright: promptFeedback.blockReason and no candidates. */
-  | { kind: 'promptBlocked'; blockReason: string };
+  | { kind: 'promptBlocked'; blockReason: string }
+  /** A 200 event stream made of these writes, as they are. */
+  | { kind: 'raw'; pieces: string[] };
 
 export interface GeminiUsage {
   promptTokens: number;
@@ -27,6 +36,7 @@ export interface GeminiUsage {
 export interface GeminiRequestBody {
   contents: { role: string; parts: { text: string }[] }[];
   systemInstruction?: { parts: { text: string }[] };
+  generationConfig?: { thinkingConfig?: { includeThoughts?: boolean } };
 }
 
 export interface RecordedGeminiRequest {
@@ -64,6 +74,8 @@ const STATUS_NAMES: Record<number, string> = {
   500: 'INTERNAL',
   503: 'UNAVAILABLE',
 };
+/** The most text one event of a 'stream' carries. */
+const MAX_EVENT_TEXT = 64 * 1024;
 const STREAM_PATH = /^\/v1beta\/models\/([^/:]+):streamGenerateContent$/;
 
 export async function startFakeGemini(): Promise<FakeGemini> {
@@ -94,8 +106,12 @@ export async function startFakeGemini(): Promise<FakeGemini> {
     for (const waiter of waiters.filter((w) => requests.length >= w.count)) waiter.resolve();
     waiters = waiters.filter((w) => requests.length < w.count);
 
+    // As Gemini: an empty text part is an unset oneof, refused before any answer.
+    const empty = recorded.body.contents.findIndex((content) => content.parts.some((part) => part.text === ''));
+    if (empty >= 0) return sendError(res, 400, `* GenerateContentRequest.contents[${empty}].parts[0].data: required oneof field 'data' must have one initialized field`);
+
     const behaviour = behaviours.length > 1 ? behaviours.shift()! : behaviours[0]!;
-    await respond(res, behaviour);
+    await respond(res, behaviour, recorded.body.generationConfig?.thinkingConfig?.includeThoughts === true);
   }
 
   const server = http.createServer((req, res) => void handle(req, res).catch(() => res.destroy()));
@@ -119,13 +135,17 @@ export async function startFakeGemini(): Promise<FakeGemini> {
   };
 }
 
-async function respond(res: http.ServerResponse, behaviour: GeminiBehaviour): Promise<void> {
+async function respond(res: http.ServerResponse, behaviour: GeminiBehaviour, includeThoughts: boolean): Promise<void> {
   switch (behaviour.kind) {
     case 'error':
       return sendError(res, behaviour.status, behaviour.message ?? `Scripted ${behaviour.status}`, behaviour.retryDelay);
     case 'promptBlocked':
       startStream(res);
       sendEvent(res, { promptFeedback: { blockReason: behaviour.blockReason }, usageMetadata: { promptTokenCount: 5 } });
+      return void res.end();
+    case 'raw':
+      startStream(res);
+      for (const piece of behaviour.pieces) if (!res.destroyed) res.write(piece);
       return void res.end();
     case 'drop':
       startStream(res);
@@ -135,22 +155,29 @@ async function respond(res: http.ServerResponse, behaviour: GeminiBehaviour): Pr
       behaviour.thoughts.forEach((thought, i) => {
         const thoughtsSoFar = Math.round((behaviour.usage.outputTokens * (i + 1)) / behaviour.thoughts.length);
         sendEvent(res, {
-          candidates: [{ content: { parts: [{ text: thought, thought: true }], role: 'model' }, index: 0 }],
+          candidates: [{ content: { parts: includeThoughts ? [{ text: thought, thought: true }] : [], role: 'model' }, index: 0 }],
           usageMetadata: { promptTokenCount: behaviour.usage.promptTokens, thoughtsTokenCount: thoughtsSoFar, totalTokenCount: behaviour.usage.promptTokens + thoughtsSoFar },
         });
       });
       // After what was written has gone out, as a connection lost mid-answer.
       return void res.socket?.destroySoon();
-    case 'stall':
+    case 'stall': {
+      const { usage } = behaviour;
       startStream(res);
-      for (const text of behaviour.chunks) sendEvent(res, candidateEvent(text));
+      for (const text of behaviour.chunks) {
+        sendEvent(res, {
+          ...candidateEvent(text),
+          ...(usage ? { usageMetadata: { promptTokenCount: usage.promptTokens, candidatesTokenCount: usage.outputTokens, totalTokenCount: usage.promptTokens + usage.outputTokens } } : {}),
+        });
+      }
       return;
+    }
     case 'stream': {
       const { chunks, delayMs = 0, finishReason = 'STOP' } = behaviour;
       const usage = behaviour.usage ?? { promptTokens: 11, outputTokens: chunks.join('').length };
       startStream(res);
       for (const thought of behaviour.thoughts ?? []) {
-        sendEvent(res, { candidates: [{ content: { parts: [{ text: thought, thought: true }], role: 'model' }, index: 0 }] });
+        if (includeThoughts) sendEvent(res, { candidates: [{ content: { parts: [{ text: thought, thought: true }], role: 'model' }, index: 0 }] });
         if (delayMs > 0) await delay(delayMs);
         if (res.destroyed) return;
       }
@@ -160,8 +187,12 @@ async function respond(res: http.ServerResponse, behaviour: GeminiBehaviour): Pr
         const last = i >= chunks.length - 1;
         // usageMetadata is cumulative, like the real API's.
         const outputSoFar = last ? usage.outputTokens : Math.round((usage.outputTokens * (i + 1)) / chunks.length);
+        // Gemini's events are small: a long chunk goes out over several, the usage on the last.
+        const text = chunks[i] ?? '';
+        const pieces = Array.from({ length: Math.max(1, Math.ceil(text.length / MAX_EVENT_TEXT)) }, (_, n) => text.slice(n * MAX_EVENT_TEXT, (n + 1) * MAX_EVENT_TEXT));
+        for (const piece of pieces.slice(0, -1)) sendEvent(res, candidateEvent(piece));
         sendEvent(res, {
-          ...candidateEvent(chunks[i] ?? '', last ? finishReason : undefined),
+          ...candidateEvent(pieces.at(-1)!, last ? finishReason : undefined),
           usageMetadata: {
             promptTokenCount: usage.promptTokens,
             candidatesTokenCount: outputSoFar,

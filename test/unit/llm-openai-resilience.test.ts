@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { CONTINUE_INSTRUCTION, withContinuations } from '../../src/llm/continuation.js';
-import { MAX_ERROR_BODY_BYTES, MAX_SSE_LINE_BYTES, createOpenAiProvider } from '../../src/llm/openai.js';
+import { MAX_ERROR_BODY_BYTES, MAX_SSE_LINE_BYTES } from '../../src/llm/http-limits.js';
+import { createOpenAiProvider } from '../../src/llm/openai.js';
 import { LlmError, type LlmEvent, type RetryNotice } from '../../src/llm/provider.js';
 import { llmRequest as request, startFakeOpenAi } from '../support/fake-openai.js';
 import { useEach } from '../support/lifecycle.js';
