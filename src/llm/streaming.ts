@@ -14,14 +14,15 @@ export interface RetryPolicy {
 export const DEFAULT_RETRY_POLICY: RetryPolicy = { maxAttempts: 3, baseDelayMs: 1000, maxDelayMs: 8000, maxTotalWaitMs: 60_000 };
 /**
  * How long a started answer may go without any data. The wait for an attempt's first event is
- * bounded by the answer timeout instead: Gemini sends nothing while it thinks (unless asked for
+ * bounded by the text timeout instead: Gemini sends nothing while it thinks (unless asked for
  * its thoughts), which can take longer than this.
  */
 export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
 /**
  * How long an attempt may go on without text while the upstream still sends something
- * (keep-alives, reasoning): a model that thinks that long, or a gateway that keeps a dead
- * upstream's connection open with comments, would otherwise hold its worker for good.
+ * (keep-alives, reasoning), or wait for its first event: a model that thinks that long, a
+ * gateway that keeps a dead upstream's connection open with comments, or one that sends nothing
+ * at all would otherwise hold its worker for good (or for the whole answer timeout).
  */
 export const DEFAULT_TEXT_TIMEOUT_MS = 10 * 60_000;
 /**
@@ -73,8 +74,8 @@ export interface ResilientStreamOptions {
 
 /**
  * Runs `open` with bounded retries, an idle timeout between events, a bound on the time each
- * attempt waits for its upstream (answerTimeoutMs, which alone bounds the wait for the first
- * event) and prompt cancellation. Retries happen only before the first text event: after that the caller
+ * attempt waits for its upstream (answerTimeoutMs; the wait for the first event has the text
+ * timeout as its own bound) and prompt cancellation. Retries happen only before the first text event: after that the caller
  * has already shown the text, so a failure is final. A wait honours the delay the provider
  * asked for (RetryInfo, Retry-After), within the policy's total.
  */
@@ -106,11 +107,14 @@ export async function* resilientStream(options: ResilientStreamOptions): AsyncGe
         // Each read may take what is left of the answer's budget and, once the answer has started,
         // no longer than the idle timeout.
         const leftMs = answerTimeoutMs - waitedForUpstreamMs;
-        const idleFirst = started && options.idleTimeoutMs < leftMs;
+        // The first event may take as long as a model may think (textTimeoutMs), not the idle timeout.
+        const ownLimitMs = started ? options.idleTimeoutMs : textTimeoutMs;
+        const ownFirst = ownLimitMs < leftMs;
         const readStartedAt = performance.now();
-        const step = await nextWithin(events, upstream, idleFirst ? options.idleTimeoutMs : leftMs, () =>
-          idleFirst ? stalled(options) : started ? stillStreaming(options.label, answerTimeoutMs) : neverStarted(options.label, answerTimeoutMs),
-        );
+        const step = await nextWithin(events, upstream, ownFirst ? ownLimitMs : leftMs, () => {
+          if (!started) return neverStarted(options.label, ownFirst ? ownLimitMs : answerTimeoutMs, !ownFirst);
+          return ownFirst ? stalled(options) : stillStreaming(options.label, answerTimeoutMs);
+        });
         waitedForUpstreamMs += performance.now() - readStartedAt;
         started = true;
         if (step.done) return;
@@ -208,8 +212,8 @@ function withoutText(label: string, textTimeoutMs: number): LlmError {
   return new LlmError(`${label} sent no text for ${minutes} min (only keep-alives or reasoning), so the request was abandoned; try again.`);
 }
 
-function neverStarted(label: string, answerTimeoutMs: number): LlmError {
-  return new LlmError(`${label} sent nothing for ${duration(answerTimeoutMs)} (LLM_ANSWER_TIMEOUT_SECONDS), so the request was abandoned; try again.`);
+function neverStarted(label: string, waitedMs: number, answerTimeout: boolean): LlmError {
+  return new LlmError(`${label} sent nothing for ${duration(waitedMs)}${answerTimeout ? ' (LLM_ANSWER_TIMEOUT_SECONDS)' : ''}, so the request was abandoned; try again.`);
 }
 
 /** Not retryable: a model that repeats itself would most likely do it again. */

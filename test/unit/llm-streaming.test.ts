@@ -41,4 +41,14 @@ describe('resilientStream', () => {
       expect((error as LlmError).message).toMatch(/^The test server sent no text for .* min \(only keep-alives or reasoning\)/);
     }
   });
+
+  it('abandons an upstream that sends nothing at all past the text timeout, however long the answer timeout is', async () => {
+    // An upstream that never answers until it is closed.
+    const silent = (signal: AbortSignal): AsyncIterable<UpstreamEvent> => ({
+      [Symbol.asyncIterator]: () => ({ next: () => new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true })) }),
+    });
+    const error = await failureOf(answerOf(silent));
+    expect(error).toBeInstanceOf(LlmError);
+    expect((error as LlmError).message).toBe('The test server sent nothing for 0.1 seconds, so the request was abandoned; try again.');
+  });
 });
