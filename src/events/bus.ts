@@ -1,5 +1,7 @@
 import { createPubSub, type PubSub, type PubSubEventTarget } from 'graphql-yoga';
 import type { GenerationPhase, GenerationStatus } from '../generations/status.js';
+import { createLogger, type Logger } from '../observability/logger.js';
+import { type CallbackOrHandler, LocalListeners } from './listeners.js';
 
 // Typed topics with labelled tuples (STYLE 9). The pipeline publishes only what it
 // has already persisted, so a subscriber can always repair from the database.
@@ -87,49 +89,24 @@ export function isLossless(bus: EventBus): boolean {
   return lossless.has(bus);
 }
 
-/** The in-process bus (EVENTS=memory). */
-export function createMemoryEventBus(): EventBus {
-  const bus = createEventBusOver(new TopicTarget() as unknown as EventTarget);
+/**
+ * The in-process bus (EVENTS=memory): a set of listeners per topic (Node's EventTarget
+ * checks every listener of a type for a duplicate on each add and remove, which is
+ * quadratic in a popular generation's thousands of viewers). A listener that throws is
+ * logged; the others still get the event, and the process goes on.
+ */
+export function createMemoryEventBus(logger: Logger = createLogger('warn')): EventBus {
+  const log = logger.child({ source: 'MemoryEvents' });
+  const listeners = new LocalListeners();
+  const target: Pick<EventTarget, 'addEventListener' | 'removeEventListener' | 'dispatchEvent'> = {
+    addEventListener: (topic, callback) => void listeners.add(topic, callback as CallbackOrHandler),
+    removeEventListener: (topic, callback) => void listeners.remove(topic, callback as CallbackOrHandler),
+    dispatchEvent: (event) => {
+      listeners.dispatch(event, log);
+      return true;
+    },
+  };
+  const bus = createEventBusOver(target as EventTarget);
   lossless.add(bus);
   return bus;
-}
-
-/**
- * An event target for one process: a set of listeners per topic. Node's EventTarget
- * checks every listener of a type for a duplicate on each add and remove, which is
- * quadratic in a popular generation's thousands of viewers.
- */
-class TopicTarget {
-  private readonly byTopic = new Map<string, Set<(event: Event) => void>>();
-
-  addEventListener(topic: string, listener: ((event: Event) => void) | null) {
-    if (!listener) return;
-    let listeners = this.byTopic.get(topic);
-    if (!listeners) this.byTopic.set(topic, (listeners = new Set()));
-    listeners.add(listener);
-  }
-
-  removeEventListener(topic: string, listener: ((event: Event) => void) | null) {
-    const listeners = this.byTopic.get(topic);
-    if (!listener || !listeners) return;
-    listeners.delete(listener);
-    if (listeners.size === 0) this.byTopic.delete(topic);
-  }
-
-  dispatchEvent(event: Event): boolean {
-    const listeners = this.byTopic.get(event.type);
-    if (!listeners) return true;
-    // Listeners added while dispatching wait for the next event, as with EventTarget.
-    for (const listener of [...listeners]) {
-      try {
-        listener(event);
-      } catch (error) {
-        // One failing listener does not stop the others; the failure surfaces as EventTarget's would.
-        queueMicrotask(() => {
-          throw error;
-        });
-      }
-    }
-    return true;
-  }
 }

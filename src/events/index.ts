@@ -25,7 +25,7 @@ export async function createEventBus(
   logger: Logger,
 ): Promise<EventBusHandle> {
   const { kind } = config.events;
-  if (kind === 'memory') return { kind, bus: createMemoryEventBus(), connected: true, close: async () => {} };
+  if (kind === 'memory') return { kind, bus: createMemoryEventBus(logger), connected: true, close: async () => {} };
 
   const reads = generationEventReads(database);
   if (kind === 'postgres') {

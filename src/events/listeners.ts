@@ -1,7 +1,8 @@
 import type { Logger } from '../observability/logger.js';
 
-// Bookkeeping shared by the cross-process event targets: which topics this process
-// listens to, and handing an event to their callbacks.
+// Bookkeeping shared by the event targets: which topics this process listens to, and
+// handing an event to their callbacks, so that one that throws is logged and never
+// stops the others or ends the process.
 
 export type Callback = (event: CustomEvent) => void;
 export type CallbackOrHandler = Callback | { handleEvent: Callback } | null | undefined;
@@ -53,11 +54,11 @@ export class LocalListeners {
     return [...this.byTopic.keys()];
   }
 
-  /** Hands `detail` to every callback of `topic`; one failing callback does not stop the others. */
-  /** After a reconnect: hands each subscribed topic what `resync` read from the database. */
-  async resync(resync: ((topic: string) => Promise<unknown>) | undefined, log: Logger, warn: ReturnType<typeof throttledWarn>) {
+  /** After a reconnect (or a subscription Redis has just confirmed): hands each topic what `resync` read from the database. */
+  async resync(resync: ((topic: string) => Promise<unknown>) | undefined, log: Logger, warn: ReturnType<typeof throttledWarn>, topics = this.topics()) {
     if (!resync) return;
-    for (const topic of this.topics()) {
+    for (const topic of topics) {
+      if (!this.has(topic)) continue;
       try {
         const detail = await resync(topic);
         if (detail !== undefined) this.deliver(topic, detail, log);
@@ -67,15 +68,21 @@ export class LocalListeners {
     }
   }
 
+  /** Hands `detail` to every callback of `topic`. */
   deliver(topic: string, detail: unknown, log: Logger): void {
-    const callbacks = this.byTopic.get(topic);
+    if (this.byTopic.has(topic)) this.dispatch(new CustomEvent(topic, { detail }), log);
+  }
+
+  /** Hands `event` to every callback of its topic; one failing callback is logged and does not stop the others. */
+  dispatch(event: Event, log: Logger): void {
+    const callbacks = this.byTopic.get(event.type);
     if (!callbacks) return;
-    const event = new CustomEvent(topic, { detail });
+    // Callbacks added while dispatching wait for the next event, as with EventTarget.
     for (const callback of [...callbacks]) {
       try {
-        callback(event);
+        callback(event as CustomEvent);
       } catch (error) {
-        log.warn({ err: error, topic }, 'an event listener failed');
+        log.warn({ err: error, topic: event.type }, 'an event listener failed');
       }
     }
   }

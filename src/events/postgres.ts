@@ -15,7 +15,8 @@ import { type CrossProcessEventTarget, LocalListeners, throttledWarn } from './l
 //   publishes one event per ~50 ms batch, never one per token.
 // - A payload must stay under PostgreSQL's 8,000-byte NOTIFY limit. A larger one is
 //   shrunk to a pointer (`shrink`, e.g. the seq range of a batch) and each receiving
-//   process that has listeners for it reads the rows back (`expand`) once.
+//   process that has listeners for it reads the rows back (`expand`) once, in order with
+//   the topic's other events and within `readTimeoutMs` (else its subscribers catch up).
 // - While the database is unreachable (a failover), NOTIFY is retried with back-off, in
 //   order, rather than dropped; other errors drop the batch (subscribers repair).
 // - LISTEN needs a session of its own: a direct connection or a session-mode pooler,
@@ -42,6 +43,8 @@ import { type CrossProcessEventTarget, LocalListeners, throttledWarn } from './l
 /** PostgreSQL refuses NOTIFY payloads of 8,000 bytes or more; keep a margin. */
 export const MAX_NOTIFY_BYTES = 7_900;
 const MAX_PENDING = 10_000;
+/** Events received that may wait behind reads from the database (pointers), all topics together. */
+export const MAX_WAITING = 1_000;
 const STATEMENT_BATCH = 100;
 /** Back-off of NOTIFY while the database is unreachable. */
 const FIRST_RETRY_MS = 100;
@@ -59,8 +62,10 @@ export interface PostgresEventTargetOptions {
   shrink(topic: string, detail: unknown): unknown;
   /** The payload behind a stand-in, read from the database; undefined when there is nothing to deliver. */
   expand(topic: string, pointer: unknown): Promise<unknown>;
-  /** After a reconnect: an event for `topic` that makes its subscribers catch up (undefined: none). */
+  /** After a reconnect, or a read that took too long: an event for `topic` that makes its subscribers catch up (undefined: none). */
   resync?(topic: string): Promise<unknown>;
+  /** How long `expand` (or `resync` in its place) may take before it is given up; 5 s. */
+  readTimeoutMs?: number;
   healthCheckMs?: number;
   healthTimeoutMs?: number;
 }
@@ -90,6 +95,7 @@ export function createPostgresEventTarget(options: PostgresEventTargetOptions): 
   const pingChannel = `${channel}_ping_${origin.replaceAll('-', '').slice(0, 16)}`;
   const healthCheckMs = options.healthCheckMs ?? 2_000;
   const healthTimeoutMs = options.healthTimeoutMs ?? 5_000;
+  const readTimeoutMs = options.readTimeoutMs ?? 5_000;
   const listeners = new LocalListeners();
 
   /** The NOTIFY connection. */
@@ -164,9 +170,52 @@ export function createPostgresEventTarget(options: PostgresEventTargetOptions): 
     return undefined;
   };
 
-  // Deliveries that needed a database read are kept in order with the rest.
-  let delivering: Promise<void> = Promise.resolve();
-  let expanding = 0;
+  // A topic whose events wait behind a read from the database (a pointer) keeps its order:
+  // its later events queue behind the read; other topics' go on at once. A read that takes
+  // longer than `readTimeoutMs` (an outage the scope rides out for 45 s, a pooled connection
+  // gone silently dead) is given up for a catch-up (`resync`), which makes the topic's
+  // subscribers read what they missed themselves. At most MAX_WAITING events wait in all;
+  // past that a topic's events are dropped and one catch-up is queued behind its backlog.
+  const backlogs = new Map<string, { tail: Promise<void>; jobs: number; catchUpQueued: boolean }>();
+  let waiting = 0;
+
+  const enqueue = (topic: string, job: () => Promise<void> | void) => {
+    let backlog = backlogs.get(topic);
+    if (!backlog) backlogs.set(topic, (backlog = { tail: Promise.resolve(), jobs: 0, catchUpQueued: false }));
+    const queue = backlog;
+    queue.jobs++;
+    waiting++;
+    queue.tail = queue.tail
+      .then(job)
+      .catch((error: unknown) => warn({ err: error, topic }, 'reading an event back from the database failed'))
+      .finally(() => {
+        waiting--;
+        if (--queue.jobs === 0) backlogs.delete(topic);
+      });
+    return queue;
+  };
+
+  /** What `read` resolves to, or TIMED_OUT (logged) when it takes longer than the limit. */
+  const bounded = async <T>(read: Promise<T>, topic: string, what: string) => {
+    const result = await within(read, readTimeoutMs);
+    if (result === TIMED_OUT) warn({ topic, timeoutMs: readTimeoutMs }, `${what} took too long; given up`);
+    return result;
+  };
+
+  const catchUp = async (topic: string) => {
+    if (!options.resync || !listeners.has(topic)) return;
+    // Timed out too: the streams' own reads (a gap, a quiet spell) repair.
+    const detail = await bounded(options.resync(topic), topic, 'catching up');
+    if (detail !== TIMED_OUT && detail !== undefined) listeners.deliver(topic, detail, log);
+  };
+
+  const expandAndDeliver = async (topic: string, pointer: unknown) => {
+    if (!listeners.has(topic)) return;
+    const detail = await bounded(options.expand(topic, pointer), topic, 'reading an event back from the database');
+    if (detail === TIMED_OUT) return catchUp(topic);
+    if (detail !== undefined) listeners.deliver(topic, detail, log);
+  };
+
   const receive = (payload: string) => {
     let envelope: Envelope;
     try {
@@ -174,16 +223,20 @@ export function createPostgresEventTarget(options: PostgresEventTargetOptions): 
     } catch {
       return warn({ payload: payload.slice(0, 100) }, 'an unreadable notification was ignored');
     }
-    if (envelope.o === origin || !listeners.has(envelope.t)) return;
-    if (envelope.p === undefined && expanding === 0) return listeners.deliver(envelope.t, envelope.d, log);
-    expanding++;
-    delivering = delivering
-      .then(async () => {
-        const detail = envelope.p === undefined ? envelope.d : await options.expand(envelope.t, envelope.p);
-        if (detail !== undefined) listeners.deliver(envelope.t, detail, log);
-      })
-      .catch((error: unknown) => warn({ err: error, topic: envelope.t }, 'reading an event back from the database failed'))
-      .finally(() => expanding--);
+    const { t: topic, d: detail, p: pointer } = envelope;
+    if (envelope.o === origin || !listeners.has(topic)) return;
+    if (pointer === undefined && !backlogs.has(topic)) return listeners.deliver(topic, detail, log);
+    if (waiting < MAX_WAITING) {
+      enqueue(topic, pointer === undefined ? () => listeners.deliver(topic, detail, log) : () => expandAndDeliver(topic, pointer));
+      return;
+    }
+    warn({ topic, waiting }, 'too many events waiting for reads from the database; dropping, subscribers catch up');
+    if (backlogs.get(topic)?.catchUpQueued) return;
+    const queue = enqueue(topic, () => {
+      queue.catchUpQueued = false;
+      return catchUp(topic);
+    });
+    queue.catchUpQueued = true;
   };
 
   // ------------------------------------------------------------------ the listener
