@@ -1,9 +1,10 @@
+import { realpath } from 'node:fs/promises';
 import { type Span, SpanStatusCode } from '@opentelemetry/api';
 import type { Tx } from '../db/client.js';
 import { pipelineScope } from '../db/scope.js';
 import { inSpan } from '../observability/tracing.js';
 import { DependencyPolicyError, fetchEnv, prepareFetch } from '../toolchain/dependency-policy.js';
-import { type Diagnostic, parseDiagnostics } from '../toolchain/diagnostics.js';
+import { type Diagnostic, parseDiagnostics, placeOf, withoutWorkspace } from '../toolchain/diagnostics.js';
 import { buildEnv, runStep, type StepResult } from '../toolchain/step-runner.js';
 import { type BuildStepSpec, commandLine } from '../toolchain/targets.js';
 import { projectCacheDir } from '../workspace/workspace.js';
@@ -45,6 +46,9 @@ export async function build(deps: PipelineDeps, input: BuildInput, cwd: string, 
   const db = pipelineScope(deps.db, deps.logger);
   const { generationId, steps, round, cursor } = input;
   const { bins, stepTimeoutMs, maxLogChars = MAX_BUILD_LOG_CHARS } = deps.toolchain;
+  // Tools print the real path (a symlinked DATA_DIR resolved): paths in either form are the workspace's.
+  // A missing workspace is the step runner's to report.
+  const workspaceDirs = [...new Set([cwd, await realpath(cwd).catch(() => cwd)])];
   const first = cursor.nextStepOrdinal;
   cursor.nextStepOrdinal += steps.length;
   await db.run(async (tx) => {
@@ -74,8 +78,9 @@ export async function build(deps: PipelineDeps, input: BuildInput, cwd: string, 
         parsedChars += line.text.length;
         if (output.length < MAX_PARSED_LINES && parsedChars <= MAX_PARSED_CHARS) output.push(line.text);
         if (cursor.logChars >= maxLogChars) continue;
-        kept.push(line);
-        cursor.logChars += line.text.length;
+        const text = withoutWorkspace(line.text, workspaceDirs);
+        kept.push({ stream: line.stream, text });
+        cursor.logChars += text.length;
         if (cursor.logChars >= maxLogChars) kept.push({ stream: 'STDERR', text: `[kiln] This generation's build log passed ${maxLogChars.toLocaleString('en')} characters; later lines are not kept.` });
       }
       return kept.map((line) => ({ generationId, seq: cursor.nextLogSeq++, step: step.name, round, ...line }));
@@ -137,8 +142,11 @@ export async function build(deps: PipelineDeps, input: BuildInput, cwd: string, 
       await finish(rest, ended);
       throw signal.reason ?? 'cancelled';
     }
-    const failure = stepFailure(step.name, result, stepTimeoutMs);
-    const diagnostics = result.status === 'FAILED' && step.diagnostics ? parseDiagnostics(step.diagnostics, output, cwd) : [];
+    // Only the tool's own verdict is worth a paid fix round: a step killed (by a signal or a
+    // limit) printed part of it at most, and a server fault is none of the project's.
+    const toolFailed = result.status === 'FAILED' && result.exitCode !== null && !result.serverFault;
+    const diagnostics = toolFailed && step.diagnostics ? parseDiagnostics(step.diagnostics, output, workspaceDirs) : [];
+    const failure = stepFailure(step.name, result, stepTimeoutMs, diagnostics, workspaceDirs);
     if (diagnostics.length === 0) {
       await finish(rest, ended); // output no parser understands: nothing to hand back
       throw failure;
@@ -173,7 +181,7 @@ async function guardFetch(step: BuildStepSpec, cwd: string, log: (text: string) 
   }
 }
 
-function stepFailure(name: string, result: StepResult, timeoutMs: number): RunFailure {
+function stepFailure(name: string, result: StepResult, timeoutMs: number, diagnostics: Diagnostic[], workspaceDirs: readonly string[]): RunFailure {
   switch (result.status) {
     case 'TOOLCHAIN_MISSING':
       return new RunFailure('TOOLCHAIN_MISSING', result.message ?? `The build tool for "${name}" was not found.`);
@@ -181,9 +189,15 @@ function stepFailure(name: string, result: StepResult, timeoutMs: number): RunFa
       return new RunFailure('TIMEOUT', `Build step "${name}" took longer than ${Math.round(timeoutMs / 1000)} s and was stopped.`);
     default: {
       if (result.serverFault) return new RunFailure('INTERNAL', `Build step "${name}" could not finish on this server, for a reason of the server's and not the project's; try again later.`, result.message);
-      const last = result.tail.filter((line) => line.trim()).slice(-3).join('\n');
+      // The tool's first problem says what went wrong; failing that, its last lines other than a stack trace's.
+      const detail = diagnostics.length > 0 ? firstProblem(diagnostics) : result.tail.filter((line) => line.trim() && !/^\s+at /.test(line)).slice(-3).map((line) => withoutWorkspace(line, workspaceDirs)).join('\n');
       const why = result.exitCode === null ? (result.message ?? 'no exit code') : `exit code ${result.exitCode}`;
-      return new RunFailure('BUILD_FAILED', `Build step "${name}" failed (${why}).${last ? `\n${last}` : ''}`);
+      return new RunFailure('BUILD_FAILED', `Build step "${name}" failed (${why}).${detail ? `\n${detail}` : ''}`);
     }
   }
+}
+
+function firstProblem([first, ...others]: Diagnostic[]): string {
+  const place = placeOf(first!);
+  return `${place ? `${place}: ` : ''}${first!.message}${others.length > 0 ? `\n(and ${others.length} more)` : ''}`;
 }

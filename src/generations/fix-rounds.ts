@@ -1,7 +1,7 @@
 import { pipelineScope } from '../db/scope.js';
 import type { StatusEvent } from '../events/bus.js';
 import type { LlmMessage, LlmUsage } from '../llm/provider.js';
-import { type Diagnostic, sameDiagnostics } from '../toolchain/diagnostics.js';
+import { type Diagnostic, placeOf, sameDiagnostics } from '../toolchain/diagnostics.js';
 import type { ProjectTarget, TargetSpec } from '../toolchain/targets.js';
 import { applyChanges } from '../workspace/apply-changes.js';
 import { assertVersionFits, withChanges } from '../workspace/workspace.js';
@@ -193,6 +193,6 @@ export function fixRequest(failed: Extract<BuildOutcome, { ok: false }>, files: 
 }
 
 function describeDiagnostic(d: Diagnostic): string {
-  const where = d.path ? `${d.path}${d.line !== null ? `:${d.line}${d.column !== null ? `:${d.column}` : ''}` : ''}` : '(no file)';
+  const where = placeOf(d) ?? '(no file)';
   return `- ${where} ${d.severity.toLowerCase()}${d.code ? ` ${d.code}` : ''} (${d.tool}): ${d.message}`;
 }

@@ -26,12 +26,33 @@ export type DiagnosticFormat = 'tsc' | 'vite' | 'flutter-analyze';
 /** One message at most this long, so a runaway line cannot fill a prompt. */
 const MAX_MESSAGE_CHARS = 1000;
 
-export function parseDiagnostics(format: DiagnosticFormat, lines: readonly string[], workspaceDir: string): Diagnostic[] {
-  const found = parsers[format](lines.map(plainText), workspaceDir);
-  return found.map((d) => ({ ...d, message: truncateWithEllipsis(d.message, MAX_MESSAGE_CHARS) }));
+/**
+ * `workspaceDirs`: the workspace as the server names it and as the tools print it, with
+ * symlinks resolved (their working directory, and the sandbox's bind, are the real one).
+ */
+export function parseDiagnostics(format: DiagnosticFormat, lines: readonly string[], workspaceDirs: readonly string[]): Diagnostic[] {
+  const found = parsers[format](lines.map(plainText), workspaceDirs);
+  return found.map((d) => ({ ...d, message: truncateWithEllipsis(withoutWorkspace(d.message, workspaceDirs), MAX_MESSAGE_CHARS) }));
+}
+
+/**
+ * `text` without the server's path of the workspace: `<dir>/src/a.ts` reads `src/a.ts`, `<dir>`
+ * alone reads `.`. Where the server keeps workspaces is none of the model's or the members' business.
+ */
+export function withoutWorkspace(text: string, workspaceDirs: readonly string[]): string {
+  // The longest first: one form may contain the other (/data/ws inside /mnt/data/ws).
+  return [...workspaceDirs]
+    .sort((a, b) => b.length - a.length)
+    .reduce((result, dir) => result.replace(new RegExp(`${escapeRegExp(dir)}(/|(?![\\w.-]))`, 'g'), (_, slash: string) => (slash ? '' : '.')), text);
 }
 
 /** The same failure in the same place, whatever the order: a fix round that changed nothing reports an equal set. */
+/** `path:line:column` as far as the diagnostic knows them; null without a path. */
+export function placeOf({ path, line, column }: Diagnostic): string | null {
+  if (path === null) return null;
+  return `${path}${line === null ? '' : `:${line}${column === null ? '' : `:${column}`}`}`;
+}
+
 export function sameDiagnostics(a: readonly Diagnostic[], b: readonly Diagnostic[]): boolean {
   if (a.length !== b.length) return false;
   const key = (d: Diagnostic) => JSON.stringify([d.tool, d.severity, d.path, d.line, d.column, d.code, d.message]);
@@ -40,7 +61,7 @@ export function sameDiagnostics(a: readonly Diagnostic[], b: readonly Diagnostic
   return left.every((value, i) => value === right[i]);
 }
 
-const parsers: Record<DiagnosticFormat, (lines: string[], workspaceDir: string) => Diagnostic[]> = {
+const parsers: Record<DiagnosticFormat, (lines: string[], workspaceDirs: readonly string[]) => Diagnostic[]> = {
   tsc: parseTsc,
   vite: parseVite,
   'flutter-analyze': parseFlutterAnalyze,
@@ -53,7 +74,7 @@ const TSC_LOCATED = /^(.+?)\((\d+),(\d+)\): (error|warning|message) (TS\d+): (.*
 // error TS5058: The specified path does not exist: 'tsconfig.json'.
 const TSC_GLOBAL = /^(error|warning|message) (TS\d+): (.*)$/;
 
-function parseTsc(lines: string[], workspaceDir: string): Diagnostic[] {
+function parseTsc(lines: string[], workspaceDirs: readonly string[]): Diagnostic[] {
   const found: Diagnostic[] = [];
   for (const line of lines) {
     const located = TSC_LOCATED.exec(line);
@@ -63,7 +84,7 @@ function parseTsc(lines: string[], workspaceDir: string): Diagnostic[] {
       found.push({
         tool: 'tsc',
         severity: tscSeverity(category!),
-        path: workspacePath(file!, workspaceDir),
+        path: workspacePath(file!, workspaceDirs),
         line: Number(row),
         column: Number(col),
         code: code!,
@@ -88,51 +109,71 @@ function tscSeverity(category: string): DiagnosticSeverity {
 // /abs/src/App.tsx:3:10: ERROR: Expected ";" but found "x"          (esbuild, through vite:esbuild)
 const ESBUILD_LOCATED = /^(?:✘ \[ERROR\] )?(.+?):(\d+):(\d+): ERROR: (.*)$/;
 // file: /abs/src/main.tsx:3:7                                         (Rollup's location line)
-const ROLLUP_FILE = /^file: (.+?)(?::(\d+):(\d+))?$/;
+// file: /abs/src/App.css:undefined:NaN                                (a location Vite does not know)
+const ROLLUP_FILE = /^file: (.+?)(?::(\d+):(\d+)|:undefined:NaN)?$/;
 // src/main.tsx (3:7): "foo" is not exported by "src/App.tsx"          (Rollup's message line)
 const ROLLUP_LOCATED = /^(?:\[[\w:-]+\] )?(.+?) \((\d+):(\d+)\): (.*)$/;
 // [vite]: Rollup failed to resolve import "x" from "/abs/src/App.tsx".
 const VITE_RESOLVE = /Rollup failed to resolve import "([^"]+)" from "([^"]+)"/;
+// [vite:css] , [vite:json] [plugin vite:json] , [vite]:                  (who reported it, not what went wrong)
+const PLUGIN_PREFIX = /^(?:\[(?:vite(?::[\w:-]+)?|plugin [^\]]+)\]:? *)+/;
+const STACK_FRAME = /^\s+at /;
 
-function parseVite(lines: string[], workspaceDir: string): Diagnostic[] {
+function parseVite(lines: string[], workspaceDirs: readonly string[]): Diagnostic[] {
   const found: Diagnostic[] = [];
-  const start = lines.findIndex((line) => /error during build:|Build failed/i.test(line));
-  const relevant = start >= 0 ? lines.slice(start) : lines;
+  // Vite 6 says "✗ Build failed in 416ms" first; the error itself follows this line.
+  const start = lines.findIndex((line) => /^error during build:/i.test(line.trim()));
+  const relevant = start >= 0 ? lines.slice(start + 1) : lines;
   let pending: Diagnostic | undefined;
-  for (const line of relevant) {
-    const esbuild = ESBUILD_LOCATED.exec(line.trim());
+  let unclaimedFile: RegExpExecArray | undefined;
+  for (const line of relevant.map((text) => text.trim())) {
+    const esbuild = ESBUILD_LOCATED.exec(line);
     if (esbuild) {
       const [, file, row, col, message] = esbuild;
-      found.push(viteDiagnostic(workspacePath(file!, workspaceDir), Number(row), Number(col), message!));
+      found.push(viteDiagnostic(workspacePath(file!, workspaceDirs), Number(row), Number(col), message!));
       continue;
     }
     const resolve = VITE_RESOLVE.exec(line);
     if (resolve) {
-      found.push(viteDiagnostic(workspacePath(resolve[2]!, workspaceDir), null, null, line.replace(/^\[vite\]:\s*/, '').trim()));
+      found.push(viteDiagnostic(workspacePath(resolve[2]!, workspaceDirs), null, null, withoutPluginPrefix(line)));
       continue;
     }
-    const file = ROLLUP_FILE.exec(line.trim());
-    if (file && pending) {
-      pending.path = workspacePath(file[1]!, workspaceDir) ?? pending.path;
-      if (file[2]) {
-        pending.line = Number(file[2]);
-        pending.column = Number(file[3]);
-      }
+    const file = ROLLUP_FILE.exec(line);
+    if (file) {
+      if (pending) locate(pending, file, workspaceDirs);
+      else unclaimedFile ??= file;
       continue;
     }
-    const located = ROLLUP_LOCATED.exec(line.trim());
-    if (located && start >= 0) {
+    const located = start >= 0 ? ROLLUP_LOCATED.exec(withoutPluginPrefix(line)) : null;
+    if (located) {
       const [, path, row, col, message] = located;
-      pending = viteDiagnostic(workspacePath(path!, workspaceDir), Number(row), Number(col), message!);
+      pending = viteDiagnostic(workspacePath(path!, workspaceDirs), Number(row), Number(col), message!);
       found.push(pending);
     }
   }
-  // "error during build:" followed by a plain message: keep it, without a location.
+  // Any other error (CSS, a missing entry, HTML, a plugin's): its first line, and the file a `file:` line names.
   if (found.length === 0 && start >= 0) {
-    const message = relevant.slice(1).find((line) => line.trim() && !/^\s+at /.test(line));
-    if (message) found.push(viteDiagnostic(null, null, null, message.trim()));
+    const message = relevant.find((line) => line.trim() && !STACK_FRAME.test(line) && !ROLLUP_FILE.test(line.trim()));
+    if (message) {
+      const diagnostic = viteDiagnostic(null, null, null, withoutPluginPrefix(message.trim()));
+      if (unclaimedFile) locate(diagnostic, unclaimedFile, workspaceDirs);
+      found.push(diagnostic);
+    }
   }
   return found;
+}
+
+/** What Rollup's `file:` line adds: the path, and its line and column where Vite knows them. */
+function locate(diagnostic: Diagnostic, file: RegExpExecArray, workspaceDirs: readonly string[]): void {
+  diagnostic.path = workspacePath(file[1]!, workspaceDirs) ?? diagnostic.path;
+  if (file[2]) {
+    diagnostic.line = Number(file[2]);
+    diagnostic.column = Number(file[3]);
+  }
+}
+
+function withoutPluginPrefix(line: string): string {
+  return line.replace(PLUGIN_PREFIX, '');
 }
 
 function viteDiagnostic(path: string | null, line: number | null, column: number | null, message: string): Diagnostic {
@@ -153,16 +194,16 @@ const LOCATION = /^(.+?):(\d+):(\d+)$/;
  * selects it only in some Flutter versions). Infos are advice: `--no-fatal-infos`
  * leaves them out of the failure, so only errors and warnings are reported.
  */
-function parseFlutterAnalyze(lines: string[], workspaceDir: string): Diagnostic[] {
+function parseFlutterAnalyze(lines: string[], workspaceDirs: readonly string[]): Diagnostic[] {
   const found: Diagnostic[] = [];
   for (const line of lines) {
-    const diagnostic = machineLine(line, workspaceDir) ?? humanLine(line, workspaceDir);
+    const diagnostic = machineLine(line, workspaceDirs) ?? humanLine(line, workspaceDirs);
     if (diagnostic && diagnostic.severity !== 'INFO') found.push(diagnostic);
   }
   return found;
 }
 
-function machineLine(line: string, workspaceDir: string): Diagnostic | undefined {
+function machineLine(line: string, workspaceDirs: readonly string[]): Diagnostic | undefined {
   const match = MACHINE.exec(line.trim());
   if (!match) return undefined;
   // file|line|col|length|message, where a `|` inside the message is escaped as `\|`.
@@ -173,7 +214,7 @@ function machineLine(line: string, workspaceDir: string): Diagnostic | undefined
   return {
     tool: 'flutter',
     severity: match[1] as DiagnosticSeverity,
-    path: workspacePath(file!, workspaceDir),
+    path: workspacePath(file!, workspaceDirs),
     line: Number(row),
     column: Number(col),
     code: match[2]!.toLowerCase() || null,
@@ -181,7 +222,7 @@ function machineLine(line: string, workspaceDir: string): Diagnostic | undefined
   };
 }
 
-function humanLine(line: string, workspaceDir: string): Diagnostic | undefined {
+function humanLine(line: string, workspaceDirs: readonly string[]): Diagnostic | undefined {
   const match = HUMAN.exec(line);
   if (!match) return undefined;
   const parts = match[2]!.split(/ (?:•|-) /);
@@ -194,7 +235,7 @@ function humanLine(line: string, workspaceDir: string): Diagnostic | undefined {
   return {
     tool: 'flutter',
     severity,
-    path: workspacePath(file!, workspaceDir),
+    path: workspacePath(file!, workspaceDirs),
     line: Number(row),
     column: Number(col),
     code,
@@ -204,13 +245,17 @@ function humanLine(line: string, workspaceDir: string): Diagnostic | undefined {
 
 // ---------------------------------------------------------------- helpers
 
-/** A tool's file name relative to the workspace, or null when it lies outside (an SDK file, say). */
-function workspacePath(file: string, workspaceDir: string): string | null {
+/** A tool's file name relative to the workspace (in either form), or null when it lies outside (an SDK file, say). */
+function workspacePath(file: string, workspaceDirs: readonly string[]): string | null {
   const trimmed = file.trim();
   if (!trimmed) return null;
-  const inside = isAbsolute(trimmed) ? relative(workspaceDir, trimmed) : trimmed.replace(/^\.\//, '');
-  if (!inside || inside.startsWith('..') || isAbsolute(inside)) return null;
-  return inside.split(sep).join('/');
+  const candidates = isAbsolute(trimmed) ? workspaceDirs.map((dir) => relative(dir, trimmed)) : [trimmed.replace(/^\.\//, '')];
+  const inside = candidates.find((path) => path && !path.startsWith('..') && !isAbsolute(path));
+  return inside === undefined ? null : inside.split(sep).join('/');
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
 /** Without terminal colours and control characters (PostgreSQL text cannot hold NUL). */

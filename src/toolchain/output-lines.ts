@@ -8,16 +8,25 @@ export interface OutputLine {
 // No PostgreSQL text holds NUL: a tool that prints one (binary output) gets U+FFFD in its log.
 const NUL = '\u0000';
 const REPLACEMENT = '\uFFFD';
+// Terminal colours and links (CSI and OSC sequences), for tools that colour despite NO_COLOR;
+// a stray ESC (a sequence cut at the line limit) goes too.
+const TERMINAL_ESCAPES = /\u001b\[[0-?]*[ -/]*[@-~]|\u001b\][^\u0007\u001b]*(?:\u0007|\u001b\\)|\u001b/g;
 
 /**
  * `text` in at most `maxChars` UTF-16 code units: a longer text keeps its first `maxChars - 1`
  * and ends in an ellipsis, so a runaway message cannot fill a log, a prompt or a column.
  */
 export function truncateWithEllipsis(text: string, maxChars: number): string {
-  return text.length > maxChars ? `${text.slice(0, maxChars - 1)}…` : text;
+  return text.length > maxChars ? `${keepFirst(text, maxChars - 1)}…` : text;
 }
 
-/** Splits decoded text into lines without ever holding more than `maxLength` characters of one line. */
+/** The first `count` code units of `text`, less a high surrogate whose pair the cut left out. */
+function keepFirst(text: string, count: number): string {
+  const kept = text.slice(0, count);
+  return /[\uD800-\uDBFF]$/.test(kept) ? kept.slice(0, -1) : kept;
+}
+
+/** Splits decoded text into lines without ever holding more than `maxLength` characters of one line (and its '\r'). */
 export class LineSplitter {
   private partial = '';
   private overflowed = false;
@@ -43,7 +52,8 @@ export class LineSplitter {
 
   private append(text: string, start: number, end: number): void {
     if (this.overflowed) return;
-    const room = this.maxLength - this.partial.length;
+    // One more than a line may hold: the '\r' of a CRLF ending is not part of the line.
+    const room = this.maxLength + 1 - this.partial.length;
     if (end - start > room) {
       this.partial += text.slice(start, start + room);
       this.overflowed = true;
@@ -53,7 +63,9 @@ export class LineSplitter {
   }
 
   private take(): string {
-    const line = (this.overflowed ? `${this.partial.slice(0, this.maxLength - 1)}…` : this.partial.replace(/\r$/, '')).replaceAll(NUL, REPLACEMENT);
+    const plain = (this.overflowed ? this.partial : this.partial.replace(/\r$/, '')).replace(TERMINAL_ESCAPES, '').replaceAll(NUL, REPLACEMENT);
+    // Cut where the line was cut, even if what was kept is short without its escapes.
+    const line = this.overflowed ? `${keepFirst(plain, this.maxLength - 1)}…` : truncateWithEllipsis(plain, this.maxLength);
     this.partial = '';
     this.overflowed = false;
     return line;

@@ -195,8 +195,9 @@ export function buildEnv(
   extra: Record<string, string> = {},
   source: NodeJS.ProcessEnv = process.env,
 ): Record<string, string> {
-  // CI makes npm and flutter non-interactive: no prompts, no progress animations.
-  const env: Record<string, string> = { CI: 'true' };
+  // CI makes npm and flutter non-interactive: no prompts, no progress animations. CI also
+  // turns colours on in some (picocolors, so Vite): the log is plain text.
+  const env: Record<string, string> = { CI: 'true', NO_COLOR: '1', FORCE_COLOR: '0' };
   for (const name of INHERITED_ENV) {
     const value = source[name];
     if (value !== undefined) env[name] = value;

@@ -1,10 +1,22 @@
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { parseDiagnostics, sameDiagnostics } from '../../src/toolchain/diagnostics.js';
+import { LineSplitter } from '../../src/toolchain/output-lines.js';
 
 // Build-tool output as structured diagnostics: what a fix round sends back to the model
 // and what Generation.diagnostics shows. Samples are the tools' real formats.
 
-const ws = '/data/workspaces/p/g';
+const workspace = '/data/workspaces/p/g';
+const ws = [workspace];
+
+/** A captured `vite build` (test/fixtures/vite6/), split as the step runner splits it. */
+function viteOutput(name: string): string[] {
+  const splitter = new LineSplitter(4000);
+  const text = readFileSync(new URL(`../fixtures/vite6/${name}.out`, import.meta.url), 'utf8');
+  return [...splitter.push(text), ...splitter.end()];
+}
+/** Where the captured app was built. */
+const capturedApp = '/tmp/review-toolchain/app';
 
 describe('tsc --pretty false', () => {
   it('reads located errors with their elaborations, and global ones', () => {
@@ -27,7 +39,8 @@ describe('tsc --pretty false', () => {
         message:
           "Argument of type '{ id: string; }' is not assignable to parameter of type 'Cell'.\nProperty 'value' is missing in type '{ id: string; }' but required in type 'Cell'.",
       },
-      { tool: 'tsc', severity: 'ERROR', path: null, line: null, column: null, code: 'TS5083', message: "Cannot read file '/data/workspaces/p/g/tsconfig.base.json'." },
+      // The server's path of the workspace is no business of the model's.
+      { tool: 'tsc', severity: 'ERROR', path: null, line: null, column: null, code: 'TS5083', message: "Cannot read file 'tsconfig.base.json'." },
     ]);
   });
 
@@ -50,7 +63,7 @@ describe('vite build', () => {
       '✗ Build failed in 42ms',
       'error during build:',
       `[vite:esbuild] Transform failed with 1 error:`,
-      `${ws}/src/App.tsx:7:14: ERROR: Expected ";" but found "count"`,
+      `${workspace}/src/App.tsx:7:14: ERROR: Expected ";" but found "count"`,
       '    at failureErrorWithLog (node_modules/esbuild/lib/main.js:1477:15)',
     ];
     expect(parseDiagnostics('vite', output, ws)).toEqual([
@@ -60,9 +73,10 @@ describe('vite build', () => {
 
   it("reads Rollup's message and its file line", () => {
     const output = [
+      '✗ Build failed in 42ms',
       'error during build:',
       'src/main.tsx (3:7): "Board" is not exported by "src/Board.tsx", imported by "src/main.tsx".',
-      `file: ${ws}/src/main.tsx:3:7`,
+      `file: ${workspace}/src/main.tsx:3:7`,
     ];
     expect(parseDiagnostics('vite', output, ws)).toEqual([
       { tool: 'vite', severity: 'ERROR', path: 'src/main.tsx', line: 3, column: 7, code: null, message: '"Board" is not exported by "src/Board.tsx", imported by "src/main.tsx".' },
@@ -71,10 +85,47 @@ describe('vite build', () => {
 
   it('reads an unresolved import, and a bare message after "error during build:"', () => {
     expect(
-      parseDiagnostics('vite', ['error during build:', `[vite]: Rollup failed to resolve import "lodash" from "${ws}/src/App.tsx".`], ws),
+      parseDiagnostics('vite', ['error during build:', `[vite]: Rollup failed to resolve import "lodash" from "${workspace}/src/App.tsx".`], ws),
     ).toEqual([expect.objectContaining({ path: 'src/App.tsx', line: null, message: expect.stringContaining('failed to resolve import "lodash"') })]);
-    expect(parseDiagnostics('vite', ['error during build:', 'Error: Could not resolve entry module "index.html".', '    at x (y.js:1:1)'], ws)).toEqual([
+    expect(parseDiagnostics('vite', ['✗ Build failed in 9ms', 'error during build:', 'Error: Could not resolve entry module "index.html".', '    at x (y.js:1:1)'], ws)).toEqual([
       expect.objectContaining({ path: null, message: 'Error: Could not resolve entry module "index.html".' }),
+    ]);
+  });
+});
+
+describe("Vite 6's real output (✗ Build failed, then error during build:)", () => {
+  it('reads a CSS error as its message and the file Vite names, without a line it does not know', () => {
+    expect(parseDiagnostics('vite', viteOutput('cssimport'), [capturedApp])).toEqual([
+      { tool: 'vite', severity: 'ERROR', path: 'src/App.css', line: null, column: null, code: null, message: "[postcss] ENOENT: no such file or directory, open './missing.css'" },
+    ]);
+  });
+
+  it('reads a plugin error with its location, without the plugin prefixes', () => {
+    expect(parseDiagnostics('vite', viteOutput('badjson'), [capturedApp])).toEqual([
+      { tool: 'vite', severity: 'ERROR', path: 'src/data.json', line: 1, column: 9, code: null, message: 'Failed to parse JSON file, invalid JSON syntax found at position 9' },
+    ]);
+  });
+
+  it("reads esbuild's and Rollup's errors, and an unresolved import without the server's path in its message", () => {
+    expect(parseDiagnostics('vite', viteOutput('esbuild'), [capturedApp])).toEqual([
+      { tool: 'vite', severity: 'ERROR', path: 'src/App.tsx', line: 2, column: 52, code: null, message: 'Expected ";" but found "count"' },
+    ]);
+    expect(parseDiagnostics('vite', viteOutput('notexported'), [capturedApp])).toEqual([
+      { tool: 'vite', severity: 'ERROR', path: 'src/App.tsx', line: 2, column: 9, code: null, message: '"Missing" is not exported by "src/Other.ts", imported by "src/App.tsx".' },
+    ]);
+    expect(parseDiagnostics('vite', viteOutput('unresolved'), [capturedApp])).toEqual([
+      { tool: 'vite', severity: 'ERROR', path: 'src/App.tsx', line: null, column: null, code: null, message: 'Rollup failed to resolve import "lodash" from "src/App.tsx".' },
+    ]);
+  });
+
+  it('places a path Vite prints resolved under a workspace the server names through a symlink', () => {
+    // The server's DATA_DIR is a symlink to where the app really is; Vite prints the real path.
+    const named = '/srv/kiln-data/workspaces/p/g';
+    expect(parseDiagnostics('vite', viteOutput('esbuild'), [named, capturedApp])).toEqual([
+      expect.objectContaining({ path: 'src/App.tsx', line: 2, column: 52 }),
+    ]);
+    expect(parseDiagnostics('flutter-analyze', [`ERROR|COMPILE_TIME_ERROR|UNDEFINED_IDENTIFIER|${capturedApp}/lib/main.dart|3|5|5|Undefined name 'runAp'.`], [named, capturedApp])).toEqual([
+      expect.objectContaining({ path: 'lib/main.dart', line: 3, column: 5 }),
     ]);
   });
 });
@@ -83,10 +134,10 @@ describe('flutter analyze', () => {
   it('reads --machine lines, making paths relative and leaving infos out', () => {
     const output = [
       'Analyzing g...',
-      `INFO|LINT|AVOID_PRINT|${ws}/lib/main.dart|28|3|5|Don't invoke 'print' in production code.`,
-      `WARNING|STATIC_WARNING|UNUSED_LOCAL_VARIABLE|${ws}/lib/src/util.dart|12|9|3|The value of the local variable 'foo' isn't used.`,
-      `ERROR|COMPILE_TIME_ERROR|UNDEFINED_METHOD|${ws}/lib/main.dart|44|10|7|The method 'fetchz' isn't defined for the type 'Api'.`,
-      `ERROR|SYNTACTIC_ERROR|EXPECTED_TOKEN|${ws}/lib/main.dart|5|1|1|Expected 'a \\| b' here.`,
+      `INFO|LINT|AVOID_PRINT|${workspace}/lib/main.dart|28|3|5|Don't invoke 'print' in production code.`,
+      `WARNING|STATIC_WARNING|UNUSED_LOCAL_VARIABLE|${workspace}/lib/src/util.dart|12|9|3|The value of the local variable 'foo' isn't used.`,
+      `ERROR|COMPILE_TIME_ERROR|UNDEFINED_METHOD|${workspace}/lib/main.dart|44|10|7|The method 'fetchz' isn't defined for the type 'Api'.`,
+      `ERROR|SYNTACTIC_ERROR|EXPECTED_TOKEN|${workspace}/lib/main.dart|5|1|1|Expected 'a \\| b' here.`,
       `ERROR|COMPILE_TIME_ERROR|URI_DOES_NOT_EXIST|/opt/flutter/packages/x.dart|1|8|22|Target of URI doesn't exist.`,
     ];
     expect(parseDiagnostics('flutter-analyze', output, ws)).toEqual([
