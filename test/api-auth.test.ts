@@ -1,11 +1,13 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { eq } from 'drizzle-orm';
+import { eq, sql } from 'drizzle-orm';
 import { print } from 'graphql';
 import { decodeJwt, type JWTPayload, SignJWT, UnsecuredJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { REFRESH_TOKEN_REUSE_INTERVAL_SECONDS } from '../src/auth/local-store.js';
+import { hashRefreshToken } from '../src/auth/refresh-tokens.js';
 import { type Config, parseConfig } from '../src/config.js';
 import { type Database, openDatabase } from '../src/db/client.js';
-import { serverSecrets, users } from '../src/db/schema.js';
+import { refreshTokens, serverSecrets, users } from '../src/db/schema.js';
 import { type Kiln, startKiln } from '../src/main.js';
 import {
   CreateProjectDocument,
@@ -58,10 +60,18 @@ async function signOut(token: string | undefined, scope?: 'LOCAL' | 'GLOBAL' | '
 }
 
 /** The user can no longer act with this session: viewer null, mutations AuthError, refresh refused. */
-async function expectSessionEnded(session: TestUser) {
+async function expectSessionEnded(session: Pick<TestUser, 'accessToken' | 'refreshToken'>) {
   expect(await viewerWith(session.accessToken)).toBeNull();
   expect(await createProjectWith(session.accessToken)).toBe('AuthError');
   expect((await refresh(session.refreshToken)).__typename).toBe('AuthError');
+}
+
+/** Moves a spent refresh token's use back past the reuse interval: a replay now comes too late to be a retry. */
+async function spentBeforeReuseInterval(refreshToken: string) {
+  await server.database.db
+    .update(refreshTokens)
+    .set({ usedAt: sql`${refreshTokens.usedAt} - ${REFRESH_TOKEN_REUSE_INTERVAL_SECONDS + 1} * interval '1 second'` })
+    .where(eq(refreshTokens.tokenHash, hashRefreshToken(refreshToken)));
 }
 
 async function expectSessionLive(session: TestUser) {
@@ -209,11 +219,12 @@ describe('refresh-token rotation', () => {
     expect(decodeJwt(third.accessToken).session_id).toBe(decodeJwt(user.accessToken).session_id);
   });
 
-  it('treats reuse of a spent refresh token as theft: AuthError, and the whole session ends', async () => {
+  it('treats reuse of a spent refresh token after the reuse interval as theft: AuthError, and the whole session ends', async () => {
     const user = await signUp(server);
     const rotated = expectTypename(await refresh(user.refreshToken), 'AuthSession');
     expect(await viewerWith(rotated.accessToken)).not.toBeNull();
 
+    await spentBeforeReuseInterval(user.refreshToken);
     expectTypename(await refresh(user.refreshToken), 'AuthError');
 
     // The successor is refused too, and every access token of the session stops working.
@@ -224,11 +235,50 @@ describe('refresh-token rotation', () => {
     }
   });
 
+  it('gives two concurrent refreshes of one token (a double click, a retry, two tabs) each a working session, and the session goes on', async () => {
+    const user = await signUp(server);
+
+    const both = await Promise.all([refresh(user.refreshToken), refresh(user.refreshToken)]);
+
+    const [first, second] = both.map((result) => expectTypename(result, 'AuthSession'));
+    expect(first!.refreshToken).not.toBe(second!.refreshToken);
+    for (const session of [first!, second!]) {
+      expect(await viewerWith(session.accessToken)).toEqual({ id: user.id, email: user.email });
+      expect(decodeJwt(session.accessToken).session_id).toBe(decodeJwt(user.accessToken).session_id);
+    }
+    // The client keeps either answer and goes on refreshing with it.
+    const next = expectTypename(await refresh(second!.refreshToken), 'AuthSession');
+    expect(await createProjectWith(next.accessToken)).toBe('Project');
+    expectTypename(await refresh(next.refreshToken), 'AuthSession');
+  });
+
+  it('still ends the session when a refresh token a double click left unused is replayed after the interval', async () => {
+    const user = await signUp(server);
+    const [kept, unused] = (await Promise.all([refresh(user.refreshToken), refresh(user.refreshToken)])).map((r) => expectTypename(r, 'AuthSession'));
+    const next = expectTypename(await refresh(kept!.refreshToken), 'AuthSession');
+
+    // Going on with one successor spent the other: the session has one live refresh token again.
+    await spentBeforeReuseInterval(unused!.refreshToken);
+    expectTypename(await refresh(unused!.refreshToken), 'AuthError');
+
+    await expectSessionEnded(next);
+  });
+
+  it('refuses a just-spent refresh token once its session is signed out', async () => {
+    const user = await signUp(server);
+    const rotated = expectTypename(await refresh(user.refreshToken), 'AuthSession');
+
+    expect(await signOut(rotated.accessToken)).toBe(true);
+
+    expectTypename(await refresh(user.refreshToken), 'AuthError');
+  });
+
   it('leaves the user’s other sessions alone when one session is revoked for reuse', async () => {
     const user = await signUp(server);
     const other = await signIn(server, user.email);
     await refresh(user.refreshToken);
-    await refresh(user.refreshToken);
+    await spentBeforeReuseInterval(user.refreshToken);
+    expectTypename(await refresh(user.refreshToken), 'AuthError');
 
     await expectSessionLive(other);
   });

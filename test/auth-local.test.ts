@@ -3,9 +3,10 @@ import { eq, inArray, sql } from 'drizzle-orm';
 import { type JWTPayload, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createLocalAuth, type LocalAuth } from '../src/auth/local.js';
-import { createAccount } from '../src/auth/local-store.js';
+import { createAccount, REFRESH_TOKEN_REUSE_INTERVAL_SECONDS } from '../src/auth/local-store.js';
 import { hashPassword } from '../src/auth/passwords.js';
 import type { AuthProvider, AuthSession } from '../src/auth/provider.js';
+import { hashRefreshToken } from '../src/auth/refresh-tokens.js';
 import { authSessions, localCredentials, refreshTokens, serverSecrets, users } from '../src/db/schema.js';
 import { AuthError, ValidationError } from '../src/errors.js';
 import { createLogger } from '../src/observability/logger.js';
@@ -30,6 +31,13 @@ async function provider(options: Partial<Parameters<typeof createLocalAuth>[0]> 
 }
 
 const userCount = () => database.db.$count(users);
+
+/** Moves a spent refresh token's use back past the reuse interval: a replay now comes too late to be a retry. */
+const spentBeforeReuseInterval = (refreshToken: string) =>
+  database.db
+    .update(refreshTokens)
+    .set({ usedAt: sql`${refreshTokens.usedAt} - ${REFRESH_TOKEN_REUSE_INTERVAL_SECONDS + 1} * interval '1 second'` })
+    .where(eq(refreshTokens.tokenHash, hashRefreshToken(refreshToken)));
 
 beforeAll(async () => {
   database = await createTestDatabase();
@@ -154,11 +162,12 @@ describe('local auth: refresh tokens', () => {
     expect(new Set(sessions).size).toBe(1);
   });
 
-  it('revokes the whole session when a spent refresh token is used again', async () => {
+  it('revokes the whole session when a spent refresh token is used again after the reuse interval', async () => {
     const first = await auth.signUp(uniqueEmail(), PASSWORD);
     const second = await auth.refresh(first.refreshToken);
     const sessionId = (await auth.verify(second.accessToken)).session_id as string;
 
+    await spentBeforeReuseInterval(first.refreshToken);
     expect(await rejection(auth.refresh(first.refreshToken))).toBeInstanceOf(AuthError);
 
     expect(await rejection(auth.refresh(second.refreshToken))).toBeInstanceOf(AuthError);
@@ -167,25 +176,43 @@ describe('local auth: refresh tokens', () => {
     expect(session?.revokedReason).toBe('refresh_token_reuse');
   });
 
-  it('lets exactly one of two concurrent refreshes of a token win; the other is reuse and ends the session', async () => {
+  it('gives both of two concurrent refreshes of a token (two instances) a successor in the same session, and keeps it live', async () => {
     const first = await auth.signUp(uniqueEmail(), PASSWORD);
     const sessionId = (await auth.verify(first.accessToken)).session_id as string;
 
-    const results = await Promise.allSettled([auth.refresh(first.refreshToken), twin.refresh(first.refreshToken)]);
-    const won = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
-    const lost = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
-    expect(won).toHaveLength(1);
-    expect(lost).toHaveLength(1);
-    expect(lost[0]).toBeInstanceOf(AuthError);
-    expect(won[0]).toMatchObject({ user: first.user, refreshToken: expect.any(String), accessToken: expect.any(String) });
-    expect(won[0]!.refreshToken).not.toBe(first.refreshToken);
+    const [a, b] = await Promise.all([auth.refresh(first.refreshToken), twin.refresh(first.refreshToken)]);
 
-    // The losing use is indistinguishable from a stolen token's: the session ends, the new pair with it.
+    expect(new Set([first.refreshToken, a.refreshToken, b.refreshToken]).size).toBe(3);
+    for (const session of [a, b]) await expect(twin.verify(session.accessToken)).resolves.toMatchObject({ sub: first.user.id, session_id: sessionId });
     const [session] = await database.db.select().from(authSessions).where(eq(authSessions.id, sessionId));
-    expect(session?.revokedReason).toBe('refresh_token_reuse');
-    expect(await rejection(auth.verify(won[0]!.accessToken))).toBeInstanceOf(AuthError);
-    expect(await rejection(auth.refresh(won[0]!.refreshToken))).toBeInstanceOf(AuthError);
-    expect(await rejection(auth.verify(first.accessToken))).toBeInstanceOf(AuthError);
+    expect(session?.revokedAt).toBeNull();
+    // Either successor refreshes, later too (the second use spent no successor); going on with one spends the other.
+    await spentBeforeReuseInterval(a.refreshToken);
+    const next = await auth.refresh(a.refreshToken);
+    await expect(auth.verify(next.accessToken)).resolves.toMatchObject({ session_id: sessionId });
+    await spentBeforeReuseInterval(b.refreshToken);
+    expect(await rejection(auth.refresh(b.refreshToken))).toBeInstanceOf(AuthError);
+    expect(await rejection(auth.verify(next.accessToken))).toBeInstanceOf(AuthError);
+  });
+
+  it('within the reuse interval, gives a spent token another successor, but never for a revoked or ended session', async () => {
+    const retried = await auth.signUp(uniqueEmail(), PASSWORD);
+    const rotated = await auth.refresh(retried.refreshToken);
+    const again = await auth.refresh(retried.refreshToken);
+    expect(again.refreshToken).not.toBe(rotated.refreshToken);
+    await expect(auth.verify(again.accessToken)).resolves.toMatchObject({ sub: retried.user.id });
+    await expect(auth.verify(rotated.accessToken)).resolves.toMatchObject({ sub: retried.user.id });
+
+    const signedOut = await auth.signUp(uniqueEmail(), PASSWORD);
+    const signedOutRotated = await auth.refresh(signedOut.refreshToken);
+    await auth.signOut(await auth.verify(signedOutRotated.accessToken), signedOutRotated.accessToken, 'LOCAL');
+    expect(await rejection(auth.refresh(signedOut.refreshToken))).toBeInstanceOf(AuthError);
+
+    const ended = await auth.signUp(uniqueEmail(), PASSWORD);
+    const endedRotated = await auth.refresh(ended.refreshToken);
+    const endedId = (await auth.verify(endedRotated.accessToken)).session_id as string;
+    await database.db.update(authSessions).set({ createdAt: sql`now() - interval '31 days'` }).where(eq(authSessions.id, endedId));
+    expect(await rejection(auth.refresh(ended.refreshToken))).toBeInstanceOf(AuthError);
   });
 
   it('refuses unknown refresh tokens', async () => {
@@ -289,6 +316,7 @@ describe('local auth: pruning ended sessions', () => {
     expect(await tokensLeft([liveId!])).toBe(2);
     const refreshed = await auth.refresh(liveLater.refreshToken);
     await expect(auth.verify(refreshed.accessToken)).resolves.toMatchObject({ sub: live.user.id, session_id: liveId });
+    await spentBeforeReuseInterval(live.refreshToken);
     expect(await rejection(auth.refresh(live.refreshToken))).toBeInstanceOf(AuthError);
     expect(await rejection(auth.verify(refreshed.accessToken))).toBeInstanceOf(AuthError);
     const [session] = await database.db.select().from(authSessions).where(eq(authSessions.id, liveId!));

@@ -28,9 +28,15 @@ const youngerThan = (maxAgeSeconds: number) => gt(authSessions.createdAt, sql`no
  */
 const ended = (maxAgeSeconds: number) => or(not(youngerThan(maxAgeSeconds)), lt(authSessions.revokedAt, sql`now() - interval '1 day'`));
 
+/**
+ * How long a spent refresh token still gets a successor (Supabase Auth's refresh token reuse
+ * interval, default 10 s): long enough for concurrent or retried refreshes from one client.
+ */
+export const REFRESH_TOKEN_REUSE_INTERVAL_SECONDS = 10;
+
 export type RotationResult =
   | { kind: 'rotated'; session: StoredSession }
-  /** The token had been used before: its session is now revoked. */
+  /** The token was spent longer than the reuse interval ago: its session is now revoked. */
   | { kind: 'reused' }
   /** Unknown token, or its session has ended. */
   | { kind: 'invalid' };
@@ -69,36 +75,43 @@ export async function findCredentials(db: Db, email: string): Promise<(AuthUser 
 }
 
 /**
- * Spends a refresh token and issues its successor in the same session. The
- * compare-and-set on used_at lets exactly one of two concurrent uses win; the other
- * counts as reuse, which revokes the session (the token may have been stolen).
+ * Spends a refresh token and issues its successor in the same session. A token presented
+ * again within REFRESH_TOKEN_REUSE_INTERVAL_SECONDS of being spent (a double click, a retry,
+ * two tabs at once) gets another successor; later, it may have been stolen, so its use
+ * revokes the session. The interval is measured with the database's clock, as used_at is.
  */
 export function rotateRefreshToken(db: Db, tokenHash: string, maxAgeSeconds: number): Promise<RotationResult> {
   return serviceScope(db).run(async (tx): Promise<RotationResult> => {
-    const [spent] = await tx
-      .update(refreshTokens)
-      .set({ usedAt: sql`now()` })
-      .where(
-        and(
-          eq(refreshTokens.tokenHash, tokenHash),
-          isNull(refreshTokens.usedAt),
-          sql`exists (select 1 from ${authSessions} where ${authSessions.id} = ${refreshTokens.sessionId} and ${authSessions.revokedAt} is null and ${youngerThan(maxAgeSeconds)})`,
-        ),
-      )
-      .returning({ sessionId: refreshTokens.sessionId });
-    if (spent) return { kind: 'rotated', session: await continueSession(tx, spent.sessionId) };
-
-    const [known] = await tx
-      .select({ sessionId: refreshTokens.sessionId, usedAt: refreshTokens.usedAt })
+    // Uses of one session's tokens take turns on its row; the read below, a statement of its
+    // own, then sees what the use before this one committed.
+    const ofToken = tx.select({ sessionId: refreshTokens.sessionId }).from(refreshTokens).where(eq(refreshTokens.tokenHash, tokenHash));
+    await tx.select({ id: authSessions.id }).from(authSessions).where(eq(authSessions.id, ofToken)).for('update');
+    const [token] = await tx
+      .select({
+        sessionId: refreshTokens.sessionId,
+        live: sql<boolean>`${authSessions.revokedAt} is null and ${youngerThan(maxAgeSeconds)}`,
+        spent: sql<boolean>`${refreshTokens.usedAt} is not null`,
+        justSpent: sql<boolean>`${refreshTokens.usedAt} > now() - ${REFRESH_TOKEN_REUSE_INTERVAL_SECONDS} * interval '1 second'`,
+      })
       .from(refreshTokens)
+      .innerJoin(authSessions, eq(authSessions.id, refreshTokens.sessionId))
       .where(eq(refreshTokens.tokenHash, tokenHash));
-    if (!known?.usedAt) return { kind: 'invalid' };
-    // Returned, not thrown, so the revocation commits.
-    await tx
-      .update(authSessions)
-      .set({ revokedAt: sql`now()`, revokedReason: 'refresh_token_reuse' })
-      .where(and(eq(authSessions.id, known.sessionId), isNull(authSessions.revokedAt)));
-    return { kind: 'reused' };
+    if (!token?.live) return { kind: 'invalid' };
+
+    if (!token.spent) {
+      // Other unspent tokens of the session are successors a retry got within the reuse
+      // interval and the client dropped: spent with this one, so the session keeps one live
+      // token and a later use of them is reuse too.
+      await tx
+        .update(refreshTokens)
+        .set({ usedAt: sql`now()` })
+        .where(and(eq(refreshTokens.sessionId, token.sessionId), isNull(refreshTokens.usedAt)));
+    } else if (!token.justSpent) {
+      // Returned, not thrown, so the revocation commits.
+      await tx.update(authSessions).set({ revokedAt: sql`now()`, revokedReason: 'refresh_token_reuse' }).where(eq(authSessions.id, token.sessionId));
+      return { kind: 'reused' };
+    }
+    return { kind: 'rotated', session: await continueSession(tx, token.sessionId) };
   });
 }
 
