@@ -116,6 +116,14 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     }
   });
 
+  it('reports a step killed by a signal as killed, as it would be unsandboxed, and an exit code as that code', async () => {
+    // bwrap exits with 128 + the signal's number: a crash or the OOM killer is not the tool's verdict (no fix round).
+    const killed = await run('kill -SEGV $$');
+    expect(killed.result).toMatchObject({ status: 'FAILED', exitCode: null, message: 'killed by SIGSEGV' });
+    const exited = await run('exit 3');
+    expect(exited.result).toMatchObject({ status: 'FAILED', exitCode: 3, message: 'exited with code 3' });
+  });
+
   it('runs as an unprivileged user with a short allowlisted environment, a private /tmp and HOME', async () => {
     const secrets = { DATABASE_URL: 'postgres://u:secret@db/kiln', HTTPS_PROXY: 'http://proxy.internal:3128', PUB_HOSTED_URL: 'https://pub.internal' };
     const { result, lines } = await run('id -u; echo "HOME=$HOME"; env | cut -d= -f1 | sort | tr "\\n" " "; echo', { env: secrets });

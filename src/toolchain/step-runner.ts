@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { constants } from 'node:os';
 import { basename } from 'node:path';
 import type { Readable } from 'node:stream';
 import { LineSplitter, OutputCollector, type OutputLine, type OutputStream } from './output-lines.js';
@@ -93,7 +94,8 @@ export async function runStep(options: RunStepOptions): Promise<StepResult> {
       readLines(child.stdout, 'STDOUT', collector, maxLineLength),
       readLines(child.stderr, 'STDERR', collector, maxLineLength),
     ]);
-    const [result] = await Promise.all([child.exit, reading]);
+    const [exit] = await Promise.all([child.exit, reading]);
+    const result = jail ? asReportedByWrapper(exit) : exit;
     await collector.finish();
     const tail = collector.tail;
     // The sandbox is gone only once its namespace is: then a last look at the limits.
@@ -122,6 +124,16 @@ export async function runStep(options: RunStepOptions): Promise<StepResult> {
     await group.terminate();
     await jail?.release();
   }
+}
+
+/**
+ * bwrap exits with 128 + the signal's number when what it runs is killed by a signal, as a
+ * shell does: the step was killed (a crash, the kernel's OOM killer), not failed by its tool.
+ */
+function asReportedByWrapper<T extends { exitCode: number | null; signal: NodeJS.Signals | null }>(exit: T): T {
+  const number = exit.exitCode === null ? 0 : exit.exitCode - 128;
+  const signal = Object.entries(constants.signals).find(([, value]) => value === number)?.[0] as NodeJS.Signals | undefined;
+  return signal ? { ...exit, exitCode: null, signal } : exit;
 }
 
 async function enterSandbox(options: RunStepOptions): Promise<Jail | StepResult> {
