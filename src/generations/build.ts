@@ -4,7 +4,7 @@ import type { Tx } from '../db/client.js';
 import { pipelineScope } from '../db/scope.js';
 import { inSpan } from '../observability/tracing.js';
 import { DependencyPolicyError, fetchEnv, prepareFetch } from '../toolchain/dependency-policy.js';
-import { type Diagnostic, parseDiagnostics, placeOf, withoutWorkspace } from '../toolchain/diagnostics.js';
+import { type Diagnostic, parseDiagnostics, placeOf, workspaceScrubber } from '../toolchain/diagnostics.js';
 import { buildEnv, runStep, type StepResult } from '../toolchain/step-runner.js';
 import { type BuildStepSpec, commandLine } from '../toolchain/targets.js';
 import { projectCacheDir } from '../workspace/workspace.js';
@@ -49,6 +49,7 @@ export async function build(deps: PipelineDeps, input: BuildInput, cwd: string, 
   // Tools print the real path (a symlinked DATA_DIR resolved): paths in either form are the workspace's.
   // A missing workspace is the step runner's to report.
   const workspaceDirs = [...new Set([cwd, await realpath(cwd).catch(() => cwd)])];
+  const withoutWorkspace = workspaceScrubber(workspaceDirs);
   const first = cursor.nextStepOrdinal;
   cursor.nextStepOrdinal += steps.length;
   await db.run(async (tx) => {
@@ -78,7 +79,7 @@ export async function build(deps: PipelineDeps, input: BuildInput, cwd: string, 
         parsedChars += line.text.length;
         if (output.length < MAX_PARSED_LINES && parsedChars <= MAX_PARSED_CHARS) output.push(line.text);
         if (cursor.logChars >= maxLogChars) continue;
-        const text = withoutWorkspace(line.text, workspaceDirs);
+        const text = withoutWorkspace(line.text);
         kept.push({ stream: line.stream, text });
         cursor.logChars += text.length;
         if (cursor.logChars >= maxLogChars) kept.push({ stream: 'STDERR', text: `[kiln] This generation's build log passed ${maxLogChars.toLocaleString('en')} characters; later lines are not kept.` });
@@ -146,7 +147,7 @@ export async function build(deps: PipelineDeps, input: BuildInput, cwd: string, 
     // limit) printed part of it at most, and a server fault is none of the project's.
     const toolFailed = result.status === 'FAILED' && result.exitCode !== null && !result.serverFault;
     const diagnostics = toolFailed && step.diagnostics ? parseDiagnostics(step.diagnostics, output, workspaceDirs) : [];
-    const failure = stepFailure(step.name, result, stepTimeoutMs, diagnostics, workspaceDirs);
+    const failure = stepFailure(step.name, result, stepTimeoutMs, diagnostics, withoutWorkspace);
     if (diagnostics.length === 0) {
       await finish(rest, ended); // output no parser understands: nothing to hand back
       throw failure;
@@ -181,7 +182,7 @@ async function guardFetch(step: BuildStepSpec, cwd: string, log: (text: string) 
   }
 }
 
-function stepFailure(name: string, result: StepResult, timeoutMs: number, diagnostics: Diagnostic[], workspaceDirs: readonly string[]): RunFailure {
+function stepFailure(name: string, result: StepResult, timeoutMs: number, diagnostics: Diagnostic[], withoutWorkspace: (text: string) => string): RunFailure {
   switch (result.status) {
     case 'TOOLCHAIN_MISSING':
       return new RunFailure('TOOLCHAIN_MISSING', result.message ?? `The build tool for "${name}" was not found.`);
@@ -190,7 +191,7 @@ function stepFailure(name: string, result: StepResult, timeoutMs: number, diagno
     default: {
       if (result.serverFault) return new RunFailure('INTERNAL', `Build step "${name}" could not finish on this server, for a reason of the server's and not the project's; try again later.`, result.message);
       // The tool's first problem says what went wrong; failing that, its last lines other than a stack trace's.
-      const detail = diagnostics.length > 0 ? firstProblem(diagnostics) : result.tail.filter((line) => line.trim() && !/^\s+at /.test(line)).slice(-3).map((line) => withoutWorkspace(line, workspaceDirs)).join('\n');
+      const detail = diagnostics.length > 0 ? firstProblem(diagnostics) : result.tail.filter((line) => line.trim() && !/^\s+at /.test(line)).slice(-3).map(withoutWorkspace).join('\n');
       const why = result.exitCode === null ? (result.message ?? 'no exit code') : `exit code ${result.exitCode}`;
       return new RunFailure('BUILD_FAILED', `Build step "${name}" failed (${why}).${detail ? `\n${detail}` : ''}`);
     }

@@ -32,27 +32,29 @@ const MAX_MESSAGE_CHARS = 1000;
  */
 export function parseDiagnostics(format: DiagnosticFormat, lines: readonly string[], workspaceDirs: readonly string[]): Diagnostic[] {
   const found = parsers[format](lines.map(plainText), workspaceDirs);
-  return found.map((d) => ({ ...d, message: truncateWithEllipsis(withoutWorkspace(d.message, workspaceDirs), MAX_MESSAGE_CHARS) }));
+  const scrub = workspaceScrubber(workspaceDirs);
+  return found.map((d) => ({ ...d, message: truncateWithEllipsis(scrub(d.message), MAX_MESSAGE_CHARS) }));
 }
 
 /**
- * `text` without the server's path of the workspace: `<dir>/src/a.ts` reads `src/a.ts`, `<dir>`
- * alone reads `.`. Where the server keeps workspaces is none of the model's or the members' business.
+ * What takes the server's path of the workspace out of a text: `<dir>/src/a.ts` reads `src/a.ts`,
+ * `<dir>` alone reads `.`. Where the server keeps workspaces is none of the model's or the
+ * members' business. Made once per build: it runs on every line of the log.
  */
-export function withoutWorkspace(text: string, workspaceDirs: readonly string[]): string {
+export function workspaceScrubber(workspaceDirs: readonly string[]): (text: string) => string {
   // The longest first: one form may contain the other (/data/ws inside /mnt/data/ws).
-  return [...workspaceDirs]
-    .sort((a, b) => b.length - a.length)
-    .reduce((result, dir) => result.replace(new RegExp(`${escapeRegExp(dir)}(/|(?![\\w.-]))`, 'g'), (_, slash: string) => (slash ? '' : '.')), text);
+  const dirs = [...workspaceDirs].sort((a, b) => b.length - a.length).map(escapeRegExp);
+  const pattern = new RegExp(`(?:${dirs.join('|')})(/|(?![\\w.-]))`, 'g');
+  return (text) => text.replace(pattern, (_, slash: string) => (slash ? '' : '.'));
 }
 
-/** The same failure in the same place, whatever the order: a fix round that changed nothing reports an equal set. */
 /** `path:line:column` as far as the diagnostic knows them; null without a path. */
 export function placeOf({ path, line, column }: Diagnostic): string | null {
   if (path === null) return null;
   return `${path}${line === null ? '' : `:${line}${column === null ? '' : `:${column}`}`}`;
 }
 
+/** The same failure in the same place, whatever the order: a fix round that changed nothing reports an equal set. */
 export function sameDiagnostics(a: readonly Diagnostic[], b: readonly Diagnostic[]): boolean {
   if (a.length !== b.length) return false;
   const key = (d: Diagnostic) => JSON.stringify([d.tool, d.severity, d.path, d.line, d.column, d.code, d.message]);
