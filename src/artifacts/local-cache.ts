@@ -11,9 +11,11 @@ export const REMOTE_READS_AT_ONCE = 2;
 export const PIECE_TIMEOUT_MS = 30_000;
 /**
  * Downloads one generation may have waiting for a turn, by default; past them a request is told
- * to come back (503). More than a page's first requests (a browser opens a few connections).
+ * to come back (503), which a browser does not retry for a script. So it is far more than a
+ * page's first requests, whatever proxy multiplexes them: the turns keep other previews going,
+ * this only bounds what one generation's requests may hold.
  */
-export const WAITING_PER_GENERATION = 64;
+export const WAITING_PER_GENERATION = 1000;
 /** What the copies may take on disk, by default: eight of the largest bundles a build may keep. */
 export const CACHE_MAX_BYTES = 2 * 1024 * 1024 * 1024;
 

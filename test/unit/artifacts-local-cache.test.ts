@@ -80,7 +80,10 @@ describe('downloads of remote blobs', () => {
   it('take turns round the generations asking, with a few waiting for each at most', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'kiln-local-cache-'));
     dirs.push(dir);
-    const cache = localBlobCache(dir, { remoteReads: 1, waitingPerGeneration: 3 });
+    // Told when a request has joined a queue: requests are made one after the other, as they would
+    // come, never all at once (each first looks for its copy on disk, which ends in any order).
+    let joined: (() => void) | undefined;
+    const cache = localBlobCache(dir, { remoteReads: 1, waitingPerGeneration: 3, onWaiting: () => joined?.() });
     // The downloads as they begin, each waiting until the test lets it go on.
     const begun: string[] = [];
     const waiters: ((label: string) => void)[] = [];
@@ -106,23 +109,30 @@ describe('downloads of remote blobs', () => {
       );
     };
 
-    // One generation asks for five files at once: one downloads, three wait, the fifth is told to come back.
-    const flood = ['a1', 'a2', 'a3', 'a4'].map((label) => ask('a', label));
-    const fifth = ask('a', 'a5').then(
-      () => 'served',
-      (error: unknown) => error,
-    );
+    /** Asks, and resolves once the request waits in its generation's queue. */
+    const inLine = async (generationId: string, label: string) => {
+      const waiting = new Promise<void>((resolve) => (joined = resolve));
+      const request = ask(generationId, label);
+      await waiting;
+      return { request };
+    };
+
+    // One generation asks for five files: one downloads, three wait, the fifth is told to come back.
+    const first = ask('a', 'a1');
+    expect(await nextBegun()).toBe('a1');
+    const waiting = [(await inLine('a', 'a2')).request, (await inLine('a', 'a3')).request, (await inLine('a', 'a4')).request];
+    await expect(ask('a', 'a5')).rejects.toBeInstanceOf(DownloadsBusyError);
     // Another generation's first file comes next, not after the first one's.
-    const other = ask('b', 'b1');
+    const { request: other } = await inLine('b', 'b1');
     const order: string[] = [];
-    for (let turn = 0; turn < 5; turn++) {
+    releases.get('a1')!();
+    for (let turn = 0; turn < 4; turn++) {
       const label = await nextBegun();
       order.push(label);
       releases.get(label)!();
     }
-    expect(order).toEqual(['a1', 'b1', 'a2', 'a3', 'a4']);
-    expect(await fifth).toBeInstanceOf(DownloadsBusyError);
+    expect(order).toEqual(['b1', 'a2', 'a3', 'a4']);
     expect(await other).toBe(join(dir, sha256Of('b1')));
-    expect(await Promise.all(flood)).toEqual(['a1', 'a2', 'a3', 'a4'].map((label) => join(dir, sha256Of(label))));
+    expect(await Promise.all([first, ...waiting])).toEqual(['a1', 'a2', 'a3', 'a4'].map((label) => join(dir, sha256Of(label))));
   });
 });
