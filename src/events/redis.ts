@@ -115,31 +115,38 @@ export function createRedisEventBusTarget(options: RedisEventTargetOptions): Red
       warn({ pending: pending.length }, 'too many events waiting for Redis; dropping the oldest');
     }
     pending.push([channel, message]);
-    flushing ??= flush().finally(() => (flushing = undefined));
+    flushing ??= flush();
   };
 
+  // Started with something waiting, it awaits before it can end, so `flushing` is set by then;
+  // it is cleared in the very step that finds nothing waiting, so no publish finds a flush that
+  // has already stopped looking.
   const flush = async () => {
-    while (pending.length > 0 && !closed) {
-      if (publishClient.status !== 'ready') {
-        await new Promise<void>((resolve) => (wake = resolve));
-        wake = undefined;
-        continue;
+    try {
+      while (pending.length > 0 && !closed) {
+        if (publishClient.status !== 'ready') {
+          await new Promise<void>((resolve) => (wake = resolve));
+          wake = undefined;
+          continue;
+        }
+        const batch = pending;
+        pending = [];
+        // Issued together, so ioredis writes them to the one connection in order (a pipeline).
+        const results = await Promise.allSettled(batch.map(([channel, message]) => publishClient.publish(channel, message)));
+        const failed = batch.filter((_, i) => results[i]!.status === 'rejected');
+        if (failed.length === 0) continue;
+        const error = (results.find((result) => result.status === 'rejected') as PromiseRejectedResult).reason as unknown;
+        if (error instanceof ReplyError) {
+          // Redis refused them (not a lost connection): sending again would not help.
+          warn({ err: error, lost: failed.length }, 'PUBLISH failed; subscribers will repair from the database');
+          continue;
+        }
+        // The connection went: they go out first, in order, once it is back.
+        pending = [...failed, ...pending].slice(-MAX_PENDING);
+        warn({ err: error, pending: pending.length }, 'PUBLISH failed: Redis is unreachable; sending once it is back');
       }
-      const batch = pending;
-      pending = [];
-      // Issued together, so ioredis writes them to the one connection in order (a pipeline).
-      const results = await Promise.allSettled(batch.map(([channel, message]) => publishClient.publish(channel, message)));
-      const failed = batch.filter((_, i) => results[i]!.status === 'rejected');
-      if (failed.length === 0) continue;
-      const error = (results.find((result) => result.status === 'rejected') as PromiseRejectedResult).reason as unknown;
-      if (error instanceof ReplyError) {
-        // Redis refused them (not a lost connection): sending again would not help.
-        warn({ err: error, lost: failed.length }, 'PUBLISH failed; subscribers will repair from the database');
-        continue;
-      }
-      // The connection went: they go out first, in order, once it is back.
-      pending = [...failed, ...pending].slice(-MAX_PENDING);
-      warn({ err: error, pending: pending.length }, 'PUBLISH failed: Redis is unreachable; sending once it is back');
+    } finally {
+      flushing = undefined;
     }
   };
 
