@@ -10,7 +10,7 @@ import { BudgetStop, budgetMeter, type RunBudget } from './budget.js';
 import { type BuildOutcome, build } from './build.js';
 import { fixStore } from './fix-store.js';
 import type { PhaseChange, PipelineDeps } from './pipeline.js';
-import { leftOutNote } from './prompt.js';
+import { leftOutNote, summariseFiles } from './prompt.js';
 import type { RunCursor } from './run-cursor.js';
 import { RunFailure } from './run-failure.js';
 
@@ -80,9 +80,7 @@ export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promi
     const request = fixRequest(failed, run.files, round, run.maxFixRounds);
     const messages: LlmMessage[] = [
       ...run.prompt.messages,
-      // Whole, unlike earlier turns: the files the system prompt shows are the parent's, so
-      // what this generation wrote is only here (the diagnostics name a few of them).
-      { role: 'model', content: run.output() || '(no answer)' },
+      { role: 'model', content: ownAnswers(run.output()) || '(no answer)' },
       { role: 'user', content: request },
     ];
     let usage: LlmUsage = { inputTokens: 0, outputTokens: 0 };
@@ -156,6 +154,19 @@ export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promi
 
 function observe(deps: PipelineDeps, outcome: FixOutcome) {
   deps.metrics?.observeFixRound(outcome);
+}
+
+/** The most of this generation's answers a fix round shows whole (the system prompt's files get as much). */
+export const MAX_WHOLE_ANSWERS_CHARS = 200_000;
+
+/**
+ * This generation's answers as a fix round shows them: whole, unlike earlier turns, since the
+ * files the system prompt shows are the parent's and what this generation wrote is only here
+ * (the diagnostics name a few of them); past MAX_WHOLE_ANSWERS_CHARS, summarised as earlier
+ * turns are, so a long answer cannot take the model's whole context.
+ */
+export function ownAnswers(output: string): string {
+  return output.length <= MAX_WHOLE_ANSWERS_CHARS ? output : summariseFiles(output);
 }
 
 /** What the model is asked in a fix round: the diagnostics (capped) and the whole current files they point at. */

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { MAX_WHOLE_ANSWERS_CHARS, ownAnswers } from '../../src/generations/fix-rounds.js';
 import { createOutputParser } from '../../src/generations/output-parser.js';
 import { buildPrompt, summariseFiles } from '../../src/generations/prompt.js';
 
@@ -54,5 +55,14 @@ describe('summariseFiles', () => {
     expect(summariseFiles(answer)).toBe(answer);
     const closedLast = `${'<file path="x">\n'.repeat(200_000)}</file>`;
     expect(summariseFiles(closedLast)).toBe('[wrote x]');
+  });
+});
+
+describe("a fix round's view of this generation's answers (ownAnswers)", () => {
+  it('shows them whole, file bodies included, and summarised only past what a prompt gives files', () => {
+    const answer = `Here you go.\n<file path="lib/items.dart">\n${SECRET}</file>\n`;
+    expect(ownAnswers(answer)).toBe(answer);
+    const long = `${answer}<file path="lib/big.dart">\n${'x'.repeat(MAX_WHOLE_ANSWERS_CHARS)}\n</file>\n`;
+    expect(ownAnswers(long)).toBe('Here you go.\n[wrote lib/items.dart]\n[wrote lib/big.dart]\n');
   });
 });
