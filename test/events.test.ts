@@ -5,7 +5,7 @@ import { eq } from 'drizzle-orm';
 import postgres from 'postgres';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../src/config.js';
-import { generationChunks, generations, projects, users } from '../src/db/schema.js';
+import { generationChunks, generations } from '../src/db/schema.js';
 import { serviceScope } from '../src/db/scope.js';
 import { type ChunkEvent, createEventBusOver, createMemoryEventBus, type EventBus, type GenerationTopics, listen } from '../src/events/bus.js';
 import { createEventBus, type EventBusHandle, pointerTo } from '../src/events/index.js';
@@ -17,6 +17,7 @@ import { createTestDatabase, type TestDatabase, testDatabaseUrl } from './suppor
 import { within } from './support/generation-helpers.js';
 import { LogCapture } from './support/log-capture.js';
 import { type PrivateRedis, redisServerBin, startPrivateRedis } from './support/private-services.js';
+import { insertGenerationRow } from './support/rows.js';
 import { startTcpProxy } from './support/tcp-proxy.js';
 
 // The event buses. The cross-process ones, each instance standing for one process: what
@@ -56,15 +57,9 @@ function collect<K extends keyof GenerationTopics>(bus: EventBus, topic: K, id: 
 /** A user, project and generation with `chunks` persisted: what the pointer and catch-up reads find. */
 async function seedGeneration(database: TestDatabase, chunks: string[] = []) {
   return serviceScope(database.db).run(async (tx) => {
-    const userId = randomUUID();
-    await tx.insert(users).values({ id: userId, email: `events-${userId}@example.com` });
-    const [project] = await tx.insert(projects).values({ ownerId: userId, name: 'events', target: 'WEB' }).returning();
-    const [generation] = await tx
-      .insert(generations)
-      .values({ projectId: project!.id, createdBy: userId, sessionId: randomUUID(), prompt: 'p', provider: 'offline', model: 'offline' })
-      .returning();
-    if (chunks.length > 0) await tx.insert(generationChunks).values(chunks.map((text, seq) => ({ generationId: generation!.id, seq, text })));
-    return generation!;
+    const { generation } = await insertGenerationRow(tx, 'events');
+    if (chunks.length > 0) await tx.insert(generationChunks).values(chunks.map((text, seq) => ({ generationId: generation.id, seq, text })));
+    return generation;
   });
 }
 

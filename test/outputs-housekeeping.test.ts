@@ -9,13 +9,14 @@ import { sha256Of } from '../src/artifacts/blob-store.js';
 import { manifestStore } from '../src/artifacts/manifest-store.js';
 import { CACHE_PRUNE_EVERY_MS, type Outputs, createOutputs } from '../src/artifacts/outputs.js';
 import { parseConfig } from '../src/config.js';
-import { generations, projects, users } from '../src/db/schema.js';
+import { projects } from '../src/db/schema.js';
 import { serviceScope } from '../src/db/scope.js';
 import { createLogger } from '../src/observability/logger.js';
 import { createMetrics } from '../src/observability/metrics.js';
 import { type TestDatabase, createTestDatabase, databaseKind } from './support/db.js';
 import { type FakeSupabaseStorage, startFakeSupabaseStorage } from './support/fake-supabase-storage.js';
 import { tempDir } from './support/generation-helpers.js';
+import { insertGenerationRow } from './support/rows.js';
 
 // What outputs leave behind is taken away: an API instance (which collects no blobs) still
 // prunes the local copies of remote blobs it served, and one collection on Supabase Storage
@@ -56,15 +57,9 @@ async function seedBundle(outputs: Outputs, files: Record<string, string>) {
   const rows = Object.entries(files).map(([path, text]) => ({ kind: 'BUNDLE' as const, path, sha256: sha256Of(text), size: Buffer.byteLength(text) }));
   await outputs.store.putMany(Object.values(files).map((text) => ({ sha256: sha256Of(text), content: Buffer.from(text) })));
   return serviceScope(database.db).run(async (tx) => {
-    const userId = randomUUID();
-    await tx.insert(users).values({ id: userId, email: `housekeeping-${userId}@example.com` });
-    const [project] = await tx.insert(projects).values({ ownerId: userId, name: 'Housekeeping', target: 'WEB' }).returning();
-    const [generation] = await tx
-      .insert(generations)
-      .values({ projectId: project!.id, createdBy: userId, sessionId: randomUUID(), prompt: 'p', provider: 'offline', model: 'offline' })
-      .returning();
-    await manifestStore.insert(tx, rows.map((row) => ({ ...row, generationId: generation!.id })));
-    return { projectId: project!.id, generationId: generation!.id, sha256s: rows.map((row) => row.sha256) };
+    const { project, generation } = await insertGenerationRow(tx, 'Housekeeping');
+    await manifestStore.insert(tx, rows.map((row) => ({ ...row, generationId: generation.id })));
+    return { projectId: project.id, generationId: generation.id, sha256s: rows.map((row) => row.sha256) };
   });
 }
 

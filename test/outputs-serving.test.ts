@@ -1,4 +1,4 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir } from 'node:fs/promises';
 import { type IncomingMessage, type Server, type ServerResponse, createServer, get } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -13,7 +13,7 @@ import { postgresBlobStore } from '../src/artifacts/postgres-blob-store.js';
 import { supabaseBlobStore } from '../src/artifacts/supabase-blob-store.js';
 import { manifestStore } from '../src/artifacts/manifest-store.js';
 import { type CapabilityKind, loadUrlKey, signCapability } from '../src/artifacts/signed-urls.js';
-import { artifactBlobs, generationFiles, generations, projects, users } from '../src/db/schema.js';
+import { artifactBlobs, generationFiles } from '../src/db/schema.js';
 import { serviceScope } from '../src/db/scope.js';
 import { createLogger } from '../src/observability/logger.js';
 import { createMetrics } from '../src/observability/metrics.js';
@@ -21,6 +21,7 @@ import { type TestDatabase, createTestDatabase, databaseKind } from './support/d
 import { tempDir } from './support/generation-helpers.js';
 import { LogCapture } from './support/log-capture.js';
 import { rawGet } from './support/raw-http.js';
+import { insertGenerationRow } from './support/rows.js';
 
 // The output handlers on their own, over a blob store the test controls: what a data
 // directory's name, clients that go away, and many first requests at once do to them.
@@ -146,14 +147,7 @@ async function seedGeneration(bundle: Record<string, string>, sources: Record<st
       return { kind, path, sha256, size: content.length };
     });
   const generationId = await serviceScope(database.db).run(async (tx) => {
-    const userId = randomUUID();
-    await tx.insert(users).values({ id: userId, email: `serving-${userId}@example.com` });
-    const [project] = await tx.insert(projects).values({ ownerId: userId, name: 'Serving test', target: 'WEB' }).returning();
-    const [generation] = await tx
-      .insert(generations)
-      .values({ projectId: project!.id, createdBy: userId, sessionId: randomUUID(), prompt: 'p', provider: 'offline', model: 'offline' })
-      .returning();
-    const id = generation!.id;
+    const { id } = (await insertGenerationRow(tx, 'Serving test')).generation;
     const rows = [...entries('BUNDLE', bundle), ...entries('SOURCE', sources)].map((row) => ({ ...row, generationId: id }));
     if (rows.length > 0) await manifestStore.insert(tx, rows);
     const files = entries('SOURCE', sources).map(({ path, sha256, size }) => ({ generationId: id, path, sha256, size, content: sources[path]! }));
