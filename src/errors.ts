@@ -46,10 +46,26 @@ export class InvalidStateError extends AppError {
   readonly kind = 'InvalidStateError';
 }
 
+/** A project's tokens of the month: spent by its generations, and held by those still queued or running. */
+export interface MonthTokens {
+  spent: number;
+  reserved: number;
+}
+
 export class BudgetExceededError extends AppError {
   readonly kind = 'BudgetExceededError';
-  constructor(readonly limit: number, readonly used: number) {
-    super(`The project's monthly token budget is used up (${used} of ${limit} tokens).`);
+  /** Tokens spent this month. */
+  readonly used: number;
+  /** Tokens held by generations still queued or running, until their usage replaces them. */
+  readonly reserved: number;
+  constructor(readonly limit: number, { spent, reserved }: MonthTokens) {
+    super(
+      reserved > 0
+        ? `The project's monthly token budget (${limit} tokens) is taken: ${spent} spent this month and ${reserved} held by generations still queued or running. Try again when they end.`
+        : `The project's monthly token budget is used up (${spent} of ${limit} tokens spent this month).`,
+    );
+    this.used = spent;
+    this.reserved = reserved;
   }
 }
 

@@ -26,17 +26,20 @@ import {
 import { MAX_PATH_LENGTH } from '../generations/safe-path.js';
 import { CONVERSATION_MAX_CHARS, CONVERSATION_MAX_MESSAGES } from '../generations/store.js';
 import { email, MAX_PROJECT_MEMBERS, projectDescription, projectName } from '../projects/projects.js';
+import { MAX_DIAGNOSTIC_MESSAGE_CHARS } from '../toolchain/diagnostics.js';
 import { getTarget, type ProjectTarget } from '../toolchain/targets.js';
 import { MAX_NODE_IDS } from './schema/ids.js';
 
 // The cost of an operation (GRAPHQL_MAX_COST) is what its response can weigh at worst, in
 // KiB: every selected field costs a key and a short value, text that can be long costs its
-// longest, and each counts as many times as it can appear, the product of the pages, ids
-// and list bounds above it. It is read from the document alone, before any variable:
-// a variable `first` or `ids`, like an omitted `first`, is priced at the most it may be.
-// So aliases, fragments, pages or nested lists cannot multiply a response past a size set
-// in advance. Text is counted in characters, except where noted: escaping can make a
-// model's output longer in JSON, and pricing that too would refuse a whole output.
+// longest (in a list, text bounded for all items together costs its share of that bound,
+// and fields cut from the same text share one), and each counts as many times as it can
+// appear, the product of the pages, ids and list bounds above it. It is read from the
+// document alone, before any variable: a variable `first` or `ids`, like an omitted
+// `first`, is priced at the most it may be. So aliases, fragments, pages or nested lists
+// cannot multiply a response past a size set in advance. Text is counted in characters,
+// except where noted: escaping can make a model's output longer in JSON, and pricing that
+// too would refuse a whole output.
 
 const KIB = 1024;
 /** A field's key, punctuation and a short value: an id, a date, a number or an enum. */
@@ -49,6 +52,10 @@ const BUILD_LOG_MAX_TAIL = 1000;
 
 /** Builds of one generation: the first, then a fix round's each. */
 const BUILDS = 1 + MAX_FIX_ROUNDS;
+
+/** The build tools' lines kept for the diagnostics parser, over every build. */
+const PARSED_KIB = (BUILDS * MAX_PARSED_CHARS) / KIB;
+const DIAGNOSTIC_TEXT = ['Diagnostic.message', 'Diagnostic.path', 'Diagnostic.code'];
 
 /** A diff's patches: every line of both versions, each with its one-character prefix. */
 const PATCHES_KIB = (2 * MAX_VERSION_BYTES) / KIB;
@@ -80,9 +87,10 @@ const PRICES: Record<string, Price> = {
   'Archive.url': () => 1,
   'Archive.filename': () => text(MAX_PATH_LENGTH, 3),
   'GenerationChunk.text': () => text(MAX_CHUNK_CHARS, 3),
-  'Diagnostic.message': () => text(MAX_PARSED_CHARS),
-  'Diagnostic.path': () => text(MAX_PARSED_CHARS),
-  'Diagnostic.code': () => text(MAX_PARSED_CHARS),
+  // One diagnostic's own bounds; in a list, the list's bound on them all is the smaller.
+  'Diagnostic.message': () => text(MAX_DIAGNOSTIC_MESSAGE_CHARS),
+  'Diagnostic.path': () => LOG_LINE_KIB,
+  'Diagnostic.code': () => LOG_LINE_KIB,
 };
 
 interface ListBound {
@@ -90,6 +98,8 @@ interface ListBound {
   items: (field: FieldNode, schema: GraphQLSchema) => number;
   /** Text whose length is bounded for all items together: KiB of the whole list, by coordinate. */
   together?: Record<string, number>;
+  /** Fields of `together` cut from the same text: KiB of the whole list for all of them (an alias of one counts in full again). */
+  sharing?: { fields: string[]; kib: number };
 }
 
 /** Every list of the schema that is no connection's edges (a test holds this to the schema). */
@@ -109,10 +119,13 @@ export const LIST_BOUNDS: Record<string, ListBound> = {
   'Generation.buildSteps': {
     items: (_field, schema) => BUILDS * Math.max(...enumValues(schema, 'ProjectTarget').map((target) => getTarget(target as ProjectTarget).steps.length)),
   },
-  // Message, path and code are all cut from the lines parsed.
+  // Message, path and code are cut from the lines parsed, each line once, but for a message
+  // that is a whole line naming its path (Vite's "failed to resolve import … from <path>"):
+  // each holds at most all of the lines, the three together at most twice that.
   'Generation.diagnostics': {
     items: () => BUILDS * MAX_PARSED_LINES,
-    together: Object.fromEntries(['message', 'path', 'code'].map((name) => [`Diagnostic.${name}`, text(BUILDS * MAX_PARSED_CHARS)])),
+    together: Object.fromEntries(DIAGNOSTIC_TEXT.map((coordinate) => [coordinate, PARSED_KIB])),
+    sharing: { fields: DIAGNOSTIC_TEXT, kib: 2 * PARSED_KIB },
   },
   'Generation.fixRounds': { items: () => MAX_FIX_ROUNDS },
   // At most a few issues for each field of the largest input (five fields), each at a path of a few steps.
@@ -123,7 +136,7 @@ export const LIST_BOUNDS: Record<string, ListBound> = {
 /** The cost of one operation. */
 function operationCost(context: ValidationContext, operation: OperationDefinitionNode): number {
   const root = context.getSchema().getRootType(operation.operation);
-  return root ? priceOf(context, operation.selectionSet, root, 1, new Set(), {}) : 0;
+  return root ? priceOf(context, operation.selectionSet, root, 1, new Set(), { each: {} }) : 0;
 }
 
 /** A validation rule that hands each operation's cost to `check`. */
@@ -131,6 +144,12 @@ export function operationCostRule(check: (context: ValidationContext, cost: numb
   return (context: ValidationContext): ASTVisitor => ({
     OperationDefinition: { leave: (operation) => check(context, operationCost(context, operation)) },
   });
+}
+
+/** KiB per item of the enclosing list's text that is bounded all together (ListBound.together, .sharing). */
+interface Shares {
+  each: Record<string, number>;
+  sharing?: { fields: ReadonlySet<string>; left: number; priced: Set<string> };
 }
 
 /**
@@ -143,7 +162,7 @@ function priceOf(
   type: GraphQLNamedType,
   times: number,
   spreading: Set<string>,
-  shares: Record<string, number>,
+  shares: Shares,
 ): number {
   const schema = context.getSchema();
   let cost = 0;
@@ -175,16 +194,32 @@ function priceOf(
     const definition = type.getFields()[name];
     if (!definition) continue; // unknown fields fail validation anyway
     const coordinate = `${type.name}.${name}`;
-    cost += times * (FIELD_KIB + (shares[coordinate] ?? PRICES[coordinate]?.(selection) ?? 0));
+    cost += times * (FIELD_KIB + textPrice(coordinate, selection, shares));
     if (!selection.selectionSet) continue;
     const bound = LIST_BOUNDS[coordinate];
     const paged = definition.args.some((argument) => argument.name === 'first');
     // A connection's edges hold the page counted on its field.
     const items = bound ? bound.items(selection, schema) : paged ? pageOf(selection) : 1;
-    const inner = Object.fromEntries(Object.entries(bound?.together ?? {}).map(([field, total]) => [field, total / items]));
+    const inner: Shares = {
+      each: Object.fromEntries(Object.entries(bound?.together ?? {}).map(([field, total]) => [field, total / items])),
+      sharing: bound?.sharing && { fields: new Set(bound.sharing.fields), left: bound.sharing.kib / items, priced: new Set() },
+    };
     cost += priceOf(context, selection.selectionSet, getNamedType(definition.type), times * items, spreading, inner);
   }
   return cost;
+}
+
+/** A text field's KiB per item: its share of the enclosing list's bound, else its own longest. */
+function textPrice(coordinate: string, field: FieldNode, shares: Shares): number {
+  const share = shares.each[coordinate];
+  if (share === undefined) return PRICES[coordinate]?.(field) ?? 0;
+  const { sharing } = shares;
+  if (!sharing?.fields.has(coordinate) || sharing.priced.has(coordinate)) return share;
+  // The first of each sharing field takes what the others left of their common bound.
+  sharing.priced.add(coordinate);
+  const price = Math.min(share, sharing.left);
+  sharing.left -= price;
+  return price;
 }
 
 /** A connection's page: its literal `first`, else (a variable, or the default page) the largest page. */

@@ -15,7 +15,8 @@ import { DATABASE_UNAVAILABLE, expected } from './stream-errors.js';
 export function useRequestIdErrors(): Plugin<Context> {
   return {
     onExecute: ({ args }) => ({
-      onExecuteDone: (payload) => handleStreamOrSingleExecutionResult(payload, ({ result, setResult }) => setResult(maskResult(result, args.contextValue as Context))),
+      onExecuteDone: (payload) =>
+        handleStreamOrSingleExecutionResult(payload, ({ result, setResult }) => setResult(maskResult(withRequestErrorCodes(result), args.contextValue as Context))),
     }),
     // A subscription that could not start; a stream masks its own results (shared-execution.ts).
     onSubscribe: ({ args }) => ({
@@ -24,6 +25,26 @@ export function useRequestIdErrors(): Plugin<Context> {
       },
     }),
   };
+}
+
+/**
+ * A result without data failed before execution (variables that do not fit the operation,
+ * an unknown operation name): the request's own fault, over every transport. Its errors say
+ * BAD_USER_INPUT, with the status Yoga's executor gives them (400).
+ */
+export function withRequestErrorCodes(result: ExecutionResult): ExecutionResult {
+  if (result.data !== undefined || !result.errors?.length) return result;
+  // An error with an unexpected cause is left to masking.
+  const coded = result.errors.map((error) =>
+    error.extensions.code === undefined && (!error.originalError || error.originalError instanceof GraphQLError)
+      ? new GraphQLError(error.message, {
+          nodes: error.nodes,
+          originalError: error.originalError,
+          extensions: { http: { status: 400 }, ...error.extensions, code: 'BAD_USER_INPUT' },
+        })
+      : error,
+  );
+  return { ...result, errors: coded };
 }
 
 /** The result with each unexpected error as "Unexpected error." and the request id, its original logged under that id. */

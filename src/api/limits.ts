@@ -6,8 +6,10 @@ import { operationCostRule } from './content-cost.js';
 
 // Limits on what one operation may ask for, on every transport: the rules run in
 // envelop's parse and validate, which HTTP, SSE and graphql-ws (yoga.getEnveloped)
-// all go through. A refused operation learns that it was too big, never which limit
-// it crossed or where the limit is, so it cannot be tuned to sit just below it.
+// all go through. A refused operation learns that it was too big, never which of depth,
+// aliases, directives or tokens it crossed or where that limit is. Its cost is the
+// exception: anyone can work it out from the document and the schema, so the refusal
+// says what the document cost and what the limit is, for a client to see how much to drop.
 
 export interface QueryLimits {
   maxDepth: number;
@@ -20,7 +22,8 @@ export interface QueryLimits {
 export const OPERATION_TOO_COMPLEX = 'OPERATION_TOO_COMPLEX';
 const TOO_COMPLEX_MESSAGE = 'This operation is too large or too complex; ask for less in one operation.';
 
-const tooComplex = () => new GraphQLError(TOO_COMPLEX_MESSAGE, { extensions: { code: OPERATION_TOO_COMPLEX } });
+const tooComplex = (cost?: { cost: number; limit: number }) =>
+  new GraphQLError(TOO_COMPLEX_MESSAGE, { extensions: { code: OPERATION_TOO_COMPLEX, ...cost } });
 
 /** Depth (fragments followed), aliases, directives (graphql-armor), cost (content-cost.ts) and tokens (graphql's parser). */
 export function useQueryLimits(limits: QueryLimits): Plugin[] {
@@ -43,7 +46,7 @@ export function useQueryLimits(limits: QueryLimits): Plugin[] {
     onValidate({ addValidationRule }) {
       addValidationRule(
         operationCostRule((context, price) => {
-          if (price > limits.maxCost) context.reportError(tooComplex());
+          if (price > limits.maxCost) context.reportError(tooComplex({ cost: Math.ceil(price), limit: limits.maxCost }));
         }),
       );
     },
@@ -65,10 +68,11 @@ function useTokenLimit(maxTokens: number): Plugin {
       });
     },
     onValidate() {
-      // Over several limits at once is still one problem.
+      // Over several limits at once is still one problem: the cost's refusal, which says more, when it is one.
       return ({ result, setResult }) => {
-        const first = result.findIndex((error) => error.extensions?.code === OPERATION_TOO_COMPLEX);
-        if (first >= 0) setResult(result.filter((error, i) => i === first || error.extensions?.code !== OPERATION_TOO_COMPLEX));
+        const refusals = result.filter((error) => error.extensions?.code === OPERATION_TOO_COMPLEX);
+        const kept = refusals.find((error) => error.extensions.cost !== undefined) ?? refusals[0];
+        if (kept) setResult(result.filter((error) => error === kept || error.extensions?.code !== OPERATION_TOO_COMPLEX));
       };
     },
   };

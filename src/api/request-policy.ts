@@ -1,4 +1,5 @@
 import { useCSRFPrevention } from '@graphql-yoga/plugin-csrf-prevention';
+import { GraphQLError } from 'graphql';
 import { createGraphQLError, type Plugin } from 'graphql-yoga';
 
 // Cross-site requests. A browser sends a "simple" request (a GET, or a POST of a form
@@ -18,6 +19,7 @@ const JSON_MEDIA_TYPES = ['application/json', 'application/graphql-response+json
 const PREFLIGHTED_HEADERS = ['authorization', 'x-graphql-yoga-csrf', 'apollo-require-preflight', 'x-apollo-operation-name'];
 
 export function useRequestPolicy(): Plugin[] {
+  const csrf = useCSRFPrevention({ requestHeaders: PREFLIGHTED_HEADERS });
   return [
     {
       onRequestParse({ request, setRequestParser }) {
@@ -32,7 +34,19 @@ export function useRequestPolicy(): Plugin[] {
         setRequestParser(parseJsonBody);
       },
     },
-    useCSRFPrevention({ requestHeaders: PREFLIGHTED_HEADERS }),
+    {
+      // The plugin's refusal carries no code, where every other refusal of a request has one.
+      onRequestParse(payload) {
+        try {
+          return csrf.onRequestParse?.(payload);
+        } catch (error) {
+          if (!(error instanceof GraphQLError)) throw error;
+          throw createGraphQLError(`${error.message}: a GET must carry Authorization or one of ${PREFLIGHTED_HEADERS.slice(1).join(', ')}.`, {
+            extensions: { code: 'CSRF_HEADER_MISSING', http: { status: 403 } },
+          });
+        }
+      },
+    },
   ];
 }
 

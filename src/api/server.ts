@@ -15,7 +15,7 @@ import { usePersistedOperationsOnly } from './persisted-operations.js';
 import { useSchemaPrivacy } from './production.js';
 import { clientAddress } from './rate-limit.js';
 import { useRequestPolicy } from './request-policy.js';
-import { useNulRefusal } from './input-guard.js';
+import { useUnstorableTextRefusal } from './input-guard.js';
 import { schema } from './schema/index.js';
 import { useSharedSubscriptionExecution } from './shared-execution.js';
 import { useSseSubscriptions } from './sse.js';
@@ -67,7 +67,7 @@ export function buildApp(services: Services): App {
       useChunkedBodyLimit(config.limits.maxBodyBytes),
       ...(manifest ? usePersistedOperationsOnly(manifest) : []),
       ...useQueryLimits(config.limits),
-      useNulRefusal(),
+      useUnstorableTextRefusal(),
       ...(config.exposeSchema ? [] : useSchemaPrivacy()),
       // useStreamErrors before useRequestIdErrors: it turns expected stream failures into results before masking.
       useStreamErrors(),

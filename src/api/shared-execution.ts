@@ -2,7 +2,7 @@ import { RequestCache } from '@pothos/plugin-scope-auth';
 import { type DocumentNode, type ExecutionArgs, type ExecutionResult, GraphQLError, createSourceEventStream, execute, getOperationAST, Kind } from 'graphql';
 import { isAsyncIterable, mapAsyncIterator, type Plugin } from 'graphql-yoga';
 import type { Context } from './context.js';
-import { maskResult } from './errors-plugin.js';
+import { maskResult, withRequestErrorCodes } from './errors-plugin.js';
 import { lastResultOf } from './stream-errors.js';
 
 // Fan-out: a thousand viewers of one generation receive the very same live batch
@@ -93,17 +93,6 @@ function located(error: unknown, { document, operationName }: ExecutionArgs): Gr
   const operation = getOperationAST(document, operationName) ?? undefined;
   const original = error instanceof Error ? error : new Error(String(error));
   return new GraphQLError(original.message, { originalError: original, nodes: operation });
-}
-
-/** Errors of the request itself (variables that do not fit) say BAD_USER_INPUT, as Yoga's executor has them. */
-function withRequestErrorCodes(result: ExecutionResult): ExecutionResult {
-  for (const error of result.errors ?? []) {
-    if (error.path) continue;
-    const extensions = error.extensions as Record<string, unknown>;
-    extensions.code ??= 'BAD_USER_INPUT';
-    extensions.http ??= { status: 400 };
-  }
-  return result;
 }
 
 /**

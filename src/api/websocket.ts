@@ -110,8 +110,13 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
   // The wait for connection_init and the pings are Kiln's, not graphql-ws's: graphql-ws
   // holds two timers per socket for as long as it is open, where a deadline until the
   // init and one interval for every socket do.
-  wss.on('connection', (socket: BatchingWebSocket) => {
+  wss.on('connection', (socket: BatchingWebSocket, peer: Peer) => {
     socket.initWait = initWaits.schedule(performance.now() + options.connectionInitTimeoutMs, () => initTimeout(socket));
+    // A frame the protocol refuses (1007 invalid UTF-8, 1009 too big, 1002 malformed) or a
+    // failed write: ws has closed the socket already. Any client can send one, before any
+    // token, so it is a line at debug level, not graphql-ws's stack trace on stderr.
+    socket.onError = (error) =>
+      log.debug({ clientIp: peer.clientIp, code: (error as { code?: unknown }).code, reason: error.message }, 'socket error: the socket is closed');
   });
   const keepAlive = options.keepAliveMs > 0 ? setInterval(() => ping(wss.clients as Set<BatchingWebSocket>), options.keepAliveMs).unref() : undefined;
 
@@ -271,8 +276,8 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
  * send's callback before it pulls the next result, so a replay of hundreds of chunks
  * would otherwise cost one write (and one wait) per message. Past the socket's
  * high-water mark the callback waits for the write again: a peer that stops reading
- * still holds its streams back. It also carries its wait for connection_init and its
- * keep-alive state, so that neither needs a timer or a listener of its own.
+ * still holds its streams back. It also carries its wait for connection_init, its
+ * keep-alive state and its error handling, so that none needs a timer or a listener of its own.
  */
 class BatchingWebSocket extends WebSocket {
   #corked = false;
@@ -280,6 +285,11 @@ class BatchingWebSocket extends WebSocket {
   initWait: Deadline | undefined;
   /** Pinged, and no pong since: at the next ping it is terminated. */
   awaitingPong = false;
+  /**
+   * Takes the socket's 'error' events in place of any listener: graphql-ws's would print
+   * each to stderr with console.error and close a socket that ws has closed already.
+   */
+  onError: ((error: Error) => void) | undefined;
 
   /**
    * A text message is handed on as a string: graphql-ws keeps the message it is handling
@@ -287,6 +297,10 @@ class BatchingWebSocket extends WebSocket {
    * one graphql-ws parses and keeps anyway, not a Buffer besides.
    */
   override emit(event: string | symbol, ...args: unknown[]): boolean {
+    if (event === 'error') {
+      this.onError?.(args[0] as Error);
+      return true;
+    }
     // A pong is taken here rather than by a listener on every socket.
     if (event === 'pong') this.awaitingPong = false;
     if (event === 'message' && args[1] === false && Buffer.isBuffer(args[0])) args[0] = args[0].toString();

@@ -1,6 +1,6 @@
 import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
-import { RunError } from '../errors.js';
+import { type MonthTokens, RunError } from '../errors.js';
 import type { LlmUsage } from '../llm/provider.js';
 import { type GenerationRow, generationStore } from './store.js';
 
@@ -94,12 +94,18 @@ export async function reserveAtStart(
   tx: Tx,
   project: { id: string; monthlyTokenLimit: number | null },
   estimate: number,
-  exceeded: (limit: number, committed: number) => Error,
+  exceeded: (limit: number, taken: MonthTokens) => Error,
 ): Promise<number> {
   const limit = project.monthlyTokenLimit;
   if (limit === null) return 0;
-  const committed = await generationStore.committedOfProject(tx, project.id, monthStart());
-  if (committed >= limit) throw exceeded(limit, committed);
+  const since = monthStart();
+  const committed = await generationStore.committedOfProject(tx, project.id, since);
+  if (committed >= limit) {
+    // Told apart only for the refusal: a reservation is no usage, and the person refused should know which it is.
+    const [usage] = await generationStore.usageOfProjects(tx, [project.id], since);
+    const spent = (usage?.inputTokens ?? 0) + (usage?.outputTokens ?? 0);
+    throw exceeded(limit, { spent, reserved: committed - spent });
+  }
   return Math.min(estimate, limit - committed);
 }
 

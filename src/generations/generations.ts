@@ -235,7 +235,7 @@ async function checkLimits(
   // Lock order: archiving, the session, the user's starts, then the project's budget (runs growing their reservation take only the latter).
   const budgeted = spendsTokens && project.monthlyTokenLimit !== null;
   await generationStore.lockStartsOfUser(tx, userId, budgeted ? project.id : undefined);
-  const reserved = spendsTokens ? await reserveAtStart(tx, project, deps.budgetReservationTokens ?? 0, (limit, committed) => new BudgetExceededError(limit, committed)) : 0;
+  const reserved = spendsTokens ? await reserveAtStart(tx, project, deps.budgetReservationTokens ?? 0, (limit, taken) => new BudgetExceededError(limit, taken)) : 0;
   await refuseBeyondActiveLimit(tx, deps.maxActivePerUser, userId);
   return reserved;
 }

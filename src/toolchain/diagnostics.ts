@@ -24,7 +24,7 @@ export interface Diagnostic {
 export type DiagnosticFormat = 'tsc' | 'vite' | 'flutter-analyze';
 
 /** One message at most this long, so a runaway line cannot fill a prompt. */
-const MAX_MESSAGE_CHARS = 1000;
+export const MAX_DIAGNOSTIC_MESSAGE_CHARS = 1000;
 
 /**
  * `workspaceDirs`: the workspace as the server names it and as the tools print it, with
@@ -33,7 +33,7 @@ const MAX_MESSAGE_CHARS = 1000;
 export function parseDiagnostics(format: DiagnosticFormat, lines: readonly string[], workspaceDirs: readonly string[]): Diagnostic[] {
   const found = parsers[format](lines.map(plainText), workspaceDirs);
   const scrub = workspaceScrubber(workspaceDirs);
-  return found.map((d) => ({ ...d, message: truncateWithEllipsis(scrub(d.message), MAX_MESSAGE_CHARS) }));
+  return found.map((d) => ({ ...d, message: truncateWithEllipsis(scrub(d.message), MAX_DIAGNOSTIC_MESSAGE_CHARS) }));
 }
 
 /**

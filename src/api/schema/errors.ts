@@ -33,7 +33,13 @@ builder.objectType(ValidationError, {
 builder.objectType(BudgetExceededError, {
   name: 'BudgetExceededError',
   interfaces: [ErrorInterface],
-  fields: (t) => ({ limit: t.exposeInt('limit'), used: t.exposeInt('used') }),
+  fields: (t) => ({
+    limit: t.exposeInt('limit', { description: "The project's monthly token limit." }),
+    used: t.exposeInt('used', { description: 'Tokens spent this month (what Project.usage counts).' }),
+    reserved: t.exposeInt('reserved', {
+      description: 'Tokens held by generations still queued or running: each holds an estimate until it ends and its usage replaces it. used + reserved reached the limit.',
+    }),
+  }),
 });
 
 builder.objectType(RateLimitedError, {
