@@ -1,14 +1,14 @@
 import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import type { Page, WebSocketRoute } from 'playwright-core';
+import type { Locator, Page, WebSocketRoute } from 'playwright-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { ProjectDocument, ProjectsDocument, RefreshSessionDocument } from '../gql/graphql.js';
 import { signIn, uniqueEmail } from '../support/fixtures.js';
 import { getGeneration, repoRoot } from '../support/generation-helpers.js';
-import { useTestServer } from '../support/server.js';
+import { type TestServer, useTestServer } from '../support/server.js';
 import { useGenerationServer } from '../support/suite-server.js';
-import { chromiumMissing, outputDir, useBrowser } from './browser.js';
+import { type BrowserSession, chromiumMissing, openBrowser, outputDir, useBrowser } from './browser.js';
 
 // The reference client (web/) in Chromium, served by Kiln at `/`, found by the accessible
 // names that are part of the contract. FLUTTER with the fake flutter (the WEB target's
@@ -315,6 +315,344 @@ describe.skipIf(chromiumMissing)('tabs of the web client that share a refresh to
       expect(browser.escaped).toEqual([]);
     } finally {
       await second.close();
+    }
+  });
+});
+
+// What the client does when things go wrong: a stream ended by the server, a socket that
+// cannot connect, signed URLs that expired, a refresh refused for a while; and where the
+// keyboard focus goes. Each test opens a tab of its own (one session per tab).
+
+/** A new tab of `session` with a new user signed up in it, showing the projects. */
+async function signedUpTab(session: BrowserSession, url: string, label: string) {
+  const page = await session.context.newPage();
+  const errors: string[] = [];
+  page.on('pageerror', (error) => errors.push(String(error)));
+  const email = uniqueEmail(label);
+  await page.goto(url);
+  await page.getByRole('textbox', { name: 'Email' }).fill(email);
+  await page.getByRole('textbox', { name: 'Password' }).fill(PASSWORD);
+  await page.getByRole('button', { name: 'Sign up' }).click();
+  await page.getByRole('heading', { name: 'Projects' }).waitFor();
+  return { page, email, errors };
+}
+
+/** Creates a FLUTTER project, generates `prompt` in it and waits until the generation succeeded. */
+async function generateApp(page: Page, project: string, prompt: string) {
+  await page.getByRole('textbox', { name: 'Project name' }).fill(project);
+  await page.getByRole('combobox', { name: 'Target' }).selectOption('FLUTTER');
+  await page.getByRole('button', { name: 'Create project' }).click();
+  await page.getByRole('textbox', { name: 'Prompt' }).fill(prompt);
+  await page.getByRole('button', { name: 'Generate' }).click();
+  await expect.poll(() => textOf(page.getByRole('status')), { timeout: 60_000 }).toContain('SUCCEEDED');
+}
+
+const textOf = async (locator: Locator) => ((await locator.count()) > 0 ? await locator.innerText() : '');
+
+/** What the page shows as the model's output, exactly. */
+const shownOutput = (page: Page) => page.getByRole('log', { name: 'Model output' }).locator('pre').textContent().then((text) => text ?? '');
+
+/** The output the server stored for the user's latest generation. */
+async function storedOutput(server: TestServer, email: string): Promise<string> {
+  const user = await signIn(server, email, PASSWORD);
+  const { projects } = await user.client.expectNoErrors(ProjectsDocument, { first: 1 });
+  const { project } = await user.client.expectNoErrors(ProjectDocument, { id: projects.edges[0]!.node.id });
+  return (await getGeneration(user.client, project!.generations.edges[0]!.node.id)).output;
+}
+
+const shot = (page: Page, suite: string, name: string) => page.screenshot({ path: join(outputDir, suite, `${name}.png`), fullPage: true });
+
+describe.skipIf(chromiumMissing)('the web client when a stream or the socket fails', () => {
+  const browser = useBrowser('web-client-failures');
+
+  it('resumes a stream the server ended with DATABASE_UNAVAILABLE from its last seq, with no error left on the page', async () => {
+    const { page, email, errors } = await signedUpTab(browser, suite.server.url, 'e2e-db-outage');
+    // The third chunk of the first chunk stream is replaced by the last result the server sends
+    // when the database stayed unreachable (src/api/stream-errors.ts), then the stream ends.
+    let injected = false;
+    await page.routeWebSocket(/\/graphql$/, (socket) => {
+      const server = socket.connectToServer();
+      const chunkStreams = new Map<string, number>();
+      const ended = new Set<string>();
+      socket.onMessage((message) => {
+        const { type, id, payload } = JSON.parse(String(message)) as { type: string; id: string; payload?: { query: string } };
+        if (type === 'subscribe' && payload!.query.includes('generationChunks')) chunkStreams.set(id, 0);
+        server.send(message);
+      });
+      server.onMessage((message) => {
+        const { type, id } = JSON.parse(String(message)) as { type: string; id: string };
+        if (ended.has(id)) return;
+        if (type === 'next' && chunkStreams.has(id) && !injected) {
+          const count = chunkStreams.get(id)! + 1;
+          chunkStreams.set(id, count);
+          if (count === 3) {
+            injected = true;
+            ended.add(id);
+            server.send(JSON.stringify({ id, type: 'complete' }));
+            const errors = [{ message: 'The database is unreachable for the moment; try again shortly.', extensions: { code: 'DATABASE_UNAVAILABLE' } }];
+            socket.send(JSON.stringify({ id, type: 'next', payload: { data: null, errors } }));
+            socket.send(JSON.stringify({ id, type: 'complete' }));
+            return;
+          }
+        }
+        socket.send(message);
+      });
+    });
+    try {
+      await generateApp(page, 'Outage', 'A recipe box');
+      expect(injected).toBe(true);
+      const stored = await storedOutput(suite.server, email);
+      await expect.poll(() => shownOutput(page), { timeout: 30_000 }).toBe(stored);
+      expect(await page.getByRole('alert').count()).toBe(0);
+      expect(await textOf(page.getByRole('status'))).not.toContain('Reconnecting');
+      await shot(page, 'web-client-failures', '1-resumed-after-db-outage');
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+
+  it('says it is reconnecting when the WebSocket cannot connect, and shows a finished version over HTTP', async () => {
+    const { page, email, errors } = await signedUpTab(browser, suite.server.url, 'e2e-no-socket');
+    try {
+      await generateApp(page, 'No socket', 'A packing list');
+      // From now on every socket is closed as a proxy without WebSocket support would.
+      let attempts = 0;
+      await page.routeWebSocket(/\/graphql$/, (socket) => {
+        attempts++;
+        void socket.close({ code: 1011, reason: 'upstream' });
+      });
+      await page.reload();
+      await page.getByText('Reconnecting… (upstream)').waitFor({ timeout: 30_000 });
+      await expect.poll(() => textOf(page.getByRole('status')), { timeout: 30_000 }).toContain('SUCCEEDED');
+      await expect.poll(() => shownOutput(page), { timeout: 30_000 }).toBe(await storedOutput(suite.server, email));
+      await expect.poll(() => textOf(page.frameLocator('iframe[title="Preview"]').locator('h1')), { timeout: 30_000 }).toMatch(/packing list/i);
+      await page.getByRole('link', { name: 'Download ZIP' }).waitFor();
+      expect(attempts).toBeGreaterThan(1);
+      await shot(page, 'web-client-failures', '2-no-socket');
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+
+  it('keeps the output a reader selected while more of it streams in', async () => {
+    const { page, errors } = await signedUpTab(browser, suite.server.url, 'e2e-select');
+    const status = page.getByRole('status');
+    try {
+      await page.getByRole('textbox', { name: 'Project name' }).fill('Select');
+      await page.getByRole('combobox', { name: 'Target' }).selectOption('FLUTTER');
+      await page.getByRole('button', { name: 'Create project' }).click();
+      await page.getByRole('textbox', { name: 'Prompt' }).fill('A recipe box');
+      await page.getByRole('button', { name: 'Generate' }).click();
+      await expect.poll(async () => (await textOf(status)).includes('RUNNING') && (await shownOutput(page)).length > 20, { timeout: 30_000 }).toBe(true);
+      // Select the first characters of the output, as a reader dragging over them would.
+      const selected = await page.evaluate(() => {
+        const pre = document.querySelector('[aria-label="Model output"] pre')!;
+        const text = document.createTreeWalker(pre, NodeFilter.SHOW_TEXT).nextNode()!;
+        getSelection()!.setBaseAndExtent(text, 0, text, Math.min(20, text.textContent!.length));
+        return getSelection()!.toString();
+      });
+      expect(selected.length).toBeGreaterThan(0);
+      const seen = (await shownOutput(page)).length;
+      await expect.poll(async () => (await shownOutput(page)).length, { timeout: 30_000 }).toBeGreaterThan(seen);
+      expect(await page.evaluate(() => getSelection()!.toString())).toBe(selected);
+      await shot(page, 'web-client-failures', '3-selection-kept');
+      await expect.poll(() => textOf(status), { timeout: 60_000 }).toContain('SUCCEEDED');
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+});
+
+describe.skipIf(chromiumMissing)('signed URLs of the web client after they expired', () => {
+  // Preview and archive URLs that live 3 s: the test waits until the server refuses them.
+  const shortLived = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '5', SIGNED_URL_TTL_SECONDS: '3' });
+  const browser = useBrowser('web-client-expiry');
+
+  it('downloads the ZIP and reloads the preview with fresh URLs', async () => {
+    const { page, errors } = await signedUpTab(browser, shortLived.server.url, 'e2e-expiry');
+    try {
+      await generateApp(page, 'Expiry', 'A packing list');
+      const preview = page.frameLocator('iframe[title="Preview"]');
+      await expect.poll(() => textOf(preview.locator('h1')), { timeout: 30_000 }).toMatch(/packing list/i);
+      const previewUrl = (await page.locator('iframe[title="Preview"]').getAttribute('src'))!;
+      const archiveUrl = (await page.getByRole('link', { name: 'Download ZIP' }).getAttribute('href'))!;
+      const statusOf = async (url: string) => (await fetch(new URL(url, shortLived.server.url))).status;
+      await expect.poll(() => statusOf(previewUrl), { timeout: 30_000 }).toBe(410);
+      await expect.poll(() => statusOf(archiveUrl), { timeout: 30_000 }).toBe(410);
+
+      // A reload inside the preview, as its own navigation would do.
+      const frame = (await (await page.locator('iframe[title="Preview"]').elementHandle())!.contentFrame())!;
+      await frame.evaluate(() => location.reload()).catch(() => {});
+      await expect.poll(() => page.locator('iframe[title="Preview"]').getAttribute('src'), { timeout: 30_000 }).not.toBe(previewUrl);
+      await expect.poll(() => textOf(preview.locator('h1')), { timeout: 30_000 }).toMatch(/packing list/i);
+      await shot(page, 'web-client-expiry', '1-preview-reloaded');
+
+      const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('link', { name: 'Download ZIP' }).click()]);
+      expect(await download.failure()).toBeNull();
+      const zip = await readFile(await download.path());
+      expect(zip.subarray(0, 4).toString('latin1')).toBe('PK\x03\x04');
+      expect(zip.includes('lib/main.dart')).toBe(true);
+      expect(await page.getByRole('alert').count()).toBe(0);
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+});
+
+describe.skipIf(chromiumMissing)('keyboard focus and feedback in the web client', () => {
+  const browser = useBrowser('web-client-focus');
+
+  it('keeps the focus on a lasting control, says why a prompt is refused, and lets modified clicks open tabs', async () => {
+    const page = await browser.context.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (error) => errors.push(String(error)));
+    /** The focused control: its accessible label, a button's text, or a field's name. */
+    const focused = () =>
+      page.evaluate(() => {
+        const element = document.activeElement;
+        if (!element || element === document.body) return 'body';
+        return element.getAttribute('aria-label') ?? (element.tagName === 'BUTTON' ? element.textContent : element.getAttribute('name'));
+      });
+    try {
+      // A failed sign-in leaves the focus on the button pressed.
+      await page.goto(suite.server.url);
+      await page.getByRole('textbox', { name: 'Email' }).fill(uniqueEmail('e2e-focus-unknown'));
+      await page.getByRole('textbox', { name: 'Password' }).fill(PASSWORD);
+      await page.getByRole('button', { name: 'Sign in' }).press('Enter');
+      await page.getByRole('alert').waitFor();
+      expect(await focused()).toBe('Sign in');
+      await shot(page, 'web-client-focus', '1-sign-in-failed');
+
+      await page.getByRole('textbox', { name: 'Email' }).fill(uniqueEmail('e2e-focus'));
+      await page.getByRole('button', { name: 'Sign up' }).click();
+      await page.getByRole('textbox', { name: 'Project name' }).fill('Focus');
+      await page.getByRole('combobox', { name: 'Target' }).selectOption('FLUTTER');
+      await page.getByRole('button', { name: 'Create project' }).click();
+
+      // A prompt of spaces is refused with a reason.
+      await page.getByRole('textbox', { name: 'Prompt' }).fill('   ');
+      await page.getByRole('button', { name: 'Generate' }).click();
+      await expect.poll(() => textOf(page.getByRole('alert'))).toContain('Write a prompt first');
+      await shot(page, 'web-client-focus', '2-blank-prompt');
+
+      // Generate keeps the focus while the request runs and after it.
+      await page.getByRole('textbox', { name: 'Prompt' }).fill('A packing list');
+      await page.getByRole('button', { name: 'Generate' }).press('Enter');
+      await page.getByRole('button', { name: 'Show version 1' }).waitFor();
+      expect(await page.getByRole('alert').count()).toBe(0);
+      expect(await focused()).toBe('Generate');
+      await expect.poll(() => textOf(page.getByRole('status')), { timeout: 60_000 }).toContain('SUCCEEDED');
+
+      // Closing a diff returns to the button that opened it.
+      await page.getByRole('button', { name: 'Diff version 1' }).click();
+      await page.getByRole('region', { name: 'Changes in version 1' }).waitFor();
+      await page.getByRole('button', { name: 'Close diff' }).press('Enter');
+      await page.getByRole('region', { name: 'Changes in version 1' }).waitFor({ state: 'detached' });
+      expect(await focused()).toBe('Diff version 1');
+      await shot(page, 'web-client-focus', '3-diff-closed');
+
+      // "New session" goes away with the session: the focus moves to the prompt.
+      await page.getByRole('button', { name: 'New session' }).press('Enter');
+      await page.getByText('Starts a new session').waitFor();
+      expect(await focused()).toBe('prompt');
+
+      // Ctrl+click on a project opens it in a new tab and leaves this one on the projects.
+      await page.getByRole('link', { name: 'Kiln' }).click();
+      const [opened] = await Promise.all([
+        browser.context.waitForEvent('page', { timeout: 10_000 }),
+        page.getByRole('link', { name: 'Focus', exact: true }).click({ modifiers: ['ControlOrMeta'] }),
+      ]);
+      await opened.waitForURL(/\/projects\//);
+      await opened.close();
+      expect(new URL(page.url()).pathname).toBe('/');
+      await page.getByRole('heading', { name: 'Projects' }).waitFor();
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+});
+
+describe.skipIf(chromiumMissing)('the session of the web client when a refresh cannot be done now', () => {
+  // Access tokens shorter than the client's early-refresh margin: every request refreshes first.
+  const server = useTestServer({ ACCESS_TOKEN_TTL_SECONDS: '20' });
+  const browser = useBrowser('web-client-refresh');
+
+  it('keeps the session when a refresh is rate limited, and tries again when the server allows', async () => {
+    const { page, email, errors } = await signedUpTab(browser, server.url, 'e2e-rate-limited');
+    // The next refresh is refused as Supabase's 429 becomes; the one after waits for the screenshot.
+    let refreshes = 0;
+    let screenshotTaken = () => {};
+    const shown = new Promise<void>((resolve) => (screenshotTaken = resolve));
+    await page.route('**/graphql', async (route) => {
+      if (!(route.request().postData() ?? '').includes('RefreshSession')) return route.continue();
+      if (++refreshes > 1) return shown.then(() => route.continue());
+      const refreshSession = { __typename: 'RateLimitedError', message: 'Too many requests; try again in 1 second.', retryAfterSeconds: 1 };
+      return route.fulfill({ contentType: 'application/json', body: JSON.stringify({ data: { refreshSession } }) });
+    });
+    try {
+      await page.reload();
+      const signInButton = page.getByRole('button', { name: 'Sign in' });
+      const waiting = page.getByText('Too many requests; try again in 1 second.', { exact: false });
+      await waiting.or(signInButton).waitFor();
+      expect(await waiting.isVisible()).toBe(true);
+      await shot(page, 'web-client-refresh', '1-rate-limited');
+      screenshotTaken();
+      await page.getByRole('heading', { name: 'Projects' }).or(signInButton).waitFor({ timeout: 30_000 });
+      expect(await page.locator('.who').textContent()).toBe(email);
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+
+  it('hands the new pair to a copy of a tab reopened long after the other spent its token', async () => {
+    // A browser of its own with Playwright's clock: "a long time" passes as when a laptop lid is opened again.
+    const session = await openBrowser('web-client-reopen');
+    try {
+      await session.context.clock.install();
+      const { page: first, email } = await signedUpTab(session, server.url, 'e2e-reopen');
+      const copied = await first.evaluate(() => Object.fromEntries(Object.entries(sessionStorage)));
+      const spentToken = copied['kiln.refreshToken']!;
+      // Creating a project refreshes first, which spends the token the copy keeps.
+      await first.getByRole('textbox', { name: 'Project name' }).fill('Before');
+      await first.getByRole('button', { name: 'Create project' }).click();
+      await first.getByRole('heading', { name: 'Before', exact: true }).waitFor();
+      await first.getByRole('link', { name: 'Kiln' }).click();
+      await first.clock.fastForward('30:00');
+
+      // "Reopen closed tab": a copy of the first tab's sessionStorage, from before the refresh.
+      const reopened = await session.context.newPage();
+      const presented: string[] = [];
+      reopened.on('request', (request) => {
+        const body = request.postData() ?? '';
+        if (body.includes('RefreshSession')) presented.push((JSON.parse(body) as { variables: { refreshToken: string } }).variables.refreshToken);
+      });
+      await reopened.addInitScript((entries: Record<string, string>) => {
+        if (sessionStorage.length === 0) for (const [key, value] of Object.entries(entries)) sessionStorage.setItem(key, value);
+      }, copied);
+      await reopened.goto(server.url);
+      const signedOut = reopened.getByRole('button', { name: 'Sign in' });
+      await reopened.getByRole('link', { name: 'Before', exact: true }).or(signedOut).waitFor();
+      expect(await reopened.getByRole('link', { name: 'Before', exact: true }).isVisible()).toBe(true);
+      // It asked the first tab instead of presenting the spent token, which reuse detection would punish.
+      expect(presented).not.toContain(spentToken);
+      await reopened.screenshot({ path: join(outputDir, 'web-client-reopen', 'reopened-tab.png'), fullPage: true });
+
+      // And the first tab goes on.
+      await first.getByRole('textbox', { name: 'Project name' }).fill('After');
+      await first.getByRole('button', { name: 'Create project' }).click();
+      await first.getByRole('heading', { name: 'After', exact: true }).or(first.getByRole('button', { name: 'Sign in' })).waitFor();
+      expect(await first.getByRole('heading', { name: 'After', exact: true }).isVisible()).toBe(true);
+      expect(await first.locator('.who').textContent()).toBe(email);
+      expect(session.consoleErrors).toEqual([]);
+      expect(session.escaped).toEqual([]);
+    } finally {
+      await session.close();
     }
   });
 });

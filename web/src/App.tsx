@@ -3,7 +3,7 @@ import { auth } from './api/auth';
 import { request } from './api/graphql';
 import { disconnect } from './api/live';
 import { SignOutDocument } from './gql/graphql';
-import { navigate, projectIdOf, usePath } from './router';
+import { followLink, navigate, projectIdOf, usePath } from './router';
 import { ProjectPage } from './screens/ProjectPage';
 import { Projects } from './screens/Projects';
 import { SignIn } from './screens/SignIn';
@@ -16,7 +16,13 @@ export function App() {
     if (session.status === 'loading') void auth.refresh();
   }, [session.status]);
 
-  if (session.status === 'loading') return <p className="centered">Loading…</p>;
+  if (session.status === 'loading') {
+    return (
+      <p className="centered" aria-live="polite">
+        Loading…{session.notice && ` ${session.notice} Trying again by itself.`}
+      </p>
+    );
+  }
   if (session.status === 'signedOut') return <SignIn />;
 
   const signOut = async () => {
@@ -33,7 +39,7 @@ export function App() {
   return (
     <>
       <header className="topbar">
-        <a href="/" className="brand" onClick={(event) => (event.preventDefault(), navigate('/'))}>
+        <a href="/" className="brand" onClick={(event) => followLink(event, '/')}>
           Kiln
         </a>
         <span className="who">{session.user.email}</span>

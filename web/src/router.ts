@@ -1,4 +1,4 @@
-import { useSyncExternalStore } from 'react';
+import { type MouseEvent, useSyncExternalStore } from 'react';
 
 // Two routes need no router library: `/` (projects) and `/projects/<id>`.
 
@@ -9,6 +9,13 @@ export function navigate(path: string) {
   if (path === location.pathname) return;
   history.pushState(null, '', path);
   listeners.forEach((listener) => listener());
+}
+
+/** A link of the app followed in place; a modified or middle click is the browser's (new tab, new window). */
+export function followLink(event: MouseEvent<HTMLAnchorElement>, path: string) {
+  if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
+  event.preventDefault();
+  navigate(path);
 }
 
 export function usePath(): string {

@@ -1,4 +1,4 @@
-import { RefreshSessionDocument, type SessionFieldsFragment } from '../gql/graphql';
+import { RefreshSessionOrWaitDocument, type SessionFieldsFragment } from '../gql/graphql';
 import { anonymousRequest } from './graphql';
 
 // The signed-in session. The access token lives in memory only; the refresh token in
@@ -9,9 +9,11 @@ import { anonymousRequest } from './graphql';
 // reuse detection: a tab that presents a token another tab already spent ends the session
 // of both. So the tabs of the origin refresh one at a time (a Web Lock), and the tab that
 // rotated a token tells the others the new pair (a BroadcastChannel); those that kept the
-// spent token take it. A tab that missed that message (opened as a copy meanwhile) finds
-// a lock named after its token, held for a while by the tab that spent it, and asks that
-// tab for the pair instead of presenting the token. Without these APIs (an insecure
+// spent token take it. A tab that missed that message (opened as a copy meanwhile, or
+// reopened with its sessionStorage restored, however much later) finds a lock named after
+// its token, held by the tab that spent it for as long as that tab lives, and asks that tab
+// for the pair instead of presenting the token. The pairs stay in the memory of live tabs:
+// nothing outlives the tabs that hold the session. Without these APIs (an insecure
 // context has no Web Locks) each tab refreshes on its own.
 
 const REFRESH_KEY = 'kiln.refreshToken';
@@ -20,8 +22,8 @@ const EARLY_MS = 30_000;
 const REFRESH_LOCK = 'kiln.refresh';
 /** How long a tab waits for the tab that spent its token to answer (a frozen tab may never). */
 const HANDOVER_MS = 10_000;
-/** How long a tab answers for a token it spent: longer than a copied tab takes to load. */
-const SPENT_MS = 60_000;
+/** The pause before trying again after a refresh refused for a while, when the answer names none. */
+const RETRY_MS = 5_000;
 
 const coordinated = 'locks' in navigator && typeof BroadcastChannel === 'function';
 const channel = coordinated ? new BroadcastChannel('kiln.auth') : null;
@@ -34,14 +36,17 @@ export interface User {
   email: string;
 }
 
-type State = { status: 'loading' } | { status: 'signedOut' } | { status: 'signedIn'; user: User };
+/** `notice`: why loading takes longer (a refresh refused for a while, tried again by itself). */
+type State = { status: 'loading'; notice?: string } | { status: 'signedOut' } | { status: 'signedIn'; user: User };
 
 let state: State = { status: sessionStorage.getItem(REFRESH_KEY) ? 'loading' : 'signedOut' };
 let access: { token: string; expiresAt: number } | null = null;
 /** The pair this tab holds, to hand to a tab that still keeps a token this tab spent. */
 let current: SessionFieldsFragment | null = null;
-/** The refresh tokens this tab spent lately, each with a lock named after it, and how to release that lock. */
+/** The refresh tokens this tab spent, each with a lock named after it, and how to release that lock. */
 const spent = new Map<string, () => void>();
+/** No refresh before this time (ms): the server refused one for a while (RateLimitedError). */
+let retryAt = 0;
 /** Settles a tab's request for the pair that replaced its token, answered or not. */
 let awaiting: { token: string; done: () => void } | null = null;
 let refreshing: Promise<void> | null = null;
@@ -80,11 +85,8 @@ function markSpent(token: string) {
   let release = () => {};
   const released = new Promise<void>((resolve) => (release = resolve));
   void navigator.locks.request(spentLock(token), () => released);
+  // Held until sign-out or until the tab closes: a copy of this tab may be reopened any time later.
   spent.set(token, release);
-  setTimeout(() => {
-    release();
-    spent.delete(token);
-  }, SPENT_MS);
 }
 
 channel?.addEventListener('message', ({ data }: MessageEvent<Message>) => {
@@ -133,8 +135,20 @@ async function refreshOnce(): Promise<void> {
 async function rotate(refreshToken: string | null): Promise<void> {
   if (!refreshToken) return clear();
   try {
-    const { refreshSession } = await anonymousRequest(RefreshSessionDocument, { refreshToken });
-    if (refreshSession.__typename !== 'AuthSession') return clear();
+    const { refreshSession } = await anonymousRequest(RefreshSessionOrWaitDocument, { refreshToken });
+    // The token was refused for good (ended session, or not a token at all).
+    if (refreshSession.__typename === 'AuthError' || refreshSession.__typename === 'ValidationError') return clear();
+    if (refreshSession.__typename !== 'AuthSession') {
+      // Refused for now (rate limited): the token is still good, so keep it and try again later.
+      const waitMs = refreshSession.__typename === 'RateLimitedError' ? refreshSession.retryAfterSeconds * 1000 : RETRY_MS;
+      access = null;
+      retryAt = Date.now() + waitMs;
+      if (state.status === 'loading') {
+        setState({ status: 'loading', notice: refreshSession.message });
+        setTimeout(() => void auth.refresh(), waitMs);
+      }
+      return;
+    }
     accept(refreshSession);
     if (!channel) return;
     markSpent(refreshToken);
@@ -144,6 +158,12 @@ async function rotate(refreshToken: string | null): Promise<void> {
     access = null;
     if (state.status === 'loading') setState({ status: 'signedOut' });
   }
+}
+
+/** Settles once a refresh may be tried again (at once unless the server asked to wait). */
+function untilRetryAllowed(): Promise<void> {
+  const waitMs = retryAt - Date.now();
+  return waitMs > 0 ? new Promise((resolve) => setTimeout(resolve, waitMs)) : Promise.resolve();
 }
 
 export const auth = {
@@ -156,7 +176,7 @@ export const auth = {
   accept,
   /** Rotates the refresh token; concurrent callers share one request (a reused token ends the session). */
   refresh(): Promise<void> {
-    refreshing ??= refreshOnce().finally(() => {
+    refreshing ??= untilRetryAllowed().then(refreshOnce).finally(() => {
       refreshing = null;
     });
     return refreshing;

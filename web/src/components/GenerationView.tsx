@@ -1,4 +1,4 @@
-import { type ReactNode, useEffect, useRef, useState } from 'react';
+import { type MouseEvent, type ReactNode, memo, useEffect, useRef, useState } from 'react';
 import { request } from '../api/graphql';
 import { follow } from '../api/live';
 import {
@@ -7,10 +7,12 @@ import {
   GenerationArchiveDocument,
   type GenerationArchiveQuery,
   GenerationChunksWithRoundDocument,
+  GenerationDocument,
   type GenerationFieldsFragment,
   GenerationFixesDocument,
   type GenerationFixesQuery,
   GenerationPreviewDocument,
+  type GenerationPreviewQuery,
   GenerationStepsDocument,
   type GenerationStepsQuery,
   GenerationUpdatedDocument,
@@ -20,19 +22,98 @@ type LogLine = BuildLogsWithRoundSubscription['buildLogs'];
 type Steps = NonNullable<GenerationStepsQuery['generation']>['buildSteps'];
 type FixRounds = NonNullable<GenerationFixesQuery['generation']>['fixRounds'];
 type Archive = NonNullable<NonNullable<GenerationArchiveQuery['generation']>['archive']>;
+type Preview = NonNullable<NonNullable<GenerationPreviewQuery['generation']>['preview']>;
 
 const TERMINAL = new Set(['SUCCEEDED', 'FAILED', 'CANCELLED']);
+
+// Long outputs and build logs (tens of thousands of lines) render in blocks: what arrives
+// within one frame is added at once, into the last block only. A full block never changes
+// again, so React skips it and the page keeps its DOM nodes (and a reader's selection).
+const BLOCK = 200;
+type Blocks<T> = readonly (readonly T[])[];
+
+function append<T>(blocks: Blocks<T>, items: readonly T[]): Blocks<T> {
+  const next = [...blocks];
+  const last = next.pop() ?? [];
+  let open: T[] = last.length < BLOCK ? [...last] : (next.push(last), []);
+  for (const item of items) {
+    if (open.length === BLOCK) {
+      next.push(open);
+      open = [];
+    }
+    open.push(item);
+  }
+  next.push(open);
+  return next;
+}
+
+/** The lines of one build step (and round), in the order they came. */
+interface Group {
+  key: string;
+  step: string;
+  round: number;
+  lines: Blocks<LogLine>;
+}
+
+function withLines(groups: readonly Group[], lines: readonly LogLine[]): readonly Group[] {
+  const next = [...groups];
+  for (let start = 0, end = 0; start < lines.length; start = end) {
+    const { step, round } = lines[start]!;
+    while (end < lines.length && lines[end]!.step === step && lines[end]!.round === round) end++;
+    const key = `${round}:${step}`;
+    const index = next.findIndex((group) => group.key === key);
+    const run = lines.slice(start, end);
+    if (index < 0) next.push({ key, step, round, lines: append([], run) });
+    else next[index] = { ...next[index]!, lines: append(next[index]!.lines, run) };
+  }
+  return next;
+}
+
+/** Collects what arrives between two frames and hands it over once a frame, not once a message. */
+function useFrameBatch<T>(flush: (items: T[]) => void) {
+  const flushRef = useRef(flush);
+  flushRef.current = flush;
+  const [batch] = useState(() => {
+    let pending: T[] = [];
+    let frame = 0;
+    return {
+      push(item: T) {
+        pending.push(item);
+        frame ||= requestAnimationFrame(() => {
+          frame = 0;
+          const items = pending;
+          pending = [];
+          flushRef.current(items);
+        });
+      },
+      /** Forgets what has not been shown yet. */
+      drop() {
+        cancelAnimationFrame(frame);
+        frame = 0;
+        pending = [];
+      },
+    };
+  });
+  useEffect(() => () => batch.drop(), [batch]);
+  return batch;
+}
 
 /** One generation, live: status and phase, model output, build log by step, preview and archive. */
 export function GenerationView({ id, onSettled }: { id: string; onSettled: () => void }) {
   const [generation, setGeneration] = useState<GenerationFieldsFragment | null>(null);
-  const [output, setOutput] = useState('');
-  const [lines, setLines] = useState<LogLine[]>([]);
+  const [output, setOutput] = useState<Blocks<string>>([]);
+  const [groups, setGroups] = useState<readonly Group[]>([]);
   const [steps, setSteps] = useState<Steps>([]);
   const [fixRounds, setFixRounds] = useState<FixRounds>([]);
-  const [preview, setPreview] = useState<string | null>(null);
+  const [preview, setPreview] = useState<Preview | null>(null);
   const [archive, setArchive] = useState<Archive | null>(null);
   const [streamError, setStreamError] = useState<string | null>(null);
+  /** The live streams wait to reconnect (with the reason when known). */
+  const [reconnecting, setReconnecting] = useState<{ reason?: string } | null>(null);
+  const outputBatch = useFrameBatch<string>((pieces) => setOutput((blocks) => append(blocks, pieces)));
+  const logBatch = useFrameBatch<LogLine>((lines) => setGroups((list) => withLines(list, lines)));
+  /** The preview URL already replaced after it expired: replaced once, whatever the page's clock says. */
+  const renewedPreview = useRef<string | null>(null);
   const settled = generation !== null && TERMINAL.has(generation.status);
   const fixing = generation?.phase === 'FIXING';
   const outputRound = useRef(0);
@@ -40,35 +121,86 @@ export function GenerationView({ id, onSettled }: { id: string; onSettled: () =>
   onSettledRef.current = onSettled;
 
   useEffect(() => {
-    const stops = [
-      follow({
-        document: GenerationUpdatedDocument,
-        variables: () => ({ id }),
-        onData: (data) => setGeneration(data.generationUpdated),
-        onError: setStreamError,
-      }),
-      follow({
-        document: GenerationChunksWithRoundDocument,
-        variables: (afterSeq) => ({ id, afterSeq }),
-        seqOf: (data) => data.generationChunks.seq,
-        onData: ({ generationChunks: chunk }) => {
-          // A fix round's answer starts under a line of its own.
-          const heading = chunk.round > outputRound.current ? `\n\n── fix round ${chunk.round} ──\n\n` : '';
-          outputRound.current = chunk.round;
-          setOutput((text) => text + heading + chunk.text);
-        },
-        onError: setStreamError,
-      }),
-      follow({
-        document: BuildLogsWithRoundDocument,
-        variables: (afterSeq) => ({ id, afterSeq }),
-        seqOf: (data) => data.buildLogs.seq,
-        onData: (data) => setLines((list) => [...list, data.buildLogs]),
-        onError: setStreamError,
-      }),
-    ];
-    return () => stops.forEach((stop) => stop());
-  }, [id]);
+    let loaded = false;
+    const onResumed = () => setReconnecting(null);
+    const onRetrying = (reason: string | undefined) => {
+      setReconnecting({ reason });
+      if (loaded) return;
+      loaded = true;
+      // Once over HTTP, so that a version shows its state, and a finished one its output, without a socket.
+      request(GenerationDocument, { id })
+        .then(({ generation }) => {
+          if (!generation) return;
+          setGeneration(generation);
+          if (!TERMINAL.has(generation.status)) return;
+          // The output is whole: these streams would only replay it once the socket is back.
+          stopUpdates();
+          stopChunks();
+          outputBatch.drop();
+          setOutput(generation.output ? [[generation.output]] : []);
+        })
+        .catch((error: Error) => setStreamError(error.message));
+    };
+    const stopUpdates = follow({
+      document: GenerationUpdatedDocument,
+      variables: () => ({ id }),
+      onData: (data) => setGeneration(data.generationUpdated),
+      onError: setStreamError,
+      onRetrying,
+      onResumed,
+    });
+    const stopChunks = follow({
+      document: GenerationChunksWithRoundDocument,
+      variables: (afterSeq) => ({ id, afterSeq }),
+      seqOf: (data) => data.generationChunks.seq,
+      onData: ({ generationChunks: chunk }) => {
+        // A fix round's answer starts under a line of its own.
+        const heading = chunk.round > outputRound.current ? `\n\n── fix round ${chunk.round} ──\n\n` : '';
+        outputRound.current = chunk.round;
+        outputBatch.push(heading + chunk.text);
+      },
+      onError: setStreamError,
+      onRetrying,
+      onResumed,
+    });
+    const stopLogs = follow({
+      document: BuildLogsWithRoundDocument,
+      variables: (afterSeq) => ({ id, afterSeq }),
+      seqOf: (data) => data.buildLogs.seq,
+      onData: (data) => logBatch.push(data.buildLogs),
+      onError: setStreamError,
+      onRetrying,
+      onResumed,
+    });
+    return () => {
+      stopUpdates();
+      stopChunks();
+      stopLogs();
+    };
+  }, [id, outputBatch, logBatch]);
+
+  /** A fresh preview URL: signed URLs expire (SIGNED_URL_TTL_SECONDS). */
+  const loadPreview = () =>
+    request(GenerationPreviewDocument, { id })
+      .then(({ generation }) => setPreview(generation?.preview ?? null))
+      .catch((error: Error) => setStreamError(error.message));
+
+  /** Downloads the ZIP from a URL asked for now: the one fetched with the page may have expired. */
+  const download = async (event: MouseEvent<HTMLAnchorElement>) => {
+    event.preventDefault();
+    try {
+      const { generation } = await request(GenerationArchiveDocument, { id, format: 'ZIP' });
+      const fresh = generation?.archive;
+      if (!fresh) return setStreamError('This version has no source to download.');
+      setArchive(fresh);
+      const link = document.createElement('a');
+      link.href = fresh.url;
+      link.download = fresh.filename;
+      link.click();
+    } catch (error) {
+      setStreamError((error as Error).message);
+    }
+  };
 
   // Build steps, fix rounds, preview and archive once the generation has ended.
   useEffect(() => {
@@ -78,9 +210,7 @@ export function GenerationView({ id, onSettled }: { id: string; onSettled: () =>
     request(GenerationStepsDocument, { id })
       .then(({ generation }) => setSteps(generation?.buildSteps ?? []))
       .catch(failed);
-    request(GenerationPreviewDocument, { id })
-      .then(({ generation }) => setPreview(generation?.preview?.url ?? null))
-      .catch(failed);
+    void loadPreview();
     request(GenerationArchiveDocument, { id, format: 'ZIP' })
       .then(({ generation }) => setArchive(generation?.archive ?? null))
       .catch(failed);
@@ -106,7 +236,13 @@ export function GenerationView({ id, onSettled }: { id: string; onSettled: () =>
             {generation.error && <span> · {generation.error.code}: {generation.error.message}</span>}
           </>
         ) : (
-          'Connecting…'
+          !reconnecting && 'Connecting…'
+        )}
+        {reconnecting && (
+          <span className="notice">
+            {generation && ' · '}
+            Reconnecting…{reconnecting.reason && ` (${reconnecting.reason})`}
+          </span>
         )}
       </p>
       {streamError && (
@@ -118,12 +254,20 @@ export function GenerationView({ id, onSettled }: { id: string; onSettled: () =>
 
       <h2 id={`output-${id}`}>Model output</h2>
       <AutoScroll role="log" aria-label="Model output" className="log">
-        {output || !settled ? <pre>{output}</pre> : <p className="muted">No model output.</p>}
+        {output.length > 0 || !settled ? (
+          <pre>
+            {output.map((pieces, index) => (
+              <TextBlock key={index} pieces={pieces} />
+            ))}
+          </pre>
+        ) : (
+          <p className="muted">No model output.</p>
+        )}
       </AutoScroll>
 
       <h2>Build log</h2>
       <AutoScroll role="log" aria-label="Build log" className="log">
-        <BuildLog lines={lines} steps={steps} />
+        <BuildLog groups={groups} steps={steps} waiting={reconnecting !== null} />
       </AutoScroll>
 
       {fixRounds.length > 0 && (
@@ -144,7 +288,7 @@ export function GenerationView({ id, onSettled }: { id: string; onSettled: () =>
           <div className="row">
             <h2 className="grow">Preview</h2>
             {archive && (
-              <a className="button" href={archive.url} download={archive.filename}>
+              <a className="button" href={archive.url} download={archive.filename} onClick={(event) => void download(event)}>
                 Download ZIP
               </a>
             )}
@@ -152,9 +296,16 @@ export function GenerationView({ id, onSettled }: { id: string; onSettled: () =>
           {preview ? (
             <iframe
               title="Preview"
-              src={preview}
+              src={preview.url}
               className="preview"
               sandbox="allow-scripts allow-forms allow-popups allow-modals"
+              onLoad={() => {
+                // Loaded again (a reload inside the preview) after its URL expired: it shows
+                // "This link has expired", so load it anew from a fresh URL.
+                if (Date.parse(preview.expiresAt) > Date.now() || renewedPreview.current === preview.url) return;
+                renewedPreview.current = preview.url;
+                void loadPreview();
+              }}
             />
           ) : (
             <p className="muted">No preview: this generation has no web build.</p>
@@ -165,45 +316,61 @@ export function GenerationView({ id, onSettled }: { id: string; onSettled: () =>
   );
 }
 
+/** Text that arrived in pieces: the pieces stay separate text nodes, so none is rewritten as more come. */
+const TextBlock = memo(function TextBlock({ pieces }: { pieces: readonly string[] }) {
+  return <>{pieces}</>;
+});
+
 /** The log grouped by build step, in the order the steps ran. */
-function BuildLog({ lines, steps }: { lines: LogLine[]; steps: Steps }) {
-  const groups = new Map<string, LogLine[]>();
-  for (const line of lines) {
-    const key = `${line.round}:${line.step}`;
-    groups.set(key, [...(groups.get(key) ?? []), line]);
-  }
-  if (groups.size === 0) return <p className="muted">No build output yet.</p>;
+function BuildLog({ groups, steps, waiting }: { groups: readonly Group[]; steps: Steps; waiting: boolean }) {
+  if (groups.length === 0) return <p className="muted">{waiting ? 'The build log shows once the connection is back.' : 'No build output yet.'}</p>;
   return (
     <>
-      {[...groups].map(([key, stepLines]) => {
-        const { step, round } = stepLines[0]!;
-        const info = steps.find((candidate) => candidate.name === step && candidate.round === round);
-        return (
-          <section key={key} className="step">
-            <h3>
-              {step}
-              {round > 0 && ` · fix round ${round}`}
-              {info && (
-                <span className={`tag step-${info.status.toLowerCase()}`}>
-                  {info.status}
-                  {info.durationMs !== null && info.durationMs !== undefined && ` · ${(info.durationMs / 1000).toFixed(1)} s`}
-                </span>
-              )}
-            </h3>
-            <pre>
-              {stepLines.map((line) => (
-                <span key={line.seq} className={line.stream === 'STDERR' ? 'stderr' : undefined}>
-                  {line.text}
-                  {'\n'}
-                </span>
-              ))}
-            </pre>
-          </section>
-        );
-      })}
+      {groups.map((group) => (
+        <StepLog
+          key={group.key}
+          group={group}
+          info={steps.find((candidate) => candidate.name === group.step && candidate.round === group.round)}
+        />
+      ))}
     </>
   );
 }
+
+const StepLog = memo(function StepLog({ group, info }: { group: Group; info: Steps[number] | undefined }) {
+  return (
+    <section className="step">
+      <h3>
+        {group.step}
+        {group.round > 0 && ` · fix round ${group.round}`}
+        {info && (
+          <span className={`tag step-${info.status.toLowerCase()}`}>
+            {info.status}
+            {info.durationMs !== null && info.durationMs !== undefined && ` · ${(info.durationMs / 1000).toFixed(1)} s`}
+          </span>
+        )}
+      </h3>
+      <pre>
+        {group.lines.map((lines, index) => (
+          <LogBlock key={index} lines={lines} />
+        ))}
+      </pre>
+    </section>
+  );
+});
+
+const LogBlock = memo(function LogBlock({ lines }: { lines: readonly LogLine[] }) {
+  return (
+    <span className="log-block">
+      {lines.map((line) => (
+        <span key={line.seq} className={line.stream === 'STDERR' ? 'stderr' : undefined}>
+          {line.text}
+          {'\n'}
+        </span>
+      ))}
+    </span>
+  );
+});
 
 type AutoScrollProps = { role: string; 'aria-label': string; className: string; children: ReactNode };
 

@@ -1,4 +1,4 @@
-import { useState } from 'react';
+import { useRef, useState } from 'react';
 import { request } from '../api/graphql';
 import { type GenerationDiffQuery, GenerationDiffDocument, type ProjectVersionsQuery, RestoreGenerationDocument } from '../gql/graphql';
 import { DiffView } from './DiffView';
@@ -10,13 +10,16 @@ type Diff = NonNullable<NonNullable<GenerationDiffQuery['generation']>['diff']>;
 export function Versions({ versions, currentId, onShow }: { versions: Version[]; currentId: string | null; onShow: (id: string) => void }) {
   const [diff, setDiff] = useState<{ label: string; diff: Diff | null } | null>(null);
   const [error, setError] = useState<string | null>(null);
+  /** The Diff button that opened the diff: closing it returns the focus there, not to <body>. */
+  const diffOpener = useRef<HTMLButtonElement | null>(null);
   const latest = versions.at(-1)?.id;
   const labelOf = (id: string) => {
     const index = versions.findIndex((version) => version.id === id);
     return index < 0 ? 'an earlier version' : `v${index + 1}`;
   };
 
-  const showDiff = async (version: Version, label: string) => {
+  const showDiff = async (version: Version, label: string, opener: HTMLButtonElement) => {
+    diffOpener.current = opener;
     setError(null);
     try {
       const { generation } = await request(GenerationDiffDocument, { id: version.id });
@@ -55,7 +58,7 @@ export function Versions({ versions, currentId, onShow }: { versions: Version[];
                 {version.restoredFrom ? `Restored from ${labelOf(version.restoredFrom.id)}` : version.prompt}
               </p>
               <div className="row">
-                <button type="button" className="small secondary" aria-label={`Diff ${label}`} onClick={() => void showDiff(version, label)}>
+                <button type="button" className="small secondary" aria-label={`Diff ${label}`} onClick={(event) => void showDiff(version, label, event.currentTarget)}>
                   Diff
                 </button>
                 {version.status === 'SUCCEEDED' && version.id !== latest && (
@@ -73,7 +76,16 @@ export function Versions({ versions, currentId, onShow }: { versions: Version[];
           {error}
         </p>
       )}
-      {diff && <DiffView label={diff.label} diff={diff.diff} onClose={() => setDiff(null)} />}
+      {diff && (
+        <DiffView
+          label={diff.label}
+          diff={diff.diff}
+          onClose={() => {
+            setDiff(null);
+            diffOpener.current?.focus();
+          }}
+        />
+      )}
     </aside>
   );
 }

@@ -530,6 +530,21 @@ export type GenerationStepsQueryVariables = Exact<{
 
 export type GenerationStepsQuery = { generation: { id: string, buildSteps: Array<{ name: string, round: number, status: BuildStepStatus, durationMs: number | null }> } | null };
 
+export type RefreshSessionOrWaitMutationVariables = Exact<{
+  refreshToken: string;
+}>;
+
+
+export type RefreshSessionOrWaitMutation = { refreshSession:
+    | { __typename: 'AuthError', message: string }
+    | { __typename: 'AuthSession', accessToken: string, refreshToken: string, expiresAt: string, user: { id: string, email: string } }
+    | { __typename: 'ForbiddenError', message: string }
+    | { __typename: 'InvalidStateError', message: string }
+    | { __typename: 'NotFoundError', message: string }
+    | { __typename: 'RateLimitedError', message: string, retryAfterSeconds: number }
+    | { __typename: 'ValidationError', message: string }
+   };
+
 export class TypedDocumentString<TResult, TVariables>
   extends String
   implements DocumentTypeDecoration<TResult, TVariables>
@@ -1335,3 +1350,32 @@ export const GenerationStepsDocument = new TypedDocumentString(`
   }
 }
     `) as unknown as TypedDocumentString<GenerationStepsQuery, GenerationStepsQueryVariables>;
+export const RefreshSessionOrWaitDocument = new TypedDocumentString(`
+    mutation RefreshSessionOrWait($refreshToken: String!) {
+  refreshSession(input: {refreshToken: $refreshToken}) {
+    __typename
+    ... on AuthSession {
+      ...SessionFields
+    }
+    ... on RateLimitedError {
+      message
+      retryAfterSeconds
+    }
+    ... on Error {
+      ...ErrorFields
+    }
+  }
+}
+    fragment ErrorFields on Error {
+  __typename
+  message
+}
+fragment SessionFields on AuthSession {
+  accessToken
+  refreshToken
+  expiresAt
+  user {
+    id
+    email
+  }
+}`) as unknown as TypedDocumentString<RefreshSessionOrWaitMutation, RefreshSessionOrWaitMutationVariables>;

@@ -1,4 +1,4 @@
-import { type FormEvent, useCallback, useEffect, useState } from 'react';
+import { type FormEvent, useCallback, useEffect, useRef, useState } from 'react';
 import { request } from '../api/graphql';
 import { GenerationView } from '../components/GenerationView';
 import { useFocusOnArrival } from '../focus';
@@ -16,6 +16,7 @@ export function ProjectPage({ projectId }: { projectId: string }) {
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
   const heading = useFocusOnArrival<HTMLHeadingElement>(Boolean(project));
+  const promptBox = useRef<HTMLTextAreaElement>(null);
 
   const loadVersions = useCallback(async () => {
     try {
@@ -49,9 +50,11 @@ export function ProjectPage({ projectId }: { projectId: string }) {
 
   const generate = async (event: FormEvent<HTMLFormElement>) => {
     event.preventDefault();
+    if (busy) return;
     const form = event.currentTarget;
     const prompt = String(new FormData(form).get('prompt')).trim();
-    if (!prompt) return;
+    // `required` lets spaces through.
+    if (!prompt) return setError('Write a prompt first: it has only spaces.');
     setBusy(true);
     setError(null);
     try {
@@ -82,6 +85,7 @@ export function ProjectPage({ projectId }: { projectId: string }) {
         <label>
           Prompt
           <textarea
+            ref={promptBox}
             name="prompt"
             rows={3}
             required
@@ -97,14 +101,22 @@ export function ProjectPage({ projectId }: { projectId: string }) {
           </p>
         )}
         <div className="row">
-          <button type="submit" disabled={busy}>
+          <button type="submit" aria-disabled={busy}>
             Generate
           </button>
           <span className="muted">
             {sessionId ? `Follow-up in this session (version ${versions.length + 1})` : 'Starts a new session'}
           </span>
           {sessionId && (
-            <button type="button" className="secondary" onClick={() => setNewSession(true)}>
+            <button
+              type="button"
+              className="secondary"
+              onClick={() => {
+                setNewSession(true);
+                // This button goes away with the session: the new session starts at its prompt.
+                promptBox.current?.focus();
+              }}
+            >
               New session
             </button>
           )}

@@ -2,7 +2,7 @@ import { type FormEvent, useEffect, useState } from 'react';
 import { request } from '../api/graphql';
 import { CreateProjectDocument, type ProjectFieldsFragment, ProjectsDocument, type ProjectTarget } from '../gql/graphql';
 import { useFocusOnArrival } from '../focus';
-import { navigate, projectPath } from '../router';
+import { followLink, navigate, projectPath } from '../router';
 
 const TARGETS: ProjectTarget[] = ['WEB', 'FLUTTER'];
 
@@ -72,7 +72,7 @@ export function Projects() {
         <ul className="list" aria-label="Your projects">
           {projects.map((project) => (
             <li key={project.id}>
-              <a href={projectPath(project.id)} onClick={(event) => (event.preventDefault(), navigate(projectPath(project.id)))}>
+              <a href={projectPath(project.id)} onClick={(event) => followLink(event, projectPath(project.id))}>
                 {project.name}
               </a>
               <span className="tag">{project.target}</span>

@@ -12,6 +12,7 @@ export function SignIn() {
 
   const submit = async (event: FormEvent<HTMLFormElement>) => {
     event.preventDefault();
+    if (busy) return;
     const form = new FormData(event.currentTarget);
     const submitter = (event.nativeEvent as SubmitEvent).submitter as HTMLButtonElement | null;
     const variables = { email: String(form.get('email')), password: String(form.get('password')) };
@@ -52,10 +53,10 @@ export function SignIn() {
           </p>
         )}
         <div className="row">
-          <button type="submit" name="action" value="signIn" disabled={busy}>
+          <button type="submit" name="action" value="signIn" aria-disabled={busy}>
             Sign in
           </button>
-          <button type="submit" name="action" value="signUp" className="secondary" disabled={busy}>
+          <button type="submit" name="action" value="signUp" className="secondary" aria-disabled={busy}>
             Sign up
           </button>
         </div>
