@@ -47,26 +47,11 @@ describe('continued answers: the text', () => {
     expect(text).toBe(first + streamed);
   });
 
-  it('keeps a continuation that goes on from a cut at a line end, in text that repeats itself', async () => {
-    const item = '        <li>Buy milk</li>\n';
-    const cut = `<ul>\n${item}${item}`;
-    const rest = `${item}${item}      </ul>\n`;
-    const provider = scripted([
-      async function* () {
-        yield { type: 'text', text: cut };
-        throw new OutputLimitError('Scripted', undefined);
-      },
-      async function* () {
-        yield { type: 'text', text: rest };
-      },
-    ]);
-    expect((await read(withContinuations(provider, 2).stream(request()))).text).toBe(cut + rest);
-  });
-
-  it('keeps a continuation that goes on from inside a line, in text that repeats itself', async () => {
-    const item = '        <li>Buy milk</li>\n';
-    const cut = `<ul>\n${item}${item}        <li>Buy`;
-    const rest = ` milk</li>\n${item}      </ul>\n`;
+  const item = '        <li>Buy milk</li>\n';
+  it.each([
+    { where: 'a cut at a line end', cut: `<ul>\n${item}${item}`, rest: `${item}${item}      </ul>\n` },
+    { where: 'inside a line', cut: `<ul>\n${item}${item}        <li>Buy`, rest: ` milk</li>\n${item}      </ul>\n` },
+  ])('keeps a continuation that goes on from $where, in text that repeats itself', async ({ cut, rest }) => {
     const provider = scripted([
       async function* () {
         yield { type: 'text', text: cut };
