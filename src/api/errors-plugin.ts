@@ -34,9 +34,9 @@ export function useRequestIdErrors(): Plugin<Context> {
  */
 export function withRequestErrorCodes(result: ExecutionResult): ExecutionResult {
   if (result.data !== undefined || !result.errors?.length) return result;
-  // An error with an unexpected cause is left to masking.
+  // An error with a path (a field's) or an unexpected cause is the server's: left to masking.
   const coded = result.errors.map((error) =>
-    error.extensions.code === undefined && (!error.originalError || error.originalError instanceof GraphQLError)
+    error.extensions.code === undefined && !error.path && (!error.originalError || error.originalError instanceof GraphQLError)
       ? new GraphQLError(error.message, {
           nodes: error.nodes,
           originalError: error.originalError,

@@ -156,8 +156,8 @@ function observe(deps: PipelineDeps, outcome: FixOutcome) {
   deps.metrics?.observeFixRound(outcome);
 }
 
-/** The most of this generation's answers a fix round shows whole (the system prompt's files get as much). */
-export const MAX_WHOLE_ANSWERS_CHARS = 200_000;
+/** The most of this generation's answers a fix round shows whole: as much as its request's files. */
+export const MAX_WHOLE_ANSWERS_CHARS = MAX_PROMPT_FILE_CHARS;
 
 /**
  * This generation's answers as a fix round shows them: whole, unlike earlier turns, since the

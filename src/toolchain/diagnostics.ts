@@ -43,7 +43,8 @@ export function parseDiagnostics(format: DiagnosticFormat, lines: readonly strin
  */
 export function workspaceScrubber(workspaceDirs: readonly string[]): (text: string) => string {
   // The longest first: one form may contain the other (/data/ws inside /mnt/data/ws).
-  const dirs = [...workspaceDirs].sort((a, b) => b.length - a.length).map(escapeRegExp);
+  const dirs = [...workspaceDirs].filter(Boolean).sort((a, b) => b.length - a.length).map(escapeRegExp);
+  if (dirs.length === 0) return (text) => text;
   const pattern = new RegExp(`(?:${dirs.join('|')})(/|(?![\\w.-]))`, 'g');
   return (text) => text.replace(pattern, (_, slash: string) => (slash ? '' : '.'));
 }

@@ -22,8 +22,10 @@ const EARLY_MS = 30_000;
 const REFRESH_LOCK = 'kiln.refresh';
 /** How long a tab waits for the tab that spent its token to answer (a frozen tab may never). */
 const HANDOVER_MS = 10_000;
-/** The pause before trying again after a refresh refused for a while, when the answer names none. */
-const RETRY_MS = 5_000;
+/** Spent tokens whose pairs this tab hands over, the latest: a day's with hourly access tokens. */
+const MAX_SPENT_HELD = 32;
+/** The shortest pause before trying again after a rate-limited refresh, whatever the answer names. */
+const MIN_RETRY_MS = 1_000;
 
 const coordinated = 'locks' in navigator && typeof BroadcastChannel === 'function';
 const channel = coordinated ? new BroadcastChannel('kiln.auth') : null;
@@ -85,8 +87,14 @@ function markSpent(token: string) {
   let release = () => {};
   const released = new Promise<void>((resolve) => (release = resolve));
   void navigator.locks.request(spentLock(token), () => released);
-  // Held until sign-out or until the tab closes: a copy of this tab may be reopened any time later.
+  // Held until sign-out or until the tab closes: a copy of this tab may be reopened any time later,
+  // with one of the last tokens it saw (each lock is looked through at every refresh).
   spent.set(token, release);
+  for (const [oldest, letGo] of spent) {
+    if (spent.size <= MAX_SPENT_HELD) break;
+    letGo();
+    spent.delete(oldest);
+  }
 }
 
 channel?.addEventListener('message', ({ data }: MessageEvent<Message>) => {
@@ -136,11 +144,9 @@ async function rotate(refreshToken: string | null): Promise<void> {
   if (!refreshToken) return clear();
   try {
     const { refreshSession } = await anonymousRequest(RefreshSessionOrWaitDocument, { refreshToken });
-    // The token was refused for good (ended session, or not a token at all).
-    if (refreshSession.__typename === 'AuthError' || refreshSession.__typename === 'ValidationError') return clear();
-    if (refreshSession.__typename !== 'AuthSession') {
-      // Refused for now (rate limited): the token is still good, so keep it and try again later.
-      const waitMs = refreshSession.__typename === 'RateLimitedError' ? refreshSession.retryAfterSeconds * 1000 : RETRY_MS;
+    if (refreshSession.__typename === 'RateLimitedError') {
+      // Refused for now: the token is still good, so keep it and try again when the server says.
+      const waitMs = Math.max(MIN_RETRY_MS, refreshSession.retryAfterSeconds * 1000);
       access = null;
       retryAt = Date.now() + waitMs;
       if (state.status === 'loading') {
@@ -149,6 +155,8 @@ async function rotate(refreshToken: string | null): Promise<void> {
       }
       return;
     }
+    // Any other refusal is for good (an ended session, not a token at all).
+    if (refreshSession.__typename !== 'AuthSession') return clear();
     accept(refreshSession);
     if (!channel) return;
     markSpent(refreshToken);

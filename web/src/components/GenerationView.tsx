@@ -112,7 +112,11 @@ export function GenerationView({ id, onSettled }: { id: string; onSettled: () =>
   const [reconnecting, setReconnecting] = useState<{ reason?: string } | null>(null);
   const outputBatch = useFrameBatch<string>((pieces) => setOutput((blocks) => append(blocks, pieces)));
   const logBatch = useFrameBatch<LogLine>((lines) => setGroups((list) => withLines(list, lines)));
-  /** The preview URL already replaced after it expired: replaced once, whatever the page's clock says. */
+  /**
+   * A preview URL fetched to replace an expired one, until its first load: that load is its own,
+   * not a reload inside the preview, so it never asks again, whatever the page's clock says (a
+   * clock ahead of the server's by more than the URL's lifetime would otherwise ask forever).
+   */
   const renewedPreview = useRef<string | null>(null);
   const settled = generation !== null && TERMINAL.has(generation.status);
   const fixing = generation?.phase === 'FIXING';
@@ -122,15 +126,18 @@ export function GenerationView({ id, onSettled }: { id: string; onSettled: () =>
 
   useEffect(() => {
     let loaded = false;
+    /** Updates the socket delivered: an HTTP answer older than one of them is stale. */
+    let updates = 0;
     const onResumed = () => setReconnecting(null);
     const onRetrying = (reason: string | undefined) => {
       setReconnecting({ reason });
       if (loaded) return;
       loaded = true;
+      const seen = updates;
       // Once over HTTP, so that a version shows its state, and a finished one its output, without a socket.
       request(GenerationDocument, { id })
         .then(({ generation }) => {
-          if (!generation) return;
+          if (!generation || updates !== seen) return;
           setGeneration(generation);
           if (!TERMINAL.has(generation.status)) return;
           // The output is whole: these streams would only replay it once the socket is back.
@@ -139,12 +146,17 @@ export function GenerationView({ id, onSettled }: { id: string; onSettled: () =>
           outputBatch.drop();
           setOutput(generation.output ? [[generation.output]] : []);
         })
-        .catch((error: Error) => setStreamError(error.message));
+        // Most likely down for the reason the socket is (a database outage, no network): tried
+        // again at the next retry; the streams say what is wrong meanwhile.
+        .catch(() => (loaded = false));
     };
     const stopUpdates = follow({
       document: GenerationUpdatedDocument,
       variables: () => ({ id }),
-      onData: (data) => setGeneration(data.generationUpdated),
+      onData: (data) => {
+        updates++;
+        setGeneration(data.generationUpdated);
+      },
       onError: setStreamError,
       onRetrying,
       onResumed,
@@ -182,8 +194,11 @@ export function GenerationView({ id, onSettled }: { id: string; onSettled: () =>
   /** A fresh preview URL: signed URLs expire (SIGNED_URL_TTL_SECONDS). */
   const loadPreview = () =>
     request(GenerationPreviewDocument, { id })
-      .then(({ generation }) => setPreview(generation?.preview ?? null))
-      .catch((error: Error) => setStreamError(error.message));
+      .then(({ generation }) => {
+        setPreview(generation?.preview ?? null);
+        return generation?.preview;
+      })
+      .catch((error: Error) => void setStreamError(error.message));
 
   /** Downloads the ZIP from a URL asked for now: the one fetched with the page may have expired. */
   const download = async (event: MouseEvent<HTMLAnchorElement>) => {
@@ -302,9 +317,12 @@ export function GenerationView({ id, onSettled }: { id: string; onSettled: () =>
               onLoad={() => {
                 // Loaded again (a reload inside the preview) after its URL expired: it shows
                 // "This link has expired", so load it anew from a fresh URL.
-                if (Date.parse(preview.expiresAt) > Date.now() || renewedPreview.current === preview.url) return;
-                renewedPreview.current = preview.url;
-                void loadPreview();
+                if (renewedPreview.current === preview.url) {
+                  renewedPreview.current = null;
+                  return;
+                }
+                if (Date.parse(preview.expiresAt) > Date.now()) return;
+                void loadPreview().then((fresh) => (renewedPreview.current = fresh?.url ?? null));
               }}
             />
           ) : (
