@@ -218,6 +218,36 @@ describe('supabase auth: sign-out through the admin API', () => {
   });
 });
 
+describe('supabase auth: emails changed at Supabase', () => {
+  it('takes the email from GoTrue’s answers, never from a token’s claims: on first sight, and at the next session check', async () => {
+    let clock = Date.now();
+    const watching = provider(supabase, { sessionCheckTtlMs: 5000, now: () => clock });
+    const email = uniqueEmail();
+    const session = await watching.signUp(email, PASSWORD);
+    await watching.verify(session.accessToken);
+
+    // Changed with supabase-js alone (Kiln never refreshes): the token still carries the old email.
+    const moved = uniqueEmail();
+    supabase.changeEmail(email, moved);
+    const before = supabase.userRequests;
+    await expect(watching.verify(session.accessToken)).resolves.toMatchObject({ email });
+    // A remembered answer: no question, nothing written.
+    expect(supabase.userRequests).toBe(before);
+    expect(await profile(session.user.id)).toMatchObject({ email });
+
+    clock += 5001;
+    await expect(watching.verify(session.accessToken)).resolves.toMatchObject({ email });
+    expect(supabase.userRequests).toBe(before + 1);
+    expect(await profile(session.user.id)).toMatchObject({ email: moved });
+
+    // Another user takes the old email; the old token on an instance that has not seen its user.
+    const taker = await auth.signUp(email, PASSWORD);
+    await expect(provider(supabase).verify(session.accessToken)).resolves.toMatchObject({ sub: session.user.id, email });
+    expect(await profile(session.user.id)).toMatchObject({ email: moved });
+    expect(await profile(taker.user.id)).toMatchObject({ email });
+  });
+});
+
 describe('supabase auth: users without an email', () => {
   it('refuses anonymous and phone users’ tokens and refresh tokens with AuthError, and writes them no profile', async () => {
     const project = await fake({ anonymousSignIns: true });
@@ -236,15 +266,21 @@ describe('supabase auth: users without an email', () => {
       'a phone sign-in (no email claim)': await project.signToken({ ...claims, email: undefined, phone: '15550100', is_anonymous: false }),
       'an anonymous user with an email claim': await project.signToken({ ...claims, email: uniqueEmail() }),
     };
+    const before = project.userRequests;
     for (const [name, token] of Object.entries(tokens)) {
       expect(await rejection(anonymousAuth.verify(token)), name).toBeInstanceOf(AuthError);
     }
     expect(await rejection(anonymousAuth.refresh(session.refresh_token))).toBeInstanceOf(AuthError);
-    expect(await profile(session.user.id)).toBeUndefined();
+    // Their claims refuse them: GoTrue was not asked.
+    expect(project.userRequests).toBe(before);
 
-    // The crafting is right: with an email and not anonymous, the same session verifies.
+    // The crafting is right: with an email and not anonymous, the same session passes the claims
+    // check, and GoTrue's answer (the user has no email) refuses it: the token's email is not taken.
     const email = uniqueEmail();
-    await expect(anonymousAuth.verify(await project.signToken({ ...claims, email, is_anonymous: false }))).resolves.toMatchObject({ sub: session.user.id, email });
+    expect(await rejection(anonymousAuth.verify(await project.signToken({ ...claims, email, is_anonymous: false })))).toBeInstanceOf(AuthError);
+    expect(project.userRequests).toBe(before + 1);
+    expect(await profile(session.user.id)).toBeUndefined();
+    expect(await database.db.$count(users, eq(users.email, email))).toBe(0);
   });
 });
 

@@ -26,7 +26,12 @@ export interface SessionLivenessOptions {
 }
 
 export interface SessionLiveness {
-  isLive(session: SessionToCheck): Promise<boolean>;
+  /**
+   * With `askAgain`, a remembered live answer is not enough: the authority is asked (or a
+   * question already on its way is joined), e.g. because the caller wants what `ask` learns
+   * from a fresh answer. A remembered ended session is still refused at once.
+   */
+  isLive(session: SessionToCheck, options?: { askAgain?: boolean }): Promise<boolean>;
   /** This instance signed the session out: refuse it at once. */
   ended(sessionId: string, userId: string, untilMs: number): void;
   /** Another of the user's sessions may have ended: ask again next time. */
@@ -62,9 +67,9 @@ export function createSessionLiveness({ ttlMs, now, ask }: SessionLivenessOption
   }
 
   return {
-    async isLive(session) {
+    async isLive(session, { askAgain = false } = {}) {
       const known = entries.get(session.sessionId);
-      if (known && known.until > now()) return known.live;
+      if (known && known.until > now() && !(askAgain && known.live)) return known.live;
       let answer = pending.get(session.sessionId);
       if (!answer) {
         answer = askOnce(session).finally(() => pending.delete(session.sessionId));

@@ -1,4 +1,4 @@
-import { createClient, isAuthApiError, isAuthSessionMissingError, type Session } from '@supabase/supabase-js';
+import { createClient, isAuthApiError, isAuthSessionMissingError, type Session, type User } from '@supabase/supabase-js';
 import type { Db } from '../db/client.js';
 import type { Claims } from '../db/scope.js';
 import { AuthError } from '../errors.js';
@@ -24,6 +24,15 @@ export interface SupabaseAuthOptions {
 
 const MAX_KNOWN_USERS = 10_000;
 
+/**
+ * The profile of a user as GoTrue answers it. Kiln's users sign in by email: an anonymous or
+ * phone user (a session from another client of the project) is refused as no session.
+ */
+function profileOf(user: User): AuthUser {
+  if (!user.email || user.is_anonymous) throw new AuthError();
+  return { id: user.id, email: normaliseEmail(user.email) };
+}
+
 /** Supabase Auth through supabase-js; profiles mirrored into the users table. */
 export function createSupabaseAuth(options: SupabaseAuthOptions): AuthProvider {
   const { db, url, anonKey, now = Date.now } = options;
@@ -34,15 +43,23 @@ export function createSupabaseAuth(options: SupabaseAuthOptions): AuthProvider {
   // user's JWT and share one. GoTrue authorises /logout by that JWT; the key passes the gateway.
   const userAuth = () => createClient(url, anonKey, clientOptions).auth;
   const serverAuth = createClient(url, options.serviceRoleKey ?? anonKey, clientOptions).auth;
-  // Users whose profile row this process has written; a restart only writes them again.
-  const knownUsers = new Set<string>();
+  // The email this process last wrote to each user's profile row, least recently written first;
+  // a restart only writes them again.
+  const knownEmails = new Map<string, string>();
 
   const liveness = createSessionLiveness({
     ttlMs: options.sessionCheckTtlMs ?? 5000,
     now,
     async ask(accessToken) {
       const { data, error } = await serverAuth.getUser(accessToken);
-      if (data.user) return true;
+      if (data.user) {
+        // GoTrue's user as it is now: the directory takes emails from such answers, never from a
+        // token's claims (a token keeps the email it was issued with until it expires, also after
+        // the user changed it and someone else took the old one). Only a change is written.
+        const user = profileOf(data.user);
+        if (knownEmails.get(user.id) !== user.email) await rememberProfile(user);
+        return true;
+      }
       if (isAuthSessionMissingError(error) || (isAuthApiError(error) && error.code === 'user_not_found')) return false;
       // Refused for another reason (e.g. GoTrue rejects the JWT): refuse the token, remember nothing.
       if (isAuthApiError(error) && (error.status === 401 || error.status === 403)) throw new AuthError();
@@ -52,29 +69,32 @@ export function createSupabaseAuth(options: SupabaseAuthOptions): AuthProvider {
 
   async function rememberProfile(user: AuthUser): Promise<void> {
     await upsertProfile(db, user);
-    if (knownUsers.size >= MAX_KNOWN_USERS) knownUsers.clear();
-    knownUsers.add(user.id);
+    knownEmails.delete(user.id);
+    knownEmails.set(user.id, user.email);
+    // Forgetting a user costs one GoTrue question on their next request (see verify).
+    for (const id of knownEmails.keys()) {
+      if (knownEmails.size <= MAX_KNOWN_USERS) break;
+      knownEmails.delete(id);
+    }
   }
 
   async function verify(accessToken: string): Promise<Claims> {
     const claims = await verifyToken(accessToken, new Date(now()));
-    const live = await liveness.isLive({
-      sessionId: claims.session_id,
-      userId: claims.sub,
-      expiresAtMs: claims.exp * 1000,
-      accessToken,
-    });
+    // Users who signed up elsewhere (another app on the project) get a profile on first sight,
+    // from GoTrue's answer to the session check (see ask): so for a user this process has not
+    // written, a remembered answer (which carries no user) will not do.
+    const live = await liveness.isLive(
+      { sessionId: claims.session_id, userId: claims.sub, expiresAtMs: claims.exp * 1000, accessToken },
+      { askAgain: !knownEmails.has(claims.sub) },
+    );
     if (!live) throw new AuthError();
-    // Users who signed up elsewhere (another app on the project) get a profile on first sight.
-    if (!knownUsers.has(claims.sub)) await rememberProfile({ id: claims.sub, email: claims.email });
     return claims;
   }
 
   async function toAuthSession(session: Session): Promise<AuthSession> {
     // Kiln's users sign in by email: an anonymous or phone user's session (a refresh token
     // from another client of the project) is refused as verify refuses its access token.
-    if (!session.user.email || session.user.is_anonymous) throw new AuthError();
-    const user = { id: session.user.id, email: normaliseEmail(session.user.email) };
+    const user = profileOf(session.user);
     await rememberProfile(user);
     const expiresAt = new Date((session.expires_at ?? Math.floor(now() / 1000) + session.expires_in) * 1000);
     return { accessToken: session.access_token, refreshToken: session.refresh_token, expiresAt, user };
@@ -135,7 +155,7 @@ export function createSupabaseAuth(options: SupabaseAuthOptions): AuthProvider {
     },
 
     async close() {
-      knownUsers.clear();
+      knownEmails.clear();
     },
   };
 }

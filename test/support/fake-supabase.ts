@@ -31,6 +31,11 @@ export interface FakeSupabase {
   confirmEmail(email: string): void;
   /** Deletes the user and their sessions, as the dashboard or the admin API does. */
   deleteUser(email: string): void;
+  /**
+   * Gives the user another email (a confirmed email change, or the admin API). Their sessions
+   * stay live, and access tokens already issued keep the old email until they expire.
+   */
+  changeEmail(from: string, to: string): void;
   /** The next request (JWKS aside) fails with GoTrue's error of this status and code. */
   failNextRequest(status: number, code: string, message: string): void;
   /** A JWT signed with the server's real key; the claims given replace the defaults. */
@@ -264,6 +269,14 @@ export async function startFakeSupabase(options: FakeSupabaseOptions = {}): Prom
         sessions.delete(id);
         for (const [token, row] of refreshTokens) if (row.sessionId === id) refreshTokens.delete(token);
       }
+    },
+    changeEmail(from, to) {
+      const user = users.get(from.toLowerCase());
+      if (!user) throw new Error(`fake Supabase has no user ${from}`);
+      if (users.has(to.toLowerCase())) throw new Error(`fake Supabase already has a user ${to}`);
+      users.delete(from.toLowerCase());
+      user.email = to.toLowerCase();
+      users.set(user.email, user);
     },
     failNextRequest(status, code, message) {
       injectedFailure = new GoTrueError(status, code, message);
