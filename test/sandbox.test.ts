@@ -11,6 +11,7 @@ import { createLogger } from '../src/observability/logger.js';
 import type { BuildTool } from '../src/toolchain/build-steps.js';
 import { type BuildSandbox, createBuildSandbox, probeBwrap, type SandboxSettings, toolchainRoot } from '../src/toolchain/sandbox.js';
 import { buildEnv, type OutputLine, runStep, type StepResult } from '../src/toolchain/step-runner.js';
+import { createWorkspace } from '../src/workspace/workspace.js';
 import { databaseKind } from './support/db.js';
 import { createProject } from './support/fixtures.js';
 import { useGeminiServer } from './support/gemini-server.js';
@@ -275,6 +276,81 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     expect((await stat(join(workspace, 'reserved.bin'))).blocks).toBe(0);
   });
 
+  it.each([
+    ['a build step', false],
+    ['the dependency fetch', true],
+  ] as const)("leaves the host's kernel settings and every other host-wide file of /proc read-only to %s", async (_, fetch) => {
+    // The sandbox's uid is the server's (root here), the owner of /proc/sys: kernel.core_pattern
+    // written there ran a program on the host as root. The value read is written back, so a
+    // write that got through changes nothing.
+    const script = [
+      'f=/proc/sys/kernel/printk_ratelimit_burst; (cat $f > /tmp/v && cat /tmp/v > $f) 2>/dev/null && echo "sysctl: written" || echo "sysctl: refused"',
+      // The processes' own folders are the sandbox's; anything else writable is the host's.
+      "find /proc -path '/proc/[0-9]*' -prune -o -writable -print 2>/dev/null | sed 's/^/writable: /'",
+      'echo swept',
+    ].join('\n');
+    const { result, lines } = await run(script, { fetch });
+
+    expect(result.status).toBe('SUCCEEDED');
+    expect(lines).toEqual(['sysctl: refused', 'swept']);
+  });
+
+  it('keeps /dev read-only, with its devices and /dev/shm working', async () => {
+    // Without a cgroup, a tmpfs of no size would hold any amount of the host's memory, outside every resident-memory count.
+    const script = [
+      '(echo x > /dev/planted) 2>/dev/null && echo "dev: written" || echo "dev: refused"',
+      'echo x > /dev/null && head -c 3 /dev/zero | wc -c',
+      'echo shared > /dev/shm/file && cat /dev/shm/file',
+      'ls /dev/pts',
+    ].join('\n');
+    const { result, lines } = await run(script);
+
+    expect(result.status).toBe('SUCCEEDED');
+    expect(lines).toEqual(['dev: refused', '3', 'shared', 'ptmx']);
+  });
+
+  it('refuses setuid and setgid modes however a step sets them, and other modes as before', async () => {
+    // The files a root server's step writes are the host's root's: a setuid one, in a folder the
+    // step opened to everyone, would give any local user root.
+    const chmods = [
+      'touch plain setuid setgid && chmod 755 plain && echo "755: set"',
+      '(chmod 4755 setuid 2>/dev/null && echo "4755: set" || echo "4755: refused")',
+      '(chmod g+s setgid 2>/dev/null && echo "g+s: set" || echo "g+s: refused")',
+    ];
+    // chmod(2) itself, and a file or folder created with the bits (open with O_CREAT, mkdir).
+    const perl = hasPerl
+      ? [
+          `perl -e 'print chmod(06755, "plain") ? "chmod(2): set\\n" : "chmod(2): refused ($!)\\n"'`,
+          `perl -MFcntl -e 'print sysopen(my $f, "created", O_CREAT | O_WRONLY, 04755) ? "open: created\\n" : "open: refused ($!)\\n"'`,
+          `perl -e 'print mkdir("folder", 02755) ? "mkdir: made\\n" : "mkdir: refused ($!)\\n"'`,
+        ]
+      : [];
+    const { result, lines } = await run([...chmods, ...perl, 'chmod 700 . && echo "own folder: 700"'].join('\n'));
+
+    expect(result.status).toBe('SUCCEEDED');
+    const denied = '(Operation not permitted)';
+    expect(lines).toEqual([
+      '755: set',
+      '4755: refused',
+      'g+s: refused',
+      ...(hasPerl ? [`chmod(2): refused ${denied}`, `open: refused ${denied}`, `mkdir: refused ${denied}`] : []),
+      'own folder: 700',
+    ]);
+    const mode = async (name: string) => (await stat(join(workspace, name))).mode & 0o7777;
+    expect([await mode('plain'), (await mode('setuid')) & 0o6000, (await mode('setgid')) & 0o6000]).toEqual([0o755, 0, 0]);
+    if (hasPerl) {
+      expect(existsSync(join(workspace, 'created'))).toBe(false);
+      expect(existsSync(join(workspace, 'folder'))).toBe(false);
+    }
+  });
+
+  it("makes the project's caches the server's alone", async () => {
+    const { result } = await run('true');
+    expect(result.status).toBe('SUCCEEDED');
+    const modes = await Promise.all([cacheDir, join(cacheDir, 'npm'), join(cacheDir, 'pub')].map(async (dir) => (await stat(dir)).mode & 0o777));
+    expect(modes).toEqual([0o700, 0o700, 0o700]);
+  });
+
   it('shows neither the host /tmp nor the folders around the workspace', async () => {
     await writeFile(join(root, 'workspaces', 'project', 'other-generation-file.txt'), 'another generation');
     await writeFile(join(root, 'host-file.txt'), 'the host /tmp');
@@ -356,6 +432,29 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     expect(result.status).toBe('FAILED');
     expect(result.message).toMatch(new RegExp(`${join(root, 'sdk')}, which every build step sees read-only, contains DATA_DIR`));
     expect(lines).toEqual([]);
+  });
+});
+
+describe("the folders around a build's workspace", () => {
+  it("are the server's alone: no other user reaches a file a build wrote, whatever it did to its own folder", async () => {
+    const root = await mkdtemp(join(tmpdir(), 'kiln-workspace-modes-'));
+    try {
+      const workspaces = join(root, 'data', 'workspaces');
+      // A project's folder made by an older Kiln, open to everyone, is tightened.
+      await mkdir(join(workspaces, 'older'), { recursive: true, mode: 0o755 });
+      await chmod(join(workspaces, 'older'), 0o755);
+      await chmod(workspaces, 0o751);
+      const input = { template: { 'a.txt': 'a\n' }, parentFiles: [], changes: [], changesAre: 'this answer' };
+      const made = await createWorkspace({ ...input, root: join(root, 'fresh', 'workspaces'), projectId: 'project', generationId: 'generation' });
+      const older = await createWorkspace({ ...input, root: workspaces, projectId: 'older', generationId: 'generation' });
+
+      const mode = async (dir: string) => (await stat(dir)).mode & 0o777;
+      expect(await Promise.all([join(root, 'fresh'), join(root, 'fresh', 'workspaces'), dirname(made.dir), made.dir].map(mode))).toEqual([0o700, 0o700, 0o700, 0o700]);
+      // WORKSPACES_DIR that exists keeps the operator's mode; the project's folder is Kiln's.
+      expect(await Promise.all([workspaces, dirname(older.dir), older.dir].map(mode))).toEqual([0o751, 0o700, 0o700]);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
   });
 });
 

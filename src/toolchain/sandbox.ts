@@ -100,6 +100,23 @@ const OPEN_FILTER = 'exec 4<"$0" || exit 125; ';
 /** Joins the step's cgroups before bwrap starts, so every process it makes is counted. */
 const JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"';
 const SECCOMP_ARGS = ['--seccomp', '4'];
+/**
+ * A new /proc, with the host-wide files in it read-only. For a root server the sandbox's uid
+ * is the host's root, without capabilities, but the owner of those files, and the kernel asks
+ * many of them for nothing more: a step wrote kernel.core_pattern under /proc/sys, and the
+ * host ran its program as root. bwrap covers sys, sysrq-trigger, irq and bus only where
+ * access(W_OK) passes as it sets up, which /proc/sys (0555, checked without regard to
+ * capabilities) never does, and the others not on every host. fs (cifs settings), acpi (wakeup),
+ * scsi (drivers' hosts), dynamic_debug, mtrr and pressure (triggers on the host's root cgroup)
+ * are writable files on some hosts. Bound from the host's /proc (with what is mounted in
+ * them, read-only too): what they show does not depend on the pid namespace.
+ */
+const PROC_ARGS = [
+  '--proc',
+  '/proc',
+  ...['--ro-bind', '/proc/sys', '/proc/sys'],
+  ...roBindTry(['/proc/sysrq-trigger', '/proc/irq', '/proc/bus', '/proc/fs', '/proc/acpi', '/proc/scsi', '/proc/dynamic_debug', '/proc/mtrr', '/proc/pressure']),
+];
 /** The filter's file, beside the project's caches: no sandbox mounts that folder, so none can change it. */
 const SECCOMP_FILE = '.seccomp-filter';
 
@@ -112,7 +129,7 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
   let seccomp = filter;
   let problem = settings.kind === 'none' ? undefined : await probeWith(seccomp);
   if (problem && seccomp && !(await probeWith(undefined))) {
-    log.warn({ problem }, 'bwrap works here, but not with the seccomp filter: builds run in the sandbox without it (fallocate, its ioctls and io_uring are not refused)');
+    log.warn({ problem }, 'bwrap works here, but not with the seccomp filter: builds run in the sandbox without it (fallocate, its ioctls, io_uring and setuid or setgid modes are not refused)');
     seccomp = undefined;
     problem = undefined;
   }
@@ -133,7 +150,7 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
   const hasPrlimit = await isExecutable(PRLIMIT);
   const hidden = { ...settings.hiddenDirs, "the server's working directory": process.cwd(), "Kiln's own folder": KILN_FOLDER };
   const enforcement = cgroups ? (cgroups.version === 2 ? 'cgroup v2' : 'cgroup v1') : 'rlimits and polling';
-  log.info({ sandbox: 'bwrap', enforcement, limits: settings.limits, seccomp: seccomp ? 'fallocate, its ioctls and io_uring refused' : 'none' }, 'builds run in the bwrap sandbox');
+  log.info({ sandbox: 'bwrap', enforcement, limits: settings.limits, seccomp: seccomp ? 'fallocate, its ioctls, io_uring, openat2 and setuid or setgid modes refused' : 'none' }, 'builds run in the bwrap sandbox');
   return {
     kind: 'bwrap',
     enforcement,
@@ -151,7 +168,7 @@ export function probeBwrap(): Promise<string | undefined> {
 /** probeBwrap with this seccomp filter, or none. */
 async function probeWith(seccomp: Buffer | undefined): Promise<string | undefined> {
   if (!(await isExecutable(BWRAP))) return `${BWRAP} is not installed (Debian/Ubuntu: apt-get install bubblewrap)`;
-  const args = [...namespaceArgs(false), ...(await systemMounts()).args, '--proc', '/proc', '--dev', '/dev', ...(seccomp ? SECCOMP_ARGS : []), '--', '/usr/bin/true'];
+  const args = [...namespaceArgs(false), ...(await systemMounts()).args, ...PROC_ARGS, '--dev', '/dev', '--remount-ro', '/dev', ...(seccomp ? SECCOMP_ARGS : []), '--', '/usr/bin/true'];
   const dir = seccomp ? await mkdtemp(join(tmpdir(), 'kiln-probe-')) : undefined;
   let result: Awaited<ReturnType<typeof runProcess>>;
   try {
@@ -217,9 +234,10 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
   const toolLock = stepAccess.tool === 'flutter' ? await flutterLock(toolchain[0]!, stepAccess.cacheDir) : undefined;
 
   const cache = { npm: join(stepAccess.cacheDir, 'npm'), pub: join(stepAccess.cacheDir, 'pub') };
-  await mkdir(stepAccess.cacheDir, { recursive: true });
+  // The server's alone (0700), like the workspaces around it: see createWorkspace.
+  await mkdir(stepAccess.cacheDir, { recursive: true, mode: 0o700 });
   // The fetch may have left anything in the cache, a symlink too: mkdir never follows one.
-  for (const dir of Object.values(cache)) await mkdir(dir).catch(ignoreExisting);
+  for (const dir of Object.values(cache)) await mkdir(dir, { mode: 0o700 }).catch(ignoreExisting);
   const env: Record<string, string> = {};
   // Only the fetch talks to a registry, maybe through a proxy with its own CA.
   for (const name of [...ENV_ALWAYS, ...(stepAccess.fetch ? REGISTRY_ENV : [])]) {
@@ -249,8 +267,7 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     'kiln-build',
     ...system.args,
     ...roBindTry([...ETC_ALWAYS, ...(stepAccess.fetch ? ETC_FETCH : [])]),
-    '--proc',
-    '/proc',
+    ...PROC_ARGS,
     '--dev',
     '/dev',
     ...['--size', String(machine.limits.tmpMb * 1024 * 1024), '--tmpfs', '/tmp', '--dir', HOME],
@@ -274,8 +291,12 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
         ? ['--ro-bind', cache.pub, cache.pub]
         : []),
     ...['--chdir', workspace],
-    // The root and the masks are tmpfs: nothing but the workspace (and the fetch's cache) is writable.
+    // The root, the masks and /dev are tmpfs: nothing but the workspace (and the fetch's cache),
+    // the bounded /tmp and /dev/shm (mounts of their own, left writable) is writable. /dev,
+    // unbounded, would hold any amount of the host's memory, which a watch of resident memory
+    // does not count; its devices and /dev/pts work read-only.
     ...[...outerMasks, ...innerMasks].flatMap((dir) => ['--remount-ro', dir]),
+    ...['--remount-ro', '/dev'],
     ...['--remount-ro', '/'],
     ...['--info-fd', '3'],
     ...(machine.seccomp ? SECCOMP_ARGS : []),

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { lstat, mkdir, mkdtemp, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, mkdtemp, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { RunError } from '../errors.js';
 import { MAX_VERSION_BYTES, MAX_VERSION_FILES, type OutputEvent } from '../generations/output-parser.js';
@@ -129,7 +129,12 @@ export async function createWorkspace(input: CreateWorkspaceInput): Promise<{ di
   // Code-unit order is stable across locales; it also puts a directory's name before its contents.
   const paths = [...contents.keys()].sort();
 
-  await mkdir(projectDir, { recursive: true });
+  // The server's alone: files a build writes are the server's user's (root's, for a root
+  // server), and a step may open its own folder to everyone (`chmod 755 .`), so no one else
+  // may reach into the project's folder. WORKSPACES_DIR too when Kiln makes it (an existing
+  // one keeps the operator's mode); a project's folder is Kiln's, and tightened if older.
+  await mkdir(projectDir, { recursive: true, mode: 0o700 });
+  await chmod(projectDir, 0o700);
   const tmp = await mkdtemp(join(projectDir, TMP_PREFIX));
   try {
     await writeFilesInside(tmp, paths.map((path) => [path, contents.get(path)!] as const));
