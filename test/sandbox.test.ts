@@ -9,7 +9,7 @@ import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../src/config.js';
 import { createLogger } from '../src/observability/logger.js';
 import type { BuildTool } from '../src/toolchain/build-steps.js';
-import { type BuildSandbox, createBuildSandbox, probeBwrap, type SandboxSettings, toolchainRoot } from '../src/toolchain/sandbox.js';
+import { type BuildSandbox, createBuildSandbox, probeBwrap, type SandboxSettings, STEP_NICENESS, toolchainRoot } from '../src/toolchain/sandbox.js';
 import { buildEnv, type OutputLine, runStep, type StepResult } from '../src/toolchain/step-runner.js';
 import { createWorkspace } from '../src/workspace/workspace.js';
 import { databaseKind } from './support/db.js';
@@ -250,6 +250,13 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     expect(held.result.status).toBe('FAILED');
     expect(held.result.message).toMatch(/wrote more than 64 MB to its workspace/);
   }, 150_000);
+
+  it('runs every process of a step nicer than the server, and a step cannot take that back', async () => {
+    // Field 19 of /proc/<pid>/stat: the niceness of the shell and of a process it starts.
+    const { result, lines } = await run('cut -d" " -f19 /proc/self/stat; sh -c \'cut -d" " -f19 /proc/$$/stat\'; renice -n 0 -p $$ >/dev/null 2>&1 && echo raised || echo kept');
+    expect(result.status).toBe('SUCCEEDED');
+    expect(lines).toEqual([String(STEP_NICENESS), String(STEP_NICENESS), 'kept']);
+  });
 
   it('gives every process of a step its own limit of open files, not the server\'s', async () => {
     const { result, lines } = await run('ulimit -Sn; ulimit -Hn');

@@ -83,6 +83,12 @@ const BWRAP = '/usr/bin/bwrap';
 /** RLIMIT_NOFILE of every process of a step, soft and hard. */
 export const STEP_MAX_OPEN_FILES = 4096;
 const PRLIMIT = '/usr/bin/prlimit';
+const NICE = '/usr/bin/nice';
+/**
+ * Every process of a step runs this much nicer than the server: a build that spins on every
+ * core leaves the API its turns (without CAP_SYS_NICE a step cannot undo it).
+ */
+export const STEP_NICENESS = 10;
 const SANDBOX_UID = '1000';
 const HOME = '/tmp/home';
 /** npm's cache in the steps that run project code: their own, in the private /tmp. */
@@ -147,7 +153,10 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
     return { kind: 'none', enforcement: 'none', forStep: () => undefined };
   }
   const cgroups = await findCgroups();
-  const hasPrlimit = await isExecutable(PRLIMIT);
+  const runFirst = [
+    ...((await isExecutable(NICE)) ? [NICE, '-n', String(STEP_NICENESS)] : []),
+    ...((await isExecutable(PRLIMIT)) ? rlimitArgs(settings.limits) : []),
+  ];
   const hidden = { ...settings.hiddenDirs, "the server's working directory": process.cwd(), "Kiln's own folder": KILN_FOLDER };
   const enforcement = cgroups ? (cgroups.version === 2 ? 'cgroup v2' : 'cgroup v1') : 'rlimits and polling';
   log.info({ sandbox: 'bwrap', enforcement, limits: settings.limits, seccomp: seccomp ? 'fallocate, its ioctls, io_uring, openat2 and setuid or setgid modes refused' : 'none' }, 'builds run in the bwrap sandbox');
@@ -155,7 +164,7 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
     kind: 'bwrap',
     enforcement,
     forStep: (stepAccess) => ({
-      enter: (step) => enterBwrap(step, stepAccess, { limits: settings.limits, cgroups, hasPrlimit, seccomp, hidden }),
+      enter: (step) => enterBwrap(step, stepAccess, { limits: settings.limits, cgroups, runFirst, seccomp, hidden }),
     }),
   };
 }
@@ -184,7 +193,8 @@ async function probeWith(seccomp: Buffer | undefined): Promise<string | undefine
 interface Machine {
   limits: StepLimits;
   cgroups: CgroupLayout | undefined;
-  hasPrlimit: boolean;
+  /** Inside the sandbox, before the tool: its priority and rlimits (nice, prlimit), where the host has them. */
+  runFirst: string[];
   /** The seccomp filter (seccomp.ts); undefined on an architecture it does not know. */
   seccomp: Buffer | undefined;
   /** Folders no step may see, by the setting that names them. */
@@ -301,7 +311,7 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     ...['--info-fd', '3'],
     ...(machine.seccomp ? SECCOMP_ARGS : []),
     '--',
-    ...(machine.hasPrlimit ? rlimitArgs(machine.limits) : []),
+    ...machine.runFirst,
     found.real,
     ...step.args,
   ];
