@@ -12,12 +12,12 @@ import { useGenerationServer } from './support/suite-server.js';
 // with FAILED/BUDGET_EXCEEDED before it spends past the limit.
 
 describe('the budget meter', () => {
-  /** A run holding `held` tokens of a month that has nothing more to give. */
+  /** A run holding `held` tokens of a month that has nothing more to give; without a limit, it gets whatever it asks for. */
   const holding = (limit: number | null, held: number, spentBefore = 0) => ({
     limit,
     spentBefore,
     reserved: () => held,
-    reserve: async () => held,
+    reserve: async (total: number) => (limit === null ? total : held),
   });
 
   /** Counts `text`, then holds the run to its budget, as answer.ts does with each piece of text. */

@@ -76,7 +76,7 @@ describe(`cancelling a running generation (${databaseKind})`, () => {
     expect(after!.usage).toMatchObject(generation.usage);
   });
 
-  it('counts what a run spent when its generation was ended elsewhere meanwhile (a lease recovery)', async () => {
+  it('counts what a run spent when its generation was ended elsewhere meanwhile (a lease recovery), and puts its answer in the conversation', async () => {
     const { server, owner } = await serverWith({ OFFLINE_CHUNK_DELAY_MS: '50' });
     const project = await createProject(owner.client, { target: 'FLUTTER' });
     const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A slow poem app' });
@@ -92,6 +92,13 @@ describe(`cancelling a running generation (${databaseKind})`, () => {
     const generation = await getGeneration(owner.client, started.id);
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'INTERRUPTED', message: 'ended elsewhere' } });
     expect(generation.usage.inputTokens).toBeGreaterThan(0);
+    // Recorded with the usage: the answer so far, under its prompt, as Generation.output has it.
+    expect(generation.output).not.toBe('');
+    const { project: talk } = await owner.client.expectNoErrors(ConversationDocument, { projectId: project.id, sessionId: started.sessionId });
+    expect(talk?.conversation.map((message) => [message.role, message.content, message.generation?.id])).toEqual([
+      ['USER', 'A slow poem app', started.id],
+      ['MODEL', generation.output, started.id],
+    ]);
   });
 
   it('kills the build tool and the process it started, and ends CANCELLED', async () => {
@@ -224,7 +231,7 @@ describe(`a stopping worker hands its run back (${databaseKind})`, () => {
     return { faults, worker, owner, project, building };
   }
 
-  it('with its retry in the same commit: when nothing after the ending goes through, the run is still retried', async () => {
+  it('with its retry in the same commit: when nothing after the ending goes through, the run is still retried, its answer kept', async () => {
     const { faults, worker, owner, project, building } = await handingBack();
     const { stopping, started } = await building();
 
@@ -238,8 +245,18 @@ describe(`a stopping worker hands its run back (${databaseKind})`, () => {
     // stay FAILED with no retry.
     const next = await worker('ok');
     const retry = await retryOf(owner.client, project.id, started.id);
-    expect(await getGeneration(owner.client, started.id)).toMatchObject({ status: 'FAILED', error: { code: 'INTERRUPTED' } });
+    const interrupted = await getGeneration(owner.client, started.id);
+    expect(interrupted).toMatchObject({ status: 'FAILED', error: { code: 'INTERRUPTED' }, output: expect.stringContaining('</file>') });
     expect(await waitForEnd(next, owner.client, owner.accessToken, retry.id)).toMatchObject({ status: 'SUCCEEDED', attempt: 2 });
+    // The answer the ending would have written, recovery wrote from the chunks: under its prompt, before the retry's.
+    const { project: talk } = await owner.client.expectNoErrors(ConversationDocument, { projectId: project.id, sessionId: started.sessionId });
+    expect(talk?.conversation.map((message) => [message.role, message.generation?.id])).toEqual([
+      ['USER', started.id],
+      ['MODEL', started.id],
+      ['USER', retry.id],
+      ['MODEL', retry.id],
+    ]);
+    expect(talk?.conversation[1]?.content).toBe(interrupted.output);
   });
 
   it("lists the run's answer before its retry's prompt in the conversation", async () => {

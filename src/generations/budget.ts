@@ -14,6 +14,13 @@ import { type GenerationRow, generationStore } from './store.js';
 // reservations never add up past the limit. The run's final transition replaces its
 // reservation with its usage, in one transaction.
 //
+// The limit is the project's as it stands when the run asks for more, read under that lock
+// (setProjectBudget takes it too), not as it stood when the run began: a limit set or
+// lowered during a run holds it from its next step on. A run of a project without a limit
+// holds nothing and reads the limit again a step at a time (one small statement), so a
+// limit set meanwhile reaches it within a step too. A run is counted in the month it was
+// created in (its generation's created_at), also when it streams on past the month's end.
+//
 // Providers report usage only at the end, so tokens are estimated as they come (about
 // four characters a token). A run that cannot get the tokens it needs stops with
 // BUDGET_EXCEEDED; the chunk that took it over was spent all the same and is counted,
@@ -27,18 +34,23 @@ export function monthStart(now = new Date()): Date {
   return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
 }
 
+/** The start of the month after the one `start` (a monthStart) begins. */
+function monthAfter(start: Date): Date {
+  return new Date(Date.UTC(start.getUTCFullYear(), start.getUTCMonth() + 1, 1));
+}
+
 /** About four characters a token, rounded up: the usual estimate for English text and code. */
 export const estimateTokens = (characters: number) => Math.ceil(characters / 4);
 
 /** A run's hold on its project's monthly budget, shared by all of its answers. */
 export interface RunBudget {
-  /** Absent: no budget. */
-  limit: number | null;
+  /** The project's limit as the run last read it; null: none. */
+  readonly limit: number | null;
   /** What the run spent before this answer (earlier rounds). */
   spentBefore: number;
-  /** Tokens reserved for the whole run so far. */
+  /** Tokens the whole run may spend before it asks again: what it holds, or without a limit, up to its next look at the limit. */
   reserved(): number;
-  /** Asks for `total` tokens for the whole run; resolves with the reservation after, which may fall short of it. */
+  /** Asks for `total` tokens for the whole run; resolves with what it may spend after, which falls short of it only under a limit. */
   reserve(total: number): Promise<number>;
 }
 
@@ -67,7 +79,6 @@ export function budgetMeter(budget: RunBudget, inputCharacters: number): BudgetM
   let outputCharacters = 0;
   const usage = () => ({ inputTokens, outputTokens: estimateTokens(outputCharacters) });
   const covered = async (spent: LlmUsage) => {
-    if (budget.limit === null) return true;
     const total = budget.spentBefore + spent.inputTokens + spent.outputTokens;
     return total <= budget.reserved() || (await budget.reserve(total)) >= total;
   };
@@ -111,32 +122,67 @@ export async function reserveAtStart(
 
 /**
  * The running generation's budget: what it reserved at start, grown a step at a time
- * (at least `step` tokens, when the month has them) as it needs more.
+ * (at least `step` tokens, when the month has them) as it needs more, against the limit
+ * as it stands then. `limit` is the project's when the run began; with none, the run
+ * reads it again every `step` tokens. Call the result with what earlier rounds spent.
  */
-export function runBudget(scope: Scope, generation: GenerationRow, limit: number | null, step: number): Omit<RunBudget, 'spentBefore'> {
+export function runBudget(scope: Scope, generation: GenerationRow, limit: number | null, step: number): (spentBefore: number) => RunBudget {
+  let known = limit;
   let held = generation.reservedTokens;
-  return {
-    limit,
-    reserved: () => held,
-    reserve: async (total) => {
-      if (limit === null || total <= held) return held;
-      const wanted = Math.max(total, held + step);
-      held = (await scope.run((tx) => growReservation(tx, generation, limit, wanted))) ?? held;
-      return held;
-    },
+  // Without a limit: the run's total at which it reads the limit again. `limit` was read just now.
+  let lookAgainAt = step;
+  const covers = () => (known === null ? Math.max(held, lookAgainAt) : held);
+  const reserve = async (total: number) => {
+    if (total <= covers()) return covers();
+    const wanted = Math.max(total, held + step);
+    const grant = await scope.run((tx) => growReservation(tx, generation, known, wanted));
+    // None when it is no longer running (being ended elsewhere): it keeps what it had meanwhile.
+    if (grant) {
+      known = grant.limit;
+      held = grant.held ?? held;
+    }
+    if (known === null) lookAgainAt = total + step;
+    return covers();
   };
+  return (spentBefore) => ({
+    get limit() {
+      return known;
+    },
+    spentBefore,
+    reserved: covers,
+    reserve,
+  });
 }
 
 /**
- * Grows a RUNNING generation's reservation towards `wanted`, as far as the limit allows.
- * Safe to run twice (a lost COMMIT reply): the second run finds the grant already there.
+ * Grows a RUNNING generation's reservation towards `wanted`, as far as the project's limit
+ * allows against its month's usage and the other reservations (and shrinks it to that room
+ * when the limit was lowered). A run that knew of no limit first just looks whether there
+ * is one now: one statement, and nothing more while there is none. Resolves with the
+ * limit read and the reservation after (absent: unchanged), or nothing when the generation
+ * is no longer running. Safe to run twice (a lost COMMIT reply): the second run finds the
+ * grant already there.
  */
-async function growReservation(tx: Tx, generation: GenerationRow, limit: number, wanted: number): Promise<number | undefined> {
-  await generationStore.lockBudgetOfProject(tx, generation.projectId);
-  const committed = await generationStore.committedOfProject(tx, generation.projectId, monthStart());
+async function growReservation(
+  tx: Tx,
+  generation: GenerationRow,
+  known: number | null,
+  wanted: number,
+): Promise<{ limit: number | null; held?: number } | undefined> {
+  const { projectId } = generation;
+  if (known === null && (await generationStore.limitOfProject(tx, projectId)) === null) return { limit: null };
+  await generationStore.lockBudgetOfProject(tx, projectId);
+  // Read under the lock, which setProjectBudget takes too: a change lands before this decision or after it.
+  const limit = await generationStore.limitOfProject(tx, projectId);
   const held = await generationStore.reservationOf(tx, generation.id);
   if (held === undefined) return undefined; // no longer running
-  const target = Math.max(held, Math.min(wanted, held + Math.max(0, limit - committed)));
+  if (limit === null) return { limit, held };
+  // The run's own month: one that streams on past the month's end is still charged to the month it began in.
+  const month = monthStart(generation.createdAt);
+  const committed = await generationStore.committedOfProject(tx, projectId, month, monthAfter(month));
+  // What this run may hold: the limit less the month's usage and every other reservation.
+  const room = limit - (committed - held);
+  const target = Math.max(0, Math.min(wanted, room));
   if (target !== held) await generationStore.setReservation(tx, generation.id, target);
-  return target;
+  return { limit, held: target };
 }

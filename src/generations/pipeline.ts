@@ -130,7 +130,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
       signal: run.signal,
       output: () => output,
       onText,
-      budget: () => ({ ...context.budget, spentBefore: usage.inputTokens + usage.outputTokens }),
+      budget: () => context.budget(usage.inputTokens + usage.outputTokens),
       spend,
       // The first build records the workspace's files with its steps.
       entry: {
@@ -172,9 +172,13 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
       const ended = await generationStore.find(tx, generationId);
       if (ended?.finishedAt?.getTime() === finishedAt.getTime()) return ended;
       // Ended elsewhere (its lease lapsed meanwhile): what this run spent still counts, and
-      // a step it went on to start after that ending is closed too.
+      // a step it went on to start after that ending is closed too. Its answer still goes under
+      // its prompt in the conversation, as Generation.output has it (keepUsage holds the row).
       await generationStore.keepUsage(tx, generationId, usage);
-      if (ended) await closeUnfinishedWork(tx, generationId, ended.status);
+      if (ended) {
+        await closeUnfinishedWork(tx, generationId, ended.status);
+        if (output) await generationStore.setAnswer(tx, { projectId: claimed.projectId, sessionId: claimed.sessionId, content: output, generationId });
+      }
       return undefined;
     }
     await closeUnfinishedWork(tx, generationId, row.status);
@@ -235,7 +239,8 @@ async function loadContext(deps: PipelineDeps, generation: GenerationRow, log: L
       // A parent that wrote no files hands on the version before it (versionOfLineage).
       parentFiles: generation.parentId ? await generationStore.versionOfLineage(tx, generation.parentId) : [],
       turns: generation.parentId ? await generationStore.turnsOfLineage(tx, generation.parentId) : [],
-      budget: { ...runBudget(pipelineScope(deps.db, deps.logger), generation, project.monthlyTokenLimit, deps.budgetReservationTokens), spentBefore: 0 },
+      // The limit as it stands now; the run reads it again as it needs more (budget.ts).
+      budget: runBudget(pipelineScope(deps.db, deps.logger), generation, project.monthlyTokenLimit, deps.budgetReservationTokens),
     };
   });
   const { kept, refused } = withoutRefusedPaths(context.parentFiles);
@@ -273,7 +278,7 @@ function generate(
   const { generation, project, apiKey } = context;
   return streamAnswer(
     deps,
-    { generationId: generation.id, target: project.target, round: 0, ...prompt, budget: context.budget, spend, ...(apiKey ? { apiKey } : {}) },
+    { generationId: generation.id, target: project.target, round: 0, ...prompt, budget: context.budget(0), spend, ...(apiKey ? { apiKey } : {}) },
     cursor,
     signal,
     onText,

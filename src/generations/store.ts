@@ -160,16 +160,25 @@ export const generationStore = {
     await tx.execute(sql`select ${budgetLock(projectId)}`);
   },
 
-  /** The month's usage of a project plus what its QUEUED and RUNNING generations hold in reserve (budget.ts). */
-  async committedOfProject(tx: Tx, projectId: string, since: Date): Promise<number> {
+  /**
+   * The month's usage of a project plus what its QUEUED and RUNNING generations hold in reserve (budget.ts):
+   * of the generations created after `since`, and before `until` when given (a month gone by).
+   */
+  async committedOfProject(tx: Tx, projectId: string, since: Date, until?: Date): Promise<number> {
     const [row] = await tx
       .select({
         total: sql<number>`coalesce(sum(${generations.inputTokens} + ${generations.outputTokens}
           + case when ${isActive} then ${generations.reservedTokens} else 0 end), 0)::int`,
       })
       .from(generations)
-      .where(and(eq(generations.projectId, projectId), gt(generations.createdAt, since)));
+      .where(and(eq(generations.projectId, projectId), gt(generations.createdAt, since), until ? lt(generations.createdAt, until) : undefined));
     return row?.total ?? 0;
+  },
+
+  /** A project's monthly token limit as it stands; null: none (budget.ts). */
+  async limitOfProject(tx: Tx, projectId: string): Promise<number | null> {
+    const [row] = await tx.select({ limit: projects.monthlyTokenLimit }).from(projects).where(eq(projects.id, projectId));
+    return row?.limit ?? null;
   },
 
   /** A RUNNING generation's reservation; nothing when it is not running. */
@@ -521,6 +530,37 @@ export const generationStore = {
 
   async insertMessage(tx: Tx, values: typeof conversationMessages.$inferInsert) {
     await tx.insert(conversationMessages).values(values);
+  },
+
+  /**
+   * The answer of a run whose generation was ended elsewhere (a lapsed lease): it still
+   * belongs under its prompt, as Generation.output has it. Replaces the one lease recovery
+   * wrote from the chunks it found (answersFromChunks), which may lack the run's last ones;
+   * written once however often it runs. Call it holding the generation's row (an update of it
+   * earlier in the transaction), as recovery does, so the two never both find none.
+   */
+  async setAnswer(tx: Tx, values: { projectId: string; sessionId: string; generationId: string; content: string }) {
+    const replaced = await tx
+      .update(conversationMessages)
+      .set({ content: values.content })
+      .where(and(eq(conversationMessages.generationId, values.generationId), eq(conversationMessages.role, 'MODEL')))
+      .returning({ id: conversationMessages.id });
+    if (replaced.length === 0) await tx.insert(conversationMessages).values({ ...values, role: 'MODEL' });
+  },
+
+  /**
+   * Lease recovery's answers for the runs it ended (their workers are gone, or will find them
+   * ended): each one's chunks so far, as its MODEL message, unless it has one or has no chunks.
+   */
+  async answersFromChunks(tx: Tx, generationIds: string[]): Promise<void> {
+    if (generationIds.length === 0) return;
+    await tx.execute(sql`
+      insert into ${conversationMessages} (project_id, session_id, role, content, generation_id)
+      select g.project_id, g.session_id, 'MODEL'::message_role, string_agg(c.text, '' order by c.seq), g.id
+      from ${generations} g join ${generationChunks} c on c.generation_id = g.id
+      where g.id in ${generationIds}
+        and not exists (select 1 from ${conversationMessages} m where m.generation_id = g.id and m.role = 'MODEL')
+      group by g.id, g.project_id, g.session_id`);
   },
 
   /**

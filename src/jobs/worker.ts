@@ -130,8 +130,10 @@ export function startWorker(options: WorkerOptions): Worker {
     serviceScope(db)
       .run(async (tx) => {
         const interrupted = await generationStore.interruptLapsed(tx, { all });
-        // The run that left them open is gone: its steps and rounds end with it.
+        // The run that left them open is gone: its steps and rounds end with it, and its answer
+        // so far goes under its prompt (before its retry's, which follows in this transaction).
         for (const row of interrupted) await closeUnfinishedWork(tx, row.id, row.status);
+        await generationStore.answersFromChunks(tx, interrupted.map((row) => row.id));
         return { interrupted, retried: await retryInterrupted(tx, options.provider, interrupted, queue?.enqueue) };
       })
       .then(async ({ interrupted, retried }) => {

@@ -4,6 +4,7 @@ import type { projectTarget } from '../db/schema.js';
 import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
 import { AuthError, ForbiddenError, InvalidStateError, NotFoundError, ValidationError } from '../errors.js';
+import { generationStore } from '../generations/store.js';
 import type { SecretBox } from './secret-box.js';
 import { type PageCursor, type ProjectRole, type ProjectRow, projectStore, type SecretName, secretStore, userStore } from './store.js';
 
@@ -92,6 +93,9 @@ export async function setProjectBudget(scope: Scope, input: { projectId: string;
     await projectStore.lockAgainstArchive(tx, input.projectId, 'start');
     const project = requireRole(await projectStore.find(tx, input.projectId), ['owner']);
     refuseChangeWhenArchived(project);
+    // Taken after the archive lock, as starts do: a run growing its reservation decides on the
+    // limit before this change or after it, and once this returns every decision uses the new one.
+    await generationStore.lockBudgetOfProject(tx, project.id);
     const row = await projectStore.update(tx, project.id, { monthlyTokenLimit });
     return { ...row!, viewerRole: project.viewerRole };
   });
