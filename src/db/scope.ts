@@ -50,13 +50,15 @@ export function userScope(db: Db, claims: Claims): Scope {
 }
 
 /**
- * Whether `error` (or what it wraps: drizzle puts the driver's error in `cause`) is a row a
- * row-level security policy refused: SQLSTATE 42501 with PostgreSQL's "new row violates
- * row-level security policy" (server messages in English, as Supabase's are). Other 42501s
- * (a table or function the role has no grant on) are bugs: they stay unexpected, masked and logged.
+ * Whether `error` (or what it wraps: drizzle puts the driver's error in `cause`) is a write the
+ * viewer's role does not allow: SQLSTATE 42501 with PostgreSQL's "new row violates row-level
+ * security policy" (server messages in English, as Supabase's are), or from the guard that only
+ * an owner archives or sets a budget (migration 0002), which a co-owner demoted after the
+ * use-case read the role meets. Other 42501s (a missing grant, the guards no use-case should
+ * ever meet) are bugs: they stay unexpected, masked and logged.
  */
 function isRowPolicyViolation(error: unknown): boolean {
-  return [...errorChain(error)].some((e) => e.code === '42501' && /violates row-level security policy/.test(e.message));
+  return [...errorChain(error)].some((e) => e.code === '42501' && /violates row-level security policy|^only the owner may /.test(e.message));
 }
 
 /** The server's own scope (worker, auth provider, migrations): no RLS. */

@@ -66,7 +66,8 @@ export async function updateProject(
     if (input.name != null) changes.name = input.name;
     if (input.description !== undefined) changes.description = input.description || null;
     if (Object.keys(changes).length === 0) return project;
-    return { ...(await projectStore.update(tx, project.id, changes))!, viewerRole: project.viewerRole };
+    const row = await projectStore.update(tx, project.id, changes);
+    return { ...(row ?? (await refusedWrite(tx, project.id, ['owner', 'editor']))), viewerRole: project.viewerRole };
   });
 }
 
@@ -79,7 +80,8 @@ export async function archiveProjectIn(tx: Tx, id: string): Promise<ProjectRow> 
   await projectStore.lockAgainstArchive(tx, id, 'archive');
   const project = requireRole(await projectStore.find(tx, id), ['owner']);
   if (project.archivedAt) return project;
-  return { ...(await projectStore.update(tx, id, { archivedAt: new Date() }))!, viewerRole: project.viewerRole };
+  const row = await projectStore.update(tx, id, { archivedAt: new Date() });
+  return { ...(row ?? (await refusedWrite(tx, id, ['owner']))), viewerRole: project.viewerRole };
 }
 
 export const monthlyTokenLimit = z.number().int().positive('The limit must be a positive number of tokens').nullable();
@@ -97,7 +99,7 @@ export async function setProjectBudget(scope: Scope, input: { projectId: string;
     // limit before this change or after it, and once this returns every decision uses the new one.
     await generationStore.lockBudgetOfProject(tx, project.id);
     const row = await projectStore.update(tx, project.id, { monthlyTokenLimit });
-    return { ...row!, viewerRole: project.viewerRole };
+    return { ...(row ?? (await refusedWrite(tx, project.id, ['owner']))), viewerRole: project.viewerRole };
   });
 }
 
@@ -123,7 +125,8 @@ export async function setProjectSecret(
     const project = requireRole(await projectStore.find(tx, input.projectId), ['owner']);
     // An archived project takes no new key; deleting one stays possible (archiving is final).
     if (value === null) {
-      await secretStore.remove(tx, project.id, input.name);
+      // Nothing removed: there was no such key, or the viewer is no longer an owner.
+      if (!(await secretStore.remove(tx, project.id, input.name))) requireRole(await projectStore.find(tx, project.id), ['owner']);
     } else {
       refuseChangeWhenArchived(project);
       if (!box) throw new InvalidStateError('Project secrets are disabled: the server has no KILN_ENCRYPTION_KEY.');
@@ -166,6 +169,8 @@ export async function removeProjectMember(scope: Scope, input: { projectId: stri
     const project = requireRole(await projectStore.find(tx, input.projectId), ['owner']);
     if (input.userId === project.ownerId) throw new InvalidStateError("The project's creator cannot be removed.");
     if (!(await projectStore.removeMember(tx, project.id, input.userId))) {
+      // Not a member, or the viewer is no longer an owner: the row policies say so only by removing nothing.
+      requireRole(await projectStore.find(tx, project.id), ['owner']);
       throw new NotFoundError('That user is not a member of this project.');
     }
     return project;
@@ -186,6 +191,16 @@ export const projectLoaders = {
   users: (scope: Scope, ids: readonly string[]) => scope.run((tx) => userStore.findMany(tx, ids)),
   secrets: (scope: Scope, projectIds: readonly string[]) => scope.run((tx) => secretStore.namesOf(tx, projectIds)),
 };
+
+/**
+ * A write the row policies refused: PostgreSQL refuses an UPDATE or DELETE by matching no
+ * row, without an error. The viewer's role changed after the use-case read it (each statement
+ * sees the latest commits), so it is read again to say why: gone, or no longer allowed.
+ */
+async function refusedWrite(tx: Tx, projectId: string, roles: ProjectRole[]): Promise<never> {
+  requireRole(await projectStore.find(tx, projectId), roles);
+  throw new ForbiddenError(`Only a project ${roles.join(' or ')} can do that.`);
+}
 
 function requireUser(scope: Scope): string {
   if (!scope.userId) throw new AuthError();

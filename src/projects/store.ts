@@ -140,8 +140,13 @@ export const secretStore = {
       .onConflictDoUpdate({ target: [projectSecrets.projectId, projectSecrets.name], set: { ciphertext, updatedAt: new Date() } });
   },
 
-  async remove(tx: Tx, projectId: string, name: SecretName) {
-    await tx.delete(projectSecrets).where(and(eq(projectSecrets.projectId, projectId), eq(projectSecrets.name, name)));
+  /** Whether a key was removed. */
+  async remove(tx: Tx, projectId: string, name: SecretName): Promise<boolean> {
+    const removed = await tx
+      .delete(projectSecrets)
+      .where(and(eq(projectSecrets.projectId, projectId), eq(projectSecrets.name, name)))
+      .returning({ name: projectSecrets.name });
+    return removed.length > 0;
   },
 
   /** Service scope only: any one stored secret, for checking the encryption key at start-up. */
