@@ -1,11 +1,14 @@
 import { sql } from 'drizzle-orm';
-import { afterEach, describe, expect, it } from 'vitest';
-import { rowsOf } from '../src/db/client.js';
+import { randomUUID } from 'node:crypto';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { rowsOf, type Tx } from '../src/db/client.js';
+import { generations } from '../src/db/schema.js';
 import { estimateTokens } from '../src/generations/budget.js';
+import { projectStore } from '../src/projects/store.js';
 import { SetProjectBudgetDocument } from './gql/graphql.js';
 import { createTestDatabase, databaseKind } from './support/db.js';
 import { createProject, expectTypename, signUp } from './support/fixtures.js';
-import { fakeFlutter, firstChunks, rawId, startAccepted, startInstance, tempDir, waitForEnd } from './support/generation-helpers.js';
+import { fakeFlutter, firstChunks, rawId, startAccepted, startGeneration, startInstance, tempDir, waitForEnd } from './support/generation-helpers.js';
 import type { GraphQLClient } from './support/server.js';
 import { useGenerationServer } from './support/suite-server.js';
 
@@ -39,6 +42,42 @@ describe(`a budget changed during a run (${databaseKind})`, () => {
     expect(stopped.output).not.toBe('');
     expect(stopped.files).toEqual([]);
     expect(stopped.buildSteps).toEqual([]);
+  });
+
+  it('refuses a start when a limit is set between its read of the project and its budget decision', async () => {
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const projectId = rawId(project.id);
+    // The month has spent 1,000 tokens already, with no limit.
+    const [owner] = rowsOf<{ id: string }>(await suite.server.database.db.execute(sql`select id from users where email = ${suite.owner.email}`));
+    await suite.server.database.db.insert(generations).values({
+      projectId,
+      createdBy: owner!.id,
+      sessionId: randomUUID(),
+      prompt: 'Earlier',
+      provider: 'offline',
+      model: 'offline',
+      status: 'SUCCEEDED',
+      phase: 'DONE',
+      inputTokens: 500,
+      outputTokens: 500,
+      startedAt: new Date(),
+      finishedAt: new Date(),
+    });
+    // The start reads the project (no limit), then a limit of 10 is set, as a commit right after that read would be seen.
+    const find = projectStore.find.bind(projectStore);
+    const spy = vi.spyOn(projectStore, 'find').mockImplementationOnce(async (tx: Tx, id: string) => {
+      const row = await find(tx, id);
+      await tx.execute(sql`reset role`);
+      await tx.execute(sql`update projects set monthly_token_limit = 10 where id = ${projectId}`);
+      await tx.execute(sql`select set_config('role', 'authenticated', true)`);
+      return row;
+    });
+    try {
+      const refused = expectTypename(await startGeneration(suite.owner.client, { projectId: project.id, prompt: 'A packing list' }), 'BudgetExceededError');
+      expect(refused).toMatchObject({ limit: 10 });
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it('stops a run when its limit is lowered while it streams', async () => {

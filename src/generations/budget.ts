@@ -2,6 +2,7 @@ import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
 import { type MonthTokens, RunError } from '../errors.js';
 import type { LlmUsage } from '../llm/provider.js';
+import { projectStore } from '../projects/store.js';
 import { type GenerationRow, generationStore } from './store.js';
 
 // A project's monthly token budget, held while several runs start and stream at once.
@@ -99,21 +100,22 @@ export function budgetMeter(budget: RunBudget, inputCharacters: number): BudgetM
 /**
  * A start's reservation, in its insert's transaction and under the project's budget lock
  * (lockStartsOfUser with the project): refuses with `exceeded` when the month's usage
- * and reservations have reached the limit, else holds up to `estimate`.
+ * and reservations have reached the limit, else holds up to `estimate`. The limit is read
+ * under that lock, which setProjectBudget takes too: a change lands before this decision or after it.
  */
 export async function reserveAtStart(
   tx: Tx,
-  project: { id: string; monthlyTokenLimit: number | null },
+  projectId: string,
   estimate: number,
   exceeded: (limit: number, taken: MonthTokens) => Error,
 ): Promise<number> {
-  const limit = project.monthlyTokenLimit;
+  const limit = await projectStore.limitOf(tx, projectId);
   if (limit === null) return 0;
   const since = monthStart();
-  const committed = await generationStore.committedOfProject(tx, project.id, since);
+  const committed = await generationStore.committedOfProject(tx, projectId, since);
   if (committed >= limit) {
     // Told apart only for the refusal: a reservation is no usage, and the person refused should know which it is.
-    const [usage] = await generationStore.usageOfProjects(tx, [project.id], since);
+    const [usage] = await generationStore.usageOfProjects(tx, [projectId], since);
     const spent = (usage?.inputTokens ?? 0) + (usage?.outputTokens ?? 0);
     throw exceeded(limit, { spent, reserved: committed - spent });
   }
@@ -170,10 +172,10 @@ async function growReservation(
   wanted: number,
 ): Promise<{ limit: number | null; held?: number } | undefined> {
   const { projectId } = generation;
-  if (known === null && (await generationStore.limitOfProject(tx, projectId)) === null) return { limit: null };
+  if (known === null && (await projectStore.limitOf(tx, projectId)) === null) return { limit: null };
   await generationStore.lockBudgetOfProject(tx, projectId);
   // Read under the lock, which setProjectBudget takes too: a change lands before this decision or after it.
-  const limit = await generationStore.limitOfProject(tx, projectId);
+  const limit = await projectStore.limitOf(tx, projectId);
   const held = await generationStore.reservationOf(tx, generation.id);
   if (held === undefined) return undefined; // no longer running
   if (limit === null) return { limit, held };

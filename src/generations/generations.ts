@@ -233,9 +233,9 @@ async function checkLimits(
   spendsTokens: boolean,
 ): Promise<number> {
   // Lock order: archiving, the session, the user's starts, then the project's budget (runs growing their reservation take only the latter).
-  const budgeted = spendsTokens && project.monthlyTokenLimit !== null;
-  await generationStore.lockStartsOfUser(tx, userId, budgeted ? project.id : undefined);
-  const reserved = spendsTokens ? await reserveAtStart(tx, project, deps.budgetReservationTokens ?? 0, (limit, taken) => new BudgetExceededError(limit, taken)) : 0;
+  // The budget lock also when the project read had no limit: one set meanwhile is read under it (reserveAtStart).
+  await generationStore.lockStartsOfUser(tx, userId, spendsTokens ? project.id : undefined);
+  const reserved = spendsTokens ? await reserveAtStart(tx, project.id, deps.budgetReservationTokens ?? 0, (limit, taken) => new BudgetExceededError(limit, taken)) : 0;
   await refuseBeyondActiveLimit(tx, deps.maxActivePerUser, userId);
   return reserved;
 }

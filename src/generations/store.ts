@@ -175,12 +175,6 @@ export const generationStore = {
     return row?.total ?? 0;
   },
 
-  /** A project's monthly token limit as it stands; null: none (budget.ts). */
-  async limitOfProject(tx: Tx, projectId: string): Promise<number | null> {
-    const [row] = await tx.select({ limit: projects.monthlyTokenLimit }).from(projects).where(eq(projects.id, projectId));
-    return row?.limit ?? null;
-  },
-
   /** A RUNNING generation's reservation; nothing when it is not running. */
   async reservationOf(tx: Tx, id: string): Promise<number | undefined> {
     const [row] = await tx

@@ -75,6 +75,12 @@ export const projectStore = {
     return row?.total ?? 0;
   },
 
+  /** The project's monthly token limit as it stands; null: none (read under the budget lock: generations/budget.ts). */
+  async limitOf(tx: Tx, id: string): Promise<number | null> {
+    const [row] = await tx.select({ limit: projects.monthlyTokenLimit }).from(projects).where(eq(projects.id, id));
+    return row?.limit ?? null;
+  },
+
   async update(tx: Tx, id: string, values: Partial<Pick<typeof projects.$inferInsert, 'name' | 'description' | 'archivedAt' | 'monthlyTokenLimit'>>) {
     const [row] = await tx.update(projects).set({ ...values, updatedAt: new Date() }).where(eq(projects.id, id)).returning(getColumns());
     return row;

@@ -408,6 +408,8 @@ function rlimitArgs(limits: StepLimits): string[] {
     // One file cannot outgrow the workspace limit, however fast it is written.
     `--fsize=${limits.workspaceMb * 1024 * 1024}`,
     '--core=0',
+    // No raising its priority again, whatever limit the server was given (systemd's LimitNICE).
+    '--nice=0',
     // Not the server's own (Node raises it to the hard limit): each descriptor is one more for
     // the disk watch to read (step-limits.ts), and npm, vite and flutter need far fewer.
     `--nofile=${STEP_MAX_OPEN_FILES}`,

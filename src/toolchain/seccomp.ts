@@ -152,4 +152,3 @@ export function buildStepFilter(arch: string = process.arch): Buffer | undefined
   });
   return bytes;
 }
-
