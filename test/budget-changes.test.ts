@@ -80,6 +80,20 @@ describe(`a budget changed during a run (${databaseKind})`, () => {
     }
   });
 
+  it("counts a generation created at the very start of the month in that month's usage", async () => {
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const monthStart = sql`date_trunc('month', now() at time zone 'UTC') at time zone 'UTC'`;
+    await suite.server.database.db.execute(sql`
+      insert into generations (project_id, created_by, session_id, prompt, status, phase, provider, model, input_tokens, output_tokens, created_at, finished_at)
+      select ${rawId(project.id)}, id, gen_random_uuid(), 'at midnight', 'SUCCEEDED', 'DONE', 'offline', 'offline', 300, 200, ${monthStart}, ${monthStart}
+      from users where email = ${suite.owner.email}`);
+    const budgeted = await setBudget(suite.owner.client, project.id, 1_000);
+    expect(budgeted.usage).toEqual({ inputTokens: 300, outputTokens: 200, generationCount: 1 });
+    // And the budget counts it: 500 spent of 1,000 leaves too little for a start's reservation of more.
+    await setBudget(suite.owner.client, project.id, 500);
+    expectTypename(await startGeneration(suite.owner.client, { projectId: project.id, prompt: 'A packing list' }), 'BudgetExceededError');
+  });
+
   it('stops a run when its limit is lowered while it streams', async () => {
     const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
     await setBudget(suite.owner.client, project.id, 1_000_000);

@@ -1,4 +1,4 @@
-import { and, asc, count, desc, eq, getTableColumns, gt, inArray, isNull, lt, lte, not, or, sql } from 'drizzle-orm';
+import { and, asc, count, desc, eq, getTableColumns, gt, gte, inArray, isNull, lt, lte, not, or, sql } from 'drizzle-orm';
 import type { PgUpdateSetSource } from 'drizzle-orm/pg-core';
 import { advisoryLock } from '../db/advisory-locks.js';
 import { rowsOf, type Tx } from '../db/client.js';
@@ -162,7 +162,7 @@ export const generationStore = {
 
   /**
    * The month's usage of a project plus what its QUEUED and RUNNING generations hold in reserve (budget.ts):
-   * of the generations created after `since`, and before `until` when given (a month gone by).
+   * of the generations created from `since` on, and before `until` when given (a month gone by).
    */
   async committedOfProject(tx: Tx, projectId: string, since: Date, until?: Date): Promise<number> {
     const [row] = await tx
@@ -171,7 +171,7 @@ export const generationStore = {
           + case when ${isActive} then ${generations.reservedTokens} else 0 end), 0)::int`,
       })
       .from(generations)
-      .where(and(eq(generations.projectId, projectId), gt(generations.createdAt, since), until ? lt(generations.createdAt, until) : undefined));
+      .where(and(eq(generations.projectId, projectId), gte(generations.createdAt, since), until ? lt(generations.createdAt, until) : undefined));
     return row?.total ?? 0;
   },
 
@@ -227,7 +227,7 @@ export const generationStore = {
         generationCount: sql<number>`count(*)::int`,
       })
       .from(generations)
-      .where(and(inArray(generations.projectId, [...projectIds]), gt(generations.createdAt, since)))
+      .where(and(inArray(generations.projectId, [...projectIds]), gte(generations.createdAt, since)))
       .groupBy(generations.projectId);
   },
 
