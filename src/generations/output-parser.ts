@@ -38,19 +38,28 @@ export class OutputProtocolError extends RunError {
   readonly code = 'INVALID_OUTPUT';
 }
 
-// Enough for the longest allowed path plus attribute syntax; a longer opening tag is not one.
+// Enough for the longest allowed path plus attribute syntax; other attributes share the rest.
+// A longer opening tag is prose, unless it has begun an attribute: then it is refused (scanOpenTag).
 const MAX_OPEN_TAG = MAX_PATH_LENGTH + 64;
 // The longest closing tag (`</file`, whitespace, `>`); a longer one is content. It bounds what the parser holds back of a block.
 const MAX_CLOSE_TAG = 64;
 const SPACE = ' \t\r\n';
+// An attribute's name, as XML spells one; its value is quoted with " or '.
+const NAME_START = /[A-Za-z_:]/;
+const NAME_CHAR = /[A-Za-z0-9_:.-]/;
+
+type TagKind = 'file' | 'delete';
 
 type TagScan =
-  | { status: 'tag'; kind: 'file' | 'delete'; path: string; end: number }
+  | { status: 'tag'; kind: TagKind; path: string; end: number }
   | { status: 'none' }
-  // `path` is what was read of the attribute so far, once inside it.
-  | { status: 'incomplete'; path?: string }
+  // The text ran out first. `path` is what was read of the path so far, once inside it;
+  // `begun` once an attribute has begun, when the text can no longer be prose.
+  | { status: 'incomplete'; kind?: TagKind; path?: string; begun: boolean }
   // The path ran past MAX_OPEN_TAG: an unsafe path, not prose.
-  | { status: 'too-long'; path: string };
+  | { status: 'too-long'; path: string }
+  // Plainly a tag, but not one the parser can use: no path, two paths, or too long.
+  | { status: 'invalid'; problem: string };
 
 /** The first closing tag at or after `from`, or where the text stops being decided (a possible tag cut off by its end). */
 type CloseSearch = { status: 'tag'; start: number; end: number } | { status: 'undecided'; from: number };
@@ -88,6 +97,7 @@ export function createOutputParser(): OutputParser {
     const scan = scanOpenTag(text, pos);
     if (scan.status === 'incomplete') return false;
     if (scan.status === 'too-long') throw new UnsafeOutputError(scan.path, `is longer than ${MAX_PATH_LENGTH} characters`);
+    if (scan.status === 'invalid') throw new OutputProtocolError(`The model's output has ${scan.problem}`);
     if (scan.status === 'none') {
       pos += 1;
       return true;
@@ -154,6 +164,9 @@ export function createOutputParser(): OutputParser {
       if (pending?.status === 'incomplete' && pending.path !== undefined) {
         throw new OutputProtocolError(`The model's output ended inside the tag of ${describePath(pending.path)}`);
       }
+      if (pending?.status === 'incomplete' && pending.begun) {
+        throw new OutputProtocolError(`The model's output ended inside a <${pending.kind}> tag: ${describePath(text.slice(pos))}`);
+      }
       return events;
     },
   };
@@ -181,26 +194,45 @@ export function* fileBlocks(text: string): Generator<{ start: number; end: numbe
 }
 
 /**
- * Reads `<file path="…">` or `<delete path="…"/>` at `start` (a '<'). Only the first
- * MAX_OPEN_TAG characters are looked at, so the answer never depends on chunk boundaries.
+ * Reads `<file path="…">` or `<delete path="…"/>` at `start` (a '<'): tag names in any case,
+ * the path in double or single quotes, other `name="value"` or `name='value'` attributes
+ * before or after it (ignored), whitespace around `=`. Only the first MAX_OPEN_TAG characters
+ * are looked at, so the answer never depends on chunk boundaries.
+ *
+ * Prose stays prose: `<file>`, `<file …>` or `<file path>` are no tags. Once a tag has a whole
+ * attribute (or is inside one) it can no longer be prose, so one the parser cannot use is
+ * `invalid` and fails the run with a message, rather than losing a file without a word.
  */
 function scanOpenTag(text: string, start: number): TagScan {
   const limit = Math.min(text.length, start + MAX_OPEN_TAG);
   const capped = limit - start >= MAX_OPEN_TAG;
   let i = start + 1;
+  let kind: TagKind | undefined;
   let path: string | undefined;
+  let paths = 0;
+  let attributes = 0;
 
-  // Running out of text before the cap means "wait for more"; at the cap it is prose,
-  // unless the path itself is what ran past it.
-  const incomplete = (inPath = false): TagScan => {
-    if (!capped) return { status: 'incomplete', path };
-    return inPath ? { status: 'too-long', path: path ?? '' } : { status: 'none' };
+  // The text ran out at i (inside a value, if `value` is given: what was read of it). Before the
+  // cap that means "wait for more"; at the cap it is prose, unless an attribute has begun: then
+  // the path itself ran past the cap (an unsafe path) or the tag did.
+  const cut = (value?: { path: boolean; read: string }): TagScan => {
+    const begun = attributes > 0 || value !== undefined;
+    const shownPath = path ?? (value?.path ? value.read : undefined);
+    if (!capped) return { status: 'incomplete', kind, begun, ...(shownPath === undefined ? {} : { path: shownPath }) };
+    if (!begun) return { status: 'none' };
+    if (value?.path && paths === 0 && value.read.length > MAX_PATH_LENGTH) return { status: 'too-long', path: value.read };
+    return invalid(`longer than ${MAX_OPEN_TAG} characters`, limit);
   };
-  // Matches `literal` at i: true when matched, false when not, undefined when text ran out.
+  // Names the tag (its start, when long) in the message.
+  const invalid = (problem: string, end = i): TagScan => ({
+    status: 'invalid',
+    problem: `a <${kind}> tag ${problem}: ${describePath(text.slice(start, end))}`,
+  });
+  // Matches `literal` (lower case) at i in any case: true when matched, false when not, undefined when text ran out.
   const expect = (literal: string): boolean | undefined => {
     for (const ch of literal) {
       if (i >= limit) return undefined;
-      if (text[i] !== ch) return false;
+      if (lowerAscii(text[i]!) !== ch) return false;
       i += 1;
     }
     return true;
@@ -211,29 +243,56 @@ function scanOpenTag(text: string, start: number): TagScan {
     return i - from;
   };
 
-  if (i >= limit) return incomplete();
-  const kind = text[i] === 'f' ? 'file' : text[i] === 'd' ? 'delete' : undefined;
+  if (i >= limit) return cut();
+  const initial = lowerAscii(text[i]!);
+  kind = initial === 'f' ? 'file' : initial === 'd' ? 'delete' : undefined;
   if (!kind) return { status: 'none' };
   const name = expect(kind);
-  if (name !== true) return name === false ? { status: 'none' } : incomplete();
-  if (skipSpace() === 0) return i >= limit ? incomplete() : { status: 'none' };
-  const attribute = expect('path="');
-  if (attribute !== true) return attribute === false ? { status: 'none' } : incomplete();
+  if (name !== true) return name === false ? { status: 'none' } : cut();
+  const ending = kind === 'file' ? '>' : '/>';
 
-  const value = text.slice(i, limit);
-  const quote = value.indexOf('"');
-  path = quote < 0 ? value : value.slice(0, quote);
-  if (quote < 0) return incomplete(true);
-  i += quote + 1;
-  skipSpace();
-  const closing = expect(kind === 'file' ? '>' : '/>');
-  if (closing === undefined) return incomplete();
-  return closing ? { status: 'tag', kind, path, end: i } : { status: 'none' };
+  for (;;) {
+    const spaced = skipSpace() > 0;
+    if (i >= limit) return cut();
+    // The name ends with whitespace: `<filed>`, `<file>` and `<file/>` are no tags.
+    if (!spaced && attributes === 0) return { status: 'none' };
+    if (text[i] === ending[0]) {
+      const closing = expect(ending);
+      if (closing === undefined) return cut();
+      if (!closing) return { status: 'none' };
+      // `<file >` is prose; `<file name="x.ts">` is a tag without its path.
+      if (paths === 0) return attributes === 0 ? { status: 'none' } : invalid('without a path attribute');
+      if (paths > 1) return invalid('with more than one path attribute');
+      return { status: 'tag', kind, path: path!, end: i };
+    }
+    // An attribute, after whitespace: `name="value"` or `name='value'` (whitespace allowed around `=`, as in XML).
+    if (!spaced || !NAME_START.test(text[i]!)) return { status: 'none' };
+    const nameFrom = i;
+    while (i < limit && NAME_CHAR.test(text[i]!)) i += 1;
+    const isPath = text.slice(nameFrom, i).toLowerCase() === 'path';
+    skipSpace();
+    const equals = expect('=');
+    if (equals !== true) return equals === false ? { status: 'none' } : cut();
+    skipSpace();
+    if (i >= limit) return cut();
+    const quote = text[i]!;
+    if (quote !== '"' && quote !== "'") return { status: 'none' };
+    i += 1;
+    let valueEnd = i;
+    while (valueEnd < limit && text[valueEnd] !== quote) valueEnd += 1;
+    if (valueEnd >= limit) return cut({ path: isPath, read: text.slice(i, limit) });
+    if (isPath) {
+      paths += 1;
+      path ??= text.slice(i, valueEnd);
+    }
+    attributes += 1;
+    i = valueEnd + 1;
+  }
 }
 
 /**
- * Finds the first `</file>` at or after `from`, whitespace allowed before its `>` (as in an
- * opening tag). Each candidate is looked at for MAX_CLOSE_TAG characters at most, so the
+ * Finds the first `</file>` at or after `from`, in any case, whitespace allowed before its `>`
+ * (as in an opening tag). Each candidate is looked at for MAX_CLOSE_TAG characters at most, so the
  * answer never depends on chunk boundaries, and what is undecided is never longer.
  */
 function findCloseTag(text: string, from: number): CloseSearch {
@@ -241,7 +300,7 @@ function findCloseTag(text: string, from: number): CloseSearch {
     const limit = Math.min(text.length, lt + MAX_CLOSE_TAG);
     let i = lt + 1;
     for (const ch of '/file') {
-      if (i >= limit || text[i] !== ch) break;
+      if (i >= limit || lowerAscii(text[i]!) !== ch) break;
       i += 1;
     }
     if (i - lt < '</file'.length) {
@@ -253,4 +312,9 @@ function findCloseTag(text: string, from: number): CloseSearch {
     if (i >= text.length) return { status: 'undecided', from: lt };
   }
   return { status: 'undecided', from: text.length };
+}
+
+/** Lower-cases A-Z only: tag names are ASCII, and no other character may stand in for one of their letters. */
+function lowerAscii(ch: string): string {
+  return ch >= 'A' && ch <= 'Z' ? String.fromCharCode(ch.charCodeAt(0) + 32) : ch;
 }

@@ -4,6 +4,7 @@ import {
   MAX_OUTPUT_FILES,
   OutputProtocolError,
   createOutputParser,
+  fileBlocks,
   type OutputEvent,
 } from '../../src/generations/output-parser.js';
 import { UnsafeOutputError, assertSafeRelativePath } from '../../src/generations/safe-path.js';
@@ -106,7 +107,7 @@ describe('output parser', () => {
   });
 
   it('keeps in the file what only looks like a closing tag', () => {
-    const content = `</filed> </file x> </ file> </file${' '.repeat(100)}> </FILE>\n`;
+    const content = `</filed> </file x> </ file> </file${' '.repeat(100)}> </FILES>\n`;
     expect(parse([`<file path="a.ts">${content}</file>`])).toEqual([{ type: 'file', path: 'a.ts', content }]);
     expect(parse([...`<file path="a.ts">${content}</file>`])).toEqual([{ type: 'file', path: 'a.ts', content }]);
     // An output that ends inside a closing tag ended inside its block.
@@ -138,6 +139,141 @@ describe('output parser', () => {
     const parser = createOutputParser();
     parser.push('Here: <file path="lib/ma');
     expect(() => parser.end()).toThrow(OutputProtocolError);
+  });
+});
+
+// Forms that smaller and OpenAI-compatible models write instead of the canonical one: each
+// must give the file (or fail the run with a message), never lose it without a word.
+const APP_TSX = `export const App = () => <div title="a > b" data-x='y'>Hi</div>;
+`;
+
+const FORMS = `Here is the app, in <file> blocks (see <file …> and <FILE/>).
+
+<file path='src/App.tsx'>
+${APP_TSX}</file>
+<file path="src/a.ts" language="ts">
+a
+</file >
+<file language='typescript' path="src/b.ts" description="the b > module, it's small">
+b
+</FILE>
+<FILE PATH="src/c.ts">
+c
+</File
+\t>
+<File\tpath='src/d.ts'\r\n  data-x="it's" >d</fIlE>
+<delete path='old/one.ts' />
+<DELETE reason="unused" path="old/two.ts"/>
+<Delete path="old/three.ts" note='x > y'/>
+<file path="src/e.ts">e</file>
+That's all; </FILE> and <delete /> here are prose.`;
+
+const FORMS_EXPECTED: OutputEvent[] = [
+  { type: 'file', path: 'src/App.tsx', content: APP_TSX },
+  { type: 'file', path: 'src/a.ts', content: 'a\n' },
+  { type: 'file', path: 'src/b.ts', content: 'b\n' },
+  { type: 'file', path: 'src/c.ts', content: 'c\n' },
+  { type: 'file', path: 'src/d.ts', content: 'd' },
+  { type: 'delete', path: 'old/one.ts' },
+  { type: 'delete', path: 'old/two.ts' },
+  { type: 'delete', path: 'old/three.ts' },
+  { type: 'file', path: 'src/e.ts', content: 'e' },
+];
+
+describe('tag forms models write', () => {
+  it('reads single quotes, other attributes and any letter case, whatever two chunks the answer is split into', () => {
+    expect(parse([FORMS])).toEqual(FORMS_EXPECTED);
+    expect(parse([...FORMS])).toEqual(FORMS_EXPECTED);
+    for (let at = 0; at <= FORMS.length; at += 1) {
+      expect(parse([FORMS.slice(0, at), FORMS.slice(at)]), `split at ${at}`).toEqual(FORMS_EXPECTED);
+    }
+  });
+
+  it.each([
+    ["<file path='src/App.tsx'>x</file>", { type: 'file', path: 'src/App.tsx', content: 'x' }],
+    ['<file path="x.ts" language="ts">x</file>', { type: 'file', path: 'x.ts', content: 'x' }],
+    ['<file language="ts" path="x.ts">x</file>', { type: 'file', path: 'x.ts', content: 'x' }],
+    ['<file path = "x.ts" lang =\'ts\'>x</file>', { type: 'file', path: 'x.ts', content: 'x' }],
+    ["<file title='a > b' path=\"x.ts\" note=\"it's > that\">x</file>", { type: 'file', path: 'x.ts', content: 'x' }],
+    ['<FILE path="x.ts">x</FILE>', { type: 'file', path: 'x.ts', content: 'x' }],
+    ['<File Path="x.ts">x</FiLe  >', { type: 'file', path: 'x.ts', content: 'x' }],
+    ["<delete path='x.ts' />", { type: 'delete', path: 'x.ts' }],
+    ['<DELETE path="x.ts"/>', { type: 'delete', path: 'x.ts' }],
+    ['<delete kind="file" path="x.ts" why=\'unused\'/>', { type: 'delete', path: 'x.ts' }],
+  ] as [string, OutputEvent][])('reads %s at every split', (output, event) => {
+    for (let at = 0; at <= output.length; at += 1) {
+      expect(parse([output.slice(0, at), output.slice(at)]), `split at ${at}`).toEqual([event]);
+    }
+  });
+
+  it('keeps reading the canonical forms as before, in an answer that mixes them with the others', () => {
+    const mixed = `${OUTPUT}\n${FORMS}`;
+    const expected = [...EXPECTED, ...FORMS_EXPECTED];
+    expect(parse([mixed])).toEqual(expected);
+    expect(parse([...mixed])).toEqual(expected);
+  });
+
+  it('finds the same blocks for a later prompt as the parser writes', () => {
+    const paths = [...fileBlocks(FORMS)].map((block) => block.path);
+    expect(paths).toEqual(FORMS_EXPECTED.filter((event) => event.type === 'file').map((event) => event.path));
+  });
+
+  it('leaves prose that only mentions tags as prose, however it is chunked', () => {
+    const prose =
+      'Use <file> or <FILE> or <file …> or <file path> or <file path=x.ts> or <File/> or <file > ' +
+      'or <delete /> or <file path="a"/> or <delete path="a"> or <files path="a"> or <file a="1"b="2"> or <file a="1" b> ' +
+      'or </FILE> or <file\u00a0path="a"> freely.';
+    for (let at = 0; at <= prose.length; at += 1) {
+      expect(parse([prose.slice(0, at), prose.slice(at)]), `split at ${at}`).toEqual([]);
+    }
+  });
+
+  it.each([
+    ['<file name="x.ts">x</file>', 'a <file> tag without a path attribute: "<file name="x.ts">"'],
+    ["<FILE language='ts'>x</FILE>", 'a <file> tag without a path attribute: "<FILE language=\'ts\'>"'],
+    ['<delete name="x.ts"/>', 'a <delete> tag without a path attribute: "<delete name="x.ts"/>"'],
+    ['<file path="a.ts" path="b.ts">x</file>', 'a <file> tag with more than one path attribute: "<file path="a.ts" path="b.ts">"'],
+  ])('fails with INVALID_OUTPUT naming %s, at every split', (tag, problem) => {
+    const output = `Here it is:\n${tag}\nDone.`;
+    for (let at = 0; at <= output.length; at += 1) {
+      const error = catchError(() => parse([output.slice(0, at), output.slice(at)]));
+      expect(error, `split at ${at}`).toBeInstanceOf(OutputProtocolError);
+      expect(error).toMatchObject({ code: 'INVALID_OUTPUT', message: `The model's output has ${problem}` });
+    }
+  });
+
+  it('fails with INVALID_OUTPUT on a tag whose other attributes make it too long to hold, however it is chunked', () => {
+    const output = `<file path="a.ts" description="${'x'.repeat(400)}">x</file>`;
+    for (const chunks of [[output], [...output]]) {
+      const error = catchError(() => parse(chunks));
+      expect(error).toBeInstanceOf(OutputProtocolError);
+      expect((error as Error).message).toMatch(/^The model's output has a <file> tag longer than \d+ characters: "<file path="a.ts" description="xxx/);
+    }
+    // A path that runs past the limit is still an unsafe path, wherever it stands in the tag.
+    expect(() => parse([`<FILE lang='ts' path='${'a'.repeat(1000)}'>x</FILE>`])).toThrow(/longer than 255 characters/);
+    expect(() => parse([...`<delete why="old" path="${'a'.repeat(1000)}"/>`])).toThrow(UnsafeOutputError);
+  });
+
+  it('fails with INVALID_OUTPUT when the output ends inside a tag or block of another form', () => {
+    expect(() => parse(["<FILE path='a.ts'>x"])).toThrow(`The model's output ended inside "a.ts"`);
+    expect(() => parse(['<file language="ts" path=\'src/a'])).toThrow(`The model's output ended inside the tag of "src/a"`);
+    expect(() => parse(['<file path="a.ts" language="t'])).toThrow(`The model's output ended inside the tag of "a.ts"`);
+    expect(() => parse(['<Delete reason="old'])).toThrow(`The model's output ended inside a <delete> tag: "<Delete reason="old"`);
+    expect(() => parse(['<file a="1" '])).toThrow(OutputProtocolError);
+    // Before an attribute has begun, the end of the output is the end of prose.
+    expect(parse(['Use <file'])).toEqual([]);
+    expect(parse(['Use <FILE lang'])).toEqual([]);
+  });
+
+  it.each([
+    ["<file path='../x'>x</file>", '../x'],
+    ['<file lang="ts" path="/etc/passwd">x</file>', '/etc/passwd'],
+    ["<DELETE path='a\\b' />", 'a\\b'],
+    ['<Delete path="" note="x"/>', ''],
+  ])('refuses the unsafe path of %s with UNSAFE_OUTPUT', (output, path) => {
+    const error = catchError(() => parse([output]));
+    expect(error).toBeInstanceOf(UnsafeOutputError);
+    expect(error).toMatchObject({ code: 'UNSAFE_OUTPUT', path });
   });
 });
 
