@@ -89,7 +89,7 @@ describe(`a budget changed during a run (${databaseKind})`, () => {
       from users where email = ${suite.owner.email}`);
     const budgeted = await setBudget(suite.owner.client, project.id, 1_000);
     expect(budgeted.usage).toEqual({ inputTokens: 300, outputTokens: 200, generationCount: 1 });
-    // And the budget counts it: 500 spent of 1,000 leaves too little for a start's reservation of more.
+    // And the budget counts it: with the limit at the 500 it spent, a start finds no room.
     await setBudget(suite.owner.client, project.id, 500);
     expectTypename(await startGeneration(suite.owner.client, { projectId: project.id, prompt: 'A packing list' }), 'BudgetExceededError');
   });

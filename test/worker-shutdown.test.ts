@@ -6,9 +6,10 @@ import { rowsOf } from '../src/db/client.js';
 import { projects } from '../src/db/schema.js';
 import { serviceScope } from '../src/db/scope.js';
 import { createMemoryEventBus, type EventBus, listen, type StatusEvent } from '../src/events/bus.js';
+import { TERMINAL_STATUSES } from '../src/generations/status.js';
 import { generationStore } from '../src/generations/store.js';
 import type { JobQueue } from '../src/jobs/queue.js';
-import { startWorker } from '../src/jobs/worker.js';
+import { MAX_HANDED_BACK_ATTEMPTS, startWorker } from '../src/jobs/worker.js';
 import { createLlmProvider } from '../src/llm/index.js';
 import { createLogger } from '../src/observability/logger.js';
 import { databaseKind, type TestDatabase, testDatabaseUrl } from './support/db.js';
@@ -37,6 +38,11 @@ async function queuedWithWorker(prompt: string, flutterMode: FakeFlutterMode, op
   const id = rawId(started.id);
   const projectId = rawId(project.id);
   await options.beforeWorker?.({ id, projectId, database });
+  return { database, dataDir, id, projectId, ...(await workerOn(database, dataDir, flutterMode, options.queue)) };
+}
+
+/** A worker of the test's own on `database` (concurrency 1), with its own event bus; stopped after the test. */
+async function workerOn(database: TestDatabase, dataDir: string, flutterMode: FakeFlutterMode, queue?: JobQueue) {
   const flutter = await fakeFlutter(flutterMode);
   cleanups.push(() => flutter.remove());
   const env: Environment = { LOG_LEVEL: 'silent', OFFLINE_CHUNK_DELAY_MS: '0', DATA_DIR: dataDir, FLUTTER_BIN: flutter.bin, ...unsandboxedBuilds };
@@ -46,11 +52,11 @@ async function queuedWithWorker(prompt: string, flutterMode: FakeFlutterMode, op
   const worker = startWorker({
     provider: llm,
     concurrency: 1,
-    queue: options.queue,
+    queue,
     pipeline: { db: database.db, bus, llm, logger: createLogger('silent'), workspaces: config.workspaces, toolchain: config.toolchain, leaseMs: config.generations.leaseMs, budgetReservationTokens: 0 },
   });
   cleanups.push(() => worker.stop({ graceMs: 0 }));
-  return { database, id, projectId, worker, bus };
+  return { worker, bus };
 }
 
 /** The first status event of `id` on `bus` that satisfies `predicate`. */
@@ -64,8 +70,23 @@ function statusOn(bus: EventBus, id: string, predicate: (update: StatusEvent) =>
   });
 }
 
+/** The row of `id` once it has ended, seen through `bus` (or at once when it had ended already). */
+async function endOf(database: TestDatabase, bus: EventBus, id: string) {
+  const ended = statusOn(bus, id, (update) => TERMINAL_STATUSES.includes(update.status));
+  const row = await rowOf(database, id);
+  if (!row || !TERMINAL_STATUSES.includes(row.status)) await ended;
+  return rowOf(database, id);
+}
+
 async function rowOf(database: TestDatabase, id: string) {
   return serviceScope(database.db).run((tx) => generationStore.find(tx, id));
+}
+
+/** The automatic retry of `id`, which the test expects there. */
+async function retryOf(database: TestDatabase, id: string): Promise<string> {
+  const [row] = rowsOf<{ id: string }>(await database.db.execute(sql`select id from generations where retry_of = ${id}`));
+  expect(row, `a retry of ${id}`).toBeDefined();
+  return row!.id;
 }
 
 async function retriesOf(database: TestDatabase, id: string): Promise<number> {
@@ -79,7 +100,7 @@ async function archiveBehindTheUseCase(database: TestDatabase, projectId: string
 }
 
 describe(`a worker asked to stop (${databaseKind})`, () => {
-  it('launches nothing from a scan that was under way: the generation stays QUEUED, its retry unspent', async () => {
+  it('launches nothing from a scan that was under way: the generation stays QUEUED, with no retry made', async () => {
     const scanning = deferred();
     const release = deferred();
     const queuedIds = generationStore.queuedIds.bind(generationStore);
@@ -118,6 +139,67 @@ describe(`a worker asked to stop (${databaseKind})`, () => {
 
     expect(await rowOf(database, id)).toMatchObject({ status: 'FAILED', errorCode: 'INTERRUPTED' });
     expect(await retriesOf(database, id)).toBe(1);
+  });
+});
+
+describe(`runs handed back by planned stops (${databaseKind})`, () => {
+  /** Starts a worker that takes `id` into its (never ending) build, then stops it with no grace: the run is handed back. */
+  const handedBack = async (database: TestDatabase, dataDir: string, id: string) => {
+    const { worker, bus } = await workerOn(database, dataDir, 'hang');
+    const building = statusOn(bus, id, (update) => update.phase === 'BUILDING');
+    worker.wake(id);
+    await building;
+    await worker.stop({ graceMs: 0 });
+    expect(await rowOf(database, id)).toMatchObject({ status: 'FAILED', errorCode: 'INTERRUPTED' });
+  };
+
+  /** A generation queued through an API instance, no worker yet. */
+  const queued = async (prompt: string) => {
+    const { database, dataDir, started } = await queuedOnApiInstance(cleanups as (() => Promise<void>)[], prompt);
+    return { database, dataDir, id: rawId(started.id) };
+  };
+
+  it('retries a run each time a restart hands it back, and its chain keeps its one retry for a crash', async () => {
+    const { database, dataDir, id } = await queued('Through a rolling restart');
+    // Two restarts in a row (a rolling deploy), each while the run builds.
+    await handedBack(database, dataDir, id);
+    expect(await rowOf(database, id)).toMatchObject({ errorMessage: 'The worker stopped before this generation finished (a restart).' });
+    const second = await retryOf(database, id);
+    await handedBack(database, dataDir, second);
+    const third = await retryOf(database, second);
+    expect(await rowOf(database, third)).toMatchObject({ status: 'QUEUED', attempt: 3, retrySpent: false });
+
+    // Then its worker dies mid-run: lease recovery ends it and still retries it, once.
+    await database.db.execute(
+      sql`update generations set status = 'RUNNING', phase = 'GENERATING', started_at = now(), lease_expires_at = now() - interval '1 minute' where id = ${third}`,
+    );
+    const { bus } = await workerOn(database, dataDir, 'ok');
+    await endOf(database, bus, third);
+    const fourth = await retryOf(database, third);
+    expect(await endOf(database, bus, fourth)).toMatchObject({ status: 'SUCCEEDED', attempt: 4, retrySpent: true });
+  });
+
+  it("retries a user's retry handed back by a restart, but not once its worker dies", async () => {
+    const { database, dataDir, id } = await queued('A retry of the user');
+    // As retryGeneration writes a user's retry: no automatic retry after a crash.
+    await database.db.execute(sql`update generations set retry_spent = true where id = ${id}`);
+    await handedBack(database, dataDir, id);
+    const retry = await retryOf(database, id);
+    expect(await rowOf(database, retry)).toMatchObject({ status: 'QUEUED', attempt: 2, retrySpent: true });
+
+    await database.db.execute(
+      sql`update generations set status = 'RUNNING', phase = 'GENERATING', started_at = now(), lease_expires_at = now() - interval '1 minute' where id = ${retry}`,
+    );
+    const { bus } = await workerOn(database, dataDir, 'ok');
+    expect(await endOf(database, bus, retry)).toMatchObject({ status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The worker running this generation stopped.' });
+    expect(await retriesOf(database, retry)).toBe(0);
+  });
+
+  it(`stops retrying a run handed back ${MAX_HANDED_BACK_ATTEMPTS} times`, async () => {
+    const { database, dataDir, id } = await queued('Through a restart loop');
+    await database.db.execute(sql`update generations set attempt = ${MAX_HANDED_BACK_ATTEMPTS} where id = ${id}`);
+    await handedBack(database, dataDir, id);
+    expect(await retriesOf(database, id)).toBe(0);
   });
 });
 

@@ -1,6 +1,7 @@
 import { sql } from 'drizzle-orm';
 import {
   bigint,
+  boolean,
   check,
   customType,
   index,
@@ -181,6 +182,14 @@ export const generations = pgTable(
     provider: text('provider').notNull(),
     model: text('model').notNull(),
     attempt: integer('attempt').notNull().default(1),
+    /**
+     * Whether an unplanned end (a worker that died, a lease that lapsed, a database away too
+     * long) would still get an automatic retry: a chain of runs gets one, a user's retry none,
+     * and a run handed back by its worker's planned stop (a restart) spends none. Null (rows
+     * from before, or written by an older instance during a deploy): spent for a retry, not
+     * for a first run (retrySpent in worker.ts).
+     */
+    retrySpent: boolean('retry_spent'),
     errorCode: text('error_code').$type<(typeof generationErrorCodes)[number]>(),
     errorMessage: text('error_message'),
     inputTokens: integer('input_tokens').notNull().default(0),

@@ -86,15 +86,16 @@ export async function retryGeneration(scope: Scope, deps: GenerationDeps, id: st
     refuseArchived(project);
     if (!isTerminal(original.status)) throw new InvalidStateError('Only a finished generation can be retried.');
     await claimSession(tx, project.id, original.sessionId);
-    return insertRetry(tx, deps, original, { createdBy: scope.userId!, limits: project });
+    // A user's retry is not retried automatically.
+    return insertRetry(tx, deps, original, { createdBy: scope.userId!, limits: project, retrySpent: true });
   });
   announce(deps, generation);
   return generation;
 }
 
 /**
- * The retry of a finished generation, the one path for a user's retry and for lease
- * recovery: the same prompt, session, parent and fix rounds, one attempt later; a restore's
+ * The retry of a finished generation, the one path for a user's retry and for the automatic
+ * retry of an interrupted run (worker.ts: retryInterrupted): the same prompt, session, parent and fix rounds, one attempt later; a restore's
  * retry restores the same files again. Recovery waives the limits (the interrupted run
  * already passed them); a user's retry does not.
  */
@@ -102,7 +103,7 @@ export function insertRetry(
   tx: Tx,
   deps: Pick<GenerationDeps, 'provider' | 'maxActivePerUser' | 'enqueue' | 'budgetReservationTokens'>,
   original: GenerationRow,
-  by: { createdBy: string; limits: LimitCheck },
+  by: { createdBy: string; limits: LimitCheck; retrySpent: boolean },
 ): Promise<GenerationRow> {
   return insertGeneration(
     tx,
@@ -114,6 +115,7 @@ export function insertRetry(
       parentId: original.parentId,
       retryOf: original.id,
       attempt: original.attempt + 1,
+      retrySpent: by.retrySpent,
       prompt: original.prompt,
       maxFixRounds: original.maxFixRounds,
       restoredFrom: original.restoredFrom ?? undefined,
@@ -134,11 +136,12 @@ export async function insertAutomaticRetry(
   tx: Tx,
   deps: Pick<GenerationDeps, 'provider' | 'enqueue'>,
   original: GenerationRow,
+  retry: { retrySpent: boolean },
 ): Promise<GenerationRow | undefined> {
   if (!(await projectStore.tryLockAgainstArchive(tx, original.projectId))) return undefined;
   if ((await generationStore.projectOf(tx, original.projectId))?.archivedAt) return undefined;
   // The interrupted run already passed the limits.
-  return insertRetry(tx, { ...deps, maxActivePerUser: Number.POSITIVE_INFINITY }, original, { createdBy: original.createdBy, limits: 'waive' });
+  return insertRetry(tx, { ...deps, maxActivePerUser: Number.POSITIVE_INFINITY }, original, { createdBy: original.createdBy, limits: 'waive', ...retry });
 }
 
 /** A QUEUED generation ends at once; a RUNNING one is asked to stop (any instance, any worker). */
@@ -203,6 +206,7 @@ export async function insertGeneration(
     prompt: string;
     retryOf?: string;
     attempt?: number;
+    retrySpent?: boolean;
     maxFixRounds?: number;
     restoredFrom?: string;
   },

@@ -49,8 +49,9 @@ export interface PipelineDeps {
    * the database away too long), in the transaction that ends it: a process that dies right
    * after the ending cannot leave it without its retry. A retry that cannot be written takes
    * the ending with it; lease recovery then ends the run and queues the retry together.
+   * `planned`: handed back by its worker's stop (a restart), which spends no retry.
    */
-  retryInterrupted?: (tx: Tx, ended: GenerationRow) => Promise<unknown>;
+  retryInterrupted?: (tx: Tx, ended: GenerationRow, planned: boolean) => Promise<unknown>;
 }
 
 /**
@@ -102,6 +103,8 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
   const onText = (text: string) => (output += text);
   const cursor = newRunCursor();
   let outcome: Partial<GenerationRow> & Pick<GenerationRow, 'status'>;
+  // Handed back by its worker's planned stop (a restart), known when it failed: the stop may come later, while the ending waits for the database.
+  let planned = false;
   let stored: { record(tx: Tx): Promise<void> } | undefined;
   let workspaceWritten = false;
   try {
@@ -148,6 +151,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
     outcome = { status: 'SUCCEEDED' };
   } catch (error) {
     outcome = failureOutcome(error, run.signal, log);
+    planned = run.signal.aborted && run.signal.reason === 'shutdown';
   } finally {
     stopWatching();
   }
@@ -192,7 +196,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
       });
     }
     // After this run's answer: the conversation lists the retry's prompt below it.
-    if (row.errorCode === 'INTERRUPTED') await deps.retryInterrupted?.(tx, row);
+    if (row.errorCode === 'INTERRUPTED') await deps.retryInterrupted?.(tx, row, planned);
     return row;
   });
   if (finished) {
@@ -330,7 +334,7 @@ function claimStamp(): string {
 function failureOutcome(error: unknown, signal: AbortSignal, log: Logger): Partial<GenerationRow> & Pick<GenerationRow, 'status'> {
   if (signal.aborted) {
     if (signal.reason === 'cancelled') return { status: 'CANCELLED', errorCode: null, errorMessage: null };
-    return { status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The worker stopped before this generation finished; a retry follows unless it was a retry itself.' };
+    return { status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The worker stopped before this generation finished (a restart).' };
   }
   if (error instanceof RunError) {
     // What the message leaves out for the project's members, the operator reads here.
@@ -339,7 +343,7 @@ function failureOutcome(error: unknown, signal: AbortSignal, log: Logger): Parti
     return { status: 'FAILED', errorCode: error.code, errorMessage: truncateWithEllipsis(error.message, MAX_ERROR_MESSAGE_CHARS) };
   }
   // The database stayed away longer than the pipeline waits for it: handed back like a lapsed lease.
-  if (isConnectionError(error)) return { status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The database was unreachable for too long; a retry follows unless it was a retry itself.' };
+  if (isConnectionError(error)) return { status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The database was unreachable for too long.' };
   log.error({ err: error }, 'generation failed unexpectedly');
   return { status: 'FAILED', errorCode: 'INTERNAL', errorMessage: 'Something went wrong on our side; try again.' };
 }

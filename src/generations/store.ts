@@ -24,7 +24,7 @@ export type { GenerationPhase, GenerationStatus } from './status.js';
 
 /**
  * The ending of a run that was interrupted (its worker stopped, its lease lapsed): FAILED/
- * INTERRUPTED with `message`, retried once; but CANCELLED, never retried, when its stop was
+ * INTERRUPTED with `message`, retried (worker.ts: retryInterrupted); but CANCELLED, never retried, when its stop was
  * asked for meanwhile (a cancel or an archive its worker did not see in time).
  */
 export function interruptedEnding(message: string) {
@@ -355,7 +355,7 @@ export const generationStore = {
     return tx
       .update(generations)
       .set({
-        ...interruptedEnding('The worker running this generation stopped; a retry follows unless it was a retry itself.'),
+        ...interruptedEnding('The worker running this generation stopped.'),
         phase: 'DONE',
         finishedAt: sql`now()`,
         leaseExpiresAt: null,

@@ -10,7 +10,7 @@ import type { JobQueue, JobTaker } from './queue.js';
 //
 // A job means "a worker should claim this generation", nothing more: the handler starts
 // the run in a free slot and returns, which completes the job. From the claim on, the
-// generation's own lease (heartbeat, lapse → INTERRUPTED + one retry) keeps it safe, so
+// generation's own lease (heartbeat, lapse → INTERRUPTED + its retry) keeps it safe, so
 // pg-boss never has to hold a job for the length of a build, and a job whose handler
 // overran or whose worker died is simply delivered again: the compare-and-set claim turns
 // every extra delivery into a no-op.

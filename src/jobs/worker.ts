@@ -35,13 +35,20 @@ export interface Worker {
 }
 
 /**
+ * A run handed back by planned stops is retried until it has been tried this often: a worker
+ * stopped again and again (a restart loop) does not spend the project's tokens for ever.
+ */
+export const MAX_HANDED_BACK_ATTEMPTS = 10;
+
+/**
  * The in-process worker. Its queue is the generations table: QUEUED rows are claimed
  * by compare-and-set (so several workers never run one generation twice) and
- * survive restarts; lapsed leases are ended as INTERRUPTED and retried once.
+ * survive restarts; lapsed leases are ended as INTERRUPTED and retried once, runs handed
+ * back by a planned stop each time (retryInterrupted).
  */
 export function startWorker(options: WorkerOptions): Worker {
   const { concurrency, queue } = options;
-  const pipeline: PipelineDeps = { ...options.pipeline, retryInterrupted: (tx, ended) => retryInterrupted(tx, options.provider, [ended], queue?.enqueue) };
+  const pipeline: PipelineDeps = { ...options.pipeline, retryInterrupted: (tx, ended, planned) => retryInterrupted(tx, options.provider, [ended], { enqueue: queue?.enqueue, planned, log }) };
   const db = pipeline.db;
   const log: Logger = pipeline.logger.child({ source: 'Worker' });
   const running = new Map<string, { stop: AbortController; done: Promise<void> }>();
@@ -54,7 +61,7 @@ export function startWorker(options: WorkerOptions): Worker {
     while (!shutdown.signal.aborted && running.size < concurrency) {
       const ids = await serviceScope(db).run((tx) => generationStore.queuedIds(tx, limit, queue?.scanMinAgeMs ?? 0));
       // Stopped while the scan was under way: a run launched now would be claimed only to be
-      // handed back INTERRUPTED, spending its one automatic retry (take.free() says the same to pg-boss).
+      // handed back INTERRUPTED and retried as a new generation, for nothing (take.free() says the same to pg-boss).
       if (shutdown.signal.aborted) return;
       const fresh = ids.filter((id) => !running.has(id)).slice(0, concurrency - running.size);
       for (const id of fresh) launch(id);
@@ -134,7 +141,7 @@ export function startWorker(options: WorkerOptions): Worker {
         // so far goes under its prompt (before its retry's, which follows in this transaction).
         for (const row of interrupted) await closeUnfinishedWork(tx, row.id, row.status);
         await generationStore.answersFromChunks(tx, interrupted.map((row) => row.id));
-        return { interrupted, retried: await retryInterrupted(tx, options.provider, interrupted, queue?.enqueue) };
+        return { interrupted, retried: await retryInterrupted(tx, options.provider, interrupted, { enqueue: queue?.enqueue, log }) };
       })
       .then(async ({ interrupted, retried }) => {
         for (const row of interrupted) {
@@ -198,12 +205,33 @@ export function startWorker(options: WorkerOptions): Worker {
   };
 }
 
-/** One automatic retry per generation: a new one with `retryOf`, queued at once (none in an archived project). Returns how many were queued. */
-async function retryInterrupted(tx: Tx, provider: GenerationDeps['provider'], rows: GenerationRow[], enqueue?: GenerationDeps['enqueue']): Promise<number> {
-  const retryable = rows.filter((row) => row.errorCode === 'INTERRUPTED' && row.attempt < 2 && row.retryOf === null);
+/**
+ * The automatic retry of runs ended INTERRUPTED: a new generation with `retryOf`, queued at once
+ * (none in an archived project). A run that died, lost its lease or its database gets one per
+ * chain of runs (a user's retry none); one handed back by its worker's planned stop (`planned`:
+ * a restart, a deploy) gets one that spends nothing, up to MAX_HANDED_BACK_ATTEMPTS, so rolling
+ * restarts do not fail it. Returns how many were queued.
+ */
+async function retryInterrupted(
+  tx: Tx,
+  provider: GenerationDeps['provider'],
+  rows: GenerationRow[],
+  options: { enqueue?: GenerationDeps['enqueue']; planned?: boolean; log: Logger },
+): Promise<number> {
   let queued = 0;
-  for (const row of retryable) {
-    if (await insertAutomaticRetry(tx, { provider, enqueue }, row)) queued++;
+  for (const row of rows) {
+    if (row.errorCode !== 'INTERRUPTED') continue;
+    const spent = retrySpent(row);
+    if (options.planned ? row.attempt >= MAX_HANDED_BACK_ATTEMPTS : spent) {
+      if (options.planned) options.log.warn({ generationId: row.id, attempt: row.attempt }, 'handed back too often: not retried');
+      continue;
+    }
+    if (await insertAutomaticRetry(tx, { provider, enqueue: options.enqueue }, row, { retrySpent: options.planned ? spent : true })) queued++;
   }
   return queued;
+}
+
+/** Rows written before `retry_spent` (or by an older instance during a deploy) have none: a retry had spent it then. */
+function retrySpent(row: GenerationRow): boolean {
+  return row.retrySpent ?? row.retryOf !== null;
 }
