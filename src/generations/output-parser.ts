@@ -39,7 +39,7 @@ export class OutputProtocolError extends RunError {
 }
 
 // Enough for the longest allowed path plus attribute syntax; other attributes share the rest.
-// A longer opening tag is prose, unless it has begun an attribute: then it is refused (scanOpenTag).
+// A longer opening tag is prose, unless its path has begun: then it is refused (scanOpenTag).
 const MAX_OPEN_TAG = MAX_PATH_LENGTH + 64;
 // The longest closing tag (`</file`, whitespace, `>`); a longer one is content. It bounds what the parser holds back of a block.
 const MAX_CLOSE_TAG = 64;
@@ -53,12 +53,12 @@ type TagKind = 'file' | 'delete';
 type TagScan =
   | { status: 'tag'; kind: TagKind; path: string; end: number }
   | { status: 'none' }
-  // The text ran out first. `path` is what was read of the path so far, once inside it;
-  // `begun` once an attribute has begun, when the text can no longer be prose.
-  | { status: 'incomplete'; kind?: TagKind; path?: string; begun: boolean }
+  // The text ran out first. `path` is what was read of the path so far, once inside it:
+  // then the text can no longer be prose.
+  | { status: 'incomplete'; path?: string }
   // The path ran past MAX_OPEN_TAG: an unsafe path, not prose.
   | { status: 'too-long'; path: string }
-  // Plainly a tag, but not one the parser can use: no path, two paths, or too long.
+  // Plainly a tag (it has a path), but not one the parser can use: two paths, or too long.
   | { status: 'invalid'; problem: string };
 
 /** The first closing tag at or after `from`, or where the text stops being decided (a possible tag cut off by its end). */
@@ -164,9 +164,6 @@ export function createOutputParser(): OutputParser {
       if (pending?.status === 'incomplete' && pending.path !== undefined) {
         throw new OutputProtocolError(`The model's output ended inside the tag of ${describePath(pending.path)}`);
       }
-      if (pending?.status === 'incomplete' && pending.begun) {
-        throw new OutputProtocolError(`The model's output ended inside a <${pending.kind}> tag: ${describePath(text.slice(pos))}`);
-      }
       return events;
     },
   };
@@ -194,13 +191,15 @@ export function* fileBlocks(text: string): Generator<{ start: number; end: numbe
 }
 
 /**
- * Reads `<file path="…">` or `<delete path="…"/>` at `start` (a '<'): tag names in any case,
- * the path in double or single quotes, other `name="value"` or `name='value'` attributes
- * before or after it (ignored), whitespace around `=`. Only the first MAX_OPEN_TAG characters
- * are looked at, so the answer never depends on chunk boundaries.
+ * Reads `<file path="…">` or `<delete path="…"/>` at `start` (a '<'): the path in double or
+ * single quotes, other `name="value"` or `name='value'` attributes before or after it
+ * (ignored), whitespace around `=`. Only the first MAX_OPEN_TAG characters are looked at, so
+ * the answer never depends on chunk boundaries.
  *
- * Prose stays prose: `<file>`, `<file …>` or `<file path>` are no tags. Once a tag has a whole
- * attribute (or is inside one) it can no longer be prose, so one the parser cannot use is
+ * Tag names are lower case only, as the model is told: `<File path="…">` and `<Delete …/>` are
+ * JSX a model may show in its prose, and `</File>` may stand in a file's content. Prose stays
+ * prose: `<file>`, `<file …>`, `<file path>` or `<file name="x">` are no tags. Once a tag has
+ * read a path it can no longer be prose, so one the parser cannot use (two paths, too long) is
  * `invalid` and fails the run with a message, rather than losing a file without a word.
  */
 function scanOpenTag(text: string, start: number): TagScan {
@@ -216,10 +215,9 @@ function scanOpenTag(text: string, start: number): TagScan {
   // cap that means "wait for more"; at the cap it is prose, unless an attribute has begun: then
   // the path itself ran past the cap (an unsafe path) or the tag did.
   const cut = (value?: { path: boolean; read: string }): TagScan => {
-    const begun = attributes > 0 || value !== undefined;
     const shownPath = path ?? (value?.path ? value.read : undefined);
-    if (!capped) return { status: 'incomplete', kind, begun, ...(shownPath === undefined ? {} : { path: shownPath }) };
-    if (!begun) return { status: 'none' };
+    if (!capped) return shownPath === undefined ? { status: 'incomplete' } : { status: 'incomplete', path: shownPath };
+    if (shownPath === undefined) return { status: 'none' };
     if (value?.path && paths === 0 && value.read.length > MAX_PATH_LENGTH) return { status: 'too-long', path: value.read };
     return invalid(`longer than ${MAX_OPEN_TAG} characters`, limit);
   };
@@ -228,11 +226,11 @@ function scanOpenTag(text: string, start: number): TagScan {
     status: 'invalid',
     problem: `a <${kind}> tag ${problem}: ${describePath(text.slice(start, end))}`,
   });
-  // Matches `literal` (lower case) at i in any case: true when matched, false when not, undefined when text ran out.
+  // Matches `literal` at i: true when matched, false when not, undefined when text ran out.
   const expect = (literal: string): boolean | undefined => {
     for (const ch of literal) {
       if (i >= limit) return undefined;
-      if (lowerAscii(text[i]!) !== ch) return false;
+      if (text[i] !== ch) return false;
       i += 1;
     }
     return true;
@@ -244,8 +242,7 @@ function scanOpenTag(text: string, start: number): TagScan {
   };
 
   if (i >= limit) return cut();
-  const initial = lowerAscii(text[i]!);
-  kind = initial === 'f' ? 'file' : initial === 'd' ? 'delete' : undefined;
+  kind = text[i] === 'f' ? 'file' : text[i] === 'd' ? 'delete' : undefined;
   if (!kind) return { status: 'none' };
   const name = expect(kind);
   if (name !== true) return name === false ? { status: 'none' } : cut();
@@ -260,8 +257,8 @@ function scanOpenTag(text: string, start: number): TagScan {
       const closing = expect(ending);
       if (closing === undefined) return cut();
       if (!closing) return { status: 'none' };
-      // `<file >` is prose; `<file name="x.ts">` is a tag without its path.
-      if (paths === 0) return attributes === 0 ? { status: 'none' } : invalid('without a path attribute');
+      // `<file >` and `<file name="x.ts">` are prose.
+      if (paths === 0) return { status: 'none' };
       if (paths > 1) return invalid('with more than one path attribute');
       return { status: 'tag', kind, path: path!, end: i };
     }
@@ -291,7 +288,7 @@ function scanOpenTag(text: string, start: number): TagScan {
 }
 
 /**
- * Finds the first `</file>` at or after `from`, in any case, whitespace allowed before its `>`
+ * Finds the first `</file>` at or after `from`, whitespace allowed before its `>`
  * (as in an opening tag). Each candidate is looked at for MAX_CLOSE_TAG characters at most, so the
  * answer never depends on chunk boundaries, and what is undecided is never longer.
  */
@@ -300,7 +297,7 @@ function findCloseTag(text: string, from: number): CloseSearch {
     const limit = Math.min(text.length, lt + MAX_CLOSE_TAG);
     let i = lt + 1;
     for (const ch of '/file') {
-      if (i >= limit || lowerAscii(text[i]!) !== ch) break;
+      if (i >= limit || text[i] !== ch) break;
       i += 1;
     }
     if (i - lt < '</file'.length) {
@@ -312,9 +309,4 @@ function findCloseTag(text: string, from: number): CloseSearch {
     if (i >= text.length) return { status: 'undecided', from: lt };
   }
   return { status: 'undecided', from: text.length };
-}
-
-/** Lower-cases A-Z only: tag names are ASCII, and no other character may stand in for one of their letters. */
-function lowerAscii(ch: string): string {
-  return ch >= 'A' && ch <= 'Z' ? String.fromCharCode(ch.charCodeAt(0) + 32) : ch;
 }

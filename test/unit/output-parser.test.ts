@@ -107,7 +107,7 @@ describe('output parser', () => {
   });
 
   it('keeps in the file what only looks like a closing tag', () => {
-    const content = `</filed> </file x> </ file> </file${' '.repeat(100)}> </FILES>\n`;
+    const content = `</filed> </file x> </ file> </file${' '.repeat(100)}> </FILE> </File >\n`;
     expect(parse([`<file path="a.ts">${content}</file>`])).toEqual([{ type: 'file', path: 'a.ts', content }]);
     expect(parse([...`<file path="a.ts">${content}</file>`])).toEqual([{ type: 'file', path: 'a.ts', content }]);
     // An output that ends inside a closing tag ended inside its block.
@@ -143,7 +143,8 @@ describe('output parser', () => {
 });
 
 // Forms that smaller and OpenAI-compatible models write instead of the canonical one: each
-// must give the file (or fail the run with a message), never lose it without a word.
+// must give the file (or fail the run with a message), never lose it without a word. Tag names
+// stay lower case: `<File path="…">` and `</File>` are JSX, in prose or in a file.
 const APP_TSX = `export const App = () => <div title="a > b" data-x='y'>Hi</div>;
 `;
 
@@ -155,23 +156,23 @@ ${APP_TSX}</file>
 a
 </file >
 <file language='typescript' path="src/b.ts" description="the b > module, it's small">
-b
-</FILE>
-<FILE PATH="src/c.ts">
+b <File path="x">a JSX element</File> </FILE>
+</file>
+<file PATH="src/c.ts">
 c
-</File
+</file
 \t>
-<File\tpath='src/d.ts'\r\n  data-x="it's" >d</fIlE>
+<file\tpath='src/d.ts'\r\n  data-x="it's" >d</file>
 <delete path='old/one.ts' />
-<DELETE reason="unused" path="old/two.ts"/>
-<Delete path="old/three.ts" note='x > y'/>
+<delete reason="unused" path="old/two.ts"/>
+<delete path="old/three.ts" note='x > y'/>
 <file path="src/e.ts">e</file>
-That's all; </FILE> and <delete /> here are prose.`;
+That's all; </FILE>, <File path="a.tsx">x</File>, <Delete fontSize="small" /> and <delete /> here are prose.`;
 
 const FORMS_EXPECTED: OutputEvent[] = [
   { type: 'file', path: 'src/App.tsx', content: APP_TSX },
   { type: 'file', path: 'src/a.ts', content: 'a\n' },
-  { type: 'file', path: 'src/b.ts', content: 'b\n' },
+  { type: 'file', path: 'src/b.ts', content: 'b <File path="x">a JSX element</File> </FILE>\n' },
   { type: 'file', path: 'src/c.ts', content: 'c\n' },
   { type: 'file', path: 'src/d.ts', content: 'd' },
   { type: 'delete', path: 'old/one.ts' },
@@ -181,7 +182,7 @@ const FORMS_EXPECTED: OutputEvent[] = [
 ];
 
 describe('tag forms models write', () => {
-  it('reads single quotes, other attributes and any letter case, whatever two chunks the answer is split into', () => {
+  it('reads single quotes and other attributes, whatever two chunks the answer is split into', () => {
     expect(parse([FORMS])).toEqual(FORMS_EXPECTED);
     expect(parse([...FORMS])).toEqual(FORMS_EXPECTED);
     for (let at = 0; at <= FORMS.length; at += 1) {
@@ -195,10 +196,8 @@ describe('tag forms models write', () => {
     ['<file language="ts" path="x.ts">x</file>', { type: 'file', path: 'x.ts', content: 'x' }],
     ['<file path = "x.ts" lang =\'ts\'>x</file>', { type: 'file', path: 'x.ts', content: 'x' }],
     ["<file title='a > b' path=\"x.ts\" note=\"it's > that\">x</file>", { type: 'file', path: 'x.ts', content: 'x' }],
-    ['<FILE path="x.ts">x</FILE>', { type: 'file', path: 'x.ts', content: 'x' }],
-    ['<File Path="x.ts">x</FiLe  >', { type: 'file', path: 'x.ts', content: 'x' }],
+    ['<file Path="x.ts">x</file  >', { type: 'file', path: 'x.ts', content: 'x' }],
     ["<delete path='x.ts' />", { type: 'delete', path: 'x.ts' }],
-    ['<DELETE path="x.ts"/>', { type: 'delete', path: 'x.ts' }],
     ['<delete kind="file" path="x.ts" why=\'unused\'/>', { type: 'delete', path: 'x.ts' }],
   ] as [string, OutputEvent][])('reads %s at every split', (output, event) => {
     for (let at = 0; at <= output.length; at += 1) {
@@ -222,16 +221,14 @@ describe('tag forms models write', () => {
     const prose =
       'Use <file> or <FILE> or <file …> or <file path> or <file path=x.ts> or <File/> or <file > ' +
       'or <delete /> or <file path="a"/> or <delete path="a"> or <files path="a"> or <file a="1"b="2"> or <file a="1" b> ' +
-      'or </FILE> or <file\u00a0path="a"> freely.';
+      'or </FILE> or <file\u00a0path="a"> or <file name="x.ts"> or <delete dir="build"/> or <file accept=\'image/*\'> ' +
+      'or <FILE path="a.ts"> or <File path="a.ts">x</File> or <Delete fontSize="small" /> or <DELETE path="a"/> freely.';
     for (let at = 0; at <= prose.length; at += 1) {
       expect(parse([prose.slice(0, at), prose.slice(at)]), `split at ${at}`).toEqual([]);
     }
   });
 
   it.each([
-    ['<file name="x.ts">x</file>', 'a <file> tag without a path attribute: "<file name="x.ts">"'],
-    ["<FILE language='ts'>x</FILE>", 'a <file> tag without a path attribute: "<FILE language=\'ts\'>"'],
-    ['<delete name="x.ts"/>', 'a <delete> tag without a path attribute: "<delete name="x.ts"/>"'],
     ['<file path="a.ts" path="b.ts">x</file>', 'a <file> tag with more than one path attribute: "<file path="a.ts" path="b.ts">"'],
   ])('fails with INVALID_OUTPUT naming %s, at every split', (tag, problem) => {
     const output = `Here it is:\n${tag}\nDone.`;
@@ -250,26 +247,28 @@ describe('tag forms models write', () => {
       expect((error as Error).message).toMatch(/^The model's output has a <file> tag longer than \d+ characters: "<file path="a.ts" description="xxx/);
     }
     // A path that runs past the limit is still an unsafe path, wherever it stands in the tag.
-    expect(() => parse([`<FILE lang='ts' path='${'a'.repeat(1000)}'>x</FILE>`])).toThrow(/longer than 255 characters/);
+    expect(() => parse([`<file lang='ts' path='${'a'.repeat(1000)}'>x</file>`])).toThrow(/longer than 255 characters/);
+    // Without a path, a long tag is prose (JSX a model shows, say).
+    expect(parse([`<file description="${'x'.repeat(400)}">x</file>`])).toEqual([]);
     expect(() => parse([...`<delete why="old" path="${'a'.repeat(1000)}"/>`])).toThrow(UnsafeOutputError);
   });
 
   it('fails with INVALID_OUTPUT when the output ends inside a tag or block of another form', () => {
-    expect(() => parse(["<FILE path='a.ts'>x"])).toThrow(`The model's output ended inside "a.ts"`);
+    expect(() => parse(["<file path='a.ts'>x"])).toThrow(`The model's output ended inside "a.ts"`);
     expect(() => parse(['<file language="ts" path=\'src/a'])).toThrow(`The model's output ended inside the tag of "src/a"`);
     expect(() => parse(['<file path="a.ts" language="t'])).toThrow(`The model's output ended inside the tag of "a.ts"`);
-    expect(() => parse(['<Delete reason="old'])).toThrow(`The model's output ended inside a <delete> tag: "<Delete reason="old"`);
-    expect(() => parse(['<file a="1" '])).toThrow(OutputProtocolError);
-    // Before an attribute has begun, the end of the output is the end of prose.
+    // Before its path has begun, the end of the output is the end of prose.
     expect(parse(['Use <file'])).toEqual([]);
-    expect(parse(['Use <FILE lang'])).toEqual([]);
+    expect(parse(['Use <file lang'])).toEqual([]);
+    expect(parse(['<delete reason="old'])).toEqual([]);
+    expect(parse(['<file a="1" '])).toEqual([]);
   });
 
   it.each([
     ["<file path='../x'>x</file>", '../x'],
     ['<file lang="ts" path="/etc/passwd">x</file>', '/etc/passwd'],
-    ["<DELETE path='a\\b' />", 'a\\b'],
-    ['<Delete path="" note="x"/>', ''],
+    ["<delete path='a\\b' />", 'a\\b'],
+    ['<delete path="" note="x"/>', ''],
   ])('refuses the unsafe path of %s with UNSAFE_OUTPUT', (output, path) => {
     const error = catchError(() => parse([output]));
     expect(error).toBeInstanceOf(UnsafeOutputError);
