@@ -77,6 +77,16 @@ const environment = z.object({
   BUILD_MAX_PROCESSES: int(512, 16),
   BUILD_MAX_WORKSPACE_MB: int(4096, 16),
   BUILD_TMP_MB: int(512, 16),
+  // a root server's build steps run as this host uid (and gid), never as root
+  BUILD_SANDBOX_UID: optional.pipe(
+    z.coerce
+      .number<string | undefined>()
+      .int()
+      .min(1, 'BUILD_SANDBOX_UID=0 is root: the build steps would be the host\'s root user again; leave it unset (65520) or name an unused uid')
+      .max(4_294_967_294)
+      .refine((uid) => uid !== 65_534, "BUILD_SANDBOX_UID=65534 is nobody's, which other daemons run as too: name a uid of Kiln's own (unset: 65520)")
+      .optional(),
+  ),
   GENERATION_LEASE_SECONDS: int(30, 2),
   WORKER_CONCURRENCY: int(2, 1),
   MAX_ACTIVE_GENERATIONS_PER_USER: int(3, 1),
@@ -132,6 +142,13 @@ const environment = z.object({
 });
 
 export type Environment = Record<string, string | undefined>;
+
+/**
+ * The host uid and gid of a root server's build steps unless BUILD_SANDBOX_UID names another:
+ * below 65536, so it exists in a rootless container (whose user namespace maps 0–65535), in
+ * Debian's reserved 65000–65533, past systemd's dynamic users (61184–65519), and not nobody's.
+ */
+export const DEFAULT_SANDBOX_UID = 65_520;
 
 export function parseConfig(env: Record<string, string | undefined>) {
   // NODE_ENV is the exception: blank, it would quietly turn production's checks off.
@@ -232,6 +249,11 @@ export function parseConfig(env: Record<string, string | undefined>) {
         tmpMb: e.BUILD_TMP_MB,
       },
       hiddenDirs: { DATA_DIR: dataDir, WORKSPACES_DIR: workspacesDir },
+      /**
+       * The host user (uid and gid alike) a root server's steps run as; `explicit` when
+       * BUILD_SANDBOX_UID names it (then a server that cannot switch to it refuses to start).
+       */
+      stepUser: { uid: e.BUILD_SANDBOX_UID ?? DEFAULT_SANDBOX_UID, explicit: e.BUILD_SANDBOX_UID !== undefined },
     },
     generations: {
       leaseMs: e.GENERATION_LEASE_SECONDS * 1000,

@@ -1,16 +1,17 @@
 import { randomUUID } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { constants, existsSync } from 'node:fs';
-import { access, chmod, mkdir, mkdtemp, readdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
+import { access, chmod, chown, lstat, mkdir, mkdtemp, readdir, readFile, realpath, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { getPriority, tmpdir } from 'node:os';
 import { basename, delimiter, dirname, join } from 'node:path';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { parseConfig } from '../src/config.js';
+import { DEFAULT_SANDBOX_UID, parseConfig } from '../src/config.js';
 import { createLogger } from '../src/observability/logger.js';
 import type { BuildTool } from '../src/toolchain/build-steps.js';
 import { type BuildSandbox, createBuildSandbox, probeBwrap, type SandboxSettings, STEP_NICENESS, toolchainRoot } from '../src/toolchain/sandbox.js';
 import { buildEnv, type OutputLine, runStep, type StepResult } from '../src/toolchain/step-runner.js';
+import { applyChanges } from '../src/workspace/apply-changes.js';
 import { createWorkspace } from '../src/workspace/workspace.js';
 import { databaseKind } from './support/db.js';
 import { createProject } from './support/fixtures.js';
@@ -37,6 +38,8 @@ const mapFilesReadable = await readdir('/proc/self/map_files').then(
   ([entry]) => entry !== undefined && stat(`/proc/self/map_files/${entry}`).then(() => true, () => false),
   () => false,
 );
+const rootServer = process.getuid?.() === 0;
+const notRootWhy = rootServer ? '' : ' (skipped: this server is not root; its steps run as its own unprivileged uid)';
 const mapFilesWhy = mapFilesReadable ? '' : ' (skipped: /proc/<pid>/map_files cannot be stat\'ed without root, CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE, so only the mapped page counts)';
 
 describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`, () => {
@@ -55,6 +58,7 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     workspace = join(root, 'workspaces', 'project', 'generation');
     cacheDir = join(root, 'workspaces', 'project', '.cache');
     await mkdir(workspace, { recursive: true });
+    await giveToSteps(workspace);
     // A tool laid out as an SDK (`<root>/bin/tool`) that runs the shell script it is given.
     await mkdir(join(root, 'sdk', 'bin'), { recursive: true });
     tool = join(root, 'sdk', 'bin', 'tool');
@@ -65,6 +69,11 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
   afterEach(async () => {
     await rm(root, { recursive: true, force: true });
   });
+
+  /** A workspace as createWorkspace makes it: a root server's steps' user's (BuildSandbox.stepOwner). */
+  async function giveToSteps(dir: string) {
+    if (sandbox.stepOwner) await chown(dir, sandbox.stepOwner.uid, sandbox.stepOwner.gid);
+  }
 
   interface RunOptions {
     fetch?: boolean;
@@ -115,6 +124,84 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     } finally {
       sandbox = withFilter;
     }
+  });
+
+  describe.skipIf(!rootServer)(`on a root server${notRootWhy}`, () => {
+    it('runs every step as an unprivileged host user, with no capability: what it writes is that user\'s, not root\'s', async () => {
+      expect(sandbox.stepOwner).toEqual({ uid: DEFAULT_SANDBOX_UID, gid: DEFAULT_SANDBOX_UID });
+      for (const fetch of [false, true]) {
+        const { result, lines } = await run("id -u; touch made; grep -E '^(Uid|Gid|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status | tr -s '\\t ' ' '", { fetch });
+        expect(result.status).toBe('SUCCEEDED');
+        // 1000 inside, as before; on the host, the steps' user.
+        expect(lines).toEqual(['1000', 'Uid: 1000 1000 1000 1000', 'Gid: 1000 1000 1000 1000', ...['CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb'].map((set) => `${set}: 0000000000000000`), 'NoNewPrivs: 1']);
+        const made = await stat(join(workspace, 'made'));
+        expect([made.uid, made.gid]).toEqual([DEFAULT_SANDBOX_UID, DEFAULT_SANDBOX_UID]);
+      }
+    });
+
+    it("cannot read a root-only file of the host's that it sees", async () => {
+      // A file in the toolchain's folder (bound read-only), the host root's own, 0600: its owner's before.
+      await writeFile(join(root, 'sdk', 'root-only.txt'), 'the host root\'s secret', { mode: 0o600 });
+      const { result, lines } = await run(`cat ${join(root, 'sdk', 'root-only.txt')} 2>&1 || echo refused`);
+      expect(result.status).toBe('SUCCEEDED');
+      expect(lines.at(-1)).toBe('refused');
+      expect(lines.join('\n')).not.toContain('secret');
+    });
+
+    it('cannot make a user namespace of its own, where it would hold every capability', async () => {
+      // Held before by bwrap's --disable-userns; here by the seccomp filter (unshare, clone and clone3).
+      const { result, lines } = await run('unshare -U true 2>/dev/null && echo "unshare: made" || echo "unshare: refused"; unshare -Ur id -u 2>/dev/null || echo "root inside: refused"');
+      expect(result.status).toBe('SUCCEEDED');
+      expect(lines).toEqual(['unshare: refused', 'root inside: refused']);
+    });
+
+    it("lets a later step change what the server wrote between rounds, in folders it made, and gives the server's files to the steps' user only", async () => {
+      const projects = join(root, 'own-workspaces');
+      const made = await createWorkspace({
+        root: projects,
+        projectId: 'project',
+        generationId: 'generation',
+        template: { 'src/main.ts': 'export {};\n' },
+        parentFiles: [],
+        changes: [],
+        changesAre: 'this answer',
+        owner: sandbox.stepOwner,
+      });
+      const first = await run('mkdir -p dist && echo built > dist/out.js', { cwd: made.dir });
+      expect(first.result.status).toBe('SUCCEEDED');
+      // A fix round writes a file in a new folder and one in the folder the step made.
+      await applyChanges(made.dir, [
+        { type: 'file', path: 'src/fixed/deep/util.ts', content: 'export const fixed = true;\n' },
+        { type: 'file', path: 'dist/patched.js', content: 'patched\n' },
+      ]);
+      // tsc without outDir writes beside the sources; a build may rewrite what the server wrote.
+      const second = await run('echo emitted > src/fixed/deep/util.js && echo rewritten > src/fixed/deep/util.ts && echo again > dist/patched.js && echo "$(cat src/main.ts)"', { cwd: made.dir });
+      expect(second.result.status).toBe('SUCCEEDED');
+      expect(await readFile(join(made.dir, 'src', 'fixed', 'deep', 'util.ts'), 'utf8')).toBe('rewritten\n');
+      const owners = await Promise.all(
+        ['.', 'src', 'src/main.ts', 'src/fixed', 'src/fixed/deep', 'src/fixed/deep/util.ts', 'src/fixed/deep/util.js', 'dist/patched.js'].map(async (path) => (await lstat(join(made.dir, path))).uid),
+      );
+      expect(new Set(owners)).toEqual(new Set([DEFAULT_SANDBOX_UID]));
+      // The folders around it stay the server's.
+      expect([(await stat(join(projects, 'project'))).uid, (await stat(join(projects, 'project'))).mode & 0o777]).toEqual([0, 0o700]);
+    });
+
+    it("gives an older Kiln's cache (root's) to the steps' user, never what a link in it points at", async () => {
+      // What a fetch run as root left: files, folders, and a link to a file of the host's.
+      const hostFile = join(root, 'host-file.txt');
+      await writeFile(hostFile, 'the host\'s');
+      await mkdir(join(cacheDir, 'npm', '_cacache', 'index'), { recursive: true, mode: 0o700 });
+      await writeFile(join(cacheDir, 'npm', '_cacache', 'index', 'entry'), 'cached');
+      await symlink(hostFile, join(cacheDir, 'npm', '_cacache', 'planted'));
+      await symlink(root, join(cacheDir, 'pub'));
+      const { result, lines } = await run('echo more > "$npm_config_cache/_cacache/index/entry" && ls -A "$PUB_CACHE" | wc -l', { fetch: true });
+      expect(result.status).toBe('SUCCEEDED');
+      // The link in the pub cache's place went; the folder made anew is empty.
+      expect(lines).toEqual(['0']);
+      expect((await lstat(join(cacheDir, 'npm', '_cacache', 'index'))).uid).toBe(DEFAULT_SANDBOX_UID);
+      expect((await lstat(join(cacheDir, 'npm', '_cacache', 'planted'))).uid).toBe(DEFAULT_SANDBOX_UID);
+      expect([(await stat(hostFile)).uid, (await stat(root)).uid, (await stat(cacheDir)).uid]).toEqual([0, 0, 0]);
+    });
   });
 
   it('reports a step killed by a signal as killed, as it would be unsandboxed, and an exit code as that code', async () => {
@@ -353,17 +440,19 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     }
   });
 
-  it("makes the project's caches the server's alone", async () => {
+  it("makes the project's caches no one else's: the server's folder, the steps' caches in it", async () => {
     const { result } = await run('true');
     expect(result.status).toBe('SUCCEEDED');
     const modes = await Promise.all([cacheDir, join(cacheDir, 'npm'), join(cacheDir, 'pub')].map(async (dir) => (await stat(dir)).mode & 0o777));
     expect(modes).toEqual([0o700, 0o700, 0o700]);
+    const steps = sandbox.stepOwner?.uid ?? process.getuid!();
+    expect(await Promise.all([cacheDir, join(cacheDir, 'npm'), join(cacheDir, 'pub')].map(async (dir) => (await stat(dir)).uid))).toEqual([process.getuid!(), steps, steps]);
   });
 
   it('shows neither the host /tmp nor the folders around the workspace', async () => {
     await writeFile(join(root, 'workspaces', 'project', 'other-generation-file.txt'), 'another generation');
     await writeFile(join(root, 'host-file.txt'), 'the host /tmp');
-    const { lines } = await run(`ls ${join(root, 'workspaces', 'project')}; ls ${root}; touch ../escaped /tmp/escaped`);
+    const { lines } = await run(`ls ${join(root, 'workspaces', 'project')}; ls ${root}; touch ../escaped /tmp/escaped 2>/dev/null`);
 
     // Only the folders that lead to what is mounted (the workspace, the tool), in the private /tmp.
     expect(lines).toEqual(['generation', 'sdk', 'workspaces']);
@@ -406,6 +495,7 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
       const dataDir = join(app, '.kiln');
       const own = join(dataDir, 'workspaces', 'project', 'generation');
       await mkdir(own, { recursive: true });
+      await giveToSteps(own);
       await mkdir(join(dataDir, 'workspaces', 'other', 'generation'), { recursive: true });
       await writeFile(join(dataDir, 'encryption.key'), 'the server key');
       const sdk = join(app, 'sdk');
@@ -505,7 +595,8 @@ describe(`configuring the build sandbox (${databaseKind})`, () => {
     const server = await startCapturedServer({ BUILD_SANDBOX: 'bwrap', LOG_LEVEL: 'info' });
     try {
       const ready = await fetch(`${server.url}/ready`);
-      expect(await ready.json()).toMatchObject({ ready: true, sandbox: { kind: 'bwrap', limits: expect.any(String) } });
+      // hostUid: who a step's processes and files are on the host (a root server's steps are never root).
+      expect(await ready.json()).toMatchObject({ ready: true, sandbox: { kind: 'bwrap', limits: expect.any(String), hostUid: rootServer ? DEFAULT_SANDBOX_UID : process.getuid!() } });
       expect(server.logs.records().some((r) => r.level === 40)).toBe(false);
     } finally {
       await server.stop();

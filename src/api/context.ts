@@ -34,7 +34,7 @@ export interface Services {
   /** Ends live streams whose viewer lost access; caps what one user holds open. */
   streamAccess: StreamAccess;
   /** How builds are isolated here (reported by /ready); undefined where none run (ROLE=api). */
-  buildSandbox?: Pick<BuildSandbox, 'kind' | 'enforcement'>;
+  buildSandbox?: Pick<BuildSandbox, 'kind' | 'enforcement' | 'hostUid'>;
   /** The only operations clients may run (PERSISTED_OPERATIONS_ONLY), by id; undefined runs any. */
   persistedOperations?: ReadonlyMap<string, string>;
 }

@@ -100,7 +100,9 @@ export function buildApp(services: Services): App {
     if (path === '/health') return sendJson(res, 200, { status: 'ok' });
     if (path === '/ready') {
       // null: this instance runs no builds (ROLE=api).
-      const sandbox = services.buildSandbox ? { kind: services.buildSandbox.kind, limits: services.buildSandbox.enforcement } : null;
+      // hostUid: the host user a build step's processes and files are (never 0 where a root server could switch).
+      const { buildSandbox: built } = services;
+      const sandbox = built ? { kind: built.kind, limits: built.enforcement, ...(built.hostUid !== undefined && { hostUid: built.hostUid }) } : null;
       return void ready(services).then((ok) => sendJson(res, ok ? 200 : 503, { ready: ok, sandbox }));
     }
     if (config.exposeSchema && path !== undefined && serveGraphiQLAsset(req, res, path)) return;

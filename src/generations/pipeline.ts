@@ -309,6 +309,8 @@ function writeWorkspace(deps: PipelineDeps, context: RunContext, changes: Output
     parentFiles: context.parentFiles,
     changes,
     changesAre: generation.restoredFrom ? 'this restore' : 'this answer',
+    // A root server's build steps run as another host user, who must be able to write it.
+    owner: deps.toolchain.sandbox?.stepOwner,
   });
 }
 

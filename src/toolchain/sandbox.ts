@@ -1,12 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import { constants } from 'node:fs';
-import { access, lstat, mkdir, mkdtemp, readFile, readlink, realpath, rename, rm, truncate, writeFile } from 'node:fs/promises';
+import { access, lchown, lstat, mkdir, mkdtemp, open, readFile, readlink, realpath, rename, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, basename, isAbsolute, join, resolve, sep } from 'node:path';
 import type { Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { ConfigError } from '../config.js';
+import { ConfigError, DEFAULT_SANDBOX_UID } from '../config.js';
 import type { Logger } from '../observability/logger.js';
 import { readProcStat } from '../proc-stat.js';
 import type { BuildTool } from './build-steps.js';
@@ -15,9 +15,11 @@ import { buildStepFilter } from './seccomp.js';
 import { type LimitWatch, type StepLimits, watchLimits } from './step-limits.js';
 import { runProcess } from './spawner.js';
 import { REGISTRY_ENV } from './step-runner.js';
+import { giveTree, type Owner } from '../workspace/ownership.js';
 
 // Every step that can run project code runs under bubblewrap (DESIGN "Running untrusted
-// code"): its own user, pid, ipc, uts, cgroup and network namespaces, an unprivileged uid,
+// code"): its own user, pid, ipc, uts, cgroup and network namespaces, an unprivileged uid
+// (on the host too: a root server's steps run as BUILD_SANDBOX_UID, never as root),
 // read-only system and toolchain folders, the workspace as the only writable path, a
 // private /tmp and HOME, an allowlisted environment, and limits on processes, memory and
 // disk. Only the dependency fetch gets the network and the project's caches (writable);
@@ -38,6 +40,12 @@ export interface SandboxSettings {
    * mount where a read-only system folder holds them (Kiln installed in /usr/src/app).
    */
   hiddenDirs?: Readonly<Record<string, string>>;
+  /**
+   * The host user a root server's steps run as (uid and gid alike); `explicit` when the
+   * operator named it (BUILD_SANDBOX_UID), and then a root server that cannot switch to it
+   * refuses to start. Unset: DEFAULT_SANDBOX_UID, not explicit.
+   */
+  stepUser?: { uid: number; explicit: boolean };
 }
 
 export interface StepAccess {
@@ -52,6 +60,13 @@ export interface BuildSandbox {
   readonly kind: SandboxKind;
   /** How the kernel bounds a step's processes and memory, for /ready and the start-up log. */
   readonly enforcement: 'cgroup v1' | 'cgroup v2' | 'rlimits and polling' | 'none';
+  /** The host uid a step's processes and files are, for /ready and the start-up log. */
+  readonly hostUid?: number;
+  /**
+   * The host user the steps run as when it is not the server's own (a root server): what the
+   * server writes for them (a workspace, createWorkspace's `owner`) goes to this user.
+   */
+  readonly stepOwner?: Owner;
   /** The sandbox of one step; undefined when builds run unsandboxed. */
   forStep(access: StepAccess): StepSandbox | undefined;
 }
@@ -89,7 +104,12 @@ const NICE = '/usr/bin/nice';
  * core leaves the API its turns (without CAP_SYS_NICE a step cannot undo it).
  */
 export const STEP_NICENESS = 10;
+/** The steps' uid inside the sandbox, whatever it is on the host. */
 const SANDBOX_UID = '1000';
+const UNSHARE = '/usr/bin/unshare';
+const SETPRIV = '/usr/bin/setpriv';
+const SLEEP = '/usr/bin/sleep';
+const DD = '/usr/bin/dd';
 const HOME = '/tmp/home';
 /** npm's cache in the steps that run project code: their own, in the private /tmp. */
 const PRIVATE_NPM_CACHE = '/tmp/npm-cache';
@@ -104,15 +124,37 @@ const CA_PATH_VARS = ['NODE_EXTRA_CA_CERTS', 'SSL_CERT_FILE', 'SSL_CERT_DIR'];
 /** Before bwrap: the seccomp filter ("$0") opened as fd 4 (`--seccomp 4`). */
 const OPEN_FILTER = 'exec 4<"$0" || exit 125; ';
 /** Joins the step's cgroups before bwrap starts, so every process it makes is counted. */
-const JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"';
+const JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; ';
+/**
+ * A root server's steps: a user namespace made for this step alone, where uid 0 is the host's
+ * root and 1000 the steps' host user ("$1", gid "$2"), opened as fd 5 for `bwrap --userns 5`.
+ * bwrap sets the sandbox up as that root (it binds folders only root may reach, as it always
+ * did), then setpriv drops to 1000 (userSwitch). `unshare` holds the namespace until the maps are
+ * written (each in one write(2), which the kernel requires: dd of a whole block) and fd 5
+ * is open; the holder is our own child, unreaped until then, so its pid is no other process's.
+ * Fails closed (exit 125, bwrap never runs): a namespace that is not new (the holder could not
+ * make one, or has gone), or whose maps someone wrote before us, is never used.
+ */
+const USER_NAMESPACE = [
+  `${UNSHARE} --user -- ${SLEEP} 600 </dev/null >/dev/null 2>&1 3>&- 4<&- & h=$!`,
+  // Until the holder is in its new namespace (or gone: then the writes below fail).
+  'while [ /proc/$h/ns/user -ef /proc/$$/ns/user ]; do :; done',
+  `printf '0 0 1\n${SANDBOX_UID} %s 1\n' "$1" | ${DD} of=/proc/$h/uid_map bs=64 iflag=fullblock status=none || exit 125`,
+  `printf '0 0 1\n${SANDBOX_UID} %s 1\n' "$2" | ${DD} of=/proc/$h/gid_map bs=64 iflag=fullblock status=none || exit 125`,
+  'exec 5</proc/$h/ns/user || exit 125',
+  'kill -KILL $h; wait $h 2>/dev/null',
+  '[ /proc/$$/fd/5 -ef /proc/$$/ns/user ] && exit 125',
+  'shift 2; ',
+].join('; ');
+const ENTER = 'exec "$@"';
 const SECCOMP_ARGS = ['--seccomp', '4'];
 /**
- * A new /proc, with the host-wide files in it read-only. For a root server the sandbox's uid
- * is the host's root, without capabilities, but the owner of those files, and the kernel asks
- * many of them for nothing more: a step wrote kernel.core_pattern under /proc/sys, and the
- * host ran its program as root. bwrap covers sys, sysrq-trigger, irq and bus only where
- * access(W_OK) passes as it sets up, which /proc/sys (0555, checked without regard to
- * capabilities) never does, and the others not on every host. fs (cifs settings), acpi (wakeup),
+ * A new /proc, with the host-wide files in it read-only. For a root server whose steps cannot
+ * run as another user, the sandbox's uid is the host's root, without capabilities, but the
+ * owner of those files, and the kernel asks many of them for nothing more: a step wrote
+ * kernel.core_pattern under /proc/sys, and the host ran its program as root. bwrap covers sys,
+ * sysrq-trigger, irq and bus only where access(W_OK) passes as it sets up, which /proc/sys
+ * (0555, checked without regard to capabilities) never does, and the others not on every host. fs (cifs settings), acpi (wakeup),
  * scsi (drivers' hosts), dynamic_debug, mtrr and pressure (triggers on the host's root cgroup)
  * are writable files on some hosts. Bound from the host's /proc (with what is mounted in
  * them, read-only too): what they show does not depend on the pid namespace.
@@ -132,6 +174,13 @@ const SECCOMP_FILE = '.seccomp-filter';
  */
 export async function createBuildSandbox(settings: SandboxSettings, logger: Logger, filter = buildStepFilter()): Promise<BuildSandbox> {
   const log = logger.child({ source: 'BuildSandbox' });
+  const serverUid = process.getuid?.() ?? -1;
+  const stepUser = settings.stepUser ?? { uid: DEFAULT_SANDBOX_UID, explicit: false };
+  if (settings.kind !== 'none' && stepUser.explicit && serverUid !== 0) {
+    throw new ConfigError([
+      `BUILD_SANDBOX_UID=${stepUser.uid} is for a server running as root; this one runs as uid ${serverUid}, an unprivileged user its build steps run as already: unset BUILD_SANDBOX_UID`,
+    ]);
+  }
   let seccomp = filter;
   let problem = settings.kind === 'none' ? undefined : await probeWith(seccomp);
   if (problem && seccomp && !(await probeWith(undefined))) {
@@ -150,21 +199,47 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
       { sandbox: 'none', reason: problem ?? 'BUILD_SANDBOX=none' },
       'Builds run WITHOUT a sandbox: generated code can read this server\'s secrets and files. Use BUILD_SANDBOX=bwrap wherever users are not fully trusted.',
     );
-    return { kind: 'none', enforcement: 'none', forStep: () => undefined };
+    return { kind: 'none', enforcement: 'none', hostUid: serverUid, forStep: () => undefined };
+  }
+  let stepOwner: Owner | undefined;
+  if (serverUid === 0) {
+    const wanted = { uid: stepUser.uid, gid: stepUser.uid };
+    // Without --disable-userns (which --userns excludes), only the filter keeps a step from a user namespace of its own.
+    const switchProblem = seccomp ? await probeWith(seccomp, wanted) : 'the seccomp filter, which refuses nested user namespaces there, does not load here';
+    if (!switchProblem) stepOwner = wanted;
+    else if (stepUser.explicit) throw new ConfigError([`BUILD_SANDBOX_UID=${stepUser.uid}, but this server cannot run its build steps as that user: ${switchProblem}`]);
+    else {
+      log.warn(
+        { problem: switchProblem, hostUid: 0 },
+        `build steps run as the host's root user (uid 0, without capabilities), not as uid ${stepUser.uid}: their files are root's, and what the kernel asks no capability of is theirs to use. Install util-linux's unshare and setpriv, or run Kiln as a non-root user`,
+      );
+    }
   }
   const cgroups = await findCgroups();
   const runFirst = [
     ...((await isExecutable(NICE)) ? [NICE, '-n', String(STEP_NICENESS)] : []),
-    ...((await isExecutable(PRLIMIT)) ? rlimitArgs(settings.limits) : []),
+    ...((await isExecutable(PRLIMIT)) ? rlimitArgs(settings.limits, stepOwner !== undefined && cgroups !== undefined) : []),
   ];
   const hidden = { ...settings.hiddenDirs, "the server's working directory": process.cwd(), "Kiln's own folder": KILN_FOLDER };
   const enforcement = cgroups ? (cgroups.version === 2 ? 'cgroup v2' : 'cgroup v1') : 'rlimits and polling';
-  log.info({ sandbox: 'bwrap', enforcement, limits: settings.limits, seccomp: seccomp ? 'fallocate, its ioctls, io_uring, openat2 and setuid or setgid modes refused' : 'none' }, 'builds run in the bwrap sandbox');
+  const hostUid = stepOwner?.uid ?? serverUid;
+  log.info(
+    {
+      sandbox: 'bwrap',
+      enforcement,
+      hostUid,
+      limits: settings.limits,
+      seccomp: seccomp ? 'fallocate, its ioctls, io_uring, openat2, new user namespaces and setuid or setgid modes refused' : 'none',
+    },
+    `builds run in the bwrap sandbox, as host uid ${hostUid}`,
+  );
   return {
     kind: 'bwrap',
     enforcement,
+    hostUid,
+    ...(stepOwner && { stepOwner }),
     forStep: (stepAccess) => ({
-      enter: (step) => enterBwrap(step, stepAccess, { limits: settings.limits, cgroups, runFirst, seccomp, hidden }),
+      enter: (step) => enterBwrap(step, stepAccess, { limits: settings.limits, cgroups, runFirst, seccomp, hidden, owner: stepOwner }),
     }),
   };
 }
@@ -174,15 +249,30 @@ export function probeBwrap(): Promise<string | undefined> {
   return probeWith(buildStepFilter());
 }
 
-/** probeBwrap with this seccomp filter, or none. */
-async function probeWith(seccomp: Buffer | undefined): Promise<string | undefined> {
+/** probeBwrap with this seccomp filter, or none; with `owner`, a root server's steps run as that host user. */
+async function probeWith(seccomp: Buffer | undefined, owner?: Owner): Promise<string | undefined> {
   if (!(await isExecutable(BWRAP))) return `${BWRAP} is not installed (Debian/Ubuntu: apt-get install bubblewrap)`;
-  const args = [...namespaceArgs(false), ...(await systemMounts()).args, ...PROC_ARGS, '--dev', '/dev', '--remount-ro', '/dev', ...(seccomp ? SECCOMP_ARGS : []), '--', '/usr/bin/true'];
+  if (owner) {
+    for (const tool of [UNSHARE, SETPRIV, SLEEP, DD]) if (!(await isExecutable(tool))) return `${tool} is not installed (Debian/Ubuntu: util-linux and coreutils)`;
+  }
+  const args = [
+    ...namespaceArgs(false, owner),
+    ...(await systemMounts()).args,
+    ...PROC_ARGS,
+    '--dev',
+    '/dev',
+    '--remount-ro',
+    '/dev',
+    ...(seccomp ? SECCOMP_ARGS : []),
+    '--',
+    ...(owner ? userSwitch('/') : []),
+    '/usr/bin/true',
+  ];
   const dir = seccomp ? await mkdtemp(join(tmpdir(), 'kiln-probe-')) : undefined;
   let result: Awaited<ReturnType<typeof runProcess>>;
   try {
     const filterFile = dir ? await filterFileIn(dir, seccomp!) : undefined;
-    result = await runProcess({ ...bwrapCommand(filterFile, [], args), env: {} }, 10_000);
+    result = await runProcess({ ...bwrapCommand(filterFile, [], args, owner), env: {} }, 10_000);
   } finally {
     if (dir) await rm(dir, { recursive: true, force: true });
   }
@@ -199,6 +289,8 @@ interface Machine {
   seccomp: Buffer | undefined;
   /** Folders no step may see, by the setting that names them. */
   hidden: Readonly<Record<string, string>>;
+  /** The host user a root server's steps run as; undefined: the server's own uid (mapped to 1000 by bwrap). */
+  owner: Owner | undefined;
 }
 
 /** The filter's file in `dir`, written aside and renamed unless it is there already: a step starting meanwhile reads a whole filter. */
@@ -215,10 +307,16 @@ async function filterFileIn(dir: string, filter: Buffer): Promise<string> {
   return file;
 }
 
-/** bwrap, started with the filter in `filterFile` (none without) and in the cgroups whose `cgroup.procs` are listed. */
-function bwrapCommand(filterFile: string | undefined, procsFiles: readonly string[], bwrapArgs: readonly string[]): { command: string; args: string[] } {
-  if (!filterFile && procsFiles.length === 0) return { command: BWRAP, args: [...bwrapArgs] };
-  return { command: '/bin/sh', args: ['-c', (filterFile ? OPEN_FILTER : '') + JOIN_CGROUP, filterFile ?? 'kiln-sandbox', ...procsFiles, '--', BWRAP, ...bwrapArgs] };
+/**
+ * bwrap, started with the filter in `filterFile` (none without), in the cgroups whose
+ * `cgroup.procs` are listed, and with `owner`, in a user namespace of its own (USER_NAMESPACE).
+ * In that order: the filter and the cgroups are joined as the server, before any namespace.
+ */
+function bwrapCommand(filterFile: string | undefined, procsFiles: readonly string[], bwrapArgs: readonly string[], owner: Owner | undefined): { command: string; args: string[] } {
+  if (!filterFile && procsFiles.length === 0 && !owner) return { command: BWRAP, args: [...bwrapArgs] };
+  const script = (filterFile ? OPEN_FILTER : '') + JOIN_CGROUP + (owner ? USER_NAMESPACE : '') + ENTER;
+  const ids = owner ? [String(owner.uid), String(owner.gid)] : [];
+  return { command: '/bin/sh', args: ['-c', script, filterFile ?? 'kiln-sandbox', ...procsFiles, '--', ...ids, BWRAP, ...bwrapArgs] };
 }
 
 async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Machine): Promise<Jail | { missing: 'ENOENT' | 'EACCES' }> {
@@ -241,13 +339,23 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
   // hides the workspaces around it (Kiln in /usr/src/app): the step's own is bound again alone.
   const maskedWorkspace = masks.some((dir) => within(workspace, dir));
   for (const root of toolchain) if (!(maskedWorkspace && system.dirs.some((dir) => within(root, dir)))) assertExposable(root, workspace);
-  const toolLock = stepAccess.tool === 'flutter' ? await flutterLock(toolchain[0]!, stepAccess.cacheDir) : undefined;
+  const { owner } = machine;
+  // A root server's steps are another user, to whom the tool must be open, as a system's tools are.
+  if (owner) for (const root of toolchain) await assertOpenToOthers(root, owner);
+  const toolLock = stepAccess.tool === 'flutter' ? await flutterLock(toolchain[0]!, stepAccess.cacheDir, owner) : undefined;
 
   const cache = { npm: join(stepAccess.cacheDir, 'npm'), pub: join(stepAccess.cacheDir, 'pub') };
-  // The server's alone (0700), like the workspaces around it: see createWorkspace.
+  // The server's alone (0700), like the workspaces around it: see createWorkspace. Each cache
+  // is bound on its own, so no step can swap one for a symlink (the next step's bind would follow it).
   await mkdir(stepAccess.cacheDir, { recursive: true, mode: 0o700 });
-  // The fetch may have left anything in the cache, a symlink too: mkdir never follows one.
-  for (const dir of Object.values(cache)) await mkdir(dir, { mode: 0o700 }).catch(ignoreExisting);
+  for (const dir of Object.values(cache)) {
+    // An older Kiln bound the whole folder into the fetch, which may have left a symlink: mkdir never follows one.
+    if ((await lstat(dir).catch(() => undefined))?.isSymbolicLink()) await rm(dir);
+    const made = await mkdir(dir, { mode: 0o700 }).then(() => true, ignoreExisting);
+    // A root server's steps write the caches as their own user: a cache that is not theirs yet
+    // (new, or filled by an older Kiln whose steps were root) is given to them, whole.
+    if (owner) await (made ? lchown(dir, owner.uid, owner.gid) : giveTree(dir, owner));
+  }
   const env: Record<string, string> = {};
   // Only the fetch talks to a registry, maybe through a proxy with its own CA.
   for (const name of [...ENV_ALWAYS, ...(stepAccess.fetch ? REGISTRY_ENV : [])]) {
@@ -270,37 +378,47 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
   const reboundRoots = roots.filter((root) => outerMasks.some((dir) => within(root, dir)));
   // A hidden folder inside a toolchain folder bound again is hidden again, on top of it.
   const innerMasks = masks.filter((dir) => !outerMasks.includes(dir) && reboundRoots.some((root) => within(dir, root)));
+  /**
+   * The folders on the way to a mount, made by bwrap where no mount holds them (mode 0700, as
+   * the namespace's root): a root server's steps, another uid, must pass through them. Made
+   * first, each 0755 (`--dir` leaves one that is there as it is).
+   */
+  const reachable = (path: string): string[] => (owner ? foldersTo(path).flatMap((dir) => ['--perms', '0755', '--dir', dir]) : []);
   const caFiles = stepAccess.fetch ? CA_PATH_VARS.map((name) => env[name]).filter((p): p is string => !!p && isAbsolute(p)) : [];
   const bwrapArgs = [
-    ...namespaceArgs(stepAccess.fetch),
+    ...namespaceArgs(stepAccess.fetch, owner),
     '--hostname',
     'kiln-build',
     ...system.args,
+    ...reachable(ETC_ALWAYS[0]!),
     ...roBindTry([...ETC_ALWAYS, ...(stepAccess.fetch ? ETC_FETCH : [])]),
     ...PROC_ARGS,
     '--dev',
     '/dev',
-    ...['--size', String(machine.limits.tmpMb * 1024 * 1024), '--tmpfs', '/tmp', '--dir', HOME],
-    ...['--size', String(64 * 1024 * 1024), '--tmpfs', '/dev/shm'],
+    // bwrap makes them as the namespace's root: open to the steps' user when it is another uid.
+    ...['--size', String(machine.limits.tmpMb * 1024 * 1024), ...sharedPerms(owner), '--tmpfs', '/tmp', ...sharedPerms(owner), '--dir', HOME],
+    ...['--size', String(64 * 1024 * 1024), ...sharedPerms(owner), '--tmpfs', '/dev/shm'],
     // After the private /tmp, since a toolchain, a CA file or the workspace may live under the host's /tmp.
-    ...roots.flatMap((root) => ['--ro-bind', root, root]),
+    ...roots.flatMap((root) => [...reachable(root), '--ro-bind', root, root]),
     // Later mounts go on top: the masks hide the server's folders, then what the step needs
     // from inside them (its toolchain, a CA file, its workspace and caches) is bound again.
     ...outerMasks.flatMap((dir) => ['--tmpfs', dir]),
-    ...reboundRoots.flatMap((root) => ['--ro-bind', root, root]),
+    ...reboundRoots.flatMap((root) => [...reachable(root), '--ro-bind', root, root]),
     ...innerMasks.flatMap((dir) => ['--tmpfs', dir]),
-    ...roBindTry(caFiles),
+    ...caFiles.flatMap((file) => [...reachable(file), ...roBindTry([file])]),
     ...(toolLock ? ['--bind', toolLock.own, toolLock.sdk] : []),
-    ...['--bind', workspace, workspace],
+    ...[...reachable(workspace), '--bind', workspace, workspace],
     // The fetch's npm cache holds whatever it downloaded (a reply from an address a package
     // named too): no step that runs project code sees it, node_modules holds the packages.
     // Flutter's steps read the packages in the pub cache.
     ...(stepAccess.fetch
-      ? ['--bind', stepAccess.cacheDir, stepAccess.cacheDir]
+      ? [...reachable(cache.npm), '--bind', cache.npm, cache.npm, '--bind', cache.pub, cache.pub]
       : stepAccess.tool === 'flutter'
-        ? ['--ro-bind', cache.pub, cache.pub]
+        ? [...reachable(cache.pub), '--ro-bind', cache.pub, cache.pub]
         : []),
-    ...['--chdir', workspace],
+    // A root server's steps change into it as their own user (userSwitch): bwrap, the namespace's
+    // root without CAP_DAC_OVERRIDE, may not enter a folder of theirs.
+    ...(owner ? [] : ['--chdir', workspace]),
     // The root, the masks and /dev are tmpfs: nothing but the workspace (and the fetch's cache),
     // the bounded /tmp and /dev/shm (mounts of their own, left writable) is writable. /dev,
     // unbounded, would hold any amount of the host's memory, which a watch of resident memory
@@ -311,6 +429,7 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     ...['--info-fd', '3'],
     ...(machine.seccomp ? SECCOMP_ARGS : []),
     '--',
+    ...(owner ? userSwitch(workspace) : []),
     ...machine.runFirst,
     found.real,
     ...step.args,
@@ -321,7 +440,7 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
   const cgroup = machine.cgroups
     ? await createStepCgroup(machine.cgroups, { maxProcesses: machine.limits.maxProcesses, memoryBytes: machine.limits.memoryMb * 1024 * 1024 })
     : undefined;
-  return jail(bwrapCommand(filterFile, cgroup?.procsFiles ?? [], bwrapArgs), {
+  return jail(bwrapCommand(filterFile, cgroup?.procsFiles ?? [], bwrapArgs, owner), {
     env,
     cgroup,
     limits: machine.limits,
@@ -363,7 +482,56 @@ function jail(
   };
 }
 
-function namespaceArgs(network: boolean): string[] {
+/**
+ * In a root server's steps, the first thing bwrap runs: setpriv drops from the namespace's root
+ * (bwrap's, with CAP_SETUID and CAP_SETGID only) to uid and gid 1000, the steps' host user, with
+ * no supplementary group and every capability set empty (bounding set included), so nothing it
+ * starts can get one back. bwrap cannot switch itself in --userns mode ("unable to switch to gid
+ * 1000"). Then a shell, as that user, changes into `cwd` and closes the namespace's fd (5),
+ * which bwrap passes on.
+ */
+function userSwitch(cwd: string): string[] {
+  return [
+    SETPRIV,
+    `--reuid=${SANDBOX_UID}`,
+    `--regid=${SANDBOX_UID}`,
+    '--clear-groups',
+    '--bounding-set=-all',
+    '--inh-caps=-all',
+    '--no-new-privs',
+    '--',
+    '/bin/sh',
+    '-c',
+    'cd -- "$0" && exec "$@" 5<&-',
+    cwd,
+  ];
+}
+
+/** `--perms` for the next tmpfs or folder bwrap makes: open to all (sticky) when the steps' user is not the namespace's root. */
+function sharedPerms(owner: Owner | undefined): string[] {
+  return owner ? ['--perms', '1777'] : [];
+}
+
+/**
+ * A root server's steps (`owner`): bwrap joins the user namespace on fd 5 (USER_NAMESPACE), where it
+ * cannot take --unshare-user, --disable-userns or --uid; the seccomp filter refuses nested user
+ * namespaces instead, and userSwitch sets the uid. Otherwise bwrap makes the user namespace,
+ * mapping 1000 to the server's own uid.
+ */
+function namespaceArgs(network: boolean, owner?: Owner): string[] {
+  if (owner) {
+    return [
+      ...['--userns', '5'],
+      '--unshare-ipc',
+      '--unshare-pid',
+      ...(network ? [] : ['--unshare-net']),
+      '--unshare-uts',
+      '--unshare-cgroup-try',
+      '--die-with-parent',
+      '--new-session',
+      ...['--cap-add', 'CAP_SETUID', '--cap-add', 'CAP_SETGID'],
+    ];
+  }
   return [
     '--unshare-all',
     '--unshare-user',
@@ -396,15 +564,28 @@ async function systemMounts(): Promise<{ args: string[]; dirs: string[] }> {
   return { args, dirs };
 }
 
+/** The folders above `path`, outermost first, `/` left out. */
+function foldersTo(path: string): string[] {
+  const parts = path.split(sep).filter(Boolean).slice(0, -1);
+  return parts.map((_, index) => sep + parts.slice(0, index + 1).join(sep));
+}
+
 function roBindTry(paths: string[]): string[] {
   return paths.flatMap((path) => ['--ro-bind-try', path, path]);
 }
 
-function rlimitArgs(limits: StepLimits): string[] {
+/**
+ * `behindCgroup`: a root server's steps, another user's, whose cgroup holds them to maxProcesses.
+ * RLIMIT_NPROC then counts too (the kernel exempts only the host's root), per step (each has a
+ * user namespace of its own, and the count is per namespace and uid), but it refuses the fork
+ * first, silently to the watch, which reads the cgroup's count of refusals: twice the limit, it
+ * stays a backstop and the cgroup's limit, which the build log names, is the one reached.
+ */
+function rlimitArgs(limits: StepLimits, behindCgroup: boolean): string[] {
   return [
     PRLIMIT,
-    // Counted per sandbox when the server is not root; as root the cgroup (or the watch) counts.
-    `--nproc=${limits.maxProcesses}`,
+    // Counted per sandbox (its user namespace's), whoever the server is; without a cgroup the watch counts too.
+    `--nproc=${limits.maxProcesses * (behindCgroup ? 2 : 1)}`,
     // One file cannot outgrow the workspace limit, however fast it is written.
     `--fsize=${limits.workspaceMb * 1024 * 1024}`,
     '--core=0',
@@ -423,17 +604,31 @@ function rlimitArgs(limits: StepLimits): string[] {
  * read-only (so it must be precached: `flutter precache --web`). The file lives in the
  * project's folder, which no sandbox can write, so it cannot be swapped for a symlink.
  * A step can write into it, so it is emptied before and after each step and counts as workspace.
+ * A root server's steps write it as their own user (`owner`), whose it is.
  */
-async function flutterLock(sdkRoot: string, cacheDir: string): Promise<{ own: string; sdk: string } | undefined> {
+async function flutterLock(sdkRoot: string, cacheDir: string, owner: Owner | undefined): Promise<{ own: string; sdk: string } | undefined> {
   const sdk = join(sdkRoot, 'bin', 'cache', 'lockfile');
   if (!(await lstat(sdk).catch(() => undefined))?.isFile()) return undefined;
   const own = join(dirname(cacheDir), '.flutter-lockfile');
-  await writeFile(own, '');
+  const handle = await open(own, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW, 0o600);
+  try {
+    const stats = await handle.stat();
+    if (owner && (stats.uid !== owner.uid || stats.gid !== owner.gid)) await handle.chown(owner.uid, owner.gid);
+  } finally {
+    await handle.close();
+  }
   return { own, sdk };
 }
 
 function ignoreExisting(error: NodeJS.ErrnoException): void {
   if (error.code !== 'EEXIST') throw error;
+}
+
+async function assertOpenToOthers(root: string, owner: Owner): Promise<void> {
+  const stats = await lstat(root);
+  if ((stats.mode & 0o005) !== 0o005 && stats.uid !== owner.uid) {
+    throw new Error(`The toolchain folder ${root} is not open to other users (mode ${(stats.mode & 0o777).toString(8)}), and this root server's build steps run as uid ${owner.uid}: make it readable by all (chmod a+rX).`);
+  }
 }
 
 /** A toolchain's own folder: the SDK or package root above its `bin/`, else the executable's folder. */

@@ -13,12 +13,19 @@
 //   Programs that use it (libuv, so Node) fall back to ordinary system calls.
 // - A mode with S_ISUID or S_ISGID fails with EPERM: chmod, fchmod, fchmodat, fchmodat2, and
 //   open, openat, creat, mkdir, mkdirat, mknod, mknodat when they create (open and openat
-//   only with O_CREAT or O_TMPFILE; without them the mode is not read). For a root server the
-//   sandbox's uid is the host's root, so `chmod 4755` on a file it wrote made a setuid-root
-//   program that any local user could run from the host. Only the low 32 bits of the mode
-//   are compared: the kernel reads 16 of them.
+//   only with O_CREAT or O_TMPFILE; without them the mode is not read). A root server's steps
+//   were the host's root (they still are where they cannot run as BUILD_SANDBOX_UID), so
+//   `chmod 4755` on a file one wrote made a setuid-root program that any local user could run
+//   from the host; a setuid program of the steps' own user is no one's business either. Only
+//   the low 32 bits of the mode are compared: the kernel reads 16 of them.
 // - openat2 fails with ENOSYS: its mode is inside a struct the filter cannot read. glibc
 //   does not use it for open(); programs that try it fall back to openat.
+// - No nested user namespace: clone and unshare with CLONE_NEWUSER fail with EPERM, and
+//   clone3, whose flags are inside a struct the filter cannot read, with ENOSYS (glibc and
+//   the programs built on it fall back to clone). A root server's steps run in a user
+//   namespace Kiln made (sandbox.ts), where bwrap's --disable-userns cannot be used; a new
+//   user namespace would give a step every capability inside it, and the kernel surface
+//   that comes with them.
 
 const EPERM = 1;
 const EOPNOTSUPP = 95;
@@ -41,11 +48,16 @@ interface Abi {
   ioctl: number[];
   /** Calls refused with EPERM when their mode has SET_ID_BITS. */
   modes: ModeCheck[];
+  /** clone and unshare, refused with EPERM when their flags (argument 0) ask for CLONE_NEWUSER. */
+  namespaces: number[];
 }
 
 const X32 = 0x40000000;
 const OPENAT2 = 437;
 const FCHMODAT2 = 452;
+/** The same number on every ABI here (x32's with bit 30). */
+const CLONE3 = 435;
+const CLONE_NEWUSER = 0x10000000;
 
 /** Per Node architecture, the kernel ABIs a process may use, with each refused call's number there. */
 const ABIS: Record<string, Abi[]> = {
@@ -56,20 +68,22 @@ const ABIS: Record<string, Abi[]> = {
       refused: [...both([285, 425, 426, 427]), ...both([285, 425, 426, 427].map((syscall) => X32 | syscall))],
       ioctl: [16, X32 | 16, X32 | 514],
       modes: [...setId({ open: 2, creat: 85, mkdir: 83, mknod: 133, chmod: 90, fchmod: 91, openat: 257, mkdirat: 258, mknodat: 259, fchmodat: 268 }), ...setId({ open: X32 | 2, creat: X32 | 85, mkdir: X32 | 83, mknod: X32 | 133, chmod: X32 | 90, fchmod: X32 | 91, openat: X32 | 257, mkdirat: X32 | 258, mknodat: X32 | 259, fchmodat: X32 | 268 }, X32)],
+      // clone, unshare
+      namespaces: [56, 272, X32 | 56, X32 | 272],
     },
-    { auditArch: 0x40000003, refused: both([324, 425, 426, 427]), ioctl: [54], modes: setId({ open: 5, creat: 8, mkdir: 39, mknod: 14, chmod: 15, fchmod: 94, openat: 295, mkdirat: 296, mknodat: 297, fchmodat: 306 }) },
+    { auditArch: 0x40000003, refused: both([324, 425, 426, 427]), ioctl: [54], modes: setId({ open: 5, creat: 8, mkdir: 39, mknod: 14, chmod: 15, fchmod: 94, openat: 295, mkdirat: 296, mknodat: 297, fchmodat: 306 }), namespaces: [120, 310] },
   ],
   // aarch64 (no open, creat, mkdir, mknod or chmod of its own), and 32-bit ARM (EABI) binaries.
   arm64: [
-    { auditArch: 0xc00000b7, refused: both([47, 425, 426, 427]), ioctl: [29], modes: setId({ fchmod: 52, openat: 56, mkdirat: 34, mknodat: 33, fchmodat: 53 }) },
-    { auditArch: 0x40000028, refused: both([352, 425, 426, 427]), ioctl: [54], modes: setId({ open: 5, creat: 8, mkdir: 39, mknod: 14, chmod: 15, fchmod: 94, openat: 322, mkdirat: 323, mknodat: 324, fchmodat: 333 }) },
+    { auditArch: 0xc00000b7, refused: both([47, 425, 426, 427]), ioctl: [29], modes: setId({ fchmod: 52, openat: 56, mkdirat: 34, mknodat: 33, fchmodat: 53 }), namespaces: [220, 97] },
+    { auditArch: 0x40000028, refused: both([352, 425, 426, 427]), ioctl: [54], modes: setId({ open: 5, creat: 8, mkdir: 39, mknod: 14, chmod: 15, fchmod: 94, openat: 322, mkdirat: 323, mknodat: 324, fchmodat: 333 }), namespaces: [120, 337] },
   ],
 };
 
-/** [fallocate, io_uring_setup, io_uring_enter, io_uring_register] with their errors, and openat2 (the same number everywhere, x32's with bit 30). */
+/** [fallocate, io_uring_setup, io_uring_enter, io_uring_register] with their errors, and openat2 and clone3 (the same numbers everywhere, x32's with bit 30). */
 function both([fallocate, ...ioUring]: number[]) {
   const x32 = fallocate! & X32;
-  return [{ syscall: fallocate!, errno: EOPNOTSUPP }, ...[...ioUring, x32 | OPENAT2].map((syscall) => ({ syscall, errno: ENOSYS }))];
+  return [{ syscall: fallocate!, errno: EOPNOTSUPP }, ...[...ioUring, x32 | OPENAT2, x32 | CLONE3].map((syscall) => ({ syscall, errno: ENOSYS }))];
 }
 
 /** The calls that set a mode, by their numbers on one ABI; fchmodat2 has the same number everywhere (x32's with bit 30). */
@@ -115,10 +129,11 @@ export function buildStepFilter(arch: string = process.arch): Buffer | undefined
   const errnos = [...new Set([EOPNOTSUPP, EPERM, ...abis.flatMap(({ refused }) => refused.map(({ errno }) => errno))])];
   const program: (Instruction | JumpIf)[] = [];
   const labels = new Map<string, number>();
-  for (const { auditArch, refused, ioctl, modes } of abis) {
+  for (const { auditArch, refused, ioctl, modes, namespaces } of abis) {
     const block = [
       ...refused.map(({ syscall, errno }): JumpIf => ({ k: syscall, label: `errno ${errno}` })),
       ...ioctl.map((syscall): JumpIf => ({ k: syscall, label: 'ioctl' })),
+      ...namespaces.map((syscall): JumpIf => ({ k: syscall, label: 'namespaces' })),
       ...modes.map(({ syscall, mode, flags }): JumpIf => ({ k: syscall, label: flags ? `flags ${flags}` : `mode ${mode}` })),
     ];
     program.push([BPF_LD_W_ABS, 0, 0, ARCH], [BPF_JEQ_K, 0, block.length + 2, auditArch], [BPF_LD_W_ABS, 0, 0, SYSCALL_NR], ...block, [BPF_RET_K, 0, 0, RET_ALLOW]);
@@ -126,6 +141,9 @@ export function buildStepFilter(arch: string = process.arch): Buffer | undefined
   program.push([BPF_RET_K, 0, 0, RET_ALLOW]);
   labels.set('ioctl', program.length);
   program.push([BPF_LD_W_ABS, 0, 0, argLow(1)], ...REFUSED_IOCTLS.map((k): JumpIf => ({ k, label: `errno ${EOPNOTSUPP}` })), [BPF_RET_K, 0, 0, RET_ALLOW]);
+  // clone's and unshare's flags are their first argument on every ABI here.
+  labels.set('namespaces', program.length);
+  program.push([BPF_LD_W_ABS, 0, 0, argLow(0)], { k: CLONE_NEWUSER, label: `errno ${EPERM}`, jset: true }, [BPF_RET_K, 0, 0, RET_ALLOW]);
   // open's flags at argument 1 (its mode at 2), openat's at 2 (mode at 3): without a creating
   // flag the call jumps over the check of the mode just below to its allow, else goes into it.
   for (const [flags, mode] of [[undefined, 1], [1, 2], [2, 3]] as const) {

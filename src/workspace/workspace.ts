@@ -1,10 +1,11 @@
 import { createHash } from 'node:crypto';
-import { chmod, lstat, mkdir, mkdtemp, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, lchown, lstat, mkdir, mkdtemp, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { RunError } from '../errors.js';
 import { MAX_VERSION_BYTES, MAX_VERSION_FILES, type OutputEvent } from '../generations/output-parser.js';
 import { assertSafeRelativePath, UnsafeOutputError } from '../generations/safe-path.js';
 import { runProcess } from '../toolchain/spawner.js';
+import type { Owner } from './ownership.js';
 import { ignoreMissing, writeFilesInside } from './write-inside.js';
 
 export interface GeneratedFile {
@@ -30,6 +31,12 @@ export interface CreateWorkspaceInput {
   changes: OutputEvent[];
   /** What the changes are, for a version too large: "this answer", "this restore". */
   changesAre: string;
+  /**
+   * Who the workspace and its files go to: the host user a root server's build steps run as
+   * (BuildSandbox.stepOwner), so they can write it; unset, the server's. Later writes into it
+   * go to the same user (writeFilesInside).
+   */
+  owner?: Owner;
 }
 
 const TMP_PREFIX = '.tmp-';
@@ -129,14 +136,18 @@ export async function createWorkspace(input: CreateWorkspaceInput): Promise<{ di
   // Code-unit order is stable across locales; it also puts a directory's name before its contents.
   const paths = [...contents.keys()].sort();
 
-  // The server's alone: files a build writes are the server's user's (root's, for a root
-  // server), and a step may open its own folder to everyone (`chmod 755 .`), so no one else
-  // may reach into the project's folder. WORKSPACES_DIR too when Kiln makes it (an existing
-  // one keeps the operator's mode); a project's folder is Kiln's, and tightened if older.
+  // The server's alone: files a build writes are its steps' user's (the server's own, or the
+  // unprivileged one a root server's steps run as), and a step may open its own folder to
+  // everyone (`chmod 755 .`), so no one else may reach into the project's folder. WORKSPACES_DIR
+  // too when Kiln makes it (an existing one keeps the operator's mode); a project's folder is
+  // Kiln's, and tightened if older. The steps' user reaches its workspace only through the
+  // sandbox's bind of it, never through these folders.
   await mkdir(projectDir, { recursive: true, mode: 0o700 });
   await chmod(projectDir, 0o700);
   const tmp = await mkdtemp(join(projectDir, TMP_PREFIX));
   try {
+    // Before the files, which take its owner: the folder is new, and no step can reach it.
+    if (input.owner) await lchown(tmp, input.owner.uid, input.owner.gid);
     await writeFilesInside(tmp, paths.map((path) => [path, contents.get(path)!] as const));
     // rename() would silently replace an empty directory, so refuse an existing one first.
     if (await lstat(dir).catch(ignoreMissing)) throw new Error(`The workspace ${dir} already exists`);

@@ -1,12 +1,15 @@
 import { constants } from 'node:fs';
-import { lstat, mkdir, open, realpath } from 'node:fs/promises';
+import { lchown, lstat, mkdir, open, realpath } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, sep } from 'node:path';
 import { OutputProtocolError } from '../generations/output-parser.js';
 import { UnsafeOutputError, assertSafeRelativePath, describePath } from '../generations/safe-path.js';
+import { type Owner, ownerOf } from './ownership.js';
 
 /**
  * Writes `content` at `path` under `baseDir`, refusing any route out of it: unsafe path
- * text, a symlinked directory on the way, or a symlink in place of the file.
+ * text, a symlinked directory on the way, or a symlink in place of the file. What it creates
+ * goes to the owner of `baseDir` (a root server's workspace is its build steps' user's: a later
+ * step must be able to change what the server wrote, ownerOf).
  */
 export async function writeFileInside(baseDir: string, path: string, content: string): Promise<void> {
   await writeFilesInside(baseDir, [[path, content]]);
@@ -29,24 +32,28 @@ export async function writeFilesInside(baseDir: string, files: readonly (readonl
     }
   }
   const base = await realpath(baseDir);
+  const owner = await ownerOf(base);
   const checked = new Set<string>();
-  for (const [path] of files) await ensureParents(base, path, checked).catch(refusedAs(path, 'writes'));
+  for (const [path] of files) await ensureParents(base, path, checked, owner).catch(refusedAs(path, 'writes'));
   // Every write settles before a failure is reported: the caller may remove the directory then.
-  const written = await Promise.allSettled(files.map(([path, content]) => writeChecked(base, path, content).catch(refusedAs(path, 'writes'))));
+  const written = await Promise.allSettled(files.map(([path, content]) => writeChecked(base, path, content, owner).catch(refusedAs(path, 'writes'))));
   const failed = written.find((result) => result.status === 'rejected');
   if (failed) throw failed.reason;
 }
 
 /** Creates the parents one level at a time: `mkdir -p` would follow a symlink and create outside. */
-async function ensureParents(base: string, path: string, checked: Set<string>): Promise<void> {
+async function ensureParents(base: string, path: string, checked: Set<string>, owner: Owner | undefined): Promise<void> {
   const segments = path.split('/');
   let dir = base;
   for (const [index, segment] of segments.slice(0, -1).entries()) {
     dir = join(dir, segment);
     if (checked.has(dir)) continue;
     const stats = await lstat(dir).catch(ignoreMissing);
-    if (!stats) await mkdir(dir);
-    else if (stats.isSymbolicLink()) throw new UnsafeOutputError(path, 'goes through a symbolic link');
+    if (!stats) {
+      await mkdir(dir);
+      // lchown: what is at that path now, never what a link there points at.
+      if (owner) await lchown(dir, owner.uid, owner.gid);
+    } else if (stats.isSymbolicLink()) throw new UnsafeOutputError(path, 'goes through a symbolic link');
     else if (!stats.isDirectory()) throw notADirectory(path, segments.slice(0, index + 1).join('/'));
     checked.add(dir);
   }
@@ -74,7 +81,7 @@ export function refusedAs(path: string, action: 'writes' | 'deletes') {
   };
 }
 
-async function writeChecked(base: string, path: string, content: string): Promise<void> {
+async function writeChecked(base: string, path: string, content: string, owner: Owner | undefined): Promise<void> {
   // Final check on the resolved location, in case the tree changed under us.
   const inside = relative(base, await realpath(dirname(join(base, path))));
   if (inside.split(sep)[0] === '..' || isAbsolute(inside)) {
@@ -91,7 +98,10 @@ async function writeChecked(base: string, path: string, content: string): Promis
     throw error;
   });
   try {
-    if (!(await handle.stat()).isFile()) throw new UnsafeOutputError(path, 'is not a regular file');
+    const stats = await handle.stat();
+    if (!stats.isFile()) throw new UnsafeOutputError(path, 'is not a regular file');
+    // The file opened, whatever happens to its name: a new one is the server's until given.
+    if (owner && (stats.uid !== owner.uid || stats.gid !== owner.gid)) await handle.chown(owner.uid, owner.gid);
     await handle.writeFile(content, 'utf8');
   } finally {
     await handle.close();

@@ -169,6 +169,8 @@ export function useSdkFakes(): SdkFakes {
 
 async function sdkFake(tool: 'flutter' | 'npm'): Promise<FakeSdk> {
   const root = await mkdtemp(join(tmpdir(), `kiln-${tool}-sdk-`));
+  // As an SDK is installed: open to every user (a root server's build steps run as another).
+  await chmod(root, 0o755);
   await mkdir(join(root, 'bin'));
   const bin = join(root, 'bin', tool);
   await copyFile(fileURLToPath(new URL(`../fixtures/bin/${tool}`, import.meta.url)), bin);

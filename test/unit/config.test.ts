@@ -90,6 +90,14 @@ describe('parseConfig refuses at start-up what would fail later', () => {
     expect(parseConfig({ DATA_DIR: '/srv/kiln', WORKSPACES_DIR: '/var/kiln/ws' }).buildSandbox.hiddenDirs).toEqual({ DATA_DIR: '/srv/kiln', WORKSPACES_DIR: '/var/kiln/ws' });
   });
 
+  it("runs a root server's build steps as uid 65520 unless BUILD_SANDBOX_UID names another, and refuses root's and nobody's", () => {
+    expect(parseConfig({}).buildSandbox.stepUser).toEqual({ uid: 65_520, explicit: false });
+    expect(parseConfig({ BUILD_SANDBOX_UID: '4242' }).buildSandbox.stepUser).toEqual({ uid: 4242, explicit: true });
+    expect(() => parseConfig({ BUILD_SANDBOX_UID: '0' })).toThrow(/BUILD_SANDBOX_UID=0 is root/);
+    expect(() => parseConfig({ BUILD_SANDBOX_UID: '65534' })).toThrow(/nobody's/);
+    expect(() => parseConfig({ BUILD_SANDBOX_UID: 'kiln' })).toThrow(/BUILD_SANDBOX_UID/);
+  });
+
   it('refuses a weak METRICS_TOKEN in production, as it does a weak AUTH_JWT_SECRET', () => {
     const production = {
       NODE_ENV: 'production',

@@ -60,7 +60,7 @@ const OTHER_IOCTLS = [0x5401, 0x5413, 0x541b, 0x4030582b, 0x40049409];
 
 describe('the build step seccomp filter', () => {
   it.each([
-    ['x64', AUDIT.x86_64, { fallocate: 285, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427 }, { write: 1, openat: 257, clone3: 435 }],
+    ['x64', AUDIT.x86_64, { fallocate: 285, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427 }, { write: 1, openat: 257, fork: 57 }],
     ['x64', AUDIT.x86_64, { fallocate: X32 | 285, io_uring_setup: X32 | 425, io_uring_enter: X32 | 426, io_uring_register: X32 | 427 }, { write: X32 | 1 }],
     ['x64', AUDIT.i386, { fallocate: 324, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427 }, { write: 4, 'x86_64 fallocate number': 285 }],
     ['arm64', AUDIT.aarch64, { fallocate: 47, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427 }, { write: 64, 'arm fallocate number': 352 }],
@@ -145,6 +145,27 @@ describe('the build step seccomp filter', () => {
     }
     // Its mode is in a struct the filter cannot read.
     expect(verdict(filter, auditArch, openat2, [3n, 0x7ffd_0000n, 0x7ffd_1000n, 24n])).toEqual(fails(ENOSYS));
+  });
+
+  const CLONE_NEWUSER = 0x10000000n;
+  /** Other namespaces and a thread's flags (CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | …), which a step may use. */
+  const OTHER_CLONE_FLAGS = [0x11n, 0x3d0f00n, 0x20000n | 0x40000000n];
+
+  it.each([
+    ['x64', AUDIT.x86_64, 'x86_64', { clone: 56, unshare: 272, clone3: 435 }],
+    ['x64', AUDIT.x86_64, 'x32', { clone: X32 | 56, unshare: X32 | 272, clone3: X32 | 435 }],
+    ['x64', AUDIT.i386, 'i386', { clone: 120, unshare: 310, clone3: 435 }],
+    ['arm64', AUDIT.aarch64, 'aarch64', { clone: 220, unshare: 97, clone3: 435 }],
+    ['arm64', AUDIT.arm, 'arm', { clone: 120, unshare: 337, clone3: 435 }],
+  ] as const)('on %s (audit arch %i, %s): refuses a new user namespace through clone, unshare or clone3, and allows the other clones', (arch, auditArch, _abi, calls) => {
+    const filter = buildStepFilter(arch)!;
+    for (const call of [calls.clone, calls.unshare]) {
+      expect(verdict(filter, auditArch, call, [CLONE_NEWUSER])).toEqual(fails(EPERM));
+      expect(verdict(filter, auditArch, call, [CLONE_NEWUSER | 0x11n, 0x7ffd_0000n])).toEqual(fails(EPERM));
+      for (const flags of OTHER_CLONE_FLAGS) expect(verdict(filter, auditArch, call, [flags, 0x7ffd_0000n])).toEqual(allow);
+    }
+    // Its flags are in a struct the filter cannot read: glibc falls back to clone.
+    expect(verdict(filter, auditArch, calls.clone3, [0x7ffd_0000n, 88n])).toEqual(fails(ENOSYS));
   });
 
   it("reads a call's number in its own ABI only", () => {
