@@ -20,8 +20,9 @@ import { hostileAnswer, hostProcessesWith, type ProbeKind, probeResults, useSdkF
 
 const bwrapProblem = await probeBwrap();
 const why = bwrapProblem ? ` (skipped: ${bwrapProblem})` : '';
-// Without a cgroup a root server stops a fork bomb only through its /proc watch, seconds
-// later and after the whole machine felt it: not a test to run on a shared machine.
+// Without a cgroup a fork bomb is stopped by RLIMIT_NPROC where the steps are not the host's root,
+// else only by the /proc watch, seconds later and after the whole machine felt it: not a test to
+// run on a shared machine either way.
 const forkBombSafe = (await findCgroups()) !== undefined;
 
 const LIMITS = { BUILD_MEMORY_MB: '384', BUILD_MAX_PROCESSES: '128', BUILD_MAX_WORKSPACE_MB: '64' };

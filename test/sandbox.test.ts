@@ -33,6 +33,7 @@ const USR_SCRATCH = '/usr/local/share';
 const usrWritable = await access(USR_SCRATCH, constants.W_OK).then(() => true, () => false);
 const hasPerl = existsSync('/usr/bin/perl');
 const hasPython = existsSync('/usr/bin/python3');
+const hasGit = existsSync('/usr/bin/git');
 /** Whether this process may stat /proc/<pid>/map_files (root, CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE): the size of a mapped deleted file comes from there. */
 const mapFilesReadable = await readdir('/proc/self/map_files').then(
   ([entry]) => entry !== undefined && stat(`/proc/self/map_files/${entry}`).then(() => true, () => false),
@@ -146,6 +147,38 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
       expect(result.status).toBe('SUCCEEDED');
       expect(lines.at(-1)).toBe('refused');
       expect(lines.join('\n')).not.toContain('secret');
+    });
+
+    it.skipIf(!hasGit)("lets git read the toolchain's repository, the host root's (a Flutter SDK is a git checkout)", async () => {
+      const sdk = join(root, 'sdk');
+      expect(spawnSync('git', ['init', '-q', sdk]).status).toBe(0);
+      // Without trusting it, git refuses another user's repository: "detected dubious ownership".
+      const { result, lines } = await run(`git -C ${sdk} rev-parse --is-inside-work-tree 2>&1`);
+      expect(result.status).toBe('SUCCEEDED');
+      expect(lines).toEqual(['true']);
+    });
+
+    it("takes the caches and Flutter's lock back when a later start runs its steps as root (its switch failed)", async () => {
+      const lock = join(root, 'sdk', 'bin', 'cache', 'lockfile');
+      await mkdir(dirname(lock));
+      await writeFile(lock, '');
+      const write = (name: string) => `echo ${name} > "$PUB_CACHE/${name}" && echo ${name} > ${lock} && echo written`;
+      const switched = await run(write('a'), { fetch: true });
+      expect(switched.lines).toEqual(['written']);
+      expect((await stat(join(cacheDir, 'pub', 'a'))).uid).toBe(DEFAULT_SANDBOX_UID);
+
+      // Without a seccomp filter to refuse nested user namespaces, steps are not switched.
+      const asRoot = await createBuildSandbox({ kind: 'bwrap', allowUnsandboxed: false, limits: LIMITS }, createLogger('silent'), Buffer.alloc(7));
+      expect(asRoot.hostUid).toBe(0);
+      const again = await run(write('b'), { fetch: true, sandbox: asRoot });
+      expect(again.result.status).toBe('SUCCEEDED');
+      expect(again.lines).toEqual(['written']);
+      expect((await stat(join(cacheDir, 'pub', 'a'))).uid).toBe(0);
+    });
+
+    it('refuses BUILD_SANDBOX_UID where builds would run without the sandbox', async () => {
+      const settings = { kind: 'none', allowUnsandboxed: true, limits: LIMITS, stepUser: { uid: DEFAULT_SANDBOX_UID, explicit: true } } as const;
+      await expect(createBuildSandbox(settings, createLogger('silent'))).rejects.toThrow(/BUILD_SANDBOX_UID=65520 needs the bwrap sandbox/);
     });
 
     it('cannot make a user namespace of its own, where it would hold every capability', async () => {
@@ -406,8 +439,9 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
   });
 
   it('refuses setuid and setgid modes however a step sets them, and other modes as before', async () => {
-    // The files a root server's step writes are the host's root's: a setuid one, in a folder the
-    // step opened to everyone, would give any local user root.
+    // The files a root server's step writes were the host's root's (they still are where its steps
+    // cannot run as BUILD_SANDBOX_UID): a setuid one, in a folder the step opened to everyone, would
+    // give any local user root.
     const chmods = [
       'touch plain setuid setgid && chmod 755 plain && echo "755: set"',
       '(chmod 4755 setuid 2>/dev/null && echo "4755: set" || echo "4755: refused")',

@@ -190,6 +190,7 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
   }
   if (settings.kind === 'none' || problem) {
     if (settings.kind === 'bwrap') throw new ConfigError([`BUILD_SANDBOX=bwrap, but bwrap does not work here: ${problem}`]);
+    if (stepUser.explicit) throw new ConfigError([`BUILD_SANDBOX_UID=${stepUser.uid} needs the bwrap sandbox, and builds here would run without one (${problem ?? 'BUILD_SANDBOX=none'}), as this server's own user`]);
     if (!settings.allowUnsandboxed) {
       throw new ConfigError([
         `NODE_ENV=production needs the build sandbox, and bwrap does not work here (${problem}): install bubblewrap, or set ALLOW_UNSANDBOXED_BUILDS=true if something else isolates builds`,
@@ -211,7 +212,7 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
     else {
       log.warn(
         { problem: switchProblem, hostUid: 0 },
-        `build steps run as the host's root user (uid 0, without capabilities), not as uid ${stepUser.uid}: their files are root's, and what the kernel asks no capability of is theirs to use. Install util-linux's unshare and setpriv, or run Kiln as a non-root user`,
+        `build steps run as the host's root user (uid 0, without capabilities), not as uid ${stepUser.uid}: their files are root's, and what the kernel asks no capability of is theirs to use. Install util-linux (unshare, setpriv) and coreutils (sleep, dd), or run Kiln as a non-root user`,
       );
     }
   }
@@ -239,7 +240,17 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
     hostUid,
     ...(stepOwner && { stepOwner }),
     forStep: (stepAccess) => ({
-      enter: (step) => enterBwrap(step, stepAccess, { limits: settings.limits, cgroups, runFirst, seccomp, hidden, owner: stepOwner }),
+      enter: (step) =>
+        enterBwrap(step, stepAccess, {
+          limits: settings.limits,
+          cgroups,
+          runFirst,
+          seccomp,
+          hidden,
+          owner: stepOwner,
+          // A root server that runs its steps as root (the switch failed this time) takes back what switched steps were given.
+          filesOwner: stepOwner ?? (serverUid === 0 ? { uid: 0, gid: 0 } : undefined),
+        }),
     }),
   };
 }
@@ -291,6 +302,8 @@ interface Machine {
   hidden: Readonly<Record<string, string>>;
   /** The host user a root server's steps run as; undefined: the server's own uid (mapped to 1000 by bwrap). */
   owner: Owner | undefined;
+  /** Who a root server's project caches and Flutter lock go to: the steps' user, or root when its steps run as root. */
+  filesOwner: Owner | undefined;
 }
 
 /** The filter's file in `dir`, written aside and renamed unless it is there already: a step starting meanwhile reads a whole filter. */
@@ -342,7 +355,7 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
   const { owner } = machine;
   // A root server's steps are another user, to whom the tool must be open, as a system's tools are.
   if (owner) for (const root of toolchain) await assertOpenToOthers(root, owner);
-  const toolLock = stepAccess.tool === 'flutter' ? await flutterLock(toolchain[0]!, stepAccess.cacheDir, owner) : undefined;
+  const toolLock = stepAccess.tool === 'flutter' ? await flutterLock(toolchain[0]!, stepAccess.cacheDir, machine.filesOwner) : undefined;
 
   const cache = { npm: join(stepAccess.cacheDir, 'npm'), pub: join(stepAccess.cacheDir, 'pub') };
   // The server's alone (0700), like the workspaces around it: see createWorkspace. Each cache
@@ -353,8 +366,10 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     if ((await lstat(dir).catch(() => undefined))?.isSymbolicLink()) await rm(dir);
     const made = await mkdir(dir, { mode: 0o700 }).then(() => true, ignoreExisting);
     // A root server's steps write the caches as their own user: a cache that is not theirs yet
-    // (new, or filled by an older Kiln whose steps were root) is given to them, whole.
-    if (owner) await (made ? lchown(dir, owner.uid, owner.gid) : giveTree(dir, owner));
+    // (new, or filled by an older Kiln whose steps were root, or by switched steps before a
+    // start whose switch failed) is given to them, whole.
+    const to = machine.filesOwner;
+    if (to) await (made ? lchown(dir, to.uid, to.gid) : giveTree(dir, to));
   }
   const env: Record<string, string> = {};
   // Only the fetch talks to a registry, maybe through a proxy with its own CA.
@@ -371,6 +386,7 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     npm_config_logs_dir: '/tmp/npm-logs',
     npm_config_update_notifier: 'false',
     PUB_CACHE: cache.pub,
+    ...(owner ? trustedRepositories(toolchain) : {}),
   });
 
   const roots = [...new Set(toolchain)];
@@ -507,6 +523,23 @@ function userSwitch(cwd: string): string[] {
   ];
 }
 
+/**
+ * git refuses a repository another user owns ("detected dubious ownership"), and a Flutter SDK is
+ * a git checkout of the host's root, which the flutter tool asks for its version: a root server's
+ * steps trust their toolchain folders by name, as command-scope config (git 2.35.2 and later),
+ * and no other repository.
+ */
+function trustedRepositories(roots: readonly string[]): Record<string, string> {
+  const unique = [...new Set(roots)];
+  return Object.fromEntries([
+    ['GIT_CONFIG_COUNT', String(unique.length)],
+    ...unique.flatMap((root, index) => [
+      [`GIT_CONFIG_KEY_${index}`, 'safe.directory'],
+      [`GIT_CONFIG_VALUE_${index}`, root],
+    ]),
+  ]);
+}
+
 /** `--perms` for the next tmpfs or folder bwrap makes: open to all (sticky) when the steps' user is not the namespace's root. */
 function sharedPerms(owner: Owner | undefined): string[] {
   return owner ? ['--perms', '1777'] : [];
@@ -577,7 +610,7 @@ function roBindTry(paths: string[]): string[] {
 /**
  * `behindCgroup`: a root server's steps, another user's, whose cgroup holds them to maxProcesses.
  * RLIMIT_NPROC then counts too (the kernel exempts only the host's root), per step (each has a
- * user namespace of its own, and the count is per namespace and uid), but it refuses the fork
+ * user namespace of its own, and the count is per namespace and uid from Linux 5.14), but it refuses the fork
  * first, silently to the watch, which reads the cgroup's count of refusals: twice the limit, it
  * stays a backstop and the cgroup's limit, which the build log names, is the one reached.
  */
@@ -604,7 +637,7 @@ function rlimitArgs(limits: StepLimits, behindCgroup: boolean): string[] {
  * read-only (so it must be precached: `flutter precache --web`). The file lives in the
  * project's folder, which no sandbox can write, so it cannot be swapped for a symlink.
  * A step can write into it, so it is emptied before and after each step and counts as workspace.
- * A root server's steps write it as their own user (`owner`), whose it is.
+ * A root server's steps write it as the user they run as (`owner`), whose it is made (an earlier user's is taken back).
  */
 async function flutterLock(sdkRoot: string, cacheDir: string, owner: Owner | undefined): Promise<{ own: string; sdk: string } | undefined> {
   const sdk = join(sdkRoot, 'bin', 'cache', 'lockfile');
