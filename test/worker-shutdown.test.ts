@@ -70,6 +70,11 @@ function statusOn(bus: EventBus, id: string, predicate: (update: StatusEvent) =>
   });
 }
 
+/** As a worker that died mid-run leaves `id`: RUNNING, its lease lapsed, no stop asked. */
+async function leftByDeadWorker(database: TestDatabase, id: string) {
+  await database.db.execute(sql`update generations set status = 'RUNNING', phase = 'GENERATING', started_at = now(), lease_expires_at = now() - interval '1 minute' where id = ${id}`);
+}
+
 /** The row of `id` once it has ended, seen through `bus` (or at once when it had ended already). */
 async function endOf(database: TestDatabase, bus: EventBus, id: string) {
   const ended = statusOn(bus, id, (update) => TERMINAL_STATUSES.includes(update.status));
@@ -170,9 +175,7 @@ describe(`runs handed back by planned stops (${databaseKind})`, () => {
     expect(await rowOf(database, third)).toMatchObject({ status: 'QUEUED', attempt: 3, retrySpent: false });
 
     // Then its worker dies mid-run: lease recovery ends it and still retries it, once.
-    await database.db.execute(
-      sql`update generations set status = 'RUNNING', phase = 'GENERATING', started_at = now(), lease_expires_at = now() - interval '1 minute' where id = ${third}`,
-    );
+    await leftByDeadWorker(database, third);
     const { bus } = await workerOn(database, dataDir, 'ok');
     await endOf(database, bus, third);
     const fourth = await retryOf(database, third);
@@ -187,9 +190,7 @@ describe(`runs handed back by planned stops (${databaseKind})`, () => {
     const retry = await retryOf(database, id);
     expect(await rowOf(database, retry)).toMatchObject({ status: 'QUEUED', attempt: 2, retrySpent: true });
 
-    await database.db.execute(
-      sql`update generations set status = 'RUNNING', phase = 'GENERATING', started_at = now(), lease_expires_at = now() - interval '1 minute' where id = ${retry}`,
-    );
+    await leftByDeadWorker(database, retry);
     const { bus } = await workerOn(database, dataDir, 'ok');
     expect(await endOf(database, bus, retry)).toMatchObject({ status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The worker running this generation stopped.' });
     expect(await retriesOf(database, retry)).toBe(0);
@@ -222,10 +223,7 @@ describe(`generations of an archived project (${databaseKind})`, () => {
   it('lease recovery ends a lapsed run there FAILED/INTERRUPTED and queues no retry', async () => {
     const { database, id, worker, bus } = await queuedWithWorker('Its worker died, then the project was archived', 'ok', {
       beforeWorker: async ({ database, id, projectId }) => {
-        // As a worker that died mid-run leaves it: RUNNING, its lease lapsed, no stop asked.
-        await database.db.execute(
-          sql`update generations set status = 'RUNNING', phase = 'GENERATING', started_at = now(), lease_expires_at = now() - interval '1 minute' where id = ${id}`,
-        );
+        await leftByDeadWorker(database, id);
         await archiveBehindTheUseCase(database, projectId);
       },
     });
@@ -255,9 +253,7 @@ describe.skipIf(!testDatabaseUrl)('an archive under way when lease recovery ends
     let archiving!: Promise<unknown>;
     const { database, id, worker, bus } = await queuedWithWorker('Ended while its project is being archived', 'ok', {
       beforeWorker: async ({ database, id, projectId }) => {
-        await database.db.execute(
-          sql`update generations set status = 'RUNNING', phase = 'GENERATING', started_at = now(), lease_expires_at = now() - interval '1 minute' where id = ${id}`,
-        );
+        await leftByDeadWorker(database, id);
         // An archive on a connection of its own, holding the project's archive lock until released.
         const admin = postgres(database.url!, { max: 1, onnotice: () => {} });
         cleanups.push(() => admin.end());
