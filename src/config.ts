@@ -82,7 +82,8 @@ const environment = z.object({
     z.coerce
       .number<string | undefined>()
       .int()
-      .min(1, 'BUILD_SANDBOX_UID=0 is root: the build steps would be the host\'s root user again; leave it unset (65520) or name an unused uid')
+      .nonnegative()
+      .refine((uid) => uid !== 0, "BUILD_SANDBOX_UID=0 is root: the build steps would be the host's root user again; leave it unset (65520) or name an unused uid")
       .max(4_294_967_294)
       .refine((uid) => uid !== 65_534, "BUILD_SANDBOX_UID=65534 is nobody's, which other daemons run as too: name a uid of Kiln's own (unset: 65520)")
       .optional(),

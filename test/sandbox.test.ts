@@ -174,6 +174,7 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
       expect(again.result.status).toBe('SUCCEEDED');
       expect(again.lines).toEqual(['written']);
       expect((await stat(join(cacheDir, 'pub', 'a'))).uid).toBe(0);
+      expect((await stat(join(root, 'workspaces', 'project', '.flutter-lockfile'))).uid).toBe(0);
     });
 
     it('refuses BUILD_SANDBOX_UID where builds would run without the sandbox', async () => {

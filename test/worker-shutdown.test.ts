@@ -168,7 +168,7 @@ describe(`runs handed back by planned stops (${databaseKind})`, () => {
     const { database, dataDir, id } = await queued('Through a rolling restart');
     // Two restarts in a row (a rolling deploy), each while the run builds.
     await handedBack(database, dataDir, id);
-    expect(await rowOf(database, id)).toMatchObject({ errorMessage: 'The worker stopped before this generation finished (a restart).' });
+    expect(await rowOf(database, id)).toMatchObject({ errorMessage: 'The worker stopped before this generation finished.' });
     const second = await retryOf(database, id);
     await handedBack(database, dataDir, second);
     const third = await retryOf(database, second);

@@ -336,7 +336,7 @@ function claimStamp(): string {
 function failureOutcome(error: unknown, signal: AbortSignal, log: Logger): Partial<GenerationRow> & Pick<GenerationRow, 'status'> {
   if (signal.aborted) {
     if (signal.reason === 'cancelled') return { status: 'CANCELLED', errorCode: null, errorMessage: null };
-    return { status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The worker stopped before this generation finished (a restart).' };
+    return { status: 'FAILED', errorCode: 'INTERRUPTED', errorMessage: 'The worker stopped before this generation finished.' };
   }
   if (error instanceof RunError) {
     // What the message leaves out for the project's members, the operator reads here.

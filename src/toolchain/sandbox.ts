@@ -19,7 +19,8 @@ import { giveTree, type Owner } from '../workspace/ownership.js';
 
 // Every step that can run project code runs under bubblewrap (DESIGN "Running untrusted
 // code"): its own user, pid, ipc, uts, cgroup and network namespaces, an unprivileged uid
-// (on the host too: a root server's steps run as BUILD_SANDBOX_UID, never as root),
+// (on the host too: a root server's steps run as BUILD_SANDBOX_UID, not as root, wherever
+// the switch works; where it does not, a warning at start and /ready's hostUid 0 say so),
 // read-only system and toolchain folders, the workspace as the only writable path, a
 // private /tmp and HOME, an allowlisted environment, and limits on processes, memory and
 // disk. Only the dependency fetch gets the network and the project's caches (writable);
@@ -131,9 +132,10 @@ const JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift;
  * bwrap sets the sandbox up as that root (it binds folders only root may reach, as it always
  * did), then setpriv drops to 1000 (userSwitch). `unshare` holds the namespace until the maps are
  * written (each in one write(2), which the kernel requires: dd of a whole block) and fd 5
- * is open; the holder is our own child, unreaped until then, so its pid is no other process's.
- * Fails closed (exit 125, bwrap never runs): a namespace that is not new (the holder could not
- * make one, or has gone), or whose maps someone wrote before us, is never used.
+ * is open. Fails closed (exit 125, bwrap never runs): a namespace that is not new (the holder
+ * could not make one, or has gone), or whose maps someone wrote before us, is never used. (dash
+ * reaps a holder that died at once, so its pid could in theory be another's by the time the maps
+ * are written: the kernel takes a map once, and the writes fail or the fd is checked below.)
  */
 const USER_NAMESPACE = [
   `${UNSHARE} --user -- ${SLEEP} 600 </dev/null >/dev/null 2>&1 3>&- 4<&- & h=$!`,

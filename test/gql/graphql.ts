@@ -52,7 +52,7 @@ export type GenerationErrorCode =
   | 'BUILD_FAILED'
   /** An unexpected server error. */
   | 'INTERNAL'
-  /** The worker stopped mid-run (a restart, a crash, the database away too long). A new generation (its retryOf is this one) retries it: after a restart each time, after anything else once per chain of runs, and not when this was a user's retry. */
+  /** The worker stopped mid-run (a restart, a crash, the database away too long). A new generation (its retryOf is this one) retries it: after a restart each time up to its 10th try, after anything else once per chain of runs, and not when this was a user's retry. */
   | 'INTERRUPTED'
   /** The model's output broke the file protocol (e.g. an unterminated file). */
   | 'INVALID_OUTPUT'

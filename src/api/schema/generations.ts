@@ -26,7 +26,7 @@ const GenerationErrorCodeEnum = builder.enumType('GenerationErrorCode', {
     INVALID_OUTPUT: { description: "The model's output broke the file protocol (e.g. an unterminated file)." },
     INTERRUPTED: {
       description:
-        'The worker stopped mid-run (a restart, a crash, the database away too long). A new generation (its retryOf is this one) retries it: after a restart each time, after anything else once per chain of runs, and not when this was a user\'s retry.',
+        'The worker stopped mid-run (a restart, a crash, the database away too long). A new generation (its retryOf is this one) retries it: after a restart each time up to its 10th try, after anything else once per chain of runs, and not when this was a user\'s retry.',
     },
     TOOLCHAIN_MISSING: { description: 'A build tool is not installed on the worker.' },
     BUDGET_EXCEEDED: { description: "The project's monthly token budget ran out." },
