@@ -260,6 +260,14 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     expect(lines[2]).not.toMatch(/DATABASE_URL|HTTPS_PROXY|PUB_HOSTED_URL/);
   });
 
+  it("gives every step a HOME of its user's own, closed to others, as gpg and ssh want it", async () => {
+    for (const fetch of [false, true]) {
+      const { result, lines } = await run('stat -c "%u %a" "$HOME" && touch "$HOME/.made" && echo written', { fetch });
+      expect(result.status).toBe('SUCCEEDED');
+      expect(lines).toEqual(['1000 700', 'written']);
+    }
+  });
+
   it('gives the dependency fetch its registry settings, the network and a writable cache, and no other step', async () => {
     const listener: Server = createServer((socket) => socket.end('hello from the host\n'));
     await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve));

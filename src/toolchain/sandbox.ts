@@ -15,7 +15,7 @@ import { buildStepFilter } from './seccomp.js';
 import { type LimitWatch, type StepLimits, watchLimits } from './step-limits.js';
 import { runProcess } from './spawner.js';
 import { REGISTRY_ENV } from './step-runner.js';
-import { giveTree, type Owner } from '../workspace/ownership.js';
+import { giveOpened, giveTree, type Owner } from '../workspace/ownership.js';
 
 // Every step that can run project code runs under bubblewrap (DESIGN "Running untrusted
 // code"): its own user, pid, ipc, uts, cgroup and network namespaces, an unprivileged uid
@@ -93,6 +93,11 @@ export interface Jail {
   started(pid: number, info: Readable, onExceeded: (message: string) => void): void;
   /** After the step: waits until nothing of it runs, releases it, and returns a limit it passed. */
   release(): Promise<string | undefined>;
+  /**
+   * Whether the tool itself ran: false when the sandbox failed before it (the wrapper shell's
+   * exit 125, bwrap's own exit 1), whatever the exit code says. Known once the sandbox is gone.
+   */
+  toolStarted(): Promise<boolean>;
 }
 
 const BWRAP = '/usr/bin/bwrap';
@@ -112,6 +117,11 @@ const SETPRIV = '/usr/bin/setpriv';
 const SLEEP = '/usr/bin/sleep';
 const DD = '/usr/bin/dd';
 const HOME = '/tmp/home';
+/** What the launcher writes on STARTED_FD as the tool starts: a step without it failed in its sandbox's set-up. */
+const TOOL_STARTS = 'kiln-build-tool-starts';
+const STARTED_FD = 6;
+/** More than bwrap's report and the launcher's line: nothing of the sandbox's set-up. */
+const MAX_INFO_LENGTH = 64 * 1024;
 /** npm's cache in the steps that run project code: their own, in the private /tmp. */
 const PRIVATE_NPM_CACHE = '/tmp/npm-cache';
 /** Kiln's own files (sources or dist/, node_modules, .env), wherever it was started from. */
@@ -136,9 +146,11 @@ const JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift;
  * could not make one, or has gone), or whose maps someone wrote before us, is never used. (dash
  * reaps a holder that died at once, so its pid could in theory be another's by the time the maps
  * are written: the kernel takes a map once, and the writes fail or the fd is checked below.)
+ * The holder, root's, dies with this shell however it ends (an exit 125, a timeout's SIGKILL):
+ * its parent-death signal, which it checks was set while this shell still lived.
  */
 const USER_NAMESPACE = [
-  `${UNSHARE} --user -- ${SLEEP} 600 </dev/null >/dev/null 2>&1 3>&- 4<&- & h=$!`,
+  `${SETPRIV} --pdeathsig KILL -- ${UNSHARE} --user -- /bin/sh -c '[ "$PPID" = "$0" ] && exec ${SLEEP} 600' $$ </dev/null >/dev/null 2>&1 3>&- 4<&- & h=$!`,
   // Until the holder is in its new namespace (or gone: then the writes below fail).
   'while [ /proc/$h/ns/user -ef /proc/$$/ns/user ]; do :; done',
   `printf '0 0 1\n${SANDBOX_UID} %s 1\n' "$1" | ${DD} of=/proc/$h/uid_map bs=64 iflag=fullblock status=none || exit 125`,
@@ -149,6 +161,11 @@ const USER_NAMESPACE = [
   'shift 2; ',
 ].join('; ');
 const ENTER = 'exec "$@"';
+/**
+ * A step's bwrap gets the info pipe (fd 3) again as fd 6, which it passes into the sandbox (it
+ * closes its --info-fd there): the launcher says on it that the tool starts.
+ */
+const ENTER_STEP = `exec "$@" ${STARTED_FD}>&3`;
 const SECCOMP_ARGS = ['--seccomp', '4'];
 /**
  * A new /proc, with the host-wide files in it read-only. For a root server whose steps cannot
@@ -156,10 +173,11 @@ const SECCOMP_ARGS = ['--seccomp', '4'];
  * owner of those files, and the kernel asks many of them for nothing more: a step wrote
  * kernel.core_pattern under /proc/sys, and the host ran its program as root. bwrap covers sys,
  * sysrq-trigger, irq and bus only where access(W_OK) passes as it sets up, which /proc/sys
- * (0555, checked without regard to capabilities) never does, and the others not on every host. fs (cifs settings), acpi (wakeup),
- * scsi (drivers' hosts), dynamic_debug, mtrr and pressure (triggers on the host's root cgroup)
- * are writable files on some hosts. Bound from the host's /proc (with what is mounted in
- * them, read-only too): what they show does not depend on the pid namespace.
+ * (0555, checked without regard to capabilities) never does, and the others not on every
+ * host. fs (cifs settings), acpi (wakeup), scsi (drivers' hosts), dynamic_debug, mtrr and
+ * pressure (triggers on the host's root cgroup) are writable files on some hosts. Bound from
+ * the host's /proc (with what is mounted in them, read-only too): what they show does not
+ * depend on the pid namespace.
  */
 const PROC_ARGS = [
   '--proc',
@@ -184,11 +202,19 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
     ]);
   }
   let seccomp = filter;
-  let problem = settings.kind === 'none' ? undefined : await probeWith(seccomp);
-  if (problem && seccomp && !(await probeWith(undefined))) {
-    log.warn({ problem }, 'bwrap works here, but not with the seccomp filter: builds run in the sandbox without it (fallocate, its ioctls, io_uring and setuid or setgid modes are not refused)');
-    seccomp = undefined;
-    problem = undefined;
+  const wanted = { uid: stepUser.uid, gid: stepUser.uid };
+  // A root server probes with the switch first: where it works (the usual start), that one probe
+  // says bwrap and the filter work too. Only where it fails do the plain probes say what does.
+  const switchProbed = settings.kind !== 'none' && serverUid === 0 && seccomp !== undefined;
+  const switchFailure = switchProbed ? await probeWith(seccomp, wanted) : undefined;
+  let problem: string | undefined;
+  if (settings.kind !== 'none' && (!switchProbed || switchFailure)) {
+    problem = await probeWith(seccomp);
+    if (problem && seccomp && !(await probeWith(undefined))) {
+      log.warn({ problem }, 'bwrap works here, but not with the seccomp filter: builds run in the sandbox without it (fallocate, its ioctls, io_uring and setuid or setgid modes are not refused)');
+      seccomp = undefined;
+      problem = undefined;
+    }
   }
   if (settings.kind === 'none' || problem) {
     if (settings.kind === 'bwrap') throw new ConfigError([`BUILD_SANDBOX=bwrap, but bwrap does not work here: ${problem}`]);
@@ -206,9 +232,8 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
   }
   let stepOwner: Owner | undefined;
   if (serverUid === 0) {
-    const wanted = { uid: stepUser.uid, gid: stepUser.uid };
     // Without --disable-userns (which --userns excludes), only the filter keeps a step from a user namespace of its own.
-    const switchProblem = seccomp ? await probeWith(seccomp, wanted) : 'the seccomp filter, which refuses nested user namespaces there, does not load here';
+    const switchProblem = seccomp ? switchFailure : 'the seccomp filter, which refuses nested user namespaces there, does not load here';
     if (!switchProblem) stepOwner = wanted;
     else if (stepUser.explicit) throw new ConfigError([`BUILD_SANDBOX_UID=${stepUser.uid}, but this server cannot run its build steps as that user: ${switchProblem}`]);
     else {
@@ -278,14 +303,14 @@ async function probeWith(seccomp: Buffer | undefined, owner?: Owner): Promise<st
     '/dev',
     ...(seccomp ? SECCOMP_ARGS : []),
     '--',
-    ...(owner ? userSwitch('/') : []),
+    ...(owner ? userSwitch() : []),
     '/usr/bin/true',
   ];
   const dir = seccomp ? await mkdtemp(join(tmpdir(), 'kiln-probe-')) : undefined;
   let result: Awaited<ReturnType<typeof runProcess>>;
   try {
     const filterFile = dir ? await filterFileIn(dir, seccomp!) : undefined;
-    result = await runProcess({ ...bwrapCommand(filterFile, [], args, owner), env: {} }, 10_000);
+    result = await runProcess({ ...bwrapCommand(filterFile, [], args, owner, false), env: {} }, 10_000);
   } finally {
     if (dir) await rm(dir, { recursive: true, force: true });
   }
@@ -326,10 +351,11 @@ async function filterFileIn(dir: string, filter: Buffer): Promise<string> {
  * bwrap, started with the filter in `filterFile` (none without), in the cgroups whose
  * `cgroup.procs` are listed, and with `owner`, in a user namespace of its own (USER_NAMESPACE).
  * In that order: the filter and the cgroups are joined as the server, before any namespace.
+ * `step`: a step's, whose launcher reports on STARTED_FD that its tool starts (ENTER_STEP).
  */
-function bwrapCommand(filterFile: string | undefined, procsFiles: readonly string[], bwrapArgs: readonly string[], owner: Owner | undefined): { command: string; args: string[] } {
-  if (!filterFile && procsFiles.length === 0 && !owner) return { command: BWRAP, args: [...bwrapArgs] };
-  const script = (filterFile ? OPEN_FILTER : '') + JOIN_CGROUP + (owner ? USER_NAMESPACE : '') + ENTER;
+function bwrapCommand(filterFile: string | undefined, procsFiles: readonly string[], bwrapArgs: readonly string[], owner: Owner | undefined, step: boolean): { command: string; args: string[] } {
+  if (!filterFile && procsFiles.length === 0 && !owner && !step) return { command: BWRAP, args: [...bwrapArgs] };
+  const script = (filterFile ? OPEN_FILTER : '') + JOIN_CGROUP + (owner ? USER_NAMESPACE : '') + (step ? ENTER_STEP : ENTER);
   const ids = owner ? [String(owner.uid), String(owner.gid)] : [];
   return { command: '/bin/sh', args: ['-c', script, filterFile ?? 'kiln-sandbox', ...procsFiles, '--', ...ids, BWRAP, ...bwrapArgs] };
 }
@@ -414,7 +440,8 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     '--dev',
     '/dev',
     // bwrap makes them as the namespace's root: open to the steps' user when it is another uid.
-    ...['--size', String(machine.limits.tmpMb * 1024 * 1024), ...sharedPerms(owner), '--tmpfs', '/tmp', ...sharedPerms(owner), '--dir', HOME],
+    // HOME is the launcher's to make, the steps' user's own.
+    ...['--size', String(machine.limits.tmpMb * 1024 * 1024), ...sharedPerms(owner), '--tmpfs', '/tmp'],
     ...['--size', String(64 * 1024 * 1024), ...sharedPerms(owner), '--tmpfs', '/dev/shm'],
     // After the private /tmp, since a toolchain, a CA file or the workspace may live under the host's /tmp.
     ...roots.flatMap((root) => [...reachable(root), '--ro-bind', root, root]),
@@ -434,9 +461,6 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
       : stepAccess.tool === 'flutter'
         ? [...reachable(cache.pub), '--ro-bind', cache.pub, cache.pub]
         : []),
-    // A root server's steps change into it as their own user (userSwitch): bwrap, the namespace's
-    // root without CAP_DAC_OVERRIDE, may not enter a folder of theirs.
-    ...(owner ? [] : ['--chdir', workspace]),
     // The root, the masks and /dev are tmpfs: nothing but the workspace (and the fetch's cache),
     // the bounded /tmp and /dev/shm (mounts of their own, left writable) is writable. /dev,
     // unbounded, would hold any amount of the host's memory, which a watch of resident memory
@@ -447,8 +471,9 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
     ...['--info-fd', '3'],
     ...(machine.seccomp ? SECCOMP_ARGS : []),
     '--',
-    ...(owner ? userSwitch(workspace) : []),
+    ...(owner ? userSwitch() : []),
     ...machine.runFirst,
+    ...launcher(workspace),
     found.real,
     ...step.args,
   ];
@@ -458,7 +483,7 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
   const cgroup = machine.cgroups
     ? await createStepCgroup(machine.cgroups, { maxProcesses: machine.limits.maxProcesses, memoryBytes: machine.limits.memoryMb * 1024 * 1024 })
     : undefined;
-  return jail(bwrapCommand(filterFile, cgroup?.procsFiles ?? [], bwrapArgs, owner), {
+  return jail(bwrapCommand(filterFile, cgroup?.procsFiles ?? [], bwrapArgs, owner, true), {
     env,
     cgroup,
     limits: machine.limits,
@@ -473,21 +498,29 @@ function jail(
 ): Jail {
   let watch: LimitWatch | undefined;
   let sandboxInit: number | undefined;
+  let toolStarts: (started: boolean) => void = () => undefined;
+  const toolStarted = new Promise<boolean>((resolve) => (toolStarts = resolve));
   return {
     ...spawn,
     env: context.env,
     started(pid, info, onExceeded) {
       // bwrap reports the host pid of the sandbox's init; once it is gone, so is every process of the namespace.
+      // The launcher then says the tool starts: the pipe is closed to the tool, and nothing after that is read.
       let text = '';
       info.setEncoding('utf8');
       info.on('data', (data: string) => {
         text += data;
         const match = /"child-pid"\s*:\s*(\d+)/.exec(text);
         if (match) sandboxInit = Number(match[1]);
+        const starts = text.includes(TOOL_STARTS);
+        if (starts) toolStarts(true);
+        if ((starts && sandboxInit !== undefined) || text.length > MAX_INFO_LENGTH) info.destroy();
       });
+      info.on('close', () => toolStarts(false));
       info.on('error', () => undefined);
       watch = watchLimits({ limits: context.limits, cgroup: context.cgroup, rootPid: () => pid, diskPaths: context.diskPaths, onExceeded });
     },
+    toolStarted: () => toolStarted,
     async release() {
       // The last look at the limits once nothing of the step runs: none of it can move files out of du's way then.
       if (sandboxInit !== undefined) await vanished(sandboxInit);
@@ -505,24 +538,21 @@ function jail(
  * (bwrap's, with CAP_SETUID and CAP_SETGID only) to uid and gid 1000, the steps' host user, with
  * no supplementary group and every capability set empty (bounding set included), so nothing it
  * starts can get one back. bwrap cannot switch itself in --userns mode ("unable to switch to gid
- * 1000"). Then a shell, as that user, changes into `cwd` and closes the namespace's fd (5),
- * which bwrap passes on.
+ * 1000").
  */
-function userSwitch(cwd: string): string[] {
-  return [
-    SETPRIV,
-    `--reuid=${SANDBOX_UID}`,
-    `--regid=${SANDBOX_UID}`,
-    '--clear-groups',
-    '--bounding-set=-all',
-    '--inh-caps=-all',
-    '--no-new-privs',
-    '--',
-    '/bin/sh',
-    '-c',
-    'cd -- "$0" && exec "$@" 5<&-',
-    cwd,
-  ];
+function userSwitch(): string[] {
+  return [SETPRIV, `--reuid=${SANDBOX_UID}`, `--regid=${SANDBOX_UID}`, '--clear-groups', '--bounding-set=-all', '--inh-caps=-all', '--no-new-privs', '--'];
+}
+
+/**
+ * The last thing before the tool, as the steps' user: a shell that changes into `cwd` (a root
+ * server's bwrap, the namespace's root without CAP_DAC_OVERRIDE, may not enter a folder of
+ * theirs), makes HOME theirs alone (0700: gpg and ssh refuse a shared one), says on STARTED_FD
+ * that the tool starts, and closes that and the namespace's fd (5), which bwrap passes on. A
+ * failure before it (the wrapper shell, bwrap's own set-up, the user switch) is the server's.
+ */
+function launcher(cwd: string): string[] {
+  return ['/bin/sh', '-c', `cd -- "$0" && mkdir -m 0700 ${HOME} && echo ${TOOL_STARTS} >&${STARTED_FD} && exec "$@" 5<&- ${STARTED_FD}>&-`, cwd];
 }
 
 /**
@@ -647,8 +677,7 @@ async function flutterLock(sdkRoot: string, cacheDir: string, owner: Owner | und
   const own = join(dirname(cacheDir), '.flutter-lockfile');
   const handle = await open(own, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW, 0o600);
   try {
-    const stats = await handle.stat();
-    if (owner && (stats.uid !== owner.uid || stats.gid !== owner.gid)) await handle.chown(owner.uid, owner.gid);
+    await giveOpened(handle, await handle.stat(), owner);
   } finally {
     await handle.close();
   }

@@ -101,6 +101,7 @@ export async function runStep(options: RunStepOptions): Promise<StepResult> {
     // The sandbox is gone only once its namespace is: then a last look at the limits.
     await group.terminate();
     limitPassed = await jail?.release();
+    const toolStarted = (await jail?.toolStarted()) ?? true;
     jail = undefined;
     if (limitPassed) {
       // Said last in the build log, so the step's failure message ends with it.
@@ -114,9 +115,12 @@ export async function runStep(options: RunStepOptions): Promise<StepResult> {
     }
     if (stoppedBy === 'CANCELLED') return { status: 'CANCELLED', exitCode: null, tail, message: 'cancelled' };
     const { exitCode } = result;
-    if (exitCode === 0) return { status: 'SUCCEEDED', exitCode, tail };
+    const ended = exitCode === null ? `killed by ${result.signal ?? 'a signal'}` : `exited with code ${exitCode}`;
     if (result.lost) return { status: 'FAILED', exitCode, tail, message: 'the process spawner stopped', serverFault: true };
-    return { status: 'FAILED', exitCode, tail, message: exitCode === null ? `killed by ${result.signal ?? 'a signal'}` : `exited with code ${exitCode}` };
+    // Its exit code is the wrapper's or bwrap's (125, 1), which a tool could give too: not the tool's verdict.
+    if (!toolStarted) return { status: 'FAILED', exitCode: null, tail, message: `the build sandbox failed before ${basename(options.command)} started (it ${ended})${lastLine(tail)}`, serverFault: true };
+    if (exitCode === 0) return { status: 'SUCCEEDED', exitCode, tail };
+    return { status: 'FAILED', exitCode, tail, message: ended };
   } finally {
     clearTimeout(timer);
     signal?.removeEventListener('abort', onAbort);
@@ -169,6 +173,12 @@ function spawnFailure({ command, cwd }: RunStepOptions, result: SpawnFailure): S
   if (result.code === 'ENOENT') return fail('TOOLCHAIN_MISSING', `${command} was not found (${hint})`);
   if (result.code === 'EACCES') return fail('TOOLCHAIN_MISSING', `${command} is not executable (${hint})`);
   return fail('FAILED', `${command} could not be started: ${result.message}`, true);
+}
+
+/** The last line the step printed, after ': ' (what went wrong, from the wrapper or bwrap); '' for none. */
+function lastLine(tail: readonly string[]): string {
+  const line = tail.findLast((text) => text.trim() !== '');
+  return line === undefined ? '' : `: ${line}`;
 }
 
 function toolHint(command: string): string {

@@ -1,5 +1,5 @@
-import { constants } from 'node:fs';
-import { lchown, lstat, open, readdir } from 'node:fs/promises';
+import { constants, type Stats } from 'node:fs';
+import { type FileHandle, lchown, lstat, open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 
 // A root server's build steps run as an unprivileged host user (sandbox.ts): what the server
@@ -21,6 +21,14 @@ export async function ownerOf(dir: string): Promise<Owner | undefined> {
   if (process.getuid?.() !== 0) return undefined;
   const stats = await lstat(dir);
   return stats.uid === 0 ? undefined : { uid: stats.uid, gid: stats.gid };
+}
+
+/**
+ * Gives the open file to `owner` when it is not theirs (`stats`: the handle's): through its
+ * descriptor, so it is the file opened, whatever has happened to its name since.
+ */
+export async function giveOpened(handle: FileHandle, stats: Stats, owner: Owner | undefined): Promise<void> {
+  if (owner && (stats.uid !== owner.uid || stats.gid !== owner.gid)) await handle.chown(owner.uid, owner.gid);
 }
 
 /**

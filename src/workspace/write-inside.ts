@@ -3,7 +3,7 @@ import { lchown, lstat, mkdir, open, realpath } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, sep } from 'node:path';
 import { OutputProtocolError } from '../generations/output-parser.js';
 import { UnsafeOutputError, assertSafeRelativePath, describePath } from '../generations/safe-path.js';
-import { type Owner, ownerOf } from './ownership.js';
+import { giveOpened, type Owner, ownerOf } from './ownership.js';
 
 /**
  * Writes `content` at `path` under `baseDir`, refusing any route out of it: unsafe path
@@ -100,8 +100,8 @@ async function writeChecked(base: string, path: string, content: string, owner: 
   try {
     const stats = await handle.stat();
     if (!stats.isFile()) throw new UnsafeOutputError(path, 'is not a regular file');
-    // The file opened, whatever happens to its name: a new one is the server's until given.
-    if (owner && (stats.uid !== owner.uid || stats.gid !== owner.gid)) await handle.chown(owner.uid, owner.gid);
+    // A new file is the server's until given.
+    await giveOpened(handle, stats, owner);
     await handle.writeFile(content, 'utf8');
   } finally {
     await handle.close();

@@ -1,0 +1,160 @@
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, constants, openSync, writeSync } from 'node:fs';
+import { chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { createLogger } from '../src/observability/logger.js';
+import { readProcStat } from '../src/proc-stat.js';
+import { findCgroups } from '../src/toolchain/cgroups.js';
+import { type BuildSandbox, createBuildSandbox, type Jail, probeBwrap, type StepSandbox } from '../src/toolchain/sandbox.js';
+import { buildEnv, runStep } from '../src/toolchain/step-runner.js';
+
+// A sandbox that fails before the build tool runs is the server's failure, not the project's:
+// the pipeline ends such a run INTERNAL instead of paying for a fix round (build.ts, serverFault).
+// And the user namespace's holder, a root process, never outlives the shell that made it.
+
+const bwrapProblem = await probeBwrap();
+const why = bwrapProblem ? ` (skipped: ${bwrapProblem})` : '';
+const LIMITS = { memoryMb: 512, maxProcesses: 128, workspaceMb: 64, tmpMb: 32 };
+const rootServer = process.getuid?.() === 0;
+const notRootWhy = rootServer ? '' : ' (skipped: only a root server makes a user namespace per step)';
+const cgroupsWhy = (await findCgroups()) ? '' : ' (skipped: this server may not create a cgroup)';
+
+describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before its tool runs${why}`, () => {
+  let sandbox: BuildSandbox;
+  let root: string;
+  let workspace: string;
+  let tool: string;
+
+  beforeAll(async () => {
+    sandbox = await createBuildSandbox({ kind: 'bwrap', allowUnsandboxed: false, limits: LIMITS }, createLogger('silent'));
+  });
+
+  beforeEach(async () => {
+    root = await mkdtemp(join(tmpdir(), 'kiln-sandbox-setup-'));
+    workspace = join(root, 'workspaces', 'project', 'generation');
+    await mkdir(workspace, { recursive: true });
+    if (sandbox.stepOwner) await chown(workspace, sandbox.stepOwner.uid, sandbox.stepOwner.gid);
+    await mkdir(join(root, 'sdk', 'bin'), { recursive: true });
+    tool = join(root, 'sdk', 'bin', 'tool');
+    await writeFile(tool, '#!/bin/sh\nexec sh -c "$1"\n');
+    await chmod(tool, 0o755);
+  });
+
+  afterEach(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+
+  /** The suite's sandbox, with `spoil` done to each step's jail between entering and starting it. */
+  function spoiled(spoil: (jail: Jail) => Promise<void>): StepSandbox {
+    const real = sandbox.forStep({ tool: 'flutter', fetch: false, cacheDir: join(root, 'workspaces', 'project', '.cache') })!;
+    return {
+      async enter(step) {
+        const jail = await real.enter(step);
+        if (!('missing' in jail)) await spoil(jail);
+        return jail;
+      },
+    };
+  }
+
+  function run(script: string, stepSandbox: StepSandbox = spoiled(async () => undefined)) {
+    return runStep({ command: tool, args: [script], cwd: workspace, env: buildEnv(), timeoutMs: 30_000, killGraceMs: 200, onLine: () => undefined, sandbox: stepSandbox });
+  }
+
+  it("reports a tool that exits 125 itself as the tool's failure, as any other code", async () => {
+    const result = await run('exit 125');
+    expect(result).toMatchObject({ status: 'FAILED', exitCode: 125, message: 'exited with code 125' });
+    expect(result.serverFault).toBeUndefined();
+  });
+
+  it.skipIf(cgroupsWhy !== '')(`reports a step whose cgroup is gone before it could join as the server's failure, with no exit code of the tool's${cgroupsWhy}`, async () => {
+    // Removed meanwhile (an operator, systemd): the wrapper cannot join it and exits 125.
+    const result = await run('echo ran', spoiled(async (jail) => {
+      for (const procs of jail.args.filter((arg) => arg.endsWith('/cgroup.procs'))) await rmdir(dirname(procs));
+    }));
+    expect(result).toMatchObject({ status: 'FAILED', exitCode: null, serverFault: true });
+    expect(result.message).toMatch(/^the build sandbox failed before tool started \(it exited with code 125\): .*cgroup\.procs/);
+    expect(result.tail).not.toContain('ran');
+  });
+
+  it("reports bwrap's own failure to set the sandbox up (its exit 1) as the server's", async () => {
+    // The toolchain folder bwrap is to bind is gone by the time it starts.
+    const result = await run('echo ran', spoiled(() => rm(join(root, 'sdk'), { recursive: true })));
+    expect(result).toMatchObject({ status: 'FAILED', exitCode: null, serverFault: true });
+    expect(result.message).toMatch(/^the build sandbox failed before tool started \(it exited with code 1\): bwrap: /);
+  });
+
+  describe.skipIf(!rootServer)(`on a root server${notRootWhy}`, () => {
+    it("reports a user namespace whose maps the kernel refuses as the server's failure", async () => {
+      const result = await run('echo ran', spoiled(async (jail) => void (jail.args[stepUidIndex(jail)] = '4294967295')));
+      expect(result).toMatchObject({ status: 'FAILED', exitCode: null, serverFault: true });
+      expect(result.message).toMatch(/\(it exited with code 125\): \/usr\/bin\/dd: error writing '\/proc\/\d+\/uid_map': Invalid argument/);
+    });
+
+    it('kills the namespace holder, root\'s, with the wrapper shell that made it, when that is killed mid-set-up', async () => {
+      // A wrapper held in its set-up: the uid map is refused, and dd's message waits on a full stderr.
+      const jail = (await sandbox.forStep({ tool: 'flutter', fetch: false, cacheDir: join(root, 'workspaces', 'project', '.cache') })!.enter({ command: tool, args: ['true'], cwd: workspace, env: buildEnv() })) as Jail;
+      jail.args[stepUidIndex(jail)] = '4294967295';
+      const fifo = join(root, 'stderr');
+      expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+      const filler = openSync(fifo, constants.O_RDWR | constants.O_NONBLOCK);
+      const stderr = openSync(fifo, constants.O_WRONLY);
+      try {
+        for (;;) writeSync(filler, Buffer.alloc(4096));
+      } catch (error) {
+        expect((error as NodeJS.ErrnoException).code).toBe('EAGAIN');
+      }
+      const wrapper = spawn(jail.command, jail.args, { env: jail.env, detached: true, stdio: ['ignore', 'ignore', stderr, 'pipe'] });
+      let holder: number | undefined;
+      try {
+        const exited = new Promise((resolve) => wrapper.once('exit', resolve));
+        holder = await sleepingChildOf(wrapper.pid!);
+        wrapper.kill('SIGKILL');
+        await exited;
+        expect(await endsWithin(holder, 10_000)).toBe(true);
+      } finally {
+        closeSync(filler);
+        closeSync(stderr);
+        try {
+          process.kill(-wrapper.pid!, 'SIGKILL');
+        } catch {
+          // the group is gone already
+        }
+        if (holder !== undefined && !(await endsWithin(holder, 0))) process.kill(holder, 'SIGKILL');
+        await jail.release();
+      }
+    });
+  });
+});
+
+/** Where the steps' host uid is in a root server's wrapper command: right after the cgroups' `--`. */
+function stepUidIndex(jail: Jail): number {
+  return jail.args.indexOf('--') + 1;
+}
+
+/** The pid of the `sleep` a process started (the namespace's holder), once there is one. */
+async function sleepingChildOf(parent: number): Promise<number> {
+  for (;;) {
+    for (const name of await readdir('/proc')) {
+      const pid = Number(name);
+      if (!Number.isInteger(pid)) continue;
+      if ((await readProcStat(pid))?.ppid !== parent) continue;
+      const comm = await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '');
+      if (comm.trim() === 'sleep') return pid;
+    }
+    await delay(10);
+  }
+}
+
+/** Whether `pid` has ended (or waits to be reaped) within `ms`. */
+async function endsWithin(pid: number, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const state = (await readProcStat(pid))?.state;
+    if (state === undefined || state === 'Z') return true;
+    if (Date.now() >= deadline) return false;
+    await delay(20);
+  }
+}
