@@ -492,14 +492,19 @@ function decodeKey(text: string): Buffer | null {
 
 /**
  * What Kiln as a process (runMain), which opens its database itself, refuses beyond
- * parseConfig. ROLE=api over the embedded database: PGlite is opened by one process only, so
- * no worker could ever join it and every generation would stay QUEUED. Not in parseConfig nor
- * startKiln: an embedded database handed to startKiln (the suites share one in-memory PGlite
- * between an API instance and a worker) can have its worker in the same process.
+ * parseConfig. ROLE=api or ROLE=worker over the embedded database: PGlite is opened by one
+ * process only, so an API's generations would stay QUEUED (no worker could join it) and a
+ * worker would wait on a database no API ever queues into. Not in parseConfig nor startKiln:
+ * an embedded database handed to startKiln (the suites share one in-memory PGlite between an
+ * API instance and a worker) can have both halves in the same process.
  */
 export function ownDatabaseProblems(config: Pick<Config, 'role' | 'database'>): string[] {
-  if (config.role === 'api' && !config.database.url) {
+  if (config.database.url) return [];
+  if (config.role === 'api') {
     return ['ROLE=api needs DATABASE_URL (a PostgreSQL its workers share): the embedded database opens in one process only, so no worker could run its generations; use ROLE=all for one process'];
+  }
+  if (config.role === 'worker') {
+    return ["ROLE=worker needs DATABASE_URL (the PostgreSQL of the API instances): the embedded database opens in one process only, so this worker would never see the API's generations; use ROLE=all for one process"];
   }
   return [];
 }

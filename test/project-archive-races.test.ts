@@ -119,6 +119,19 @@ describe.skipIf(!testDatabaseUrl)('project changes racing an archive or a role c
     expect(await admin`select name from project_secrets where project_id = ${projectId}`).toHaveLength(0);
   });
 
+  it('a member added while an archive is under way waits for it, then is refused: no one joins', async () => {
+    const { owner, id, projectId } = await ownerWithProject();
+    const newcomer = await signUp(server);
+    const archive = await archiveUnderWay(projectId);
+    const addition = owner.client.expectNoErrors(AddProjectMemberDocument, { input: { projectId: id, email: newcomer.email, role: 'EDITOR' } });
+    await untilWaitingOrDone(addition);
+    await archive.commit();
+
+    expect(expectTypename((await addition).addProjectMember, 'InvalidStateError').message).toBe('An archived project cannot be changed.');
+    const members = await admin<{ email: string }[]>`select u.email from project_members m join users u on u.id = m.user_id where m.project_id = ${projectId}`;
+    expect(members.map((member) => member.email)).toEqual([owner.email]);
+  });
+
   it('two archives at once both answer the archivedAt that is stored: the second keeps the first one\'s', async () => {
     const { owner, id, projectId } = await ownerWithProject();
     // Both archives come while a third holds the lock (archiving nothing), so they queue behind it together.

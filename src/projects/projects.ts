@@ -45,8 +45,8 @@ export async function getProject(scope: Scope, id: string): Promise<ProjectRow |
 }
 
 /**
- * An archived project is kept as it is: its settings and keys stay as they were. Checked
- * on a project read under lockAgainstArchive(tx, id, 'start'), taken before the read: an
+ * An archived project is kept as it is: its settings, keys and members stay as they were.
+ * Checked on a project read under lockAgainstArchive(tx, id, 'start'), taken before the read: an
  * archive under way is waited for and then seen, and one that comes later waits for the
  * change to commit (the same turns as a start: startGeneration).
  */
@@ -151,7 +151,11 @@ export async function addProjectMember(
   // Counted per user before anything else: the answers must not let anyone test many emails for accounts.
   if (scope.userId) await deps.rateLimit?.(scope.userId);
   return scope.run(async (tx) => {
+    await projectStore.lockAgainstArchive(tx, input.projectId, 'start');
     const project = requireRole(await projectStore.find(tx, input.projectId), ['owner']);
+    // No one joins an archived project, nor changes role there. Before the lookup, which
+    // would tell whether the email has an account.
+    refuseChangeWhenArchived(project);
     const userId = await userStore.idByEmail(tx, input.email);
     if (!userId) throw new NotFoundError('No user has that email address.');
     if (userId === project.ownerId && input.role !== 'owner') {
@@ -164,6 +168,10 @@ export async function addProjectMember(
   });
 }
 
+/**
+ * Allowed in an archived project too, as deleting a key is: archiving is final, and a former
+ * teammate must still lose access.
+ */
 export async function removeProjectMember(scope: Scope, input: { projectId: string; userId: string }): Promise<ProjectRow> {
   return scope.run(async (tx) => {
     const project = requireRole(await projectStore.find(tx, input.projectId), ['owner']);

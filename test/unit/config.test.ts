@@ -148,6 +148,14 @@ describe('ROLE=api on the embedded database', () => {
   });
 });
 
+describe('ROLE=worker on the embedded database', () => {
+  it("is refused: it could never open the API's DATA_DIR, so no generation would ever reach it", () => {
+    const problems = ownDatabaseProblems(parseConfig({ ROLE: 'worker' }));
+    expect(problems).toEqual([expect.stringMatching(/^ROLE=worker needs DATABASE_URL/)]);
+    expect(problems[0]).toMatch(/use ROLE=all for one process$/);
+  });
+});
+
 describe('DATABASE_URL and LISTEN_DATABASE_URL', () => {
   it('refuses a URL postgres.js could not read, naming the variable and never repeating the password', () => {
     const cases = [
