@@ -158,7 +158,6 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
 
   const finishedAt = new Date();
   const finished = await db.run(async (tx) => {
-    if (outcome.status === 'SUCCEEDED') await stored?.record(tx);
     // The generation's row first, as lease recovery does, so the two never wait on each other.
     const row = await generationStore.transition(tx, generationId, ['RUNNING'], {
       ...outcome,
@@ -185,6 +184,9 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
       }
       return undefined;
     }
+    // Indexed with its own SUCCEEDED only: a run ended elsewhere meanwhile (lease recovery,
+    // an archive) leaves no preview or archive of its outputs.
+    if (row.status === 'SUCCEEDED') await stored?.record(tx);
     await closeUnfinishedWork(tx, generationId, row.status);
     if (output) {
       await generationStore.insertMessage(tx, {
