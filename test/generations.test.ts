@@ -122,6 +122,24 @@ describe(`generations without a worker: ROLE=api (${databaseKind})`, () => {
     expect(expectTypename(again, 'InvalidStateError').message).toMatch(/already ended/);
   });
 
+  it("refuses a sessionId that names no session of the project (a slip, another project's), and joins one whose runs all failed", async () => {
+    const [project, other] = [await createProject(suite.owner.client, { target: 'FLUTTER' }), await createProject(suite.owner.client, { target: 'FLUTTER' })];
+    const elsewhere = await startAccepted(suite.owner.client, { projectId: other.id, prompt: 'A timer' });
+    await suite.owner.client.expectNoErrors(CancelGenerationDocument, { id: elsewhere.id });
+
+    for (const sessionId of [crypto.randomUUID(), elsewhere.sessionId]) {
+      const refused = expectTypename(await startGeneration(suite.owner.client, { projectId: project.id, prompt: 'Continue', sessionId }), 'NotFoundError');
+      expect(refused.message).toBe('Session not found in this project.');
+    }
+    const { project: untouched } = await suite.owner.client.expectNoErrors(ProjectDocument, { id: project.id });
+    expect(untouched!.generations.edges).toEqual([]);
+
+    // A session is there once it has a generation, whatever became of it.
+    const followUp = await startAccepted(suite.owner.client, { projectId: other.id, prompt: 'A timer, again', sessionId: elsewhere.sessionId });
+    expect(followUp.sessionId).toBe(elsewhere.sessionId);
+    await suite.owner.client.expectNoErrors(CancelGenerationDocument, { id: followUp.id });
+  });
+
   it('limits how many generations a user has queued or running, per user', async () => {
     const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
     const first = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A metronome' });

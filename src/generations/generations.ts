@@ -95,9 +95,9 @@ export async function retryGeneration(scope: Scope, deps: GenerationDeps, id: st
 
 /**
  * The retry of a finished generation, the one path for a user's retry and for the automatic
- * retry of an interrupted run (worker.ts: retryInterrupted): the same prompt, session, parent and fix rounds, one attempt later; a restore's
- * retry restores the same files again. Recovery waives the limits (the interrupted run
- * already passed them); a user's retry does not.
+ * retry of an interrupted run (worker.ts: retryInterrupted): the same prompt, session, parent
+ * and fix rounds, one attempt later; a restore's retry restores the same files again.
+ * Recovery waives the limits (the interrupted run already passed them); a user's retry does not.
  */
 export function insertRetry(
   tx: Tx,
@@ -264,7 +264,11 @@ async function resolveParent(tx: Tx, projectId: string, input: StartInput): Prom
   }
   if (input.sessionId) {
     await claimSession(tx, projectId, input.sessionId);
-    return generationStore.latestSucceededOfSession(tx, projectId, input.sessionId);
+    const latest = await generationStore.latestSucceededOfSession(tx, projectId, input.sessionId);
+    // A session is its generations: an id with none in this project is a slip (or another
+    // project's), not a new session; a new one comes from leaving sessionId out.
+    if (!latest && !(await generationStore.hasSession(tx, projectId, input.sessionId))) throw new NotFoundError('Session not found in this project.');
+    return latest;
   }
   return undefined;
 }

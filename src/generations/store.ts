@@ -240,6 +240,15 @@ export const generationStore = {
     return row !== undefined;
   },
 
+  async hasSession(tx: Tx, projectId: string, sessionId: string): Promise<boolean> {
+    const [row] = await tx
+      .select({ id: generations.id })
+      .from(generations)
+      .where(and(eq(generations.projectId, projectId), eq(generations.sessionId, sessionId)))
+      .limit(1);
+    return row !== undefined;
+  },
+
   async latestSucceededOfSession(tx: Tx, projectId: string, sessionId: string): Promise<GenerationRow | undefined> {
     const [row] = await tx
       .select()

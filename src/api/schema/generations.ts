@@ -244,7 +244,7 @@ builder.mutationFields((t) => ({
     type: GenerationRef,
     errors: { types: [BudgetExceededError] },
     description:
-      'Queues a generation and returns it at once (QUEUED); follow it with the subscriptions. A session runs one generation at a time: joining one (sessionId, or a parent of it) while another of it is queued or running is an InvalidStateError.',
+      'Queues a generation and returns it at once (QUEUED); follow it with the subscriptions. A session runs one generation at a time: joining one (sessionId, or a parent of it) while another of it is queued or running is an InvalidStateError; a sessionId that names no generation of the project is a NotFoundError.',
     args: { input: t.arg({ type: StartGenerationInput, required: true }) },
     resolve: (_root, { input }, ctx) =>
       startGeneration(ctx.db, startLimits(ctx), {
