@@ -198,8 +198,9 @@ export function fixRequest(failed: Extract<BuildOutcome, { ok: false }>, files: 
     ...blocks,
     ...(leftOut.length > 0 ? [leftOutNote(leftOut)] : []),
     '',
-    'Fix these problems. Answer with the whole new content of every file you change, each in a <file path="…">…</file> block ' +
-      '(or <delete path="…"/>), keeping everything that already works; do not repeat files you do not change.',
+    // No tag in the instruction: a model that quotes it in its prose would open a file named "…".
+    'Fix these problems. Answer with the whole new content of every file you change, each in a file block of the output ' +
+      'protocol (or a delete block), keeping everything that already works; do not repeat files you do not change.',
   ].join('\n');
 }
 

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { MAX_WHOLE_ANSWERS_CHARS, ownAnswers } from '../../src/generations/fix-rounds.js';
+import { MAX_WHOLE_ANSWERS_CHARS, fixRequest, ownAnswers } from '../../src/generations/fix-rounds.js';
 import { createOutputParser } from '../../src/generations/output-parser.js';
 import { buildPrompt, summariseFiles } from '../../src/generations/prompt.js';
+import { RunFailure } from '../../src/generations/run-failure.js';
 
 // An earlier answer in a later prompt keeps what it did, not the files it wrote (those are in
 // "Current files"): every block the output parser reads is shortened, whatever its tags look like.
@@ -64,5 +65,17 @@ describe("a fix round's view of this generation's answers (ownAnswers)", () => {
     expect(ownAnswers(answer)).toBe(answer);
     const long = `${answer}<file path="lib/big.dart">\n${'x'.repeat(MAX_WHOLE_ANSWERS_CHARS)}\n</file>\n`;
     expect(ownAnswers(long)).toBe('Here you go.\n[wrote lib/items.dart]\n[wrote lib/big.dart]\n');
+  });
+});
+
+describe("a fix round's request (fixRequest)", () => {
+  it('asks for file blocks in words a model can repeat in its prose without writing a file', () => {
+    const diagnostic = { tool: 'tsc', severity: 'ERROR' as const, path: 'src/a.ts', line: 1, column: 1, code: 'TS2322', message: 'Wrong type.' };
+    const failed = { ok: false as const, step: 'typecheck', failure: new RunFailure('BUILD_FAILED', 'tsc failed'), diagnostics: [diagnostic] };
+    const request = fixRequest(failed, new Map([['src/a.ts', 'export const a: number = "x";\n']]), 1, 2);
+    const instruction = request.slice(request.lastIndexOf('</file>') + '</file>'.length);
+    expect(instruction).toMatch(/whole new content/);
+    const parser = createOutputParser();
+    expect([...parser.push(`Sure. ${instruction}\n`), ...parser.end()]).toEqual([]);
   });
 });
