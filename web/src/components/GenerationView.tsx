@@ -7,7 +7,6 @@ import {
   GenerationArchiveDocument,
   type GenerationArchiveQuery,
   GenerationChunksWithRoundDocument,
-  GenerationDocument,
   type GenerationFieldsFragment,
   GenerationFixesDocument,
   type GenerationFixesQuery,
@@ -16,6 +15,7 @@ import {
   GenerationStepsDocument,
   type GenerationStepsQuery,
   GenerationUpdatedDocument,
+  GenerationWithLogDocument,
 } from '../gql/graphql';
 
 type LogLine = BuildLogsWithRoundSubscription['buildLogs'];
@@ -121,6 +121,8 @@ export function GenerationView({ id, onSettled }: { id: string; onSettled: () =>
   const settled = generation !== null && TERMINAL.has(generation.status);
   const fixing = generation?.phase === 'FIXING';
   const outputRound = useRef(0);
+  /** The seq of the next build-log line to show: lines come over HTTP and the stream, each shown once, in order. */
+  const nextLine = useRef(0);
   const onSettledRef = useRef(onSettled);
   onSettledRef.current = onSettled;
 
@@ -129,14 +131,25 @@ export function GenerationView({ id, onSettled }: { id: string; onSettled: () =>
     /** Updates the socket delivered: an HTTP answer older than one of them is stale. */
     let updates = 0;
     const onResumed = () => setReconnecting(null);
+    /** Shows the lines the page has not shown yet; none from a run that would leave a gap before it. */
+    const showLines = (lines: readonly LogLine[]) => {
+      if ((lines[0]?.seq ?? Infinity) > nextLine.current) return;
+      for (const line of lines) {
+        if (line.seq < nextLine.current) continue;
+        logBatch.push(line);
+        nextLine.current = line.seq + 1;
+      }
+    };
     const onRetrying = (reason: string | undefined) => {
       setReconnecting({ reason });
       if (loaded) return;
       loaded = true;
       const seen = updates;
       // Once over HTTP, so that a version shows its state, and a finished one its output, without a socket.
-      request(GenerationDocument, { id })
+      request(GenerationWithLogDocument, { id })
         .then(({ generation }) => {
+          // Lines never change: unlike the state, they are good to show whenever they come.
+          showLines(generation?.buildLog ?? []);
           if (!generation || updates !== seen) return;
           setGeneration(generation);
           if (!TERMINAL.has(generation.status)) return;
@@ -177,9 +190,10 @@ export function GenerationView({ id, onSettled }: { id: string; onSettled: () =>
     });
     const stopLogs = follow({
       document: BuildLogsWithRoundDocument,
-      variables: (afterSeq) => ({ id, afterSeq }),
+      // After the last line the page shows, which may have come over HTTP.
+      variables: () => ({ id, afterSeq: nextLine.current > 0 ? nextLine.current - 1 : undefined }),
       seqOf: (data) => data.buildLogs.seq,
-      onData: (data) => logBatch.push(data.buildLogs),
+      onData: (data) => showLines([data.buildLogs]),
       onError: setStreamError,
       onRetrying,
       onResumed,

@@ -545,6 +545,13 @@ export type RefreshSessionOrWaitMutation = { refreshSession:
     | { __typename: 'ValidationError', message: string }
    };
 
+export type GenerationWithLogQueryVariables = Exact<{
+  id: string | number;
+}>;
+
+
+export type GenerationWithLogQuery = { generation: { output: string, id: string, status: GenerationStatus, phase: GenerationPhase, prompt: string, sessionId: string, attempt: number, createdAt: string, startedAt: string | null, finishedAt: string | null, buildLog: Array<{ seq: number, round: number, step: string, stream: LogStream, text: string }>, error: { code: GenerationErrorCode, message: string } | null, usage: { inputTokens: number, outputTokens: number } } | null };
+
 export class TypedDocumentString<TResult, TVariables>
   extends String
   implements DocumentTypeDecoration<TResult, TVariables>
@@ -1379,3 +1386,36 @@ fragment SessionFields on AuthSession {
     email
   }
 }`) as unknown as TypedDocumentString<RefreshSessionOrWaitMutation, RefreshSessionOrWaitMutationVariables>;
+export const GenerationWithLogDocument = new TypedDocumentString(`
+    query GenerationWithLog($id: ID!) {
+  generation(id: $id) {
+    ...GenerationFields
+    output
+    buildLog(tail: 1000) {
+      seq
+      round
+      step
+      stream
+      text
+    }
+  }
+}
+    fragment GenerationFields on Generation {
+  id
+  status
+  phase
+  prompt
+  sessionId
+  attempt
+  createdAt
+  startedAt
+  finishedAt
+  error {
+    code
+    message
+  }
+  usage {
+    inputTokens
+    outputTokens
+  }
+}`) as unknown as TypedDocumentString<GenerationWithLogQuery, GenerationWithLogQueryVariables>;
