@@ -244,9 +244,13 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
     }
   }
   const cgroups = await findCgroups();
+  const prlimit = await isExecutable(PRLIMIT);
+  if (!prlimit) {
+    log.warn({ missing: PRLIMIT }, 'build steps run without their rlimits (processes, file size, core dumps, priority, open files): install util-linux (prlimit)');
+  }
   const runFirst = [
     ...((await isExecutable(NICE)) ? [NICE, '-n', String(STEP_NICENESS)] : []),
-    ...((await isExecutable(PRLIMIT)) ? rlimitArgs(settings.limits, stepOwner !== undefined && cgroups !== undefined) : []),
+    ...(prlimit ? rlimitArgs(settings.limits, stepOwner !== undefined && cgroups !== undefined) : []),
   ];
   const hidden = { ...settings.hiddenDirs, "the server's working directory": process.cwd(), "Kiln's own folder": KILN_FOLDER };
   const enforcement = cgroups ? (cgroups.version === 2 ? 'cgroup v2' : 'cgroup v1') : 'rlimits and polling';
