@@ -4,18 +4,12 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { fsBlobStore } from '../src/artifacts/fs-blob-store.js';
 import { manifestStore } from '../src/artifacts/manifest-store.js';
 import { storeOutputs } from '../src/artifacts/write-outputs.js';
-import { parseConfig } from '../src/config.js';
 import { rowsOf } from '../src/db/client.js';
 import { serviceScope } from '../src/db/scope.js';
-import { createMemoryEventBus } from '../src/events/bus.js';
 import { generationStore } from '../src/generations/store.js';
-import { startWorker } from '../src/jobs/worker.js';
-import { createLlmProvider } from '../src/llm/index.js';
-import { createLogger } from '../src/observability/logger.js';
 import { databaseKind } from './support/db.js';
 import { document } from './support/fixtures.js';
-import { fakeFlutter, queuedOnApiInstance, rawId } from './support/generation-helpers.js';
-import { unsandboxedBuilds } from './support/server.js';
+import { fakeFlutter, queuedOnApiInstance, rawId, startOwnWorker } from './support/generation-helpers.js';
 
 // A run whose generation was ended elsewhere (lease recovery took it for dead, or an archive
 // cancelled it) while it stored its outputs: its SUCCEEDED ending is not written, and neither
@@ -36,31 +30,17 @@ describe(`a run ended elsewhere while it stored its outputs (${databaseKind})`, 
     const id = rawId(started.id);
     const flutter = await fakeFlutter('ok');
     cleanups.push(() => flutter.remove());
-    const config = parseConfig({ LOG_LEVEL: 'silent', OFFLINE_CHUNK_DELAY_MS: '0', DATA_DIR: dataDir, FLUTTER_BIN: flutter.bin, ...unsandboxedBuilds });
-    const llm = await createLlmProvider(config.llm);
-    const worker = startWorker({
-      provider: llm,
-      concurrency: 1,
-      pipeline: {
-        db: database.db,
-        bus: createMemoryEventBus(),
-        llm,
-        logger: createLogger('silent'),
-        workspaces: config.workspaces,
-        toolchain: config.toolchain,
-        leaseMs: config.generations.leaseMs,
-        budgetReservationTokens: 0,
-        outputs: {
-          storeBlobs: async (generationId, bundleDir, sources) => {
-            const { rows } = await storeOutputs(fsBlobStore(join(dataDir, 'artifacts')), generationId, bundleDir, sources);
-            // What lease recovery does to a run it takes for dead, here between the build and the ending.
-            const ended = await database.db.execute(
-              sql`update generations set status = 'FAILED', phase = 'DONE', error_code = 'INTERRUPTED', error_message = 'ended elsewhere', finished_at = now(), lease_expires_at = null
-                  where id = ${generationId} and status = 'RUNNING' returning id`,
-            );
-            expect(rowsOf(ended)).toHaveLength(1);
-            return { record: (tx) => manifestStore.insert(tx, rows) };
-          },
+    const worker = await startOwnWorker(database, { OFFLINE_CHUNK_DELAY_MS: '0', DATA_DIR: dataDir, FLUTTER_BIN: flutter.bin }, {
+      outputs: {
+        storeBlobs: async (generationId, bundleDir, sources) => {
+          const { rows } = await storeOutputs(fsBlobStore(join(dataDir, 'artifacts')), generationId, bundleDir, sources);
+          // What lease recovery does to a run it takes for dead, here between the build and the ending.
+          const ended = await database.db.execute(
+            sql`update generations set status = 'FAILED', phase = 'DONE', error_code = 'INTERRUPTED', error_message = 'ended elsewhere', finished_at = now(), lease_expires_at = null
+                where id = ${generationId} and status = 'RUNNING' returning id`,
+          );
+          expect(rowsOf(ended)).toHaveLength(1);
+          return { record: (tx) => manifestStore.insert(tx, rows) };
         },
       },
     });

@@ -115,12 +115,12 @@ export async function queuedOnApiInstance(cleanups: (() => Promise<void>)[], pro
 
 /**
  * A worker alone on `database` (no server around it), woken by the test with `wake(id)`: for
- * runs the test steers from inside, through the pipeline's `logger` or `toolchain`.
+ * runs the test steers from inside, through the pipeline's `logger`, `toolchain` or `outputs`.
  */
 export async function startOwnWorker(
   database: TestDatabase,
   env: Environment,
-  pipeline: { logger?: Logger; toolchain?: Partial<PipelineDeps['toolchain']> } = {},
+  pipeline: { logger?: Logger; toolchain?: Partial<PipelineDeps['toolchain']>; outputs?: PipelineDeps['outputs'] } = {},
 ): Promise<Worker> {
   const config = parseConfig({ LOG_LEVEL: 'silent', ...unsandboxedBuilds, ...env });
   const llm = await createLlmProvider(config.llm);
@@ -136,6 +136,7 @@ export async function startOwnWorker(
       toolchain: { ...config.toolchain, ...pipeline.toolchain },
       leaseMs: config.generations.leaseMs,
       budgetReservationTokens: 0,
+      ...(pipeline.outputs && { outputs: pipeline.outputs }),
     },
   });
 }
