@@ -1,6 +1,6 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, constants, openSync, writeSync } from 'node:fs';
-import { chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, readdir, readlink, rm, rmdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -59,8 +59,8 @@ describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before i
     };
   }
 
-  function run(script: string, stepSandbox: StepSandbox = spoiled(async () => undefined)) {
-    return runStep({ command: tool, args: [script], cwd: workspace, env: buildEnv(), timeoutMs: 30_000, killGraceMs: 200, onLine: () => undefined, sandbox: stepSandbox });
+  function run(script: string, stepSandbox: StepSandbox = spoiled(async () => undefined), cwd = workspace) {
+    return runStep({ command: tool, args: [script], cwd, env: buildEnv(), timeoutMs: 30_000, killGraceMs: 200, onLine: () => undefined, sandbox: stepSandbox });
   }
 
   it("reports a tool that exits 125 itself as the tool's failure, as any other code", async () => {
@@ -86,7 +86,31 @@ describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before i
     expect(result.message).toMatch(/^the build sandbox failed before tool started \(it exited with code 1\): bwrap: /);
   });
 
+  it("runs a step whose workspace lies under the host's /tmp/home, the sandbox's HOME", async () => {
+    // bwrap makes /tmp/home on the way to the bind; the step's HOME is then that folder.
+    const made = await mkdir('/tmp/home', { recursive: true });
+    const dir = await mkdtemp('/tmp/home/kiln-sandbox-setup-');
+    try {
+      const inner = join(dir, 'generation');
+      await mkdir(inner);
+      if (sandbox.stepOwner) await chown(inner, sandbox.stepOwner.uid, sandbox.stepOwner.gid);
+      const result = await run('echo ran in "$PWD"', spoiled(async () => undefined), inner);
+      expect(result).toMatchObject({ status: 'SUCCEEDED', exitCode: 0, tail: [`ran in ${inner}`] });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+      if (made) await rmdir('/tmp/home');
+    }
+  });
+
   describe.skipIf(!rootServer)(`on a root server${notRootWhy}`, () => {
+    it("reports a workspace an earlier step's code closed to the next step as the project's failure, not the sandbox's", async () => {
+      expect(await run('chmod 0 .')).toMatchObject({ status: 'SUCCEEDED' });
+      const result = await run('echo ran');
+      expect(result).toMatchObject({ status: 'FAILED', message: expect.stringMatching(/^exited with code \d+$/) });
+      expect(result.serverFault).toBeUndefined();
+      expect(result.tail.join('\n')).toMatch(/can't cd|Permission denied/);
+    });
+
     it("reports a user namespace whose maps the kernel refuses as the server's failure", async () => {
       const result = await run('echo ran', spoiled(async (jail) => void (jail.args[stepUidIndex(jail)] = '4294967295')));
       expect(result).toMatchObject({ status: 'FAILED', exitCode: null, serverFault: true });
@@ -110,7 +134,7 @@ describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before i
       let holder: number | undefined;
       try {
         const exited = new Promise((resolve) => wrapper.once('exit', resolve));
-        holder = await sleepingChildOf(wrapper.pid!);
+        holder = await holderOf(wrapper.pid!);
         wrapper.kill('SIGKILL');
         await exited;
         expect(await endsWithin(holder, 10_000)).toBe(true);
@@ -134,15 +158,16 @@ function stepUidIndex(jail: Jail): number {
   return jail.args.indexOf('--') + 1;
 }
 
-/** The pid of the `sleep` a process started (the namespace's holder), once there is one. */
-async function sleepingChildOf(parent: number): Promise<number> {
+/** The child of `parent` in a user namespace of its own (the namespace's holder), once there is one. */
+async function holderOf(parent: number): Promise<number> {
+  const ours = await readlink('/proc/self/ns/user');
   for (;;) {
     for (const name of await readdir('/proc')) {
       const pid = Number(name);
       if (!Number.isInteger(pid)) continue;
       if ((await readProcStat(pid))?.ppid !== parent) continue;
-      const comm = await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '');
-      if (comm.trim() === 'sleep') return pid;
+      const namespace = await readlink(`/proc/${pid}/ns/user`).catch(() => ours);
+      if (namespace !== ours) return pid;
     }
     await delay(10);
   }

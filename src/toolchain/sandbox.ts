@@ -146,11 +146,12 @@ const JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift;
  * could not make one, or has gone), or whose maps someone wrote before us, is never used. (dash
  * reaps a holder that died at once, so its pid could in theory be another's by the time the maps
  * are written: the kernel takes a map once, and the writes fail or the fd is checked below.)
- * The holder, root's, dies with this shell however it ends (an exit 125, a timeout's SIGKILL):
- * its parent-death signal, which it checks was set while this shell still lived.
+ * The holder, root's, is killed once fd 5 is open; when this shell ends before that (an exit
+ * 125, a timeout's SIGKILL), the holder sees within a second that it has another parent and ends
+ * (a parent-death signal would need setpriv 2.33, which older hosts lack).
  */
 const USER_NAMESPACE = [
-  `${SETPRIV} --pdeathsig KILL -- ${UNSHARE} --user -- /bin/sh -c '[ "$PPID" = "$0" ] && exec ${SLEEP} 600' $$ </dev/null >/dev/null 2>&1 3>&- 4<&- & h=$!`,
+  `${UNSHARE} --user -- /bin/sh -c 'while read -r _ _ _ p _ </proc/$$/stat && [ "$p" = "$0" ]; do ${SLEEP} 1; done' $$ </dev/null >/dev/null 2>&1 3>&- 4<&- & h=$!`,
   // Until the holder is in its new namespace (or gone: then the writes below fail).
   'while [ /proc/$h/ns/user -ef /proc/$$/ns/user ]; do :; done',
   `printf '0 0 1\n${SANDBOX_UID} %s 1\n' "$1" | ${DD} of=/proc/$h/uid_map bs=64 iflag=fullblock status=none || exit 125`,
@@ -549,14 +550,17 @@ function userSwitch(): string[] {
 }
 
 /**
- * The last thing before the tool, as the steps' user: a shell that changes into `cwd` (a root
- * server's bwrap, the namespace's root without CAP_DAC_OVERRIDE, may not enter a folder of
- * theirs), makes HOME theirs alone (0700: gpg and ssh refuse a shared one), says on STARTED_FD
- * that the tool starts, and closes that and the namespace's fd (5), which bwrap passes on. A
- * failure before it (the wrapper shell, bwrap's own set-up, the user switch) is the server's.
+ * The last thing before the tool, as the steps' user: a shell that makes HOME theirs alone
+ * (0700: gpg and ssh refuse a shared one; one bwrap made on the way to a bind stays as it is),
+ * says on STARTED_FD that the tool starts, closes that and the namespace's fd (5), which bwrap
+ * passes on, and changes into `cwd` (a root server's bwrap, the namespace's root without
+ * CAP_DAC_OVERRIDE, may not enter a folder of theirs). A failure before the line (the wrapper
+ * shell, bwrap's own set-up, the user switch) is the server's; the `cd` comes after it, since
+ * the project's code of an earlier step may have closed its own folder to the next one.
  */
 function launcher(cwd: string): string[] {
-  return ['/bin/sh', '-c', `cd -- "$0" && mkdir -m 0700 ${HOME} && echo ${TOOL_STARTS} >&${STARTED_FD} && exec "$@" 5<&- ${STARTED_FD}>&-`, cwd];
+  const script = `mkdir -p -m 0700 ${HOME} && echo ${TOOL_STARTS} >&${STARTED_FD} && exec ${STARTED_FD}>&- 5<&- && cd -- "$1" && shift && exec "$@"`;
+  return ['/bin/sh', '-c', script, 'kiln-step', cwd];
 }
 
 /**
