@@ -25,6 +25,19 @@ const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '5' });
 const textOf = async (locator: Locator) => ((await locator.count()) > 0 ? await locator.innerText() : '');
 const buildLog = (page: Page) => page.getByRole('log', { name: 'Build log' });
 
+/** Signs a new user up, creates a FLUTTER project and starts a generation of `prompt` in it. */
+async function generate(page: Page, url: string, prompt: string) {
+  await page.goto(url);
+  await page.getByRole('textbox', { name: 'Email' }).fill(uniqueEmail('e2e-http-log'));
+  await page.getByRole('textbox', { name: 'Password' }).fill(PASSWORD);
+  await page.getByRole('button', { name: 'Sign up' }).click();
+  await page.getByRole('textbox', { name: 'Project name' }).fill('Over HTTP');
+  await page.getByRole('combobox', { name: 'Target' }).selectOption('FLUTTER');
+  await page.getByRole('button', { name: 'Create project' }).click();
+  await page.getByRole('textbox', { name: 'Prompt' }).fill(prompt);
+  await page.getByRole('button', { name: 'Generate' }).click();
+}
+
 /** Resolves once the page has rendered what it had received: the client adds what arrives once a frame. */
 const rendered = (page: Page) => page.evaluate(() => new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve))));
 
@@ -36,16 +49,8 @@ describe.skipIf(chromiumMissing)('the web client without a WebSocket', () => {
     const errors: string[] = [];
     page.on('pageerror', (error) => errors.push(String(error)));
     try {
-      await page.goto(suite.server.url);
-      await page.getByRole('textbox', { name: 'Email' }).fill(uniqueEmail('e2e-http-log'));
-      await page.getByRole('textbox', { name: 'Password' }).fill(PASSWORD);
-      await page.getByRole('button', { name: 'Sign up' }).click();
-      await page.getByRole('textbox', { name: 'Project name' }).fill('Over HTTP');
-      await page.getByRole('combobox', { name: 'Target' }).selectOption('FLUTTER');
-      await page.getByRole('button', { name: 'Create project' }).click();
       // A first build that fails, fixed in round 1: the log has the steps of both rounds.
-      await page.getByRole('textbox', { name: 'Prompt' }).fill('A reading list with a build error');
-      await page.getByRole('button', { name: 'Generate' }).click();
+      await generate(page, suite.server.url, 'A reading list with a build error');
       await expect.poll(() => textOf(page.getByRole('region', { name: 'Fix rounds' })), { timeout: 60_000 }).toContain('Round 1: SUCCEEDED');
       // Every step with its status, as a finished generation shows it.
       const steps = buildLog(page).locator('section');
@@ -83,6 +88,39 @@ describe.skipIf(chromiumMissing)('the web client without a WebSocket', () => {
       await rendered(page);
       expect(await textOf(buildLog(page))).toBe(live);
       expect(await page.getByRole('alert').count()).toBe(0);
+      expect(errors).toEqual([]);
+      expect(browser.escaped).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+});
+
+describe.skipIf(chromiumMissing)('the web client without a WebSocket, for a build log longer than what HTTP gives', () => {
+  const flooded = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '5' }, 'flood');
+  const browser = useBrowser('web-client-http-long');
+
+  it('shows the last lines over HTTP under a line that counts the ones before them', async () => {
+    const page = await browser.context.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (error) => errors.push(String(error)));
+    try {
+      await generate(page, flooded.server.url, 'A reading list');
+      await expect.poll(() => textOf(page.getByRole('status')), { timeout: 60_000 }).toMatch(/SUCCEEDED|FAILED/);
+      const steps = buildLog(page).locator('section');
+      await expect.poll(async () => (await steps.count()) > 0 && (await steps.count()) === (await buildLog(page).locator('.tag').count()), { timeout: 30_000 }).toBe(true);
+      const live = (await textOf(buildLog(page))).trimEnd().split('\n');
+      expect(live.length).toBeGreaterThan(1000);
+
+      await page.routeWebSocket(/\/graphql$/, (socket) => socket.close({ code: 1011, reason: 'upstream' }));
+      await page.reload();
+      await page.getByText('Reconnecting… (upstream)').waitFor({ timeout: 30_000 });
+      await expect.poll(() => textOf(buildLog(page)), { timeout: 30_000 }).toMatch(/\[kiln\] \d+ earlier lines are not shown here/);
+      await page.screenshot({ path: join(outputDir, 'web-client-http-long', '1-tail-over-http.png') });
+      const overHttp = (await textOf(buildLog(page))).trimEnd().split('\n');
+      // The log up to its last line as the live stream showed it.
+      expect(overHttp.at(-1)).toBe(live.at(-1));
+      expect(Number(/\[kiln\] (\d+) earlier lines/.exec(overHttp.join('\n'))![1])).toBeGreaterThan(0);
       expect(errors).toEqual([]);
       expect(browser.escaped).toEqual([]);
     } finally {

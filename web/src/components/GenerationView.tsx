@@ -131,9 +131,17 @@ export function GenerationView({ id, onSettled }: { id: string; onSettled: () =>
     /** Updates the socket delivered: an HTTP answer older than one of them is stale. */
     let updates = 0;
     const onResumed = () => setReconnecting(null);
-    /** Shows the lines the page has not shown yet; none from a run that would leave a gap before it. */
+    /**
+     * Shows the lines the page has not shown yet. A run that starts later leaves a gap: none of
+     * it, unless the page has no line yet (the HTTP tail of a long log): then a line says how
+     * many came before it, and the stream goes on after the tail.
+     */
     const showLines = (lines: readonly LogLine[]) => {
-      if ((lines[0]?.seq ?? Infinity) > nextLine.current) return;
+      const first = lines[0];
+      if (!first || first.seq > nextLine.current) {
+        if (!first || nextLine.current > 0) return;
+        logBatch.push({ ...first, seq: -1, stream: 'STDOUT', text: `[kiln] ${first.seq} earlier lines are not shown here` });
+      }
       for (const line of lines) {
         if (line.seq < nextLine.current) continue;
         logBatch.push(line);
