@@ -120,7 +120,7 @@ const HOME = '/tmp/home';
 /** What the launcher writes on STARTED_FD as the tool starts: a step without it failed in its sandbox's set-up. */
 const TOOL_STARTS = 'kiln-build-tool-starts';
 const STARTED_FD = 6;
-/** More than bwrap's report and the launcher's line: nothing of the sandbox's set-up. */
+/** Far more than bwrap's report and the launcher's line: the info pipe is read no further. */
 const MAX_INFO_LENGTH = 64 * 1024;
 /** npm's cache in the steps that run project code: their own, in the private /tmp. */
 const PRIVATE_NPM_CACHE = '/tmp/npm-cache';
@@ -315,7 +315,7 @@ async function probeWith(seccomp: Buffer | undefined, owner?: Owner): Promise<st
   let result: Awaited<ReturnType<typeof runProcess>>;
   try {
     const filterFile = dir ? await filterFileIn(dir, seccomp!) : undefined;
-    result = await runProcess({ ...bwrapCommand(filterFile, [], args, owner, false), env: {} }, 10_000);
+    result = await runProcess({ ...bwrapCommand(filterFile, [], args, { owner, step: false }), env: {} }, 10_000);
   } finally {
     if (dir) await rm(dir, { recursive: true, force: true });
   }
@@ -358,7 +358,12 @@ async function filterFileIn(dir: string, filter: Buffer): Promise<string> {
  * In that order: the filter and the cgroups are joined as the server, before any namespace.
  * `step`: a step's, whose launcher reports on STARTED_FD that its tool starts (ENTER_STEP).
  */
-function bwrapCommand(filterFile: string | undefined, procsFiles: readonly string[], bwrapArgs: readonly string[], owner: Owner | undefined, step: boolean): { command: string; args: string[] } {
+function bwrapCommand(
+  filterFile: string | undefined,
+  procsFiles: readonly string[],
+  bwrapArgs: readonly string[],
+  { owner, step }: { owner: Owner | undefined; step: boolean },
+): { command: string; args: string[] } {
   if (!filterFile && procsFiles.length === 0 && !owner && !step) return { command: BWRAP, args: [...bwrapArgs] };
   const script = (filterFile ? OPEN_FILTER : '') + JOIN_CGROUP + (owner ? USER_NAMESPACE : '') + (step ? ENTER_STEP : ENTER);
   const ids = owner ? [String(owner.uid), String(owner.gid)] : [];
@@ -488,7 +493,7 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
   const cgroup = machine.cgroups
     ? await createStepCgroup(machine.cgroups, { maxProcesses: machine.limits.maxProcesses, memoryBytes: machine.limits.memoryMb * 1024 * 1024 })
     : undefined;
-  return jail(bwrapCommand(filterFile, cgroup?.procsFiles ?? [], bwrapArgs, owner, true), {
+  return jail(bwrapCommand(filterFile, cgroup?.procsFiles ?? [], bwrapArgs, { owner, step: true }), {
     env,
     cgroup,
     limits: machine.limits,

@@ -118,7 +118,10 @@ export async function runStep(options: RunStepOptions): Promise<StepResult> {
     const ended = exitCode === null ? `killed by ${result.signal ?? 'a signal'}` : `exited with code ${exitCode}`;
     if (result.lost) return { status: 'FAILED', exitCode, tail, message: 'the process spawner stopped', serverFault: true };
     // Its exit code is the wrapper's or bwrap's (125, 1), which a tool could give too: not the tool's verdict.
-    if (!toolStarted) return { status: 'FAILED', exitCode: null, tail, message: `the build sandbox failed before ${basename(options.command)} started (it ${ended})${lastLine(tail)}`, serverFault: true };
+    if (!toolStarted) {
+      const message = `the build sandbox failed before ${basename(options.command)} started (it ${ended})${lastLine(tail)}`;
+      return { status: 'FAILED', exitCode: null, tail, message, serverFault: true };
+    }
     if (exitCode === 0) return { status: 'SUCCEEDED', exitCode, tail };
     return { status: 'FAILED', exitCode, tail, message: ended };
   } finally {
