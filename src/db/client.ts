@@ -3,9 +3,12 @@ import path from 'node:path';
 import type { Logger } from 'drizzle-orm';
 import type { ExtractTablesWithRelations } from 'drizzle-orm';
 import type { PgDatabase, PgQueryResultHKT, PgTransaction } from 'drizzle-orm/pg-core';
+import type { Options as PostgresOptions } from 'postgres';
 import { lockDataDir } from './data-dir-lock.js';
+import { DATABASE_SILENCE_LIMIT_MS } from './outage.js';
 import { seedFromTemplate } from './pglite-template.js';
 import * as schema from './schema.js';
+import { watchForSilence } from './silent-connections.js';
 
 export type Schema = typeof schema;
 export type Db = PgDatabase<PgQueryResultHKT, Schema>;
@@ -31,6 +34,8 @@ export interface DatabaseOptions {
   /** Embedded: how long to wait for another process to let go of dataDir (default 30 s), told once. */
   dataDirWaitMs?: number;
   onDataDirBusy?: (holder: number) => void;
+  /** PostgreSQL: how long a connection awaiting a reply may hear nothing before it is dropped (default DATABASE_SILENCE_LIMIT_MS). */
+  silenceLimitMs?: number;
 }
 
 export async function openDatabase(options: DatabaseOptions): Promise<Database> {
@@ -38,7 +43,12 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
   // Only the driver in use is loaded: each is a good part of start-up's module loading.
   if (options.url) {
     const [{ default: postgres }, { drizzle: drizzlePostgres }] = await Promise.all([import('postgres'), import('drizzle-orm/postgres-js')]);
-    const client = postgres(options.url, { max: options.maxConnections ?? 10, onnotice: () => {} });
+    const client = postgres(options.url, {
+      max: options.maxConnections ?? 10,
+      onnotice: () => {},
+      // postgres.js tries several hosts in turn only on sockets it makes itself: those go unwatched.
+      ...(namesSeveralHosts(options.url) ? {} : { socket: watchForSilence(options.silenceLimitMs ?? DATABASE_SILENCE_LIMIT_MS) }),
+    } as PostgresOptions<{}>); // `socket` is in postgres.js's API (connection.js), not in its types
     return {
       kind: 'postgres',
       url: options.url,
@@ -59,6 +69,12 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
     await release();
     throw error;
   }
+}
+
+/** Whether a PostgreSQL URL names several hosts (`host1:5432,host2:5432`), read as postgres.js reads it. */
+function namesSeveralHosts(url: string): boolean {
+  const authority = url.slice(url.indexOf('://') + 3).split(/[?/]/)[0]!;
+  return authority.slice(authority.indexOf('@') + 1).includes(',');
 }
 
 /** PGlite in `dataDir` (in memory without one), as it is; openDatabase seeds a fresh one first. */

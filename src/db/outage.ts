@@ -12,6 +12,12 @@ import { errorChain } from './error-chain.js';
 
 /** How long work waits for the database to come back before it fails (failovers take up to ~30 s). */
 export const OUTAGE_RETRY_MS = 45_000;
+/**
+ * How long a connection that awaits a reply may hear nothing from the database before it is
+ * dropped as dead (silent-connections.ts): far above any statement Kiln runs in a request or
+ * a run, far below the 10-15 minutes TCP takes to give up on a vanished host.
+ */
+export const DATABASE_SILENCE_LIMIT_MS = 60_000;
 const FIRST_DELAY_MS = 100;
 /** The longest pause between attempts: work resumes within this of the database's return. */
 const MAX_DELAY_MS = 2_000;
@@ -63,21 +69,24 @@ export interface RetryReport {
 
 /**
  * Runs `attempt` until it succeeds, fails with an error `retryable` refuses (thrown as it
- * is), or `windowMs` has passed (a DatabaseUnavailableError); pauses double from 100 ms to
- * 2 s between attempts.
+ * is), or `windowMs` has passed since its first failure (a DatabaseUnavailableError); pauses
+ * double from 100 ms to 2 s between attempts. From the first failure, not the first attempt:
+ * an attempt on a connection that went silent fails only after DATABASE_SILENCE_LIMIT_MS,
+ * longer than the window, and the database is usually back by then.
  */
 export async function retryThroughOutage<T>(
   attempt: () => Promise<T>,
   retryable: (error: unknown) => boolean,
   options: { windowMs?: number; onRetry?: (report: RetryReport) => void } = {},
 ): Promise<T> {
-  const deadline = Date.now() + (options.windowMs ?? OUTAGE_RETRY_MS);
+  let deadline: number | undefined;
   let delayMs = FIRST_DELAY_MS;
   for (let tries = 1; ; tries++) {
     try {
       return await attempt();
     } catch (error) {
       if (!retryable(error)) throw error;
+      deadline ??= Date.now() + (options.windowMs ?? OUTAGE_RETRY_MS);
       if (Date.now() + delayMs > deadline) throw new DatabaseUnavailableError(error);
       options.onRetry?.({ attempt: tries, delayMs, error });
       await new Promise((resolve) => setTimeout(resolve, delayMs));
