@@ -13,7 +13,8 @@ vi.mock('../src/toolchain/spawner.js', async (importOriginal) => {
   return {
     ...spawner,
     runProcess: (...args: Parameters<typeof spawner.runProcess>) => {
-      started.bwrapRuns++;
+      const [{ command, args: words }] = args;
+      if ([command, ...words].includes('/usr/bin/bwrap')) started.bwrapRuns++;
       return spawner.runProcess(...args);
     },
   };

@@ -146,21 +146,41 @@ const JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift;
  * could not make one, or has gone), or whose maps someone wrote before us, is never used. (dash
  * reaps a holder that died at once, so its pid could in theory be another's by the time the maps
  * are written: the kernel takes a map once, and the writes fail or the fd is checked below.)
- * The holder, root's, is killed once fd 5 is open; when this shell ends before that (an exit
- * 125, a timeout's SIGKILL), the holder sees within a second that it has another parent and ends
- * (a parent-death signal would need setpriv 2.33, which older hosts lack).
+ * The holder (`holder`, namespaceHolder's), root's, is killed and reaped once fd 5 is open, and
+ * when a step fails before that; one that outlives a shell killed meanwhile (a probe's timeout)
+ * gets its parent-death signal where setpriv has one.
  */
-const USER_NAMESPACE = [
-  `${UNSHARE} --user -- /bin/sh -c 'while read -r _ _ _ p _ </proc/$$/stat && [ "$p" = "$0" ]; do ${SLEEP} 1; done' $$ </dev/null >/dev/null 2>&1 3>&- 4<&- & h=$!`,
-  // Until the holder is in its new namespace (or gone: then the writes below fail).
-  'while [ /proc/$h/ns/user -ef /proc/$$/ns/user ]; do :; done',
-  `printf '0 0 1\n${SANDBOX_UID} %s 1\n' "$1" | ${DD} of=/proc/$h/uid_map bs=64 iflag=fullblock status=none || exit 125`,
-  `printf '0 0 1\n${SANDBOX_UID} %s 1\n' "$2" | ${DD} of=/proc/$h/gid_map bs=64 iflag=fullblock status=none || exit 125`,
-  'exec 5</proc/$h/ns/user || exit 125',
-  'kill -KILL $h; wait $h 2>/dev/null',
-  '[ /proc/$$/fd/5 -ef /proc/$$/ns/user ] && exit 125',
-  'shift 2; ',
-].join('; ');
+function userNamespace(holder: string): string {
+  const fail = '{ kill -KILL $h; exit 125; }';
+  return [
+    `${holder} </dev/null >/dev/null 2>&1 3>&- 4<&- & h=$!`,
+    // Until the holder is in its new namespace (or gone: then the writes below fail).
+    'while [ /proc/$h/ns/user -ef /proc/$$/ns/user ]; do :; done',
+    `printf '0 0 1\n${SANDBOX_UID} %s 1\n' "$1" | ${DD} of=/proc/$h/uid_map bs=64 iflag=fullblock status=none || ${fail}`,
+    `printf '0 0 1\n${SANDBOX_UID} %s 1\n' "$2" | ${DD} of=/proc/$h/gid_map bs=64 iflag=fullblock status=none || ${fail}`,
+    `exec 5</proc/$h/ns/user || ${fail}`,
+    'kill -KILL $h; wait $h 2>/dev/null',
+    '[ /proc/$$/fd/5 -ef /proc/$$/ns/user ] && exit 125',
+    'shift 2; ',
+  ].join('; ');
+}
+
+let holderOnce: Promise<string> | undefined;
+/**
+ * What holds a step's new user namespace until bwrap has it: `unshare` then `sleep`, under
+ * SIGKILL as its parent-death signal (checking that its parent is still the shell once that is
+ * set) where setpriv has `--pdeathsig` (util-linux 2.33; RHEL 8 and Ubuntu 18.04 have older).
+ * One process however it is made: the shell kills and reaps it, and nothing of it is left in the
+ * step's process group, whose end the step runner waits for.
+ */
+function namespaceHolder(): Promise<string> {
+  holderOnce ??= runProcess({ command: SETPRIV, args: ['--pdeathsig', 'KILL', '--', '/usr/bin/true'], env: {} }, 10_000).then((result) =>
+    'stdout' in result && result.exitCode === 0
+      ? `${SETPRIV} --pdeathsig KILL -- ${UNSHARE} --user -- /bin/sh -c '[ "$PPID" = "$0" ] && exec ${SLEEP} 600' $$`
+      : `${UNSHARE} --user -- ${SLEEP} 600`,
+  );
+  return holderOnce;
+}
 const ENTER = 'exec "$@"';
 /**
  * A step's bwrap gets the info pipe (fd 3) again as fd 6, which it passes into the sandbox (it
@@ -315,7 +335,8 @@ async function probeWith(seccomp: Buffer | undefined, owner?: Owner): Promise<st
   let result: Awaited<ReturnType<typeof runProcess>>;
   try {
     const filterFile = dir ? await filterFileIn(dir, seccomp!) : undefined;
-    result = await runProcess({ ...bwrapCommand(filterFile, [], args, { owner, step: false }), env: {} }, 10_000);
+    const namespace = owner && { owner, holder: await namespaceHolder() };
+    result = await runProcess({ ...bwrapCommand(filterFile, [], args, { namespace, step: false }), env: {} }, 10_000);
   } finally {
     if (dir) await rm(dir, { recursive: true, force: true });
   }
@@ -354,7 +375,7 @@ async function filterFileIn(dir: string, filter: Buffer): Promise<string> {
 
 /**
  * bwrap, started with the filter in `filterFile` (none without), in the cgroups whose
- * `cgroup.procs` are listed, and with `owner`, in a user namespace of its own (USER_NAMESPACE).
+ * `cgroup.procs` are listed, and with `namespace`, in a user namespace of its own (userNamespace).
  * In that order: the filter and the cgroups are joined as the server, before any namespace.
  * `step`: a step's, whose launcher reports on STARTED_FD that its tool starts (ENTER_STEP).
  */
@@ -362,11 +383,11 @@ function bwrapCommand(
   filterFile: string | undefined,
   procsFiles: readonly string[],
   bwrapArgs: readonly string[],
-  { owner, step }: { owner: Owner | undefined; step: boolean },
+  { namespace, step }: { namespace: { owner: Owner; holder: string } | undefined; step: boolean },
 ): { command: string; args: string[] } {
-  if (!filterFile && procsFiles.length === 0 && !owner && !step) return { command: BWRAP, args: [...bwrapArgs] };
-  const script = (filterFile ? OPEN_FILTER : '') + JOIN_CGROUP + (owner ? USER_NAMESPACE : '') + (step ? ENTER_STEP : ENTER);
-  const ids = owner ? [String(owner.uid), String(owner.gid)] : [];
+  if (!filterFile && procsFiles.length === 0 && !namespace && !step) return { command: BWRAP, args: [...bwrapArgs] };
+  const script = (filterFile ? OPEN_FILTER : '') + JOIN_CGROUP + (namespace ? userNamespace(namespace.holder) : '') + (step ? ENTER_STEP : ENTER);
+  const ids = namespace ? [String(namespace.owner.uid), String(namespace.owner.gid)] : [];
   return { command: '/bin/sh', args: ['-c', script, filterFile ?? 'kiln-sandbox', ...procsFiles, '--', ...ids, BWRAP, ...bwrapArgs] };
 }
 
@@ -493,7 +514,8 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
   const cgroup = machine.cgroups
     ? await createStepCgroup(machine.cgroups, { maxProcesses: machine.limits.maxProcesses, memoryBytes: machine.limits.memoryMb * 1024 * 1024 })
     : undefined;
-  return jail(bwrapCommand(filterFile, cgroup?.procsFiles ?? [], bwrapArgs, { owner, step: true }), {
+  const namespace = owner && { owner, holder: await namespaceHolder() };
+  return jail(bwrapCommand(filterFile, cgroup?.procsFiles ?? [], bwrapArgs, { namespace, step: true }), {
     env,
     cgroup,
     limits: machine.limits,
@@ -591,7 +613,7 @@ function sharedPerms(owner: Owner | undefined): string[] {
 }
 
 /**
- * A root server's steps (`owner`): bwrap joins the user namespace on fd 5 (USER_NAMESPACE), where it
+ * A root server's steps (`owner`): bwrap joins the user namespace on fd 5 (userNamespace), where it
  * cannot take --unshare-user, --disable-userns or --uid; the seccomp filter refuses nested user
  * namespaces instead, and userSwitch sets the uid. Otherwise bwrap makes the user namespace,
  * mapping 1000 to the server's own uid.
