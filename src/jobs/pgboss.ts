@@ -2,6 +2,7 @@ import { sql } from 'drizzle-orm';
 import { setTimeout as delay } from 'node:timers/promises';
 import { type DrizzleTransactionLike, fromDrizzle, PgBoss } from 'pg-boss';
 import { rowsOf, type Tx } from '../db/client.js';
+import { DATABASE_SILENCE_LIMIT_MS } from '../db/outage.js';
 import type { Logger } from '../observability/logger.js';
 import { currentTraceCarrier, type TraceCarrier } from '../observability/tracing.js';
 import type { JobQueue, JobTaker } from './queue.js';
@@ -39,6 +40,8 @@ export interface PgBossQueueOptions {
   /** Whether this process takes jobs (ROLE=worker or all) or only sends them (ROLE=api). */
   consumer: boolean;
   logger: Logger;
+  /** How long a pg-boss statement may go unanswered before its connection is dropped; DATABASE_SILENCE_LIMIT_MS unless a test shortens it. */
+  silenceLimitMs?: number;
 }
 
 export async function createPgBossQueue(options: PgBossQueueOptions): Promise<JobQueue & { boss: PgBoss }> {
@@ -55,6 +58,11 @@ export async function createPgBossQueue(options: PgBossQueueOptions): Promise<Jo
     supervise: options.consumer,
     schedule: false,
     migrate: true,
+    // pg-boss hands its whole configuration to node-postgres (pool and LISTEN client), which
+    // its types do not list. A connection gone silent (a failover leaving half-open sockets)
+    // would hold a statement for the 10-15 minutes TCP takes to give up: past this limit the
+    // statement fails and pg-pool destroys its connection, so the next one opens a new one.
+    ...{ query_timeout: options.silenceLimitMs ?? DATABASE_SILENCE_LIMIT_MS },
   });
   boss.on('error', (error: unknown) => log.warn({ err: error }, 'pg-boss reported an error; it keeps retrying'));
   // E.g. listen_notify_unavailable behind a transaction pooler: workers then poll every 2 s.
