@@ -54,6 +54,9 @@ export function watchForSilence(limitMs: number): (options: ConnectOptions) => D
   };
 }
 
+/** How much of a write goes to the socket at a time (see WatchedSocket.writeFrom). */
+const WRITE_PIECE_BYTES = 64 * 1024;
+
 function silenceError(limitMs: number): Error {
   // ETIMEDOUT: a connection error to isConnectionError, as TCP's own give-up would be.
   return Object.assign(new Error(`The database sent nothing for ${limitMs / 1000} s while a reply was awaited; the connection is dropped.`), {
@@ -107,7 +110,23 @@ class WatchedSocket extends Duplex {
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
     this.awaitingSince ??= performance.now();
-    this.inner.write(chunk, callback);
+    this.writeFrom(chunk, 0, callback);
+  }
+
+  /**
+   * Writes `chunk` a piece at a time: each piece the kernel takes restarts the wait, so a
+   * statement still going out (a bundle's blobs in one INSERT, up to ~136 MB of hex, over a
+   * slow uplink) is not taken for silence. A vanished host stops taking bytes once the
+   * kernel's send buffer is full, and is caught one limit later.
+   */
+  private writeFrom(chunk: Buffer, from: number, callback: (error?: Error | null) => void): void {
+    const to = Math.min(chunk.length, from + WRITE_PIECE_BYTES);
+    this.inner.write(chunk.subarray(from, to), (error) => {
+      if (error) return callback(error);
+      if (this.awaitingSince !== undefined) this.awaitingSince = performance.now();
+      if (to < chunk.length) this.writeFrom(chunk, to, callback);
+      else callback();
+    });
   }
 
   override _final(callback: (error?: Error | null) => void): void {

@@ -174,11 +174,13 @@ let holderOnce: Promise<string> | undefined;
  * step's process group, whose end the step runner waits for.
  */
 function namespaceHolder(): Promise<string> {
-  holderOnce ??= runProcess({ command: SETPRIV, args: ['--pdeathsig', 'KILL', '--', '/usr/bin/true'], env: {} }, 10_000).then((result) =>
-    'stdout' in result && result.exitCode === 0
+  holderOnce ??= runProcess({ command: SETPRIV, args: ['--pdeathsig', 'KILL', '--', '/usr/bin/true'], env: {} }, 10_000).then((result) => {
+    // Kept only once setpriv has answered: a spawner that failed or a host too busy asks again.
+    if (!('stdout' in result) || result.timedOut) holderOnce = undefined;
+    return 'stdout' in result && result.exitCode === 0
       ? `${SETPRIV} --pdeathsig KILL -- ${UNSHARE} --user -- /bin/sh -c '[ "$PPID" = "$0" ] && exec ${SLEEP} 600' $$`
-      : `${UNSHARE} --user -- ${SLEEP} 600`,
-  );
+      : `${UNSHARE} --user -- ${SLEEP} 600`;
+  });
   return holderOnce;
 }
 const ENTER = 'exec "$@"';
