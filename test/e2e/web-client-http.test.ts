@@ -38,6 +38,12 @@ async function generate(page: Page, url: string, prompt: string) {
   await page.getByRole('button', { name: 'Generate' }).click();
 }
 
+/** Resolves once the build log shows every step with its status, as a finished generation shows it. */
+async function everyStepWithItsStatus(page: Page) {
+  const steps = buildLog(page).locator('section');
+  await expect.poll(async () => (await steps.count()) > 0 && (await steps.count()) === (await buildLog(page).locator('.tag').count()), { timeout: 30_000 }).toBe(true);
+}
+
 /** Resolves once the page has rendered what it had received: the client adds what arrives once a frame. */
 const rendered = (page: Page) => page.evaluate(() => new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve))));
 
@@ -52,9 +58,7 @@ describe.skipIf(chromiumMissing)('the web client without a WebSocket', () => {
       // A first build that fails, fixed in round 1: the log has the steps of both rounds.
       await generate(page, suite.server.url, 'A reading list with a build error');
       await expect.poll(() => textOf(page.getByRole('region', { name: 'Fix rounds' })), { timeout: 60_000 }).toContain('Round 1: SUCCEEDED');
-      // Every step with its status, as a finished generation shows it.
-      const steps = buildLog(page).locator('section');
-      await expect.poll(async () => (await steps.count()) > 0 && (await steps.count()) === (await buildLog(page).locator('.tag').count()), { timeout: 30_000 }).toBe(true);
+      await everyStepWithItsStatus(page);
       const live = await textOf(buildLog(page));
       expect(live).toMatch(/analyze · fix round 1/);
 
@@ -107,8 +111,7 @@ describe.skipIf(chromiumMissing)('the web client without a WebSocket, for a buil
     try {
       await generate(page, flooded.server.url, 'A reading list');
       await expect.poll(() => textOf(page.getByRole('status')), { timeout: 60_000 }).toMatch(/SUCCEEDED|FAILED/);
-      const steps = buildLog(page).locator('section');
-      await expect.poll(async () => (await steps.count()) > 0 && (await steps.count()) === (await buildLog(page).locator('.tag').count()), { timeout: 30_000 }).toBe(true);
+      await everyStepWithItsStatus(page);
       const live = (await textOf(buildLog(page))).trimEnd().split('\n');
       expect(live.length).toBeGreaterThan(1000);
 
