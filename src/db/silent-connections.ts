@@ -82,8 +82,7 @@ class WatchedSocket extends Duplex {
     address: { host?: string; port?: number },
   ) {
     // 'close' is the socket's own, when the socket is gone (after what an 'error' rejected has
-    // queued on it, which postgres.js then drops) and with its hadError: false when the watchdog
-    // ended it, so postgres.js also rejects what was queued meanwhile, to be retried.
+    // queued on it, which postgres.js then drops).
     super({ emitClose: false });
     this.host = address.host;
     this.port = address.port;
@@ -93,9 +92,14 @@ class WatchedSocket extends Duplex {
     });
     inner.on('end', () => this.push(null));
     inner.on('error', (error) => this.destroy(error));
+    // Once connected, a close by error is passed on as a plain close: postgres.js rejects what
+    // was written between the error and the close only then (CONNECTION_CLOSED, retried); with
+    // hadError it would wait on it for ever. A refused connect keeps it, for the backoff.
+    let connected = false;
+    inner.once('connect', () => (connected = true));
     inner.on('close', (hadError: boolean) => {
       this.destroy();
-      this.emit('close', hadError);
+      this.emit('close', hadError && !connected);
     });
   }
 
