@@ -54,15 +54,11 @@ export async function createStepCgroup(
   const dirs = layout.version === 2 ? [join(layout.base, name)] : [join(layout.pidsBase, name), join(layout.memoryBase, name)];
   const [pidsDir, memoryDir] = layout.version === 2 ? [dirs[0]!, dirs[0]!] : [dirs[0]!, dirs[1]!];
   const created: string[] = [];
+  // v1's controllers are folders of their own: each is made, limited and removed alongside the other.
   const remove = async () => {
-    for (const dir of created) await removeWhenEmpty(dir);
+    await Promise.all(created.map(removeWhenEmpty));
   };
-  try {
-    for (const dir of dirs) {
-      await mkdir(dir);
-      created.push(dir);
-    }
-    await writeFile(join(pidsDir, 'pids.max'), String(limits.maxProcesses));
+  const memoryLimits = async () => {
     if (layout.version === 2) {
       await writeFile(join(memoryDir, 'memory.max'), String(limits.memoryBytes));
       await writeFile(join(memoryDir, 'memory.swap.max'), '0').catch(() => undefined);
@@ -71,6 +67,16 @@ export async function createStepCgroup(
       // Without it the group could swap past its limit (absent when swap accounting is off).
       await writeFile(join(memoryDir, 'memory.memsw.limit_in_bytes'), String(limits.memoryBytes)).catch(() => undefined);
     }
+  };
+  try {
+    // Settled, not raced: a folder made while the other failed is removed too.
+    await allOrFirstError(
+      dirs.map(async (dir) => {
+        await mkdir(dir);
+        created.push(dir);
+      }),
+    );
+    await allOrFirstError([writeFile(join(pidsDir, 'pids.max'), String(limits.maxProcesses)), memoryLimits()]);
   } catch (error) {
     await remove();
     throw error;
@@ -85,6 +91,12 @@ export async function createStepCgroup(
     },
     remove,
   };
+}
+
+/** Waits for every one of `work`, then throws the first failure, if any. */
+async function allOrFirstError(work: Promise<void>[]): Promise<void> {
+  const failed = (await Promise.allSettled(work)).find((result) => result.status === 'rejected');
+  if (failed) throw failed.reason;
 }
 
 /** `name N` from a flat-keyed cgroup file; 0 when absent. */

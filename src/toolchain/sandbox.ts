@@ -116,6 +116,8 @@ const UNSHARE = '/usr/bin/unshare';
 const SETPRIV = '/usr/bin/setpriv';
 const SLEEP = '/usr/bin/sleep';
 const DD = '/usr/bin/dd';
+/** The wrapper shell of a root server's steps where it is installed: its printf writes a map in one write(2). */
+const DASH = '/bin/dash';
 const HOME = '/tmp/home';
 /** What the launcher writes on STARTED_FD as the tool starts: a step without it failed in its sandbox's set-up. */
 const TOOL_STARTS = 'kiln-build-tool-starts';
@@ -141,35 +143,69 @@ const JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift;
  * root and 1000 the steps' host user ("$1", gid "$2"), opened as fd 5 for `bwrap --userns 5`.
  * bwrap sets the sandbox up as that root (it binds folders only root may reach, as it always
  * did), then setpriv drops to 1000 (userSwitch). `unshare` holds the namespace until the maps are
- * written (each in one write(2), which the kernel requires: dd of a whole block) and fd 5
+ * written (each in one write(2), which the kernel requires: dash's printf, which writes its output
+ * at once, or where there is no dash, dd of a whole block; bash's printf writes line by line) and fd 5
  * is open. Fails closed (exit 125, bwrap never runs): a namespace that is not new (the holder
  * could not make one, or has gone), or whose maps someone wrote before us, is never used. (dash
  * reaps a holder that died at once, so its pid could in theory be another's by the time the maps
  * are written: the kernel takes a map once, and the writes fail or the fd is checked below.)
  * The holder (`holder`, namespaceHolder's), root's, is killed and reaped once fd 5 is open, and
  * when a step fails before that; one that outlives a shell killed meanwhile (a probe's timeout)
- * gets its parent-death signal where setpriv has one.
+ * gets its parent-death signal where setpriv has one. A step's `rlimits` (prlimit's options) are
+ * the wrapper's own from then on, bwrap's and all it starts: set while the holder starts, they
+ * cost the step no program of its own in the sandbox.
  */
-function userNamespace(holder: string): string {
+function userNamespace({ holder, shell }: NamespaceTools, rlimits: readonly string[]): string {
   const fail = '{ kill -KILL $h; exit 125; }';
+  const map = (id: string) => `0 0 1\n${SANDBOX_UID} ${id} 1\n`;
+  // dash's printf needs no process at all. dd: both at once (`wait` gives the first one's status),
+  // each fed by a here-document, which the shell writes into dd's pipe itself.
+  const writeMaps =
+    shell === DASH
+      ? [
+          ['uid_map', '$1'],
+          ['gid_map', '$2'],
+        ].map(([file, id]) => `printf '0 0 1\\n${SANDBOX_UID} %s 1\\n' "${id}" > /proc/$h/${file} || { echo "could not write the user namespace's ${file}" >&2; kill -KILL $h; exit 125; }`)
+      : [
+          `${DD} of=/proc/$h/uid_map bs=64 iflag=fullblock status=none <<EOF & m=$!\n${map('$1')}EOF`,
+          `${DD} of=/proc/$h/gid_map bs=64 iflag=fullblock status=none <<EOF || ${fail}\n${map('$2')}EOF`,
+          `wait $m || ${fail}`,
+        ];
   return [
     `${holder} </dev/null >/dev/null 2>&1 3>&- 4<&- & h=$!`,
+    // While the holder starts: the step's rlimits, which bwrap and all it starts inherit (the holder, started before, keeps the server's).
+    ...(rlimits.length > 0 ? [`${PRLIMIT} --pid $$ ${rlimits.join(' ')} || ${fail}`] : []),
     // Until the holder is in its new namespace (or gone: then the writes below fail).
     'while [ /proc/$h/ns/user -ef /proc/$$/ns/user ]; do :; done',
-    `printf '0 0 1\n${SANDBOX_UID} %s 1\n' "$1" | ${DD} of=/proc/$h/uid_map bs=64 iflag=fullblock status=none || ${fail}`,
-    `printf '0 0 1\n${SANDBOX_UID} %s 1\n' "$2" | ${DD} of=/proc/$h/gid_map bs=64 iflag=fullblock status=none || ${fail}`,
+    ...writeMaps,
     `exec 5</proc/$h/ns/user || ${fail}`,
     'kill -KILL $h; wait $h 2>/dev/null',
     '[ /proc/$$/fd/5 -ef /proc/$$/ns/user ] && exit 125',
-    'shift 2; ',
-  ].join('; ');
+    'shift 2\n',
+  ].join('\n');
+}
+
+/** How a root server's steps make their user namespace (userNamespace). */
+interface NamespaceTools {
+  holder: string;
+  /** The wrapper shell: dash where it is installed, else /bin/sh (which dd then writes the maps for). */
+  shell: string;
+}
+
+let shellOnce: Promise<string> | undefined;
+async function namespaceTools(): Promise<NamespaceTools> {
+  shellOnce ??= isExecutable(DASH).then((dash) => (dash ? DASH : '/bin/sh'));
+  const [holder, shell] = await Promise.all([namespaceHolder(), shellOnce]);
+  return { holder, shell };
 }
 
 let holderOnce: Promise<string> | undefined;
 /**
- * What holds a step's new user namespace until bwrap has it: `unshare` then `sleep`, under
- * SIGKILL as its parent-death signal (checking that its parent is still the shell once that is
- * set) where setpriv has `--pdeathsig` (util-linux 2.33; RHEL 8 and Ubuntu 18.04 have older).
+ * What holds a step's new user namespace until bwrap has it: `unshare`, then, where setpriv has
+ * `--pdeathsig` (util-linux 2.33; RHEL 8 and Ubuntu 18.04 have older), SIGKILL as its parent-death
+ * signal and a shell that checks its parent is still the wrapper once that is set and stops itself
+ * (SIGKILL ends a stopped process, and it runs nothing more); elsewhere `sleep`. `unshare` comes
+ * first: the wrapper waits only for the namespace, and writes the maps while the rest starts.
  * One process however it is made: the shell kills and reaps it, and nothing of it is left in the
  * step's process group, whose end the step runner waits for.
  */
@@ -178,7 +214,7 @@ function namespaceHolder(): Promise<string> {
     // Kept only once setpriv has answered: a spawner that failed or a host too busy asks again.
     if (!('stdout' in result) || result.timedOut) holderOnce = undefined;
     return 'stdout' in result && result.exitCode === 0
-      ? `${SETPRIV} --pdeathsig KILL -- ${UNSHARE} --user -- /bin/sh -c '[ "$PPID" = "$0" ] && exec ${SLEEP} 600' $$`
+      ? `${UNSHARE} --user -- ${SETPRIV} --pdeathsig KILL -- /bin/sh -c '[ "$PPID" = "$0" ] && kill -STOP $$' $$`
       : `${UNSHARE} --user -- ${SLEEP} 600`;
   });
   return holderOnce;
@@ -271,10 +307,11 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
   if (!prlimit) {
     log.warn({ missing: PRLIMIT }, 'build steps run without their rlimits (processes, file size, core dumps, priority, open files): install util-linux (prlimit)');
   }
-  const runFirst = [
-    ...((await isExecutable(NICE)) ? [NICE, '-n', String(STEP_NICENESS)] : []),
-    ...(prlimit ? rlimitArgs(settings.limits, stepOwner !== undefined && cgroups !== undefined) : []),
-  ];
+  const rlimits = prlimit ? rlimitOptions(settings.limits, stepOwner !== undefined && cgroups !== undefined) : [];
+  // A root server's wrapper shell sets the rlimits on itself while the namespace's holder starts (userNamespace): one program fewer before the tool.
+  const runFirst = [...((await isExecutable(NICE)) ? [NICE, '-n', String(STEP_NICENESS)] : []), ...(rlimits.length > 0 && !stepOwner ? [PRLIMIT, ...rlimits, '--'] : [])];
+  // The host's system folders are as they were at start: looked at once, not for every step.
+  const system = await systemMounts();
   const hidden = { ...settings.hiddenDirs, "the server's working directory": process.cwd(), "Kiln's own folder": KILN_FOLDER };
   const enforcement = cgroups ? (cgroups.version === 2 ? 'cgroup v2' : 'cgroup v1') : 'rlimits and polling';
   const hostUid = stepOwner?.uid ?? serverUid;
@@ -299,6 +336,8 @@ export async function createBuildSandbox(settings: SandboxSettings, logger: Logg
           limits: settings.limits,
           cgroups,
           runFirst,
+          wrapperRlimits: stepOwner ? rlimits : [],
+          system,
           seccomp,
           hidden,
           owner: stepOwner,
@@ -337,7 +376,7 @@ async function probeWith(seccomp: Buffer | undefined, owner?: Owner): Promise<st
   let result: Awaited<ReturnType<typeof runProcess>>;
   try {
     const filterFile = dir ? await filterFileIn(dir, seccomp!) : undefined;
-    const namespace = owner && { owner, holder: await namespaceHolder() };
+    const namespace = owner && { owner, ...(await namespaceTools()) };
     result = await runProcess({ ...bwrapCommand(filterFile, [], args, { namespace, step: false }), env: {} }, 10_000);
   } finally {
     if (dir) await rm(dir, { recursive: true, force: true });
@@ -351,6 +390,10 @@ interface Machine {
   cgroups: CgroupLayout | undefined;
   /** Inside the sandbox, before the tool: its priority and rlimits (nice, prlimit), where the host has them. */
   runFirst: string[];
+  /** prlimit's options, for a root server's wrapper shell to set on itself (and bwrap, which it becomes) instead. */
+  wrapperRlimits: string[];
+  /** systemMounts(). */
+  system: { args: string[]; dirs: string[] };
   /** The seccomp filter (seccomp.ts); undefined on an architecture it does not know. */
   seccomp: Buffer | undefined;
   /** Folders no step may see, by the setting that names them. */
@@ -385,12 +428,12 @@ function bwrapCommand(
   filterFile: string | undefined,
   procsFiles: readonly string[],
   bwrapArgs: readonly string[],
-  { namespace, step }: { namespace: { owner: Owner; holder: string } | undefined; step: boolean },
+  { namespace, step }: { namespace: ({ owner: Owner; rlimits?: readonly string[] } & NamespaceTools) | undefined; step: boolean },
 ): { command: string; args: string[] } {
   if (!filterFile && procsFiles.length === 0 && !namespace && !step) return { command: BWRAP, args: [...bwrapArgs] };
-  const script = (filterFile ? OPEN_FILTER : '') + JOIN_CGROUP + (namespace ? userNamespace(namespace.holder) : '') + (step ? ENTER_STEP : ENTER);
+  const script = (filterFile ? OPEN_FILTER : '') + JOIN_CGROUP + (namespace ? userNamespace(namespace, namespace.rlimits ?? []) : '') + (step ? ENTER_STEP : ENTER);
   const ids = namespace ? [String(namespace.owner.uid), String(namespace.owner.gid)] : [];
-  return { command: '/bin/sh', args: ['-c', script, filterFile ?? 'kiln-sandbox', ...procsFiles, '--', ...ids, BWRAP, ...bwrapArgs] };
+  return { command: namespace?.shell ?? '/bin/sh', args: ['-c', script, filterFile ?? 'kiln-sandbox', ...procsFiles, '--', ...ids, BWRAP, ...bwrapArgs] };
 }
 
 async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Machine): Promise<Jail | { missing: 'ENOENT' | 'EACCES' }> {
@@ -407,7 +450,7 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
       binDirs.unshift(dirname(node.real));
     }
   }
-  const system = await systemMounts();
+  const { system } = machine;
   const masks = await masksOver(machine.hidden, system.dirs, toolchain);
   // A system folder's toolchain (Debian's /usr/bin/node) may hold the workspace where a mask
   // hides the workspaces around it (Kiln in /usr/src/app): the step's own is bound again alone.
@@ -516,7 +559,7 @@ async function enterBwrap(step: StepCommand, stepAccess: StepAccess, machine: Ma
   const cgroup = machine.cgroups
     ? await createStepCgroup(machine.cgroups, { maxProcesses: machine.limits.maxProcesses, memoryBytes: machine.limits.memoryMb * 1024 * 1024 })
     : undefined;
-  const namespace = owner && { owner, holder: await namespaceHolder() };
+  const namespace = owner && { owner, ...(await namespaceTools()), rlimits: machine.wrapperRlimits };
   return jail(bwrapCommand(filterFile, cgroup?.procsFiles ?? [], bwrapArgs, { namespace, step: true }), {
     env,
     cgroup,
@@ -557,8 +600,9 @@ function jail(
     toolStarted: () => toolStarted,
     async release() {
       // The last look at the limits once nothing of the step runs: none of it can move files out of du's way then.
-      if (sandboxInit !== undefined) await vanished(sandboxInit);
-      const exceeded = await watch?.stop();
+      // Without the init's pid, all there was to wait for is bwrap, whose group the step runner waited for.
+      const ended = sandboxInit === undefined || (await vanished(sandboxInit));
+      const exceeded = await watch?.stop(ended);
       await context.cgroup?.remove();
       // What the step wrote into the project's Flutter lock goes with it.
       if (context.emptiedAfter) await truncate(context.emptiedAfter).catch(() => undefined);
@@ -683,9 +727,8 @@ function roBindTry(paths: string[]): string[] {
  * first, silently to the watch, which reads the cgroup's count of refusals: twice the limit, it
  * stays a backstop and the cgroup's limit, which the build log names, is the one reached.
  */
-function rlimitArgs(limits: StepLimits, behindCgroup: boolean): string[] {
+function rlimitOptions(limits: StepLimits, behindCgroup: boolean): string[] {
   return [
-    PRLIMIT,
     // Counted per sandbox (its user namespace's), whoever the server is; without a cgroup the watch counts too.
     `--nproc=${limits.maxProcesses * (behindCgroup ? 2 : 1)}`,
     // One file cannot outgrow the workspace limit, however fast it is written.
@@ -696,7 +739,6 @@ function rlimitArgs(limits: StepLimits, behindCgroup: boolean): string[] {
     // Not the server's own (Node raises it to the hard limit): each descriptor is one more for
     // the disk watch to read (step-limits.ts), and npm, vite and flutter need far fewer.
     `--nofile=${STEP_MAX_OPEN_FILES}`,
-    '--',
   ];
 }
 
@@ -791,11 +833,12 @@ async function isExecutable(path: string): Promise<boolean> {
   );
 }
 
-/** Resolves once `pid` has exited (or is a zombie waiting to be reaped), within a few seconds. */
-async function vanished(pid: number): Promise<void> {
+/** Whether `pid` has exited (or is a zombie waiting to be reaped) within a few seconds. */
+async function vanished(pid: number): Promise<boolean> {
   for (let attempt = 0; attempt < 1000; attempt++) {
     const state = (await readProcStat(pid))?.state;
-    if (state === undefined || state === 'Z') return;
+    if (state === undefined || state === 'Z') return true;
     await delay(5);
   }
+  return false;
 }

@@ -26,8 +26,11 @@ export interface LimitWatchOptions {
 }
 
 export interface LimitWatch {
-  /** Stops watching after a last look; resolves with the message of a passed limit, if any. */
-  stop(): Promise<string | undefined>;
+  /**
+   * Stops watching after a last look; resolves with the message of a passed limit, if any.
+   * `ended`: nothing of the step runs any more, so the look skips its processes (a read of all of /proc).
+   */
+  stop(ended: boolean): Promise<string | undefined>;
 }
 
 const TICK_MS = 200;
@@ -55,11 +58,12 @@ export function watchLimits(options: LimitWatchOptions): LimitWatch {
   let running: Promise<void> = Promise.resolve();
   const held = heldDeletedFiles();
 
-  const check = async (withDisk: boolean) => {
+  const check = async (withDisk: boolean, ended = false) => {
     // One look at the step's processes serves the limits a cgroup does not count and the disk's held files.
-    const root = options.rootPid?.();
+    const root = ended ? undefined : options.rootPid?.();
     const tree = root !== undefined && (withDisk || !options.cgroup) ? await processTree(root) : undefined;
-    const found = (await treeLimit(options, tree)) ?? (withDisk ? await diskLimit(options, tree, held) : undefined);
+    const [treeFound, diskFound] = await Promise.all([treeLimit(options, tree), withDisk ? diskLimit(options, tree, held) : undefined]);
+    const found = treeFound ?? diskFound;
     if (found && !exceeded) {
       exceeded = found;
       options.onExceeded(found);
@@ -75,11 +79,11 @@ export function watchLimits(options: LimitWatchOptions): LimitWatch {
   schedule();
 
   return {
-    stop: async () => {
+    stop: async (ended) => {
       stopped = true;
       clearTimeout(timer);
       await running;
-      if (!exceeded) await check(true);
+      if (!exceeded) await check(true, ended);
       return exceeded;
     },
   };
