@@ -1,5 +1,4 @@
-import { mkdir, readFile } from 'node:fs/promises';
-import { createRequire } from 'node:module';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'drizzle-orm';
 import type { ExtractTablesWithRelations } from 'drizzle-orm';
@@ -58,8 +57,6 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
       close: () => client.end({ timeout: 5 }),
     };
   }
-  // Begun before the data dir's lock and seeding; a failure is thrown by openPglite.
-  compilePglite().catch(() => {});
   if (!options.dataDir) return openPglite(undefined, logger);
   await mkdir(options.dataDir, { recursive: true });
   const release = await lockDataDir(options.dataDir, { waitMs: options.dataDirWaitMs ?? 30_000, onWait: options.onDataDirBusy });
@@ -82,13 +79,12 @@ function namesSeveralHosts(url: string): boolean {
 
 /** PGlite in `dataDir` (in memory without one), as it is; openDatabase seeds a fresh one first. */
 export async function openPglite(dataDir: string | undefined, logger?: Logger): Promise<Database> {
-  const [{ PGlite }, { drizzle: drizzlePglite }, { PreparedPglite }, pgliteWasmModule] = await Promise.all([
+  const [{ PGlite }, { drizzle: drizzlePglite }, { PreparedPglite }] = await Promise.all([
     import('@electric-sql/pglite'),
     import('drizzle-orm/pglite'),
     import('./pglite-prepared.js'),
-    compilePglite(),
   ]);
-  const client = new PGlite(dataDir, { pgliteWasmModule, startParams: [...PGlite.defaultStartParams, ...EMBEDDED_SETTINGS] });
+  const client = new PGlite(dataDir, { startParams: [...PGlite.defaultStartParams, ...EMBEDDED_SETTINGS] });
   await client.waitReady;
   return {
     kind: 'pglite',
@@ -97,24 +93,6 @@ export async function openPglite(dataDir: string | undefined, logger?: Logger): 
     execScript: async (text) => void (await client.exec(text)),
     close: () => client.close(),
   };
-}
-
-let pgliteWasm: Promise<WebAssembly.Module> | undefined;
-
-/**
- * PGlite's WebAssembly, compiled once a process. Left to PGlite, the 9 MB module is compiled
- * only once its JavaScript has loaded, and the main thread waits; begun first, V8 compiles it
- * on other threads meanwhile (about 100 ms of a start). Every later PGlite of the process
- * (tests open many) only instantiates it.
- */
-function compilePglite(): Promise<WebAssembly.Module> {
-  pgliteWasm ??= readFile(path.join(path.dirname(createRequire(import.meta.url).resolve('@electric-sql/pglite')), 'pglite.wasm'))
-    .then((bytes) => WebAssembly.compile(bytes))
-    .catch((error: unknown) => {
-      pgliteWasm = undefined; // the next open tries again
-      throw error;
-    });
-  return pgliteWasm;
 }
 
 /**
