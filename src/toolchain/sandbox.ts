@@ -159,7 +159,7 @@ function userNamespace({ holder, shell }: NamespaceTools, rlimits: readonly stri
   const fail = '{ kill -KILL $h; exit 125; }';
   const map = (id: string) => `0 0 1\n${SANDBOX_UID} ${id} 1\n`;
   // dash's printf needs no process at all. dd: both at once (`wait` gives the first one's status),
-  // each fed by a here-document, which the shell writes into dd's pipe itself.
+  // each fed by a here-document, which the shell supplies itself (no printf process).
   const writeMaps =
     shell === DASH
       ? [
@@ -201,11 +201,12 @@ async function namespaceTools(): Promise<NamespaceTools> {
 
 let holderOnce: Promise<string> | undefined;
 /**
- * What holds a step's new user namespace until bwrap has it: `unshare`, then, where setpriv has
- * `--pdeathsig` (util-linux 2.33; RHEL 8 and Ubuntu 18.04 have older), SIGKILL as its parent-death
- * signal and a shell that checks its parent is still the wrapper once that is set and stops itself
- * (SIGKILL ends a stopped process, and it runs nothing more); elsewhere `sleep`. `unshare` comes
- * first: the wrapper waits only for the namespace, and writes the maps while the rest starts.
+ * What holds a step's new user namespace until bwrap has it: `unshare`, under SIGKILL as its
+ * parent-death signal where setpriv has `--pdeathsig` (util-linux 2.33; RHEL 8 and Ubuntu 18.04
+ * have older), then a shell that checks its parent is still the wrapper once that is set and stops
+ * itself (SIGKILL ends a stopped process); elsewhere `sleep`. setpriv comes first and the shell
+ * execs nothing: an exec that gains capabilities (any exec once the wrapper has mapped uid 0)
+ * makes the kernel clear the parent-death signal, and the holder would be left stopped for ever.
  * One process however it is made: the shell kills and reaps it, and nothing of it is left in the
  * step's process group, whose end the step runner waits for.
  */
@@ -214,7 +215,7 @@ function namespaceHolder(): Promise<string> {
     // Kept only once setpriv has answered: a spawner that failed or a host too busy asks again.
     if (!('stdout' in result) || result.timedOut) holderOnce = undefined;
     return 'stdout' in result && result.exitCode === 0
-      ? `${UNSHARE} --user -- ${SETPRIV} --pdeathsig KILL -- /bin/sh -c '[ "$PPID" = "$0" ] && kill -STOP $$' $$`
+      ? `${SETPRIV} --pdeathsig KILL -- ${UNSHARE} --user -- /bin/sh -c '[ "$PPID" = "$0" ] && kill -STOP $$' $$`
       : `${UNSHARE} --user -- ${SLEEP} 600`;
   });
   return holderOnce;
@@ -388,7 +389,7 @@ async function probeWith(seccomp: Buffer | undefined, owner?: Owner): Promise<st
 interface Machine {
   limits: StepLimits;
   cgroups: CgroupLayout | undefined;
-  /** Inside the sandbox, before the tool: its priority and rlimits (nice, prlimit), where the host has them. */
+  /** Inside the sandbox, before the tool: its priority (nice) and, unless the wrapper sets them (wrapperRlimits), its rlimits (prlimit), where the host has them. */
   runFirst: string[];
   /** prlimit's options, for a root server's wrapper shell to set on itself (and bwrap, which it becomes) instead. */
   wrapperRlimits: string[];
