@@ -21,6 +21,8 @@ const LIMITS = { memoryMb: 512, maxProcesses: 128, workspaceMb: 64, tmpMb: 32 };
 const rootServer = process.getuid?.() === 0;
 const notRootWhy = rootServer ? '' : ' (skipped: only a root server makes a user namespace per step)';
 const cgroupsWhy = (await findCgroups()) ? '' : ' (skipped: this server may not create a cgroup)';
+// The holder dies with its wrapper only where setpriv has --pdeathsig (util-linux 2.33); elsewhere it sleeps out its 10 minutes.
+const setprivKillsWithParent = spawnSync('/usr/bin/setpriv', ['--pdeathsig', 'KILL', '--', '/usr/bin/true']).status === 0;
 
 describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before its tool runs${why}`, () => {
   let sandbox: BuildSandbox;
@@ -148,6 +150,28 @@ describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before i
           // the group is gone already
         }
         if (holder !== undefined && !(await endsWithin(holder, 0))) process.kill(holder, 'SIGKILL');
+        await jail.release();
+      }
+    });
+
+    it.skipIf(!setprivKillsWithParent)("kills the namespace holder with a wrapper that ends after writing the maps, the holder's shell already stopped", async () => {
+      // The holder's parent-death signal must outlive the maps: an exec after uid 0 is mapped gains capabilities, and the kernel then clears it.
+      const jail = (await sandbox.forStep({ tool: 'flutter', fetch: false, cacheDir: join(root, 'workspaces', 'project', '.cache') })!.enter({ command: tool, args: ['true'], cwd: workspace, env: buildEnv() })) as Jail;
+      const script = jail.args.indexOf('-c') + 1;
+      const openNamespace = 'exec 5</proc/$h/ns/user';
+      expect(jail.args[script]).toContain(openNamespace);
+      // Instead of opening the namespace: wait for the holder to stop itself, say which it is, and end without killing it.
+      jail.args[script] = jail.args[script]!.replace(openNamespace, `until grep -q '^State:[[:space:]]*T' /proc/$h/status; do :; done; echo "holder $h" >&2; exit 0`);
+      const wrapper = spawn(jail.command, jail.args, { env: jail.env, detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      wrapper.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      const code = await new Promise((resolve) => wrapper.once('close', resolve));
+      const holder = Number(/holder (\d+)/.exec(stderr)?.[1]);
+      expect({ code, holder: Number.isInteger(holder) }).toEqual({ code: 0, holder: true });
+      try {
+        expect(await endsWithin(holder, 10_000)).toBe(true);
+      } finally {
+        if (!(await endsWithin(holder, 0))) process.kill(holder, 'SIGKILL');
         await jail.release();
       }
     });
