@@ -165,7 +165,7 @@ function userNamespace({ holder, shell }: NamespaceTools, rlimits: readonly stri
       ? [
           ['uid_map', '$1'],
           ['gid_map', '$2'],
-        ].map(([file, id]) => `printf '0 0 1\\n${SANDBOX_UID} %s 1\\n' "${id}" > /proc/$h/${file} || { echo "could not write the user namespace's ${file}" >&2; kill -KILL $h; exit 125; }`)
+        ].map(([file, id]) => `printf '0 0 1\\n${SANDBOX_UID} %s 1\\n' "${id}" > /proc/$h/${file} || { echo "could not write the user namespace's ${file}" >&2; ${fail}; }`)
       : [
           `${DD} of=/proc/$h/uid_map bs=64 iflag=fullblock status=none <<EOF & m=$!\n${map('$1')}EOF`,
           `${DD} of=/proc/$h/gid_map bs=64 iflag=fullblock status=none <<EOF || ${fail}\n${map('$2')}EOF`,
