@@ -1,5 +1,5 @@
 import { PGlite, types } from '@electric-sql/pglite';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { PreparedPglite } from '../src/db/pglite-prepared.js';
 
 // The embedded database's statements are prepared once (src/db/pglite-prepared.ts): what
@@ -235,9 +235,50 @@ describe('PGlite with prepared statements', () => {
     await prepared.query('create table other (id int)');
     await prepared.transaction((tx) => tx.query('insert into other values (1)').then(() => tx.query('alter table other add column name text')));
     expect((await prepared.query('select * from other')).rows).toEqual([{ id: 1, name: null }]);
-    const many = Array.from({ length: 20 }, (_, i) => i);
-    const list = many.map((_, i) => `$${i + 1}`).join(', ');
-    expect((await prepared.query(`select count(*)::int as count from other where id in (${list})`, many)).rows).toEqual([{ count: 1 }]);
     await prepared.query('drop table other');
+  });
+
+  it('runs a batch (a long parameter list) as PGlite query does, in two calls, and keeps none of it', async () => {
+    // Six rows of three parameters: a text per row count, so never kept.
+    const insertOf = (rows: number) =>
+      `insert into things (n, big, doc) values ${Array.from({ length: rows }, (_, r) => `($${r * 3 + 1}, $${r * 3 + 2}, $${r * 3 + 3})`).join(', ')} returning n, big, doc`;
+    const rowsFrom = (first: number, count: number) => Array.from({ length: count }, (_, r) => [first + r, r === 1 ? null : 9_007_199_254_740_993n, r === 2 ? undefined : { r, tags: ['x', null] }]).flat();
+    const before = await preparedCount();
+    const calls = vi.spyOn(pg, 'execProtocol');
+    const ours = await prepared.query(insertOf(6), rowsFrom(100, 6));
+    // Parse and describe, then bind and execute; none of PGlite's own query.
+    expect(calls).toHaveBeenCalledTimes(2);
+    calls.mockRestore();
+    expect(ours).toEqual({ ...(await pg.query(insertOf(6), rowsFrom(200, 6))), rows: ours.rows });
+    expect(ours).toMatchObject({ command: 'INSERT', affectedRows: 6, rowCount: 6 });
+    expect(ours.rows.slice(0, 3)).toEqual([
+      { n: 100, big: 9_007_199_254_740_993n, doc: { r: 0, tags: ['x', null] } },
+      { n: 101, big: null, doc: { r: 1, tags: ['x', null] } },
+      { n: 102, big: 9_007_199_254_740_993n, doc: null },
+    ]);
+
+    // In a transaction, next to a prepared statement, in array rows as drizzle asks them.
+    const many = Array.from({ length: 20 }, (_, i) => 100 + i);
+    const listed = `select n, name, at from things where n in (${many.map((_, i) => `$${i + 1}`).join(', ')}) order by n`;
+    await prepared.query('update things set at = $1 where n = $2', [new Date(Date.UTC(2026, 11, 6, 23, 0)), 102]);
+    const inside = await prepared.transaction(async (tx) => {
+      await tx.query('update things set name = $1 where n = $2', ['renamed', 101]);
+      return tx.query(listed, many, drizzleLike);
+    });
+    expect(inside).toEqual(await pg.query(listed, many, drizzleLike));
+    expect(inside.rows.slice(0, 3)).toEqual([[100, null, null], [101, 'renamed', null], [102, null, '2026-12-06 23:00:00+00']]);
+
+    // A failure is PostgreSQL's, with the statement; it changes nothing, aborts its transaction, and the next batch works.
+    expect(await failureOf(prepared.query(insertOf(6), rowsFrom(104, 6)))).toMatchObject({ code: '23505', query: insertOf(6), params: rowsFrom(104, 6) });
+    expect(await failureOf(prepared.query(insertOf(6).replace('values', 'valeus'), rowsFrom(300, 6)))).toMatchObject({ code: '42601' });
+    const aborted = prepared.transaction(async (tx) => {
+      await tx.query('update things set name = $1 where n = $2', ['lost', 100]);
+      await tx.query(insertOf(6), rowsFrom(105, 6));
+    });
+    expect(await failureOf(aborted)).toMatchObject({ code: '23505' });
+    expect((await prepared.query('select count(*)::int as count from things where n between $1 and 199 or name = $2', [106, 'lost'])).rows).toEqual([{ count: 0 }]);
+    expect((await prepared.query(insertOf(7), rowsFrom(300, 7))).affectedRows).toBe(7);
+    // Only the three short texts were kept.
+    expect(await preparedCount()).toBe(before + 3);
   });
 });

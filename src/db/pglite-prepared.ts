@@ -12,7 +12,8 @@ import { type messages, parse, protocol, type PGlite, type QueryOptions, type Re
  * serialised by PGlite's serialisers and values parsed by its parsers, for the types the
  * server gave, so results are those `query` returns; one difference: inside a transaction, a
  * statement whose table changed its row type fails (0A000) where `query` would plan afresh.
- * DDL, long parameter lists (an `inArray` of a batch, a new text per length) and anything
+ * A long parameter list (a batch's multi-row insert or `inArray`, a new text per length) is
+ * never kept: it is parsed as the unnamed statement and run, two calls in all. DDL and anything
  * else take PGlite's own path. Parameter types learnt before DDL may no longer fit, so DDL
  * sent here (drizzle's migrator does) forgets every statement: once it has run, again when
  * its transaction ends, and meanwhile every preparation starts afresh. DDL sent through
@@ -30,7 +31,7 @@ export class PreparedPglite {
 
   /** As PGlite's `query`: alone, it waits for any transaction in progress. */
   async query<T>(text: string, params: unknown[] = [], options?: QueryOptions): Promise<Results<T>> {
-    if (!isPreparable(text, params, options)) return this.passOn(DDL.test(text), () => this.pg.query<T>(text, params, options));
+    if (!isPreparable(text, options)) return this.passOn(DDL.test(text), () => this.pg.query<T>(text, params, options));
     await this.pg._checkReady();
     return this.pg._runExclusiveTransaction(() =>
       this.pg._runExclusiveQuery(async () => {
@@ -49,7 +50,7 @@ export class PreparedPglite {
       return await this.pg.transaction((tx) =>
         callback({
           query: async <R>(text: string, params: unknown[] = [], options?: QueryOptions) => {
-            if (!isPreparable(text, params, options)) {
+            if (!isPreparable(text, options)) {
               if (!changed && DDL.test(text)) {
                 changed = true;
                 this.ddlInFlight++;
@@ -96,15 +97,10 @@ export class PreparedPglite {
   }
 
   private async run<T>(text: string, params: unknown[], options: QueryOptions | undefined, mayRetry: boolean): Promise<Results<T>> {
+    if (params.length > MAX_PARAMS) return this.runOnce<T>(text, params, options);
     const statement = await this.prepare(text, params, options);
-    const values = params.map((value, i) => {
-      if (value === null || value === undefined) return null;
-      const serializer = options?.serializers?.[statement.types[i]!] ?? this.pg.serializers[statement.types[i]!];
-      return serializer ? serializer(value) : (value as { toString(): string }).toString();
-    });
     try {
-      const answer = await this.exchange([serialize.bind({ statement: statement.name, values }), serialize.execute({}), serialize.sync()], text, params, options);
-      return this.resultOf<T>(statement, answer, options);
+      return await this.execute<T>(statement, text, params, options);
     } catch (error) {
       const { code, message } = error as { code?: string; message?: string };
       if (code === '26000') {
@@ -160,18 +156,37 @@ export class PreparedPglite {
       this.statements.set(text, known);
       return known;
     }
-    const name = `kiln_${++named}`;
-    const closes = this.closing.map((closed) => serialize.close({ type: 'S', name: closed }));
-    this.closing = [];
-    const answer = await this.exchange([...closes, serialize.parse({ name, text }), serialize.describe({ type: 'S', name }), serialize.sync()], text, params, options);
-    const description = answer.find((message): message is messages.RowDescriptionMessage => message.name === 'rowDescription');
-    // Shared by every result of the statement, so frozen.
-    const fields = Object.freeze(description?.fields.map(({ name, dataTypeID }) => Object.freeze({ name, dataTypeID })) ?? []);
-    const statement = { name, types: parse.parseDescribeStatementResults(answer), fields };
+    const statement = await this.describe(`kiln_${++named}`, text, params, options);
     this.statements.set(text, statement);
     // The least recently used goes once this one is in; it is closed with the next preparation.
     if (this.statements.size > MAX_STATEMENTS) this.forget([this.statements.keys().next().value!]);
     return statement;
+  }
+
+  /** `text` parsed as the statement `name` (the unnamed one: ''), with its parameter and row types; statements forgotten are closed with it. */
+  private async describe(name: string, text: string, params: unknown[], options?: QueryOptions): Promise<Statement> {
+    const closes = this.closing.map((closed) => serialize.close({ type: 'S', name: closed }));
+    this.closing = [];
+    const answer = await this.exchange([...closes, serialize.parse({ name, text }), serialize.describe({ type: 'S', name }), serialize.sync()], text, params, options);
+    const description = answer.find((message): message is messages.RowDescriptionMessage => message.name === 'rowDescription');
+    // Frozen: a kept statement's fields are shared by all its results.
+    const fields = Object.freeze(description?.fields.map(({ name, dataTypeID }) => Object.freeze({ name, dataTypeID })) ?? []);
+    return { name, types: parse.parseDescribeStatementResults(answer), fields };
+  }
+
+  /** A statement not worth keeping: parsed as the unnamed one, which any later unnamed parse or `exec` replaces. */
+  private async runOnce<T>(text: string, params: unknown[], options: QueryOptions | undefined): Promise<Results<T>> {
+    return this.execute<T>(await this.describe('', text, params, options), text, params, options);
+  }
+
+  private async execute<T>(statement: Statement, text: string, params: unknown[], options: QueryOptions | undefined): Promise<Results<T>> {
+    const values = params.map((value, i) => {
+      if (value === null || value === undefined) return null;
+      const serializer = options?.serializers?.[statement.types[i]!] ?? this.pg.serializers[statement.types[i]!];
+      return serializer ? serializer(value) : (value as { toString(): string }).toString();
+    });
+    const answer = await this.exchange([serialize.bind({ statement: statement.name, values }), serialize.execute({}), serialize.sync()], text, params, options);
+    return this.resultOf<T>(statement, answer, options);
   }
 
   private async exchange(parts: Uint8Array[], text: string, params: unknown[], options?: QueryOptions): Promise<messages.BackendMessage[]> {
@@ -205,8 +220,8 @@ const MAX_PARAMS = 16;
 /** Statement names are unique in the process, so two clients of one PGlite never collide. */
 let named = 0;
 
-const isPreparable = (text: string, params: unknown[], options?: QueryOptions): boolean =>
-  !options?.blob && !options?.paramTypes && params.length <= MAX_PARAMS && /^\s*(select|insert|update|delete|with)\b/i.test(text);
+const isPreparable = (text: string, options?: QueryOptions): boolean =>
+  !options?.blob && !options?.paramTypes && /^\s*(select|insert|update|delete|with)\b/i.test(text);
 
 /** What may change a table's types, the statements kept, or how a name resolves. */
 const DDL = /^\s*(create|alter|drop|comment|grant|revoke|truncate|do|deallocate|discard|(set|reset)\s+(session\s+|local\s+)?search_path)\b/i;
