@@ -37,7 +37,9 @@ export function probeScript(kind: ProbeKind, t: ProbeTargets): string {
     case 'honest':
       return 'echo "hook: nothing to generate"\n';
     case 'fork-bomb':
-      return 'echo "PROBE fork-bomb: starting"\nbomb() { bomb | bomb & }\nbomb\nwait\n';
+      // Held open: a script that ended at once would have its bomb torn down with the
+      // sandbox, below the limit or not depending on how busy the machine was.
+      return 'echo "PROBE fork-bomb: starting"\nbomb() { bomb | bomb & }\nbomb\nsleep 600\n';
     case 'memory-hog':
       return `echo "PROBE memory-hog: allocating 8 GB"
 node -e 'const held = []; for (let mb = 64; mb <= 8192; mb += 64) { held.push(Buffer.alloc(64 << 20, 1)); if (mb % 1024 === 0) console.log("allocated " + mb + " MB"); } console.log("PROBE memory-hog: REACHED 8 GB")'
