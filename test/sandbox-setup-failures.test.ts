@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, constants, openSync, writeSync } from 'node:fs';
+import { closeSync, constants, openSync, readSync, writeSync } from 'node:fs';
 import { chmod, chown, mkdir, mkdtemp, readdir, readlink, rm, rmdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -141,6 +141,42 @@ describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before i
         wrapper.kill('SIGKILL');
         await exited;
         expect(await endsWithin(holder, 10_000)).toBe(true);
+      } finally {
+        closeSync(filler);
+        closeSync(stderr);
+        try {
+          process.kill(-wrapper.pid!, 'SIGKILL');
+        } catch {
+          // the group is gone already
+        }
+        if (holder !== undefined && !(await endsWithin(holder, 0))) process.kill(holder, 'SIGKILL');
+        await jail.release();
+      }
+    });
+
+    it('reaps the namespace holder it killed before it reports a failed set-up: none is left for another to reap', async () => {
+      // The uid map is refused, and the message saying so waits on a full stderr until the holder is known.
+      const jail = (await sandbox.forStep({ tool: 'flutter', fetch: false, cacheDir: join(root, 'workspaces', 'project', '.cache') })!.enter({ command: tool, args: ['true'], cwd: workspace, env: buildEnv() })) as Jail;
+      jail.args[stepUidIndex(jail)] = '4294967295';
+      const fifo = join(root, 'stderr');
+      expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+      const filler = openSync(fifo, constants.O_RDWR | constants.O_NONBLOCK);
+      const stderr = openSync(fifo, constants.O_WRONLY);
+      try {
+        for (;;) writeSync(filler, Buffer.alloc(4096));
+      } catch (error) {
+        expect((error as NodeJS.ErrnoException).code).toBe('EAGAIN');
+      }
+      const wrapper = spawn(jail.command, jail.args, { env: jail.env, detached: true, stdio: ['ignore', 'ignore', stderr, 'pipe'] });
+      let holder: number | undefined;
+      try {
+        const exited = new Promise((resolve) => wrapper.once('exit', (code) => resolve(code)));
+        holder = await holderOf(wrapper.pid!);
+        // Room for the message: the wrapper goes on to fail.
+        readSync(filler, Buffer.alloc(65536));
+        expect(await exited).toBe(125);
+        // Not even a zombie: its parent, the wrapper, reaped it. Left to init, the step waited on its process group for that.
+        expect(await readProcStat(holder)).toBeUndefined();
       } finally {
         closeSync(filler);
         closeSync(stderr);

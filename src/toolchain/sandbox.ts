@@ -156,7 +156,7 @@ const JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift;
  * cost the step no program of its own in the sandbox.
  */
 function userNamespace({ holder, shell }: NamespaceTools, rlimits: readonly string[]): string {
-  const fail = '{ kill -KILL $h; exit 125; }';
+  const fail = '{ kill -KILL $h; wait $h 2>/dev/null; exit 125; }';
   const map = (id: string) => `0 0 1\n${SANDBOX_UID} ${id} 1\n`;
   // dash's printf needs no process at all. dd: both at once (`wait` gives the first one's status),
   // each fed by a here-document, which the shell supplies itself (no printf process).
