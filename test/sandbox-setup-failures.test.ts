@@ -154,10 +154,19 @@ describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before i
       }
     });
 
-    it('reaps the namespace holder it killed before it reports a failed set-up: none is left for another to reap', async () => {
-      // The uid map is refused, and the message saying so waits on a full stderr until the holder is known.
+    it.each([
+      ['the uid map is refused', (jail: Jail) => void (jail.args[stepUidIndex(jail)] = '4294967295')],
+      [
+        'the namespace cannot be opened',
+        (jail: Jail) => {
+          const script = jail.args.indexOf('-c') + 1;
+          jail.args[script] = jail.args[script]!.replace('exec 5</proc/$h/ns/user', 'exec 5</proc/$h/ns/none');
+        },
+      ],
+    ])('reaps the namespace holder it killed before it reports a failed set-up (%s): none is left for another to reap', async (_case, spoil) => {
+      // The message saying what failed waits on a full stderr until the holder is known.
       const jail = (await sandbox.forStep({ tool: 'flutter', fetch: false, cacheDir: join(root, 'workspaces', 'project', '.cache') })!.enter({ command: tool, args: ['true'], cwd: workspace, env: buildEnv() })) as Jail;
-      jail.args[stepUidIndex(jail)] = '4294967295';
+      spoil(jail);
       const fifo = join(root, 'stderr');
       expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
       const filler = openSync(fifo, constants.O_RDWR | constants.O_NONBLOCK);
@@ -194,7 +203,7 @@ describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before i
       // The holder's parent-death signal must outlive the maps: an exec after uid 0 is mapped gains capabilities, and the kernel then clears it.
       const jail = (await sandbox.forStep({ tool: 'flutter', fetch: false, cacheDir: join(root, 'workspaces', 'project', '.cache') })!.enter({ command: tool, args: ['true'], cwd: workspace, env: buildEnv() })) as Jail;
       const script = jail.args.indexOf('-c') + 1;
-      const openNamespace = 'exec 5</proc/$h/ns/user';
+      const openNamespace = 'command exec 5</proc/$h/ns/user';
       expect(jail.args[script]).toContain(openNamespace);
       // Instead of opening the namespace: wait for the holder to stop itself, say which it is, and end without killing it.
       jail.args[script] = jail.args[script]!.replace(openNamespace, `until grep -q '^State:[[:space:]]*T' /proc/$h/status; do :; done; echo "holder $h" >&2; exit 0`);

@@ -178,7 +178,8 @@ function userNamespace({ holder, shell }: NamespaceTools, rlimits: readonly stri
     // Until the holder is in its new namespace (or gone: then the writes below fail).
     'while [ /proc/$h/ns/user -ef /proc/$$/ns/user ]; do :; done',
     ...writeMaps,
-    `exec 5</proc/$h/ns/user || ${fail}`,
+    // `command`: a failed redirection of the special builtin `exec` would end the shell before `fail`.
+    `command exec 5</proc/$h/ns/user || ${fail}`,
     'kill -KILL $h; wait $h 2>/dev/null',
     '[ /proc/$$/fd/5 -ef /proc/$$/ns/user ] && exit 125',
     'shift 2\n',
