@@ -156,7 +156,8 @@ const JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift;
  * cost the step no program of its own in the sandbox.
  */
 function userNamespace({ holder, shell }: NamespaceTools, rlimits: readonly string[]): string {
-  const fail = '{ kill -KILL $h; wait $h 2>/dev/null; exit 125; }';
+  // Quiet: a holder already gone would put kill's complaint after the message that says why.
+  const fail = '{ kill -KILL $h 2>/dev/null; wait $h 2>/dev/null; exit 125; }';
   const map = (id: string) => `0 0 1\n${SANDBOX_UID} ${id} 1\n`;
   // dash's printf needs no process at all. dd: both at once (`wait` gives the first one's status),
   // each fed by a here-document, which the shell supplies itself (no printf process).
@@ -168,7 +169,8 @@ function userNamespace({ holder, shell }: NamespaceTools, rlimits: readonly stri
         ].map(([file, id]) => `printf '0 0 1\\n${SANDBOX_UID} %s 1\\n' "${id}" > /proc/$h/${file} || { echo "could not write the user namespace's ${file}" >&2; ${fail}; }`)
       : [
           `${DD} of=/proc/$h/uid_map bs=64 iflag=fullblock status=none <<EOF & m=$!\n${map('$1')}EOF`,
-          `${DD} of=/proc/$h/gid_map bs=64 iflag=fullblock status=none <<EOF || ${fail}\n${map('$2')}EOF`,
+          // Its failure waits for the uid map's dd too: left running, it would outlive the wrapper in the step's process group.
+          `${DD} of=/proc/$h/gid_map bs=64 iflag=fullblock status=none <<EOF || { wait $m; ${fail}; }\n${map('$2')}EOF`,
           `wait $m || ${fail}`,
         ];
   return [
