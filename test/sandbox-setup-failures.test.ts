@@ -65,6 +65,11 @@ describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before i
     return runStep({ command: tool, args: [script], cwd, env: buildEnv(), timeoutMs: 30_000, killGraceMs: 200, onLine: () => undefined, sandbox: stepSandbox });
   }
 
+  /** A step's wrapper command, to run (or spoil first) by hand. */
+  async function stepJail(): Promise<Jail> {
+    return (await sandbox.forStep({ tool: 'flutter', fetch: false, cacheDir: join(root, 'workspaces', 'project', '.cache') })!.enter({ command: tool, args: ['true'], cwd: workspace, env: buildEnv() })) as Jail;
+  }
+
   it("reports a tool that exits 125 itself as the tool's failure, as any other code", async () => {
     const result = await run('exit 125');
     expect(result).toMatchObject({ status: 'FAILED', exitCode: 125, message: 'exited with code 125' });
@@ -122,7 +127,7 @@ describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before i
 
     it('kills the namespace holder, root\'s, with the wrapper shell that made it, when that is killed mid-set-up', async () => {
       // A wrapper held in its set-up: the uid map is refused, and the message saying so waits on a full stderr.
-      const jail = (await sandbox.forStep({ tool: 'flutter', fetch: false, cacheDir: join(root, 'workspaces', 'project', '.cache') })!.enter({ command: tool, args: ['true'], cwd: workspace, env: buildEnv() })) as Jail;
+      const jail = await stepJail();
       jail.args[stepUidIndex(jail)] = '4294967295';
       const fifo = join(root, 'stderr');
       expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
@@ -160,16 +165,16 @@ describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before i
         'the namespace cannot be opened',
         /cannot open \/proc\/\d+\/ns\/none|\/proc\/\d+\/ns\/none: No such file/,
         (jail: Jail): void => {
-          const script = jail.args.indexOf('-c') + 1;
+          const script = scriptIndex(jail);
           expect(jail.args[script]).toContain('exec 5</proc/$h/ns/user');
           jail.args[script] = jail.args[script]!.replace('exec 5</proc/$h/ns/user', 'exec 5</proc/$h/ns/none');
         },
       ],
     ] as const)('reaps the namespace holder it killed before it ends a failed set-up (%s): none is left for init to reap', async (_case, message, spoil) => {
-      const jail = (await sandbox.forStep({ tool: 'flutter', fetch: false, cacheDir: join(root, 'workspaces', 'project', '.cache') })!.enter({ command: tool, args: ['true'], cwd: workspace, env: buildEnv() })) as Jail;
+      const jail = await stepJail();
       spoil(jail);
       // Told from inside, as the wrapper ends: a holder not reaped by then (a zombie, left in the step's process group for init) makes it end with 99.
-      const script = jail.args.indexOf('-c') + 1;
+      const script = scriptIndex(jail);
       expect(jail.args[script]).toContain('exit 125; }');
       jail.args[script] = jail.args[script]!.replaceAll('exit 125; }', '[ -e /proc/$h ] && exit 99; exit 125; }');
       try {
@@ -185,8 +190,8 @@ describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before i
 
     it.skipIf(!setprivKillsWithParent)("kills the namespace holder with a wrapper that ends after writing the maps, the holder's shell already stopped", async () => {
       // The holder's parent-death signal must outlive the maps: an exec after uid 0 is mapped gains capabilities, and the kernel then clears it.
-      const jail = (await sandbox.forStep({ tool: 'flutter', fetch: false, cacheDir: join(root, 'workspaces', 'project', '.cache') })!.enter({ command: tool, args: ['true'], cwd: workspace, env: buildEnv() })) as Jail;
-      const script = jail.args.indexOf('-c') + 1;
+      const jail = await stepJail();
+      const script = scriptIndex(jail);
       const openNamespace = 'command exec 5</proc/$h/ns/user';
       expect(jail.args[script]).toContain(openNamespace);
       // Instead of opening the namespace: wait for the holder to stop itself, say which it is, and end without killing it.
@@ -206,6 +211,11 @@ describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before i
     });
   });
 });
+
+/** Where the wrapper's script is in its command: after `-c`. */
+function scriptIndex(jail: Jail): number {
+  return jail.args.indexOf('-c') + 1;
+}
 
 /** Where the steps' host uid is in a root server's wrapper command: right after the cgroups' `--`. */
 function stepUidIndex(jail: Jail): number {
