@@ -164,24 +164,15 @@ describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before i
       [
         'the namespace cannot be opened',
         /cannot open \/proc\/\d+\/ns\/none|\/proc\/\d+\/ns\/none: No such file/,
-        (jail: Jail): void => {
-          const script = scriptIndex(jail);
-          expect(jail.args[script]).toContain('exec 5</proc/$h/ns/user');
-          jail.args[script] = jail.args[script]!.replace('exec 5</proc/$h/ns/user', 'exec 5</proc/$h/ns/none');
-        },
+        (jail: Jail): void => rewriteScript(jail, 'exec 5</proc/$h/ns/user', 'exec 5</proc/$h/ns/none'),
       ],
     ] as const)('reaps the namespace holder it killed before it ends a failed set-up (%s): none is left for init to reap', async (_case, message, spoil) => {
       const jail = await stepJail();
       spoil(jail);
       // Told from inside, as the wrapper ends: a holder not reaped by then (a zombie, left in the step's process group for init) makes it end with 99.
-      const script = scriptIndex(jail);
-      expect(jail.args[script]).toContain('exit 125; }');
-      jail.args[script] = jail.args[script]!.replaceAll('exit 125; }', '[ -e /proc/$h ] && exit 99; exit 125; }');
+      rewriteScript(jail, 'exit 125; }', '[ -e /proc/$h ] && exit 99; exit 125; }');
       try {
-        const wrapper = spawn(jail.command, jail.args, { env: jail.env, detached: true, stdio: ['ignore', 'ignore', 'pipe', 'pipe'] });
-        let stderr = '';
-        wrapper.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-        const code = await new Promise((resolve) => wrapper.once('close', resolve));
+        const { code, stderr } = await runWrapper(jail);
         expect({ code, lastLine: stderr.trim().split('\n').at(-1) }).toEqual({ code: 125, lastLine: expect.stringMatching(message) });
       } finally {
         await jail.release();
@@ -191,15 +182,9 @@ describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before i
     it.skipIf(!setprivKillsWithParent)("kills the namespace holder with a wrapper that ends after writing the maps, the holder's shell already stopped", async () => {
       // The holder's parent-death signal must outlive the maps: an exec after uid 0 is mapped gains capabilities, and the kernel then clears it.
       const jail = await stepJail();
-      const script = scriptIndex(jail);
-      const openNamespace = 'command exec 5</proc/$h/ns/user';
-      expect(jail.args[script]).toContain(openNamespace);
       // Instead of opening the namespace: wait for the holder to stop itself, say which it is, and end without killing it.
-      jail.args[script] = jail.args[script]!.replace(openNamespace, `until grep -q '^State:[[:space:]]*T' /proc/$h/status; do :; done; echo "holder $h" >&2; exit 0`);
-      const wrapper = spawn(jail.command, jail.args, { env: jail.env, detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
-      let stderr = '';
-      wrapper.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-      const code = await new Promise((resolve) => wrapper.once('close', resolve));
+      rewriteScript(jail, 'command exec 5</proc/$h/ns/user', `until grep -q '^State:[[:space:]]*T' /proc/$h/status; do :; done; echo "holder $h" >&2; exit 0`);
+      const { code, stderr } = await runWrapper(jail);
       const holder = Number(/holder (\d+)/.exec(stderr)?.[1]);
       expect({ code, holder: Number.isInteger(holder) }).toEqual({ code: 0, holder: true });
       try {
@@ -212,9 +197,20 @@ describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before i
   });
 });
 
-/** Where the wrapper's script is in its command: after `-c`. */
-function scriptIndex(jail: Jail): number {
-  return jail.args.indexOf('-c') + 1;
+/** The wrapper's script with `from`, which must be in it, replaced by `to`. */
+function rewriteScript(jail: Jail, from: string, to: string): void {
+  const script = jail.args.indexOf('-c') + 1;
+  expect(jail.args[script]).toContain(from);
+  jail.args[script] = jail.args[script]!.replaceAll(from, to);
+}
+
+/** Runs a step's wrapper by hand, its info pipe (fd 3) open: its exit code and what it said on stderr. */
+async function runWrapper(jail: Jail): Promise<{ code: number | null; stderr: string }> {
+  const wrapper = spawn(jail.command, jail.args, { env: jail.env, detached: true, stdio: ['ignore', 'ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  wrapper.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const code = await new Promise<number | null>((resolve) => wrapper.once('close', resolve));
+  return { code, stderr };
 }
 
 /** Where the steps' host uid is in a root server's wrapper command: right after the cgroups' `--`. */
