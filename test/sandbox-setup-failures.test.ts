@@ -8,7 +8,7 @@ import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../src/observability/logger.js';
 import { readProcStat } from '../src/proc-stat.js';
 import { findCgroups } from '../src/toolchain/cgroups.js';
-import { type BuildSandbox, createBuildSandbox, type Jail, probeBwrap, type StepSandbox } from '../src/toolchain/sandbox.js';
+import { type BuildSandbox, createBuildSandbox, type Jail, PDEATHSIG_HOLDER, probeBwrap, SLEEPING_HOLDER, type StepSandbox } from '../src/toolchain/sandbox.js';
 import { buildEnv, runStep } from '../src/toolchain/step-runner.js';
 
 // A sandbox that fails before the build tool runs is the server's failure, not the project's:
@@ -174,6 +174,19 @@ describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before i
       try {
         const { code, stderr } = await runWrapper(jail);
         expect({ code, lastLine: stderr.trim().split('\n').at(-1) }).toEqual({ code: 125, lastLine: expect.stringMatching(message) });
+      } finally {
+        await jail.release();
+      }
+    });
+
+    it("runs a step with the holder of hosts whose setpriv has no --pdeathsig (a sleep), and reaps it before bwrap starts", async () => {
+      const jail = await stepJail();
+      if (setprivKillsWithParent) rewriteScript(jail, PDEATHSIG_HOLDER, SLEEPING_HOLDER);
+      // Told from inside: a holder not reaped once fd 5 is open makes the wrapper end with 99 instead of going on to bwrap.
+      rewriteScript(jail, 'kill -KILL $h; wait $h 2>/dev/null', 'kill -KILL $h; wait $h 2>/dev/null; [ -e /proc/$h ] && exit 99');
+      try {
+        // The step's tool runs `true`: 0 only once the namespace, bwrap, the user switch and the tool all worked.
+        expect(await runWrapper(jail)).toEqual({ code: 0, stderr: '' });
       } finally {
         await jail.release();
       }

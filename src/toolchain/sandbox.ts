@@ -202,6 +202,11 @@ async function namespaceTools(): Promise<NamespaceTools> {
   return { holder, shell };
 }
 
+/** namespaceHolder's where setpriv has --pdeathsig. */
+export const PDEATHSIG_HOLDER = `${SETPRIV} --pdeathsig KILL -- ${UNSHARE} --user -- /bin/sh -c '[ "$PPID" = "$0" ] && kill -STOP $$' $$`;
+/** namespaceHolder's elsewhere: reaped by the wrapper as the other is, but left to its 10 minutes by a wrapper killed meanwhile. */
+export const SLEEPING_HOLDER = `${UNSHARE} --user -- ${SLEEP} 600`;
+
 let holderOnce: Promise<string> | undefined;
 /**
  * What holds a step's new user namespace until bwrap has it: `unshare`, under SIGKILL as its
@@ -217,9 +222,7 @@ function namespaceHolder(): Promise<string> {
   holderOnce ??= runProcess({ command: SETPRIV, args: ['--pdeathsig', 'KILL', '--', '/usr/bin/true'], env: {} }, 10_000).then((result) => {
     // Kept only once setpriv has answered: a spawner that failed or a host too busy asks again.
     if (!('stdout' in result) || result.timedOut) holderOnce = undefined;
-    return 'stdout' in result && result.exitCode === 0
-      ? `${SETPRIV} --pdeathsig KILL -- ${UNSHARE} --user -- /bin/sh -c '[ "$PPID" = "$0" ] && kill -STOP $$' $$`
-      : `${UNSHARE} --user -- ${SLEEP} 600`;
+    return 'stdout' in result && result.exitCode === 0 ? PDEATHSIG_HOLDER : SLEEPING_HOLDER;
   });
   return holderOnce;
 }
