@@ -22,14 +22,15 @@ const MAX_BUNDLE_PATHS_BYTES = 2 * 1024 * 1024;
 const BATCH_FILES = 100;
 const BATCH_BYTES = 4 * 1024 * 1024;
 
-/** The build left a bundle beyond what Kiln keeps: the run ends as BUILD_FAILED, with nothing stored. */
-export class BundleTooLargeError extends RunError {
-  override readonly name = 'BundleTooLargeError';
+/** The build left a bundle Kiln does not keep: the run ends as BUILD_FAILED, with nothing stored. */
+export class BundleRefusedError extends RunError {
+  override readonly name = 'BundleRefusedError';
   readonly code = 'BUILD_FAILED';
-  constructor(reason: string) {
-    super(`The web bundle is too large to keep: ${reason}.`);
-  }
 }
+
+const tooLarge = (reason: string) => new BundleRefusedError(`The web bundle is too large to keep: ${reason}.`);
+// A name that is not UTF-8 has no path in the manifest or a preview's URL; node would read it as another name.
+const utf8Name = new TextDecoder('utf-8', { fatal: true });
 
 /** Blobs stored; `rows` index them (generation_artifacts), to be inserted once every one is in. */
 export interface StoredOutputs {
@@ -96,30 +97,40 @@ async function bundleFiles(root: string): Promise<BundleFile[]> {
   let bytes = 0;
   let pathBytes = 0;
   const walk = async (dir: string, prefix: string) => {
-    const entries = (await readdir(dir, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : 1));
-    for (const entry of entries) {
+    const entries = (await readdir(dir, { withFileTypes: true, encoding: 'buffer' })).map((entry) => ({ entry, name: nameOf(entry.name, prefix) }));
+    for (const { entry, name } of entries.sort((a, b) => (a.name < b.name ? -1 : 1))) {
       if (!entry.isDirectory() && !entry.isFile()) continue;
-      const path = prefix ? `${prefix}/${entry.name}` : entry.name;
+      const path = prefix ? `${prefix}/${name}` : name;
       const length = Buffer.byteLength(path);
-      if (length > MAX_BUNDLE_PATH_BYTES) throw new BundleTooLargeError(`the path ${describePath(path)} is over ${MAX_BUNDLE_PATH_BYTES} bytes`);
-      const file = join(dir, entry.name);
+      if (length > MAX_BUNDLE_PATH_BYTES) throw tooLarge(`the path ${describePath(path)} is over ${MAX_BUNDLE_PATH_BYTES} bytes`);
+      const file = join(dir, name);
       if (entry.isDirectory()) {
         await walk(file, path);
         continue;
       }
       const { size } = await lstat(file);
-      if (size > MAX_BUNDLE_FILE_BYTES) throw new BundleTooLargeError(`${describePath(path)} is over ${megabytes(MAX_BUNDLE_FILE_BYTES)}`);
+      if (size > MAX_BUNDLE_FILE_BYTES) throw tooLarge(`${describePath(path)} is over ${megabytes(MAX_BUNDLE_FILE_BYTES)}`);
       files.push({ path, file, size });
       bytes += size;
       pathBytes += length;
       if (files.length > MAX_BUNDLE_FILES || bytes > MAX_BUNDLE_BYTES) {
-        throw new BundleTooLargeError(`over ${MAX_BUNDLE_FILES} files or ${megabytes(MAX_BUNDLE_BYTES)}`);
+        throw tooLarge(`over ${MAX_BUNDLE_FILES} files or ${megabytes(MAX_BUNDLE_BYTES)}`);
       }
-      if (pathBytes > MAX_BUNDLE_PATHS_BYTES) throw new BundleTooLargeError(`its paths are over ${megabytes(MAX_BUNDLE_PATHS_BYTES)} in all`);
+      if (pathBytes > MAX_BUNDLE_PATHS_BYTES) throw tooLarge(`its paths are over ${megabytes(MAX_BUNDLE_PATHS_BYTES)} in all`);
     }
   };
   await walk(root, '');
   return files;
+}
+
+/** A bundle entry's name, refused unless it is UTF-8. */
+function nameOf(name: Buffer, prefix: string): string {
+  try {
+    return utf8Name.decode(name);
+  } catch {
+    const path = prefix ? `${prefix}/${name.toString('utf8')}` : name.toString('utf8');
+    throw new BundleRefusedError(`The web bundle holds a file name that is not UTF-8: ${describePath(path)}.`);
+  }
 }
 
 /** At most the size checked, whatever happened to the file since; a link put in its place is refused. */

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { type BlobBytes, type BlobStore, putOneByOne, sha256Of } from '../../src/artifacts/blob-store.js';
-import { BundleTooLargeError, storeOutputs } from '../../src/artifacts/write-outputs.js';
+import { BundleRefusedError, storeOutputs } from '../../src/artifacts/write-outputs.js';
 
 // How a store that puts one blob at a time (files, Supabase Storage) serves putMany:
 // equal blobs once, a few at a time, and a failure that leaves nothing running behind it.
@@ -120,7 +120,7 @@ describe('a web bundle past the limits', () => {
   const refused = async (reason: RegExp) => {
     const { store, batches } = recordingStore();
     const stored = storeOutputs(store, 'generation', bundle, sources);
-    await expect(stored).rejects.toThrow(BundleTooLargeError);
+    await expect(stored).rejects.toThrow(BundleRefusedError);
     await expect(stored).rejects.toMatchObject({ code: 'BUILD_FAILED', message: expect.stringMatching(reason) });
     expect(batches).toEqual([]);
   };
@@ -142,6 +142,17 @@ describe('a web bundle past the limits', () => {
     // 2,200 files of about 1,000 bytes of path each: 2.1 MB, far from the count and size limits.
     await Promise.all(Array.from({ length: 2200 }, (_, i) => writeFile(join(bundle, folder, `${i}`.padEnd(235, 'f')), '')));
     await refused(/^The web bundle is too large to keep: its paths are over 2 MB in all\.$/);
+  });
+
+  it('refuses a file or folder whose name is not UTF-8, which no path of the manifest could name', async () => {
+    // Bytes the build's own code may write: node reads them back as U+FFFD, another name.
+    const latin1 = Buffer.from('caf\xe9', 'latin1');
+    await mkdir(join(bundle, 'assets'));
+    await writeFile(Buffer.concat([Buffer.from(`${bundle}/assets/`), latin1, Buffer.from('.js')]), 'x');
+    await refused(/^The web bundle holds a file name that is not UTF-8: "assets\/caf\\u\{fffd\}\.js"\.$/);
+    await rm(join(bundle, 'assets'), { recursive: true });
+    await mkdir(Buffer.concat([Buffer.from(`${bundle}/`), latin1]));
+    await refused(/^The web bundle holds a file name that is not UTF-8: "caf\\u\{fffd\}"\.$/);
   });
 
   it('refuses a single file over 64 MB before reading it', async () => {
