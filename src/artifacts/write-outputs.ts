@@ -10,7 +10,8 @@ import type { ArtifactRow } from './manifest-store.js';
 // A generation's outputs go to the store before it is marked SUCCEEDED: its files
 // (Generation.files) as SOURCE, and the web bundle its build produced as BUNDLE.
 
-const MAX_BUNDLE_FILES = 10_000;
+// Folders count too: a build could leave a million empty ones for the walk below.
+const MAX_BUNDLE_ENTRIES = 10_000;
 const MAX_BUNDLE_BYTES = 256 * 1024 * 1024;
 // A cold preview reads a blob whole (PostgreSQL hands bytea over as hex text, twice its size).
 const MAX_BUNDLE_FILE_BYTES = 64 * 1024 * 1024;
@@ -94,10 +95,14 @@ interface BundleFile {
 async function bundleFiles(root: string): Promise<BundleFile[]> {
   if (!(await lstat(root).catch(ignoreMissing))?.isDirectory()) return [];
   const files: BundleFile[] = [];
+  let entryCount = 0;
   let bytes = 0;
   let pathBytes = 0;
   const walk = async (dir: string, prefix: string) => {
-    const entries = (await readdir(dir, { withFileTypes: true, encoding: 'buffer' })).map((entry) => ({ entry, name: nameOf(entry.name, prefix) }));
+    const listed = await readdir(dir, { withFileTypes: true, encoding: 'buffer' });
+    entryCount += listed.length;
+    if (entryCount > MAX_BUNDLE_ENTRIES) throw tooLarge(`over ${MAX_BUNDLE_ENTRIES} files and folders`);
+    const entries = listed.map((entry) => ({ entry, name: nameOf(entry.name, prefix) }));
     for (const { entry, name } of entries.sort((a, b) => (a.name < b.name ? -1 : 1))) {
       if (!entry.isDirectory() && !entry.isFile()) continue;
       const path = prefix ? `${prefix}/${name}` : name;
@@ -113,9 +118,7 @@ async function bundleFiles(root: string): Promise<BundleFile[]> {
       files.push({ path, file, size });
       bytes += size;
       pathBytes += length;
-      if (files.length > MAX_BUNDLE_FILES || bytes > MAX_BUNDLE_BYTES) {
-        throw tooLarge(`over ${MAX_BUNDLE_FILES} files or ${megabytes(MAX_BUNDLE_BYTES)}`);
-      }
+      if (bytes > MAX_BUNDLE_BYTES) throw tooLarge(`over ${megabytes(MAX_BUNDLE_BYTES)}`);
       if (pathBytes > MAX_BUNDLE_PATHS_BYTES) throw tooLarge(`its paths are over ${megabytes(MAX_BUNDLE_PATHS_BYTES)} in all`);
     }
   };
