@@ -216,6 +216,7 @@ export const generations = pgTable(
     check('generations_prompt_length', sql`char_length(${t.prompt}) between 1 and 20000`),
     check('generations_tokens_positive', sql`${t.inputTokens} >= 0 and ${t.outputTokens} >= 0`),
     check('generations_reserved_tokens_positive', sql`${t.reservedTokens} >= 0`),
+    // MAX_ATTEMPTS (generations.ts): retryGeneration refuses to go past it.
     check('generations_attempt_range', sql`${t.attempt} between 1 and 100`),
     check('generations_max_fix_rounds_range', sql`${t.maxFixRounds} between 0 and 5`),
     check(

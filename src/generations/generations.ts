@@ -21,6 +21,9 @@ export const generationPrompt = z
   .min(1, 'Describe what to build')
   .max(20_000, 'The prompt must be at most 20000 characters');
 
+/** The tries of one prompt, a retry chain's last attempt (the generations_attempt_range check). */
+export const MAX_ATTEMPTS = 100;
+
 /** Self-healing rounds a generation may take (0 = off). */
 export const MAX_FIX_ROUNDS = 5;
 export const maxFixRounds = z
@@ -85,6 +88,9 @@ export async function retryGeneration(scope: Scope, deps: GenerationDeps, id: st
     const project = requireRole(await projectStore.find(tx, original.projectId), ['owner', 'editor']);
     refuseArchived(project);
     if (!isTerminal(original.status)) throw new InvalidStateError('Only a finished generation can be retried.');
+    if (original.attempt >= MAX_ATTEMPTS) {
+      throw new InvalidStateError(`This prompt has been tried ${MAX_ATTEMPTS} times, as often as one generation may be retried; start a new generation instead.`);
+    }
     await claimSession(tx, project.id, original.sessionId);
     // A user's retry is not retried automatically.
     return insertRetry(tx, deps, original, { createdBy: scope.userId!, limits: project, retrySpent: true });
