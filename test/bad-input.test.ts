@@ -3,7 +3,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { GenerationUpdatedDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
 import { createProject, document } from './support/fixtures.js';
-import { startAccepted, within } from './support/generation-helpers.js';
+import { startAccepted, startGeneration, within } from './support/generation-helpers.js';
 import { collect, liveClient } from './support/live.js';
 import { useGenerationServer } from './support/suite-server.js';
 
@@ -99,5 +99,27 @@ describe(`bad input (${databaseKind})`, () => {
     // Ordinary text, accents, emoji and a multi-line description are fine.
     const { createProject: fine } = await suite.owner.client.expectNoErrors(CreateProject, { name: 'Café ☕ — ünïcode 日本', description: 'Line one\nLine two\twith a tab' });
     expect(fine).toEqual({ __typename: 'Project', name: 'Café ☕ — ünïcode 日本', description: 'Line one\nLine two\twith a tab' });
+  });
+
+  it('refuses a name that shows as nothing (zero-width, blank fillers), and keeps one whose joiners join something', async () => {
+    for (const name of ['\u200B', '\u2800', '\u3164', '\u200D\u200C', '\uFEFF \u200B', '\u00AD']) {
+      const { createProject } = await suite.owner.client.expectNoErrors(CreateProject, { name });
+      expect(createProject, JSON.stringify(name)).toEqual({ __typename: 'ValidationError', fieldErrors: [{ path: ['name'], message: 'Name must not be empty' }] });
+    }
+    const { createProject: family } = await suite.owner.client.expectNoErrors(CreateProject, { name: 'Family \u{1F468}\u200D\u{1F469}\u200D\u{1F467}' });
+    expect(family).toMatchObject({ __typename: 'Project', name: 'Family \u{1F468}\u200D\u{1F469}\u200D\u{1F467}' });
+  });
+
+  it('stores a description of nothing but blanks as none, as an update does', async () => {
+    const { createProject } = await suite.owner.client.expectNoErrors(CreateProject, { name: 'Blank description', description: ' \n\t ' });
+    expect(createProject).toEqual({ __typename: 'Project', name: 'Blank description', description: null });
+  });
+
+  it('keeps a prompt as it was sent, its indentation and line breaks, and refuses one of nothing but blanks', async () => {
+    const prompt = '    const x = 1; // keep this indented\n  fix it\n\n';
+    const started = await startAccepted(suite.owner.client, { projectId, prompt });
+    expect(started.prompt).toBe(prompt);
+    const refused = await startGeneration(suite.owner.client, { projectId, prompt: ' \n\t ' });
+    expect(refused).toMatchObject({ __typename: 'ValidationError', fieldErrors: [{ path: ['prompt'], message: 'Describe what to build' }] });
   });
 });

@@ -15,11 +15,11 @@ import { type GenerationRow, generationStore } from './store.js';
 /** Generations made by a restore name no model: they call none. */
 const NO_MODEL = { name: 'none', model: 'none' } as const;
 
+/** Kept as sent (the conversation holds the prompt verbatim: an indented snippet stays indented); one of nothing but blanks is refused. */
 export const generationPrompt = z
   .string()
-  .trim()
-  .min(1, 'Describe what to build')
-  .max(20_000, 'The prompt must be at most 20000 characters');
+  .max(20_000, 'The prompt must be at most 20000 characters')
+  .refine((prompt) => prompt.trim() !== '', 'Describe what to build');
 
 /** The tries of one prompt, a retry chain's last attempt (the generations_attempt_range check). */
 export const MAX_ATTEMPTS = 100;
