@@ -64,6 +64,15 @@ describe(`bad input (${databaseKind})`, () => {
     }
   });
 
+  it('filters generations by a status list of 70,000 repeats as by its distinct statuses, at once', async () => {
+    // One parameter each would be past the 65,535 a statement may take: the database refused it, and the refusal read as an outage.
+    const query = 'query($id: ID!, $status: [GenerationStatus!]) { project(id: $id) { generations(first: 5, status: $status) { totalCount } } }';
+    const distinct = await send(query, { id: projectId, status: ['QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED'] });
+    const repeated = await send(query, { id: projectId, status: Array.from({ length: 70_000 }, (_, i) => (['QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED'] as const)[i % 5]) });
+    expect(repeated).toEqual(distinct);
+    expect(distinct.data).toEqual({ project: { generations: { totalCount: expect.any(Number) } } });
+  });
+
   it('answers an out-of-range buildLog(tail:) as a validation error', async () => {
     const generation = await startAccepted(suite.owner.client, { projectId, prompt: 'A counter' });
     for (const tail of [0, -5, 1001, 2_000_000]) {

@@ -5,11 +5,14 @@ import { type GenerationStatus, generationStore } from './store.js';
 // What a member reads about generations; RLS decides what exists.
 
 export const generationReads = {
-  page: (scope: Scope, projectId: string, limit: number, options: { after?: { createdAt: Date; id: string }; status?: GenerationStatus[] }) =>
-    scope.run(async (tx) => ({
-      rows: await generationStore.pageOfProject(tx, projectId, limit, options),
-      totalCount: await generationStore.countOfProject(tx, projectId, options.status),
-    })),
+  page: (scope: Scope, projectId: string, limit: number, options: { after?: { createdAt: Date; id: string }; status?: GenerationStatus[] }) => {
+    // Each status once: a list of 70,000 repeats, a parameter each, is past what one statement may take.
+    const filter = { ...options, status: options.status && [...new Set(options.status)] };
+    return scope.run(async (tx) => ({
+      rows: await generationStore.pageOfProject(tx, projectId, limit, filter),
+      totalCount: await generationStore.countOfProject(tx, projectId, filter.status),
+    }));
+  },
   many: (scope: Scope, ids: readonly string[]) => scope.run((tx) => generationStore.findMany(tx, ids)),
   output: (scope: Scope, id: string) => scope.run((tx) => generationStore.outputOfMember(tx, id)),
   files: (scope: Scope, id: string) => scope.run((tx) => generationStore.filesOfMember(tx, id, false)),
