@@ -77,7 +77,7 @@ export function buildApp(services: Services): App {
       // the plugins after it (Yoga's masking) from wrapping every stream again.
       useSharedSubscriptionExecution(),
       // A subscription's SSE events written straight to node's response, each result encoded once.
-      useSseSubscriptions(services.logger),
+      useSseSubscriptions(services.logger, config.websocket.keepAliveMs),
     ],
     context: ({ request, connectionParams, req, clientIp, verifiedClaims }) =>
       createContext({

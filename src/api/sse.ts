@@ -17,7 +17,9 @@ import type { Logger } from '../observability/logger.js';
 //
 // Backpressure: the next result is pulled once the response has taken the last one
 // (the stream's inbox counts what queues meanwhile and ends a slow consumer). A client
-// that goes away returns the stream at once, which releases its LIVE_STREAMS_PER_USER slot.
+// that goes away returns the stream at once, which releases its LIVE_STREAMS_PER_USER slot;
+// so does one that takes nothing written to it for `stalledAfterMs` (WS_KEEPALIVE_MS, as long
+// as a graphql-ws peer may miss a pong): a client that stopped reading answers no ping.
 
 /** New for every response: the adapter's Headers writes what later plugins add (CORS) into this very object. */
 const headers = () => ({ 'Content-Type': 'text/event-stream', Connection: 'keep-alive', 'Cache-Control': 'no-cache', 'Content-Encoding': 'none' });
@@ -28,7 +30,7 @@ const PING_INTERVAL_MS = 12_000;
 /** The encoded `event: next` frame of each result, shared by every stream that sends that result object. */
 const frames = new WeakMap<ExecutionResult, Buffer>();
 
-export function useSseSubscriptions(logger: Logger): Plugin {
+export function useSseSubscriptions(logger: Logger, stalledAfterMs: number): Plugin {
   const log = logger.child({ source: 'SSE' });
   const open = new Set<ServerResponse>();
   let pinger: NodeJS.Timeout | undefined;
@@ -55,7 +57,7 @@ export function useSseSubscriptions(logger: Logger): Plugin {
       if (!resultProcessor) return void result[Symbol.asyncIterator]().return?.();
       const { res } = serverContext as { res?: unknown };
       setResultProcessor((stream, fetchAPI) => {
-        const body = new EventStream(stream as AsyncIterable<ExecutionResult>, res instanceof ServerResponse ? res : undefined, track, log);
+        const body = new EventStream(stream as AsyncIterable<ExecutionResult>, res instanceof ServerResponse ? res : undefined, { track, stalledAfterMs, log });
         return new fetchAPI.Response(body as unknown as BodyInit, { status: 200, headers: headers() });
       }, 'text/event-stream');
     },
@@ -76,8 +78,7 @@ class EventStream extends Readable {
     results: AsyncIterable<ExecutionResult>,
     /** Node's response to this request; the client may already have left while the stream opened. */
     private readonly response: ServerResponse | undefined,
-    private readonly track: (response: ServerResponse) => () => void,
-    private readonly log: Logger,
+    private readonly writer: { track: (response: ServerResponse) => () => void; stalledAfterMs: number; log: Logger },
   ) {
     super();
     this.results = results[Symbol.asyncIterator]();
@@ -92,13 +93,18 @@ class EventStream extends Readable {
   }
 
   private async send(response: ServerResponse) {
-    const untrack = this.track(response);
+    const untrack = this.writer.track(response);
     try {
       response.write(PING);
       for (;;) {
         const next = await this.results.next();
         if (this.stopped) return;
-        if (next.value != null && !response.write(frameOf(next.value))) await drained(response);
+        if (next.value != null && !response.write(frameOf(next.value)) && !(await drained(response, this.writer.stalledAfterMs))) {
+          this.writer.log.info({ stalledAfterMs: this.writer.stalledAfterMs }, 'dropped a subscription whose client took nothing written to it for as long');
+          this.stop();
+          response.destroy();
+          return;
+        }
         if (this.stopped) return;
         if (next.done) break;
       }
@@ -106,7 +112,7 @@ class EventStream extends Readable {
     } catch (error) {
       // The mapping step or the response failed: a failure of the stream itself is its last result by now (shared-execution.ts).
       if (this.stopped) return;
-      this.log.error({ err: error }, 'subscription stream failed');
+      this.writer.log.error({ err: error }, 'subscription stream failed');
       response.destroy();
     } finally {
       this.stopped = true;
@@ -143,20 +149,23 @@ class EventStream extends Readable {
     this.stopped = true;
     Promise.resolve()
       .then(() => this.results.return?.())
-      .catch((error: unknown) => this.log.warn({ err: error }, 'closing a subscription stream failed'));
+      .catch((error: unknown) => this.writer.log.warn({ err: error }, 'closing a subscription stream failed'));
   };
 }
 
-/** Resolves when the response can take more, or is gone. */
-function drained(response: ServerResponse): Promise<void> {
+/** True when the response can take more, or is gone; false when it took nothing for `stalledAfterMs` (0: waits for ever). */
+function drained(response: ServerResponse, stalledAfterMs: number): Promise<boolean> {
   return new Promise((resolve) => {
-    const done = () => {
-      response.off('drain', done);
-      response.off('close', done);
-      resolve();
+    const done = (taken: boolean) => () => {
+      response.off('drain', took);
+      response.off('close', took);
+      clearTimeout(stall);
+      resolve(taken);
     };
-    response.on('drain', done);
-    response.on('close', done);
+    const took = done(true);
+    response.on('drain', took);
+    response.on('close', took);
+    const stall = stalledAfterMs > 0 ? setTimeout(done(false), stalledAfterMs) : undefined;
   });
 }
 
