@@ -1,10 +1,10 @@
 import { encodeGlobalID } from '@pothos/plugin-relay';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { GenerationUpdatedDocument } from './gql/graphql.js';
+import { GenerationChunksDocument, GenerationUpdatedDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
 import { createProject, document } from './support/fixtures.js';
 import { startAccepted, startGeneration, within } from './support/generation-helpers.js';
-import { collect, liveClient } from './support/live.js';
+import { collect, liveClient, sseSubscribe } from './support/live.js';
 import { useGenerationServer } from './support/suite-server.js';
 
 // Bad input is answered as bad input, never as "Unexpected error.": NUL characters
@@ -42,6 +42,21 @@ describe(`bad input (${databaseKind})`, () => {
       const refused = collect(live.client, GenerationUpdatedDocument, { id: 'x\u0000y' });
       const outcome = await within(refused.ended, 10_000, () => 'the subscription was not refused');
       expectBadInput(outcome.errors ?? (outcome.error as Errors));
+    } finally {
+      await live.dispose();
+    }
+  });
+
+  it('answers variables that do not fit a subscription alike over graphql-ws and SSE, with nothing of the server\'s own (http) in it', async () => {
+    const generation = await startAccepted(suite.owner.client, { projectId, prompt: 'A counter' });
+    const variables = { id: generation.id, afterSeq: 'abc' } as unknown as { id: string; afterSeq: number };
+    const live = liveClient(suite.server.url, suite.owner.accessToken);
+    try {
+      const overWs = await within(collect(live.client, GenerationChunksDocument, variables).ended, 10_000, () => 'graphql-ws did not answer');
+      const overSse = await within(sseSubscribe(suite.server.url, suite.owner.accessToken, GenerationChunksDocument, variables).ended, 10_000, () => 'SSE did not answer');
+      const refusal = [{ message: expect.stringContaining('Variable "$afterSeq" got invalid value "abc"'), locations: [expect.any(Object)], extensions: { code: 'BAD_USER_INPUT' } }];
+      expect(overWs.errors).toEqual(refusal);
+      expect(overSse.errors).toEqual(overWs.errors);
     } finally {
       await live.dispose();
     }

@@ -1,8 +1,9 @@
 import { ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
-import { type ExecutionResult, GraphQLError } from 'graphql';
+import type { ExecutionResult } from 'graphql';
 import { type Plugin, isAsyncIterable } from 'graphql-yoga';
 import type { Logger } from '../observability/logger.js';
+import { publicResult } from './public-result.js';
 
 // Subscriptions over SSE (GraphQL over SSE, "distinct connections"), written straight to
 // node's response. Yoga still does everything up to the response (CORS, the request
@@ -172,28 +173,8 @@ function drained(response: ServerResponse, stalledAfterMs: number): Promise<bool
 function frameOf(result: ExecutionResult): Buffer {
   let frame = frames.get(result);
   if (!frame) {
-    frame = Buffer.from(`event: next\ndata: ${JSON.stringify(withoutInternals(result))}\n\n`);
+    frame = Buffer.from(`event: next\ndata: ${JSON.stringify(publicResult(result))}\n\n`);
     frames.set(result, frame);
   }
   return frame;
-}
-
-/** As Yoga serialises a result: no `http` (status, headers) or `unexpected` in what the client sees. */
-function withoutInternals(result: ExecutionResult): object {
-  const { extensions } = result as ExecutionResult<unknown, { http?: unknown }>;
-  if (!result.errors?.length && !extensions?.http) return result;
-  const { http: _http, ...rest } = extensions ?? {};
-  return {
-    ...result,
-    ...(result.errors && { errors: result.errors.map(publicError) }),
-    ...(extensions && { extensions: Object.keys(rest).length > 0 ? rest : undefined }),
-  };
-}
-
-function publicError(error: GraphQLError): object {
-  if (!(error instanceof GraphQLError)) return error;
-  const json = error.toJSON();
-  if (!json.extensions) return json;
-  const { http: _http, unexpected: _unexpected, ...extensions } = json.extensions;
-  return { ...json, extensions: Object.keys(extensions).length > 0 ? extensions : undefined };
 }

@@ -4,7 +4,7 @@ import type { Duplex } from 'node:stream';
 import { type ExecutionArgs, GraphQLError, getOperationAST } from 'graphql';
 import { CloseCode, type ServerOptions, type Context as WsContext } from 'graphql-ws';
 import { useServer } from 'graphql-ws/use/ws';
-import type { YogaServerInstance } from 'graphql-yoga';
+import { isAsyncIterable, type YogaServerInstance } from 'graphql-yoga';
 import { WebSocket, WebSocketServer } from 'ws';
 import type { AuthProvider } from '../auth/provider.js';
 import { DatabaseUnavailableError } from '../db/outage.js';
@@ -13,6 +13,7 @@ import { type Deadline, Deadlines } from '../deadlines.js';
 import { AuthError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { bearerToken } from './context.js';
+import { publicResult } from './public-result.js';
 
 // graphql-ws (the graphql-transport-ws protocol) on the HTTP server's port and path.
 // Every operation goes through Yoga's envelop (the same plugins, masking and context
@@ -214,8 +215,8 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
         };
         return args;
       },
-      execute: (args) => (args.rootValue as Engine).execute(args),
-      subscribe: (args) => (args.rootValue as Engine).subscribe(args),
+      execute: (args) => publicOnce((args.rootValue as Engine).execute(args)),
+      subscribe: (args) => publicOnce((args.rootValue as Engine).subscribe(args)),
     },
     wss,
     0,
@@ -347,6 +348,12 @@ type SendOptions = Parameters<WebSocket['send']>[1];
 type SendCallback = (error?: Error) => void;
 
 type OperationResult = ReturnType<NonNullable<ServerOptions['execute']>>;
+
+/** A single result as the client sees it (publicResult); a stream's results are the shared execution's, public already. */
+async function publicOnce(result: OperationResult): Promise<Awaited<OperationResult>> {
+  const settled = await result;
+  return isAsyncIterable(settled) ? settled : publicResult(settled);
+}
 type Engine = { execute: (args: ExecutionArgs) => OperationResult; subscribe: (args: ExecutionArgs) => OperationResult };
 
 /**
