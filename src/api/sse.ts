@@ -19,8 +19,8 @@ import { publicResult } from './public-result.js';
 // Backpressure: the next result is pulled once the response has taken the last one
 // (the stream's inbox counts what queues meanwhile and ends a slow consumer). A client
 // that goes away returns the stream at once, which releases its LIVE_STREAMS_PER_USER slot;
-// so does one that takes nothing written to it for `stalledAfterMs` (WS_KEEPALIVE_MS, as long
-// as a graphql-ws peer may miss a pong): a client that stopped reading answers no ping.
+// so does one whose socket buffers are full and that takes nothing more for `stalledAfterMs`
+// (WS_KEEPALIVE_MS, as long as a graphql-ws peer may miss a pong): SSE has no pong to miss.
 
 /** New for every response: the adapter's Headers writes what later plugins add (CORS) into this very object. */
 const headers = () => ({ 'Content-Type': 'text/event-stream', Connection: 'keep-alive', 'Cache-Control': 'no-cache', 'Content-Encoding': 'none' });

@@ -10,7 +10,7 @@ import type { ArtifactRow } from './manifest-store.js';
 // A generation's outputs go to the store before it is marked SUCCEEDED: its files
 // (Generation.files) as SOURCE, and the web bundle its build produced as BUNDLE.
 
-// Folders count too: a build could leave a million empty ones for the walk below.
+// Folders (and links, which are left behind) count too: a build could leave a million empty ones for the walk below.
 const MAX_BUNDLE_ENTRIES = 10_000;
 const MAX_BUNDLE_BYTES = 256 * 1024 * 1024;
 // A cold preview reads a blob whole (PostgreSQL hands bytea over as hex text, twice its size).
@@ -31,7 +31,8 @@ export class BundleRefusedError extends RunError {
 
 const tooLarge = (reason: string) => new BundleRefusedError(`The web bundle is too large to keep: ${reason}.`);
 // A name that is not UTF-8 has no path in the manifest or a preview's URL; node would read it as another name.
-const utf8Name = new TextDecoder('utf-8', { fatal: true });
+// A leading byte-order mark is part of a name, not to be dropped.
+const utf8Name = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /** Blobs stored; `rows` index them (generation_artifacts), to be inserted once every one is in. */
 export interface StoredOutputs {
@@ -102,9 +103,9 @@ async function bundleFiles(root: string): Promise<BundleFile[]> {
     const listed = await readdir(dir, { withFileTypes: true, encoding: 'buffer' });
     entryCount += listed.length;
     if (entryCount > MAX_BUNDLE_ENTRIES) throw tooLarge(`over ${MAX_BUNDLE_ENTRIES} files and folders`);
-    const entries = listed.map((entry) => ({ entry, name: nameOf(entry.name, prefix) }));
+    // Links and other entries are left behind, whatever their names.
+    const entries = listed.filter((entry) => entry.isDirectory() || entry.isFile()).map((entry) => ({ entry, name: nameOf(entry.name, prefix) }));
     for (const { entry, name } of entries.sort((a, b) => (a.name < b.name ? -1 : 1))) {
-      if (!entry.isDirectory() && !entry.isFile()) continue;
       const path = prefix ? `${prefix}/${name}` : name;
       const length = Buffer.byteLength(path);
       if (length > MAX_BUNDLE_PATH_BYTES) throw tooLarge(`the path ${describePath(path)} is over ${MAX_BUNDLE_PATH_BYTES} bytes`);

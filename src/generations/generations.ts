@@ -22,7 +22,7 @@ export const generationPrompt = z
   .refine((prompt) => prompt.trim() !== '', 'Describe what to build');
 
 /** The tries of one prompt, a retry chain's last attempt (the generations_attempt_range check). */
-export const MAX_ATTEMPTS = 100;
+const MAX_ATTEMPTS = 100;
 
 /** Self-healing rounds a generation may take (0 = off). */
 export const MAX_FIX_ROUNDS = 5;
@@ -89,7 +89,7 @@ export async function retryGeneration(scope: Scope, deps: GenerationDeps, id: st
     refuseArchived(project);
     if (!isTerminal(original.status)) throw new InvalidStateError('Only a finished generation can be retried.');
     if (original.attempt >= MAX_ATTEMPTS) {
-      throw new InvalidStateError(`This prompt has been tried ${MAX_ATTEMPTS} times, as often as one generation may be retried; start a new generation instead.`);
+      throw new InvalidStateError(`This prompt has been tried ${MAX_ATTEMPTS} times, as often as one prompt may be; start a new generation instead.`);
     }
     await claimSession(tx, project.id, original.sessionId);
     // A user's retry is not retried automatically.

@@ -21,7 +21,6 @@ const SHOWS_AS_NOTHING = /[\s\p{Cf}\u115F\u1160\u2800\u3164\uFFA0]/gu;
 export const projectName = z
   .string()
   .trim()
-  .min(1, 'Name must not be empty')
   .max(100, 'Name must be at most 100 characters')
   .refine((name) => name.replace(SHOWS_AS_NOTHING, '') !== '', 'Name must not be empty')
   .refine((name) => !CONTROL_OR_BIDI.test(name), 'Name must not contain control or bidirectional-override characters');

@@ -164,6 +164,20 @@ describe('a web bundle past the limits', () => {
     await refused(/^The web bundle holds a file name that is not UTF-8: "caf\\u\{fffd\}"\.$/);
   });
 
+  it('keeps a name that starts with a byte-order mark as the name it is, beside the one without', async () => {
+    await writeFile(join(bundle, '\uFEFFindex.html'), 'marked');
+    await mkdir(join(bundle, '\uFEFFassets'));
+    await writeFile(join(bundle, '\uFEFFassets', 'a.js'), 'a');
+    const { store, batches } = recordingStore();
+    const stored = await storeOutputs(store, 'generation', bundle, []);
+    expect(stored.rows.map((row) => row.path).sort()).toEqual(['index.html', '\uFEFFassets/a.js', '\uFEFFindex.html']);
+    const blob = (path: string) => {
+      const sha256 = stored.rows.find((row) => row.path === path)?.sha256;
+      return batches.flat().find((put) => put.sha256 === sha256)?.content.toString();
+    };
+    expect([blob('\uFEFFindex.html'), blob('index.html')]).toEqual(['marked', '<!doctype html><title>app</title>']);
+  });
+
   it('refuses a single file over 64 MB before reading it', async () => {
     // Sparse: its size, not its blocks.
     await writeFile(join(bundle, 'huge.wasm'), '');
