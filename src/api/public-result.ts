@@ -16,7 +16,8 @@ export function publicResult(result: ExecutionResult): ExecutionResult {
   };
 }
 
-function publicError(error: GraphQLError): GraphQLError {
+/** An error as the client sees it: without `http` and `unexpected` in its extensions. */
+export function publicError(error: GraphQLError): GraphQLError {
   if (!(error instanceof GraphQLError) || !('http' in error.extensions || 'unexpected' in error.extensions)) return error;
   const { http: _http, unexpected: _unexpected, ...extensions } = error.extensions;
   return new GraphQLError(error.message, { nodes: error.nodes, source: error.source, positions: error.positions, path: error.path, originalError: error.originalError, extensions });

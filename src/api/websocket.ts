@@ -2,7 +2,7 @@ import type { IncomingMessage, Server } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { type ExecutionArgs, GraphQLError, getOperationAST } from 'graphql';
-import { CloseCode, type ServerOptions, type Context as WsContext } from 'graphql-ws';
+import { CloseCode, type ServerOptions, type SubscribePayload, type Context as WsContext } from 'graphql-ws';
 import { useServer } from 'graphql-ws/use/ws';
 import { isAsyncIterable, type YogaServerInstance } from 'graphql-yoga';
 import { WebSocket, WebSocketServer } from 'ws';
@@ -13,7 +13,7 @@ import { type Deadline, Deadlines } from '../deadlines.js';
 import { AuthError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { bearerToken } from './context.js';
-import { publicResult } from './public-result.js';
+import { publicError, publicResult } from './public-result.js';
 
 // graphql-ws (the graphql-transport-ws protocol) on the HTTP server's port and path.
 // Every operation goes through Yoga's envelop (the same plugins, masking and context
@@ -168,52 +168,10 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
         connection.release();
         connections.delete(ctx);
       },
+      // Refused before it runs (limits, parse, validation, the persisted-operations rule, the context): as the client sees it over HTTP.
       onSubscribe: async (ctx, _id, params) => {
-        // graphql-ws has already registered this operation, so it counts itself.
-        if (Object.keys(ctx.subscriptions).length > options.maxSubscriptions) {
-          return [
-            new GraphQLError(`Too many operations at once on this connection (at most ${options.maxSubscriptions}); complete one first.`, {
-              extensions: { code: 'TOO_MANY_SUBSCRIPTIONS', limit: options.maxSubscriptions },
-            }),
-          ];
-        }
-        const enveloped = yoga.getEnveloped({
-          clientIp: ctx.extra.request.clientIp,
-          connectionParams: ctx.connectionParams,
-          params,
-        });
-        let document;
-        try {
-          document = enveloped.parse(params.query);
-        } catch (error) {
-          // A syntax error fails this operation, not the socket.
-          return [error instanceof GraphQLError ? error : new GraphQLError('The document could not be parsed.')];
-        }
-        const errors = enveloped.validate(enveloped.schema, document);
-        if (errors.length > 0) return errors;
-        // A subscription takes the socket's claims (verified at connect, kept current by the
-        // expiry deadline and the re-check below, which close the socket when they lapse) rather
-        // than a JWT check and a session read each; a query or mutation verifies again, so a
-        // sign-out stops it at once.
-        let contextValue;
-        try {
-          contextValue = await enveloped.contextFactory(
-            getOperationAST(document, params.operationName)?.operation === 'subscription' ? { verifiedClaims: connections.get(ctx)?.claims } : undefined,
-          );
-        } catch (error) {
-          // A context that could not be built (masked and logged by the factory) fails this operation, not the socket.
-          if (error instanceof GraphQLError) return [error];
-          throw error;
-        }
-        const args: ExecutionArgs = {
-          schema: enveloped.schema,
-          operationName: params.operationName,
-          document,
-          variableValues: params.variables,
-          contextValue,
-          rootValue: { execute: enveloped.execute, subscribe: enveloped.subscribe },
-        };
-        return args;
+        const prepared = await prepare(ctx, params);
+        return Array.isArray(prepared) ? prepared.map(publicError) : prepared;
       },
       execute: (args) => publicOnce((args.rootValue as Engine).execute(args)),
       subscribe: (args) => publicOnce((args.rootValue as Engine).subscribe(args)),
@@ -221,6 +179,55 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
     wss,
     0,
   );
+
+  /** An operation's execution arguments, or why it is refused. */
+  async function prepare(ctx: WsContext<Record<string, unknown> | undefined, Extra>, params: SubscribePayload): Promise<ExecutionArgs | readonly GraphQLError[]> {
+    // graphql-ws has already registered this operation, so it counts itself.
+    if (Object.keys(ctx.subscriptions).length > options.maxSubscriptions) {
+      return [
+        new GraphQLError(`Too many operations at once on this connection (at most ${options.maxSubscriptions}); complete one first.`, {
+          extensions: { code: 'TOO_MANY_SUBSCRIPTIONS', limit: options.maxSubscriptions },
+        }),
+      ];
+    }
+    const enveloped = yoga.getEnveloped({
+      clientIp: ctx.extra.request.clientIp,
+      connectionParams: ctx.connectionParams,
+      params,
+    });
+    let document;
+    try {
+      document = enveloped.parse(params.query);
+    } catch (error) {
+      // A syntax error fails this operation, not the socket.
+      return [error instanceof GraphQLError ? error : new GraphQLError('The document could not be parsed.')];
+    }
+    const errors = enveloped.validate(enveloped.schema, document);
+    if (errors.length > 0) return errors;
+    // A subscription takes the socket's claims (verified at connect, kept current by the
+    // expiry deadline and the re-check below, which close the socket when they lapse) rather
+    // than a JWT check and a session read each; a query or mutation verifies again, so a
+    // sign-out stops it at once.
+    let contextValue;
+    try {
+      contextValue = await enveloped.contextFactory(
+        getOperationAST(document, params.operationName)?.operation === 'subscription' ? { verifiedClaims: connections.get(ctx)?.claims } : undefined,
+      );
+    } catch (error) {
+      // A context that could not be built (masked and logged by the factory) fails this operation, not the socket.
+      if (error instanceof GraphQLError) return [error];
+      throw error;
+    }
+    const args: ExecutionArgs = {
+      schema: enveloped.schema,
+      operationName: params.operationName,
+      document,
+      variableValues: params.variables,
+      contextValue,
+      rootValue: { execute: enveloped.execute, subscribe: enveloped.subscribe },
+    };
+    return args;
+  }
 
   // Revocation is checked, not assumed: every token in use is verified again
   // periodically (auth.verify re-reads the session), once per distinct token.
