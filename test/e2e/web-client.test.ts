@@ -352,13 +352,16 @@ const textOf = async (locator: Locator) => ((await locator.count()) > 0 ? await 
 /** What the page shows as the model's output, exactly. */
 const shownOutput = (page: Page) => page.getByRole('log', { name: 'Model output' }).locator('pre').textContent().then((text) => text ?? '');
 
-/** The output the server stored for the user's latest generation. */
-async function storedOutput(server: TestServer, email: string): Promise<string> {
+/** The user's latest generation as the server stored it. */
+async function latestGeneration(server: TestServer, email: string) {
   const user = await signIn(server, email, PASSWORD);
   const { projects } = await user.client.expectNoErrors(ProjectsDocument, { first: 1 });
   const { project } = await user.client.expectNoErrors(ProjectDocument, { id: projects.edges[0]!.node.id });
-  return (await getGeneration(user.client, project!.generations.edges[0]!.node.id)).output;
+  return getGeneration(user.client, project!.generations.edges[0]!.node.id);
 }
+
+/** The output the server stored for the user's latest generation. */
+const storedOutput = async (server: TestServer, email: string) => (await latestGeneration(server, email)).output;
 
 const shot = (page: Page, suite: string, name: string) => page.screenshot({ path: join(outputDir, suite, `${name}.png`), fullPage: true });
 
@@ -527,7 +530,8 @@ describe.skipIf(chromiumMissing)('keyboard focus and feedback in the web client'
       expect(await focused()).toBe('Sign in');
       await shot(page, 'web-client-focus', '1-sign-in-failed');
 
-      await page.getByRole('textbox', { name: 'Email' }).fill(uniqueEmail('e2e-focus'));
+      const email = uniqueEmail('e2e-focus');
+      await page.getByRole('textbox', { name: 'Email' }).fill(email);
       await page.getByRole('button', { name: 'Sign up' }).click();
       await page.getByRole('textbox', { name: 'Project name' }).fill('Focus');
       await page.getByRole('combobox', { name: 'Target' }).selectOption('FLUTTER');
@@ -539,13 +543,15 @@ describe.skipIf(chromiumMissing)('keyboard focus and feedback in the web client'
       await expect.poll(() => textOf(page.getByRole('alert'))).toContain('Write a prompt first');
       await shot(page, 'web-client-focus', '2-blank-prompt');
 
-      // Generate keeps the focus while the request runs and after it.
-      await page.getByRole('textbox', { name: 'Prompt' }).fill('A packing list');
+      // Generate keeps the focus while the request runs and after it; the prompt goes as written, indentation and all.
+      const prompt = 'A packing list, like this:\n    - socks\n    - a hat\n';
+      await page.getByRole('textbox', { name: 'Prompt' }).fill(prompt);
       await page.getByRole('button', { name: 'Generate' }).press('Enter');
       await page.getByRole('button', { name: 'Show version 1' }).waitFor();
       expect(await page.getByRole('alert').count()).toBe(0);
       expect(await focused()).toBe('Generate');
       await expect.poll(() => textOf(page.getByRole('status')), { timeout: 60_000 }).toContain('SUCCEEDED');
+      expect((await latestGeneration(suite.server, email)).prompt).toBe(prompt);
 
       // Closing a diff returns to the button that opened it.
       await page.getByRole('button', { name: 'Diff version 1' }).click();

@@ -287,7 +287,8 @@ export function GenerationView({ id, onSettled }: { id: string; onSettled: () =>
           {streamError}
         </p>
       )}
-      <p className="muted prompt-echo">“{generation?.prompt}”</p>
+      {/* As written, line breaks and indentation kept; only its trailing blanks would push the closing quote down. */}
+      <p className="muted prompt-echo">“{generation?.prompt.trimEnd()}”</p>
 
       <h2 id={`output-${id}`}>Model output</h2>
       <AutoScroll role="log" aria-label="Model output" className="log">

@@ -52,9 +52,9 @@ export function ProjectPage({ projectId }: { projectId: string }) {
     event.preventDefault();
     if (busy) return;
     const form = event.currentTarget;
-    const prompt = String(new FormData(form).get('prompt')).trim();
-    // `required` lets spaces through.
-    if (!prompt) return setError('Write a prompt first: it has only spaces.');
+    // Sent as written (a pasted snippet keeps its indentation); `required` lets spaces through.
+    const prompt = String(new FormData(form).get('prompt'));
+    if (!prompt.trim()) return setError('Write a prompt first: it has only spaces.');
     setBusy(true);
     setError(null);
     try {
