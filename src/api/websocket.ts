@@ -355,13 +355,13 @@ type SendOptions = Parameters<WebSocket['send']>[1];
 type SendCallback = (error?: Error) => void;
 
 type OperationResult = ReturnType<NonNullable<ServerOptions['execute']>>;
+type Engine = { execute: (args: ExecutionArgs) => OperationResult; subscribe: (args: ExecutionArgs) => OperationResult };
 
 /** A single result as the client sees it (publicResult); a stream's results are the shared execution's, public already. */
 async function publicOnce(result: OperationResult): Promise<Awaited<OperationResult>> {
   const settled = await result;
   return isAsyncIterable(settled) ? settled : publicResult(settled);
 }
-type Engine = { execute: (args: ExecutionArgs) => OperationResult; subscribe: (args: ExecutionArgs) => OperationResult };
 
 /**
  * Browsers always send Origin on a WebSocket upgrade, and CORS does not apply to
