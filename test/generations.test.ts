@@ -166,18 +166,20 @@ describe(`generations without a worker: ROLE=api (${databaseKind})`, () => {
   });
 
   it('refuses, with the reason, to retry a generation that is its prompt\'s 100th attempt, and queues nothing', async () => {
-    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
-    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A dice roller' });
-    await suite.owner.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
+    // A user of its own: the tests before leave the owner's one active generation taken.
+    const user = await signUp(suite.server);
+    const project = await createProject(user.client, { target: 'FLUTTER' });
+    const started = await startAccepted(user.client, { projectId: project.id, prompt: 'A dice roller' });
+    await user.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
     // As 99 retries of it would have left it (each queued one cancelled by the next user's turn).
     await suite.server.database.db.update(generations).set({ attempt: 99 }).where(eq(generations.id, decodeGlobalID(started.id).id));
-    const last = expectTypename((await suite.owner.client.expectNoErrors(RetryGenerationDocument, { id: started.id })).retryGeneration, 'Generation');
+    const last = expectTypename((await user.client.expectNoErrors(RetryGenerationDocument, { id: started.id })).retryGeneration, 'Generation');
     expect(last.attempt).toBe(100);
-    await suite.owner.client.expectNoErrors(CancelGenerationDocument, { id: last.id });
+    await user.client.expectNoErrors(CancelGenerationDocument, { id: last.id });
 
-    const refused = expectTypename((await suite.owner.client.expectNoErrors(RetryGenerationDocument, { id: last.id })).retryGeneration, 'InvalidStateError');
+    const refused = expectTypename((await user.client.expectNoErrors(RetryGenerationDocument, { id: last.id })).retryGeneration, 'InvalidStateError');
     expect(refused.message).toMatch(/tried 100 times.*start a new generation/);
-    const { project: listed } = await suite.owner.client.expectNoErrors(ProjectDocument, { id: project.id });
+    const { project: listed } = await user.client.expectNoErrors(ProjectDocument, { id: project.id });
     expect(listed?.generations.edges.map((edge) => edge.node.id)).toEqual([last.id, started.id]);
   });
 
