@@ -16,10 +16,9 @@ import {
 } from './gql/graphql.js';
 import { unzip, untarGz } from './support/archives.js';
 import { databaseKind } from './support/db.js';
-import { startFakeOpenAi } from './support/fake-openai.js';
+import { useFakeOpenAi } from './support/fake-openai.js';
 import { createProject, expectTypename, signUp, type TestUser } from './support/fixtures.js';
 import { type Generation, GenerationWatch, getGeneration, startAccepted, startGeneration, waitForEnd } from './support/generation-helpers.js';
-import { useStarted } from './support/lifecycle.js';
 import type { GraphQLClient } from './support/server.js';
 import { useGenerationServer } from './support/suite-server.js';
 
@@ -37,7 +36,7 @@ const answer = (...files: { path: string; content?: string }[]) => [
 ];
 
 describe(`versions: diffs, restore and archives (${databaseKind})`, () => {
-  const llm = useStarted(() => startFakeOpenAi(), (fake) => fake.close());
+  const llm = useFakeOpenAi();
   const suite = useGenerationServer(() => ({ ...llm.kilnEnv, AUTO_FIX_MAX_ROUNDS: '0' }));
   let editor: TestUser;
   let viewer: TestUser;

@@ -1,10 +1,9 @@
 import { connect } from 'node:net';
 import { describe, expect, it, vi } from 'vitest';
 import { databaseKind } from './support/db.js';
-import { startFakeOpenAi } from './support/fake-openai.js';
+import { LONG_ANSWER, useFakeOpenAi } from './support/fake-openai.js';
 import { createProject } from './support/fixtures.js';
 import { startAccepted, waitForEnd } from './support/generation-helpers.js';
-import { useStarted } from './support/lifecycle.js';
 import { LogCapture } from './support/log-capture.js';
 import { useGenerationServer } from './support/suite-server.js';
 
@@ -14,17 +13,11 @@ import { useGenerationServer } from './support/suite-server.js';
 // (It held the stream, the slot and the socket for as long as it stayed connected, past its
 // token's expiry too.)
 
-const CHUNK = 'Lorem ipsum dolor sit amet, consectetur adipiscing elit. '.repeat(47).slice(0, 2700);
-const CHUNKS = 4500; // ~12 MB to replay: several times what the loopback socket buffers hold
 const CHUNKS_QUERY = 'subscription($id: ID!, $afterSeq: Int) { generationChunks(generationId: $id, afterSeq: $afterSeq) { seq text } }';
 const DROPPED = 'dropped a subscription whose client took nothing written to it for as long';
 
 describe(`a client that stops reading an SSE stream (${databaseKind})`, () => {
-  const llm = useStarted(async () => {
-    const fake = await startFakeOpenAi();
-    fake.script({ kind: 'stream', chunks: Array.from({ length: CHUNKS }, () => CHUNK) });
-    return fake;
-  }, (fake) => fake.close());
+  const llm = useFakeOpenAi({ kind: 'stream', chunks: LONG_ANSWER });
   const logs = new LogCapture();
   const suite = useGenerationServer(() => ({ ...llm.kilnEnv, LIVE_STREAMS_PER_USER: '1', WS_KEEPALIVE_MS: '500', LOG_LEVEL: 'info' }), 'ok', { logTo: logs });
 
@@ -52,7 +45,7 @@ describe(`a client that stops reading an SSE stream (${databaseKind})`, () => {
     const next = await fetch(`${suite.server.url}/graphql`, {
       method: 'POST',
       headers: { accept: 'text/event-stream', authorization: `Bearer ${suite.owner.accessToken}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ query: CHUNKS_QUERY, variables: { id: generation.id, afterSeq: CHUNKS } }),
+      body: JSON.stringify({ query: CHUNKS_QUERY, variables: { id: generation.id, afterSeq: LONG_ANSWER.length } }),
     });
     const events = await next.text();
     expect(events).not.toContain('TOO_MANY');
@@ -65,6 +58,6 @@ describe(`a client that stops reading an SSE stream (${databaseKind})`, () => {
     expect(text).toMatch(/^HTTP\/1\.1 200 /);
     expect(text).toContain('event: next');
     expect(text).not.toContain('event: complete');
-    expect(Buffer.byteLength(text)).toBeLessThan(CHUNKS * CHUNK.length);
+    expect(Buffer.byteLength(text)).toBeLessThan(LONG_ANSWER.join('').length);
   });
 });

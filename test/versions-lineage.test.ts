@@ -6,10 +6,9 @@ import { MAX_VERSION_FILES } from '../src/generations/output-parser.js';
 import { getTarget } from '../src/toolchain/targets.js';
 import { GenerationDiffDocument, RestoreGenerationDocument, RetryGenerationDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { startFakeOpenAi } from './support/fake-openai.js';
+import { useFakeOpenAi } from './support/fake-openai.js';
 import { createProject, expectTypename } from './support/fixtures.js';
 import { type Generation, rawId, startAccepted, waitForEnd } from './support/generation-helpers.js';
-import { useStarted } from './support/lifecycle.js';
 import { LogCapture } from './support/log-capture.js';
 import { useGenerationServer } from './support/suite-server.js';
 
@@ -33,7 +32,7 @@ const many = (dir: string, count: number) => Array.from({ length: count }, (_, i
 const paths = (generation: Generation) => generation.files.map((file) => file.path);
 
 describe(`versions from one generation to the next (${databaseKind})`, () => {
-  const llm = useStarted(() => startFakeOpenAi(), (fake) => fake.close());
+  const llm = useFakeOpenAi();
   const logs = new LogCapture();
   const suite = useGenerationServer(() => ({ ...llm.kilnEnv, AUTO_FIX_MAX_ROUNDS: '0', LOG_LEVEL: 'warn' }), 'ok', { logTo: logs });
 

@@ -1,10 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { GenerationChunksDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { startFakeOpenAi } from './support/fake-openai.js';
+import { LONG_ANSWER, useFakeOpenAi } from './support/fake-openai.js';
 import { createProject } from './support/fixtures.js';
 import { startAccepted, waitForEnd, within } from './support/generation-helpers.js';
-import { useStarted } from './support/lifecycle.js';
 import { isContiguousFromZero, RawSocket } from './support/live.js';
 import { useGenerationServer } from './support/suite-server.js';
 
@@ -14,15 +13,8 @@ import { useGenerationServer } from './support/suite-server.js';
 // SUBSCRIPTION_BUFFER_LIMIT live items have been published past the stalled one, the
 // subscription ends with SLOW_CONSUMER and the client resumes from its last seq.
 
-const CHUNK = 'Lorem ipsum dolor sit amet, consectetur adipiscing elit. '.repeat(47).slice(0, 2700);
-const CHUNKS = 4500; // ~12 MB: several times what the loopback socket buffers hold
-
 describe(`a slow consumer over graphql-ws (${databaseKind})`, () => {
-  const llm = useStarted(async () => {
-    const fake = await startFakeOpenAi();
-    fake.script({ kind: 'stream', chunks: Array.from({ length: CHUNKS }, () => CHUNK) });
-    return fake;
-  }, (fake) => fake.close());
+  const llm = useFakeOpenAi({ kind: 'stream', chunks: LONG_ANSWER });
   const suite = useGenerationServer(() => ({
     ...llm.kilnEnv,
     SUBSCRIPTION_BUFFER_LIMIT: '20',

@@ -2,6 +2,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { LlmRequest } from '../../src/llm/provider.js';
+import { useStarted } from './lifecycle.js';
 
 // An OpenAI-compatible chat completions server (as Ollama, vLLM or llama.cpp
 // serve it) on 127.0.0.1: scripted answers, recorded requests.
@@ -61,6 +62,21 @@ export interface FakeOpenAi {
   /** Answers for the next requests, in order; the last one repeats. */
   script(...behaviours: OpenAiBehaviour[]): void;
   close(): Promise<void>;
+}
+
+/**
+ * The chunks of a ~12 MB answer: several times what the loopback socket buffers hold, so a
+ * client that stops reading leaves the server with frames it cannot write.
+ */
+export const LONG_ANSWER = Array.from({ length: 4500 }, () => 'Lorem ipsum dolor sit amet, consectetur adipiscing elit. '.repeat(47).slice(0, 2700));
+
+/** A fake started before the suite's tests and closed after them, answering `behaviour` first if given. */
+export function useFakeOpenAi(behaviour?: OpenAiBehaviour): FakeOpenAi {
+  return useStarted(async () => {
+    const fake = await startFakeOpenAi();
+    if (behaviour) fake.script(behaviour);
+    return fake;
+  }, (fake) => fake.close());
 }
 
 export async function startFakeOpenAi(): Promise<FakeOpenAi> {
