@@ -168,10 +168,10 @@ describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before i
       ],
     ] as const)('reaps the namespace holder it killed before it ends a failed set-up (%s): none is left for init to reap', async (_case, message, spoil) => {
       const jail = await stepJail();
-      spoil(jail);
-      // Told from inside, as the wrapper ends: a holder not reaped by then (a zombie, left in the step's process group for init) makes it end with 99.
-      rewriteScript(jail, 'exit 125; }', '[ -e /proc/$h ] && exit 99; exit 125; }');
       try {
+        spoil(jail);
+        // Told from inside, as the wrapper ends: a holder not reaped by then (a zombie, left in the step's process group for init) makes it end with 99.
+        rewriteScript(jail, 'exit 125; }', '[ -e /proc/$h ] && exit 99; exit 125; }');
         const { code, stderr } = await runWrapper(jail);
         expect({ code, lastLine: stderr.trim().split('\n').at(-1) }).toEqual({ code: 125, lastLine: expect.stringMatching(message) });
       } finally {
@@ -181,10 +181,10 @@ describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before i
 
     it("runs a step with the holder of hosts whose setpriv has no --pdeathsig (a sleep), and reaps it before bwrap starts", async () => {
       const jail = await stepJail();
-      if (setprivKillsWithParent) rewriteScript(jail, PDEATHSIG_HOLDER, SLEEPING_HOLDER);
-      // Told from inside: a holder not reaped once fd 5 is open makes the wrapper end with 99 instead of going on to bwrap.
-      rewriteScript(jail, 'kill -KILL $h; wait $h 2>/dev/null', 'kill -KILL $h; wait $h 2>/dev/null; [ -e /proc/$h ] && exit 99');
       try {
+        if (setprivKillsWithParent) rewriteScript(jail, PDEATHSIG_HOLDER, SLEEPING_HOLDER);
+        // Told from inside: a holder not reaped once fd 5 is open makes the wrapper end with 99 instead of going on to bwrap.
+        rewriteScript(jail, 'kill -KILL $h; wait $h 2>/dev/null', 'kill -KILL $h; wait $h 2>/dev/null; [ -e /proc/$h ] && exit 99');
         // The step's tool runs `true`: 0 only once the namespace, bwrap, the user switch and the tool all worked.
         expect(await runWrapper(jail)).toEqual({ code: 0, stderr: '' });
       } finally {
@@ -195,15 +195,16 @@ describe.skipIf(bwrapProblem !== undefined)(`a build sandbox that fails before i
     it.skipIf(!setprivKillsWithParent)("kills the namespace holder with a wrapper that ends after writing the maps, the holder's shell already stopped", async () => {
       // The holder's parent-death signal must outlive the maps: an exec after uid 0 is mapped gains capabilities, and the kernel then clears it.
       const jail = await stepJail();
-      // Instead of opening the namespace: wait for the holder to stop itself, say which it is, and end without killing it.
-      rewriteScript(jail, 'command exec 5</proc/$h/ns/user', `until grep -q '^State:[[:space:]]*T' /proc/$h/status; do :; done; echo "holder $h" >&2; exit 0`);
-      const { code, stderr } = await runWrapper(jail);
-      const holder = Number(/holder (\d+)/.exec(stderr)?.[1]);
-      expect({ code, holder: Number.isInteger(holder) }).toEqual({ code: 0, holder: true });
+      let holder = Number.NaN;
       try {
+        // Instead of opening the namespace: wait for the holder to stop itself, say which it is, and end without killing it.
+        rewriteScript(jail, 'command exec 5</proc/$h/ns/user', `until grep -q '^State:[[:space:]]*T' /proc/$h/status; do :; done; echo "holder $h" >&2; exit 0`);
+        const { code, stderr } = await runWrapper(jail);
+        holder = Number(/holder (\d+)/.exec(stderr)?.[1]);
+        expect({ code, holder: Number.isInteger(holder) }).toEqual({ code: 0, holder: true });
         expect(await endsWithin(holder, 10_000)).toBe(true);
       } finally {
-        if (!(await endsWithin(holder, 0))) process.kill(holder, 'SIGKILL');
+        if (Number.isInteger(holder) && !(await endsWithin(holder, 0))) process.kill(holder, 'SIGKILL');
         await jail.release();
       }
     });
