@@ -125,13 +125,15 @@ describe(`bad input (${databaseKind})`, () => {
     expect(fine).toEqual({ __typename: 'Project', name: 'Café ☕ — ünïcode 日本', description: 'Line one\nLine two\twith a tab' });
   });
 
-  it('refuses a name that shows as nothing (zero-width, blank fillers), and keeps one whose joiners join something', async () => {
-    for (const name of ['\u200B', '\u2800', '\u3164', '\u200D\u200C', '\uFEFF \u200B', '\u00AD']) {
+  it('refuses a name that shows as nothing (zero-width, blank fillers, marks on nothing), and keeps one whose joiners and marks sit on something', async () => {
+    for (const name of ['\u200B', '\u2800', '\u3164', '\u200D\u200C', '\uFEFF \u200B', '\u00AD', '\uFE0F', '\u034F', '\u0301\u0308']) {
       const { createProject } = await suite.owner.client.expectNoErrors(CreateProject, { name });
       expect(createProject, JSON.stringify(name)).toEqual({ __typename: 'ValidationError', fieldErrors: [{ path: ['name'], message: 'Name must not be empty' }] });
     }
-    const { createProject: family } = await suite.owner.client.expectNoErrors(CreateProject, { name: 'Family \u{1F468}\u200D\u{1F469}\u200D\u{1F467}' });
-    expect(family).toMatchObject({ __typename: 'Project', name: 'Family \u{1F468}\u200D\u{1F469}\u200D\u{1F467}' });
+    for (const name of ['Family \u{1F468}\u200D\u{1F469}\u200D\u{1F467}', 'Cafe\u0301 \u2764\uFE0F', '\u0928\u092E\u0938\u094D\u0924\u0947']) {
+      const { createProject } = await suite.owner.client.expectNoErrors(CreateProject, { name });
+      expect(createProject, JSON.stringify(name)).toMatchObject({ __typename: 'Project', name });
+    }
   });
 
   it('stores a description of nothing but blanks as none, as an update does', async () => {
@@ -139,11 +141,13 @@ describe(`bad input (${databaseKind})`, () => {
     expect(createProject).toEqual({ __typename: 'Project', name: 'Blank description', description: null });
   });
 
-  it('keeps a prompt as it was sent, its indentation and line breaks, and refuses one of nothing but blanks', async () => {
+  it('keeps a prompt as it was sent, its indentation and line breaks, and refuses one that shows as nothing', async () => {
     const prompt = '    const x = 1; // keep this indented\n  fix it\n\n';
     const started = await startAccepted(suite.owner.client, { projectId, prompt });
     expect(started.prompt).toBe(prompt);
-    const refused = await startGeneration(suite.owner.client, { projectId, prompt: ' \n\t ' });
-    expect(refused).toMatchObject({ __typename: 'ValidationError', fieldErrors: [{ path: ['prompt'], message: 'Describe what to build' }] });
+    for (const blank of [' \n\t ', '\u200B', '\u200B\n\uFEFF\u2800']) {
+      const refused = await startGeneration(suite.owner.client, { projectId, prompt: blank });
+      expect(refused, JSON.stringify(blank)).toMatchObject({ __typename: 'ValidationError', fieldErrors: [{ path: ['prompt'], message: 'Describe what to build' }] });
+    }
   });
 });

@@ -4,7 +4,7 @@ import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
 import { BudgetExceededError, InvalidStateError, NotFoundError, RateLimitedError } from '../errors.js';
 import type { EventBus } from '../events/bus.js';
-import { archiveProjectIn, requireRole } from '../projects/projects.js';
+import { archiveProjectIn, requireRole, showsAsNothing } from '../projects/projects.js';
 import { type ProjectRow, projectStore } from '../projects/store.js';
 import { reserveAtStart } from './budget.js';
 import { isTerminal } from './status.js';
@@ -15,11 +15,11 @@ import { type GenerationRow, generationStore } from './store.js';
 /** Generations made by a restore name no model: they call none. */
 const NO_MODEL = { name: 'none', model: 'none' } as const;
 
-/** Kept as sent (the conversation holds the prompt verbatim: an indented snippet stays indented); one of nothing but blanks is refused. */
+/** Kept as sent (the conversation holds the prompt verbatim: an indented snippet stays indented); one that shows as nothing is refused. */
 export const generationPrompt = z
   .string()
   .max(20_000, 'The prompt must be at most 20000 characters')
-  .refine((prompt) => prompt.trim() !== '', 'Describe what to build');
+  .refine((prompt) => !showsAsNothing(prompt), 'Describe what to build');
 
 /** The tries of one prompt, a retry chain's last attempt (the generations_attempt_range check). */
 const MAX_ATTEMPTS = 100;

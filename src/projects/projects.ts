@@ -15,14 +15,21 @@ const CONTROL_OR_BIDI = /[\p{Cc}\u202A-\u202E\u2066-\u2069]/u;
 /** The same, except line breaks and tabs, which a description may have. */
 const CONTROL_OR_BIDI_EXCEPT_LINES = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F\u202A-\u202E\u2066-\u2069]/u;
 
-/** What shows as nothing: blanks, format characters (zero-width spaces and joiners, marks) and the fillers that render blank. */
-const SHOWS_AS_NOTHING = /[\s\p{Cf}\u115F\u1160\u2800\u3164\uFFA0]/gu;
+/**
+ * What shows as nothing on its own: blanks, format characters (zero-width spaces and joiners),
+ * marks with no letter to sit on (combining marks, variation selectors, the grapheme joiner)
+ * and the fillers that render blank.
+ */
+const SHOWS_AS_NOTHING = /[\s\p{Cf}\p{M}\u115F\u1160\u2800\u3164\uFFA0]/gu;
+
+/** Whether text would show as nothing at all: a name, a prompt. */
+export const showsAsNothing = (text: string): boolean => text.replace(SHOWS_AS_NOTHING, '') === '';
 
 export const projectName = z
   .string()
   .trim()
   .max(100, 'Name must be at most 100 characters')
-  .refine((name) => name.replace(SHOWS_AS_NOTHING, '') !== '', 'Name must not be empty')
+  .refine((name) => !showsAsNothing(name), 'Name must not be empty')
   .refine((name) => !CONTROL_OR_BIDI.test(name), 'Name must not contain control or bidirectional-override characters');
 export const projectDescription = z
   .string()
