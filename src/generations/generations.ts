@@ -22,7 +22,7 @@ export const generationPrompt = z
   .refine((prompt) => !showsAsNothing(prompt), 'Describe what to build');
 
 /** The tries of one prompt, a retry chain's last attempt (the generations_attempt_range check). */
-const MAX_ATTEMPTS = 100;
+export const MAX_ATTEMPTS = 100;
 
 /** Self-healing rounds a generation may take (0 = off). */
 export const MAX_FIX_ROUNDS = 5;

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { BudgetExceededError, NotFoundError } from '../../errors.js';
-import { cancelGeneration, generationPrompt, maxFixRounds, retryGeneration, startGeneration } from '../../generations/generations.js';
+import { cancelGeneration, generationPrompt, MAX_ATTEMPTS, maxFixRounds, retryGeneration, startGeneration } from '../../generations/generations.js';
 import { generationReads } from '../../generations/reads.js';
 import { BUILD_STEP_STATUSES, GENERATION_PHASES, GENERATION_STATUSES } from '../../generations/status.js';
 import { type BuildStepRow, CONVERSATION_MAX_CHARS, CONVERSATION_MAX_MESSAGES, type GenerationRow, type MessageRow } from '../../generations/store.js';
@@ -265,8 +265,7 @@ builder.mutationFields((t) => ({
   retryGeneration: t.field({
     type: GenerationRef,
     errors: { types: [BudgetExceededError] },
-    description:
-      "Starts a new generation with the same prompt, session and parent (retryOf points back); a restore's retry restores the same files again. Refused while another generation of the session is queued or running.",
+    description: `Starts a new generation with the same prompt, session and parent (retryOf points back); a restore's retry restores the same files again. Refused while another generation of the session is queued or running, and after a prompt's ${MAX_ATTEMPTS}th attempt.`,
     args: { id: t.arg.globalID({ required: true }).validate(idFor('Generation')) },
     resolve: (_root, args, ctx) => retryGeneration(ctx.db, startLimits(ctx), args.id),
   }),
