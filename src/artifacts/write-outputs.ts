@@ -102,7 +102,7 @@ async function bundleFiles(root: string): Promise<BundleFile[]> {
   const walk = async (dir: string, prefix: string) => {
     const listed = await readdir(dir, { withFileTypes: true, encoding: 'buffer' });
     entryCount += listed.length;
-    if (entryCount > MAX_BUNDLE_ENTRIES) throw tooLarge(`over ${MAX_BUNDLE_ENTRIES} files and folders`);
+    if (entryCount > MAX_BUNDLE_ENTRIES) throw tooLarge(`over ${MAX_BUNDLE_ENTRIES} entries (files, folders and links)`);
     // Links and other entries are left behind, whatever their names.
     const entries = listed.filter((entry) => entry.isDirectory() || entry.isFile()).map((entry) => ({ entry, name: nameOf(entry.name, prefix) }));
     for (const { entry, name } of entries.sort((a, b) => (a.name < b.name ? -1 : 1))) {

@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, symlink, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -144,13 +144,14 @@ describe('a web bundle past the limits', () => {
     await refused(/^The web bundle is too large to keep: its paths are over 2 MB in all\.$/);
   });
 
-  it('refuses over 10,000 files and folders, empty folders counted, and keeps exactly that many', async () => {
+  it('refuses over 10,000 entries, empty folders and links counted, and keeps exactly that many', async () => {
     // index.html and 9,999 empty folders: the limit, the walk's own work bounded by it.
     await Promise.all(Array.from({ length: 9_999 }, (_, i) => mkdir(join(bundle, `d${i}`))));
     const { store } = recordingStore();
     expect((await storeOutputs(store, 'generation', bundle, sources)).rows.map((row) => row.path)).toEqual(['lib/main.dart', 'index.html']);
-    await mkdir(join(bundle, 'one-more'));
-    await refused(/^The web bundle is too large to keep: over 10000 files and folders\.$/);
+    // A link is left behind, but its entry was listed all the same.
+    await symlink('index.html', join(bundle, 'one-more'));
+    await refused(/^The web bundle is too large to keep: over 10000 entries \(files, folders and links\)\.$/);
   });
 
   it('refuses a file or folder whose name is not UTF-8, which no path of the manifest could name', async () => {
