@@ -1,5 +1,5 @@
-import { constants } from 'node:fs';
-import { lstat, open, readdir } from 'node:fs/promises';
+import { constants, type Dirent } from 'node:fs';
+import { lstat, open, opendir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { RunError } from '../errors.js';
 import { describePath } from '../generations/safe-path.js';
@@ -100,9 +100,14 @@ async function bundleFiles(root: string): Promise<BundleFile[]> {
   let bytes = 0;
   let pathBytes = 0;
   const walk = async (dir: string, prefix: string) => {
-    const listed = await readdir(dir, { withFileTypes: true, encoding: 'buffer' });
-    entryCount += listed.length;
-    if (entryCount > MAX_BUNDLE_ENTRIES) throw tooLarge(`over ${MAX_BUNDLE_ENTRIES} entries (files, folders and links)`);
+    // Listed one entry at a time: a folder of millions stops at the limit, not in memory.
+    // (@types/node leaves 'buffer' out of opendir's encodings; Node takes it, as readdir's.)
+    const opened = (await opendir(dir, { encoding: 'buffer' as BufferEncoding })) as unknown as AsyncIterable<Dirent<Buffer>>;
+    const listed: Dirent<Buffer>[] = [];
+    for await (const entry of opened) {
+      if (++entryCount > MAX_BUNDLE_ENTRIES) throw tooLarge(`over ${MAX_BUNDLE_ENTRIES} entries (files, folders and links)`);
+      listed.push(entry);
+    }
     // Links and other entries are left behind, whatever their names.
     const entries = listed.filter((entry) => entry.isDirectory() || entry.isFile()).map((entry) => ({ entry, name: nameOf(entry.name, prefix) }));
     for (const { entry, name } of entries.sort((a, b) => (a.name < b.name ? -1 : 1))) {
