@@ -84,14 +84,15 @@ describe(`a Supabase email handed on to another user (${databaseKind})`, () => {
 // The provider writes a profile from GoTrue's answer to a session check, so a user it has not
 // written (never seen, or forgotten to stay within its bounds) must get a fresh answer.
 describe('session checks asked again', () => {
+  /** The authority's next answer, given when the test says. */
+  const nextAnswer = () => {
+    let resolve: (live: boolean) => void = () => {};
+    const promise = new Promise<boolean>((settle) => (resolve = settle));
+    return { promise, resolve };
+  };
+
   it('asks despite a remembered live answer, joins a question on its way, and still refuses an ended session at once', async () => {
     const asked: string[] = [];
-    /** The authority's next answer, given when the test says. */
-    const nextAnswer = () => {
-      let resolve: (live: boolean) => void = () => {};
-      const promise = new Promise<boolean>((settle) => (resolve = settle));
-      return { promise, resolve };
-    };
     let answer = nextAnswer();
     const liveness = createSessionLiveness({
       ttlMs: 60_000,
@@ -118,5 +119,21 @@ describe('session checks asked again', () => {
     liveness.ended('a', 'user', Date.now() + 60_000);
     expect(await liveness.isLive(session('a'), { askAgain: true })).toBe(false);
     expect(asked).toHaveLength(2);
+  });
+
+  it("does not join a question asked before the user signed out everywhere: a request after the sign-out waits for GoTrue's new answer", async () => {
+    const answers = [nextAnswer(), nextAnswer()];
+    const liveness = createSessionLiveness({ ttlMs: 60_000, now: Date.now, ask: () => answers.shift()!.promise });
+    const [before, after] = answers;
+    const session = { sessionId: 'other-device', userId: 'user', expiresAtMs: Date.now() + 60_000, accessToken: 'token' };
+
+    const inFlight = liveness.isLive(session);
+    liveness.forgetUser('user', 'this-device'); // signOut(scope: GLOBAL) from this device returned
+    const sentAfter = liveness.isLive(session);
+    before!.resolve(true);
+    after!.resolve(false);
+    expect(await inFlight).toBe(true);
+    expect(await sentAfter).toBe(false);
+    expect(await liveness.isLive(session)).toBe(false);
   });
 });

@@ -40,8 +40,8 @@ export interface SessionLiveness {
 
 export function createSessionLiveness({ ttlMs, now, ask }: SessionLivenessOptions): SessionLiveness {
   const entries = new Map<string, Entry>();
-  // Concurrent requests of one session share a single question.
-  const pending = new Map<string, Promise<boolean>>();
+  // Concurrent requests of one session share a single question, until a sign-out of its user.
+  const pending = new Map<string, { userId: string; answer: Promise<boolean> }>();
   // Bumped by every sign-out here, so an answer asked before it is not remembered after it.
   let signOuts = 0;
 
@@ -70,12 +70,16 @@ export function createSessionLiveness({ ttlMs, now, ask }: SessionLivenessOption
     async isLive(session, { askAgain = false } = {}) {
       const known = entries.get(session.sessionId);
       if (known && known.until > now() && !(askAgain && known.live)) return known.live;
-      let answer = pending.get(session.sessionId);
-      if (!answer) {
-        answer = askOnce(session).finally(() => pending.delete(session.sessionId));
-        pending.set(session.sessionId, answer);
-      }
-      return answer;
+      const asking = pending.get(session.sessionId);
+      if (asking) return asking.answer;
+      const question = {
+        userId: session.userId,
+        answer: askOnce(session).finally(() => {
+          if (pending.get(session.sessionId) === question) pending.delete(session.sessionId);
+        }),
+      };
+      pending.set(session.sessionId, question);
+      return question.answer;
     },
     ended(sessionId, userId, untilMs) {
       signOuts += 1;
@@ -86,6 +90,8 @@ export function createSessionLiveness({ ttlMs, now, ask }: SessionLivenessOption
       for (const [id, entry] of entries) {
         if (entry.userId === userId && entry.live && id !== exceptSessionId) entries.delete(id);
       }
+      // A question asked before the sign-out may be answered live: a request after it asks anew.
+      for (const [id, question] of pending) if (question.userId === userId && id !== exceptSessionId) pending.delete(id);
     },
   };
 }
