@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { z } from 'zod';
+import { MAX_TIMER_MS } from './deadlines.js';
 
 // The one place that reads the environment (STYLE 12): every variable parsed once,
 // every problem reported together.
@@ -11,6 +12,10 @@ const optional = z
   .optional()
   .transform((v) => v?.trim());
 const int = (fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max).default(fallback);
+/** A timer's delay, in milliseconds or (`unitMs` 1000) seconds: at most what setTimeout takes, past which it would fire at once. */
+const delay = (fallback: number, min: number, unitMs = 1) => int(fallback, min, Math.floor(MAX_TIMER_MS / unitMs));
+/** A lifetime that becomes a date (a token's expiry, a session's end): at most ten years, which every date type holds. */
+const lifetimeSeconds = (fallback: number) => int(fallback, 1, 315_360_000);
 /** What an API key can be: it travels in an HTTP header (`Bearer <key>`), where a line break, a space or non-ASCII breaks every request. */
 export const API_KEY_CHARACTERS = /^[\x21-\x7E]*$/;
 export const API_KEY_CHARACTERS_MESSAGE = 'An API key is printable ASCII with no spaces';
@@ -40,8 +45,8 @@ const environment = z.object({
   SUPABASE_ANON_KEY: optional,
   SUPABASE_SERVICE_ROLE_KEY: optional,
   SUPABASE_JWT_SECRET: optional,
-  ACCESS_TOKEN_TTL_SECONDS: int(3600, 1),
-  SESSION_MAX_AGE_SECONDS: int(2_592_000, 1),
+  ACCESS_TOKEN_TTL_SECONDS: lifetimeSeconds(3600),
+  SESSION_MAX_AGE_SECONDS: lifetimeSeconds(2_592_000),
   AUTH_JWT_SECRET: optional,
   KILN_ENCRYPTION_KEY: optional,
   LLM_PROVIDER: z.enum(['offline', 'gemini', 'openai']).default('offline'),
@@ -58,7 +63,7 @@ const environment = z.object({
     .min(1, { error: maxTokensMessage })
     .max(Number.MAX_SAFE_INTEGER, { error: maxTokensMessage })
     .optional(),
-  OFFLINE_CHUNK_DELAY_MS: int(15),
+  OFFLINE_CHUNK_DELAY_MS: delay(15, 0),
   // self-healing builds and an LLM run that needs no babysitting
   AUTO_FIX_MAX_ROUNDS: z.coerce.number().int().min(0).max(5).default(2),
   LLM_MAX_CONTINUATIONS: int(2, 0, 10),
@@ -69,7 +74,7 @@ const environment = z.object({
   WORKSPACES_KEEP_PER_PROJECT: int(20, 1),
   FLUTTER_BIN: z.string().default('flutter'),
   NPM_BIN: z.string().default('npm'),
-  BUILD_STEP_TIMEOUT_SECONDS: int(600, 1),
+  BUILD_STEP_TIMEOUT_SECONDS: delay(600, 1, 1000),
   // the build sandbox: unset means bwrap where it works, so generated code never runs as the server
   BUILD_SANDBOX: optional.pipe(z.enum(['bwrap', 'none']).optional()),
   ALLOW_UNSANDBOXED_BUILDS: flag,
@@ -88,7 +93,7 @@ const environment = z.object({
       .refine((uid) => uid !== 65_534, "BUILD_SANDBOX_UID=65534 is nobody's, which other daemons run as too: name a uid of Kiln's own (unset: 65520)")
       .optional(),
   ),
-  GENERATION_LEASE_SECONDS: int(30, 2),
+  GENERATION_LEASE_SECONDS: delay(30, 2, 1000),
   WORKER_CONCURRENCY: int(2, 1),
   MAX_ACTIVE_GENERATIONS_PER_USER: int(3, 1),
   BUDGET_RESERVATION_TOKENS: int(20_000, 1),
@@ -99,14 +104,14 @@ const environment = z.object({
   // scale-out: a direct or session-mode connection for LISTEN, pg-boss's schema, worker shutdown
   LISTEN_DATABASE_URL: optional,
   PGBOSS_SCHEMA: z.string().regex(/^[a-z_][a-z0-9_]*$/, 'a lowercase SQL identifier').default('pgboss'),
-  WORKER_SHUTDOWN_GRACE_SECONDS: int(20),
+  WORKER_SHUTDOWN_GRACE_SECONDS: delay(20, 0, 1000),
   CORS_ORIGINS: list,
-  WS_CONNECTION_INIT_TIMEOUT_MS: int(3000, 1),
+  WS_CONNECTION_INIT_TIMEOUT_MS: delay(3000, 1),
   WS_MAX_SUBSCRIPTIONS: int(100, 1),
-  WS_KEEPALIVE_MS: int(12_000, 0),
-  WS_AUTH_RECHECK_MS: int(5000, 100),
+  WS_KEEPALIVE_MS: delay(12_000, 0),
+  WS_AUTH_RECHECK_MS: delay(5000, 100),
   SUBSCRIPTION_BUFFER_LIMIT: int(1000, 1),
-  STREAM_ACCESS_RECHECK_MS: int(2000, 50),
+  STREAM_ACCESS_RECHECK_MS: delay(2000, 50),
   LIVE_STREAMS_PER_USER: int(100, 1),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   // hardening: request limits, production mode, rate limits, metrics
@@ -137,7 +142,7 @@ const environment = z.object({
   // outputs (src/artifacts/): the artefact store, signed preview and archive URLs
   ARTIFACT_STORE: z.enum(['fs', 'postgres', 'supabase']).optional(),
   ARTIFACT_BUCKET: z.string().trim().min(1).default('kiln-artifacts'),
-  SIGNED_URL_TTL_SECONDS: int(3600, 1),
+  SIGNED_URL_TTL_SECONDS: lifetimeSeconds(3600),
   PUBLIC_URL: optional,
   PREVIEW_ORIGIN: optional,
 });

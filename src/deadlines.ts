@@ -132,8 +132,8 @@ export interface Deadline {
   slot: number;
 }
 
-/** setTimeout's longest delay; a later deadline is reached by arming again. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
+/** setTimeout's longest delay (24.8 days; past it Node fires at once); a later deadline is reached by arming again. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** What `within` resolves to when time ran out first (a wait, not a deadline of the heap above). */
 export const TIMED_OUT = Symbol('timed out');

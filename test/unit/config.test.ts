@@ -39,6 +39,25 @@ describe('parseConfig refuses at start-up what would fail later', () => {
     expect(parseConfig({ PORT: '65535' }).http.port).toBe(65535);
   });
 
+  it("refuses a timer's delay past what setTimeout takes (24.8 days), which would fire at once and stop every build step", () => {
+    for (const [name, tooLong, longest] of [
+      ['BUILD_STEP_TIMEOUT_SECONDS', '2147484', 2_147_483_000],
+      ['WORKER_SHUTDOWN_GRACE_SECONDS', '3000000', 2_147_483_000],
+      ['WS_KEEPALIVE_MS', '2147483648', 2_147_483_647],
+    ] as const) {
+      expect(problemsOf({ [name]: tooLong }), name).toEqual([expect.stringMatching(new RegExp(`^${name}: `))]);
+      expect(problemsOf({ [name]: String(longest / (name.endsWith('_SECONDS') ? 1000 : 1)) }), name).toEqual([]);
+    }
+    expect(parseConfig({ BUILD_STEP_TIMEOUT_SECONDS: '2147483' }).toolchain.stepTimeoutMs).toBe(2_147_483_000);
+  });
+
+  it("refuses a token or session lifetime past ten years, whose end no timestamp can hold (every signed-in request failed)", () => {
+    for (const name of ['ACCESS_TOKEN_TTL_SECONDS', 'SESSION_MAX_AGE_SECONDS', 'SIGNED_URL_TTL_SECONDS']) {
+      expect(problemsOf({ [name]: '1000000000000' }), name).toEqual([expect.stringMatching(new RegExp(`^${name}: `))]);
+      expect(problemsOf({ [name]: '315360000' }), name).toEqual([]);
+    }
+  });
+
   it('refuses more than 10 continuations of a cut answer, each a whole model call', () => {
     expect(problemsOf({ LLM_MAX_CONTINUATIONS: '1000' })).toEqual([expect.stringMatching(/^LLM_MAX_CONTINUATIONS: /)]);
     expect(parseConfig({ LLM_MAX_CONTINUATIONS: '10' }).llm.maxContinuations).toBe(10);
