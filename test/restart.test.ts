@@ -27,6 +27,7 @@ import {
   tempDir,
   within,
 } from './support/generation-helpers.js';
+import { waitUntil } from './support/cluster.js';
 import { type GraphQLClient, unsandboxedBuilds } from './support/server.js';
 
 // Kiln as a real process (scripts/start.mjs, what `npm start` runs: the bundled server,
@@ -158,9 +159,12 @@ describe(`a Kiln process killed mid-generation and started again (${databaseKind
     const prompt = 'A packing list for a weekend trip';
     const started = await startAccepted(owner.client, { projectId: project.id, prompt });
     await firstChunks(first.url, owner.accessToken, started.id, 3);
-    const before = await getGeneration(owner.client, started.id);
+    // What it has spent so far, as its heartbeat records it (about every second).
+    let before = await getGeneration(owner.client, started.id);
+    await waitUntil(async () => (before = await getGeneration(owner.client, started.id)).usage.outputTokens > 0, 20_000, () => 'no spend was recorded as it streamed');
     expect(before).toMatchObject({ status: 'RUNNING', phase: 'GENERATING' });
     expect(before.output.length).toBeGreaterThan(0);
+    expect(before.usage.inputTokens).toBeGreaterThan(0);
     await first.kill();
 
     // ---- second life: the same token works, the stuck generation is ended and retried
@@ -189,6 +193,9 @@ describe(`a Kiln process killed mid-generation and started again (${databaseKind
     expect(interrupted.output.startsWith(before.output)).toBe(true);
     expect(interrupted.output).not.toContain('</file>');
     expect(interrupted.error?.message).toMatch(/worker .*stopped/);
+    // The model was paid for what it streamed: the spend last recorded is charged, not nothing.
+    expect(interrupted.usage.inputTokens).toBe(before.usage.inputTokens);
+    expect(interrupted.usage.outputTokens).toBeGreaterThanOrEqual(before.usage.outputTokens);
 
     // Exactly one retry, and the session's conversation ends with the retry's answer.
     const { project: listed } = await client.expectNoErrors(ProjectDocument, { id: project.id });

@@ -199,6 +199,12 @@ export const generations = pgTable(
      * (an estimate at start, grown while it streams); its usage replaces them when it ends.
      */
     reservedTokens: integer('reserved_tokens').notNull().default(0),
+    /**
+     * What a RUNNING generation has spent so far (estimated as it streams), as its last
+     * heartbeat recorded it: its usage when it ends with its worker, which took the exact count along.
+     */
+    spentInputTokens: integer('spent_input_tokens').notNull().default(0),
+    spentOutputTokens: integer('spent_output_tokens').notNull().default(0),
     cancelRequestedAt: timestamp('cancel_requested_at', { withTimezone: true }),
     leaseExpiresAt: timestamp('lease_expires_at', { withTimezone: true }),
     createdAt: createdAt(),
@@ -216,6 +222,7 @@ export const generations = pgTable(
     check('generations_prompt_length', sql`char_length(${t.prompt}) between 1 and 20000`),
     check('generations_tokens_positive', sql`${t.inputTokens} >= 0 and ${t.outputTokens} >= 0`),
     check('generations_reserved_tokens_positive', sql`${t.reservedTokens} >= 0`),
+    check('generations_spent_tokens_positive', sql`${t.spentInputTokens} >= 0 and ${t.spentOutputTokens} >= 0`),
     // MAX_ATTEMPTS (generations.ts): retryGeneration refuses to go past it.
     check('generations_attempt_range', sql`${t.attempt} between 1 and 100`),
     check('generations_max_fix_rounds_range', sql`${t.maxFixRounds} between 0 and 5`),

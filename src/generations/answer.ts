@@ -24,6 +24,8 @@ export interface AnswerInput {
   budget: RunBudget;
   /** Told once what the answer cost, however it ended (done, failed, stopped): answerCost below. */
   spend(usage: LlmUsage): void;
+  /** Told as it streams what the answer has cost so far, estimated (what a run whose worker dies is charged). */
+  spending(usage: LlmUsage): void;
   apiKey?: string;
 }
 
@@ -64,6 +66,7 @@ export async function streamAnswer(
   let whole = false;
   const budget = budgetMeter(input.budget, input.messages.reduce((sum, m) => sum + m.content.length, input.systemPrompt.length));
   await budget.start(); // the prompt alone may be over what is left
+  input.spending(budget.usage());
   const log = deps.logger.child({ source: 'GenerationPipeline', generationId, round });
   const span = startSpan('llm stream', { 'gen_ai.system': deps.llm.name, 'gen_ai.request.model': deps.llm.model, 'kiln.generation.id': generationId, 'kiln.round': round });
   try {
@@ -99,6 +102,7 @@ export async function streamAnswer(
       cursor.outputChars += text.length;
       onText(text);
       budget.count(text);
+      input.spending(budget.usage());
       streamed = true;
       await chunks.add(text);
       await budget.check(); // past the budget it throws, and leaving the loop closes the stream

@@ -48,6 +48,7 @@ export interface HealingRun {
   /** The run's hold on the monthly budget, with what it has spent so far. */
   budget(): RunBudget;
   spend(usage: LlmUsage): void;
+  spending(usage: LlmUsage): void;
   /** Committed with the first build's first write: its phase, the workspace's files. */
   entry: PhaseChange;
   phase(phase: Extract<StatusEvent['phase'], 'FIXING' | 'BUILDING'>): PhaseChange;
@@ -109,6 +110,7 @@ export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promi
             usage = spent;
             run.spend(spent);
           },
+          spending: run.spending,
           ...(run.apiKey ? { apiKey: run.apiKey } : {}),
         },
         run.cursor,

@@ -17,7 +17,7 @@ import type { BuildSandbox } from '../toolchain/sandbox.js';
 import { getTarget, type ToolBins } from '../toolchain/targets.js';
 import { createWorkspace, pruneWorkspaces, withoutRefusedPaths } from '../workspace/workspace.js';
 import { directoryInside } from '../workspace/write-inside.js';
-import { streamAnswer } from './answer.js';
+import { type AnswerInput, streamAnswer } from './answer.js';
 import { runBudget } from './budget.js';
 import { fixStore } from './fix-store.js';
 import { buildWithFixes } from './fix-rounds.js';
@@ -91,15 +91,20 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
   // A stop that came while the claim was under way is taken now: the listener would never hear it.
   if (stop.aborted) abort(stop.reason as StopReason);
   else stop.addEventListener('abort', () => abort(stop.reason as StopReason), { once: true });
-  const stopWatching = watchRun(deps, generationId, abort);
 
   let output = '';
   // Every round's usage, summed: the generation's usage.
   const usage: LlmUsage = { inputTokens: 0, outputTokens: 0 };
+  // The answer under way, estimated as it streams: with the rounds before, what the heartbeat records.
+  let answering: LlmUsage = { inputTokens: 0, outputTokens: 0 };
   const spend = (spent: LlmUsage) => {
     usage.inputTokens += spent.inputTokens;
     usage.outputTokens += spent.outputTokens;
+    answering = { inputTokens: 0, outputTokens: 0 };
   };
+  const spending = (soFar: LlmUsage) => (answering = soFar);
+  const spentSoFar = () => ({ inputTokens: usage.inputTokens + answering.inputTokens, outputTokens: usage.outputTokens + answering.outputTokens });
+  const stopWatching = watchRun(deps, generationId, abort, spentSoFar);
   const onText = (text: string) => (output += text);
   const cursor = newRunCursor();
   let outcome: Partial<GenerationRow> & Pick<GenerationRow, 'status'>;
@@ -113,7 +118,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
     const writing = phaseChange(generationId, 'WRITING', publish);
     const generated = claimed.restoredFrom
       ? await restore(deps, context, writing, log)
-      : await generate(deps, context, prompt, cursor, run.signal, { onText, spend }, writing);
+      : await generate(deps, context, prompt, cursor, run.signal, { onText, spend, spending }, writing);
     const workspace = await writeWorkspace(deps, context, generated.changes);
     workspaceWritten = true;
     // Path → content as the build sees it; fix rounds update it.
@@ -135,6 +140,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
       onText,
       budget: () => context.budget(usage.inputTokens + usage.outputTokens),
       spend,
+      spending,
       // The first build records the workspace's files with its steps.
       entry: {
         write: async (tx) => {
@@ -278,13 +284,13 @@ function generate(
   prompt: ReturnType<typeof firstPrompt>,
   cursor: RunCursor,
   signal: AbortSignal,
-  { onText, spend }: { onText: (text: string) => void; spend: (usage: LlmUsage) => void },
+  { onText, spend, spending }: { onText: (text: string) => void } & Pick<AnswerInput, 'spend' | 'spending'>,
   next: PhaseChange,
 ) {
   const { generation, project, apiKey } = context;
   return streamAnswer(
     deps,
-    { generationId: generation.id, target: project.target, round: 0, ...prompt, budget: context.budget(0), spend, ...(apiKey ? { apiKey } : {}) },
+    { generationId: generation.id, target: project.target, round: 0, ...prompt, budget: context.budget(0), spend, spending, ...(apiKey ? { apiKey } : {}) },
     cursor,
     signal,
     onText,
@@ -358,7 +364,7 @@ function failureOutcome(error: unknown, signal: AbortSignal, log: Logger): Parti
  * A heartbeat waits out a database outage (one at a time); the run is handed back
  * only once the lease has surely lapsed, never while it may still hold.
  */
-function watchRun(deps: PipelineDeps, generationId: string, abort: (reason: StopReason) => void): () => void {
+function watchRun(deps: PipelineDeps, generationId: string, abort: (reason: StopReason) => void, spentSoFar: () => LlmUsage): () => void {
   const cancelEvents = deps.bus.subscribe('generationCancel', generationId);
   void (async () => {
     for await (const _ of cancelEvents) {
@@ -382,7 +388,7 @@ function watchRun(deps: PipelineDeps, generationId: string, abort: (reason: Stop
     if (beating) return;
     beating = true;
     pipelineScope(deps.db, deps.logger)
-      .run((tx) => generationStore.heartbeat(tx, generationId, deps.leaseMs))
+      .run((tx) => generationStore.heartbeat(tx, generationId, deps.leaseMs, spentSoFar()))
       .then(
         (row) => {
           if (!row) return handBack();

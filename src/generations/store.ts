@@ -326,14 +326,15 @@ export const generationStore = {
   },
 
   /**
-   * Renews the lease of a running generation; nothing when it is no longer running or
+   * Renews the lease of a running generation and records what it has spent so far (charged
+   * if its worker dies); nothing when it is no longer running or
    * its lease has lapsed (after a database outage longer than the lease, the run is
    * handed back rather than revived: recovery may be ending it at the same moment).
    */
-  async heartbeat(tx: Tx, id: string, leaseMs: number) {
+  async heartbeat(tx: Tx, id: string, leaseMs: number, spent: { inputTokens: number; outputTokens: number }) {
     const [row] = await tx
       .update(generations)
-      .set({ leaseExpiresAt: sql`now() + ${leaseMs} * interval '1 millisecond'` })
+      .set({ leaseExpiresAt: sql`now() + ${leaseMs} * interval '1 millisecond'`, spentInputTokens: spent.inputTokens, spentOutputTokens: spent.outputTokens })
       .where(and(eq(generations.id, id), eq(generations.status, 'RUNNING'), gt(generations.leaseExpiresAt, sql`now()`)))
       .returning({ cancelRequestedAt: generations.cancelRequestedAt });
     return row;
@@ -358,13 +359,16 @@ export const generationStore = {
   /**
    * Ends every RUNNING generation whose lease lapsed (interruptedEnding: FAILED/INTERRUPTED,
    * or CANCELLED when its stop was asked for); with `all`, every RUNNING one (embedded
-   * start-up: no other process can be running them).
+   * start-up: no other process can be running them). Its usage is what its last heartbeat
+   * recorded: the model was paid for it, and the exact count died with the worker.
    */
   async interruptLapsed(tx: Tx, { all = false }: { all?: boolean } = {}): Promise<GenerationRow[]> {
     return tx
       .update(generations)
       .set({
         ...interruptedEnding('The worker running this generation stopped.'),
+        inputTokens: sql`${generations.spentInputTokens}`,
+        outputTokens: sql`${generations.spentOutputTokens}`,
         phase: 'DONE',
         finishedAt: sql`now()`,
         leaseExpiresAt: null,

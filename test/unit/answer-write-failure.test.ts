@@ -49,7 +49,7 @@ describe('an answer that fails while its chunks cannot be written', () => {
 
     const failure = await streamAnswer(
       deps,
-      { generationId: 'g1', target: 'WEB', round: 0, systemPrompt: 'S', messages: [{ role: 'user', content: 'An app' }], budget, spend: () => {} },
+      { generationId: 'g1', target: 'WEB', round: 0, systemPrompt: 'S', messages: [{ role: 'user', content: 'An app' }], budget, spend: () => {}, spending: () => {} },
       newRunCursor(),
       new AbortController().signal,
       () => {},

@@ -125,7 +125,11 @@ GenerationRef.implement({
       nullable: true,
       resolve: (g) => (g.errorCode ? { code: g.errorCode, message: g.errorMessage ?? '' } : null),
     }),
-    usage: t.field({ type: UsageRef, resolve: (g) => g }),
+    usage: t.field({
+      type: UsageRef,
+      description: "The model's count once the generation has ended; while it runs, what it has spent so far, estimated as it streams (as of its last heartbeat, about a second ago).",
+      resolve: (g) => (g.status === 'RUNNING' ? { inputTokens: g.spentInputTokens, outputTokens: g.spentOutputTokens } : g),
+    }),
     parent: t.field({ type: GenerationRef, nullable: true, resolve: (g) => g.parentId }),
     retryOf: t.field({ type: GenerationRef, nullable: true, resolve: (g) => g.retryOf }),
     output: t.string({
