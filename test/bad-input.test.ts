@@ -111,7 +111,7 @@ describe(`bad input (${databaseKind})`, () => {
   `);
 
   it('refuses control and bidi-override characters in names, with the field that has them', async () => {
-    for (const name of ['invoice\u202Etxt.exe', 'bell\u0007', 'tab\there', 'line\nbreak', 'isolate\u2066x\u2069', 'escape\u001b[31m']) {
+    for (const name of ['invoice\u202Etxt.exe', 'bell\u0007', 'tab\there', 'line\nbreak', 'line\u2028separator', 'paragraph\u2029separator', 'isolate\u2066x\u2069', 'escape\u001b[31m']) {
       const { createProject } = await suite.owner.client.expectNoErrors(CreateProject, { name });
       expect(createProject, JSON.stringify(name)).toMatchObject({
         __typename: 'ValidationError',

@@ -10,8 +10,11 @@ import { type PageCursor, type ProjectRole, type ProjectRow, projectStore, type 
 
 // Project and membership use-cases: they decide; the store queries; RLS guards.
 
-/** Control characters and bidi overrides: invisible, or they make text read otherwise than it is (a name shown in lists, a file name for archives). */
-const CONTROL_OR_BIDI = /[\p{Cc}\u202A-\u202E\u2066-\u2069]/u;
+/**
+ * Control characters, line and paragraph separators, and bidi overrides: invisible, they break
+ * a line, or they make text read otherwise than it is (a name shown in lists, a file name for archives).
+ */
+const CONTROL_OR_BIDI = /[\p{Cc}\u2028\u2029\u202A-\u202E\u2066-\u2069]/u;
 /** The same, except line breaks and tabs, which a description may have. */
 const CONTROL_OR_BIDI_EXCEPT_LINES = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F\u202A-\u202E\u2066-\u2069]/u;
 
