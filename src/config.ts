@@ -68,7 +68,7 @@ const environment = z.object({
   AUTO_FIX_MAX_ROUNDS: z.coerce.number().int().min(0).max(5).default(2),
   LLM_MAX_CONTINUATIONS: int(2, 0, 10),
   LLM_RETRY_MAX_ATTEMPTS: int(3, 1),
-  LLM_RETRY_MAX_WAIT_SECONDS: int(60, 0),
+  LLM_RETRY_MAX_WAIT_SECONDS: delay(60, 0, 1000),
   LLM_ANSWER_TIMEOUT_SECONDS: int(1800, 1, 86_400),
   WORKSPACES_DIR: optional,
   WORKSPACES_KEEP_PER_PROJECT: int(20, 1),
@@ -104,7 +104,7 @@ const environment = z.object({
   // scale-out: a direct or session-mode connection for LISTEN, pg-boss's schema, worker shutdown
   LISTEN_DATABASE_URL: optional,
   PGBOSS_SCHEMA: z.string().regex(/^[a-z_][a-z0-9_]*$/, 'a lowercase SQL identifier').default('pgboss'),
-  WORKER_SHUTDOWN_GRACE_SECONDS: delay(20, 0, 1000),
+  WORKER_SHUTDOWN_GRACE_SECONDS: int(20, 0, 86_400),
   CORS_ORIGINS: list,
   WS_CONNECTION_INIT_TIMEOUT_MS: delay(3000, 1),
   WS_MAX_SUBSCRIPTIONS: int(100, 1),

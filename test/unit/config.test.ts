@@ -42,13 +42,18 @@ describe('parseConfig refuses at start-up what would fail later', () => {
   it("refuses a timer's delay past what setTimeout takes (24.8 days), which would fire at once and stop every build step", () => {
     for (const [name, tooLong, longest] of [
       ['BUILD_STEP_TIMEOUT_SECONDS', '2147484', 2_147_483_000],
-      ['WORKER_SHUTDOWN_GRACE_SECONDS', '3000000', 2_147_483_000],
+      ['LLM_RETRY_MAX_WAIT_SECONDS', '3000000', 2_147_483_000],
       ['WS_KEEPALIVE_MS', '2147483648', 2_147_483_647],
     ] as const) {
       expect(problemsOf({ [name]: tooLong }), name).toEqual([expect.stringMatching(new RegExp(`^${name}: `))]);
       expect(problemsOf({ [name]: String(longest / (name.endsWith('_SECONDS') ? 1000 : 1)) }), name).toEqual([]);
     }
     expect(parseConfig({ BUILD_STEP_TIMEOUT_SECONDS: '2147483' }).toolchain.stepTimeoutMs).toBe(2_147_483_000);
+  });
+
+  it('refuses a shutdown grace over a day: the process exits a margin after it, on a timer of its own', () => {
+    expect(problemsOf({ WORKER_SHUTDOWN_GRACE_SECONDS: '86401' })).toEqual([expect.stringMatching(/^WORKER_SHUTDOWN_GRACE_SECONDS: /)]);
+    expect(parseConfig({ WORKER_SHUTDOWN_GRACE_SECONDS: '86400' }).generations.shutdownGraceMs).toBe(86_400_000);
   });
 
   it("refuses a token or session lifetime past ten years, whose end no timestamp can hold (every signed-in request failed)", () => {
