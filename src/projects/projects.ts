@@ -20,8 +20,9 @@ const CONTROL_OR_BIDI_EXCEPT_LINES = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\u0
 
 /**
  * What shows as nothing on its own: blanks, format characters (zero-width spaces and joiners),
- * marks with no letter to sit on (combining marks, variation selectors, the grapheme joiner)
- * and the fillers that render blank.
+ * marks (combining marks, variation selectors, the grapheme joiner: a name of marks alone
+ * has no letter for them to sit on, though a few would draw a dotted circle) and the fillers
+ * that render blank.
  */
 const SHOWS_AS_NOTHING = /[\s\p{Cf}\p{M}\u115F\u1160\u2800\u3164\uFFA0]/gu;
 
@@ -33,7 +34,7 @@ export const projectName = z
   .trim()
   .max(100, 'Name must be at most 100 characters')
   .refine((name) => !showsAsNothing(name), 'Name must not be empty')
-  .refine((name) => !CONTROL_OR_BIDI.test(name), 'Name must not contain control or bidirectional-override characters');
+  .refine((name) => !CONTROL_OR_BIDI.test(name), 'Name must not contain control characters, line separators or bidirectional overrides');
 export const projectDescription = z
   .string()
   .trim()
