@@ -4,7 +4,6 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { fsBlobStore } from '../src/artifacts/fs-blob-store.js';
 import { manifestStore } from '../src/artifacts/manifest-store.js';
 import { storeOutputs } from '../src/artifacts/write-outputs.js';
-import { rowsOf } from '../src/db/client.js';
 import { serviceScope } from '../src/db/scope.js';
 import { generationStore } from '../src/generations/store.js';
 import { databaseKind } from './support/db.js';
@@ -24,6 +23,8 @@ const GenerationPreviewDocument = document<{ generation: { status: string; error
   'query GenerationPreview($id: ID!) { generation(id: $id) { status error { code } preview { url } } }',
 );
 
+const OVERSHOT = 1_000_000;
+
 describe(`a run ended elsewhere while it stored its outputs (${databaseKind})`, () => {
   it('keeps the ending it found: no preview for a generation that did not succeed', async () => {
     const { database, dataDir, owner, started } = await queuedOnApiInstance(cleanups as (() => Promise<void>)[], 'A counter app');
@@ -34,12 +35,13 @@ describe(`a run ended elsewhere while it stored its outputs (${databaseKind})`, 
       outputs: {
         storeBlobs: async (generationId, bundleDir, sources) => {
           const { rows } = await storeOutputs(fsBlobStore(join(dataDir, 'artifacts')), generationId, bundleDir, sources);
-          // What lease recovery does to a run it takes for dead, here between the build and the ending.
-          const ended = await database.db.execute(
-            sql`update generations set status = 'FAILED', phase = 'DONE', error_code = 'INTERRUPTED', error_message = 'ended elsewhere', finished_at = now(), lease_expires_at = null
-                where id = ${generationId} and status = 'RUNNING' returning id`,
+          // Lease recovery takes the run for dead here, between the build and the ending, charging
+          // what its heartbeat last recorded (an estimate that overshot, say).
+          await database.db.execute(
+            sql`update generations set lease_expires_at = now() - interval '1 second', spent_input_tokens = ${OVERSHOT}, spent_output_tokens = ${OVERSHOT} where id = ${generationId}`,
           );
-          expect(rowsOf(ended)).toHaveLength(1);
+          const ended = await serviceScope(database.db).run((tx) => generationStore.interruptLapsed(tx));
+          expect(ended.map((row) => [row.id, row.inputTokens])).toEqual([[generationId, OVERSHOT]]);
           return { record: (tx) => manifestStore.insert(tx, rows) };
         },
       },
@@ -49,7 +51,12 @@ describe(`a run ended elsewhere while it stored its outputs (${databaseKind})`, 
     // The grace lets the claimed run go to its end.
     await worker.stop({ graceMs: 3_600_000 });
 
-    expect(await serviceScope(database.db).run((tx) => generationStore.find(tx, id))).toMatchObject({ status: 'FAILED', errorCode: 'INTERRUPTED' });
+    const ending = await serviceScope(database.db).run((tx) => generationStore.find(tx, id));
+    expect(ending).toMatchObject({ status: 'FAILED', errorCode: 'INTERRUPTED' });
+    // The run's own count, later and whole, replaced what recovery charged.
+    expect(ending!.inputTokens).toBeGreaterThan(0);
+    expect(ending!.inputTokens).toBeLessThan(OVERSHOT);
+    expect(ending!.outputTokens).toBeLessThan(OVERSHOT);
     const { generation } = await owner.client.expectNoErrors(GenerationPreviewDocument, { id: started.id });
     expect(generation).toEqual({ status: 'FAILED', error: { code: 'INTERRUPTED' }, preview: null });
   });

@@ -128,7 +128,7 @@ describe('session checks asked again', () => {
     const session = { sessionId: 'other-device', userId: 'user', expiresAtMs: Date.now() + 60_000, accessToken: 'token' };
 
     const inFlight = liveness.isLive(session);
-    liveness.forgetUser('user', 'this-device'); // signOut(scope: GLOBAL) from this device returned
+    liveness.forgetUser('user'); // signOut(scope: GLOBAL) returned
     const sentAfter = liveness.isLive(session);
     before!.resolve(true);
     after!.resolve(false);

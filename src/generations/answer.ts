@@ -1,5 +1,5 @@
 import { pipelineScope } from '../db/scope.js';
-import type { LlmMessage, LlmUsage } from '../llm/provider.js';
+import { type LlmMessage, type LlmUsage, NO_USAGE } from '../llm/provider.js';
 import type { Logger } from '../observability/logger.js';
 import { failSpan, startSpan } from '../observability/tracing.js';
 import type { ProjectTarget } from '../toolchain/targets.js';
@@ -24,7 +24,7 @@ export interface AnswerInput {
   budget: RunBudget;
   /** Told once what the answer cost, however it ended (done, failed, stopped): answerCost below. */
   spend(usage: LlmUsage): void;
-  /** Told as it streams what the answer has cost so far, estimated (what a run whose worker dies is charged). */
+  /** Told as it streams what the answer has cost so far, by the same rule as `spend` (what a run whose worker dies is charged). */
   spending(usage: LlmUsage): void;
   apiKey?: string;
 }
@@ -66,7 +66,8 @@ export async function streamAnswer(
   let whole = false;
   const budget = budgetMeter(input.budget, input.messages.reduce((sum, m) => sum + m.content.length, input.systemPrompt.length));
   await budget.start(); // the prompt alone may be over what is left
-  input.spending(budget.usage());
+  /** What the answer has cost so far, by the rule it is charged by at its end (answerCost). */
+  const cost = () => answerCost(counted ?? reported, streamed ? budget.usage() : NO_USAGE, whole);
   const log = deps.logger.child({ source: 'GenerationPipeline', generationId, round });
   const span = startSpan('llm stream', { 'gen_ai.system': deps.llm.name, 'gen_ai.request.model': deps.llm.model, 'kiln.generation.id': generationId, 'kiln.round': round });
   try {
@@ -80,7 +81,10 @@ export async function streamAnswer(
         log.warn(retry, 'the model provider asked to wait; retrying');
         deps.metrics?.observeLlmRetry(deps.llm.name, retry.status);
       },
-      onUsage: (usage) => (counted = usage),
+      onUsage: (usage) => {
+        counted = usage;
+        input.spending(cost());
+      },
       ...(input.apiKey ? { apiKey: input.apiKey } : {}),
     });
     for await (const event of events) {
@@ -102,8 +106,8 @@ export async function streamAnswer(
       cursor.outputChars += text.length;
       onText(text);
       budget.count(text);
-      input.spending(budget.usage());
       streamed = true;
+      input.spending(cost());
       await chunks.add(text);
       await budget.check(); // past the budget it throws, and leaving the loop closes the stream
       changes.push(...parser.push(text));
@@ -124,7 +128,7 @@ export async function streamAnswer(
     throw error;
   } finally {
     // Tokens the model spent count against the budget whatever became of its answer.
-    const usage = answerCost(counted ?? reported, streamed ? budget.usage() : { inputTokens: 0, outputTokens: 0 }, whole);
+    const usage = cost();
     input.spend(usage);
     deps.metrics?.observeRoundTokens(round === 0 ? 'initial' : 'fix', usage);
     span.setAttributes({ 'gen_ai.usage.input_tokens': usage.inputTokens, 'gen_ai.usage.output_tokens': usage.outputTokens });

@@ -4,8 +4,7 @@ import { isConnectionError } from '../db/outage.js';
 import { pipelineScope } from '../db/scope.js';
 import { RunError } from '../errors.js';
 import type { EventBus, StatusEvent } from '../events/bus.js';
-import type { LlmProvider, LlmUsage } from '../llm/provider.js';
-import { LlmError } from '../llm/provider.js';
+import { addUsage, LlmError, type LlmProvider, type LlmUsage, NO_USAGE } from '../llm/provider.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Outputs } from '../artifacts/outputs.js';
@@ -94,16 +93,15 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
 
   let output = '';
   // Every round's usage, summed: the generation's usage.
-  const usage: LlmUsage = { inputTokens: 0, outputTokens: 0 };
-  // The answer under way, estimated as it streams: with the rounds before, what the heartbeat records.
-  let answering: LlmUsage = { inputTokens: 0, outputTokens: 0 };
+  let usage = NO_USAGE;
+  // The answer under way, as it streams: with the rounds before, what the heartbeat records.
+  let answering = NO_USAGE;
   const spend = (spent: LlmUsage) => {
-    usage.inputTokens += spent.inputTokens;
-    usage.outputTokens += spent.outputTokens;
-    answering = { inputTokens: 0, outputTokens: 0 };
+    usage = addUsage(usage, spent);
+    answering = NO_USAGE;
   };
   const spending = (soFar: LlmUsage) => (answering = soFar);
-  const spentSoFar = () => ({ inputTokens: usage.inputTokens + answering.inputTokens, outputTokens: usage.outputTokens + answering.outputTokens });
+  const spentSoFar = () => addUsage(usage, answering);
   const stopWatching = watchRun(deps, generationId, abort, spentSoFar);
   const onText = (text: string) => (output += text);
   const cursor = newRunCursor();

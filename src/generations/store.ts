@@ -275,16 +275,13 @@ export const generationStore = {
   },
 
   /**
-   * Usage of a run whose generation was ended elsewhere (a lapsed lease): kept on it, as
-   * the larger of the two, so recording it twice changes nothing.
+   * Usage of a run whose generation was ended elsewhere (a lapsed lease): it replaces what
+   * recovery charged (its last heartbeat's), being later and whole; recording it twice changes nothing.
    */
   async keepUsage(tx: Tx, id: string, usage: { inputTokens: number; outputTokens: number }): Promise<void> {
     await tx
       .update(generations)
-      .set({
-        inputTokens: sql`greatest(${generations.inputTokens}, ${usage.inputTokens})`,
-        outputTokens: sql`greatest(${generations.outputTokens}, ${usage.outputTokens})`,
-      })
+      .set({ inputTokens: usage.inputTokens, outputTokens: usage.outputTokens })
       .where(and(eq(generations.id, id), not(isActive)));
   },
 

@@ -42,6 +42,9 @@ export interface LlmUsage {
   outputTokens: number;
 }
 
+/** No tokens: what an answer that never reached the model cost. */
+export const NO_USAGE: LlmUsage = Object.freeze({ inputTokens: 0, outputTokens: 0 });
+
 export function addUsage(a: LlmUsage, b: LlmUsage): LlmUsage {
   return { inputTokens: a.inputTokens + b.inputTokens, outputTokens: a.outputTokens + b.outputTokens };
 }

@@ -35,7 +35,7 @@ const FixRoundRef = builder.objectRef<FixRoundRow>('FixRound').implement({
     finishedAt: t.expose('finishedAt', { type: 'DateTime', nullable: true }),
     usage: t.field({
       type: UsageRef,
-      description: "This round's model usage (Generation.usage is the sum of every round).",
+      description: "This round's model usage, part of its generation's.",
       resolve: (r) => r,
     }),
   }),

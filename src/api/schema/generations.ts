@@ -127,7 +127,8 @@ GenerationRef.implement({
     }),
     usage: t.field({
       type: UsageRef,
-      description: "The model's count once the generation has ended; while it runs, what it has spent so far, estimated as it streams (as of its last heartbeat, about a second ago).",
+      description:
+        "What the model was paid for: the provider's count where it gave one, else an estimate of what streamed. While the generation runs, what it has spent so far as of its last heartbeat (about a second ago), which Project.usage counts only once it ends; a generation whose worker died keeps that last figure.",
       resolve: (g) => (g.status === 'RUNNING' ? { inputTokens: g.spentInputTokens, outputTokens: g.spentOutputTokens } : g),
     }),
     parent: t.field({ type: GenerationRef, nullable: true, resolve: (g) => g.parentId }),
