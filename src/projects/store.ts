@@ -1,4 +1,4 @@
-import { and, count, desc, eq, inArray, lt, ne, or, sql } from 'drizzle-orm';
+import { and, count, desc, eq, getTableColumns, inArray, lt, ne, or, sql } from 'drizzle-orm';
 import { advisoryLock, tryAdvisoryLockShared } from '../db/advisory-locks.js';
 import { rowsOf, type Tx } from '../db/client.js';
 import { projectMembers, projectSecrets, projects, users } from '../db/schema.js';
@@ -9,6 +9,8 @@ import { projectMembers, projectSecrets, projects, users } from '../db/schema.js
 export type ProjectRole = 'owner' | 'editor' | 'viewer';
 export type ProjectRow = typeof projects.$inferSelect & { viewerRole: ProjectRole | null };
 export type MemberRow = typeof projectMembers.$inferSelect;
+/** A member with its user, read in the same statement. */
+export type MemberWithUser = MemberRow & { user: Pick<UserRow, 'id' | 'email'> };
 export type UserRow = typeof users.$inferSelect;
 export type SecretName = (typeof projectSecrets.$inferSelect)['name'];
 
@@ -86,8 +88,17 @@ export const projectStore = {
     return row;
   },
 
-  async membersOf(tx: Tx, projectIds: readonly string[]): Promise<MemberRow[]> {
-    return tx.select().from(projectMembers).where(inArray(projectMembers.projectId, [...projectIds])).orderBy(projectMembers.createdAt);
+  /**
+   * Members with their users, in one statement: read apart, a member removed in between left
+   * a member whose user the viewer no longer sees (a null where the schema promises a user).
+   */
+  async membersOf(tx: Tx, projectIds: readonly string[]): Promise<MemberWithUser[]> {
+    return tx
+      .select({ ...getTableColumns(projectMembers), user: { id: users.id, email: users.email } })
+      .from(projectMembers)
+      .innerJoin(users, eq(users.id, projectMembers.userId))
+      .where(inArray(projectMembers.projectId, [...projectIds]))
+      .orderBy(projectMembers.createdAt);
   },
 
   /** Members of the project besides `userId`, counted under a lock that holds until the transaction ends, so a cap checked on it stays true. */

@@ -10,7 +10,7 @@ import {
   removeProjectMember,
   updateProject,
 } from '../../projects/projects.js';
-import type { MemberRow, ProjectRole, ProjectRow } from '../../projects/store.js';
+import type { MemberRow, MemberWithUser, ProjectRole, ProjectRow } from '../../projects/store.js';
 import { builder } from '../builder.js';
 import { idFor, idOrNullFor } from './ids.js';
 import { keysetConnection } from './paging.js';
@@ -38,10 +38,11 @@ export const ProjectRef = builder.loadableNodeRef<ProjectRow, string, string>('P
   sort: (project) => project.id,
 });
 
-const MemberRef = builder.objectRef<MemberRow>('ProjectMember').implement({
+const MemberRef = builder.objectRef<MemberRow & Partial<Pick<MemberWithUser, 'user'>>>('ProjectMember').implement({
   fields: (t) => ({
     role: t.field({ type: ProjectRoleEnum, resolve: (member) => member.role }),
-    user: t.field({ type: UserRef, resolve: (member) => member.userId }),
+    // Read with the member where the list read them together; a member just added loads it.
+    user: t.field({ type: UserRef, resolve: (member) => member.user ?? member.userId }),
     createdAt: t.expose('createdAt', { type: 'DateTime' }),
   }),
 });
