@@ -45,6 +45,7 @@ const environment = z.object({
   SUPABASE_ANON_KEY: optional,
   SUPABASE_SERVICE_ROLE_KEY: optional,
   SUPABASE_JWT_SECRET: optional,
+  SUPABASE_AUTH_TIMEOUT_MS: delay(10_000, 100),
   ACCESS_TOKEN_TTL_SECONDS: lifetimeSeconds(3600),
   SESSION_MAX_AGE_SECONDS: lifetimeSeconds(2_592_000),
   AUTH_JWT_SECRET: optional,
@@ -219,6 +220,7 @@ export function parseConfig(env: Record<string, string | undefined>) {
         anonKey: e.SUPABASE_ANON_KEY,
         serviceRoleKey: e.SUPABASE_SERVICE_ROLE_KEY,
         jwtSecret: e.SUPABASE_JWT_SECRET,
+        requestTimeoutMs: e.SUPABASE_AUTH_TIMEOUT_MS,
       },
     },
     /** Project secrets' key; unset means generated once under DATA_DIR (embedded) or secrets disabled. */

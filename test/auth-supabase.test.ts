@@ -175,6 +175,21 @@ describe('supabase auth: GoTrue errors', () => {
     // Nothing was remembered: the next check succeeds.
     await expect(coldCache.verify(session.accessToken)).resolves.toMatchObject({ sub: session.user.id });
   });
+
+  it('gives up on a GoTrue that takes a request and never answers, as on one that is down, for a session check and a sign-in alike', async () => {
+    const email = uniqueEmail();
+    const session = await auth.signUp(email, PASSWORD);
+    const impatient = provider(supabase, { requestTimeoutMs: 200 });
+
+    supabase.stallNextRequest();
+    const check = await rejection(impatient.verify(session.accessToken));
+    expect(check).not.toBeInstanceOf(AppError);
+    await expect(impatient.verify(session.accessToken)).resolves.toMatchObject({ sub: session.user.id });
+
+    supabase.stallNextRequest();
+    expect(await rejection(impatient.signIn(email, PASSWORD))).not.toBeInstanceOf(AppError);
+    await expect(impatient.signIn(email, PASSWORD)).resolves.toMatchObject({ user: { id: session.user.id } });
+  });
 });
 
 describe('supabase auth: refresh tokens', () => {

@@ -17,10 +17,10 @@ export async function createAuthProvider(auth: Config['auth'], db: Db, logger?: 
       logger,
     });
   }
-  const { url, anonKey, serviceRoleKey, jwtSecret } = auth.supabase;
+  const { url, anonKey, serviceRoleKey, jwtSecret, requestTimeoutMs } = auth.supabase;
   // parseConfig refuses AUTH_PROVIDER=supabase without these; this guards other callers.
   if (!url || !anonKey) throw new Error('The supabase auth provider needs SUPABASE_URL and SUPABASE_ANON_KEY');
   // Loaded only for this provider: supabase-js is dozens of modules the embedded auth never needs.
   const { createSupabaseAuth } = await import('./supabase.js');
-  return createSupabaseAuth({ db, url, anonKey, serviceRoleKey, jwtSecret });
+  return createSupabaseAuth({ db, url, anonKey, serviceRoleKey, jwtSecret, requestTimeoutMs });
 }

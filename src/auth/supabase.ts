@@ -18,6 +18,8 @@ export interface SupabaseAuthOptions {
   jwtSecret?: string;
   /** How long a "session is live" answer from GoTrue is trusted (default 5000). */
   sessionCheckTtlMs?: number;
+  /** How long one call to GoTrue may take (SUPABASE_AUTH_TIMEOUT_MS, default 10000). */
+  requestTimeoutMs?: number;
   /** Milliseconds since the epoch; tests pass a clock they control. */
   now?: () => number;
 }
@@ -37,7 +39,10 @@ function profileOf(user: User): AuthUser {
 export function createSupabaseAuth(options: SupabaseAuthOptions): AuthProvider {
   const { db, url, anonKey, now = Date.now } = options;
   const verifyToken = createSupabaseTokenVerifier(url, options.jwtSecret);
-  const clientOptions = { auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false } };
+  const clientOptions = {
+    auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+    global: { fetch: fetchWithin(options.requestTimeoutMs ?? 10_000) },
+  };
   // A client keeps the last session and shares one in-flight refresh, so each user
   // operation gets its own; the server's calls (sign-out, session checks) carry the
   // user's JWT and share one. GoTrue authorises /logout by that JWT; the key passes the gateway.
@@ -157,5 +162,23 @@ export function createSupabaseAuth(options: SupabaseAuthOptions): AuthProvider {
     async close() {
       knownEmails.clear();
     },
+  };
+}
+
+/**
+ * fetch, given up after `ms`: a GoTrue that takes a request and never answers would hold the
+ * sign-in waiting on it, and every request of a session whose check joined it, for as long as
+ * undici waits (five minutes). Given up, it answers as a gateway does for an upstream that did
+ * not in time, which supabase-js reads as GoTrue being down (a failed fetch it would also print).
+ */
+function fetchWithin(ms: number): typeof fetch {
+  return async (input, init) => {
+    const timeout = AbortSignal.timeout(ms);
+    try {
+      return await fetch(input, { ...init, signal: init?.signal ? AbortSignal.any([init.signal, timeout]) : timeout });
+    } catch (error) {
+      if (!timeout.aborted) throw error;
+      return Response.json({ code: 'request_timeout', message: `Supabase Auth did not answer within ${ms} ms.` }, { status: 504 });
+    }
   };
 }

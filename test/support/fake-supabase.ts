@@ -38,6 +38,8 @@ export interface FakeSupabase {
   changeEmail(from: string, to: string): void;
   /** The next request (JWKS aside) fails with GoTrue's error of this status and code. */
   failNextRequest(status: number, code: string, message: string): void;
+  /** The next request (JWKS aside) is taken and never answered, as by a GoTrue that hangs. */
+  stallNextRequest(): void;
   /** A JWT signed with the server's real key; the claims given replace the defaults. */
   signToken(claims: JWTPayload): Promise<string>;
   close(): Promise<void>;
@@ -80,6 +82,7 @@ export async function startFakeSupabase(options: FakeSupabaseOptions = {}): Prom
   const sessions = new Map<string, { userId: string }>();
   const refreshTokens = new Map<string, RefreshTokenRow>();
   let injectedFailure: GoTrueError | undefined;
+  let stallNext = false;
   let userRequests = 0;
 
   const server = createServer((req, res) => {
@@ -103,6 +106,10 @@ export async function startFakeSupabase(options: FakeSupabaseOptions = {}): Prom
     // The API gateway in front of GoTrue turns away requests without a project key.
     const apikey = req.headers.apikey;
     if (apikey !== anonKey && apikey !== serviceRoleKey) return sendJson(res, 401, { message: 'Invalid API key' });
+    if (stallNext) {
+      stallNext = false;
+      return; // the response stays open until close()
+    }
     if (injectedFailure) {
       const failure = injectedFailure;
       injectedFailure = undefined;
@@ -280,6 +287,9 @@ export async function startFakeSupabase(options: FakeSupabaseOptions = {}): Prom
     },
     failNextRequest(status, code, message) {
       injectedFailure = new GoTrueError(status, code, message);
+    },
+    stallNextRequest() {
+      stallNext = true;
     },
     signToken: (claims) => sign({ iss: `${url}/auth/v1`, aud: 'authenticated', role: 'authenticated', iat: now(), exp: now() + ttlSeconds, ...claims }),
     async close() {
