@@ -3,7 +3,8 @@ import { randomUUID } from 'node:crypto';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { rowsOf, type Tx } from '../src/db/client.js';
 import { generations } from '../src/db/schema.js';
-import { estimateTokens } from '../src/generations/budget.js';
+import { serviceScope } from '../src/db/scope.js';
+import { estimateTokens, reserveAtStart } from '../src/generations/budget.js';
 import { projectStore } from '../src/projects/store.js';
 import { SetProjectBudgetDocument } from './gql/graphql.js';
 import { createTestDatabase, databaseKind } from './support/db.js';
@@ -92,6 +93,32 @@ describe(`a budget changed during a run (${databaseKind})`, () => {
     // And the budget counts it: with the limit at the 500 it spent, a start finds no room.
     await setBudget(suite.owner.client, project.id, 500);
     expectTypename(await startGeneration(suite.owner.client, { projectId: project.id, prompt: 'A packing list' }), 'BudgetExceededError');
+  });
+
+  it("decides a start by the database's month, the one its generation is stamped in, whatever the server's clock says", async () => {
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    await suite.server.database.db.execute(sql`
+      insert into generations (project_id, created_by, session_id, prompt, status, phase, provider, model, input_tokens, output_tokens, finished_at)
+      select ${rawId(project.id)}, id, gen_random_uuid(), 'spent this month', 'SUCCEEDED', 'DONE', 'offline', 'offline', 300, 200, now()
+      from users where email = ${suite.owner.email}`);
+    await setBudget(suite.owner.client, project.id, 500);
+    // The server's clock already in the next month (a start that waited on the lock past midnight, a skewed host).
+    const now = new Date();
+    vi.setSystemTime(new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1, 0, 1)));
+    try {
+      // PostgreSQL keeps its own clock: a generation started now is stamped in the month of the 500 spent, which
+      // leaves no room. PGlite's follows the server's, so it would be stamped in the next month, which has room.
+      const [{ sameMonth }] = rowsOf<{ sameMonth: boolean }>(
+        await suite.server.database.db.execute(sql`select date_trunc('month', now(), 'UTC') = date_trunc('month', created_at, 'UTC') as "sameMonth"
+          from generations where project_id = ${rawId(project.id)}`),
+      ) as [{ sameMonth: boolean }];
+      expect(sameMonth).toBe(databaseKind === 'postgres');
+      const start = serviceScope(suite.server.database.db).run((tx) => reserveAtStart(tx, rawId(project.id), 100, (limit, taken) => new Error(`over ${limit}: ${taken.spent} spent`)));
+      if (sameMonth) await expect(start).rejects.toThrow('over 500: 500 spent');
+      else await expect(start).resolves.toBe(100);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('stops a run when its limit is lowered while it streams', async () => {

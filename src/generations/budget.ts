@@ -1,3 +1,4 @@
+import { sql } from 'drizzle-orm';
 import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
 import { type MonthTokens, RunError } from '../errors.js';
@@ -111,7 +112,9 @@ export async function reserveAtStart(
 ): Promise<number> {
   const limit = await projectStore.limitOf(tx, projectId);
   if (limit === null) return 0;
-  const since = monthStart();
+  // The month by the database's clock, which stamps the new generation's created_at in this
+  // transaction; the server's may be past midnight from it (a start that waited on the lock then, a skewed host).
+  const since = sql`date_trunc('month', now(), 'UTC')`;
   const committed = await generationStore.committedOfProject(tx, projectId, since);
   if (committed >= limit) {
     // Told apart only for the refusal: a reservation is no usage, and the person refused should know which it is.

@@ -1,4 +1,4 @@
-import { and, asc, count, desc, eq, getTableColumns, gt, gte, inArray, isNull, lt, lte, not, or, sql } from 'drizzle-orm';
+import { and, asc, count, desc, eq, getTableColumns, gt, gte, inArray, isNull, lt, lte, not, or, type SQL, sql } from 'drizzle-orm';
 import type { PgUpdateSetSource } from 'drizzle-orm/pg-core';
 import { advisoryLock } from '../db/advisory-locks.js';
 import { rowsOf, type Tx } from '../db/client.js';
@@ -164,7 +164,7 @@ export const generationStore = {
    * The month's usage of a project plus what its QUEUED and RUNNING generations hold in reserve (budget.ts):
    * of the generations created from `since` on, and before `until` when given (a month gone by).
    */
-  async committedOfProject(tx: Tx, projectId: string, since: Date, until?: Date): Promise<number> {
+  async committedOfProject(tx: Tx, projectId: string, since: Date | SQL, until?: Date): Promise<number> {
     const [row] = await tx
       .select({
         total: sql<number>`coalesce(sum(${generations.inputTokens} + ${generations.outputTokens}
@@ -218,7 +218,7 @@ export const generationStore = {
   },
 
   /** Token usage of a project since a moment (the month's start). */
-  async usageOfProjects(tx: Tx, projectIds: readonly string[], since: Date) {
+  async usageOfProjects(tx: Tx, projectIds: readonly string[], since: Date | SQL) {
     return tx
       .select({
         projectId: generations.projectId,
