@@ -91,7 +91,10 @@ async function* continued(provider: LlmProvider, request: LlmRequest, maxContinu
  * until they can be compared. Only an answer cut inside a line is trimmed, and only by a
  * repeat of that line's end or of whole lines up to it: a continuation that goes on right
  * from the cut in text that repeats itself (list items, table rows) matches the end
- * before it too, but from the middle of a line.
+ * before it too, but from the middle of a line. Within a line, text made of one piece
+ * repeated (`0, 0, 0`, `=====`) matches its own end wherever it is cut, so such a match
+ * tells nothing and is kept: a restatement of it would be doubled, where trimming would
+ * drop what the model went on with.
  */
 class OverlapTrimmer {
   private held = '';
@@ -116,8 +119,17 @@ class OverlapTrimmer {
     if (cutLine === 0) return held;
     for (let k = Math.min(held.length, MAX_OVERLAP, before.length); k >= MIN_OVERLAP; k--) {
       const fromLineStart = k === before.length || before[before.length - k - 1] === '\n';
-      if ((k <= cutLine || fromLineStart) && before.endsWith(held.slice(0, k))) return held.slice(k);
+      const overlap = held.slice(0, k);
+      if ((k <= cutLine || fromLineStart) && before.endsWith(overlap) && !repeatsItself(overlap)) return held.slice(k);
     }
     return held;
   }
+}
+
+/** Whether `text` is one piece said at least twice over (a period of at most half its length). */
+function repeatsItself(text: string): boolean {
+  for (let period = 1; period * 2 <= text.length; period++) {
+    if (text.startsWith(text.slice(period))) return true;
+  }
+  return false;
 }

@@ -48,9 +48,13 @@ describe('continued answers: the text', () => {
   });
 
   const item = '        <li>Buy milk</li>\n';
+  const zeros = `<file path="lib/grid.dart">\nconst grid = [${Array(64).fill('0').join(', ')}];\n</file>\n`;
+  const ruler = `<file path="src/a.ts">\n// ${'='.repeat(70)}\nx;\n</file>\n`;
   it.each([
     { where: 'a cut at a line end', cut: `<ul>\n${item}${item}`, rest: `${item}${item}      </ul>\n` },
     { where: 'inside a line', cut: `<ul>\n${item}${item}        <li>Buy`, rest: ` milk</li>\n${item}      </ul>\n` },
+    { where: 'inside a line of one repeated item', cut: zeros.slice(0, 107), rest: zeros.slice(107) },
+    { where: 'inside a line of one repeated character', cut: ruler.slice(0, 60), rest: ruler.slice(60) },
   ])('keeps a continuation that goes on from $where, in text that repeats itself', async ({ cut, rest }) => {
     const provider = scripted([
       async function* () {
