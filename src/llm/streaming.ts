@@ -137,13 +137,14 @@ export async function* resilientStream(options: ResilientStreamOptions): AsyncGe
       // so itself or the usage travels with the failure (OutputLimitError).
       if (counted && !usageSent && !(failure instanceof OutputLimitError)) yield { type: 'usage', usage: counted };
       if (receivedText || !failure.retryable) throw failure;
+      const attempts = attempt === 1 ? 'the first attempt' : `${attempt} attempts`;
       if (attempt >= retry.maxAttempts) {
-        throw new LlmError(`${failure.message} Gave up after ${attempt} attempts.`, true, failure.retry, failure.cause);
+        throw new LlmError(`${failure.message} Gave up after ${attempts}.`, true, failure.retry, failure.cause);
       }
       const delayMs = failure.retry.afterMs ?? backoffMs(retry, attempt);
       if (waitedMs + delayMs > retry.maxTotalWaitMs) {
         const seconds = Math.ceil(delayMs / 1000);
-        throw new LlmError(`${failure.message} Gave up after ${attempt} attempts: ${options.label} asked to wait ${seconds} s more, past the ${Math.round(retry.maxTotalWaitMs / 1000)} s limit.`, true, failure.retry, failure.cause);
+        throw new LlmError(`${failure.message} Gave up after ${attempts}: ${options.label} asked to wait ${seconds} s more, past the ${Math.round(retry.maxTotalWaitMs / 1000)} s limit.`, true, failure.retry, failure.cause);
       }
       options.onRetry?.({ attempt, status: failure.retry.status ?? 'network', delayMs, reason: failure.message });
       waitedMs += delayMs;
