@@ -79,12 +79,15 @@ export function createGeminiProvider(options: GeminiProviderOptions): LlmProvide
         open: (signal, counted) => streamOnce(client, model, request, signal, counted),
         describeFailure: (error) =>
           error instanceof ApiError
-            ? httpFailure(upstream, error.status, error.message)
+            ? httpFailure(upstream, error.status, error.message, retryAfterOf.get(error))
             : unreachableFailure('Gemini', 'the network and GEMINI_BASE_URL', error),
       });
     },
   };
 }
+
+/** The Retry-After header of the response an ApiError was made from, where it had one. */
+const retryAfterOf = new WeakMap<ApiError, string>();
 
 /** One streamed request; failures inside the stream become LlmErrors, HTTP errors stay ApiErrors. */
 async function* streamOnce(
@@ -94,16 +97,29 @@ async function* streamOnce(
   signal: AbortSignal,
   counted: (usage: LlmUsage) => void,
 ): AsyncGenerator<UpstreamEvent> {
-  const chunks = await client.models.generateContentStream({
-    model,
-    contents: request.messages.map((message) => ({ role: message.role, parts: [{ text: message.content }] })),
-    config: {
-      ...(request.systemPrompt ? { systemInstruction: { parts: [{ text: request.systemPrompt }] } } : {}),
-      abortSignal: signal,
-      // Otherwise the SDK silently re-sends a dropped stream, behind our retry policy's back.
-      automaticContinuation: false,
-    },
-  });
+  // The SDK's ApiError keeps no header: the Retry-After of a gateway in front of Gemini is read here.
+  let retryAfter: string | null = null;
+  const fetchOnce = async (input: string | URL | Request, init?: RequestInit) => {
+    const response = await boundedFetch(input, init);
+    if (!response.ok) retryAfter = response.headers.get('retry-after');
+    return response;
+  };
+  const chunks = await client.models
+    .generateContentStream({
+      model,
+      contents: request.messages.map((message) => ({ role: message.role, parts: [{ text: message.content }] })),
+      config: {
+        ...(request.systemPrompt ? { systemInstruction: { parts: [{ text: request.systemPrompt }] } } : {}),
+        abortSignal: signal,
+        // Otherwise the SDK silently re-sends a dropped stream, behind our retry policy's back.
+        automaticContinuation: false,
+        httpOptions: { fetch: fetchOnce },
+      },
+    })
+    .catch((error: unknown) => {
+      if (error instanceof ApiError && retryAfter !== null) retryAfterOf.set(error, retryAfter);
+      throw error;
+    });
   let usage: LlmUsage | undefined;
   let finishReason: string | undefined;
   try {

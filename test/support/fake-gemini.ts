@@ -12,8 +12,11 @@ export type GeminiBehaviour =
    * asked for them (thinkingConfig.includeThoughts), otherwise in silence, as Gemini does.
    */
   | { kind: 'stream'; chunks: string[]; thoughts?: string[]; delayMs?: number; finishReason?: string; usage?: GeminiUsage }
-  /** A non-2xx answer with Google's error body; `retryDelay` ("0.2s") adds a google.rpc.RetryInfo detail. */
-  | { kind: 'error'; status: number; message?: string; retryDelay?: string }
+  /**
+   * A non-2xx answer with Google's error body; `retryDelay` ("0.2s") adds a google.rpc.RetryInfo
+   * detail, `retryAfter` a Retry-After header (as a gateway in front of Gemini sends one).
+   */
+  | { kind: 'error'; status: number; message?: string; retryDelay?: string; retryAfter?: string }
   /** Sends the chunks (each with the usage so far, when given), then nothing more, keeping the connection open (see dropConnection). */
   | { kind: 'stall'; chunks: string[]; usage?: GeminiUsage }
   /** Sends the 200 headers, then destroys the connection before any event. */
@@ -138,7 +141,7 @@ export async function startFakeGemini(): Promise<FakeGemini> {
 async function respond(res: http.ServerResponse, behaviour: GeminiBehaviour, includeThoughts: boolean): Promise<void> {
   switch (behaviour.kind) {
     case 'error':
-      return sendError(res, behaviour.status, behaviour.message ?? `Scripted ${behaviour.status}`, behaviour.retryDelay);
+      return sendError(res, behaviour.status, behaviour.message ?? `Scripted ${behaviour.status}`, behaviour.retryDelay, behaviour.retryAfter);
     case 'promptBlocked':
       startStream(res);
       sendEvent(res, { promptFeedback: { blockReason: behaviour.blockReason }, usageMetadata: { promptTokenCount: 5 } });
@@ -222,9 +225,9 @@ function sendEvent(res: http.ServerResponse, event: unknown): void {
   res.write(`data: ${JSON.stringify(event)}\n\n`);
 }
 
-function sendError(res: http.ServerResponse, status: number, message: string, retryDelay?: string): void {
+function sendError(res: http.ServerResponse, status: number, message: string, retryDelay?: string, retryAfter?: string): void {
   const details = retryDelay ? [{ '@type': 'type.googleapis.com/google.rpc.RetryInfo', retryDelay }] : undefined;
-  res.writeHead(status, { 'content-type': 'application/json' });
+  res.writeHead(status, { 'content-type': 'application/json', ...(retryAfter ? { 'retry-after': retryAfter } : {}) });
   res.end(JSON.stringify({ error: { code: status, message, status: STATUS_NAMES[status] ?? 'UNKNOWN', ...(details ? { details } : {}) } }));
 }
 

@@ -9,7 +9,7 @@ import { MAX_ERROR_BODY_BYTES, MAX_SSE_LINE_BYTES } from '../../src/llm/http-lim
 import { createLlmProvider, type LlmConfig } from '../../src/llm/index.js';
 import { createOfflineProvider, offlineApp } from '../../src/llm/offline.js';
 import { createOpenAiProvider } from '../../src/llm/openai.js';
-import { LlmError, type LlmEvent, type LlmProvider, type LlmRequest, type LlmUsage } from '../../src/llm/provider.js';
+import { LlmError, type LlmEvent, type LlmProvider, type LlmRequest, type LlmUsage, type RetryNotice } from '../../src/llm/provider.js';
 import { startFakeGemini } from '../support/fake-gemini.js';
 import { startFakeOpenAi } from '../support/fake-openai.js';
 import { useEach } from '../support/lifecycle.js';
@@ -137,6 +137,19 @@ describe('Gemini provider (real @google/genai client, fake Gemini server)', () =
     const { texts } = await collect(gemini().stream(llmRequest()));
     expect(texts.join('')).toBe('finally here');
     expect(fake.requests).toHaveLength(3);
+  });
+
+  it('waits as long as the Retry-After of a gateway in front of Gemini asks, and gives up at once on a wait past the limit', async () => {
+    // 0 s, where the back-off would have waited about 5 ms: the wait asked for is the one taken.
+    fake.script({ kind: 'error', status: 429, message: 'Slow down', retryAfter: '0' }, { kind: 'stream', chunks: ['after the wait'] });
+    const retries: RetryNotice[] = [];
+    const { texts } = await collect(gemini().stream(llmRequest({ onRetry: (retry) => retries.push(retry) })));
+    expect(texts.join('')).toBe('after the wait');
+    expect(retries.map((retry) => [retry.status, retry.delayMs])).toEqual([[429, 0]]);
+
+    fake.script({ kind: 'error', status: 503, message: 'Overloaded', retryAfter: '3600' });
+    const error = await failureOf(gemini({ retry: { baseDelayMs: 5, maxTotalWaitMs: 60_000 } }).stream(llmRequest()));
+    expect((error as LlmError).message).toMatch(/Gave up after the first attempt: Gemini asked to wait 3600 s more, past the 60 s limit\.$/);
   });
 
   it('reports a rate limit that never lifts', async () => {
