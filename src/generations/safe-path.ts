@@ -8,6 +8,9 @@ const ALLOWED_PATH = /^[A-Za-z0-9._\-/@+]+$/;
 // Files the build tools read on their own (registry, scripts, tokens, Vite's environment): generated
 // code must not steer them. `.env.example` is documentation that no tool reads.
 const TOOL_STEERING = /^(\.npmrc|\.yarnrc.*|\.pnpmfile\.cjs|\.env(?!\.example$).*)$/;
+// Names Windows keeps for devices, with any extension (`con.dart`): no folder there can hold such a file,
+// so an archive of the version would not unpack.
+const WINDOWS_DEVICE = /^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$/i;
 // Lock files pin download URLs and pubspec_overrides.yaml swaps dependency sources: the fetch reads
 // neither (dependency-policy.ts removes them), so the model has no reason to write one.
 const FETCH_PINNING = /^(package-lock\.json|npm-shrinkwrap\.json|yarn\.lock|pnpm-lock\.yaml|pubspec\.lock|pubspec_overrides\.yaml)$/;
@@ -51,6 +54,9 @@ function unsafeReason(path: string): string | undefined {
   if (segments.includes('..')) return 'has a ".." segment';
   if (segments.some((segment) => segment === '' || segment === '.')) return 'has an empty or "." segment';
   if (segments.length > MAX_PATH_DEPTH) return `is deeper than ${MAX_PATH_DEPTH} levels`;
+  // Windows drops a name's trailing dots: `main.dart.` would unpack over `main.dart`.
+  if (segments.some((segment) => segment.endsWith('.'))) return 'has a name ending in "." (Windows drops the dot)';
+  if (segments.some((segment) => WINDOWS_DEVICE.test(segment))) return 'is a name Windows keeps for a device (CON, PRN, AUX, NUL, COM0-9, LPT0-9)';
   if (segments.some((segment) => TOOL_STEERING.test(segment))) return 'is a configuration file that steers the build tools (.npmrc, .yarnrc, .pnpmfile.cjs, .env)';
   if (segments.some((segment) => FETCH_PINNING.test(segment))) {
     return 'is a lock file or dependency override that would steer the dependency fetch (Kiln resolves dependencies from package.json or pubspec.yaml itself)';

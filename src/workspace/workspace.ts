@@ -3,7 +3,7 @@ import { chmod, lchown, lstat, mkdir, mkdtemp, readdir, rename, rm, stat, writeF
 import { dirname, join } from 'node:path';
 import { RunError } from '../errors.js';
 import { MAX_VERSION_BYTES, MAX_VERSION_FILES, type OutputEvent } from '../generations/output-parser.js';
-import { assertSafeRelativePath, UnsafeOutputError } from '../generations/safe-path.js';
+import { assertSafeRelativePath, describePath, UnsafeOutputError } from '../generations/safe-path.js';
 import { runProcess } from '../toolchain/spawner.js';
 import type { Owner } from './ownership.js';
 import { ignoreMissing, writeFilesInside } from './write-inside.js';
@@ -122,6 +122,27 @@ export function assertVersionFits(files: ReadonlyMap<string, string>, after: str
 }
 
 /**
+ * Throws UnsafeOutputError for a file of `changes` whose path differs only in case from another
+ * of the version: unpacked on macOS or Windows, one would overwrite the other. Twins the
+ * version already had are left alone: they were never this run's answer.
+ */
+export function assertNoCaseTwins(files: ReadonlyMap<string, string>, changes: readonly OutputEvent[]): void {
+  const written = changes.filter((change) => change.type === 'file').map((change) => change.path);
+  if (written.length === 0) return;
+  const byFolded = new Map<string, string[]>();
+  for (const path of files.keys()) {
+    const folded = path.toLowerCase();
+    byFolded.set(folded, [...(byFolded.get(folded) ?? []), path]);
+  }
+  for (const path of written) {
+    const twin = byFolded.get(path.toLowerCase())?.find((other) => other !== path);
+    if (twin !== undefined) {
+      throw new UnsafeOutputError(path, `differs only in case from ${describePath(twin)}: unpacked on macOS or Windows, one would overwrite the other`);
+    }
+  }
+}
+
+/**
  * Builds `<root>/<projectId>/<generationId>` from the version it starts from (startingVersion),
  * then the model's changes. It is written in a temporary directory beside it and renamed
  * into place, so the workspace either appears whole or not at all.
@@ -133,6 +154,7 @@ export async function createWorkspace(input: CreateWorkspaceInput): Promise<{ di
   for (const change of input.changes) assertSafeRelativePath(change.path);
   const contents = withChanges(startingVersion(input.template, input.parentFiles), input.changes);
   assertVersionFits(contents, `after ${input.changesAre}`);
+  assertNoCaseTwins(contents, input.changes);
   // Code-unit order is stable across locales; it also puts a directory's name before its contents.
   const paths = [...contents.keys()].sort();
 

@@ -295,6 +295,12 @@ describe('unsafe paths', () => {
     ['lib/ma in.dart', '"lib/ma in.dart"'],
     ['x'.repeat(256), `"${'x'.repeat(100)}..."`, 'a path of 256 characters'],
     [Array.from({ length: 17 }, () => 'd').join('/'), '"d/d/d', 'a path 17 levels deep'],
+    ['lib/main.dart.', '"lib/main.dart."'],
+    ['lib.../a.dart', '"lib.../a.dart"'],
+    ['lib/con.dart', '"lib/con.dart"'],
+    ['web/NUL', '"web/NUL"'],
+    ['Aux/x.ts', '"Aux/x.ts"'],
+    ['lib/com1.txt', '"lib/com1.txt"'],
   ];
 
   it.each(unsafe.map(([path, shown, label]) => [label ?? JSON.stringify(path), path, shown]))(
@@ -319,6 +325,10 @@ describe('unsafe paths', () => {
       'lib/main.dart',
       '@scope/pkg+extra/file-name_1.tsx',
       '.env.example',
+      'lib/console.dart',
+      'lib/null.ts',
+      'src/auxiliary/com.ts',
+      '.github/workflows/ci.yml',
       'a'.repeat(255),
       Array.from({ length: 16 }, () => 'd').join('/'),
     ]) {

@@ -164,6 +164,19 @@ describe('createWorkspace', () => {
     expect(await readdir(join(root, 'p1'))).toEqual([]);
   });
 
+  it('refuses a file that differs only in case from another of the version, and leaves alone twins the version already had', async () => {
+    const twin = createWorkspace(input({ changes: [{ type: 'file', path: 'lib/Main.dart', content: 'x' }] }));
+    await expect(twin).rejects.toThrow('The model\'s output is unsafe: "lib/Main.dart" differs only in case from "lib/main.dart": unpacked on macOS or Windows, one would overwrite the other');
+    expect(await readdir(root)).toEqual([]);
+
+    // A rename in one answer (the old name deleted) is no twin; nor is a pair the parent's version had.
+    const parentFiles = [...input().parentFiles, { path: 'LIB/old.dart', content: 'older\n' }];
+    const { files } = await createWorkspace(
+      input({ parentFiles, changes: [{ type: 'delete', path: 'lib/main.dart' }, { type: 'file', path: 'lib/Main.dart', content: 'x' }, { type: 'file', path: 'pubspec.yaml', content: 'name: b\n' }] }),
+    );
+    expect(files.map((file) => file.path)).toEqual(['LIB/old.dart', 'lib/Main.dart', 'lib/old.dart', 'pubspec.yaml']);
+  });
+
   it('removes the temporary directory when the files cannot all be written', async () => {
     // `lib/main.dart` is a file, and `lib/main.dart/x` would need it to be a directory.
     const attempt = createWorkspace(input({ changes: [{ type: 'file', path: 'lib/main.dart/x', content: 'x' }] }));
