@@ -133,6 +133,34 @@ describe(`versions: diffs, restore and archives (${databaseKind})`, () => {
     }
   });
 
+  it('shows no changes for a generation that wrote no files, running or cancelled, either way round', async () => {
+    const elsewhere = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    llm.script({ kind: 'stream', chunks: answer({ path: 'lib/main.dart', content: dart('Kept') }) });
+    const started = await startAccepted(suite.owner.client, { projectId: elsewhere.id, prompt: 'A kept app' });
+    const kept = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id);
+    expect(kept.status).toBe('SUCCEEDED');
+    llm.script({ kind: 'stall', chunks: ['Thinking'] });
+    const idle = await startAccepted(suite.owner.client, { projectId: elsewhere.id, prompt: 'Never gets to write', sessionId: kept.sessionId });
+
+    const expectNoChanges = async (when: string) => {
+      const { generation: own } = await suite.owner.client.expectNoErrors(GenerationDiffDocument, { id: idle.id });
+      expect(own!.diff, when).toEqual({ against: { id: kept.id }, additions: 0, deletions: 0, files: [] });
+      const { generation: mirror } = await suite.owner.client.expectNoErrors(GenerationDiffDocument, { id: kept.id, against: idle.id });
+      expect(mirror!.diff, when).toEqual({ against: { id: idle.id }, additions: 0, deletions: 0, files: [] });
+    };
+    const watch = new GenerationWatch(suite.server.url, suite.owner.accessToken, idle.id);
+    try {
+      await watch.until((state) => state.status === 'RUNNING');
+      await expectNoChanges('running');
+      await suite.owner.client.expectNoErrors(CancelGenerationDocument, { id: idle.id });
+      expect(await watch.finished()).toMatchObject({ status: 'CANCELLED' });
+    } finally {
+      watch.close();
+    }
+    expect((await getGeneration(suite.owner.client, idle.id)).files).toEqual([]);
+    await expectNoChanges('cancelled');
+  });
+
   it('archives exactly Generation.files as ZIP and tar.gz, as an attachment named after the project', async () => {
     for (const [format, unpack, type] of [
       ['ZIP', async (body: Buffer) => unzip(body), 'application/zip'],

@@ -34,8 +34,10 @@ const MAX_EDIT_LENGTH = 10_000;
 const MAX_DIFF_STEPS = 5_000_000;
 
 /**
- * `againstId` null: the version the generation started from, its parent's (or, when the parent
- * wrote no files, the nearest earlier one that did). Another generation must be of the same
+ * Each side is the version a generation stands for: its own files, or when it wrote none (still
+ * queued or running, or ended before writing) those of the nearest earlier generation of its
+ * lineage that did, so a generation that changed nothing shows no changes. `againstId` null: the
+ * version the generation started from, its parent's. Another generation must be of the same
  * project and visible to the viewer.
  */
 export async function diffGeneration(scope: Scope, generation: GenerationRow, againstId: string | null): Promise<GenerationDiff> {
@@ -45,8 +47,14 @@ export async function diffGeneration(scope: Scope, generation: GenerationRow, ag
     if (baseId && (!against || against.projectId !== generation.projectId)) {
       throw new NotFoundError('The generation to compare with was not found in this project.');
     }
-    const before = new Map((against ? await generationStore.filesOfMember(tx, against.id, true) : []).map((file) => [file.path, file]));
-    const after = new Map((await generationStore.filesOfMember(tx, generation.id, true)).map((file) => [file.path, file]));
+    const versionOf = async (id: string) => {
+      const own = await generationStore.filesOfMember(tx, id, true);
+      if (own.length > 0) return own;
+      const version = await generationStore.versionIdOfLineage(tx, id);
+      return version && version !== id ? generationStore.filesOfMember(tx, version, true) : [];
+    };
+    const before = new Map((against ? await versionOf(against.id) : []).map((file) => [file.path, file]));
+    const after = new Map((await versionOf(generation.id)).map((file) => [file.path, file]));
     const files = diffFiles(before, after);
     return {
       against: against ?? null,

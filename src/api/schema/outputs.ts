@@ -89,7 +89,8 @@ builder.objectFields(GenerationRef, (t) => ({
   diff: t.field({
     type: GenerationDiffRef,
     nullable: true,
-    description: 'What changed against `against` (any generation of the same project), by default against the version it started from (its parent\'s, or the nearest earlier one that wrote files when the parent wrote none).',
+    description:
+      "What changed against `against` (any generation of the same project), by default against the version it started from (its parent's). Either side is the version a generation stands for: its files, or when it wrote none (queued, running, or ended before writing) those of the nearest earlier generation that did, so a generation that wrote nothing shows no changes.",
     args: { against: t.arg.globalID() },
     resolve: async (g, args, ctx) => {
       const againstId = args.against == null ? null : idOf(args.against, 'Generation');
