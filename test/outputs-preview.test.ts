@@ -6,6 +6,7 @@ import { unzip } from './support/archives.js';
 import { databaseKind } from './support/db.js';
 import { createProject, signUp } from './support/fixtures.js';
 import { rawId, startAccepted, startInstance, waitForEnd } from './support/generation-helpers.js';
+import { RawSocket, UpgradeRefused } from './support/live.js';
 import { rawGet } from './support/raw-http.js';
 import { startSuiteServer, useGenerationServer } from './support/suite-server.js';
 
@@ -194,6 +195,14 @@ describe(`previews of a FLUTTER generation (${databaseKind})`, () => {
       for (const path of ['/graphql', '/health', '/metrics', '/']) {
         expect((await rawGet(api.url, path, onPreviewHost)).status, path).toBe(404);
       }
+      // Nor over WebSocket: the upgrade is refused before any socket exists, whatever Origin it names.
+      for (const origin of [previewOrigin, api.url]) {
+        await expect(RawSocket.open(api.url, { ...onPreviewHost, origin }), origin).rejects.toEqual(new UpgradeRefused(404));
+      }
+      const onApiHost = await RawSocket.open(api.url);
+      await onApiHost.init(suite.owner.accessToken);
+      onApiHost.socket.close();
+      await onApiHost.closed;
       // …and the API's origin serves no preview.
       expect((await rawGet(api.url, pathOf(url))).status).toBe(404);
       expect((await rawGet(api.url, '/health')).status).toBe(200);

@@ -124,6 +124,8 @@ export function buildApp(services: Services): App {
     corsOrigins: config.http.corsOrigins,
     maxMessageBytes: config.limits.maxBodyBytes,
     clientIpOf: (request) => clientAddress(request, config.trustedProxyHops),
+    // PREVIEW_ORIGIN serves previews only: no API over WebSocket either.
+    notServedTo: (request) => services.outputs.onPreviewOrigin(request),
     acquireConnection: services.streamAccess.acquireConnection,
     ...config.websocket,
   });

@@ -29,8 +29,9 @@ import { publicError, publicResult } from './public-result.js';
 // which graphql-ws clients retry, where they give up at 4500; the protocol's own codes
 // otherwise (4400, 4401, 4406, 4409, 4429, 4500 for any other failure at connect). An
 // upgrade from a browser Origin that is not in CORS_ORIGINS (when set) is refused with
-// HTTP 403 before any socket exists. Beyond WS_MAX_SUBSCRIPTIONS operations at once,
-// one more fails on its own with TOO_MANY_SUBSCRIPTIONS and the socket stays open.
+// HTTP 403 before any socket exists, and one to PREVIEW_ORIGIN (no API there) with 404.
+// Beyond WS_MAX_SUBSCRIPTIONS operations at once, one more fails on its own with
+// TOO_MANY_SUBSCRIPTIONS and the socket stays open.
 // Pings every WS_KEEPALIVE_MS drop peers that stop answering (a peer that stops
 // reading stops answering too).
 
@@ -51,6 +52,8 @@ export interface WebSocketOptions {
   maxMessageBytes?: number;
   /** The client's address, from the upgrade request (rate limits). */
   clientIpOf: (request: IncomingMessage) => string;
+  /** Upgrades to refuse with 404 before any socket exists, as for another path: those on PREVIEW_ORIGIN. */
+  notServedTo?: (request: IncomingMessage) => boolean;
 }
 
 export interface WebSocketTransport {
@@ -101,7 +104,7 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
     WebSocket: BatchingWebSocket,
   });
   const onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
-    if (request.url?.split('?')[0] !== path) return refuse(socket, 404, 'Not Found');
+    if (request.url?.split('?')[0] !== path || options.notServedTo?.(request)) return refuse(socket, 404, 'Not Found');
     if (!originAllowed(request.headers.origin, options.corsOrigins)) return refuse(socket, 403, 'Forbidden');
     const peer: Peer = { clientIp: options.clientIpOf(request) };
     wss.handleUpgrade(request, socket, head, (ws) => wss.emit('connection', ws, peer));

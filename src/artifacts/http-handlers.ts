@@ -34,6 +34,8 @@ const MANIFEST_BYTES_KEPT = 32 * 1024 * 1024;
 export interface OutputHandlers {
   /** Answers preview and archive requests (and on PREVIEW_ORIGIN every request); false leaves it to the API. */
   route(req: IncomingMessage, res: ServerResponse): boolean;
+  /** Whether a request is addressed to PREVIEW_ORIGIN, where nothing of the API answers (WebSocket upgrades included). */
+  onPreviewOrigin(req: IncomingMessage): boolean;
   /** Drops the manifests kept in memory (after a collection). */
   forget(): void;
 }
@@ -170,16 +172,18 @@ export function outputHandlers(deps: {
       return 200;
     });
 
+  const onPreviewOrigin = (req: IncomingMessage) => previewOrigin !== undefined && isHostOf(previewOrigin, req.headers.host);
+
   return {
     route: (req, res) => {
       const path = (req.url ?? '/').split('?')[0]!;
-      const onPreviewOrigin = previewOrigin !== undefined && isHostOf(previewOrigin, req.headers.host);
+      const previewHost = onPreviewOrigin(req);
       const previewMatch = /^\/preview\/([^/]+)(?:\/(.*))?$/.exec(path);
-      if (previewMatch && (previewOrigin === undefined || onPreviewOrigin)) {
+      if (previewMatch && (previewOrigin === undefined || previewHost)) {
         preview(req, res, previewMatch[1]!, previewMatch[2]);
         return true;
       }
-      if (onPreviewOrigin || previewMatch) {
+      if (previewHost || previewMatch) {
         // The preview origin serves previews only, and the API's origin none.
         for (const [name, value] of Object.entries(PREVIEW_HEADERS)) res.setHeader(name, value);
         plain(res, 404, 'Not found.');
@@ -192,6 +196,7 @@ export function outputHandlers(deps: {
       }
       return false;
     },
+    onPreviewOrigin,
     forget: () => manifests.clear(),
   };
 }

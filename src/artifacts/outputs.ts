@@ -30,6 +30,7 @@ export interface Outputs {
   previewUrl(generationId: string): SignedUrl;
   archiveUrl(generationId: string, format: ArchiveFormat, filename: string): SignedUrl;
   route: OutputHandlers['route'];
+  onPreviewOrigin: OutputHandlers['onPreviewOrigin'];
   /**
    * Stores a generation's files and web bundle (the worker, before SUCCEEDED; no bundle
    * without `bundleDir`); `record` indexes them in the caller's transaction, the one that
@@ -130,6 +131,7 @@ export async function createOutputs(options: {
       return { url: `${apiBase()}/archive/${token}/${encodeURIComponent(filename)}`, expiresAt };
     },
     route: handlers.route,
+    onPreviewOrigin: handlers.onPreviewOrigin,
     storeBlobs: async (generationId, bundleDir, sources) => {
       const { rows, ...written } = await storeOutputs(store, generationId, bundleDir, sources);
       log.info({ generationId, ...written }, 'outputs stored');
