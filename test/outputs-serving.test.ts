@@ -281,6 +281,36 @@ describe(`output handlers (${databaseKind})`, () => {
     }
   });
 
+  it('redirects a folder named without its slash to the folder, query kept, as a static host does', async () => {
+    const bundle = {
+      ...bundleOf(0, 'root'),
+      'docs/index.html': '<!doctype html><html><head></head><body>docs</body></html>',
+      'docs/guide.css': 'body { color: green; }',
+    };
+    const { generationId, blobs } = await seedGeneration(bundle);
+    const fs = fsBlobStore(join(data.path, 'folders'));
+    await fs.putMany([...blobs].map(([sha256, content]) => ({ sha256, content })));
+    const { base, path } = await serve(fs);
+    const root = path('preview', generationId, '');
+
+    for (const [rest, location] of [
+      ['docs', `${root}docs/`],
+      ['docs?tab=2&q=a%20b', `${root}docs/?tab=2&q=a%20b`],
+    ] as const) {
+      const moved = await rawGet(base, `${root}${rest}`);
+      expect(moved.status, rest).toBe(308);
+      expect(moved.headers.location, rest).toBe(location);
+      expect(moved.headers['content-security-policy'], rest).toBe('sandbox allow-scripts allow-forms allow-popups allow-modals');
+    }
+    // Where the redirect leads: the folder's page, whose relative URLs resolve in the folder.
+    const page = await rawGet(base, `${root}docs/`);
+    expect([page.status, page.body.toString()]).toEqual([200, bundle['docs/index.html']]);
+    expect((await rawGet(base, new URL('guide.css', `${base}${root}docs/`).pathname)).body.toString()).toBe(bundle['docs/guide.css']);
+    // A client-side route that is no folder of the bundle still gets the app's page.
+    const route = await rawGet(base, `${root}settings`);
+    expect([route.status, route.body.toString()]).toEqual([200, bundle['index.html']!.replace('<head>', `<head><base href="${root}">`)]);
+  });
+
   it('with PREVIEW_ORIGIN, knows that origin in a Host with its default port or in another case', async () => {
     const bundle = bundleOf(1, 'origin');
     const { generationId, blobs } = await seedGeneration(bundle);

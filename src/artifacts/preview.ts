@@ -35,6 +35,12 @@ export async function servePreview(request: PreviewRequest): Promise<number> {
   const { req, res, manifest } = request;
   const path = decodePath(request.rest);
   if (path === null) return plain(res, 400, 'Bad path.');
+  // A folder named without its slash: relative URLs in its index.html would resolve one level up.
+  if (path !== '' && !path.endsWith('/') && !manifest.has(path) && manifest.has(`${path}/index.html`)) {
+    const query = req.url?.includes('?') ? req.url.slice(req.url.indexOf('?')) : '';
+    res.writeHead(308, { Location: `${request.root}${request.rest}/${query}` }).end();
+    return 308;
+  }
   const entry = resolve(manifest, path);
   if (!entry) return plain(res, 404, 'Not found.');
   // A larger entry document is no app's: it is served as built rather than read and rewritten per request.
@@ -114,7 +120,8 @@ async function serveIndex({ req, res, root, store, generationId }: PreviewReques
 /**
  * Flutter writes `<base href="/">` unless built with --base-href, and a Vite build
  * with the default base points at `/assets/…`: both would leave the preview's path.
- * The document gets `<base href="<root>">` and root-relative references become relative.
+ * The document gets `<base href="<root>">` (unless the app set a base URL of its own) and
+ * root-relative references become relative.
  * Generated code writes the document, so the work is linear in its length, whatever it holds.
  */
 export function withBase(html: string, root: string): string {
@@ -125,7 +132,8 @@ export function withBase(html: string, root: string): string {
   for (const tag of baseAndHeadTags(out)) {
     if (tag.name === 'head') head ??= tag;
     else if (/href=["']\.\/["']/i.test(out.slice(tag.start, tag.end))) return `${out.slice(0, tag.start)}${base}${out.slice(tag.end)}`;
-    else ownBase = true; // the app chose its own base
+    // The app chose its own base URL; a <base target> alone sets none.
+    else if (/[\s"']href\s*=/i.test(out.slice(tag.start, tag.end))) ownBase = true;
   }
   if (ownBase) return out;
   if (head) return `${out.slice(0, head.end)}${base}${out.slice(head.end)}`;

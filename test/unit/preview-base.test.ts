@@ -23,6 +23,17 @@ describe('withBase', () => {
     expect(withBase('<header>h</header><head></head>', root)).toBe(`<header>h</header><head>${base}</head>`);
   });
 
+  it('sets the base of a document whose <base> only names a target: deep links load the app from the preview', () => {
+    for (const own of ['<base target="_top">', "<base target='_blank' >"]) {
+      const page = `<!doctype html><html><head>${own}<script type="module" src="./assets/index.js"></script></head><body></body></html>`;
+      const served = withBase(page, root);
+      expect(served).toBe(`<!doctype html><html><head>${base}${own}<script type="module" src="./assets/index.js"></script></head><body></body></html>`);
+      // What a browser on /preview/cap/settings/profile then asks for:
+      const baseHref = /<base href="([^"]+)">/.exec(served)?.[1];
+      expect(new URL('./assets/index.js', new URL(baseHref ?? '', 'http://kiln.test/preview/cap/settings/profile')).pathname).toBe('/preview/cap/assets/index.js');
+    }
+  });
+
   // Before, backtracking patterns took minutes on such a document, with the API's event loop held.
   it('rewrites a hostile document in one pass: a quarter of a million unclosed tags', () => {
     for (const opening of ['<head ', '<base ', '<base href="./" ']) {
