@@ -19,7 +19,7 @@ export function App() {
   if (session.status === 'loading') {
     return (
       <p className="centered" aria-live="polite">
-        Loading…{session.notice && ` ${session.notice} Trying again by itself.`}
+        Loading…{session.notice && ` ${session.notice}`}
       </p>
     );
   }

@@ -1,4 +1,4 @@
-import { RefreshSessionOrWaitDocument, type SessionFieldsFragment } from '../gql/graphql';
+import { RefreshSessionOrWaitDocument, type RefreshSessionOrWaitMutation, type SessionFieldsFragment } from '../gql/graphql';
 import { anonymousRequest } from './graphql';
 
 // The signed-in session. The access token lives in memory only; the refresh token in
@@ -26,6 +26,10 @@ const HANDOVER_MS = 10_000;
 const MAX_SPENT_HELD = 32;
 /** The shortest pause before trying again after a rate-limited refresh, whatever the answer names. */
 const MIN_RETRY_MS = 1_000;
+/** The longest pause between two refreshes tried while the server cannot be reached (they start at MIN_RETRY_MS and double). */
+const MAX_UNREACHABLE_RETRY_MS = 30_000;
+/** What a reload says while the refresh that would restore its session gets no answer. */
+const UNREACHABLE = "Can't reach the server, retrying…";
 
 const coordinated = 'locks' in navigator && typeof BroadcastChannel === 'function';
 const channel = coordinated ? new BroadcastChannel('kiln.auth') : null;
@@ -38,7 +42,7 @@ export interface User {
   email: string;
 }
 
-/** `notice`: why loading takes longer (a refresh refused for a while, tried again by itself). */
+/** `notice`: why loading takes longer (a refresh refused for a while, or unanswered), in a sentence or two; tried again by itself. */
 type State = { status: 'loading'; notice?: string } | { status: 'signedOut' } | { status: 'signedIn'; user: User };
 
 let state: State = { status: sessionStorage.getItem(REFRESH_KEY) ? 'loading' : 'signedOut' };
@@ -49,6 +53,8 @@ let current: SessionFieldsFragment | null = null;
 const spent = new Map<string, () => void>();
 /** No refresh before this time (ms): the server refused one for a while (RateLimitedError). */
 let retryAt = 0;
+/** Refreshes in a row that got no answer while loading: the next one waits twice as long. */
+let unreachableAttempts = 0;
 /** Settles a tab's request for the pair that replaced its token, answered or not. */
 let awaiting: { token: string; done: () => void } | null = null;
 let refreshing: Promise<void> | null = null;
@@ -142,30 +148,39 @@ async function refreshOnce(): Promise<void> {
 /** Spends `refreshToken` for a new pair (under the refresh lock when there is one) and tells the other tabs. */
 async function rotate(refreshToken: string | null): Promise<void> {
   if (!refreshToken) return clear();
+  let answer: RefreshSessionOrWaitMutation['refreshSession'];
   try {
-    const { refreshSession } = await anonymousRequest(RefreshSessionOrWaitDocument, { refreshToken });
-    if (refreshSession.__typename === 'RateLimitedError') {
-      // Refused for now: the token is still good, so keep it and try again when the server says.
-      const waitMs = Math.max(MIN_RETRY_MS, refreshSession.retryAfterSeconds * 1000);
-      access = null;
-      retryAt = Date.now() + waitMs;
-      if (state.status === 'loading') {
-        setState({ status: 'loading', notice: refreshSession.message });
-        setTimeout(() => void auth.refresh(), waitMs);
-      }
-      return;
-    }
-    // Any other refusal is for good (an ended session, not a token at all).
-    if (refreshSession.__typename !== 'AuthSession') return clear();
-    accept(refreshSession);
-    if (!channel) return;
-    markSpent(refreshToken);
-    channel.postMessage({ spent: refreshToken, session: refreshSession } satisfies Message);
+    answer = (await anonymousRequest(RefreshSessionOrWaitDocument, { refreshToken })).refreshSession;
   } catch {
-    // The server is unreachable: keep the refresh token for the next attempt.
+    // No answer (the server or the network is down, or the server failed): the token may well
+    // be good, so keep it. A reload waits for the server, trying again after a growing pause,
+    // instead of showing a sign-in form that the session does not need.
     access = null;
-    if (state.status === 'loading') setState({ status: 'signedOut' });
+    if (state.status === 'loading') {
+      const waitMs = Math.min(MAX_UNREACHABLE_RETRY_MS, MIN_RETRY_MS * 2 ** unreachableAttempts++);
+      setState({ status: 'loading', notice: UNREACHABLE });
+      setTimeout(() => void auth.refresh(), waitMs);
+    }
+    return;
   }
+  unreachableAttempts = 0;
+  if (answer.__typename === 'RateLimitedError') {
+    // Refused for now: the token is still good, so keep it and try again when the server says.
+    const waitMs = Math.max(MIN_RETRY_MS, answer.retryAfterSeconds * 1000);
+    access = null;
+    retryAt = Date.now() + waitMs;
+    if (state.status === 'loading') {
+      setState({ status: 'loading', notice: `${answer.message} Trying again by itself.` });
+      setTimeout(() => void auth.refresh(), waitMs);
+    }
+    return;
+  }
+  // Any other refusal is for good (an ended session, not a token at all).
+  if (answer.__typename !== 'AuthSession') return clear();
+  accept(answer);
+  if (!channel) return;
+  markSpent(refreshToken);
+  channel.postMessage({ spent: refreshToken, session: answer } satisfies Message);
 }
 
 /** Settles once a refresh may be tried again (at once unless the server asked to wait). */

@@ -6,18 +6,44 @@ import { auth } from './auth';
 
 export class GraphQLRequestError extends Error {}
 
+/** What the page says when no GraphQL answer came: no network, or a proxy's error page instead of the API. */
+export const UNAVAILABLE = 'The server is unavailable; try again.';
+
+/** No GraphQL answer at all (the server or the network is down): worth trying again, unlike an answer that refuses. */
+export class ServerUnavailableError extends GraphQLRequestError {
+  constructor() {
+    super(UNAVAILABLE);
+  }
+}
+
 interface Response<T> {
   data?: T | null;
   errors?: { message: string; extensions?: { code?: string } }[];
 }
 
-async function post<T, V>(document: TypedDocumentString<T, V>, variables: V | undefined, token: string | null) {
-  const response = await fetch('/graphql', {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
-    body: JSON.stringify({ query: document.toString(), variables }),
-  });
-  return (await response.json()) as Response<T>;
+async function post<T, V>(document: TypedDocumentString<T, V>, variables: V | undefined, token: string | null): Promise<Response<T>> {
+  let response: globalThis.Response;
+  try {
+    response = await fetch('/graphql', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+      body: JSON.stringify({ query: document.toString(), variables }),
+    });
+  } catch {
+    // Offline, connection refused or reset: fetch rejects with a TypeError ("Failed to fetch").
+    throw new ServerUnavailableError();
+  }
+  // A GraphQL answer is JSON (application/json or application/graphql-response+json), whatever its
+  // status; anything else (a gateway's 502 page, a plain-text 503) did not come from the API.
+  if (!/\bjson\b/i.test(response.headers.get('content-type') ?? '')) throw new ServerUnavailableError();
+  let body: Response<T>;
+  try {
+    body = (await response.json()) as Response<T>;
+  } catch {
+    throw new ServerUnavailableError();
+  }
+  if (!body || typeof body !== 'object' || (!body.errors?.length && !body.data)) throw new ServerUnavailableError();
+  return body;
 }
 
 const unauthenticated = (response: Response<unknown>) =>

@@ -4,6 +4,7 @@ import { follow } from '../api/live';
 import {
   type BuildLogsWithRoundSubscription,
   BuildLogsWithRoundDocument,
+  CancelGenerationDocument,
   GenerationArchiveDocument,
   type GenerationArchiveQuery,
   GenerationChunksWithRoundDocument,
@@ -16,6 +17,7 @@ import {
   type GenerationStepsQuery,
   GenerationUpdatedDocument,
   GenerationWithLogDocument,
+  RetryGenerationDocument,
 } from '../gql/graphql';
 
 type LogLine = BuildLogsWithRoundSubscription['buildLogs'];
@@ -25,6 +27,9 @@ type Archive = NonNullable<NonNullable<GenerationArchiveQuery['generation']>['ar
 type Preview = NonNullable<NonNullable<GenerationPreviewQuery['generation']>['preview']>;
 
 const TERMINAL = new Set(['SUCCEEDED', 'FAILED', 'CANCELLED']);
+/** A generation that can still be cancelled, and one that ended without a result and can be tried again. */
+const CANCELLABLE = new Set(['QUEUED', 'RUNNING']);
+const RETRYABLE = new Set(['FAILED', 'CANCELLED']);
 
 // Long outputs and build logs (tens of thousands of lines) render in blocks: what arrives
 // within one frame is added at once, into the last block only. A full block never changes
@@ -98,8 +103,22 @@ function useFrameBatch<T>(flush: (items: T[]) => void) {
   return batch;
 }
 
-/** One generation, live: status and phase, model output, build log by step, preview and archive. */
-export function GenerationView({ id, onSettled }: { id: string; onSettled: () => void }) {
+/**
+ * One generation, live: status and phase, model output, build log by step, preview and archive;
+ * for its owner and editors (`canEdit`), Cancel while it runs and Retry once it failed or was
+ * cancelled (`onShow` then shows the retry).
+ */
+export function GenerationView({
+  id,
+  canEdit,
+  onSettled,
+  onShow,
+}: {
+  id: string;
+  canEdit: boolean;
+  onSettled: () => void;
+  onShow: (id: string) => void;
+}) {
   const [generation, setGeneration] = useState<GenerationFieldsFragment | null>(null);
   const [output, setOutput] = useState<Blocks<string>>([]);
   const [groups, setGroups] = useState<readonly Group[]>([]);
@@ -110,6 +129,10 @@ export function GenerationView({ id, onSettled }: { id: string; onSettled: () =>
   const [streamError, setStreamError] = useState<string | null>(null);
   /** The live streams wait to reconnect (with the reason when known). */
   const [reconnecting, setReconnecting] = useState<{ reason?: string } | null>(null);
+  /** What Cancel or Retry answered when it did not work. */
+  const [actionError, setActionError] = useState<string | null>(null);
+  /** The status in which Cancel or Retry was pressed: the button is busy until the status changes (or the request failed). */
+  const [pressedIn, setPressedIn] = useState<string | null>(null);
   const outputBatch = useFrameBatch<string>((pieces) => setOutput((blocks) => append(blocks, pieces)));
   const logBatch = useFrameBatch<LogLine>((lines) => setGroups((list) => withLines(list, lines)));
   /**
@@ -261,27 +284,67 @@ export function GenerationView({ id, onSettled }: { id: string; onSettled: () =>
       .catch((error: Error) => setStreamError(error.message));
   }, [fixing, settled, id]);
 
+  const cancellable = generation !== null && CANCELLABLE.has(generation.status);
+  const retryable = generation !== null && RETRYABLE.has(generation.status);
+  const acting = generation !== null && pressedIn === generation.status;
+
+  /** Cancels the generation while it runs (its new status comes over the stream), or retries it once it failed or was cancelled. */
+  const cancelOrRetry = async () => {
+    if (!generation || acting) return;
+    setPressedIn(generation.status);
+    setActionError(null);
+    const failed = (message: string) => {
+      setActionError(message);
+      setPressedIn(null);
+    };
+    try {
+      if (cancellable) {
+        const { cancelGeneration } = await request(CancelGenerationDocument, { id });
+        if (cancelGeneration.__typename !== 'Generation') failed(cancelGeneration.message);
+      } else {
+        const { retryGeneration } = await request(RetryGenerationDocument, { id });
+        if (retryGeneration.__typename === 'Generation') onShow(retryGeneration.id);
+        else failed(retryGeneration.message);
+      }
+    } catch (failure) {
+      failed((failure as Error).message);
+    }
+  };
+
   const round = fixRounds.at(-1)?.round;
   return (
     <div className="stack">
-      <p role="status" className={`status status-${generation?.status.toLowerCase() ?? 'loading'}`}>
-        {generation ? (
-          <>
-            <strong>{generation.status}</strong>
-            <span> · phase {generation.phase}</span>
-            {fixing && round !== undefined && <span> · fix round {round}</span>}
-            {generation.error && <span> · {generation.error.code}: {generation.error.message}</span>}
-          </>
-        ) : (
-          !reconnecting && 'Connecting…'
+      <div className="row">
+        <p role="status" className={`status grow status-${generation?.status.toLowerCase() ?? 'loading'}`}>
+          {generation ? (
+            <>
+              <strong>{generation.status}</strong>
+              <span> · phase {generation.phase}</span>
+              {fixing && round !== undefined && <span> · fix round {round}</span>}
+              {generation.error && <span> · {generation.error.code}: {generation.error.message}</span>}
+            </>
+          ) : (
+            !reconnecting && 'Connecting…'
+          )}
+          {reconnecting && (
+            <span className="notice">
+              {generation && ' · '}
+              Reconnecting…{reconnecting.reason && ` (${reconnecting.reason})`}
+            </span>
+          )}
+        </p>
+        {canEdit && (cancellable || retryable) && (
+          // One button whose label follows the status: the focus stays on it from Cancel to Retry.
+          <button type="button" className="secondary" aria-disabled={acting} onClick={() => void cancelOrRetry()}>
+            {cancellable ? 'Cancel' : 'Retry'}
+          </button>
         )}
-        {reconnecting && (
-          <span className="notice">
-            {generation && ' · '}
-            Reconnecting…{reconnecting.reason && ` (${reconnecting.reason})`}
-          </span>
-        )}
-      </p>
+      </div>
+      {actionError && (
+        <p role="alert" className="error">
+          {actionError}
+        </p>
+      )}
       {streamError && (
         <p role="alert" className="error">
           {streamError}

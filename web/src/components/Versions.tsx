@@ -6,8 +6,21 @@ import { DiffView } from './DiffView';
 export type Version = NonNullable<ProjectVersionsQuery['project']>['generations']['edges'][number]['node'];
 type Diff = NonNullable<NonNullable<GenerationDiffQuery['generation']>['diff']>;
 
-/** The versions of one session, oldest first, with a diff against the previous one and restore. */
-export function Versions({ versions, currentId, onShow }: { versions: Version[]; currentId: string | null; onShow: (id: string) => void }) {
+/**
+ * The versions of one session, oldest first, with a diff against the previous one and restore
+ * (`canRestore`: not for a viewer of the project, whom the server would refuse).
+ */
+export function Versions({
+  versions,
+  currentId,
+  canRestore,
+  onShow,
+}: {
+  versions: Version[];
+  currentId: string | null;
+  canRestore: boolean;
+  onShow: (id: string) => void;
+}) {
   const [diff, setDiff] = useState<{ label: string; diff: Diff | null } | null>(null);
   const [error, setError] = useState<string | null>(null);
   /** The Diff button that opened the diff: closing it returns the focus there, not to <body>. */
@@ -61,7 +74,7 @@ export function Versions({ versions, currentId, onShow }: { versions: Version[];
                 <button type="button" className="small secondary" aria-label={`Diff ${label}`} onClick={(event) => void showDiff(version, label, event.currentTarget)}>
                   Diff
                 </button>
-                {version.status === 'SUCCEEDED' && version.id !== latest && (
+                {canRestore && version.status === 'SUCCEEDED' && version.id !== latest && (
                   <button type="button" className="small secondary" aria-label={`Restore ${label}`} onClick={() => void restore(version)}>
                     Restore
                   </button>

@@ -552,6 +552,38 @@ export type GenerationWithLogQueryVariables = Exact<{
 
 export type GenerationWithLogQuery = { generation: { output: string, id: string, status: GenerationStatus, phase: GenerationPhase, prompt: string, sessionId: string, attempt: number, createdAt: string, startedAt: string | null, finishedAt: string | null, buildLog: Array<{ seq: number, round: number, step: string, stream: LogStream, text: string }>, error: { code: GenerationErrorCode, message: string } | null, usage: { inputTokens: number, outputTokens: number } } | null };
 
+export type SignUpWithFieldErrorsMutationVariables = Exact<{
+  email: string;
+  password: string;
+}>;
+
+
+export type SignUpWithFieldErrorsMutation = { signUp:
+    | { __typename: 'AuthError', message: string }
+    | { __typename: 'AuthSession', accessToken: string, refreshToken: string, expiresAt: string, user: { id: string, email: string } }
+    | { __typename: 'ForbiddenError', message: string }
+    | { __typename: 'InvalidStateError', message: string }
+    | { __typename: 'NotFoundError', message: string }
+    | { __typename: 'RateLimitedError', message: string }
+    | { __typename: 'ValidationError', message: string, fieldErrors: Array<{ path: Array<string>, message: string }> }
+   };
+
+export type SignInWithFieldErrorsMutationVariables = Exact<{
+  email: string;
+  password: string;
+}>;
+
+
+export type SignInWithFieldErrorsMutation = { signIn:
+    | { __typename: 'AuthError', message: string }
+    | { __typename: 'AuthSession', accessToken: string, refreshToken: string, expiresAt: string, user: { id: string, email: string } }
+    | { __typename: 'ForbiddenError', message: string }
+    | { __typename: 'InvalidStateError', message: string }
+    | { __typename: 'NotFoundError', message: string }
+    | { __typename: 'RateLimitedError', message: string }
+    | { __typename: 'ValidationError', message: string, fieldErrors: Array<{ path: Array<string>, message: string }> }
+   };
+
 export class TypedDocumentString<TResult, TVariables>
   extends String
   implements DocumentTypeDecoration<TResult, TVariables>
@@ -1419,3 +1451,67 @@ export const GenerationWithLogDocument = new TypedDocumentString(`
     outputTokens
   }
 }`) as unknown as TypedDocumentString<GenerationWithLogQuery, GenerationWithLogQueryVariables>;
+export const SignUpWithFieldErrorsDocument = new TypedDocumentString(`
+    mutation SignUpWithFieldErrors($email: String!, $password: String!) {
+  signUp(input: {email: $email, password: $password}) {
+    __typename
+    ... on AuthSession {
+      ...SessionFields
+    }
+    ... on ValidationError {
+      message
+      fieldErrors {
+        path
+        message
+      }
+    }
+    ... on Error {
+      ...ErrorFields
+    }
+  }
+}
+    fragment ErrorFields on Error {
+  __typename
+  message
+}
+fragment SessionFields on AuthSession {
+  accessToken
+  refreshToken
+  expiresAt
+  user {
+    id
+    email
+  }
+}`) as unknown as TypedDocumentString<SignUpWithFieldErrorsMutation, SignUpWithFieldErrorsMutationVariables>;
+export const SignInWithFieldErrorsDocument = new TypedDocumentString(`
+    mutation SignInWithFieldErrors($email: String!, $password: String!) {
+  signIn(input: {email: $email, password: $password}) {
+    __typename
+    ... on AuthSession {
+      ...SessionFields
+    }
+    ... on ValidationError {
+      message
+      fieldErrors {
+        path
+        message
+      }
+    }
+    ... on Error {
+      ...ErrorFields
+    }
+  }
+}
+    fragment ErrorFields on Error {
+  __typename
+  message
+}
+fragment SessionFields on AuthSession {
+  accessToken
+  refreshToken
+  expiresAt
+  user {
+    id
+    email
+  }
+}`) as unknown as TypedDocumentString<SignInWithFieldErrorsMutation, SignInWithFieldErrorsMutationVariables>;

@@ -1,11 +1,14 @@
-import { type FormEvent, useCallback, useEffect, useRef, useState } from 'react';
+import { type FormEvent, useCallback, useEffect, useId, useRef, useState } from 'react';
 import { request } from '../api/graphql';
+import { alertText, describedBy, FieldError, type FieldErrors, fieldErrorsOf, noFieldErrors } from '../components/FieldError';
 import { GenerationView } from '../components/GenerationView';
 import { useFocusOnArrival } from '../focus';
 import { Versions, type Version } from '../components/Versions';
 import { ProjectDocument, type ProjectQuery, ProjectVersionsDocument, StartGenerationDocument } from '../gql/graphql';
 
 type Project = NonNullable<ProjectQuery['project']>;
+/** The form's one field, by the name a ValidationError's path gives it. */
+const LABELS = { prompt: 'Prompt' };
 
 /** One project: the prompt, the generation being watched, and the versions of its session. */
 export function ProjectPage({ projectId }: { projectId: string }) {
@@ -14,9 +17,12 @@ export function ProjectPage({ projectId }: { projectId: string }) {
   const [currentId, setCurrentId] = useState<string | null>(null);
   const [newSession, setNewSession] = useState(false);
   const [error, setError] = useState<string | null>(null);
+  /** The reasons a ValidationError gives (a prompt too long, …). */
+  const [fieldErrors, setFieldErrors] = useState<FieldErrors>(noFieldErrors);
   const [busy, setBusy] = useState(false);
   const heading = useFocusOnArrival<HTMLHeadingElement>(Boolean(project));
   const promptBox = useRef<HTMLTextAreaElement>(null);
+  const fieldId = useId();
 
   const loadVersions = useCallback(async () => {
     try {
@@ -57,12 +63,16 @@ export function ProjectPage({ projectId }: { projectId: string }) {
     if (!prompt.trim()) return setError('Write a prompt first: it has only spaces.');
     setBusy(true);
     setError(null);
+    setFieldErrors(noFieldErrors);
     try {
       const { startGeneration } = await request(StartGenerationDocument, { input: { projectId, prompt, sessionId } });
       if (startGeneration.__typename === 'Generation') {
         form.reset();
         await show(startGeneration.id);
-      } else setError(startGeneration.message);
+        return;
+      }
+      setError(startGeneration.message);
+      if (startGeneration.__typename === 'ValidationError') setFieldErrors(fieldErrorsOf(startGeneration.fieldErrors, LABELS));
     } catch (failure) {
       setError((failure as Error).message);
     } finally {
@@ -72,6 +82,8 @@ export function ProjectPage({ projectId }: { projectId: string }) {
 
   if (project === undefined) return <p className="muted">{error ?? 'Loading project…'}</p>;
   if (project === null) return <p role="alert">This project does not exist or is not shared with you.</p>;
+  // A viewer reads the project; starting, cancelling, retrying and restoring are for its owner and editors.
+  const canEdit = project.viewerRole !== 'VIEWER';
 
   return (
     <div className="project">
@@ -81,56 +93,77 @@ export function ProjectPage({ projectId }: { projectId: string }) {
         </h1>
         <span className="tag">{project.target}</span>
       </div>
-      <form className="card stack" onSubmit={(event) => void generate(event)}>
-        <label>
-          Prompt
-          <textarea
-            ref={promptBox}
-            name="prompt"
-            rows={3}
-            required
-            placeholder={sessionId ? 'Ask for a change…' : 'Describe the app to build…'}
-            onKeyDown={(event) => {
-              if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) event.currentTarget.form?.requestSubmit();
-            }}
-          />
-        </label>
-        {error && (
-          <p role="alert" className="error">
-            {error}
-          </p>
-        )}
-        <div className="row">
-          <button type="submit" aria-disabled={busy}>
-            Generate
-          </button>
-          <span className="muted">
-            {sessionId ? `Follow-up in this session (version ${versions.length + 1})` : 'Starts a new session'}
-          </span>
-          {sessionId && (
-            <button
-              type="button"
-              className="secondary"
-              onClick={() => {
-                setNewSession(true);
-                // This button goes away with the session: the new session starts at its prompt.
-                promptBox.current?.focus();
-              }}
-            >
-              New session
-            </button>
+      {canEdit ? (
+        <form className="card stack" onSubmit={(event) => void generate(event)}>
+          <div className="field">
+            <label>
+              Prompt
+              <textarea
+                ref={promptBox}
+                name="prompt"
+                rows={3}
+                required
+                placeholder={sessionId ? 'Ask for a change…' : 'Describe the app to build…'}
+                onKeyDown={(event) => {
+                  if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) event.currentTarget.form?.requestSubmit();
+                }}
+                {...describedBy(fieldId, fieldErrors.byField.prompt)}
+              />
+            </label>
+            <FieldError id={fieldId} message={fieldErrors.byField.prompt} />
+          </div>
+          {error && (
+            <p role="alert" className="error">
+              {alertText(error, fieldErrors, LABELS)}
+            </p>
           )}
-        </div>
-      </form>
+          <div className="row">
+            <button type="submit" aria-disabled={busy}>
+              Generate
+            </button>
+            <span className="muted">
+              {sessionId ? `Follow-up in this session (version ${versions.length + 1})` : 'Starts a new session'}
+            </span>
+            {sessionId && (
+              <button
+                type="button"
+                className="secondary"
+                onClick={() => {
+                  setNewSession(true);
+                  // This button goes away with the session: the new session starts at its prompt.
+                  promptBox.current?.focus();
+                }}
+              >
+                New session
+              </button>
+            )}
+          </div>
+        </form>
+      ) : (
+        <>
+          <p className="card muted">You can view this project. Only its owner and editors can generate, cancel, retry or restore versions.</p>
+          {error && (
+            <p role="alert" className="error">
+              {error}
+            </p>
+          )}
+        </>
+      )}
       <div className="columns">
         <section className="grow" aria-label="Generation">
           {currentId ? (
-            <GenerationView key={currentId} id={currentId} onSettled={() => void loadVersions()} />
+            <GenerationView
+              key={currentId}
+              id={currentId}
+              canEdit={canEdit}
+              onSettled={() => void loadVersions()}
+              onShow={(id) => void show(id)}
+            />
           ) : (
             <p className="muted">Nothing generated yet.</p>
           )}
         </section>
-        {versions.length > 0 && <Versions versions={versions} currentId={currentId} onShow={(id) => void show(id)} />}
+        {versions.length > 0 && <Versions versions={versions} currentId={currentId} canRestore={canEdit} onShow={(id) => void show(id)} />}
       </div>
     </div>
   );

@@ -1,34 +1,67 @@
-import { type FormEvent, useEffect, useState } from 'react';
+import { type FormEvent, useCallback, useEffect, useId, useRef, useState } from 'react';
 import { request } from '../api/graphql';
+import { alertText, describedBy, FieldError, type FieldErrors, fieldErrorsOf, noFieldErrors } from '../components/FieldError';
 import { CreateProjectDocument, type ProjectFieldsFragment, ProjectsDocument, type ProjectTarget } from '../gql/graphql';
 import { useFocusOnArrival } from '../focus';
 import { followLink, navigate, projectPath } from '../router';
 
 const TARGETS: ProjectTarget[] = ['WEB', 'FLUTTER'];
+/** The form's fields, by the name a ValidationError's path gives them. */
+const LABELS = { name: 'Project name', target: 'Target' };
+
+/** The list of projects: loading, loaded, or failed with the reason (and a way to try again). */
+type List = { status: 'loading' } | { status: 'loaded'; projects: ProjectFieldsFragment[] } | { status: 'failed'; message: string };
 
 export function Projects() {
-  const [projects, setProjects] = useState<ProjectFieldsFragment[] | null>(null);
+  const [list, setList] = useState<List>({ status: 'loading' });
+  /** A Retry of the list is under way: its button stays, busy, until the answer. */
+  const [retrying, setRetrying] = useState(false);
   const [error, setError] = useState<string | null>(null);
+  const [fieldErrors, setFieldErrors] = useState<FieldErrors>(noFieldErrors);
+  const [busy, setBusy] = useState(false);
   const heading = useFocusOnArrival<HTMLHeadingElement>();
+  const retryButton = useRef<HTMLButtonElement>(null);
+  const id = useId();
 
-  useEffect(() => {
-    request(ProjectsDocument, { first: 100 })
-      .then(({ projects }) => setProjects(projects.edges.map((edge) => edge.node)))
-      .catch((failure: Error) => setError(failure.message));
-  }, []);
+  const load = useCallback(async () => {
+    try {
+      const { projects } = await request(ProjectsDocument, { first: 100 });
+      // The Retry button that had the focus goes away with the error: the screen starts at its top again.
+      if (document.activeElement === retryButton.current) heading.current?.focus();
+      setList({ status: 'loaded', projects: projects.edges.map((edge) => edge.node) });
+    } catch (failure) {
+      setList({ status: 'failed', message: (failure as Error).message });
+    }
+  }, [heading]);
+
+  useEffect(() => void load(), [load]);
+
+  const retry = async () => {
+    if (retrying) return;
+    setRetrying(true);
+    await load();
+    setRetrying(false);
+  };
 
   const create = async (event: FormEvent<HTMLFormElement>) => {
     event.preventDefault();
+    // A second click while the first one's request runs would create a second project.
+    if (busy) return;
     const form = new FormData(event.currentTarget);
+    setBusy(true);
     setError(null);
+    setFieldErrors(noFieldErrors);
     try {
       const { createProject } = await request(CreateProjectDocument, {
         input: { name: String(form.get('name')), target: form.get('target') as ProjectTarget },
       });
-      if (createProject.__typename === 'Project') navigate(projectPath(createProject.id));
-      else setError(createProject.message);
+      if (createProject.__typename === 'Project') return navigate(projectPath(createProject.id));
+      setError(createProject.message);
+      if (createProject.__typename === 'ValidationError') setFieldErrors(fieldErrorsOf(createProject.fieldErrors, LABELS));
     } catch (failure) {
       setError((failure as Error).message);
+    } finally {
+      setBusy(false);
     }
   };
 
@@ -40,37 +73,54 @@ export function Projects() {
       <form className="card stack" onSubmit={(event) => void create(event)}>
         <h2>New project</h2>
         <div className="row">
-          <label className="grow">
-            Project name
-            <input name="name" required maxLength={100} />
-          </label>
-          <label>
-            Target
-            <select name="target" defaultValue="WEB">
-              {TARGETS.map((target) => (
-                <option key={target} value={target}>
-                  {target}
-                </option>
-              ))}
-            </select>
-          </label>
+          <div className="grow field">
+            <label>
+              Project name
+              <input name="name" required maxLength={100} {...describedBy(`${id}-name`, fieldErrors.byField.name)} />
+            </label>
+            <FieldError id={`${id}-name`} message={fieldErrors.byField.name} />
+          </div>
+          <div className="field">
+            <label>
+              Target
+              <select name="target" defaultValue="WEB" {...describedBy(`${id}-target`, fieldErrors.byField.target)}>
+                {TARGETS.map((target) => (
+                  <option key={target} value={target}>
+                    {target}
+                  </option>
+                ))}
+              </select>
+            </label>
+            <FieldError id={`${id}-target`} message={fieldErrors.byField.target} />
+          </div>
         </div>
         {error && (
           <p role="alert" className="error">
-            {error}
+            {alertText(error, fieldErrors, LABELS)}
           </p>
         )}
         <div>
-          <button type="submit">Create project</button>
+          <button type="submit" aria-disabled={busy}>
+            Create project
+          </button>
         </div>
       </form>
-      {projects === null ? (
+      {list.status === 'loading' ? (
         <p className="muted">Loading projects…</p>
-      ) : projects.length === 0 ? (
+      ) : list.status === 'failed' ? (
+        <div className="row">
+          <p role="alert" className="error grow">
+            Your projects could not be loaded. {list.message}
+          </p>
+          <button ref={retryButton} type="button" className="secondary" aria-disabled={retrying} onClick={() => void retry()}>
+            Retry
+          </button>
+        </div>
+      ) : list.projects.length === 0 ? (
         <p className="muted">No projects yet.</p>
       ) : (
         <ul className="list" aria-label="Your projects">
-          {projects.map((project) => (
+          {list.projects.map((project) => (
             <li key={project.id}>
               <a href={projectPath(project.id)} onClick={(event) => followLink(event, projectPath(project.id))}>
                 {project.name}

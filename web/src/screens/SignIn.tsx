@@ -1,14 +1,20 @@
-import { type FormEvent, useState } from 'react';
+import { type FormEvent, useId, useState } from 'react';
 import { auth } from '../api/auth';
 import { anonymousRequest } from '../api/graphql';
+import { alertText, describedBy, FieldError, type FieldErrors, fieldErrorsOf, noFieldErrors } from '../components/FieldError';
 import { useFocusOnArrival } from '../focus';
-import { SignInDocument, SignUpDocument } from '../gql/graphql';
+import { SignInWithFieldErrorsDocument, SignUpWithFieldErrorsDocument } from '../gql/graphql';
+
+/** The form's fields, by the name a ValidationError's path gives them. */
+const LABELS = { email: 'Email', password: 'Password' };
 
 /** Sign in, or sign up with the same two fields. */
 export function SignIn() {
   const [error, setError] = useState<string | null>(null);
+  const [fieldErrors, setFieldErrors] = useState<FieldErrors>(noFieldErrors);
   const [busy, setBusy] = useState(false);
   const heading = useFocusOnArrival<HTMLHeadingElement>();
+  const id = useId();
 
   const submit = async (event: FormEvent<HTMLFormElement>) => {
     event.preventDefault();
@@ -18,13 +24,15 @@ export function SignIn() {
     const variables = { email: String(form.get('email')), password: String(form.get('password')) };
     setBusy(true);
     setError(null);
+    setFieldErrors(noFieldErrors);
     try {
       const result =
         submitter?.value === 'signUp'
-          ? (await anonymousRequest(SignUpDocument, variables)).signUp
-          : (await anonymousRequest(SignInDocument, variables)).signIn;
-      if (result.__typename === 'AuthSession') auth.accept(result);
-      else setError(result.message);
+          ? (await anonymousRequest(SignUpWithFieldErrorsDocument, variables)).signUp
+          : (await anonymousRequest(SignInWithFieldErrorsDocument, variables)).signIn;
+      if (result.__typename === 'AuthSession') return auth.accept(result);
+      setError(result.message);
+      if (result.__typename === 'ValidationError') setFieldErrors(fieldErrorsOf(result.fieldErrors, LABELS));
     } catch (failure) {
       setError((failure as Error).message);
     } finally {
@@ -39,17 +47,30 @@ export function SignIn() {
       </h1>
       <p className="muted">Describe an app, watch it being built, keep every version.</p>
       <form className="card stack" onSubmit={(event) => void submit(event)}>
-        <label>
-          Email
-          <input name="email" type="email" autoComplete="username" required />
-        </label>
-        <label>
-          Password
-          <input name="password" type="password" autoComplete="current-password" required minLength={8} />
-        </label>
+        <div className="field">
+          <label>
+            Email
+            <input name="email" type="email" autoComplete="username" required {...describedBy(`${id}-email`, fieldErrors.byField.email)} />
+          </label>
+          <FieldError id={`${id}-email`} message={fieldErrors.byField.email} />
+        </div>
+        <div className="field">
+          <label>
+            Password
+            <input
+              name="password"
+              type="password"
+              autoComplete="current-password"
+              required
+              minLength={8}
+              {...describedBy(`${id}-password`, fieldErrors.byField.password)}
+            />
+          </label>
+          <FieldError id={`${id}-password`} message={fieldErrors.byField.password} />
+        </div>
         {error && (
           <p role="alert" className="error">
-            {error}
+            {alertText(error, fieldErrors, LABELS)}
           </p>
         )}
         <div className="row">

@@ -1,0 +1,416 @@
+import { join } from 'node:path';
+import { execa } from 'execa';
+import type { Locator, Page } from 'playwright-core';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { AddProjectMemberDocument } from '../gql/graphql.js';
+import { createProject, PASSWORD, signUp as signUpOverApi, uniqueEmail } from '../support/fixtures.js';
+import { repoRoot, startAccepted, waitForEnd } from '../support/generation-helpers.js';
+import { useGenerationServer } from '../support/suite-server.js';
+import { type BrowserSession, chromiumMissing, outputDir, useBrowser } from './browser.js';
+
+// What the reference client (web/) tells its user when something is refused or goes wrong,
+// and what it offers only to those who may use it: a failed answer said in words, a list
+// that can be loaded again, the reason given for each field, one project per click, long
+// names that wrap, a reload that waits for the server, readable build-step tags, no
+// controls a viewer cannot use, and Cancel and Retry for a generation.
+
+if (chromiumMissing) console.warn(`Skipping the web client feedback suite: ${chromiumMissing}.`);
+
+const UNAVAILABLE = 'The server is unavailable; try again.';
+
+beforeAll(async () => {
+  // The client as `npm install` builds it, from this checkout's sources (see web-client.test.ts).
+  const { NODE_ENV: _, ...env } = process.env;
+  await execa('npm', ['run', 'build:web'], { cwd: repoRoot, env, extendEnv: false });
+});
+const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '5' });
+
+const textOf = async (locator: Locator) => ((await locator.count()) > 0 ? await locator.innerText() : '');
+const shot = (page: Page, suite: string, name: string) => page.screenshot({ path: join(outputDir, suite, `${name}.png`), fullPage: true });
+
+/** A new tab of `session` with a new user signed up in it, showing the projects. */
+async function signedUpTab(session: BrowserSession, url: string, label: string) {
+  const page = await session.context.newPage();
+  const errors: string[] = [];
+  page.on('pageerror', (error) => errors.push(String(error)));
+  const email = uniqueEmail(label);
+  await page.goto(url);
+  await page.getByRole('textbox', { name: 'Email' }).fill(email);
+  await page.getByRole('textbox', { name: 'Password' }).fill(PASSWORD);
+  await page.getByRole('button', { name: 'Sign up' }).click();
+  await page.getByRole('heading', { name: 'Projects' }).waitFor();
+  return { page, email, errors };
+}
+
+/** Creates a FLUTTER project from the projects page and waits for its page. */
+async function newProject(page: Page, name: string) {
+  await page.getByRole('textbox', { name: 'Project name' }).fill(name);
+  await page.getByRole('combobox', { name: 'Target' }).selectOption('FLUTTER');
+  await page.getByRole('button', { name: 'Create project' }).click();
+  await page.getByRole('heading', { name, exact: true }).waitFor();
+}
+
+/** Whether a field is marked invalid, and the text it is described by (what a screen reader reads after its name). */
+const fieldState = (field: Locator) =>
+  field.evaluate((element) => ({
+    invalid: element.getAttribute('aria-invalid') === 'true',
+    description: (element.getAttribute('aria-describedby') ?? '')
+      .split(' ')
+      .map((id) => document.getElementById(id)?.textContent ?? '')
+      .join(' ')
+      .trim(),
+  }));
+
+/** How far the page is wider than the window: what a reader would have to scroll sideways. */
+const sidewaysOverflow = (page: Page) => page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+
+describe.skipIf(chromiumMissing)('the web client when a request fails', () => {
+  const browser = useBrowser('web-client-feedback');
+
+  it('says the server is unavailable, in words, for a proxy error page and for no answer at all', async () => {
+    const { page, errors } = await signedUpTab(browser, suite.server.url, 'e2e-unavailable');
+    try {
+      await newProject(page, 'Unavailable');
+      // A gateway's error page instead of the API's answer, then no answer at all.
+      let failure: 'html' | 'offline' = 'html';
+      await page.route('**/graphql', (route) => {
+        if (!(route.request().postData() ?? '').includes('StartGeneration')) return route.continue();
+        if (failure === 'offline') return route.abort('internetdisconnected');
+        return route.fulfill({ status: 502, contentType: 'text/html', body: '<html><body><h1>502 Bad Gateway</h1></body></html>' });
+      });
+      const alert = page.getByRole('alert');
+      const generate = page.getByRole('button', { name: 'Generate' });
+      /** Presses Generate and waits until its request has failed: the button is busy until then. */
+      const generateAndFail = async () => {
+        await generate.click();
+        await expect.poll(() => generate.getAttribute('aria-disabled'), { timeout: 30_000 }).toBe('false');
+      };
+      await page.getByRole('textbox', { name: 'Prompt' }).fill('A packing list');
+      await generateAndFail();
+      expect(await textOf(alert)).toBe(UNAVAILABLE);
+      await shot(page, 'web-client-feedback', '1-bad-gateway');
+
+      failure = 'offline';
+      await generateAndFail();
+      expect(await textOf(alert)).toBe(UNAVAILABLE);
+      await shot(page, 'web-client-feedback', '2-offline');
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+
+  it('says why the projects could not be loaded, and loads them with Retry', async () => {
+    const { page, errors } = await signedUpTab(browser, suite.server.url, 'e2e-list-failed');
+    try {
+      await newProject(page, 'Listed');
+      let down = true;
+      await page.route('**/graphql', (route) => {
+        if (!down || !/query Projects\b/.test(route.request().postData() ?? '')) return route.continue();
+        return route.fulfill({ status: 503, contentType: 'text/plain', body: 'Service Unavailable' });
+      });
+      await page.getByRole('link', { name: 'Kiln' }).click();
+      const retry = page.getByRole('button', { name: 'Retry' });
+      await retry.waitFor();
+      expect(await textOf(page.getByRole('alert'))).toBe(`Your projects could not be loaded. ${UNAVAILABLE}`);
+      expect(await page.getByText('Loading projects…').count()).toBe(0);
+      // The form's own alert stays for the form: nothing was wrong with it.
+      expect(await page.getByRole('alert').count()).toBe(1);
+      await shot(page, 'web-client-feedback', '3-projects-failed');
+
+      down = false;
+      await retry.click();
+      await page.getByRole('link', { name: 'Listed', exact: true }).waitFor();
+      expect(await page.getByRole('alert').count()).toBe(0);
+      expect(await retry.count()).toBe(0);
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+});
+
+describe.skipIf(chromiumMissing)('the web client with input the server refuses', () => {
+  const browser = useBrowser('web-client-fields');
+
+  it('shows the reason for each field under it, as the field\u2019s description', async () => {
+    const page = await browser.context.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (error) => errors.push(String(error)));
+    const email = page.getByRole('textbox', { name: 'Email' });
+    const password = page.getByRole('textbox', { name: 'Password' });
+    try {
+      // An email that has an account already.
+      await page.goto(suite.server.url);
+      await email.fill(suite.owner.email);
+      await password.fill(PASSWORD);
+      await page.getByRole('button', { name: 'Sign up' }).click();
+      await page.getByRole('alert').waitFor();
+      expect(await fieldState(email)).toEqual({ invalid: true, description: 'An account with this email already exists' });
+      expect(await fieldState(password)).toEqual({ invalid: false, description: '' });
+      expect(await page.getByText('An account with this email already exists').isVisible()).toBe(true);
+      expect(await textOf(page.getByRole('alert'))).toBe('The input is not valid. Check Email.');
+      await shot(page, 'web-client-fields', '1-email-taken');
+
+      // A password longer than the server takes (the browser checks only the shortest).
+      await email.fill(uniqueEmail('e2e-fields'));
+      await password.fill('p'.repeat(300));
+      await page.getByRole('button', { name: 'Sign up' }).click();
+      await expect.poll(async () => (await fieldState(password)).invalid, { timeout: 30_000 }).toBe(true);
+      expect((await fieldState(password)).description).toMatch(/too long/i);
+      expect(await fieldState(email)).toEqual({ invalid: false, description: '' });
+      await shot(page, 'web-client-fields', '2-password-too-long');
+
+      // A project name of spaces: `required` lets it through, the server does not.
+      await password.fill(PASSWORD);
+      await page.getByRole('button', { name: 'Sign up' }).click();
+      const name = page.getByRole('textbox', { name: 'Project name' });
+      await name.fill('   ');
+      await page.getByRole('button', { name: 'Create project' }).click();
+      await page.getByRole('alert').waitFor();
+      expect(await fieldState(name)).toEqual({ invalid: true, description: 'Name must not be empty' });
+      expect(await page.getByText('Name must not be empty').isVisible()).toBe(true);
+      expect(await textOf(page.getByRole('alert'))).toBe('The input is not valid. Check Project name.');
+      await shot(page, 'web-client-fields', '3-name-empty');
+
+      // Fixed, the project is made and the reasons are gone.
+      await name.fill('Named');
+      await page.getByRole('button', { name: 'Create project' }).click();
+      await page.getByRole('heading', { name: 'Named', exact: true }).waitFor();
+      expect(await page.getByText('Name must not be empty').count()).toBe(0);
+
+      // A prompt longer than the server takes.
+      const prompt = page.getByRole('textbox', { name: 'Prompt' });
+      await prompt.fill('p'.repeat(20_001));
+      await page.getByRole('button', { name: 'Generate' }).click();
+      await page.getByRole('alert').waitFor();
+      expect(await fieldState(prompt)).toEqual({ invalid: true, description: 'The prompt must be at most 20000 characters' });
+      expect(await textOf(page.getByRole('alert'))).toBe('The input is not valid. Check Prompt.');
+      await shot(page, 'web-client-fields', '3b-prompt-too-long');
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+
+  it('creates one project for a double click on Create project', async () => {
+    const { page, errors } = await signedUpTab(browser, suite.server.url, 'e2e-double-click');
+    // Every CreateProject request the page sends, until its answer has come.
+    let sent = 0;
+    let answered = 0;
+    const isCreate = (body: string | null) => (body ?? '').includes('mutation CreateProject');
+    page.on('request', (request) => void (isCreate(request.postData()) && sent++));
+    page.on('requestfinished', (request) => void (isCreate(request.postData()) && answered++));
+    page.on('requestfailed', (request) => void (isCreate(request.postData()) && answered++));
+    try {
+      await page.getByRole('textbox', { name: 'Project name' }).fill('Once');
+      await page.getByRole('button', { name: 'Create project' }).dblclick();
+      await page.getByRole('heading', { name: 'Once', exact: true }).waitFor();
+      await expect.poll(() => answered === sent, { timeout: 30_000 }).toBe(true);
+      await page.getByRole('link', { name: 'Kiln' }).click();
+      await page.getByRole('list', { name: 'Your projects' }).waitFor();
+      expect(await page.getByRole('link', { name: 'Once', exact: true }).count()).toBe(1);
+      await shot(page, 'web-client-fields', '4-one-project');
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+
+  it('wraps a long unbroken name and prompt instead of widening the page', async () => {
+    const { page, errors } = await signedUpTab(browser, suite.server.url, 'e2e-long-words');
+    try {
+      await page.setViewportSize({ width: 390, height: 1600 });
+      const name = 'W'.repeat(100);
+      await newProject(page, name);
+      expect(await sidewaysOverflow(page)).toBeLessThanOrEqual(0);
+
+      await page.getByRole('textbox', { name: 'Prompt' }).fill(`A packing list for ${'x'.repeat(300)}`);
+      await page.getByRole('button', { name: 'Generate' }).click();
+      await expect.poll(() => textOf(page.getByRole('status')), { timeout: 60_000 }).toMatch(/SUCCEEDED|FAILED/);
+      await page.getByText(`A packing list for ${'x'.repeat(300)}`).first().waitFor();
+      expect(await sidewaysOverflow(page)).toBeLessThanOrEqual(0);
+      await shot(page, 'web-client-fields', '5-long-project');
+
+      await page.getByRole('link', { name: 'Kiln' }).click();
+      await page.getByRole('link', { name, exact: true }).waitFor();
+      expect(await sidewaysOverflow(page)).toBeLessThanOrEqual(0);
+      await shot(page, 'web-client-fields', '6-long-name-listed');
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+});
+
+describe.skipIf(chromiumMissing)('the web client reloaded while the server cannot be reached', () => {
+  const browser = useBrowser('web-client-unreachable');
+
+  it('keeps loading with a notice, tries again, and is signed in once the server answers', async () => {
+    const { page, email, errors } = await signedUpTab(browser, suite.server.url, 'e2e-unreachable');
+    // Every refresh fails as a refused connection does, until `reachable`.
+    let reachable = false;
+    let refused = 0;
+    await page.route('**/graphql', (route) => {
+      if (reachable || !(route.request().postData() ?? '').includes('RefreshSession')) return route.continue();
+      refused++;
+      return route.abort('connectionrefused');
+    });
+    try {
+      await page.reload();
+      const signInButton = page.getByRole('button', { name: 'Sign in' });
+      const notice = page.getByText("Can't reach the server, retrying…");
+      await notice.or(signInButton).waitFor();
+      expect(await notice.isVisible()).toBe(true);
+      // It tries again by itself, and still says so instead of asking to sign in.
+      await expect.poll(() => refused, { timeout: 30_000 }).toBeGreaterThan(1);
+      expect(await notice.isVisible()).toBe(true);
+      expect(await signInButton.count()).toBe(0);
+      await shot(page, 'web-client-unreachable', '1-retrying');
+
+      reachable = true;
+      await page.getByRole('heading', { name: 'Projects' }).or(signInButton).waitFor({ timeout: 60_000 });
+      expect(await page.locator('.who').textContent()).toBe(email);
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+});
+
+/** The contrast ratio (WCAG 2) of each element's text against the first opaque background behind it. */
+const contrasts = (elements: Locator) =>
+  elements.evaluateAll((nodes) => {
+    const rgb = (color: string) => (color.match(/[\d.]+/g) ?? []).map(Number);
+    const luminance = ([r, g, b]: number[]) => {
+      const channel = (value: number) => {
+        const c = value / 255;
+        return c <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+      };
+      return 0.2126 * channel(r!) + 0.7152 * channel(g!) + 0.0722 * channel(b!);
+    };
+    return nodes.map((node) => {
+      let behind: Element | null = node;
+      let background = 'rgb(255, 255, 255)';
+      for (; behind; behind = behind.parentElement) {
+        const color = getComputedStyle(behind).backgroundColor;
+        if ((rgb(color)[3] ?? 1) > 0) {
+          background = color;
+          break;
+        }
+      }
+      const [light, dark] = [luminance(rgb(getComputedStyle(node).color)), luminance(rgb(background))].sort((a, b) => b - a);
+      return { text: (node.textContent ?? '').trim(), ratio: Math.round(((light! + 0.05) / (dark! + 0.05)) * 100) / 100 };
+    });
+  });
+
+describe.skipIf(chromiumMissing)('the build log of the web client', () => {
+  const browser = useBrowser('web-client-contrast');
+
+  it('shows FAILED and SUCCEEDED step tags, and every other tag, at a contrast of at least 4.5:1', async () => {
+    const { page, errors } = await signedUpTab(browser, suite.server.url, 'e2e-contrast');
+    try {
+      await newProject(page, 'Contrast');
+      await page.getByRole('textbox', { name: 'Prompt' }).fill('A reading list with a build error');
+      await page.getByRole('button', { name: 'Generate' }).click();
+      await expect.poll(() => textOf(page.getByRole('region', { name: 'Fix rounds' })), { timeout: 60_000 }).toContain('Round 1: SUCCEEDED');
+      const stepTags = page.getByRole('log', { name: 'Build log' }).locator('.tag');
+      await expect.poll(async () => (await stepTags.allInnerTexts()).join(' '), { timeout: 30_000 }).toMatch(/FAILED[\s\S]*SUCCEEDED/);
+      const low = (await contrasts(page.locator('.tag'))).filter(({ ratio }) => ratio < 4.5);
+      expect(low).toEqual([]);
+      await page.getByRole('log', { name: 'Build log' }).screenshot({ path: join(outputDir, 'web-client-contrast', '1-step-tags.png') });
+      await shot(page, 'web-client-contrast', '2-page');
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+});
+
+describe.skipIf(chromiumMissing)('a viewer of a project in the web client', () => {
+  const browser = useBrowser('web-client-viewer');
+
+  it('sees the versions, but no Generate, Restore, Cancel or Retry', async () => {
+    // The owner makes two versions of one session over the API and shares the project with a viewer.
+    const { owner, server } = suite;
+    const project = await createProject(owner.client, { name: 'Shared', target: 'FLUTTER' });
+    const first = await startAccepted(owner.client, { projectId: project.id, prompt: 'A packing list' });
+    await waitForEnd(server, owner.client, owner.accessToken, first.id);
+    const second = await startAccepted(owner.client, { projectId: project.id, prompt: 'Add a checkbox', sessionId: first.sessionId });
+    await waitForEnd(server, owner.client, owner.accessToken, second.id);
+    const viewer = await signUpOverApi(server, uniqueEmail('e2e-viewer'));
+    const { addProjectMember } = await owner.client.expectNoErrors(AddProjectMemberDocument, {
+      input: { projectId: project.id, email: viewer.email, role: 'VIEWER' },
+    });
+    expect(addProjectMember.__typename).toBe('ProjectMember');
+
+    const page = await browser.context.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (error) => errors.push(String(error)));
+    try {
+      await page.goto(server.url);
+      await page.getByRole('textbox', { name: 'Email' }).fill(viewer.email);
+      await page.getByRole('textbox', { name: 'Password' }).fill(PASSWORD);
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      await page.getByRole('link', { name: 'Shared', exact: true }).click();
+      await page.getByRole('button', { name: 'Show version 2' }).waitFor();
+      await expect.poll(() => textOf(page.getByRole('status')), { timeout: 30_000 }).toContain('SUCCEEDED');
+      for (const name of ['Generate', 'Restore version 1', 'Cancel', 'Retry', 'New session']) {
+        expect(await page.getByRole('button', { name, exact: true }).count(), name).toBe(0);
+      }
+      expect(await page.getByRole('textbox', { name: 'Prompt' }).count()).toBe(0);
+      expect(await page.getByText('You can view this project.').isVisible()).toBe(true);
+      // What a viewer may do stays: look at a diff.
+      await page.getByRole('button', { name: 'Diff version 2' }).click();
+      await page.getByRole('region', { name: 'Changes in version 2' }).waitFor();
+      expect(await page.getByRole('alert').count()).toBe(0);
+      await shot(page, 'web-client-viewer', '1-viewer');
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+});
+
+describe.skipIf(chromiumMissing)('cancelling and retrying a generation in the web client', () => {
+  // Builds that never end by themselves: a generation stays RUNNING until it is cancelled.
+  const hanging = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '5' }, 'hang');
+  const browser = useBrowser('web-client-cancel');
+
+  it('cancels a running generation, keeps the focus on the button, and retries it as a new version', async () => {
+    const { page, errors } = await signedUpTab(browser, hanging.server.url, 'e2e-cancel');
+    const status = page.getByRole('status');
+    /** The focused control's text. */
+    const focused = () => page.evaluate(() => document.activeElement?.textContent ?? '');
+    try {
+      await newProject(page, 'Cancel');
+      await page.getByRole('textbox', { name: 'Prompt' }).fill('A packing list');
+      await page.getByRole('button', { name: 'Generate' }).click();
+      await page.getByRole('button', { name: 'Show version 1' }).waitFor();
+      await expect.poll(() => textOf(status), { timeout: 30_000 }).toContain('RUNNING');
+      expect(await page.getByRole('button', { name: 'Retry' }).count()).toBe(0);
+
+      await page.getByRole('button', { name: 'Cancel', exact: true }).click();
+      await expect.poll(() => textOf(status), { timeout: 30_000 }).toContain('CANCELLED');
+      const retry = page.getByRole('button', { name: 'Retry' });
+      await retry.waitFor();
+      expect(await page.getByRole('button', { name: 'Cancel', exact: true }).count()).toBe(0);
+      expect(await focused()).toBe('Retry');
+      await shot(page, 'web-client-cancel', '1-cancelled');
+
+      await retry.click();
+      await page.getByRole('button', { name: 'Show version 2' }).waitFor();
+      await expect.poll(() => textOf(status), { timeout: 30_000 }).toMatch(/QUEUED|RUNNING/);
+      expect(await textOf(page.locator('.prompt-echo'))).toBe('“A packing list”');
+      await shot(page, 'web-client-cancel', '2-retried');
+
+      // The retry hangs as well: cancel it too, so nothing is left running.
+      await page.getByRole('button', { name: 'Cancel', exact: true }).click();
+      await expect.poll(() => textOf(status), { timeout: 30_000 }).toContain('CANCELLED');
+      expect(await page.getByRole('alert').count()).toBe(0);
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+});
