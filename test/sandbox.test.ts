@@ -586,7 +586,7 @@ describe("the folders around a build's workspace", () => {
       await mkdir(join(workspaces, 'older'), { recursive: true, mode: 0o755 });
       await chmod(join(workspaces, 'older'), 0o755);
       await chmod(workspaces, 0o751);
-      const input = { template: { 'a.txt': 'a\n' }, parentFiles: [], changes: [], changesAre: 'this answer' };
+      const input = { template: { 'a.txt': 'a\n' }, parentFiles: [], changes: [], changesAre: 'this answer' as const };
       const made = await createWorkspace({ ...input, root: join(root, 'fresh', 'workspaces'), projectId: 'project', generationId: 'generation' });
       const older = await createWorkspace({ ...input, root: workspaces, projectId: 'older', generationId: 'generation' });
 

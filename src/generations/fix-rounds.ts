@@ -130,7 +130,7 @@ export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promi
       // Before anything is written: past it, the round fails and the version stays as it was.
       const next = withChanges(run.files, answer.changes);
       assertVersionFits(next, 'after this fix round');
-      assertNoCaseTwins(next, answer.changes);
+      assertNoCaseTwins(run.files, next, answer.changes);
       const { changed, deleted } = await applyChanges(run.workspaceDir, answer.changes);
       for (const file of changed) run.files.set(file.path, file.content);
       for (const path of deleted) run.files.delete(path);

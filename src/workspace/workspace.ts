@@ -29,8 +29,11 @@ export interface CreateWorkspaceInput {
    */
   parentFiles: { path: string; content: string }[];
   changes: OutputEvent[];
-  /** What the changes are, for a version too large: "this answer", "this restore". */
-  changesAre: string;
+  /**
+   * What the changes are, for a version too large. A restore's are a version Kiln kept: case
+   * twins it may hold from before they were refused are written as they were.
+   */
+  changesAre: 'this answer' | 'this restore';
   /**
    * Who the workspace and its files go to: the host user a root server's build steps run as
    * (BuildSandbox.stepOwner), so they can write it; unset, the server's. Later writes into it
@@ -123,10 +126,11 @@ export function assertVersionFits(files: ReadonlyMap<string, string>, after: str
 
 /**
  * Throws UnsafeOutputError for a file of `changes` whose path differs only in case from another
- * of the version: unpacked on macOS or Windows, one would overwrite the other. Twins the
- * version already had are left alone: they were never this run's answer.
+ * file of the version `files` (made from `before`): unpacked on macOS or Windows, one would
+ * overwrite the other. A pair `before` already had is left alone, rewritten or not: it was never
+ * this answer's, and a follow-up must still be able to fix either file.
  */
-export function assertNoCaseTwins(files: ReadonlyMap<string, string>, changes: readonly OutputEvent[]): void {
+export function assertNoCaseTwins(before: ReadonlyMap<string, string>, files: ReadonlyMap<string, string>, changes: readonly OutputEvent[]): void {
   const written = changes.filter((change) => change.type === 'file').map((change) => change.path);
   if (written.length === 0) return;
   const byFolded = new Map<string, string[]>();
@@ -135,7 +139,7 @@ export function assertNoCaseTwins(files: ReadonlyMap<string, string>, changes: r
     byFolded.set(folded, [...(byFolded.get(folded) ?? []), path]);
   }
   for (const path of written) {
-    const twin = byFolded.get(path.toLowerCase())?.find((other) => other !== path);
+    const twin = byFolded.get(path.toLowerCase())?.find((other) => other !== path && !(before.has(path) && before.has(other)));
     if (twin !== undefined) {
       throw new UnsafeOutputError(path, `differs only in case from ${describePath(twin)}: unpacked on macOS or Windows, one would overwrite the other`);
     }
@@ -152,9 +156,10 @@ export async function createWorkspace(input: CreateWorkspaceInput): Promise<{ di
   const dir = join(projectDir, assertId(input.generationId));
 
   for (const change of input.changes) assertSafeRelativePath(change.path);
-  const contents = withChanges(startingVersion(input.template, input.parentFiles), input.changes);
+  const start = startingVersion(input.template, input.parentFiles);
+  const contents = withChanges(start, input.changes);
   assertVersionFits(contents, `after ${input.changesAre}`);
-  assertNoCaseTwins(contents, input.changes);
+  if (input.changesAre === 'this answer') assertNoCaseTwins(start, contents, input.changes);
   // Code-unit order is stable across locales; it also puts a directory's name before its contents.
   const paths = [...contents.keys()].sort();
 

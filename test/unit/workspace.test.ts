@@ -169,12 +169,24 @@ describe('createWorkspace', () => {
     await expect(twin).rejects.toThrow('The model\'s output is unsafe: "lib/Main.dart" differs only in case from "lib/main.dart": unpacked on macOS or Windows, one would overwrite the other');
     expect(await readdir(root)).toEqual([]);
 
-    // A rename in one answer (the old name deleted) is no twin; nor is a pair the parent's version had.
+    // A rename in one answer (the old name deleted) is no twin; nor is a pair the parent's version
+    // had, rewritten or not, nor a restore of a version that held one.
     const parentFiles = [...input().parentFiles, { path: 'LIB/old.dart', content: 'older\n' }];
     const { files } = await createWorkspace(
-      input({ parentFiles, changes: [{ type: 'delete', path: 'lib/main.dart' }, { type: 'file', path: 'lib/Main.dart', content: 'x' }, { type: 'file', path: 'pubspec.yaml', content: 'name: b\n' }] }),
+      input({
+        parentFiles,
+        changes: [
+          { type: 'delete', path: 'lib/main.dart' },
+          { type: 'file', path: 'lib/Main.dart', content: 'x' },
+          { type: 'file', path: 'LIB/old.dart', content: 'fixed\n' },
+        ],
+      }),
     );
     expect(files.map((file) => file.path)).toEqual(['LIB/old.dart', 'lib/Main.dart', 'lib/old.dart', 'pubspec.yaml']);
+    const restored = await createWorkspace(
+      input({ generationId: 'g2', parentFiles: [], changes: parentFiles.map((file) => ({ type: 'file' as const, ...file })), changesAre: 'this restore' }),
+    );
+    expect(restored.files.map((file) => file.path)).toEqual(['LIB/old.dart', 'README.md', 'lib/main.dart', 'lib/old.dart', 'pubspec.yaml']);
   });
 
   it('removes the temporary directory when the files cannot all be written', async () => {
