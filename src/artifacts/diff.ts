@@ -48,10 +48,8 @@ export async function diffGeneration(scope: Scope, generation: GenerationRow, ag
       throw new NotFoundError('The generation to compare with was not found in this project.');
     }
     const versionOf = async (id: string) => {
-      const own = await generationStore.filesOfMember(tx, id, true);
-      if (own.length > 0) return own;
       const version = await generationStore.versionIdOfLineage(tx, id);
-      return version && version !== id ? generationStore.filesOfMember(tx, version, true) : [];
+      return version ? generationStore.filesOfMember(tx, version, true) : [];
     };
     const before = new Map((against ? await versionOf(against.id) : []).map((file) => [file.path, file]));
     const after = new Map((await versionOf(generation.id)).map((file) => [file.path, file]));

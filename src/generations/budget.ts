@@ -1,10 +1,9 @@
-import { sql } from 'drizzle-orm';
 import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
 import { type MonthTokens, RunError } from '../errors.js';
 import type { LlmUsage } from '../llm/provider.js';
 import { projectStore } from '../projects/store.js';
-import { type GenerationRow, generationStore } from './store.js';
+import { type GenerationRow, generationStore, MONTH_OF_NOW } from './store.js';
 
 // A project's monthly token budget, held while several runs start and stream at once.
 //
@@ -114,7 +113,7 @@ export async function reserveAtStart(
   if (limit === null) return 0;
   // The month by the database's clock, which stamps the new generation's created_at in this
   // transaction; the server's may be past midnight from it (a start that waited on the lock then, a skewed host).
-  const since = sql`date_trunc('month', now(), 'UTC')`;
+  const since = MONTH_OF_NOW;
   const committed = await generationStore.committedOfProject(tx, projectId, since);
   if (committed >= limit) {
     // Told apart only for the refusal: a reservation is no usage, and the person refused should know which it is.

@@ -70,6 +70,9 @@ export const CONVERSATION_MAX_CHARS = 2 * MAX_GENERATION_OUTPUT_CHARS;
 export const CONVERSATION_MAX_MESSAGES = 200;
 export type ErrorCode = NonNullable<GenerationRow['errorCode']>;
 
+/** The start of the month by the database's clock, in UTC: the month a row written now is stamped in (created_at). */
+export const MONTH_OF_NOW = sql`date_trunc('month', now(), 'UTC')`;
+
 // Literal values, not parameters: the planner matches them to the partial index generations_active_idx.
 const isActive = sql`${generations.status} in (${sql.raw(ACTIVE_STATUSES.map((status) => `'${status}'`).join(', '))})`;
 
