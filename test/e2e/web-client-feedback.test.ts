@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import type { Locator, Page } from 'playwright-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { AddProjectMemberDocument } from '../gql/graphql.js';
+import { AddProjectMemberDocument, CancelGenerationDocument } from '../gql/graphql.js';
 import { createProject, PASSWORD, signUp as signUpOverApi, uniqueEmail } from '../support/fixtures.js';
 import { repoRoot, startAccepted, waitForEnd } from '../support/generation-helpers.js';
 import { useGenerationServer } from '../support/suite-server.js';
@@ -331,13 +331,15 @@ describe.skipIf(chromiumMissing)('a viewer of a project in the web client', () =
   const browser = useBrowser('web-client-viewer');
 
   it('sees the versions, but no Generate, Restore, Cancel or Retry', async () => {
-    // The owner makes two versions of one session over the API and shares the project with a viewer.
+    // The owner makes two versions of one session over the API, the second cancelled (where an
+    // editor would see Retry), and shares the project with a viewer.
     const { owner, server } = suite;
     const project = await createProject(owner.client, { name: 'Shared', target: 'FLUTTER' });
     const first = await startAccepted(owner.client, { projectId: project.id, prompt: 'A packing list' });
     await waitForEnd(server, owner.client, owner.accessToken, first.id);
     const second = await startAccepted(owner.client, { projectId: project.id, prompt: 'Add a checkbox', sessionId: first.sessionId });
-    await waitForEnd(server, owner.client, owner.accessToken, second.id);
+    expect((await owner.client.expectNoErrors(CancelGenerationDocument, { id: second.id })).cancelGeneration.__typename).toBe('Generation');
+    expect((await waitForEnd(server, owner.client, owner.accessToken, second.id)).status).toBe('CANCELLED');
     const viewer = await signUpOverApi(server, uniqueEmail('e2e-viewer'));
     const { addProjectMember } = await owner.client.expectNoErrors(AddProjectMemberDocument, {
       input: { projectId: project.id, email: viewer.email, role: 'VIEWER' },
@@ -354,7 +356,7 @@ describe.skipIf(chromiumMissing)('a viewer of a project in the web client', () =
       await page.getByRole('button', { name: 'Sign in' }).click();
       await page.getByRole('link', { name: 'Shared', exact: true }).click();
       await page.getByRole('button', { name: 'Show version 2' }).waitFor();
-      await expect.poll(() => textOf(page.getByRole('status')), { timeout: 30_000 }).toContain('SUCCEEDED');
+      await expect.poll(() => textOf(page.getByRole('status')), { timeout: 30_000 }).toContain('CANCELLED');
       for (const name of ['Generate', 'Restore version 1', 'Cancel', 'Retry', 'New session']) {
         expect(await page.getByRole('button', { name, exact: true }).count(), name).toBe(0);
       }

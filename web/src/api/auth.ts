@@ -1,5 +1,5 @@
 import { RefreshSessionOrWaitDocument, type RefreshSessionOrWaitMutation, type SessionFieldsFragment } from '../gql/graphql';
-import { anonymousRequest } from './graphql';
+import { anonymousRequest, ServerUnavailableError } from './graphql';
 
 // The signed-in session. The access token lives in memory only; the refresh token in
 // sessionStorage (this tab, this origin: a preview runs sandboxed in an opaque origin
@@ -151,12 +151,15 @@ async function rotate(refreshToken: string | null): Promise<void> {
   let answer: RefreshSessionOrWaitMutation['refreshSession'];
   try {
     answer = (await anonymousRequest(RefreshSessionOrWaitDocument, { refreshToken })).refreshSession;
-  } catch {
-    // No answer (the server or the network is down, or the server failed): the token may well
-    // be good, so keep it. A reload waits for the server, trying again after a growing pause,
-    // instead of showing a sign-in form that the session does not need.
+  } catch (error) {
+    // The token may well be good, so it is kept either way. With no answer at all (the server
+    // or the network is down), a reload waits for the server, trying again after a growing
+    // pause, instead of showing a sign-in form the session does not need; an answer that is an
+    // error (one that may not go away) shows the form, and the next reload tries the token again.
     access = null;
-    if (state.status === 'loading') {
+    if (state.status === 'loading' && !(error instanceof ServerUnavailableError)) {
+      setState({ status: 'signedOut' });
+    } else if (state.status === 'loading') {
       const waitMs = Math.min(MAX_UNREACHABLE_RETRY_MS, MIN_RETRY_MS * 2 ** unreachableAttempts++);
       setState({ status: 'loading', notice: UNREACHABLE });
       setTimeout(() => void auth.refresh(), waitMs);

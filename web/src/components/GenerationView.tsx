@@ -334,8 +334,10 @@ export function GenerationView({
           )}
         </p>
         {canEdit && (cancellable || retryable) && (
-          // One button whose label follows the status: the focus stays on it from Cancel to Retry.
-          <button type="button" className="secondary" aria-disabled={acting} onClick={() => void cancelOrRetry()}>
+          // One button whose label follows the status: the focus stays on it from Cancel to Retry. The
+          // second click of a double click is no second press: a queued run's Cancel turns into Retry
+          // at once, under the pointer.
+          <button type="button" className="secondary" aria-disabled={acting} onClick={(event) => event.detail <= 1 && void cancelOrRetry()}>
             {cancellable ? 'Cancel' : 'Retry'}
           </button>
         )}
