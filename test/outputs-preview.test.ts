@@ -105,6 +105,9 @@ describe(`previews of a FLUTTER generation (${databaseKind})`, () => {
     const bare = await fetch(previewUrl.slice(0, -1), { redirect: 'manual' });
     expect(bare.status).toBe(308);
     expect(bare.headers.get('location')).toBe(pathOf(previewUrl));
+    // The query the app was opened with goes along.
+    const withQuery = await fetch(`${previewUrl.slice(0, -1)}?tab=2`, { redirect: 'manual' });
+    expect([withQuery.status, withQuery.headers.get('location')]).toEqual([308, `${pathOf(previewUrl)}?tab=2`]);
   });
 
   it('serves nothing outside the bundle, however the path is written', async () => {

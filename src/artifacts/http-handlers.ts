@@ -10,7 +10,7 @@ import type { BlobStore } from './blob-store.js';
 import { DownloadsBusyError } from './local-cache.js';
 import { manifestCache } from './manifest-cache.js';
 import { manifestStore } from './manifest-store.js';
-import { type Manifest, plain, servePreview } from './preview.js';
+import { type Manifest, plain, redirectToFolder, servePreview } from './preview.js';
 import { verifyCapability } from './signed-urls.js';
 
 // The HTTP side of outputs: /preview/<capability>/… and /archive/<capability>/<name>,
@@ -113,11 +113,8 @@ export function outputHandlers(deps: {
       }
       const verified = verifyCapability(key, 'preview', token);
       if (!verified.ok) return refuse(res, verified.reason);
-      // Relative URLs resolve against the folder: /preview/<token> becomes /preview/<token>/.
-      if (rest === undefined) {
-        res.writeHead(308, { Location: `/preview/${token}/` }).end();
-        return 308;
-      }
+      // /preview/<token> becomes /preview/<token>/.
+      if (rest === undefined) return redirectToFolder(req, res, `/preview/${token}/`);
       const generationId = verified.capability.generationId;
       const manifest = await manifestOf(generationId);
       if (!manifest) return plain(res, 404, 'This generation has no web bundle.');

@@ -31,15 +31,20 @@ export interface PreviewRequest {
 }
 
 /** Resolves to the status sent. */
+/** 308 to `folder` (a path ending in `/`), the request's query kept: relative URLs resolve against the folder. */
+export function redirectToFolder(req: IncomingMessage, res: ServerResponse, folder: string): number {
+  const query = req.url?.includes('?') ? req.url.slice(req.url.indexOf('?')) : '';
+  res.writeHead(308, { Location: `${folder}${query}` }).end();
+  return 308;
+}
+
 export async function servePreview(request: PreviewRequest): Promise<number> {
   const { req, res, manifest } = request;
   const path = decodePath(request.rest);
   if (path === null) return plain(res, 400, 'Bad path.');
   // A folder named without its slash: relative URLs in its index.html would resolve one level up.
   if (path !== '' && !path.endsWith('/') && !manifest.has(path) && manifest.has(`${path}/index.html`)) {
-    const query = req.url?.includes('?') ? req.url.slice(req.url.indexOf('?')) : '';
-    res.writeHead(308, { Location: `${request.root}${request.rest}/${query}` }).end();
-    return 308;
+    return redirectToFolder(req, res, `${request.root}${request.rest}/`);
   }
   const entry = resolve(manifest, path);
   if (!entry) return plain(res, 404, 'Not found.');
