@@ -30,9 +30,9 @@ import { type GenerationRow, generationStore, MONTH_OF_NOW } from './store.js';
 // one, answer.ts): the estimate counts the prompt once, where each continuation of an
 // answer cut at the output limit sends it again.
 
-/** Budgets count tokens per calendar month, UTC. */
-export function monthStart(now = new Date()): Date {
-  return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
+/** The start of the month `date` falls in: budgets count tokens per calendar month, UTC. */
+function monthStart(date: Date): Date {
+  return new Date(Date.UTC(date.getUTCFullYear(), date.getUTCMonth(), 1));
 }
 
 /** The start of the month after the one `start` (a monthStart) begins. */

@@ -309,4 +309,3 @@ export function announce(deps: GenerationDeps, generation: GenerationRow) {
   deps.wakeWorkers(generation.id);
 }
 
-export { monthStart } from './budget.js';

@@ -1,6 +1,5 @@
 import type { Scope } from '../db/scope.js';
-import { monthStart } from './generations.js';
-import { type GenerationStatus, generationStore } from './store.js';
+import { type GenerationStatus, generationStore, MONTH_OF_NOW } from './store.js';
 
 // What a member reads about generations; RLS decides what exists.
 
@@ -21,7 +20,7 @@ export const generationReads = {
   logTail: (scope: Scope, id: string, count: number) => scope.run((tx) => generationStore.logTailOfMember(tx, id, count)),
   conversation: (scope: Scope, projectId: string, sessionId: string) =>
     scope.run((tx) => generationStore.conversation(tx, projectId, sessionId)),
-  /** This calendar month's usage of each project (UTC). */
+  /** This calendar month's usage of each project (UTC, by the database's clock, as budgets count it). */
   usage: (scope: Scope, projectIds: readonly string[]) =>
-    scope.run((tx) => generationStore.usageOfProjects(tx, projectIds, monthStart())),
+    scope.run((tx) => generationStore.usageOfProjects(tx, projectIds, MONTH_OF_NOW)),
 };
