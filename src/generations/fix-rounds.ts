@@ -4,7 +4,7 @@ import type { LlmMessage, LlmUsage } from '../llm/provider.js';
 import { type Diagnostic, placeOf, sameDiagnostics } from '../toolchain/diagnostics.js';
 import type { ProjectTarget, TargetSpec } from '../toolchain/targets.js';
 import { applyChanges } from '../workspace/apply-changes.js';
-import { assertNoCaseTwins, assertVersionFits, withChanges } from '../workspace/workspace.js';
+import { versionAfter } from '../workspace/workspace.js';
 import { streamAnswer } from './answer.js';
 import { BudgetStop, budgetMeter, type RunBudget } from './budget.js';
 import { type BuildOutcome, build } from './build.js';
@@ -128,9 +128,7 @@ export async function buildWithFixes(deps: PipelineDeps, run: HealingRun): Promi
         throw new RunFailure('BUILD_FAILED', `${failed.failure.message}\nFix round ${round} changed no file, so Kiln stopped.`);
       }
       // Before anything is written: past it, the round fails and the version stays as it was.
-      const next = withChanges(run.files, answer.changes);
-      assertVersionFits(next, 'after this fix round');
-      assertNoCaseTwins(run.files, next, answer.changes);
+      versionAfter(run.files, answer.changes, 'this fix round');
       const { changed, deleted } = await applyChanges(run.workspaceDir, answer.changes);
       for (const file of changed) run.files.set(file.path, file.content);
       for (const path of deleted) run.files.delete(path);

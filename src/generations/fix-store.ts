@@ -1,6 +1,7 @@
 import { and, asc, eq, inArray, sql } from 'drizzle-orm';
 import type { Tx } from '../db/client.js';
 import { fixRounds, generationDiagnostics, generationFiles } from '../db/schema.js';
+import type { LlmUsage } from '../llm/provider.js';
 import type { Diagnostic } from '../toolchain/diagnostics.js';
 import type { GeneratedFile } from '../workspace/workspace.js';
 
@@ -30,7 +31,7 @@ export const fixStore = {
   },
 
   /** Ends a RUNNING round; a finished one never changes again. */
-  async finishRound(tx: Tx, generationId: string, round: number, values: { status: Exclude<FixRoundStatus, 'RUNNING'>; inputTokens: number; outputTokens: number }) {
+  async finishRound(tx: Tx, generationId: string, round: number, values: LlmUsage & { status: Exclude<FixRoundStatus, 'RUNNING'> }) {
     await tx
       .update(fixRounds)
       .set({ ...values, finishedAt: sql`now()` })
@@ -38,7 +39,7 @@ export const fixStore = {
   },
 
   /** Records a round's usage as it becomes known, so an interrupted round still shows what it spent. */
-  async setRoundUsage(tx: Tx, generationId: string, round: number, usage: { inputTokens: number; outputTokens: number }) {
+  async setRoundUsage(tx: Tx, generationId: string, round: number, usage: LlmUsage) {
     await tx.update(fixRounds).set(usage).where(and(eq(fixRounds.generationId, generationId), eq(fixRounds.round, round)));
   },
 

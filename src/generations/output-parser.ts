@@ -198,9 +198,9 @@ export function* fileBlocks(text: string): Generator<{ start: number; end: numbe
  *
  * Tag names are lower case only, as the model is told: `<File path="…">` and `<Delete …/>` are
  * JSX a model may show in its prose, and `</File>` may stand in a file's content. Prose stays
- * prose: `<file>`, `<file …>`, `<file path>` or `<file name="x">` are no tags. Once a tag has
- * read a path it can no longer be prose, so one the parser cannot use (two paths, too long) is
- * `invalid` and fails the run with a message, rather than losing a file without a word.
+ * prose: `<file>`, `<file …>`, `<file path>`, `<file path="x"/>` or `<file name="x">` are no
+ * tags. A tag with a path the parser cannot use (two paths, too long) is `invalid` and fails
+ * the run with a message, rather than losing a file without a word.
  */
 function scanOpenTag(text: string, start: number): TagScan {
   const limit = Math.min(text.length, start + MAX_OPEN_TAG);
@@ -246,15 +246,16 @@ function scanOpenTag(text: string, start: number): TagScan {
   if (!kind) return { status: 'none' };
   const name = expect(kind);
   if (name !== true) return name === false ? { status: 'none' } : cut();
-  const ending = kind === 'file' ? '>' : '/>';
 
   for (;;) {
     const spaced = skipSpace() > 0;
     if (i >= limit) return cut();
     // The name ends with whitespace: `<filed>`, `<file>` and `<file/>` are no tags.
     if (!spaced && attributes === 0) return { status: 'none' };
-    if (text[i] === ending[0]) {
-      const closing = expect(ending);
+    // `<delete …/>` as the model is told, or `<delete …>` as some models write it (the
+    // `</delete>` they may add is prose). `<file …/>` stays prose: no content is meant.
+    if (text[i] === '>' || (kind === 'delete' && text[i] === '/')) {
+      const closing = expect(text[i] === '/' ? '/>' : '>');
       if (closing === undefined) return cut();
       if (!closing) return { status: 'none' };
       // `<file >` and `<file name="x.ts">` are prose.

@@ -13,6 +13,7 @@ import {
   projects,
 } from '../db/schema.js';
 import type { ChunkEvent, LogLineEvent } from '../events/bus.js';
+import type { LlmUsage } from '../llm/provider.js';
 import { MAX_GENERATION_OUTPUT_CHARS } from './output-parser.js';
 import { ACTIVE_STATUSES, type GenerationPhase, type GenerationStatus, TERMINAL_STATUSES } from './status.js';
 
@@ -281,7 +282,7 @@ export const generationStore = {
    * Usage of a run whose generation was ended elsewhere (a lapsed lease): it replaces what
    * recovery charged (its last heartbeat's), being later and whole; recording it twice changes nothing.
    */
-  async keepUsage(tx: Tx, id: string, usage: { inputTokens: number; outputTokens: number }): Promise<void> {
+  async keepUsage(tx: Tx, id: string, usage: LlmUsage): Promise<void> {
     await tx
       .update(generations)
       .set({ inputTokens: usage.inputTokens, outputTokens: usage.outputTokens })
@@ -331,7 +332,7 @@ export const generationStore = {
    * its lease has lapsed (after a database outage longer than the lease, the run is
    * handed back rather than revived: recovery may be ending it at the same moment).
    */
-  async heartbeat(tx: Tx, id: string, leaseMs: number, spent: { inputTokens: number; outputTokens: number }) {
+  async heartbeat(tx: Tx, id: string, leaseMs: number, spent: LlmUsage) {
     const [row] = await tx
       .update(generations)
       .set({ leaseExpiresAt: sql`now() + ${leaseMs} * interval '1 millisecond'`, spentInputTokens: spent.inputTokens, spentOutputTokens: spent.outputTokens })

@@ -91,7 +91,7 @@ export function withoutRefusedPaths<T extends { path: string }>(files: readonly 
 }
 
 /** A copy of `version` (path → content) with `changes` made. */
-export function withChanges(version: ReadonlyMap<string, string>, changes: readonly OutputEvent[]): Map<string, string> {
+function withChanges(version: ReadonlyMap<string, string>, changes: readonly OutputEvent[]): Map<string, string> {
   const files = new Map(version);
   for (const change of changes) {
     if (change.type === 'file') files.set(change.path, change.content);
@@ -109,7 +109,7 @@ export class VersionTooLargeError extends RunError {
 const MIB = 1024 * 1024;
 
 /** Throws VersionTooLargeError when `files` (path → content) is more than a version may hold; `after` says what formed it. */
-export function assertVersionFits(files: ReadonlyMap<string, string>, after: string): void {
+function assertVersionFits(files: ReadonlyMap<string, string>, after: string): void {
   if (files.size > MAX_VERSION_FILES) {
     throw new VersionTooLargeError(
       `The project would hold ${files.size.toLocaleString('en-US')} files ${after}; Kiln keeps at most ${MAX_VERSION_FILES.toLocaleString('en-US')} files in a version.`,
@@ -130,7 +130,7 @@ export function assertVersionFits(files: ReadonlyMap<string, string>, after: str
  * overwrite the other. A pair `before` already had is left alone, rewritten or not: it was never
  * this answer's, and a follow-up must still be able to fix either file.
  */
-export function assertNoCaseTwins(before: ReadonlyMap<string, string>, files: ReadonlyMap<string, string>, changes: readonly OutputEvent[]): void {
+function assertNoCaseTwins(before: ReadonlyMap<string, string>, files: ReadonlyMap<string, string>, changes: readonly OutputEvent[]): void {
   const written = changes.filter((change) => change.type === 'file').map((change) => change.path);
   if (written.length === 0) return;
   const byFolded = new Map<string, string[]>();
@@ -147,6 +147,18 @@ export function assertNoCaseTwins(before: ReadonlyMap<string, string>, files: Re
 }
 
 /**
+ * `before` (path → content) with `changes` made, checked before anything is written: it must fit
+ * in a version, and what an answer or a fix round writes must not be a case twin. A restore
+ * writes its version as it was kept, twins and all.
+ */
+export function versionAfter(before: ReadonlyMap<string, string>, changes: readonly OutputEvent[], after: 'this answer' | 'this fix round' | 'this restore'): Map<string, string> {
+  const files = withChanges(before, changes);
+  assertVersionFits(files, `after ${after}`);
+  if (after !== 'this restore') assertNoCaseTwins(before, files, changes);
+  return files;
+}
+
+/**
  * Builds `<root>/<projectId>/<generationId>` from the version it starts from (startingVersion),
  * then the model's changes. It is written in a temporary directory beside it and renamed
  * into place, so the workspace either appears whole or not at all.
@@ -157,9 +169,7 @@ export async function createWorkspace(input: CreateWorkspaceInput): Promise<{ di
 
   for (const change of input.changes) assertSafeRelativePath(change.path);
   const start = startingVersion(input.template, input.parentFiles);
-  const contents = withChanges(start, input.changes);
-  assertVersionFits(contents, `after ${input.changesAre}`);
-  if (input.changesAre === 'this answer') assertNoCaseTwins(start, contents, input.changes);
+  const contents = versionAfter(start, input.changes, input.changesAre);
   // Code-unit order is stable across locales; it also puts a directory's name before its contents.
   const paths = [...contents.keys()].sort();
 

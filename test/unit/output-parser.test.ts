@@ -199,6 +199,8 @@ describe('tag forms models write', () => {
     ['<file Path="x.ts">x</file  >', { type: 'file', path: 'x.ts', content: 'x' }],
     ["<delete path='x.ts' />", { type: 'delete', path: 'x.ts' }],
     ['<delete kind="file" path="x.ts" why=\'unused\'/>', { type: 'delete', path: 'x.ts' }],
+    ['<delete path="x.ts">', { type: 'delete', path: 'x.ts' }],
+    ['<delete path="x.ts"></delete>', { type: 'delete', path: 'x.ts' }],
   ] as [string, OutputEvent][])('reads %s at every split', (output, event) => {
     for (let at = 0; at <= output.length; at += 1) {
       expect(parse([output.slice(0, at), output.slice(at)]), `split at ${at}`).toEqual([event]);
@@ -220,7 +222,7 @@ describe('tag forms models write', () => {
   it('leaves prose that only mentions tags as prose, however it is chunked', () => {
     const prose =
       'Use <file> or <FILE> or <file …> or <file path> or <file path=x.ts> or <File/> or <file > ' +
-      'or <delete /> or <file path="a"/> or <delete path="a"> or <files path="a"> or <file a="1"b="2"> or <file a="1" b> ' +
+      'or <delete /> or <file path="a"/> or <delete path="a"/ > or <files path="a"> or <file a="1"b="2"> or <file a="1" b> ' +
       'or </FILE> or <file\u00a0path="a"> or <file name="x.ts"> or <delete dir="build"/> or <file accept=\'image/*\'> ' +
       'or <FILE path="a.ts"> or <File path="a.ts">x</File> or <Delete fontSize="small" /> or <DELETE path="a"/> freely.';
     for (let at = 0; at <= prose.length; at += 1) {

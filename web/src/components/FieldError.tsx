@@ -27,10 +27,15 @@ export function fieldErrorsOf(problems: readonly FieldProblem[], labels: Readonl
   return result;
 }
 
-/** The form's alert: the message, the reasons for no field of the form, and which fields to look at. */
-export function alertText(message: string, errors: FieldErrors, labels: Readonly<Record<string, string>>): string {
+/** The form's alert, when it failed: the message, the reasons for no field of the form, and which fields to look at. */
+export function FormAlert({ message, errors, labels }: { message: string | null; errors: FieldErrors; labels: Readonly<Record<string, string>> }) {
+  if (!message) return null;
   const fields = Object.keys(errors.byField).map((field) => labels[field] ?? field);
-  return [message, ...errors.other, fields.length > 0 ? `Check ${fields.join(' and ')}.` : ''].filter(Boolean).join(' ');
+  return (
+    <p role="alert" className="error">
+      {[message, ...errors.other, fields.length > 0 ? `Check ${fields.join(' and ')}.` : ''].filter(Boolean).join(' ')}
+    </p>
+  );
 }
 
 /** The attributes of an input whose reason (if any) is shown by `<FieldError id={id} …>`. */

@@ -1,6 +1,6 @@
 import { type FormEvent, useCallback, useEffect, useId, useRef, useState } from 'react';
 import { request } from '../api/graphql';
-import { alertText, describedBy, FieldError, type FieldErrors, fieldErrorsOf, noFieldErrors } from '../components/FieldError';
+import { describedBy, FieldError, type FieldErrors, fieldErrorsOf, FormAlert, noFieldErrors } from '../components/FieldError';
 import { GenerationView } from '../components/GenerationView';
 import { useFocusOnArrival } from '../focus';
 import { Versions, type Version } from '../components/Versions';
@@ -112,11 +112,7 @@ export function ProjectPage({ projectId }: { projectId: string }) {
             </label>
             <FieldError id={fieldId} message={fieldErrors.byField.prompt} />
           </div>
-          {error && (
-            <p role="alert" className="error">
-              {alertText(error, fieldErrors, LABELS)}
-            </p>
-          )}
+          <FormAlert message={error} errors={fieldErrors} labels={LABELS} />
           <div className="row">
             <button type="submit" aria-disabled={busy}>
               Generate

@@ -1,6 +1,6 @@
 import { type FormEvent, useCallback, useEffect, useId, useRef, useState } from 'react';
 import { request } from '../api/graphql';
-import { alertText, describedBy, FieldError, type FieldErrors, fieldErrorsOf, noFieldErrors } from '../components/FieldError';
+import { describedBy, FieldError, type FieldErrors, fieldErrorsOf, FormAlert, noFieldErrors } from '../components/FieldError';
 import { CreateProjectDocument, type ProjectFieldsFragment, ProjectsDocument, type ProjectTarget } from '../gql/graphql';
 import { useFocusOnArrival } from '../focus';
 import { followLink, navigate, projectPath } from '../router';
@@ -94,11 +94,7 @@ export function Projects() {
             <FieldError id={`${id}-target`} message={fieldErrors.byField.target} />
           </div>
         </div>
-        {error && (
-          <p role="alert" className="error">
-            {alertText(error, fieldErrors, LABELS)}
-          </p>
-        )}
+        <FormAlert message={error} errors={fieldErrors} labels={LABELS} />
         <div>
           <button type="submit" aria-disabled={busy}>
             Create project

@@ -1,7 +1,7 @@
 import { type FormEvent, useId, useState } from 'react';
 import { auth } from '../api/auth';
 import { anonymousRequest } from '../api/graphql';
-import { alertText, describedBy, FieldError, type FieldErrors, fieldErrorsOf, noFieldErrors } from '../components/FieldError';
+import { describedBy, FieldError, type FieldErrors, fieldErrorsOf, FormAlert, noFieldErrors } from '../components/FieldError';
 import { useFocusOnArrival } from '../focus';
 import { SignInWithFieldErrorsDocument, SignUpWithFieldErrorsDocument } from '../gql/graphql';
 
@@ -68,11 +68,7 @@ export function SignIn() {
           </label>
           <FieldError id={`${id}-password`} message={fieldErrors.byField.password} />
         </div>
-        {error && (
-          <p role="alert" className="error">
-            {alertText(error, fieldErrors, LABELS)}
-          </p>
-        )}
+        <FormAlert message={error} errors={fieldErrors} labels={LABELS} />
         <div className="row">
           <button type="submit" name="action" value="signIn" aria-disabled={busy}>
             Sign in
