@@ -10,7 +10,7 @@ import { type BrowserSession, chromiumMissing, outputDir, useBrowser } from './b
 
 // What the reference client (web/) tells its user when something is refused or goes wrong,
 // and what it offers only to those who may use it: a failed answer said in words, a list
-// that can be loaded again, the reason given for each field, one project per click, long
+// that can be loaded again, the reason given for each field, one project or restore per click, long
 // names that wrap, a reload that waits for the server, readable build-step tags, no
 // controls a viewer cannot use, and Cancel and Retry for a generation.
 
@@ -217,6 +217,45 @@ describe.skipIf(chromiumMissing)('the web client with input the server refuses',
     }
   });
 
+  it('restores once for a double click on Restore', async () => {
+    // Two versions of one session, made over the API by a user who then signs in in the page.
+    const { server } = suite;
+    const owner = await signUpOverApi(server, uniqueEmail('e2e-restore'));
+    const project = await createProject(owner.client, { name: 'Restored once', target: 'FLUTTER' });
+    const first = await startAccepted(owner.client, { projectId: project.id, prompt: 'A packing list' });
+    expect((await waitForEnd(server, owner.client, owner.accessToken, first.id)).status).toBe('SUCCEEDED');
+    const second = await startAccepted(owner.client, { projectId: project.id, prompt: 'Add a checkbox', sessionId: first.sessionId });
+    expect((await waitForEnd(server, owner.client, owner.accessToken, second.id)).status).toBe('SUCCEEDED');
+
+    const page = await browser.context.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (error) => errors.push(String(error)));
+    // Every RestoreGeneration request the page sends, until its answer has come.
+    let sent = 0;
+    let answered = 0;
+    const isRestore = (body: string | null) => (body ?? '').includes('mutation RestoreGeneration');
+    page.on('request', (request) => void (isRestore(request.postData()) && sent++));
+    page.on('requestfinished', (request) => void (isRestore(request.postData()) && answered++));
+    page.on('requestfailed', (request) => void (isRestore(request.postData()) && answered++));
+    try {
+      await page.goto(server.url);
+      await page.getByRole('textbox', { name: 'Email' }).fill(owner.email);
+      await page.getByRole('textbox', { name: 'Password' }).fill(PASSWORD);
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      await page.getByRole('link', { name: 'Restored once', exact: true }).click();
+      await page.getByRole('button', { name: 'Restore version 1' }).dblclick();
+      await page.getByRole('button', { name: 'Show version 3' }).waitFor();
+      await expect.poll(() => answered === sent, { timeout: 30_000 }).toBe(true);
+      expect(sent).toBe(1);
+      await expect.poll(() => textOf(page.getByRole('status')), { timeout: 30_000 }).toContain('SUCCEEDED');
+      expect(await page.getByRole('button', { name: 'Show version 4' }).count()).toBe(0);
+      expect(await page.getByRole('alert').count()).toBe(0);
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+
   it('wraps a long unbroken name and prompt instead of widening the page', async () => {
     const { page, errors } = await signedUpTab(browser, suite.server.url, 'e2e-long-words');
     try {
@@ -379,7 +418,7 @@ describe.skipIf(chromiumMissing)('cancelling and retrying a generation in the we
   const hanging = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '5' }, 'hang');
   const browser = useBrowser('web-client-cancel');
 
-  it('cancels a running generation, keeps the focus on the button, and retries it as a new version', async () => {
+  it('cancels a running generation, keeps the focus on the button, and retries it as a new version that has the focus', async () => {
     const { page, errors } = await signedUpTab(browser, hanging.server.url, 'e2e-cancel');
     const status = page.getByRole('status');
     /** The focused control's text. */
@@ -403,6 +442,8 @@ describe.skipIf(chromiumMissing)('cancelling and retrying a generation in the we
       await retry.click();
       await page.getByRole('button', { name: 'Show version 2' }).waitFor();
       await expect.poll(() => textOf(status), { timeout: 30_000 }).toMatch(/QUEUED|RUNNING/);
+      // The version Retry opened has the focus on its own Cancel, not on the page.
+      await expect.poll(focused, { timeout: 30_000 }).toBe('Cancel');
       expect(await textOf(page.locator('.prompt-echo'))).toBe('“A packing list”');
       await shot(page, 'web-client-cancel', '2-retried');
 

@@ -106,18 +106,21 @@ function useFrameBatch<T>(flush: (items: T[]) => void) {
 /**
  * One generation, live: status and phase, model output, build log by step, preview and archive;
  * for its owner and editors (`canEdit`), Cancel while it runs and Retry once it failed or was
- * cancelled (`onShow` then shows the retry).
+ * cancelled (`onRetried` then shows the retry, which gets `focusAction`).
  */
 export function GenerationView({
   id,
   canEdit,
+  focusAction = false,
   onSettled,
-  onShow,
+  onRetried,
 }: {
   id: string;
   canEdit: boolean;
+  /** Focus Cancel or Retry once it shows: this view replaced the one whose Retry had the focus. */
+  focusAction?: boolean;
   onSettled: () => void;
-  onShow: (id: string) => void;
+  onRetried: (id: string) => void;
 }) {
   const [generation, setGeneration] = useState<GenerationFieldsFragment | null>(null);
   const [output, setOutput] = useState<Blocks<string>>([]);
@@ -287,6 +290,15 @@ export function GenerationView({
   const cancellable = generation !== null && CANCELLABLE.has(generation.status);
   const retryable = generation !== null && RETRYABLE.has(generation.status);
   const acting = generation !== null && pressedIn === generation.status;
+  const hasAction = canEdit && (cancellable || retryable);
+  const actionButton = useRef<HTMLButtonElement>(null);
+  /** Once only: later, the focus is wherever the user put it. */
+  const actionFocusPending = useRef(focusAction);
+  useEffect(() => {
+    if (!hasAction || !actionFocusPending.current) return;
+    actionFocusPending.current = false;
+    actionButton.current?.focus();
+  }, [hasAction]);
 
   /** Cancels the generation while it runs (its new status comes over the stream), or retries it once it failed or was cancelled. */
   const cancelOrRetry = async () => {
@@ -303,7 +315,7 @@ export function GenerationView({
         if (cancelGeneration.__typename !== 'Generation') failed(cancelGeneration.message);
       } else {
         const { retryGeneration } = await request(RetryGenerationDocument, { id });
-        if (retryGeneration.__typename === 'Generation') onShow(retryGeneration.id);
+        if (retryGeneration.__typename === 'Generation') onRetried(retryGeneration.id);
         else failed(retryGeneration.message);
       }
     } catch (failure) {
@@ -333,11 +345,11 @@ export function GenerationView({
             </span>
           )}
         </p>
-        {canEdit && (cancellable || retryable) && (
+        {hasAction && (
           // One button whose label follows the status: the focus stays on it from Cancel to Retry. The
           // second click of a double click is no second press: a queued run's Cancel turns into Retry
           // at once, under the pointer.
-          <button type="button" className="secondary" aria-disabled={acting} onClick={(event) => event.detail <= 1 && void cancelOrRetry()}>
+          <button ref={actionButton} type="button" className="secondary" aria-disabled={acting} onClick={(event) => event.detail <= 1 && void cancelOrRetry()}>
             {cancellable ? 'Cancel' : 'Retry'}
           </button>
         )}

@@ -23,6 +23,8 @@ export function Versions({
 }) {
   const [diff, setDiff] = useState<{ label: string; diff: Diff | null } | null>(null);
   const [error, setError] = useState<string | null>(null);
+  /** A restore on its way: another press (a double click's second) would make a second version. */
+  const [restoring, setRestoring] = useState(false);
   /** The Diff button that opened the diff: closing it returns the focus there, not to <body>. */
   const diffOpener = useRef<HTMLButtonElement | null>(null);
   const latest = versions.at(-1)?.id;
@@ -43,6 +45,8 @@ export function Versions({
   };
 
   const restore = async (version: Version) => {
+    if (restoring) return;
+    setRestoring(true);
     setError(null);
     try {
       const { restoreGeneration } = await request(RestoreGenerationDocument, { id: version.id });
@@ -52,6 +56,8 @@ export function Versions({
       } else setError(restoreGeneration.message);
     } catch (failure) {
       setError((failure as Error).message);
+    } finally {
+      setRestoring(false);
     }
   };
 
@@ -75,7 +81,7 @@ export function Versions({
                   Diff
                 </button>
                 {canRestore && version.status === 'SUCCEEDED' && version.id !== latest && (
-                  <button type="button" className="small secondary" aria-label={`Restore ${label}`} onClick={() => void restore(version)}>
+                  <button type="button" className="small secondary" aria-label={`Restore ${label}`} aria-disabled={restoring} onClick={() => void restore(version)}>
                     Restore
                   </button>
                 )}

@@ -20,6 +20,8 @@ export function ProjectPage({ projectId }: { projectId: string }) {
   /** The reasons a ValidationError gives (a prompt too long, …). */
   const [fieldErrors, setFieldErrors] = useState<FieldErrors>(noFieldErrors);
   const [busy, setBusy] = useState(false);
+  /** The version a Retry opened: its own Cancel takes the focus, which would otherwise fall to the page. */
+  const [retried, setRetried] = useState<string | null>(null);
   const heading = useFocusOnArrival<HTMLHeadingElement>(Boolean(project));
   const promptBox = useRef<HTMLTextAreaElement>(null);
   const fieldId = useId();
@@ -48,9 +50,10 @@ export function ProjectPage({ projectId }: { projectId: string }) {
   // Oldest first: v1 is where the session started.
   const versions = sessionId ? generations.filter((generation) => generation.sessionId === sessionId).reverse() : [];
 
-  const show = async (id: string) => {
+  const show = async (id: string, { retried = false } = {}) => {
     setNewSession(false);
     setCurrentId(id);
+    setRetried(retried ? id : null);
     await loadVersions();
   };
 
@@ -152,8 +155,9 @@ export function ProjectPage({ projectId }: { projectId: string }) {
               key={currentId}
               id={currentId}
               canEdit={canEdit}
+              focusAction={currentId === retried}
               onSettled={() => void loadVersions()}
-              onShow={(id) => void show(id)}
+              onRetried={(id) => void show(id, { retried: true })}
             />
           ) : (
             <p className="muted">Nothing generated yet.</p>
