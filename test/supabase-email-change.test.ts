@@ -6,7 +6,7 @@ import { users } from '../src/db/schema.js';
 import { AddProjectMemberDocument, ViewerDocument } from './gql/graphql.js';
 import { createTestDatabase, databaseKind, type TestDatabase } from './support/db.js';
 import { type FakeSupabase, startFakeSupabase } from './support/fake-supabase.js';
-import { createProject, ProjectByIdDocument, signUp, uniqueEmail } from './support/fixtures.js';
+import { createProject, ProjectByIdDocument, signIn, signUp, uniqueEmail } from './support/fixtures.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
 // An access token keeps the email it was issued with until it expires (an hour), also after
@@ -78,6 +78,28 @@ describe(`a Supabase email handed on to another user (${databaseKind})`, () => {
       expect((await server.client(current.accessToken).expectNoErrors(ViewerDocument)).viewer?.id).toBe(current.id);
     }
     expect(await directory(previous.id, current.id)).toEqual({ [previous.id]: moved, [current.id]: shared });
+  });
+
+  it('adds a member by an address GoTrue took that a stricter email check would refuse', async () => {
+    // GoTrue accepts `&` and `!` in an address (an email change, an admin, another app's sign-up).
+    const given = uniqueEmail('pat');
+    const member = await signUp(first, given);
+    const unusual = uniqueEmail('pat&sam!');
+    supabase.changeEmail(given, unusual);
+    const signedIn = await signIn(first, unusual);
+    expect((await signedIn.client.expectNoErrors(ViewerDocument)).viewer?.email).toBe(unusual);
+
+    const owner = await signUp(second);
+    const project = await createProject(owner.client);
+    const { addProjectMember } = await owner.client.expectNoErrors(AddProjectMemberDocument, {
+      input: { projectId: project.id, email: ` ${unusual.toUpperCase()} `, role: 'VIEWER' },
+    });
+    expect(addProjectMember).toMatchObject({ __typename: 'ProjectMember', role: 'VIEWER', user: { id: member.id, email: unusual } });
+    // What is no address at all is still refused, as a field error.
+    for (const email of ['no-at-sign.example.com', 'two@at@example.com', 'a b@example.com', '@example.com', 'pat@']) {
+      const { addProjectMember: refused } = await owner.client.expectNoErrors(AddProjectMemberDocument, { input: { projectId: project.id, email, role: 'VIEWER' } });
+      expect(refused.__typename, email).toBe('ValidationError');
+    }
   });
 });
 

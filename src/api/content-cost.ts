@@ -72,7 +72,7 @@ const PRICES: Record<string, Price> = {
   // No control characters but line breaks and tabs: 3 bytes of UTF-8 at most.
   'Project.description': () => text(projectDescription.maxLength!, 3),
   'Project.name': () => text(projectName.maxLength!, 3),
-  'User.email': () => text(email.in.maxLength!, 3),
+  'User.email': () => text(email.maxLength!, 3),
   'Generation.output': () => text(MAX_GENERATION_OUTPUT_CHARS),
   'ConversationMessage.content': () => text(MAX_GENERATION_OUTPUT_CHARS),
   'GeneratedFile.content': () => MAX_FILE_BYTES / KIB,

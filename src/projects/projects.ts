@@ -40,7 +40,17 @@ export const projectDescription = z
   .trim()
   .max(2000, 'Description must be at most 2000 characters')
   .refine((text) => !CONTROL_OR_BIDI_EXCEPT_LINES.test(text), 'Description must not contain control or bidirectional-override characters');
-export const email = z.string().trim().toLowerCase().max(254, 'Email is too long').pipe(z.email('Not a valid email address'));
+/**
+ * An address to look an account up by, as its provider kept it: one `@` with something on
+ * either side, no spaces or control characters. No stricter, since a lookup writes nothing:
+ * GoTrue keeps addresses (`pat&sam!@…`) that z.email() would refuse.
+ */
+export const email = z
+  .string()
+  .trim()
+  .toLowerCase()
+  .max(254, 'Email is too long')
+  .regex(/^[^@\s\p{Cc}]+@[^@\s\p{Cc}]+$/u, 'Not a valid email address');
 
 export type ProjectTarget = (typeof projectTarget.enumValues)[number];
 
