@@ -11,6 +11,7 @@ import {
   GenerationDiffDocument,
   GenerationPreviewDocument,
   type ProjectRole,
+  RemoveProjectMemberDocument,
   RestoreGenerationDocument,
   RetryGenerationDocument,
 } from './gql/graphql.js';
@@ -273,6 +274,38 @@ describe(`versions: diffs, restore and archives (${databaseKind})`, () => {
       expect(await watch.finished()).toMatchObject({ status: 'CANCELLED' });
     } finally {
       watch.close();
+    }
+  });
+
+  it("stops a removed member's queued and running generations in the project, and no one else's", async () => {
+    const shared = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const member = await signUp(suite.server);
+    const { addProjectMember } = await suite.owner.client.expectNoErrors(AddProjectMemberDocument, {
+      input: { projectId: shared.id, email: member.email, role: 'EDITOR' },
+    });
+    expectTypename(addProjectMember, 'ProjectMember');
+    llm.script({ kind: 'stall', chunks: ['Thinking'] });
+    const owners = await startAccepted(suite.owner.client, { projectId: shared.id, prompt: "The owner's, stalls until stopped" });
+    const ownersWatch = new GenerationWatch(suite.server.url, suite.owner.accessToken, owners.id);
+    const watches: GenerationWatch[] = [ownersWatch];
+    try {
+      await ownersWatch.until((state) => state.status === 'RUNNING');
+      // Two workers: one of the member's runs, the other waits its turn.
+      for (const prompt of ['Stalls', 'Stalls too']) {
+        const started = await startAccepted(member.client, { projectId: shared.id, prompt });
+        watches.push(new GenerationWatch(suite.server.url, suite.owner.accessToken, started.id));
+      }
+      await Promise.any(watches.slice(1).map((watch) => watch.until((state) => state.status === 'RUNNING')));
+      const { removeProjectMember } = await suite.owner.client.expectNoErrors(RemoveProjectMemberDocument, {
+        input: { projectId: shared.id, userId: member.id },
+      });
+      expectTypename(removeProjectMember, 'Project');
+      for (const watch of watches.slice(1)) expect(await watch.finished()).toMatchObject({ status: 'CANCELLED' });
+      expect((await getGeneration(suite.owner.client, owners.id)).status).toBe('RUNNING');
+      await suite.owner.client.expectNoErrors(CancelGenerationDocument, { id: owners.id });
+      expect(await ownersWatch.finished()).toMatchObject({ status: 'CANCELLED' });
+    } finally {
+      for (const watch of watches) watch.close();
     }
   });
 

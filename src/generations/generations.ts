@@ -4,11 +4,11 @@ import type { Tx } from '../db/client.js';
 import type { Scope } from '../db/scope.js';
 import { BudgetExceededError, InvalidStateError, NotFoundError, RateLimitedError } from '../errors.js';
 import type { EventBus } from '../events/bus.js';
-import { archiveProjectIn, requireRole, showsAsNothing } from '../projects/projects.js';
+import { archiveProjectIn, removeProjectMemberIn, requireRole, showsAsNothing } from '../projects/projects.js';
 import { type ProjectRow, projectStore } from '../projects/store.js';
 import { reserveAtStart } from './budget.js';
 import { isTerminal } from './status.js';
-import { type GenerationRow, generationStore } from './store.js';
+import { type GenerationRow, generationStore, type StoppedWork } from './store.js';
 
 // Start, cancel and retry: the decisions around a run. The run itself is pipeline.ts.
 
@@ -180,13 +180,31 @@ export async function cancelGeneration(scope: Scope, deps: Pick<GenerationDeps, 
  * spending its budget.
  */
 export async function archiveProjectAndStop(scope: Scope, deps: Pick<GenerationDeps, 'bus'>, id: string): Promise<ProjectRow> {
-  const { project, cancelled, stopping } = await scope.run(async (tx) => {
+  const { project, stopped } = await scope.run(async (tx) => {
     const project = await archiveProjectIn(tx, id);
-    return { project, ...(await generationStore.stopAllOfProject(tx, project.id)) };
+    return { project, stopped: await generationStore.stopAllOfProject(tx, project.id) };
   });
+  announceStopped(deps, stopped);
+  return project;
+}
+
+/**
+ * A member removed loses their work in the project with their access, as archiving stops it:
+ * they could no longer see it nor cancel it, and it would go on spending the project's budget
+ * and counting toward their active limit.
+ */
+export async function removeMemberAndStop(scope: Scope, deps: Pick<GenerationDeps, 'bus'>, input: { projectId: string; userId: string }): Promise<ProjectRow> {
+  const { project, stopped } = await scope.run(async (tx) => {
+    const project = await removeProjectMemberIn(tx, input);
+    return { project, stopped: await generationStore.stopAllOfProject(tx, project.id, { createdBy: input.userId }) };
+  });
+  announceStopped(deps, stopped);
+  return project;
+}
+
+function announceStopped(deps: Pick<GenerationDeps, 'bus'>, { cancelled, stopping }: StoppedWork): void {
   for (const generation of cancelled) deps.bus.publish('generationUpdated', generation.id, { status: generation.status, phase: generation.phase });
   for (const generationId of stopping) deps.bus.publish('generationCancel', generationId, { at: new Date().toISOString() });
-  return project;
 }
 
 export async function getGeneration(scope: Scope, id: string): Promise<GenerationRow | null> {

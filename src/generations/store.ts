@@ -64,6 +64,11 @@ function nearestVersion(generationId: string) {
 export type BuildStepRow = typeof buildSteps.$inferSelect;
 export type LogLineRow = typeof buildLogLines.$inferSelect;
 export type ChunkRow = typeof generationChunks.$inferSelect;
+/** What stopping a project's work did: the queued generations it ended, and the running ones it asked to stop. */
+export interface StoppedWork {
+  cancelled: GenerationRow[];
+  stopping: string[];
+}
 export type FileRow = typeof generationFiles.$inferSelect;
 export type MessageRow = typeof conversationMessages.$inferSelect;
 /** What a session's conversation shows at most: the latest turn (a prompt and a whole answer) always fits. */
@@ -197,9 +202,11 @@ export const generationStore = {
    * (their workers see the request; lease recovery ends them CANCELLED). Queued first: one
    * claimed meanwhile is RUNNING by the second statement.
    */
-  async stopAllOfProject(tx: Tx, projectId: string): Promise<{ cancelled: GenerationRow[]; stopping: string[] }> {
+  /** Ends the project's queued generations (those of `createdBy` only, if given) and asks its running ones to stop. */
+  async stopAllOfProject(tx: Tx, projectId: string, only: { createdBy?: string } = {}): Promise<StoppedWork> {
     const now = new Date();
-    const ofProject = (status: GenerationStatus) => and(eq(generations.projectId, projectId), eq(generations.status, status));
+    const ofProject = (status: GenerationStatus) =>
+      and(eq(generations.projectId, projectId), eq(generations.status, status), only.createdBy === undefined ? undefined : eq(generations.createdBy, only.createdBy));
     const cancelled = await tx
       .update(generations)
       .set({ status: 'CANCELLED', phase: 'DONE', cancelRequestedAt: now, finishedAt: now })

@@ -194,19 +194,18 @@ export async function addProjectMember(
 
 /**
  * Allowed in an archived project too, as deleting a key is: archiving is final, and a former
- * teammate must still lose access.
+ * teammate must still lose access. In the caller's transaction: removeMemberAndStop stops the
+ * member's work in the same one.
  */
-export async function removeProjectMember(scope: Scope, input: { projectId: string; userId: string }): Promise<ProjectRow> {
-  return scope.run(async (tx) => {
-    const project = requireRole(await projectStore.find(tx, input.projectId), ['owner']);
-    if (input.userId === project.ownerId) throw new InvalidStateError("The project's creator cannot be removed.");
-    if (!(await projectStore.removeMember(tx, project.id, input.userId))) {
-      // Not a member, or the viewer is no longer an owner: the row policies say so only by removing nothing.
-      requireRole(await projectStore.find(tx, project.id), ['owner']);
-      throw new NotFoundError('That user is not a member of this project.');
-    }
-    return project;
-  });
+export async function removeProjectMemberIn(tx: Tx, input: { projectId: string; userId: string }): Promise<ProjectRow> {
+  const project = requireRole(await projectStore.find(tx, input.projectId), ['owner']);
+  if (input.userId === project.ownerId) throw new InvalidStateError("The project's creator cannot be removed.");
+  if (!(await projectStore.removeMember(tx, project.id, input.userId))) {
+    // Not a member, or the viewer is no longer an owner: the row policies say so only by removing nothing.
+    requireRole(await projectStore.find(tx, project.id), ['owner']);
+    throw new NotFoundError('That user is not a member of this project.');
+  }
+  return project;
 }
 
 export async function listProjects(scope: Scope, page: { limit: number; after?: PageCursor }) {

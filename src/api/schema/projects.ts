@@ -1,4 +1,4 @@
-import { archiveProjectAndStop } from '../../generations/generations.js';
+import { archiveProjectAndStop, removeMemberAndStop } from '../../generations/generations.js';
 import {
   addProjectMember,
   createProject,
@@ -7,7 +7,6 @@ import {
   projectDescription,
   projectLoaders,
   projectName,
-  removeProjectMember,
   updateProject,
 } from '../../projects/projects.js';
 import type { MemberRow, MemberWithUser, ProjectRole, ProjectRow } from '../../projects/store.js';
@@ -149,8 +148,9 @@ builder.mutationFields((t) => ({
   removeProjectMember: t.field({
     type: ProjectRef,
     errors: {},
+    description: "Takes a member's access away (not the project creator's): their queued generations in the project end and their running ones are stopped (CANCELLED).",
     args: { input: t.arg({ type: RemoveProjectMemberInput, required: true }) },
-    resolve: (_root, { input }, ctx) => removeProjectMember(ctx.db, input),
+    resolve: (_root, { input }, ctx) => removeMemberAndStop(ctx.db, ctx.useCases.generations, input),
   }),
 }));
 
