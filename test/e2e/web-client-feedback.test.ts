@@ -30,16 +30,31 @@ const shot = (page: Page, suite: string, name: string) => page.screenshot({ path
 
 /** A new tab of `session` with a new user signed up in it, showing the projects. */
 async function signedUpTab(session: BrowserSession, url: string, label: string) {
+  const email = uniqueEmail(label);
+  return { ...(await signedInTab(session, url, email, 'Sign up')), email };
+}
+
+/** A new tab of `session` in which `email` signs in (or up), showing the projects. */
+async function signedInTab(session: BrowserSession, url: string, email: string, action: 'Sign in' | 'Sign up' = 'Sign in') {
   const page = await session.context.newPage();
   const errors: string[] = [];
   page.on('pageerror', (error) => errors.push(String(error)));
-  const email = uniqueEmail(label);
   await page.goto(url);
   await page.getByRole('textbox', { name: 'Email' }).fill(email);
   await page.getByRole('textbox', { name: 'Password' }).fill(PASSWORD);
-  await page.getByRole('button', { name: 'Sign up' }).click();
+  await page.getByRole('button', { name: action }).click();
   await page.getByRole('heading', { name: 'Projects' }).waitFor();
-  return { page, email, errors };
+  return { page, errors };
+}
+
+/** Counts the requests for `operation` (e.g. 'mutation CreateProject') the page sends, and those answered or failed. */
+function requestsFor(page: Page, operation: string) {
+  const counts = { sent: 0, settled: 0 };
+  const isFor = (body: string | null) => (body ?? '').includes(operation);
+  page.on('request', (request) => void (isFor(request.postData()) && counts.sent++));
+  page.on('requestfinished', (request) => void (isFor(request.postData()) && counts.settled++));
+  page.on('requestfailed', (request) => void (isFor(request.postData()) && counts.settled++));
+  return counts;
 }
 
 /** Creates a FLUTTER project from the projects page and waits for its page. */
@@ -195,18 +210,12 @@ describe.skipIf(chromiumMissing)('the web client with input the server refuses',
 
   it('creates one project for a double click on Create project', async () => {
     const { page, errors } = await signedUpTab(browser, suite.server.url, 'e2e-double-click');
-    // Every CreateProject request the page sends, until its answer has come.
-    let sent = 0;
-    let answered = 0;
-    const isCreate = (body: string | null) => (body ?? '').includes('mutation CreateProject');
-    page.on('request', (request) => void (isCreate(request.postData()) && sent++));
-    page.on('requestfinished', (request) => void (isCreate(request.postData()) && answered++));
-    page.on('requestfailed', (request) => void (isCreate(request.postData()) && answered++));
+    const creates = requestsFor(page, 'mutation CreateProject');
     try {
       await page.getByRole('textbox', { name: 'Project name' }).fill('Once');
       await page.getByRole('button', { name: 'Create project' }).dblclick();
       await page.getByRole('heading', { name: 'Once', exact: true }).waitFor();
-      await expect.poll(() => answered === sent, { timeout: 30_000 }).toBe(true);
+      await expect.poll(() => creates.settled === creates.sent, { timeout: 30_000 }).toBe(true);
       await page.getByRole('link', { name: 'Kiln' }).click();
       await page.getByRole('list', { name: 'Your projects' }).waitFor();
       expect(await page.getByRole('link', { name: 'Once', exact: true }).count()).toBe(1);
@@ -227,26 +236,14 @@ describe.skipIf(chromiumMissing)('the web client with input the server refuses',
     const second = await startAccepted(owner.client, { projectId: project.id, prompt: 'Add a checkbox', sessionId: first.sessionId });
     expect((await waitForEnd(server, owner.client, owner.accessToken, second.id)).status).toBe('SUCCEEDED');
 
-    const page = await browser.context.newPage();
-    const errors: string[] = [];
-    page.on('pageerror', (error) => errors.push(String(error)));
-    // Every RestoreGeneration request the page sends, until its answer has come.
-    let sent = 0;
-    let answered = 0;
-    const isRestore = (body: string | null) => (body ?? '').includes('mutation RestoreGeneration');
-    page.on('request', (request) => void (isRestore(request.postData()) && sent++));
-    page.on('requestfinished', (request) => void (isRestore(request.postData()) && answered++));
-    page.on('requestfailed', (request) => void (isRestore(request.postData()) && answered++));
+    const { page, errors } = await signedInTab(browser, server.url, owner.email);
+    const restores = requestsFor(page, 'mutation RestoreGeneration');
     try {
-      await page.goto(server.url);
-      await page.getByRole('textbox', { name: 'Email' }).fill(owner.email);
-      await page.getByRole('textbox', { name: 'Password' }).fill(PASSWORD);
-      await page.getByRole('button', { name: 'Sign in' }).click();
       await page.getByRole('link', { name: 'Restored once', exact: true }).click();
       await page.getByRole('button', { name: 'Restore version 1' }).dblclick();
       await page.getByRole('button', { name: 'Show version 3' }).waitFor();
-      await expect.poll(() => answered === sent, { timeout: 30_000 }).toBe(true);
-      expect(sent).toBe(1);
+      await expect.poll(() => restores.settled === restores.sent, { timeout: 30_000 }).toBe(true);
+      expect(restores.sent).toBe(1);
       await expect.poll(() => textOf(page.getByRole('status')), { timeout: 30_000 }).toContain('SUCCEEDED');
       expect(await page.getByRole('button', { name: 'Show version 4' }).count()).toBe(0);
       expect(await page.getByRole('alert').count()).toBe(0);
@@ -385,14 +382,8 @@ describe.skipIf(chromiumMissing)('a viewer of a project in the web client', () =
     });
     expect(addProjectMember.__typename).toBe('ProjectMember');
 
-    const page = await browser.context.newPage();
-    const errors: string[] = [];
-    page.on('pageerror', (error) => errors.push(String(error)));
+    const { page, errors } = await signedInTab(browser, server.url, viewer.email);
     try {
-      await page.goto(server.url);
-      await page.getByRole('textbox', { name: 'Email' }).fill(viewer.email);
-      await page.getByRole('textbox', { name: 'Password' }).fill(PASSWORD);
-      await page.getByRole('button', { name: 'Sign in' }).click();
       await page.getByRole('link', { name: 'Shared', exact: true }).click();
       await page.getByRole('button', { name: 'Show version 2' }).waitFor();
       await expect.poll(() => textOf(page.getByRole('status')), { timeout: 30_000 }).toContain('CANCELLED');
