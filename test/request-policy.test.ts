@@ -62,6 +62,25 @@ describe(`requests a browser would send cross-site without asking (${databaseKin
     }
   });
 
+  it("answers a GET whose variables or extensions are no JSON with 400 and a message of its own, never the parser's or the variables", async () => {
+    const query = encodeURIComponent('query($p: Boolean!) { __typename @include(if: $p) }');
+    for (const [params, message] of [
+      [`variables=${encodeURIComponent(`{"p":'hunter2-secret'}`)}`, 'The variables parameter is not valid JSON.'],
+      ['extensions=nope', 'The extensions parameter is not valid JSON.'],
+    ]) {
+      for (const accept of ['application/json', 'text/event-stream']) {
+        const response = await fetch(`${server.url}/graphql?query=${query}&${params}`, { headers: { 'x-graphql-yoga-csrf': '1', accept } });
+        expect(response.status, `${params} ${accept}`).toBe(400);
+        // Over SSE, the error is the stream's one result.
+        const text = await response.text();
+        const result = accept === 'text/event-stream' ? /^data: (\{.*)$/m.exec(text)?.[1] : text;
+        expect(JSON.parse(result ?? 'null'), `${params} ${accept}`).toEqual({ errors: [{ message, extensions: { code: 'BAD_REQUEST' } }] });
+      }
+    }
+    const fine = await fetch(`${server.url}/graphql?query=${query}&variables=${encodeURIComponent('{"p":true}')}&extensions=`, { headers: { 'x-graphql-yoga-csrf': '1' } });
+    expect(await fine.json()).toEqual({ data: { __typename: 'Query' } });
+  });
+
   it('sends every answer of the API origin unsniffable, unframable and without a referrer', async () => {
     const answers = {
       result: await post('application/json', JSON.stringify({ query: '{ __typename }' })),

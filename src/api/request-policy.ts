@@ -23,6 +23,8 @@ export function useRequestPolicy(): Plugin[] {
   return [
     {
       onRequestParse({ request, setRequestParser }) {
+        // Kiln's own parsers: Yoga's would echo the JSON parser's message, and the start of the variables, back and into the log.
+        if (request.method === 'GET') return setRequestParser(parseSearchParams);
         if (request.method !== 'POST') return;
         const mediaType = request.headers.get('content-type')?.split(';')[0]?.trim().toLowerCase() ?? '';
         if (!JSON_MEDIA_TYPES.includes(mediaType)) {
@@ -30,7 +32,6 @@ export function useRequestPolicy(): Plugin[] {
             extensions: { code: 'UNSUPPORTED_MEDIA_TYPE', http: { status: 415 } },
           });
         }
-        // Kiln's own parser for both: Yoga's would echo the JSON parser's message and the body's start back.
         setRequestParser(parseJsonBody);
       },
     },
@@ -50,15 +51,37 @@ export function useRequestPolicy(): Plugin[] {
   ];
 }
 
-async function parseJsonBody(request: Request) {
+interface GraphQLParams {
+  query?: string;
+  operationName?: string;
+  variables?: Record<string, unknown>;
+  extensions?: Record<string, unknown>;
+}
+
+const badRequest = (message: string) => createGraphQLError(message, { extensions: { code: 'BAD_REQUEST', http: { status: 400 } } });
+
+async function parseJsonBody(request: Request): Promise<GraphQLParams> {
   let body: unknown;
   try {
     body = await request.json();
   } catch {
-    throw createGraphQLError('The request body is not valid JSON.', { extensions: { code: 'BAD_REQUEST', http: { status: 400 } } });
+    throw badRequest('The request body is not valid JSON.');
   }
-  if (body === null || typeof body !== 'object' || Array.isArray(body)) {
-    throw createGraphQLError('The request body must be one JSON object.', { extensions: { code: 'BAD_REQUEST', http: { status: 400 } } });
-  }
-  return body as { query?: string; operationName?: string; variables?: Record<string, unknown>; extensions?: Record<string, unknown> };
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw badRequest('The request body must be one JSON object.');
+  return body as GraphQLParams;
+}
+
+/** A GET's parameters, as Yoga reads them (an empty one is absent); `variables` and `extensions` are JSON. */
+function parseSearchParams(request: Request): GraphQLParams {
+  const params = new URL(request.url).searchParams;
+  const json = (name: 'variables' | 'extensions') => {
+    const text = params.get(name);
+    if (!text) return undefined;
+    try {
+      return JSON.parse(text) as Record<string, unknown>;
+    } catch {
+      throw badRequest(`The ${name} parameter is not valid JSON.`);
+    }
+  };
+  return { query: params.get('query') || undefined, operationName: params.get('operationName') || undefined, variables: json('variables'), extensions: json('extensions') };
 }
