@@ -31,7 +31,7 @@ export interface Kiln {
   /** The event bus of this process (benchmarks publish synthetic events through it). */
   bus: EventBus;
   /**
-   * Stops the API, then the worker: running generations get `graceMs` (default 0) to
+   * Stops the API and the worker together: running generations get `graceMs` (default 0) to
    * finish before they are handed back (INTERRUPTED, retried elsewhere). Calling it again
    * while a grace period runs cuts it short.
    */
@@ -187,9 +187,8 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
         return stopping;
       }
       stopping = (async () => {
-        await api.stop();
-        streamAccess.close();
-        await worker?.stop({ graceMs: stopOptions.graceMs ?? 0 });
+        // Together: the worker stops taking jobs at once, whatever the API's connections wait for.
+        await Promise.all([api.stop().then(() => streamAccess.close()), worker?.stop({ graceMs: stopOptions.graceMs ?? 0 })]);
         await queue.close();
         await events.close();
         await auth.close();

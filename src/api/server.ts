@@ -39,6 +39,8 @@ export function buildApp(services: Services): App {
   const manifest = services.persistedOperations;
   // Never open to every operation because a caller left the manifest out.
   if (config.limits.persistedOperations.only && !manifest) throw new Error('PERSISTED_OPERATIONS_ONLY needs the manifest in services.persistedOperations');
+  // A subscription's SSE events written straight to node's response, each result encoded once.
+  const sse = useSseSubscriptions(services.logger, config.websocket.keepAliveMs);
   const yoga = createYoga<ServerContext, Context>({
     schema,
     graphqlEndpoint: '/graphql',
@@ -76,8 +78,7 @@ export function buildApp(services: Services): App {
       // and the one step that maps a stream's events to results. Last to hook onSubscribe: it stops
       // the plugins after it (Yoga's masking) from wrapping every stream again.
       useSharedSubscriptionExecution(),
-      // A subscription's SSE events written straight to node's response, each result encoded once.
-      useSseSubscriptions(services.logger, config.websocket.keepAliveMs),
+      sse.plugin,
     ],
     context: ({ request, connectionParams, req, clientIp, verifiedClaims }) =>
       createContext({
@@ -140,12 +141,25 @@ export function buildApp(services: Services): App {
         });
       }),
     stop: async () => {
+      // No new connection. A request on its way gets its answer, within HTTP_DRAIN_MS: a
+      // mutation that committed is not reported to its client as a lost connection.
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      // Node closes idle keep-alive connections once, at close(): those that answer later, as they go idle.
+      const sweep = setInterval(() => server.closeIdleConnections(), IDLE_SWEEP_MS);
+      const cut = setTimeout(() => server.closeAllConnections(), HTTP_DRAIN_MS);
+      // Streams never end by themselves: their clients resume from where they were.
+      sse.cutAll();
       await websocket.dispose();
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await closed;
+      clearInterval(sweep);
+      clearTimeout(cut);
     },
   };
 }
+
+/** How long a stopping server lets requests on their way finish before it cuts them. */
+const HTTP_DRAIN_MS = 10_000;
+const IDLE_SWEEP_MS = 50;
 
 /**
  * On every answer of the API's origin (GraphQL results, errors, health, the web client's

@@ -31,7 +31,13 @@ const PING_INTERVAL_MS = 12_000;
 /** The encoded `event: next` frame of each result, shared by every stream that sends that result object. */
 const frames = new WeakMap<ExecutionResult, Buffer>();
 
-export function useSseSubscriptions(logger: Logger, stalledAfterMs: number): Plugin {
+export interface SseSubscriptions {
+  plugin: Plugin;
+  /** Cuts every open stream (a shutdown): its client resumes from where it was, elsewhere or later. */
+  cutAll(): void;
+}
+
+export function useSseSubscriptions(logger: Logger, stalledAfterMs: number): SseSubscriptions {
   const log = logger.child({ source: 'SSE' });
   const open = new Set<ServerResponse>();
   let pinger: NodeJS.Timeout | undefined;
@@ -48,7 +54,7 @@ export function useSseSubscriptions(logger: Logger, stalledAfterMs: number): Plu
       pinger = undefined;
     };
   };
-  return {
+  const plugin: Plugin = {
     onResultProcess({ result, resultProcessor, setResultProcessor, serverContext }) {
       // A stream gets a processor only from SSE (no other media type takes async
       // iterables here: no @defer or @stream), so Yoga has chosen SSE for this one.
@@ -61,6 +67,12 @@ export function useSseSubscriptions(logger: Logger, stalledAfterMs: number): Plu
         const body = new EventStream(stream as AsyncIterable<ExecutionResult>, res instanceof ServerResponse ? res : undefined, { track, stalledAfterMs, log });
         return new fetchAPI.Response(body as unknown as BodyInit, { status: 200, headers: headers() });
       }, 'text/event-stream');
+    },
+  };
+  return {
+    plugin,
+    cutAll: () => {
+      for (const response of open) response.destroy();
     },
   };
 }

@@ -85,6 +85,8 @@ const DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024;
 const TRY_AGAIN_LATER = 1013;
 /** Tokens verified at once by the periodic re-check. */
 const RECHECK_CONCURRENCY = 8;
+/** How long a shutdown waits for a peer to answer its close frame before the socket is dropped. */
+const CLOSE_HANDSHAKE_MS = 1_000;
 
 export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
   const { server, path, yoga, auth } = options;
@@ -276,7 +278,16 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
       clearInterval(keepAlive);
       server.off('upgrade', onUpgrade);
       for (const connection of connections.values()) expiries.cancel(connection.expiry);
-      await graphqlWs.dispose();
+      // Each socket is sent 1001 and waited for; a peer that never answers the close would hold
+      // the shutdown for ws's own close timeout (30 s), past a worker's grace.
+      const cut = setTimeout(() => {
+        for (const socket of wss.clients) socket.terminate();
+      }, CLOSE_HANDSHAKE_MS);
+      try {
+        await graphqlWs.dispose();
+      } finally {
+        clearTimeout(cut);
+      }
     },
   };
 }
