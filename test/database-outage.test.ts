@@ -5,7 +5,7 @@ import { openDatabase } from '../src/db/client.js';
 import { GenerationChunksDocument, ProjectDocument, type ProjectQuery } from './gql/graphql.js';
 import { ready, waitUntil } from './support/cluster.js';
 import { createTestDatabase, testDatabaseUrl, type TestDatabase } from './support/db.js';
-import { createProject, signUp, type TestUser } from './support/fixtures.js';
+import { createProject, signIn, signUp, type TestUser } from './support/fixtures.js';
 import {
   type FakeFlutter,
   fakeFlutter,
@@ -214,6 +214,21 @@ describe.skipIf(!testDatabaseUrl)('database outages (postgres only: PGlite runs 
     const answered = await lateQuery!;
     expect(answered.errors).toBeUndefined();
     expect(answered.data?.project?.id).toBe(run.project.id);
+  });
+
+  it('signs in through an outage: its rate-limit count waits for the database as the rest of the request does', { timeout: 120_000 }, async () => {
+    const server = await startBehindProxy({});
+    const user = await signUp(server);
+    proxy.begin();
+    const signingIn = signIn(server, user.email);
+    let settled = false;
+    signingIn.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    await waitUntil(() => settled || proxy.refused >= 5, 60_000, () => `no connection tried (${proxy.refused} refused)`);
+    proxy.end();
+    expect((await signingIn).id).toBe(user.id);
   });
 
   it('hands a run back when the outage outlasts its lease: FAILED/INTERRUPTED, then its retry succeeds', { timeout: 120_000 }, async () => {

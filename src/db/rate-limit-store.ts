@@ -1,5 +1,6 @@
 import { sql } from 'drizzle-orm';
 import { type Db, rowsOf } from './client.js';
+import { isConnectionError, retryThroughOutage } from './outage.js';
 
 // The rate limits' PostgreSQL counters (api/rate-limit.ts), shared by every API instance.
 
@@ -26,13 +27,15 @@ export function postgresRateLimitStore(db: Db): {
   };
   return {
     hit: async (key, windowSeconds) => {
-      const result = await db.execute(sql`
+      // Rides out an outage as every request's statements do (a hit counted twice when only the reply was lost is the lesser harm).
+      const count = () => db.execute(sql`
         insert into rate_limits as r (key, window_start, hits)
         values (${`${windowSeconds}s:${key}`}, to_timestamp(floor(extract(epoch from now()) / ${windowSeconds}) * ${windowSeconds}), 1)
         on conflict (key) do update
           set hits = case when r.window_start = excluded.window_start then r.hits + 1 else 1 end,
               window_start = excluded.window_start
         returning hits, extract(epoch from r.window_start + make_interval(secs => ${windowSeconds}) - now())::float8 as reset_in`);
+      const result = await retryThroughOutage(count, isConnectionError);
       const [row] = rowsOf<{ hits: number; reset_in: number }>(result);
       // Now and then, drop counters whose window has ended (one row per address or email ever seen otherwise).
       if (++hits % SWEEP_EVERY === 0) void sweep().catch(() => {});
