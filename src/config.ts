@@ -159,9 +159,19 @@ export const DEFAULT_SANDBOX_UID = 65_520;
 
 export function parseConfig(env: Record<string, string | undefined>) {
   // NODE_ENV is the exception: blank, it would quietly turn production's checks off.
-  const parsed = environment.safeParse(Object.fromEntries(Object.entries(env).filter(([name, value]) => value?.trim() || name === 'NODE_ENV')));
+  const given = Object.fromEntries(Object.entries(env).filter(([name, value]) => value?.trim() || name === 'NODE_ENV'));
+  const parsed = environment.safeParse(given);
   if (!parsed.success) {
     const problems = parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
+    // Every problem at once: the checks across variables too, on the others (each bad one as if
+    // unset), leaving out what they would say again about a bad one ("needs X" where X is malformed).
+    const bad = new Set(parsed.error.issues.map((i) => String(i.path[0])));
+    try {
+      parseConfig(Object.fromEntries(Object.entries(given).filter(([name]) => !bad.has(name))));
+    } catch (error) {
+      if (!(error instanceof ConfigError)) throw error;
+      problems.push(...error.problems.filter((problem) => ![...bad].some((name) => problem.includes(name))));
+    }
     throw new ConfigError(problems);
   }
   const e = parsed.data;
