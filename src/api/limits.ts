@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { EnvelopArmor } from '@escape.tech/graphql-armor';
-import { GraphQLError, type ValidationContext } from 'graphql';
-import { createGraphQLError, type Plugin } from 'graphql-yoga';
+import { type DocumentNode, GraphQLError, getOperationAST, type ValidationContext } from 'graphql';
+import { createGraphQLError, type GraphQLParams, type Plugin } from 'graphql-yoga';
 import { operationCostRule } from './content-cost.js';
 
 // Limits on what one operation may ask for, on every transport: the rules run in
@@ -76,6 +76,70 @@ function useTokenLimit(maxTokens: number): Plugin {
       };
     },
   };
+}
+
+/** What a subscription's document, variables and extensions may take together; the contract's take under 2 KiB. */
+export const MAX_SUBSCRIPTION_BYTES = 16 * 1024;
+export const SUBSCRIPTION_TOO_LARGE = 'SUBSCRIPTION_TOO_LARGE';
+
+/**
+ * Refuses a subscription whose document, variables and extensions take more than
+ * MAX_SUBSCRIPTION_BYTES together (the query's UTF-8 and the JSON of the rest of its
+ * params, which over graphql-ws is all of the subscribe message's payload): graphql-ws
+ * keeps its whole subscribe message, and shared-execution.ts a key of its variables, for
+ * as long as it runs, where a query or a mutation (a long prompt) lets go of its request
+ * once answered. Checked once the document is parsed (where the operation's type is
+ * known), before validation, the context or any stream, so a refused subscription never
+ * takes a LIVE_STREAMS_PER_USER slot; over graphql-ws it fails that operation only (an
+ * `error` message) and the socket stays open.
+ */
+export function useSubscriptionSizeLimit(maxBytes = MAX_SUBSCRIPTION_BYTES): Plugin {
+  return {
+    onParse() {
+      // Thrown, not put in place of the document: the parse cache after this hook would
+      // keep the refusal for the document's text, and refuse it with small variables too.
+      return ({ result, context }) => {
+        // Yoga's request params over HTTP and SSE, the subscribe message's payload over graphql-ws (websocket.ts).
+        const { params } = context as { params?: GraphQLParams };
+        if (!params || !isDocument(result) || getOperationAST(result, params.operationName)?.operation !== 'subscription') return;
+        const { query, ...rest } = params;
+        const bytes = Buffer.byteLength(query ?? '') + jsonBytes(rest);
+        if (bytes <= maxBytes) return;
+        throw new GraphQLError(
+          `A subscription's document, variables and extensions take at most ${maxBytes / 1024} KiB together, since they are kept as long as it runs; this one takes ${Math.ceil(bytes / 1024)} KiB.`,
+          { extensions: { code: SUBSCRIPTION_TOO_LARGE, limit: maxBytes } },
+        );
+      };
+    },
+  };
+}
+
+const isDocument = (result: unknown): result is DocumentNode => (result as DocumentNode | null)?.kind === 'Document';
+
+/**
+ * The UTF-8 bytes of a JSON value as JSON.stringify writes it, counted without its
+ * recursion: a variable nested a hundred thousand deep parses, and would overflow it.
+ */
+function jsonBytes(value: unknown): number {
+  let bytes = 0;
+  const pending: unknown[] = [value];
+  while (pending.length > 0) {
+    const next = pending.pop();
+    if (Array.isArray(next)) {
+      bytes += 2 + Math.max(next.length - 1, 0);
+      for (const item of next) pending.push(item ?? null);
+    } else if (next !== null && typeof next === 'object') {
+      const entries = Object.entries(next).filter(([, item]) => item !== undefined);
+      bytes += 2 + Math.max(entries.length - 1, 0);
+      for (const [key, item] of entries) {
+        bytes += Buffer.byteLength(JSON.stringify(key)) + 1;
+        pending.push(item);
+      }
+    } else {
+      bytes += Buffer.byteLength(JSON.stringify(next) ?? 'null');
+    }
+  }
+  return bytes;
 }
 
 const TOO_LARGE = { message: 'The request body is too large.', code: 'REQUEST_ENTITY_TOO_LARGE' };

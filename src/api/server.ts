@@ -9,7 +9,7 @@ import { type Context, type Services, contextFactory } from './context.js';
 import { useRequestIdErrors } from './errors-plugin.js';
 import { graphiqlExample } from './graphiql-example.js';
 import { renderGraphiQLPage, serveGraphiQLAsset, useGraphiQLHeaders } from './graphiql.js';
-import { refuseOversizedBody, useChunkedBodyLimit, useQueryLimits } from './limits.js';
+import { refuseOversizedBody, useChunkedBodyLimit, useQueryLimits, useSubscriptionSizeLimit } from './limits.js';
 import { useOperationLog } from './operation-log.js';
 import { usePersistedOperationsOnly } from './persisted-operations.js';
 import { useSchemaPrivacy } from './production.js';
@@ -69,6 +69,7 @@ export function buildApp(services: Services): App {
       useChunkedBodyLimit(config.limits.maxBodyBytes),
       ...(manifest ? usePersistedOperationsOnly(manifest) : []),
       ...useQueryLimits(config.limits),
+      useSubscriptionSizeLimit(),
       useUnstorableTextRefusal(),
       ...(config.exposeSchema ? [] : useSchemaPrivacy()),
       // useStreamErrors before useRequestIdErrors: it turns expected stream failures into results before masking.

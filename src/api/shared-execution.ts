@@ -102,9 +102,16 @@ function located(error: unknown, { document, operationName }: ExecutionArgs): Gr
  */
 function shareKey({ document, operationName, variableValues }: ExecutionArgs): string | undefined {
   if (!eventOnly(document, operationName)) return undefined;
+  let variables: string;
+  try {
+    variables = JSON.stringify(variableValues ?? {});
+  } catch {
+    // Nested deeper than the stack goes (an unused variable may be): executed for this subscriber alone.
+    return undefined;
+  }
   let number = documentNumbers.get(document);
   if (number === undefined) documentNumbers.set(document, (number = documentCount++));
-  return `${number}\u0000${operationName ?? ''}\u0000${JSON.stringify(variableValues ?? {})}`;
+  return `${number}\u0000${operationName ?? ''}\u0000${variables}`;
 }
 
 const documentNumbers = new WeakMap<DocumentNode, number>();
