@@ -9,7 +9,8 @@ import { useGenerationServer } from './support/suite-server.js';
 
 // A subscription's document, variables and extensions stay in memory as long as it runs
 // (graphql-ws keeps its whole subscribe message), so together they may take 16 KiB at
-// most, on every transport; the contract's subscriptions take a few hundred bytes.
+// most, on every transport; the contract's subscriptions take a few hundred bytes. Over
+// graphql-ws its id and the message around the payload are held to that as well.
 // Queries and mutations, which let go of their request once answered, are not held to it.
 
 const LIMIT = 16 * 1024;
@@ -107,6 +108,35 @@ describe(`subscriptions held to 16 KiB of document, variables and extensions (${
       const seqs = messages.slice(0, -1).map((message) => (message.payload as { data: { generationChunks: { seq: number } } }).data.generationChunks.seq);
       expect(seqs.length).toBeGreaterThan(0);
       expect(isContiguousFromZero(seqs)).toBe(true);
+    } finally {
+      raw.close();
+    }
+  });
+
+  it('refuses an operation id over 128 characters for that operation only', async () => {
+    const raw = await RawSocket.open(suite.server.url);
+    try {
+      await raw.init(user.accessToken);
+      const long = 'x'.repeat(129);
+      raw.send({ type: 'subscribe', id: long, payload: { query: updated, variables: { id: generationId } } });
+      expect(await outcomeOf(raw, long)).toEqual([
+        { type: 'error', id: long, payload: [{ message: 'An operation id takes at most 128 characters.', extensions: { code: 'BAD_REQUEST' } }] },
+      ]);
+      const fits = 'y'.repeat(128);
+      raw.send({ type: 'subscribe', id: fits, payload: { query: updated, variables: { id: generationId } } });
+      expect((await outcomeOf(raw, fits)).at(-1)).toEqual({ type: 'complete', id: fits });
+    } finally {
+      raw.close();
+    }
+  });
+
+  it('closes with 4400 a socket whose subscribe message carries 20 KB beside its id, type and payload', async () => {
+    const raw = await RawSocket.open(suite.server.url);
+    try {
+      await raw.init(user.accessToken);
+      raw.send({ type: 'subscribe', id: 'extra', payload: { query: updated, variables: { id: generationId } }, padding: PADDING });
+      expect(await raw.closed).toEqual({ code: 4400, reason: 'Invalid message: a subscribe message carries only id, type and payload' });
+      expect(raw.messages.filter((message) => message.id === 'extra')).toEqual([]);
     } finally {
       raw.close();
     }

@@ -85,6 +85,9 @@ const DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024;
 const TRY_AGAIN_LATER = 1013;
 /** Tokens verified at once by the periodic re-check. */
 const RECHECK_CONCURRENCY = 8;
+const MAX_OPERATION_ID_CHARS = 128;
+/** A message longer than this is looked into before graphql-ws takes it (subscribeCarriesMore). */
+const LOOKED_INTO_CHARS = 16 * 1024;
 /** How long a shutdown waits for a peer to answer its close frame before the socket is dropped. */
 const CLOSE_HANDSHAKE_MS = 1_000;
 
@@ -174,7 +177,11 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
         connections.delete(ctx);
       },
       // Refused before it runs (limits, parse, validation, the persisted-operations rule, the context): as the client sees it over HTTP.
-      onSubscribe: async (ctx, _id, params) => {
+      onSubscribe: async (ctx, id, params) => {
+        // Kept as long as the operation runs (graphql-ws's key for it): the clients' ids are UUIDs or counters.
+        if (id.length > MAX_OPERATION_ID_CHARS) {
+          return [new GraphQLError(`An operation id takes at most ${MAX_OPERATION_ID_CHARS} characters.`, { extensions: { code: 'BAD_REQUEST' } })];
+        }
         const prepared = await prepare(ctx, params);
         return Array.isArray(prepared) ? prepared.map(publicError) : prepared;
       },
@@ -293,6 +300,22 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
 }
 
 /**
+ * Whether `text` is a subscribe message with more than the protocol's id, type and payload.
+ * graphql-ws lets other keys through, and keeps the message whole for as long as its
+ * operation runs; the payload is held to its own limits (useSubscriptionSizeLimit).
+ */
+function subscribeCarriesMore(text: string): boolean {
+  let message: unknown;
+  try {
+    message = JSON.parse(text);
+  } catch {
+    return false; // graphql-ws refuses it itself
+  }
+  if (message === null || typeof message !== 'object' || (message as { type?: unknown }).type !== 'subscribe') return false;
+  return Object.keys(message).some((key) => key !== 'id' && key !== 'type' && key !== 'payload');
+}
+
+/**
  * A server socket whose messages sent within one tick leave in one write, and whose
  * sender is called back at once while little is buffered. graphql-ws waits for each
  * send's callback before it pulls the next result, so a replay of hundreds of chunks
@@ -325,7 +348,14 @@ class BatchingWebSocket extends WebSocket {
     }
     // A pong is taken here rather than by a listener on every socket.
     if (event === 'pong') this.awaitingPong = false;
-    if (event === 'message' && args[1] === false && Buffer.isBuffer(args[0])) args[0] = args[0].toString();
+    if (event === 'message' && args[1] === false && Buffer.isBuffer(args[0])) {
+      const text = args[0].toString();
+      if (text.length > LOOKED_INTO_CHARS && subscribeCarriesMore(text)) {
+        this.close(CloseCode.BadRequest, 'Invalid message: a subscribe message carries only id, type and payload');
+        return true;
+      }
+      args[0] = text;
+    }
     return super.emit(event, ...args);
   }
 
