@@ -134,7 +134,7 @@ describe(`subscriptions held to 16 KiB of document, variables and extensions (${
     const raw = await RawSocket.open(suite.server.url);
     try {
       await raw.init(user.accessToken);
-      raw.send({ type: 'subscribe', id: 'extra', payload: { query: updated, variables: { id: generationId } }, padding: PADDING });
+      raw.socket.send(JSON.stringify({ type: 'subscribe', id: 'extra', payload: { query: updated, variables: { id: generationId } }, padding: PADDING }));
       expect(await raw.closed).toEqual({ code: 4400, reason: 'Invalid message: a subscribe message carries only id, type and payload' });
       expect(raw.messages.filter((message) => message.id === 'extra')).toEqual([]);
     } finally {

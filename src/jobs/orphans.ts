@@ -1,4 +1,4 @@
-import { readdir, readlink, realpath } from 'node:fs/promises';
+import { readdir, readlink, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Db } from '../db/client.js';
 import { serviceScope } from '../db/scope.js';
@@ -12,7 +12,7 @@ import { readProcStat } from '../proc-stat.js';
 // generation's workspace as its working directory.
 //
 // Any worker on that machine (the restarted one, or another sharing WORKSPACES_DIR)
-// finds such leftovers on its recovery tick: processes whose working directory is inside
+// finds such leftovers on its recovery tick: processes of the steps' user whose working directory is inside
 // `<WORKSPACES_DIR>/<project>/<generation>` for a generation that has ended (a lapsed
 // lease was ended as INTERRUPTED) are killed with their process group. A generation
 // still RUNNING is never touched, whichever worker runs it. Linux only (/proc); elsewhere
@@ -24,8 +24,12 @@ export interface OrphanProcess {
   generationId: string;
 }
 
-/** Processes of this user whose working directory is a generation's workspace (or below it). */
-export async function buildProcessesUnder(workspacesDir: string): Promise<OrphanProcess[]> {
+/**
+ * Processes of build steps' user (`stepUid`: the sandbox's host user, or the server's own)
+ * whose working directory is a generation's workspace (or below it). Another user's, such
+ * as an operator's shell looking into a workspace, is never one.
+ */
+export async function buildProcessesUnder(workspacesDir: string, stepUid: number): Promise<OrphanProcess[]> {
   let root: string;
   let entries: string[];
   try {
@@ -40,13 +44,15 @@ export async function buildProcessesUnder(workspacesDir: string): Promise<Orphan
     const pid = Number(entry);
     if (pid === process.pid) continue;
     try {
+      // /proc/<pid> belongs to the process's effective user.
+      if ((await stat(`/proc/${pid}`)).uid !== stepUid) continue;
       const cwd = await readlink(`/proc/${pid}/cwd`);
       const relative = path.relative(root, cwd);
       if (relative === '' || relative.startsWith('..') || path.isAbsolute(relative)) continue;
       const generationId = relative.split(path.sep)[1];
       if (!generationId || !UUID.test(generationId)) continue;
-      const stat = await readProcStat(pid);
-      if (stat) found.push({ pid, pgid: stat.pgrp, generationId });
+      const procStat = await readProcStat(pid);
+      if (procStat) found.push({ pid, pgid: procStat.pgrp, generationId });
     } catch {
       // gone meanwhile, or not ours to inspect
     }
@@ -55,8 +61,8 @@ export async function buildProcessesUnder(workspacesDir: string): Promise<Orphan
 }
 
 /** Kills the process groups of builds whose generation has ended; returns what was killed. */
-export async function reapOrphanBuilds(db: Db, workspacesDir: string, logger: Logger): Promise<OrphanProcess[]> {
-  const candidates = await buildProcessesUnder(workspacesDir);
+export async function reapOrphanBuilds(db: Db, workspacesDir: string, stepUid: number, logger: Logger): Promise<OrphanProcess[]> {
+  const candidates = await buildProcessesUnder(workspacesDir, stepUid);
   if (candidates.length === 0) return [];
   const ids = [...new Set(candidates.map((c) => c.generationId))];
   // Only generations this database knows to have ended: a directory shared with another deployment is left alone.

@@ -150,7 +150,7 @@ export function startWorker(options: WorkerOptions): Worker {
           log.warn({ generationId: row.id }, `${all ? 'left running by a stopped process' : 'lease lapsed'}: ${ended}`);
         }
         if (retried) wake();
-        await reapOrphanBuilds(db, pipeline.workspaces.dir, log);
+        await reapOrphanBuilds(db, pipeline.workspaces.dir, pipeline.toolchain.sandbox?.hostUid ?? process.getuid?.() ?? -1, log);
       })
       .catch((error: unknown) => log.error({ err: error }, 'lease recovery failed'));
 
