@@ -142,7 +142,7 @@ interface HeldFile {
 
 export interface HeldFiles {
   /** The deleted files the processes of `tree` hold on the filesystems of `paths`, as far as the looks so far have seen. */
-  look(tree: ReadonlyMap<number, unknown>, paths: string[]): Promise<DiskUse>;
+  look(tree: ReadonlyMap<number, Partial<Pick<ProcStat, 'state'>>>, paths: string[]): Promise<DiskUse>;
 }
 
 /** What the scan of one process found: by `fd/<n>` or `map/<device>:<inode>`, what the last read of each found. */
@@ -173,7 +173,7 @@ export function heldDeletedFiles(perPass = HELD_LOOKS_PER_PASS): HeldFiles {
   const found = new Map<number, HeldByProcess>();
   let cursor: HeldCursor = { pid: 0, phase: 'maps' };
 
-  const look = async (tree: ReadonlyMap<number, unknown>, paths: string[]): Promise<DiskUse> => {
+  const look: HeldFiles['look'] = async (tree, paths) => {
     const devices = new Set((await Promise.all(paths.map((path) => stat(path).catch(() => undefined)))).flatMap((s) => (s ? [s.dev] : [])));
     const watched: MapsFilter = { devices, paths };
     for (const pid of found.keys()) if (!tree.has(pid)) found.delete(pid);
@@ -187,8 +187,9 @@ export function heldDeletedFiles(perPass = HELD_LOOKS_PER_PASS): HeldFiles {
       const own = found.get(pid) ?? { files: new Map<string, HeldFile>(), mapsSeen: new Set<string>() };
       found.set(pid, own);
       let fdsRead = at.phase === 'fds' ? at.fdsRead : 0;
+      const dir = await liveDirOf(pid, tree.get(pid)?.state);
       if (at.phase === 'maps') {
-        const read = await readMaps(pid, watched, own, at.after, budget);
+        const read = await readMaps(pid, dir, watched, own, at.after, budget);
         budget -= read.cost;
         if (read.stoppedAfter !== undefined) {
           cursor = { pid, phase: 'maps', after: read.stoppedAfter };
@@ -199,13 +200,13 @@ export function heldDeletedFiles(perPass = HELD_LOOKS_PER_PASS): HeldFiles {
           break;
         }
       }
-      const fds = (await readdir(`/proc/${pid}/fd`).catch(() => [] as string[])).sort((a, b) => Number(a) - Number(b));
+      const fds = (await readdir(`${dir}/fd`).catch(() => [] as string[])).sort((a, b) => Number(a) - Number(b));
       // At least one: the look always gets on.
       const share = fds.slice(fdsRead, fdsRead + Math.max(1, Math.floor(budget / MAPS_LINES_PER_LOOK)));
       budget -= share.length * MAPS_LINES_PER_LOOK;
       for (let start = 0; start < share.length; start += HELD_BATCH) {
         const batch = share.slice(start, start + HELD_BATCH);
-        const files = await Promise.all(batch.map((fd) => stat(`/proc/${pid}/fd/${fd}`).catch(() => undefined)));
+        const files = await Promise.all(batch.map((fd) => stat(`${dir}/fd/${fd}`).catch(() => undefined)));
         batch.forEach((fd, index) => {
           const file = files[index];
           if (file?.isFile() && file.nlink === 0 && devices.has(file.dev)) own.files.set(`fd/${fd}`, { id: `${file.dev}:${file.ino}`, bytes: file.blocks * 512 });
@@ -231,6 +232,17 @@ export function heldDeletedFiles(perPass = HELD_LOOKS_PER_PASS): HeldFiles {
     return { bytes, inodes: counted.size };
   };
   return { look };
+}
+
+/**
+ * Where a process's descriptors and mappings are read: its own folder, or a live thread's
+ * once its main thread has exited while others run. That leader is a zombie whose `fd/` and
+ * `maps` are empty, while the threads still hold every file of the process.
+ */
+async function liveDirOf(pid: number, state: string | undefined): Promise<string> {
+  if (state !== 'Z') return `/proc/${pid}`;
+  const live = (await readdir(`/proc/${pid}/task`).catch(() => [] as string[])).find((tid) => Number(tid) !== pid);
+  return live === undefined ? `/proc/${pid}` : `/proc/${pid}/task/${live}`;
 }
 
 /** Which mapped deleted files count: those on the filesystems of `devices`, or whose path is under one of `paths`. */
@@ -281,13 +293,15 @@ export function deletedMapping(line: string, filter: MapsFilter): DeletedMapping
  */
 async function readMaps(
   pid: number,
+  /** Where `maps` is read (liveDirOf). */
+  dir: string,
   filter: MapsFilter,
   own: HeldByProcess,
   after: string | undefined,
   budget: number,
 ): Promise<{ cost: number; stoppedAfter?: string }> {
   if (after === undefined) own.mapsSeen.clear();
-  const text = await readFile(`/proc/${pid}/maps`, 'utf8').catch(() => '');
+  const text = await readFile(`${dir}/maps`, 'utf8').catch(() => '');
   let cost = 0;
   let lastEnd = after;
   let lines = 0;

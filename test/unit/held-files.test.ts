@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { readProcStat } from '../../src/proc-stat.js';
 import { deletedMapping, heldDeletedFiles } from '../../src/toolchain/step-limits.js';
 
 // The disk watch's look at files a step deleted but holds: a bounded share of the
@@ -41,8 +42,8 @@ describe.skipIf(process.platform !== 'linux')('the look at deleted files a step 
     await rm(dir, { recursive: true, force: true });
   });
 
-  /** A Python process in `dir` running `setup`, once it has printed that it is ready; it then waits to be killed. */
-  async function startHolder(setup: string[]): Promise<number> {
+  /** A Python process in `dir` running `setup`, once it has printed that it is ready; it then runs `then` (waits to be killed). */
+  async function startHolder(setup: string[], then = 'signal.pause()'): Promise<number> {
     // libc's mmap itself: Python's mmap keeps a descriptor of its own.
     const script = [
       'import ctypes, os, signal',
@@ -52,7 +53,7 @@ describe.skipIf(process.platform !== 'linux')('the look at deleted files a step 
       'libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]',
       ...setup,
       'print("ready", flush=True)',
-      'signal.pause()',
+      then,
     ].join('\n');
     const child = spawn('python3', ['-c', script], { cwd: dir, stdio: ['ignore', 'pipe', 'inherit'] });
     children.push(child);
@@ -87,6 +88,19 @@ describe.skipIf(process.platform !== 'linux')('the look at deleted files a step 
     await held.close();
     for (let i = 0; i < looks + 1; i++) found = await scan.look(tree, [dir]);
     expect(found).toEqual({ bytes: 0, inodes: 0 });
+  });
+
+  it("finds a held file once the process's main thread has exited and another thread holds it", async () => {
+    // Its main thread gone, the process lists no descriptor and no mapping of its own; the sleeping thread keeps them.
+    const pid = await startHolder([...holdOpen('held'), 'import threading, time', 'threading.Thread(target=lambda: time.sleep(3600)).start()'], 'libc.pthread_exit(None)');
+    await expect.poll(async () => (await readProcStat(pid))?.state, { timeout: 30_000 }).toBe('Z');
+    const tree = new Map([[pid, (await readProcStat(pid))!]]);
+    expect(await readdir(`/proc/${pid}/fd`).catch(() => [])).toEqual([]);
+    const scan = heldDeletedFiles(8);
+    let found = { bytes: 0, inodes: 0 };
+    for (let i = 0; i < 1000 && found.inodes === 0; i++) found = await scan.look(tree, [dir]);
+    expect(found.inodes).toBe(1);
+    expect(found.bytes).toBeGreaterThanOrEqual(65536);
   });
 
   it('counts nothing of processes that left the tree', async () => {
