@@ -83,6 +83,7 @@ const environment = z.object({
   BUILD_MAX_PROCESSES: int(512, 16),
   BUILD_MAX_WORKSPACE_MB: int(4096, 16),
   BUILD_TMP_MB: int(512, 16),
+  BUILD_MIN_FREE_DISK_MB: int(512, 0),
   // a root server's build steps run as this host uid (and gid), never as root
   BUILD_SANDBOX_UID: optional.pipe(
     z.coerce
@@ -265,6 +266,7 @@ export function parseConfig(env: Record<string, string | undefined>) {
         maxProcesses: e.BUILD_MAX_PROCESSES,
         workspaceMb: e.BUILD_MAX_WORKSPACE_MB,
         tmpMb: e.BUILD_TMP_MB,
+        minFreeDiskMb: e.BUILD_MIN_FREE_DISK_MB,
       },
       hiddenDirs: { DATA_DIR: dataDir, WORKSPACES_DIR: workspacesDir },
       /**

@@ -380,6 +380,17 @@ describe.skipIf(bwrapProblem !== undefined)(`a step in the bwrap sandbox${why}`,
     expect(held.result.message).toMatch(/wrote more than 64 MB to its workspace/);
   }, 150_000);
 
+  it("stops a step once the workspaces' disk has less free space than BUILD_MIN_FREE_DISK_MB, whoever took it", async () => {
+    // A floor above what this disk has free: what a socket's queue holds of deleted files no /proc look can count.
+    const floored = await createBuildSandbox({ kind: 'bwrap', allowUnsandboxed: false, limits: { ...LIMITS, minFreeDiskMb: 1024 ** 3 } }, createLogger('silent'));
+    const stopped = await run('echo started; sleep 600', { sandbox: floored, timeoutMs: 120_000 });
+    expect(stopped.lines).toContain('started');
+    expect(stopped.result.status).toBe('FAILED');
+    expect(stopped.result.message).toMatch(/The server's disk had less than 1073741824 MB free \(BUILD_MIN_FREE_DISK_MB\), so the build was stopped\./);
+    // Without a floor, the same step runs to its end.
+    expect((await run('echo started')).result.status).toBe('SUCCEEDED');
+  }, 150_000);
+
   it('runs every process of a step nicer than the server, and a step cannot take that back', async () => {
     // Field 19 of /proc/<pid>/stat: the niceness of the shell and of a process it starts.
     const { result, lines } = await run('cut -d" " -f19 /proc/self/stat; sh -c \'cut -d" " -f19 /proc/$$/stat\'; renice -n 0 -p $$ >/dev/null 2>&1 && echo raised || echo kept');

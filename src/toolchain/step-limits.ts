@@ -1,4 +1,4 @@
-import { lstat, readdir, readFile, stat } from 'node:fs/promises';
+import { lstat, readdir, readFile, stat, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { type ProcStat, readProcStat } from '../proc-stat.js';
@@ -11,6 +11,12 @@ export interface StepLimits {
   workspaceMb: number;
   /** Size of the sandbox's private /tmp (and HOME in it). */
   tmpMb: number;
+  /**
+   * Free space the workspace's filesystem keeps: below it, the step is stopped. A floor for
+   * what the workspace's own limit cannot see (a deleted file whose descriptor only a socket's
+   * queue holds), so the database and the other projects on that disk are never starved.
+   */
+  minFreeDiskMb?: number;
 }
 
 export interface LimitWatchOptions {
@@ -41,6 +47,7 @@ export const limitMessages = {
   processes: (l: StepLimits) => `The build reached its limit of ${l.maxProcesses} processes (BUILD_MAX_PROCESSES) and was stopped.`,
   memory: (l: StepLimits) => `The build used more than ${l.memoryMb} MB of memory (BUILD_MEMORY_MB) and was stopped.`,
   disk: (l: StepLimits) => `The build wrote more than ${l.workspaceMb} MB to its workspace (BUILD_MAX_WORKSPACE_MB) and was stopped.`,
+  diskFull: (l: StepLimits) => `The server's disk had less than ${l.minFreeDiskMb} MB free (BUILD_MIN_FREE_DISK_MB), so the build was stopped.`,
   unreadable: (l: StepLimits) =>
     `The build made part of its workspace unreadable, so its size could not be held to ${l.workspaceMb} MB (BUILD_MAX_WORKSPACE_MB), and it was stopped.`,
 };
@@ -114,11 +121,19 @@ async function treeLimit({ cgroup, limits }: LimitWatchOptions, tree: ProcessTre
 const MIN_BYTES_PER_INODE = 4096;
 
 async function diskLimit({ diskPaths, limits }: LimitWatchOptions, tree: ProcessTree | undefined, held: HeldFiles): Promise<string | undefined> {
-  const [use, heldUse] = await Promise.all([diskUse(diskPaths), tree ? held.look(tree, diskPaths) : undefined]);
+  const [use, heldUse, free] = await Promise.all([diskUse(diskPaths), tree ? held.look(tree, diskPaths) : undefined, freeBytes(diskPaths[0])]);
+  if (free !== undefined && limits.minFreeDiskMb !== undefined && free < limits.minFreeDiskMb * 1024 * 1024) return limitMessages.diskFull(limits);
   if (use === 'unreadable') return limitMessages.unreadable(limits);
   const bytes = use.bytes + (heldUse?.bytes ?? 0);
   const inodes = use.inodes + (heldUse?.inodes ?? 0);
   return Math.max(bytes, inodes * MIN_BYTES_PER_INODE) > limits.workspaceMb * 1024 * 1024 ? limitMessages.disk(limits) : undefined;
+}
+
+/** What an unprivileged user may still write on the filesystem of `path`. */
+async function freeBytes(path: string | undefined): Promise<number | undefined> {
+  if (path === undefined) return undefined;
+  const fs = await statfs(path).catch(() => undefined);
+  return fs && fs.bavail * fs.bsize;
 }
 
 /**
