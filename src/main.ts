@@ -194,12 +194,15 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
       }
       stopping = (async () => {
         // Together: the worker stops taking jobs at once, whatever the API's connections wait for.
-        await Promise.all([api.stop().then(() => streamAccess.close()), worker?.stop({ graceMs: stopOptions.graceMs ?? 0 })]);
+        const halves = await Promise.allSettled([api.stop().finally(() => streamAccess.close()), worker?.stop({ graceMs: stopOptions.graceMs ?? 0 })]);
+        // Closed whatever the halves did, and only once both are done: a worker still handing runs back needs them.
         await queue.close();
         await events.close();
         await auth.close();
         await outputs.close();
         if (!options.database) await database.close();
+        const failed = halves.find((half) => half.status === 'rejected');
+        if (failed) throw failed.reason;
       })();
       return stopping;
     },

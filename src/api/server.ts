@@ -91,7 +91,13 @@ export function buildApp(services: Services): App {
       }),
   });
 
+  /** Requests on their way, until their answer is sent: a stop asks each to close its connection after it. */
+  const answering = new Set<ServerResponse>();
+  let stopping = false;
   const server: Server = createServer((req, res) => {
+    answering.add(res);
+    res.once('close', () => answering.delete(res));
+    if (stopping) res.shouldKeepAlive = false;
     const path = req.url?.split('?')[0];
     observeRequest(services.metrics, req, res, routeOf(path));
     // Previews and archives behind signed URLs (src/artifacts/); on PREVIEW_ORIGIN nothing else is served.
@@ -142,25 +148,30 @@ export function buildApp(services: Services): App {
         });
       }),
     stop: async () => {
-      // No new connection. A request on its way gets its answer, within HTTP_DRAIN_MS: a
-      // mutation that committed is not reported to its client as a lost connection.
+      // No new connection, and idle keep-alive ones close now (close() does that). A request on
+      // its way gets its answer, within HTTP_DRAIN_MS (a mutation that committed is not reported
+      // to its client as a lost connection), and its connection closes after it.
+      stopping = true;
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      // Node closes idle keep-alive connections once, at close(): those that answer later, as they go idle.
-      const sweep = setInterval(() => server.closeIdleConnections(), IDLE_SWEEP_MS);
+      for (const res of answering) {
+        if (!res.headersSent) res.shouldKeepAlive = false;
+        else res.once('finish', () => server.closeIdleConnections());
+      }
       const cut = setTimeout(() => server.closeAllConnections(), HTTP_DRAIN_MS);
-      // Streams never end by themselves: their clients resume from where they were.
-      sse.cutAll();
-      await websocket.dispose();
-      await closed;
-      clearInterval(sweep);
-      clearTimeout(cut);
+      try {
+        // Streams never end by themselves: their clients resume from where they were.
+        sse.cutAll();
+        await websocket.dispose();
+      } finally {
+        await closed;
+        clearTimeout(cut);
+      }
     },
   };
 }
 
 /** How long a stopping server lets requests on their way finish before it cuts them. */
 const HTTP_DRAIN_MS = 10_000;
-const IDLE_SWEEP_MS = 50;
 
 /**
  * On every answer of the API's origin (GraphQL results, errors, health, the web client's

@@ -41,8 +41,11 @@ export function useSseSubscriptions(logger: Logger, stalledAfterMs: number): Sse
   const log = logger.child({ source: 'SSE' });
   const open = new Set<ServerResponse>();
   let pinger: NodeJS.Timeout | undefined;
-  // One timer for every open stream; a response that is not draining gets no ping.
+  /** cutAll() was called: a stream that opens later (its request was on its way) is cut as it starts. */
+  let cutting = false;
+  // One timer for every open stream; a response that is not draining gets no ping. Undefined: not to be opened.
   const track = (response: ServerResponse) => {
+    if (cutting) return undefined;
     open.add(response);
     pinger ??= setInterval(() => {
       for (const each of open) if (!each.writableNeedDrain) each.write(PING);
@@ -72,6 +75,7 @@ export function useSseSubscriptions(logger: Logger, stalledAfterMs: number): Sse
   return {
     plugin,
     cutAll: () => {
+      cutting = true;
       for (const response of open) response.destroy();
     },
   };
@@ -91,7 +95,7 @@ class EventStream extends Readable {
     results: AsyncIterable<ExecutionResult>,
     /** Node's response to this request; the client may already have left while the stream opened. */
     private readonly response: ServerResponse | undefined,
-    private readonly writer: { track: (response: ServerResponse) => () => void; stalledAfterMs: number; log: Logger },
+    private readonly writer: { track: (response: ServerResponse) => (() => void) | undefined; stalledAfterMs: number; log: Logger },
   ) {
     super();
     this.results = results[Symbol.asyncIterator]();
@@ -107,6 +111,11 @@ class EventStream extends Readable {
 
   private async send(response: ServerResponse) {
     const untrack = this.writer.track(response);
+    if (!untrack) {
+      this.stop();
+      response.destroy();
+      return;
+    }
     try {
       response.write(PING);
       for (;;) {
