@@ -165,13 +165,13 @@ export function parseConfig(env: Record<string, string | undefined>) {
   if (!parsed.success) {
     const problems = parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
     // Every problem at once: the checks across variables too, on the others (each bad one as if
-    // unset), leaving out what they would say again about a bad one ("needs X" where X is malformed).
+    // unset, so one may say again what a bad one needs: "needs X" beside X's own problem).
     const bad = new Set(parsed.error.issues.map((i) => String(i.path[0])));
     try {
       parseConfig(Object.fromEntries(Object.entries(given).filter(([name]) => !bad.has(name))));
     } catch (error) {
       if (!(error instanceof ConfigError)) throw error;
-      problems.push(...error.problems.filter((problem) => ![...bad].some((name) => problem.includes(name))));
+      problems.push(...error.problems);
     }
     throw new ConfigError(problems);
   }

@@ -198,6 +198,9 @@ export async function addProjectMember(
  * member's work in the same one.
  */
 export async function removeProjectMemberIn(tx: Tx, input: { projectId: string; userId: string }): Promise<ProjectRow> {
+  // As an archive does: a start of the member's that read their role before this commits is
+  // over before their work is stopped, and a later one finds them gone.
+  await projectStore.lockAgainstArchive(tx, input.projectId, 'archive');
   const project = requireRole(await projectStore.find(tx, input.projectId), ['owner']);
   if (input.userId === project.ownerId) throw new InvalidStateError("The project's creator cannot be removed.");
   if (!(await projectStore.removeMember(tx, project.id, input.userId))) {

@@ -36,9 +36,9 @@ export const projectStore = {
   },
 
   /**
-   * Starts (shared) and archiving (exclusive) of one project take turns until their
-   * transactions end: a start that read the project before an archive committed is over
-   * before the archive looks for what to stop, and a later one finds it archived.
+   * Starts (shared) and archiving or removing a member (exclusive) of one project take turns
+   * until their transactions end: a start that read the project before an archive committed is
+   * over before the archive looks for what to stop, and a later one finds it archived.
    */
   async lockAgainstArchive(tx: Tx, projectId: string, as: 'start' | 'archive'): Promise<void> {
     await tx.execute(sql`select ${advisoryLock(archiveLockName(projectId), as === 'archive' ? 'exclusive' : 'shared')}`);
