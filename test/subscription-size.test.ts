@@ -142,6 +142,31 @@ describe(`subscriptions held to 16 KiB of document, variables and extensions (${
     }
   });
 
+  it('closes with 4400 a binary subscribe frame that carries 20 KB beside its id, type and payload, as it does a text one', async () => {
+    const raw = await RawSocket.open(suite.server.url);
+    try {
+      await raw.init(user.accessToken);
+      const message = { type: 'subscribe', id: 'binary', payload: { query: updated, variables: { id: generationId } }, padding: PADDING };
+      raw.socket.send(Buffer.from(JSON.stringify(message)), { binary: true });
+      expect(await raw.closed).toEqual({ code: 4400, reason: 'Invalid message: a subscribe message carries only id, type and payload' });
+    } finally {
+      raw.close();
+    }
+  });
+
+  it('refuses over SSE a subscription whose body is padded past the limit with whitespace, which stays in memory with the request', async () => {
+    const body = `{"query":${JSON.stringify(updated)},${' '.repeat(20_000)}"variables":{"id":"${generationId}"}}`;
+    const response = await fetch(`${suite.server.url}/graphql`, {
+      method: 'POST',
+      headers: { accept: 'text/event-stream', authorization: `Bearer ${user.accessToken}`, 'content-type': 'application/json' },
+      body,
+    });
+    const events: SseEvent[] = [];
+    for await (const event of parseEvents(response.body!)) events.push(event);
+    expect(events).toEqual([{ event: 'next', data: expect.any(String) }, { event: 'complete', data: '' }]);
+    expect(JSON.parse(events[0]!.data)).toEqual({ errors: [refusal] });
+  });
+
   it('lets a query over HTTP carry 20 KB of unused variables and extensions', async () => {
     const response = await user.client.post({ query: print(ViewerDocument), variables: { padding: PADDING }, extensions: { padding: PADDING } });
     expect(response.status).toBe(200);

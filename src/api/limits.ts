@@ -3,6 +3,7 @@ import { EnvelopArmor } from '@escape.tech/graphql-armor';
 import { type DocumentNode, GraphQLError, getOperationAST, type ValidationContext } from 'graphql';
 import { createGraphQLError, type GraphQLParams, type Plugin } from 'graphql-yoga';
 import { operationCostRule } from './content-cost.js';
+import { bodyLengthOf } from './request-policy.js';
 
 // Limits on what one operation may ask for, on every transport: the rules run in
 // envelop's parse and validate, which HTTP, SSE and graphql-ws (yoga.getEnveloped)
@@ -103,7 +104,8 @@ export function useSubscriptionSizeLimit(maxBytes = MAX_SUBSCRIPTION_BYTES): Plu
         const { params } = context as { params?: GraphQLParams };
         if (!params || !isDocument(result) || getOperationAST(result, params.operationName)?.operation !== 'subscription') return;
         const { query, ...rest } = params;
-        const bytes = Buffer.byteLength(query ?? '') + jsonBytes(rest);
+        // A POST's body as sent, when longer: its whitespace stays in memory with the request too.
+        const bytes = Math.max(Buffer.byteLength(query ?? '') + jsonBytes(rest), bodyLengthOf(params) ?? 0);
         if (bytes <= maxBytes) return;
         throw new GraphQLError(
           `A subscription's document, variables and extensions take at most ${maxBytes / 1024} KiB together, since they are kept as long as it runs; this one takes ${Math.ceil(bytes / 1024)} KiB.`,

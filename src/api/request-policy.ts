@@ -1,6 +1,6 @@
 import { useCSRFPrevention } from '@graphql-yoga/plugin-csrf-prevention';
 import { GraphQLError } from 'graphql';
-import { createGraphQLError, type Plugin } from 'graphql-yoga';
+import { createGraphQLError, type GraphQLParams, type Plugin } from 'graphql-yoga';
 
 // Cross-site requests. A browser sends a "simple" request (a GET, or a POST of a form
 // or text/plain) to another origin without asking first, so such a request must not
@@ -51,23 +51,25 @@ export function useRequestPolicy(): Plugin[] {
   ];
 }
 
-interface GraphQLParams {
-  query?: string;
-  operationName?: string;
-  variables?: Record<string, unknown>;
-  extensions?: Record<string, unknown>;
-}
+/** The length of the JSON body each POST's params were read from: whitespace no measure of the params counts stays in memory with the request. */
+const bodyLengths = new WeakMap<GraphQLParams, number>();
+
+/** The characters of the body `params` were read from; undefined for a GET's. */
+export const bodyLengthOf = (params: GraphQLParams): number | undefined => bodyLengths.get(params);
 
 const badRequest = (message: string) => createGraphQLError(message, { extensions: { code: 'BAD_REQUEST', http: { status: 400 } } });
 
 async function parseJsonBody(request: Request): Promise<GraphQLParams> {
+  let text: string;
   let body: unknown;
   try {
-    body = await request.json();
+    text = await request.text();
+    body = JSON.parse(text);
   } catch {
     throw badRequest('The request body is not valid JSON.');
   }
   if (body === null || typeof body !== 'object' || Array.isArray(body)) throw badRequest('The request body must be one JSON object.');
+  bodyLengths.set(body as GraphQLParams, text.length);
   return body as GraphQLParams;
 }
 

@@ -13,6 +13,7 @@ import { type Deadline, Deadlines } from '../deadlines.js';
 import { AuthError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { bearerToken } from './context.js';
+import { MAX_SUBSCRIPTION_BYTES } from './limits.js';
 import { publicError, publicResult } from './public-result.js';
 
 // graphql-ws (the graphql-transport-ws protocol) on the HTTP server's port and path.
@@ -86,8 +87,6 @@ const TRY_AGAIN_LATER = 1013;
 /** Tokens verified at once by the periodic re-check. */
 const RECHECK_CONCURRENCY = 8;
 const MAX_OPERATION_ID_CHARS = 128;
-/** A message longer than this is looked into before graphql-ws takes it (subscribeCarriesMore). */
-const LOOKED_INTO_CHARS = 16 * 1024;
 /** How long a shutdown waits for a peer to answer its close frame before the socket is dropped. */
 const CLOSE_HANDSHAKE_MS = 1_000;
 
@@ -136,7 +135,10 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
         const { socket } = ctx.extra;
         initWaits.cancel(socket.initWait);
         socket.initWait = undefined;
-        const token = bearerToken(typeof ctx.connectionParams?.authorization === 'string' ? ctx.connectionParams.authorization : undefined);
+        const authorization = typeof ctx.connectionParams?.authorization === 'string' ? ctx.connectionParams.authorization : undefined;
+        // Kept for the socket's life (each operation's context reads it): only what Kiln reads of it.
+        (ctx as { connectionParams?: Record<string, unknown> }).connectionParams = { authorization };
+        const token = bearerToken(authorization);
         if (!token) return false;
         let claims: Claims;
         try {
@@ -300,19 +302,26 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
 }
 
 /**
- * Whether `text` is a subscribe message with more than the protocol's id, type and payload.
- * graphql-ws lets other keys through, and keeps the message whole for as long as its
- * operation runs; the payload is held to its own limits (useSubscriptionSizeLimit).
+ * A large message as graphql-ws should keep it, for as long as its operation runs: without the
+ * whitespace around its values, which no limit measures, and undefined for a subscribe message
+ * with more than the protocol's id, type and payload (graphql-ws lets other keys through). The
+ * payload is held to its own limit (useSubscriptionSizeLimit). Text that is no JSON is passed
+ * on for graphql-ws to refuse.
  */
-function subscribeCarriesMore(text: string): boolean {
+function compacted(text: string): string | undefined {
   let message: unknown;
   try {
     message = JSON.parse(text);
   } catch {
-    return false; // graphql-ws refuses it itself
+    return text;
   }
-  if (message === null || typeof message !== 'object' || (message as { type?: unknown }).type !== 'subscribe') return false;
-  return Object.keys(message).some((key) => key !== 'id' && key !== 'type' && key !== 'payload');
+  if (message === null || typeof message !== 'object') return text;
+  if ((message as { type?: unknown }).type === 'subscribe' && Object.keys(message).some((key) => key !== 'id' && key !== 'type' && key !== 'payload')) return undefined;
+  try {
+    return JSON.stringify(message);
+  } catch {
+    return text; // nested past the stack: the payload's own limit refuses it
+  }
 }
 
 /**
@@ -348,13 +357,15 @@ class BatchingWebSocket extends WebSocket {
     }
     // A pong is taken here rather than by a listener on every socket.
     if (event === 'pong') this.awaitingPong = false;
-    if (event === 'message' && args[1] === false && Buffer.isBuffer(args[0])) {
+    // Binary frames too: graphql-ws reads either as text.
+    if (event === 'message' && Buffer.isBuffer(args[0])) {
       const text = args[0].toString();
-      if (text.length > LOOKED_INTO_CHARS && subscribeCarriesMore(text)) {
+      args[0] = text.length > MAX_SUBSCRIPTION_BYTES ? compacted(text) : text;
+      args[1] = false;
+      if (args[0] === undefined) {
         this.close(CloseCode.BadRequest, 'Invalid message: a subscribe message carries only id, type and payload');
         return true;
       }
-      args[0] = text;
     }
     return super.emit(event, ...args);
   }
