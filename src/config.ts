@@ -528,6 +528,25 @@ export function ownDatabaseProblems(config: Pick<Config, 'role' | 'database'>): 
   return [];
 }
 
+/** HOST values that listen on every address, and name none a client could use. */
+const WILDCARD_HOSTS = new Set(['0.0.0.0', '::', '[::]']);
+
+/** What start-up warns an operator of: settings that work, but not as they would want. */
+export function configWarnings(config: Pick<Config, 'env' | 'http' | 'outputs'>): string[] {
+  const warnings: string[] = [];
+  if (!config.outputs.publicUrl && WILDCARD_HOSTS.has(config.http.host)) {
+    // The address it listens on is no address a browser can open.
+    const links = config.outputs.previewOrigin ? 'archive URLs' : 'preview and archive URLs';
+    const host = config.http.host.includes(':') && !config.http.host.startsWith('[') ? `[${config.http.host}]` : config.http.host;
+    warnings.push(`${links} would point at http://${host}, which no browser can open: set PUBLIC_URL to the address clients reach Kiln at`);
+  }
+  if (config.env === 'production' && !config.outputs.previewOrigin) {
+    // The sandbox CSP keeps tokens safe either way; a preview on the API's own host can still pass for Kiln.
+    warnings.push("previews are served from the API's own origin: set PREVIEW_ORIGIN to an origin of their own");
+  }
+  return warnings;
+}
+
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
     super(`Invalid configuration:\n  - ${problems.join('\n  - ')}`);

@@ -6,7 +6,7 @@ import { buildApp } from './api/server.js';
 import { loadTracingPlugin } from './api/tracing-plugin.js';
 import { createOutputs } from './artifacts/outputs.js';
 import { createAuthProvider } from './auth/index.js';
-import { type Config, ConfigError, databaseAddress, loadConfigOrExit, ownDatabaseProblems } from './config.js';
+import { type Config, ConfigError, configWarnings, databaseAddress, loadConfigOrExit, ownDatabaseProblems } from './config.js';
 import { type Database, openDatabase } from './db/client.js';
 import { errorChain } from './db/error-chain.js';
 import { migrateDatabase } from './db/migrate.js';
@@ -68,8 +68,6 @@ function isUnreachable(error: unknown): boolean {
 
 /** How long a shutdown may take beyond WORKER_SHUTDOWN_GRACE_SECONDS (handing runs back, closing connections). */
 const SHUTDOWN_MARGIN_MS = 30_000;
-/** HOST values that listen on every address, and name none a client could use. */
-const WILDCARD_HOSTS = new Set(['0.0.0.0', '::', '[::]']);
 
 /** The composition root: config → database → auth → API. */
 export async function startKiln(config: Config, options: { logger?: Logger; database?: Database; port?: number } = {}): Promise<Kiln> {
@@ -175,14 +173,7 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
   }
   outputs.listening(url);
   logger.info({ source: 'main', startupMs: Math.round(performance.now() - started), database: database.kind }, `Kiln is listening on ${url}/graphql`);
-  if (!config.outputs.publicUrl && WILDCARD_HOSTS.has(config.http.host)) {
-    // The address it listens on is no address a browser can open: every preview and archive link would be dead.
-    logger.warn({ source: 'main', host: config.http.host }, `preview and archive URLs would start with ${url}: set PUBLIC_URL to the address clients reach Kiln at`);
-  }
-  if (config.env === 'production' && !config.outputs.previewOrigin) {
-    // The sandbox CSP keeps tokens safe either way; a preview on the API's own host can still pass for Kiln.
-    logger.warn({ source: 'main' }, "previews are served from the API's own origin: set PREVIEW_ORIGIN to an origin of their own");
-  }
+  for (const warning of configWarnings(config)) logger.warn({ source: 'main' }, warning);
   let stopping: Promise<void> | undefined;
   return {
     url,

@@ -150,21 +150,6 @@ describe(`operation logs and metrics (${databaseKind})`, () => {
   });
 });
 
-describe(`start-up warnings (${databaseKind})`, () => {
-  it('warns that preview and archive links would be dead when Kiln listens on every address without PUBLIC_URL', async () => {
-    const warnings = async (env: Record<string, string>) => {
-      const server = await startCapturedServer({ HOST: '0.0.0.0', ...env });
-      try {
-        return server.logs.records().filter((record) => record.level === 40).map((record) => String(record.msg));
-      } finally {
-        await server.stop();
-      }
-    };
-    expect(await warnings({})).toContainEqual(expect.stringMatching(/^preview and archive URLs would start with http:\/\/0\.0\.0\.0:\d+: set PUBLIC_URL/));
-    expect(await warnings({ PUBLIC_URL: 'https://kiln.example.com' })).not.toContainEqual(expect.stringMatching(/PUBLIC_URL/));
-  });
-});
-
 describe(`METRICS_TOKEN (${databaseKind})`, () => {
   it('keeps /metrics to scrapers with the token', async () => {
     const token = randomBytes(24).toString('hex');

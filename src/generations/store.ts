@@ -198,11 +198,10 @@ export const generationStore = {
   },
 
   /**
-   * A project's QUEUED generations end CANCELLED, and its RUNNING ones are asked to stop
-   * (their workers see the request; lease recovery ends them CANCELLED). Queued first: one
-   * claimed meanwhile is RUNNING by the second statement.
+   * A project's QUEUED generations (those of `createdBy` only, if given) end CANCELLED, and its
+   * RUNNING ones are asked to stop (their workers see the request; lease recovery ends them
+   * CANCELLED). Queued first: one claimed meanwhile is RUNNING by the second statement.
    */
-  /** Ends the project's queued generations (those of `createdBy` only, if given) and asks its running ones to stop. */
   async stopAllOfProject(tx: Tx, projectId: string, only: { createdBy?: string } = {}): Promise<StoppedWork> {
     const now = new Date();
     const ofProject = (status: GenerationStatus) =>

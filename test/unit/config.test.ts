@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, databaseAddress, ownDatabaseProblems, parseConfig } from '../../src/config.js';
+import { ConfigError, configWarnings, databaseAddress, ownDatabaseProblems, parseConfig } from '../../src/config.js';
 
 describe('parseConfig', () => {
   it('reads an empty DATA_DIR as unset: the default folder, not the working directory', () => {
@@ -48,6 +48,19 @@ describe('parseConfig lists every problem at once', () => {
         expect.stringMatching(/^QUEUE=pgboss/),
       ]),
     );
+  });
+});
+
+describe('start-up warnings', () => {
+  it('warns that links would be dead when Kiln listens on every address without PUBLIC_URL', () => {
+    expect(configWarnings(parseConfig({ HOST: '0.0.0.0' }))).toEqual([
+      'preview and archive URLs would point at http://0.0.0.0, which no browser can open: set PUBLIC_URL to the address clients reach Kiln at',
+    ]);
+    expect(configWarnings(parseConfig({ HOST: '::', PREVIEW_ORIGIN: 'https://previews.example.com' }))).toEqual([
+      'archive URLs would point at http://[::], which no browser can open: set PUBLIC_URL to the address clients reach Kiln at',
+    ]);
+    expect(configWarnings(parseConfig({ HOST: '0.0.0.0', PUBLIC_URL: 'https://kiln.example.com' }))).toEqual([]);
+    expect(configWarnings(parseConfig({}))).toEqual([]);
   });
 });
 
