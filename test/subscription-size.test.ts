@@ -35,6 +35,17 @@ describe(`subscriptions held to 16 KiB of document, variables and extensions (${
     generationId = (await startInNewProject(user, prompt)).id;
   });
 
+  /** A graphql-ws socket the user signed in on, for `use`, closed after it. */
+  const onSocket = async (use: (raw: RawSocket) => Promise<void>) => {
+    const raw = await RawSocket.open(suite.server.url);
+    try {
+      await raw.init(user.accessToken);
+      await use(raw);
+    } finally {
+      raw.close();
+    }
+  };
+
   /** The messages of one operation, once it has ended (error or complete). */
   const outcomeOf = async (raw: RawSocket, id: string): Promise<RawMessage[]> => {
     await within(
@@ -46,9 +57,7 @@ describe(`subscriptions held to 16 KiB of document, variables and extensions (${
   };
 
   it('over graphql-ws, refuses one with 20 KB of unused variables, of extensions, or nested 100,000 deep, for its id only; the socket goes on', async () => {
-    const raw = await RawSocket.open(suite.server.url);
-    try {
-      await raw.init(user.accessToken);
+    await onSocket(async (raw) => {
       raw.send({ type: 'subscribe', id: 'variables', payload: { query: updated, variables: { id: generationId, padding: PADDING } } });
       raw.send({ type: 'subscribe', id: 'extensions', payload: { query: updated, variables: { id: generationId }, extensions: { padding: PADDING } } });
       // Written by hand: JSON.stringify would overflow its stack on it here too.
@@ -72,9 +81,7 @@ describe(`subscriptions held to 16 KiB of document, variables and extensions (${
       expect(small.at(-1)!.type).toBe('complete');
       expect(small.slice(0, -1).map((message) => message.type)).toEqual(small.slice(0, -1).map(() => 'next'));
       expect(small.at(-2)).toMatchObject({ payload: { data: { generationUpdated: { id: generationId, status: 'SUCCEEDED' } } } });
-    } finally {
-      raw.close();
-    }
+    });
   });
 
   // Over GET, node refuses a URL of more than 16 KiB (431) before Kiln sees it.
@@ -98,9 +105,7 @@ describe(`subscriptions held to 16 KiB of document, variables and extensions (${
   });
 
   it('runs a subscription within the limit whose unused variable is nested too deep to stringify, unshared', async () => {
-    const raw = await RawSocket.open(suite.server.url);
-    try {
-      await raw.init(user.accessToken);
+    await onSocket(async (raw) => {
       const deep = `${'['.repeat(7_500)}${']'.repeat(7_500)}`;
       raw.socket.send(`{"type":"subscribe","id":"deep","payload":{"query":${JSON.stringify(print(GenerationChunksDocument))},"variables":{"id":"${generationId}","deep":${deep}}}}`);
       const messages = await outcomeOf(raw, 'deep');
@@ -108,15 +113,11 @@ describe(`subscriptions held to 16 KiB of document, variables and extensions (${
       const seqs = messages.slice(0, -1).map((message) => (message.payload as { data: { generationChunks: { seq: number } } }).data.generationChunks.seq);
       expect(seqs.length).toBeGreaterThan(0);
       expect(isContiguousFromZero(seqs)).toBe(true);
-    } finally {
-      raw.close();
-    }
+    });
   });
 
   it('refuses an operation id over 128 characters for that operation only', async () => {
-    const raw = await RawSocket.open(suite.server.url);
-    try {
-      await raw.init(user.accessToken);
+    await onSocket(async (raw) => {
       const long = 'x'.repeat(129);
       raw.send({ type: 'subscribe', id: long, payload: { query: updated, variables: { id: generationId } } });
       expect(await outcomeOf(raw, long)).toEqual([
@@ -125,44 +126,24 @@ describe(`subscriptions held to 16 KiB of document, variables and extensions (${
       const fits = 'y'.repeat(128);
       raw.send({ type: 'subscribe', id: fits, payload: { query: updated, variables: { id: generationId } } });
       expect((await outcomeOf(raw, fits)).at(-1)).toEqual({ type: 'complete', id: fits });
-    } finally {
-      raw.close();
-    }
+    });
   });
 
-  it('closes with 4400 a socket whose subscribe message carries 20 KB beside its id, type and payload', async () => {
-    const raw = await RawSocket.open(suite.server.url);
-    try {
-      await raw.init(user.accessToken);
-      raw.socket.send(JSON.stringify({ type: 'subscribe', id: 'extra', payload: { query: updated, variables: { id: generationId } }, padding: PADDING }));
+  it.each([
+    ['text', false],
+    ['binary', true],
+  ])('closes with 4400 a socket whose %s subscribe frame carries 20 KB beside its id, type and payload', async (_kind, binary) => {
+    await onSocket(async (raw) => {
+      const message = JSON.stringify({ type: 'subscribe', id: 'extra', payload: { query: updated, variables: { id: generationId } }, padding: PADDING });
+      raw.socket.send(binary ? Buffer.from(message) : message, { binary });
       expect(await raw.closed).toEqual({ code: 4400, reason: 'Invalid message: a subscribe message carries only id, type and payload' });
-      expect(raw.messages.filter((message) => message.id === 'extra')).toEqual([]);
-    } finally {
-      raw.close();
-    }
-  });
-
-  it('closes with 4400 a binary subscribe frame that carries 20 KB beside its id, type and payload, as it does a text one', async () => {
-    const raw = await RawSocket.open(suite.server.url);
-    try {
-      await raw.init(user.accessToken);
-      const message = { type: 'subscribe', id: 'binary', payload: { query: updated, variables: { id: generationId } }, padding: PADDING };
-      raw.socket.send(Buffer.from(JSON.stringify(message)), { binary: true });
-      expect(await raw.closed).toEqual({ code: 4400, reason: 'Invalid message: a subscribe message carries only id, type and payload' });
-    } finally {
-      raw.close();
-    }
+      expect(raw.messages.filter((each) => each.id === 'extra')).toEqual([]);
+    });
   });
 
   it('refuses over SSE a subscription whose body is padded past the limit with whitespace, which stays in memory with the request', async () => {
     const body = `{"query":${JSON.stringify(updated)},${' '.repeat(20_000)}"variables":{"id":"${generationId}"}}`;
-    const response = await fetch(`${suite.server.url}/graphql`, {
-      method: 'POST',
-      headers: { accept: 'text/event-stream', authorization: `Bearer ${user.accessToken}`, 'content-type': 'application/json' },
-      body,
-    });
-    const events: SseEvent[] = [];
-    for await (const event of parseEvents(response.body!)) events.push(event);
+    const { events } = await ssePost(suite.server.url, user.accessToken, body);
     expect(events).toEqual([{ event: 'next', data: expect.any(String) }, { event: 'complete', data: '' }]);
     expect(JSON.parse(events[0]!.data)).toEqual({ errors: [refusal] });
   });
@@ -174,12 +155,12 @@ describe(`subscriptions held to 16 KiB of document, variables and extensions (${
   });
 });
 
-/** One subscription over SSE (POST), read to its end. */
-async function ssePost(httpUrl: string, token: string, body: { query: string; variables: object; extensions?: object }) {
+/** One subscription over SSE (POST), read to its end; a string `body` is sent as it is. */
+async function ssePost(httpUrl: string, token: string, body: string | { query: string; variables: object; extensions?: object }) {
   const response = await fetch(`${httpUrl}/graphql`, {
     method: 'POST',
     headers: { accept: 'text/event-stream', authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-    body: JSON.stringify(body),
+    body: typeof body === 'string' ? body : JSON.stringify(body),
   });
   const events: SseEvent[] = [];
   for await (const event of parseEvents(response.body!)) events.push(event);
