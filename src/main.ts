@@ -186,14 +186,12 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
       stopping = (async () => {
         // Together: the worker stops taking jobs at once, whatever the API's connections wait for.
         const halves = await Promise.allSettled([api.stop().finally(() => streamAccess.close()), worker?.stop({ graceMs: stopOptions.graceMs ?? 0 })]);
-        // Closed whatever the halves did, and only once both are done: a worker still handing runs back needs them.
-        await queue.close();
-        await events.close();
-        await auth.close();
-        await outputs.close();
-        if (!options.database) await database.close();
-        const failed = halves.find((half) => half.status === 'rejected');
-        if (failed) throw failed.reason;
+        const failures = halves.flatMap((half) => (half.status === 'rejected' ? [half.reason as unknown] : []));
+        // Each closed whatever the others did, and only once both halves are done: a worker still handing runs back needs them.
+        const parts = [queue, events, auth, outputs, ...(options.database ? [] : [database])];
+        for (const part of parts) await part.close().catch((error: unknown) => failures.push(error));
+        if (failures.length === 1) throw failures[0];
+        if (failures.length > 1) throw new AggregateError(failures, 'Stopping Kiln failed');
       })();
       return stopping;
     },

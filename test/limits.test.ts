@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -219,6 +219,8 @@ describe(`persisted operations only (${databaseKind})`, () => {
   const signUpQuery =
     'mutation SignUp($email: String!, $password: String!) { signUp(input: { email: $email, password: $password }) { __typename ... on AuthSession { accessToken user { id } } } }';
   const signUpHash = createHash('sha256').update(signUpQuery).digest('hex');
+  const updatedQuery = 'subscription Updated($id: ID!) { generationUpdated(id: $id) { id status } }';
+  const updatedHash = createHash('sha256').update(updatedQuery).digest('hex');
   let dir: string;
   let server: TestServer;
   let token: string;
@@ -228,7 +230,7 @@ describe(`persisted operations only (${databaseKind})`, () => {
     dir = await mkdtemp(path.join(tmpdir(), 'kiln-manifest-'));
     const manifest = path.join(dir, 'persisted-documents.json');
     // The shape codegen's client preset writes with `persistedDocuments: true`.
-    await writeFile(manifest, JSON.stringify({ [viewerHash]: viewerQuery, [signUpHash]: signUpQuery }));
+    await writeFile(manifest, JSON.stringify({ [viewerHash]: viewerQuery, [signUpHash]: signUpQuery, [updatedHash]: updatedQuery }));
     server = await startTestServer({ PERSISTED_OPERATIONS_ONLY: 'true', PERSISTED_OPERATIONS_MANIFEST: manifest });
     const response = (await (
       await server.client().post({ documentId: signUpHash, variables: { email: `pq-${Date.now()}@example.com`, password: 'correct horse battery staple' } })
@@ -247,6 +249,17 @@ describe(`persisted operations only (${databaseKind})`, () => {
     expect(await byId.json()).toEqual({ data: { viewer: { id: userId, email: expect.any(String) } } });
     const byExtension = await server.client(token).post({ extensions: { persistedQuery: { version: 1, sha256Hash: viewerHash } } });
     expect(await byExtension.json()).toMatchObject({ data: { viewer: { id: userId } } });
+  });
+
+  it("counts an SSE subscription's body as sent, though the manifest's document takes the place of its params", async () => {
+    const body = `{"documentId":"${updatedHash}",${' '.repeat(20_000)}"variables":{"id":"${randomUUID()}"}}`;
+    const response = await fetch(`${server.url}/graphql`, {
+      method: 'POST',
+      headers: { accept: 'text/event-stream', authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body,
+    });
+    const data = /^data: (\{.*)$/m.exec(await response.text())?.[1];
+    expect(JSON.parse(data ?? 'null')).toMatchObject({ errors: [{ extensions: { code: 'SUBSCRIPTION_TOO_LARGE' } }] });
   });
 
   it('refuses a document sent as text, an unknown id and a request without one', async () => {

@@ -3,7 +3,7 @@ import { EnvelopArmor } from '@escape.tech/graphql-armor';
 import { type DocumentNode, GraphQLError, getOperationAST, type ValidationContext } from 'graphql';
 import { createGraphQLError, type GraphQLParams, type Plugin } from 'graphql-yoga';
 import { operationCostRule } from './content-cost.js';
-import { bodyLengthOf } from './request-policy.js';
+import { bodyLengthOf, noteBodyLength } from './request-policy.js';
 
 // Limits on what one operation may ask for, on every transport: the rules run in
 // envelop's parse and validate, which HTTP, SSE and graphql-ws (yoga.getEnveloped)
@@ -101,11 +101,11 @@ export function useSubscriptionSizeLimit(maxBytes = MAX_SUBSCRIPTION_BYTES): Plu
       // keep the refusal for the document's text, and refuse it with small variables too.
       return ({ result, context }) => {
         // Yoga's request params over HTTP and SSE, the subscribe message's payload over graphql-ws (websocket.ts).
-        const { params } = context as { params?: GraphQLParams };
+        const { params, request } = context as { params?: GraphQLParams; request?: Request };
         if (!params || !isDocument(result) || getOperationAST(result, params.operationName)?.operation !== 'subscription') return;
         const { query, ...rest } = params;
         // A POST's body as sent, when longer: its whitespace stays in memory with the request too.
-        const bytes = Math.max(Buffer.byteLength(query ?? '') + jsonBytes(rest), bodyLengthOf(params) ?? 0);
+        const bytes = Math.max(Buffer.byteLength(query ?? '') + jsonBytes(rest), (request && bodyLengthOf(request)) ?? 0);
         if (bytes <= maxBytes) return;
         throw new GraphQLError(
           `A subscription's document, variables and extensions take at most ${maxBytes / 1024} KiB together, since they are kept as long as it runs; this one takes ${Math.ceil(bytes / 1024)} KiB.`,
@@ -174,6 +174,7 @@ export function useChunkedBodyLimit(maxBytes: number): Plugin {
       if (!requestParser || !request.body || request.headers.has('content-length')) return;
       setRequestParser(async (chunked) => {
         const body = await readWithin(chunked.body as AsyncIterable<Uint8Array>, maxBytes);
+        noteBodyLength(chunked, body.byteLength);
         const { url, method, headers, signal } = chunked;
         return requestParser(new fetchAPI.Request(url, { method, headers, signal, body }));
       });

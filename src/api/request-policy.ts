@@ -51,11 +51,17 @@ export function useRequestPolicy(): Plugin[] {
   ];
 }
 
-/** The length of the JSON body each POST's params were read from: whitespace no measure of the params counts stays in memory with the request. */
-const bodyLengths = new WeakMap<GraphQLParams, number>();
+/**
+ * The length of each POST's JSON body, by its request: the request keeps the body as sent for
+ * as long as its operation runs, whitespace and all, which a measure of the params misses.
+ */
+const bodyLengths = new WeakMap<Request, number>();
 
-/** The characters of the body `params` were read from; undefined for a GET's. */
-export const bodyLengthOf = (params: GraphQLParams): number | undefined => bodyLengths.get(params);
+/** The length of `request`'s body as read; undefined for a GET. */
+export const bodyLengthOf = (request: Request): number | undefined => bodyLengths.get(request);
+
+/** Records the length of `request`'s body, read by a parser that was handed a copy of it (useChunkedBodyLimit). */
+export const noteBodyLength = (request: Request, length: number): void => void bodyLengths.set(request, length);
 
 const badRequest = (message: string) => createGraphQLError(message, { extensions: { code: 'BAD_REQUEST', http: { status: 400 } } });
 
@@ -69,7 +75,7 @@ async function parseJsonBody(request: Request): Promise<GraphQLParams> {
     throw badRequest('The request body is not valid JSON.');
   }
   if (body === null || typeof body !== 'object' || Array.isArray(body)) throw badRequest('The request body must be one JSON object.');
-  bodyLengths.set(body as GraphQLParams, text.length);
+  noteBodyLength(request, text.length);
   return body as GraphQLParams;
 }
 

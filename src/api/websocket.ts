@@ -346,9 +346,10 @@ class BatchingWebSocket extends WebSocket {
   onError: ((error: Error) => void) | undefined;
 
   /**
-   * A text message is handed on as a string: graphql-ws keeps the message it is handling
-   * for as long as that operation runs (a subscription: hours), and as a string it is the
-   * one graphql-ws parses and keeps anyway, not a Buffer besides.
+   * A message is handed on as a string, binary frames too (graphql-ws reads either as text,
+   * and is the only listener): graphql-ws keeps the message it is handling for as long as that
+   * operation runs (a subscription: hours), and as a string it is the one graphql-ws parses and
+   * keeps anyway, not a Buffer besides.
    */
   override emit(event: string | symbol, ...args: unknown[]): boolean {
     if (event === 'error') {
