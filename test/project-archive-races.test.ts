@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   AddProjectMemberDocument,
   ArchiveProjectDocument,
+  RemoveProjectMemberDocument,
   SetProjectBudgetDocument,
   SetProjectSecretDocument,
   UpdateProjectDocument,
@@ -14,12 +15,13 @@ import { rawId } from './support/generation-helpers.js';
 import { LogCapture } from './support/log-capture.js';
 import { useTestServer } from './support/server.js';
 
-// Project changes racing an archive or a role change, on PostgreSQL (PGlite runs one
-// transaction at a time, so nothing there can interleave). A second connection forces the
-// interleaving: it holds the lock the use-case takes (an archive's, or the members'),
-// with its own change made but not committed, until the request is seen waiting for it.
+// Project changes racing an archive, a member's removal or a role change, on PostgreSQL
+// (PGlite runs one transaction at a time, so nothing there can interleave). A second
+// connection forces the interleaving: it holds the lock the use-case takes (an archive's, a
+// start's, or the members'), with its own change made but not committed, until the request
+// is seen waiting for it.
 
-describe.skipIf(!testDatabaseUrl)('project changes racing an archive or a role change (postgres only: PGlite runs one transaction at a time)', () => {
+describe.skipIf(!testDatabaseUrl)("project changes racing an archive, a member's removal or a role change (postgres only: PGlite runs one transaction at a time)", () => {
   const logs = new LogCapture();
   const server = useTestServer({ LOG_LEVEL: 'error', KILN_ENCRYPTION_KEY: randomBytes(32).toString('base64') }, { logTo: logs });
   let admin: postgres.Sql;
@@ -145,6 +147,26 @@ describe.skipIf(!testDatabaseUrl)('project changes racing an archive or a role c
     expect(stored).toBeInstanceOf(Date);
     expect(new Date(first!.archivedAt as string).getTime()).toBe(stored!.getTime());
     expect(new Date(second!.archivedAt as string).getTime()).toBe(stored!.getTime());
+  });
+
+  it('a member removed while a start of theirs is under way waits for it, then stops what it queued', async () => {
+    const { owner, id, projectId } = await ownerWithProject();
+    const member = await signUp(server);
+    expectTypename((await owner.client.expectNoErrors(AddProjectMemberDocument, { input: { projectId: id, email: member.email, role: 'EDITOR' } })).addProjectMember, 'ProjectMember');
+    const memberId = rawId(member.id);
+    // The member's start, as startGeneration makes it: the start's shared lock, its generation queued, not yet committed.
+    const start = await holdOpen(async (tx) => {
+      await tx`select pg_advisory_xact_lock_shared(hashtextextended(${`kiln.project-archive:${projectId}`}, 0))`;
+      await tx`insert into generations (project_id, created_by, session_id, prompt, provider, model)
+        values (${projectId}, ${memberId}, gen_random_uuid(), 'started as they were removed', 'offline', 'offline')`;
+    });
+    const removal = owner.client.expectNoErrors(RemoveProjectMemberDocument, { input: { projectId: id, userId: member.id } });
+    await untilWaitingOrDone(removal);
+    await start.commit();
+
+    expectTypename((await removal).removeProjectMember, 'Project');
+    const work = await admin<{ status: string }[]>`select status from generations where project_id = ${projectId}`;
+    expect(work).toEqual([{ status: 'CANCELLED' }]);
   });
 
   it('an owner demoted while adding a member gets a ForbiddenError (not "Unexpected error."), and no member is added', async () => {
