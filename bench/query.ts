@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { encodeGlobalID } from '@pothos/plugin-relay';
+import { execute, parse, validate } from 'graphql';
 import { createYoga } from 'graphql-yoga';
 import { createAuthProvider } from '../src/auth/index.js';
 import { type Context, type Services, bearerToken, contextFactory } from '../src/api/context.js';
@@ -24,7 +25,9 @@ import { listProjects } from '../src/projects/projects.js';
 // process, same run, so the ratio is what the GraphQL stack (Yoga, envelop plugins incl.
 // limits, logs and metrics, Pothos, parse/validate cache) adds per request. A third side is
 // Yoga with the same schema and context but none of Kiln's plugins or routes: what the
-// GraphQL framework alone costs, so kiln/yoga is what Kiln's own code adds on top. The sides
+// GraphQL framework alone costs, so kiln/yoga is what Kiln's own code adds on top. A fourth
+// runs graphql-js's execute on the same schema and context straight from node:http (the
+// document parsed and validated once): what execution costs with no HTTP framework. The sides
 // take turns a second at a time: run one after the other, whichever went second was faster
 // (a warmer JIT and WebAssembly tier-up), by about a tenth here.
 //
@@ -178,6 +181,24 @@ export default async function bench(): Promise<void> {
       context: ({ request }) => createContext({ requestId: 'bench', authorization: request.headers.get('authorization') }),
     }),
   );
+  // The same schema, context and document, executed with no HTTP framework around it.
+  const document = parse(PROJECTS_QUERY);
+  const invalid = validate(schema, document);
+  if (invalid.length > 0) throw new AggregateError(invalid, 'the projects query does not validate');
+  const executeOnly = createServer((req: IncomingMessage, res: ServerResponse) => {
+    const parts: Buffer[] = [];
+    req.on('data', (part: Buffer) => parts.push(part));
+    req.once('end', async () => {
+      try {
+        const { variables } = JSON.parse(Buffer.concat(parts).toString()) as { variables: Record<string, unknown> };
+        const contextValue = await createContext({ requestId: 'bench', authorization: req.headers.authorization });
+        const result = await execute({ schema, document, variableValues: variables, contextValue });
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(result));
+      } catch (error) {
+        res.writeHead(500).end(String(error));
+      }
+    });
+  });
   const listening = async (server: typeof bare) => {
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     return (server.address() as AddressInfo).port;
@@ -185,6 +206,7 @@ export default async function bench(): Promise<void> {
   const sides = [
     { name: 'kiln (graphql)', port: Number(new URL(kiln.url).port), path: '/graphql', load: newLoad() },
     { name: 'yoga, no plugins', port: await listening(plainYoga), path: '/graphql', load: newLoad() },
+    { name: 'graphql-js only', port: await listening(executeOnly), path: '/', load: newLoad() },
     { name: 'bare node:http', port: await listening(bare), path: '/', load: newLoad() },
   ];
   const body = JSON.stringify({ query: PROJECTS_QUERY, variables: { first: PROJECTS } });
@@ -195,8 +217,8 @@ export default async function bench(): Promise<void> {
   for (let turn = 0; turn < SECONDS; turn++) {
     for (const side of sides) await load(side.name, side.port, side.path, body, token, 1, side.load);
   }
-  const [kilnRun, yogaRun, bareRun] = sides.map((side) => summary(side.name, side.load)) as [Run, Run, Run];
-  for (const run of [kilnRun, yogaRun, bareRun]) {
+  const [kilnRun, yogaRun, executeRun, bareRun] = sides.map((side) => summary(side.name, side.load)) as [Run, Run, Run, Run];
+  for (const run of [kilnRun, yogaRun, executeRun, bareRun]) {
     log(
       `  ${run.name.padEnd(16)} ${run.perSecond.toFixed(0).padStart(6)} req/s   p50 ${run.p50.toFixed(2)} ms   p99 ${run.p99.toFixed(2)} ms   CPU ${run.cpuMsPerRequest.toFixed(2)} ms/request   (${run.requests} requests)`,
     );
@@ -205,9 +227,11 @@ export default async function bench(): Promise<void> {
     `throughput ${(over.perSecond / under.perSecond).toFixed(2)}x, p99 ${(over.p99 / under.p99).toFixed(2)}x, CPU per request ${(over.cpuMsPerRequest / under.cpuMsPerRequest).toFixed(2)}x`;
   log(`  ratio kiln/yoga (what Kiln's plugins and routes add): ${ratio(kilnRun, yogaRun)}`);
   log(`  ratio yoga/bare (what the GraphQL framework costs): ${ratio(yogaRun, bareRun)}`);
+  log(`  ratio graphql-js/bare (what execution alone costs): ${ratio(executeRun, bareRun)}`);
   log(`  ratio kiln/bare: ${ratio(kilnRun, bareRun)}`);
 
   await new Promise<void>((resolve) => plainYoga.close(() => resolve()));
+  await new Promise<void>((resolve) => executeOnly.close(() => resolve()));
   await new Promise<void>((resolve) => bare.close(() => resolve()));
   await auth.close();
   await kiln.stop();
