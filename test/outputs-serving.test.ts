@@ -13,13 +13,14 @@ import { postgresBlobStore } from '../src/artifacts/postgres-blob-store.js';
 import { supabaseBlobStore } from '../src/artifacts/supabase-blob-store.js';
 import { manifestStore } from '../src/artifacts/manifest-store.js';
 import { type CapabilityKind, loadUrlKey, signCapability } from '../src/artifacts/signed-urls.js';
-import { artifactBlobs, generationFiles } from '../src/db/schema.js';
+import { artifactBlobs, generationFiles, generations } from '../src/db/schema.js';
 import { serviceScope } from '../src/db/scope.js';
 import { createLogger } from '../src/observability/logger.js';
 import { createMetrics } from '../src/observability/metrics.js';
 import { type TestDatabase, createTestDatabase, databaseKind } from './support/db.js';
 import { tempDir } from './support/generation-helpers.js';
 import { LogCapture } from './support/log-capture.js';
+import { unzip } from './support/archives.js';
 import { rawGet } from './support/raw-http.js';
 import { insertGenerationRow } from './support/rows.js';
 
@@ -137,7 +138,7 @@ function remoteStore(cacheDir: string, blobs: Map<string, Buffer>, options: { on
 }
 
 /** A generation with these bundle files (BUNDLE) and sources (SOURCE, in the store), its blobs returned by sha256. */
-async function seedGeneration(bundle: Record<string, string>, sources: Record<string, string> = {}) {
+async function seedGeneration(bundle: Record<string, string>, sources: Record<string, string> = {}, status: 'RUNNING' | 'SUCCEEDED' = 'SUCCEEDED') {
   const blobs = new Map<string, Buffer>();
   const entries = (kind: 'BUNDLE' | 'SOURCE', files: Record<string, string>) =>
     Object.entries(files).map(([path, text]) => {
@@ -148,6 +149,9 @@ async function seedGeneration(bundle: Record<string, string>, sources: Record<st
     });
   const generationId = await serviceScope(database.db).run(async (tx) => {
     const { id } = (await insertGenerationRow(tx, 'Serving test')).generation;
+    // Outputs are stored as a generation succeeds; a running one has its files.
+    await tx.update(generations).set({ status: 'RUNNING', phase: 'BUILDING' }).where(eq(generations.id, id));
+    if (status === 'SUCCEEDED') await tx.update(generations).set({ status, phase: 'DONE', finishedAt: new Date() }).where(eq(generations.id, id));
     const rows = [...entries('BUNDLE', bundle), ...entries('SOURCE', sources)].map((row) => ({ ...row, generationId: id }));
     if (rows.length > 0) await manifestStore.insert(tx, rows);
     const files = entries('SOURCE', sources).map(({ path, sha256, size }) => ({ generationId: id, path, sha256, size, content: sources[path]! }));
@@ -279,6 +283,27 @@ describe(`output handlers (${databaseKind})`, () => {
     for (const rest of ['', 'assets/part-0.js']) {
       expect((await rawGet(base, path('preview', generationId, rest), { 'if-none-match': '*' })).status, rest).toBe(304);
     }
+  });
+
+  it("answers a preview page's own CORS preflight (its origin is opaque, so fetch() with a JSON content type asks first) for its capability only", async () => {
+    const bundle = bundleOf(1, 'preflight');
+    const { generationId, blobs } = await seedGeneration(bundle);
+    const fs = fsBlobStore(join(data.path, 'preflight'));
+    await fs.putMany([...blobs].map(([sha256, content]) => ({ sha256, content })));
+    const { url } = await serve(fs);
+    const preflight = (target: string) =>
+      fetch(target, { method: 'OPTIONS', headers: { origin: 'null', 'access-control-request-method': 'GET', 'access-control-request-headers': 'content-type,x-app' } });
+
+    const answer = await preflight(url('preview', generationId, 'assets/part-0.js'));
+    expect(answer.status).toBe(204);
+    expect(Object.fromEntries(['access-control-allow-origin', 'access-control-allow-methods', 'access-control-allow-headers'].map((name) => [name, answer.headers.get(name)]))).toEqual({
+      'access-control-allow-origin': '*',
+      'access-control-allow-methods': 'GET, HEAD',
+      'access-control-allow-headers': '*',
+    });
+    // A forged capability gets no more than a GET would; an OPTIONS that is no preflight is still refused.
+    expect((await preflight(url('preview', generationId, 'x').replace(/\/preview\/[^/]+/, (path) => `${path.slice(0, -4)}AAAA`))).status).toBe(403);
+    expect((await fetch(url('preview', generationId, ''), { method: 'OPTIONS' })).status).toBe(405);
   });
 
   it('redirects a folder named without its slash to the folder, query kept, as a static host does', async () => {
@@ -432,6 +457,23 @@ describe(`output handlers (${databaseKind})`, () => {
     expect(answers.map((answer) => answer.status).sort()).toEqual([200, 200, 200, 503]);
     expect(answers.find((answer) => answer.status === 503)).toEqual({ status: 503, retryAfter: '1', text: 'Busy fetching this preview; try again shortly.' });
     for (const answer of answers.filter((served) => served.status === 200)) expect(Object.values(bundle)).toContain(answer.text);
+  });
+
+  it('refuses to archive a generation still running (a fix round may change its files midway) with 409, and archives it once it has ended', async () => {
+    const { generationId, blobs } = await seedGeneration({}, { 'lib/main.dart': 'void main() {}\n' }, 'RUNNING');
+    const remote = remoteStore(join(data.path, 'running-archive'), blobs);
+    const { url } = await serve(remote.store);
+    for (const format of ['zip', 'tar.gz'] as const) {
+      const response = await fetch(url(format, generationId, `running.${format}`));
+      expect([response.status, await response.text()]).toEqual([409, 'The generation is still running; download it once it has ended.']);
+    }
+    await serviceScope(database.db).run(async (tx) => {
+      await tx.update(generations).set({ status: 'FAILED', phase: 'DONE', finishedAt: new Date() }).where(eq(generations.id, generationId));
+    });
+    const response = await fetch(url('zip', generationId, 'ended.zip'));
+    expect(response.status).toBe(200);
+    (await remote.held.next()).release();
+    expect([...(await unzip(Buffer.from(await response.arrayBuffer()))).keys()]).toEqual(['lib/main.dart']);
   });
 
   it('logs a download the client stopped below error, and a download that failed at error', async () => {

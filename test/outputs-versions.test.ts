@@ -19,7 +19,7 @@ import { unzip, untarGz } from './support/archives.js';
 import { databaseKind } from './support/db.js';
 import { useFakeOpenAi } from './support/fake-openai.js';
 import { createProject, expectTypename, signUp, type TestUser } from './support/fixtures.js';
-import { type Generation, GenerationWatch, getGeneration, startAccepted, startGeneration, waitForEnd } from './support/generation-helpers.js';
+import { type Generation, GenerationWatch, getGeneration, logLineMatching, startAccepted, startGeneration, waitForEnd } from './support/generation-helpers.js';
 import type { GraphQLClient } from './support/server.js';
 import { useGenerationServer } from './support/suite-server.js';
 
@@ -184,6 +184,30 @@ describe(`versions: diffs, restore and archives (${databaseKind})`, () => {
     // Without a format: ZIP.
     const { generation } = await suite.owner.client.expectNoErrors(GenerationArchiveDocument, { id: second.id });
     expect(generation!.archive!.filename.endsWith('.zip')).toBe(true);
+  });
+
+  it('offers an archive once the generation has ended, not while its build runs (a fix round could still change its files)', async () => {
+    const waiting = 'mkfifo release\necho "a build waiting for its release"\nread go < release\n';
+    llm.script({ kind: 'stream', chunks: answer({ path: 'lib/main.dart', content: dart('Held') }, { path: 'hook/build.sh', content: waiting }) });
+    const held = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const started = await startAccepted(suite.owner.client, { projectId: held.id, prompt: 'A build that waits' });
+    await logLineMatching(suite.server.url, suite.owner.accessToken, started.id, (line) => line.text === 'a build waiting for its release');
+
+    let paths: string[];
+    try {
+      const running = await getGeneration(suite.owner.client, started.id);
+      expect(running.status).toBe('RUNNING');
+      paths = running.files.map((file) => file.path).sort();
+      expect(paths).toContain('hook/build.sh');
+      expect((await suite.owner.client.expectNoErrors(GenerationArchiveDocument, { id: started.id })).generation!.archive).toBeNull();
+    } finally {
+      await suite.owner.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
+    }
+    expect((await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id)).status).toBe('CANCELLED');
+    const { archive } = (await suite.owner.client.expectNoErrors(GenerationArchiveDocument, { id: started.id })).generation!;
+    const response = await fetch(archive!.url);
+    expect(response.status).toBe(200);
+    expect([...(await unzip(Buffer.from(await response.arrayBuffer()))).keys()].sort()).toEqual(paths);
   });
 
   it('restores an earlier version as a new generation: same files, built again, no model call, history kept', async () => {

@@ -3,6 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Counter } from 'prom-client';
 import type { Db } from '../db/client.js';
 import { serviceScope } from '../db/scope.js';
+import { isTerminal } from '../generations/status.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { type ArchiveEntry, type ArchiveFormat, archiveContentType, archiveFilename, writeArchive } from './archive.js';
@@ -107,12 +108,19 @@ export function outputHandlers(deps: {
   const preview = (req: IncomingMessage, res: ServerResponse, token: string, rest: string | undefined) =>
     observe('preview', req, res, async () => {
       for (const [name, value] of Object.entries(PREVIEW_HEADERS)) res.setHeader(name, value);
-      if (req.method !== 'GET' && req.method !== 'HEAD') {
+      const preflight = req.method === 'OPTIONS' && req.headers['access-control-request-method'] !== undefined;
+      if (req.method !== 'GET' && req.method !== 'HEAD' && !preflight) {
         res.setHeader('Allow', 'GET, HEAD');
         return plain(res, 405, 'Method not allowed.');
       }
       const verified = verifyCapability(key, 'preview', token);
       if (!verified.ok) return refuse(res, verified.reason);
+      // The page's own fetch() with a header beyond the simple ones (Content-Type: application/json)
+      // asks first, its origin being opaque: a GET or HEAD with any header may follow.
+      if (preflight) {
+        res.writeHead(204, { 'Access-Control-Allow-Methods': 'GET, HEAD', 'Access-Control-Allow-Headers': '*', 'Access-Control-Max-Age': '600' }).end();
+        return 204;
+      }
       // /preview/<token> becomes /preview/<token>/.
       if (rest === undefined) return redirectToFolder(req, res, `/preview/${token}/`);
       const generationId = verified.capability.generationId;
@@ -144,6 +152,8 @@ export function outputHandlers(deps: {
         sources: await manifestStore.sourcesOf(tx, generationId),
       }));
       if (!facts || sources.length === 0) return plain(res, 404, 'Not found.');
+      // Its files are read one by one as the archive reaches them: a fix round in between would cut the download short or mix two versions.
+      if (!isTerminal(facts.status)) return plain(res, 409, 'The generation is still running; download it once it has ended.');
       const filename = archiveFilename(facts.projectName, generationId, format);
       res.writeHead(200, {
         'Content-Type': archiveContentType[format],

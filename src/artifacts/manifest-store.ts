@@ -81,22 +81,23 @@ export const manifestStore = {
     return row?.content;
   },
 
-  /** What an archive is named after and stamped with. */
+  /** What an archive is named after and stamped with, and whether its files are final (the generation's status). */
   async archiveFacts(tx: Tx, generationId: string) {
     const [row] = await tx
-      .select({ projectName: projects.name, createdAt: generations.createdAt, finishedAt: generations.finishedAt })
+      .select({ projectName: projects.name, status: generations.status, createdAt: generations.createdAt, finishedAt: generations.finishedAt })
       .from(generations)
       .innerJoin(projects, eq(projects.id, generations.projectId))
       .where(eq(generations.id, generationId));
     return row;
   },
 
-  /** Per generation: its project's name and whether it has files (an archive needs both). */
+  /** Per generation: its project's name, its status and whether it has files (an archive needs files that are final). */
   async archivable(tx: Tx, generationIds: readonly string[]) {
     return tx
       .select({
         generationId: generations.id,
         projectName: projects.name,
+        status: generations.status,
         hasFiles: sql<boolean>`exists (select 1 from ${generationFiles} where ${generationFiles.generationId} = ${generations.id})`,
       })
       .from(generations)

@@ -3,7 +3,7 @@ import { lstat, open, opendir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { RunError } from '../errors.js';
 import { describePath } from '../generations/safe-path.js';
-import { ignoreMissing } from '../workspace/write-inside.js';
+import { directoryInside, ignoreMissing } from '../workspace/write-inside.js';
 import { type BlobBytes, type BlobStore, sha256Of } from './blob-store.js';
 import type { ArtifactRow } from './manifest-store.js';
 
@@ -30,6 +30,17 @@ export class BundleRefusedError extends RunError {
 }
 
 const tooLarge = (reason: string) => new BundleRefusedError(`The web bundle is too large to keep: ${reason}.`);
+
+// What the build's own code can do to what it leaves (on a server that is not root, where
+// steps run as its user): take a folder's or a file's permissions away, put a link or a file
+// where the walk found something else. Its failure, not Kiln's.
+const UNREADABLE = new Set(['EACCES', 'EPERM', 'ENOTDIR', 'ELOOP']);
+
+/** For `.catch()` on a read of the bundle at `path` (relative to the workspace or the bundle): what the build made unreadable refuses the bundle. */
+const refuseUnreadable = (path: string) => (error: NodeJS.ErrnoException) => {
+  if (!UNREADABLE.has(error.code ?? '')) throw error;
+  throw new BundleRefusedError(`The web bundle could not be read: ${describePath(path)} (${error.code}).`);
+};
 // A name that is not UTF-8 has no path in the manifest or a preview's URL; node would read it as another name.
 // A leading byte-order mark is part of a name, not to be dropped.
 const utf8Name = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
@@ -82,6 +93,11 @@ export async function storeOutputs(
   return stored;
 }
 
+/** The target's bundle folder (`bundleDir`, relative) in a built workspace, for storeOutputs: undefined when there is none (see directoryInside). */
+export function bundleFolderIn(workspaceDir: string, bundleDir: string): Promise<string | undefined> {
+  return directoryInside(workspaceDir, bundleDir).catch(refuseUnreadable(bundleDir));
+}
+
 interface BundleFile {
   /** Relative to the bundle folder, as the manifest names it. */
   path: string;
@@ -94,7 +110,7 @@ interface BundleFile {
  * The build ran untrusted code, so links are never followed: a symlink to /etc/passwd stays behind.
  */
 async function bundleFiles(root: string): Promise<BundleFile[]> {
-  if (!(await lstat(root).catch(ignoreMissing))?.isDirectory()) return [];
+  if (!(await lstat(root).catch(ignoreMissing).catch(refuseUnreadable('.')))?.isDirectory()) return [];
   const files: BundleFile[] = [];
   let entryCount = 0;
   let bytes = 0;
@@ -102,7 +118,7 @@ async function bundleFiles(root: string): Promise<BundleFile[]> {
   const walk = async (dir: string, prefix: string) => {
     // Listed one entry at a time: a folder of millions stops at the limit, not in memory.
     // (@types/node leaves 'buffer' out of opendir's encodings; Node takes it, as readdir's.)
-    const opened = (await opendir(dir, { encoding: 'buffer' as BufferEncoding })) as unknown as AsyncIterable<Dirent<Buffer>>;
+    const opened = (await opendir(dir, { encoding: 'buffer' as BufferEncoding }).catch(refuseUnreadable(prefix || '.'))) as unknown as AsyncIterable<Dirent<Buffer>>;
     const listed: Dirent<Buffer>[] = [];
     for await (const entry of opened) {
       if (++entryCount > MAX_BUNDLE_ENTRIES) throw tooLarge(`over ${MAX_BUNDLE_ENTRIES} entries (files, folders and links)`);
@@ -119,7 +135,7 @@ async function bundleFiles(root: string): Promise<BundleFile[]> {
         await walk(file, path);
         continue;
       }
-      const { size } = await lstat(file);
+      const { size } = await lstat(file).catch(refuseUnreadable(path));
       if (size > MAX_BUNDLE_FILE_BYTES) throw tooLarge(`${describePath(path)} is over ${megabytes(MAX_BUNDLE_FILE_BYTES)}`);
       files.push({ path, file, size });
       bytes += size;
@@ -143,8 +159,8 @@ function nameOf(name: Buffer, prefix: string): string {
 }
 
 /** At most the size checked, whatever happened to the file since; a link put in its place is refused. */
-async function readBundleFile({ file, size }: BundleFile): Promise<Buffer> {
-  const handle = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW);
+async function readBundleFile({ path, file, size }: BundleFile): Promise<Buffer> {
+  const handle = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW).catch(refuseUnreadable(path));
   try {
     const content = Buffer.alloc(size);
     const { bytesRead } = await handle.read(content, 0, size, 0);

@@ -8,6 +8,7 @@ import { addUsage, LlmError, type LlmProvider, type LlmUsage, NO_USAGE } from '.
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Outputs } from '../artifacts/outputs.js';
+import { bundleFolderIn } from '../artifacts/write-outputs.js';
 import { secretContext } from '../projects/projects.js';
 import type { SecretBox } from '../projects/secret-box.js';
 import { type SecretName, secretStore } from '../projects/store.js';
@@ -15,7 +16,6 @@ import { truncateWithEllipsis } from '../toolchain/output-lines.js';
 import type { BuildSandbox } from '../toolchain/sandbox.js';
 import { getTarget, type ToolBins } from '../toolchain/targets.js';
 import { createWorkspace, pruneWorkspaces, withoutRefusedPaths } from '../workspace/workspace.js';
-import { directoryInside } from '../workspace/write-inside.js';
 import { type AnswerInput, streamAnswer } from './answer.js';
 import { runBudget } from './budget.js';
 import { fixStore } from './fix-store.js';
@@ -151,7 +151,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
     });
     // Stored before SUCCEEDED and indexed with it, so a SUCCEEDED generation always has its preview and archive.
     const sources = [...files].map(([path, content]) => ({ path, content }));
-    stored = await deps.outputs?.storeBlobs(generationId, await directoryInside(workspace.dir, context.target.bundleDir), sources);
+    stored = await deps.outputs?.storeBlobs(generationId, await bundleFolderIn(workspace.dir, context.target.bundleDir), sources);
     outcome = { status: 'SUCCEEDED' };
   } catch (error) {
     outcome = failureOutcome(error, run.signal, log);

@@ -1,6 +1,9 @@
-import { mkdir, mkdtemp, rm, symlink, truncate, writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { chmod, mkdir, mkdtemp, rm, symlink, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { type BlobBytes, type BlobStore, putOneByOne, sha256Of } from '../../src/artifacts/blob-store.js';
 import { BundleRefusedError, storeOutputs } from '../../src/artifacts/write-outputs.js';
@@ -184,6 +187,47 @@ describe('a web bundle past the limits', () => {
     await writeFile(join(bundle, 'huge.wasm'), '');
     await truncate(join(bundle, 'huge.wasm'), 64 * mb + 1);
     await refused(/^The web bundle is too large to keep: "huge\.wasm" is over 64 MB\.$/);
+  });
+});
+
+// A build's own code can take the permissions of what it leaves (a server that is not root
+// runs its steps as its own user): the run then fails as the build's, not as Kiln's.
+describe('a web bundle the build made unreadable', () => {
+  let workspace: string;
+  beforeEach(async () => {
+    workspace = await mkdtemp(join(tmpdir(), 'kiln-bundle-'));
+    await mkdir(join(workspace, 'build', 'web', 'assets'), { recursive: true });
+    await writeFile(join(workspace, 'build', 'web', 'index.html'), '<!doctype html><title>app</title>');
+    await writeFile(join(workspace, 'build', 'web', 'assets', 'main.js'), 'main()');
+  });
+  afterEach(async () => {
+    await chmod(join(workspace, 'build'), 0o755);
+    await chmod(join(workspace, 'build', 'web', 'assets'), 0o755);
+    await rm(workspace, { recursive: true, force: true });
+  });
+
+  /** What storing build/web comes to for a user whom permissions bind: nobody when these tests run as root. */
+  const storedAsUser = async () => {
+    const asNobody = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {};
+    if (asNobody.uid !== undefined) await chmod(workspace, 0o755);
+    const script = fileURLToPath(new URL('../fixtures/store-bundle.ts', import.meta.url));
+    const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', script, workspace, 'build/web'], { ...asNobody, cwd: fileURLToPath(new URL('../..', import.meta.url)) });
+    return JSON.parse(stdout) as { kept?: string[]; name?: string; code?: string; message?: string };
+  };
+
+  it('is kept whole while it is readable', async () => {
+    expect(await storedAsUser()).toEqual({ kept: ['assets/main.js', 'index.html'] });
+  });
+
+  it('refuses it as BUILD_FAILED, naming what could not be read: a folder, a file, or a folder on the way to it', async () => {
+    const refusal = (path: string) => ({ name: 'BundleRefusedError', code: 'BUILD_FAILED', message: `The web bundle could not be read: "${path}" (EACCES).` });
+    await chmod(join(workspace, 'build', 'web', 'assets'), 0o000);
+    expect(await storedAsUser()).toEqual(refusal('assets'));
+    await chmod(join(workspace, 'build', 'web', 'assets'), 0o755);
+    await chmod(join(workspace, 'build', 'web', 'assets', 'main.js'), 0o000);
+    expect(await storedAsUser()).toEqual(refusal('assets/main.js'));
+    await chmod(join(workspace, 'build'), 0o000);
+    expect(await storedAsUser()).toEqual(refusal('build/web'));
   });
 });
 

@@ -4,6 +4,7 @@ import { outputReads } from '../../artifacts/reads.js';
 import type { SignedUrl } from '../../artifacts/outputs.js';
 import { NotFoundError } from '../../errors.js';
 import { restoreGeneration } from '../../generations/restore.js';
+import { isTerminal } from '../../generations/status.js';
 import { builder } from '../builder.js';
 import { startLimits } from '../context.js';
 import { GenerationRef } from './generations.js';
@@ -72,14 +73,14 @@ builder.objectFields(GenerationRef, (t) => ({
   archive: t.loadable({
     type: ArchiveRef,
     nullable: true,
-    description: 'A download of Generation.files; null while it has none.',
+    description: 'A download of Generation.files once the generation has ended (a fix round may still change them while it runs); null before, or when it has none.',
     args: { format: t.arg({ type: ArchiveFormatEnum, defaultValue: 'ZIP' }) },
     load: async (keys: string[], ctx) => {
       const rows = await outputReads.archivable(ctx.db, [...new Set(keys.map((key) => key.split('|')[0]!))]);
       return keys.map((key) => {
         const [id, format] = key.split('|') as [string, ArchiveFormat];
         const row = rows.find((r) => r.generationId === id);
-        if (!row?.hasFiles) return null;
+        if (!row?.hasFiles || !isTerminal(row.status)) return null;
         const filename = archiveFilename(row.projectName, id, format);
         return { ...ctx.useCases.outputs.archiveUrl(id, format, filename), filename };
       });
