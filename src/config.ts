@@ -133,6 +133,7 @@ const environment = z.object({
   RATE_LIMIT_GENERATIONS_PER_IP: rate('120/600'),
   RATE_LIMIT_MEMBERS_PER_USER: rate('60/60'),
   RATE_LIMIT_MEMBERS_PER_IP: rate('60/60'),
+  RATE_LIMIT_REFRESH_PER_IP: rate('300/600'),
   METRICS_TOKEN: optional,
   // tracing (OpenTelemetry): off unless an exporter or an OTLP endpoint is named; the SDK reads the rest of OTEL_* itself
   OTEL_SDK_DISABLED: optional.transform((v) => v?.toLowerCase() === 'true'),
@@ -315,6 +316,7 @@ export function parseConfig(env: Record<string, string | undefined>) {
       generationsPerIp: e.RATE_LIMIT_GENERATIONS_PER_IP,
       membersPerUser: e.RATE_LIMIT_MEMBERS_PER_USER,
       membersPerIp: e.RATE_LIMIT_MEMBERS_PER_IP,
+      refreshPerIp: e.RATE_LIMIT_REFRESH_PER_IP,
     },
     /** When set, /metrics needs `Authorization: Bearer <token>`. */
     metrics: { token: e.METRICS_TOKEN },
@@ -480,6 +482,10 @@ function outputProblems(e: z.infer<typeof environment>): string[] {
     else if (value !== undefined && !/^\/?$/.test(new URL(value).pathname + new URL(value).search)) {
       problems.push(`${name} must be an origin without a path (write ${new URL(value).origin}): Kiln serves previews and archives at the root of its host`);
     }
+  }
+  // The preview origin answers previews only: the API there would answer 404 to everything.
+  if (problems.length === 0 && e.PUBLIC_URL && e.PREVIEW_ORIGIN && new URL(e.PUBLIC_URL).origin === new URL(e.PREVIEW_ORIGIN).origin) {
+    problems.push("PREVIEW_ORIGIN must be an origin of its own, not PUBLIC_URL's: on it Kiln serves previews and nothing of the API");
   }
   return problems;
 }

@@ -1,6 +1,8 @@
 import { randomBytes } from 'node:crypto';
+import type { TypedDocumentNode } from '@graphql-typed-document-node/core';
 import { createClient } from '@supabase/supabase-js';
 import { eq } from 'drizzle-orm';
+import { print } from 'graphql';
 import { decodeJwt, decodeProtectedHeader, generateKeyPair, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AuthProvider } from '../src/auth/provider.js';
@@ -10,6 +12,8 @@ import { AppError, AuthError, RateLimitedError, ValidationError } from '../src/e
 import { expectForgeriesRefused, PASSWORD, rejection, signInTests, signOutScopeTests, uniqueEmail } from './support/auth-contract.js';
 import { createTestDatabase, type TestDatabase } from './support/db.js';
 import { type FakeSupabase, type FakeSupabaseOptions, startFakeSupabase } from './support/fake-supabase.js';
+import { RefreshSessionDocument, SignInDocument, SignOutDocument, SignUpDocument, ViewerDocument } from './gql/graphql.js';
+import { startTestServer, type TestServer } from './support/server.js';
 
 const GOTRUE_MIN_PASSWORD_LENGTH = 10;
 
@@ -206,6 +210,59 @@ describe('supabase auth: refresh tokens', () => {
 
   it('refuses unknown refresh tokens', async () => {
     expect(await rejection(auth.refresh('garbage'))).toBeInstanceOf(AuthError);
+  });
+});
+
+describe('supabase auth: the end user’s address, for GoTrue’s per-address limits', () => {
+  /** Kiln behind one trusted proxy, on a project of its own, with this server key. */
+  async function kiln(serverKey: (project: FakeSupabase) => string) {
+    const project = await fake();
+    const server = await startTestServer({ ...project.kilnEnv, SUPABASE_SERVICE_ROLE_KEY: serverKey(project), TRUST_PROXY: 'true' }, { database });
+    closers.push(() => server.stop());
+    return { project, server };
+  }
+
+  /** An operation sent by the client at `address` (the proxy's X-Forwarded-For). */
+  async function from<T, V>(server: TestServer, address: string, document: TypedDocumentNode<T, V>, variables: V): Promise<T> {
+    const response = await server.client().post({ query: print(document), variables }, { 'x-forwarded-for': address });
+    return ((await response.json()) as { data: T }).data;
+  }
+
+  /** What GoTrue was asked on behalf of users: sign-ups, sign-ins and refreshes. */
+  const userOperations = (project: FakeSupabase) => project.requests.filter((request) => /^POST \/auth\/v1\/(signup|token)\b/.test(request.route));
+
+  async function signUpSignInRefresh(server: TestServer) {
+    const email = uniqueEmail();
+    const { signUp } = await from(server, '198.51.100.7', SignUpDocument, { email, password: PASSWORD });
+    expect(signUp.__typename).toBe('AuthSession');
+    const { signIn } = await from(server, '203.0.113.9', SignInDocument, { email, password: PASSWORD });
+    if (signIn.__typename !== 'AuthSession') throw new Error(`signIn: ${signIn.__typename}`);
+    const { refreshSession } = await from(server, '2001:db8:7:1::5', RefreshSessionDocument, { refreshToken: signIn.refreshToken });
+    if (refreshSession.__typename !== 'AuthSession') throw new Error(`refreshSession: ${refreshSession.__typename}`);
+    return refreshSession;
+  }
+
+  it('with a secret key, names each client’s own address (Sb-Forwarded-For) on sign-up, sign-in and refresh', async () => {
+    const { project, server } = await kiln((p) => p.secretKey);
+    const session = await signUpSignInRefresh(server);
+    expect(userOperations(project)).toEqual([
+      { route: expect.stringMatching(/^POST \/auth\/v1\/signup/), key: 'secret', forwardedFor: '198.51.100.7' },
+      { route: 'POST /auth/v1/token?grant_type=password', key: 'secret', forwardedFor: '203.0.113.9' },
+      { route: 'POST /auth/v1/token?grant_type=refresh_token', key: 'secret', forwardedFor: '2001:db8:7:1::5' },
+    ]);
+    // The server's own calls go on with the secret key: the session check, and sign-out.
+    const signedIn = server.client(session.accessToken);
+    expect((await signedIn.expectNoErrors(ViewerDocument)).viewer?.email).toBe(session.user.email);
+    expect(await signedIn.expectNoErrors(SignOutDocument, {})).toEqual({ signOut: true });
+    expect((await signedIn.expectNoErrors(ViewerDocument)).viewer).toBeNull();
+  });
+
+  it('with a legacy service_role key, sends no address: GoTrue refuses one with such keys', async () => {
+    const { project, server } = await kiln((p) => p.serviceRoleKey);
+    await signUpSignInRefresh(server);
+    const operations = userOperations(project);
+    expect(operations.map((request) => request.key)).toEqual(['anon', 'anon', 'anon']);
+    expect(operations.filter((request) => 'forwardedFor' in request)).toEqual([]);
   });
 });
 

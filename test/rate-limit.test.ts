@@ -13,8 +13,8 @@ import { type GraphQLClient, startTestServer, useTestServer } from './support/se
 import { useGenerationServer } from './support/suite-server.js';
 
 // Rate limits answer RateLimitedError { retryAfterSeconds } once a window's budget of
-// attempts is spent: sign-in and sign-up per client address and per email, starting
-// generations per user and per client address. The client address is the socket's unless TRUST_PROXY says
+// attempts is spent: sign-in and sign-up per client address and per email, session refreshes
+// per client address, starting generations per user and per client address. The client address is the socket's unless TRUST_PROXY says
 // which X-Forwarded-For entry to believe.
 
 async function signInAs(client: GraphQLClient, email: string, password: string, headers: Record<string, string> = {}) {
@@ -91,6 +91,40 @@ describe(`behind a trusted proxy (${databaseKind})`, () => {
     expect((await signInAs(server.client(), uniqueEmail(), 'x', from('2001:0DB8:0007:0001::abcd'))).__typename).toBe('RateLimitedError');
     // The next /64 is another client.
     expect((await signInAs(server.client(), uniqueEmail(), 'x', from('2001:db8:7:2::1'))).__typename).toBe('AuthError');
+  });
+});
+
+describe(`refreshing sessions per client address (${databaseKind})`, () => {
+  const server = useTestServer({ TRUST_PROXY: 'true', RATE_LIMIT_REFRESH_PER_IP: '2/600' });
+
+  /** refreshSession's result, sent as a client behind the proxy at `address`. */
+  async function refreshFrom(address: string, refreshToken: string) {
+    const response = await server.client().post({ query: printRefresh, variables: { refreshToken } }, { 'x-forwarded-for': address });
+    type Result = { __typename: string; refreshToken?: string; retryAfterSeconds?: number; message?: string };
+    return ((await response.json()) as { data: { refreshSession: Result } }).data.refreshSession;
+  }
+  const printRefresh = `mutation RefreshSession($refreshToken: String!) {
+    refreshSession(input: { refreshToken: $refreshToken }) {
+      __typename
+      ... on AuthSession { refreshToken }
+      ... on RateLimitedError { retryAfterSeconds message }
+      ... on Error { message }
+    }
+  }`;
+
+  it('refuses a third refresh from one address before the token is spent, and leaves other addresses alone', async () => {
+    const user = await signUp(server);
+    const first = await refreshFrom('203.0.113.7', user.refreshToken);
+    expect(first.__typename).toBe('AuthSession');
+    // A refresh token that is no good counts too.
+    expect((await refreshFrom('203.0.113.7', 'not-a-refresh-token')).__typename).toBe('AuthError');
+    const limited = await refreshFrom('203.0.113.7', first.refreshToken!);
+    expect(limited.__typename).toBe('RateLimitedError');
+    expect(limited.retryAfterSeconds).toBeGreaterThan(0);
+    expect(limited.retryAfterSeconds).toBeLessThanOrEqual(600);
+    expect(limited.message).not.toMatch(/\d/);
+    // Another client behind the proxy refreshes, with the token the refused attempt left unspent.
+    expect((await refreshFrom('198.51.100.4', first.refreshToken!)).__typename).toBe('AuthSession');
   });
 });
 
@@ -179,7 +213,7 @@ describe(`the counters (${databaseKind})`, () => {
     const database = await createTestDatabase();
     try {
       const store = postgresRateLimitStore(database.db);
-      const off = { authPerEmail: null, generationsPerUser: null, generationsPerIp: null, membersPerUser: null, membersPerIp: null };
+      const off = { authPerEmail: null, generationsPerUser: null, generationsPerIp: null, membersPerUser: null, membersPerIp: null, refreshPerIp: null };
       const limits = createRateLimits({ ...off, authPerIp: { limit: 2, windowSeconds: week } }, store);
       await limits.authAttempt('203.0.113.7', 'one@example.com');
       await limits.authAttempt('203.0.113.7', 'two@example.com');

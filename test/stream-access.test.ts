@@ -13,6 +13,7 @@ import {
   ArchiveProjectDocument,
   CancelGenerationDocument,
   GenerationChunksDocument,
+  GenerationDocument,
   GenerationUpdatedDocument,
   RemoveProjectMemberDocument,
   SignOutDocument,
@@ -22,7 +23,7 @@ import { createProject, signIn, signUp, type TestUser } from './support/fixtures
 import { type GenerationServer, startAccepted, waitForEnd, within } from './support/generation-helpers.js';
 import { startFakeSupabase } from './support/fake-supabase.js';
 import { useStarted } from './support/lifecycle.js';
-import { collect, liveClient, RawSocket, sseSubscribe } from './support/live.js';
+import { collect, liveClient, type RawMessage, RawSocket, sseSubscribe } from './support/live.js';
 import { as, createGeneration, createTeam } from './support/rls.js';
 import { useGenerationServer } from './support/suite-server.js';
 
@@ -80,6 +81,36 @@ describe(`live streams end when access ends (${databaseKind})`, () => {
     cleanups.push(async () => (await signIn(suite.server, owner.email)).client.request(CancelGenerationDocument, { id: generation.id }));
     return { owner, viewer, viewerId, project, generation };
   }
+
+  it('a subscription started on a socket after its session signed out is refused as a query is, with no history', async () => {
+    const { owner, generation } = await sharedGeneration();
+    const session = await signIn(suite.server, owner.email);
+    const socket = await RawSocket.open(suite.server.url);
+    cleanups.push(async () => socket.close());
+    await socket.init(session.accessToken);
+    // The socket is live and the generation has history to replay.
+    socket.subscribe('before', GenerationChunksDocument, { id: generation.id });
+    await within(socket.waitFor((m) => m.id === 'before' && m.type === 'next'), 20_000, () => 'the first subscription got nothing');
+
+    expect(await session.client.expectNoErrors(SignOutDocument, {})).toEqual({ signOut: true });
+    socket.subscribe('after', GenerationChunksDocument, { id: generation.id });
+    socket.subscribe('query', GenerationDocument, { id: generation.id });
+    /** The errors of an operation once it has ended, and whether any of its results carried data. */
+    const outcome = async (id: string) => {
+      await within(socket.waitFor((m) => m.id === id && (m.type === 'complete' || m.type === 'error')), 20_000, () => `${id} did not end`);
+      const messages = socket.messages.filter((m) => m.id === id);
+      const payloads = messages.map((m) => m.payload as { data?: Record<string, unknown> | null; errors?: unknown[] } | unknown[] | undefined);
+      const errors = payloads.flatMap((p) => (Array.isArray(p) ? p : (p?.errors ?? [])));
+      const data = payloads.some((p) => !Array.isArray(p) && Object.values(p?.data ?? {}).some((value) => value !== null));
+      return { errors, data };
+    };
+    const [subscription, query] = [await outcome('after'), await outcome('query')];
+    expect(query).toEqual({ errors: [expect.objectContaining({ extensions: { code: 'UNAUTHENTICATED' } })], data: false });
+    const message = (query.errors[0] as { message: string }).message;
+    expect(subscription).toEqual({ errors: [expect.objectContaining({ message, extensions: { code: 'UNAUTHENTICATED' } })], data: false });
+    // The socket stays open for the client to sign in again (its re-check closes it in time).
+    expect(socket.socket.readyState).toBe(socket.socket.OPEN);
+  });
 
   describe.each<Transport>(['sse', 'graphql-ws'])('over %s', (transport) => {
     it('signing out ends the stream with UNAUTHENTICATED, then it completes', async () => {

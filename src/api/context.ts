@@ -50,8 +50,8 @@ export interface UseCaseDeps {
   streams: { bus: EventBus; maxQueued: number; access: Pick<StreamAccess, 'watch'> };
   /** Undefined when project secrets are disabled (no KILN_ENCRYPTION_KEY). */
   secretBox?: SecretBox;
-  rateLimits: Pick<RateLimits, 'authAttempt' | 'memberAdd' | 'generationStart'>;
-  /** Sign-up, sign-in, refresh and sign-out; tokens are verified in the context factory (a graphql-ws subscription: at connect). */
+  rateLimits: Pick<RateLimits, 'authAttempt' | 'memberAdd' | 'generationStart' | 'refresh'>;
+  /** Sign-up, sign-in, refresh and sign-out; tokens are verified in the context factory, for every operation. */
   sessions: Pick<AuthProvider, 'signUp' | 'signIn' | 'refresh' | 'signOut'>;
   /** Short-lived signed URLs of previews and archives. */
   outputs: Pick<Outputs, 'previewUrl' | 'archiveUrl'>;
@@ -93,8 +93,6 @@ export interface OperationRequest {
   requestId: string;
   clientIp?: string;
   transport?: Context['transport'];
-  /** The claims of `authorization` when the transport verified it already (a subscription on a graphql-ws socket, at connect). */
-  verifiedClaims?: Claims;
 }
 
 /** The context of each operation, over what the composition root provides. */
@@ -113,7 +111,7 @@ export function contextFactory(services: Services): (request: OperationRequest) 
     let problem: string | undefined;
     if (token) {
       try {
-        const claims = request.verifiedClaims ?? (await services.auth.verify(token));
+        const claims = await services.auth.verify(token);
         viewer = { id: claims.sub, email: claims.email ?? '', claims, accessToken: token };
       } catch (error) {
         if (!(error instanceof AuthError)) throw contextFailed(services.logger, request, error);

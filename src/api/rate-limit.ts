@@ -9,7 +9,9 @@ import { RateLimitedError } from '../errors.js';
 // email from one address (guessing one account; keyed on both, so an attacker who
 // hammers a victim's email cannot lock the victim out from anywhere else), starting
 // generations (builds run, a paid model answers) and adding project members (probing
-// emails for accounts) per user and per client address (accounts are free, addresses are not). Embedded Kiln
+// emails for accounts) per user and per client address (accounts are free, addresses are not),
+// and refreshing sessions per client address (each refresh is a call to the auth provider,
+// which on Supabase has its own per-address limits). Embedded Kiln
 // counts in memory (one process); on PostgreSQL every instance counts in one table,
 // so a limit holds however many API processes sit behind the load balancer.
 
@@ -30,6 +32,8 @@ export interface RateLimits {
   generationStart(userId: string, clientIp: string): Promise<void>;
   /** Before addProjectMember. */
   memberAdd(userId: string, clientIp: string): Promise<void>;
+  /** Before refreshSession. */
+  refresh(clientIp: string): Promise<void>;
 }
 
 export function createRateLimits(rules: Config['rateLimits'], store: RateLimitStore): RateLimits {
@@ -54,6 +58,9 @@ export function createRateLimits(rules: Config['rateLimits'], store: RateLimitSt
       const message = 'You added too many members recently; wait a while and try again.';
       await check(rules.membersPerUser, `members:user:${userId}`, message);
       await check(rules.membersPerIp, `members:ip:${addressBlock(clientIp)}`, message);
+    },
+    refresh: async (clientIp) => {
+      await check(rules.refreshPerIp, `refresh:ip:${addressBlock(clientIp)}`, 'Too many session refreshes; wait a while and try again.');
     },
   };
 }

@@ -3,7 +3,6 @@ import { type IncomingMessage, type Server, type ServerResponse, createServer } 
 import type { AddressInfo } from 'node:net';
 import { createYoga } from 'graphql-yoga';
 import { isMigrated } from '../db/migrate.js';
-import type { Claims } from '../db/scope.js';
 import { observeRequest, routeOf, serveMetrics } from '../observability/metrics.js';
 import { type Context, type Services, contextFactory } from './context.js';
 import { useRequestIdErrors } from './errors-plugin.js';
@@ -31,7 +30,7 @@ export interface App {
 }
 
 /** HTTP requests come with node's `req`; graphql-ws operations with the socket's client address and connection params. */
-type ServerContext = { req?: IncomingMessage; clientIp?: string; connectionParams?: Record<string, unknown>; verifiedClaims?: Claims };
+type ServerContext = { req?: IncomingMessage; clientIp?: string; connectionParams?: Record<string, unknown> };
 
 export function buildApp(services: Services): App {
   const { config } = services;
@@ -81,13 +80,12 @@ export function buildApp(services: Services): App {
       useSharedSubscriptionExecution(),
       sse.plugin,
     ],
-    context: ({ request, connectionParams, req, clientIp, verifiedClaims }) =>
+    context: ({ request, connectionParams, req, clientIp }) =>
       createContext({
         requestId: newRequestId(),
         clientIp: clientIp ?? clientAddress(req, config.trustedProxyHops),
         transport: connectionParams ? 'websocket' : 'http',
         authorization: connectionParams ? String(connectionParams.authorization ?? '') : request.headers.get('authorization'),
-        verifiedClaims,
       }),
   });
 

@@ -1,7 +1,7 @@
 import type { IncomingMessage, Server } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { type ExecutionArgs, GraphQLError, getOperationAST } from 'graphql';
+import { type ExecutionArgs, GraphQLError } from 'graphql';
 import { CloseCode, type ServerOptions, type SubscribePayload, type Context as WsContext } from 'graphql-ws';
 import { useServer } from 'graphql-ws/use/ws';
 import { isAsyncIterable, type YogaServerInstance } from 'graphql-yoga';
@@ -71,11 +71,10 @@ type Peer = { clientIp: string };
 type Extra = { socket: BatchingWebSocket; request: Peer };
 type Ctx = WsContext<Record<string, unknown> | undefined, Extra>;
 
-/** An accepted socket, the token it authenticated with and that token's claims. */
+/** An accepted socket and the token it authenticated with. */
 interface Connection {
   socket: WebSocket;
   token: string;
-  claims: Claims;
   expiry?: Deadline;
   release: () => void;
 }
@@ -161,7 +160,7 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
           socket.close(CloseCode.TooManyInitialisationRequests, 'Too many open connections');
           return false;
         }
-        const connection: Connection = { socket, token, claims, release };
+        const connection: Connection = { socket, token, release };
         if (exp !== undefined) {
           // Expiry ends the connection on time, whatever the re-check interval.
           connection.expiry = expiries.schedule(exp * 1000, () => forbid(socket));
@@ -218,15 +217,13 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
     }
     const errors = enveloped.validate(enveloped.schema, document);
     if (errors.length > 0) return errors;
-    // A subscription takes the socket's claims (verified at connect, kept current by the
-    // expiry deadline and the re-check below, which close the socket when they lapse) rather
-    // than a JWT check and a session read each; a query or mutation verifies again, so a
-    // sign-out stops it at once.
+    // Every operation verifies the socket's token again, as an HTTP request does (a JWT check and
+    // a session read; Supabase's from its short cache): once when it starts, never per event. So a
+    // sign-out refuses the next operation at once with UNAUTHENTICATED, a subscription too; the
+    // ones already running end at the re-check below, which closes the socket.
     let contextValue;
     try {
-      contextValue = await enveloped.contextFactory(
-        getOperationAST(document, params.operationName)?.operation === 'subscription' ? { verifiedClaims: connections.get(ctx)?.claims } : undefined,
-      );
+      contextValue = await enveloped.contextFactory();
     } catch (error) {
       // A context that could not be built (masked and logged by the factory) fails this operation, not the socket.
       if (error instanceof GraphQLError) return [error];

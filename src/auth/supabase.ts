@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { createClient, isAuthApiError, isAuthSessionMissingError, type Session, type User } from '@supabase/supabase-js';
 import type { Db } from '../db/client.js';
 import type { Claims } from '../db/scope.js';
@@ -13,6 +14,11 @@ export interface SupabaseAuthOptions {
   db: Db;
   url: string;
   anonKey: string;
+  /**
+   * SUPABASE_SERVICE_ROLE_KEY: the legacy service_role key or a secret key (`sb_secret_…`), for
+   * sign-out through the admin API; a secret key also carries sign-ups, sign-ins and refreshes,
+   * with the end user's address.
+   */
   serviceRoleKey?: string;
   /** The project's legacy HS256 secret; without it only JWKS (asymmetric) keys are trusted. */
   jwtSecret?: string;
@@ -25,6 +31,8 @@ export interface SupabaseAuthOptions {
 }
 
 const MAX_KNOWN_USERS = 10_000;
+/** Supabase's secret API keys: the only keys whose requests may name the end user's address (Sb-Forwarded-For). */
+const SECRET_KEY_PREFIX = 'sb_secret_';
 
 /**
  * The profile of a user as GoTrue answers it. Kiln's users sign in by email: an anonymous or
@@ -46,7 +54,15 @@ export function createSupabaseAuth(options: SupabaseAuthOptions): AuthProvider {
   // A client keeps the last session and shares one in-flight refresh, so each user
   // operation gets its own; the server's calls (sign-out, session checks) carry the
   // user's JWT and share one. GoTrue authorises /logout by that JWT; the key passes the gateway.
-  const userAuth = () => createClient(url, anonKey, clientOptions).auth;
+  // GoTrue limits sign-ins and refreshes per address, and from here sees only this server's: with
+  // a secret key (and "IP address forwarding" on in the project) the user operations say whose
+  // they are in Sb-Forwarded-For. Legacy anon and service_role keys and publishable keys cannot.
+  const secretKey = options.serviceRoleKey?.startsWith(SECRET_KEY_PREFIX) ? options.serviceRoleKey : undefined;
+  const userAuth = (clientIp: string | undefined) => {
+    if (!secretKey) return createClient(url, anonKey, clientOptions).auth;
+    const headers: Record<string, string> = clientIp && isIP(clientIp) ? { 'Sb-Forwarded-For': clientIp } : {};
+    return createClient(url, secretKey, { ...clientOptions, global: { ...clientOptions.global, headers } }).auth;
+  };
   const serverAuth = createClient(url, options.serviceRoleKey ?? anonKey, clientOptions).auth;
   // The email this process last wrote to each user's profile row, least recently written first;
   // a restart only writes them again.
@@ -106,23 +122,23 @@ export function createSupabaseAuth(options: SupabaseAuthOptions): AuthProvider {
   }
 
   return {
-    async signUp(email, password) {
-      const { data, error } = await userAuth().signUp({ email: validateSignUp(email, password), password });
+    async signUp(email, password, clientIp) {
+      const { data, error } = await userAuth(clientIp).signUp({ email: validateSignUp(email, password), password });
       if (error) throw fromGoTrueError(error);
       // With email confirmation on, GoTrue answers without a session (also for a taken email, to not reveal it).
       if (!data.session) throw new AuthError(CONFIRM_EMAIL);
       return toAuthSession(data.session);
     },
 
-    async signIn(email, password) {
+    async signIn(email, password, clientIp) {
       validateSignInPassword(password);
-      const { data, error } = await userAuth().signInWithPassword({ email: normaliseEmail(email), password });
+      const { data, error } = await userAuth(clientIp).signInWithPassword({ email: normaliseEmail(email), password });
       if (error) throw fromGoTrueError(error);
       return toAuthSession(data.session);
     },
 
-    async refresh(refreshToken) {
-      const { data, error } = await userAuth().refreshSession({ refresh_token: refreshToken });
+    async refresh(refreshToken, clientIp) {
+      const { data, error } = await userAuth(clientIp).refreshSession({ refresh_token: refreshToken });
       if (error) throw fromRefreshError(error);
       if (!data.session) throw new AuthError();
       return toAuthSession(data.session);

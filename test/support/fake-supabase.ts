@@ -6,7 +6,19 @@ import { exportJWK, generateKeyPair, type JWTPayload, jwtVerify, SignJWT } from 
 // A stand-in for Supabase Auth (GoTrue) at the network edge, close enough to its
 // HTTP API that the real supabase-js talks to it: sessions, refresh-token rotation
 // with reuse detection, /user session checks, /logout scopes, a JWKS with an ES256
-// key, and errors in GoTrue's two body shapes (chosen by X-Supabase-Api-Version).
+// key, and errors in GoTrue's two body shapes (chosen by X-Supabase-Api-Version). Its gateway
+// takes the legacy anon and service_role keys and a secret key (`sb_secret_…`), and records
+// the end-user address each request names (Sb-Forwarded-For).
+
+/** A request to GoTrue (JWKS aside), as the gateway received it. */
+export interface FakeSupabaseRequest {
+  /** `POST /auth/v1/token?grant_type=password`, `GET /auth/v1/user`, … */
+  route: string;
+  /** Which of the project's keys it came with. */
+  key: 'anon' | 'service_role' | 'secret';
+  /** Its Sb-Forwarded-For header, if any. */
+  forwardedFor?: string;
+}
 
 export interface FakeSupabaseOptions {
   /** Sign-ups wait for confirmEmail() (GoTrue's default on hosted projects). */
@@ -24,6 +36,10 @@ export interface FakeSupabase {
   readonly url: string;
   readonly anonKey: string;
   readonly serviceRoleKey: string;
+  /** A secret API key of the project (`sb_secret_…`), with which Sb-Forwarded-For is honoured. */
+  readonly secretKey: string;
+  /** The requests received so far (JWKS aside), oldest first. */
+  readonly requests: readonly FakeSupabaseRequest[];
   /** The settings that make Kiln use this fake as its auth provider. */
   readonly kilnEnv: { AUTH_PROVIDER: 'supabase'; SUPABASE_URL: string; SUPABASE_ANON_KEY: string; SUPABASE_SERVICE_ROLE_KEY: string };
   /** GET /auth/v1/user requests served so far (the provider's session checks). */
@@ -84,6 +100,7 @@ export async function startFakeSupabase(options: FakeSupabaseOptions = {}): Prom
   let injectedFailure: GoTrueError | undefined;
   let stallNext = false;
   let userRequests = 0;
+  const requests: FakeSupabaseRequest[] = [];
 
   const server = createServer((req, res) => {
     handle(req, res).catch((error: unknown) => {
@@ -99,13 +116,21 @@ export async function startFakeSupabase(options: FakeSupabaseOptions = {}): Prom
   const now = () => Math.floor(Date.now() / 1000);
   const anonKey = await sign({ iss: 'supabase', role: 'anon', iat: now(), exp: now() + 10 * 365 * 86400 });
   const serviceRoleKey = await sign({ iss: 'supabase', role: 'service_role', iat: now(), exp: now() + 10 * 365 * 86400 });
+  const secretKey = `sb_secret_${randomBytes(24).toString('base64url')}`;
+  const keys = new Map<unknown, FakeSupabaseRequest['key']>([
+    [anonKey, 'anon'],
+    [serviceRoleKey, 'service_role'],
+    [secretKey, 'secret'],
+  ]);
 
   async function handle(req: IncomingMessage, res: ServerResponse) {
     const { pathname, searchParams } = new URL(req.url ?? '/', url);
     if (req.method === 'GET' && pathname === '/auth/v1/.well-known/jwks.json') return sendJson(res, 200, jwks);
     // The API gateway in front of GoTrue turns away requests without a project key.
-    const apikey = req.headers.apikey;
-    if (apikey !== anonKey && apikey !== serviceRoleKey) return sendJson(res, 401, { message: 'Invalid API key' });
+    const key = keys.get(req.headers.apikey);
+    if (!key) return sendJson(res, 401, { message: 'Invalid API key' });
+    const forwardedFor = req.headers['sb-forwarded-for'];
+    requests.push({ route: `${req.method} ${req.url}`, key, ...(typeof forwardedFor === 'string' ? { forwardedFor } : {}) });
     if (stallNext) {
       stallNext = false;
       return; // the response stays open until close()
@@ -258,6 +283,8 @@ export async function startFakeSupabase(options: FakeSupabaseOptions = {}): Prom
     url,
     anonKey,
     serviceRoleKey,
+    secretKey,
+    requests,
     kilnEnv: { AUTH_PROVIDER: 'supabase', SUPABASE_URL: url, SUPABASE_ANON_KEY: anonKey, SUPABASE_SERVICE_ROLE_KEY: serviceRoleKey },
     get userRequests() {
       return userRequests;

@@ -140,6 +140,11 @@ describe('parseConfig refuses at start-up what would fail later', () => {
     expect(parseConfig({ PUBLIC_URL: 'https://kiln.example.com/' }).outputs.publicUrl).toBe('https://kiln.example.com');
   });
 
+  it("refuses a PREVIEW_ORIGIN that is PUBLIC_URL's origin, where the API would answer nothing", () => {
+    expect(problemsOf({ PUBLIC_URL: 'https://kiln.example.com/', PREVIEW_ORIGIN: 'https://Kiln.example.com:443' })).toEqual([expect.stringContaining('PREVIEW_ORIGIN must be an origin of its own')]);
+    expect(problemsOf({ PUBLIC_URL: 'https://kiln.example.com', PREVIEW_ORIGIN: 'https://kiln.example.com:8443' })).toEqual([]);
+  });
+
   it('hands the build sandbox DATA_DIR and WORKSPACES_DIR to hide from every step', () => {
     expect(parseConfig({ DATA_DIR: '/usr/src/app/.kiln' }).buildSandbox.hiddenDirs).toEqual({ DATA_DIR: '/usr/src/app/.kiln', WORKSPACES_DIR: '/usr/src/app/.kiln/workspaces' });
     expect(parseConfig({ DATA_DIR: '/srv/kiln', WORKSPACES_DIR: '/var/kiln/ws' }).buildSandbox.hiddenDirs).toEqual({ DATA_DIR: '/srv/kiln', WORKSPACES_DIR: '/var/kiln/ws' });

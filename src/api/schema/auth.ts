@@ -38,7 +38,9 @@ builder.queryField('viewer', (t) =>
     type: UserRef,
     nullable: true,
     description: 'The signed-in user, or null without a valid access token.',
-    resolve: (_root, _args, ctx) => (ctx.viewer ? { id: ctx.viewer.id, email: ctx.viewer.email } : null),
+    // The users row, not the token's claims: a token keeps the email it was issued with until it
+    // expires, also after the user changed it (and someone else took the old one).
+    resolve: (_root, _args, ctx) => ctx.viewer?.id ?? null,
   }),
 );
 
@@ -49,7 +51,7 @@ builder.mutationFields((t) => ({
     args: { input: t.arg({ type: SignUpInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       await ctx.useCases.rateLimits.authAttempt(ctx.clientIp, input.email);
-      return ctx.useCases.sessions.signUp(input.email, input.password);
+      return ctx.useCases.sessions.signUp(input.email, input.password, ctx.clientIp);
     },
   }),
   signIn: t.field({
@@ -58,14 +60,17 @@ builder.mutationFields((t) => ({
     args: { input: t.arg({ type: SignInInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       await ctx.useCases.rateLimits.authAttempt(ctx.clientIp, input.email);
-      return ctx.useCases.sessions.signIn(input.email, input.password);
+      return ctx.useCases.sessions.signIn(input.email, input.password, ctx.clientIp);
     },
   }),
   refreshSession: t.field({
     type: AuthSessionRef,
     errors: {},
     args: { input: t.arg({ type: RefreshSessionInput, required: true }) },
-    resolve: (_root, { input }, ctx) => ctx.useCases.sessions.refresh(input.refreshToken),
+    resolve: async (_root, { input }, ctx) => {
+      await ctx.useCases.rateLimits.refresh(ctx.clientIp);
+      return ctx.useCases.sessions.refresh(input.refreshToken, ctx.clientIp);
+    },
   }),
   signOut: t.boolean({
     description: 'Ends sessions at once (their access tokens stop working). False when the request had no live session.',
