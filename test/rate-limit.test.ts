@@ -1,3 +1,5 @@
+import { randomUUID } from 'node:crypto';
+import { encodeGlobalID } from '@pothos/plugin-relay';
 import { sql } from 'drizzle-orm';
 import { print } from 'graphql';
 import { describe, expect, it } from 'vitest';
@@ -146,6 +148,17 @@ describe(`starting generations (${databaseKind})`, () => {
     const theirs = await createProject(other.client, { target: 'FLUTTER' });
     await startAccepted(other.client, { projectId: theirs.id, prompt: 'A timer' });
   });
+
+  it('counts only what starts: a start refused for another reason (here a project that is not there) gives its count back', async () => {
+    const owner = await signUp(suite.server);
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    await startAccepted(owner.client, { projectId: project.id, prompt: 'A timer' });
+    for (let attempt = 0; attempt < 3; attempt++) {
+      expectTypename(await startGeneration(owner.client, { projectId: encodeGlobalID('Project', randomUUID()), prompt: 'Nowhere' }), 'NotFoundError');
+    }
+    await startAccepted(owner.client, { projectId: project.id, prompt: 'A stopwatch' });
+    expectTypename(await startGeneration(owner.client, { projectId: project.id, prompt: 'A clock' }), 'RateLimitedError');
+  });
 });
 
 describe(`starting generations from one address (${databaseKind})`, () => {
@@ -200,6 +213,30 @@ describe(`the counters (${databaseKind})`, () => {
     expect((await store.hit('other', 60)).count).toBe(1);
     now += 50_000;
     expect(await store.hit('k', 60)).toEqual({ count: 1, resetInSeconds: 60 });
+  });
+
+  it('give a hit back within its window, never below none and never into the next window', async () => {
+    let now = Date.UTC(2030, 0, 1, 12, 0, 0);
+    const memory = memoryRateLimitStore(() => now);
+    const database = await createTestDatabase();
+    try {
+      // The database's windows follow its own clock: keys of their own, checked within one window of an hour.
+      for (const store of [memory, postgresRateLimitStore(database.db)]) {
+        const key = `given-back:${randomUUID()}`;
+        await store.hit(key, 3600);
+        await store.hit(key, 3600);
+        await store.unhit(key, 3600);
+        expect((await store.hit(key, 3600)).count).toBe(2);
+        for (let i = 0; i < 3; i++) await store.unhit(key, 3600);
+        expect((await store.hit(key, 3600)).count).toBe(1);
+      }
+      await memory.hit('k', 60);
+      now += 60_000;
+      await memory.unhit('k', 60);
+      expect((await memory.hit('k', 60)).count).toBe(1);
+    } finally {
+      await database.close();
+    }
   });
 
   it('kept in the database outlive a sweep while their window is open, however long it is, and go once it has ended', async () => {

@@ -23,13 +23,19 @@ export interface RateRule {
 export interface RateLimitStore {
   /** Counts one hit on `key` in the current window of `rule`; returns the count so far and the seconds until the window ends. */
   hit(key: string, windowSeconds: number): Promise<{ count: number; resetInSeconds: number }>;
+  /** Takes one hit back from `key`'s current window (none once that window has ended). */
+  unhit(key: string, windowSeconds: number): Promise<void>;
 }
 
 export interface RateLimits {
   /** Before signIn and signUp. */
   authAttempt(clientIp: string, email: string): Promise<void>;
-  /** Before startGeneration, retryGeneration and restoreGeneration. */
-  generationStart(userId: string, clientIp: string): Promise<void>;
+  /**
+   * Before startGeneration, retryGeneration and restoreGeneration; resolves with what gives the
+   * hit back when the start is then refused for another reason (a busy session, a budget): the
+   * limit counts generations started, and a client that asks again is not locked out for it.
+   */
+  generationStart(userId: string, clientIp: string): Promise<() => Promise<void>>;
   /** Before addProjectMember. */
   memberAdd(userId: string, clientIp: string): Promise<void>;
   /** Before refreshSession. */
@@ -51,8 +57,14 @@ export function createRateLimits(rules: Config['rateLimits'], store: RateLimitSt
     },
     generationStart: async (userId, clientIp) => {
       const message = 'You started too many generations recently; wait a while and try again.';
-      await check(rules.generationsPerUser, `generations:user:${userId}`, message);
-      await check(rules.generationsPerIp, `generations:ip:${addressBlock(clientIp)}`, message);
+      const counted = [
+        [rules.generationsPerUser, `generations:user:${userId}`],
+        [rules.generationsPerIp, `generations:ip:${addressBlock(clientIp)}`],
+      ] as const;
+      for (const [rule, key] of counted) await check(rule, key, message);
+      return async () => {
+        for (const [rule, key] of counted) if (rule) await store.unhit(key, rule.windowSeconds);
+      };
     },
     memberAdd: async (userId, clientIp) => {
       const message = 'You added too many members recently; wait a while and try again.';
@@ -89,6 +101,11 @@ export function memoryRateLimitStore(now: () => number = Date.now): RateLimitSto
       window.count++;
       windows.set(key, window);
       return { count: window.count, resetInSeconds: (start + windowMs - time) / 1000 };
+    },
+    unhit: async (key, windowSeconds) => {
+      const window = windows.get(key);
+      const windowMs = windowSeconds * 1000;
+      if (window && window.start === Math.floor(now() / windowMs) * windowMs && window.count > 0) window.count--;
     },
   };
 }

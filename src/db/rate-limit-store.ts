@@ -15,6 +15,7 @@ const SWEEP_EVERY = 500;
  */
 export function postgresRateLimitStore(db: Db): {
   hit(key: string, windowSeconds: number): Promise<{ count: number; resetInSeconds: number }>;
+  unhit(key: string, windowSeconds: number): Promise<void>;
   /** Drops the counters whose window has ended; hit() starts one every SWEEP_EVERY hits and does not wait for it. */
   sweep(): Promise<void>;
 } {
@@ -40,6 +41,13 @@ export function postgresRateLimitStore(db: Db): {
       // Now and then, drop counters whose window has ended (one row per address or email ever seen otherwise).
       if (++hits % SWEEP_EVERY === 0) void sweep().catch(() => {});
       return { count: Number(row?.hits ?? 1), resetInSeconds: Number(row?.reset_in ?? windowSeconds) };
+    },
+    unhit: async (key, windowSeconds) => {
+      const uncount = () => db.execute(sql`
+        update rate_limits set hits = hits - 1
+        where key = ${`${windowSeconds}s:${key}`} and hits > 0
+          and window_start = to_timestamp(floor(extract(epoch from now()) / ${windowSeconds}) * ${windowSeconds})`);
+      await retryThroughOutage(uncount, isConnectionError);
     },
     sweep,
   };

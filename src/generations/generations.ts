@@ -44,8 +44,26 @@ export interface GenerationDeps {
   defaultMaxFixRounds?: number;
   /** Tokens a start reserves against its project's monthly limit (BUDGET_RESERVATION_TOKENS); unset: none until it streams. */
   budgetReservationTokens?: number;
-  /** Throws RateLimitedError when the user (or the client's address) started too many generations recently; bound per request (startLimits). */
-  rateLimit?(userId: string): Promise<void>;
+  /**
+   * Throws RateLimitedError when the user (or the client's address) started too many generations
+   * recently, or counts this start and resolves with what takes it back; bound per request (startLimits).
+   */
+  rateLimit?(userId: string): Promise<() => Promise<void>>;
+}
+
+/**
+ * A start counted against the rate limits, and given back when it is refused (a busy session,
+ * a budget, a role): only what starts a generation counts, so asking again costs nothing.
+ */
+export async function countedStart(scope: Scope, deps: GenerationDeps, start: () => Promise<GenerationRow>): Promise<GenerationRow> {
+  const giveBack = scope.userId ? await deps.rateLimit?.(scope.userId) : undefined;
+  try {
+    return await start();
+  } catch (error) {
+    // Not worth failing the answer for: at worst the count stays one too high until its window ends.
+    await giveBack?.().catch(() => {});
+    throw error;
+  }
 }
 
 export interface StartInput {
@@ -58,43 +76,45 @@ export interface StartInput {
 }
 
 export async function startGeneration(scope: Scope, deps: GenerationDeps, input: StartInput): Promise<GenerationRow> {
-  if (scope.userId) await deps.rateLimit?.(scope.userId);
-  const generation = await scope.run(async (tx) => {
-    await projectStore.lockAgainstArchive(tx, input.projectId, 'start');
-    const project = requireRole(await projectStore.find(tx, input.projectId), ['owner', 'editor']);
-    refuseArchived(project);
-    const parent = await resolveParent(tx, project.id, input);
-    const sessionId = input.sessionId ?? parent?.sessionId ?? randomUUID();
-    const values = {
-      projectId: project.id,
-      createdBy: scope.userId!,
-      sessionId,
-      parentId: parent?.id ?? null,
-      prompt: input.prompt,
-      // Resolved now and kept, so a later change of the default never alters a queued run.
-      maxFixRounds: input.maxFixRounds ?? deps.defaultMaxFixRounds ?? 0,
-    };
-    return insertGeneration(tx, deps, values, project);
-  });
+  const generation = await countedStart(scope, deps, () =>
+    scope.run(async (tx) => {
+      await projectStore.lockAgainstArchive(tx, input.projectId, 'start');
+      const project = requireRole(await projectStore.find(tx, input.projectId), ['owner', 'editor']);
+      refuseArchived(project);
+      const parent = await resolveParent(tx, project.id, input);
+      const sessionId = input.sessionId ?? parent?.sessionId ?? randomUUID();
+      const values = {
+        projectId: project.id,
+        createdBy: scope.userId!,
+        sessionId,
+        parentId: parent?.id ?? null,
+        prompt: input.prompt,
+        // Resolved now and kept, so a later change of the default never alters a queued run.
+        maxFixRounds: input.maxFixRounds ?? deps.defaultMaxFixRounds ?? 0,
+      };
+      return insertGeneration(tx, deps, values, project);
+    }),
+  );
   announce(deps, generation);
   return generation;
 }
 
 export async function retryGeneration(scope: Scope, deps: GenerationDeps, id: string): Promise<GenerationRow> {
-  if (scope.userId) await deps.rateLimit?.(scope.userId);
-  const generation = await scope.run(async (tx) => {
-    const original = await findVisible(tx, id);
-    await projectStore.lockAgainstArchive(tx, original.projectId, 'start');
-    const project = requireRole(await projectStore.find(tx, original.projectId), ['owner', 'editor']);
-    refuseArchived(project);
-    if (!isTerminal(original.status)) throw new InvalidStateError('Only a finished generation can be retried.');
-    if (original.attempt >= MAX_ATTEMPTS) {
-      throw new InvalidStateError(`This prompt has been tried ${MAX_ATTEMPTS} times, as often as one prompt may be; start a new generation instead.`);
-    }
-    await claimSession(tx, project.id, original.sessionId);
-    // A user's retry is not retried automatically.
-    return insertRetry(tx, deps, original, { createdBy: scope.userId!, limits: project, retrySpent: true });
-  });
+  const generation = await countedStart(scope, deps, () =>
+    scope.run(async (tx) => {
+      const original = await findVisible(tx, id);
+      await projectStore.lockAgainstArchive(tx, original.projectId, 'start');
+      const project = requireRole(await projectStore.find(tx, original.projectId), ['owner', 'editor']);
+      refuseArchived(project);
+      if (!isTerminal(original.status)) throw new InvalidStateError('Only a finished generation can be retried.');
+      if (original.attempt >= MAX_ATTEMPTS) {
+        throw new InvalidStateError(`This prompt has been tried ${MAX_ATTEMPTS} times, as often as one prompt may be; start a new generation instead.`);
+      }
+      await claimSession(tx, project.id, original.sessionId);
+      // A user's retry is not retried automatically.
+      return insertRetry(tx, deps, original, { createdBy: scope.userId!, limits: project, retrySpent: true });
+    }),
+  );
   announce(deps, generation);
   return generation;
 }
