@@ -84,6 +84,21 @@ const isActive = sql`${generations.status} in (${sql.raw(ACTIVE_STATUSES.map((st
 
 /** Ids are uuids: a name or a global id is checked against this before a query (a uuid column refuses anything else). */
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** Options of a page of a project's generations (pageOfProjects). */
+export interface GenerationPageOptions {
+  after?: { createdAt: Date; id: string };
+  status?: GenerationStatus[];
+}
+
+/**
+ * A batch's keys as rows `alias(columns)` (`columns` named as the keys' fields), sent as one
+ * parameter (JSON): a batch of any size, where a parameter per value stops at 65,535.
+ */
+const keyRows = (keys: readonly object[], alias: string) => sql`json_to_recordset(${JSON.stringify(keys)}::json) as ${sql.raw(alias)}`;
+/** Ids as rows `alias(id uuid)` (keyRows). */
+const idRows = (ids: readonly string[], alias: string) => keyRows(ids.map((id) => ({ id })), `${alias}(id uuid)`);
+
 /** The project's budget, locked until the transaction ends. */
 const budgetLock = (projectId: string) => advisoryLock(`kiln.project-budget:${projectId}`);
 
@@ -123,29 +138,39 @@ export const generationStore = {
     return tx.select().from(generations).where(inArray(generations.id, [...ids]));
   },
 
-  /** Newest first, keyset on (created_at, id). */
-  async pageOfProject(tx: Tx, projectId: string, limit: number, options: { after?: { createdAt: Date; id: string }; status?: GenerationStatus[] }) {
+  /**
+   * A page of each project's generations, newest first, keyset on (created_at, id): `limit`
+   * of each of `projectIds` in one statement, each project's read through the index as a
+   * query of its own would (a lateral subquery per project), ordered by project, then newest first.
+   */
+  async pageOfProjects(tx: Tx, projectIds: readonly string[], limit: number, options: GenerationPageOptions): Promise<GenerationRow[]> {
     const after = options.after;
-    return tx
-      .select()
+    const page = tx
+      .select({ id: generations.id })
       .from(generations)
       .where(
         and(
-          eq(generations.projectId, projectId),
+          sql`${generations.projectId} = p.id`,
           options.status?.length ? inArray(generations.status, options.status) : undefined,
           after ? or(lt(generations.createdAt, after.createdAt), and(eq(generations.createdAt, after.createdAt), lt(generations.id, after.id))) : undefined,
         ),
       )
       .orderBy(desc(generations.createdAt), desc(generations.id))
       .limit(limit);
+    return tx
+      .select()
+      .from(generations)
+      .where(sql`${generations.id} in (select g.id from ${idRows(projectIds, 'p')} cross join lateral (${page}) as g)`)
+      .orderBy(asc(generations.projectId), desc(generations.createdAt), desc(generations.id));
   },
 
-  async countOfProject(tx: Tx, projectId: string, status?: GenerationStatus[]): Promise<number> {
-    const [row] = await tx
+  /** How many generations each of `projectIds` has (of `status`, if given), each counted through the index as a query of its own would. */
+  async countOfProjects(tx: Tx, projectIds: readonly string[], status?: GenerationStatus[]): Promise<{ projectId: string; total: number }[]> {
+    const counted = tx
       .select({ total: sql<number>`count(*)::int` })
       .from(generations)
-      .where(and(eq(generations.projectId, projectId), status?.length ? inArray(generations.status, status) : undefined));
-    return row?.total ?? 0;
+      .where(and(sql`${generations.projectId} = p.id`, status?.length ? inArray(generations.status, status) : undefined));
+    return rowsOf(await tx.execute(sql`select p.id as "projectId", (${counted}) as total from ${idRows(projectIds, 'p')}`));
   },
 
   /**
@@ -427,6 +452,16 @@ export const generationStore = {
     return row?.output ?? '';
   },
 
+  /** The outputs of many generations for a viewer, in the viewer's scope: membership checked once per generation (see chunkPageOfMember). */
+  async outputsOfMember(tx: Tx, generationIds: readonly string[]): Promise<{ generationId: string; output: string }[]> {
+    return rowsOf<{ generationId: string; output: string }>(
+      await tx.execute(sql`
+        select k.id as "generationId",
+               coalesce((select string_agg(c.text, '' order by c.seq) from kiln.chunks_after(k.id, -1, null) c), '') as output
+          from ${idRows(generationIds, 'k')}`),
+    );
+  },
+
   async insertSteps(tx: Tx, rows: (typeof buildSteps.$inferInsert)[]) {
     if (rows.length > 0) await tx.insert(buildSteps).values(rows).onConflictDoNothing();
   },
@@ -482,6 +517,20 @@ export const generationStore = {
     return newestFirst.reverse();
   },
 
+  /**
+   * The last `count` log lines of each of many generations, oldest first, for a viewer, in the
+   * viewer's scope: membership checked once per generation and count (see chunkPageOfMember).
+   */
+  async logTailsOfMember(tx: Tx, tails: readonly { generationId: string; count: number }[]): Promise<(LogLineEvent & { generationId: string; count: number })[]> {
+    return rowsOf<LogLineEvent & { generationId: string; count: number }>(
+      await tx.execute(sql`
+        select k."generationId", k.count, l.seq, l.step, l.stream, l.text, l.round
+          from ${keyRows(tails, 'k("generationId" uuid, count int)')}
+         cross join lateral kiln.log_tail(k."generationId", k.count) as l
+         order by k."generationId", k.count, l.seq`),
+    );
+  },
+
   async logTail(tx: Tx, generationId: string, count: number): Promise<LogLineRow[]> {
     const rows = await tx
       .select()
@@ -515,6 +564,20 @@ export const generationStore = {
   },
 
   /**
+   * The files of many versions for a viewer, in the viewer's scope, each version's in path
+   * order: kiln.files_of checks membership once per version (see filesOfMember).
+   */
+  async filesOfMembers(tx: Tx, generationIds: readonly string[], withContent: boolean): Promise<(Pick<FileRow, 'path' | 'size' | 'sha256' | 'content'> & { generationId: string })[]> {
+    return rowsOf(
+      await tx.execute(sql`
+        select k.id as "generationId", f.path, f.size, f.sha256, f.content
+          from ${idRows(generationIds, 'k')}
+         cross join lateral kiln.files_of(k.id, ${withContent}) with ordinality as f(path, size, sha256, content, n)
+         order by k.id, f.n`),
+    );
+  },
+
+  /**
    * The version a follow-up of `generationId` starts from: the files of the nearest generation
    * of its lineage (itself, then back as turnsOfLineage goes) that wrote any. A parent that
    * ended before writing a file (FAILED or CANCELLED while it generated) hands on the version
@@ -534,12 +597,12 @@ export const generationStore = {
     return row?.id ?? undefined;
   },
 
-  async fileOf(tx: Tx, generationId: string, path: string): Promise<FileRow | undefined> {
-    const [row] = await tx
+  /** The files at these (generation, path) pairs that exist (and the row policies let the scope see), in no order. */
+  async filesAt(tx: Tx, keys: readonly { generationId: string; path: string }[]): Promise<FileRow[]> {
+    return tx
       .select()
       .from(generationFiles)
-      .where(and(eq(generationFiles.generationId, generationId), eq(generationFiles.path, path)));
-    return row;
+      .where(sql`(${generationFiles.generationId}, ${generationFiles.path}) in (select k."generationId", k.path from ${keyRows(keys, 'k("generationId" uuid, path text)')})`);
   },
 
   async insertMessage(tx: Tx, values: typeof conversationMessages.$inferInsert) {

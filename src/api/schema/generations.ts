@@ -1,7 +1,9 @@
+import { createContextCache } from '@pothos/core';
+import DataLoader from 'dataloader';
 import { z } from 'zod';
 import { BudgetExceededError, NotFoundError } from '../../errors.js';
 import { cancelGeneration, generationPrompt, MAX_ATTEMPTS, maxFixRounds, retryGeneration, startGeneration } from '../../generations/generations.js';
-import { generationReads } from '../../generations/reads.js';
+import { type GenerationPage, type GenerationPageRequest, generationReads } from '../../generations/reads.js';
 import { BUILD_STEP_STATUSES, GENERATION_PHASES, GENERATION_STATUSES } from '../../generations/status.js';
 import { type BuildStepRow, CONVERSATION_MAX_CHARS, CONVERSATION_MAX_MESSAGES, type GenerationRow, type MessageRow } from '../../generations/store.js';
 import { buildLogs, generationChunks, generationUpdates, type LiveStream } from '../../generations/streams.js';
@@ -53,6 +55,18 @@ const GenerationErrorRef = builder.objectRef<{ code: NonNullable<GenerationRow['
 });
 
 type FileSummary = { path: string; size: number; sha256: string; content?: string };
+
+/**
+ * The contents of the versions whose file lists a request reads (Generation.files, which
+ * leaves them out), by path: one read per batch of versions, however many files ask.
+ */
+const versionContents = createContextCache(
+  (ctx: Context) =>
+    new DataLoader<string, Map<string, string>>(async (ids) =>
+      (await generationReads.files(ctx.db, ids, true)).map((files) => new Map(files.map((file) => [file.path, file.content]))),
+    ),
+);
+
 const GeneratedFileRef = builder.objectRef<FileSummary & { generationId: string }>('GeneratedFile').implement({
   description: 'A file of the version a generation produced: the files of the version it started from (its parent\'s, or the nearest earlier one that wrote files; the template\'s for a first generation) with its own changes.',
   fields: (t) => ({
@@ -60,8 +74,7 @@ const GeneratedFileRef = builder.objectRef<FileSummary & { generationId: string 
     size: t.exposeInt('size', { description: 'Byte length of the UTF-8 content.' }),
     sha256: t.exposeString('sha256', { description: 'Lowercase hex SHA-256 of the UTF-8 content.' }),
     content: t.string({
-      resolve: async (file, _args, ctx) =>
-        file.content ?? (await generationReads.file(ctx.db, file.generationId, file.path))?.content ?? '',
+      resolve: async (file, _args, ctx) => file.content ?? (await versionContents(ctx).load(file.generationId)).get(file.path) ?? '',
     }),
   }),
 });
@@ -133,22 +146,25 @@ GenerationRef.implement({
     }),
     parent: t.field({ type: GenerationRef, nullable: true, resolve: (g) => g.parentId }),
     retryOf: t.field({ type: GenerationRef, nullable: true, resolve: (g) => g.retryOf }),
-    output: t.string({
+    output: t.loadable({
+      type: 'String',
       description: 'The model output so far: exactly the concatenation of its chunks.',
-      resolve: (g, _args, ctx) => generationReads.output(ctx.db, g.id),
+      load: (ids: string[], ctx) => generationReads.outputs(ctx.db, ids),
+      resolve: (g) => g.id,
     }),
-    files: t.field({
-      type: [GeneratedFileRef],
-      resolve: async (g, _args, ctx) => (await generationReads.files(ctx.db, g.id)).map(({ content: _, ...file }) => ({ ...file, generationId: g.id })),
+    files: t.loadableList({
+      type: GeneratedFileRef,
+      load: async (ids: string[], ctx) =>
+        (await generationReads.files(ctx.db, ids, false)).map((files) => files.map(({ content: _, ...file }) => file)),
+      resolve: (g) => g.id,
     }),
-    file: t.field({
+    file: t.loadable({
       type: GeneratedFileRef,
       nullable: true,
       args: { path: t.arg.string({ required: true }) },
-      resolve: async (g, args, ctx) => {
-        const file = await generationReads.file(ctx.db, g.id, args.path);
-        return file ? { ...file, generationId: g.id } : null;
-      },
+      load: async (keys: { generationId: string; path: string }[], ctx) => (await generationReads.filesAt(ctx.db, keys)).map((file) => file ?? null),
+      loaderOptions: { cacheKeyFn: (key) => JSON.stringify([key.generationId, key.path]) },
+      resolve: (g, args) => ({ generationId: g.id, path: args.path }),
     }),
     buildSteps: t.loadableList({
       type: BuildStepRef,
@@ -158,11 +174,13 @@ GenerationRef.implement({
       },
       resolve: (g) => g.id,
     }),
-    buildLog: t.field({
-      type: [LogLineRef],
+    buildLog: t.loadableList({
+      type: LogLineRef,
       description: 'The last `tail` lines of the build (at most 1000).',
       args: { tail: t.arg.int({ defaultValue: 200, validate: z.number().int().min(1).max(1000) }) },
-      resolve: (g, args, ctx) => generationReads.logTail(ctx.db, g.id, args.tail ?? 200),
+      load: (tails: { generationId: string; count: number }[], ctx) => generationReads.logTails(ctx.db, tails),
+      loaderOptions: { cacheKeyFn: (tail) => JSON.stringify([tail.generationId, tail.count]) },
+      resolve: (g, args) => ({ generationId: g.id, count: args.tail ?? 200 }),
     }),
   }),
 });
@@ -182,13 +200,18 @@ const BudgetRef = builder.objectRef<{ monthlyTokenLimit: number | null }>('Proje
   }),
 });
 
+/** Pages of Project.generations: the projects of a list, one read per batch (generationReads.pages). */
+const generationPages = createContextCache(
+  (ctx: Context) => new DataLoader<GenerationPageRequest, GenerationPage>((requests) => generationReads.pages(ctx.db, requests)),
+);
+
 builder.objectFields(ProjectRef, (t) => ({
   generations: t.connection({
     type: GenerationRef,
     description: 'Newest first.',
     args: { status: t.arg({ type: [GenerationStatusEnum], required: false }) },
     resolve: (project, args, ctx) =>
-      keysetConnection(args, ({ limit, after }) => generationReads.page(ctx.db, project.id, limit, { after, status: args.status ?? undefined })),
+      keysetConnection(args, ({ limit, after }) => generationPages(ctx).load({ projectId: project.id, limit, after, status: args.status ?? undefined })),
   }),
   usage: t.loadable({
     type: ProjectUsageRef,
