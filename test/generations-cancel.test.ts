@@ -292,3 +292,39 @@ describe(`a worker stopped while it claims a run (${databaseKind})`, () => {
     expect(await retryOf(owner.client, project.id, started.id)).toMatchObject({ status: 'QUEUED', attempt: 2 });
   });
 });
+
+describe(`a cancel while a run stores its outputs (${databaseKind})`, () => {
+  it('ends the run CANCELLED, with no preview or archive, though the store went on to its end', async () => {
+    const { database, dataDir, owner, started } = await queuedOnApiInstance(cleanups, 'Cancelled while stored');
+    const flutter = await fakeFlutter('ok');
+    cleanups.push(() => flutter.remove());
+    let storing!: () => void;
+    const inStore = new Promise<void>((resolve) => (storing = resolve));
+    let recorded = false;
+    const worker = await startOwnWorker(database, { OFFLINE_CHUNK_DELAY_MS: '0', DATA_DIR: dataDir, FLUTTER_BIN: flutter.bin }, {
+      outputs: {
+        // Held until the run has taken the cancel, then finished as a store that does not stop early would.
+        storeBlobs: async (_generationId, _bundleDir, _sources, signal) => {
+          storing();
+          await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }));
+          return {
+            record: async () => {
+              recorded = true;
+            },
+          };
+        },
+      },
+    });
+    cleanups.push(() => worker.stop({ graceMs: 0 }));
+    worker.wake(rawId(started.id));
+    await inStore;
+
+    const { cancelGeneration } = await owner.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
+    expect(expectTypename(cancelGeneration, 'Generation').status).toBe('RUNNING');
+    // The grace lets the run go to its end.
+    await worker.stop({ graceMs: 3_600_000 });
+
+    expect(await getGeneration(owner.client, started.id)).toMatchObject({ status: 'CANCELLED', phase: 'DONE', error: null });
+    expect(recorded).toBe(false);
+  });
+});

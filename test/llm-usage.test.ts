@@ -43,4 +43,27 @@ describe(`the usage Gemini counted, for a run stopped mid-answer (${databaseKind
     expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'BUDGET_EXCEEDED' } });
     expect(generation.usage).toEqual({ inputTokens: COUNTED.promptTokens, outputTokens: COUNTED.outputTokens });
   });
+
+  it("stops the run once Gemini's count passes the limit, though the text it streamed is short", async () => {
+    // Twenty sentences, each with 10,000 more output tokens in Gemini's count: a model thinking at length.
+    const chunks = Array.from({ length: 20 }, (_, i) => `Part ${i} of the plan. `);
+    suite.gemini.script({ kind: 'stream', chunks, usage: { promptTokens: 1_000, outputTokens: 200_000 } });
+    const limit = 30_000;
+    const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    expectTypename(
+      (await suite.owner.client.expectNoErrors(SetProjectBudgetDocument, { input: { projectId: project.id, monthlyTokenLimit: limit } })).setProjectBudget,
+      'Project',
+    );
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'An app that takes a lot of thought' });
+    const generation = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id);
+
+    expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'BUDGET_EXCEEDED' }, files: [], buildSteps: [] });
+    expect(generation.output.length).toBeLessThan(chunks.join('').length);
+    expect(chunks.join('').startsWith(generation.output)).toBe(true);
+    // Past the limit by no more than the event that took it over: Gemini's count is what is charged.
+    const { project: after } = await suite.owner.client.expectNoErrors(ProjectDocument, { id: project.id });
+    const used = after!.usage.inputTokens + after!.usage.outputTokens;
+    expect(used).toBeGreaterThan(limit);
+    expect(used).toBeLessThanOrEqual(limit + 10_000);
+  });
 });

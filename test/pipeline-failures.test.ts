@@ -11,6 +11,7 @@ import { MAX_ERROR_MESSAGE_CHARS } from '../src/generations/output-parser.js';
 import type { PipelineDeps } from '../src/generations/pipeline.js';
 import { createLogger } from '../src/observability/logger.js';
 import type { BuildSandbox } from '../src/toolchain/sandbox.js';
+import { getTarget } from '../src/toolchain/targets.js';
 import { ConversationDocument, GeneratedFileDocument } from './gql/graphql.js';
 import { waitUntil } from './support/cluster.js';
 import { createTestDatabase, databaseKind } from './support/db.js';
@@ -168,6 +169,28 @@ describe(`model output through a fake Gemini (${databaseKind})`, () => {
     expect(generation.usage).toEqual({ inputTokens: attempts * 700, outputTokens: attempts * 300 });
   });
 
+  it('fails with LLM_ERROR when Gemini finishes every answer without any text, counting each attempt', async () => {
+    suite.gemini.script({ kind: 'stream', chunks: [], usage: { promptTokens: 500, outputTokens: 0 } });
+    const before = suite.gemini.requests.length;
+    const { generation } = await run('An answer that never comes');
+
+    // Not SUCCEEDED with the template's files and no reply: nothing was generated.
+    expect(generation).toMatchObject({ status: 'FAILED', error: { code: 'LLM_ERROR' }, output: '', files: [], buildSteps: [] });
+    expect(generation.error?.message).toBe('The model sent an empty answer. Gave up after 3 attempts.');
+    expect(suite.gemini.requests.length - before).toBe(3);
+    expect(generation.usage).toEqual({ inputTokens: 3 * 500, outputTokens: 0 });
+  });
+
+  it('asks again after an answer without any text, and goes on with the answer that follows', async () => {
+    const answer = 'Here it is.\n<file path="lib/main.dart">\nvoid main() {}\n</file>\n';
+    suite.gemini.script({ kind: 'stream', chunks: [], usage: { promptTokens: 500, outputTokens: 0 } }, { kind: 'stream', chunks: [answer], usage: { promptTokens: 500, outputTokens: 30 } });
+    const before = suite.gemini.requests.length;
+    const { generation } = await run('An answer that comes the second time');
+
+    expect(generation).toMatchObject({ status: 'SUCCEEDED', output: answer, usage: { inputTokens: 1000, outputTokens: 30 } });
+    expect(suite.gemini.requests.length - before).toBe(2);
+  });
+
   it('fails with LLM_ERROR saying so when Gemini rate-limits every request', async () => {
     suite.gemini.script({ kind: 'error', status: 429, message: 'Resource has been exhausted (e.g. check quota).' });
     const { generation } = await run('A stopwatch');
@@ -265,7 +288,10 @@ describe(`model output through a fake Gemini (${databaseKind})`, () => {
     expect(request.body.contents.map((c) => c.role)).toEqual(['user', 'model', 'user']);
     expect(request.body.contents[0]!.parts[0]!.text).toBe('Start the app');
     expect(request.body.contents[2]!.parts[0]!.text).toBe('Simplify main');
-    expect(request.body.systemInstruction?.parts.map((p) => p.text).join('')).toContain(extra);
+    const system = request.body.systemInstruction?.parts.map((p) => p.text).join('');
+    expect(system).toContain(extra);
+    // And the manifest it rewrites whole to add a package, unchanged from the template as it is.
+    expect(system).toContain(`<file path="pubspec.yaml">\n${getTarget('FLUTTER').template['pubspec.yaml']}`);
 
     const { project: withConversation } = await suite.owner.client.expectNoErrors(ConversationDocument, {
       projectId: project.id,

@@ -3,6 +3,7 @@ import { fixRequest } from '../src/generations/fix-rounds.js';
 import { buildPrompt, MAX_LEFT_OUT_NOTE_CHARS } from '../src/generations/prompt.js';
 import { RunFailure } from '../src/generations/run-failure.js';
 import type { Diagnostic } from '../src/toolchain/diagnostics.js';
+import { getTarget } from '../src/toolchain/targets.js';
 
 // What the model is shown of a project too big for its prompt: a file that does not fit is
 // left out and named, and the files after it are still shown.
@@ -62,6 +63,54 @@ describe('the current files in a follow-up prompt', () => {
     // The budget is half of maxChars; the header and a newline between blocks come on top.
     const header = prompt([{ path: 'a', content: '' }]).systemPrompt.indexOf('<file');
     expect(systemPrompt.length - header).toBeLessThanOrEqual(20_000 + shown + 1);
+  });
+});
+
+describe("the target's manifest in every prompt", () => {
+  // The model adds a package by rewriting the manifest whole: it must see what the manifest holds,
+  // even when that is the template's content, which the system prompt only names.
+  const version = (template: Record<string, string>, changes: Record<string, string>) =>
+    Object.entries({ ...template, ...changes }).map(([path, content]) => ({ path, content }));
+  const turns = [
+    { role: 'USER' as const, content: 'An app' },
+    { role: 'MODEL' as const, content: 'Here it is.' },
+  ];
+
+  it.each([
+    ['WEB', 'package.json', 'src/App.tsx'],
+    ['FLUTTER', 'pubspec.yaml', 'lib/main.dart'],
+  ] as const)('%s shows %s whole in the first prompt and in a follow-up that left it as the template has it', (name, manifest, app) => {
+    const target = getTarget(name);
+    const template = target.template[manifest]!;
+    const input = { systemPrompt: target.systemPrompt, template: target.template, manifest: target.manifest, turns: [], prompt: 'Add a package' };
+
+    const first = buildPrompt({ ...input, parentFiles: [] }).systemPrompt;
+    expect(first).toBe(`${target.systemPrompt}\n\n# Current files\nThe project's files as the template has them:\n${block(manifest, template)}`);
+
+    const followUp = buildPrompt({ ...input, turns, parentFiles: version(target.template, { [app]: APP }) }).systemPrompt;
+    expect(followUp.startsWith(target.systemPrompt)).toBe(true);
+    expect(followUp).toContain(`# Current files\nThe project's files as the previous generation left them:\n${block(manifest, template)}\n${block(app, APP)}`);
+    // The other template files, unchanged, stay names in the system prompt.
+    for (const path of Object.keys(target.template).filter((path) => path !== manifest)) expect(followUp).not.toContain(`<file path="${path}">`);
+    expect(target.manifest).toBe(manifest);
+  });
+
+  it.each(['WEB', 'FLUTTER'] as const)('%s shows the manifest as the parent left it, once, and before files that could fill the budget', (name) => {
+    const target = getTarget(name);
+    const manifest = `${target.template[target.manifest]!}\n`;
+    // Files past the budget (200,000 here), the first of which fits the room left beside the note
+    // alone but not with the manifest: shown first, the manifest is never the one left out.
+    const room = 200_000 - MAX_LEFT_OUT_NOTE_CHARS;
+    const filler = 'x'.repeat(room - block(target.manifest, manifest).length + 1 - block('assets/data.txt', '').length);
+    const parentFiles = [
+      { path: 'assets/data.txt', content: filler },
+      ...version(target.template, { [target.manifest]: manifest }),
+      { path: 'assets/more.txt', content: 'y'.repeat(MAX_LEFT_OUT_NOTE_CHARS) },
+    ];
+    const { systemPrompt } = buildPrompt({ systemPrompt: target.systemPrompt, template: target.template, manifest: target.manifest, parentFiles, turns, prompt: 'Add a package', maxChars: 400_000 });
+    expect(systemPrompt).toContain(`left them:\n${block(target.manifest, manifest)}\n<file path="assets/more.txt">`);
+    expect(systemPrompt).toMatch(/\[1 file left out for length;[^\]]*: assets\/data\.txt\]$/);
+    expect(systemPrompt.split(`<file path="${target.manifest}">`)).toHaveLength(2);
   });
 });
 

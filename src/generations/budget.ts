@@ -22,13 +22,15 @@ import { type GenerationRow, generationStore, MONTH_OF_NOW } from './store.js';
 // limit set meanwhile reaches it within a step too. A run is counted in the month it was
 // created in (its generation's created_at), also when it streams on past the month's end.
 //
-// Providers report usage only at the end, so tokens are estimated as they come (about
-// four characters a token). A run that cannot get the tokens it needs stops with
-// BUDGET_EXCEEDED; the chunk that took it over was spent all the same and is counted,
-// so a project can end a month past its limit by about one chunk per stopped run, and by
-// however far the provider's own count differs from the estimate (recorded when it gave
-// one, answer.ts): the estimate counts the prompt once, where each continuation of an
-// answer cut at the output limit sends it again.
+// Tokens are estimated as they come (about four characters a token), and a provider that
+// counts as it streams (Gemini's usageMetadata on each event) is taken at its word where its
+// count is more: a model's thinking is billed as output but never streams as text, and each
+// continuation of an answer cut at the output limit sends the prompt again. A run that
+// cannot get the tokens it needs stops with BUDGET_EXCEEDED; the chunk that took it over was
+// spent all the same and is counted, so a project can end a month past its limit by about
+// one chunk per stopped run, and by however far the provider's final count of an answer
+// passes what it had counted at its last text (a provider that counts only at the end, as
+// OpenAI-compatible servers do, is held to the estimate while it streams).
 
 /** The start of the month `date` falls in: budgets count tokens per calendar month, UTC. */
 function monthStart(date: Date): Date {
@@ -69,8 +71,11 @@ export interface BudgetMeter {
   start(): Promise<void>;
   /** Counts streamed text as spent. */
   count(text: string): void;
-  /** Throws BudgetStop when the run cannot get the tokens it has spent so far. */
-  check(): Promise<void>;
+  /**
+   * Throws BudgetStop when the run cannot get the tokens it has spent so far: per field, the
+   * estimate or the provider's count of the answer so far (LlmRequest.onUsage), whichever is more.
+   */
+  check(counted?: LlmUsage): Promise<void>;
   /** The estimate so far. */
   usage(): LlmUsage;
 }
@@ -91,8 +96,12 @@ export function budgetMeter(budget: RunBudget, inputCharacters: number): BudgetM
     count(text) {
       outputCharacters += text.length;
     },
-    async check() {
-      if (!(await covered(usage()))) throw new BudgetStop(budget.limit!);
+    async check(counted) {
+      const estimate = usage();
+      const spent = counted
+        ? { inputTokens: Math.max(estimate.inputTokens, counted.inputTokens), outputTokens: Math.max(estimate.outputTokens, counted.outputTokens) }
+        : estimate;
+      if (!(await covered(spent))) throw new BudgetStop(budget.limit!);
     },
   };
 }

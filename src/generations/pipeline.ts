@@ -41,8 +41,12 @@ export interface PipelineDeps {
   /** Opens the project's own API key (bring-your-own-key), when secrets are enabled. */
   secretBox?: SecretBox;
   metrics?: Metrics;
-  /** Stores a succeeded generation's files and web bundle, so previews and archives outlive the workspace. */
-  outputs?: Pick<Outputs, 'storeBlobs'>;
+  /**
+   * Stores a succeeded generation's files and web bundle, so previews and archives outlive the
+   * workspace. It is handed the run's signal, aborted on a cancel or a worker's stop: a store may
+   * stop early on it (Outputs' stores do not yet); the run checks it after the store either way.
+   */
+  outputs?: { storeBlobs(...args: [...Parameters<Outputs['storeBlobs']>, signal: AbortSignal]): ReturnType<Outputs['storeBlobs']> };
   /**
    * Queues the automatic retry of a run this pipeline ends INTERRUPTED (the worker stopping,
    * the database away too long), in the transaction that ends it: a process that dies right
@@ -151,7 +155,10 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
     });
     // Stored before SUCCEEDED and indexed with it, so a SUCCEEDED generation always has its preview and archive.
     const sources = [...files].map(([path, content]) => ({ path, content }));
-    stored = await deps.outputs?.storeBlobs(generationId, await bundleFolderIn(workspace.dir, context.target.bundleDir), sources);
+    throwIfCancelled(run.signal);
+    stored = await deps.outputs?.storeBlobs(generationId, await bundleFolderIn(workspace.dir, context.target.bundleDir), sources, run.signal);
+    // A cancel that came while nothing was left to stop (the outputs being stored) still wins.
+    throwIfCancelled(run.signal);
     outcome = { status: 'SUCCEEDED' };
   } catch (error) {
     outcome = failureOutcome(error, run.signal, log);
@@ -272,7 +279,7 @@ function openSecret(box: SecretBox | undefined, sealed: string, projectId: strin
 
 /** The first answer's prompt: the target's system prompt, the parent's files, the session so far, the new prompt. */
 function firstPrompt({ generation, target, parentFiles, turns }: RunContext) {
-  return buildPrompt({ systemPrompt: target.systemPrompt, template: target.template, parentFiles, turns, prompt: generation.prompt });
+  return buildPrompt({ systemPrompt: target.systemPrompt, template: target.template, manifest: target.manifest, parentFiles, turns, prompt: generation.prompt });
 }
 
 /** Round 0: the model's answer to the prompt; `next` (WRITING) commits with its last chunks. */
@@ -337,6 +344,15 @@ function phaseChange(id: string, phase: 'WRITING' | 'BUILDING' | 'FIXING', publi
  */
 function claimStamp(): string {
   return new Date().toISOString().replace('Z', `${randomInt(1000).toString().padStart(3, '0')}Z`);
+}
+
+/**
+ * Past its model and build steps nothing of a run notices a cancel, so it is looked for before the
+ * run succeeds: it ends CANCELLED (failureOutcome). A worker's stop is not: the run's work is done,
+ * and it ends as it would have.
+ */
+function throwIfCancelled(signal: AbortSignal): void {
+  if (signal.aborted && signal.reason === 'cancelled') throw new Error('The run was cancelled.');
 }
 
 function failureOutcome(error: unknown, signal: AbortSignal, log: Logger): Partial<GenerationRow> & Pick<GenerationRow, 'status'> {

@@ -1,4 +1,5 @@
 import type { LlmMessage } from '../llm/provider.js';
+import { startingVersion } from '../workspace/workspace.js';
 import { fileBlocks } from './output-parser.js';
 
 // What the model sees: the target's system prompt, the files it builds on, and the
@@ -7,6 +8,8 @@ import { fileBlocks } from './output-parser.js';
 export interface PromptInput {
   systemPrompt: string;
   template: Record<string, string>;
+  /** The template file the model rewrites whole to add a package (TargetSpec.manifest): always shown. */
+  manifest?: string;
   parentFiles: { path: string; content: string }[];
   turns: { role: 'USER' | 'MODEL'; content: string }[];
   prompt: string;
@@ -17,15 +20,24 @@ const DEFAULT_MAX_CHARS = 400_000;
 
 export function buildPrompt(input: PromptInput): { systemPrompt: string; messages: LlmMessage[] } {
   const maxChars = input.maxChars ?? DEFAULT_MAX_CHARS;
-  // Template files the model already knows from the system prompt need not be repeated.
-  const changed = input.parentFiles.filter((file) => input.template[file.path] !== file.content);
+  // The project as it stands: the parent's version, or the template on a first request.
+  const version = [...startingVersion(input.template, input.parentFiles)].map(([path, content]) => ({ path, content }));
+  // The system prompt names the template's files; their content is repeated where it changed, and
+  // always for the manifest, which the model rewrites whole to add a package and so must see. The
+  // manifest comes first, so that files too big to fit never push it out.
+  const { manifest } = input;
+  const shown = [
+    ...version.filter((file) => file.path === manifest),
+    ...version.filter((file) => file.path !== manifest && input.template[file.path] !== file.content),
+  ];
   // The system prompt lists the template's files: those not in the parent's version (deleted by an
   // earlier answer, or added to the template since) are not in the project.
   const kept = new Set(input.parentFiles.map((file) => file.path));
   const missing = input.parentFiles.length > 0 ? Object.keys(input.template).filter((path) => !kept.has(path)).sort() : [];
   let systemPrompt = input.systemPrompt;
-  if (changed.length > 0) {
-    systemPrompt += `\n\n# Current files\nThe project's files as the previous generation left them:\n${fitFiles(changed, maxChars / 2).join('\n')}`;
+  if (shown.length > 0) {
+    const source = input.parentFiles.length > 0 ? 'the previous generation left them' : 'the template has them';
+    systemPrompt += `\n\n# Current files\nThe project's files as ${source}:\n${fitFiles(shown, maxChars / 2).join('\n')}`;
   }
   if (missing.length > 0) {
     systemPrompt += `\n\n# Template files not in the project\nThese template files are not in the project (write one to have it again): ${missing.join(', ')}`;

@@ -39,7 +39,12 @@ async function* continued(provider: LlmProvider, request: LlmRequest, maxContinu
     // The parts before this one, and what this one has cost so far.
     const partsBefore = { ...usage };
     const onUsage = request.onUsage;
-    const partRequest: LlmRequest = { ...request, messages, ...(onUsage ? { onUsage: (counted: LlmUsage) => onUsage(addUsage(partsBefore, counted)) } : {}) };
+    const partRequest: LlmRequest = {
+      ...request,
+      messages,
+      ...(part === 0 ? {} : { continuation: true }),
+      ...(onUsage ? { onUsage: (counted: LlmUsage) => onUsage(addUsage(partsBefore, counted)) } : {}),
+    };
     try {
       for await (const event of provider.stream(partRequest)) {
         if (event.type === 'usage') {

@@ -3,6 +3,7 @@ import { answerEnd, httpFailure, interruptedFailure, unreachableFailure, type Up
 import { bodyStart, MAX_ERROR_BODY_BYTES, MAX_SSE_EVENT_BYTES, MAX_SSE_LINE_BYTES } from './http-limits.js';
 import { LlmError, type LlmProvider, type LlmRequest, type LlmUsage, OutputLimitError } from './provider.js';
 import { ALIVE, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_RETRY_POLICY, resilientStream, type RetryPolicy, type UpstreamEvent } from './streaming.js';
+import { upstreamFetch } from './upstream-fetch.js';
 
 export interface GeminiProviderOptions {
   apiKey: string;
@@ -76,6 +77,7 @@ export function createGeminiProvider(options: GeminiProviderOptions): LlmProvide
         retry,
         ...(request.onRetry ? { onRetry: request.onRetry } : {}),
         ...(request.onUsage ? { onUsage: request.onUsage } : {}),
+        ...(request.continuation ? { mayBeEmpty: true } : {}),
         open: (signal, counted) => streamOnce(client, model, request, signal, counted),
         describeFailure: (error) =>
           error instanceof ApiError
@@ -170,10 +172,10 @@ function toUsage(metadata: GenerateContentResponseUsageMetadata): LlmUsage {
 /**
  * The SDK's fetch, reading no more than the OpenAI-compatible provider does: the SDK keeps an
  * event stream's unfinished event whole (and searches all of it again at each read), and reads
- * an error body whole.
+ * an error body whole. Without undici's own 300 s timeouts (upstreamFetch).
  */
 async function boundedFetch(input: string | URL | Request, init?: RequestInit): Promise<Response> {
-  const response = await fetch(input, { ...init, dispatcher: WITHOUT_UNDICI_TIMEOUTS } as RequestInit);
+  const response = await upstreamFetch(input, init);
   const head = { status: response.status, statusText: response.statusText, headers: new Headers(response.headers) };
   if (!response.ok) {
     const body = await bodyStart(response, MAX_ERROR_BODY_BYTES);
@@ -218,18 +220,3 @@ function isJson(text: string): boolean {
     return false;
   }
 }
-
-/**
- * Node's fetch gives up on a response after 300 s without headers or without a byte (undici's
- * headersTimeout and bodyTimeout), which a model thinking in silence can take. The SDK lifts both
- * for its own fetch, through the global dispatcher undici keeps under this symbol, and so does
- * boundedFetch: resilientStream bounds the waits.
- */
-const UNDICI_GLOBAL_DISPATCHER = Symbol.for('undici.globalDispatcher.1');
-const WITHOUT_UNDICI_TIMEOUTS = {
-  dispatch(options: object, handler: unknown): boolean {
-    const global = (globalThis as unknown as Record<symbol, { dispatch(options: object, handler: unknown): boolean } | undefined>)[UNDICI_GLOBAL_DISPATCHER];
-    if (!global) throw new Error("Node's fetch has no global dispatcher.");
-    return global.dispatch({ ...options, headersTimeout: 0, bodyTimeout: 0 }, handler);
-  },
-};

@@ -2,6 +2,7 @@ import { answerEnd, httpFailure, interruptedFailure, scrubKeys, unreachableFailu
 import { bodyStart, MAX_ERROR_BODY_BYTES, MAX_SSE_EVENT_BYTES, MAX_SSE_LINE_BYTES } from './http-limits.js';
 import { LlmError, type LlmProvider, type LlmRequest, type LlmUsage, OutputLimitError } from './provider.js';
 import { ALIVE, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_RETRY_POLICY, resilientStream, type RetryPolicy, type UpstreamEvent } from './streaming.js';
+import { upstreamFetch } from './upstream-fetch.js';
 
 export interface OpenAiProviderOptions {
   /** Up to and including the API version, e.g. http://localhost:11434/v1 for Ollama. */
@@ -69,6 +70,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): LlmProvide
         retry,
         ...(request.onRetry ? { onRetry: request.onRetry } : {}),
         ...(request.onUsage ? { onUsage: request.onUsage } : {}),
+        ...(request.continuation ? { mayBeEmpty: true } : {}),
         open: (signal, counted) => streamOnce(url, apiKey, body, signal, upstream, counted),
         describeFailure: (error) => unreachableFailure('the OpenAI-compatible server', 'the network and OPENAI_BASE_URL', error),
       });
@@ -86,7 +88,8 @@ async function* streamOnce(
 ): AsyncGenerator<UpstreamEvent> {
   const headers: Record<string, string> = { 'content-type': 'application/json', accept: 'text/event-stream' };
   if (apiKey) headers.authorization = `Bearer ${apiKey}`;
-  const response = await fetch(url, { method: 'POST', headers, body, signal });
+  // Without undici's 300 s limits (upstreamFetch): a local model may take longer to read a long prompt.
+  const response = await upstreamFetch(url, { method: 'POST', headers, body, signal });
   if (!response.ok) throw httpFailure(upstream, response.status, await bodyStart(response, MAX_ERROR_BODY_BYTES), response.headers.get('retry-after'));
   if (!response.body) throw new LlmError(`${LABEL} answered without a body; check OPENAI_BASE_URL.`);
 

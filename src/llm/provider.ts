@@ -25,6 +25,12 @@ export interface LlmRequest {
    * request is aborted or the caller stops reading first.
    */
   onUsage?: (usage: LlmUsage) => void;
+  /**
+   * Set on a continuation of an answer cut at its output limit (withContinuations), which may
+   * rightly be empty: the cut came at the answer's very end. Any other answer that ends without
+   * text fails, retryable ("The model sent an empty answer.").
+   */
+  continuation?: boolean;
 }
 
 export interface RetryNotice {

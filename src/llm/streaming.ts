@@ -70,6 +70,11 @@ export interface ResilientStreamOptions {
   onRetry?: (retry: RetryNotice) => void;
   /** LlmRequest.onUsage: the usage counted so far, every attempt's together. */
   onUsage?: (usage: LlmUsage) => void;
+  /**
+   * LlmRequest.continuation: an answer that ends without text is whole (the cut came at its very
+   * end). Otherwise such an answer fails as emptyAnswer, and is tried again.
+   */
+  mayBeEmpty?: boolean;
 }
 
 /**
@@ -117,7 +122,10 @@ export async function* resilientStream(options: ResilientStreamOptions): AsyncGe
         });
         waitedForUpstreamMs += performance.now() - readStartedAt;
         started = true;
-        if (step.done) return;
+        if (step.done) {
+          if (!receivedText && !options.mayBeEmpty) throw emptyAnswer();
+          return;
+        }
         if (step.value.type === 'alive') {
           if (performance.now() - lastTextAt > textTimeoutMs) throw withoutText(options.label, textTimeoutMs);
           continue;
@@ -201,6 +209,15 @@ function nextWithin<T>(
       (error: unknown) => settle(() => reject(error)),
     );
   });
+}
+
+/**
+ * An answer the model finished without a word (Gemini does so now and then, with STOP): as the
+ * user sees it, no answer at all, so it is tried again like a dropped stream, and fails the run
+ * (LLM_ERROR) if it stays empty, rather than letting it succeed with nothing changed.
+ */
+function emptyAnswer(): LlmError {
+  return new LlmError('The model sent an empty answer.', true);
 }
 
 function stalled({ label, idleTimeoutMs }: ResilientStreamOptions): LlmError {

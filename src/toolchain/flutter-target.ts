@@ -2,8 +2,11 @@ import type { BuildStepSpec } from './build-steps.js';
 import { systemPrompt } from './system-prompt.js';
 import type { TargetSpec } from './targets.js';
 
+// The file the app's dependencies live in.
+const manifest = 'pubspec.yaml';
+
 const template: Record<string, string> = {
-  'pubspec.yaml': `name: kiln_app
+  [manifest]: `name: kiln_app
 description: An app made with Kiln.
 publish_to: none
 version: 1.0.0+1
@@ -55,7 +58,7 @@ flutter:
 
 const steps: BuildStepSpec[] = [
   // Resolves and downloads packages; runs no project code (build hooks run in `build`).
-  { name: 'install', tool: 'flutter', args: ['pub', 'get'], fetch: true, rerunWhenChanged: ['pubspec.yaml'] },
+  { name: 'install', tool: 'flutter', args: ['pub', 'get'], fetch: true, rerunWhenChanged: [manifest] },
   // Infos (lints, deprecations) are advice, not defects: only warnings and errors fail the build.
   // --machine: one `SEVERITY|TYPE|CODE|file|line|col|length|message` line per issue.
   { name: 'analyze', tool: 'flutter', args: ['analyze', '--no-fatal-infos', '--machine'], diagnostics: 'flutter-analyze' },
@@ -64,6 +67,7 @@ const steps: BuildStepSpec[] = [
 
 export const flutterTarget: TargetSpec = {
   template,
+  manifest,
   steps,
   // Its index.html keeps `<base href="/">`; the preview handler rewrites it when serving.
   bundleDir: 'build/web',
@@ -73,7 +77,7 @@ export const flutterTarget: TargetSpec = {
     steps,
     required: ['lib/main.dart: a `main()` that calls `runApp(...)` with the app\'s root widget.'],
     rules: [
-      'Use only the Flutter SDK unless you also rewrite pubspec.yaml whole with the pub.dev packages you add; keep the package name kiln_app.',
+      `Use only the Flutter SDK unless you also rewrite ${manifest} whole with the pub.dev packages you add; keep the package name kiln_app.`,
       'Import other files of the app with `package:kiln_app/...` or relative imports under lib/.',
       'No analyzer errors or warnings: no unused imports, no missing `const` where required, no APIs removed from current stable Flutter.',
       'Do not use dart:io or platform plugins that have no web implementation.',

@@ -10,6 +10,11 @@ export interface TargetSpec {
   systemPrompt: string;
   /** Files every workspace starts from, by relative path. */
   template: Record<string, string>;
+  /**
+   * The template file the app's dependencies live in (package.json, pubspec.yaml). The model
+   * rewrites it whole to add a package, so every prompt shows its current content.
+   */
+  manifest: string;
   /** Run in order in the workspace; the first failure ends the build. */
   steps: BuildStepSpec[];
   /** Where a successful build leaves the web bundle, relative to the workspace: what the preview serves. */

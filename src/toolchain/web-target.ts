@@ -35,10 +35,13 @@ const tsconfig = {
   include: ['src'],
 };
 
+// The file the app's dependencies live in.
+const manifest = 'package.json';
+
 const json = (value: unknown) => `${JSON.stringify(value, null, 2)}\n`;
 
 const template: Record<string, string> = {
-  'package.json': json(packageJson),
+  [manifest]: json(packageJson),
   'tsconfig.json': json(tsconfig),
   'index.html': `<!doctype html>
 <html lang="en">
@@ -68,7 +71,7 @@ createRoot(document.getElementById('root')!).render(
 const steps: BuildStepSpec[] = [
   // --ignore-scripts: no install script of the project or a package runs (this step has network);
   // --no-package-lock: no lock file's `resolved` URL is fetched (see dependency-policy.ts).
-  { name: 'install', tool: 'npm', args: ['install', '--ignore-scripts', '--no-package-lock', '--no-audit', '--no-fund'], fetch: true, rerunWhenChanged: ['package.json'] },
+  { name: 'install', tool: 'npm', args: ['install', '--ignore-scripts', '--no-package-lock', '--no-audit', '--no-fund'], fetch: true, rerunWhenChanged: [manifest] },
   // --pretty false: one diagnostic a line, `file(line,col): error TSnnnn: message`.
   { name: 'typecheck', tool: 'npm', args: ['exec', '--', 'tsc', '--noEmit', '--pretty', 'false'], diagnostics: 'tsc' },
   // --base ./: relative asset URLs, so the bundle works under its preview URL's path.
@@ -77,6 +80,7 @@ const steps: BuildStepSpec[] = [
 
 export const webTarget: TargetSpec = {
   template,
+  manifest,
   steps,
   bundleDir: 'dist',
   systemPrompt: systemPrompt({
@@ -88,7 +92,7 @@ export const webTarget: TargetSpec = {
     ],
     rules: [
       'TypeScript is strict: type every prop and state, no implicit any, no @ts-ignore.',
-      'Use only react and react-dom unless you also rewrite package.json whole with the packages you add; do not add Vite plugins.',
+      `Use only react and react-dom unless you also rewrite ${manifest} whole with the packages you add; do not add Vite plugins.`,
       'Style with plain CSS files imported from a component (e.g. `import \'./App.css\'`) or inline styles.',
       'Import local modules without a file extension, e.g. `import { Board } from \'./Board\'`.',
     ],

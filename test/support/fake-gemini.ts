@@ -10,8 +10,9 @@ export type GeminiBehaviour =
    * A 200 SSE stream, one event per chunk, the last with finishReason (STOP unless given). Given
    * thoughts, the model thinks first, delayMs per thought: one event per thought when the request
    * asked for them (thinkingConfig.includeThoughts), otherwise in silence, as Gemini does.
+   * headersAfterMs: the response's headers wait that long (a gateway that answers only once the model does).
    */
-  | { kind: 'stream'; chunks: string[]; thoughts?: string[]; delayMs?: number; finishReason?: string; usage?: GeminiUsage }
+  | { kind: 'stream'; chunks: string[]; thoughts?: string[]; delayMs?: number; finishReason?: string; usage?: GeminiUsage; headersAfterMs?: number }
   /**
    * A non-2xx answer with Google's error body; `retryDelay` ("0.2s") adds a google.rpc.RetryInfo
    * detail, `retryAfter` a Retry-After header (as a gateway in front of Gemini sends one).
@@ -178,6 +179,8 @@ async function respond(res: http.ServerResponse, behaviour: GeminiBehaviour, inc
     case 'stream': {
       const { chunks, delayMs = 0, finishReason = 'STOP' } = behaviour;
       const usage = behaviour.usage ?? { promptTokens: 11, outputTokens: chunks.join('').length };
+      if (behaviour.headersAfterMs) await delay(behaviour.headersAfterMs);
+      if (res.destroyed) return;
       startStream(res);
       for (const thought of behaviour.thoughts ?? []) {
         if (includeThoughts) sendEvent(res, { candidates: [{ content: { parts: [{ text: thought, thought: true }], role: 'model' }, index: 0 }] });

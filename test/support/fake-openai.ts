@@ -20,7 +20,8 @@ export type OpenAiBehaviour =
   /**
    * SSE chunks, a finish_reason (stop unless given), a usage chunk, then [DONE]; `thinking`
    * first sends that many beats without text, `delayMs` apart: SSE comments (OpenRouter's
-   * keep-alive) or `reasoning_content` deltas (vLLM, OpenRouter).
+   * keep-alive) or `reasoning_content` deltas (vLLM, OpenRouter); `headersAfterMs` holds the
+   * response's headers that long (a local server reading a long prompt before it answers).
    */
   | {
       kind: 'stream';
@@ -28,6 +29,7 @@ export type OpenAiBehaviour =
       finishReason?: string;
       usage?: { promptTokens: number; completionTokens: number };
       thinking?: { beats: number; delayMs: number; as: 'comment' | 'reasoning' };
+      headersAfterMs?: number;
     }
   /**
    * A non-2xx answer with OpenAI's error body, and a Retry-After header when given; `body`
@@ -105,6 +107,8 @@ export async function startFakeOpenAi(): Promise<FakeOpenAi> {
       return void res.end(behaviour.body.text);
     }
     if (behaviour.kind === 'error') return sendError(res, behaviour.status, behaviour.message ?? `Scripted ${behaviour.status}`, behaviour.retryAfter);
+    if (behaviour.kind === 'stream' && behaviour.headersAfterMs) await delay(behaviour.headersAfterMs);
+    if (res.destroyed) return;
     res.writeHead(200, { 'content-type': 'text/event-stream' });
     res.flushHeaders();
     if (behaviour.kind === 'raw') {

@@ -99,6 +99,18 @@ describe('continued answers through a fake Gemini', () => {
     expect(fake.requests).toHaveLength(1);
   });
 
+  it('ends the answer at a continuation without any text (the cut came at its very end), without asking again', async () => {
+    fake.script(
+      { kind: 'stream', chunks: ['All of it.\n'], finishReason: 'MAX_TOKENS', usage: { promptTokens: 100, outputTokens: 50 } },
+      { kind: 'stream', chunks: [], usage: { promptTokens: 150, outputTokens: 0 } },
+    );
+    const { text, failure } = await read(withContinuations(gemini(), 2).stream(request()));
+
+    expect(failure).toBeUndefined();
+    expect(text).toBe('All of it.\n');
+    expect(fake.requests).toHaveLength(2);
+  });
+
   it("tells onUsage what every part has cost, up to the tokens of the part under way when the reader stops", async () => {
     // Longer than what a continuation's start is held back for, so it reaches the reader.
     const going = `() {\n${'  print("working");\n'.repeat(30)}`;

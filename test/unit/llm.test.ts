@@ -2,7 +2,7 @@ import { createServer as createHttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import ts from 'typescript';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createGeminiProvider, type GeminiProviderOptions } from '../../src/llm/gemini.js';
 import { withContinuations } from '../../src/llm/continuation.js';
 import { MAX_ERROR_BODY_BYTES, MAX_SSE_LINE_BYTES } from '../../src/llm/http-limits.js';
@@ -359,6 +359,19 @@ describe('OpenAI-compatible provider', () => {
     expect(error.message).not.toMatch(/sk-/);
   });
 
+  it('tries an answer that ends without any text again, and fails retryably when it stays empty', async () => {
+    fake.script({ kind: 'stream', chunks: [] });
+    const error = await failureOf(openai().stream(llmRequest()));
+    expect(error).toBeInstanceOf(LlmError);
+    expect(error).toMatchObject({ message: 'The model sent an empty answer. Gave up after 3 attempts.', retryable: true });
+    expect(fake.requests).toHaveLength(3);
+
+    fake.script({ kind: 'stream', chunks: [] }, { kind: 'stream', chunks: ['Second ', 'time.'] });
+    const { texts } = await collect(openai().stream(llmRequest()));
+    expect(texts.join('')).toBe('Second time.');
+    expect(fake.requests).toHaveLength(5);
+  });
+
   it('stops on abort with the abort reason and closes the connection', async () => {
     await expectAbortEndsStall(openai(), fake);
   });
@@ -381,6 +394,45 @@ describe('OpenAI-compatible provider', () => {
     expect(error).toBeInstanceOf(LlmError);
     expect((error as LlmError).message).toMatch(/^The OpenAI-compatible server sent no data for 0.1 s/);
     await fake.requests[0]?.clientGone;
+  });
+});
+
+describe("a server slower to answer than Node's fetch waits by itself (undici's 300 s headersTimeout)", () => {
+  const gemini = useEach(startFakeGemini, (started) => started.close());
+  const openai = useEach(startFakeOpenAi, (started) => started.close());
+
+  // Node's fetch gives up on headers (and between body bytes) after 300 s of its global dispatcher's
+  // own: here that dispatcher is one of undici's Agents with those limits cut to 1 ms (undici checks
+  // them about once a second), so a response that takes seconds stands for one that takes minutes.
+  const GLOBAL_DISPATCHER = Symbol.for('undici.globalDispatcher.1');
+  type Dispatcher = { constructor: new (options: object) => Dispatcher; close(): Promise<void> };
+  const globals = globalThis as unknown as Record<symbol, Dispatcher>;
+  let nodeDefault: Dispatcher;
+  beforeAll(() => {
+    nodeDefault = globals[GLOBAL_DISPATCHER]!;
+    globals[GLOBAL_DISPATCHER] = new nodeDefault.constructor({ headersTimeout: 1, bodyTimeout: 1 });
+  });
+  afterAll(async () => {
+    const short = globals[GLOBAL_DISPATCHER]!;
+    globals[GLOBAL_DISPATCHER] = nodeDefault;
+    await short.close();
+  });
+  const HEADERS_AFTER_MS = 3000;
+
+  it('OpenAI-compatible: waits for the headers as long as its own first-event allowance says', async () => {
+    openai.script({ kind: 'stream', chunks: ['Read it all.'], headersAfterMs: HEADERS_AFTER_MS });
+    const provider = createOpenAiProvider({ baseUrl: openai.baseUrl, model: 'qwen2.5-coder', retry: { maxAttempts: 1 } });
+    const { texts } = await collect(provider.stream(llmRequest()));
+    expect(texts.join('')).toBe('Read it all.');
+    expect(openai.requests).toHaveLength(1);
+  });
+
+  it('Gemini: waits for the headers as long as its own first-event allowance says', async () => {
+    gemini.script({ kind: 'stream', chunks: ['Read it all.'], headersAfterMs: HEADERS_AFTER_MS });
+    const provider = createGeminiProvider({ apiKey: 'server-key', model: 'gemini-2.5-flash', baseUrl: gemini.baseUrl, retry: { maxAttempts: 1 } });
+    const { texts } = await collect(provider.stream(llmRequest()));
+    expect(texts.join('')).toBe('Read it all.');
+    expect(gemini.requests).toHaveLength(1);
   });
 });
 
