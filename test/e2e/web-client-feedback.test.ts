@@ -2,8 +2,8 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import type { Locator, Page } from 'playwright-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { AddProjectMemberDocument, CancelGenerationDocument } from '../gql/graphql.js';
-import { createProject, PASSWORD, signUp as signUpOverApi, uniqueEmail } from '../support/fixtures.js';
+import { AddProjectMemberDocument, CancelGenerationDocument, SignOutDocument } from '../gql/graphql.js';
+import { createProject, PASSWORD, signIn as signInOverApi, signUp as signUpOverApi, uniqueEmail } from '../support/fixtures.js';
 import { repoRoot, startAccepted, waitForEnd } from '../support/generation-helpers.js';
 import { useGenerationServer } from '../support/suite-server.js';
 import { type BrowserSession, chromiumMissing, outputDir, useBrowser } from './browser.js';
@@ -12,11 +12,14 @@ import { type BrowserSession, chromiumMissing, outputDir, useBrowser } from './b
 // and what it offers only to those who may use it: a failed answer said in words, a list
 // that can be loaded again, the reason given for each field, one project or restore per click, long
 // names that wrap, a reload that waits for the server, readable build-step tags, no
-// controls a viewer cannot use, and Cancel and Retry for a generation.
+// controls a viewer cannot use, Cancel and Retry for a generation, and a session ended
+// elsewhere that signs the tab out.
 
 if (chromiumMissing) console.warn(`Skipping the web client feedback suite: ${chromiumMissing}.`);
 
 const UNAVAILABLE = 'The server is unavailable; try again.';
+/** What the API answers while its database cannot be reached. */
+const OUTAGE = 'The database is unavailable; try again shortly.';
 
 beforeAll(async () => {
   // The client as `npm install` builds it, from this checkout's sources (see web-client.test.ts).
@@ -56,6 +59,23 @@ function requestsFor(page: Page, operation: string) {
   page.on('requestfailed', (request) => void (isFor(request.postData()) && counts.settled++));
   return counts;
 }
+
+/**
+ * Answers the page's requests for the operations `operations` matches as the API does while its
+ * database is out (DATABASE_UNAVAILABLE), for as long as the returned `outage.on` holds.
+ */
+async function outageOf(page: Page, operations: RegExp) {
+  const outage = { on: true };
+  await page.route('**/graphql', (route) => {
+    if (!outage.on || !operations.test(route.request().postData() ?? '')) return route.continue();
+    const errors = [{ message: OUTAGE, extensions: { code: 'DATABASE_UNAVAILABLE' } }];
+    return route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify({ data: null, errors }) });
+  });
+  return outage;
+}
+
+/** Whether `locator` has the focus. */
+const focused = (locator: Locator) => locator.evaluate((element) => element === document.activeElement);
 
 /** Creates a FLUTTER project from the projects page and waits for its page. */
 async function newProject(page: Page, name: string) {
@@ -138,6 +158,139 @@ describe.skipIf(chromiumMissing)('the web client when a request fails', () => {
       await page.getByRole('link', { name: 'Listed', exact: true }).waitFor();
       expect(await page.getByRole('alert').count()).toBe(0);
       expect(await retry.count()).toBe(0);
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+
+  it('says why a project could not be loaded, and loads it with Retry', async () => {
+    const { page, errors } = await signedUpTab(browser, suite.server.url, 'e2e-project-failed');
+    try {
+      await newProject(page, 'Unloaded');
+      await page.getByRole('link', { name: 'Kiln' }).click();
+      const outage = await outageOf(page, /query Project\b/);
+      await page.getByRole('link', { name: 'Unloaded', exact: true }).click();
+      const retry = page.getByRole('button', { name: 'Retry' });
+      await retry.waitFor();
+      expect(await textOf(page.getByRole('alert'))).toBe(`This project could not be loaded. ${OUTAGE}`);
+      expect(await page.getByText('Loading project…').count()).toBe(0);
+      await shot(page, 'web-client-feedback', '4-project-failed');
+
+      outage.on = false;
+      await retry.click();
+      const heading = page.getByRole('heading', { name: 'Unloaded', exact: true });
+      await heading.waitFor();
+      expect(await page.getByRole('alert').count()).toBe(0);
+      expect(await retry.count()).toBe(0);
+      // The Retry that had the focus went away: the page starts at its heading.
+      await expect.poll(() => focused(heading)).toBe(true);
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+
+  it('says why the versions could not be loaded, claims nothing about them, and keeps a follow-up in its session', async () => {
+    // A project with a version, made over the API by a user who then signs in in the page.
+    const { server } = suite;
+    const owner = await signUpOverApi(server, uniqueEmail('e2e-versions-failed'));
+    const project = await createProject(owner.client, { name: 'Versions failed', target: 'FLUTTER' });
+    const first = await startAccepted(owner.client, { projectId: project.id, prompt: 'A packing list' });
+    expect((await waitForEnd(server, owner.client, owner.accessToken, first.id)).status).toBe('SUCCEEDED');
+
+    const { page, errors } = await signedInTab(browser, server.url, owner.email);
+    /** The session each Generate of the page continued (null: a new session). */
+    const sessions: (string | null)[] = [];
+    page.on('request', (request) => {
+      const body = request.postData() ?? '';
+      if (!body.includes('mutation StartGeneration')) return;
+      sessions.push((JSON.parse(body) as { variables: { input: { sessionId: string | null } } }).variables.input.sessionId);
+    });
+    try {
+      const outage = await outageOf(page, /query ProjectVersions\b/);
+      await page.getByRole('link', { name: 'Versions failed', exact: true }).click();
+      const retry = page.getByRole('button', { name: 'Retry loading the versions' });
+      await retry.waitFor();
+      expect(await textOf(page.getByRole('alert'))).toBe(`The versions could not be loaded. ${OUTAGE}`);
+      // Neither "nothing generated" nor a new session: the list is not known.
+      for (const claim of ['Nothing generated yet.', 'Starts a new session']) expect(await page.getByText(claim).count(), claim).toBe(0);
+      const generate = page.getByRole('button', { name: 'Generate' });
+      expect(await generate.getAttribute('aria-disabled')).toBe('true');
+      await shot(page, 'web-client-feedback', '5-versions-failed');
+
+      outage.on = false;
+      await retry.click();
+      await page.getByRole('button', { name: 'Show version 1' }).waitFor();
+      expect(await page.getByRole('alert').count()).toBe(0);
+      expect(await page.getByText('Follow-up in this session (version 2)').count()).toBe(1);
+      await expect.poll(() => focused(page.getByRole('heading', { name: 'Versions failed', exact: true }))).toBe(true);
+
+      // A follow-up, after which the list fails again: the next one still continues the session.
+      outage.on = true;
+      const prompt = page.getByRole('textbox', { name: 'Prompt' });
+      await prompt.fill('Add a checkbox');
+      await generate.click();
+      await retry.waitFor();
+      await expect.poll(() => textOf(page.getByRole('status')), { timeout: 60_000 }).toContain('SUCCEEDED');
+      await prompt.fill('Sort the items');
+      await generate.click();
+      await expect.poll(() => sessions.length, { timeout: 30_000 }).toBe(2);
+      expect(sessions).toEqual([first.sessionId, first.sessionId]);
+      await shot(page, 'web-client-feedback', '6-follow-up-without-versions');
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+
+  it('says why the preview and download could not be loaded once the build ended, and loads them with Retry', async () => {
+    const { page, errors } = await signedUpTab(browser, suite.server.url, 'e2e-result-failed');
+    try {
+      await newProject(page, 'Result');
+      const outage = await outageOf(page, /query Generation(Preview|Archive|Steps)\b/);
+      await page.getByRole('textbox', { name: 'Prompt' }).fill('A packing list');
+      await page.getByRole('button', { name: 'Generate' }).click();
+      await expect.poll(() => textOf(page.getByRole('status')), { timeout: 60_000 }).toContain('SUCCEEDED');
+      const retry = page.getByRole('button', { name: 'Retry loading the preview' });
+      await retry.waitFor();
+      expect(await textOf(page.getByRole('alert'))).toBe(`The preview and download could not be loaded. ${OUTAGE}`);
+      expect(await page.getByText('No preview').count()).toBe(0);
+      await shot(page, 'web-client-feedback', '7-result-failed');
+
+      outage.on = false;
+      await retry.click();
+      await page.getByRole('link', { name: 'Download ZIP' }).waitFor();
+      await expect.poll(() => textOf(page.frameLocator('iframe[title="Preview"]').locator('h1')), { timeout: 30_000 }).toMatch(/packing list/i);
+      expect(await page.getByRole('alert').count()).toBe(0);
+      expect(await retry.count()).toBe(0);
+      // The build steps came with them: each step of the log has its status.
+      expect(await page.getByRole('log', { name: 'Build log' }).locator('.tag').count()).toBeGreaterThan(0);
+      await expect.poll(() => focused(page.getByRole('heading', { name: 'Preview', exact: true }))).toBe(true);
+      await shot(page, 'web-client-feedback', '8-result-retried');
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+});
+
+describe.skipIf(chromiumMissing)('the web client after its session was ended elsewhere', () => {
+  const browser = useBrowser('web-client-revoked');
+
+  it('signs the tab out at its next action, instead of looking signed in while every action fails', async () => {
+    const { page, email, errors } = await signedUpTab(browser, suite.server.url, 'e2e-revoked');
+    try {
+      await newProject(page, 'Revoked');
+      // The same user signs out of every session from another device.
+      const elsewhere = await signInOverApi(suite.server, email);
+      expect((await elsewhere.client.expectNoErrors(SignOutDocument, { scope: 'GLOBAL' })).signOut).toBe(true);
+
+      await page.getByRole('textbox', { name: 'Prompt' }).fill('A packing list');
+      await page.getByRole('button', { name: 'Generate' }).click();
+      await page.getByRole('button', { name: 'Sign in' }).waitFor();
+      expect(await page.getByRole('button', { name: 'Sign out' }).count()).toBe(0);
+      await shot(page, 'web-client-revoked', '1-signed-out');
       expect(errors).toEqual([]);
     } finally {
       await page.close();
@@ -442,6 +595,36 @@ describe.skipIf(chromiumMissing)('cancelling and retrying a generation in the we
       await page.getByRole('button', { name: 'Cancel', exact: true }).click();
       await expect.poll(() => textOf(status), { timeout: 30_000 }).toContain('CANCELLED');
       expect(await page.getByRole('alert').count()).toBe(0);
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+
+  it('shows the new status of a version that ends while another one is shown', async () => {
+    // Version 1 cancelled, version 2 left running, over the API; the user signs in in the page.
+    const { server } = hanging;
+    const owner = await signUpOverApi(server, uniqueEmail('e2e-stale-tag'));
+    const project = await createProject(owner.client, { name: 'Tags', target: 'FLUTTER' });
+    const first = await startAccepted(owner.client, { projectId: project.id, prompt: 'A packing list' });
+    expect((await owner.client.expectNoErrors(CancelGenerationDocument, { id: first.id })).cancelGeneration.__typename).toBe('Generation');
+    expect((await waitForEnd(server, owner.client, owner.accessToken, first.id)).status).toBe('CANCELLED');
+    const second = await startAccepted(owner.client, { projectId: project.id, prompt: 'Add a checkbox', sessionId: first.sessionId });
+
+    const { page, errors } = await signedInTab(browser, server.url, owner.email);
+    const tagOf = (label: string) => textOf(page.getByRole('listitem').filter({ has: page.getByRole('button', { name: `Show ${label}` }) }).locator('.tag'));
+    try {
+      await page.getByRole('link', { name: 'Tags', exact: true }).click();
+      await page.getByRole('button', { name: 'Show version 1' }).click();
+      await expect.poll(() => textOf(page.getByRole('status')), { timeout: 30_000 }).toContain('CANCELLED');
+      expect(await tagOf('version 2')).toMatch(/QUEUED|RUNNING/);
+
+      // Version 2 ends while version 1 is shown.
+      expect((await owner.client.expectNoErrors(CancelGenerationDocument, { id: second.id })).cancelGeneration.__typename).toBe('Generation');
+      expect((await waitForEnd(server, owner.client, owner.accessToken, second.id)).status).toBe('CANCELLED');
+      await expect.poll(() => tagOf('version 2'), { timeout: 30_000 }).toBe('CANCELLED');
+      expect(await textOf(page.getByRole('status'))).toContain('CANCELLED');
+      await shot(page, 'web-client-cancel', '3-tag-followed');
       expect(errors).toEqual([]);
     } finally {
       await page.close();

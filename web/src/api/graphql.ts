@@ -2,7 +2,10 @@ import type { TypedDocumentString } from '../gql/graphql';
 import { auth } from './auth';
 
 // GraphQL over HTTP: POST /graphql on the page's own origin with the access token.
-// A request refused as unauthenticated is retried once after a token refresh.
+// A request refused as unauthenticated is retried once after a token refresh: refused with
+// UNAUTHENTICATED, or answered with the AuthError member of a result union (what a mutation
+// says once the session was ended elsewhere, e.g. by a sign-out of every session). A refused
+// refresh signs the tab out.
 
 export class GraphQLRequestError extends Error {}
 
@@ -47,7 +50,8 @@ async function post<T, V>(document: TypedDocumentString<T, V>, variables: V | un
 }
 
 const unauthenticated = (response: Response<unknown>) =>
-  response.errors?.some((error) => error.extensions?.code === 'UNAUTHENTICATED') ?? false;
+  (response.errors?.some((error) => error.extensions?.code === 'UNAUTHENTICATED') ?? false) ||
+  Object.values(response.data ?? {}).some((field) => (field as { __typename?: unknown } | null)?.__typename === 'AuthError');
 
 /** The data of an operation; GraphQL errors throw (expected failures are union members in the data). */
 export async function request<T, V>(document: TypedDocumentString<T, V>, variables?: V): Promise<T> {

@@ -19,6 +19,7 @@ import {
   GenerationWithLogDocument,
   RetryGenerationDocument,
 } from '../gql/graphql';
+import { LoadFailed } from './LoadFailed';
 
 type LogLine = BuildLogsWithRoundSubscription['buildLogs'];
 type Steps = NonNullable<GenerationStepsQuery['generation']>['buildSteps'];
@@ -26,7 +27,8 @@ type FixRounds = NonNullable<GenerationFixesQuery['generation']>['fixRounds'];
 type Archive = NonNullable<NonNullable<GenerationArchiveQuery['generation']>['archive']>;
 type Preview = NonNullable<NonNullable<GenerationPreviewQuery['generation']>['preview']>;
 
-const TERMINAL = new Set(['SUCCEEDED', 'FAILED', 'CANCELLED']);
+/** The statuses a generation ends in. */
+export const TERMINAL = new Set(['SUCCEEDED', 'FAILED', 'CANCELLED']);
 /** A generation that can still be cancelled, and one that ended without a result and can be tried again. */
 const CANCELLABLE = new Set(['QUEUED', 'RUNNING']);
 const RETRYABLE = new Set(['FAILED', 'CANCELLED']);
@@ -113,6 +115,7 @@ export function GenerationView({
   canEdit,
   focusAction = false,
   onSettled,
+  onSession,
   onRetried,
 }: {
   id: string;
@@ -120,6 +123,8 @@ export function GenerationView({
   /** Focus Cancel or Retry once it shows: this view replaced the one whose Retry had the focus. */
   focusAction?: boolean;
   onSettled: () => void;
+  /** The generation's session, once known: a follow-up continues it. */
+  onSession?: (sessionId: string) => void;
   onRetried: (id: string) => void;
 }) {
   const [generation, setGeneration] = useState<GenerationFieldsFragment | null>(null);
@@ -127,8 +132,12 @@ export function GenerationView({
   const [groups, setGroups] = useState<readonly Group[]>([]);
   const [steps, setSteps] = useState<Steps>([]);
   const [fixRounds, setFixRounds] = useState<FixRounds>([]);
-  const [preview, setPreview] = useState<Preview | null>(null);
+  /** The preview once asked for: null when the generation has none, undefined until known. */
+  const [preview, setPreview] = useState<Preview | null | undefined>(undefined);
   const [archive, setArchive] = useState<Archive | null>(null);
+  /** Why the build steps, preview or archive of the ended generation could not be loaded (Retry loads them again). */
+  const [resultError, setResultError] = useState<string | null>(null);
+  const resultHeading = useRef<HTMLHeadingElement>(null);
   const [streamError, setStreamError] = useState<string | null>(null);
   /** The live streams wait to reconnect (with the reason when known). */
   const [reconnecting, setReconnecting] = useState<{ reason?: string } | null>(null);
@@ -151,6 +160,12 @@ export function GenerationView({
   const nextLine = useRef(0);
   const onSettledRef = useRef(onSettled);
   onSettledRef.current = onSettled;
+  const onSessionRef = useRef(onSession);
+  onSessionRef.current = onSession;
+  const sessionId = generation?.sessionId;
+  useEffect(() => {
+    if (sessionId) onSessionRef.current?.(sessionId);
+  }, [sessionId]);
 
   useEffect(() => {
     let loaded = false;
@@ -241,12 +256,25 @@ export function GenerationView({
 
   /** A fresh preview URL: signed URLs expire (SIGNED_URL_TTL_SECONDS). */
   const loadPreview = () =>
-    request(GenerationPreviewDocument, { id })
-      .then(({ generation }) => {
-        setPreview(generation?.preview ?? null);
-        return generation?.preview;
-      })
-      .catch((error: Error) => void setStreamError(error.message));
+    request(GenerationPreviewDocument, { id }).then(({ generation }) => {
+      setPreview(generation?.preview ?? null);
+      return generation?.preview;
+    });
+
+  /**
+   * The build steps, preview and archive of the ended generation; true once all three loaded.
+   * A failure is said with a Retry, never as "no preview": the generation may well have one.
+   */
+  const loadResult = async () => {
+    const results = await Promise.allSettled([
+      request(GenerationStepsDocument, { id }).then(({ generation }) => setSteps(generation?.buildSteps ?? [])),
+      loadPreview(),
+      request(GenerationArchiveDocument, { id, format: 'ZIP' }).then(({ generation }) => setArchive(generation?.archive ?? null)),
+    ]);
+    const failure = results.find((result) => result.status === 'rejected');
+    setResultError(failure ? (failure.reason as Error).message : null);
+    return !failure;
+  };
 
   /** Downloads the ZIP from a URL asked for now: the one fetched with the page may have expired. */
   const download = async (event: MouseEvent<HTMLAnchorElement>) => {
@@ -269,14 +297,7 @@ export function GenerationView({
   useEffect(() => {
     if (!settled) return;
     onSettledRef.current();
-    const failed = (error: Error) => setStreamError(error.message);
-    request(GenerationStepsDocument, { id })
-      .then(({ generation }) => setSteps(generation?.buildSteps ?? []))
-      .catch(failed);
-    void loadPreview();
-    request(GenerationArchiveDocument, { id, format: 'ZIP' })
-      .then(({ generation }) => setArchive(generation?.archive ?? null))
-      .catch(failed);
+    void loadResult();
   }, [settled, id]);
 
   // Fix rounds appear when FIXING starts (again at each round) and stay once it is over.
@@ -401,13 +422,23 @@ export function GenerationView({
       {settled && (
         <section className="stack" aria-label="Result">
           <div className="row">
-            <h2 className="grow">Preview</h2>
+            <h2 ref={resultHeading} tabIndex={-1} className="grow">
+              Preview
+            </h2>
             {archive && (
               <a className="button" href={archive.url} download={archive.filename} onClick={(event) => void download(event)}>
                 Download ZIP
               </a>
             )}
           </div>
+          {resultError !== null && (
+            <LoadFailed
+              message={`The preview and download could not be loaded. ${resultError}`}
+              label="Retry loading the preview"
+              retry={loadResult}
+              focusAfter={resultHeading}
+            />
+          )}
           {preview ? (
             <iframe
               title="Preview"
@@ -422,11 +453,16 @@ export function GenerationView({
                   return;
                 }
                 if (Date.parse(preview.expiresAt) > Date.now()) return;
-                void loadPreview().then((fresh) => (renewedPreview.current = fresh?.url ?? null));
+                void loadPreview().then(
+                  (fresh) => (renewedPreview.current = fresh?.url ?? null),
+                  (error: Error) => setResultError(error.message),
+                );
               }}
             />
-          ) : (
+          ) : preview === null ? (
             <p className="muted">No preview: this generation has no web build.</p>
+          ) : (
+            resultError === null && <p className="muted">Loading the preview…</p>
           )}
         </section>
       )}

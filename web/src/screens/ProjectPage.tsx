@@ -1,10 +1,12 @@
 import { type FormEvent, useCallback, useEffect, useId, useRef, useState } from 'react';
 import { request } from '../api/graphql';
+import { follow } from '../api/live';
 import { describedBy, FieldError, type FieldErrors, fieldErrorsOf, FormAlert, noFieldErrors } from '../components/FieldError';
-import { GenerationView } from '../components/GenerationView';
+import { GenerationView, TERMINAL } from '../components/GenerationView';
+import { LoadFailed } from '../components/LoadFailed';
 import { useFocusOnArrival } from '../focus';
 import { Versions, type Version } from '../components/Versions';
-import { ProjectDocument, type ProjectQuery, ProjectVersionsDocument, StartGenerationDocument } from '../gql/graphql';
+import { GenerationUpdatedDocument, ProjectDocument, type ProjectQuery, ProjectVersionsDocument, StartGenerationDocument } from '../gql/graphql';
 
 type Project = NonNullable<ProjectQuery['project']>;
 /** The form's one field, by the name a ValidationError's path gives it. */
@@ -13,8 +15,15 @@ const LABELS = { prompt: 'Prompt' };
 /** One project: the prompt, the generation being watched, and the versions of its session. */
 export function ProjectPage({ projectId }: { projectId: string }) {
   const [project, setProject] = useState<Project | null | undefined>(undefined);
-  const [generations, setGenerations] = useState<Version[]>([]);
+  /** Why the project could not be loaded (the page offers Retry), until it loads. */
+  const [projectError, setProjectError] = useState<string | null>(null);
+  /** The project's generations, newest first; null until the list has loaded once. */
+  const [generations, setGenerations] = useState<Version[] | null>(null);
+  /** Why the list of generations could not be loaded (the last one known, if any, stays shown). */
+  const [versionsError, setVersionsError] = useState<string | null>(null);
   const [currentId, setCurrentId] = useState<string | null>(null);
+  /** The session of the generation shown, as its view reported it: known even when the list is not. */
+  const [shownSession, setShownSession] = useState<{ id: string; sessionId: string } | null>(null);
   const [newSession, setNewSession] = useState(false);
   const [error, setError] = useState<string | null>(null);
   /** The reasons a ValidationError gives (a prompt too long, …). */
@@ -22,33 +31,83 @@ export function ProjectPage({ projectId }: { projectId: string }) {
   const [busy, setBusy] = useState(false);
   /** The version a Retry opened: its own Cancel takes the focus, which would otherwise fall to the page. */
   const [retried, setRetried] = useState<string | null>(null);
-  const heading = useFocusOnArrival<HTMLHeadingElement>(Boolean(project));
+  // The page shows once the project and its versions answered (the versions may have failed).
+  const ready = Boolean(project) && (generations !== null || versionsError !== null);
+  const heading = useFocusOnArrival<HTMLHeadingElement>(ready);
   const promptBox = useRef<HTMLTextAreaElement>(null);
   const fieldId = useId();
+  const reasonId = useId();
 
+  /** Loads the list of generations; null when it failed (the reason is shown with a Retry). */
   const loadVersions = useCallback(async () => {
     try {
       const { project } = await request(ProjectVersionsDocument, { id: projectId });
       const list = project?.generations.edges.map((edge) => edge.node) ?? [];
       setGenerations(list);
+      setVersionsError(null);
+      setCurrentId((id) => id ?? list[0]?.id ?? null);
       return list;
     } catch (failure) {
-      setError((failure as Error).message);
-      return [];
+      setVersionsError((failure as Error).message);
+      return null;
     }
   }, [projectId]);
 
-  useEffect(() => {
-    request(ProjectDocument, { id: projectId })
-      .then(({ project }) => setProject(project))
-      .catch((failure: Error) => setError(failure.message));
-    void loadVersions().then((list) => setCurrentId((id) => id ?? list[0]?.id ?? null));
-  }, [projectId, loadVersions]);
+  const loadProject = useCallback(async () => {
+    try {
+      const { project } = await request(ProjectDocument, { id: projectId });
+      setProject(project);
+      setProjectError(null);
+      return true;
+    } catch (failure) {
+      setProjectError((failure as Error).message);
+      return false;
+    }
+  }, [projectId]);
 
-  const current = generations.find((generation) => generation.id === currentId);
-  const sessionId = newSession ? null : (current?.sessionId ?? null);
+  /** Both loads, again after a failure: Retry. */
+  const loadAll = useCallback(async () => {
+    const [loaded, list] = await Promise.all([loadProject(), loadVersions()]);
+    return loaded && list !== null;
+  }, [loadProject, loadVersions]);
+
+  useEffect(() => void loadAll(), [loadAll]);
+
+  const current = generations?.find((generation) => generation.id === currentId);
+  /**
+   * The session a Generate continues: none for a new one, else the shown generation's. Undefined
+   * while it is not known (the list failed and the shown generation has not said): a Generate
+   * then would start a new session by mistake, so it waits.
+   */
+  const sessionId: string | null | undefined = newSession
+    ? null
+    : currentId === null
+      ? generations === null
+        ? undefined
+        : null
+      : (current?.sessionId ?? (shownSession?.id === currentId ? shownSession.sessionId : undefined));
   // Oldest first: v1 is where the session started.
-  const versions = sessionId ? generations.filter((generation) => generation.sessionId === sessionId).reverse() : [];
+  const versions = sessionId && generations ? generations.filter((generation) => generation.sessionId === sessionId).reverse() : [];
+
+  // A listed version that runs while another is shown: its tag would say RUNNING for good, so the
+  // list loads again when it ends (the version shown does that itself, through its view).
+  const running = versions
+    .filter((version) => !TERMINAL.has(version.status) && version.id !== currentId)
+    .map((version) => version.id)
+    .join(' ');
+  useEffect(() => {
+    if (!running) return;
+    const stops = running.split(' ').map((id) =>
+      follow({
+        document: GenerationUpdatedDocument,
+        variables: () => ({ id }),
+        onData: ({ generationUpdated }) => {
+          if (TERMINAL.has(generationUpdated.status)) void loadVersions();
+        },
+      }),
+    );
+    return () => stops.forEach((stop) => stop());
+  }, [running, loadVersions]);
 
   const show = async (id: string, { retried = false } = {}) => {
     setNewSession(false);
@@ -59,7 +118,7 @@ export function ProjectPage({ projectId }: { projectId: string }) {
 
   const generate = async (event: FormEvent<HTMLFormElement>) => {
     event.preventDefault();
-    if (busy) return;
+    if (busy || sessionId === undefined) return;
     const form = event.currentTarget;
     // Sent as written (a pasted snippet keeps its indentation); `required` lets spaces through.
     const prompt = String(new FormData(form).get('prompt'));
@@ -71,6 +130,7 @@ export function ProjectPage({ projectId }: { projectId: string }) {
       const { startGeneration } = await request(StartGenerationDocument, { input: { projectId, prompt, sessionId } });
       if (startGeneration.__typename === 'Generation') {
         form.reset();
+        setShownSession({ id: startGeneration.id, sessionId: startGeneration.sessionId });
         await show(startGeneration.id);
         return;
       }
@@ -83,7 +143,14 @@ export function ProjectPage({ projectId }: { projectId: string }) {
     }
   };
 
-  if (project === undefined) return <p className="muted">{error ?? 'Loading project…'}</p>;
+  if (project === undefined && projectError !== null) {
+    return (
+      <div className="project">
+        <LoadFailed message={`This project could not be loaded. ${projectError}`} retry={loadAll} />
+      </div>
+    );
+  }
+  if (project === undefined || (project !== null && !ready)) return <p className="muted">Loading project…</p>;
   if (project === null) return <p role="alert">This project does not exist or is not shared with you.</p>;
   // A viewer reads the project; starting, cancelling, retrying and restoring are for its owner and editors.
   const canEdit = project.viewerRole !== 'VIEWER';
@@ -106,7 +173,7 @@ export function ProjectPage({ projectId }: { projectId: string }) {
                 name="prompt"
                 rows={3}
                 required
-                placeholder={sessionId ? 'Ask for a change…' : 'Describe the app to build…'}
+                placeholder={sessionId ? 'Ask for a change…' : sessionId === null ? 'Describe the app to build…' : undefined}
                 onKeyDown={(event) => {
                   if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) event.currentTarget.form?.requestSubmit();
                 }}
@@ -117,11 +184,17 @@ export function ProjectPage({ projectId }: { projectId: string }) {
           </div>
           <FormAlert message={error} errors={fieldErrors} labels={LABELS} />
           <div className="row">
-            <button type="submit" aria-disabled={busy}>
+            <button type="submit" aria-disabled={busy || sessionId === undefined} aria-describedby={reasonId}>
               Generate
             </button>
-            <span className="muted">
-              {sessionId ? `Follow-up in this session (version ${versions.length + 1})` : 'Starts a new session'}
+            <span id={reasonId} className="muted">
+              {sessionId === undefined
+                ? 'Generate waits for the versions: without them, it cannot tell which session to continue.'
+                : !sessionId
+                  ? 'Starts a new session'
+                  : generations === null || versionsError !== null
+                    ? 'Follow-up in this session'
+                    : `Follow-up in this session (version ${versions.length + 1})`}
             </span>
             {sessionId && (
               <button
@@ -148,6 +221,14 @@ export function ProjectPage({ projectId }: { projectId: string }) {
           )}
         </>
       )}
+      {versionsError !== null && (
+        <LoadFailed
+          message={`The versions could not be loaded. ${versionsError}`}
+          label="Retry loading the versions"
+          retry={async () => (await loadVersions()) !== null}
+          focusAfter={heading}
+        />
+      )}
       <div className="columns">
         <section className="grow" aria-label="Generation">
           {currentId ? (
@@ -157,8 +238,11 @@ export function ProjectPage({ projectId }: { projectId: string }) {
               canEdit={canEdit}
               focusAction={currentId === retried}
               onSettled={() => void loadVersions()}
+              onSession={(sessionId) => setShownSession({ id: currentId, sessionId })}
               onRetried={(id) => void show(id, { retried: true })}
             />
+          ) : generations === null ? (
+            <p className="muted">No version shown: the versions have not loaded.</p>
           ) : (
             <p className="muted">Nothing generated yet.</p>
           )}
