@@ -96,6 +96,16 @@ const fieldState = (field: Locator) =>
       .trim(),
   }));
 
+/** A FLUTTER project named `name` with one version that succeeded, made over the API by a new user who then signs in in the page. */
+async function projectWithVersion(label: string, name: string) {
+  const { server } = suite;
+  const owner = await signUpOverApi(server, uniqueEmail(label));
+  const project = await createProject(owner.client, { name, target: 'FLUTTER' });
+  const first = await startAccepted(owner.client, { projectId: project.id, prompt: 'A packing list' });
+  expect((await waitForEnd(server, owner.client, owner.accessToken, first.id)).status).toBe('SUCCEEDED');
+  return { server, owner, project, first };
+}
+
 /** How far the page is wider than the window: what a reader would have to scroll sideways. */
 const sidewaysOverflow = (page: Page) => page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
 
@@ -192,12 +202,7 @@ describe.skipIf(chromiumMissing)('the web client when a request fails', () => {
   });
 
   it('says why the versions could not be loaded, claims nothing about them, and keeps a follow-up in its session', async () => {
-    // A project with a version, made over the API by a user who then signs in in the page.
-    const { server } = suite;
-    const owner = await signUpOverApi(server, uniqueEmail('e2e-versions-failed'));
-    const project = await createProject(owner.client, { name: 'Versions failed', target: 'FLUTTER' });
-    const first = await startAccepted(owner.client, { projectId: project.id, prompt: 'A packing list' });
-    expect((await waitForEnd(server, owner.client, owner.accessToken, first.id)).status).toBe('SUCCEEDED');
+    const { server, owner, first } = await projectWithVersion('e2e-versions-failed', 'Versions failed');
 
     const { page, errors } = await signedInTab(browser, server.url, owner.email);
     /** The session each Generate of the page continued (null: a new session). */
@@ -380,12 +385,8 @@ describe.skipIf(chromiumMissing)('the web client with input the server refuses',
   });
 
   it('restores once for a double click on Restore', async () => {
-    // Two versions of one session, made over the API by a user who then signs in in the page.
-    const { server } = suite;
-    const owner = await signUpOverApi(server, uniqueEmail('e2e-restore'));
-    const project = await createProject(owner.client, { name: 'Restored once', target: 'FLUTTER' });
-    const first = await startAccepted(owner.client, { projectId: project.id, prompt: 'A packing list' });
-    expect((await waitForEnd(server, owner.client, owner.accessToken, first.id)).status).toBe('SUCCEEDED');
+    // Two versions of one session.
+    const { server, owner, project, first } = await projectWithVersion('e2e-restore', 'Restored once');
     const second = await startAccepted(owner.client, { projectId: project.id, prompt: 'Add a checkbox', sessionId: first.sessionId });
     expect((await waitForEnd(server, owner.client, owner.accessToken, second.id)).status).toBe('SUCCEEDED');
 
