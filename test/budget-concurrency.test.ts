@@ -36,9 +36,11 @@ describe(`budgets under concurrency (${databaseKind})`, () => {
     const perRun = one.usage.inputTokens + one.usage.outputTokens;
     expect(perRun, 'a reservation should cover one run of the prompt').toBeLessThan(RESERVATION);
 
-    // Room for two reservations and half a run more.
+    // Room for two reservations and half a run more: its prompt and half its answer. Less, and
+    // the third run could not take even its prompt, so it would stop at once and hand what it
+    // held to the next start, which would stop at once too, and so on: every start accepted.
     const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
-    const limit = 2 * RESERVATION + Math.floor(perRun / 2);
+    const limit = 2 * RESERVATION + one.usage.inputTokens + LAST_CHUNK_TOKENS + Math.floor(one.usage.outputTokens / 2);
     expectTypename(
       (await suite.owner.client.expectNoErrors(SetProjectBudgetDocument, { input: { projectId: project.id, monthlyTokenLimit: limit } })).setProjectBudget,
       'Project',
