@@ -7,7 +7,7 @@ import { createRateLimits, memoryRateLimitStore } from '../src/api/rate-limit.js
 import { rowsOf } from '../src/db/client.js';
 import { postgresRateLimitStore } from '../src/db/rate-limit-store.js';
 import { RateLimitedError } from '../src/errors.js';
-import { RetryGenerationDocument, SignInDocument, SignUpDocument, StartGenerationDocument } from './gql/graphql.js';
+import { ArchiveProjectDocument, RetryGenerationDocument, SignInDocument, SignUpDocument, StartGenerationDocument } from './gql/graphql.js';
 import { createTestDatabase, databaseKind, testDatabaseUrl } from './support/db.js';
 import { createProject, expectTypename, PASSWORD, signUp, type TestUser, uniqueEmail } from './support/fixtures.js';
 import { startAccepted, startGeneration, startInstance, waitForEnd } from './support/generation-helpers.js';
@@ -149,15 +149,17 @@ describe(`starting generations (${databaseKind})`, () => {
     await startAccepted(other.client, { projectId: theirs.id, prompt: 'A timer' });
   });
 
-  it('counts only what starts: a start refused for another reason (here a project that is not there) gives its count back', async () => {
+  it('gives back the count of a start refused for what a client may ask again about (here an archived project), not of one for a project not there', async () => {
     const owner = await signUp(suite.server);
     const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const archived = await createProject(owner.client, { target: 'FLUTTER' });
+    expectTypename((await owner.client.expectNoErrors(ArchiveProjectDocument, { id: archived.id })).archiveProject, 'Project');
     await startAccepted(owner.client, { projectId: project.id, prompt: 'A timer' });
     for (let attempt = 0; attempt < 3; attempt++) {
-      expectTypename(await startGeneration(owner.client, { projectId: encodeGlobalID('Project', randomUUID()), prompt: 'Nowhere' }), 'NotFoundError');
+      expectTypename(await startGeneration(owner.client, { projectId: archived.id, prompt: 'In the archive' }), 'InvalidStateError');
     }
-    await startAccepted(owner.client, { projectId: project.id, prompt: 'A stopwatch' });
-    expectTypename(await startGeneration(owner.client, { projectId: project.id, prompt: 'A clock' }), 'RateLimitedError');
+    expectTypename(await startGeneration(owner.client, { projectId: encodeGlobalID('Project', randomUUID()), prompt: 'Nowhere' }), 'NotFoundError');
+    expectTypename(await startGeneration(owner.client, { projectId: project.id, prompt: 'A stopwatch' }), 'RateLimitedError');
   });
 });
 
@@ -215,20 +217,32 @@ describe(`the counters (${databaseKind})`, () => {
     expect(await store.hit('k', 60)).toEqual({ count: 1, resetInSeconds: 60 });
   });
 
+  it("give back a start's count per user when the address's limit refuses it", async () => {
+    const off = { authPerIp: null, authPerEmail: null, membersPerUser: null, membersPerIp: null, refreshPerIp: null };
+    const limits = createRateLimits({ ...off, generationsPerUser: { limit: 2, windowSeconds: 600 }, generationsPerIp: { limit: 1, windowSeconds: 600 } }, memoryRateLimitStore());
+    await limits.generationStart('user', '203.0.113.7');
+    await expect(limits.generationStart('user', '203.0.113.7')).rejects.toBeInstanceOf(RateLimitedError);
+    // The user's second start, from elsewhere: their count is 2, not 3.
+    await limits.generationStart('user', '198.51.100.4');
+    await expect(limits.generationStart('user', '192.0.2.9')).rejects.toBeInstanceOf(RateLimitedError);
+  });
+
   it('give a hit back within its window, never below none and never into the next window', async () => {
     let now = Date.UTC(2030, 0, 1, 12, 0, 0);
     const memory = memoryRateLimitStore(() => now);
     const database = await createTestDatabase();
     try {
-      // The database's windows follow its own clock: keys of their own, checked within one window of an hour.
+      // The database's windows follow its own clock: keys of their own, in windows of about ten
+      // years, so that none ends during the test.
+      const window = 10 * 365 * 86_400;
       for (const store of [memory, postgresRateLimitStore(database.db)]) {
         const key = `given-back:${randomUUID()}`;
-        await store.hit(key, 3600);
-        await store.hit(key, 3600);
-        await store.unhit(key, 3600);
-        expect((await store.hit(key, 3600)).count).toBe(2);
-        for (let i = 0; i < 3; i++) await store.unhit(key, 3600);
-        expect((await store.hit(key, 3600)).count).toBe(1);
+        await store.hit(key, window);
+        await store.hit(key, window);
+        await store.unhit(key, window);
+        expect((await store.hit(key, window)).count).toBe(2);
+        for (let i = 0; i < 3; i++) await store.unhit(key, window);
+        expect((await store.hit(key, window)).count).toBe(1);
       }
       await memory.hit('k', 60);
       now += 60_000;

@@ -57,14 +57,21 @@ export function createRateLimits(rules: Config['rateLimits'], store: RateLimitSt
     },
     generationStart: async (userId, clientIp) => {
       const message = 'You started too many generations recently; wait a while and try again.';
-      const counted = [
+      const counted: [RateRule | null, string][] = [
         [rules.generationsPerUser, `generations:user:${userId}`],
         [rules.generationsPerIp, `generations:ip:${addressBlock(clientIp)}`],
-      ] as const;
-      for (const [rule, key] of counted) await check(rule, key, message);
-      return async () => {
-        for (const [rule, key] of counted) if (rule) await store.unhit(key, rule.windowSeconds);
+      ];
+      const giveBack = async (hits: [RateRule | null, string][]) => {
+        for (const [rule, key] of hits) if (rule) await store.unhit(key, rule.windowSeconds);
       };
+      for (const [index, [rule, key]] of counted.entries()) {
+        // Refused by the address's limit: the user's own count is given back (the address's keeps counting attempts).
+        await check(rule, key, message).catch(async (error: unknown) => {
+          await giveBack(counted.slice(0, index));
+          throw error;
+        });
+      }
+      return () => giveBack(counted);
     },
     memberAdd: async (userId, clientIp) => {
       const message = 'You added too many members recently; wait a while and try again.';

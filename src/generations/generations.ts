@@ -52,8 +52,10 @@ export interface GenerationDeps {
 }
 
 /**
- * A start counted against the rate limits, and given back when it is refused (a busy session,
- * a budget, a role): only what starts a generation counts, so asking again costs nothing.
+ * A start counted against the rate limits, and given back when it is refused for what a client
+ * may ask again about: a busy session, an archived project, a budget, too many running. Only
+ * what starts a generation counts for those. Other refusals (a project not there, a role) still
+ * count, so they cannot be repeated without end, and so does one the database failed.
  */
 export async function countedStart(scope: Scope, deps: GenerationDeps, start: () => Promise<GenerationRow>): Promise<GenerationRow> {
   const giveBack = scope.userId ? await deps.rateLimit?.(scope.userId) : undefined;
@@ -61,10 +63,12 @@ export async function countedStart(scope: Scope, deps: GenerationDeps, start: ()
     return await start();
   } catch (error) {
     // Not worth failing the answer for: at worst the count stays one too high until its window ends.
-    await giveBack?.().catch(() => {});
+    if (isAskedAgain(error)) await giveBack?.().catch(() => {});
     throw error;
   }
 }
+
+const isAskedAgain = (error: unknown) => error instanceof InvalidStateError || error instanceof BudgetExceededError || error instanceof RateLimitedError;
 
 export interface StartInput {
   projectId: string;
