@@ -305,6 +305,7 @@ describe(`a cancel while a run stores its outputs (${databaseKind})`, () => {
       outputs: {
         // Held until the run has taken the cancel, then finished as a store that does not stop early would.
         storeBlobs: async (_generationId, _bundleDir, _sources, signal) => {
+          if (!signal) throw new Error('a run hands its signal to the store');
           storing();
           await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }));
           return {

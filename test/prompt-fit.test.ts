@@ -15,7 +15,7 @@ const block = (path: string, content: string) => `<file path="${path}">\n${conte
 
 describe('the current files in a follow-up prompt', () => {
   const prompt = (parentFiles: { path: string; content: string }[], maxChars?: number) =>
-    buildPrompt({ systemPrompt: 'SYSTEM', template: {}, parentFiles, turns: [], prompt: 'Add a button', ...(maxChars ? { maxChars } : {}) });
+    buildPrompt({ systemPrompt: 'SYSTEM', template: {}, manifest: 'package.json', parentFiles, turns: [], prompt: 'Add a button', ...(maxChars ? { maxChars } : {}) });
 
   it('skips a file too big for the budget, shows the ones after it and names the one it left out', () => {
     const { systemPrompt } = prompt([
@@ -33,9 +33,9 @@ describe('the current files in a follow-up prompt', () => {
 
   it('tells the model which template files an earlier answer deleted, and only in a follow-up', () => {
     const template = { 'src/main.tsx': 'main', 'index.html': 'html', 'README.md': 'readme' };
-    const followUp = buildPrompt({ systemPrompt: 'SYSTEM', template, parentFiles: [{ path: 'index.html', content: 'html' }, { path: 'src/entry.tsx', content: APP }], turns: [], prompt: 'Add a button' });
+    const followUp = buildPrompt({ systemPrompt: 'SYSTEM', template, manifest: 'package.json', parentFiles: [{ path: 'index.html', content: 'html' }, { path: 'src/entry.tsx', content: APP }], turns: [], prompt: 'Add a button' });
     expect(followUp.systemPrompt).toMatch(/These template files are not in the project \(write one to have it again\): README\.md, src\/main\.tsx$/);
-    const first = buildPrompt({ systemPrompt: 'SYSTEM', template, parentFiles: [], turns: [], prompt: 'A counter' });
+    const first = buildPrompt({ systemPrompt: 'SYSTEM', template, manifest: 'package.json', parentFiles: [], turns: [], prompt: 'A counter' });
     expect(first.systemPrompt).toBe('SYSTEM');
   });
 

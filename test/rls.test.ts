@@ -198,18 +198,33 @@ describe('membership in the policies (kiln.viewer_project_ids)', () => {
 describe('reads of many rows of one generation (kiln.chunks_after, kiln.log_lines_after, kiln.log_tail, kiln.files_of)', () => {
   // They check membership once per read instead of the row policy once per row, so they
   // must give each caller exactly what the policies give, or a stream would replay
-  // another project's output.
-  const reads = (tx: Tx, generationId: string, tail = 10) =>
-    Promise.all([
+  // another project's output. The batched ones (a list's outputs, tails and files) read
+  // another team's generation alongside, which must give nothing.
+  const reads = async (tx: Tx, generationId: string, tail: number, alongside: string) => {
+    const batch = [generationId, alongside];
+    const [chunks, lines, tails, outputs, files, listing] = await Promise.all([
       generationStore.chunkPageOfMember(tx, generationId, -1, 10),
       generationStore.logLinePageOfMember(tx, generationId, -1, 10),
-      generationStore.logTailOfMember(tx, generationId, tail),
-      generationStore.outputOfMember(tx, generationId),
-      generationStore.filesOfMember(tx, generationId, true),
-      generationStore.filesOfMember(tx, generationId, false),
+      generationStore.logTailsOfMember(tx, batch.map((id) => ({ generationId: id, count: tail }))),
+      generationStore.outputsOfMember(tx, batch),
+      generationStore.filesOfMembers(tx, batch, true),
+      generationStore.filesOfMembers(tx, batch, false),
     ]);
+    const elsewhere = [...tails, ...files, ...listing].filter((row) => row.generationId === alongside);
+    expect([elsewhere, outputs.find((row) => row.generationId === alongside)?.output ?? '']).toEqual([[], '']);
+    const own = <T extends { generationId: string }>(rows: T[]) =>
+      rows.filter((row) => row.generationId === generationId).map(({ generationId: _, count: __, ...row }: T & { count?: number }) => row);
+    return [
+      chunks,
+      lines,
+      own(tails),
+      outputs.find((row) => row.generationId === generationId)?.output ?? '',
+      own(files),
+      own(listing),
+    ] as const;
+  };
   /** The same reads straight from the tables, under the row policies. */
-  const throughPolicies = (tx: Tx, generationId: string, tail = 10) =>
+  const throughPolicies = (tx: Tx, generationId: string, tail: number) =>
     Promise.all([
       rows(tx, sql`select seq, text, round from generation_chunks where generation_id = ${generationId} order by seq limit 10`),
       rows(tx, sql`select seq, step, stream, text, round from build_log_lines where generation_id = ${generationId} order by seq limit 10`),
@@ -222,7 +237,7 @@ describe('reads of many rows of one generation (kiln.chunks_after, kiln.log_line
     ]);
 
   it('give every role what the row policies give it: members all of it, a stranger nothing', async () => {
-    const t = await createTeam(db);
+    const [t, other] = [await createTeam(db), await createTeam(db)];
     // More lines than the tail asked for below, so its order and cut show.
     await serviceScope(db).run((tx) =>
       generationStore.appendLogLines(
@@ -231,10 +246,10 @@ describe('reads of many rows of one generation (kiln.chunks_after, kiln.log_line
       ),
     );
     for (const role of ['owner', 'editor', 'viewer', 'stranger'] as const) {
-      const [viaFunctions, viaPolicies] = await as(db, t[role]).run(async (tx) => [await reads(tx, t.generationId, 3), await throughPolicies(tx, t.generationId, 3)]);
+      const [viaFunctions, viaPolicies] = await as(db, t[role]).run(async (tx) => [await reads(tx, t.generationId, 3, other.generationId), await throughPolicies(tx, t.generationId, 3)]);
       expect(viaFunctions, role).toEqual(viaPolicies);
     }
-    const [chunks, lines, tail, output, files, listing] = await as(db, t.viewer).run((tx) => reads(tx, t.generationId, 3));
+    const [chunks, lines, tail, output, files, listing] = await as(db, t.viewer).run((tx) => reads(tx, t.generationId, 3, other.generationId));
     expect(chunks).toEqual([
       { seq: 0, text: '<file path="src/App.tsx">', round: 0 },
       { seq: 1, text: 'export default 1;</file>', round: 0 },
@@ -270,10 +285,11 @@ describe('reads of many rows of one generation (kiln.chunks_after, kiln.log_line
 
   it('give a request without claims and the service scope nothing, and only authenticated may call them', async () => {
     const nothing = [[], [], [], '', [], []];
-    expect(await serviceScope(db).run((tx) => reads(tx, team.generationId))).toEqual(nothing);
+    const alongside = randomUUID();
+    expect(await serviceScope(db).run((tx) => reads(tx, team.generationId, 10, alongside))).toEqual(nothing);
     const noClaims = await db.transaction(async (tx) => {
       await tx.execute(sql`set local role authenticated`);
-      return reads(tx, team.generationId);
+      return reads(tx, team.generationId, 10, alongside);
     });
     expect(noClaims).toEqual(nothing);
     const functions = ['kiln.chunks_after(uuid, integer, integer)', 'kiln.log_lines_after(uuid, integer, integer)', 'kiln.log_tail(uuid, integer)', 'kiln.files_of(uuid, boolean)'];

@@ -64,7 +64,6 @@ export function startLimits(ctx: Context): GenerationDeps {
 
 export interface Viewer {
   id: string;
-  email: string;
   claims: Claims;
   accessToken: string;
 }
@@ -112,7 +111,7 @@ export function contextFactory(services: Services): (request: OperationRequest) 
     if (token) {
       try {
         const claims = await services.auth.verify(token);
-        viewer = { id: claims.sub, email: claims.email ?? '', claims, accessToken: token };
+        viewer = { id: claims.sub, claims, accessToken: token };
       } catch (error) {
         if (!(error instanceof AuthError)) throw contextFailed(services.logger, request, error);
         problem = error.message;

@@ -36,7 +36,13 @@ export interface Outputs {
    * without `bundleDir`); `record` indexes them in the caller's transaction, the one that
    * marks it SUCCEEDED.
    */
-  storeBlobs(generationId: string, bundleDir: string | undefined, sources: readonly { path: string; content: string }[]): Promise<{ record(tx: Tx): Promise<void> }>;
+  storeBlobs(
+    generationId: string,
+    bundleDir: string | undefined,
+    sources: readonly { path: string; content: string }[],
+    /** The run's: once it is aborted (a cancel, a worker's stop), no more batches are stored. */
+    signal?: AbortSignal,
+  ): Promise<{ record(tx: Tx): Promise<void> }>;
   /** Removes blobs no generation uses any more (their projects were deleted), untouched for `graceMs`. */
   collect(graceMs?: number): Promise<number>;
   close(): Promise<void>;
@@ -132,8 +138,8 @@ export async function createOutputs(options: {
     },
     route: handlers.route,
     onPreviewOrigin: handlers.onPreviewOrigin,
-    storeBlobs: async (generationId, bundleDir, sources) => {
-      const { rows, ...written } = await storeOutputs(store, generationId, bundleDir, sources);
+    storeBlobs: async (generationId, bundleDir, sources, signal) => {
+      const { rows, ...written } = await storeOutputs(store, generationId, bundleDir, sources, signal);
       log.info({ generationId, ...written }, 'outputs stored');
       return { record: (tx) => manifestStore.insert(tx, rows) };
     },

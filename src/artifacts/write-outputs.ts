@@ -64,6 +64,7 @@ export async function storeOutputs(
   generationId: string,
   bundleDir: string | undefined,
   sources: readonly { path: string; content: string; sha256?: string }[],
+  signal?: AbortSignal,
 ): Promise<StoredOutputs> {
   // Checked whole before anything is stored, so a refused bundle leaves no blobs behind.
   const bundle = bundleDir ? await bundleFiles(bundleDir) : [];
@@ -71,6 +72,8 @@ export async function storeOutputs(
   let batch: (BlobBytes & Pick<ArtifactRow, 'kind' | 'path'>)[] = [];
   let batchBytes = 0;
   const flush = async () => {
+    // A run stopped meanwhile stores nothing more: what is stored already is collected as unused.
+    signal?.throwIfAborted();
     const blobs = batch;
     batch = [];
     batchBytes = 0;

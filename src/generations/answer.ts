@@ -109,9 +109,9 @@ export async function streamAnswer(
       streamed = true;
       input.spending(cost());
       await chunks.add(text);
-      // Past the budget it throws, and leaving the loop closes the stream. Gemini's running count
-      // holds the thinking tokens no text shows.
-      await budget.check(counted);
+      // Past the budget it throws, and leaving the loop closes the stream. Checked by what the
+      // answer will be charged: Gemini's running count, where it is more, holds the thinking no text shows.
+      await budget.check(cost());
       changes.push(...parser.push(text));
       if (nul !== -1) throw new OutputProtocolError("The model's answer holds a NUL character (U+0000), which no source file has; nothing of this answer was written.");
     }

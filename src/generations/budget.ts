@@ -72,10 +72,10 @@ export interface BudgetMeter {
   /** Counts streamed text as spent. */
   count(text: string): void;
   /**
-   * Throws BudgetStop when the run cannot get the tokens it has spent so far: per field, the
-   * estimate or the provider's count of the answer so far (LlmRequest.onUsage), whichever is more.
+   * Throws BudgetStop when the run cannot get the tokens it has spent so far: `spent`, the
+   * answer's cost as it will be charged (answer.ts answerCost), or the estimate.
    */
-  check(counted?: LlmUsage): Promise<void>;
+  check(spent?: LlmUsage): Promise<void>;
   /** The estimate so far. */
   usage(): LlmUsage;
 }
@@ -96,11 +96,7 @@ export function budgetMeter(budget: RunBudget, inputCharacters: number): BudgetM
     count(text) {
       outputCharacters += text.length;
     },
-    async check(counted) {
-      const estimate = usage();
-      const spent = counted
-        ? { inputTokens: Math.max(estimate.inputTokens, counted.inputTokens), outputTokens: Math.max(estimate.outputTokens, counted.outputTokens) }
-        : estimate;
+    async check(spent = usage()) {
       if (!(await covered(spent))) throw new BudgetStop(budget.limit!);
     },
   };

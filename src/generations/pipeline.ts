@@ -43,10 +43,9 @@ export interface PipelineDeps {
   metrics?: Metrics;
   /**
    * Stores a succeeded generation's files and web bundle, so previews and archives outlive the
-   * workspace. It is handed the run's signal, aborted on a cancel or a worker's stop: a store may
-   * stop early on it (Outputs' stores do not yet); the run checks it after the store either way.
+   * workspace; handed the run's signal, it stops between batches once the run is aborted.
    */
-  outputs?: { storeBlobs(...args: [...Parameters<Outputs['storeBlobs']>, signal: AbortSignal]): ReturnType<Outputs['storeBlobs']> };
+  outputs?: Pick<Outputs, 'storeBlobs'>;
   /**
    * Queues the automatic retry of a run this pipeline ends INTERRUPTED (the worker stopping,
    * the database away too long), in the transaction that ends it: a process that dies right
@@ -157,7 +156,7 @@ export async function runGeneration(deps: PipelineDeps, generationId: string, st
     const sources = [...files].map(([path, content]) => ({ path, content }));
     throwIfCancelled(run.signal);
     stored = await deps.outputs?.storeBlobs(generationId, await bundleFolderIn(workspace.dir, context.target.bundleDir), sources, run.signal);
-    // A cancel that came while nothing was left to stop (the outputs being stored) still wins.
+    // A cancel that came during the last batch of the outputs still wins.
     throwIfCancelled(run.signal);
     outcome = { status: 'SUCCEEDED' };
   } catch (error) {
@@ -347,9 +346,9 @@ function claimStamp(): string {
 }
 
 /**
- * Past its model and build steps nothing of a run notices a cancel, so it is looked for before the
- * run succeeds: it ends CANCELLED (failureOutcome). A worker's stop is not: the run's work is done,
- * and it ends as it would have.
+ * A cancel the model, the build steps and the outputs' batches did not see (it came after them)
+ * is looked for before the run succeeds: it ends CANCELLED (failureOutcome). A worker's stop that
+ * late is not: the run's work is done, and it ends as it would have.
  */
 function throwIfCancelled(signal: AbortSignal): void {
   if (signal.aborted && signal.reason === 'cancelled') throw new Error('The run was cancelled.');

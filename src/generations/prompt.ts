@@ -9,7 +9,7 @@ export interface PromptInput {
   systemPrompt: string;
   template: Record<string, string>;
   /** The template file the model rewrites whole to add a package (TargetSpec.manifest): always shown. */
-  manifest?: string;
+  manifest: string;
   parentFiles: { path: string; content: string }[];
   turns: { role: 'USER' | 'MODEL'; content: string }[];
   prompt: string;

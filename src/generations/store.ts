@@ -444,14 +444,6 @@ export const generationStore = {
     return rowsOf<ChunkEvent>(await tx.execute(sql`select seq, text, round from kiln.chunks_after(${generationId}, ${afterSeq}, ${limit})`));
   },
 
-  /** A generation's output for a viewer, in the viewer's scope: membership checked once (see chunkPageOfMember). */
-  async outputOfMember(tx: Tx, generationId: string): Promise<string> {
-    const [row] = rowsOf<{ output: string | null }>(
-      await tx.execute(sql`select string_agg(text, '' order by seq) as output from kiln.chunks_after(${generationId}, -1, null)`),
-    );
-    return row?.output ?? '';
-  },
-
   /** The outputs of many generations for a viewer, in the viewer's scope: membership checked once per generation (see chunkPageOfMember). */
   async outputsOfMember(tx: Tx, generationIds: readonly string[]): Promise<{ generationId: string; output: string }[]> {
     return rowsOf<{ generationId: string; output: string }>(
@@ -507,14 +499,6 @@ export const generationStore = {
     return rowsOf<LogLineEvent>(
       await tx.execute(sql`select seq, step, stream, text, round from kiln.log_lines_after(${generationId}, ${afterSeq}, ${limit})`),
     );
-  },
-
-  /** The last `count` log lines, oldest first, for a viewer, in the viewer's scope: see chunkPageOfMember. */
-  async logTailOfMember(tx: Tx, generationId: string, count: number): Promise<LogLineEvent[]> {
-    const newestFirst = rowsOf<LogLineEvent>(
-      await tx.execute(sql`select seq, step, stream, text, round from kiln.log_tail(${generationId}, ${count})`),
-    );
-    return newestFirst.reverse();
   },
 
   /**

@@ -101,6 +101,24 @@ describe("a generation's outputs", () => {
 
 // A preview keeps its bundle's paths in memory and reads a file whole: the build's untrusted
 // output is refused, as BUILD_FAILED and with nothing stored, past what that can bear.
+describe("a generation's outputs for a run that was stopped", () => {
+  it('go to the store no more once the run is aborted', async () => {
+    const { store, batches } = recordingStore();
+    const sources = Array.from({ length: 250 }, (_, i) => ({ path: `lib/f${i}.dart`, content: `// ${i}\n` }));
+    const run = new AbortController();
+    const stored = storeOutputs(
+      { ...store, putMany: async (blobs) => (run.abort('cancelled'), store.putMany(blobs)) },
+      'generation',
+      '/nonexistent',
+      sources,
+      run.signal,
+    );
+    await expect(stored).rejects.toBe('cancelled');
+    // The batch under way when the run was stopped, and none after it.
+    expect(batches).toHaveLength(1);
+  });
+});
+
 describe('a web bundle past the limits', () => {
   let bundle: string;
   beforeEach(async () => {

@@ -33,6 +33,7 @@ describe('summariseFiles', () => {
     const { messages } = buildPrompt({
       systemPrompt: 'SYSTEM',
       template: {},
+      manifest: 'package.json',
       parentFiles: [],
       turns: [
         { role: 'USER', content: 'An app' },
