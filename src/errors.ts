@@ -58,11 +58,16 @@ export class BudgetExceededError extends AppError {
   readonly used: number;
   /** Tokens held by generations still queued or running, until their usage replaces them. */
   readonly reserved: number;
-  constructor(readonly limit: number, { spent, reserved }: MonthTokens) {
+  /** `needed`: the least a start's prompt takes, when what is left falls short of it rather than being gone. */
+  constructor(readonly limit: number, { spent, reserved }: MonthTokens, needed = 1) {
+    const left = limit - spent - reserved;
+    const held = reserved > 0 ? ` and ${reserved} held by generations still queued or running` : '';
     super(
-      reserved > 0
-        ? `The project's monthly token budget (${limit} tokens) is taken: ${spent} spent this month and ${reserved} held by generations still queued or running. Try again when they end.`
-        : `The project's monthly token budget is used up (${spent} of ${limit} tokens spent this month).`,
+      left > 0
+        ? `The project's monthly token budget (${limit} tokens) has ${left} left this month (${spent} spent${held}), fewer than a generation's prompt takes here (about ${needed}).`
+        : reserved > 0
+          ? `The project's monthly token budget (${limit} tokens) is taken: ${spent} spent this month${held}. Try again when they end.`
+          : `The project's monthly token budget is used up (${spent} of ${limit} tokens spent this month).`,
     );
     this.used = spent;
     this.reserved = reserved;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { SetProjectBudgetDocument, type StartGenerationInput } from './gql/graphql.js';
+import { ProjectDocument, SetProjectBudgetDocument, type StartGenerationInput } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
 import { createProject, document, expectTypename, signUp, type TestUser } from './support/fixtures.js';
 import { useStarted } from './support/lifecycle.js';
@@ -43,5 +43,19 @@ describe(`a start refused for the budget (${databaseKind})`, () => {
     expect(refused).toMatchObject({ limit: 1500, used: 0, reserved: 1500 });
     expect(refused.message).not.toMatch(/used up/);
     expect(refused.message).toContain('0 spent this month and 1500 held by generations still queued or running');
+  });
+  it('refuses a start when what is left of the month cannot cover even its prompt, rather than accepting a run that would stop at once', async () => {
+    const project = await createProject(owner.client);
+    // Far less than the target's system prompt alone: a run could not even ask the model.
+    await owner.client.expectNoErrors(SetProjectBudgetDocument, { input: { projectId: project.id, monthlyTokenLimit: 100 } });
+    const refused = expectTypename(
+      (await owner.client.expectNoErrors(StartDocument, { input: { projectId: project.id, prompt: 'A notes app' } })).startGeneration,
+      'BudgetExceededError',
+    );
+    expect(refused).toMatchObject({ limit: 100, used: 0, reserved: 0 });
+    expect(refused.message).toMatch(/has 100 left this month \(0 spent\), fewer than a generation's prompt takes here \(about \d+\)/);
+    // Nothing was queued.
+    const { project: after } = await owner.client.expectNoErrors(ProjectDocument, { id: project.id });
+    expect(after?.generations.edges).toHaveLength(0);
   });
 });

@@ -113,7 +113,7 @@ describe(`a budget changed during a run (${databaseKind})`, () => {
           from generations where project_id = ${rawId(project.id)}`),
       ) as [{ sameMonth: boolean }];
       expect(sameMonth).toBe(databaseKind === 'postgres');
-      const start = serviceScope(suite.server.database.db).run((tx) => reserveAtStart(tx, rawId(project.id), 100, (limit, taken) => new Error(`over ${limit}: ${taken.spent} spent`)));
+      const start = serviceScope(suite.server.database.db).run((tx) => reserveAtStart(tx, rawId(project.id), { estimate: 100, needed: 1 }, (limit, taken) => new Error(`over ${limit}: ${taken.spent} spent`)));
       if (sameMonth) await expect(start).rejects.toThrow('over 500: 500 spent');
       else await expect(start).resolves.toBe(100);
     } finally {

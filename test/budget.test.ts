@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { budgetMeter, BudgetStop, estimateTokens } from '../src/generations/budget.js';
+import { leastPromptCharacters } from '../src/generations/prompt.js';
+import { getTarget } from '../src/toolchain/targets.js';
 import { ProjectDocument, SetProjectBudgetDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
 import { createProject, document, expectTypename, signUp } from './support/fixtures.js';
@@ -108,13 +110,15 @@ describe(`budgets during a run (${databaseKind})`, () => {
     expectTypename(await startGeneration(suite.owner.client, { projectId: project.id, prompt }), 'BudgetExceededError');
   });
 
-  it('fails a run whose prompt alone is over what is left, before asking the model for anything', async () => {
+  it('fails a run whose whole prompt is over what is left, before asking the model for anything', async () => {
     const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
     const first = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, (await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A dice roller' })).id);
     const used = first.usage.inputTokens + first.usage.outputTokens;
-    await setBudget(project.id, used + 10);
+    // Enough for what a start can know its prompt takes (a run's files come later), so the start is accepted.
+    const prompt = 'A dice roller with two dice';
+    await setBudget(project.id, used + estimateTokens(leastPromptCharacters(getTarget('FLUTTER'), prompt)));
 
-    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A dice roller with two dice' });
+    const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt });
     const stopped = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id);
     expect(stopped).toMatchObject({ status: 'FAILED', error: { code: 'BUDGET_EXCEEDED' }, output: '' });
     // Nothing was spent, so nothing is counted.

@@ -104,15 +104,16 @@ export function budgetMeter(budget: RunBudget, inputCharacters: number): BudgetM
 
 /**
  * A start's reservation, in its insert's transaction and under the project's budget lock
- * (lockStartsOfUser with the project): refuses with `exceeded` when the month's usage
- * and reservations have reached the limit, else holds up to `estimate`. The limit is read
+ * (lockStartsOfUser with the project): refuses with `exceeded` when the month's usage and
+ * reservations leave less than `needed` (at least one token: what the run's prompt cannot do
+ * without, which it would stop for at once), else holds up to `estimate`. The limit is read
  * under that lock, which setProjectBudget takes too: a change lands before this decision or after it.
  */
 export async function reserveAtStart(
   tx: Tx,
   projectId: string,
-  estimate: number,
-  exceeded: (limit: number, taken: MonthTokens) => Error,
+  tokens: { estimate: number; needed: number },
+  exceeded: (limit: number, taken: MonthTokens, needed: number) => Error,
 ): Promise<number> {
   const limit = await projectStore.limitOf(tx, projectId);
   if (limit === null) return 0;
@@ -120,13 +121,14 @@ export async function reserveAtStart(
   // transaction; the server's may be past midnight from it (a start that waited on the lock then, a skewed host).
   const since = MONTH_OF_NOW;
   const committed = await generationStore.committedOfProject(tx, projectId, since);
-  if (committed >= limit) {
+  const needed = Math.max(1, tokens.needed);
+  if (limit - committed < needed) {
     // Told apart only for the refusal: a reservation is no usage, and the person refused should know which it is.
     const [usage] = await generationStore.usageOfProjects(tx, [projectId], since);
     const spent = (usage?.inputTokens ?? 0) + (usage?.outputTokens ?? 0);
-    throw exceeded(limit, { spent, reserved: committed - spent });
+    throw exceeded(limit, { spent, reserved: committed - spent }, needed);
   }
-  return Math.min(estimate, limit - committed);
+  return Math.min(tokens.estimate, limit - committed);
 }
 
 /**

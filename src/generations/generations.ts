@@ -6,7 +6,9 @@ import { BudgetExceededError, InvalidStateError, NotFoundError, RateLimitedError
 import type { EventBus } from '../events/bus.js';
 import { archiveProjectIn, removeProjectMemberIn, requireRole, showsAsNothing } from '../projects/projects.js';
 import { type ProjectRow, projectStore } from '../projects/store.js';
-import { reserveAtStart } from './budget.js';
+import { getTarget } from '../toolchain/targets.js';
+import { estimateTokens, reserveAtStart } from './budget.js';
+import { leastPromptCharacters } from './prompt.js';
 import { isTerminal } from './status.js';
 import { type GenerationRow, generationStore, type StoppedWork } from './store.js';
 
@@ -236,7 +238,7 @@ export async function getGeneration(scope: Scope, id: string): Promise<Generatio
 }
 
 /** What an insert's budget and active-run checks read: its project, as the start read it; 'waive' exempts it. */
-export type LimitCheck = Pick<ProjectRow, 'id' | 'monthlyTokenLimit'> | 'waive';
+export type LimitCheck = Pick<ProjectRow, 'id' | 'monthlyTokenLimit' | 'target'> | 'waive';
 
 /**
  * Inserts a QUEUED generation after the budget and rate checks, unless `limits` waives them.
@@ -261,7 +263,7 @@ export async function insertGeneration(
   limits: LimitCheck,
 ): Promise<GenerationRow> {
   const restore = values.restoredFrom !== undefined;
-  const reservedTokens = limits === 'waive' ? 0 : await checkLimits(tx, deps, limits, values.createdBy, !restore);
+  const reservedTokens = limits === 'waive' ? 0 : await checkLimits(tx, deps, limits, values, !restore);
   const model = restore ? NO_MODEL : deps.provider;
   const generation = await generationStore.insert(tx, { ...values, reservedTokens, provider: model.name, model: model.model });
   await deps.enqueue?.(tx, generation.id);
@@ -281,13 +283,14 @@ async function checkLimits(
   tx: Tx,
   deps: Pick<GenerationDeps, 'maxActivePerUser' | 'budgetReservationTokens'>,
   project: Exclude<LimitCheck, 'waive'>,
-  userId: string,
+  { createdBy: userId, prompt }: { createdBy: string; prompt: string },
   spendsTokens: boolean,
 ): Promise<number> {
   // Lock order: archiving, the session, the user's starts, then the project's budget (runs growing their reservation take only the latter).
   // The budget lock also when the project read had no limit: one set meanwhile is read under it (reserveAtStart).
   await generationStore.lockStartsOfUser(tx, userId, spendsTokens ? project.id : undefined);
-  const reserved = spendsTokens ? await reserveAtStart(tx, project.id, deps.budgetReservationTokens ?? 0, (limit, taken) => new BudgetExceededError(limit, taken)) : 0;
+  const tokens = { estimate: deps.budgetReservationTokens ?? 0, needed: estimateTokens(leastPromptCharacters(getTarget(project.target), prompt)) };
+  const reserved = spendsTokens ? await reserveAtStart(tx, project.id, tokens, (limit, taken, needed) => new BudgetExceededError(limit, taken, needed)) : 0;
   await refuseBeyondActiveLimit(tx, deps.maxActivePerUser, userId);
   return reserved;
 }

@@ -18,6 +18,9 @@ export interface PromptInput {
 
 const DEFAULT_MAX_CHARS = 400_000;
 
+/** What every prompt of a start carries whatever its files and turns: the target's system prompt and the user's words (a start's budget floor). */
+export const leastPromptCharacters = (target: Pick<PromptInput, 'systemPrompt'>, prompt: string) => target.systemPrompt.length + prompt.length;
+
 export function buildPrompt(input: PromptInput): { systemPrompt: string; messages: LlmMessage[] } {
   const maxChars = input.maxChars ?? DEFAULT_MAX_CHARS;
   // The project as it stands: the parent's version, or the template on a first request.
