@@ -336,7 +336,7 @@ describe(`output handlers (${databaseKind})`, () => {
     expect([route.status, route.body.toString()]).toEqual([200, bundle['index.html']!.replace('<head>', `<head><base href="${root}">`)]);
   });
 
-  it('with PREVIEW_ORIGIN, knows that origin in a Host with its default port or in another case', async () => {
+  it('with PREVIEW_ORIGIN, knows that origin in a Host with its default port, in another case or with the root’s trailing dot', async () => {
     const bundle = bundleOf(1, 'origin');
     const { generationId, blobs } = await seedGeneration(bundle);
     const fs = fsBlobStore(join(data.path, 'origin'));
@@ -344,7 +344,7 @@ describe(`output handlers (${databaseKind})`, () => {
     const { base, path } = await serve(fs, { previewOrigin: 'https://preview.example.com' });
     const page = path('preview', generationId, 'assets/part-0.js');
 
-    for (const host of ['preview.example.com', 'preview.example.com:443', 'Preview.EXAMPLE.com:443']) {
+    for (const host of ['preview.example.com', 'preview.example.com:443', 'Preview.EXAMPLE.com:443', 'preview.example.com.', 'preview.example.com.:443']) {
       const served = await rawGet(base, page, { host });
       expect(served.status, host).toBe(200);
       expect(served.body.toString()).toBe(bundle['assets/part-0.js']);

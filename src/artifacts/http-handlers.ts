@@ -210,13 +210,15 @@ export function outputHandlers(deps: {
 
 /**
  * Whether a request's Host names the origin: compared as URLs compare hosts, so the case of the
- * name and an explicit default port (`preview.example.com:443` for https) do not matter.
+ * name and an explicit default port (`preview.example.com:443` for https) do not matter, nor
+ * does the root's trailing dot (`preview.example.com.`), which DNS resolves to the same host.
  */
 function isHostOf(origin: URL, host: string | undefined): boolean {
   // A Host is a name and a port: nothing a URL would read as user, path, query or fragment.
   if (!host || /[@/\\?#]/.test(host)) return false;
+  const withoutRoot = (url: URL) => `${url.hostname.replace(/\.$/, '')}:${url.port}`;
   try {
-    return new URL(`${origin.protocol}//${host}`).host === origin.host;
+    return withoutRoot(new URL(`${origin.protocol}//${host}`)) === withoutRoot(origin);
   } catch {
     return false;
   }
