@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { eq, sql } from 'drizzle-orm';
+import { eq, type SQL, sql } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Db, Tx } from '../src/db/client.js';
 import { projects } from '../src/db/schema.js';
@@ -781,6 +781,22 @@ describe('what only the worker writes', () => {
   });
 });
 
+describe('an archived project', () => {
+  it('is never changed by a request, not even by its owner: not brought back, renamed or given a budget', async () => {
+    const t = await createTeam(db);
+    await as(db, t.owner).run((tx) => rows(tx, sql`update projects set archived_at = now() where id = ${t.projectId} returning id`));
+    const writes = await as(db, t.owner).run(async (tx) => ({
+      unarchive: verdict(await attempt(tx, sql`update projects set archived_at = null where id = ${t.projectId} returning id`)),
+      rename: verdict(await attempt(tx, sql`update projects set name = 'Back again' where id = ${t.projectId} returning id`)),
+      budget: verdict(await attempt(tx, sql`update projects set monthly_token_limit = 5 where id = ${t.projectId} returning id`)),
+    }));
+    expect(writes).toEqual({ unarchive: 'refused 42501', rename: 'refused 42501', budget: 'refused 42501' });
+    expect(await serviceRows(db, sql`select archived_at is not null as archived, monthly_token_limit from projects where id = ${t.projectId}`)).toEqual([
+      { archived: true, monthly_token_limit: null },
+    ]);
+  });
+});
+
 describe('generation status', () => {
   it('can be changed by a request only to CANCELLED, by the owner as by an editor', async () => {
     const t = await createTeam(db);
@@ -805,6 +821,50 @@ describe('generation status', () => {
         expect(cancelled).toEqual([{ status: 'CANCELLED' }]);
       }
     }
+  });
+
+  it('is written by a request only as a cancel: no cancel withdrawn, no phase or finish time faked, and a cancel ends the row as a cancel does', async () => {
+    const t = await createTeam(db);
+    const running = await createGeneration(db, t, 'RUNNING');
+    const row = async () =>
+      (await serviceRows<{ status: string; phase: string; cancelAsked: boolean; finished: boolean }>(
+        db,
+        sql`select status, phase, cancel_requested_at is not null as "cancelAsked", finished_at is not null as finished from generations where id = ${running}`,
+      ))[0];
+    // The owner asks a running generation to stop; an editor asking again is allowed too.
+    await as(db, t.owner).run((tx) => rows(tx, sql`update generations set cancel_requested_at = now() where id = ${running} returning id`));
+    expect(verdict(await as(db, t.editor).run((tx) => attempt(tx, sql`update generations set cancel_requested_at = now() where id = ${running} returning id`)))).toBe(
+      'accepted (1 rows)',
+    );
+    const withdraw = await as(db, t.editor).run((tx) => attempt(tx, sql`update generations set cancel_requested_at = null where id = ${running} returning id`));
+    const fakeEnd = await as(db, t.editor).run((tx) =>
+      attempt(tx, sql`update generations set phase = 'DONE', finished_at = '2000-01-01' where id = ${running} returning id`),
+    );
+    expect([verdict(withdraw), verdict(fakeEnd)]).toEqual(['refused 42501', 'refused 42501']);
+    expect(await row()).toEqual({ status: 'RUNNING', phase: 'GENERATING', cancelAsked: true, finished: false });
+
+    // A cancel written with the status alone still ends the row whole.
+    const other = await createGeneration(db, t, 'RUNNING');
+    await as(db, t.editor).run((tx) => rows(tx, sql`update generations set status = 'CANCELLED' where id = ${other} returning id`));
+    expect(
+      await serviceRows(db, sql`select status, phase, cancel_requested_at is not null as "cancelAsked", finished_at is not null as finished from generations where id = ${other}`),
+    ).toEqual([{ status: 'CANCELLED', phase: 'DONE', cancelAsked: true, finished: true }]);
+  });
+
+  it('is created by a request only now, with nothing spent: a back-dated or pre-spent row cannot slip past the month’s budget', async () => {
+    const t = await createTeam(db);
+    const insert = (columns: SQL) =>
+      as(db, t.editor).run((tx) =>
+        attempt<{ thisMonth: boolean }>(
+          tx,
+          sql`insert into generations (project_id, created_by, session_id, prompt, provider, model, created_at, spent_input_tokens)
+              values (${t.projectId}, ${t.editor}, gen_random_uuid(), 'x', 'offline', 'offline', ${columns})
+              returning created_at >= date_trunc('month', now()) as "thisMonth"`,
+        ),
+      );
+    expect(verdict(await insert(sql`now(), 1000000`))).toBe('refused 42501');
+    // Stamped now, whatever it says.
+    expect(await insert(sql`date_trunc('month', now()) - interval '1 day', 0`)).toEqual({ ok: true, rows: [{ thisMonth: true }] });
   });
 
   it('never changes once terminal, not even through the service scope', async () => {

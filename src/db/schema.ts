@@ -400,7 +400,13 @@ export const authSessions = pgTable(
     revokedAt: timestamp('revoked_at', { withTimezone: true }),
     revokedReason: text('revoked_reason'),
   },
-  (t) => [index('auth_sessions_user_id_idx').on(t.userId), serverOnly('auth_sessions')],
+  (t) => [
+    index('auth_sessions_user_id_idx').on(t.userId),
+    // The hourly pruning's two ways a session ends (src/auth/local-store.ts, ended): without them it reads every session.
+    index('auth_sessions_created_at_idx').on(t.createdAt),
+    index('auth_sessions_revoked_at_idx').on(t.revokedAt).where(sql`revoked_at is not null`),
+    serverOnly('auth_sessions'),
+  ],
 ).enableRLS();
 
 export const refreshTokens = pgTable(

@@ -1,0 +1,2 @@
+CREATE INDEX "auth_sessions_created_at_idx" ON "auth_sessions" USING btree ("created_at");--> statement-breakpoint
+CREATE INDEX "auth_sessions_revoked_at_idx" ON "auth_sessions" USING btree ("revoked_at") WHERE revoked_at is not null;
