@@ -2,6 +2,7 @@ import { useEffect, useSyncExternalStore } from 'react';
 import { auth } from './api/auth';
 import { request } from './api/graphql';
 import { disconnect } from './api/live';
+import { promptDraft } from './drafts';
 import { SignOutDocument } from './gql/graphql';
 import { followLink, navigate, projectIdOf, usePath } from './router';
 import { ProjectPage } from './screens/ProjectPage';
@@ -23,7 +24,7 @@ export function App() {
       </p>
     );
   }
-  if (session.status === 'signedOut') return <SignIn />;
+  if (session.status === 'signedOut') return <SignIn ended={session.ended} />;
 
   const signOut = async () => {
     try {
@@ -32,6 +33,7 @@ export function App() {
       // Unreachable server: the tokens are forgotten here all the same.
     }
     disconnect();
+    promptDraft.clearAll();
     auth.clear();
     navigate('/');
   };

@@ -42,8 +42,11 @@ export interface User {
   email: string;
 }
 
-/** `notice`: why loading takes longer (a refresh refused for a while, or unanswered), in a sentence or two; tried again by itself. */
-type State = { status: 'loading'; notice?: string } | { status: 'signedOut' } | { status: 'signedIn'; user: User };
+/**
+ * `notice`: why loading takes longer (a refresh refused for a while, or unanswered), in a sentence or two; tried again by itself.
+ * `ended`: the server refused the session (ended elsewhere, or expired), not a sign-out the user chose.
+ */
+type State = { status: 'loading'; notice?: string } | { status: 'signedOut'; ended?: boolean } | { status: 'signedIn'; user: User };
 
 let state: State = { status: sessionStorage.getItem(REFRESH_KEY) ? 'loading' : 'signedOut' };
 let access: { token: string; expiresAt: number } | null = null;
@@ -72,13 +75,13 @@ function accept(session: SessionFieldsFragment) {
   setState({ status: 'signedIn', user: session.user });
 }
 
-function clear() {
+function clear(ended = false) {
   access = null;
   current = null;
   for (const release of spent.values()) release();
   spent.clear();
   sessionStorage.removeItem(REFRESH_KEY);
-  setState({ status: 'signedOut' });
+  setState({ status: 'signedOut', ended });
 }
 
 /** The lock that says a live tab spent `token`: named by a short hash (FNV-1a), not the token itself. */
@@ -179,7 +182,7 @@ async function rotate(refreshToken: string | null): Promise<void> {
     return;
   }
   // Any other refusal is for good (an ended session, not a token at all).
-  if (answer.__typename !== 'AuthSession') return clear();
+  if (answer.__typename !== 'AuthSession') return clear(true);
   accept(answer);
   if (!channel) return;
   markSpent(refreshToken);
@@ -214,6 +217,6 @@ export const auth = {
     if (!access || access.expiresAt - Date.now() < EARLY_MS) await auth.refresh();
     return access?.token ?? null;
   },
-  /** Forgets both tokens; the server-side sign-out is the caller's. */
-  clear,
+  /** Forgets both tokens (a sign-out the user chose); the server-side sign-out is the caller's. */
+  clear: () => clear(),
 };

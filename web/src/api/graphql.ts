@@ -66,6 +66,11 @@ export async function request<T, V>(document: TypedDocumentString<T, V>, variabl
   return response.data;
 }
 
+/** The cursor a connection's next page starts after, or null on its last page. */
+export function nextPage(pageInfo: { hasNextPage: boolean; endCursor: string | null } | undefined): string | null {
+  return pageInfo?.hasNextPage ? pageInfo.endCursor : null;
+}
+
 /** Anonymous operations (sign-in, sign-up, refresh) that must not wait for a token. */
 export async function anonymousRequest<T, V>(document: TypedDocumentString<T, V>, variables: V): Promise<T> {
   const response = await post(document, variables, null);

@@ -1,25 +1,36 @@
-import { useRef, useState } from 'react';
+import { useEffect, useRef, useState } from 'react';
 import { request } from '../api/graphql';
 import { type GenerationDiffQuery, GenerationDiffDocument, type ProjectVersionsQuery, RestoreGenerationDocument } from '../gql/graphql';
 import { DiffView } from './DiffView';
 
 export type Version = NonNullable<ProjectVersionsQuery['project']>['generations']['edges'][number]['node'];
 type Diff = NonNullable<NonNullable<GenerationDiffQuery['generation']>['diff']>;
+/** The project's older generations: the cursor after which some remain (null: none), whether they are loading, and why they failed. */
+export interface Older {
+  after: string | null;
+  loading: boolean;
+  error: string | null;
+}
 
 /**
  * The versions of one session, oldest first, with a diff against the previous one and restore
- * (`canRestore`: not for a viewer of the project, whom the server would refuse).
+ * (`canRestore`: not for a viewer of the project, whom the server would refuse), and Show older
+ * versions above them while the project has older generations than those loaded.
  */
 export function Versions({
   versions,
   currentId,
   canRestore,
   onShow,
+  older,
+  onShowOlder,
 }: {
   versions: Version[];
   currentId: string | null;
   canRestore: boolean;
   onShow: (id: string) => void;
+  older: Older;
+  onShowOlder: () => Promise<void>;
 }) {
   const [diff, setDiff] = useState<{ label: string; diff: Diff | null } | null>(null);
   const [error, setError] = useState<string | null>(null);
@@ -27,6 +38,15 @@ export function Versions({
   const [restoring, setRestoring] = useState(false);
   /** The Diff button that opened the diff: closing it returns the focus there, not to <body>. */
   const diffOpener = useRef<HTMLButtonElement | null>(null);
+  const list = useRef<HTMLOListElement>(null);
+  /** The oldest version before Show older versions: the focus goes to the first one older than it (the button may go away). */
+  const oldestBefore = useRef<string | null | undefined>(undefined);
+  useEffect(() => {
+    if (oldestBefore.current === undefined || older.loading) return;
+    const index = versions.findIndex((version) => version.id === oldestBefore.current);
+    if (index !== 0) list.current?.querySelectorAll<HTMLButtonElement>('li > button.link')[Math.max(0, index - 1)]?.focus();
+    oldestBefore.current = undefined;
+  }, [versions, older.loading]);
   const latest = versions.at(-1)?.id;
   const labelOf = (id: string) => {
     const index = versions.findIndex((version) => version.id === id);
@@ -64,7 +84,28 @@ export function Versions({
   return (
     <aside className="versions stack" aria-labelledby="versions-heading">
       <h2 id="versions-heading">Versions</h2>
-      <ol className="list">
+      {older.after && (
+        <div>
+          <button
+            type="button"
+            className="small secondary"
+            aria-disabled={older.loading}
+            onClick={() => {
+              if (older.loading) return;
+              oldestBefore.current = versions[0]?.id ?? null;
+              void onShowOlder();
+            }}
+          >
+            Show older versions
+          </button>
+        </div>
+      )}
+      {older.error && (
+        <p role="alert" className="error">
+          Older versions could not be loaded. {older.error}
+        </p>
+      )}
+      <ol ref={list} className="list">
         {versions.map((version, index) => {
           const label = `version ${index + 1}`;
           return (

@@ -510,10 +510,11 @@ export type GenerationChunksWithRoundSubscription = { generationChunks: { seq: n
 
 export type ProjectVersionsQueryVariables = Exact<{
   id: string | number;
+  after?: string | null | undefined;
 }>;
 
 
-export type ProjectVersionsQuery = { project: { id: string, generations: { edges: Array<{ node: { id: string, status: GenerationStatus, prompt: string, sessionId: string, createdAt: string, restoredFrom: { id: string } | null } }> } } | null };
+export type ProjectVersionsQuery = { project: { id: string, generations: { pageInfo: { hasNextPage: boolean, endCursor: string | null }, edges: Array<{ node: { id: string, status: GenerationStatus, prompt: string, sessionId: string, createdAt: string, restoredFrom: { id: string } | null } }> } } | null };
 
 export type BuildLogsWithRoundSubscriptionVariables = Exact<{
   id: string | number;
@@ -1345,10 +1346,14 @@ export const GenerationChunksWithRoundDocument = new TypedDocumentString(`
 }
     `) as unknown as TypedDocumentString<GenerationChunksWithRoundSubscription, GenerationChunksWithRoundSubscriptionVariables>;
 export const ProjectVersionsDocument = new TypedDocumentString(`
-    query ProjectVersions($id: ID!) {
+    query ProjectVersions($id: ID!, $after: String) {
   project(id: $id) {
     id
-    generations(first: 100) {
+    generations(first: 100, after: $after) {
+      pageInfo {
+        hasNextPage
+        endCursor
+      }
       edges {
         node {
           id

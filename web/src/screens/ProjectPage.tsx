@@ -1,11 +1,12 @@
 import { type FormEvent, useCallback, useEffect, useId, useRef, useState } from 'react';
-import { request } from '../api/graphql';
+import { nextPage, request } from '../api/graphql';
 import { follow } from '../api/live';
 import { describedBy, FieldError, type FieldErrors, fieldErrorsOf, FormAlert, noFieldErrors } from '../components/FieldError';
 import { GenerationView, TERMINAL } from '../components/GenerationView';
 import { LoadFailed } from '../components/LoadFailed';
+import { promptDraft } from '../drafts';
 import { useFocusOnArrival } from '../focus';
-import { Versions, type Version } from '../components/Versions';
+import { type Older, Versions, type Version } from '../components/Versions';
 import { GenerationUpdatedDocument, ProjectDocument, type ProjectQuery, ProjectVersionsDocument, StartGenerationDocument } from '../gql/graphql';
 
 type Project = NonNullable<ProjectQuery['project']>;
@@ -21,6 +22,10 @@ export function ProjectPage({ projectId }: { projectId: string }) {
   const [generations, setGenerations] = useState<Version[] | null>(null);
   /** Why the list of generations could not be loaded (the last one known, if any, stays shown). */
   const [versionsError, setVersionsError] = useState<string | null>(null);
+  /** The cursor after which older generations remain (null: none), whether they are loading, and why they failed. */
+  const [older, setOlder] = useState<Older>({ after: null, loading: false, error: null });
+  /** Older pages were loaded: a reload of the first page keeps them instead of forgetting them. */
+  const olderLoaded = useRef(false);
   const [currentId, setCurrentId] = useState<string | null>(null);
   /** The session of the generation shown, as its view reported it: known even when the list is not. */
   const [shownSession, setShownSession] = useState<{ id: string; sessionId: string } | null>(null);
@@ -35,6 +40,8 @@ export function ProjectPage({ projectId }: { projectId: string }) {
   const ready = Boolean(project) && (generations !== null || versionsError !== null);
   const heading = useFocusOnArrival<HTMLHeadingElement>(ready);
   const promptBox = useRef<HTMLTextAreaElement>(null);
+  /** The prompt this tab was writing here when its session ended (see drafts.ts). */
+  const [draft] = useState(() => promptDraft.get(projectId));
   const fieldId = useId();
   const reasonId = useId();
 
@@ -43,7 +50,9 @@ export function ProjectPage({ projectId }: { projectId: string }) {
     try {
       const { project } = await request(ProjectVersionsDocument, { id: projectId });
       const list = project?.generations.edges.map((edge) => edge.node) ?? [];
-      setGenerations(list);
+      // Keyset pages: newer generations only push the first page's last ones into what is already loaded.
+      setGenerations((known) => (olderLoaded.current && known ? withOlder(list, known) : list));
+      if (!olderLoaded.current) setOlder({ after: nextPage(project?.generations.pageInfo), loading: false, error: null });
       setVersionsError(null);
       setCurrentId((id) => id ?? list[0]?.id ?? null);
       return list;
@@ -52,6 +61,32 @@ export function ProjectPage({ projectId }: { projectId: string }) {
       return null;
     }
   }, [projectId]);
+
+  /** Older pages, until one holds a version of `sessionId` (or none remain): what Show older versions asks for. */
+  const loadOlder = async (sessionId: string) => {
+    if (!older.after || older.loading) return;
+    setOlder({ ...older, loading: true, error: null });
+    let after: string | null = older.after;
+    let loaded: Version[] = [];
+    let error: string | null = null;
+    try {
+      while (after) {
+        const { project } = await request(ProjectVersionsDocument, { id: projectId, after });
+        const page: Version[] = project?.generations.edges.map((edge) => edge.node) ?? [];
+        loaded = [...loaded, ...page];
+        after = nextPage(project?.generations.pageInfo);
+        if (page.some((generation) => generation.sessionId === sessionId)) break;
+      }
+    } catch (failure) {
+      error = (failure as Error).message;
+    }
+    // The pages that did load stay, even when a later one failed: Show older versions goes on from there.
+    if (loaded.length > 0) {
+      olderLoaded.current = true;
+      setGenerations((known) => withOlder(known ?? [], loaded));
+    }
+    setOlder({ after, loading: false, error });
+  };
 
   const loadProject = useCallback(async () => {
     try {
@@ -129,7 +164,9 @@ export function ProjectPage({ projectId }: { projectId: string }) {
     try {
       const { startGeneration } = await request(StartGenerationDocument, { input: { projectId, prompt, sessionId } });
       if (startGeneration.__typename === 'Generation') {
-        form.reset();
+        // Emptied, not reset: a reset would bring back the draft the box started with.
+        if (promptBox.current) promptBox.current.value = '';
+        promptDraft.set(projectId, '');
         setShownSession({ id: startGeneration.id, sessionId: startGeneration.sessionId });
         await show(startGeneration.id);
         return;
@@ -173,6 +210,8 @@ export function ProjectPage({ projectId }: { projectId: string }) {
                 name="prompt"
                 rows={3}
                 required
+                defaultValue={draft}
+                onChange={(event) => promptDraft.set(projectId, event.currentTarget.value)}
                 placeholder={sessionId ? 'Ask for a change…' : sessionId === null ? 'Describe the app to build…' : undefined}
                 onKeyDown={(event) => {
                   if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) event.currentTarget.form?.requestSubmit();
@@ -192,7 +231,7 @@ export function ProjectPage({ projectId }: { projectId: string }) {
                 ? 'Generate waits for the versions: without them, it cannot tell which session to continue.'
                 : !sessionId
                   ? 'Starts a new session'
-                  : generations === null || versionsError !== null
+                  : generations === null || versionsError !== null || older.after
                     ? 'Follow-up in this session'
                     : `Follow-up in this session (version ${versions.length + 1})`}
             </span>
@@ -247,8 +286,23 @@ export function ProjectPage({ projectId }: { projectId: string }) {
             <p className="muted">Nothing generated yet.</p>
           )}
         </section>
-        {versions.length > 0 && <Versions versions={versions} currentId={currentId} canRestore={canEdit} onShow={(id) => void show(id)} />}
+        {sessionId && (versions.length > 0 || older.after !== null) && (
+          <Versions
+            versions={versions}
+            currentId={currentId}
+            canRestore={canEdit}
+            onShow={(id) => void show(id)}
+            older={older}
+            onShowOlder={() => loadOlder(sessionId)}
+          />
+        )}
       </div>
     </div>
   );
+}
+
+/** `newer` (newest first) followed by the generations of `older` it does not hold. */
+function withOlder(newer: Version[], older: Version[]): Version[] {
+  const ids = new Set(newer.map((generation) => generation.id));
+  return [...newer, ...older.filter((generation) => !ids.has(generation.id))];
 }

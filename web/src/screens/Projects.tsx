@@ -1,5 +1,5 @@
 import { type FormEvent, useCallback, useEffect, useId, useRef, useState } from 'react';
-import { request } from '../api/graphql';
+import { nextPage, request } from '../api/graphql';
 import { describedBy, FieldError, type FieldErrors, fieldErrorsOf, FormAlert, noFieldErrors } from '../components/FieldError';
 import { CreateProjectDocument, type ProjectFieldsFragment, ProjectsDocument, type ProjectTarget } from '../gql/graphql';
 import { useFocusOnArrival } from '../focus';
@@ -9,8 +9,17 @@ const TARGETS: ProjectTarget[] = ['WEB', 'FLUTTER'];
 /** The form's fields, by the name a ValidationError's path gives them. */
 const LABELS = { name: 'Project name', target: 'Target' };
 
-/** The list of projects: loading, loaded, or failed with the reason (and a way to try again). */
-type List = { status: 'loading' } | { status: 'loaded'; projects: ProjectFieldsFragment[] } | { status: 'failed'; message: string };
+/** The projects a page of the list holds: the most the API gives at once. */
+const PAGE = 100;
+
+/**
+ * The list of projects: loading, loaded (with the cursor after which more remain, if any), or
+ * failed with the reason (and a way to try again).
+ */
+type List =
+  | { status: 'loading' }
+  | { status: 'loaded'; projects: ProjectFieldsFragment[]; after: string | null }
+  | { status: 'failed'; message: string };
 
 export function Projects() {
   const [list, setList] = useState<List>({ status: 'loading' });
@@ -19,16 +28,21 @@ export function Projects() {
   const [error, setError] = useState<string | null>(null);
   const [fieldErrors, setFieldErrors] = useState<FieldErrors>(noFieldErrors);
   const [busy, setBusy] = useState(false);
+  /** Load more projects is under way, or why it failed (the button stays, to try again). */
+  const [paging, setPaging] = useState<{ loading: boolean; error: string | null }>({ loading: false, error: null });
   const heading = useFocusOnArrival<HTMLHeadingElement>();
   const retryButton = useRef<HTMLButtonElement>(null);
+  const listBox = useRef<HTMLUListElement>(null);
+  /** The first project Load more added: its link takes the focus, as the button may go away with the last page. */
+  const firstAdded = useRef<number | null>(null);
   const id = useId();
 
   const load = useCallback(async () => {
     try {
-      const { projects } = await request(ProjectsDocument, { first: 100 });
+      const { projects } = await request(ProjectsDocument, { first: PAGE });
       // The Retry button that had the focus goes away with the error: the screen starts at its top again.
       if (document.activeElement === retryButton.current) heading.current?.focus();
-      setList({ status: 'loaded', projects: projects.edges.map((edge) => edge.node) });
+      setList({ status: 'loaded', projects: projects.edges.map((edge) => edge.node), after: nextPage(projects.pageInfo) });
     } catch (failure) {
       setList({ status: 'failed', message: (failure as Error).message });
     }
@@ -36,11 +50,33 @@ export function Projects() {
 
   useEffect(() => void load(), [load]);
 
+  useEffect(() => {
+    if (firstAdded.current === null) return;
+    listBox.current?.children[firstAdded.current]?.querySelector('a')?.focus();
+    firstAdded.current = null;
+  }, [list]);
+
   const retry = async () => {
     if (retrying) return;
     setRetrying(true);
     await load();
     setRetrying(false);
+  };
+
+  /** The next page, after the last project shown (keyset cursors: a project created meanwhile moves nothing). */
+  const loadMore = async () => {
+    if (list.status !== 'loaded' || !list.after || paging.loading) return;
+    setPaging({ loading: true, error: null });
+    try {
+      const { projects } = await request(ProjectsDocument, { first: PAGE, after: list.after });
+      const shown = new Set(list.projects.map((project) => project.id));
+      const added = projects.edges.map((edge) => edge.node).filter((project) => !shown.has(project.id));
+      if (added.length > 0) firstAdded.current = list.projects.length;
+      setList({ status: 'loaded', projects: [...list.projects, ...added], after: nextPage(projects.pageInfo) });
+      setPaging({ loading: false, error: null });
+    } catch (failure) {
+      setPaging({ loading: false, error: (failure as Error).message });
+    }
   };
 
   const create = async (event: FormEvent<HTMLFormElement>) => {
@@ -115,16 +151,30 @@ export function Projects() {
       ) : list.projects.length === 0 ? (
         <p className="muted">No projects yet.</p>
       ) : (
-        <ul className="list" aria-label="Your projects">
-          {list.projects.map((project) => (
-            <li key={project.id}>
-              <a href={projectPath(project.id)} onClick={(event) => followLink(event, projectPath(project.id))}>
-                {project.name}
-              </a>
-              <span className="tag">{project.target}</span>
-            </li>
-          ))}
-        </ul>
+        <>
+          <ul ref={listBox} className="list" aria-label="Your projects">
+            {list.projects.map((project) => (
+              <li key={project.id}>
+                <a href={projectPath(project.id)} onClick={(event) => followLink(event, projectPath(project.id))}>
+                  {project.name}
+                </a>
+                <span className="tag">{project.target}</span>
+              </li>
+            ))}
+          </ul>
+          {paging.error && (
+            <p role="alert" className="error">
+              More projects could not be loaded. {paging.error}
+            </p>
+          )}
+          {list.after && (
+            <div>
+              <button type="button" className="secondary" aria-disabled={paging.loading} onClick={() => void loadMore()}>
+                Load more projects
+              </button>
+            </div>
+          )}
+        </>
       )}
     </div>
   );

@@ -8,8 +8,9 @@ import { SignInWithFieldErrorsDocument, SignUpWithFieldErrorsDocument } from '..
 /** The form's fields, by the name a ValidationError's path gives them. */
 const LABELS = { email: 'Email', password: 'Password' };
 
-/** Sign in, or sign up with the same two fields. */
-export function SignIn() {
+/** Sign in, or sign up with the same two fields; `ended`: the server ended the session, which the form says until it is sent. */
+export function SignIn({ ended = false }: { ended?: boolean }) {
+  const [endedShown, setEndedShown] = useState(ended);
   const [error, setError] = useState<string | null>(null);
   const [fieldErrors, setFieldErrors] = useState<FieldErrors>(noFieldErrors);
   const [busy, setBusy] = useState(false);
@@ -23,6 +24,7 @@ export function SignIn() {
     const submitter = (event.nativeEvent as SubmitEvent).submitter as HTMLButtonElement | null;
     const variables = { email: String(form.get('email')), password: String(form.get('password')) };
     setBusy(true);
+    setEndedShown(false);
     setError(null);
     setFieldErrors(noFieldErrors);
     try {
@@ -47,6 +49,11 @@ export function SignIn() {
       </h1>
       <p className="muted">Describe an app, watch it being built, keep every version.</p>
       <form className="card stack" onSubmit={(event) => void submit(event)}>
+        {endedShown && (
+          <p role="status" className="banner">
+            Your session ended. Sign in again.
+          </p>
+        )}
         <div className="field">
           <label>
             Email
