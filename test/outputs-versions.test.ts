@@ -162,6 +162,49 @@ describe(`versions: diffs, restore and archives (${databaseKind})`, () => {
     await expectNoChanges('cancelled');
   });
 
+  it('shows no changes for a restore that wrote nothing (queued, then cancelled), either way round', async () => {
+    const elsewhere = await createProject(suite.owner.client, { target: 'FLUTTER' });
+    const runThere = async (input: { prompt: string; sessionId?: string }, ...files: { path: string; content?: string }[]) => {
+      llm.script({ kind: 'stream', chunks: answer(...files) });
+      const started = await startAccepted(suite.owner.client, { projectId: elsewhere.id, ...input });
+      const ended = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id);
+      expect(ended.status).toBe('SUCCEEDED');
+      return ended;
+    };
+    const old = await runThere({ prompt: 'An old app' }, { path: 'lib/main.dart', content: dart('Old') });
+    const latest = await runThere({ prompt: 'A new app', sessionId: old.sessionId }, { path: 'lib/main.dart', content: dart('New') }, { path: 'lib/new.dart', content: 'int added() => 2;\n' });
+
+    // Both worker slots taken by runs that stall (other projects): the restore stays queued.
+    llm.script({ kind: 'stall', chunks: ['Thinking'] });
+    const watches: GenerationWatch[] = [];
+    try {
+      for (const prompt of ['Stalls', 'Stalls too']) {
+        const busy = await createProject(editor.client, { target: 'FLUTTER' });
+        const started = await startAccepted(editor.client, { projectId: busy.id, prompt });
+        watches.push(new GenerationWatch(suite.server.url, editor.accessToken, started.id));
+      }
+      for (const watch of watches) await watch.until((state) => state.status === 'RUNNING');
+      const restored = expectTypename((await suite.owner.client.expectNoErrors(RestoreGenerationDocument, { id: old.id })).restoreGeneration, 'Generation');
+      expect(restored).toMatchObject({ status: 'QUEUED', parent: { id: latest.id }, restoredFrom: { id: old.id } });
+
+      // It stands for the version it started from, its parent's: never the files it did not restore.
+      const expectNoChanges = async (when: string) => {
+        const { generation: own } = await suite.owner.client.expectNoErrors(GenerationDiffDocument, { id: restored.id });
+        expect(own!.diff, when).toEqual({ against: { id: latest.id }, additions: 0, deletions: 0, files: [] });
+        const { generation: mirror } = await suite.owner.client.expectNoErrors(GenerationDiffDocument, { id: latest.id, against: restored.id });
+        expect(mirror!.diff, when).toEqual({ against: { id: restored.id }, additions: 0, deletions: 0, files: [] });
+      };
+      await expectNoChanges('queued');
+      await suite.owner.client.expectNoErrors(CancelGenerationDocument, { id: restored.id });
+      const cancelled = await getGeneration(suite.owner.client, restored.id);
+      expect(cancelled).toMatchObject({ status: 'CANCELLED', files: [] });
+      await expectNoChanges('cancelled');
+    } finally {
+      for (const watch of watches) await editor.client.expectNoErrors(CancelGenerationDocument, { id: watch.id });
+      for (const watch of watches) await watch.finished().finally(() => watch.close());
+    }
+  });
+
   it('archives exactly Generation.files as ZIP and tar.gz, as an attachment named after the project', async () => {
     for (const [format, unpack, type] of [
       ['ZIP', async (body: Buffer) => unzip(body), 'application/zip'],

@@ -36,9 +36,9 @@ const MAX_DIFF_STEPS = 5_000_000;
 /**
  * Each side is the version a generation stands for: its own files, or when it wrote none (still
  * queued or running, or ended before writing) those of the nearest earlier generation of its
- * lineage that did, so a generation that changed nothing shows no changes. `againstId` null: the
- * version the generation started from, its parent's. Another generation must be of the same
- * project and visible to the viewer.
+ * lineage that did (a restore's: its parent's), so a generation that changed nothing shows no
+ * changes. `againstId` null: the version the generation started from, its parent's. Another
+ * generation must be of the same project and visible to the viewer.
  */
 export async function diffGeneration(scope: Scope, generation: GenerationRow, againstId: string | null): Promise<GenerationDiff> {
   return scope.run(async (tx) => {
@@ -47,12 +47,17 @@ export async function diffGeneration(scope: Scope, generation: GenerationRow, ag
     if (baseId && (!against || against.projectId !== generation.projectId)) {
       throw new NotFoundError('The generation to compare with was not found in this project.');
     }
-    const versionOf = async (id: string) => {
-      const version = await generationStore.versionIdOfLineage(tx, id);
+    const versionOf = async (side: GenerationRow) => {
+      let version = await generationStore.versionIdOfLineage(tx, side.id);
+      // A restore's lineage leads back through restored_from: one that wrote nothing (queued,
+      // cancelled, failed before writing) would stand for files it never restored, not its parent's.
+      if (side.restoredFrom && version !== side.id) {
+        version = side.parentId ? await generationStore.versionIdOfLineage(tx, side.parentId) : undefined;
+      }
       return version ? generationStore.filesOfMember(tx, version, true) : [];
     };
-    const before = new Map((against ? await versionOf(against.id) : []).map((file) => [file.path, file]));
-    const after = new Map((await versionOf(generation.id)).map((file) => [file.path, file]));
+    const before = new Map((against ? await versionOf(against) : []).map((file) => [file.path, file]));
+    const after = new Map((await versionOf(generation)).map((file) => [file.path, file]));
     const files = diffFiles(before, after);
     return {
       against: against ?? null,

@@ -245,7 +245,8 @@ type RunContext = Awaited<ReturnType<typeof loadContext>>;
 async function loadContext(deps: PipelineDeps, generation: GenerationRow, log: Logger) {
   const context = await pipelineScope(deps.db, deps.logger).run(async (tx) => {
     const project = (await generationStore.projectOf(tx, generation.projectId))!;
-    const secretName = providerSecret[deps.llm.name];
+    // A restore calls no model: a key this server cannot open must not fail it.
+    const secretName = generation.restoredFrom ? undefined : providerSecret[deps.llm.name];
     const sealed = secretName ? await secretStore.ciphertextOf(tx, project.id, secretName) : undefined;
     return {
       generation,

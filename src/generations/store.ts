@@ -663,15 +663,17 @@ export const generationStore = {
   /**
    * The conversation as it stood at `generationId`, for the next prompt: the turns of
    * the successful generations it descends from, oldest first. A restore leads back
-   * through `restored_from`, so turns made after the restored version drop out.
+   * through `restored_from`, so turns made after the restored version drop out; the
+   * restored generation's own turn stays whatever its status, as its files do.
    */
   async turnsOfLineage(tx: Tx, generationId: string): Promise<MessageRow[]> {
     const lineage = sql`${lineageOf(generationId)} select id from lineage`;
+    const restored = sql`${lineageOf(generationId)} select g.restored_from from lineage join ${generations} g on g.id = lineage.id where g.restored_from is not null`;
     return tx
       .select({ message: conversationMessages })
       .from(conversationMessages)
       .innerJoin(generations, eq(generations.id, conversationMessages.generationId))
-      .where(and(sql`${conversationMessages.generationId} in (${lineage})`, eq(generations.status, 'SUCCEEDED')))
+      .where(and(sql`${conversationMessages.generationId} in (${lineage})`, or(eq(generations.status, 'SUCCEEDED'), sql`${generations.id} in (${restored})`)))
       .orderBy(asc(conversationMessages.createdAt), asc(conversationMessages.role))
       .then((rows) => rows.map((row) => row.message));
   },

@@ -253,7 +253,9 @@ function workspacePath(file: string, workspaceDirs: readonly string[]): string |
   const trimmed = file.trim();
   if (!trimmed) return null;
   const candidates = isAbsolute(trimmed) ? workspaceDirs.map((dir) => relative(dir, trimmed)) : [trimmed.replace(/^\.\//, '')];
-  const inside = candidates.find((path) => path && !path.startsWith('..') && !isAbsolute(path));
+  // `..` as a whole segment: `..helpers.ts` is a file of the workspace's root.
+  const outside = (path: string) => path === '..' || path.startsWith('../') || path.startsWith(`..${sep}`) || isAbsolute(path);
+  const inside = candidates.find((path) => path && !outside(path));
   return inside === undefined ? null : inside.split(sep).join('/');
 }
 

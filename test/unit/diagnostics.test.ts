@@ -162,6 +162,22 @@ describe('flutter analyze', () => {
   });
 });
 
+describe('paths', () => {
+  it('places a root file whose name starts with two dots in the workspace, and nothing above it', () => {
+    const tsc = parseDiagnostics('tsc', ['..helpers.ts(1,1): error TS2304: Cannot find name x.', '../outside.ts(1,1): error TS2304: Cannot find name y.'], ws);
+    expect(tsc.map((d) => d.path)).toEqual(['..helpers.ts', null]);
+    const flutter = parseDiagnostics(
+      'flutter-analyze',
+      [
+        `ERROR|COMPILE_TIME_ERROR|UNDEFINED_IDENTIFIER|${workspace}/..helpers.dart|3|4|1|Undefined name 'x'.`,
+        `ERROR|COMPILE_TIME_ERROR|UNDEFINED_IDENTIFIER|${workspace}/../g2/lib/main.dart|3|4|1|Undefined name 'y'.`,
+      ],
+      ws,
+    );
+    expect(flutter.map((d) => d.path)).toEqual(['..helpers.dart', null]);
+  });
+});
+
 describe('sameDiagnostics', () => {
   it('compares as sets: order does not matter, any field does', () => {
     const a = parseDiagnostics('tsc', ['a.ts(1,1): error TS1: one', 'b.ts(2,2): error TS2: two'], ws);
