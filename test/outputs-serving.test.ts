@@ -7,7 +7,7 @@ import { eq } from 'drizzle-orm';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { type BlobStore, sha256Of } from '../src/artifacts/blob-store.js';
 import { fsBlobStore } from '../src/artifacts/fs-blob-store.js';
-import { outputHandlers } from '../src/artifacts/http-handlers.js';
+import { type ArchiveSlots, outputHandlers } from '../src/artifacts/http-handlers.js';
 import { localBlobCache } from '../src/artifacts/local-cache.js';
 import { postgresBlobStore } from '../src/artifacts/postgres-blob-store.js';
 import { supabaseBlobStore } from '../src/artifacts/supabase-blob-store.js';
@@ -193,7 +193,7 @@ class WatchedLog extends LogCapture {
  * `API`. With `together`, requests are routed only once that many have arrived, all in one go:
  * as when a page's assets are asked for at once.
  */
-async function serve(store: BlobStore, options: { together?: number; previewOrigin?: string } = {}) {
+async function serve(store: BlobStore, options: { together?: number; previewOrigin?: string; archivesAtOnce?: ArchiveSlots } = {}) {
   const logs = new WatchedLog();
   const handlers = outputHandlers({
     key,
@@ -202,6 +202,7 @@ async function serve(store: BlobStore, options: { together?: number; previewOrig
     logger: createLogger('trace', logs),
     metrics: createMetrics({ defaultMetrics: false }),
     previewOrigin: options.previewOrigin,
+    archivesAtOnce: options.archivesAtOnce,
   });
   let arrived: [IncomingMessage, ServerResponse][] = [];
   const server: Server = createServer((req, res) => {
@@ -474,6 +475,39 @@ describe(`output handlers (${databaseKind})`, () => {
     expect(response.status).toBe(200);
     (await remote.held.next()).release();
     expect([...(await unzip(Buffer.from(await response.arrayBuffer()))).keys()]).toEqual(['lib/main.dart']);
+  });
+
+  it('sends a few archives of one generation at once and a bounded number in all, asking the others to come back', async () => {
+    const a = await seedGeneration({}, { 'lib/main.dart': 'void main() {}\n' });
+    const b = await seedGeneration({}, { 'lib/main.dart': 'void main() { print(1); }\n' });
+    const remote = remoteStore(join(data.path, 'archive-slots'), new Map([...a.blobs, ...b.blobs]));
+    const { url } = await serve(remote.store, { archivesAtOnce: { total: 3, perGeneration: 2 } });
+    const download = (generationId: string) => fetch(url('zip', generationId, 'slots.zip'));
+    const refused = async (response: Response) => [response.status, response.headers.get('retry-after'), await response.text()];
+    const busy = [503, '5', 'Too many downloads at once; try again shortly.'];
+
+    // Two downloads of A, each held at its file: a third of A finds A's slots taken.
+    const firstOfA = download(a.generationId);
+    const firstRead = await remote.held.next();
+    const secondOfA = download(a.generationId);
+    const secondRead = await remote.held.next();
+    expect(await refused(await download(a.generationId))).toEqual(busy);
+    // One of B takes the last slot of all; another of B finds none.
+    const firstOfB = download(b.generationId);
+    const bRead = await remote.held.next();
+    expect(await refused(await download(b.generationId))).toEqual(busy);
+
+    // A download that has ended gives its slot back.
+    firstRead.release();
+    const ended = await firstOfA;
+    expect([ended.status, [...(await unzip(Buffer.from(await ended.arrayBuffer()))).keys()]]).toEqual([200, ['lib/main.dart']]);
+    const secondOfB = download(b.generationId);
+    (await remote.held.next()).release();
+    expect((await secondOfB).status).toBe(200);
+
+    secondRead.release();
+    bRead.release();
+    for (const response of await Promise.all([secondOfA, firstOfB])) expect(response.status).toBe(200);
   });
 
   it('logs a download the client stopped below error, and a download that failed at error', async () => {

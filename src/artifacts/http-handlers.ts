@@ -49,6 +49,8 @@ export function outputHandlers(deps: {
   metrics: Metrics;
   /** PREVIEW_ORIGIN, when previews have an origin of their own. */
   previewOrigin?: string;
+  /** Archive downloads sent at once, by this process and of one generation (ARCHIVES_AT_ONCE). */
+  archivesAtOnce?: ArchiveSlots;
 }): OutputHandlers {
   const { key, store } = deps;
   const previewOrigin = deps.previewOrigin === undefined ? undefined : new URL(deps.previewOrigin);
@@ -68,6 +70,8 @@ export function outputHandlers(deps: {
   });
   // Bundles never change once stored; kept a minute so a deleted project stops serving soon.
   const manifests = manifestCache({ ttlMs: MANIFEST_TTL_MS, entries: MANIFESTS_KEPT, bytes: MANIFEST_BYTES_KEPT });
+
+  const takeArchiveSlot = archiveSlots(deps.archivesAtOnce ?? ARCHIVES_AT_ONCE);
 
   // The first requests for a fresh preview (its page and every asset at once) share one read.
   const manifestOf = (generationId: string): Promise<Manifest | undefined> =>
@@ -154,6 +158,14 @@ export function outputHandlers(deps: {
       if (!facts || sources.length === 0) return plain(res, 404, 'Not found.');
       // Its files are read one by one as the archive reaches them: a fix round in between would cut the download short or mix two versions.
       if (!isTerminal(facts.status)) return plain(res, 409, 'The generation is still running; download it once it has ended.');
+      if (req.method === 'GET') {
+        const release = takeArchiveSlot(generationId);
+        if (!release) {
+          res.setHeader('Retry-After', '5');
+          return plain(res, 503, 'Too many downloads at once; try again shortly.');
+        }
+        res.once('finish', release).once('close', release);
+      }
       const filename = archiveFilename(facts.projectName, generationId, format);
       res.writeHead(200, {
         'Content-Type': archiveContentType[format],
@@ -205,6 +217,39 @@ export function outputHandlers(deps: {
     },
     onPreviewOrigin,
     forget: () => manifests.clear(),
+  };
+}
+
+export interface ArchiveSlots {
+  total: number;
+  perGeneration: number;
+}
+
+/**
+ * An archive being sent can hold a file (up to 1 MiB) while its client reads slowly, so a
+ * process sends this many at once, and a few of one generation: one holder of a URL cannot take
+ * every slot, nor the memory, with downloads it never reads.
+ */
+const ARCHIVES_AT_ONCE: ArchiveSlots = { total: 32, perGeneration: 4 };
+
+/** Takes a slot for a generation's download: its release (idempotent), or undefined when none is free. */
+function archiveSlots(limits: ArchiveSlots): (generationId: string) => (() => void) | undefined {
+  const taken = new Map<string, number>();
+  let total = 0;
+  return (generationId) => {
+    const mine = taken.get(generationId) ?? 0;
+    if (total >= limits.total || mine >= limits.perGeneration) return undefined;
+    taken.set(generationId, mine + 1);
+    total += 1;
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      total -= 1;
+      const left = taken.get(generationId)! - 1;
+      if (left > 0) taken.set(generationId, left);
+      else taken.delete(generationId);
+    };
   };
 }
 
