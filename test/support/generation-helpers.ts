@@ -286,8 +286,10 @@ export class GenerationWatch {
   }
 
   async close(): Promise<void> {
-    await this.events.return(undefined);
+    // The client first: that ends the subscription, so a next() still waiting (a wait that timed
+    // out) settles, where return() alone would queue behind it and hang the test until vitest's timeout.
     await this.client.dispose();
+    await this.events.return(undefined);
   }
 }
 
