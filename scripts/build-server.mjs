@@ -57,7 +57,8 @@ export async function build() {
  * loads a few files instead of ~1,700 (most of a start went to resolving and loading
  * them). dist/bundle/ sits two levels down, as every dist/ module that finds a project
  * file from its own URL does. PGlite stays outside (it loads its WebAssembly from beside
- * its own module), and so does the tracing SDK (it hooks the modules it instruments).
+ * its own module), and so do the tracing SDK (it hooks the modules it instruments) and the
+ * OpenTelemetry API it registers with (one copy, or Kiln's spans would never reach the SDK).
  */
 async function bundle() {
   const { build: esbuild } = await import('esbuild');
@@ -72,7 +73,7 @@ async function bundle() {
     platform: 'node',
     format: 'esm',
     target: 'node22',
-    external: ['@electric-sql/pglite', '@opentelemetry/sdk-node'],
+    external: ['@electric-sql/pglite', '@opentelemetry/sdk-node', '@opentelemetry/api'],
     // The CommonJS dependencies inside call require() for Node's own modules.
     banner: { js: "import { createRequire as kilnCreateRequire } from 'node:module'; const require = kilnCreateRequire(import.meta.url);" },
     // Read with `node --enable-source-maps` (NODE_OPTIONS) for stack traces into src/.

@@ -23,6 +23,8 @@ const apiKey = optional.refine((v) => v === undefined || API_KEY_CHARACTERS.test
 const maxTokensMessage = "a whole number of tokens, 1 or more (unset sends no max_tokens: the server's own limit holds)";
 const list = optional.transform((v) => (v ? v.split(',').map((s) => s.trim()).filter(Boolean) : []));
 const flag = z.enum(['true', 'false']).optional();
+/** The exporters @opentelemetry/sdk-node builds from OTEL_TRACES_EXPORTER, spelt exactly so: any other name it skips with a diag warning nobody sees. */
+const TRACE_EXPORTERS = ['otlp', 'console', 'zipkin'];
 /** A rate limit as `COUNT/SECONDS` (e.g. `10/600`), or `off`. */
 const rate = (fallback: string) =>
   z
@@ -138,7 +140,13 @@ const environment = z.object({
   // tracing (OpenTelemetry): off unless an exporter or an OTLP endpoint is named; the SDK reads the rest of OTEL_* itself
   OTEL_SDK_DISABLED: optional.transform((v) => v?.toLowerCase() === 'true'),
   // a list (`otlp,console`); `none` anywhere in it turns tracing off, as the SDK reads it
-  OTEL_TRACES_EXPORTER: list.transform((names) => names.map((name) => name.toLowerCase())),
+  OTEL_TRACES_EXPORTER: list
+    .superRefine((names, context) => {
+      for (const name of names.filter((name) => !TRACE_EXPORTERS.includes(name) && name.toLowerCase() !== 'none')) {
+        context.addIssue({ code: 'custom', message: `"${name}" is no exporter the OpenTelemetry SDK knows: use ${TRACE_EXPORTERS.join(', ')} or none (in lower case; several comma-separated)` });
+      }
+    })
+    .transform((names) => names.map((name) => name.toLowerCase())),
   OTEL_EXPORTER_OTLP_ENDPOINT: optional,
   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: optional,
   OTEL_SERVICE_NAME: optional,
@@ -187,6 +195,14 @@ export function parseConfig(env: Record<string, string | undefined>) {
   }
   problems.push(...providerUrlProblems(e), ...corsOriginProblems(e), ...databaseUrlProblems(e));
   if ((e.EVENTS === 'redis') && !e.REDIS_URL) problems.push('EVENTS=redis needs REDIS_URL');
+  // ioredis reads anything else as a host name or a socket path, and retries it for ever.
+  if (e.EVENTS === 'redis' && e.REDIS_URL && !isUrlOf(e.REDIS_URL, ['redis:', 'rediss:'])) {
+    problems.push('REDIS_URL must be a Redis URL: redis://[:password@]host:port[/db], or rediss:// for TLS');
+  }
+  // supabase-js throws at start-up on anything else, with a stack.
+  if ((e.AUTH_PROVIDER === 'supabase' || e.ARTIFACT_STORE === 'supabase') && e.SUPABASE_URL && !isUrlOf(e.SUPABASE_URL, ['https:', 'http:'])) {
+    problems.push("SUPABASE_URL must be an absolute http(s) URL: the project's URL, e.g. https://YOUR-PROJECT.supabase.co");
+  }
   if ((e.QUEUE === 'pgboss' || e.EVENTS === 'postgres') && !e.DATABASE_URL) {
     problems.push('QUEUE=pgboss and EVENTS=postgres need DATABASE_URL (a shared PostgreSQL)');
   }
@@ -407,6 +423,12 @@ function providerUrlProblems(e: z.infer<typeof environment>): string[] {
   return problems;
 }
 
+/** Whether `value` is an absolute URL of one of `protocols` that names a host. */
+function isUrlOf(value: string, protocols: string[]): boolean {
+  const url = URL.canParse(value) ? new URL(value) : undefined;
+  return !!url && protocols.includes(url.protocol) && !!url.hostname;
+}
+
 /**
  * DATABASE_URL and LISTEN_DATABASE_URL, read as postgres.js reads them (only the first host of
  * a `host1,host2` list goes through URL). A password with an unencoded `#`, `%` or `@` would
@@ -519,19 +541,32 @@ function decodeKey(text: string): Buffer | null {
  * What Kiln as a process (runMain), which opens its database itself, refuses beyond
  * parseConfig. ROLE=api or ROLE=worker over the embedded database: PGlite is opened by one
  * process only, so an API's generations would stay QUEUED (no worker could join it) and a
- * worker would wait on a database no API ever queues into. Not in parseConfig nor startKiln:
- * an embedded database handed to startKiln (the suites share one in-memory PGlite between an
- * API instance and a worker) can have both halves in the same process.
+ * worker would wait on a database no API ever queues into. And either with EVENTS=memory:
+ * a run's tokens, log lines and status would never leave its worker's process. Not in
+ * parseConfig nor startKiln: an embedded database and a memory bus handed to startKiln (the
+ * suites share one in-memory PGlite between an API instance and a worker) can have both
+ * halves in the same process.
+ *
+ * QUEUE=memory is not refused: the table is the queue (docs/decisions/003), and a worker's
+ * scan finds what any API queued, only a few seconds later than pg-boss would hand it over.
  */
-export function ownDatabaseProblems(config: Pick<Config, 'role' | 'database'>): string[] {
-  if (config.database.url) return [];
-  if (config.role === 'api') {
-    return ['ROLE=api needs DATABASE_URL (a PostgreSQL its workers share): the embedded database opens in one process only, so no worker could run its generations; use ROLE=all for one process'];
+export function ownDatabaseProblems(config: Pick<Config, 'role' | 'database' | 'events'>): string[] {
+  if (config.role === 'all') return [];
+  const problems: string[] = [];
+  if (config.role === 'api' && !config.database.url) {
+    problems.push('ROLE=api needs DATABASE_URL (a PostgreSQL its workers share): the embedded database opens in one process only, so no worker could run its generations; use ROLE=all for one process');
   }
-  if (config.role === 'worker') {
-    return ["ROLE=worker needs DATABASE_URL (the PostgreSQL of the API instances): the embedded database opens in one process only, so this worker would never see the API's generations; use ROLE=all for one process"];
+  if (config.role === 'worker' && !config.database.url) {
+    problems.push("ROLE=worker needs DATABASE_URL (the PostgreSQL of the API instances): the embedded database opens in one process only, so this worker would never see the API's generations; use ROLE=all for one process");
   }
-  return [];
+  if (config.events.kind === 'memory') {
+    problems.push(
+      config.role === 'api'
+        ? "ROLE=api needs EVENTS=postgres or EVENTS=redis: with EVENTS=memory no token, log line or status of the workers' runs reaches this process's subscribers"
+        : "ROLE=worker needs EVENTS=postgres or EVENTS=redis: with EVENTS=memory no token, log line or status of its runs reaches the API processes' subscribers",
+    );
+  }
+  return problems;
 }
 
 /** HOST values that listen on every address, and name none a client could use. */

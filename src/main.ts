@@ -6,11 +6,10 @@ import { buildApp } from './api/server.js';
 import { loadTracingPlugin } from './api/tracing-plugin.js';
 import { createOutputs } from './artifacts/outputs.js';
 import { createAuthProvider } from './auth/index.js';
-import { type Config, ConfigError, configWarnings, databaseAddress, loadConfigOrExit, ownDatabaseProblems } from './config.js';
+import { type Config, ConfigError, configWarnings, loadConfigOrExit, ownDatabaseProblems } from './config.js';
 import { type Database, openDatabase } from './db/client.js';
-import { errorChain } from './db/error-chain.js';
 import { migrateDatabase } from './db/migrate.js';
-import { isConnectionError } from './db/outage.js';
+import { DatabaseUnreachableError, isDatabaseUnreachable } from './db/unreachable.js';
 import type { EventBus } from './events/bus.js';
 import { createEventBus } from './events/index.js';
 import { createJobQueue } from './jobs/queue.js';
@@ -47,23 +46,19 @@ async function openSecretBox(config: Config, database: Database): Promise<Secret
   return secretBox;
 }
 
-/**
- * A start that could not reach its PostgreSQL (refused, unknown host, a password or database
- * it does not accept): said in one line, with where it looked and why, never the URL itself.
- */
-class DatabaseUnreachableError extends Error {
-  constructor(url: string, cause: unknown) {
-    const reason = [...errorChain(cause)].find((e) => typeof e.code === 'string');
-    // A server's SQLSTATE alone says little ("28P01"); its message names no secret.
-    const why = !reason ? 'no error code' : /^[0-9A-Z]{5}$/.test(reason.code as string) ? `${reason.code}: ${reason.message}` : String(reason.code);
-    super(`Cannot reach the database at ${databaseAddress(url)} (${why})`, { cause });
-    this.name = 'DatabaseUnreachableError';
-  }
-}
-
-/** Start-up's first statements failed for want of a database, not for a bug (class 28: authorization, 3D000: no such database). */
-function isUnreachable(error: unknown): boolean {
-  return isConnectionError(error) || [...errorChain(error)].some((e) => e.code === 'ENOTFOUND' || e.code === '3D000' || /^28[0-9A-Z]{3}$/.test(String(e.code)));
+/** Why HOST and PORT cannot be listened on, for the operator to fix (a ConfigError: one line, no stack), or undefined for any other failure. */
+function listenProblem(error: unknown, host: string, port: number): ConfigError | undefined {
+  const { code, syscall } = (error ?? {}) as NodeJS.ErrnoException;
+  if (typeof code !== 'string' || (syscall !== 'listen' && syscall !== 'getaddrinfo')) return undefined;
+  const hints: Record<string, string> = {
+    EADDRINUSE: 'something else listens there: choose another PORT, or stop it',
+    EADDRNOTAVAIL: 'HOST is no address of this machine',
+    EACCES: 'a PORT below 1024 needs privileges: choose another',
+    ENOTFOUND: 'HOST names no address',
+    EAI_AGAIN: 'HOST could not be resolved (DNS)',
+  };
+  const where = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+  return new ConfigError([`Cannot listen on ${where} (${code}): ${hints[code] ?? 'check HOST and PORT'}`]);
 }
 
 /** How long a shutdown may take beyond WORKER_SHUTDOWN_GRACE_SECONDS (handing runs back, closing connections). */
@@ -97,7 +92,7 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
     // Closed, an embedded DATA_DIR is let go of too, for the next start.
     if (!options.database) await database.close();
     if (migration.status === 'rejected' && probe.status === 'rejected') logger.error({ source: 'main', err: probe.reason }, 'the build sandbox probe failed too');
-    if (migration.status === 'rejected' && database.url && isUnreachable(migration.reason)) throw new DatabaseUnreachableError(database.url, migration.reason);
+    if (migration.status === 'rejected' && database.url && isDatabaseUnreachable(migration.reason)) throw new DatabaseUnreachableError(database.url, migration.reason);
     throw migration.status === 'rejected' ? migration.reason : (probe as PromiseRejectedResult).reason;
   }
   const buildSandbox = probe.value;
@@ -158,7 +153,7 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
     await app?.stop().catch(() => {});
     streamAccess.close();
     await closeOpened();
-    throw error;
+    throw listenProblem(error, config.http.host, options.port ?? config.http.port) ?? error;
   }
   const api = app;
   if (config.role !== 'api') {

@@ -221,7 +221,7 @@ describe(`a preview URL issued by one API instance is served by another (${datab
     const started = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'Served by another process' });
     expect((await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, started.id)).status).toBe('SUCCEEDED');
     const processData = await tempDir('api-process');
-    const api = await spawnKiln('api', { DATABASE_URL: suite.server.database.url!, ROLE: 'api', DATA_DIR: processData.path });
+    const api = await spawnKiln('api', { DATABASE_URL: suite.server.database.url!, ROLE: 'api', EVENTS: 'postgres', DATA_DIR: processData.path });
     try {
       const { generation } = await suite.owner.client.expectNoErrors(GenerationPreviewDocument, { id: started.id });
       const page = await fetch(generation!.preview!.url.replace(suite.server.url, api.url));

@@ -47,6 +47,10 @@ interface KilnProcess {
   kill(): Promise<void>;
   /** SIGTERM, as an operator stops it; resolves with the exit code. */
   stop(): Promise<number | null>;
+  /** Resolves with the first line of its output, past or to come, that matches `pattern`. */
+  line(pattern: RegExp, timeoutMs: number): Promise<string>;
+  /** Its output so far, a line each (stderr in chunks). */
+  readonly output: readonly string[];
 }
 
 const running = new Set<ChildProcess>();
@@ -85,8 +89,9 @@ async function launch(env: Record<string, string>): Promise<KilnProcess> {
   const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
   const output: string[] = [];
   child.stderr!.setEncoding('utf8').on('data', (text: string) => output.push(text));
+  const lines = createInterface({ input: child.stdout! });
   const listening = new Promise<string>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).on('line', (line) => {
+    lines.on('line', (line) => {
       output.push(line);
       const url = /Kiln is listening on (\S+)\/graphql/.exec(line)?.[1];
       if (url) resolve(url);
@@ -111,6 +116,18 @@ async function launch(env: Record<string, string>): Promise<KilnProcess> {
       running.delete(child);
       return code;
     },
+    line: (pattern, timeoutMs) => {
+      const seen = output.find((line) => pattern.test(line));
+      if (seen !== undefined) return Promise.resolve(seen);
+      const coming = new Promise<string>((resolve) => {
+        const onLine = (line: string) => {
+          if (pattern.test(line)) (lines.off('line', onLine), resolve(line));
+        };
+        lines.on('line', onLine);
+      });
+      return within(coming, timeoutMs, () => `no line of Kiln's output matched ${pattern}:\n${output.slice(-20).join('\n')}`);
+    },
+    output,
   };
 }
 
@@ -252,5 +269,23 @@ describe(`a Kiln process killed mid-generation and started again (${databaseKind
     const { project: listed } = await second.client(owner.accessToken).expectNoErrors(ProjectDocument, { id: project.id });
     expect(listed?.generations.edges.map((e) => e.node.id)).toEqual([started.id]);
     expect(await second.stop()).toBe(0);
+  });
+});
+
+describe(`Kiln as \`npm start\` runs it (the bundle), with OTEL_TRACES_EXPORTER=console (${databaseKind})`, () => {
+  it("exports the pipeline's spans, not only the GraphQL operations': the run, the model call and each build step", { timeout: 150_000 }, async () => {
+    const { env } = await restartEnv();
+    const kiln = await launch({ ...env, OTEL_TRACES_EXPORTER: 'console', OFFLINE_CHUNK_DELAY_MS: '0' });
+    const owner = await signUp(kiln);
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A tip calculator' });
+    const watch = new GenerationWatch(kiln.url, owner.accessToken, started.id);
+    cleanups.push(() => watch.close());
+    expect(await watch.finished(60_000)).toMatchObject({ status: 'SUCCEEDED' });
+    // The console exporter writes each span as it ends (console.dir: one `name: '…',` line a span); the run's ends last.
+    await kiln.line(/^\s*name: 'generation run',$/, 20_000);
+    const spans = kiln.output.flatMap((line) => /^\s*name: '([^']+)',$/.exec(line)?.[1] ?? []);
+    expect(spans).toEqual(expect.arrayContaining(['generation run', 'llm stream', expect.stringMatching(/^build step /), expect.stringMatching(/^mutation/)]));
+    expect(await kiln.stop()).toBe(0);
   });
 });

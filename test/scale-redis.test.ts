@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { Redis } from 'ioredis';
 import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CancelGenerationDocument } from './gql/graphql.js';
@@ -101,5 +103,33 @@ describe.skipIf(skip)('scaled out with EVENTS=redis through a Redis restart (set
 
   it('leaves nothing RUNNING or QUEUED behind', async () => {
     await waitUntil(async () => (await admin`select 1 from generations where status in ('RUNNING', 'QUEUED')`).length === 0, 30_000, () => 'still active', 200);
+  });
+});
+
+describe.skipIf(!redisServerBin)('EVENTS=redis with Redis not there yet at start-up (needs redis-server)', () => {
+  it("starts all the same, warning, and its events go out through Redis once it is there", { timeout: 120_000 }, async () => {
+    const [redis, flutter, data] = await Promise.all([startPrivateRedis(), fakeFlutter('ok'), tempDir('redis-later')]);
+    const probe = new Redis(redis.url, { lazyConnect: true });
+    let kiln: KilnProcess | undefined;
+    try {
+      await redis.stop(); // its port stays reserved, and nothing listens there: connections are refused
+      kiln = await spawnKiln('redis-later', { EVENTS: 'redis', REDIS_URL: redis.url, FLUTTER_BIN: flutter.bin, DATA_DIR: data.path, OFFLINE_CHUNK_DELAY_MS: '0' });
+      expect(kiln.logs.filter((line) => line.includes('Redis is not reachable yet'))).toHaveLength(1);
+
+      await redis.start();
+      await probe.connect();
+      await probe.psubscribe('*');
+      const published = once(probe, 'pmessage');
+      const owner = await signUp({ client: (token) => graphqlClient(kiln!.url, token) });
+      const project = await createProject(owner.client, { target: 'FLUTTER' });
+      await startAccepted(owner.client, { projectId: project.id, prompt: 'A metronome' });
+      await published;
+      expect(kiln.alive).toBe(true);
+      expect(await kiln.stop()).toEqual({ code: 0, signal: null });
+    } finally {
+      probe.disconnect();
+      await kiln?.stop(5_000);
+      await Promise.all([redis.close(), flutter.remove(), data.remove()]);
+    }
   });
 });

@@ -3,7 +3,7 @@ import { once } from 'node:events';
 import { readdir } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { parseConfig } from '../src/config.js';
+import { ConfigError, parseConfig } from '../src/config.js';
 import { openDatabase, type Database } from '../src/db/client.js';
 import { migrateDatabase } from '../src/db/migrate.js';
 import { generations, projects, users } from '../src/db/schema.js';
@@ -84,7 +84,8 @@ describe('a start whose port is taken', () => {
     await seeding.close();
     const config = parseConfig(await envWith(data.path));
 
-    await expect(startKiln(config, { port: await takenPort(), logger })).rejects.toMatchObject({ code: 'EADDRINUSE' });
+    const port = await takenPort();
+    await expect(startKiln(config, { port, logger })).rejects.toThrow(new ConfigError([`Cannot listen on 127.0.0.1:${port} (EADDRINUSE): something else listens there: choose another PORT, or stop it`]));
     expect(workers.filter((made) => !made.stopped)).toEqual([]);
 
     // Still held, DATA_DIR would keep this start waiting, then refuse it.
@@ -130,7 +131,7 @@ describe('a start whose port is taken', () => {
     cleanups.push(() => data.remove());
     const config = parseConfig(await envWith(data.path));
 
-    await expect(startKiln(config, { database, port: await takenPort(), logger })).rejects.toMatchObject({ code: 'EADDRINUSE' });
+    await expect(startKiln(config, { database, port: await takenPort(), logger })).rejects.toThrow(/^Invalid configuration:\n {2}- Cannot listen on 127\.0\.0\.1:\d+ \(EADDRINUSE\)/);
 
     // Each worker the failed start made is woken for a generation queued now, then stopped,
     // letting what it launched run to its end: a live one would have claimed it.

@@ -1,4 +1,3 @@
-import { once } from 'node:events';
 import { createRedisEventTarget } from '@graphql-yoga/redis-event-target';
 import { Redis, ReplyError } from 'ioredis';
 import type { Logger } from '../observability/logger.js';
@@ -186,7 +185,8 @@ export function createRedisEventBusTarget(options: RedisEventTargetOptions): Red
       return true;
     },
     start: async (timeoutMs = 10_000) => {
-      const ready = (client: Redis) => (client.status === 'ready' ? Promise.resolve() : once(client, 'ready').then(() => {}));
+      // Not events.once: it rejects on the first 'error' (a refused connection), while ioredis goes on retrying.
+      const ready = (client: Redis) => (client.status === 'ready' ? Promise.resolve() : new Promise<void>((resolve) => client.once('ready', () => resolve())));
       let timer: NodeJS.Timeout | undefined;
       const timedOut = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), timeoutMs)));
       const result = await Promise.race([Promise.all([ready(publishClient), ready(subscribeClient)]), timedOut]);

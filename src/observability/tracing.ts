@@ -23,7 +23,10 @@ import { serializeError } from './logger.js';
 // the job's trace context (W3C traceparent, carried by the queue) → the worker's run span
 // → the model call and each build step.
 
-const tracer = trace.getTracer('kiln');
+// Looked up per span, never kept from import time: a tracer taken before startTracing registered
+// the SDK is a proxy only the API copy that took it can switch over, and a bundle holding a copy of
+// its own (scripts/build-server.mjs keeps one outside) would trace nothing.
+const tracer = () => trace.getTracer('kiln');
 
 export interface Tracing {
   /** Exports what is buffered and stops the SDK. */
@@ -72,7 +75,7 @@ export function inJobSpan<T>(name: string, carrier: TraceCarrier | undefined, at
 
 /** Runs `work` under a new active span, ended when it settles and marked as an error when it throws. */
 export function inSpan<T>(name: string, attributes: Attributes, work: (span: Span) => Promise<T>, kind = SpanKind.INTERNAL): Promise<T> {
-  return tracer.startActiveSpan(name, { kind, attributes }, async (span) => {
+  return tracer().startActiveSpan(name, { kind, attributes }, async (span) => {
     try {
       return await work(span);
     } catch (error) {
@@ -86,7 +89,7 @@ export function inSpan<T>(name: string, attributes: Attributes, work: (span: Spa
 
 /** A span that is not made active (nothing under it needs a parent); end it with `endSpan`. */
 export function startSpan(name: string, attributes: Attributes, kind = SpanKind.INTERNAL): Span {
-  return tracer.startSpan(name, { kind, attributes });
+  return tracer().startSpan(name, { kind, attributes });
 }
 
 /**

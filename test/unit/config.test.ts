@@ -201,18 +201,66 @@ describe('parseConfig: the answer bounds', () => {
 
 describe('ROLE=api on the embedded database', () => {
   it('is refused: no worker could ever open DATA_DIR beside it, so nothing it queues would run', () => {
-    expect(ownDatabaseProblems(parseConfig({ ROLE: 'api' }))).toEqual([expect.stringMatching(/^ROLE=api needs DATABASE_URL/)]);
-    expect(ownDatabaseProblems(parseConfig({ ROLE: 'api', DATABASE_URL: 'postgres://kiln@db.internal:5432/kiln' }))).toEqual([]);
+    expect(ownDatabaseProblems(parseConfig({ ROLE: 'api', EVENTS: 'redis', REDIS_URL: 'redis://cache:6379' }))).toEqual([expect.stringMatching(/^ROLE=api needs DATABASE_URL/)]);
+    expect(ownDatabaseProblems(parseConfig({ ROLE: 'api', DATABASE_URL: 'postgres://kiln@db.internal:5432/kiln', EVENTS: 'postgres' }))).toEqual([]);
     expect(ownDatabaseProblems(parseConfig({}))).toEqual([]);
-    expect(ownDatabaseProblems(parseConfig({ ROLE: 'worker', DATABASE_URL: 'postgres://kiln@db.internal:5432/kiln' }))).toEqual([]);
+    expect(ownDatabaseProblems(parseConfig({ ROLE: 'worker', DATABASE_URL: 'postgres://kiln@db.internal:5432/kiln', EVENTS: 'postgres' }))).toEqual([]);
   });
 });
 
 describe('ROLE=worker on the embedded database', () => {
   it("is refused: it could never open the API's DATA_DIR, so no generation would ever reach it", () => {
-    const problems = ownDatabaseProblems(parseConfig({ ROLE: 'worker' }));
+    const problems = ownDatabaseProblems(parseConfig({ ROLE: 'worker', EVENTS: 'redis', REDIS_URL: 'redis://cache:6379' }));
     expect(problems).toEqual([expect.stringMatching(/^ROLE=worker needs DATABASE_URL/)]);
     expect(problems[0]).toMatch(/use ROLE=all for one process$/);
+  });
+});
+
+describe('ROLE=api and ROLE=worker with EVENTS=memory (the default)', () => {
+  const database = { DATABASE_URL: 'postgres://kiln@db.internal:5432/kiln' };
+  it("is refused: a run's events would never leave its worker's process, so an API's subscribers would see nothing live", () => {
+    expect(ownDatabaseProblems(parseConfig({ ROLE: 'api', ...database }))).toEqual([expect.stringMatching(/^ROLE=api needs EVENTS=postgres or EVENTS=redis: with EVENTS=memory /)]);
+    expect(ownDatabaseProblems(parseConfig({ ROLE: 'worker', ...database, EVENTS: 'memory' }))).toEqual([
+      expect.stringMatching(/^ROLE=worker needs EVENTS=postgres or EVENTS=redis: with EVENTS=memory /),
+    ]);
+    // Said together with the embedded database's problem, not after it is fixed.
+    expect(ownDatabaseProblems(parseConfig({ ROLE: 'api' }))).toEqual([expect.stringMatching(/^ROLE=api needs DATABASE_URL/), expect.stringMatching(/^ROLE=api needs EVENTS=/)]);
+  });
+
+  it('accepts QUEUE=memory: a worker finds what any API queued by its scan of the table', () => {
+    for (const role of ['api', 'worker']) {
+      expect(ownDatabaseProblems(parseConfig({ ROLE: role, ...database, QUEUE: 'memory', EVENTS: 'postgres' })), role).toEqual([]);
+      expect(ownDatabaseProblems(parseConfig({ ROLE: role, ...database, EVENTS: 'redis', REDIS_URL: 'rediss://:pw@cache.internal:6380/2' })), role).toEqual([]);
+    }
+    expect(ownDatabaseProblems(parseConfig({ ROLE: 'all' }))).toEqual([]);
+  });
+});
+
+describe('SUPABASE_URL and REDIS_URL', () => {
+  it('refuses a SUPABASE_URL that is not an absolute http(s) URL when Supabase Auth or Storage uses it', () => {
+    for (const bad of ['notaurl', 'ftp://x.example', 'YOUR-PROJECT.supabase.co', 'https://']) {
+      expect(problemsOf({ AUTH_PROVIDER: 'supabase', SUPABASE_URL: bad, SUPABASE_ANON_KEY: 'anon' }), bad).toEqual([expect.stringMatching(/^SUPABASE_URL must be an absolute http\(s\) URL/)]);
+      expect(problemsOf({ ARTIFACT_STORE: 'supabase', SUPABASE_URL: bad, SUPABASE_SERVICE_ROLE_KEY: 'service' }), bad).toEqual([
+        expect.stringMatching(/^SUPABASE_URL must be an absolute http\(s\) URL/),
+      ]);
+    }
+    for (const good of ['https://abc.supabase.co', 'http://127.0.0.1:54321']) {
+      expect(problemsOf({ AUTH_PROVIDER: 'supabase', SUPABASE_URL: good, SUPABASE_ANON_KEY: 'anon' }), good).toEqual([]);
+    }
+    // Not used, not checked (a placeholder left in an .env).
+    expect(problemsOf({ SUPABASE_URL: 'notaurl' })).toEqual([]);
+  });
+
+  it('refuses a REDIS_URL that is not redis:// or rediss:// when EVENTS=redis uses it, without repeating its password', () => {
+    for (const bad of ['notaurl', 'cache.internal:6379', 'http://cache.internal:6379', 'redis://', 'redis://:S3cret@']) {
+      const problems = problemsOf({ EVENTS: 'redis', REDIS_URL: bad });
+      expect(problems, bad).toEqual([expect.stringMatching(/^REDIS_URL must be a Redis URL: redis:\/\//)]);
+      expect(problems[0], bad).not.toContain('S3cret');
+    }
+    for (const good of ['redis://127.0.0.1:6379', 'rediss://:pw@cache.internal:6380/2', 'redis://default:pw@[::1]:6379']) {
+      expect(problemsOf({ EVENTS: 'redis', REDIS_URL: good }), good).toEqual([]);
+    }
+    expect(problemsOf({ REDIS_URL: 'notaurl' })).toEqual([]);
   });
 });
 
@@ -272,7 +320,22 @@ describe('OTEL_TRACES_EXPORTER=none', () => {
       expect(parseConfig({ OTEL_TRACES_EXPORTER: none }).tracing.enabled, none).toBe(false);
       expect(parseConfig({ OTEL_TRACES_EXPORTER: none, ...endpoint }).tracing.enabled, none).toBe(false);
     }
-    expect(parseConfig({ OTEL_TRACES_EXPORTER: 'OTLP' }).tracing.enabled).toBe(true);
     expect(parseConfig(endpoint).tracing.enabled).toBe(true);
+  });
+});
+
+describe('OTEL_TRACES_EXPORTER', () => {
+  it('accepts the exporters the OpenTelemetry SDK knows, alone or as a list', () => {
+    for (const names of ['otlp', 'console', 'zipkin', 'otlp,console', ' otlp , zipkin ']) {
+      expect(parseConfig({ OTEL_TRACES_EXPORTER: names }).tracing.enabled, names).toBe(true);
+    }
+  });
+
+  it('refuses any other name, which the SDK would skip, exporting nothing: a typo, another case, a list with one', () => {
+    for (const [names, bad] of [['otpl', 'otpl'], ['OTLP', 'OTLP'], ['otlp,jaeger', 'jaeger'], ['null', 'null']] as const) {
+      expect(problemsOf({ OTEL_TRACES_EXPORTER: names }), names).toEqual([
+        `OTEL_TRACES_EXPORTER: "${bad}" is no exporter the OpenTelemetry SDK knows: use otlp, console, zipkin or none (in lower case; several comma-separated)`,
+      ]);
+    }
   });
 });
