@@ -58,6 +58,11 @@ const overLimit: Record<string, { query: string; variables?: Record<string, unkn
   'aliases hidden in fragments': { query: `query Aliased { viewer { ...V } } fragment V on User { ${repeat(16, (i) => `a${i}: id`)} }` },
   directives: { query: `query Directives { viewer { ${repeat(11, (i) => `f${i}: id @include(if: true)`.replace(`f${i}: `, i < 5 ? `f${i}: ` : ''))} } }` },
   tokens: { query: `query Tokens { viewer { ${repeat(2000, () => 'id')} } }` },
+  // Each fragment spreads the next twice: 2^40 places to price in a document of 1 KB, which held
+  // the event loop for minutes; its pricing stops at a bound of selections and refuses it.
+  'fragment fan-out': {
+    query: `query FanOut { ...F0 } ${repeat(40, (i) => `fragment F${i} on Query { ...F${i + 1} ...F${i + 1} }`)} fragment F40 on Query { viewer { id } }`,
+  },
   // A page from a variable counts as the largest page; every field counts at every level.
   cost: {
     query: 'query Costly($n: Int) { projects(first: $n) { edges { node { generations(first: $n) { edges { node { id files { path } } } } } } } }',

@@ -47,7 +47,8 @@ export function useQueryLimits(limits: QueryLimits): Plugin[] {
     onValidate({ addValidationRule }) {
       addValidationRule(
         operationCostRule((context, price) => {
-          if (price > limits.maxCost) context.reportError(tooComplex({ cost: Math.ceil(price), limit: limits.maxCost }));
+          // Infinity: too many selections to price (content-cost.ts), refused like the other limits, with no figure.
+          if (price > limits.maxCost) context.reportError(tooComplex(Number.isFinite(price) ? { cost: Math.ceil(price), limit: limits.maxCost } : undefined));
         }),
       );
     },
