@@ -481,7 +481,7 @@ describe(`output handlers (${databaseKind})`, () => {
     const a = await seedGeneration({}, { 'lib/main.dart': 'void main() {}\n' });
     const b = await seedGeneration({}, { 'lib/main.dart': 'void main() { print(1); }\n' });
     const remote = remoteStore(join(data.path, 'archive-slots'), new Map([...a.blobs, ...b.blobs]));
-    const { url } = await serve(remote.store, { archivesAtOnce: { total: 3, perGeneration: 2 } });
+    const { url, logs } = await serve(remote.store, { archivesAtOnce: { total: 3, perGeneration: 2 } });
     const download = (generationId: string) => fetch(url('zip', generationId, 'slots.zip'));
     const refused = async (response: Response) => [response.status, response.headers.get('retry-after'), await response.text()];
     const busy = [503, '5', 'Too many downloads at once; try again shortly.'];
@@ -508,6 +508,21 @@ describe(`output handlers (${databaseKind})`, () => {
     secondRead.release();
     bRead.release();
     for (const response of await Promise.all([secondOfA, firstOfB])) expect(response.status).toBe(200);
+
+    // A download its client gave up midway gives its slot back too.
+    const left = get(url('zip', a.generationId, 'left.zip'));
+    left.on('error', () => {});
+    const leftRead = await remote.held.next();
+    const thirdOfA = download(a.generationId);
+    const thirdRead = await remote.held.next();
+    expect(await refused(await download(a.generationId))).toEqual(busy);
+    left.destroy();
+    await logs.first((record) => record.msg === 'archive request' && String(record.path).endsWith('/left.zip'));
+    leftRead.release();
+    thirdRead.release();
+    const fourthOfA = download(a.generationId);
+    (await remote.held.next()).release();
+    for (const response of await Promise.all([thirdOfA, fourthOfA])) expect(response.status).toBe(200);
   });
 
   it('logs a download the client stopped below error, and a download that failed at error', async () => {

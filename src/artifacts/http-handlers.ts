@@ -1,5 +1,6 @@
 import type { KeyObject } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { finished } from 'node:stream';
 import { Counter } from 'prom-client';
 import type { Db } from '../db/client.js';
 import { serviceScope } from '../db/scope.js';
@@ -49,7 +50,7 @@ export function outputHandlers(deps: {
   metrics: Metrics;
   /** PREVIEW_ORIGIN, when previews have an origin of their own. */
   previewOrigin?: string;
-  /** Archive downloads sent at once, by this process and of one generation (ARCHIVES_AT_ONCE). */
+  /** Archive downloads sent at once, by this process and of one generation (default ARCHIVES_AT_ONCE, below). */
   archivesAtOnce?: ArchiveSlots;
 }): OutputHandlers {
   const { key, store } = deps;
@@ -164,7 +165,8 @@ export function outputHandlers(deps: {
           res.setHeader('Retry-After', '5');
           return plain(res, 503, 'Too many downloads at once; try again shortly.');
         }
-        res.once('finish', release).once('close', release);
+        // Also when the client has gone already (during the reads above): then 'close' came before any listener.
+        finished(res, release);
       }
       const filename = archiveFilename(facts.projectName, generationId, format);
       res.writeHead(200, {

@@ -37,7 +37,7 @@ builder.objectType(BudgetExceededError, {
     limit: t.exposeInt('limit', { description: "The project's monthly token limit." }),
     used: t.exposeInt('used', { description: 'Tokens spent this month (what Project.usage counts).' }),
     reserved: t.exposeInt('reserved', {
-      description: "Tokens held by generations still queued or running: each holds an estimate until it ends and its usage replaces it. The limit less used and reserved is what is left of the month: nothing, or less than a start's prompt takes.",
+      description: "Tokens held by generations still queued or running: each holds an estimate until it ends and its usage replaces it. A start is refused when used and reserved leave less of the limit than its prompt takes, or none.",
     }),
   }),
 });
