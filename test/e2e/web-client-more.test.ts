@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import type { Locator, Page } from 'playwright-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { CancelGenerationDocument, SignOutDocument } from '../gql/graphql.js';
+import { AddProjectMemberDocument, CancelGenerationDocument, RemoveProjectMemberDocument, SignOutDocument } from '../gql/graphql.js';
 import { createProject, PASSWORD, signIn as signInOverApi, signUp as signUpOverApi, uniqueEmail } from '../support/fixtures.js';
 import { repoRoot, startAccepted, waitForEnd } from '../support/generation-helpers.js';
 import { useGenerationServer } from '../support/suite-server.js';
@@ -33,7 +33,7 @@ const suite = useGenerationServer({
 const textOf = async (locator: Locator) => ((await locator.count()) > 0 ? await locator.innerText() : '');
 /** A screenshot of the whole page, or of the window only (`fullPage: false`: a long list's end, where the window is). */
 const shot = (page: Page, name: string, fullPage = true) => page.screenshot({ path: join(outputDir, 'web-client-more', `${name}.png`), fullPage });
-/** Whether `locator` has the focus. */
+/** Whether `locator` has the focus (the client moves it in an effect, after the render: poll it). */
 const focused = (locator: Locator) => locator.evaluate((element) => element === document.activeElement);
 
 /** A new tab of `session` in which `email` signs in (or up), showing the projects. */
@@ -77,7 +77,7 @@ describe.skipIf(chromiumMissing)('the web client past a page', () => {
       expect(await list.getByRole('listitem').count()).toBe(PAST_A_PAGE);
       // The last page: the button goes, and the focus is on the first project it added.
       expect(await more.count()).toBe(0);
-      expect(await focused(oldest)).toBe(true);
+      await expect.poll(() => focused(oldest)).toBe(true);
       await shot(page, '2-more-projects', false);
       expect(errors).toEqual([]);
     } finally {
@@ -106,6 +106,9 @@ describe.skipIf(chromiumMissing)('the web client past a page', () => {
       const versions = page.getByRole('complementary', { name: 'Versions' });
       await versions.waitFor();
       expect(await versions.getByRole('listitem').count()).toBe(1);
+      // Older versions of its session may come first: it is not numbered yet.
+      expect(await versions.getByRole('button', { name: /^Show the version of / }).count()).toBe(1);
+      expect(await versions.getByRole('button', { name: 'Show version 1', exact: true }).count()).toBe(0);
 
       const older = versions.getByRole('button', { name: 'Show older versions' });
       await shot(page, '3-show-older-versions');
@@ -116,8 +119,97 @@ describe.skipIf(chromiumMissing)('the web client past a page', () => {
       expect(await textOf(versions.getByRole('listitem').first())).toContain('A packing list');
       expect(await older.count()).toBe(0);
       // The button went with the last page: the focus is on the version it brought.
-      expect(await focused(v1)).toBe(true);
+      await expect.poll(() => focused(v1)).toBe(true);
       await shot(page, '4-older-versions');
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+
+  it('keeps the focus at the end of the list when the last page of projects brings none', async () => {
+    const email = uniqueEmail('e2e-unshared');
+    const owner = await signUpOverApi(suite.server, email);
+    // Another user's project shared with this one is its oldest: alone on the second page, until it is unshared.
+    const other = await signUpOverApi(suite.server, uniqueEmail('e2e-sharer'));
+    const shared = await createProject(other.client, { name: 'Shared for a while', target: 'FLUTTER' });
+    const { addProjectMember } = await other.client.expectNoErrors(AddProjectMemberDocument, { input: { projectId: shared.id, email, role: 'VIEWER' } });
+    if (addProjectMember.__typename !== 'ProjectMember') throw new Error(`sharing failed: ${addProjectMember.__typename}`);
+    for (let i = 1; i < PAST_A_PAGE; i++) await createProject(owner.client, { name: `Own ${String(i).padStart(3, '0')}`, target: 'FLUTTER' });
+    const { page, errors } = await signedInTab(browser, email);
+    try {
+      const list = page.getByRole('list', { name: 'Your projects' });
+      await page.getByRole('link', { name: 'Own 100', exact: true }).waitFor();
+      const more = page.getByRole('button', { name: 'Load more projects' });
+      const { removeProjectMember } = await other.client.expectNoErrors(RemoveProjectMemberDocument, { input: { projectId: shared.id, userId: addProjectMember.user.id } });
+      expect(removeProjectMember.__typename).toBe('Project');
+
+      await more.click();
+      // Nothing more to load: the button goes, and the focus stays on the last project, not on <body>.
+      await expect.poll(() => more.count()).toBe(0);
+      expect(await list.getByRole('listitem').count()).toBe(100);
+      await expect.poll(() => focused(page.getByRole('link', { name: 'Own 001', exact: true }))).toBe(true);
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+
+  it('says so when the older generations are all of other sessions, and stays busy meanwhile', async () => {
+    const { server } = suite;
+    const email = uniqueEmail('e2e-fresh-session');
+    const owner = await signUpOverApi(server, email);
+    const project = await createProject(owner.client, { name: 'Many sessions', target: 'FLUTTER' });
+    // 101 generations, each a session of its own, then a new session: its one version is on the first page.
+    for (let i = 0; i < PAST_A_PAGE; i++) {
+      const other = await startAccepted(owner.client, { projectId: project.id, prompt: `Other app ${i}` });
+      await owner.client.expectNoErrors(CancelGenerationDocument, { id: other.id });
+    }
+    const fresh = await startAccepted(owner.client, { projectId: project.id, prompt: 'A fresh start' });
+    expect((await waitForEnd(server, owner.client, owner.accessToken, fresh.id)).status).toBe('SUCCEEDED');
+
+    const { page, errors } = await signedInTab(browser, email);
+    try {
+      // The older page waits until the test lets it go.
+      let release = () => {};
+      const released = new Promise<void>((resolve) => (release = resolve));
+      let asked = () => {};
+      const olderAsked = new Promise<void>((resolve) => (asked = resolve));
+      await page.route('**/graphql', async (route) => {
+        const body = route.request().postDataJSON() as { query?: string; variables?: { after?: string } } | null;
+        if (body?.query?.includes('ProjectVersions') && body.variables?.after) {
+          asked();
+          await released;
+        }
+        await route.fallback();
+      });
+      await page.getByRole('link', { name: 'Many sessions', exact: true }).click();
+      const versions = page.getByRole('complementary', { name: 'Versions' });
+      await versions.waitFor();
+      expect(await versions.getByRole('listitem').count()).toBe(1);
+      const older = versions.getByRole('button', { name: 'Show older versions' });
+      await older.click();
+      await olderAsked;
+
+      // A follow-up, and a reload of the first page while the older one loads (Show asks for it):
+      // the button stays busy, and nothing is said yet.
+      const followUp = await startAccepted(owner.client, { projectId: project.id, prompt: 'Make it blue', sessionId: fresh.sessionId });
+      await versions.getByRole('listitem').first().getByRole('button', { name: /^Show / }).click();
+      await expect.poll(() => versions.getByRole('listitem').count()).toBe(2);
+      expect(await older.getAttribute('aria-disabled')).toBe('true');
+      const said = versions.locator('[aria-live="polite"]');
+      expect(await textOf(said)).toBe('');
+
+      release();
+      await expect.poll(() => textOf(said)).toBe('No older versions in this session.');
+      // The focus does not fall to <body> with the button: it is on the versions' heading.
+      await expect.poll(() => focused(versions.getByRole('heading', { name: 'Versions' }))).toBe(true);
+      expect(await older.count()).toBe(0);
+      // Every page is loaded: the versions are numbered.
+      await versions.getByRole('button', { name: 'Show version 2', exact: true }).waitFor();
+      expect(await textOf(versions.getByRole('listitem').first())).toContain('A fresh start');
+      await shot(page, '4b-no-older-versions');
+      await waitForEnd(server, owner.client, owner.accessToken, followUp.id);
       expect(errors).toEqual([]);
     } finally {
       await page.close();
@@ -153,6 +245,16 @@ describe.skipIf(chromiumMissing)('the web client after its session was ended els
       await page.getByRole('button', { name: 'Generate' }).click();
       await page.getByRole('button', { name: 'Sign in' }).waitFor();
       expect(await textOf(page.getByRole('status'))).toBe('Your session ended. Sign in again.');
+      // The focus goes to the heading, which is described by the banner: a screen reader says why.
+      const heading = page.getByRole('heading', { name: 'Kiln' });
+      await expect.poll(() => focused(heading)).toBe(true);
+      const description = await heading.evaluate((element) =>
+        (element.getAttribute('aria-describedby') ?? '')
+          .split(' ')
+          .map((id) => document.getElementById(id)?.textContent ?? '')
+          .join(' '),
+      );
+      expect(description).toBe('Your session ended. Sign in again.');
       await shot(page, '5-session-ended');
 
       await signInWith(page, email);

@@ -39,18 +39,37 @@ export function Versions({
   /** The Diff button that opened the diff: closing it returns the focus there, not to <body>. */
   const diffOpener = useRef<HTMLButtonElement | null>(null);
   const list = useRef<HTMLOListElement>(null);
+  const heading = useRef<HTMLHeadingElement>(null);
+  /** What Show older versions found when it brought no version of this session (said politely, and shown). */
+  const [olderNote, setOlderNote] = useState('');
   /** The oldest version before Show older versions: the focus goes to the first one older than it (the button may go away). */
   const oldestBefore = useRef<string | null | undefined>(undefined);
   useEffect(() => {
     if (oldestBefore.current === undefined || older.loading) return;
     const index = versions.findIndex((version) => version.id === oldestBefore.current);
-    if (index !== 0) list.current?.querySelectorAll<HTMLButtonElement>('li > button.link')[Math.max(0, index - 1)]?.focus();
+    // The versions the pages brought come before the one that was the oldest (all of them when there was none).
+    const added = index < 0 ? versions.length : index;
+    if (added > 0) list.current?.querySelectorAll<HTMLButtonElement>('li > button.link')[added - 1]?.focus();
+    else if (!older.error) {
+      // The project's older generations are all of other sessions: the button went with them, the focus stays here.
+      setOlderNote('No older versions in this session.');
+      heading.current?.focus();
+    }
     oldestBefore.current = undefined;
-  }, [versions, older.loading]);
+  }, [versions, older.loading, older.error]);
   const latest = versions.at(-1)?.id;
+  /**
+   * A version's number in its session (v1: where it started), once no older pages remain; until
+   * then older versions may come before it, so it goes by when it was made.
+   */
+  const nameOf = (version: Version, index: number) => {
+    if (older.after === null) return { short: `v${index + 1}`, label: `version ${index + 1}` };
+    const made = new Date(version.createdAt).toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
+    return { short: made, label: `the version of ${made}` };
+  };
   const labelOf = (id: string) => {
     const index = versions.findIndex((version) => version.id === id);
-    return index < 0 ? 'an earlier version' : `v${index + 1}`;
+    return index < 0 ? 'an earlier version' : nameOf(versions[index]!, index).short;
   };
 
   const showDiff = async (version: Version, label: string, opener: HTMLButtonElement) => {
@@ -83,7 +102,9 @@ export function Versions({
 
   return (
     <aside className="versions stack" aria-labelledby="versions-heading">
-      <h2 id="versions-heading">Versions</h2>
+      <h2 id="versions-heading" ref={heading} tabIndex={-1}>
+        Versions
+      </h2>
       {older.after && (
         <div>
           <button
@@ -93,6 +114,7 @@ export function Versions({
             onClick={() => {
               if (older.loading) return;
               oldestBefore.current = versions[0]?.id ?? null;
+              setOlderNote('');
               void onShowOlder();
             }}
           >
@@ -100,6 +122,10 @@ export function Versions({
           </button>
         </div>
       )}
+      {/* Not role="status": the page's one status is the generation's. */}
+      <p aria-live="polite" className="muted live">
+        {olderNote}
+      </p>
       {older.error && (
         <p role="alert" className="error">
           Older versions could not be loaded. {older.error}
@@ -107,11 +133,11 @@ export function Versions({
       )}
       <ol ref={list} className="list">
         {versions.map((version, index) => {
-          const label = `version ${index + 1}`;
+          const { short, label } = nameOf(version, index);
           return (
             <li key={version.id} aria-current={version.id === currentId ? 'true' : undefined}>
               <button type="button" className="link" onClick={() => onShow(version.id)} aria-label={`Show ${label}`}>
-                v{index + 1}
+                {short}
               </button>{' '}
               <span className={`tag status-${version.status.toLowerCase()}`}>{version.status}</span>
               <p className="muted clamp">

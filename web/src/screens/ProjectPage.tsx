@@ -52,7 +52,8 @@ export function ProjectPage({ projectId }: { projectId: string }) {
       const list = project?.generations.edges.map((edge) => edge.node) ?? [];
       // Keyset pages: newer generations only push the first page's last ones into what is already loaded.
       setGenerations((known) => (olderLoaded.current && known ? withOlder(list, known) : list));
-      if (!olderLoaded.current) setOlder({ after: nextPage(project?.generations.pageInfo), loading: false, error: null });
+      // Show older versions owns `older` while its pages load: this first page would re-enable it mid-way.
+      if (!olderLoaded.current) setOlder((known) => (known.loading ? known : { after: nextPage(project?.generations.pageInfo), loading: false, error: null }));
       setVersionsError(null);
       setCurrentId((id) => id ?? list[0]?.id ?? null);
       return list;

@@ -33,7 +33,7 @@ export function Projects() {
   const heading = useFocusOnArrival<HTMLHeadingElement>();
   const retryButton = useRef<HTMLButtonElement>(null);
   const listBox = useRef<HTMLUListElement>(null);
-  /** The first project Load more added: its link takes the focus, as the button may go away with the last page. */
+  /** The project whose link takes the focus after Load more (the first it added, else the last shown), as the button may go away with the last page. */
   const firstAdded = useRef<number | null>(null);
   const id = useId();
 
@@ -71,8 +71,11 @@ export function Projects() {
       const { projects } = await request(ProjectsDocument, { first: PAGE, after: list.after });
       const shown = new Set(list.projects.map((project) => project.id));
       const added = projects.edges.map((edge) => edge.node).filter((project) => !shown.has(project.id));
+      const after = nextPage(projects.pageInfo);
       if (added.length > 0) firstAdded.current = list.projects.length;
-      setList({ status: 'loaded', projects: [...list.projects, ...added], after: nextPage(projects.pageInfo) });
+      // A last page with nothing new (the rest deleted meanwhile): the button goes, the focus stays at the list's end.
+      else if (!after) firstAdded.current = list.projects.length - 1;
+      setList({ status: 'loaded', projects: [...list.projects, ...added], after });
       setPaging({ loading: false, error: null });
     } catch (failure) {
       setPaging({ loading: false, error: (failure as Error).message });

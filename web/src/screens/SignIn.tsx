@@ -44,13 +44,14 @@ export function SignIn({ ended = false }: { ended?: boolean }) {
 
   return (
     <main className="narrow">
-      <h1 ref={heading} tabIndex={-1}>
+      {/* The focus arrives here: the heading's description says why the tab signed out (a status mounted with its text is not announced). */}
+      <h1 ref={heading} tabIndex={-1} aria-describedby={endedShown ? `${id}-ended` : undefined}>
         Kiln
       </h1>
       <p className="muted">Describe an app, watch it being built, keep every version.</p>
       <form className="card stack" onSubmit={(event) => void submit(event)}>
         {endedShown && (
-          <p role="status" className="banner">
+          <p id={`${id}-ended`} role="status" className="banner">
             Your session ended. Sign in again.
           </p>
         )}
