@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { createYoga } from 'graphql-yoga';
+import { createLRUCache, createYoga } from 'graphql-yoga';
 import { isMigrated } from '../db/migrate.js';
 import { observeRequest, routeOf, serveMetrics } from '../observability/metrics.js';
 import { type Context, type Services, contextFactory } from './context.js';
@@ -44,6 +44,10 @@ export function buildApp(services: Services): App {
     schema,
     graphqlEndpoint: '/graphql',
     landingPage: false,
+    // Yoga's default keeps 1024 parsed documents and 1024 parse errors for an hour, keyed by their
+    // text: 1 MiB documents (a 3-token query and a comment) held ~2 GiB, sent by any client.
+    // Longer texts than MAX_CACHED_DOCUMENT_CHARS are parsed each time instead.
+    parserAndValidationCache: { documentCache: shortDocumentsOnly(createLRUCache()), errorCache: shortDocumentsOnly(createLRUCache()) },
     logging: yogaLogger(services.logger),
     // Headers typed in GraphiQL (a bearer token) are not kept in localStorage.
     graphiql: config.exposeSchema ? { title: 'Kiln', defaultQuery: graphiqlExample, shouldPersistHeaders: false } : false,
@@ -92,9 +96,10 @@ export function buildApp(services: Services): App {
   /** Requests on their way, until their answer is sent: a stop asks each to close its connection after it. */
   const answering = new Set<ServerResponse>();
   let stopping = false;
-  const server: Server = createServer((req, res) => {
+  const server: Server = createServer(HTTP_SERVER_OPTIONS, (req, res) => {
     answering.add(res);
     res.once('close', () => answering.delete(res));
+    if (hasBody(req)) cutIfBodyLate(req, res);
     if (stopping) res.shouldKeepAlive = false;
     const path = req.url?.split('?')[0];
     observeRequest(services.metrics, req, res, routeOf(path));
@@ -115,6 +120,8 @@ export function buildApp(services: Services): App {
     if (path !== '/graphql' && path !== undefined && serveWebClient(req, res, path)) return;
     return yoga(req, res);
   });
+  // Beyond it node closes new connections at once, rather than accept() failing with EMFILE for every client.
+  server.maxConnections = MAX_CONNECTIONS;
 
   // graphql-ws on the same port and path, through the same Yoga plugins and context (STYLE 4).
   // SSE needs nothing more: a subscription sent with `Accept: text/event-stream` (POST, or
@@ -170,6 +177,52 @@ export function buildApp(services: Services): App {
 
 /** How long a stopping server lets requests on their way finish before it cuts them. */
 const HTTP_DRAIN_MS = 10_000;
+
+/**
+ * A request's headers within 10 s, and the whole request within 30 s (node's defaults: 60 s and
+ * 300 s), checked every second. Node applies them only until a request is fully received: an SSE
+ * response or an upgraded WebSocket lasts as long as it needs.
+ */
+const HTTP_SERVER_OPTIONS = { headersTimeout: 10_000, requestTimeout: 30_000, connectionsCheckingInterval: 1_000 };
+/** How long a request's body may take to arrive in full (each can hold up to MAX_REQUEST_BODY_BYTES meanwhile). */
+const BODY_DEADLINE_MS = 30_000;
+/**
+ * Open connections at most, idle ones included: well under the process's file descriptors, which
+ * the database, blob files and build steps need too, and above the 5,000+ WebSockets benchmarks open.
+ */
+const MAX_CONNECTIONS = 10_000;
+/** Parsed documents (and parse errors) are kept only for texts this long at most: the contract's are under 2 KiB. */
+const MAX_CACHED_DOCUMENT_CHARS = 16 * 1024;
+
+/** A request that says it has a body; a GET has none. */
+function hasBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length'];
+  return (length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined;
+}
+
+/**
+ * Ends the connection of a request whose body is not all there after BODY_DEADLINE_MS. Node's
+ * requestTimeout cuts such a request too (test/http-deadlines.test.ts), but an audit saw it leave
+ * a ~1 MiB body stalled a few bytes short open for minutes: this deadline does not depend on it.
+ */
+function cutIfBodyLate(req: IncomingMessage, res: ServerResponse) {
+  const deadline = setTimeout(() => {
+    if (!req.complete) req.socket.destroy();
+  }, BODY_DEADLINE_MS);
+  const clear = () => clearTimeout(deadline);
+  req.once('end', clear);
+  res.once('close', clear);
+}
+
+/** Yoga's cache for documents or parse errors, which keeps none whose text is longer than MAX_CACHED_DOCUMENT_CHARS. */
+function shortDocumentsOnly<T extends {}>(cache: ReturnType<typeof createLRUCache<T>>) {
+  return {
+    get: (text: string) => cache.get(text),
+    set: (text: string, value: T) => {
+      if (text.length <= MAX_CACHED_DOCUMENT_CHARS) cache.set(text, value);
+    },
+  };
+}
 
 /**
  * On every answer of the API's origin (GraphQL results, errors, health, the web client's
