@@ -99,7 +99,6 @@ export function buildApp(services: Services): App {
   const server: Server = createServer(HTTP_SERVER_OPTIONS, (req, res) => {
     answering.add(res);
     res.once('close', () => answering.delete(res));
-    if (hasBody(req)) cutIfBodyLate(req, res);
     if (stopping) res.shouldKeepAlive = false;
     const path = req.url?.split('?')[0];
     observeRequest(services.metrics, req, res, routeOf(path));
@@ -184,8 +183,6 @@ const HTTP_DRAIN_MS = 10_000;
  * response or an upgraded WebSocket lasts as long as it needs.
  */
 const HTTP_SERVER_OPTIONS = { headersTimeout: 10_000, requestTimeout: 30_000, connectionsCheckingInterval: 1_000 };
-/** How long a request's body may take to arrive in full (each can hold up to MAX_REQUEST_BODY_BYTES meanwhile). */
-const BODY_DEADLINE_MS = 30_000;
 /**
  * Open connections at most, idle ones included: well under the process's file descriptors, which
  * the database, blob files and build steps need too, and above the 5,000+ WebSockets benchmarks open.
@@ -193,26 +190,6 @@ const BODY_DEADLINE_MS = 30_000;
 const MAX_CONNECTIONS = 10_000;
 /** Parsed documents (and parse errors) are kept only for texts this long at most: the contract's are under 2 KiB. */
 const MAX_CACHED_DOCUMENT_CHARS = 16 * 1024;
-
-/** A request that says it has a body; a GET has none. */
-function hasBody(req: IncomingMessage): boolean {
-  const length = req.headers['content-length'];
-  return (length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined;
-}
-
-/**
- * Ends the connection of a request whose body is not all there after BODY_DEADLINE_MS. Node's
- * requestTimeout cuts such a request too (test/http-deadlines.test.ts), but an audit saw it leave
- * a ~1 MiB body stalled a few bytes short open for minutes: this deadline does not depend on it.
- */
-function cutIfBodyLate(req: IncomingMessage, res: ServerResponse) {
-  const deadline = setTimeout(() => {
-    if (!req.complete) req.socket.destroy();
-  }, BODY_DEADLINE_MS);
-  const clear = () => clearTimeout(deadline);
-  req.once('end', clear);
-  res.once('close', clear);
-}
 
 /** Yoga's cache for documents or parse errors, which keeps none whose text is longer than MAX_CACHED_DOCUMENT_CHARS. */
 function shortDocumentsOnly<T extends {}>(cache: ReturnType<typeof createLRUCache<T>>) {
