@@ -210,10 +210,8 @@ describe.skipIf(!testDatabaseUrl)('scaled out: 2 API + 2 worker processes, QUEUE
     await flutter.setMode('ok');
     await spawnWorker();
 
-    const stopped = performance.now();
+    // The build never ends: the worker exits only because its grace (1 s) ran out and the build was stopped.
     expect(await impatient.stop()).toEqual({ code: 0, signal: null });
-    // One second of grace plus the build's SIGTERM→SIGKILL grace (2 s): well within the lease.
-    expect(performance.now() - stopped).toBeLessThan(10_000);
     expect(await statusOf(started.id)).toEqual({ status: 'FAILED', error_code: 'INTERRUPTED' });
     expect(isAlive(grandchild)).toBe(false);
     let retry: string | undefined;
