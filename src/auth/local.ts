@@ -99,7 +99,8 @@ export async function createLocalAuth(options: LocalAuthOptions): Promise<LocalA
     async signIn(email, password) {
       validateSignInPassword(password);
       const credentials = await findCredentials(db, normaliseEmail(email));
-      // An unknown email costs one KDF run too, so timing does not tell which emails have accounts.
+      // An unknown email costs one KDF run too (and waits for a turn like the others: passwords.ts),
+      // so timing does not tell which emails have accounts.
       const matches = await verifyPassword(password, credentials?.passwordHash ?? UNKNOWN_USER_HASH);
       if (!credentials || !matches) throw invalidCredentialsError();
       return issue(await createSession(db, { id: credentials.id, email: credentials.email }));

@@ -1,4 +1,5 @@
 import { randomBytes, scrypt, type ScryptOptions, timingSafeEqual } from 'node:crypto';
+import { createKdfLimiter } from './kdf-limiter.js';
 
 // scrypt is memory-hard; the stored string names its parameters
 // (`scrypt$N$r$p$salt$hash`), so they can be raised later without breaking old hashes.
@@ -18,6 +19,10 @@ const KEY_BYTES = 32;
 const MAX_MEMORY_BYTES = 64 * 1024 * 1024;
 const MAX_P = Math.max(4, CURRENT.p);
 const MAX_R = 64;
+// Every hash of the process goes through one limiter (sign-ups, sign-ins, unknown users alike,
+// so a refusal or a wait says nothing about which emails exist): the threadpool is the
+// process's. 2 of its 4 threads, so file reads keep moving; 32 waiting is about a second.
+const kdfLimiter = createKdfLimiter({ concurrency: 2, maxWaiting: 32 });
 
 /** A well-formed hash that matches no password: checked when a user does not exist, so that costs the same time. */
 export const UNKNOWN_USER_HASH = formatHash(CURRENT, Buffer.alloc(SALT_BYTES), Buffer.alloc(KEY_BYTES));
@@ -37,10 +42,13 @@ export async function verifyPassword(password: string, stored: string): Promise<
 function derive(password: string, salt: Buffer, { N, r, p }: ScryptParams, keyLength: number): Promise<Buffer> {
   // Node refuses above maxmem (default 32 MiB): this is what OpenSSL asks for (V and B), within the bounds of parseHash.
   const options: ScryptOptions = { N, r, p, maxmem: 128 * r * (N + 2 + p) };
-  return new Promise((resolve, reject) => {
-    // NFKC, so the same password typed on different keyboards hashes the same (NIST SP 800-63B).
-    scrypt(password.normalize('NFKC'), salt, keyLength, options, (error, key) => (error ? reject(error) : resolve(key)));
-  });
+  return kdfLimiter.run(
+    () =>
+      new Promise<Buffer>((resolve, reject) => {
+        // NFKC, so the same password typed on different keyboards hashes the same (NIST SP 800-63B).
+        scrypt(password.normalize('NFKC'), salt, keyLength, options, (error, key) => (error ? reject(error) : resolve(key)));
+      }),
+  );
 }
 
 function formatHash({ N, r, p }: ScryptParams, salt: Buffer, hash: Buffer): string {

@@ -1,0 +1,121 @@
+import { eq, inArray } from 'drizzle-orm';
+import { describe, expect, it, vi } from 'vitest';
+import { authSessions, users } from '../src/db/schema.js';
+import { databaseKind } from './support/db.js';
+import { document, PASSWORD, signIn, signUp, uniqueEmail } from './support/fixtures.js';
+import { useTestServer } from './support/server.js';
+
+// A burst of sign-ins and sign-ups with the local provider: 2 password hashes run at once, 32
+// wait their turn, and the rest answer RateLimitedError at once (README, "rate-limited").
+// The test holds the first scrypt runs until the whole burst has been answered or queued, so
+// which attempts wait and which are refused does not depend on how fast scrypt is here.
+const HASHING = 2;
+const WAITING = 32;
+const BUSY = 'Too many sign-ins at once; try again in a moment.';
+
+const gate = vi.hoisted(() => ({ closed: false, held: [] as Array<() => void>, onHold: () => {} }));
+vi.mock('node:crypto', async (original) => {
+  const actual = await original<typeof import('node:crypto')>();
+  const scrypt = (...args: Parameters<typeof actual.scrypt>) => {
+    const run = () => (actual.scrypt as (...a: unknown[]) => void)(...args);
+    if (!gate.closed) return run();
+    gate.held.push(run);
+    gate.onHold();
+  };
+  return { ...actual, scrypt };
+});
+
+type Outcome = { __typename: string; message?: string; retryAfterSeconds?: number; user?: { id: string; email: string } };
+const SignInOutcome = document<{ signIn: Outcome }, { email: string; password: string }>(/* GraphQL */ `
+  mutation SignInOutcome($email: String!, $password: String!) {
+    signIn(input: { email: $email, password: $password }) {
+      __typename
+      ... on AuthSession { user { id email } }
+      ... on RateLimitedError { retryAfterSeconds }
+      ... on Error { message }
+    }
+  }
+`);
+const SignUpOutcome = document<{ signUp: Outcome }, { email: string; password: string }>(/* GraphQL */ `
+  mutation SignUpOutcome($email: String!, $password: String!) {
+    signUp(input: { email: $email, password: $password }) {
+      __typename
+      ... on AuthSession { user { id email } }
+      ... on RateLimitedError { retryAfterSeconds }
+      ... on Error { message }
+    }
+  }
+`);
+
+describe(`a burst of sign-ins with the local provider (${databaseKind})`, () => {
+  // The per-address and per-email limits would otherwise answer first.
+  const server = useTestServer({ RATE_LIMIT_AUTH_PER_IP: 'off', RATE_LIMIT_AUTH_PER_EMAIL: 'off' });
+
+  it('hashes 2 at once with 32 waiting, refuses the rest at once without a session or an account, and signs in afterwards', async () => {
+    const owner = await signUp(server);
+    const { db } = server.database;
+    const sessions = () =>
+      db.$count(authSessions, inArray(authSessions.userId, db.select({ id: users.id }).from(users).where(eq(users.email, owner.email))));
+    const sessionsBefore = await sessions();
+
+    type Attempt = { kind: 'signIn' | 'signUp'; email: string; password: string; expected: 'AuthSession' | 'AuthError' };
+    const times = (n: number, attempt: () => Attempt) => Array.from({ length: n }, attempt);
+    const attempts: Attempt[] = [
+      ...times(8, () => ({ kind: 'signIn', email: owner.email, password: PASSWORD, expected: 'AuthSession' })),
+      ...times(4, () => ({ kind: 'signIn', email: owner.email, password: 'not the password', expected: 'AuthError' })),
+      // Unknown emails hash UNKNOWN_USER_HASH, through the same limiter.
+      ...times(14, () => ({ kind: 'signIn', email: uniqueEmail('nobody'), password: PASSWORD, expected: 'AuthError' })),
+      ...times(12, () => ({ kind: 'signUp', email: uniqueEmail('burst'), password: PASSWORD, expected: 'AuthSession' })),
+    ];
+    const refusals = attempts.length - HASHING - WAITING;
+    expect(refusals).toBe(4);
+
+    // Held scrypt runs keep their slots, so only refusals can answer until the gate opens; without
+    // a limiter every attempt reaches scrypt, and one held beyond HASHING opens the gate as well.
+    let answered = 0;
+    let burstInPlace!: () => void;
+    const inPlace = new Promise<void>((resolve) => (burstInPlace = resolve));
+    gate.onHold = () => gate.held.length > HASHING && burstInPlace();
+    gate.closed = true;
+    const results = attempts.map(async ({ kind, email, password }) => {
+      const client = server.client();
+      const outcome =
+        kind === 'signIn'
+          ? (await client.expectNoErrors(SignInOutcome, { email, password })).signIn
+          : (await client.expectNoErrors(SignUpOutcome, { email, password })).signUp;
+      if (++answered >= refusals) burstInPlace();
+      return outcome;
+    });
+    let heldAtOpening = 0;
+    try {
+      // A request that fails outright opens the gate too, and fails the test below.
+      await Promise.race([inPlace, Promise.all(results)]);
+    } finally {
+      heldAtOpening = gate.held.length;
+      gate.closed = false;
+      for (const run of gate.held.splice(0)) run();
+    }
+    const outcomes = await Promise.all(results);
+
+    expect(heldAtOpening).toBeLessThanOrEqual(HASHING);
+    const refused = outcomes.filter((o) => o.__typename === 'RateLimitedError');
+    expect(refused).toHaveLength(refusals);
+    for (const outcome of refused) expect(outcome).toEqual({ __typename: 'RateLimitedError', message: BUSY, retryAfterSeconds: 1 });
+    // Every other attempt got what it would have got alone.
+    attempts.forEach((attempt, i) => {
+      if (outcomes[i]!.__typename !== 'RateLimitedError') expect(outcomes[i], JSON.stringify(attempt)).toMatchObject({ __typename: attempt.expected });
+    });
+
+    // A refused attempt changed nothing: no session for a refused sign-in, no account for a refused sign-up.
+    const outcomeOf = (kind: Attempt['kind'], typename: string) => attempts.filter((a, i) => a.kind === kind && outcomes[i]!.__typename === typename);
+    expect(await sessions()).toBe(sessionsBefore + outcomeOf('signIn', 'AuthSession').length);
+    const signUps = attempts.filter((a) => a.kind === 'signUp').map((a) => a.email);
+    const accounts = await db.select({ email: users.email }).from(users).where(inArray(users.email, signUps));
+    expect(accounts.map((a) => a.email).sort()).toEqual(outcomeOf('signUp', 'AuthSession').map((a) => a.email).sort());
+
+    // Once the burst is over, a normal sign-in works, and a refused sign-up can be tried again.
+    await expect(signIn(server, owner.email)).resolves.toMatchObject({ id: owner.id });
+    const retried = outcomeOf('signUp', 'RateLimitedError')[0]?.email ?? uniqueEmail('after');
+    await expect(signUp(server, retried)).resolves.toMatchObject({ email: retried });
+  });
+});
