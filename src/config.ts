@@ -116,7 +116,8 @@ const environment = z.object({
   WS_AUTH_RECHECK_MS: delay(5000, 100),
   SUBSCRIPTION_BUFFER_LIMIT: int(1000, 1),
   STREAM_ACCESS_RECHECK_MS: delay(2000, 50),
-  LIVE_STREAMS_PER_USER: int(100, 1),
+  LIVE_STREAMS_PER_USER: int(200, 1),
+  LIVE_STREAMS_PER_ADDRESS: int(1000, 1),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   // hardening: request limits, production mode, rate limits, metrics
   MAX_REQUEST_BODY_BYTES: int(1_048_576, 1024),
@@ -232,8 +233,10 @@ export function parseConfig(env: Record<string, string | undefined>) {
       bufferLimit: e.SUBSCRIPTION_BUFFER_LIMIT,
       /** How often every live stream's token and membership are checked again. */
       accessRecheckMs: e.STREAM_ACCESS_RECHECK_MS,
-      /** SSE streams plus WebSocket connections one user may hold open. */
+      /** Live streams (SSE streams, graphql-ws subscriptions) plus WebSocket connections one user may hold open. */
       maxLivePerUser: e.LIVE_STREAMS_PER_USER,
+      /** The same, from one client address across all its users (an IPv4 address, an IPv6 /64). */
+      maxLivePerAddress: e.LIVE_STREAMS_PER_ADDRESS,
     },
     dataDir,
     database: { url: e.DATABASE_URL, migrateOnStart: e.MIGRATE_ON_START === 'true', poolMax: e.DATABASE_POOL_MAX },

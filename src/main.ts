@@ -141,6 +141,7 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
     accessOf: (userIds, generationIds) => serviceScope(database.db).run((tx) => generationStore.accessOf(tx, userIds, generationIds)),
     intervalMs: config.subscriptions.accessRecheckMs,
     maxPerUser: config.subscriptions.maxLivePerUser,
+    maxPerAddress: config.subscriptions.maxLivePerAddress,
     logger,
   });
   let app: ReturnType<typeof buildApp> | undefined;

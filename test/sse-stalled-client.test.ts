@@ -1,9 +1,11 @@
 import { connect } from 'node:net';
 import { describe, expect, it, vi } from 'vitest';
+import { GenerationUpdatedDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
 import { LONG_ANSWER, useFakeOpenAi } from './support/fake-openai.js';
 import { createProject } from './support/fixtures.js';
-import { startAccepted, waitForEnd } from './support/generation-helpers.js';
+import { startAccepted, within } from './support/generation-helpers.js';
+import { sseSubscribe } from './support/live.js';
 import { LogCapture } from './support/log-capture.js';
 import { useGenerationServer } from './support/suite-server.js';
 
@@ -24,7 +26,10 @@ describe(`a client that stops reading an SSE stream (${databaseKind})`, () => {
   it('is dropped once it takes nothing for WS_KEEPALIVE_MS, and its slot goes to the next stream', async () => {
     const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
     const generation = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'Write at length' });
-    expect((await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, generation.id, 60_000)).status).toBe('SUCCEEDED');
+    // Followed over SSE, in the user's one slot (waitForEnd's socket and its subscription would take two); given back before `complete` is written.
+    const updates = sseSubscribe(suite.server.url, suite.owner.accessToken, GenerationUpdatedDocument, { id: generation.id });
+    expect(await within(updates.ended, 60_000, () => 'the generation did not end')).toEqual({ completed: true, errors: undefined });
+    expect(updates.items.at(-1)?.generationUpdated.status).toBe('SUCCEEDED');
 
     // The replay of the whole answer, over a socket that reads nothing once the request is out.
     const { hostname, port } = new URL(suite.server.url);

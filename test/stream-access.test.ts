@@ -273,10 +273,11 @@ describe(`an archived project's history stays readable (${databaseKind})`, () =>
       accessOf: (userIds, generationIds) => worker.run((tx) => generationStore.accessOf(tx, userIds, generationIds)),
       intervalMs: 20,
       maxPerUser: 100,
+      maxPerAddress: 100,
       logger: createLogger('silent'),
     });
     const bus = createMemoryEventBus();
-    const viewer = { id: team.owner, accessToken: 'a token' };
+    const viewer = { id: team.owner, accessToken: 'a token', address: '127.0.0.1' };
     const scope = as(database.db, team.owner);
     const replay = await access.watch(viewer, team.generationId, () => buildLogs({ scope, bus, generationId: team.generationId }));
     try {

@@ -18,8 +18,9 @@ import { collect, isContiguousFromZero, liveClient } from './support/live.js';
 // completion, and many subscribers of one generation.
 
 describe(`generation streams over graphql-ws (${databaseKind})`, () => {
-  // Slow enough that a client can leave and come back mid-stream.
-  const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '25' });
+  // Slow enough that a client can leave and come back mid-stream. The 100 sockets of one user
+  // below, a subscription each, hold 200 live streams: LIVE_STREAMS_PER_USER's default, no room to spare.
+  const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '25', LIVE_STREAMS_PER_USER: '300' });
 
   const start = (prompt: string) => startInNewProject(suite.owner, prompt);
 

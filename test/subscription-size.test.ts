@@ -21,8 +21,9 @@ const refusal = {
 };
 
 describe(`subscriptions held to 16 KiB of document, variables and extensions (${databaseKind})`, () => {
-  // Two slots: a refused SSE stream that kept its slot would leave none for the streams after it.
-  const suite = useGenerationServer({ LIVE_STREAMS_PER_USER: '2' });
+  // Three slots: a socket and one subscription on it, with room for the last test's socket while
+  // the server lets it go; and three refused SSE streams that kept theirs would leave none for the stream after them.
+  const suite = useGenerationServer({ LIVE_STREAMS_PER_USER: '3' });
   const updated = print(GenerationUpdatedDocument);
   let user: TestUser;
   let generationId: string;

@@ -72,8 +72,9 @@ const config = parseConfig({
   LOG_LEVEL: 'silent',
   MAX_ACTIVE_GENERATIONS_PER_USER: '20',
   WS_MAX_SUBSCRIPTIONS: '100',
-  // Every viewer here is the same user (signing up thousands would dominate the set-up).
+  // Every viewer here is the same user (signing up thousands would dominate the set-up), on 127.0.0.1.
   LIVE_STREAMS_PER_USER: '100000',
+  LIVE_STREAMS_PER_ADDRESS: '100000',
   // Hundreds of sockets connect at once here; on a loaded machine some wait longer than the default 3 s for their turn.
   WS_CONNECTION_INIT_TIMEOUT_MS: '60000',
 });

@@ -11,10 +11,12 @@ import { DatabaseUnavailableError } from '../db/outage.js';
 import type { Claims } from '../db/scope.js';
 import { type Deadline, Deadlines } from '../deadlines.js';
 import { AuthError } from '../errors.js';
+import { TooManyStreamsError } from '../generations/stream-access.js';
 import type { Logger } from '../observability/logger.js';
 import { bearerToken } from './context.js';
 import { MAX_SUBSCRIPTION_BYTES } from './limits.js';
 import { publicError, publicResult } from './public-result.js';
+import { addressBlock } from './rate-limit.js';
 
 // graphql-ws (the graphql-transport-ws protocol) on the HTTP server's port and path.
 // Every operation goes through Yoga's envelop (the same plugins, masking and context
@@ -24,7 +26,10 @@ import { publicError, publicResult } from './public-result.js';
 // later when the token expires (a deadline at `exp`) or its session is revoked (every
 // socket's token is verified again every WS_AUTH_RECHECK_MS); 4408 when no
 // connection_init arrives within WS_CONNECTION_INIT_TIMEOUT_MS; 4429 'Too many open
-// connections' beyond LIVE_STREAMS_PER_USER sockets and SSE streams of one user; 1013
+// connections' at connection_init when the user already holds LIVE_STREAMS_PER_USER live
+// streams (sockets, SSE streams and the subscriptions on sockets together), and 4429 'Too
+// many open connections from this address' when the client's address holds
+// LIVE_STREAMS_PER_ADDRESS across its users (generations/stream-access.ts); 1013
 // 'Try again later' when the token cannot be verified because the database is still
 // unreachable after the outage window (db/outage.ts: until then connection_init waits),
 // which graphql-ws clients retry, where they give up at 4500; the protocol's own codes
@@ -32,7 +37,8 @@ import { publicError, publicResult } from './public-result.js';
 // upgrade from a browser Origin that is not in CORS_ORIGINS (when set) is refused with
 // HTTP 403 before any socket exists, and one to PREVIEW_ORIGIN (no API there) with 404.
 // Beyond WS_MAX_SUBSCRIPTIONS operations at once, one more fails on its own with
-// TOO_MANY_SUBSCRIPTIONS and the socket stays open.
+// TOO_MANY_SUBSCRIPTIONS and the socket stays open; so does a subscription beyond either
+// live-stream cap, with TOO_MANY_STREAMS (a last result, then complete: its resolver is refused).
 // Pings every WS_KEEPALIVE_MS drop peers that stop answering (a peer that stops
 // reading stops answering too).
 
@@ -47,8 +53,11 @@ export interface WebSocketOptions {
   maxSubscriptions: number;
   keepAliveMs: number;
   authRecheckMs: number;
-  /** Counts a user's socket against LIVE_STREAMS_PER_USER: its release, or null when the user is at the cap. */
-  acquireConnection: (userId: string) => (() => void) | null;
+  /**
+   * Counts a socket against LIVE_STREAMS_PER_USER and LIVE_STREAMS_PER_ADDRESS (the address as
+   * `addressBlock` gives it): its release; throws TooManyStreamsError at either cap.
+   */
+  acquireConnection: (userId: string, address: string) => () => void;
   /** The largest message a client may send (default 1 MiB); the same limit as an HTTP body. */
   maxMessageBytes?: number;
   /** The client's address, from the upgrade request (rate limits). */
@@ -155,9 +164,12 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
         }
         if (socket.readyState !== socket.OPEN) return false; // gone while we verified
         const { exp, sub: userId } = claims;
-        const release = options.acquireConnection(userId);
-        if (!release) {
-          socket.close(CloseCode.TooManyInitialisationRequests, 'Too many open connections');
+        let release: () => void;
+        try {
+          release = options.acquireConnection(userId, addressBlock(ctx.extra.request.clientIp));
+        } catch (error) {
+          if (!(error instanceof TooManyStreamsError)) throw error;
+          socket.close(CloseCode.TooManyInitialisationRequests, error.per === 'address' ? 'Too many open connections from this address' : 'Too many open connections');
           return false;
         }
         const connection: Connection = { socket, token, release };

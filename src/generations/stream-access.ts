@@ -15,8 +15,15 @@ import type { LiveStream } from './streams.js';
 // query, check or wrapper runs per message: the stream itself can be ended from here
 // (LiveStream.end), and says when it is over (LiveStream.closed).
 //
-// The same registry caps what one user keeps open (LIVE_STREAMS_PER_USER): SSE
-// streams, counted here, and WebSocket connections, counted by the transport.
+// The same registry caps what one user keeps open (LIVE_STREAMS_PER_USER), and what one
+// client address keeps open across its users (LIVE_STREAMS_PER_ADDRESS; accounts are
+// free, addresses are not): every stream watched here, whatever its transport (an SSE
+// stream, a subscription on a graphql-ws socket), and every WebSocket connection,
+// acquired by the transport. Each held subscription keeps its subscribe message and its
+// context in memory, so counting sockets alone would let one user hold
+// WS_MAX_SUBSCRIPTIONS of them per socket. A slot is given back when its stream is over
+// (completed, ended, or returned by its consumer: an SSE client gone, a graphql-ws
+// `complete` or socket close) or its socket closes.
 
 export interface StreamAccessOptions {
   /** The auth provider's stillValid: the tokens among these that are unexpired and whose session is live. */
@@ -24,8 +31,10 @@ export interface StreamAccessOptions {
   /** The (user, generation) pairs among these where the user is a member of the generation's project. */
   accessOf: (userIds: string[], generationIds: string[]) => Promise<{ userId: string; generationId: string; archivedAt: Date | null }[]>;
   intervalMs: number;
-  /** Open SSE streams plus WebSocket connections of one user. */
+  /** Live streams (SSE streams, graphql-ws subscriptions) plus WebSocket connections of one user. */
   maxPerUser: number;
+  /** The same, of one client address (`StreamViewer.address`) across all its users. */
+  maxPerAddress: number;
   logger: Logger;
   /** The wall clock, in milliseconds (tests may shift it); token expiries fall due by it. */
   now?: () => number;
@@ -36,25 +45,37 @@ export interface StreamViewer {
   accessToken: string;
   /** The token's `exp` claim, in seconds since the epoch. */
   exp?: number;
+  /** The client's address as the per-address rate limits count it (an IPv4 address, an IPv6 /64: api/rate-limit.ts addressBlock). */
+  address: string;
 }
 
 export interface StreamAccess {
   /**
-   * The stream, ended with a typed error once the viewer's access ends. `countsAsConnection`
-   * (SSE, where a stream is a connection of its own) counts it against the per-user cap:
-   * beyond it the stream is refused with TooManyStreamsError.
+   * The stream, ended with a typed error once the viewer's access ends. It counts against the
+   * viewer's and the address's caps until it is over: beyond either it is refused, before it
+   * opens, with TooManyStreamsError.
    */
-  watch<T>(viewer: StreamViewer, generationId: string, open: () => Promise<LiveStream<T>>, options?: { countsAsConnection?: boolean }): Promise<LiveStream<T>>;
-  /** A live connection of a user (a WebSocket): the release function, or null when over the cap. */
-  acquireConnection(userId: string): (() => void) | null;
+  watch<T>(viewer: StreamViewer, generationId: string, open: () => Promise<LiveStream<T>>): Promise<LiveStream<T>>;
+  /** A live connection (a WebSocket) of a user from an address: its release; throws TooManyStreamsError beyond either cap. */
+  acquireConnection(userId: string, address: string): () => void;
   close(): void;
 }
 
-/** Beyond LIVE_STREAMS_PER_USER: close a stream or a socket first (code TOO_MANY_STREAMS). */
+/**
+ * Beyond LIVE_STREAMS_PER_USER (`per: 'user'`) or LIVE_STREAMS_PER_ADDRESS (`per: 'address'`):
+ * complete a subscription or close a stream or a socket first (code TOO_MANY_STREAMS).
+ */
 export class TooManyStreamsError extends AppError {
   readonly kind = 'TooManyStreamsError';
-  constructor(readonly limit: number) {
-    super(`Too many live streams and connections open at once for this user (at most ${limit}); close one first.`);
+  constructor(
+    readonly per: 'user' | 'address',
+    readonly limit: number,
+  ) {
+    super(
+      per === 'user'
+        ? `Too many live streams open at once for this user (at most ${limit}, counting sockets, SSE streams and subscriptions together); complete or close one first.`
+        : `Too many live streams open at once from this address (at most ${limit} across all its users, counting sockets, SSE streams and subscriptions together); complete or close one first.`,
+    );
   }
 }
 
@@ -67,24 +88,29 @@ interface Watched {
 }
 
 export function createStreamAccess(options: StreamAccessOptions): StreamAccess {
-  const { stillValid, accessOf, maxPerUser } = options;
+  const { stillValid, accessOf, maxPerUser, maxPerAddress } = options;
   const now = options.now ?? Date.now;
   const log = options.logger.child({ source: 'StreamAccess' });
   const watched = new Set<Watched>();
   const expiries = new Deadlines(now);
-  const connections = new Map<string, number>();
+  /** Slots held, by user id and by address. */
+  const perUser = new Map<string, number>();
+  const perAddress = new Map<string, number>();
 
-  const acquireConnection = (userId: string) => {
-    const open = connections.get(userId) ?? 0;
-    if (open >= maxPerUser) return null;
-    connections.set(userId, open + 1);
+  /** One slot of the user's and one of the address's, or TooManyStreamsError (the user's cap first). */
+  const acquire = (userId: string, address: string): (() => void) => {
+    const user = perUser.get(userId) ?? 0;
+    if (user >= maxPerUser) throw new TooManyStreamsError('user', maxPerUser);
+    const fromAddress = perAddress.get(address) ?? 0;
+    if (fromAddress >= maxPerAddress) throw new TooManyStreamsError('address', maxPerAddress);
+    perUser.set(userId, user + 1);
+    perAddress.set(address, fromAddress + 1);
     let released = false;
     return () => {
       if (released) return;
       released = true;
-      const left = (connections.get(userId) ?? 1) - 1;
-      if (left <= 0) connections.delete(userId);
-      else connections.set(userId, left);
+      giveBack(perUser, userId);
+      giveBack(perAddress, address);
     };
   };
 
@@ -136,9 +162,8 @@ export function createStreamAccess(options: StreamAccessOptions): StreamAccess {
   const timer = setInterval(() => void recheck(), options.intervalMs).unref();
 
   return {
-    async watch<T>(viewer: StreamViewer, generationId: string, open: () => Promise<LiveStream<T>>, watchOptions: { countsAsConnection?: boolean } = {}) {
-      const release = watchOptions.countsAsConnection ? acquireConnection(viewer.id) : () => {};
-      if (!release) throw new TooManyStreamsError(maxPerUser);
+    async watch<T>(viewer: StreamViewer, generationId: string, open: () => Promise<LiveStream<T>>) {
+      const release = acquire(viewer.id, viewer.address);
       let stream: LiveStream<T>;
       try {
         stream = await open();
@@ -156,9 +181,15 @@ export function createStreamAccess(options: StreamAccessOptions): StreamAccess {
       });
       return stream;
     },
-    acquireConnection,
+    acquireConnection: acquire,
     close: () => clearInterval(timer),
   };
+}
+
+function giveBack(counts: Map<string, number>, key: string) {
+  const left = (counts.get(key) ?? 1) - 1;
+  if (left <= 0) counts.delete(key);
+  else counts.set(key, left);
 }
 
 function sessionEnded() {

@@ -339,3 +339,13 @@ describe('OTEL_TRACES_EXPORTER', () => {
     }
   });
 });
+
+describe('live-stream caps', () => {
+  it('default to 200 per user and 1,000 per client address, and take only whole numbers of at least 1', () => {
+    expect(parseConfig({}).subscriptions).toMatchObject({ maxLivePerUser: 200, maxLivePerAddress: 1000 });
+    expect(parseConfig({ LIVE_STREAMS_PER_USER: '3', LIVE_STREAMS_PER_ADDRESS: '50000' }).subscriptions).toMatchObject({ maxLivePerUser: 3, maxLivePerAddress: 50_000 });
+    for (const name of ['LIVE_STREAMS_PER_USER', 'LIVE_STREAMS_PER_ADDRESS']) {
+      for (const bad of ['0', '-1', '2.5', 'many']) expect(problemsOf({ [name]: bad }), `${name}=${bad}`).toEqual([expect.stringMatching(new RegExp(`^${name}: `))]);
+    }
+  });
+});

@@ -10,6 +10,7 @@ import { buildLogs, generationChunks, generationUpdates, type LiveStream } from 
 import { monthlyTokenLimit, setProjectBudget } from '../../projects/projects.js';
 import { builder } from '../builder.js';
 import { type Context, startLimits } from '../context.js';
+import { addressBlock } from '../rate-limit.js';
 import { idFor, idOrNullFor } from './ids.js';
 import { keysetConnection } from './paging.js';
 import { ProjectRef } from './projects.js';
@@ -343,15 +344,16 @@ builder.subscriptionFields((t) => ({
 
 /**
  * The stream, ended with a typed error once the viewer's access ends (token, session,
- * membership, archive). A malformed id, or one of another type, is not found, like an
- * unknown one.
+ * membership, archive). It takes one of the viewer's LIVE_STREAMS_PER_USER and one of the
+ * client address's LIVE_STREAMS_PER_ADDRESS slots until it is over, over SSE and graphql-ws
+ * alike (on a socket, besides the socket's own): beyond either it is refused with
+ * TOO_MANY_STREAMS. A malformed id, or one of another type, is not found, like an unknown one.
  */
 function watched<T>(ctx: Context, generationId: string | null | undefined, open: (generationId: string) => Promise<LiveStream<T>>): Promise<LiveStream<T>> {
   if (!generationId) throw new NotFoundError('Generation not found.');
   const viewer = ctx.viewer!; // authScopes signedIn
   const sse = ctx.transport === 'http';
   // A socket closes itself when its token expires (4403, the client refreshes and reconnects); an SSE stream ends at `exp`.
-  return ctx.useCases.streams.access.watch({ id: viewer.id, accessToken: viewer.accessToken, exp: sse ? viewer.claims.exp : undefined }, generationId, () => open(generationId), {
-    countsAsConnection: sse,
-  });
+  const exp = sse ? viewer.claims.exp : undefined;
+  return ctx.useCases.streams.access.watch({ id: viewer.id, accessToken: viewer.accessToken, exp, address: addressBlock(ctx.clientIp) }, generationId, () => open(generationId));
 }
