@@ -59,14 +59,19 @@ async function handled(socket: RawSocket) {
   await within(socket.waitFor(() => pongs() > before), 20_000, () => 'no pong');
 }
 
-const tooManyStreams = (message: string) => expect.objectContaining({ message: expect.stringContaining(message), extensions: { code: 'TOO_MANY_STREAMS' } });
+/** TOO_MANY_STREAMS of the user's or the address's cap: the message and the extensions say which, and how many. */
+const tooManyStreams = (per: 'user' | 'address', limit: number) =>
+  expect.objectContaining({
+    message: expect.stringContaining(per === 'user' ? `for this user (at most ${limit}` : `from this address (at most ${limit}`),
+    extensions: { code: 'TOO_MANY_STREAMS', per, limit },
+  });
 
 /** Expects operation `id` refused as over SSE: one result, with this error and no data, then complete. */
-async function expectRefused(socket: RawSocket, id: string, message: string) {
+async function expectRefused(socket: RawSocket, id: string, per: 'user' | 'address', limit: number) {
   const messages = await outcomeOf(socket, id);
   expect(messages.map((m) => m.type)).toEqual(['next', 'complete']);
   const { data, errors } = messages[0]!.payload as { data?: unknown; errors?: unknown[] };
-  expect({ data: data ?? null, errors }).toEqual({ data: null, errors: [tooManyStreams(message)] });
+  expect({ data: data ?? null, errors }).toEqual({ data: null, errors: [tooManyStreams(per, limit)] });
 }
 
 /**
@@ -120,7 +125,7 @@ describe(`graphql-ws subscriptions count against LIVE_STREAMS_PER_USER (${databa
 
     // The socket and two subscriptions: the third is one too many.
     socket.subscribe('third', GenerationChunksDocument, chunks);
-    await expectRefused(socket, 'third', 'for this user (at most 3');
+    await expectRefused(socket, 'third', 'user', 3);
     expect(socket.socket.readyState).toBe(socket.socket.OPEN);
     // The first two go on.
     const [first, second] = [results(socket, 'first').length, results(socket, 'second').length];
@@ -133,7 +138,7 @@ describe(`graphql-ws subscriptions count against LIVE_STREAMS_PER_USER (${databa
     socket.subscribe('again', GenerationChunksDocument, chunks);
     await streamed(socket, 'again');
     socket.subscribe('fourth', GenerationChunksDocument, chunks);
-    await expectRefused(socket, 'fourth', 'for this user (at most 3');
+    await expectRefused(socket, 'fourth', 'user', 3);
 
     // Another user (on the same address) has slots of their own.
     const theirs = await socketOf(suite.server, cleanups, other);
@@ -153,14 +158,14 @@ describe(`graphql-ws subscriptions count against LIVE_STREAMS_PER_USER (${databa
     await streamed(socket, 'first');
     await streamed(socket, 'second');
     socket.subscribe('third', GenerationChunksDocument, chunks);
-    await expectRefused(socket, 'third', 'for this user (at most 3');
+    await expectRefused(socket, 'third', 'user', 3);
     socket.close();
     await socket.closed;
 
     // The socket and both its subscriptions are let go: a new socket runs two again, and no more.
     const replacement = await streamingOnceRoom(suite.server, cleanups, owner, generation.id, ['first', 'second']);
     replacement.subscribe('third', GenerationChunksDocument, chunks);
-    await expectRefused(replacement, 'third', 'for this user (at most 3');
+    await expectRefused(replacement, 'third', 'user', 3);
   });
 });
 
@@ -185,12 +190,12 @@ describe(`LIVE_STREAMS_PER_ADDRESS counts every user of one address (${databaseK
 
     // Each user is far below LIVE_STREAMS_PER_USER (200), and still refused.
     secondSocket.subscribe('more', GenerationChunksDocument, chunks);
-    await expectRefused(secondSocket, 'more', 'from this address (at most 4');
+    await expectRefused(secondSocket, 'more', 'address', 4);
     expect(secondSocket.socket.readyState).toBe(secondSocket.socket.OPEN);
     const sse = sseSubscribe(suite.server.url, third.accessToken, GenerationChunksDocument, chunks);
     cleanups.push(async () => sse.abort());
     const sseOutcome = await within(sse.ended, 20_000, () => 'the SSE stream was not refused');
-    expect(sseOutcome).toEqual({ completed: true, errors: [tooManyStreams('from this address (at most 4')] });
+    expect(sseOutcome).toEqual({ completed: true, errors: [tooManyStreams('address', 4)] });
     const extra = await RawSocket.open(suite.server.url);
     cleanups.push(async () => extra.close());
     extra.send({ type: 'connection_init', payload: { authorization: `Bearer ${third.accessToken}` } });

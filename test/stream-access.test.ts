@@ -200,7 +200,7 @@ describe(`live streams per user (${databaseKind})`, () => {
       // A third over SSE: refused on its own stream.
       const refused = sseSubscribe(suite.server.url, owner.accessToken, GenerationUpdatedDocument, { id: generation.id });
       const outcome = await within(refused.ended, 20_000, () => 'the third stream was not refused');
-      expect(outcome.errors).toEqual([expect.objectContaining({ extensions: { code: 'TOO_MANY_STREAMS' } })]);
+      expect(outcome.errors).toEqual([expect.objectContaining({ extensions: { code: 'TOO_MANY_STREAMS', per: 'user', limit: 2 } })]);
       expect(outcome.errors![0]!.message).toContain('at most 2');
       // A third as a socket: closed at connection_init.
       const extra = await RawSocket.open(suite.server.url);

@@ -2,6 +2,7 @@ import { type ExecutionResult, GraphQLError, type GraphQLErrorOptions } from 'gr
 import { isAsyncIterable, type Plugin } from 'graphql-yoga';
 import { DatabaseUnavailableError } from '../db/outage.js';
 import { AppError, ValidationError } from '../errors.js';
+import { TooManyStreamsError } from '../generations/stream-access.js';
 import { SlowConsumerError } from '../generations/streams.js';
 
 /**
@@ -45,6 +46,9 @@ export function expected(error: unknown, located?: GraphQLError): GraphQLError |
   const at = { nodes: located?.nodes, path: located?.path };
   if (error instanceof SlowConsumerError) {
     return new GraphQLError(error.message, { ...at, extensions: { code: error.code, lastSeq: error.lastSeq } });
+  }
+  if (error instanceof TooManyStreamsError) {
+    return new GraphQLError(error.message, { ...at, extensions: { code: 'TOO_MANY_STREAMS', per: error.per, limit: error.limit } });
   }
   if (error instanceof ValidationError) {
     return new GraphQLError(error.message, { ...at, extensions: { code: 'BAD_USER_INPUT', fieldErrors: error.fieldErrors } });
