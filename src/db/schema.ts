@@ -217,7 +217,10 @@ export const generations = pgTable(
     index('generations_parent_id_idx').on(t.parentId),
     index('generations_retry_of_idx').on(t.retryOf),
     index('generations_restored_from_idx').on(t.restoredFrom),
-    index('generations_session_idx').on(t.projectId, t.sessionId),
+    // A session's generations newest first, in the order a page asks for (generationStore.pageOfProjects),
+    // so Project.generations(sessionId:) reads a page and stops; its prefix serves the session's other
+    // reads (a run in progress, the latest success).
+    index('generations_session_created_idx').on(t.projectId, t.sessionId, t.createdAt.desc(), t.id.desc()),
     index('generations_active_idx').on(t.status).where(sql`${t.status} in ('QUEUED', 'RUNNING')`),
     check('generations_prompt_length', sql`char_length(${t.prompt}) between 1 and 20000`),
     check('generations_tokens_positive', sql`${t.inputTokens} >= 0 and ${t.outputTokens} >= 0`),

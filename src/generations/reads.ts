@@ -7,19 +7,20 @@ import { type GenerationPageOptions, type GenerationRow, type GenerationStatus, 
 export const generationReads = {
   /**
    * A page of generations of each of several projects, for each request (its project, size,
-   * keyset and statuses), with each list's totalCount: one transaction, two statements for
-   * each kind of page asked for (requests alike in all but their project share them).
+   * keyset, statuses and session), with each list's totalCount: one transaction, two statements
+   * for each kind of page asked for (requests alike in all but their project share them).
    */
   pages: (scope: Scope, requests: readonly GenerationPageRequest[]) =>
     scope.run(async (tx) => {
       const answers = new Map<GenerationPageRequest, GenerationPage>();
-      for (const alike of groupBy(requests, (request) => JSON.stringify([request.limit, request.after, distinct(request.status)])).values()) {
-        const { limit, after } = alike[0]!;
+      const kindOf = (request: GenerationPageRequest) => JSON.stringify([request.limit, request.after, distinct(request.status), request.sessionId]);
+      for (const alike of groupBy(requests, kindOf).values()) {
+        const { limit, after, sessionId } = alike[0]!;
         // Each status once: a list of 70,000 repeats, a parameter each, is past what one statement may take.
         const status = distinct(alike[0]!.status);
         const projectIds = [...new Set(alike.map((request) => request.projectId))];
-        const rows = groupBy(await generationStore.pageOfProjects(tx, projectIds, limit, { after, status }), (row) => row.projectId);
-        const counts = new Map((await generationStore.countOfProjects(tx, projectIds, status)).map((row) => [row.projectId, row.total]));
+        const rows = groupBy(await generationStore.pageOfProjects(tx, projectIds, limit, { after, status, sessionId }), (row) => row.projectId);
+        const counts = new Map((await generationStore.countOfProjects(tx, projectIds, { status, sessionId })).map((row) => [row.projectId, row.total]));
         for (const request of alike) answers.set(request, { rows: rows.get(request.projectId) ?? [], totalCount: counts.get(request.projectId) ?? 0 });
       }
       return requests.map((request): GenerationPage => answers.get(request)!);
@@ -60,7 +61,7 @@ export const generationReads = {
     scope.run((tx) => generationStore.usageOfProjects(tx, projectIds, MONTH_OF_NOW)),
 };
 
-/** A page of one project's generations (generationReads.pages): `limit` rows, newest first, after the keyset `after`. */
+/** A page of one project's generations (generationReads.pages): `limit` rows, newest first, after the keyset `after`; of `status` and of one session, if given. */
 export interface GenerationPageRequest extends GenerationPageOptions {
   projectId: string;
   limit: number;

@@ -85,10 +85,28 @@ const isActive = sql`${generations.status} in (${sql.raw(ACTIVE_STATUSES.map((st
 /** Ids are uuids: a name or a global id is checked against this before a query (a uuid column refuses anything else). */
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-/** Options of a page of a project's generations (pageOfProjects). */
+/** Options of a page of a project's generations (pageOfProjects, countOfProjects). */
 export interface GenerationPageOptions {
   after?: { createdAt: Date; id: string };
   status?: GenerationStatus[];
+  /** Only the generations of this session (the id of the generation that started it). */
+  sessionId?: string;
+}
+
+/**
+ * Newest first, in the order of generations_project_created_idx and generations_session_created_idx
+ * (`desc()` in drizzle is DESC NULLS LAST): a plain `desc` (nulls first) would not match them, and
+ * a page would read all of a project's generations and sort them. Neither column is ever null.
+ */
+const NEWEST_FIRST = [sql`${generations.createdAt} desc nulls last`, sql`${generations.id} desc nulls last`];
+
+/** What `options` (but its keyset) asks of the generations of the project `p.id`: the condition of a page and of its count. */
+function ofProjectPage(options: Omit<GenerationPageOptions, 'after'>) {
+  return and(
+    sql`${generations.projectId} = p.id`,
+    options.sessionId !== undefined ? eq(generations.sessionId, options.sessionId) : undefined,
+    options.status?.length ? inArray(generations.status, options.status) : undefined,
+  );
 }
 
 /**
@@ -139,9 +157,11 @@ export const generationStore = {
   },
 
   /**
-   * A page of each project's generations, newest first, keyset on (created_at, id): `limit`
-   * of each of `projectIds` in one statement, each project's read through the index as a
-   * query of its own would (a lateral subquery per project), ordered by project, then newest first.
+   * A page of each project's generations (of one session, if given), newest first, keyset on
+   * (created_at, id): `limit` of each of `projectIds` in one statement, each project's read
+   * through an index in that order as a query of its own would (a lateral subquery per project;
+   * generations_project_created_idx, or generations_session_created_idx for a session), ordered
+   * by project, then newest first.
    */
   async pageOfProjects(tx: Tx, projectIds: readonly string[], limit: number, options: GenerationPageOptions): Promise<GenerationRow[]> {
     const after = options.after;
@@ -150,12 +170,11 @@ export const generationStore = {
       .from(generations)
       .where(
         and(
-          sql`${generations.projectId} = p.id`,
-          options.status?.length ? inArray(generations.status, options.status) : undefined,
+          ofProjectPage(options),
           after ? or(lt(generations.createdAt, after.createdAt), and(eq(generations.createdAt, after.createdAt), lt(generations.id, after.id))) : undefined,
         ),
       )
-      .orderBy(desc(generations.createdAt), desc(generations.id))
+      .orderBy(...NEWEST_FIRST)
       .limit(limit);
     return tx
       .select()
@@ -164,12 +183,12 @@ export const generationStore = {
       .orderBy(asc(generations.projectId), desc(generations.createdAt), desc(generations.id));
   },
 
-  /** How many generations each of `projectIds` has (of `status`, if given), each counted through the index as a query of its own would. */
-  async countOfProjects(tx: Tx, projectIds: readonly string[], status?: GenerationStatus[]): Promise<{ projectId: string; total: number }[]> {
+  /** How many generations each of `projectIds` has (of `status` and of one session, if given), each counted through the index as a query of its own would. */
+  async countOfProjects(tx: Tx, projectIds: readonly string[], options: Omit<GenerationPageOptions, 'after'> = {}): Promise<{ projectId: string; total: number }[]> {
     const counted = tx
       .select({ total: sql<number>`count(*)::int` })
       .from(generations)
-      .where(and(sql`${generations.projectId} = p.id`, status?.length ? inArray(generations.status, status) : undefined));
+      .where(ofProjectPage(options));
     return rowsOf(await tx.execute(sql`select p.id as "projectId", (${counted}) as total from ${idRows(projectIds, 'p')}`));
   },
 

@@ -2,8 +2,8 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import type { Locator, Page } from 'playwright-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { AddProjectMemberDocument, CancelGenerationDocument, RemoveProjectMemberDocument, SignOutDocument } from '../gql/graphql.js';
-import { createProject, PASSWORD, signIn as signInOverApi, signUp as signUpOverApi, uniqueEmail } from '../support/fixtures.js';
+import { AddProjectMemberDocument, CancelGenerationDocument, RemoveProjectMemberDocument, SignOutDocument, type StartGenerationInput } from '../gql/graphql.js';
+import { createProject, PASSWORD, signIn as signInOverApi, signUp as signUpOverApi, type TestUser, uniqueEmail } from '../support/fixtures.js';
 import { repoRoot, startAccepted, waitForEnd } from '../support/generation-helpers.js';
 import { useGenerationServer } from '../support/suite-server.js';
 import { type BrowserSession, chromiumMissing, outputDir, useBrowser } from './browser.js';
@@ -35,6 +35,16 @@ const textOf = async (locator: Locator) => ((await locator.count()) > 0 ? await 
 const shot = (page: Page, name: string, fullPage = true) => page.screenshot({ path: join(outputDir, 'web-client-more', `${name}.png`), fullPage });
 /** Whether `locator` has the focus (the client moves it in an effect, after the render: poll it). */
 const focused = (locator: Locator) => locator.evaluate((element) => element === document.activeElement);
+
+/** A generation started and cancelled, once it has ended: the next one of its session may start. */
+async function startEnded(owner: TestUser, input: StartGenerationInput) {
+  const started = await startAccepted(owner.client, input);
+  const { cancelGeneration } = await owner.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
+  // A QUEUED one ends at once; a RUNNING one within a second.
+  if (cancelGeneration.__typename !== 'Generation' || cancelGeneration.status !== 'CANCELLED') {
+    await waitForEnd(suite.server, owner.client, owner.accessToken, started.id);
+  }
+}
 
 /** A new tab of `session` in which `email` signs in (or up), showing the projects. */
 async function signedInTab(session: BrowserSession, email: string, action: 'Sign in' | 'Sign up' = 'Sign in') {
@@ -85,7 +95,7 @@ describe.skipIf(chromiumMissing)('the web client past a page', () => {
     }
   });
 
-  it('shows a version older than the project’s last 100 generations after Show older versions', async () => {
+  it('lists the versions of a session whatever the project made between them, with no Show older versions', async () => {
     const { server } = suite;
     const email = uniqueEmail('e2e-many-versions');
     const owner = await signUpOverApi(server, email);
@@ -93,34 +103,25 @@ describe.skipIf(chromiumMissing)('the web client past a page', () => {
     const first = await startAccepted(owner.client, { projectId: project.id, prompt: 'A packing list' });
     expect((await waitForEnd(server, owner.client, owner.accessToken, first.id)).status).toBe('SUCCEEDED');
     // A hundred generations of other sessions, then a follow-up of the first: its session's v1 is
-    // the project's 102nd generation, past the first page.
+    // the project's 102nd generation, past the project's first page but on its session's.
     for (let i = 0; i < PAST_A_PAGE - 1; i++) {
       const other = await startAccepted(owner.client, { projectId: project.id, prompt: `Other app ${i}` });
       await owner.client.expectNoErrors(CancelGenerationDocument, { id: other.id });
     }
-    await startAccepted(owner.client, { projectId: project.id, prompt: 'Sort it by weight', sessionId: first.sessionId });
+    const followUp = await startAccepted(owner.client, { projectId: project.id, prompt: 'Sort it by weight', sessionId: first.sessionId });
 
     const { page, errors } = await signedInTab(browser, email);
     try {
       await page.getByRole('link', { name: 'Long history', exact: true }).click();
       const versions = page.getByRole('complementary', { name: 'Versions' });
-      await versions.waitFor();
-      expect(await versions.getByRole('listitem').count()).toBe(1);
-      // Older versions of its session may come first: it is not numbered yet.
-      expect(await versions.getByRole('button', { name: /^Show the version of / }).count()).toBe(1);
-      expect(await versions.getByRole('button', { name: 'Show version 1', exact: true }).count()).toBe(0);
-
-      const older = versions.getByRole('button', { name: 'Show older versions' });
-      await shot(page, '3-show-older-versions');
-      await older.click();
-      const v1 = versions.getByRole('button', { name: 'Show version 1', exact: true });
       await versions.getByRole('button', { name: 'Show version 2', exact: true }).waitFor();
       expect(await versions.getByRole('listitem').count()).toBe(2);
       expect(await textOf(versions.getByRole('listitem').first())).toContain('A packing list');
-      expect(await older.count()).toBe(0);
-      // The button went with the last page: the focus is on the version it brought.
-      await expect.poll(() => focused(v1)).toBe(true);
-      await shot(page, '4-older-versions');
+      // Every version of the session is there: nothing older to ask for, and Generate knows what comes next.
+      expect(await versions.getByRole('button', { name: 'Show older versions' }).count()).toBe(0);
+      expect(await page.getByText('Follow-up in this session (version 3)').count()).toBe(1);
+      await shot(page, '3-versions-past-other-sessions');
+      await waitForEnd(server, owner.client, owner.accessToken, followUp.id);
       expect(errors).toEqual([]);
     } finally {
       await page.close();
@@ -155,18 +156,16 @@ describe.skipIf(chromiumMissing)('the web client past a page', () => {
     }
   });
 
-  it('says so when the older generations are all of other sessions, and stays busy meanwhile', async () => {
+  it('shows the versions of a session past its first page after Show older versions, one page of them, busy meanwhile', async () => {
     const { server } = suite;
-    const email = uniqueEmail('e2e-fresh-session');
+    const email = uniqueEmail('e2e-long-session');
     const owner = await signUpOverApi(server, email);
-    const project = await createProject(owner.client, { name: 'Many sessions', target: 'FLUTTER' });
-    // 101 generations, each a session of its own, then a new session: its one version is on the first page.
-    for (let i = 0; i < PAST_A_PAGE; i++) {
-      const other = await startAccepted(owner.client, { projectId: project.id, prompt: `Other app ${i}` });
-      await owner.client.expectNoErrors(CancelGenerationDocument, { id: other.id });
-    }
-    const fresh = await startAccepted(owner.client, { projectId: project.id, prompt: 'A fresh start' });
-    expect((await waitForEnd(server, owner.client, owner.accessToken, fresh.id)).status).toBe('SUCCEEDED');
+    const project = await createProject(owner.client, { name: 'Long session', target: 'FLUTTER' });
+    // Another session's generation, then a session of 101 versions: its v1 is one past its first page.
+    await startEnded(owner, { projectId: project.id, prompt: 'Another app' });
+    const first = await startAccepted(owner.client, { projectId: project.id, prompt: 'A packing list' });
+    expect((await waitForEnd(server, owner.client, owner.accessToken, first.id)).status).toBe('SUCCEEDED');
+    for (let i = 2; i <= PAST_A_PAGE; i++) await startEnded(owner, { projectId: project.id, prompt: `Change ${i}`, sessionId: first.sessionId });
 
     const { page, errors } = await signedInTab(browser, email);
     try {
@@ -175,39 +174,50 @@ describe.skipIf(chromiumMissing)('the web client past a page', () => {
       const released = new Promise<void>((resolve) => (release = resolve));
       let asked = () => {};
       const olderAsked = new Promise<void>((resolve) => (asked = resolve));
+      /** The sessions of the older pages asked for. */
+      const olderPages: unknown[] = [];
       await page.route('**/graphql', async (route) => {
-        const body = route.request().postDataJSON() as { query?: string; variables?: { after?: string } } | null;
+        const body = route.request().postDataJSON() as { query?: string; variables?: { after?: string; sessionId?: string } } | null;
         if (body?.query?.includes('ProjectVersions') && body.variables?.after) {
+          olderPages.push(body.variables.sessionId);
           asked();
           await released;
         }
         await route.fallback();
       });
-      await page.getByRole('link', { name: 'Many sessions', exact: true }).click();
+      await page.getByRole('link', { name: 'Long session', exact: true }).click();
       const versions = page.getByRole('complementary', { name: 'Versions' });
       await versions.waitFor();
-      expect(await versions.getByRole('listitem').count()).toBe(1);
+      expect(await versions.getByRole('listitem').count()).toBe(100);
+      // Older versions of its session come first: they are not numbered yet.
+      expect(await versions.getByRole('button', { name: /^Show the version of / }).count()).toBe(100);
+      expect(await versions.getByRole('button', { name: 'Show version 1', exact: true }).count()).toBe(0);
+      expect(await page.getByText('Follow-up in this session', { exact: true }).count()).toBe(1);
       const older = versions.getByRole('button', { name: 'Show older versions' });
+      await shot(page, '4-show-older-versions', false);
       await older.click();
       await olderAsked;
 
       // A follow-up, and a reload of the first page while the older one loads (Show asks for it):
-      // the button stays busy.
-      const followUp = await startAccepted(owner.client, { projectId: project.id, prompt: 'Make it blue', sessionId: fresh.sessionId });
+      // the button stays busy, and the versions the new first page pushed out stay.
+      const followUp = await startAccepted(owner.client, { projectId: project.id, prompt: 'Make it blue', sessionId: first.sessionId });
       await versions.getByRole('listitem').first().getByRole('button', { name: /^Show / }).click();
-      await expect.poll(() => versions.getByRole('listitem').count()).toBe(2);
+      await expect.poll(() => versions.getByRole('listitem').count()).toBe(PAST_A_PAGE);
       expect(await older.getAttribute('aria-disabled')).toBe('true');
-      const said = versions.locator('[aria-live="polite"]');
 
       release();
-      await expect.poll(() => textOf(said)).toBe('No older versions in this session.');
-      // The focus does not fall to <body> with the button: it is on the versions' heading.
-      await expect.poll(() => focused(versions.getByRole('heading', { name: 'Versions' }))).toBe(true);
+      const v1 = versions.getByRole('button', { name: 'Show version 1', exact: true });
+      await v1.waitFor();
+      // Every page is loaded: the versions are numbered, and the button went with the last page.
+      expect(await versions.getByRole('listitem').count()).toBe(PAST_A_PAGE + 1);
+      expect(await versions.getByRole('button', { name: `Show version ${PAST_A_PAGE + 1}`, exact: true }).count()).toBe(1);
+      expect(await textOf(versions.getByRole('listitem').first())).toContain('A packing list');
       expect(await older.count()).toBe(0);
-      // Every page is loaded: the versions are numbered.
-      await versions.getByRole('button', { name: 'Show version 2', exact: true }).waitFor();
-      expect(await textOf(versions.getByRole('listitem').first())).toContain('A fresh start');
-      await shot(page, '4b-no-older-versions');
+      // The focus is on the version the page brought, not on <body> with the button.
+      await expect.poll(() => focused(v1)).toBe(true);
+      await shot(page, '4b-older-versions', false);
+      // One page of the session's own, no walk through the project's.
+      expect(olderPages).toEqual([first.sessionId]);
       await waitForEnd(server, owner.client, owner.accessToken, followUp.id);
       expect(errors).toEqual([]);
     } finally {

@@ -206,13 +206,31 @@ const generationPages = createContextCache(
   (ctx: Context) => new DataLoader<GenerationPageRequest, GenerationPage>((requests) => generationReads.pages(ctx.db, requests)),
 );
 
+/** A session's id as Generation.sessionId gives it and startGeneration takes it: the uuid of the generation that started the session. */
+const sessionIdShape = z.uuid('Not a valid session id.');
+
 builder.objectFields(ProjectRef, (t) => ({
   generations: t.connection({
     type: GenerationRef,
-    description: 'Newest first.',
-    args: { status: t.arg({ type: [GenerationStatusEnum], required: false }) },
+    description: 'Newest first, of every session or of one (sessionId); totalCount counts the generations the arguments select.',
+    args: {
+      status: t.arg({ type: [GenerationStatusEnum], required: false }),
+      sessionId: t.arg.id({
+        required: false,
+        description: "Only this session's generations: a Generation.sessionId (not a global id). One that is not a uuid is a validation error; one of no session of the project, an empty list.",
+        validate: sessionIdShape.nullish(),
+      }),
+    },
     resolve: (project, args, ctx) =>
-      keysetConnection(args, ({ limit, after }) => generationPages(ctx).load({ projectId: project.id, limit, after, status: args.status ?? undefined })),
+      keysetConnection(args, ({ limit, after }) =>
+        generationPages(ctx).load({
+          projectId: project.id,
+          limit,
+          after,
+          status: args.status ?? undefined,
+          sessionId: args.sessionId == null ? undefined : String(args.sessionId).toLowerCase(),
+        }),
+      ),
   }),
   usage: t.loadable({
     type: ProjectUsageRef,
@@ -244,7 +262,7 @@ const StartGenerationInput = builder.inputType('StartGenerationInput', {
   fields: (t) => ({
     projectId: t.globalID({ required: true }).validate(idFor('Project')),
     prompt: t.string({ required: true, validate: generationPrompt }),
-    sessionId: t.id({ validate: z.uuid('Not a valid session id.').nullish() }),
+    sessionId: t.id({ validate: sessionIdShape.nullish() }),
     parentGenerationId: t.globalID().validate(idFor('Generation')),
     maxFixRounds: t.int({ validate: maxFixRounds.nullish() }),
   }),

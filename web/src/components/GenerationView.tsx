@@ -115,7 +115,6 @@ export function GenerationView({
   canEdit,
   focusAction = false,
   onSettled,
-  onSession,
   onRetried,
 }: {
   id: string;
@@ -123,8 +122,6 @@ export function GenerationView({
   /** Focus Cancel or Retry once it shows: this view replaced the one whose Retry had the focus. */
   focusAction?: boolean;
   onSettled: () => void;
-  /** The generation's session, once known: a follow-up continues it. */
-  onSession?: (sessionId: string) => void;
   onRetried: (id: string) => void;
 }) {
   const [generation, setGeneration] = useState<GenerationFieldsFragment | null>(null);
@@ -160,12 +157,6 @@ export function GenerationView({
   const nextLine = useRef(0);
   const onSettledRef = useRef(onSettled);
   onSettledRef.current = onSettled;
-  const onSessionRef = useRef(onSession);
-  onSessionRef.current = onSession;
-  const sessionId = generation?.sessionId;
-  useEffect(() => {
-    if (sessionId) onSessionRef.current?.(sessionId);
-  }, [sessionId]);
 
   useEffect(() => {
     let loaded = false;

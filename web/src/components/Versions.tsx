@@ -5,7 +5,7 @@ import { DiffView } from './DiffView';
 
 export type Version = NonNullable<ProjectVersionsQuery['project']>['generations']['edges'][number]['node'];
 type Diff = NonNullable<NonNullable<GenerationDiffQuery['generation']>['diff']>;
-/** The project's older generations: the cursor after which some remain (null: none), whether they are loading, and why they failed. */
+/** The session's older versions: the cursor after which some remain (null: none), whether they are loading, and why they failed. */
 export interface Older {
   after: string | null;
   loading: boolean;
@@ -15,7 +15,7 @@ export interface Older {
 /**
  * The versions of one session, oldest first, with a diff against the previous one and restore
  * (`canRestore`: not for a viewer of the project, whom the server would refuse), and Show older
- * versions above them while the project has older generations than those loaded.
+ * versions above them while the session has older versions than those loaded.
  */
 export function Versions({
   versions,
@@ -40,23 +40,28 @@ export function Versions({
   const diffOpener = useRef<HTMLButtonElement | null>(null);
   const list = useRef<HTMLOListElement>(null);
   const heading = useRef<HTMLHeadingElement>(null);
-  /** What Show older versions found when it brought no version of this session (said politely, and shown). */
-  const [olderNote, setOlderNote] = useState('');
-  /** The oldest version before Show older versions: the focus goes to the first one older than it (the button may go away). */
-  const oldestBefore = useRef<string | null | undefined>(undefined);
+  /**
+   * Show older versions pressed: the oldest version before it (the focus goes to the first one
+   * older than it; the button may go away), and whether its page was seen loading. Until it
+   * was, the effect may be one of a render from before the press, and decides nothing.
+   */
+  const pendingOlder = useRef<{ oldest: string | null; seenLoading: boolean } | undefined>(undefined);
   useEffect(() => {
-    if (oldestBefore.current === undefined || older.loading) return;
-    const index = versions.findIndex((version) => version.id === oldestBefore.current);
-    // The versions the pages brought come before the one that was the oldest (all of them when there was none).
+    const pending = pendingOlder.current;
+    if (!pending) return;
+    if (older.loading) {
+      pending.seenLoading = true;
+      return;
+    }
+    if (!pending.seenLoading) return;
+    pendingOlder.current = undefined;
+    const index = versions.findIndex((version) => version.id === pending.oldest);
+    // The versions the page brought come before the one that was the oldest (all of them when there was none).
     const added = index < 0 ? versions.length : index;
     if (added > 0) list.current?.querySelectorAll<HTMLButtonElement>('li > button.link')[added - 1]?.focus();
-    else if (!older.error) {
-      // The project's older generations are all of other sessions: the button went with them, the focus stays here.
-      setOlderNote('No older versions in this session.');
-      heading.current?.focus();
-    }
-    oldestBefore.current = undefined;
-  }, [versions, older.loading, older.error]);
+    // A page that brought nothing new (the session's versions changed meanwhile): the focus does not fall to <body> with the button.
+    else if (!older.after) heading.current?.focus();
+  }, [versions, older.loading, older.after]);
   const latest = versions.at(-1)?.id;
   /**
    * A version's number in its session (v1: where it started), once no older pages remain; until
@@ -113,8 +118,7 @@ export function Versions({
             aria-disabled={older.loading}
             onClick={() => {
               if (older.loading) return;
-              oldestBefore.current = versions[0]?.id ?? null;
-              setOlderNote('');
+              pendingOlder.current = { oldest: versions[0]?.id ?? null, seenLoading: false };
               void onShowOlder();
             }}
           >
@@ -122,10 +126,6 @@ export function Versions({
           </button>
         </div>
       )}
-      {/* Not role="status": the page's one status is the generation's. */}
-      <p aria-live="polite" className="muted live">
-        {olderNote}
-      </p>
       {older.error && (
         <p role="alert" className="error">
           Older versions could not be loaded. {older.error}

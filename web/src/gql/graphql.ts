@@ -508,8 +508,16 @@ export type GenerationChunksWithRoundSubscriptionVariables = Exact<{
 
 export type GenerationChunksWithRoundSubscription = { generationChunks: { seq: number, round: number, text: string } };
 
+export type LatestGenerationQueryVariables = Exact<{
+  id: string | number;
+}>;
+
+
+export type LatestGenerationQuery = { project: { id: string, generations: { edges: Array<{ node: { id: string, sessionId: string } }> } } | null };
+
 export type ProjectVersionsQueryVariables = Exact<{
   id: string | number;
+  sessionId: string | number;
   after?: string | null | undefined;
 }>;
 
@@ -1345,11 +1353,26 @@ export const GenerationChunksWithRoundDocument = new TypedDocumentString(`
   }
 }
     `) as unknown as TypedDocumentString<GenerationChunksWithRoundSubscription, GenerationChunksWithRoundSubscriptionVariables>;
-export const ProjectVersionsDocument = new TypedDocumentString(`
-    query ProjectVersions($id: ID!, $after: String) {
+export const LatestGenerationDocument = new TypedDocumentString(`
+    query LatestGeneration($id: ID!) {
   project(id: $id) {
     id
-    generations(first: 100, after: $after) {
+    generations(first: 1) {
+      edges {
+        node {
+          id
+          sessionId
+        }
+      }
+    }
+  }
+}
+    `) as unknown as TypedDocumentString<LatestGenerationQuery, LatestGenerationQueryVariables>;
+export const ProjectVersionsDocument = new TypedDocumentString(`
+    query ProjectVersions($id: ID!, $sessionId: ID!, $after: String) {
+  project(id: $id) {
+    id
+    generations(first: 100, after: $after, sessionId: $sessionId) {
       pageInfo {
         hasNextPage
         endCursor

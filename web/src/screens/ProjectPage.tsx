@@ -7,28 +7,37 @@ import { LoadFailed } from '../components/LoadFailed';
 import { promptDraft } from '../drafts';
 import { useFocusOnArrival } from '../focus';
 import { type Older, Versions, type Version } from '../components/Versions';
-import { GenerationUpdatedDocument, ProjectDocument, type ProjectQuery, ProjectVersionsDocument, StartGenerationDocument } from '../gql/graphql';
+import { GenerationUpdatedDocument, LatestGenerationDocument, ProjectDocument, type ProjectQuery, ProjectVersionsDocument, StartGenerationDocument } from '../gql/graphql';
 
 type Project = NonNullable<ProjectQuery['project']>;
 /** The form's one field, by the name a ValidationError's path gives it. */
 const LABELS = { prompt: 'Prompt' };
+/** What a session with no older versions to load shows under Versions. */
+const NO_OLDER: Older = { after: null, loading: false, error: null };
+
+/** The versions of one session loaded so far, newest first. */
+interface SessionVersions {
+  sessionId: string;
+  list: Version[];
+  /** The cursor after which older versions remain (null: none), whether they are loading, and why they failed. */
+  older: Older;
+  /** Older pages were loaded: a reload of the first page keeps them instead of forgetting them. */
+  olderLoaded: boolean;
+}
 
 /** One project: the prompt, the generation being watched, and the versions of its session. */
 export function ProjectPage({ projectId }: { projectId: string }) {
   const [project, setProject] = useState<Project | null | undefined>(undefined);
   /** Why the project could not be loaded (the page offers Retry), until it loads. */
   const [projectError, setProjectError] = useState<string | null>(null);
-  /** The project's generations, newest first; null until the list has loaded once. */
-  const [generations, setGenerations] = useState<Version[] | null>(null);
-  /** Why the list of generations could not be loaded (the last one known, if any, stays shown). */
+  /** The versions of the shown generation's session; undefined until they have loaded once, null while the project has none. */
+  const [listed, setListed] = useState<SessionVersions | null | undefined>(undefined);
+  /** Why the versions could not be loaded (the last ones known, if any, stay shown). */
   const [versionsError, setVersionsError] = useState<string | null>(null);
-  /** The cursor after which older generations remain (null: none), whether they are loading, and why they failed. */
-  const [older, setOlder] = useState<Older>({ after: null, loading: false, error: null });
-  /** Older pages were loaded: a reload of the first page keeps them instead of forgetting them. */
-  const olderLoaded = useRef(false);
-  const [currentId, setCurrentId] = useState<string | null>(null);
-  /** The session of the generation shown, as its view reported it: known even when the list is not. */
-  const [shownSession, setShownSession] = useState<{ id: string; sessionId: string } | null>(null);
+  /** The generation shown and its session; null until there is one. */
+  const [shown, setShown] = useState<{ id: string; sessionId: string } | null>(null);
+  /** The session whose versions the page lists: an answer about another one (the page moved on meanwhile) is dropped. */
+  const wanted = useRef<string | null>(null);
   const [newSession, setNewSession] = useState(false);
   const [error, setError] = useState<string | null>(null);
   /** The reasons a ValidationError gives (a prompt too long, …). */
@@ -37,7 +46,7 @@ export function ProjectPage({ projectId }: { projectId: string }) {
   /** The version a Retry opened: its own Cancel takes the focus, which would otherwise fall to the page. */
   const [retried, setRetried] = useState<string | null>(null);
   // The page shows once the project and its versions answered (the versions may have failed).
-  const ready = Boolean(project) && (generations !== null || versionsError !== null);
+  const ready = Boolean(project) && (listed !== undefined || versionsError !== null);
   const heading = useFocusOnArrival<HTMLHeadingElement>(ready);
   const promptBox = useRef<HTMLTextAreaElement>(null);
   /** The prompt this tab was writing here when its session ended (see drafts.ts). */
@@ -45,48 +54,77 @@ export function ProjectPage({ projectId }: { projectId: string }) {
   const fieldId = useId();
   const reasonId = useId();
 
-  /** Loads the list of generations; null when it failed (the reason is shown with a Retry). */
-  const loadVersions = useCallback(async () => {
+  /** The first page of a session's versions (newest first) and the cursor after which older ones remain. */
+  const firstPage = useCallback(
+    async (sessionId: string) => {
+      const { project } = await request(ProjectVersionsDocument, { id: projectId, sessionId });
+      return { sessionId, list: project?.generations.edges.map((edge) => edge.node) ?? [], after: nextPage(project?.generations.pageInfo) };
+    },
+    [projectId],
+  );
+
+  /** Loads the first page of `sessionId`'s versions again; false when it failed (the reason is shown with a Retry). */
+  const loadVersions = useCallback(
+    async (sessionId: string) => {
+      try {
+        const first = await firstPage(sessionId);
+        if (wanted.current === sessionId) {
+          setListed((known) => withFirstPage(known, first));
+          setVersionsError(null);
+        }
+        return true;
+      } catch (failure) {
+        if (wanted.current === sessionId) setVersionsError((failure as Error).message);
+        return false;
+      }
+    },
+    [firstPage],
+  );
+
+  /**
+   * The project's newest generation, shown with the versions of its session; false when either
+   * failed. Nothing of it shows until both answered: without its session's versions, the page
+   * cannot tell what a Generate would continue.
+   */
+  const arrive = useCallback(async () => {
     try {
-      const { project } = await request(ProjectVersionsDocument, { id: projectId });
-      const list = project?.generations.edges.map((edge) => edge.node) ?? [];
-      // Keyset pages: newer generations only push the first page's last ones into what is already loaded.
-      setGenerations((known) => (olderLoaded.current && known ? withOlder(list, known) : list));
-      // Show older versions owns `older` while its pages load: this first page would re-enable it mid-way.
-      if (!olderLoaded.current) setOlder((known) => (known.loading ? known : { after: nextPage(project?.generations.pageInfo), loading: false, error: null }));
+      const { project } = await request(LatestGenerationDocument, { id: projectId });
+      const latest = project?.generations.edges[0]?.node;
+      const first = latest ? await firstPage(latest.sessionId) : null;
+      if (latest && first) {
+        // Unless a generation was shown meanwhile (a second arrival, as React's strict mode makes).
+        wanted.current ??= latest.sessionId;
+        setShown((known) => known ?? { id: latest.id, sessionId: latest.sessionId });
+        if (wanted.current === latest.sessionId) setListed((known) => withFirstPage(known, first));
+      } else setListed((known) => known ?? null);
       setVersionsError(null);
-      setCurrentId((id) => id ?? list[0]?.id ?? null);
-      return list;
+      return true;
     } catch (failure) {
       setVersionsError((failure as Error).message);
-      return null;
+      return false;
     }
-  }, [projectId]);
+  }, [projectId, firstPage]);
 
-  /** Older pages, until one holds a version of `sessionId` (or none remain): what Show older versions asks for. */
-  const loadOlder = async (sessionId: string) => {
-    if (!older.after || older.loading) return;
-    setOlder({ ...older, loading: true, error: null });
-    let after: string | null = older.after;
-    let loaded: Version[] = [];
-    let error: string | null = null;
+  /** The versions again: of the shown generation's session, or (none shown yet) the project's newest generation and its session. */
+  const reloadVersions = () => (shown ? loadVersions(shown.sessionId) : arrive());
+
+  /** The next page of older versions of the listed session: what Show older versions asks for. */
+  const loadOlder = async () => {
+    if (!listed?.older.after || listed.older.loading) return;
+    const { sessionId, older } = listed;
+    /** Changes the listed versions while they are still `sessionId`'s. */
+    const update = (change: (known: SessionVersions) => SessionVersions) =>
+      setListed((known) => (known?.sessionId === sessionId ? change(known) : known));
+    update((known) => ({ ...known, older: { ...known.older, loading: true, error: null } }));
     try {
-      while (after) {
-        const { project } = await request(ProjectVersionsDocument, { id: projectId, after });
-        const page: Version[] = project?.generations.edges.map((edge) => edge.node) ?? [];
-        loaded = [...loaded, ...page];
-        after = nextPage(project?.generations.pageInfo);
-        if (page.some((generation) => generation.sessionId === sessionId)) break;
-      }
+      const { project } = await request(ProjectVersionsDocument, { id: projectId, sessionId, after: older.after });
+      const page: Version[] = project?.generations.edges.map((edge) => edge.node) ?? [];
+      const after = nextPage(project?.generations.pageInfo);
+      update((known) => ({ ...known, list: withOlder(known.list, page), olderLoaded: true, older: { after, loading: false, error: null } }));
     } catch (failure) {
-      error = (failure as Error).message;
+      // Show older versions stays, to try again from the same page.
+      update((known) => ({ ...known, older: { ...known.older, loading: false, error: (failure as Error).message } }));
     }
-    // The pages that did load stay, even when a later one failed: Show older versions goes on from there.
-    if (loaded.length > 0) {
-      olderLoaded.current = true;
-      setGenerations((known) => withOlder(known ?? [], loaded));
-    }
-    setOlder({ after, loading: false, error });
   };
 
   const loadProject = useCallback(async () => {
@@ -102,28 +140,28 @@ export function ProjectPage({ projectId }: { projectId: string }) {
   }, [projectId]);
 
   /** Both loads, again after a failure: Retry. */
-  const loadAll = useCallback(async () => {
-    const [loaded, list] = await Promise.all([loadProject(), loadVersions()]);
-    return loaded && list !== null;
-  }, [loadProject, loadVersions]);
+  const loadAll = async () => {
+    const [loaded, listedNow] = await Promise.all([loadProject(), reloadVersions()]);
+    return loaded && listedNow;
+  };
 
-  useEffect(() => void loadAll(), [loadAll]);
+  useEffect(() => {
+    void loadProject();
+    void arrive();
+  }, [loadProject, arrive]);
 
-  const current = generations?.find((generation) => generation.id === currentId);
+  const currentId = shown?.id ?? null;
   /**
    * The session a Generate continues: none for a new one, else the shown generation's. Undefined
-   * while it is not known (the list failed and the shown generation has not said): a Generate
-   * then would start a new session by mistake, so it waits.
+   * while it is not known (the versions failed before any was shown): a Generate then would
+   * start a new session by mistake, so it waits.
    */
-  const sessionId: string | null | undefined = newSession
-    ? null
-    : currentId === null
-      ? generations === null
-        ? undefined
-        : null
-      : (current?.sessionId ?? (shownSession?.id === currentId ? shownSession.sessionId : undefined));
+  const sessionId: string | null | undefined = newSession ? null : shown ? shown.sessionId : listed === undefined ? undefined : null;
+  /** Whether the versions of that session are the ones loaded (its own list may not have answered yet). */
+  const isListed = Boolean(sessionId) && listed?.sessionId === sessionId;
   // Oldest first: v1 is where the session started.
-  const versions = sessionId && generations ? generations.filter((generation) => generation.sessionId === sessionId).reverse() : [];
+  const versions = isListed ? [...listed!.list].reverse() : [];
+  const older = isListed ? listed!.older : NO_OLDER;
 
   // A listed version that runs while another is shown: its tag would say RUNNING for good, so the
   // list loads again when it ends (the version shown does that itself, through its view).
@@ -132,24 +170,26 @@ export function ProjectPage({ projectId }: { projectId: string }) {
     .map((version) => version.id)
     .join(' ');
   useEffect(() => {
-    if (!running) return;
+    if (!running || !sessionId) return;
     const stops = running.split(' ').map((id) =>
       follow({
         document: GenerationUpdatedDocument,
         variables: () => ({ id }),
         onData: ({ generationUpdated }) => {
-          if (TERMINAL.has(generationUpdated.status)) void loadVersions();
+          if (TERMINAL.has(generationUpdated.status)) void loadVersions(sessionId);
         },
       }),
     );
     return () => stops.forEach((stop) => stop());
-  }, [running, loadVersions]);
+  }, [running, sessionId, loadVersions]);
 
-  const show = async (id: string, { retried = false } = {}) => {
+  /** Shows generation `id` of `session` (a retry or a restore stays in the session of what it retried or restored), and that session's versions. */
+  const show = async (id: string, session: string, { retried = false } = {}) => {
     setNewSession(false);
-    setCurrentId(id);
+    setShown({ id, sessionId: session });
     setRetried(retried ? id : null);
-    await loadVersions();
+    wanted.current = session;
+    await loadVersions(session);
   };
 
   const generate = async (event: FormEvent<HTMLFormElement>) => {
@@ -168,8 +208,7 @@ export function ProjectPage({ projectId }: { projectId: string }) {
         // Emptied, not reset: a reset would bring back the draft the box started with.
         if (promptBox.current) promptBox.current.value = '';
         promptDraft.set(projectId, '');
-        setShownSession({ id: startGeneration.id, sessionId: startGeneration.sessionId });
-        await show(startGeneration.id);
+        await show(startGeneration.id, startGeneration.sessionId);
         return;
       }
       setError(startGeneration.message);
@@ -232,7 +271,7 @@ export function ProjectPage({ projectId }: { projectId: string }) {
                 ? 'Generate waits for the versions: without them, it cannot tell which session to continue.'
                 : !sessionId
                   ? 'Starts a new session'
-                  : generations === null || versionsError !== null || older.after
+                  : !isListed || versionsError !== null || older.after
                     ? 'Follow-up in this session'
                     : `Follow-up in this session (version ${versions.length + 1})`}
             </span>
@@ -265,23 +304,22 @@ export function ProjectPage({ projectId }: { projectId: string }) {
         <LoadFailed
           message={`The versions could not be loaded. ${versionsError}`}
           label="Retry loading the versions"
-          retry={async () => (await loadVersions()) !== null}
+          retry={reloadVersions}
           focusAfter={heading}
         />
       )}
       <div className="columns">
         <section className="grow" aria-label="Generation">
-          {currentId ? (
+          {shown ? (
             <GenerationView
-              key={currentId}
-              id={currentId}
+              key={shown.id}
+              id={shown.id}
               canEdit={canEdit}
-              focusAction={currentId === retried}
-              onSettled={() => void loadVersions()}
-              onSession={(sessionId) => setShownSession({ id: currentId, sessionId })}
-              onRetried={(id) => void show(id, { retried: true })}
+              focusAction={shown.id === retried}
+              onSettled={() => void loadVersions(shown.sessionId)}
+              onRetried={(id) => void show(id, shown.sessionId, { retried: true })}
             />
-          ) : generations === null ? (
+          ) : listed === undefined ? (
             <p className="muted">No version shown: the versions have not loaded.</p>
           ) : (
             <p className="muted">Nothing generated yet.</p>
@@ -292,9 +330,9 @@ export function ProjectPage({ projectId }: { projectId: string }) {
             versions={versions}
             currentId={currentId}
             canRestore={canEdit}
-            onShow={(id) => void show(id)}
+            onShow={(id) => void show(id, sessionId)}
             older={older}
-            onShowOlder={() => loadOlder(sessionId)}
+            onShowOlder={loadOlder}
           />
         )}
       </div>
@@ -302,7 +340,17 @@ export function ProjectPage({ projectId }: { projectId: string }) {
   );
 }
 
-/** `newer` (newest first) followed by the generations of `older` it does not hold. */
+/**
+ * `known` with `first`, a new first page of a session's versions: the older versions loaded (or
+ * loading) stay after it, with what Show older versions goes on from; otherwise the page
+ * replaces the list, with its own cursor.
+ */
+function withFirstPage(known: SessionVersions | null | undefined, first: { sessionId: string; list: Version[]; after: string | null }): SessionVersions {
+  if (known?.sessionId === first.sessionId && (known.olderLoaded || known.older.loading)) return { ...known, list: withOlder(first.list, known.list) };
+  return { sessionId: first.sessionId, list: first.list, older: { after: first.after, loading: false, error: null }, olderLoaded: false };
+}
+
+/** `newer` (newest first) followed by the versions of `older` it does not hold. */
 function withOlder(newer: Version[], older: Version[]): Version[] {
   const ids = new Set(newer.map((generation) => generation.id));
   return [...newer, ...older.filter((generation) => !ids.has(generation.id))];
