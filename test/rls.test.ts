@@ -781,6 +781,20 @@ describe('what only the worker writes', () => {
   });
 });
 
+describe('finding a user by email (kiln.member_candidate_id)', () => {
+  it('answers only an owner of the project, only while it is not archived; any other signed-in user learns nothing of who has an account', async () => {
+    const t = await createTeam(db);
+    const email = (await serviceRows(db, sql`select email from users where id = ${t.stranger}`))[0]!.email as string;
+    const lookUp = (userId: string) => as(db, userId).run((tx) => rows(tx, sql`select kiln.member_candidate_id(${t.projectId}, ${email.toUpperCase()}) as id`));
+    expect(await lookUp(t.owner)).toEqual([{ id: t.stranger }]);
+    for (const other of [t.editor, t.viewer, t.stranger]) expect(await lookUp(other)).toEqual([{ id: null }]);
+    // The lookup of any address by any signed-in user is gone.
+    expect(await as(db, t.stranger).run((tx) => attempt(tx, sql`select kiln.user_id_by_email(${email})`)).then(verdict)).toBe('refused 42883');
+    await as(db, t.owner).run((tx) => rows(tx, sql`update projects set archived_at = now() where id = ${t.projectId} returning id`));
+    expect(await lookUp(t.owner)).toEqual([{ id: null }]);
+  });
+});
+
 describe('an archived project', () => {
   it('is never changed by a request, not even by its owner: not brought back, renamed or given a budget', async () => {
     const t = await createTeam(db);

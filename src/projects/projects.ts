@@ -180,7 +180,7 @@ export async function addProjectMember(
     // No one joins an archived project, nor changes role there. Before the lookup, which
     // would tell whether the email has an account.
     refuseChangeWhenArchived(project);
-    const userId = await userStore.idByEmail(tx, input.email);
+    const userId = await userStore.memberCandidateId(tx, project.id, input.email);
     if (!userId) throw new NotFoundError('No user has that email address.');
     if (userId === project.ownerId && input.role !== 'owner') {
       throw new InvalidStateError("The project's creator always stays an owner.");

@@ -134,9 +134,9 @@ export const userStore = {
     return tx.select().from(users).where(inArray(users.id, [...ids]));
   },
 
-  /** Any user's id by email, for adding members (a SECURITY DEFINER lookup). */
-  async idByEmail(tx: Tx, email: string): Promise<string | undefined> {
-    const [row] = await tx.execute<{ id: string | null }>(sql`select kiln.user_id_by_email(${email}) as id`).then(rowsOf<{ id: string | null }>);
+  /** A user's id by email, for adding them to a project: answered to the project's owner only (a SECURITY DEFINER lookup). */
+  async memberCandidateId(tx: Tx, projectId: string, email: string): Promise<string | undefined> {
+    const [row] = await tx.execute<{ id: string | null }>(sql`select kiln.member_candidate_id(${projectId}, ${email}) as id`).then(rowsOf<{ id: string | null }>);
     return row?.id ?? undefined;
   },
 };
