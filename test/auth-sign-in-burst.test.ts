@@ -119,3 +119,40 @@ describe(`a burst of sign-ins with the local provider (${databaseKind})`, () => 
     await expect(signUp(server, retried)).resolves.toMatchObject({ email: retried });
   });
 });
+
+describe(`a sign-in turned away while hashing is busy (${databaseKind})`, () => {
+  // Two sign-ins of one email from one address in 10 minutes: a refused one must not use them up.
+  const server = useTestServer({ RATE_LIMIT_AUTH_PER_IP: 'off', RATE_LIMIT_AUTH_PER_EMAIL: '3/600' });
+
+  it('does not count against the sign-in limits: retried as told, the email is not locked out', async () => {
+    const owner = await signUp(server); // the email's first attempt of three
+    // Fill the limiter: 2 hashing (held) and 32 waiting, known to be full once the 4 beyond are refused.
+    const filler = HASHING + WAITING + 4;
+    let refusedFillers = 0;
+    let full!: () => void;
+    const isFull = new Promise<void>((resolve) => (full = resolve));
+    gate.onHold = () => {};
+    gate.closed = true;
+    const fillers = Array.from({ length: filler }, async () => {
+      const { signIn } = await server.client().expectNoErrors(SignInOutcome, { email: uniqueEmail('nobody'), password: PASSWORD });
+      if (signIn.__typename === 'RateLimitedError' && ++refusedFillers === 4) full();
+      return signIn;
+    });
+    const tries: Outcome[] = [];
+    try {
+      await Promise.race([isFull, Promise.all(fillers)]);
+      // More tries than the email has left (2): each is turned away for the busy hashing, never for the limit.
+      for (let i = 0; i < 4; i++) tries.push((await server.client().expectNoErrors(SignInOutcome, { email: owner.email, password: PASSWORD })).signIn);
+    } finally {
+      gate.closed = false;
+      for (const run of gate.held.splice(0)) run();
+    }
+    await Promise.all(fillers);
+    expect(tries).toEqual(Array.from({ length: 4 }, () => ({ __typename: 'RateLimitedError', message: BUSY, retryAfterSeconds: 1 })));
+    // Once the burst is over, the email's two attempts left are still there.
+    await expect(signIn(server, owner.email)).resolves.toMatchObject({ id: owner.id });
+    await expect(signIn(server, owner.email)).resolves.toMatchObject({ id: owner.id });
+    const limited = (await server.client().expectNoErrors(SignInOutcome, { email: owner.email, password: PASSWORD })).signIn;
+    expect(limited).toMatchObject({ __typename: 'RateLimitedError', message: 'Too many sign-in attempts; wait a while and try again.' });
+  });
+});

@@ -28,8 +28,11 @@ export interface RateLimitStore {
 }
 
 export interface RateLimits {
-  /** Before signIn and signUp. */
-  authAttempt(clientIp: string, email: string): Promise<void>;
+  /**
+   * Before signIn and signUp; resolves with what gives the hits back when the attempt is then
+   * turned away before its password is looked at (too many hashing at once): it was no guess.
+   */
+  authAttempt(clientIp: string, email: string): Promise<() => Promise<void>>;
   /**
    * Before startGeneration, retryGeneration and restoreGeneration; resolves with what gives the
    * hit back when the start is then refused for another reason (a busy session, a budget): the
@@ -48,12 +51,19 @@ export function createRateLimits(rules: Config['rateLimits'], store: RateLimitSt
     const { count, resetInSeconds } = await store.hit(key, rule.windowSeconds);
     if (count > rule.limit) throw new RateLimitedError(Math.max(1, Math.ceil(resetInSeconds)), message);
   };
+  const giveBack = async (hits: [RateRule | null, string][]) => {
+    for (const [rule, key] of hits) if (rule) await store.unhit(key, rule.windowSeconds);
+  };
   return {
     authAttempt: async (clientIp, email) => {
       const message = 'Too many sign-in attempts; wait a while and try again.';
       const client = addressBlock(clientIp);
-      await check(rules.authPerIp, `auth:ip:${client}`, message);
-      await check(rules.authPerEmail, `auth:email:${email.trim().toLowerCase()}:${client}`, message);
+      const counted: [RateRule | null, string][] = [
+        [rules.authPerIp, `auth:ip:${client}`],
+        [rules.authPerEmail, `auth:email:${email.trim().toLowerCase()}:${client}`],
+      ];
+      for (const [rule, key] of counted) await check(rule, key, message);
+      return () => giveBack(counted);
     },
     generationStart: async (userId, clientIp) => {
       const message = 'You started too many generations recently; wait a while and try again.';
@@ -61,9 +71,6 @@ export function createRateLimits(rules: Config['rateLimits'], store: RateLimitSt
         [rules.generationsPerUser, `generations:user:${userId}`],
         [rules.generationsPerIp, `generations:ip:${addressBlock(clientIp)}`],
       ];
-      const giveBack = async (hits: [RateRule | null, string][]) => {
-        for (const [rule, key] of hits) if (rule) await store.unhit(key, rule.windowSeconds);
-      };
       for (const [index, [rule, key]] of counted.entries()) {
         // Refused by the address's limit: the user's own count is given back (the address's keeps counting attempts).
         await check(rule, key, message).catch(async (error: unknown) => {

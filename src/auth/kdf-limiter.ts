@@ -4,11 +4,19 @@ import { RateLimitedError } from '../errors.js';
 // the web client, builds), dns.lookup and zlib share. A burst of sign-ins, well within the
 // per-address rate limit, would hold every thread for seconds and stall all of those behind
 // it. So only a few hashes run at once, a short queue waits behind them in arrival order, and
-// an attempt beyond the queue is refused at once (RateLimitedError), before anything is written.
+// an attempt beyond the queue is refused at once (HashingBusyError, a RateLimitedError), before
+// anything is written; the API gives back the sign-in rate limits' hits of such an attempt.
 
 export const KDF_BUSY_MESSAGE = 'Too many sign-ins at once; try again in a moment.';
 /** A full queue drains in about a second (tens of milliseconds per hash). */
 const KDF_BUSY_RETRY_SECONDS = 1;
+
+/** Turned away because too many hashes run or wait: no password was looked at. */
+export class HashingBusyError extends RateLimitedError {
+  constructor() {
+    super(KDF_BUSY_RETRY_SECONDS, KDF_BUSY_MESSAGE);
+  }
+}
 
 export interface KdfLimits {
   /** Hashes running at once. */
@@ -18,7 +26,7 @@ export interface KdfLimits {
 }
 
 export interface KdfLimiter {
-  /** Runs `work` once a slot is free, first come first served; throws RateLimitedError without running it when the queue is full. */
+  /** Runs `work` once a slot is free, first come first served; throws HashingBusyError without running it when the queue is full. */
   run<T>(work: () => Promise<T>): Promise<T>;
 }
 
@@ -35,7 +43,7 @@ export function createKdfLimiter({ concurrency, maxWaiting }: KdfLimits): KdfLim
     async run(work) {
       if (running < concurrency) running++;
       else if (waiting.length < maxWaiting) await new Promise<void>((resolve) => waiting.push(resolve));
-      else throw new RateLimitedError(KDF_BUSY_RETRY_SECONDS, KDF_BUSY_MESSAGE);
+      else throw new HashingBusyError();
       try {
         return await work();
       } finally {

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import type { AuthSession } from '../../auth/provider.js';
+import { HashingBusyError } from '../../auth/kdf-limiter.js';
 import { builder } from '../builder.js';
 import { UserRef } from './users.js';
 
@@ -50,8 +51,8 @@ builder.mutationFields((t) => ({
     errors: {},
     args: { input: t.arg({ type: SignUpInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
-      await ctx.useCases.rateLimits.authAttempt(ctx.clientIp, input.email);
-      return ctx.useCases.sessions.signUp(input.email, input.password, ctx.clientIp);
+      const giveBack = await ctx.useCases.rateLimits.authAttempt(ctx.clientIp, input.email);
+      return notCountedWhenBusy(ctx.useCases.sessions.signUp(input.email, input.password, ctx.clientIp), giveBack);
     },
   }),
   signIn: t.field({
@@ -59,8 +60,8 @@ builder.mutationFields((t) => ({
     errors: {},
     args: { input: t.arg({ type: SignInInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
-      await ctx.useCases.rateLimits.authAttempt(ctx.clientIp, input.email);
-      return ctx.useCases.sessions.signIn(input.email, input.password, ctx.clientIp);
+      const giveBack = await ctx.useCases.rateLimits.authAttempt(ctx.clientIp, input.email);
+      return notCountedWhenBusy(ctx.useCases.sessions.signIn(input.email, input.password, ctx.clientIp), giveBack);
     },
   }),
   refreshSession: t.field({
@@ -82,3 +83,13 @@ builder.mutationFields((t) => ({
     },
   }),
 }));
+
+/** An attempt turned away before its password was looked at (too many hashing at once) does not count against the sign-in limits. */
+async function notCountedWhenBusy<T>(attempt: Promise<T>, giveBack: () => Promise<void>): Promise<T> {
+  try {
+    return await attempt;
+  } catch (error) {
+    if (error instanceof HashingBusyError) await giveBack();
+    throw error;
+  }
+}
