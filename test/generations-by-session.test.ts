@@ -3,12 +3,11 @@ import { encodeGlobalID } from '@pothos/plugin-relay';
 import { sql } from 'drizzle-orm';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { Tx } from '../src/db/client.js';
-import { CancelGenerationDocument, type GenerationFieldsFragment, type GenerationStatus, type StartGenerationInput } from './gql/graphql.js';
+import { type GenerationFieldsFragment, type GenerationStatus } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
 import { createProject, document, signUp } from './support/fixtures.js';
-import { isTerminal, rawId, startAccepted, waitForEnd } from './support/generation-helpers.js';
+import { rawId, startAccepted, startCancelled, waitForEnd } from './support/generation-helpers.js';
 import { as, rows } from './support/rls.js';
-import type { GraphQLClient } from './support/server.js';
 import { useGenerationServer } from './support/suite-server.js';
 
 // Project.generations(sessionId:): the generations of one session (a Generation.sessionId),
@@ -34,15 +33,6 @@ const SessionGenerations = document<{ project: { generations: Page } | null }, V
   }
 `);
 
-/** A generation started, then cancelled and ended: the next one of its session may start. */
-async function cancelled(server: { url: string }, owner: { client: GraphQLClient; accessToken: string }, input: StartGenerationInput) {
-  const started = await startAccepted(owner.client, input);
-  const { cancelGeneration } = await owner.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
-  // A RUNNING one stops within a second.
-  if (!isTerminal(cancelGeneration as { status: string })) await waitForEnd(server, owner.client, owner.accessToken, started.id);
-  return started;
-}
-
 describe(`Project.generations of one session (${databaseKind})`, () => {
   /** Every statement sent to the database, to EXPLAIN what a page runs. */
   const statements: string[] = [];
@@ -57,10 +47,10 @@ describe(`Project.generations of one session (${databaseKind})`, () => {
     projectId = (await createProject(owner.client, { target: 'FLUTTER' })).id;
     const a1 = await startAccepted(owner.client, { projectId, prompt: 'A packing list' });
     expect((await waitForEnd(server, owner.client, owner.accessToken, a1.id)).status).toBe('SUCCEEDED');
-    const b1 = await cancelled(server, owner, { projectId, prompt: 'A reading list' });
-    const a2 = await cancelled(server, owner, { projectId, prompt: 'Add a checkbox', sessionId: a1.sessionId });
-    const b2 = await cancelled(server, owner, { projectId, prompt: 'Sort it by author', sessionId: b1.sessionId });
-    const a3 = await cancelled(server, owner, { projectId, prompt: 'Sort it by weight', sessionId: a1.sessionId });
+    const b1 = await startCancelled(server, owner, { projectId, prompt: 'A reading list' });
+    const a2 = await startCancelled(server, owner, { projectId, prompt: 'Add a checkbox', sessionId: a1.sessionId });
+    const b2 = await startCancelled(server, owner, { projectId, prompt: 'Sort it by author', sessionId: b1.sessionId });
+    const a3 = await startCancelled(server, owner, { projectId, prompt: 'Sort it by weight', sessionId: a1.sessionId });
     a = [a1, a2, a3];
     b = [b1, b2];
   });

@@ -92,7 +92,7 @@ export const SUBSCRIPTION_TOO_LARGE = 'SUBSCRIPTION_TOO_LARGE';
  * as long as it runs, where a query or a mutation (a long prompt) lets go of its request
  * once answered. Checked once the document is parsed (where the operation's type is
  * known), before validation, the context or any stream, so a refused subscription never
- * takes a LIVE_STREAMS_PER_USER slot; over graphql-ws it fails that operation only (an
+ * takes a LIVE_STREAMS_PER_USER or _PER_ADDRESS slot; over graphql-ws it fails that operation only (an
  * `error` message) and the socket stays open.
  */
 export function useSubscriptionSizeLimit(maxBytes = MAX_SUBSCRIPTION_BYTES): Plugin {

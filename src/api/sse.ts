@@ -18,9 +18,10 @@ import { publicResult } from './public-result.js';
 //
 // Backpressure: the next result is pulled once the response has taken the last one
 // (the stream's inbox counts what queues meanwhile and ends a slow consumer). A client
-// that goes away returns the stream at once, which releases its LIVE_STREAMS_PER_USER slot;
-// so does one whose socket buffers are full and that takes nothing more for `stalledAfterMs`
-// (WS_KEEPALIVE_MS, as long as a graphql-ws peer may miss a pong): SSE has no pong to miss.
+// that goes away returns the stream at once, which releases its LIVE_STREAMS_PER_USER and
+// LIVE_STREAMS_PER_ADDRESS slots; so does one whose socket buffers are full and that takes
+// nothing more for `stalledAfterMs` (WS_KEEPALIVE_MS, as long as a graphql-ws peer may miss
+// a pong): SSE has no pong to miss.
 
 /** New for every response: the adapter's Headers writes what later plugins add (CORS) into this very object. */
 const headers = () => ({ 'Content-Type': 'text/event-stream', Connection: 'keep-alive', 'Cache-Control': 'no-cache', 'Content-Encoding': 'none' });
@@ -63,7 +64,7 @@ export function useSseSubscriptions(logger: Logger, stalledAfterMs: number): Sse
       // iterables here: no @defer or @stream), so Yoga has chosen SSE for this one.
       if (!isAsyncIterable(result)) return;
       // A subscription that did not accept SSE gets 406, and Yoga never reads or returns its
-      // stream: returned here, it gives back its LIVE_STREAMS_PER_USER slot.
+      // stream: returned here, it gives back its LIVE_STREAMS_PER_USER and _PER_ADDRESS slots.
       if (!resultProcessor) return void result[Symbol.asyncIterator]().return?.();
       const { res } = serverContext as { res?: unknown };
       setResultProcessor((stream, fetchAPI) => {

@@ -48,7 +48,7 @@ export function expected(error: unknown, located?: GraphQLError): GraphQLError |
     return new GraphQLError(error.message, { ...at, extensions: { code: error.code, lastSeq: error.lastSeq } });
   }
   if (error instanceof TooManyStreamsError) {
-    return new GraphQLError(error.message, { ...at, extensions: { code: 'TOO_MANY_STREAMS', per: error.per, limit: error.limit } });
+    return new GraphQLError(error.message, { ...at, extensions: { code: codeOf(error.kind), per: error.per, limit: error.limit } });
   }
   if (error instanceof ValidationError) {
     return new GraphQLError(error.message, { ...at, extensions: { code: 'BAD_USER_INPUT', fieldErrors: error.fieldErrors } });

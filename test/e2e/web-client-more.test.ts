@@ -2,9 +2,9 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import type { Locator, Page } from 'playwright-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { AddProjectMemberDocument, CancelGenerationDocument, RemoveProjectMemberDocument, SignOutDocument, type StartGenerationInput } from '../gql/graphql.js';
-import { createProject, PASSWORD, signIn as signInOverApi, signUp as signUpOverApi, type TestUser, uniqueEmail } from '../support/fixtures.js';
-import { repoRoot, startAccepted, waitForEnd } from '../support/generation-helpers.js';
+import { AddProjectMemberDocument, CancelGenerationDocument, RemoveProjectMemberDocument, SignOutDocument } from '../gql/graphql.js';
+import { createProject, PASSWORD, signIn as signInOverApi, signUp as signUpOverApi, uniqueEmail } from '../support/fixtures.js';
+import { repoRoot, startAccepted, startCancelled, waitForEnd } from '../support/generation-helpers.js';
 import { useGenerationServer } from '../support/suite-server.js';
 import { type BrowserSession, chromiumMissing, outputDir, useBrowser } from './browser.js';
 
@@ -35,16 +35,6 @@ const textOf = async (locator: Locator) => ((await locator.count()) > 0 ? await 
 const shot = (page: Page, name: string, fullPage = true) => page.screenshot({ path: join(outputDir, 'web-client-more', `${name}.png`), fullPage });
 /** Whether `locator` has the focus (the client moves it in an effect, after the render: poll it). */
 const focused = (locator: Locator) => locator.evaluate((element) => element === document.activeElement);
-
-/** A generation started and cancelled, once it has ended: the next one of its session may start. */
-async function startEnded(owner: TestUser, input: StartGenerationInput) {
-  const started = await startAccepted(owner.client, input);
-  const { cancelGeneration } = await owner.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
-  // A QUEUED one ends at once; a RUNNING one within a second.
-  if (cancelGeneration.__typename !== 'Generation' || cancelGeneration.status !== 'CANCELLED') {
-    await waitForEnd(suite.server, owner.client, owner.accessToken, started.id);
-  }
-}
 
 /** A new tab of `session` in which `email` signs in (or up), showing the projects. */
 async function signedInTab(session: BrowserSession, email: string, action: 'Sign in' | 'Sign up' = 'Sign in') {
@@ -162,10 +152,10 @@ describe.skipIf(chromiumMissing)('the web client past a page', () => {
     const owner = await signUpOverApi(server, email);
     const project = await createProject(owner.client, { name: 'Long session', target: 'FLUTTER' });
     // Another session's generation, then a session of 101 versions: its v1 is one past its first page.
-    await startEnded(owner, { projectId: project.id, prompt: 'Another app' });
+    await startCancelled(suite.server, owner, { projectId: project.id, prompt: 'Another app' });
     const first = await startAccepted(owner.client, { projectId: project.id, prompt: 'A packing list' });
     expect((await waitForEnd(server, owner.client, owner.accessToken, first.id)).status).toBe('SUCCEEDED');
-    for (let i = 2; i <= PAST_A_PAGE; i++) await startEnded(owner, { projectId: project.id, prompt: `Change ${i}`, sessionId: first.sessionId });
+    for (let i = 2; i <= PAST_A_PAGE; i++) await startCancelled(suite.server, owner, { projectId: project.id, prompt: `Change ${i}`, sessionId: first.sessionId });
 
     const { page, errors } = await signedInTab(browser, email);
     try {

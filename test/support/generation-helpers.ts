@@ -16,6 +16,7 @@ import { createLlmProvider } from '../../src/llm/index.js';
 import { createLogger, type Logger } from '../../src/observability/logger.js';
 import {
   BuildLogsDocument,
+  CancelGenerationDocument,
   type BuildLogsSubscription,
   type GenerationFieldsFragment,
   GenerationChunksDocument,
@@ -291,6 +292,19 @@ export class GenerationWatch {
     await this.client.dispose();
     await this.events.return(undefined);
   }
+}
+
+/** A generation started, then cancelled, once it has ended: the next one of its session may start. */
+export async function startCancelled(
+  server: { url: string },
+  owner: { client: GraphQLClient; accessToken: string },
+  input: StartGenerationInput,
+): Promise<GenerationFieldsFragment> {
+  const started = await startAccepted(owner.client, input);
+  const { cancelGeneration } = await owner.client.expectNoErrors(CancelGenerationDocument, { id: started.id });
+  // A QUEUED one ends at once; a RUNNING one stops within a second.
+  if (cancelGeneration.__typename !== 'Generation' || !isTerminal(cancelGeneration)) await waitForEnd(server, owner.client, owner.accessToken, started.id);
+  return started;
 }
 
 /** Waits until the generation reaches a terminal state and returns all of it. */

@@ -522,7 +522,7 @@ export type ProjectVersionsQueryVariables = Exact<{
 }>;
 
 
-export type ProjectVersionsQuery = { project: { id: string, generations: { pageInfo: { hasNextPage: boolean, endCursor: string | null }, edges: Array<{ node: { id: string, status: GenerationStatus, prompt: string, sessionId: string, createdAt: string, restoredFrom: { id: string } | null } }> } } | null };
+export type ProjectVersionsQuery = { project: { id: string, generations: { pageInfo: { hasNextPage: boolean, endCursor: string | null }, edges: Array<{ node: { id: string, status: GenerationStatus, prompt: string, createdAt: string, restoredFrom: { id: string } | null } }> } } | null };
 
 export type BuildLogsWithRoundSubscriptionVariables = Exact<{
   id: string | number;
@@ -1382,7 +1382,6 @@ export const ProjectVersionsDocument = new TypedDocumentString(`
           id
           status
           prompt
-          sessionId
           createdAt
           restoredFrom {
             id
