@@ -167,6 +167,23 @@ describe(`graphql-ws subscriptions count against LIVE_STREAMS_PER_USER (${databa
     replacement.subscribe('third', GenerationChunksDocument, chunks);
     await expectRefused(replacement, 'third', 'user', 3);
   });
+
+  it('gives back the slot of a subscription whose socket closes while it is still opening', async () => {
+    const owner = await signUp(suite.server);
+    const generation = await longGeneration(cleanups, owner);
+    const chunks = { id: generation.id };
+    // Each socket closes right after its subscribe, before (or while) the stream opens.
+    for (let i = 0; i < 10; i++) {
+      const socket = await socketOf(suite.server, cleanups, owner);
+      socket.subscribe('opening', GenerationChunksDocument, chunks);
+      socket.close();
+      await socket.closed;
+    }
+    // None of them kept a slot: a new socket runs two subscriptions, and no more.
+    const replacement = await streamingOnceRoom(suite.server, cleanups, owner, generation.id, ['first', 'second']);
+    replacement.subscribe('third', GenerationChunksDocument, chunks);
+    await expectRefused(replacement, 'third', 'user', 3);
+  });
 });
 
 describe(`LIVE_STREAMS_PER_ADDRESS counts every user of one address (${databaseKind})`, () => {
