@@ -105,6 +105,16 @@ async function streamingOnceRoom(server: GenerationServer, cleanups: (() => Prom
   }
 }
 
+/** Subscriptions 'first' and 'second' streaming on `socket`, and 'third' refused: the socket and two take a cap of 3. */
+async function fillToCap(socket: RawSocket, chunks: { id: string }) {
+  socket.subscribe('first', GenerationChunksDocument, chunks);
+  socket.subscribe('second', GenerationChunksDocument, chunks);
+  await streamed(socket, 'first');
+  await streamed(socket, 'second');
+  socket.subscribe('third', GenerationChunksDocument, chunks);
+  await expectRefused(socket, 'third', 'user', 3);
+}
+
 describe(`graphql-ws subscriptions count against LIVE_STREAMS_PER_USER (${databaseKind})`, () => {
   const suite = useGenerationServer({ ...slow, LIVE_STREAMS_PER_USER: '3' });
   const cleanups: (() => Promise<unknown>)[] = [];
@@ -118,14 +128,8 @@ describe(`graphql-ws subscriptions count against LIVE_STREAMS_PER_USER (${databa
     const generation = await longGeneration(cleanups, owner, [other]);
     const socket = await socketOf(suite.server, cleanups, owner);
     const chunks = { id: generation.id };
-    socket.subscribe('first', GenerationChunksDocument, chunks);
-    socket.subscribe('second', GenerationChunksDocument, chunks);
-    await streamed(socket, 'first');
-    await streamed(socket, 'second');
-
     // The socket and two subscriptions: the third is one too many.
-    socket.subscribe('third', GenerationChunksDocument, chunks);
-    await expectRefused(socket, 'third', 'user', 3);
+    await fillToCap(socket, chunks);
     expect(socket.socket.readyState).toBe(socket.socket.OPEN);
     // The first two go on.
     const [first, second] = [results(socket, 'first').length, results(socket, 'second').length];
@@ -153,12 +157,7 @@ describe(`graphql-ws subscriptions count against LIVE_STREAMS_PER_USER (${databa
     const generation = await longGeneration(cleanups, owner);
     const chunks = { id: generation.id };
     const socket = await socketOf(suite.server, cleanups, owner);
-    socket.subscribe('first', GenerationChunksDocument, chunks);
-    socket.subscribe('second', GenerationChunksDocument, chunks);
-    await streamed(socket, 'first');
-    await streamed(socket, 'second');
-    socket.subscribe('third', GenerationChunksDocument, chunks);
-    await expectRefused(socket, 'third', 'user', 3);
+    await fillToCap(socket, chunks);
     socket.close();
     await socket.closed;
 
