@@ -2,7 +2,7 @@ import { print } from 'graphql';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AddProjectMemberDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { createProject, PASSWORD, signUp, uniqueEmail } from './support/fixtures.js';
+import { createProject, PASSWORD, signUp, uniqueEmail, WINDOW } from './support/fixtures.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
 // Limits that stop abuse without handing attackers a weapon: hammering a victim's email
@@ -22,7 +22,7 @@ describe(`sign-in limits cannot lock a victim out (${databaseKind})`, () => {
 
   beforeAll(async () => {
     // Behind one trusted proxy: X-Forwarded-For names the client.
-    server = await startTestServer({ TRUST_PROXY: 'true', RATE_LIMIT_AUTH_PER_EMAIL: '3/600', RATE_LIMIT_AUTH_PER_IP: '100/600' });
+    server = await startTestServer({ TRUST_PROXY: 'true', RATE_LIMIT_AUTH_PER_EMAIL: `3/${WINDOW}`, RATE_LIMIT_AUTH_PER_IP: `100/${WINDOW}` });
   });
 
   afterAll(async () => {
@@ -52,7 +52,7 @@ describe(`addProjectMember per client address (${databaseKind})`, () => {
   let server: TestServer;
 
   beforeAll(async () => {
-    server = await startTestServer({ TRUST_PROXY: 'true', RATE_LIMIT_MEMBERS_PER_USER: '100/600', RATE_LIMIT_MEMBERS_PER_IP: '3/600' });
+    server = await startTestServer({ TRUST_PROXY: 'true', RATE_LIMIT_MEMBERS_PER_USER: `100/${WINDOW}`, RATE_LIMIT_MEMBERS_PER_IP: `3/${WINDOW}` });
   });
 
   afterAll(async () => {
@@ -81,7 +81,7 @@ describe(`addProjectMember per user (${databaseKind})`, () => {
   let server: TestServer;
 
   beforeAll(async () => {
-    server = await startTestServer({ RATE_LIMIT_MEMBERS_PER_USER: '3/600' });
+    server = await startTestServer({ RATE_LIMIT_MEMBERS_PER_USER: `3/${WINDOW}` });
   });
 
   afterAll(async () => {

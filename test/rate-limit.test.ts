@@ -9,7 +9,7 @@ import { postgresRateLimitStore } from '../src/db/rate-limit-store.js';
 import { RateLimitedError } from '../src/errors.js';
 import { ArchiveProjectDocument, RetryGenerationDocument, SignInDocument, SignUpDocument, StartGenerationDocument } from './gql/graphql.js';
 import { createTestDatabase, databaseKind, testDatabaseUrl } from './support/db.js';
-import { createProject, expectTypename, PASSWORD, signUp, type TestUser, uniqueEmail } from './support/fixtures.js';
+import { createProject, expectTypename, PASSWORD, signUp, type TestUser, uniqueEmail, WINDOW } from './support/fixtures.js';
 import { startAccepted, startGeneration, startInstance, waitForEnd } from './support/generation-helpers.js';
 import { type GraphQLClient, startTestServer, useTestServer } from './support/server.js';
 import { useGenerationServer } from './support/suite-server.js';
@@ -32,7 +32,7 @@ const printSignIn = `mutation SignIn($email: String!, $password: String!) {
 }`;
 
 describe(`sign-in and sign-up per email (${databaseKind})`, () => {
-  const server = useTestServer({ RATE_LIMIT_AUTH_PER_EMAIL: '3/600' });
+  const server = useTestServer({ RATE_LIMIT_AUTH_PER_EMAIL: `3/${WINDOW}` });
 
   it('stops guessing one account after a few attempts, even with the right password, and says when to come back', async () => {
     const email = uniqueEmail('victim');
@@ -42,7 +42,7 @@ describe(`sign-in and sign-up per email (${databaseKind})`, () => {
     const limited = await signInAs(server.client(), email, PASSWORD);
     expect(limited.__typename).toBe('RateLimitedError');
     expect(limited.retryAfterSeconds).toBeGreaterThan(0);
-    expect(limited.retryAfterSeconds).toBeLessThanOrEqual(600);
+    expect(limited.retryAfterSeconds).toBeLessThanOrEqual(WINDOW);
     expect(limited.message).not.toMatch(/\d/);
     // Signing up again with that email counts too.
     const { signUp: again } = await server.client().expectNoErrors(SignUpDocument, { email, password: PASSWORD });
@@ -59,7 +59,7 @@ describe(`sign-in and sign-up per email (${databaseKind})`, () => {
 });
 
 describe(`sign-in and sign-up per client address (${databaseKind})`, () => {
-  const server = useTestServer({ RATE_LIMIT_AUTH_PER_IP: '4/600' });
+  const server = useTestServer({ RATE_LIMIT_AUTH_PER_IP: `4/${WINDOW}` });
 
   it('limits one client address across emails, and does not believe X-Forwarded-For without TRUST_PROXY', async () => {
     for (let i = 0; i < 4; i++) {
@@ -74,7 +74,7 @@ describe(`sign-in and sign-up per client address (${databaseKind})`, () => {
 });
 
 describe(`behind a trusted proxy (${databaseKind})`, () => {
-  const server = useTestServer({ TRUST_PROXY: 'true', RATE_LIMIT_AUTH_PER_IP: '2/600' });
+  const server = useTestServer({ TRUST_PROXY: 'true', RATE_LIMIT_AUTH_PER_IP: `2/${WINDOW}` });
 
   it('counts per address the proxy saw (the last X-Forwarded-For entry), not per spoofable first entry', async () => {
     const from = (chain: string) => ({ 'x-forwarded-for': chain });
@@ -97,7 +97,7 @@ describe(`behind a trusted proxy (${databaseKind})`, () => {
 });
 
 describe(`refreshing sessions per client address (${databaseKind})`, () => {
-  const server = useTestServer({ TRUST_PROXY: 'true', RATE_LIMIT_REFRESH_PER_IP: '2/600' });
+  const server = useTestServer({ TRUST_PROXY: 'true', RATE_LIMIT_REFRESH_PER_IP: `2/${WINDOW}` });
 
   /** refreshSession's result, sent as a client behind the proxy at `address`. */
   async function refreshFrom(address: string, refreshToken: string) {
@@ -123,7 +123,7 @@ describe(`refreshing sessions per client address (${databaseKind})`, () => {
     const limited = await refreshFrom('203.0.113.7', first.refreshToken!);
     expect(limited.__typename).toBe('RateLimitedError');
     expect(limited.retryAfterSeconds).toBeGreaterThan(0);
-    expect(limited.retryAfterSeconds).toBeLessThanOrEqual(600);
+    expect(limited.retryAfterSeconds).toBeLessThanOrEqual(WINDOW);
     expect(limited.message).not.toMatch(/\d/);
     // Another client behind the proxy refreshes, with the token the refused attempt left unspent.
     expect((await refreshFrom('198.51.100.4', first.refreshToken!)).__typename).toBe('AuthSession');
@@ -131,7 +131,7 @@ describe(`refreshing sessions per client address (${databaseKind})`, () => {
 });
 
 describe(`starting generations (${databaseKind})`, () => {
-  const suite = useGenerationServer({ RATE_LIMIT_GENERATIONS_PER_USER: '2/600', MAX_ACTIVE_GENERATIONS_PER_USER: '10' });
+  const suite = useGenerationServer({ RATE_LIMIT_GENERATIONS_PER_USER: `2/${WINDOW}`, MAX_ACTIVE_GENERATIONS_PER_USER: '10' });
 
   it('refuses a user a third start (or retry) in the window and leaves other users alone', async () => {
     const owner = await signUp(suite.server);
@@ -140,7 +140,7 @@ describe(`starting generations (${databaseKind})`, () => {
     await startAccepted(owner.client, { projectId: project.id, prompt: 'A stopwatch' });
     const limited = expectTypename(await startGeneration(owner.client, { projectId: project.id, prompt: 'A clock' }), 'RateLimitedError');
     expect(limited.retryAfterSeconds).toBeGreaterThan(0);
-    expect(limited.retryAfterSeconds).toBeLessThanOrEqual(600);
+    expect(limited.retryAfterSeconds).toBeLessThanOrEqual(WINDOW);
     await waitForEnd(suite.server, owner.client, owner.accessToken, first.id);
     expectTypename((await owner.client.expectNoErrors(RetryGenerationDocument, { id: first.id })).retryGeneration, 'RateLimitedError');
 
@@ -166,8 +166,8 @@ describe(`starting generations (${databaseKind})`, () => {
 describe(`starting generations from one address (${databaseKind})`, () => {
   const suite = useGenerationServer({
     TRUST_PROXY: 'true',
-    RATE_LIMIT_GENERATIONS_PER_USER: '5/600',
-    RATE_LIMIT_GENERATIONS_PER_IP: '2/600',
+    RATE_LIMIT_GENERATIONS_PER_USER: `5/${WINDOW}`,
+    RATE_LIMIT_GENERATIONS_PER_IP: `2/${WINDOW}`,
     MAX_ACTIVE_GENERATIONS_PER_USER: '10',
   });
 
@@ -188,10 +188,10 @@ describe(`starting generations from one address (${databaseKind})`, () => {
 });
 
 describe.skipIf(!testDatabaseUrl)('limits shared through PostgreSQL', () => {
-  const server = useTestServer({ RATE_LIMIT_AUTH_PER_EMAIL: '3/600' });
+  const server = useTestServer({ RATE_LIMIT_AUTH_PER_EMAIL: `3/${WINDOW}` });
 
   it('counts attempts on every instance of one database together', async () => {
-    const second = await startInstance(server.database, { DATA_DIR: server.dataDir, RATE_LIMIT_AUTH_PER_EMAIL: '3/600' });
+    const second = await startInstance(server.database, { DATA_DIR: server.dataDir, RATE_LIMIT_AUTH_PER_EMAIL: `3/${WINDOW}` });
     try {
       const email = uniqueEmail();
       const results = [];
