@@ -482,18 +482,21 @@ describe(`output handlers (${databaseKind})`, () => {
     const b = await seedGeneration({}, { 'lib/main.dart': 'void main() { print(1); }\n' });
     const remote = remoteStore(join(data.path, 'archive-slots'), new Map([...a.blobs, ...b.blobs]));
     const { url, logs } = await serve(remote.store, { archivesAtOnce: { total: 3, perGeneration: 2 } });
-    const download = (generationId: string) => fetch(url('zip', generationId, 'slots.zip'));
+    const download = (generationId: string, name = 'busy.zip') => fetch(url('zip', generationId, name));
     const refused = async (response: Response) => [response.status, response.headers.get('retry-after'), await response.text()];
     const busy = [503, '5', 'Too many downloads at once; try again shortly.'];
+    // A slot comes back when the server has closed the response, which its client may see after
+    // its own end: a download that needs that slot waits for the line the close logs.
+    const closed = (name: string) => logs.first((record) => record.msg === 'archive request' && String(record.path).endsWith(`/${name}`));
 
     // Two downloads of A, each held at its file: a third of A finds A's slots taken.
-    const firstOfA = download(a.generationId);
+    const firstOfA = download(a.generationId, 'first-of-a.zip');
     const firstRead = await remote.held.next();
-    const secondOfA = download(a.generationId);
+    const secondOfA = download(a.generationId, 'second-of-a.zip');
     const secondRead = await remote.held.next();
     expect(await refused(await download(a.generationId))).toEqual(busy);
     // One of B takes the last slot of all; another of B finds none.
-    const firstOfB = download(b.generationId);
+    const firstOfB = download(b.generationId, 'first-of-b.zip');
     const bRead = await remote.held.next();
     expect(await refused(await download(b.generationId))).toEqual(busy);
 
@@ -501,26 +504,28 @@ describe(`output handlers (${databaseKind})`, () => {
     firstRead.release();
     const ended = await firstOfA;
     expect([ended.status, [...(await unzip(Buffer.from(await ended.arrayBuffer()))).keys()]]).toEqual([200, ['lib/main.dart']]);
-    const secondOfB = download(b.generationId);
+    await closed('first-of-a.zip');
+    const secondOfB = download(b.generationId, 'second-of-b.zip');
     (await remote.held.next()).release();
     expect((await secondOfB).status).toBe(200);
 
     secondRead.release();
     bRead.release();
     for (const response of await Promise.all([secondOfA, firstOfB])) expect(response.status).toBe(200);
+    for (const name of ['second-of-a.zip', 'first-of-b.zip', 'second-of-b.zip']) await closed(name);
 
     // A download its client gave up midway gives its slot back too.
     const left = get(url('zip', a.generationId, 'left.zip'));
     left.on('error', () => {});
     const leftRead = await remote.held.next();
-    const thirdOfA = download(a.generationId);
+    const thirdOfA = download(a.generationId, 'third-of-a.zip');
     const thirdRead = await remote.held.next();
     expect(await refused(await download(a.generationId))).toEqual(busy);
     left.destroy();
-    await logs.first((record) => record.msg === 'archive request' && String(record.path).endsWith('/left.zip'));
+    await closed('left.zip');
     leftRead.release();
     thirdRead.release();
-    const fourthOfA = download(a.generationId);
+    const fourthOfA = download(a.generationId, 'fourth-of-a.zip');
     (await remote.held.next()).release();
     for (const response of await Promise.all([thirdOfA, fourthOfA])) expect(response.status).toBe(200);
   });
