@@ -98,7 +98,7 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
   const buildSandbox = probe.value;
   // Not through serviceScope: a scrape must answer within Prometheus' timeout, not ride out an outage.
   const metrics = createMetrics({ activeGenerations: () => database.db.transaction((tx) => generationStore.countActive(tx)), logger });
-  const rateLimits = createRateLimits(config.rateLimits, rateLimitStoreFor(database));
+  const rateLimits = createRateLimits(config.rateLimits, rateLimitStoreFor(database), metrics.observeRefusal);
   // Independent of one another once the schema is there: keys, connections and SDKs load together.
   const opened: { close(): Promise<void> }[] = [];
   const kept = <T extends { close(): Promise<void> }>(part: Promise<T>) => part.then((value) => (opened.push(value), value));
@@ -142,6 +142,7 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
     intervalMs: config.subscriptions.accessRecheckMs,
     maxPerUser: config.subscriptions.maxLivePerUser,
     maxPerAddress: config.subscriptions.maxLivePerAddress,
+    onRefused: (per) => metrics.observeRefusal(per === 'user' ? 'live_streams_per_user' : 'live_streams_per_address'),
     logger,
   });
   let app: ReturnType<typeof buildApp> | undefined;

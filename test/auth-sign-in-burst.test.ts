@@ -3,6 +3,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { authSessions, users } from '../src/db/schema.js';
 import { databaseKind } from './support/db.js';
 import { document, PASSWORD, signIn, signUp, uniqueEmail, WINDOW } from './support/fixtures.js';
+import { refusalCounts, refusedOnly } from './support/metrics.js';
 import { useTestServer } from './support/server.js';
 
 // A burst of sign-ins and sign-ups with the local provider: 2 password hashes run at once, 32
@@ -101,6 +102,8 @@ describe(`a burst of sign-ins with the local provider (${databaseKind})`, () => 
     const refused = outcomes.filter((o) => o.__typename === 'RateLimitedError');
     expect(refused).toHaveLength(refusals);
     for (const outcome of refused) expect(outcome).toEqual({ __typename: 'RateLimitedError', message: BUSY, retryAfterSeconds: 1 });
+    // Operators see them turned away, and why.
+    expect(await refusalCounts(server.url)).toEqual(refusedOnly({ sign_in_hashing: refusals }));
     // Every other attempt got what it would have got alone.
     attempts.forEach((attempt, i) => {
       if (outcomes[i]!.__typename !== 'RateLimitedError') expect(outcomes[i], JSON.stringify(attempt)).toMatchObject({ __typename: attempt.expected });

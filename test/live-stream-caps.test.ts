@@ -4,6 +4,7 @@ import { databaseKind } from './support/db.js';
 import { createProject, signUp, type TestUser } from './support/fixtures.js';
 import { type GenerationServer, startAccepted, within } from './support/generation-helpers.js';
 import { type RawMessage, RawSocket, sseSubscribe } from './support/live.js';
+import { refusalCounts, refusedOnly } from './support/metrics.js';
 import { useGenerationServer } from './support/suite-server.js';
 
 // What one user, and one client address across its users, may hold open at once: sockets,
@@ -143,6 +144,7 @@ describe(`graphql-ws subscriptions count against LIVE_STREAMS_PER_USER (${databa
     await streamed(socket, 'again');
     socket.subscribe('fourth', GenerationChunksDocument, chunks);
     await expectRefused(socket, 'fourth', 'user', 3);
+    expect(await refusalCounts(suite.server.url)).toEqual(refusedOnly({ live_streams_per_user: 2 }));
 
     // Another user (on the same address) has slots of their own.
     const theirs = await socketOf(suite.server, cleanups, other);
@@ -216,6 +218,8 @@ describe(`LIVE_STREAMS_PER_ADDRESS counts every user of one address (${databaseK
     cleanups.push(async () => extra.close());
     extra.send({ type: 'connection_init', payload: { authorization: `Bearer ${third.accessToken}` } });
     expect(await within(extra.closed, 20_000, () => 'the socket beyond the cap stayed open')).toEqual({ code: 4429, reason: 'Too many open connections from this address' });
+    // A subscription, an SSE stream and a socket: operators see each turned away, and by which cap.
+    expect(await refusalCounts(suite.server.url)).toEqual(refusedOnly({ live_streams_per_address: 3 }));
 
     // One user's complete makes room for another's.
     ownerSocket.send({ type: 'complete', id: 'mine' });

@@ -13,6 +13,7 @@ import { createTestDatabase, databaseKind, type TestDatabase, testDatabaseUrl } 
 import { createProject, graphqlClient, signUp } from './support/fixtures.js';
 import { tempDir } from './support/generation-helpers.js';
 import { LogCapture } from './support/log-capture.js';
+import { seriesValue } from './support/metrics.js';
 import { startTestServer, useTestServer } from './support/server.js';
 
 // What an operator relies on: /metrics is closed in production without METRICS_TOKEN,
@@ -67,11 +68,6 @@ describe(`a scrape reads no more than the active generations (${databaseKind})`,
   });
 });
 
-/** The value of one series of a scrape, by name and exact labels. */
-const seriesValue = (text: string, series: string) => {
-  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
-  return line === undefined ? undefined : Number(line.slice(series.length + 1));
-};
 
 describe(`operation labels (${databaseKind})`, () => {
   const server = useTestServer();

@@ -8,6 +8,7 @@ import { createTestDatabase, databaseKind } from './support/db.js';
 import { createProject, signUp, type TestUser } from './support/fixtures.js';
 import { type FakeFlutter, fakeFlutter, rawId, startAccepted, waitForEnd, within, wsClient } from './support/generation-helpers.js';
 import { type CapturedServer, LogCapture, startCapturedServer } from './support/log-capture.js';
+import { refusalCounts, refusedOnly, seriesValue } from './support/metrics.js';
 import { startTestServer } from './support/server.js';
 
 // Logs carry who and what (request id, operation, user, project, generation) and
@@ -99,11 +100,6 @@ describe(`operation logs and metrics (${databaseKind})`, () => {
     expect(response.headers.get('content-type')).toMatch(/text\/plain/);
     return response.text();
   };
-  /** The value of one series, by name and exact labels. */
-  const value = (text: string, series: string) => {
-    const line = text.split('\n').find((l) => l.startsWith(`${series} `));
-    return line === undefined ? undefined : Number(line.slice(series.length + 1));
-  };
 
   it('logs each operation with its request id, name, type, user, and the project or generation it is about', () => {
     const records = server.logs.records().filter((r) => r.msg === 'operation');
@@ -128,25 +124,27 @@ describe(`operation logs and metrics (${databaseKind})`, () => {
   });
 
   it('exposes HTTP, GraphQL, subscription, generation, build step, token and queue series on /metrics', async () => {
-    expect(value(activeWhileStreaming, 'kiln_graphql_active_subscriptions{operation="GenerationChunks"}')).toBe(1);
+    expect(seriesValue(activeWhileStreaming, 'kiln_graphql_active_subscriptions{operation="GenerationChunks"}')).toBe(1);
     const text = await scrape();
-    expect(value(text, 'kiln_graphql_active_subscriptions{operation="GenerationChunks"}')).toBe(0);
-    expect(value(text, 'kiln_http_requests_total{method="POST",route="/graphql",status="200"}')).toBeGreaterThan(3);
-    expect(value(text, 'kiln_graphql_operations_total{operation="StartGeneration",type="mutation",outcome="ok"}')).toBe(1);
-    expect(value(text, 'kiln_graphql_operations_total{operation="GenerationChunks",type="subscription",outcome="ok"}')).toBe(1);
-    expect(value(text, 'kiln_graphql_operation_duration_seconds_count{operation="CreateProject",type="mutation"}')).toBe(1);
-    expect(value(text, 'kiln_generations{status="QUEUED"}')).toBe(0);
-    expect(value(text, 'kiln_generations{status="RUNNING"}')).toBe(0);
-    expect(value(text, 'kiln_queue_depth')).toBe(0);
-    expect(value(text, 'kiln_generation_duration_seconds_count{status="SUCCEEDED",error_code="",provider="offline"}')).toBe(1);
+    expect(seriesValue(text, 'kiln_graphql_active_subscriptions{operation="GenerationChunks"}')).toBe(0);
+    expect(seriesValue(text, 'kiln_http_requests_total{method="POST",route="/graphql",status="200"}')).toBeGreaterThan(3);
+    expect(seriesValue(text, 'kiln_graphql_operations_total{operation="StartGeneration",type="mutation",outcome="ok"}')).toBe(1);
+    expect(seriesValue(text, 'kiln_graphql_operations_total{operation="GenerationChunks",type="subscription",outcome="ok"}')).toBe(1);
+    expect(seriesValue(text, 'kiln_graphql_operation_duration_seconds_count{operation="CreateProject",type="mutation"}')).toBe(1);
+    expect(seriesValue(text, 'kiln_generations{status="QUEUED"}')).toBe(0);
+    expect(seriesValue(text, 'kiln_generations{status="RUNNING"}')).toBe(0);
+    expect(seriesValue(text, 'kiln_queue_depth')).toBe(0);
+    expect(seriesValue(text, 'kiln_generation_duration_seconds_count{status="SUCCEEDED",error_code="",provider="offline"}')).toBe(1);
     for (const step of ['install', 'analyze', 'build']) {
-      expect(value(text, `kiln_build_step_duration_seconds_count{step="${step}",status="SUCCEEDED"}`), step).toBe(1);
+      expect(seriesValue(text, `kiln_build_step_duration_seconds_count{step="${step}",status="SUCCEEDED"}`), step).toBe(1);
     }
-    expect(value(text, 'kiln_llm_tokens_total{provider="offline",kind="output"}')).toBeGreaterThan(100);
-    expect(value(text, 'kiln_llm_tokens_total{provider="offline",kind="input"}')).toBeGreaterThan(100);
+    expect(seriesValue(text, 'kiln_llm_tokens_total{provider="offline",kind="output"}')).toBeGreaterThan(100);
+    expect(seriesValue(text, 'kiln_llm_tokens_total{provider="offline",kind="input"}')).toBeGreaterThan(100);
     expect(text).toMatch(/^process_cpu_user_seconds_total /m);
+    // Every limit has its series from the start, at 0 where nothing was turned away.
+    expect(await refusalCounts(server.url)).toEqual(refusedOnly({}));
     // The scrape itself is counted on the next one.
-    expect(value(await scrape(), 'kiln_http_requests_total{method="GET",route="/metrics",status="200"}')).toBeGreaterThanOrEqual(1);
+    expect(seriesValue(await scrape(), 'kiln_http_requests_total{method="GET",route="/metrics",status="200"}')).toBeGreaterThanOrEqual(1);
   });
 });
 

@@ -20,6 +20,7 @@ import { createMetrics } from '../src/observability/metrics.js';
 import { type TestDatabase, createTestDatabase, databaseKind } from './support/db.js';
 import { tempDir } from './support/generation-helpers.js';
 import { LogCapture } from './support/log-capture.js';
+import { seriesValue } from './support/metrics.js';
 import { unzip } from './support/archives.js';
 import { rawGet } from './support/raw-http.js';
 import { insertGenerationRow } from './support/rows.js';
@@ -195,12 +196,13 @@ class WatchedLog extends LogCapture {
  */
 async function serve(store: BlobStore, options: { together?: number; previewOrigin?: string; archivesAtOnce?: ArchiveSlots } = {}) {
   const logs = new WatchedLog();
+  const metrics = createMetrics({ defaultMetrics: false });
   const handlers = outputHandlers({
     key,
     store,
     db: database.db,
     logger: createLogger('trace', logs),
-    metrics: createMetrics({ defaultMetrics: false }),
+    metrics,
     previewOrigin: options.previewOrigin,
     archivesAtOnce: options.archivesAtOnce,
   });
@@ -225,7 +227,7 @@ async function serve(store: BlobStore, options: { together?: number; previewOrig
   const path = (kind: CapabilityKind, generationId: string, rest: string) =>
     `/${kind === 'preview' ? 'preview' : 'archive'}/${signCapability(key, { kind, generationId, expiresAt: new Date(Date.now() + 600_000) })}/${rest}`;
   const url = (kind: CapabilityKind, generationId: string, rest: string) => `${base}${path(kind, generationId, rest)}`;
-  return { logs, base, path, url };
+  return { logs, base, path, url, metrics };
 }
 
 const bundleOf = (count: number, label: string) =>
@@ -481,7 +483,7 @@ describe(`output handlers (${databaseKind})`, () => {
     const a = await seedGeneration({}, { 'lib/main.dart': 'void main() {}\n' });
     const b = await seedGeneration({}, { 'lib/main.dart': 'void main() { print(1); }\n' });
     const remote = remoteStore(join(data.path, 'archive-slots'), new Map([...a.blobs, ...b.blobs]));
-    const { url, logs } = await serve(remote.store, { archivesAtOnce: { total: 3, perGeneration: 2 } });
+    const { url, logs, metrics } = await serve(remote.store, { archivesAtOnce: { total: 3, perGeneration: 2 } });
     const download = (generationId: string, name = 'busy.zip') => fetch(url('zip', generationId, name));
     const refused = async (response: Response) => [response.status, response.headers.get('retry-after'), await response.text()];
     const busy = [503, '5', 'Too many downloads at once; try again shortly.'];
@@ -528,6 +530,8 @@ describe(`output handlers (${databaseKind})`, () => {
     const fourthOfA = download(a.generationId, 'fourth-of-a.zip');
     (await remote.held.next()).release();
     for (const response of await Promise.all([thirdOfA, fourthOfA])) expect(response.status).toBe(200);
+    // Operators see the downloads turned away.
+    expect(seriesValue(await metrics.registry.metrics(), 'kiln_refusals_total{limit="archive_downloads"}')).toBe(3);
   });
 
   it('logs a download the client stopped below error, and a download that failed at error', async () => {

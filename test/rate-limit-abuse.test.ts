@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AddProjectMemberDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
 import { createProject, PASSWORD, signUp, uniqueEmail, WINDOW } from './support/fixtures.js';
+import { refusalCounts, refusedOnly } from './support/metrics.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
 // Limits that stop abuse without handing attackers a weapon: hammering a victim's email
@@ -74,6 +75,7 @@ describe(`addProjectMember per client address (${databaseKind})`, () => {
     for (let i = 0; i < 4; i++) answers.push(await probe(prober));
     expect(answers).toEqual(['NotFoundError', 'NotFoundError', 'NotFoundError', 'RateLimitedError']);
     expect(await probe('198.51.100.30')).toBe('NotFoundError');
+    expect(await refusalCounts(server.url)).toEqual(refusedOnly({ members_per_ip: 1 }));
   });
 });
 
@@ -105,5 +107,6 @@ describe(`addProjectMember per user (${databaseKind})`, () => {
     const other = await signUp(server);
     const theirs = await createProject(other.client);
     expect((await add(other.client, theirs.id, teammate.email)).__typename).toBe('ProjectMember');
+    expect(await refusalCounts(server.url)).toEqual(refusedOnly({ members_per_user: 2 }));
   });
 });

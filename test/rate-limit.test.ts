@@ -11,6 +11,7 @@ import { ArchiveProjectDocument, RetryGenerationDocument, SignInDocument, SignUp
 import { createTestDatabase, databaseKind, testDatabaseUrl } from './support/db.js';
 import { createProject, expectTypename, PASSWORD, signUp, type TestUser, uniqueEmail, WINDOW } from './support/fixtures.js';
 import { startAccepted, startGeneration, startInstance, waitForEnd } from './support/generation-helpers.js';
+import { refusalCounts, refusedOnly } from './support/metrics.js';
 import { type GraphQLClient, startTestServer, useTestServer } from './support/server.js';
 import { useGenerationServer } from './support/suite-server.js';
 
@@ -47,6 +48,8 @@ describe(`sign-in and sign-up per email (${databaseKind})`, () => {
     // Signing up again with that email counts too.
     const { signUp: again } = await server.client().expectNoErrors(SignUpDocument, { email, password: PASSWORD });
     expect(again.__typename).toBe('RateLimitedError');
+    // Operators see what was turned away, and by which limit.
+    expect(await refusalCounts(server.url)).toEqual(refusedOnly({ auth_per_email: 2 }));
   });
 
   it('refuses an overlong email on sign-in as on sign-up, before it reaches a counter', async () => {
@@ -70,6 +73,7 @@ describe(`sign-in and sign-up per client address (${databaseKind})`, () => {
     expect(limited.__typename).toBe('RateLimitedError');
     const { signUp: refused } = await server.client().expectNoErrors(SignUpDocument, { email: uniqueEmail(), password: PASSWORD });
     expect(refused.__typename).toBe('RateLimitedError');
+    expect(await refusalCounts(server.url)).toEqual(refusedOnly({ auth_per_ip: 2 }));
   });
 });
 
@@ -127,6 +131,7 @@ describe(`refreshing sessions per client address (${databaseKind})`, () => {
     expect(limited.message).not.toMatch(/\d/);
     // Another client behind the proxy refreshes, with the token the refused attempt left unspent.
     expect((await refreshFrom('198.51.100.4', first.refreshToken!)).__typename).toBe('AuthSession');
+    expect(await refusalCounts(server.url)).toEqual(refusedOnly({ refresh_per_ip: 1 }));
   });
 });
 
@@ -147,6 +152,7 @@ describe(`starting generations (${databaseKind})`, () => {
     const other = await signUp(suite.server);
     const theirs = await createProject(other.client, { target: 'FLUTTER' });
     await startAccepted(other.client, { projectId: theirs.id, prompt: 'A timer' });
+    expect(await refusalCounts(suite.server.url)).toEqual(refusedOnly({ generations_per_user: 2 }));
   });
 
   it('gives back the count of a start refused for what a client may ask again about (here an archived project), not of one for a project not there', async () => {
@@ -184,6 +190,7 @@ describe(`starting generations from one address (${databaseKind})`, () => {
     expect(await startFrom(second, '203.0.113.7', 'A stopwatch')).toBe('Generation');
     expect(await startFrom(third, '203.0.113.7', 'A clock')).toBe('RateLimitedError');
     expect(await startFrom(third, '198.51.100.4', 'A clock')).toBe('Generation');
+    expect(await refusalCounts(suite.server.url)).toEqual(refusedOnly({ generations_per_ip: 1 }));
   });
 });
 

@@ -4,6 +4,7 @@ import type { Config } from '../config.js';
 import type { Database } from '../db/client.js';
 import { postgresRateLimitStore } from '../db/rate-limit-store.js';
 import { RateLimitedError } from '../errors.js';
+import type { RefusalLimit } from '../observability/metrics.js';
 
 // Fixed-window rate limits: sign-in and sign-up per client address (spraying) and per
 // email from one address (guessing one account; keyed on both, so an attacker who
@@ -29,8 +30,9 @@ export interface RateLimitStore {
 
 export interface RateLimits {
   /**
-   * Before signIn and signUp; resolves with what gives the hits back when the attempt is then
-   * turned away before its password is looked at (too many hashing at once): it was no guess.
+   * Before signIn and signUp; resolves with what to call when the attempt is then turned away
+   * before its password is looked at (too many hashing at once): it gives the hits back, as the
+   * attempt was no guess, and counts the refusal (sign_in_hashing).
    */
   authAttempt(clientIp: string, email: string): Promise<() => Promise<void>>;
   /**
@@ -45,35 +47,44 @@ export interface RateLimits {
   refresh(clientIp: string): Promise<void>;
 }
 
-export function createRateLimits(rules: Config['rateLimits'], store: RateLimitStore): RateLimits {
-  const check = async (rule: RateRule | null, key: string, message: string) => {
+/** A limit's rule (null: off), the counter it hits, and its name in kiln_refusals_total. */
+type Counted = [RateRule | null, string, RefusalLimit];
+
+/** `onRefused` hears of every request a limit turns away (the metrics count them). */
+export function createRateLimits(rules: Config['rateLimits'], store: RateLimitStore, onRefused: (limit: RefusalLimit) => void = () => {}): RateLimits {
+  const check = async ([rule, key, limit]: Counted, message: string) => {
     if (!rule) return;
     const { count, resetInSeconds } = await store.hit(key, rule.windowSeconds);
-    if (count > rule.limit) throw new RateLimitedError(Math.max(1, Math.ceil(resetInSeconds)), message);
+    if (count <= rule.limit) return;
+    onRefused(limit);
+    throw new RateLimitedError(Math.max(1, Math.ceil(resetInSeconds)), message);
   };
-  const giveBack = async (hits: [RateRule | null, string][]) => {
+  const giveBack = async (hits: Counted[]) => {
     for (const [rule, key] of hits) if (rule) await store.unhit(key, rule.windowSeconds);
   };
   return {
     authAttempt: async (clientIp, email) => {
       const message = 'Too many sign-in attempts; wait a while and try again.';
       const client = addressBlock(clientIp);
-      const counted: [RateRule | null, string][] = [
-        [rules.authPerIp, `auth:ip:${client}`],
-        [rules.authPerEmail, `auth:email:${email.trim().toLowerCase()}:${client}`],
+      const counted: Counted[] = [
+        [rules.authPerIp, `auth:ip:${client}`, 'auth_per_ip'],
+        [rules.authPerEmail, `auth:email:${email.trim().toLowerCase()}:${client}`, 'auth_per_email'],
       ];
-      for (const [rule, key] of counted) await check(rule, key, message);
-      return () => giveBack(counted);
+      for (const limit of counted) await check(limit, message);
+      return () => {
+        onRefused('sign_in_hashing');
+        return giveBack(counted);
+      };
     },
     generationStart: async (userId, clientIp) => {
       const message = 'You started too many generations recently; wait a while and try again.';
-      const counted: [RateRule | null, string][] = [
-        [rules.generationsPerUser, `generations:user:${userId}`],
-        [rules.generationsPerIp, `generations:ip:${addressBlock(clientIp)}`],
+      const counted: Counted[] = [
+        [rules.generationsPerUser, `generations:user:${userId}`, 'generations_per_user'],
+        [rules.generationsPerIp, `generations:ip:${addressBlock(clientIp)}`, 'generations_per_ip'],
       ];
-      for (const [index, [rule, key]] of counted.entries()) {
+      for (const [index, limit] of counted.entries()) {
         // Refused by the address's limit: the user's own count is given back (the address's keeps counting attempts).
-        await check(rule, key, message).catch(async (error: unknown) => {
+        await check(limit, message).catch(async (error: unknown) => {
           await giveBack(counted.slice(0, index));
           throw error;
         });
@@ -82,11 +93,11 @@ export function createRateLimits(rules: Config['rateLimits'], store: RateLimitSt
     },
     memberAdd: async (userId, clientIp) => {
       const message = 'You added too many members recently; wait a while and try again.';
-      await check(rules.membersPerUser, `members:user:${userId}`, message);
-      await check(rules.membersPerIp, `members:ip:${addressBlock(clientIp)}`, message);
+      await check([rules.membersPerUser, `members:user:${userId}`, 'members_per_user'], message);
+      await check([rules.membersPerIp, `members:ip:${addressBlock(clientIp)}`, 'members_per_ip'], message);
     },
     refresh: async (clientIp) => {
-      await check(rules.refreshPerIp, `refresh:ip:${addressBlock(clientIp)}`, 'Too many session refreshes; wait a while and try again.');
+      await check([rules.refreshPerIp, `refresh:ip:${addressBlock(clientIp)}`, 'refresh_per_ip'], 'Too many session refreshes; wait a while and try again.');
     },
   };
 }

@@ -162,6 +162,7 @@ export function outputHandlers(deps: {
       if (req.method === 'GET') {
         const release = takeArchiveSlot(generationId);
         if (!release) {
+          deps.metrics.observeRefusal('archive_downloads');
           res.setHeader('Retry-After', '5');
           return plain(res, 503, 'Too many downloads at once; try again shortly.');
         }

@@ -35,6 +35,8 @@ export interface StreamAccessOptions {
   maxPerUser: number;
   /** The same, of one client address (`StreamViewer.address`) across all its users. */
   maxPerAddress: number;
+  /** Hears of each stream or connection a cap turned away (the metrics count them). */
+  onRefused?: (per: TooManyStreamsError['per']) => void;
   logger: Logger;
   /** The wall clock, in milliseconds (tests may shift it); token expiries fall due by it. */
   now?: () => number;
@@ -100,9 +102,12 @@ export function createStreamAccess(options: StreamAccessOptions): StreamAccess {
   /** One slot of the user's and one of the address's, or TooManyStreamsError (the user's cap first). */
   const acquire = (userId: string, address: string): (() => void) => {
     const user = perUser.get(userId) ?? 0;
-    if (user >= maxPerUser) throw new TooManyStreamsError('user', maxPerUser);
     const fromAddress = perAddress.get(address) ?? 0;
-    if (fromAddress >= maxPerAddress) throw new TooManyStreamsError('address', maxPerAddress);
+    const refused = user >= maxPerUser ? new TooManyStreamsError('user', maxPerUser) : fromAddress >= maxPerAddress ? new TooManyStreamsError('address', maxPerAddress) : undefined;
+    if (refused) {
+      options.onRefused?.(refused.per);
+      throw refused;
+    }
     perUser.set(userId, user + 1);
     perAddress.set(address, fromAddress + 1);
     let released = false;

@@ -34,7 +34,29 @@ export interface Metrics {
   observeRoundTokens(kind: 'initial' | 'fix', usage: { inputTokens: number; outputTokens: number }): void;
   /** A throttled or unavailable provider answer that is retried after a wait. */
   observeLlmRetry(provider: string, status: number | 'network'): void;
+  /** A request turned away by a rate limit or a cap, before it did anything. */
+  observeRefusal(limit: RefusalLimit): void;
 }
+
+/**
+ * What turns a request away (kiln_refusals_total): a rate limit, named as its variable
+ * (RATE_LIMIT_AUTH_PER_IP is auth_per_ip), a live-stream cap (LIVE_STREAMS_PER_USER,
+ * LIVE_STREAMS_PER_ADDRESS), too many sign-ins hashing at once, too many archive downloads at once.
+ */
+export const REFUSAL_LIMITS = [
+  'auth_per_ip',
+  'auth_per_email',
+  'sign_in_hashing',
+  'generations_per_user',
+  'generations_per_ip',
+  'members_per_user',
+  'members_per_ip',
+  'refresh_per_ip',
+  'live_streams_per_user',
+  'live_streams_per_address',
+  'archive_downloads',
+] as const;
+export type RefusalLimit = (typeof REFUSAL_LIMITS)[number];
 
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 const LONG_BUCKETS = [0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200];
@@ -136,6 +158,14 @@ export function createMetrics(options: { activeGenerations?: ActiveGenerationCou
     labelNames: ['provider', 'status'] as const,
     registers: [registry],
   });
+  const refusals = new Counter({
+    name: 'kiln_refusals_total',
+    help: 'Requests turned away by a rate limit or a cap, by limit (auth_per_ip, sign_in_hashing, live_streams_per_user, …).',
+    labelNames: ['limit'] as const,
+    registers: [registry],
+  });
+  // Every limit has a series from the start: a rate() over a series that appears only at the first refusal misses it.
+  for (const limit of REFUSAL_LIMITS) refusals.inc({ limit }, 0);
 
   const activeGenerations = options.activeGenerations;
   if (activeGenerations) {
@@ -258,6 +288,7 @@ export function createMetrics(options: { activeGenerations?: ActiveGenerationCou
       if (usage.outputTokens > 0) roundTokens.inc({ round_kind: roundKind, kind: 'output' }, usage.outputTokens);
     },
     observeLlmRetry: (provider, status) => llmRetries.inc({ provider, status: String(status) }),
+    observeRefusal: (limit) => refusals.inc({ limit }),
   };
 }
 

@@ -51,8 +51,8 @@ builder.mutationFields((t) => ({
     errors: {},
     args: { input: t.arg({ type: SignUpInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
-      const giveBack = await ctx.useCases.rateLimits.authAttempt(ctx.clientIp, input.email);
-      return notCountedWhenBusy(ctx.useCases.sessions.signUp(input.email, input.password, ctx.clientIp), giveBack);
+      const turnedAway = await ctx.useCases.rateLimits.authAttempt(ctx.clientIp, input.email);
+      return notCountedWhenBusy(ctx.useCases.sessions.signUp(input.email, input.password, ctx.clientIp), turnedAway);
     },
   }),
   signIn: t.field({
@@ -60,8 +60,8 @@ builder.mutationFields((t) => ({
     errors: {},
     args: { input: t.arg({ type: SignInInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
-      const giveBack = await ctx.useCases.rateLimits.authAttempt(ctx.clientIp, input.email);
-      return notCountedWhenBusy(ctx.useCases.sessions.signIn(input.email, input.password, ctx.clientIp), giveBack);
+      const turnedAway = await ctx.useCases.rateLimits.authAttempt(ctx.clientIp, input.email);
+      return notCountedWhenBusy(ctx.useCases.sessions.signIn(input.email, input.password, ctx.clientIp), turnedAway);
     },
   }),
   refreshSession: t.field({
@@ -85,11 +85,11 @@ builder.mutationFields((t) => ({
 }));
 
 /** An attempt turned away before its password was looked at (too many hashing at once) does not count against the sign-in limits. */
-async function notCountedWhenBusy<T>(attempt: Promise<T>, giveBack: () => Promise<void>): Promise<T> {
+async function notCountedWhenBusy<T>(attempt: Promise<T>, turnedAway: () => Promise<void>): Promise<T> {
   try {
     return await attempt;
   } catch (error) {
-    if (error instanceof HashingBusyError) await giveBack();
+    if (error instanceof HashingBusyError) await turnedAway();
     throw error;
   }
 }
