@@ -242,8 +242,19 @@ describe.skipIf(!testDatabaseUrl)('EVENTS=postgres between processes (set TEST_D
     const proxy = await startTcpProxy({ host: direct.hostname, port: Number(direct.port || 5432) });
     const logs = new LogCapture();
     const channel = `kiln_events_${randomUUID().replaceAll('-', '').slice(0, 12)}`;
-    const common = { channel, shrink: () => undefined, expand: async () => undefined, healthCheckMs: 100, healthTimeoutMs: 500 };
-    const sender = createPostgresEventTarget({ ...common, listenUrl: database.url!, publishUrl: proxy.urlFor(database.url!), logger: createLogger('warn', logs) });
+    const common = { channel, shrink: () => undefined, expand: async () => undefined };
+    // Only the sender's health check is under test. Its bound is well above a NOTIFY's round trip
+    // on a loaded machine (each commits, so waits for a WAL flush): a slow ping would replace a live
+    // publisher too, and send its batch again. The receiver keeps the default bound: a listener
+    // rebuilt for a slow ping would miss what was sent meanwhile, with no catch-up here.
+    const sender = createPostgresEventTarget({
+      ...common,
+      listenUrl: database.url!,
+      publishUrl: proxy.urlFor(database.url!),
+      logger: createLogger('warn', logs),
+      healthCheckMs: 100,
+      healthTimeoutMs: 2_000,
+    });
     const receiver = createPostgresEventTarget({ ...common, listenUrl: database.url!, publishUrl: database.url!, logger });
     try {
       await Promise.all([sender.start(), receiver.start()]);
@@ -316,7 +327,9 @@ describe.skipIf(!redisUrl)('EVENTS=redis between processes (set TEST_REDIS_URL t
     const proxy = await startTcpProxy({ host: direct.hostname, port: Number(direct.port || 6379) });
     try {
       const sender = await open(redisUrl!);
-      const target = createRedisEventBusTarget({ url: proxy.urlFor(redisUrl!), logger, resync: async () => ({ status: 'QUEUED', phase: 'QUEUED' }), healthCheckMs: 100, healthTimeoutMs: 500 });
+      // The bound is well above a PING's round trip on a loaded machine: a live connection cut for a
+      // slow answer would add a catch-up before the live event awaited below, or lose that event.
+      const target = createRedisEventBusTarget({ url: proxy.urlFor(redisUrl!), logger, resync: async () => ({ status: 'QUEUED', phase: 'QUEUED' }), healthCheckMs: 100, healthTimeoutMs: 2_000 });
       handles.push({ kind: 'redis', bus: createEventBusOver(target as unknown as EventTarget), connected: true, close: () => target.close() });
       await target.start();
       const id = randomUUID();

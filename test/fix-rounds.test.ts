@@ -5,7 +5,7 @@ import { CancelGenerationDocument, GeneratedFileDocument, GenerationChunksWithRo
 import { databaseKind } from './support/db.js';
 import type { GeminiBehaviour } from './support/fake-gemini.js';
 import { BuildRoundsDocument, fixesOf } from './support/fix-rounds.js';
-import { createProject } from './support/fixtures.js';
+import { createProject, expectTypename } from './support/fixtures.js';
 import { useGeminiServer } from './support/gemini-server.js';
 import {
   GenerationWatch,
@@ -67,17 +67,27 @@ describe(`self-healing builds (${databaseKind})`, () => {
   }
 
   it('sends the diagnostic and the file back to the model and succeeds with the fixed file', async () => {
-    // The fix answer takes a moment, so its FIXING phase is there to be seen.
+    // The fix answer takes a moment, so its FIXING phase is there to be seen. The run starts only once
+    // the watch follows it: until then a run whose model never answers holds the one worker.
     // lib/items.dart is written in round 0 and named by no diagnostic: the system prompt's files are the parent's, so only the model's own answer shows it.
     const ITEMS = '<file path="lib/items.dart">\nconst items = [1, 2, 3];\n</file>';
     const first = `${answer('First try.', brokenMain())}${ITEMS}\n`;
-    suite.gemini.script(stream(first), {
+    suite.gemini.script({ kind: 'stall', chunks: [] }, stream(first), {
       ...stream(answer('Fixed.', FIXED_MAIN), { promptTokens: 300, outputTokens: 40 }),
       delayMs: 300,
     });
+    const blocker = await start('Holds the worker');
+    await suite.gemini.received(blocker.requestsBefore + 1);
     const { started, requestsBefore } = await start('A counter');
     const watch = new GenerationWatch(suite.server.url, suite.owner.accessToken, started.id);
-    const end = await watch.finished().finally(() => watch.close());
+    let end;
+    try {
+      expect(await watch.until(() => true)).toMatchObject({ status: 'QUEUED' });
+      expectTypename((await suite.owner.client.expectNoErrors(CancelGenerationDocument, { id: blocker.started.id })).cancelGeneration, 'Generation');
+      end = await watch.finished();
+    } finally {
+      await watch.close();
+    }
 
     expect(end).toMatchObject({ status: 'SUCCEEDED', phase: 'DONE', error: null });
     const phases = watch.states.map((s) => s.phase);

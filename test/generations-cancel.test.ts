@@ -77,7 +77,8 @@ describe(`cancelling a running generation (${databaseKind})`, () => {
   });
 
   it('counts what a run spent when its generation was ended elsewhere meanwhile (a lease recovery), and puts its answer in the conversation', async () => {
-    const { server, owner } = await serverWith({ OFFLINE_CHUNK_DELAY_MS: '50' });
+    // Slow enough that the run still streams when the test ends it below (the heartbeat notices within a second).
+    const { server, owner } = await serverWith({ OFFLINE_CHUNK_DELAY_MS: '200' });
     const project = await createProject(owner.client, { target: 'FLUTTER' });
     const started = await startAccepted(owner.client, { projectId: project.id, prompt: 'A slow poem app' });
     await firstChunks(server.url, owner.accessToken, started.id, 2);

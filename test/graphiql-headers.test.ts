@@ -42,7 +42,8 @@ describe.skipIf(chromiumMissing)('the GraphiQL page in Chromium', () => {
     // Running the query stores the tabs' state (query, variables, headers) in localStorage.
     await page.getByRole('button', { name: /execute query/i }).click();
     await expect.poll(() => page.locator('.graphiql-response').innerText(), { timeout: 30_000 }).toContain('__typename');
-    await expect.poll(() => page.evaluate(() => Object.keys(localStorage).length)).toBeGreaterThan(0);
+    // GraphiQL writes its tabs half a second after a change (debounced): past the poll's default second on a loaded machine.
+    await expect.poll(() => page.evaluate(() => Object.keys(localStorage).length), { timeout: 30_000 }).toBeGreaterThan(0);
     const stored = await page.evaluate(() => JSON.stringify({ ...localStorage }));
     expect(stored).not.toContain('not-a-real-token');
   });

@@ -27,6 +27,12 @@ import type { GraphQLClient } from './support/server.js';
 // rides out its database connections being cut.
 
 type Chunk = GenerationChunksSubscription['generationChunks'];
+/**
+ * Tests that start Kiln processes, or wait out a lease, a grace period and a retry's run: their
+ * own bounds add up past vitest's default 60 s, and a process start-up beside the other suites
+ * takes seconds.
+ */
+const SLOW_TEST_MS = 150_000;
 
 describe.skipIf(!testDatabaseUrl)('scaled out: 2 API + 2 worker processes, QUEUE=pgboss, EVENTS=postgres (set TEST_DATABASE_URL to run)', () => {
   let database: TestDatabase;
@@ -153,7 +159,7 @@ describe.skipIf(!testDatabaseUrl)('scaled out: 2 API + 2 worker processes, QUEUE
     }
   });
 
-  it('a worker killed with -9 mid-build: the generation ends INTERRUPTED, is retried on the other worker, and its build is killed', async () => {
+  it('a worker killed with -9 mid-build: the generation ends INTERRUPTED, is retried on the other worker, and its build is killed', { timeout: SLOW_TEST_MS }, async () => {
     await flutter.setMode('hang');
     const started = await startAccepted(owner.client, { projectId, prompt: 'A build that hangs' });
     await waitForHangingBuild(started.id);
@@ -178,7 +184,7 @@ describe.skipIf(!testDatabaseUrl)('scaled out: 2 API + 2 worker processes, QUEUE
     expect(liveWorkers()).toHaveLength(1);
   });
 
-  it('SIGTERM: the worker takes no new work and lets its running generation finish, then exits', async () => {
+  it('SIGTERM: the worker takes no new work and lets its running generation finish, then exits', { timeout: SLOW_TEST_MS }, async () => {
     const [worker] = liveWorkers();
     const started = await startAccepted(owner.client, { projectId, prompt: 'A habit tracker' });
     const watch = new GenerationWatch(apiA.url, owner.accessToken, started.id);
@@ -198,7 +204,7 @@ describe.skipIf(!testDatabaseUrl)('scaled out: 2 API + 2 worker processes, QUEUE
     }
   });
 
-  it('SIGTERM past the grace period: the running generation is handed back and retried on another worker', async () => {
+  it('SIGTERM past the grace period: the running generation is handed back and retried on another worker', { timeout: SLOW_TEST_MS }, async () => {
     // The only worker, with a short grace period, gets a build that never ends.
     for (const worker of liveWorkers()) await worker.stop();
     const impatient = await spawnWorker({ WORKER_SHUTDOWN_GRACE_SECONDS: '1' });

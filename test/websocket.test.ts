@@ -16,25 +16,30 @@ import { useGenerationServer } from './support/suite-server.js';
 
 // graphql-ws as a browser client meets it: who may connect, how and when a socket is
 // closed (4403 for auth, always with the generic reason), and failures that stay on
-// one operation. Generations run slowly here (OFFLINE_CHUNK_DELAY_MS) so that streams
-// are still live while the connection is tested.
+// one operation. Generations run slowly here (OFFLINE_CHUNK_DELAY_MS), and their builds
+// hang, so that streams are still live while the connection is tested, however slowly
+// the tests around them run.
 
 const ALLOWED_ORIGIN = 'https://app.example.com';
 
 describe(`graphql-ws connections (${databaseKind})`, () => {
-  const suite = useGenerationServer({
-    OFFLINE_CHUNK_DELAY_MS: '400',
-    WS_AUTH_RECHECK_MS: '300',
-    WS_MAX_SUBSCRIPTIONS: '3',
-    WS_CONNECTION_INIT_TIMEOUT_MS: '300',
-    CORS_ORIGINS: ALLOWED_ORIGIN,
-    WS_KEEPALIVE_MS: '300',
-  });
+  const suite = useGenerationServer(
+    {
+      OFFLINE_CHUNK_DELAY_MS: '400',
+      WS_AUTH_RECHECK_MS: '300',
+      WS_MAX_SUBSCRIPTIONS: '3',
+      WS_CONNECTION_INIT_TIMEOUT_MS: '300',
+      CORS_ORIGINS: ALLOWED_ORIGIN,
+      WS_KEEPALIVE_MS: '300',
+    },
+    'hang',
+  );
   let liveGeneration: string;
 
   beforeAll(async () => {
     const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
-    // Streams for a minute or so: live for the whole suite.
+    // Streams for a dozen seconds, then its build hangs: RUNNING, and its streams open, for the whole suite
+    // (streamed to its end, it would complete the streams the tests below hold open). The server's stop ends it.
     liveGeneration = (await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A slow stream for the socket tests' })).id;
   });
 
@@ -74,10 +79,18 @@ describe(`graphql-ws connections (${databaseKind})`, () => {
   });
 
   it('drops a peer that stops answering pings', async () => {
+    // Each socket is initialised as soon as it is open: WS_CONNECTION_INIT_TIMEOUT_MS (300 ms) is for
+    // its own round trip, not for another socket's token check as well.
     const deaf = await RawSocket.open(suite.server.url, {}, { autoPong: false });
-    const answering = await RawSocket.open(suite.server.url);
+    const opened = [deaf];
+    // The deaf one answers pings until it is acknowledged (its token check may outlast a ping interval), then no more.
+    let deafened = false;
+    deaf.socket.on('ping', () => deafened || deaf.socket.pong());
     try {
       await deaf.init(suite.owner.accessToken);
+      deafened = true;
+      const answering = await RawSocket.open(suite.server.url);
+      opened.push(answering);
       await answering.init(suite.owner.accessToken);
       // Terminated without a close frame: the peer is presumed gone.
       expect((await within(deaf.closed, 5000, () => 'the deaf socket stayed open')).code).toBe(1006);
@@ -89,8 +102,7 @@ describe(`graphql-ws connections (${databaseKind})`, () => {
       await within(threePings, 5000, () => 'the answering socket saw no three more pings');
       expect(answering.socket.readyState).toBe(answering.socket.OPEN);
     } finally {
-      deaf.close();
-      answering.close();
+      for (const socket of opened) socket.close();
     }
   });
 

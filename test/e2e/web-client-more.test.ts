@@ -137,7 +137,7 @@ describe.skipIf(chromiumMissing)('the web client past a page', () => {
 
       await more.click();
       // Nothing more to load: the button goes, and the focus stays on the last project, not on <body>.
-      await expect.poll(() => more.count()).toBe(0);
+      await expect.poll(() => more.count(), { timeout: 30_000 }).toBe(0);
       expect(await list.getByRole('listitem').count()).toBe(100);
       await expect.poll(() => focused(page.getByRole('link', { name: 'Own 001', exact: true }))).toBe(true);
       expect(errors).toEqual([]);
@@ -192,7 +192,7 @@ describe.skipIf(chromiumMissing)('the web client past a page', () => {
       // the button stays busy, and the versions the new first page pushed out stay.
       const followUp = await startAccepted(owner.client, { projectId: project.id, prompt: 'Make it blue', sessionId: first.sessionId });
       await versions.getByRole('listitem').first().getByRole('button', { name: /^Show / }).click();
-      await expect.poll(() => versions.getByRole('listitem').count()).toBe(PAST_A_PAGE);
+      await expect.poll(() => versions.getByRole('listitem').count(), { timeout: 30_000 }).toBe(PAST_A_PAGE);
       expect(await older.getAttribute('aria-disabled')).toBe('true');
 
       release();
