@@ -1,5 +1,6 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { chown, mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
@@ -12,14 +13,41 @@ import { waitUntil } from './cluster.js';
 // Servers of a test's own, so it may stop and restart them without disturbing the
 // shared PostgreSQL and Redis that other suites on this machine use at the same time.
 
-/** A free TCP port on 127.0.0.1 (for a server that cannot be told to pick one). */
+/**
+ * A free TCP port on 127.0.0.1 (for a server that cannot be told to pick one), below the
+ * kernel's range of ephemeral ports: a port it handed out for `listen(0)` or an outgoing
+ * connection could be taken again by one of those before our server binds it (or while the
+ * test has stopped the server to start it again); one below the range is never handed out.
+ */
 export async function freePort(): Promise<number> {
+  const below = ephemeralPortsFrom() - 1;
+  const lowest = Math.max(1024, below - 10_000);
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = lowest + Math.floor(Math.random() * (below - lowest + 1));
+    if (await isFree(port)) return port;
+  }
+  throw new Error(`no free port found between ${lowest} and ${below}`);
+}
+
+/** Where the kernel starts handing out ephemeral ports (Linux's default 32768 elsewhere). */
+function ephemeralPortsFrom(): number {
+  try {
+    const from = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    return Number.isInteger(from) && from > 2048 ? from : 32768;
+  } catch {
+    return 32768;
+  }
+}
+
+async function isFree(port: number): Promise<boolean> {
   const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
+  const free = await new Promise<boolean>((resolve) => {
+    server.once('listening', () => resolve(true));
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1');
+  });
+  if (free) await new Promise((resolve) => server.close(resolve));
+  return free;
 }
 
 function which(binary: string): string | undefined {
