@@ -135,6 +135,7 @@ export async function startKiln(config: Config, options: { logger?: Logger; data
     defaultMaxFixRounds: config.generations.defaultMaxFixRounds,
     wakeWorkers: (generationId: string) => worker?.wake(generationId),
     enqueue: queue.enqueue,
+    onRefused: metrics.observeRefusal,
   };
   const streamAccess = createStreamAccess({
     stillValid: (tokens) => auth.stillValid(tokens),

@@ -14,6 +14,7 @@ import {
 import { databaseKind } from './support/db.js';
 import { createProject, expectTypename, signUp } from './support/fixtures.js';
 import { getGeneration, startAccepted, startGeneration, waitForEnd } from './support/generation-helpers.js';
+import { refusalCounts, refusalsSince, refusedOnly } from './support/metrics.js';
 import { useGenerationServer } from './support/suite-server.js';
 
 // Who may start, cancel and retry generations, and the limits on starting them.
@@ -144,6 +145,7 @@ describe(`generations without a worker: ROLE=api (${databaseKind})`, () => {
   });
 
   it('limits how many generations a user has queued or running, per user', async () => {
+    const refusedBefore = await refusalCounts(suite.server.url);
     const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
     const first = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A metronome' });
     expect(first.status).toBe('QUEUED');
@@ -151,6 +153,7 @@ describe(`generations without a worker: ROLE=api (${databaseKind})`, () => {
     const limited = expectTypename(await startGeneration(suite.owner.client, { projectId: project.id, prompt: 'A tuner' }), 'RateLimitedError');
     expect(limited.retryAfterSeconds).toBeGreaterThan(0);
     expect(limited.message).toMatch(/1 generations queued or running/);
+    expect(await refusalsSince(suite.server.url, refusedBefore)).toEqual(refusedOnly({ max_active_generations_per_user: 1 }));
     // Only a finished generation can be retried.
     const { retryGeneration } = await suite.owner.client.expectNoErrors(RetryGenerationDocument, { id: first.id });
     expectTypename(retryGeneration, 'InvalidStateError');

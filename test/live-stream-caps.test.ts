@@ -4,7 +4,7 @@ import { databaseKind } from './support/db.js';
 import { createProject, signUp, type TestUser } from './support/fixtures.js';
 import { type GenerationServer, startAccepted, within } from './support/generation-helpers.js';
 import { type RawMessage, RawSocket, sseSubscribe } from './support/live.js';
-import { refusalCounts, refusedOnly } from './support/metrics.js';
+import { refusalCounts, refusalsSince, refusedOnly } from './support/metrics.js';
 import { useGenerationServer } from './support/suite-server.js';
 
 // What one user, and one client address across its users, may hold open at once: sockets,
@@ -124,6 +124,7 @@ describe(`graphql-ws subscriptions count against LIVE_STREAMS_PER_USER (${databa
   });
 
   it('refuses the subscription beyond the cap on its own, keeps the socket and the others streaming, and takes one again once another completes', async () => {
+    const refusedBefore = await refusalCounts(suite.server.url);
     const owner = await signUp(suite.server);
     const other = await signUp(suite.server);
     const generation = await longGeneration(cleanups, owner, [other]);
@@ -144,7 +145,7 @@ describe(`graphql-ws subscriptions count against LIVE_STREAMS_PER_USER (${databa
     await streamed(socket, 'again');
     socket.subscribe('fourth', GenerationChunksDocument, chunks);
     await expectRefused(socket, 'fourth', 'user', 3);
-    expect(await refusalCounts(suite.server.url)).toEqual(refusedOnly({ live_streams_per_user: 2 }));
+    expect(await refusalsSince(suite.server.url, refusedBefore)).toEqual(refusedOnly({ live_streams_per_user: 2 }));
 
     // Another user (on the same address) has slots of their own.
     const theirs = await socketOf(suite.server, cleanups, other);
@@ -195,6 +196,7 @@ describe(`LIVE_STREAMS_PER_ADDRESS counts every user of one address (${databaseK
   });
 
   it('refuses a subscription, an SSE stream and a socket beyond it, whoever asks from the address, saying which limit', async () => {
+    const refusedBefore = await refusalCounts(suite.server.url);
     const [owner, second, third] = [await signUp(suite.server), await signUp(suite.server), await signUp(suite.server)];
     const generation = await longGeneration(cleanups, owner, [second, third]);
     const chunks = { id: generation.id };
@@ -219,7 +221,7 @@ describe(`LIVE_STREAMS_PER_ADDRESS counts every user of one address (${databaseK
     extra.send({ type: 'connection_init', payload: { authorization: `Bearer ${third.accessToken}` } });
     expect(await within(extra.closed, 20_000, () => 'the socket beyond the cap stayed open')).toEqual({ code: 4429, reason: 'Too many open connections from this address' });
     // A subscription, an SSE stream and a socket: operators see each turned away, and by which cap.
-    expect(await refusalCounts(suite.server.url)).toEqual(refusedOnly({ live_streams_per_address: 3 }));
+    expect(await refusalsSince(suite.server.url, refusedBefore)).toEqual(refusedOnly({ live_streams_per_address: 3 }));
 
     // One user's complete makes room for another's.
     ownerSocket.send({ type: 'complete', id: 'mine' });

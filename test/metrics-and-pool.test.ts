@@ -70,7 +70,6 @@ describe(`a scrape reads no more than the active generations (${databaseKind})`,
   });
 });
 
-
 describe(`operation labels (${databaseKind})`, () => {
   const server = useTestServer();
 

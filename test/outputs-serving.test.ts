@@ -20,7 +20,7 @@ import { createMetrics } from '../src/observability/metrics.js';
 import { type TestDatabase, createTestDatabase, databaseKind } from './support/db.js';
 import { tempDir } from './support/generation-helpers.js';
 import { LogCapture } from './support/log-capture.js';
-import { seriesValue } from './support/metrics.js';
+import { refusalsIn, refusedOnly } from './support/metrics.js';
 import { unzip } from './support/archives.js';
 import { rawGet } from './support/raw-http.js';
 import { insertGenerationRow } from './support/rows.js';
@@ -437,7 +437,7 @@ describe(`output handlers (${databaseKind})`, () => {
         if (count === 2) bothWaiting.resolve();
       },
     });
-    const { url } = await serve(remote.store);
+    const { url, metrics } = await serve(remote.store);
     const get = async (generationId: string, path: string) => {
       const answer = await fetch(url('preview', generationId, path));
       return { status: answer.status, retryAfter: answer.headers.get('retry-after'), text: await answer.text() };
@@ -459,6 +459,7 @@ describe(`output handlers (${databaseKind})`, () => {
     const answers = await flood;
     expect(answers.map((answer) => answer.status).sort()).toEqual([200, 200, 200, 503]);
     expect(answers.find((answer) => answer.status === 503)).toEqual({ status: 503, retryAfter: '1', text: 'Busy fetching this preview; try again shortly.' });
+    expect(refusalsIn(await metrics.registry.metrics())).toEqual(refusedOnly({ preview_downloads: 1 }));
     for (const answer of answers.filter((served) => served.status === 200)) expect(Object.values(bundle)).toContain(answer.text);
   });
 
@@ -531,7 +532,7 @@ describe(`output handlers (${databaseKind})`, () => {
     (await remote.held.next()).release();
     for (const response of await Promise.all([thirdOfA, fourthOfA])) expect(response.status).toBe(200);
     // Operators see the downloads turned away.
-    expect(seriesValue(await metrics.registry.metrics(), 'kiln_refusals_total{limit="archive_downloads"}')).toBe(3);
+    expect(refusalsIn(await metrics.registry.metrics())).toEqual(refusedOnly({ archive_downloads: 3 }));
   });
 
   it('logs a download the client stopped below error, and a download that failed at error', async () => {

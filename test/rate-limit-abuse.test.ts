@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AddProjectMemberDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
 import { createProject, PASSWORD, signUp, uniqueEmail, WINDOW } from './support/fixtures.js';
-import { refusalCounts, refusedOnly } from './support/metrics.js';
+import { refusalCounts, refusalsSince, refusedOnly } from './support/metrics.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
 // Limits that stop abuse without handing attackers a weapon: hammering a victim's email
@@ -61,6 +61,7 @@ describe(`addProjectMember per client address (${databaseKind})`, () => {
   });
 
   it('stops probing from one address spread over fresh accounts, and leaves other addresses alone', async () => {
+    const refusedBefore = await refusalCounts(server.url);
     const probe = async (address: string) => {
       const user = await signUp(server);
       const project = await createProject(user.client);
@@ -75,7 +76,7 @@ describe(`addProjectMember per client address (${databaseKind})`, () => {
     for (let i = 0; i < 4; i++) answers.push(await probe(prober));
     expect(answers).toEqual(['NotFoundError', 'NotFoundError', 'NotFoundError', 'RateLimitedError']);
     expect(await probe('198.51.100.30')).toBe('NotFoundError');
-    expect(await refusalCounts(server.url)).toEqual(refusedOnly({ members_per_ip: 1 }));
+    expect(await refusalsSince(server.url, refusedBefore)).toEqual(refusedOnly({ members_per_ip: 1 }));
   });
 });
 
@@ -91,6 +92,7 @@ describe(`addProjectMember per user (${databaseKind})`, () => {
   });
 
   it('answers RateLimitedError beyond the limit, whatever the emails, and leaves other users alone', async () => {
+    const refusedBefore = await refusalCounts(server.url);
     const owner = await signUp(server);
     const project = await createProject(owner.client);
     const add = (client: typeof owner.client, projectId: string, email: string) =>
@@ -107,6 +109,6 @@ describe(`addProjectMember per user (${databaseKind})`, () => {
     const other = await signUp(server);
     const theirs = await createProject(other.client);
     expect((await add(other.client, theirs.id, teammate.email)).__typename).toBe('ProjectMember');
-    expect(await refusalCounts(server.url)).toEqual(refusedOnly({ members_per_user: 2 }));
+    expect(await refusalsSince(server.url, refusedBefore)).toEqual(refusedOnly({ members_per_user: 2 }));
   });
 });

@@ -11,7 +11,7 @@ import { ArchiveProjectDocument, RetryGenerationDocument, SignInDocument, SignUp
 import { createTestDatabase, databaseKind, testDatabaseUrl } from './support/db.js';
 import { createProject, expectTypename, PASSWORD, signUp, type TestUser, uniqueEmail, WINDOW } from './support/fixtures.js';
 import { startAccepted, startGeneration, startInstance, waitForEnd } from './support/generation-helpers.js';
-import { refusalCounts, refusedOnly } from './support/metrics.js';
+import { refusalCounts, refusalsSince, refusedOnly } from './support/metrics.js';
 import { type GraphQLClient, startTestServer, useTestServer } from './support/server.js';
 import { useGenerationServer } from './support/suite-server.js';
 
@@ -36,6 +36,7 @@ describe(`sign-in and sign-up per email (${databaseKind})`, () => {
   const server = useTestServer({ RATE_LIMIT_AUTH_PER_EMAIL: `3/${WINDOW}` });
 
   it('stops guessing one account after a few attempts, even with the right password, and says when to come back', async () => {
+    const refusedBefore = await refusalCounts(server.url);
     const email = uniqueEmail('victim');
     await signUp(server, email); // attempt 1 on this email
     expect((await signInAs(server.client(), email, 'wrong 1')).__typename).toBe('AuthError');
@@ -49,7 +50,7 @@ describe(`sign-in and sign-up per email (${databaseKind})`, () => {
     const { signUp: again } = await server.client().expectNoErrors(SignUpDocument, { email, password: PASSWORD });
     expect(again.__typename).toBe('RateLimitedError');
     // Operators see what was turned away, and by which limit.
-    expect(await refusalCounts(server.url)).toEqual(refusedOnly({ auth_per_email: 2 }));
+    expect(await refusalsSince(server.url, refusedBefore)).toEqual(refusedOnly({ auth_per_email: 2 }));
   });
 
   it('refuses an overlong email on sign-in as on sign-up, before it reaches a counter', async () => {
@@ -65,6 +66,7 @@ describe(`sign-in and sign-up per client address (${databaseKind})`, () => {
   const server = useTestServer({ RATE_LIMIT_AUTH_PER_IP: `4/${WINDOW}` });
 
   it('limits one client address across emails, and does not believe X-Forwarded-For without TRUST_PROXY', async () => {
+    const refusedBefore = await refusalCounts(server.url);
     for (let i = 0; i < 4; i++) {
       const result = await signInAs(server.client(), uniqueEmail('spray'), 'guess', { 'x-forwarded-for': `203.0.113.${i}` });
       expect(result.__typename).toBe('AuthError');
@@ -73,7 +75,7 @@ describe(`sign-in and sign-up per client address (${databaseKind})`, () => {
     expect(limited.__typename).toBe('RateLimitedError');
     const { signUp: refused } = await server.client().expectNoErrors(SignUpDocument, { email: uniqueEmail(), password: PASSWORD });
     expect(refused.__typename).toBe('RateLimitedError');
-    expect(await refusalCounts(server.url)).toEqual(refusedOnly({ auth_per_ip: 2 }));
+    expect(await refusalsSince(server.url, refusedBefore)).toEqual(refusedOnly({ auth_per_ip: 2 }));
   });
 });
 
@@ -119,6 +121,7 @@ describe(`refreshing sessions per client address (${databaseKind})`, () => {
   }`;
 
   it('refuses a third refresh from one address before the token is spent, and leaves other addresses alone', async () => {
+    const refusedBefore = await refusalCounts(server.url);
     const user = await signUp(server);
     const first = await refreshFrom('203.0.113.7', user.refreshToken);
     expect(first.__typename).toBe('AuthSession');
@@ -131,7 +134,7 @@ describe(`refreshing sessions per client address (${databaseKind})`, () => {
     expect(limited.message).not.toMatch(/\d/);
     // Another client behind the proxy refreshes, with the token the refused attempt left unspent.
     expect((await refreshFrom('198.51.100.4', first.refreshToken!)).__typename).toBe('AuthSession');
-    expect(await refusalCounts(server.url)).toEqual(refusedOnly({ refresh_per_ip: 1 }));
+    expect(await refusalsSince(server.url, refusedBefore)).toEqual(refusedOnly({ refresh_per_ip: 1 }));
   });
 });
 
@@ -139,6 +142,7 @@ describe(`starting generations (${databaseKind})`, () => {
   const suite = useGenerationServer({ RATE_LIMIT_GENERATIONS_PER_USER: `2/${WINDOW}`, MAX_ACTIVE_GENERATIONS_PER_USER: '10' });
 
   it('refuses a user a third start (or retry) in the window and leaves other users alone', async () => {
+    const refusedBefore = await refusalCounts(suite.server.url);
     const owner = await signUp(suite.server);
     const project = await createProject(owner.client, { target: 'FLUTTER' });
     const first = await startAccepted(owner.client, { projectId: project.id, prompt: 'A timer' });
@@ -152,7 +156,7 @@ describe(`starting generations (${databaseKind})`, () => {
     const other = await signUp(suite.server);
     const theirs = await createProject(other.client, { target: 'FLUTTER' });
     await startAccepted(other.client, { projectId: theirs.id, prompt: 'A timer' });
-    expect(await refusalCounts(suite.server.url)).toEqual(refusedOnly({ generations_per_user: 2 }));
+    expect(await refusalsSince(suite.server.url, refusedBefore)).toEqual(refusedOnly({ generations_per_user: 2 }));
   });
 
   it('gives back the count of a start refused for what a client may ask again about (here an archived project), not of one for a project not there', async () => {
@@ -185,12 +189,13 @@ describe(`starting generations from one address (${databaseKind})`, () => {
   }
 
   it('refuses a third start from one address whichever account makes it (accounts are free), and leaves other addresses alone', async () => {
+    const refusedBefore = await refusalCounts(suite.server.url);
     const [first, second, third] = [await signUp(suite.server), await signUp(suite.server), await signUp(suite.server)];
     expect(await startFrom(first, '203.0.113.7', 'A timer')).toBe('Generation');
     expect(await startFrom(second, '203.0.113.7', 'A stopwatch')).toBe('Generation');
     expect(await startFrom(third, '203.0.113.7', 'A clock')).toBe('RateLimitedError');
     expect(await startFrom(third, '198.51.100.4', 'A clock')).toBe('Generation');
-    expect(await refusalCounts(suite.server.url)).toEqual(refusedOnly({ generations_per_ip: 1 }));
+    expect(await refusalsSince(suite.server.url, refusedBefore)).toEqual(refusedOnly({ generations_per_ip: 1 }));
   });
 });
 

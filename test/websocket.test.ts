@@ -12,6 +12,7 @@ import { createProject, signIn, signUp, type TestUser } from './support/fixtures
 import { startAccepted, within } from './support/generation-helpers.js';
 import { RawSocket, UpgradeRefused, collect, liveClient } from './support/live.js';
 import { LogCapture } from './support/log-capture.js';
+import { refusalCounts, refusalsSince, refusedOnly } from './support/metrics.js';
 import { useTestServer } from './support/server.js';
 import { useGenerationServer } from './support/suite-server.js';
 
@@ -102,6 +103,7 @@ describe(`graphql-ws connections (${databaseKind})`, () => {
   });
 
   it('refuses one operation beyond WS_MAX_SUBSCRIPTIONS with TOO_MANY_SUBSCRIPTIONS and keeps the socket', async () => {
+    const refusedBefore = await refusalCounts(suite.server.url);
     const live = liveClient(suite.server.url, suite.owner.accessToken);
     try {
       const open = [0, 1, 2].map(() => collect(live.client, GenerationUpdatedDocument, { id: liveGeneration }));
@@ -111,6 +113,7 @@ describe(`graphql-ws connections (${databaseKind})`, () => {
       expect(outcome.errors).toEqual([
         expect.objectContaining({ extensions: { code: 'TOO_MANY_SUBSCRIPTIONS', limit: 3 } }),
       ]);
+      expect(await refusalsSince(suite.server.url, refusedBefore)).toEqual(refusedOnly({ ws_max_subscriptions: 1 }));
       // Completing one makes room again on the same socket.
       open[0]!.stop();
       const again = collect(live.client, GenerationUpdatedDocument, { id: liveGeneration });

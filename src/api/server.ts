@@ -139,6 +139,7 @@ export function buildApp(services: Services): App {
     // PREVIEW_ORIGIN serves previews only: no API over WebSocket either.
     notServedTo: (request) => services.outputs.onPreviewOrigin(request),
     acquireConnection: services.streamAccess.acquireConnection,
+    onRefused: services.metrics.observeRefusal,
     ...config.websocket,
   });
 

@@ -64,6 +64,8 @@ export interface WebSocketOptions {
   clientIpOf: (request: IncomingMessage) => string;
   /** Upgrades to refuse with 404 before any socket exists, as for another path: those on PREVIEW_ORIGIN. */
   notServedTo?: (request: IncomingMessage) => boolean;
+  /** Hears of each operation WS_MAX_SUBSCRIPTIONS turned away (the metrics count them). */
+  onRefused?: (limit: 'ws_max_subscriptions') => void;
 }
 
 export interface WebSocketTransport {
@@ -209,6 +211,7 @@ export function attachWebSocket(options: WebSocketOptions): WebSocketTransport {
   async function prepare(ctx: WsContext<Record<string, unknown> | undefined, Extra>, params: SubscribePayload): Promise<ExecutionArgs | readonly GraphQLError[]> {
     // graphql-ws has already registered this operation, so it counts itself.
     if (Object.keys(ctx.subscriptions).length > options.maxSubscriptions) {
+      options.onRefused?.('ws_max_subscriptions');
       return [
         new GraphQLError(`Too many operations at once on this connection (at most ${options.maxSubscriptions}); complete one first.`, {
           extensions: { code: 'TOO_MANY_SUBSCRIPTIONS', limit: options.maxSubscriptions },

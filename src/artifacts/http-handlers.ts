@@ -134,6 +134,7 @@ export function outputHandlers(deps: {
       return servePreview({ req, res, rest, root: `/preview/${token}/`, manifest, store, generationId }).catch((error: unknown) => {
         if (!(error instanceof DownloadsBusyError)) throw error;
         // Only the generation's own downloads are ahead of it: told to ask again rather than held.
+        deps.metrics.observeRefusal('preview_downloads');
         res.setHeader('Retry-After', '1');
         return plain(res, 503, 'Busy fetching this preview; try again shortly.');
       });

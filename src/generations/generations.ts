@@ -51,6 +51,8 @@ export interface GenerationDeps {
    * recently, or counts this start and resolves with what takes it back; bound per request (startLimits).
    */
   rateLimit?(userId: string): Promise<() => Promise<void>>;
+  /** Hears of each start MAX_ACTIVE_GENERATIONS_PER_USER turned away (the metrics count them). */
+  onRefused?(limit: 'max_active_generations_per_user'): void;
 }
 
 /**
@@ -66,6 +68,8 @@ export async function countedStart(scope: Scope, deps: GenerationDeps, start: ()
   } catch (error) {
     // Not worth failing the answer for: at worst the count stays one too high until its window ends.
     if (isAskedAgain(error)) await giveBack?.().catch(() => {});
+    // Here, not where it is thrown: a transaction run again after an outage would count it twice.
+    if (error instanceof TooManyActiveError) deps.onRefused?.('max_active_generations_per_user');
     throw error;
   }
 }
@@ -295,11 +299,16 @@ async function checkLimits(
   return reserved;
 }
 
+/** The user has MAX_ACTIVE_GENERATIONS_PER_USER generations queued or running. */
+class TooManyActiveError extends RateLimitedError {
+  constructor(maxActivePerUser: number) {
+    super(15, `You already have ${maxActivePerUser} generations queued or running; wait for one to finish.`);
+  }
+}
+
 /** Refuses a start while the user has MAX_ACTIVE_GENERATIONS_PER_USER queued or running; call it under lockStartsOfUser. */
 export async function refuseBeyondActiveLimit(tx: Tx, maxActivePerUser: number, userId: string): Promise<void> {
-  if ((await generationStore.activeCountOfUser(tx, userId)) >= maxActivePerUser) {
-    throw new RateLimitedError(15, `You already have ${maxActivePerUser} generations queued or running; wait for one to finish.`);
-  }
+  if ((await generationStore.activeCountOfUser(tx, userId)) >= maxActivePerUser) throw new TooManyActiveError(maxActivePerUser);
 }
 
 async function resolveParent(tx: Tx, projectId: string, input: StartInput): Promise<GenerationRow | undefined> {

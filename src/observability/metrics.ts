@@ -39,9 +39,10 @@ export interface Metrics {
 }
 
 /**
- * What turns a request away (kiln_refusals_total): a rate limit, named as its variable
- * (RATE_LIMIT_AUTH_PER_IP is auth_per_ip), a live-stream cap (LIVE_STREAMS_PER_USER,
- * LIVE_STREAMS_PER_ADDRESS), too many sign-ins hashing at once, too many archive downloads at once.
+ * What turns a request away (kiln_refusals_total): a rate limit or a cap, named as its variable
+ * (RATE_LIMIT_AUTH_PER_IP is auth_per_ip, LIVE_STREAMS_PER_USER live_streams_per_user), too many
+ * sign-ins and sign-ups hashing at once, too many archive downloads at once, too many preview
+ * downloads of one generation at once.
  */
 export const REFUSAL_LIMITS = [
   'auth_per_ip',
@@ -54,7 +55,10 @@ export const REFUSAL_LIMITS = [
   'refresh_per_ip',
   'live_streams_per_user',
   'live_streams_per_address',
+  'max_active_generations_per_user',
+  'ws_max_subscriptions',
   'archive_downloads',
+  'preview_downloads',
 ] as const;
 export type RefusalLimit = (typeof REFUSAL_LIMITS)[number];
 

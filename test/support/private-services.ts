@@ -14,29 +14,36 @@ import { waitUntil } from './cluster.js';
 // shared PostgreSQL and Redis that other suites on this machine use at the same time.
 
 /**
- * A free TCP port on 127.0.0.1 (for a server that cannot be told to pick one), below the
+ * A free TCP port on 127.0.0.1 (for a server that cannot be told to pick one), outside the
  * kernel's range of ephemeral ports: a port it handed out for `listen(0)` or an outgoing
  * connection could be taken again by one of those before our server binds it (or while the
- * test has stopped the server to start it again); one below the range is never handed out.
+ * test has stopped the server to start it again); one outside the range is never handed out.
  */
 export async function freePort(): Promise<number> {
-  const below = ephemeralPortsFrom() - 1;
-  const lowest = Math.max(1024, below - 10_000);
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const port = lowest + Math.floor(Math.random() * (below - lowest + 1));
+  const [from, to] = ephemeralPorts();
+  // Below the range when there is room there, else above it; else any port the kernel gives.
+  const [lowest, highest] = from - 1 - 1024 >= 1000 ? [Math.max(1024, from - 10_001), from - 1] : 65535 - to >= 1000 ? [to + 1, 65535] : [0, 0];
+  for (let attempt = 0; highest > 0 && attempt < 50; attempt++) {
+    const port = lowest + Math.floor(Math.random() * (highest - lowest + 1));
     if (await isFree(port)) return port;
   }
-  throw new Error(`no free port found between ${lowest} and ${below}`);
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as { port: number };
+  await new Promise((resolve) => server.close(resolve));
+  return port;
 }
 
-/** Where the kernel starts handing out ephemeral ports (Linux's default 32768 elsewhere). */
-function ephemeralPortsFrom(): number {
+/** The kernel's range of ephemeral ports (Linux's default where it cannot be read). */
+function ephemeralPorts(): [number, number] {
   try {
-    const from = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
-    return Number.isInteger(from) && from > 2048 ? from : 32768;
+    const [from, to] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+    if (Number.isInteger(from) && Number.isInteger(to) && from! <= to!) return [from!, to!];
   } catch {
-    return 32768;
+    // not Linux, or no /proc
   }
+  return [32768, 60999];
 }
 
 async function isFree(port: number): Promise<boolean> {

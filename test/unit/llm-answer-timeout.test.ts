@@ -93,12 +93,12 @@ describe('an answer that never ends (OpenAI-compatible server)', () => {
   const looping = useEach(() => startLoopingServer(), (started) => started.close());
 
   it('is stopped past the answer timeout, with what it cost, and the server sees the request cancelled', async () => {
-    const provider = createOpenAiProvider({ baseUrl: looping.baseUrl, model: 'qwen2.5-coder', answerTimeoutMs: 300 });
+    const provider = createOpenAiProvider({ baseUrl: looping.baseUrl, model: 'qwen2.5-coder', answerTimeoutMs: BOUND_MS });
     const { text, usage, failure } = await untilFailure(provider.stream(request()));
 
     expect(text).toMatch(/^(and again )+$/);
     expect(failure).toBeInstanceOf(LlmError);
-    expect((failure as LlmError).message).toMatch(/^The OpenAI-compatible server's answer was still streaming after 0.3 seconds/);
+    expect((failure as LlmError).message).toMatch(/^The OpenAI-compatible server's answer was still streaming after 0.6 seconds/);
     expect((failure as LlmError).message).toMatch(STILL_STREAMING);
     expect((failure as LlmError).retryable).toBe(false);
     // The usage the server had reported when the answer was stopped.
@@ -125,12 +125,12 @@ describe('an answer that never ends (Gemini)', () => {
   it('is stopped past the answer timeout, with the usage Gemini counted, and the connection is closed', async () => {
     // Far more chunks than the bound lets through.
     fake.script({ kind: 'stream', chunks: Array.from({ length: 100_000 }, () => 'and again '), delayMs: 5, usage: { promptTokens: 11, outputTokens: 500_000 } });
-    const gemini = createGeminiProvider({ apiKey: 'k', model: 'gemini-2.5-flash', baseUrl: fake.baseUrl, answerTimeoutMs: 300 });
+    const gemini = createGeminiProvider({ apiKey: 'k', model: 'gemini-2.5-flash', baseUrl: fake.baseUrl, answerTimeoutMs: BOUND_MS });
     const { text, usage, failure } = await untilFailure(gemini.stream(request()));
 
     expect(text).toMatch(/^(and again )+$/);
     expect(failure).toBeInstanceOf(LlmError);
-    expect((failure as LlmError).message).toMatch(/^Gemini's answer was still streaming after 0.3 seconds/);
+    expect((failure as LlmError).message).toMatch(/^Gemini's answer was still streaming after 0.6 seconds/);
     expect(usage).toMatchObject({ inputTokens: 11 });
     await fake.requests[0]!.clientGone;
     expect(fake.requests).toHaveLength(1);
