@@ -116,6 +116,7 @@ const environment = z.object({
   WS_AUTH_RECHECK_MS: delay(5000, 100),
   SUBSCRIPTION_BUFFER_LIMIT: int(1000, 1),
   STREAM_ACCESS_RECHECK_MS: delay(2000, 50),
+  STREAM_POLL_MS: delay(2000, 50),
   LIVE_STREAMS_PER_USER: int(200, 1),
   LIVE_STREAMS_PER_ADDRESS: int(1000, 1),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -231,6 +232,8 @@ export function parseConfig(env: Record<string, string | undefined>) {
     },
     subscriptions: {
       bufferLimit: e.SUBSCRIPTION_BUFFER_LIMIT,
+      /** How long a quiet live stream waits for the event bus before it checks the database anyway; doubles while quiet, up to 30 s. */
+      pollMs: e.STREAM_POLL_MS,
       /** How often every live stream's token and membership are checked again. */
       accessRecheckMs: e.STREAM_ACCESS_RECHECK_MS,
       /** Live streams (SSE streams, graphql-ws subscriptions) plus WebSocket connections one user may hold open. */

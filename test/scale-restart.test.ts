@@ -3,15 +3,31 @@ import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrateDatabase } from '../src/db/migrate.js';
 import { openDatabase } from '../src/db/client.js';
-import { arrivalMoments, followChunks, type KilnProcess, ready, spawnKiln, waitUntil } from './support/cluster.js';
+import {
+  appHeldAfter,
+  BUS_ONLY_POLL_MS,
+  followChunks,
+  followPieceByPiece,
+  heldAnswer,
+  type KilnProcess,
+  ready,
+  spawnKiln,
+  streamedApp,
+  textOf,
+  waitUntil,
+} from './support/cluster.js';
 import { testDatabaseUrl } from './support/db.js';
+import { type FakeGemini, startFakeGemini } from './support/fake-gemini.js';
 import { createProject, graphqlClient, signUp, type TestUser } from './support/fixtures.js';
 import { type FakeFlutter, fakeFlutter, GenerationWatch, getGeneration, startAccepted, tempDir } from './support/generation-helpers.js';
 import { type PrivatePostgres, privatePostgresUnavailable, startPrivatePostgres } from './support/private-services.js';
 
 // A PostgreSQL restart under a scaled-out Kiln (QUEUE=pgboss, EVENTS=postgres). The
 // shared server other suites use must not be restarted, so this runs on a private
-// cluster (initdb on a port of its own) and restarts that one.
+// cluster (initdb on a port of its own) and restarts that one. The worker's model is a
+// fake Gemini in this process, whose answers the test holds and lets out piece by piece;
+// the API reads a quiet stream's chunks from the database only after 10 minutes
+// (STREAM_POLL_MS), so chunks reach subscribers over LISTEN.
 
 const skip = !testDatabaseUrl || privatePostgresUnavailable !== undefined;
 const reason = !testDatabaseUrl ? 'set TEST_DATABASE_URL to run' : `skipped: ${privatePostgresUnavailable}`;
@@ -19,6 +35,7 @@ const reason = !testDatabaseUrl ? 'set TEST_DATABASE_URL to run' : `skipped: ${p
 describe.skipIf(skip)(`scaled out through a PostgreSQL restart (private cluster; ${reason})`, () => {
   let pg: PrivatePostgres;
   let flutter: FakeFlutter;
+  let gemini: FakeGemini;
   let data: { path: string; remove(): Promise<void> };
   let api: KilnProcess;
   let worker: KilnProcess;
@@ -26,7 +43,9 @@ describe.skipIf(skip)(`scaled out through a PostgreSQL restart (private cluster;
   let projectId: string;
 
   beforeAll(async () => {
-    [pg, flutter, data] = await Promise.all([startPrivatePostgres(), fakeFlutter('ok'), tempDir('scale-restart')]);
+    [pg, flutter, gemini, data] = await Promise.all([startPrivatePostgres(), fakeFlutter('ok'), startFakeGemini(), tempDir('scale-restart')]);
+    // What the model answers unless the test holds an answer (the last behaviour scripted repeats).
+    gemini.script(streamedApp());
     const database = await openDatabase({ url: pg.url });
     await migrateDatabase(database);
     await database.close();
@@ -37,12 +56,12 @@ describe.skipIf(skip)(`scaled out through a PostgreSQL restart (private cluster;
       AUTH_JWT_SECRET: randomBytes(48).toString('base64'),
       FLUTTER_BIN: flutter.bin,
       GENERATION_LEASE_SECONDS: '3',
-      OFFLINE_CHUNK_DELAY_MS: '100',
+      ...gemini.kilnEnv,
       RATE_LIMIT_GENERATIONS_PER_USER: 'off',
       RATE_LIMIT_GENERATIONS_PER_IP: 'off',
     };
     [api, worker] = await Promise.all([
-      spawnKiln('api', { ...env, ROLE: 'api', DATA_DIR: `${data.path}/api` }),
+      spawnKiln('api', { ...env, ROLE: 'api', STREAM_POLL_MS: BUS_ONLY_POLL_MS, DATA_DIR: `${data.path}/api` }),
       spawnKiln('worker', { ...env, ROLE: 'worker', DATA_DIR: `${data.path}/worker` }),
     ]);
     owner = await signUp({ client: (token) => graphqlClient(api.url, token) });
@@ -51,17 +70,23 @@ describe.skipIf(skip)(`scaled out through a PostgreSQL restart (private cluster;
 
   afterAll(async () => {
     await Promise.all([api, worker].filter(Boolean).map((p) => p.stop(5_000)));
-    await Promise.all([pg?.close(), flutter?.remove(), data?.remove()]);
+    await Promise.all([pg?.close(), gemini?.close(), flutter?.remove(), data?.remove()]);
   });
 
   it('keeps both processes up through a restart mid-stream; the stream resumes by seq; jobs and events work after', async () => {
+    // The answer's first pieces go out, the rest wait for the restart to begin.
+    const answer = appHeldAfter(3);
+    gemini.script(answer.behaviour, streamedApp());
     const started = await startAccepted(owner.client, { projectId, prompt: 'A bird song quiz' });
     let restarted: Promise<void> | undefined;
     const { chunks, resumes } = await followChunks([api.url], owner.accessToken, started.id, {
       onChunk: (seen) => {
-        if (seen.length === 5) restarted = pg.restart();
+        if (restarted || !answer.hasThem(seen)) return;
+        restarted = pg.restart();
+        answer.gate.open();
       },
     });
+    expect(restarted).toBeDefined();
     await restarted;
     expect(api.alive && worker.alive).toBe(true);
     await waitUntil(() => ready(api.url), 30_000, () => 'the API is not ready again');
@@ -76,15 +101,22 @@ describe.skipIf(skip)(`scaled out through a PostgreSQL restart (private cluster;
     console.info(`[restart figures] PostgreSQL restart mid-stream: the run ended ${end.status}${end.error ? `/${end.error.code}` : ''}, the client resumed ${resumes} times`);
 
     // After the restart: a job reaches the worker (pg-boss), chunks stream live (LISTEN is back).
-    const next = await startAccepted(owner.client, { projectId, prompt: 'A bird song quiz, again' });
-    const live = await followChunks([api.url], owner.accessToken, next.id);
-    expect(arrivalMoments(live.chunks)).toBeGreaterThan(8);
-    const after = new GenerationWatch(api.url, owner.accessToken, next.id);
-    expect(await after.finished(60_000).finally(() => after.close())).toMatchObject({ status: 'SUCCEEDED' });
-
     const admin = postgres(pg.url, { max: 1, onnotice: () => {} });
+    const settled = () =>
+      waitUntil(async () => (await admin`select 1 from generations where status in ('RUNNING', 'QUEUED')`).length === 0, 30_000, () => 'still active', 200);
     try {
-      await waitUntil(async () => (await admin`select 1 from generations where status in ('RUNNING', 'QUEUED')`).length === 0, 30_000, () => 'still active', 200);
+      // A retry of the run may still be under way: the held answer must go to the next generation.
+      await settled();
+      const held = heldAnswer();
+      gemini.script(held.behaviour, streamedApp());
+      const next = await startAccepted(owner.client, { projectId, prompt: 'A bird song quiz, again' });
+      // Each piece goes out only once the subscriber has the one before: LISTEN brought it.
+      const live = await followPieceByPiece(api.url, owner.accessToken, next.id, held);
+      const after = new GenerationWatch(api.url, owner.accessToken, next.id);
+      expect(await after.finished(60_000).finally(() => after.close())).toMatchObject({ status: 'SUCCEEDED' });
+      expect(live.map((c) => c.seq)).toEqual(live.map((_, i) => i));
+      expect(textOf(live)).toBe((await getGeneration(owner.client, next.id)).output);
+      await settled();
     } finally {
       await admin.end();
     }

@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { GenerationChunksDocument, GenerationUpdatedDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
 import { signUp } from './support/fixtures.js';
+import { releaseOneByOne, scriptGatedAnswer, useGeminiServer } from './support/gemini-server.js';
 import { startInNewProject, waitForEnd, within } from './support/generation-helpers.js';
 import { useGenerationServer } from './support/suite-server.js';
 import { isContiguousFromZero, sseSubscribe } from './support/live.js';
@@ -16,25 +17,6 @@ describe(`generation streams over SSE (${databaseKind})`, () => {
   const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '25' });
 
   const start = (prompt: string) => startInNewProject(suite.owner, prompt);
-
-  it('resumes after the stream is dropped mid-way: both parts together are every seq once, in order', async () => {
-    const generation = await start('A reading list with ratings and notes');
-    const first = sseSubscribe(suite.server.url, suite.owner.accessToken, GenerationChunksDocument, { id: generation.id });
-    await within(first.atLeast(3), 20_000, () => `only ${first.items.length} chunks arrived`);
-    first.abort();
-    expect((await first.ended).completed).toBe(false);
-    const seen = first.items.map((item) => item.generationChunks);
-    const last = seen.at(-1)!.seq;
-
-    const second = sseSubscribe(suite.server.url, suite.owner.accessToken, GenerationChunksDocument, { id: generation.id, afterSeq: last });
-    expect(await within(second.ended, 30_000, () => 'the resumed stream did not complete')).toEqual({ completed: true, errors: undefined });
-    const resumed = second.items.map((item) => item.generationChunks);
-    expect(resumed.length, 'the disconnect was not mid-stream').toBeGreaterThan(0);
-    const all = [...seen, ...resumed];
-    expect(isContiguousFromZero(all.map((chunk) => chunk.seq))).toBe(true);
-    const done = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, generation.id);
-    expect(all.map((chunk) => chunk.text).join('')).toBe(done.output);
-  });
 
   it('works over GET too, and a finished generation replays in full and completes', async () => {
     const generation = await start('A metronome');
@@ -59,6 +41,39 @@ describe(`generation streams over SSE (${databaseKind})`, () => {
       errors: [expect.objectContaining({ message: 'Generation not found.', extensions: { code: 'NOT_FOUND' } })],
     });
     expect(denied.items).toEqual([]);
+  });
+});
+
+describe(`generation streams over SSE, live (${databaseKind})`, () => {
+  // The model's answer waits at a gate, let out piece by piece: the stream is dropped mid-way however slow the machine.
+  const suite = useGeminiServer();
+
+  it('resumes after the stream is dropped mid-way: both parts together are every seq once, in order', async () => {
+    const prompt = 'A reading list with ratings and notes';
+    const { gate, pieces } = scriptGatedAnswer(suite.gemini, prompt, 8);
+    try {
+      const generation = await startInNewProject(suite.owner, prompt);
+      const first = sseSubscribe(suite.server.url, suite.owner.accessToken, GenerationChunksDocument, { id: generation.id });
+      await within(releaseOneByOne(gate, pieces.slice(0, 3), first), 20_000, () => `only ${first.items.length} chunks arrived`);
+      first.abort(); // the rest of the answer is still held
+      expect((await first.ended).completed).toBe(false);
+      const seen = first.items.map((item) => item.generationChunks);
+      const last = seen.at(-1)!.seq;
+
+      const second = sseSubscribe(suite.server.url, suite.owner.accessToken, GenerationChunksDocument, { id: generation.id, afterSeq: last });
+      // Back in while the answer still streams: one more piece live, then the rest.
+      await within(releaseOneByOne(gate, pieces.slice(3, 4), second), 20_000, () => 'the resumed stream got nothing');
+      gate.open();
+      expect(await within(second.ended, 30_000, () => 'the resumed stream did not complete')).toEqual({ completed: true, errors: undefined });
+      const resumed = second.items.map((item) => item.generationChunks);
+      expect(resumed.length, 'the disconnect was not mid-stream').toBeGreaterThan(0);
+      const all = [...seen, ...resumed];
+      expect(isContiguousFromZero(all.map((chunk) => chunk.seq))).toBe(true);
+      const done = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, generation.id);
+      expect(all.map((chunk) => chunk.text).join('')).toBe(done.output);
+    } finally {
+      gate.open();
+    }
   });
 });
 

@@ -1,34 +1,46 @@
 import { describe, expect, it } from 'vitest';
 import { GenerationUpdatedDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
+import { answerInPieces, chunkGate, startFakeGemini } from './support/fake-gemini.js';
 import { createProject } from './support/fixtures.js';
 import { startAccepted, waitForEnd, within } from './support/generation-helpers.js';
+import { useStarted } from './support/lifecycle.js';
 import { collect, liveClient } from './support/live.js';
 import { useGenerationServer } from './support/suite-server.js';
 
 // Many viewers of one generation's status: a change is read from the database once for
 // every stream it wakes in the process, not once per viewer (a move between phases of a
 // running generation needs no read at all). The statements are counted at the database
-// driver.
+// driver. The model's answer waits behind a gate (a fake Gemini) until every viewer has
+// the running generation's state, so they all watch it move on, however slow the machine is.
 
 const VIEWERS = 16;
 /** The generation reads of `generationUpdated` (and of anything else reading generations by id). */
 const isGenerationRead = (query: string) => /^select .* from "generations" where "generations"\."id" in/s.test(query);
+const MAIN = "import 'package:flutter/material.dart';\nvoid main() => runApp(const Placeholder());\n";
 
 describe(`generationUpdated with many viewers (${databaseKind})`, () => {
   const statements: string[] = [];
-  // Slow enough that every viewer is subscribed before the run moves on.
-  const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '40', WS_MAX_SUBSCRIPTIONS: String(VIEWERS) }, 'ok', { onQuery: (query) => void statements.push(query) });
+  // As useGeminiServer (one run at a time, each scripted answer to its generation), with the statements counted.
+  const gemini = useStarted(() => startFakeGemini(), (fake) => fake.close());
+  const suite = useGenerationServer(() => ({ ...gemini.kilnEnv, WORKER_CONCURRENCY: '1', WS_MAX_SUBSCRIPTIONS: String(VIEWERS) }), 'ok', {
+    onQuery: (query) => void statements.push(query),
+  });
 
   it('gives every viewer every state and reads each change once, not once per viewer', async () => {
+    const gate = chunkGate();
+    gemini.script({ kind: 'stream', chunks: answerInPieces({ 'lib/main.dart': MAIN }, 4), gate });
     const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
     const generation = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A shopping list shared by a family' });
     const live = liveClient(suite.server.url, suite.owner.accessToken);
     try {
+      // The run has asked the model and waits for its first piece: every viewer joins it there.
+      await within(gate.reached(0), 20_000, () => 'the run never asked the model');
       const viewers = Array.from({ length: VIEWERS }, () => collect(live.client, GenerationUpdatedDocument, { id: generation.id }));
       await within(Promise.all(viewers.map((viewer) => viewer.atLeast(1))), 20_000, () => 'not every viewer got the current state');
       const readsBefore = statements.filter(isGenerationRead).length;
       const firstStates = viewers.map((viewer) => viewer.items.length);
+      gate.open();
       for (const viewer of viewers) expect(await within(viewer.ended, 30_000, () => 'a viewer did not complete')).toEqual({ errors: undefined });
       const reads = statements.filter(isGenerationRead).length - readsBefore;
 
@@ -50,6 +62,7 @@ describe(`generationUpdated with many viewers (${databaseKind})`, () => {
       expect(reads).toBeGreaterThanOrEqual(1);
       expect(reads).toBeLessThan(VIEWERS * fewest);
     } finally {
+      gate.open();
       await live.dispose();
     }
   });

@@ -2,8 +2,10 @@ import { sql } from 'drizzle-orm';
 import { describe, expect, it } from 'vitest';
 import { GenerationChunksDocument, GenerationUpdatedDocument, ViewerDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
+import { answerInPieces, chunkGate, startFakeGemini } from './support/fake-gemini.js';
 import { createProject } from './support/fixtures.js';
 import { startAccepted, within } from './support/generation-helpers.js';
+import { useStarted } from './support/lifecycle.js';
 import { collect, liveClient } from './support/live.js';
 import { LogCapture } from './support/log-capture.js';
 import { useGenerationServer } from './support/suite-server.js';
@@ -11,13 +13,22 @@ import { useGenerationServer } from './support/suite-server.js';
 // A live stream that fails unexpectedly ends that one operation with "Unexpected error."
 // and a request id that the log also has, never the cause; the socket's other operations
 // go on and the socket stays open. Here the stream's final read fails: the function it
-// reads history through is renamed away while the generation runs.
+// reads history through is renamed away while the generation runs. The model's answer is
+// held after its first piece (a gated fake Gemini) until the function is gone, so the
+// generation is still streaming then however slow the machine is.
+
+const MAIN = "import 'package:flutter/material.dart';\nvoid main() => runApp(const Placeholder());\n";
 
 describe(`a live stream that fails unexpectedly (${databaseKind})`, () => {
   const logs = new LogCapture();
-  const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '40', LOG_LEVEL: 'info' }, 'ok', { logTo: logs });
+  // As useGeminiServer (one run at a time, each scripted answer to its generation), with the log captured.
+  const gemini = useStarted(() => startFakeGemini(), (fake) => fake.close());
+  const suite = useGenerationServer(() => ({ ...gemini.kilnEnv, WORKER_CONCURRENCY: '1', LOG_LEVEL: 'info' }), 'ok', { logTo: logs });
 
   it('ends only that operation, masked with a request id the log has; the other operations and the socket go on', async () => {
+    const gate = chunkGate();
+    gemini.script({ kind: 'stream', chunks: answerInPieces({ 'lib/main.dart': MAIN }, 4), gate });
+    gate.release(1);
     const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
     const generation = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A stream whose reads will fail' });
     const live = liveClient(suite.server.url, suite.owner.accessToken);
@@ -26,9 +37,11 @@ describe(`a live stream that fails unexpectedly (${databaseKind})`, () => {
     try {
       const chunks = collect(live.client, GenerationChunksDocument, { id: generation.id });
       const updates = collect(live.client, GenerationUpdatedDocument, { id: generation.id });
+      // The first piece has reached the subscriber; the rest waits for the gate.
       await within(chunks.atLeast(1), 30_000, () => 'no chunk arrived');
       await db.execute(sql`alter function kiln.chunks_after(uuid, integer, integer) rename to chunks_after_gone`);
       renamed = true;
+      gate.open();
 
       const failed = await within(chunks.ended, 60_000, () => 'the failing stream did not end');
       expect(failed.error).toBeUndefined(); // a result, not a socket error
@@ -48,6 +61,7 @@ describe(`a live stream that fails unexpectedly (${databaseKind})`, () => {
       await viewer.ended;
       expect(viewer.items).toEqual([{ viewer: expect.objectContaining({ email: suite.owner.email }) }]);
     } finally {
+      gate.open();
       if (renamed) await db.execute(sql`alter function kiln.chunks_after_gone(uuid, integer, integer) rename to chunks_after`);
       await live.dispose();
     }

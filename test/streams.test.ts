@@ -8,8 +8,9 @@ import { createMemoryEventBus, type StatusEvent } from '../src/events/bus.js';
 import type { GenerationPhase } from '../src/generations/status.js';
 import { buildLogs, generationChunks, generationUpdates } from '../src/generations/streams.js';
 import { BuildLogsDocument, GenerationChunksDocument, GenerationUpdatedDocument } from './gql/graphql.js';
-import { createTestDatabase, databaseKind, type TestDatabase } from './support/db.js';
+import { createTestDatabase, databaseKind, openTwoConnections, type TestDatabase } from './support/db.js';
 import { as, createGeneration, createTeam, type Team } from './support/rls.js';
+import { releaseOneByOne, scriptGatedAnswer, useGeminiServer } from './support/gemini-server.js';
 import { getGeneration, startInNewProject, waitForEnd, within } from './support/generation-helpers.js';
 import { useGenerationServer } from './support/suite-server.js';
 import { collect, isContiguousFromZero, liveClient } from './support/live.js';
@@ -17,40 +18,12 @@ import { collect, isContiguousFromZero, liveClient } from './support/live.js';
 // The resumable streams over graphql-ws: replay, live, resume after a disconnect,
 // completion, and many subscribers of one generation.
 
-describe(`generation streams over graphql-ws (${databaseKind})`, () => {
-  // Slow enough that a client can leave and come back mid-stream. The 100 sockets of one user
-  // below, a subscription each, hold 200 live streams: LIVE_STREAMS_PER_USER's default, no room to spare.
-  const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '25', LIVE_STREAMS_PER_USER: '300' });
-
-  const start = (prompt: string) => startInNewProject(suite.owner, prompt);
-
-  it('resumes after a disconnect mid-stream: both parts together are every seq once, in order', async () => {
-    const generation = await start('A habit tracker with streaks, reminders and a weekly chart');
-    const first = liveClient(suite.server.url, suite.owner.accessToken);
-    const before = collect(first.client, GenerationChunksDocument, { id: generation.id });
-    await within(before.atLeast(3), 20_000, () => `only ${before.items.length} chunks arrived`);
-    await first.dispose(); // the connection drops mid-stream
-    const seen = before.items.map((item) => item.generationChunks);
-    const last = seen.at(-1)!.seq;
-
-    const second = liveClient(suite.server.url, suite.owner.accessToken);
-    try {
-      const after = collect(second.client, GenerationChunksDocument, { id: generation.id, afterSeq: last });
-      expect(await within(after.ended, 30_000, () => 'the resumed stream did not complete')).toEqual({ errors: undefined });
-      const resumed = after.items.map((item) => item.generationChunks);
-      expect(resumed.length, 'the disconnect was not mid-stream').toBeGreaterThan(0);
-      expect(resumed[0]!.seq).toBe(last + 1);
-      const all = [...seen, ...resumed];
-      expect(isContiguousFromZero(all.map((chunk) => chunk.seq))).toBe(true);
-      const done = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, generation.id);
-      expect(all.map((chunk) => chunk.text).join('')).toBe(done.output);
-    } finally {
-      await second.dispose();
-    }
-  });
+describe(`generation streams over graphql-ws, replayed (${databaseKind})`, () => {
+  // The offline model, slow enough that its answer comes as many chunks.
+  const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '25' });
 
   it('replays a generation that finished long ago in full, then completes (chunks and build log)', async () => {
-    const generation = await start('A recipe box');
+    const generation = await startInNewProject(suite.owner, 'A recipe box');
     const done = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, generation.id);
     expect(done.status).toBe('SUCCEEDED');
     const live = liveClient(suite.server.url, suite.owner.accessToken);
@@ -76,12 +49,63 @@ describe(`generation streams over graphql-ws (${databaseKind})`, () => {
       await live.dispose();
     }
   });
+});
+
+describe(`generation streams over graphql-ws, live (${databaseKind})`, () => {
+  // The model's answer waits at a gate: each case lets it on once its subscribers are where the
+  // case needs them (mid-stream, or in before the run ends), however slow the machine. The 100
+  // sockets of one user below, a subscription each, hold 200 live streams: LIVE_STREAMS_PER_USER's
+  // default, no room to spare.
+  const suite = useGeminiServer({ LIVE_STREAMS_PER_USER: '300' });
+
+  /** The next generation's answer: an app named after the prompt, in `pieces`, held by a gate. */
+  const gatedAnswer = (prompt: string, pieces: number) => scriptGatedAnswer(suite.gemini, prompt, pieces);
+  const start = (prompt: string) => startInNewProject(suite.owner, prompt);
+
+  it('resumes after a disconnect mid-stream: both parts together are every seq once, in order', async () => {
+    const prompt = 'A habit tracker with streaks, reminders and a weekly chart';
+    const { gate, pieces } = gatedAnswer(prompt, 8);
+    try {
+      const generation = await start(prompt);
+      const first = liveClient(suite.server.url, suite.owner.accessToken);
+      const before = collect(first.client, GenerationChunksDocument, { id: generation.id });
+      await within(releaseOneByOne(gate, pieces.slice(0, 3), before), 20_000, () => `only ${before.items.length} chunks arrived`);
+      await first.dispose(); // the connection drops mid-stream: the rest of the answer is still held
+      const seen = before.items.map((item) => item.generationChunks);
+      const last = seen.at(-1)!.seq;
+
+      const second = liveClient(suite.server.url, suite.owner.accessToken);
+      try {
+        const after = collect(second.client, GenerationChunksDocument, { id: generation.id, afterSeq: last });
+        // Back in while the answer still streams: one more piece live, then the rest.
+        await within(releaseOneByOne(gate, pieces.slice(3, 4), after), 20_000, () => 'the resumed stream got nothing');
+        gate.open();
+        expect(await within(after.ended, 30_000, () => 'the resumed stream did not complete')).toEqual({ errors: undefined });
+        const resumed = after.items.map((item) => item.generationChunks);
+        expect(resumed.length, 'the disconnect was not mid-stream').toBeGreaterThan(0);
+        expect(resumed[0]!.seq).toBe(last + 1);
+        const all = [...seen, ...resumed];
+        expect(isContiguousFromZero(all.map((chunk) => chunk.seq))).toBe(true);
+        const done = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, generation.id);
+        expect(all.map((chunk) => chunk.text).join('')).toBe(done.output);
+      } finally {
+        await second.dispose();
+      }
+    } finally {
+      gate.open();
+    }
+  });
 
   it('generationUpdated emits the current state first and completes after the terminal state', async () => {
-    const generation = await start('A pomodoro timer');
+    const prompt = 'A pomodoro timer';
+    const { gate } = gatedAnswer(prompt, 4);
     const live = liveClient(suite.server.url, suite.owner.accessToken);
     try {
+      const generation = await start(prompt);
       const updates = collect(live.client, GenerationUpdatedDocument, { id: generation.id });
+      // The answer waits until the first state is in, so that state is one before the end.
+      await within(updates.atLeast(1), 10_000, () => 'generationUpdated emitted nothing');
+      gate.open();
       expect(await within(updates.ended, 30_000, () => 'generationUpdated did not complete')).toEqual({ errors: undefined });
       const states = updates.items.map((item) => item.generationUpdated);
       expect(['QUEUED', 'RUNNING']).toContain(states[0]!.status);
@@ -96,15 +120,22 @@ describe(`generation streams over graphql-ws (${databaseKind})`, () => {
       expect(await within(again.ended, 10_000, () => 'generationUpdated of a finished generation did not complete')).toEqual({ errors: undefined });
       expect(again.items.map((item) => item.generationUpdated)).toEqual([states.at(-1)]);
     } finally {
+      gate.open();
       await live.dispose();
     }
   });
 
   it('generationUpdated answers fields read from other tables afresh at each state: the build steps and preview of the final one', async () => {
-    const generation = await start('A recipe box');
+    const prompt = 'A recipe box';
+    const { gate } = gatedAnswer(prompt, 4);
     const live = liveClient(suite.server.url, suite.owner.accessToken);
     try {
+      const generation = await start(prompt);
       const updates = collect(live.client, GenerationUpdatedWithOutputsDocument, { id: generation.id });
+      // Subscribed before the build: its first state is read before any build step or preview exists.
+      await within(updates.atLeast(1), 10_000, () => 'generationUpdated emitted nothing');
+      expect(updates.items[0]!.generationUpdated.status).not.toBe('SUCCEEDED');
+      gate.open();
       expect(await within(updates.ended, 30_000, () => 'generationUpdated did not complete')).toEqual({ errors: undefined });
       const final = updates.items.at(-1)!.generationUpdated;
       expect(final.status).toBe('SUCCEEDED');
@@ -113,15 +144,22 @@ describe(`generation streams over graphql-ws (${databaseKind})`, () => {
       expect(final.buildSteps).toEqual(done.buildSteps.map(({ name, status }) => ({ name, status })));
       expect(final.preview?.url).toMatch(/^http/);
     } finally {
+      gate.open();
       await live.dispose();
     }
   });
 
   it('gives 100 concurrent subscribers of one generation the identical sequence', async () => {
-    const generation = await start('A shared shopping list for a family');
+    const prompt = 'A shared shopping list for a family';
+    const { gate } = gatedAnswer(prompt, 6);
     const clients = Array.from({ length: 100 }, () => liveClient(suite.server.url, suite.owner.accessToken));
     try {
+      const generation = await start(prompt);
       const streams = clients.map(({ client }) => collect(client, GenerationChunksDocument, { id: generation.id }));
+      // The first piece alone, until every subscriber has it: all 100 are in mid-stream, and get the rest live.
+      gate.release();
+      await within(Promise.all(streams.map((s) => s.atLeast(1))), 60_000, () => 'not every subscriber got the first chunk');
+      gate.open();
       const outcomes = await within(Promise.all(streams.map((s) => s.ended)), 60_000, () => 'not every subscriber completed');
       expect(outcomes.every((outcome) => outcome.errors === undefined && outcome.error === undefined)).toBe(true);
       const done = await getGeneration(suite.owner.client, generation.id);
@@ -130,6 +168,7 @@ describe(`generation streams over graphql-ws (${databaseKind})`, () => {
       expect(expected.map((item) => item.generationChunks.text).join('')).toBe(done.output);
       for (const stream of streams) expect(stream.items).toEqual(expected);
     } finally {
+      gate.open();
       await Promise.all(clients.map((c) => c.dispose()));
     }
   });
@@ -148,14 +187,7 @@ describe(`generation streams between the bus and the database (${databaseKind})`
   beforeAll(async () => {
     database = await createTestDatabase();
     team = await createTeam(database.db);
-    // With setTimeout faked below, postgres.js cannot open a connection: the two that a stream's
-    // read and the test's own write need at once are opened now (PGlite has one, and waits).
-    if (databaseKind === 'postgres') {
-      let open = 0;
-      let bothOpen = () => {};
-      const both = new Promise<void>((resolve) => (bothOpen = resolve));
-      await Promise.all([0, 1].map(() => worker().run(async () => (++open === 2 ? bothOpen() : await both))));
-    }
+    await openTwoConnections(database);
   });
   afterAll(() => database?.close());
   // A quiet stream's poll of the database (a minute on this bus) never comes: only events move these streams.

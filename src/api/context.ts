@@ -47,7 +47,7 @@ export interface UseCaseDeps {
   /** Start, cancel, retry and restore. */
   generations: GenerationDeps;
   /** Live streams: the events, how many one subscriber may have queued, and who may still watch. */
-  streams: { bus: EventBus; maxQueued: number; access: Pick<StreamAccess, 'watch'> };
+  streams: { bus: EventBus; maxQueued: number; pollMs: number; access: Pick<StreamAccess, 'watch'> };
   /** Undefined when project secrets are disabled (no KILN_ENCRYPTION_KEY). */
   secretBox?: SecretBox;
   rateLimits: Pick<RateLimits, 'authAttempt' | 'memberAdd' | 'generationStart' | 'refresh'>;
@@ -98,7 +98,7 @@ export interface OperationRequest {
 export function contextFactory(services: Services): (request: OperationRequest) => Promise<Context> {
   const useCases: UseCaseDeps = {
     generations: services.generations,
-    streams: { bus: services.bus, maxQueued: services.config.subscriptions.bufferLimit, access: services.streamAccess },
+    streams: { bus: services.bus, maxQueued: services.config.subscriptions.bufferLimit, pollMs: services.config.subscriptions.pollMs, access: services.streamAccess },
     secretBox: services.secretBox,
     rateLimits: services.rateLimits,
     sessions: services.auth,

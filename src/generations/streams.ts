@@ -31,11 +31,12 @@ import { type GenerationRow, generationStore } from './store.js';
 /** Rows per database read; a chunk is at most ~8 KiB, so a page stays under ~1.6 MiB. */
 const PAGE = 200;
 /**
- * How long to wait for the bus before checking the database anyway; doubles while
- * quiet. Over a lossless bus (EVENTS=memory) the check is only a safety net (e.g. a
- * status change nobody published), so it starts where the others end.
+ * How long to wait for the bus before checking the database anyway (STREAM_POLL_MS's
+ * default); doubles while quiet, up to POLL_MAX_MS. Over a lossless bus (EVENTS=memory)
+ * the check is only a safety net (e.g. a status change nobody published), so it starts
+ * where the others end.
  */
-const POLL_MIN_MS = 2000;
+export const DEFAULT_POLL_MS = 2000;
 const POLL_MAX_MS = 30_000;
 const LOSSLESS_POLL_MS = 60_000;
 /** Live items held while the consumer is busy; past this the oldest are dropped and read back. */
@@ -50,6 +51,8 @@ export interface StreamOptions {
   afterSeq?: number | null;
   /** Live items that may be published while the consumer takes none before the stream ends with SlowConsumerError. */
   maxQueued?: number;
+  /** How long a quiet stream waits for the bus before it checks the database (STREAM_POLL_MS); it doubles while quiet. */
+  pollMs?: number;
 }
 
 /**
@@ -104,7 +107,7 @@ export async function generationUpdates(options: StreamOptions): Promise<LiveStr
       let read = first;
       let last = first.row;
       yield last;
-      const poll = new Backoff(bus);
+      const poll = new Backoff(bus, options.pollMs);
       while (!hasEnded(last)) {
         const { items, timedOut } = await inbox.wait(poll.next());
         if (stop.now()) return;
@@ -223,7 +226,7 @@ async function sequenced<T extends { seq: number }>(
     let replaying = true;
     /** The moment from which a read of `fromDatabase` must see what was written. */
     let readSince = historySince;
-    const poll = new Backoff(bus);
+    const poll = new Backoff(bus, options.pollMs);
     try {
       for (;;) {
         // One item at a time: while the consumer holds one, the inbox counts what queues behind it.
@@ -421,8 +424,8 @@ class Backoff {
   private readonly max: number;
   private ms: number;
 
-  constructor(bus: EventBus) {
-    this.min = isLossless(bus) ? LOSSLESS_POLL_MS : POLL_MIN_MS;
+  constructor(bus: EventBus, pollMs = DEFAULT_POLL_MS) {
+    this.min = isLossless(bus) ? Math.max(LOSSLESS_POLL_MS, pollMs) : pollMs;
     this.max = Math.max(this.min, POLL_MAX_MS);
     this.ms = this.min;
   }

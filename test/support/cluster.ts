@@ -5,14 +5,18 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { expect, onTestFinished } from 'vitest';
 import { readProcStat } from '../../src/proc-stat.js';
 import { GenerationChunksDocument, type GenerationChunksSubscription } from '../gql/graphql.js';
+import { answerInPieces, type ChunkGate, chunkGate, type GeminiBehaviour } from './fake-gemini.js';
 import { repoRoot, subscribe, within, wsClient } from './generation-helpers.js';
 import { unsandboxedBuilds } from './server.js';
 
 // Kiln as real child processes (`node --import tsx src/main.ts`, one process each, so a
 // signal reaches Kiln itself), for the scale-out suites: ROLE=api and ROLE=worker side
-// by side on one database, killed and restarted at will.
+// by side on one database, killed and restarted at will. With what those suites steer
+// them by (a fake flutter, the model's answers as a fake Gemini streams them) and the
+// clients that follow their streams.
 
 export interface KilnProcess {
   readonly name: string;
@@ -184,9 +188,149 @@ export async function steeredFlutter(): Promise<SteeredFlutter> {
   };
 }
 
-// ------------------------------------------------------------------ a client that resumes
+// ------------------------------------------------------------------ model answers to steer
 
-export type StreamedChunk = GenerationChunksSubscription['generationChunks'] & { at: number };
+/** STREAM_POLL_MS for the API processes: a quiet live stream reads the database only after 10 minutes, so chunks reach a subscriber over the bus or at the stream's end. */
+export const BUS_ONLY_POLL_MS = '600000';
+
+/** A small Flutter app, as the model writes it (the fake flutter builds any valid answer). */
+const APP_FILES = {
+  'lib/main.dart': [
+    "import 'package:flutter/material.dart';",
+    '',
+    'void main() => runApp(const ChecklistApp());',
+    '',
+    'class ChecklistApp extends StatelessWidget {',
+    '  const ChecklistApp({super.key});',
+    '',
+    '  @override',
+    '  Widget build(BuildContext context) {',
+    '    return MaterialApp(',
+    "      title: 'Checklist',",
+    '      home: Scaffold(',
+    "        appBar: AppBar(title: const Text('Checklist')),",
+    '        body: ListView(',
+    '          children: const <Widget>[',
+    "            CheckboxListTile(value: false, onChanged: null, title: Text('Plan the week')),",
+    "            CheckboxListTile(value: false, onChanged: null, title: Text('Buy groceries')),",
+    "            CheckboxListTile(value: true, onChanged: null, title: Text('Water the plants')),",
+    '          ],',
+    '        ),',
+    '      ),',
+    '    );',
+    '  }',
+    '}',
+    '',
+  ].join('\n'),
+};
+
+/** The app's answer in 30 pieces: streamed one every 100 ms, a run takes a few seconds to answer (time to cancel, cut or stop something under it). */
+const APP_PIECES = answerInPieces(APP_FILES, 30);
+
+/** The app, streamed as APP_PIECES; with `gate`, each piece also waits for the test to let it out. */
+export function streamedApp(gate?: ChunkGate): GeminiBehaviour {
+  return { kind: 'stream', chunks: APP_PIECES, delayMs: 100, ...(gate ? { gate } : {}) };
+}
+
+/** An answer whose pieces go out only as the test lets them (followPieceByPiece), all of them once the test ends. */
+export interface HeldAnswer {
+  gate: ChunkGate;
+  pieces: string[];
+  /** Script it for the run to be followed: no other generation may be running or queued then. */
+  behaviour: GeminiBehaviour;
+}
+
+/**
+ * A gate that opens when the test that made it (inside its body) ends, however it ends (a
+ * timeout too), so no run waits on it during the tests after.
+ */
+function heldByTest(): ChunkGate {
+  const gate = chunkGate();
+  onTestFinished(() => gate.open());
+  return gate;
+}
+
+export function heldAnswer(pieces = 6): HeldAnswer {
+  const gate = heldByTest();
+  const chunks = answerInPieces(APP_FILES, pieces);
+  return { gate, pieces: chunks, behaviour: { kind: 'stream', chunks, gate } };
+}
+
+/**
+ * The app with its first `count` pieces let out and the rest held until `gate.open()` (or the
+ * test's end): a subscriber that `hasThem` follows a run that is still mid-answer.
+ */
+export function appHeldAfter(count: number): { gate: ChunkGate; behaviour: GeminiBehaviour; hasThem(chunks: { text: string }[]): boolean } {
+  const gate = heldByTest();
+  gate.release(count);
+  const length = APP_PIECES.slice(0, count).join('').length;
+  return { gate, behaviour: streamedApp(gate), hasThem: (chunks) => textOf(chunks).length >= length };
+}
+
+/** The text of the chunks, in order. */
+export const textOf = (chunks: { text: string }[]): string => chunks.map((chunk) => chunk.text).join('');
+
+// ------------------------------------------------------------------ clients
+
+export type StreamedChunk = GenerationChunksSubscription['generationChunks'];
+
+/** How long a released piece may take to reach the subscriber before the proof fails (a guard: the wait is for the chunk). */
+const PIECE_TIMEOUT_MS = 30_000;
+
+/**
+ * Proves that a generation's chunks reach a subscriber on `url` live, by their order alone:
+ * the run's answer (`held`, scripted for it) goes out one piece at a time, each only once the
+ * subscriber has received everything before it. A piece does not exist until the one before
+ * it has been received, and the run cannot end while a piece is held; so every piece from the
+ * second to the one before the last reached the subscriber while the run was under way
+ * (the last one is followed by the run's end, whose final read could bring it). On an API
+ * process with STREAM_POLL_MS at BUS_ONLY_POLL_MS, only the event bus can have brought them.
+ * Then it lets the rest out and follows the stream to its end, the generation's.
+ * `diagnose` adds to a failure's message.
+ */
+export async function followPieceByPiece(url: string, token: string, id: string, held: HeldAnswer, diagnose: () => string = () => ''): Promise<StreamedChunk[]> {
+  const client = wsClient(url, token);
+  const chunks: StreamedChunk[] = [];
+  let text = '';
+  let arrived = () => {};
+  const followed = (async () => {
+    for await (const { generationChunks } of subscribe(client, GenerationChunksDocument, { id })) {
+      chunks.push(generationChunks);
+      text += generationChunks.text;
+      arrived();
+    }
+  })();
+  const endedEarly = followed.then(() => {
+    throw new Error(`the stream ended with ${text.length} characters in ${chunks.length} chunks, while the answer was still held`);
+  });
+  endedEarly.catch(() => {}); // raced below; on its own, not a failure
+  try {
+    let expected = '';
+    for (const [i, piece] of held.pieces.entries()) {
+      expected += piece;
+      const received = new Promise<void>((resolve) => {
+        arrived = () => {
+          if (text.length >= expected.length) resolve();
+        };
+        arrived();
+      });
+      held.gate.release();
+      await within(
+        Promise.race([received, endedEarly]),
+        PIECE_TIMEOUT_MS,
+        () => `piece ${i + 1} of ${held.pieces.length} did not reach the subscriber: it has ${text.length} of ${expected.length} characters, in ${chunks.length} chunks\n${diagnose()}`,
+      );
+      // Nothing past the piece: the next one is still held.
+      expect(text).toBe(expected);
+    }
+    held.gate.open();
+    await within(followed, 60_000, () => `the stream did not complete; got ${chunks.length} chunks\n${diagnose()}`);
+    return chunks;
+  } finally {
+    held.gate.open(); // a failed proof leaves no stream waiting
+    await client.dispose();
+  }
+}
 
 /**
  * Follows a generation's chunks as a resilient client does: when the subscription fails
@@ -206,7 +350,7 @@ export async function followChunks(
     try {
       const afterSeq = chunks.at(-1)?.seq ?? null;
       for await (const { generationChunks } of subscribe(client, GenerationChunksDocument, { id, afterSeq })) {
-        chunks.push({ ...generationChunks, at: performance.now() });
+        chunks.push(generationChunks);
         await options.onChunk?.(chunks);
       }
       return true;
@@ -229,9 +373,4 @@ export async function followChunks(
     () => `the chunks did not complete; got ${chunks.length} after ${resumes} resumes`,
   );
   return { chunks, resumes };
-}
-
-/** How many separate moments the chunks arrived in: many when live, a few bursts when read back by polling. */
-export function arrivalMoments(chunks: { at: number }[], gapMs = 30): number {
-  return chunks.filter((chunk, i) => i === 0 || chunk.at - chunks[i - 1]!.at > gapMs).length;
 }

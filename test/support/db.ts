@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import postgres from 'postgres';
 import { type Database, type DatabaseOptions, openDatabase } from '../../src/db/client.js';
 import { migrateDatabase } from '../../src/db/migrate.js';
+import { serviceScope } from '../../src/db/scope.js';
 
 /** Which database the suites run on: PGlite unless TEST_DATABASE_URL names a PostgreSQL. */
 export const testDatabaseUrl = process.env.TEST_DATABASE_URL || undefined;
@@ -38,4 +39,17 @@ export async function createTestDatabase(options: Pick<DatabaseOptions, 'onQuery
       await admin.end();
     },
   };
+}
+
+/**
+ * For suites that fake setTimeout, under which postgres.js cannot open a connection: opens
+ * two now, the most a stream's read and the test's own write take at once. PGlite has one
+ * connection, and queues; nothing to do.
+ */
+export async function openTwoConnections(database: Database): Promise<void> {
+  if (database.kind !== 'postgres') return;
+  let open = 0;
+  let bothOpen = () => {};
+  const both = new Promise<void>((resolve) => (bothOpen = resolve));
+  await Promise.all([0, 1].map(() => serviceScope(database.db).run(async () => (++open === 2 ? bothOpen() : await both))));
 }

@@ -11,8 +11,9 @@ export type GeminiBehaviour =
    * thoughts, the model thinks first, delayMs per thought: one event per thought when the request
    * asked for them (thinkingConfig.includeThoughts), otherwise in silence, as Gemini does.
    * headersAfterMs: the response's headers wait that long (a gateway that answers only once the model does).
+   * gate: each chunk waits until the test lets it out (chunkGate), after any delay.
    */
-  | { kind: 'stream'; chunks: string[]; thoughts?: string[]; delayMs?: number; finishReason?: string; usage?: GeminiUsage; headersAfterMs?: number }
+  | { kind: 'stream'; chunks: string[]; thoughts?: string[]; delayMs?: number; finishReason?: string; usage?: GeminiUsage; headersAfterMs?: number; gate?: ChunkGate }
   /**
    * A non-2xx answer with Google's error body; `retryDelay` ("0.2s") adds a google.rpc.RetryInfo
    * detail, `retryAfter` a Retry-After header (as a gateway in front of Gemini sends one).
@@ -31,6 +32,61 @@ export type GeminiBehaviour =
   | { kind: 'promptBlocked'; blockReason: string }
   /** A 200 event stream made of these writes, as they are. */
   | { kind: 'raw'; pieces: string[] };
+
+/**
+ * Holds a scripted stream's chunks until the test lets them out: a test that needs its
+ * generation still streaming at some point (a subscriber joining, leaving, a cancel) decides
+ * when the answer goes on, however slow the machine is.
+ */
+export interface ChunkGate {
+  /** Lets `count` more chunks out. */
+  release(count?: number): void;
+  /** Lets every chunk out, now and later. */
+  open(): void;
+  /** Resolves once the stream is waiting to send chunk `index` (0-based): everything before it has gone out. */
+  reached(index: number): Promise<void>;
+  /** Resolves when chunk `index` may go out. */
+  passage(index: number): Promise<void>;
+}
+
+export function chunkGate(): ChunkGate {
+  let allowed = 0;
+  let waitingAt = -1;
+  let passages: { index: number; resolve: () => void }[] = [];
+  let arrivals: { index: number; resolve: () => void }[] = [];
+  const settle = () => {
+    for (const passage of passages.filter((p) => p.index < allowed)) passage.resolve();
+    passages = passages.filter((p) => p.index >= allowed);
+    for (const arrival of arrivals.filter((a) => a.index <= waitingAt)) arrival.resolve();
+    arrivals = arrivals.filter((a) => a.index > waitingAt);
+  };
+  return {
+    release: (count = 1) => {
+      allowed += count;
+      settle();
+    },
+    open: () => {
+      allowed = Infinity;
+      settle();
+    },
+    reached: (index) => new Promise((resolve) => {
+      arrivals.push({ index, resolve });
+      settle();
+    }),
+    passage: (index) => new Promise((resolve) => {
+      waitingAt = Math.max(waitingAt, index);
+      passages.push({ index, resolve });
+      settle();
+    }),
+  };
+}
+
+/** A model's answer that writes `files` (path → content), cut into `pieces` chunks of about one size, as a gated stream sends them. */
+export function answerInPieces(files: Record<string, string>, pieces: number): string[] {
+  const text = `Here it is.\n${Object.entries(files).map(([path, content]) => `<file path="${path}">\n${content}</file>\n`).join('')}`;
+  const size = Math.ceil(text.length / pieces);
+  return Array.from({ length: pieces }, (_, i) => text.slice(i * size, (i + 1) * size)).filter((piece) => piece.length > 0);
+}
 
 export interface GeminiUsage {
   promptTokens: number;
@@ -189,6 +245,7 @@ async function respond(res: http.ServerResponse, behaviour: GeminiBehaviour, inc
       }
       for (let i = 0; i < Math.max(chunks.length, 1); i++) {
         if (i > 0 && delayMs > 0) await delay(delayMs);
+        await behaviour.gate?.passage(i);
         if (res.destroyed) return;
         const last = i >= chunks.length - 1;
         // usageMetadata is cumulative, like the real API's.

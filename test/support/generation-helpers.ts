@@ -206,21 +206,23 @@ export function wsClient(httpUrl: string, token: string): Client {
   });
 }
 
-/** The data of each event of a subscription; an event with errors throws. */
-export async function* subscribe<T, V extends Record<string, unknown>>(
-  client: Client,
-  document: TypedDocumentNode<T, V>,
-  variables: V,
-): AsyncGenerator<T> {
+/**
+ * The data of each event of a subscription; an event with errors throws. Subscribed at once,
+ * not at the first `next()`: a state published before the caller first waits is kept for it
+ * (generationUpdated's intermediate states are sent once).
+ */
+export function subscribe<T, V extends Record<string, unknown>>(client: Client, document: TypedDocumentNode<T, V>, variables: V): AsyncGenerator<T> {
   const events = client.iterate<T>({ query: print(document), variables });
-  try {
-    for await (const event of events) {
-      if (event.errors?.length || !event.data) throw new Error(`subscription errors: ${JSON.stringify(event.errors)}`);
-      yield event.data;
+  return (async function* () {
+    try {
+      for await (const event of events) {
+        if (event.errors?.length || !event.data) throw new Error(`subscription errors: ${JSON.stringify(event.errors)}`);
+        yield event.data;
+      }
+    } finally {
+      await events.return?.();
     }
-  } finally {
-    await events.return?.();
-  }
+  })();
 }
 
 /** Rejects after `ms` with `message()` unless `promise` settles first. */
@@ -259,20 +261,23 @@ export class GenerationWatch {
     return this.states.at(-1);
   }
 
+  /**
+   * The first state from the last one seen on that satisfies `predicate`. Waits may overlap
+   * (one still pending after Promise.any): whichever takes a state from the stream keeps it in
+   * `states`, where every wait looks.
+   */
   async until(predicate: (g: GenerationFieldsFragment) => boolean, timeoutMs = 30_000): Promise<GenerationFieldsFragment> {
-    const last = this.last;
-    if (last && predicate(last)) return last;
+    let from = Math.max(0, this.states.length - 1);
     const next = async () => {
-      while (!this.ended) {
+      for (;;) {
+        const found = this.states.slice(from).find(predicate);
+        if (found) return found;
+        from = this.states.length;
+        if (this.ended) throw new Error(`the generation's updates ended without the awaited state; seen ${this.describe()}`);
         const step = await this.events.next();
-        if (step.done) {
-          this.ended = true;
-          break;
-        }
-        this.states.push(step.value.generationUpdated);
-        if (predicate(step.value.generationUpdated)) return step.value.generationUpdated;
+        if (step.done) this.ended = true;
+        else this.states.push(step.value.generationUpdated);
       }
-      throw new Error(`the generation's updates ended without the awaited state; seen ${this.describe()}`);
     };
     return within(next(), timeoutMs, () => `the awaited state did not come; seen ${this.describe()}`);
   }

@@ -349,3 +349,11 @@ describe('live-stream caps', () => {
     }
   });
 });
+
+describe('STREAM_POLL_MS', () => {
+  it('defaults to 2 s, takes a longer wait, and refuses one under 50 ms, which would read the database for every stream all the time', () => {
+    expect(parseConfig({}).subscriptions.pollMs).toBe(2000);
+    expect(parseConfig({ STREAM_POLL_MS: '600000' }).subscriptions.pollMs).toBe(600_000);
+    for (const bad of ['0', '49', '1.5', 'soon']) expect(problemsOf({ STREAM_POLL_MS: bad }), bad).toEqual([expect.stringMatching(/^STREAM_POLL_MS: /)]);
+  });
+});

@@ -6,7 +6,7 @@ import { cancelGeneration, generationPrompt, MAX_ATTEMPTS, maxFixRounds, retryGe
 import { type GenerationPage, type GenerationPageRequest, generationReads } from '../../generations/reads.js';
 import { BUILD_STEP_STATUSES, GENERATION_PHASES, GENERATION_STATUSES } from '../../generations/status.js';
 import { type BuildStepRow, CONVERSATION_MAX_CHARS, CONVERSATION_MAX_MESSAGES, type GenerationRow, type MessageRow } from '../../generations/store.js';
-import { buildLogs, generationChunks, generationUpdates, type LiveStream } from '../../generations/streams.js';
+import { buildLogs, generationChunks, generationUpdates, type LiveStream, type StreamOptions } from '../../generations/streams.js';
 import { monthlyTokenLimit, setProjectBudget } from '../../projects/projects.js';
 import { builder } from '../builder.js';
 import { type Context, startLimits } from '../context.js';
@@ -334,7 +334,7 @@ builder.subscriptionFields((t) => ({
     args: { generationId: t.arg.globalID({ required: true }).validate(idOrNullFor('Generation')), afterSeq: t.arg.int() },
     subscribe: (_root, args, ctx) =>
       watched(ctx, args.generationId, (generationId) =>
-        generationChunks({ scope: ctx.db, bus: ctx.useCases.streams.bus, generationId, afterSeq: args.afterSeq, maxQueued: ctx.useCases.streams.maxQueued }),
+        generationChunks({ ...streamOptions(ctx, generationId), afterSeq: args.afterSeq }),
       ),
     resolve: (chunk) => chunk,
   }),
@@ -345,7 +345,7 @@ builder.subscriptionFields((t) => ({
     args: { generationId: t.arg.globalID({ required: true }).validate(idOrNullFor('Generation')), afterSeq: t.arg.int() },
     subscribe: (_root, args, ctx) =>
       watched(ctx, args.generationId, (generationId) =>
-        buildLogs({ scope: ctx.db, bus: ctx.useCases.streams.bus, generationId, afterSeq: args.afterSeq, maxQueued: ctx.useCases.streams.maxQueued }),
+        buildLogs({ ...streamOptions(ctx, generationId), afterSeq: args.afterSeq }),
       ),
     resolve: (line) => line,
   }),
@@ -355,10 +355,16 @@ builder.subscriptionFields((t) => ({
     description: 'The current state first, then every status or phase change; completes after the final state.',
     args: { generationId: t.arg.globalID({ required: true }).validate(idOrNullFor('Generation')) },
     subscribe: (_root, args, ctx) =>
-      watched(ctx, args.generationId, (generationId) => generationUpdates({ scope: ctx.db, bus: ctx.useCases.streams.bus, generationId })),
+      watched(ctx, args.generationId, (generationId) => generationUpdates(streamOptions(ctx, generationId))),
     resolve: (generation) => generation,
   }),
 }));
+
+/** What every live stream of a request is opened with: the viewer's scope and the server's bus and settings. */
+function streamOptions(ctx: Context, generationId: string): StreamOptions {
+  const { bus, maxQueued, pollMs } = ctx.useCases.streams;
+  return { scope: ctx.db, bus, generationId, maxQueued, pollMs };
+}
 
 /**
  * The stream, ended with a typed error once the viewer's access ends (token, session,
