@@ -232,7 +232,7 @@ export function parseConfig(env: Record<string, string | undefined>) {
     },
     subscriptions: {
       bufferLimit: e.SUBSCRIPTION_BUFFER_LIMIT,
-      /** How long a quiet live stream waits for the event bus before it checks the database anyway; doubles while quiet, up to 30 s. */
+      /** How long a quiet live stream waits for the event bus before it checks the database anyway; doubles while quiet, up to 30 s (a longer one stays). */
       pollMs: e.STREAM_POLL_MS,
       /** How often every live stream's token and membership are checked again. */
       accessRecheckMs: e.STREAM_ACCESS_RECHECK_MS,

@@ -5,11 +5,11 @@ import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CancelGenerationDocument } from './gql/graphql.js';
 import {
-  appHeldAfter,
+  APP_PIECES,
   BUS_ONLY_POLL_MS,
   followChunks,
   followPieceByPiece,
-  heldAnswer,
+  hasReceived,
   type KilnProcess,
   ready,
   spawnKiln,
@@ -17,7 +17,7 @@ import {
   waitUntil,
 } from './support/cluster.js';
 import { createTestDatabase, type TestDatabase, testDatabaseUrl } from './support/db.js';
-import { type FakeGemini, startFakeGemini } from './support/fake-gemini.js';
+import { type FakeGemini, heldAnswer, startFakeGemini } from './support/fake-gemini.js';
 import { createProject, graphqlClient, signUp, type TestUser } from './support/fixtures.js';
 import { type FakeFlutter, fakeFlutter, GenerationWatch, getGeneration, startAccepted, tempDir } from './support/generation-helpers.js';
 import { type PrivateRedis, redisServerBin, startPrivateRedis } from './support/private-services.js';
@@ -80,8 +80,8 @@ describe.skipIf(skip)('scaled out with EVENTS=redis through a Redis restart (set
   /** A generation started on API B whose answer goes out piece by piece, each once API A's subscriber has the one before: Redis brought them. */
   const streamsLive = async (prompt: string) => {
     // Nothing else runs or waits: the held answer goes to this generation.
-    const held = heldAnswer();
-    gemini.script(held.behaviour, streamedApp());
+    const held = heldAnswer(APP_PIECES);
+    gemini.script(...held.behaviours);
     const started = await startAccepted(graphqlClient(apiB.url, owner.accessToken), { projectId, prompt });
     const chunks = await followPieceByPiece(apiA.url, owner.accessToken, started.id, held);
     const generation = await getGeneration(owner.client, started.id);
@@ -96,16 +96,18 @@ describe.skipIf(skip)('scaled out with EVENTS=redis through a Redis restart (set
   });
 
   it('keeps every process up and every stream whole while Redis restarts mid-stream; live again after', async () => {
-    // The answer's first pieces go out, the rest wait for the restart to begin.
-    const answer = appHeldAfter(3);
-    gemini.script(answer.behaviour, streamedApp());
+    // The answer's first pieces go out; the rest wait until Redis is down, and go out while it is.
+    const answer = heldAnswer(APP_PIECES, { released: 3 });
+    gemini.script(...answer.behaviours);
     const started = await startAccepted(owner.client, { projectId, prompt: 'A tide table' });
     let restarted: Promise<void> | undefined;
     const { chunks } = await followChunks([apiA.url, apiB.url], owner.accessToken, started.id, {
       onChunk: (seen) => {
-        if (restarted || !answer.hasThem(seen)) return;
-        restarted = redis.stop().then(() => redis.start());
-        answer.gate.open();
+        if (restarted || !hasReceived(seen, answer.pieces.slice(0, 3))) return;
+        restarted = redis.stop().then(() => {
+          answer.gate.open();
+          return redis.start();
+        });
       },
     });
     expect(restarted).toBeDefined();
@@ -122,8 +124,7 @@ describe.skipIf(skip)('scaled out with EVENTS=redis through a Redis restart (set
     await streamsLive('A tide table, again');
 
     // Held: the worker is surely still streaming it when the cancel comes.
-    const doomedAnswer = appHeldAfter(0);
-    gemini.script(doomedAnswer.behaviour, streamedApp());
+    gemini.script(...heldAnswer(APP_PIECES).behaviours);
     const doomed = await startAccepted(owner.client, { projectId, prompt: 'Cancel me' });
     const doomedWatch = new GenerationWatch(apiA.url, owner.accessToken, doomed.id);
     try {

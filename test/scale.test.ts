@@ -2,23 +2,24 @@ import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CancelGenerationDocument, GenerationChunksDocument, type GenerationChunksSubscription } from './gql/graphql.js';
+import { CancelGenerationDocument, GenerationChunksDocument } from './gql/graphql.js';
 import {
-  appHeldAfter,
+  APP_PIECES,
   BUS_ONLY_POLL_MS,
   followPieceByPiece,
-  heldAnswer,
+  hasReceived,
   type KilnProcess,
   parentOf,
   ready,
   spawnKiln,
   type SteeredFlutter,
   steeredFlutter,
+  type StreamedChunk,
   streamedApp,
   waitUntil,
 } from './support/cluster.js';
 import { createTestDatabase, type TestDatabase, testDatabaseUrl } from './support/db.js';
-import { type FakeGemini, startFakeGemini } from './support/fake-gemini.js';
+import { type FakeGemini, heldAnswer, startFakeGemini } from './support/fake-gemini.js';
 import { createProject, expectTypename, graphqlClient, signUp, type TestUser } from './support/fixtures.js';
 import {
   GenerationWatch,
@@ -42,7 +43,6 @@ import type { GraphQLClient } from './support/server.js';
 // lets them out. The API processes read a quiet stream's chunks from the database only
 // after 10 minutes (STREAM_POLL_MS), so chunks reach subscribers over the event bus.
 
-type Chunk = GenerationChunksSubscription['generationChunks'];
 /**
  * Tests that start Kiln processes, or wait out a lease, a grace period and a retry's run: their
  * own bounds add up past vitest's default 60 s, and a process start-up beside the other suites
@@ -137,8 +137,8 @@ describe.skipIf(!testDatabaseUrl)('scaled out: 2 API + 2 worker processes, QUEUE
 
   it('streams a generation started on API B to a subscriber on API A live, piece by piece, with no gap, run by either worker', async () => {
     // Nothing else runs or waits: the held answer goes to this generation.
-    const held = heldAnswer();
-    gemini.script(held.behaviour, streamedApp());
+    const held = heldAnswer(APP_PIECES);
+    gemini.script(...held.behaviours);
     const started = await startAccepted(onB, { projectId, prompt: 'A recipe book with shopping lists' });
     // Each piece goes out only once API A's subscriber has the one before: the bus brought it.
     const chunks = await followPieceByPiece(apiA.url, owner.accessToken, started.id, held, dumpLogs);
@@ -152,8 +152,8 @@ describe.skipIf(!testDatabaseUrl)('scaled out: 2 API + 2 worker processes, QUEUE
 
   it('cancels from API A a generation a worker is streaming', async () => {
     // Its answer held: the worker is surely still streaming it when the cancel comes.
-    const answer = appHeldAfter(0);
-    gemini.script(answer.behaviour, streamedApp());
+    const answer = heldAnswer(APP_PIECES);
+    gemini.script(...answer.behaviours);
     const started = await startAccepted(onB, { projectId, prompt: 'A very long story generator' });
     const watch = new GenerationWatch(apiA.url, owner.accessToken, started.id);
     try {
@@ -194,8 +194,8 @@ describe.skipIf(!testDatabaseUrl)('scaled out: 2 API + 2 worker processes, QUEUE
   it('SIGTERM: the worker takes no new work and lets its running generation finish, then exits', { timeout: SLOW_TEST_MS }, async () => {
     const [worker] = liveWorkers();
     // Its answer held until the signal and the next start: the generation is surely running through them.
-    const answer = appHeldAfter(0);
-    gemini.script(answer.behaviour, streamedApp());
+    const answer = heldAnswer(APP_PIECES);
+    gemini.script(...answer.behaviours);
     const started = await startAccepted(owner.client, { projectId, prompt: 'A habit tracker' });
     const watch = new GenerationWatch(apiA.url, owner.accessToken, started.id);
     try {
@@ -238,10 +238,10 @@ describe.skipIf(!testDatabaseUrl)('scaled out: 2 API + 2 worker processes, QUEUE
 
   it('rides out pg_terminate_backend of every connection: no process dies, readiness returns, streams resume by seq', async () => {
     // The answer's first pieces go out, the rest wait for the cut.
-    const answer = appHeldAfter(3);
-    gemini.script(answer.behaviour, streamedApp());
+    const answer = heldAnswer(APP_PIECES, { released: 3 });
+    gemini.script(...answer.behaviours);
     const started = await startAccepted(onB, { projectId, prompt: 'A chess clock' });
-    const chunks: Chunk[] = [];
+    const chunks: StreamedChunk[] = [];
     let killed: number | undefined;
     // Read until the first pieces are in, then cut every connection to the database and let the answer go on.
     const follow = async (url: string, afterSeq: number | null) => {
@@ -249,7 +249,7 @@ describe.skipIf(!testDatabaseUrl)('scaled out: 2 API + 2 worker processes, QUEUE
       try {
         for await (const { generationChunks } of subscribe(client, GenerationChunksDocument, { id: started.id, afterSeq })) {
           chunks.push(generationChunks);
-          if (killed === undefined && answer.hasThem(chunks)) {
+          if (killed === undefined && hasReceived(chunks, answer.pieces.slice(0, 3))) {
             const terminated = await admin`
               select pg_terminate_backend(pid) from pg_stat_activity
               where datname = current_database() and pid <> pg_backend_pid()`;

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { GenerationChunksDocument, GenerationUpdatedDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
 import { signUp } from './support/fixtures.js';
-import { releaseOneByOne, scriptGatedAnswer, useGeminiServer } from './support/gemini-server.js';
+import { releaseOneByOne, scriptHeldAnswer, useGeminiServer } from './support/gemini-server.js';
 import { startInNewProject, waitForEnd, within } from './support/generation-helpers.js';
 import { useGenerationServer } from './support/suite-server.js';
 import { isContiguousFromZero, sseSubscribe } from './support/live.js';
@@ -14,7 +14,7 @@ import { isContiguousFromZero, sseSubscribe } from './support/live.js';
 // clients and graphql-sse use them.
 
 describe(`generation streams over SSE (${databaseKind})`, () => {
-  const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '25' });
+  const suite = useGenerationServer();
 
   const start = (prompt: string) => startInNewProject(suite.owner, prompt);
 
@@ -31,7 +31,7 @@ describe(`generation streams over SSE (${databaseKind})`, () => {
     expect(updates.items.map((item) => item.generationUpdated)).toEqual([expect.objectContaining({ status: 'SUCCEEDED', phase: 'DONE' })]);
   });
 
-  it("someone else's generation is an error event on that stream (NOT_FOUND), then complete", async () => {
+  it('a generation of another user is an error event on that stream (NOT_FOUND), then complete', async () => {
     const generation = await start('Private');
     const stranger = await signUp(suite.server);
     const denied = sseSubscribe(suite.server.url, stranger.accessToken, GenerationChunksDocument, { id: generation.id });
@@ -50,35 +50,38 @@ describe(`generation streams over SSE, live (${databaseKind})`, () => {
 
   it('resumes after the stream is dropped mid-way: both parts together are every seq once, in order', async () => {
     const prompt = 'A reading list with ratings and notes';
-    const { gate, pieces } = scriptGatedAnswer(suite.gemini, prompt, 8);
+    const { gate, pieces } = scriptHeldAnswer(suite.gemini, prompt, 8);
+    const generation = await startInNewProject(suite.owner, prompt);
+    const first = sseSubscribe(suite.server.url, suite.owner.accessToken, GenerationChunksDocument, { id: generation.id });
+    let second: typeof first | undefined;
     try {
-      const generation = await startInNewProject(suite.owner, prompt);
-      const first = sseSubscribe(suite.server.url, suite.owner.accessToken, GenerationChunksDocument, { id: generation.id });
       await within(releaseOneByOne(gate, pieces.slice(0, 3), first), 20_000, () => `only ${first.items.length} chunks arrived`);
       first.abort(); // the rest of the answer is still held
       expect((await first.ended).completed).toBe(false);
       const seen = first.items.map((item) => item.generationChunks);
       const last = seen.at(-1)!.seq;
 
-      const second = sseSubscribe(suite.server.url, suite.owner.accessToken, GenerationChunksDocument, { id: generation.id, afterSeq: last });
+      const resumed = sseSubscribe(suite.server.url, suite.owner.accessToken, GenerationChunksDocument, { id: generation.id, afterSeq: last });
+      second = resumed;
       // Back in while the answer still streams: one more piece live, then the rest.
-      await within(releaseOneByOne(gate, pieces.slice(3, 4), second), 20_000, () => 'the resumed stream got nothing');
+      await within(releaseOneByOne(gate, pieces.slice(3, 4), resumed), 20_000, () => 'the resumed stream got nothing');
       gate.open();
-      expect(await within(second.ended, 30_000, () => 'the resumed stream did not complete')).toEqual({ completed: true, errors: undefined });
-      const resumed = second.items.map((item) => item.generationChunks);
-      expect(resumed.length, 'the disconnect was not mid-stream').toBeGreaterThan(0);
-      const all = [...seen, ...resumed];
+      expect(await within(resumed.ended, 30_000, () => 'the resumed stream did not complete')).toEqual({ completed: true, errors: undefined });
+      const rest = resumed.items.map((item) => item.generationChunks);
+      expect(rest.length, 'the disconnect was not mid-stream').toBeGreaterThan(0);
+      const all = [...seen, ...rest];
       expect(isContiguousFromZero(all.map((chunk) => chunk.seq))).toBe(true);
       const done = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, generation.id);
       expect(all.map((chunk) => chunk.text).join('')).toBe(done.output);
     } finally {
-      gate.open();
+      first.abort();
+      second?.abort();
     }
   });
 });
 
 describe(`a subscription that does not accept SSE (${databaseKind})`, () => {
-  const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '25', LIVE_STREAMS_PER_USER: '1' });
+  const suite = useGenerationServer({ LIVE_STREAMS_PER_USER: '1' });
 
   it('gets 406 and holds no LIVE_STREAMS_PER_USER slot: the next SSE stream runs', async () => {
     const generation = await startInNewProject(suite.owner, 'A packing list');

@@ -1,12 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { GenerationUpdatedDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { answerInPieces, chunkGate, startFakeGemini } from './support/fake-gemini.js';
 import { createProject } from './support/fixtures.js';
+import { scriptHeldAnswer, useGeminiServer } from './support/gemini-server.js';
 import { startAccepted, waitForEnd, within } from './support/generation-helpers.js';
-import { useStarted } from './support/lifecycle.js';
 import { collect, liveClient } from './support/live.js';
-import { useGenerationServer } from './support/suite-server.js';
 
 // Many viewers of one generation's status: a change is read from the database once for
 // every stream it wakes in the process, not once per viewer (a move between phases of a
@@ -17,19 +15,13 @@ import { useGenerationServer } from './support/suite-server.js';
 const VIEWERS = 16;
 /** The generation reads of `generationUpdated` (and of anything else reading generations by id). */
 const isGenerationRead = (query: string) => /^select .* from "generations" where "generations"\."id" in/s.test(query);
-const MAIN = "import 'package:flutter/material.dart';\nvoid main() => runApp(const Placeholder());\n";
 
 describe(`generationUpdated with many viewers (${databaseKind})`, () => {
   const statements: string[] = [];
-  // As useGeminiServer (one run at a time, each scripted answer to its generation), with the statements counted.
-  const gemini = useStarted(() => startFakeGemini(), (fake) => fake.close());
-  const suite = useGenerationServer(() => ({ ...gemini.kilnEnv, WORKER_CONCURRENCY: '1', WS_MAX_SUBSCRIPTIONS: String(VIEWERS) }), 'ok', {
-    onQuery: (query) => void statements.push(query),
-  });
+  const suite = useGeminiServer({ WS_MAX_SUBSCRIPTIONS: String(VIEWERS) }, { onQuery: (query) => void statements.push(query) });
 
   it('gives every viewer every state and reads each change once, not once per viewer', async () => {
-    const gate = chunkGate();
-    gemini.script({ kind: 'stream', chunks: answerInPieces({ 'lib/main.dart': MAIN }, 4), gate });
+    const { gate } = scriptHeldAnswer(suite.gemini, 'Shopping list', 4);
     const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
     const generation = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A shopping list shared by a family' });
     const live = liveClient(suite.server.url, suite.owner.accessToken);
@@ -62,7 +54,6 @@ describe(`generationUpdated with many viewers (${databaseKind})`, () => {
       expect(reads).toBeGreaterThanOrEqual(1);
       expect(reads).toBeLessThan(VIEWERS * fewest);
     } finally {
-      gate.open();
       await live.dispose();
     }
   });

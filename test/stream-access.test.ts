@@ -19,59 +19,23 @@ import {
   SignOutDocument,
 } from './gql/graphql.js';
 import { createTestDatabase, databaseKind, type TestDatabase } from './support/db.js';
-import { answerInPieces, type ChunkGate, chunkGate, type FakeGemini } from './support/fake-gemini.js';
 import { createProject, signIn, signUp, type TestUser } from './support/fixtures.js';
-import { useGeminiServer } from './support/gemini-server.js';
+import { releaseOneByOne, scriptHeldAnswer, untilText, useGeminiServer } from './support/gemini-server.js';
 import { type GenerationServer, startAccepted, waitForEnd, within } from './support/generation-helpers.js';
 import { startFakeSupabase } from './support/fake-supabase.js';
 import { useStarted } from './support/lifecycle.js';
-import { collect, liveClient, type RawMessage, RawSocket, sseSubscribe } from './support/live.js';
+import { collect, liveClient, RawSocket, sseSubscribe } from './support/live.js';
 import { as, createGeneration, createTeam } from './support/rls.js';
 
 // Live streams end when access ends, over SSE and graphql-ws alike: sign-out, removal
 // from the project, archiving it and token expiry each end a stream that is still live
 // with a last typed error, then the stream completes. Generations are held mid-answer here
 // (a fake Gemini whose answer waits behind a gate after its first piece) so that they are
-// still running while access changes, however slow the machine is; the socket's own
-// re-check is set far off so that what ends the stream is the stream's own check.
+// still running while access changes, however slow the machine is (token expiry has a
+// clock of its own: see its case); the socket's own re-check is set far off so that what
+// ends the stream is the stream's own check.
 
 const recheck = { STREAM_ACCESS_RECHECK_MS: '200', WS_AUTH_RECHECK_MS: '600000' };
-const MAIN = "import 'package:flutter/material.dart';\nvoid main() => runApp(const Placeholder());\n";
-
-interface HeldAnswer {
-  gate: ChunkGate;
-  /** The answer's pieces, in order: the first is let out at once. */
-  pieces: string[];
-}
-
-/**
- * Scripts the model's next answer in pieces behind a gate that lets the first one out; the
- * caller opens the gate once done, however the case ends (a cleanup, or withHeldAnswer), so
- * the single worker is free for what comes next.
- */
-function holdAnswer(gemini: FakeGemini): HeldAnswer {
-  const gate = chunkGate();
-  const pieces = answerInPieces({ 'lib/main.dart': MAIN }, 6);
-  gemini.script({ kind: 'stream', chunks: pieces, gate });
-  gate.release(1);
-  return { gate, pieces };
-}
-
-/** Runs `body` with the model's next answer held (holdAnswer), and opens the gate after it. */
-async function withHeldAnswer(gemini: FakeGemini, body: (held: HeldAnswer) => Promise<void>): Promise<void> {
-  const held = holdAnswer(gemini);
-  try {
-    await body(held);
-  } finally {
-    held.gate.open();
-  }
-}
-
-/** Waits until the chunk texts received contain `text`, one more chunk at a time. */
-async function untilText(stream: { items: { generationChunks: { text: string } }[]; atLeast(count: number): Promise<void> }, text: string) {
-  const received = () => stream.items.map((item) => item.generationChunks.text).join('');
-  for (let count = stream.items.length + 1; !received().includes(text); count++) await stream.atLeast(count);
-}
 
 type Transport = 'sse' | 'graphql-ws';
 
@@ -108,9 +72,8 @@ describe(`live streams end when access ends (${databaseKind})`, () => {
 
   /** An owner, a viewer of their project, and a generation held after the first piece of its answer. */
   async function sharedGeneration() {
-    const { gate, pieces } = holdAnswer(suite.gemini);
-    // Last, after the cancel below: the held answer goes on to an aborted request.
-    cleanups.push(async () => gate.open());
+    // Held after its first piece until the case lets it on or ends (the gate opens after the cleanups below, on a cancelled run).
+    const { gate, pieces } = scriptHeldAnswer(suite.gemini, 'Shared', 6, 1);
     const owner = await signUp(suite.server);
     const viewer = await signUp(suite.server);
     const project = await createProject(owner.client, { target: 'FLUTTER' });
@@ -188,12 +151,7 @@ describe(`live streams end when access ends (${databaseKind})`, () => {
       const ended = await within(watching.ended, 20_000, () => 'the removed viewer kept the stream');
       expect(ended).toEqual({ completed: true, errors: [expect.objectContaining({ message: 'Generation not found.', extensions: { code: 'NOT_FOUND' } })] });
       // The owner's stream is untouched: more chunks keep coming, a piece at a time, each seen before the next goes out.
-      const before = ownerStream.items.length;
-      for (const released of [2, 3]) {
-        gate.release();
-        await within(untilText(ownerStream, pieces.slice(0, released).join('')), 20_000, () => "the owner's stream stopped too");
-      }
-      await within(ownerStream.atLeast(before + 2), 20_000, () => "the owner's stream stopped too");
+      await within(releaseOneByOne(gate, pieces.slice(1, 3), ownerStream), 20_000, () => "the owner's stream stopped too");
       expect(ownerStream.events.some((event) => event.event === 'complete')).toBe(false);
     });
 
@@ -212,105 +170,110 @@ describe(`live streams end when access ends (${databaseKind})`, () => {
 });
 
 describe(`live streams and token expiry (${databaseKind})`, () => {
-  const suite = useGeminiServer({ ...recheck, ACCESS_TOKEN_TTL_SECONDS: '3', STREAM_ACCESS_RECHECK_MS: '600000' });
+  // Unlike the held generation, this case runs against a clock: tokens live
+  // ACCESS_TOKEN_TTL_SECONDS, the owner's through creating the project and starting the
+  // generation, the fresh one through subscribing and the first chunk. The case waits out the
+  // expiry, so a longer life only makes it slower: 5 s leaves room on a busy machine, but a
+  // machine slower still could see the token expire before the stream had its first chunk.
+  const suite = useGeminiServer({ ...recheck, ACCESS_TOKEN_TTL_SECONDS: '5', STREAM_ACCESS_RECHECK_MS: '600000' });
 
-  it('an SSE stream ends with UNAUTHENTICATED when its token expires', () =>
-    withHeldAnswer(suite.gemini, async ({ gate }) => {
-      const owner = await signUp(suite.server);
-      const project = await createProject(owner.client, { target: 'FLUTTER' });
-      const generation = await startAccepted(owner.client, { projectId: project.id, prompt: 'Stream past my token' });
-      // The first piece is out and the rest held: the stream has a chunk at once and stays live past the expiry.
-      await within(gate.reached(1), 20_000, () => 'the generation never streamed');
-      const fresh = await signIn(suite.server, owner.email);
-      const stream = sseSubscribe(suite.server.url, fresh.accessToken, GenerationChunksDocument, { id: generation.id });
-      try {
-        const ended = await within(stream.ended, 20_000, () => 'the stream outlived its token');
-        expect(ended).toEqual({ completed: true, errors: [expect.objectContaining({ extensions: { code: 'UNAUTHENTICATED' } })] });
-        expect(stream.items.length, 'the stream was not live before the expiry').toBeGreaterThan(0);
-      } finally {
-        stream.abort();
-        const renewed = await signIn(suite.server, owner.email);
-        await renewed.client.request(CancelGenerationDocument, { id: generation.id });
-      }
-    }));
+  it('an SSE stream ends with UNAUTHENTICATED when its token expires', async () => {
+    const { gate } = scriptHeldAnswer(suite.gemini, 'Token expiry', 6, 1);
+    const owner = await signUp(suite.server);
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const generation = await startAccepted(owner.client, { projectId: project.id, prompt: 'Stream past my token' });
+    // The first piece is out and the rest held: the stream has a chunk at once and stays live past the expiry.
+    await within(gate.reached(1), 20_000, () => 'the generation never streamed');
+    const fresh = await signIn(suite.server, owner.email);
+    const stream = sseSubscribe(suite.server.url, fresh.accessToken, GenerationChunksDocument, { id: generation.id });
+    try {
+      const ended = await within(stream.ended, 20_000, () => 'the stream outlived its token');
+      expect(ended).toEqual({ completed: true, errors: [expect.objectContaining({ extensions: { code: 'UNAUTHENTICATED' } })] });
+      expect(stream.items.length, 'the stream was not live before the expiry').toBeGreaterThan(0);
+    } finally {
+      stream.abort();
+      const renewed = await signIn(suite.server, owner.email);
+      await renewed.client.request(CancelGenerationDocument, { id: generation.id });
+    }
+  });
 });
 
 describe(`live streams per user (${databaseKind})`, () => {
   const suite = useGeminiServer({ ...recheck, LIVE_STREAMS_PER_USER: '2' });
 
-  it('refuses a stream or socket beyond LIVE_STREAMS_PER_USER with a clear error, and takes one again once room is made', () =>
-    withHeldAnswer(suite.gemini, async ({ gate }) => {
-      const owner = await signUp(suite.server);
-      const project = await createProject(owner.client, { target: 'FLUTTER' });
-      const generation = await startAccepted(owner.client, { projectId: project.id, prompt: 'Many viewers of one user' });
-      const socket = await RawSocket.open(suite.server.url);
-      const sse = sseSubscribe(suite.server.url, owner.accessToken, GenerationUpdatedDocument, { id: generation.id });
-      try {
-        // Held after its first piece: the first stream stays live, and counted, throughout.
-        await within(gate.reached(1), 20_000, () => 'the generation never streamed');
-        await socket.init(owner.accessToken);
-        await within(sse.atLeast(1), 20_000, () => 'the first SSE stream delivered nothing');
+  it('refuses a stream or socket beyond LIVE_STREAMS_PER_USER with a clear error, and takes one again once room is made', async () => {
+    const { gate } = scriptHeldAnswer(suite.gemini, 'Many viewers', 6, 1);
+    const owner = await signUp(suite.server);
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const generation = await startAccepted(owner.client, { projectId: project.id, prompt: 'Many viewers of one user' });
+    const socket = await RawSocket.open(suite.server.url);
+    const sse = sseSubscribe(suite.server.url, owner.accessToken, GenerationUpdatedDocument, { id: generation.id });
+    try {
+      // Held after its first piece: the first stream stays live, and counted, throughout.
+      await within(gate.reached(1), 20_000, () => 'the generation never streamed');
+      await socket.init(owner.accessToken);
+      await within(sse.atLeast(1), 20_000, () => 'the first SSE stream delivered nothing');
 
-        // A third over SSE: refused on its own stream.
-        const refused = sseSubscribe(suite.server.url, owner.accessToken, GenerationUpdatedDocument, { id: generation.id });
-        const outcome = await within(refused.ended, 20_000, () => 'the third stream was not refused');
-        expect(outcome.errors).toEqual([expect.objectContaining({ extensions: { code: 'TOO_MANY_STREAMS', per: 'user', limit: 2 } })]);
-        expect(outcome.errors![0]!.message).toContain('at most 2');
-        // A third as a socket: closed at connection_init.
-        const extra = await RawSocket.open(suite.server.url);
-        extra.send({ type: 'connection_init', payload: { authorization: `Bearer ${owner.accessToken}` } });
-        expect(await within(extra.closed, 20_000, () => 'the third socket stayed open')).toEqual({ code: 4429, reason: 'Too many open connections' });
-        // Another user is not affected.
-        const other = await signUp(suite.server);
-        const theirs = await RawSocket.open(suite.server.url);
-        await theirs.init(other.accessToken);
-        theirs.close();
+      // A third over SSE: refused on its own stream.
+      const refused = sseSubscribe(suite.server.url, owner.accessToken, GenerationUpdatedDocument, { id: generation.id });
+      const outcome = await within(refused.ended, 20_000, () => 'the third stream was not refused');
+      expect(outcome.errors).toEqual([expect.objectContaining({ extensions: { code: 'TOO_MANY_STREAMS', per: 'user', limit: 2 } })]);
+      expect(outcome.errors![0]!.message).toContain('at most 2');
+      // A third as a socket: closed at connection_init.
+      const extra = await RawSocket.open(suite.server.url);
+      extra.send({ type: 'connection_init', payload: { authorization: `Bearer ${owner.accessToken}` } });
+      expect(await within(extra.closed, 20_000, () => 'the third socket stayed open')).toEqual({ code: 4429, reason: 'Too many open connections' });
+      // Another user is not affected.
+      const other = await signUp(suite.server);
+      const theirs = await RawSocket.open(suite.server.url);
+      await theirs.init(other.accessToken);
+      theirs.close();
 
-        // Closing one makes room.
-        sse.abort();
-        await sse.ended.catch(() => {});
-        // The server lets the stream go as soon as it sees the request end; until then the cap still counts it.
-        await within(
-          (async () => {
-            for (;;) {
-              const attempt = sseSubscribe(suite.server.url, owner.accessToken, GenerationUpdatedDocument, { id: generation.id });
-              const first = await Promise.race([attempt.atLeast(1).then(() => 'ok' as const), attempt.ended.then(() => 'refused' as const)]);
-              attempt.abort();
-              if (first === 'ok') return;
-            }
-          })(),
-          20_000,
-          () => 'no room was made',
-        );
-      } finally {
-        socket.close();
-        sse.abort();
-        await owner.client.request(CancelGenerationDocument, { id: generation.id });
-      }
-    }));
+      // Closing one makes room.
+      sse.abort();
+      await sse.ended.catch(() => {});
+      // The server lets the stream go as soon as it sees the request end; until then the cap still counts it.
+      await within(
+        (async () => {
+          for (;;) {
+            const attempt = sseSubscribe(suite.server.url, owner.accessToken, GenerationUpdatedDocument, { id: generation.id });
+            const first = await Promise.race([attempt.atLeast(1).then(() => 'ok' as const), attempt.ended.then(() => 'refused' as const)]);
+            attempt.abort();
+            if (first === 'ok') return;
+          }
+        })(),
+        20_000,
+        () => 'no room was made',
+      );
+    } finally {
+      socket.close();
+      sse.abort();
+      await owner.client.request(CancelGenerationDocument, { id: generation.id });
+    }
+  });
 });
 
 describe(`live streams on Supabase Auth (${databaseKind})`, () => {
   const supabase = useStarted(() => startFakeSupabase(), (fake) => fake.close());
   const suite = useGeminiServer(() => ({ ...recheck, ...supabase.kilnEnv }));
 
-  it('signing out ends an SSE stream with UNAUTHENTICATED', () =>
-    withHeldAnswer(suite.gemini, async ({ gate }) => {
-      const owner = await signUp(suite.server);
-      const project = await createProject(owner.client, { target: 'FLUTTER' });
-      const generation = await startAccepted(owner.client, { projectId: project.id, prompt: 'Streamed past a Supabase sign-out' });
-      await within(gate.reached(1), 20_000, () => 'the generation never streamed');
-      const session = await signIn(suite.server, owner.email);
-      const stream = await openStream(suite.server, 'sse', session, generation.id);
-      try {
-        expect(await session.client.expectNoErrors(SignOutDocument, {})).toEqual({ signOut: true });
-        const ended = await within(stream.ended, 20_000, () => 'the stream outlived its Supabase session');
-        expect(ended).toEqual({ completed: true, errors: [expect.objectContaining({ extensions: { code: 'UNAUTHENTICATED' } })] });
-      } finally {
-        await stream.close();
-        await owner.client.request(CancelGenerationDocument, { id: generation.id });
-      }
-    }));
+  it('signing out ends an SSE stream with UNAUTHENTICATED', async () => {
+    const { gate } = scriptHeldAnswer(suite.gemini, 'Supabase sign-out', 6, 1);
+    const owner = await signUp(suite.server);
+    const project = await createProject(owner.client, { target: 'FLUTTER' });
+    const generation = await startAccepted(owner.client, { projectId: project.id, prompt: 'Streamed past a Supabase sign-out' });
+    await within(gate.reached(1), 20_000, () => 'the generation never streamed');
+    const session = await signIn(suite.server, owner.email);
+    const stream = await openStream(suite.server, 'sse', session, generation.id);
+    try {
+      expect(await session.client.expectNoErrors(SignOutDocument, {})).toEqual({ signOut: true });
+      const ended = await within(stream.ended, 20_000, () => 'the stream outlived its Supabase session');
+      expect(ended).toEqual({ completed: true, errors: [expect.objectContaining({ extensions: { code: 'UNAUTHENTICATED' } })] });
+    } finally {
+      await stream.close();
+      await owner.client.request(CancelGenerationDocument, { id: generation.id });
+    }
+  });
 });
 
 describe(`an archived project's history stays readable (${databaseKind})`, () => {

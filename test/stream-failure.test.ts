@@ -2,13 +2,11 @@ import { sql } from 'drizzle-orm';
 import { describe, expect, it } from 'vitest';
 import { GenerationChunksDocument, GenerationUpdatedDocument, ViewerDocument } from './gql/graphql.js';
 import { databaseKind } from './support/db.js';
-import { answerInPieces, chunkGate, startFakeGemini } from './support/fake-gemini.js';
 import { createProject } from './support/fixtures.js';
+import { scriptHeldAnswer, useGeminiServer } from './support/gemini-server.js';
 import { startAccepted, within } from './support/generation-helpers.js';
-import { useStarted } from './support/lifecycle.js';
 import { collect, liveClient } from './support/live.js';
 import { LogCapture } from './support/log-capture.js';
-import { useGenerationServer } from './support/suite-server.js';
 
 // A live stream that fails unexpectedly ends that one operation with "Unexpected error."
 // and a request id that the log also has, never the cause; the socket's other operations
@@ -17,18 +15,12 @@ import { useGenerationServer } from './support/suite-server.js';
 // held after its first piece (a gated fake Gemini) until the function is gone, so the
 // generation is still streaming then however slow the machine is.
 
-const MAIN = "import 'package:flutter/material.dart';\nvoid main() => runApp(const Placeholder());\n";
-
 describe(`a live stream that fails unexpectedly (${databaseKind})`, () => {
   const logs = new LogCapture();
-  // As useGeminiServer (one run at a time, each scripted answer to its generation), with the log captured.
-  const gemini = useStarted(() => startFakeGemini(), (fake) => fake.close());
-  const suite = useGenerationServer(() => ({ ...gemini.kilnEnv, WORKER_CONCURRENCY: '1', LOG_LEVEL: 'info' }), 'ok', { logTo: logs });
+  const suite = useGeminiServer({ LOG_LEVEL: 'info' }, { logTo: logs });
 
   it('ends only that operation, masked with a request id the log has; the other operations and the socket go on', async () => {
-    const gate = chunkGate();
-    gemini.script({ kind: 'stream', chunks: answerInPieces({ 'lib/main.dart': MAIN }, 4), gate });
-    gate.release(1);
+    const { gate } = scriptHeldAnswer(suite.gemini, 'Failing reads', 4, 1);
     const project = await createProject(suite.owner.client, { target: 'FLUTTER' });
     const generation = await startAccepted(suite.owner.client, { projectId: project.id, prompt: 'A stream whose reads will fail' });
     const live = liveClient(suite.server.url, suite.owner.accessToken);
@@ -61,7 +53,6 @@ describe(`a live stream that fails unexpectedly (${databaseKind})`, () => {
       await viewer.ended;
       expect(viewer.items).toEqual([{ viewer: expect.objectContaining({ email: suite.owner.email }) }]);
     } finally {
-      gate.open();
       if (renamed) await db.execute(sql`alter function kiln.chunks_after_gone(uuid, integer, integer) rename to chunks_after`);
       await live.dispose();
     }

@@ -10,7 +10,7 @@ import { buildLogs, generationChunks, generationUpdates } from '../src/generatio
 import { BuildLogsDocument, GenerationChunksDocument, GenerationUpdatedDocument } from './gql/graphql.js';
 import { createTestDatabase, databaseKind, openTwoConnections, type TestDatabase } from './support/db.js';
 import { as, createGeneration, createTeam, type Team } from './support/rls.js';
-import { releaseOneByOne, scriptGatedAnswer, useGeminiServer } from './support/gemini-server.js';
+import { releaseOneByOne, scriptHeldAnswer, useGeminiServer } from './support/gemini-server.js';
 import { getGeneration, startInNewProject, waitForEnd, within } from './support/generation-helpers.js';
 import { useGenerationServer } from './support/suite-server.js';
 import { collect, isContiguousFromZero, liveClient } from './support/live.js';
@@ -19,7 +19,8 @@ import { collect, isContiguousFromZero, liveClient } from './support/live.js';
 // completion, and many subscribers of one generation.
 
 describe(`generation streams over graphql-ws, replayed (${databaseKind})`, () => {
-  // The offline model, slow enough that its answer comes as many chunks.
+  // The offline model, slowed: Kiln writes the model's text every 50 ms, and the replay below
+  // needs an answer of several chunks (at the test server's 0 ms it can come as one).
   const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '25' });
 
   it('replays a generation that finished long ago in full, then completes (chunks and build log)', async () => {
@@ -58,47 +59,44 @@ describe(`generation streams over graphql-ws, live (${databaseKind})`, () => {
   // default, no room to spare.
   const suite = useGeminiServer({ LIVE_STREAMS_PER_USER: '300' });
 
-  /** The next generation's answer: an app named after the prompt, in `pieces`, held by a gate. */
-  const gatedAnswer = (prompt: string, pieces: number) => scriptGatedAnswer(suite.gemini, prompt, pieces);
   const start = (prompt: string) => startInNewProject(suite.owner, prompt);
 
   it('resumes after a disconnect mid-stream: both parts together are every seq once, in order', async () => {
     const prompt = 'A habit tracker with streaks, reminders and a weekly chart';
-    const { gate, pieces } = gatedAnswer(prompt, 8);
+    const { gate, pieces } = scriptHeldAnswer(suite.gemini, prompt, 8);
+    const generation = await start(prompt);
+    const first = liveClient(suite.server.url, suite.owner.accessToken);
+    const before = collect(first.client, GenerationChunksDocument, { id: generation.id });
     try {
-      const generation = await start(prompt);
-      const first = liveClient(suite.server.url, suite.owner.accessToken);
-      const before = collect(first.client, GenerationChunksDocument, { id: generation.id });
       await within(releaseOneByOne(gate, pieces.slice(0, 3), before), 20_000, () => `only ${before.items.length} chunks arrived`);
-      await first.dispose(); // the connection drops mid-stream: the rest of the answer is still held
-      const seen = before.items.map((item) => item.generationChunks);
-      const last = seen.at(-1)!.seq;
-
-      const second = liveClient(suite.server.url, suite.owner.accessToken);
-      try {
-        const after = collect(second.client, GenerationChunksDocument, { id: generation.id, afterSeq: last });
-        // Back in while the answer still streams: one more piece live, then the rest.
-        await within(releaseOneByOne(gate, pieces.slice(3, 4), after), 20_000, () => 'the resumed stream got nothing');
-        gate.open();
-        expect(await within(after.ended, 30_000, () => 'the resumed stream did not complete')).toEqual({ errors: undefined });
-        const resumed = after.items.map((item) => item.generationChunks);
-        expect(resumed.length, 'the disconnect was not mid-stream').toBeGreaterThan(0);
-        expect(resumed[0]!.seq).toBe(last + 1);
-        const all = [...seen, ...resumed];
-        expect(isContiguousFromZero(all.map((chunk) => chunk.seq))).toBe(true);
-        const done = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, generation.id);
-        expect(all.map((chunk) => chunk.text).join('')).toBe(done.output);
-      } finally {
-        await second.dispose();
-      }
     } finally {
+      await first.dispose(); // the connection drops mid-stream: the rest of the answer is still held
+    }
+    const seen = before.items.map((item) => item.generationChunks);
+    const last = seen.at(-1)!.seq;
+
+    const second = liveClient(suite.server.url, suite.owner.accessToken);
+    try {
+      const after = collect(second.client, GenerationChunksDocument, { id: generation.id, afterSeq: last });
+      // Back in while the answer still streams: one more piece live, then the rest.
+      await within(releaseOneByOne(gate, pieces.slice(3, 4), after), 20_000, () => 'the resumed stream got nothing');
       gate.open();
+      expect(await within(after.ended, 30_000, () => 'the resumed stream did not complete')).toEqual({ errors: undefined });
+      const resumed = after.items.map((item) => item.generationChunks);
+      expect(resumed.length, 'the disconnect was not mid-stream').toBeGreaterThan(0);
+      expect(resumed[0]!.seq).toBe(last + 1);
+      const all = [...seen, ...resumed];
+      expect(isContiguousFromZero(all.map((chunk) => chunk.seq))).toBe(true);
+      const done = await waitForEnd(suite.server, suite.owner.client, suite.owner.accessToken, generation.id);
+      expect(all.map((chunk) => chunk.text).join('')).toBe(done.output);
+    } finally {
+      await second.dispose();
     }
   });
 
   it('generationUpdated emits the current state first and completes after the terminal state', async () => {
     const prompt = 'A pomodoro timer';
-    const { gate } = gatedAnswer(prompt, 4);
+    const { gate } = scriptHeldAnswer(suite.gemini, prompt, 4);
     const live = liveClient(suite.server.url, suite.owner.accessToken);
     try {
       const generation = await start(prompt);
@@ -120,14 +118,13 @@ describe(`generation streams over graphql-ws, live (${databaseKind})`, () => {
       expect(await within(again.ended, 10_000, () => 'generationUpdated of a finished generation did not complete')).toEqual({ errors: undefined });
       expect(again.items.map((item) => item.generationUpdated)).toEqual([states.at(-1)]);
     } finally {
-      gate.open();
       await live.dispose();
     }
   });
 
   it('generationUpdated answers fields read from other tables afresh at each state: the build steps and preview of the final one', async () => {
     const prompt = 'A recipe box';
-    const { gate } = gatedAnswer(prompt, 4);
+    const { gate } = scriptHeldAnswer(suite.gemini, prompt, 4);
     const live = liveClient(suite.server.url, suite.owner.accessToken);
     try {
       const generation = await start(prompt);
@@ -144,14 +141,13 @@ describe(`generation streams over graphql-ws, live (${databaseKind})`, () => {
       expect(final.buildSteps).toEqual(done.buildSteps.map(({ name, status }) => ({ name, status })));
       expect(final.preview?.url).toMatch(/^http/);
     } finally {
-      gate.open();
       await live.dispose();
     }
   });
 
   it('gives 100 concurrent subscribers of one generation the identical sequence', async () => {
     const prompt = 'A shared shopping list for a family';
-    const { gate } = gatedAnswer(prompt, 6);
+    const { gate } = scriptHeldAnswer(suite.gemini, prompt, 6);
     const clients = Array.from({ length: 100 }, () => liveClient(suite.server.url, suite.owner.accessToken));
     try {
       const generation = await start(prompt);
@@ -168,7 +164,6 @@ describe(`generation streams over graphql-ws, live (${databaseKind})`, () => {
       expect(expected.map((item) => item.generationChunks.text).join('')).toBe(done.output);
       for (const stream of streams) expect(stream.items).toEqual(expected);
     } finally {
-      gate.open();
       await Promise.all(clients.map((c) => c.dispose()));
     }
   });

@@ -46,7 +46,7 @@ export interface Services {
 export interface UseCaseDeps {
   /** Start, cancel, retry and restore. */
   generations: GenerationDeps;
-  /** Live streams: the events, how many one subscriber may have queued, and who may still watch. */
+  /** Live streams: the events, how many one subscriber may have queued, how long a quiet one waits before it reads the database, and who may still watch. */
   streams: { bus: EventBus; maxQueued: number; pollMs: number; access: Pick<StreamAccess, 'watch'> };
   /** Undefined when project secrets are disabled (no KILN_ENCRYPTION_KEY). */
   secretBox?: SecretBox;

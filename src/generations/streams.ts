@@ -31,12 +31,12 @@ import { type GenerationRow, generationStore } from './store.js';
 /** Rows per database read; a chunk is at most ~8 KiB, so a page stays under ~1.6 MiB. */
 const PAGE = 200;
 /**
- * How long to wait for the bus before checking the database anyway (STREAM_POLL_MS's
- * default); doubles while quiet, up to POLL_MAX_MS. Over a lossless bus (EVENTS=memory)
- * the check is only a safety net (e.g. a status change nobody published), so it starts
- * where the others end.
+ * How long to wait for the bus before checking the database anyway (the default of
+ * STREAM_POLL_MS); doubles while quiet, up to POLL_MAX_MS (a longer wait stays as it is).
+ * Over a lossless bus (EVENTS=memory) the check is only a safety net (e.g. a status
+ * change nobody published), so it starts where the others end, or later.
  */
-export const DEFAULT_POLL_MS = 2000;
+const DEFAULT_POLL_MS = 2000;
 const POLL_MAX_MS = 30_000;
 const LOSSLESS_POLL_MS = 60_000;
 /** Live items held while the consumer is busy; past this the oldest are dropped and read back. */
@@ -51,7 +51,7 @@ export interface StreamOptions {
   afterSeq?: number | null;
   /** Live items that may be published while the consumer takes none before the stream ends with SlowConsumerError. */
   maxQueued?: number;
-  /** How long a quiet stream waits for the bus before it checks the database (STREAM_POLL_MS); it doubles while quiet. */
+  /** How long a quiet stream waits for the bus before it checks the database (STREAM_POLL_MS); it doubles while quiet, up to 30 s. */
   pollMs?: number;
 }
 

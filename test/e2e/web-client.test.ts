@@ -2,10 +2,10 @@ import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import type { Locator, Page, WebSocketRoute } from 'playwright-core';
-import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { offlineApp } from '../../src/llm/offline.js';
 import { ProjectDocument, ProjectsDocument, RefreshSessionDocument } from '../gql/graphql.js';
-import { type FakeGemini, type GeminiBehaviour, chunkGate } from '../support/fake-gemini.js';
+import { type FakeGemini, type GeminiBehaviour, heldAnswer, piecesOf } from '../support/fake-gemini.js';
 import { signIn, uniqueEmail } from '../support/fixtures.js';
 import { useGeminiServer } from '../support/gemini-server.js';
 import { getGeneration, repoRoot } from '../support/generation-helpers.js';
@@ -29,7 +29,7 @@ beforeAll(async () => {
   const { NODE_ENV: _, ...env } = process.env;
   await execa('npm', ['run', 'build:web'], { cwd: repoRoot, env, extendEnv: false });
 });
-const suite = useGenerationServer({ OFFLINE_CHUNK_DELAY_MS: '30' });
+const suite = useGenerationServer();
 
 describe('serving the built client at /', () => {
   it('answers client routes with index.html, revalidated on every load', async () => {
@@ -65,24 +65,19 @@ describe('serving the built client at /', () => {
  * their build errors and fixes are then the offline provider's.
  */
 function offlineAnswer(prompt: string, { followUp = false, round = 0, count = 8 } = {}): Extract<GeminiBehaviour, { kind: 'stream' }> {
-  const points = Array.from(offlineApp('FLUTTER', prompt, followUp, round));
-  const size = Math.ceil(points.length / count);
-  const chunks = Array.from({ length: count }, (_, i) => points.slice(i * size, (i + 1) * size).join('')).filter((piece) => piece.length > 0);
-  return { kind: 'stream', chunks };
+  return { kind: 'stream', chunks: piecesOf(offlineApp('FLUTTER', prompt, followUp, round), count) };
 }
 
 /**
- * Scripts the next answer of `gemini`, the offline provider's to `prompt`, held at a gate: the
- * case lets it out a piece at a time while it acts, then opens the gate. Kiln batches the model's
- * text before it publishes it, so `showNext` waits for the page to show the text, not for a number
- * of chunks. The gate also opens when the test ends, whatever happened: a held answer would hold
- * the suite's one worker.
+ * Scripts the next answer of `gemini`, the offline provider's to `prompt`, held at a gate
+ * (heldAnswer: any later request gets it ungated): the case lets it out a piece at a time while
+ * it acts, then opens the gate. Kiln batches the model's text before it publishes it, so
+ * `showNext` waits for the page to show the text, not for a number of chunks. The gate also
+ * opens when the test ends, whatever happened: a held answer would hold the suite's one worker.
  */
-function heldAnswer(gemini: FakeGemini, prompt: string) {
-  const gate = chunkGate();
-  const { chunks: pieces } = offlineAnswer(prompt);
-  gemini.script({ kind: 'stream', chunks: pieces, gate });
-  onTestFinished(() => gate.open());
+function holdOfflineAnswer(gemini: FakeGemini, prompt: string) {
+  const { gate, pieces, behaviours } = heldAnswer(offlineAnswer(prompt).chunks);
+  gemini.script(...behaviours);
   let out = 0;
   /** Lets the next piece out, without waiting for it. */
   const releaseNext = () => {
@@ -117,7 +112,7 @@ describe.skipIf(chromiumMissing)('the reference web client in Chromium, with ans
   it('signs up, creates a project, watches a generation live, previews, diffs, restores, downloads and self-heals', async () => {
     const { page } = browser;
     const prompt = 'A packing list for a weekend trip';
-    const answer = heldAnswer(live.gemini, prompt);
+    const answer = holdOfflineAnswer(live.gemini, prompt);
     const status = page.getByRole('status');
     const output = page.getByRole('log', { name: 'Model output' });
     const buildLog = page.getByRole('log', { name: 'Build log' });
@@ -246,7 +241,7 @@ describe.skipIf(chromiumMissing)('the reference web client in Chromium, with ans
     });
 
     const email = uniqueEmail('e2e-resume');
-    const answer = heldAnswer(live.gemini, 'A recipe box');
+    const answer = holdOfflineAnswer(live.gemini, 'A recipe box');
     await page.goto(live.server.url);
     await page.getByRole('textbox', { name: 'Email' }).fill(email);
     await page.getByRole('textbox', { name: 'Password' }).fill(PASSWORD);
@@ -313,7 +308,7 @@ describe.skipIf(chromiumMissing)('the reference web client in Chromium, with ans
       });
     });
     try {
-      const answer = heldAnswer(live.gemini, 'A recipe box');
+      const answer = holdOfflineAnswer(live.gemini, 'A recipe box');
       await startApp(page, 'Outage', 'A recipe box');
       // A piece at a time until the third result was replaced, which the page shows once resumed.
       while (!injected) await answer.showNext(page);
@@ -337,7 +332,7 @@ describe.skipIf(chromiumMissing)('the reference web client in Chromium, with ans
     const { page, errors } = await signedUpTab(browser, live.server.url, 'e2e-select');
     const status = page.getByRole('status');
     try {
-      const answer = heldAnswer(live.gemini, 'A recipe box');
+      const answer = holdOfflineAnswer(live.gemini, 'A recipe box');
       await startApp(page, 'Select', 'A recipe box');
       while ((await shownOutput(page)).length <= 20) await answer.showNext(page);
       await expect.poll(() => textOf(status), { timeout: 30_000 }).toContain(STREAMING);

@@ -5,10 +5,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { expect, onTestFinished } from 'vitest';
+import { expect } from 'vitest';
 import { readProcStat } from '../../src/proc-stat.js';
 import { GenerationChunksDocument, type GenerationChunksSubscription } from '../gql/graphql.js';
-import { answerInPieces, type ChunkGate, chunkGate, type GeminiBehaviour } from './fake-gemini.js';
+import { answerInPieces, flutterApp, type GeminiBehaviour, type HeldAnswer } from './fake-gemini.js';
 import { repoRoot, subscribe, within, wsClient } from './generation-helpers.js';
 import { unsandboxedBuilds } from './server.js';
 
@@ -193,82 +193,22 @@ export async function steeredFlutter(): Promise<SteeredFlutter> {
 /** STREAM_POLL_MS for the API processes: a quiet live stream reads the database only after 10 minutes, so chunks reach a subscriber over the bus or at the stream's end. */
 export const BUS_ONLY_POLL_MS = '600000';
 
-/** A small Flutter app, as the model writes it (the fake flutter builds any valid answer). */
-const APP_FILES = {
-  'lib/main.dart': [
-    "import 'package:flutter/material.dart';",
-    '',
-    'void main() => runApp(const ChecklistApp());',
-    '',
-    'class ChecklistApp extends StatelessWidget {',
-    '  const ChecklistApp({super.key});',
-    '',
-    '  @override',
-    '  Widget build(BuildContext context) {',
-    '    return MaterialApp(',
-    "      title: 'Checklist',",
-    '      home: Scaffold(',
-    "        appBar: AppBar(title: const Text('Checklist')),",
-    '        body: ListView(',
-    '          children: const <Widget>[',
-    "            CheckboxListTile(value: false, onChanged: null, title: Text('Plan the week')),",
-    "            CheckboxListTile(value: false, onChanged: null, title: Text('Buy groceries')),",
-    "            CheckboxListTile(value: true, onChanged: null, title: Text('Water the plants')),",
-    '          ],',
-    '        ),',
-    '      ),',
-    '    );',
-    '  }',
-    '}',
-    '',
-  ].join('\n'),
-};
-
-/** The app's answer in 30 pieces: streamed one every 100 ms, a run takes a few seconds to answer (time to cancel, cut or stop something under it). */
-const APP_PIECES = answerInPieces(APP_FILES, 30);
-
-/** The app, streamed as APP_PIECES; with `gate`, each piece also waits for the test to let it out. */
-export function streamedApp(gate?: ChunkGate): GeminiBehaviour {
-  return { kind: 'stream', chunks: APP_PIECES, delayMs: 100, ...(gate ? { gate } : {}) };
-}
-
-/** An answer whose pieces go out only as the test lets them (followPieceByPiece), all of them once the test ends. */
-export interface HeldAnswer {
-  gate: ChunkGate;
-  pieces: string[];
-  /** Script it for the run to be followed: no other generation may be running or queued then. */
-  behaviour: GeminiBehaviour;
-}
-
 /**
- * A gate that opens when the test that made it (inside its body) ends, however it ends (a
- * timeout too), so no run waits on it during the tests after.
+ * The model's answer in these suites: a small Flutter app (the fake flutter builds it) in
+ * pieces. A test that needs a run mid-answer holds it (heldAnswer in fake-gemini.ts).
  */
-function heldByTest(): ChunkGate {
-  const gate = chunkGate();
-  onTestFinished(() => gate.open());
-  return gate;
-}
+export const APP_PIECES = answerInPieces(flutterApp('Checklist'), 8);
 
-export function heldAnswer(pieces = 6): HeldAnswer {
-  const gate = heldByTest();
-  const chunks = answerInPieces(APP_FILES, pieces);
-  return { gate, pieces: chunks, behaviour: { kind: 'stream', chunks, gate } };
-}
-
-/**
- * The app with its first `count` pieces let out and the rest held until `gate.open()` (or the
- * test's end): a subscriber that `hasThem` follows a run that is still mid-answer.
- */
-export function appHeldAfter(count: number): { gate: ChunkGate; behaviour: GeminiBehaviour; hasThem(chunks: { text: string }[]): boolean } {
-  const gate = heldByTest();
-  gate.release(count);
-  const length = APP_PIECES.slice(0, count).join('').length;
-  return { gate, behaviour: streamedApp(gate), hasThem: (chunks) => textOf(chunks).length >= length };
+/** The app, streamed at once: what the model answers unless a test holds the answer. */
+export function streamedApp(): GeminiBehaviour {
+  return { kind: 'stream', chunks: APP_PIECES };
 }
 
 /** The text of the chunks, in order. */
 export const textOf = (chunks: { text: string }[]): string => chunks.map((chunk) => chunk.text).join('');
+
+/** True once `chunks` carry at least the text of `pieces` (the answer's first pieces, say). */
+export const hasReceived = (chunks: { text: string }[], pieces: string[]): boolean => textOf(chunks).length >= pieces.join('').length;
 
 // ------------------------------------------------------------------ clients
 
@@ -279,13 +219,14 @@ const PIECE_TIMEOUT_MS = 30_000;
 
 /**
  * Proves that a generation's chunks reach a subscriber on `url` live, by their order alone:
- * the run's answer (`held`, scripted for it) goes out one piece at a time, each only once the
- * subscriber has received everything before it. A piece does not exist until the one before
- * it has been received, and the run cannot end while a piece is held; so every piece from the
- * second to the one before the last reached the subscriber while the run was under way
- * (the last one is followed by the run's end, whose final read could bring it). On an API
- * process with STREAM_POLL_MS at BUS_ONLY_POLL_MS, only the event bus can have brought them.
- * Then it lets the rest out and follows the stream to its end, the generation's.
+ * the run's answer (`held`, none of it released, its behaviours scripted for the run) goes
+ * out one piece at a time, each only once the subscriber has received everything before it.
+ * A piece does not exist until the one before it has been received, and the run cannot end
+ * while a piece is held; so every piece from the second to the one before the last reached
+ * the subscriber while the run was under way (the last one is followed by the run's end,
+ * whose final read could bring it). On an API process with STREAM_POLL_MS at
+ * BUS_ONLY_POLL_MS, only the event bus can have brought them. Then it lets the rest out and
+ * follows the stream to its end, the generation's.
  * `diagnose` adds to a failure's message.
  */
 export async function followPieceByPiece(url: string, token: string, id: string, held: HeldAnswer, diagnose: () => string = () => ''): Promise<StreamedChunk[]> {

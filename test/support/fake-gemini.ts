@@ -1,6 +1,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
+import { onTestFinished } from 'vitest';
 
 // A Gemini REST server on 127.0.0.1 that the real @google/genai client talks to
 // (shared/fixtures/gemini-wire-format.md): scripted answers, recorded requests.
@@ -81,11 +82,48 @@ export function chunkGate(): ChunkGate {
   };
 }
 
-/** A model's answer that writes `files` (path → content), cut into `pieces` chunks of about one size, as a gated stream sends them. */
+/** A model's answer that writes `files` (path → content), cut into `pieces` chunks of about one size (by code point), as a gated stream sends them. */
 export function answerInPieces(files: Record<string, string>, pieces: number): string[] {
-  const text = `Here it is.\n${Object.entries(files).map(([path, content]) => `<file path="${path}">\n${content}</file>\n`).join('')}`;
-  const size = Math.ceil(text.length / pieces);
-  return Array.from({ length: pieces }, (_, i) => text.slice(i * size, (i + 1) * size)).filter((piece) => piece.length > 0);
+  return piecesOf(`Here it is.\n${Object.entries(files).map(([path, content]) => `<file path="${path}">\n${content}</file>\n`).join('')}`, pieces);
+}
+
+/** `text` in `count` pieces of about one size, never splitting a character. */
+export function piecesOf(text: string, count: number): string[] {
+  const points = Array.from(text);
+  const size = Math.ceil(points.length / count);
+  return Array.from({ length: count }, (_, i) => points.slice(i * size, (i + 1) * size).join('')).filter((piece) => piece.length > 0);
+}
+
+/** A small Flutter app's files, as the model writes them (the fake flutter builds any valid answer). */
+export function flutterApp(title = 'Checklist'): Record<string, string> {
+  // A Dart string: a quote, a backslash or a dollar sign (interpolation) is escaped.
+  const name = title.replace(/[\\'$]/g, (c) => `\\${c}`);
+  return {
+    'lib/main.dart': `import 'package:flutter/material.dart';\n\nvoid main() => runApp(const MaterialApp(title: '${name}', home: Scaffold(body: Center(child: Text('${name}')))));\n`,
+  };
+}
+
+/** An answer that goes out only as the test lets it: script `behaviours` for the run it is meant for. */
+export interface HeldAnswer {
+  gate: ChunkGate;
+  pieces: string[];
+  /**
+   * The held answer for the next model request, then `after` for any later one (a retry, a
+   * run left over by a failed case): no other run ever waits on this gate.
+   */
+  behaviours: [GeminiBehaviour, GeminiBehaviour];
+}
+
+/**
+ * `pieces`, held by a gate with the first `released` let out at once. The gate opens when
+ * the test that made it ends, however it ends (a timeout too), so no run waits on it during
+ * the tests after: call it inside a test. `after` defaults to the same answer, ungated.
+ */
+export function heldAnswer(pieces: string[], options: { released?: number; after?: GeminiBehaviour } = {}): HeldAnswer {
+  const gate = chunkGate();
+  onTestFinished(() => gate.open());
+  if (options.released) gate.release(options.released);
+  return { gate, pieces, behaviours: [{ kind: 'stream', chunks: pieces, gate }, options.after ?? { kind: 'stream', chunks: pieces }] };
 }
 
 export interface GeminiUsage {

@@ -1,10 +1,13 @@
 import type { Environment } from '../../src/config.js';
-import { answerInPieces, type ChunkGate, chunkGate, type FakeGemini, startFakeGemini } from './fake-gemini.js';
+import { answerInPieces, type ChunkGate, type FakeGemini, flutterApp, type HeldAnswer, heldAnswer, startFakeGemini } from './fake-gemini.js';
 import { useStarted } from './lifecycle.js';
+import type { Collected } from './live.js';
+import type { TestServerOptions } from './server.js';
 import { envOf, type SuiteEnv, type SuiteServer, startSuiteServer } from './suite-server.js';
 
 // The set-up of the suites about model output: the suite server (fake flutter that
-// succeeds, an owner) on a fake Gemini scripted per request.
+// succeeds, an owner) on a fake Gemini scripted per request, and the model's answer held
+// until the test lets it out (heldAnswer), with ways to wait for it on a subscriber.
 
 export interface GeminiServer extends SuiteServer {
   gemini: FakeGemini;
@@ -12,11 +15,12 @@ export interface GeminiServer extends SuiteServer {
   stop(): Promise<void>;
 }
 
-export async function startGeminiServer(env: Environment = {}): Promise<GeminiServer> {
+/** The set-up of useGeminiServer, for a test that starts a server of its own; always `stop()` it. */
+export async function startGeminiServer(env: Environment = {}, options: TestServerOptions = {}): Promise<GeminiServer> {
   const gemini = await startFakeGemini();
   try {
     // One at a time, so each scripted answer goes to the generation meant to get it.
-    const suite = await startSuiteServer({ ...gemini.kilnEnv, WORKER_CONCURRENCY: '1', ...env });
+    const suite = await startSuiteServer({ ...gemini.kilnEnv, WORKER_CONCURRENCY: '1', ...env }, 'ok', options);
     return {
       ...suite,
       gemini,
@@ -32,41 +36,52 @@ export async function startGeminiServer(env: Environment = {}): Promise<GeminiSe
 }
 
 /** The suite's GeminiServer: started before its tests, stopped after them (its fields are set once they run). */
-export function useGeminiServer(env: SuiteEnv = {}): GeminiServer {
-  return useStarted(() => startGeminiServer(envOf(env)));
+export function useGeminiServer(env: SuiteEnv = {}, options: TestServerOptions = {}): GeminiServer {
+  return useStarted(() => startGeminiServer(envOf(env), options));
 }
 
 /**
- * Scripts the next answer: a small app titled `title` (its lib/main.dart) in `count` pieces,
- * held by a gate until the test lets them out. Open the gate in a `finally`: a held answer
- * holds the suite's one worker.
+ * Scripts the next answer: a small app titled `title` (flutterApp) in `count` pieces, held
+ * (heldAnswer: call it inside a test, and its gate opens when the test ends) with the first
+ * `released` let out at once. A later request (a retry, a leftover run) gets it ungated.
  */
-export function scriptGatedAnswer(gemini: FakeGemini, title: string, count: number): { gate: ChunkGate; pieces: string[] } {
-  const main = `import 'package:flutter/material.dart';\n\nvoid main() => runApp(const MaterialApp(title: '${title}', home: Scaffold(body: Center(child: Text('${title}')))));\n`;
-  const gate = chunkGate();
-  const pieces = answerInPieces({ 'lib/main.dart': main }, count);
-  gemini.script({ kind: 'stream', chunks: pieces, gate });
-  return { gate, pieces };
+export function scriptHeldAnswer(gemini: FakeGemini, title: string, count: number, released = 0): HeldAnswer {
+  const held = heldAnswer(answerInPieces(flutterApp(title), count), { released });
+  gemini.script(...held.behaviours);
+  return held;
 }
 
 /** A generationChunks subscriber: `collect` over graphql-ws, `sseSubscribe` over SSE. */
-export interface ChunkSubscriber {
-  items: { generationChunks: { text: string } }[];
-  atLeast(count: number): Promise<void>;
+export type ChunkSubscriber = Pick<Collected<{ generationChunks: { text: string } }>, 'items' | 'atLeast'>;
+
+const textOf = (subscriber: ChunkSubscriber) => subscriber.items.map((item) => item.generationChunks.text).join('');
+
+/**
+ * Resolves once the chunk texts `subscriber` has received, joined, begin with `text`, one
+ * more chunk at a time; rejects if they turn out otherwise, or if the stream ends first.
+ */
+export async function untilText(subscriber: ChunkSubscriber, text: string): Promise<void> {
+  for (;;) {
+    const received = textOf(subscriber);
+    if (received.length >= text.length) {
+      if (received.startsWith(text)) return;
+      throw new Error(`the stream's text went another way: ${JSON.stringify(received)} does not begin with ${JSON.stringify(text)}`);
+    }
+    await subscriber.atLeast(subscriber.items.length + 1);
+  }
 }
 
 /**
- * Lets `pieces`, the next ones of a gated answer, out one at a time, each once `subscriber`
+ * Lets `pieces`, the next ones of a held answer, out one at a time, each once `subscriber`
  * has received its text (call it when the subscriber has everything let out before). Kiln
  * batches the model's text, so a piece let out alone comes as chunks of its own: the
  * subscriber gets at least one chunk per piece, and the rest of the answer waits.
  */
 export async function releaseOneByOne(gate: ChunkGate, pieces: string[], subscriber: ChunkSubscriber): Promise<void> {
-  const received = () => subscriber.items.reduce((sum, item) => sum + item.generationChunks.text.length, 0);
-  let length = received();
+  let expected = textOf(subscriber);
   for (const piece of pieces) {
     gate.release();
-    length += piece.length;
-    while (received() < length) await subscriber.atLeast(subscriber.items.length + 1);
+    expected += piece;
+    await untilText(subscriber, expected);
   }
 }

@@ -6,6 +6,7 @@ import type { TypedDocumentNode } from '@graphql-typed-document-node/core';
 import { decodeGlobalID } from '@pothos/plugin-relay';
 import { print } from 'graphql';
 import { type Client, createClient } from 'graphql-ws';
+import { mapAsyncIterator } from 'graphql-yoga';
 import { expect } from 'vitest';
 import WebSocket from 'ws';
 import { type Environment, parseConfig } from '../../src/config.js';
@@ -209,20 +210,13 @@ export function wsClient(httpUrl: string, token: string): Client {
 /**
  * The data of each event of a subscription; an event with errors throws. Subscribed at once,
  * not at the first `next()`: a state published before the caller first waits is kept for it
- * (generationUpdated's intermediate states are sent once).
+ * (generationUpdated's intermediate states are sent once). Its `return()` unsubscribes, taken or not.
  */
-export function subscribe<T, V extends Record<string, unknown>>(client: Client, document: TypedDocumentNode<T, V>, variables: V): AsyncGenerator<T> {
-  const events = client.iterate<T>({ query: print(document), variables });
-  return (async function* () {
-    try {
-      for await (const event of events) {
-        if (event.errors?.length || !event.data) throw new Error(`subscription errors: ${JSON.stringify(event.errors)}`);
-        yield event.data;
-      }
-    } finally {
-      await events.return?.();
-    }
-  })();
+export function subscribe<T, V extends Record<string, unknown>>(client: Client, document: TypedDocumentNode<T, V>, variables: V): AsyncIterableIterator<T> {
+  return mapAsyncIterator(client.iterate<T>({ query: print(document), variables }), (event) => {
+    if (event.errors?.length || !event.data) throw new Error(`subscription errors: ${JSON.stringify(event.errors)}`);
+    return event.data;
+  });
 }
 
 /** Rejects after `ms` with `message()` unless `promise` settles first. */
@@ -247,7 +241,7 @@ export async function within<T>(promise: Promise<T>, ms: number, message: () => 
  */
 export class GenerationWatch {
   private readonly client: Client;
-  private readonly events: AsyncGenerator<{ generationUpdated: GenerationFieldsFragment }>;
+  private readonly events: AsyncIterableIterator<{ generationUpdated: GenerationFieldsFragment }>;
   /** Every state seen, in order. */
   readonly states: GenerationFieldsFragment[] = [];
   private ended = false;
@@ -295,7 +289,7 @@ export class GenerationWatch {
     // The client first: that ends the subscription, so a next() still waiting (a wait that timed
     // out) settles, where return() alone would queue behind it and hang the test until vitest's timeout.
     await this.client.dispose();
-    await this.events.return(undefined);
+    await this.events.return?.();
   }
 }
 
